@@ -1,0 +1,52 @@
+"""Model registry: ``@register_model`` / ``create_model`` / ``list_models``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from landscape.models.base import RFNet, check_input_size
+from landscape.models.rf_pool import resolve_pool
+from landscape.registry import Registry
+
+MODELS: Registry[Callable[..., RFNet]] = Registry("model")
+
+
+def register_model(name: str) -> Callable[[Callable[..., RFNet]], Callable[..., RFNet]]:
+    """Decorator: register a builder ``fn(*, num_classes, in_channels, pool, width) -> RFNet``."""
+    return MODELS.register(name)
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    pool_level: int = 0,
+    width: float = 1.0,
+    pool_kernel: int | None = None,
+    pool_stride: int | None = None,
+    pool_padding: int | None = None,
+    input_size: int | tuple[int, int] | None = None,
+) -> RFNet:
+    """Build a registered architecture with the RF pool after its first convolution.
+
+    ``pool_kernel/stride/padding`` override the preset of ``pool_level`` field by field.
+    With ``input_size`` the model is checked at once (otherwise at its first forward) for a
+    pool that shrinks the feature map to nothing.
+    """
+    builder = MODELS.get(name)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width!r}")
+    pool = resolve_pool(pool_level, pool_kernel, pool_stride, pool_padding)
+    model = builder(num_classes=num_classes, in_channels=in_channels, pool=pool, width=width)
+    if input_size is not None:
+        check_input_size(model, input_size)
+    return model

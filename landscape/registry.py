@@ -1,0 +1,51 @@
+"""A small decorator registry shared by models, datasets and pruning criteria."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+
+class UnknownNameError(KeyError):
+    """An unknown registry name; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class Registry(Generic[F]):
+    """Maps names to callables. ``kind`` names the registry in error messages."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, F] = {}
+
+    def register(self, name: str, *, overwrite: bool = False) -> Callable[[F], F]:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+
+        def deco(fn: F) -> F:
+            if name in self._items and not overwrite and self._items[name] is not fn:
+                raise ValueError(
+                    f"{self.kind} '{name}' is already registered (by "
+                    f"{self._items[name].__module__}); pick another name"
+                )
+            self._items[name] = fn
+            return fn
+
+        return deco
+
+    def get(self, name: str) -> F:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownNameError(
+                f"unknown {self.kind} '{name}'; valid names: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
