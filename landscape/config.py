@@ -1,0 +1,68 @@
+"""Dataclass schemas of a run. Core code receives these (never a Hydra DictConfig).
+
+A *cell* is every identity field except the seed; a *run* is (cell, seed). Fields marked
+``identity=False`` say where or how to compute, not what: they are left out of the run hash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from landscape.data.registry import DataConfig
+from landscape.train import TrainConfig
+
+NOT_IDENTITY = {"identity": False}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"
+    width: float = 1.0
+    pool_level: int = 0
+    # Explicit overrides of the level preset (e.g. a kernel-only sweep at fixed stride).
+    pool_kernel: Optional[int] = None
+    pool_stride: Optional[int] = None
+    pool_padding: Optional[int] = None
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    results_root: str = field(default="results", metadata=NOT_IDENTITY)
+    device: str = field(default="auto", metadata=NOT_IDENTITY)
+    progress: bool = field(default=True, metadata=NOT_IDENTITY)
+
+
+# DataConfig fields that say where/how to load, not what data.
+DATA_NOT_IDENTITY = ("root", "download", "num_workers")
+
+
+def identity_dict(cfg: Any, *, _prefix: str = "") -> dict[str, Any]:
+    """Flat ``{"model.name": ..., ...}`` of identity fields whose value differs from the default.
+
+    Omitting defaults (as OpenLTH does) keeps old run hashes valid when a new field with a
+    default is added. Floats are normalised so that ``1`` and ``1.0`` hash alike.
+    """
+    out: dict[str, Any] = {}
+    default = type(cfg)()
+    for f in fields(cfg):
+        if not f.metadata.get("identity", True):
+            continue
+        if isinstance(cfg, DataConfig) and f.name in DATA_NOT_IDENTITY:
+            continue
+        value = getattr(cfg, f.name)
+        key = f"{_prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(identity_dict(value, _prefix=f"{key}."))
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and isinstance(
+            getattr(default, f.name), float
+        ):
+            value = float(value)
+        if value != getattr(default, f.name):
+            out[key] = value
+    return out

@@ -1,0 +1,11 @@
+"""Datasets: a registry of loaders returning a :class:`DatasetBundle`."""
+
+from landscape.data import datasets  # noqa: F401  (register the built-in datasets)
+from landscape.data.registry import (
+    DataConfig, DatasetBundle, DatasetNotFoundError, list_datasets, load_dataset, register_dataset,
+)
+
+__all__ = [
+    "DataConfig", "DatasetBundle", "DatasetNotFoundError", "list_datasets", "load_dataset",
+    "register_dataset",
+]

@@ -1,0 +1,241 @@
+"""The built-in datasets: cifar10, tiny_imagenet, digits (offline), synthetic (tests)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import CIFAR10, ImageFolder
+
+from landscape.data.registry import DataConfig, DatasetBundle, DatasetNotFoundError, register_dataset
+from landscape.data.transforms import (
+    CIFAR10_MEAN, CIFAR10_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, image_transforms,
+)
+
+
+class TensorImageDataset(Dataset):
+    """In-memory images (N, C, H, W float32 in [0, 1]) and labels with a per-sample transform."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Optional[Callable] = None):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        x = self.images[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[i])
+
+
+def _subset(ds: Dataset, n: Optional[int]) -> Dataset:
+    return ds if n is None or n >= len(ds) else Subset(ds, range(n))
+
+
+def _bundle_from_tensors(
+    cfg: DataConfig, xtr: Tensor, ytr: Tensor, xte: Tensor, yte: Tensor, num_classes: int,
+    mean: tuple[float, ...], std: tuple[float, ...],
+) -> DatasetBundle:
+    size = int(xtr.shape[-1])
+    kw = dict(size=size, mean=mean, std=std, resize=False, from_pil=False)
+    return DatasetBundle(
+        train=TensorImageDataset(xtr, ytr, image_transforms(cfg, train=True, **kw)),
+        train_eval=TensorImageDataset(xtr, ytr, image_transforms(cfg, train=False, **kw)),
+        test=TensorImageDataset(xte, yte, image_transforms(cfg, train=False, **kw)),
+        num_classes=num_classes, in_channels=int(xtr.shape[1]), image_size=size, mean=mean, std=std,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+@register_dataset("digits")
+def digits(cfg: DataConfig) -> DatasetBundle:
+    """scikit-learn's bundled 8x8 digits (1,797 real images, 10 classes), offline.
+
+    Fixed stratified 80/20 split (random_state 0), bilinearly resized once to ``image_size``
+    (default 32), one channel normalised with the training split's mean and std.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    idx_tr, idx_te = train_test_split(
+        np.arange(len(y)), test_size=0.2, stratify=d.target, random_state=0
+    )
+    size = cfg.image_size or 32
+    if size != 8:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                            align_corners=False, antialias=True).clamp_(0, 1)
+    if cfg.train_subset is not None:
+        idx_tr = _stratified_head(idx_tr, d.target, cfg.train_subset)
+    if cfg.test_subset is not None:
+        idx_te = _stratified_head(idx_te, d.target, cfg.test_subset)
+    xtr, ytr, xte, yte = x[idx_tr], y[idx_tr], x[idx_te], y[idx_te]
+    mean, std = (float(xtr.mean()),), (float(xtr.std()),)
+    return _bundle_from_tensors(cfg, xtr, ytr, xte, yte, 10, mean, std)
+
+
+def _stratified_head(idx: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` of ``idx`` taken round-robin over classes (keeps classes balanced)."""
+    if n >= len(idx):
+        return idx
+    by_class = [list(idx[labels[idx] == c]) for c in np.unique(labels[idx])]
+    out: list[int] = []
+    while len(out) < n:
+        for group in by_class:
+            if group and len(out) < n:
+                out.append(group.pop(0))
+    return np.sort(np.array(out))
+
+
+# ---------------------------------------------------------------------------------------------
+@register_dataset("synthetic")
+def synthetic(cfg: DataConfig) -> DatasetBundle:
+    """Deterministic learnable data for tests: a fixed random template per class plus noise.
+
+    3 channels, 10 classes, ``image_size`` (default 16), ``train_subset`` (default 512) and
+    ``test_subset`` (default 256) examples. Independent of any global RNG.
+    """
+    size, n_tr, n_te, k = cfg.image_size or 16, cfg.train_subset or 512, cfg.test_subset or 256, 10
+    g = torch.Generator().manual_seed(12345)
+    templates = torch.rand(k, 3, size, size, generator=g)
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        y = torch.arange(n) % k
+        x = (0.6 * templates[y] + 0.4 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1)
+        return x, y
+
+    (xtr, ytr), (xte, yte) = draw(n_tr), draw(n_te)
+    return _bundle_from_tensors(cfg, xtr, ytr, xte, yte, k, (0.5,) * 3, (0.25,) * 3)
+
+
+# ---------------------------------------------------------------------------------------------
+def _cifar10_files(root: Path) -> list[Path]:
+    base = root / CIFAR10.base_folder
+    names = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+    return [base / n for n in names]
+
+
+class _CIFAR10(CIFAR10):
+    """torchvision's CIFAR-10 reading the standard ``cifar-10-batches-py`` pickles.
+
+    File presence is checked, not the md5 of each file (``download=True`` verifies the archive
+    checksum), so small generated trees in the same format load in tests.
+    """
+
+    def _check_integrity(self) -> bool:
+        return all(p.is_file() for p in _cifar10_files(Path(self.root)))
+
+    def _load_meta(self) -> None:
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+@register_dataset("cifar10")
+def cifar10(cfg: DataConfig) -> DatasetBundle:
+    """CIFAR-10 from ``<root>/cifar-10-batches-py`` (torchvision's layout)."""
+    root = Path(cfg.root).expanduser()
+    missing = [str(p) for p in _cifar10_files(root) if not p.is_file()]
+    if missing and not cfg.download:
+        raise DatasetNotFoundError(
+            f"CIFAR-10 not found: looked in {root / CIFAR10.base_folder} and missed "
+            f"{len(missing)} file(s) ({', '.join(Path(m).name for m in missing[:3])}...). Set "
+            "data.download=true to fetch it with torchvision, or set data.root to the folder that "
+            "contains cifar-10-batches-py (extracted from cifar-10-python.tar.gz)."
+        )
+    size = cfg.image_size or 32
+    kw = dict(size=size, mean=CIFAR10_MEAN, std=CIFAR10_STD, resize=size != 32, from_pil=True)
+    train = _CIFAR10(str(root), train=True, download=cfg.download,
+                     transform=image_transforms(cfg, train=True, **kw))
+    train_eval = copy.copy(train)  # shares the decoded arrays
+    train_eval.transform = image_transforms(cfg, train=False, **kw)
+    test = _CIFAR10(str(root), train=False, transform=image_transforms(cfg, train=False, **kw))
+    return DatasetBundle(
+        train=_subset(train, cfg.train_subset),
+        train_eval=_subset(train_eval, cfg.train_subset),
+        test=_subset(test, cfg.test_subset),
+        num_classes=10, in_channels=3, image_size=size, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+class TinyImageNetVal(Dataset):
+    """Tiny ImageNet validation split: ``val/images/*.JPEG`` labelled by ``val_annotations.txt``."""
+
+    def __init__(self, root: Path, class_to_idx: dict[str, int], transform: Callable) -> None:
+        self.transform = transform
+        self.samples: list[tuple[Path, int]] = []
+        with open(root / "val" / "val_annotations.txt") as f:
+            for line_no, line in enumerate(f, 1):
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) < 2 or parts[1] not in class_to_idx:
+                    raise ValueError(
+                        f"{root / 'val' / 'val_annotations.txt'} line {line_no}: expected "
+                        f"'<file>\\t<wnid>\\t...' with a wnid from wnids.txt, got {line!r}"
+                    )
+                self.samples.append((root / "val" / "images" / parts[0], class_to_idx[parts[1]]))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            return self.transform(im.convert("RGB")), label
+
+
+@register_dataset("tiny_imagenet")
+def tiny_imagenet(cfg: DataConfig) -> DatasetBundle:
+    """Tiny ImageNet-200 from ``<root>/tiny-imagenet-200`` (the standard folder layout).
+
+    train/<wnid>/images/*.JPEG, val/images/*.JPEG + val/val_annotations.txt, wnids.txt.
+    The validation split serves as the test set (the official test split has no labels).
+    """
+    root = Path(cfg.root).expanduser() / "tiny-imagenet-200"
+    needed = [root / "wnids.txt", root / "train", root / "val" / "val_annotations.txt"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"Tiny ImageNet not found: missing {', '.join(missing)}. Download tiny-imagenet-200.zip "
+            "(http://cs231n.stanford.edu/tiny-imagenet-200.zip), unzip it into data.root "
+            f"(now {cfg.root!r}) so that {root} exists."
+        )
+    wnids = sorted(w.strip() for w in (root / "wnids.txt").read_text().split() if w.strip())
+    class_to_idx = {w: i for i, w in enumerate(wnids)}
+    size = cfg.image_size or 64
+    kw = dict(size=size, mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD, resize=size != 64,
+              from_pil=True)
+
+    def train_split(aug: bool) -> ImageFolder:
+        ds = ImageFolder(str(root / "train"), transform=image_transforms(cfg, train=aug, **kw),
+                         allow_empty=True)
+        extra = sorted(set(ds.classes) - set(wnids))
+        if extra:
+            raise ValueError(f"{root / 'train'} has class folders not in wnids.txt: {extra[:5]}")
+        # Re-index with the wnids.txt order so that train and val labels agree.
+        ds.samples = [(p, class_to_idx[ds.classes[t]]) for p, t in ds.samples]
+        ds.targets = [t for _, t in ds.samples]
+        ds.imgs = ds.samples
+        ds.classes, ds.class_to_idx = wnids, class_to_idx
+        return ds
+
+    return DatasetBundle(
+        train=_subset(train_split(True), cfg.train_subset),
+        train_eval=_subset(train_split(False), cfg.train_subset),
+        test=_subset(TinyImageNetVal(root, class_to_idx, image_transforms(cfg, train=False, **kw)),
+                     cfg.test_subset),
+        num_classes=len(wnids), in_channels=3, image_size=size,
+        mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD,
+    )

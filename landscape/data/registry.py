@@ -1,0 +1,72 @@
+"""Dataset registry and the bundle every loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from torch.utils.data import Dataset
+
+from landscape.registry import Registry
+
+
+@dataclass
+class DataConfig:
+    """Which dataset and how to load it.
+
+    ``root``, ``download`` and ``num_workers`` describe where/how, not what: they are not part of
+    a run's identity (see ``landscape.runs``).
+    """
+
+    name: str = "digits"
+    root: str = "data"
+    download: bool = False
+    image_size: Optional[int] = None  # resize target; None = the dataset's native size
+    augment: bool = True  # random crop with padding + horizontal flip on the training split
+    crop_padding: int = 4
+    hflip: bool = True
+    train_subset: Optional[int] = None  # first N training examples (stratified for digits)
+    test_subset: Optional[int] = None
+    num_workers: int = 0
+
+
+@dataclass
+class DatasetBundle:
+    """What a loader provides. ``train_eval`` is the training split without augmentation."""
+
+    train: Dataset
+    train_eval: Dataset
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not on disk; the message says where we looked and how to get it."""
+
+
+DATASETS: Registry[Callable[[DataConfig], DatasetBundle]] = Registry("dataset")
+
+
+def register_dataset(name: str):
+    """Decorator: register ``fn(cfg: DataConfig) -> DatasetBundle``."""
+    return DATASETS.register(name)
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def load_dataset(cfg: DataConfig) -> DatasetBundle:
+    """Load the dataset named by ``cfg.name`` (see :func:`list_datasets`)."""
+    loader = DATASETS.get(cfg.name)
+    for field in ("train_subset", "test_subset", "image_size"):
+        v = getattr(cfg, field)
+        if v is not None and v < 1:
+            raise ValueError(f"data.{field} must be >= 1 or null, got {v}")
+    if cfg.crop_padding < 0:
+        raise ValueError(f"data.crop_padding must be >= 0, got {cfg.crop_padding}")
+    return loader(cfg)

@@ -1,0 +1,34 @@
+"""The paper's augmentation: random crop with padding + horizontal flip + normalisation."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torchvision.transforms import v2
+
+from landscape.data.registry import DataConfig
+
+# Per-channel statistics of the CIFAR-10 training set (as in the paper's training script).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+# Tiny ImageNet training-set statistics (commonly used values).
+TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
+TINY_IMAGENET_STD = (0.2302, 0.2265, 0.2262)
+
+
+def image_transforms(
+    cfg: DataConfig, *, train: bool, size: int, mean: Sequence[float], std: Sequence[float],
+    resize: bool, from_pil: bool,
+) -> Callable:
+    """PIL image or uint8/float CHW tensor -> normalised float32 CHW tensor."""
+    ops: list = [v2.ToImage()] if from_pil else []
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    if resize:
+        ops.append(v2.Resize((size, size), antialias=True))
+    if train and cfg.augment:
+        ops.append(v2.RandomCrop(size, padding=cfg.crop_padding))
+        if cfg.hflip:
+            ops.append(v2.RandomHorizontalFlip())
+    ops.append(v2.Normalize(mean=list(mean), std=list(std)))
+    return v2.Compose(ops)

@@ -1,0 +1,181 @@
+"""The stages of one run, in order, each skipped when its DONE marker exists.
+
+A stage is a function ``fn(ctx: RunContext) -> list[dict]`` returning rows without identity
+columns (``metric``, ``value`` and optional ``index``/``layer``/...); the pipeline adds the
+identity columns and the stage name, writes the rows atomically, then the marker. New stages
+(pruning, Hessian, CKA, importance maps) register with :func:`register_stage`; this is the
+only module that knows their order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any, Callable, Optional
+
+import torch
+
+from landscape import results
+from landscape.config import RunConfig, identity_dict
+from landscape.data import DatasetBundle, load_dataset
+from landscape.device import DeviceSettings, configure_backends, device_settings, resolve_device
+from landscape.models import RFNet, create_model
+from landscape.runs import RunPaths, run_paths
+from landscape.storage import atomic_write_json, load_checkpoint
+from landscape.train import derive_seed, seed_everything, train_model
+
+log = logging.getLogger("landscape")
+
+
+@dataclass
+class RunContext:
+    """Everything a stage needs; data and identity are computed once, on first use."""
+
+    cfg: RunConfig
+    paths: RunPaths
+    settings: DeviceSettings
+
+    @cached_property
+    def data(self) -> DatasetBundle:
+        return load_dataset(self.cfg.data)
+
+    def build_model(self) -> RFNet:
+        """A freshly initialised model, seeded from the run seed (the same init every time)."""
+        m = self.cfg.model
+        with torch.random.fork_rng(devices=[]):
+            seed_everything(derive_seed(self.cfg.seed, 0))
+            return create_model(
+                m.name, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+                pool_level=m.pool_level, width=m.width, pool_kernel=m.pool_kernel,
+                pool_stride=m.pool_stride, pool_padding=m.pool_padding,
+                input_size=self.data.image_size,
+            )
+
+    def load_model(self, which: str = "final") -> RFNet:
+        """The model with the weights of checkpoint ``which`` ("init" or "final")."""
+        model = self.build_model()
+        state = load_checkpoint(self.paths.checkpoints / f"{which}.pt")
+        model.load_state_dict(state["model"])
+        return model.to(self.settings.device)
+
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        from landscape.receptive_field import max_receptive_field
+
+        m = self.cfg.model
+        model = self.build_model()
+        spec = model.pool_spec
+        return {
+            "run_id": self.paths.run_id, "arch": m.name, "dataset": self.cfg.data.name,
+            "pool_level": m.pool_level, "pool_kernel": spec.kernel, "pool_stride": spec.stride,
+            "pool_padding": spec.padding, "receptive_field": max_receptive_field(model),
+            "width": float(m.width), "seed": self.cfg.seed,
+        }
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fn: Callable[[RunContext], list[dict]]
+    enabled: Callable[[RunConfig], bool] = lambda cfg: True
+    needs_trained: bool = True  # skipped when training diverged
+
+
+STAGES: list[Stage] = []
+
+
+def register_stage(stage: Stage, *, after: Optional[str] = None) -> None:
+    """Add a stage at the end, or right after the stage named ``after``."""
+    if any(s.name == stage.name for s in STAGES):
+        raise ValueError(f"stage '{stage.name}' is already registered")
+    if after is None:
+        STAGES.append(stage)
+        return
+    names = [s.name for s in STAGES]
+    if after not in names:
+        raise ValueError(f"unknown stage '{after}'; registered: {', '.join(names)}")
+    STAGES.insert(names.index(after) + 1, stage)
+
+
+# ---------------------------------------------------------------------------------------------
+def train_stage(ctx: RunContext) -> list[dict]:
+    model = ctx.build_model()
+    t0 = time.perf_counter()
+    outcome = train_model(
+        model, ctx.data.train, ctx.data.test, ctx.cfg.train, seed=ctx.cfg.seed,
+        settings=ctx.settings, checkpoint_dir=ctx.paths.checkpoints,
+        num_workers=ctx.cfg.data.num_workers, progress=ctx.cfg.progress,
+    )
+    rows: list[dict] = []
+    for r in outcome.history:
+        for metric in ("train_loss", "train_acc", "test_loss", "test_acc", "learning_rate",
+                       "epoch_seconds"):
+            rows.append({"metric": metric, "value": getattr(r, metric), "index": r.epoch})
+    rows.append({"metric": "diverged", "value": float(outcome.diverged),
+                 "index": outcome.diverged_epoch})
+    rows.append({"metric": "num_params", "value": sum(p.numel() for p in model.parameters())})
+    rows.append({"metric": "train_seconds", "value": time.perf_counter() - t0})
+    if outcome.diverged:
+        log.warning("run %s diverged at epoch %d (non-finite training loss)",
+                    ctx.paths.run_id, outcome.diverged_epoch)
+    return rows
+
+
+register_stage(Stage("train", train_stage, needs_trained=False))
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    run_dir: str
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    status: str = "ok"
+
+
+def run(cfg: RunConfig) -> RunSummary:
+    """Run every enabled stage of one run (cell + seed) that is not done yet."""
+    paths = run_paths(cfg)
+    device = resolve_device(cfg.device)
+    settings = device_settings(device, amp=cfg.train.amp, channels_last=cfg.train.channels_last)
+    configure_backends(device, deterministic=cfg.train.deterministic)
+    ctx = RunContext(cfg, paths, settings)
+    paths.run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(paths.cell / "cell.json",
+                      {"cell": paths.cell.name, "identity": identity_dict(cfg)})
+    atomic_write_json(paths.run / "config.json", asdict(cfg))
+    summary = RunSummary(run_dir=str(paths.run))
+    for stage in STAGES:
+        if not stage.enabled(cfg):
+            continue
+        if results.is_done(paths.run, stage.name):
+            summary.skipped.append(stage.name)
+            continue
+        train_done = results.read_done(paths.run, "train") or {}
+        if stage.needs_trained and train_done.get("status") != "ok":
+            summary.skipped.append(stage.name)
+            continue
+        log.info("%s: running stage %s", paths.run_id, stage.name)
+        t0 = time.perf_counter()
+        try:
+            rows = stage.fn(ctx)
+            status = "ok"
+            if stage.name == "train" and any(r["metric"] == "diverged" and r["value"] for r in rows):
+                status = "diverged"
+            results.write_stage(paths.run, stage.name,
+                                [{**ctx.identity, "stage": stage.name, **r} for r in rows],
+                                status=status, info={"seconds": time.perf_counter() - t0})
+        except Exception:
+            results.write_failure(paths.run, stage.name, traceback.format_exc())
+            summary.status = "failed"
+            raise
+        summary.ran.append(stage.name)
+        if status != "ok":
+            summary.status = status
+    if not summary.ran:
+        log.info("%s: nothing to do, every stage is done (%s)", paths.run_id,
+                 ", ".join(summary.skipped))
+    return summary

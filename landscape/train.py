@@ -1,0 +1,225 @@
+"""The training loop: seeded, resumable from per-epoch checkpoints, AMP/channels_last on CUDA.
+
+Determinism: every epoch reseeds python/numpy/torch and the data-order generator from
+``(seed, epoch)``, so a run resumed from the checkpoint of epoch e replays epochs e+1.. exactly
+as an uninterrupted run would (on CPU; cuDNN needs ``deterministic=True`` for the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from landscape.device import DeviceSettings, progress_enabled
+from landscape.storage import load_checkpoint, save_checkpoint
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Defaults are the paper's released training script (CIFAR-10)."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    scheduler: str = "cosine"  # "cosine" (CosineAnnealingLR, T_max = epochs) | "constant"
+    grad_clip: Optional[float] = None  # max global gradient L2 norm; None = off
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    deterministic: bool = False
+
+
+SCHEDULERS = ("cosine", "constant")
+
+
+def validate_train_config(cfg: TrainConfig) -> None:
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.lr > 0:
+        raise ValueError(f"train.lr must be > 0, got {cfg.lr}")
+    if cfg.scheduler not in SCHEDULERS:
+        raise ValueError(f"train.scheduler must be one of {SCHEDULERS}, got {cfg.scheduler!r}")
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        raise ValueError(f"train.grad_clip must be > 0 or null, got {cfg.grad_clip}")
+    if cfg.momentum < 0 or cfg.weight_decay < 0:
+        raise ValueError("train.momentum and train.weight_decay must be >= 0")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    learning_rate: float
+    epoch_seconds: float
+
+
+@dataclass
+class TrainOutcome:
+    history: list[EpochRecord] = field(default_factory=list)
+    diverged: bool = False
+    diverged_epoch: Optional[int] = None
+    resumed_from_epoch: int = 0
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions)."""
+    digest = hashlib.sha256(":".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, settings: DeviceSettings) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (fraction in [0, 1]) over ``loader``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
+    correct = torch.zeros((), dtype=torch.int64, device=settings.device)
+    n = 0
+    try:
+        for x, y in loader:
+            x, y = settings.to_device(x), y.to(settings.device, non_blocking=settings.non_blocking)
+            with settings.autocast():
+                out = model(x)
+            loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
+            correct += (out.argmax(1) == y).sum()
+            n += len(y)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluation set is empty")
+    return float(loss_sum) / n, int(correct) / n
+
+
+def make_loader(ds: Dataset, batch_size: int, settings: DeviceSettings, *, shuffle: bool,
+                num_workers: int = 0, generator: Optional[torch.Generator] = None) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      pin_memory=settings.pin_memory, generator=generator,
+                      persistent_workers=False, drop_last=False)
+
+
+def train_model(
+    model: nn.Module,
+    train_set: Dataset,
+    test_set: Dataset,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    settings: DeviceSettings,
+    checkpoint_dir: Path,
+    num_workers: int = 0,
+    progress: bool = True,
+    on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+) -> TrainOutcome:
+    """Train ``model`` in place; resume from ``checkpoint_dir/last.pt`` when present.
+
+    Writes ``init.pt`` (the weights before the first step; needed by the Hessian and importance
+    stages), ``last.pt`` after every epoch and ``final.pt`` at the end. A non-finite training
+    loss stops the run (checked once per epoch, to avoid a host sync per step) and returns
+    ``diverged=True``; the last finite checkpoint is kept.
+    """
+    validate_train_config(cfg)
+    checkpoint_dir = Path(checkpoint_dir)
+    model.to(settings.device, memory_format=settings.memory_format)
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg)
+    outcome = TrainOutcome()
+    last = checkpoint_dir / "last.pt"
+    if last.exists():
+        state = load_checkpoint(last, map_location=settings.device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        outcome.history = [EpochRecord(**r) for r in state["history"]]
+        outcome.resumed_from_epoch = int(state["epoch"])
+    elif not (checkpoint_dir / "init.pt").exists():
+        save_checkpoint(checkpoint_dir / "init.pt", {"model": model.state_dict(), "epoch": 0,
+                                                     "format": CHECKPOINT_FORMAT})
+    test_loader = make_loader(test_set, cfg.eval_batch_size, settings, shuffle=False,
+                              num_workers=num_workers)
+    gen = torch.Generator()
+    train_loader = make_loader(train_set, cfg.batch_size, settings, shuffle=True,
+                               num_workers=num_workers, generator=gen)
+    criterion = nn.CrossEntropyLoss()
+    for epoch in range(outcome.resumed_from_epoch + 1, cfg.epochs + 1):
+        epoch_seed = derive_seed(seed, epoch)
+        seed_everything(epoch_seed)
+        gen.manual_seed(epoch_seed)
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
+        correct = torch.zeros((), dtype=torch.int64, device=settings.device)
+        n = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                   disable=not progress_enabled(progress))
+        for x, y in bar:
+            x, y = settings.to_device(x), y.to(settings.device, non_blocking=settings.non_blocking)
+            with settings.autocast():
+                out = model(x)
+                loss = criterion(out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            n += len(y)
+        train_loss = float(loss_sum) / n
+        if not math.isfinite(train_loss):
+            outcome.diverged, outcome.diverged_epoch = True, epoch
+            break
+        sched.step()
+        test_loss, test_acc = evaluate(model, test_loader, settings)
+        record = EpochRecord(epoch, train_loss, int(correct) / n, test_loss, test_acc, lr,
+                             time.perf_counter() - t0)
+        outcome.history.append(record)
+        save_checkpoint(last, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "epoch": epoch,
+            "history": [asdict(r) for r in outcome.history], "format": CHECKPOINT_FORMAT,
+        })
+        if on_epoch is not None:
+            on_epoch(record)
+    if not outcome.diverged:
+        save_checkpoint(checkpoint_dir / "final.pt", {"model": model.state_dict(),
+                                                      "epoch": cfg.epochs,
+                                                      "format": CHECKPOINT_FORMAT})
+    return outcome
