@@ -56,3 +56,7 @@ class GridSummary(Callback):
         if len(df):
             print(final_accuracy_table(df).to_string())
         print(f"[landscape] load them with: landscape.results.load({str(root)!r})", flush=True)
+
+
+if __name__ == "__main__":
+    run_main()

@@ -109,7 +109,10 @@ def synthetic(cfg: DataConfig) -> DatasetBundle:
     """
     size, n_tr, n_te, k = cfg.image_size or 16, cfg.train_subset or 512, cfg.test_subset or 256, 10
     g = torch.Generator().manual_seed(12345)
-    templates = torch.rand(k, 3, size, size, generator=g)
+    # Smooth (2x2 upsampled) class templates, so random crops and flips keep the class signal.
+    coarse = torch.rand(k, 3, 2, 2, generator=g)
+    templates = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear",
+                                                align_corners=False)
 
     def draw(n: int) -> tuple[Tensor, Tensor]:
         y = torch.arange(n) % k

@@ -61,7 +61,7 @@ def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
         if n and not list(m.children())
     ]
     p = next(model.parameters())
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model._checking = True
     try:
         model.eval()
@@ -72,7 +72,8 @@ def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
             vanished.append(_next_layer(model, last["name"]))
     finally:
         model._checking = False
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
         for h in handles:
             h.remove()
     return vanished[0] if vanished else None
@@ -90,6 +91,8 @@ def check_input_size(model: RFNet, size: int | tuple[int, int]) -> None:
     if isinstance(size, int):
         size = (size, size)
     size = (int(size[0]), int(size[1]))
+    if size in model._valid_sizes:
+        return
     layer = _dry_run(model, size)
     if layer is None:
         model._valid_sizes.add(size)

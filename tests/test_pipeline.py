@@ -1,0 +1,165 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from landscape import pipeline, results
+from landscape.cli import CONFIG_DIR, to_run_config
+from landscape.config import ModelConfig, RunConfig
+from landscape.data import DataConfig
+from landscape.device import device_settings, resolve_device
+from landscape.models import InputTooSmallError
+from landscape.train import TrainConfig
+
+
+def tiny_cfg(root: Path, **kw) -> RunConfig:
+    base = dict(
+        model=ModelConfig(name="small_cnn", width=0.25, pool_level=1),
+        data=DataConfig(name="synthetic", image_size=8, train_subset=64, test_subset=32),
+        train=TrainConfig(epochs=2, batch_size=32, lr=0.05),
+        results_root=str(root), device="cpu", progress=False,
+    )
+    return RunConfig(**{**base, **kw})
+
+
+def test_run_writes_tidy_rows_and_rerun_does_nothing(tmp_path, caplog):
+    cfg = tiny_cfg(tmp_path)
+    first = pipeline.run(cfg)
+    assert first.ran == ["train"] and first.status == "ok"
+    df = results.load(tmp_path)
+    acc = df[df.metric == "test_acc"]
+    assert acc["index"].tolist() == [1, 2]
+    row = acc.iloc[0]
+    assert (row.arch, row.dataset, row.pool_level, row.pool_kernel, row.pool_stride, row.seed) == (
+        "small_cnn", "synthetic", 1, 2, 1, 0)
+    # conv3 (3), pool k2 s1 (4), conv3 (6), maxpool k2 s2 (7, jump 2), conv3 (7 + 2*2 = 11)
+    assert row.receptive_field == 11
+    assert df[df.metric == "num_params"]["value"].iloc[0] > 0
+    mtime = (Path(first.run_dir) / "checkpoints" / "final.pt").stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="landscape"):
+        second = pipeline.run(cfg)
+    assert second.ran == [] and second.skipped == ["train"]
+    assert "nothing to do" in caplog.text
+    assert (Path(first.run_dir) / "checkpoints" / "final.pt").stat().st_mtime_ns == mtime
+
+
+def test_failed_stage_is_recorded_and_later_stages_wait(tmp_path, monkeypatch):
+    calls = []
+
+    def boom(ctx):
+        raise RuntimeError("stage exploded")
+
+    def after(ctx):
+        calls.append(ctx.paths.run_id)
+        return [{"metric": "num_params", "value": 1}]
+
+    monkeypatch.setattr(pipeline, "STAGES", list(pipeline.STAGES))
+    pipeline.register_stage(pipeline.Stage("boom", boom))
+    pipeline.register_stage(pipeline.Stage("after", after))
+    cfg = tiny_cfg(tmp_path)
+    with pytest.raises(RuntimeError, match="stage exploded"):
+        pipeline.run(cfg)
+    run_dir = Path(tmp_path).glob("*/seed=0")
+    run_dir = next(run_dir)
+    assert "stage exploded" in (run_dir / "stages" / "boom" / "FAILED").read_text()
+    assert not results.is_done(run_dir, "boom") and results.is_done(run_dir, "train")
+    assert calls == []
+    with pytest.raises(ValueError, match="already registered"):
+        pipeline.register_stage(pipeline.Stage("after", after))
+    with pytest.raises(ValueError, match="unknown stage 'nope'"):
+        pipeline.register_stage(pipeline.Stage("x", after), after="nope")
+
+
+def test_diverged_run_is_recorded_not_silent(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(pipeline, "STAGES", list(pipeline.STAGES))
+    pipeline.register_stage(pipeline.Stage("after", lambda ctx: ran.append(1) or []))
+    cfg = tiny_cfg(tmp_path, train=TrainConfig(epochs=3, batch_size=32, lr=1e12, momentum=0.0))
+    summary = pipeline.run(cfg)
+    assert summary.status == "diverged" and ran == []
+    df = results.load(tmp_path)
+    assert df[df.metric == "diverged"]["value"].tolist() == [1.0]
+    assert results.read_done(Path(summary.run_dir), "train")["status"] == "diverged"
+
+
+def test_impossible_pool_for_the_data_fails_before_training(tmp_path):
+    cfg = tiny_cfg(tmp_path, model=ModelConfig(name="vgg19", width=0.125, pool_level=4))
+    with pytest.raises(InputTooSmallError, match="pool level 4.*8x8"):
+        pipeline.run(cfg)
+    assert not list(tmp_path.glob("*/seed=0/checkpoints/*.pt"))
+
+
+def test_device_selection_logic_without_a_gpu():
+    cpu = device_settings(torch.device("cpu"))
+    assert cpu.amp_dtype is None and not cpu.channels_last and not cpu.pin_memory
+    cuda = device_settings(torch.device("cuda"))  # only the selection logic, nothing runs
+    assert cuda.amp_dtype == torch.bfloat16 and cuda.channels_last and cuda.pin_memory
+    assert cuda.memory_format == torch.channels_last and cuda.non_blocking
+    assert device_settings(torch.device("cuda"), amp=False).amp_dtype is None
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def test_experiment_configs_compose_to_the_documented_values():
+    demo = _compose(["experiment=demo"])
+    assert demo.hydra.mode.name == "MULTIRUN"
+    assert dict(demo.hydra.sweeper.params) == {
+        "model.name": "resnet18,vgg19", "model.pool_level": "0,1,2", "seed": "0,1,2"}
+    paper = _compose(["experiment=paper_cifar10"])
+    cfg = to_run_config(_strip_hydra(paper))
+    t = cfg.train
+    assert (t.lr, t.momentum, t.weight_decay, t.epochs, t.batch_size, t.scheduler) == (
+        0.1, 0.9, 5e-4, 200, 128, "cosine")
+    assert (cfg.data.name, cfg.data.crop_padding, cfg.data.hflip) == ("cifar10", 4, True)
+    assert paper.hydra.sweeper.params["model.pool_level"] == "1,2,3,4"
+    text = to_run_config(_strip_hydra(_compose(["train=paper_text"]))).train
+    assert (text.lr, text.weight_decay, text.grad_clip) == (1e-4, 5e-5, 0.1)
+    tiny = to_run_config(_strip_hydra(_compose(["experiment=paper_tinyimagenet"])))
+    assert tiny.data.name == "tiny_imagenet"
+
+
+def _strip_hydra(cfg):
+    from omegaconf import OmegaConf, open_dict
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    from landscape.config import RunConfig as RC
+    return OmegaConf.merge(OmegaConf.structured(RC), cfg)
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(Exception, match="model.widht|widht"):
+        _compose(["model.widht=2"])
+    with pytest.raises(Exception, match="experiment"):
+        _compose(["experiment=nope"])
+
+
+def test_cli_grid_and_idempotent_rerun(tmp_path):
+    cmd = [sys.executable, "-m", "landscape.cli", "-m", "model=small_cnn", "model.width=0.25",
+           "data=synthetic", "data.image_size=8", "data.train_subset=64", "data.test_subset=32",
+           "train.epochs=1", "train.batch_size=32", "device=cpu", "seed=0,1",
+           f"results_root={tmp_path}"]
+    env = {**os.environ, "CI": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"results under {tmp_path}" in out.stdout and "(2 runs" in out.stdout
+    assert results.load(tmp_path)["seed"].nunique() == 2
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("already done, nothing to run") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        p.name for p in sorted(tmp_path.iterdir())]  # no timestamped Hydra folders
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()

@@ -1,0 +1,80 @@
+
+import pandas as pd
+import pytest
+
+from landscape import results
+from landscape.results import COLUMNS, SchemaError, load, read_stage, write_stage
+from landscape.storage import atomic_write
+
+IDENT = {"run_id": "c/seed=0", "arch": "vgg19", "dataset": "digits", "pool_level": 2,
+         "pool_kernel": 3, "pool_stride": 2, "pool_padding": 1, "receptive_field": 359,
+         "width": 0.125, "seed": 0, "stage": "train"}
+
+
+def test_roundtrip_keeps_schema_and_values(tmp_path):
+    rows = [{**IDENT, "metric": "test_acc", "value": 0.123456789012345678, "index": 3},
+            {**IDENT, "metric": "diverged", "value": False},
+            {**IDENT, "stage": "prune", "criterion": "magnitude", "prune_rate": 0.9,
+             "finetuned": True, "metric": "test_acc", "value": 0.5, "layer": "features.0"}]
+    write_stage(tmp_path / "run", "train", rows)
+    df = read_stage(tmp_path / "run", "train")
+    assert list(df.columns) == COLUMNS
+    assert df["value"].tolist()[0] == 0.123456789012345678  # exact float round trip
+    assert df["index"].tolist()[0] == 3 and pd.isna(df["index"].tolist()[1])
+    assert df["finetuned"].tolist()[2] is True and pd.isna(df["finetuned"].tolist()[0])
+    assert str(df["pool_level"].dtype) == "Int64" and str(df["metric"].dtype) == "string"
+    assert results.is_done(tmp_path / "run", "train")
+    assert results.read_done(tmp_path / "run", "train")["rows"] == 3
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"metric": "accuracy", "value": 1.0}, "unknown metric 'accuracy'"),
+    ({"metric": "test_acc", "value": "high"}, "value must be a number"),
+    ({"metric": "test_acc", "value": 1.0, "epoch": 3}, r"unknown column\(s\) \['epoch'\]"),
+])
+def test_bad_rows_are_refused_and_nothing_is_written(tmp_path, row, match):
+    with pytest.raises(SchemaError, match=match):
+        write_stage(tmp_path, "train", [{**IDENT, **row}])
+    assert not (tmp_path / "stages").exists()
+
+
+def test_register_metric_is_snake_case_and_unique():
+    results.register_metric("my_metric", "a test metric")
+    results.register_metric("my_metric", "a test metric")  # idempotent
+    with pytest.raises(SchemaError):
+        results.register_metric("my_metric", "something else")
+    with pytest.raises(SchemaError, match="snake_case"):
+        results.register_metric("MyMetric", "x")
+
+
+def test_load_skips_unfinished_and_temp_files(tmp_path):
+    write_stage(tmp_path / "a" / "seed=0", "train", [{**IDENT, "metric": "test_acc", "value": 0.5}])
+    write_stage(tmp_path / "a" / "seed=1", "train",
+                [{**IDENT, "seed": 1, "metric": "test_acc", "value": 0.7}])
+    # an unfinished stage: rows but no DONE marker, and a stray temp file
+    unfinished = tmp_path / "a" / "seed=2" / "stages" / "train"
+    unfinished.mkdir(parents=True)
+    (unfinished / "rows.csv").write_text("garbage")
+    (unfinished / ".rows.csv.abc.tmp").write_text("partial")
+    df = load(tmp_path)
+    assert sorted(df["seed"].tolist()) == [0, 1]
+    assert load(tmp_path / "empty").columns.tolist() == COLUMNS
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+
+    def boom(f):
+        f.write("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom, mode="w")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_every_metric_has_a_description():
+    assert all(isinstance(v, str) and v for v in results.METRICS.values())
+    assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(results.METRICS)
