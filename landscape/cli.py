@@ -15,12 +15,13 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from landscape.config import RunConfig
+from landscape.config import RFSweepConfig, RunConfig
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 cs = ConfigStore.instance()
 cs.store(name="run_schema", node=RunConfig)
+cs.store(name="rf_schema", node=RFSweepConfig)
 
 log = logging.getLogger("landscape")
 
@@ -43,6 +44,25 @@ def run_main(cfg: DictConfig) -> dict[str, Any]:
     return {"run_dir": summary.run_dir, "status": summary.status}
 
 
+@hydra.main(config_path=CONFIG_DIR, config_name="rf", version_base="1.3")
+def rf_main(cfg: DictConfig) -> None:
+    """Print the analytic receptive field of ``model`` at each pool level for ``data``'s input."""
+    from landscape.data import dataset_info
+    from landscape.receptive_field import format_sweep_table, rf_sweep_table
+
+    sweep = OmegaConf.to_object(cfg)
+    assert isinstance(sweep, RFSweepConfig)
+    m, info = sweep.model, dataset_info(sweep.data)
+    df = rf_sweep_table(
+        m.name, input_size=info.image_size, levels=tuple(sweep.levels), width=m.width,
+        num_classes=info.num_classes, in_channels=info.in_channels, pool_kernel=m.pool_kernel,
+        pool_stride=m.pool_stride, pool_padding=m.pool_padding,
+    )
+    print(f"{m.name} (width {m.width:g}) on {sweep.data.name}: {info.image_size}x{info.image_size} "
+          f"input, {info.in_channels} channel(s); r_max/r_min at the last conv layer, in pixels")
+    print(format_sweep_table(df), flush=True)
+
+
 class GridSummary(Callback):
     """At the end of a multirun, print where the results are and a per-cell summary."""
 
@@ -52,7 +72,9 @@ class GridSummary(Callback):
 
         root = Path(config.results_root).resolve()
         df = results.load(root)
-        print(f"\n[landscape] results under {root} ({df['run_id'].nunique()} runs, {len(df)} rows)")
+        runs = df.loc[df["seed"].notna(), "run_id"].nunique()
+        cells = df["run_id"].str.split("/").str[0].nunique()
+        print(f"\n[landscape] results under {root} ({runs} runs in {cells} cells, {len(df)} rows)")
         if len(df):
             print(final_accuracy_table(df).to_string())
         print(f"[landscape] load them with: landscape.results.load({str(root)!r})", flush=True)

@@ -37,6 +37,15 @@ class RunConfig:
     progress: bool = field(default=True, metadata=NOT_IDENTITY)
 
 
+@dataclass
+class RFSweepConfig:
+    """``landscape-rf``: the analytic RF of one architecture at several pool levels."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+
+
 # DataConfig fields that say where/how to load, not what data.
 DATA_NOT_IDENTITY = ("root", "download", "num_workers")
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Optional
 
+import pandas as pd
 import torch
 
 from landscape import results
@@ -23,6 +24,7 @@ from landscape.config import RunConfig, identity_dict
 from landscape.data import DatasetBundle, load_dataset
 from landscape.device import DeviceSettings, configure_backends, device_settings, resolve_device
 from landscape.models import RFNet, create_model
+from landscape.receptive_field import max_receptive_field, receptive_field_table
 from landscape.runs import RunPaths, run_paths
 from landscape.storage import atomic_write_json, load_checkpoint
 from landscape.train import derive_seed, seed_everything, train_model
@@ -63,8 +65,7 @@ class RunContext:
 
     @cached_property
     def identity(self) -> dict[str, Any]:
-        from landscape.receptive_field import max_receptive_field
-
+        """Identity columns of this run's rows (DESIGN.md §4)."""
         m = self.cfg.model
         model = self.build_model()
         spec = model.pool_spec
@@ -74,6 +75,11 @@ class RunContext:
             "pool_padding": spec.padding, "receptive_field": max_receptive_field(model),
             "width": float(m.width), "seed": self.cfg.seed,
         }
+
+    @property
+    def cell_identity(self) -> dict[str, Any]:
+        """Identity columns of cell-level rows: no seed, run_id = the cell folder name."""
+        return {**self.identity, "run_id": self.paths.cell.name, "seed": None}
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,32 @@ register_stage(Stage("train", train_stage, needs_trained=False))
 
 
 # ---------------------------------------------------------------------------------------------
+CELL_DIR = "cell"  # cell-level stages live in <cell>/cell/stages/<stage>/
+
+
+def receptive_field_rows(ctx: RunContext) -> list[dict]:
+    """The analytic RF table of the cell's model at its input size, as tidy rows."""
+    table = receptive_field_table(ctx.build_model(), ctx.data.image_size)
+    rows = []
+    for r in table.itertuples():
+        values = {"rf_r_max": r.r_max, "rf_r_min": r.r_min, "rf_jump": r.jump,
+                  "rf_unproductive": r.unproductive, "rf_border": r.border}
+        rows += [{"metric": k, "value": float(v), "layer": r.layer}
+                 for k, v in values.items() if not pd.isna(v)]  # global layers: no RF
+    return rows
+
+
+def ensure_cell_stage(ctx: RunContext, name: str, fn: Callable[[RunContext], list[dict]]) -> bool:
+    """Run a cell-level stage once per cell (the first seed to get here writes it)."""
+    cell_dir = ctx.paths.cell / CELL_DIR
+    if results.is_done(cell_dir, name):
+        return False
+    rows = [{**ctx.cell_identity, "stage": name, **r} for r in fn(ctx)]
+    results.write_stage(cell_dir, name, rows)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
 @dataclass
 class RunSummary:
     run_dir: str
@@ -148,6 +180,8 @@ def run(cfg: RunConfig) -> RunSummary:
                       {"cell": paths.cell.name, "identity": identity_dict(cfg)})
     atomic_write_json(paths.run / "config.json", asdict(cfg))
     summary = RunSummary(run_dir=str(paths.run))
+    if ensure_cell_stage(ctx, "receptive_field", receptive_field_rows):
+        summary.ran.append("receptive_field")
     for stage in STAGES:
         if not stage.enabled(cfg):
             continue

@@ -53,6 +53,12 @@ METRICS: dict[str, str] = {
     "diverged": "1 if the training loss became NaN/inf (index = epoch it happened), else 0",
     "num_params": "number of parameters of the model",
     "train_seconds": "wall time of the training stage in this process, seconds",
+    # receptive_field (cell-level, one row per conv/pool layer; layer = module name)
+    "rf_r_max": "analytic receptive field of a layer's output, max over paths, pixels",
+    "rf_r_min": "analytic receptive field of a layer's output, min over paths, pixels",
+    "rf_jump": "effective stride of a layer's output in input pixels",
+    "rf_unproductive": "1 if the r_min of the layer's input already covers the input size",
+    "rf_border": "1 for the border layer (the first unproductive layer), else 0",
 }
 
 DONE = "DONE"

@@ -29,7 +29,7 @@ def tiny_cfg(root: Path, **kw) -> RunConfig:
 def test_run_writes_tidy_rows_and_rerun_does_nothing(tmp_path, caplog):
     cfg = tiny_cfg(tmp_path)
     first = pipeline.run(cfg)
-    assert first.ran == ["train"] and first.status == "ok"
+    assert first.ran == ["receptive_field", "train"] and first.status == "ok"
     df = results.load(tmp_path)
     acc = df[df.metric == "test_acc"]
     assert acc["index"].tolist() == [1, 2]
@@ -39,6 +39,12 @@ def test_run_writes_tidy_rows_and_rerun_does_nothing(tmp_path, caplog):
     # conv3 (3), pool k2 s1 (4), conv3 (6), maxpool k2 s2 (7, jump 2), conv3 (7 + 2*2 = 11)
     assert row.receptive_field == 11
     assert df[df.metric == "num_params"]["value"].iloc[0] > 0
+    rf = df[df.stage == "receptive_field"]  # written once per cell, without a seed
+    assert rf["seed"].isna().all() and rf["run_id"].nunique() == 1
+    r_max = rf[rf.metric == "rf_r_max"].set_index("layer")["value"]
+    assert r_max.to_dict() == {"features.0": 3, "features.1": 4, "features.4": 6,
+                               "features.7": 7, "features.8": 11, "features.11": 13}
+    assert rf[(rf.metric == "rf_border") & (rf.value == 1)]["layer"].tolist() == ["features.11"]
     mtime = (Path(first.run_dir) / "checkpoints" / "final.pt").stat().st_mtime_ns
     with caplog.at_level("INFO", logger="landscape"):
         second = pipeline.run(cfg)
@@ -156,10 +162,22 @@ def test_cli_grid_and_idempotent_rerun(tmp_path):
     env = {**os.environ, "CI": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert f"results under {tmp_path}" in out.stdout and "(2 runs" in out.stdout
+    assert f"results under {tmp_path}" in out.stdout and "(2 runs in 1 cells" in out.stdout
     assert results.load(tmp_path)["seed"].nunique() == 2
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert again.returncode == 0 and again.stdout.count("already done, nothing to run") == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         p.name for p in sorted(tmp_path.iterdir())]  # no timestamped Hydra folders
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_rf_cli_prints_the_paper_vgg19_column(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", "from landscape.cli import rf_main; rf_main()", "model=vgg19",
+         "data=cifar10", "levels=[1,2,3,4]", "model.width=0.125"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "CI": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [ln.split() for ln in out.stdout.splitlines()[2:]]
+    assert [int(ln[4]) for ln in lines] == [181, 359, 537, 715]  # r_max, DESIGN.md §2
+    assert [int(ln[0]) for ln in lines] == [1, 2, 3, 4]
+    assert len({ln[6] for ln in lines}) == 1  # the parameter count does not change

@@ -57,7 +57,7 @@ def _bundle_from_tensors(
 
 
 # ---------------------------------------------------------------------------------------------
-@register_dataset("digits")
+@register_dataset("digits", image_size=32, in_channels=1, num_classes=10)
 def digits(cfg: DataConfig) -> DatasetBundle:
     """scikit-learn's bundled 8x8 digits (1,797 real images, 10 classes), offline.
 
@@ -100,7 +100,7 @@ def _stratified_head(idx: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-@register_dataset("synthetic")
+@register_dataset("synthetic", image_size=16, in_channels=3, num_classes=10)
 def synthetic(cfg: DataConfig) -> DatasetBundle:
     """Deterministic learnable data for tests: a fixed random template per class plus noise.
 
@@ -146,7 +146,7 @@ class _CIFAR10(CIFAR10):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", image_size=32, in_channels=3, num_classes=10)
 def cifar10(cfg: DataConfig) -> DatasetBundle:
     """CIFAR-10 from ``<root>/cifar-10-batches-py`` (torchvision's layout)."""
     root = Path(cfg.root).expanduser()
@@ -199,7 +199,7 @@ class TinyImageNetVal(Dataset):
             return self.transform(im.convert("RGB")), label
 
 
-@register_dataset("tiny_imagenet")
+@register_dataset("tiny_imagenet", image_size=64, in_channels=3, num_classes=200)
 def tiny_imagenet(cfg: DataConfig) -> DatasetBundle:
     """Tiny ImageNet-200 from ``<root>/tiny-imagenet-200`` (the standard folder layout).
 

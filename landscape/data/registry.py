@@ -48,12 +48,35 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not on disk; the message says where we looked and how to get it."""
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known of a dataset without loading it."""
+
+    image_size: int  # native side length in pixels
+    in_channels: int
+    num_classes: int
+
+
 DATASETS: Registry[Callable[[DataConfig], DatasetBundle]] = Registry("dataset")
+_INFO: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str):
-    """Decorator: register ``fn(cfg: DataConfig) -> DatasetBundle``."""
-    return DATASETS.register(name)
+def register_dataset(name: str, *, image_size: int, in_channels: int, num_classes: int):
+    """Decorator: register ``fn(cfg: DataConfig) -> DatasetBundle`` and its shape facts."""
+    deco = DATASETS.register(name)
+
+    def wrap(fn):
+        _INFO[name] = DatasetInfo(image_size, in_channels, num_classes)
+        return deco(fn)
+
+    return wrap
+
+
+def dataset_info(cfg: DataConfig) -> DatasetInfo:
+    """Image size (after ``cfg.image_size``), channels and classes, without loading the data."""
+    DATASETS.get(cfg.name)
+    info = _INFO[cfg.name]
+    return DatasetInfo(cfg.image_size or info.image_size, info.in_channels, info.num_classes)
 
 
 def list_datasets() -> list[str]:
