@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from landscape.data.registry import DataConfig
+from landscape.stages.importance import ImportanceConfig
 from landscape.train import TrainConfig
 
 NOT_IDENTITY = {"identity": False}
@@ -32,6 +33,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
+    # Analysis stages: their settings are not part of the run's identity; each stage unit
+    # (e.g. importance at init) is marked done separately.
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig, metadata=NOT_IDENTITY)
     results_root: str = field(default="results", metadata=NOT_IDENTITY)
     device: str = field(default="auto", metadata=NOT_IDENTITY)
     progress: bool = field(default=True, metadata=NOT_IDENTITY)

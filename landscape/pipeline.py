@@ -26,6 +26,8 @@ from landscape.device import DeviceSettings, configure_backends, device_settings
 from landscape.models import RFNet, create_model
 from landscape.receptive_field import max_receptive_field, receptive_field_table
 from landscape.runs import RunPaths, run_paths
+from landscape.stages.importance import importance_stage
+from landscape.stages.importance import variants as importance_variants
 from landscape.storage import atomic_write_json, load_checkpoint
 from landscape.train import derive_seed, seed_everything, train_model
 
@@ -39,6 +41,16 @@ class RunContext:
     cfg: RunConfig
     paths: RunPaths
     settings: DeviceSettings
+
+    arrays: dict[str, Any] = field(default_factory=dict)
+
+    def save_array(self, name: str, array: Any) -> None:
+        """Keep an array (e.g. an importance map) to be written with the stage's rows."""
+        self.arrays[name] = array
+
+    def pop_arrays(self) -> dict[str, Any]:
+        out, self.arrays = self.arrays, {}
+        return out
 
     @cached_property
     def data(self) -> DatasetBundle:
@@ -82,12 +94,29 @@ class RunContext:
         return {**self.identity, "run_id": self.paths.cell.name, "seed": None}
 
 
+def _always(cfg: RunConfig) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Stage:
+    """A step of a run. ``fn(ctx, **params)`` returns rows without identity columns.
+
+    ``variants(cfg)`` expands the stage into independent, separately-marked units, e.g. one
+    per (criterion, rate): a list of ``(suffix, params)``; the unit is named
+    ``<name>_<suffix>``. Rows get ``stage=<name>`` unless they set ``stage`` themselves.
+    """
+
     name: str
-    fn: Callable[[RunContext], list[dict]]
-    enabled: Callable[[RunConfig], bool] = lambda cfg: True
-    needs_trained: bool = True  # skipped when training diverged
+    fn: Callable[..., list[dict]]
+    enabled: Callable[[RunConfig], bool] = _always
+    needs_trained: bool = True  # skipped unless training finished without diverging
+    variants: Optional[Callable[[RunConfig], list[tuple[str, dict]]]] = None
+
+    def units(self, cfg: RunConfig) -> list[tuple[str, dict]]:
+        if self.variants is None:
+            return [(self.name, {})]
+        return [(f"{self.name}_{suffix}", params) for suffix, params in self.variants(cfg)]
 
 
 STAGES: list[Stage] = []
@@ -131,6 +160,8 @@ def train_stage(ctx: RunContext) -> list[dict]:
 
 
 register_stage(Stage("train", train_stage, needs_trained=False))
+register_stage(Stage("importance", importance_stage, enabled=lambda c: c.importance.enabled,
+                     variants=importance_variants))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,30 +216,34 @@ def run(cfg: RunConfig) -> RunSummary:
     for stage in STAGES:
         if not stage.enabled(cfg):
             continue
-        if results.is_done(paths.run, stage.name):
-            summary.skipped.append(stage.name)
-            continue
-        train_done = results.read_done(paths.run, "train") or {}
-        if stage.needs_trained and train_done.get("status") != "ok":
-            summary.skipped.append(stage.name)
-            continue
-        log.info("%s: running stage %s", paths.run_id, stage.name)
-        t0 = time.perf_counter()
-        try:
-            rows = stage.fn(ctx)
-            status = "ok"
-            if stage.name == "train" and any(r["metric"] == "diverged" and r["value"] for r in rows):
-                status = "diverged"
-            results.write_stage(paths.run, stage.name,
-                                [{**ctx.identity, "stage": stage.name, **r} for r in rows],
-                                status=status, info={"seconds": time.perf_counter() - t0})
-        except Exception:
-            results.write_failure(paths.run, stage.name, traceback.format_exc())
-            summary.status = "failed"
-            raise
-        summary.ran.append(stage.name)
-        if status != "ok":
-            summary.status = status
+        for unit, params in stage.units(cfg):
+            if results.is_done(paths.run, unit):
+                summary.skipped.append(unit)
+                continue
+            train_done = results.read_done(paths.run, "train") or {}
+            if stage.needs_trained and train_done.get("status") != "ok":
+                summary.skipped.append(unit)
+                continue
+            log.info("%s: running stage %s", paths.run_id, unit)
+            t0 = time.perf_counter()
+            try:
+                rows = stage.fn(ctx, **params)
+                status = "ok"
+                if stage.name == "train" and any(r["metric"] == "diverged" and r["value"]
+                                                 for r in rows):
+                    status = "diverged"
+                results.write_stage(
+                    paths.run, unit, [{**ctx.identity, "stage": stage.name, **r} for r in rows],
+                    status=status, info={"seconds": time.perf_counter() - t0, **params},
+                    arrays=ctx.pop_arrays(),
+                )
+            except Exception:
+                results.write_failure(paths.run, unit, traceback.format_exc())
+                summary.status = "failed"
+                raise
+            summary.ran.append(unit)
+            if status != "ok":
+                summary.status = status
     if not summary.ran:
         log.info("%s: nothing to do, every stage is done (%s)", paths.run_id,
                  ", ".join(summary.skipped))

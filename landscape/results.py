@@ -19,9 +19,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 
-from landscape.storage import atomic_write_json, atomic_write_text
+from landscape.storage import atomic_write, atomic_write_json, atomic_write_text
 
 # Identity columns, in order (DESIGN.md §4). pool_padding is kept too: a kernel/stride sweep
 # needs it to tell settings apart.
@@ -63,6 +64,7 @@ METRICS: dict[str, str] = {
 
 DONE = "DONE"
 ROWS = "rows.csv"
+ARRAYS = "arrays.npz"
 
 
 class SchemaError(ValueError):
@@ -145,12 +147,21 @@ def read_done(run_dir: Path, stage: str) -> dict[str, Any] | None:
 
 
 def write_stage(run_dir: Path, stage: str, rows: Iterable[Mapping[str, Any]], *,
-                status: str = "ok", info: Mapping[str, Any] | None = None) -> Path:
-    """Write a stage's rows, then its DONE marker (both atomically; the marker last)."""
+                status: str = "ok", info: Mapping[str, Any] | None = None,
+                arrays: Mapping[str, Any] | None = None) -> Path:
+    """Write a stage's rows (and named arrays, as ``arrays.npz``), then its DONE marker.
+
+    Every file is written atomically; the marker comes last, so a stage is either complete
+    or absent for :func:`load`.
+    """
     rows = validate_rows(rows)
     d = stage_dir(run_dir, stage)
     buf = io.StringIO()
     to_frame(rows).to_csv(buf, index=False)
+    if arrays:
+        npz = io.BytesIO()
+        np.savez_compressed(npz, **{k: np.asarray(v) for k, v in arrays.items()})
+        atomic_write(d / ARRAYS, lambda f: f.write(npz.getvalue()))
     atomic_write_text(d / ROWS, buf.getvalue())
     (d / "FAILED").unlink(missing_ok=True)
     atomic_write_json(d / DONE, {"stage": stage, "status": status, "rows": len(rows),
@@ -190,3 +201,16 @@ def load(root: str | Path) -> pd.DataFrame:
     if not frames:
         return to_frame([])
     return pd.concat(frames, ignore_index=True)
+
+
+def load_arrays(root: str | Path, stage: str) -> dict[str, dict[str, np.ndarray]]:
+    """Arrays saved by finished units of ``stage`` (e.g. ``"importance_init"``) under ``root``,
+    keyed by the run folder relative to ``root`` (the ``run_id`` of the rows)."""
+    root = Path(root)
+    out = {}
+    for done in sorted(root.glob(f"**/stages/{stage}/{DONE}")):
+        path = done.parent / ARRAYS
+        if path.is_file():
+            with np.load(path) as z:
+                out[done.parents[2].relative_to(root).as_posix()] = {k: z[k] for k in z.files}
+    return out

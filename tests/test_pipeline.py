@@ -181,3 +181,29 @@ def test_rf_cli_prints_the_paper_vgg19_column(tmp_path):
     assert [int(ln[4]) for ln in lines] == [181, 359, 537, 715]  # r_max, DESIGN.md §2
     assert [int(ln[0]) for ln in lines] == [1, 2, 3, 4]
     assert len({ln[6] for ln in lines}) == 1  # the parameter count does not change
+
+
+def test_importance_stage_rows_and_maps(tmp_path):
+    from landscape.stages.importance import ImportanceConfig
+
+    cfg = tiny_cfg(tmp_path, importance=ImportanceConfig(
+        enabled=True, checkpoints=["init", "final"], n_samples=4, input_size=24))
+    summary = pipeline.run(cfg)
+    assert summary.ran == ["receptive_field", "train", "importance_init", "importance_final"]
+    df = results.load(tmp_path)
+    imp = df[df.metric == "importance_max"].set_index("stage")
+    assert set(imp.index) == {"importance_init", "importance_final"}
+    assert (imp["value"] > 0).all() and (imp["layer"] == "features.8").all()
+    n = df[(df.metric == "importance_n") & (df.stage == "importance_init")]["value"]
+    assert n.tolist() == [4.0]
+    maps = results.load_arrays(tmp_path, "importance_init")
+    (run_maps,) = maps.values()
+    assert run_maps["mean_map"].shape == (24, 24) and run_maps["maxima"].shape == (4,)
+    assert run_maps["maxima"].mean() == pytest.approx(imp.loc["importance_init", "value"])
+    # changing the analysis settings does not retrain
+    again = pipeline.run(tiny_cfg(tmp_path, importance=ImportanceConfig(
+        enabled=True, checkpoints=["init"], n_samples=4, input_size=24)))
+    assert again.ran == [] and "train" in again.skipped
+    with pytest.raises(ValueError, match="importance.checkpoints"):
+        pipeline.run(tiny_cfg(tmp_path, importance=ImportanceConfig(enabled=True,
+                                                                   checkpoints=["best"])))

@@ -1,0 +1,279 @@
+"""Projected-gradient importance maps and the effective receptive field (ERF) size.
+
+A unit gradient is placed at the spatial centre of every channel of one conv layer (default:
+the last ``Conv2d`` to run) and back-propagated to the input x (n x C x H x W):
+
+    map_i(u, v) = sum_k | d/dx_i[k, u, v]  sum_c out_i[c, h // 2, w // 2] |,
+
+i.e. the absolute input gradient summed over input channels (units of |d out / d pixel|).
+``out[:, :, h // 2, w // 2]`` is 0-based; for an even h (or w) it is the lower-right of the
+two middle rows (columns). Eval-mode BN does not mix samples, so one batched backward gives
+every sample's map.
+
+* ``mode="paper"``: the model as given (at init), eval mode, N(0, 1) inputs from ``seed``.
+* ``mode="linearised"``: ReLU and BN pass gradients straight through, max-pools act as
+  average-pools (:func:`linearised_copy`); the net is then linear, so the map does not depend
+  on the input; one input of ones is used (as in the paper's released code) and ``n = 1``.
+
+ERF size follows Luo et al. (2016): the side of the smallest centred square that holds a given
+fraction of the map's mass, and the number of pixels above a fraction of the maximum.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from landscape.activations import (
+    ActivationCapture, check_on_device, eval_mode, execution_order, validate_input_size,
+)
+
+MODES = ("paper", "linearised")
+CENTRE_CONVENTION = "out[:, :, h // 2, w // 2] (0-based; even sizes: lower-right middle pixel)"
+AGGREGATION = (
+    "per sample: sum over input channels of |input gradient|; mean_map: mean over samples; "
+    "maxima: per-sample max of the map; max_std: population std (ddof=0)"
+)
+BN_MODES = {"paper": "eval (running statistics)", "linearised": "identity (straight-through)"}
+
+# Leaves that are already linear in eval mode and are kept as they are.
+_LINEAR_LEAVES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Identity, nn.Flatten,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.Dropout, nn.Dropout2d,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class ImportanceMaps:
+    """Projected-gradient maps of one model.
+
+    mean_map: (H, W) float64 mean map over samples. maxima: (n,) per-sample map maxima.
+    max_mean / max_std: mean and population std of ``maxima``. layer: the module whose
+    output received the unit gradients; centre: its (row, col). The remaining fields record
+    the conventions used (see the module docstring).
+    """
+
+    mean_map: np.ndarray
+    maxima: np.ndarray
+    max_mean: float
+    max_std: float
+    n: int
+    mode: str
+    layer: str
+    centre: tuple[int, int]
+    input_size: int
+    seed: int
+    centre_convention: str = CENTRE_CONVENTION
+    aggregation: str = AGGREGATION
+    bn_mode: str = BN_MODES["paper"]
+
+
+def _linearise(module: nn.Module, name: str) -> nn.Module:
+    if isinstance(module, (nn.ReLU, nn.modules.batchnorm._BatchNorm)):
+        return nn.Identity()
+    if isinstance(module, nn.MaxPool2d):
+        if module.dilation not in (1, (1, 1)) or module.return_indices:
+            raise ValueError(f"cannot linearise {name!r}: MaxPool2d with dilation or return_indices")
+        return nn.AvgPool2d(module.kernel_size, module.stride, module.padding,
+                            ceil_mode=module.ceil_mode, count_include_pad=True)
+    if isinstance(module, nn.AdaptiveMaxPool2d):
+        if module.return_indices:
+            raise ValueError(f"cannot linearise {name!r}: AdaptiveMaxPool2d with return_indices")
+        return nn.AdaptiveAvgPool2d(module.output_size)
+    if isinstance(module, _LINEAR_LEAVES):
+        return module
+    raise ValueError(
+        f"cannot linearise module {name or '<root>'!r} of type {type(module).__name__}; "
+        "supported: ReLU, BatchNorm, MaxPool2d, AdaptiveMaxPool2d and linear layers "
+        f"({', '.join(t.__name__ for t in _LINEAR_LEAVES)})"
+    )
+
+
+def linearised_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode, without parameter gradients, in which every ReLU and BatchNorm
+    is an identity and every max-pool the average-pool of the same window (gradient 1/k^2 to
+    each pixel of the window, padding included). ``model`` is untouched.
+
+    Leaf modules are swapped; nonlinear *functions* called inside a ``forward`` are not seen.
+    """
+    linear = copy.deepcopy(model).eval().requires_grad_(False)
+    if not list(linear.children()):
+        return _linearise(linear, "")
+    for name, module in list(linear.named_modules()):
+        if name and not list(module.children()):
+            new = _linearise(module, name)
+            if new is not module:
+                linear.set_submodule(name, new)
+    return linear
+
+
+def last_conv(model: nn.Module, x: Tensor) -> str:
+    """Name of the last ``Conv2d`` to run when ``model`` is applied to ``x``."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no Conv2d; pass layer= explicitly")
+    with eval_mode(model):
+        return execution_order(model, names, x)[-1]
+
+
+def _gradient_maps(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, tuple[int, int]]:
+    centres: list[tuple[Tensor, tuple[int, int]]] = []
+
+    def on_output(_name: str, out: Tensor) -> None:
+        if out.dim() != 4:
+            raise ValueError(f"layer {layer!r} must output (n, C, h, w), got shape {tuple(out.shape)}")
+        h, w = out.shape[-2] // 2, out.shape[-1] // 2
+        # Copy the centre now: a later in-place op (ReLU(inplace=True)) may overwrite `out`.
+        centres.append((out[:, :, h, w].clone(), (h, w)))
+
+    x = x.detach().clone().requires_grad_(True)
+    with eval_mode(model), torch.enable_grad(), ActivationCapture(model, [layer], on_output) as c:
+        c.run(x)
+    centre_values, centre = centres[0]
+    (grad,) = torch.autograd.grad(centre_values.sum(), x)
+    return grad.abs().to(torch.float64).sum(dim=1), centre
+
+
+def projected_gradient(model: nn.Module, inputs: Tensor, *, layer: str | None = None) -> Tensor:
+    """(n, H, W) float64 maps for explicit ``inputs`` (n, C, H, W), one batched backward.
+
+    The model is run in eval mode (restored afterwards); no parameter ``.grad`` is touched.
+    """
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+        raise ValueError("inputs must be a tensor of shape (n, C, H, W)")
+    return _gradient_maps(model, inputs, _resolve_layer(model, inputs, layer))[0]
+
+
+def _resolve_layer(model: nn.Module, x: Tensor, layer: str | None) -> str:
+    validate_input_size(model, x[:1])
+    if layer is None:
+        return last_conv(model, x[:1])
+    if layer not in dict(model.named_modules()):
+        raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}")
+    return layer
+
+
+def _infer_in_channels(model: nn.Module) -> int:
+    c = getattr(model, "in_channels", None)
+    if isinstance(c, int):
+        return c
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    raise ValueError("cannot infer the input channels of the model; pass in_channels=")
+
+
+def projected_gradient_maps(
+    model: nn.Module,
+    *,
+    input_size: int = 64,
+    n_samples: int = 50,
+    mode: str = "paper",
+    seed: int = 0,
+    layer: str | None = None,
+    device: str | torch.device = "cpu",
+    in_channels: int | None = None,
+) -> ImportanceMaps:
+    """Projected-gradient importance maps of ``model`` (see the module docstring).
+
+    ``input_size``: side of the square input in pixels; ``n_samples``: random inputs (paper
+    mode); ``layer``: module name receiving the unit gradients (default: the last Conv2d to
+    run); ``in_channels``: default ``model.in_channels``, else the first registered Conv2d's.
+    ``model`` must already be on ``device``; it is left exactly as it was.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    for arg, v in (("input_size", input_size), ("n_samples", n_samples)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{arg} must be an integer >= 1, got {v!r}")
+    check_on_device(model, device)
+    channels = in_channels if in_channels is not None else _infer_in_channels(model)
+    first = next(model.parameters(), None)
+    dtype = first.dtype if first is not None else torch.get_default_dtype()
+    shape = (channels, input_size, input_size)
+    if mode == "paper":
+        g = torch.Generator().manual_seed(seed)
+        x, net = torch.randn(n_samples, *shape, generator=g, dtype=dtype), model
+    else:
+        x, net = torch.ones(1, *shape, dtype=dtype), linearised_copy(model)
+    x = x.to(device)
+    name = _resolve_layer(net, x, layer)
+    maps, centre = _gradient_maps(net, x, name)
+    maxima = maps.amax(dim=(1, 2)).cpu().numpy()
+    return ImportanceMaps(
+        mean_map=maps.mean(dim=0).cpu().numpy(), maxima=maxima, max_mean=float(maxima.mean()),
+        max_std=float(maxima.std()), n=int(maps.shape[0]), mode=mode, layer=name, centre=centre,
+        input_size=input_size, seed=seed, bn_mode=BN_MODES[mode],
+    )
+
+
+@dataclass(frozen=True)
+class ERFSize:
+    """ERF of a mean map: ``size`` (pixels) is the side of the smallest square centred on
+    ``centre`` (row, col; the rounded mass centroid) holding ``mass_fraction`` of the mass
+    (the square is clipped to the image, so it may exceed the image side); ``area`` is the
+    number of pixels >= ``rel_threshold`` times the map's maximum."""
+
+    size: int
+    mass_fraction: float
+    area: int
+    rel_threshold: float
+    centre: tuple[int, int]
+
+
+def _map(mean_map: np.ndarray) -> np.ndarray:
+    m = np.asarray(mean_map, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"mean_map must be 2-D (H, W), got shape {m.shape}")
+    if not np.isfinite(m).all() or (m < 0).any() or m.sum() <= 0:
+        raise ValueError("mean_map must be finite, non-negative and not all zero")
+    return m
+
+
+def mass_centre(mean_map: np.ndarray) -> tuple[int, int]:
+    """Mass centroid (row, col) of the map, rounded half up to a pixel."""
+    m = _map(mean_map)
+    rows, cols = np.indices(m.shape)
+    total = m.sum()
+    return int(np.floor((rows * m).sum() / total + 0.5)), int(np.floor((cols * m).sum() / total + 0.5))
+
+
+def erf_size(mean_map: np.ndarray, *, mass_fraction: float = 0.95,
+             centre: tuple[int, int] | None = None) -> int:
+    """Side 2r + 1 of the smallest square centred on ``centre`` (default: :func:`mass_centre`)
+    whose part inside the image holds at least ``mass_fraction`` of the total mass."""
+    m = _map(mean_map)
+    if not 0 < mass_fraction <= 1:
+        raise ValueError(f"mass_fraction must be in (0, 1], got {mass_fraction!r}")
+    r0, c0 = mass_centre(m) if centre is None else centre
+    if not (0 <= r0 < m.shape[0] and 0 <= c0 < m.shape[1]):
+        raise ValueError(f"centre must lie inside the {m.shape} map, got {(r0, c0)}")
+    target = mass_fraction * m.sum() * (1 - 1e-12)
+    r = 0  # terminates: at r = max(H, W) the square holds the whole map
+    while m[max(r0 - r, 0): r0 + r + 1, max(c0 - r, 0): c0 + r + 1].sum() < target:
+        r += 1
+    return 2 * r + 1
+
+
+def erf_area(mean_map: np.ndarray, *, rel_threshold: float = 0.1) -> int:
+    """Number of pixels whose value is at least ``rel_threshold`` times the map's maximum."""
+    m = _map(mean_map)
+    if not 0 < rel_threshold <= 1:
+        raise ValueError(f"rel_threshold must be in (0, 1], got {rel_threshold!r}")
+    return int((m >= rel_threshold * m.max()).sum())
+
+
+def erf_stats(mean_map: np.ndarray, *, mass_fraction: float = 0.95,
+              rel_threshold: float = 0.1) -> ERFSize:
+    """Both ERF measures of ``mean_map`` with their thresholds."""
+    return ERFSize(
+        size=erf_size(mean_map, mass_fraction=mass_fraction), mass_fraction=mass_fraction,
+        area=erf_area(mean_map, rel_threshold=rel_threshold), rel_threshold=rel_threshold,
+        centre=mass_centre(mean_map),
+    )

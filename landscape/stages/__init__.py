@@ -1,0 +1,1 @@
+"""Adapters between the pipeline (config, checkpoints, rows) and the pure metric modules."""

@@ -1,0 +1,236 @@
+"""Projected-gradient importance maps and ERF size: closed forms, analytic receptive fields."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from landscape.importance import (
+    ERFSize, erf_area, erf_size, erf_stats, linearised_copy, mass_centre, projected_gradient,
+    projected_gradient_maps,
+)
+from landscape.models import InputTooSmallError, create_model
+
+
+def _randomise_bn(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial eval-mode BN (at init it is almost the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g))
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(c, generator=g))
+    return model
+
+
+# --- closed forms -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k, p, s, size", [(3, 1, 1, 9), (5, 2, 1, 8), (3, 1, 2, 10)])
+@pytest.mark.parametrize("mode", ["paper", "linearised"])
+def test_single_conv_map_is_the_kernel_summed_over_output_channels(k, p, s, size, mode) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, k, stride=s, padding=p)
+    # The in-place ReLU after the conv must not leak into the gradient of the conv's output.
+    model = nn.Sequential(conv, nn.ReLU(inplace=True)).double()
+    res = projected_gradient_maps(model, input_size=size, n_samples=3, mode=mode)
+    # out[c, h0, w0] = sum_{ci,i,j} W[c,ci,i,j] x[ci, s*h0 - p + i, s*w0 - p + j] + b[c], so
+    # map[s*h0 - p + i, s*w0 - p + j] = sum_ci |sum_c W[c, ci, i, j]| and 0 elsewhere.
+    h0 = ((size + 2 * p - k) // s + 1) // 2
+    expected = np.zeros((size, size))
+    top = s * h0 - p
+    expected[top: top + k, top: top + k] = conv.weight.detach().sum(0).abs().sum(0).numpy()
+    assert res.layer == "0" and res.centre == (h0, h0)
+    np.testing.assert_allclose(res.mean_map, expected, rtol=0, atol=1e-14)
+    assert res.n == (3 if mode == "paper" else 1)
+    np.testing.assert_allclose(res.maxima, expected.max(), rtol=1e-14)
+    assert res.max_mean == pytest.approx(expected.max(), rel=1e-14) and res.max_std < 1e-14
+
+
+def _rf_box(layers: list[tuple[int, int, int]], out_index: int) -> tuple[int, int]:
+    """Input interval [lo, hi] seen by output index ``out_index`` through (kernel, stride, pad)
+    layers, walked back from the last: lo <- s*lo - p, hi <- s*hi - p + k - 1."""
+    lo = hi = out_index
+    for k, s, p in reversed(layers):
+        lo, hi = s * lo - p, s * hi - p + k - 1
+    return lo, hi
+
+
+def _sequential_net() -> nn.Module:
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+        nn.Conv2d(4, 4, 3, padding=1),
+    ).double()
+    return _randomise_bn(net, 0)
+
+
+def test_linearised_support_is_the_analytic_receptive_field() -> None:
+    net = _sequential_net()
+    # RF by hand: conv3 -> 3; maxpool 2/2 -> 4 (jump 2); conv3 -> 4 + 2*2 = 8; conv3 -> 12.
+    lo, hi = _rf_box([(3, 1, 1), (2, 2, 0), (3, 1, 1), (3, 1, 1)], out_index=16 // 2)
+    assert (lo, hi) == (11, 22) and hi - lo + 1 == 12
+    box = np.zeros((32, 32), dtype=bool)
+    box[lo: hi + 1, lo: hi + 1] = True
+    lin = projected_gradient_maps(net, input_size=32, mode="linearised")
+    assert lin.layer == "7" and lin.centre == (8, 8)
+    np.testing.assert_array_equal(lin.mean_map > 0, box)
+    # Paper mode (max-pool routing, ReLU gating) cannot leave the receptive field either.
+    paper = projected_gradient_maps(net, input_size=32, n_samples=4, mode="paper")
+    support = paper.mean_map > 0
+    assert support.any() and not (support & ~box).any()
+
+
+def test_linearised_copy_swaps_nonlinear_modules_and_is_linear() -> None:
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(),
+                        nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(3, 2, 1)).double()
+    lin = linearised_copy(net)
+    assert [type(m) for m in lin] == [nn.Conv2d, nn.Identity, nn.Identity, nn.AvgPool2d, nn.Conv2d]
+    pool = lin[3]
+    assert (pool.kernel_size, pool.stride, pool.padding, pool.count_include_pad) == (3, 2, 1, True)
+    assert isinstance(net[2], nn.ReLU) and net[0].weight.requires_grad
+    assert not any(p.requires_grad for p in lin.parameters()) and not lin.training
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(2, 2, 9, 9, generator=g, dtype=torch.float64) for _ in range(2))
+    zero = torch.zeros_like(a)
+    torch.testing.assert_close(lin(a + b), lin(a) + lin(b) - lin(zero))
+    with pytest.raises(ValueError, match="'1'.*GELU"):
+        linearised_copy(nn.Sequential(nn.Conv2d(1, 1, 3), nn.GELU()))
+
+
+# --- batching, seeds, caller's model ----------------------------------------------------------
+
+
+def _small_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return _randomise_bn(create_model("small_cnn", num_classes=3, width=0.25).double(), seed)
+
+
+def test_batched_equals_per_sample_loop() -> None:
+    model = _small_cnn()
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    batched = projected_gradient(model, x)
+    looped = torch.cat([projected_gradient(model, x[i: i + 1]) for i in range(5)])
+    assert batched.shape == (5, 16, 16) and batched.dtype == torch.float64
+    torch.testing.assert_close(batched, looped, rtol=1e-12, atol=1e-15)
+    assert not torch.allclose(batched[0], batched[1])  # the maps do depend on the input
+
+
+def test_seeds_are_reproducible() -> None:
+    model = _small_cnn()
+    a = projected_gradient_maps(model, input_size=16, n_samples=4, seed=3)
+    b = projected_gradient_maps(model, input_size=16, n_samples=4, seed=3)
+    c = projected_gradient_maps(model, input_size=16, n_samples=4, seed=4)
+    np.testing.assert_array_equal(a.mean_map, b.mean_map)
+    np.testing.assert_array_equal(a.maxima, b.maxima)
+    assert not np.allclose(a.mean_map, c.mean_map)
+    assert a.layer == "features.8" and a.seed == 3 and a.input_size == 16
+    assert a.max_mean == pytest.approx(a.maxima.mean()) and a.max_std == pytest.approx(a.maxima.std())
+    assert a.bn_mode.startswith("eval") and "h // 2" in a.centre_convention
+
+
+def test_callers_model_is_left_unchanged() -> None:
+    model = _small_cnn()
+    model.train()
+    model.features[2].eval()
+    model.classifier.weight.requires_grad_(False)
+    flags = {n: m.training for n, m in model.named_modules()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()}
+    for mode in ("paper", "linearised"):
+        projected_gradient_maps(model, input_size=16, n_samples=2, mode=mode)
+    assert {n: m.training for n, m in model.named_modules()} == flags
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    assert all(p.grad is None for p in model.parameters())
+    assert {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()} == hooks
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+
+
+class _Reordered(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.late = nn.Conv2d(2, 2, 3, padding=1)
+        self.early = nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.late(self.early(x))
+
+
+def test_default_layer_is_the_last_conv_to_run_and_errors() -> None:
+    net = _Reordered()
+    assert projected_gradient_maps(net, input_size=8, n_samples=1, in_channels=1).layer == "late"
+    res = projected_gradient_maps(net, input_size=8, n_samples=1, in_channels=1, layer="early")
+    assert res.layer == "early"
+    with pytest.raises(ValueError, match="mode"):
+        projected_gradient_maps(net, mode="exact")
+    with pytest.raises(ValueError, match="n_samples"):
+        projected_gradient_maps(net, n_samples=0)
+    with pytest.raises(ValueError, match="input_size"):
+        projected_gradient_maps(net, input_size=True)
+    with pytest.raises(ValueError, match="'nope' is not a module"):
+        projected_gradient_maps(net, input_size=8, in_channels=1, layer="nope")
+    with pytest.raises(ValueError, match="device"):
+        projected_gradient_maps(net, input_size=8, device="meta")
+    with pytest.raises(ValueError, match=r"must output \(n, C, h, w\)"):
+        projected_gradient_maps(_small_cnn(), input_size=16, n_samples=1, layer="classifier")
+    with pytest.raises(InputTooSmallError):
+        projected_gradient_maps(create_model("vgg19", num_classes=2, width=0.0625, pool_level=4),
+                                input_size=8, n_samples=1)
+    with pytest.raises(ValueError, match="in_channels"):
+        projected_gradient_maps(nn.Sequential(nn.Linear(2, 2)), input_size=4)
+
+
+# --- ERF size ---------------------------------------------------------------------------------
+
+
+def _rings() -> np.ndarray:
+    """Centre 0.5, ring at Chebyshev radius 1 holds 0.3, radius 2 holds 0.2 (total 1)."""
+    m = np.zeros((9, 9))
+    m[2:7, 2:7] = 0.2 / 16
+    m[3:6, 3:6] = 0.3 / 8
+    m[4, 4] = 0.5
+    return m
+
+
+@pytest.mark.parametrize("fraction, side", [(0.3, 1), (0.5, 1), (0.6, 3), (0.8, 3), (0.81, 5), (1.0, 5)])
+def test_erf_size_closed_form(fraction: float, side: int) -> None:
+    assert erf_size(_rings(), mass_fraction=fraction) == side
+
+
+@pytest.mark.parametrize("threshold, area", [(1.0, 1), (0.1, 1), (0.07, 9), (0.05, 9), (0.02, 25), (0.01, 25)])
+def test_erf_area_closed_form(threshold: float, area: int) -> None:
+    assert erf_area(_rings(), rel_threshold=threshold) == area
+
+
+def test_erf_centre_and_clipping() -> None:
+    m = np.zeros((15, 15))
+    m[2:5, 10:13] = 1.0
+    assert mass_centre(m) == (3, 11) and erf_size(m, mass_fraction=1.0) == 3
+    corner = np.zeros((15, 15))
+    corner[0, 0], corner[14, 14] = 1.0, 1.0  # centroid (7, 7): needs the whole 15 x 15
+    assert erf_size(corner, mass_fraction=1.0) == 15
+    assert erf_size(corner, mass_fraction=0.5, centre=(0, 0)) == 1
+    assert erf_size(corner, mass_fraction=1.0, centre=(0, 0)) == 29  # clipped to the image
+    stats = erf_stats(_rings(), mass_fraction=0.8, rel_threshold=0.05)
+    assert stats == ERFSize(size=3, mass_fraction=0.8, area=9, rel_threshold=0.05, centre=(4, 4))
+
+
+def test_erf_errors() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        erf_size(np.ones(5))
+    with pytest.raises(ValueError, match="non-negative"):
+        erf_area(-np.ones((3, 3)))
+    with pytest.raises(ValueError, match="not all zero"):
+        erf_size(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="mass_fraction"):
+        erf_size(np.ones((3, 3)), mass_fraction=0.0)
+    with pytest.raises(ValueError, match="rel_threshold"):
+        erf_area(np.ones((3, 3)), rel_threshold=1.5)
+    with pytest.raises(ValueError, match="centre"):
+        erf_size(np.ones((3, 3)), centre=(3, 0))
