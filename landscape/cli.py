@@ -63,16 +63,39 @@ def rf_main(cfg: DictConfig) -> None:
     print(format_sweep_table(df), flush=True)
 
 
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def cells_main(cfg: DictConfig) -> None:
+    """Cell-level stages (CKA between seeds) for every cell under ``results_root``."""
+    from landscape.pipeline import run_cells
+
+    run_cfg = to_run_config(cfg)
+    for s in run_cells(Path(run_cfg.results_root), overrides=run_cfg):
+        what = ", ".join(s.ran) or "nothing to do"
+        print(f"[landscape] {s.cell_dir}: seeds {s.seeds}: {what}", flush=True)
+
+
+def _without_hydra(config: DictConfig) -> RunConfig:
+    data = OmegaConf.to_container(config, resolve=False)
+    data.pop("hydra", None)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), data))
+
+
 class GridSummary(Callback):
-    """At the end of a multirun, print where the results are and a per-cell summary."""
+    """At the end of a multirun: cell-level stages (CKA between seeds), then print where the
+    results are and a per-cell summary."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from landscape import results
+        from landscape.pipeline import run_cells
         from landscape.summary import final_accuracy_table
 
-        root = Path(config.results_root).resolve()
+        run_cfg = _without_hydra(config)
+        root = Path(run_cfg.results_root).resolve()
+        for s in run_cells(root, overrides=run_cfg):
+            if s.ran:
+                print(f"[landscape] {Path(s.cell_dir).name}: {', '.join(s.ran)} over seeds {s.seeds}")
         df = results.load(root)
-        runs = df.loc[df["seed"].notna(), "run_id"].nunique()
+        runs = df.loc[df["run_id"].str.contains("/seed="), "run_id"].nunique()
         cells = df["run_id"].str.split("/").str[0].nunique()
         print(f"\n[landscape] results under {root} ({runs} runs in {cells} cells, {len(df)} rows)")
         if len(df):

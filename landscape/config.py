@@ -7,9 +7,10 @@ A *cell* is every identity field except the seed; a *run* is (cell, seed). Field
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any, Optional, get_type_hints
 
 from landscape.data.registry import DataConfig
+from landscape.stages.cka import CKAConfig
 from landscape.stages.importance import ImportanceConfig
 from landscape.train import TrainConfig
 
@@ -36,6 +37,7 @@ class RunConfig:
     # Analysis stages: their settings are not part of the run's identity; each stage unit
     # (e.g. importance at init) is marked done separately.
     importance: ImportanceConfig = field(default_factory=ImportanceConfig, metadata=NOT_IDENTITY)
+    cka: CKAConfig = field(default_factory=CKAConfig, metadata=NOT_IDENTITY)  # cell-level
     results_root: str = field(default="results", metadata=NOT_IDENTITY)
     device: str = field(default="auto", metadata=NOT_IDENTITY)
     progress: bool = field(default=True, metadata=NOT_IDENTITY)
@@ -79,3 +81,18 @@ def identity_dict(cfg: Any, *, _prefix: str = "") -> dict[str, Any]:
         if value != getattr(default, f.name):
             out[key] = value
     return out
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output; unknown keys
+    are an error naming the field, missing keys take their defaults."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid: {sorted(names)}")
+    kwargs = {}
+    for k, v in data.items():
+        t = hints[k]
+        kwargs[k] = from_dict(t, v) if is_dataclass(t) and isinstance(v, dict) else v
+    return cls(**kwargs)

@@ -9,8 +9,11 @@ only module that knows their order.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
+from pathlib import Path
 import traceback
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -20,12 +23,14 @@ import pandas as pd
 import torch
 
 from landscape import results
-from landscape.config import RunConfig, identity_dict
+from landscape.config import RunConfig, from_dict, identity_dict
 from landscape.data import DatasetBundle, load_dataset
 from landscape.device import DeviceSettings, configure_backends, device_settings, resolve_device
 from landscape.models import RFNet, create_model
 from landscape.receptive_field import max_receptive_field, receptive_field_table
 from landscape.runs import RunPaths, run_paths
+from landscape.stages.cka import cka_rows
+from landscape.stages.cka import validate as validate_cka
 from landscape.stages.importance import importance_stage
 from landscape.stages.importance import variants as importance_variants
 from landscape.storage import atomic_write_json, load_checkpoint
@@ -248,3 +253,73 @@ def run(cfg: RunConfig) -> RunSummary:
         log.info("%s: nothing to do, every stage is done (%s)", paths.run_id,
                  ", ".join(summary.skipped))
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class CellSummary:
+    cell_dir: str
+    seeds: list[int]
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def finished_seeds(cell_dir: Path) -> dict[int, RunConfig]:
+    """Seed -> config of the runs of a cell whose training finished without diverging."""
+    out = {}
+    for cfg_file in sorted(Path(cell_dir).glob("seed=*/config.json")):
+        done = results.read_done(cfg_file.parent, "train") or {}
+        if done.get("status") == "ok":
+            cfg = from_dict(RunConfig, json.loads(cfg_file.read_text()))
+            out[cfg.seed] = cfg
+    return out
+
+
+def run_cell(cell_dir: Path, *, overrides: Optional[RunConfig] = None) -> CellSummary:
+    """Cell-level stages (CKA between seeds) over the seeds of ``cell_dir`` that finished.
+
+    A stage is redone when more seeds have finished since it was written. The analysis settings
+    come from ``overrides`` (e.g. the command line) or else from the runs' saved configs.
+    """
+    seeds = finished_seeds(cell_dir)
+    summary = CellSummary(cell_dir=str(cell_dir), seeds=sorted(seeds))
+    if not seeds:
+        return summary
+    base = seeds[min(seeds)]
+    if overrides is not None:
+        base = dataclasses.replace(base, cka=overrides.cka, device=overrides.device,
+                                   results_root=base.results_root)
+    if not base.cka.enabled or len(seeds) < 1:
+        return summary
+    validate_cka(base.cka)
+    device = resolve_device(base.device)
+    settings = device_settings(device, amp=False, channels_last=False)
+    contexts = {s: RunContext(dataclasses.replace(base, seed=s), run_paths(
+        dataclasses.replace(base, seed=s)), settings) for s in seeds}
+    first = contexts[min(seeds)]
+    cell_stage_dir = first.paths.cell / CELL_DIR
+    for checkpoint in base.cka.checkpoints:
+        unit = f"cka_{checkpoint}"
+        done = results.read_done(cell_stage_dir, unit) or {}
+        if done.get("seeds") == sorted(seeds):
+            summary.skipped.append(unit)
+            continue
+        log.info("%s: running cell stage %s over seeds %s", first.paths.cell.name, unit,
+                 sorted(seeds))
+        t0 = time.perf_counter()
+        test = first.data.test
+        n = min(base.cka.n_inputs, len(test))
+        inputs = torch.stack([test[i][0] for i in range(n)])
+        models = {s: c.load_model(checkpoint) for s, c in contexts.items()}
+        rows = [{**first.cell_identity, "stage": unit, **r}
+                for r in cka_rows(models, inputs, base.cka, device)]
+        results.write_stage(cell_stage_dir, unit, rows, info={
+            "seeds": sorted(seeds), "seconds": time.perf_counter() - t0})
+        summary.ran.append(unit)
+    return summary
+
+
+def run_cells(root: Path, *, overrides: Optional[RunConfig] = None) -> list[CellSummary]:
+    """:func:`run_cell` for every cell folder under ``root``."""
+    return [run_cell(c.parent, overrides=overrides)
+            for c in sorted(Path(root).glob("*/cell.json"))]

@@ -207,3 +207,29 @@ def test_importance_stage_rows_and_maps(tmp_path):
     with pytest.raises(ValueError, match="importance.checkpoints"):
         pipeline.run(tiny_cfg(tmp_path, importance=ImportanceConfig(enabled=True,
                                                                    checkpoints=["best"])))
+
+
+def test_cka_cell_stage_over_finished_seeds(tmp_path):
+    from landscape.stages.cka import CKAConfig
+
+    cka = CKAConfig(enabled=True, n_inputs=16)
+    for seed in (0, 1):
+        pipeline.run(tiny_cfg(tmp_path, seed=seed, cka=cka))
+    (summary,) = pipeline.run_cells(tmp_path)
+    assert summary.seeds == [0, 1] and summary.ran == ["cka_final"]
+    df = results.load(tmp_path)
+    c = df[df.metric == "cka"]
+    layers = ["features.0", "features.4", "features.8", "classifier"]
+    assert len(c) == 3 * len(layers) ** 2  # (0,0), (1,1), (0,1)
+    for s in (0, 1):
+        self_pair = c[(c.seed == s) & (c.seed_b == s) & (c.layer == c.layer_b)]
+        assert self_pair["value"].to_numpy() == pytest.approx(1.0)
+    cross = c[(c.seed == 0) & (c.seed_b == 1)]
+    assert ((cross.value >= 0) & (cross.value <= 1 + 1e-9)).all()
+    assert cross.value.max() < 1  # different seeds are not identical
+    assert (c.run_id == c.run_id.iloc[0]).all() and "/seed=" not in c.run_id.iloc[0]
+    assert pipeline.run_cells(tmp_path)[0].ran == []  # idempotent
+    pipeline.run(tiny_cfg(tmp_path, seed=2, cka=cka))
+    (again,) = pipeline.run_cells(tmp_path)
+    assert again.seeds == [0, 1, 2] and again.ran == ["cka_final"]  # a new seed: recomputed
+    assert len(results.load(tmp_path).query("metric == 'cka'")) == 6 * len(layers) ** 2

@@ -1,0 +1,69 @@
+"""Cell-level CKA stage: layerwise linear CKA between the seeds of a cell.
+
+For every pair of seeds (all pairs, or consecutive ones) plus each seed against itself (a
+sanity diagonal), the full L x L matrix of linear CKA between every layer of seed a and every
+layer of seed b, on the first ``n_inputs`` test images (no augmentation). Rows:
+``metric=cka`` with ``layer``, ``layer_b``, ``seed``, ``seed_b``; ``note`` holds the estimator.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from landscape import results
+from landscape.cka import layerwise_cka
+
+PAIRS = ("all", "consecutive")
+CHECKPOINTS = ("init", "final")
+
+
+@dataclass
+class CKAConfig:
+    enabled: bool = False
+    checkpoints: list[str] = field(default_factory=lambda: ["final"])  # "init" and/or "final"
+    n_inputs: int = 1000  # the first n test images
+    pairs: str = "all"  # "all" pairs of seeds | "consecutive" (s0-s1, s1-s2, ...)
+    debiased: bool = False
+    batch_size: Optional[int] = None  # set to use the minibatch estimator (needs debiased)
+    layers: Optional[list[str]] = None  # glob patterns; default every Conv2d and Linear
+
+
+def validate(cfg: CKAConfig) -> None:
+    bad = [c for c in cfg.checkpoints if c not in CHECKPOINTS]
+    if bad or not cfg.checkpoints:
+        raise ValueError(f"cka.checkpoints must be a non-empty subset of {CHECKPOINTS}, "
+                         f"got {cfg.checkpoints}")
+    if cfg.pairs not in PAIRS:
+        raise ValueError(f"cka.pairs must be one of {PAIRS}, got {cfg.pairs!r}")
+    if cfg.n_inputs < 4:
+        raise ValueError(f"cka.n_inputs must be >= 4, got {cfg.n_inputs}")
+
+
+def seed_pairs(seeds: list[int], how: str) -> list[tuple[int, int]]:
+    """Self pairs (the sanity diagonal) then the cross-seed pairs, in seed order."""
+    seeds = sorted(seeds)
+    cross = (list(itertools.combinations(seeds, 2)) if how == "all"
+             else list(zip(seeds, seeds[1:])))
+    return [(s, s) for s in seeds] + cross
+
+
+results.register_metric("cka", "linear CKA between layer (of seed) and layer_b (of seed_b), "
+                        "in [0, 1]; note holds the estimator")
+
+
+def cka_rows(models: dict[int, torch.nn.Module], inputs: torch.Tensor, cfg: CKAConfig,
+             device: torch.device) -> list[dict]:
+    """Rows for every seed pair of ``models`` (seed -> model, already on ``device``)."""
+    estimator = "minibatch" if cfg.batch_size else ("debiased" if cfg.debiased else "biased")
+    rows = []
+    for a, b in seed_pairs(list(models), cfg.pairs):
+        res = layerwise_cka(models[a], models[b], inputs, layers=cfg.layers,
+                            debiased=cfg.debiased, batch_size=cfg.batch_size, device=device)
+        note = f"estimator={estimator}; n_inputs={res.n}"
+        rows += [{"metric": "cka", "value": v, "layer": la, "layer_b": lb, "seed": a,
+                  "seed_b": b, "note": note} for la, lb, v in res.pairs()]
+    return rows
