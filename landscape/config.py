@@ -12,6 +12,7 @@ from typing import Any, Optional, get_type_hints
 from landscape.data.registry import DataConfig
 from landscape.stages.cka import CKAConfig
 from landscape.stages.importance import ImportanceConfig
+from landscape.stages.prune import PruneConfig
 from landscape.train import TrainConfig
 
 NOT_IDENTITY = {"identity": False}
@@ -36,6 +37,7 @@ class RunConfig:
     seed: int = 0
     # Analysis stages: their settings are not part of the run's identity; each stage unit
     # (e.g. importance at init) is marked done separately.
+    prune: PruneConfig = field(default_factory=PruneConfig, metadata=NOT_IDENTITY)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig, metadata=NOT_IDENTITY)
     cka: CKAConfig = field(default_factory=CKAConfig, metadata=NOT_IDENTITY)  # cell-level
     results_root: str = field(default="results", metadata=NOT_IDENTITY)

@@ -32,6 +32,7 @@ from landscape.runs import RunPaths, run_paths
 from landscape.stages.cka import cka_rows
 from landscape.stages.cka import validate as validate_cka
 from landscape.stages.importance import importance_stage
+from landscape.stages.prune import finetune_stage, finetune_variants, prune_stage, prune_variants
 from landscape.stages.importance import variants as importance_variants
 from landscape.storage import atomic_write_json, load_checkpoint
 from landscape.train import derive_seed, seed_everything, train_model
@@ -52,6 +53,9 @@ class RunContext:
     def save_array(self, name: str, array: Any) -> None:
         """Keep an array (e.g. an importance map) to be written with the stage's rows."""
         self.arrays[name] = array
+
+    def save_array_dict(self, arrays: dict[str, Any]) -> None:
+        self.arrays.update(arrays)
 
     def pop_arrays(self) -> dict[str, Any]:
         out, self.arrays = self.arrays, {}
@@ -165,6 +169,11 @@ def train_stage(ctx: RunContext) -> list[dict]:
 
 
 register_stage(Stage("train", train_stage, needs_trained=False))
+register_stage(Stage("prune", prune_stage, enabled=lambda c: c.prune.enabled,
+                     variants=prune_variants))
+register_stage(Stage("finetune", finetune_stage,
+                     enabled=lambda c: c.prune.enabled and c.prune.finetune,
+                     variants=finetune_variants))
 register_stage(Stage("importance", importance_stage, enabled=lambda c: c.importance.enabled,
                      variants=importance_variants))
 

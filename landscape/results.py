@@ -203,6 +203,14 @@ def load(root: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def read_arrays(run_dir: Path, stage: str) -> dict[str, np.ndarray]:
+    """The arrays a finished stage unit of one run saved (e.g. pruning masks)."""
+    if not is_done(run_dir, stage):
+        raise FileNotFoundError(f"stage {stage} of {run_dir} is not done; run it first")
+    with np.load(stage_dir(run_dir, stage) / ARRAYS) as z:
+        return {k: z[k] for k in z.files}
+
+
 def load_arrays(root: str | Path, stage: str) -> dict[str, dict[str, np.ndarray]]:
     """Arrays saved by finished units of ``stage`` (e.g. ``"importance_init"``) under ``root``,
     keyed by the run folder relative to ``root`` (the ``run_id`` of the rows)."""

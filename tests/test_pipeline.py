@@ -233,3 +233,59 @@ def test_cka_cell_stage_over_finished_seeds(tmp_path):
     (again,) = pipeline.run_cells(tmp_path)
     assert again.seeds == [0, 1, 2] and again.ran == ["cka_final"]  # a new seed: recomputed
     assert len(results.load(tmp_path).query("metric == 'cka'")) == 6 * len(layers) ** 2
+
+
+def test_prune_and_finetune_stages(tmp_path):
+    from landscape.stages.prune import PruneConfig
+
+    prune_cfg = PruneConfig(enabled=True, rates=[0.5, 0.9], finetune=True, finetune_epochs=1,
+                            finetune_lr=0.01)
+    cfg = tiny_cfg(tmp_path, prune=prune_cfg)
+    summary = pipeline.run(cfg)
+    assert [u.split("_")[0] for u in summary.ran] == [
+        "receptive", "train", "prune", "prune", "finetune", "finetune"]
+    df = results.load(tmp_path)
+    p = df[df.stage.isin(["prune", "finetune"]) & df.layer.isna() & df["index"].isna()]
+    sp = p[p.metric == "sparsity"].set_index(["prune_rate", "finetuned"])["value"]
+    # exact counts: the prunable set of small_cnn(width 0.25) is conv + linear weights
+    model = pipeline.RunContext(cfg, pipeline.run_paths(cfg), None).build_model()
+    n = sum(m.weight.numel() for m in model.modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    for rate in (0.5, 0.9):
+        assert sp[(rate, False)] == sp[(rate, True)] == round(rate * n) / n
+    acc = p[p.metric == "test_acc"]
+    assert set(zip(acc.prune_rate, acc.finetuned)) == {(0.5, False), (0.9, False), (0.5, True),
+                                                       (0.9, True)}
+    assert (acc.criterion == "magnitude").all()
+    unit = next(u for u in summary.ran if u.startswith("prune_magnitude_0.9"))
+    masks = results.read_arrays(Path(summary.run_dir), unit)
+    assert set(masks) == {k for k in model.state_dict() if k.endswith("weight")
+                          and model.state_dict()[k].dim() > 1}
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.9 * n)
+    # the fine-tuned weights keep the mask exactly (checked via the per-run sparsity rows)
+    layers = df[(df.metric == "layer_sparsity") & (df.prune_rate == 0.9)]
+    assert len(layers) == len(masks)
+    # new rates add units without retraining; finished units are skipped
+    again = pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(
+        enabled=True, rates=[0.5, 0.7], finetune=True, finetune_epochs=1, finetune_lr=0.01)))
+    assert [u.split("_")[0] for u in again.ran] == ["prune", "finetune"]
+    assert "train" in again.skipped
+
+
+def test_user_criterion_from_the_command_line_and_bad_prune_config(tmp_path):
+    cmd = [sys.executable, "-m", "landscape.cli", "model=small_cnn", "model.width=0.25",
+           "data=synthetic", "data.image_size=8", "data.train_subset=64", "data.test_subset=32",
+           "train.epochs=1", "device=cpu", f"results_root={tmp_path}", "prune.enabled=true",
+           "prune.imports=[tests.pruning_user_criterion]", "prune.criterion=test_largest_first",
+           "prune.rates=[0.5]"]
+    env = {**os.environ, "CI": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    df = results.load(tmp_path)
+    assert (df[df.stage == "prune"].criterion == "test_largest_first").all()
+    from landscape.stages.prune import PruneConfig
+    with pytest.raises(ValueError, match="prune.rates"):
+        pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(enabled=True, rates=[1.0])))
+    with pytest.raises(KeyError, match="unknown pruning criterion 'nope'"):
+        pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(enabled=True, criterion="nope")))

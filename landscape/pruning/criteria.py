@@ -1,0 +1,168 @@
+"""Pruning criteria: one small function each, found by name (the ShrinkBench idea).
+
+A criterion maps the prunable parameters to importance scores of the same shapes; higher
+means more important, and selection (:func:`landscape.pruning.select_masks`) removes the
+lowest. Its signature is::
+
+    @register_criterion("my_criterion")
+    def my_criterion(params: Mapping[str, Tensor], *, model: nn.Module,
+                     data: Iterable[tuple[Tensor, Tensor]] | None,
+                     my_option: float = 1.0) -> dict[str, Tensor]: ...
+
+``params`` are the live parameters by name (read them, don't modify them); ``model`` is the
+model they belong to (leave its mode, ``requires_grad`` and ``.grad`` as found); ``data`` is an
+iterable of (inputs, targets) batches or None. Further keyword-only parameters are the
+criterion's options: ``prune(model, 0.9, "random", seed=3)`` calls ``random`` with ``seed=3``,
+and an option the criterion does not declare is an error (unless it takes ``**options``).
+Registration happens on import, so a criterion in a user's own module needs no edit here:
+pass that module to :func:`import_criteria` (the pipeline exposes it as a config option).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from itertools import islice
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from landscape.registry import Registry
+
+Criterion = Callable[..., dict[str, Tensor]]
+Batches = Iterable[tuple[Tensor, Tensor]]
+
+CRITERIA: Registry[Criterion] = Registry("pruning criterion")
+
+
+def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
+    """Decorator: register ``fn(params, *, model, data, **options) -> scores`` as ``name``."""
+    return CRITERIA.register(name)
+
+
+def list_criteria() -> list[str]:
+    return CRITERIA.names()
+
+
+def get_criterion(name: str) -> Criterion:
+    return CRITERIA.get(name)
+
+
+def import_criteria(modules: Sequence[str]) -> None:
+    """Import user modules (dotted names) so that their ``@register_criterion`` calls run."""
+    if isinstance(modules, str):
+        modules = [modules]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+                raise  # the module exists but one of its own imports is missing
+            raise ModuleNotFoundError(
+                f"cannot import criterion module '{module}' (listed in the pruning imports): "
+                f"no module named '{e.name}'; put its directory on PYTHONPATH or install it",
+                name=e.name,
+            ) from None
+
+
+def compute_scores(
+    name: str,
+    params: Mapping[str, Tensor],
+    *,
+    model: nn.Module,
+    data: Batches | None = None,
+    **options,
+) -> dict[str, Tensor]:
+    """Run criterion ``name``; check its options and that it returns one score per weight."""
+    fn = get_criterion(name)
+    accepted = [
+        p.name for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("model", "data")
+    ]
+    takes_any = any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()
+    )
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not takes_any:
+        raise TypeError(
+            f"pruning criterion '{name}' got unknown option(s) {unknown}; "
+            f"its options are: {', '.join(accepted) or '(none)'}"
+        )
+    scores = fn(params, model=model, data=data, **options)
+    missing = [n for n in params if n not in scores]
+    if missing:
+        raise ValueError(f"criterion '{name}' returned no scores for {missing}")
+    for n, p in params.items():
+        if tuple(scores[n].shape) != tuple(p.shape):
+            raise ValueError(
+                f"criterion '{name}' returned scores of shape {tuple(scores[n].shape)} for "
+                f"'{n}', whose shape is {tuple(p.shape)}"
+            )
+    return {n: scores[n] for n in params}
+
+
+@register_criterion("magnitude")
+def magnitude(
+    params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | None
+) -> dict[str, Tensor]:
+    """|w| (with the global scope, the paper's one-shot global magnitude pruning)."""
+    return {n: p.detach().abs() for n, p in params.items()}
+
+
+@register_criterion("random")
+def random_scores(
+    params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | None, seed: int = 0
+) -> dict[str, Tensor]:
+    """i.i.d. U(0, 1) scores from a private generator seeded with ``seed`` (a baseline)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return {
+        n: torch.rand(p.shape, generator=gen, dtype=torch.float64).to(p.device)
+        for n, p in params.items()
+    }
+
+
+@register_criterion("magnitude_gradient")
+def magnitude_gradient(
+    params: Mapping[str, Tensor],
+    *,
+    model: nn.Module,
+    data: Batches | None,
+    batches: int = 1,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+) -> dict[str, Tensor]:
+    """|w * g| with g = (1/B) sum_b dL_b/dw over the first ``batches`` batches of ``data``.
+
+    L_b is ``loss_fn(model(x_b), y_b)`` (mean cross-entropy by default), evaluated in eval mode
+    so BatchNorm running statistics are untouched (SNIP / first-order Taylor saliency).
+    Batches are moved to the device of the parameters.
+    """
+    if data is None:
+        raise ValueError(
+            "criterion 'magnitude_gradient' needs data: an iterable of (inputs, targets) batches"
+        )
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise ValueError(f"batches must be an integer >= 1, got {batches!r}")
+    names, tensors = list(params), list(params.values())
+    device = tensors[0].device
+    grads = [torch.zeros_like(t) for t in tensors]
+    was_training = model.training
+    flags = [t.requires_grad for t in tensors]
+    seen = 0
+    try:
+        model.eval()
+        for t in tensors:
+            t.requires_grad_(True)
+        for x, y in islice(data, batches):
+            loss = loss_fn(model(x.to(device)), y.to(device))
+            for acc, g in zip(grads, torch.autograd.grad(loss, tensors)):
+                acc.add_(g)
+            seen += 1
+    finally:
+        model.train(was_training)
+        for t, flag in zip(tensors, flags):
+            t.requires_grad_(flag)
+    if seen < batches:
+        raise ValueError(f"data yielded {seen} batch(es) but batches={batches} were requested")
+    return {n: (t.detach() * g / seen).abs() for n, t, g in zip(names, tensors, grads)}

@@ -1,0 +1,184 @@
+"""Fine-tuning that keeps a pruning mask exactly, and BatchNorm re-calibration.
+
+:class:`MaskKeeper` is the reusable part: any training loop calls ``after_backward()`` (zero the
+gradients of pruned weights, before clipping so they do not count in the norm) and
+``after_step()`` (re-zero the pruned weights, so neither momentum nor weight decay can revive
+them). :func:`finetune` is SGD with the paper's defaults built on it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from landscape.pruning.masks import check_masks
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+
+
+class MaskKeeper:
+    """Holds keep-masks of ``model`` (moved to each parameter's device) and enforces them."""
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, Tensor]) -> None:
+        params = check_masks(model, masks)
+        self._pairs = [(p, masks[n].to(p.device)) for n, p in params.items()]
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """``grad[~mask] = 0`` for every masked parameter that has a gradient."""
+        for p, keep in self._pairs:
+            if p.grad is not None:
+                p.grad.masked_fill_(~keep, 0.0)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """``w[~mask] = 0`` (exact +0.0) for every masked parameter."""
+        for p, keep in self._pairs:
+            p.masked_fill_(~keep, 0.0)
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """Per-epoch means over training batches (loss in nats per example, accuracy in [0, 1]);
+    ``eval`` holds what ``eval_fn(model)`` returned after each epoch (empty without one)."""
+
+    train_loss: tuple[float, ...]
+    train_acc: tuple[float, ...]
+    eval: tuple[dict[str, float], ...]
+
+
+def finetune(
+    model: nn.Module,
+    masks: Mapping[str, Tensor],
+    batches: Batches | Callable[[int], Batches],
+    *,
+    epochs: int = 10,
+    lr: float = 1e-4,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    grad_clip: float | None = 0.1,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    progress: bool = False,
+) -> FinetuneResult:
+    """SGD fine-tuning of ``model`` (moved to ``device``, in place) with ``masks`` kept exactly.
+
+    ``batches`` is a re-iterable of (inputs, targets), e.g. a DataLoader, or ``epoch -> batches``.
+    Each step: backward, mask gradients, clip the global gradient L2 norm to ``grad_clip``
+    (None or 0 = off), SGD step with momentum and L2 weight decay, re-mask the weights.
+    ``seed`` seeds torch's global RNG inside a fork, so the caller's RNG state is untouched.
+    The model's train/eval mode is restored on return. A non-finite loss raises
+    ``FloatingPointError``.
+    """
+    _check_hparams(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                   grad_clip=grad_clip)
+    device = torch.device(device)
+    model.to(device)
+    keeper = MaskKeeper(model, masks)
+    keeper.after_step()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    losses, accs, evals = [], [], []
+    was_training = model.training
+    fork_devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(seed)
+            for epoch in _epochs(epochs, progress):
+                model.train()
+                total_loss, correct, seen = 0.0, 0, 0
+                epoch_batches = batches(epoch) if callable(batches) else batches
+                for step, (x, y) in enumerate(epoch_batches):
+                    x, y = x.to(device), y.to(device)
+                    optimizer.zero_grad(set_to_none=True)
+                    out = model(x)
+                    loss = loss_fn(out, y)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"fine-tuning diverged: loss {loss.item()} at epoch {epoch}, "
+                            f"step {step}"
+                        )
+                    loss.backward()
+                    keeper.after_backward()
+                    if grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    optimizer.step()
+                    keeper.after_step()
+                    total_loss += loss.item() * len(y)
+                    correct += int((out.argmax(1) == y).sum())
+                    seen += len(y)
+                if seen == 0:
+                    raise ValueError(f"batches yielded no data in epoch {epoch}")
+                losses.append(total_loss / seen)
+                accs.append(correct / seen)
+                if eval_fn is not None:
+                    evals.append(dict(eval_fn(model)))
+    finally:
+        model.train(was_training)
+    return FinetuneResult(tuple(losses), tuple(accs), tuple(evals))
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module,
+    batches: Batches,
+    device: torch.device | str = "cpu",
+    *,
+    max_batches: int | None = None,
+) -> int:
+    """Recompute every BatchNorm's running mean/var as the plain average over ``batches``.
+
+    Resets the statistics, runs forward passes in train mode (no gradients) with cumulative
+    averaging (momentum=None), then restores each BN's momentum and the model's mode.
+    The model is moved to ``device`` (in place). Returns the number of batches used.
+    """
+    device = torch.device(device)
+    model.to(device)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    was_training = model.training
+    momenta = [bn.momentum for bn in bns]
+    used = 0
+    try:
+        model.train()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        for x, *_ in batches:
+            if max_batches is not None and used >= max_batches:
+                break
+            model(x.to(device))
+            used += 1
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        model.train(was_training)
+    if used == 0:
+        raise ValueError("recalibrate_bn: batches yielded no data")
+    return used
+
+
+def _check_hparams(**hp: float | int | None) -> None:
+    if not isinstance(hp["epochs"], int) or hp["epochs"] < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {hp['epochs']!r}")
+    if not hp["lr"] > 0:
+        raise ValueError(f"lr must be > 0, got {hp['lr']!r}")
+    for key in ("momentum", "weight_decay"):
+        if not hp[key] >= 0:
+            raise ValueError(f"{key} must be >= 0, got {hp[key]!r}")
+    if hp["grad_clip"] is not None and not hp["grad_clip"] >= 0:
+        raise ValueError(f"grad_clip must be >= 0 or None, got {hp['grad_clip']!r}")
+
+
+def _epochs(epochs: int, progress: bool) -> Iterable[int]:
+    return tqdm(range(epochs), desc="fine-tune", disable=not progress or bool(os.environ.get("CI")))

@@ -1,0 +1,246 @@
+"""Pruning stages: one-shot pruning of a run's final checkpoint, then optional fine-tuning.
+
+Each rate is its own unit, marked done on its own: ``prune_<label>_<rate>_<hash>`` writes the
+pruned model's rows and its masks (``arrays.npz``, plain state_dict keys, True = kept);
+``finetune_<label>_<rate>_<hash>`` loads those masks and fine-tunes with them kept exactly.
+The hash covers every setting that changes the result, so changing e.g. the fine-tuning lr
+makes a new unit and never retrains the dense run.
+
+Rows carry ``criterion`` (the label: ``magnitude`` for the paper's global unstructured
+magnitude pruning, ``<criterion>:layerwise`` for per-layer selection, ``structured:<importance>``
+for channel pruning), ``prune_rate`` and ``finetuned``; ``note`` records the prunable set and
+whether BatchNorm statistics were recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape import results
+from landscape.pruning import (
+    SCOPES, EmptyLayerWarning, check_rate, finetune, get_criterion, import_criteria, prune,
+    recalibrate_bn, sparsity_report, structured_prune,
+)
+from landscape.pruning.structured import IMPORTANCES
+from landscape.train import derive_seed, evaluate, make_loader
+
+if TYPE_CHECKING:
+    from landscape.pipeline import RunContext
+
+
+@dataclass
+class PruneConfig:
+    enabled: bool = False
+    criterion: str = "magnitude"  # a name from landscape.pruning.list_criteria()
+    scope: str = "global"  # global | layerwise
+    rates: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
+    include: list[str] = field(default_factory=lambda: ["conv", "linear"])  # weights only
+    exclude_first_conv: bool = False
+    exclude_classifier: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # keyword options of the criterion
+    imports: list[str] = field(default_factory=list)  # modules registering user criteria
+    data_batches: int = 1  # training batches (no augmentation) given to data-based criteria
+    recalibrate_bn: bool = False  # recompute BN running stats on training data before eval
+    structured: bool = False  # channel pruning through torch-pruning instead of masks
+    structured_importance: str = "magnitude"
+    finetune: bool = False
+    finetune_epochs: int = 10
+    finetune_lr: float = 1e-4
+    finetune_momentum: float = 0.9
+    finetune_weight_decay: float = 5e-4
+    finetune_grad_clip: Optional[float] = 0.1  # max global gradient L2 norm
+
+
+_FINETUNE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_momentum",
+                    "finetune_weight_decay", "finetune_grad_clip")
+
+results.register_metric("sparsity", "fraction of the prunable weights that are pruned")
+results.register_metric("nonzero_params", "nonzero parameters of the whole model after pruning")
+results.register_metric("compression_ratio", "all parameters / nonzero parameters")
+results.register_metric("layer_sparsity", "fraction of a layer's weights pruned; layer = name")
+results.register_metric("empty_layer", "1 for a layer left with no weights (layer = name)")
+
+
+def validate(cfg: PruneConfig) -> None:
+    import_criteria(cfg.imports)
+    if cfg.structured:
+        if cfg.structured_importance not in IMPORTANCES:
+            raise ValueError(f"prune.structured_importance must be one of "
+                             f"{', '.join(IMPORTANCES)}, got {cfg.structured_importance!r}")
+    else:
+        get_criterion(cfg.criterion)
+    if cfg.scope not in SCOPES:
+        raise ValueError(f"prune.scope must be one of {', '.join(SCOPES)}, got {cfg.scope!r}")
+    if not cfg.rates:
+        raise ValueError("prune.rates must hold at least one rate in [0, 1)")
+    for r in cfg.rates:
+        try:
+            check_rate(r)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"prune.rates: {e}") from None
+    if cfg.data_batches < 1:
+        raise ValueError(f"prune.data_batches must be >= 1, got {cfg.data_batches}")
+
+
+def label(cfg: PruneConfig) -> str:
+    if cfg.structured:
+        return f"structured:{cfg.structured_importance}"
+    return cfg.criterion if cfg.scope == "global" else f"{cfg.criterion}:{cfg.scope}"
+
+
+def _hash(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _prune_key(cfg: PruneConfig) -> dict[str, Any]:
+    skip = {"enabled", "rates", "finetune", "imports", *_FINETUNE_FIELDS}
+    return {k: v for k, v in asdict(cfg).items() if k not in skip}
+
+
+def _unit(cfg: PruneConfig, rate: float) -> str:
+    return f"{label(cfg).replace(':', '-')}_{rate:g}_{_hash(_prune_key(cfg))}"
+
+
+def prune_variants(run_cfg) -> list[tuple[str, dict]]:
+    cfg = run_cfg.prune
+    validate(cfg)
+    return [(_unit(cfg, r), {"rate": float(r)}) for r in cfg.rates]
+
+
+def finetune_variants(run_cfg) -> list[tuple[str, dict]]:
+    cfg = run_cfg.prune
+    validate(cfg)
+    ft = _hash({k: getattr(cfg, k) for k in _FINETUNE_FIELDS})
+    return [(f"{_unit(cfg, r)}_{ft}", {"rate": float(r), "prune_unit": f"prune_{_unit(cfg, r)}"})
+            for r in cfg.rates]
+
+
+# ---------------------------------------------------------------------------------------------
+def _note(cfg: PruneConfig) -> str:
+    return (f"scope={cfg.scope}; include={','.join(cfg.include)}; "
+            f"exclude_first_conv={cfg.exclude_first_conv}; "
+            f"exclude_classifier={cfg.exclude_classifier}; bn_recalibrated={cfg.recalibrate_bn}")
+
+
+def _criterion_batches(ctx: "RunContext", n: int) -> list:
+    loader = make_loader(ctx.data.train_eval, ctx.cfg.train.batch_size, ctx.settings,
+                         shuffle=False)
+    out = []
+    for x, y in loader:
+        out.append((ctx.settings.to_device(x), y.to(ctx.settings.device)))
+        if len(out) == n:
+            break
+    return out
+
+
+def _prune_model(ctx: "RunContext", rate: float) -> tuple[nn.Module, Optional[dict], list[dict]]:
+    """The final model pruned at ``rate``: (model, masks or None if structured, rows)."""
+    cfg = ctx.cfg.prune
+    model = ctx.load_model("final")
+    rows: list[dict] = []
+    kwargs = dict(include=tuple(cfg.include), exclude_first_conv=cfg.exclude_first_conv,
+                  exclude_classifier=cfg.exclude_classifier)
+    if cfg.structured:
+        example = _criterion_batches(ctx, 1)[0][0]
+        res = structured_prune(model, rate, example, importance=cfg.structured_importance,
+                               seed=derive_seed(ctx.cfg.seed, 31), **kwargs)
+        total = sum(p.numel() for p in res.model.parameters())
+        rows += [{"metric": "sparsity", "value": res.achieved},
+                 {"metric": "nonzero_params", "value": total},
+                 {"metric": "compression_ratio",
+                  "value": sum(p.numel() for p in model.parameters()) / total}]
+        return res.model.to(ctx.settings.device), None, rows
+    data = _criterion_batches(ctx, cfg.data_batches) if _needs_data(cfg) else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EmptyLayerWarning)  # still shown, once per call
+        masks = prune(model, rate, cfg.criterion, cfg.scope, data=data, **kwargs, **cfg.options)
+    report = sparsity_report(model, masks)
+    rows += [{"metric": "sparsity", "value": report.sparsity},
+             {"metric": "nonzero_params", "value": report.model_nonzero},
+             {"metric": "compression_ratio", "value": report.compression_ratio}]
+    rows += [{"metric": "layer_sparsity", "value": r.sparsity, "layer": r.layer}
+             for r in report.layers]
+    rows += [{"metric": "empty_layer", "value": 1.0, "layer": name}
+             for name in report.empty_layers]
+    return model, masks, rows
+
+
+def _needs_data(cfg: PruneConfig) -> bool:
+    import inspect
+
+    return "data" in inspect.signature(get_criterion(cfg.criterion)).parameters
+
+
+def _evaluate(ctx: "RunContext", model: nn.Module) -> list[dict]:
+    cfg = ctx.cfg.prune
+    if cfg.recalibrate_bn:
+        loader = make_loader(ctx.data.train_eval, ctx.cfg.train.batch_size, ctx.settings,
+                             shuffle=False)
+        recalibrate_bn(model, ((ctx.settings.to_device(x), y) for x, y in loader),
+                       ctx.settings.device)
+    loader = make_loader(ctx.data.test, ctx.cfg.train.eval_batch_size, ctx.settings,
+                         shuffle=False)
+    loss, acc = evaluate(model, loader, ctx.settings)
+    return [{"metric": "test_acc", "value": acc}, {"metric": "test_loss", "value": loss}]
+
+
+def prune_stage(ctx: "RunContext", rate: float) -> list[dict]:
+    cfg = ctx.cfg.prune
+    model, masks, rows = _prune_model(ctx, rate)
+    rows += _evaluate(ctx, model)
+    if masks is not None:
+        ctx.save_array_dict({k: v.cpu().numpy() for k, v in masks.items()})
+    common = {"stage": "prune", "criterion": label(cfg), "prune_rate": rate, "finetuned": False,
+              "note": _note(cfg)}
+    return [{**common, **r} for r in rows]
+
+
+def finetune_stage(ctx: "RunContext", rate: float, prune_unit: str) -> list[dict]:
+    cfg = ctx.cfg.prune
+    if cfg.structured:
+        model, _, _ = _prune_model(ctx, rate)
+        masks: dict = {}
+    else:
+        model = ctx.load_model("final")
+        saved = results.read_arrays(ctx.paths.run, prune_unit)
+        masks = {k: torch.from_numpy(np.asarray(v, dtype=bool)) for k, v in saved.items()}
+        with torch.no_grad():
+            state = model.state_dict()
+            for k, m in masks.items():
+                state[k].mul_(m.to(state[k].device))
+    gen = torch.Generator()
+
+    def epoch_batches(epoch: int):
+        gen.manual_seed(derive_seed(ctx.cfg.seed, 1000 + epoch))
+        loader = make_loader(ctx.data.train, ctx.cfg.train.batch_size, ctx.settings,
+                             shuffle=True, generator=gen)
+        return ((ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader)
+
+    result = finetune(
+        model, masks, epoch_batches, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
+        momentum=cfg.finetune_momentum, weight_decay=cfg.finetune_weight_decay,
+        grad_clip=cfg.finetune_grad_clip, device=ctx.settings.device,
+        seed=derive_seed(ctx.cfg.seed, 999), progress=ctx.cfg.progress,
+    )
+    rows: list[dict] = [{"metric": "train_loss", "value": v, "index": i + 1}
+                        for i, v in enumerate(result.train_loss)]
+    rows += [{"metric": "train_acc", "value": v, "index": i + 1}
+             for i, v in enumerate(result.train_acc)]
+    if masks:
+        report = sparsity_report(model, masks)
+        rows += [{"metric": "sparsity", "value": report.sparsity},
+                 {"metric": "nonzero_params", "value": report.model_nonzero},
+                 {"metric": "compression_ratio", "value": report.compression_ratio}]
+    rows += _evaluate(ctx, model)
+    common = {"stage": "finetune", "criterion": label(cfg), "prune_rate": rate,
+              "finetuned": True, "note": _note(cfg) + f"; finetune_epochs={cfg.finetune_epochs}"
+              f"; finetune_lr={cfg.finetune_lr}"}
+    return [{**common, **r} for r in rows]
