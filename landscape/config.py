@@ -11,6 +11,7 @@ from typing import Any, Optional, get_type_hints
 
 from landscape.data.registry import DataConfig
 from landscape.stages.cka import CKAConfig
+from landscape.stages.hessian import HessianConfig
 from landscape.stages.importance import ImportanceConfig
 from landscape.stages.prune import PruneConfig
 from landscape.train import TrainConfig
@@ -38,10 +39,14 @@ class RunConfig:
     # Analysis stages: their settings are not part of the run's identity; each stage unit
     # (e.g. importance at init) is marked done separately.
     prune: PruneConfig = field(default_factory=PruneConfig, metadata=NOT_IDENTITY)
+    hessian: HessianConfig = field(default_factory=HessianConfig, metadata=NOT_IDENTITY)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig, metadata=NOT_IDENTITY)
     cka: CKAConfig = field(default_factory=CKAConfig, metadata=NOT_IDENTITY)  # cell-level
     results_root: str = field(default="results", metadata=NOT_IDENTITY)
     device: str = field(default="auto", metadata=NOT_IDENTITY)
+    # CPU threads for this process (None = torch's default). Set it when several runs share
+    # a machine: oversubscribed OpenMP threads slow a step down by an order of magnitude.
+    num_threads: Optional[int] = field(default=None, metadata=NOT_IDENTITY)
     progress: bool = field(default=True, metadata=NOT_IDENTITY)
 
 

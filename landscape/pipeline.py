@@ -31,6 +31,8 @@ from landscape.receptive_field import max_receptive_field, receptive_field_table
 from landscape.runs import RunPaths, run_paths
 from landscape.stages.cka import cka_rows
 from landscape.stages.cka import validate as validate_cka
+from landscape.stages.hessian import hessian_stage
+from landscape.stages.hessian import variants as hessian_variants
 from landscape.stages.importance import importance_stage
 from landscape.stages.prune import finetune_stage, finetune_variants, prune_stage, prune_variants
 from landscape.stages.importance import variants as importance_variants
@@ -174,6 +176,8 @@ register_stage(Stage("prune", prune_stage, enabled=lambda c: c.prune.enabled,
 register_stage(Stage("finetune", finetune_stage,
                      enabled=lambda c: c.prune.enabled and c.prune.finetune,
                      variants=finetune_variants))
+register_stage(Stage("hessian", hessian_stage, enabled=lambda c: c.hessian.enabled,
+                     variants=hessian_variants))
 register_stage(Stage("importance", importance_stage, enabled=lambda c: c.importance.enabled,
                      variants=importance_variants))
 
@@ -216,6 +220,10 @@ class RunSummary:
 def run(cfg: RunConfig) -> RunSummary:
     """Run every enabled stage of one run (cell + seed) that is not done yet."""
     paths = run_paths(cfg)
+    if cfg.num_threads is not None:
+        if cfg.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or null, got {cfg.num_threads}")
+        torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     settings = device_settings(device, amp=cfg.train.amp, channels_last=cfg.train.channels_last)
     configure_backends(device, deterministic=cfg.train.deterministic)

@@ -289,3 +289,24 @@ def test_user_criterion_from_the_command_line_and_bad_prune_config(tmp_path):
         pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(enabled=True, rates=[1.0])))
     with pytest.raises(KeyError, match="unknown pruning criterion 'nope'"):
         pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(enabled=True, criterion="nope")))
+
+
+def test_hessian_stage_rows(tmp_path):
+    from landscape.stages.hessian import HessianConfig
+
+    h = HessianConfig(enabled=True, checkpoints=["final"], k=5, n_samples=40, batch_size=16,
+                      density_runs=2, density_iter=12, trace_samples=4)
+    summary = pipeline.run(tiny_cfg(tmp_path, hessian=h))
+    assert summary.ran[-1] == "hessian_final"
+    df = results.load(tmp_path).query("stage == 'hessian_final'")
+    eig = df[df.metric == "hessian_eigenvalue"].sort_values("index")
+    assert eig["index"].tolist() == [1, 2, 3, 4, 5]
+    assert (eig["value"].diff().dropna() <= 0).all()  # descending
+    assert df[df.metric == "hessian_converged"]["value"].item() == 1.0
+    res = df[df.metric == "hessian_residual"]["value"]
+    assert (res <= 1e-4 * eig["value"].abs().max() * 1.0001).all()
+    w = df[df.metric == "hessian_density_weight"].sort_values("index")["value"].to_numpy()
+    assert w.reshape(2, 12).sum(axis=1) == pytest.approx([1.0, 1.0])
+    assert "bn_mode=eval" in df["note"].iloc[0] and "n_samples=40" in df["note"].iloc[0]
+    with pytest.raises(ValueError, match="hessian.bn_mode"):
+        pipeline.run(tiny_cfg(tmp_path, hessian=HessianConfig(enabled=True, bn_mode="batch")))

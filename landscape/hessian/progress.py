@@ -1,0 +1,12 @@
+"""tqdm progress bars, silent when disabled or when the ``CI`` environment variable is set."""
+
+from __future__ import annotations
+
+import os
+
+from tqdm.auto import tqdm
+
+
+def progress_bar(*, total: int, enabled: bool, desc: str) -> tqdm:
+    quiet = not enabled or bool(os.environ.get("CI"))
+    return tqdm(total=total, desc=desc, disable=quiet, leave=False)
