@@ -77,7 +77,7 @@ def configure_backends(device: torch.device, *, deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = not deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def progress_enabled(requested: bool = True) -> bool:

@@ -228,6 +228,10 @@ def run(cfg: RunConfig) -> RunSummary:
     settings = device_settings(device, amp=cfg.train.amp, channels_last=cfg.train.channels_last)
     configure_backends(device, deterministic=cfg.train.deterministic)
     ctx = RunContext(cfg, paths, settings)
+    # Validate every stage's settings and the model/input combination before touching disk.
+    plan = [(stage, unit, params) for stage in STAGES if stage.enabled(cfg)
+            for unit, params in stage.units(cfg)]
+    ctx.identity  # noqa: B018  (builds the model: an impossible pool fails here)
     paths.run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.cell / "cell.json",
                       {"cell": paths.cell.name, "identity": identity_dict(cfg)})
@@ -235,37 +239,34 @@ def run(cfg: RunConfig) -> RunSummary:
     summary = RunSummary(run_dir=str(paths.run))
     if ensure_cell_stage(ctx, "receptive_field", receptive_field_rows):
         summary.ran.append("receptive_field")
-    for stage in STAGES:
-        if not stage.enabled(cfg):
+    for stage, unit, params in plan:
+        if results.is_done(paths.run, unit):
+            summary.skipped.append(unit)
             continue
-        for unit, params in stage.units(cfg):
-            if results.is_done(paths.run, unit):
-                summary.skipped.append(unit)
-                continue
-            train_done = results.read_done(paths.run, "train") or {}
-            if stage.needs_trained and train_done.get("status") != "ok":
-                summary.skipped.append(unit)
-                continue
-            log.info("%s: running stage %s", paths.run_id, unit)
-            t0 = time.perf_counter()
-            try:
-                rows = stage.fn(ctx, **params)
-                status = "ok"
-                if stage.name == "train" and any(r["metric"] == "diverged" and r["value"]
-                                                 for r in rows):
-                    status = "diverged"
-                results.write_stage(
-                    paths.run, unit, [{**ctx.identity, "stage": stage.name, **r} for r in rows],
-                    status=status, info={"seconds": time.perf_counter() - t0, **params},
-                    arrays=ctx.pop_arrays(),
-                )
-            except Exception:
-                results.write_failure(paths.run, unit, traceback.format_exc())
-                summary.status = "failed"
-                raise
-            summary.ran.append(unit)
-            if status != "ok":
-                summary.status = status
+        train_done = results.read_done(paths.run, "train") or {}
+        if stage.needs_trained and train_done.get("status") != "ok":
+            summary.skipped.append(unit)
+            continue
+        log.info("%s: running stage %s", paths.run_id, unit)
+        t0 = time.perf_counter()
+        try:
+            rows = stage.fn(ctx, **params)
+            status = "ok"
+            if stage.name == "train" and any(r["metric"] == "diverged" and r["value"]
+                                             for r in rows):
+                status = "diverged"
+            results.write_stage(
+                paths.run, unit, [{**ctx.identity, "stage": stage.name, **r} for r in rows],
+                status=status, info={"seconds": time.perf_counter() - t0, **params},
+                arrays=ctx.pop_arrays(),
+            )
+        except Exception:
+            results.write_failure(paths.run, unit, traceback.format_exc())
+            summary.status = "failed"
+            raise
+        summary.ran.append(unit)
+        if status != "ok":
+            summary.status = status
     if not summary.ran:
         log.info("%s: nothing to do, every stage is done (%s)", paths.run_id,
                  ", ".join(summary.skipped))

@@ -96,7 +96,15 @@ def test_impossible_pool_for_the_data_fails_before_training(tmp_path):
     cfg = tiny_cfg(tmp_path, model=ModelConfig(name="vgg19", width=0.125, pool_level=4))
     with pytest.raises(InputTooSmallError, match="pool level 4.*8x8"):
         pipeline.run(cfg)
-    assert not list(tmp_path.glob("*/seed=0/checkpoints/*.pt"))
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_bad_stage_settings_fail_before_anything_is_written(tmp_path):
+    from landscape.stages.prune import PruneConfig
+
+    with pytest.raises(ValueError, match="prune.scope"):
+        pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(enabled=True, scope="local")))
+    assert not list(tmp_path.iterdir())
 
 
 def test_device_selection_logic_without_a_gpu():
