@@ -100,6 +100,13 @@ class GridSummary(Callback):
         print(f"\n[landscape] results under {root} ({runs} runs in {cells} cells, {len(df)} rows)")
         if len(df):
             print(final_accuracy_table(df).to_string())
+        if len(df) and run_cfg.report:
+            from analysis.report import write_report
+
+            arrays = {st: results.load_arrays(root, st)
+                      for st in ("importance_init", "importance_final")}
+            path = write_report(df, root / "report", arrays=arrays, results_root=root)
+            print(f"[landscape] report: {path} (and report.html beside it)")
         print(f"[landscape] load them with: landscape.results.load({str(root)!r})", flush=True)
 
 

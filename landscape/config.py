@@ -48,6 +48,7 @@ class RunConfig:
     # a machine: oversubscribed OpenMP threads slow a step down by an order of magnitude.
     num_threads: Optional[int] = field(default=None, metadata=NOT_IDENTITY)
     progress: bool = field(default=True, metadata=NOT_IDENTITY)
+    report: bool = field(default=True, metadata=NOT_IDENTITY)  # write the report after a grid
 
 
 @dataclass

@@ -193,7 +193,8 @@ def receptive_field_rows(ctx: RunContext) -> list[dict]:
     for r in table.itertuples():
         values = {"rf_r_max": r.r_max, "rf_r_min": r.r_min, "rf_jump": r.jump,
                   "rf_unproductive": r.unproductive, "rf_border": r.border}
-        rows += [{"metric": k, "value": float(v), "layer": r.layer}
+        rows += [{"metric": k, "value": float(v), "layer": r.layer,
+                  "note": f"input_size={ctx.data.image_size}"}
                  for k, v in values.items() if not pd.isna(v)]  # global layers: no RF
     return rows
 

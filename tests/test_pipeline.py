@@ -174,9 +174,13 @@ def test_cli_grid_and_idempotent_rerun(tmp_path):
     assert results.load(tmp_path)["seed"].nunique() == 2
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert again.returncode == 0 and again.stdout.count("already done, nothing to run") == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        p.name for p in sorted(tmp_path.iterdir())]  # no timestamped Hydra folders
-    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
+    # one cell folder and the report; no timestamped Hydra folders (multirun/, outputs/)
+    entries = sorted(p.name for p in tmp_path.iterdir())
+    assert len(entries) == 3 and entries[:2] == [".hydra", "report"], entries
+    assert entries[2].startswith("small_cnn-w0.25-synthetic-pool0-")
+    assert (tmp_path / ".hydra" / "multirun.yaml").is_file()
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert "report: " in out.stdout
 
 
 def test_rf_cli_prints_the_paper_vgg19_column(tmp_path):

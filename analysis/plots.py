@@ -1,0 +1,372 @@
+"""Figures over the tidy DataFrame, one grid (arch, dataset, width) per figure.
+
+Every function takes the DataFrame (plus ``arch``/``dataset``/``width`` filters, which may be
+left out when the data holds one grid) and returns a ``matplotlib.figure.Figure`` built without
+pyplot (no global state, no window). It returns ``None`` when the grid has no rows for that
+figure (the stage was not run), and raises ``ValueError`` for ambiguous filters or bad
+arguments. Colours: Okabe-Ito (colour-blind safe), plus a marker per receptive field.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
+
+from analysis.stats import final_epoch, grid_frame, select
+from analysis.tables import grid_title, level_label
+
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
+             "#F0E442")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8,
+         "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False,
+         "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3}
+STAGE_TITLES = {"hessian_init": "At initialisation", "hessian_final": "After training",
+                "importance_init": "init", "importance_final": "trained",
+                "cka_init": "at initialisation", "cka_final": "after training"}
+Arrays = Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]  # stage -> run_id -> name -> array
+
+
+def _styled(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Figure | None:
+        with matplotlib.rc_context(STYLE):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _levels(g: pd.DataFrame) -> list[tuple[str, str, str, str]]:
+    """(cell, label, colour, marker) per cell of a grid, by increasing receptive field."""
+    lv = (g[["cell", "receptive_field", "pool_level", "pool_kernel"]].drop_duplicates("cell")
+          .sort_values(["receptive_field", "pool_level", "pool_kernel", "cell"]))
+    return [(c, level_label(r, p, c), OKABE_ITO[i % 8], MARKERS[i % 8])
+            for i, (c, r, p) in enumerate(zip(lv["cell"], lv["receptive_field"], lv["pool_level"]))]
+
+
+def _suptitle(fig: Figure, g: pd.DataFrame, what: str) -> None:
+    fig.suptitle(f"{grid_title(g)}\n{what}", fontsize=10)
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Log-axis tick labels as plain numbers (0.3, 1, 20) instead of 3 x 10^-1; minor ticks
+    labelled only at mantissas 2, 3 and 5 so that two decades stay legible."""
+    def minor(v: float, _: Any) -> str:
+        mantissa = v / 10 ** math.floor(math.log10(v)) if v > 0 else 0.0
+        return f"{v:g}" if any(math.isclose(mantissa, m) for m in (2, 3, 5)) else ""
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _figure(nrows: int, ncols: int,
+            panel: tuple[float, float] = (3.8, 3.0)) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows + 0.4), layout="constrained")
+    return fig, np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
+
+
+# ---------------------------------------------------------------------------------------------
+@_styled
+def hessian_eigenvalues(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                        width: float | None = None,
+                        stages: Sequence[str] = ("hessian_init", "hessian_final")) -> Figure | None:
+    """Top-k eigenvalues vs rank, one line per receptive field (mean over seeds, band = min-max
+    over seeds), one panel per stage. Log y; symlog (linear within 1e-3 max|λ|) if any
+    eigenvalue is <= 0, said in the axis label."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    e = select(g, metric="hessian_eigenvalue", stage=list(stages))
+    present = [s for s in stages if (e["stage"] == s).any()]
+    if not present:
+        return None
+    fig, axes = _figure(1, len(present))
+    positive = bool((e["value"] > 0).all())
+    for ax, st in zip(axes[0], present):
+        for cell, label, colour, marker in _levels(g):
+            piv = select(e, stage=st, cell=cell).pivot_table(index="index", columns="seed",
+                                                             values="value")
+            if piv.empty:
+                continue
+            k = piv.index.to_numpy(float)
+            ax.plot(k, piv.mean(axis=1), color=colour, marker=marker, ms=3, lw=1.5,
+                    label=f"{label}, n={piv.shape[1]}")
+            ax.fill_between(k, piv.min(axis=1), piv.max(axis=1), color=colour, alpha=0.2, lw=0)
+        if positive:
+            ax.set_yscale("log")
+            _plain_log_ticks(ax.yaxis)
+        else:
+            ax.set_yscale("symlog", linthresh=max(1e-3 * float(e["value"].abs().max()), 1e-12))
+        ax.set_xlabel("rank k (1 = largest)")
+        ax.set_ylabel("Hessian eigenvalue λ_k" + ("" if positive else " (symlog)"))
+        ax.set_title(STAGE_TITLES.get(st, st))
+    axes[0, -1].legend(loc="upper right")
+    _suptitle(fig, g, "top Hessian eigenvalues (line = mean over seeds, band = min–max)")
+    return fig
+
+
+def gaussian_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray,
+                     sigma: float) -> np.ndarray:
+    """sum_i w_i N(grid; node_i, sigma^2) / sum_i w_i: the SLQ spectral density broadened by a
+    Gaussian of std ``sigma`` (eigenvalue units); integrates to 1 over the real line."""
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    nodes, weights = np.asarray(nodes, float), np.asarray(weights, float)
+    z = (np.asarray(grid, float)[:, None] - nodes[None, :]) / sigma
+    return (np.exp(-0.5 * z**2) @ weights) / (weights.sum() * sigma * math.sqrt(2 * math.pi))
+
+
+@_styled
+def spectral_density(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                     width: float | None = None,
+                     stages: Sequence[str] = ("hessian_init", "hessian_final"),
+                     bandwidth: float = 0.01, sigma: float | None = None,
+                     n_grid: int = 1000) -> Figure | None:
+    """SLQ spectral density per receptive field (mean of the per-seed densities), one panel per
+    stage. Each node is broadened by a Gaussian of std ``sigma``, by default ``bandwidth`` x
+    (max - min node) of the panel (shown in the panel). Log y, floored at 1e-6 of the peak."""
+    if bandwidth <= 0:
+        raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    keys = ["cell", "run_id", "stage", "index"]
+    nodes = select(g, metric="hessian_density_node", stage=list(stages))[keys + ["value"]]
+    weights = select(g, metric="hessian_density_weight", stage=list(stages))[keys + ["value"]]
+    nw = nodes.merge(weights, on=keys, suffixes=("_node", "_weight"))
+    present = [s for s in stages if (nw["stage"] == s).any()]
+    if not present:
+        return None
+    fig, axes = _figure(1, len(present))
+    for ax, st in zip(axes[0], present):
+        p = nw[nw["stage"] == st]
+        lo, hi = float(p["value_node"].min()), float(p["value_node"].max())
+        s = sigma if sigma is not None else bandwidth * (hi - lo if hi > lo else max(abs(hi), 1.0))
+        x = np.linspace(lo - 4 * s, hi + 4 * s, n_grid)
+        peak = 0.0
+        for cell, label, colour, _ in _levels(g):
+            runs = [gaussian_density(r["value_node"], r["value_weight"], x, s)
+                    for _, r in p[p["cell"] == cell].groupby("run_id")]
+            if runs:
+                dens = np.mean(runs, axis=0)
+                peak = max(peak, float(dens.max()))
+                ax.plot(x, dens, color=colour, lw=1.5, label=f"{label}, n={len(runs)}")
+        ax.set_yscale("log")
+        ax.set_ylim(peak * 1e-6, peak * 3)
+        ax.text(0.02, 0.97, f"Gaussian σ = {s:.3g}", transform=ax.transAxes, va="top", fontsize=8)
+        ax.set_xlabel("eigenvalue λ")
+        ax.set_ylabel("spectral density (per unit λ)")
+        ax.set_title(STAGE_TITLES.get(st, st))
+    axes[0, -1].legend(loc="upper right")
+    _suptitle(fig, g, "Hessian spectral density (stochastic Lanczos quadrature, mean over seeds)")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+def cka_matrix(rows: pd.DataFrame, *,
+               include_self: bool = False) -> tuple[list[str], np.ndarray | None]:
+    """Layers (in order of first appearance) and the CKA matrix averaged over seed pairs of one
+    cell and stage. Pairs a != b count in both orders (M_ab and M_ab^T when only one order is
+    stored); self pairs only with ``include_self``. None if no pair qualifies."""
+    layers = list(dict.fromkeys([*rows["layer"].dropna(), *rows["layer_b"].dropna()]))
+    pos = {name: i for i, name in enumerate(layers)}
+    stored = set(zip(rows["seed"], rows["seed_b"]))
+    mats = []
+    for (a, b), r in rows.groupby(["seed", "seed_b"]):
+        if a == b and not include_self:
+            continue
+        m = np.full((len(layers), len(layers)), np.nan)
+        m[r["layer"].map(pos).to_numpy(int), r["layer_b"].map(pos).to_numpy(int)] = r["value"]
+        mats.append(m)
+        if a != b and (b, a) not in stored:
+            mats.append(m.T)
+    return layers, (np.nanmean(mats, axis=0) if mats else None)
+
+
+@_styled
+def cka_matrices(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                 width: float | None = None, stage: str = "cka_final",
+                 include_self: bool = False, max_cols: int = 4) -> Figure | None:
+    """One CKA heatmap per receptive field (layer index of seed a vs seed b, averaged over seed
+    pairs, see :func:`cka_matrix`), shared colour scale 0..1, dashed lines at the middle layer."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    c = select(g, metric="cka", stage=stage)
+    panels = [(label, *cka_matrix(select(c, cell=cell), include_self=include_self))
+              for cell, label, _, _ in _levels(g)]
+    if all(m is None for _, _, m in panels):
+        return None
+    ncols = min(len(panels), max_cols)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = _figure(nrows, ncols, panel=(3.2, 3.0))
+    im = None
+    for ax, (label, layers, m) in zip(axes.ravel(), panels):
+        if m is None:  # a receptive field without CKA rows keeps its (empty) panel
+            ax.set_title(f"{label}\nmissing")
+            ax.set_axis_off()
+            continue
+        im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower")
+        mid = (len(layers) - 1) / 2
+        ax.axhline(mid, color="white", ls="--", lw=1)
+        ax.axvline(mid, color="white", ls="--", lw=1)
+        step = max(1, len(layers) // 10)
+        ax.set_xticks(range(0, len(layers), step))
+        ax.set_yticks(range(0, len(layers), step))
+        ax.grid(False)
+        ax.set_title(label)
+        ax.set_xlabel("layer index (seed b)")
+        ax.set_ylabel("layer index (seed a)")
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="linear CKA", shrink=0.85)
+    pairs = "seed pairs incl. self" if include_self else "pairs of different seeds"
+    _suptitle(fig, g, f"layerwise linear CKA {STAGE_TITLES.get(stage, stage)}\n"
+                      f"(mean over {pairs}; dashed = middle layer)")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+@_styled
+def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None = None,
+                    dataset: str | None = None, width: float | None = None,
+                    stages: Sequence[str] = ("importance_init", "importance_final"),
+                    ) -> Figure | None:
+    """Mean projected-gradient importance map per receptive field (mean of the seeds' mean
+    maps; rows = stages, columns = receptive fields), each with its own colour scale and the
+    mean over seeds of ``importance_max`` in the title. ``arrays`` maps stage -> the output of
+    ``landscape.results.load_arrays(root, stage)``."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    levels = _levels(g)
+    grid_runs = set(g["run_id"].dropna())
+    maps: dict[tuple[str, str], list[np.ndarray]] = {}
+    for st in stages:
+        for run_id, arr in (arrays or {}).get(st, {}).items():
+            if run_id in grid_runs and "mean_map" in arr:
+                key = (st, run_id.split("/seed=")[0])
+                maps.setdefault(key, []).append(np.asarray(arr["mean_map"]))
+    present = [s for s in stages if any(k[0] == s for k in maps)]
+    if not present:
+        return None
+    fig, axes = _figure(len(present), len(levels), panel=(3.3, 3.0))
+    for row, st in zip(axes, present):
+        for j, (ax, (cell, label, _, _)) in enumerate(zip(row, levels)):
+            ms = maps.get((st, cell))
+            if not ms:
+                ax.set_title(f"{label}\nmissing")
+                ax.set_axis_off()
+                continue
+            if len({m.shape for m in ms}) != 1:
+                raise ValueError(f"importance maps of {cell} ({st}) differ in shape")
+            im = ax.imshow(np.mean(ms, axis=0), cmap="magma", origin="upper")
+            fig.colorbar(im, ax=ax, shrink=0.8,
+                         label="|∂ out / ∂ pixel|" if j == len(levels) - 1 else None)
+            mx = select(g, stage=st, cell=cell, metric="importance_max")["value"]
+            ax.set_title(f"{label}\nmean max = "
+                         + (f"{mx.mean():.3g} (n={mx.size})" if mx.size else "missing"))
+            ax.set_xlabel("x (px)")
+            ax.set_ylabel(f"{STAGE_TITLES.get(st, st)}\ny (px)" if j == 0 else "")
+            ax.grid(False)
+    rows = " / ".join(STAGE_TITLES.get(st, st) for st in present)
+    _suptitle(fig, g, f"projected-gradient importance maps (mean map over seeds; rows: {rows}; "
+                      "own colour scale per panel)")
+    return fig
+
+
+@_styled
+def pruning_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                   width: float | None = None, criterion: str = "magnitude") -> Figure | None:
+    """Test accuracy (%) vs pruning rate per receptive field, mean ± std band over seeds; the
+    dense accuracy as a dashed line of the same colour. Panels: one-shot, fine-tuned."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    pr = select(g, stage=["prune", "finetune"], criterion=criterion, metric="test_acc")
+    pr = pr[pr["index"].isna()]
+    present = [ft for ft in (False, True) if (pr["finetuned"] == ft).any()]
+    if not present:
+        return None
+    dense = final_epoch(select(g, stage="train", metric="test_acc")).groupby("cell")["value"]
+    dense = dense.mean() * 100
+    fig, axes = _figure(1, len(present), panel=(4.2, 3.2))
+    top = max(100 * float(pr["value"].max()), float(dense.max()) if len(dense) else 0.0)
+    for ax, ft in zip(axes[0], present):
+        for cell, label, colour, marker in _levels(g):
+            s = (pr[(pr["cell"] == cell) & (pr["finetuned"] == ft)].groupby("prune_rate")["value"]
+                 .agg(["mean", "std", "count"]).sort_index() * [100, 100, 1])
+            if s.empty:
+                continue
+            x = s.index.to_numpy(float) * 100
+            ax.plot(x, s["mean"], color=colour, marker=marker, ms=4,
+                    label=f"{label}, n={int(s['count'].max())}")
+            ax.fill_between(x, s["mean"] - s["std"].fillna(0), s["mean"] + s["std"].fillna(0),
+                            color=colour, alpha=0.2, lw=0)
+            if cell in dense.index:
+                ax.axhline(dense[cell], color=colour, ls="--", lw=1)
+        ax.set_ylim(0, min(100, top * 1.1 + 2))
+        ax.set_xlabel("pruning rate (% of prunable weights)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("fine-tuned after pruning" if ft else "one-shot, no fine-tuning")
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    handles.append(Line2D([], [], color="grey", ls="--", lw=1))
+    axes[0, -1].legend(handles, [*labels, "dense (same colour)"], loc="lower left")
+    _suptitle(fig, g, f"test accuracy after {criterion} pruning (line = mean, "
+                      "band = ± std over seeds)")
+    return fig
+
+
+@_styled
+def receptive_field_profile(df: pd.DataFrame, *, arch: str | None = None,
+                            dataset: str | None = None, width: float | None = None,
+                            input_size: int | None = None) -> Figure | None:
+    """Analytic r_max (px, log scale) vs layer index per pool level, the border layer (first
+    unproductive layer) starred, and the input size as a dotted line. ``input_size`` defaults
+    to an ``input_size=<n>`` entry of the receptive_field rows' note, if there is one."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    rf = select(g, stage="receptive_field", metric="rf_r_max")
+    if rf.empty:
+        return None
+    if input_size is None:
+        found = [re.search(r"input_size=(\d+)", n) for n in rf["note"].dropna()]
+        input_size = next((int(m.group(1)) for m in found if m), None)
+    border = select(g, stage="receptive_field", metric="rf_border", value=1.0)
+    names = _ordered_union([list(r["layer"]) for _, r in rf.groupby("cell", sort=False)])
+    pos = {name: i for i, name in enumerate(names)}
+    fig, axes = _figure(1, 1, panel=(6.4, 4.0))
+    ax = axes[0, 0]
+    for cell, label, colour, marker in _levels(g):
+        r = rf[rf["cell"] == cell]
+        if r.empty:
+            continue
+        x, y = r["layer"].map(pos).to_numpy(int), r["value"].to_numpy(float)
+        ax.plot(x, y, color=colour, marker=marker, ms=4, label=label)
+        b = r["layer"].isin(list(border[border["cell"] == cell]["layer"])).to_numpy(bool)
+        ax.scatter(x[b], y[b], marker="*", s=180, color=colour, edgecolor="black", zorder=3)
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], marker="*", ls="", ms=12, color="grey", markeredgecolor="black"))
+    labels.append("border layer (first unproductive)")
+    if input_size is not None:
+        ax.axhline(input_size, color="black", ls=":", lw=1.2)
+        handles.append(Line2D([], [], color="black", ls=":"))
+        labels.append(f"input size ({input_size} px)")
+    ax.set_yscale("log", base=2)
+    _plain_log_ticks(ax.yaxis)
+    ax.set_xticks(range(len(names)))
+    if len(names) <= 24:
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("layer (convolutions and pools, input to output)")
+    ax.set_ylabel("receptive field r_max (px)")
+    ax.legend(handles, labels, loc="upper left")
+    _suptitle(fig, g, "analytic receptive field per layer"
+              + ("" if input_size is not None else " (input size not recorded)"))
+    return fig
+
+
+def _ordered_union(lists: Sequence[Sequence[str]]) -> list[str]:
+    """Merge name lists keeping each list's order (a name missing from one list, e.g. the RF
+    pool at level 0, goes right after its predecessor in the list that has it)."""
+    out: list[str] = []
+    for names in lists:
+        for i, name in enumerate(names):
+            if name not in out:
+                out.insert(out.index(names[i - 1]) + 1 if i else 0, name)
+    return out

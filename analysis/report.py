@@ -1,0 +1,330 @@
+"""The report: every table and figure of a results DataFrame in one folder, readable top to bottom.
+
+``write_report(df, out_dir)`` writes ``report.md`` and ``report.html`` (images referenced by
+relative ``<img src="figures/...png">``, so the folder can be moved or zipped as a whole),
+``figures/*.png|pdf`` and ``tables/*.md|tex|csv``. It reads nothing but the DataFrame and the
+importance arrays handed to it; the one exception is :func:`failed_units`, which lists the
+``FAILED`` markers under the results root (failed stages have no rows in the DataFrame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from analysis import plots
+from analysis.stats import (GRID_COLUMNS, UNIT_COLUMNS, final_epoch, grid_frame, grids,
+                            pruning_observations, rank_correlation, select)
+from analysis.tables import (MISSING, Table, format_number, grid_title, level_label,
+                             paper_table, pruning_table, pvalue_table, to_csv, to_latex,
+                             to_markdown, training_table)
+
+IMPORTANCE_STAGES = ("importance_init", "importance_final")
+STAGE_ORDER = ["train", "prune", "finetune", "hessian_init", "hessian_final", "importance_init",
+               "importance_final", "receptive_field", "cka_init", "cka_final"]
+DEFAULT_TITLE = "Receptive field, pruning and loss landscape: results report"
+Block = tuple[str, Any]  # ("h2"|"h3"|"p"|"list"|"table"|"figure", payload)
+
+
+def unit_label(stage: Any, criterion: Any, prune_rate: Any, finetuned: Any) -> str:
+    """A stage unit as text: ``"prune magnitude @ 0.9"``, ``"hessian_final"``."""
+    if pd.isna(criterion):
+        return str(stage)
+    return f"{stage} {criterion} @ {prune_rate:g}"
+
+
+def _units(d: pd.DataFrame) -> pd.DataFrame:
+    """The distinct stage units of ``d`` in pipeline order, with their ``unit`` label."""
+    u = d[list(UNIT_COLUMNS)].drop_duplicates()
+    order = u["stage"].map(lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else 99)
+    u = u.assign(_order=order).sort_values(["_order", "stage", "criterion", "prune_rate"])
+    labels = [unit_label(*r) for r in u[list(UNIT_COLUMNS)].itertuples(index=False)]
+    return u.drop(columns="_order").assign(unit=labels)
+
+
+def completeness(df: pd.DataFrame) -> pd.DataFrame:
+    """Every expected (grid, cell, seed, stage unit) with ``present`` True/False.
+
+    Expected per-run units: every cell of a grid x every seed seen in that grid x every stage
+    unit seen for any run of that grid. Cell-level units (run_id without a seed; CKA, RF
+    table): every cell x every cell-level unit seen in the grid, with seed NA.
+    """
+    rows = []
+    for grid in grids(df):
+        g = grid_frame(df, **dict(zip(GRID_COLUMNS, grid)))
+        per_run = g["run_id"].str.contains("/seed=", regex=False).fillna(False).astype(bool)
+        cells = sorted(g["cell"].unique())
+        for cell_level, d in ((False, g[per_run]), (True, g[~per_run])):
+            seeds = [None] if cell_level else sorted(int(x) for x in d["seed"].dropna().unique())
+            keys = [unit_label(*r) for r in d[list(UNIT_COLUMNS)].itertuples(index=False)]
+            have = set(zip(d["cell"], [None] * len(d) if cell_level else d["seed"], keys))
+            for cell in cells:
+                for seed in seeds:
+                    for unit in _units(d)["unit"]:
+                        rows.append({"grid": "-".join(map(str, grid)), "cell": cell, "seed": seed,
+                                     "unit": unit, "present": (cell, seed, unit) in have})
+    out = pd.DataFrame(rows, columns=["grid", "cell", "seed", "unit", "present"])
+    return out.astype({"seed": "Int64"})
+
+
+def failed_units(results_root: str | Path) -> pd.DataFrame:
+    """Stage units with a ``FAILED`` marker (their traceback's last line), per run and cell."""
+    root = Path(results_root)
+    rows = []
+    markers = [*root.glob("*/seed=*/stages/*/FAILED"), *root.glob("*/cell/stages/*/FAILED")]
+    for path in sorted(markers):
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        run = path.parents[2].relative_to(root).as_posix()
+        rows.append({"run_id": run.removesuffix("/cell"), "unit": path.parent.name,
+                     "reason": (lines[-1] if lines else "")[:200]})
+    return pd.DataFrame(rows, columns=["run_id", "unit", "reason"])
+
+
+# ---------------------------------------------------------------------------------------------
+def _overview(g: pd.DataFrame, done: pd.DataFrame) -> Table:
+    """Stage units (rows) x receptive fields (columns): seeds done out of seeds expected."""
+    labels = {c: level_label(r, p, c) for c, r, p in
+              g[["cell", "receptive_field", "pool_level"]].drop_duplicates("cell")
+              .sort_values(["receptive_field", "cell"]).itertuples(index=False)}
+    count = done.groupby(["unit", "cell"])["present"].agg(["sum", "size"])
+    units = list(dict.fromkeys(done["unit"]))
+    def done_of(u: str, c: str) -> str:
+        return (f"{count.loc[(u, c), 'sum']}/{count.loc[(u, c), 'size']}"
+                if (u, c) in count.index else MISSING)
+
+    rows = [{"Stage unit": u, **{labels[c]: done_of(u, c) for c in labels}} for u in units]
+    return Table("overview", "Finished stage units per receptive field (done / expected seeds; "
+                 "cell-level units 1/1)", pd.DataFrame(rows), count.reset_index())
+
+
+def _correlations(g: pd.DataFrame) -> Table | None:
+    """Spearman rho between the receptive field and per-seed metrics of the grid."""
+    d = final_epoch(g)
+    wanted: list[tuple[str, pd.DataFrame]] = [
+        ("dense test acc.", select(d, stage="train", metric="test_acc"))]
+    for u in _units(select(d, stage=["prune", "finetune"])).itertuples(index=False):
+        obs = pruning_observations(g, criterion=u.criterion, prune_rate=u.prune_rate,
+                                   finetuned=bool(u.finetuned))
+        wanted.append((f"{u.unit}: dense - pruned", obs.rename(columns={"difference": "value"})))
+    for st in ("hessian_init", "hessian_final"):
+        wanted.append((f"{st}: λ_max", select(d, stage=st, metric="hessian_eigenvalue", index=1)))
+        wanted.append((f"{st}: trace", select(d, stage=st, metric="hessian_trace")))
+    for st in IMPORTANCE_STAGES:
+        for m in ("importance_max", "erf_size"):
+            wanted.append((f"{st}: {m}", select(d, stage=st, metric=m)))
+    rows = []
+    for name, obs in wanted:
+        if obs["value"].notna().sum() >= 3 and obs["receptive_field"].nunique() > 1:
+            r = rank_correlation(obs)
+            rows.append({"Quantity (per seed)": name, "Spearman ρ": f"{r.rho:+.2f}",
+                         "p": format_number(r.p), "n": str(r.n)})
+    if not rows:
+        return None
+    return Table(f"{_slug(g)}-spearman", f"{grid_title(g)}: rank correlation of the "
+                 "receptive field with each quantity", pd.DataFrame(rows), pd.DataFrame(rows),
+                 "Spearman's ρ over all seeds of all receptive fields, two-sided p (scipy).")
+
+
+def _slug(g: pd.DataFrame) -> str:
+    return f"{g['arch'].iloc[0]}-w{g['width'].iloc[0]:g}-{g['dataset'].iloc[0]}"
+
+
+def _table_blocks(g: pd.DataFrame, kw: dict[str, Any],
+                  reference: pd.DataFrame | None) -> list[Block]:
+    blocks: list[Block] = []
+    if len(select(g, stage="train")):
+        blocks += [("h3", "Dense training"), ("table", training_table(g, **kw))]
+    units = _units(select(g, stage=["prune", "finetune"]))
+    if len(units):
+        blocks.append(("h3", "Pruned vs dense accuracy"))
+    for u in units.sort_values(["finetuned", "criterion", "prune_rate"]).itertuples(index=False):
+        ft = bool(u.finetuned)
+        args = dict(**kw, criterion=u.criterion, prune_rate=u.prune_rate, finetuned=ft)
+        blocks.append(("table", pruning_table(g, **args)))
+        if (reference is not None and not ft and u.criterion == "magnitude"
+                and math.isclose(u.prune_rate, 0.9)):  # the setting of the paper's tables
+            ref = paper_table(reference, arch=kw["arch"], dataset=kw["dataset"])
+            blocks += [("table", ref)] if ref is not None else []
+        top = units[units["finetuned"] == u.finetuned]["prune_rate"].max()
+        if math.isclose(u.prune_rate, top) and g["cell"].nunique() > 1:
+            blocks.append(("table", pvalue_table(g, **args)))
+    corr = _correlations(g)
+    if corr is not None:
+        blocks += [("h3", "Rank correlations with the receptive field"), ("table", corr)]
+    return blocks
+
+
+def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) -> list[Block]:
+    """Draw every figure of the grid, save it as PNG and PDF, and list the ones not drawn."""
+    criteria = sorted(select(g, stage=["prune", "finetune"])["criterion"].dropna().unique())
+    figures: list[tuple[str, Callable[[], Any], str]] = [
+        *[(f"pruning-{c}".replace(":", "-"),
+           (lambda c=c: plots.pruning_curves(g, **kw, criterion=c)),
+           f"Accuracy vs pruning rate, criterion {c}.") for c in criteria],
+        ("hessian-eigenvalues", lambda: plots.hessian_eigenvalues(g, **kw),
+         "Top Hessian eigenvalues by rank."),
+        ("hessian-density", lambda: plots.spectral_density(g, **kw),
+         "Hessian spectral density from stochastic Lanczos quadrature; each Ritz node is "
+         "broadened by a Gaussian of std 1% of the node range (value in the panel)."),
+        *[(st.replace("_", "-"), (lambda st=st: plots.cka_matrices(g, **kw, stage=st)),
+           "Linear CKA between every layer of two seeds.") for st in ("cka_init", "cka_final")],
+        ("importance", lambda: plots.importance_maps(g, arrays, **kw),
+         "Projected-gradient importance maps (mean map over seeds)."),
+        ("receptive-field", lambda: plots.receptive_field_profile(g, **kw),
+         "Analytic receptive field per layer; the border layer is starred."),
+    ]
+    blocks: list[Block] = [("h3", "Figures")]
+    absent = []
+    for name, make, caption in figures:
+        fig = make()
+        if fig is None:
+            absent.append(name)
+            continue
+        stem = f"{_slug(g)}-{name}"
+        for ext in ("png", "pdf"):
+            fig.savefig(out / "figures" / f"{stem}.{ext}", dpi=150)
+        blocks.append(("figure", (f"figures/{stem}.png", caption)))
+    if absent:
+        blocks.insert(1, ("p", f"Not drawn (no data for them in this grid): {', '.join(absent)}."))
+    return blocks
+
+
+def _grid_blocks(g: pd.DataFrame, arrays: Any, reference: pd.DataFrame | None,
+                 out: Path) -> list[Block]:
+    kw = dict(zip(GRID_COLUMNS, grids(g)[0]))
+    done = completeness(g)
+    seeds = ", ".join(str(s) for s in sorted(g["seed"].dropna().unique()))
+    notes = g.dropna(subset=["note"]).drop_duplicates(["stage", "note"])
+    blocks: list[Block] = [
+        ("h2", grid_title(g)), ("table", _overview(g, done)),
+        ("p", f"Seeds: {seeds}. Stage settings (from the rows' notes):"),
+        ("list", [f"{st}: {n}" for st, n in zip(notes["stage"], notes["note"])])]
+    blocks += _table_blocks(g, kw, reference)
+    blocks += _figure_blocks(g, kw, arrays, out)
+    missing = done[~done["present"]]
+    blocks.append(("h3", "Missing results"))
+    blocks.append(("list", [f"{m.cell}, seed {'(cell-level)' if pd.isna(m.seed) else m.seed}: "
+                            f"{m.unit}" for m in missing.itertuples(index=False)]
+                   or ["none: every expected (cell, seed, stage unit) has results"]))
+    return blocks
+
+
+def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
+                  title: str = DEFAULT_TITLE, results_root: str | Path | None = None,
+                  reference: pd.DataFrame | None = None) -> list[Block]:
+    """The report as a list of blocks; writes figures and table files under ``out_dir``."""
+    blocks: list[Block] = [("h1", title)]
+    found = grids(df)
+    blocks.append(("p", f"{len(df)} result rows; {len(found)} grid(s): " + "; ".join(
+        f"{a} width {w:g} on {d}" for a, d, w in found) + (f". Results root: {results_root}."
+                                                             if results_root else ".")
+                   if found else "No finished stages found."))
+    for grid in found:
+        blocks += _grid_blocks(grid_frame(df, **dict(zip(GRID_COLUMNS, grid))), arrays,
+                               reference, out_dir)
+    blocks.append(("h2", "Failed stage units"))
+    if results_root is None:
+        blocks.append(("p", "Not checked (no results root given)."))
+    else:
+        failed = failed_units(results_root)
+        blocks.append(("list", [f"{f.run_id}: {f.unit}: {f.reason}" for f in failed.itertuples()]
+                       or ["none"]))
+    return blocks
+
+
+def _markdown(blocks: Sequence[Block]) -> str:
+    out = []
+    for kind, x in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + x + "\n")
+        elif kind == "p":
+            out.append(x + "\n")
+        elif kind == "list":
+            out.append("\n".join(f"- {item}" for item in x) + "\n")
+        elif kind == "table":
+            out.append(to_markdown(x))
+        elif kind == "figure":
+            out.append(f"![{x[1]}]({x[0]})\n\n*{x[1]}* ([PDF]({x[0][:-4]}.pdf))\n")
+    return "\n".join(out)
+
+
+def _html(blocks: Sequence[Block], title: str) -> str:
+    e = html.escape
+    body = []
+    for kind, x in blocks:
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{e(x)}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{e(x)}</p>")
+        elif kind == "list":
+            body.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in x) + "</ul>")
+        elif kind == "table":
+            t = x.cells.astype(str)
+            head = "".join(f"<th>{e(c)}</th>" for c in t.columns)
+            rows = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>"
+                           for r in t.itertuples(index=False))
+            body.append(f"<table><caption>{e(x.title)}</caption><thead><tr>{head}</tr></thead>"
+                        f"<tbody>{rows}</tbody></table><p class='note'>{e(x.notes)}</p>")
+        elif kind == "figure":
+            body.append(f"<figure><img src='{e(x[0])}' alt='{e(x[1])}'><figcaption>{e(x[1])} "
+                        f"(<a href='{e(x[0][:-4])}.pdf'>PDF</a>)</figcaption></figure>")
+    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+           "table{border-collapse:collapse;margin:1em 0}td,th{padding:3px 10px;text-align:right}"
+           "td:first-child,th:first-child{text-align:left}thead{border-bottom:1px solid #444}"
+           "table{border-top:2px solid #444;border-bottom:2px solid #444}caption{font-weight:bold;"
+           "text-align:left}.note{font-size:90%;color:#555}img{max-width:100%}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+            f"<style>{css}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(df: pd.DataFrame, out_dir: str | Path, *, arrays: Any = None,
+                 title: str = DEFAULT_TITLE, results_root: str | Path | None = None,
+                 reference: pd.DataFrame | None = None) -> Path:
+    """Write ``report.md``, ``report.html``, ``figures/`` and ``tables/`` under ``out_dir``;
+    return the path of ``report.md``. ``arrays``: stage -> ``load_arrays(root, stage)`` for
+    the importance maps; ``reference``: the paper's tables (shown labelled, beside ours)."""
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    blocks = report_blocks(df, out, arrays=arrays, title=title, results_root=results_root,
+                           reference=reference)
+    for kind, t in blocks:
+        if kind == "table" and t.name != "overview":
+            for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
+                (out / "tables" / f"{t.name}.{ext}").write_text(render(t))
+    (out / "report.html").write_text(_html(blocks, title))
+    path = out / "report.md"
+    path.write_text(_markdown(blocks))
+    return path
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    """``landscape-report RESULTS_ROOT [--out DIR] [--paper CSV]``."""
+    from landscape.results import load, load_arrays  # here: `import analysis` stays torch-free
+
+    p = argparse.ArgumentParser(prog="landscape-report", description=(
+        "Tables, figures and report.md/report.html of every finished run under RESULTS_ROOT."))
+    p.add_argument("results_root", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="default: RESULTS_ROOT/report")
+    p.add_argument("--title", default=DEFAULT_TITLE)
+    p.add_argument("--paper", type=Path, default=None,
+                   help="CSV of the paper's published tables, shown labelled beside ours")
+    args = p.parse_args(argv)
+    if not args.results_root.is_dir():
+        p.error(f"results root {args.results_root} is not a directory")
+    df = load(args.results_root)
+    arrays = {st: load_arrays(args.results_root, st) for st in IMPORTANCE_STAGES}
+    reference = pd.read_csv(args.paper) if args.paper else None
+    path = write_report(df, args.out or args.results_root / "report", arrays=arrays,
+                        title=args.title, results_root=args.results_root, reference=reference)
+    print(f"[landscape] report: {path} and {path.with_suffix('.html')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(report_main())

@@ -1,0 +1,297 @@
+"""Statistics over the tidy results DataFrame: summaries over seeds and tests between RF levels.
+
+Everything here takes the DataFrame of ``landscape.results.load`` (or a slice of it) and
+returns DataFrames or small frozen dataclasses; nothing reads files. Distributions come from
+``scipy.stats``; only Holm's step-down correction and the effect sizes are written out.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+# A cell is every config value except the seed; its id is the run folder without "/seed=<s>".
+CELL_COLUMNS = ("cell", "arch", "dataset", "width", "pool_level", "pool_kernel", "pool_stride",
+                "pool_padding", "receptive_field")
+UNIT_COLUMNS = ("stage", "criterion", "prune_rate", "finetuned")  # one stage unit of a run
+SUMMARY_KEYS = CELL_COLUMNS + UNIT_COLUMNS + ("metric", "index", "layer")
+GRID_COLUMNS = ("arch", "dataset", "width")  # cells of one grid differ only in the RF pool
+EPOCH_METRICS = frozenset({"train_loss", "train_acc", "test_loss", "test_acc", "learning_rate",
+                           "epoch_seconds"})
+# Metrics that are matrices or node lists, not one number per seed: plotted, not summarised.
+NOT_SUMMARISED = frozenset({"cka", "hessian_density_node", "hessian_density_weight"})
+
+
+def cell_ids(run_id: pd.Series) -> pd.Series:
+    """``"<cell>/seed=<s>"`` or ``"<cell>"`` -> ``"<cell>"``."""
+    return run_id.astype("string").str.split("/seed=", n=1).str[0]
+
+
+def with_cell(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``cell`` column (the run folder's cell part), added once."""
+    return df if "cell" in df.columns else df.assign(cell=cell_ids(df["run_id"]))
+
+
+def select(df: pd.DataFrame, **filters: Any) -> pd.DataFrame:
+    """Rows where every ``column=value`` holds. ``None`` skips a filter, a list/tuple/set means
+    "any of", ``pd.NA`` means "missing"; an unknown column raises ``ValueError``."""
+    mask = pd.Series(True, index=df.index)
+    for col, want in filters.items():
+        if col not in df.columns:
+            raise ValueError(f"select: unknown column {col!r}; valid: {list(df.columns)}")
+        if want is None:
+            continue
+        if want is pd.NA:
+            mask &= df[col].isna()
+        elif isinstance(want, (list, tuple, set, frozenset)):
+            mask &= df[col].isin(list(want)).fillna(False).astype(bool)
+        else:
+            mask &= (df[col] == want).fillna(False).astype(bool)
+    return df[mask]
+
+
+def grids(df: pd.DataFrame) -> list[tuple[str, str, float]]:
+    """The (arch, dataset, width) grids in ``df``, sorted."""
+    g = df[list(GRID_COLUMNS)].dropna().drop_duplicates()
+    return sorted((str(a), str(d), float(w)) for a, d, w in g.itertuples(index=False))
+
+
+def grid_frame(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+               width: float | None = None) -> pd.DataFrame:
+    """The rows of exactly one grid; ``ValueError`` naming the choices if the filters leave
+    zero or several grids."""
+    sub = select(df, arch=arch, dataset=dataset, width=width)
+    found = grids(sub)
+    if len(found) != 1:
+        what = "no grid matches" if not found else "several grids match"
+        raise ValueError(f"{what} arch={arch!r}, dataset={dataset!r}, width={width!r}; "
+                         f"grids in the data (arch, dataset, width): {grids(df)}")
+    return with_cell(sub)
+
+
+def final_epoch(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep only the last epoch of every per-epoch metric (``EPOCH_METRICS`` with an index);
+    all other rows pass unchanged. The last epoch is the max index per run, unit and metric."""
+    epoch = df["metric"].isin(list(EPOCH_METRICS)).fillna(False) & df["index"].notna()
+    ep = df[epoch]
+    keys = ["run_id", *UNIT_COLUMNS, "metric"]
+    last = ep["index"] == ep.groupby(keys, dropna=False)["index"].transform("max")
+    return pd.concat([df[~epoch], ep[last]]).sort_index()
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Summary:
+    """Mean, sample std (ddof=1), count and two-sided t confidence interval of a sample.
+
+    ``ci_low, ci_high = mean -/+ t_{(1+confidence)/2, n-1} * std / sqrt(n)``; std and the CI
+    are NaN for n = 1.
+    """
+
+    mean: float
+    std: float
+    n: int
+    ci_low: float
+    ci_high: float
+    confidence: float
+
+
+def _ci_half_width(std: np.ndarray, n: np.ndarray, confidence: float) -> np.ndarray:
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = stats.t.ppf((1.0 + confidence) / 2.0, np.where(n > 1, n - 1, np.nan))
+        return q * np.asarray(std, dtype=float) / np.sqrt(n)
+
+
+def summarize(values: Iterable[float], confidence: float = 0.95) -> Summary:
+    """Summary of one sample (NaNs, e.g. the loss of a diverged run, are left out)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    x = np.asarray(list(values), dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        raise ValueError("summarize: no finite values")
+    mean = float(x.mean())
+    std = float(x.std(ddof=1)) if x.size > 1 else math.nan
+    h = float(_ci_half_width(np.array([std]), np.array([x.size]), confidence)[0])
+    return Summary(mean, std, int(x.size), mean - h, mean + h, confidence)
+
+
+def summarize_cells(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
+                    by: Sequence[str] = SUMMARY_KEYS, confidence: float = 0.95,
+                    final: bool = True) -> pd.DataFrame:
+    """One row per group of ``by`` (default: cell, stage unit, metric, index, layer) with
+    ``mean, std (ddof=1), n, ci_low, ci_high`` over seeds.
+
+    Per-epoch metrics are reduced to their final epoch first (``final=True``). ``cka`` and the
+    SLQ density rows are not summarised (see ``analysis.plots``). A group holding two rows of
+    one seed raises ``ValueError``: a column that tells them apart is missing from ``by``.
+    """
+    d = with_cell(df)
+    if final:
+        d = final_epoch(d)
+    d = d[~d["metric"].isin(list(NOT_SUMMARISED)).fillna(False)]
+    if metrics is not None:
+        d = d[d["metric"].isin(list(metrics)).fillna(False)]
+    d = d[d["value"].notna()]
+    unknown = set(by) - set(d.columns)
+    if unknown:
+        raise ValueError(f"summarize_cells: unknown column(s) in by: {sorted(unknown)}")
+    by = list(by)
+    dup = d.duplicated(by + ["seed"], keep=False) & d["seed"].notna()
+    if dup.any():
+        raise ValueError("summarize_cells: several rows per seed in one group, e.g. "
+                         f"{d[dup].iloc[0][by + ['seed']].to_dict()}; add the column that "
+                         "distinguishes them to `by`")
+    g = d.groupby(by, dropna=False, sort=True)["value"]
+    out = g.agg(mean="mean", std="std", n="count").reset_index()
+    h = _ci_half_width(out["std"].to_numpy(), out["n"].to_numpy(), confidence)
+    return out.assign(ci_low=out["mean"] - h, ci_high=out["mean"] + h)
+
+
+# ---------------------------------------------------------------------------------------------
+def pruning_observations(df: pd.DataFrame, *, criterion: str, prune_rate: float,
+                         finetuned: bool = False, metric: str = "test_acc") -> pd.DataFrame:
+    """Per run: ``dense`` (final-epoch ``metric`` of training), ``pruned`` (``metric`` of the
+    prune, or fine-tune if ``finetuned``, unit at ``criterion``/``prune_rate``) and
+    ``difference = dense - pruned``. Runs lacking one side keep NaN there (never zero)."""
+    d = with_cell(final_epoch(df))
+    dense = select(d, stage="train", metric=metric)
+    pruned = select(d, stage="finetune" if finetuned else "prune", criterion=criterion,
+                    finetuned=finetuned, metric=metric)
+    pruned = pruned[np.isclose(pruned["prune_rate"].astype(float), prune_rate)]
+    pruned = pruned[pruned["index"].isna()]  # the evaluation row, not per-epoch training rows
+    cols = ["run_id", *CELL_COLUMNS, "seed"]
+    out = dense[cols + ["value"]].rename(columns={"value": "dense"}).merge(
+        pruned[cols + ["value"]].rename(columns={"value": "pruned"}), on=cols, how="outer")
+    out = out.assign(difference=out["dense"] - out["pruned"], criterion=criterion,
+                     prune_rate=float(prune_rate), finetuned=bool(finetuned))
+    return out.sort_values(["receptive_field", "pool_level", "cell", "seed"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
+    """(mean_a - mean_b) / s_p with the pooled sample std
+    s_p^2 = ((n_a - 1) s_a^2 + (n_b - 1) s_b^2) / (n_a + n_b - 2)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.size < 2 or b.size < 2:
+        raise ValueError(f"cohens_d needs >= 2 values per group, got {a.size} and {b.size}")
+    sp2 = ((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / (a.size + b.size - 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float((a.mean() - b.mean()) / np.sqrt(sp2))
+
+
+def hedges_g(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cohen's d times the exact small-sample correction
+    J(m) = Gamma(m/2) / (sqrt(m/2) Gamma((m-1)/2)), m = n_a + n_b - 2 (J ~ 1 - 3/(4m - 1))."""
+    m = len(a) + len(b) - 2
+    j = math.exp(special.gammaln(m / 2) - special.gammaln((m - 1) / 2)) / math.sqrt(m / 2)
+    return cohens_d(a, b) * j
+
+
+@dataclass(frozen=True)
+class WelchTest:
+    """Welch's unequal-variance t-test of a vs b: statistic ``t``, Welch-Satterthwaite degrees
+    of freedom ``dof``, two-sided ``p``, and effect sizes (a - b) ``cohen_d``, ``hedges_g``."""
+
+    t: float
+    dof: float
+    p: float
+    cohen_d: float
+    hedges_g: float
+    n_a: int
+    n_b: int
+    mean_a: float
+    mean_b: float
+
+
+def welch_test(a: Sequence[float], b: Sequence[float]) -> WelchTest:
+    """Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``) with effect sizes; all
+    statistics are NaN when both samples are constant."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.size < 2 or b.size < 2:
+        raise ValueError(f"welch_test needs >= 2 values per group, got {a.size} and {b.size}")
+    if all(x.std() <= 1e-12 * max(1.0, abs(x.mean())) for x in (a, b)):
+        nan = math.nan  # both samples constant: t is undefined (not +-inf from rounding noise)
+        return WelchTest(nan, nan, nan, nan, nan, a.size, b.size, float(a.mean()), float(b.mean()))
+    with warnings.catch_warnings():  # one constant sample (e.g. all at chance) is a valid case
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        r = stats.ttest_ind(a, b, equal_var=False)
+    return WelchTest(float(r.statistic), float(r.df), float(r.pvalue), cohens_d(a, b),
+                     hedges_g(a, b), a.size, b.size, float(a.mean()), float(b.mean()))
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values: sort ascending, p_(i) * (m - i + 1) for i = 1..m,
+    running maximum, clipped at 1. NaNs stay NaN and do not count in m."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = order.size
+    adj = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def compare_levels(obs: pd.DataFrame, *, value: str = "value", level: str = "receptive_field",
+                   pairs: str = "all", correction: str | None = "holm") -> pd.DataFrame:
+    """Welch's t-test between every two levels (``pairs="all"``) or neighbouring levels
+    (``"adjacent"``) of ``obs``, one observation (seed) per row.
+
+    Columns: ``level_a, level_b, n_a, n_b, mean_a, mean_b, diff (a - b), t, dof, p, p_holm``
+    (with ``correction="holm"``, over all rows returned), ``cohen_d, hedges_g``. Levels with
+    fewer than two finite values get NaN statistics.
+    """
+    if pairs not in ("all", "adjacent"):
+        raise ValueError(f"pairs must be 'all' or 'adjacent', got {pairs!r}")
+    if correction not in (None, "holm"):
+        raise ValueError(f"correction must be None or 'holm', got {correction!r}")
+    if "seed" in obs.columns and obs.dropna(subset=[value]).duplicated([level, "seed"]).any():
+        raise ValueError(f"compare_levels: several rows per ({level}, seed); select one metric "
+                         "and stage unit of one grid first")
+    groups = {k: g[value].dropna().to_numpy(float) for k, g in obs.groupby(level, sort=True)}
+    levels = list(groups)
+    todo = ([(levels[i], levels[i + 1]) for i in range(len(levels) - 1)] if pairs == "adjacent"
+            else [(a, b) for i, a in enumerate(levels) for b in levels[i + 1:]])
+    rows = []
+    for a, b in todo:
+        x, y = groups[a], groups[b]
+        row = {"level_a": a, "level_b": b, "n_a": x.size, "n_b": y.size,
+               "mean_a": x.mean() if x.size else np.nan, "mean_b": y.mean() if y.size else np.nan}
+        if x.size >= 2 and y.size >= 2:
+            w = welch_test(x, y)
+            row.update(t=w.t, dof=w.dof, p=w.p, cohen_d=w.cohen_d, hedges_g=w.hedges_g)
+        rows.append(row)
+    cols = ["level_a", "level_b", "n_a", "n_b", "mean_a", "mean_b", "t", "dof", "p",
+            "cohen_d", "hedges_g"]
+    out = pd.DataFrame(rows).reindex(columns=cols)
+    out.insert(6, "diff", out["mean_a"] - out["mean_b"])
+    if correction == "holm":
+        out.insert(out.columns.get_loc("p") + 1, "p_holm", holm(out["p"].to_numpy(float)))
+    return out
+
+
+@dataclass(frozen=True)
+class RankCorrelation:
+    """Spearman's rho between a level column and a value over all observations, its two-sided
+    p-value and the number of observations."""
+
+    rho: float
+    p: float
+    n: int
+
+
+def rank_correlation(obs: pd.DataFrame, *, value: str = "value",
+                     x: str = "receptive_field") -> RankCorrelation:
+    d = obs[[x, value]].dropna()
+    if len(d) < 3:
+        raise ValueError(f"rank_correlation needs >= 3 observations, got {len(d)}")
+    r = stats.spearmanr(d[x].to_numpy(float), d[value].to_numpy(float))
+    return RankCorrelation(float(r.statistic), float(r.pvalue), len(d))

@@ -1,0 +1,257 @@
+"""Tables in the paper's layout, rendered as markdown, LaTeX (booktabs) and CSV.
+
+Rounding rule (matches the paper's "93.5 ± 0.11", "0.07 ± 0.04", "56 ± 20.7"): the mean and
+the std are each rounded to 3 significant figures, with at most 2 decimals. Accuracies are
+shown in percent; the difference (dense - pruned) is in percentage points. A value that is
+missing is shown as "missing", never as a number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.stats import (CELL_COLUMNS, compare_levels, grid_frame, pruning_observations,
+                            select, summarize_cells)
+
+MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table to show: ``cells`` holds the display strings (one row per table row),
+    ``numbers`` the values behind them (written to CSV), ``notes`` a caption sentence."""
+
+    name: str
+    title: str
+    cells: pd.DataFrame
+    numbers: pd.DataFrame
+    notes: str = ""
+
+
+def format_number(x: float, *, sig: int = 3, max_decimals: int = 2) -> str:
+    """Round to ``sig`` significant figures but at most ``max_decimals`` decimals; numbers
+    that would print as zero use scientific notation (``1.24e-05``)."""
+    if x is None or not math.isfinite(x):
+        return MISSING if x is None or math.isnan(x) else str(x)
+    if x == 0:
+        return f"{0:.{max_decimals}f}"
+    if abs(x) < 0.5 * 10.0 ** -max_decimals:  # would print as 0.00: scientific instead
+        return f"{x:.{sig - 1}e}"
+    decimals = min(max(sig - 1 - math.floor(math.log10(abs(x))), 0), max_decimals)
+    rounded = round(x, decimals)
+    if rounded != 0 and math.floor(math.log10(abs(rounded))) > math.floor(math.log10(abs(x))):
+        decimals = max(decimals - 1, 0)  # 99.96 -> "100", not "100.0"
+    return f"{x:.{decimals}f}"
+
+
+def format_mean_std(mean: float, std: float, n: int | None = None, *, sig: int = 3,
+                    max_decimals: int = 2) -> str:
+    """``"93.5 ± 0.11"``; ``"93.5 (n=1)"`` when there is no std; ``"missing"`` for no data."""
+    if n == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return MISSING
+    m = format_number(mean, sig=sig, max_decimals=max_decimals)
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{m} (n={n})" if n is not None else m
+    return f"{m} ± {format_number(std, sig=sig, max_decimals=max_decimals)}"
+
+
+def level_label(receptive_field: object, pool_level: object, cell: str = "") -> str:
+    """``"RF 181 px (pool 1)"``, or with the pool's kernel/stride/padding for custom pools."""
+    if "-poolk" in cell:
+        return f"RF {receptive_field} px ({cell.split('-poolk')[1].split('-')[0]})"
+    return f"RF {receptive_field} px (pool {pool_level})"
+
+
+def grid_title(g: pd.DataFrame) -> str:
+    """``"vgg19 (width 1) on cifar10"`` for the rows of one grid."""
+    return f"{g['arch'].iloc[0]} (width {g['width'].iloc[0]:g}) on {g['dataset'].iloc[0]}"
+
+
+def _levels_frame(obs: pd.DataFrame) -> pd.DataFrame:
+    lv = obs[list(CELL_COLUMNS)].drop_duplicates("cell")
+    return lv.sort_values(["receptive_field", "pool_level", "pool_kernel", "cell"])
+
+
+# ---------------------------------------------------------------------------------------------
+def pruning_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                  width: float | None = None, criterion: str = "magnitude",
+                  prune_rate: float = 0.9, finetuned: bool = False) -> Table:
+    """Rows = receptive field (pool level) of one grid; columns = dense accuracy, pruned (or
+    fine-tuned) accuracy and their per-seed difference, each mean ± std over seeds, in %.
+
+    ``ValueError`` if the grid is ambiguous or has no such pruning unit at all.
+    """
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    obs = pruning_observations(g, criterion=criterion, prune_rate=prune_rate, finetuned=finetuned)
+    if obs["pruned"].notna().sum() == 0:
+        raise ValueError(f"no {'finetune' if finetuned else 'prune'} results for criterion "
+                         f"{criterion!r} at rate {prune_rate} in this grid")
+    a, d, w = g["arch"].iloc[0], g["dataset"].iloc[0], g["width"].iloc[0]
+    pr = "Fine-tuned" if finetuned else "Pruned"
+    cols = {"dense": "Dense acc. (%)", "pruned": f"{pr} acc. (%)", "difference": "Difference (pp)"}
+    shown, numbers = [], []
+    for lv in _levels_frame(obs).itertuples(index=False):
+        o = obs[obs["cell"] == lv.cell]
+        row = {"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell)}
+        num = {"cell": lv.cell, "receptive_field": lv.receptive_field, "pool_level": lv.pool_level}
+        seeds = int(o["seed"].nunique())
+        for key, title in cols.items():
+            x = o[key].dropna().to_numpy(float) * 100.0
+            mean = float(x.mean()) if x.size else math.nan
+            std = float(x.std(ddof=1)) if x.size > 1 else math.nan
+            text = format_mean_std(mean, std, x.size)
+            row[title] = text if x.size in (0, seeds) or "(n=" in text else f"{text} (n={x.size})"
+            num.update({f"{key}_mean": mean, f"{key}_std": std, f"{key}_n": x.size})
+        row["Seeds"] = str(seeds)
+        shown.append(row)
+        numbers.append(num)
+    stem = f"{'finetuned' if finetuned else 'pruned'}_{criterion}_{prune_rate:g}"
+    what = "fine-tuned after one-shot pruning" if finetuned else "one-shot pruned, no fine-tuning"
+    return Table(
+        name=f"{a}-w{w:g}-{d}-{stem}".replace(":", "-"),
+        title=f"{a} (width {w:g}) on {d}: dense vs {pr.lower()} test accuracy, "
+              f"criterion {criterion}, rate {prune_rate:g}",
+        cells=pd.DataFrame(shown), numbers=pd.DataFrame(numbers),
+        notes=f"Mean ± std (ddof=1) over seeds ((n=k): only k of the seeds have this value); "
+              f"{what}; difference = dense - {pr.lower()} per seed, in percentage points; "
+              "3 significant figures, at most 2 decimals.")
+
+
+def training_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                   width: float | None = None) -> Table:
+    """Rows = receptive field; final-epoch test accuracy (%) and training loss, mean ± std over
+    seeds, and the number of runs that diverged."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    s = summarize_cells(select(g, stage="train"), metrics=["test_acc", "train_loss", "diverged"])
+    rows = []
+    for lv in _levels_frame(g).itertuples(index=False):
+        c = s[s["cell"] == lv.cell].set_index("metric")
+
+        def shown(metric: str, scale: float = 1.0) -> str:
+            if metric not in c.index:
+                return MISSING
+            return format_mean_std(c.at[metric, "mean"] * scale, c.at[metric, "std"] * scale,
+                                   int(c.at[metric, "n"]))
+
+        div = (f"{int(round(c.at['diverged', 'mean'] * c.at['diverged', 'n']))}/"
+               f"{c.at['diverged', 'n']}" if "diverged" in c.index else MISSING)
+        rows.append({"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
+                     "Test acc. (%)": shown("test_acc", 100.0),
+                     "Final train loss": shown("train_loss"), "Diverged runs": div})
+    a, d, w = g["arch"].iloc[0], g["dataset"].iloc[0], g["width"].iloc[0]
+    return Table(f"{a}-w{w:g}-{d}-training",
+                 f"{a} (width {w:g}) on {d}: dense training at the last epoch",
+                 pd.DataFrame(rows), s, "Mean ± std (ddof=1) over seeds at the last epoch; "
+                 "NaN losses (diverged runs) are left out of the mean.")
+
+
+def pvalue_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                 width: float | None = None, criterion: str = "magnitude",
+                 prune_rate: float = 0.9, finetuned: bool = False,
+                 quantity: str = "difference", correction: str | None = "holm") -> Table:
+    """Square matrix of Welch-test p-values of ``quantity`` (dense, pruned or difference per
+    seed) between every two receptive-field levels; Holm-adjusted over the matrix by default."""
+    if quantity not in ("dense", "pruned", "difference"):
+        raise ValueError(f"quantity must be dense, pruned or difference, got {quantity!r}")
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    obs = pruning_observations(g, criterion=criterion, prune_rate=prune_rate, finetuned=finetuned)
+    lv = _levels_frame(obs)
+    labels = {c: level_label(r, p, c) for c, r, p in
+              zip(lv["cell"], lv["receptive_field"], lv["pool_level"])}
+    obs = obs.assign(level=obs["cell"].map(list(labels).index))
+    cmp = compare_levels(obs, value=quantity, level="level", correction=correction)
+    pcol = "p_holm" if correction == "holm" else "p"
+    names = list(labels.values())
+    mat = pd.DataFrame(np.nan, index=names, columns=names)
+    for r in cmp.itertuples(index=False):
+        a, b = names[int(r.level_a)], names[int(r.level_b)]
+        mat.loc[a, b] = mat.loc[b, a] = getattr(r, pcol)
+    cells = mat.map(lambda p: "—" if math.isnan(p) else f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}")
+    for n in names:
+        cells.loc[n, n] = ""
+    a0, d0, w0 = g["arch"].iloc[0], g["dataset"].iloc[0], g["width"].iloc[0]
+    stem = f"{'finetuned' if finetuned else 'pruned'}_{criterion}_{prune_rate:g}"
+    return Table(
+        name=f"{a0}-w{w0:g}-{d0}-pvalues-{quantity}-{stem}".replace(":", "-"),
+        title=f"{a0} (width {w0:g}) on {d0}: p-values between receptive fields of the "
+              f"{quantity} ({'fine-tuned' if finetuned else 'one-shot'}, {criterion}, "
+              f"rate {prune_rate:g})",
+        cells=cells.reset_index(names=""),
+        numbers=cmp,
+        notes="Welch's t-test (unequal variances), two-sided"
+              + (", Holm-adjusted over the matrix" if correction == "holm" else "")
+              + "; — = fewer than 2 seeds on a side or zero variance.")
+
+
+def paper_table(reference: pd.DataFrame, *, arch: str, dataset: str) -> Table | None:
+    """The paper's published dense/pruned/difference figures for (arch, dataset) in the same
+    layout, or None if the reference has none. Labelled as published values, not ours."""
+    ref = reference[(reference["arch"] == arch) & (reference["dataset"] == dataset)]
+    ref = ref[ref["metric"].isin(["dense_test_acc", "pruned_test_acc", "difference"])]
+    if ref.empty:
+        return None
+    note = "; ".join(str(n) for n in ref["note"].dropna().unique())
+    cols = {"dense_test_acc": "Dense acc. (%)", "pruned_test_acc": "Pruned acc. (%)",
+            "difference": "Difference (pp)"}
+    rows = []
+    for (rf, level), g in ref.groupby(["receptive_field", "pool_level"], sort=True):
+        row = {"Receptive field": level_label(rf, level)}
+        for metric, title in cols.items():
+            m = g[g["metric"] == metric]
+            row[title] = (format_mean_std(float(m["mean"].iloc[0]), float(m["std"].iloc[0]))
+                          if len(m) else MISSING)
+        rows.append(row)
+    return Table(name=f"paper-{arch}-{dataset}",
+                 title=f"Published values (the paper, not computed here): {arch} on {dataset}",
+                 cells=pd.DataFrame(rows), numbers=ref.reset_index(drop=True),
+                 notes=f"From the paper's tables. {note}")
+
+
+# ---------------------------------------------------------------------------------------------
+def to_markdown(table: Table) -> str:
+    """GitHub-flavoured markdown with a title line and the notes below the table."""
+    t = table.cells.astype(str)
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = [f"**{table.title}**", "", line(list(t.columns)),
+           "|" + "|".join([":--"] + ["--:"] * (t.shape[1] - 1)) + "|"]
+    out += [line(list(r)) for r in t.itertuples(index=False)]
+    if table.notes:
+        out += ["", f"*{table.notes}*"]
+    return "\n".join(out) + "\n"
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                   "^": r"\textasciicircum{}", "±": r"$\pm$", "—": "---"}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters (and write ± as ``$\\pm$``)."""
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: Table) -> str:
+    """A ``table`` float with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
+    t = table.cells.astype(str)
+    spec = "l" + "r" * (t.shape[1] - 1)
+    body = [" & ".join(latex_escape(c) for c in r) + r" \\" for r in t.itertuples(index=False)]
+    caption = latex_escape(table.title + (". " + table.notes if table.notes else ""))
+    return "\n".join([
+        r"\begin{table}[t]", r"\centering", f"\\caption{{{caption}}}",
+        f"\\label{{tab:{re.sub(r'[^A-Za-z0-9.:-]', '-', table.name)}}}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        r"\toprule", " & ".join(latex_escape(c) for c in t.columns) + r" \\", r"\midrule",
+        *body, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+
+
+def to_csv(table: Table) -> str:
+    """The numbers behind the table (means, stds, n; or the test statistics) as CSV."""
+    return table.numbers.to_csv(index=False)

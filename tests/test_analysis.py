@@ -1,0 +1,352 @@
+"""analysis.stats / tables / plots on synthetic DataFrames with known values."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+
+from analysis import plots
+from analysis.stats import (cohens_d, compare_levels, final_epoch, hedges_g, holm,
+                            pruning_observations, rank_correlation, summarize, summarize_cells,
+                            welch_test)
+from analysis.tables import (format_mean_std, format_number, latex_escape, paper_table,
+                             pruning_table, pvalue_table, to_latex, to_markdown,
+                             training_table)
+from landscape.results import to_frame
+
+T_975 = {2: 4.302652729911275, 3: 3.182446305284263}  # Student t quantiles (printed tables)
+LEVELS = {1: 181, 2: 359}
+DENSE = {1: [0.93, 0.935, 0.94], 2: [0.91, 0.912, 0.905]}
+PRUNED = {1: [0.10, 0.12, 0.09], 2: [0.30, 0.50, 0.20]}
+FINETUNED = {1: [0.80, 0.82, 0.81], 2: [0.90, 0.90, 0.89]}
+
+
+def cell(level: int) -> str:
+    return f"vgg19-w1-cifar10-pool{level}-{level:010d}"
+
+
+def synthetic_rows(seeds=(0, 1, 2)) -> list[dict]:
+    rows = []
+    for level, rf in LEVELS.items():
+        ident = {"arch": "vgg19", "dataset": "cifar10", "pool_level": level, "pool_kernel": 2,
+                 "pool_stride": 1, "pool_padding": 0, "receptive_field": rf, "width": 1.0}
+        for layer, (r_max, border) in {"features.0": (3, 0), "features.1": (3 + level, 0),
+                                       "features.3": (5 + 2 * level, 1)}.items():
+            rows += [{**ident, "run_id": cell(level), "stage": "receptive_field", "layer": layer,
+                      "metric": m, "value": v}
+                     for m, v in (("rf_r_max", r_max), ("rf_border", border))]
+        for s in seeds:
+            run = {**ident, "run_id": f"{cell(level)}/seed={s}", "seed": s}
+            rows += [{**run, "stage": "train", "metric": "test_acc", "index": 1, "value": 0.5},
+                     {**run, "stage": "train", "metric": "test_acc", "index": 2,
+                      "value": DENSE[level][s]},
+                     {**run, "stage": "train", "metric": "train_loss", "index": 2, "value": 0.1},
+                     {**run, "stage": "train", "metric": "diverged", "value": 0}]
+            unit = {"criterion": "magnitude", "prune_rate": 0.9}
+            rows += [{**run, **unit, "stage": "prune", "finetuned": False, "metric": "test_acc",
+                      "value": PRUNED[level][s]},
+                     {**run, **unit, "stage": "finetune", "finetuned": True, "metric": "test_acc",
+                      "value": FINETUNED[level][s]},
+                     {**run, **unit, "stage": "finetune", "finetuned": True, "index": 1,
+                      "metric": "train_acc", "value": 0.7}]
+            for stage, scale in (("hessian_init", 1.0), ("hessian_final", 10.0)):
+                rows += [{**run, "stage": stage, "metric": "hessian_eigenvalue", "index": k,
+                          "value": scale * level / k + s} for k in (1, 2, 3)]
+                rows += [{**run, "stage": stage, "metric": "hessian_density_node", "index": i,
+                          "value": v} for i, v in enumerate([-0.1, 0.0, scale * level])]
+                rows += [{**run, "stage": stage, "metric": "hessian_density_weight", "index": i,
+                          "value": w} for i, w in enumerate([0.2, 0.7, 0.1])]
+            rows.append({**run, "stage": "importance_init", "metric": "importance_max",
+                         "layer": "features.3", "value": 0.1 * level})
+        for a in seeds:  # CKA stored for a <= b, as the pipeline does
+            for b in seeds:
+                if a <= b:
+                    rows += [{**ident, "run_id": cell(level), "stage": "cka_final", "seed": a,
+                              "seed_b": b, "layer": la, "layer_b": lb, "metric": "cka",
+                              "value": 1.0 if (la == lb and a == b) else 0.5}
+                             for la in ("c0", "c1", "c2") for lb in ("c0", "c1", "c2")]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def df() -> pd.DataFrame:
+    return to_frame(synthetic_rows())
+
+
+# ---------------------------------------------------------------------------------------------
+def test_summarize_matches_hand_computation():
+    s = summarize([1.0, 2.0, 3.0, 4.0])
+    std = math.sqrt(5 / 3)
+    assert (s.mean, s.n) == (2.5, 4) and s.std == pytest.approx(std)
+    assert s.ci_high - s.mean == pytest.approx(T_975[3] * std / 2)
+    assert s.mean - s.ci_low == pytest.approx(T_975[3] * std / 2)
+    one = summarize([7.0])
+    assert one.n == 1 and math.isnan(one.std) and math.isnan(one.ci_low)
+    with pytest.raises(ValueError, match="confidence"):
+        summarize([1.0, 2.0], confidence=1.5)
+
+
+def test_summarize_cells_uses_final_epoch_and_hand_values(df):
+    s = summarize_cells(df, metrics=["test_acc"])
+    dense = s[s["stage"] == "train"].set_index("pool_level")
+    for level, values in DENSE.items():
+        row = dense.loc[level]
+        assert row["mean"] == pytest.approx(np.mean(values))  # epoch 2, not epoch 1 (0.5)
+        assert row["std"] == pytest.approx(np.std(values, ddof=1))
+        assert row["n"] == 3
+        half = T_975[2] * np.std(values, ddof=1) / math.sqrt(3)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((np.mean(values) - half,
+                                                                 np.mean(values) + half))
+    ft = s[(s["stage"] == "finetune")].set_index("pool_level")
+    assert ft.loc[2, "mean"] == pytest.approx(np.mean(FINETUNED[2]))
+    # eigenvalues are summarised per rank
+    eig = summarize_cells(df, metrics=["hessian_eigenvalue"])
+    assert len(eig) == 2 * 2 * 3
+    assert "cka" not in set(summarize_cells(df)["metric"])
+
+
+def test_summarize_cells_refuses_two_rows_of_one_seed(df):
+    with pytest.raises(ValueError, match="several rows per seed"):
+        summarize_cells(df, metrics=["hessian_eigenvalue"],
+                        by=["cell", "stage", "metric"])
+
+
+def test_final_epoch_keeps_last_index_only(df):
+    f = final_epoch(df)
+    acc = f[(f["stage"] == "train") & (f["metric"] == "test_acc")]
+    assert len(acc) == 6 and set(acc["index"]) == {2}
+    eig = df["metric"] == "hessian_eigenvalue"
+    assert (f["metric"] == "hessian_eigenvalue").sum() == eig.sum()
+
+
+def test_welch_matches_scipy_and_hand_formula():
+    a, b = np.array([93.0, 93.5, 94.2, 92.9]), np.array([91.1, 90.2, 91.9])
+    w = welch_test(a, b)
+    ref = sps.ttest_ind(a, b, equal_var=False)
+    assert (w.t, w.p) == pytest.approx((ref.statistic, ref.pvalue))
+    va, vb = a.var(ddof=1) / 4, b.var(ddof=1) / 3
+    assert w.t == pytest.approx((a.mean() - b.mean()) / math.sqrt(va + vb))
+    assert w.dof == pytest.approx((va + vb) ** 2 / (va**2 / 3 + vb**2 / 2))
+    with pytest.raises(ValueError, match=">= 2 values"):
+        welch_test([1.0], [1.0, 2.0])
+    assert math.isnan(welch_test([0.93 - 0.8, 0.13], [0.2, 0.2]).p)  # both constant
+
+
+def test_effect_sizes_by_hand():
+    a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]
+    assert cohens_d(a, b) == pytest.approx(-3.0)  # pooled std 1
+    j = 1.0 / (math.sqrt(2.0) * math.gamma(1.5))  # Gamma(2) / (sqrt(2) Gamma(3/2)), m = 4
+    assert hedges_g(a, b) == pytest.approx(-3.0 * j)
+    assert j == pytest.approx(1 - 3 / (4 * 4 - 1), abs=3e-3)
+
+
+def test_holm_hand_example():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    out = holm([np.nan, 0.2, 0.6])
+    assert math.isnan(out[0]) and out[1:] == pytest.approx([0.4, 0.6])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=12))
+def test_holm_properties(p):
+    adj, p = holm(p), np.asarray(p)
+    assert np.all(adj >= p - 1e-15) and np.all(adj <= 1.0)
+    order = np.argsort(p, kind="stable")
+    assert np.all(np.diff(adj[order]) >= -1e-15)  # monotone in the raw p-values
+    assert adj.min() == pytest.approx(min(1.0, p.min() * p.size))
+
+
+def test_pruning_observations_pair_per_seed_and_keep_missing_as_nan(df):
+    obs = pruning_observations(df, criterion="magnitude", prune_rate=0.9)
+    lv1 = obs[obs["pool_level"] == 1].sort_values("seed")
+    assert lv1["difference"].to_numpy() == pytest.approx(np.subtract(DENSE[1], PRUNED[1]))
+    partial = df[~((df["stage"] == "prune") & (df["seed"] == 2))]
+    obs = pruning_observations(partial, criterion="magnitude", prune_rate=0.9)
+    assert obs["pruned"].isna().sum() == 2 and obs["dense"].notna().all()
+    assert obs["difference"].isna().sum() == 2
+
+
+def test_compare_levels_and_rank_correlation(df):
+    obs = pruning_observations(df, criterion="magnitude", prune_rate=0.9)
+    cmp = compare_levels(obs, value="pruned")
+    assert len(cmp) == 1 and (cmp["level_a"].iloc[0], cmp["level_b"].iloc[0]) == (181, 359)
+    ref = sps.ttest_ind(PRUNED[1], PRUNED[2], equal_var=False)
+    assert cmp["p"].iloc[0] == pytest.approx(ref.pvalue)
+    assert cmp["p_holm"].iloc[0] == pytest.approx(ref.pvalue)  # one comparison: unchanged
+    assert cmp["hedges_g"].iloc[0] == pytest.approx(hedges_g(PRUNED[1], PRUNED[2]))
+    three = pd.DataFrame({"receptive_field": np.repeat([1, 2, 3], 3), "seed": [0, 1, 2] * 3,
+                          "value": [1.0, 1.2, 0.9, 2.0, 2.5, 2.2, 2.1, 2.3, 2.0]})
+    cmp3 = compare_levels(three)
+    assert len(cmp3) == 3 and cmp3["p_holm"].to_numpy() == pytest.approx(holm(cmp3["p"]))
+    assert len(compare_levels(three, pairs="adjacent")) == 2
+    with pytest.raises(ValueError, match="several rows"):
+        compare_levels(pd.concat([three, three]))
+    r = rank_correlation(three)
+    ref = sps.spearmanr(three["receptive_field"], three["value"])
+    assert (r.rho, r.p, r.n) == pytest.approx((ref.statistic, ref.pvalue, 9))
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mean, std, text", [
+    (93.5, 0.11, "93.5 ± 0.11"), (82.6, 2.02, "82.6 ± 2.02"), (0.07, 0.04, "0.07 ± 0.04"),
+    (87.6, 0.3, "87.6 ± 0.30"), (56.04, 20.71, "56.0 ± 20.7"), (99.96, 1.234, "100 ± 1.23"),
+    (1.24e-5, 2.14e-6, "1.24e-05 ± 2.14e-06"), (float("nan"), 1.0, "missing")])
+def test_format_mean_std_follows_the_papers_style(mean, std, text):
+    assert format_mean_std(mean, std) == text
+
+
+def test_format_without_std_and_zero():
+    assert format_mean_std(93.5, float("nan"), 1) == "93.5 (n=1)"
+    assert format_mean_std(1.0, 2.0, 0) == "missing"
+    assert format_number(0.0) == "0.00"
+
+
+def test_pruning_table_layout_and_values(df):
+    t = pruning_table(df, criterion="magnitude", prune_rate=0.9)
+    assert t.cells.shape == (2, 5)
+    assert list(t.cells.columns) == ["Receptive field", "Dense acc. (%)", "Pruned acc. (%)",
+                                     "Difference (pp)", "Seeds"]
+    row = t.cells.iloc[0]
+    assert row["Receptive field"] == "RF 181 px (pool 1)"
+    assert row["Dense acc. (%)"] == "93.5 ± 0.50"  # 93, 93.5, 94
+    assert row["Pruned acc. (%)"] == format_mean_std(np.mean(PRUNED[1]) * 100,
+                                                     np.std(PRUNED[1], ddof=1) * 100)
+    diff = np.subtract(DENSE[2], PRUNED[2]) * 100
+    assert t.cells.iloc[1]["Difference (pp)"] == format_mean_std(diff.mean(), diff.std(ddof=1))
+    ft = pruning_table(df, prune_rate=0.9, finetuned=True)
+    assert "Fine-tuned acc. (%)" in ft.cells.columns
+    assert ft.numbers["pruned_mean"].to_numpy() == pytest.approx(
+        [np.mean(FINETUNED[1]) * 100, np.mean(FINETUNED[2]) * 100])
+    with pytest.raises(ValueError, match="no prune results"):
+        pruning_table(df, prune_rate=0.5)
+    with pytest.raises(ValueError, match="no grid matches"):
+        pruning_table(df, arch="resnet50")
+
+
+def test_training_table_orders_by_receptive_field(df):
+    t = training_table(df.iloc[::-1])
+    assert t.cells["Receptive field"].tolist() == ["RF 181 px (pool 1)", "RF 359 px (pool 2)"]
+    assert t.cells.iloc[0].tolist()[1:] == ["93.5 ± 0.50", "0.10 ± 0.00", "0/3"]
+
+
+def test_pvalue_table_is_symmetric_with_scipy_values(df):
+    t = pvalue_table(df, prune_rate=0.9, quantity="difference")
+    assert t.cells.shape == (2, 3) and t.cells.iloc[0, 1] == "" and t.cells.iloc[1, 2] == ""
+    assert t.cells.iloc[0, 2] == t.cells.iloc[1, 1]
+    p = sps.ttest_ind(np.subtract(DENSE[1], PRUNED[1]), np.subtract(DENSE[2], PRUNED[2]),
+                      equal_var=False).pvalue
+    assert t.numbers["p_holm"].iloc[0] == pytest.approx(p)
+    assert t.cells.iloc[0, 2] == f"{p:.2g}"
+
+
+def reference_frame() -> pd.DataFrame:
+    """A made-up frame in the layout of shared/reference/paper_tables.csv."""
+    return pd.DataFrame({"table": 1, "arch": "vgg19", "dataset": "cifar10",
+                         "receptive_field": [181, 181, 181], "pool_level": 1,
+                         "metric": ["dense_test_acc", "pruned_test_acc", "difference"],
+                         "mean": [90.0, 10.0, 80.0], "std": [0.1, 2.0, 2.0],
+                         "note": ["rate 0.9", None, None]})
+
+
+def test_paper_table_is_labelled_and_in_the_same_layout():
+    t = paper_table(reference_frame(), arch="vgg19", dataset="cifar10")
+    assert t.title.startswith("Published values (the paper, not computed here)")
+    assert t.cells.iloc[0].tolist() == ["RF 181 px (pool 1)", "90.0 ± 0.10", "10.0 ± 2.00",
+                                        "80.0 ± 2.00"]
+    assert paper_table(reference_frame(), arch="resnet50", dataset="cifar10") is None
+
+
+def test_latex_and_markdown_rendering(df):
+    assert latex_escape("a_b & 5% $x$ #1 {y} ~^\\") == (
+        r"a\_b \& 5\% \$x\$ \#1 \{y\} \textasciitilde{}\textasciicircum{}\textbackslash{}")
+    t = pruning_table(df.assign(arch="vgg_19"), prune_rate=0.9)
+    tex = to_latex(t)
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"93.5 $\pm$ 0.50" in tex and r"Dense acc. (\%)" in tex and r"vgg\_19" in tex
+    assert "\\label{tab:vgg-19" in tex and tex.count(r" \\") == 3  # header + 2 rows
+    md = to_markdown(t).splitlines()
+    assert md[2].startswith("| Receptive field |") and md[3].startswith("|:--|")
+    assert md[4] == "| RF 181 px (pool 1) | 93.5 ± 0.50 | " + t.cells.iloc[0, 2] + " | " \
+        + t.cells.iloc[0, 3] + " | 3 |"
+
+
+# ---------------------------------------------------------------------------------------------
+def _lines(ax):
+    return len(ax.get_lines())
+
+
+def test_hessian_plots_have_one_line_per_rf_and_panel(df):
+    fig = plots.hessian_eigenvalues(df)
+    axes = fig.get_axes()
+    assert len(axes) == 2 and [_lines(a) for a in axes] == [2, 2]
+    assert axes[0].get_yscale() == "log"
+    mean_top = axes[1].get_lines()[0].get_ydata()[0]  # final, RF 181, rank 1: 10 + seed mean
+    assert mean_top == pytest.approx(10.0 + 1.0)
+    neg = df.assign(value=np.where(df["metric"] == "hessian_eigenvalue", -df["value"], df["value"]))
+    assert plots.hessian_eigenvalues(neg).get_axes()[0].get_yscale() == "symlog"
+    fig = plots.spectral_density(df)
+    assert [_lines(a) for a in fig.get_axes()] == [2, 2]
+
+
+def test_gaussian_density_integrates_to_one():
+    grid = np.linspace(-10, 12, 20001)
+    d = plots.gaussian_density(np.array([0.0, 2.0]), np.array([0.3, 0.3]), grid, 0.5)
+    assert np.trapezoid(d, grid) == pytest.approx(1.0, abs=1e-6)
+    peak = plots.gaussian_density(np.array([1.0]), np.array([2.0]), np.array([1.0]), 0.25)
+    assert peak[0] == pytest.approx(1.0 / (0.25 * math.sqrt(2 * math.pi)))
+    with pytest.raises(ValueError, match="sigma"):
+        plots.gaussian_density(np.zeros(1), np.ones(1), grid, 0.0)
+
+
+def test_cka_matrix_averages_ordered_pairs():
+    rows = to_frame([{"run_id": "c", "stage": "cka_final", "seed": 0, "seed_b": 1, "layer": la,
+                      "layer_b": lb, "metric": "cka", "value": v}
+                     for (la, lb), v in {("x", "x"): 0.9, ("x", "y"): 0.2, ("y", "x"): 0.6,
+                                         ("y", "y"): 0.8}.items()])
+    layers, m = plots.cka_matrix(rows)
+    assert layers == ["x", "y"]
+    assert m == pytest.approx(np.array([[0.9, 0.4], [0.4, 0.8]]))  # (M + M^T) / 2
+    assert plots.cka_matrix(rows[rows["seed_b"] == 0])[1] is None
+
+
+def test_cka_importance_pruning_and_rf_figures(df):
+    fig = plots.cka_matrices(df)
+    heatmaps = [a for a in fig.get_axes() if a.get_images()]
+    assert len(heatmaps) == 2 and all(_lines(a) == 2 for a in heatmaps)  # middle-layer lines
+    image = heatmaps[0].get_images()[0]
+    assert np.asarray(image.get_array()) == pytest.approx(np.full((3, 3), 0.5))
+    assert image.get_clim() == (0.0, 1.0)
+    no_pool2 = df[~((df["stage"] == "cka_final") & (df["pool_level"] == 2))]
+    fig = plots.cka_matrices(no_pool2)
+    assert sum(bool(a.get_images()) for a in fig.get_axes()) == 1
+    assert [a.get_title() for a in fig.get_axes() if "missing" in a.get_title()] == [
+        "RF 359 px (pool 2)\nmissing"]
+    arrays = {"importance_init": {f"{cell(lv)}/seed={s}": {"mean_map": np.full((4, 4), s + lv)}
+                                  for lv in LEVELS for s in (0, 1, 2)}}
+    fig = plots.importance_maps(df, arrays)
+    maps = [a for a in fig.get_axes() if a.get_images()]
+    assert len(maps) == 2
+    assert np.asarray(maps[0].get_images()[0].get_array()).mean() == pytest.approx(2.0)
+    assert "mean max = 0.1 (n=3)" in maps[0].get_title()
+    fig = plots.pruning_curves(df)
+    assert [_lines(a) for a in fig.get_axes()] == [4, 4]  # curve + dense line per RF
+    fig = plots.receptive_field_profile(df, input_size=32)
+    (ax,) = fig.get_axes()
+    assert _lines(ax) == 3 and ax.get_lines()[-1].get_ydata()[0] == 32
+
+
+def test_plots_return_none_without_data_and_reject_ambiguous_grids(df):
+    train_only = df[df["stage"] == "train"]
+    for fn in (plots.hessian_eigenvalues, plots.spectral_density, plots.cka_matrices,
+               plots.pruning_curves, plots.receptive_field_profile):
+        assert fn(train_only) is None
+    assert plots.importance_maps(df, None) is None
+    two = pd.concat([df, df.assign(dataset="tiny_imagenet")])
+    with pytest.raises(ValueError, match="several grids"):
+        plots.hessian_eigenvalues(two)
+    assert plots.hessian_eigenvalues(two, dataset="cifar10") is not None

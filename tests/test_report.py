@@ -1,0 +1,100 @@
+"""analysis.report: completeness (missing runs), failed units, the written report and the CLI."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import landscape.pipeline  # noqa: F401  (registers every stage's metric names)
+from analysis.report import completeness, failed_units, report_main, write_report
+from landscape import results
+from landscape.results import to_frame
+from test_analysis import LEVELS, cell, reference_frame, synthetic_rows
+
+
+@pytest.fixture(scope="module")
+def partial():
+    """The synthetic grid minus: the prune unit of (pool 2, seed 2), the CKA of pool 1 and the
+    whole of (pool 1, seed 1) except its training."""
+    df = to_frame(synthetic_rows())
+    drop = (((df["stage"] == "prune") & (df["run_id"] == f"{cell(2)}/seed=2"))
+            | ((df["stage"] == "cka_final") & (df["run_id"] == cell(1)))
+            | ((df["run_id"] == f"{cell(1)}/seed=1") & (df["stage"] != "train")))
+    return df[~drop]
+
+
+def test_completeness_lists_exactly_the_removed_units(partial):
+    c = completeness(partial)
+    per_run_units = {"train", "prune magnitude @ 0.9", "finetune magnitude @ 0.9", "hessian_init",
+                     "hessian_final", "importance_init"}
+    assert len(c) == 2 * 3 * len(per_run_units) + 2 * 2  # + receptive_field and cka per cell
+    missing = {(r.cell, None if pd.isna(r.seed) else int(r.seed), r.unit)
+               for r in c[~c["present"]].itertuples()}
+    expected = {(cell(2), 2, "prune magnitude @ 0.9"), (cell(1), None, "cka_final")}
+    expected |= {(cell(1), 1, u) for u in per_run_units - {"train"}}
+    assert missing == expected
+
+
+def test_failed_units_reads_the_markers(tmp_path):
+    d = tmp_path / cell(1) / "seed=0" / "stages" / "hessian_final"
+    d.mkdir(parents=True)
+    (d / "FAILED").write_text("Traceback (most recent call last):\n  ...\nRuntimeError: boom\n")
+    (tmp_path / cell(1) / "cell" / "stages" / "cka_final").mkdir(parents=True)
+    (tmp_path / cell(1) / "cell" / "stages" / "cka_final" / "FAILED").write_text("ValueError: x")
+    f = failed_units(tmp_path)
+    assert f.to_dict("records") == [
+        {"run_id": cell(1), "unit": "cka_final", "reason": "ValueError: x"},
+        {"run_id": f"{cell(1)}/seed=0", "unit": "hessian_final", "reason": "RuntimeError: boom"}]
+
+
+def test_report_lists_missing_runs_and_links_every_figure(partial, tmp_path):
+    (tmp_path / "res").mkdir()
+    arrays = {"importance_init": {f"{cell(lv)}/seed={s}": {"mean_map": np.ones((4, 4))}
+                                  for lv in LEVELS for s in (0, 1, 2)}}
+    path = write_report(partial, tmp_path / "rep", arrays=arrays, title="T & <test>",
+                        results_root=tmp_path / "res", reference=reference_frame())
+    md, html = path.read_text(), (tmp_path / "rep" / "report.html").read_text()
+    assert md.startswith("# T & <test>") and "<title>T &amp; &lt;test&gt;</title>" in html
+    section = md.split("### Missing results")[1]
+    assert f"- {cell(2)}, seed 2: prune magnitude @ 0.9" in section
+    assert f"- {cell(1)}, seed (cell-level): cka_final" in section
+    assert f"- {cell(1)}, seed 1: hessian_final" in section
+    assert "| prune magnitude @ 0.9 | 2/3 | 2/3 |" in md  # counted, not shown as zeros
+    assert "| cka_final | 0/1 | 1/1 |" in md
+    # pool 1 seed 1 has no pruning: those columns use the 2 seeds that have it, and say so
+    assert re.search(r"\| RF 181 px \(pool 1\) \| 93\.5 ± 0\.50 \| [0-9.]+ ± [0-9.]+ \(n=2\) \| "
+                     r"[0-9.]+ ± [0-9.]+ \(n=2\) \| 3 \|", md)
+    images = re.findall(r"<img src='([^']+)'", html)
+    kinds = {i.split("cifar10-")[1][:-4] for i in images}
+    assert kinds == {"pruning-magnitude", "hessian-eigenvalues", "hessian-density", "cka-final",
+                     "importance", "receptive-field"}
+    for img in images:
+        assert (tmp_path / "rep" / img).stat().st_size > 1000
+        assert (tmp_path / "rep" / img.replace(".png", ".pdf")).is_file()
+    assert md.count("![") == len(images)
+    for ext in ("md", "tex", "csv"):
+        name = f"vgg19-w1-cifar10-pruned_magnitude_0.9.{ext}"
+        assert (tmp_path / "rep" / "tables" / name).is_file()
+    assert "## Failed stage units\n\n- none" in md
+    assert "**Published values (the paper, not computed here): vgg19 on cifar10**" in md
+
+
+def test_report_cli_on_a_results_root(tmp_path, capsys):
+    df = to_frame(synthetic_rows(seeds=(0, 1)))
+    df = df[df["stage"].isin(["train", "prune", "importance_init", "receptive_field"])]
+    for (run_id, stage), g in df.groupby(["run_id", "stage"]):
+        run_dir = tmp_path / (run_id if "/seed=" in run_id else f"{run_id}/cell")
+        arrays = ({"mean_map": np.eye(5), "maxima": np.ones(3)}
+                  if stage == "importance_init" else None)
+        recs = [{k: v for k, v in r.items() if v is not None and v == v and v is not results.pd.NA}
+                for r in g.astype(object).to_dict("records")]
+        results.write_stage(run_dir, stage, recs, arrays=arrays)
+    (tmp_path / cell(2) / "seed=1" / "stages" / "prune" / "DONE").unlink()
+    assert report_main([str(tmp_path)]) == 0
+    assert "report.md" in capsys.readouterr().out
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"- {cell(2)}, seed 1: prune magnitude @ 0.9" in md
+    assert "figures/vgg19-w1-cifar10-importance.png" in md
+    with pytest.raises(SystemExit):
+        report_main([str(tmp_path / "nope")])
