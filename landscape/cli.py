@@ -82,32 +82,15 @@ def _without_hydra(config: DictConfig) -> RunConfig:
 
 class GridSummary(Callback):
     """At the end of a multirun: cell-level stages (CKA between seeds), then print where the
-    results are and a per-cell summary."""
+    results are and a per-cell summary, and write the report."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from landscape import results
-        from landscape.pipeline import run_cells
-        from landscape.summary import final_accuracy_table
+        from landscape.summary import finish_grid
 
         run_cfg = _without_hydra(config)
-        root = Path(run_cfg.results_root).resolve()
-        for s in run_cells(root, overrides=run_cfg):
-            if s.ran:
-                print(f"[landscape] {Path(s.cell_dir).name}: {', '.join(s.ran)} over seeds {s.seeds}")
-        df = results.load(root)
-        runs = df.loc[df["run_id"].str.contains("/seed="), "run_id"].nunique()
-        cells = df["run_id"].str.split("/").str[0].nunique()
-        print(f"\n[landscape] results under {root} ({runs} runs in {cells} cells, {len(df)} rows)")
-        if len(df):
-            print(final_accuracy_table(df).to_string())
-        if len(df) and run_cfg.report:
-            from analysis.report import write_report
-
-            arrays = {st: results.load_arrays(root, st)
-                      for st in ("importance_init", "importance_final")}
-            path = write_report(df, root / "report", arrays=arrays, results_root=root)
-            print(f"[landscape] report: {path} (and report.html beside it)")
-        print(f"[landscape] load them with: landscape.results.load({str(root)!r})", flush=True)
+        _, failed = finish_grid(Path(run_cfg.results_root), run_cfg)
+        if failed:
+            raise RuntimeError(f"cell-level stages failed for {failed} (tracebacks above)")
 
 
 if __name__ == "__main__":

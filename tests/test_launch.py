@@ -1,0 +1,243 @@
+"""Grid expansion, skip-before-submit, dry runs, local parallel execution and the status table
+(no Slurm needed; tests/test_slurm.py runs the same paths against a real Slurm)."""
+
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from landscape import pipeline, results, status
+from landscape.cli import CONFIG_DIR, to_run_config
+from landscape.config import ModelConfig, RunConfig
+from landscape.data import DataConfig
+from landscape.launch import (LauncherConfig, explain_sbatch_error, plan_grid, run_local,
+                              usable_cpus, validate_launcher)
+from landscape.runs import run_paths
+from landscape.stages.cka import CKAConfig
+from landscape.stages.importance import ImportanceConfig
+from landscape.submit_cli import (expand_grid, load_launcher, split_overrides, submit,
+                                  submit_main)
+from landscape.train import TrainConfig
+
+
+def tiny(root: Path, seed: int = 0, pool: int = 0, **kw) -> RunConfig:
+    base = dict(
+        model=ModelConfig(name="small_cnn", width=0.25, pool_level=pool),
+        data=DataConfig(name="synthetic", image_size=8, train_subset=64, test_subset=32),
+        train=TrainConfig(epochs=1, batch_size=32, lr=0.05), seed=seed,
+        results_root=str(root), device="cpu", num_threads=1, progress=False, report=False,
+    )
+    return RunConfig(**{**base, **kw})
+
+
+def grid(root: Path, **kw) -> list[RunConfig]:
+    return [tiny(root, s, p, **kw) for p, s in itertools.product((0, 1), (0, 1))]
+
+
+TINY_ARGS = ["model=small_cnn", "model.width=0.25", "data=synthetic", "data.image_size=8",
+             "data.train_subset=64", "data.test_subset=32", "train.epochs=1", "device=cpu",
+             "num_threads=1", "progress=false", "report=false", "seed=0,1", "model.pool_level=0,1"]
+
+
+# --------------------------------------------------------------------------- grid expansion
+def test_expand_grid_is_the_experiment_sweep_times_command_line_sweeps():
+    runs = expand_grid(["experiment=demo"])
+    keys = [(c.model.name, c.model.pool_level, c.seed) for c in runs]
+    assert sorted(keys) == sorted(itertools.product(("resnet18", "vgg19"), (0, 1, 2), (0, 1, 2)))
+    # Every run is the config a `landscape-run` job of that grid point composes.
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        job = to_run_config(compose("config", overrides=[
+            "experiment=demo", "model.name=vgg19", "model.pool_level=1", "seed=2"]))
+    point = [c for c in runs if (c.model.name, c.model.pool_level, c.seed) == ("vgg19", 1, 2)]
+    assert point == [job]
+    assert job.data.name == "digits" and job.prune.enabled  # i.e. the experiment was applied
+    # A command-line value replaces the experiment's sweep of that key; new sweeps multiply.
+    runs = expand_grid(["experiment=demo", "seed=4", "model.width=0.125,0.25", "train.epochs=1"])
+    assert len(runs) == 2 * 3 * 2 and {c.seed for c in runs} == {4}
+    assert {c.model.width for c in runs} == {0.125, 0.25} and {c.train.epochs for c in runs} == {1}
+    one = expand_grid(["model=small_cnn", "seed=3"])  # no sweep at all: one run
+    assert [(c.model.name, c.seed) for c in one] == [("small_cnn", 3)]
+
+
+def test_launcher_configs_and_overrides():
+    assert split_overrides(["seed=0,1", "launcher=slurm", "launcher.time=5",
+                            "+launcher.sbatch_extra.qos=high"]) == (
+        ["seed=0,1"], "slurm", ["launcher.time=5", "+launcher.sbatch_extra.qos=high"])
+    slurm = load_launcher("slurm")
+    assert (slurm.backend, slurm.gpus_per_node, slurm.partition) == ("slurm", 1, None)
+    lc = load_launcher("slurm", ["launcher.gpus_per_node=null", "launcher.partition=gpu",
+                                 "+launcher.sbatch_extra.qos=high"])
+    assert (lc.gpus_per_node, lc.partition, lc.sbatch_extra) == (None, "gpu", {"qos": "high"})
+    assert load_launcher("local").backend == "local"
+    with pytest.raises(ValueError, match="unknown launcher field.*partiton.*valid: backend"):
+        load_launcher("slurm", ["launcher.partiton=gpu"])
+    with pytest.raises(ValueError, match=r"unknown launcher 'pbs'.*\['local', 'slurm'\]"):
+        load_launcher("pbs")
+    with pytest.raises(ValueError, match="launcher.local_workers must be >= 1"):
+        validate_launcher(LauncherConfig(local_workers=0))
+    with pytest.raises(ValueError, match="launcher.backend must be one of"):
+        validate_launcher(LauncherConfig(backend="lsf"))
+
+
+def test_sbatch_errors_name_the_field_to_change():
+    lc = LauncherConfig(backend="slurm", time=600, gpus_per_node=8, cpus_per_task=4)
+    sbatch = ("sbatch: error: Batch job submission failed: Requested time limit is invalid "
+              "(missing or exceeds some limit)")
+    msg = explain_sbatch_error(sbatch, lc, "runs")
+    assert sbatch in msg and "launcher.time=600" in msg and "run array" in msg
+    assert "launcher.cell_time=120" in explain_sbatch_error(sbatch, lc, "cells")
+    msg = explain_sbatch_error("sbatch: error: Batch job submission failed: Requested node "
+                               "configuration is not available", lc, "runs")
+    assert "launcher.gpus_per_node=8" in msg and "launcher.cpus_per_task=4" in msg
+    msg = explain_sbatch_error("sbatch: error: invalid partition specified: nope", lc, "runs")
+    assert "launcher.partition=None" in msg and "launcher.time" not in msg
+
+
+# --------------------------------------------------------------------------- skip before submit
+def test_plan_skips_finished_runs_and_units(tmp_path):
+    cfgs = grid(tmp_path)
+    plan = plan_grid(cfgs + cfgs[:1])  # a duplicate run is planned once
+    assert len(plan.runs) == 4 and len(plan.pending) == 4 and len(plan.cells) == 2
+    assert all(p.units == ("train",) for p in plan.pending) and not plan.needs_cell_job
+    assert plan_grid([dataclasses.replace(c, report=True) for c in cfgs]).needs_cell_job
+    pipeline.run(cfgs[0])
+    pipeline.run(cfgs[1])
+    plan = plan_grid(cfgs)
+    assert [p.run_id for p in plan.pending] == [run_paths(c).run_id for c in cfgs[2:]]
+    # A newly enabled stage is pending only as that unit for the finished runs.
+    imp = ImportanceConfig(enabled=True, input_size=16, n_samples=2)
+    plan = plan_grid([dataclasses.replace(c, importance=imp) for c in cfgs])
+    assert [p.units for p in plan.pending] == [("importance_init",)] * 2 + [
+        ("train", "importance_init")] * 2
+    # Failed runs are retried; a diverged run is finished for good (later stages never run).
+    results.write_failure(run_paths(cfgs[2]).run, "train", "Traceback...\nValueError: boom")
+    diverged = run_paths(cfgs[3]).run
+    results.write_stage(diverged, "train", [], status="diverged")
+    plan = plan_grid([dataclasses.replace(c, importance=imp) for c in cfgs])
+    assert [p.run_id for p in plan.pending] == [run_paths(c).run_id for c in cfgs[:3]]
+    assert plan.pending[2].units == ("train", "importance_init")
+
+
+def test_cell_job_only_when_cell_stages_are_missing_or_stale(tmp_path):
+    cka = CKAConfig(enabled=True, n_inputs=16)
+    cfgs = [tiny(tmp_path, s, 0, cka=cka) for s in (0, 1)]
+    assert plan_grid(cfgs).needs_cell_job  # runs pending, CKA enabled
+    pipeline.run(cfgs[0])
+    pipeline.run_cell(run_paths(cfgs[0]).cell, overrides=cfgs[0])  # over seed 0 only
+    pipeline.run(cfgs[1])
+    plan = plan_grid(cfgs)
+    assert not plan.pending and plan.stale_cells == (run_paths(cfgs[0]).cell.name,)
+    assert plan.needs_cell_job
+    pipeline.run_cell(run_paths(cfgs[0]).cell, overrides=cfgs[0])
+    plan = plan_grid(cfgs)
+    assert not plan.pending and not plan.stale_cells and not plan.needs_cell_job
+
+
+def test_runs_held_by_live_jobs_are_not_submitted_twice(tmp_path, monkeypatch):
+    cfgs = grid(tmp_path)
+    ids = [run_paths(c).run_id for c in cfgs]
+    status.record_submission(tmp_path, "slurm", [(r, f"7_{i}", {}) for i, r in enumerate(ids)])
+    monkeypatch.setattr(status, "squeue_states", lambda job_ids: {"7_0": "RUNNING",
+                                                                  "7_2": "PENDING"})
+    plan = plan_grid(cfgs)
+    assert plan.active == (ids[0], ids[2]) and [p.run_id for p in plan.pending] == [ids[1], ids[3]]
+    assert len(plan_grid(cfgs, skip_active=False).pending) == 4
+
+
+# --------------------------------------------------------------------------- dry run, CLI
+def test_dry_run_prints_the_plan_and_submits_nothing(tmp_path, capsys):
+    root = tmp_path / "r"
+    args = TINY_ARGS + [f"results_root={root}", "cka.enabled=true", "launcher=slurm",
+                        "launcher.partition=gpu", "launcher.array_parallelism=3"]
+    plan, _, sub = submit(args, dry_run=True)
+    out = capsys.readouterr().out
+    assert sub is None and not root.exists()  # nothing written, not even the log folder
+    assert "4 runs in 2 cells" in out and "4 to run" in out
+    assert all(f"{run_paths(c).run_id}: train" in out for c in plan.runs)
+    assert "1 array of 4 tasks (at most 3 at once)" in out and "'slurm_partition': 'gpu'" in out
+    assert "afterany on the array" in out and "(CKA between seeds) for 2 cells" in out
+    pipeline.run(plan.runs[0])
+    submit(args, dry_run=True)
+    out = capsys.readouterr().out
+    assert "1 finished, 0 queued/running from an earlier submission, 3 to run" in out
+    assert submit_main(args + ["--dry-run"]) == 0
+    assert submit_main(["launcher=pbs", "--dry-run"]) == 2
+    assert "unknown launcher 'pbs'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- local execution
+def test_local_parallel_workers_limit_threads_and_report_failures(tmp_path):
+    cka = CKAConfig(enabled=True, n_inputs=16)
+    cfgs = [tiny(tmp_path, s, 0, cka=cka, num_threads=None) for s in (0, 1)]
+    bad = tiny(tmp_path, 0, 1, train=TrainConfig(epochs=1, lr=-1.0))  # fails in the train stage
+    before = torch.get_num_threads()
+    sub = run_local(plan_grid(cfgs + [bad]), LauncherConfig(local_workers=2))
+    assert torch.get_num_threads() == before  # the caller's thread setting is restored
+    by_id = {r.run_id: r for r in sub.local}
+    expected = max(1, usable_cpus() // 2)
+    for c in cfgs:
+        r = by_id[run_paths(c).run_id]
+        assert (r.status, r.threads) == ("ok", expected)
+        saved = json.loads((run_paths(c).run / "config.json").read_text())
+        assert saved["num_threads"] == expected
+    assert len({r.pid for r in sub.local}) == 3  # each run in its own worker process
+    failed = by_id[run_paths(bad).run_id]
+    assert failed.status == "failed" and "train.lr must be > 0" in failed.error
+    assert (run_paths(bad).run / "stages" / "train" / "FAILED").is_file()
+    df = results.load(tmp_path)
+    assert set(df.loc[df.stage == "train", "run_id"]) == {run_paths(c).run_id for c in cfgs}
+    cka_rows = df[df.stage == "cka_final"]
+    assert set(zip(cka_rows.seed, cka_rows.seed_b)) == {(0, 0), (1, 1), (0, 1)}
+    assert [s.ran for s in sub.cells] == [["cka_final"], []]  # the second cell has no CKA
+    # Nothing left but the failed run.
+    assert [p.run_id for p in plan_grid(cfgs + [bad]).pending] == [run_paths(bad).run_id]
+
+
+# --------------------------------------------------------------------------- status table
+def test_status_table_counts_states_and_shows_failure_reasons(tmp_path, monkeypatch):
+    cka = CKAConfig(enabled=True, n_inputs=16)
+    done, failed, started, queued, diverged = (tiny(tmp_path, s, 0, cka=cka) for s in range(5))
+    never = tiny(tmp_path, 0, 1)  # submitted, not started, another cell
+    pipeline.run(done)
+    pipeline.run(diverged)
+    d_run = run_paths(diverged).run
+    results.write_stage(d_run, "train", [], status="diverged")  # overwrite: pretend it diverged
+    imp = ImportanceConfig(enabled=True, input_size=16, n_samples=2)
+    json_cfg = dataclasses.asdict(dataclasses.replace(diverged, importance=imp))
+    (d_run / "config.json").write_text(json.dumps(json_cfg))
+    f_run = run_paths(failed).run
+    results.write_failure(f_run, "train", "Traceback (most recent call last):\n  ...\n"
+                                          "RuntimeError: CUDA out of memory\n")
+    (f_run / "config.json").write_text(json.dumps(dataclasses.asdict(failed)))
+    s_run = run_paths(started).run
+    (s_run / "checkpoints").mkdir(parents=True)
+    (s_run / "checkpoints" / "last.pt").write_bytes(b"")
+    (s_run / "config.json").write_text(json.dumps(dataclasses.asdict(started)))
+    status.record_submission(tmp_path, "slurm", [
+        (run_paths(queued).run_id, "9_0", dataclasses.asdict(queued)),
+        (run_paths(never).run_id, "9_1", dataclasses.asdict(never))])
+    monkeypatch.setattr(status, "squeue_states", lambda ids: {"9_0": "PENDING"})
+
+    table = status.status_table(tmp_path).set_index(["cell", "unit"])
+    cell0, cell1 = run_paths(done).cell.name, run_paths(never).cell.name
+    train = table.loc[(cell0, "train")]
+    assert train[["runs", "done", "failed", "started", "queued", "missing"]].tolist() == [
+        5, 2, 1, 1, 1, 0]
+    assert "seed=1: RuntimeError: CUDA out of memory" in train["reason"]
+    assert "seed=4: diverged" in train["reason"]
+    imp_row = table.loc[(cell0, "importance_init")]
+    assert (imp_row["runs"], imp_row["skipped"]) == (1, 1)
+    assert table.loc[(cell1, "train"), "missing"] == 1
+    cka_row = table.loc[(cell0, "cka_final")]
+    assert (cka_row["runs"], cka_row["missing"]) == (1, 1)
+    pipeline.run_cell(run_paths(done).cell, overrides=done)
+    again = status.status_table(tmp_path).set_index(["cell", "unit"])
+    assert again.loc[(cell0, "cka_final"), "done"] == 1
+    assert again.loc[(cell0, "cka_final"), "reason"] == "seeds [0]"
+    text = status.format_status(again)
+    assert "CUDA out of memory" in text and "running" not in text  # all-zero columns dropped
+    assert status.status_main([str(tmp_path)]) == 0
