@@ -293,5 +293,8 @@ def rank_correlation(obs: pd.DataFrame, *, value: str = "value",
     d = obs[[x, value]].dropna()
     if len(d) < 3:
         raise ValueError(f"rank_correlation needs >= 3 observations, got {len(d)}")
-    r = stats.spearmanr(d[x].to_numpy(float), d[value].to_numpy(float))
+    xs, ys = d[x].to_numpy(float), d[value].to_numpy(float)
+    if np.ptp(xs) == 0 or np.ptp(ys) == 0:  # undefined for a constant input (e.g. all 0.1)
+        return RankCorrelation(float("nan"), float("nan"), len(d))
+    r = stats.spearmanr(xs, ys)
     return RankCorrelation(float(r.statistic), float(r.pvalue), len(d))

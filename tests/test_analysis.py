@@ -350,3 +350,14 @@ def test_plots_return_none_without_data_and_reject_ambiguous_grids(df):
     with pytest.raises(ValueError, match="several grids"):
         plots.hessian_eigenvalues(two)
     assert plots.hessian_eigenvalues(two, dataset="cifar10") is not None
+
+
+def test_rank_correlation_of_a_constant_is_undefined_not_a_warning():
+    import warnings
+
+    from analysis.stats import rank_correlation
+    obs = pd.DataFrame({"receptive_field": [10, 20, 30, 40], "value": [0.1, 0.1, 0.1, 0.1]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = rank_correlation(obs)
+    assert np.isnan(r.rho) and np.isnan(r.p) and r.n == 4
