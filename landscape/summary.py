@@ -59,6 +59,5 @@ def finish_grid(root: Path, overrides, cell_dirs: Optional[list[Path]] = None
     if len(df) and overrides.report:
         from analysis.report import report_main
 
-        report_main([str(root)])
-        print(f"[landscape] report: {root / 'report' / 'report.md'} (and report.html)", flush=True)
+        report_main([str(root)])  # prints where the report is
     return done, failed

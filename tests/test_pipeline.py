@@ -180,7 +180,7 @@ def test_cli_grid_and_idempotent_rerun(tmp_path):
     assert entries[2].startswith("small_cnn-w0.25-synthetic-pool0-")
     assert (tmp_path / ".hydra" / "multirun.yaml").is_file()
     assert (tmp_path / "report" / "report.md").is_file()
-    assert "report: " in out.stdout
+    assert "report.md" in out.stdout
 
 
 def test_rf_cli_prints_the_paper_vgg19_column(tmp_path):
