@@ -16,9 +16,9 @@ import torch
 
 from landscape import results
 from landscape.cka import layerwise_cka
+from landscape.stages import check_checkpoints
 
 PAIRS = ("all", "consecutive")
-CHECKPOINTS = ("init", "final")
 
 
 @dataclass
@@ -33,10 +33,7 @@ class CKAConfig:
 
 
 def validate(cfg: CKAConfig) -> None:
-    bad = [c for c in cfg.checkpoints if c not in CHECKPOINTS]
-    if bad or not cfg.checkpoints:
-        raise ValueError(f"cka.checkpoints must be a non-empty subset of {CHECKPOINTS}, "
-                         f"got {cfg.checkpoints}")
+    check_checkpoints("cka", cfg.checkpoints)
     if cfg.pairs not in PAIRS:
         raise ValueError(f"cka.pairs must be one of {PAIRS}, got {cfg.pairs!r}")
     if cfg.n_inputs < 4:

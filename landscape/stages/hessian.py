@@ -19,13 +19,15 @@ from torch.nn import functional as F
 from torch.utils.data import Subset
 
 from landscape import results
-from landscape.hessian import BN_MODES, EIGEN_BACKENDS, hessian_trace, spectral_density, top_eigenvalues
+from landscape.hessian import (
+    BN_MODES, EIGEN_BACKENDS, hessian_trace, spectral_density, top_eigenvalues,
+)
+from landscape.stages import check_checkpoints
 from landscape.train import derive_seed, make_loader
 
 if TYPE_CHECKING:
     from landscape.pipeline import RunContext
 
-CHECKPOINTS = ("init", "final")
 
 
 @dataclass
@@ -46,10 +48,7 @@ class HessianConfig:
 
 
 def validate(cfg: HessianConfig) -> None:
-    bad = [c for c in cfg.checkpoints if c not in CHECKPOINTS]
-    if bad or not cfg.checkpoints:
-        raise ValueError(f"hessian.checkpoints must be a non-empty subset of {CHECKPOINTS}, "
-                         f"got {cfg.checkpoints}")
+    check_checkpoints("hessian", cfg.checkpoints)
     for name, allowed in (("which", ("LA", "LM")), ("bn_mode", BN_MODES),
                           ("backend", EIGEN_BACKENDS)):
         if getattr(cfg, name) not in allowed:

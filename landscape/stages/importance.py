@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 from landscape import results
 from landscape.importance import MODES, erf_stats, projected_gradient_maps
+from landscape.stages import check_checkpoints
 from landscape.train import derive_seed
 
 if TYPE_CHECKING:
     from landscape.pipeline import RunContext
 
-CHECKPOINTS = ("init", "final")
 
 
 @dataclass
@@ -29,10 +29,7 @@ class ImportanceConfig:
 
 
 def validate(cfg: ImportanceConfig) -> None:
-    bad = [c for c in cfg.checkpoints if c not in CHECKPOINTS]
-    if bad or not cfg.checkpoints:
-        raise ValueError(f"importance.checkpoints must be a non-empty subset of {CHECKPOINTS}, "
-                         f"got {cfg.checkpoints}")
+    check_checkpoints("importance", cfg.checkpoints)
     if cfg.mode not in MODES:
         raise ValueError(f"importance.mode must be one of {MODES}, got {cfg.mode!r}")
 
