@@ -136,7 +136,7 @@ def format_row(r: dict, ours: dict) -> str:
             f"{r['converged']:>6}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, nargs="+", default=None, help="k values (default 20 90)")
     parser.add_argument("--quick", action="store_true", help="tiny net, 64 images, k=5")
@@ -163,16 +163,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"exact float64 spectrum in {time.perf_counter() - start:.1f} s; "
           f"top 3 {np.round(exact[:3], 4).tolist()}, trace {exact.sum():.4f}", flush=True)
     print(HEADER + "\n" + "-" * len(HEADER), flush=True)
+    rows = []
     for k in ks:
         ours = run("lanczos", model, batches, k, exact, args.tol)
         print(format_row(ours, ours), flush=True)
+        rows.append({**ours, "hvp_ratio": 1.0, "time_ratio": 1.0})
         others = [("scipy", args.tol), ("scipy", 0.0)]
         others += [] if args.skip_pyhessian else [("pyhessian", args.tol)]
         for backend, tol in others:
-            print(format_row(run(backend, model, batches, k, exact, tol), ours), flush=True)
+            r = run(backend, model, batches, k, exact, tol)
+            print(format_row(r, ours), flush=True)
+            rows.append({**r, "hvp_ratio": r["hvps"] / ours["hvps"],
+                         "time_ratio": r["seconds"] / ours["seconds"]})
     print(f"'same': this row and ours both have max relative error <= {AGREE_RTOL:g} versus the "
           "exact spectrum; ratios on rows marked NO compare different results. HVPs exclude "
           "explicit residual checks; pyhessian has no convergence test of its own (conv '-').")
+    return [{k: v for k, v in r.items() if isinstance(v, (int, float, str, bool))} for r in rows]
 
 if __name__ == "__main__":
     main()

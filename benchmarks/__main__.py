@@ -1,0 +1,63 @@
+"""Run benchmarks side by side and append their results to ``benchmarks/results.jsonl``.
+
+    python -m benchmarks all [--quick]
+    python -m benchmarks pruning_selection importance_batched [--quick]
+
+Each line of the results file records the machine, torch version, threads, date, the command
+and the benchmark's rows. ``--quick`` runs tiny sizes (seconds; the test suite uses it) and
+records nothing unless ``--record`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = ("pruning_selection", "importance_batched", "hessian_topk")
+RESULTS = Path(__file__).resolve().parent / "results.jsonl"
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or None,
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="+", help=f"'all' or some of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
+    parser.add_argument("--record", action="store_true", help="append quick results too")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    names = list(BENCHMARKS) if args.names == ["all"] else args.names
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; valid: all, {', '.join(BENCHMARKS)}")
+    out = {}
+    for name in names:
+        print(f"== {name}", flush=True)
+        module = importlib.import_module(f"benchmarks.{name}")
+        out[name] = module.main(["--quick"] if args.quick else [])
+        if not args.quick or args.record:
+            record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                      "command": " ".join([Path(sys.executable).name, "-m", "benchmarks",
+                                           *(argv if argv is not None else sys.argv[1:])]),
+                      "machine": machine(), "benchmark": name, "quick": args.quick,
+                      "rows": out[name]}
+            with open(args.out, "a") as f:
+                f.write(json.dumps(record, default=str) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
