@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS = ("pruning_selection", "importance_batched", "hessian_topk")
+BENCHMARKS = ("train_overhead", "pruning_selection", "importance_batched", "hessian_topk")
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 
 

@@ -337,7 +337,7 @@ def layerwise_cka(
             acc, orders = MinibatchCKA(), None
             batches = _batches(inputs, batch_size)
             if progress:
-                from tqdm.auto import tqdm
+                from tqdm import tqdm
 
                 batches = tqdm(batches, desc="layerwise CKA", disable=bool(os.environ.get("CI")))
             for xb in batches:

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the DataLoader at
+# construction, which starts a second iterator (workers, a draw from the data-order generator)
 
 from landscape.device import DeviceSettings, progress_enabled
 from landscape.storage import load_checkpoint, save_checkpoint

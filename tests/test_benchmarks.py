@@ -28,4 +28,10 @@ def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():
 
 
 def test_all_names_are_registered():
-    assert set(BENCHMARKS) == {"pruning_selection", "importance_batched", "hessian_topk"}
+    assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
+                               "hessian_topk"}
+
+
+def test_trainer_and_minimal_loop_compute_the_same_weights():
+    (row,) = bench_main(["train_overhead", "--quick"])["train_overhead"]
+    assert row["same"] is True and row["ratio"] > 0 and 0 <= row["data_loading_share"]

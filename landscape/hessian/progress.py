@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 
 def progress_bar(*, total: int, enabled: bool, desc: str) -> tqdm:

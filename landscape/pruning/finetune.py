@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from landscape.pruning.masks import check_masks
 
