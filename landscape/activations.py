@@ -7,14 +7,14 @@ Layer order is *execution* order, recorded during the forward, not registration 
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from landscape.models.base import RFNet, check_input_size
+from landscape.modes import eval_mode
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
@@ -46,18 +46,6 @@ def select_modules(
             shown = ", ".join(all_names[:12]) + (", ..." if len(all_names) > 12 else "")
             raise ValueError(f"{arg} pattern {p!r} matches no module; module names are: {shown}")
     return [n for n in all_names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode; restore every submodule's own ``training`` flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def check_on_device(model: nn.Module, device: torch.device | str, *, arg: str = "model") -> None:

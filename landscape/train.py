@@ -23,6 +23,7 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the 
 # construction, which starts a second iterator (workers, a draw from the data-order generator)
 
 from landscape.device import DeviceSettings, progress_enabled
+from landscape.modes import snapshot_modes
 from landscape.storage import load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = 1
@@ -108,7 +109,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, settings: DeviceSettings) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (fraction in [0, 1]) over ``loader``, in eval mode."""
-    was_training = model.training
+    restore = snapshot_modes(model)
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
     correct = torch.zeros((), dtype=torch.int64, device=settings.device)
@@ -122,7 +123,7 @@ def evaluate(model: nn.Module, loader: DataLoader, settings: DeviceSettings) -> 
             correct += (out.argmax(1) == y).sum()
             n += len(y)
     finally:
-        model.train(was_training)
+        restore()
     if n == 0:
         raise ValueError("evaluation set is empty")
     return float(loss_sum) / n, int(correct) / n

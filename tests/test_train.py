@@ -145,3 +145,14 @@ def test_derive_seed_is_stable():
     assert derive_seed(0, 1) == derive_seed(0, 1) != derive_seed(1, 0)
     assert derive_seed(3, 7) == 6137255848933647565  # fixed across processes and versions
     seed_everything(derive_seed(0, 1))
+
+
+def test_evaluate_and_input_check_keep_mixed_module_modes():
+    from landscape.train import evaluate, make_loader
+
+    model = create_model("small_cnn", num_classes=10, width=0.25).train()
+    model.features[2].eval()  # a frozen BatchNorm inside a training model
+    before = [m.training for m in model.modules()]
+    b = _data()
+    evaluate(model, make_loader(b.test, 16, CPU, shuffle=False), CPU)  # also runs the input check
+    assert [m.training for m in model.modules()] == before

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from landscape.models.rf_pool import PoolSpec
+from landscape.modes import snapshot_modes
 
 
 class InputTooSmallError(ValueError):
@@ -61,7 +62,7 @@ def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
         if n and not list(m.children())
     ]
     p = next(model.parameters())
-    modes = {m: m.training for m in model.modules()}
+    restore = snapshot_modes(model)
     model._checking = True
     try:
         model.eval()
@@ -72,8 +73,7 @@ def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
             vanished.append(_next_layer(model, last["name"]))
     finally:
         model._checking = False
-        for m, mode in modes.items():
-            m.training = mode
+        restore()
         for h in handles:
             h.remove()
     return vanished[0] if vanished else None

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape.modes import snapshot_modes
 from landscape.registry import Registry
 
 Criterion = Callable[..., dict[str, Tensor]]
@@ -147,7 +148,7 @@ def magnitude_gradient(
     names, tensors = list(params), list(params.values())
     device = tensors[0].device
     grads = [torch.zeros_like(t) for t in tensors]
-    was_training = model.training
+    restore = snapshot_modes(model)
     flags = [t.requires_grad for t in tensors]
     seen = 0
     try:
@@ -160,7 +161,7 @@ def magnitude_gradient(
                 acc.add_(g)
             seen += 1
     finally:
-        model.train(was_training)
+        restore()
         for t, flag in zip(tensors, flags):
             t.requires_grad_(flag)
     if seen < batches:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from landscape.modes import snapshot_modes
 from landscape.pruning.masks import check_masks
 
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -88,7 +89,7 @@ def finetune(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
     losses, accs, evals = [], [], []
-    was_training = model.training
+    restore = snapshot_modes(model)
     fork_devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=fork_devices):
@@ -123,7 +124,7 @@ def finetune(
                 if eval_fn is not None:
                     evals.append(dict(eval_fn(model)))
     finally:
-        model.train(was_training)
+        restore()
     return FinetuneResult(tuple(losses), tuple(accs), tuple(evals))
 
 
@@ -146,7 +147,7 @@ def recalibrate_bn(
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
-    was_training = model.training
+    restore = snapshot_modes(model)
     momenta = [bn.momentum for bn in bns]
     used = 0
     try:
@@ -162,7 +163,7 @@ def recalibrate_bn(
     finally:
         for bn, m in zip(bns, momenta):
             bn.momentum = m
-        model.train(was_training)
+        restore()
     if used == 0:
         raise ValueError("recalibrate_bn: batches yielded no data")
     return used
