@@ -252,10 +252,8 @@ def run(cfg: RunConfig) -> RunSummary:
         t0 = time.perf_counter()
         try:
             rows = stage.fn(ctx, **params)
-            status = "ok"
-            if stage.name == "train" and any(r["metric"] == "diverged" and r["value"]
-                                             for r in rows):
-                status = "diverged"
+            diverged = any(r["metric"] == "diverged" and r["value"] for r in rows)
+            status = "diverged" if diverged else "ok"
             results.write_stage(
                 paths.run, unit, [{**ctx.identity, "stage": stage.name, **r} for r in rows],
                 status=status, info={"seconds": time.perf_counter() - t0, **params},
