@@ -74,15 +74,11 @@ def completeness(df: pd.DataFrame) -> pd.DataFrame:
 
 def failed_units(results_root: str | Path) -> pd.DataFrame:
     """Stage units with a ``FAILED`` marker (their traceback's last line), per run and cell."""
-    root = Path(results_root)
-    rows = []
-    markers = [*root.glob("*/seed=*/stages/*/FAILED"), *root.glob("*/cell/stages/*/FAILED")]
-    for path in sorted(markers):
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-        run = path.parents[2].relative_to(root).as_posix()
-        rows.append({"run_id": run.removesuffix("/cell"), "unit": path.parent.name,
-                     "reason": (lines[-1] if lines else "")[:200]})
-    return pd.DataFrame(rows, columns=["run_id", "unit", "reason"])
+    from landscape.results import failures
+
+    df = failures(results_root)
+    df["reason"] = df["reason"].str.slice(0, 200)
+    return df
 
 
 # ---------------------------------------------------------------------------------------------

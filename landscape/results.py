@@ -174,6 +174,28 @@ def write_failure(run_dir: Path, stage: str, message: str) -> None:
     atomic_write_text(stage_dir(run_dir, stage) / "FAILED", message)
 
 
+def read_failure(run_dir: Path, stage: str) -> str | None:
+    """The reason a stage unit failed (the last line of its traceback), or None."""
+    path = stage_dir(run_dir, stage) / "FAILED"
+    if not path.is_file():
+        return None
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "failed (empty FAILED file)"
+
+
+def failures(root: str | Path) -> pd.DataFrame:
+    """Every failed stage unit under ``root``: ``run_id`` (the cell name for cell-level units),
+    ``unit`` and ``reason``. Failed units have no rows, so :func:`load` cannot show them."""
+    root = Path(root)
+    markers = [*root.glob("*/seed=*/stages/*/FAILED"), *root.glob("*/cell/stages/*/FAILED")]
+    rows = []
+    for path in sorted(markers):
+        run_dir = path.parents[2]
+        rows.append({"run_id": run_dir.relative_to(root).as_posix().removesuffix("/cell"),
+                     "unit": path.parent.name, "reason": read_failure(run_dir, path.parent.name)})
+    return pd.DataFrame(rows, columns=["run_id", "unit", "reason"])
+
+
 def read_stage(run_dir: Path, stage: str) -> pd.DataFrame:
     return _read_rows(stage_dir(run_dir, stage) / ROWS)
 

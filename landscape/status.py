@@ -130,11 +130,7 @@ def active_jobs(root: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------
 def _failure(run_dir: Path, unit: str) -> Optional[str]:
-    path = results.stage_dir(run_dir, unit) / "FAILED"
-    if not path.is_file():
-        return None
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "failed (empty FAILED file)"
+    return results.read_failure(run_dir, unit)
 
 
 def _grid_runs(root: Path) -> dict[str, RunConfig]:
