@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import ContextManager, Optional
 
 import torch
@@ -78,6 +79,28 @@ def configure_backends(device: torch.device, *, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Inside the block, float32 matmuls and cuDNN convolutions on CUDA run in full precision.
+
+    TF32 keeps 10 mantissa bits: products are off by ~1e-3 relatively, which is harmless for
+    training but not for measurements (Hessian-vector products fed to Lanczos, CKA, importance
+    maps, pruned accuracy). PyTorch enables TF32 for cuDNN convolutions by default and
+    :func:`configure_backends` enables it for matmuls when training is not deterministic; this
+    turns both off and restores them afterwards. No-op on CPU.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def progress_enabled(requested: bool = True) -> bool:

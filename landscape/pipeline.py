@@ -9,6 +9,7 @@ only module that knows their order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,7 +26,9 @@ import torch
 from landscape import results
 from landscape.config import RunConfig, from_dict, identity_dict
 from landscape.data import DatasetBundle, load_dataset
-from landscape.device import DeviceSettings, configure_backends, device_settings, resolve_device
+from landscape.device import (
+    DeviceSettings, configure_backends, device_settings, full_precision, resolve_device,
+)
 from landscape.models import RFNet, create_model
 from landscape.receptive_field import max_receptive_field, receptive_field_table
 from landscape.runs import RunPaths, run_paths
@@ -123,6 +126,7 @@ class Stage:
     enabled: Callable[[RunConfig], bool] = _always
     needs_trained: bool = True  # skipped unless training finished without diverging
     variants: Optional[Callable[[RunConfig], list[tuple[str, dict]]]] = None
+    trains: bool = False  # a training stage may use TF32 on CUDA; the others measure without
 
     def units(self, cfg: RunConfig) -> list[tuple[str, dict]]:
         if self.variants is None:
@@ -170,12 +174,12 @@ def train_stage(ctx: RunContext) -> list[dict]:
     return rows
 
 
-register_stage(Stage("train", train_stage, needs_trained=False))
+register_stage(Stage("train", train_stage, needs_trained=False, trains=True))
 register_stage(Stage("prune", prune_stage, enabled=lambda c: c.prune.enabled,
                      variants=prune_variants))
 register_stage(Stage("finetune", finetune_stage,
                      enabled=lambda c: c.prune.enabled and c.prune.finetune,
-                     variants=finetune_variants))
+                     variants=finetune_variants, trains=True))
 register_stage(Stage("hessian", hessian_stage, enabled=lambda c: c.hessian.enabled,
                      variants=hessian_variants))
 register_stage(Stage("importance", importance_stage, enabled=lambda c: c.importance.enabled,
@@ -251,7 +255,8 @@ def run(cfg: RunConfig) -> RunSummary:
         log.info("%s: running stage %s", paths.run_id, unit)
         t0 = time.perf_counter()
         try:
-            rows = stage.fn(ctx, **params)
+            with contextlib.nullcontext() if stage.trains else full_precision(device):
+                rows = stage.fn(ctx, **params)
             diverged = any(r["metric"] == "diverged" and r["value"] for r in rows)
             status = "diverged" if diverged else "ok"
             results.write_stage(
@@ -328,8 +333,9 @@ def run_cell(cell_dir: Path, *, overrides: Optional[RunConfig] = None) -> CellSu
         n = min(base.cka.n_inputs, len(test))
         inputs = torch.stack([test[i][0] for i in range(n)])
         models = {s: c.load_model(checkpoint) for s, c in contexts.items()}
-        rows = [{**first.cell_identity, "stage": unit, **r}
-                for r in cka_rows(models, inputs, base.cka, device)]
+        with full_precision(device):
+            rows = [{**first.cell_identity, "stage": unit, **r}
+                    for r in cka_rows(models, inputs, base.cka, device)]
         results.write_stage(cell_stage_dir, unit, rows, info={
             "seeds": sorted(seeds), "seconds": time.perf_counter() - t0})
         summary.ran.append(unit)

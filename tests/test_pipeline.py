@@ -123,6 +123,37 @@ def test_device_selection_logic_without_a_gpu():
             resolve_device("cuda")
 
 
+def test_measurements_run_without_tf32_on_cuda(tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    from landscape.device import full_precision
+    from landscape.stages.prune import PruneConfig
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, conv.allow_tf32
+    try:  # the flags can be set without a GPU: only the selection logic runs here
+        matmul.allow_tf32 = conv.allow_tf32 = True
+        with full_precision(torch.device("cuda")):
+            assert not matmul.allow_tf32 and not conv.allow_tf32
+        assert matmul.allow_tf32 and conv.allow_tf32
+        with full_precision(torch.device("cpu")):
+            assert matmul.allow_tf32 and conv.allow_tf32
+    finally:
+        matmul.allow_tf32, conv.allow_tf32 = saved
+    assert {s.name for s in pipeline.STAGES if s.trains} == {"train", "finetune"}
+    entered = []
+
+    @contextmanager
+    def recording(device):
+        entered.append(device.type)
+        yield
+
+    monkeypatch.setattr(pipeline, "full_precision", recording)
+    prune = PruneConfig(enabled=True, rates=[0.5], finetune=True, finetune_epochs=1)
+    summary = pipeline.run(tiny_cfg(tmp_path, prune=prune))
+    assert len(summary.ran) == 4 and entered == ["cpu"]  # rf, train, prune, finetune: prune only
+
+
 def _compose(overrides):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=True)
