@@ -20,8 +20,10 @@ A representation that is constant over the examples has HSIC 0 and gives CKA = n
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -277,6 +279,85 @@ def _batches(inputs: Tensor, batch_size: int) -> list[Tensor]:
     return parts
 
 
+def _check_batch_size(batch_size: int | None, debiased: bool) -> None:
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 4:
+        raise ValueError(f"batch_size must be None or an integer >= 4, got {batch_size!r}")
+    if not debiased:
+        raise ValueError(
+            "batch_size is set, so the minibatch estimator (unbiased HSIC_1) is used; "
+            "pass debiased=True to confirm, or batch_size=None for the biased estimator"
+        )
+
+
+def _pairwise(
+    models: Mapping[Hashable, nn.Module],
+    names: Mapping[Hashable, list[str]],
+    inputs: Tensor,
+    pairs: list[tuple[Hashable, Hashable]],
+    debiased: bool,
+    batch_size: int | None,
+    progress: bool,
+) -> dict[tuple[Hashable, Hashable], LayerwiseCKA]:
+    """Layerwise CKA of every pair; each model's forward and Grams happen once per batch."""
+    keys = list(dict.fromkeys(k for pair in pairs for k in pair))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = functools.partial(tqdm, desc="layerwise CKA", disable=bool(os.environ.get("CI")))
+    orders: dict[Hashable, list[str]] = {}
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        for k in keys:
+            stack.enter_context(eval_mode(models[k]))
+        if batch_size is None:
+            grams, norms = {}, {}
+            for k in bar(keys) if bar else keys:
+                orders[k], layer_grams = _centred_grams(models[k], names[k], inputs, debiased)
+                grams[k] = torch.stack([g.reshape(-1) for g in layer_grams])
+                del layer_grams
+                norms[k] = grams[k].square().sum(1)
+            matrices = {(a, b): _normalise(grams[a] @ grams[b].T, norms[a], norms[b])
+                        for a, b in pairs}
+            estimator = "debiased" if debiased else "biased"
+        else:
+            accumulators = {pair: MinibatchCKA() for pair in pairs}
+            batches = _batches(inputs, batch_size)
+            for xb in bar(batches) if bar else batches:
+                batch = {k: _centred_grams(models[k], names[k], xb, True) for k in keys}
+                if orders and any(orders[k] != batch[k][0] for k in keys):
+                    raise ValueError("selected layers ran in a different order between batches")
+                orders = {k: batch[k][0] for k in keys}
+                for a, b in pairs:
+                    accumulators[(a, b)].add_centred_grams(batch[a][1], batch[b][1])
+            matrices = {pair: acc.compute() for pair, acc in accumulators.items()}
+            estimator = "minibatch"
+    return {
+        (a, b): LayerwiseCKA(
+            matrix=matrices[(a, b)], layers_a=tuple(orders[a]), layers_b=tuple(orders[b]),
+            estimator=estimator, n=inputs.shape[0], batch_size=batch_size,
+        )
+        for a, b in pairs
+    }
+
+
+def _prepare(models: Mapping[Hashable, nn.Module], inputs: Tensor, debiased: bool,
+             batch_size: int | None, device: str | torch.device, arg: str) -> Tensor:
+    if not isinstance(inputs, Tensor) or inputs.dim() < 2:
+        raise ValueError("inputs must be a tensor of shape (n, ...) with a batch dimension")
+    _check_batch_size(batch_size, debiased)
+    n = inputs.shape[0]
+    if n < (4 if debiased else 2):
+        raise ValueError(f"inputs must hold at least {4 if debiased else 2} examples, got {n}")
+    for key, model in models.items():
+        check_on_device(model, device, arg=arg.format(key=key))
+    inputs = inputs.to(device)
+    for model in models.values():
+        validate_input_size(model, inputs[:1])
+    return inputs
+
+
 def layerwise_cka(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -297,57 +378,46 @@ def layerwise_cka(
     Without ``batch_size``, one forward of all ``inputs`` per model and each layer's n x n Gram
     is reused for all pairs (``debiased`` picks HSIC_1 over HSIC_0). With ``batch_size``, the
     minibatch estimator over ``torch.split(inputs, batch_size)`` (requires ``debiased=True``).
-    The models must already be on ``device``.
+    The models must already be on ``device``. For many pairs of models (the seeds of a cell)
+    use :func:`layerwise_cka_pairs`, which computes each model's Grams once.
     """
-    if not isinstance(inputs, Tensor) or inputs.dim() < 2:
-        raise ValueError("inputs must be a tensor of shape (n, ...) with a batch dimension")
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 4:
-            raise ValueError(f"batch_size must be None or an integer >= 4, got {batch_size!r}")
-        if not debiased:
-            raise ValueError(
-                "batch_size is set, so the minibatch estimator (unbiased HSIC_1) is used; "
-                "pass debiased=True to confirm, or batch_size=None for the biased estimator"
-            )
-    n = inputs.shape[0]
-    if n < (4 if debiased else 2):
-        raise ValueError(f"inputs must hold at least {4 if debiased else 2} examples, got {n}")
-    check_on_device(model_a, device, arg="model_a")
-    check_on_device(model_b, device, arg="model_b")
     names_a = select_modules(model_a, layers, arg="layers")
     names_b = select_modules(model_b, layers if layers_b is None else layers_b, arg="layers_b")
-    same = model_a is model_b and names_a == names_b
-    inputs = inputs.to(device)
-    validate_input_size(model_a, inputs[:1])
-    validate_input_size(model_b, inputs[:1])
+    if model_a is model_b and names_a == names_b:
+        models, names, pair = {"a": model_a}, {"a": names_a}, ("a", "a")
+    else:
+        models, names, pair = {"a": model_a, "b": model_b}, {"a": names_a, "b": names_b}, ("a", "b")
+    inputs = _prepare(models, inputs, debiased, batch_size, device, arg="model_{key}")
+    return _pairwise(models, names, inputs, [pair], debiased, batch_size, progress)[pair]
 
-    def both(x: Tensor, unbiased: bool) -> tuple[list[str], list[str], list[Tensor], list[Tensor]]:
-        order_a, grams_a = _centred_grams(model_a, names_a, x, unbiased)
-        order_b, grams_b = (order_a, grams_a) if same else _centred_grams(model_b, names_b, x, unbiased)
-        return order_a, order_b, grams_a, grams_b
 
-    with eval_mode(model_a), eval_mode(model_b), torch.no_grad():
-        if batch_size is None:
-            order_a, order_b, grams_a, grams_b = both(inputs, debiased)
-            ga = torch.stack([g.reshape(-1) for g in grams_a])
-            gb = ga if same else torch.stack([g.reshape(-1) for g in grams_b])
-            matrix = _normalise(ga @ gb.T, ga.square().sum(1), gb.square().sum(1))
-            estimator = "debiased" if debiased else "biased"
-        else:
-            acc, orders = MinibatchCKA(), None
-            batches = _batches(inputs, batch_size)
-            if progress:
-                from tqdm import tqdm
-
-                batches = tqdm(batches, desc="layerwise CKA", disable=bool(os.environ.get("CI")))
-            for xb in batches:
-                order_a, order_b, grams_a, grams_b = both(xb, True)
-                if orders is not None and orders != (order_a, order_b):
-                    raise ValueError("selected layers ran in a different order between batches")
-                orders = (order_a, order_b)
-                acc.add_centred_grams(grams_a, grams_b)
-            matrix, estimator = acc.compute(), "minibatch"
-    return LayerwiseCKA(
-        matrix=matrix, layers_a=tuple(order_a), layers_b=tuple(order_b), estimator=estimator,
-        n=n, batch_size=batch_size,
-    )
+def layerwise_cka_pairs(
+    models: Mapping[Hashable, nn.Module],
+    inputs: Tensor,
+    pairs: Sequence[tuple[Hashable, Hashable]],
+    *,
+    layers: Sequence[str] | None = None,
+    debiased: bool = False,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict[tuple[Hashable, Hashable], LayerwiseCKA]:
+    """:func:`layerwise_cka` for several pairs of ``models`` (key -> model), e.g. every pair
+    of seeds of a cell: one forward and one set of Grams per model and batch, not two per
+    pair. ``pairs`` holds keys of ``models``; ``(k, k)`` compares a model with itself.
+    ``layers`` selects the same modules in every model. The full-batch estimator holds the
+    Grams of all models at once: layers x n^2 float64 numbers per model.
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be a non-empty mapping of key -> model")
+    pairs = [tuple(p) for p in pairs]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"pairs must be a non-empty sequence of (key_a, key_b), got {pairs!r}")
+    unknown = sorted({k for p in pairs for k in p if k not in models}, key=str)
+    if unknown:
+        raise ValueError(f"pairs name models {unknown} that are not in models "
+                         f"(keys: {sorted(models, key=str)})")
+    names = {k: select_modules(m, layers, arg="layers") for k, m in models.items()}
+    used = {k: models[k] for k in dict.fromkeys(k for p in pairs for k in p)}
+    inputs = _prepare(used, inputs, debiased, batch_size, device, arg="models[{key!r}]")
+    return _pairwise(used, names, inputs, pairs, debiased, batch_size, progress)

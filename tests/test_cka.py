@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from landscape.cka import (
-    MinibatchCKA, center_gram, cka_from_grams, gram_linear, hsic, layerwise_cka, linear_cka,
+    MinibatchCKA, center_gram, cka_from_grams, gram_linear, hsic, layerwise_cka,
+    layerwise_cka_pairs, linear_cka,
     minibatch_cka,
 )
 from landscape.models import create_model
@@ -262,6 +263,43 @@ def test_layerwise_minibatch_estimator() -> None:
             expected = minibatch_cka([fa[la][s] for s in cuts], [fb[lb][s] for s in cuts])
             assert res.matrix[i, j] == pytest.approx(expected, abs=1e-10)
     assert res.estimator == "minibatch" and res.batch_size == 8
+
+
+@pytest.mark.parametrize("debiased,batch_size", [(False, None), (True, None), (True, 8)])
+def test_pairs_equal_one_call_per_pair_with_one_forward_per_model_and_batch(
+        debiased, batch_size) -> None:
+    models = {s: _net("small_cnn", s) for s in (0, 1, 2)}
+    x = _inputs(24)
+    forwards = {s: 0 for s in models}
+    hooks = [m.register_forward_hook(lambda *_a, s=s: forwards.__setitem__(s, forwards[s] + 1))
+             for s, m in models.items()]
+    for m in models.values():  # the input-size check's one-off dry run happens here
+        layerwise_cka(m, m, x[:4])
+    forwards.update(dict.fromkeys(models, 0))
+    pairs = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2), (2, 0)]
+    out = layerwise_cka_pairs(models, x, pairs, debiased=debiased, batch_size=batch_size)
+    batches = 1 if batch_size is None else 3
+    assert forwards == dict.fromkeys(models, batches)  # not 2 per pair
+    for h in hooks:
+        h.remove()
+    assert list(out) == pairs
+    for a, b in pairs:
+        one = layerwise_cka(models[a], models[b], x, debiased=debiased, batch_size=batch_size)
+        np.testing.assert_allclose(out[(a, b)].matrix, one.matrix, rtol=0, atol=1e-12)
+        assert out[(a, b)].layers_a == one.layers_a and out[(a, b)].estimator == one.estimator
+    np.testing.assert_allclose(out[(2, 0)].matrix, out[(0, 2)].matrix.T, atol=1e-12)
+
+
+def test_pairs_errors_name_the_problem() -> None:
+    models, x = {0: _net("small_cnn", 0)}, _inputs(8)
+    with pytest.raises(ValueError, match=r"pairs name models \[1\] .*keys: \[0\]"):
+        layerwise_cka_pairs(models, x, [(0, 1)])
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        layerwise_cka_pairs(models, x, [])
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        layerwise_cka_pairs({}, x, [(0, 0)])
+    with pytest.raises(ValueError, match=r"models\[0\] has tensors on cpu"):
+        layerwise_cka_pairs(models, x, [(0, 0)], device="meta")
 
 
 class _Reordered(nn.Module):

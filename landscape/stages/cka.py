@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from landscape import results
-from landscape.cka import layerwise_cka
+from landscape.cka import layerwise_cka_pairs
 from landscape.stages import check_checkpoints
 
 PAIRS = ("all", "consecutive")
@@ -54,12 +54,14 @@ results.register_metric("cka", "linear CKA between layer (of seed) and layer_b (
 
 def cka_rows(models: dict[int, torch.nn.Module], inputs: torch.Tensor, cfg: CKAConfig,
              device: torch.device) -> list[dict]:
-    """Rows for every seed pair of ``models`` (seed -> model, already on ``device``)."""
+    """Rows for every seed pair of ``models`` (seed -> model, already on ``device``); each
+    seed's forward passes and Grams are computed once for all its pairs."""
     estimator = "minibatch" if cfg.batch_size else ("debiased" if cfg.debiased else "biased")
     rows = []
-    for a, b in seed_pairs(list(models), cfg.pairs):
-        res = layerwise_cka(models[a], models[b], inputs, layers=cfg.layers,
-                            debiased=cfg.debiased, batch_size=cfg.batch_size, device=device)
+    matrices = layerwise_cka_pairs(models, inputs, seed_pairs(list(models), cfg.pairs),
+                                   layers=cfg.layers, debiased=cfg.debiased,
+                                   batch_size=cfg.batch_size, device=device)
+    for (a, b), res in matrices.items():
         note = f"estimator={estimator}; n_inputs={res.n}"
         rows += [{"metric": "cka", "value": v, "layer": la, "layer_b": lb, "seed": a,
                   "seed_b": b, "note": note} for la, lb, v in res.pairs()]
