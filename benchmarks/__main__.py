@@ -2,6 +2,7 @@
 
     python -m benchmarks all [--quick]
     python -m benchmarks pruning_selection importance_batched [--quick]
+    python -m benchmarks cka -- --n 500        (after --: options of that one benchmark)
 
 Each line of the results file records the machine, torch version, threads, date, the command
 and the benchmark's rows. ``--quick`` runs tiny sizes (seconds; the test suite uses it) and
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS = ("train_overhead", "pruning_selection", "importance_batched", "hessian_topk")
+BENCHMARKS = ("train_overhead", "pruning_selection", "importance_batched", "hessian_topk", "cka",
+              "demo_scaling")
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 
 
@@ -38,8 +40,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--record", action="store_true", help="append quick results too")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_args(argv[:split]), argv[split + 1:]
     names = list(BENCHMARKS) if args.names == ["all"] else args.names
+    if extra and len(names) != 1:
+        parser.error("options after -- go to one benchmark; name exactly one")
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; valid: all, {', '.join(BENCHMARKS)}")
@@ -47,11 +53,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     for name in names:
         print(f"== {name}", flush=True)
         module = importlib.import_module(f"benchmarks.{name}")
-        out[name] = module.main(["--quick"] if args.quick else [])
+        out[name] = module.main((["--quick"] if args.quick else []) + extra)
         if not args.quick or args.record:
             record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                       "command": " ".join([Path(sys.executable).name, "-m", "benchmarks",
-                                           *(argv if argv is not None else sys.argv[1:])]),
+                                           *argv]),
                       "machine": machine(), "benchmark": name, "quick": args.quick,
                       "rows": out[name]}
             with open(args.out, "a") as f:

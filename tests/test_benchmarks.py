@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks.__main__ import BENCHMARKS
 from benchmarks.__main__ import main as bench_main
 
@@ -29,9 +31,36 @@ def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():
 
 def test_all_names_are_registered():
     assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
-                               "hessian_topk"}
+                               "hessian_topk", "cka", "demo_scaling"}
 
 
 def test_trainer_and_minimal_loop_compute_the_same_weights():
     (row,) = bench_main(["train_overhead", "--quick"])["train_overhead"]
     assert row["same"] is True and row["ratio"] > 0 and 0 <= row["data_loading_share"]
+
+
+@pytest.mark.slow
+def test_cka_benchmark_quick_agrees_with_torch_cka_in_float64():
+    rows = bench_main(["cka", "--quick"])["cka"]
+    f64, f32 = (r for r in rows if r["part"] == "a")
+    assert f64["dtype"] == "float64" and f64["max_abs_diff"] <= 1e-9
+    assert f32["ours_err_vs_float64"] <= 1e-6  # float64 centring: float32 features suffice
+    assert f64["torch_cka_mislabelled_rows"] == 0 and f64["layers"] == 20
+    assert all(r[k] > 0 for r in (f64, f32) for k in ("ours_seconds", "torch_cka_seconds",
+                                                       "forwards_seconds"))
+    overhead = [r for r in rows if r["part"] == "b"]
+    assert {r["estimator"] for r in overhead} == {"biased (full)", "minibatch m=16"}
+    assert all(r["cka_seconds"] > 0 and r["gram_vs_forward_flops"] > 0 for r in overhead)
+
+
+@pytest.mark.slow
+def test_demo_scaling_quick_times_every_stage_and_counts_flops():
+    rows = bench_main(["demo_scaling", "--quick"])["demo_scaling"]
+    (grid,) = [r for r in rows if r["part"] == "demo_grid"]
+    assert grid["wall_seconds"] > 0
+    stages = {r["stage"] for r in rows if r["part"] == "demo_stage"}
+    assert stages == {"train", "prune", "finetune", "hessian", "importance", "cka"}
+    (scale,) = [r for r in rows if r["part"] == "scaling"]
+    # a training step (forward + backward) costs about 3 forwards; 64x64 about 4x 32x32
+    assert 3 < scale["tiny_imagenet_step_gflops_per_image"] / scale["cifar10_step_gflops_per_image"] < 5
+    assert scale["cifar10_step_seconds"] > 0 and scale["params"] > 0
