@@ -284,6 +284,24 @@ def test_finetune_keeps_mask_exactly_under_momentum_and_weight_decay():
     assert sum(int(torch.count_nonzero(revived[n][~m])) for n, m in masks.items()) > 0
 
 
+def test_finetune_under_bf16_autocast_keeps_float32_weights_and_the_mask():
+    # The CUDA path (DeviceSettings.autocast) exercised with CPU bf16 autocast.
+    model = _model("small_cnn", 0.5)
+    masks = prune(model, 0.7)
+    entered = []
+
+    def autocast():
+        entered.append(1)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    result = finetune(model, masks, _batches(3), epochs=1, lr=0.05, seed=0, autocast=autocast)
+    assert len(entered) == 3 and math.isfinite(result.train_loss[0])
+    params = dict(model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values())
+    for n, m in masks.items():
+        assert torch.count_nonzero(params[n]) == int(m.sum()), n
+
+
 def test_mask_keeper_undoes_momentum_revival():
     torch.manual_seed(0)
     model = nn.Linear(5, 3)

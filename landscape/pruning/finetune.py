@@ -8,9 +8,10 @@ them). :func:`finetune` is SGD with the paper's defaults built on it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, ContextManager, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,7 @@ def finetune(
     seed: int = 0,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     progress: bool = False,
 ) -> FinetuneResult:
     """SGD fine-tuning of ``model`` (moved to ``device``, in place) with ``masks`` kept exactly.
@@ -75,6 +77,8 @@ def finetune(
     ``batches`` is a re-iterable of (inputs, targets), e.g. a DataLoader, or ``epoch -> batches``.
     Each step: backward, mask gradients, clip the global gradient L2 norm to ``grad_clip``
     (None or 0 = off), SGD step with momentum and L2 weight decay, re-mask the weights.
+    ``autocast()`` wraps each forward and loss (e.g. ``DeviceSettings.autocast``: bf16 on
+    CUDA, which needs no loss scaling); the weights, the update and the masks stay float32.
     ``seed`` seeds torch's global RNG inside a fork, so the caller's RNG state is untouched.
     The model's train/eval mode is restored on return. A non-finite loss raises
     ``FloatingPointError``.
@@ -101,8 +105,9 @@ def finetune(
                 for step, (x, y) in enumerate(epoch_batches):
                     x, y = x.to(device), y.to(device)
                     optimizer.zero_grad(set_to_none=True)
-                    out = model(x)
-                    loss = loss_fn(out, y)
+                    with autocast():
+                        out = model(x)
+                        loss = loss_fn(out, y)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
                             f"fine-tuning diverged: loss {loss.item()} at epoch {epoch}, "

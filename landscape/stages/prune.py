@@ -224,11 +224,13 @@ def finetune_stage(ctx: "RunContext", rate: float, prune_unit: str) -> list[dict
                              shuffle=True, generator=gen)
         return ((ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader)
 
+    model.to(memory_format=ctx.settings.memory_format)  # channels_last on CUDA, as in training
     result = finetune(
         model, masks, epoch_batches, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
         momentum=cfg.finetune_momentum, weight_decay=cfg.finetune_weight_decay,
         grad_clip=cfg.finetune_grad_clip, device=ctx.settings.device,
-        seed=derive_seed(ctx.cfg.seed, 999), progress=ctx.cfg.progress,
+        seed=derive_seed(ctx.cfg.seed, 999), autocast=ctx.settings.autocast,
+        progress=ctx.cfg.progress,
     )
     rows: list[dict] = [{"metric": "train_loss", "value": v, "index": i + 1}
                         for i, v in enumerate(result.train_loss)]
