@@ -152,7 +152,9 @@ def lanczos_top_k(
     basis[0] = random_unit(dim, gen, dtype, device)
     proj = np.zeros((m, m))
     start, num_hvp, first, beta = 0, 0, None, 0.0
-    bar = progress_bar(total=max_iter, enabled=progress, desc="Lanczos")
+    # The number of HVPs is not known in advance (max_iter is only a cap): count them, and
+    # show how many of the k pairs have converged after each restart.
+    bar = progress_bar(total=None, enabled=progress, desc="Lanczos HVPs")
     while True:
         for j in range(start, m):
             w = matvec(basis[j]).to(dtype=dtype, device=device)
@@ -181,6 +183,7 @@ def lanczos_top_k(
         residual = np.abs(beta * vecs[-1])
         scale = max(float(np.abs(theta).max()), 1e-300)
         done = residual[order[:k]] <= tol * scale
+        bar.set_postfix_str(f"{int(done.sum())}/{k} converged", refresh=False)
         keep = k + min(int(done.sum()), (m - k) // 2)
         if done.all() or num_hvp + (m - keep) > max_iter:
             break

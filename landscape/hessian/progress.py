@@ -7,6 +7,6 @@ import os
 from tqdm import tqdm
 
 
-def progress_bar(*, total: int, enabled: bool, desc: str) -> tqdm:
+def progress_bar(*, total: int | None, enabled: bool, desc: str) -> tqdm:
     quiet = not enabled or bool(os.environ.get("CI"))
     return tqdm(total=total, desc=desc, disable=quiet, leave=False)
