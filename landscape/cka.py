@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from landscape.activations import (
     ActivationCapture, check_on_device, eval_mode, select_modules, validate_input_size,
 )
+from landscape.device import progress_enabled
 
 ArrayLike = Tensor | np.ndarray
 ESTIMATORS = ("biased", "debiased", "minibatch")
@@ -306,7 +306,7 @@ def _pairwise(
     if progress:
         from tqdm import tqdm
 
-        bar = functools.partial(tqdm, desc="layerwise CKA", disable=bool(os.environ.get("CI")))
+        bar = functools.partial(tqdm, desc="layerwise CKA", disable=not progress_enabled())
     orders: dict[Hashable, list[str]] = {}
     with contextlib.ExitStack() as stack, torch.no_grad():
         for k in keys:

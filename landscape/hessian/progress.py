@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from tqdm import tqdm
+
+from landscape.device import progress_enabled
 
 
 def progress_bar(*, total: int | None, enabled: bool, desc: str) -> tqdm:
-    quiet = not enabled or bool(os.environ.get("CI"))
-    return tqdm(total=total, desc=desc, disable=quiet, leave=False)
+    return tqdm(total=total, desc=desc, disable=not progress_enabled(enabled), leave=False)

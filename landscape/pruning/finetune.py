@@ -9,7 +9,6 @@ them). :func:`finetune` is SGD with the paper's defaults built on it.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterable, Mapping
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from landscape.device import progress_enabled
 from landscape.modes import snapshot_modes
 from landscape.pruning.masks import check_masks
 
@@ -187,4 +187,4 @@ def _check_hparams(**hp: float | int | None) -> None:
 
 
 def _epochs(epochs: int, progress: bool) -> Iterable[int]:
-    return tqdm(range(epochs), desc="fine-tune", disable=not progress or bool(os.environ.get("CI")))
+    return tqdm(range(epochs), desc="fine-tune", disable=not progress_enabled(progress))
