@@ -43,8 +43,8 @@ from torch import nn
 
 from landscape.activations import execution_order, validate_input_size
 from landscape.cka import layerwise_cka, layerwise_cka_pairs
-from landscape.stages.cka import seed_pairs
 from landscape.models import create_model
+from landscape.stages.cka import seed_pairs
 
 SEEDS = (0, 1)
 
@@ -97,8 +97,8 @@ def _run_side(side: str, arch: str, width: float, n: int, size: int, batch_size:
         torch.set_default_dtype(dtype)
     for m in (m0, m1):
         validate_input_size(m, x[:1])  # the RFNet input check's dry run, before any hook
-    peak_known = _reset_peak_rss()
-    base_kb = _status_kb("VmRSS")
+    peak_known = _reset_peak_rss()  # Linux only; elsewhere peak_mb is nan
+    base_kb = _status_kb("VmRSS") if peak_known else 0
     t0 = time.perf_counter()
     if side == "forwards":  # the floor: the same batches through both models, nothing else
         with torch.no_grad():
