@@ -28,7 +28,6 @@ each) vs ``layerwise_cka_pairs`` (one forward and one Gram set per seed); same m
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import multiprocessing
 import os
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.common import make_parser, parse
 from landscape.activations import execution_order, validate_input_size
 from landscape.cka import layerwise_cka, layerwise_cka_pairs
 from landscape.models import create_model
@@ -198,10 +198,9 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def gemm_gflops(n: int = 1000, p: int = 16384) -> float:
-    """This machine's float64 rate for a Gram ``A @ A.T`` of an n x p matrix (best of 3)."""
+    """This machine's float64 rate for a Gram ``A @ A.T`` of an n x p matrix (median of 3)."""
     a = torch.randn(n, p, dtype=torch.float64)
-    best = min(_median_seconds(lambda: a @ a.T, 1) for _ in range(3))
-    return 2 * n * n * p / best / 1e9
+    return 2 * n * n * p / _median_seconds(lambda: a @ a.T, 3) / 1e9
 
 
 def _flops(model: nn.Module, names: list[str], x: torch.Tensor) -> tuple[float, int]:
@@ -289,18 +288,14 @@ def cell_stage(arch: str, width: float, n: int, size: int, seeds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="resnet18 w1/16, 64 inputs of 16x16")
-    parser.add_argument("--threads", type=int, default=None)
+    parser = make_parser(__doc__, "resnet18 w1/16, 64 inputs of 16x16")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cell-n", type=int, default=250, help="inputs for part (c)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds for part (c)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser, argv)
     threads = torch.get_num_threads()
     if args.quick:
         arch, width, n, size, batch, repeats = "resnet18", 0.0625, 64, 16, 16, 1

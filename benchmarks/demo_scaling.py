@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.common import make_parser, parse
 from landscape import results
 from landscape.models import create_model
 from landscape.pipeline import CELL_DIR, STAGES
@@ -159,17 +159,12 @@ def scaling(archs: tuple[str, ...], widths: tuple[float, ...], levels: tuple[int
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a one-run, one-epoch demo and one scaling row")
+    parser = make_parser(__doc__, "a one-run, one-epoch demo and one scaling row")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-scaling", action="store_true")
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser, argv)
     rows = []
     if not args.skip_demo:
         overrides = (["model.name=resnet18", "model.pool_level=1", "seed=0",

@@ -15,7 +15,6 @@ top-k. A ratio is only meaningful when both results agree with the exact spectru
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 import warnings
@@ -27,6 +26,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
+from benchmarks.common import make_parser, parse
 from landscape.hessian import HVP_METHODS, HessianOperator, top_eigenvalues
 
 AGREE_RTOL = 1e-4  # max relative error below which two results count as "the same"
@@ -137,14 +137,11 @@ def format_row(r: dict, ours: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__, "tiny net, 64 images, k=5", threads=1)
     parser.add_argument("--k", type=int, nargs="+", default=None, help="k values (default 20 90)")
-    parser.add_argument("--quick", action="store_true", help="tiny net, 64 images, k=5")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--tol", type=float, default=1e-6, help="residual tolerance (ours, eigsh)")
     parser.add_argument("--skip-pyhessian", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse(parser, argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit notice from torch.func
     n, size, (c1, c2), steps = (64, 8, (4, 4), 10) if args.quick else (512, 16, (8, 16), 30)
     ks = args.k or ([5] if args.quick else [20, 90])

@@ -9,23 +9,18 @@ Target (issue 9): batched >= 3x faster.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 
+from benchmarks.common import make_parser, parse
 from landscape.importance import projected_gradient
 from landscape.models import create_model
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(make_parser(__doc__, "small_cnn, 8 inputs of 32x32"), argv)
     torch.manual_seed(0)
     arch, width, n, size = ("small_cnn", 0.25, 8, 32) if args.quick else ("vgg19", 0.125, 50, 64)
     model = create_model(arch, num_classes=10, width=width).double().eval()

@@ -10,7 +10,6 @@ broken differently: we prune the earlier position). Target (issue 9): <= 0.5 s f
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from benchmarks.common import make_parser, parse
 from landscape.models import create_model
 from landscape.pruning import compute_scores, prunable_parameters, select_masks
 
@@ -32,13 +32,9 @@ def _median_seconds(fn, repeats: int) -> tuple[float, object]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="vgg19 at width 1/16")
+    parser = make_parser(__doc__, "vgg19 at width 1/16")
     parser.add_argument("--rate", type=float, default=0.9)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser, argv)
     torch.manual_seed(0)
     model = create_model("vgg19", num_classes=10, width=1 / 16 if args.quick else 1.0)
     params = prunable_parameters(model)

@@ -13,7 +13,6 @@ and a test evaluation, made negligible here with a 1-image test set.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from benchmarks.common import make_parser, parse
 from landscape.data import DataConfig, load_dataset
 from landscape.device import device_settings
 from landscape.models import create_model
@@ -36,13 +36,9 @@ def _model(seed: int = 0) -> nn.Module:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="256 images, 2 epochs")
+    parser = make_parser(__doc__, "256 images, 2 epochs")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser, argv)
     epochs = 2 if args.quick else args.epochs
     data = load_dataset(DataConfig(name="digits", image_size=32, crop_padding=4,
                                    train_subset=256 if args.quick else None))
