@@ -64,14 +64,22 @@ def sacct(*args: str) -> list[str]:
     return out.stdout.split()
 
 
+# sacct states after which a job will not run again (REQUEUED, COMPLETING etc. are not final).
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+         "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+
+
 def wait(jobs, timeout: float = 240) -> None:
-    """Until every job has ended (sacct) and left the queue (squeue)."""
+    """Until every job has left the queue (squeue) and its end is in the accounting (sacct).
+
+    Not submitit's ``job.done()``: it is true as soon as the result pickle exists, while the
+    job may still be running its epilogue, and slurmdbd records the end a moment after
+    slurmctld (under load, after squeue has forgotten the job)."""
     end = time.time() + timeout
     ids = ",".join(j.job_id.split("_")[0] for j in jobs)
     while True:
-        done = all(j.done(force_check=True) for j in jobs)
         queue = subprocess.run(["squeue", "-h", "-j", ids], capture_output=True, text=True).stdout
-        if done and not queue.strip():
+        if not queue.strip() and all(final(state(j)) for j in jobs):
             return
         if time.time() > end:
             states = [(j.job_id, state(j)) for j in jobs]
@@ -82,6 +90,10 @@ def wait(jobs, timeout: float = 240) -> None:
 
 def state(job) -> str:
     return job.get_info(mode="force").get("State", "UNKNOWN")
+
+
+def final(state: str) -> bool:
+    return state.split()[0] in FINAL  # sacct prints e.g. "CANCELLED by 0"
 
 
 def wait_for_epoch(last: Path, epoch: int, timeout: float = 120) -> list[dict]:
