@@ -259,6 +259,27 @@ def test_random_dense_spectra(n, k_frac, seed, which):
     np.testing.assert_allclose(res.eigenvalues, exact_top(a, k, which), rtol=1e-8, atol=1e-10)
 
 
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(30, 120), k=st.integers(1, 12), log_tol=st.floats(-9, -2),
+       seed=st.integers(0, 10_000), which=st.sampled_from(["LA", "LM"]))
+def test_returned_pairs_meet_the_tolerance_whenever_the_solver_stops(n, k, log_tol, seed, which):
+    """The contract behind the early stop (pairs are tested after every step of a restart, not
+    only when the basis is full): each returned pair's true residual ||A x - lambda x|| is
+    within tol * |lambda_max|, and the eigenvalue within that of the exact one."""
+    rng = np.random.default_rng(seed)
+    ev = np.concatenate([rng.uniform(2, 10, 3), rng.standard_normal(n - 3)])  # outliers, bulk
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    a = torch.from_numpy((q * ev) @ q.T)
+    tol = 10.0 ** log_tol
+    res = lanczos_top_k(lambda v: a @ v, n, k, which=which, tol=tol, seed=seed,
+                        return_eigenvectors=True)
+    assert res.converged
+    bound = tol * np.abs(ev).max() * (1 + 1e-6) + 1e-12
+    true = [float((a @ x - lam * x).norm()) for x, lam in zip(res.eigenvectors, res.eigenvalues)]
+    assert max(true) <= bound
+    assert np.abs(res.eigenvalues - exact_top(a, k, which)).max() <= bound
+
+
 def test_invariant_subspace_and_k_equal_to_dim():
     diag = np.zeros(50)
     diag[:2] = [5.0, 3.0]  # Krylov space of dimension 3: Lanczos must restart from fresh vectors

@@ -113,6 +113,16 @@ def orthogonalize_(w: Tensor, basis: Tensor) -> Tensor:
     return coeffs
 
 
+def ritz(proj: np.ndarray, beta: float, k: int, which: str, tol: float):
+    """Ritz values/vectors of the projected matrix, the order of the wanted ones, their
+    residual estimates ``|beta y_last|`` and which of the first k are converged."""
+    theta, vecs = scipy.linalg.eigh(proj)
+    order = np.argsort(-(theta if which == "LA" else np.abs(theta)), kind="stable")
+    residual = np.abs(beta * vecs[-1])
+    scale = max(float(np.abs(theta).max()), 1e-300)
+    return theta, vecs, order, residual, residual[order[:k]] <= tol * scale
+
+
 def lanczos_top_k(
     matvec: MatVec,
     dim: int,
@@ -156,6 +166,7 @@ def lanczos_top_k(
     # show how many of the k pairs have converged after each restart.
     bar = progress_bar(total=None, enabled=progress, desc="Lanczos HVPs")
     while True:
+        size, stop = m, False
         for j in range(start, m):
             w = matvec(basis[j]).to(dtype=dtype, device=device)
             num_hvp += 1
@@ -167,7 +178,8 @@ def lanczos_top_k(
             if j + 1 == dim:  # the basis spans the whole space: T_m is exact
                 beta = 0.0
                 break
-            if beta <= 100 * torch.finfo(dtype).eps * max(hv_norm, 1e-300):
+            invariant = beta <= 100 * torch.finfo(dtype).eps * max(hv_norm, 1e-300)
+            if invariant:
                 w = random_unit(dim, gen, dtype, device)  # invariant subspace: fresh direction
                 orthogonalize_(w, basis[: j + 1])
                 beta, w = 0.0, w / w.norm()
@@ -176,16 +188,21 @@ def lanczos_top_k(
             basis[j + 1] = w
             if j + 1 < m:
                 proj[j + 1, j] = proj[j, j + 1] = beta
+                # After a restart, test the k pairs at every step (an eigh of at most m x m,
+                # negligible next to an HVP) instead of only when the basis is full. Not in
+                # the first sweep (its whole tridiagonal is an SLQ sample) and not on an
+                # invariant subspace (its pairs are exact but maybe not the top ones).
+                if first is not None and not invariant and j + 1 >= k:
+                    *_, ok = ritz(proj[: j + 1, : j + 1], beta, k, which, tol)
+                    if ok.all():
+                        size, stop = j + 1, True
+                        break
         if first is None:
             first = Tridiagonal(np.diag(proj).copy(), np.diag(proj, -1).copy(), dim)
-        theta, vecs = scipy.linalg.eigh(proj)
-        order = np.argsort(-(theta if which == "LA" else np.abs(theta)), kind="stable")
-        residual = np.abs(beta * vecs[-1])
-        scale = max(float(np.abs(theta).max()), 1e-300)
-        done = residual[order[:k]] <= tol * scale
+        theta, vecs, order, residual, done = ritz(proj[:size, :size], beta, k, which, tol)
         bar.set_postfix_str(f"{int(done.sum())}/{k} converged", refresh=False)
         keep = k + min(int(done.sum()), (m - k) // 2)
-        if done.all() or num_hvp + (m - keep) > max_iter:
+        if stop or done.all() or num_hvp + (m - keep) > max_iter:
             break
         rotation = torch.from_numpy(vecs[:, order[:keep]].T.copy()).to(dtype=dtype, device=device)
         basis[:keep] = rotation @ basis[:m]
@@ -207,7 +224,7 @@ def lanczos_top_k(
     vectors = None
     if return_eigenvectors:
         rot = torch.from_numpy(vecs[:, want].T.copy()).to(dtype=dtype, device=device)
-        vectors = rot @ basis[:m]
+        vectors = rot @ basis[:size]
     return TopEigenResult(
         eigenvalues=theta[want].copy(), residuals=residual[want].copy(), num_hvp=num_hvp,
         converged=converged, which=which, tol=tol, backend="lanczos",
