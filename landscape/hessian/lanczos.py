@@ -11,7 +11,9 @@ Lanczos steps, ``A V_m = V_m T_m + beta_m v_{m+1} e_m^T``. For a Ritz pair ``(th
 that residual is ``<= tol * max|theta|`` (tolerance relative to the spectral norm estimate
 |lambda_max|). If not all k wanted pairs converged, keep ``l`` Ritz vectors (the k wanted plus
 ``min(n_converged, (m - k) / 2)`` next ones, ARPACK's rule), append ``v_{m+1}`` and extend to ``m``:
-each restart costs ``m - l`` matvecs. Every new vector is orthogonalised against the whole basis
+each restart costs at most ``m - l`` matvecs: after a restart the k pairs are tested
+at every step (the relation above holds for any basis size) and the solver stops as soon as
+they converge. Every new vector is orthogonalised against the whole basis
 (classical Gram-Schmidt, repeated while it removes much: DGKS), so there are no ghost copies.
 A single start vector cannot see exact eigenvalue multiplicities (as in ARPACK).
 """
