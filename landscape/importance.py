@@ -28,9 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.activations import (
-    ActivationCapture, check_on_device, eval_mode, execution_order, validate_input_size,
-)
+from landscape.activations import ActivationCapture, check_on_device, eval_mode, execution_order
 
 MODES = ("paper", "linearised")
 CENTRE_CONVENTION = "out[:, :, h // 2, w // 2] (0-based; even sizes: lower-right middle pixel)"
@@ -151,7 +149,6 @@ def projected_gradient(model: nn.Module, inputs: Tensor, *, layer: str | None = 
 
 
 def _resolve_layer(model: nn.Module, x: Tensor, layer: str | None) -> str:
-    validate_input_size(model, x[:1])
     if layer is None:
         return last_conv(model, x[:1])
     if layer not in dict(model.named_modules()):

@@ -15,8 +15,9 @@ def test_quick_benchmarks_compute_the_same_thing_on_both_sides(tmp_path):
     (prune,) = out["pruning_selection"]
     assert prune["pruned"] == round(0.9 * prune["weights"])
     assert prune["differing_weights"] <= 2  # only exact ties at the threshold may differ
-    (imp,) = out["importance_batched"]
-    assert imp["same"] is True and imp["speedup"] > 0
+    imp = out["importance_batched"]
+    assert [r["dtype"] for r in imp] == ["float32", "float64"]
+    assert all(r["same"] is True and r["speedup"] > 0 for r in imp)
     lines = [json.loads(x) for x in out_file.read_text().splitlines()]
     assert [r["benchmark"] for r in lines] == ["pruning_selection", "importance_batched"]
     assert lines[0]["machine"]["torch"] and lines[0]["command"].endswith("--out " + str(out_file))

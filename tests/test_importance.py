@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from landscape.importance import (
-    ERFSize, erf_area, erf_size, erf_stats, linearised_copy, mass_centre, projected_gradient,
-    projected_gradient_maps,
+    ERFSize, erf_area, erf_size, erf_stats, last_conv, linearised_copy, mass_centre,
+    projected_gradient, projected_gradient_maps,
 )
 from landscape.models import InputTooSmallError, create_model
 
@@ -184,6 +184,17 @@ def test_default_layer_is_the_last_conv_to_run_and_errors() -> None:
                                 input_size=8, n_samples=1)
     with pytest.raises(ValueError, match="in_channels"):
         projected_gradient_maps(nn.Sequential(nn.Linear(2, 2)), input_size=4)
+
+
+def test_hooked_forwards_work_on_a_model_that_never_saw_the_input_size() -> None:
+    """An RFNet checks an input size once, by a dry run of its layers; that run must not fire
+    the capture hooks (it used to: 'features.0 ran twice' from last_conv on a fresh model)."""
+    x = torch.randn(2, 3, 24, 24)
+    fresh = create_model("vgg19", num_classes=10, width=0.0625, pool_level=1).eval()
+    assert last_conv(fresh, x[:1]) == "features.49"
+    fresh = create_model("vgg19", num_classes=10, width=0.0625, pool_level=1).eval()
+    maps = projected_gradient(fresh, x, layer="features.49")
+    assert maps.shape == (2, 24, 24) and torch.isfinite(maps).all()
 
 
 # --- ERF size ---------------------------------------------------------------------------------

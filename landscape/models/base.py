@@ -43,8 +43,18 @@ def _check_on_forward(module: RFNet, args: tuple) -> None:
         check_input_size(module, size)
 
 
+_size_checks = 0  # > 0 while an RFNet runs a dry forward to check an input size
+
+
+def in_size_check() -> bool:
+    """True while an RFNet's input-size dry run (a zero image) is running: forward hooks
+    that record activations should ignore that forward (see ``landscape.activations``)."""
+    return _size_checks > 0
+
+
 def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
     """Forward a zero image; return the name of the layer whose output vanished, or None."""
+    global _size_checks
     last = {"name": "<input>"}
     vanished: list[str] = []
 
@@ -64,6 +74,7 @@ def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
     p = next(model.parameters())
     restore = snapshot_modes(model)
     model._checking = True
+    _size_checks += 1
     try:
         model.eval()
         with torch.no_grad():
@@ -73,6 +84,7 @@ def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
             vanished.append(_next_layer(model, last["name"]))
     finally:
         model._checking = False
+        _size_checks -= 1
         restore()
         for h in handles:
             h.remove()
