@@ -92,8 +92,9 @@ def state(job) -> str:
     return job.get_info(mode="force").get("State", "UNKNOWN")
 
 
-def final(state: str) -> bool:
-    return state.split()[0] in FINAL  # sacct prints e.g. "CANCELLED by 0"
+def final(sacct_state: str) -> bool:
+    words = sacct_state.split()  # sacct prints e.g. "CANCELLED by 0"; "" before it knows the job
+    return bool(words) and words[0] in FINAL
 
 
 def wait_for_epoch(last: Path, epoch: int, timeout: float = 120) -> list[dict]:
