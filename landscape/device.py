@@ -87,9 +87,11 @@ def full_precision(device: torch.device) -> Iterator[None]:
 
     TF32 keeps 10 mantissa bits: products are off by ~1e-3 relatively, which is harmless for
     training but not for measurements (Hessian-vector products fed to Lanczos, CKA, importance
-    maps, pruned accuracy). PyTorch enables TF32 for cuDNN convolutions by default and
+    maps). PyTorch enables TF32 for cuDNN convolutions by default and
     :func:`configure_backends` enables it for matmuls when training is not deterministic; this
-    turns both off and restores them afterwards. No-op on CPU.
+    turns both off and restores them afterwards. No-op on CPU. It does not switch off autocast:
+    accuracy evaluation (:func:`landscape.train.evaluate`, also used for pruned accuracy)
+    still runs under the run's ``DeviceSettings.autocast`` (bf16 on CUDA with ``train.amp``).
     """
     if device.type != "cuda":
         yield
