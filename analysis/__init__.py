@@ -1,7 +1,7 @@
 """Statistics, tables, figures and the report, computed from the tidy results DataFrame only
 (``landscape.results.load``; the importance maps from ``landscape.results.load_arrays``)."""
 
-from analysis.report import report_main, write_report
+from analysis.report import write_report
 from analysis.stats import (Summary, WelchTest, cohens_d, compare_levels, final_epoch, hedges_g,
                             holm, pruning_observations, rank_correlation, summarize,
                             summarize_cells, welch_test)
@@ -11,6 +11,6 @@ from analysis.tables import (Table, format_mean_std, pruning_table, pvalue_table
 __all__ = [
     "Summary", "Table", "WelchTest", "cohens_d", "compare_levels", "final_epoch",
     "format_mean_std", "hedges_g", "holm", "pruning_observations", "pruning_table",
-    "pvalue_table", "rank_correlation", "report_main", "summarize", "summarize_cells",
+    "pvalue_table", "rank_correlation", "summarize", "summarize_cells",
     "to_latex", "to_markdown", "welch_test", "write_report",
 ]

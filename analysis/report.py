@@ -2,14 +2,13 @@
 
 ``write_report(df, out_dir)`` writes ``report.md`` and ``report.html`` (images referenced by
 relative ``<img src="figures/...png">``, so the folder can be moved or zipped as a whole),
-``figures/*.png|pdf`` and ``tables/*.md|tex|csv``. It reads nothing but the DataFrame and the
-importance arrays handed to it; the one exception is :func:`failed_units`, which lists the
-``FAILED`` markers under the results root (failed stages have no rows in the DataFrame).
+``figures/*.png|pdf`` and ``tables/*.md|tex|csv``. It reads nothing but what it is handed:
+the DataFrame, the importance arrays, the failed units (they have no rows) and the stage order
+of the registry (``landscape.grid.write_root_report`` gathers them from a results root).
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 import math
 from pathlib import Path
@@ -25,8 +24,6 @@ from analysis.tables import (MISSING, Table, format_number, grid_title, level_la
                              to_markdown, training_table)
 
 IMPORTANCE_STAGES = ("importance_init", "importance_final")
-STAGE_ORDER = ["train", "prune", "finetune", "hessian_init", "hessian_final", "importance_init",
-               "importance_final", "receptive_field", "cka_init", "cka_final"]
 DEFAULT_TITLE = "Receptive field, pruning and loss landscape: results report"
 Block = tuple[str, Any]  # ("h2"|"h3"|"p"|"list"|"table"|"figure", payload)
 
@@ -38,16 +35,25 @@ def unit_label(stage: Any, criterion: Any, prune_rate: Any, finetuned: Any) -> s
     return f"{stage} {criterion} @ {prune_rate:g}"
 
 
-def _units(d: pd.DataFrame) -> pd.DataFrame:
-    """The distinct stage units of ``d`` in pipeline order, with their ``unit`` label."""
+def _stage_rank(stage: str, order: Sequence[str]) -> int:
+    """Position of a row's stage label (``hessian_init`` belongs to stage ``hessian``) in the
+    pipeline order; unknown stages last."""
+    for i, name in enumerate(order):
+        if stage == name or stage.startswith(f"{name}_"):
+            return i
+    return len(order)
+
+
+def _units(d: pd.DataFrame, order: Sequence[str] = ()) -> pd.DataFrame:
+    """The distinct stage units of ``d`` in pipeline ``order``, with their ``unit`` label."""
     u = d[list(UNIT_COLUMNS)].drop_duplicates()
-    order = u["stage"].map(lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else 99)
+    order = u["stage"].map(lambda s: _stage_rank(s, order))
     u = u.assign(_order=order).sort_values(["_order", "stage", "criterion", "prune_rate"])
     labels = [unit_label(*r) for r in u[list(UNIT_COLUMNS)].itertuples(index=False)]
     return u.drop(columns="_order").assign(unit=labels)
 
 
-def completeness(df: pd.DataFrame) -> pd.DataFrame:
+def completeness(df: pd.DataFrame, stage_order: Sequence[str] = ()) -> pd.DataFrame:
     """Every expected (grid, cell, seed, stage unit) with ``present`` True/False.
 
     Expected per-run units: every cell of a grid x every seed seen in that grid x every stage
@@ -65,20 +71,11 @@ def completeness(df: pd.DataFrame) -> pd.DataFrame:
             have = set(zip(d["cell"], [None] * len(d) if cell_level else d["seed"], keys))
             for cell in cells:
                 for seed in seeds:
-                    for unit in _units(d)["unit"]:
+                    for unit in _units(d, stage_order)["unit"]:
                         rows.append({"grid": "-".join(map(str, grid)), "cell": cell, "seed": seed,
                                      "unit": unit, "present": (cell, seed, unit) in have})
     out = pd.DataFrame(rows, columns=["grid", "cell", "seed", "unit", "present"])
     return out.astype({"seed": "Int64"})
-
-
-def failed_units(results_root: str | Path) -> pd.DataFrame:
-    """Stage units with a ``FAILED`` marker (their traceback's last line), per run and cell."""
-    from landscape.results import failures
-
-    df = failures(results_root)
-    df["reason"] = df["reason"].str.slice(0, 200)
-    return df
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,12 +95,12 @@ def _overview(g: pd.DataFrame, done: pd.DataFrame) -> Table:
                  "cell-level units 1/1)", pd.DataFrame(rows), count.reset_index())
 
 
-def _correlations(g: pd.DataFrame) -> Table | None:
+def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
     """Spearman rho between the receptive field and per-seed metrics of the grid."""
     d = final_epoch(g)
     wanted: list[tuple[str, pd.DataFrame]] = [
         ("dense test acc.", select(d, stage="train", metric="test_acc"))]
-    for u in _units(select(d, stage=["prune", "finetune"])).itertuples(index=False):
+    for u in _units(select(d, stage=["prune", "finetune"]), stage_order).itertuples(index=False):
         obs = pruning_observations(g, criterion=u.criterion, prune_rate=u.prune_rate,
                                    finetuned=bool(u.finetuned))
         wanted.append((f"{u.unit}: dense - pruned", obs.rename(columns={"difference": "value"})))
@@ -130,8 +127,8 @@ def _slug(g: pd.DataFrame) -> str:
     return f"{g['arch'].iloc[0]}-w{g['width'].iloc[0]:g}-{g['dataset'].iloc[0]}"
 
 
-def _table_blocks(g: pd.DataFrame, kw: dict[str, Any],
-                  reference: pd.DataFrame | None) -> list[Block]:
+def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame | None,
+                  stage_order: Sequence[str]) -> list[Block]:
     blocks: list[Block] = []
     if len(select(g, stage="train")):
         blocks += [("h3", "Dense training"), ("table", training_table(g, **kw))]
@@ -149,7 +146,7 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any],
         top = units[units["finetuned"] == u.finetuned]["prune_rate"].max()
         if math.isclose(u.prune_rate, top) and g["cell"].nunique() > 1:
             blocks.append(("table", pvalue_table(g, **args)))
-    corr = _correlations(g)
+    corr = _correlations(g, stage_order)
     if corr is not None:
         blocks += [("h3", "Rank correlations with the receptive field"), ("table", corr)]
     return blocks
@@ -191,16 +188,16 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
 
 
 def _grid_blocks(g: pd.DataFrame, arrays: Any, reference: pd.DataFrame | None,
-                 out: Path) -> list[Block]:
+                 out: Path, stage_order: Sequence[str]) -> list[Block]:
     kw = dict(zip(GRID_COLUMNS, grids(g)[0]))
-    done = completeness(g)
+    done = completeness(g, stage_order)
     seeds = ", ".join(str(s) for s in sorted(g["seed"].dropna().unique()))
     notes = g.dropna(subset=["note"]).drop_duplicates(["stage", "note"])
     blocks: list[Block] = [
         ("h2", grid_title(g)), ("table", _overview(g, done)),
         ("p", f"Seeds: {seeds}. Stage settings (from the rows' notes):"),
         ("list", [f"{st}: {n}" for st, n in zip(notes["stage"], notes["note"])])]
-    blocks += _table_blocks(g, kw, reference)
+    blocks += _table_blocks(g, kw, reference, stage_order)
     blocks += _figure_blocks(g, kw, arrays, out)
     missing = done[~done["present"]]
     blocks.append(("h3", "Missing results"))
@@ -212,7 +209,8 @@ def _grid_blocks(g: pd.DataFrame, arrays: Any, reference: pd.DataFrame | None,
 
 def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
                   title: str = DEFAULT_TITLE, results_root: str | Path | None = None,
-                  reference: pd.DataFrame | None = None) -> list[Block]:
+                  failures: pd.DataFrame | None = None, reference: pd.DataFrame | None = None,
+                  stage_order: Sequence[str] = ()) -> list[Block]:
     """The report as a list of blocks; writes figures and table files under ``out_dir``."""
     blocks: list[Block] = [("h1", title)]
     found = grids(df)
@@ -222,14 +220,13 @@ def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
                    if found else "No finished stages found."))
     for grid in found:
         blocks += _grid_blocks(grid_frame(df, **dict(zip(GRID_COLUMNS, grid))), arrays,
-                               reference, out_dir)
+                               reference, out_dir, stage_order)
     blocks.append(("h2", "Failed stage units"))
-    if results_root is None:
-        blocks.append(("p", "Not checked (no results root given)."))
+    if failures is None:
+        blocks.append(("p", "Not checked (no failure records given)."))
     else:
-        failed = failed_units(results_root)
-        blocks.append(("list", [f"{f.run_id}: {f.unit}: {f.reason}" for f in failed.itertuples()]
-                       or ["none"]))
+        blocks.append(("list", [f"{f.run_id}: {f.unit}: {str(f.reason)[:200]}"
+                                for f in failures.itertuples()] or ["none"]))
     return blocks
 
 
@@ -280,15 +277,18 @@ def _html(blocks: Sequence[Block], title: str) -> str:
 
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, arrays: Any = None,
                  title: str = DEFAULT_TITLE, results_root: str | Path | None = None,
-                 reference: pd.DataFrame | None = None) -> Path:
+                 failures: pd.DataFrame | None = None, reference: pd.DataFrame | None = None,
+                 stage_order: Sequence[str] = ()) -> Path:
     """Write ``report.md``, ``report.html``, ``figures/`` and ``tables/`` under ``out_dir``;
     return the path of ``report.md``. ``arrays``: stage -> ``load_arrays(root, stage)`` for
-    the importance maps; ``reference``: the paper's tables (shown labelled, beside ours)."""
+    the importance maps; ``failures``: ``landscape.results.failures(root)`` (run_id, unit,
+    reason); ``reference``: the paper's tables (shown labelled, beside ours);
+    ``stage_order``: stage names in pipeline order (``landscape.stages.stage_names()``)."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     blocks = report_blocks(df, out, arrays=arrays, title=title, results_root=results_root,
-                           reference=reference)
+                           failures=failures, reference=reference, stage_order=stage_order)
     for kind, t in blocks:
         if kind == "table" and t.name != "overview":
             for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
@@ -297,30 +297,3 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, arrays: Any = None,
     path = out / "report.md"
     path.write_text(_markdown(blocks))
     return path
-
-
-def report_main(argv: Sequence[str] | None = None) -> int:
-    """``landscape-report RESULTS_ROOT [--out DIR] [--paper CSV]``."""
-    from landscape.results import load, load_arrays  # here: `import analysis` stays torch-free
-
-    p = argparse.ArgumentParser(prog="landscape-report", description=(
-        "Tables, figures and report.md/report.html of every finished run under RESULTS_ROOT."))
-    p.add_argument("results_root", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="default: RESULTS_ROOT/report")
-    p.add_argument("--title", default=DEFAULT_TITLE)
-    p.add_argument("--paper", type=Path, default=None,
-                   help="CSV of the paper's published tables, shown labelled beside ours")
-    args = p.parse_args(argv)
-    if not args.results_root.is_dir():
-        p.error(f"results root {args.results_root} is not a directory")
-    df = load(args.results_root)
-    arrays = {st: load_arrays(args.results_root, st) for st in IMPORTANCE_STAGES}
-    reference = pd.read_csv(args.paper) if args.paper else None
-    path = write_report(df, args.out or args.results_root / "report", arrays=arrays,
-                        title=args.title, results_root=args.results_root, reference=reference)
-    print(f"[landscape] report: {path} and {path.with_suffix('.html')}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(report_main())

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import make_parser, parse
-from landscape.activations import execution_order, validate_input_size
+from landscape.activations import execution_order
 from landscape.cka import layerwise_cka, layerwise_cka_pairs
 from landscape.models import create_model
 from landscape.stages.cka import seed_pairs
@@ -95,8 +95,6 @@ def _run_side(side: str, arch: str, width: float, n: int, size: int, batch_size:
         # torch-cka builds its ones vector and sums in the default dtype. Set only now: weights
         # initialised under a float64 default would differ from float32-initialised ones.
         torch.set_default_dtype(dtype)
-    for m in (m0, m1):
-        validate_input_size(m, x[:1])  # the RFNet input check's dry run, before any hook
     peak_known = _reset_peak_rss()  # Linux only; elsewhere peak_mb is nan
     base_kb = _status_kb("VmRSS") if peak_known else 0
     t0 = time.perf_counter()
@@ -146,7 +144,6 @@ def compare_torch_cka(arch: str, width: float, n: int, size: int, batch_size: in
     """Part (a): rows for float64 (agreement) and float32 (time, memory) runs of both sides."""
     (m0, _), names = _models(arch, width, torch.float32)
     x = _inputs(4, size, torch.float32)
-    validate_input_size(m0, x[:1])
     order = execution_order(m0, names, x)
     rows, reference = [], None
     for dtype_name in ("float64", "float32"):
@@ -225,8 +222,6 @@ def overhead(arch: str, width: float, n: int, size: int, repeats: int, gemm: flo
     """Part (b): seconds of layerwise CKA vs the two forward passes alone, one row."""
     (m0, m1), names = _models(arch, width, torch.float32)
     x = _inputs(n, size, torch.float32)
-    for m in (m0, m1):
-        validate_input_size(m, x[:1])
     forward_flops, features = _flops(m0, names, x)
 
     def forwards() -> None:
@@ -268,8 +263,6 @@ def cell_stage(arch: str, width: float, n: int, size: int, seeds: int) -> dict:
     names = [k for k, m in models[0].named_modules() if isinstance(m, nn.Conv2d)]
     x = _inputs(n, size, torch.float32)
     pairs = seed_pairs(list(range(seeds)), "all")
-    for m in models:
-        validate_input_size(m, x[:1])
     t0 = time.perf_counter()
     loop = {(a, b): layerwise_cka(models[a], models[b], x, layers=names) for a, b in pairs}
     t_loop = time.perf_counter() - t0

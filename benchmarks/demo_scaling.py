@@ -34,7 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import make_parser, parse
 from landscape import results
 from landscape.models import create_model
-from landscape.pipeline import CELL_DIR, STAGES
+from landscape.results import CELL_DIR
+from landscape.stages import stage_names
 
 WIDTHS = (0.125, 0.25, 0.5, 1.0)
 LEVELS = (0, 1, 2, 3, 4)
@@ -63,7 +64,7 @@ def demo_grid(root: Path, overrides: list[str]) -> tuple[float, list[dict]]:
 
 def _stage_of(unit: str) -> str:
     """The registered stage a unit belongs to (units are ``<stage>`` or ``<stage>_<suffix>``)."""
-    names = [s.name for s in STAGES] + ["receptive_field", "cka"]
+    names = stage_names()
     return max((n for n in names if unit == n or unit.startswith(n + "_")), key=len, default=unit)
 
 
@@ -83,7 +84,7 @@ def stage_seconds(root: Path) -> list[dict]:
     for cell, key in cells.items():
         for done in (cell / CELL_DIR).glob("stages/*/DONE"):
             info = results.read_done(cell / CELL_DIR, done.parent.name) or {}
-            if "seconds" in info:  # the receptive-field stage records none (it takes ms)
+            if "seconds" in info:
                 per_run[(*key, "cell", _stage_of(done.parent.name))] += info["seconds"]
     grouped: dict[tuple[str, int, str], list[float]] = defaultdict(list)
     for (arch, level, _run, stage), sec in per_run.items():

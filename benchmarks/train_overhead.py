@@ -27,9 +27,8 @@ from benchmarks.common import make_parser, parse
 from landscape.data import DataConfig, load_dataset
 from landscape.device import device_settings
 from landscape.models import create_model
-from landscape.train import (
-    TrainConfig, derive_seed, make_loader, make_optimizer, seed_everything, train_model,
-)
+from landscape.seeds import derive_seed, seed_everything
+from landscape.train import TrainConfig, make_loader, make_optimizer, train_model
 
 
 def _model(seed: int = 0) -> nn.Module:

@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from landscape.models.base import RFNet, check_input_size, in_size_check
-from landscape.modes import eval_mode
+from landscape.modes import eval_mode  # noqa: F401  (re-exported: cka, importance use it)
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
@@ -59,16 +58,6 @@ def check_on_device(model: nn.Module, device: torch.device | str, *, arg: str = 
             )
 
 
-def validate_input_size(model: nn.Module, x: Tensor) -> None:
-    """For an :class:`RFNet`, run its one-off input-size check now (a dry forward of a zero
-    image), e.g. to keep it out of a timed region or out of hooks other than ours (our
-    :class:`ActivationCapture` ignores it). Run under :func:`eval_mode`, as the check itself
-    resets every submodule to the root's mode."""
-    if isinstance(model, RFNet) and x.dim() == 4:
-        with eval_mode(model):
-            check_input_size(model, (int(x.shape[-2]), int(x.shape[-1])))
-
-
 class ActivationCapture:
     """Forward hooks on the named modules of ``model``; a context manager.
 
@@ -109,8 +98,6 @@ class ActivationCapture:
 
     def _hook(self, name: str) -> Callable:
         def fn(_module: nn.Module, _inputs: tuple, output: object) -> None:
-            if in_size_check():  # an RFNet's dry run of a new input size, not this forward
-                return
             if name in self._order:
                 raise ValueError(
                     f"module {name!r} ran twice in one forward pass, so it has no single "

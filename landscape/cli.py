@@ -1,27 +1,46 @@
-"""Hydra entry points (the only module that imports Hydra).
+"""Every console script (the only module that imports Hydra).
 
-``landscape-run`` runs one run (cell + seed); with ``-m`` (or an experiment that sets
-``hydra.mode: MULTIRUN``) a grid, one run after another in this process.
+- ``landscape-run``: one run (cell + seed); with ``-m`` (or an experiment that sets
+  ``hydra.mode: MULTIRUN``) a grid, one run after another in this process, then the cell-level
+  stages, a summary and the report.
+- ``landscape-submit``: the same grid planned and launched locally or on Slurm.
+- ``landscape-cells``: cell-level stages (CKA between seeds) of every cell of a results root.
+- ``landscape-status``, ``landscape-report``, ``landscape-rf``.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import hydra
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from landscape.config import RFSweepConfig, RunConfig
+from landscape.grid import (
+    GridPlan, LauncherConfig, Submission, SubmissionError, describe, finish_cells,
+    format_status, launch, plan_grid, status_table, write_root_report,
+)
+from landscape.grid.slurm import active_jobs
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 cs = ConfigStore.instance()
 cs.store(name="run_schema", node=RunConfig)
 cs.store(name="rf_schema", node=RFSweepConfig)
+cs.store(group="launcher", name="schema", node=LauncherConfig)
+DEFAULT_LAUNCHER = "local"
 
 log = logging.getLogger("landscape")
 
@@ -85,12 +104,158 @@ class GridSummary(Callback):
     results are and a per-cell summary, and write the report."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from landscape.summary import finish_grid
-
         run_cfg = _without_hydra(config)
-        _, failed = finish_grid(Path(run_cfg.results_root), run_cfg)
-        if failed:
-            raise RuntimeError(f"cell-level stages failed for {failed} (tracebacks above)")
+        finish_cells(Path(run_cfg.results_root), overrides=run_cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+def split_overrides(args: Sequence[str]) -> tuple[list[str], str, list[str]]:
+    """(run overrides, launcher name, ``launcher.*`` overrides) of a command line."""
+    run, name, launcher = [], DEFAULT_LAUNCHER, []
+    for arg in args:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if key == "launcher":
+            name = arg.split("=", 1)[1]
+        elif key.startswith("launcher."):
+            launcher.append(arg)
+        else:
+            run.append(arg)
+    return run, name, launcher
+
+
+def expand_grid(overrides: Sequence[str], *, config_dir: str = CONFIG_DIR,
+                config_name: str = "config") -> list[RunConfig]:
+    """The runs of a Hydra multirun (experiment sweeps x command-line sweeps), as RunConfigs."""
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(list(overrides))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        base = compose(config_name, overrides=fixed, return_hydra_config=True)
+        params = base.hydra.sweeper.get("params") or {}
+        sweep = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(overrides))
+        combos = BasicSweeper.split_arguments(sweep, max_batch_size=None)[0]
+        return [to_run_config(compose(config_name, overrides=list(c))) for c in combos]
+
+
+def load_launcher(name: str, overrides: Sequence[str] = (), *,
+                  config_dir: str = CONFIG_DIR) -> LauncherConfig:
+    """``configs/launcher/<name>.yaml`` with ``launcher.<field>=...`` overrides applied."""
+    choices = sorted(p.stem for p in (Path(config_dir) / "launcher").glob("*.yaml"))
+    if name not in choices:
+        raise ValueError(f"unknown launcher {name!r}; choose one of {choices} "
+                         f"(files in {Path(config_dir) / 'launcher'})")
+    valid = [f.name for f in fields(LauncherConfig)]
+    for arg in overrides:
+        key = arg.lstrip("+~").split("=", 1)[0].split(".")
+        if len(key) < 2 or key[1] not in valid:
+            raise ValueError(f"unknown launcher field in {arg!r}; valid: {', '.join(valid)}")
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose(f"launcher/{name}", overrides=list(overrides))
+    launcher = OmegaConf.to_object(cfg.launcher)
+    assert isinstance(launcher, LauncherConfig)
+    return launcher
+
+
+def submit(args: Sequence[str], *, dry_run: bool = False,
+           config_dir: str = CONFIG_DIR) -> tuple[GridPlan, LauncherConfig, Optional[Submission]]:
+    """Compose, plan and (unless ``dry_run``) launch a grid; prints what it does."""
+    run_args, name, launcher_args = split_overrides(args)
+    launcher = load_launcher(name, launcher_args, config_dir=config_dir)
+    cfgs = expand_grid(run_args, config_dir=config_dir)
+    root = Path(cfgs[0].results_root).expanduser().resolve() if cfgs else Path(".")
+    plan = plan_grid(cfgs, active_jobs=active_jobs(root))
+    print(describe(plan, launcher), flush=True)
+    if dry_run or not (plan.pending or plan.needs_cell_job):
+        return plan, launcher, None
+    sub = launch(plan, launcher)
+    if sub.backend == "slurm":
+        ids = ",".join(j for j in (sub.array_job_id, sub.cell_job_id) if j)
+        if sub.array_job_id:
+            print(f"submitted run array {sub.array_job_id} ({len(sub.run_ids)} tasks)")
+        if sub.cell_job_id:
+            dep = f" (afterany:{sub.array_job_id})" if sub.array_job_id else ""
+            print(f"submitted cell-level job {sub.cell_job_id}{dep}")
+        print(f"follow it: landscape-status {plan.root}   |   squeue -j {ids}", flush=True)
+    else:
+        for r in sub.local:
+            print(f"[landscape] {r.run_id}: {r.status}" + (f" ({r.error})" if r.error else ""))
+        print(format_status(status_table(plan.root)), flush=True)
+    return plan, launcher, sub
+
+
+SUBMIT_HELP = """usage: landscape-submit [--dry-run] [overrides...]
+
+    landscape-submit experiment=paper_cifar10 launcher=slurm launcher.partition=gpu
+    landscape-submit experiment=demo launcher=local launcher.local_workers=2
+    landscape-submit model=vgg19 model.pool_level=1,2,3,4 seed=0,1,2 launcher=slurm --dry-run
+
+Arguments are Hydra overrides, as for `landscape-run -m`: the grid is the cartesian product of
+the experiment's hydra.sweeper.params and the command line's sweeps (a command-line value
+replaces the experiment's sweep of the same key). launcher=<name> and launcher.<field>=...
+choose and change configs/launcher/<name>.yaml (default: local). On Slurm this returns as soon
+as sbatch has answered (one array plus a cell-level job `afterany` on it)."""
+
+
+def submit_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point ``landscape-submit [--dry-run] [overrides...]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):
+        print(SUBMIT_HELP)
+        return 0
+    dry_run = "--dry-run" in args
+    args = [a for a in args if a not in ("--dry-run", "-m", "--multirun")]
+    try:
+        _, _, sub = submit(args, dry_run=dry_run)
+    except SubmissionError as e:
+        print(f"landscape-submit: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, HydraException, OmegaConfBaseException) as e:
+        print(f"landscape-submit: error: {e}", file=sys.stderr)
+        return 2
+    if sub is not None and any(r.status == "failed" for r in sub.local):
+        return 1
+    return 0
+
+
+def status_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``landscape-status [results_root] [--runs]``: the grid's state, per cell and unit."""
+    from landscape.grid.status import run_states
+    from landscape.results import read_submissions
+
+    p = argparse.ArgumentParser(prog="landscape-status", description=status_main.__doc__)
+    p.add_argument("root", nargs="?", default="results", help="results_root (default: results)")
+    p.add_argument("--runs", action="store_true", help="one line per run and unit instead")
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    if not root.is_dir():
+        p.error(f"no results folder at {root.resolve()}")
+    print(run_states(root).to_string(index=False) if args.runs
+          else format_status(status_table(root)))
+    if any(s.get("backend") == "slurm" for s in read_submissions(root)):
+        print(f"\nlogs of the Slurm jobs: {root / '.submitit'}/<job id>_<task>_log.out|err")
+    return 0
+
+
+def report_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``landscape-report RESULTS_ROOT [--out DIR] [--paper CSV]``."""
+    import pandas as pd
+
+    from analysis.report import DEFAULT_TITLE
+
+    p = argparse.ArgumentParser(prog="landscape-report", description=(
+        "Tables, figures and report.md/report.html of every finished run under RESULTS_ROOT."))
+    p.add_argument("results_root", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="default: RESULTS_ROOT/report")
+    p.add_argument("--title", default=DEFAULT_TITLE)
+    p.add_argument("--paper", type=Path, default=None,
+                   help="CSV of the paper's published tables, shown labelled beside ours")
+    args = p.parse_args(argv)
+    if not args.results_root.is_dir():
+        p.error(f"results root {args.results_root} is not a directory")
+    reference = pd.read_csv(args.paper) if args.paper else None
+    path = write_root_report(args.results_root, args.out, title=args.title, reference=reference)
+    print(f"[landscape] report: {path} and {path.with_suffix('.html')}")
+    return 0
 
 
 if __name__ == "__main__":

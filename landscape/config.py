@@ -1,7 +1,10 @@
-"""Dataclass schemas of a run. Core code receives these (never a Hydra DictConfig).
+"""Dataclass schemas of a run, assembled from the stages' own config dataclasses. Core code
+receives these (never a Hydra DictConfig).
 
 A *cell* is every identity field except the seed; a *run* is (cell, seed). Fields marked
-``identity=False`` say where or how to compute, not what: they are left out of the run hash.
+``identity: False`` say where or how to compute, not what: they are left out of the run hash
+(``landscape.identity``). The analysis stages' settings are not part of a run's identity;
+each stage unit is marked done on its own.
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional, get_type_hints
 
 from landscape.data.registry import DataConfig
+from landscape.identity import NOT_IDENTITY, identity_dict
 from landscape.stages.cka import CKAConfig
 from landscape.stages.hessian import HessianConfig
 from landscape.stages.importance import ImportanceConfig
 from landscape.stages.prune import PruneConfig
 from landscape.train import TrainConfig
 
-NOT_IDENTITY = {"identity": False}
+__all__ = ["ModelConfig", "RFSweepConfig", "RunConfig", "from_dict", "identity_dict",
+           "stage_config"]
 
 
 @dataclass
@@ -36,12 +41,13 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
-    # Analysis stages: their settings are not part of the run's identity; each stage unit
-    # (e.g. importance at init) is marked done separately.
     prune: PruneConfig = field(default_factory=PruneConfig, metadata=NOT_IDENTITY)
     hessian: HessianConfig = field(default_factory=HessianConfig, metadata=NOT_IDENTITY)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig, metadata=NOT_IDENTITY)
     cka: CKAConfig = field(default_factory=CKAConfig, metadata=NOT_IDENTITY)  # cell-level
+    # Settings of user stages, by stage name (each a dict of its ``config_class``'s fields):
+    # ``+stages.my_stage.threshold=0.5`` on the command line.
+    stages: dict[str, Any] = field(default_factory=dict, metadata=NOT_IDENTITY)
     results_root: str = field(default="results", metadata=NOT_IDENTITY)
     device: str = field(default="auto", metadata=NOT_IDENTITY)
     # CPU threads for this process (None = torch's default). Set it when several runs share
@@ -60,35 +66,20 @@ class RFSweepConfig:
     levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
 
 
-# DataConfig fields that say where/how to load, not what data.
-DATA_NOT_IDENTITY = ("root", "download", "num_workers")
-
-
-def identity_dict(cfg: Any, *, _prefix: str = "") -> dict[str, Any]:
-    """Flat ``{"model.name": ..., ...}`` of identity fields whose value differs from the default.
-
-    Omitting defaults (as OpenLTH does) keeps old run hashes valid when a new field with a
-    default is added. Floats are normalised so that ``1`` and ``1.0`` hash alike.
-    """
-    out: dict[str, Any] = {}
-    default = type(cfg)()
-    for f in fields(cfg):
-        if not f.metadata.get("identity", True):
-            continue
-        if isinstance(cfg, DataConfig) and f.name in DATA_NOT_IDENTITY:
-            continue
-        value = getattr(cfg, f.name)
-        key = f"{_prefix}{f.name}"
-        if is_dataclass(value):
-            out.update(identity_dict(value, _prefix=f"{key}."))
-            continue
-        if isinstance(value, int) and not isinstance(value, bool) and isinstance(
-            getattr(default, f.name), float
-        ):
-            value = float(value)
-        if value != getattr(default, f.name):
-            out[key] = value
-    return out
+def stage_config(cfg: RunConfig, stage: Any) -> Any:
+    """The settings of ``stage``: the RunConfig field it names (``config_field``), else its
+    ``config_class`` filled from ``cfg.stages[stage.name]``, else None (no settings)."""
+    if stage.config_field is not None:
+        if not hasattr(cfg, stage.config_field):
+            raise ValueError(f"stage {stage.name!r} reads RunConfig.{stage.config_field}, which "
+                             f"does not exist; valid: {[f.name for f in fields(cfg)]}")
+        return getattr(cfg, stage.config_field)
+    if stage.config_class is not None:
+        try:
+            return from_dict(stage.config_class, dict(cfg.stages.get(stage.name) or {}))
+        except ValueError as e:
+            raise ValueError(f"stages.{stage.name}: {e}") from None
+    return None
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:

@@ -1,10 +1,10 @@
-"""A small decorator registry shared by models, datasets and pruning criteria."""
+"""A small decorator registry shared by models, datasets, pruning criteria and stages."""
 
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
-F = TypeVar("F", bound=Callable)
+F = TypeVar("F")
 
 
 class UnknownNameError(KeyError):
@@ -46,6 +46,10 @@ class Registry(Generic[F]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def values(self) -> list[F]:
+        """The registered items in registration order."""
+        return list(self._items.values())
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -7,15 +7,12 @@ as an uninterrupted run would (on CPU; cuDNN needs ``deterministic=True`` for th
 
 from __future__ import annotations
 
-import hashlib
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -24,6 +21,7 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the 
 
 from landscape.device import DeviceSettings, progress_enabled
 from landscape.modes import snapshot_modes
+from landscape.seeds import TRAIN_EPOCH, seed_everything, stream_seed
 from landscape.storage import load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = 1
@@ -54,6 +52,9 @@ def validate_train_config(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"train.{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.epochs > TRAIN_EPOCH.span:
+        raise ValueError(f"train.epochs must be <= {TRAIN_EPOCH.span} (the draws of the "
+                         f"'{TRAIN_EPOCH.name}' seed stream), got {cfg.epochs}")
     if not cfg.lr > 0:
         raise ValueError(f"train.lr must be > 0, got {cfg.lr}")
     if cfg.scheduler not in SCHEDULERS:
@@ -81,18 +82,6 @@ class TrainOutcome:
     diverged: bool = False
     diverged_epoch: Optional[int] = None
     resumed_from_epoch: int = 0
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes and Python versions)."""
-    digest = hashlib.sha256(":".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -180,7 +169,7 @@ def train_model(
                                num_workers=num_workers, generator=gen)
     criterion = nn.CrossEntropyLoss()
     for epoch in range(outcome.resumed_from_epoch + 1, cfg.epochs + 1):
-        epoch_seed = derive_seed(seed, epoch)
+        epoch_seed = stream_seed(seed, TRAIN_EPOCH, epoch - 1)
         seed_everything(epoch_seed)
         gen.manual_seed(epoch_seed)
         t0 = time.perf_counter()

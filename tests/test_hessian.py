@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
+import landscape.hessian.operator as operator_module
 from landscape.hessian import (
-    HVP_METHODS, HessianOperator, hessian_trace, hutchinson_trace, lanczos_top_k,
+    HVP_METHODS, HessianOperator, SolverOptions, hessian_trace, hutchinson_trace, lanczos_top_k,
     lanczos_tridiagonal, quadrature, recalibrated_buffers, scipy_top_k, slq_density,
-    spectral_density, top_eigenvalues,
+    solver_options, spectral_density, top_eigenvalues,
 )
 from landscape.hessian.lanczos import random_unit
 from landscape.models import create_model
@@ -180,7 +181,8 @@ def test_parameter_subset_is_the_dense_sub_block(dense):
         start += p.numel()
     block = hess[index][:, index]
     for params in (names, lambda n, p: n in names):
-        res = top_eigenvalues(model, LOSS, [(x, y)], 5, params=params, tol=1e-10)
+        op = HessianOperator(model, LOSS, [(x, y)], params=params)
+        res = top_eigenvalues(op, 5, tol=1e-10)
         np.testing.assert_allclose(res.eigenvalues, exact_top(block, 5, "LA"), rtol=1e-6)
 
 
@@ -190,8 +192,8 @@ def test_parameter_subset_is_the_dense_sub_block(dense):
 @pytest.mark.parametrize("which", ["LA", "LM"])
 def test_top_k_matches_dense_float64(dense, which):
     model, x, y, hess = dense
-    res = top_eigenvalues(model, LOSS, uneven_batches(x, y), 12, which=which, tol=1e-10,
-                          return_eigenvectors=True)
+    op = HessianOperator(model, LOSS, uneven_batches(x, y))
+    res = top_eigenvalues(op, 12, which=which, tol=1e-10, return_eigenvectors=True)
     assert res.converged and res.backend == "lanczos"
     np.testing.assert_allclose(res.eigenvalues, exact_top(hess, 12, which), rtol=1e-6)
     assert np.all(np.diff(res.eigenvalues) <= 0)
@@ -204,7 +206,8 @@ def test_top_k_matches_dense_float64(dense, which):
 @pytest.mark.parametrize("which", ["LA", "LM"])
 def test_scipy_backend_matches_dense(dense, which):
     model, x, y, hess = dense
-    res = top_eigenvalues(model, LOSS, [(x, y)], 6, which=which, tol=1e-10, backend="scipy")
+    res = top_eigenvalues(HessianOperator(model, LOSS, [(x, y)]), 6, which=which, tol=1e-10,
+                          backend="scipy")
     np.testing.assert_allclose(res.eigenvalues, exact_top(hess, 6, which), rtol=1e-6)
     assert res.converged and res.num_hvp_check == 6 and res.num_hvp > 6
     assert res.residuals.max() < 1e-8
@@ -216,7 +219,8 @@ def test_pyhessian_backend_counts_hvps_and_leaves_model_untouched(dense):
     model.fc.weight.grad = torch.ones_like(model.fc.weight)
     model.conv1.bias.requires_grad_(False)
     before = model_state(model)
-    res = top_eigenvalues(model, LOSS, uneven_batches(x, y), 2, backend="pyhessian")
+    res = top_eigenvalues(HessianOperator(model, LOSS, uneven_batches(x, y)), 2,
+                          backend="pyhessian")
     assert_same_state(before, model_state(model))
     assert res.backend == "pyhessian" and res.eigenvectors is None
     assert res.num_hvp > res.num_hvp_check == 2
@@ -373,9 +377,10 @@ def test_hutchinson_trace_exact_for_diagonal_and_stderr_matches_theory():
 def test_model_trace_and_density_mean_match_exact_trace(dense):
     model, x, y, hess = dense
     exact = float(torch.trace(hess))
-    tr = hessian_trace(model, LOSS, uneven_batches(x, y), n_samples=100, seed=0)
+    op = HessianOperator(model, LOSS, uneven_batches(x, y))
+    tr = hessian_trace(op, n_samples=100, seed=0)
     assert tr.stderr > 0 and abs(tr.estimate - exact) < 3 * tr.stderr
-    dens = spectral_density(model, LOSS, uneven_batches(x, y), n_runs=8, n_iter=15, seed=0)
+    dens = spectral_density(op, n_runs=8, n_iter=15, seed=0)
     np.testing.assert_allclose(dens.weights.sum(axis=1), 1.0, rtol=1e-12)
     n = hess.shape[0]
     # mean of v^T H v over Rademacher v/sqrt(n): same estimator as Hutchinson, / n
@@ -403,19 +408,84 @@ def test_bn_modes_leave_the_model_unchanged(bn_mode, training):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(14, 1, 12, 12, generator=gen, dtype=torch.float64)
     batches = [(x[:8], torch.arange(8) % 3), (x[8:], torch.arange(6) % 3)]
-    top_eigenvalues(model, LOSS, batches, 2, bn_mode=bn_mode, tol=1e-4)
-    spectral_density(model, LOSS, batches, n_runs=1, n_iter=3, bn_mode=bn_mode)
-    hessian_trace(model, LOSS, batches, n_samples=2, bn_mode=bn_mode)
+    op = HessianOperator(model, LOSS, batches, bn_mode=bn_mode)
+    top_eigenvalues(op, 2, tol=1e-4)
+    spectral_density(op, n_runs=1, n_iter=3)
+    hessian_trace(op, n_samples=2)
     assert_same_state(before, model_state(model))
 
 
-def test_bn_train_mode_is_stable_on_a_fresh_rf_model():
-    # an RFNet validates each new input size on its first forward, resetting module modes
-    model = rf_model()
+def test_operator_on_a_fresh_rf_model_runs_modules_in_its_modes_and_restores_them():
+    # A model that never saw this input size: nothing validates it on the first forward, so
+    # during every HVP BatchNorm uses batch statistics (bn_mode="train") and all else is eval.
+    model = rf_model().train()
+    model.features[1].eval()  # a mixed per-module mode must survive too
+    flags_before = {n: m.training for n, m in model.named_modules()}
+    seen: dict[str, set[bool]] = {}
+    hooks = [m.register_forward_hook(
+        lambda m, _i, _o, n=n: seen.setdefault(n, set()).add(m.training))
+        for n, m in model.named_modules() if n and not list(m.children())]
     x = torch.randn(6, 1, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     op = HessianOperator(model, LOSS, [(x, torch.arange(6) % 3)], bn_mode="train")
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert not seen  # building the operator runs no forward
     torch.testing.assert_close(op(v), op(v), rtol=0, atol=0)
+    for h in hooks:
+        h.remove()
+    bn_names = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert bn_names and set(seen) == {n for n in flags_before if n and not
+                                      list(dict(model.named_modules())[n].children())}
+    assert all(seen[n] == ({True} if n in bn_names else {False}) for n in seen)
+    assert {n: m.training for n, m in model.named_modules()} == flags_before
+
+
+def test_one_operator_serves_top_k_density_and_trace_with_one_recalibration(monkeypatch):
+    calls = []
+    original = operator_module.recalibrated_buffers
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(operator_module, "recalibrated_buffers", counting)
+    model = rf_model()
+    x = torch.randn(10, 1, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    batches = [(x[:6], torch.arange(6) % 3), (x[6:], torch.arange(4) % 3)]
+    op = HessianOperator(model, LOSS, batches, bn_mode="recalibrated")
+    top = top_eigenvalues(op, 2, tol=1e-4, ncv=20)
+    dens = spectral_density(op, n_runs=2, n_iter=5, reuse=top.tridiagonal)
+    tr = hessian_trace(op, n_samples=3)
+    assert len(calls) == 1
+    assert op.num_hvp == top.num_hvp + dens.num_hvp + tr.num_hvp
+    # the same numbers as a fresh operator per call (each recalibrating again)
+    again = top_eigenvalues(HessianOperator(model, LOSS, batches, bn_mode="recalibrated"), 2,
+                            tol=1e-4, ncv=20)
+    np.testing.assert_array_equal(again.eigenvalues, top.eigenvalues)
+    assert len(calls) == 2
+
+
+def test_solver_options_overrides_and_errors():
+    assert solver_options(tol=1e-3).tol == 1e-3
+    assert solver_options() == SolverOptions()
+    base = SolverOptions(which="LM", seed=4)
+    merged = solver_options(base, tol=1e-3, ncv=30)
+    assert (merged.which, merged.seed, merged.tol, merged.ncv) == ("LM", 4, 1e-3, 30)
+    assert base.tol == 1e-6  # frozen: overrides make a new object
+    with pytest.raises(TypeError, match=r"'tolerance'.*valid options: which, tol, max_iter"):
+        solver_options(tolerance=1e-3)
+    with pytest.raises(TypeError, match="options must be a SolverOptions"):
+        solver_options({"tol": 1e-3})
+    with pytest.raises(ValueError, match="which must be one of 'LA', 'LM'"):
+        SolverOptions(which="SA")
+    with pytest.raises(ValueError, match="tol must be"):
+        solver_options(tol=-1.0)
+    with pytest.raises(ValueError, match="ncv must be"):
+        solver_options(ncv=2.5)
+    diag = outliers_and_bulk(n=200)
+    a = lanczos_top_k(diagonal_operator(diag), 200, 3, SolverOptions(tol=1e-8, seed=2))
+    b = lanczos_top_k(diagonal_operator(diag), 200, 3, tol=1e-8, seed=2)
+    np.testing.assert_array_equal(a.eigenvalues, b.eigenvalues)
+    assert a.num_hvp == b.num_hvp
 
 
 def hvp_oracle(model: nn.Module, x, y, v):
@@ -462,20 +532,21 @@ def test_recalibrated_running_stats_are_example_weighted(dense):
 def test_bad_inputs_raise_clear_errors(dense):
     model, x, y, _ = dense
     b = [(x, y)]
+    op = HessianOperator(model, LOSS, b)
     with pytest.raises(ValueError, match=r"k=500 exceeds the number of parameters \(211\)"):
-        top_eigenvalues(model, LOSS, b, 500)
+        top_eigenvalues(op, 500)
     with pytest.raises(ValueError, match="k must be"):
-        top_eigenvalues(model, LOSS, b, 0)
+        top_eigenvalues(op, 0)
     with pytest.raises(ValueError, match="which must be one of 'LA', 'LM'"):
-        top_eigenvalues(model, LOSS, b, 2, which="SA")
+        top_eigenvalues(op, 2, which="SA")
     with pytest.raises(ValueError, match="bn_mode must be one of 'eval', 'recalibrated', 'train'"):
-        top_eigenvalues(model, LOSS, b, 2, bn_mode="frozen")
+        HessianOperator(model, LOSS, b, bn_mode="frozen")
     with pytest.raises(UnknownNameError, match="valid names: lanczos, pyhessian, scipy"):
-        top_eigenvalues(model, LOSS, b, 2, backend="arpack")
+        top_eigenvalues(op, 2, backend="arpack")
     with pytest.raises(ValueError, match="method must be one of"):
         HessianOperator(model, LOSS, b, method="finite_differences")
     with pytest.raises(ValueError, match="not supported by backend 'pyhessian'"):
-        top_eigenvalues(model, LOSS, b, 2, backend="pyhessian", bn_mode="train")
+        top_eigenvalues(HessianOperator(model, LOSS, b, bn_mode="train"), 2, backend="pyhessian")
     with pytest.raises(ValueError, match="unknown parameter names"):
         HessianOperator(model, LOSS, b, params=["fc.nope"])
     with pytest.raises(TypeError, match="params must be"):
@@ -487,15 +558,21 @@ def test_bad_inputs_raise_clear_errors(dense):
     with pytest.raises(ValueError, match="same non-zero length"):
         HessianOperator(model, LOSS, [(x, y[:3])])
     with pytest.raises(ValueError, match="ncv"):
-        top_eigenvalues(model, LOSS, b, 5, ncv=5)
+        top_eigenvalues(op, 5, ncv=5)
     with pytest.raises(ValueError, match="max_iter"):
-        top_eigenvalues(model, LOSS, b, 5, max_iter=3)
+        top_eigenvalues(op, 5, max_iter=3)
     with pytest.raises(ValueError, match="n_iter=300 exceeds"):
-        spectral_density(model, LOSS, b, n_runs=1, n_iter=300)
+        spectral_density(op, n_runs=1, n_iter=300)
     with pytest.raises(ValueError, match="distribution must be one of"):
-        spectral_density(model, LOSS, b, n_runs=1, n_iter=3, distribution="uniform")
+        spectral_density(op, n_runs=1, n_iter=3, distribution="uniform")
     with pytest.raises(ValueError, match="n_samples must be"):
-        hessian_trace(model, LOSS, b, n_samples=1)
+        hessian_trace(op, n_samples=1)
+    with pytest.raises(TypeError, match="op must be a HessianOperator"):
+        top_eigenvalues(model, 2)
+    with pytest.raises(TypeError, match="op must be a HessianOperator"):
+        hessian_trace(model, n_samples=2)
+    with pytest.raises(TypeError, match="'tolerance'"):
+        top_eigenvalues(op, 2, tolerance=1e-3)
     with pytest.raises(ValueError, match="sigma"):
         slq_density(lambda v: v, 5, n_runs=1, n_iter=2).density(np.zeros(3), sigma=0.0)
     with pytest.raises(ValueError, match="backend 'scipy' needs k < dim"):

@@ -179,22 +179,38 @@ def test_default_layer_is_the_last_conv_to_run_and_errors() -> None:
         projected_gradient_maps(net, input_size=8, device="meta")
     with pytest.raises(ValueError, match=r"must output \(n, C, h, w\)"):
         projected_gradient_maps(_small_cnn(), input_size=16, n_samples=1, layer="classifier")
-    with pytest.raises(InputTooSmallError):
+    # a too-small input is torch's error at the forward (InputTooSmallError is a build-time check)
+    with pytest.raises(RuntimeError, match="Output size is too small"):
         projected_gradient_maps(create_model("vgg19", num_classes=2, width=0.0625, pool_level=4),
                                 input_size=8, n_samples=1)
+    with pytest.raises(InputTooSmallError):
+        create_model("vgg19", num_classes=2, width=0.0625, pool_level=4, input_size=8)
     with pytest.raises(ValueError, match="in_channels"):
         projected_gradient_maps(nn.Sequential(nn.Linear(2, 2)), input_size=4)
 
 
-def test_hooked_forwards_work_on_a_model_that_never_saw_the_input_size() -> None:
-    """An RFNet checks an input size once, by a dry run of its layers; that run must not fire
-    the capture hooks (it used to: 'features.0 ran twice' from last_conv on a fresh model)."""
+def test_hooked_forward_at_a_new_input_size_runs_each_module_once_and_keeps_modes() -> None:
+    """A fresh model at an input size it never saw: one hooked forward runs each hooked module
+    exactly once (no hidden dry run of the model) and leaves every module's mode as it was."""
     x = torch.randn(2, 3, 24, 24)
-    fresh = create_model("vgg19", num_classes=10, width=0.0625, pool_level=1).eval()
-    assert last_conv(fresh, x[:1]) == "features.49"
-    fresh = create_model("vgg19", num_classes=10, width=0.0625, pool_level=1).eval()
-    maps = projected_gradient(fresh, x, layer="features.49")
+    fresh = create_model("vgg19", num_classes=10, width=0.0625, pool_level=1).train()
+    fresh.features[1].eval()  # a mixed per-module mode
+    flags = {n: m.training for n, m in fresh.named_modules()}
+    names = [n for n, m in fresh.named_modules() if n and not list(m.children())]
+    counts = dict.fromkeys(names, 0)
+    modules = dict(fresh.named_modules())
+    hooks = [modules[n].register_forward_hook(
+        lambda *_a, n=n: counts.__setitem__(n, counts[n] + 1)) for n in names]
+    try:
+        assert last_conv(fresh, x[:1]) == "features.49"
+        assert counts == dict.fromkeys(names, 1)
+        assert {n: m.training for n, m in fresh.named_modules()} == flags
+        maps = projected_gradient(fresh, x, layer="features.49")
+    finally:
+        for h in hooks:
+            h.remove()
     assert maps.shape == (2, 24, 24) and torch.isfinite(maps).all()
+    assert {n: m.training for n, m in fresh.named_modules()} == flags
 
 
 # --- ERF size ---------------------------------------------------------------------------------

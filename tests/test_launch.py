@@ -10,18 +10,32 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from landscape import pipeline, results, status
-from landscape.cli import CONFIG_DIR, to_run_config
+from landscape import pipeline, results
+from landscape.cli import (CONFIG_DIR, expand_grid, load_launcher, split_overrides,
+                           status_main, submit, submit_main, to_run_config)
 from landscape.config import ModelConfig, RunConfig
 from landscape.data import DataConfig
-from landscape.launch import (LauncherConfig, explain_sbatch_error, plan_grid, run_local,
-                              usable_cpus, validate_launcher)
-from landscape.runs import run_paths
+from landscape.grid import LauncherConfig, launch, plan_grid, status_table, validate_launcher
+from landscape.grid import slurm
+from landscape.grid.local import usable_cpus
+from landscape.grid.slurm import explain_sbatch_error
+from landscape.grid.status import format_status
+from landscape.identity import identify
 from landscape.stages.cka import CKAConfig
 from landscape.stages.importance import ImportanceConfig
-from landscape.submit_cli import (expand_grid, load_launcher, split_overrides, submit,
-                                  submit_main)
 from landscape.train import TrainConfig
+
+
+def run_id(cfg: RunConfig) -> str:
+    return identify(cfg).run_id
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.results_root) / run_id(cfg)
+
+
+def cell_name(cfg: RunConfig) -> str:
+    return identify(cfg).cell_name
 
 
 def tiny(root: Path, seed: int = 0, pool: int = 0, **kw) -> RunConfig:
@@ -107,18 +121,18 @@ def test_plan_skips_finished_runs_and_units(tmp_path):
     pipeline.run(cfgs[0])
     pipeline.run(cfgs[1])
     plan = plan_grid(cfgs)
-    assert [p.run_id for p in plan.pending] == [run_paths(c).run_id for c in cfgs[2:]]
+    assert [p.run_id for p in plan.pending] == [run_id(c) for c in cfgs[2:]]
     # A newly enabled stage is pending only as that unit for the finished runs.
     imp = ImportanceConfig(enabled=True, input_size=16, n_samples=2)
     plan = plan_grid([dataclasses.replace(c, importance=imp) for c in cfgs])
     assert [p.units for p in plan.pending] == [("importance_init",)] * 2 + [
         ("train", "importance_init")] * 2
     # Failed runs are retried; a diverged run is finished for good (later stages never run).
-    results.write_failure(run_paths(cfgs[2]).run, "train", "Traceback...\nValueError: boom")
-    diverged = run_paths(cfgs[3]).run
+    results.write_failure(run_dir(cfgs[2]), "train", "Traceback...\nValueError: boom")
+    diverged = run_dir(cfgs[3])
     results.write_stage(diverged, "train", [], status="diverged")
     plan = plan_grid([dataclasses.replace(c, importance=imp) for c in cfgs])
-    assert [p.run_id for p in plan.pending] == [run_paths(c).run_id for c in cfgs[:3]]
+    assert [p.run_id for p in plan.pending] == [run_id(c) for c in cfgs[:3]]
     assert plan.pending[2].units == ("train", "importance_init")
 
 
@@ -127,25 +141,25 @@ def test_cell_job_only_when_cell_stages_are_missing_or_stale(tmp_path):
     cfgs = [tiny(tmp_path, s, 0, cka=cka) for s in (0, 1)]
     assert plan_grid(cfgs).needs_cell_job  # runs pending, CKA enabled
     pipeline.run(cfgs[0])
-    pipeline.run_cell(run_paths(cfgs[0]).cell, overrides=cfgs[0])  # over seed 0 only
+    pipeline.run_cell(tmp_path, cell_name(cfgs[0]), overrides=cfgs[0])  # over seed 0 only
     pipeline.run(cfgs[1])
     plan = plan_grid(cfgs)
-    assert not plan.pending and plan.stale_cells == (run_paths(cfgs[0]).cell.name,)
+    assert not plan.pending and plan.stale_cells == (cell_name(cfgs[0]),)
     assert plan.needs_cell_job
-    pipeline.run_cell(run_paths(cfgs[0]).cell, overrides=cfgs[0])
+    pipeline.run_cell(tmp_path, cell_name(cfgs[0]), overrides=cfgs[0])
     plan = plan_grid(cfgs)
     assert not plan.pending and not plan.stale_cells and not plan.needs_cell_job
 
 
 def test_runs_held_by_live_jobs_are_not_submitted_twice(tmp_path, monkeypatch):
     cfgs = grid(tmp_path)
-    ids = [run_paths(c).run_id for c in cfgs]
-    status.record_submission(tmp_path, "slurm", [(r, f"7_{i}", {}) for i, r in enumerate(ids)])
-    monkeypatch.setattr(status, "squeue_states", lambda job_ids: {"7_0": "RUNNING",
-                                                                  "7_2": "PENDING"})
-    plan = plan_grid(cfgs)
+    ids = [run_id(c) for c in cfgs]
+    results.record_submission(tmp_path, "slurm", [(r, f"7_{i}", {}) for i, r in enumerate(ids)])
+    monkeypatch.setattr(slurm, "squeue_states", lambda job_ids: {"7_0": "RUNNING",
+                                                                 "7_2": "PENDING"})
+    plan = plan_grid(cfgs, active_jobs=slurm.active_jobs(tmp_path))
     assert plan.active == (ids[0], ids[2]) and [p.run_id for p in plan.pending] == [ids[1], ids[3]]
-    assert len(plan_grid(cfgs, skip_active=False).pending) == 4
+    assert len(plan_grid(cfgs).pending) == 4
 
 
 # --------------------------------------------------------------------------- dry run, CLI
@@ -157,9 +171,9 @@ def test_dry_run_prints_the_plan_and_submits_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert sub is None and not root.exists()  # nothing written, not even the log folder
     assert "4 runs in 2 cells" in out and "4 to run" in out
-    assert all(f"{run_paths(c).run_id}: train" in out for c in plan.runs)
+    assert all(f"{run_id(c)}: train" in out for c in plan.runs)
     assert "1 array of 4 tasks (at most 3 at once)" in out and "'slurm_partition': 'gpu'" in out
-    assert "afterany on the array" in out and "(CKA between seeds) for 2 cells" in out
+    assert "afterany on the array" in out and "cell-level work (cka_final) for 2 cells" in out
     pipeline.run(plan.runs[0])
     submit(args, dry_run=True)
     out = capsys.readouterr().out
@@ -175,26 +189,26 @@ def test_local_parallel_workers_limit_threads_and_report_failures(tmp_path):
     cfgs = [tiny(tmp_path, s, 0, cka=cka, num_threads=None) for s in (0, 1)]
     bad = tiny(tmp_path, 0, 1, train=TrainConfig(epochs=1, lr=-1.0))  # fails in the train stage
     before = torch.get_num_threads()
-    sub = run_local(plan_grid(cfgs + [bad]), LauncherConfig(local_workers=2))
+    sub = launch(plan_grid(cfgs + [bad]), LauncherConfig(local_workers=2))
     assert torch.get_num_threads() == before  # the caller's thread setting is restored
     by_id = {r.run_id: r for r in sub.local}
     expected = max(1, usable_cpus() // 2)
     for c in cfgs:
-        r = by_id[run_paths(c).run_id]
+        r = by_id[run_id(c)]
         assert (r.status, r.threads) == ("ok", expected)
-        saved = json.loads((run_paths(c).run / "config.json").read_text())
+        saved = json.loads((run_dir(c) / "config.json").read_text())
         assert saved["num_threads"] == expected
     assert len({r.pid for r in sub.local}) == 3  # each run in its own worker process
-    failed = by_id[run_paths(bad).run_id]
+    failed = by_id[run_id(bad)]
     assert failed.status == "failed" and "train.lr must be > 0" in failed.error
-    assert (run_paths(bad).run / "stages" / "train" / "FAILED").is_file()
+    assert not run_dir(bad).exists()  # settings are validated before anything is written
     df = results.load(tmp_path)
-    assert set(df.loc[df.stage == "train", "run_id"]) == {run_paths(c).run_id for c in cfgs}
+    assert set(df.loc[df.stage == "train", "run_id"]) == {run_id(c) for c in cfgs}
     cka_rows = df[df.stage == "cka_final"]
     assert set(zip(cka_rows.seed, cka_rows.seed_b)) == {(0, 0), (1, 1), (0, 1)}
     assert [s.ran for s in sub.cells] == [["cka_final"], []]  # the second cell has no CKA
     # Nothing left but the failed run.
-    assert [p.run_id for p in plan_grid(cfgs + [bad]).pending] == [run_paths(bad).run_id]
+    assert [p.run_id for p in plan_grid(cfgs + [bad]).pending] == [run_id(bad)]
 
 
 # --------------------------------------------------------------------------- status table
@@ -204,26 +218,26 @@ def test_status_table_counts_states_and_shows_failure_reasons(tmp_path, monkeypa
     never = tiny(tmp_path, 0, 1)  # submitted, not started, another cell
     pipeline.run(done)
     pipeline.run(diverged)
-    d_run = run_paths(diverged).run
+    d_run = run_dir(diverged)
     results.write_stage(d_run, "train", [], status="diverged")  # overwrite: pretend it diverged
     imp = ImportanceConfig(enabled=True, input_size=16, n_samples=2)
     json_cfg = dataclasses.asdict(dataclasses.replace(diverged, importance=imp))
     (d_run / "config.json").write_text(json.dumps(json_cfg))
-    f_run = run_paths(failed).run
+    f_run = run_dir(failed)
     results.write_failure(f_run, "train", "Traceback (most recent call last):\n  ...\n"
                                           "RuntimeError: CUDA out of memory\n")
     (f_run / "config.json").write_text(json.dumps(dataclasses.asdict(failed)))
-    s_run = run_paths(started).run
+    s_run = run_dir(started)
     (s_run / "checkpoints").mkdir(parents=True)
     (s_run / "checkpoints" / "last.pt").write_bytes(b"")
     (s_run / "config.json").write_text(json.dumps(dataclasses.asdict(started)))
-    status.record_submission(tmp_path, "slurm", [
-        (run_paths(queued).run_id, "9_0", dataclasses.asdict(queued)),
-        (run_paths(never).run_id, "9_1", dataclasses.asdict(never))])
-    monkeypatch.setattr(status, "squeue_states", lambda ids: {"9_0": "PENDING"})
+    results.record_submission(tmp_path, "slurm", [
+        (run_id(queued), "9_0", dataclasses.asdict(queued)),
+        (run_id(never), "9_1", dataclasses.asdict(never))])
+    monkeypatch.setattr(slurm, "squeue_states", lambda ids: {"9_0": "PENDING"})
 
-    table = status.status_table(tmp_path).set_index(["cell", "unit"])
-    cell0, cell1 = run_paths(done).cell.name, run_paths(never).cell.name
+    table = status_table(tmp_path).set_index(["cell", "unit"])
+    cell0, cell1 = cell_name(done), cell_name(never)
     train = table.loc[(cell0, "train")]
     assert train[["runs", "done", "failed", "started", "queued", "missing"]].tolist() == [
         5, 2, 1, 1, 1, 0]
@@ -234,10 +248,11 @@ def test_status_table_counts_states_and_shows_failure_reasons(tmp_path, monkeypa
     assert table.loc[(cell1, "train"), "missing"] == 1
     cka_row = table.loc[(cell0, "cka_final")]
     assert (cka_row["runs"], cka_row["missing"]) == (1, 1)
-    pipeline.run_cell(run_paths(done).cell, overrides=done)
-    again = status.status_table(tmp_path).set_index(["cell", "unit"])
+    assert table.loc[(cell0, "receptive_field"), "done"] == 1  # written by the first run
+    pipeline.run_cell(tmp_path, cell0, overrides=done)
+    again = status_table(tmp_path).set_index(["cell", "unit"])
     assert again.loc[(cell0, "cka_final"), "done"] == 1
     assert again.loc[(cell0, "cka_final"), "reason"] == "seeds [0]"
-    text = status.format_status(again)
+    text = format_status(again)
     assert "CUDA out of memory" in text and "running" not in text  # all-zero columns dropped
-    assert status.status_main([str(tmp_path)]) == 0
+    assert status_main([str(tmp_path)]) == 0

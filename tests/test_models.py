@@ -124,13 +124,28 @@ def test_bad_arguments_name_the_field(kwargs, field):
         create_model("small_cnn", **kwargs)
 
 
-def test_impossible_pool_is_a_clear_error_at_build_and_forward():
+def test_impossible_pool_is_a_clear_error_at_build_and_a_torch_error_at_forward():
     with pytest.raises(InputTooSmallError, match=r"pool level 4 .*16x16.*smallest square input"):
         create_model("vgg19", num_classes=10, pool_level=4, width=0.125, input_size=16)
     m = create_model("vgg19", num_classes=10, pool_level=4, width=0.125)
     with pytest.raises(InputTooSmallError, match="pool level 4"):
-        m(torch.randn(1, 3, 16, 16))
+        check_input_size(m, 16)
+    # a forward does no check of its own: torch's error, no dry run, no hook on the model
+    assert not any(mod._forward_pre_hooks or mod._forward_hooks for mod in m.modules())
+    with pytest.raises(RuntimeError, match="Output size is too small"):
+        m(torch.randn(2, 3, 16, 16))
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_check_message_names_pool_size_layer_and_smallest_input():
+    m = create_model("small_cnn", num_classes=10, pool_level=4)
+    with pytest.raises(InputTooSmallError) as err:
+        check_input_size(m, (4, 6))
+    assert str(err.value) == (
+        "pool level 4 (kernel 5, stride 4, padding 1) shrinks a 4x6 input to nothing at layer "
+        "'features.7' of SmallCNN; use a lower pool level or a larger input (data.image_size). "
+        "the smallest square input that works is 15x15"
+    )
 
 
 def test_smallest_valid_size_is_exact():

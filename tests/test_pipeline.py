@@ -9,9 +9,12 @@ from hydra import compose, initialize_config_dir
 
 from landscape import pipeline, results
 from landscape.cli import CONFIG_DIR, to_run_config
+from landscape.stages import Stage, register_stage, registered_stages
+from landscape.stages.base import STAGES
 from landscape.config import ModelConfig, RunConfig
 from landscape.data import DataConfig
 from landscape.device import device_settings, resolve_device
+from landscape.identity import identify
 from landscape.models import InputTooSmallError
 from landscape.train import TrainConfig
 
@@ -53,37 +56,98 @@ def test_run_writes_tidy_rows_and_rerun_does_nothing(tmp_path, caplog):
     assert (Path(first.run_dir) / "checkpoints" / "final.pt").stat().st_mtime_ns == mtime
 
 
-def test_failed_stage_is_recorded_and_later_stages_wait(tmp_path, monkeypatch):
+@pytest.fixture
+def own_registry(monkeypatch):
+    """Stages registered in a test are gone afterwards."""
+    monkeypatch.setattr(STAGES, "_items", dict(STAGES._items))
+
+
+def test_failed_stage_is_recorded_and_later_stages_wait(tmp_path, own_registry):
     calls = []
 
-    def boom(ctx):
-        raise RuntimeError("stage exploded")
+    @register_stage
+    class Boom(Stage):
+        name = "boom"
 
-    def after(ctx):
-        calls.append(ctx.paths.run_id)
-        return [{"metric": "num_params", "value": 1}]
+        def run(self, ctx, config, unit):
+            raise RuntimeError("stage exploded")
 
-    monkeypatch.setattr(pipeline, "STAGES", list(pipeline.STAGES))
-    pipeline.register_stage(pipeline.Stage("boom", boom))
-    pipeline.register_stage(pipeline.Stage("after", after))
+    @register_stage
+    class After(Stage):
+        name = "after"
+
+        def run(self, ctx, config, unit):
+            calls.append(ctx.identity.run_id)
+            return [{"metric": "num_params", "value": 1}]
+
+    assert [s.name for s in registered_stages("run")][-2:] == ["boom", "after"]
     cfg = tiny_cfg(tmp_path)
     with pytest.raises(RuntimeError, match="stage exploded"):
         pipeline.run(cfg)
-    run_dir = Path(tmp_path).glob("*/seed=0")
-    run_dir = next(run_dir)
+    run_dir = next(Path(tmp_path).glob("*/seed=0"))
     assert "stage exploded" in (run_dir / "stages" / "boom" / "FAILED").read_text()
     assert not results.is_done(run_dir, "boom") and results.is_done(run_dir, "train")
     assert calls == []
     with pytest.raises(ValueError, match="already registered"):
-        pipeline.register_stage(pipeline.Stage("after", after))
-    with pytest.raises(ValueError, match="unknown stage 'nope'"):
-        pipeline.register_stage(pipeline.Stage("x", after), after="nope")
+        register_stage(After)
+    with pytest.raises(ValueError, match="level must be one of"):
+        register_stage(type("Odd", (Stage,), {"name": "odd", "level": "grid"}))
 
 
-def test_diverged_run_is_recorded_not_silent(tmp_path, monkeypatch):
+def test_a_user_stage_is_one_class_and_writes_rows_with_identity(tmp_path, own_registry):
+    """The README's example: one module, one registration; rows get the identity columns,
+    units are marked done on their own and skipped when re-run."""
+    from dataclasses import dataclass
+
+    from landscape.results import register_metric
+
+    register_metric("weight_norm", "L2 norm of all weights of a checkpoint")
+
+    @dataclass
+    class NormConfig:
+        enabled: bool = True
+        checkpoints: tuple = ("init", "final")
+
+    @register_stage
+    class WeightNorm(Stage):
+        name = "weight_norm"
+        config_class = NormConfig  # settings from RunConfig.stages["weight_norm"]
+
+        def units(self, config):
+            from landscape.stages import Unit
+            return [Unit(f"weight_norm_{c}", {"checkpoint": c}) for c in config.checkpoints]
+
+        def run(self, ctx, config, unit):
+            model = ctx.load_model(unit.params["checkpoint"])
+            norm = sum(float(p.detach().pow(2).sum()) for p in model.parameters()) ** 0.5
+            return [{"metric": "weight_norm", "value": norm, "stage": unit.name}]
+
+    off = pipeline.run(tiny_cfg(tmp_path, stages={"weight_norm": {"enabled": False}}))
+    assert off.ran == ["receptive_field", "train"]  # disabled by its own settings
+    with pytest.raises(ValueError, match="stages.weight_norm: unknown NormConfig field"):
+        pipeline.run(tiny_cfg(tmp_path, stages={"weight_norm": {"checkpoint": ["init"]}}))
+    cfg = tiny_cfg(tmp_path)
+    second = pipeline.run(cfg)
+    assert second.ran == ["weight_norm_init", "weight_norm_final"]
+    df = results.load(tmp_path)
+    norms = df[df.metric == "weight_norm"].set_index("stage")
+    assert norms.loc["weight_norm_init", "run_id"].endswith("/seed=0")
+    assert norms.loc["weight_norm_final", "receptive_field"] == 11
+    assert norms.loc["weight_norm_init", "value"] != norms.loc["weight_norm_final", "value"]
+    assert pipeline.run(cfg).ran == []
+
+
+def test_diverged_run_is_recorded_not_silent(tmp_path, own_registry):
     ran = []
-    monkeypatch.setattr(pipeline, "STAGES", list(pipeline.STAGES))
-    pipeline.register_stage(pipeline.Stage("after", lambda ctx: ran.append(1) or []))
+
+    @register_stage
+    class After(Stage):
+        name = "after"
+
+        def run(self, ctx, config, unit):
+            ran.append(1)
+            return []
+
     cfg = tiny_cfg(tmp_path, train=TrainConfig(epochs=3, batch_size=32, lr=1e12, momentum=0.0))
     summary = pipeline.run(cfg)
     assert summary.status == "diverged" and ran == []
@@ -140,7 +204,7 @@ def test_measurements_run_without_tf32_on_cuda(tmp_path, monkeypatch):
             assert matmul.allow_tf32 and conv.allow_tf32
     finally:
         matmul.allow_tf32, conv.allow_tf32 = saved
-    assert {s.name for s in pipeline.STAGES if s.trains} == {"train", "finetune"}
+    assert {s.name for s in registered_stages() if s.trains} == {"train", "finetune"}
     entered = []
 
     @contextmanager
@@ -151,7 +215,8 @@ def test_measurements_run_without_tf32_on_cuda(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "full_precision", recording)
     prune = PruneConfig(enabled=True, rates=[0.5], finetune=True, finetune_epochs=1)
     summary = pipeline.run(tiny_cfg(tmp_path, prune=prune))
-    assert len(summary.ran) == 4 and entered == ["cpu"]  # rf, train, prune, finetune: prune only
+    # rf, train, prune, finetune: the two measuring units (rf, prune), not the training ones
+    assert len(summary.ran) == 4 and entered == ["cpu", "cpu"]
 
 
 def _compose(overrides):
@@ -291,7 +356,7 @@ def test_prune_and_finetune_stages(tmp_path):
     p = df[df.stage.isin(["prune", "finetune"]) & df.layer.isna() & df["index"].isna()]
     sp = p[p.metric == "sparsity"].set_index(["prune_rate", "finetuned"])["value"]
     # exact counts: the prunable set of small_cnn(width 0.25) is conv + linear weights
-    model = pipeline.RunContext(cfg, pipeline.run_paths(cfg), None).build_model()
+    model = identify(cfg).build_model()
     n = sum(m.weight.numel() for m in model.modules()
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     for rate in (0.5, 0.9):

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import landscape.pipeline  # noqa: F401  (registers every stage's metric names)
-from analysis.report import completeness, failed_units, report_main, write_report
+from analysis.report import completeness, write_report
 from landscape import results
+from landscape.cli import report_main
 from landscape.results import to_frame
 from test_analysis import LEVELS, cell, reference_frame, synthetic_rows
 
@@ -36,13 +36,13 @@ def test_completeness_lists_exactly_the_removed_units(partial):
     assert missing == expected
 
 
-def test_failed_units_reads_the_markers(tmp_path):
+def test_failures_reads_the_markers(tmp_path):
     d = tmp_path / cell(1) / "seed=0" / "stages" / "hessian_final"
     d.mkdir(parents=True)
     (d / "FAILED").write_text("Traceback (most recent call last):\n  ...\nRuntimeError: boom\n")
     (tmp_path / cell(1) / "cell" / "stages" / "cka_final").mkdir(parents=True)
     (tmp_path / cell(1) / "cell" / "stages" / "cka_final" / "FAILED").write_text("ValueError: x")
-    f = failed_units(tmp_path)
+    f = results.failures(tmp_path)
     assert f.to_dict("records") == [
         {"run_id": cell(1), "unit": "cka_final", "reason": "ValueError: x"},
         {"run_id": f"{cell(1)}/seed=0", "unit": "hessian_final", "reason": "RuntimeError: boom"}]
@@ -52,8 +52,11 @@ def test_report_lists_missing_runs_and_links_every_figure(partial, tmp_path):
     (tmp_path / "res").mkdir()
     arrays = {"importance_init": {f"{cell(lv)}/seed={s}": {"mean_map": np.ones((4, 4))}
                                   for lv in LEVELS for s in (0, 1, 2)}}
+    failures = pd.DataFrame([{"run_id": f"{cell(1)}/seed=0", "unit": "hessian_final",
+                              "reason": "RuntimeError: boom"}])
     path = write_report(partial, tmp_path / "rep", arrays=arrays, title="T & <test>",
-                        results_root=tmp_path / "res", reference=reference_frame())
+                        results_root=tmp_path / "res", reference=reference_frame(),
+                        failures=failures)
     md, html = path.read_text(), (tmp_path / "rep" / "report.html").read_text()
     assert md.startswith("# T & <test>") and "<title>T &amp; &lt;test&gt;</title>" in html
     section = md.split("### Missing results")[1]
@@ -76,8 +79,9 @@ def test_report_lists_missing_runs_and_links_every_figure(partial, tmp_path):
     for ext in ("md", "tex", "csv"):
         name = f"vgg19-w1-cifar10-pruned_magnitude_0.9.{ext}"
         assert (tmp_path / "rep" / "tables" / name).is_file()
-    assert "## Failed stage units\n\n- none" in md
+    assert "## Failed stage units\n\n- " in md
     assert "**Published values (the paper, not computed here): vgg19 on cifar10**" in md
+    assert f"- {cell(1)}/seed=0: hessian_final: RuntimeError: boom" in md
 
 
 def test_report_cli_on_a_results_root(tmp_path, capsys):
@@ -87,7 +91,7 @@ def test_report_cli_on_a_results_root(tmp_path, capsys):
         run_dir = tmp_path / (run_id if "/seed=" in run_id else f"{run_id}/cell")
         arrays = ({"mean_map": np.eye(5), "maxima": np.ones(3)}
                   if stage == "importance_init" else None)
-        recs = [{k: v for k, v in r.items() if v is not None and v == v and v is not results.pd.NA}
+        recs = [{k: v for k, v in r.items() if v is not None and v == v and v is not pd.NA}
                 for r in g.astype(object).to_dict("records")]
         results.write_stage(run_dir, stage, recs, arrays=arrays)
     (tmp_path / cell(2) / "seed=1" / "stages" / "prune" / "DONE").unlink()

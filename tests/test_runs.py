@@ -1,9 +1,16 @@
 import dataclasses
 
+import pytest
+
 from landscape.config import ModelConfig, RunConfig, identity_dict
 from landscape.data import DataConfig
-from landscape.runs import cell_hash, cell_name, run_paths
+from landscape.identity import cell_hash, identify
+from landscape.models import InputTooSmallError
 from landscape.train import TrainConfig
+
+
+def cell_name(c: RunConfig) -> str:
+    return identify(c).cell_name
 
 
 def cfg(**model) -> RunConfig:
@@ -17,8 +24,8 @@ def test_seed_and_execution_fields_do_not_change_the_cell():
                             data=dataclasses.replace(a.data, root="/data", num_workers=8,
                                                      download=True))
     assert cell_hash(a) == cell_hash(b)
-    assert run_paths(a).cell.name == run_paths(b).cell.name == cell_name(a)
-    assert run_paths(b).run.name == "seed=3"
+    assert identify(a).cell_name == identify(b).cell_name
+    assert identify(b).run_id == f"{cell_name(a)}/seed=3"
 
 
 def test_what_is_computed_changes_the_cell():
@@ -49,4 +56,26 @@ def test_hash_is_stable_across_versions():
 def test_custom_pool_gets_a_readable_prefix():
     assert cell_name(cfg(pool_level=0, pool_kernel=4, pool_stride=1)).startswith(
         "vgg19-w0.125-digits-poolk4s1p0-")
-    assert run_paths(cfg(pool_level=1)).run_id.endswith("/seed=0")
+    assert identify(cfg(pool_level=1)).run_id.endswith("/seed=0")
+
+
+def test_identity_is_the_one_source_of_the_identity_columns():
+    """Pool resolved once, RF and parameter count read off the model built on the meta device
+    (vgg19 level 2: analytic RF 359, DESIGN.md §2), seed None for the cell."""
+    ident = identify(cfg(pool_level=2))
+    cols = ident.columns()
+    assert cols == {"run_id": ident.run_id, "arch": "vgg19", "dataset": "digits",
+                    "pool_level": 2, "pool_kernel": 3, "pool_stride": 2, "pool_padding": 1,
+                    "receptive_field": 359, "width": 0.125, "seed": 0}
+    model = ident.build_model()
+    assert next(model.parameters()).device.type == "cpu"
+    assert ident.num_params == sum(p.numel() for p in model.parameters())
+    cell = ident.with_seed(None)
+    assert cell.columns()["seed"] is None and cell.run_id == ident.cell_name
+    custom = identify(cfg(pool_level=0, pool_kernel=4, pool_stride=1)).columns()
+    assert (custom["pool_level"], custom["pool_kernel"], custom["pool_stride"]) == (0, 4, 1)
+
+
+def test_an_impossible_pool_is_refused_when_the_identity_is_built():
+    with pytest.raises(InputTooSmallError, match="pool level 4.*16x16"):
+        identify(cfg(pool_level=4))

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from landscape import results, status
-from landscape.launch import SubmissionError
-from landscape.runs import run_paths
-from landscape.submit_cli import submit, submit_main
+from landscape import results
+from landscape.cli import submit, submit_main
+from landscape.grid import SubmissionError, status_table
+from landscape.identity import identify
 
 pytestmark = pytest.mark.slurm
 
@@ -133,7 +133,7 @@ def test_grid_array_and_dependent_cell_job_then_resubmission_submits_nothing(slu
 
     df = results.load(tmp_path)
     for c in plan.runs:
-        run = df[df.run_id == run_paths(c).run_id]
+        run = df[df.run_id == identify(c).run_id]
         acc = run[(run.stage == "train") & (run.metric == "test_acc")]
         assert acc["index"].tolist() == [1] and 0 <= acc["value"].iloc[0] <= 1
         assert run.loc[run.metric == "num_params", "value"].iloc[0] > 0
@@ -145,8 +145,8 @@ def test_grid_array_and_dependent_cell_job_then_resubmission_submits_nothing(slu
         assert diag["value"].to_numpy() == pytest.approx(1.0, abs=1e-4)
     assert [s.ran for s in sub.jobs[-1].result()] == [["cka_final"], ["cka_final"]]
     assert (tmp_path / "report" / "report.md").is_file()  # then the cell job wrote the report
-    table = status.status_table(tmp_path)
-    assert (table["done"] == table["runs"]).all() and len(table) == 4
+    table = status_table(tmp_path)  # 2 cells x (train, receptive_field, cka_final)
+    assert (table["done"] == table["runs"]).all() and len(table) == 6
 
     jobs_before = sacct("-o", "JobID")
     plan, _, again = submit(args)
@@ -156,7 +156,7 @@ def test_grid_array_and_dependent_cell_job_then_resubmission_submits_nothing(slu
 
 def test_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_path):
     plan, _, sub = submit(LONG + [f"results_root={tmp_path}"])
-    job, run_dir = sub.jobs[0], run_paths(plan.runs[0]).run
+    job, run_dir = sub.jobs[0], tmp_path / identify(plan.runs[0]).run_id
     before = wait_for_epoch(run_dir / "checkpoints" / "last.pt", 2)
     # What Slurm sends before a time limit or a preemption; submitit checkpoints and requeues.
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
@@ -170,12 +170,12 @@ def test_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_p
 def test_killed_task_resumes_when_the_grid_is_resubmitted(slurm, tmp_path):
     args = LONG + [f"results_root={tmp_path}"]
     plan, _, sub = submit(args)
-    job, run_dir = sub.jobs[0], run_paths(plan.runs[0]).run
+    job, run_dir = sub.jobs[0], tmp_path / identify(plan.runs[0]).run_id
     before = wait_for_epoch(run_dir / "checkpoints" / "last.pt", 2)
     subprocess.run(["scancel", "--full", "--signal=KILL", job.job_id], check=True)
     wait([job])
     assert state(job) != "COMPLETED" and not results.is_done(run_dir, "train")
-    train = status.status_table(tmp_path).set_index("unit").loc["train"]
+    train = status_table(tmp_path).set_index("unit").loc["train"]
     assert train["started"] == 1  # killed mid-training: checkpoints, no DONE, no live job
 
     plan, _, sub = submit(args)
@@ -198,4 +198,4 @@ def test_impossible_request_fails_at_submission_with_the_field_to_change(slurm, 
     assert submit_main(args + ["launcher.cpus_per_task=64"]) == 1
     err = capsys.readouterr().err
     assert "sbatch refused the run array" in err and "launcher.cpus_per_task=64" in err
-    assert not status.read_submissions(tmp_path)  # nothing was recorded as submitted
+    assert not results.read_submissions(tmp_path)  # nothing was recorded as submitted

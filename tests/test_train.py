@@ -12,7 +12,8 @@ from landscape.data import DataConfig, load_dataset
 from landscape.device import device_settings
 from landscape.models import create_model
 from landscape.storage import CheckpointError, load_checkpoint, save_checkpoint
-from landscape.train import TrainConfig, derive_seed, seed_everything, train_model
+from landscape.seeds import derive_seed, seed_everything
+from landscape.train import TrainConfig, train_model
 
 CPU = device_settings(torch.device("cpu"))
 CFG = TrainConfig(epochs=3, batch_size=32, lr=0.05)

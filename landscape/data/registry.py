@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from torch.utils.data import Dataset
@@ -15,19 +15,19 @@ class DataConfig:
     """Which dataset and how to load it.
 
     ``root``, ``download`` and ``num_workers`` describe where/how, not what: they are not part of
-    a run's identity (see ``landscape.runs``).
+    a run's identity (field metadata ``identity: False``, see ``landscape.identity``).
     """
 
     name: str = "digits"
-    root: str = "data"
-    download: bool = False
+    root: str = field(default="data", metadata={"identity": False})
+    download: bool = field(default=False, metadata={"identity": False})
     image_size: Optional[int] = None  # resize target; None = the dataset's native size
     augment: bool = True  # random crop with padding + horizontal flip on the training split
     crop_padding: int = 4
     hflip: bool = True
     train_subset: Optional[int] = None  # first N training examples (stratified for digits)
     test_subset: Optional[int] = None
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata={"identity": False})
 
 
 @dataclass

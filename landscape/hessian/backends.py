@@ -1,9 +1,10 @@
 """Top-k eigenvalue backends: our Lanczos (default), scipy's ARPACK, and pyhessian 0.1.
 
-A backend is ``fn(op: HessianOperator, k, *, which, tol, max_iter, ncv, seed,
-return_eigenvectors, check_residuals, progress) -> TopEigenResult``, registered in
-``EIGEN_BACKENDS``. Backends other than Lanczos compute residuals explicitly (k extra HVPs,
-counted in ``num_hvp_check``) unless ``check_residuals=False`` (residuals are then NaN).
+A backend is ``fn(op: HessianOperator, k: int, options: SolverOptions) -> TopEigenResult``,
+registered in ``EIGEN_BACKENDS``; it returns the k eigenvalues of largest value (``"LA"``) or
+magnitude (``"LM"``) of the Hessian ``op`` (pyhessian: always largest magnitude). Backends
+other than Lanczos compute residuals ``||H x - lambda x||`` explicitly (k extra HVPs, counted
+in ``num_hvp_check``) unless ``options.check_residuals`` is False (residuals are then NaN).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import torch
 from landscape.hessian.lanczos import (
     MatVec, TopEigenResult, check_k, default_ncv, lanczos_top_k, random_unit, rayleigh_residuals,
 )
-from landscape.hessian.operator import HessianOperator, check_choice
+from landscape.hessian.operator import HessianOperator
+from landscape.hessian.options import SolverOptions, solver_options
 from landscape.registry import Registry
 
-EigenBackend = Callable[..., TopEigenResult]
+EigenBackend = Callable[[HessianOperator, int, SolverOptions], TopEigenResult]
 EIGEN_BACKENDS: Registry[EigenBackend] = Registry("hessian backend")
 
 
@@ -30,33 +32,27 @@ def list_backends() -> list[str]:
 
 
 @EIGEN_BACKENDS.register("lanczos")
-def _lanczos(op: HessianOperator, k: int, *, check_residuals: bool = True, **kw) -> TopEigenResult:
-    del check_residuals  # Lanczos residual estimates are free
-    return lanczos_top_k(op, op.dim, k, dtype=op.dtype, device=op.device, **kw)
+def _lanczos(op: HessianOperator, k: int, options: SolverOptions) -> TopEigenResult:
+    return lanczos_top_k(op, op.dim, k, options, dtype=op.dtype, device=op.device)
 
 
 @EIGEN_BACKENDS.register("scipy")
-def _scipy(op: HessianOperator, k: int, **kw) -> TopEigenResult:
-    return scipy_top_k(op, op.dim, k, dtype=op.dtype, device=op.device, **kw)
+def _scipy(op: HessianOperator, k: int, options: SolverOptions) -> TopEigenResult:
+    return scipy_top_k(op, op.dim, k, options, dtype=op.dtype, device=op.device)
 
 
 def scipy_top_k(
     matvec: MatVec,
     dim: int,
     k: int,
+    options: SolverOptions | None = None,
     *,
-    which: str = "LA",
-    tol: float = 1e-6,
-    max_iter: int | None = None,
-    ncv: int | None = None,
-    seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
-    return_eigenvectors: bool = False,
-    check_residuals: bool = True,
-    progress: bool = False,
+    **overrides: object,
 ) -> TopEigenResult:
-    """scipy.sparse.linalg.eigsh (ARPACK, implicitly restarted Lanczos) on ``matvec``.
+    """scipy.sparse.linalg.eigsh (ARPACK, implicitly restarted Lanczos) on ``matvec``, with
+    ``options`` and ``overrides`` merged by :func:`solver_options` (``progress`` is ignored).
 
     ARPACK's criterion: Ritz residual ``<= tol * |theta_i|`` per pair; ``max_iter`` (matvecs)
     maps to ARPACK restarts as ``max_iter // (ncv - k)``. Residuals are then computed explicitly
@@ -65,8 +61,10 @@ def scipy_top_k(
     """
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+    opts = solver_options(options, **overrides)
+    which, tol, max_iter, ncv, seed = opts.which, opts.tol, opts.max_iter, opts.ncv, opts.seed
+    check_residuals = opts.check_residuals
     check_k(k, dim)
-    check_choice("which", which, ("LA", "LM"))
     if k >= dim:
         raise ValueError(f"backend 'scipy' needs k < dim; got k={k}, dim={dim}")
     device = torch.device(device)
@@ -96,7 +94,8 @@ def scipy_top_k(
     return TopEigenResult(
         eigenvalues=values[order].astype(np.float64), residuals=residuals,
         num_hvp=solver_hvp + checks, num_hvp_check=checks, converged=converged,
-        which=which, tol=tol, backend="scipy", eigenvectors=rows if return_eigenvectors else None,
+        which=which, tol=tol, backend="scipy",
+        eigenvectors=rows if opts.return_eigenvectors else None,
     )
 
 
@@ -104,16 +103,13 @@ def scipy_top_k(
 def pyhessian_top_k(
     op: HessianOperator,
     k: int,
-    *,
-    which: str = "LA",
-    tol: float = 1e-6,
-    seed: int = 0,
-    return_eigenvectors: bool = False,
-    check_residuals: bool = True,
-    **_: object,
+    options: SolverOptions | None = None,
+    **overrides: object,
 ) -> TopEigenResult:
     """pyhessian 0.1 ``hessian(...).eigenvalues(top_n=k)`` (power iteration with deflation,
-    its own defaults ``maxIter=100, tol=1e-3`` on the relative change of the eigenvalue).
+    its own defaults ``maxIter=100, tol=1e-3`` on the relative change of the eigenvalue);
+    of the options (merged as in :func:`solver_options`) ``max_iter``, ``ncv`` and ``progress``
+    are ignored, ``seed`` seeds torch's global RNG (forked) for its random start vectors.
 
     Power iteration finds the eigenvalues of largest MAGNITUDE whatever ``which`` says. It runs
     on a deep copy of the model (pyhessian sets eval mode, zeroes gradients and uses the
@@ -124,6 +120,8 @@ def pyhessian_top_k(
     """
     from pyhessian import hessian as PyHessian
 
+    opts = solver_options(options, **overrides)
+    check_k(k, op.dim)
     if op.bn_mode == "train":
         raise ValueError("bn_mode='train' is not supported by backend 'pyhessian' (it forces "
                          "eval mode); use bn_mode 'eval' or 'recalibrated', or another backend")
@@ -141,7 +139,7 @@ def pyhessian_top_k(
         devices=[op.device] if op.device.type == "cuda" else []
     ):
         warnings.filterwarnings("ignore", message=r"Using backward\(\) with create_graph=True")
-        torch.manual_seed(seed)
+        torch.manual_seed(opts.seed)
         try:
             torch.set_default_dtype(op.dtype)  # pyhessian allocates vectors in the default dtype
             engine = PyHessian(model, op.loss_fn, dataloader=op.batches,
@@ -160,11 +158,11 @@ def pyhessian_top_k(
     rows = torch.stack([op.flatten([t.detach() for t in vectors[i]]) for i in order])
     rows = rows / rows.norm(dim=1, keepdim=True)
     lams = np.asarray(values, dtype=np.float64)[order]
-    checks = k if check_residuals else 0
-    residuals = rayleigh_residuals(op, rows, lams) if check_residuals else np.full(k, np.nan)
+    checks = k if opts.check_residuals else 0
+    residuals = rayleigh_residuals(op, rows, lams) if opts.check_residuals else np.full(k, np.nan)
     scale = max(float(np.abs(lams).max()), 1e-300)
     return TopEigenResult(
         eigenvalues=lams, residuals=residuals, num_hvp=count[0] + checks, num_hvp_check=checks,
-        converged=bool((residuals <= tol * scale).all()), which=which, tol=tol,
-        backend="pyhessian", eigenvectors=rows if return_eigenvectors else None,
+        converged=bool((residuals <= opts.tol * scale).all()), which=opts.which, tol=opts.tol,
+        backend="pyhessian", eigenvectors=rows if opts.return_eigenvectors else None,
     )

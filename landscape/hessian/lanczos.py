@@ -1,7 +1,7 @@
 """Top-k eigenpairs of a symmetric operator by thick-restart Lanczos with full reorthogonalisation.
 
 Generic core: ``matvec`` is any callable ``v -> A v`` on flat tensors of length ``dim`` with
-``A`` symmetric. The Krylov basis lives in the operator's dtype/device (vectors never leave
+``A`` symmetric; settings come in a :class:`~landscape.hessian.options.SolverOptions`. The Krylov basis lives in the operator's dtype/device (vectors never leave
 it; each step sends O(ncv) numbers to the host); the small projected matrix and its
 eigenproblem are float64 on the host.
 
@@ -29,11 +29,10 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from landscape.hessian.operator import check_choice
+from landscape.hessian.options import SolverOptions, solver_options
 from landscape.hessian.progress import progress_bar
 
 MatVec = Callable[[Tensor], Tensor]
-WHICH = ("LA", "LM")
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,25 +128,23 @@ def lanczos_top_k(
     matvec: MatVec,
     dim: int,
     k: int,
+    options: SolverOptions | None = None,
     *,
-    which: str = "LA",
-    tol: float = 1e-6,
-    max_iter: int | None = None,
-    ncv: int | None = None,
-    seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
-    return_eigenvectors: bool = False,
-    progress: bool = False,
+    **overrides: object,
 ) -> TopEigenResult:
-    """k eigenpairs of largest value (``which="LA"``) or magnitude (``"LM"``).
+    """k eigenpairs of largest value (``which="LA"``) or magnitude (``"LM"``) of ``matvec``.
 
-    ``max_iter`` caps the number of matvecs (default ``max(1000, 10 * ncv)``); when the cap
-    is reached the best Ritz pairs are returned with ``converged=False`` and a warning.
+    Settings: ``options`` with ``overrides`` replaced (see :func:`solver_options`). ``tol``
+    must be > 0; ``max_iter`` caps the number of matvecs (default ``max(1000, 10 * ncv)``);
+    when the cap is reached the best Ritz pairs are returned with ``converged=False`` and a
+    warning. ``check_residuals`` is ignored (the Ritz estimates ``|beta_m y_m|`` are free).
     Memory: ``(ncv + 1) * dim`` numbers of ``dtype`` for the basis.
     """
+    opts = solver_options(options, **overrides)
+    which, tol, ncv, max_iter, seed = opts.which, opts.tol, opts.ncv, opts.max_iter, opts.seed
     check_k(k, dim)
-    check_choice("which", which, WHICH)
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
     m = default_ncv(k, dim) if ncv is None else ncv
@@ -166,7 +163,7 @@ def lanczos_top_k(
     start, num_hvp, first, beta = 0, 0, None, 0.0
     # The number of HVPs is not known in advance (max_iter is only a cap): count them, and
     # show how many of the k pairs have converged after each restart.
-    bar = progress_bar(total=None, enabled=progress, desc="Lanczos HVPs")
+    bar = progress_bar(total=None, enabled=opts.progress, desc="Lanczos HVPs")
     while True:
         size, stop = m, False
         for j in range(start, m):
@@ -224,7 +221,7 @@ def lanczos_top_k(
             RuntimeWarning, stacklevel=2,
         )
     vectors = None
-    if return_eigenvectors:
+    if opts.return_eigenvectors:
         rot = torch.from_numpy(vecs[:, want].T.copy()).to(dtype=dtype, device=device)
         vectors = rot @ basis[:size]
     return TopEigenResult(

@@ -20,8 +20,6 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from landscape.models.base import RFNet, check_input_size
-
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Batches = Sequence[tuple[Tensor, Tensor]]
 ParamSelection = Union[None, Sequence[str], Callable[[str, nn.Parameter], bool]]
@@ -99,7 +97,6 @@ def recalibrated_buffers(
     but weighted by batch size). The model's own buffers are not touched.
     """
     device = torch.device(device)
-    _validate_input_sizes(model, batches)
     state = {n: p.detach().to(device) for n, p in model.named_parameters()}
     buffers = {n: b.detach().to(device).clone() for n, b in model.named_buffers()}
     bns = [(n, m) for n, m in model.named_modules()
@@ -148,7 +145,6 @@ class HessianOperator:
         self.device = torch.device(device)
         self.batches = _checked_batches(batches, self.device)
         self.num_examples = sum(len(x) for x, _ in self.batches)
-        _validate_input_sizes(model, self.batches)
         self.model, self.loss_fn, self.bn_mode, self.method = model, loss_fn, bn_mode, method
         self.names = select_parameters(model, params)
         state = {n: p.detach().to(self.device) for n, p in model.named_parameters()}
@@ -229,15 +225,6 @@ class HessianOperator:
                 return [torch.zeros_like(p) for p in params]
             return torch.autograd.grad([gi for gi, _ in live], params, [ti for _, ti in live],
                                        allow_unused=True, materialize_grads=True)
-
-
-def _validate_input_sizes(model: nn.Module, batches: Batches) -> None:
-    # An RFNet checks each new input size on its first forward, and that check resets every
-    # module's mode to the top module's: check up front, with all modes restored afterwards.
-    if isinstance(model, RFNet):
-        with model_mode(model, "eval"):
-            for size in {tuple(x.shape[-2:]) for x, _ in batches}:
-                check_input_size(model, size)
 
 
 def _checked_batches(batches: Batches, device: torch.device) -> list[tuple[Tensor, Tensor]]:

@@ -1,8 +1,9 @@
-"""Shared base of every architecture: the RF pool spec and an input-size check.
+"""Shared base of every architecture: the RF pool spec and an explicit input-size check.
 
-A pool that shrinks the feature map to nothing is reported at the first forward with a given
-input size (and by :func:`check_input_size` at build time), naming the pool setting, the
-input size, the layer where the map vanished and the smallest input size that works.
+:func:`check_input_size` (called by ``create_model(..., input_size=...)`` at build time)
+reports a pool that shrinks the feature map to nothing, naming the pool setting, the input
+size, the layer where the map vanished and the smallest square input that works. A forward
+pass does no check of its own: a too-small input fails there with torch's RuntimeError.
 """
 
 from __future__ import annotations
@@ -19,42 +20,17 @@ class InputTooSmallError(ValueError):
 
 
 class RFNet(nn.Module):
-    """Base class: holds ``pool_spec`` and validates each new input size once."""
+    """Base class: holds ``pool_spec`` and ``in_channels`` (see :func:`check_input_size`)."""
 
     def __init__(self, pool_spec: PoolSpec, in_channels: int) -> None:
         super().__init__()
         self.pool_spec = pool_spec
         self.in_channels = in_channels
-        self._valid_sizes: set[tuple[int, int]] = set()
-        self._checking = False
-        self.register_forward_pre_hook(_check_on_forward)
-
-
-def _check_on_forward(module: RFNet, args: tuple) -> None:
-    if module._checking or not args or not torch.is_tensor(args[0]):
-        return
-    x = args[0]
-    if x.dim() != 4:
-        raise ValueError(
-            f"expected an input of shape (batch, channels, height, width), got {tuple(x.shape)}"
-        )
-    size = (int(x.shape[-2]), int(x.shape[-1]))
-    if size not in module._valid_sizes:
-        check_input_size(module, size)
-
-
-_size_checks = 0  # > 0 while an RFNet runs a dry forward to check an input size
-
-
-def in_size_check() -> bool:
-    """True while an RFNet's input-size dry run (a zero image) is running: forward hooks
-    that record activations should ignore that forward (see ``landscape.activations``)."""
-    return _size_checks > 0
 
 
 def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
-    """Forward a zero image; return the name of the layer whose output vanished, or None."""
-    global _size_checks
+    """Forward a zero image in eval mode (every module's mode restored after); return the
+    name of the first leaf layer whose output vanished, or None if the forward succeeds."""
     last = {"name": "<input>"}
     vanished: list[str] = []
 
@@ -73,8 +49,6 @@ def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
     ]
     p = next(model.parameters())
     restore = snapshot_modes(model)
-    model._checking = True
-    _size_checks += 1
     try:
         model.eval()
         with torch.no_grad():
@@ -83,8 +57,6 @@ def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
         if not vanished:
             vanished.append(_next_layer(model, last["name"]))
     finally:
-        model._checking = False
-        _size_checks -= 1
         restore()
         for h in handles:
             h.remove()
@@ -99,15 +71,14 @@ def _next_layer(model: nn.Module, after: str) -> str:
 
 
 def check_input_size(model: RFNet, size: int | tuple[int, int]) -> None:
-    """Raise :class:`InputTooSmallError` if ``size`` (H, W) vanishes somewhere in ``model``."""
+    """Raise :class:`InputTooSmallError` if a ``size`` (H, W) input vanishes somewhere in
+    ``model``: one dry forward of a zero image (it fires the model's forward hooks), plus a
+    binary search for the smallest working square size when it fails. Modes are restored."""
     if isinstance(size, int):
         size = (size, size)
     size = (int(size[0]), int(size[1]))
-    if size in model._valid_sizes:
-        return
     layer = _dry_run(model, size)
     if layer is None:
-        model._valid_sizes.add(size)
         return
     smallest = _smallest_valid_size(model, min(size))
     hint = f"the smallest square input that works is {smallest}x{smallest}" if smallest else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from landscape.models.base import RFNet, check_input_size
-from landscape.models.rf_pool import resolve_pool
+from landscape.models.rf_pool import PoolSpec, resolve_pool
 from landscape.registry import Registry
 
 MODELS: Registry[Callable[..., RFNet]] = Registry("model")
@@ -35,9 +35,24 @@ def create_model(
     """Build a registered architecture with the RF pool after its first convolution.
 
     ``pool_kernel/stride/padding`` override the preset of ``pool_level`` field by field.
-    With ``input_size`` the model is checked at once (otherwise at its first forward) for a
-    pool that shrinks the feature map to nothing.
+    With ``input_size`` the model is checked at once for a pool that shrinks the feature map
+    to nothing (:func:`~landscape.models.base.check_input_size`).
     """
+    pool = resolve_pool(pool_level, pool_kernel, pool_stride, pool_padding)
+    return build_model(name, pool, num_classes=num_classes, in_channels=in_channels,
+                       width=width, input_size=input_size)
+
+
+def build_model(
+    name: str,
+    pool: PoolSpec,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    width: float = 1.0,
+    input_size: int | tuple[int, int] | None = None,
+) -> RFNet:
+    """:func:`create_model` with an already resolved pool (see ``landscape.identity``)."""
     builder = MODELS.get(name)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
@@ -45,7 +60,6 @@ def create_model(
         raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width!r}")
-    pool = resolve_pool(pool_level, pool_kernel, pool_stride, pool_padding)
     model = builder(num_classes=num_classes, in_channels=in_channels, pool=pool, width=width)
     if input_size is not None:
         check_input_size(model, input_size)

@@ -1,14 +1,20 @@
-"""Adapters between the pipeline (config, checkpoints, rows) and the pure metric modules."""
+"""The stages of a run and of a cell, in pipeline order (the registry is the only list).
 
-from __future__ import annotations
+Importing this package registers the built-in stages; a user stage is one more module with a
+``@register_stage`` class (see ``landscape.stages.base`` and README)."""
 
-from typing import Sequence
+from landscape.stages import train  # noqa: F401  (registration order = pipeline order)
+from landscape.stages import prune  # noqa: F401
+from landscape.stages import hessian  # noqa: F401
+from landscape.stages import importance  # noqa: F401
+from landscape.stages import receptive_field  # noqa: F401
+from landscape.stages import cka  # noqa: F401
+from landscape.stages.base import (
+    CHECKPOINTS, CellContext, Output, RunContext, Stage, Unit, register_stage,
+    registered_stages, stage_names,
+)
 
-CHECKPOINTS = ("init", "final")  # the weights before the first step, and after training
-
-
-def check_checkpoints(group: str, checkpoints: Sequence[str]) -> None:
-    """``<group>.checkpoints`` must be a non-empty subset of :data:`CHECKPOINTS`."""
-    if not checkpoints or any(c not in CHECKPOINTS for c in checkpoints):
-        raise ValueError(f"{group}.checkpoints must be a non-empty subset of {CHECKPOINTS}, "
-                         f"got {list(checkpoints)}")
+__all__ = [
+    "CHECKPOINTS", "CellContext", "Output", "RunContext", "Stage", "Unit", "register_stage",
+    "registered_stages", "stage_names",
+]

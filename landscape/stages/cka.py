@@ -14,9 +14,8 @@ from typing import Optional
 
 import torch
 
-from landscape import results
 from landscape.cka import layerwise_cka_pairs
-from landscape.stages import check_checkpoints
+from landscape.stages.base import CellContext, Stage, Unit, check_checkpoints, register_stage
 
 PAIRS = ("all", "consecutive")
 
@@ -48,10 +47,6 @@ def seed_pairs(seeds: list[int], how: str) -> list[tuple[int, int]]:
     return [(s, s) for s in seeds] + cross
 
 
-results.register_metric("cka", "linear CKA between layer (of seed) and layer_b (of seed_b), "
-                        "in [0, 1]; note holds the estimator")
-
-
 def cka_rows(models: dict[int, torch.nn.Module], inputs: torch.Tensor, cfg: CKAConfig,
              device: torch.device) -> list[dict]:
     """Rows for every seed pair of ``models`` (seed -> model, already on ``device``); each
@@ -66,3 +61,27 @@ def cka_rows(models: dict[int, torch.nn.Module], inputs: torch.Tensor, cfg: CKAC
         rows += [{"metric": "cka", "value": v, "layer": la, "layer_b": lb, "seed": a,
                   "seed_b": b, "note": note} for la, lb, v in res.pairs()]
     return rows
+
+
+@register_stage
+class CKAStage(Stage):
+    """Cell-level: one unit per checkpoint over the seeds that finished training; redone when
+    more seeds have finished since it was written."""
+
+    name = "cka"
+    level = "cell"
+    config_field = "cka"
+
+    def validate(self, config: CKAConfig) -> None:
+        validate(config)
+
+    def units(self, config: CKAConfig) -> list[Unit]:
+        return [Unit(f"cka_{c}", {"checkpoint": c}) for c in config.checkpoints]
+
+    def run(self, ctx: CellContext, config: CKAConfig, unit: Unit) -> list[dict]:
+        test = ctx.data.test
+        n = min(config.n_inputs, len(test))
+        inputs = torch.stack([test[i][0] for i in range(n)])
+        models = ctx.load_models(unit.params["checkpoint"])
+        return [{"stage": unit.name, **r}
+                for r in cka_rows(models, inputs, config, ctx.settings.device)]

@@ -5,16 +5,13 @@ default), as rows ``importance_max`` / ``importance_max_std`` / ``importance_n``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from landscape import results
 from landscape.importance import MODES, erf_stats, projected_gradient_maps
-from landscape.stages import check_checkpoints
-from landscape.train import derive_seed
-
-if TYPE_CHECKING:
-    from landscape.pipeline import RunContext
-
+from landscape.models import check_input_size
+from landscape.seeds import IMPORTANCE, stream_seed
+from landscape.stages.base import (
+    Output, RunContext, Stage, Unit, check_checkpoints, register_stage,
+)
 
 
 @dataclass
@@ -28,42 +25,34 @@ class ImportanceConfig:
     rel_threshold: float = 0.1  # ERF area: pixels >= this fraction of the map's maximum
 
 
-def validate(cfg: ImportanceConfig) -> None:
-    check_checkpoints("importance", cfg.checkpoints)
-    if cfg.mode not in MODES:
-        raise ValueError(f"importance.mode must be one of {MODES}, got {cfg.mode!r}")
+@register_stage
+class ImportanceStage(Stage):
+    name = "importance"
+    config_field = "importance"
 
+    def validate(self, config: ImportanceConfig) -> None:
+        check_checkpoints("importance", config.checkpoints)
+        if config.mode not in MODES:
+            raise ValueError(f"importance.mode must be one of {MODES}, got {config.mode!r}")
 
-def variants(cfg) -> list[tuple[str, dict]]:
-    validate(cfg.importance)
-    return [(c, {"checkpoint": c}) for c in cfg.importance.checkpoints]
+    def units(self, config: ImportanceConfig) -> list[Unit]:
+        return [Unit(f"importance_{c}", {"checkpoint": c}) for c in config.checkpoints]
 
-
-results.register_metric("importance_max", "mean over samples of the per-sample maximum of the "
-                        "projected-gradient map (|d out / d pixel|); note holds the settings")
-results.register_metric("importance_max_std", "population std over samples of the per-sample "
-                        "maximum of the projected-gradient map")
-results.register_metric("importance_n", "number of input samples behind importance_max")
-results.register_metric("erf_size", "side (pixels) of the smallest centred square holding "
-                        "mass_fraction of the mean importance map (Luo et al. 2016)")
-results.register_metric("erf_area", "pixels of the mean importance map >= rel_threshold x max")
-
-
-def importance_stage(ctx: "RunContext", checkpoint: str) -> list[dict]:
-    c = ctx.cfg.importance
-    model = ctx.load_model(checkpoint)
-    maps = projected_gradient_maps(
-        model, input_size=c.input_size, n_samples=c.n_samples, mode=c.mode,
-        seed=derive_seed(ctx.cfg.seed, 7919), device=ctx.settings.device,
-    )
-    erf = erf_stats(maps.mean_map, mass_fraction=c.mass_fraction, rel_threshold=c.rel_threshold)
-    ctx.save_array("mean_map", maps.mean_map)
-    ctx.save_array("maxima", maps.maxima)
-    note = (f"checkpoint={checkpoint}; mode={c.mode}; layer={maps.layer}; "
-            f"input_size={c.input_size}; bn={maps.bn_mode}; mass_fraction={c.mass_fraction}; "
-            f"rel_threshold={c.rel_threshold}")
-    stage = f"importance_{checkpoint}"
-    values = {"importance_max": maps.max_mean, "importance_max_std": maps.max_std,
-              "importance_n": maps.n, "erf_size": erf.size, "erf_area": erf.area}
-    return [{"stage": stage, "metric": k, "value": v, "layer": maps.layer, "note": note}
-            for k, v in values.items()]
+    def run(self, ctx: RunContext, config: ImportanceConfig, unit: Unit) -> Output:
+        c, checkpoint = config, unit.params["checkpoint"]
+        model = ctx.load_model(checkpoint)
+        check_input_size(model, c.input_size)  # names importance.input_size's smallest value
+        maps = projected_gradient_maps(
+            model, input_size=c.input_size, n_samples=c.n_samples, mode=c.mode,
+            seed=stream_seed(ctx.identity.seed, IMPORTANCE), device=ctx.settings.device,
+        )
+        erf = erf_stats(maps.mean_map, mass_fraction=c.mass_fraction,
+                        rel_threshold=c.rel_threshold)
+        note = (f"checkpoint={checkpoint}; mode={c.mode}; layer={maps.layer}; "
+                f"input_size={c.input_size}; bn={maps.bn_mode}; mass_fraction={c.mass_fraction}; "
+                f"rel_threshold={c.rel_threshold}")
+        values = {"importance_max": maps.max_mean, "importance_max_std": maps.max_std,
+                  "importance_n": maps.n, "erf_size": erf.size, "erf_area": erf.area}
+        rows = [{"stage": unit.name, "metric": k, "value": v, "layer": maps.layer, "note": note}
+                for k, v in values.items()]
+        return Output(rows, {"mean_map": maps.mean_map, "maxima": maps.maxima})

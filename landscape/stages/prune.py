@@ -18,22 +18,20 @@ import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from landscape import results
 from landscape.pruning import (
     SCOPES, EmptyLayerWarning, check_rate, finetune, get_criterion, import_criteria, prune,
     recalibrate_bn, sparsity_report, structured_prune,
 )
 from landscape.pruning.structured import IMPORTANCES
-from landscape.train import derive_seed, evaluate, make_loader
-
-if TYPE_CHECKING:
-    from landscape.pipeline import RunContext
+from landscape.seeds import FINETUNE, FINETUNE_EPOCH, STRUCTURED_PRUNE, stream_seed
+from landscape.stages.base import Output, RunContext, Stage, Unit, register_stage
+from landscape.train import evaluate, make_loader
 
 
 @dataclass
@@ -62,13 +60,6 @@ class PruneConfig:
 _FINETUNE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_momentum",
                     "finetune_weight_decay", "finetune_grad_clip")
 
-results.register_metric("sparsity", "fraction of the prunable weights that are pruned")
-results.register_metric("nonzero_params", "nonzero parameters of the whole model after pruning")
-results.register_metric("compression_ratio", "all parameters / nonzero parameters")
-results.register_metric("layer_sparsity", "fraction of a layer's weights pruned; layer = name")
-results.register_metric("empty_layer", "1 for a layer left with no weights (layer = name)")
-
-
 def validate(cfg: PruneConfig) -> None:
     import_criteria(cfg.imports)
     if cfg.structured:
@@ -88,6 +79,9 @@ def validate(cfg: PruneConfig) -> None:
             raise ValueError(f"prune.rates: {e}") from None
     if cfg.data_batches < 1:
         raise ValueError(f"prune.data_batches must be >= 1, got {cfg.data_batches}")
+    if not 1 <= cfg.finetune_epochs <= FINETUNE_EPOCH.span:
+        raise ValueError(f"prune.finetune_epochs must be in 1..{FINETUNE_EPOCH.span}, "
+                         f"got {cfg.finetune_epochs}")
 
 
 def label(cfg: PruneConfig) -> str:
@@ -109,20 +103,6 @@ def _unit(cfg: PruneConfig, rate: float) -> str:
     return f"{label(cfg).replace(':', '-')}_{rate:g}_{_hash(_prune_key(cfg))}"
 
 
-def prune_variants(run_cfg) -> list[tuple[str, dict]]:
-    cfg = run_cfg.prune
-    validate(cfg)
-    return [(_unit(cfg, r), {"rate": float(r)}) for r in cfg.rates]
-
-
-def finetune_variants(run_cfg) -> list[tuple[str, dict]]:
-    cfg = run_cfg.prune
-    validate(cfg)
-    ft = _hash({k: getattr(cfg, k) for k in _FINETUNE_FIELDS})
-    return [(f"{_unit(cfg, r)}_{ft}", {"rate": float(r), "prune_unit": f"prune_{_unit(cfg, r)}"})
-            for r in cfg.rates]
-
-
 # ---------------------------------------------------------------------------------------------
 def _note(cfg: PruneConfig) -> str:
     return (f"scope={cfg.scope}; include={','.join(cfg.include)}; "
@@ -130,9 +110,8 @@ def _note(cfg: PruneConfig) -> str:
             f"exclude_classifier={cfg.exclude_classifier}; bn_recalibrated={cfg.recalibrate_bn}")
 
 
-def _criterion_batches(ctx: "RunContext", n: int) -> list:
-    loader = make_loader(ctx.data.train_eval, ctx.cfg.train.batch_size, ctx.settings,
-                         shuffle=False)
+def _criterion_batches(ctx: RunContext, n: int) -> list:
+    loader = make_loader(ctx.data.train_eval, ctx.train.batch_size, ctx.settings, shuffle=False)
     out = []
     for x, y in loader:
         out.append((ctx.settings.to_device(x), y.to(ctx.settings.device)))
@@ -141,9 +120,9 @@ def _criterion_batches(ctx: "RunContext", n: int) -> list:
     return out
 
 
-def _prune_model(ctx: "RunContext", rate: float) -> tuple[nn.Module, Optional[dict], list[dict]]:
+def _prune_model(ctx: RunContext, cfg: PruneConfig,
+                 rate: float) -> tuple[nn.Module, Optional[dict], list[dict]]:
     """The final model pruned at ``rate``: (model, masks or None if structured, rows)."""
-    cfg = ctx.cfg.prune
     model = ctx.load_model("final")
     rows: list[dict] = []
     kwargs = dict(include=tuple(cfg.include), exclude_first_conv=cfg.exclude_first_conv,
@@ -151,7 +130,7 @@ def _prune_model(ctx: "RunContext", rate: float) -> tuple[nn.Module, Optional[di
     if cfg.structured:
         example = _criterion_batches(ctx, 1)[0][0]
         res = structured_prune(model, rate, example, importance=cfg.structured_importance,
-                               seed=derive_seed(ctx.cfg.seed, 31), **kwargs)
+                               seed=stream_seed(ctx.identity.seed, STRUCTURED_PRUNE), **kwargs)
         total = sum(p.numel() for p in res.model.parameters())
         rows += [{"metric": "sparsity", "value": res.achieved},
                  {"metric": "nonzero_params", "value": total},
@@ -179,70 +158,100 @@ def _needs_data(cfg: PruneConfig) -> bool:
     return "data" in inspect.signature(get_criterion(cfg.criterion)).parameters
 
 
-def _evaluate(ctx: "RunContext", model: nn.Module) -> list[dict]:
-    cfg = ctx.cfg.prune
+def _evaluate(ctx: RunContext, cfg: PruneConfig, model: nn.Module) -> list[dict]:
     if cfg.recalibrate_bn:
-        loader = make_loader(ctx.data.train_eval, ctx.cfg.train.batch_size, ctx.settings,
+        loader = make_loader(ctx.data.train_eval, ctx.train.batch_size, ctx.settings,
                              shuffle=False)
         recalibrate_bn(model, ((ctx.settings.to_device(x), y) for x, y in loader),
                        ctx.settings.device)
-    loader = make_loader(ctx.data.test, ctx.cfg.train.eval_batch_size, ctx.settings,
-                         shuffle=False)
+    loader = make_loader(ctx.data.test, ctx.train.eval_batch_size, ctx.settings, shuffle=False)
     loss, acc = evaluate(model, loader, ctx.settings)
     return [{"metric": "test_acc", "value": acc}, {"metric": "test_loss", "value": loss}]
 
 
-def prune_stage(ctx: "RunContext", rate: float) -> list[dict]:
-    cfg = ctx.cfg.prune
-    model, masks, rows = _prune_model(ctx, rate)
-    rows += _evaluate(ctx, model)
-    if masks is not None:
-        ctx.save_array_dict({k: v.cpu().numpy() for k, v in masks.items()})
-    common = {"stage": "prune", "criterion": label(cfg), "prune_rate": rate, "finetuned": False,
-              "note": _note(cfg)}
-    return [{**common, **r} for r in rows]
+@register_stage
+class PruneStage(Stage):
+    """One-shot pruning of the final checkpoint, one unit per rate."""
+
+    name = "prune"
+    config_field = "prune"
+
+    def validate(self, config: PruneConfig) -> None:
+        validate(config)
+
+    def units(self, config: PruneConfig) -> list[Unit]:
+        return [Unit(f"prune_{_unit(config, r)}", {"rate": float(r)}) for r in config.rates]
+
+    def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> Output:
+        rate = unit.params["rate"]
+        model, masks, rows = _prune_model(ctx, config, rate)
+        rows += _evaluate(ctx, config, model)
+        arrays = {k: v.cpu().numpy() for k, v in masks.items()} if masks is not None else {}
+        common = {"criterion": label(config), "prune_rate": rate, "finetuned": False,
+                  "note": _note(config)}
+        return Output([{**common, **r} for r in rows], arrays)
 
 
-def finetune_stage(ctx: "RunContext", rate: float, prune_unit: str) -> list[dict]:
-    cfg = ctx.cfg.prune
-    if cfg.structured:
-        model, _, _ = _prune_model(ctx, rate)
-        masks: dict = {}
-    else:
-        model = ctx.load_model("final")
-        saved = results.read_arrays(ctx.paths.run, prune_unit)
-        masks = {k: torch.from_numpy(np.asarray(v, dtype=bool)) for k, v in saved.items()}
-        with torch.no_grad():
-            state = model.state_dict()
-            for k, m in masks.items():
-                state[k].mul_(m.to(state[k].device))
-    gen = torch.Generator()
+@register_stage
+class FinetuneStage(Stage):
+    """Fine-tuning of each pruned model with its mask kept exactly (reuses the saved masks)."""
 
-    def epoch_batches(epoch: int):
-        gen.manual_seed(derive_seed(ctx.cfg.seed, 1000 + epoch))
-        loader = make_loader(ctx.data.train, ctx.cfg.train.batch_size, ctx.settings,
-                             shuffle=True, generator=gen)
-        return ((ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader)
+    name = "finetune"
+    config_field = "prune"
+    trains = True
 
-    model.to(memory_format=ctx.settings.memory_format)  # channels_last on CUDA, as in training
-    result = finetune(
-        model, masks, epoch_batches, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
-        momentum=cfg.finetune_momentum, weight_decay=cfg.finetune_weight_decay,
-        grad_clip=cfg.finetune_grad_clip, device=ctx.settings.device,
-        seed=derive_seed(ctx.cfg.seed, 999), autocast=ctx.settings.autocast,
-        progress=ctx.cfg.progress,
-    )
-    rows: list[dict] = [{"metric": "train_loss", "value": v, "index": i + 1}
-                        for i, v in enumerate(result.train_loss)]
-    rows += [{"metric": "train_acc", "value": v, "index": i + 1}
-             for i, v in enumerate(result.train_acc)]
-    if masks:
-        report = sparsity_report(model, masks)
-        rows += [{"metric": "sparsity", "value": report.sparsity},
-                 {"metric": "nonzero_params", "value": report.model_nonzero},
-                 {"metric": "compression_ratio", "value": report.compression_ratio}]
-    rows += _evaluate(ctx, model)
-    common = {"stage": "finetune", "criterion": label(cfg), "prune_rate": rate,
-              "finetuned": True, "note": _note(cfg) + f"; finetune_epochs={cfg.finetune_epochs}"
-              f"; finetune_lr={cfg.finetune_lr}"}
-    return [{**common, **r} for r in rows]
+    def enabled(self, config: PruneConfig) -> bool:
+        return config.enabled and config.finetune
+
+    def validate(self, config: PruneConfig) -> None:
+        validate(config)
+
+    def units(self, config: PruneConfig) -> list[Unit]:
+        ft = _hash({k: getattr(config, k) for k in _FINETUNE_FIELDS})
+        return [Unit(f"finetune_{_unit(config, r)}_{ft}",
+                     {"rate": float(r), "prune_unit": f"prune_{_unit(config, r)}"})
+                for r in config.rates]
+
+    def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> list[dict]:
+        rate = unit.params["rate"]
+        if config.structured:
+            model, _, _ = _prune_model(ctx, config, rate)
+            masks: dict = {}
+        else:
+            model = ctx.load_model("final")
+            saved = ctx.read_arrays(unit.params["prune_unit"])
+            masks = {k: torch.from_numpy(np.asarray(v, dtype=bool)) for k, v in saved.items()}
+            with torch.no_grad():
+                state = model.state_dict()
+                for k, m in masks.items():
+                    state[k].mul_(m.to(state[k].device))
+        gen = torch.Generator()
+
+        def epoch_batches(epoch: int):
+            gen.manual_seed(stream_seed(ctx.identity.seed, FINETUNE_EPOCH, epoch))
+            loader = make_loader(ctx.data.train, ctx.train.batch_size, ctx.settings,
+                                 shuffle=True, generator=gen)
+            return ((ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader)
+
+        model.to(memory_format=ctx.settings.memory_format)  # channels_last on CUDA, as in training
+        result = finetune(
+            model, masks, epoch_batches, epochs=config.finetune_epochs, lr=config.finetune_lr,
+            momentum=config.finetune_momentum, weight_decay=config.finetune_weight_decay,
+            grad_clip=config.finetune_grad_clip, device=ctx.settings.device,
+            seed=stream_seed(ctx.identity.seed, FINETUNE), autocast=ctx.settings.autocast,
+            progress=ctx.progress,
+        )
+        rows: list[dict] = [{"metric": "train_loss", "value": v, "index": i + 1}
+                            for i, v in enumerate(result.train_loss)]
+        rows += [{"metric": "train_acc", "value": v, "index": i + 1}
+                 for i, v in enumerate(result.train_acc)]
+        if masks:
+            report = sparsity_report(model, masks)
+            rows += [{"metric": "sparsity", "value": report.sparsity},
+                     {"metric": "nonzero_params", "value": report.model_nonzero},
+                     {"metric": "compression_ratio", "value": report.compression_ratio}]
+        rows += _evaluate(ctx, config, model)
+        common = {"criterion": label(config), "prune_rate": rate, "finetuned": True,
+                  "note": _note(config) + f"; finetune_epochs={config.finetune_epochs}"
+                  f"; finetune_lr={config.finetune_lr}"}
+        return [{**common, **r} for r in rows]

@@ -1,0 +1,83 @@
+"""The end of a grid: cell-level stages, a console summary and the report (shared by the local
+backend, the Slurm cell job, the ``-m`` multirun callback and ``landscape-cells``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+
+from landscape import results
+from landscape.config import RunConfig
+from landscape.identity import identify
+from landscape.pipeline import CellSummary, run_cell
+
+log = logging.getLogger("landscape")
+
+
+def final_accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Final-epoch test accuracy per cell: mean, std and n over seeds."""
+    acc = df[(df["stage"] == "train") & (df["metric"] == "test_acc")]
+    if acc.empty:
+        return pd.DataFrame()
+    last = acc.loc[acc.groupby("run_id")["index"].idxmax()]
+    keys = ["arch", "dataset", "pool_level", "receptive_field"]
+    out = last.groupby(keys)["value"].agg(["mean", "std", "count"])
+    return out.rename(columns={"mean": "test_acc_mean", "std": "test_acc_std", "count": "seeds"})
+
+
+def write_root_report(root: str | Path, out: Optional[str | Path] = None, *,
+                      title: Optional[str] = None,
+                      reference: Optional[pd.DataFrame] = None) -> Path:
+    """The report (``analysis.report``) of every finished unit under ``root``, with the failed
+    units and the stage order of the registry; returns the path of ``report.md``."""
+    from analysis.report import DEFAULT_TITLE, IMPORTANCE_STAGES, write_report
+    from landscape.stages import stage_names
+
+    root = Path(root)
+    arrays = {st: results.load_arrays(root, st) for st in IMPORTANCE_STAGES}
+    return write_report(results.load(root), Path(out) if out else root / "report", arrays=arrays,
+                        title=title or DEFAULT_TITLE, results_root=root,
+                        failures=results.failures(root), reference=reference,
+                        stage_order=stage_names())
+
+
+def finish_cells(root: str | Path, cells: Optional[Sequence[RunConfig]] = None, *,
+                 overrides: Optional[RunConfig] = None) -> list[CellSummary]:
+    """Run the cell-level stages of ``cells`` (default: every cell under ``root``) with the
+    analysis settings of ``overrides`` (default: the first of ``cells``, else each cell's
+    stored settings), print where the results are and a summary, and write ``root/report``
+    when ``report`` is set. Every cell is tried; then a RuntimeError names the cells whose
+    cell-level stages failed (tracebacks are logged)."""
+    root = Path(root).resolve()
+    if overrides is None and cells:
+        overrides = cells[0]
+    names = ([identify(c).cell_name for c in cells] if cells is not None
+             else results.cell_names(root))
+    done, failed = [], []
+    for name in names:
+        try:
+            s = run_cell(root, name, overrides=overrides)
+        except Exception:  # noqa: BLE001 - the other cells still run; reported below
+            log.exception("%s: cell-level stages failed", name)
+            failed.append(name)
+            continue
+        done.append(s)
+        if s.ran:
+            print(f"[landscape] {name}: {', '.join(s.ran)} over seeds {s.seeds}")
+    df = results.load(root)
+    df = df[df["run_id"].str.split("/").str[0].isin(set(names))]
+    runs = df.loc[df["run_id"].str.contains("/seed="), "run_id"].nunique()
+    print(f"\n[landscape] results under {root} ({runs} runs in {len(names)} cells, "
+          f"{len(df)} rows)")
+    if len(df):
+        print(final_accuracy_table(df).to_string())
+    print(f"[landscape] load them with: landscape.results.load({str(root)!r})", flush=True)
+    if len(df) and (overrides is None or overrides.report):
+        path = write_root_report(root)
+        print(f"[landscape] report: {path} and {path.with_suffix('.html')}")
+    if failed:
+        raise RuntimeError(f"cell-level stages failed for {failed} (tracebacks above)")
+    return done

@@ -1,0 +1,87 @@
+"""The local backend: the pending runs of a grid on this machine, one after another or in N
+spawned worker processes with the CPU threads split between them; then the cell-level work."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+
+import torch
+
+from landscape import results
+from landscape.config import RunConfig
+from landscape.grid.finish import finish_cells
+from landscape.grid.launcher import (
+    BACKENDS, LauncherConfig, LocalRunResult, Submission, cell_work,
+)
+from landscape.grid.plan import GridPlan
+from landscape.identity import identify
+from landscape.pipeline import run
+
+log = logging.getLogger("landscape")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a Slurm allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _run_isolated(cfg: RunConfig) -> LocalRunResult:
+    """One run in a worker process; a failure is returned (the pipeline wrote FAILED), so one
+    bad run does not stop the others."""
+    run_id = identify(cfg).run_id
+    try:
+        status, error = run(cfg).status, ""
+    except Exception as e:  # noqa: BLE001 - reported per run, traceback is in FAILED
+        status, error = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
+        log.error("%s failed: %s", run_id, error)
+    return LocalRunResult(run_id, status, error, torch.get_num_threads(), os.getpid())
+
+
+class LocalBackend:
+    def describe(self, plan: GridPlan, launcher: LauncherConfig) -> list[str]:
+        w, work = launcher.local_workers, cell_work(plan)
+        return [f"local: {len(plan.pending)} runs, {w} at a time with "
+                f"{max(1, usable_cpus() // w)} torch threads each (unless num_threads is set)"
+                + (f"; then {work}" if work else "")]
+
+    def launch(self, plan: GridPlan, launcher: LauncherConfig) -> Submission:
+        """Run the pending runs here: in this process (``local_workers=1``), or in
+        ``local_workers`` spawned processes, each with ``usable_cpus() // local_workers`` torch
+        threads (runs that set ``num_threads`` keep it); then the cell-level work, here."""
+        workers = launcher.local_workers
+        threads = max(1, usable_cpus() // workers)
+        cfgs = [p.cfg if p.cfg.num_threads else dataclasses.replace(p.cfg, num_threads=threads)
+                for p in plan.pending]
+        if cfgs:
+            results.record_submission(plan.root, "local", [
+                (identify(c).run_id, None, dataclasses.asdict(c)) for c in cfgs])
+        previous = torch.get_num_threads()
+        try:
+            if workers == 1 or len(cfgs) <= 1:
+                done = [_run_isolated(c) for c in cfgs]
+            else:
+                # A fresh process per run (Python >= 3.11): no CUDA context or backend flags
+                # leak from one run into the next.
+                fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+                with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                         **fresh) as pool:
+                    futures = [pool.submit(_run_isolated, c) for c in cfgs]
+                    done = [f.result() for f in as_completed(futures)]
+            torch.set_num_threads(usable_cpus())
+            cells = finish_cells(plan.root, list(plan.cells)) if plan.needs_cell_job else []
+        finally:
+            torch.set_num_threads(previous)
+        order = {identify(c).run_id: i for i, c in enumerate(cfgs)}
+        done.sort(key=lambda r: order[r.run_id])
+        return Submission("local", tuple(order), local=tuple(done), cells=tuple(cells))
+
+
+BACKENDS.register("local")(LocalBackend())

@@ -1,0 +1,214 @@
+"""The Slurm backend: one array (one task per unfinished run) plus a cell-level job that waits
+for it (``afterany``), through submitit; and what the queue says of recorded submissions.
+
+A preempted or timed-out task is requeued by submitit (:class:`RunTask` is Checkpointable) and
+resumes from ``checkpoints/last.pt``; the state lives on disk, not in the task object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import submitit
+import torch
+from submitit.core.utils import FailedJobError
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from landscape import results
+from landscape.config import RunConfig
+from landscape.grid.finish import finish_cells
+from landscape.grid.launcher import (
+    BACKENDS, LauncherConfig, Submission, SubmissionError, cell_work,
+)
+from landscape.grid.plan import GridPlan
+from landscape.pipeline import CellSummary, RunSummary, run
+
+log = logging.getLogger("landscape")
+RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"}
+
+
+def _log_to_stdout() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _slurm_threads(cfg: RunConfig) -> RunConfig:
+    """Inside a Slurm job: one torch thread per allocated CPU unless num_threads is set."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cfg.num_threads is None and cpus:
+        return dataclasses.replace(cfg, num_threads=int(cpus))
+    return cfg
+
+
+class RunTask(Checkpointable):
+    """One run as a Slurm array task; requeued on preemption or time-out."""
+
+    def __call__(self, cfg: RunConfig) -> RunSummary:
+        _log_to_stdout()
+        return run(_slurm_threads(cfg))
+
+    def checkpoint(self, cfg: RunConfig) -> DelayedSubmission:
+        return DelayedSubmission(RunTask(), cfg)
+
+
+class CellTask(Checkpointable):
+    """The cell-level stages of every cell of a grid over the seeds that finished, the grid's
+    summary (printed to the job's log), then the report if ``report`` is set."""
+
+    def __call__(self, cells: list[RunConfig]) -> list[CellSummary]:
+        _log_to_stdout()
+        cfg = _slurm_threads(cells[0])
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        return finish_cells(Path(cfg.results_root), cells)
+
+
+def submitit_folder(root: Path, launcher: LauncherConfig) -> Path:
+    """Where submitit keeps job scripts, pickles and logs (``<id>_<task>_log.out/err``)."""
+    return Path(launcher.folder).expanduser().resolve() if launcher.folder else root / ".submitit"
+
+
+def executor_parameters(launcher: LauncherConfig, kind: str) -> dict[str, Any]:
+    """AutoExecutor parameters of the run array (``kind="runs"``) or the cell job."""
+    params = {
+        "name": f"{launcher.job_name}-{kind}",
+        "timeout_min": launcher.time if kind == "runs" else launcher.cell_time,
+        "cpus_per_task": launcher.cpus_per_task, "gpus_per_node": launcher.gpus_per_node or None,
+        "mem_gb": launcher.mem_gb, "slurm_partition": launcher.partition,
+        "slurm_account": launcher.account, "slurm_constraint": launcher.constraint,
+        "slurm_array_parallelism": launcher.array_parallelism if kind == "runs" else None,
+        "slurm_additional_parameters": dict(launcher.sbatch_extra) or None,
+        "slurm_setup": list(launcher.setup) or None,
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+# sbatch's complaint -> the launcher fields that cause it
+_HINTS = [
+    (r"time limit", ("time",)), (r"memory", ("mem_gb",)),
+    (r"processors|cpu", ("cpus_per_task",)), (r"gres|gpu", ("gpus_per_node",)),
+    (r"partition", ("partition",)), (r"feature|constraint", ("constraint",)),
+    (r"account|association", ("account",)), (r"qos", ("sbatch_extra",)),
+    (r"node configuration", ("gpus_per_node", "cpus_per_task", "mem_gb", "constraint")),
+]
+
+
+def explain_sbatch_error(message: str, launcher: LauncherConfig, kind: str) -> str:
+    """sbatch's message verbatim, then the launcher fields (with their values) to change."""
+    fields_ = [f for pattern, fs in _HINTS if re.search(pattern, message, re.I) for f in fs]
+    if kind == "cells":
+        fields_ = ["cell_time" if f == "time" else f for f in fields_]
+    fields_ = list(dict.fromkeys(fields_)) or ["partition", "account", "sbatch_extra"]
+    values = ", ".join(f"launcher.{f}={getattr(launcher, f)!r}" for f in fields_)
+    what = "run array" if kind == "runs" else "cell-level job"
+    return (f"sbatch refused the {what}:\n  " + message.strip().replace("\n", "\n  ")
+            + f"\nChange {values} (configs/launcher/slurm.yaml or launcher.<field>=... on the "
+            f"command line) to a request this cluster can satisfy.")
+
+
+def _executor(launcher: LauncherConfig, folder: Path, kind: str,
+              **extra: Any) -> submitit.AutoExecutor:
+    try:
+        ex = submitit.AutoExecutor(folder, cluster="slurm",
+                                   slurm_max_num_timeout=launcher.max_num_timeout)
+    except RuntimeError as e:
+        raise SubmissionError(f"launcher.backend=slurm but no Slurm here ({e}); submit from "
+                              f"the cluster's login node, or use launcher=local") from None
+    ex.update_parameters(**executor_parameters(launcher, kind), **extra)
+    return ex
+
+
+class SlurmBackend:
+    def describe(self, plan: GridPlan, launcher: LauncherConfig) -> list[str]:
+        lines, work = [], cell_work(plan)
+        if plan.pending:
+            lines.append(f"slurm: 1 array of {len(plan.pending)} tasks (at most "
+                         f"{launcher.array_parallelism} at once) with "
+                         f"{executor_parameters(launcher, 'runs')}")
+        if work:
+            dep = "afterany on the array" if plan.pending else "no dependency"
+            lines.append(f"slurm: 1 job ({dep}): {work}, with "
+                         f"{executor_parameters(launcher, 'cells')}")
+        lines.append(f"logs: {submitit_folder(plan.root, launcher)}")
+        return lines
+
+    def launch(self, plan: GridPlan, launcher: LauncherConfig) -> Submission:
+        """Submit the pending runs as one array, then the cell job ``afterany`` on it."""
+        folder = submitit_folder(plan.root, launcher)
+        jobs: list[Any] = []
+        array_id = cell_id = None
+        kind = "runs"
+        try:
+            if plan.pending:
+                jobs += _executor(launcher, folder, "runs").map_array(
+                    RunTask(), [p.cfg for p in plan.pending])
+                array_id = jobs[0].job_id.split("_")[0]
+            if plan.needs_cell_job:
+                kind = "cells"
+                dep = {"slurm_dependency": f"afterany:{array_id}"} if array_id else {}
+                ex = _executor(launcher, folder, "cells", **dep)
+                jobs.append(ex.submit(CellTask(), list(plan.cells)))
+                cell_id = jobs[-1].job_id
+        except FailedJobError as e:
+            msg = explain_sbatch_error(str(e), launcher, kind)
+            if array_id:
+                msg += (f"\n(The run array {array_id} was submitted; resubmitting adds only "
+                        f"the cell job.)")
+            raise SubmissionError(msg) from None
+        finally:
+            if array_id or cell_id:
+                run_jobs = jobs[:len(plan.pending)] if array_id else []
+                results.record_submission(
+                    plan.root, "slurm", [(p.run_id, j.job_id, dataclasses.asdict(p.cfg))
+                                         for p, j in zip(plan.pending, run_jobs)],
+                    cell_id, plan.cell_names() if cell_id else [])
+        run_ids = tuple(p.run_id for p in plan.pending)
+        return Submission("slurm", run_ids, array_id, cell_id, tuple(jobs))
+
+
+BACKENDS.register("slurm")(SlurmBackend())
+
+
+# ---------------------------------------------------------------------------------------------
+def squeue_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """Slurm state of the queued/running jobs among ``job_ids`` (array tasks as
+    ``"<array id>_<index>"``). Empty when Slurm cannot be asked (no squeue here, or the
+    controller does not answer), with a warning for the latter."""
+    ids = sorted({str(j).split("_")[0] for j in job_ids if j})
+    if not ids:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(ids)],
+                             capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return {}
+    except (OSError, subprocess.TimeoutExpired) as e:
+        warnings.warn(f"cannot read the Slurm queue ({e}); states come from files only",
+                      stacklevel=2)
+        return {}
+    if out.returncode != 0:
+        if "Invalid job id" not in out.stderr:  # that one just means: none is queued any more
+            warnings.warn(f"squeue failed: {out.stderr.strip()}", stacklevel=2)
+        return {}
+    return dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
+
+
+def active_jobs(root: Path) -> dict[str, str]:
+    """run_id (or cell name) -> Slurm state, for runs/cells that a queued or running job of a
+    recorded submission holds; a later submission wins."""
+    subs = [s for s in results.read_submissions(root) if s.get("backend") == "slurm"]
+    states = squeue_states([r.get("job_id") for s in subs for r in s["runs"]]
+                           + [s.get("cell_job_id") for s in subs])
+    active: dict[str, str] = {}
+    for s in subs:
+        active.update({r["run_id"]: states[r.get("job_id")] for r in s["runs"]
+                       if r.get("job_id") in states})
+        if s.get("cell_job_id") in states:
+            active.update({c: states[s["cell_job_id"]] for c in s.get("cells", [])})
+    return active

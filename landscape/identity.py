@@ -1,0 +1,140 @@
+"""The frozen identity of a run, built once from its config: the one source of every identity
+column of its rows, of its folder names and of the model the stages build.
+
+A *cell* is every identity field of the config except the seed; a *run* is (cell, seed). The
+cell is named by a readable prefix plus a hash of its canonical config (identity fields that
+differ from their defaults, sorted, as OpenLTH does), e.g.
+``vgg19-w1-cifar10-pool3-1a2b3c4d5e``; never a timestamp. Fields whose dataclass metadata says
+``identity: False`` (where or how to compute, not what) are left out of the hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from landscape.data.registry import dataset_info
+from landscape.models import PoolSpec, build_model, resolve_pool
+from landscape.receptive_field import max_receptive_field
+
+NOT_IDENTITY = {"identity": False}  # dataclass field metadata: not part of the run's identity
+HASH_LENGTH = 10
+
+
+def identity_dict(cfg: Any, *, _prefix: str = "") -> dict[str, Any]:
+    """Flat ``{"model.name": ..., ...}`` of identity fields whose value differs from the default.
+
+    Omitting defaults (as OpenLTH does) keeps old run hashes valid when a new field with a
+    default is added. Floats are normalised so that ``1`` and ``1.0`` hash alike.
+    """
+    out: dict[str, Any] = {}
+    default = type(cfg)()
+    for f in fields(cfg):
+        if not f.metadata.get("identity", True):
+            continue
+        value, key = getattr(cfg, f.name), f"{_prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(identity_dict(value, _prefix=f"{key}."))
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and isinstance(
+            getattr(default, f.name), float
+        ):
+            value = float(value)
+        if value != getattr(default, f.name):
+            out[key] = value
+    return out
+
+
+def cell_hash(cfg: Any) -> str:
+    """Hash of the canonical cell config: every identity field but the seed."""
+    ident = {k: v for k, v in identity_dict(cfg).items() if k != "seed"}
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:HASH_LENGTH]
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a run is. ``seed`` is None for the identity of a whole cell."""
+
+    arch: str
+    dataset: str
+    width: float
+    pool: PoolSpec
+    custom_pool: bool  # kernel/stride/padding set explicitly instead of the level's preset
+    receptive_field: int  # analytic r_max at the last conv layer, pixels
+    image_size: int
+    in_channels: int
+    num_classes: int
+    num_params: int
+    cell_hash: str
+    seed: Optional[int] = None
+
+    @property
+    def cell_name(self) -> str:
+        p = self.pool
+        pool = f"poolk{p.kernel}s{p.stride}p{p.padding}" if self.custom_pool else f"pool{p.level}"
+        return f"{self.arch}-w{self.width:g}-{self.dataset}-{pool}-{self.cell_hash}"
+
+    @property
+    def run_name(self) -> str:
+        if self.seed is None:
+            raise ValueError("a cell identity has no run name; use with_seed(seed)")
+        return f"seed={self.seed}"
+
+    @property
+    def run_id(self) -> str:
+        """``<cell>/seed=<s>`` for a run, the cell name for a cell."""
+        return self.cell_name if self.seed is None else f"{self.cell_name}/{self.run_name}"
+
+    def with_seed(self, seed: Optional[int]) -> RunIdentity:
+        return dataclasses.replace(self, seed=seed)
+
+    def columns(self) -> dict[str, Any]:
+        """The identity columns of this run's (or cell's) rows (``landscape.results``)."""
+        p = self.pool
+        return {"run_id": self.run_id, "arch": self.arch, "dataset": self.dataset,
+                "pool_level": p.level, "pool_kernel": p.kernel, "pool_stride": p.stride,
+                "pool_padding": p.padding, "receptive_field": self.receptive_field,
+                "width": self.width, "seed": self.seed}
+
+    def build_model(self) -> nn.Module:
+        """A new model of this identity, initialised from torch's global RNG."""
+        return build_model(self.arch, self.pool, num_classes=self.num_classes,
+                           in_channels=self.in_channels, width=self.width)
+
+
+@functools.lru_cache(maxsize=256)
+def _model_facts(arch: str, pool: PoolSpec, width: float, num_classes: int, in_channels: int,
+                 image_size: int) -> tuple[int, int]:
+    """(analytic RF at the last conv, parameter count) of a model built on the meta device (no
+    memory, no init); building it checks the input size. Cached: a grid asks once per cell."""
+    with torch.device("meta"):
+        model = build_model(arch, pool, num_classes=num_classes, in_channels=in_channels,
+                            width=width, input_size=image_size)
+    return max_receptive_field(model), sum(p.numel() for p in model.parameters())
+
+
+def identify(cfg: Any) -> RunIdentity:
+    """The identity of ``cfg`` (a ``RunConfig``: ``model``, ``data``, ``seed`` and the identity
+    fields). Resolves the pool once and builds the model once, on the meta device (no memory,
+    no init), to check the input size and read the analytic receptive field: an impossible
+    pool for the data is an error here, before anything is written."""
+    m = cfg.model
+    pool = resolve_pool(m.pool_level, m.pool_kernel, m.pool_stride, m.pool_padding)
+    info = dataset_info(cfg.data)
+    rf, num_params = _model_facts(m.name, pool, float(m.width), info.num_classes,
+                                  info.in_channels, info.image_size)
+    custom = (m.pool_kernel, m.pool_stride, m.pool_padding) != (None, None, None)
+    return RunIdentity(
+        arch=m.name, dataset=cfg.data.name, width=float(m.width), pool=pool, custom_pool=custom,
+        receptive_field=rf, image_size=info.image_size, in_channels=info.in_channels,
+        num_classes=info.num_classes, num_params=num_params, cell_hash=cell_hash(cfg),
+        seed=cfg.seed,
+    )

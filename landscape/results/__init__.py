@@ -1,0 +1,31 @@
+"""Tidy results: the row schema, where files live, atomic stage output, records, the loader.
+
+This package is the only code that reads or writes files under a results root (checkpoints
+are written by the trainer into the folder :class:`RunPaths` gives it).
+``landscape.results.load(root)`` returns one long DataFrame, one observation per row.
+"""
+
+from landscape.results.layout import (
+    ARRAYS, CELL_DIR, DONE, FAILED, ROWS, SUBMISSIONS, RunPaths, run_paths, stage_dir,
+)
+from landscape.results.records import (
+    cell_names, read_submissions, record_submission, run_configs, trained_seeds,
+    write_run_records,
+)
+from landscape.results.schema import (
+    COLUMNS, DTYPES, ID_COLUMNS, METRICS, OPTIONAL_COLUMNS, VALUE_COLUMNS, SchemaError,
+    register_metric, to_frame, validate_rows,
+)
+from landscape.results.store import (
+    failures, is_done, load, load_arrays, read_arrays, read_done, read_failure, read_stage,
+    write_failure, write_stage,
+)
+
+__all__ = [
+    "ARRAYS", "CELL_DIR", "COLUMNS", "DONE", "DTYPES", "FAILED", "ID_COLUMNS", "METRICS",
+    "OPTIONAL_COLUMNS", "ROWS", "SUBMISSIONS", "VALUE_COLUMNS", "RunPaths", "SchemaError",
+    "cell_names", "failures", "is_done", "load", "load_arrays", "read_arrays", "read_done",
+    "read_failure", "read_stage", "read_submissions", "record_submission", "register_metric",
+    "run_configs", "run_paths", "stage_dir", "to_frame", "trained_seeds", "validate_rows",
+    "write_failure", "write_stage", "write_run_records",
+]

@@ -1,0 +1,54 @@
+"""Where everything lives under a results root. Every path is relative to the root it is given,
+so a results folder can be copied or moved as a whole::
+
+    <root>/<cell>/cell.json                               the cell's identity fields
+    <root>/<cell>/seed=<s>/config.json                    the run's whole config
+    <root>/<cell>/seed=<s>/checkpoints/{init,last,final}.pt
+    <root>/<cell>/seed=<s>/stages/<unit>/rows.csv + arrays.npz + DONE (or FAILED)
+    <root>/<cell>/cell/stages/<unit>/...                  cell-level stage units (no seed)
+    <root>/.submitit/submissions.jsonl                    what was submitted, which job holds it
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CELL_DIR = "cell"  # cell-level stages live in <cell>/cell/stages/<unit>/
+CELL_RECORD = "cell.json"
+RUN_CONFIG = "config.json"
+SUBMISSIONS = Path(".submitit") / "submissions.jsonl"
+DONE, FAILED, ROWS, ARRAYS = "DONE", "FAILED", "rows.csv", "arrays.npz"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The folders of one run (``run`` is None for a cell without a seed)."""
+
+    root: Path
+    cell: Path
+    run: Path | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def run_dir(self) -> Path:
+        if self.run is None:
+            raise ValueError(f"{self.cell} is a cell, it has no run folder")
+        return self.run
+
+    @property
+    def cell_stages(self) -> Path:
+        """The folder that holds the cell-level stage units (what ``stage_dir`` is given)."""
+        return self.cell / CELL_DIR
+
+
+def run_paths(root: str | Path, cell_name: str, seed: int | None = None) -> RunPaths:
+    cell = Path(root).expanduser() / cell_name
+    return RunPaths(Path(root).expanduser(), cell, None if seed is None else cell / f"seed={seed}")
+
+
+def stage_dir(run_dir: Path, unit: str) -> Path:
+    return Path(run_dir) / "stages" / unit

@@ -1,0 +1,69 @@
+"""The records of a results root besides stage units: each cell's identity, each run's config,
+and the submissions of grids (which Slurm job holds which run)."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from landscape.results.layout import CELL_RECORD, RUN_CONFIG, SUBMISSIONS, RunPaths
+from landscape.results.store import read_done
+from landscape.storage import atomic_write_json
+
+
+def write_run_records(paths: RunPaths, identity_fields: dict[str, Any],
+                      config: dict[str, Any]) -> None:
+    """``cell.json`` (the cell's identity fields) and the run's ``config.json``."""
+    atomic_write_json(paths.cell / CELL_RECORD, {"cell": paths.cell.name,
+                                                 "identity": identity_fields})
+    atomic_write_json(paths.run_dir / RUN_CONFIG, config)
+
+
+def cell_names(root: str | Path) -> list[str]:
+    """Names of the cell folders under ``root`` (those with a ``cell.json``), sorted."""
+    return sorted(p.parent.name for p in Path(root).glob(f"*/{CELL_RECORD}"))
+
+
+def run_configs(root: str | Path, cell: Optional[str] = None) -> dict[str, dict[str, Any]]:
+    """``run_id -> stored config`` (as written by :func:`write_run_records`) of every run under
+    ``root`` (or of one cell), in folder order. Unreadable files are left out with a warning."""
+    root = Path(root)
+    out = {}
+    for path in sorted(root.glob(f"{cell or '*'}/seed=*/{RUN_CONFIG}")):
+        run_id = path.parent.relative_to(root).as_posix()
+        try:
+            out[run_id] = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            warnings.warn(f"{run_id}: unreadable {RUN_CONFIG} ({e}); left out", stacklevel=2)
+    return out
+
+
+def trained_seeds(cell_dir: str | Path) -> list[int]:
+    """Seeds of a cell whose training finished without diverging, sorted."""
+    seeds = []
+    for run in Path(cell_dir).glob("seed=*"):
+        if (read_done(run, "train") or {}).get("status") == "ok":
+            seeds.append(int(run.name.split("=", 1)[1]))
+    return sorted(seeds)
+
+
+def record_submission(root: Path, backend: str, runs: Sequence[tuple[str, Optional[str], dict]],
+                      cell_job_id: Optional[str] = None, cells: Sequence[str] = ()) -> None:
+    """Append one submission: ``runs`` holds (run_id, Slurm job id or None, config as a dict)."""
+    path = Path(root) / SUBMISSIONS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"unix": time.time(), "backend": backend, "cell_job_id": cell_job_id,
+             "cells": list(cells),
+             "runs": [{"run_id": r, "job_id": j, "config": c} for r, j, c in runs]}
+    with path.open("a") as f:  # one line per submission
+        f.write(json.dumps(entry, default=str) + "\n")
+
+
+def read_submissions(root: str | Path) -> list[dict[str, Any]]:
+    path = Path(root) / SUBMISSIONS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

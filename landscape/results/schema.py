@@ -1,0 +1,141 @@
+"""The row schema: identity columns, value columns, dtypes, and every metric name in one table.
+
+Rows are long format, one observation per row (DESIGN.md §4). Metric names are fixed
+snake_case strings, one per quantity; every built-in stage's metrics are declared here, so
+rows can be written and read without importing the stage that made them. A user stage
+declares its own with :func:`register_metric`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+# Identity columns, in order (DESIGN.md §4). pool_padding is kept too: a kernel/stride sweep
+# needs it to tell settings apart.
+ID_COLUMNS = [
+    "run_id", "arch", "dataset", "pool_level", "pool_kernel", "pool_stride", "pool_padding",
+    "receptive_field", "width", "seed", "stage", "criterion", "prune_rate", "finetuned",
+]
+VALUE_COLUMNS = ["metric", "value"]
+OPTIONAL_COLUMNS = ["index", "layer", "layer_b", "seed_b", "note"]
+COLUMNS = ID_COLUMNS + VALUE_COLUMNS + OPTIONAL_COLUMNS
+
+DTYPES: dict[str, str] = {
+    "run_id": "string", "arch": "string", "dataset": "string", "pool_level": "Int64",
+    "pool_kernel": "Int64", "pool_stride": "Int64", "pool_padding": "Int64",
+    "receptive_field": "Int64", "width": "float64", "seed": "Int64", "stage": "string",
+    "criterion": "string", "prune_rate": "float64", "finetuned": "boolean", "metric": "string",
+    "value": "float64", "index": "Int64", "layer": "string", "layer_b": "string",
+    "seed_b": "Int64", "note": "string",
+}
+
+# Every metric name, one per quantity, with its meaning and unit.
+METRICS: dict[str, str] = {
+    # train
+    "train_loss": "mean training cross-entropy over an epoch (augmented data); index = epoch",
+    "train_acc": "training accuracy over an epoch, fraction in [0, 1]; index = epoch",
+    "test_loss": "mean test cross-entropy after an epoch; index = epoch",
+    "test_acc": "test accuracy after an epoch, fraction in [0, 1]; index = epoch",
+    "learning_rate": "learning rate used during an epoch; index = epoch",
+    "epoch_seconds": "wall time of an epoch (train + test evaluation), seconds; index = epoch",
+    "diverged": "1 if the training loss became NaN/inf (index = epoch it happened), else 0",
+    "num_params": "number of parameters of the model",
+    "train_seconds": "wall time of the training stage in this process, seconds",
+    # receptive_field (cell-level, one row per conv/pool layer; layer = module name)
+    "rf_r_max": "analytic receptive field of a layer's output, max over paths, pixels",
+    "rf_r_min": "analytic receptive field of a layer's output, min over paths, pixels",
+    "rf_jump": "effective stride of a layer's output in input pixels",
+    "rf_unproductive": "1 if the r_min of the layer's input already covers the input size",
+    "rf_border": "1 for the border layer (the first unproductive layer), else 0",
+    # prune, finetune (also test_acc, test_loss, train_loss, train_acc)
+    "sparsity": "fraction of the prunable weights that are pruned",
+    "nonzero_params": "nonzero parameters of the whole model after pruning",
+    "compression_ratio": "all parameters / nonzero parameters",
+    "layer_sparsity": "fraction of a layer's weights pruned; layer = name",
+    "empty_layer": "1 for a layer left with no weights (layer = name)",
+    # hessian
+    "hessian_eigenvalue": "Hessian eigenvalue of the mean training loss; index = rank (1 = largest)",
+    "hessian_residual": "||H v - lambda v|| of an eigenpair; index = rank",
+    "hessian_trace": "Hutchinson estimate of the Hessian trace",
+    "hessian_trace_stderr": "standard error of hessian_trace",
+    "hessian_density_node": "SLQ node (Ritz value); index = run * n_iter + step",
+    "hessian_density_weight": "SLQ weight of the node with the same index (a run sums to 1)",
+    "hessian_num_hvp": "Hessian-vector products spent by the stage unit",
+    "hessian_converged": "1 if every top-k residual is below tol * |lambda_max|",
+    "hessian_seconds": "wall time of the stage unit, seconds",
+    # importance
+    "importance_max": "mean over samples of the per-sample maximum of the projected-gradient "
+                      "map (|d out / d pixel|); note holds the settings",
+    "importance_max_std": "population std over samples of the per-sample maximum of the "
+                          "projected-gradient map",
+    "importance_n": "number of input samples behind importance_max",
+    "erf_size": "side (pixels) of the smallest centred square holding mass_fraction of the "
+                "mean importance map (Luo et al. 2016)",
+    "erf_area": "pixels of the mean importance map >= rel_threshold x max",
+    # cka (cell-level)
+    "cka": "linear CKA between layer (of seed) and layer_b (of seed_b), in [0, 1]; note holds "
+           "the estimator",
+}
+
+
+class SchemaError(ValueError):
+    """A row that does not fit the schema (unknown column or metric, bad value)."""
+
+
+def register_metric(name: str, description: str) -> None:
+    """Declare a new metric name (snake_case) with its meaning and unit."""
+    if not name.replace("_", "").isalnum() or name.lower() != name:
+        raise SchemaError(f"metric names are snake_case, got {name!r}")
+    if name in METRICS and METRICS[name] != description:
+        raise SchemaError(f"metric {name!r} is already registered: {METRICS[name]}")
+    METRICS[name] = description
+
+
+def validate_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for i, r in enumerate(rows):
+        unknown = set(r) - set(COLUMNS)
+        if unknown:
+            raise SchemaError(f"row {i}: unknown column(s) {sorted(unknown)}; valid: {COLUMNS}")
+        metric = r.get("metric")
+        if metric not in METRICS:
+            raise SchemaError(
+                f"row {i}: unknown metric {metric!r}; register it with "
+                f"landscape.results.register_metric. Known: {', '.join(sorted(METRICS))}"
+            )
+        value = r.get("value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = float(value)  # numpy scalars, 0-d tensors
+            except (TypeError, ValueError):
+                raise SchemaError(f"row {i} ({metric}): value must be a number, got {value!r}")
+        out.append({**r, "value": float(value)})
+    return out
+
+
+def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows -> DataFrame with every schema column, in order, with the schema dtypes."""
+    df = pd.DataFrame(list(rows))
+    for c in COLUMNS:
+        if c not in df.columns:
+            df[c] = pd.NA
+    df = df[COLUMNS]
+    for c, t in DTYPES.items():
+        col = df[c]
+        if t == "boolean":
+            col = col.astype(object).map(_to_bool)
+        elif t == "float64":
+            col = pd.to_numeric(col.astype(object).where(col.notna(), None), errors="raise")
+        df[c] = col.astype(t)
+    return df
+
+
+def _to_bool(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return pd.NA
+    if isinstance(v, str):
+        return {"true": True, "false": False}.get(v.strip().lower(), pd.NA)
+    return bool(v)

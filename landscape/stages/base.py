@@ -1,0 +1,158 @@
+"""The stage protocol: what a stage declares, what it may ask of its context, and the registry.
+
+A stage is one module under ``landscape/stages/`` (or a user's module) with one class::
+
+    @register_stage
+    class MyStage(Stage):
+        name = "my_stage"          # row label and unit-name prefix
+        level = "run"              # "run": once per (cell, seed); "cell": once per cell
+        config_class = MyConfig    # its settings, from RunConfig.stages["my_stage"]
+                                   # (built-in stages name a RunConfig field: config_field)
+
+        def units(self, config):   # independent, separately marked units
+            return [Unit("my_stage_final", {"checkpoint": "final"})]
+
+        def run(self, ctx, config, unit):  # -> rows (or Output(rows, arrays))
+            model = ctx.load_model(unit.params["checkpoint"])
+            return [{"metric": "my_metric", "value": ...}]
+
+The pipeline orders and iterates the registered stages, skips units whose DONE marker exists,
+adds the identity columns to the rows and writes them; the status command and the report take
+their stage lists from this registry. Stages type against the context protocols below, which
+import nothing of the pipeline or the config (no import cycles).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Optional, Protocol, Sequence, Union
+
+import numpy as np
+from torch import nn
+
+from landscape.data.registry import DatasetBundle
+from landscape.device import DeviceSettings
+from landscape.identity import RunIdentity
+from landscape.registry import Registry
+from landscape.train import TrainConfig
+
+LEVELS = ("run", "cell")
+CHECKPOINTS = ("init", "final")  # the weights before the first step, and after training
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One separately marked piece of a stage: ``name`` is its folder under ``stages/``,
+    ``params`` the arguments :meth:`Stage.run` needs to compute it."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Output:
+    """What a unit returns when it also saves arrays (e.g. masks, maps) beside its rows."""
+
+    rows: list[dict[str, Any]]
+    arrays: dict[str, Any] = field(default_factory=dict)
+
+
+class RunContext(Protocol):
+    """What a run-level stage may use. Rows get the identity columns from the pipeline."""
+
+    identity: RunIdentity
+    settings: DeviceSettings
+    train: TrainConfig  # the run's training settings (batch sizes, CUDA paths)
+    progress: bool
+    num_workers: int  # DataLoader workers (data.num_workers)
+    checkpoint_dir: Path  # where training writes init.pt, last.pt and final.pt
+
+    @property
+    def data(self) -> DatasetBundle: ...
+
+    def build_model(self) -> nn.Module:
+        """The run's freshly initialised model (the same init every time), on the CPU."""
+
+    def load_model(self, checkpoint: str) -> nn.Module:
+        """The model with the weights of ``checkpoint`` ("init" or "final"), on the device."""
+
+    def read_arrays(self, unit: str) -> dict[str, np.ndarray]:
+        """The arrays saved by a finished unit of this run (e.g. a prune unit's masks)."""
+
+
+class CellContext(Protocol):
+    """What a cell-level stage may use: the cell's identity (seed None) and its seeds."""
+
+    identity: RunIdentity
+    settings: DeviceSettings
+    progress: bool
+    seeds: Sequence[int]  # seeds whose training finished (all of them for needs_trained=False)
+
+    @property
+    def data(self) -> DatasetBundle: ...
+
+    def build_model(self) -> nn.Module: ...
+
+    def load_models(self, checkpoint: str) -> dict[int, nn.Module]:
+        """seed -> model with the weights of ``checkpoint``, on the device."""
+
+
+Result = Union[Sequence[Mapping[str, Any]], Output]
+
+
+class Stage:
+    """Base class of a stage; subclasses set the class attributes and override :meth:`run`."""
+
+    name: ClassVar[str]
+    level: ClassVar[str] = "run"
+    config_field: ClassVar[Optional[str]] = None  # the RunConfig field with its settings
+    # A user stage's settings instead: a dataclass filled from RunConfig.stages[name]
+    config_class: ClassVar[Optional[type]] = None
+    needs_trained: ClassVar[bool] = True  # runs only after training finished without diverging
+    trains: ClassVar[bool] = False  # a training stage may use TF32 on CUDA; measurements do not
+
+    def enabled(self, config: Any) -> bool:
+        """Whether the stage runs with these settings (default: ``config.enabled``)."""
+        return bool(getattr(config, "enabled", True))
+
+    def validate(self, config: Any) -> None:
+        """Raise ValueError naming the field of a bad setting (called before any file is
+        written)."""
+
+    def units(self, config: Any) -> list[Unit]:
+        return [Unit(self.name)]
+
+    def run(self, ctx: Any, config: Any, unit: Unit) -> Result:
+        raise NotImplementedError(f"stage {self.name!r} does not implement run()")
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: register a stage, after those registered before it."""
+    if getattr(cls, "level", None) not in LEVELS:
+        raise ValueError(f"stage {cls.__name__}: level must be one of {LEVELS}, got "
+                         f"{getattr(cls, 'level', None)!r}")
+    if not isinstance(getattr(cls, "name", None), str):
+        raise ValueError(f"stage {cls.__name__} must set a class attribute `name`")
+    STAGES.register(cls.name)(cls())
+    return cls
+
+
+def registered_stages(level: Optional[str] = None) -> list[Stage]:
+    """The registered stages in pipeline order (optionally of one level)."""
+    return [s for s in STAGES.values() if level is None or s.level == level]
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in registered_stages()]
+
+
+def check_checkpoints(group: str, checkpoints: Sequence[str]) -> None:
+    """``<group>.checkpoints`` must be a non-empty subset of :data:`CHECKPOINTS`."""
+    if not checkpoints or any(c not in CHECKPOINTS for c in checkpoints):
+        raise ValueError(f"{group}.checkpoints must be a non-empty subset of {CHECKPOINTS}, "
+                         f"got {list(checkpoints)}")
+

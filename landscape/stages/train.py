@@ -1,0 +1,48 @@
+"""Training stage: the run's model trained from its seeded init (resumable from the last epoch
+checkpoint); rows per epoch (losses, accuracies, learning rate, time), ``diverged``,
+``num_params`` and ``train_seconds``."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from landscape.stages.base import RunContext, Stage, Unit, register_stage
+from landscape.train import TrainConfig, train_model, validate_train_config
+
+log = logging.getLogger("landscape")
+EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "learning_rate",
+                 "epoch_seconds")
+
+
+@register_stage
+class TrainStage(Stage):
+    name = "train"
+    config_field = "train"
+    needs_trained = False
+    trains = True
+
+    def enabled(self, config: TrainConfig) -> bool:
+        return True
+
+    def validate(self, config: TrainConfig) -> None:
+        validate_train_config(config)
+
+    def run(self, ctx: RunContext, config: TrainConfig, unit: Unit) -> list[dict]:
+        model = ctx.build_model()
+        t0 = time.perf_counter()
+        outcome = train_model(
+            model, ctx.data.train, ctx.data.test, config, seed=ctx.identity.seed,
+            settings=ctx.settings, checkpoint_dir=ctx.checkpoint_dir,
+            num_workers=ctx.num_workers, progress=ctx.progress,
+        )
+        rows: list[dict] = [{"metric": m, "value": getattr(r, m), "index": r.epoch}
+                            for r in outcome.history for m in EPOCH_METRICS]
+        rows.append({"metric": "diverged", "value": float(outcome.diverged),
+                     "index": outcome.diverged_epoch})
+        rows.append({"metric": "num_params", "value": ctx.identity.num_params})
+        rows.append({"metric": "train_seconds", "value": time.perf_counter() - t0})
+        if outcome.diverged:
+            log.warning("run %s diverged at epoch %d (non-finite training loss)",
+                        ctx.identity.run_id, outcome.diverged_epoch)
+        return rows
