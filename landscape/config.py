@@ -45,6 +45,9 @@ class RunConfig:
     hessian: HessianConfig = field(default_factory=HessianConfig, metadata=NOT_IDENTITY)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig, metadata=NOT_IDENTITY)
     cka: CKAConfig = field(default_factory=CKAConfig, metadata=NOT_IDENTITY)  # cell-level
+    # Modules to import before anything runs: user stages, models, datasets, criteria register
+    # themselves there. Reading a results folder (landscape-status) never imports them.
+    imports: list[str] = field(default_factory=list, metadata=NOT_IDENTITY)
     # Settings of user stages, by stage name (each a dict of its ``config_class``'s fields):
     # ``+stages.my_stage.threshold=0.5`` on the command line.
     stages: dict[str, Any] = field(default_factory=dict, metadata=NOT_IDENTITY)

@@ -30,6 +30,7 @@ from landscape.device import (
     DeviceSettings, configure_backends, device_settings, full_precision, resolve_device,
 )
 from landscape.identity import RunIdentity, identify
+from landscape.registry import import_modules
 from landscape.results import RunPaths
 from landscape.seeds import INIT, seed_everything, stream_seed
 from landscape.stages import Output, Stage, Unit, registered_stages
@@ -98,9 +99,16 @@ def stage_units(cfg: RunConfig, level: str, *,
     return out
 
 
+def import_user_modules(cfg: RunConfig) -> None:
+    """Import the modules listed in ``imports`` (user stages, models, datasets register there)."""
+    import_modules(cfg.imports, field="imports")
+
+
 def validate(cfg: RunConfig) -> RunIdentity:
-    """Everything that can be checked before a file is written: the identity (an impossible
-    pool for the input size fails here) and the settings of every enabled stage."""
+    """Everything that can be checked before a file is written: the user modules import, the
+    identity (an impossible pool for the input size fails here) and the settings of every
+    enabled stage."""
+    import_user_modules(cfg)
     identity = identify(cfg)
     for stage in registered_stages():
         config = stage_config(cfg, stage)
@@ -225,6 +233,7 @@ def run_cell(root: str | Path, cell: str, *, overrides: Optional[RunConfig] = No
     cfg = cell_config(root, cell, overrides)
     if cfg is None:
         return summary
+    import_user_modules(cfg)
     work = stage_units(cfg, "cell", needs_trained=True)
     for stage, config, _ in work:
         stage.validate(config)

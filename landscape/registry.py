@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import importlib
+from typing import Callable, Generic, Sequence, TypeVar
 
 F = TypeVar("F")
 
@@ -53,3 +54,20 @@ class Registry(Generic[F]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+def import_modules(modules: Sequence[str], *, field: str) -> None:
+    """Import user modules (dotted names) so that their registrations run; ``field`` names
+    the config field that listed them in the error for a module that cannot be found."""
+    if isinstance(modules, str):
+        modules = [modules]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+                raise  # the module exists but one of its own imports is missing
+            raise ModuleNotFoundError(
+                f"cannot import module '{module}' (listed in {field}): no module named "
+                f"'{e.name}'; put its directory on PYTHONPATH or install it", name=e.name,
+            ) from None

@@ -58,8 +58,11 @@ def test_run_writes_tidy_rows_and_rerun_does_nothing(tmp_path, caplog):
 
 @pytest.fixture
 def own_registry(monkeypatch):
-    """Stages registered in a test are gone afterwards."""
+    """Stages registered in a test (or by tests/user_stage.py) are gone afterwards."""
     monkeypatch.setattr(STAGES, "_items", dict(STAGES._items))
+    sys.modules.pop("tests.user_stage", None)
+    yield
+    sys.modules.pop("tests.user_stage", None)
 
 
 def test_failed_stage_is_recorded_and_later_stages_wait(tmp_path, own_registry):
@@ -94,39 +97,19 @@ def test_failed_stage_is_recorded_and_later_stages_wait(tmp_path, own_registry):
         register_stage(type("Odd", (Stage,), {"name": "odd", "level": "grid"}))
 
 
-def test_a_user_stage_is_one_class_and_writes_rows_with_identity(tmp_path, own_registry):
-    """The README's example: one module, one registration; rows get the identity columns,
-    units are marked done on their own and skipped when re-run."""
-    from dataclasses import dataclass
-
-    from landscape.results import register_metric
-
-    register_metric("weight_norm", "L2 norm of all weights of a checkpoint")
-
-    @dataclass
-    class NormConfig:
-        enabled: bool = True
-        checkpoints: tuple = ("init", "final")
-
-    @register_stage
-    class WeightNorm(Stage):
-        name = "weight_norm"
-        config_class = NormConfig  # settings from RunConfig.stages["weight_norm"]
-
-        def units(self, config):
-            from landscape.stages import Unit
-            return [Unit(f"weight_norm_{c}", {"checkpoint": c}) for c in config.checkpoints]
-
-        def run(self, ctx, config, unit):
-            model = ctx.load_model(unit.params["checkpoint"])
-            norm = sum(float(p.detach().pow(2).sum()) for p in model.parameters()) ** 0.5
-            return [{"metric": "weight_norm", "value": norm, "stage": unit.name}]
-
-    off = pipeline.run(tiny_cfg(tmp_path, stages={"weight_norm": {"enabled": False}}))
+def test_a_user_stage_is_one_module_and_writes_rows_with_identity(tmp_path, own_registry):
+    """README's example (tests/user_stage.py): one module, one registration, loaded through
+    ``imports``; rows get the identity columns; units are marked done on their own."""
+    mod = "tests.user_stage"
+    off = pipeline.run(tiny_cfg(tmp_path, imports=[mod],
+                                stages={"weight_norm": {"enabled": False}}))
     assert off.ran == ["receptive_field", "train"]  # disabled by its own settings
-    with pytest.raises(ValueError, match="stages.weight_norm: unknown NormConfig field"):
-        pipeline.run(tiny_cfg(tmp_path, stages={"weight_norm": {"checkpoint": ["init"]}}))
-    cfg = tiny_cfg(tmp_path)
+    assert "weight_norm" in [s.name for s in registered_stages("run")]
+    with pytest.raises(ValueError, match="stages.weight_norm: unknown WeightNormConfig field"):
+        pipeline.run(tiny_cfg(tmp_path, imports=[mod], stages={"weight_norm": {"checkpoint": 1}}))
+    with pytest.raises(ModuleNotFoundError, match="listed in imports.*PYTHONPATH"):
+        pipeline.run(tiny_cfg(tmp_path, imports=["tests.no_such_module"]))
+    cfg = tiny_cfg(tmp_path, imports=[mod])
     second = pipeline.run(cfg)
     assert second.ran == ["weight_norm_init", "weight_norm_final"]
     df = results.load(tmp_path)
@@ -135,6 +118,18 @@ def test_a_user_stage_is_one_class_and_writes_rows_with_identity(tmp_path, own_r
     assert norms.loc["weight_norm_final", "receptive_field"] == 11
     assert norms.loc["weight_norm_init", "value"] != norms.loc["weight_norm_final", "value"]
     assert pipeline.run(cfg).ran == []
+
+
+def test_a_user_stage_from_the_command_line(tmp_path):
+    cmd = [sys.executable, "-m", "landscape.cli", "model=small_cnn", "model.width=0.25",
+           "data=synthetic", "data.image_size=8", "data.train_subset=64", "data.test_subset=32",
+           "train.epochs=1", "device=cpu", f"results_root={tmp_path}",
+           "imports=[tests.user_stage]", "+stages.weight_norm.checkpoints=[final]"]
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    df = results.load(tmp_path)
+    assert df[df.metric == "weight_norm"]["stage"].tolist() == ["weight_norm_final"]
 
 
 def test_diverged_run_is_recorded_not_silent(tmp_path, own_registry):

@@ -27,8 +27,11 @@ TINY = ["model=small_cnn", "model.width=0.25", "data=digits", "train=demo", "dev
         "launcher.mem_gb=1", "launcher.time=10", "launcher.cell_time=10"]
 GRID = TINY + ["train.epochs=1", "seed=0,1", "model.pool_level=0,1", "cka.enabled=true",
                "cka.n_inputs=32"]
-# One run of ~0.5 s per epoch here: long enough to interrupt after epoch 2.
-LONG = TINY + ["train.epochs=16", "seed=0", "report=false"]
+# One run of 0.3-0.5 s per epoch here: interrupted after epoch 2, the rest (>= 13 s) must
+# outlast Slurm's cancellation, which sends SIGTERM (ignored by submitit) and SIGKILL only
+# KillWait (5 s) later; with 16 epochs an idle machine finished training in between.
+LONG_EPOCHS = 50
+LONG = TINY + [f"train.epochs={LONG_EPOCHS}", "seed=0", "report=false"]
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +167,7 @@ def test_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_p
     assert state(job) == "COMPLETED"
     assert "REQUEUED" in sacct("--duplicates", "-o", "State", "-j", job.job_id)
     assert "Requeued job" in Path(job.paths.stderr).read_text()
-    assert_resumed(run_dir, before, 16)
+    assert_resumed(run_dir, before, LONG_EPOCHS)
 
 
 def test_killed_task_resumes_when_the_grid_is_resubmitted(slurm, tmp_path):
@@ -182,7 +185,7 @@ def test_killed_task_resumes_when_the_grid_is_resubmitted(slurm, tmp_path):
     assert [p.units for p in plan.pending] == [("train",)]
     wait(sub.jobs)
     assert state(sub.jobs[0]) == "COMPLETED"
-    assert_resumed(run_dir, before, 16)
+    assert_resumed(run_dir, before, LONG_EPOCHS)
 
 
 def test_impossible_request_fails_at_submission_with_the_field_to_change(slurm, tmp_path, capsys):

@@ -16,7 +16,7 @@ from typing import Sequence
 from landscape import results
 from landscape.config import RunConfig
 from landscape.identity import identify
-from landscape.pipeline import stage_units
+from landscape.pipeline import import_user_modules, stage_units
 
 
 def enabled_units(cfg: RunConfig) -> list[str]:
@@ -93,6 +93,8 @@ def plan_grid(cfgs: Sequence[RunConfig], *, active_jobs: dict[str, str] | None =
     roots = sorted({c.results_root for c in cfgs})
     if len(roots) > 1:
         raise ValueError(f"a grid must share one results_root, got {roots}")
+    for c in cfgs:
+        import_user_modules(c)  # user stages must be registered to know their units
     ids = {identify(c).run_id: c for c in cfgs}
     active = active_jobs or {}
     pending, skipped = [], []

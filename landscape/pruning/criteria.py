@@ -20,7 +20,6 @@ pass that module to :func:`import_criteria` (the pipeline exposes it as a config
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from itertools import islice
 from typing import Callable, Iterable, Mapping, Sequence
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape.modes import snapshot_modes
-from landscape.registry import Registry
+from landscape.registry import Registry, import_modules
 
 Criterion = Callable[..., dict[str, Tensor]]
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -53,19 +52,7 @@ def get_criterion(name: str) -> Criterion:
 
 def import_criteria(modules: Sequence[str]) -> None:
     """Import user modules (dotted names) so that their ``@register_criterion`` calls run."""
-    if isinstance(modules, str):
-        modules = [modules]
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
-                raise  # the module exists but one of its own imports is missing
-            raise ModuleNotFoundError(
-                f"cannot import criterion module '{module}' (listed in the pruning imports): "
-                f"no module named '{e.name}'; put its directory on PYTHONPATH or install it",
-                name=e.name,
-            ) from None
+    import_modules(modules, field="prune.imports")
 
 
 def compute_scores(
