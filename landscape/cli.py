@@ -15,7 +15,7 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from landscape.config import RFSweepConfig, RunConfig
+from landscape.config import RFSweepConfig, RunConfig, check_known_keys
 from landscape.grid import (
     GridPlan, LauncherConfig, Submission, SubmissionError, describe, finish_cells,
     format_status, launch, plan_grid, status_table, write_root_report,
@@ -47,17 +47,37 @@ log = logging.getLogger("landscape")
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Validate a composed config against the schema and return plain dataclasses."""
+    check_known_keys(OmegaConf.to_container(cfg, resolve=False), RunConfig)
     run_cfg = OmegaConf.to_object(cfg)
     if not isinstance(run_cfg, RunConfig):
         raise TypeError(f"expected a RunConfig, got {type(run_cfg).__name__}")
     return run_cfg
 
 
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError)
+
+
+def exit_on_user_error(prog: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``; a bad setting (ValueError, an unknown registry name, a missing dataset or
+    module) is printed as one line and exits with status 2 instead of a traceback."""
+    try:
+        return fn()
+    except USER_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def run_main(cfg: DictConfig) -> dict[str, Any]:
-    from landscape.pipeline import run
+    from landscape.pipeline import run, validate
 
-    summary = run(to_run_config(cfg))
+    def checked() -> RunConfig:
+        run_cfg = to_run_config(cfg)
+        validate(run_cfg)  # every setting, before anything is written
+        return run_cfg
+
+    summary = run(exit_on_user_error("landscape-run", checked))
     done = f"ran {', '.join(summary.ran)}" if summary.ran else "already done, nothing to run"
     print(f"[landscape] {summary.run_dir}: {done} (status: {summary.status})", flush=True)
     return {"run_dir": summary.run_dir, "status": summary.status}
@@ -87,8 +107,13 @@ def cells_main(cfg: DictConfig) -> None:
     """Cell-level stages (CKA between seeds) for every cell under ``results_root``."""
     from landscape.pipeline import run_cells
 
-    run_cfg = to_run_config(cfg)
-    for s in run_cells(Path(run_cfg.results_root), overrides=run_cfg):
+    run_cfg = exit_on_user_error("landscape-cells", lambda: to_run_config(cfg))
+    root = Path(run_cfg.results_root)
+    if not root.is_dir() or not (found := run_cells(root, overrides=run_cfg)):
+        print(f"landscape-cells: error: no cells under {root.resolve()} (results_root="
+              f"{run_cfg.results_root}); nothing to do", file=sys.stderr)
+        raise SystemExit(2)
+    for s in found:
         what = ", ".join(s.ran) or "nothing to do"
         print(f"[landscape] {s.cell_dir}: seeds {s.seeds}: {what}", flush=True)
 

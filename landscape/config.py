@@ -9,6 +9,7 @@ each stage unit is marked done on its own.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional, get_type_hints
 
@@ -20,8 +21,8 @@ from landscape.stages.importance import ImportanceConfig
 from landscape.stages.prune import PruneConfig
 from landscape.train import TrainConfig
 
-__all__ = ["ModelConfig", "RFSweepConfig", "RunConfig", "from_dict", "identity_dict",
-           "stage_config"]
+__all__ = ["ModelConfig", "RFSweepConfig", "RunConfig", "check_known_keys", "from_dict",
+           "identity_dict", "stage_config"]
 
 
 @dataclass
@@ -83,6 +84,23 @@ def stage_config(cfg: RunConfig, stage: Any) -> Any:
         except ValueError as e:
             raise ValueError(f"stages.{stage.name}: {e}") from None
     return None
+
+
+def check_known_keys(data: Any, schema: type, prefix: str = "") -> None:
+    """Every key of the nested dict ``data`` must be a field of the dataclass ``schema``
+    (recursively; free-form dict fields such as ``stages`` or ``prune.options`` take any key).
+    Hydra's ``+key=value`` adds keys that ``OmegaConf.to_object`` would silently drop."""
+    hints = get_type_hints(schema)
+    names = [f.name for f in fields(schema)]
+    for key, value in data.items():
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else "."
+            where = f" of {prefix.rstrip('.')}" if prefix else ""
+            raise ValueError(f"unknown config key '{prefix}{key}'{hint} Valid keys{where}: "
+                             f"{', '.join(names)}")
+        if is_dataclass(hints[key]) and isinstance(value, dict):
+            check_known_keys(value, hints[key], f"{prefix}{key}.")
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 import traceback
@@ -26,6 +27,7 @@ from torch import nn
 from landscape import results
 from landscape.config import RunConfig, from_dict, identity_dict, stage_config
 from landscape.data import DatasetBundle, load_dataset
+from landscape.data.registry import validate_data_config
 from landscape.device import (
     DeviceSettings, configure_backends, device_settings, full_precision, resolve_device,
 )
@@ -109,6 +111,7 @@ def validate(cfg: RunConfig) -> RunIdentity:
     identity (an impossible pool for the input size fails here) and the settings of every
     enabled stage."""
     import_user_modules(cfg)
+    validate_data_config(cfg.data)
     identity = identify(cfg)
     for stage in registered_stages():
         config = stage_config(cfg, stage)
@@ -120,9 +123,45 @@ def validate(cfg: RunConfig) -> RunIdentity:
     return identity
 
 
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def unit_settings(stage: Stage, config: Any) -> dict[str, Any]:
+    """The settings that change the unit's result, as recorded in its DONE marker."""
+    return _jsonable(stage.settings(config))
+
+
+def stale_reason(out_dir: Path, unit: str, settings: dict[str, Any],
+                 seeds: Optional[list[int]] = None) -> Optional[str]:
+    """None if the unit is done with these settings (and these seeds, for a cell unit that
+    needs trained seeds); otherwise why it must be computed ("not done", "settings changed:
+    k 5 -> 8", "seeds changed: ..."). A marker written before settings were recorded counts
+    as current for its settings."""
+    done = results.read_done(out_dir, unit)
+    if done is None:
+        return "not done"
+    recorded = done.get("settings", settings)
+    if recorded != settings:
+        keys = sorted(k for k in set(recorded) | set(settings)
+                      if recorded.get(k) != settings.get(k))
+        return "settings changed: " + ", ".join(
+            f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}" for k in keys)
+    if seeds is not None and done.get("seeds") != seeds:
+        return f"seeds changed: {done.get('seeds')} -> {seeds}"
+    return None
+
+
 def _execute(stage: Stage, config: Any, unit: Unit, ctx: _Context, out_dir: Path,
-             info: Optional[dict] = None) -> str:
-    """Run one unit, add the identity columns, write rows + arrays + DONE (or FAILED)."""
+             why: str, info: Optional[dict] = None) -> str:
+    """Run one unit, add the identity columns, write rows + arrays + DONE (or FAILED). A unit
+    recomputed because its settings or seeds changed loses its DONE marker first, so it is
+    never marked done with rows of other settings."""
+    if why != "not done":
+        log.warning("%s: %s: %s; recomputing it (its rows are replaced)",
+                    ctx.identity.run_id, unit.name, why)
+        results.clear_done(out_dir, unit.name)
+    info = {"settings": unit_settings(stage, config), **(info or {})}
     t0 = time.perf_counter()
     try:
         with contextlib.nullcontext() if stage.trains else full_precision(ctx.settings.device):
@@ -135,7 +174,7 @@ def _execute(stage: Stage, config: Any, unit: Unit, ctx: _Context, out_dir: Path
                             [{**identity, "stage": stage.name, **r} for r in out.rows],
                             status=status, arrays=out.arrays,
                             info={"seconds": time.perf_counter() - t0, **unit.params,
-                                  **(info or {})})
+                                  **info})
     except Exception:
         results.write_failure(out_dir, unit.name, traceback.format_exc())
         raise
@@ -168,18 +207,20 @@ def run(cfg: RunConfig) -> RunSummary:
     summary = RunSummary(run_dir=str(paths.run_dir))
     cell_ctx = _Context(cfg, identity.with_seed(None), paths, settings)
     for stage, config, unit in stage_units(cfg, "cell", needs_trained=False):
-        if not results.is_done(paths.cell_stages, unit.name):
-            _execute(stage, config, unit, cell_ctx, paths.cell_stages)
+        why = stale_reason(paths.cell_stages, unit.name, unit_settings(stage, config))
+        if why is not None:
+            _execute(stage, config, unit, cell_ctx, paths.cell_stages, why)
             summary.ran.append(unit.name)
     ctx = _Context(cfg, identity, paths, settings)
     for stage, config, unit in stage_units(cfg, "run"):
         trained = (results.read_done(paths.run_dir, "train") or {}).get("status") == "ok"
-        if results.is_done(paths.run_dir, unit.name) or (stage.needs_trained and not trained):
+        why = stale_reason(paths.run_dir, unit.name, unit_settings(stage, config))
+        if why is None or (stage.needs_trained and not trained):
             summary.skipped.append(unit.name)
             continue
         log.info("%s: running stage %s", identity.run_id, unit.name)
         try:
-            status = _execute(stage, config, unit, ctx, paths.run_dir)
+            status = _execute(stage, config, unit, ctx, paths.run_dir, why)
         except Exception:
             summary.status = "failed"
             raise
@@ -241,11 +282,14 @@ def run_cell(root: str | Path, cell: str, *, overrides: Optional[RunConfig] = No
     paths = results.run_paths(root, cell)
     ctx = _Context(cfg, identity, paths, _settings(cfg, amp=False, channels_last=False), seeds)
     for stage, config, unit in work:
-        if (results.read_done(paths.cell_stages, unit.name) or {}).get("seeds") == seeds:
+        why = stale_reason(paths.cell_stages, unit.name, unit_settings(stage, config), seeds)
+        if why is None:
             summary.skipped.append(unit.name)
             continue
         log.info("%s: running cell stage %s over seeds %s", cell, unit.name, seeds)
-        _execute(stage, config, unit, ctx, paths.cell_stages, info={"seeds": seeds})
+        if why.startswith("seeds changed"):  # more seeds finished: expected, not a warning
+            why = "not done"
+        _execute(stage, config, unit, ctx, paths.cell_stages, why, info={"seeds": seeds})
         summary.ran.append(unit.name)
     return summary
 

@@ -27,6 +27,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], *, mode: str = "wb") 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask like open()
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -36,6 +37,12 @@ def atomic_write(path: Path, write: Callable[[Any], None], *, mode: str = "wb") 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:

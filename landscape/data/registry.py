@@ -83,13 +83,20 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def load_dataset(cfg: DataConfig) -> DatasetBundle:
-    """Load the dataset named by ``cfg.name`` (see :func:`list_datasets`)."""
-    loader = DATASETS.get(cfg.name)
-    for field in ("train_subset", "test_subset", "image_size"):
-        v = getattr(cfg, field)
+def validate_data_config(cfg: DataConfig) -> None:
+    """Raise naming the ``data.*`` field of an impossible setting (without loading anything)."""
+    DATASETS.get(cfg.name)
+    for name in ("train_subset", "test_subset", "image_size"):
+        v = getattr(cfg, name)
         if v is not None and v < 1:
-            raise ValueError(f"data.{field} must be >= 1 or null, got {v}")
+            raise ValueError(f"data.{name} must be >= 1 or null, got {v}")
     if cfg.crop_padding < 0:
         raise ValueError(f"data.crop_padding must be >= 0, got {cfg.crop_padding}")
-    return loader(cfg)
+    if cfg.num_workers < 0:
+        raise ValueError(f"data.num_workers must be >= 0, got {cfg.num_workers}")
+
+
+def load_dataset(cfg: DataConfig) -> DatasetBundle:
+    """Load the dataset named by ``cfg.name`` (see :func:`list_datasets`)."""
+    validate_data_config(cfg)
+    return DATASETS.get(cfg.name)(cfg)

@@ -16,7 +16,7 @@ from typing import Sequence
 from landscape import results
 from landscape.config import RunConfig
 from landscape.identity import identify
-from landscape.pipeline import import_user_modules, stage_units
+from landscape.pipeline import import_user_modules, stage_units, stale_reason, unit_settings
 
 
 def enabled_units(cfg: RunConfig) -> list[str]:
@@ -35,12 +35,14 @@ def diverged(run_dir: Path) -> bool:
 
 
 def pending_units(cfg: RunConfig) -> list[str]:
-    """Enabled run-level units of a run without a DONE marker (none once training diverged)."""
+    """Enabled run-level units of a run that are not done with their current settings (none
+    once training diverged)."""
     ident = identify(cfg)
     run_dir = results.run_paths(cfg.results_root, ident.cell_name, cfg.seed).run_dir
     if diverged(run_dir):
         return []
-    return [u for u in enabled_units(cfg) if not results.is_done(run_dir, u)]
+    return [unit.name for stage, config, unit in stage_units(cfg, "run")
+            if stale_reason(run_dir, unit.name, unit_settings(stage, config)) is not None]
 
 
 def stale_cell_units(cfg: RunConfig) -> list[str]:
@@ -48,9 +50,9 @@ def stale_cell_units(cfg: RunConfig) -> list[str]:
     finished training by now."""
     paths = results.run_paths(cfg.results_root, identify(cfg).cell_name)
     seeds = results.trained_seeds(paths.cell)
-    return [unit.name for _, _, unit in stage_units(cfg, "cell", needs_trained=True)
-            if seeds and (results.read_done(paths.cell_stages, unit.name) or {}).get("seeds")
-            != seeds]
+    return [unit.name for stage, config, unit in stage_units(cfg, "cell", needs_trained=True)
+            if seeds and stale_reason(paths.cell_stages, unit.name,
+                                      unit_settings(stage, config), seeds) is not None]
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 States of a (run, unit), first match wins:
 
 - ``done``: the unit's DONE marker exists (reason "diverged" for a diverged training);
+- ``stale``: done, but with other settings than the current config's (the reason lists
+  them); running the grid again recomputes it;
 - ``failed``: a FAILED file exists; the reason is its last line (the exception);
 - ``skipped``: training diverged, so this later unit will never run;
 - ``running`` / ``queued``: a live Slurm job of a recorded submission holds the run and is
@@ -28,12 +30,12 @@ import pandas as pd
 
 from landscape import results
 from landscape.config import RunConfig, from_dict
-from landscape.grid.plan import cell_units, diverged, enabled_units
+from landscape.grid.plan import cell_units, diverged
 from landscape.grid.slurm import RUNNING, active_jobs
 from landscape.identity import identify
-from landscape.pipeline import stage_units
+from landscape.pipeline import stage_units, stale_reason, unit_settings
 
-STATES = ("done", "running", "queued", "started", "failed", "skipped", "missing")
+STATES = ("done", "stale", "running", "queued", "started", "failed", "skipped", "missing")
 
 
 def grid_runs(root: Path) -> dict[str, RunConfig]:
@@ -52,9 +54,13 @@ def grid_runs(root: Path) -> dict[str, RunConfig]:
     return runs
 
 
-def _unit_state(run_dir: Path, unit: str, job: Optional[str]) -> tuple[str, str]:
+def _unit_state(run_dir: Path, unit: str, settings: dict,
+                job: Optional[str]) -> tuple[str, str]:
     done = results.read_done(run_dir, unit)
     if done is not None:
+        why = stale_reason(run_dir, unit, settings)
+        if why is not None:
+            return "stale", why
         return "done", "" if done.get("status") == "ok" else str(done.get("status"))
     failure = results.read_failure(run_dir, unit)
     if failure is not None:
@@ -95,10 +101,11 @@ def run_states(root: str | Path) -> pd.DataFrame:
         ident = identify(cfg)
         paths = results.run_paths(root, ident.cell_name, cfg.seed)
         cells.setdefault(ident.cell_name, (paths, cfg))
-        for unit in enabled_units(cfg):
-            state, reason = _unit_state(paths.run_dir, unit, active.get(run_id))
+        for stage, config, unit in stage_units(cfg, "run"):
+            state, reason = _unit_state(paths.run_dir, unit.name, unit_settings(stage, config),
+                                        active.get(run_id))
             rows.append({"cell": ident.cell_name, "seed": cfg.seed, "run_id": run_id,
-                         "unit": unit, "state": state, "reason": reason})
+                         "unit": unit.name, "state": state, "reason": reason})
     for name, (paths, cfg) in sorted(cells.items()):
         for unit in cell_units(cfg):
             state, reason = _cell_state(cfg, paths, unit, active.get(name))

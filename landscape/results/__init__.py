@@ -17,15 +17,15 @@ from landscape.results.schema import (
     register_metric, to_frame, validate_rows,
 )
 from landscape.results.store import (
-    failures, is_done, load, load_arrays, read_arrays, read_done, read_failure, read_stage,
-    write_failure, write_stage,
+    clear_done, failures, is_done, load, load_arrays, read_arrays, read_done, read_failure,
+    read_stage, write_failure, write_stage,
 )
 
 __all__ = [
     "ARRAYS", "CELL_DIR", "COLUMNS", "DONE", "DTYPES", "FAILED", "ID_COLUMNS", "METRICS",
     "OPTIONAL_COLUMNS", "ROWS", "SUBMISSIONS", "VALUE_COLUMNS", "RunPaths", "SchemaError",
-    "cell_names", "failures", "is_done", "load", "load_arrays", "read_arrays", "read_done",
-    "read_failure", "read_stage", "read_submissions", "record_submission", "register_metric",
+    "cell_names", "clear_done", "failures", "is_done", "load", "load_arrays", "read_arrays",
+    "read_done", "read_failure", "read_stage", "read_submissions", "record_submission", "register_metric",
     "run_configs", "run_paths", "stage_dir", "to_frame", "trained_seeds", "validate_rows",
     "write_failure", "write_stage", "write_run_records",
 ]

@@ -36,6 +36,12 @@ def read_done(run_dir: Path, stage: str) -> dict[str, Any] | None:
         return {"status": "unknown"}
 
 
+def clear_done(run_dir: Path, stage: str) -> None:
+    """Remove a unit's DONE marker (before it is recomputed): it is then not done for
+    :func:`load` until the new rows are complete."""
+    (stage_dir(run_dir, stage) / DONE).unlink(missing_ok=True)
+
+
 def write_stage(run_dir: Path, stage: str, rows: Iterable[Mapping[str, Any]], *,
                 status: str = "ok", info: Mapping[str, Any] | None = None,
                 arrays: Mapping[str, Any] | None = None) -> Path:
@@ -52,6 +58,8 @@ def write_stage(run_dir: Path, stage: str, rows: Iterable[Mapping[str, Any]], *,
         npz = io.BytesIO()
         np.savez_compressed(npz, **{k: np.asarray(v) for k, v in arrays.items()})
         atomic_write(d / ARRAYS, lambda f: f.write(npz.getvalue()))
+    else:
+        (d / ARRAYS).unlink(missing_ok=True)  # a recomputed unit keeps no arrays of before
     atomic_write_text(d / ROWS, buf.getvalue())
     (d / FAILED).unlink(missing_ok=True)
     atomic_write_json(d / DONE, {"stage": stage, "status": status, "rows": len(rows),

@@ -24,7 +24,7 @@ import nothing of the pipeline or the config (no import cycles).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional, Protocol, Sequence, Union
 
@@ -111,6 +111,8 @@ class Stage:
     config_class: ClassVar[Optional[type]] = None
     needs_trained: ClassVar[bool] = True  # runs only after training finished without diverging
     trains: ClassVar[bool] = False  # a training stage may use TF32 on CUDA; measurements do not
+    # Config fields that only choose which units exist, not what a unit computes
+    selects: ClassVar[tuple[str, ...]] = ("enabled", "checkpoints")
 
     def enabled(self, config: Any) -> bool:
         """Whether the stage runs with these settings (default: ``config.enabled``)."""
@@ -122,6 +124,13 @@ class Stage:
 
     def units(self, config: Any) -> list[Unit]:
         return [Unit(self.name)]
+
+    def settings(self, config: Any) -> dict[str, Any]:
+        """The settings that change a unit's result (recorded with it; a unit whose recorded
+        settings differ is recomputed): the config's fields but those in ``selects``."""
+        if config is None:
+            return {}
+        return {k: v for k, v in asdict(config).items() if k not in self.selects}
 
     def run(self, ctx: Any, config: Any, unit: Unit) -> Result:
         raise NotImplementedError(f"stage {self.name!r} does not implement run()")

@@ -182,6 +182,9 @@ class PruneStage(Stage):
     def units(self, config: PruneConfig) -> list[Unit]:
         return [Unit(f"prune_{_unit(config, r)}", {"rate": float(r)}) for r in config.rates]
 
+    def settings(self, config: PruneConfig) -> dict:
+        return {}  # the unit name's hash covers every setting that changes the result
+
     def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> Output:
         rate = unit.params["rate"]
         model, masks, rows = _prune_model(ctx, config, rate)
@@ -211,6 +214,9 @@ class FinetuneStage(Stage):
         return [Unit(f"finetune_{_unit(config, r)}_{ft}",
                      {"rate": float(r), "prune_unit": f"prune_{_unit(config, r)}"})
                 for r in config.rates]
+
+    def settings(self, config: PruneConfig) -> dict:
+        return {}  # the unit name's hashes cover the pruning and the fine-tuning settings
 
     def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> list[dict]:
         rate = unit.params["rate"]

@@ -28,6 +28,9 @@ class TrainStage(Stage):
     def validate(self, config: TrainConfig) -> None:
         validate_train_config(config)
 
+    def settings(self, config: TrainConfig) -> dict:
+        return {}  # the training settings are part of the cell's identity (its hash)
+
     def run(self, ctx: RunContext, config: TrainConfig, unit: Unit) -> list[dict]:
         model = ctx.build_model()
         t0 = time.perf_counter()

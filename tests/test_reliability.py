@@ -1,0 +1,156 @@
+"""Results you can trust on a shared cluster: relocatable folders, provenance of every unit,
+unknown keys, validation before any write, file modes, and a status that imports nothing."""
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from landscape import pipeline, results
+from landscape.config import ModelConfig, RunConfig
+from landscape.data import DataConfig
+from landscape.grid import pending_units, status_table
+from landscape.stages.cka import CKAConfig
+from landscape.stages.hessian import HessianConfig
+from landscape.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(root: Path, seed: int = 0, **kw) -> RunConfig:
+    base = dict(model=ModelConfig(name="small_cnn", width=0.25, pool_level=1),
+                data=DataConfig(name="synthetic", image_size=8, train_subset=64, test_subset=32),
+                train=TrainConfig(epochs=1, batch_size=32, lr=0.05), seed=seed,
+                results_root=str(root), device="cpu", num_threads=1, progress=False,
+                report=False)
+    return RunConfig(**{**base, **kw})
+
+
+def cli(main: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A console script (``landscape.cli.<main>``) in a fresh process."""
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
+    code = f"from landscape.cli import {main}; {main}()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=cwd)
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns
+            for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_copied_results_folder_is_read_and_written_in_place(tmp_path):
+    orig = tmp_path / "orig"
+    for seed in (0, 1):
+        pipeline.run(tiny(orig, seed))
+    copy = tmp_path / "copy"
+    shutil.copytree(orig, copy)
+    before = snapshot(orig)
+    moved = tmp_path / "moved-away"
+    orig.rename(moved)  # the stored configs still name the old place
+    out = cli("cells_main", "data=synthetic", f"results_root={copy}", "cka.enabled=true",
+              "cka.n_inputs=16", "device=cpu")
+    assert out.returncode == 0, out.stderr
+    assert not orig.exists() and snapshot(moved) == before  # the original was not touched
+    df = results.load(copy)
+    assert set(zip(df[df.metric == "cka"].seed, df[df.metric == "cka"].seed_b)) == {
+        (0, 0), (1, 1), (0, 1)}
+    assert status_table(copy).set_index("unit").loc["train", "done"] == 2
+
+
+def test_a_relative_results_root_works_from_its_own_directory(tmp_path):
+    pipeline.run(tiny(tmp_path / "res"))
+    out = cli("cells_main", "data=synthetic", "results_root=res", "cka.enabled=true",
+              "cka.n_inputs=16", "device=cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert results.load(tmp_path / "res").query("metric == 'cka'").shape[0] > 0
+    empty = cli("cells_main", "data=synthetic", "results_root=nowhere", "cka.enabled=true",
+                cwd=tmp_path)
+    assert empty.returncode == 2 and "no cells under" in empty.stderr
+
+
+def test_changed_stage_settings_recompute_the_unit_visibly(tmp_path, caplog):
+    h = HessianConfig(enabled=True, checkpoints=["final"], k=2, n_samples=16,
+                      density_runs=0, trace_samples=0)
+    cfg = tiny(tmp_path, hessian=h)
+    pipeline.run(cfg)
+    more = tiny(tmp_path, hessian=HessianConfig(**{**h.__dict__, "k": 3}))
+    assert pending_units(more) == ["hessian_final"]
+    table = status_table(tmp_path).set_index("unit")  # the stored config still says k=2
+    assert table.loc["hessian_final", "done"] == 1
+    with caplog.at_level("WARNING", logger="landscape"):
+        again = pipeline.run(more)
+    assert again.ran == ["hessian_final"]
+    assert "settings changed: k 2 -> 3; recomputing it" in caplog.text
+    eig = results.load(tmp_path).query("metric == 'hessian_eigenvalue'")
+    assert sorted(eig["index"]) == [1, 2, 3]  # replaced, not appended to the old rows
+    done = results.read_done(Path(again.run_dir), "hessian_final")
+    assert done["settings"]["k"] == 3 and pipeline.run(more).ran == []
+    # Switching a unit off or choosing other checkpoints does not invalidate a unit.
+    assert pending_units(tiny(tmp_path, hessian=HessianConfig(**{**more.hessian.__dict__,
+                                                                "enabled": False}))) == []
+
+
+def test_changed_cell_stage_settings_recompute_the_cka(tmp_path):
+    for seed in (0, 1):
+        pipeline.run(tiny(tmp_path, seed))
+    cka = CKAConfig(enabled=True, n_inputs=16)
+    (first,) = pipeline.run_cells(tmp_path, overrides=tiny(tmp_path, cka=cka))
+    assert first.ran == ["cka_final"]
+    (same,) = pipeline.run_cells(tmp_path, overrides=tiny(tmp_path, cka=cka))
+    assert same.ran == []
+    debiased = CKAConfig(enabled=True, n_inputs=16, debiased=True)
+    (changed,) = pipeline.run_cells(tmp_path, overrides=tiny(tmp_path, cka=debiased))
+    assert changed.ran == ["cka_final"]
+    notes = set(results.load(tmp_path).query("metric == 'cka'")["note"])
+    assert notes == {"estimator=debiased; n_inputs=16"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+model.pool_levl=2", "unknown config key 'model.pool_levl'; did you mean "
+                           "'model.pool_level'?"),
+    ("+foo=1", "unknown config key 'foo'. Valid keys: model, data"),
+    ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+    ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
+    ("train.lr=nan", "train.lr must be > 0, got nan"),
+    ("train.scheduler=step", "train.scheduler must be one of ('cosine', 'constant')"),
+    ("data.train_subset=0", "data.train_subset must be >= 1 or null, got 0"),
+    ("model.name=vgg", "unknown model 'vgg'; valid names: resnet18, resnet50"),
+])
+def test_bad_settings_are_one_line_and_leave_nothing_on_disk(tmp_path, override, message):
+    out = cli("run_main", "data=synthetic", f"results_root={tmp_path / 'r'}", override)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("landscape-run: error: ") and message in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_result_files_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        summary = pipeline.run(tiny(tmp_path))
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
+    assert (Path(summary.run_dir) / "stages" / "train" / "rows.csv") in files
+
+
+def test_reading_a_results_folder_imports_no_code(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    pkg = tmp_path / "code"
+    pkg.mkdir()
+    (pkg / "evil_stage.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    root = tmp_path / "res"
+    pipeline.run(tiny(root))
+    cfg_file = next(root.glob("*/seed=0/config.json"))
+    text = cfg_file.read_text().replace('"imports": []', '"imports": ["evil_stage"]')
+    cfg_file.write_text(text)
+    assert cfg_file.read_text().count("evil_stage") == 2  # imports and prune.imports
+    assert status_table(root).set_index("unit").loc["train", "done"] == 1
+    assert not marker.exists()
