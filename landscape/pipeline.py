@@ -1,18 +1,16 @@
 """Orders and iterates the registered stages of a run and of a cell; skips what is done.
 
-``run(cfg)``: validate everything (identity, every enabled stage's settings) before any file is
-written; then the cell-level stages that need no training (the receptive field, written once
-per cell), then the run-level stages in registry order, each unit skipped when its DONE marker
-exists. ``run_cell(root, cell)``: the cell-level stages that need trained seeds (CKA), over
-the seeds whose training finished, redone when more seeds have finished. The stages
-themselves live in ``landscape.stages``; this module knows none of them by name.
+``run(cfg)``: validate everything before any file is written; then the cell-level stages that
+need no training (the receptive field, once per cell), then the run-level stages in registry
+order. ``run_cell(root, cell)``: the cell-level stages that need trained seeds (CKA), over
+the seeds whose training finished. A unit is skipped when it is done with the current settings
+(and seeds), and computed under its lock otherwise. This module knows no stage by name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 import traceback
@@ -50,7 +48,8 @@ def _build(identity: RunIdentity, seed: int) -> nn.Module:
 
 def _load(identity: RunIdentity, seed: int, path: Path, device: torch.device) -> nn.Module:
     model = _build(identity, seed)
-    model.load_state_dict(load_checkpoint(path)["model"])
+    run_id = identity.with_seed(seed).run_id
+    model.load_state_dict(load_checkpoint(path, run_id=run_id)["model"])
     return model.to(device)
 
 
@@ -123,40 +122,41 @@ def validate(cfg: RunConfig) -> RunIdentity:
     return identity
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
 def unit_settings(stage: Stage, config: Any) -> dict[str, Any]:
     """The settings that change the unit's result, as recorded in its DONE marker."""
-    return _jsonable(stage.settings(config))
+    return results.jsonable(stage.settings(config))
 
 
-def stale_reason(out_dir: Path, unit: str, settings: dict[str, Any],
-                 seeds: Optional[list[int]] = None) -> Optional[str]:
-    """None if the unit is done with these settings (and these seeds, for a cell unit that
-    needs trained seeds); otherwise why it must be computed ("not done", "settings changed:
-    k 5 -> 8", "seeds changed: ..."). A marker written before settings were recorded counts
-    as current for its settings."""
-    done = results.read_done(out_dir, unit)
-    if done is None:
-        return "not done"
-    recorded = done.get("settings", settings)
-    if recorded != settings:
-        keys = sorted(k for k in set(recorded) | set(settings)
-                      if recorded.get(k) != settings.get(k))
-        return "settings changed: " + ", ".join(
-            f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}" for k in keys)
-    if seeds is not None and done.get("seeds") != seeds:
-        return f"seeds changed: {done.get('seeds')} -> {seeds}"
-    return None
+def _why(stage: Stage, config: Any, unit: Unit, out_dir: Path, paths: RunPaths,
+         seeds: Optional[list[int]] = None) -> Optional[str]:
+    """Why the unit must be computed (not done, other settings or seeds, a deleted output),
+    or None when it is current."""
+    return (results.stale_reason(out_dir, unit.name, unit_settings(stage, config), seeds)
+            or stage.missing_outputs(paths))
 
 
 def _execute(stage: Stage, config: Any, unit: Unit, ctx: _Context, out_dir: Path,
-             why: str, info: Optional[dict] = None) -> str:
-    """Run one unit, add the identity columns, write rows + arrays + DONE (or FAILED). A unit
-    recomputed because its settings or seeds changed loses its DONE marker first, so it is
-    never marked done with rows of other settings."""
+             why: str, info: Optional[dict] = None) -> Optional[str]:
+    """Run one unit under its lock, add the identity columns, write rows + arrays + DONE (or
+    FAILED); the unit's status, or None when it was not computed here: another live process
+    holds its lock, or finished it while we waited for the lock.
+    A unit recomputed because its settings or seeds changed loses its DONE marker first, so
+    it is never marked done with rows of other settings."""
+    lock = results.try_lock(out_dir, unit.name)
+    if isinstance(lock, str):
+        log.warning("%s: %s is being computed by %s; skipping it here", ctx.identity.run_id,
+                    unit.name, lock)
+        return None
+    with lock:
+        if _why(stage, config, unit, out_dir, ctx.paths, (info or {}).get("seeds")) is None:
+            # another process finished it before we got the lock
+            return None
+        return _compute(stage, config, unit, ctx, out_dir, why, info)
+
+
+def _compute(stage: Stage, config: Any, unit: Unit, ctx: _Context, out_dir: Path,
+             why: str, info: Optional[dict]) -> str:
+    results.clean_temp(results.stage_dir(out_dir, unit.name))  # of a killed writer
     if why != "not done":
         log.warning("%s: %s: %s; recomputing it (its rows are replaced)",
                     ctx.identity.run_id, unit.name, why)
@@ -181,11 +181,6 @@ def _execute(stage: Stage, config: Any, unit: Unit, ctx: _Context, out_dir: Path
     return status
 
 
-def _settings(cfg: RunConfig, *, amp: bool, channels_last: bool) -> DeviceSettings:
-    device = resolve_device(cfg.device)
-    return device_settings(device, amp=amp, channels_last=channels_last)
-
-
 @dataclass
 class RunSummary:
     run_dir: str
@@ -200,21 +195,22 @@ def run(cfg: RunConfig) -> RunSummary:
     paths = results.run_paths(cfg.results_root, identity.cell_name, cfg.seed)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    settings = _settings(cfg, amp=cfg.train.amp, channels_last=cfg.train.channels_last)
+    settings = device_settings(resolve_device(cfg.device), amp=cfg.train.amp,
+                               channels_last=cfg.train.channels_last)
     configure_backends(settings.device, deterministic=cfg.train.deterministic)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     results.write_run_records(paths, identity_dict(cfg), dataclasses.asdict(cfg))
     summary = RunSummary(run_dir=str(paths.run_dir))
     cell_ctx = _Context(cfg, identity.with_seed(None), paths, settings)
     for stage, config, unit in stage_units(cfg, "cell", needs_trained=False):
-        why = stale_reason(paths.cell_stages, unit.name, unit_settings(stage, config))
-        if why is not None:
-            _execute(stage, config, unit, cell_ctx, paths.cell_stages, why)
+        why = _why(stage, config, unit, paths.cell_stages, paths)
+        if why is not None and _execute(stage, config, unit, cell_ctx, paths.cell_stages,
+                                        why) is not None:
             summary.ran.append(unit.name)
     ctx = _Context(cfg, identity, paths, settings)
     for stage, config, unit in stage_units(cfg, "run"):
         trained = (results.read_done(paths.run_dir, "train") or {}).get("status") == "ok"
-        why = stale_reason(paths.run_dir, unit.name, unit_settings(stage, config))
+        why = _why(stage, config, unit, paths.run_dir, paths)
         if why is None or (stage.needs_trained and not trained):
             summary.skipped.append(unit.name)
             continue
@@ -224,12 +220,15 @@ def run(cfg: RunConfig) -> RunSummary:
         except Exception:
             summary.status = "failed"
             raise
+        if status is None:
+            summary.skipped.append(unit.name)
+            continue
         summary.ran.append(unit.name)
         if status != "ok":
             summary.status = status
     if not summary.ran:
-        log.info("%s: nothing to do, every stage is done (%s)", identity.run_id,
-                 ", ".join(summary.skipped))
+        log.info("%s: nothing to do here (done, held by another process, or waiting for "
+                 "training): %s", identity.run_id, ", ".join(summary.skipped))
     return summary
 
 
@@ -280,17 +279,18 @@ def run_cell(root: str | Path, cell: str, *, overrides: Optional[RunConfig] = No
         stage.validate(config)
     identity = identify(cfg).with_seed(None)
     paths = results.run_paths(root, cell)
-    ctx = _Context(cfg, identity, paths, _settings(cfg, amp=False, channels_last=False), seeds)
+    settings = device_settings(resolve_device(cfg.device), amp=False, channels_last=False)
+    ctx = _Context(cfg, identity, paths, settings, seeds)
     for stage, config, unit in work:
-        why = stale_reason(paths.cell_stages, unit.name, unit_settings(stage, config), seeds)
+        why = _why(stage, config, unit, paths.cell_stages, paths, seeds)
         if why is None:
             summary.skipped.append(unit.name)
             continue
         log.info("%s: running cell stage %s over seeds %s", cell, unit.name, seeds)
         if why.startswith("seeds changed"):  # more seeds finished: expected, not a warning
             why = "not done"
-        _execute(stage, config, unit, ctx, paths.cell_stages, why, info={"seeds": seeds})
-        summary.ran.append(unit.name)
+        done = _execute(stage, config, unit, ctx, paths.cell_stages, why, info={"seeds": seeds})
+        (summary.skipped if done is None else summary.ran).append(unit.name)
     return summary
 
 

@@ -60,8 +60,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with a clear error for missing or corrupted files."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", *,
+                    run_id: str | None = None) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with a clear error for missing or corrupted files,
+    and (with ``run_id``) for a checkpoint that records another run (copied by hand)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -74,4 +76,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         ) from e
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict (got {type(state).__name__})")
+    if run_id is not None and state.get("run_id", run_id) != run_id:
+        raise CheckpointError(
+            f"checkpoint {path} belongs to run {state['run_id']}, not to {run_id} (copied from "
+            f"another run or cell?). Delete it to recompute it.")
     return state

@@ -7,6 +7,7 @@ as an uninterrupted run would (on CPU; cuDNN needs ``deterministic=True`` for th
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from landscape.seeds import TRAIN_EPOCH, seed_everything, stream_seed
 from landscape.storage import load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = 1
+log = logging.getLogger("landscape")
 
 
 @dataclass
@@ -137,13 +139,15 @@ def train_model(
     num_workers: int = 0,
     progress: bool = True,
     on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+    run_id: Optional[str] = None,
 ) -> TrainOutcome:
     """Train ``model`` in place; resume from ``checkpoint_dir/last.pt`` when present.
 
     Writes ``init.pt`` (the weights before the first step; needed by the Hessian and importance
     stages), ``last.pt`` after every epoch and ``final.pt`` at the end. A non-finite training
     loss stops the run (checked once per epoch, to avoid a host sync per step) and returns
-    ``diverged=True``; the last finite checkpoint is kept.
+    ``diverged=True``; the last finite checkpoint is kept. With ``run_id`` every checkpoint
+    records it and a ``last.pt`` of another run is refused.
     """
     validate_train_config(cfg)
     checkpoint_dir = Path(checkpoint_dir)
@@ -152,16 +156,19 @@ def train_model(
     sched = make_scheduler(opt, cfg)
     outcome = TrainOutcome()
     last = checkpoint_dir / "last.pt"
+    tag = {"format": CHECKPOINT_FORMAT, **({"run_id": run_id} if run_id else {})}
     if last.exists():
-        state = load_checkpoint(last, map_location=settings.device)
+        state = load_checkpoint(last, map_location=settings.device, run_id=run_id)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         outcome.history = [EpochRecord(**r) for r in state["history"]]
         outcome.resumed_from_epoch = int(state["epoch"])
+        log.info("%s: resuming from the checkpoint of epoch %d of %d (%s)", run_id or "training",
+                 outcome.resumed_from_epoch, cfg.epochs, last)
     elif not (checkpoint_dir / "init.pt").exists():
         save_checkpoint(checkpoint_dir / "init.pt", {"model": model.state_dict(), "epoch": 0,
-                                                     "format": CHECKPOINT_FORMAT})
+                                                     **tag})
     test_loader = make_loader(test_set, cfg.eval_batch_size, settings, shuffle=False,
                               num_workers=num_workers)
     gen = torch.Generator()
@@ -205,12 +212,11 @@ def train_model(
         save_checkpoint(last, {
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "epoch": epoch,
-            "history": [asdict(r) for r in outcome.history], "format": CHECKPOINT_FORMAT,
+            "history": [asdict(r) for r in outcome.history], **tag,
         })
         if on_epoch is not None:
             on_epoch(record)
     if not outcome.diverged:
         save_checkpoint(checkpoint_dir / "final.pt", {"model": model.state_dict(),
-                                                      "epoch": cfg.epochs,
-                                                      "format": CHECKPOINT_FORMAT})
+                                                      "epoch": cfg.epochs, **tag})
     return outcome

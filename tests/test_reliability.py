@@ -4,11 +4,13 @@ unknown keys, validation before any write, file modes, and a status that imports
 import os
 import shutil
 import stat
+import time
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from landscape import pipeline, results
 from landscape.config import ModelConfig, RunConfig
@@ -16,6 +18,7 @@ from landscape.data import DataConfig
 from landscape.grid import pending_units, status_table
 from landscape.stages.cka import CKAConfig
 from landscape.stages.hessian import HessianConfig
+from landscape.storage import CheckpointError
 from landscape.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,3 +157,141 @@ def test_reading_a_results_folder_imports_no_code(tmp_path, monkeypatch):
     assert cfg_file.read_text().count("evil_stage") == 2  # imports and prune.imports
     assert status_table(root).set_index("unit").loc["train", "done"] == 1
     assert not marker.exists()
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from landscape.results import try_lock
+lock = try_lock(Path(sys.argv[1]), sys.argv[2])
+print("held" if not isinstance(lock, str) else "busy", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_unit_locked_by_a_live_process_is_skipped_and_a_dead_holder_frees_it(tmp_path,
+                                                                                caplog):
+    cfg = tiny(tmp_path)
+    pipeline.validate(cfg)
+    run_dir = tmp_path / pipeline.identify(cfg).run_id
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir), "train"],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with caplog.at_level("WARNING", logger="landscape"):
+            summary = pipeline.run(cfg)
+        assert summary.ran == ["receptive_field"] and "train" in summary.skipped
+        assert f"train is being computed by pid {holder.pid} on " in caplog.text
+        assert not results.is_done(run_dir, "train")
+    finally:
+        holder.kill()  # SIGKILL: the holder cannot clean up; its LOCK file stays behind
+        holder.wait()
+    assert (run_dir / "stages" / "train" / results.LOCK).is_file()
+    assert pipeline.run(cfg).ran == ["train"]  # the kernel dropped the dead holder's lock
+    assert not (run_dir / "stages" / "train" / results.LOCK).exists()
+
+
+def test_two_concurrent_starts_compute_each_unit_once(tmp_path):
+    args = ["run_main", "model=small_cnn", "model.width=0.25", "data=synthetic",
+            "data.image_size=8", "data.train_subset=256", "train.epochs=20", "device=cpu",
+            "num_threads=1", f"results_root={tmp_path}", "hessian.enabled=true", "hessian.k=2",
+            "hessian.n_samples=16", "hessian.density_runs=0", "hessian.trace_samples=0"]
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
+    code = "from landscape.cli import run_main; run_main()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, *args[1:]], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    ran = [u for out, _ in outs for line in out.splitlines() if ": ran " in line
+           for u in line.split(": ran ", 1)[1].split(" (status")[0].split(", ")]
+    assert sorted(ran) == sorted(["receptive_field", "train", "hessian_init", "hessian_final"])
+    df = results.load(tmp_path)
+    assert len(df[(df.stage == "train") & (df.metric == "test_acc")]) == 20
+
+
+def children(pid: int) -> set[int]:
+    out = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = (task / "children").read_text() if (task / "children").exists() else ""
+        out |= {int(c) for c in text.split()}
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_killing_the_local_launcher_stops_its_workers(tmp_path):
+    args = ["model=small_cnn", "model.width=0.25", "data=synthetic", "data.image_size=8",
+            "train.epochs=500", "device=cpu", "seed=0,1", f"results_root={tmp_path}",
+            "launcher=local", "launcher.local_workers=2", "report=false"]
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
+    code = "from landscape.cli import submit_main; submit_main()"
+    launcher = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("*/seed=*/checkpoints/last.pt"))) < 2:
+            assert time.time() < deadline and launcher.poll() is None, "workers never trained"
+            time.sleep(0.2)
+        workers = children(launcher.pid)
+        assert len(workers) >= 2
+    finally:
+        launcher.kill()
+        launcher.wait()
+    deadline = time.time() + 30
+    while any(alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [w for w in workers if alive(w)]
+
+
+def test_deleting_final_pt_recomputes_it_without_retraining(tmp_path, caplog):
+    cfg = tiny(tmp_path, train=TrainConfig(epochs=2, batch_size=32, lr=0.05))
+    first = pipeline.run(cfg)
+    final = Path(first.run_dir) / "checkpoints" / "final.pt"
+    weights = torch.load(final, weights_only=True)["model"]
+    final.unlink()
+    with caplog.at_level("INFO", logger="landscape"):
+        again = pipeline.run(cfg)
+    assert again.ran == ["train"] and "final.pt is missing; recomputing it" in caplog.text
+    assert "resuming from the checkpoint of epoch 2 of 2" in caplog.text  # nothing retrained
+    restored = torch.load(final, weights_only=True)["model"]
+    assert all(torch.equal(weights[k], restored[k]) for k in weights)
+
+
+def test_a_checkpoint_of_another_run_is_refused_with_its_path(tmp_path):
+    a, b = pipeline.run(tiny(tmp_path, 0)), pipeline.run(tiny(tmp_path, 1))
+    shutil.copy(Path(a.run_dir) / "checkpoints" / "final.pt",
+                Path(b.run_dir) / "checkpoints" / "final.pt")
+    h = HessianConfig(enabled=True, checkpoints=["final"], k=1, n_samples=8, density_runs=0,
+                      trace_samples=0)
+    with pytest.raises(CheckpointError, match=r"final.pt belongs to run .*seed=0, not to "
+                                              r".*seed=1 \(copied from another run"):
+        pipeline.run(tiny(tmp_path, 1, hessian=h))
+
+
+def test_hessian_k_above_the_parameter_count_is_said_not_clamped_silently(tmp_path, caplog):
+    h = HessianConfig(enabled=True, checkpoints=["final"], k=100_000, n_samples=8,
+                      density_runs=0, trace_samples=0)
+    with caplog.at_level("WARNING", logger="landscape"):
+        pipeline.run(tiny(tmp_path, model=ModelConfig(name="small_cnn", width=0.02,
+                                                       pool_level=1), hessian=h))
+    assert "hessian.k=100000 exceeds the" in caplog.text
+    note = results.load(tmp_path).query("stage == 'hessian_final'")["note"].iloc[0]
+    assert "(hessian.k=100000 > the parameter count)" in note
+
+
+def test_temp_files_of_a_killed_writer_are_cleaned(tmp_path):
+    cfg = tiny(tmp_path)
+    pipeline.validate(cfg)
+    unit_dir = tmp_path / pipeline.identify(cfg).run_id / "stages" / "train"
+    unit_dir.mkdir(parents=True)
+    (unit_dir / ".rows.csv.abc123.tmp").write_text("half a file")
+    pipeline.run(cfg)
+    assert not list(unit_dir.glob(".*.tmp")) and (unit_dir / "DONE").is_file()

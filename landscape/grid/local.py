@@ -3,9 +3,11 @@ spawned worker processes with the CPU threads split between them; then the cell-
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -31,6 +33,19 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _die_with_parent() -> None:
+    """Worker initializer (Linux): SIGTERM this worker when the launcher dies, however it dies
+    (SIGKILL included), so no run goes on orphaned; an interrupted run resumes from its last
+    epoch checkpoint when the grid is started again."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: no such guarantee
+        return
+    if os.getppid() == 1:  # the launcher died before prctl took effect
+        os._exit(1)
 
 
 def _run_isolated(cfg: RunConfig) -> LocalRunResult:
@@ -72,7 +87,7 @@ class LocalBackend:
                 # leak from one run into the next.
                 fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
                 with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                         **fresh) as pool:
+                                         initializer=_die_with_parent, **fresh) as pool:
                     futures = [pool.submit(_run_isolated, c) for c in cfgs]
                     done = [f.result() for f in as_completed(futures)]
             torch.set_num_threads(usable_cpus())

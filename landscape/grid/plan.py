@@ -16,7 +16,7 @@ from typing import Sequence
 from landscape import results
 from landscape.config import RunConfig
 from landscape.identity import identify
-from landscape.pipeline import import_user_modules, stage_units, stale_reason, unit_settings
+from landscape.pipeline import import_user_modules, stage_units, unit_settings
 
 
 def enabled_units(cfg: RunConfig) -> list[str]:
@@ -42,7 +42,8 @@ def pending_units(cfg: RunConfig) -> list[str]:
     if diverged(run_dir):
         return []
     return [unit.name for stage, config, unit in stage_units(cfg, "run")
-            if stale_reason(run_dir, unit.name, unit_settings(stage, config)) is not None]
+            if results.stale_reason(run_dir, unit.name, unit_settings(stage, config))
+            is not None]
 
 
 def stale_cell_units(cfg: RunConfig) -> list[str]:
@@ -51,7 +52,7 @@ def stale_cell_units(cfg: RunConfig) -> list[str]:
     paths = results.run_paths(cfg.results_root, identify(cfg).cell_name)
     seeds = results.trained_seeds(paths.cell)
     return [unit.name for stage, config, unit in stage_units(cfg, "cell", needs_trained=True)
-            if seeds and stale_reason(paths.cell_stages, unit.name,
+            if seeds and results.stale_reason(paths.cell_stages, unit.name,
                                       unit_settings(stage, config), seeds) is not None]
 
 

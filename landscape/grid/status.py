@@ -33,7 +33,7 @@ from landscape.config import RunConfig, from_dict
 from landscape.grid.plan import cell_units, diverged
 from landscape.grid.slurm import RUNNING, active_jobs
 from landscape.identity import identify
-from landscape.pipeline import stage_units, stale_reason, unit_settings
+from landscape.pipeline import stage_units, unit_settings
 
 STATES = ("done", "stale", "running", "queued", "started", "failed", "skipped", "missing")
 
@@ -58,7 +58,7 @@ def _unit_state(run_dir: Path, unit: str, settings: dict,
                 job: Optional[str]) -> tuple[str, str]:
     done = results.read_done(run_dir, unit)
     if done is not None:
-        why = stale_reason(run_dir, unit, settings)
+        why = results.stale_reason(run_dir, unit, settings)
         if why is not None:
             return "stale", why
         return "done", "" if done.get("status") == "ok" else str(done.get("status"))

@@ -8,6 +8,7 @@ are written by the trainer into the folder :class:`RunPaths` gives it).
 from landscape.results.layout import (
     ARRAYS, CELL_DIR, DONE, FAILED, ROWS, SUBMISSIONS, RunPaths, run_paths, stage_dir,
 )
+from landscape.results.lock import LOCK, UnitLock, try_lock
 from landscape.results.records import (
     cell_names, read_submissions, record_submission, run_configs, trained_seeds,
     write_run_records,
@@ -17,15 +18,16 @@ from landscape.results.schema import (
     register_metric, to_frame, validate_rows,
 )
 from landscape.results.store import (
-    clear_done, failures, is_done, load, load_arrays, read_arrays, read_done, read_failure,
-    read_stage, write_failure, write_stage,
+    clean_temp, clear_done, failures, is_done, jsonable, load, load_arrays, read_arrays,
+    read_done, read_failure, read_stage, stale_reason, write_failure, write_stage,
 )
 
 __all__ = [
-    "ARRAYS", "CELL_DIR", "COLUMNS", "DONE", "DTYPES", "FAILED", "ID_COLUMNS", "METRICS",
+    "ARRAYS", "CELL_DIR", "COLUMNS", "DONE", "DTYPES", "FAILED", "ID_COLUMNS", "LOCK", "METRICS",
     "OPTIONAL_COLUMNS", "ROWS", "SUBMISSIONS", "VALUE_COLUMNS", "RunPaths", "SchemaError",
-    "cell_names", "clear_done", "failures", "is_done", "load", "load_arrays", "read_arrays",
-    "read_done", "read_failure", "read_stage", "read_submissions", "record_submission", "register_metric",
-    "run_configs", "run_paths", "stage_dir", "to_frame", "trained_seeds", "validate_rows",
-    "write_failure", "write_stage", "write_run_records",
+    "UnitLock", "cell_names", "clean_temp", "clear_done", "failures", "is_done", "jsonable",
+    "load", "load_arrays", "read_arrays", "read_done", "read_failure", "read_stage",
+    "read_submissions", "record_submission", "register_metric", "run_configs", "run_paths",
+    "stage_dir", "stale_reason", "to_frame", "trained_seeds", "try_lock", "validate_rows",
+    "write_failure", "write_run_records", "write_stage",
 ]

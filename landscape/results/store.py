@@ -36,6 +36,38 @@ def read_done(run_dir: Path, stage: str) -> dict[str, Any] | None:
         return {"status": "unknown"}
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, unknown types strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def stale_reason(out_dir: Path, unit: str, settings: Mapping[str, Any],
+                 seeds: list[int] | None = None) -> str | None:
+    """None if the unit is done with these settings (and these seeds, for a cell unit that
+    needs trained seeds); otherwise why it must be computed ("not done", "settings changed:
+    k 5 -> 8", "seeds changed: ..."). A marker written before settings were recorded counts
+    as current for its settings."""
+    done = read_done(out_dir, unit)
+    if done is None:
+        return "not done"
+    settings = jsonable(dict(settings))
+    recorded = done.get("settings", settings)
+    if recorded != settings:
+        keys = sorted(k for k in set(recorded) | set(settings)
+                      if recorded.get(k) != settings.get(k))
+        return "settings changed: " + ", ".join(
+            f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}" for k in keys)
+    if seeds is not None and done.get("seeds") != seeds:
+        return f"seeds changed: {done.get('seeds')} -> {seeds}"
+    return None
+
+
+def clean_temp(directory: Path) -> None:
+    """Remove the temporary files a killed atomic writer left in ``directory``."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def clear_done(run_dir: Path, stage: str) -> None:
     """Remove a unit's DONE marker (before it is recomputed): it is then not done for
     :func:`load` until the new rows are complete."""

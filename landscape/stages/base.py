@@ -125,6 +125,11 @@ class Stage:
     def units(self, config: Any) -> list[Unit]:
         return [Unit(self.name)]
 
+    def missing_outputs(self, paths: Any) -> Optional[str]:
+        """For a done unit: why it must be recomputed although its rows exist (e.g. a
+        checkpoint it wrote was deleted), or None. ``paths``: the run's ``RunPaths``."""
+        return None
+
     def settings(self, config: Any) -> dict[str, Any]:
         """The settings that change a unit's result (recorded with it; a unit whose recorded
         settings differ is recomputed): the config's fields but those in ``selects``."""

@@ -11,6 +11,7 @@ and ``hessian_residual`` (``index`` = rank, 1 = largest), ``hessian_trace`` and
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -25,6 +26,8 @@ from landscape.hessian import (
 from landscape.seeds import HESSIAN, stream_seed
 from landscape.stages.base import RunContext, Stage, Unit, check_checkpoints, register_stage
 from landscape.train import make_loader
+
+log = logging.getLogger("landscape")
 
 
 @dataclass
@@ -88,6 +91,9 @@ class HessianStage(Stage):
         op = HessianOperator(model, F.cross_entropy, batches, bn_mode=c.bn_mode,
                              device=ctx.settings.device)
         k = min(c.k, op.dim)
+        if k < c.k:
+            log.warning("%s: hessian.k=%d exceeds the %d parameters; computing all %d "
+                        "eigenvalues", ctx.identity.run_id, c.k, op.dim, k)
         seed = stream_seed(ctx.identity.seed, HESSIAN)
         top = top_eigenvalues(op, k, SolverOptions(which=c.which, tol=c.tol, max_iter=c.max_iter,
                                                    seed=seed, progress=ctx.progress),
@@ -117,5 +123,6 @@ class HessianStage(Stage):
                  {"metric": "hessian_converged", "value": float(top.converged)},
                  {"metric": "hessian_seconds", "value": time.perf_counter() - t0}]
         note = (f"checkpoint={checkpoint}; bn_mode={c.bn_mode}; backend={top.backend}; "
-                f"which={c.which}; tol={c.tol}; n_samples={op.num_examples}")
+                f"which={c.which}; tol={c.tol}; n_samples={op.num_examples}"
+                + (f"; k={k} (hessian.k={c.k} > the parameter count)" if k < c.k else ""))
         return [{"stage": unit.name, "note": note, **r} for r in rows]

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Optional
 
+from landscape import results
+from landscape.results import RunPaths
 from landscape.stages.base import RunContext, Stage, Unit, register_stage
 from landscape.train import TrainConfig, train_model, validate_train_config
 
@@ -31,13 +34,20 @@ class TrainStage(Stage):
     def settings(self, config: TrainConfig) -> dict:
         return {}  # the training settings are part of the cell's identity (its hash)
 
+    def missing_outputs(self, paths: RunPaths) -> Optional[str]:
+        """A deleted ``final.pt`` of a finished training is recomputed (resumed from
+        ``last.pt``: no epoch is trained again when it holds the last one)."""
+        ok = (results.read_done(paths.run_dir, self.name) or {}).get("status") == "ok"
+        final = paths.checkpoints / "final.pt"
+        return f"{final} is missing" if ok and not final.exists() else None
+
     def run(self, ctx: RunContext, config: TrainConfig, unit: Unit) -> list[dict]:
         model = ctx.build_model()
         t0 = time.perf_counter()
         outcome = train_model(
             model, ctx.data.train, ctx.data.test, config, seed=ctx.identity.seed,
             settings=ctx.settings, checkpoint_dir=ctx.checkpoint_dir,
-            num_workers=ctx.num_workers, progress=ctx.progress,
+            num_workers=ctx.num_workers, progress=ctx.progress, run_id=ctx.identity.run_id,
         )
         rows: list[dict] = [{"metric": m, "value": getattr(r, m), "index": r.epoch}
                             for r in outcome.history for m in EPOCH_METRICS]
