@@ -12,14 +12,14 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
 from analysis import plots
 from analysis.stats import (GRID_COLUMNS, UNIT_COLUMNS, final_epoch, grid_frame, grids,
-                            pruning_observations, rank_correlation, select)
-from analysis.tables import (MISSING, Table, format_number, grid_title, level_label,
+                            pruning_observations, rank_correlation, select, with_variants)
+from analysis.tables import (MISSING, Table, format_number, grid_slug, grid_title, level_label,
                              paper_table, pruning_table, pvalue_table, to_csv, to_latex,
                              to_markdown, training_table)
 
@@ -118,13 +118,9 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
                          "p": format_number(r.p), "n": str(r.n)})
     if not rows:
         return None
-    return Table(f"{_slug(g)}-spearman", f"{grid_title(g)}: rank correlation of the "
+    return Table(f"{grid_slug(g)}-spearman", f"{grid_title(g)}: rank correlation of the "
                  "receptive field with each quantity", pd.DataFrame(rows), pd.DataFrame(rows),
                  "Spearman's ρ over all seeds of all receptive fields, two-sided p (scipy).")
-
-
-def _slug(g: pd.DataFrame) -> str:
-    return f"{g['arch'].iloc[0]}-w{g['width'].iloc[0]:g}-{g['dataset'].iloc[0]}"
 
 
 def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame | None,
@@ -178,7 +174,7 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
         if fig is None:
             absent.append(name)
             continue
-        stem = f"{_slug(g)}-{name}"
+        stem = f"{grid_slug(g)}-{name}"
         for ext in ("png", "pdf"):
             fig.savefig(out / "figures" / f"{stem}.{ext}", dpi=150)
         blocks.append(("figure", (f"figures/{stem}.png", caption)))
@@ -213,14 +209,15 @@ def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
                   stage_order: Sequence[str] = ()) -> list[Block]:
     """The report as a list of blocks; writes figures and table files under ``out_dir``."""
     blocks: list[Block] = [("h1", title)]
-    found = grids(df)
-    blocks.append(("p", f"{len(df)} result rows; {len(found)} grid(s): " + "; ".join(
-        f"{a} width {w:g} on {d}" for a, d, w in found) + (f". Results root: {results_root}."
-                                                             if results_root else ".")
+    df = df if "variant" in df.columns else with_variants(df, None)
+    found = [grid_frame(v, **dict(zip(GRID_COLUMNS, grid)))
+             for _, v in df.groupby("variant", sort=True) for grid in grids(v)]
+    blocks.append(("p", f"{len(df)} result rows; {len(found)} grid(s): "
+                   + "; ".join(grid_title(g) for g in found)
+                   + (f". Results root: {results_root}." if results_root else ".")
                    if found else "No finished stages found."))
-    for grid in found:
-        blocks += _grid_blocks(grid_frame(df, **dict(zip(GRID_COLUMNS, grid))), arrays,
-                               reference, out_dir, stage_order)
+    for g in found:
+        blocks += _grid_blocks(g, arrays, reference, out_dir, stage_order)
     blocks.append(("h2", "Failed stage units"))
     if failures is None:
         blocks.append(("p", "Not checked (no failure records given)."))
@@ -278,17 +275,21 @@ def _html(blocks: Sequence[Block], title: str) -> str:
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, arrays: Any = None,
                  title: str = DEFAULT_TITLE, results_root: str | Path | None = None,
                  failures: pd.DataFrame | None = None, reference: pd.DataFrame | None = None,
-                 stage_order: Sequence[str] = ()) -> Path:
+                 stage_order: Sequence[str] = (),
+                 variants: Mapping[str, str] | None = None) -> Path:
     """Write ``report.md``, ``report.html``, ``figures/`` and ``tables/`` under ``out_dir``;
     return the path of ``report.md``. ``arrays``: stage -> ``load_arrays(root, stage)`` for
     the importance maps; ``failures``: ``landscape.results.failures(root)`` (run_id, unit,
     reason); ``reference``: the paper's tables (shown labelled, beside ours);
-    ``stage_order``: stage names in pipeline order (``landscape.stages.stage_names()``)."""
+    ``stage_order``: stage names in pipeline order (``landscape.stages.stage_names()``);
+    ``variants``: cell -> how it differs from the other cells of its model and data beyond the
+    RF pool (``landscape.results.cell_variants(root)``): such cells are separate grids."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    blocks = report_blocks(df, out, arrays=arrays, title=title, results_root=results_root,
-                           failures=failures, reference=reference, stage_order=stage_order)
+    blocks = report_blocks(with_variants(df, variants), out, arrays=arrays, title=title,
+                           results_root=results_root, failures=failures, reference=reference,
+                           stage_order=stage_order)
     for kind, t in blocks:
         if kind == "table" and t.name != "overview":
             for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,16 @@ def cell_ids(run_id: pd.Series) -> pd.Series:
 def with_cell(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with a ``cell`` column (the run folder's cell part), added once."""
     return df if "cell" in df.columns else df.assign(cell=cell_ids(df["run_id"]))
+
+
+def with_variants(df: pd.DataFrame, variants: Mapping[str, str] | None) -> pd.DataFrame:
+    """``df`` with a ``variant`` column: per cell, how it differs from the other cells of its
+    (arch, dataset, width) in settings other than the RF pool (``"train.lr=0.01"``; "" when
+    only the pool differs), from ``landscape.results.cell_variants(root)``. Cells of different
+    variants are different grids: never pooled as seeds of one RF level."""
+    df = with_cell(df)
+    labels = df["cell"].astype(object).map(dict(variants or {}))
+    return df.assign(variant=labels.where(labels.notna(), "").astype("string"))
 
 
 def select(df: pd.DataFrame, **filters: Any) -> pd.DataFrame:
@@ -72,6 +82,9 @@ def grid_frame(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None
         what = "no grid matches" if not found else "several grids match"
         raise ValueError(f"{what} arch={arch!r}, dataset={dataset!r}, width={width!r}; "
                          f"grids in the data (arch, dataset, width): {grids(df)}")
+    if "variant" in sub.columns and sub["variant"].nunique() > 1:
+        raise ValueError(f"the cells of {found[0]} differ in more than the RF pool: "
+                         f"{sorted(sub['variant'].unique())}; select(df, variant=...) one")
     return with_cell(sub)
 
 

@@ -67,9 +67,19 @@ def level_label(receptive_field: object, pool_level: object, cell: str = "") -> 
     return f"RF {receptive_field} px (pool {pool_level})"
 
 
+def grid_slug(g: pd.DataFrame) -> str:
+    """``"vgg19-w1-cifar10"`` (plus the variant, file-name safe): the stem of file names."""
+    variant = str(g["variant"].iloc[0]) if "variant" in g.columns else ""
+    tail = "-" + re.sub(r"[^A-Za-z0-9.=]+", "_", variant) if variant else ""
+    return f"{g['arch'].iloc[0]}-w{g['width'].iloc[0]:g}-{g['dataset'].iloc[0]}{tail}"
+
+
 def grid_title(g: pd.DataFrame) -> str:
-    """``"vgg19 (width 1) on cifar10"`` for the rows of one grid."""
-    return f"{g['arch'].iloc[0]} (width {g['width'].iloc[0]:g}) on {g['dataset'].iloc[0]}"
+    """``"vgg19 (width 1) on cifar10"`` for the rows of one grid, plus its variant (how its
+    cells differ from another grid of the same model and data, e.g. ``", train.lr=0.01"``)."""
+    variant = str(g["variant"].iloc[0]) if "variant" in g.columns else ""
+    return (f"{g['arch'].iloc[0]} (width {g['width'].iloc[0]:g}) on {g['dataset'].iloc[0]}"
+            + (f", {variant}" if variant else ""))
 
 
 def _levels_frame(obs: pd.DataFrame) -> pd.DataFrame:
@@ -91,7 +101,6 @@ def pruning_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | N
     if obs["pruned"].notna().sum() == 0:
         raise ValueError(f"no {'finetune' if finetuned else 'prune'} results for criterion "
                          f"{criterion!r} at rate {prune_rate} in this grid")
-    a, d, w = g["arch"].iloc[0], g["dataset"].iloc[0], g["width"].iloc[0]
     pr = "Fine-tuned" if finetuned else "Pruned"
     cols = {"dense": "Dense acc. (%)", "pruned": f"{pr} acc. (%)", "difference": "Difference (pp)"}
     shown, numbers = [], []
@@ -113,8 +122,8 @@ def pruning_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | N
     stem = f"{'finetuned' if finetuned else 'pruned'}_{criterion}_{prune_rate:g}"
     what = "fine-tuned after one-shot pruning" if finetuned else "one-shot pruned, no fine-tuning"
     return Table(
-        name=f"{a}-w{w:g}-{d}-{stem}".replace(":", "-"),
-        title=f"{a} (width {w:g}) on {d}: dense vs {pr.lower()} test accuracy, "
+        name=f"{grid_slug(g)}-{stem}".replace(":", "-"),
+        title=f"{grid_title(g)}: dense vs {pr.lower()} test accuracy, "
               f"criterion {criterion}, rate {prune_rate:g}",
         cells=pd.DataFrame(shown), numbers=pd.DataFrame(numbers),
         notes=f"Mean ± std (ddof=1) over seeds ((n=k): only k of the seeds have this value); "
@@ -143,9 +152,7 @@ def training_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
         rows.append({"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
                      "Test acc. (%)": shown("test_acc", 100.0),
                      "Final train loss": shown("train_loss"), "Diverged runs": div})
-    a, d, w = g["arch"].iloc[0], g["dataset"].iloc[0], g["width"].iloc[0]
-    return Table(f"{a}-w{w:g}-{d}-training",
-                 f"{a} (width {w:g}) on {d}: dense training at the last epoch",
+    return Table(f"{grid_slug(g)}-training", f"{grid_title(g)}: dense training at the last epoch",
                  pd.DataFrame(rows), s, "Mean ± std (ddof=1) over seeds at the last epoch; "
                  "NaN losses (diverged runs) are left out of the mean.")
 
@@ -174,11 +181,10 @@ def pvalue_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
     cells = mat.map(lambda p: "—" if math.isnan(p) else f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}")
     for n in names:
         cells.loc[n, n] = ""
-    a0, d0, w0 = g["arch"].iloc[0], g["dataset"].iloc[0], g["width"].iloc[0]
     stem = f"{'finetuned' if finetuned else 'pruned'}_{criterion}_{prune_rate:g}"
     return Table(
-        name=f"{a0}-w{w0:g}-{d0}-pvalues-{quantity}-{stem}".replace(":", "-"),
-        title=f"{a0} (width {w0:g}) on {d0}: p-values between receptive fields of the "
+        name=f"{grid_slug(g)}-pvalues-{quantity}-{stem}".replace(":", "-"),
+        title=f"{grid_title(g)}: p-values between receptive fields of the "
               f"{quantity} ({'fine-tuned' if finetuned else 'one-shot'}, {criterion}, "
               f"rate {prune_rate:g})",
         cells=cells.reset_index(names=""),

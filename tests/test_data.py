@@ -62,7 +62,8 @@ def test_registry_and_unknown_name():
 
 def test_cifar10_loader_reads_the_real_format(tmp_path):
     arrays = make_cifar10_tree(tmp_path)
-    b = load_dataset(DataConfig(name="cifar10", root=str(tmp_path), augment=False))
+    b = load_dataset(DataConfig(name="cifar10", root=str(tmp_path), augment=False,
+                                    verify_md5=False))
     assert (len(b.train), len(b.test), b.num_classes, b.in_channels, b.image_size) == (20, 4, 10, 3, 32)
     data, labels = arrays["test_batch"]
     x, y = b.test[2]
@@ -76,7 +77,7 @@ def test_cifar10_loader_reads_the_real_format(tmp_path):
 
 def test_cifar10_augmentation_is_crop_and_flip(tmp_path):
     make_cifar10_tree(tmp_path)
-    b = load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    b = load_dataset(DataConfig(name="cifar10", root=str(tmp_path), verify_md5=False))
     x0, _ = b.train_eval[0]
     torch.manual_seed(1)
     xs = [b.train[0][0] for _ in range(8)]
@@ -148,3 +149,14 @@ def test_synthetic_is_deterministic_and_independent_of_global_rng():
 def test_bad_data_fields():
     with pytest.raises(ValueError, match="data.train_subset"):
         load_dataset(DataConfig(name="digits", train_subset=0))
+
+
+def test_a_corrupted_or_truncated_cifar_batch_is_named(tmp_path):
+    make_cifar10_tree(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    with pytest.raises(DatasetNotFoundError, match=r"data_batch_1 is not the published "
+                                                    r"CIFAR-10 file \(md5 differs"):
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))  # md5 on by default
+    batch.write_bytes(batch.read_bytes()[:100])  # truncated
+    with pytest.raises(DatasetNotFoundError, match=r"data_batch_3 cannot be read .*truncated"):
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path), verify_md5=False))

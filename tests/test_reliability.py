@@ -295,3 +295,37 @@ def test_temp_files_of_a_killed_writer_are_cleaned(tmp_path):
     (unit_dir / ".rows.csv.abc123.tmp").write_text("half a file")
     pipeline.run(cfg)
     assert not list(unit_dir.glob(".*.tmp")) and (unit_dir / "DONE").is_file()
+
+
+def test_cells_that_differ_in_more_than_the_pool_are_never_pooled(tmp_path, capsys):
+    """Two cells at pool 0 that differ in the learning rate, plus pool 1 at the first lr:
+    two grids in the report (titled by the lr), two rows in the grid summary, and a table
+    over one of them never mixes the two."""
+    from analysis.report import write_report
+    from analysis.stats import grid_frame, with_variants
+    from landscape.grid import final_accuracy_table, finish_cells
+
+    slow = TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    fast = TrainConfig(epochs=1, batch_size=32, lr=0.01)
+    for seed in (0, 1):
+        pipeline.run(tiny(tmp_path, seed, model=ModelConfig(name="small_cnn", width=0.25,
+                                                            pool_level=0), train=slow))
+        pipeline.run(tiny(tmp_path, seed, model=ModelConfig(name="small_cnn", width=0.25,
+                                                            pool_level=0), train=fast))
+        pipeline.run(tiny(tmp_path, seed, train=slow))  # pool 1
+    variants = results.cell_variants(tmp_path)
+    assert sorted(variants.values()) == ["train.lr=0.01", "train.lr=0.05", "train.lr=0.05"]
+    table = final_accuracy_table(results.load(tmp_path), variants)
+    assert len(table) == 3 and set(table["seeds"]) == {2}
+    df = with_variants(results.load(tmp_path), variants)
+    with pytest.raises(ValueError, match="differ in more than the RF pool"):
+        grid_frame(df, arch="small_cnn")
+    path = write_report(results.load(tmp_path), tmp_path / "rep", variants=variants)
+    md = path.read_text()
+    assert "## small_cnn (width 0.25) on synthetic, train.lr=0.01" in md
+    assert "## small_cnn (width 0.25) on synthetic, train.lr=0.05" in md
+    assert (tmp_path / "rep" / "tables" / "small_cnn-w0.25-synthetic-train.lr=0.01-training.md"
+            ).is_file()
+    finish_cells(tmp_path, overrides=tiny(tmp_path, report=False))
+    printed = capsys.readouterr().out
+    assert "train.lr=0.01" in printed and "train.lr=0.05" in printed

@@ -130,12 +130,32 @@ def _cifar10_files(root: Path) -> list[Path]:
     return [base / n for n in names]
 
 
-class _CIFAR10(CIFAR10):
-    """torchvision's CIFAR-10 reading the standard ``cifar-10-batches-py`` pickles.
+def _check_cifar10_files(root: Path, verify_md5: bool) -> None:
+    """Every batch unpickles (a truncated one is named) and, with ``verify_md5``, has the md5
+    of the published CIFAR-10 (``data.verify_md5=false`` for a tree of your own)."""
+    from torchvision.datasets.utils import check_md5
 
-    File presence is checked, not the md5 of each file (``download=True`` verifies the archive
-    checksum), so small generated trees in the same format load in tests.
-    """
+    md5s = dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"],
+                                                          CIFAR10.meta["md5"])])
+    for path in _cifar10_files(root):
+        if verify_md5 and not check_md5(str(path), md5s[path.name]):
+            raise DatasetNotFoundError(
+                f"{path} is not the published CIFAR-10 file (md5 differs from "
+                f"{md5s[path.name]}): truncated or corrupted. Delete it and set "
+                "data.download=true, or data.verify_md5=false for a tree of your own.")
+        if not verify_md5:
+            try:
+                with open(path, "rb") as f:
+                    pickle.load(f, encoding="latin1")
+            except (EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+                raise DatasetNotFoundError(
+                    f"{path} cannot be read ({type(e).__name__}: {e}): truncated or "
+                    "corrupted. Delete it and set data.download=true.") from None
+
+
+class _CIFAR10(CIFAR10):
+    """torchvision's CIFAR-10 reading the standard ``cifar-10-batches-py`` pickles (presence
+    here; md5 or readability in :func:`_check_cifar10_files` before)."""
 
     def _check_integrity(self) -> bool:
         return all(p.is_file() for p in _cifar10_files(Path(self.root)))
@@ -158,6 +178,8 @@ def cifar10(cfg: DataConfig) -> DatasetBundle:
             "data.download=true to fetch it with torchvision, or set data.root to the folder that "
             "contains cifar-10-batches-py (extracted from cifar-10-python.tar.gz)."
         )
+    if not missing:
+        _check_cifar10_files(root, cfg.verify_md5)
     size = cfg.image_size or 32
     kw = dict(size=size, mean=CIFAR10_MEAN, std=CIFAR10_STD, resize=size != 32, from_pil=True)
     train = _CIFAR10(str(root), train=True, download=cfg.download,

@@ -28,6 +28,9 @@ class DataConfig:
     train_subset: Optional[int] = None  # first N training examples (stratified for digits)
     test_subset: Optional[int] = None
     num_workers: int = field(default=0, metadata={"identity": False})
+    # Check the md5 of real dataset files (CIFAR-10's batches); off for a tree of your own in
+    # the same format (e.g. the small generated ones of the tests).
+    verify_md5: bool = field(default=True, metadata={"identity": False})
 
 
 @dataclass

@@ -17,13 +17,19 @@ from landscape.pipeline import CellSummary, run_cell
 log = logging.getLogger("landscape")
 
 
-def final_accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Final-epoch test accuracy per cell: mean, std and n over seeds."""
+def final_accuracy_table(df: pd.DataFrame, variants: Optional[dict[str, str]] = None
+                         ) -> pd.DataFrame:
+    """Final-epoch test accuracy per cell: mean, std and n over seeds. Cells that differ in
+    more than the RF pool (``variants``, see ``results.cell_variants``) are separate rows,
+    labelled by how they differ."""
     acc = df[(df["stage"] == "train") & (df["metric"] == "test_acc")]
     if acc.empty:
         return pd.DataFrame()
     last = acc.loc[acc.groupby("run_id")["index"].idxmax()]
-    keys = ["arch", "dataset", "pool_level", "receptive_field"]
+    cell = last["run_id"].str.split("/seed=").str[0]
+    last = last.assign(cell=cell, variant=cell.map(variants or {}).fillna(""))
+    keys = ["arch", "dataset", "width", "pool_level", "pool_kernel", "pool_stride",
+            "receptive_field", "variant"]
     out = last.groupby(keys)["value"].agg(["mean", "std", "count"])
     return out.rename(columns={"mean": "test_acc_mean", "std": "test_acc_std", "count": "seeds"})
 
@@ -41,7 +47,7 @@ def write_root_report(root: str | Path, out: Optional[str | Path] = None, *,
     return write_report(results.load(root), Path(out) if out else root / "report", arrays=arrays,
                         title=title or DEFAULT_TITLE, results_root=root,
                         failures=results.failures(root), reference=reference,
-                        stage_order=stage_names())
+                        stage_order=stage_names(), variants=results.cell_variants(root))
 
 
 def finish_cells(root: str | Path, cells: Optional[Sequence[RunConfig]] = None, *,
@@ -73,7 +79,7 @@ def finish_cells(root: str | Path, cells: Optional[Sequence[RunConfig]] = None, 
     print(f"\n[landscape] results under {root} ({runs} runs in {len(names)} cells, "
           f"{len(df)} rows)")
     if len(df):
-        print(final_accuracy_table(df).to_string())
+        print(final_accuracy_table(df, results.cell_variants(root)).to_string())
     print(f"[landscape] load them with: landscape.results.load({str(root)!r})", flush=True)
     if len(df) and (overrides is None or overrides.report):
         path = write_root_report(root)

@@ -10,8 +10,8 @@ from landscape.results.layout import (
 )
 from landscape.results.lock import LOCK, UnitLock, try_lock
 from landscape.results.records import (
-    cell_names, read_submissions, record_submission, run_configs, trained_seeds,
-    write_run_records,
+    cell_names, cell_variants, read_submissions, record_submission, run_configs,
+    trained_seeds, write_run_records,
 )
 from landscape.results.schema import (
     COLUMNS, DTYPES, ID_COLUMNS, METRICS, OPTIONAL_COLUMNS, VALUE_COLUMNS, SchemaError,
@@ -25,8 +25,8 @@ from landscape.results.store import (
 __all__ = [
     "ARRAYS", "CELL_DIR", "COLUMNS", "DONE", "DTYPES", "FAILED", "ID_COLUMNS", "LOCK", "METRICS",
     "OPTIONAL_COLUMNS", "ROWS", "SUBMISSIONS", "VALUE_COLUMNS", "RunPaths", "SchemaError",
-    "UnitLock", "cell_names", "clean_temp", "clear_done", "failures", "is_done", "jsonable",
-    "load", "load_arrays", "read_arrays", "read_done", "read_failure", "read_stage",
+    "UnitLock", "cell_names", "cell_variants", "clean_temp", "clear_done", "failures", "is_done",
+    "jsonable", "load", "load_arrays", "read_arrays", "read_done", "read_failure", "read_stage",
     "read_submissions", "record_submission", "register_metric", "run_configs", "run_paths",
     "stage_dir", "stale_reason", "to_frame", "trained_seeds", "try_lock", "validate_rows",
     "write_failure", "write_run_records", "write_stage",

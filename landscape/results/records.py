@@ -41,6 +41,48 @@ def run_configs(root: str | Path, cell: Optional[str] = None) -> dict[str, dict[
     return out
 
 
+POOL_KEYS = ("model.pool_level", "model.pool_kernel", "model.pool_stride", "model.pool_padding")
+GRID_KEYS = ("model.name", "data.name", "model.width")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def cell_variants(root: str | Path) -> dict[str, str]:
+    """cell -> how it differs from the other cells of its (arch, dataset, width) group in
+    identity fields other than the RF pool, e.g. ``"train.lr=0.01"`` ("" when it differs only
+    in the pool). Cells with different labels must not be pooled as seeds of one RF level."""
+    root = Path(root)
+    ident: dict[str, set[str]] = {}
+    for name in cell_names(root):
+        try:
+            ident[name] = set(json.loads((root / name / CELL_RECORD).read_text())["identity"])
+        except (OSError, ValueError, KeyError):
+            warnings.warn(f"{name}: unreadable {CELL_RECORD}; its label may be incomplete",
+                          stacklevel=2)
+    configs: dict[str, dict[str, Any]] = {}
+    for run_id, cfg in run_configs(root).items():
+        configs.setdefault(run_id.split("/", 1)[0], _flat(cfg))
+    keys = sorted(set().union(*ident.values()) - set(POOL_KEYS) - set(GRID_KEYS) - {"seed"}
+                  ) if ident else []
+    groups: dict[tuple, list[str]] = {}
+    for cell, flat in configs.items():
+        groups.setdefault(tuple(str(flat.get(k)) for k in GRID_KEYS), []).append(cell)
+    out = {}
+    for cells in groups.values():
+        varying = [k for k in keys if len({str(configs[c].get(k)) for c in cells}) > 1]
+        for c in cells:
+            out[c] = ", ".join(f"{k}={configs[c].get(k)}" for k in varying)
+    return out
+
+
 def trained_seeds(cell_dir: str | Path) -> list[int]:
     """Seeds of a cell whose training finished without diverging, sorted."""
     seeds = []
