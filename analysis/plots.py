@@ -30,9 +30,8 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
 STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8,
          "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False,
          "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3}
-STAGE_TITLES = {"hessian_init": "At initialisation", "hessian_final": "After training",
-                "importance_init": "init", "importance_final": "trained",
-                "cka_init": "at initialisation", "cka_final": "after training"}
+CHECKPOINT_TITLES = {"init": "at initialisation", "final": "after training",
+                     "best": "best test-accuracy epoch"}
 Arrays = Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]  # stage -> run_id -> name -> array
 
 
@@ -50,6 +49,25 @@ def _levels(g: pd.DataFrame) -> list[tuple[str, str, str, str]]:
           .sort_values(["receptive_field", "pool_level", "pool_kernel", "cell"]))
     return [(c, level_label(r, p, c), OKABE_ITO[i % 8], MARKERS[i % 8])
             for i, (c, r, p) in enumerate(zip(lv["cell"], lv["receptive_field"], lv["pool_level"]))]
+
+
+def stage_title(stage: str) -> str:
+    """``"hessian_paper_best"`` -> ``"best test-accuracy epoch (paper protocol)"``: the
+    checkpoint a unit measured, and the protocol when it is the paper's."""
+    parts = stage.split("_")
+    title = CHECKPOINT_TITLES.get(parts[-1], stage)
+    return title + (" (paper protocol)" if "paper" in parts[1:-1] else "")
+
+
+def present_stages(d: pd.DataFrame, prefix: str,
+                   stages: Sequence[str] | None = None) -> list[str]:
+    """The stage units of ``d`` named ``<prefix>_...`` (or those of ``stages``), ours before
+    the paper's, each by checkpoint: init, final, best."""
+    found = set(d["stage"].dropna().unique())
+    names = [s for s in found if s.startswith(prefix + "_")] if stages is None else \
+        [s for s in stages if s in found]
+    rank = {c: i for i, c in enumerate(CHECKPOINT_TITLES)}
+    return sorted(names, key=lambda s: ("_paper_" in s, rank.get(s.split("_")[-1], 9), s))
 
 
 def _suptitle(fig: Figure, g: pd.DataFrame, what: str) -> None:
@@ -76,13 +94,14 @@ def _figure(nrows: int, ncols: int,
 @_styled
 def hessian_eigenvalues(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                         width: float | None = None,
-                        stages: Sequence[str] = ("hessian_init", "hessian_final")) -> Figure | None:
+                        stages: Sequence[str] | None = None) -> Figure | None:
     """Top-k eigenvalues vs rank, one line per receptive field (mean over seeds, band = min-max
     over seeds), one panel per stage. Log y; symlog (linear within 1e-3 max|λ|) if any
     eigenvalue is <= 0, said in the axis label."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
-    e = select(g, metric="hessian_eigenvalue", stage=list(stages))
-    present = [s for s in stages if (e["stage"] == s).any()]
+    e = select(g, metric="hessian_eigenvalue")
+    present = present_stages(e, "hessian", stages)
+    e = select(e, stage=present)
     if not present:
         return None
     fig, axes = _figure(1, len(present))
@@ -104,7 +123,7 @@ def hessian_eigenvalues(df: pd.DataFrame, *, arch: str | None = None, dataset: s
             ax.set_yscale("symlog", linthresh=max(1e-3 * float(e["value"].abs().max()), 1e-12))
         ax.set_xlabel("rank k (1 = largest)")
         ax.set_ylabel("Hessian eigenvalue λ_k" + ("" if positive else " (symlog)"))
-        ax.set_title(STAGE_TITLES.get(st, st))
+        ax.set_title(stage_title(st))
     axes[0, -1].legend(loc="upper right")
     _suptitle(fig, g, "top Hessian eigenvalues (line = mean over seeds, band = min–max)")
     return fig
@@ -124,20 +143,22 @@ def gaussian_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray,
 @_styled
 def spectral_density(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                      width: float | None = None,
-                     stages: Sequence[str] = ("hessian_init", "hessian_final"),
+                     stages: Sequence[str] | None = None,
                      bandwidth: float = 0.01, sigma: float | None = None,
                      n_grid: int = 1000) -> Figure | None:
-    """SLQ spectral density per receptive field (mean of the per-seed densities), one panel per
-    stage. Each node is broadened by a Gaussian of std ``sigma``, by default ``bandwidth`` x
-    (max - min node) of the panel (shown in the panel). Log y, floored at 1e-6 of the peak."""
+    """Hessian spectral density per receptive field (mean of the per-seed densities), one panel
+    per stage (default: every hessian stage present): the Lanczos quadrature nodes and weights
+    of the rows (SLQ for our protocol; the one all-ones-start run for the paper's). Each node
+    is broadened by a Gaussian of std ``sigma``, by default ``bandwidth`` x (max - min node)
+    of the panel (shown in the panel). Log y, floored at 1e-6 of the peak."""
     if bandwidth <= 0:
         raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     keys = ["cell", "run_id", "stage", "index"]
-    nodes = select(g, metric="hessian_density_node", stage=list(stages))[keys + ["value"]]
-    weights = select(g, metric="hessian_density_weight", stage=list(stages))[keys + ["value"]]
+    nodes = select(g, metric="hessian_density_node")[keys + ["value"]]
+    weights = select(g, metric="hessian_density_weight")[keys + ["value"]]
     nw = nodes.merge(weights, on=keys, suffixes=("_node", "_weight"))
-    present = [s for s in stages if (nw["stage"] == s).any()]
+    present = present_stages(nw, "hessian", stages)
     if not present:
         return None
     fig, axes = _figure(1, len(present))
@@ -159,9 +180,9 @@ def spectral_density(df: pd.DataFrame, *, arch: str | None = None, dataset: str 
         ax.text(0.02, 0.97, f"Gaussian σ = {s:.3g}", transform=ax.transAxes, va="top", fontsize=8)
         ax.set_xlabel("eigenvalue λ")
         ax.set_ylabel("spectral density (per unit λ)")
-        ax.set_title(STAGE_TITLES.get(st, st))
+        ax.set_title(stage_title(st))
     axes[0, -1].legend(loc="upper right")
-    _suptitle(fig, g, "Hessian spectral density (stochastic Lanczos quadrature, mean over seeds)")
+    _suptitle(fig, g, "Hessian spectral density (Lanczos quadrature, mean over seeds)")
     return fig
 
 
@@ -222,7 +243,7 @@ def cka_matrices(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
         ax.set_visible(False)
     fig.colorbar(im, ax=axes.ravel().tolist(), label="linear CKA", shrink=0.85)
     pairs = "seed pairs incl. self" if include_self else "pairs of different seeds"
-    _suptitle(fig, g, f"layerwise linear CKA {STAGE_TITLES.get(stage, stage)}\n"
+    _suptitle(fig, g, f"layerwise linear CKA {stage_title(stage)}\n"
                       f"(mean over {pairs}; dashed = middle layer)")
     return fig
 
@@ -231,16 +252,17 @@ def cka_matrices(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
 @_styled
 def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None = None,
                     dataset: str | None = None, width: float | None = None,
-                    stages: Sequence[str] = ("importance_init", "importance_final"),
-                    ) -> Figure | None:
+                    stages: Sequence[str] | None = None) -> Figure | None:
     """Mean projected-gradient importance map per receptive field (mean of the seeds' mean
     maps; rows = stages, columns = receptive fields), each with its own colour scale and the
     mean over seeds of ``importance_max`` in the title. ``arrays`` maps stage -> the output of
-    ``landscape.results.load_arrays(root, stage)``."""
+    ``landscape.results.load_arrays(root, stage)``; ``stages``: default every importance stage
+    with arrays."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     levels = _levels(g)
     grid_runs = set(g["run_id"].dropna())
     maps: dict[tuple[str, str], list[np.ndarray]] = {}
+    stages = present_stages(pd.DataFrame({"stage": list(arrays or {})}), "importance", stages)
     for st in stages:
         for run_id, arr in (arrays or {}).get(st, {}).items():
             if run_id in grid_runs and "mean_map" in arr:
@@ -266,9 +288,9 @@ def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None
             ax.set_title(f"{label}\nmean max = "
                          + (f"{mx.mean():.3g} (n={mx.size})" if mx.size else "missing"))
             ax.set_xlabel("x (px)")
-            ax.set_ylabel(f"{STAGE_TITLES.get(st, st)}\ny (px)" if j == 0 else "")
+            ax.set_ylabel(f"{stage_title(st)}\ny (px)" if j == 0 else "")
             ax.grid(False)
-    rows = " / ".join(STAGE_TITLES.get(st, st) for st in present)
+    rows = " / ".join(stage_title(st) for st in present)
     _suptitle(fig, g, f"projected-gradient importance maps (mean map over seeds; rows: {rows}; "
                       "own colour scale per panel)")
     return fig
@@ -276,17 +298,22 @@ def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None
 
 @_styled
 def pruning_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
-                   width: float | None = None, criterion: str = "magnitude") -> Figure | None:
+                   width: float | None = None, criterion: str = "magnitude",
+                   protocol: str = "default") -> Figure | None:
     """Test accuracy (%) vs pruning rate per receptive field, mean ± std band over seeds; the
-    dense accuracy as a dashed line of the same colour. Panels: one-shot, fine-tuned."""
+    dense accuracy (of the checkpoint that was pruned) as a dashed line of the same colour.
+    Panels: one-shot, fine-tuned (after the last epoch)."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
-    pr = select(g, stage=["prune", "finetune"], criterion=criterion, metric="test_acc")
+    unit = dict(stage=["prune", "finetune"], criterion=criterion, protocol=protocol)
+    pr = select(g, metric="test_acc", **unit)
     pr = pr[pr["index"].isna()]
     present = [ft for ft in (False, True) if (pr["finetuned"] == ft).any()]
     if not present:
         return None
-    dense = final_epoch(select(g, stage="train", metric="test_acc")).groupby("cell")["value"]
-    dense = dense.mean() * 100
+    dense = select(g, metric="dense_test_acc", **unit)
+    if dense.empty:  # results made before prune units recorded their checkpoint's accuracy
+        dense = final_epoch(select(g, stage="train", metric="test_acc"))
+    dense = dense.groupby("cell")["value"].mean() * 100
     fig, axes = _figure(1, len(present), panel=(4.2, 3.2))
     top = max(100 * float(pr["value"].max()), float(dense.max()) if len(dense) else 0.0)
     for ax, ft in zip(axes[0], present):
@@ -309,7 +336,8 @@ def pruning_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
     handles, labels = axes[0, -1].get_legend_handles_labels()
     handles.append(Line2D([], [], color="grey", ls="--", lw=1))
     axes[0, -1].legend(handles, [*labels, "dense (same colour)"], loc="lower left")
-    _suptitle(fig, g, f"test accuracy after {criterion} pruning (line = mean, "
+    _suptitle(fig, g, f"test accuracy after {criterion} pruning"
+                      f"{' (paper protocol)' if protocol == 'paper' else ''} (line = mean, "
                       "band = ± std over seeds)")
     return fig
 

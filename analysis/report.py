@@ -9,7 +9,6 @@ of the registry (``landscape.grid.write_root_report`` gathers them from a result
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -17,22 +16,29 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from analysis import plots
+from analysis.paper import importance_table, paper_table
+from analysis.plots import present_stages, stage_title
+from analysis.render import Block, html_page, markdown
 from analysis.stats import (GRID_COLUMNS, UNIT_COLUMNS, final_epoch, grid_frame, grids,
                             pruning_observations, rank_correlation, select, with_variants)
 from analysis.tables import (MISSING, Table, format_number, grid_slug, grid_title, level_label,
-                             paper_table, pruning_table, pvalue_table, to_csv, to_latex,
-                             to_markdown, training_table)
+                             pruning_table, pvalue_table, to_csv, to_latex, to_markdown,
+                             training_table)
 
-IMPORTANCE_STAGES = ("importance_init", "importance_final")
 DEFAULT_TITLE = "Receptive field, pruning and loss landscape: results report"
-Block = tuple[str, Any]  # ("h2"|"h3"|"p"|"list"|"table"|"figure", payload)
+# The paper's Hessian figures smooth each Ritz node with a Gaussian of variance 0.0032 (its
+# torchessian.F; docs/paper-protocol.md): std sqrt(0.0032).
+PAPER_DENSITY_SIGMA = math.sqrt(0.0032)
 
 
-def unit_label(stage: Any, criterion: Any, prune_rate: Any, finetuned: Any) -> str:
-    """A stage unit as text: ``"prune magnitude @ 0.9"``, ``"hessian_final"``."""
+def unit_label(stage: Any, criterion: Any, prune_rate: Any, finetuned: Any,
+               protocol: Any = "default") -> str:
+    """A stage unit as text: ``"prune magnitude @ 0.9"``, ``"hessian_final"``, with
+    ``" (paper protocol)"`` for prune and fine-tune units of the paper's procedure."""
     if pd.isna(criterion):
         return str(stage)
-    return f"{stage} {criterion} @ {prune_rate:g}"
+    return f"{stage} {criterion} @ {prune_rate:g}" + (" (paper protocol)"
+                                                      if protocol == "paper" else "")
 
 
 def _stage_rank(stage: str, order: Sequence[str]) -> int:
@@ -102,12 +108,12 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
         ("dense test acc.", select(d, stage="train", metric="test_acc"))]
     for u in _units(select(d, stage=["prune", "finetune"]), stage_order).itertuples(index=False):
         obs = pruning_observations(g, criterion=u.criterion, prune_rate=u.prune_rate,
-                                   finetuned=bool(u.finetuned))
+                                   finetuned=bool(u.finetuned), protocol=u.protocol)
         wanted.append((f"{u.unit}: dense - pruned", obs.rename(columns={"difference": "value"})))
-    for st in ("hessian_init", "hessian_final"):
+    for st in present_stages(select(d, metric="hessian_eigenvalue"), "hessian"):
         wanted.append((f"{st}: λ_max", select(d, stage=st, metric="hessian_eigenvalue", index=1)))
         wanted.append((f"{st}: trace", select(d, stage=st, metric="hessian_trace")))
-    for st in IMPORTANCE_STAGES:
+    for st in present_stages(d, "importance"):
         for m in ("importance_max", "erf_size"):
             wanted.append((f"{st}: {m}", select(d, stage=st, metric=m)))
     rows = []
@@ -131,17 +137,27 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
     units = _units(select(g, stage=["prune", "finetune"]))
     if len(units):
         blocks.append(("h3", "Pruned vs dense accuracy"))
-    for u in units.sort_values(["finetuned", "criterion", "prune_rate"]).itertuples(index=False):
+    # The paper's tables go beside the one-shot magnitude tables at rate 0.9 of its protocol
+    # (of ours when only ours was run).
+    beside = "paper" if (units["protocol"] == "paper").any() else "default"
+    for u in units.sort_values(["protocol", "finetuned", "criterion",
+                                "prune_rate"]).itertuples(index=False):
         ft = bool(u.finetuned)
-        args = dict(**kw, criterion=u.criterion, prune_rate=u.prune_rate, finetuned=ft)
+        args = dict(**kw, criterion=u.criterion, prune_rate=u.prune_rate, finetuned=ft,
+                    protocol=u.protocol)
         blocks.append(("table", pruning_table(g, **args)))
         if (reference is not None and not ft and u.criterion == "magnitude"
-                and math.isclose(u.prune_rate, 0.9)):  # the setting of the paper's tables
-            ref = paper_table(reference, arch=kw["arch"], dataset=kw["dataset"])
+                and math.isclose(u.prune_rate, 0.9) and u.protocol == beside):
+            ref = paper_table(reference, arch=kw["arch"], dataset=kw["dataset"], ours=g)
             blocks += [("table", ref)] if ref is not None else []
-        top = units[units["finetuned"] == u.finetuned]["prune_rate"].max()
-        if math.isclose(u.prune_rate, top) and g["cell"].nunique() > 1:
+        same = units[(units["finetuned"] == u.finetuned) & (units["protocol"] == u.protocol)]
+        if math.isclose(u.prune_rate, same["prune_rate"].max()) and g["cell"].nunique() > 1:
             blocks.append(("table", pvalue_table(g, **args)))
+    importance = [importance_table(g, reference, stage=st,
+                                   protocol="paper" if "_paper_" in st else "default")
+                  for st in present_stages(select(g, metric="importance_max"), "importance")]
+    if importance:
+        blocks += [("h3", "Projected-gradient importance")] + [("table", t) for t in importance]
     corr = _correlations(g, stage_order)
     if corr is not None:
         blocks += [("h3", "Rank correlations with the receptive field"), ("table", corr)]
@@ -150,20 +166,33 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
 
 def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) -> list[Block]:
     """Draw every figure of the grid, save it as PNG and PDF, and list the ones not drawn."""
-    criteria = sorted(select(g, stage=["prune", "finetune"])["criterion"].dropna().unique())
+    pruned = select(g, stage=["prune", "finetune"])[["criterion", "protocol"]]
+    criteria = sorted({tuple(r) for r in pruned.dropna().itertuples(index=False)})
+    hessian = select(g, metric="hessian_density_node")
+    ours, paper = (present_stages(select(hessian, protocol=p), "hessian")
+                   for p in ("default", "paper"))
     figures: list[tuple[str, Callable[[], Any], str]] = [
-        *[(f"pruning-{c}".replace(":", "-"),
-           (lambda c=c: plots.pruning_curves(g, **kw, criterion=c)),
-           f"Accuracy vs pruning rate, criterion {c}.") for c in criteria],
+        *[(f"pruning-{c}{'-paper' if p == 'paper' else ''}".replace(":", "-"),
+           (lambda c=c, p=p: plots.pruning_curves(g, **kw, criterion=c, protocol=p)),
+           f"Accuracy vs pruning rate, criterion {c}" + (" (paper protocol)." if p == "paper"
+                                                         else ".")) for c, p in criteria],
         ("hessian-eigenvalues", lambda: plots.hessian_eigenvalues(g, **kw),
          "Top Hessian eigenvalues by rank."),
-        ("hessian-density", lambda: plots.spectral_density(g, **kw),
+        ("hessian-density", lambda: plots.spectral_density(g, **kw, stages=ours),
          "Hessian spectral density from stochastic Lanczos quadrature; each Ritz node is "
          "broadened by a Gaussian of std 1% of the node range (value in the panel)."),
+        ("hessian-density-paper",
+         lambda: plots.spectral_density(g, **kw, stages=paper, sigma=PAPER_DENSITY_SIGMA),
+         "Hessian spectrum by the paper's procedure: one Lanczos run from the all-ones vector "
+         "(its Ritz values weighted by the squared first components), each node broadened by "
+         "the paper's Gaussian (variance 0.0032)."),
         *[(st.replace("_", "-"), (lambda st=st: plots.cka_matrices(g, **kw, stage=st)),
-           "Linear CKA between every layer of two seeds.") for st in ("cka_init", "cka_final")],
+           f"Linear CKA between every layer of two seeds, {stage_title(st)}"
+           + ("; ReLU outputs, upper triangle mirrored." if "_paper_" in st else "."))
+          for st in present_stages(select(g, metric="cka"), "cka")],
         ("importance", lambda: plots.importance_maps(g, arrays, **kw),
-         "Projected-gradient importance maps (mean map over seeds)."),
+         "Projected-gradient importance maps (mean map over seeds; the paper protocol's rows "
+         "are marked)."),
         ("receptive-field", lambda: plots.receptive_field_profile(g, **kw),
          "Analytic receptive field per layer; the border layer is starred."),
     ]
@@ -227,51 +256,6 @@ def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
     return blocks
 
 
-def _markdown(blocks: Sequence[Block]) -> str:
-    out = []
-    for kind, x in blocks:
-        if kind in ("h1", "h2", "h3"):
-            out.append("#" * int(kind[1]) + " " + x + "\n")
-        elif kind == "p":
-            out.append(x + "\n")
-        elif kind == "list":
-            out.append("\n".join(f"- {item}" for item in x) + "\n")
-        elif kind == "table":
-            out.append(to_markdown(x))
-        elif kind == "figure":
-            out.append(f"![{x[1]}]({x[0]})\n\n*{x[1]}* ([PDF]({x[0][:-4]}.pdf))\n")
-    return "\n".join(out)
-
-
-def _html(blocks: Sequence[Block], title: str) -> str:
-    e = html.escape
-    body = []
-    for kind, x in blocks:
-        if kind in ("h1", "h2", "h3"):
-            body.append(f"<{kind}>{e(x)}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{e(x)}</p>")
-        elif kind == "list":
-            body.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in x) + "</ul>")
-        elif kind == "table":
-            t = x.cells.astype(str)
-            head = "".join(f"<th>{e(c)}</th>" for c in t.columns)
-            rows = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>"
-                           for r in t.itertuples(index=False))
-            body.append(f"<table><caption>{e(x.title)}</caption><thead><tr>{head}</tr></thead>"
-                        f"<tbody>{rows}</tbody></table><p class='note'>{e(x.notes)}</p>")
-        elif kind == "figure":
-            body.append(f"<figure><img src='{e(x[0])}' alt='{e(x[1])}'><figcaption>{e(x[1])} "
-                        f"(<a href='{e(x[0][:-4])}.pdf'>PDF</a>)</figcaption></figure>")
-    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-           "table{border-collapse:collapse;margin:1em 0}td,th{padding:3px 10px;text-align:right}"
-           "td:first-child,th:first-child{text-align:left}thead{border-bottom:1px solid #444}"
-           "table{border-top:2px solid #444;border-bottom:2px solid #444}caption{font-weight:bold;"
-           "text-align:left}.note{font-size:90%;color:#555}img{max-width:100%}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
-            f"<style>{css}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, arrays: Any = None,
                  title: str = DEFAULT_TITLE, results_root: str | Path | None = None,
                  failures: pd.DataFrame | None = None, reference: pd.DataFrame | None = None,
@@ -294,7 +278,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, arrays: Any = None,
         if kind == "table" and t.name != "overview":
             for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
                 (out / "tables" / f"{t.name}.{ext}").write_text(render(t))
-    (out / "report.html").write_text(_html(blocks, title))
+    (out / "report.html").write_text(html_page(blocks, title))
     path = out / "report.md"
-    path.write_text(_markdown(blocks))
+    path.write_text(markdown(blocks))
     return path

@@ -19,7 +19,9 @@ from scipy import special, stats
 # A cell is every config value except the seed; its id is the run folder without "/seed=<s>".
 CELL_COLUMNS = ("cell", "arch", "dataset", "width", "pool_level", "pool_kernel", "pool_stride",
                 "pool_padding", "receptive_field")
-UNIT_COLUMNS = ("stage", "criterion", "prune_rate", "finetuned")  # one stage unit of a run
+# One stage unit of a run; ``protocol`` tells the paper's procedure from ours (never pooled).
+UNIT_COLUMNS = ("stage", "criterion", "prune_rate", "finetuned", "protocol")
+PROTOCOLS = ("default", "paper")
 SUMMARY_KEYS = CELL_COLUMNS + UNIT_COLUMNS + ("metric", "index", "layer")
 GRID_COLUMNS = ("arch", "dataset", "width")  # cells of one grid differ only in the RF pool
 EPOCH_METRICS = frozenset({"train_loss", "train_acc", "test_loss", "test_acc", "learning_rate",
@@ -34,8 +36,14 @@ def cell_ids(run_id: pd.Series) -> pd.Series:
 
 
 def with_cell(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with a ``cell`` column (the run folder's cell part), added once."""
-    return df if "cell" in df.columns else df.assign(cell=cell_ids(df["run_id"]))
+    """``df`` with a ``cell`` column (the run folder's cell part), added once, and ``protocol``
+    filled: rows without one (training, the receptive field, and rows written before the
+    column existed) are ``"default"``."""
+    if "cell" in df.columns:
+        return df
+    protocol = (df["protocol"].fillna("default") if "protocol" in df.columns
+                else pd.Series("default", index=df.index, dtype="string"))
+    return df.assign(cell=cell_ids(df["run_id"]), protocol=protocol)
 
 
 def with_variants(df: pd.DataFrame, variants: Mapping[str, str] | None) -> pd.DataFrame:
@@ -170,21 +178,28 @@ def summarize_cells(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
 
 # ---------------------------------------------------------------------------------------------
 def pruning_observations(df: pd.DataFrame, *, criterion: str, prune_rate: float,
-                         finetuned: bool = False, metric: str = "test_acc") -> pd.DataFrame:
-    """Per run: ``dense`` (final-epoch ``metric`` of training), ``pruned`` (``metric`` of the
-    prune, or fine-tune if ``finetuned``, unit at ``criterion``/``prune_rate``) and
-    ``difference = dense - pruned``. Runs lacking one side keep NaN there (never zero)."""
+                         finetuned: bool = False, metric: str = "test_acc",
+                         protocol: str = "default") -> pd.DataFrame:
+    """Per run: ``dense`` (the ``dense_test_acc`` of the prune unit: the accuracy of the
+    checkpoint it pruned; for results made before that row existed, the final-epoch test
+    accuracy of training), ``pruned`` (``metric`` of the prune, or fine-tune if ``finetuned``,
+    unit at ``criterion``/``prune_rate``/``protocol``: ``test_acc``, or ``best_test_acc`` for
+    the best fine-tuning epoch) and ``difference = dense - pruned``. Runs lacking one side
+    keep NaN there (never zero)."""
     d = with_cell(final_epoch(df))
-    dense = select(d, stage="train", metric=metric)
-    pruned = select(d, stage="finetune" if finetuned else "prune", criterion=criterion,
-                    finetuned=finetuned, metric=metric)
-    pruned = pruned[np.isclose(pruned["prune_rate"].astype(float), prune_rate)]
-    pruned = pruned[pruned["index"].isna()]  # the evaluation row, not per-epoch training rows
+    unit = dict(criterion=criterion, protocol=protocol)
+    at_rate = lambda x: x[np.isclose(x["prune_rate"].astype(float), prune_rate)]  # noqa: E731
+    dense = at_rate(select(d, stage="prune", metric="dense_test_acc", **unit))
+    if dense.empty:
+        dense = select(d, stage="train", metric="test_acc")
+    pruned = at_rate(select(d, stage="finetune" if finetuned else "prune", finetuned=finetuned,
+                            metric=metric, **unit))
+    pruned = pruned[pruned["index"].isna() | (metric == "best_test_acc")]  # not per-epoch rows
     cols = ["run_id", *CELL_COLUMNS, "seed"]
     out = dense[cols + ["value"]].rename(columns={"value": "dense"}).merge(
         pruned[cols + ["value"]].rename(columns={"value": "pruned"}), on=cols, how="outer")
     out = out.assign(difference=out["dense"] - out["pruned"], criterion=criterion,
-                     prune_rate=float(prune_rate), finetuned=bool(finetuned))
+                     prune_rate=float(prune_rate), finetuned=bool(finetuned), protocol=protocol)
     return out.sort_values(["receptive_field", "pool_level", "cell", "seed"]).reset_index(drop=True)
 
 

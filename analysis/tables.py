@@ -88,21 +88,37 @@ def _levels_frame(obs: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
+def protocol_tag(protocol: str) -> str:
+    """``" (paper protocol)"`` for the paper's procedure, ``""`` for ours."""
+    return " (paper protocol)" if protocol == "paper" else ""
+
+
 def pruning_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                   width: float | None = None, criterion: str = "magnitude",
-                  prune_rate: float = 0.9, finetuned: bool = False) -> Table:
-    """Rows = receptive field (pool level) of one grid; columns = dense accuracy, pruned (or
-    fine-tuned) accuracy and their per-seed difference, each mean ± std over seeds, in %.
+                  prune_rate: float = 0.9, finetuned: bool = False,
+                  protocol: str = "default") -> Table:
+    """Rows = receptive field (pool level) of one grid; columns = dense accuracy (of the
+    checkpoint that was pruned), pruned (or fine-tuned, after the last epoch) accuracy and
+    their per-seed difference, each mean ± std over seeds, in %; fine-tuned tables add the
+    best epoch's accuracy where it was recorded.
 
     ``ValueError`` if the grid is ambiguous or has no such pruning unit at all.
     """
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
-    obs = pruning_observations(g, criterion=criterion, prune_rate=prune_rate, finetuned=finetuned)
+    unit = dict(criterion=criterion, prune_rate=prune_rate, finetuned=finetuned,
+                protocol=protocol)
+    obs = pruning_observations(g, **unit)
     if obs["pruned"].notna().sum() == 0:
         raise ValueError(f"no {'finetune' if finetuned else 'prune'} results for criterion "
-                         f"{criterion!r} at rate {prune_rate} in this grid")
+                         f"{criterion!r} at rate {prune_rate} (protocol {protocol}) in this grid")
     pr = "Fine-tuned" if finetuned else "Pruned"
     cols = {"dense": "Dense acc. (%)", "pruned": f"{pr} acc. (%)", "difference": "Difference (pp)"}
+    if finetuned:
+        best = pruning_observations(g, **unit, metric="best_test_acc")
+        if best["pruned"].notna().any():
+            obs = obs.merge(best[["run_id", "pruned"]].rename(columns={"pruned": "best"}),
+                            on="run_id", how="left")
+            cols["best"] = "Best epoch acc. (%)"
     shown, numbers = [], []
     for lv in _levels_frame(obs).itertuples(index=False):
         o = obs[obs["cell"] == lv.cell]
@@ -119,16 +135,19 @@ def pruning_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | N
         row["Seeds"] = str(seeds)
         shown.append(row)
         numbers.append(num)
-    stem = f"{'finetuned' if finetuned else 'pruned'}_{criterion}_{prune_rate:g}"
-    what = "fine-tuned after one-shot pruning" if finetuned else "one-shot pruned, no fine-tuning"
+    stem = (f"{'finetuned' if finetuned else 'pruned'}_{criterion}_{prune_rate:g}"
+            + ("_paper" if protocol == "paper" else ""))
+    what = ("fine-tuned after one-shot pruning (after the last epoch; best epoch beside it)"
+            if finetuned else "one-shot pruned, no fine-tuning")
     return Table(
         name=f"{grid_slug(g)}-{stem}".replace(":", "-"),
         title=f"{grid_title(g)}: dense vs {pr.lower()} test accuracy, "
-              f"criterion {criterion}, rate {prune_rate:g}",
+              f"criterion {criterion}, rate {prune_rate:g}{protocol_tag(protocol)}",
         cells=pd.DataFrame(shown), numbers=pd.DataFrame(numbers),
         notes=f"Mean ± std (ddof=1) over seeds ((n=k): only k of the seeds have this value); "
-              f"{what}; difference = dense - {pr.lower()} per seed, in percentage points; "
-              "3 significant figures, at most 2 decimals.")
+              f"{what}; dense = the checkpoint that was pruned; difference = dense - "
+              f"{pr.lower()} per seed, in percentage points; 3 significant figures, at most "
+              "2 decimals.")
 
 
 def training_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
@@ -159,14 +178,15 @@ def training_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
 
 def pvalue_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                  width: float | None = None, criterion: str = "magnitude",
-                 prune_rate: float = 0.9, finetuned: bool = False,
+                 prune_rate: float = 0.9, finetuned: bool = False, protocol: str = "default",
                  quantity: str = "difference", correction: str | None = "holm") -> Table:
     """Square matrix of Welch-test p-values of ``quantity`` (dense, pruned or difference per
     seed) between every two receptive-field levels; Holm-adjusted over the matrix by default."""
     if quantity not in ("dense", "pruned", "difference"):
         raise ValueError(f"quantity must be dense, pruned or difference, got {quantity!r}")
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
-    obs = pruning_observations(g, criterion=criterion, prune_rate=prune_rate, finetuned=finetuned)
+    obs = pruning_observations(g, criterion=criterion, prune_rate=prune_rate, finetuned=finetuned,
+                               protocol=protocol)
     lv = _levels_frame(obs)
     labels = {c: level_label(r, p, c) for c, r, p in
               zip(lv["cell"], lv["receptive_field"], lv["pool_level"])}
@@ -181,41 +201,18 @@ def pvalue_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
     cells = mat.map(lambda p: "—" if math.isnan(p) else f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}")
     for n in names:
         cells.loc[n, n] = ""
-    stem = f"{'finetuned' if finetuned else 'pruned'}_{criterion}_{prune_rate:g}"
+    stem = (f"{'finetuned' if finetuned else 'pruned'}_{criterion}_{prune_rate:g}"
+            + ("_paper" if protocol == "paper" else ""))
     return Table(
         name=f"{grid_slug(g)}-pvalues-{quantity}-{stem}".replace(":", "-"),
         title=f"{grid_title(g)}: p-values between receptive fields of the "
               f"{quantity} ({'fine-tuned' if finetuned else 'one-shot'}, {criterion}, "
-              f"rate {prune_rate:g})",
+              f"rate {prune_rate:g}){protocol_tag(protocol)}",
         cells=cells.reset_index(names=""),
         numbers=cmp,
         notes="Welch's t-test (unequal variances), two-sided"
               + (", Holm-adjusted over the matrix" if correction == "holm" else "")
               + "; — = fewer than 2 seeds on a side or zero variance.")
-
-
-def paper_table(reference: pd.DataFrame, *, arch: str, dataset: str) -> Table | None:
-    """The paper's published dense/pruned/difference figures for (arch, dataset) in the same
-    layout, or None if the reference has none. Labelled as published values, not ours."""
-    ref = reference[(reference["arch"] == arch) & (reference["dataset"] == dataset)]
-    ref = ref[ref["metric"].isin(["dense_test_acc", "pruned_test_acc", "difference"])]
-    if ref.empty:
-        return None
-    note = "; ".join(str(n) for n in ref["note"].dropna().unique())
-    cols = {"dense_test_acc": "Dense acc. (%)", "pruned_test_acc": "Pruned acc. (%)",
-            "difference": "Difference (pp)"}
-    rows = []
-    for (rf, level), g in ref.groupby(["receptive_field", "pool_level"], sort=True):
-        row = {"Receptive field": level_label(rf, level)}
-        for metric, title in cols.items():
-            m = g[g["metric"] == metric]
-            row[title] = (format_mean_std(float(m["mean"].iloc[0]), float(m["std"].iloc[0]))
-                          if len(m) else MISSING)
-        rows.append(row)
-    return Table(name=f"paper-{arch}-{dataset}",
-                 title=f"Published values (the paper, not computed here): {arch} on {dataset}",
-                 cells=pd.DataFrame(rows), numbers=ref.reset_index(drop=True),
-                 notes=f"From the paper's tables. {note}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 BENCHMARKS = ("train_overhead", "pruning_selection", "importance_batched", "hessian_topk", "cka",
-              "demo_scaling")
+              "demo_scaling", "paper_importance")
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 
 

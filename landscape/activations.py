@@ -23,17 +23,20 @@ def select_modules(
     patterns: Sequence[str] | None = None,
     *,
     arg: str = "layers",
+    types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
 ) -> list[str]:
     """Names of the modules matched by ``patterns`` (registration order), root excluded.
 
-    ``patterns=None`` selects every ``Conv2d`` and ``Linear``. Every pattern must match at
-    least one module; ``arg`` names the argument in error messages.
+    ``patterns=None`` selects every module of one of ``types`` (default ``Conv2d`` and
+    ``Linear``). Every pattern must match at least one module; ``arg`` names the argument in
+    error messages.
     """
     named = [(n, m) for n, m in model.named_modules() if n]
     if patterns is None:
-        names = [n for n, m in named if isinstance(m, DEFAULT_LAYER_TYPES)]
+        names = [n for n, m in named if isinstance(m, types)]
         if not names:
-            raise ValueError(f"{arg}=None selects Conv2d/Linear modules, but the model has none")
+            kinds = "/".join(t.__name__ for t in types)
+            raise ValueError(f"{arg}=None selects {kinds} modules, but the model has none")
         return names
     if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
         raise TypeError(f"{arg} must be a sequence of glob patterns (str), got {patterns!r}")

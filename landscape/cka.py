@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.activations import ActivationCapture, check_on_device, eval_mode, select_modules
+from landscape.activations import (
+    DEFAULT_LAYER_TYPES, ActivationCapture, check_on_device, eval_mode, select_modules,
+)
 from landscape.device import progress_enabled
 
 ArrayLike = Tensor | np.ndarray
@@ -392,6 +394,7 @@ def layerwise_cka_pairs(
     pairs: Sequence[tuple[Hashable, Hashable]],
     *,
     layers: Sequence[str] | None = None,
+    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
     debiased: bool = False,
     batch_size: int | None = None,
     device: str | torch.device = "cpu",
@@ -400,7 +403,8 @@ def layerwise_cka_pairs(
     """:func:`layerwise_cka` for several pairs of ``models`` (key -> model), e.g. every pair
     of seeds of a cell: one forward and one set of Grams per model and batch, not two per
     pair. ``pairs`` holds keys of ``models``; ``(k, k)`` compares a model with itself.
-    ``layers`` selects the same modules in every model. The full-batch estimator holds the
+    ``layers`` selects the same modules in every model (``None``: every module of one of
+    ``layer_types``, e.g. ``(nn.ReLU,)`` for the paper's). The full-batch estimator holds the
     Grams of all models at once: layers x n^2 float64 numbers per model.
     """
     if not isinstance(models, Mapping) or not models:
@@ -412,7 +416,20 @@ def layerwise_cka_pairs(
     if unknown:
         raise ValueError(f"pairs name models {unknown} that are not in models "
                          f"(keys: {sorted(models, key=str)})")
-    names = {k: select_modules(m, layers, arg="layers") for k, m in models.items()}
+    names = {k: select_modules(m, layers, arg="layers", types=layer_types)
+             for k, m in models.items()}
     used = {k: models[k] for k in dict.fromkeys(k for p in pairs for k in p)}
     inputs = _prepare(used, inputs, debiased, batch_size, device, arg="models[{key!r}]")
     return _pairwise(used, names, inputs, pairs, debiased, batch_size, progress)
+
+
+def symmetrised_upper(matrix: np.ndarray) -> np.ndarray:
+    """The paper's CKA matrix from a full one: the upper triangle (``j >= i``) mirrored,
+    ``S[i, j] = S[j, i] = M[min(i, j), max(i, j)]``. Its released code computes only
+    ``j >= i`` and symmetrises, so for two different models the lower triangle shows
+    CKA(a_i, b_j) with i < j, not CKA(a_j, b_i)."""
+    m = np.asarray(matrix)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"matrix must be square, got shape {m.shape}")
+    upper = np.triu(m)
+    return upper + np.triu(m, 1).T

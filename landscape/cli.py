@@ -1,16 +1,17 @@
-"""Every console script (the only module that imports Hydra).
+"""The console scripts that take Hydra overrides (the only module that imports Hydra).
 
 - ``landscape-run``: one run (cell + seed); with ``-m`` (or an experiment that sets
   ``hydra.mode: MULTIRUN``) a grid, one run after another in this process, then the cell-level
   stages, a summary and the report.
 - ``landscape-submit``: the same grid planned and launched locally or on Slurm.
 - ``landscape-cells``: cell-level stages (CKA between seeds) of every cell of a results root.
-- ``landscape-status``, ``landscape-report``, ``landscape-rf``.
+- ``landscape-rf``: the analytic receptive field per pool level.
+
+``landscape-status`` and ``landscape-report`` read a results folder: ``landscape.commands``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from dataclasses import fields
@@ -28,11 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from landscape.config import RFSweepConfig, RunConfig, check_known_keys
+from landscape.data import DatasetNotFoundError
 from landscape.grid import (
     GridPlan, LauncherConfig, Submission, SubmissionError, describe, finish_cells,
-    format_status, launch, plan_grid, status_table, write_root_report,
+    format_status, launch, plan_grid, status_table,
 )
 from landscape.grid.slurm import active_jobs
+from landscape.storage import CheckpointError
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -54,15 +57,19 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     return run_cfg
 
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, CheckpointError)
+# While stages run, only these say what to fix (their unit's FAILED file keeps the traceback);
+# anything else is a bug and keeps its traceback.
+RUN_ERRORS = (DatasetNotFoundError, CheckpointError)
 
 
-def exit_on_user_error(prog: str, fn: Callable[[], Any]) -> Any:
+def exit_on_user_error(prog: str, fn: Callable[[], Any], errors: tuple = USER_ERRORS) -> Any:
     """``fn()``; a bad setting (ValueError, an unknown registry name, a missing dataset or
-    module) is printed as one line and exits with status 2 instead of a traceback."""
+    module, an unusable checkpoint) is printed as one line and exits with status 2 instead of
+    a traceback."""
     try:
         return fn()
-    except USER_ERRORS as e:
+    except errors as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
@@ -77,7 +84,8 @@ def run_main(cfg: DictConfig) -> dict[str, Any]:
         validate(run_cfg)  # every setting, before anything is written
         return run_cfg
 
-    summary = run(exit_on_user_error("landscape-run", checked))
+    run_cfg = exit_on_user_error("landscape-run", checked)
+    summary = exit_on_user_error("landscape-run", lambda: run(run_cfg), RUN_ERRORS)
     done = f"ran {', '.join(summary.ran)}" if summary.ran else "already done, nothing to run"
     print(f"[landscape] {summary.run_dir}: {done} (status: {summary.status})", flush=True)
     return {"run_dir": summary.run_dir, "status": summary.status}
@@ -89,14 +97,22 @@ def rf_main(cfg: DictConfig) -> None:
     from landscape.data import dataset_info
     from landscape.receptive_field import format_sweep_table, rf_sweep_table
 
-    sweep = OmegaConf.to_object(cfg)
-    assert isinstance(sweep, RFSweepConfig)
-    m, info = sweep.model, dataset_info(sweep.data)
-    df = rf_sweep_table(
-        m.name, input_size=info.image_size, levels=tuple(sweep.levels), width=m.width,
-        num_classes=info.num_classes, in_channels=info.in_channels, pool_kernel=m.pool_kernel,
-        pool_stride=m.pool_stride, pool_padding=m.pool_padding,
-    )
+    def table() -> tuple[RFSweepConfig, Any, Any]:
+        check_known_keys(OmegaConf.to_container(cfg, resolve=False), RFSweepConfig)
+        sweep = OmegaConf.to_object(cfg)
+        assert isinstance(sweep, RFSweepConfig)
+        m, info = sweep.model, dataset_info(sweep.data)
+        try:
+            return sweep, info, rf_sweep_table(
+                m.name, input_size=info.image_size, levels=tuple(sweep.levels), width=m.width,
+                num_classes=info.num_classes, in_channels=info.in_channels,
+                pool_kernel=m.pool_kernel, pool_stride=m.pool_stride,
+                pool_padding=m.pool_padding)
+        except ValueError as e:
+            raise ValueError(f"model.* / levels={list(sweep.levels)}: {e}") from None
+
+    sweep, info, df = exit_on_user_error("landscape-rf", table)
+    m = sweep.model
     print(f"{m.name} (width {m.width:g}) on {sweep.data.name}: {info.image_size}x{info.image_size} "
           f"input, {info.in_channels} channel(s); r_max/r_min at the last conv layer, in pixels")
     print(format_sweep_table(df), flush=True)
@@ -109,7 +125,8 @@ def cells_main(cfg: DictConfig) -> None:
 
     run_cfg = exit_on_user_error("landscape-cells", lambda: to_run_config(cfg))
     root = Path(run_cfg.results_root)
-    if not root.is_dir() or not (found := run_cells(root, overrides=run_cfg)):
+    if not root.is_dir() or not (found := exit_on_user_error(
+            "landscape-cells", lambda: run_cells(root, overrides=run_cfg))):
         print(f"landscape-cells: error: no cells under {root.resolve()} (results_root="
               f"{run_cfg.results_root}); nothing to do", file=sys.stderr)
         raise SystemExit(2)
@@ -162,6 +179,21 @@ def expand_grid(overrides: Sequence[str], *, config_dir: str = CONFIG_DIR,
         return [to_run_config(compose(config_name, overrides=list(c))) for c in combos]
 
 
+def validate_grid(cfgs: Sequence[RunConfig]) -> None:
+    """Every run's settings before anything is planned or written (the data on disk once per
+    distinct data config)."""
+    from landscape.data import check_dataset
+    from landscape.pipeline import validate
+
+    checked = set()
+    for c in cfgs:
+        validate(c, check_data=False)
+        key = repr(c.data)
+        if key not in checked:
+            check_dataset(c.data)
+            checked.add(key)
+
+
 def load_launcher(name: str, overrides: Sequence[str] = (), *,
                   config_dir: str = CONFIG_DIR) -> LauncherConfig:
     """``configs/launcher/<name>.yaml`` with ``launcher.<field>=...`` overrides applied."""
@@ -187,6 +219,7 @@ def submit(args: Sequence[str], *, dry_run: bool = False,
     run_args, name, launcher_args = split_overrides(args)
     launcher = load_launcher(name, launcher_args, config_dir=config_dir)
     cfgs = expand_grid(run_args, config_dir=config_dir)
+    validate_grid(cfgs)
     root = Path(cfgs[0].results_root).expanduser().resolve() if cfgs else Path(".")
     plan = plan_grid(cfgs, active_jobs=active_jobs(root))
     print(describe(plan, launcher), flush=True)
@@ -234,52 +267,12 @@ def submit_main(argv: Optional[Sequence[str]] = None) -> int:
     except SubmissionError as e:
         print(f"landscape-submit: {e}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, HydraException, OmegaConfBaseException) as e:
-        print(f"landscape-submit: error: {e}", file=sys.stderr)
+    except (*USER_ERRORS, TypeError, HydraException, OmegaConfBaseException) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"landscape-submit: error: {msg}", file=sys.stderr)
         return 2
     if sub is not None and any(r.status == "failed" for r in sub.local):
         return 1
-    return 0
-
-
-def status_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``landscape-status [results_root] [--runs]``: the grid's state, per cell and unit."""
-    from landscape.grid.status import run_states
-    from landscape.results import read_submissions
-
-    p = argparse.ArgumentParser(prog="landscape-status", description=status_main.__doc__)
-    p.add_argument("root", nargs="?", default="results", help="results_root (default: results)")
-    p.add_argument("--runs", action="store_true", help="one line per run and unit instead")
-    args = p.parse_args(argv)
-    root = Path(args.root)
-    if not root.is_dir():
-        p.error(f"no results folder at {root.resolve()}")
-    print(run_states(root).to_string(index=False) if args.runs
-          else format_status(status_table(root)))
-    if any(s.get("backend") == "slurm" for s in read_submissions(root)):
-        print(f"\nlogs of the Slurm jobs: {root / '.submitit'}/<job id>_<task>_log.out|err")
-    return 0
-
-
-def report_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``landscape-report RESULTS_ROOT [--out DIR] [--paper CSV]``."""
-    import pandas as pd
-
-    from analysis.report import DEFAULT_TITLE
-
-    p = argparse.ArgumentParser(prog="landscape-report", description=(
-        "Tables, figures and report.md/report.html of every finished run under RESULTS_ROOT."))
-    p.add_argument("results_root", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="default: RESULTS_ROOT/report")
-    p.add_argument("--title", default=DEFAULT_TITLE)
-    p.add_argument("--paper", type=Path, default=None,
-                   help="CSV of the paper's published tables, shown labelled beside ours")
-    args = p.parse_args(argv)
-    if not args.results_root.is_dir():
-        p.error(f"results root {args.results_root} is not a directory")
-    reference = pd.read_csv(args.paper) if args.paper else None
-    path = write_root_report(args.results_root, args.out, title=args.title, reference=reference)
-    print(f"[landscape] report: {path} and {path.with_suffix('.html')}")
     return 0
 
 

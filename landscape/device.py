@@ -89,9 +89,9 @@ def full_precision(device: torch.device) -> Iterator[None]:
     training but not for measurements (Hessian-vector products fed to Lanczos, CKA, importance
     maps). PyTorch enables TF32 for cuDNN convolutions by default and
     :func:`configure_backends` enables it for matmuls when training is not deterministic; this
-    turns both off and restores them afterwards. No-op on CPU. It does not switch off autocast:
-    accuracy evaluation (:func:`landscape.train.evaluate`, also used for pruned accuracy)
-    still runs under the run's ``DeviceSettings.autocast`` (bf16 on CUDA with ``train.amp``).
+    turns both off and restores them afterwards. No-op on CPU. It does not switch off an
+    enclosing autocast; accuracy evaluation (:func:`landscape.train.evaluate`) runs without
+    one, inside this block.
     """
     if device.type != "cuda":
         yield

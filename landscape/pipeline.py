@@ -15,76 +15,22 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
-from torch import nn
 
 from landscape import results
 from landscape.config import RunConfig, from_dict, identity_dict, stage_config
-from landscape.data import DatasetBundle, load_dataset
-from landscape.data.registry import validate_data_config
-from landscape.device import (
-    DeviceSettings, configure_backends, device_settings, full_precision, resolve_device,
-)
+from landscape.context import RunResources
+from landscape.data.registry import check_dataset
+from landscape.device import configure_backends, device_settings, full_precision, resolve_device
 from landscape.identity import RunIdentity, identify
 from landscape.registry import import_modules
 from landscape.results import RunPaths
-from landscape.seeds import INIT, seed_everything, stream_seed
 from landscape.stages import Output, Stage, Unit, registered_stages
-from landscape.storage import load_checkpoint
 
 log = logging.getLogger("landscape")
-
-
-def _build(identity: RunIdentity, seed: int) -> nn.Module:
-    """A freshly initialised model, seeded from ``seed`` (the same init every time)."""
-    with torch.random.fork_rng(devices=[]):
-        seed_everything(stream_seed(seed, INIT))
-        return identity.build_model()
-
-
-def _load(identity: RunIdentity, seed: int, path: Path, device: torch.device) -> nn.Module:
-    model = _build(identity, seed)
-    run_id = identity.with_seed(seed).run_id
-    model.load_state_dict(load_checkpoint(path, run_id=run_id)["model"])
-    return model.to(device)
-
-
-class _Context:
-    """The resources of one run or cell, computed once, on first use (see the protocols in
-    ``landscape.stages.base``)."""
-
-    def __init__(self, cfg: RunConfig, identity: RunIdentity, paths: RunPaths,
-                 settings: DeviceSettings, seeds: Sequence[int] = ()) -> None:
-        self.cfg, self.identity, self.paths, self.settings = cfg, identity, paths, settings
-        self.train, self.progress, self.num_workers = cfg.train, cfg.progress, cfg.data.num_workers
-        self.seeds = list(seeds)
-
-    @cached_property
-    def data(self) -> DatasetBundle:
-        return load_dataset(self.cfg.data)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.paths.checkpoints
-
-    def build_model(self) -> nn.Module:
-        return _build(self.identity, self.identity.seed or 0)
-
-    def load_model(self, checkpoint: str) -> nn.Module:
-        return _load(self.identity, self.identity.seed, self.checkpoint_dir / f"{checkpoint}.pt",
-                     self.settings.device)
-
-    def load_models(self, checkpoint: str) -> dict[int, nn.Module]:
-        return {s: _load(self.identity, s, results.run_paths(
-            self.paths.root, self.identity.cell_name, s).checkpoints / f"{checkpoint}.pt",
-            self.settings.device) for s in self.seeds}
-
-    def read_arrays(self, unit: str) -> dict[str, Any]:
-        return results.read_arrays(self.paths.run_dir, unit)
 
 
 def stage_units(cfg: RunConfig, level: str, *,
@@ -105,37 +51,34 @@ def import_user_modules(cfg: RunConfig) -> None:
     import_modules(cfg.imports, field="imports")
 
 
-def validate(cfg: RunConfig) -> RunIdentity:
+def validate(cfg: RunConfig, *, check_data: bool = True) -> RunIdentity:
     """Everything that can be checked before a file is written: the user modules import, the
-    identity (an impossible pool for the input size fails here) and the settings of every
-    enabled stage."""
+    results root, the data on disk (unless ``check_data``), the identity (an impossible pool
+    for the input size fails here) and the settings of every enabled stage."""
     import_user_modules(cfg)
-    validate_data_config(cfg.data)
+    results.check_root(cfg.results_root)
+    if check_data:
+        check_dataset(cfg.data)
     identity = identify(cfg)
     for stage in registered_stages():
         config = stage_config(cfg, stage)
         if stage.enabled(config):
             stage.validate(config)
+            stage.validate_for(config, identity)
     if cfg.num_threads is not None and cfg.num_threads < 1:
         raise ValueError(f"num_threads must be >= 1 or null, got {cfg.num_threads}")
     resolve_device(cfg.device)
     return identity
 
 
-def unit_settings(stage: Stage, config: Any) -> dict[str, Any]:
-    """The settings that change the unit's result, as recorded in its DONE marker."""
-    return results.jsonable(stage.settings(config))
-
-
 def _why(stage: Stage, config: Any, unit: Unit, out_dir: Path, paths: RunPaths,
          seeds: Optional[list[int]] = None) -> Optional[str]:
     """Why the unit must be computed (not done, other settings or seeds, a deleted output),
     or None when it is current."""
-    return (results.stale_reason(out_dir, unit.name, unit_settings(stage, config), seeds)
-            or stage.missing_outputs(paths))
+    return stage.stale_reason(config, out_dir, unit.name, seeds) or stage.missing_outputs(paths)
 
 
-def _execute(stage: Stage, config: Any, unit: Unit, ctx: _Context, out_dir: Path,
+def _execute(stage: Stage, config: Any, unit: Unit, ctx: RunResources, out_dir: Path,
              why: str, info: Optional[dict] = None) -> Optional[str]:
     """Run one unit under its lock, add the identity columns, write rows + arrays + DONE (or
     FAILED); the unit's status, or None when it was not computed here: another live process
@@ -154,14 +97,14 @@ def _execute(stage: Stage, config: Any, unit: Unit, ctx: _Context, out_dir: Path
         return _compute(stage, config, unit, ctx, out_dir, why, info)
 
 
-def _compute(stage: Stage, config: Any, unit: Unit, ctx: _Context, out_dir: Path,
+def _compute(stage: Stage, config: Any, unit: Unit, ctx: RunResources, out_dir: Path,
              why: str, info: Optional[dict]) -> str:
     results.clean_temp(results.stage_dir(out_dir, unit.name))  # of a killed writer
     if why != "not done":
         log.warning("%s: %s: %s; recomputing it (its rows are replaced)",
                     ctx.identity.run_id, unit.name, why)
         results.clear_done(out_dir, unit.name)
-    info = {"settings": unit_settings(stage, config), **(info or {})}
+    info = {"settings": stage.recorded_settings(config), **(info or {})}
     t0 = time.perf_counter()
     try:
         with contextlib.nullcontext() if stage.trains else full_precision(ctx.settings.device):
@@ -198,16 +141,20 @@ def run(cfg: RunConfig) -> RunSummary:
     settings = device_settings(resolve_device(cfg.device), amp=cfg.train.amp,
                                channels_last=cfg.train.channels_last)
     configure_backends(settings.device, deterministic=cfg.train.deterministic)
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        paths.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"results_root={cfg.results_root}: cannot create {paths.run_dir} "
+                         f"({e.strerror})") from None
     results.write_run_records(paths, identity_dict(cfg), dataclasses.asdict(cfg))
     summary = RunSummary(run_dir=str(paths.run_dir))
-    cell_ctx = _Context(cfg, identity.with_seed(None), paths, settings)
+    cell_ctx = RunResources(cfg, identity.with_seed(None), paths, settings)
     for stage, config, unit in stage_units(cfg, "cell", needs_trained=False):
         why = _why(stage, config, unit, paths.cell_stages, paths)
         if why is not None and _execute(stage, config, unit, cell_ctx, paths.cell_stages,
                                         why) is not None:
             summary.ran.append(unit.name)
-    ctx = _Context(cfg, identity, paths, settings)
+    ctx = RunResources(cfg, identity, paths, settings)
     for stage, config, unit in stage_units(cfg, "run"):
         trained = (results.read_done(paths.run_dir, "train") or {}).get("status") == "ok"
         why = _why(stage, config, unit, paths.run_dir, paths)
@@ -280,7 +227,7 @@ def run_cell(root: str | Path, cell: str, *, overrides: Optional[RunConfig] = No
     identity = identify(cfg).with_seed(None)
     paths = results.run_paths(root, cell)
     settings = device_settings(resolve_device(cfg.device), amp=False, channels_last=False)
-    ctx = _Context(cfg, identity, paths, settings, seeds)
+    ctx = RunResources(cfg, identity, paths, settings, seeds)
     for stage, config, unit in work:
         why = _why(stage, config, unit, paths.cell_stages, paths, seeds)
         if why is None:

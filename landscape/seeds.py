@@ -40,10 +40,12 @@ TRAIN_EPOCH = Stream("train_epoch", 1, 998, "train.epochs")  # index = epoch - 1
 FINETUNE = Stream("finetune", 999)  # the fine-tuning process (torch's global RNG)
 FINETUNE_EPOCH = Stream("finetune_epoch", 1000, 3000, "prune.finetune_epochs")  # data order
 HESSIAN = Stream("hessian", 4242)  # start vectors (density: +1, trace: +2 on the derived seed)
+HESSIAN_DATA = Stream("hessian_data", 4243)  # augmentation and order of its evaluation set
 STRUCTURED_PRUNE = Stream("structured_prune", 5000)  # torch-pruning's random choices
 IMPORTANCE = Stream("importance", 7919)  # random inputs of the projected-gradient maps
 
-STREAMS = (INIT, TRAIN_EPOCH, FINETUNE, FINETUNE_EPOCH, HESSIAN, STRUCTURED_PRUNE, IMPORTANCE)
+STREAMS = (INIT, TRAIN_EPOCH, FINETUNE, FINETUNE_EPOCH, HESSIAN, HESSIAN_DATA, STRUCTURED_PRUNE,
+           IMPORTANCE)
 
 
 def _check_disjoint(streams: tuple[Stream, ...]) -> None:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the DataLoader at
 # construction, which starts a second iterator (workers, a draw from the data-order generator)
 
-from landscape.device import DeviceSettings, progress_enabled
+from landscape.device import DeviceSettings, full_precision, progress_enabled
 from landscape.modes import snapshot_modes
 from landscape.seeds import TRAIN_EPOCH, seed_everything, stream_seed
 from landscape.storage import load_checkpoint, save_checkpoint
@@ -57,14 +57,16 @@ def validate_train_config(cfg: TrainConfig) -> None:
     if cfg.epochs > TRAIN_EPOCH.span:
         raise ValueError(f"train.epochs must be <= {TRAIN_EPOCH.span} (the draws of the "
                          f"'{TRAIN_EPOCH.name}' seed stream), got {cfg.epochs}")
-    if not cfg.lr > 0:
-        raise ValueError(f"train.lr must be > 0, got {cfg.lr}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ValueError(f"train.lr must be a finite number > 0, got {cfg.lr}")
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"train.scheduler must be one of {SCHEDULERS}, got {cfg.scheduler!r}")
-    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
-        raise ValueError(f"train.grad_clip must be > 0 or null, got {cfg.grad_clip}")
-    if cfg.momentum < 0 or cfg.weight_decay < 0:
-        raise ValueError("train.momentum and train.weight_decay must be >= 0")
+    if cfg.grad_clip is not None and not (cfg.grad_clip > 0 and math.isfinite(cfg.grad_clip)):
+        raise ValueError(f"train.grad_clip must be a finite number > 0 or null, got {cfg.grad_clip}")
+    for name in ("momentum", "weight_decay"):
+        value = getattr(cfg, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"train.{name} must be a finite number >= 0, got {value}")
 
 
 @dataclass
@@ -85,6 +87,19 @@ class TrainOutcome:
     diverged_epoch: Optional[int] = None
     resumed_from_epoch: int = 0
 
+    @property
+    def best(self) -> Optional[EpochRecord]:
+        """The epoch of highest test accuracy (the first one on ties): ``best.pt``."""
+        return best_epoch(self.history)
+
+
+def best_epoch(history: list[EpochRecord]) -> Optional[EpochRecord]:
+    best = None
+    for r in history:
+        if best is None or r.test_acc > best.test_acc:
+            best = r
+    return best
+
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -99,7 +114,11 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, settings: DeviceSettings) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (fraction in [0, 1]) over ``loader``, in eval mode."""
+    """Mean cross-entropy and accuracy (fraction in [0, 1]) over ``loader``, in eval mode.
+
+    The one evaluation policy of every measured accuracy (dense per epoch, pruned,
+    fine-tuned): full precision, whatever the run trains with: no autocast, and no TF32 on
+    CUDA (:func:`~landscape.device.full_precision`)."""
     restore = snapshot_modes(model)
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
@@ -108,7 +127,7 @@ def evaluate(model: nn.Module, loader: DataLoader, settings: DeviceSettings) -> 
     try:
         for x, y in loader:
             x, y = settings.to_device(x), y.to(settings.device, non_blocking=settings.non_blocking)
-            with settings.autocast():
+            with full_precision(settings.device):
                 out = model(x)
             loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
             correct += (out.argmax(1) == y).sum()
@@ -144,7 +163,8 @@ def train_model(
     """Train ``model`` in place; resume from ``checkpoint_dir/last.pt`` when present.
 
     Writes ``init.pt`` (the weights before the first step; needed by the Hessian and importance
-    stages), ``last.pt`` after every epoch and ``final.pt`` at the end. A non-finite training
+    stages), ``last.pt`` after every epoch, ``best.pt`` whenever the test accuracy beats every
+    earlier epoch (the paper's pruned checkpoint) and ``final.pt`` at the end. A non-finite training
     loss stops the run (checked once per epoch, to avoid a host sync per step) and returns
     ``diverged=True``; the last finite checkpoint is kept. With ``run_id`` every checkpoint
     records it and a ``last.pt`` of another run is refused.
@@ -164,6 +184,10 @@ def train_model(
         sched.load_state_dict(state["scheduler"])
         outcome.history = [EpochRecord(**r) for r in state["history"]]
         outcome.resumed_from_epoch = int(state["epoch"])
+        if outcome.history and not (checkpoint_dir / "best.pt").exists():
+            log.warning("%s: %s is missing; it is written again only if a later epoch beats "
+                        "epoch %d", run_id or "training", checkpoint_dir / "best.pt",
+                        outcome.best.epoch)
         log.info("%s: resuming from the checkpoint of epoch %d of %d (%s)", run_id or "training",
                  outcome.resumed_from_epoch, cfg.epochs, last)
     elif not (checkpoint_dir / "init.pt").exists():
@@ -208,7 +232,11 @@ def train_model(
         test_loss, test_acc = evaluate(model, test_loader, settings)
         record = EpochRecord(epoch, train_loss, int(correct) / n, test_loss, test_acc, lr,
                              time.perf_counter() - t0)
+        best = outcome.best
         outcome.history.append(record)
+        if best is None or record.test_acc > best.test_acc:  # before last.pt: a kill in between
+            save_checkpoint(checkpoint_dir / "best.pt", {  # replays this epoch and rewrites it
+                "model": model.state_dict(), "epoch": epoch, "test_acc": test_acc, **tag})
         save_checkpoint(last, {
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "epoch": epoch,

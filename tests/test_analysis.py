@@ -13,9 +13,9 @@ from analysis import plots
 from analysis.stats import (cohens_d, compare_levels, final_epoch, hedges_g, holm,
                             pruning_observations, rank_correlation, summarize, summarize_cells,
                             welch_test)
-from analysis.tables import (format_mean_std, format_number, latex_escape, paper_table,
-                             pruning_table, pvalue_table, to_latex, to_markdown,
-                             training_table)
+from analysis.paper import paper_table
+from analysis.tables import (format_mean_std, format_number, latex_escape, pruning_table,
+                             pvalue_table, to_latex, to_markdown, training_table)
 from landscape.results import to_frame
 
 T_975 = {2: 4.302652729911275, 3: 3.182446305284263}  # Student t quantiles (printed tables)

@@ -30,7 +30,7 @@ def _randomise_bn(model: nn.Module, seed: int) -> nn.Module:
 
 
 @pytest.mark.parametrize("k, p, s, size", [(3, 1, 1, 9), (5, 2, 1, 8), (3, 1, 2, 10)])
-@pytest.mark.parametrize("mode", ["paper", "linearised"])
+@pytest.mark.parametrize("mode", ["random_input", "linearised"])
 def test_single_conv_map_is_the_kernel_summed_over_output_channels(k, p, s, size, mode) -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(2, 3, k, stride=s, padding=p)
@@ -45,7 +45,7 @@ def test_single_conv_map_is_the_kernel_summed_over_output_channels(k, p, s, size
     expected[top: top + k, top: top + k] = conv.weight.detach().sum(0).abs().sum(0).numpy()
     assert res.layer == "0" and res.centre == (h0, h0)
     np.testing.assert_allclose(res.mean_map, expected, rtol=0, atol=1e-14)
-    assert res.n == (3 if mode == "paper" else 1)
+    assert res.n == (3 if mode == "random_input" else 1)
     np.testing.assert_allclose(res.maxima, expected.max(), rtol=1e-14)
     assert res.max_mean == pytest.approx(expected.max(), rel=1e-14) and res.max_std < 1e-14
 
@@ -80,7 +80,7 @@ def test_linearised_support_is_the_analytic_receptive_field() -> None:
     assert lin.layer == "7" and lin.centre == (8, 8)
     np.testing.assert_array_equal(lin.mean_map > 0, box)
     # Paper mode (max-pool routing, ReLU gating) cannot leave the receptive field either.
-    paper = projected_gradient_maps(net, input_size=32, n_samples=4, mode="paper")
+    paper = projected_gradient_maps(net, input_size=32, n_samples=4, mode="random_input")
     support = paper.mean_map > 0
     assert support.any() and not (support & ~box).any()
 
@@ -142,7 +142,7 @@ def test_callers_model_is_left_unchanged() -> None:
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     state = {k: v.clone() for k, v in model.state_dict().items()}
     hooks = {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()}
-    for mode in ("paper", "linearised"):
+    for mode in ("random_input", "linearised"):
         projected_gradient_maps(model, input_size=16, n_samples=2, mode=mode)
     assert {n: m.training for n, m in model.named_modules()} == flags
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads

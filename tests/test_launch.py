@@ -11,8 +11,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from landscape import pipeline, results
-from landscape.cli import (CONFIG_DIR, expand_grid, load_launcher, split_overrides,
-                           status_main, submit, submit_main, to_run_config)
+from landscape.cli import (CONFIG_DIR, expand_grid, load_launcher, split_overrides, submit,
+                           submit_main, to_run_config)
+from landscape.commands import status_main
 from landscape.config import ModelConfig, RunConfig
 from landscape.data import DataConfig
 from landscape.grid import LauncherConfig, launch, plan_grid, status_table, validate_launcher
@@ -200,7 +201,7 @@ def test_local_parallel_workers_limit_threads_and_report_failures(tmp_path):
         assert saved["num_threads"] == expected
     assert len({r.pid for r in sub.local}) == 3  # each run in its own worker process
     failed = by_id[run_id(bad)]
-    assert failed.status == "failed" and "train.lr must be > 0" in failed.error
+    assert failed.status == "failed" and "train.lr must be a finite number > 0" in failed.error
     assert not run_dir(bad).exists()  # settings are validated before anything is written
     df = results.load(tmp_path)
     assert set(df.loc[df.stage == "train", "run_id"]) == {run_id(c) for c in cfgs}

@@ -309,7 +309,7 @@ def test_importance_stage_rows_and_maps(tmp_path):
     assert again.ran == [] and "train" in again.skipped
     with pytest.raises(ValueError, match="importance.checkpoints"):
         pipeline.run(tiny_cfg(tmp_path, importance=ImportanceConfig(enabled=True,
-                                                                   checkpoints=["best"])))
+                                                                   checkpoints=["last"])))
 
 
 def test_cka_cell_stage_over_finished_seeds(tmp_path):

@@ -1,6 +1,7 @@
 """Results you can trust on a shared cluster: relocatable folders, provenance of every unit,
 unknown keys, validation before any write, file modes, and a status that imports nothing."""
 
+import logging
 import os
 import shutil
 import stat
@@ -9,15 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from landscape import pipeline, results
 from landscape.config import ModelConfig, RunConfig
 from landscape.data import DataConfig
+from landscape.identity import identify
 from landscape.grid import pending_units, status_table
 from landscape.stages.cka import CKAConfig
 from landscape.stages.hessian import HessianConfig
+from landscape.stages.prune import PruneConfig
 from landscape.storage import CheckpointError
 from landscape.train import TrainConfig
 
@@ -119,13 +123,24 @@ def test_changed_cell_stage_settings_recompute_the_cka(tmp_path):
     ("+foo=1", "unknown config key 'foo'. Valid keys: model, data"),
     ("train.epochs=0", "train.epochs must be >= 1, got 0"),
     ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
-    ("train.lr=nan", "train.lr must be > 0, got nan"),
+    ("train.lr=nan", "train.lr must be a finite number > 0, got nan"),
+    ("train.lr=inf", "train.lr must be a finite number > 0, got inf"),
+    ("train.momentum=nan", "train.momentum must be a finite number >= 0, got nan"),
     ("train.scheduler=step", "train.scheduler must be one of ('cosine', 'constant')"),
     ("data.train_subset=0", "data.train_subset must be >= 1 or null, got 0"),
     ("model.name=vgg", "unknown model 'vgg'; valid names: resnet18, resnet50"),
+    ("importance.enabled=true importance.n_samples=0", "importance.n_samples must be >= 1"),
+    ("hessian.enabled=true hessian.tol=-1", "hessian.tol must be a finite number > 0"),
+    ("prune.enabled=true prune.finetune_lr=nan", "prune.finetune_lr must be a finite number > 0"),
+    ("hessian=paper hessian.bn_mode=eval", "hessian.protocol=paper is the released procedure, "
+                                           "which needs hessian.bn_mode='train' (got 'eval')"),
+    ("data=cifar10 data.root=/nonexistent", "CIFAR-10 not found: looked in /nonexistent/"),
+    ("data=tiny_imagenet data.root=/nonexistent", "Tiny ImageNet not found: missing"),
 ])
 def test_bad_settings_are_one_line_and_leave_nothing_on_disk(tmp_path, override, message):
-    out = cli("run_main", "data=synthetic", f"results_root={tmp_path / 'r'}", override)
+    args = override.split()
+    data = [] if any(a.startswith("data=") for a in args) else ["data=synthetic"]
+    out = cli("run_main", *data, f"results_root={tmp_path / 'r'}", *args)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("landscape-run: error: ") and message in lines[0]
@@ -329,3 +344,73 @@ def test_cells_that_differ_in_more_than_the_pool_are_never_pooled(tmp_path, caps
     finish_cells(tmp_path, overrides=tiny(tmp_path, report=False))
     printed = capsys.readouterr().out
     assert "train.lr=0.01" in printed and "train.lr=0.05" in printed
+
+
+def test_a_results_root_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    out = cli("run_main", "data=synthetic", f"results_root={tmp_path / 'afile'}")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"landscape-run: error: results_root={tmp_path / 'afile'} is "
+                                  "a file, not a folder")
+
+
+@pytest.mark.parametrize("main, args, message", [
+    ("rf_main", ["+foo=1"], "landscape-rf: error: unknown config key 'foo'"),
+    ("rf_main", ["levels=[1,20]"], "landscape-rf: error: model.* / levels=[1, 20]: pool_level "
+                                   "must be in 0..16, got 20"),
+    ("rf_main", ["data.name=cifar"], "landscape-rf: error: unknown dataset 'cifar'"),
+    ("submit_main", ["--dry-run", "data=synthetic", "model.name=resnet19"],
+     "landscape-submit: error: unknown model 'resnet19'"),
+    ("submit_main", ["--dry-run", "data=synthetic", "train.epochs=0"],
+     "landscape-submit: error: train.epochs must be >= 1, got 0"),
+    ("submit_main", ["--dry-run", "data=cifar10", "data.root=/nonexistent"],
+     "landscape-submit: error: CIFAR-10 not found"),
+])
+def test_every_console_script_says_a_user_error_in_one_line(tmp_path, main, args, message):
+    code = f"import sys; from landscape.cli import {main}; sys.exit({main}())"
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
+    root = [] if main == "rf_main" else [f"results_root={tmp_path / 'r'}"]
+    out = subprocess.run([sys.executable, "-c", code, *args, *root],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_corrupted_checkpoint_met_while_running_is_one_line(tmp_path):
+    args = ["data=synthetic", "data.train_subset=64", "data.test_subset=32", "model=small_cnn",
+            "model.width=0.25", "train.epochs=1", "train.batch_size=32", "device=cpu",
+            f"results_root={tmp_path}"]
+    assert cli("run_main", *args).returncode == 0
+    (final,) = tmp_path.glob("*/seed=0/checkpoints/final.pt")
+    final.write_bytes(final.read_bytes()[:100])
+    out = cli("run_main", *args, "prune.enabled=true", "prune.rates=[0.5]")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and lines[-1].startswith("landscape-run: error: checkpoint ")
+    assert "final.pt is corrupted or unreadable" in lines[-1] and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("damage", ["done", "rows_header_only", "rows_garbage"])
+def test_damaged_result_files_are_recomputed_not_trusted(tmp_path, damage, caplog):
+    cfg = tiny(tmp_path, 0, prune=PruneConfig(enabled=True, rates=[0.5]))
+    pipeline.run(cfg)
+    run_dir = results.run_paths(tmp_path, identify(cfg).cell_name, 0).run_dir
+    unit = results.stage_dir(run_dir, "train")
+    before = results.read_stage(run_dir, "train")
+    if damage == "done":
+        (unit / "DONE").write_text("{bad json")
+    elif damage == "rows_header_only":
+        rows = unit / "rows.csv"
+        rows.write_text(rows.read_text().splitlines()[0] + "\n")
+    else:
+        (unit / "rows.csv").write_text("garbage\x00\x01")
+    from landscape.grid.status import run_states
+
+    state = run_states(tmp_path).set_index("unit").loc["train"]
+    assert state["state"] == "stale" and "damaged" in state["reason"]
+    with caplog.at_level(logging.WARNING, logger="landscape"):
+        again = pipeline.run(cfg)
+    assert again.ran == ["train"] and "damaged" in caplog.text  # resumed from last.pt: no epoch
+    pd.testing.assert_frame_equal(results.read_stage(run_dir, "train").drop(columns="value")
+                                  .reset_index(drop=True),
+                                  before.drop(columns="value").reset_index(drop=True))

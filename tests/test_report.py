@@ -8,7 +8,7 @@ import pytest
 
 from analysis.report import completeness, write_report
 from landscape import results
-from landscape.cli import report_main
+from landscape.commands import report_main
 from landscape.results import to_frame
 from test_analysis import LEVELS, cell, reference_frame, synthetic_rows
 

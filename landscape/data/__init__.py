@@ -2,10 +2,11 @@
 
 from landscape.data import datasets  # noqa: F401  (register the built-in datasets)
 from landscape.data.registry import (
-    DataConfig, DatasetBundle, DatasetInfo, DatasetNotFoundError, dataset_info, list_datasets, load_dataset, register_dataset,
+    DataConfig, DatasetBundle, DatasetInfo, DatasetNotFoundError, check_dataset, dataset_info,
+    list_datasets, load_dataset, register_dataset,
 )
 
 __all__ = [
-    "DataConfig", "DatasetBundle", "DatasetInfo", "DatasetNotFoundError", "dataset_info", "list_datasets", "load_dataset",
-    "register_dataset",
+    "DataConfig", "DatasetBundle", "DatasetInfo", "DatasetNotFoundError", "check_dataset",
+    "dataset_info", "list_datasets", "load_dataset", "register_dataset",
 ]

@@ -166,9 +166,8 @@ class _CIFAR10(CIFAR10):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
-@register_dataset("cifar10", image_size=32, in_channels=3, num_classes=10)
-def cifar10(cfg: DataConfig) -> DatasetBundle:
-    """CIFAR-10 from ``<root>/cifar-10-batches-py`` (torchvision's layout)."""
+def _check_cifar10(cfg: DataConfig) -> None:
+    """The seven batch files are present (unless ``data.download``) and intact."""
     root = Path(cfg.root).expanduser()
     missing = [str(p) for p in _cifar10_files(root) if not p.is_file()]
     if missing and not cfg.download:
@@ -180,6 +179,12 @@ def cifar10(cfg: DataConfig) -> DatasetBundle:
         )
     if not missing:
         _check_cifar10_files(root, cfg.verify_md5)
+
+
+@register_dataset("cifar10", image_size=32, in_channels=3, num_classes=10, check=_check_cifar10)
+def cifar10(cfg: DataConfig) -> DatasetBundle:
+    """CIFAR-10 from ``<root>/cifar-10-batches-py`` (torchvision's layout)."""
+    root = Path(cfg.root).expanduser()
     size = cfg.image_size or 32
     kw = dict(size=size, mean=CIFAR10_MEAN, std=CIFAR10_STD, resize=size != 32, from_pil=True)
     train = _CIFAR10(str(root), train=True, download=cfg.download,
@@ -221,14 +226,13 @@ class TinyImageNetVal(Dataset):
             return self.transform(im.convert("RGB")), label
 
 
-@register_dataset("tiny_imagenet", image_size=64, in_channels=3, num_classes=200)
-def tiny_imagenet(cfg: DataConfig) -> DatasetBundle:
-    """Tiny ImageNet-200 from ``<root>/tiny-imagenet-200`` (the standard folder layout).
+def _tiny_imagenet_root(cfg: DataConfig) -> Path:
+    return Path(cfg.root).expanduser() / "tiny-imagenet-200"
 
-    train/<wnid>/images/*.JPEG, val/images/*.JPEG + val/val_annotations.txt, wnids.txt.
-    The validation split serves as the test set (the official test split has no labels).
-    """
-    root = Path(cfg.root).expanduser() / "tiny-imagenet-200"
+
+def _check_tiny_imagenet(cfg: DataConfig) -> None:
+    """wnids.txt, train/ and val/val_annotations.txt exist."""
+    root = _tiny_imagenet_root(cfg)
     needed = [root / "wnids.txt", root / "train", root / "val" / "val_annotations.txt"]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
@@ -237,6 +241,17 @@ def tiny_imagenet(cfg: DataConfig) -> DatasetBundle:
             "(http://cs231n.stanford.edu/tiny-imagenet-200.zip), unzip it into data.root "
             f"(now {cfg.root!r}) so that {root} exists."
         )
+
+
+@register_dataset("tiny_imagenet", image_size=64, in_channels=3, num_classes=200,
+                  check=_check_tiny_imagenet)
+def tiny_imagenet(cfg: DataConfig) -> DatasetBundle:
+    """Tiny ImageNet-200 from ``<root>/tiny-imagenet-200`` (the standard folder layout).
+
+    train/<wnid>/images/*.JPEG, val/images/*.JPEG + val/val_annotations.txt, wnids.txt.
+    The validation split serves as the test set (the official test split has no labels).
+    """
+    root = _tiny_imagenet_root(cfg)
     wnids = sorted(w.strip() for w in (root / "wnids.txt").read_text().split() if w.strip())
     class_to_idx = {w: i for i, w in enumerate(wnids)}
     size = cfg.image_size or 64

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, Subset
 
 from landscape.registry import Registry
 
@@ -22,9 +24,15 @@ class DataConfig:
     root: str = field(default="data", metadata={"identity": False})
     download: bool = field(default=False, metadata={"identity": False})
     image_size: Optional[int] = None  # resize target; None = the dataset's native size
-    augment: bool = True  # random crop with padding + horizontal flip on the training split
+    augment: bool = True  # random crop + horizontal flip on the training split
+    # pad_crop: random crop of the padded image (CIFAR's) | random_resized_crop: torchvision's
+    # RandomResizedCrop to the image size (the paper's Tiny ImageNet training)
+    crop: str = "pad_crop"
     crop_padding: int = 4
     hflip: bool = True
+    # Training images held out of training (a fixed random choice, the same in every run; the
+    # paper's Tiny ImageNet protocol holds out 5,000): DatasetBundle.holdout
+    holdout: int = 0
     train_subset: Optional[int] = None  # first N training examples (stratified for digits)
     test_subset: Optional[int] = None
     num_workers: int = field(default=0, metadata={"identity": False})
@@ -35,7 +43,8 @@ class DataConfig:
 
 @dataclass
 class DatasetBundle:
-    """What a loader provides. ``train_eval`` is the training split without augmentation."""
+    """What a loader provides. ``train_eval`` is the training split without augmentation;
+    ``holdout`` the training images held out by ``data.holdout`` (without augmentation)."""
 
     train: Dataset
     train_eval: Dataset
@@ -45,6 +54,7 @@ class DatasetBundle:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    holdout: Optional[Dataset] = None
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -62,14 +72,21 @@ class DatasetInfo:
 
 DATASETS: Registry[Callable[[DataConfig], DatasetBundle]] = Registry("dataset")
 _INFO: dict[str, DatasetInfo] = {}
+_CHECKS: dict[str, Callable[[DataConfig], None]] = {}
+CROPS = ("pad_crop", "random_resized_crop")
 
 
-def register_dataset(name: str, *, image_size: int, in_channels: int, num_classes: int):
-    """Decorator: register ``fn(cfg: DataConfig) -> DatasetBundle`` and its shape facts."""
+def register_dataset(name: str, *, image_size: int, in_channels: int, num_classes: int,
+                     check: Optional[Callable[[DataConfig], None]] = None):
+    """Decorator: register ``fn(cfg: DataConfig) -> DatasetBundle`` and its shape facts.
+    ``check(cfg)``: a cheap test that the data is on disk and intact, run before anything is
+    written (raise :class:`DatasetNotFoundError` saying where it looked and how to get it)."""
     deco = DATASETS.register(name)
 
     def wrap(fn):
         _INFO[name] = DatasetInfo(image_size, in_channels, num_classes)
+        if check is not None:
+            _CHECKS[name] = check
         return deco(fn)
 
     return wrap
@@ -95,11 +112,38 @@ def validate_data_config(cfg: DataConfig) -> None:
             raise ValueError(f"data.{name} must be >= 1 or null, got {v}")
     if cfg.crop_padding < 0:
         raise ValueError(f"data.crop_padding must be >= 0, got {cfg.crop_padding}")
-    if cfg.num_workers < 0:
-        raise ValueError(f"data.num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.crop not in CROPS:
+        raise ValueError(f"data.crop must be one of {CROPS}, got {cfg.crop!r}")
+    for name in ("num_workers", "holdout"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"data.{name} must be >= 0, got {getattr(cfg, name)}")
+
+
+def check_dataset(cfg: DataConfig) -> None:
+    """The settings, and that the data is on disk and intact (the dataset's own cheap check),
+    without loading it."""
+    validate_data_config(cfg)
+    if cfg.name in _CHECKS:
+        _CHECKS[cfg.name](cfg)
 
 
 def load_dataset(cfg: DataConfig) -> DatasetBundle:
-    """Load the dataset named by ``cfg.name`` (see :func:`list_datasets`)."""
-    validate_data_config(cfg)
-    return DATASETS.get(cfg.name)(cfg)
+    """Load the dataset named by ``cfg.name`` (see :func:`list_datasets`), minus the
+    ``data.holdout`` training images."""
+    check_dataset(cfg)
+    bundle = DATASETS.get(cfg.name)(cfg)
+    return _hold_out(bundle, cfg.holdout) if cfg.holdout else bundle
+
+
+def _hold_out(bundle: DatasetBundle, n: int) -> DatasetBundle:
+    """``n`` training images chosen by a fixed seed (the same in every run) move to
+    ``holdout``; the rest keep their order."""
+    total = len(bundle.train)
+    if n >= total:
+        raise ValueError(f"data.holdout={n} leaves no training images (the training split has "
+                         f"{total}); use at most {total - 1}")
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(0))
+    held, kept = sorted(perm[:n].tolist()), sorted(perm[n:].tolist())
+    return dataclasses.replace(bundle, train=Subset(bundle.train, kept),
+                               train_eval=Subset(bundle.train_eval, kept),
+                               holdout=Subset(bundle.train_eval, held))

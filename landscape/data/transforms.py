@@ -1,4 +1,5 @@
-"""The paper's augmentation: random crop with padding + horizontal flip + normalisation."""
+"""The paper's augmentation: a random crop (of the padded image, or torchvision's
+RandomResizedCrop for Tiny ImageNet) + horizontal flip + normalisation."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def image_transforms(
     if resize:
         ops.append(v2.Resize((size, size), antialias=True))
     if train and cfg.augment:
-        ops.append(v2.RandomCrop(size, padding=cfg.crop_padding))
+        ops.append(v2.RandomResizedCrop(size, antialias=True) if cfg.crop == "random_resized_crop"
+                   else v2.RandomCrop(size, padding=cfg.crop_padding))
         if cfg.hflip:
             ops.append(v2.RandomHorizontalFlip())
     ops.append(v2.Normalize(mean=list(mean), std=list(std)))

@@ -38,15 +38,20 @@ def write_root_report(root: str | Path, out: Optional[str | Path] = None, *,
                       title: Optional[str] = None,
                       reference: Optional[pd.DataFrame] = None) -> Path:
     """The report (``analysis.report``) of every finished unit under ``root``, with the failed
-    units and the stage order of the registry; returns the path of ``report.md``."""
-    from analysis.report import DEFAULT_TITLE, IMPORTANCE_STAGES, write_report
+    units, the stage order of the registry and (by default) the paper's published tables
+    beside ours; returns the path of ``report.md``."""
+    from analysis.reference import paper_tables
+    from analysis.report import DEFAULT_TITLE, write_report
     from landscape.stages import stage_names
 
     root = Path(root)
-    arrays = {st: results.load_arrays(root, st) for st in IMPORTANCE_STAGES}
-    return write_report(results.load(root), Path(out) if out else root / "report", arrays=arrays,
+    df = results.load(root)
+    arrays = {st: results.load_arrays(root, st) for st in df["stage"].dropna().unique()
+              if str(st).startswith("importance_")}
+    return write_report(df, Path(out) if out else root / "report", arrays=arrays,
                         title=title or DEFAULT_TITLE, results_root=root,
-                        failures=results.failures(root), reference=reference,
+                        failures=results.failures(root),
+                        reference=paper_tables() if reference is None else reference,
                         stage_order=stage_names(), variants=results.cell_variants(root))
 
 

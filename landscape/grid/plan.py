@@ -16,7 +16,7 @@ from typing import Sequence
 from landscape import results
 from landscape.config import RunConfig
 from landscape.identity import identify
-from landscape.pipeline import import_user_modules, stage_units, unit_settings
+from landscape.pipeline import import_user_modules, stage_units
 
 
 def enabled_units(cfg: RunConfig) -> list[str]:
@@ -31,7 +31,7 @@ def cell_units(cfg: RunConfig) -> list[str]:
 
 def diverged(run_dir: Path) -> bool:
     train = results.read_done(run_dir, "train")
-    return train is not None and train.get("status") != "ok"
+    return train is not None and train.get("status") == "diverged"
 
 
 def pending_units(cfg: RunConfig) -> list[str]:
@@ -42,8 +42,7 @@ def pending_units(cfg: RunConfig) -> list[str]:
     if diverged(run_dir):
         return []
     return [unit.name for stage, config, unit in stage_units(cfg, "run")
-            if results.stale_reason(run_dir, unit.name, unit_settings(stage, config))
-            is not None]
+            if stage.stale_reason(config, run_dir, unit.name) is not None]
 
 
 def stale_cell_units(cfg: RunConfig) -> list[str]:
@@ -52,8 +51,8 @@ def stale_cell_units(cfg: RunConfig) -> list[str]:
     paths = results.run_paths(cfg.results_root, identify(cfg).cell_name)
     seeds = results.trained_seeds(paths.cell)
     return [unit.name for stage, config, unit in stage_units(cfg, "cell", needs_trained=True)
-            if seeds and results.stale_reason(paths.cell_stages, unit.name,
-                                      unit_settings(stage, config), seeds) is not None]
+            if seeds and stage.stale_reason(config, paths.cell_stages, unit.name,
+                                            seeds) is not None]
 
 
 @dataclass(frozen=True)

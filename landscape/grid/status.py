@@ -22,9 +22,10 @@ in the queue. Reading a results folder imports no code named in it (e.g. ``prune
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pandas as pd
 
@@ -33,7 +34,7 @@ from landscape.config import RunConfig, from_dict
 from landscape.grid.plan import cell_units, diverged
 from landscape.grid.slurm import RUNNING, active_jobs
 from landscape.identity import identify
-from landscape.pipeline import stage_units, unit_settings
+from landscape.pipeline import stage_units
 
 STATES = ("done", "stale", "running", "queued", "started", "failed", "skipped", "missing")
 
@@ -54,11 +55,11 @@ def grid_runs(root: Path) -> dict[str, RunConfig]:
     return runs
 
 
-def _unit_state(run_dir: Path, unit: str, settings: dict,
+def _unit_state(run_dir: Path, unit: str, stale: Callable[[], Optional[str]],
                 job: Optional[str]) -> tuple[str, str]:
     done = results.read_done(run_dir, unit)
     if done is not None:
-        why = results.stale_reason(run_dir, unit, settings)
+        why = stale()
         if why is not None:
             return "stale", why
         return "done", "" if done.get("status") == "ok" else str(done.get("status"))
@@ -102,8 +103,10 @@ def run_states(root: str | Path) -> pd.DataFrame:
         paths = results.run_paths(root, ident.cell_name, cfg.seed)
         cells.setdefault(ident.cell_name, (paths, cfg))
         for stage, config, unit in stage_units(cfg, "run"):
-            state, reason = _unit_state(paths.run_dir, unit.name, unit_settings(stage, config),
-                                        active.get(run_id))
+            state, reason = _unit_state(
+                paths.run_dir, unit.name, functools.partial(
+                    stage.stale_reason, config, paths.run_dir, unit.name),
+                active.get(run_id))
             rows.append({"cell": ident.cell_name, "seed": cfg.seed, "run_id": run_id,
                          "unit": unit.name, "state": state, "reason": reason})
     for name, (paths, cfg) in sorted(cells.items()):

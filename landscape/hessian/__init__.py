@@ -9,19 +9,23 @@ for comparison.
 
 from landscape.hessian.backends import EIGEN_BACKENDS, list_backends, pyhessian_top_k, scipy_top_k
 from landscape.hessian.density import (
-    DensityResult, TraceResult, hutchinson_trace, lanczos_tridiagonal, quadrature, slq_density,
+    DensityResult, TraceResult, hutchinson_trace, lanczos_quadrature, lanczos_tridiagonal,
+    quadrature, slq_density,
 )
 from landscape.hessian.lanczos import TopEigenResult, Tridiagonal, lanczos_top_k
 from landscape.hessian.operator import (
     BN_MODES, HVP_METHODS, HessianOperator, recalibrated_buffers, select_parameters,
 )
 from landscape.hessian.options import SolverOptions, solver_options
-from landscape.hessian.spectrum import hessian_trace, spectral_density, top_eigenvalues
+from landscape.hessian.spectrum import (
+    hessian_trace, paper_spectrum, spectral_density, top_eigenvalues,
+)
 
 __all__ = [
     "BN_MODES", "EIGEN_BACKENDS", "HVP_METHODS", "DensityResult", "HessianOperator",
     "SolverOptions", "TopEigenResult", "TraceResult", "Tridiagonal", "hessian_trace",
-    "hutchinson_trace", "lanczos_top_k", "lanczos_tridiagonal", "list_backends",
+    "hutchinson_trace", "lanczos_quadrature", "lanczos_top_k", "lanczos_tridiagonal",
+    "list_backends", "paper_spectrum",
     "pyhessian_top_k", "quadrature", "recalibrated_buffers", "scipy_top_k", "select_parameters",
     "slq_density", "solver_options", "spectral_density", "top_eigenvalues",
 ]

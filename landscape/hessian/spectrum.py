@@ -11,7 +11,11 @@ reports its own HVP count.
 from __future__ import annotations
 
 from landscape.hessian.backends import EIGEN_BACKENDS
-from landscape.hessian.density import DensityResult, TraceResult, hutchinson_trace, slq_density
+import torch
+
+from landscape.hessian.density import (
+    DensityResult, TraceResult, hutchinson_trace, lanczos_quadrature, slq_density,
+)
 from landscape.hessian.lanczos import TopEigenResult, Tridiagonal, check_k
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.options import SolverOptions, solver_options
@@ -67,6 +71,17 @@ def spectral_density(
     return slq_density(op, op.dim, n_runs=n_runs, n_iter=n_iter, seed=seed,
                        distribution=distribution, dtype=op.dtype, device=op.device, reuse=reuse,
                        progress=progress)
+
+
+def paper_spectrum(op: HessianOperator, *, n_iter: int = 90,
+                   progress: bool = False) -> DensityResult:
+    """The paper's Hessian spectrum: one ``n_iter``-step Lanczos run with full
+    reorthogonalisation from the normalised all-ones vector; nodes (Ritz values) and weights
+    (squared first components of the Ritz vectors), plotted Gaussian-smoothed
+    (:meth:`DensityResult.density`). Not the top eigenvalues: see :func:`top_eigenvalues`."""
+    _check_operator(op)
+    start = torch.ones(op.dim, dtype=op.dtype, device=op.device)
+    return lanczos_quadrature(op, start, n_iter, progress=progress)
 
 
 def hessian_trace(

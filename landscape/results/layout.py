@@ -11,6 +11,7 @@ so a results folder can be copied or moved as a whole::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,3 +53,19 @@ def run_paths(root: str | Path, cell_name: str, seed: int | None = None) -> RunP
 
 def stage_dir(run_dir: Path, unit: str) -> Path:
     return Path(run_dir) / "stages" / unit
+
+
+def check_root(root: str | Path) -> None:
+    """A usable results root: an existing folder, or a path whose nearest existing ancestor is
+    a folder we may write in (ValueError naming ``results_root`` otherwise)."""
+    if not str(root).strip():
+        raise ValueError("results_root must be a folder path, got an empty string")
+    path = Path(root).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"results_root={root} is a file, not a folder")
+        return
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"results_root={root} cannot be created: {parent} is not a folder "
+                         "you can write in")

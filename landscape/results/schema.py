@@ -20,7 +20,9 @@ ID_COLUMNS = [
     "receptive_field", "width", "seed", "stage", "criterion", "prune_rate", "finetuned",
 ]
 VALUE_COLUMNS = ["metric", "value"]
-OPTIONAL_COLUMNS = ["index", "layer", "layer_b", "seed_b", "note"]
+# protocol: "default" or "paper" (docs/paper-protocol.md) for the stages that have both;
+# missing for the others (and for rows written before the column existed: "default").
+OPTIONAL_COLUMNS = ["index", "layer", "layer_b", "seed_b", "protocol", "note"]
 COLUMNS = ID_COLUMNS + VALUE_COLUMNS + OPTIONAL_COLUMNS
 
 DTYPES: dict[str, str] = {
@@ -29,7 +31,7 @@ DTYPES: dict[str, str] = {
     "receptive_field": "Int64", "width": "float64", "seed": "Int64", "stage": "string",
     "criterion": "string", "prune_rate": "float64", "finetuned": "boolean", "metric": "string",
     "value": "float64", "index": "Int64", "layer": "string", "layer_b": "string",
-    "seed_b": "Int64", "note": "string",
+    "seed_b": "Int64", "protocol": "string", "note": "string",
 }
 
 # Every metric name, one per quantity, with its meaning and unit.
@@ -44,13 +46,17 @@ METRICS: dict[str, str] = {
     "diverged": "1 if the training loss became NaN/inf (index = epoch it happened), else 0",
     "num_params": "number of parameters of the model",
     "train_seconds": "wall time of the training stage in this process, seconds",
+    "best_test_acc": "highest test accuracy over the epochs of training (its weights are "
+                     "best.pt) or of a fine-tuning, fraction; index = that epoch",
     # receptive_field (cell-level, one row per conv/pool layer; layer = module name)
     "rf_r_max": "analytic receptive field of a layer's output, max over paths, pixels",
     "rf_r_min": "analytic receptive field of a layer's output, min over paths, pixels",
     "rf_jump": "effective stride of a layer's output in input pixels",
     "rf_unproductive": "1 if the r_min of the layer's input already covers the input size",
     "rf_border": "1 for the border layer (the first unproductive layer), else 0",
-    # prune, finetune (also test_acc, test_loss, train_loss, train_acc)
+    # prune, finetune (also test_acc, test_loss, train_loss, train_acc, best_test_acc)
+    "dense_test_acc": "test accuracy of the unpruned checkpoint a prune unit pruned (the same "
+                      "evaluation as its test_acc), fraction",
     "sparsity": "fraction of the prunable weights that are pruned",
     "nonzero_params": "nonzero parameters of the whole model after pruning",
     "compression_ratio": "all parameters / nonzero parameters",

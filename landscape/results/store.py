@@ -42,16 +42,23 @@ def jsonable(value: Any) -> Any:
 
 
 def stale_reason(out_dir: Path, unit: str, settings: Mapping[str, Any],
-                 seeds: list[int] | None = None) -> str | None:
+                 seeds: list[int] | None = None, *,
+                 defaults: Mapping[str, Any] | None = None) -> str | None:
     """None if the unit is done with these settings (and these seeds, for a cell unit that
     needs trained seeds); otherwise why it must be computed ("not done", "settings changed:
     k 5 -> 8", "seeds changed: ..."). A marker written before settings were recorded counts
-    as current for its settings."""
+    as current for its settings; a setting added since the marker was written (missing from
+    it) counts as unchanged while it has its value in ``defaults``."""
     done = read_done(out_dir, unit)
     if done is None:
         return "not done"
+    damage = _damage(out_dir, unit, done)
+    if damage:
+        return damage
     settings = jsonable(dict(settings))
     recorded = done.get("settings", settings)
+    added = jsonable({k: v for k, v in (defaults or {}).items() if k not in recorded})
+    recorded = {**added, **recorded}
     if recorded != settings:
         keys = sorted(k for k in set(recorded) | set(settings)
                       if recorded.get(k) != settings.get(k))
@@ -59,6 +66,27 @@ def stale_reason(out_dir: Path, unit: str, settings: Mapping[str, Any],
             f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}" for k in keys)
     if seeds is not None and done.get("seeds") != seeds:
         return f"seeds changed: {done.get('seeds')} -> {seeds}"
+    return None
+
+
+def _damage(out_dir: Path, unit: str, done: Mapping[str, Any]) -> str | None:
+    """Why a done unit's files cannot be trusted (an unreadable DONE, rows.csv missing or
+    holding another number of rows than DONE recorded), or None."""
+    if done.get("status") == "unknown":
+        return f"its {DONE} marker is unreadable (damaged)"
+    expected = done.get("rows")
+    if not isinstance(expected, int):
+        return None  # a marker of a version that did not record the count
+    path = stage_dir(out_dir, unit) / ROWS
+    try:
+        with open(path, "rb") as f:
+            lines = sum(1 for line in f if line.strip()) - 1
+        if lines != expected:  # a note with a line break: count rows, not lines
+            lines = len(pd.read_csv(path, dtype=str))
+    except (OSError, ValueError, pd.errors.ParserError):
+        return f"its {ROWS} is missing or unreadable (damaged)"
+    if lines != expected:
+        return f"its {ROWS} holds {lines} rows, {DONE} recorded {expected} (damaged)"
     return None
 
 

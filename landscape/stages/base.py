@@ -24,13 +24,15 @@ import nothing of the pipeline or the config (no import cycles).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 from torch import nn
 
+from landscape import results
 from landscape.data.registry import DatasetBundle
 from landscape.device import DeviceSettings
 from landscape.identity import RunIdentity
@@ -38,7 +40,8 @@ from landscape.registry import Registry
 from landscape.train import TrainConfig
 
 LEVELS = ("run", "cell")
-CHECKPOINTS = ("init", "final")  # the weights before the first step, and after training
+# The weights before the first step, after training, and of the epoch of best test accuracy.
+CHECKPOINTS = ("init", "final", "best")
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ class RunContext(Protocol):
         """The run's freshly initialised model (the same init every time), on the CPU."""
 
     def load_model(self, checkpoint: str) -> nn.Module:
-        """The model with the weights of ``checkpoint`` ("init" or "final"), on the device."""
+        """The model with the weights of ``checkpoint`` (one of :data:`CHECKPOINTS`), on the
+        device."""
 
     def read_arrays(self, unit: str) -> dict[str, np.ndarray]:
         """The arrays saved by a finished unit of this run (e.g. a prune unit's masks)."""
@@ -122,6 +126,10 @@ class Stage:
         """Raise ValueError naming the field of a bad setting (called before any file is
         written)."""
 
+    def validate_for(self, config: Any, identity: RunIdentity) -> None:
+        """Checks that need the run's identity (its architecture, pool, input size); called
+        after :meth:`validate`, before any file is written."""
+
     def units(self, config: Any) -> list[Unit]:
         return [Unit(self.name)]
 
@@ -136,6 +144,19 @@ class Stage:
         if config is None:
             return {}
         return {k: v for k, v in asdict(config).items() if k not in self.selects}
+
+    def recorded_settings(self, config: Any) -> dict[str, Any]:
+        """:meth:`settings` as recorded in a unit's DONE marker (JSON values)."""
+        return results.jsonable(self.settings(config))
+
+    def stale_reason(self, config: Any, out_dir: Path, unit: str,
+                     seeds: Optional[list[int]] = None) -> Optional[str]:
+        """Why the unit's rows do not match ``config`` (:func:`results.stale_reason`), or None.
+        Settings added to the config class since the unit was written change nothing while
+        they keep their defaults."""
+        defaults = self.recorded_settings(type(config)()) if is_dataclass(config) else None
+        return results.stale_reason(out_dir, unit, self.recorded_settings(config), seeds,
+                                    defaults=defaults)
 
     def run(self, ctx: Any, config: Any, unit: Unit) -> Result:
         raise NotImplementedError(f"stage {self.name!r} does not implement run()")
@@ -162,6 +183,46 @@ def registered_stages(level: Optional[str] = None) -> list[Stage]:
 
 def stage_names() -> list[str]:
     return [s.name for s in registered_stages()]
+
+
+PROTOCOLS = ("default", "paper")  # ours | the paper's released procedure (docs/paper-protocol.md)
+
+
+def check_protocol(group: str, config: Any, *, requires: Mapping[str, Any] = {},
+                   unused: Sequence[str] = ()) -> None:
+    """``<group>.protocol`` must be one of :data:`PROTOCOLS`. With ``paper`` (the released
+    procedure), every field in ``requires`` must hold its value there, and the fields in
+    ``unused`` (settings of our procedure that the paper's has no use for) their defaults:
+    rows labelled ``paper`` are never made with other settings."""
+    protocol = getattr(config, "protocol", None)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"{group}.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol != "paper":
+        return
+    default = type(config)()
+    wrong = [f"{group}.{k}={v!r} (got {getattr(config, k)!r})" for k, v in requires.items()
+             if getattr(config, k) != v]
+    wrong += [f"{group}.{k} left at {getattr(default, k)!r} (got {getattr(config, k)!r}: "
+              "protocol=paper does not use it)" for k in unused
+              if getattr(config, k) != getattr(default, k)]
+    if wrong:
+        raise ValueError(f"{group}.protocol=paper is the released procedure, which needs "
+                         f"{'; '.join(wrong)}. Select the preset {group}=paper, or set "
+                         f"{group}.protocol=default to measure with other settings")
+
+
+def check_number(name: str, value: Any, *, above: float, strict: bool = True,
+                 optional: bool = False) -> None:
+    """``value`` (the setting ``name``) must be a finite number ``> above`` (``>=`` unless
+    ``strict``), or None when ``optional``."""
+    if value is None and optional:
+        return
+    op = ">" if strict else ">="
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and (value > above if strict else value >= above))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {op} {above:g}"
+                         f"{' or null' if optional else ''}, got {value!r}")
 
 
 def check_checkpoints(group: str, checkpoints: Sequence[str]) -> None:

@@ -1,9 +1,15 @@
 """Cell-level CKA stage: layerwise linear CKA between the seeds of a cell.
 
 For every pair of seeds (all pairs, or consecutive ones) plus each seed against itself (a
-sanity diagonal), the full L x L matrix of linear CKA between every layer of seed a and every
+sanity diagonal), the L x L matrix of linear CKA between every layer of seed a and every
 layer of seed b, on the first ``n_inputs`` test images (no augmentation). Rows:
 ``metric=cka`` with ``layer``, ``layer_b``, ``seed``, ``seed_b``; ``note`` holds the estimator.
+
+``protocol=default`` (unit ``cka_<checkpoint>``): the outputs of every Conv2d and Linear (or
+``layers``), the full, non-symmetric matrix. ``protocol=paper`` (unit
+``cka_paper_<checkpoint>``): the released procedure: every ReLU output (49 layers for ResNet50,
+16 for VGG19), biased HSIC over the whole input set, and the upper triangle (``j >= i``)
+mirrored into a symmetric matrix (:func:`~landscape.cka.symmetrised_upper`).
 """
 
 from __future__ import annotations
@@ -13,9 +19,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from torch import nn
 
-from landscape.cka import layerwise_cka_pairs
-from landscape.stages.base import CellContext, Stage, Unit, check_checkpoints, register_stage
+from landscape.activations import DEFAULT_LAYER_TYPES
+from landscape.cka import layerwise_cka_pairs, symmetrised_upper
+from landscape.stages.base import (
+    CellContext, Stage, Unit, check_checkpoints, check_protocol, register_stage,
+)
 
 PAIRS = ("all", "consecutive")
 
@@ -23,7 +33,8 @@ PAIRS = ("all", "consecutive")
 @dataclass
 class CKAConfig:
     enabled: bool = False
-    checkpoints: list[str] = field(default_factory=lambda: ["final"])  # "init" and/or "final"
+    checkpoints: list[str] = field(default_factory=lambda: ["final"])  # init, final, best
+    protocol: str = "default"  # default (ours) | paper (the released procedure)
     n_inputs: int = 1000  # the first n test images
     pairs: str = "all"  # "all" pairs of seeds | "consecutive" (s0-s1, s1-s2, ...)
     debiased: bool = False
@@ -37,6 +48,7 @@ def validate(cfg: CKAConfig) -> None:
         raise ValueError(f"cka.pairs must be one of {PAIRS}, got {cfg.pairs!r}")
     if cfg.n_inputs < 4:
         raise ValueError(f"cka.n_inputs must be >= 4, got {cfg.n_inputs}")
+    check_protocol("cka", cfg, requires={"debiased": False, "batch_size": None, "layers": None})
 
 
 def seed_pairs(seeds: list[int], how: str) -> list[tuple[int, int]]:
@@ -52,14 +64,19 @@ def cka_rows(models: dict[int, torch.nn.Module], inputs: torch.Tensor, cfg: CKAC
     """Rows for every seed pair of ``models`` (seed -> model, already on ``device``); each
     seed's forward passes and Grams are computed once for all its pairs."""
     estimator = "minibatch" if cfg.batch_size else ("debiased" if cfg.debiased else "biased")
+    paper = cfg.protocol == "paper"
     rows = []
     matrices = layerwise_cka_pairs(models, inputs, seed_pairs(list(models), cfg.pairs),
                                    layers=cfg.layers, debiased=cfg.debiased,
+                                   layer_types=(nn.ReLU,) if paper else DEFAULT_LAYER_TYPES,
                                    batch_size=cfg.batch_size, device=device)
     for (a, b), res in matrices.items():
-        note = f"estimator={estimator}; n_inputs={res.n}"
-        rows += [{"metric": "cka", "value": v, "layer": la, "layer_b": lb, "seed": a,
-                  "seed_b": b, "note": note} for la, lb, v in res.pairs()]
+        note = (f"estimator={estimator}; n_inputs={res.n}"
+                + ("; ReLU outputs; upper triangle mirrored" if paper else ""))
+        matrix = symmetrised_upper(res.matrix) if paper else res.matrix
+        rows += [{"metric": "cka", "value": float(matrix[i, j]), "layer": la, "layer_b": lb,
+                  "seed": a, "seed_b": b, "protocol": cfg.protocol, "note": note}
+                 for i, la in enumerate(res.layers_a) for j, lb in enumerate(res.layers_b)]
     return rows
 
 
@@ -76,7 +93,8 @@ class CKAStage(Stage):
         validate(config)
 
     def units(self, config: CKAConfig) -> list[Unit]:
-        return [Unit(f"cka_{c}", {"checkpoint": c}) for c in config.checkpoints]
+        tag = "paper_" if config.protocol == "paper" else ""
+        return [Unit(f"cka_{tag}{c}", {"checkpoint": c}) for c in config.checkpoints]
 
     def run(self, ctx: CellContext, config: CKAConfig, unit: Unit) -> list[dict]:
         test = ctx.data.test

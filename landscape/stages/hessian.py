@@ -1,12 +1,19 @@
-"""Hessian stage: top-k eigenvalues, spectral density (SLQ) and trace of a run's training loss,
-at init and after training (one unit per checkpoint).
+"""Hessian stage: the Hessian of a run's training loss at init and after training (one unit
+per checkpoint), by our protocol or the paper's.
 
-The evaluation set is the first ``n_samples`` training images without augmentation, in a fixed
-order; the loss is their mean cross-entropy (no weight decay). Rows: ``hessian_eigenvalue``
-and ``hessian_residual`` (``index`` = rank, 1 = largest), ``hessian_trace`` and
+The evaluation set is the first ``n_samples`` training images, without augmentation in a
+fixed order (``augment=false``) or with one seeded draw of the training augmentation in a
+seeded order (``augment=true``); the loss is their mean cross-entropy (no weight decay).
+
+``protocol=default`` (unit ``hessian_<checkpoint>``): rows ``hessian_eigenvalue`` and
+``hessian_residual`` (``index`` = rank, 1 = largest), ``hessian_trace`` and
 ``hessian_trace_stderr``, SLQ ``hessian_density_node`` / ``hessian_density_weight`` (``index``
-= run * n_iter + step), ``hessian_num_hvp``, ``hessian_converged``, ``hessian_seconds``;
-``note`` records the BatchNorm mode, backend and evaluation set.
+= run * n_iter + step), ``hessian_converged``.
+``protocol=paper`` (unit ``hessian_paper_<checkpoint>``): one ``density_iter``-step Lanczos
+run from the all-ones vector (:func:`~landscape.hessian.paper_spectrum`): its nodes and weights
+as ``hessian_density_node`` / ``hessian_density_weight`` (``index`` = step).
+Both: ``hessian_num_hvp``, ``hessian_seconds``; ``note`` records the BatchNorm mode and the
+evaluation set.
 """
 
 from __future__ import annotations
@@ -16,15 +23,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from torch.nn import functional as F
 from torch.utils.data import Subset
 
 from landscape.hessian import (
-    BN_MODES, EIGEN_BACKENDS, HessianOperator, SolverOptions, hessian_trace, spectral_density,
-    top_eigenvalues,
+    BN_MODES, EIGEN_BACKENDS, DensityResult, HessianOperator, SolverOptions, hessian_trace,
+    paper_spectrum, spectral_density, top_eigenvalues,
 )
-from landscape.seeds import HESSIAN, stream_seed
-from landscape.stages.base import RunContext, Stage, Unit, check_checkpoints, register_stage
+from landscape.seeds import HESSIAN, HESSIAN_DATA, seed_everything, stream_seed
+from landscape.stages.base import (
+    RunContext, Stage, Unit, check_checkpoints, check_number, check_protocol, register_stage,
+)
 from landscape.train import make_loader
 
 log = logging.getLogger("landscape")
@@ -34,17 +44,25 @@ log = logging.getLogger("landscape")
 class HessianConfig:
     enabled: bool = False
     checkpoints: list[str] = field(default_factory=lambda: ["init", "final"])
-    k: int = 90  # top eigenvalues (the paper: 90)
+    protocol: str = "default"  # default (ours) | paper (the released procedure)
+    k: int = 90  # top eigenvalues
     which: str = "LA"  # LA: largest algebraic | LM: largest magnitude
     n_samples: int = 1000  # training images in the evaluation set
     batch_size: int = 250
+    augment: bool = False  # one seeded draw of the training augmentation, in a seeded order
     bn_mode: str = "eval"  # eval | recalibrated | train
     tol: float = 1e-4  # residual tolerance relative to |lambda_max|
     max_iter: Optional[int] = None  # cap on Hessian-vector products (None = backend default)
     backend: str = "lanczos"  # lanczos | scipy | pyhessian
     density_runs: int = 4  # SLQ runs (0 = no density); the top-k run is reused as one
-    density_iter: int = 60
+    density_iter: int = 60  # Lanczos steps per density run (protocol=paper: its one run)
     trace_samples: int = 50  # Hutchinson samples (0 = no trace)
+
+
+# The released procedure: BN on the statistics of batches of 10 augmented training images;
+# the paper's preset (configs/hessian/paper.yaml) adds n_samples 10000 and 90 steps.
+PAPER_REQUIRES = {"bn_mode": "train", "batch_size": 10, "augment": True}
+PAPER_UNUSED = ("k", "which", "tol", "max_iter", "backend", "density_runs", "trace_samples")
 
 
 def validate(cfg: HessianConfig) -> None:
@@ -60,14 +78,24 @@ def validate(cfg: HessianConfig) -> None:
     if cfg.density_runs < 0 or cfg.trace_samples < 0 or cfg.density_iter < 2:
         raise ValueError("hessian.density_runs and hessian.trace_samples must be >= 0 and "
                          "hessian.density_iter >= 2")
+    check_number("hessian.tol", cfg.tol, above=0)
+    if cfg.max_iter is not None and cfg.max_iter < 1:
+        raise ValueError(f"hessian.max_iter must be >= 1 or null, got {cfg.max_iter}")
+    check_protocol("hessian", cfg, requires=PAPER_REQUIRES, unused=PAPER_UNUSED)
 
 
-def evaluation_batches(ctx: RunContext, n: int, batch_size: int) -> list:
-    """The first ``n`` training images without augmentation, fixed order, on the device."""
-    ds = ctx.data.train_eval
-    ds = Subset(ds, range(min(n, len(ds))))
-    loader = make_loader(ds, batch_size, ctx.settings, shuffle=False)
-    return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
+def evaluation_batches(ctx: RunContext, n: int, batch_size: int, *, augment: bool = False,
+                       seed: int = 0) -> list:
+    """The first ``n`` training images on the device: without augmentation in a fixed order,
+    or (``augment``) one draw of the training augmentation in a random order, both from
+    ``seed``, drawn once: every Hessian-vector product sees the same batches."""
+    ds = Subset(ctx.data.train if augment else ctx.data.train_eval,
+                range(min(n, len(ctx.data.train))))
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(seed)  # the transforms draw from the global generators
+        gen = torch.Generator().manual_seed(seed)
+        loader = make_loader(ds, batch_size, ctx.settings, shuffle=augment, generator=gen)
+        return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
 
 
 @register_stage
@@ -81,48 +109,70 @@ class HessianStage(Stage):
         validate(config)
 
     def units(self, config: HessianConfig) -> list[Unit]:
-        return [Unit(f"hessian_{c}", {"checkpoint": c}) for c in config.checkpoints]
+        tag = "paper_" if config.protocol == "paper" else ""
+        return [Unit(f"hessian_{tag}{c}", {"checkpoint": c}) for c in config.checkpoints]
 
     def run(self, ctx: RunContext, config: HessianConfig, unit: Unit) -> list[dict]:
         c, checkpoint = config, unit.params["checkpoint"]
         t0 = time.perf_counter()
         model = ctx.load_model(checkpoint)
-        batches = evaluation_batches(ctx, c.n_samples, c.batch_size)
+        seed = stream_seed(ctx.identity.seed, HESSIAN)
+        batches = evaluation_batches(ctx, c.n_samples, c.batch_size, augment=c.augment,
+                                     seed=stream_seed(ctx.identity.seed, HESSIAN_DATA))
         op = HessianOperator(model, F.cross_entropy, batches, bn_mode=c.bn_mode,
                              device=ctx.settings.device)
-        k = min(c.k, op.dim)
-        if k < c.k:
-            log.warning("%s: hessian.k=%d exceeds the %d parameters; computing all %d "
-                        "eigenvalues", ctx.identity.run_id, c.k, op.dim, k)
-        seed = stream_seed(ctx.identity.seed, HESSIAN)
-        top = top_eigenvalues(op, k, SolverOptions(which=c.which, tol=c.tol, max_iter=c.max_iter,
-                                                   seed=seed, progress=ctx.progress),
-                              backend=c.backend)
-        rows = [{"metric": "hessian_eigenvalue", "value": v, "index": i + 1}
-                for i, v in enumerate(top.eigenvalues)]
-        rows += [{"metric": "hessian_residual", "value": v, "index": i + 1}
-                 for i, v in enumerate(top.residuals)]
-        num_hvp = top.num_hvp
-        if c.density_runs:
-            n_iter = min(c.density_iter, op.dim)
-            tri = top.tridiagonal
-            reuse = tri if tri is not None and len(tri.alphas) >= n_iter else None
-            density = spectral_density(op, n_runs=c.density_runs, n_iter=n_iter, seed=seed + 1,
-                                       reuse=reuse)
-            num_hvp += density.num_hvp
-            rows += [{"metric": "hessian_density_node", "value": v, "index": i}
-                     for i, v in enumerate(density.nodes.ravel())]
-            rows += [{"metric": "hessian_density_weight", "value": v, "index": i}
-                     for i, v in enumerate(density.weights.ravel())]
-        if c.trace_samples:
-            tr = hessian_trace(op, n_samples=c.trace_samples, seed=seed + 2)
-            num_hvp += tr.num_hvp
-            rows += [{"metric": "hessian_trace", "value": tr.estimate},
-                     {"metric": "hessian_trace_stderr", "value": tr.stderr}]
-        rows += [{"metric": "hessian_num_hvp", "value": num_hvp},
-                 {"metric": "hessian_converged", "value": float(top.converged)},
-                 {"metric": "hessian_seconds", "value": time.perf_counter() - t0}]
-        note = (f"checkpoint={checkpoint}; bn_mode={c.bn_mode}; backend={top.backend}; "
-                f"which={c.which}; tol={c.tol}; n_samples={op.num_examples}"
-                + (f"; k={k} (hessian.k={c.k} > the parameter count)" if k < c.k else ""))
-        return [{"stage": unit.name, "note": note, **r} for r in rows]
+        note = (f"checkpoint={checkpoint}; protocol={c.protocol}; bn_mode={c.bn_mode}; "
+                f"n_samples={op.num_examples}; batch_size={c.batch_size}; augment={c.augment}")
+        if c.protocol == "paper":
+            spectrum = paper_spectrum(op, n_iter=min(c.density_iter, op.dim),
+                                      progress=ctx.progress)
+            rows = _density_rows(spectrum) + [{"metric": "hessian_num_hvp",
+                                               "value": spectrum.num_hvp}]
+            note += f"; start=ones; steps={spectrum.num_hvp}"
+        else:
+            rows, extra = _default_rows(ctx, c, op, seed)
+            note += extra
+        rows.append({"metric": "hessian_seconds", "value": time.perf_counter() - t0})
+        return [{"stage": unit.name, "protocol": c.protocol, "note": note, **r} for r in rows]
+
+
+def _density_rows(density: DensityResult) -> list[dict]:
+    return ([{"metric": "hessian_density_node", "value": v, "index": i}
+             for i, v in enumerate(density.nodes.ravel())]
+            + [{"metric": "hessian_density_weight", "value": v, "index": i}
+               for i, v in enumerate(density.weights.ravel())])
+
+
+def _default_rows(ctx: RunContext, c: HessianConfig, op: HessianOperator,
+                  seed: int) -> tuple[list[dict], str]:
+    """Top-k eigenvalues, SLQ density and trace on one operator; (rows, note)."""
+    k = min(c.k, op.dim)
+    if k < c.k:
+        log.warning("%s: hessian.k=%d exceeds the %d parameters; computing all %d "
+                    "eigenvalues", ctx.identity.run_id, c.k, op.dim, k)
+    top = top_eigenvalues(op, k, SolverOptions(which=c.which, tol=c.tol, max_iter=c.max_iter,
+                                               seed=seed, progress=ctx.progress),
+                          backend=c.backend)
+    rows = [{"metric": "hessian_eigenvalue", "value": v, "index": i + 1}
+            for i, v in enumerate(top.eigenvalues)]
+    rows += [{"metric": "hessian_residual", "value": v, "index": i + 1}
+             for i, v in enumerate(top.residuals)]
+    num_hvp = top.num_hvp
+    if c.density_runs:
+        n_iter = min(c.density_iter, op.dim)
+        tri = top.tridiagonal
+        reuse = tri if tri is not None and len(tri.alphas) >= n_iter else None
+        density = spectral_density(op, n_runs=c.density_runs, n_iter=n_iter, seed=seed + 1,
+                                   reuse=reuse)
+        num_hvp += density.num_hvp
+        rows += _density_rows(density)
+    if c.trace_samples:
+        tr = hessian_trace(op, n_samples=c.trace_samples, seed=seed + 2)
+        num_hvp += tr.num_hvp
+        rows += [{"metric": "hessian_trace", "value": tr.estimate},
+                 {"metric": "hessian_trace_stderr", "value": tr.stderr}]
+    rows += [{"metric": "hessian_num_hvp", "value": num_hvp},
+             {"metric": "hessian_converged", "value": float(top.converged)}]
+    note = (f"; backend={top.backend}; which={c.which}; tol={c.tol}"
+            + (f"; k={k} (hessian.k={c.k} > the parameter count)" if k < c.k else ""))
+    return rows, note

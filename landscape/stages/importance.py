@@ -1,26 +1,42 @@
-"""Importance-map stage: projected-gradient maps and ERF size of a run's model (at init by
-default), as rows ``importance_max`` / ``importance_max_std`` / ``importance_n`` /
-``erf_size`` / ``erf_area`` plus the mean map saved as an array for plotting."""
+"""Importance-map stage: projected-gradient maps and ERF size (at init by default), as rows
+``importance_max`` / ``importance_max_std`` / ``importance_n`` / ``erf_size`` / ``erf_area``
+plus the mean map and the per-sample maxima saved as arrays for plotting.
+
+``protocol=default`` (unit ``importance_<checkpoint>``): our measurement on the run's own
+weights (``mode``: random inputs or the linearised net), at the last conv layer.
+``protocol=paper`` (unit ``importance_paper_<checkpoint>``): the paper's released procedure
+(:mod:`landscape.importance.paper`); at ``init`` over ``n_samples`` fresh initialisations
+seeded from the run's seed (the paper's Tables 3 and 4 average 50: 10 per seed of a 5-seed
+cell), at a trained checkpoint on its weights (one map).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from landscape.importance import MODES, erf_stats, projected_gradient_maps
-from landscape.models import check_input_size
+import torch
+from torch import nn
+
+from landscape.identity import RunIdentity
+from landscape.importance import (
+    MODES, ImportanceMaps, erf_stats, paper_importance, paper_maps, paper_probe,
+    paper_projection, projected_gradient_maps,
+)
+from landscape.models import InputTooSmallError, check_input_size
 from landscape.seeds import IMPORTANCE, stream_seed
 from landscape.stages.base import (
-    Output, RunContext, Stage, Unit, check_checkpoints, register_stage,
+    Output, RunContext, Stage, Unit, check_checkpoints, check_protocol, register_stage,
 )
 
 
 @dataclass
 class ImportanceConfig:
     enabled: bool = False
-    checkpoints: list[str] = field(default_factory=lambda: ["init"])  # "init" and/or "final"
-    mode: str = "paper"  # "paper" (random inputs, eval mode) | "linearised" (paper's code)
+    checkpoints: list[str] = field(default_factory=lambda: ["init"])  # init, final and/or best
+    protocol: str = "default"  # default (ours) | paper (the released procedure)
+    mode: str = "random_input"  # protocol=default: random_input | linearised
     input_size: int = 64
-    n_samples: int = 50
+    n_samples: int = 50  # random inputs (random_input) or fresh initialisations (paper, init)
     mass_fraction: float = 0.95  # ERF size: smallest centred square holding this mass
     rel_threshold: float = 0.1  # ERF area: pixels >= this fraction of the map's maximum
 
@@ -32,27 +48,75 @@ class ImportanceStage(Stage):
 
     def validate(self, config: ImportanceConfig) -> None:
         check_checkpoints("importance", config.checkpoints)
+        if config.mode == "paper":
+            raise ValueError("importance.mode=paper was renamed random_input (random inputs "
+                             "through the model as it is); the paper's released procedure is "
+                             "importance.protocol=paper (preset: importance=paper)")
         if config.mode not in MODES:
             raise ValueError(f"importance.mode must be one of {MODES}, got {config.mode!r}")
+        check_protocol("importance", config, unused=("mode",))
+        for name in ("input_size", "n_samples"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"importance.{name} must be >= 1, got {getattr(config, name)}")
+        for name in ("mass_fraction", "rel_threshold"):
+            if not 0 < getattr(config, name) <= 1:
+                raise ValueError(f"importance.{name} must be in (0, 1], got "
+                                 f"{getattr(config, name)}")
+
+    def validate_for(self, config: ImportanceConfig, identity: RunIdentity) -> None:
+        if config.protocol == "paper":
+            paper_probe(identity.arch)  # the paper's probe layer is known for this arch
+        with torch.device("meta"):  # no memory, no init
+            model = identity.build_model()
+        _check_size(model, config.input_size)
 
     def units(self, config: ImportanceConfig) -> list[Unit]:
-        return [Unit(f"importance_{c}", {"checkpoint": c}) for c in config.checkpoints]
+        tag = "paper_" if config.protocol == "paper" else ""
+        return [Unit(f"importance_{tag}{c}", {"checkpoint": c}) for c in config.checkpoints]
 
     def run(self, ctx: RunContext, config: ImportanceConfig, unit: Unit) -> Output:
         c, checkpoint = config, unit.params["checkpoint"]
+        seed = stream_seed(ctx.identity.seed, IMPORTANCE)
+        device = ctx.settings.device
         model = ctx.load_model(checkpoint)
-        check_input_size(model, c.input_size)  # names importance.input_size's smallest value
-        maps = projected_gradient_maps(
-            model, input_size=c.input_size, n_samples=c.n_samples, mode=c.mode,
-            seed=stream_seed(ctx.identity.seed, IMPORTANCE), device=ctx.settings.device,
-        )
+        if c.protocol == "paper":
+            maps = _paper_maps(ctx, c, checkpoint, model, seed)
+            how = f"protocol=paper; n={maps.n}" + (" fresh inits" if checkpoint == "init" else "")
+        else:
+            maps = projected_gradient_maps(model, input_size=c.input_size,
+                                           n_samples=c.n_samples, mode=c.mode, seed=seed,
+                                           device=device)
+            how = f"protocol=default; mode={c.mode}"
         erf = erf_stats(maps.mean_map, mass_fraction=c.mass_fraction,
                         rel_threshold=c.rel_threshold)
-        note = (f"checkpoint={checkpoint}; mode={c.mode}; layer={maps.layer}; "
-                f"input_size={c.input_size}; bn={maps.bn_mode}; mass_fraction={c.mass_fraction}; "
-                f"rel_threshold={c.rel_threshold}")
+        note = (f"checkpoint={checkpoint}; {how}; layer={maps.layer}; "
+                f"input_size={c.input_size}; bn={maps.bn_mode}; centre={maps.centre}; "
+                f"mass_fraction={c.mass_fraction}; rel_threshold={c.rel_threshold}")
         values = {"importance_max": maps.max_mean, "importance_max_std": maps.max_std,
                   "importance_n": maps.n, "erf_size": erf.size, "erf_area": erf.area}
-        rows = [{"stage": unit.name, "metric": k, "value": v, "layer": maps.layer, "note": note}
-                for k, v in values.items()]
+        rows = [{"stage": unit.name, "metric": k, "value": v, "layer": maps.layer,
+                 "protocol": c.protocol, "note": note} for k, v in values.items()]
         return Output(rows, {"mean_map": maps.mean_map, "maxima": maps.maxima})
+
+
+def _paper_maps(ctx: RunContext, c: ImportanceConfig, checkpoint: str, model: nn.Module,
+                seed: int) -> ImportanceMaps:
+    """The paper's procedure: fresh initialisations at ``init``, the weights otherwise."""
+    probe = paper_probe(ctx.identity.arch)
+    if checkpoint == "init":  # identity.build_model draws from the RNG paper_importance seeds
+        return paper_importance(ctx.identity.build_model, layer=probe.layer, keep=probe.keep,
+                                n_inits=c.n_samples, input_size=c.input_size, seed=seed,
+                                device=ctx.settings.device, progress=ctx.progress)
+    m, centre = paper_projection(model, layer=probe.layer, keep=probe.keep,
+                                 input_size=c.input_size, device=ctx.settings.device)
+    return paper_maps(m[None], layer=probe.layer, centre=centre, input_size=c.input_size,
+                      seed=seed)
+
+
+def _check_size(model: nn.Module, size: int) -> None:
+    """The input-size check of the model, naming ``importance.input_size``."""
+    try:
+        check_input_size(model, size)
+    except InputTooSmallError as e:
+        raise InputTooSmallError(f"importance.input_size={size}: {e}".replace(
+            "(data.image_size)", "(importance.input_size)")) from None

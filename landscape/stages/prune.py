@@ -1,4 +1,5 @@
-"""Pruning stages: one-shot pruning of a run's final checkpoint, then optional fine-tuning.
+"""Pruning stages: one-shot pruning of a run's checkpoint (``final`` by default; the paper's
+protocol prunes ``best``), then optional fine-tuning.
 
 Each rate is its own unit, marked done on its own: ``prune_<label>_<rate>_<hash>`` writes the
 pruned model's rows and its masks (``arrays.npz``, plain state_dict keys, True = kept);
@@ -8,8 +9,12 @@ makes a new unit and never retrains the dense run.
 
 Rows carry ``criterion`` (the label: ``magnitude`` for the paper's global unstructured
 magnitude pruning, ``<criterion>:layerwise`` for per-layer selection, ``structured:<importance>``
-for channel pruning), ``prune_rate`` and ``finetuned``; ``note`` records the prunable set and
-whether BatchNorm statistics were recomputed.
+for channel pruning), ``prune_rate``, ``finetuned`` and ``protocol``; ``note`` records the
+checkpoint, the prunable set and whether BatchNorm statistics were recomputed. A prune unit
+also reports ``dense_test_acc``, the accuracy of the checkpoint it pruned (the same
+evaluation), so pruned-vs-dense tables compare like with like; a fine-tune unit reports the
+test accuracy after every epoch (``index`` = epoch), after the last (no index) and the best
+(``best_test_acc``).
 """
 
 from __future__ import annotations
@@ -20,23 +25,25 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-import numpy as np
-import torch
 from torch import nn
 
 from landscape.pruning import (
-    SCOPES, EmptyLayerWarning, check_rate, finetune, get_criterion, import_criteria, prune,
+    SCOPES, EmptyLayerWarning, check_rate, get_criterion, import_criteria, prune,
     recalibrate_bn, sparsity_report, structured_prune,
 )
 from landscape.pruning.structured import IMPORTANCES
-from landscape.seeds import FINETUNE, FINETUNE_EPOCH, STRUCTURED_PRUNE, stream_seed
-from landscape.stages.base import Output, RunContext, Stage, Unit, register_stage
+from landscape.seeds import FINETUNE_EPOCH, STRUCTURED_PRUNE, stream_seed
+from landscape.stages.base import (
+    CHECKPOINTS, Output, RunContext, Stage, Unit, check_number, check_protocol, register_stage,
+)
 from landscape.train import evaluate, make_loader
 
 
 @dataclass
 class PruneConfig:
     enabled: bool = False
+    protocol: str = "default"  # default (ours) | paper (the released procedure)
+    checkpoint: str = "final"  # the trained weights that are pruned: final | best (| init)
     criterion: str = "magnitude"  # a name from landscape.pruning.list_criteria()
     scope: str = "global"  # global | layerwise
     rates: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
@@ -57,8 +64,21 @@ class PruneConfig:
     finetune_grad_clip: Optional[float] = 0.1  # max global gradient L2 norm
 
 
-_FINETUNE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_momentum",
+FINETUNE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_momentum",
                     "finetune_weight_decay", "finetune_grad_clip")
+# The released procedure (global L1 magnitude of conv and linear weights but the first conv and
+# the classifier, no BN recalibration, the best-test-accuracy checkpoint) with the paper's
+# text's fine-tuning; configs/prune/paper.yaml sets them.
+PAPER_REQUIRES = {
+    "checkpoint": "best", "criterion": "magnitude", "scope": "global",
+    "include": ["conv", "linear"], "exclude_first_conv": True, "exclude_classifier": True,
+    "options": {}, "recalibrate_bn": False, "structured": False, "finetune_epochs": 10,
+    "finetune_lr": 1e-4, "finetune_momentum": 0.9, "finetune_weight_decay": 5e-4,
+    "finetune_grad_clip": 0.1,
+}
+# Fields added after units were first hashed: left out of the hash at these values, so the
+# units made before keep their names.
+_LATER_FIELDS = {"protocol": "default", "checkpoint": "final"}
 
 def validate(cfg: PruneConfig) -> None:
     import_criteria(cfg.imports)
@@ -82,6 +102,13 @@ def validate(cfg: PruneConfig) -> None:
     if not 1 <= cfg.finetune_epochs <= FINETUNE_EPOCH.span:
         raise ValueError(f"prune.finetune_epochs must be in 1..{FINETUNE_EPOCH.span}, "
                          f"got {cfg.finetune_epochs}")
+    check_number("prune.finetune_lr", cfg.finetune_lr, above=0)
+    check_number("prune.finetune_momentum", cfg.finetune_momentum, above=0, strict=False)
+    check_number("prune.finetune_weight_decay", cfg.finetune_weight_decay, above=0, strict=False)
+    check_number("prune.finetune_grad_clip", cfg.finetune_grad_clip, above=0, optional=True)
+    if cfg.checkpoint not in CHECKPOINTS:
+        raise ValueError(f"prune.checkpoint must be one of {CHECKPOINTS}, got {cfg.checkpoint!r}")
+    check_protocol("prune", cfg, requires=PAPER_REQUIRES)
 
 
 def label(cfg: PruneConfig) -> str:
@@ -90,22 +117,23 @@ def label(cfg: PruneConfig) -> str:
     return cfg.criterion if cfg.scope == "global" else f"{cfg.criterion}:{cfg.scope}"
 
 
-def _hash(d: dict[str, Any]) -> str:
+def settings_hash(d: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def _prune_key(cfg: PruneConfig) -> dict[str, Any]:
-    skip = {"enabled", "rates", "finetune", "imports", *_FINETUNE_FIELDS}
-    return {k: v for k, v in asdict(cfg).items() if k not in skip}
+    skip = {"enabled", "rates", "finetune", "imports", *FINETUNE_FIELDS}
+    return {k: v for k, v in asdict(cfg).items()
+            if k not in skip and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
 
 
-def _unit(cfg: PruneConfig, rate: float) -> str:
-    return f"{label(cfg).replace(':', '-')}_{rate:g}_{_hash(_prune_key(cfg))}"
+def unit_suffix(cfg: PruneConfig, rate: float) -> str:
+    return f"{label(cfg).replace(':', '-')}_{rate:g}_{settings_hash(_prune_key(cfg))}"
 
 
 # ---------------------------------------------------------------------------------------------
-def _note(cfg: PruneConfig) -> str:
-    return (f"scope={cfg.scope}; include={','.join(cfg.include)}; "
+def prune_note(cfg: PruneConfig) -> str:
+    return (f"checkpoint={cfg.checkpoint}; scope={cfg.scope}; include={','.join(cfg.include)}; "
             f"exclude_first_conv={cfg.exclude_first_conv}; "
             f"exclude_classifier={cfg.exclude_classifier}; bn_recalibrated={cfg.recalibrate_bn}")
 
@@ -120,10 +148,10 @@ def _criterion_batches(ctx: RunContext, n: int) -> list:
     return out
 
 
-def _prune_model(ctx: RunContext, cfg: PruneConfig,
-                 rate: float) -> tuple[nn.Module, Optional[dict], list[dict]]:
-    """The final model pruned at ``rate``: (model, masks or None if structured, rows)."""
-    model = ctx.load_model("final")
+def prune_checkpoint(ctx: RunContext, cfg: PruneConfig, rate: float,
+                 model: nn.Module) -> tuple[nn.Module, Optional[dict], list[dict]]:
+    """``model`` (the checkpoint) pruned at ``rate``: (model, masks or None if structured,
+    rows)."""
     rows: list[dict] = []
     kwargs = dict(include=tuple(cfg.include), exclude_first_conv=cfg.exclude_first_conv,
                   exclude_classifier=cfg.exclude_classifier)
@@ -158,7 +186,7 @@ def _needs_data(cfg: PruneConfig) -> bool:
     return "data" in inspect.signature(get_criterion(cfg.criterion)).parameters
 
 
-def _evaluate(ctx: RunContext, cfg: PruneConfig, model: nn.Module) -> list[dict]:
+def evaluate_on_test(ctx: RunContext, cfg: PruneConfig, model: nn.Module) -> list[dict]:
     if cfg.recalibrate_bn:
         loader = make_loader(ctx.data.train_eval, ctx.train.batch_size, ctx.settings,
                              shuffle=False)
@@ -171,7 +199,7 @@ def _evaluate(ctx: RunContext, cfg: PruneConfig, model: nn.Module) -> list[dict]
 
 @register_stage
 class PruneStage(Stage):
-    """One-shot pruning of the final checkpoint, one unit per rate."""
+    """One-shot pruning of a checkpoint, one unit per rate."""
 
     name = "prune"
     config_field = "prune"
@@ -180,84 +208,21 @@ class PruneStage(Stage):
         validate(config)
 
     def units(self, config: PruneConfig) -> list[Unit]:
-        return [Unit(f"prune_{_unit(config, r)}", {"rate": float(r)}) for r in config.rates]
+        return [Unit(f"prune_{unit_suffix(config, r)}", {"rate": float(r)}) for r in config.rates]
 
     def settings(self, config: PruneConfig) -> dict:
         return {}  # the unit name's hash covers every setting that changes the result
 
     def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> Output:
         rate = unit.params["rate"]
-        model, masks, rows = _prune_model(ctx, config, rate)
-        rows += _evaluate(ctx, config, model)
+        model = ctx.load_model(config.checkpoint)
+        loader = make_loader(ctx.data.test, ctx.train.eval_batch_size, ctx.settings,
+                             shuffle=False)
+        dense_acc = evaluate(model, loader, ctx.settings)[1]
+        model, masks, rows = prune_checkpoint(ctx, config, rate, model)
+        rows += evaluate_on_test(ctx, config, model)
+        rows.append({"metric": "dense_test_acc", "value": dense_acc})
         arrays = {k: v.cpu().numpy() for k, v in masks.items()} if masks is not None else {}
         common = {"criterion": label(config), "prune_rate": rate, "finetuned": False,
-                  "note": _note(config)}
+                  "protocol": config.protocol, "note": prune_note(config)}
         return Output([{**common, **r} for r in rows], arrays)
-
-
-@register_stage
-class FinetuneStage(Stage):
-    """Fine-tuning of each pruned model with its mask kept exactly (reuses the saved masks)."""
-
-    name = "finetune"
-    config_field = "prune"
-    trains = True
-
-    def enabled(self, config: PruneConfig) -> bool:
-        return config.enabled and config.finetune
-
-    def validate(self, config: PruneConfig) -> None:
-        validate(config)
-
-    def units(self, config: PruneConfig) -> list[Unit]:
-        ft = _hash({k: getattr(config, k) for k in _FINETUNE_FIELDS})
-        return [Unit(f"finetune_{_unit(config, r)}_{ft}",
-                     {"rate": float(r), "prune_unit": f"prune_{_unit(config, r)}"})
-                for r in config.rates]
-
-    def settings(self, config: PruneConfig) -> dict:
-        return {}  # the unit name's hashes cover the pruning and the fine-tuning settings
-
-    def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> list[dict]:
-        rate = unit.params["rate"]
-        if config.structured:
-            model, _, _ = _prune_model(ctx, config, rate)
-            masks: dict = {}
-        else:
-            model = ctx.load_model("final")
-            saved = ctx.read_arrays(unit.params["prune_unit"])
-            masks = {k: torch.from_numpy(np.asarray(v, dtype=bool)) for k, v in saved.items()}
-            with torch.no_grad():
-                state = model.state_dict()
-                for k, m in masks.items():
-                    state[k].mul_(m.to(state[k].device))
-        gen = torch.Generator()
-
-        def epoch_batches(epoch: int):
-            gen.manual_seed(stream_seed(ctx.identity.seed, FINETUNE_EPOCH, epoch))
-            loader = make_loader(ctx.data.train, ctx.train.batch_size, ctx.settings,
-                                 shuffle=True, generator=gen)
-            return ((ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader)
-
-        model.to(memory_format=ctx.settings.memory_format)  # channels_last on CUDA, as in training
-        result = finetune(
-            model, masks, epoch_batches, epochs=config.finetune_epochs, lr=config.finetune_lr,
-            momentum=config.finetune_momentum, weight_decay=config.finetune_weight_decay,
-            grad_clip=config.finetune_grad_clip, device=ctx.settings.device,
-            seed=stream_seed(ctx.identity.seed, FINETUNE), autocast=ctx.settings.autocast,
-            progress=ctx.progress,
-        )
-        rows: list[dict] = [{"metric": "train_loss", "value": v, "index": i + 1}
-                            for i, v in enumerate(result.train_loss)]
-        rows += [{"metric": "train_acc", "value": v, "index": i + 1}
-                 for i, v in enumerate(result.train_acc)]
-        if masks:
-            report = sparsity_report(model, masks)
-            rows += [{"metric": "sparsity", "value": report.sparsity},
-                     {"metric": "nonzero_params", "value": report.model_nonzero},
-                     {"metric": "compression_ratio", "value": report.compression_ratio}]
-        rows += _evaluate(ctx, config, model)
-        common = {"criterion": label(config), "prune_rate": rate, "finetuned": True,
-                  "note": _note(config) + f"; finetune_epochs={config.finetune_epochs}"
-                  f"; finetune_lr={config.finetune_lr}"}
-        return [{**common, **r} for r in rows]

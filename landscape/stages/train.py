@@ -53,6 +53,9 @@ class TrainStage(Stage):
                             for r in outcome.history for m in EPOCH_METRICS]
         rows.append({"metric": "diverged", "value": float(outcome.diverged),
                      "index": outcome.diverged_epoch})
+        best = outcome.best
+        if best is not None:
+            rows.append({"metric": "best_test_acc", "value": best.test_acc, "index": best.epoch})
         rows.append({"metric": "num_params", "value": ctx.identity.num_params})
         rows.append({"metric": "train_seconds", "value": time.perf_counter() - t0})
         if outcome.diverged:

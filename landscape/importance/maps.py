@@ -1,4 +1,5 @@
-"""Projected-gradient importance maps and the effective receptive field (ERF) size.
+"""Projected-gradient importance maps (our measurement; the paper's procedure is
+:mod:`landscape.importance.paper`).
 
 A unit gradient is placed at the spatial centre of every channel of one conv layer (default:
 the last ``Conv2d`` to run) and back-propagated to the input x (n x C x H x W):
@@ -10,13 +11,10 @@ i.e. the absolute input gradient summed over input channels (units of |d out / d
 two middle rows (columns). Eval-mode BN does not mix samples, so one batched backward gives
 every sample's map.
 
-* ``mode="paper"``: the model as given (at init), eval mode, N(0, 1) inputs from ``seed``.
+* ``mode="random_input"``: the model as given, eval mode, N(0, 1) inputs from ``seed``.
 * ``mode="linearised"``: ReLU and BN pass gradients straight through, max-pools act as
   average-pools (:func:`linearised_copy`); the net is then linear, so the map does not depend
-  on the input; one input of ones is used (as in the paper's released code) and ``n = 1``.
-
-ERF size follows Luo et al. (2016): the side of the smallest centred square that holds a given
-fraction of the map's mass, and the number of pixels above a fraction of the maximum.
+  on the input; one input of ones is used and ``n = 1``.
 """
 
 from __future__ import annotations
@@ -30,13 +28,14 @@ from torch import Tensor, nn
 
 from landscape.activations import ActivationCapture, check_on_device, eval_mode, execution_order
 
-MODES = ("paper", "linearised")
+MODES = ("random_input", "linearised")
 CENTRE_CONVENTION = "out[:, :, h // 2, w // 2] (0-based; even sizes: lower-right middle pixel)"
 AGGREGATION = (
     "per sample: sum over input channels of |input gradient|; mean_map: mean over samples; "
     "maxima: per-sample max of the map; max_std: population std (ddof=0)"
 )
-BN_MODES = {"paper": "eval (running statistics)", "linearised": "identity (straight-through)"}
+BN_MODES = {"random_input": "eval (running statistics)",
+            "linearised": "identity (straight-through)"}
 
 # Leaves that are already linear in eval mode and are kept as they are.
 _LINEAR_LEAVES: tuple[type[nn.Module], ...] = (
@@ -69,7 +68,15 @@ class ImportanceMaps:
     seed: int
     centre_convention: str = CENTRE_CONVENTION
     aggregation: str = AGGREGATION
-    bn_mode: str = BN_MODES["paper"]
+    bn_mode: str = BN_MODES["random_input"]
+
+    @classmethod
+    def from_maps(cls, maps: np.ndarray, **fields: object) -> ImportanceMaps:
+        """From (n, H, W) per-sample maps; ``fields``: the fields after ``n``."""
+        maps = np.asarray(maps, dtype=np.float64)
+        maxima = maps.reshape(len(maps), -1).max(axis=1)
+        return cls(mean_map=maps.mean(axis=0), maxima=maxima, max_mean=float(maxima.mean()),
+                   max_std=float(maxima.std()), n=len(maps), **fields)
 
 
 def _linearise(module: nn.Module, name: str) -> nn.Module:
@@ -93,18 +100,23 @@ def _linearise(module: nn.Module, name: str) -> nn.Module:
     )
 
 
-def linearised_copy(model: nn.Module) -> nn.Module:
+def linearised_copy(model: nn.Module, *, keep: tuple[str, ...] = ()) -> nn.Module:
     """A deep copy in eval mode, without parameter gradients, in which every ReLU and BatchNorm
     is an identity and every max-pool the average-pool of the same window (gradient 1/k^2 to
-    each pixel of the window, padding included). ``model`` is untouched.
+    each pixel of the window, padding included). ``model`` is untouched; the leaf modules
+    named in ``keep`` stay as they are (e.g. a ReLU that the paper's code does not linearise).
 
     Leaf modules are swapped; nonlinear *functions* called inside a ``forward`` are not seen.
     """
     linear = copy.deepcopy(model).eval().requires_grad_(False)
+    modules = dict(linear.named_modules())
+    unknown = [k for k in keep if k not in modules]
+    if unknown:
+        raise ValueError(f"keep names no module of {type(model).__name__}: {unknown}")
     if not list(linear.children()):
         return _linearise(linear, "")
     for name, module in list(linear.named_modules()):
-        if name and not list(module.children()):
+        if name and name not in keep and not list(module.children()):
             new = _linearise(module, name)
             if new is not module:
                 linear.set_submodule(name, new)
@@ -171,7 +183,7 @@ def projected_gradient_maps(
     *,
     input_size: int = 64,
     n_samples: int = 50,
-    mode: str = "paper",
+    mode: str = "random_input",
     seed: int = 0,
     layer: str | None = None,
     device: str | torch.device = "cpu",
@@ -179,9 +191,9 @@ def projected_gradient_maps(
 ) -> ImportanceMaps:
     """Projected-gradient importance maps of ``model`` (see the module docstring).
 
-    ``input_size``: side of the square input in pixels; ``n_samples``: random inputs (paper
-    mode); ``layer``: module name receiving the unit gradients (default: the last Conv2d to
-    run); ``in_channels``: default ``model.in_channels``, else the first registered Conv2d's.
+    ``input_size``: side of the square input in pixels; ``n_samples``: random inputs
+    (``random_input`` mode); ``layer``: module name receiving the unit gradients (default:
+    the last Conv2d to run); ``in_channels``: default ``model.in_channels``, else the first registered Conv2d's.
     ``model`` must already be on ``device``; it is left exactly as it was.
     """
     if mode not in MODES:
@@ -194,7 +206,7 @@ def projected_gradient_maps(
     first = next(model.parameters(), None)
     dtype = first.dtype if first is not None else torch.get_default_dtype()
     shape = (channels, input_size, input_size)
-    if mode == "paper":
+    if mode == "random_input":
         g = torch.Generator().manual_seed(seed)
         x, net = torch.randn(n_samples, *shape, generator=g, dtype=dtype), model
     else:
@@ -202,75 +214,5 @@ def projected_gradient_maps(
     x = x.to(device)
     name = _resolve_layer(net, x, layer)
     maps, centre = _gradient_maps(net, x, name)
-    maxima = maps.amax(dim=(1, 2)).cpu().numpy()
-    return ImportanceMaps(
-        mean_map=maps.mean(dim=0).cpu().numpy(), maxima=maxima, max_mean=float(maxima.mean()),
-        max_std=float(maxima.std()), n=int(maps.shape[0]), mode=mode, layer=name, centre=centre,
-        input_size=input_size, seed=seed, bn_mode=BN_MODES[mode],
-    )
-
-
-@dataclass(frozen=True)
-class ERFSize:
-    """ERF of a mean map: ``size`` (pixels) is the side of the smallest square centred on
-    ``centre`` (row, col; the rounded mass centroid) holding ``mass_fraction`` of the mass
-    (the square is clipped to the image, so it may exceed the image side); ``area`` is the
-    number of pixels >= ``rel_threshold`` times the map's maximum."""
-
-    size: int
-    mass_fraction: float
-    area: int
-    rel_threshold: float
-    centre: tuple[int, int]
-
-
-def _map(mean_map: np.ndarray) -> np.ndarray:
-    m = np.asarray(mean_map, dtype=np.float64)
-    if m.ndim != 2:
-        raise ValueError(f"mean_map must be 2-D (H, W), got shape {m.shape}")
-    if not np.isfinite(m).all() or (m < 0).any() or m.sum() <= 0:
-        raise ValueError("mean_map must be finite, non-negative and not all zero")
-    return m
-
-
-def mass_centre(mean_map: np.ndarray) -> tuple[int, int]:
-    """Mass centroid (row, col) of the map, rounded half up to a pixel."""
-    m = _map(mean_map)
-    rows, cols = np.indices(m.shape)
-    total = m.sum()
-    return int(np.floor((rows * m).sum() / total + 0.5)), int(np.floor((cols * m).sum() / total + 0.5))
-
-
-def erf_size(mean_map: np.ndarray, *, mass_fraction: float = 0.95,
-             centre: tuple[int, int] | None = None) -> int:
-    """Side 2r + 1 of the smallest square centred on ``centre`` (default: :func:`mass_centre`)
-    whose part inside the image holds at least ``mass_fraction`` of the total mass."""
-    m = _map(mean_map)
-    if not 0 < mass_fraction <= 1:
-        raise ValueError(f"mass_fraction must be in (0, 1], got {mass_fraction!r}")
-    r0, c0 = mass_centre(m) if centre is None else centre
-    if not (0 <= r0 < m.shape[0] and 0 <= c0 < m.shape[1]):
-        raise ValueError(f"centre must lie inside the {m.shape} map, got {(r0, c0)}")
-    target = mass_fraction * m.sum() * (1 - 1e-12)
-    r = 0  # terminates: at r = max(H, W) the square holds the whole map
-    while m[max(r0 - r, 0): r0 + r + 1, max(c0 - r, 0): c0 + r + 1].sum() < target:
-        r += 1
-    return 2 * r + 1
-
-
-def erf_area(mean_map: np.ndarray, *, rel_threshold: float = 0.1) -> int:
-    """Number of pixels whose value is at least ``rel_threshold`` times the map's maximum."""
-    m = _map(mean_map)
-    if not 0 < rel_threshold <= 1:
-        raise ValueError(f"rel_threshold must be in (0, 1], got {rel_threshold!r}")
-    return int((m >= rel_threshold * m.max()).sum())
-
-
-def erf_stats(mean_map: np.ndarray, *, mass_fraction: float = 0.95,
-              rel_threshold: float = 0.1) -> ERFSize:
-    """Both ERF measures of ``mean_map`` with their thresholds."""
-    return ERFSize(
-        size=erf_size(mean_map, mass_fraction=mass_fraction), mass_fraction=mass_fraction,
-        area=erf_area(mean_map, rel_threshold=rel_threshold), rel_threshold=rel_threshold,
-        centre=mass_centre(mean_map),
-    )
+    return ImportanceMaps.from_maps(maps.cpu().numpy(), mode=mode, layer=name, centre=centre,
+                                    input_size=input_size, seed=seed, bn_mode=BN_MODES[mode])

@@ -1,0 +1,55 @@
+"""The console scripts that read a results folder (plain argparse, no Hydra):
+``landscape-status`` and ``landscape-report``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional, Sequence
+
+from landscape.grid import format_status, status_table, write_root_report
+
+
+def status_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``landscape-status [results_root] [--runs]``: the grid's state, per cell and unit."""
+    from landscape.grid.status import run_states
+    from landscape.results import read_submissions
+
+    p = argparse.ArgumentParser(prog="landscape-status", description=status_main.__doc__)
+    p.add_argument("root", nargs="?", default="results", help="results_root (default: results)")
+    p.add_argument("--runs", action="store_true", help="one line per run and unit instead")
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    if not root.is_dir():
+        p.error(f"no results folder at {root.resolve()}")
+    print(run_states(root).to_string(index=False) if args.runs
+          else format_status(status_table(root)))
+    if any(s.get("backend") == "slurm" for s in read_submissions(root)):
+        print(f"\nlogs of the Slurm jobs: {root / '.submitit'}/<job id>_<task>_log.out|err")
+    return 0
+
+
+def report_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``landscape-report RESULTS_ROOT [--out DIR] [--paper CSV]``."""
+    import pandas as pd
+
+    from analysis.report import DEFAULT_TITLE
+
+    p = argparse.ArgumentParser(prog="landscape-report", description=(
+        "Tables, figures and report.md/report.html of every finished run under RESULTS_ROOT."))
+    p.add_argument("results_root", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="default: RESULTS_ROOT/report")
+    p.add_argument("--title", default=DEFAULT_TITLE)
+    p.add_argument("--paper", type=Path, default=None, help="CSV of published tables shown "
+                   "labelled beside ours (default: the paper's, analysis/reference)")
+    args = p.parse_args(argv)
+    if not args.results_root.is_dir():
+        p.error(f"results root {args.results_root} is not a directory")
+    if args.paper is not None and not args.paper.is_file():
+        p.error(f"--paper {args.paper}: no such file")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file, not a folder")
+    reference = pd.read_csv(args.paper) if args.paper else None  # None: the paper's
+    path = write_root_report(args.results_root, args.out, title=args.title, reference=reference)
+    print(f"[landscape] report: {path} and {path.with_suffix('.html')}")
+    return 0

@@ -1,0 +1,73 @@
+"""What a stage may use: the resources of one run or cell (its identity, data, device settings,
+models built from its seed, checkpoints), computed once, on first use. Implements the
+``RunContext`` and ``CellContext`` protocols of ``landscape.stages.base``."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from landscape import results
+from landscape.config import RunConfig
+from landscape.data import DatasetBundle, load_dataset
+from landscape.device import DeviceSettings
+from landscape.identity import RunIdentity
+from landscape.results import RunPaths
+from landscape.seeds import INIT, seed_everything, stream_seed
+from landscape.storage import CheckpointError, load_checkpoint
+
+
+def build_seeded(identity: RunIdentity, seed: int) -> nn.Module:
+    """A freshly initialised model, seeded from ``seed`` (the same init every time)."""
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(stream_seed(seed, INIT))
+        return identity.build_model()
+
+
+def load_seeded(identity: RunIdentity, seed: int, path: Path, device: torch.device) -> nn.Module:
+    model = build_seeded(identity, seed)
+    run_id = identity.with_seed(seed).run_id
+    if path.name == "best.pt" and not path.exists() and path.with_name("final.pt").exists():
+        raise CheckpointError(f"checkpoint not found: {path}. Training writes best.pt (the "
+                              "epoch of best test accuracy) since it was added; this run was "
+                              "trained before: retrain it, or measure checkpoint final instead")
+    model.load_state_dict(load_checkpoint(path, run_id=run_id)["model"])
+    return model.to(device)
+
+
+class RunResources:
+    """The resources of one run or cell, computed once, on first use (see the protocols in
+    ``landscape.stages.base``)."""
+
+    def __init__(self, cfg: RunConfig, identity: RunIdentity, paths: RunPaths,
+                 settings: DeviceSettings, seeds: Sequence[int] = ()) -> None:
+        self.cfg, self.identity, self.paths, self.settings = cfg, identity, paths, settings
+        self.train, self.progress, self.num_workers = cfg.train, cfg.progress, cfg.data.num_workers
+        self.seeds = list(seeds)
+
+    @cached_property
+    def data(self) -> DatasetBundle:
+        return load_dataset(self.cfg.data)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.paths.checkpoints
+
+    def build_model(self) -> nn.Module:
+        return build_seeded(self.identity, self.identity.seed or 0)
+
+    def load_model(self, checkpoint: str) -> nn.Module:
+        return load_seeded(self.identity, self.identity.seed, self.checkpoint_dir / f"{checkpoint}.pt",
+                     self.settings.device)
+
+    def load_models(self, checkpoint: str) -> dict[int, nn.Module]:
+        return {s: load_seeded(self.identity, s, results.run_paths(
+            self.paths.root, self.identity.cell_name, s).checkpoints / f"{checkpoint}.pt",
+            self.settings.device) for s in self.seeds}
+
+    def read_arrays(self, unit: str) -> dict[str, Any]:
+        return results.read_arrays(self.paths.run_dir, unit)

@@ -1,0 +1,103 @@
+"""Fine-tuning stage: each pruned model of the prune stage trained further with its mask kept
+exactly (the masks saved by the prune unit are reused); settings in ``prune.finetune_*``.
+Rows: ``train_loss`` / ``train_acc`` / ``test_acc`` / ``test_loss`` per epoch (``index`` =
+epoch), ``test_acc`` / ``test_loss`` after the last epoch (no index), ``best_test_acc`` (the
+best epoch's, ``index`` = that epoch), and the sparsity of the result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.pruning import finetune, sparsity_report
+from landscape.seeds import FINETUNE, FINETUNE_EPOCH, stream_seed
+from landscape.stages.base import RunContext, Stage, Unit, register_stage
+from landscape.stages.prune import (
+    FINETUNE_FIELDS, PruneConfig, evaluate_on_test, settings_hash, prune_note, prune_checkpoint, unit_suffix, label, validate,
+)
+from landscape.train import evaluate, make_loader
+
+
+@register_stage
+class FinetuneStage(Stage):
+    """Fine-tuning of each pruned model with its mask kept exactly (reuses the saved masks)."""
+
+    name = "finetune"
+    config_field = "prune"
+    trains = True
+
+    def enabled(self, config: PruneConfig) -> bool:
+        return config.enabled and config.finetune
+
+    def validate(self, config: PruneConfig) -> None:
+        validate(config)
+
+    def units(self, config: PruneConfig) -> list[Unit]:
+        ft = settings_hash({k: getattr(config, k) for k in FINETUNE_FIELDS})
+        return [Unit(f"finetune_{unit_suffix(config, r)}_{ft}",
+                     {"rate": float(r), "prune_unit": f"prune_{unit_suffix(config, r)}"})
+                for r in config.rates]
+
+    def settings(self, config: PruneConfig) -> dict:
+        return {}  # the unit name's hashes cover the pruning and the fine-tuning settings
+
+    def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> list[dict]:
+        rate = unit.params["rate"]
+        if config.structured:
+            model, _, _ = prune_checkpoint(ctx, config, rate, ctx.load_model(config.checkpoint))
+            masks: dict = {}
+        else:
+            model = ctx.load_model(config.checkpoint)
+            saved = ctx.read_arrays(unit.params["prune_unit"])
+            masks = {k: torch.from_numpy(np.asarray(v, dtype=bool)) for k, v in saved.items()}
+            with torch.no_grad():
+                state = model.state_dict()
+                for k, m in masks.items():
+                    state[k].mul_(m.to(state[k].device))
+        gen = torch.Generator()
+
+        def epoch_batches(epoch: int):
+            gen.manual_seed(stream_seed(ctx.identity.seed, FINETUNE_EPOCH, epoch))
+            loader = make_loader(ctx.data.train, ctx.train.batch_size, ctx.settings,
+                                 shuffle=True, generator=gen)
+            return ((ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader)
+
+        model.to(memory_format=ctx.settings.memory_format)  # channels_last on CUDA, as in training
+        test = make_loader(ctx.data.test, ctx.train.eval_batch_size, ctx.settings, shuffle=False)
+
+        def test_after_epoch(m: nn.Module) -> dict[str, float]:
+            loss, acc = evaluate(m, test, ctx.settings)
+            return {"test_loss": loss, "test_acc": acc}
+
+        result = finetune(
+            model, masks, epoch_batches, epochs=config.finetune_epochs, lr=config.finetune_lr,
+            momentum=config.finetune_momentum, weight_decay=config.finetune_weight_decay,
+            grad_clip=config.finetune_grad_clip, device=ctx.settings.device,
+            seed=stream_seed(ctx.identity.seed, FINETUNE), autocast=ctx.settings.autocast,
+            eval_fn=test_after_epoch, progress=ctx.progress,
+        )
+        rows: list[dict] = [{"metric": m, "value": v, "index": i + 1}
+                            for m, values in (("train_loss", result.train_loss),
+                                              ("train_acc", result.train_acc))
+                            for i, v in enumerate(values)]
+        rows += [{"metric": m, "value": e[m], "index": i + 1}
+                 for i, e in enumerate(result.eval) for m in ("test_acc", "test_loss")]
+        best = max(range(len(result.eval)), key=lambda i: (result.eval[i]["test_acc"], -i))
+        rows.append({"metric": "best_test_acc", "value": result.eval[best]["test_acc"],
+                     "index": best + 1})
+        if masks:
+            report = sparsity_report(model, masks)
+            rows += [{"metric": "sparsity", "value": report.sparsity},
+                     {"metric": "nonzero_params", "value": report.model_nonzero},
+                     {"metric": "compression_ratio", "value": report.compression_ratio}]
+        if config.recalibrate_bn:
+            rows += evaluate_on_test(ctx, config, model)
+        else:  # after the last epoch, as evaluated there
+            rows += [{"metric": m, "value": result.eval[-1][m]} for m in ("test_acc", "test_loss")]
+        common = {"criterion": label(config), "prune_rate": rate, "finetuned": True,
+                  "protocol": config.protocol,
+                  "note": prune_note(config) + f"; finetune_epochs={config.finetune_epochs}"
+                  f"; finetune_lr={config.finetune_lr}"}
+        return [{**common, **r} for r in rows]
