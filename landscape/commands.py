@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from landscape import results
 from landscape.grid import format_status, status_table, write_root_report
 
 
@@ -50,6 +51,8 @@ def report_main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file, not a folder")
     reference = pd.read_csv(args.paper) if args.paper else None  # None: the paper's
+    if not results.has_results(args.results_root):
+        p.error(f"nothing to report yet: no finished stage unit under {args.results_root}")
     path = write_root_report(args.results_root, args.out, title=args.title, reference=reference)
     print(f"[landscape] report: {path} and {path.with_suffix('.html')}")
     return 0

@@ -60,10 +60,15 @@ def validate(cfg: RunConfig, *, check_data: bool = True) -> RunIdentity:
     if check_data:
         check_dataset(cfg.data)
     identity = identify(cfg)
+    user = {s.name for s in registered_stages() if s.config_class is not None}
+    unknown = sorted(set(cfg.stages) - user)
+    if unknown:
+        raise ValueError(f"stages.{unknown[0]}: no such stage; stages that take settings "
+                         f"there: {', '.join(sorted(user)) or 'none (list yours in imports)'}")
     for stage in registered_stages():
         config = stage_config(cfg, stage)
+        stage.validate(config)  # disabled stages too: a typo is caught before it matters
         if stage.enabled(config):
-            stage.validate(config)
             stage.validate_for(config, identity)
     if cfg.num_threads is not None and cfg.num_threads < 1:
         raise ValueError(f"num_threads must be >= 1 or null, got {cfg.num_threads}")

@@ -134,6 +134,10 @@ def test_changed_cell_stage_settings_recompute_the_cka(tmp_path):
     ("prune.enabled=true prune.finetune_lr=nan", "prune.finetune_lr must be a finite number > 0"),
     ("hessian=paper hessian.bn_mode=eval", "hessian.protocol=paper is the released procedure, "
                                            "which needs hessian.bn_mode='train' (got 'eval')"),
+    ("hessian.bn_mode=evl", "hessian.bn_mode must be one of"),  # a disabled stage too
+    ("+stages.nosuch.threshold=1", "stages.nosuch: no such stage"),
+    ("model.pool_level=2 model.pool_kernel=0", "pool_kernel=0 disables the pool, but "
+                                                "pool_level=2 names a pooled preset"),
     ("data=cifar10 data.root=/nonexistent", "CIFAR-10 not found: looked in /nonexistent/"),
     ("data=tiny_imagenet data.root=/nonexistent", "Tiny ImageNet not found: missing"),
 ])
@@ -414,3 +418,12 @@ def test_damaged_result_files_are_recomputed_not_trusted(tmp_path, damage, caplo
     pd.testing.assert_frame_equal(results.read_stage(run_dir, "train").drop(columns="value")
                                   .reset_index(drop=True),
                                   before.drop(columns="value").reset_index(drop=True))
+
+
+def test_a_report_of_a_folder_with_nothing_finished_is_an_error(tmp_path, capsys):
+    from landscape.commands import report_main
+
+    with pytest.raises(SystemExit) as e:
+        report_main([str(tmp_path)])
+    assert e.value.code == 2 and "nothing to report yet" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()

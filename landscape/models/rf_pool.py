@@ -79,6 +79,9 @@ def resolve_pool(
             raise ValueError(f"pool_padding must be >= 0, got {padding}")
         p = padding
     if k == 0:
+        if level != 0:
+            raise ValueError(f"pool_kernel=0 disables the pool, but pool_level={level} names a "
+                             "pooled preset; set pool_level=0 for no pool, or a kernel >= 1")
         if (stride is not None and stride != 1) or (padding is not None and padding != 0):
             raise ValueError(
                 "pool_stride/pool_padding were set but the pool is disabled "

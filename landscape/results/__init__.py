@@ -19,14 +19,15 @@ from landscape.results.schema import (
     register_metric, to_frame, validate_rows,
 )
 from landscape.results.store import (
-    clean_temp, clear_done, failures, is_done, jsonable, load, load_arrays, read_arrays,
+    clean_temp, clear_done, failures, has_results, is_done, jsonable, load, load_arrays,
+    read_arrays,
     read_done, read_failure, read_stage, stale_reason, write_failure, write_stage,
 )
 
 __all__ = [
     "ARRAYS", "CELL_DIR", "COLUMNS", "DONE", "DTYPES", "FAILED", "ID_COLUMNS", "LOCK", "METRICS",
     "OPTIONAL_COLUMNS", "ROWS", "SUBMISSIONS", "VALUE_COLUMNS", "RunPaths", "SchemaError",
-    "UnitLock", "cell_names", "cell_variants", "check_root", "clean_temp", "clear_done", "failures", "is_done",
+    "UnitLock", "cell_names", "cell_variants", "check_root", "clean_temp", "clear_done", "failures", "has_results", "is_done",
     "jsonable", "load", "load_arrays", "read_arrays", "read_done", "read_failure", "read_stage",
     "read_submissions", "record_submission", "register_metric", "run_configs", "run_paths",
     "stage_dir", "stale_reason", "to_frame", "trained_seeds", "try_lock", "validate_rows",

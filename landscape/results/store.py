@@ -165,6 +165,11 @@ def _read_rows(path: Path) -> pd.DataFrame:
     return to_frame(df.to_dict("records"))
 
 
+def has_results(root: str | Path) -> bool:
+    """Whether any stage unit under ``root`` is finished."""
+    return next(Path(root).glob("**/stages/*/" + DONE), None) is not None
+
+
 def load(root: str | Path) -> pd.DataFrame:
     """Every finished stage of every run under ``root`` as one long DataFrame.
 
