@@ -15,12 +15,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from analysis import plots
+from analysis import geometry_plots, plots
 from analysis.paper import importance_table, paper_table
 from analysis.plots import present_stages, stage_title
 from analysis.render import Block, html_page, markdown
 from analysis.stats import (GRID_COLUMNS, UNIT_COLUMNS, final_epoch, grid_frame, grids,
                             pruning_observations, rank_correlation, select, with_variants)
+from analysis.geometry_tables import barrier_table, sharpness_table
 from analysis.tables import (MISSING, Table, format_number, grid_slug, grid_title, level_label,
                              pruning_table, pvalue_table, to_csv, to_latex, to_markdown,
                              training_table)
@@ -113,6 +114,8 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
     for st in present_stages(select(d, metric="hessian_eigenvalue"), "hessian"):
         wanted.append((f"{st}: λ_max", select(d, stage=st, metric="hessian_eigenvalue", index=1)))
         wanted.append((f"{st}: trace", select(d, stage=st, metric="hessian_trace")))
+    for st in present_stages(select(d, metric="loss_barrier"), "connectivity"):
+        wanted.append((f"{st}: loss barrier", select(d, stage=st, metric="loss_barrier")))
     for st in present_stages(d, "importance"):
         for m in ("importance_max", "erf_size"):
             wanted.append((f"{st}: {m}", select(d, stage=st, metric=m)))
@@ -153,6 +156,14 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
         same = units[(units["finetuned"] == u.finetuned) & (units["protocol"] == u.protocol)]
         if math.isclose(u.prune_rate, same["prune_rate"].max()) and g["cell"].nunique() > 1:
             blocks.append(("table", pvalue_table(g, **args)))
+    barriers = [t for st in present_stages(select(g, metric="loss_barrier"), "connectivity")
+                if (t := barrier_table(g, **kw, stage=st)) is not None]
+    if barriers:
+        blocks += [("h3", "Mode connectivity between seeds")] + [("table", t) for t in barriers]
+    sharp = [t for st in present_stages(g, "sharpness")
+             if (t := sharpness_table(g, **kw, checkpoint=st.split("_")[-1])) is not None]
+    if sharp:
+        blocks += [("h3", "Sharpness")] + [("table", t) for t in sharp]
     importance = [importance_table(g, reference, stage=st,
                                    protocol="paper" if "_paper_" in st else "default")
                   for st in present_stages(select(g, metric="importance_max"), "importance")]
@@ -190,6 +201,14 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
            f"Linear CKA between every layer of two seeds, {stage_title(st)}"
            + ("; ReLU outputs, upper triangle mirrored." if "_paper_" in st else "."))
           for st in present_stages(select(g, metric="cka"), "cka")],
+        ("slice-1d", lambda: geometry_plots.slice_curves(g, **kw),
+         "Training loss along a filter-normalised random direction around the weights."),
+        *[(st.replace("_", "-"), (lambda st=st: geometry_plots.slice_planes(g, **kw, stage=st)),
+           f"Training loss on the plane of two filter-normalised random directions, "
+           f"{stage_title(st)}.") for st in present_stages(select(g, metric="slice_loss"),
+                                                           "slice") if "_2d_" in st],
+        ("connectivity", lambda: geometry_plots.connectivity(g, **kw),
+         "Loss on the linear path between two seeds and its barrier."),
         ("importance", lambda: plots.importance_maps(g, arrays, **kw),
          "Projected-gradient importance maps (mean map over seeds; the paper protocol's rows "
          "are marked)."),

@@ -16,9 +16,12 @@ from typing import Any, Optional, get_type_hints
 from landscape.data.registry import DataConfig
 from landscape.identity import NOT_IDENTITY, identity_dict
 from landscape.stages.cka import CKAConfig
+from landscape.stages.connectivity import ConnectivityConfig
 from landscape.stages.hessian import HessianConfig
 from landscape.stages.importance import ImportanceConfig
 from landscape.stages.prune import PruneConfig
+from landscape.stages.sharpness import SharpnessConfig
+from landscape.stages.slices import SliceConfig
 from landscape.train import TrainConfig
 
 __all__ = ["ModelConfig", "RFSweepConfig", "RunConfig", "check_known_keys", "from_dict",
@@ -45,7 +48,11 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig, metadata=NOT_IDENTITY)
     hessian: HessianConfig = field(default_factory=HessianConfig, metadata=NOT_IDENTITY)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig, metadata=NOT_IDENTITY)
+    slice: SliceConfig = field(default_factory=SliceConfig, metadata=NOT_IDENTITY)
+    sharpness: SharpnessConfig = field(default_factory=SharpnessConfig, metadata=NOT_IDENTITY)
     cka: CKAConfig = field(default_factory=CKAConfig, metadata=NOT_IDENTITY)  # cell-level
+    connectivity: ConnectivityConfig = field(default_factory=ConnectivityConfig,
+                                             metadata=NOT_IDENTITY)  # cell-level
     # Modules to import before anything runs: user stages, models, datasets, criteria register
     # themselves there. Reading a results folder (landscape-status) never imports them.
     imports: list[str] = field(default_factory=list, metadata=NOT_IDENTITY)

@@ -43,9 +43,10 @@ HESSIAN = Stream("hessian", 4242)  # start vectors (density: +1, trace: +2 on th
 HESSIAN_DATA = Stream("hessian_data", 4243)  # augmentation and order of its evaluation set
 STRUCTURED_PRUNE = Stream("structured_prune", 5000)  # torch-pruning's random choices
 IMPORTANCE = Stream("importance", 7919)  # random inputs of the projected-gradient maps
+SLICE = Stream("slice", 8000, 2)  # the random directions of a loss slice (plane: draws 0, 1)
 
 STREAMS = (INIT, TRAIN_EPOCH, FINETUNE, FINETUNE_EPOCH, HESSIAN, HESSIAN_DATA, STRUCTURED_PRUNE,
-           IMPORTANCE)
+           IMPORTANCE, SLICE)
 
 
 def _check_disjoint(streams: tuple[Stream, ...]) -> None:

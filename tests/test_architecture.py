@@ -76,7 +76,7 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 @pytest.mark.parametrize("metric_module", [
     "landscape.hessian", "landscape.cka", "landscape.importance", "landscape.activations",
-    "landscape.pruning", "landscape.receptive_field", "landscape.results",
+    "landscape.pruning", "landscape.receptive_field", "landscape.results", "landscape.geometry",
 ])
 def test_metric_code_does_not_reach_orchestration_or_models(metric_module):
     graph = import_graph()
@@ -113,9 +113,9 @@ def test_the_stage_registry_is_the_only_list_of_stages():
     from landscape.stages import registered_stages, stage_names
 
     names = stage_names()
-    assert names == ["train", "prune", "finetune", "hessian", "importance", "receptive_field",
-                     "cka"]
-    assert [s.level for s in registered_stages()].count("cell") == 2
+    assert names == ["train", "prune", "finetune", "hessian", "importance", "slice",
+                     "sharpness", "receptive_field", "cka", "connectivity"]
+    assert [s.level for s in registered_stages()].count("cell") == 3
 
     def is_stage(v: object) -> bool:
         return isinstance(v, str) and any(v == n or v.startswith(n + "_") for n in names)

@@ -110,7 +110,7 @@ def test_the_paper_hessian_sees_one_fixed_draw_of_augmented_batches(tmp_path):
     from landscape.context import RunResources
     from landscape.device import device_settings
     from landscape.identity import identify
-    from landscape.stages.hessian import evaluation_batches
+    from landscape.stages.batches import evaluation_batches
 
     cfg = tiny(tmp_path)
     ctx = RunResources(cfg, identify(cfg), results.run_paths(tmp_path, "x", 0),

@@ -4,7 +4,8 @@ Build one :class:`HessianOperator` (``v -> H v``) and pass it to :func:`top_eige
 (settings in a :class:`SolverOptions`), :func:`spectral_density` and :func:`hessian_trace`
 (:mod:`.spectrum`). Those call generic cores that work on any symmetric ``v -> A v``
 (:mod:`.lanczos`, :mod:`.density`); :mod:`.backends` adds scipy's ARPACK and pyhessian 0.1
-for comparison.
+for comparison. :mod:`.masked`: the Hessian on the unpruned weights (:class:`MaskedOperator`,
+accepted by the functions above) and per-block curvature (:func:`block_curvature`).
 """
 
 from landscape.hessian.backends import EIGEN_BACKENDS, list_backends, pyhessian_top_k, scipy_top_k
@@ -13,6 +14,9 @@ from landscape.hessian.density import (
     quadrature, slq_density,
 )
 from landscape.hessian.lanczos import TopEigenResult, Tridiagonal, lanczos_top_k
+from landscape.hessian.masked import (
+    BlockCurvature, MaskedOperator, block_curvature, default_blocks,
+)
 from landscape.hessian.operator import (
     BN_MODES, HVP_METHODS, HessianOperator, recalibrated_buffers, select_parameters,
 )
@@ -22,8 +26,9 @@ from landscape.hessian.spectrum import (
 )
 
 __all__ = [
-    "BN_MODES", "EIGEN_BACKENDS", "HVP_METHODS", "DensityResult", "HessianOperator",
-    "SolverOptions", "TopEigenResult", "TraceResult", "Tridiagonal", "hessian_trace",
+    "BN_MODES", "EIGEN_BACKENDS", "HVP_METHODS", "BlockCurvature", "DensityResult",
+    "HessianOperator", "MaskedOperator", "SolverOptions", "TopEigenResult", "TraceResult",
+    "Tridiagonal", "block_curvature", "default_blocks", "hessian_trace",
     "hutchinson_trace", "lanczos_quadrature", "lanczos_top_k", "lanczos_tridiagonal",
     "list_backends", "paper_spectrum",
     "pyhessian_top_k", "quadrature", "recalibrated_buffers", "scipy_top_k", "select_parameters",

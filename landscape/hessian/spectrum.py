@@ -5,7 +5,9 @@ params=..., bn_mode=..., device=..., method=...)``: ``v -> H v`` for the Hessian
 mean loss over all examples in ``batches`` w.r.t. the selected parameters, with BatchNorm in
 the chosen mode (``"recalibrated"`` running stats are recomputed once, at construction). The
 three functions below share it; each only applies ``op`` (the model is never changed) and
-reports its own HVP count.
+reports its own HVP count. A :class:`~landscape.hessian.masked.MaskedOperator` (the
+sub-matrix ``H[S, S]`` on the unpruned weights) is accepted wherever a HessianOperator is,
+except by the pyhessian backend.
 """
 
 from __future__ import annotations
@@ -17,20 +19,26 @@ from landscape.hessian.density import (
     DensityResult, TraceResult, hutchinson_trace, lanczos_quadrature, slq_density,
 )
 from landscape.hessian.lanczos import TopEigenResult, Tridiagonal, check_k
+from landscape.hessian.masked import MaskedOperator
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.options import SolverOptions, solver_options
 
 
+Operator = HessianOperator | MaskedOperator
+# Backends that only apply the operator (any v -> A v); pyhessian needs the model itself.
+MATVEC_BACKENDS = ("lanczos", "scipy")
+
+
 def _check_operator(op: object) -> None:
-    if not isinstance(op, HessianOperator):
+    if not isinstance(op, (HessianOperator, MaskedOperator)):
         raise TypeError(
             f"op must be a HessianOperator (build it once: HessianOperator(model, loss_fn, "
-            f"batches, ...)), got {type(op).__name__}"
+            f"batches, ...)) or a MaskedOperator(op, masks), got {type(op).__name__}"
         )
 
 
 def top_eigenvalues(
-    op: HessianOperator,
+    op: Operator,
     k: int,
     options: SolverOptions | None = None,
     *,
@@ -50,12 +58,17 @@ def top_eigenvalues(
     run = EIGEN_BACKENDS.get(backend)
     opts = solver_options(options, **overrides)
     _check_operator(op)
+    if isinstance(op, MaskedOperator) and backend not in MATVEC_BACKENDS:
+        raise ValueError(
+            f"backend {backend!r} needs a HessianOperator (it rebuilds the model); for a "
+            f"MaskedOperator use backend {' or '.join(map(repr, MATVEC_BACKENDS))}"
+        )
     check_k(k, op.dim)
     return run(op, k, opts)
 
 
 def spectral_density(
-    op: HessianOperator,
+    op: Operator,
     *,
     n_runs: int,
     n_iter: int,
@@ -73,7 +86,7 @@ def spectral_density(
                        progress=progress)
 
 
-def paper_spectrum(op: HessianOperator, *, n_iter: int = 90,
+def paper_spectrum(op: Operator, *, n_iter: int = 90,
                    progress: bool = False) -> DensityResult:
     """The paper's Hessian spectrum: one ``n_iter``-step Lanczos run with full
     reorthogonalisation from the normalised all-ones vector; nodes (Ritz values) and weights
@@ -85,7 +98,7 @@ def paper_spectrum(op: HessianOperator, *, n_iter: int = 90,
 
 
 def hessian_trace(
-    op: HessianOperator,
+    op: Operator,
     *,
     n_samples: int,
     seed: int = 0,

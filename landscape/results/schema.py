@@ -22,7 +22,9 @@ ID_COLUMNS = [
 VALUE_COLUMNS = ["metric", "value"]
 # protocol: "default" or "paper" (docs/paper-protocol.md) for the stages that have both;
 # missing for the others (and for rows written before the column existed: "default").
-OPTIONAL_COLUMNS = ["index", "layer", "layer_b", "seed_b", "protocol", "note"]
+# coord_x / coord_y: the coordinates of a point of a loss slice or path (direction units).
+OPTIONAL_COLUMNS = ["index", "layer", "layer_b", "seed_b", "coord_x", "coord_y", "protocol",
+                    "note"]
 COLUMNS = ID_COLUMNS + VALUE_COLUMNS + OPTIONAL_COLUMNS
 
 DTYPES: dict[str, str] = {
@@ -31,7 +33,8 @@ DTYPES: dict[str, str] = {
     "receptive_field": "Int64", "width": "float64", "seed": "Int64", "stage": "string",
     "criterion": "string", "prune_rate": "float64", "finetuned": "boolean", "metric": "string",
     "value": "float64", "index": "Int64", "layer": "string", "layer_b": "string",
-    "seed_b": "Int64", "protocol": "string", "note": "string",
+    "seed_b": "Int64", "coord_x": "float64", "coord_y": "float64", "protocol": "string",
+    "note": "string",
 }
 
 # Every metric name, one per quantity, with its meaning and unit.
@@ -81,6 +84,20 @@ METRICS: dict[str, str] = {
     "erf_size": "side (pixels) of the smallest centred square holding mass_fraction of the "
                 "mean importance map (Luo et al. 2016)",
     "erf_area": "pixels of the mean importance map >= rel_threshold x max",
+    # slice (loss-landscape slices around a checkpoint; coord_x, coord_y = the point)
+    "slice_loss": "mean training loss (no augmentation) at w + coord_x d1 (+ coord_y d2), "
+                  "d filter-normalised random directions; note holds the settings",
+    "slice_acc": "training accuracy at the slice point, fraction in [0, 1]",
+    # sharpness
+    "adaptive_sharpness": "worst-case rise of the training loss within ||delta / |w| || <= rho "
+                          "(ASAM's adaptive L2 ball; rho in note), loss units",
+    "standard_sharpness": "worst-case rise of the training loss within ||delta|| <= rho "
+                          "(rho in note), loss units",
+    # connectivity (cell-level: linear paths between the seeds of a cell)
+    "path_loss": "loss on the linear path from seed to seed_b at alpha = coord_x",
+    "path_acc": "accuracy on the linear path at alpha = coord_x, fraction in [0, 1]",
+    "loss_barrier": "max over the path of the loss minus the linear interpolation of the end "
+                    "losses, seed to seed_b (loss units; >= 0)",
     # cka (cell-level)
     "cka": "linear CKA between layer (of seed) and layer_b (of seed_b), in [0, 1]; note holds "
            "the estimator",

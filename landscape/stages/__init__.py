@@ -8,8 +8,11 @@ from landscape.stages import prune  # noqa: F401
 from landscape.stages import finetune  # noqa: F401
 from landscape.stages import hessian  # noqa: F401
 from landscape.stages import importance  # noqa: F401
+from landscape.stages import slices  # noqa: F401
+from landscape.stages import sharpness  # noqa: F401
 from landscape.stages import receptive_field  # noqa: F401
 from landscape.stages import cka  # noqa: F401
+from landscape.stages import connectivity  # noqa: F401
 from landscape.stages.base import (
     CHECKPOINTS, CellContext, Output, RunContext, Stage, Unit, register_stage,
     registered_stages, stage_names,

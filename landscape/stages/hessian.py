@@ -31,11 +31,11 @@ from landscape.hessian import (
     BN_MODES, EIGEN_BACKENDS, DensityResult, HessianOperator, SolverOptions, hessian_trace,
     paper_spectrum, spectral_density, top_eigenvalues,
 )
-from landscape.seeds import HESSIAN, HESSIAN_DATA, seed_everything, stream_seed
+from landscape.seeds import HESSIAN, HESSIAN_DATA, stream_seed
 from landscape.stages.base import (
     RunContext, Stage, Unit, check_checkpoints, check_number, check_protocol, register_stage,
 )
-from landscape.train import make_loader
+from landscape.stages.batches import evaluation_batches
 
 log = logging.getLogger("landscape")
 
@@ -82,20 +82,6 @@ def validate(cfg: HessianConfig) -> None:
     if cfg.max_iter is not None and cfg.max_iter < 1:
         raise ValueError(f"hessian.max_iter must be >= 1 or null, got {cfg.max_iter}")
     check_protocol("hessian", cfg, requires=PAPER_REQUIRES, unused=PAPER_UNUSED)
-
-
-def evaluation_batches(ctx: RunContext, n: int, batch_size: int, *, augment: bool = False,
-                       seed: int = 0) -> list:
-    """The first ``n`` training images on the device: without augmentation in a fixed order,
-    or (``augment``) one draw of the training augmentation in a random order, both from
-    ``seed``, drawn once: every Hessian-vector product sees the same batches."""
-    ds = Subset(ctx.data.train if augment else ctx.data.train_eval,
-                range(min(n, len(ctx.data.train))))
-    with torch.random.fork_rng(devices=[]):
-        seed_everything(seed)  # the transforms draw from the global generators
-        gen = torch.Generator().manual_seed(seed)
-        loader = make_loader(ds, batch_size, ctx.settings, shuffle=augment, generator=gen)
-        return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
 
 
 @register_stage

@@ -1,0 +1,89 @@
+"""Tables of the loss-landscape geometry per receptive field: barriers between seeds,
+sharpness (with lambda_max / trace from the Hessian rows)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis.stats import grid_frame, select
+from analysis.tables import (MISSING, Table, _levels_frame, format_mean_std, grid_slug,
+                             grid_title, level_label)
+
+
+def _mean_std(x: np.ndarray) -> str:
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return MISSING
+    return format_mean_std(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan,
+                           x.size)
+
+
+def barrier_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                  width: float | None = None, stage: str = "connectivity_final") -> Table | None:
+    """Rows = receptive field; the loss barrier between seeds (mean ± std over seed pairs)
+    and the largest path loss, or None when the grid has no barrier rows for ``stage``."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    b = select(g, stage=stage, metric="loss_barrier")
+    if b.empty:
+        return None
+    path = select(g, stage=stage, metric="path_loss")
+    rows, numbers = [], []
+    for lv in _levels_frame(g).itertuples(index=False):
+        x = select(b, cell=lv.cell)["value"].to_numpy(float)
+        top = select(path, cell=lv.cell).groupby(["seed", "seed_b"])["value"].max()
+        mean = float(x.mean()) if x.size else math.nan
+        std = float(x.std(ddof=1)) if x.size > 1 else math.nan
+        rows.append({"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
+                     "Loss barrier": format_mean_std(mean, std, x.size) if x.size else MISSING,
+                     "Max loss on the path": (format_mean_std(float(top.mean()),
+                                              float(top.std(ddof=1)) if top.size > 1
+                                              else math.nan, top.size)
+                                              if top.size else MISSING),
+                     "Seed pairs": str(x.size)})
+        numbers.append({"cell": lv.cell, "barrier_mean": mean, "barrier_std": std,
+                        "pairs": x.size})
+    note = select(b, cell=b["cell"].iloc[0])["note"].iloc[0]
+    return Table(f"{grid_slug(g)}-{stage}".replace("_", "-"),
+                 f"{grid_title(g)}: loss barrier between seeds ({stage})",
+                 pd.DataFrame(rows), pd.DataFrame(numbers),
+                 "Barrier = max over the linear path of the loss minus the straight line "
+                 f"between the end losses; mean ± std (ddof=1) over seed pairs; {note}.")
+
+
+def sharpness_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                    width: float | None = None, checkpoint: str = "final") -> Table | None:
+    """Rows = receptive field; adaptive and standard worst-case sharpness and, where the
+    Hessian of the same checkpoint was computed (our protocol), lambda_max / trace; each mean
+    ± std (ddof=1) over seeds. None when the grid has no sharpness rows for ``checkpoint``."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    s = select(g, stage=f"sharpness_{checkpoint}")
+    if s.empty:
+        return None
+    h = select(g, stage=f"hessian_{checkpoint}")
+    top = select(h, metric="hessian_eigenvalue", index=1).set_index("run_id")["value"]
+    trace = select(h, metric="hessian_trace").set_index("run_id")["value"]
+    ratio = (top / trace).dropna()
+    rows, numbers = [], []
+    for lv in _levels_frame(g).itertuples(index=False):
+        row = {"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell)}
+        num = {"cell": lv.cell}
+        for kind in ("adaptive", "standard"):
+            x = select(s, cell=lv.cell, metric=f"{kind}_sharpness")["value"].to_numpy(float)
+            row[f"{kind.capitalize()} sharpness"] = _mean_std(x)
+            num[f"{kind}_mean"] = float(x.mean()) if x.size else math.nan
+        runs = select(g, cell=lv.cell)["run_id"].unique()
+        r = ratio[ratio.index.isin(runs)].to_numpy(float)
+        row["λ_max / trace"] = _mean_std(r) if len(h) else MISSING
+        num["ratio_mean"] = float(r.mean()) if r.size else math.nan
+        rows.append(row)
+        numbers.append(num)
+    rho = "; ".join(sorted({n.split("; steps")[0] for n in s["note"].dropna()}))
+    return Table(f"{grid_slug(g)}-sharpness-{checkpoint}",
+                 f"{grid_title(g)}: worst-case sharpness at the {checkpoint} checkpoint",
+                 pd.DataFrame(rows), pd.DataFrame(numbers),
+                 "Largest rise of the training loss found by projected gradient ascent in the "
+                 f"adaptive (|w|-scaled) and the standard L2 ball ({rho}); λ_max / trace from "
+                 "the Hessian rows of the same checkpoint; mean ± std (ddof=1) over seeds.")

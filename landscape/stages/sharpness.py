@@ -1,0 +1,74 @@
+"""Sharpness stage: worst-case sharpness of the training loss around a run's checkpoint, in an
+L2 ball (standard) and in the weight-scaled ball (adaptive, ASAM), by projected gradient
+ascent (:func:`landscape.geometry.worst_case_sharpness`).
+
+Unit ``sharpness_<checkpoint>``, on the first ``n_samples`` training images without
+augmentation, BN in eval mode. Rows ``adaptive_sharpness`` and ``standard_sharpness`` (loss
+units: the largest rise of the loss found within the ball) with the radius and the loss at the
+checkpoint in ``note``; ``lambda_max / trace`` is read from the Hessian rows in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch.nn import functional as F
+
+from landscape.geometry import worst_case_sharpness
+from landscape.stages.base import (
+    RunContext, Stage, Unit, check_checkpoints, check_number, register_stage,
+)
+from landscape.stages.batches import evaluation_batches
+
+KINDS = ("adaptive", "standard")
+
+
+@dataclass
+class SharpnessConfig:
+    enabled: bool = False
+    checkpoints: list[str] = field(default_factory=lambda: ["final"])  # init, final and/or best
+    kinds: list[str] = field(default_factory=lambda: ["adaptive", "standard"])
+    rho_adaptive: float = 0.5  # radius in |w|-scaled units (relative weight change)
+    rho_standard: float = 0.05  # radius in weight units
+    eta: float = 0.0  # adaptive scale |w| + eta
+    steps: int = 20  # projected gradient-ascent steps
+    n_samples: int = 1000  # the first n training images (no augmentation)
+    batch_size: int = 500
+
+
+@register_stage
+class SharpnessStage(Stage):
+    name = "sharpness"
+    config_field = "sharpness"
+
+    def validate(self, config: SharpnessConfig) -> None:
+        check_checkpoints("sharpness", config.checkpoints)
+        if not config.kinds or any(k not in KINDS for k in config.kinds):
+            raise ValueError(f"sharpness.kinds must be a non-empty subset of {list(KINDS)}, "
+                             f"got {config.kinds}")
+        check_number("sharpness.rho_adaptive", config.rho_adaptive, above=0)
+        check_number("sharpness.rho_standard", config.rho_standard, above=0)
+        check_number("sharpness.eta", config.eta, above=0, strict=False)
+        for name in ("steps", "n_samples", "batch_size"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"sharpness.{name} must be >= 1, got {getattr(config, name)}")
+
+    def units(self, config: SharpnessConfig) -> list[Unit]:
+        return [Unit(f"sharpness_{c}", {"checkpoint": c}) for c in config.checkpoints]
+
+    def run(self, ctx: RunContext, config: SharpnessConfig, unit: Unit) -> list[dict]:
+        c = config
+        model = ctx.load_model(unit.params["checkpoint"])
+        batches = evaluation_batches(ctx, c.n_samples, c.batch_size)
+        rows = []
+        for kind in c.kinds:
+            adaptive = kind == "adaptive"
+            rho = c.rho_adaptive if adaptive else c.rho_standard
+            s = worst_case_sharpness(model, F.cross_entropy, batches, rho=rho, adaptive=adaptive,
+                                     steps=c.steps, eta=c.eta, device=ctx.settings.device)
+            note = (f"checkpoint={unit.params['checkpoint']}; rho={rho}; steps={c.steps}; "
+                    f"eta={c.eta if adaptive else 'n/a'}; loss={s.loss:.6g}; "
+                    f"perturbed_loss={s.perturbed_loss:.6g}; n_samples="
+                    f"{sum(len(y) for _, y in batches)}; training images, BN eval")
+            rows.append({"metric": f"{kind}_sharpness", "value": s.sharpness, "note": note})
+        return [{"stage": unit.name, **r} for r in rows]

@@ -1,0 +1,96 @@
+"""Loss-slice stage: 1D and 2D slices of the training loss around a run's checkpoint along
+filter-normalised random directions (Li et al. 2018); :mod:`landscape.geometry`.
+
+Units ``slice_1d_<checkpoint>`` and ``slice_2d_<checkpoint>``. The evaluation set is the first
+``n_samples`` training images without augmentation, on the device, in batches; the directions
+are drawn from the run's seed (``SLICE`` stream: draw 0, and draw 1 for a plane's second).
+Rows: ``slice_loss`` and ``slice_acc`` with ``coord_x`` (and ``coord_y``), in units of the
+direction (1 = the norm of each filter of the weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from landscape.geometry import BN_MODES, NORMALISATIONS, loss_slice, random_direction
+from landscape.seeds import SLICE, stream_seed
+from landscape.stages.base import (
+    RunContext, Stage, Unit, check_checkpoints, check_number, register_stage,
+)
+from landscape.stages.batches import evaluation_batches
+
+
+@dataclass
+class SliceConfig:
+    enabled: bool = False
+    checkpoints: list[str] = field(default_factory=lambda: ["final"])  # init, final and/or best
+    dims: list[int] = field(default_factory=lambda: [1, 2])  # 1D curves and/or 2D planes
+    span: float = 1.0  # coordinates in [-span, span]
+    points_1d: int = 41
+    points_2d: int = 21  # per axis: 21 x 21 = 441 evaluations of the loss
+    n_samples: int = 1000  # the first n training images (no augmentation)
+    batch_size: int = 500
+    normalisation: str = "filter"  # filter | layer | none
+    include_bn_bias: bool = False  # move biases and BN parameters too (NaN-prone)
+    bn: str = "eval"  # eval (running statistics) | recalibrated (at every point)
+    max_points: int = 2601  # refuse slices with more loss evaluations (51 x 51)
+
+
+def validate(cfg: SliceConfig) -> None:
+    check_checkpoints("slice", cfg.checkpoints)
+    if not cfg.dims or any(d not in (1, 2) for d in cfg.dims):
+        raise ValueError(f"slice.dims must be a non-empty subset of [1, 2], got {cfg.dims}")
+    check_number("slice.span", cfg.span, above=0)
+    for name in ("points_1d", "points_2d", "n_samples", "batch_size", "max_points"):
+        if getattr(cfg, name) < (2 if name.startswith("points") else 1):
+            raise ValueError(f"slice.{name} must be >= {2 if name.startswith('points') else 1}"
+                             f", got {getattr(cfg, name)}")
+    if cfg.normalisation not in NORMALISATIONS:
+        raise ValueError(f"slice.normalisation must be one of {NORMALISATIONS}, got "
+                         f"{cfg.normalisation!r}")
+    if cfg.bn not in BN_MODES:
+        raise ValueError(f"slice.bn must be one of {BN_MODES}, got {cfg.bn!r}")
+    for d, n in ((1, cfg.points_1d), (2, cfg.points_2d ** 2)):
+        if d in cfg.dims and n > cfg.max_points:
+            raise ValueError(f"a {d}D slice of slice.points_{d}d={n if d == 1 else cfg.points_2d}"
+                             f" needs {n} loss evaluations, over slice.max_points="
+                             f"{cfg.max_points}; lower the points or raise the budget")
+
+
+@register_stage
+class SliceStage(Stage):
+    name = "slice"
+    config_field = "slice"
+
+    def validate(self, config: SliceConfig) -> None:
+        validate(config)
+
+    def units(self, config: SliceConfig) -> list[Unit]:
+        return [Unit(f"slice_{d}d_{c}", {"checkpoint": c, "dims": d})
+                for c in config.checkpoints for d in sorted(set(config.dims))]
+
+    def run(self, ctx: RunContext, config: SliceConfig, unit: Unit) -> list[dict]:
+        c, dims = config, unit.params["dims"]
+        model = ctx.load_model(unit.params["checkpoint"])
+        batches = evaluation_batches(ctx, c.n_samples, c.batch_size)
+        directions = [random_direction(model, seed=stream_seed(ctx.identity.seed, SLICE, i),
+                                       normalisation=c.normalisation,
+                                       include_bn_bias=c.include_bn_bias) for i in range(dims)]
+        n = c.points_1d if dims == 1 else c.points_2d
+        axis = np.linspace(-c.span, c.span, n)
+        s = loss_slice(model, batches, directions, [axis] * dims, bn=c.bn,
+                       bn_batches=batches if c.bn == "recalibrated" else None,
+                       progress=ctx.progress)
+        note = (f"checkpoint={unit.params['checkpoint']}; normalisation={c.normalisation}; "
+                f"include_bn_bias={c.include_bn_bias}; bn={c.bn}; "
+                f"n_samples={sum(len(y) for _, y in batches)}; training images, no augmentation")
+        rows = []
+        for idx in np.ndindex(s.loss.shape):
+            coords = {"coord_x": float(axis[idx[0]])}
+            if dims == 2:
+                coords["coord_y"] = float(axis[idx[1]])
+            rows += [{"metric": "slice_loss", "value": float(s.loss[idx]), **coords},
+                     {"metric": "slice_acc", "value": float(s.accuracy[idx]), **coords}]
+        return [{"stage": unit.name, "note": note, **r} for r in rows]

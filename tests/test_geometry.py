@@ -1,0 +1,216 @@
+"""Loss-landscape geometry against closed forms: filter norms, the parabola of a quadratic loss,
+the slice at the origin, exact restoration of the weights, barriers."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from landscape.geometry import (
+    WeightShift, check_same_architecture, direction_from_vector, direction_parameters,
+    evaluate_batches, linear_path, loss_barrier, loss_slice, normalise, random_direction,
+)
+from landscape.hessian import HessianOperator
+from landscape.models import create_model
+
+
+def small_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = create_model("small_cnn", num_classes=4, in_channels=1, width=0.5).double()
+    for m in model.modules():  # BN statistics away from their init: eval differs from train
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def batches(seed: int = 1, n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 1, 12, 12, generator=g, dtype=torch.float64),
+             torch.randint(0, 4, (8,), generator=g)) for _ in range(n)]
+
+
+def state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_filter_normalised_directions_have_the_filter_norms_of_the_weights():
+    model = small_cnn()
+    d = random_direction(model, seed=3)
+    params = dict(model.named_parameters())
+    assert set(d) == {n for n, p in params.items() if p.dim() >= 2}  # no bias, no BN
+    for name, t in d.items():
+        np.testing.assert_allclose(t.flatten(1).norm(dim=1).numpy(),
+                                   params[name].detach().flatten(1).norm(dim=1).numpy(),
+                                   rtol=1e-12)
+    layer = normalise(d, model, "layer")
+    for name, t in layer.items():
+        assert float(t.norm()) == pytest.approx(float(params[name].detach().norm()), rel=1e-12)
+    with_bn = random_direction(model, seed=3, include_bn_bias=True)
+    assert set(with_bn) == set(params)
+    assert torch.equal(random_direction(model, seed=3)[next(iter(d))], d[next(iter(d))])
+
+
+def test_the_slice_at_the_origin_is_the_evaluated_loss_and_the_weights_come_back_exactly():
+    model, data = small_cnn(), batches()
+    before = state(model)
+    d1, d2 = random_direction(model, seed=1), random_direction(model, seed=2)
+    s = loss_slice(model, data, [d1, d2], [[-1.0, 0.0, 0.5], [0.0, 0.25]])
+    loss, acc = evaluate_batches(model, data)
+    assert s.loss.shape == (3, 2) and s.loss[1, 0] == loss and s.accuracy[1, 0] == acc
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    one = loss_slice(model, data, [d1], [[-1.0, 0.0, 0.5]])
+    np.testing.assert_array_equal(one.loss, s.loss[:, 0])  # the b = 0 column of the plane
+    rec = loss_slice(model, data, [d1], [[0.5]], bn="recalibrated", bn_batches=data)
+    assert rec.loss[0] != s.loss[2, 0]  # the statistics were recomputed at the point...
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # ...and put back
+
+
+class Regression(nn.Module):
+    """Linear map, MSE loss: quadratic in the weights with Hessian 2/(n q) X^T X per output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(5, 3, bias=False)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_a_quadratic_losss_slice_is_the_parabola_of_its_hessian_along_the_direction():
+    torch.manual_seed(0)
+    model = Regression().double()
+    g = torch.Generator().manual_seed(2)
+    data = [(torch.randn(16, 5, generator=g, dtype=torch.float64),
+             torch.randn(16, 3, generator=g, dtype=torch.float64)) for _ in range(2)]
+    d = random_direction(model, seed=4, normalisation="none")
+    alphas = np.linspace(-2, 2, 9)
+    s = loss_slice(model, data, [d], [alphas], loss_fn=F.mse_loss)
+    op = HessianOperator(model, F.mse_loss, data)
+    v = torch.cat([d[n].reshape(-1) for n in op.names])
+    l0, grad = op.loss(), op.gradient()
+    curvature = float(v @ op(v))
+    expected = l0 + alphas * float(grad @ v) + 0.5 * alphas ** 2 * curvature
+    np.testing.assert_allclose(s.loss, expected, rtol=1e-10)
+    assert np.isnan(s.accuracy).all()  # regression targets: no accuracy
+
+
+def test_a_hessian_eigenvector_becomes_a_direction():
+    model, data = small_cnn(), batches()
+    names = direction_parameters(model)
+    op = HessianOperator(model, F.cross_entropy, data, params=names)
+    vec = torch.randn(op.dim, dtype=torch.float64)
+    d = direction_from_vector(model, names, vec)
+    assert torch.equal(torch.cat([d[n].reshape(-1) for n in names]), vec)
+    with pytest.raises(ValueError, match="flat with"):
+        direction_from_vector(model, names, vec[:-1])
+
+
+def test_barrier_of_a_network_with_itself_is_zero_and_the_ends_are_the_networks():
+    a, b, data = small_cnn(0), small_cnn(1), batches()
+    for bn in ("recalibrated", "interpolated"):
+        same = linear_path(a, a, data, np.linspace(0, 1, 5), bn=bn, bn_batches=data)
+        assert same.barrier == pytest.approx(0.0, abs=1e-12)
+    path = linear_path(a, b, data, [0.0, 0.5, 1.0], bn="interpolated")
+    assert path.loss[0] == evaluate_batches(a, data)[0]
+    assert path.loss[2] == evaluate_batches(b, data)[0]
+    excess = path.loss[1] - 0.5 * (path.loss[0] + path.loss[2])
+    assert path.barrier == pytest.approx(max(0.0, excess))  # the ends count: never below 0
+
+
+def test_loss_barrier_closed_form_and_errors():
+    assert loss_barrier([0, 0.25, 0.5, 1], [1.0, 2.0, 3.0, 3.0]) == pytest.approx(1.0)
+    assert loss_barrier([0, 1], [2.0, 1.0]) == 0.0
+    with pytest.raises(ValueError, match="both ends"):
+        loss_barrier([0.1, 1.0], [1.0, 1.0])
+
+
+def test_bad_inputs_are_clear_errors():
+    model, data = small_cnn(), batches()
+    d = random_direction(model, seed=1)
+    wrong = {k: v[..., :1] for k, v in d.items()}
+    with pytest.raises(ValueError, match=r"direction\[.*\] has shape"):
+        loss_slice(model, data, [wrong], [[0.0, 1.0]])
+    with pytest.raises(ValueError, match="range of zero width"):
+        loss_slice(model, data, [d], [[0.5, 0.5]])
+    with pytest.raises(ValueError, match="not a parameter"):
+        loss_slice(model, data, [{"nope": torch.zeros(1)}], [[0.0]])
+    with pytest.raises(ValueError, match="needs bn_batches"):
+        loss_slice(model, data, [d], [[0.0]], bn="recalibrated")
+    other = create_model("small_cnn", num_classes=4, in_channels=1, width=1.0).double()
+    with pytest.raises(ValueError, match="different architectures"):
+        check_same_architecture(model, other)
+    with pytest.raises(ValueError, match="normalisation must be one of"):
+        random_direction(model, seed=0, normalisation="unit")
+
+
+def test_weight_shift_restores_bit_identically_after_many_points():
+    model = small_cnn()
+    before = state(model)
+    d1, d2 = random_direction(model, seed=5), random_direction(model, seed=6)
+    with WeightShift(model, [d1, d2]) as shift:
+        for a in np.linspace(-1, 1, 7):
+            shift.set((a, 1 - a))
+        shift.set((0.0, 0.0))
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        shift.set((0.3, -0.2))
+        moved = copy.deepcopy(model.state_dict())
+    assert not all(torch.equal(before[k], moved[k]) for k in before)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --- the stages ---------------------------------------------------------------------------------
+def test_slice_and_connectivity_stages_write_coordinates_and_barriers(tmp_path):
+    from landscape import pipeline, results
+    from landscape.config import ModelConfig, RunConfig
+    from landscape.data import DataConfig
+    from landscape.stages.connectivity import ConnectivityConfig
+    from landscape.stages.sharpness import SharpnessConfig
+    from landscape.stages.slices import SliceConfig
+    from landscape.train import TrainConfig
+
+    def cfg(seed: int, **kw) -> RunConfig:
+        return RunConfig(model=ModelConfig(name="small_cnn", width=0.25, pool_level=1),
+                         data=DataConfig(name="synthetic", train_subset=64, test_subset=32),
+                         train=TrainConfig(epochs=1, batch_size=32, lr=0.05), seed=seed,
+                         results_root=str(tmp_path), device="cpu", num_threads=1,
+                         progress=False, report=False, **kw)
+
+    sl = SliceConfig(enabled=True, points_1d=5, points_2d=3, n_samples=48, batch_size=16)
+    conn = ConnectivityConfig(enabled=True, points=5, n_samples=48, batch_size=16)
+    sharp = SharpnessConfig(enabled=True, steps=3, n_samples=48, batch_size=16)
+    for seed in (0, 1):
+        summary = pipeline.run(cfg(seed, slice=sl, connectivity=conn, sharpness=sharp))
+        assert {"slice_1d_final", "slice_2d_final", "sharpness_final"} <= set(summary.ran)
+    (cell,) = pipeline.run_cells(tmp_path, overrides=cfg(0, slice=sl, connectivity=conn))
+    assert cell.ran == ["connectivity_final"]
+    df = results.load(tmp_path)
+    one = df[(df.stage == "slice_1d_final") & (df.metric == "slice_loss") & (df.seed == 0)]
+    assert one["coord_x"].tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0] and one["coord_y"].isna().all()
+    two = df[(df.stage == "slice_2d_final") & (df.metric == "slice_loss") & (df.seed == 0)]
+    assert len(two) == 9 and set(two["coord_y"]) == {-1.0, 0.0, 1.0}
+    origin = two[(two.coord_x == 0) & (two.coord_y == 0)]["value"].item()
+    assert origin == one[one.coord_x == 0]["value"].item()  # the same weights, the same data
+    barrier = df[df.metric == "loss_barrier"]
+    assert len(barrier) == 1 and (barrier["seed"].item(), barrier["seed_b"].item()) == (0, 1)
+    assert barrier["value"].item() >= 0
+    path = df[df.metric == "path_loss"].sort_values("coord_x")
+    assert path["coord_x"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    ends = path["value"].to_numpy()
+    assert barrier["value"].item() == pytest.approx(
+        max(0.0, (ends - (ends[0] + (ends[-1] - ends[0]) * path["coord_x"].to_numpy())).max()))
+    sh = df[df.stage == "sharpness_final"].set_index(["seed", "metric"])["value"]
+    assert len(sh) == 4 and (sh >= 0).all()
+    assert "rho=0.5" in df[df.metric == "adaptive_sharpness"]["note"].iloc[0]
+    from landscape.grid import write_root_report
+
+    md = write_root_report(tmp_path).read_text()
+    assert "loss barrier between seeds" in md and "worst-case sharpness" in md
+    assert "small_cnn-w0.25-synthetic-slice-2d-final.png" in md
+    with pytest.raises(ValueError, match="needs 2601 loss evaluations, over slice.max_points"):
+        pipeline.run(cfg(2, slice=SliceConfig(enabled=True, points_2d=51, max_points=2600)))
