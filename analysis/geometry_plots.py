@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.plots import _figure, _levels, _styled, _suptitle, present_stages, stage_title
+from analysis.plots import (_figure, _levels, _styled, _suptitle, mean_band, present_stages,
+                            stage_title)
 from analysis.stats import grid_frame, select
 
 
@@ -25,17 +26,11 @@ def slice_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
     stages = [st for st in present_stages(s, "slice") if st.startswith("slice_1d_")]
     if not stages:
         return None
-    fig, axes = _figure(1, len(stages))
+    fig, axes = _figure(1, len(stages), panel=(5.2, 3.4))
     for ax, st in zip(axes[0], stages):
         for cell, label, colour, marker in _levels(g):
-            piv = select(s, stage=st, cell=cell).pivot_table(index="coord_x", columns="seed",
-                                                             values="value")
-            if piv.empty:
-                continue
-            x = piv.index.to_numpy(float)
-            ax.plot(x, piv.mean(axis=1), color=colour, marker=marker, ms=3, lw=1.5,
-                    label=f"{label}, n={piv.shape[1]}")
-            ax.fill_between(x, piv.min(axis=1), piv.max(axis=1), color=colour, alpha=0.2, lw=0)
+            mean_band(ax, select(s, stage=st, cell=cell).pivot_table(
+                index="coord_x", columns="seed", values="value"), colour, marker, label)
         ax.set_yscale("log")
         ax.set_xlabel("coordinate along the direction (filter-normalised)")
         ax.set_ylabel("training loss")
@@ -106,15 +101,11 @@ def connectivity(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
     left, right = axes[0]
     labels = []
     for i, (cell, label, colour, marker) in enumerate(_levels(g)):
-        piv = select(path, cell=cell).pivot_table(index="coord_x", columns=["seed", "seed_b"],
-                                                  values="value")
+        mean_band(left, select(path, cell=cell).pivot_table(
+            index="coord_x", columns=["seed", "seed_b"], values="value"), colour, marker, label,
+            what="pairs: ")
         b = select(barrier, cell=cell)["value"].to_numpy(float)
         labels.append(label)
-        if not piv.empty:
-            x = piv.index.to_numpy(float)
-            left.plot(x, piv.mean(axis=1), color=colour, marker=marker, ms=3,
-                      label=f"{label}, {piv.shape[1]} pairs")
-            left.fill_between(x, piv.min(axis=1), piv.max(axis=1), color=colour, alpha=0.2, lw=0)
         if b.size:
             right.scatter(np.full(b.size, i), b, color=colour, marker=marker, zorder=3)
             right.bar(i, b.mean(), color=colour, alpha=0.3, width=0.6)

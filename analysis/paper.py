@@ -89,34 +89,41 @@ def importance_table(g: pd.DataFrame, reference: pd.DataFrame | None, *, stage: 
            if reference is not None else pd.DataFrame())
     sizes = input_sizes(d["note"])
     comparable = width == 1.0 and sizes == [64] and stage.endswith("_init")
+    paper = protocol == "paper" and not ref.empty  # the same quantity as the published one
     rows, numbers = [], []
     for lv in d.drop_duplicates("cell").sort_values(["receptive_field", "cell"]).itertuples():
         mean, std, n = pooled_maxima(select(d, cell=lv.cell))
         row = {"Receptive field": f"RF {lv.receptive_field} px (pool {lv.pool_level})",
-               "Ours: mean ± std of the maxima": format_mean_std(mean, std) if n else MISSING,
+               "Ours: mean ± std of the maxima": (format_mean_std(mean, std, max_decimals=12)
+                                                  if n else MISSING),
                "Maps": str(n)}
-        pub = ref[ref["pool_level"] == lv.pool_level] if len(ref) else ref
+        pub = ref[ref["pool_level"] == lv.pool_level] if paper else ref.iloc[:0]
         num = {"cell": lv.cell, "pool_level": lv.pool_level, "mean": mean, "std": std, "n": n}
+        if paper:
+            row["Paper (Tables 3-4)"] = MISSING
         if len(pub):
             pm, ps = float(pub["mean"].iloc[0]), float(pub["std"].iloc[0])
-            row["Paper (Tables 3-4)"] = (f"{format_number(pm)} ± {format_number(ps)} "
+            row["Paper (Tables 3-4)"] = (f"{format_number(pm, max_decimals=12)} ± "
+                                         f"{format_number(ps, max_decimals=12)} "
                                          f"(RF {pub['receptive_field'].iloc[0]} px)")
-            within = bool(abs(mean - pm) <= 2 * ps) if n else None
-            row["Within 2 std"] = MISSING if within is None else ("yes" if within else "no")
-            num.update(paper_mean=pm, paper_std=ps, within_2_std=within)
+            if comparable:
+                within = bool(abs(mean - pm) <= 2 * ps) if n else None
+                row["Within 2 std"] = MISSING if within is None else ("yes" if within else "no")
+                num.update(within_2_std=within)
+            num.update(paper_mean=pm, paper_std=ps)
         rows.append(row)
         numbers.append(num)
-    caveat = ("" if comparable or ref.empty else
+    caveat = ("" if comparable or not paper else
               f" Not the paper's setting (width {width:g}, input "
               f"{'/'.join(map(str, sizes)) or '?'} px, {stage}): the published values are shown "
-              "for orientation only.")
+              "for orientation, not compared.")
     return Table(
         name=f"{grid_slug(g)}-{stage}".replace("_", "-"),
         title=f"{grid_title(g)}: maximum projected gradient, {stage}{protocol_tag(protocol)}",
         cells=pd.DataFrame(rows), numbers=pd.DataFrame(numbers),
         notes="Ours: mean and population std of the per-map maxima over every map of every "
-              "seed. Paper: its Tables 3 (VGG19) and 4 (ResNet50), 50 maps at init, 64x64 "
-              "input." + caveat)
+              "seed." + (" Paper: its Tables 3 (VGG19) and 4 (ResNet50), 50 maps at init, 64x64 "
+                         "input." if paper else "") + caveat)
 
 
 def input_sizes(notes: pd.Series) -> list[int]:

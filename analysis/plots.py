@@ -59,6 +59,18 @@ def stage_title(stage: str) -> str:
     return title + (" (paper protocol)" if "paper" in parts[1:-1] else "")
 
 
+def mean_band(ax: Any, piv: pd.DataFrame, colour: str, marker: str, label: str,
+              what: str = "n=") -> None:
+    """The mean over the columns of ``piv`` (e.g. seeds) vs its index, with a min-max band;
+    nothing for an empty table."""
+    if piv.empty:
+        return
+    x = piv.index.to_numpy(float)
+    ax.plot(x, piv.mean(axis=1), color=colour, marker=marker, ms=3, lw=1.5,
+            label=f"{label}, {what}{piv.shape[1]}")
+    ax.fill_between(x, piv.min(axis=1), piv.max(axis=1), color=colour, alpha=0.2, lw=0)
+
+
 def present_stages(d: pd.DataFrame, prefix: str,
                    stages: Sequence[str] | None = None) -> list[str]:
     """The stage units of ``d`` named ``<prefix>_...`` (or those of ``stages``), ours before
@@ -108,14 +120,8 @@ def hessian_eigenvalues(df: pd.DataFrame, *, arch: str | None = None, dataset: s
     positive = bool((e["value"] > 0).all())
     for ax, st in zip(axes[0], present):
         for cell, label, colour, marker in _levels(g):
-            piv = select(e, stage=st, cell=cell).pivot_table(index="index", columns="seed",
-                                                             values="value")
-            if piv.empty:
-                continue
-            k = piv.index.to_numpy(float)
-            ax.plot(k, piv.mean(axis=1), color=colour, marker=marker, ms=3, lw=1.5,
-                    label=f"{label}, n={piv.shape[1]}")
-            ax.fill_between(k, piv.min(axis=1), piv.max(axis=1), color=colour, alpha=0.2, lw=0)
+            mean_band(ax, select(e, stage=st, cell=cell).pivot_table(
+                index="index", columns="seed", values="value"), colour, marker, label)
         if positive:
             ax.set_yscale("log")
             _plain_log_ticks(ax.yaxis)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any, Sequence
 
-from analysis.tables import to_markdown
+from analysis.tables import display_cells, to_markdown
 
 Block = tuple[str, Any]  # ("h1"|"h2"|"h3"|"p"|"list"|"table"|"figure", payload)
 
@@ -37,7 +37,7 @@ def html_page(blocks: Sequence[Block], title: str) -> str:
         elif kind == "list":
             body.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in x) + "</ul>")
         elif kind == "table":
-            t = x.cells.astype(str)
+            t = display_cells(x)
             head = "".join(f"<th>{e(c)}</th>" for c in t.columns)
             rows = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>"
                            for r in t.itertuples(index=False))

@@ -216,9 +216,15 @@ def pvalue_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
 
 
 # ---------------------------------------------------------------------------------------------
+def display_cells(table: Table) -> pd.DataFrame:
+    """The table's cells as strings; a cell that is absent (NaN/None) reads "missing"."""
+    cells = table.cells.astype(object)
+    return cells.where(cells.notna(), MISSING).astype(str)
+
+
 def to_markdown(table: Table) -> str:
     """GitHub-flavoured markdown with a title line and the notes below the table."""
-    t = table.cells.astype(str)
+    t = display_cells(table)
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
@@ -243,7 +249,7 @@ def latex_escape(text: str) -> str:
 
 def to_latex(table: Table) -> str:
     """A ``table`` float with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
-    t = table.cells.astype(str)
+    t = display_cells(table)
     spec = "l" + "r" * (t.shape[1] - 1)
     body = [" & ".join(latex_escape(c) for c in r) + r" \\" for r in t.itertuples(index=False)]
     caption = latex_escape(table.title + (". " + table.notes if table.notes else ""))

@@ -36,7 +36,8 @@ def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():
 
 def test_all_names_are_registered():
     assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
-                               "hessian_topk", "cka", "demo_scaling", "paper_importance"}
+                               "hessian_topk", "cka", "demo_scaling", "paper_importance",
+                               "loss_slice"}
 
 
 def test_trainer_and_minimal_loop_compute_the_same_weights():
@@ -69,3 +70,11 @@ def test_demo_scaling_quick_times_every_stage_and_counts_flops():
     # a training step (forward + backward) costs about 3 forwards; 64x64 about 4x 32x32
     assert 3 < scale["tiny_imagenet_step_gflops_per_image"] / scale["cifar10_step_gflops_per_image"] < 5
     assert scale["cifar10_step_seconds"] > 0 and scale["params"] > 0
+
+
+def test_loss_slice_quick_agrees_with_the_copy_loop_and_loss_landscapes():
+    (row,) = bench_main(["loss_slice", "--quick"])["loss_slice"]
+    assert row["weights_restored_exactly"] is True
+    assert row["max_abs_diff_vs_copy_loop"] <= 1e-5
+    assert row["max_abs_diff_vs_loss_landscapes"] <= 1e-4  # its accumulated += / -= steps
+    assert row["points"] == 25 and row["ours_seconds"] > 0

@@ -19,14 +19,6 @@ from landscape.hessian import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Net(nn.Module):
     """conv 3x3 -> BN -> ReLU -> conv 1x1 -> ReLU -> GAP -> linear: 83 parameters."""
 

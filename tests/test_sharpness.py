@@ -17,14 +17,6 @@ from torch import nn
 from landscape.geometry.sharpness import Sharpness, sharpness_ratio, worst_case_sharpness
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Quadratic(nn.Module):
     """``forward(x) = 0.5 (w - c)^T A (w - c) + b^T w`` (ignores x) over the parameters
     ``a`` and ``z`` concatenated, ``w = [a, z]``; with ``loss_fn = lambda out, y: out``."""

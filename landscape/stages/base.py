@@ -225,6 +225,14 @@ def check_number(name: str, value: Any, *, above: float, strict: bool = True,
                          f"{' or null' if optional else ''}, got {value!r}")
 
 
+def check_counts(group: str, config: Any, names: Sequence[str], minimum: int = 1) -> None:
+    """Each of the integer settings ``<group>.<name>`` must be >= ``minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{group}.{name} must be >= {minimum}, got {value}")
+
+
 def check_checkpoints(group: str, checkpoints: Sequence[str]) -> None:
     """``<group>.checkpoints`` must be a non-empty subset of :data:`CHECKPOINTS`."""
     if not checkpoints or any(c not in CHECKPOINTS for c in checkpoints):

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from landscape.geometry import PATH_BN, linear_path
-from landscape.stages.base import CellContext, Stage, Unit, check_checkpoints, register_stage
+from landscape.stages.base import (
+    CellContext, Stage, Unit, check_checkpoints, check_counts, register_stage,
+)
 from landscape.stages.batches import evaluation_batches
 from landscape.stages.cka import PAIRS, seed_pairs
 
@@ -40,13 +42,8 @@ class ConnectivityStage(Stage):
 
     def validate(self, config: ConnectivityConfig) -> None:
         check_checkpoints("connectivity", config.checkpoints)
-        if config.points < 2:
-            raise ValueError(f"connectivity.points must be >= 2 (both ends), got "
-                             f"{config.points}")
-        for name in ("n_samples", "batch_size"):
-            if getattr(config, name) < 1:
-                raise ValueError(f"connectivity.{name} must be >= 1, got "
-                                 f"{getattr(config, name)}")
+        check_counts("connectivity", config, ["points"], minimum=2)  # both ends
+        check_counts("connectivity", config, ["n_samples", "batch_size"])
         if config.pairs not in PAIRS:
             raise ValueError(f"connectivity.pairs must be one of {PAIRS}, got {config.pairs!r}")
         if config.bn not in PATH_BN:

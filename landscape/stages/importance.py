@@ -25,7 +25,8 @@ from landscape.importance import (
 from landscape.models import InputTooSmallError, check_input_size
 from landscape.seeds import IMPORTANCE, stream_seed
 from landscape.stages.base import (
-    Output, RunContext, Stage, Unit, check_checkpoints, check_protocol, register_stage,
+    Output, RunContext, Stage, Unit, check_checkpoints, check_counts, check_protocol,
+    register_stage,
 )
 
 
@@ -55,9 +56,7 @@ class ImportanceStage(Stage):
         if config.mode not in MODES:
             raise ValueError(f"importance.mode must be one of {MODES}, got {config.mode!r}")
         check_protocol("importance", config, unused=("mode",))
-        for name in ("input_size", "n_samples"):
-            if getattr(config, name) < 1:
-                raise ValueError(f"importance.{name} must be >= 1, got {getattr(config, name)}")
+        check_counts("importance", config, ["input_size", "n_samples"])
         for name in ("mass_fraction", "rel_threshold"):
             if not 0 < getattr(config, name) <= 1:
                 raise ValueError(f"importance.{name} must be in (0, 1], got "

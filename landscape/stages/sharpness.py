@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from landscape.geometry import worst_case_sharpness
 from landscape.stages.base import (
-    RunContext, Stage, Unit, check_checkpoints, check_number, register_stage,
+    RunContext, Stage, Unit, check_checkpoints, check_counts, check_number, register_stage,
 )
 from landscape.stages.batches import evaluation_batches
 
@@ -49,9 +49,7 @@ class SharpnessStage(Stage):
         check_number("sharpness.rho_adaptive", config.rho_adaptive, above=0)
         check_number("sharpness.rho_standard", config.rho_standard, above=0)
         check_number("sharpness.eta", config.eta, above=0, strict=False)
-        for name in ("steps", "n_samples", "batch_size"):
-            if getattr(config, name) < 1:
-                raise ValueError(f"sharpness.{name} must be >= 1, got {getattr(config, name)}")
+        check_counts("sharpness", config, ["steps", "n_samples", "batch_size"])
 
     def units(self, config: SharpnessConfig) -> list[Unit]:
         return [Unit(f"sharpness_{c}", {"checkpoint": c}) for c in config.checkpoints]

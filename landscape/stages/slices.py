@@ -17,7 +17,7 @@ import numpy as np
 from landscape.geometry import BN_MODES, NORMALISATIONS, loss_slice, random_direction
 from landscape.seeds import SLICE, stream_seed
 from landscape.stages.base import (
-    RunContext, Stage, Unit, check_checkpoints, check_number, register_stage,
+    RunContext, Stage, Unit, check_checkpoints, check_counts, check_number, register_stage,
 )
 from landscape.stages.batches import evaluation_batches
 
@@ -43,10 +43,8 @@ def validate(cfg: SliceConfig) -> None:
     if not cfg.dims or any(d not in (1, 2) for d in cfg.dims):
         raise ValueError(f"slice.dims must be a non-empty subset of [1, 2], got {cfg.dims}")
     check_number("slice.span", cfg.span, above=0)
-    for name in ("points_1d", "points_2d", "n_samples", "batch_size", "max_points"):
-        if getattr(cfg, name) < (2 if name.startswith("points") else 1):
-            raise ValueError(f"slice.{name} must be >= {2 if name.startswith('points') else 1}"
-                             f", got {getattr(cfg, name)}")
+    check_counts("slice", cfg, ["points_1d", "points_2d"], minimum=2)
+    check_counts("slice", cfg, ["n_samples", "batch_size", "max_points"])
     if cfg.normalisation not in NORMALISATIONS:
         raise ValueError(f"slice.normalisation must be one of {NORMALISATIONS}, got "
                          f"{cfg.normalisation!r}")
