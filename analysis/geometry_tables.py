@@ -4,6 +4,7 @@ sharpness (with lambda_max / trace from the Hessian rows)."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -80,7 +81,9 @@ def sharpness_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str |
         num["ratio_mean"] = float(r.mean()) if r.size else math.nan
         rows.append(row)
         numbers.append(num)
-    rho = "; ".join(sorted({n.split("; steps")[0] for n in s["note"].dropna()}))
+    rho = ", ".join(f"{kind} {m.group(0)}" for kind in ("adaptive", "standard")
+                    for note in select(s, metric=f"{kind}_sharpness")["note"].dropna()[:1]
+                    if (m := re.search(r"rho=[^;]+", note)))
     return Table(f"{grid_slug(g)}-sharpness-{checkpoint}",
                  f"{grid_title(g)}: worst-case sharpness at the {checkpoint} checkpoint",
                  pd.DataFrame(rows), pd.DataFrame(numbers),

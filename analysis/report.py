@@ -266,7 +266,7 @@ def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
                    if found else "No finished stages found."))
     for g in found:
         blocks += _grid_blocks(g, arrays, reference, out_dir, stage_order)
-    blocks.append(("h2", "Failed stage units"))
+    blocks.append(("h2", "Failed or damaged stage units"))
     if failures is None:
         blocks.append(("p", "Not checked (no failure records given)."))
     else:

@@ -3,7 +3,7 @@ and the straightforward copy-per-point loop.
 
     python -m benchmarks loss_slice [--quick] [--threads N]
 
-vgg19 at width 1/4 on 512 digits images at 32x32 (``--quick``: small_cnn, 64 images, 5x5), eval
+vgg19 at width 1/8 on 256 digits images at 32x32 (``--quick``: small_cnn, 64 images, 5x5), eval
 mode, float32, the plane of two filter-normalised random directions, 21x21 points. All three
 sides evaluate the mean cross-entropy of the same images in one batch per point.
 
@@ -11,8 +11,8 @@ sides evaluate the mean cross-entropy of the same images in one batch per point.
   <= 1e-5), and vs loss-landscapes' ``planar_interpolation`` at the points its zig-zag visits
   (it moves the start point by += / -= one step per point, so its grid is offset by a step on
   every other column, and it accumulates rounding);
-* time: median of 3 runs of each side, interleaved; peak extra resident memory of each side
-  (``/proc/self/clear_refs``; NaN where unsupported).
+* time: median of 3 runs of each side, interleaved (the first run of each gives the values);
+  peak extra resident memory of each side (``/proc/self/clear_refs``; NaN where unsupported).
 
 Target (issue 16): ours >= 3x faster than loss-landscapes.
 """
@@ -81,7 +81,7 @@ def _timed(fn):
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse(make_parser(__doc__, "small_cnn, 64 images, 5x5"), argv)
     arch, width, n, steps = (("small_cnn", 0.5, 64, 5) if args.quick
-                             else ("vgg19", 0.25, 512, 21))
+                             else ("vgg19", 0.125, 256, 21))
     data = load_dataset(DataConfig(name="digits", image_size=32, augment=False))
     x = torch.stack([data.train_eval[i][0] for i in range(n)])
     y = torch.tensor([data.train_eval[i][1] for i in range(n)])
@@ -92,28 +92,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     span = 1.0
     axis = np.linspace(-span, span, steps)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ours = loss_slice(model, batches, [d1, d2], [axis, axis]).loss
+    times: dict[str, list[float]] = {"ours": [], "copy_loop": [], "loss_landscapes": []}
+    peaks: dict[str, float] = {}
+    values: dict[str, np.ndarray] = {}
+    sides = {"ours": lambda: loss_slice(model, batches, [d1, d2], [axis, axis]).loss,
+             "copy_loop": lambda: _copy_loop(model, batches, d1, d2, axis, axis),
+             "loss_landscapes": lambda: np.asarray(
+                 _loss_landscapes(model, x, y, d1, d2, span, steps))}
+    for _ in range(1 if args.quick else 3):
+        for name, fn in sides.items():
+            out, seconds, peak = _timed(fn)
+            values.setdefault(name, out)
+            times[name].append(seconds)
+            peaks[name] = max(peaks.get(name, 0.0), peak)
     exact = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    loop = _copy_loop(model, batches, d1, d2, axis, axis)
+    ours, loop, theirs = values["ours"], values["copy_loop"], values["loss_landscapes"]
     # loss-landscapes' grid: column i at -span + i h; even columns rows 1..steps, odd 0..steps-1
     h = 2 * span / steps
-    theirs = np.asarray(_loss_landscapes(model, x, y, d1, d2, span, steps))
     a_ll = -span + h * np.arange(steps)
     b_ll = -span + h * np.arange(steps + 1)
     ours_ll = loss_slice(model, batches, [d1, d2], [a_ll, b_ll]).loss
     expected = np.stack([ours_ll[i, 1:] if i % 2 == 0 else ours_ll[i, :-1]
                          for i in range(steps)])
     rows = []
-    times = {"ours": [], "copy_loop": [], "loss_landscapes": []}
-    peaks = {}
-    sides = {"ours": lambda: loss_slice(model, batches, [d1, d2], [axis, axis]),
-             "copy_loop": lambda: _copy_loop(model, batches, d1, d2, axis, axis),
-             "loss_landscapes": lambda: _loss_landscapes(model, x, y, d1, d2, span, steps)}
-    for _ in range(1 if args.quick else 3):
-        for name, fn in sides.items():
-            _, seconds, peak = _timed(fn)
-            times[name].append(seconds)
-            peaks[name] = max(peaks.get(name, 0.0), peak)
     med = {k: statistics.median(v) for k, v in times.items()}
     row = {"benchmark": "loss_slice", "arch": arch, "width": width, "images": n,
            "points": steps * steps, "weights_restored_exactly": exact,

@@ -149,8 +149,8 @@ def run(cfg: RunConfig) -> RunSummary:
     try:
         paths.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"results_root={cfg.results_root}: cannot create {paths.run_dir} "
-                         f"({e.strerror})") from None
+        raise results.ResultsRootError(f"results_root={cfg.results_root}: cannot create "
+                                       f"{paths.run_dir} ({e.strerror})") from None
     results.write_run_records(paths, identity_dict(cfg), dataclasses.asdict(cfg))
     summary = RunSummary(run_dir=str(paths.run_dir))
     cell_ctx = RunResources(cfg, identity.with_seed(None), paths, settings)

@@ -350,6 +350,13 @@ def test_cells_that_differ_in_more_than_the_pool_are_never_pooled(tmp_path, caps
     assert "train.lr=0.01" in printed and "train.lr=0.05" in printed
 
 
+def test_a_results_root_that_cannot_be_created_is_one_line(tmp_path):
+    out = cli("run_main", "data=synthetic", "results_root=/proc/forbidden/results")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert lines[0].startswith("landscape-run: error: results_root=/proc/forbidden/results")
+
+
 def test_a_results_root_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("x")
     out = cli("run_main", "data=synthetic", f"results_root={tmp_path / 'afile'}")
@@ -412,6 +419,8 @@ def test_damaged_result_files_are_recomputed_not_trusted(tmp_path, damage, caplo
 
     state = run_states(tmp_path).set_index("unit").loc["train"]
     assert state["state"] == "stale" and "damaged" in state["reason"]
+    (failed,) = results.failures(tmp_path).itertuples()  # the report lists it
+    assert failed.unit == "train" and "damaged" in failed.reason
     with caplog.at_level(logging.WARNING, logger="landscape"):
         again = pipeline.run(cfg)
     assert again.ran == ["train"] and "damaged" in caplog.text  # resumed from last.pt: no epoch

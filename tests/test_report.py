@@ -79,7 +79,7 @@ def test_report_lists_missing_runs_and_links_every_figure(partial, tmp_path):
     for ext in ("md", "tex", "csv"):
         name = f"vgg19-w1-cifar10-pruned_magnitude_0.9.{ext}"
         assert (tmp_path / "rep" / "tables" / name).is_file()
-    assert "## Failed stage units\n\n- " in md
+    assert "## Failed or damaged stage units\n\n- " in md
     assert "**Published values (the paper, not computed here): vgg19 on cifar10**" in md
     assert f"- {cell(1)}/seed=0: hessian_final: RuntimeError: boom" in md
 

@@ -55,17 +55,21 @@ def stage_dir(run_dir: Path, unit: str) -> Path:
     return Path(run_dir) / "stages" / unit
 
 
+class ResultsRootError(ValueError):
+    """The results root cannot hold results (a file, or a folder that cannot be created)."""
+
+
 def check_root(root: str | Path) -> None:
     """A usable results root: an existing folder, or a path whose nearest existing ancestor is
-    a folder we may write in (ValueError naming ``results_root`` otherwise)."""
+    a folder we may write in (:class:`ResultsRootError` naming ``results_root`` otherwise)."""
     if not str(root).strip():
-        raise ValueError("results_root must be a folder path, got an empty string")
+        raise ResultsRootError("results_root must be a folder path, got an empty string")
     path = Path(root).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"results_root={root} is a file, not a folder")
+            raise ResultsRootError(f"results_root={root} is a file, not a folder")
         return
     parent = next(p for p in path.absolute().parents if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"results_root={root} cannot be created: {parent} is not a folder "
-                         "you can write in")
+        raise ResultsRootError(f"results_root={root} cannot be created: {parent} is not a "
+                               "folder you can write in")

@@ -142,16 +142,21 @@ def read_failure(run_dir: Path, stage: str) -> str | None:
 
 
 def failures(root: str | Path) -> pd.DataFrame:
-    """Every failed stage unit under ``root``: ``run_id`` (the cell name for cell-level units),
-    ``unit`` and ``reason``. Failed units have no rows, so :func:`load` cannot show them."""
+    """Every failed or damaged stage unit under ``root``: ``run_id`` (the cell name for
+    cell-level units), ``unit`` and ``reason``. Failed units have no rows and damaged ones
+    (a DONE whose rows.csv is unreadable or holds another number of rows) not the right
+    ones, so :func:`load` cannot show them; running the stage again recomputes them."""
     root = Path(root)
-    markers = [*root.glob(f"*/seed=*/stages/*/{FAILED}"),
-               *root.glob(f"*/{CELL_DIR}/stages/*/{FAILED}")]
     rows = []
-    for path in sorted(markers):
-        run_dir = path.parents[2]
-        rows.append({"run_id": run_dir.relative_to(root).as_posix().removesuffix(f"/{CELL_DIR}"),
-                     "unit": path.parent.name, "reason": read_failure(run_dir, path.parent.name)})
+    for marker, damaged in ((FAILED, False), (DONE, True)):
+        for path in sorted([*root.glob(f"*/seed=*/stages/*/{marker}"),
+                            *root.glob(f"*/{CELL_DIR}/stages/*/{marker}")]):
+            run_dir, unit = path.parents[2], path.parent.name
+            reason = (_damage(run_dir, unit, read_done(run_dir, unit) or {}) if damaged
+                      else read_failure(run_dir, unit))
+            if reason:
+                rows.append({"run_id": run_dir.relative_to(root).as_posix()
+                            .removesuffix(f"/{CELL_DIR}"), "unit": unit, "reason": reason})
     return pd.DataFrame(rows, columns=["run_id", "unit", "reason"])
 
 
