@@ -23,9 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from torch.nn import functional as F
-from torch.utils.data import Subset
 
 from landscape.hessian import (
     BN_MODES, EIGEN_BACKENDS, DensityResult, HessianOperator, SolverOptions, hessian_trace,
