@@ -229,4 +229,4 @@ def test_experiment_paper_small_runs_end_to_end(tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "rate 0.9 (paper protocol)" in md and "Hessian spectrum by the paper's procedure" in md
     assert "maximum projected gradient, importance_paper_init (paper protocol)" in md
-    assert (tmp_path / "report" / "figures").glob("*hessian-density-paper.png")
+    assert list((tmp_path / "report" / "figures").glob("*hessian-density-paper.png"))

@@ -12,9 +12,9 @@ except by the pyhessian backend.
 
 from __future__ import annotations
 
-from landscape.hessian.backends import EIGEN_BACKENDS
 import torch
 
+from landscape.hessian.backends import EIGEN_BACKENDS
 from landscape.hessian.density import (
     DensityResult, TraceResult, hutchinson_trace, lanczos_quadrature, slq_density,
 )
