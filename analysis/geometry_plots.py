@@ -119,3 +119,31 @@ def connectivity(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
     right.set_title("barrier per seed pair")
     _suptitle(fig, g, f"linear mode connectivity between seeds, {stage_title(st)}")
     return fig
+
+
+@_styled
+def pruned_curvature(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                     width: float | None = None, criterion: str = "magnitude",
+                     protocol: str = "default") -> Figure | None:
+    """The top eigenvalue of the Hessian on the unpruned weights vs the pruning rate, one line
+    per receptive field (mean over seeds, band = min-max); one panel after pruning, one after
+    fine-tuning when present."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    top = select(g, stage=["prune", "finetune"], criterion=criterion, protocol=protocol,
+                 metric="pruned_hessian_eigenvalue", index=1)
+    if top.empty:
+        return None
+    panels = [ft for ft in (False, True) if len(select(top, finetuned=ft))]
+    fig, axes = _figure(1, len(panels), panel=(4.2, 3.2))
+    for ax, ft in zip(axes[0], panels):
+        for cell, label, colour, marker in _levels(g):
+            mean_band(ax, select(top, cell=cell, finetuned=ft).pivot_table(
+                index="prune_rate", columns="seed", values="value"), colour, marker, label)
+        ax.set_yscale("log")
+        ax.set_xlabel("pruning rate (fraction of weights removed)")
+        ax.set_ylabel("λ_max on the unpruned weights")
+        ax.set_title("after fine-tuning" if ft else "after pruning")
+        ax.legend(loc="best")
+    _suptitle(fig, g, f"curvature of the pruned networks, criterion {criterion}"
+              + (" (paper protocol)" if protocol == "paper" else ""))
+    return fig

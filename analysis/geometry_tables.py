@@ -90,3 +90,49 @@ def sharpness_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str |
                  "Largest rise of the training loss found by projected gradient ascent in the "
                  f"adaptive (|w|-scaled) and the standard L2 ball ({rho}); λ_max / trace from "
                  "the Hessian rows of the same checkpoint; mean ± std (ddof=1) over seeds.")
+
+
+def pruned_hessian_table(df: pd.DataFrame, *, arch: str | None = None,
+                         dataset: str | None = None, width: float | None = None,
+                         criterion: str = "magnitude", protocol: str = "default") -> Table | None:
+    """Rows = (receptive field, pruning rate): test accuracy and the top eigenvalue of the
+    Hessian on the unpruned weights, after pruning and after fine-tuning, and the loss barrier
+    of the path from the dense checkpoint to the pruned network; each mean ± std (ddof=1)
+    over seeds. None when the grid has no pruned-Hessian or path rows for the criterion."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    p = select(g, stage=["prune", "finetune"], criterion=criterion, protocol=protocol)
+    measured = select(p, metric=["pruned_hessian_eigenvalue", "dense_path_barrier"])
+    if measured.empty:
+        return None
+    columns = [("Test acc. pruned", False, "test_acc", None),
+               ("λ_max pruned", False, "pruned_hessian_eigenvalue", 1),
+               ("Barrier dense→pruned", False, "dense_path_barrier", None),
+               ("Test acc. fine-tuned", True, "test_acc", None),
+               ("λ_max fine-tuned", True, "pruned_hessian_eigenvalue", 1),
+               ("Barrier dense→fine-tuned", True, "dense_path_barrier", None)]
+    present = [c for c in columns if len(select(p, finetuned=c[1], metric=c[2]))]
+    rows, numbers = [], []
+    for lv in _levels_frame(g).itertuples(index=False):
+        for rate in sorted(select(measured, cell=lv.cell)["prune_rate"].dropna().unique()):
+            row = {"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
+                   "Rate": f"{rate:g}"}
+            num = {"cell": lv.cell, "prune_rate": float(rate)}
+            for title, ft, metric, index in present:
+                s = select(p, cell=lv.cell, prune_rate=rate, finetuned=ft, metric=metric,
+                           index=pd.NA if index is None else index)
+                x = s["value"].to_numpy(float)
+                row[title] = _mean_std(x)
+                num[f"{metric}_{'finetuned' if ft else 'pruned'}"] = (
+                    float(x.mean()) if x.size else math.nan)
+            rows.append(row)
+            numbers.append(num)
+    slug = f"{grid_slug(g)}-pruned-hessian-{criterion}{'-paper' if protocol == 'paper' else ''}"
+    note = measured["note"].dropna().iloc[0] if measured["note"].notna().any() else ""
+    return Table(slug.replace(":", "-"),
+                 f"{grid_title(g)}: curvature of the pruned networks, criterion {criterion}"
+                 + (" (paper protocol)" if protocol == "paper" else ""),
+                 pd.DataFrame(rows), pd.DataFrame(numbers),
+                 "λ_max: top eigenvalue of the training-loss Hessian restricted to the unpruned "
+                 "weights (rate 0 = the dense network by the same procedure); barrier: max over "
+                 "the linear path from the dense checkpoint of the loss minus the straight line "
+                 f"between its ends; mean ± std (ddof=1) over seeds; {note}.")

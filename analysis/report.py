@@ -21,7 +21,7 @@ from analysis.plots import present_stages, stage_title
 from analysis.render import Block, html_page, markdown
 from analysis.stats import (GRID_COLUMNS, UNIT_COLUMNS, final_epoch, grid_frame, grids,
                             pruning_observations, rank_correlation, select, with_variants)
-from analysis.geometry_tables import barrier_table, sharpness_table
+from analysis.geometry_tables import barrier_table, pruned_hessian_table, sharpness_table
 from analysis.tables import (MISSING, Table, format_number, grid_slug, grid_title, level_label,
                              pruning_table, pvalue_table, to_csv, to_latex, to_markdown,
                              training_table)
@@ -156,6 +156,11 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
         same = units[(units["finetuned"] == u.finetuned) & (units["protocol"] == u.protocol)]
         if math.isclose(u.prune_rate, same["prune_rate"].max()) and g["cell"].nunique() > 1:
             blocks.append(("table", pvalue_table(g, **args)))
+    curvature = [t for c, p in sorted({(str(u.criterion), str(u.protocol))
+                                       for u in units.itertuples(index=False)})
+                 if (t := pruned_hessian_table(g, **kw, criterion=c, protocol=p)) is not None]
+    if curvature:
+        blocks += [("h3", "Curvature of the pruned networks")] + [("table", t) for t in curvature]
     barriers = [t for st in present_stages(select(g, metric="loss_barrier"), "connectivity")
                 if (t := barrier_table(g, **kw, stage=st)) is not None]
     if barriers:
@@ -207,6 +212,12 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
            f"Training loss on the plane of two filter-normalised random directions, "
            f"{stage_title(st)}.") for st in present_stages(select(g, metric="slice_loss"),
                                                            "slice") if "_2d_" in st],
+        *[(f"pruned-curvature-{c}{'-paper' if p == 'paper' else ''}".replace(":", "-"),
+           (lambda c=c, p=p: geometry_plots.pruned_curvature(g, **kw, criterion=c, protocol=p)),
+           f"Top Hessian eigenvalue on the unpruned weights vs pruning rate, criterion {c}"
+           + (" (paper protocol)." if p == "paper" else "."))
+          for c, p in criteria if len(select(g, metric="pruned_hessian_eigenvalue",
+                                             criterion=c, protocol=p))],
         ("connectivity", lambda: geometry_plots.connectivity(g, **kw),
          "Loss on the linear path between two seeds and its barrier."),
         ("importance", lambda: plots.importance_maps(g, arrays, **kw),

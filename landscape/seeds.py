@@ -44,9 +44,10 @@ HESSIAN_DATA = Stream("hessian_data", 4243)  # augmentation and order of its eva
 STRUCTURED_PRUNE = Stream("structured_prune", 5000)  # torch-pruning's random choices
 IMPORTANCE = Stream("importance", 7919)  # random inputs of the projected-gradient maps
 SLICE = Stream("slice", 8000, 2)  # the random directions of a loss slice (plane: draws 0, 1)
+PRUNED_HESSIAN = Stream("pruned_hessian", 9000)  # start vectors of the pruned nets' Hessians
 
 STREAMS = (INIT, TRAIN_EPOCH, FINETUNE, FINETUNE_EPOCH, HESSIAN, HESSIAN_DATA, STRUCTURED_PRUNE,
-           IMPORTANCE, SLICE)
+           IMPORTANCE, SLICE, PRUNED_HESSIAN)
 
 
 def _check_disjoint(streams: tuple[Stream, ...]) -> None:

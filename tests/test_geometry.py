@@ -4,6 +4,7 @@ the slice at the origin, exact restoration of the weights, barriers."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,93 @@ def test_slice_and_connectivity_stages_write_coordinates_and_barriers(tmp_path):
     assert "small_cnn-w0.25-synthetic-slice-2d-final.png" in md
     with pytest.raises(ValueError, match="needs 2601 loss evaluations, over slice.max_points"):
         pipeline.run(cfg(2, slice=SliceConfig(enabled=True, points_2d=51, max_points=2600)))
+
+
+def test_pruned_network_geometry_in_the_prune_and_finetune_units(tmp_path):
+    """The pruned Hessian of a prune unit is the masked operator of the checkpoint pruned by
+    its saved masks; the dense -> pruned path starts at the checkpoint; fine-tuned networks get
+    the same rows; changing only the geometry settings recomputes the units visibly."""
+    from torch.nn import functional as F
+
+    from landscape import pipeline, results
+    from landscape.config import ModelConfig, RunConfig
+    from landscape.data import DataConfig
+    from landscape.geometry import evaluate_batches
+    from landscape.hessian import HessianOperator, MaskedOperator, top_eigenvalues
+    from landscape.identity import identify
+    from landscape.pruning import recalibrate_bn
+    from landscape.stages.prune import PruneConfig
+    from landscape.storage import load_checkpoint
+    from landscape.train import TrainConfig
+
+    def cfg(prune: PruneConfig) -> RunConfig:
+        return RunConfig(model=ModelConfig(name="small_cnn", width=0.25, pool_level=1),
+                         data=DataConfig(name="synthetic", train_subset=64, test_subset=32),
+                         train=TrainConfig(epochs=1, batch_size=32, lr=0.05),
+                         results_root=str(tmp_path), device="cpu", num_threads=1,
+                         progress=False, report=False, prune=prune)
+
+    geometry = dict(hessian_k=3, hessian_blocks=True, hessian_trace_samples=3,
+                    hessian_tol=1e-5, path_points=3, geometry_samples=40,
+                    geometry_batch_size=16)
+    p = PruneConfig(enabled=True, rates=[0.0, 0.8], finetune=True, finetune_epochs=1,
+                    finetune_lr=0.01, **geometry)
+    summary = pipeline.run(cfg(p))
+    df = results.load(tmp_path)
+    df = df[df.stage.isin(["prune", "finetune"])].astype({"finetuned": bool})
+    eig = df[df.metric == "pruned_hessian_eigenvalue"]
+    assert set(zip(eig.prune_rate, eig.finetuned)) == {(0.0, False), (0.8, False), (0.0, True),
+                                                       (0.8, True)}
+    assert (eig.groupby(["prune_rate", "finetuned"])["index"].apply(list) == [[1, 2, 3]] * 4).all()
+    # oracle: the checkpoint, pruned by the unit's saved masks, on the same 40 images
+    run_dir = Path(summary.run_dir)
+    unit = next(u for u in summary.ran if u.startswith("prune_magnitude_0.8"))
+    masks = {k: torch.from_numpy(v) for k, v in results.read_arrays(run_dir, unit).items()}
+    model = identify(cfg(p)).build_model()
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "final.pt")["model"])
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for k, m in masks.items():
+            model.state_dict()[k].mul_(m)
+    from landscape.data import load_dataset
+    data = load_dataset(cfg(p).data)
+    x = torch.stack([data.train_eval[i][0] for i in range(40)])
+    y = torch.tensor([int(data.train_eval[i][1]) for i in range(40)])
+    batches = [(x[:16], y[:16]), (x[16:32], y[16:32]), (x[32:], y[32:])]
+    f64 = copy.deepcopy(model).double()
+    mop = MaskedOperator(HessianOperator(f64, F.cross_entropy,
+                                         [(a.double(), b) for a, b in batches]), masks)
+    ref = top_eigenvalues(mop, 3, tol=1e-10).eigenvalues
+    ours = eig[(eig.prune_rate == 0.8) & ~eig.finetuned].sort_values("index")
+    np.testing.assert_allclose(ours["value"].to_numpy(), ref, rtol=1e-4)
+    dim = df[(df.metric == "pruned_hessian_dim") & (df.prune_rate == 0.8)
+             & ~df.finetuned]["value"].item()
+    assert dim == mop.dim == sum(p.numel() for p in model.parameters()) - sum(
+        int((~m).sum()) for m in masks.values())
+    blocks = df[(df.metric == "block_hessian_eigenvalue") & (df.prune_rate == 0.8)]
+    assert set(blocks.layer) <= {n for n, _ in model.named_modules()} and len(blocks) == 2 * len(
+        set(blocks.layer))
+    # the path: alpha 0 is the dense checkpoint (BN recalibrated on the same images), alpha 1
+    # the pruned network; at rate 0 the two ends are the same network
+    path = df[(df.metric == "dense_path_loss") & (df.prune_rate == 0.8)
+              & ~df.finetuned].sort_values("coord_x")
+    assert path["coord_x"].tolist() == [0.0, 0.5, 1.0]
+    model.load_state_dict(dense_state)
+    recalibrate_bn(model, batches, "cpu")
+    assert path["value"].iloc[0] == pytest.approx(evaluate_batches(model, batches)[0], rel=1e-5)
+    zero = df[(df.metric == "dense_path_barrier") & (df.prune_rate == 0.0)
+              & ~df.finetuned]["value"].item()
+    assert zero == pytest.approx(0.0, abs=1e-6)
+    assert "Hessians: BN in eval mode" in df[df.metric == "pruned_hessian_dim"]["note"].iloc[0]
+    from landscape.grid import write_root_report
+
+    md = write_root_report(tmp_path).read_text()
+    assert "curvature of the pruned networks, criterion magnitude" in md
+    assert "small_cnn-w0.25-synthetic-pruned-curvature-magnitude.png" in md
+    # geometry settings are not in the unit names: a change recomputes the same units
+    again = pipeline.run(cfg(PruneConfig(**{**p.__dict__, "hessian_k": 2})))
+    assert sorted(u.split("_")[0] for u in again.ran) == ["finetune"] * 2 + ["prune"] * 2
+    with pytest.raises(ValueError, match="prune.path_points must be 0"):
+        pipeline.run(cfg(PruneConfig(enabled=True, path_points=1)))
+    with pytest.raises(ValueError, match="prune.path_points needs unstructured pruning"):
+        pipeline.run(cfg(PruneConfig(enabled=True, structured=True, path_points=3)))

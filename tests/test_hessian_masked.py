@@ -316,3 +316,23 @@ def test_block_curvature_errors(problem):
         block_curvature(model, LOSS, batches, {"a": ["fc.bias"]}, trace_samples=1)
     with pytest.raises(ValueError, match="bn_mode must be one of"):
         block_curvature(model, LOSS, batches, bn_mode="frozen")
+
+
+def test_masked_block_curvature_is_the_dense_block_on_the_kept_coordinates(problem):
+    model, batches, hess, ranges = problem
+    masks = random_masks(model, seed=7)
+    masks["conv2.weight"] = torch.zeros_like(masks["conv2.weight"])  # conv2: only its bias left
+    blocks = {**BLOCKS, "gone": ["conv2.weight"]}  # every coordinate pruned: left out
+    before = snapshot(model)
+    out = block_curvature(model, LOSS, batches, blocks, k=1, trace_samples=200, seed=5,
+                          tol=1e-12, masks=masks)
+    assert_unchanged(model, before)
+    assert [b.name for b in out] == list(BLOCKS)
+    for b in out:
+        idx = torch.cat([torch.tensor(list(ranges[n]))[masks[n].reshape(-1)] if n in masks
+                         else torch.tensor(list(ranges[n])) for n in b.names])
+        block = hess[idx][:, idx]
+        assert b.num_params == len(idx)
+        np.testing.assert_allclose(b.eigenvalues, top_desc(block, 1), rtol=1e-8, atol=1e-12)
+        ref = hutchinson_trace(lambda v, a=block: a @ v, len(idx), n_samples=200, seed=5)
+        assert b.trace == pytest.approx(ref.estimate, rel=1e-9, abs=1e-12)

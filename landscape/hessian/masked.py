@@ -153,6 +153,7 @@ def block_curvature(
     device: str | torch.device = "cpu",
     seed: int = 0,
     tol: float = 1e-6,
+    masks: Mapping[str, Tensor] | None = None,
 ) -> list[BlockCurvature]:
     """Top-k eigenvalues (thick-restart Lanczos, residual ``<= tol * |lambda_max|``) and the
     Hutchinson trace (``trace_samples`` Rademacher vectors) of each diagonal Hessian block
@@ -161,6 +162,10 @@ def block_curvature(
 
     ``blocks``: name -> parameter names, in the order wanted (default :func:`default_blocks`).
     Lanczos and Hutchinson use ``seed`` in every block. The model is never changed.
+
+    ``masks`` (keep-masks by parameter name, as for :class:`MaskedOperator`): each block is
+    restricted to its unpruned coordinates, ``H[B & S, B & S]``, and ``num_params`` counts
+    them; a block whose every coordinate is pruned is left out of the result.
     """
     if blocks is None:
         blocks = default_blocks(model)
@@ -172,8 +177,12 @@ def block_curvature(
         if isinstance(params, str) or not isinstance(params, Sequence) or not params:
             raise ValueError(f"blocks[{name!r}] must be a non-empty list of parameter names, "
                              f"got {params!r}")
-        op = HessianOperator(model, loss_fn, batches, params=list(params), bn_mode=bn_mode,
-                             device=device)
+        full = HessianOperator(model, loss_fn, batches, params=list(params), bn_mode=bn_mode,
+                               device=device)
+        sub = {n: m for n, m in (masks or {}).items() if n in full.names}
+        if sub and not any(bool(m.any()) for m in sub.values()) and len(sub) == len(full.names):
+            continue  # the whole block is pruned: an empty sub-matrix
+        op = MaskedOperator(full, sub) if sub else full
         if isinstance(k, int) and not isinstance(k, bool) and k > op.dim:
             raise ValueError(f"k={k} exceeds the {op.dim} parameters of block {name!r}")
         top = lanczos_top_k(op, op.dim, k, dtype=op.dtype, device=op.device, which="LA",
@@ -184,6 +193,6 @@ def block_curvature(
         out.append(BlockCurvature(
             name=str(name), names=tuple(op.names), num_params=op.dim,
             top_eigenvalue=values[0], eigenvalues=values, trace=trace.estimate,
-            trace_stderr=trace.stderr, converged=top.converged, num_hvp=op.num_hvp,
+            trace_stderr=trace.stderr, converged=top.converged, num_hvp=full.num_hvp,
         ))
     return out

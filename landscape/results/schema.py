@@ -93,6 +93,20 @@ METRICS: dict[str, str] = {
                           "(ASAM's adaptive L2 ball; rho in note), loss units",
     "standard_sharpness": "worst-case rise of the training loss within ||delta|| <= rho "
                           "(rho in note), loss units",
+    # prune, finetune: geometry of the pruned (fine-tuned) network, prune.hessian_k etc.
+    "pruned_hessian_eigenvalue": "eigenvalue of the training-loss Hessian restricted to the "
+                                 "unpruned weights; index = rank (1 = largest)",
+    "pruned_hessian_residual": "Lanczos residual ||H x - lambda x|| of that eigenpair; "
+                               "index = rank",
+    "pruned_hessian_dim": "number of unpruned coordinates the pruned Hessian acts on",
+    "block_hessian_eigenvalue": "top eigenvalue of one module's diagonal Hessian block on its "
+                                "unpruned weights; layer = module",
+    "block_hessian_trace": "Hutchinson trace of that block; layer = module",
+    "dense_path_loss": "training loss on the linear path from the dense checkpoint (alpha 0) "
+                       "to the pruned or fine-tuned network (alpha 1 = coord_x), BN "
+                       "recalibrated per point",
+    "dense_path_acc": "training accuracy on that path at alpha = coord_x, fraction",
+    "dense_path_barrier": "loss barrier of that path (loss units; >= 0)",
     # connectivity (cell-level: linear paths between the seeds of a cell)
     "path_loss": "loss on the linear path from seed to seed_b at alpha = coord_x",
     "path_acc": "accuracy on the linear path at alpha = coord_x, fraction in [0, 1]",

@@ -15,8 +15,10 @@ from landscape.pruning import finetune, sparsity_report
 from landscape.seeds import FINETUNE, FINETUNE_EPOCH, stream_seed
 from landscape.stages.base import RunContext, Stage, Unit, register_stage
 from landscape.stages.prune import (
-    FINETUNE_FIELDS, PruneConfig, evaluate_on_test, settings_hash, prune_note, prune_checkpoint, unit_suffix, label, validate,
+    FINETUNE_FIELDS, PruneConfig, evaluate_on_test, label, prune_checkpoint, prune_note,
+    settings_hash, unit_suffix, validate,
 )
+from landscape.stages.pruned_geometry import geometry_settings, pruned_geometry_rows
 from landscape.train import evaluate, make_loader
 
 
@@ -41,7 +43,9 @@ class FinetuneStage(Stage):
                 for r in config.rates]
 
     def settings(self, config: PruneConfig) -> dict:
-        return {}  # the unit name's hashes cover the pruning and the fine-tuning settings
+        # The unit name's hashes cover the pruning and the fine-tuning settings; the geometry
+        # measured on the fine-tuned network is recorded here (a change fine-tunes again).
+        return geometry_settings(config)
 
     def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> list[dict]:
         rate = unit.params["rate"]
@@ -96,8 +100,10 @@ class FinetuneStage(Stage):
             rows += evaluate_on_test(ctx, config, model)
         else:  # after the last epoch, as evaluated there
             rows += [{"metric": m, "value": result.eval[-1][m]} for m in ("test_acc", "test_loss")]
+        note = (prune_note(config) + f"; finetune_epochs={config.finetune_epochs}"
+                f"; finetune_lr={config.finetune_lr}")
+        dense = ctx.load_model(config.checkpoint) if config.path_points else None
+        rows += pruned_geometry_rows(ctx, config, model, masks or None, dense, note)
         common = {"criterion": label(config), "prune_rate": rate, "finetuned": True,
-                  "protocol": config.protocol,
-                  "note": prune_note(config) + f"; finetune_epochs={config.finetune_epochs}"
-                  f"; finetune_lr={config.finetune_lr}"}
+                  "protocol": config.protocol, "note": note}
         return [{**common, **r} for r in rows]

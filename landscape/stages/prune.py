@@ -36,6 +36,9 @@ from landscape.seeds import FINETUNE_EPOCH, STRUCTURED_PRUNE, stream_seed
 from landscape.stages.base import (
     CHECKPOINTS, Output, RunContext, Stage, Unit, check_number, check_protocol, register_stage,
 )
+from landscape.stages.pruned_geometry import (
+    GEOMETRY_FIELDS, geometry_settings, pruned_geometry_rows, validate_geometry,
+)
 from landscape.train import evaluate, make_loader
 
 
@@ -62,6 +65,15 @@ class PruneConfig:
     finetune_momentum: float = 0.9
     finetune_weight_decay: float = 5e-4
     finetune_grad_clip: Optional[float] = 0.1  # max global gradient L2 norm
+    # Geometry of each pruned (and fine-tuned) network, measured in its unit
+    # (landscape/stages/pruned_geometry.py); 0 / false = off.
+    hessian_k: int = 0  # top-k eigenvalues of the Hessian on the unpruned weights
+    hessian_blocks: bool = False  # per module: top eigenvalue and trace of its kept block
+    hessian_trace_samples: int = 20  # Hutchinson samples per block
+    hessian_tol: float = 1e-3  # Lanczos residual tolerance, relative to |lambda_max|
+    path_points: int = 0  # linear path dense checkpoint -> pruned network (0 = none, >= 2)
+    geometry_samples: int = 500  # the first n training images (no augmentation)
+    geometry_batch_size: int = 250
 
 
 FINETUNE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_momentum",
@@ -108,6 +120,7 @@ def validate(cfg: PruneConfig) -> None:
     check_number("prune.finetune_grad_clip", cfg.finetune_grad_clip, above=0, optional=True)
     if cfg.checkpoint not in CHECKPOINTS:
         raise ValueError(f"prune.checkpoint must be one of {CHECKPOINTS}, got {cfg.checkpoint!r}")
+    validate_geometry(cfg)
     check_protocol("prune", cfg, requires=PAPER_REQUIRES)
 
 
@@ -122,7 +135,7 @@ def settings_hash(d: dict[str, Any]) -> str:
 
 
 def _prune_key(cfg: PruneConfig) -> dict[str, Any]:
-    skip = {"enabled", "rates", "finetune", "imports", *FINETUNE_FIELDS}
+    skip = {"enabled", "rates", "finetune", "imports", *FINETUNE_FIELDS, *GEOMETRY_FIELDS}
     return {k: v for k, v in asdict(cfg).items()
             if k not in skip and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
 
@@ -211,7 +224,9 @@ class PruneStage(Stage):
         return [Unit(f"prune_{unit_suffix(config, r)}", {"rate": float(r)}) for r in config.rates]
 
     def settings(self, config: PruneConfig) -> dict:
-        return {}  # the unit name's hash covers every setting that changes the result
+        # The unit name's hash covers the pruning; the geometry measured in the unit is not
+        # in the name (adding it to finished units recomputes them rather than forking names).
+        return geometry_settings(config)
 
     def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> Output:
         rate = unit.params["rate"]
@@ -222,7 +237,10 @@ class PruneStage(Stage):
         model, masks, rows = prune_checkpoint(ctx, config, rate, model)
         rows += evaluate_on_test(ctx, config, model)
         rows.append({"metric": "dense_test_acc", "value": dense_acc})
+        note = prune_note(config)
+        dense = ctx.load_model(config.checkpoint) if config.path_points else None
+        rows += pruned_geometry_rows(ctx, config, model, masks, dense, note)
         arrays = {k: v.cpu().numpy() for k, v in masks.items()} if masks is not None else {}
         common = {"criterion": label(config), "prune_rate": rate, "finetuned": False,
-                  "protocol": config.protocol, "note": prune_note(config)}
+                  "protocol": config.protocol, "note": note}
         return Output([{**common, **r} for r in rows], arrays)
