@@ -15,15 +15,21 @@ from analysis.plots import (_figure, _levels, _styled, _suptitle, mean_band, pre
 from analysis.stats import grid_frame, select
 
 
+def slice_title(stage: str) -> str:
+    """``slice_hessian_1d_final`` -> "final ... (top Hessian eigenvectors)"."""
+    return stage_title(stage) + (", top Hessian eigenvectors" if "_hessian_" in stage
+                                 else "")
+
+
 @_styled
 def slice_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                  width: float | None = None) -> Figure | None:
     """1D loss slices: training loss vs the coordinate along a filter-normalised random
-    direction, one line per receptive field (mean over seeds, band = min-max), one panel per
-    checkpoint. Log y."""
+    direction or the top Hessian eigenvector, one line per receptive field (mean over seeds,
+    band = min-max), one panel per checkpoint and kind of direction. Log y."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     s = select(g, metric="slice_loss")
-    stages = [st for st in present_stages(s, "slice") if st.startswith("slice_1d_")]
+    stages = [st for st in present_stages(s, "slice") if "_1d_" in st]
     if not stages:
         return None
     fig, axes = _figure(1, len(stages), panel=(5.2, 3.4))
@@ -32,9 +38,10 @@ def slice_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
             mean_band(ax, select(s, stage=st, cell=cell).pivot_table(
                 index="coord_x", columns="seed", values="value"), colour, marker, label)
         ax.set_yscale("log")
-        ax.set_xlabel("coordinate along the direction (filter-normalised)")
+        ax.set_xlabel("coordinate along the direction ("
+                      + ("units of ||w||)" if "_hessian_" in st else "filter-normalised)"))
         ax.set_ylabel("training loss")
-        ax.set_title(stage_title(st))
+        ax.set_title(slice_title(st))
     axes[0, -1].legend(loc="upper center")
     _suptitle(fig, g, "1D loss slices (line = mean over seeds, band = min–max)")
     return fig
@@ -45,11 +52,12 @@ def slice_planes(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
                  width: float | None = None, stage: str | None = None,
                  n_levels: int = 12) -> Figure | None:
     """2D loss slices: contours of log10 of the training loss (mean over seeds) on the plane of
-    two filter-normalised random directions, one panel per receptive field, the same contour
-    levels in every panel. ``stage``: the 2D unit (default: the first present)."""
+    two filter-normalised random directions (or the top two Hessian eigenvectors), one panel per
+    receptive field, the same contour levels in every panel. ``stage``: the 2D unit (default:
+    the first present)."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     s = select(g, metric="slice_loss")
-    stages = [st for st in present_stages(s, "slice") if st.startswith("slice_2d_")]
+    stages = [st for st in present_stages(s, "slice") if "_2d_" in st]
     if stage is None:
         stage = stages[0] if stages else None
     if stage not in stages:
@@ -79,7 +87,7 @@ def slice_planes(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
         ax.grid(False)
     if cs is not None:
         fig.colorbar(cs, ax=axes.ravel().tolist(), label="log10 training loss", shrink=0.85)
-    _suptitle(fig, g, f"2D loss slices {stage_title(stage)} (mean over seeds; shared levels; "
+    _suptitle(fig, g, f"2D loss slices {slice_title(stage)} (mean over seeds; shared levels; "
                       "+ = the trained weights)")
     return fig
 

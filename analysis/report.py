@@ -207,10 +207,12 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
            + ("; ReLU outputs, upper triangle mirrored." if "_paper_" in st else "."))
           for st in present_stages(select(g, metric="cka"), "cka")],
         ("slice-1d", lambda: geometry_plots.slice_curves(g, **kw),
-         "Training loss along a filter-normalised random direction around the weights."),
+         "Training loss along a filter-normalised random direction (or the top Hessian "
+         "eigenvector, scaled to ||w||) around the weights."),
         *[(st.replace("_", "-"), (lambda st=st: geometry_plots.slice_planes(g, **kw, stage=st)),
-           f"Training loss on the plane of two filter-normalised random directions, "
-           f"{stage_title(st)}.") for st in present_stages(select(g, metric="slice_loss"),
+           ("Training loss on the plane of the top two Hessian eigenvectors (each scaled to "
+            "||w||), " if "_hessian_" in st else "Training loss on the plane of two "
+            "filter-normalised random directions, ") + f"{stage_title(st)}.") for st in present_stages(select(g, metric="slice_loss"),
                                                            "slice") if "_2d_" in st],
         *[(f"pruned-curvature-{c}{'-paper' if p == 'paper' else ''}".replace(":", "-"),
            (lambda c=c, p=p: geometry_plots.pruned_curvature(g, **kw, criterion=c, protocol=p)),

@@ -305,3 +305,87 @@ def test_pruned_network_geometry_in_the_prune_and_finetune_units(tmp_path):
         pipeline.run(cfg(PruneConfig(enabled=True, path_points=1)))
     with pytest.raises(ValueError, match="prune.path_points needs unstructured pruning"):
         pipeline.run(cfg(PruneConfig(enabled=True, structured=True, path_points=3)))
+
+
+def test_model_normalisation_keeps_the_direction_and_takes_the_weights_norm():
+    model = create_model("small_cnn", width=0.25, pool_level=1, num_classes=3)
+    d = random_direction(model, seed=3, normalisation="none", include_bn_bias=True)
+    out = normalise(d, model, "model")
+    params = dict(model.named_parameters())
+    w_norm = torch.sqrt(sum(params[n].detach().double().square().sum() for n in d))
+    o_norm = torch.sqrt(sum(t.double().square().sum() for t in out.values()))
+    assert float(o_norm) == pytest.approx(float(w_norm), rel=1e-6)
+    ratio = {n: float((out[n].double() / d[n].double()).flatten()[0]) for n in d}
+    assert max(ratio.values()) == pytest.approx(min(ratio.values()), rel=1e-6)  # parallel
+
+
+def test_slices_along_the_saved_hessian_eigenvectors(tmp_path):
+    """The saved rows are unit eigenvectors of the Hessian of the slice's own loss (same
+    images, BN in eval mode): H v = lambda v; the slice moves the weights along ||w|| v.
+    (A second difference of the loss is no oracle for lambda here: ReLU and max-pool kinks
+    add a curvature that does not vanish as the step shrinks.)"""
+    from landscape import pipeline, results
+    from landscape.config import ModelConfig, RunConfig
+    from landscape.data import DataConfig
+    from landscape.stages.hessian import HessianConfig
+    from landscape.stages.slices import SliceConfig
+    from landscape.train import TrainConfig
+
+    def cfg(**kw) -> RunConfig:
+        return RunConfig(model=ModelConfig(name="small_cnn", width=0.25, pool_level=1),
+                         data=DataConfig(name="synthetic", train_subset=64, test_subset=32),
+                         train=TrainConfig(epochs=1, batch_size=32, lr=0.05),
+                         results_root=str(tmp_path), device="cpu", num_threads=1,
+                         progress=False, report=False, **kw)
+
+    h = HessianConfig(enabled=True, checkpoints=["final"], k=2, n_samples=48, batch_size=16,
+                      density_runs=0, trace_samples=0, tol=1e-6, save_eigenvectors=2)
+    sl = SliceConfig(enabled=True, directions=["random", "hessian"], span=0.001, points_1d=3,
+                     points_2d=3, n_samples=48, batch_size=16)
+    summary = pipeline.run(cfg(hessian=h, slice=sl))
+    assert {"slice_1d_final", "slice_2d_final", "slice_hessian_1d_final",
+            "slice_hessian_2d_final"} <= set(summary.ran)
+    run_dir = Path(summary.run_dir)
+    saved = results.read_arrays(run_dir, "hessian_final")
+    assert saved["eigenvectors"].shape[0] == 2
+    np.testing.assert_allclose(np.linalg.norm(saved["eigenvectors"], axis=1), 1, rtol=1e-5)
+    df = results.load(tmp_path)
+    lam = df[(df.metric == "hessian_eigenvalue")].sort_values("index")["value"].to_numpy()
+    from landscape.data import load_dataset
+    from landscape.identity import identify
+    from landscape.storage import load_checkpoint
+
+    model = identify(cfg()).build_model()
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "final.pt")["model"])
+    data = load_dataset(cfg().data)
+    x = torch.stack([data.train_eval[i][0] for i in range(48)])
+    y = torch.tensor([int(data.train_eval[i][1]) for i in range(48)])
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in (0, 16, 32)]
+    names = [str(n) for n in saved["names"]]
+    op = HessianOperator(model, F.cross_entropy, batches, params=names)
+    for i in range(2):
+        v = torch.from_numpy(saved["eigenvectors"][i]).to(op.dtype)
+        assert float((op(v) - lam[i] * v).norm()) <= 1e-3 * abs(lam[0])
+    one = df[(df.stage == "slice_hessian_1d_final") & (df.metric == "slice_loss")]
+    loss = one.sort_values("coord_x")["value"].to_numpy(float)
+    d = normalise(direction_from_vector(model, names, torch.from_numpy(
+        saved["eigenvectors"][0])), model, "model")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in d:
+                p.add_(0.001 * d[n])
+    model.eval()
+    assert loss[2] == pytest.approx(evaluate_batches(model, batches)[0], rel=1e-6)
+    assert "hessian eigenvectors 1..1" in one["note"].iloc[0]
+    from landscape.grid import write_root_report
+
+    md = write_root_report(tmp_path).read_text()
+    assert "small_cnn-w0.25-synthetic-slice-hessian-2d-final.png" in md
+    # eigenvectors missing: one clear error naming the settings to change
+    with pytest.raises(ValueError, match="hessian.save_eigenvectors >= 1"):
+        pipeline.run(cfg(seed=1, slice=SliceConfig(enabled=True, directions=["hessian"],
+                                                   dims=[1], points_1d=3, n_samples=16)))
+    with pytest.raises(ValueError, match="slice.directions must be a non-empty subset"):
+        pipeline.run(cfg(seed=1, slice=SliceConfig(enabled=True, directions=["hesian"])))
+    with pytest.raises(ValueError, match="hessian.save_eigenvectors must be in 0..hessian.k=2"):
+        pipeline.run(cfg(seed=1, hessian=HessianConfig(enabled=True, k=2, save_eigenvectors=3)))

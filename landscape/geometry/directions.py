@@ -13,6 +13,8 @@ Normalisation (``d`` the random direction, ``w`` the weights):
   the same filter of the weights, ``d[i] * ||w[i]|| / ||d[i]||``; a 1-D parameter counts as one
   filter;
 * ``"layer"``: each tensor ``d * ||w|| / ||d||``;
+* ``"model"``: the direction as a whole, ``d * ||w_S|| / ||d||`` over the parameters ``S`` it
+  moves (its direction unchanged: how a Hessian eigenvector is scaled);
 * ``"none"``: as drawn.
 """
 
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 Direction = dict[str, Tensor]
-NORMALISATIONS = ("filter", "layer", "none")
+NORMALISATIONS = ("filter", "layer", "model", "none")
 
 
 def direction_parameters(model: nn.Module, *, include_bn_bias: bool = False) -> list[str]:
@@ -44,6 +46,11 @@ def normalise(direction: Mapping[str, Tensor], model: nn.Module,
         raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     check_direction(model, direction)
     params = dict(model.named_parameters())
+    if normalisation == "model":
+        norm = lambda ts: torch.sqrt(sum(t.detach().double().square().sum() for t in ts))  # noqa: E731
+        scale = norm(params[n] for n in direction) / norm(direction.values()).clamp_min(
+            torch.finfo(torch.float64).tiny)
+        return {n: d * scale.to(d) for n, d in direction.items()}
     out: Direction = {}
     for name, d in direction.items():
         w = params[name].detach()

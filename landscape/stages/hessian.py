@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 from torch.nn import functional as F
 
 from landscape.hessian import (
@@ -31,7 +32,8 @@ from landscape.hessian import (
 )
 from landscape.seeds import HESSIAN, HESSIAN_DATA, stream_seed
 from landscape.stages.base import (
-    RunContext, Stage, Unit, check_checkpoints, check_number, check_protocol, register_stage,
+    Output, RunContext, Stage, Unit, check_checkpoints, check_number, check_protocol,
+    register_stage,
 )
 from landscape.stages.batches import evaluation_batches
 
@@ -55,12 +57,14 @@ class HessianConfig:
     density_runs: int = 4  # SLQ runs (0 = no density); the top-k run is reused as one
     density_iter: int = 60  # Lanczos steps per density run (protocol=paper: its one run)
     trace_samples: int = 50  # Hutchinson samples (0 = no trace)
+    save_eigenvectors: int = 0  # keep the top n eigenvectors (slice.directions=hessian), <= k
 
 
 # The released procedure: BN on the statistics of batches of 10 augmented training images;
 # the paper's preset (configs/hessian/paper.yaml) adds n_samples 10000 and 90 steps.
 PAPER_REQUIRES = {"bn_mode": "train", "batch_size": 10, "augment": True}
-PAPER_UNUSED = ("k", "which", "tol", "max_iter", "backend", "density_runs", "trace_samples")
+PAPER_UNUSED = ("k", "which", "tol", "max_iter", "backend", "density_runs", "trace_samples",
+                "save_eigenvectors")
 
 
 def validate(cfg: HessianConfig) -> None:
@@ -77,6 +81,9 @@ def validate(cfg: HessianConfig) -> None:
         raise ValueError("hessian.density_runs and hessian.trace_samples must be >= 0 and "
                          "hessian.density_iter >= 2")
     check_number("hessian.tol", cfg.tol, above=0)
+    if not 0 <= cfg.save_eigenvectors <= cfg.k:
+        raise ValueError(f"hessian.save_eigenvectors must be in 0..hessian.k={cfg.k}, got "
+                         f"{cfg.save_eigenvectors}")
     if cfg.max_iter is not None and cfg.max_iter < 1:
         raise ValueError(f"hessian.max_iter must be >= 1 or null, got {cfg.max_iter}")
     check_protocol("hessian", cfg, requires=PAPER_REQUIRES, unused=PAPER_UNUSED)
@@ -96,7 +103,7 @@ class HessianStage(Stage):
         tag = "paper_" if config.protocol == "paper" else ""
         return [Unit(f"hessian_{tag}{c}", {"checkpoint": c}) for c in config.checkpoints]
 
-    def run(self, ctx: RunContext, config: HessianConfig, unit: Unit) -> list[dict]:
+    def run(self, ctx: RunContext, config: HessianConfig, unit: Unit) -> Output:
         c, checkpoint = config, unit.params["checkpoint"]
         t0 = time.perf_counter()
         model = ctx.load_model(checkpoint)
@@ -107,6 +114,7 @@ class HessianStage(Stage):
                              device=ctx.settings.device)
         note = (f"checkpoint={checkpoint}; protocol={c.protocol}; bn_mode={c.bn_mode}; "
                 f"n_samples={op.num_examples}; batch_size={c.batch_size}; augment={c.augment}")
+        arrays: dict = {}
         if c.protocol == "paper":
             spectrum = paper_spectrum(op, n_iter=min(c.density_iter, op.dim),
                                       progress=ctx.progress)
@@ -114,10 +122,11 @@ class HessianStage(Stage):
                                                "value": spectrum.num_hvp}]
             note += f"; start=ones; steps={spectrum.num_hvp}"
         else:
-            rows, extra = _default_rows(ctx, c, op, seed)
+            rows, extra, arrays = _default_rows(ctx, c, op, seed)
             note += extra
         rows.append({"metric": "hessian_seconds", "value": time.perf_counter() - t0})
-        return [{"stage": unit.name, "protocol": c.protocol, "note": note, **r} for r in rows]
+        return Output([{"stage": unit.name, "protocol": c.protocol, "note": note, **r}
+                       for r in rows], arrays)
 
 
 def _density_rows(density: DensityResult) -> list[dict]:
@@ -128,15 +137,23 @@ def _density_rows(density: DensityResult) -> list[dict]:
 
 
 def _default_rows(ctx: RunContext, c: HessianConfig, op: HessianOperator,
-                  seed: int) -> tuple[list[dict], str]:
-    """Top-k eigenvalues, SLQ density and trace on one operator; (rows, note)."""
+                  seed: int) -> tuple[list[dict], str, dict]:
+    """Top-k eigenvalues, SLQ density and trace on one operator; (rows, note, arrays): the
+    arrays hold the top ``save_eigenvectors`` unit eigenvectors (float32 rows over the
+    parameters ``names``, in that order) when asked for."""
     k = min(c.k, op.dim)
     if k < c.k:
         log.warning("%s: hessian.k=%d exceeds the %d parameters; computing all %d "
                     "eigenvalues", ctx.identity.run_id, c.k, op.dim, k)
     top = top_eigenvalues(op, k, SolverOptions(which=c.which, tol=c.tol, max_iter=c.max_iter,
-                                               seed=seed, progress=ctx.progress),
+                                               seed=seed, progress=ctx.progress,
+                                               return_eigenvectors=c.save_eigenvectors > 0),
                           backend=c.backend)
+    arrays = {}
+    if c.save_eigenvectors:
+        vectors = top.eigenvectors[:c.save_eigenvectors].detach().float().cpu().numpy()
+        arrays = {"eigenvectors": vectors, "eigenvalues": top.eigenvalues[:len(vectors)],
+                  "names": np.array(op.names)}
     rows = [{"metric": "hessian_eigenvalue", "value": v, "index": i + 1}
             for i, v in enumerate(top.eigenvalues)]
     rows += [{"metric": "hessian_residual", "value": v, "index": i + 1}
@@ -159,4 +176,4 @@ def _default_rows(ctx: RunContext, c: HessianConfig, op: HessianOperator,
              {"metric": "hessian_converged", "value": float(top.converged)}]
     note = (f"; backend={top.backend}; which={c.which}; tol={c.tol}"
             + (f"; k={k} (hessian.k={c.k} > the parameter count)" if k < c.k else ""))
-    return rows, note
+    return rows, note, arrays

@@ -1,11 +1,22 @@
 """Loss-slice stage: 1D and 2D slices of the training loss around a run's checkpoint along
-filter-normalised random directions (Li et al. 2018); :mod:`landscape.geometry`.
+filter-normalised random directions (Li et al. 2018) or the top Hessian eigenvectors;
+:mod:`landscape.geometry`.
 
-Units ``slice_1d_<checkpoint>`` and ``slice_2d_<checkpoint>``. The evaluation set is the first
-``n_samples`` training images without augmentation, on the device, in batches; the directions
-are drawn from the run's seed (``SLICE`` stream: draw 0, and draw 1 for a plane's second).
-Rows: ``slice_loss`` and ``slice_acc`` with ``coord_x`` (and ``coord_y``), in units of the
-direction (1 = the norm of each filter of the weights).
+``slice.directions`` lists the kinds of directions:
+
+* ``random``: units ``slice_1d_<checkpoint>`` and ``slice_2d_<checkpoint>``; directions drawn
+  from the run's seed (``SLICE`` stream: draw 0, and draw 1 for a plane's second), normalised
+  by ``slice.normalisation`` (coordinate 1 = the norm of each filter of the weights, for
+  ``filter``);
+* ``hessian``: units ``slice_hessian_1d_<checkpoint>`` / ``slice_hessian_2d_<checkpoint>``
+  along the top one / two eigenvectors saved by the Hessian unit of the same checkpoint
+  (``hessian.save_eigenvectors >= 1`` or ``2``), each scaled as a whole to the norm of the
+  weights (``model`` normalisation: coordinate 1 = a step of length ``||w||``; it stays an
+  eigenvector, so ``slice.normalisation`` and ``include_bn_bias`` do not apply).
+
+The evaluation set is the first ``n_samples`` training images without augmentation, on the
+device, in batches. Rows: ``slice_loss`` and ``slice_acc`` with ``coord_x`` (and
+``coord_y``) in units of the direction.
 """
 
 from __future__ import annotations
@@ -13,8 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-from landscape.geometry import BN_MODES, NORMALISATIONS, loss_slice, random_direction
+from landscape.geometry import (
+    BN_MODES, NORMALISATIONS, direction_from_vector, loss_slice, normalise, random_direction,
+)
 from landscape.seeds import SLICE, stream_seed
 from landscape.stages.base import (
     RunContext, Stage, Unit, check_checkpoints, check_counts, check_number, register_stage,
@@ -36,6 +50,10 @@ class SliceConfig:
     include_bn_bias: bool = False  # move biases and BN parameters too (NaN-prone)
     bn: str = "eval"  # eval (running statistics) | recalibrated (at every point)
     max_points: int = 2601  # refuse slices with more loss evaluations (51 x 51)
+    directions: list[str] = field(default_factory=lambda: ["random"])  # random and/or hessian
+
+
+DIRECTIONS = ("random", "hessian")
 
 
 def validate(cfg: SliceConfig) -> None:
@@ -48,6 +66,9 @@ def validate(cfg: SliceConfig) -> None:
     if cfg.normalisation not in NORMALISATIONS:
         raise ValueError(f"slice.normalisation must be one of {NORMALISATIONS}, got "
                          f"{cfg.normalisation!r}")
+    if not cfg.directions or any(d not in DIRECTIONS for d in cfg.directions):
+        raise ValueError(f"slice.directions must be a non-empty subset of {list(DIRECTIONS)}, "
+                         f"got {cfg.directions}")
     if cfg.bn not in BN_MODES:
         raise ValueError(f"slice.bn must be one of {BN_MODES}, got {cfg.bn!r}")
     for d, n in ((1, cfg.points_1d), (2, cfg.points_2d ** 2)):
@@ -61,28 +82,36 @@ def validate(cfg: SliceConfig) -> None:
 class SliceStage(Stage):
     name = "slice"
     config_field = "slice"
+    selects = ("enabled", "checkpoints", "directions")
 
     def validate(self, config: SliceConfig) -> None:
         validate(config)
 
     def units(self, config: SliceConfig) -> list[Unit]:
-        return [Unit(f"slice_{d}d_{c}", {"checkpoint": c, "dims": d})
+        return [Unit(f"slice_{'hessian_' if k == 'hessian' else ''}{d}d_{c}",
+                     {"checkpoint": c, "dims": d, "directions": k})
+                for k in DIRECTIONS if k in config.directions
                 for c in config.checkpoints for d in sorted(set(config.dims))]
 
     def run(self, ctx: RunContext, config: SliceConfig, unit: Unit) -> list[dict]:
-        c, dims = config, unit.params["dims"]
-        model = ctx.load_model(unit.params["checkpoint"])
+        c, dims, checkpoint = config, unit.params["dims"], unit.params["checkpoint"]
+        model = ctx.load_model(checkpoint)
         batches = evaluation_batches(ctx, c.n_samples, c.batch_size)
-        directions = [random_direction(model, seed=stream_seed(ctx.identity.seed, SLICE, i),
-                                       normalisation=c.normalisation,
-                                       include_bn_bias=c.include_bn_bias) for i in range(dims)]
+        if unit.params["directions"] == "hessian":
+            directions = hessian_directions(ctx, model, checkpoint, dims)
+            how = "directions=hessian eigenvectors 1..%d, scaled to ||w||" % dims
+        else:
+            directions = [random_direction(model, seed=stream_seed(ctx.identity.seed, SLICE, i),
+                                           normalisation=c.normalisation,
+                                           include_bn_bias=c.include_bn_bias)
+                          for i in range(dims)]
+            how = f"normalisation={c.normalisation}; include_bn_bias={c.include_bn_bias}"
         n = c.points_1d if dims == 1 else c.points_2d
         axis = np.linspace(-c.span, c.span, n)
         s = loss_slice(model, batches, directions, [axis] * dims, bn=c.bn,
                        bn_batches=batches if c.bn == "recalibrated" else None,
                        progress=ctx.progress)
-        note = (f"checkpoint={unit.params['checkpoint']}; normalisation={c.normalisation}; "
-                f"include_bn_bias={c.include_bn_bias}; bn={c.bn}; "
+        note = (f"checkpoint={checkpoint}; {how}; bn={c.bn}; "
                 f"n_samples={sum(len(y) for _, y in batches)}; training images, no augmentation")
         rows = []
         for idx in np.ndindex(s.loss.shape):
@@ -92,3 +121,24 @@ class SliceStage(Stage):
             rows += [{"metric": "slice_loss", "value": float(s.loss[idx]), **coords},
                      {"metric": "slice_acc", "value": float(s.accuracy[idx]), **coords}]
         return [{"stage": unit.name, "note": note, **r} for r in rows]
+
+
+def hessian_directions(ctx: RunContext, model, checkpoint: str, dims: int) -> list[dict]:
+    """The top ``dims`` eigenvectors saved by the unit ``hessian_<checkpoint>``, as directions
+    scaled to the norm of the weights they cover."""
+    unit = f"hessian_{checkpoint}"
+    try:
+        saved = ctx.read_arrays(unit)
+    except FileNotFoundError:
+        saved = {}
+    vectors = saved.get("eigenvectors")
+    if vectors is None or len(vectors) < dims:
+        have = 0 if vectors is None else len(vectors)
+        raise ValueError(
+            f"slice.directions=hessian needs the top {dims} Hessian eigenvector(s) of the "
+            f"{checkpoint} checkpoint, but the unit {unit} saved {have}: enable the Hessian "
+            f"stage with hessian.checkpoints including {checkpoint!r}, hessian.protocol=default "
+            f"and hessian.save_eigenvectors >= {dims}")
+    names = [str(n) for n in saved["names"]]
+    return [normalise(direction_from_vector(model, names, torch.from_numpy(vectors[i])),
+                      model, "model") for i in range(dims)]
