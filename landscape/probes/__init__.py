@@ -6,6 +6,11 @@ position), :mod:`.border` (observed tail from probes and saturation, predicted b
 analytic receptive field).
 """
 
+from landscape.probes.border import ObservedTail, PredictedBorder, observed_tail, predicted_border
+from landscape.probes.probes import (
+    PositionProbeMap, ProbeResult, extract_features, linear_probes, position_accuracy_map,
+    position_probe_map, probe_accuracy, probe_features,
+)
 from landscape.probes.saturation import (
     RULES, CovarianceAccumulator, SaturationResult, accumulator_saturation,
     intrinsic_dimension, layer_accumulators, layer_saturation, samples_of,
@@ -13,7 +18,10 @@ from landscape.probes.saturation import (
 )
 
 __all__ = [
-    "RULES", "CovarianceAccumulator", "SaturationResult", "accumulator_saturation",
-    "intrinsic_dimension", "layer_accumulators", "layer_saturation", "samples_of",
-    "saturation_frame", "saturation_from_covariance",
+    "RULES", "CovarianceAccumulator", "ObservedTail", "PositionProbeMap", "PredictedBorder",
+    "ProbeResult", "SaturationResult", "accumulator_saturation", "extract_features",
+    "intrinsic_dimension", "layer_accumulators", "layer_saturation", "linear_probes",
+    "observed_tail", "position_accuracy_map", "position_probe_map", "predicted_border",
+    "probe_accuracy", "probe_features", "samples_of", "saturation_frame",
+    "saturation_from_covariance",
 ]
