@@ -25,10 +25,11 @@ Definitions, for one layer with D output dimensions:
 
 * saturation = intrinsic dimensionality / D, in (0, 1] (``"delve"``: [0, 1)).
 
-Accumulation is streaming and batched: per batch one float64 GEMM (x_c^T x_c of the batch's
-centred samples), merged into the running (count, mean, centred second moment) with Chan et
-al.'s pairwise update. This is algebraically delve's ``sum(x x^T)/n - mu mu^T`` but does not
-lose digits when the mean is large compared with the spread (raw sums do; see the tests).
+Accumulation is streaming and batched: per batch and layer one float64 GEMM on the samples
+shifted by a fixed reference (the first batch's mean), see :class:`CovarianceAccumulator`.
+This is delve's ``sum(x x^T)/n - mu mu^T`` evaluated on shifted data: the same value, but it
+does not lose digits when the mean is large compared with the spread (raw sums do; see the
+tests).
 
 delve's ``SaturationTracker`` (0.1.50) starts a new ``TorchCovarianceMatrix`` on every
 forward while recording (``torchcallback.py``, the ``not isinstance(self.logs[...],
@@ -71,75 +72,102 @@ def samples_of(output: Tensor, *, layer: str = "output") -> Tensor:
 class CovarianceAccumulator:
     """Streaming float64 covariance of samples with a fixed number of dimensions.
 
-    ``update(x)`` adds the rows of a 2-D (samples x D) tensor, or a layer output (see
-    :func:`samples_of`); ``merge(other)`` adds another accumulator's samples. ``count`` is the
-    number of samples so far; :meth:`covariance` is the population covariance (divided by
-    ``count``, as delve). State: count, mean (D,), centred second moment M2 (D x D), float64,
-    on the device of the first update.
+    ``update(x)`` adds the rows of a 2-D (samples x D) tensor, or the samples of a conv output
+    (see :func:`samples_of`); ``merge(other)`` adds another accumulator's samples. ``count``
+    is the number of samples so far; :meth:`covariance` is the population covariance
+    (divided by ``count``, as delve).
+
+    State (float64, on the device of the first update): a shift s (the first batch's mean),
+    and the sums of y = x - s and of y y^T. Per batch: one pass casting, shifting and laying
+    out the channelwise samples, then one GEMM (y^T y) and one GEMV (the sums). The
+    covariance ``S2/n - (S1/n)(S1/n)^T`` is delve's
+    ``E[x x^T] - mu mu^T`` evaluated on shifted data: the same value, without cancelling
+    digits when the mean is large compared with the spread.
     """
 
     def __init__(self, name: str = "samples") -> None:
         self.name = name
         self.count = 0
-        self._mean: Tensor | None = None
-        self._m2: Tensor | None = None
+        self._shift: Tensor | None = None
+        self._s1: Tensor | None = None  # sum of y
+        self._s2: Tensor | None = None  # sum of y y^T
 
     @property
     def dim(self) -> int | None:
         """Number of dimensions D, or None before the first update."""
-        return None if self._mean is None else self._mean.shape[0]
+        return None if self._shift is None else self._shift.shape[0]
 
     def update(self, x: Tensor) -> CovarianceAccumulator:
         """Add the samples of ``x`` (2-D samples x D, or a 4-D conv output); returns self."""
         if not torch.is_tensor(x):
             raise TypeError(f"{self.name}: update needs a tensor, got {type(x).__name__}")
-        x = samples_of(x.detach(), layer=self.name)
-        if self.dim is not None and x.shape[1] != self.dim:
-            raise ValueError(f"{self.name}: samples have {x.shape[1]} dimensions, earlier "
-                             f"ones had {self.dim}")
-        step = max(1, _CHUNK_ELEMENTS // max(x.shape[1], 1))
+        x = x.detach()
+        if x.dim() not in (2, 4):
+            samples_of(x, layer=self.name)  # raises, naming the layer
+        d = x.shape[1]
+        if self.dim is not None and d != self.dim:
+            raise ValueError(f"{self.name}: samples have {d} dimensions, earlier ones had "
+                             f"{self.dim}")
+        if x.shape[0] == 0 or x[0].numel() == 0:
+            return self
+        per_input = x[0].numel()
+        step = max(1, _CHUNK_ELEMENTS // per_input)
         for i in range(0, x.shape[0], step):
-            chunk = x[i : i + step].to(torch.float64)
-            mean = chunk.mean(dim=0)
-            centred = chunk - mean
-            self._add(chunk.shape[0], mean, centred.T @ centred)
+            self._update_chunk(x[i : i + step])
         return self
+
+    def _update_chunk(self, x: Tensor) -> None:
+        if self._shift is None:
+            self._shift = samples_of(x).to(torch.float64).mean(dim=0)
+            self._s1 = torch.zeros_like(self._shift)
+            self._s2 = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=x.device)
+        shift = self._shift.to(x.device)
+        d = x.shape[1]
+        # (N, C, H, W) -> (N*H*W, C) samples, cast and shifted in one pass into float64
+        view = x.reshape(x.shape[0], d, -1).transpose(1, 2) if x.dim() == 4 else x
+        y = torch.empty(view.shape, dtype=torch.float64, device=x.device)
+        torch.sub(view, shift, out=y)
+        y = y.view(-1, d)
+        ones = torch.ones(1, y.shape[0], dtype=torch.float64, device=x.device)
+        s1, s2 = (ones @ y)[0], y.T @ y  # GEMV and GEMM: column sums are slow otherwise
+        self._s1 += s1.to(self._s1.device)
+        self._s2 += s2.to(self._s2.device)
+        self.count += y.numel() // self.dim
 
     def merge(self, other: CovarianceAccumulator) -> CovarianceAccumulator:
         """Add the samples accumulated by ``other`` (unchanged); returns self."""
-        if other._mean is not None:
-            if self.dim is not None and other.dim != self.dim:
-                raise ValueError(f"{self.name}: cannot merge {other.dim}-dimensional samples "
-                                 f"into {self.dim}-dimensional ones")
-            self._add(other.count, other._mean, other._m2)
+        if other._shift is None:
+            return self
+        if self._shift is None:
+            self._shift, self._s1 = other._shift.clone(), other._s1.clone()
+            self._s2, self.count = other._s2.clone(), other.count
+            return self
+        if other.dim != self.dim:
+            raise ValueError(f"{self.name}: cannot merge {other.dim}-dimensional samples into "
+                             f"{self.dim}-dimensional ones")
+        # other's y_o = x - s_o = y - delta with delta = s_o - s, so its sums about our shift:
+        delta = (other._shift - self._shift.to(other._shift.device)).to(self._s1.device)
+        s1_o, s2_o = other._s1.to(self._s1.device), other._s2.to(self._s1.device)
+        cross = torch.outer(s1_o, delta)
+        self._s1 += s1_o + other.count * delta
+        self._s2 += s2_o + cross + cross.T + other.count * torch.outer(delta, delta)
+        self.count += other.count
         return self
-
-    def _add(self, n: int, mean: Tensor, m2: Tensor) -> None:
-        if n == 0:
-            return
-        if self._mean is None:
-            self.count, self._mean, self._m2 = n, mean.clone(), m2.clone()
-            return
-        mean, m2 = mean.to(self._mean.device), m2.to(self._mean.device)
-        total = self.count + n
-        delta = mean - self._mean
-        self._m2 = self._m2 + m2 + torch.outer(delta, delta) * (self.count * n / total)
-        self._mean = self._mean + delta * (n / total)
-        self.count = total
 
     def mean(self) -> Tensor:
         """Mean of the samples (D,), float64."""
         self._check_started()
-        return self._mean.clone()
+        return self._shift + self._s1 / self.count
 
     def covariance(self) -> Tensor:
-        """Population covariance (D x D, float64): ``E[x x^T] - mu mu^T`` = M2 / count."""
+        """Population covariance (D x D, float64): ``E[x x^T] - mu mu^T`` over the samples."""
         self._check_started()
-        cov = self._m2 / self.count
+        m = self._s1 / self.count
+        cov = self._s2 / self.count - torch.outer(m, m)
         return (cov + cov.T) / 2  # exactly symmetric
 
     def _check_started(self) -> None:
-        if self._mean is None:
+        if self._shift is None or self.count == 0:
             raise ValueError(f"{self.name}: no samples were accumulated")
 
 
