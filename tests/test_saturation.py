@@ -231,3 +231,16 @@ def test_delve_tracker_matches_on_one_batch_and_keeps_only_the_last(tmp_path) ->
     with torch.no_grad():  # a second batch replaces the first in delve 0.1.50's tracker
         model(x[:9])
     assert logs["5"]._tlen == 9  # not 40 + 9
+
+
+def test_saturation_benchmark_quick_agrees_with_the_reference_and_delve() -> None:
+    from benchmarks.__main__ import main as bench_main
+
+    (row,) = bench_main(["saturation", "--quick"])["saturation"]
+    assert row["max_abs_diff_vs_reference"] == 0.0 and row["layers"] == 4
+    assert row["ours_seconds"] > 0 and row["reference_seconds"] > 0
+    if row["delve"]:
+        assert row["max_abs_diff_vs_delve_one_batch"] == 0.0
+        assert row["max_rel_cov_diff_vs_delve"] <= 1e-9
+        # delve 0.1.50's tracker keeps the last of 4 batches only
+        assert row["delve_streamed_samples_first_layer"] * 4 == row["ours_samples_first_layer"]
