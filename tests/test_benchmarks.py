@@ -37,7 +37,7 @@ def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():
 def test_all_names_are_registered():
     assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
-                               "loss_slice"}
+                               "loss_slice", "saturation"}
 
 
 def test_trainer_and_minimal_loop_compute_the_same_weights():

@@ -1,0 +1,27 @@
+"""Per-layer saturation, linear probes and the tail of unproductive layers (issue 17).
+
+Pure functions over models and tensors (no file I/O): :mod:`.saturation` (streaming float64
+covariance, saturation as in delve 0.1.50), :mod:`.probes` (linear probes per layer and per
+position), :mod:`.border` (observed tail from probes and saturation, predicted border from the
+analytic receptive field).
+"""
+
+from landscape.probes.border import ObservedTail, PredictedBorder, observed_tail, predicted_border
+from landscape.probes.probes import (
+    PositionProbeMap, ProbeResult, extract_features, linear_probes, position_accuracy_map,
+    position_probe_map, probe_accuracy, probe_features,
+)
+from landscape.probes.saturation import (
+    RULES, CovarianceAccumulator, SaturationResult, accumulator_saturation,
+    intrinsic_dimension, layer_accumulators, layer_saturation, samples_of,
+    saturation_frame, saturation_from_covariance,
+)
+
+__all__ = [
+    "RULES", "CovarianceAccumulator", "ObservedTail", "PositionProbeMap", "PredictedBorder",
+    "ProbeResult", "SaturationResult", "accumulator_saturation", "extract_features",
+    "intrinsic_dimension", "layer_accumulators", "layer_saturation", "linear_probes",
+    "observed_tail", "position_accuracy_map", "position_probe_map", "predicted_border",
+    "probe_accuracy", "probe_features", "samples_of", "saturation_frame",
+    "saturation_from_covariance",
+]

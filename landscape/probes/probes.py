@@ -1,0 +1,262 @@
+"""Linear probes per layer (Alain & Bengio 2016; as used by Richter et al. 2021, "Size
+Matters", appendix B) and per spatial position.
+
+Features of a layer for one input:
+
+* conv output (C, H, W): ``adaptive_avg_pool2d`` to ``size x size`` (default 4), flattened
+  channel-major to ``C * size^2`` numbers; ``size=None`` keeps the full map;
+* linear output (D,): taken as is.
+
+Probe: the features are standardised with the training set's mean and standard deviation
+(columns constant on the training set are dropped: they carry nothing to fit, and would only
+shift the test inputs), then a multinomial logistic regression (scikit-learn
+``LogisticRegression``, solver ``lbfgs``: deterministic, no random state involved; L2 with
+``C=1`` by default; ``max_iter=1000``) is fitted on the training features; the probe accuracy
+is the fraction of held-out inputs classified correctly. A probe that stops at ``max_iter``
+is reported with ``converged=False`` (the ConvergenceWarning is not raised).
+
+Per-position probes (:func:`position_probe_map`): for one conv layer, one probe per spatial
+position (h, w) on the C channels there; the result is an H x W accuracy map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from landscape.activations import ActivationCapture, check_on_device, eval_mode, select_modules
+
+Batches = Iterable[Sequence[Tensor]]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe: held-out ``accuracy`` and ``train_accuracy`` in [0, 1]; ``features``:
+    feature count fed to the classifier (constant columns removed); ``constant_features``:
+    columns dropped as constant on the training set; ``n_train``, ``n_test``: inputs;
+    ``classes``: distinct training labels; ``converged``: lbfgs stopped before max_iter."""
+
+    layer: str
+    accuracy: float
+    train_accuracy: float
+    features: int
+    constant_features: int
+    n_train: int
+    n_test: int
+    classes: int
+    converged: bool
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray, layer: str, which: str) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"layer {layer!r}: {which} features must be (n, p) with n labels, got "
+                         f"{x.shape} and {y.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"layer {layer!r}: the {which} set is empty")
+    if not np.isfinite(x).all():
+        raise ValueError(f"layer {layer!r}: {which} features have non-finite values")
+    return x, y
+
+
+def probe_accuracy(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    layer: str = "features",
+    C: float = 1.0,
+    max_iter: int = 1000,
+) -> ProbeResult:
+    """Fit one standardised logistic-regression probe on (train_x, train_y) and score it on
+    (test_x, test_y); see the module docstring. Raises naming ``layer`` when the training
+    labels hold fewer than 2 classes or every feature is constant on the training set."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    train_x, train_y = _check_xy(train_x, train_y, layer, "train")
+    test_x, test_y = _check_xy(test_x, test_y, layer, "test")
+    if train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"layer {layer!r}: train has {train_x.shape[1]} features, test "
+                         f"{test_x.shape[1]}")
+    classes = np.unique(train_y)
+    if len(classes) < 2:
+        raise ValueError(f"layer {layer!r}: the training labels hold {len(classes)} class(es); "
+                         "a probe needs at least 2")
+    if not (isinstance(C, (int, float)) and C > 0) or not (isinstance(max_iter, int)
+                                                           and max_iter >= 1):
+        raise ValueError(f"C must be > 0 and max_iter an integer >= 1, got C={C!r}, "
+                         f"max_iter={max_iter!r}")
+    x64 = train_x.astype(np.float64)
+    mean, std = x64.mean(axis=0), x64.std(axis=0)
+    keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
+    if not keep.any():
+        raise ValueError(f"layer {layer!r}: all {train_x.shape[1]} features are constant on "
+                         "the training set (e.g. a dead ReLU layer); nothing to probe")
+    mean, std = mean[keep], std[keep]
+    xtr = (x64[:, keep] - mean) / std
+    xte = (test_x.astype(np.float64)[:, keep] - mean) / std
+    clf = LogisticRegression(C=float(C), solver="lbfgs", max_iter=max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(xtr, train_y)
+    return ProbeResult(
+        layer=layer, accuracy=float(np.mean(clf.predict(xte) == test_y)),
+        train_accuracy=float(np.mean(clf.predict(xtr) == train_y)),
+        features=int(keep.sum()), constant_features=int((~keep).sum()),
+        n_train=len(train_y), n_test=len(test_y), classes=len(classes),
+        converged=bool(np.all(clf.n_iter_ < max_iter)),
+    )
+
+
+def probe_features(output: Tensor, size: int | None = 4, *, layer: str = "output") -> Tensor:
+    """(N, features) of a layer output: conv (N, C, H, W) pooled to ``size x size`` (None:
+    as is) and flattened; linear (N, D) as is."""
+    if output.dim() == 2:
+        return output
+    if output.dim() == 4:
+        if size is not None:
+            output = F.adaptive_avg_pool2d(output, size)
+        return output.reshape(output.shape[0], -1)
+    raise ValueError(f"layer {layer!r} gives an output of shape {tuple(output.shape)}; probes "
+                     "need (N, D) or (N, C, H, W) outputs")
+
+
+def _check_size(size: int | None) -> None:
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"size must be None or a positive integer (pooled side), got {size!r}")
+
+
+def _collect(
+    model: nn.Module, batches: Batches, names: list[str], transform, device,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``transform(name, output)`` of every named module (execution order) and the labels,
+    from ONE forward per (inputs, labels) batch, eval mode, no grad; float32 numpy."""
+    check_on_device(model, device)
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    labels: list[np.ndarray] = []
+    order: list[str] | None = None
+
+    def on_output(name: str, out: Tensor) -> None:
+        parts[name].append(transform(name, out.detach()).to(torch.float32).cpu().numpy())
+
+    with torch.no_grad(), eval_mode(model), ActivationCapture(model, names, on_output) as cap:
+        for batch in batches:
+            if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+                raise TypeError("batches must yield (inputs, labels, ...) tuples")
+            order = cap.run(batch[0].to(device))
+            labels.append(torch.as_tensor(batch[1]).cpu().numpy().reshape(-1))
+    if order is None:
+        raise ValueError("batches yielded no batch")
+    return {n: np.concatenate(parts[n]) for n in order}, np.concatenate(labels)
+
+
+def extract_features(
+    model: nn.Module,
+    batches: Batches,
+    *,
+    layers: Sequence[str] | None = None,
+    size: int | None = 4,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(n, features) float32 arrays of every selected layer (execution order; see
+    :func:`probe_features`) and the (n,) labels, from ONE forward per (inputs, labels) batch
+    for all layers (eval mode, no grad; the caller's modes are restored)."""
+    _check_size(size)
+    names = select_modules(model, layers, arg="layers")
+    return _collect(model, batches, names,
+                    lambda name, out: probe_features(out, size, layer=name), device)
+
+
+def linear_probes(
+    model: nn.Module,
+    train_batches: Batches,
+    test_batches: Batches,
+    *,
+    layers: Sequence[str] | None = None,
+    size: int | None = 4,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    device: str | torch.device = "cpu",
+) -> dict[str, ProbeResult]:
+    """Probe accuracy of every selected layer (execution order): features from
+    :func:`extract_features` on both sets, one :func:`probe_accuracy` per layer."""
+    train, ytr = extract_features(model, train_batches, layers=layers, size=size, device=device)
+    test, yte = extract_features(model, test_batches, layers=layers, size=size, device=device)
+    return {n: probe_accuracy(train[n], ytr, test[n], yte, layer=n, C=C, max_iter=max_iter)
+            for n in train}
+
+
+@dataclass(frozen=True, eq=False)
+class PositionProbeMap:
+    """Per-position probes of one layer: ``accuracy[h, w]`` (H x W float64) is the held-out
+    accuracy of the probe on the C channels at position (h, w); ``train_accuracy`` likewise;
+    ``converged[h, w]`` as in :class:`ProbeResult`; ``size``: the pooled side or None."""
+
+    layer: str
+    accuracy: np.ndarray
+    train_accuracy: np.ndarray
+    converged: np.ndarray
+    channels: int
+    size: int | None
+
+
+def position_accuracy_map(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+    *, layer: str = "features", C: float = 1.0, max_iter: int = 1000,
+) -> PositionProbeMap:
+    """One probe per position of (n, C, H, W) feature maps; see :class:`PositionProbeMap`."""
+    train_x, test_x = np.asarray(train_x), np.asarray(test_x)
+    if train_x.ndim != 4 or test_x.ndim != 4 or train_x.shape[1:] != test_x.shape[1:]:
+        raise ValueError(f"layer {layer!r}: per-position probes need (n, C, H, W) feature maps "
+                         f"of one shape, got {train_x.shape} and {test_x.shape}")
+    _, c, h, w = train_x.shape
+    acc, tr_acc = np.empty((h, w)), np.empty((h, w))
+    conv = np.empty((h, w), dtype=bool)
+    for i in range(h):
+        for j in range(w):
+            r = probe_accuracy(train_x[:, :, i, j], train_y, test_x[:, :, i, j], test_y,
+                               layer=f"{layer}[{i},{j}]", C=C, max_iter=max_iter)
+            acc[i, j], tr_acc[i, j], conv[i, j] = r.accuracy, r.train_accuracy, r.converged
+    return PositionProbeMap(layer=layer, accuracy=acc, train_accuracy=tr_acc, converged=conv,
+                            channels=c, size=None)
+
+
+def position_probe_map(
+    model: nn.Module,
+    train_batches: Batches,
+    test_batches: Batches,
+    layer: str,
+    *,
+    size: int | None = None,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    device: str | torch.device = "cpu",
+) -> PositionProbeMap:
+    """Accuracy map of per-position probes on the conv module named ``layer`` (exact name),
+    its output pooled to ``size x size`` first when ``size`` is set (None: full resolution,
+    H * W probes)."""
+    _check_size(size)
+    if not isinstance(layer, str) or not layer or layer not in dict(model.named_modules()):
+        raise ValueError(f"layer must be the exact name of a module of the model, got {layer!r}")
+
+    def pooled(name: str, out: Tensor) -> Tensor:
+        if out.dim() != 4:
+            raise ValueError(f"layer {name!r} gives an output of shape {tuple(out.shape)}; "
+                             "per-position probes need a conv output (N, C, H, W)")
+        return out if size is None else F.adaptive_avg_pool2d(out, size)
+
+    train, ytr = _collect(model, train_batches, [layer], pooled, device)
+    test, yte = _collect(model, test_batches, [layer], pooled, device)
+    result = position_accuracy_map(train[layer], ytr, test[layer], yte, layer=layer, C=C,
+                                   max_iter=max_iter)
+    return dataclasses.replace(result, size=size)

@@ -1,0 +1,227 @@
+"""Linear probes per layer and per position; observed tail and predicted border."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from landscape.models import create_model
+from landscape.probes import (
+    extract_features, linear_probes, observed_tail, position_accuracy_map, position_probe_map,
+    predicted_border, probe_accuracy, probe_features,
+)
+
+
+def _separable(n: int, p: int, seed: int, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Class c has feature c shifted by +6: linearly separable with a wide margin."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    x = rng.standard_normal((n, p))
+    x[np.arange(n), y] += 6.0
+    return x, y
+
+
+# --- one probe ---------------------------------------------------------------------------
+
+
+def test_separable_features_reach_full_accuracy() -> None:
+    xtr, ytr = _separable(120, 8, 0)
+    xte, yte = _separable(60, 8, 1)
+    r = probe_accuracy(xtr, ytr, xte, yte, layer="fc")
+    assert r.accuracy == 1.0 and r.train_accuracy == 1.0 and r.converged
+    assert (r.features, r.constant_features, r.n_train, r.n_test, r.classes) == (8, 0, 120, 60, 3)
+
+
+def test_probe_is_deterministic_and_ignores_constant_columns() -> None:
+    xtr, ytr = _separable(90, 5, 2)
+    xte, yte = _separable(45, 5, 3)
+    pad = lambda x: np.hstack([x, np.full((len(x), 2), 7.0)])  # noqa: E731
+    a = probe_accuracy(xtr, ytr, xte, yte)
+    b = probe_accuracy(pad(xtr), ytr, pad(xte) + 1.0, yte)  # test-time shift of dead columns
+    assert b.constant_features == 2 and b.features == 5
+    assert a.accuracy == b.accuracy == probe_accuracy(xtr, ytr, xte, yte).accuracy
+
+
+def test_probe_errors_name_the_layer() -> None:
+    xtr, ytr = _separable(30, 4, 4)
+    with pytest.raises(ValueError, match="layer 'conv3': the training labels hold 1 class"):
+        probe_accuracy(xtr, np.zeros(30), xtr, ytr, layer="conv3")
+    with pytest.raises(ValueError, match="layer 'relu': all 4 features are constant"):
+        probe_accuracy(np.ones((30, 4)), ytr, xtr, ytr, layer="relu")
+    with pytest.raises(ValueError, match="layer 'fc': train has 4 features, test 3"):
+        probe_accuracy(xtr, ytr, xtr[:, :3], ytr, layer="fc")
+    with pytest.raises(ValueError, match="layer 'fc': the test set is empty"):
+        probe_accuracy(xtr, ytr, xtr[:0], ytr[:0], layer="fc")
+    with pytest.raises(ValueError, match="non-finite"):
+        probe_accuracy(np.full((30, 4), np.nan), ytr, xtr, ytr)
+    with pytest.raises(ValueError, match="C must be > 0"):
+        probe_accuracy(xtr, ytr, xtr, ytr, C=0)
+
+
+def test_features_are_pooled_conv_maps_or_linear_outputs() -> None:
+    out = torch.randn(2, 3, 8, 8)
+    f = probe_features(out, 4)
+    assert f.shape == (2, 48)
+    assert torch.allclose(f[1, :16].reshape(4, 4)[0, 0], out[1, 0, :2, :2].mean())
+    assert probe_features(out, None).shape == (2, 192)
+    assert probe_features(torch.randn(2, 7)).shape == (2, 7)
+    with pytest.raises(ValueError, match="layer 'lstm'"):
+        probe_features(torch.randn(2, 3, 4), layer="lstm")
+
+
+# --- through a model ---------------------------------------------------------------------
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+def _images(n: int, seed: int, hw: int = 8, where: tuple[int, int] | None = None):
+    """Inputs whose class is the sign pattern of a bright spot (channel 0 at ``where``, or
+    the whole channel 0 when None); everything else is noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, 2, hw, hw, generator=g)
+    level = (y.float() - 1.0) * 4.0
+    if where is None:
+        x[:, 0] += level[:, None, None]
+    else:
+        x[:, 0, where[0], where[1]] += level
+    return x, y
+
+
+def test_linear_probes_one_forward_per_batch_for_all_layers() -> None:
+    model = _net()
+    calls = []
+    model.register_forward_pre_hook(lambda m, i: calls.append(1))
+    xtr, ytr = _images(60, 0)
+    xte, yte = _images(30, 1)
+    train = [(xtr[i:i + 20], ytr[i:i + 20]) for i in range(0, 60, 20)]
+    test = [(xte[:15], yte[:15]), (xte[15:], yte[15:])]
+    res = linear_probes(model, train, test)
+    assert len(calls) == 3 + 2  # every layer from the same forward
+    assert list(res) == ["0", "2", "5"]
+    assert [r.features + r.constant_features for r in res.values()] == [4 * 16, 4 * 16, 3]
+    assert res["0"].accuracy == 1.0  # channel 0's mean is the class, linearly
+    assert all(0.0 <= r.accuracy <= 1.0 and r.n_test == 30 for r in res.values())
+    feats, labels = extract_features(model, train, layers=["2"], size=2)
+    assert feats["2"].shape == (60, 16) and feats["2"].dtype == np.float32
+    assert np.array_equal(labels, ytr.numpy())
+
+
+def test_position_map_finds_the_one_informative_position() -> None:
+    conv = nn.Conv2d(2, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(2)[:, :, None, None])  # identity: features = inputs
+    model = nn.Sequential(conv)
+    xtr, ytr = _images(90, 2, hw=4, where=(1, 2))
+    xte, yte = _images(60, 3, hw=4, where=(1, 2))
+    m = position_probe_map(model, [(xtr, ytr)], [(xte, yte)], "0")
+    assert m.accuracy.shape == (4, 4) and m.channels == 2 and m.size is None
+    assert m.accuracy[1, 2] == 1.0
+    others = np.delete(m.accuracy.ravel(), 1 * 4 + 2)
+    assert others.max() < 0.7  # chance is 1/3
+    pooled = position_probe_map(model, [(xtr, ytr)], [(xte, yte)], "0", size=2)
+    assert pooled.accuracy.shape == (2, 2) and pooled.size == 2
+    assert pooled.accuracy[0, 1] == pooled.accuracy.max()  # the quadrant holding (1, 2)
+
+
+def test_position_map_errors() -> None:
+    model = _net()
+    data = [_images(12, 0)]
+    with pytest.raises(ValueError, match="exact name of a module"):
+        position_probe_map(model, data, data, "features.*")
+    with pytest.raises(ValueError, match="layer '5'.*need a conv output"):
+        position_probe_map(model, data, data, "5")
+    with pytest.raises(ValueError, match="size must be None or a positive integer"):
+        position_probe_map(model, data, data, "0", size=0)
+    with pytest.raises(ValueError, match="one shape"):
+        position_accuracy_map(np.zeros((4, 2, 3, 3)), np.arange(4) % 2,
+                              np.zeros((4, 2, 3, 2)), np.arange(4) % 2)
+    with pytest.raises(ValueError, match=r"layer '0\[0,0\]': all 2 features are constant"):
+        position_accuracy_map(np.zeros((4, 2, 3, 3)), np.arange(4) % 2,
+                              np.zeros((4, 2, 3, 3)), np.arange(4) % 2, layer="0")
+
+
+# --- observed tail -----------------------------------------------------------------------
+
+LAYERS = ["c1", "c2", "c3", "c4", "c5", "c6"]
+
+
+def test_observed_tail_on_hand_made_sequences() -> None:
+    sat = [0.6, 0.5, 0.4, 0.1, 0.1, 0.1]  # mean 0.3
+    # accuracy rises until c4, then flat (+0.005 < 0.01)
+    acc = [0.40, 0.55, 0.70, 0.80, 0.805, 0.80]
+    t = observed_tail(LAYERS, acc, sat, epsilon=0.01)
+    assert (t.start, t.layer) == (3, "c4") and t.mean_saturation == pytest.approx(0.3)
+    # flat from c3 on, but c3's saturation 0.4 is above the mean: the tail starts at c4
+    assert observed_tail(LAYERS, [0.4, 0.6, 0.8, 0.8, 0.8, 0.8], sat).start == 3
+    # an improvement of exactly epsilon is not "less than epsilon" (numbers exact in binary)
+    steps = [0.25, 0.5, 0.625, 0.75, 0.75, 0.875]
+    assert observed_tail(LAYERS, steps, sat, epsilon=0.125).start is None
+    assert observed_tail(LAYERS, steps, sat, epsilon=0.125, min_length=1).start == 5
+    assert observed_tail(LAYERS, steps, sat, epsilon=0.25).start == 3  # c3 fails on saturation
+    # still improving at the end: no tail of 2 layers, a tail of 1 with min_length=1
+    rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert observed_tail(LAYERS, rising, sat).start is None
+    assert observed_tail(LAYERS, rising, sat, min_length=1).layer == "c6"
+    # high saturation everywhere after c1: no tail
+    assert observed_tail(LAYERS, acc, [0.1, 0.9, 0.9, 0.9, 0.9, 0.9]).start is None
+
+
+def test_observed_tail_errors_name_the_argument_or_layer() -> None:
+    acc, sat = [0.5] * 6, [0.5] * 6
+    with pytest.raises(ValueError, match="accuracy of layer 'c3' must be a finite number"):
+        observed_tail(LAYERS, [0.5, 0.5, float("nan"), 0.5, 0.5, 0.5], sat)
+    with pytest.raises(ValueError, match="saturation of layer 'c1'"):
+        observed_tail(LAYERS, acc, [None] + sat[1:])
+    with pytest.raises(ValueError, match="one value per layer"):
+        observed_tail(LAYERS, acc[:5], sat)
+    with pytest.raises(ValueError, match="epsilon must be"):
+        observed_tail(LAYERS, acc, sat, epsilon=-0.1)
+    with pytest.raises(ValueError, match="min_length must be"):
+        observed_tail(LAYERS, acc, sat, min_length=0)
+    with pytest.raises(ValueError, match="layers must be a non-empty"):
+        observed_tail([], [], [])
+
+
+# --- predicted border ----------------------------------------------------------------------
+
+
+def test_predicted_border_of_plain_3x3_convs_is_a_hand_count() -> None:
+    # Six 3x3 convs, stride 1, padding 1: conv k (1-based) sees r = 1 + 2 (k - 1) pixels at
+    # its input, i.e. 1, 3, 5, 7, 9, 11. On 8x8 inputs conv k is unproductive when
+    # 1 + 2 (k - 1) >= 8, i.e. k >= 4.5: the 5th conv, module "8" (convs at 0, 2, 4, ...).
+    layers = []
+    for _ in range(6):
+        layers += [nn.Conv2d(2, 2, 3, padding=1), nn.ReLU()]
+    model = nn.Sequential(*layers)
+    b = predicted_border(model, 8)
+    assert (b.layer, b.index, b.rf_border, b.input_size) == ("8", 4, "8", 8)
+    # probing every other conv: the first probed one at or after the border
+    assert predicted_border(model, 8, layers=["0", "4", "10"]).layer == "10"
+    assert predicted_border(model, 12, layers=["0", "2"]).layer is None  # r <= 3 < 12
+
+
+def test_predicted_border_of_vgg19_is_a_hand_count() -> None:
+    # vgg19 at level 0 (no RF pool), 32x32 inputs; input r of each conv (max-pools 2x2/2):
+    # features.0: 1, .4: 3, pool .7 -> r 6 (jump 2), .8: 6, .11: 10, pool .14 -> r 16 (jump 4),
+    # .15: 16, .18: 24, .21: 32 >= 32 -> the border is features.21, the 7th conv.
+    model = create_model("vgg19", num_classes=10, width=0.125, pool_level=0)
+    b = predicted_border(model, 32)
+    assert (b.layer, b.index, b.rf_border) == ("features.21", 6, "features.21")
+    # probing the pools too: the pool before it is productive (its input r 14 < 32)
+    assert predicted_border(model, 32, layers=["features.14", "features.2[14]"]).layer == \
+        "features.21"
+
+
+def test_predicted_border_needs_rf_table_layers() -> None:
+    model = nn.Sequential(nn.Conv2d(2, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3))
+    with pytest.raises(ValueError, match=r"layers \['1'\] are not conv/pool/linear ops"):
+        predicted_border(model, 8, layers=["1"])
+    with pytest.raises(ValueError, match="input_size must be a positive integer"):
+        predicted_border(model, 0)
