@@ -225,3 +225,26 @@ def test_predicted_border_needs_rf_table_layers() -> None:
         predicted_border(model, 8, layers=["1"])
     with pytest.raises(ValueError, match="input_size must be a positive integer"):
         predicted_border(model, 0)
+
+
+def test_one_pass_collects_the_features_and_covariances_of_every_layer() -> None:
+    """collect_layers = extract_features + layer_accumulators, from one forward per batch."""
+    from landscape.probes import collect_layers, layer_accumulators
+
+    model = create_model("small_cnn", width=0.25, pool_level=1, num_classes=3)
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, 16, 16, generator=gen), torch.arange(8) % 3) for _ in range(3)]
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    data = collect_layers(model, batches, size=2, covariance=True)
+    handle.remove()
+    assert len(calls) == 3  # one forward per batch for every layer and both quantities
+    feats, labels = extract_features(model, batches, size=2)
+    accs = layer_accumulators(model, batches)
+    assert data.layers == list(feats) == list(accs)
+    for n in data.layers:
+        np.testing.assert_array_equal(data.features[n], feats[n])
+        torch.testing.assert_close(data.covariances[n].covariance(), accs[n].covariance(),
+                                   rtol=0, atol=0)
+    np.testing.assert_array_equal(data.labels, labels)
+    assert collect_layers(model, batches).covariances == {}

@@ -7,6 +7,7 @@ analytic receptive field).
 """
 
 from landscape.probes.border import ObservedTail, PredictedBorder, observed_tail, predicted_border
+from landscape.probes.collect import LayerData, collect_layers
 from landscape.probes.probes import (
     PositionProbeMap, ProbeResult, extract_features, linear_probes, position_accuracy_map,
     position_probe_map, probe_accuracy, probe_features,
@@ -18,8 +19,8 @@ from landscape.probes.saturation import (
 )
 
 __all__ = [
-    "RULES", "CovarianceAccumulator", "ObservedTail", "PositionProbeMap", "PredictedBorder",
-    "ProbeResult", "SaturationResult", "accumulator_saturation", "extract_features",
+    "RULES", "CovarianceAccumulator", "LayerData", "ObservedTail", "PositionProbeMap", "PredictedBorder",
+    "ProbeResult", "SaturationResult", "accumulator_saturation", "collect_layers", "extract_features",
     "intrinsic_dimension", "layer_accumulators", "layer_saturation", "linear_probes",
     "observed_tail", "position_accuracy_map", "position_probe_map", "predicted_border",
     "probe_accuracy", "probe_features", "samples_of", "saturation_frame",
