@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from analysis import geometry_plots, plots
+from analysis import geometry_plots, plots, probe_plots
 from analysis.paper import importance_table, paper_table
 from analysis.plots import present_stages, stage_title
 from analysis.render import Block, html_page, markdown
@@ -169,6 +169,11 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
              if (t := sharpness_table(g, **kw, checkpoint=st.split("_")[-1])) is not None]
     if sharp:
         blocks += [("h3", "Sharpness")] + [("table", t) for t in sharp]
+    borders = [t for st in present_stages(select(g, metric="probe_acc"), "probes")
+               if (t := probe_plots.border_table(g, **kw, stage=st)) is not None]
+    if borders:
+        blocks += [("h3", "Probes, saturation and the border layer")] + [("table", t)
+                                                                        for t in borders]
     importance = [importance_table(g, reference, stage=st,
                                    protocol="paper" if "_paper_" in st else "default")
                   for st in present_stages(select(g, metric="importance_max"), "importance")]
@@ -222,6 +227,14 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
                                              criterion=c, protocol=p))],
         ("connectivity", lambda: geometry_plots.connectivity(g, **kw),
          "Loss on the linear path between two seeds and its barrier."),
+        *[(st.replace("_", "-"), (lambda st=st: probe_plots.saturation_probes(g, **kw, stage=st)),
+           f"Saturation (bars) and probe accuracy (line) per layer, {stage_title(st)}; dashed: "
+           "the predicted border layer, dotted: where each seed's observed tail starts.")
+          for st in present_stages(select(g, metric="probe_acc"), "probes")],
+        *[(f"{st}-positions".replace("_", "-"),
+           (lambda st=st: probe_plots.position_maps(g, **kw, stage=st)),
+           f"Probe accuracy per feature-map position, {stage_title(st)}.")
+          for st in present_stages(select(g, metric="position_probe_acc"), "probes")],
         ("importance", lambda: plots.importance_maps(g, arrays, **kw),
          "Projected-gradient importance maps (mean map over seeds; the paper protocol's rows "
          "are marked)."),

@@ -248,3 +248,67 @@ def test_one_pass_collects_the_features_and_covariances_of_every_layer() -> None
                                    rtol=0, atol=0)
     np.testing.assert_array_equal(data.labels, labels)
     assert collect_layers(model, batches).covariances == {}
+
+
+# --- the stage ---------------------------------------------------------------------------
+
+
+def test_probes_stage_rows_border_and_heat_map(tmp_path) -> None:
+    from landscape import pipeline, results
+    from landscape.config import ModelConfig, RunConfig
+    from landscape.data import DataConfig
+    from landscape.identity import identify
+    from landscape.receptive_field import receptive_field_table
+    from landscape.stages.probes import ProbesConfig
+    from landscape.train import TrainConfig
+
+    def cfg(**kw) -> RunConfig:
+        return RunConfig(model=ModelConfig(name="small_cnn", width=0.25, pool_level=2),
+                         data=DataConfig(name="synthetic", image_size=8, train_subset=96,
+                                         test_subset=48),
+                         train=TrainConfig(epochs=2, batch_size=32, lr=0.05),
+                         results_root=str(tmp_path), device="cpu", num_threads=1,
+                         progress=False, report=False, **kw)
+
+    probes = ProbesConfig(enabled=True, n_train=96, n_test=48, batch_size=32, pool_size=2,
+                          epsilon=0.05, position_layers=["features.4"])
+    summary = pipeline.run(cfg(probes=probes))
+    assert "probes_final" in summary.ran
+    df = results.load(tmp_path).query("stage == 'probes_final'")
+    layers = ["features.0", "features.4", "features.8", "classifier"]  # execution order
+    for metric in ("probe_acc", "probe_train_acc", "saturation", "intrinsic_dim"):
+        m = df[df.metric == metric].sort_values("index")
+        assert m["layer"].tolist() == layers and m["index"].tolist() == [0, 1, 2, 3], metric
+    assert df[df.metric.isin(["probe_acc", "saturation"])]["value"].between(0, 1).all()
+    sat = df[df.metric == "saturation"].set_index("layer")["value"]
+    dim = df[df.metric == "intrinsic_dim"].set_index("layer")["value"]
+    assert sat["classifier"] == pytest.approx(dim["classifier"] / 10)  # 10 classes wide
+    # the predicted border from the architecture: the first probed layer whose input already
+    # sees the whole 8 px image
+    table = receptive_field_table(identify(cfg()).build_model(), 8).set_index("layer")
+    first = next(i for i, n in enumerate(layers) if n in table.index
+                 and bool(table.loc[n, "unproductive"]))
+    border = df[df.metric == "border_predicted"]
+    assert (border["value"].item(), border["layer"].item()) == (first, layers[first])
+    tail = df[df.metric == "tail_observed"]
+    assert len(tail) <= 1 and "classifier" not in set(tail["layer"])  # the head is not searched
+    heat = df[df.metric == "position_probe_acc"]
+    # features.4 at pool level 2 on 8 px: the map after the stem pool is 3 x 3 (probe per cell)
+    assert len(heat) == heat["coord_x"].nunique() * heat["coord_y"].nunique() >= 4
+    assert (heat["layer"] == "features.4").all()
+    note = df["note"].iloc[0]
+    assert "n_train=96" in note and "saturation_rule=smallest" in note
+    from landscape.grid import write_root_report
+
+    md = write_root_report(tmp_path).read_text()
+    assert "predicted border layer vs observed tail (probes_final)" in md
+    assert f"| {layers[first]} (#{first}) |" in md
+    assert "small_cnn-w0.25-synthetic-probes-final.png" in md
+    assert "small_cnn-w0.25-synthetic-probes-final-positions.png" in md
+    with pytest.raises(ValueError, match="probes.layers pattern 'nope.*' matches no module"):
+        pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, layers=["nope.*"])))
+    with pytest.raises(ValueError, match=r"probes.position_layers: \['features.3'\] are not conv"):
+        pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True,
+                                                      position_layers=["features.3"])))
+    with pytest.raises(ValueError, match="probes.saturation_rule must be one of"):
+        pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, saturation_rule="papers")))

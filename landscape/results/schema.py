@@ -107,6 +107,20 @@ METRICS: dict[str, str] = {
                        "recalibrated per point",
     "dense_path_acc": "training accuracy on that path at alpha = coord_x, fraction",
     "dense_path_barrier": "loss barrier of that path (loss units; >= 0)",
+    # probes (layer = module, index = its position among the probed layers)
+    "probe_acc": "test accuracy of a logistic-regression probe on the layer's pooled output, "
+                 "fraction in [0, 1]",
+    "probe_train_acc": "training accuracy of that probe, fraction in [0, 1]",
+    "saturation": "intrinsic dimension / width of the layer's output covariance (positions "
+                  "as samples, channels as dimensions), in (0, 1]",
+    "intrinsic_dim": "eigendirections of the layer's output covariance explaining the "
+                     "threshold share of its variance (note: threshold, rule)",
+    "border_predicted": "index of the first probed layer whose input's minimum receptive "
+                        "field covers the image (layer = its name; from the architecture)",
+    "tail_observed": "index of the first layer of the observed tail (probe accuracy flat, "
+                     "saturation below the mean after it; layer = its name)",
+    "position_probe_acc": "test accuracy of a probe on one feature-map position of the layer "
+                          "(coord_x = column, coord_y = row), fraction",
     # connectivity (cell-level: linear paths between the seeds of a cell)
     "path_loss": "loss on the linear path from seed to seed_b at alpha = coord_x",
     "path_acc": "accuracy on the linear path at alpha = coord_x, fraction in [0, 1]",

@@ -22,3 +22,10 @@ def evaluation_batches(ctx: RunContext | CellContext, n: int, batch_size: int, *
         gen = torch.Generator().manual_seed(seed)
         loader = make_loader(ds, batch_size, ctx.settings, shuffle=augment, generator=gen)
         return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
+
+
+def test_batches(ctx: RunContext | CellContext, n: int, batch_size: int) -> list:
+    """The first ``n`` test images on the device, in order, in batches."""
+    ds = Subset(ctx.data.test, range(min(n, len(ctx.data.test))))
+    loader = make_loader(ds, batch_size, ctx.settings, shuffle=False)
+    return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]

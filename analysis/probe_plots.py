@@ -1,0 +1,138 @@
+"""Probes and saturation per layer (Richter et al., "Size Matters"): the figure per receptive
+field with the predicted border and the observed tail, the predicted-vs-observed table, and the
+per-position heat maps.
+
+Like :mod:`analysis.plots`: figures are built without pyplot and are None when the grid has no
+rows for them; tables are :class:`~analysis.tables.Table` or None.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.plots import _figure, _levels, _styled, _suptitle, stage_title
+from analysis.stats import grid_frame, select
+from analysis.tables import MISSING, Table, _levels_frame, grid_slug, grid_title, level_label
+
+
+def _per_layer(s: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """index x seed table of ``metric`` with the layer names, sorted by index."""
+    return select(s, metric=metric).pivot_table(index=["index", "layer"], columns="seed",
+                                                values="value").sort_index()
+
+
+@_styled
+def saturation_probes(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                      width: float | None = None, stage: str = "probes_final") -> Figure | None:
+    """One panel per receptive field: saturation per layer (bars, mean over seeds; ticks =
+    min-max) and probe accuracy per layer (line, mean; band = min-max), the predicted border
+    layer (dashed) and the observed tail's first layer in each seed (dotted)."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    s = select(g, stage=stage)
+    if select(s, metric="probe_acc").empty:
+        return None
+    levels = [lv for lv in _levels(g) if len(select(s, cell=lv[0], metric="probe_acc"))]
+    n_layers = int(select(s, metric="probe_acc")["index"].max()) + 1
+    fig, axes = _figure(1, len(levels), panel=(max(3.6, 0.22 * n_layers + 1.4), 3.4))
+    for ax, (cell, label, colour, _) in zip(axes[0], levels):
+        c = select(s, cell=cell)
+        sat, acc = _per_layer(c, "saturation"), _per_layer(c, "probe_acc")
+        x = sat.index.get_level_values("index").to_numpy(int)
+        ax.bar(x, sat.mean(axis=1), color=colour, alpha=0.45, width=0.8, label="saturation")
+        ax.errorbar(x, sat.mean(axis=1), yerr=[sat.mean(axis=1) - sat.min(axis=1),
+                                               sat.max(axis=1) - sat.mean(axis=1)],
+                    fmt="none", ecolor="0.3", lw=0.8)
+        xa = acc.index.get_level_values("index").to_numpy(int)
+        ax.plot(xa, acc.mean(axis=1), color="black", marker="o", ms=3, lw=1.3,
+                label=f"probe accuracy, n={acc.shape[1]}")
+        ax.fill_between(xa, acc.min(axis=1), acc.max(axis=1), color="black", alpha=0.12, lw=0)
+        border = select(c, metric="border_predicted")["value"].dropna()
+        if len(border):
+            ax.axvline(float(border.iloc[0]), color="tab:red", ls="--", lw=1.2,
+                       label="predicted border")
+        for i, start in enumerate(select(c, metric="tail_observed")["value"].dropna()):
+            ax.axvline(float(start) - 0.5, color="tab:blue", ls=":", lw=1.0,
+                       label="observed tail (per seed)" if i == 0 else None)
+        names = sat.index.get_level_values("layer")
+        step = max(1, len(names) // 24)
+        ax.set_xticks(x[::step])
+        ax.set_xticklabels(list(names[::step]), rotation=90, fontsize=6)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(label)
+        ax.set_ylabel("saturation / probe accuracy")
+    axes[0, -1].legend(loc="lower left", fontsize=7)
+    _suptitle(fig, g, f"saturation and probe accuracy per layer, {stage_title(stage)}")
+    return fig
+
+
+@_styled
+def position_maps(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                  width: float | None = None, stage: str = "probes_final") -> Figure | None:
+    """Per-position probe accuracy of the first heat-map layer, one panel per receptive field
+    (mean over seeds; one colour scale)."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    s = select(g, stage=stage, metric="position_probe_acc")
+    if s.empty:
+        return None
+    layer = sorted(s["layer"].dropna().unique())[0]
+    s = select(s, layer=layer)
+    levels = [lv for lv in _levels(g) if len(select(s, cell=lv[0]))]
+    fig, axes = _figure(1, len(levels), panel=(3.2, 3.0))
+    im = None
+    for ax, (cell, label, _, _) in zip(axes[0], levels):
+        piv = select(s, cell=cell).pivot_table(index="coord_y", columns="coord_x",
+                                               values="value")
+        im = ax.imshow(piv.to_numpy(float), vmin=0, vmax=1, cmap="magma", origin="upper")
+        ax.set_title(f"{label}, n={select(s, cell=cell)['seed'].nunique()}")
+        ax.set_xlabel("column")
+        ax.set_ylabel("row")
+        ax.grid(False)
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), label="probe accuracy", shrink=0.85)
+    _suptitle(fig, g, f"probe accuracy per position of {layer}, {stage_title(stage)}")
+    return fig
+
+
+def border_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                 width: float | None = None, stage: str = "probes_final") -> Table | None:
+    """Rows = receptive field: the predicted border layer (architecture and input size alone)
+    and the observed start of the tail in each seed, with their agreement."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    s = select(g, stage=stage)
+    if select(s, metric="probe_acc").empty:
+        return None
+    rows, numbers = [], []
+    for lv in _levels_frame(g).itertuples(index=False):
+        c = select(s, cell=lv.cell)
+        seeds = sorted(select(c, metric="probe_acc")["seed"].dropna().unique())
+        if not seeds:
+            continue
+        border = select(c, metric="border_predicted").drop_duplicates("seed")
+        predicted = (f"{border['layer'].iloc[0]} (#{int(border['value'].iloc[0])})"
+                     if len(border) else "none")
+        tails = select(c, metric="tail_observed").set_index("seed")
+        observed = [(f"{tails.loc[sd, 'layer']} (#{int(tails.loc[sd, 'value'])})"
+                     if sd in tails.index else "none") for sd in seeds]
+        agree = sum(o == predicted for o in observed)
+        layers = int(select(c, metric="probe_acc")["index"].max()) + 1
+        rows.append({"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
+                     "Layers probed": str(layers), "Predicted border": predicted,
+                     "Observed tail start (per seed)": ", ".join(observed) or MISSING,
+                     "Agree": f"{agree}/{len(seeds)}"})
+        starts = [float(tails.loc[sd, "value"]) if sd in tails.index else np.nan for sd in seeds]
+        numbers.append({"cell": lv.cell,
+                        "predicted": float(border["value"].iloc[0]) if len(border) else np.nan,
+                        "observed_mean": float(np.nanmean(starts)) if any(
+                            np.isfinite(starts)) else np.nan,
+                        "agree": agree, "seeds": len(seeds)})
+    note = s["note"].dropna().iloc[0] if s["note"].notna().any() else ""
+    return Table(f"{grid_slug(g)}-{stage}-border".replace("_", "-"),
+                 f"{grid_title(g)}: predicted border layer vs observed tail ({stage})",
+                 pd.DataFrame(rows), pd.DataFrame(numbers),
+                 "Predicted: the first probed layer whose input's minimum receptive field covers "
+                 "the image (rfa-toolbox's test, from the architecture alone). Observed: the "
+                 "first layer after which probe accuracy improves by less than epsilon and from "
+                 "which saturation stays below the mean over layers (# = position among the "
+                 f"probed layers); {note}.")

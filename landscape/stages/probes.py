@@ -1,0 +1,163 @@
+"""Probes stage: per-layer linear probes and saturation of a trained network, and where its
+tail of unproductive layers starts, observed and predicted (Richter et al., "Size Matters" and
+"Receptive Field Refinement"); :mod:`landscape.probes`.
+
+Unit ``probes_<checkpoint>``. One forward pass per batch feeds every selected layer's probe
+features (its output adaptive-average-pooled to ``pool_size`` x ``pool_size``, flattened) and,
+on the test images, its streamed float64 output covariance (each position of a conv map one
+sample, the channels the dimensions). Probes: scikit-learn logistic regression (lbfgs, ``C``)
+on standardised features of the first ``n_train`` training images (no augmentation), scored on
+the first ``n_test`` test images. Saturation = intrinsic dimension / width, the intrinsic
+dimension the number of eigendirections explaining ``threshold`` of the variance
+(``saturation_rule=smallest``, the papers' definition; ``delve`` = delve 0.1.50's count, one
+fewer).
+
+Rows (``layer`` = module, ``index`` = its position among the probed layers in forward order):
+``probe_acc``, ``probe_train_acc``, ``saturation``, ``intrinsic_dim``; ``border_predicted``
+(value = index of the first probed layer whose input's minimum receptive field covers the
+image, from the architecture alone) and ``tail_observed`` (value = index of the first layer of
+the observed tail among the layers before a Linear head: probe accuracy improves by less than
+``epsilon`` after it and saturation stays below those layers' mean from it on), each only when
+there is one; with
+``position_layers``, ``position_probe_acc`` per position (``coord_x`` = column, ``coord_y`` =
+row) of one probe per feature-map position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import logging
+
+import torch
+
+from landscape.activations import select_modules
+from landscape.identity import RunIdentity
+from landscape.probes import (
+    RULES, accumulator_saturation, collect_layers, observed_tail, position_probe_map,
+    predicted_border, probe_accuracy,
+)
+from landscape.stages.base import (
+    RunContext, Stage, Unit, check_checkpoints, check_counts, check_number, register_stage,
+)
+from landscape.stages.batches import evaluation_batches, test_batches
+
+log = logging.getLogger("landscape")
+
+
+@dataclass
+class ProbesConfig:
+    enabled: bool = False
+    checkpoints: list[str] = field(default_factory=lambda: ["final"])  # init, final and/or best
+    layers: Optional[list[str]] = None  # glob patterns on module names; None: Conv2d + Linear
+    n_train: int = 5000  # the first n training images (no augmentation) fit the probes
+    n_test: int = 1000  # the first n test images score them and give the covariances
+    batch_size: int = 250
+    pool_size: int = 4  # conv outputs adaptive-average-pooled to pool_size x pool_size
+    C: float = 1.0  # inverse L2 regularisation of the logistic regression
+    max_iter: int = 1000  # lbfgs iterations
+    threshold: float = 0.99  # explained-variance fraction of the intrinsic dimension
+    saturation_rule: str = "smallest"  # smallest (the papers) | delve (delve 0.1.50)
+    epsilon: float = 0.01  # accuracy gain below which a layer counts as unproductive
+    min_tail: int = 2  # layers an observed tail must have
+    position_layers: list[str] = field(default_factory=list)  # exact conv names: heat maps
+    position_pool: Optional[int] = None  # pool those maps first (None: full resolution)
+
+
+def validate(cfg: ProbesConfig) -> None:
+    check_checkpoints("probes", cfg.checkpoints)
+    check_counts("probes", cfg, ["n_train", "n_test", "batch_size", "pool_size", "max_iter",
+                                 "min_tail"])
+    check_counts("probes", cfg, ["n_test"], minimum=2)
+    check_number("probes.C", cfg.C, above=0)
+    check_number("probes.epsilon", cfg.epsilon, above=0, strict=False)
+    if not 0 < cfg.threshold < 1:
+        raise ValueError(f"probes.threshold must be in (0, 1), got {cfg.threshold}")
+    if cfg.saturation_rule not in RULES:
+        raise ValueError(f"probes.saturation_rule must be one of {RULES}, got "
+                         f"{cfg.saturation_rule!r}")
+    if cfg.position_pool is not None and cfg.position_pool < 1:
+        raise ValueError(f"probes.position_pool must be >= 1 or null, got {cfg.position_pool}")
+
+
+@register_stage
+class ProbesStage(Stage):
+    name = "probes"
+    config_field = "probes"
+
+    def validate(self, config: ProbesConfig) -> None:
+        validate(config)
+
+    def validate_for(self, config: ProbesConfig, identity: RunIdentity) -> None:
+        with torch.device("meta"):
+            model = identity.build_model()
+        try:
+            select_modules(model, config.layers, arg="probes.layers")
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None
+        convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+        wrong = [n for n in config.position_layers if n not in convs]
+        if wrong:
+            shown = ", ".join(convs[:8]) + (", ..." if len(convs) > 8 else "")
+            raise ValueError(f"probes.position_layers: {wrong} are not conv layers of "
+                             f"{identity.arch} (conv layers: {shown})")
+
+    def units(self, config: ProbesConfig) -> list[Unit]:
+        return [Unit(f"probes_{c}", {"checkpoint": c}) for c in config.checkpoints]
+
+    def run(self, ctx: RunContext, config: ProbesConfig, unit: Unit) -> list[dict]:
+        c, device = config, ctx.settings.device
+        model = ctx.load_model(unit.params["checkpoint"])
+        train = evaluation_batches(ctx, c.n_train, c.batch_size)
+        test = test_batches(ctx, c.n_test, c.batch_size)
+        fit = collect_layers(model, train, layers=c.layers, size=c.pool_size, device=device)
+        score = collect_layers(model, test, layers=c.layers, size=c.pool_size, covariance=True,
+                               device=device)
+        names = score.layers
+        rows: list[dict] = []
+        accuracy, saturation = [], []
+        for i, name in enumerate(names):
+            probe = probe_accuracy(fit.features[name], fit.labels, score.features[name],
+                                   score.labels, layer=name, C=c.C, max_iter=c.max_iter)
+            sat = accumulator_saturation(score.covariances[name], c.threshold,
+                                         rule=c.saturation_rule)
+            accuracy.append(probe.accuracy)
+            saturation.append(sat.saturation)
+            rows += [{"metric": m, "value": v, "layer": name, "index": i}
+                     for m, v in (("probe_acc", probe.accuracy),
+                                  ("probe_train_acc", probe.train_accuracy),
+                                  ("saturation", sat.saturation),
+                                  ("intrinsic_dim", sat.intrinsic_dim))]
+        # The tail is sought among the layers before the head: a Linear classifier's output is
+        # only num_classes wide, so its saturation says nothing about unused capacity.
+        modules = dict(model.named_modules())
+        body = [i for i, n in enumerate(names) if not isinstance(modules[n], torch.nn.Linear)]
+        if len(body) >= c.min_tail:
+            tail = observed_tail([names[i] for i in body], [accuracy[i] for i in body],
+                                 [saturation[i] for i in body], epsilon=c.epsilon,
+                                 min_length=c.min_tail)
+            if tail.start is not None:
+                rows.append({"metric": "tail_observed", "value": names.index(tail.layer),
+                             "layer": tail.layer})
+        try:
+            border = predicted_border(model, ctx.identity.image_size, names)
+        except ValueError as e:  # probed layers outside the RF table (e.g. ReLU outputs)
+            log.warning("%s: no predicted border layer: %s", ctx.identity.run_id, e)
+            border = None
+        if border is not None and border.index is not None:
+            rows.append({"metric": "border_predicted", "value": names.index(border.layer),
+                         "layer": border.layer})
+        for layer in c.position_layers:
+            heat = position_probe_map(model, train, test, layer, size=c.position_pool, C=c.C,
+                                      max_iter=c.max_iter, device=device)
+            rows += [{"metric": "position_probe_acc", "value": float(heat.accuracy[y, x]),
+                      "layer": layer, "coord_x": float(x), "coord_y": float(y)}
+                     for y in range(heat.accuracy.shape[0])
+                     for x in range(heat.accuracy.shape[1])]
+        note = (f"checkpoint={unit.params['checkpoint']}; n_train={len(fit.labels)} "
+                f"(training images, no augmentation); n_test={len(score.labels)}; "
+                f"pool_size={c.pool_size}; C={c.C}; threshold={c.threshold}; "
+                f"saturation_rule={c.saturation_rule}; epsilon={c.epsilon}; "
+                f"min_tail={c.min_tail}; input_size={ctx.identity.image_size}")
+        return [{"stage": unit.name, "note": note, **r} for r in rows]
