@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 BENCHMARKS = ("train_overhead", "pruning_selection", "importance_batched", "hessian_topk", "cka",
-              "demo_scaling", "paper_importance", "loss_slice", "saturation")
+              "demo_scaling", "paper_importance", "loss_slice", "saturation",
+              "data_path")
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 
 

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not args.skip_demo:
         overrides = (["model.name=resnet18", "model.pool_level=1", "seed=0",
                       "train.epochs=1", "data.train_subset=64", "prune.rates=[0.5]",
-                      "hessian.k=1", "hessian.n_samples=16", "importance.n_samples=2",
+                      "hessian.k=2", "hessian.n_samples=16", "importance.n_samples=2",
                       "cka.n_inputs=16"] if args.quick else [])
         with tempfile.TemporaryDirectory() as tmp:
             wall, stage_rows = demo_grid(Path(tmp) / "results", overrides)

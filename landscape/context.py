@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -14,6 +14,7 @@ from torch import nn
 from landscape import results
 from landscape.config import RunConfig
 from landscape.data import DatasetBundle, load_dataset
+from landscape.data.resident import ResidentBundle, choose_loader, resident_bundle
 from landscape.device import DeviceSettings
 from landscape.identity import RunIdentity
 from landscape.results import RunPaths
@@ -52,6 +53,17 @@ class RunResources:
     @cached_property
     def data(self) -> DatasetBundle:
         return load_dataset(self.cfg.data)
+
+    def data_path(self, recorded: Optional[str] = None) -> str:
+        """``"resident"`` or ``"dataloader"`` for ``data.loader`` on this device (``auto``
+        follows ``recorded``, the path of the run's checkpoint)."""
+        return choose_loader(self.cfg.data.loader, self.cfg.data, self.data,
+                             self.settings.device, recorded)
+
+    @cached_property
+    def resident(self) -> ResidentBundle:
+        """The splits of :attr:`data` held on the device (uint8 where the files are)."""
+        return resident_bundle(self.cfg.data, self.data, self.settings)
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the DataLoader at
 # construction, which starts a second iterator (workers, a draw from the data-order generator)
 
+from landscape.data.resident import ResidentLoader, ResidentSet
 from landscape.device import DeviceSettings, full_precision, progress_enabled
 from landscape.modes import snapshot_modes
 from landscape.seeds import TRAIN_EPOCH, seed_everything, stream_seed
@@ -45,6 +47,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
     deterministic: bool = False
+    # torch.compile the model for the training steps; falls back to eager with one warning
+    # where compiling fails. How, not what: not part of the run's identity.
+    compile: bool = field(default=False, metadata={"identity": False})
 
 
 SCHEDULERS = ("cosine", "constant")
@@ -86,6 +91,9 @@ class TrainOutcome:
     diverged: bool = False
     diverged_epoch: Optional[int] = None
     resumed_from_epoch: int = 0
+    data_path: str = "dataloader"  # "resident" | "dataloader"
+    compiled: bool = False  # the training steps ran a torch.compile'd model
+    compile_note: str = ""  # why not, when train.compile was asked for and failed
 
     @property
     def best(self) -> Optional[EpochRecord]:
@@ -139,23 +147,100 @@ def evaluate(model: nn.Module, loader: DataLoader, settings: DeviceSettings) -> 
     return float(loss_sum) / n, int(correct) / n
 
 
-def make_loader(ds: Dataset, batch_size: int, settings: DeviceSettings, *, shuffle: bool,
-                num_workers: int = 0, generator: Optional[torch.Generator] = None) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+Data = Union[Dataset, ResidentSet]
+PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready
+
+
+def default_workers(num_workers: Optional[int], device: torch.device) -> int:
+    """``data.num_workers``, or for None: 0 on the CPU (the workers would compete with the
+    training threads), min(8, usable CPUs - 1) on CUDA (one CPU stays with the main process)."""
+    if num_workers is not None:
+        return num_workers
+    if device.type != "cuda":
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus - 1))
+
+
+def make_loader(ds: Data, batch_size: int, settings: DeviceSettings, *, shuffle: bool,
+                num_workers: Optional[int] = 0, generator: Optional[torch.Generator] = None):
+    """A DataLoader over ``ds`` (workers: :func:`default_workers`), or a
+    :class:`~landscape.data.resident.ResidentLoader` when ``ds`` is on the device already.
+
+    DataLoader workers are not persistent: a persistent worker keeps its random state from
+    one epoch to the next, so a run resumed at epoch e would see other augmentations than an
+    uninterrupted one; restarting them costs well under a second per epoch."""
+    if isinstance(ds, ResidentSet):
+        return ResidentLoader(ds, batch_size, shuffle=shuffle, generator=generator)
+    workers = default_workers(num_workers, settings.device)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       pin_memory=settings.pin_memory, generator=generator,
-                      persistent_workers=False, drop_last=False)
+                      persistent_workers=False, drop_last=False,
+                      prefetch_factor=PREFETCH_FACTOR if workers else None)
+
+
+def compile_model(model: nn.Module, enabled: bool) -> "CompiledStep":
+    return CompiledStep(model, enabled)
+
+
+class CompiledStep:
+    """The model's forward for training steps: ``torch.compile(model)`` when ``enabled``;
+    if compiling fails (no C++ compiler, an unsupported op, ...) at creation or at the first
+    call, one warning line and the eager model from then on. ``compiled`` says which ran."""
+
+    def __init__(self, model: nn.Module, enabled: bool) -> None:
+        self.model, self.note, self._fn, self._proven = model, "", None, False
+        if enabled:
+            try:
+                self._fn = torch.compile(model)
+            except Exception as e:  # noqa: BLE001 - any failure means: run eagerly
+                self._fall_back(e)
+
+    @property
+    def compiled(self) -> bool:
+        return self._fn is not None
+
+    def _fall_back(self, e: BaseException) -> None:
+        self.note = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        log.warning("train.compile: torch.compile failed (%s); training eagerly", self.note)
+        self._fn = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fn is None:
+            return self.model(x)
+        if self._proven:
+            return self._fn(x)
+        try:
+            out = self._fn(x)
+        except Exception as e:  # noqa: BLE001 - compile errors surface at the first call
+            self._fall_back(e)
+            return self.model(x)
+        self._proven = True
+        return out
+
+
+def recorded_data_path(checkpoint_dir: Path) -> Optional[str]:
+    """The data path a run's ``last.pt`` was trained with (``"dataloader"`` for checkpoints
+    written before the resident path existed), or None when there is no ``last.pt``."""
+    last = Path(checkpoint_dir) / "last.pt"
+    if not last.exists():
+        return None
+    return load_checkpoint(last, map_location="cpu").get("data_path", "dataloader")
 
 
 def train_model(
     model: nn.Module,
-    train_set: Dataset,
-    test_set: Dataset,
+    train_set: Data,
+    test_set: Data,
     cfg: TrainConfig,
     *,
     seed: int,
     settings: DeviceSettings,
     checkpoint_dir: Path,
-    num_workers: int = 0,
+    num_workers: Optional[int] = 0,
     progress: bool = True,
     on_epoch: Optional[Callable[[EpochRecord], None]] = None,
     run_id: Optional[str] = None,
@@ -168,6 +253,10 @@ def train_model(
     loss stops the run (checked once per epoch, to avoid a host sync per step) and returns
     ``diverged=True``; the last finite checkpoint is kept. With ``run_id`` every checkpoint
     records it and a ``last.pt`` of another run is refused.
+
+    ``train_set``/``test_set``: Datasets (the DataLoader path) or
+    :class:`~landscape.data.resident.ResidentSet` (held on the device). ``last.pt`` records
+    the training path; resuming it with the other one is refused (its draws differ).
     """
     validate_train_config(cfg)
     checkpoint_dir = Path(checkpoint_dir)
@@ -177,8 +266,16 @@ def train_model(
     outcome = TrainOutcome()
     last = checkpoint_dir / "last.pt"
     tag = {"format": CHECKPOINT_FORMAT, **({"run_id": run_id} if run_id else {})}
+    outcome.data_path = "resident" if isinstance(train_set, ResidentSet) else "dataloader"
     if last.exists():
         state = load_checkpoint(last, map_location=settings.device, run_id=run_id)
+        recorded = state.get("data_path", "dataloader")
+        if recorded != outcome.data_path:
+            raise ValueError(
+                f"{last} (epoch {state['epoch']}) was trained with the {recorded} data path, "
+                f"this run would go on with the {outcome.data_path} one (other augmentation "
+                f"draws): set data.loader={recorded} (or auto) to resume it exactly, or delete "
+                f"{checkpoint_dir} to train again")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -199,6 +296,7 @@ def train_model(
     train_loader = make_loader(train_set, cfg.batch_size, settings, shuffle=True,
                                num_workers=num_workers, generator=gen)
     criterion = nn.CrossEntropyLoss()
+    step_model = compile_model(model, cfg.compile)
     for epoch in range(outcome.resumed_from_epoch + 1, cfg.epochs + 1):
         epoch_seed = stream_seed(seed, TRAIN_EPOCH, epoch - 1)
         seed_everything(epoch_seed)
@@ -214,7 +312,7 @@ def train_model(
         for x, y in bar:
             x, y = settings.to_device(x), y.to(settings.device, non_blocking=settings.non_blocking)
             with settings.autocast():
-                out = model(x)
+                out = step_model(x)
                 loss = criterion(out.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -240,10 +338,12 @@ def train_model(
         save_checkpoint(last, {
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "epoch": epoch,
-            "history": [asdict(r) for r in outcome.history], **tag,
+            "history": [asdict(r) for r in outcome.history],
+            "data_path": outcome.data_path, **tag,
         })
         if on_epoch is not None:
             on_epoch(record)
+    outcome.compiled, outcome.compile_note = step_model.compiled, step_model.note
     if not outcome.diverged:
         save_checkpoint(checkpoint_dir / "final.pt", {"model": model.state_dict(),
                                                       "epoch": cfg.epochs, **tag})

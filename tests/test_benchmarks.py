@@ -37,7 +37,15 @@ def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():
 def test_all_names_are_registered():
     assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
-                               "loss_slice", "saturation"}
+                               "loss_slice", "saturation", "data_path"}
+
+
+def test_data_path_benchmark_reads_the_same_pixels_on_both_paths():
+    rows = bench_main(["data_path", "--quick"])["data_path"]
+    assert [r["path"] for r in rows] == ["resident", "dataloader_0_workers",
+                                         "dataloader_2_workers"]
+    assert all(r["same_eval_pixels"] is True and r["images_per_s"] > 0 for r in rows)
+    assert 0 <= rows[0]["train_wait_share"] <= 1
 
 
 def test_trainer_and_minimal_loop_compute_the_same_weights():

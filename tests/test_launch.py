@@ -257,3 +257,61 @@ def test_status_table_counts_states_and_shows_failure_reasons(tmp_path, monkeypa
     text = format_status(again)
     assert "CUDA out of memory" in text and "running" not in text  # all-zero columns dropped
     assert status_main([str(tmp_path)]) == 0
+
+
+# --------------------------------------------------------------------------- runs per GPU
+def test_runs_per_gpu_local_packing_and_memory_check(tmp_path, monkeypatch):
+    import queue
+
+    from landscape.grid import gpu, local
+    from landscape.grid.launcher import SubmissionError
+
+    cfgs = [tiny(tmp_path, s, 0, num_threads=None) for s in (0, 1)]
+    lc = LauncherConfig(runs_per_gpu=2)
+    with pytest.raises(ValueError, match="launcher.runs_per_gpu must be >= 1"):
+        validate_launcher(LauncherConfig(runs_per_gpu=0))
+    monkeypatch.setattr(local, "visible_gpus", lambda: [])
+    with pytest.raises(SubmissionError, match="runs_per_gpu=2 shares CUDA GPUs.*none is visible"):
+        launch(plan_grid(cfgs), lc)
+    # a (pretend) machine with 2 GPUs: 2 x 2 slots, each GPU named twice
+    monkeypatch.setattr(local, "visible_gpus", lambda: [0, 1])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu.gpu_slots([0, 1], 2) == ["0", "0", "1", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert gpu.gpu_slots([0, 1], 2) == ["3", "3", "5", "5"]
+    assert "4 at a time (2 per GPU on 2 GPUs)" in local.LocalBackend().describe(plan_grid(cfgs), lc)[0]
+    need = gpu.estimate_run_bytes(cfgs[0])
+    assert gpu.CONTEXT_BYTES < need < gpu.CONTEXT_BYTES + 2**20  # a tiny run
+    monkeypatch.setattr(local, "free_memory", lambda gpus: [10 * need, need])
+    with pytest.raises(SubmissionError, match=r"runs_per_gpu=2: 2 runs need .*GPU 1 has .* "
+                                              r"free; lower launcher.runs_per_gpu \(at most 1"):
+        launch(plan_grid(cfgs), lc)
+    assert not (tmp_path / ".submissions.jsonl").exists() and not run_dir(cfgs[0]).exists()
+    # a worker takes a slot, sees only that GPU while it runs, and gives the slot back
+    slots: queue.Queue = queue.Queue()
+    slots.put("5")
+    seen = gpu.run_on_a_slot(slots, lambda c: __import__("os").environ["CUDA_VISIBLE_DEVICES"],
+                             cfgs[0])
+    assert seen == "5" and slots.get_nowait() == "5"
+    # CIFAR-10 resnet18 at batch 128: about 0.15 GB of uint8 images plus activations
+    big = tiny(tmp_path, model=ModelConfig(name="resnet18"), data=DataConfig(name="cifar10"),
+               train=TrainConfig(batch_size=128))
+    assert 0.5 * 2**30 < gpu.estimate_run_bytes(big) < 8 * 2**30
+
+
+def test_runs_per_gpu_slurm_packs_k_runs_per_array_task(tmp_path):
+    from landscape.grid.launcher import SubmissionError
+
+    cfgs = grid(tmp_path)[:3]
+    plan = plan_grid(cfgs)
+    lc = LauncherConfig(backend="slurm", runs_per_gpu=2)
+    task, args = slurm._array_tasks(plan, lc)
+    assert isinstance(task, slurm.GroupTask)
+    assert [[run_id(c) for c in g] for g in args] == [[run_id(c) for c in cfgs[:2]],
+                                                      [run_id(cfgs[2])]]
+    assert "1 array of 2 tasks for 3 runs (at most 64 at once, 2 runs per task sharing its GPU)" \
+        in "\n".join(slurm.SlurmBackend().describe(plan, lc))
+    with pytest.raises(SubmissionError, match="set launcher.gpus_per_node=1"):
+        slurm._array_tasks(plan, dataclasses.replace(lc, gpus_per_node=2))
+    task, args = slurm._array_tasks(plan, dataclasses.replace(lc, runs_per_gpu=1))
+    assert isinstance(task, slurm.RunTask) and len(args) == 3

@@ -42,6 +42,9 @@ def test_run_writes_tidy_rows_and_rerun_does_nothing(tmp_path, caplog):
     # conv3 (3), pool k2 s1 (4), conv3 (6), maxpool k2 s2 (7, jump 2), conv3 (7 + 2*2 = 11)
     assert row.receptive_field == 11
     assert df[df.metric == "num_params"]["value"].iloc[0] > 0
+    path = df[df.metric == "resident_data"].iloc[0]  # data.loader=auto: resident on the CPU
+    assert (path.value, path.note) == (1.0, "resident")
+    assert df[df.metric == "compiled"]["value"].tolist() == [0.0]
     rf = df[df.stage == "receptive_field"]  # written once per cell, without a seed
     assert rf["seed"].isna().all() and rf["run_id"].nunique() == 1
     r_max = rf[rf.metric == "rf_r_max"].set_index("layer")["value"]

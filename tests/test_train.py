@@ -157,3 +157,45 @@ def test_evaluate_and_input_check_keep_mixed_module_modes():
     b = _data()
     evaluate(model, make_loader(b.test, 16, CPU, shuffle=False), CPU)  # also runs the input check
     assert [m.training for m in model.modules()] == before
+
+
+def test_compile_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch, caplog):
+    """train.compile: a torch.compile that fails when called (or when asked) leaves one
+    warning line and an eager run with the same weights as train.compile=false."""
+    m_eager, _ = _train(tmp_path / "eager")
+
+    def compiled_but_broken(model, **kw):
+        def fn(x):
+            raise RuntimeError("no C++ compiler\nsecond line")
+        return fn
+
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, compile=True)
+    for fake, where in ((compiled_but_broken, "call"), (None, "creation")):
+        if fake is None:
+            def fake(model, **kw):
+                raise RuntimeError("no C++ compiler")
+        monkeypatch.setattr(torch, "compile", fake)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="landscape"):
+            m, out = _train(tmp_path / where, cfg=cfg)
+        warnings = [r for r in caplog.records if "train.compile" in r.getMessage()]
+        assert len(warnings) == 1 and "\n" not in warnings[0].getMessage(), where
+        assert not out.compiled and out.compile_note == "RuntimeError: no C++ compiler"
+        assert _same_state(m.state_dict(), m_eager.state_dict())
+
+
+def test_compile_is_used_where_it_works_and_not_identity(tmp_path, monkeypatch):
+    from landscape.identity import identity_dict
+
+    calls = []
+
+    def fake_compile(model, **kw):
+        def fn(x):
+            calls.append(len(x))
+            return model(x)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    m, out = _train(tmp_path, cfg=TrainConfig(epochs=1, batch_size=32, lr=0.05, compile=True))
+    assert out.compiled and out.compile_note == "" and calls == [32, 32, 32]
+    assert identity_dict(TrainConfig(compile=True)) == {}

@@ -16,8 +16,8 @@ from landscape.registry import Registry
 class DataConfig:
     """Which dataset and how to load it.
 
-    ``root``, ``download`` and ``num_workers`` describe where/how, not what: they are not part of
-    a run's identity (field metadata ``identity: False``, see ``landscape.identity``).
+    ``root``, ``download``, ``num_workers`` and ``loader`` describe where/how, not what: they are
+    not part of a run's identity (field metadata ``identity: False``, see ``landscape.identity``).
     """
 
     name: str = "digits"
@@ -35,7 +35,13 @@ class DataConfig:
     holdout: int = 0
     train_subset: Optional[int] = None  # first N training examples (stratified for digits)
     test_subset: Optional[int] = None
-    num_workers: int = field(default=0, metadata={"identity": False})
+    # DataLoader workers; None: min(8, usable CPUs - 1) on CUDA, 0 on the CPU
+    num_workers: Optional[int] = field(default=None, metadata={"identity": False})
+    # auto | resident | dataloader (landscape.data.resident): resident holds the splits on the
+    # device and augments whole batches there; auto picks it when the dataset can be held
+    # (and follows the path recorded in a resumed run's checkpoint). Not identity: both paths
+    # draw the same augmentation distribution (individual draws differ, as with num_workers).
+    loader: str = field(default="auto", metadata={"identity": False})
     # Check the md5 of real dataset files (CIFAR-10's batches); off for a tree of your own in
     # the same format (e.g. the small generated ones of the tests).
     verify_md5: bool = field(default=True, metadata={"identity": False})
@@ -74,6 +80,7 @@ DATASETS: Registry[Callable[[DataConfig], DatasetBundle]] = Registry("dataset")
 _INFO: dict[str, DatasetInfo] = {}
 _CHECKS: dict[str, Callable[[DataConfig], None]] = {}
 CROPS = ("pad_crop", "random_resized_crop")
+LOADERS = ("auto", "resident", "dataloader")  # data.loader
 
 
 def register_dataset(name: str, *, image_size: int, in_channels: int, num_classes: int,
@@ -114,9 +121,12 @@ def validate_data_config(cfg: DataConfig) -> None:
         raise ValueError(f"data.crop_padding must be >= 0, got {cfg.crop_padding}")
     if cfg.crop not in CROPS:
         raise ValueError(f"data.crop must be one of {CROPS}, got {cfg.crop!r}")
-    for name in ("num_workers", "holdout"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"data.{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.num_workers is not None and cfg.num_workers < 0:
+        raise ValueError(f"data.num_workers must be >= 0 or null, got {cfg.num_workers}")
+    if cfg.holdout < 0:
+        raise ValueError(f"data.holdout must be >= 0, got {cfg.holdout}")
+    if cfg.loader not in LOADERS:
+        raise ValueError(f"data.loader must be one of {LOADERS}, got {cfg.loader!r}")
 
 
 def check_dataset(cfg: DataConfig) -> None:

@@ -38,6 +38,11 @@ class LauncherConfig:
     job_name: str = "landscape"
     folder: Optional[str] = None  # submitit logs and pickles; None: <results_root>/.submitit
     local_workers: int = 1  # backend=local: runs in parallel, threads = cores // local_workers
+    # Runs sharing one GPU (separate processes), for models too small to fill one. local: k
+    # processes per visible GPU (local_workers is then ignored); slurm: each array task runs
+    # k runs on its gpus_per_node=1 GPU, cpus_per_task split between them. The GPU memory of
+    # k runs (estimated) is checked before they start.
+    runs_per_gpu: int = 1
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,8 @@ def validate_launcher(lc: LauncherConfig) -> None:
     if lc.backend not in BACKENDS:
         raise ValueError(f"launcher.backend must be one of {tuple(BACKENDS.names())}, "
                          f"got {lc.backend!r}")
-    for name in ("time", "cell_time", "cpus_per_task", "array_parallelism", "local_workers"):
+    for name in ("time", "cell_time", "cpus_per_task", "array_parallelism", "local_workers",
+                 "runs_per_gpu"):
         if getattr(lc, name) < 1:
             raise ValueError(f"launcher.{name} must be >= 1, got {getattr(lc, name)}")
     if lc.gpus_per_node is not None and lc.gpus_per_node < 0:

@@ -10,15 +10,18 @@ import os
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from functools import partial
+from multiprocessing import Manager, get_context
+from typing import Optional
 
 import torch
 
 from landscape import results
 from landscape.config import RunConfig
 from landscape.grid.finish import finish_cells
+from landscape.grid.gpu import check_gpu_memory, free_memory, gpu_slots, run_on_a_slot, visible_gpus
 from landscape.grid.launcher import (
-    BACKENDS, LauncherConfig, LocalRunResult, Submission, cell_work,
+    BACKENDS, LauncherConfig, LocalRunResult, Submission, SubmissionError, cell_work,
 )
 from landscape.grid.plan import GridPlan
 from landscape.identity import identify
@@ -60,10 +63,24 @@ def _run_isolated(cfg: RunConfig) -> LocalRunResult:
     return LocalRunResult(run_id, status, error, torch.get_num_threads(), os.getpid())
 
 
+def _gpu_packing(launcher: LauncherConfig) -> Optional[list[int]]:
+    """The visible GPUs when ``launcher.runs_per_gpu > 1`` (None when it is 1)."""
+    if launcher.runs_per_gpu == 1:
+        return None
+    gpus = visible_gpus()
+    if not gpus:
+        raise SubmissionError(f"launcher.runs_per_gpu={launcher.runs_per_gpu} shares CUDA GPUs "
+                              "between runs, and none is visible here; set it to 1 (and "
+                              "launcher.local_workers for parallel CPU runs)")
+    return gpus
+
+
 class LocalBackend:
     def describe(self, plan: GridPlan, launcher: LauncherConfig) -> list[str]:
-        w, work = launcher.local_workers, cell_work(plan)
-        return [f"local: {len(plan.pending)} runs, {w} at a time with "
+        gpus, work = _gpu_packing(launcher), cell_work(plan)
+        w = len(gpus) * launcher.runs_per_gpu if gpus else launcher.local_workers
+        per_gpu = (f" ({launcher.runs_per_gpu} per GPU on {len(gpus)} GPUs)" if gpus else "")
+        return [f"local: {len(plan.pending)} runs, {w} at a time{per_gpu} with "
                 f"{max(1, usable_cpus() // w)} torch threads each (unless num_threads is set)"
                 + (f"; then {work}" if work else "")]
 
@@ -71,16 +88,21 @@ class LocalBackend:
         """Run the pending runs here: in this process (``local_workers=1``), or in
         ``local_workers`` spawned processes, each with ``usable_cpus() // local_workers`` torch
         threads (runs that set ``num_threads`` keep it); then the cell-level work, here."""
-        workers = launcher.local_workers
+        gpus = _gpu_packing(launcher)
+        workers = len(gpus) * launcher.runs_per_gpu if gpus else launcher.local_workers
         threads = max(1, usable_cpus() // workers)
         cfgs = [p.cfg if p.cfg.num_threads else dataclasses.replace(p.cfg, num_threads=threads)
                 for p in plan.pending]
+        if gpus and cfgs:  # before anything is recorded or started
+            check_gpu_memory(cfgs, launcher.runs_per_gpu, free_memory(gpus))
         if cfgs:
             results.record_submission(plan.root, "local", [
                 (identify(c).run_id, None, dataclasses.asdict(c)) for c in cfgs])
         previous = torch.get_num_threads()
         try:
-            if workers == 1 or len(cfgs) <= 1:
+            if gpus and cfgs:
+                done = _run_on_gpus(cfgs, gpu_slots(gpus, launcher.runs_per_gpu))
+            elif workers == 1 or len(cfgs) <= 1:
                 done = [_run_isolated(c) for c in cfgs]
             else:
                 # A fresh process per run (Python >= 3.11): no CUDA context or backend flags
@@ -97,6 +119,21 @@ class LocalBackend:
         order = {identify(c).run_id: i for i, c in enumerate(cfgs)}
         done.sort(key=lambda r: order[r.run_id])
         return Submission("local", tuple(order), local=tuple(done), cells=tuple(cells))
+
+
+def _run_on_gpus(cfgs: list[RunConfig], slots: list[str]) -> list[LocalRunResult]:
+    """The runs in ``len(slots)`` fresh processes, each pinned (CUDA_VISIBLE_DEVICES) to the
+    GPU of the slot it holds while it runs: at most ``runs_per_gpu`` on a GPU at once."""
+    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    ctx = get_context("spawn")
+    with Manager() as manager:
+        free = manager.Queue()
+        for s in slots:
+            free.put(s)
+        with ProcessPoolExecutor(len(slots), mp_context=ctx, initializer=_die_with_parent,
+                                 **fresh) as pool:
+            task = partial(run_on_a_slot, free, _run_isolated)
+            return [f.result() for f in as_completed([pool.submit(task, c) for c in cfgs])]
 
 
 BACKENDS.register("local")(LocalBackend())

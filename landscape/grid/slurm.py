@@ -24,6 +24,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from landscape import results
 from landscape.config import RunConfig
 from landscape.grid.finish import finish_cells
+from landscape.grid.gpu import check_gpu_memory, free_memory, groups, with_threads
 from landscape.grid.launcher import (
     BACKENDS, LauncherConfig, Submission, SubmissionError, cell_work,
 )
@@ -55,6 +56,40 @@ class RunTask(Checkpointable):
 
     def checkpoint(self, cfg: RunConfig) -> DelayedSubmission:
         return DelayedSubmission(RunTask(), cfg)
+
+
+class GroupTask(Checkpointable):
+    """``launcher.runs_per_gpu`` runs as one array task, in as many processes sharing the
+    task's GPU (the CPUs split between them); requeued as a group, each run resumes from its
+    own checkpoint. Their GPU memory is checked first (a clear error, nothing started)."""
+
+    def __call__(self, cfgs: list[RunConfig]) -> list[RunSummary]:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        _log_to_stdout()
+        if torch.cuda.is_available():
+            check_gpu_memory(cfgs, len(cfgs), free_memory([0]))
+        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
+        cfgs = with_threads(cfgs, max(1, cpus // len(cfgs)))
+        with ProcessPoolExecutor(len(cfgs), mp_context=get_context("spawn")) as pool:
+            return list(pool.map(run, cfgs))
+
+    def checkpoint(self, cfgs: list[RunConfig]) -> DelayedSubmission:
+        return DelayedSubmission(GroupTask(), cfgs)
+
+
+def _array_tasks(plan: GridPlan, launcher: LauncherConfig) -> tuple[Any, list]:
+    """The task callable and its arguments: one run per task, or (``runs_per_gpu`` = k > 1)
+    groups of k runs."""
+    cfgs = [p.cfg for p in plan.pending]
+    if launcher.runs_per_gpu == 1:
+        return RunTask(), cfgs
+    if launcher.gpus_per_node != 1:
+        raise SubmissionError(f"launcher.runs_per_gpu={launcher.runs_per_gpu} packs runs on the "
+                              f"one GPU of each array task; set launcher.gpus_per_node=1 (now "
+                              f"{launcher.gpus_per_node})")
+    return GroupTask(), groups(cfgs, launcher.runs_per_gpu)
 
 
 class CellTask(Checkpointable):
@@ -128,8 +163,12 @@ class SlurmBackend:
     def describe(self, plan: GridPlan, launcher: LauncherConfig) -> list[str]:
         lines, work = [], cell_work(plan)
         if plan.pending:
-            lines.append(f"slurm: 1 array of {len(plan.pending)} tasks (at most "
-                         f"{launcher.array_parallelism} at once) with "
+            _, tasks = _array_tasks(plan, launcher)
+            k = launcher.runs_per_gpu
+            runs = f" for {len(plan.pending)} runs" if k > 1 else ""
+            packing = f", {k} runs per task sharing its GPU" if k > 1 else ""
+            lines.append(f"slurm: 1 array of {len(tasks)} tasks{runs} "
+                         f"(at most {launcher.array_parallelism} at once{packing}) with "
                          f"{executor_parameters(launcher, 'runs')}")
         if work:
             dep = "afterany on the array" if plan.pending else "no dependency"
@@ -141,13 +180,13 @@ class SlurmBackend:
     def launch(self, plan: GridPlan, launcher: LauncherConfig) -> Submission:
         """Submit the pending runs as one array, then the cell job ``afterany`` on it."""
         folder = submitit_folder(plan.root, launcher)
+        task, args = _array_tasks(plan, launcher) if plan.pending else (None, [])
         jobs: list[Any] = []
         array_id = cell_id = None
         kind = "runs"
         try:
             if plan.pending:
-                jobs += _executor(launcher, folder, "runs").map_array(
-                    RunTask(), [p.cfg for p in plan.pending])
+                jobs += _executor(launcher, folder, "runs").map_array(task, args)
                 array_id = jobs[0].job_id.split("_")[0]
             if plan.needs_cell_job:
                 kind = "cells"
@@ -163,7 +202,9 @@ class SlurmBackend:
             raise SubmissionError(msg) from None
         finally:
             if array_id or cell_id:
-                run_jobs = jobs[:len(plan.pending)] if array_id else []
+                run_jobs = jobs[:len(args)] if array_id else []
+                if launcher.runs_per_gpu > 1:  # every run of a group: its task's job id
+                    run_jobs = [j for j, g in zip(run_jobs, args) for _ in g]
                 results.record_submission(
                     plan.root, "slurm", [(p.run_id, j.job_id, dataclasses.asdict(p.cfg))
                                          for p, j in zip(plan.pending, run_jobs)],

@@ -49,6 +49,10 @@ METRICS: dict[str, str] = {
     "diverged": "1 if the training loss became NaN/inf (index = epoch it happened), else 0",
     "num_params": "number of parameters of the model",
     "train_seconds": "wall time of the training stage in this process, seconds",
+    "resident_data": "1 if the training batches were drawn on the device from resident data "
+                     "(data.loader), 0 for the DataLoader path; note = the path",
+    "compiled": "1 if the training steps ran a torch.compile'd model (train.compile), else 0; "
+                "note = why compiling failed, when it was asked for",
     "best_test_acc": "highest test accuracy over the epochs of training (its weights are "
                      "best.pt) or of a fine-tuning, fraction; index = that epoch",
     # receptive_field (cell-level, one row per conv/pool layer; layer = module name)

@@ -34,6 +34,7 @@ from torch import nn
 
 from landscape import results
 from landscape.data.registry import DatasetBundle
+from landscape.data.resident import ResidentBundle
 from landscape.device import DeviceSettings
 from landscape.identity import RunIdentity
 from landscape.registry import Registry
@@ -68,11 +69,18 @@ class RunContext(Protocol):
     settings: DeviceSettings
     train: TrainConfig  # the run's training settings (batch sizes, CUDA paths)
     progress: bool
-    num_workers: int  # DataLoader workers (data.num_workers)
+    num_workers: Optional[int]  # DataLoader workers (data.num_workers; None: by device)
     checkpoint_dir: Path  # where training writes init.pt, last.pt and final.pt
 
     @property
     def data(self) -> DatasetBundle: ...
+
+    @property
+    def resident(self) -> ResidentBundle:
+        """:attr:`data` held on the device (``landscape.data.resident``)."""
+
+    def data_path(self, recorded: Optional[str] = None) -> str:
+        """``"resident"`` or ``"dataloader"``: ``data.loader`` resolved for this device."""
 
     def build_model(self) -> nn.Module:
         """The run's freshly initialised model (the same init every time), on the CPU."""

@@ -10,13 +10,26 @@ from landscape.stages.base import CellContext, RunContext
 from landscape.train import make_loader
 
 
+def eval_split(ctx: RunContext | CellContext, split: str):
+    """The split ``split`` (``test``, ``train_eval`` or ``holdout``: no augmentation) for
+    evaluation: held on the device when ``data.loader`` resolves to the resident path (its
+    batches equal the DataLoader's bit for bit, tests/test_resident.py), else the Dataset."""
+    data_path = getattr(ctx, "data_path", None)
+    if data_path is not None and data_path() == "resident":
+        return getattr(ctx.resident, split)
+    return getattr(ctx.data, split)
+
+
 def evaluation_batches(ctx: RunContext | CellContext, n: int, batch_size: int, *, augment: bool = False,
                        seed: int = 0) -> list:
     """The first ``n`` training images on the device: without augmentation in a fixed order,
     or (``augment``) one draw of the training augmentation in a random order, both from
     ``seed``, drawn once: every Hessian-vector product sees the same batches."""
-    ds = Subset(ctx.data.train if augment else ctx.data.train_eval,
-                range(min(n, len(ctx.data.train))))
+    n = min(n, len(ctx.data.train))
+    if augment:  # the DataLoader's draws (kept: results made before the resident path)
+        ds = Subset(ctx.data.train, range(n))
+    else:
+        ds = _first(eval_split(ctx, "train_eval"), n)
     with torch.random.fork_rng(devices=[]):
         seed_everything(seed)  # the transforms draw from the global generators
         gen = torch.Generator().manual_seed(seed)
@@ -26,6 +39,11 @@ def evaluation_batches(ctx: RunContext | CellContext, n: int, batch_size: int, *
 
 def test_batches(ctx: RunContext | CellContext, n: int, batch_size: int) -> list:
     """The first ``n`` test images on the device, in order, in batches."""
-    ds = Subset(ctx.data.test, range(min(n, len(ctx.data.test))))
-    loader = make_loader(ds, batch_size, ctx.settings, shuffle=False)
+    ds = eval_split(ctx, "test")
+    loader = make_loader(_first(ds, min(n, len(ds))), batch_size, ctx.settings, shuffle=False)
     return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
+
+
+def _first(ds, n: int):
+    """The first ``n`` items of a Dataset or of a resident split."""
+    return ds.subset(torch.arange(n)) if hasattr(ds, "subset") else Subset(ds, range(n))

@@ -18,6 +18,7 @@ from landscape.stages.prune import (
     FINETUNE_FIELDS, PruneConfig, evaluate_on_test, label, prune_checkpoint, prune_note,
     settings_hash, unit_suffix, validate,
 )
+from landscape.stages.batches import eval_split
 from landscape.stages.pruned_geometry import geometry_settings, pruned_geometry_rows
 from landscape.train import evaluate, make_loader
 
@@ -69,7 +70,8 @@ class FinetuneStage(Stage):
             return ((ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader)
 
         model.to(memory_format=ctx.settings.memory_format)  # channels_last on CUDA, as in training
-        test = make_loader(ctx.data.test, ctx.train.eval_batch_size, ctx.settings, shuffle=False)
+        test = make_loader(eval_split(ctx, "test"), ctx.train.eval_batch_size, ctx.settings,
+                           shuffle=False)
 
         def test_after_epoch(m: nn.Module) -> dict[str, float]:
             loss, acc = evaluate(m, test, ctx.settings)

@@ -36,6 +36,7 @@ from landscape.seeds import FINETUNE_EPOCH, STRUCTURED_PRUNE, stream_seed
 from landscape.stages.base import (
     CHECKPOINTS, Output, RunContext, Stage, Unit, check_number, check_protocol, register_stage,
 )
+from landscape.stages.batches import eval_split
 from landscape.stages.pruned_geometry import (
     GEOMETRY_FIELDS, geometry_settings, pruned_geometry_rows, validate_geometry,
 )
@@ -152,7 +153,8 @@ def prune_note(cfg: PruneConfig) -> str:
 
 
 def _criterion_batches(ctx: RunContext, n: int) -> list:
-    loader = make_loader(ctx.data.train_eval, ctx.train.batch_size, ctx.settings, shuffle=False)
+    loader = make_loader(eval_split(ctx, "train_eval"), ctx.train.batch_size, ctx.settings,
+                         shuffle=False)
     out = []
     for x, y in loader:
         out.append((ctx.settings.to_device(x), y.to(ctx.settings.device)))
@@ -201,11 +203,12 @@ def _needs_data(cfg: PruneConfig) -> bool:
 
 def evaluate_on_test(ctx: RunContext, cfg: PruneConfig, model: nn.Module) -> list[dict]:
     if cfg.recalibrate_bn:
-        loader = make_loader(ctx.data.train_eval, ctx.train.batch_size, ctx.settings,
+        loader = make_loader(eval_split(ctx, "train_eval"), ctx.train.batch_size, ctx.settings,
                              shuffle=False)
         recalibrate_bn(model, ((ctx.settings.to_device(x), y) for x, y in loader),
                        ctx.settings.device)
-    loader = make_loader(ctx.data.test, ctx.train.eval_batch_size, ctx.settings, shuffle=False)
+    loader = make_loader(eval_split(ctx, "test"), ctx.train.eval_batch_size, ctx.settings,
+                         shuffle=False)
     loss, acc = evaluate(model, loader, ctx.settings)
     return [{"metric": "test_acc", "value": acc}, {"metric": "test_loss", "value": loss}]
 
@@ -231,7 +234,7 @@ class PruneStage(Stage):
     def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> Output:
         rate = unit.params["rate"]
         model = ctx.load_model(config.checkpoint)
-        loader = make_loader(ctx.data.test, ctx.train.eval_batch_size, ctx.settings,
+        loader = make_loader(eval_split(ctx, "test"), ctx.train.eval_batch_size, ctx.settings,
                              shuffle=False)
         dense_acc = evaluate(model, loader, ctx.settings)[1]
         model, masks, rows = prune_checkpoint(ctx, config, rate, model)

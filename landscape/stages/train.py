@@ -11,7 +11,9 @@ from typing import Optional
 from landscape import results
 from landscape.results import RunPaths
 from landscape.stages.base import RunContext, Stage, Unit, register_stage
-from landscape.train import TrainConfig, train_model, validate_train_config
+from landscape.train import (
+    TrainConfig, recorded_data_path, train_model, validate_train_config,
+)
 
 log = logging.getLogger("landscape")
 EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "learning_rate",
@@ -44,8 +46,10 @@ class TrainStage(Stage):
     def run(self, ctx: RunContext, config: TrainConfig, unit: Unit) -> list[dict]:
         model = ctx.build_model()
         t0 = time.perf_counter()
+        path = ctx.data_path(recorded_data_path(ctx.checkpoint_dir))
+        data = ctx.resident if path == "resident" else ctx.data
         outcome = train_model(
-            model, ctx.data.train, ctx.data.test, config, seed=ctx.identity.seed,
+            model, data.train, data.test, config, seed=ctx.identity.seed,
             settings=ctx.settings, checkpoint_dir=ctx.checkpoint_dir,
             num_workers=ctx.num_workers, progress=ctx.progress, run_id=ctx.identity.run_id,
         )
@@ -58,6 +62,10 @@ class TrainStage(Stage):
             rows.append({"metric": "best_test_acc", "value": best.test_acc, "index": best.epoch})
         rows.append({"metric": "num_params", "value": ctx.identity.num_params})
         rows.append({"metric": "train_seconds", "value": time.perf_counter() - t0})
+        rows.append({"metric": "resident_data", "value": float(outcome.data_path == "resident"),
+                     "note": outcome.data_path})
+        rows.append({"metric": "compiled", "value": float(outcome.compiled),
+                     "note": outcome.compile_note or None})
         if outcome.diverged:
             log.warning("run %s diverged at epoch %d (non-finite training loss)",
                         ctx.identity.run_id, outcome.diverged_epoch)
