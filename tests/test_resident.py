@@ -285,3 +285,19 @@ def test_uint8_cache_pixels_equal_the_decoded_images(tmp_path, monkeypatch, capl
     assert "not writable" in caplog.text and str(tmp_path / "elsewhere") in caplog.text
     assert np.array_equal(again, cached_images(paths))
     assert cache_files(train)[0].parent.parent == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resident_batches_have_the_standard_strides_and_train(channels):
+    """A single-channel image batch made by permuting NHWC keeps odd (legal) strides under
+    .contiguous(); the CPU conv backward crashed the process on them (digits, the demo). Every
+    batch must have the strides of a fresh NCHW tensor, the short last batch included."""
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(37, H, W, channels, generator=gen) * 255).to(torch.uint8)
+    data = ResidentSet(images, torch.arange(37) % 3, mean=[0.5] * channels,
+                       std=[0.25] * channels, augment=Augmentation("pad_crop", 2, True))
+    model = create_model("resnet18", width=0.125, pool_level=0, num_classes=3,
+                         in_channels=channels)
+    for x, y in ResidentLoader(data, 16, shuffle=True, generator=gen):
+        assert x.stride() == torch.empty(x.shape).stride()
+        torch.nn.functional.cross_entropy(model(x), y).backward()

@@ -190,8 +190,10 @@ class ResidentSet:
         else:
             x = self._crop_flip(index, params.get("dy"), params.get("dx"), params.get("flip"),
                                 a.padding if a is not None and a.crop == "pad_crop" else 0)
-            # the layout change on the (uint8) gathered pixels, before the float passes
-            x = self._to_float(x.permute(0, 3, 1, 2).contiguous(memory_format=fmt))
+            # the layout change on the (uint8) gathered pixels, before the float passes; a
+            # fresh tensor: .contiguous() would keep the permuted strides of a size-1 channel
+            # dim (legal, but the CPU conv backward crashes on them: tests/test_resident.py)
+            x = self._to_float(x.permute(0, 3, 1, 2).clone(memory_format=fmt))
         return x.sub_(self.mean).div_(self.std).contiguous(memory_format=fmt)
 
     def _to_float(self, x: Tensor) -> Tensor:
