@@ -40,9 +40,10 @@ def saturation_probes(df: pd.DataFrame, *, arch: str | None = None, dataset: str
         c = select(s, cell=cell)
         sat, acc = _per_layer(c, "saturation"), _per_layer(c, "probe_acc")
         x = sat.index.get_level_values("index").to_numpy(int)
-        ax.bar(x, sat.mean(axis=1), color=colour, alpha=0.45, width=0.8, label="saturation")
-        ax.errorbar(x, sat.mean(axis=1), yerr=[sat.mean(axis=1) - sat.min(axis=1),
-                                               sat.max(axis=1) - sat.mean(axis=1)],
+        ax.bar(x, sat.mean(axis=1).to_numpy(float), color=colour, alpha=0.45, width=0.8, label="saturation")
+        mean = sat.mean(axis=1).to_numpy(float)  # (the mean of equal values may round past them)
+        ax.errorbar(x, mean, yerr=[np.maximum(0, mean - sat.min(axis=1).to_numpy(float)),
+                                   np.maximum(0, sat.max(axis=1).to_numpy(float) - mean)],
                     fmt="none", ecolor="0.3", lw=0.8)
         xa = acc.index.get_level_values("index").to_numpy(int)
         ax.plot(xa, acc.mean(axis=1), color="black", marker="o", ms=3, lw=1.3,

@@ -312,3 +312,31 @@ def test_probes_stage_rows_border_and_heat_map(tmp_path) -> None:
                                                       position_layers=["features.3"])))
     with pytest.raises(ValueError, match="probes.saturation_rule must be one of"):
         pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, saturation_rule="papers")))
+
+
+def test_the_probe_figure_and_table_from_rows_with_equal_seeds() -> None:
+    """Equal values over seeds (whose float mean rounds past them) draw without error; the
+    table counts the agreement of predicted and observed borders per RF level."""
+    from analysis.probe_plots import border_table, saturation_probes
+    from landscape.results import to_frame
+
+    rows = []
+    for level, rf in ((1, 10), (2, 20)):
+        ident = {"arch": "vgg19", "dataset": "digits", "pool_level": level, "pool_kernel": 2,
+                 "pool_stride": 1, "pool_padding": 0, "receptive_field": rf, "width": 1.0,
+                 "stage": "probes_final"}
+        for seed in (0, 1, 2):
+            run = {**ident, "run_id": f"vgg19-p{level}/seed={seed}", "seed": seed}
+            for i, layer in enumerate(["c0", "c1", "c2", "fc"]):
+                rows += [{**run, "metric": "saturation", "layer": layer, "index": i,
+                          "value": 0.1},
+                         {**run, "metric": "probe_acc", "layer": layer, "index": i,
+                          "value": 0.9}]
+            rows.append({**run, "metric": "border_predicted", "layer": "c1", "value": 1})
+            if seed or level == 2:
+                rows.append({**run, "metric": "tail_observed", "layer": "c1", "value": 1})
+    df = to_frame(rows)
+    assert saturation_probes(df) is not None
+    table = border_table(df).cells
+    assert table["Agree"].tolist() == ["2/3", "3/3"]
+    assert table["Observed tail start (per seed)"].iloc[0] == "none, c1 (#1), c1 (#1)"
