@@ -8,13 +8,16 @@ rows for them; tables are :class:`~analysis.tables.Table` or None.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.plots import _figure, _levels, _styled, _suptitle, stage_title
 from analysis.stats import grid_frame, select
-from analysis.tables import MISSING, Table, _levels_frame, grid_slug, grid_title, level_label
+from analysis.tables import (MISSING, Table, _levels_frame, format_mean_std, grid_slug,
+                             grid_title, level_label)
 
 
 def _per_layer(s: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -118,11 +121,16 @@ def border_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
                      if sd in tails.index else "none") for sd in seeds]
         agree = sum(o == predicted for o in observed)
         layers = int(select(c, metric="probe_acc")["index"].max()) + 1
+        starts = [float(tails.loc[sd, "value"]) if sd in tails.index else np.nan for sd in seeds]
+        gaps = np.array(starts) - (float(border["value"].iloc[0]) if len(border) else np.nan)
+        gaps = gaps[np.isfinite(gaps)]
         rows.append({"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
                      "Layers probed": str(layers), "Predicted border": predicted,
                      "Observed tail start (per seed)": ", ".join(observed) or MISSING,
-                     "Agree": f"{agree}/{len(seeds)}"})
-        starts = [float(tails.loc[sd, "value"]) if sd in tails.index else np.nan for sd in seeds]
+                     "Agree": f"{agree}/{len(seeds)}",
+                     "Observed − predicted (layers)": (format_mean_std(
+                         float(gaps.mean()), float(gaps.std(ddof=1)) if gaps.size > 1
+                         else math.nan, gaps.size) if gaps.size else MISSING)})
         numbers.append({"cell": lv.cell,
                         "predicted": float(border["value"].iloc[0]) if len(border) else np.nan,
                         "observed_mean": float(np.nanmean(starts)) if any(
@@ -136,4 +144,5 @@ def border_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
                  "the image (rfa-toolbox's test, from the architecture alone). Observed: the "
                  "first layer after which probe accuracy improves by less than epsilon and from "
                  "which saturation stays below the mean over layers (# = position among the "
-                 f"probed layers); {note}.")
+                 "probed layers); observed − predicted: mean ± std (ddof=1) over the seeds with "
+                 f"a tail; {note}.")

@@ -340,3 +340,4 @@ def test_the_probe_figure_and_table_from_rows_with_equal_seeds() -> None:
     table = border_table(df).cells
     assert table["Agree"].tolist() == ["2/3", "3/3"]
     assert table["Observed tail start (per seed)"].iloc[0] == "none, c1 (#1), c1 (#1)"
+    assert table["Observed − predicted (layers)"].iloc[0].startswith("0")
