@@ -310,6 +310,9 @@ def test_probes_stage_rows_border_and_heat_map(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"probes.position_layers: \['features.3'\] are not conv"):
         pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True,
                                                       position_layers=["features.3"])))
+    with pytest.raises(ValueError, match=r"probes.n_test=2 gives layer 'classifier' 2 samples "
+                                         r"\(1 per image\) for its 10 channels.*n_test >= 11"):
+        pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, n_test=2)))
     with pytest.raises(ValueError, match="probes.saturation_rule must be one of"):
         pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, saturation_rule="papers")))
 

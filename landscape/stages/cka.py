@@ -26,6 +26,7 @@ from landscape.cka import layerwise_cka_pairs, symmetrised_upper
 from landscape.stages.base import (
     CellContext, Stage, Unit, check_checkpoints, check_protocol, register_stage,
 )
+from landscape.stages.batches import test_batches
 
 PAIRS = ("all", "consecutive")
 
@@ -97,9 +98,7 @@ class CKAStage(Stage):
         return [Unit(f"cka_{tag}{c}", {"checkpoint": c}) for c in config.checkpoints]
 
     def run(self, ctx: CellContext, config: CKAConfig, unit: Unit) -> list[dict]:
-        test = ctx.data.test
-        n = min(config.n_inputs, len(test))
-        inputs = torch.stack([test[i][0] for i in range(n)])
+        inputs = torch.cat([x for x, _ in test_batches(ctx, config.n_inputs, 500)])
         models = ctx.load_models(unit.params["checkpoint"])
         return [{"stage": unit.name, **r}
                 for r in cka_rows(models, inputs, config, ctx.settings.device)]

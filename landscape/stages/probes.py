@@ -32,7 +32,7 @@ import logging
 
 import torch
 
-from landscape.activations import select_modules
+from landscape.activations import ActivationCapture, select_modules
 from landscape.identity import RunIdentity
 from landscape.probes import (
     RULES, accumulator_saturation, collect_layers, observed_tail, position_probe_map,
@@ -93,15 +93,41 @@ class ProbesStage(Stage):
         with torch.device("meta"):
             model = identity.build_model()
         try:
-            select_modules(model, config.layers, arg="probes.layers")
+            names = select_modules(model, config.layers, arg="probes.layers")
         except (TypeError, ValueError) as e:
             raise ValueError(str(e)) from None
+        self._check_samples(model, names, config, identity)
         convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
         wrong = [n for n in config.position_layers if n not in convs]
         if wrong:
             shown = ", ".join(convs[:8]) + (", ..." if len(convs) > 8 else "")
             raise ValueError(f"probes.position_layers: {wrong} are not conv layers of "
                              f"{identity.arch} (conv layers: {shown})")
+
+    @staticmethod
+    def _check_samples(model: torch.nn.Module, names: list[str], config: ProbesConfig,
+                       identity: RunIdentity) -> None:
+        """Every layer's covariance needs more samples (test images x positions) than it has
+        channels; checked from the output shapes of a forward on the meta device."""
+        shapes: dict[str, tuple] = {}
+        x = torch.empty(1, identity.in_channels, identity.image_size, identity.image_size,
+                        device="meta")
+        with ActivationCapture(model, names, lambda n, out: shapes.update({n: out.shape})) as c:
+            c.run(x)
+        need = {}  # the fewest test images that give each layer more samples than channels
+        for name in names:
+            shape = shapes[name]
+            positions = shape[2] * shape[3] if len(shape) == 4 else 1
+            need[name] = shape[1] // positions + 1
+        worst = max(names, key=need.__getitem__)
+        if config.n_test < need[worst]:
+            shape = shapes[worst]
+            positions = shape[2] * shape[3] if len(shape) == 4 else 1
+            raise ValueError(
+                f"probes.n_test={config.n_test} gives layer {worst!r} "
+                f"{config.n_test * positions} samples ({positions} per image) for its "
+                f"{shape[1]} channels; saturation needs more samples than channels in every "
+                f"layer: set probes.n_test >= {need[worst]}")
 
     def units(self, config: ProbesConfig) -> list[Unit]:
         return [Unit(f"probes_{c}", {"checkpoint": c}) for c in config.checkpoints]
