@@ -340,8 +340,8 @@ def test_slices_along_the_saved_hessian_eigenvectors(tmp_path):
 
     h = HessianConfig(enabled=True, checkpoints=["final"], k=2, n_samples=48, batch_size=16,
                       density_runs=0, trace_samples=0, tol=1e-6, save_eigenvectors=2)
-    sl = SliceConfig(enabled=True, directions=["random", "hessian"], span=0.001, points_1d=3,
-                     points_2d=3, n_samples=48, batch_size=16)
+    sl = SliceConfig(enabled=True, directions=["random", "hessian"], hessian_span=0.001,
+                     points_1d=3, points_2d=3, n_samples=48, batch_size=16)
     summary = pipeline.run(cfg(hessian=h, slice=sl))
     assert {"slice_1d_final", "slice_2d_final", "slice_hessian_1d_final",
             "slice_hessian_2d_final"} <= set(summary.ran)
@@ -376,7 +376,7 @@ def test_slices_along_the_saved_hessian_eigenvectors(tmp_path):
                 p.add_(0.001 * d[n])
     model.eval()
     assert loss[2] == pytest.approx(evaluate_batches(model, batches)[0], rel=1e-6)
-    assert "hessian eigenvectors 1..1" in one["note"].iloc[0]
+    assert "hessian eigenvectors 1..1" in one["note"].iloc[0] and "span=0.001" in one["note"].iloc[0]
     from landscape.grid import write_root_report
 
     md = write_root_report(tmp_path).read_text()
