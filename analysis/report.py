@@ -116,6 +116,9 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
         wanted.append((f"{st}: trace", select(d, stage=st, metric="hessian_trace")))
     for st in present_stages(select(d, metric="loss_barrier"), "connectivity"):
         wanted.append((f"{st}: loss barrier", select(d, stage=st, metric="loss_barrier")))
+    for st in present_stages(select(d, metric="tail_observed"), "probes"):
+        wanted.append((f"{st}: observed tail start (layer #)",
+                       select(d, stage=st, metric="tail_observed")))
     for st in present_stages(d, "importance"):
         for m in ("importance_max", "erf_size"):
             wanted.append((f"{st}: {m}", select(d, stage=st, metric=m)))
@@ -123,8 +126,10 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
     for name, obs in wanted:
         if obs["value"].notna().sum() >= 3 and obs["receptive_field"].nunique() > 1:
             r = rank_correlation(obs)
-            rows.append({"Quantity (per seed)": name, "Spearman ρ": f"{r.rho:+.2f}",
-                         "p": format_number(r.p), "n": str(r.n)})
+            constant = math.isnan(r.rho)  # a quantity without spread has no rank order
+            rows.append({"Quantity (per seed)": name,
+                         "Spearman ρ": "undefined (constant)" if constant else f"{r.rho:+.2f}",
+                         "p": MISSING if constant else format_number(r.p), "n": str(r.n)})
     if not rows:
         return None
     return Table(f"{grid_slug(g)}-spearman", f"{grid_title(g)}: rank correlation of the "
