@@ -31,7 +31,6 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import make_parser, parse
+from benchmarks.common import make_parser, parse, reset_peak_rss, status_kb
 from landscape.activations import execution_order
 from landscape.cka import layerwise_cka, layerwise_cka_pairs
 from landscape.models import create_model
@@ -69,21 +68,6 @@ def _inputs(n: int, size: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=gen).to(dtype)
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (VmHWM); Linux >= 4.0. False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _run_side(side: str, arch: str, width: float, n: int, size: int, batch_size: int,
               dtype_name: str, threads: int) -> dict:
     """One side of (a) in this (fresh) process: the matrix, its seconds and peak extra memory."""
@@ -95,8 +79,8 @@ def _run_side(side: str, arch: str, width: float, n: int, size: int, batch_size:
         # torch-cka builds its ones vector and sums in the default dtype. Set only now: weights
         # initialised under a float64 default would differ from float32-initialised ones.
         torch.set_default_dtype(dtype)
-    peak_known = _reset_peak_rss()  # Linux only; elsewhere peak_mb is nan
-    base_kb = _status_kb("VmRSS") if peak_known else 0
+    peak_known = reset_peak_rss()  # Linux only; elsewhere peak_mb is nan
+    base_kb = status_kb("VmRSS") if peak_known else 0
     t0 = time.perf_counter()
     if side == "forwards":  # the floor: the same batches through both models, nothing else
         with torch.no_grad():
@@ -121,7 +105,7 @@ def _run_side(side: str, arch: str, width: float, n: int, size: int, batch_size:
         out = cka.export()
         matrix, labels = out["CKA"].double().numpy(), list(out["model1_layers"])
     seconds = time.perf_counter() - t0
-    peak_mb = (_status_kb("VmHWM") - base_kb) / 1024 if peak_known else float("nan")
+    peak_mb = (status_kb("VmHWM") - base_kb) / 1024 if peak_known else float("nan")
     return {"matrix": matrix, "labels": labels, "seconds": seconds, "peak_mb": peak_mb}
 
 

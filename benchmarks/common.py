@@ -1,9 +1,13 @@
-"""What every benchmark's command line shares: ``--quick`` and ``--threads``."""
+"""What the benchmarks share: the ``--quick`` / ``--threads`` command line, and timing with
+the peak extra resident memory of a call."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -23,3 +27,30 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def status_kb(field: str) -> int:
+    """A ``/proc/self/status`` field in kB (Linux)."""
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM); Linux >= 4.0. False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``(fn(), seconds, peak extra resident MB)``; the MB is NaN where it cannot be read."""
+    known = reset_peak_rss()
+    base = status_kb("VmRSS") if known else 0
+    t0 = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t0
+    peak = (status_kb("VmHWM") - base) / 1024 if known else float("nan")
+    return out, seconds, peak

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmarks.cka import _reset_peak_rss, _status_kb
-from benchmarks.common import make_parser, parse
+from benchmarks.common import make_parser, parse, timed
 from landscape.data import DataConfig, load_dataset
 from landscape.geometry import evaluate_batches, loss_slice, random_direction
 from landscape.models import create_model
@@ -68,16 +66,6 @@ def _loss_landscapes(model, x, y, d1, d2, span, steps) -> np.ndarray:
                                 Loss(F.cross_entropy, x, y), steps=steps, deepcopy_model=True)
 
 
-def _timed(fn):
-    known = _reset_peak_rss()
-    base = _status_kb("VmRSS")
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    peak = (_status_kb("VmHWM") - base) / 1024 if known else float("nan")
-    return out, seconds, peak
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse(make_parser(__doc__, "small_cnn, 64 images, 5x5"), argv)
     arch, width, n, steps = (("small_cnn", 0.5, 64, 5) if args.quick
@@ -101,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  _loss_landscapes(model, x, y, d1, d2, span, steps))}
     for _ in range(1 if args.quick else 3):
         for name, fn in sides.items():
-            out, seconds, peak = _timed(fn)
+            out, seconds, peak = timed(fn)
             values.setdefault(name, out)
             times[name].append(seconds)
             peaks[name] = max(peaks.get(name, 0.0), peak)

@@ -30,13 +30,11 @@ from __future__ import annotations
 import copy
 import statistics
 import tempfile
-import time
 
 import numpy as np
 import torch
 
-from benchmarks.cka import _reset_peak_rss, _status_kb
-from benchmarks.common import make_parser, parse
+from benchmarks.common import make_parser, parse, timed
 from landscape.activations import ActivationCapture, select_modules
 from landscape.data import DataConfig, load_dataset
 from landscape.models import create_model
@@ -102,16 +100,6 @@ def _reference(model, batches):
     return out
 
 
-def _timed(fn):
-    known = _reset_peak_rss()
-    base = _status_kb("VmRSS")
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    peak = (_status_kb("VmHWM") - base) / 1024 if known else float("nan")
-    return out, seconds, peak
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = make_parser(__doc__, "small_cnn, 64 images, batches of 16")
     parser.add_argument("--n", type=int, default=None, help="images (default 1024)")
@@ -142,7 +130,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     values: dict[str, dict] = {}
     for _ in range(1 if args.quick else 3):
         for name, fn in sides.items():
-            out, seconds, peak = _timed(fn)
+            out, seconds, peak = timed(fn)
             values.setdefault(name, out)
             times[name].append(seconds)
             peaks[name] = max(peaks.get(name, 0.0), peak)

@@ -4,7 +4,6 @@ as the per-image DataLoader path, reproducible batches, CPU fallbacks, the uint8
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from landscape.data.resident import (
 from landscape.data.transforms import image_transforms
 from landscape.device import device_settings
 from landscape.models import create_model
-from landscape.storage import load_checkpoint
 from landscape.train import (
     TrainConfig, default_workers, make_loader, recorded_data_path, train_model,
 )
