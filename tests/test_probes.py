@@ -344,3 +344,20 @@ def test_the_probe_figure_and_table_from_rows_with_equal_seeds() -> None:
     assert table["Agree"].tolist() == ["2/3", "3/3"]
     assert table["Observed tail start (per seed)"].iloc[0] == "none, c1 (#1), c1 (#1)"
     assert table["Observed − predicted (layers)"].iloc[0].startswith("0")
+
+
+@pytest.mark.parametrize("arch,pool", [("resnet18", 2), ("vgg19", 2), ("resnet50", 1)])
+def test_probes_validation_builds_every_architecture_before_training(arch, pool) -> None:
+    """The check of n_test against every layer's width runs a meta-device forward of the
+    architecture; feature maps of 1 x 1 (deep layers at a large pool) must not trip it."""
+    from landscape.config import ModelConfig, RunConfig
+    from landscape.data import DataConfig
+    from landscape.identity import identify
+    from landscape.stages.probes import ProbesConfig, ProbesStage
+
+    cfg = RunConfig(model=ModelConfig(name=arch, width=0.125, pool_level=pool),
+                    data=DataConfig(name="digits", image_size=16), device="cpu")
+    stage = ProbesStage()
+    stage.validate_for(ProbesConfig(enabled=True, n_test=360), identify(cfg))
+    with pytest.raises(ValueError, match="set probes.n_test >= "):
+        stage.validate_for(ProbesConfig(enabled=True, n_test=2), identify(cfg))

@@ -110,7 +110,8 @@ class ProbesStage(Stage):
         """Every layer's covariance needs more samples (test images x positions) than it has
         channels; checked from the output shapes of a forward on the meta device."""
         shapes: dict[str, tuple] = {}
-        x = torch.empty(1, identity.in_channels, identity.image_size, identity.image_size,
+        model.eval()  # BatchNorm in train mode refuses a batch of one 1x1 map
+        x = torch.empty(2, identity.in_channels, identity.image_size, identity.image_size,
                         device="meta")
         with ActivationCapture(model, names, lambda n, out: shapes.update({n: out.shape})) as c:
             c.run(x)
