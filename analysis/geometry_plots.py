@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from analysis.plots import (_figure, _levels, _styled, _suptitle, mean_band, present_stages,
                             stage_title)
@@ -38,6 +39,7 @@ def slice_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
             mean_band(ax, select(s, stage=st, cell=cell).pivot_table(
                 index="coord_x", columns="seed", values="value"), colour, marker, label)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(5))  # 0.0025-steps would overlap
         ax.set_xlabel("coordinate along the direction ("
                       + ("units of ||w||)" if "_hessian_" in st else "filter-normalised)"))
         ax.set_ylabel("training loss")
