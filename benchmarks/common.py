@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,3 +55,19 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     seconds = time.perf_counter() - t0
     peak = (status_kb("VmHWM") - base) / 1024 if known else float("nan")
     return out, seconds, peak
+
+
+def interleaved(sides: dict[str, Callable[[], Any]], repeats: int
+                ) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
+    """Run every side ``repeats`` times, interleaved (side a, b, ..., then again): the first
+    output of each side, its median seconds and its largest peak extra resident MB."""
+    values: dict[str, Any] = {}
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    peaks: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            out, seconds, peak = timed(fn)
+            values.setdefault(name, out)
+            times[name].append(seconds)
+            peaks[name] = max(peaks.get(name, 0.0), peak)
+    return values, {k: statistics.median(v) for k, v in times.items()}, peaks

@@ -20,13 +20,12 @@ Target (issue 16): ours >= 3x faster than loss-landscapes.
 from __future__ import annotations
 
 import copy
-import statistics
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmarks.common import make_parser, parse, timed
+from benchmarks.common import interleaved, make_parser, parse
 from landscape.data import DataConfig, load_dataset
 from landscape.geometry import evaluate_batches, loss_slice, random_direction
 from landscape.models import create_model
@@ -80,19 +79,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     span = 1.0
     axis = np.linspace(-span, span, steps)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    times: dict[str, list[float]] = {"ours": [], "copy_loop": [], "loss_landscapes": []}
-    peaks: dict[str, float] = {}
-    values: dict[str, np.ndarray] = {}
     sides = {"ours": lambda: loss_slice(model, batches, [d1, d2], [axis, axis]).loss,
              "copy_loop": lambda: _copy_loop(model, batches, d1, d2, axis, axis),
              "loss_landscapes": lambda: np.asarray(
                  _loss_landscapes(model, x, y, d1, d2, span, steps))}
-    for _ in range(1 if args.quick else 3):
-        for name, fn in sides.items():
-            out, seconds, peak = timed(fn)
-            values.setdefault(name, out)
-            times[name].append(seconds)
-            peaks[name] = max(peaks.get(name, 0.0), peak)
+    values, med, peaks = interleaved(sides, 1 if args.quick else 3)
     exact = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     ours, loop, theirs = values["ours"], values["copy_loop"], values["loss_landscapes"]
     # loss-landscapes' grid: column i at -span + i h; even columns rows 1..steps, odd 0..steps-1
@@ -103,7 +94,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     expected = np.stack([ours_ll[i, 1:] if i % 2 == 0 else ours_ll[i, :-1]
                          for i in range(steps)])
     rows = []
-    med = {k: statistics.median(v) for k, v in times.items()}
     row = {"benchmark": "loss_slice", "arch": arch, "width": width, "images": n,
            "points": steps * steps, "weights_restored_exactly": exact,
            "max_abs_diff_vs_copy_loop": float(np.abs(ours - loop).max()),

@@ -28,13 +28,12 @@ memory (``/proc/self/clear_refs``; NaN where unsupported).
 from __future__ import annotations
 
 import copy
-import statistics
 import tempfile
 
 import numpy as np
 import torch
 
-from benchmarks.common import make_parser, parse, timed
+from benchmarks.common import interleaved, make_parser, parse
 from landscape.activations import ActivationCapture, select_modules
 from landscape.data import DataConfig, load_dataset
 from landscape.models import create_model
@@ -125,17 +124,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if has_delve:
         sides["delve_one_batch"] = lambda: _delve(model, [x])
         sides["delve_streamed"] = lambda: _delve(model, batches)
-    times: dict[str, list[float]] = {k: [] for k in sides}
-    peaks: dict[str, float] = {}
-    values: dict[str, dict] = {}
-    for _ in range(1 if args.quick else 3):
-        for name, fn in sides.items():
-            out, seconds, peak = timed(fn)
-            values.setdefault(name, out)
-            times[name].append(seconds)
-            peaks[name] = max(peaks.get(name, 0.0), peak)
+    values, med, peaks = interleaved(sides, 1 if args.quick else 3)
     ours = {k: v[0] for k, v in values["ours"].items()}
-    med = {k: statistics.median(v) for k, v in times.items()}
     row = {"benchmark": "saturation", "arch": arch, "width": width, "images": n,
            "batch": batch, "layers": len(ours), "threshold": THRESHOLD, "delve": has_delve,
            "max_abs_diff_vs_reference": max(abs(ours[k] - values["reference"][k]) for k in ours),

@@ -320,13 +320,17 @@ def _source(ds):
     return None
 
 
-def estimated_bytes(cfg, bundle) -> int:
-    """Device memory of the resident splits: uint8 for the image files, float32 for the
-    datasets that are float already or are resized."""
-    info_size = bundle.image_size
+def resident_bytes(cfg, n_images: int, in_channels: int, image_size: int) -> int:
+    """Device memory of ``n_images`` resident images: uint8 for the image files, float32 for
+    the datasets that are float already or are resized."""
     per_pixel = 4 if cfg.name in ("digits", "synthetic") or cfg.image_size else 1
+    return n_images * in_channels * image_size * image_size * per_pixel
+
+
+def estimated_bytes(cfg, bundle) -> int:
+    """Device memory of the resident splits of ``bundle``."""
     n = len(bundle.train) + len(bundle.test) + (len(bundle.holdout) if bundle.holdout else 0)
-    return n * bundle.in_channels * info_size * info_size * per_pixel
+    return resident_bytes(cfg, n, bundle.in_channels, bundle.image_size)
 
 
 def resident_refusal(cfg, bundle, device: torch.device) -> Optional[str]:

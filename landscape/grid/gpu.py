@@ -16,6 +16,7 @@ from torch import nn
 
 from landscape.config import RunConfig
 from landscape.data.registry import dataset_info
+from landscape.data.resident import resident_bytes
 from landscape.grid.launcher import SubmissionError
 from landscape.identity import identify
 
@@ -57,8 +58,7 @@ def estimate_run_bytes(cfg: RunConfig) -> int:
     n_train, n_test = FULL_SIZES.get(cfg.data.name, (0, 0))
     n_train = min(n_train, cfg.data.train_subset or n_train)
     n_test = min(n_test, cfg.data.test_subset or n_test)
-    per_pixel = 4 if cfg.data.name in ("digits", "synthetic") or cfg.data.image_size else 1
-    data = (n_train + n_test) * info.in_channels * info.image_size ** 2 * per_pixel
+    data = resident_bytes(cfg.data, n_train + n_test, info.in_channels, info.image_size)
     if cfg.data.loader == "dataloader":
         data = 0
     params = identify(cfg).num_params * 4 * 4

@@ -12,14 +12,16 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from multiprocessing import Manager, get_context
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from landscape import results
 from landscape.config import RunConfig
 from landscape.grid.finish import finish_cells
-from landscape.grid.gpu import check_gpu_memory, free_memory, gpu_slots, run_on_a_slot, visible_gpus
+from landscape.grid.gpu import (
+    check_gpu_memory, free_memory, gpu_slots, run_on_a_slot, visible_gpus, with_threads,
+)
 from landscape.grid.launcher import (
     BACKENDS, LauncherConfig, LocalRunResult, Submission, SubmissionError, cell_work,
 )
@@ -91,8 +93,7 @@ class LocalBackend:
         gpus = _gpu_packing(launcher)
         workers = len(gpus) * launcher.runs_per_gpu if gpus else launcher.local_workers
         threads = max(1, usable_cpus() // workers)
-        cfgs = [p.cfg if p.cfg.num_threads else dataclasses.replace(p.cfg, num_threads=threads)
-                for p in plan.pending]
+        cfgs = with_threads([p.cfg for p in plan.pending], threads)
         if gpus and cfgs:  # before anything is recorded or started
             check_gpu_memory(cfgs, launcher.runs_per_gpu, free_memory(gpus))
         if cfgs:
@@ -105,13 +106,7 @@ class LocalBackend:
             elif workers == 1 or len(cfgs) <= 1:
                 done = [_run_isolated(c) for c in cfgs]
             else:
-                # A fresh process per run (Python >= 3.11): no CUDA context or backend flags
-                # leak from one run into the next.
-                fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-                with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                         initializer=_die_with_parent, **fresh) as pool:
-                    futures = [pool.submit(_run_isolated, c) for c in cfgs]
-                    done = [f.result() for f in as_completed(futures)]
+                done = _in_processes(_run_isolated, cfgs, workers)
             torch.set_num_threads(usable_cpus())
             cells = finish_cells(plan.root, list(plan.cells)) if plan.needs_cell_job else []
         finally:
@@ -121,19 +116,25 @@ class LocalBackend:
         return Submission("local", tuple(order), local=tuple(done), cells=tuple(cells))
 
 
-def _run_on_gpus(cfgs: list[RunConfig], slots: list[str]) -> list[LocalRunResult]:
-    """The runs in ``len(slots)`` fresh processes, each pinned (CUDA_VISIBLE_DEVICES) to the
-    GPU of the slot it holds while it runs: at most ``runs_per_gpu`` on a GPU at once."""
+def _in_processes(task: Callable[[RunConfig], LocalRunResult], cfgs: list[RunConfig],
+                  workers: int) -> list[LocalRunResult]:
+    """``task(cfg)`` of every run in ``workers`` spawned processes that die with this one, a
+    fresh process per run (Python >= 3.11): no CUDA context or backend flags leak from one
+    run into the next."""
     fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    ctx = get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                             initializer=_die_with_parent, **fresh) as pool:
+        return [f.result() for f in as_completed([pool.submit(task, c) for c in cfgs])]
+
+
+def _run_on_gpus(cfgs: list[RunConfig], slots: list[str]) -> list[LocalRunResult]:
+    """The runs in ``len(slots)`` processes, each pinned (CUDA_VISIBLE_DEVICES) to the GPU of
+    the slot it holds while it runs: at most ``runs_per_gpu`` on a GPU at once."""
     with Manager() as manager:
         free = manager.Queue()
         for s in slots:
             free.put(s)
-        with ProcessPoolExecutor(len(slots), mp_context=ctx, initializer=_die_with_parent,
-                                 **fresh) as pool:
-            task = partial(run_on_a_slot, free, _run_isolated)
-            return [f.result() for f in as_completed([pool.submit(task, c) for c in cfgs])]
+        return _in_processes(partial(run_on_a_slot, free, _run_isolated), cfgs, len(slots))
 
 
 BACKENDS.register("local")(LocalBackend())

@@ -7,6 +7,8 @@ best epoch's, ``index`` = that epoch), and the sparsity of the result.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -50,11 +52,13 @@ class FinetuneStage(Stage):
 
     def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> list[dict]:
         rate = unit.params["rate"]
+        dense = None  # path_points needs masks: validation refuses it with structured pruning
         if config.structured:
             model, _, _ = prune_checkpoint(ctx, config, rate, ctx.load_model(config.checkpoint))
             masks: dict = {}
         else:
             model = ctx.load_model(config.checkpoint)
+            dense = copy.deepcopy(model) if config.path_points else None
             saved = ctx.read_arrays(unit.params["prune_unit"])
             masks = {k: torch.from_numpy(np.asarray(v, dtype=bool)) for k, v in saved.items()}
             with torch.no_grad():
@@ -104,7 +108,6 @@ class FinetuneStage(Stage):
             rows += [{"metric": m, "value": result.eval[-1][m]} for m in ("test_acc", "test_loss")]
         note = (prune_note(config) + f"; finetune_epochs={config.finetune_epochs}"
                 f"; finetune_lr={config.finetune_lr}")
-        dense = ctx.load_model(config.checkpoint) if config.path_points else None
         rows += pruned_geometry_rows(ctx, config, model, masks or None, dense, note)
         common = {"criterion": label(config), "prune_rate": rate, "finetuned": True,
                   "protocol": config.protocol, "note": note}

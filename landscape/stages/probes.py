@@ -115,19 +115,19 @@ class ProbesStage(Stage):
                         device="meta")
         with ActivationCapture(model, names, lambda n, out: shapes.update({n: out.shape})) as c:
             c.run(x)
-        need = {}  # the fewest test images that give each layer more samples than channels
+        size = {}  # (positions per image, channels) of each layer's output
         for name in names:
             shape = shapes[name]
-            positions = shape[2] * shape[3] if len(shape) == 4 else 1
-            need[name] = shape[1] // positions + 1
+            size[name] = (shape[2] * shape[3] if len(shape) == 4 else 1, shape[1])
+        # the fewest test images that give a layer more samples than channels
+        need = {n: channels // positions + 1 for n, (positions, channels) in size.items()}
         worst = max(names, key=need.__getitem__)
         if config.n_test < need[worst]:
-            shape = shapes[worst]
-            positions = shape[2] * shape[3] if len(shape) == 4 else 1
+            positions, channels = size[worst]
             raise ValueError(
                 f"probes.n_test={config.n_test} gives layer {worst!r} "
                 f"{config.n_test * positions} samples ({positions} per image) for its "
-                f"{shape[1]} channels; saturation needs more samples than channels in every "
+                f"{channels} channels; saturation needs more samples than channels in every "
                 f"layer: set probes.n_test >= {need[worst]}")
 
     def units(self, config: ProbesConfig) -> list[Unit]:

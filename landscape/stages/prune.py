@@ -19,6 +19,7 @@ test accuracy after every epoch (``index`` = epoch), after the last (no index) a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import warnings
@@ -237,11 +238,11 @@ class PruneStage(Stage):
         loader = make_loader(eval_split(ctx, "test"), ctx.train.eval_batch_size, ctx.settings,
                              shuffle=False)
         dense_acc = evaluate(model, loader, ctx.settings)[1]
+        dense = copy.deepcopy(model) if config.path_points else None  # pruning is in place
         model, masks, rows = prune_checkpoint(ctx, config, rate, model)
         rows += evaluate_on_test(ctx, config, model)
         rows.append({"metric": "dense_test_acc", "value": dense_acc})
         note = prune_note(config)
-        dense = ctx.load_model(config.checkpoint) if config.path_points else None
         rows += pruned_geometry_rows(ctx, config, model, masks, dense, note)
         arrays = {k: v.cpu().numpy() for k, v in masks.items()} if masks is not None else {}
         common = {"criterion": label(config), "prune_rate": rate, "finetuned": False,

@@ -14,8 +14,9 @@ filter-normalised random directions (Li et al. 2018) or the top Hessian eigenvec
   weights (``model`` normalisation: coordinate 1 = a step of length ``||w||``; it stays an
   eigenvector, so ``slice.normalisation`` and ``include_bn_bias`` do not apply), over
   ``[-hessian_span, hessian_span]``: the sharpest direction needs a far shorter range than a
-  filter-normalised one (on the demo's nets the loss rises ~50x within 0.01 ||w|| and to
-  ~1e16 at 1 ||w||).
+  filter-normalised one (measured on two demo nets: the training loss rose from 0.07 to 6.4
+  (VGG19, pool 0) and from 0.12 to 3.3 (ResNet18, pool 2) at 0.01 ||w||, and to ~1e16 at
+  1 ||w||).
 
 The evaluation set is the first ``n_samples`` training images without augmentation, on the
 device, in batches. Rows: ``slice_loss`` and ``slice_acc`` with ``coord_x`` (and
