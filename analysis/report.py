@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -137,6 +137,12 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
                  "Spearman's ρ over all seeds of all receptive fields, two-sided p (scipy).")
 
 
+def _section(title: str, tables: Iterable[Table | None]) -> list[Block]:
+    """A heading and its tables, or nothing when no table was made."""
+    present = [("table", t) for t in tables if t is not None]
+    return [("h3", title), *present] if present else []
+
+
 def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame | None,
                   stage_order: Sequence[str]) -> list[Block]:
     blocks: list[Block] = []
@@ -161,29 +167,22 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
         same = units[(units["finetuned"] == u.finetuned) & (units["protocol"] == u.protocol)]
         if math.isclose(u.prune_rate, same["prune_rate"].max()) and g["cell"].nunique() > 1:
             blocks.append(("table", pvalue_table(g, **args)))
-    curvature = [t for c, p in sorted({(str(u.criterion), str(u.protocol))
-                                       for u in units.itertuples(index=False)})
-                 if (t := pruned_hessian_table(g, **kw, criterion=c, protocol=p)) is not None]
-    if curvature:
-        blocks += [("h3", "Curvature of the pruned networks")] + [("table", t) for t in curvature]
-    barriers = [t for st in present_stages(select(g, metric="loss_barrier"), "connectivity")
-                if (t := barrier_table(g, **kw, stage=st)) is not None]
-    if barriers:
-        blocks += [("h3", "Mode connectivity between seeds")] + [("table", t) for t in barriers]
-    sharp = [t for st in present_stages(g, "sharpness")
-             if (t := sharpness_table(g, **kw, checkpoint=st.split("_")[-1])) is not None]
-    if sharp:
-        blocks += [("h3", "Sharpness")] + [("table", t) for t in sharp]
-    borders = [t for st in present_stages(select(g, metric="probe_acc"), "probes")
-               if (t := probe_plots.border_table(g, **kw, stage=st)) is not None]
-    if borders:
-        blocks += [("h3", "Probes, saturation and the border layer")] + [("table", t)
-                                                                        for t in borders]
-    importance = [importance_table(g, reference, stage=st,
-                                   protocol="paper" if "_paper_" in st else "default")
-                  for st in present_stages(select(g, metric="importance_max"), "importance")]
-    if importance:
-        blocks += [("h3", "Projected-gradient importance")] + [("table", t) for t in importance]
+    blocks += _section("Curvature of the pruned networks", (
+        pruned_hessian_table(g, **kw, criterion=c, protocol=p)
+        for c, p in sorted({(str(u.criterion), str(u.protocol))
+                            for u in units.itertuples(index=False)})))
+    blocks += _section("Mode connectivity between seeds", (
+        barrier_table(g, **kw, stage=st)
+        for st in present_stages(select(g, metric="loss_barrier"), "connectivity")))
+    blocks += _section("Sharpness", (sharpness_table(g, **kw, checkpoint=st.split("_")[-1])
+                                     for st in present_stages(g, "sharpness")))
+    blocks += _section("Probes, saturation and the border layer", (
+        probe_plots.border_table(g, **kw, stage=st)
+        for st in present_stages(select(g, metric="probe_acc"), "probes")))
+    blocks += _section("Projected-gradient importance", (
+        importance_table(g, reference, stage=st,
+                         protocol="paper" if "_paper_" in st else "default")
+        for st in present_stages(select(g, metric="importance_max"), "importance")))
     corr = _correlations(g, stage_order)
     if corr is not None:
         blocks += [("h3", "Rank correlations with the receptive field"), ("table", corr)]

@@ -15,12 +15,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
+
+from landscape.storage import atomic_write, atomic_write_json
 
 log = logging.getLogger("landscape")
 CACHE_FORMAT = 1
@@ -74,18 +75,6 @@ def cache_files(folder: Path) -> tuple[Path, Path]:
     return parent / f"{folder.name}.uint8.npy", parent / f"{folder.name}.uint8.json"
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cached_images(paths: Sequence[Path], folder: Optional[Path] = None) -> np.ndarray:
     """The decoded images at ``paths`` (all under ``folder``, default their common folder),
     from the cache when it matches the files, else decoded and cached. Memory-mapped
@@ -107,6 +96,6 @@ def cached_images(paths: Sequence[Path], folder: Optional[Path] = None) -> np.nd
                     npy.parent)
     log.info("decoding %d images under %s into %s (once)", len(paths), folder, npy)
     images = decode_images(paths)
-    _atomic_write(npy, lambda f: np.save(f, images, allow_pickle=False))
-    _atomic_write(meta, lambda f: f.write(json.dumps(fp, sort_keys=True).encode()))
+    atomic_write(npy, lambda f: np.save(f, images, allow_pickle=False))
+    atomic_write_json(meta, fp)
     return np.load(npy, mmap_mode="r", allow_pickle=False)
