@@ -13,7 +13,8 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis.plots import (_figure, _levels, _styled, _suptitle, mean_band, present_stages,
                             stage_title)
-from analysis.stats import grid_frame, select
+from analysis.stats import grid_frame, pruning_rows, select
+from analysis.tables import settings_tag
 
 
 def slice_title(stage: str) -> str:
@@ -134,12 +135,15 @@ def connectivity(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
 @_styled
 def pruned_curvature(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                      width: float | None = None, criterion: str = "magnitude",
-                     protocol: str = "default") -> Figure | None:
+                     protocol: str = "default", prune_settings: str | None = None,
+                     finetune_settings: str | None = None) -> Figure | None:
     """The top eigenvalue of the Hessian on the unpruned weights vs the pruning rate, one line
     per receptive field (mean over seeds, band = min-max); one panel after pruning, one after
-    fine-tuning when present."""
+    fine-tuning when present. The settings as in :func:`analysis.stats.pruning_rows`."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
-    top = select(g, stage=["prune", "finetune"], criterion=criterion, protocol=protocol,
+    top = select(pruning_rows(g, criterion=criterion, protocol=protocol,
+                              prune_settings=prune_settings,
+                              finetune_settings=finetune_settings),
                  metric="pruned_hessian_eigenvalue", index=1)
     if top.empty:
         return None
@@ -155,5 +159,6 @@ def pruned_curvature(df: pd.DataFrame, *, arch: str | None = None, dataset: str 
         ax.set_title("after fine-tuning" if ft else "after pruning")
         ax.legend(loc="best")
     _suptitle(fig, g, f"curvature of the pruned networks, criterion {criterion}"
+              + settings_tag(prune_settings, finetune_settings)
               + (" (paper protocol)" if protocol == "paper" else ""))
     return fig

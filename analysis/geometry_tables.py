@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pandas as pd
 
-from analysis.stats import grid_frame, select
+from analysis.stats import grid_frame, pruning_rows, select
 from analysis.tables import (MISSING, Table, _levels_frame, format_mean_std, grid_slug,
-                             grid_title, level_label)
+                             grid_title, level_label, settings_slug, settings_tag)
 
 
 def _mean_std(x: np.ndarray) -> str:
@@ -94,13 +94,17 @@ def sharpness_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str |
 
 def pruned_hessian_table(df: pd.DataFrame, *, arch: str | None = None,
                          dataset: str | None = None, width: float | None = None,
-                         criterion: str = "magnitude", protocol: str = "default") -> Table | None:
+                         criterion: str = "magnitude", protocol: str = "default",
+                         prune_settings: str | None = None,
+                         finetune_settings: str | None = None) -> Table | None:
     """Rows = (receptive field, pruning rate): test accuracy and the top eigenvalue of the
     Hessian on the unpruned weights, after pruning and after fine-tuning, and the loss barrier
     of the path from the dense checkpoint to the pruned network; each mean ± std (ddof=1)
     over seeds. None when the grid has no pruned-Hessian or path rows for the criterion."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
-    p = select(g, stage=["prune", "finetune"], criterion=criterion, protocol=protocol)
+    p = pruning_rows(g, criterion=criterion, protocol=protocol, prune_settings=prune_settings,
+                     finetune_settings=finetune_settings)
+    tag = settings_tag(prune_settings, finetune_settings)
     measured = select(p, metric=["pruned_hessian_eigenvalue", "dense_path_barrier"])
     if measured.empty:
         return None
@@ -126,11 +130,12 @@ def pruned_hessian_table(df: pd.DataFrame, *, arch: str | None = None,
                     float(x.mean()) if x.size else math.nan)
             rows.append(row)
             numbers.append(num)
-    slug = f"{grid_slug(g)}-pruned-hessian-{criterion}{'-paper' if protocol == 'paper' else ''}"
+    slug = (f"{grid_slug(g)}-pruned-hessian-{criterion}{'-paper' if protocol == 'paper' else ''}"
+            + settings_slug(prune_settings, finetune_settings))
     note = measured["note"].dropna().iloc[0] if measured["note"].notna().any() else ""
     return Table(slug.replace(":", "-"),
                  f"{grid_title(g)}: curvature of the pruned networks, criterion {criterion}"
-                 + (" (paper protocol)" if protocol == "paper" else ""),
+                 + tag + (" (paper protocol)" if protocol == "paper" else ""),
                  pd.DataFrame(rows), pd.DataFrame(numbers),
                  "λ_max: top eigenvalue of the training-loss Hessian restricted to the unpruned "
                  "weights (rate 0 = the dense network by the same procedure); barrier: max over "

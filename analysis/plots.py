@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from analysis.stats import final_epoch, grid_frame, select
-from analysis.tables import grid_title, level_label
+from analysis.stats import final_epoch, grid_frame, pruning_rows, select
+from analysis.tables import grid_title, level_label, settings_tag
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
              "#F0E442")
@@ -305,18 +305,21 @@ def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None
 @_styled
 def pruning_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                    width: float | None = None, criterion: str = "magnitude",
-                   protocol: str = "default") -> Figure | None:
+                   protocol: str = "default", prune_settings: str | None = None,
+                   finetune_settings: str | None = None) -> Figure | None:
     """Test accuracy (%) vs pruning rate per receptive field, mean ± std band over seeds; the
     dense accuracy (of the checkpoint that was pruned) as a dashed line of the same colour.
-    Panels: one-shot, fine-tuned (after the last epoch)."""
+    Panels: one-shot, fine-tuned (after the last epoch). The settings as in
+    :func:`analysis.stats.pruning_rows` (several present and none chosen: ``ValueError``)."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
-    unit = dict(stage=["prune", "finetune"], criterion=criterion, protocol=protocol)
-    pr = select(g, metric="test_acc", **unit)
+    rows = pruning_rows(g, criterion=criterion, protocol=protocol,
+                        prune_settings=prune_settings, finetune_settings=finetune_settings)
+    pr = select(rows, metric="test_acc")
     pr = pr[pr["index"].isna()]
     present = [ft for ft in (False, True) if (pr["finetuned"] == ft).any()]
     if not present:
         return None
-    dense = select(g, metric="dense_test_acc", **unit)
+    dense = select(rows, metric="dense_test_acc")
     if dense.empty:  # results made before prune units recorded their checkpoint's accuracy
         dense = final_epoch(select(g, stage="train", metric="test_acc"))
     dense = dense.groupby("cell")["value"].mean() * 100
@@ -343,6 +346,7 @@ def pruning_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
     handles.append(Line2D([], [], color="grey", ls="--", lw=1))
     axes[0, -1].legend(handles, [*labels, "dense (same colour)"], loc="lower left")
     _suptitle(fig, g, f"test accuracy after {criterion} pruning"
+                      f"{settings_tag(prune_settings, finetune_settings)}"
                       f"{' (paper protocol)' if protocol == 'paper' else ''} (line = mean, "
                       "band = ± std over seeds)")
     return fig

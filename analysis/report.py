@@ -19,12 +19,13 @@ from analysis import geometry_plots, plots, probe_plots
 from analysis.paper import importance_table, paper_table
 from analysis.plots import present_stages, stage_title
 from analysis.render import Block, html_page, markdown
-from analysis.stats import (GRID_COLUMNS, UNIT_COLUMNS, final_epoch, grid_frame, grids,
-                            pruning_observations, rank_correlation, select, with_variants)
+from analysis.stats import (GRID_COLUMNS, SETTINGS_COLUMNS, UNIT_COLUMNS, final_epoch,
+                            grid_frame, grids, pruning_observations, pruning_procedures,
+                            rank_correlation, select, with_variants)
 from analysis.geometry_tables import barrier_table, pruned_hessian_table, sharpness_table
 from analysis.tables import (MISSING, Table, format_number, grid_slug, grid_title, level_label,
-                             pruning_table, pvalue_table, to_csv, to_latex, to_markdown,
-                             training_table)
+                             pruning_table, pvalue_table, settings_slug, settings_tag, to_csv,
+                             to_latex, to_markdown, training_table)
 
 DEFAULT_TITLE = "Receptive field, pruning and loss landscape: results report"
 # The paper's Hessian figures smooth each Ritz node with a Gaussian of variance 0.0032 (its
@@ -33,13 +34,16 @@ PAPER_DENSITY_SIGMA = math.sqrt(0.0032)
 
 
 def unit_label(stage: Any, criterion: Any, prune_rate: Any, finetuned: Any,
-               protocol: Any = "default") -> str:
-    """A stage unit as text: ``"prune magnitude @ 0.9"``, ``"hessian_final"``, with
+               protocol: Any = "default", prune_settings: Any = "",
+               finetune_settings: Any = "") -> str:
+    """A stage unit as text: ``"prune magnitude @ 0.9"``, ``"hessian_final"``, with the
+    settings that tell it from other units of its criterion (``", finetune_lr=0.001"``) and
     ``" (paper protocol)"`` for prune and fine-tune units of the paper's procedure."""
     if pd.isna(criterion):
         return str(stage)
-    return f"{stage} {criterion} @ {prune_rate:g}" + (" (paper protocol)"
-                                                      if protocol == "paper" else "")
+    return (f"{stage} {criterion} @ {prune_rate:g}"
+            + settings_tag(prune_settings, finetune_settings)
+            + (" (paper protocol)" if protocol == "paper" else ""))
 
 
 def _stage_rank(stage: str, order: Sequence[str]) -> int:
@@ -109,7 +113,9 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
         ("dense test acc.", select(d, stage="train", metric="test_acc"))]
     for u in _units(select(d, stage=["prune", "finetune"]), stage_order).itertuples(index=False):
         obs = pruning_observations(g, criterion=u.criterion, prune_rate=u.prune_rate,
-                                   finetuned=bool(u.finetuned), protocol=u.protocol)
+                                   finetuned=bool(u.finetuned), protocol=u.protocol,
+                                   prune_settings=u.prune_settings,
+                                   finetune_settings=u.finetune_settings)
         wanted.append((f"{u.unit}: dense - pruned", obs.rename(columns={"difference": "value"})))
     for st in present_stages(select(d, metric="hessian_eigenvalue"), "hessian"):
         wanted.append((f"{st}: λ_max", select(d, stage=st, metric="hessian_eigenvalue", index=1)))
@@ -154,23 +160,24 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
     # The paper's tables go beside the one-shot magnitude tables at rate 0.9 of its protocol
     # (of ours when only ours was run).
     beside = "paper" if (units["protocol"] == "paper").any() else "default"
-    for u in units.sort_values(["protocol", "finetuned", "criterion",
+    for u in units.sort_values(["protocol", "finetuned", "criterion", *SETTINGS_COLUMNS,
                                 "prune_rate"]).itertuples(index=False):
         ft = bool(u.finetuned)
         args = dict(**kw, criterion=u.criterion, prune_rate=u.prune_rate, finetuned=ft,
-                    protocol=u.protocol)
+                    protocol=u.protocol, prune_settings=u.prune_settings,
+                    finetune_settings=u.finetune_settings)
         blocks.append(("table", pruning_table(g, **args)))
         if (reference is not None and not ft and u.criterion == "magnitude"
                 and math.isclose(u.prune_rate, 0.9) and u.protocol == beside):
             ref = paper_table(reference, arch=kw["arch"], dataset=kw["dataset"], ours=g)
             blocks += [("table", ref)] if ref is not None else []
-        same = units[(units["finetuned"] == u.finetuned) & (units["protocol"] == u.protocol)]
+        same = units[(units["finetuned"] == u.finetuned) & (units["protocol"] == u.protocol)
+                     & (units["prune_settings"] == u.prune_settings)
+                     & (units["finetune_settings"] == u.finetune_settings)]
         if math.isclose(u.prune_rate, same["prune_rate"].max()) and g["cell"].nunique() > 1:
             blocks.append(("table", pvalue_table(g, **args)))
     blocks += _section("Curvature of the pruned networks", (
-        pruned_hessian_table(g, **kw, criterion=c, protocol=p)
-        for c, p in sorted({(str(u.criterion), str(u.protocol))
-                            for u in units.itertuples(index=False)})))
+        pruned_hessian_table(g, **kw, **proc) for proc in _procedures(g)))
     blocks += _section("Mode connectivity between seeds", (
         barrier_table(g, **kw, stage=st)
         for st in present_stages(select(g, metric="loss_barrier"), "connectivity")))
@@ -189,18 +196,32 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
     return blocks
 
 
+def _procedures(g: pd.DataFrame) -> list[dict[str, Any]]:
+    """The pruning procedures of the grid as keyword arguments of the pruning figures and
+    tables (criterion, protocol, prune_settings, finetune_settings)."""
+    return [{k: (None if pd.isna(v) else v) for k, v in r._asdict().items()}
+            for r in pruning_procedures(g).itertuples(index=False)]
+
+
+def _procedure_name(proc: Mapping[str, Any]) -> tuple[str, str]:
+    """(file-name part, caption part) of a pruning procedure."""
+    settings = (proc["prune_settings"], proc["finetune_settings"])
+    paper = proc["protocol"] == "paper"
+    name = (f"{proc['criterion']}{'-paper' if paper else ''}{settings_slug(*settings)}"
+            .replace(":", "-"))
+    return name, (f"criterion {proc['criterion']}{settings_tag(*settings)}"
+                  + (" (paper protocol)" if paper else ""))
+
+
 def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) -> list[Block]:
     """Draw every figure of the grid, save it as PNG and PDF, and list the ones not drawn."""
-    pruned = select(g, stage=["prune", "finetune"])[["criterion", "protocol"]]
-    criteria = sorted({tuple(r) for r in pruned.dropna().itertuples(index=False)})
+    procedures = [(p, *_procedure_name(p)) for p in _procedures(g)]
     hessian = select(g, metric="hessian_density_node")
     ours, paper = (present_stages(select(hessian, protocol=p), "hessian")
                    for p in ("default", "paper"))
     figures: list[tuple[str, Callable[[], Any], str]] = [
-        *[(f"pruning-{c}{'-paper' if p == 'paper' else ''}".replace(":", "-"),
-           (lambda c=c, p=p: plots.pruning_curves(g, **kw, criterion=c, protocol=p)),
-           f"Accuracy vs pruning rate, criterion {c}" + (" (paper protocol)." if p == "paper"
-                                                         else ".")) for c, p in criteria],
+        *[(f"pruning-{name}", (lambda p=p: plots.pruning_curves(g, **kw, **p)),
+           f"Accuracy vs pruning rate, {what}.") for p, name, what in procedures],
         ("hessian-eigenvalues", lambda: plots.hessian_eigenvalues(g, **kw),
          "Top Hessian eigenvalues by rank."),
         ("hessian-density", lambda: plots.spectral_density(g, **kw, stages=ours),
@@ -223,12 +244,12 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
             "||w||), " if "_hessian_" in st else "Training loss on the plane of two "
             "filter-normalised random directions, ") + f"{stage_title(st)}.") for st in present_stages(select(g, metric="slice_loss"),
                                                            "slice") if "_2d_" in st],
-        *[(f"pruned-curvature-{c}{'-paper' if p == 'paper' else ''}".replace(":", "-"),
-           (lambda c=c, p=p: geometry_plots.pruned_curvature(g, **kw, criterion=c, protocol=p)),
-           f"Top Hessian eigenvalue on the unpruned weights vs pruning rate, criterion {c}"
-           + (" (paper protocol)." if p == "paper" else "."))
-          for c, p in criteria if len(select(g, metric="pruned_hessian_eigenvalue",
-                                             criterion=c, protocol=p))],
+        *[(f"pruned-curvature-{name}",
+           (lambda p=p: geometry_plots.pruned_curvature(g, **kw, **p)),
+           f"Top Hessian eigenvalue on the unpruned weights vs pruning rate, {what}.")
+          for p, name, what in procedures
+          if len(select(g, metric="pruned_hessian_eigenvalue", criterion=p["criterion"],
+                        protocol=p["protocol"]))],
         ("connectivity", lambda: geometry_plots.connectivity(g, **kw),
          "Loss on the linear path between two seeds and its barrier."),
         *[(st.replace("_", "-"), (lambda st=st: probe_plots.saturation_probes(g, **kw, stage=st)),

@@ -19,8 +19,12 @@ from scipy import special, stats
 # A cell is every config value except the seed; its id is the run folder without "/seed=<s>".
 CELL_COLUMNS = ("cell", "arch", "dataset", "width", "pool_level", "pool_kernel", "pool_stride",
                 "pool_padding", "receptive_field")
-# One stage unit of a run; ``protocol`` tells the paper's procedure from ours (never pooled).
-UNIT_COLUMNS = ("stage", "criterion", "prune_rate", "finetuned", "protocol")
+# One stage unit of a run; ``protocol`` tells the paper's procedure from ours, and the
+# settings labels (:func:`with_settings`) prune and fine-tune units of other settings: never
+# pooled.
+SETTINGS_COLUMNS = ("prune_settings", "finetune_settings")
+UNIT_COLUMNS = ("stage", "criterion", "prune_rate", "finetuned", "protocol", *SETTINGS_COLUMNS)
+PRUNING_STAGES = ("prune", "finetune")
 PROTOCOLS = ("default", "paper")
 SUMMARY_KEYS = CELL_COLUMNS + UNIT_COLUMNS + ("metric", "index", "layer")
 GRID_COLUMNS = ("arch", "dataset", "width")  # cells of one grid differ only in the RF pool
@@ -36,14 +40,83 @@ def cell_ids(run_id: pd.Series) -> pd.Series:
 
 
 def with_cell(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with a ``cell`` column (the run folder's cell part), added once, and ``protocol``
-    filled: rows without one (training, the receptive field, and rows written before the
-    column existed) are ``"default"``."""
-    if "cell" in df.columns:
-        return df
-    protocol = (df["protocol"].fillna("default") if "protocol" in df.columns
-                else pd.Series("default", index=df.index, dtype="string"))
-    return df.assign(cell=cell_ids(df["run_id"]), protocol=protocol)
+    """``df`` with a ``cell`` column (the run folder's cell part), added once, ``protocol``
+    filled (rows without one: training, the receptive field, and rows written before the
+    column existed, are ``"default"``) and the settings labels of :func:`with_settings`."""
+    if "cell" not in df.columns:
+        protocol = (df["protocol"].fillna("default") if "protocol" in df.columns
+                    else pd.Series("default", index=df.index, dtype="string"))
+        df = df.assign(cell=cell_ids(df["run_id"]), protocol=protocol)
+    return df if set(SETTINGS_COLUMNS) <= set(df.columns) else with_settings(df)
+
+
+def _unit_hashes(stage: object, unit: object) -> tuple[str, str]:
+    """The settings hashes in a prune unit's name (``prune_<label>_<rate>_<h>``: ``(h, "")``)
+    or a fine-tune unit's (``finetune_<label>_<rate>_<h>_<f>``: ``(h, f)``); ``("", "")`` for
+    other rows and rows without a unit."""
+    if pd.isna(unit) or stage not in PRUNING_STAGES:
+        return "", ""
+    parts = str(unit).split("_")
+    if stage == "prune":
+        return (parts[-1], "") if len(parts) >= 4 else ("", "")
+    return (parts[-2], parts[-1]) if len(parts) >= 5 else ("", "")
+
+
+def note_fields(note: object) -> dict[str, str]:
+    """``"k=v; k=v"`` (a row's note) -> ``{k: v}``; parts without ``=`` are left out."""
+    if pd.isna(note):
+        return {}
+    return dict(p.split("=", 1) for p in str(note).split("; ") if "=" in p)
+
+
+def _settings_labels(notes: Mapping[str, object], skip: str = "") -> dict[str, str]:
+    """Hash -> label of each setting among ``notes`` (hash -> one note of its rows): ``""``
+    when there is one, else the note fields whose values differ (``"finetune_lr=0.001"``),
+    fields starting with ``skip`` left out; the hash where the notes cannot tell them apart."""
+    if len(notes) <= 1:
+        return {h: "" for h in notes}
+    fields = {h: {k: v for k, v in note_fields(n).items() if not (skip and k.startswith(skip))}
+              for h, n in notes.items()}
+    keys = sorted(set().union(*fields.values()))
+    varying = [k for k in keys if len({f.get(k) for f in fields.values()}) > 1]
+    labels = {h: ", ".join(f"{k}={f.get(k, '?')}" for k in varying) for h, f in fields.items()}
+    clash = {lab for lab in labels.values() if list(labels.values()).count(lab) > 1}
+    return {h: (f"{lab}, settings {h}" if lab else f"settings {h}") if lab in clash else lab
+            for h, lab in labels.items()}
+
+
+def with_settings(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``prune_settings`` and ``finetune_settings``: which settings made a prune
+    or fine-tune row, as a label that is ``""`` where a (criterion, protocol) was pruned with
+    one setting only and otherwise names the settings that differ (``"bn_recalibrated=True"``,
+    ``"finetune_lr=0.001"``; from the units' names and notes). A fine-tune row has both: the
+    pruning it started from and its own. Other rows get ``""`` in both. Units of different
+    settings are different groups everywhere in ``analysis``: never pooled as seeds."""
+    n = len(df)
+    stage = df["stage"] if "stage" in df.columns else pd.Series([pd.NA] * n, index=df.index)
+    unit = df["unit"] if "unit" in df.columns else pd.Series([pd.NA] * n, index=df.index)
+    hashes = [_unit_hashes(s, u) for s, u in zip(stage, unit)]
+    ph = pd.Series([h[0] for h in hashes], index=df.index, dtype=object)
+    fh = pd.Series([h[1] for h in hashes], index=df.index, dtype=object)
+    prune_label = pd.Series("", index=df.index, dtype=object)
+    ft_label = pd.Series("", index=df.index, dtype=object)
+    pruned = ph != ""
+    if pruned.any():
+        d = df[pruned].assign(_ph=ph[pruned], _fh=fh[pruned])
+        note = d["note"] if "note" in d.columns else pd.Series(pd.NA, index=d.index)
+        d = d.assign(_note=note, _prune=d["stage"] == "prune")
+        for _, grp in d.groupby(["criterion", "protocol"], dropna=False, sort=False):
+            # a prune unit's note where there is one (a fine-tune's carries its own fields too)
+            first = grp.sort_values("_prune", ascending=False).drop_duplicates("_ph")
+            labels = _settings_labels(dict(zip(first["_ph"], first["_note"])), skip="finetune_")
+            prune_label[grp.index] = grp["_ph"].map(labels)
+            ft = grp[grp["stage"] == "finetune"]
+            for _, sub in ft.groupby("_ph", sort=False):
+                one = sub.drop_duplicates("_fh")
+                ft_label[sub.index] = sub["_fh"].map(
+                    _settings_labels(dict(zip(one["_fh"], one["_note"]))))
+    return df.assign(prune_settings=prune_label.astype("string"),
+                     finetune_settings=ft_label.astype("string"))
 
 
 def with_variants(df: pd.DataFrame, variants: Mapping[str, str] | None) -> pd.DataFrame:
@@ -101,7 +174,8 @@ def final_epoch(df: pd.DataFrame) -> pd.DataFrame:
     all other rows pass unchanged. The last epoch is the max index per run, unit and metric."""
     epoch = df["metric"].isin(list(EPOCH_METRICS)).fillna(False) & df["index"].notna()
     ep = df[epoch]
-    keys = ["run_id", *UNIT_COLUMNS, "metric"]
+    # the unit (where known) tells apart units of one stage with other settings
+    keys = ["run_id", *(c for c in ("unit", *UNIT_COLUMNS) if c in df.columns), "metric"]
     last = ep["index"] == ep.groupby(keys, dropna=False)["index"].transform("max")
     return pd.concat([df[~epoch], ep[last]]).sort_index()
 
@@ -177,25 +251,80 @@ def summarize_cells(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
 
 
 # ---------------------------------------------------------------------------------------------
+def _choose(d: pd.DataFrame, column: str, want: str | None, what: str) -> pd.DataFrame:
+    """Rows of ``d`` with ``column == want``; with ``want=None`` the one value present
+    (``ValueError`` listing them when there are several: never pooled)."""
+    present = sorted(d[column].dropna().unique())
+    if want is None:
+        if len(present) > 1:
+            raise ValueError(f"{what} was run with {len(present)} settings: {present}; choose "
+                             f"one with {column}=... (they are never pooled as seeds)")
+        return d
+    return d[d[column] == want]
+
+
+def pruning_rows(df: pd.DataFrame, *, criterion: str, protocol: str = "default",
+                 prune_settings: str | None = None, finetune_settings: str | None = None,
+                 stages: Sequence[str] = PRUNING_STAGES) -> pd.DataFrame:
+    """The rows of ``stages`` (prune and fine-tune) of one pruning procedure: ``criterion``
+    and ``protocol``, the prune settings (label of :func:`with_settings`) and the
+    fine-tuning settings of the fine-tune rows. ``None`` selects the only settings present;
+    ``ValueError`` when there are several (they must be chosen, never pooled)."""
+    d = select(with_cell(df), stage=list(stages), criterion=criterion, protocol=protocol)
+    d = _choose(d, "prune_settings", prune_settings, f"pruning by {criterion}")
+    ft = select(d, stage="finetune")
+    if len(ft):
+        ft = _choose(ft, "finetune_settings", finetune_settings,
+                     f"fine-tuning after pruning by {criterion}")
+    return pd.concat([select(d, stage="prune"), ft]).sort_index()
+
+
+def pruning_procedures(df: pd.DataFrame) -> pd.DataFrame:
+    """The distinct pruning procedures in ``df``: ``criterion, protocol, prune_settings,
+    finetune_settings`` (NA for a pruning without fine-tuning rows), sorted."""
+    d = select(with_cell(df), stage=list(PRUNING_STAGES))
+    cols = ["criterion", "protocol", "prune_settings", "finetune_settings"]
+    ft = select(d, stage="finetune")[cols].drop_duplicates()
+    pr = select(d, stage="prune")[cols[:3]].drop_duplicates()
+    pr = pr.merge(ft[cols[:3]].drop_duplicates(), how="left", indicator=True)
+    alone = pr[pr["_merge"] == "left_only"].drop(columns="_merge").assign(
+        finetune_settings=pd.NA)
+    out = pd.concat([ft, alone]).dropna(subset=["criterion"])
+    return out.astype({"finetune_settings": "string"}).sort_values(
+        cols, na_position="first").reset_index(drop=True)
+
+
 def pruning_observations(df: pd.DataFrame, *, criterion: str, prune_rate: float,
                          finetuned: bool = False, metric: str = "test_acc",
-                         protocol: str = "default") -> pd.DataFrame:
+                         protocol: str = "default", prune_settings: str | None = None,
+                         finetune_settings: str | None = None) -> pd.DataFrame:
     """Per run: ``dense`` (the ``dense_test_acc`` of the prune unit: the accuracy of the
     checkpoint it pruned; for results made before that row existed, the final-epoch test
     accuracy of training), ``pruned`` (``metric`` of the prune, or fine-tune if ``finetuned``,
-    unit at ``criterion``/``prune_rate``/``protocol``: ``test_acc``, or ``best_test_acc`` for
-    the best fine-tuning epoch) and ``difference = dense - pruned``. Runs lacking one side
-    keep NaN there (never zero)."""
+    unit at ``criterion``/``prune_rate``/``protocol`` and the settings of
+    :func:`pruning_rows`: ``test_acc``, or ``best_test_acc`` for the best fine-tuning epoch)
+    and ``difference = dense - pruned``. Runs lacking one side keep NaN there (never zero).
+    One row per run: ``ValueError`` if two units of one run would be paired."""
     d = with_cell(final_epoch(df))
-    unit = dict(criterion=criterion, protocol=protocol)
+    rows = pruning_rows(d, criterion=criterion, protocol=protocol,
+                        prune_settings=prune_settings, finetune_settings=finetune_settings,
+                        stages=PRUNING_STAGES if finetuned else ("prune",))
     at_rate = lambda x: x[np.isclose(x["prune_rate"].astype(float), prune_rate)]  # noqa: E731
-    dense = at_rate(select(d, stage="prune", metric="dense_test_acc", **unit))
+    pruned = at_rate(select(rows, stage="finetune" if finetuned else "prune",
+                            finetuned=finetuned, metric=metric))
+    pruned = pruned[pruned["index"].isna() | (metric == "best_test_acc")]  # not per-epoch rows
+    dense = at_rate(select(rows, stage="prune", metric="dense_test_acc"))
+    if finetuned:  # the dense accuracy of the pruning that was fine-tuned
+        dense = dense[dense["prune_settings"].isin(list(pruned["prune_settings"].unique()))]
     if dense.empty:
         dense = select(d, stage="train", metric="test_acc")
-    pruned = at_rate(select(d, stage="finetune" if finetuned else "prune", finetuned=finetuned,
-                            metric=metric, **unit))
-    pruned = pruned[pruned["index"].isna() | (metric == "best_test_acc")]  # not per-epoch rows
     cols = ["run_id", *CELL_COLUMNS, "seed"]
+    for side, name in ((dense, "dense"), (pruned, "pruned")):
+        if side["run_id"].duplicated().any():
+            run = side.loc[side["run_id"].duplicated(), "run_id"].iloc[0]
+            raise ValueError(f"pruning_observations: two {name} values for run {run} "
+                             f"({criterion} @ {prune_rate:g}, finetuned={finetuned}); the "
+                             "units that wrote them differ in a setting no column shows")
     out = dense[cols + ["value"]].rename(columns={"value": "dense"}).merge(
         pruned[cols + ["value"]].rename(columns={"value": "pruned"}), on=cols, how="outer")
     out = out.assign(difference=out["dense"] - out["pruned"], criterion=criterion,

@@ -93,20 +93,39 @@ def protocol_tag(protocol: str) -> str:
     return " (paper protocol)" if protocol == "paper" else ""
 
 
+def settings_tag(*labels: object) -> str:
+    """``", finetune_lr=0.001"``: the settings labels (``analysis.stats.with_settings``) of a
+    pruning procedure that was also run with other settings; ``""`` when there are none."""
+    shown = [str(x) for x in labels if isinstance(x, str) and x]
+    return "".join(f", {x}" for x in shown)
+
+
+def settings_slug(*labels: object) -> str:
+    """:func:`settings_tag` made file-name safe (``"_finetune_lr=0.001"``)."""
+    tag = settings_tag(*labels)
+    return "_" + re.sub(r"[^A-Za-z0-9.=]+", "_", tag[2:]) if tag else ""
+
+
 def pruning_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                   width: float | None = None, criterion: str = "magnitude",
                   prune_rate: float = 0.9, finetuned: bool = False,
-                  protocol: str = "default") -> Table:
+                  protocol: str = "default", prune_settings: str | None = None,
+                  finetune_settings: str | None = None) -> Table:
     """Rows = receptive field (pool level) of one grid; columns = dense accuracy (of the
     checkpoint that was pruned), pruned (or fine-tuned, after the last epoch) accuracy and
     their per-seed difference, each mean ± std over seeds, in %; fine-tuned tables add the
     best epoch's accuracy where it was recorded.
 
-    ``ValueError`` if the grid is ambiguous or has no such pruning unit at all.
+    ``ValueError`` if the grid is ambiguous, has no such pruning unit at all, or has units of
+    several settings and none was chosen (``prune_settings`` / ``finetune_settings``: the
+    labels of ``analysis.stats.with_settings``).
     """
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     unit = dict(criterion=criterion, prune_rate=prune_rate, finetuned=finetuned,
-                protocol=protocol)
+                protocol=protocol, prune_settings=prune_settings,
+                finetune_settings=finetune_settings)
+    tag = settings_tag(prune_settings, finetune_settings if finetuned else None)
+    slug = settings_slug(prune_settings, finetune_settings if finetuned else None)
     obs = pruning_observations(g, **unit)
     if obs["pruned"].notna().sum() == 0:
         raise ValueError(f"no {'finetune' if finetuned else 'prune'} results for criterion "
@@ -136,13 +155,13 @@ def pruning_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | N
         shown.append(row)
         numbers.append(num)
     stem = (f"{'finetuned' if finetuned else 'pruned'}_{criterion}_{prune_rate:g}"
-            + ("_paper" if protocol == "paper" else ""))
+            + ("_paper" if protocol == "paper" else "") + slug)
     what = ("fine-tuned after one-shot pruning (after the last epoch; best epoch beside it)"
             if finetuned else "one-shot pruned, no fine-tuning")
     return Table(
         name=f"{grid_slug(g)}-{stem}".replace(":", "-"),
         title=f"{grid_title(g)}: dense vs {pr.lower()} test accuracy, "
-              f"criterion {criterion}, rate {prune_rate:g}{protocol_tag(protocol)}",
+              f"criterion {criterion}, rate {prune_rate:g}{tag}{protocol_tag(protocol)}",
         cells=pd.DataFrame(shown), numbers=pd.DataFrame(numbers),
         notes=f"Mean ± std (ddof=1) over seeds ((n=k): only k of the seeds have this value); "
               f"{what}; dense = the checkpoint that was pruned; difference = dense - "
@@ -179,14 +198,18 @@ def training_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
 def pvalue_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                  width: float | None = None, criterion: str = "magnitude",
                  prune_rate: float = 0.9, finetuned: bool = False, protocol: str = "default",
-                 quantity: str = "difference", correction: str | None = "holm") -> Table:
+                 quantity: str = "difference", correction: str | None = "holm",
+                 prune_settings: str | None = None,
+                 finetune_settings: str | None = None) -> Table:
     """Square matrix of Welch-test p-values of ``quantity`` (dense, pruned or difference per
     seed) between every two receptive-field levels; Holm-adjusted over the matrix by default."""
     if quantity not in ("dense", "pruned", "difference"):
         raise ValueError(f"quantity must be dense, pruned or difference, got {quantity!r}")
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     obs = pruning_observations(g, criterion=criterion, prune_rate=prune_rate, finetuned=finetuned,
-                               protocol=protocol)
+                               protocol=protocol, prune_settings=prune_settings,
+                               finetune_settings=finetune_settings)
+    chosen = (prune_settings, finetune_settings if finetuned else None)
     lv = _levels_frame(obs)
     labels = {c: level_label(r, p, c) for c, r, p in
               zip(lv["cell"], lv["receptive_field"], lv["pool_level"])}
@@ -202,12 +225,12 @@ def pvalue_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
     for n in names:
         cells.loc[n, n] = ""
     stem = (f"{'finetuned' if finetuned else 'pruned'}_{criterion}_{prune_rate:g}"
-            + ("_paper" if protocol == "paper" else ""))
+            + ("_paper" if protocol == "paper" else "") + settings_slug(*chosen))
     return Table(
         name=f"{grid_slug(g)}-pvalues-{quantity}-{stem}".replace(":", "-"),
         title=f"{grid_title(g)}: p-values between receptive fields of the "
               f"{quantity} ({'fine-tuned' if finetuned else 'one-shot'}, {criterion}, "
-              f"rate {prune_rate:g}){protocol_tag(protocol)}",
+              f"rate {prune_rate:g}{settings_tag(*chosen)}){protocol_tag(protocol)}",
         cells=cells.reset_index(names=""),
         numbers=cmp,
         notes="Welch's t-test (unequal variances), two-sided"

@@ -44,8 +44,8 @@ THRESHOLD = 0.99
 
 def _ours(model, batches):
     accs = layer_accumulators(model, batches)
-    return {n: (accumulator_saturation(a, THRESHOLD).saturation, a.covariance(), a.count,
-                a.mean()) for n, a in accs.items()}
+    return {n: (accumulator_saturation(a, THRESHOLD, rule="delve").saturation, a.covariance(),
+                a.count, a.mean()) for n, a in accs.items()}
 
 
 def _spread(cov: torch.Tensor, mean: torch.Tensor) -> float:

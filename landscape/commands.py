@@ -4,13 +4,34 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from landscape import results
 from landscape.grid import format_status, status_table, write_root_report
 
 
+def quiet_on_closed_pipe(main: Callable[..., int]) -> Callable[..., int]:
+    """A console script whose reader went away (``landscape-status | head``) ends quietly
+    instead of in a ``BrokenPipeError`` traceback."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            code = main(*args, **kwargs)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            # what is still buffered cannot be written either: point stdout at /dev/null so
+            # the interpreter's final flush does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+    return wrapped
+
+
+@quiet_on_closed_pipe
 def status_main(argv: Optional[Sequence[str]] = None) -> int:
     """``landscape-status [results_root] [--runs]``: the grid's state, per cell and unit."""
     from landscape.grid.status import run_states
@@ -30,6 +51,7 @@ def status_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+@quiet_on_closed_pipe
 def report_main(argv: Optional[Sequence[str]] = None) -> int:
     """``landscape-report RESULTS_ROOT [--out DIR] [--paper CSV]``."""
     import pandas as pd
@@ -53,6 +75,23 @@ def report_main(argv: Optional[Sequence[str]] = None) -> int:
     reference = pd.read_csv(args.paper) if args.paper else None  # None: the paper's
     if not results.has_results(args.results_root):
         p.error(f"nothing to report yet: no finished stage unit under {args.results_root}")
+    out = args.out if args.out is not None else args.results_root / "report"
+    problem = _unwritable(out)
+    if problem:
+        p.error(f"cannot write the report to {out} ({problem}); pass --out DIR to write it "
+                "somewhere else")
     path = write_root_report(args.results_root, args.out, title=args.title, reference=reference)
     print(f"[landscape] report: {path} and {path.with_suffix('.html')}")
     return 0
+
+
+def _unwritable(folder: Path) -> Optional[str]:
+    """Why no report can be written into ``folder`` (created if absent), or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None

@@ -9,7 +9,9 @@ each stage unit is marked done on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional, get_type_hints
 
@@ -86,13 +88,32 @@ def stage_config(cfg: RunConfig, stage: Any) -> Any:
         if not hasattr(cfg, stage.config_field):
             raise ValueError(f"stage {stage.name!r} reads RunConfig.{stage.config_field}, which "
                              f"does not exist; valid: {[f.name for f in fields(cfg)]}")
-        return getattr(cfg, stage.config_field)
+        return without_repeats(getattr(cfg, stage.config_field))
     if stage.config_class is not None:
         try:
-            return from_dict(stage.config_class, dict(cfg.stages.get(stage.name) or {}))
+            return without_repeats(from_dict(stage.config_class,
+                                             dict(cfg.stages.get(stage.name) or {})))
         except ValueError as e:
             raise ValueError(f"stages.{stage.name}: {e}") from None
     return None
+
+
+def without_repeats(config: Any) -> Any:
+    """A stage config whose list settings hold each value once, in first-seen order
+    (``sharpness.kinds=[adaptive,adaptive]`` measures, and writes, one row, as a repeated
+    rate or checkpoint makes one unit): a repeated value is one setting, never two samples."""
+    if not is_dataclass(config):
+        return config
+    changes = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, list):
+            seen: dict[str, Any] = {}
+            for v in value:
+                seen.setdefault(json.dumps(v, sort_keys=True, default=str), v)
+            if len(seen) < len(value):
+                changes[f.name] = list(seen.values())
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def check_known_keys(data: Any, schema: type, prefix: str = "") -> None:

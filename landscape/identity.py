@@ -35,6 +35,8 @@ def identity_dict(cfg: Any, *, _prefix: str = "") -> dict[str, Any]:
     default is added. Floats are normalised so that ``1`` and ``1.0`` hash alike.
     """
     out: dict[str, Any] = {}
+    if not _prefix:
+        cfg = canonical(cfg)
     default = type(cfg)()
     for f in fields(cfg):
         if not f.metadata.get("identity", True):
@@ -50,6 +52,25 @@ def identity_dict(cfg: Any, *, _prefix: str = "") -> dict[str, Any]:
         if value != getattr(default, f.name):
             out[key] = value
     return out
+
+
+def canonical(cfg: Any) -> Any:
+    """``cfg`` with the explicit pool overrides (``model.pool_kernel/stride/padding``) set back
+    to None when together they only restate their level's preset: ``pool_level=0
+    pool_kernel=0`` and ``pool_level=0`` are one cell, as are ``pool_level=3 pool_stride=3``
+    and ``pool_level=3``. A pool that differs from the preset keeps its overrides (and its
+    hash). Configs without a pool (no ``model.pool_level``) are returned as they are."""
+    m = getattr(cfg, "model", None)
+    names = ("pool_kernel", "pool_stride", "pool_padding")
+    if m is None or not hasattr(m, "pool_level") or all(getattr(m, k) is None for k in names):
+        return cfg
+    try:
+        same = resolve_pool(m.pool_level, *(getattr(m, k) for k in names)) == resolve_pool(
+            m.pool_level)
+    except ValueError:
+        return cfg  # an impossible pool: identify() says why
+    return dataclasses.replace(cfg, model=dataclasses.replace(
+        m, **{k: None for k in names})) if same else cfg
 
 
 def cell_hash(cfg: Any) -> str:
@@ -126,7 +147,7 @@ def identify(cfg: Any) -> RunIdentity:
     fields). Resolves the pool once and builds the model once, on the meta device (no memory,
     no init), to check the input size and read the analytic receptive field: an impossible
     pool for the data is an error here, before anything is written."""
-    m = cfg.model
+    m = canonical(cfg).model
     pool = resolve_pool(m.pool_level, m.pool_kernel, m.pool_stride, m.pool_padding)
     info = dataset_info(cfg.data)
     rf, num_params = _model_facts(m.name, pool, float(m.width), info.num_classes,

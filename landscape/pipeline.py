@@ -23,7 +23,7 @@ import torch
 from landscape import results
 from landscape.config import RunConfig, from_dict, identity_dict, stage_config
 from landscape.context import RunResources
-from landscape.data.registry import check_dataset
+from landscape.data.registry import check_dataset, dataset_folder
 from landscape.device import configure_backends, device_settings, full_precision, resolve_device
 from landscape.identity import RunIdentity, identify
 from landscape.registry import import_modules
@@ -56,7 +56,9 @@ def validate(cfg: RunConfig, *, check_data: bool = True) -> RunIdentity:
     results root, the data on disk (unless ``check_data``), the identity (an impossible pool
     for the input size fails here) and the settings of every enabled stage."""
     import_user_modules(cfg)
+    check_seed(cfg.seed)
     results.check_root(cfg.results_root)
+    check_apart(cfg.results_root, cfg.data)
     if check_data:
         check_dataset(cfg.data)
     identity = identify(cfg)
@@ -65,15 +67,50 @@ def validate(cfg: RunConfig, *, check_data: bool = True) -> RunIdentity:
     if unknown:
         raise ValueError(f"stages.{unknown[0]}: no such stage; stages that take settings "
                          f"there: {', '.join(sorted(user)) or 'none (list yours in imports)'}")
+    enabled = {}
     for stage in registered_stages():
         config = stage_config(cfg, stage)
         stage.validate(config)  # disabled stages too: a typo is caught before it matters
         if stage.enabled(config):
             stage.validate_for(config, identity)
+            enabled[stage.name] = config
+    for stage in registered_stages():
+        if stage.name in enabled:
+            stage.validate_across(enabled[stage.name], enabled)
+    paths = results.run_paths(cfg.results_root, identity.cell_name, cfg.seed)
+    results.check_lengths(
+        [results.stage_dir(paths.cell_stages, u.name) for _, _, u in stage_units(cfg, "cell")]
+        + [results.stage_dir(paths.run_dir, u.name) for _, _, u in stage_units(cfg, "run")]
+        + [paths.checkpoints])
     if cfg.num_threads is not None and cfg.num_threads < 1:
         raise ValueError(f"num_threads must be >= 1 or null, got {cfg.num_threads}")
     resolve_device(cfg.device)
     return identity
+
+
+MAX_SEED = 2**63 - 1  # the seed column is a 64-bit integer
+
+
+def check_seed(seed: Any) -> None:
+    """``seed`` must be an integer in [0, 2**63 - 1] (rows store it as a 64-bit integer)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2**63 - 1 = {MAX_SEED}], got {seed!r}")
+
+
+def check_apart(results_root: str, data: Any) -> None:
+    """The results root must neither lie inside the dataset's folder nor contain it: result
+    folders among a dataset's files change what its loader finds (a cell folder among Tiny
+    ImageNet's class folders), and every walk of the results would crawl the dataset."""
+    folder = dataset_folder(data)
+    if folder is None:
+        return
+    root, folder = Path(results_root).expanduser().resolve(), folder.expanduser().resolve()
+    if root == folder or folder in root.parents or root in folder.parents:
+        where = "inside" if folder in root.parents or root == folder else "around"
+        raise results.ResultsRootError(
+            f"results_root={results_root} lies {where} the dataset folder {folder} "
+            f"(data.root={data.root}); put the results in a folder of their own, e.g. "
+            f"results_root={folder.parent.parent / 'results' if where == 'inside' else 'results'}")
 
 
 def _why(stage: Stage, config: Any, unit: Unit, out_dir: Path, paths: RunPaths,
@@ -119,7 +156,8 @@ def _compute(stage: Stage, config: Any, unit: Unit, ctx: RunResources, out_dir: 
         status = "diverged" if diverged else "ok"
         identity = ctx.identity.columns()
         results.write_stage(out_dir, unit.name,
-                            [{**identity, "stage": stage.name, **r} for r in out.rows],
+                            [{**identity, "stage": stage.name, **r, "unit": unit.name}
+                             for r in out.rows],
                             status=status, arrays=out.arrays,
                             info={"seconds": time.perf_counter() - t0, **unit.params,
                                   **info})
@@ -227,9 +265,10 @@ def run_cell(root: str | Path, cell: str, *, overrides: Optional[RunConfig] = No
         return summary
     import_user_modules(cfg)
     work = stage_units(cfg, "cell", needs_trained=True)
+    identity = identify(cfg).with_seed(None)
     for stage, config, _ in work:
         stage.validate(config)
-    identity = identify(cfg).with_seed(None)
+        stage.validate_for(config, identity)
     paths = results.run_paths(root, cell)
     settings = device_settings(resolve_device(cfg.device), amp=False, channels_last=False)
     ctx = RunResources(cfg, identity, paths, settings, seeds)

@@ -68,10 +68,13 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ValueError(f"train.scheduler must be one of {SCHEDULERS}, got {cfg.scheduler!r}")
     if cfg.grad_clip is not None and not (cfg.grad_clip > 0 and math.isfinite(cfg.grad_clip)):
         raise ValueError(f"train.grad_clip must be a finite number > 0 or null, got {cfg.grad_clip}")
-    for name in ("momentum", "weight_decay"):
-        value = getattr(cfg, name)
-        if not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"train.{name} must be a finite number >= 0, got {value}")
+    if not (isinstance(cfg.weight_decay, (int, float)) and cfg.weight_decay >= 0
+            and math.isfinite(cfg.weight_decay)):
+        raise ValueError(f"train.weight_decay must be a finite number >= 0, got "
+                         f"{cfg.weight_decay}")
+    if not (isinstance(cfg.momentum, (int, float)) and 0 <= cfg.momentum < 1):
+        raise ValueError(f"train.momentum must be in [0, 1) (SGD's heavy ball; 1 or more "
+                         f"makes the updates grow without bound), got {cfg.momentum}")
 
 
 @dataclass

@@ -382,7 +382,7 @@ def test_slices_along_the_saved_hessian_eigenvectors(tmp_path):
     md = write_root_report(tmp_path).read_text()
     assert "small_cnn-w0.25-synthetic-slice-hessian-2d-final.png" in md
     # eigenvectors missing: one clear error naming the settings to change
-    with pytest.raises(ValueError, match="hessian.save_eigenvectors >= 1"):
+    with pytest.raises(ValueError, match="hessian.save_eigenvectors>=1"):
         pipeline.run(cfg(seed=1, slice=SliceConfig(enabled=True, directions=["hessian"],
                                                    dims=[1], points_1d=3, n_samples=16)))
     with pytest.raises(ValueError, match="slice.directions must be a non-empty subset"):

@@ -219,8 +219,10 @@ def test_pyhessian_backend_counts_hvps_and_leaves_model_untouched(dense):
     model.fc.weight.grad = torch.ones_like(model.fc.weight)
     model.conv1.bias.requires_grad_(False)
     before = model_state(model)
-    res = top_eigenvalues(HessianOperator(model, LOSS, uneven_batches(x, y)), 2,
-                          backend="pyhessian")
+    op = HessianOperator(model, LOSS, uneven_batches(x, y))
+    with pytest.raises(ValueError, match="largest magnitude .* not which='LA'"):
+        top_eigenvalues(op, 2, backend="pyhessian")  # power iteration cannot honour LA
+    res = top_eigenvalues(op, 2, which="LM", backend="pyhessian")
     assert_same_state(before, model_state(model))
     assert res.backend == "pyhessian" and res.eigenvectors is None
     assert res.num_hvp > res.num_hvp_check == 2
@@ -546,7 +548,8 @@ def test_bad_inputs_raise_clear_errors(dense):
     with pytest.raises(ValueError, match="method must be one of"):
         HessianOperator(model, LOSS, b, method="finite_differences")
     with pytest.raises(ValueError, match="not supported by backend 'pyhessian'"):
-        top_eigenvalues(HessianOperator(model, LOSS, b, bn_mode="train"), 2, backend="pyhessian")
+        top_eigenvalues(HessianOperator(model, LOSS, b, bn_mode="train"), 2, which="LM",
+                        backend="pyhessian")
     with pytest.raises(ValueError, match="unknown parameter names"):
         HessianOperator(model, LOSS, b, params=["fc.nope"])
     with pytest.raises(TypeError, match="params must be"):

@@ -125,7 +125,8 @@ def test_changed_cell_stage_settings_recompute_the_cka(tmp_path):
     ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
     ("train.lr=nan", "train.lr must be a finite number > 0, got nan"),
     ("train.lr=inf", "train.lr must be a finite number > 0, got inf"),
-    ("train.momentum=nan", "train.momentum must be a finite number >= 0, got nan"),
+    ("train.momentum=nan", "train.momentum must be in [0, 1) (SGD's heavy ball; 1 or more "
+                           "makes the updates grow without bound), got nan"),
     ("train.scheduler=step", "train.scheduler must be one of ('cosine', 'constant')"),
     ("data.train_subset=0", "data.train_subset must be >= 1 or null, got 0"),
     ("model.name=vgg", "unknown model 'vgg'; valid names: resnet18, resnet50"),
@@ -295,15 +296,15 @@ def test_a_checkpoint_of_another_run_is_refused_with_its_path(tmp_path):
         pipeline.run(tiny(tmp_path, 1, hessian=h))
 
 
-def test_hessian_k_above_the_parameter_count_is_said_not_clamped_silently(tmp_path, caplog):
+def test_hessian_k_above_the_parameter_count_is_refused_before_training(tmp_path):
     h = HessianConfig(enabled=True, checkpoints=["final"], k=100_000, n_samples=8,
                       density_runs=0, trace_samples=0)
-    with caplog.at_level("WARNING", logger="landscape"):
-        pipeline.run(tiny(tmp_path, model=ModelConfig(name="small_cnn", width=0.02,
-                                                       pool_level=1), hessian=h))
-    assert "hessian.k=100000 exceeds the" in caplog.text
-    note = results.load(tmp_path).query("stage == 'hessian_final'")["note"].iloc[0]
-    assert "(hessian.k=100000 > the parameter count)" in note
+    cfg = tiny(tmp_path / "r", model=ModelConfig(name="small_cnn", width=0.02, pool_level=1),
+               hessian=h)
+    with pytest.raises(ValueError, match=r"hessian.k=100000 exceeds the 74 parameters of "
+                                         r"small_cnn .* choose hessian.k <= 74"):
+        pipeline.run(cfg)
+    assert not (tmp_path / "r").exists()
 
 
 def test_temp_files_of_a_killed_writer_are_cleaned(tmp_path):

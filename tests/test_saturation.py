@@ -48,7 +48,19 @@ def test_known_rank_gives_rank_over_dim(d, data, seed, offset) -> None:
     smallest = accumulator_saturation(acc, 0.99, rule="smallest")
     assert smallest.intrinsic_dim == r and smallest.saturation == r / d
     # delve counts the directions explaining strictly less than 99%: r - 1 of r equal ones
-    assert accumulator_saturation(acc, 0.99).intrinsic_dim == r - 1
+    assert accumulator_saturation(acc, 0.99, rule="delve").intrinsic_dim == r - 1
+
+
+def test_one_default_rule_the_papers_everywhere() -> None:
+    import inspect
+
+    from landscape.probes import saturation
+    from landscape.stages.probes import ProbesConfig
+
+    for fn in (saturation.accumulator_saturation, saturation.layer_saturation,
+               saturation.saturation_from_covariance):
+        assert inspect.signature(fn).parameters["rule"].default == "smallest", fn.__name__
+    assert ProbesConfig().saturation_rule == saturation.DEFAULT_RULE == "smallest"
 
 
 def test_intrinsic_dimension_rules_at_and_around_the_threshold() -> None:
@@ -209,7 +221,7 @@ def test_same_values_as_delve_on_the_same_activations() -> None:
         ours.update(part)
     assert (ours.covariance() - theirs.fix()).abs().max() <= 1e-12
     for t in (0.5, 0.9, 0.95, 0.99, 0.999):
-        res = accumulator_saturation(ours, t)
+        res = accumulator_saturation(ours, t, rule="delve")
         assert res.intrinsic_dim == compute_intrinsic_dimensionality(theirs.fix(), t)
         assert res.saturation == compute_saturation(theirs.fix(), t)
 
@@ -223,7 +235,7 @@ def test_delve_tracker_matches_on_one_batch_and_keeps_only_the_last(tmp_path) ->
     with torch.no_grad():
         model(x)
     logs = tracker.logs["eval-covariance-matrix"]
-    ours = layer_saturation(model, [x[:13], x[13:]])
+    ours = layer_saturation(model, [x[:13], x[13:]], rule="delve")
     assert set(logs) == {n.replace(".", "-") for n in ours}
     from delve.metrics import compute_saturation
     for name, res in ours.items():

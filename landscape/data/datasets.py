@@ -57,7 +57,16 @@ def _bundle_from_tensors(
 
 
 # ---------------------------------------------------------------------------------------------
-@register_dataset("digits", image_size=32, in_channels=1, num_classes=10)
+DIGITS_TRAIN = 1437  # the 80% training split of scikit-learn's 1,797 digits
+
+
+def _subset_size(total: int):
+    """``train_size`` of a dataset with ``total`` training images, cut by data.train_subset."""
+    return lambda cfg: min(total, cfg.train_subset or total)
+
+
+@register_dataset("digits", image_size=32, in_channels=1, num_classes=10,
+                  train_size=_subset_size(DIGITS_TRAIN))
 def digits(cfg: DataConfig) -> DatasetBundle:
     """scikit-learn's bundled 8x8 digits (1,797 real images, 10 classes), offline.
 
@@ -100,7 +109,8 @@ def _stratified_head(idx: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-@register_dataset("synthetic", image_size=16, in_channels=3, num_classes=10)
+@register_dataset("synthetic", image_size=16, in_channels=3, num_classes=10,
+                  train_size=lambda cfg: cfg.train_subset or 512)
 def synthetic(cfg: DataConfig) -> DatasetBundle:
     """Deterministic learnable data for tests: a fixed random template per class plus noise.
 
@@ -181,7 +191,9 @@ def _check_cifar10(cfg: DataConfig) -> None:
         _check_cifar10_files(root, cfg.verify_md5)
 
 
-@register_dataset("cifar10", image_size=32, in_channels=3, num_classes=10, check=_check_cifar10)
+@register_dataset("cifar10", image_size=32, in_channels=3, num_classes=10, check=_check_cifar10,
+                  folder=lambda cfg: Path(cfg.root).expanduser() / CIFAR10.base_folder,
+                  train_size=_subset_size(50_000))
 def cifar10(cfg: DataConfig) -> DatasetBundle:
     """CIFAR-10 from ``<root>/cifar-10-batches-py`` (torchvision's layout)."""
     root = Path(cfg.root).expanduser()
@@ -243,8 +255,17 @@ def _check_tiny_imagenet(cfg: DataConfig) -> None:
         )
 
 
+def _tiny_imagenet_train_size(cfg: DataConfig) -> int:
+    """Training images on disk (train/<wnid>/images/*), cut by data.train_subset."""
+    train = _tiny_imagenet_root(cfg) / "train"
+    total = sum(1 for wnid in train.iterdir() if (wnid / "images").is_dir()
+                for _ in (wnid / "images").iterdir())
+    return min(total, cfg.train_subset or total)
+
+
 @register_dataset("tiny_imagenet", image_size=64, in_channels=3, num_classes=200,
-                  check=_check_tiny_imagenet)
+                  check=_check_tiny_imagenet, folder=_tiny_imagenet_root,
+                  train_size=_tiny_imagenet_train_size)
 def tiny_imagenet(cfg: DataConfig) -> DatasetBundle:
     """Tiny ImageNet-200 from ``<root>/tiny-imagenet-200`` (the standard folder layout).
 

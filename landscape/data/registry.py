@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -79,24 +80,39 @@ class DatasetInfo:
 DATASETS: Registry[Callable[[DataConfig], DatasetBundle]] = Registry("dataset")
 _INFO: dict[str, DatasetInfo] = {}
 _CHECKS: dict[str, Callable[[DataConfig], None]] = {}
+_FOLDERS: dict[str, Callable[[DataConfig], Path]] = {}
+_TRAIN_SIZES: dict[str, Callable[[DataConfig], int]] = {}
 CROPS = ("pad_crop", "random_resized_crop")
 LOADERS = ("auto", "resident", "dataloader")  # data.loader
 
 
 def register_dataset(name: str, *, image_size: int, in_channels: int, num_classes: int,
-                     check: Optional[Callable[[DataConfig], None]] = None):
+                     check: Optional[Callable[[DataConfig], None]] = None,
+                     folder: Optional[Callable[[DataConfig], Path]] = None,
+                     train_size: Optional[Callable[[DataConfig], int]] = None):
     """Decorator: register ``fn(cfg: DataConfig) -> DatasetBundle`` and its shape facts.
     ``check(cfg)``: a cheap test that the data is on disk and intact, run before anything is
-    written (raise :class:`DatasetNotFoundError` saying where it looked and how to get it)."""
+    written (raise :class:`DatasetNotFoundError` saying where it looked and how to get it).
+    ``folder(cfg)``: the dataset's own folder on disk (a results root may not overlap it);
+    ``train_size(cfg)``: the number of training images ``fn`` will return (after
+    ``data.train_subset``), cheaply, after ``check`` passed (``data.holdout`` is checked
+    against it)."""
     deco = DATASETS.register(name)
 
     def wrap(fn):
         _INFO[name] = DatasetInfo(image_size, in_channels, num_classes)
-        if check is not None:
-            _CHECKS[name] = check
+        for table, value in ((_CHECKS, check), (_FOLDERS, folder), (_TRAIN_SIZES, train_size)):
+            if value is not None:
+                table[name] = value
         return deco(fn)
 
     return wrap
+
+
+def dataset_folder(cfg: DataConfig) -> Optional[Path]:
+    """The folder the dataset is read from, or None for data made in memory."""
+    DATASETS.get(cfg.name)
+    return _FOLDERS[cfg.name](cfg) if cfg.name in _FOLDERS else None
 
 
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
@@ -135,6 +151,15 @@ def check_dataset(cfg: DataConfig) -> None:
     validate_data_config(cfg)
     if cfg.name in _CHECKS:
         _CHECKS[cfg.name](cfg)
+    if cfg.holdout and cfg.name in _TRAIN_SIZES:
+        check_holdout(cfg.holdout, _TRAIN_SIZES[cfg.name](cfg))
+
+
+def check_holdout(holdout: int, total: int) -> None:
+    """``data.holdout`` must leave at least one of the ``total`` training images."""
+    if holdout >= total:
+        raise ValueError(f"data.holdout={holdout} leaves no training images (the training "
+                         f"split has {total}); use at most {total - 1}")
 
 
 def load_dataset(cfg: DataConfig) -> DatasetBundle:
@@ -149,9 +174,7 @@ def _hold_out(bundle: DatasetBundle, n: int) -> DatasetBundle:
     """``n`` training images chosen by a fixed seed (the same in every run) move to
     ``holdout``; the rest keep their order."""
     total = len(bundle.train)
-    if n >= total:
-        raise ValueError(f"data.holdout={n} leaves no training images (the training split has "
-                         f"{total}); use at most {total - 1}")
+    check_holdout(n, total)
     perm = torch.randperm(total, generator=torch.Generator().manual_seed(0))
     held, kept = sorted(perm[:n].tolist()), sorted(perm[n:].tolist())
     return dataclasses.replace(bundle, train=Subset(bundle.train, kept),

@@ -111,7 +111,8 @@ def pyhessian_top_k(
     of the options (merged as in :func:`solver_options`) ``max_iter``, ``ncv`` and ``progress``
     are ignored, ``seed`` seeds torch's global RNG (forked) for its random start vectors.
 
-    Power iteration finds the eigenvalues of largest MAGNITUDE whatever ``which`` says. It runs
+    Power iteration finds the eigenvalues of largest MAGNITUDE: ``which`` must be ``"LM"``
+    (``"LA"`` is refused rather than answered with other eigenvalues). It runs
     on a deep copy of the model (pyhessian sets eval mode, zeroes gradients and uses the
     parameters with ``requires_grad``), so the caller's model is untouched. Residuals are
     computed explicitly with our operator; ``converged`` means all residuals
@@ -122,6 +123,10 @@ def pyhessian_top_k(
 
     opts = solver_options(options, **overrides)
     check_k(k, op.dim)
+    if opts.which != "LM":
+        raise ValueError(f"backend 'pyhessian' finds the eigenvalues of largest magnitude "
+                         f"(power iteration), not which={opts.which!r}: use which='LM' with it, "
+                         "or the backend 'lanczos' or 'scipy'")
     if op.bn_mode == "train":
         raise ValueError("bn_mode='train' is not supported by backend 'pyhessian' (it forces "
                          "eval mode); use bn_mode 'eval' or 'recalibrated', or another backend")

@@ -1,7 +1,7 @@
 """Per-layer saturation, linear probes and the tail of unproductive layers (issue 17).
 
 Pure functions over models and tensors (no file I/O): :mod:`.saturation` (streaming float64
-covariance, saturation as in delve 0.1.50), :mod:`.probes` (linear probes per layer and per
+covariance; saturation by the papers' rule, or delve 0.1.50's), :mod:`.probes` (linear probes per layer and per
 position), :mod:`.border` (observed tail from probes and saturation, predicted border from the
 analytic receptive field).
 """
@@ -13,14 +13,14 @@ from landscape.probes.probes import (
     position_probe_map, probe_accuracy, probe_features,
 )
 from landscape.probes.saturation import (
-    RULES, CovarianceAccumulator, SaturationResult, accumulator_saturation,
+    DEFAULT_RULE, RULES, CovarianceAccumulator, SaturationResult, accumulator_saturation,
     intrinsic_dimension, layer_accumulators, layer_saturation, samples_of,
     saturation_frame, saturation_from_covariance,
 )
 
 __all__ = [
-    "RULES", "CovarianceAccumulator", "LayerData", "ObservedTail", "PositionProbeMap", "PredictedBorder",
-    "ProbeResult", "SaturationResult", "accumulator_saturation", "collect_layers", "extract_features",
+    "DEFAULT_RULE", "RULES", "CovarianceAccumulator", "LayerData", "ObservedTail",
+    "PositionProbeMap", "PredictedBorder", "ProbeResult", "SaturationResult", "accumulator_saturation", "collect_layers", "extract_features",
     "intrinsic_dimension", "layer_accumulators", "layer_saturation", "linear_probes",
     "observed_tail", "position_accuracy_map", "position_probe_map", "predicted_border",
     "probe_accuracy", "probe_features", "samples_of", "saturation_frame",

@@ -14,9 +14,10 @@ Definitions, for one layer with D output dimensions:
   delve); explained fraction of the top k: ``p_k = (lambda_1 + ... + lambda_k) / sum(lambda)``.
 * intrinsic dimensionality for a threshold delta (default 0.99), two rules:
 
-  - ``"smallest"``: the smallest k with ``p_k >= delta`` (the papers' wording: the number of
-    eigendirections needed to explain delta of the variance);
-  - ``"delve"`` (default): what delve 0.1.50's ``compute_intrinsic_dimensionality``
+  - ``"smallest"`` (default, :data:`DEFAULT_RULE`; the probes stage's too): the smallest k
+    with ``p_k >= delta`` (the papers' wording: the number of eigendirections needed to
+    explain delta of the variance);
+  - ``"delve"``: what delve 0.1.50's ``compute_intrinsic_dimensionality``
     (``delve/metrics.py``) returns: ``#{k : p_k < delta}``, the number of leading directions
     that explain strictly *less* than delta, i.e. exactly ``"smallest"`` minus one (0 when
     the top direction alone explains delta). Its intended corrections (at least 1; one more
@@ -50,6 +51,9 @@ from torch import Tensor, nn
 from landscape.activations import ActivationCapture, check_on_device, eval_mode, select_modules
 
 RULES = ("delve", "smallest")
+# The papers' definition (Size Matters, Feature Space Saturation): the smallest k whose
+# eigenvalues explain the threshold share; "delve" counts as delve 0.1.50 does (one fewer).
+DEFAULT_RULE = "smallest"
 _CHUNK_ELEMENTS = 1 << 24  # samples are cast to float64 this many elements at a time
 
 
@@ -215,7 +219,7 @@ def saturation_from_covariance(
     cov: Tensor | np.ndarray,
     threshold: float = 0.99,
     *,
-    rule: str = "delve",
+    rule: str = DEFAULT_RULE,
     layer: str = "cov",
     samples: int | None = None,
 ) -> SaturationResult:
@@ -247,7 +251,7 @@ def accumulator_saturation(
     acc: CovarianceAccumulator,
     threshold: float = 0.99,
     *,
-    rule: str = "delve",
+    rule: str = DEFAULT_RULE,
     allow_rank_deficient: bool = False,
 ) -> SaturationResult:
     """Saturation of an accumulator's samples, named by ``acc.name``.
@@ -311,7 +315,7 @@ def layer_saturation(
     *,
     layers: Sequence[str] | None = None,
     threshold: float = 0.99,
-    rule: str = "delve",
+    rule: str = DEFAULT_RULE,
     device: str | torch.device = "cpu",
     allow_rank_deficient: bool = False,
 ) -> dict[str, SaturationResult]:

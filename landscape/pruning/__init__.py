@@ -19,8 +19,8 @@ from typing import Iterable
 from torch import Tensor, nn
 
 from landscape.pruning.criteria import (
-    CRITERIA, Batches, Criterion, compute_scores, get_criterion, import_criteria, list_criteria,
-    register_criterion,
+    CRITERIA, Batches, Criterion, check_options, compute_scores, get_criterion, import_criteria,
+    list_criteria, register_criterion,
 )
 from landscape.pruning.finetune import FinetuneResult, MaskKeeper, finetune, recalibrate_bn
 from landscape.pruning.masks import (
@@ -68,7 +68,7 @@ __all__ = [
     "CRITERIA", "DEFAULT_INCLUDE", "IMPORTANCES", "PRUNABLE_KINDS", "SCOPES", "Batches",
     "Criterion", "EmptyLayerWarning", "FinetuneResult", "LayerSparsity", "MaskKeeper",
     "SparsityReport", "StructuredResult", "apply_masks", "check_masks", "check_rate",
-    "compute_scores", "finetune", "get_criterion", "import_criteria", "list_criteria",
-    "prunable_parameters", "prune", "recalibrate_bn", "register_criterion", "select_masks",
+    "check_options", "compute_scores", "finetune", "get_criterion", "import_criteria",
+    "list_criteria", "prunable_parameters", "prune", "recalibrate_bn", "register_criterion", "select_masks",
     "sparsity_report", "structured_prune",
 ]

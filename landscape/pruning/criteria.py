@@ -65,19 +65,7 @@ def compute_scores(
 ) -> dict[str, Tensor]:
     """Run criterion ``name``; check its options and that it returns one score per weight."""
     fn = get_criterion(name)
-    accepted = [
-        p.name for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("model", "data")
-    ]
-    takes_any = any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()
-    )
-    unknown = sorted(set(options) - set(accepted))
-    if unknown and not takes_any:
-        raise TypeError(
-            f"pruning criterion '{name}' got unknown option(s) {unknown}; "
-            f"its options are: {', '.join(accepted) or '(none)'}"
-        )
+    check_options(name, options)
     scores = fn(params, model=model, data=data, **options)
     missing = [n for n in params if n not in scores]
     if missing:
@@ -89,6 +77,32 @@ def compute_scores(
                 f"'{n}', whose shape is {tuple(p.shape)}"
             )
     return {n: scores[n] for n in params}
+
+
+def check_options(name: str, options: Mapping[str, object]) -> None:
+    """``options`` are keyword options criterion ``name`` declares (unless it takes
+    ``**options``), each of the type of its default (an int, float, bool or str default; a
+    float option takes an int): ``TypeError`` naming the option and what it takes."""
+    params = inspect.signature(get_criterion(name)).parameters.values()
+    declared = {p.name: p for p in params
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("model", "data")}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    unknown = sorted(set(options) - set(declared))
+    if unknown and not takes_any:
+        raise TypeError(
+            f"pruning criterion '{name}' got unknown option(s) {unknown}; "
+            f"its options are: {', '.join(declared) or '(none)'}"
+        )
+    for key, value in options.items():
+        default = declared[key].default if key in declared else inspect.Parameter.empty
+        kind = type(default)
+        if default is inspect.Parameter.empty or kind not in (int, float, bool, str):
+            continue
+        ok = (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+              or kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise TypeError(f"option '{key}' of pruning criterion '{name}' takes a "
+                            f"{kind.__name__} (default {default!r}), got {value!r}")
 
 
 @register_criterion("magnitude")

@@ -6,8 +6,8 @@ are written by the trainer into the folder :class:`RunPaths` gives it).
 """
 
 from landscape.results.layout import (
-    ARRAYS, CELL_DIR, DONE, FAILED, ROWS, SUBMISSIONS, ResultsRootError, RunPaths, check_root,
-    run_paths, stage_dir,
+    ARRAYS, CELL_DIR, DONE, FAILED, ROWS, SUBMISSIONS, ResultsRootError, RunPaths, check_lengths,
+    check_root, run_paths, stage_dir,
 )
 from landscape.results.lock import LOCK, UnitLock, try_lock
 from landscape.results.records import (
@@ -28,7 +28,7 @@ __all__ = [
     "ARRAYS", "CELL_DIR", "COLUMNS", "DONE", "DTYPES", "FAILED", "ID_COLUMNS", "LOCK", "METRICS",
     "OPTIONAL_COLUMNS", "ROWS", "SUBMISSIONS", "VALUE_COLUMNS", "ResultsRootError", "RunPaths",
     "SchemaError",
-    "UnitLock", "cell_names", "cell_variants", "check_root", "clean_temp", "clear_done", "failures", "has_results", "is_done",
+    "UnitLock", "cell_names", "cell_variants", "check_lengths", "check_root", "clean_temp", "clear_done", "failures", "has_results", "is_done",
     "jsonable", "load", "load_arrays", "read_arrays", "read_done", "read_failure", "read_stage",
     "read_submissions", "record_submission", "register_metric", "run_configs", "run_paths",
     "stage_dir", "stale_reason", "to_frame", "trained_seeds", "try_lock", "validate_rows",

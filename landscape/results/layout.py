@@ -65,6 +65,7 @@ def check_root(root: str | Path) -> None:
     if not str(root).strip():
         raise ResultsRootError("results_root must be a folder path, got an empty string")
     path = Path(root).expanduser()
+    check_lengths([path])
     if path.exists():
         if not path.is_dir():
             raise ResultsRootError(f"results_root={root} is a file, not a folder")
@@ -73,3 +74,43 @@ def check_root(root: str | Path) -> None:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ResultsRootError(f"results_root={root} cannot be created: {parent} is not a "
                                "folder you can write in")
+
+
+# The longest file name written in a unit folder: an atomic writer's temporary file
+# (``landscape.storage``: ``.<name>.<8 random characters>.tmp``).
+LONGEST_FILE = f".{ARRAYS}.{'x' * 8}.tmp"
+
+
+def check_lengths(folders: list[Path]) -> None:
+    """Every file these folders will hold fits the file system: each path component within
+    its ``NAME_MAX`` and the whole path within ``PATH_MAX`` (``ResultsRootError`` naming the
+    component and the limit otherwise, before anything is written)."""
+    for folder in folders:
+        path = Path(folder).expanduser().absolute() / LONGEST_FILE
+        existing = next((p for p in path.parents if _exists(p)), Path("/"))
+        name_max = _limit(existing, "PC_NAME_MAX", 255)
+        path_max = _limit(existing, "PC_PATH_MAX", 4096)
+        for part in path.parts:
+            if len(part.encode()) > name_max:
+                raise ResultsRootError(
+                    f"the folder name {part[:40]}... ({len(part.encode())} bytes) is longer "
+                    f"than the file system allows ({name_max}); shorten results_root or the "
+                    "name that makes it (a stage or criterion name)")
+        if len(str(path).encode()) >= path_max:
+            raise ResultsRootError(
+                f"{folder} would hold paths of {len(str(path).encode())} bytes, longer than the "
+                f"file system allows ({path_max}); choose a shorter results_root")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long to look up
+        return False
+
+
+def _limit(path: Path, name: str, default: int) -> int:
+    try:
+        return int(os.pathconf(path, name))
+    except (OSError, ValueError):
+        return default

@@ -10,16 +10,26 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from landscape.results.layout import CELL_RECORD, RUN_CONFIG, SUBMISSIONS, RunPaths
-from landscape.results.store import read_done
+from landscape.results.store import jsonable, read_done
 from landscape.storage import atomic_write_json
 
 
 def write_run_records(paths: RunPaths, identity_fields: dict[str, Any],
                       config: dict[str, Any]) -> None:
-    """``cell.json`` (the cell's identity fields) and the run's ``config.json``."""
-    atomic_write_json(paths.cell / CELL_RECORD, {"cell": paths.cell.name,
+    """``cell.json`` (the cell's identity fields) and the run's ``config.json``; a file that
+    already holds this content is left untouched (a finished run rerun writes nothing)."""
+    _write_if_changed(paths.cell / CELL_RECORD, {"cell": paths.cell.name,
                                                  "identity": identity_fields})
-    atomic_write_json(paths.run_dir / RUN_CONFIG, config)
+    _write_if_changed(paths.run_dir / RUN_CONFIG, config)
+
+
+def _write_if_changed(path: Path, obj: dict[str, Any]) -> None:
+    try:
+        if json.loads(path.read_text()) == jsonable(obj):
+            return
+    except (OSError, ValueError):
+        pass  # absent or unreadable: written anew
+    atomic_write_json(path, obj)
 
 
 def cell_names(root: str | Path) -> list[str]:

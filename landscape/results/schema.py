@@ -23,8 +23,11 @@ VALUE_COLUMNS = ["metric", "value"]
 # protocol: "default" or "paper" (docs/paper-protocol.md) for the stages that have both;
 # missing for the others (and for rows written before the column existed: "default").
 # coord_x / coord_y: the coordinates of a point of a loss slice or path (direction units).
+# unit: the stage unit folder that holds the row (``load`` fills it for rows written before
+# the column existed); it tells apart units of one stage with different settings, e.g. two
+# fine-tunings of the same pruned network.
 OPTIONAL_COLUMNS = ["index", "layer", "layer_b", "seed_b", "coord_x", "coord_y", "protocol",
-                    "note"]
+                    "note", "unit"]
 COLUMNS = ID_COLUMNS + VALUE_COLUMNS + OPTIONAL_COLUMNS
 
 DTYPES: dict[str, str] = {
@@ -34,7 +37,7 @@ DTYPES: dict[str, str] = {
     "criterion": "string", "prune_rate": "float64", "finetuned": "boolean", "metric": "string",
     "value": "float64", "index": "Int64", "layer": "string", "layer_b": "string",
     "seed_b": "Int64", "coord_x": "float64", "coord_y": "float64", "protocol": "string",
-    "note": "string",
+    "note": "string", "unit": "string",
 }
 
 # Every metric name, one per quantity, with its meaning and unit.

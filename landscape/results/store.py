@@ -167,7 +167,9 @@ def read_stage(run_dir: Path, stage: str) -> pd.DataFrame:
 def _read_rows(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path, dtype={c: ("string" if t in ("string", "boolean") else None)
                                   for c, t in DTYPES.items()}, keep_default_na=True)
-    return to_frame(df.to_dict("records"))
+    df = to_frame(df.to_dict("records"))
+    df["unit"] = df["unit"].fillna(path.parent.name)  # rows written before the column existed
+    return df
 
 
 def has_results(root: str | Path) -> bool:

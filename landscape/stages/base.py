@@ -138,6 +138,11 @@ class Stage:
         """Checks that need the run's identity (its architecture, pool, input size); called
         after :meth:`validate`, before any file is written."""
 
+    def validate_across(self, config: Any, enabled: Mapping[str, Any]) -> None:
+        """Checks against the settings of the other enabled stages of the run (stage name ->
+        its settings), e.g. a unit that reads another stage's arrays; called after
+        :meth:`validate_for`, before any file is written."""
+
     def units(self, config: Any) -> list[Unit]:
         return [Unit(self.name)]
 

@@ -21,8 +21,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from landscape.activations import DEFAULT_LAYER_TYPES
+from landscape.activations import DEFAULT_LAYER_TYPES, select_modules
 from landscape.cka import layerwise_cka_pairs, symmetrised_upper
+from landscape.identity import RunIdentity
 from landscape.stages.base import (
     CellContext, Stage, Unit, check_checkpoints, check_protocol, register_stage,
 )
@@ -92,6 +93,17 @@ class CKAStage(Stage):
 
     def validate(self, config: CKAConfig) -> None:
         validate(config)
+
+    def validate_for(self, config: CKAConfig, identity: RunIdentity) -> None:
+        """cka.layers select at least one module of this architecture (on the meta device)."""
+        with torch.device("meta"):
+            model = identity.build_model()
+        paper = config.protocol == "paper"
+        try:
+            select_modules(model, config.layers, arg="cka.layers",
+                           types=(nn.ReLU,) if paper else DEFAULT_LAYER_TYPES)
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None
 
     def units(self, config: CKAConfig) -> list[Unit]:
         tag = "paper_" if config.protocol == "paper" else ""

@@ -17,7 +17,7 @@ from landscape.pruning import finetune, sparsity_report
 from landscape.seeds import FINETUNE, FINETUNE_EPOCH, stream_seed
 from landscape.stages.base import RunContext, Stage, Unit, register_stage
 from landscape.stages.prune import (
-    FINETUNE_FIELDS, PruneConfig, evaluate_on_test, label, prune_checkpoint, prune_note,
+    FINETUNE_FIELDS, PruneConfig, evaluate_on_test, finetune_note, label, prune_checkpoint,
     settings_hash, unit_suffix, validate,
 )
 from landscape.stages.batches import eval_split
@@ -106,8 +106,7 @@ class FinetuneStage(Stage):
             rows += evaluate_on_test(ctx, config, model)
         else:  # after the last epoch, as evaluated there
             rows += [{"metric": m, "value": result.eval[-1][m]} for m in ("test_acc", "test_loss")]
-        note = (prune_note(config) + f"; finetune_epochs={config.finetune_epochs}"
-                f"; finetune_lr={config.finetune_lr}")
+        note = finetune_note(config)
         rows += pruned_geometry_rows(ctx, config, model, masks or None, dense, note)
         common = {"criterion": label(config), "prune_rate": rate, "finetuned": True,
                   "protocol": config.protocol, "note": note}

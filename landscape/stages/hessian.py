@@ -30,6 +30,7 @@ from landscape.hessian import (
     BN_MODES, EIGEN_BACKENDS, DensityResult, HessianOperator, SolverOptions, hessian_trace,
     paper_spectrum, spectral_density, top_eigenvalues,
 )
+from landscape.identity import RunIdentity
 from landscape.seeds import HESSIAN, HESSIAN_DATA, stream_seed
 from landscape.stages.base import (
     Output, RunContext, Stage, Unit, check_checkpoints, check_number, check_protocol,
@@ -80,6 +81,10 @@ def validate(cfg: HessianConfig) -> None:
     if cfg.density_runs < 0 or cfg.trace_samples < 0 or cfg.density_iter < 2:
         raise ValueError("hessian.density_runs and hessian.trace_samples must be >= 0 and "
                          "hessian.density_iter >= 2")
+    if cfg.backend == "pyhessian" and cfg.which != "LM" and cfg.protocol != "paper":
+        raise ValueError(f"hessian.backend=pyhessian finds the eigenvalues of largest "
+                         f"magnitude (power iteration), not hessian.which={cfg.which}: set "
+                         "hessian.which=LM with it, or choose hessian.backend=lanczos or scipy")
     check_number("hessian.tol", cfg.tol, above=0)
     if not 0 <= cfg.save_eigenvectors <= cfg.k:
         raise ValueError(f"hessian.save_eigenvectors must be in 0..hessian.k={cfg.k}, got "
@@ -98,6 +103,14 @@ class HessianStage(Stage):
 
     def validate(self, config: HessianConfig) -> None:
         validate(config)
+
+    def validate_for(self, config: HessianConfig, identity: RunIdentity) -> None:
+        """hessian.k eigenvalues exist: at most one per parameter (our protocol's top-k)."""
+        if config.protocol == "default" and config.k > identity.num_params:
+            raise ValueError(f"hessian.k={config.k} exceeds the {identity.num_params} "
+                             f"parameters of {identity.arch} (width {identity.width:g}), the "
+                             f"dimension of its Hessian; choose hessian.k <= "
+                             f"{identity.num_params}")
 
     def units(self, config: HessianConfig) -> list[Unit]:
         tag = "paper_" if config.protocol == "paper" else ""
@@ -141,10 +154,7 @@ def _default_rows(ctx: RunContext, c: HessianConfig, op: HessianOperator,
     """Top-k eigenvalues, SLQ density and trace on one operator; (rows, note, arrays): the
     arrays hold the top ``save_eigenvectors`` unit eigenvectors (float32 rows over the
     parameters ``names``, in that order) when asked for."""
-    k = min(c.k, op.dim)
-    if k < c.k:
-        log.warning("%s: hessian.k=%d exceeds the %d parameters; computing all %d "
-                    "eigenvalues", ctx.identity.run_id, c.k, op.dim, k)
+    k = c.k  # validate_for checked k <= the parameters; check_k refuses k > op.dim
     top = top_eigenvalues(op, k, SolverOptions(which=c.which, tol=c.tol, max_iter=c.max_iter,
                                                seed=seed, progress=ctx.progress,
                                                return_eigenvectors=c.save_eigenvectors > 0),
@@ -174,6 +184,5 @@ def _default_rows(ctx: RunContext, c: HessianConfig, op: HessianOperator,
                  {"metric": "hessian_trace_stderr", "value": tr.stderr}]
     rows += [{"metric": "hessian_num_hvp", "value": num_hvp},
              {"metric": "hessian_converged", "value": float(top.converged)}]
-    note = (f"; backend={top.backend}; which={c.which}; tol={c.tol}"
-            + (f"; k={k} (hessian.k={c.k} > the parameter count)" if k < c.k else ""))
+    note = f"; backend={top.backend}; which={top.which}; tol={c.tol}"
     return rows, note, arrays

@@ -35,7 +35,7 @@ import torch
 from landscape.activations import ActivationCapture, select_modules
 from landscape.identity import RunIdentity
 from landscape.probes import (
-    RULES, accumulator_saturation, collect_layers, observed_tail, position_probe_map,
+    DEFAULT_RULE, RULES, accumulator_saturation, collect_layers, observed_tail, position_probe_map,
     predicted_border, probe_accuracy,
 )
 from landscape.stages.base import (
@@ -58,7 +58,7 @@ class ProbesConfig:
     C: float = 1.0  # inverse L2 regularisation of the logistic regression
     max_iter: int = 1000  # lbfgs iterations
     threshold: float = 0.99  # explained-variance fraction of the intrinsic dimension
-    saturation_rule: str = "smallest"  # smallest (the papers) | delve (delve 0.1.50)
+    saturation_rule: str = DEFAULT_RULE  # smallest (the papers) | delve (delve 0.1.50)
     epsilon: float = 0.01  # accuracy gain below which a layer counts as unproductive
     min_tail: int = 2  # layers an observed tail must have
     position_layers: list[str] = field(default_factory=list)  # exact conv names: heat maps

@@ -26,11 +26,14 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
+from landscape.identity import RunIdentity
 from landscape.pruning import (
-    SCOPES, EmptyLayerWarning, check_rate, get_criterion, import_criteria, prune,
-    recalibrate_bn, sparsity_report, structured_prune,
+    PRUNABLE_KINDS, SCOPES, EmptyLayerWarning, check_options, check_rate, get_criterion,
+    import_criteria, prunable_parameters, prune, recalibrate_bn, sparsity_report,
+    structured_prune,
 )
 from landscape.pruning.structured import IMPORTANCES
 from landscape.seeds import FINETUNE_EPOCH, STRUCTURED_PRUNE, stream_seed
@@ -96,12 +99,27 @@ _LATER_FIELDS = {"protocol": "default", "checkpoint": "final"}
 
 def validate(cfg: PruneConfig) -> None:
     import_criteria(cfg.imports)
+    if cfg.finetune and not cfg.enabled:
+        raise ValueError("prune.finetune=true fine-tunes the pruned networks, but "
+                         "prune.enabled=false prunes none: set prune.enabled=true, or "
+                         "prune.finetune=false")
     if cfg.structured:
         if cfg.structured_importance not in IMPORTANCES:
             raise ValueError(f"prune.structured_importance must be one of "
                              f"{', '.join(IMPORTANCES)}, got {cfg.structured_importance!r}")
+        if cfg.options:
+            raise ValueError(f"prune.options={dict(cfg.options)} are options of "
+                             f"prune.criterion, which structured pruning does not use "
+                             "(prune.structured=true ranks channels by "
+                             "prune.structured_importance)")
     else:
-        get_criterion(cfg.criterion)
+        try:
+            check_options(cfg.criterion, cfg.options)
+        except TypeError as e:
+            raise ValueError(f"prune.options: {e}") from None
+    if not cfg.include or any(k not in PRUNABLE_KINDS for k in cfg.include):
+        raise ValueError(f"prune.include must be a non-empty subset of {list(PRUNABLE_KINDS)}, "
+                         f"got {list(cfg.include)}")
     if cfg.scope not in SCOPES:
         raise ValueError(f"prune.scope must be one of {', '.join(SCOPES)}, got {cfg.scope!r}")
     if not cfg.rates:
@@ -118,12 +136,26 @@ def validate(cfg: PruneConfig) -> None:
                          f"got {cfg.finetune_epochs}")
     check_number("prune.finetune_lr", cfg.finetune_lr, above=0)
     check_number("prune.finetune_momentum", cfg.finetune_momentum, above=0, strict=False)
+    if cfg.finetune_momentum >= 1:
+        raise ValueError(f"prune.finetune_momentum must be in [0, 1), got "
+                         f"{cfg.finetune_momentum}")
     check_number("prune.finetune_weight_decay", cfg.finetune_weight_decay, above=0, strict=False)
     check_number("prune.finetune_grad_clip", cfg.finetune_grad_clip, above=0, optional=True)
     if cfg.checkpoint not in CHECKPOINTS:
         raise ValueError(f"prune.checkpoint must be one of {CHECKPOINTS}, got {cfg.checkpoint!r}")
     validate_geometry(cfg)
     check_protocol("prune", cfg, requires=PAPER_REQUIRES)
+
+
+def validate_for(cfg: PruneConfig, identity: RunIdentity) -> None:
+    """The prunable set of this architecture (built on the meta device) is not empty."""
+    with torch.device("meta"):
+        model = identity.build_model()
+    try:
+        prunable_parameters(model, include=cfg.include, exclude_first_conv=cfg.exclude_first_conv,
+                            exclude_classifier=cfg.exclude_classifier)
+    except ValueError as e:
+        raise ValueError(f"prune.include / prune.exclude_*: {e}") from None
 
 
 def label(cfg: PruneConfig) -> str:
@@ -148,9 +180,21 @@ def unit_suffix(cfg: PruneConfig, rate: float) -> str:
 
 # ---------------------------------------------------------------------------------------------
 def prune_note(cfg: PruneConfig) -> str:
-    return (f"checkpoint={cfg.checkpoint}; scope={cfg.scope}; include={','.join(cfg.include)}; "
+    """Every setting in the prune unit's hash but the criterion label, as ``k=v; k=v`` (the
+    report labels units of different settings by the fields that differ)."""
+    note = (f"checkpoint={cfg.checkpoint}; scope={cfg.scope}; include={','.join(cfg.include)}; "
             f"exclude_first_conv={cfg.exclude_first_conv}; "
             f"exclude_classifier={cfg.exclude_classifier}; bn_recalibrated={cfg.recalibrate_bn}")
+    if cfg.options:
+        note += f"; options={json.dumps(cfg.options, sort_keys=True, separators=(',', ':'))}"
+    if not cfg.structured and _needs_data(cfg):
+        note += f"; data_batches={cfg.data_batches}"
+    return note
+
+
+def finetune_note(cfg: PruneConfig) -> str:
+    """:func:`prune_note` and every fine-tuning setting (those in the fine-tune unit's hash)."""
+    return prune_note(cfg) + "".join(f"; {k}={getattr(cfg, k)}" for k in FINETUNE_FIELDS)
 
 
 def _criterion_batches(ctx: RunContext, n: int) -> list:
@@ -223,6 +267,9 @@ class PruneStage(Stage):
 
     def validate(self, config: PruneConfig) -> None:
         validate(config)
+
+    def validate_for(self, config: PruneConfig, identity: RunIdentity) -> None:
+        validate_for(config, identity)
 
     def units(self, config: PruneConfig) -> list[Unit]:
         return [Unit(f"prune_{unit_suffix(config, r)}", {"rate": float(r)}) for r in config.rates]

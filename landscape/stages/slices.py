@@ -26,6 +26,7 @@ device, in batches. Rows: ``slice_loss`` and ``slice_acc`` with ``coord_x`` (and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -92,6 +93,23 @@ class SliceStage(Stage):
 
     def validate(self, config: SliceConfig) -> None:
         validate(config)
+
+    def validate_across(self, config: SliceConfig, enabled: Mapping[str, Any]) -> None:
+        """Hessian directions are the eigenvectors the hessian stage saves for the same
+        checkpoint (unit ``hessian_<checkpoint>``): that stage must be on and save enough."""
+        if "hessian" not in config.directions:
+            return
+        need, h = max(config.dims), enabled.get("hessian")
+        missing = [c for c in config.checkpoints if h is None or c not in h.checkpoints]
+        if h is None or h.protocol != "default" or h.save_eigenvectors < need or missing:
+            got = ("the hessian stage is off" if h is None else
+                   f"got hessian.protocol={h.protocol}, hessian.save_eigenvectors="
+                   f"{h.save_eigenvectors}, hessian.checkpoints={list(h.checkpoints)}")
+            raise ValueError(
+                "slice.directions=[hessian] slices along the top Hessian eigenvectors that the "
+                f"hessian stage saves: it needs hessian.enabled=true, hessian.protocol=default, "
+                f"hessian.save_eigenvectors>={need} (slice.dims={list(config.dims)}) and "
+                f"slice.checkpoints={list(config.checkpoints)} among hessian.checkpoints; {got}")
 
     def units(self, config: SliceConfig) -> list[Unit]:
         return [Unit(f"slice_{'hessian_' if k == 'hessian' else ''}{d}d_{c}",
