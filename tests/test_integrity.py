@@ -173,3 +173,17 @@ def test_a_truncated_prune_arrays_file_is_recomputed_before_its_finetune(tmp_pat
     assert results.damaged(tmp_path).empty
     df = results.load(tmp_path)
     assert (df["stage"] == "finetune").any()
+
+
+def test_leftover_checkpoint_temp_files_are_removed(tmp_path):
+    cfg = tiny(tmp_path)
+    ckpt = results.run_paths(tmp_path, identify(cfg).cell_name, 0).checkpoints
+    ckpt.mkdir(parents=True)
+    (ckpt / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    pipeline.run(cfg)
+    assert (ckpt / "final.pt").is_file() and not list(ckpt.glob(".*.tmp"))
+    # a run killed later, resumed: training starts again under the unit's lock and cleans up
+    (ckpt / ".best.pt.x9.tmp").write_bytes(b"partial")
+    results.clear_done(ckpt.parent, "train")
+    assert pipeline.run(cfg).ran == ["train"]
+    assert not list(ckpt.glob(".*.tmp"))
