@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis.tables import format_number
 from landscape import pipeline, results
-from landscape.grid import run_states
+from landscape.grid import run_states, write_root_report
 from landscape.identity import identify
 from landscape.results import COLUMNS, DamagedResultsWarning, DamagedUnitError
 from landscape.stages.prune import PruneConfig
@@ -187,3 +188,27 @@ def test_leftover_checkpoint_temp_files_are_removed(tmp_path):
     results.clear_done(ckpt.parent, "train")
     assert pipeline.run(cfg).ran == ["train"]
     assert not list(ckpt.glob(".*.tmp"))
+
+
+def test_the_report_does_not_use_damaged_rows(tmp_path):
+    for seed in (0, 1):
+        pipeline.run(tiny(tmp_path, seed))
+    cell = identify(tiny(tmp_path)).cell_name
+    good = results.read_stage(tmp_path / cell / "seed=0", "train")
+    acc = good.loc[good["metric"] == "test_acc", "value"].iloc[-1]
+    rows = tmp_path / cell / "seed=1" / "stages" / "train" / "rows.csv"
+    text = rows.read_text()  # its test accuracy overwritten in place: same size, same rows
+    start = text.index("test_acc,") + len("test_acc,")
+    value = text[start:text.index(",", start)]
+    rows.write_text(text[:start] + "1." + "0" * (len(value) - 2) + text[start + len(value):])
+    assert rows.stat().st_size == len(text) and len(results.read_stage(rows.parents[2],
+                                                                        "train")) == len(good)
+    with pytest.warns(DamagedResultsWarning):
+        md = write_root_report(tmp_path).read_text()
+    dense = md.split("### Dense training")[1].split("###")[0]
+    assert f"| RF 11 px (pool 1) | {format_number(acc * 100)} (n=1) |" in dense  # seed 0 only
+    assert "Seeds: 0. " in md  # seed 1 has no trustworthy rows left
+    section = md.split("## Failed or damaged stage units")[1]
+    assert f"- {cell}/seed=1: train: its rows.csv" in section
+    assert "1 damaged unit(s)" in section and "left out of every table" in section
+
