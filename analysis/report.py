@@ -323,6 +323,11 @@ def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
     else:
         blocks.append(("list", [f"{f.run_id}: {f.unit}: {str(f.reason)[:200]}"
                                 for f in failures.itertuples()] or ["none"]))
+        damaged = failures["reason"].astype(str).str.endswith("(damaged)").sum()
+        if damaged:
+            blocks.append(("p", f"{damaged} damaged unit(s) (their files are not those their "
+                           "DONE marker recorded) are left out of every table and figure "
+                           "above; running the same command again recomputes them."))
     return blocks
 
 

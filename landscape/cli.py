@@ -35,7 +35,7 @@ from landscape.grid import (
     format_status, launch, plan_grid, status_table,
 )
 from landscape.grid.slurm import active_jobs
-from landscape.results import ResultsRootError
+from landscape.results import DamagedUnitError, ResultsRootError
 from landscape.storage import CheckpointError
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -61,7 +61,7 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, CheckpointError)
 # While stages run, only these say what to fix (their unit's FAILED file keeps the traceback);
 # anything else is a bug and keeps its traceback.
-RUN_ERRORS = (DatasetNotFoundError, CheckpointError, ResultsRootError)
+RUN_ERRORS = (DatasetNotFoundError, CheckpointError, ResultsRootError, DamagedUnitError)
 
 
 def exit_on_user_error(prog: str, fn: Callable[[], Any], errors: tuple = USER_ERRORS) -> Any:

@@ -39,6 +39,14 @@ def atomic_write(path: Path, write: Callable[[Any], None], *, mode: str = "wb") 
         raise
 
 
+def clean_temp(directory: Path) -> None:
+    """Remove the temporary files (``.<name>.<random>.tmp``) that a killed :func:`atomic_write`
+    left in ``directory``. Only for a folder nobody else is writing in right now (a stage
+    unit, or a run's checkpoints, under the unit's lock): a live writer's temp file would go."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

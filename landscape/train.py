@@ -25,7 +25,7 @@ from landscape.data.resident import ResidentLoader, ResidentSet
 from landscape.device import DeviceSettings, full_precision, progress_enabled
 from landscape.modes import snapshot_modes
 from landscape.seeds import TRAIN_EPOCH, seed_everything, stream_seed
-from landscape.storage import load_checkpoint, save_checkpoint
+from landscape.storage import clean_temp, load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = 1
 log = logging.getLogger("landscape")
@@ -260,9 +260,14 @@ def train_model(
     ``train_set``/``test_set``: Datasets (the DataLoader path) or
     :class:`~landscape.data.resident.ResidentSet` (held on the device). ``last.pt`` records
     the training path; resuming it with the other one is refused (its draws differ).
+
+    The caller must be the only writer of ``checkpoint_dir`` (the pipeline trains under the
+    lock of the run's ``train`` unit): the temp files of a killed writer there are removed
+    when training starts or resumes and when it ends.
     """
     validate_train_config(cfg)
     checkpoint_dir = Path(checkpoint_dir)
+    clean_temp(checkpoint_dir)  # of a killed run's checkpoint writes
     model.to(settings.device, memory_format=settings.memory_format)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg)
@@ -350,4 +355,5 @@ def train_model(
     if not outcome.diverged:
         save_checkpoint(checkpoint_dir / "final.pt", {"model": model.state_dict(),
                                                       "epoch": cfg.epochs, **tag})
+    clean_temp(checkpoint_dir)
     return outcome

@@ -58,6 +58,7 @@ def test_load_skips_unfinished_and_temp_files(tmp_path):
     (unfinished / ".rows.csv.abc.tmp").write_text("partial")
     df = load(tmp_path)
     assert sorted(df["seed"].tolist()) == [0, 1]
+    (tmp_path / "empty").mkdir()  # a folder with nothing finished yet: no rows, the columns
     assert load(tmp_path / "empty").columns.tolist() == COLUMNS
 
 

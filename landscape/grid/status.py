@@ -4,7 +4,8 @@ States of a (run, unit), first match wins:
 
 - ``done``: the unit's DONE marker exists (reason "diverged" for a diverged training);
 - ``stale``: done, but with other settings than the current config's (the reason lists
-  them); running the grid again recomputes it;
+  them), or damaged (its files are not those its DONE marker recorded); running the grid
+  again recomputes it;
 - ``failed``: a FAILED file exists; the reason is its last line (the exception);
 - ``skipped``: training diverged, so this later unit will never run;
 - ``running`` / ``queued``: a live Slurm job of a recorded submission holds the run and is
@@ -81,6 +82,9 @@ def _cell_state(cfg: RunConfig, paths: results.RunPaths, unit: str,
     trained = {u.name for _, _, u in stage_units(cfg, "cell", needs_trained=True)}
     done = results.read_done(paths.cell_stages, unit)
     if done is not None:
+        damage = results.unit_damage(paths.cell_stages, unit, done)
+        if damage is not None:
+            return "stale", damage
         return "done", f"seeds {done.get('seeds')}" if unit in trained else ""
     failure = results.read_failure(paths.cell_stages, unit)
     if failure is not None:

@@ -1,4 +1,4 @@
-"""Where everything lives under a results root. Every path is relative to the root it is given,
+"""Where everything lives under a results root, and the checks of a root's path. Every path is relative to the root it is given,
 so a results folder can be copied or moved as a whole::
 
     <root>/<cell>/cell.json                               the cell's identity fields
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CELL_DIR = "cell"  # cell-level stages live in <cell>/cell/stages/<unit>/
 CELL_RECORD = "cell.json"
@@ -114,3 +115,19 @@ def _limit(path: Path, name: str, default: int) -> int:
         return int(os.pathconf(path, name))
     except (OSError, ValueError):
         return default
+
+
+def results_folder(root: Any) -> Path:
+    """``root`` as the path of an existing results folder; TypeError / ValueError when it is
+    no path, FileNotFoundError / NotADirectoryError (naming it) when there is no folder."""
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"a results folder path (str or Path) is needed, got {root!r}")
+    if not str(root).strip():
+        raise ValueError("a results folder path is needed, got an empty string")
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no results folder at {path.absolute()}: check the path "
+                                "(the results_root the runs were made with)")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path.absolute()} is a file, not a results folder")
+    return path

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from landscape.results.layout import CELL_RECORD, RUN_CONFIG, SUBMISSIONS, RunPaths
-from landscape.results.store import jsonable, read_done
+from landscape.results.integrity import read_done
+from landscape.results.store import jsonable
 from landscape.storage import atomic_write_json
 
 

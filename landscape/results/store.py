@@ -1,8 +1,9 @@
-"""Stage units on disk: atomic rows (+ arrays), the DONE marker written last, FAILED records,
-and the one loader of a results root.
+"""Stage units on disk: atomic rows (+ arrays), the DONE marker written last (with the
+fingerprint of each file, checked by ``integrity``), FAILED records, and the one loader of a
+results root.
 
 Only this package reads or writes files under a results root (see ``layout``).
-``load(root)`` returns one long DataFrame.
+``load(root)`` returns one long DataFrame of the units whose files verify.
 """
 
 from __future__ import annotations
@@ -11,30 +12,25 @@ import io
 import json
 import time
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 
-from landscape.results.layout import ARRAYS, CELL_DIR, DONE, FAILED, ROWS, stage_dir
+from landscape.results.integrity import (
+    FILES, DamagedUnitError, fingerprint, read_done, unit_damage, verify,
+)
+from landscape.results.layout import (
+    ARRAYS, CELL_DIR, DONE, FAILED, ROWS, results_folder, stage_dir,
+)
 from landscape.results.schema import DTYPES, to_frame, validate_rows
 from landscape.storage import atomic_write, atomic_write_json, atomic_write_text
 
 
-def is_done(run_dir: Path, stage: str) -> bool:
-    return (stage_dir(run_dir, stage) / DONE).is_file()
-
-
-def read_done(run_dir: Path, stage: str) -> dict[str, Any] | None:
-    path = stage_dir(run_dir, stage) / DONE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {"status": "unknown"}
-
+class DamagedResultsWarning(UserWarning):
+    """:func:`load` / :func:`load_arrays` left damaged units out."""
 
 def jsonable(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists, unknown types strings)."""
@@ -52,7 +48,7 @@ def stale_reason(out_dir: Path, unit: str, settings: Mapping[str, Any],
     done = read_done(out_dir, unit)
     if done is None:
         return "not done"
-    damage = _damage(out_dir, unit, done)
+    damage = unit_damage(out_dir, unit, done)
     if damage:
         return damage
     settings = jsonable(dict(settings))
@@ -69,33 +65,6 @@ def stale_reason(out_dir: Path, unit: str, settings: Mapping[str, Any],
     return None
 
 
-def _damage(out_dir: Path, unit: str, done: Mapping[str, Any]) -> str | None:
-    """Why a done unit's files cannot be trusted (an unreadable DONE, rows.csv missing or
-    holding another number of rows than DONE recorded), or None."""
-    if done.get("status") == "unknown":
-        return f"its {DONE} marker is unreadable (damaged)"
-    expected = done.get("rows")
-    if not isinstance(expected, int):
-        return None  # a marker of a version that did not record the count
-    path = stage_dir(out_dir, unit) / ROWS
-    try:
-        with open(path, "rb") as f:
-            lines = sum(1 for line in f if line.strip()) - 1
-        if lines != expected:  # a note with a line break: count rows, not lines
-            lines = len(pd.read_csv(path, dtype=str))
-    except (OSError, ValueError, pd.errors.ParserError):
-        return f"its {ROWS} is missing or unreadable (damaged)"
-    if lines != expected:
-        return f"its {ROWS} holds {lines} rows, {DONE} recorded {expected} (damaged)"
-    return None
-
-
-def clean_temp(directory: Path) -> None:
-    """Remove the temporary files a killed atomic writer left in ``directory``."""
-    for tmp in Path(directory).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
 def clear_done(run_dir: Path, stage: str) -> None:
     """Remove a unit's DONE marker (before it is recomputed): it is then not done for
     :func:`load` until the new rows are complete."""
@@ -108,22 +77,28 @@ def write_stage(run_dir: Path, stage: str, rows: Iterable[Mapping[str, Any]], *,
     """Write a stage's rows (and named arrays, as ``arrays.npz``), then its DONE marker.
 
     Every file is written atomically; the marker comes last, so a stage is either complete
-    or absent for :func:`load`.
+    or absent for :func:`load`. The marker records the row count and the size and sha256 of
+    each file (``"files"``), from the bytes written: later damage to a file is detected.
     """
     rows = validate_rows(rows)
     d = stage_dir(run_dir, stage)
     buf = io.StringIO()
     to_frame(rows).to_csv(buf, index=False)
+    text = buf.getvalue().encode("utf-8")
+    files = {ROWS: fingerprint(text)}
     if arrays:
         npz = io.BytesIO()
         np.savez_compressed(npz, **{k: np.asarray(v) for k, v in arrays.items()})
-        atomic_write(d / ARRAYS, lambda f: f.write(npz.getvalue()))
+        data = npz.getvalue()
+        files[ARRAYS] = fingerprint(data)
+        atomic_write(d / ARRAYS, lambda f: f.write(data))
     else:
         (d / ARRAYS).unlink(missing_ok=True)  # a recomputed unit keeps no arrays of before
-    atomic_write_text(d / ROWS, buf.getvalue())
+    atomic_write(d / ROWS, lambda f: f.write(text))
     (d / FAILED).unlink(missing_ok=True)
-    atomic_write_json(d / DONE, {"stage": stage, "status": status, "rows": len(rows),
-                                 "finished_unix": time.time(), **(info or {})})
+    atomic_write_json(d / DONE, {"stage": stage, "status": status,
+                                 "finished_unix": time.time(), **(info or {}),
+                                 "rows": len(rows), FILES: files})
     return d
 
 
@@ -141,34 +116,53 @@ def read_failure(run_dir: Path, stage: str) -> str | None:
     return lines[-1] if lines else "failed (empty FAILED file)"
 
 
-def failures(root: str | Path) -> pd.DataFrame:
-    """Every failed or damaged stage unit under ``root``: ``run_id`` (the cell name for
-    cell-level units), ``unit`` and ``reason``. Failed units have no rows and damaged ones
-    (a DONE whose rows.csv is unreadable or holds another number of rows) not the right
-    ones, so :func:`load` cannot show them; running the stage again recomputes them."""
-    root = Path(root)
+def _markers(root: Path, marker: str, unit: str = "*") -> Iterator[tuple[Path, str, str]]:
+    """Every stage unit (named ``unit``, default any) under ``root`` that holds ``marker``
+    (DONE or FAILED), sorted: its folder (run or cell), its name and its ``run_id`` (the cell
+    name for cell-level units). The one walker of a results root's units."""
+    for path in sorted(root.glob(f"**/stages/{unit}/{marker}")):
+        out_dir = path.parents[2]
+        run_id = out_dir.relative_to(root).as_posix().removesuffix(f"/{CELL_DIR}")
+        yield out_dir, path.parent.name, run_id
+
+
+def _problems(root: str | Path, markers: tuple[str, ...]) -> pd.DataFrame:
+    """run_id, unit, reason of the failed (FAILED) and/or damaged (DONE) units under root."""
+    root = results_folder(root)
     rows = []
-    for marker, damaged in ((FAILED, False), (DONE, True)):
-        for path in sorted([*root.glob(f"*/seed=*/stages/*/{marker}"),
-                            *root.glob(f"*/{CELL_DIR}/stages/*/{marker}")]):
-            run_dir, unit = path.parents[2], path.parent.name
-            reason = (_damage(run_dir, unit, read_done(run_dir, unit) or {}) if damaged
-                      else read_failure(run_dir, unit))
+    for marker in markers:
+        for out_dir, unit, run_id in _markers(root, marker):
+            reason = unit_damage(out_dir, unit) if marker == DONE else read_failure(out_dir, unit)
             if reason:
-                rows.append({"run_id": run_dir.relative_to(root).as_posix()
-                            .removesuffix(f"/{CELL_DIR}"), "unit": unit, "reason": reason})
+                rows.append({"run_id": run_id, "unit": unit, "reason": reason})
     return pd.DataFrame(rows, columns=["run_id", "unit", "reason"])
 
 
+def failures(root: str | Path) -> pd.DataFrame:
+    """Every failed or damaged stage unit under ``root``: ``run_id`` (the cell name for
+    cell-level units), ``unit`` and ``reason``. Failed units have no rows and damaged ones
+    (see :func:`damaged`) not the right ones, so :func:`load` does not show them; running the
+    stage again recomputes them."""
+    return _problems(root, (FAILED, DONE))
+
+
+def damaged(root: str | Path) -> pd.DataFrame:
+    """Every done stage unit under ``root`` whose files are not those its DONE marker recorded
+    (an unreadable marker; a file missing, of another size or content (sha256), or not
+    recorded): ``run_id``, ``unit``, ``reason``. Running the same command again (the run or
+    the grid) recomputes them. Reads every file it checks, arrays included."""
+    return _problems(root, (DONE,))
+
+
 def read_stage(run_dir: Path, stage: str) -> pd.DataFrame:
-    return _read_rows(stage_dir(run_dir, stage) / ROWS)
+    return _read_rows(stage_dir(run_dir, stage) / ROWS, stage)
 
 
-def _read_rows(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={c: ("string" if t in ("string", "boolean") else None)
-                                  for c, t in DTYPES.items()}, keep_default_na=True)
+def _read_rows(source: Path | io.BytesIO, unit: str) -> pd.DataFrame:
+    df = pd.read_csv(source, dtype={c: ("string" if t in ("string", "boolean") else None)
+                                    for c, t in DTYPES.items()}, keep_default_na=True)
     df = to_frame(df.to_dict("records"))
-    df["unit"] = df["unit"].fillna(path.parent.name)  # rows written before the column existed
+    df["unit"] = df["unit"].fillna(unit)  # rows written before the column existed
     return df
 
 
@@ -177,41 +171,113 @@ def has_results(root: str | Path) -> bool:
     return next(Path(root).glob("**/stages/*/" + DONE), None) is not None
 
 
+def _warn_damaged(root: Path, bad: list[dict[str, str]], what: str) -> None:
+    shown = "; ".join(f"{b['unit']}: {b['reason']}" for b in bad[:10])
+    more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+    warnings.warn(
+        f"{root}: {len(bad)} damaged stage unit(s) left out of the {what} (their files are not "
+        f"those their DONE marker recorded): {shown}{more}. Running the same command again "
+        "(landscape-run, or the grid) recomputes them; landscape-status and "
+        "landscape.results.damaged(root) list them.", DamagedResultsWarning, stacklevel=3)
+
+
 def load(root: str | Path) -> pd.DataFrame:
     """Every finished stage of every run under ``root`` as one long DataFrame.
 
-    Stages still running (no DONE marker) are skipped; unreadable files are skipped with a
-    warning, so this can be called while a grid is in progress.
+    Only units whose files verify against their DONE marker are read: ``rows.csv`` by size
+    and sha256, ``arrays.npz`` by size only (its content is not read here, so that loading a
+    big root stays fast; :func:`read_arrays` / :func:`load_arrays` check its sha256). Damaged
+    units are left out with one :class:`DamagedResultsWarning` and listed in
+    ``df.attrs["damaged"]`` (``{"unit": <unit folder relative to root>, "reason": ...}``).
+    Stages still running (no DONE marker) are skipped, so this can be called while a grid is
+    in progress. A folder with nothing finished gives an empty frame with the schema's
+    columns; a path that is no folder raises (FileNotFoundError / NotADirectoryError).
     """
-    root = Path(root)
-    frames = []
-    for done in sorted(root.glob("**/stages/*/" + DONE)):
-        rows = done.parent / ROWS
-        try:
-            frames.append(_read_rows(rows))
-        except (OSError, ValueError, pd.errors.ParserError) as e:
-            warnings.warn(f"skipping unreadable results file {rows}: {e}", stacklevel=2)
-    if not frames:
-        return to_frame([])
-    return pd.concat(frames, ignore_index=True)
+    root = results_folder(root)
+    frames, bad = [], []
+    for out_dir, unit, _ in _markers(root, DONE):
+        done = read_done(out_dir, unit)
+        if done is None:  # recomputed since we listed it
+            continue
+        checked = verify(stage_dir(out_dir, unit), done, hash_arrays=False)
+        why = checked.reason
+        if why is None and checked.rows is not None:
+            try:
+                frames.append(_read_rows(io.BytesIO(checked.rows), unit))
+            except (ValueError, pd.errors.ParserError) as e:
+                why = f"its {ROWS} cannot be read ({e}) (damaged)"
+        if why:
+            bad.append({"unit": stage_dir(out_dir, unit).relative_to(root).as_posix(),
+                        "reason": why})
+    if bad:
+        _warn_damaged(root, bad, "results")
+    df = pd.concat(frames, ignore_index=True) if frames else to_frame([])
+    df.attrs["damaged"] = bad
+    return df
+
+
+def _arrays(unit_dir: Path, done: Mapping[str, Any], label: str) -> dict[str, np.ndarray] | None:
+    """The arrays of a done unit, checked against its marker first (None when it saved none);
+    :class:`DamagedUnitError` naming ``label`` when its files are damaged."""
+    checked = verify(unit_dir, done)
+    if checked.reason:
+        raise DamagedUnitError(
+            f"{label} is damaged: {checked.reason}. Running its stage again (the same command) "
+            "recomputes it", checked.reason)
+    path = unit_dir / ARRAYS
+    if checked.arrays is None and not path.is_file():
+        return None
+    try:
+        with np.load(io.BytesIO(checked.arrays) if checked.arrays is not None else path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        # only a marker that recorded no files gets here with a bad file: nothing detects it
+        why = f"its {ARRAYS} is unreadable ({type(e).__name__}: {e}) (damaged)"
+        raise DamagedUnitError(
+            f"{label}: {why}; its {DONE} marker records no checksum (written by an older "
+            f"version), so nothing recomputes it by itself: delete {unit_dir} and run its "
+            "stage again", why) from e
 
 
 def read_arrays(run_dir: Path, stage: str) -> dict[str, np.ndarray]:
-    """The arrays a finished stage unit of one run saved (e.g. pruning masks)."""
-    if not is_done(run_dir, stage):
+    """The arrays a finished stage unit of one run saved (e.g. pruning masks), after checking
+    the unit's files against its DONE marker, sha256 of the arrays included
+    (:class:`DamagedUnitError` when they differ; the unit loses its DONE marker then, so that
+    running the command again recomputes it before the units that read it).
+    FileNotFoundError when the unit is not done or saved no arrays."""
+    done = read_done(run_dir, stage)
+    if done is None:
         raise FileNotFoundError(f"stage {stage} of {run_dir} is not done; run it first")
-    with np.load(stage_dir(run_dir, stage) / ARRAYS) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        out = _arrays(stage_dir(run_dir, stage), done, f"stage unit {stage} of {run_dir}")
+    except DamagedUnitError:
+        clear_done(run_dir, stage)
+        raise
+    if out is None:
+        raise FileNotFoundError(f"stage unit {stage} of {run_dir} saved no arrays "
+                                f"({stage_dir(run_dir, stage) / ARRAYS})")
+    return out
 
 
 def load_arrays(root: str | Path, stage: str) -> dict[str, dict[str, np.ndarray]]:
     """Arrays saved by finished units of ``stage`` (e.g. ``"importance_init"``) under ``root``,
-    keyed by the run folder relative to ``root`` (the ``run_id`` of the rows)."""
-    root = Path(root)
-    out = {}
-    for done in sorted(root.glob(f"**/stages/{stage}/{DONE}")):
-        path = done.parent / ARRAYS
-        if path.is_file():
-            with np.load(path) as z:
-                out[done.parents[2].relative_to(root).as_posix()] = {k: z[k] for k in z.files}
+    keyed by the unit's run folder relative to ``root`` (the ``run_id`` of a run's rows; a
+    cell-level unit's key ends in ``/cell``). Units whose
+    files do not verify (sha256 included) are left out with one warning, as in :func:`load`."""
+    root = results_folder(root)
+    out, bad = {}, []
+    for out_dir, unit, _ in _markers(root, DONE, stage):
+        done = read_done(out_dir, unit)
+        if done is None:  # recomputed since we listed it
+            continue
+        unit_dir = stage_dir(out_dir, unit)
+        try:
+            arrays = _arrays(unit_dir, done, f"stage unit {unit_dir}")
+        except DamagedUnitError as e:
+            bad.append({"unit": unit_dir.relative_to(root).as_posix(), "reason": e.reason})
+            continue
+        if arrays is not None:
+            out[out_dir.relative_to(root).as_posix()] = arrays
+    if bad:
+        _warn_damaged(root, bad, "arrays")
     return out
