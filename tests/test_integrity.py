@@ -161,12 +161,12 @@ def test_a_truncated_prune_arrays_file_is_recomputed_before_its_finetune(tmp_pat
     stage, config = units[prune]
     why = stage.stale_reason(config, run_dir, prune)
     assert why is not None and "arrays.npz" in why and why.endswith("(damaged)")
-    with pytest.raises(DamagedUnitError, match=f"{prune} of .* is damaged: its arrays.npz.*"
-                       "Running its stage again"):
-        results.read_arrays(run_dir, prune)
     with pytest.warns(DamagedResultsWarning, match="left out of the arrays"):
         assert results.load_arrays(tmp_path, prune) == {}
     assert [r["unit"] for r in results.damaged(tmp_path).to_dict("records")] == [prune]
+    with pytest.raises(DamagedUnitError, match=f"{prune} of .* is damaged: its arrays.npz.*"
+                       "Running its stage again"):
+        results.read_arrays(run_dir, prune)
     summary = pipeline.run(cfg)
     assert summary.ran == [prune, finetune] and summary.status == "ok"
     again = results.read_arrays(run_dir, prune)
@@ -212,3 +212,22 @@ def test_the_report_does_not_use_damaged_rows(tmp_path):
     assert f"- {cell}/seed=1: train: its rows.csv" in section
     assert "1 damaged unit(s)" in section and "left out of every table" in section
 
+
+
+def test_arrays_corrupted_in_place_are_caught_where_read_and_recomputed(tmp_path):
+    """A same-size corruption passes the cheap size check of status and the pipeline; the
+    sha256 where the arrays are read catches it, and the unit is recomputed next time."""
+    cfg = tiny(tmp_path, prune=PruneConfig(enabled=True, rates=[0.5]))
+    pipeline.run(cfg)
+    run_dir = results.run_paths(tmp_path, identify(cfg).cell_name, 0).run_dir
+    prune = next(u.name for _, _, u in pipeline.stage_units(cfg, "run")
+                 if u.name.startswith("prune_"))
+    arrays = results.stage_dir(run_dir, prune) / "arrays.npz"
+    data = bytearray(arrays.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    arrays.write_bytes(bytes(data))
+    with pytest.raises(DamagedUnitError, match="sha256"):
+        results.read_arrays(run_dir, prune)
+    assert not results.is_done(run_dir, prune)  # unmarked: the next run recomputes it
+    assert pipeline.run(cfg).ran == [prune]
+    assert results.read_arrays(run_dir, prune)

@@ -235,8 +235,7 @@ def _arrays(unit_dir: Path, done: Mapping[str, Any], label: str) -> dict[str, np
         why = f"its {ARRAYS} is unreadable ({type(e).__name__}: {e}) (damaged)"
         raise DamagedUnitError(
             f"{label}: {why}; its {DONE} marker records no checksum (written by an older "
-            f"version), so nothing recomputes it by itself: delete {unit_dir} and run its "
-            "stage again", why) from e
+            "version). Running its stage again (the same command) recomputes it", why) from e
 
 
 def read_arrays(run_dir: Path, stage: str) -> dict[str, np.ndarray]:
