@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import json
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional, get_type_hints
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 from landscape.data.registry import DataConfig
 from landscape.identity import NOT_IDENTITY, identity_dict
@@ -27,8 +27,8 @@ from landscape.stages.sharpness import SharpnessConfig
 from landscape.stages.slices import SliceConfig
 from landscape.train import TrainConfig
 
-__all__ = ["ModelConfig", "RFSweepConfig", "RunConfig", "check_known_keys", "from_dict",
-           "identity_dict", "stage_config"]
+__all__ = ["ModelConfig", "RFSweepConfig", "RunConfig", "check_known_keys", "describe_type",
+           "free_form_fields", "from_dict", "identity_dict", "stage_config"]
 
 
 @dataclass
@@ -61,7 +61,7 @@ class RunConfig:
     # themselves there. Reading a results folder (landscape-status) never imports them.
     imports: list[str] = field(default_factory=list, metadata=NOT_IDENTITY)
     # Settings of user stages, by stage name (each a dict of its ``config_class``'s fields):
-    # ``+stages.my_stage.threshold=0.5`` on the command line.
+    # ``stages.my_stage.threshold=0.5`` on the command line.
     stages: dict[str, Any] = field(default_factory=dict, metadata=NOT_IDENTITY)
     results_root: str = field(default="results", metadata=NOT_IDENTITY)
     device: str = field(default="auto", metadata=NOT_IDENTITY)
@@ -131,6 +131,44 @@ def check_known_keys(data: Any, schema: type, prefix: str = "") -> None:
                              f"{', '.join(names)}")
         if is_dataclass(hints[key]) and isinstance(value, dict):
             check_known_keys(value, hints[key], f"{prefix}{key}.")
+
+
+def free_form_fields(schema: type, prefix: str = "") -> list[str]:
+    """Dotted paths of the free-form dict fields of the dataclass ``schema`` (recursively), such
+    as ``stages`` and ``prune.options``: they take any key, on the command line without ``+``."""
+    hints = get_type_hints(schema)
+    paths = []
+    for f in fields(schema):
+        t = hints[f.name]
+        if is_dataclass(t):
+            paths += free_form_fields(t, f"{prefix}{f.name}.")
+        elif t is dict or get_origin(t) is dict:
+            paths.append(prefix + f.name)
+    return paths
+
+
+_TYPE_WORDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"),
+               float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
+def describe_type(t: Any, plural: bool = False) -> str:
+    """A field's type in words, as a user writes the value (``Optional[int]``: "an integer or
+    null"; ``list[float]``: "a list [...] of numbers")."""
+    origin, args = get_origin(t), get_args(t)
+    if origin is Union:
+        kinds = [describe_type(a, plural) for a in args if a is not type(None)]
+        return " or ".join(kinds + (["null"] if type(None) in args else []))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if t in (list, tuple) or origin in (list, tuple):
+        items = [a for a in args if a is not Ellipsis]
+        return "lists" if plural else \
+            "a list [...]" + (f" of {describe_type(items[0], True)}" if items else "")
+    if t is dict or origin is dict:
+        return "mappings" if plural else "a mapping {key: value}"
+    if t in _TYPE_WORDS:
+        return _TYPE_WORDS[t][plural]
+    return getattr(t, "__name__", str(t))
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:

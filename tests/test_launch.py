@@ -4,6 +4,7 @@
 import dataclasses
 import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from landscape.data import DataConfig
 from landscape.grid import LauncherConfig, launch, plan_grid, status_table, validate_launcher
 from landscape.grid import slurm
 from landscape.grid.local import usable_cpus
-from landscape.grid.slurm import explain_sbatch_error
+from landscape.grid.sbatch import explain_sbatch_error
 from landscape.grid.status import format_status
 from landscape.identity import identify
 from landscape.stages.cka import CKAConfig
@@ -109,7 +110,86 @@ def test_sbatch_errors_name_the_field_to_change():
                                "configuration is not available", lc, "runs")
     assert "launcher.gpus_per_node=8" in msg and "launcher.cpus_per_task=4" in msg
     msg = explain_sbatch_error("sbatch: error: invalid partition specified: nope", lc, "runs")
-    assert "launcher.partition=None" in msg and "launcher.time" not in msg
+    assert "launcher.partition=null" in msg and "launcher.time" not in msg  # as typed
+
+
+@pytest.mark.parametrize("sbatch, fields", [
+    ("Batch job submission failed: Invalid account or account/partition combination "
+     "specified", "launcher.partition=gpu, launcher.account=null"),
+    ("Batch job submission failed: Invalid qos specification", "launcher.sbatch_extra.qos=low"),
+    ("Batch job submission failed: Job violates accounting/QOS policy (job submit limit, "
+     "user's size and/or time limits)", "launcher.time=600, launcher.sbatch_extra.qos=low"),
+    ("sbatch: error: Invalid --mem specification", "launcher.mem_gb=2.5"),
+    ("Batch job submission failed: Invalid generic resource (gres) specification",
+     "launcher.gpus_per_node=8"),
+    ("Batch job submission failed: Invalid feature specification", "launcher.constraint=null"),
+    ("Batch job submission failed: Access/permission denied",
+     "launcher.partition=gpu, launcher.account=null, launcher.sbatch_extra={qos:low}"),
+])
+def test_sbatch_hints_name_the_launcher_fields_behind_the_complaint(sbatch, fields):
+    lc = LauncherConfig(backend="slurm", time=600, gpus_per_node=8, partition="gpu",
+                        mem_gb=2.5, sbatch_extra={"qos": "low"})
+    assert f"\nChange {fields} (configs/launcher/slurm.yaml" in explain_sbatch_error(
+        sbatch, lc, "runs")
+
+
+def fake_slurm(bin_dir: Path, refuse_from: int) -> Path:
+    """``srun`` (submitit looks for it) and an ``sbatch`` that accepts its first
+    ``refuse_from - 1`` submissions (job ids 41, 42, ...) and refuses the others."""
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    count = bin_dir / "count"
+    (bin_dir / "sbatch").write_text(f"""#!/bin/sh
+n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}
+if [ $n -ge {refuse_from} ]; then
+  echo "sbatch: error: Batch job submission failed: Invalid account or account/partition \
+combination specified" >&2
+  exit 1
+fi
+echo "Submitted batch job $((40 + n))"
+""")
+    for f in ("srun", "sbatch"):
+        (bin_dir / f).chmod(0o755)
+    return bin_dir
+
+
+def test_a_refused_submission_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    from landscape.grid.launcher import SubmissionError
+
+    monkeypatch.setenv("PATH", f"{fake_slurm(tmp_path / 'bin', 1)}:{os.environ['PATH']}")
+    lc = LauncherConfig(backend="slurm", gpus_per_node=None, partition="gpu")
+    root = tmp_path / "fresh"  # the submission creates <root>/.submitit, then sbatch refuses
+    with pytest.raises(SubmissionError, match="launcher.partition=gpu, launcher.account=null"):
+        launch(plan_grid(grid(root)), lc)
+    assert not root.exists()
+    assert "sbatch: error" not in capsys.readouterr().err  # said once, in the error
+    # A folder with earlier submissions: only this submission's files are removed.
+    root = tmp_path / "used"
+    earlier = [root / ".submitit" / n for n in ("7_0_submitted.pkl", "7_0_0_log.out",
+                                                 "0123456789abcdef0123456789abcdef.pkl")]
+    for f in earlier:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("earlier")
+    with pytest.raises(SubmissionError):
+        launch(plan_grid(grid(root)), lc)
+    assert sorted((root / ".submitit").iterdir()) == sorted(earlier)
+    assert not results.read_submissions(root)
+
+
+def test_a_refused_cell_job_keeps_the_submitted_array(tmp_path, monkeypatch):
+    from landscape.grid.launcher import SubmissionError
+
+    monkeypatch.setenv("PATH", f"{fake_slurm(tmp_path / 'bin', 2)}:{os.environ['PATH']}")
+    cfgs = grid(tmp_path / "r", cka=CKAConfig(enabled=True, n_inputs=16))
+    with pytest.raises(SubmissionError, match=r"refused the cell-level job(.|\n)*array 41 was"):
+        launch(plan_grid(cfgs), LauncherConfig(backend="slurm", gpus_per_node=None))
+    folder = tmp_path / "r" / ".submitit"
+    kept = sorted(p.name for p in folder.iterdir() if p.suffix == ".pkl")
+    assert kept == [f"41_{i}_submitted.pkl" for i in range(4)]  # the array's; no cell pickle
+    scripts = list(folder.glob(".submission_file_*"))  # submitit links the array's to its own
+    assert len(scripts) == 1 and scripts[0].resolve() == folder / "41_submission.sh"
+    [sub] = results.read_submissions(tmp_path / "r")
+    assert len(sub["runs"]) == 4 and sub.get("cell_job_id") is None
 
 
 # --------------------------------------------------------------------------- skip before submit

@@ -390,6 +390,11 @@ def test_sweep_table_levels_params_and_sizes():
     assert (df["r_min"] == df["r_max"]).all()
 
 
+def test_sweep_levels_named_twice_are_one_row_in_their_order():
+    table = rf_sweep_table("small_cnn", input_size=16, levels=(2, 1, 2, 1), width=TINY)
+    assert table["level"].tolist() == [2, 1]
+
+
 def test_sweep_marks_a_vanishing_feature_map():
     df = rf_sweep_table("small_cnn", input_size=6, levels=(0, 4), width=TINY)
     assert list(df["fits"]) == [True, False]

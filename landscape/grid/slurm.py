@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import subprocess
 import warnings
 from pathlib import Path
@@ -29,6 +28,7 @@ from landscape.grid.launcher import (
     BACKENDS, LauncherConfig, Submission, SubmissionError, cell_work,
 )
 from landscape.grid.plan import GridPlan
+from landscape.grid.sbatch import clean_if_refused, explain_sbatch_error
 from landscape.pipeline import CellSummary, RunSummary, run
 
 log = logging.getLogger("landscape")
@@ -124,29 +124,6 @@ def executor_parameters(launcher: LauncherConfig, kind: str) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-# sbatch's complaint -> the launcher fields that cause it
-_HINTS = [
-    (r"time limit", ("time",)), (r"memory", ("mem_gb",)),
-    (r"processors|cpu", ("cpus_per_task",)), (r"gres|gpu", ("gpus_per_node",)),
-    (r"partition", ("partition",)), (r"feature|constraint", ("constraint",)),
-    (r"account|association", ("account",)), (r"qos", ("sbatch_extra",)),
-    (r"node configuration", ("gpus_per_node", "cpus_per_task", "mem_gb", "constraint")),
-]
-
-
-def explain_sbatch_error(message: str, launcher: LauncherConfig, kind: str) -> str:
-    """sbatch's message verbatim, then the launcher fields (with their values) to change."""
-    fields_ = [f for pattern, fs in _HINTS if re.search(pattern, message, re.I) for f in fs]
-    if kind == "cells":
-        fields_ = ["cell_time" if f == "time" else f for f in fields_]
-    fields_ = list(dict.fromkeys(fields_)) or ["partition", "account", "sbatch_extra"]
-    values = ", ".join(f"launcher.{f}={getattr(launcher, f)!r}" for f in fields_)
-    what = "run array" if kind == "runs" else "cell-level job"
-    return (f"sbatch refused the {what}:\n  " + message.strip().replace("\n", "\n  ")
-            + f"\nChange {values} (configs/launcher/slurm.yaml or launcher.<field>=... on the "
-            f"command line) to a request this cluster can satisfy.")
-
-
 def _executor(launcher: LauncherConfig, folder: Path, kind: str,
               **extra: Any) -> submitit.AutoExecutor:
     try:
@@ -186,13 +163,15 @@ class SlurmBackend:
         kind = "runs"
         try:
             if plan.pending:
-                jobs += _executor(launcher, folder, "runs").map_array(task, args)
+                with clean_if_refused(folder):
+                    jobs += _executor(launcher, folder, "runs").map_array(task, args)
                 array_id = jobs[0].job_id.split("_")[0]
             if plan.needs_cell_job:
                 kind = "cells"
                 dep = {"slurm_dependency": f"afterany:{array_id}"} if array_id else {}
-                ex = _executor(launcher, folder, "cells", **dep)
-                jobs.append(ex.submit(CellTask(), list(plan.cells)))
+                with clean_if_refused(folder):
+                    ex = _executor(launcher, folder, "cells", **dep)
+                    jobs.append(ex.submit(CellTask(), list(plan.cells)))
                 cell_id = jobs[-1].job_id
         except FailedJobError as e:
             msg = explain_sbatch_error(str(e), launcher, kind)

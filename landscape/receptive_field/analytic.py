@@ -156,7 +156,8 @@ def rf_sweep_table(
     pool_stride: int | None = None,
     pool_padding: int | None = None,
 ) -> pd.DataFrame:
-    """One row per RF-pool level of ``arch`` for ``input_size`` (pixels).
+    """One row per RF-pool level of ``arch`` for ``input_size`` (pixels), in the order of
+    ``levels`` (a repeated level once).
 
     Columns: ``level``; the pool's ``kernel, stride, padding`` (kernel 0 = no pool);
     ``r_max, r_min`` at the last conv; ``params`` (trainable + frozen parameter count);
@@ -169,7 +170,7 @@ def rf_sweep_table(
     if isinstance(levels, (int, str)) or not len(levels):
         raise ValueError(f"levels must be a non-empty sequence of pool levels, got {levels!r}")
     rows = []
-    for level in levels:
+    for level in dict.fromkeys(levels):  # a level named twice is one row
         model = create_model(
             arch, num_classes=num_classes, in_channels=in_channels, pool_level=level,
             width=width, pool_kernel=pool_kernel, pool_stride=pool_stride,

@@ -1,0 +1,157 @@
+"""``landscape-submit``: a grid (an experiment's sweeps x the command line's) planned,
+checked and launched locally or on Slurm."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from landscape.cli.compose import CONFIG_DIR, USER_ERRORS, hydra_error_line, to_run_config
+from landscape.config import RunConfig
+from landscape.grid import (
+    GridPlan, LauncherConfig, Submission, SubmissionError, describe, format_status, launch,
+    plan_grid, status_table,
+)
+from landscape.grid.sbatch import idle_gpu_warning
+from landscape.grid.slurm import active_jobs
+
+DEFAULT_LAUNCHER = "local"
+
+
+def split_overrides(args: Sequence[str]) -> tuple[list[str], str, list[str]]:
+    """(run overrides, launcher name, ``launcher.*`` overrides) of a command line."""
+    run, name, launcher = [], DEFAULT_LAUNCHER, []
+    for arg in args:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if key == "launcher":
+            name = arg.split("=", 1)[1]
+        elif key.startswith("launcher."):
+            launcher.append(arg)
+        else:
+            run.append(arg)
+    return run, name, launcher
+
+
+def expand_grid(overrides: Sequence[str], *, config_dir: str = CONFIG_DIR,
+                config_name: str = "config") -> list[RunConfig]:
+    """The runs of a Hydra multirun (experiment sweeps x command-line sweeps), as RunConfigs."""
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(list(overrides))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        base = compose(config_name, overrides=fixed, return_hydra_config=True)
+        params = base.hydra.sweeper.get("params") or {}
+        sweep = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(overrides))
+        combos = BasicSweeper.split_arguments(sweep, max_batch_size=None)[0]
+        return [to_run_config(compose(config_name, overrides=list(c))) for c in combos]
+
+
+def validate_grid(cfgs: Sequence[RunConfig]) -> None:
+    """Every run's settings before anything is planned or written (the data on disk once per
+    distinct data config)."""
+    from landscape.data import check_dataset
+    from landscape.pipeline import validate
+
+    checked = set()
+    for c in cfgs:
+        validate(c, check_data=False)
+        key = repr(c.data)
+        if key not in checked:
+            check_dataset(c.data)
+            checked.add(key)
+
+
+def load_launcher(name: str, overrides: Sequence[str] = (), *,
+                  config_dir: str = CONFIG_DIR) -> LauncherConfig:
+    """``configs/launcher/<name>.yaml`` with ``launcher.<field>=...`` overrides applied."""
+    choices = sorted(p.stem for p in (Path(config_dir) / "launcher").glob("*.yaml"))
+    if name not in choices:
+        raise ValueError(f"unknown launcher {name!r}; choose one of {choices} "
+                         f"(files in {Path(config_dir) / 'launcher'})")
+    valid = [f.name for f in fields(LauncherConfig)]
+    for arg in overrides:
+        key = arg.lstrip("+~").split("=", 1)[0].split(".")
+        if len(key) < 2 or key[1] not in valid:
+            raise ValueError(f"unknown launcher field in {arg!r}; valid: {', '.join(valid)}")
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose(f"launcher/{name}", overrides=list(overrides))
+    launcher = OmegaConf.to_object(cfg.launcher)
+    assert isinstance(launcher, LauncherConfig)
+    return launcher
+
+
+def submit(args: Sequence[str], *, dry_run: bool = False,
+           config_dir: str = CONFIG_DIR) -> tuple[GridPlan, LauncherConfig, Optional[Submission]]:
+    """Compose, plan and (unless ``dry_run``) launch a grid; prints what it does."""
+    run_args, name, launcher_args = split_overrides(args)
+    launcher = load_launcher(name, launcher_args, config_dir=config_dir)
+    cfgs = expand_grid(run_args, config_dir=config_dir)
+    validate_grid(cfgs)
+    root = Path(cfgs[0].results_root).expanduser().resolve() if cfgs else Path(".")
+    plan = plan_grid(cfgs, active_jobs=active_jobs(root))
+    print(describe(plan, launcher), flush=True)
+    if warning := idle_gpu_warning(cfgs, launcher):
+        print(f"landscape-submit: warning: {warning}", file=sys.stderr, flush=True)
+    if dry_run or not (plan.pending or plan.needs_cell_job):
+        return plan, launcher, None
+    sub = launch(plan, launcher)
+    if sub.backend == "slurm":
+        ids = ",".join(j for j in (sub.array_job_id, sub.cell_job_id) if j)
+        if sub.array_job_id:
+            print(f"submitted run array {sub.array_job_id} ({len(sub.run_ids)} tasks)")
+        if sub.cell_job_id:
+            dep = f" (afterany:{sub.array_job_id})" if sub.array_job_id else ""
+            print(f"submitted cell-level job {sub.cell_job_id}{dep}")
+        print(f"follow it: landscape-status {plan.root}   |   squeue -j {ids}", flush=True)
+    else:
+        for r in sub.local:
+            print(f"[landscape] {r.run_id}: {r.status}" + (f" ({r.error})" if r.error else ""))
+        print(format_status(status_table(plan.root)), flush=True)
+    return plan, launcher, sub
+
+
+SUBMIT_HELP = """usage: landscape-submit [--dry-run] [overrides...]
+
+    landscape-submit experiment=paper_cifar10 launcher=slurm launcher.partition=gpu
+    landscape-submit experiment=demo launcher=local launcher.local_workers=2
+    landscape-submit model=vgg19 model.pool_level=1,2,3,4 seed=0,1,2 launcher=slurm --dry-run
+
+Arguments are Hydra overrides, as for `landscape-run -m`: the grid is the cartesian product of
+the experiment's hydra.sweeper.params and the command line's sweeps (a command-line value
+replaces the experiment's sweep of the same key). launcher=<name> and launcher.<field>=...
+choose and change configs/launcher/<name>.yaml (default: local). On Slurm this returns as soon
+as sbatch has answered (one array plus a cell-level job `afterany` on it)."""
+
+
+def submit_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point ``landscape-submit [--dry-run] [overrides...]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):
+        print(SUBMIT_HELP)
+        return 0
+    dry_run = "--dry-run" in args
+    args = [a for a in args if a not in ("--dry-run", "-m", "--multirun")]
+    try:
+        _, _, sub = submit(args, dry_run=dry_run)
+    except SubmissionError as e:
+        print(f"landscape-submit: {e}", file=sys.stderr)
+        return 1
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"landscape-submit: error: {hydra_error_line(e)}", file=sys.stderr)
+        return 2
+    except (*USER_ERRORS, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"landscape-submit: error: {msg}", file=sys.stderr)
+        return 2
+    if sub is not None and any(r.status == "failed" for r in sub.local):
+        return 1
+    return 0
