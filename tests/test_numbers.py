@@ -163,6 +163,10 @@ BAD = [
      r"train.momentum must be in \[0, 1\)"),
     (dict(prune=PruneConfig(enabled=True, finetune=True, finetune_momentum=1.0)),
      r"prune.finetune_momentum must be in \[0, 1\)"),
+    (dict(hessian=HessianConfig(enabled=True, trace_samples=1)),
+     r"hessian.trace_samples must be 0 \(no trace\) or >= 2"),
+    (dict(prune=PruneConfig(enabled=True, hessian_blocks=True, hessian_trace_samples=1)),
+     r"prune.hessian_trace_samples must be >= 2, got 1"),
     (dict(hessian=HessianConfig(enabled=True, k=100_000_000)),
      r"hessian.k=100000000 exceeds the \d+ parameters of small_cnn"),
 ]

@@ -81,6 +81,9 @@ def validate(cfg: HessianConfig) -> None:
     if cfg.density_runs < 0 or cfg.trace_samples < 0 or cfg.density_iter < 2:
         raise ValueError("hessian.density_runs and hessian.trace_samples must be >= 0 and "
                          "hessian.density_iter >= 2")
+    if cfg.trace_samples == 1:
+        raise ValueError("hessian.trace_samples must be 0 (no trace) or >= 2 (its standard "
+                         "error needs two samples), got 1")
     if cfg.backend == "pyhessian" and cfg.which != "LM" and cfg.protocol != "paper":
         raise ValueError(f"hessian.backend=pyhessian finds the eigenvalues of largest "
                          f"magnitude (power iteration), not hessian.which={cfg.which}: set "

@@ -48,8 +48,8 @@ GEOMETRY_FIELDS = ("hessian_k", "hessian_blocks", "hessian_trace_samples", "hess
 
 def validate_geometry(cfg: Any) -> None:
     check_counts("prune", cfg, ["hessian_k", "path_points"], minimum=0)
-    check_counts("prune", cfg, ["hessian_trace_samples", "geometry_samples",
-                                "geometry_batch_size"])
+    check_counts("prune", cfg, ["geometry_samples", "geometry_batch_size"])
+    check_counts("prune", cfg, ["hessian_trace_samples"], minimum=2)  # a standard error
     if not 0 < cfg.hessian_tol < 1:
         raise ValueError(f"prune.hessian_tol must be in (0, 1), got {cfg.hessian_tol}")
     if cfg.path_points == 1:
