@@ -140,7 +140,7 @@ BAD = [
     (dict(prune=PruneConfig(enabled=True, include=["linear"], exclude_classifier=True)),
      r"prune.include / prune.exclude_\*: the prunable set of SmallCNN is empty"),
     (dict(prune=PruneConfig(enabled=True, criterion="random", options={"seed": "abc"})),
-     r"prune.options: option 'seed' of pruning criterion 'random' takes a int \(default 0\), "
+     r"prune.options: option 'seed' of pruning criterion 'random' takes an int \(default 0\), "
      r"got 'abc'"),
     (dict(prune=PruneConfig(enabled=True, options={"bogus": 1})),
      r"prune.options: pruning criterion 'magnitude' got unknown option\(s\) \['bogus'\]; its "

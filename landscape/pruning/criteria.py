@@ -101,7 +101,8 @@ def check_options(name: str, options: Mapping[str, object]) -> None:
         ok = (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
               or kind is float and isinstance(value, int) and not isinstance(value, bool))
         if not ok:
-            raise TypeError(f"option '{key}' of pruning criterion '{name}' takes a "
+            article = "an" if kind.__name__[0] in "aeiou" else "a"
+            raise TypeError(f"option '{key}' of pruning criterion '{name}' takes {article} "
                             f"{kind.__name__} (default {default!r}), got {value!r}")
 
 
