@@ -187,8 +187,12 @@ def _traced(graph: fx.Graph, root: nn.Module, input_size: Any) -> Traced:
 
 
 def trace(model: nn.Module, input_size: Any) -> Traced:
-    """fx trace of ``model`` with lazily computed meta values."""
-    return _traced(_fx_graph(model), model, input_size)
+    """fx trace of ``model``; where fx fails, a recorded meta-device forward (:mod:`.hooks`)."""
+    try:
+        return _traced(_fx_graph(model), model, input_size)
+    except UnsupportedModelError as exc:
+        from landscape.receptive_field.hooks import record_forward
+        return record_forward(model, size_pair(input_size), str(exc))
 
 
 def describe(node: fx.Node, root: nn.Module) -> str:
@@ -238,7 +242,8 @@ def propagate(traced: Traced | fx.GraphModule, input_size: Any, *, se_gates: str
             record = record or rules.layer_kind(ctx)
         states[node.name] = out
         if record is not None:
-            name = node.target if node.op == "call_module" else node.name
+            name = node.target if node.op == "call_module" else node.meta.get("rf_name",
+                                                                               node.name)
             fields = {"kernel": None, "stride": None, "padding": None, "dilation": None, **record}
             first = ctx.x if ctx.x is not None else tensors[0]
             records.append(LayerRecord(name=name, node=node.name,

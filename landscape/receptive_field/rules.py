@@ -185,7 +185,6 @@ MODULE_RULES: list[tuple[Any, Rule]] = [
     (nn.LayerNorm, _layer_norm),
     (_GATE_MODULES, _gate),
     ((nn.Softmax, nn.LogSoftmax), _along_dim(_module_dim)),
-    (nn.MultiheadAttention, T.attention),
     ((nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
       nn.CircularPad2d), T.pad),
     ((nn.Flatten, nn.Unflatten), T.reshape),
@@ -221,9 +220,10 @@ def step(ctx: Ctx) -> Result:
         return _adaptive(ctx, *pooled)
     if isinstance(mod, nn.Linear) or (node.op == "call_function" and node.target is F.linear):
         return _linear(ctx)
-    mean = T.global_mean(ctx)
-    if mean is not None:
-        return mean
+    for recorded in (T.global_mean, T.attention):
+        result = recorded(ctx)
+        if result is not None:
+            return result
     if all(isinstance(s, Geometry) and not s.is_local for s in ctx.tensors):
         return GLOBAL, None  # anything computed from global features stays global
     rule = _lookup(ctx)
@@ -259,8 +259,12 @@ def layer_kind(ctx: Ctx) -> dict[str, Any] | None:
             return {"kind": "pool"}
         if isinstance(mod, nn.Linear):
             return {"kind": "linear"}
+        if isinstance(mod, nn.MultiheadAttention):
+            return {"kind": "attention"}
         return None
     t = node.target if node.op == "call_function" else None
+    if t in T.ATTENTION_FUNCTIONS:
+        return {"kind": "attention"}
     if t in (F.conv2d, torch.conv2d):
         return {"kind": "conv"}
     if t in (F.max_pool2d, torch.max_pool2d, F.avg_pool2d, *ADAPTIVE_FUNCTIONS):

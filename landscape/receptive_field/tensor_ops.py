@@ -204,9 +204,18 @@ def split(ctx: Ctx) -> Result:
 
 # ---------------------------------------------------------------- mixing and reductions
 
-def attention(ctx: Ctx) -> Result:
-    """Attention mixes all tokens (windowed attention is counted as global too)."""
-    return (GLOBAL if ctx.tensors else None), None
+ATTENTION_FUNCTIONS = (F.scaled_dot_product_attention, F.multi_head_attention_forward,
+                       swin_transformer.shifted_window_attention)
+
+
+def attention(ctx: Ctx) -> Result | None:
+    """An attention module / function (recorded, kind "attention"), else None. Attention mixes
+    all tokens: global (windowed attention is counted as global too)."""
+    node = ctx.node
+    if isinstance(ctx.mod, nn.MultiheadAttention) or (
+            node.op == "call_function" and node.target in ATTENTION_FUNCTIONS):
+        return GLOBAL, {"kind": "attention"}
+    return None
 
 
 def matmul(ctx: Ctx) -> Result:
@@ -338,10 +347,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     torch.cat: cat, torch.concat: cat, torch.concatenate: cat, torch.stack: stack,
     torch.chunk: split, torch.split: split, torch.tensor_split: split, torch.unbind: split,
     operator.matmul: matmul, torch.matmul: matmul, torch.bmm: matmul, torch.mm: matmul,
-    torch.einsum: einsum, F.scaled_dot_product_attention: attention,
-    F.multi_head_attention_forward: attention,
-    swin_transformer.shifted_window_attention: attention,
-    swin_transformer._patch_merging_pad: patch_merge, F.pad: pad, torch.roll: roll,
+    torch.einsum: einsum, swin_transformer._patch_merging_pad: patch_merge, F.pad: pad, torch.roll: roll,
     **{f: reduce for f in (torch.sum, torch.amax, torch.amin, torch.std, torch.var,
                            torch.logsumexp)},
 }
