@@ -4,14 +4,15 @@ border and underutilised layers, the minimal feasible input resolution r̃, pool
 and the gradient-measured RF."""
 
 from landscape.receptive_field.analytic import (
-    CONVENTIONS, SWEEP_COLUMNS, TABLE_COLUMNS, FeasibleInput, format_sweep_table,
-    max_receptive_field, min_feasible_input, receptive_field_table, rf_sweep_table,
+    CONVENTIONS, TABLE_COLUMNS, FeasibleInput, max_receptive_field, min_feasible_input,
+    receptive_field_table,
 )
 from landscape.receptive_field.geometry import UnsupportedModelError
 from landscape.receptive_field.graph import SE_GATES, trace_model
 from landscape.receptive_field.measured import (
     MODES, MeasuredReceptiveField, measure_receptive_field,
 )
+from landscape.receptive_field.sweep import SWEEP_COLUMNS, format_sweep_table, rf_sweep_table
 
 __all__ = [
     "CONVENTIONS", "FeasibleInput", "MODES", "MeasuredReceptiveField", "SE_GATES",

@@ -1,4 +1,4 @@
-"""Analytic receptive field per layer: r_min / r_max per axis, layer flags, r̃ and sweeps.
+"""Analytic receptive field per layer: r_min / r_max per axis, layer flags and r̃.
 
 Definitions (n = input size in pixels, square inputs; RF sizes per image axis H and W):
 
@@ -30,26 +30,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
 import pandas as pd
 from torch import nn
 
-from landscape.models import InputTooSmallError, check_input_size, create_model
 from landscape.receptive_field.geometry import (
     AXES, Geometry, LayerRecord, Unsupported, UnsupportedModelError,
 )
-from landscape.receptive_field.graph import propagate, trace
+from landscape.receptive_field.graph import Traced, fx_traced, propagate, size_pair
+from landscape.receptive_field.hooks import record_forward
 
 TABLE_COLUMNS = (
     "layer", "kind", "kernel", "stride", "padding", "dilation", "jump", "r_min", "r_max",
     "input_r_min", "effective_padding", "center", "in_size", "out_size", "is_global",
     "unproductive", "border", "underutilised", "kernel_h", "kernel_w", "jump_h", "jump_w",
     "r_min_h", "r_min_w", "r_max_h", "r_max_w", "input_r_min_h", "input_r_min_w",
-)
-SWEEP_COLUMNS = (
-    "level", "kernel", "stride", "padding", "r_max", "r_min", "params", "feature_size", "fits",
-    "border_layer", "n_unproductive",
 )
 CONVENTIONS = ("rfa", "paper")
 _INT_COLUMNS = ("kernel", "stride", "padding", "dilation", "jump", "r_min", "r_max",
@@ -59,13 +54,21 @@ _INT_COLUMNS = ("kernel", "stride", "padding", "dilation", "jump", "r_min", "r_m
 _BOOL_COLUMNS = ("is_global", "unproductive", "border", "underutilised")
 
 
+def trace(model: nn.Module, input_size: int | None) -> Traced:
+    """fx trace of ``model``; where fx fails, a recorded meta-device forward (:mod:`.hooks`)."""
+    try:
+        return fx_traced(model, input_size)
+    except UnsupportedModelError as exc:
+        return record_forward(model, size_pair(input_size), str(exc))
+
+
 def layer_records(model: nn.Module, input_size: int | None = None, *,
                   se_gates: str = "scale") -> list[LayerRecord]:
     """Conv/pool/linear records of ``model`` in forward order (see :mod:`.graph`)."""
     return propagate(trace(model, input_size), input_size, se_gates=se_gates)[1]
 
 
-def _check_input_size(input_size: object) -> int:
+def square_input_size(input_size: object) -> int:
     if isinstance(input_size, (tuple, list)) and len(input_size) == 2:
         if input_size[0] != input_size[1]:
             raise ValueError(f"input_size must be square for the RF analysis, got {input_size}")
@@ -171,7 +174,7 @@ def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int], *
     Raises :class:`UnsupportedModelError` naming the module and op when the model cannot be
     traced either way or a reported layer depends on an op whose effect on the RF is unknown.
     """
-    n = _check_input_size(input_size)
+    n = square_input_size(input_size)
     _check_convention(convention)
     traced = trace(model, n)
     rows = [_row(rec, n, convention)
@@ -220,7 +223,7 @@ def min_feasible_input(model: nn.Module, input_size: int | None = None, *,
     gives 75); that term is not in Eq. 7 and not used here.
     """
     if input_size is not None:
-        input_size = _check_input_size(input_size)
+        input_size = square_input_size(input_size)
     best: dict[str, tuple[int, str]] = {}
     for rec in layer_records(model, input_size, se_gates=se_gates):
         if isinstance(rec.out, Unsupported):
@@ -256,68 +259,3 @@ def max_receptive_field(model: nn.Module) -> int:
         raise ValueError(f"the last conv '{last.name}' sees the whole input (it follows global "
                          "pooling or a Linear); it has no finite receptive field")
     return int(last.out.r_max)
-
-
-def rf_sweep_table(
-    arch: str,
-    *,
-    input_size: int,
-    levels: Sequence[int] = (0, 1, 2, 3, 4),
-    width: float = 1.0,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    pool_kernel: int | None = None,
-    pool_stride: int | None = None,
-    pool_padding: int | None = None,
-) -> pd.DataFrame:
-    """One row per RF-pool level of ``arch`` for ``input_size`` (pixels).
-
-    Columns: ``level``; the pool's ``kernel, stride, padding`` (kernel 0 = no pool);
-    ``r_max, r_min`` at the last conv; ``params`` (trainable + frozen parameter count);
-    ``feature_size``: spatial size of the last conv's output (NA when the pool shrinks the map
-    to nothing, see ``fits``); ``fits``: the model accepts this input size
-    (no :class:`~landscape.models.InputTooSmallError`); ``border_layer``: name of the border
-    layer or None; ``n_unproductive``: number of unproductive layers.
-    """
-    n = _check_input_size(input_size)
-    if isinstance(levels, (int, str)) or not len(levels):
-        raise ValueError(f"levels must be a non-empty sequence of pool levels, got {levels!r}")
-    rows = []
-    for level in levels:
-        model = create_model(
-            arch, num_classes=num_classes, in_channels=in_channels, pool_level=level,
-            width=width, pool_kernel=pool_kernel, pool_stride=pool_stride,
-            pool_padding=pool_padding,
-        )
-        table = receptive_field_table(model, n)
-        last = table[table["kind"] == "conv"].iloc[-1]
-        try:
-            check_input_size(model, n)
-            fits = True
-        except InputTooSmallError:
-            fits = False
-        border = table.loc[table["border"], "layer"]
-        spec = model.pool_spec
-        rows.append({
-            "level": level, "kernel": spec.kernel, "stride": spec.stride, "padding": spec.padding,
-            "r_max": last["r_max"], "r_min": last["r_min"],
-            "params": sum(p.numel() for p in model.parameters()),
-            "feature_size": last["out_size"] if fits else pd.NA, "fits": fits,
-            "border_layer": border.iloc[0] if len(border) else None,
-            "n_unproductive": int(table["unproductive"].sum()),
-        })
-    df = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
-    for col in ("level", "kernel", "stride", "padding", "r_max", "r_min", "params",
-                "feature_size", "n_unproductive"):
-        df[col] = df[col].astype("Int64")
-    return df
-
-
-def format_sweep_table(df: pd.DataFrame) -> str:
-    """Plain-text table of :func:`rf_sweep_table` ("vanishes" / "-" for missing values)."""
-    shown = df.astype(object)
-    shown["feature_size"] = [
-        "vanishes" if pd.isna(v) else str(v) for v in df["feature_size"]
-    ]
-    shown["border_layer"] = ["-" if v is None or pd.isna(v) else v for v in df["border_layer"]]
-    return shown.drop(columns=["fits"]).to_string(index=False)

@@ -199,8 +199,9 @@ def merge_axes(axes: list[Axis], name: str, where: str) -> Axis:
         return GLOBAL_AXIS
     jumps = sorted({a.jump for a in local})
     if len(jumps) > 1:
-        raise Skip(f"{where} merges feature maps with different jumps {jumps} along {name.upper()}: "
-                   "their positions are not aligned, so the RF of the result is undefined")
+        raise Skip(f"{where} merges feature maps with different jumps {jumps} along "
+                   f"{name.upper()}: their positions are not aligned, so the RF of the result "
+                   "is undefined")
     sizes = [a.size for a in local]
     return Axis(jump=jumps[0], r_min=min(a.r_min for a in axes),
                 r_max=max(a.r_max for a in axes), lo=min(a.lo for a in local),

@@ -1,12 +1,12 @@
 """Trace a model and walk the trace, propagating receptive-field geometry node by node.
 
-The trace is a ``torch.fx`` graph (:func:`trace_model`); where fx cannot trace a model
-(data-dependent control flow), :func:`trace` falls back to recording one forward pass on the
-meta device (:mod:`.hooks`). Each node gets a state (see :mod:`.geometry`): a
-:class:`Geometry` for tensors with a receptive field, ``None`` for constants and shapes,
-:class:`Unsupported` where an op's effect is unknown (the error is raised by whoever reads a
-quantity that depends on it). Conv / pool / linear nodes also yield a :class:`LayerRecord`, in
-forward (graph) order. What each op does is in :mod:`.rules` and :mod:`.tensor_ops`.
+The trace is a ``torch.fx`` graph (:func:`trace_model`, :func:`fx_traced`) or, where fx
+cannot trace a model, a recorded forward pass on the meta device (:mod:`.hooks`). Each node
+gets a state (see :mod:`.geometry`): a :class:`Geometry` for tensors with a receptive field,
+``None`` for constants and shapes, :class:`Unsupported` where an op's effect is unknown (the
+error is raised by whoever reads a quantity that depends on it). Conv / pool / linear /
+attention nodes also yield a :class:`LayerRecord`, in forward (graph) order. What each op does
+is in :mod:`.rules`, :mod:`.tensor_ops` and :mod:`.mixing`.
 """
 
 from __future__ import annotations
@@ -180,19 +180,15 @@ def from_graph_module(gm: fx.GraphModule, input_size: Any) -> Traced:
     return _traced(gm.graph, gm, input_size)
 
 
+def fx_traced(model: nn.Module, input_size: Any) -> Traced:
+    """fx trace of ``model`` with lazily computed meta values."""
+    return _traced(_fx_graph(model), model, input_size)
+
+
 def _traced(graph: fx.Graph, root: nn.Module, input_size: Any) -> Traced:
     size = size_pair(input_size)
     values = MetaValues(graph, root, input_shape(root, graph, size), float_dtype(root))
     return Traced(graph, root, type(root).__name__, values, "fx")
-
-
-def trace(model: nn.Module, input_size: Any) -> Traced:
-    """fx trace of ``model``; where fx fails, a recorded meta-device forward (:mod:`.hooks`)."""
-    try:
-        return _traced(_fx_graph(model), model, input_size)
-    except UnsupportedModelError as exc:
-        from landscape.receptive_field.hooks import record_forward
-        return record_forward(model, size_pair(input_size), str(exc))
 
 
 def describe(node: fx.Node, root: nn.Module) -> str:

@@ -29,6 +29,7 @@ from torch import nn
 from torchvision.ops import StochasticDepth, stochastic_depth
 
 from landscape.receptive_field import layout as L
+from landscape.receptive_field import mixing as M
 from landscape.receptive_field import tensor_ops as T
 from landscape.receptive_field.context import Ctx, Rule
 from landscape.receptive_field.geometry import (
@@ -197,14 +198,14 @@ FUNCTION_RULES: dict[Any, Rule] = {
     F.softmax: _along_dim(_arg_dim(1)), F.log_softmax: _along_dim(_arg_dim(1)),
     torch.softmax: _along_dim(_arg_dim(1)), torch.log_softmax: _along_dim(_arg_dim(1)),
     F.normalize: _along_dim(_arg_dim(2, 1)), torch.cumsum: _along_dim(_arg_dim(1)),
-    **T.FUNCTION_RULES,
+    **T.FUNCTION_RULES, **M.FUNCTION_RULES,
 }
 METHOD_RULES: dict[str, Rule] = {
     **{m: elementwise for m in _ELEMENTWISE_METHODS},
     **{m: _constant for m in _CONSTANT_METHODS},
     "softmax": _along_dim(_arg_dim(1)), "log_softmax": _along_dim(_arg_dim(1)),
     "cumsum": _along_dim(_arg_dim(1)),
-    **T.METHOD_RULES,
+    **T.METHOD_RULES, **M.METHOD_RULES,
 }
 
 
@@ -220,7 +221,7 @@ def step(ctx: Ctx) -> Result:
         return _adaptive(ctx, *pooled)
     if isinstance(mod, nn.Linear) or (node.op == "call_function" and node.target is F.linear):
         return _linear(ctx)
-    for recorded in (T.global_mean, T.attention):
+    for recorded in (M.global_mean, M.attention):
         result = recorded(ctx)
         if result is not None:
             return result
@@ -263,7 +264,7 @@ def layer_kind(ctx: Ctx) -> dict[str, Any] | None:
             return {"kind": "attention"}
         return None
     t = node.target if node.op == "call_function" else None
-    if t in T.ATTENTION_FUNCTIONS:
+    if t in M.ATTENTION_FUNCTIONS:
         return {"kind": "attention"}
     if t in (F.conv2d, torch.conv2d):
         return {"kind": "conv"}

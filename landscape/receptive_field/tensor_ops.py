@@ -5,7 +5,7 @@ split or concatenated along non-spatial dimensions; these rules track where the 
 went (:mod:`.layout`). Slicing an intact spatial axis ``[start::step]`` shifts position 0 by
 ``start`` positions and multiplies the jump by ``step``; padding by p on the left shifts it by
 ``-p``. Contracting, normalising over, or attending across spatial positions is token mixing:
-the output is global (module doc of :mod:`.rules`).
+the output is global (:mod:`.mixing`).
 """
 
 from __future__ import annotations
@@ -202,107 +202,6 @@ def split(ctx: Ctx) -> Result:
     return _with(x, layout), None
 
 
-# ---------------------------------------------------------------- mixing and reductions
-
-ATTENTION_FUNCTIONS = (F.scaled_dot_product_attention, F.multi_head_attention_forward,
-                       swin_transformer.shifted_window_attention)
-
-
-def attention(ctx: Ctx) -> Result | None:
-    """An attention module / function (recorded, kind "attention"), else None. Attention mixes
-    all tokens: global (windowed attention is counted as global too)."""
-    node = ctx.node
-    if isinstance(ctx.mod, nn.MultiheadAttention) or (
-            node.op == "call_function" and node.target in ATTENTION_FUNCTIONS):
-        return GLOBAL, {"kind": "attention"}
-    return None
-
-
-def matmul(ctx: Ctx) -> Result:
-    a, b = ctx.node.args[0], ctx.node.args[1]
-    sa, sb = ctx.state(a), ctx.state(b)
-    if _local(sa) and _local(sb):
-        return GLOBAL, None  # both operands carry positions: pairs of positions (attention)
-    if _local(sa):
-        if L.is_spatial(sa.layout[-1]):
-            return GLOBAL, None
-        nb = len(ctx.shape(b) or (0, 0))
-        layout = L.remove(sa.layout, -1, ctx.where) if nb == 1 else L.channel(sa.layout, -1,
-                                                                               ctx.where)
-        return _with(sa, layout), None
-    if len(sb.layout) < 2 or L.is_spatial(sb.layout[-2]):
-        return GLOBAL, None
-    return _with(sb, sb.layout[:-2] + (_C,) + sb.layout[-1:]), None
-
-
-def einsum(ctx: Ctx) -> Result:
-    eq, operands = ctx.node.args[0], list(ctx.node.args[1:])
-    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
-        operands = list(operands[0])
-    eq = eq.replace(" ", "")
-    if "..." in eq or "->" not in eq:
-        raise Skip(f"{ctx.where}: einsum '{eq}' needs explicit output indices without '...'")
-    lhs, rhs = eq.split("->")
-    states = [ctx.state(o) for o in operands]
-    local = [i for i, s in enumerate(states) if _local(s)]
-    if len(local) != 1:
-        return GLOBAL, None  # several operands carry positions: token mixing
-    x, letters = states[local[0]], lhs.split(",")[local[0]]
-    if len(letters) != len(x.layout):
-        raise Skip(f"{ctx.where}: einsum '{eq}' does not match a {len(x.layout)}-d operand")
-    if any(L.is_spatial(dim) and ch not in rhs for ch, dim in zip(letters, x.layout)):
-        return GLOBAL, None  # sums over positions
-    return _with(x, tuple(x.layout[letters.index(ch)] if ch in letters else _C for ch in rhs)), None
-
-
-_MEANS = {torch.mean, "mean"}
-
-
-def reduce(ctx: Ctx) -> Result:
-    """mean / sum / amax / ... over dims: global when it covers every spatial position."""
-    x, node = ctx.local_x(), ctx.node
-    dims = ctx.resolve(arg(node, 1, "dim", None))
-    n = len(x.layout)
-    ds = set(range(n)) if dims is None or dims == () or dims == [] else {
-        L.norm_dim(d, n, ctx.where) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
-    spatial = {d for d in ds if L.is_spatial(x.layout[d])}
-    keep = ctx.out_ndim == n if ctx.out_ndim is not None else bool(
-        ctx.resolve(arg(node, 2, "keepdim", False)))
-    if not spatial:
-        kept = [dim if d not in ds else () for d, dim in enumerate(x.layout)
-                if d not in ds or keep]
-        return _with(x, tuple(kept)), None
-    record = {"kind": "global_avg_pool"} if node.target in _MEANS else None
-    if spatial == L.spatial_dims(x.layout):
-        return GLOBAL, record
-    if spatial <= set(L.intact(x.layout).values()):
-        raise Skip(f"{ctx.where} averages over one spatial axis only")
-    return GLOBAL, None
-
-
-def global_mean(ctx: Ctx) -> Result | None:
-    """A mean node (recorded as global_avg_pool when it pools every position), else None."""
-    node = ctx.node
-    if not ((node.op == "call_method" or node.target is torch.mean) and node.target in _MEANS):
-        return None
-    if _local(ctx.x):
-        return reduce(ctx)
-    dims = ctx.resolve(arg(node, 1, "dim", (0, 1, 2, 3)))
-    dims = dims if isinstance(dims, (list, tuple)) else [dims]
-    return GLOBAL, ({"kind": "global_avg_pool"} if {int(d) % 4 for d in dims} >= {2, 3}
-                    else None)
-
-
-def roll(ctx: Ctx) -> Result:
-    x = ctx.local_x()
-    dims = ctx.resolve(arg(ctx.node, 2, "dims", None))
-    dims = range(len(x.layout)) if dims is None else dims if isinstance(dims, (list, tuple)) \
-        else [dims]
-    if any(L.is_spatial(x.layout[L.norm_dim(d, len(x.layout), ctx.where)]) for d in dims):
-        return GLOBAL, None  # positions wrap around the border
-    return x, None
-
-
 def pad(ctx: Ctx) -> Result:
     x, mod = ctx.local_x(), ctx.mod
     if mod is not None:
@@ -346,10 +245,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     torch.broadcast_to: reshape, operator.getitem: getitem, builtins.getattr: getattr_,
     torch.cat: cat, torch.concat: cat, torch.concatenate: cat, torch.stack: stack,
     torch.chunk: split, torch.split: split, torch.tensor_split: split, torch.unbind: split,
-    operator.matmul: matmul, torch.matmul: matmul, torch.bmm: matmul, torch.mm: matmul,
-    torch.einsum: einsum, swin_transformer._patch_merging_pad: patch_merge, F.pad: pad, torch.roll: roll,
-    **{f: reduce for f in (torch.sum, torch.amax, torch.amin, torch.std, torch.var,
-                           torch.logsumexp)},
+    swin_transformer._patch_merging_pad: patch_merge, F.pad: pad,
 }
 METHOD_RULES: dict[str, Rule] = {
     "permute": permute, **{m: transpose for m in ("transpose", "swapaxes", "swapdims",
@@ -358,6 +254,4 @@ METHOD_RULES: dict[str, Rule] = {
                             "reshape_as", "squeeze", "unsqueeze", "expand", "expand_as",
                             "broadcast_to")},
     **{m: split for m in ("chunk", "split", "tensor_split", "unbind")},
-    "matmul": matmul, "bmm": matmul, "mm": matmul, "roll": roll,
-    **{m: reduce for m in ("sum", "amax", "amin", "std", "var", "logsumexp")},
 }
