@@ -13,10 +13,12 @@ from landscape.receptive_field.measured import (
     MODES, MeasuredReceptiveField, measure_receptive_field,
 )
 from landscape.receptive_field.sweep import SWEEP_COLUMNS, format_sweep_table, rf_sweep_table
+from landscape.receptive_field.zoo import torchvision_classifiers, torchvision_model
 
 __all__ = [
     "CONVENTIONS", "FeasibleInput", "MODES", "MeasuredReceptiveField", "SE_GATES",
     "SWEEP_COLUMNS", "TABLE_COLUMNS", "UnsupportedModelError", "format_sweep_table",
     "max_receptive_field", "measure_receptive_field", "min_feasible_input",
-    "receptive_field_table", "rf_sweep_table", "trace_model",
+    "receptive_field_table", "rf_sweep_table", "torchvision_classifiers", "torchvision_model",
+    "trace_model",
 ]

@@ -58,14 +58,18 @@ def _fx_graph(model: nn.Module) -> fx.Graph:
     except Exception as exc:
         where = tracer.failed_in or f"the forward of {type(model).__name__}"
         raise UnsupportedModelError(
-            f"cannot trace {type(model).__name__} with torch.fx (failed in {where}): {exc}. "
-            "The receptive-field analysis needs a model without data-dependent control flow."
+            f"cannot trace {type(model).__name__} with torch.fx (failed in {where}): {exc}."
         ) from exc
 
 
 def trace_model(model: nn.Module) -> fx.GraphModule:
     """``torch.fx`` trace of ``model`` (forward hooks are not traced and are not needed)."""
-    return fx.GraphModule(model, _fx_graph(model), type(model).__name__)
+    try:
+        graph = _fx_graph(model)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{exc} The receptive-field analysis needs a model without "
+                                    "data-dependent control flow.") from exc.__cause__
+    return fx.GraphModule(model, graph, type(model).__name__)
 
 
 @dataclass
@@ -235,6 +239,11 @@ def propagate(traced: Traced | fx.GraphModule, input_size: Any, *, se_gates: str
                 out, record = rules.step(ctx)
         except Skip as exc:
             out = Unsupported(f"receptive field of {traced.name}: {exc}")
+            record = record or rules.layer_kind(ctx)
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
+            out = Unsupported(f"receptive field of {traced.name}: {ctx.where} could not be "
+                              f"analysed ({type(exc).__name__}: {exc}); its arguments are not "
+                              "of a form the RF rules know")
             record = record or rules.layer_kind(ctx)
         states[node.name] = out
         if record is not None:

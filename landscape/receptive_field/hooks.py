@@ -83,7 +83,8 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         if not self.active or self.depth:
             return func(*args, **kwargs)
-        self.current = getattr(func, "__qualname__", None) or getattr(func, "__name__", str(func))
+        if any(isinstance(a, torch.Tensor) for a in args):
+            self.current = getattr(func, "__qualname__", None) or getattr(func, "__name__", "?")
         out = func(*args, **kwargs)
         if _has_tensor(out):
             self.calls.append(("function", func, args, kwargs, out, self.where()))
@@ -143,9 +144,10 @@ def record_forward(model: nn.Module, size: tuple[int, int] | None, fx_reason: st
                  if stack and stack[-1] is not model else f"the forward of {type(model).__name__}")
         raise UnsupportedModelError(
             f"cannot analyse {type(model).__name__}: {fx_reason} Its forward also fails on the "
-            f"meta device in {where}, at op {recorder.current}: {exc}. The receptive-field "
-            "analysis needs a forward whose control flow depends on shapes only, not on tensor "
-            "values; rewrite that part without it or pass a model that torch.fx can trace."
+            f"meta device in {where}, at op {recorder.current}: {str(exc).rstrip('.')}. The "
+            "receptive-field analysis needs a forward whose control flow depends on shapes only, "
+            "not on tensor values; rewrite that part without it or pass a model that torch.fx "
+            "can trace."
         ) from exc
     finally:
         for h in handles:

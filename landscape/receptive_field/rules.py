@@ -108,8 +108,8 @@ def _gate(ctx: Ctx) -> Result:
 
 
 def _layer_norm(ctx: Ctx) -> Result:
-    shape = ctx.mod.normalized_shape if ctx.mod is not None else arg(ctx.node, 1,
-                                                                      "normalized_shape", None)
+    shape = ctx.mod.normalized_shape if ctx.mod is not None else ctx.resolve(
+        arg(ctx.node, 1, "normalized_shape", None))
     n = 1 if isinstance(shape, int) else len(shape) if shape is not None else 0
     if not n:
         raise Skip(f"{ctx.where} has no normalized_shape")
