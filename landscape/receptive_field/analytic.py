@@ -11,10 +11,11 @@ Definitions (n = input size in pixels, square inputs; RF sizes per image axis H 
   path can end with a smaller r_min than a conv inside the block (ConvNeXt), and a final
   max-pool adds to the last conv's (torchvision VGG19: last conv 252, r̃ 268).
 * A layer is *unproductive* for input size n when the minimum RF of its input is already at
-  least n along both axes: ``input_r_min >= n``. This is rfa-toolbox's test
-  (``EnrichedNetworkNode.is_border``: ``input_resolution <= receptive_field_min`` of every
-  predecessor, all axes); the layer cannot integrate context that is not already available
-  to every path.
+  least n along both axes: ``input_r_min >= n``; it cannot integrate context that is not
+  already available to every path. This is the predecessor test of rfa-toolbox's
+  ``EnrichedNetworkNode.is_border`` (``input_resolution <= receptive_field_min`` of every
+  predecessor, all axes), which also asks for the layer's own ``r_min > n`` and flags layers
+  whose input map is no larger than their kernel (docs/receptive-field.md).
 * The *border layer* is the first unproductive layer in forward order (so every layer is
   productive before it).
 * A layer is *underutilised* when its own output r_min exceeds n along both axes. The
