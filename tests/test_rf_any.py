@@ -222,6 +222,47 @@ def test_a_reshape_that_splits_positions_is_refused_at_the_next_conv():
         receptive_field_table(Fold(), 16)
 
 
+class Strided(nn.Module):
+    """conv3 p1 -> rows 1::2, columns ::2 (one of Swin's patch-merging slices) -> conv3;
+    or F.pad (left 2, top 1, bottom 1) -> conv3 p0."""
+
+    def __init__(self, pad: bool) -> None:
+        super().__init__()
+        self.pad = pad
+        self.a, self.b = nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 3)
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.b(F.pad(x, (2, 0, 1, 1)) if self.pad else x[:, :, 1::2, ::2])
+
+
+def test_slicing_and_padding_shift_position_zero():
+    t = receptive_field_table(Strided(pad=False), 16).set_index("layer")
+    # after a: r 3, lo -1 on both axes; slicing: H starts 1 position later, both jumps 2
+    # b at jump 2: r 7; lo: H 0, W -1 -> P = 1 (the larger); centres 3 and 2 differ -> NaN
+    assert list(t.loc["b", ["r_min", "r_max", "jump_h", "jump_w", "effective_padding"]]) == [
+        7, 7, 2, 2, 1]
+    assert math.isnan(t.loc["b", "center"]) and t.loc["b", "out_size"] == 6
+    p = receptive_field_table(Strided(pad=True), 16).set_index("layer")
+    # padding shifts position 0 by -2 (W) and -1 (H): P = 1 + 2 and 1 + 1; sizes 18 x 18 -> 16
+    assert list(p.loc["b", ["r_max", "jump", "effective_padding", "out_size"]]) == [5, 1, 3, 16]
+
+
+def test_layout_follows_maxvit_window_partition_and_back():
+    from landscape.receptive_field import layout as L
+
+    nchw = L.fit(L.canonical(4), (2, 8, 14, 14), "t")
+    parts = L.reshape(nchw, (2, 8, 14, 14), (2, 8, 2, 7, 2, 7), "t")
+    assert parts[2:] == ((("h", 7, 2),), (("h", 1, 7),), (("w", 7, 2),), (("w", 1, 7),))
+    windows = L.reshape(L.permute(parts, (0, 2, 4, 3, 5, 1), "t"), (2, 2, 2, 7, 7, 8),
+                        (2, 4, 49, 8), "t")
+    assert L.spatial_dims(windows) == {1, 2} and L.intact(windows) == {}
+    back = L.reshape(windows, (2, 4, 49, 8), (2, 2, 2, 7, 7, 8), "t")
+    back = L.reshape(L.permute(back, (0, 5, 1, 3, 2, 4), "t"), (2, 8, 2, 7, 2, 7),
+                     (2, 8, 14, 14), "t")
+    assert L.intact(back) == {"h": 2, "w": 3}
+
+
 # ------------------------------------------------------------------- SE gates, stochastic depth
 
 class SENet(nn.Module):

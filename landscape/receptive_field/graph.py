@@ -226,7 +226,8 @@ def propagate(traced: Traced | fx.GraphModule, input_size: Any, *, se_gates: str
         ctx = Ctx(node, mod, describe(node, traced.root), states, traced.values, se_gates,
                   traced.root)
         tensors = ctx.tensors
-        if not tensors or (node.op == "call_method" and node.target in rules.META_METHODS):
+        if not tensors or (node.op == "call_method" and node.target in rules.META_METHODS) or (
+                node.target is getattr and node.args[1] in rules.META_ATTRS):
             states[node.name] = None
             continue
         bad = [s for s in tensors if isinstance(s, Unsupported)]

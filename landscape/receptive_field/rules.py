@@ -5,10 +5,11 @@ and, for conv / pool / linear ops, the fields of its :class:`LayerRecord`. Conve
 
 * BatchNorm is per-channel affine (its eval-mode map); dropout and stochastic depth are the
   identity for the RF (they drop whole samples or units, never move positions).
-* A product of a feature map with a tensor computed only from global features (a
+* A product (or quotient) of a feature map with a tensor computed only from global features (a
   squeeze-and-excitation gate) rescales channels: with ``se_gates="scale"`` (default, as the
   RFA paper and rfa-toolbox) it adds no path; with ``"global"`` it adds a global path
-  (r_max = inf, r_min unchanged). Normalisations by statistics over all positions (GroupNorm,
+  (r_max = inf, r_min unchanged). A global term *added* to a feature map (a global-context
+  block) is a global path under both. Normalisations by statistics over all positions (GroupNorm,
   InstanceNorm, LayerNorm over spatial dims) follow the same option.
 * Token mixing (attention, a matmul or einsum pairing or summing over spatial positions,
   softmax or a reduction over them, ``torch.roll`` across them) makes the output global.
@@ -103,7 +104,7 @@ def elementwise(ctx: Ctx) -> Result:
 
 def _gate(ctx: Ctx) -> Result:
     """A normalisation by statistics over all positions: a gate (see the module doc)."""
-    x = ctx.x
+    x = ctx.local_x()
     return (x if ctx.se_gates == "scale" else merge([x, GLOBAL], ctx.where)), None
 
 
@@ -113,9 +114,10 @@ def _layer_norm(ctx: Ctx) -> Result:
     n = 1 if isinstance(shape, int) else len(shape) if shape is not None else 0
     if not n:
         raise Skip(f"{ctx.where} has no normalized_shape")
-    if any(L.is_spatial(d) for d in ctx.x.layout[-n:]):
+    x = ctx.local_x()
+    if any(L.is_spatial(d) for d in x.layout[-n:]):
         return _gate(ctx)
-    return ctx.x, None
+    return x, None
 
 
 def _along_dim(dim_of: Callable[[Ctx], Any]) -> Rule:
@@ -124,7 +126,7 @@ def _along_dim(dim_of: Callable[[Ctx], Any]) -> Rule:
         dim = dim_of(ctx)
         if dim is None:
             raise Skip(f"{ctx.where} has no explicit dim")
-        x = ctx.x
+        x = ctx.local_x()
         d = L.norm_dim(dim, len(x.layout), ctx.where)
         if L.is_spatial(x.layout[d]):
             return GLOBAL, None
@@ -180,6 +182,7 @@ _CONSTANT_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.empty_like, torc
 _CONSTANT_METHODS = {"new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
 META_METHODS = {"size", "dim", "numel", "get_device", "stride", "nelement", "ndimension",
                 "is_contiguous", "element_size", "data_ptr", "is_floating_point"}
+META_ATTRS = T.META_ATTRS
 
 MODULE_RULES: list[tuple[Any, Rule]] = [
     (nn.Linear, _linear),

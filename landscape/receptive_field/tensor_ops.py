@@ -101,13 +101,13 @@ def reshape(ctx: Ctx) -> Result:
 
 _TUPLE_OPS = {torch.chunk, torch.split, torch.tensor_split, torch.unbind, "chunk", "split",
               "tensor_split", "unbind"}
-_META_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout",
+META_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout",
                "is_sparse", "is_quantized", "is_meta"}
 
 
 def getattr_(ctx: Ctx) -> Result:
     name = ctx.node.args[1]
-    if name in _META_ATTRS or not isinstance(ctx.x, Geometry):
+    if name in META_ATTRS or not isinstance(ctx.x, Geometry):
         return None, None
     x = ctx.local_x()
     if name == "T":
