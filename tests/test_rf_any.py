@@ -31,8 +31,7 @@ from landscape.receptive_field import (
 # ----------------------------------------------------------------- every torchvision model
 
 
-@pytest.mark.slow
-def test_every_torchvision_classifier_builds_a_table_at_224():
+def test_every_torchvision_classifier_builds_a_table_at_224():  # ~30 s on 2 cores
     failures, names = {}, torchvision_classifiers()
     assert len(names) >= 80
     for name in names:

@@ -136,7 +136,7 @@ def _row(rec: LayerRecord, n: int, convention: str) -> dict[str, object]:
 
 def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int], *,
                           se_gates: str = "scale", convention: str = "rfa") -> pd.DataFrame:
-    """One row per conv/pool/linear op of ``model``, in forward order.
+    """One row per conv/pool/linear/attention op of ``model``, in forward order.
 
     Columns (sizes in input pixels; NA where undefined). Per-axis columns end in ``_h`` /
     ``_w``; the square columns hold the common value where both axes agree and otherwise
@@ -144,8 +144,9 @@ def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int], *
     ``input_r_min``, which hold the smaller one (so "smallest RF" still holds, and
     ``input_r_min >= n`` still means "along both axes"), and ``center`` (NaN):
 
-    * ``layer``: module path (node name for functional ops); ``kind``: conv, max_pool,
-      avg_pool, adaptive_avg_pool, adaptive_max_pool, global_avg_pool or linear;
+    * ``layer``: module path (node name for functional ops; the recorded fallback prefixes the
+      calling module's path); ``kind``: conv, max_pool, avg_pool, adaptive_avg_pool,
+      adaptive_max_pool, global_avg_pool, linear or attention;
     * ``kernel, stride, padding, dilation``: the op's own settings (padding = left/top);
       ``kernel_h, kernel_w``: per axis; a Linear applied per position (a ViT/ConvNeXt MLP)
       is a 1x1 window, a Linear on flattened features has none;

@@ -101,7 +101,7 @@ State = Geometry | Unsupported | None  # None: a constant or non-tensor value
 
 @dataclass(frozen=True)
 class LayerRecord:
-    """One conv/pool/linear op in forward order with its input and output state.
+    """One conv/pool/linear/attention op in forward order with its input and output state.
     Window settings are ``(h, w)`` pairs, None where the op has none."""
 
     name: str  # module path, or the node name for functional ops

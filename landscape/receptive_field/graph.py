@@ -205,7 +205,7 @@ def describe(node: fx.Node, root: nn.Module) -> str:
 
 def propagate(traced: Traced | fx.GraphModule, input_size: Any, *, se_gates: str = "scale"
               ) -> tuple[dict[str, State], list[LayerRecord]]:
-    """States of every node and the conv/pool/linear records, in forward (graph) order."""
+    """States of every node and the conv/pool/linear/attention records, in forward order."""
     if se_gates not in SE_GATES:
         raise ValueError(f"se_gates must be one of {', '.join(SE_GATES)}; got {se_gates!r}")
     if isinstance(traced, fx.GraphModule):

@@ -254,7 +254,7 @@ def _lookup(ctx: Ctx) -> Rule | None:
 
 
 def layer_kind(ctx: Ctx) -> dict[str, Any] | None:
-    """Kind of a conv/pool/linear node (for a record whose state is Unsupported), else None."""
+    """Kind of a conv/pool/linear/attention node (for an Unsupported record), else None."""
     node, mod = ctx.node, ctx.mod
     if mod is not None:
         if isinstance(mod, nn.Conv2d):
