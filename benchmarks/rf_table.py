@@ -1,6 +1,6 @@
 """Receptive-field table of every torchvision classification model at 224 px.
 
-    python -m benchmarks rf_table [--quick] [--repeats 3] [--size 224] [--threads N]
+    python -m benchmarks rf_table [--quick] [--repeats 3] [--size 224] [--tracer auto|hooks]
 
 Each model is built without weights on the meta device (``torchvision_model``), then
 :func:`landscape.receptive_field.receptive_field_table` runs on it (median of ``--repeats``
@@ -8,14 +8,18 @@ runs; the build is timed apart). Reported per model: seconds, rows (conv / pool 
 attention ops), global rows, how it was traced (``fx`` or the recorded ``hooks`` fallback),
 r̃ (:func:`min_feasible_input`, per axis where they differ), the largest finite r_max, and
 the failure message if any (target: none). Published / rfa-toolbox r̃ values, where known,
-are compared. ``--quick``: four small models, one run each. Target (issue 24): every model
-analysed, each in under a second on this 2-core machine.
+are compared. ``--tracer hooks`` times the recorded meta-device forward (the fallback where
+torch.fx fails) instead, and checks that its table equals the fx one (``same_as_fx``).
+``--quick``: four small models, one run each. Target (issue 24): every model analysed, each in
+under a second on this 2-core machine.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+
+import pandas as pd
 
 from benchmarks.common import make_parser, parse
 from landscape.receptive_field import (
@@ -35,7 +39,7 @@ REFERENCE = {
 }
 
 
-def _one(name: str, size: int, repeats: int) -> dict:
+def _one(name: str, size: int, repeats: int, tracer: str) -> dict:
     t0 = time.perf_counter()
     model = torchvision_model(name)
     build = time.perf_counter() - t0
@@ -44,11 +48,14 @@ def _one(name: str, size: int, repeats: int) -> dict:
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            table = receptive_field_table(model, size)
+            table = receptive_field_table(model, size, tracer=tracer)
             times.append(time.perf_counter() - t0)
-        r_tilde = min_feasible_input(model, size).size
+        r_tilde = min_feasible_input(model, size, tracer=tracer).size
     except UnsupportedModelError as exc:
         return {**row, "seconds": None, "failure": str(exc)}
+    if tracer == "hooks":
+        reference = receptive_field_table(model, size, tracer="fx")
+        row["same_as_fx"] = _same_as_fx(table, reference)
     ref = REFERENCE.get(name)
     return {**row, "seconds": round(statistics.median(times), 3), "rows": len(table),
             "global_rows": int(table["is_global"].sum()), "trace": table.attrs["trace"],
@@ -58,21 +65,45 @@ def _one(name: str, size: int, repeats: int) -> dict:
             "failure": None}
 
 
+def _same_as_fx(hooks: pd.DataFrame, fx: pd.DataFrame) -> bool | str:
+    """Whether the fallback's table equals the fx one. Rows are matched in order by name (the
+    fallback prefixes functional ops with the calling module's path). Where fx keeps a
+    function whole that the fallback enters (Swin's attention: one attention row in fx, the
+    linears inside it in the fallback), the rows in only one table are counted."""
+    rest = fx[fx["kind"] != "attention"].reset_index(drop=True)
+    picked, i = [], 0
+    for j, name in enumerate(hooks["layer"]):
+        if i < len(rest) and (name == rest["layer"][i] or name.endswith("." + rest["layer"][i])):
+            picked.append(j)
+            i += 1
+    if i < len(rest):
+        return False
+    cols = [c for c in fx.columns if c != "layer"]
+    if not hooks.loc[picked, cols].reset_index(drop=True).equals(rest[cols]):
+        return False
+    extra, missing = len(hooks) - len(picked), len(fx) - len(rest)
+    return True if not (extra or missing) else (
+        f"equal but for {missing} attention rows (fx) / {extra} linear rows inside them")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = make_parser(__doc__, "four small models, one run each")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--tracer", choices=("auto", "hooks"), default="auto")
     args = parse(parser, argv)
     names = list(QUICK) if args.quick else torchvision_classifiers()
     repeats = 1 if args.quick else args.repeats
     rows = []
     for name in names:
-        row = _one(name, args.size, repeats)
+        row = _one(name, args.size, repeats, args.tracer)
         rows.append(row)
         shown = row["failure"] or (f"{row['seconds']:.3f} s  rows {row['rows']:3d} "
                                    f"(global {row['global_rows']:3d})  {row['trace']:5s}  "
                                    f"r~ {row['r_tilde']}  r_max {row['r_max']}"
-                                   + (f"  ref {row['reference']}" if row["reference"] else ""))
+                                   + (f"  ref {row['reference']}" if row["reference"] else "")
+                                   + (f"  same as fx: {row['same_as_fx']}" if "same_as_fx" in row
+                                      else ""))
         print(f"{name:20s} {shown}", flush=True)
     done = [r for r in rows if r["failure"] is None]
     slow = [r["model"] for r in done if r["seconds"] >= 1.0]
@@ -82,11 +113,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                "max_seconds": max((r["seconds"] for r in done), default=None),
                "median_seconds": statistics.median(r["seconds"] for r in done) if done else None,
                "over_1s": slow, "disagree": [r["model"] for r in done if r["agrees"] is False],
+               "differ_from_fx": [r["model"] for r in done if r.get("same_as_fx") is False],
                "target_met": len(done) == len(rows) and not slow}
     print(f"{summary['analysed']}/{summary['models']} analysed ({summary['fallback']} by the "
           f"fallback), {summary['failures']} failures; seconds per model: median "
           f"{summary['median_seconds']}, max {summary['max_seconds']}; >= 1 s: {slow or 'none'}; "
-          f"reference r~ disagree: {summary['disagree'] or 'none'}; target (all, each < 1 s): "
+          f"reference r~ disagree: {summary['disagree'] or 'none'}"
+          + (f"; tables differing from fx: {summary['differ_from_fx'] or 'none'}"
+             if args.tracer == "hooks" else "") + "; target (all, each < 1 s): "
           f"{'met' if summary['target_met'] else 'MISSED'}", flush=True)
     return rows + [summary]
 

@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from torch import nn
 from torchvision.ops import SqueezeExcitation, StochasticDepth, stochastic_depth
 
-import landscape.receptive_field.analytic as analytic
 from landscape.receptive_field import (
     TABLE_COLUMNS, UnsupportedModelError, min_feasible_input, receptive_field_table,
     torchvision_classifiers, torchvision_model,
@@ -247,6 +246,31 @@ def test_slicing_and_padding_shift_position_zero():
     assert list(p.loc["b", ["r_max", "jump", "effective_padding", "out_size"]]) == [5, 1, 3, 16]
 
 
+class SpaceToDepth(nn.Module):
+    """conv3 -> the four 2x2 phases stacked into channels (Swin's patch merging) -> 1x1 conv;
+    with ``conv=True`` a 2x2 stride-2 conv instead of the slices."""
+
+    def __init__(self, conv: bool) -> None:
+        super().__init__()
+        self.conv = conv
+        self.a, self.b = nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(4 if not conv else 1, 1, 1)
+        self.merge = nn.Conv2d(1, 1, 2, stride=2)
+
+    def forward(self, x):
+        x = self.a(x)
+        if self.conv:
+            return self.b(self.merge(x))
+        phases = [x[..., i::2, j::2] for j in (0, 1) for i in (0, 1)]
+        return self.b(torch.cat(phases, dim=1))
+
+
+def test_space_to_depth_slices_act_like_a_strided_window():
+    sliced = receptive_field_table(SpaceToDepth(conv=False), 16).set_index("layer").loc["b"]
+    conv = receptive_field_table(SpaceToDepth(conv=True), 16).set_index("layer").loc["b"]
+    cols = ["r_min", "r_max", "jump", "effective_padding", "center", "out_size"]
+    assert list(sliced[cols]) == list(conv[cols]) == [4, 4, 2, 1, 0.5, 8]
+
+
 def test_layout_follows_maxvit_window_partition_and_back():
     from landscape.receptive_field import layout as L
 
@@ -440,15 +464,10 @@ def test_untraceable_model_falls_back_to_a_recorded_forward():
 
 
 @pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "efficientnet_b0", "vit_b_16"])
-def test_the_fallback_gives_the_fx_table(name, monkeypatch):
+def test_the_fallback_gives_the_fx_table(name):
     model = torchvision_model(name)
-    fx_table = receptive_field_table(model, 224)
-
-    def no_fx(*args):
-        raise UnsupportedModelError("fx disabled for this test")
-
-    monkeypatch.setattr(analytic, "fx_traced", no_fx)
-    hooks_table = receptive_field_table(model, 224)
+    fx_table = receptive_field_table(model, 224, tracer="fx")
+    hooks_table = receptive_field_table(model, 224, tracer="hooks")
     assert hooks_table.attrs.pop("trace") == "hooks" and fx_table.attrs.pop("trace") == "fx"
     pd.testing.assert_frame_equal(fx_table, hooks_table, obj=name)
 
@@ -490,6 +509,10 @@ def test_underutilised_convention_at_equality():
         receptive_field_table(chain, 7, convention="strict")
     with pytest.raises(ValueError, match="se_gates must be one of scale, global"):
         receptive_field_table(chain, 7, se_gates="ignore")
+    with pytest.raises(ValueError, match="tracer must be one of auto, fx, hooks"):
+        receptive_field_table(chain, 7, tracer="jit")
+    with pytest.raises(UnsupportedModelError, match="cannot trace SameNet with torch.fx"):
+        receptive_field_table(SameNet(), 16, tracer="fx")
     with pytest.raises(ValueError, match="unknown torchvision classification model 'resnet7'"):
         torchvision_model("resnet7")
 

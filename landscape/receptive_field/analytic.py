@@ -48,6 +48,7 @@ TABLE_COLUMNS = (
     "r_min_h", "r_min_w", "r_max_h", "r_max_w", "input_r_min_h", "input_r_min_w",
 )
 CONVENTIONS = ("rfa", "paper")
+TRACERS = ("auto", "fx", "hooks")
 _INT_COLUMNS = ("kernel", "stride", "padding", "dilation", "jump", "r_min", "r_max",
                 "input_r_min", "effective_padding", "in_size", "out_size", "kernel_h",
                 "kernel_w", "jump_h", "jump_w", "r_min_h", "r_min_w", "r_max_h", "r_max_w",
@@ -55,18 +56,25 @@ _INT_COLUMNS = ("kernel", "stride", "padding", "dilation", "jump", "r_min", "r_m
 _BOOL_COLUMNS = ("is_global", "unproductive", "border", "underutilised")
 
 
-def trace(model: nn.Module, input_size: int | None) -> Traced:
-    """fx trace of ``model``; where fx fails, a recorded meta-device forward (:mod:`.hooks`)."""
+def trace(model: nn.Module, input_size: int | None, tracer: str = "auto") -> Traced:
+    """``tracer="auto"``: the fx trace of ``model``, or where fx fails the recorded meta-device
+    forward (:mod:`.hooks`); ``"fx"`` / ``"hooks"``: only that one."""
+    if tracer not in TRACERS:
+        raise ValueError(f"tracer must be one of {', '.join(TRACERS)}; got {tracer!r}")
+    if tracer == "hooks":
+        return record_forward(model, size_pair(input_size), "(tracer='hooks')")
     try:
         return fx_traced(model, input_size)
     except UnsupportedModelError as exc:
+        if tracer == "fx":
+            raise
         return record_forward(model, size_pair(input_size), str(exc))
 
 
 def layer_records(model: nn.Module, input_size: int | None = None, *,
-                  se_gates: str = "scale") -> list[LayerRecord]:
-    """Conv/pool/linear records of ``model`` in forward order (see :mod:`.graph`)."""
-    return propagate(trace(model, input_size), input_size, se_gates=se_gates)[1]
+                  se_gates: str = "scale", tracer: str = "auto") -> list[LayerRecord]:
+    """Conv/pool/linear/attention records of ``model`` in forward order (see :mod:`.graph`)."""
+    return propagate(trace(model, input_size, tracer), input_size, se_gates=se_gates)[1]
 
 
 def square_input_size(input_size: object) -> int:
@@ -135,7 +143,8 @@ def _row(rec: LayerRecord, n: int, convention: str) -> dict[str, object]:
 
 
 def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int], *,
-                          se_gates: str = "scale", convention: str = "rfa") -> pd.DataFrame:
+                          se_gates: str = "scale", convention: str = "rfa",
+                          tracer: str = "auto") -> pd.DataFrame:
     """One row per conv/pool/linear/attention op of ``model``, in forward order.
 
     Columns (sizes in input pixels; NA where undefined). Per-axis columns end in ``_h`` /
@@ -169,16 +178,17 @@ def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int], *
 
     ``se_gates``: ``"scale"`` (default) counts a squeeze-and-excitation gate (a feature map
     times a tensor computed only from global features) as a channel rescaling that adds no
-    path; ``"global"`` counts it as a global path (r_max = inf after it). ``df.attrs["trace"]``
-    says how the model was traced: ``"fx"``, or ``"hooks"`` for the recorded meta-device
-    forward used where fx fails (:mod:`.hooks`, which names what it cannot see).
+    path; ``"global"`` counts it as a global path (r_max = inf after it). ``tracer``:
+    ``"auto"`` traces with torch.fx and, where fx fails, records a meta-device forward
+    (:mod:`.hooks`, which names what it cannot see); ``"fx"`` / ``"hooks"`` force one.
+    ``df.attrs["trace"]`` says which was used.
 
     Raises :class:`UnsupportedModelError` naming the module and op when the model cannot be
     traced either way or a reported layer depends on an op whose effect on the RF is unknown.
     """
     n = square_input_size(input_size)
     _check_convention(convention)
-    traced = trace(model, n)
+    traced = trace(model, n, tracer)
     rows = [_row(rec, n, convention)
             for rec in propagate(traced, n, se_gates=se_gates)[1]]
     for row in rows:
@@ -212,7 +222,7 @@ class FeasibleInput:
 
 
 def min_feasible_input(model: nn.Module, input_size: int | None = None, *,
-                       se_gates: str = "scale") -> FeasibleInput:
+                       se_gates: str = "scale", tracer: str = "auto") -> FeasibleInput:
     """r̃, the minimal feasible input resolution (Eq. 7 of Richter & Pal 2022): per axis, the
     largest r_min over every conv/pool/linear output with a local RF (module doc).
 
@@ -220,14 +230,14 @@ def min_feasible_input(model: nn.Module, input_size: int | None = None, *,
     pooling to more than 1x1 (torchvision's VGG / AlexNet heads) needs ``input_size``, and
     the error says so. Inputs of at least r̃ on both axes leave no layer underutilised
     (``convention="rfa"``); ``se_gates`` as for :func:`receptive_field_table` (it changes
-    r_max only, never r_min). rfa-toolbox's ``input_resolution_range`` adds another lower
+    r_max only, never r_min), ``tracer`` too. rfa-toolbox's ``input_resolution_range`` adds another lower
     bound, each layer's kernel size times its output jump (e.g. 96 for ResNet50 where Eq. 7
     gives 75); that term is not in Eq. 7 and not used here.
     """
     if input_size is not None:
         input_size = square_input_size(input_size)
     best: dict[str, tuple[int, str]] = {}
-    for rec in layer_records(model, input_size, se_gates=se_gates):
+    for rec in layer_records(model, input_size, se_gates=se_gates, tracer=tracer):
         if isinstance(rec.out, Unsupported):
             raise UnsupportedModelError(rec.out.reason)
         if not (isinstance(rec.out, Geometry) and rec.out.is_local):

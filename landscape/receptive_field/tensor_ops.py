@@ -2,7 +2,8 @@
 
 The geometry of a position (its RF) does not change when dimensions are permuted, reshaped,
 split or concatenated along non-spatial dimensions; these rules track where the spatial axes
-went (:mod:`.layout`). Slicing an intact spatial axis ``[start::step]`` shifts position 0 by
+went (:mod:`.layout`). A channel concatenation of views shifted against each other is a
+space-to-depth and spans them like a window. Slicing an intact spatial axis ``[start::step]`` shifts position 0 by
 ``start`` positions and multiplies the jump by ``step``; padding by p on the left shifts it by
 ``-p``. Contracting, normalising over, or attending across spatial positions is token mixing:
 the output is global (:mod:`.mixing`).
@@ -11,7 +12,9 @@ the output is global (:mod:`.mixing`).
 from __future__ import annotations
 
 import builtins
+import math
 import operator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -177,10 +180,24 @@ def cat(ctx: Ctx) -> Result:
     d = L.norm_dim(dim, len(local[0].layout), ctx.where)
     if not any(L.is_spatial(g.layout[d]) for g in local):
         layout = L.broadcast([L.channel(g.layout, d, ctx.where) for g in local], None, ctx.where)
-        return merge(geoms, ctx.where, layout), None
+        return _space_to_depth(merge(geoms, ctx.where, layout), local), None
     if len(local) == 1:  # e.g. a class token before image tokens: positions not separable
         return merge(geoms, ctx.where, L.opaque(local[0].layout, d, ctx.where)), None
     raise Skip(f"{ctx.where} concatenates along spatial axis {dim}")
+
+
+def _space_to_depth(out: Geometry, parts: list[Geometry]) -> Geometry:
+    """Views of one map shifted against each other and stacked into channels (Swin's patch
+    merging written with slices) act like one window spanning them: r grows by the offset
+    between their centres, as it would through a strided conv. Branches centred alike
+    (Inception) are unchanged."""
+    axes = {}
+    for name in ("h", "w"):
+        centres = [(g.axis(name).lo + g.axis(name).hi) / 2 for g in parts]
+        extra = math.ceil(max(centres) - min(centres))
+        a = out.axis(name)
+        axes[name] = replace(a, r_min=a.r_min + extra, r_max=a.r_max + extra) if extra else a
+    return Geometry(axes["h"], axes["w"], out.layout)
 
 
 def stack(ctx: Ctx) -> Result:
