@@ -65,25 +65,34 @@ def _one(name: str, size: int, repeats: int, tracer: str) -> dict:
             "failure": None}
 
 
-def _same_as_fx(hooks: pd.DataFrame, fx: pd.DataFrame) -> bool | str:
-    """Whether the fallback's table equals the fx one. Rows are matched in order by name (the
-    fallback prefixes functional ops with the calling module's path). Where fx keeps a
-    function whole that the fallback enters (Swin's attention: one attention row in fx, the
-    linears inside it in the fallback), the rows in only one table are counted."""
-    rest = fx[fx["kind"] != "attention"].reset_index(drop=True)
+def _matched(hooks: pd.DataFrame, fx: pd.DataFrame) -> list[int] | None:
+    """Rows of ``hooks`` matching the rows of ``fx`` in order, by name (the fallback prefixes
+    functional ops with the calling module's path) and every other column; None if any is
+    missing."""
+    fx = fx.reset_index(drop=True)
     picked, i = [], 0
     for j, name in enumerate(hooks["layer"]):
-        if i < len(rest) and (name == rest["layer"][i] or name.endswith("." + rest["layer"][i])):
+        if i < len(fx) and (name == fx["layer"][i] or name.endswith("." + fx["layer"][i])):
             picked.append(j)
             i += 1
-    if i < len(rest):
-        return False
     cols = [c for c in fx.columns if c != "layer"]
-    if not hooks.loc[picked, cols].reset_index(drop=True).equals(rest[cols]):
+    if i < len(fx) or not hooks.loc[picked, cols].reset_index(drop=True).equals(fx[cols]):
+        return None
+    return picked
+
+
+def _same_as_fx(hooks: pd.DataFrame, fx: pd.DataFrame) -> bool | str:
+    """True if the fallback's table equals the fx one row for row. Where fx keeps a function
+    whole that the fallback enters (Swin's attention: one attention row in fx, the linears
+    inside it in the fallback), a description of the rows in only one table; else False."""
+    if _matched(hooks, fx) is not None and len(hooks) == len(fx):
+        return True
+    rest = fx[fx["kind"] != "attention"]
+    picked = _matched(hooks, rest)
+    if picked is None:
         return False
-    extra, missing = len(hooks) - len(picked), len(fx) - len(rest)
-    return True if not (extra or missing) else (
-        f"equal but for {missing} attention rows (fx) / {extra} linear rows inside them")
+    return (f"equal but for {len(fx) - len(rest)} attention rows (fx) / "
+            f"{len(hooks) - len(picked)} linear rows inside them")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
