@@ -37,7 +37,7 @@ def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():
 def test_all_names_are_registered():
     assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
-                               "loss_slice", "saturation", "data_path"}
+                               "loss_slice", "saturation", "data_path", "rf_table"}
 
 
 def test_data_path_benchmark_reads_the_same_pixels_on_both_paths():
@@ -46,6 +46,17 @@ def test_data_path_benchmark_reads_the_same_pixels_on_both_paths():
                                          "dataloader_2_workers"]
     assert all(r["same_eval_pixels"] is True and r["images_per_s"] > 0 for r in rows)
     assert 0 <= rows[0]["train_wait_share"] <= 1
+
+
+def test_rf_table_benchmark_quick_analyses_every_model_it_lists():
+    rows = bench_main(["rf_table", "--quick"])["rf_table"]
+    *models, summary = rows
+    assert [r["model"] for r in models] == ["resnet18", "mobilenet_v3_small", "squeezenet1_1",
+                                            "shufflenet_v2_x0_5"]
+    assert summary["failures"] == 0 and all(r["seconds"] > 0 for r in models)
+    assert {r["model"]: r["r_tilde"] for r in models if r["agrees"] is not None} == {
+        "resnet18": 139, "mobilenet_v3_small": 303}
+    assert summary["disagree"] == []
 
 
 def test_trainer_and_minimal_loop_compute_the_same_weights():

@@ -23,7 +23,7 @@ from torch import nn
 from landscape.models import create_model
 from landscape.receptive_field import (
     MODES, TABLE_COLUMNS, UnsupportedModelError, format_sweep_table, max_receptive_field,
-    measure_receptive_field, receptive_field_table, rf_sweep_table,
+    measure_receptive_field, min_feasible_input, receptive_field_table, rf_sweep_table,
 )
 
 TINY = 0.0625  # channel multiplier: RF geometry does not depend on width
@@ -178,11 +178,15 @@ class SqueezeExcite(nn.Module):
         return self.head(x)
 
 
-def test_global_context_makes_r_max_global_but_keeps_r_min():
+def test_se_gate_rescales_by_default_and_is_a_global_path_on_request():
     table = receptive_field_table(SqueezeExcite(), 16).set_index("layer")
     assert table.loc["adaptive_avg_pool2d", "is_global"] and table.loc["fc", "is_global"]
-    assert table.loc["head", "is_global"] and pd.isna(table.loc["head", "r_max"])
-    assert table.loc["head", "r_min"] == 5
+    # se_gates="scale": the gate rescales channels, so the head sees conv3 -> conv3 only
+    assert not table.loc["head", "is_global"]
+    assert (table.loc["head", "r_min"], table.loc["head", "r_max"]) == (5, 5)
+    glob = receptive_field_table(SqueezeExcite(), 16, se_gates="global").set_index("layer")
+    assert glob.loc["head", "is_global"] and pd.isna(glob.loc["head", "r_max"])
+    assert glob.loc["head", "r_min"] == 5  # a global path never lowers r_min
 
 
 # ------------------------------------------------------------------ closed form, hypothesis
@@ -291,10 +295,22 @@ def test_resnet50_torchvision_and_tf_slim_stride_placement():
     assert [table.loc[s, "jump"] for s in stages] == [8, 16, 32, 32]
 
 
-def test_adaptive_pool_needs_divisible_sizes_and_error_names_it():
+def test_uneven_adaptive_pool_makes_only_what_follows_global():
     vgg16 = _on_meta(torchvision.models.vgg16)
-    with pytest.raises(UnsupportedModelError, match=r"module 'avgpool' \(AdaptiveAvgPool2d\)"):
-        receptive_field_table(vgg16, 100)  # features give 3x3; pooling to 7x7 is not a window
+    small = receptive_field_table(vgg16, 100)  # features give 3x3; pooling to 7x7 is uneven
+    big = receptive_field_table(vgg16, 224)  # 7x7 -> 7x7: a 1x1 window
+    features = small["layer"].str.startswith("features")
+    cols = ["layer", "jump", "r_min", "r_max", "effective_padding"]
+    pd.testing.assert_frame_equal(small.loc[features, cols], big.loc[features, cols])
+    pool = small.set_index("layer").loc["avgpool"]
+    assert pool["kind"] == "adaptive_avg_pool" and pool["is_global"] and pd.isna(pool["r_max"])
+    assert small.loc[~features, "is_global"].all()
+    assert big.set_index("layer").loc["avgpool", "r_max"] == 212 and not big.loc[
+        big["layer"] == "avgpool", "is_global"].any()
+    # without an input size the window is unknown: the error names the module and says what to do
+    with pytest.raises(UnsupportedModelError,
+                       match=r"module 'avgpool' \(AdaptiveAvgPool2d\).*pass input_size"):
+        min_feasible_input(vgg16)
 
 
 # ---------------------------------------------------------------------- the paper's models

@@ -1,18 +1,24 @@
-"""Receptive-field analysis: analytic r_min / r_max per layer (fx-traced, residual-aware),
-unproductive and border layers, pool-level sweeps, and the gradient-measured RF."""
+"""Receptive-field analysis of any traceable CNN: analytic r_min / r_max per layer and axis
+(fx-traced, residual-aware, with a recorded meta-device forward where fx fails), unproductive,
+border and underutilised layers, the minimal feasible input resolution r̃, pool-level sweeps,
+and the gradient-measured RF."""
 
 from landscape.receptive_field.analytic import (
-    SWEEP_COLUMNS, TABLE_COLUMNS, format_sweep_table, max_receptive_field,
-    receptive_field_table, rf_sweep_table,
+    CONVENTIONS, TABLE_COLUMNS, TRACERS, FeasibleInput, max_receptive_field,
+    min_feasible_input, receptive_field_table,
 )
 from landscape.receptive_field.geometry import UnsupportedModelError
-from landscape.receptive_field.graph import trace_model
+from landscape.receptive_field.graph import SE_GATES, trace_model
 from landscape.receptive_field.measured import (
     MODES, MeasuredReceptiveField, measure_receptive_field,
 )
+from landscape.receptive_field.sweep import SWEEP_COLUMNS, format_sweep_table, rf_sweep_table
+from landscape.receptive_field.zoo import torchvision_classifiers, torchvision_model
 
 __all__ = [
-    "MODES", "MeasuredReceptiveField", "SWEEP_COLUMNS", "TABLE_COLUMNS",
-    "UnsupportedModelError", "format_sweep_table", "max_receptive_field",
-    "measure_receptive_field", "receptive_field_table", "rf_sweep_table", "trace_model",
+    "CONVENTIONS", "FeasibleInput", "MODES", "MeasuredReceptiveField", "SE_GATES",
+    "SWEEP_COLUMNS", "TABLE_COLUMNS", "UnsupportedModelError", "format_sweep_table",
+    "max_receptive_field", "measure_receptive_field", "min_feasible_input",
+    "receptive_field_table", "rf_sweep_table", "torchvision_classifiers", "torchvision_model",
+    "TRACERS", "trace_model",
 ]

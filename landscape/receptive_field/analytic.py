@@ -1,55 +1,83 @@
-"""Analytic receptive field per layer: r_min / r_max, unproductive and border layers, sweeps.
+"""Analytic receptive field per layer: r_min / r_max per axis, layer flags and r̃.
 
-Definitions (n = input size in pixels, one axis; layers are square):
+Definitions (n = input size in pixels, square inputs; RF sizes per image axis H and W):
 
 * r_max / r_min of a tensor: largest / smallest RF over all input-to-tensor paths
   (Araujo et al., Distill 2019; Richter & Pal, rfa-toolbox), e.g. a residual block with two
   3x3 convs on its main path and an identity shortcut keeps r_min and grows r_max.
+* r̃, the *minimal feasible input resolution* (Richter & Pal 2022, "Receptive Field Refinement
+  for CNNs Reliably Improves Predictive Performance", Eq. 7): the largest r_min over ALL
+  layers, per axis (:func:`min_feasible_input`). Not the r_min of the last layer: a skip
+  path can end with a smaller r_min than a conv inside the block (ConvNeXt), and a final
+  max-pool adds to the last conv's (torchvision VGG19: last conv 252, r̃ 268).
 * A layer is *unproductive* for input size n when the minimum RF of its input is already at
-  least n: ``input_r_min >= n``. This is rfa-toolbox's test (``EnrichedNetworkNode.is_border``:
-  ``input_resolution <= receptive_field_min`` of every predecessor); the layer cannot integrate
-  context that is not already available to every path.
+  least n along both axes: ``input_r_min >= n``; it cannot integrate context that is not
+  already available to every path. This is the predecessor test of rfa-toolbox's
+  ``EnrichedNetworkNode.is_border`` (``input_resolution <= receptive_field_min`` of every
+  predecessor, all axes), which also asks for the layer's own ``r_min > n`` and flags layers
+  whose input map is no larger than their kernel (docs/receptive-field.md).
 * The *border layer* is the first unproductive layer in forward order (so every layer is
-  productive before it). We use ``>=`` for both so that the two notions agree; at equality the
-  input RF covers the image exactly.
-* A layer is *underutilised* when its own output ``r_min > n`` (rfa-toolbox's "critical").
-* Head layers, whose output RF is the whole input (global pooling, Linear, anything after
-  them), are reported with ``is_global = True`` and NA sizes and are never flagged.
+  productive before it).
+* A layer is *underutilised* when its own output r_min exceeds n along both axes. The
+  comparison is the ``convention`` parameter: ``"rfa"`` (default) uses ``r_min > n``, the
+  test of rfa-toolbox's "critical" layers (``own``), so n = r̃ leaves every layer utilised;
+  ``"paper"`` uses ``r_min >= n``, the paper's reading that r̃ = n is not fully utilised.
+* Head layers, whose output RF is the whole input (global pooling, Linear on flattened maps,
+  attention, anything after them), are reported with ``is_global = True`` and NA sizes and
+  are never flagged.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 from torch import nn
 
-from landscape.models import InputTooSmallError, check_input_size, create_model
 from landscape.receptive_field.geometry import (
-    Geometry, LayerRecord, Unsupported, UnsupportedModelError,
+    AXES, Geometry, LayerRecord, Unsupported, UnsupportedModelError,
 )
-from landscape.receptive_field.graph import propagate, trace_model
+from landscape.receptive_field.graph import Traced, fx_traced, propagate, size_pair
+from landscape.receptive_field.hooks import record_forward
 
 TABLE_COLUMNS = (
     "layer", "kind", "kernel", "stride", "padding", "dilation", "jump", "r_min", "r_max",
     "input_r_min", "effective_padding", "center", "in_size", "out_size", "is_global",
-    "unproductive", "border", "underutilised",
+    "unproductive", "border", "underutilised", "kernel_h", "kernel_w", "jump_h", "jump_w",
+    "r_min_h", "r_min_w", "r_max_h", "r_max_w", "input_r_min_h", "input_r_min_w",
 )
-SWEEP_COLUMNS = (
-    "level", "kernel", "stride", "padding", "r_max", "r_min", "params", "feature_size", "fits",
-    "border_layer", "n_unproductive",
-)
+CONVENTIONS = ("rfa", "paper")
+TRACERS = ("auto", "fx", "hooks")
 _INT_COLUMNS = ("kernel", "stride", "padding", "dilation", "jump", "r_min", "r_max",
-                "input_r_min", "effective_padding", "in_size", "out_size")
+                "input_r_min", "effective_padding", "in_size", "out_size", "kernel_h",
+                "kernel_w", "jump_h", "jump_w", "r_min_h", "r_min_w", "r_max_h", "r_max_w",
+                "input_r_min_h", "input_r_min_w")
+_BOOL_COLUMNS = ("is_global", "unproductive", "border", "underutilised")
 
 
-def layer_records(model: nn.Module, input_size: int | None = None) -> list[LayerRecord]:
-    """Conv/pool/linear records of ``model`` in forward order (see :mod:`.graph`)."""
-    return propagate(trace_model(model), input_size)[1]
+def trace(model: nn.Module, input_size: int | None, tracer: str = "auto") -> Traced:
+    """``tracer="auto"``: the fx trace of ``model``, or where fx fails the recorded meta-device
+    forward (:mod:`.hooks`); ``"fx"`` / ``"hooks"``: only that one."""
+    if tracer not in TRACERS:
+        raise ValueError(f"tracer must be one of {', '.join(TRACERS)}; got {tracer!r}")
+    if tracer == "hooks":
+        return record_forward(model, size_pair(input_size), "(tracer='hooks')")
+    try:
+        return fx_traced(model, input_size)
+    except UnsupportedModelError as exc:
+        if tracer == "fx":
+            raise
+        return record_forward(model, size_pair(input_size), str(exc))
 
 
-def _check_input_size(input_size: object) -> int:
+def layer_records(model: nn.Module, input_size: int | None = None, *,
+                  se_gates: str = "scale", tracer: str = "auto") -> list[LayerRecord]:
+    """Conv/pool/linear/attention records of ``model`` in forward order (see :mod:`.graph`)."""
+    return propagate(trace(model, input_size, tracer), input_size, se_gates=se_gates)[1]
+
+
+def square_input_size(input_size: object) -> int:
     if isinstance(input_size, (tuple, list)) and len(input_size) == 2:
         if input_size[0] != input_size[1]:
             raise ValueError(f"input_size must be square for the RF analysis, got {input_size}")
@@ -59,59 +87,110 @@ def _check_input_size(input_size: object) -> int:
     return input_size
 
 
-def _finite(x: float) -> int | None:
-    return int(x) if math.isfinite(x) else None
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}; got "
+                         f"{convention!r}")
 
 
-def _row(rec: LayerRecord, n: int) -> dict[str, object]:
+def _finite(x: float | None) -> int | None:
+    return int(x) if x is not None and math.isfinite(x) else None
+
+
+def _square(pair: tuple[int, int] | None, pick=max) -> int | None:
+    """The value where both axes agree; else ``pick`` of the two (documented per column)."""
+    if pair is None or None in pair:
+        return None
+    return pair[0] if pair[0] == pair[1] else pick(pair)
+
+
+def _row(rec: LayerRecord, n: int, convention: str) -> dict[str, object]:
     if isinstance(rec.out, Unsupported):
         raise UnsupportedModelError(rec.out.reason)
     inp = rec.inp if isinstance(rec.inp, Geometry) else None
     out = rec.out if isinstance(rec.out, Geometry) else None
     local = out is not None and out.is_local
-    in_r_min = _finite(inp.r_min) if inp is not None else None
-    r_min = _finite(out.r_min) if out is not None else None
-    unproductive = local and in_r_min is not None and in_r_min >= n
+    in_local = inp is not None and inp.is_local
+    ax = {a: out.axis(a) for a in AXES} if out is not None else {}
+    in_r_min = {a: _finite(inp.axis(a).r_min) for a in AXES} if inp is not None else {}
+    r_min = {a: _finite(ax[a].r_min) for a in AXES} if out is not None else {}
+    r_max = {a: _finite(ax[a].r_max) for a in AXES} if out is not None else {}
+    jump = {a: ax[a].jump for a in AXES} if local else {}
+    at_least = (lambda r: r > n) if convention == "rfa" else (lambda r: r >= n)
+    centers = {(ax[a].lo + ax[a].hi) / 2 for a in AXES} if local else set()
     return {
-        "layer": rec.name, "kind": rec.kind, "kernel": rec.kernel, "stride": rec.stride,
-        "padding": rec.padding, "dilation": rec.dilation,
-        "jump": out.jump if local else None, "r_min": r_min,
-        "r_max": _finite(out.r_max) if out is not None else None, "input_r_min": in_r_min,
-        "effective_padding": -out.lo if local else None,
-        "center": (out.lo + out.hi) / 2 if local else math.nan,
-        "in_size": inp.size if inp is not None and inp.is_local else None,
-        "out_size": out.size if local else None,
+        "layer": rec.name, "kind": rec.kind, "kernel": _square(rec.kernel),
+        "stride": _square(rec.stride), "padding": _square(rec.padding),
+        "dilation": _square(rec.dilation), "jump": _square(tuple(jump.values()) or None),
+        "r_min": _square(tuple(r_min.values()) or None, min),
+        "r_max": _square(tuple(r_max.values()) or None),
+        "input_r_min": _square(tuple(in_r_min.values()) or None, min),
+        "effective_padding": _square(tuple(-ax[a].lo for a in AXES)) if local else None,
+        "center": centers.pop() if len(centers) == 1 else math.nan,
+        "in_size": _square(tuple(inp.axis(a).size for a in AXES)) if in_local else None,
+        "out_size": _square(tuple(ax[a].size for a in AXES)) if local else None,
         "is_global": not (out is not None and math.isfinite(out.r_max)),
-        "unproductive": unproductive, "border": False,
-        "underutilised": local and r_min is not None and r_min > n,
+        "unproductive": local and all(r is not None and r >= n for r in in_r_min.values()),
+        "border": False,
+        "underutilised": local and all(r is not None and at_least(r) for r in r_min.values()),
+        "kernel_h": rec.kernel[0] if rec.kernel else None,
+        "kernel_w": rec.kernel[1] if rec.kernel else None,
+        "jump_h": jump.get("h"), "jump_w": jump.get("w"),
+        "r_min_h": r_min.get("h"), "r_min_w": r_min.get("w"),
+        "r_max_h": r_max.get("h"), "r_max_w": r_max.get("w"),
+        "input_r_min_h": in_r_min.get("h"), "input_r_min_w": in_r_min.get("w"),
     }
 
 
-def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int]) -> pd.DataFrame:
-    """One row per conv/pool/linear op of ``model``, in forward order.
+def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int], *,
+                          se_gates: str = "scale", convention: str = "rfa",
+                          tracer: str = "auto") -> pd.DataFrame:
+    """One row per conv/pool/linear/attention op of ``model``, in forward order.
 
-    Columns (sizes in input pixels along one axis; NA where undefined):
+    Columns (sizes in input pixels; NA where undefined). Per-axis columns end in ``_h`` /
+    ``_w``; the square columns hold the common value where both axes agree and otherwise
+    (rectangular kernels, e.g. InceptionV3's 1x7) the larger axis, except ``r_min`` and
+    ``input_r_min``, which hold the smaller one (so "smallest RF" still holds, and
+    ``input_r_min >= n`` still means "along both axes"), and ``center`` (NaN):
 
-    * ``layer``: module path (fx node name for functional ops); ``kind``: conv, max_pool,
-      avg_pool, adaptive_avg_pool, adaptive_max_pool, global_avg_pool or linear;
+    * ``layer``: module path (node name for functional ops; the recorded fallback prefixes the
+      calling module's path); ``kind``: conv, max_pool, avg_pool, adaptive_avg_pool,
+      adaptive_max_pool, global_avg_pool, linear or attention;
     * ``kernel, stride, padding, dilation``: the op's own settings (padding = left/top);
-    * ``jump``: distance in input pixels between neighbouring output positions (effective
-      stride, Araujo's S);
-    * ``r_min, r_max``: min / max RF of the output over all paths; NA when global;
-    * ``input_r_min``: r_min of the op's input (what "unproductive" tests);
+      ``kernel_h, kernel_w``: per axis; a Linear applied per position (a ViT/ConvNeXt MLP)
+      is a 1x1 window, a Linear on flattened features has none;
+    * ``jump`` (``jump_h, jump_w``): distance in input pixels between neighbouring output
+      positions (effective stride, Araujo's S);
+    * ``r_min, r_max`` (``r_min_h`` ... ``r_max_w``): min / max RF of the output over all
+      paths; NA when global;
+    * ``input_r_min`` (``input_r_min_h, input_r_min_w``): r_min of the op's input (what
+      "unproductive" tests);
     * ``effective_padding``: Araujo's P; output position u covers the input pixels
       ``[u*jump - P, u*jump - P + span - 1]`` (span = r_max when all paths are centred alike);
     * ``center``: input coordinate of the RF centre of output position 0 (``u*jump + center``
       for position u); ``in_size, out_size``: spatial sizes of input and output (0 = vanished);
-    * ``is_global``: some path sees the whole input (global pooling, Linear and later);
-    * ``unproductive``: ``input_r_min >= input_size``; ``border``: True on the first
-      unproductive layer only; ``underutilised``: ``r_min > input_size``.
+    * ``is_global``: some path sees the whole input (global pooling, Linear on flattened maps,
+      attention, and later; adaptive pooling with uneven windows, whose output is reported
+      as global so that only the layers behind it lose their geometry);
+    * ``unproductive``: ``input_r_min >= input_size`` on both axes; ``border``: True on the
+      first unproductive layer only; ``underutilised``: ``r_min > input_size`` on both axes
+      (``convention="paper"``: ``>=``; module doc).
 
-    Raises :class:`UnsupportedModelError` naming the module when the model cannot be traced or
-    a reported layer depends on an op whose effect on the RF is unknown.
+    ``se_gates``: ``"scale"`` (default) counts a squeeze-and-excitation gate (a feature map
+    times a tensor computed only from global features) as a channel rescaling that adds no
+    path; ``"global"`` counts it as a global path (r_max = inf after it). ``tracer``:
+    ``"auto"`` traces with torch.fx and, where fx fails, records a meta-device forward
+    (:mod:`.hooks`, which names what it cannot see); ``"fx"`` / ``"hooks"`` force one.
+    ``df.attrs["trace"]`` says which was used.
+
+    Raises :class:`UnsupportedModelError` naming the module and op when the model cannot be
+    traced either way or a reported layer depends on an op whose effect on the RF is unknown.
     """
-    n = _check_input_size(input_size)
-    rows = [_row(rec, n) for rec in layer_records(model, n)]
+    n = square_input_size(input_size)
+    _check_convention(convention)
+    traced = trace(model, n, tracer)
+    rows = [_row(rec, n, convention)
+            for rec in propagate(traced, n, se_gates=se_gates)[1]]
     for row in rows:
         if row["unproductive"]:
             row["border"] = True
@@ -120,9 +199,58 @@ def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int]) -
     for col in _INT_COLUMNS:
         df[col] = df[col].astype("Int64")
     df["center"] = df["center"].astype(float)
-    for col in ("is_global", "unproductive", "border", "underutilised"):
+    for col in _BOOL_COLUMNS:
         df[col] = df[col].astype(bool)
+    df.attrs["trace"] = traced.method
     return df
+
+
+@dataclass(frozen=True)
+class FeasibleInput:
+    """r̃ per axis (pixels): the largest r_min over all layers along H (``h``) and W (``w``),
+    and the first layers where they are reached. ``size``: r̃ where both axes agree, else
+    ``(h, w)``."""
+
+    h: int
+    w: int
+    layer_h: str
+    layer_w: str
+
+    @property
+    def size(self) -> int | tuple[int, int]:
+        return self.h if self.h == self.w else (self.h, self.w)
+
+
+def min_feasible_input(model: nn.Module, input_size: int | None = None, *,
+                       se_gates: str = "scale", tracer: str = "auto") -> FeasibleInput:
+    """r̃, the minimal feasible input resolution (Eq. 7 of Richter & Pal 2022): per axis, the
+    largest r_min over every conv/pool/linear output with a local RF (module doc).
+
+    An architecture property, except where a window depends on the input size: adaptive
+    pooling to more than 1x1 (torchvision's VGG / AlexNet heads) needs ``input_size``, and
+    the error says so. Inputs of at least r̃ on both axes leave no layer underutilised
+    (``convention="rfa"``); ``se_gates`` as for :func:`receptive_field_table` (it changes
+    r_max only, never r_min), ``tracer`` too. rfa-toolbox's ``input_resolution_range`` adds another lower
+    bound, each layer's kernel size times its output jump (e.g. 96 for ResNet50 where Eq. 7
+    gives 75); that term is not in Eq. 7 and not used here.
+    """
+    if input_size is not None:
+        input_size = square_input_size(input_size)
+    best: dict[str, tuple[int, str]] = {}
+    for rec in layer_records(model, input_size, se_gates=se_gates, tracer=tracer):
+        if isinstance(rec.out, Unsupported):
+            raise UnsupportedModelError(rec.out.reason)
+        if not (isinstance(rec.out, Geometry) and rec.out.is_local):
+            continue
+        for a in AXES:
+            r = rec.out.axis(a).r_min
+            if math.isfinite(r) and r > best.get(a, (0, ""))[0]:
+                best[a] = (int(r), rec.name)
+    if len(best) < 2:
+        raise ValueError(f"{type(model).__name__} has no layer with a local receptive field, so "
+                         "it has no minimal feasible input resolution")
+    return FeasibleInput(h=best["h"][0], w=best["w"][0], layer_h=best["h"][1],
+                         layer_w=best["w"][1])
 
 
 def _last_conv(records: list[LayerRecord]) -> LayerRecord:
@@ -136,75 +264,10 @@ def _last_conv(records: list[LayerRecord]) -> LayerRecord:
 
 
 def max_receptive_field(model: nn.Module) -> int:
-    """r_max (pixels) at the last Conv2d in forward order; independent of the input size."""
+    """r_max (pixels, the larger axis) at the last Conv2d in forward order; independent of
+    the input size."""
     last = _last_conv(layer_records(model, None))
     if not (isinstance(last.out, Geometry) and math.isfinite(last.out.r_max)):
         raise ValueError(f"the last conv '{last.name}' sees the whole input (it follows global "
                          "pooling or a Linear); it has no finite receptive field")
     return int(last.out.r_max)
-
-
-def rf_sweep_table(
-    arch: str,
-    *,
-    input_size: int,
-    levels: Sequence[int] = (0, 1, 2, 3, 4),
-    width: float = 1.0,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    pool_kernel: int | None = None,
-    pool_stride: int | None = None,
-    pool_padding: int | None = None,
-) -> pd.DataFrame:
-    """One row per RF-pool level of ``arch`` for ``input_size`` (pixels), in the order of
-    ``levels`` (a repeated level once).
-
-    Columns: ``level``; the pool's ``kernel, stride, padding`` (kernel 0 = no pool);
-    ``r_max, r_min`` at the last conv; ``params`` (trainable + frozen parameter count);
-    ``feature_size``: spatial size of the last conv's output (NA when the pool shrinks the map
-    to nothing, see ``fits``); ``fits``: the model accepts this input size
-    (no :class:`~landscape.models.InputTooSmallError`); ``border_layer``: name of the border
-    layer or None; ``n_unproductive``: number of unproductive layers.
-    """
-    n = _check_input_size(input_size)
-    if isinstance(levels, (int, str)) or not len(levels):
-        raise ValueError(f"levels must be a non-empty sequence of pool levels, got {levels!r}")
-    rows = []
-    for level in dict.fromkeys(levels):  # a level named twice is one row
-        model = create_model(
-            arch, num_classes=num_classes, in_channels=in_channels, pool_level=level,
-            width=width, pool_kernel=pool_kernel, pool_stride=pool_stride,
-            pool_padding=pool_padding,
-        )
-        table = receptive_field_table(model, n)
-        last = table[table["kind"] == "conv"].iloc[-1]
-        try:
-            check_input_size(model, n)
-            fits = True
-        except InputTooSmallError:
-            fits = False
-        border = table.loc[table["border"], "layer"]
-        spec = model.pool_spec
-        rows.append({
-            "level": level, "kernel": spec.kernel, "stride": spec.stride, "padding": spec.padding,
-            "r_max": last["r_max"], "r_min": last["r_min"],
-            "params": sum(p.numel() for p in model.parameters()),
-            "feature_size": last["out_size"] if fits else pd.NA, "fits": fits,
-            "border_layer": border.iloc[0] if len(border) else None,
-            "n_unproductive": int(table["unproductive"].sum()),
-        })
-    df = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
-    for col in ("level", "kernel", "stride", "padding", "r_max", "r_min", "params",
-                "feature_size", "n_unproductive"):
-        df[col] = df[col].astype("Int64")
-    return df
-
-
-def format_sweep_table(df: pd.DataFrame) -> str:
-    """Plain-text table of :func:`rf_sweep_table` ("vanishes" / "-" for missing values)."""
-    shown = df.astype(object)
-    shown["feature_size"] = [
-        "vanishes" if pd.isna(v) else str(v) for v in df["feature_size"]
-    ]
-    shown["border_layer"] = ["-" if v is None or pd.isna(v) else v for v in df["border_layer"]]
-    return shown.drop(columns=["fits"]).to_string(index=False)

@@ -1,30 +1,36 @@
-"""Walk a torch.fx trace of a model, propagating receptive-field geometry node by node.
+"""Trace a model and walk the trace, propagating receptive-field geometry node by node.
 
-Each node gets a state (see :mod:`.geometry`): a :class:`Geometry` for feature maps, ``FLAT``
-after the spatial axes were flattened, ``None`` for constants and shapes. Conv/pool/linear
-nodes also yield a :class:`LayerRecord`, in forward (graph) order. BatchNorm is treated as
-per-channel affine (its eval-mode map); batch statistics are ignored, as is usual for RF
-analysis. Anything computed only from global features stays global.
-
-Anything else that touches a feature map is marked :class:`Unsupported` with a message naming
-the module; the error is raised by whoever reads a quantity that depends on it.
+The trace is a ``torch.fx`` graph (:func:`trace_model`, :func:`fx_traced`) or, where fx
+cannot trace a model, a recorded forward pass on the meta device (:mod:`.hooks`). Each node
+gets a state (see :mod:`.geometry`): a :class:`Geometry` for tensors with a receptive field,
+``None`` for constants and shapes, :class:`Unsupported` where an op's effect is unknown (the
+error is raised by whoever reads a quantity that depends on it). Conv / pool / linear /
+attention nodes also yield a :class:`LayerRecord`, in forward (graph) order. What each op does
+is in :mod:`.rules`, :mod:`.tensor_ops` and :mod:`.mixing`.
 """
 
 from __future__ import annotations
 
-import operator
+import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from landscape.receptive_field import layout as L
+from landscape.receptive_field import rules
+from landscape.receptive_field.context import Ctx, Values, get_attr
 from landscape.receptive_field.geometry import (
-    FLAT, GLOBAL, Flat, Geometry, LayerRecord, Skip, State, Unsupported, UnsupportedModelError,
-    Window, adaptive, arg, function_window, merge, module_window, spatial_dims,
+    LayerRecord, Skip, State, Unsupported, UnsupportedModelError, image,
 )
 
-# ---------------------------------------------------------------------------------- tracing
+SAME_SHAPE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
+              nn.Sigmoid, nn.Tanh, nn.Mish, nn.ELU, nn.Identity, nn.Dropout, nn.Dropout2d,
+              nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+PROBE_SIZE = 224  # input size of the meta-device shape pass when no input_size is given
+SE_GATES = ("scale", "global")
 
 
 class _Tracer(fx.Tracer):
@@ -43,188 +49,209 @@ class _Tracer(fx.Tracer):
             raise
 
 
-def trace_model(model: nn.Module) -> fx.GraphModule:
-    """``torch.fx`` trace of ``model`` (forward hooks are not traced and are not needed)."""
+def _fx_graph(model: nn.Module) -> fx.Graph:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     tracer = _Tracer()
     try:
-        graph = tracer.trace(model)
+        return tracer.trace(model)
     except Exception as exc:
         where = tracer.failed_in or f"the forward of {type(model).__name__}"
         raise UnsupportedModelError(
-            f"cannot trace {type(model).__name__} with torch.fx (failed in {where}): {exc}. "
-            "The receptive-field analysis needs a model without data-dependent control flow."
+            f"cannot trace {type(model).__name__} with torch.fx (failed in {where}): {exc}."
         ) from exc
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-# ---------------------------------------------------------------------------- supported ops
-
-_ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
-    nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.BatchNorm2d, nn.SyncBatchNorm,
-)
-_ELEMENTWISE_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
-    operator.imul, torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.relu,
-    torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, F.relu, F.relu_, F.relu6,
-    F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
-    F.sigmoid, F.tanh, F.dropout, F.dropout2d, F.batch_norm,
-}
-_ELEMENTWISE_METHODS = {
-    "relu", "relu_", "sigmoid", "tanh", "clamp", "add", "add_", "sub", "mul", "mul_", "div",
-    "neg", "clone", "contiguous", "float", "double", "to", "type_as",
-}
-_META_METHODS = {"size", "dim", "numel", "get_device"}
+def trace_model(model: nn.Module) -> fx.GraphModule:
+    """``torch.fx`` trace of ``model`` (forward hooks are not traced and are not needed)."""
+    try:
+        graph = _fx_graph(model)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{exc} The receptive-field analysis needs a model without "
+                                    "data-dependent control flow.") from exc.__cause__
+    return fx.GraphModule(model, graph, type(model).__name__)
 
 
-# ------------------------------------------------------------------------------ propagation
+@dataclass
+class Traced:
+    """A traced model: its graph, the module its targets resolve in, meta values per node and
+    how it was traced (``"fx"`` or ``"hooks"``)."""
+
+    graph: fx.Graph
+    root: nn.Module
+    name: str
+    values: Values
+    method: str
 
 
-def _describe(node: fx.Node, gm: fx.GraphModule) -> str:
+def size_pair(input_size: Any) -> tuple[int, int] | None:
+    if input_size is None:
+        return None
+    if isinstance(input_size, (tuple, list)) and len(input_size) == 2:
+        return int(input_size[0]), int(input_size[1])
+    return int(input_size), int(input_size)
+
+
+def input_shape(root: nn.Module, graph: fx.Graph | None, size: tuple[int, int] | None
+                ) -> tuple[int, int, int, int]:
+    """(1, C, H, W): C from ``root.in_channels`` or the first conv of the graph / model."""
+    h, w = size if size is not None else (PROBE_SIZE, PROBE_SIZE)
+    c = getattr(root, "in_channels", None)
+    if isinstance(c, int):
+        return 1, c, h, w
+    for node in graph.nodes if graph is not None else ():
+        if node.op == "call_module" and isinstance(root.get_submodule(node.target), nn.Conv2d):
+            conv = root.get_submodule(node.target)
+            return 1, conv.in_channels, h, w
+        if node.op == "call_function" and node.target in (F.conv2d, torch.conv2d):
+            weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
+            groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+            if isinstance(weight, fx.Node) and weight.op == "get_attr":
+                return 1, int(get_attr(root, weight.target).shape[1]) * int(groups), h, w
+    conv = next((m for m in root.modules() if isinstance(m, nn.Conv2d)), None)
+    return 1, (conv.in_channels if conv is not None else 3), h, w
+
+
+def float_dtype(root: nn.Module) -> torch.dtype:
+    p = next((p for p in itertools.chain(root.parameters(), root.buffers())
+              if p.is_floating_point()), None)
+    return p.dtype if p is not None else torch.float32
+
+
+def meta_state(mod: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's parameters and buffers as meta tensors (for ``functional_call``)."""
+    return {k: v if v.is_meta else torch.empty_like(v, device="meta")
+            for k, v in itertools.chain(mod.named_parameters(), mod.named_buffers())}
+
+
+class MetaValues:
+    """Values of an fx graph's nodes from a forward pass on the meta device, run lazily up to
+    the node asked for; after a failure every later value is None and ``failure`` says why."""
+
+    def __init__(self, graph: fx.Graph, root: nn.Module, shape: tuple[int, ...],
+                 dtype: torch.dtype) -> None:
+        self._nodes, self._root, self._shape, self._dtype = iter(graph.nodes), root, shape, dtype
+        self._env: dict[fx.Node, Any] = {}
+        self._placeholder_seen = False
+        self.failure: str | None = None
+
+    def get(self, node: fx.Node) -> Any:
+        while node not in self._env and self.failure is None:
+            n = next(self._nodes, None)
+            if n is None:
+                break
+            try:
+                with torch.no_grad():
+                    self._env[n] = self._run(n)
+            except Exception as exc:
+                self.failure = (f"the meta-device shape pass at input {self._shape} failed at "
+                                f"{describe(n, self._root)}: {exc}")
+        return self._env.get(node)
+
+    def peek(self, node: fx.Node) -> Any:
+        return self._env.get(node)
+
+    def _run(self, n: fx.Node) -> Any:
+        args = fx.node.map_arg(n.args, self._env.__getitem__)
+        kwargs = fx.node.map_arg(n.kwargs, self._env.__getitem__)
+        if n.op == "placeholder":
+            if self._placeholder_seen:
+                return n.args[0] if n.args else None
+            self._placeholder_seen = True
+            return torch.empty(self._shape, device="meta", dtype=self._dtype)
+        if n.op == "get_attr":
+            v = get_attr(self._root, n.target)
+            return torch.empty_like(v, device="meta") if isinstance(v, torch.Tensor) else v
+        if n.op == "call_function":
+            return n.target(*args, **kwargs)
+        if n.op == "call_method":
+            return getattr(args[0], n.target)(*args[1:], **kwargs)
+        if n.op == "call_module":
+            mod = self._root.get_submodule(n.target)
+            if isinstance(mod, SAME_SHAPE) and isinstance(args[0], torch.Tensor):
+                return torch.empty_like(args[0])  # activations, norms, dropout: only the shape
+            if isinstance(mod, nn.Linear) and isinstance(args[0], torch.Tensor):
+                x = args[0]
+                return x.new_empty((*x.shape[:-1], mod.out_features))
+            state = meta_state(mod)
+            if all(v is getattr(mod, k, None) for k, v in state.items() if "." not in k):
+                return mod(*args, **kwargs)  # already on the meta device
+            return torch.func.functional_call(mod, state, args, kwargs)
+        return None
+
+
+def from_graph_module(gm: fx.GraphModule, input_size: Any) -> Traced:
+    return _traced(gm.graph, gm, input_size)
+
+
+def fx_traced(model: nn.Module, input_size: Any) -> Traced:
+    """fx trace of ``model`` with lazily computed meta values."""
+    return _traced(_fx_graph(model), model, input_size)
+
+
+def _traced(graph: fx.Graph, root: nn.Module, input_size: Any) -> Traced:
+    size = size_pair(input_size)
+    values = MetaValues(graph, root, input_shape(root, graph, size), float_dtype(root))
+    return Traced(graph, root, type(root).__name__, values, "fx")
+
+
+def describe(node: fx.Node, root: nn.Module) -> str:
     if node.op == "call_module":
-        return f"module '{node.target}' ({type(gm.get_submodule(node.target)).__name__})"
+        return f"module '{node.target}' ({type(root.get_submodule(node.target)).__name__})"
     if node.op == "call_method":
         return f"method .{node.target}() at node '{node.name}'"
     return f"function {getattr(node.target, '__name__', node.target)} at node '{node.name}'"
 
 
-
-def propagate(gm: fx.GraphModule, input_size: int | None
+def propagate(traced: Traced | fx.GraphModule, input_size: Any, *, se_gates: str = "scale"
               ) -> tuple[dict[str, State], list[LayerRecord]]:
-    """States of every node and the conv/pool/linear records, in forward (graph) order."""
+    """States of every node and the conv/pool/linear/attention records, in forward order."""
+    if se_gates not in SE_GATES:
+        raise ValueError(f"se_gates must be one of {', '.join(SE_GATES)}; got {se_gates!r}")
+    if isinstance(traced, fx.GraphModule):
+        traced = from_graph_module(traced, input_size)
+    size = size_pair(input_size)
     states: dict[str, State] = {}
     records: list[LayerRecord] = []
     seen_input = False
-    for node in gm.graph.nodes:
+    for node in traced.graph.nodes:
         if node.op == "placeholder":
-            states[node.name] = None if seen_input else Geometry(1, 1, 1, 0, 0, input_size)
+            states[node.name] = None if seen_input else image(size, L.canonical(4))
             seen_input = True
             continue
         if node.op in ("get_attr", "output"):
             states[node.name] = None
             continue
-        where = _describe(node, gm)
-        inputs = [states[n.name] for n in node.all_input_nodes]
-        tensors = [s for s in inputs if s is not None]
-        bad = [s for s in tensors if isinstance(s, Unsupported)]
-        is_meta = (node.op == "call_method" and node.target in _META_METHODS) or (
-            node.op == "call_function" and node.target is getattr)
-        if is_meta or not tensors:
+        mod = traced.root.get_submodule(node.target) if node.op == "call_module" else None
+        ctx = Ctx(node, mod, describe(node, traced.root), states, traced.values, se_gates,
+                  traced.root)
+        tensors = ctx.tensors
+        if not tensors or (node.op == "call_method" and node.target in rules.META_METHODS) or (
+                node.target is getattr and node.args[1] in rules.META_ATTRS):
             states[node.name] = None
             continue
+        bad = [s for s in tensors if isinstance(s, Unsupported)]
         record: dict[str, Any] | None = None
         try:
             if bad:
                 out: State = bad[0]
-                record = _layer_kind(node, gm, where)
+                record = rules.layer_kind(ctx)
             else:
-                out, record = _step(node, gm, tensors, where)
+                out, record = rules.step(ctx)
         except Skip as exc:
-            out = Unsupported(f"receptive field of {type(gm).__name__}: {exc}")
-            record = record or _layer_kind(node, gm, where)
+            out = Unsupported(f"receptive field of {traced.name}: {exc}")
+            record = record or rules.layer_kind(ctx)
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
+            out = Unsupported(f"receptive field of {traced.name}: {ctx.where} could not be "
+                              f"analysed ({type(exc).__name__}: {exc}); its arguments are not "
+                              "of a form the RF rules know")
+            record = record or rules.layer_kind(ctx)
         states[node.name] = out
         if record is not None:
-            name = node.target if node.op == "call_module" else node.name
+            name = node.target if node.op == "call_module" else node.meta.get("rf_name",
+                                                                               node.name)
             fields = {"kernel": None, "stride": None, "padding": None, "dilation": None, **record}
-            records.append(LayerRecord(name=name, node=node.name, inp=(bad or tensors)[0],
-                                       out=out, **fields))
+            first = ctx.x if ctx.x is not None else tensors[0]
+            records.append(LayerRecord(name=name, node=node.name,
+                                       inp=bad[0] if bad else first, out=out, **fields))
     return states, records
-
-
-def _layer_kind(node: fx.Node, gm: fx.GraphModule, where: str) -> dict[str, Any] | None:
-    """Kind of a conv/pool/linear node (for a record whose state is Unsupported), else None."""
-    t = node.target
-    if node.op == "call_module":
-        mod = gm.get_submodule(t)
-        if isinstance(mod, nn.Conv2d):
-            return {"kind": "conv"}
-        if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                            nn.AdaptiveMaxPool2d)):
-            return {"kind": "pool"}
-        if isinstance(mod, nn.Linear):
-            return {"kind": "linear"}
-        return None
-    if t in (F.conv2d, torch.conv2d):
-        return {"kind": "conv"}
-    if t in (F.max_pool2d, torch.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-             F.adaptive_max_pool2d):
-        return {"kind": "pool"}
-    if t is F.linear:
-        return {"kind": "linear"}
-    return None
-
-
-def _window_record(w: Window) -> dict[str, Any]:
-    return {"kind": w.kind, "kernel": w.kernel, "stride": w.stride, "padding": w.padding,
-            "dilation": w.dilation}
-
-
-def _step(node: fx.Node, gm: fx.GraphModule, tensors: list[Geometry | Flat], where: str
-          ) -> tuple[State, dict[str, Any] | None]:
-    """Output state of one node and its record fields (None for non-layer nodes)."""
-    t = node.target
-    mod = gm.get_submodule(t) if node.op == "call_module" else None
-    window = (module_window(mod, where) if mod is not None
-              else function_window(node, gm, where) if node.op == "call_function" else None)
-    first = tensors[0]
-    flat_in = isinstance(first, Flat)
-    if window is not None:
-        if flat_in:
-            raise Skip(f"{where} is applied to a flattened tensor")
-        return window.apply(first), _window_record(window)
-
-    pooled = None
-    if isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-        kind = "adaptive_avg_pool" if isinstance(mod, nn.AdaptiveAvgPool2d) else "adaptive_max_pool"
-        pooled = (kind, mod.output_size)
-    elif t in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
-        kind = "adaptive_avg_pool" if t is F.adaptive_avg_pool2d else "adaptive_max_pool"
-        pooled = (kind, arg(node, 1, "output_size", None))
-    elif (node.op == "call_method" and t == "mean") or t is torch.mean:
-        if flat_in:
-            raise Skip(f"{where} averages a flattened tensor")
-        dims = spatial_dims(arg(node, 1, "dim", (0, 1, 2, 3)))
-        if {2, 3} <= dims:
-            pooled = ("global_avg_pool", 1)
-        elif dims & {2, 3}:
-            raise Skip(f"{where} averages over one spatial axis only")
-        else:
-            return merge(tensors, where), None
-    if pooled is not None:
-        if flat_in:
-            raise Skip(f"{where} is applied to a flattened tensor")
-        w, out = adaptive(pooled[1], first, where)
-        fields = _window_record(w) if w is not None else {}
-        return out, {**fields, "kind": pooled[0]}
-
-    if isinstance(mod, nn.Linear) or t is F.linear:
-        if isinstance(first, Geometry) and first.is_local:
-            raise Skip(f"{where} is applied to a spatial feature map (it would mix only the "
-                       "last axis); flatten or pool globally first")
-        return GLOBAL, {"kind": "linear"}
-
-    if all(isinstance(s, Geometry) and not s.is_local for s in tensors):
-        return GLOBAL, None  # anything computed from global features stays global
-
-    if isinstance(mod, nn.Flatten) or t is torch.flatten or (
-            node.op == "call_method" and t == "flatten"):
-        start = mod.start_dim if mod is not None else arg(node, 1, "start_dim", 0)
-        end = mod.end_dim if mod is not None else arg(node, 2, "end_dim", -1)
-        if flat_in or (int(start) % 4 < int(end) % 4 and int(end) % 4 >= 2):
-            return FLAT, None
-        return merge(tensors, where), None
-    if isinstance(mod, _ELEMENTWISE_MODULES) or (
-            node.op == "call_function" and t in _ELEMENTWISE_FUNCTIONS) or (
-            node.op == "call_method" and t in _ELEMENTWISE_METHODS):
-        return merge(tensors, where), None
-    if t is torch.cat:
-        dim = arg(node, 1, "dim", 0)
-        if flat_in or int(dim) % 4 in (0, 1):
-            return merge(tensors, where), None
-        raise Skip(f"{where} concatenates along spatial axis {dim}")
-    raise Skip(f"{where} is not supported: it may change the spatial geometry. Supported: "
-               "Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvg/MaxPool2d, Linear, BatchNorm2d, "
-               "activations, dropout, identity, add/mul, channel cat, flatten, global mean")

@@ -33,7 +33,7 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.utils import _pair
 
 from landscape.receptive_field.geometry import (
-    Geometry, LayerRecord, Unsupported, UnsupportedModelError,
+    Axis, Geometry, LayerRecord, Unsupported, UnsupportedModelError,
 )
 from landscape.receptive_field.graph import propagate, trace_model
 
@@ -176,13 +176,22 @@ def _select(records: list[LayerRecord], layer: str | None) -> LayerRecord:
     return rec
 
 
-def _box(gm: fx.GraphModule, node: str, n: int) -> tuple[Geometry, int, int, int]:
-    """Geometry of ``node`` at input size n, the seeded position and its analytic box."""
+def _box(gm: fx.GraphModule, node: str, n: int) -> tuple[Axis, int, int, int]:
+    """Geometry (one axis) of ``node`` at input size n, the seeded position and its box."""
     g = propagate(gm, n)[0][node]
-    if not isinstance(g, Geometry) or not g.size:
+    if not isinstance(g, Geometry) or not g.h.size:
         raise ValueError(f"input_size {n} is too small: the output of the layer vanishes")
-    c = g.size // 2
-    return g, c, g.lo + c * g.jump, g.hi + c * g.jump
+    a = _square_axis(g)
+    c = a.size // 2
+    return a, c, a.lo + c * a.jump, a.hi + c * a.jump
+
+
+def _square_axis(g: Geometry) -> Axis:
+    if g.h != g.w:
+        raise ValueError("the measured receptive field needs a layer whose geometry is the same "
+                         "along H and W (a square box); this layer's differs (rectangular "
+                         "kernels or strides)")
+    return g.h
 
 
 def _default_input_size(gm: fx.GraphModule, node: str, span: int) -> int:
@@ -221,7 +230,8 @@ def measure_receptive_field(
     work.requires_grad_(False)
     gm = trace_model(work)
     rec = _select(propagate(gm, None)[1], layer)
-    span = rec.out.hi - rec.out.lo + 1
+    axis = _square_axis(rec.out)
+    span = axis.hi - axis.lo + 1
     n = input_size if input_size is not None else _default_input_size(gm, rec.node, span)
     _, c, first, last = _box(gm, rec.node, n)
 

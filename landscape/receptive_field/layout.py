@@ -1,0 +1,246 @@
+"""Where the spatial axes of a feature map live among a tensor's dimensions.
+
+A layout lists, per tensor dimension, its *atoms* from outer to inner; an atom is
+``(axis, stride, size)``:
+
+* ``("h", s, n)`` / ``("w", s, n)``: n positions of the image's H / W axis, ``s`` positions
+  apart (a dimension holding a whole axis is ``(("h", 1, H),)``; reshaping H into
+  ``(H // p, p)`` gives ``("h", p, H // p), ("h", 1, p)``);
+* ``("*", 0, n)``: n positions whose spatial origin is no longer separable (e.g. image tokens
+  concatenated with a class token);
+* ``("c", 0, n)``: anything else (batch, channels, heads); size-1 ``"c"`` atoms are dropped.
+
+``None`` sizes are unknown and filled from a tensor's shape by :func:`fit`. A conv or pool
+needs the two spatial axes *intact* (one atom with stride 1, alone in its dimension) in the last
+two dimensions; ``permute`` / ``view`` / ``reshape`` / ``flatten`` / indexing move atoms
+around without changing the geometry of a position. All functions are pure; they raise
+:class:`~landscape.receptive_field.geometry.Skip` when a layout cannot be followed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from landscape.receptive_field.geometry import Skip
+
+Atom = tuple[str, int, "int | None"]
+Layout = tuple[tuple[Atom, ...], ...]
+SPATIAL = ("h", "w", "*")
+
+
+def canonical(ndim: int = 4) -> Layout:
+    """(..., C, H, W): every dimension before the last two is non-spatial."""
+    if ndim < 2:
+        raise Skip(f"a feature map needs at least 2 dimensions, got {ndim}")
+    return ((("c", 0, None),),) * (ndim - 2) + ((("h", 1, None),), (("w", 1, None),))
+
+
+def is_spatial(dim: tuple[Atom, ...]) -> bool:
+    return any(a[0] in SPATIAL for a in dim)
+
+
+def spatial_dims(layout: Layout) -> set[int]:
+    """Indices of dimensions holding any spatial position."""
+    return {i for i, dim in enumerate(layout) if is_spatial(dim)}
+
+
+def intact(layout: Layout) -> dict[str, int]:
+    """``{axis: dim}`` for each axis held whole (one stride-1 atom, alone) by one dimension."""
+    out = {}
+    for axis in ("h", "w"):
+        where = [(i, a) for i, dim in enumerate(layout) for a in dim if a[0] == axis]
+        if len(where) == 1 and where[0][1][1] == 1 and len(layout[where[0][0]]) == 1:
+            out[axis] = where[0][0]
+    return out
+
+
+def norm_dim(dim: int, ndim: int, where: str) -> int:
+    if not -ndim <= int(dim) < ndim:
+        raise Skip(f"{where} uses dimension {dim} of a {ndim}-d tensor")
+    return int(dim) % ndim
+
+
+def _compact(dim: Sequence[Atom]) -> tuple[Atom, ...]:
+    """Drop size-1 ``c`` atoms; merge neighbouring ``c`` atoms and contiguous same-axis atoms."""
+    out: list[Atom] = []
+    for atom in dim:
+        if atom[0] == "c" and atom[2] == 1:
+            continue
+        if out:
+            prev = out[-1]
+            if prev[0] == atom[0] == "c" or prev[0] == atom[0] == "*":
+                size = None if None in (prev[2], atom[2]) else prev[2] * atom[2]
+                out[-1] = (atom[0], 0, size)
+                continue
+            if prev[0] == atom[0] and atom[2] is not None and prev[2] is not None and \
+                    prev[1] == atom[1] * atom[2]:
+                out[-1] = (atom[0], atom[1], prev[2] * atom[2])
+                continue
+        out.append(atom)
+    return tuple(out)
+
+
+def fit(layout: Layout, shape: Sequence[int] | None, where: str) -> Layout:
+    """``layout`` with unknown sizes filled from ``shape``; a non-spatial size that changed
+    (channels after a conv, a chunk) is refreshed; spatial sizes must match."""
+    if shape is None:
+        return layout
+    if len(shape) != len(layout):
+        raise Skip(f"{where}: lost track of the spatial axes (layout of {len(layout)} "
+                   f"dimensions for a tensor of shape {tuple(shape)})")
+    out = []
+    for dim, n in zip(layout, shape):
+        n = int(n)
+        spatial = [a for a in dim if a[0] != "c"]
+        s_known = all(a[2] is not None for a in spatial)
+        s_prod = math.prod(a[2] for a in spatial if a[2] is not None)
+        c = [i for i, a in enumerate(dim) if a[0] == "c"]
+        if not spatial:
+            dim = (("c", 0, n),) if n != 1 else ()
+        elif s_known and len(c) <= 1:
+            if n % s_prod or (not c and n != s_prod):
+                raise Skip(f"{where}: lost track of the spatial axes (a dimension of size {n} "
+                           f"holds {dim})")
+            if c:
+                dim = dim[:c[0]] + (("c", 0, n // s_prod),) + dim[c[0] + 1:]
+        elif not c and len(spatial) - sum(a[2] is not None for a in spatial) == 1:
+            if n % s_prod:
+                raise Skip(f"{where}: lost track of the spatial axes (a dimension of size {n} "
+                           f"holds {dim})")
+            dim = tuple(a if a[2] is not None else (a[0], a[1], n // s_prod) for a in dim)
+        out.append(_compact(dim))
+    return tuple(out)
+
+
+def permute(layout: Layout, order: Sequence[int], where: str) -> Layout:
+    ndim = len(layout)
+    order = [norm_dim(d, ndim, where) for d in order]
+    if sorted(order) != list(range(ndim)):
+        raise Skip(f"{where} permutes with {tuple(order)}, not a permutation of {ndim} dims")
+    return tuple(layout[d] for d in order)
+
+
+def swap(layout: Layout, a: int, b: int, where: str) -> Layout:
+    order = list(range(len(layout)))
+    a, b = norm_dim(a, len(layout), where), norm_dim(b, len(layout), where)
+    order[a], order[b] = order[b], order[a]
+    return permute(layout, order, where)
+
+
+def flatten(layout: Layout, start: int, end: int, where: str) -> Layout:
+    """Merge dimensions ``start..end`` (no sizes needed)."""
+    ndim = len(layout)
+    if ndim == 0:
+        return layout
+    s, e = norm_dim(start, ndim, where), norm_dim(end, ndim, where)
+    merged = _compact([a for dim in layout[s:e + 1] for a in dim])
+    return layout[:s] + (merged,) + layout[e + 1:]
+
+
+def reshape(layout: Layout, shape_in: Sequence[int], shape_out: Sequence[int],
+            where: str) -> Layout:
+    """Layout after ``view`` / ``reshape`` from ``shape_in`` to ``shape_out`` (row-major)."""
+    atoms = [a for dim in fit(layout, shape_in, where) for a in dim]
+    out: list[tuple[Atom, ...]] = []
+    for n in shape_out:
+        dim: list[Atom] = []
+        need = int(n)
+        while atoms and (need > 1 or atoms[0][2] == 1):
+            axis, stride, size = atoms.pop(0)
+            if size <= need and need % size == 0:
+                dim.append((axis, stride, size))
+                need //= size
+            elif size % need == 0 and axis != "*":
+                inner = size // need
+                dim.append((axis, stride * inner if axis != "c" else 0, need))
+                atoms.insert(0, (axis, stride, inner))
+                need = 1
+            else:
+                raise Skip(f"{where} reshapes {tuple(shape_in)} to {tuple(shape_out)} across "
+                           "a spatial axis in a way the RF analysis cannot follow")
+        if need != 1:
+            raise Skip(f"{where} reshapes {tuple(shape_in)} to {tuple(shape_out)}: sizes "
+                       "do not match")
+        out.append(_compact(dim))
+    if any(a[2] != 1 for a in atoms):
+        raise Skip(f"{where} reshapes {tuple(shape_in)} to {tuple(shape_out)}: sizes do not match")
+    if atoms and out:  # trailing size-1 spatial atoms stay with the last dimension
+        out[-1] = _compact(out[-1] + tuple(atoms))
+    return tuple(out)
+
+
+def insert(layout: Layout, dim: int) -> Layout:
+    """A new size-1 dimension at ``dim`` (``unsqueeze``)."""
+    d = dim % (len(layout) + 1)
+    return layout[:d] + ((),) + layout[d:]
+
+
+def remove(layout: Layout, dim: int, where: str) -> Layout:
+    """Drop a non-spatial dimension (``squeeze`` of size 1, integer index, reduction)."""
+    d = norm_dim(dim, len(layout), where)
+    if is_spatial(layout[d]):
+        raise Skip(f"{where} removes dimension {dim}, which holds spatial positions")
+    return layout[:d] + layout[d + 1:]
+
+
+def channel(layout: Layout, dim: int, where: str) -> Layout:
+    """``layout`` with dimension ``dim`` replaced by a non-spatial one (e.g. a Linear's output)."""
+    d = norm_dim(dim, len(layout), where)
+    return layout[:d] + ((("c", 0, None),),) + layout[d + 1:]
+
+
+def opaque(layout: Layout, dim: int, where: str) -> Layout:
+    """Dimension ``dim`` keeps spatial positions that can no longer be told apart."""
+    d = norm_dim(dim, len(layout), where)
+    return layout[:d] + ((("*", 0, None),),) + layout[d + 1:]
+
+
+def same(a: Layout, b: Layout) -> bool:
+    """Equal up to unknown sizes of non-spatial atoms."""
+    if len(a) != len(b):
+        return False
+    for da, db in zip(a, b):
+        sa = [x for x in da if x[0] != "c"]
+        sb = [x for x in db if x[0] != "c"]
+        if len(sa) != len(sb) or any(x[:2] != y[:2] or None not in (x[2], y[2]) and x[2] != y[2]
+                                     for x, y in zip(sa, sb)):
+            return False
+        if [x[0] for x in da] != [x[0] for x in db]:
+            return False
+    return True
+
+
+def broadcast(layouts: list[Layout], ndim: int | None, where: str) -> Layout:
+    """Layout of an elementwise result of feature maps with these layouts."""
+    ndim = ndim if ndim is not None else max(len(x) for x in layouts)
+    padded = [((),) * (ndim - len(x)) + x for x in layouts]
+    first = padded[0]
+    for other in padded[1:]:
+        if not same(first, other):
+            raise Skip(f"{where} combines feature maps whose spatial axes lie in different "
+                       "dimensions")
+    return first
+
+
+def index_ops(index: Any, ndim: int, where: str) -> list[tuple[str, Any]]:
+    """Normalise a tensor index into one ``(op, arg)`` per input dimension or inserted axis:
+    ``("keep", slice)``, ``("take", int)`` or ``("new", None)``."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(not isinstance(i, (slice, int, type(None), type(Ellipsis))) or isinstance(i, bool)
+           for i in items):
+        raise Skip(f"{where} indexes with a tensor or list (advanced indexing)")
+    used = sum(1 for i in items if isinstance(i, (slice, int)))
+    if used > ndim:
+        raise Skip(f"{where} indexes {used} dimensions of a {ndim}-d tensor")
+    ops: list[tuple[str, Any]] = []
+    for i in items:
+        if i is Ellipsis:
+            ops += [("keep", slice(None))] * (ndim - used)
+            used = ndim
+        elif i is None:
+            ops.append(("new", None))
+        else:
+            ops.append(("keep", i) if isinstance(i, slice) else ("take", i))
+    n_dims = sum(1 for op, _ in ops if op != "new")
+    return ops + [("keep", slice(None))] * (ndim - n_dims)

@@ -1,0 +1,278 @@
+"""What each op of a traced model does to the receptive-field state of its inputs.
+
+One rule per kind of op; :func:`step` dispatches a node to its rule and returns the output state
+and, for conv / pool / linear ops, the fields of its :class:`LayerRecord`. Conventions:
+
+* BatchNorm is per-channel affine (its eval-mode map); dropout and stochastic depth are the
+  identity for the RF (they drop whole samples or units, never move positions).
+* A product (or quotient) of a feature map with a tensor computed only from global features (a
+  squeeze-and-excitation gate) rescales channels: with ``se_gates="scale"`` (default, as the
+  RFA paper and rfa-toolbox) it adds no path; with ``"global"`` it adds a global path
+  (r_max = inf, r_min unchanged). A global term *added* to a feature map (a global-context
+  block) is a global path under both. Normalisations by statistics over all positions (GroupNorm,
+  InstanceNorm, LayerNorm over spatial dims) follow the same option.
+* Token mixing (attention, a matmul or einsum pairing or summing over spatial positions,
+  softmax or a reduction over them, ``torch.roll`` across them) makes the output global.
+  Windowed attention (Swin, MaxViT's block attention) is counted as global too.
+* Anything computed only from global features stays global.
+
+Everything else that touches a feature map raises ``Skip`` with a message naming the op.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import StochasticDepth, stochastic_depth
+
+from landscape.receptive_field import layout as L
+from landscape.receptive_field import mixing as M
+from landscape.receptive_field import tensor_ops as T
+from landscape.receptive_field.context import Ctx, Rule
+from landscape.receptive_field.geometry import (
+    GLOBAL, Geometry, Skip, State, Window, arg, merge,
+)
+from landscape.receptive_field.windows import (
+    ADAPTIVE_FUNCTIONS, ADAPTIVE_MODULES, adaptive, adaptive_kind, function_window,
+    module_window,
+)
+
+Result = tuple[State, "dict[str, Any] | None"]
+
+
+def _fields(window: Window, axes: tuple[str, str]) -> dict[str, Any]:
+    on = window.on_axes(axes)
+    return {"kind": window.kind, **{k: (on["h"][i], on["w"][i]) for i, k in
+                                    enumerate(("kernel", "stride", "padding", "dilation"))}}
+
+
+def _window(ctx: Ctx, window: Window) -> Result:
+    x = ctx.x
+    if not (isinstance(x, Geometry) and x.is_local):
+        return GLOBAL, _fields(window, ("h", "w"))
+    axes = T.last_axes(x, 2, ctx.where)
+    out = window.apply(x, axes)
+    return Geometry(out.h, out.w, T.unsized(x.layout)), _fields(window, axes)
+
+
+def _adaptive(ctx: Ctx, kind: str, output_size: Any) -> Result:
+    x = ctx.x
+    if not (isinstance(x, Geometry) and x.is_local):
+        return GLOBAL, {"kind": kind}
+    axes = T.last_axes(x, 2, ctx.where)
+    window, out = adaptive(ctx.resolve(output_size), x, axes, ctx.where)
+    fields = _fields(window, axes) if window is not None else {}
+    if out.is_local:
+        out = Geometry(out.h, out.w, T.unsized(x.layout))
+    return out, {**fields, "kind": kind}
+
+
+def _linear(ctx: Ctx) -> Result:
+    x = ctx.x
+    if not (isinstance(x, Geometry) and x.is_local):
+        return GLOBAL, {"kind": "linear"}
+    last = x.layout[-1]
+    if L.is_spatial(last):
+        if len(x.layout) - 1 in L.intact(x.layout).values():
+            raise Skip(f"{ctx.where} is applied to a spatial feature map (it would mix only the "
+                       "last axis); flatten or pool globally first")
+        return GLOBAL, {"kind": "linear"}  # flattened positions: a head layer
+    one = (1, 1)
+    return (Geometry(x.h, x.w, L.channel(x.layout, -1, ctx.where)),
+            {"kind": "linear", "kernel": one, "stride": one, "padding": (0, 0), "dilation": one})
+
+
+_GATING = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div,
+           torch.true_divide, "mul", "mul_", "div", "div_", "true_divide"}
+
+
+def elementwise(ctx: Ctx) -> Result:
+    """Pointwise ops with broadcasting: merge the inputs (SE gates: see the module doc)."""
+    states = [s for s in ctx.tensors if isinstance(s, Geometry)]
+    local = [s for s in states if s.is_local]
+    if not local:
+        return GLOBAL, None
+    if ctx.se_gates == "scale" and ctx.node.target in _GATING:
+        states = local
+    layout = L.broadcast([s.layout for s in local], ctx.out_ndim, ctx.where)
+    return merge(states, ctx.where, layout), None
+
+
+def _gate(ctx: Ctx) -> Result:
+    """A normalisation by statistics over all positions: a gate (see the module doc)."""
+    x = ctx.local_x()
+    return (x if ctx.se_gates == "scale" else merge([x, GLOBAL], ctx.where)), None
+
+
+def _layer_norm(ctx: Ctx) -> Result:
+    shape = ctx.mod.normalized_shape if ctx.mod is not None else ctx.resolve(
+        arg(ctx.node, 1, "normalized_shape", None))
+    n = 1 if isinstance(shape, int) else len(shape) if shape is not None else 0
+    if not n:
+        raise Skip(f"{ctx.where} has no normalized_shape")
+    x = ctx.local_x()
+    if any(L.is_spatial(d) for d in x.layout[-n:]):
+        return _gate(ctx)
+    return x, None
+
+
+def _along_dim(dim_of: Callable[[Ctx], Any]) -> Rule:
+    """Softmax-like ops along one dimension: token mixing when it holds positions."""
+    def rule(ctx: Ctx) -> Result:
+        dim = dim_of(ctx)
+        if dim is None:
+            raise Skip(f"{ctx.where} has no explicit dim")
+        x = ctx.local_x()
+        d = L.norm_dim(dim, len(x.layout), ctx.where)
+        if L.is_spatial(x.layout[d]):
+            return GLOBAL, None
+        return elementwise(ctx)
+    return rule
+
+
+def _module_dim(ctx: Ctx) -> Any:
+    return ctx.mod.dim
+
+
+def _arg_dim(index: int, default: Any = None) -> Callable[[Ctx], Any]:
+    return lambda ctx: ctx.resolve(arg(ctx.node, index, "dim", default))
+
+
+def _constant(ctx: Ctx) -> Result:
+    return None, None
+
+
+def _unsupported_hint() -> str:
+    return ("Supported: Conv2d, Max/Avg/AdaptivePool2d, Linear, norms, activations, dropout, "
+            "stochastic depth, identity, elementwise ops, cat/stack/chunk, flatten/view/reshape/"
+            "permute/transpose, indexing, padding, matmul/einsum/attention, global mean")
+
+
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
+    nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Identity, nn.Dropout, nn.Dropout1d,
+    nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.BatchNorm1d, nn.BatchNorm2d,
+    nn.SyncBatchNorm, nn.LocalResponseNorm, nn.Softmax2d, StochasticDepth,
+)
+_GATE_MODULES = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d)
+_ELEMENTWISE_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
+    operator.isub, operator.imul, operator.itruediv, operator.pow, torch.add, torch.sub,
+    torch.mul, torch.div, torch.true_divide, torch.neg, torch.relu, torch.relu_, torch.sigmoid,
+    torch.tanh, torch.clamp, torch.exp, torch.log, torch.sqrt, torch.rsqrt, torch.pow, torch.abs,
+    torch.erf, torch.maximum, torch.minimum, torch.where, torch.masked_fill, torch.addcmul,
+    F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
+    F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout,
+    F.dropout1d, F.dropout2d, F.alpha_dropout, F.batch_norm, F.local_response_norm,
+    stochastic_depth,
+}
+_ELEMENTWISE_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
+    "clamp_max", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "true_divide",
+    "neg", "exp", "log", "sqrt", "rsqrt", "pow", "abs", "masked_fill", "masked_fill_",
+    "clone", "contiguous", "detach", "float", "double", "half", "bfloat16", "to", "type_as",
+}
+_CONSTANT_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
+                       torch.rand_like, torch.randn_like}
+_CONSTANT_METHODS = {"new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
+META_METHODS = {"size", "dim", "numel", "get_device", "stride", "nelement", "ndimension",
+                "is_contiguous", "element_size", "data_ptr", "is_floating_point"}
+META_ATTRS = T.META_ATTRS
+
+MODULE_RULES: list[tuple[Any, Rule]] = [
+    (nn.Linear, _linear),
+    (nn.LayerNorm, _layer_norm),
+    (_GATE_MODULES, _gate),
+    ((nn.Softmax, nn.LogSoftmax), _along_dim(_module_dim)),
+    ((nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+      nn.CircularPad2d), T.pad),
+    ((nn.Flatten, nn.Unflatten), T.reshape),
+    (_ELEMENTWISE_MODULES, elementwise),
+]
+FUNCTION_RULES: dict[Any, Rule] = {
+    **{f: elementwise for f in _ELEMENTWISE_FUNCTIONS},
+    **{f: _constant for f in _CONSTANT_FUNCTIONS},
+    F.linear: _linear, F.layer_norm: _layer_norm, F.group_norm: _gate, F.instance_norm: _gate,
+    F.softmax: _along_dim(_arg_dim(1)), F.log_softmax: _along_dim(_arg_dim(1)),
+    torch.softmax: _along_dim(_arg_dim(1)), torch.log_softmax: _along_dim(_arg_dim(1)),
+    F.normalize: _along_dim(_arg_dim(2, 1)), torch.cumsum: _along_dim(_arg_dim(1)),
+    **T.FUNCTION_RULES, **M.FUNCTION_RULES,
+}
+METHOD_RULES: dict[str, Rule] = {
+    **{m: elementwise for m in _ELEMENTWISE_METHODS},
+    **{m: _constant for m in _CONSTANT_METHODS},
+    "softmax": _along_dim(_arg_dim(1)), "log_softmax": _along_dim(_arg_dim(1)),
+    "cumsum": _along_dim(_arg_dim(1)),
+    **T.METHOD_RULES, **M.METHOD_RULES,
+}
+
+
+def step(ctx: Ctx) -> Result:
+    """Output state of one node and its record fields (None for non-layer nodes)."""
+    node, mod = ctx.node, ctx.mod
+    window = module_window(mod, ctx.where) if mod is not None else (
+        function_window(node, ctx.weight_shape, ctx.where) if node.op == "call_function" else None)
+    if window is not None:
+        return _window(ctx, window)
+    pooled = adaptive_kind(node, mod)
+    if pooled is not None:
+        return _adaptive(ctx, *pooled)
+    if isinstance(mod, nn.Linear) or (node.op == "call_function" and node.target is F.linear):
+        return _linear(ctx)
+    for recorded in (M.global_mean, M.attention):
+        result = recorded(ctx)
+        if result is not None:
+            return result
+    if all(isinstance(s, Geometry) and not s.is_local for s in ctx.tensors):
+        return GLOBAL, None  # anything computed from global features stays global
+    rule = _lookup(ctx)
+    if rule is None:
+        raise Skip(f"{ctx.where} is not supported: it may change the spatial geometry. "
+                   + _unsupported_hint())
+    if not (isinstance(ctx.x, Geometry)):
+        raise Skip(f"{ctx.where} has no feature-map input")
+    return rule(ctx)
+
+
+def _lookup(ctx: Ctx) -> Rule | None:
+    node, mod = ctx.node, ctx.mod
+    if mod is not None:
+        return next((rule for types, rule in MODULE_RULES if isinstance(mod, types)), None)
+    if node.op == "call_function":
+        try:
+            return FUNCTION_RULES.get(node.target)
+        except TypeError:  # unhashable target
+            return None
+    if node.op == "call_method":
+        return METHOD_RULES.get(node.target)
+    return None
+
+
+def layer_kind(ctx: Ctx) -> dict[str, Any] | None:
+    """Kind of a conv/pool/linear/attention node (for an Unsupported record), else None."""
+    node, mod = ctx.node, ctx.mod
+    if mod is not None:
+        if isinstance(mod, nn.Conv2d):
+            return {"kind": "conv"}
+        if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, *ADAPTIVE_MODULES)):
+            return {"kind": "pool"}
+        if isinstance(mod, nn.Linear):
+            return {"kind": "linear"}
+        if isinstance(mod, nn.MultiheadAttention):
+            return {"kind": "attention"}
+        return None
+    t = node.target if node.op == "call_function" else None
+    if t in M.ATTENTION_FUNCTIONS:
+        return {"kind": "attention"}
+    if t in (F.conv2d, torch.conv2d):
+        return {"kind": "conv"}
+    if t in (F.max_pool2d, torch.max_pool2d, F.avg_pool2d, *ADAPTIVE_FUNCTIONS):
+        return {"kind": "pool"}
+    if t is F.linear:
+        return {"kind": "linear"}
+    return None

@@ -1,0 +1,274 @@
+"""Rules for ops that move, split, join, reduce or mix the dimensions of a feature map.
+
+The geometry of a position (its RF) does not change when dimensions are permuted, reshaped,
+split or concatenated along non-spatial dimensions; these rules track where the spatial axes
+went (:mod:`.layout`). A channel concatenation of views shifted against each other is a
+space-to-depth and spans them like a window. Slicing an intact spatial axis ``[start::step]`` shifts position 0 by
+``start`` positions and multiplies the jump by ``step``; padding by p on the left shifts it by
+``-p``. Contracting, normalising over, or attending across spatial positions is token mixing:
+the output is global (:mod:`.mixing`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import operator
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torchvision.models import swin_transformer
+
+from landscape.receptive_field import layout as L
+from landscape.receptive_field.context import Ctx, Rule
+from landscape.receptive_field.geometry import (
+    GLOBAL, Geometry, Skip, State, Window, arg, merge, shift,
+)
+
+Result = tuple[State, "dict[str, Any] | None"]
+_C = (("c", 0, None),)
+_TOKENS = (("*", 0, None),)
+
+
+def last_axes(x: Geometry, k: int, where: str) -> tuple[str, str]:
+    """Image axes held whole by dimensions ``-k`` and ``-k + 1`` (k = 2: NCHW; 3: NHWC)."""
+    ndim = len(x.layout)
+    found = {d: a for a, d in L.intact(x.layout).items()}
+    dims = (ndim - k, ndim - k + 1)
+    if dims[0] not in found or dims[1] not in found:
+        raise Skip(f"{where} needs a feature map with its spatial axes in dimensions "
+                   f"{-k}, {-k + 1}; here they lie in {sorted(L.spatial_dims(x.layout))} of "
+                   f"{ndim} (a permute or reshape the RF analysis could not follow?)")
+    return found[dims[0]], found[dims[1]]
+
+
+def unsized(layout: L.Layout) -> L.Layout:
+    """Sizes of single-atom dimensions forgotten (refilled from the next shape seen)."""
+    return tuple(((dim[0][0], dim[0][1], None),) if len(dim) == 1 else dim for dim in layout)
+
+
+def _local(s: State) -> bool:
+    return isinstance(s, Geometry) and s.is_local
+
+
+def _with(x: Geometry, layout: L.Layout) -> Geometry:
+    return Geometry(x.h, x.w, layout)
+
+
+# ------------------------------------------------------------------ permute, reshape, index
+
+def permute(ctx: Ctx) -> Result:
+    x = ctx.local_x()
+    dims = ctx.resolve(list(ctx.node.args[1:]) or ctx.node.kwargs.get("dims"))
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = dims[0]
+    return _with(x, L.permute(x.layout, dims, ctx.where)), None
+
+
+def transpose(ctx: Ctx) -> Result:
+    x = ctx.local_x()
+    t, n = ctx.node.target, len(x.layout)
+    if t in ("t",):
+        return _with(x, L.swap(x.layout, 0, n - 1, ctx.where)), None
+    a, b = ctx.resolve(ctx.node.args[1:3])
+    if t in ("movedim", torch.movedim):
+        order = [d for d in range(n) if d != L.norm_dim(a, n, ctx.where)]
+        order.insert(L.norm_dim(b, n, ctx.where), L.norm_dim(a, n, ctx.where))
+        return _with(x, L.permute(x.layout, order, ctx.where)), None
+    return _with(x, L.swap(x.layout, a, b, ctx.where)), None
+
+
+_FLATTEN = {torch.flatten, "flatten"}
+_EXPAND = {"expand", "expand_as", torch.broadcast_to, "broadcast_to"}
+
+
+def reshape(ctx: Ctx) -> Result:
+    """flatten / unsqueeze need no sizes; view / reshape / expand use the traced shapes."""
+    x, node, mod = ctx.local_x(), ctx.node, ctx.mod
+    t = node.target
+    if isinstance(mod, torch.nn.Flatten) or t in _FLATTEN:
+        start = mod.start_dim if mod is not None else ctx.resolve(arg(node, 1, "start_dim", 0))
+        end = mod.end_dim if mod is not None else ctx.resolve(arg(node, 2, "end_dim", -1))
+        return _with(x, L.flatten(x.layout, start, end, ctx.where)), None
+    if t in ("unsqueeze", torch.unsqueeze):
+        return _with(x, L.insert(x.layout, int(ctx.resolve(arg(node, 1, "dim", None))))), None
+    shape_in, shape_out = ctx.need_shape(ctx.x_node), ctx.need_shape(node)
+    if t in _EXPAND:
+        padded = ((),) * (len(shape_out) - len(x.layout)) + x.layout
+        return _with(x, L.fit(padded, shape_out, ctx.where)), None
+    return _with(x, L.reshape(x.layout, shape_in, shape_out, ctx.where)), None
+
+
+_TUPLE_OPS = {torch.chunk, torch.split, torch.tensor_split, torch.unbind, "chunk", "split",
+              "tensor_split", "unbind"}
+META_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout",
+               "is_sparse", "is_quantized", "is_meta"}
+
+
+def getattr_(ctx: Ctx) -> Result:
+    name = ctx.node.args[1]
+    if name in META_ATTRS or not isinstance(ctx.x, Geometry):
+        return None, None
+    x = ctx.local_x()
+    if name == "T":
+        return _with(x, L.permute(x.layout, list(range(len(x.layout)))[::-1], ctx.where)), None
+    if name == "mT":
+        return _with(x, L.swap(x.layout, -2, -1, ctx.where)), None
+    raise Skip(f"{ctx.where} reads attribute {name!r} of a feature map")
+
+
+def getitem(ctx: Ctx) -> Result:
+    src, index = ctx.node.args[0], ctx.node.args[1]
+    if isinstance(src, fx.Node) and (src.target in _TUPLE_OPS or isinstance(
+            ctx.values.peek(src), (tuple, list)) or (src.op == "call_module" and isinstance(
+                ctx.root.get_submodule(src.target), nn.MultiheadAttention))):
+        return ctx.state(src), None  # one part of a chunk / split: same geometry
+    x = ctx.local_x()
+    ops = L.index_ops(ctx.resolve(index), len(x.layout), ctx.where)
+    axes: dict[str, Any] = {"h": x.h, "w": x.w}
+    whole = {dim: a for a, dim in L.intact(x.layout).items()}
+    new: list[tuple] = []
+    d = 0
+    for op, item in ops:
+        if op == "new":
+            new.append(())
+            continue
+        dim, i = x.layout[d], d
+        d += 1
+        if not L.is_spatial(dim):
+            if op == "keep":
+                new.append(dim if item == slice(None) else unsized((dim,))[0])
+            continue
+        if item == slice(None):
+            new.append(dim)
+            continue
+        if op == "take" and dim == _TOKENS:
+            return GLOBAL, None  # one token of a sequence with added tokens: a readout token
+        if op == "take" and i in whole:
+            continue  # one row / column: its positions keep their RF; the axis leaves the layout
+        if i not in whole:
+            raise Skip(f"{ctx.where} selects or slices positions of a dimension that mixes "
+                       "spatial positions")
+        name = whole[i]
+        a = axes[name]
+        step = 1 if item.step is None else int(item.step)
+        start = 0 if item.start is None else int(item.start)
+        if a.size is not None:
+            start, _, step = item.indices(a.size)
+            size = len(range(*item.indices(a.size)))
+        elif start < 0 or step < 1 or item.stop is not None:
+            raise Skip(f"{ctx.where} slices a spatial axis with {item}; pass input_size")
+        else:
+            size = None
+        if step < 1:
+            raise Skip(f"{ctx.where} slices a spatial axis with a negative step")
+        axes[name] = shift(a, start, step, size)
+        new.append(((name, 1, None),))
+    return Geometry(axes["h"], axes["w"], tuple(new)), None
+
+
+# ---------------------------------------------------------------------- join and split
+
+def cat(ctx: Ctx) -> Result:
+    parts = ctx.node.args[0] if ctx.node.args else ctx.node.kwargs["tensors"]
+    dim = ctx.resolve(arg(ctx.node, 1, "dim", 0))
+    geoms = [s for s in (ctx.state(p) for p in parts) if isinstance(s, Geometry)]
+    local = [g for g in geoms if g.is_local]
+    d = L.norm_dim(dim, len(local[0].layout), ctx.where)
+    if not any(L.is_spatial(g.layout[d]) for g in local):
+        layout = L.broadcast([L.channel(g.layout, d, ctx.where) for g in local], None, ctx.where)
+        return _space_to_depth(merge(geoms, ctx.where, layout), local), None
+    if len(local) == 1:  # e.g. a class token before image tokens: positions not separable
+        return merge(geoms, ctx.where, L.opaque(local[0].layout, d, ctx.where)), None
+    raise Skip(f"{ctx.where} concatenates along spatial axis {dim}")
+
+
+def _space_to_depth(out: Geometry, parts: list[Geometry]) -> Geometry:
+    """Views of one map shifted against each other and stacked into channels (Swin's patch
+    merging written with slices) act like one window spanning them: r grows by the offset
+    between their centres, as it would through a strided conv. Branches centred alike
+    (Inception) are unchanged."""
+    axes = {}
+    for name in ("h", "w"):
+        centres = [(g.axis(name).lo + g.axis(name).hi) / 2 for g in parts]
+        extra = math.ceil(max(centres) - min(centres))
+        a = out.axis(name)
+        axes[name] = replace(a, r_min=a.r_min + extra, r_max=a.r_max + extra) if extra else a
+    return Geometry(axes["h"], axes["w"], out.layout)
+
+
+def stack(ctx: Ctx) -> Result:
+    parts = ctx.node.args[0]
+    dim = int(ctx.resolve(arg(ctx.node, 1, "dim", 0)))
+    geoms = [s for s in (ctx.state(p) for p in parts) if isinstance(s, Geometry)]
+    layout = L.broadcast([g.layout for g in geoms if g.is_local], None, ctx.where)
+    return merge(geoms, ctx.where, L.insert(layout, dim)), None
+
+
+def split(ctx: Ctx) -> Result:
+    x, t = ctx.local_x(), ctx.node.target
+    unbind = t in (torch.unbind, "unbind")
+    dim = ctx.resolve(arg(ctx.node, 1 if unbind else 2, "dim", 0))
+    d = L.norm_dim(dim, len(x.layout), ctx.where)
+    if L.is_spatial(x.layout[d]):
+        raise Skip(f"{ctx.where} splits along spatial dimension {dim}")
+    layout = L.remove(x.layout, d, ctx.where) if unbind else L.channel(x.layout, d, ctx.where)
+    return _with(x, layout), None
+
+
+def pad(ctx: Ctx) -> Result:
+    x, mod = ctx.local_x(), ctx.mod
+    if mod is not None:
+        pads, mode = list(mod.padding), ("circular" if "Circular" in type(mod).__name__
+                                         else "constant")
+    else:
+        pads = list(ctx.resolve(arg(ctx.node, 1, "pad", ())))
+        mode = ctx.resolve(arg(ctx.node, 2, "mode", "constant"))
+    n, axes, layout = len(x.layout), {"h": x.h, "w": x.w}, list(x.layout)
+    whole = {dim: a for a, dim in L.intact(x.layout).items()}
+    for i in range(len(pads) // 2):
+        d, left, right = n - 1 - i, int(pads[2 * i]), int(pads[2 * i + 1])
+        if left == right == 0:
+            continue
+        if not L.is_spatial(layout[d]):
+            layout[d] = _C
+            continue
+        if d not in whole:
+            raise Skip(f"{ctx.where} pads a dimension that mixes spatial positions")
+        if mode == "circular":
+            return GLOBAL, None
+        a = axes[whole[d]]
+        axes[whole[d]] = shift(a, -left, 1, None if a.size is None else a.size + left + right)
+        layout[d] = ((whole[d], 1, None),)
+    return Geometry(axes["h"], axes["w"], tuple(layout)), None
+
+
+def patch_merge(ctx: Ctx) -> Result:
+    """torchvision Swin's ``_patch_merging_pad``: 2x2 neighbours of a channels-last map
+    stacked into channels (a 2x2 stride-2 window, odd sizes padded at the end)."""
+    x = ctx.local_x()
+    axes = last_axes(x, 3, ctx.where)
+    out = Window("patch_merge", (2, 2), (2, 2), (0, 0), ceil_mode=True).apply(x, axes)
+    return _with(out, unsized(x.layout)), None
+
+
+FUNCTION_RULES: dict[Any, Rule] = {
+    torch.permute: permute, torch.transpose: transpose, torch.swapaxes: transpose,
+    torch.swapdims: transpose, torch.movedim: transpose, torch.flatten: reshape,
+    torch.reshape: reshape, torch.squeeze: reshape, torch.unsqueeze: reshape,
+    torch.broadcast_to: reshape, operator.getitem: getitem, builtins.getattr: getattr_,
+    torch.cat: cat, torch.concat: cat, torch.concatenate: cat, torch.stack: stack,
+    torch.chunk: split, torch.split: split, torch.tensor_split: split, torch.unbind: split,
+    swin_transformer._patch_merging_pad: patch_merge, F.pad: pad,
+}
+METHOD_RULES: dict[str, Rule] = {
+    "permute": permute, **{m: transpose for m in ("transpose", "swapaxes", "swapdims",
+                                                   "movedim", "t")},
+    **{m: reshape for m in ("flatten", "unflatten", "view", "reshape", "view_as",
+                            "reshape_as", "squeeze", "unsqueeze", "expand", "expand_as",
+                            "broadcast_to")},
+    **{m: split for m in ("chunk", "split", "tensor_split", "unbind")},
+}

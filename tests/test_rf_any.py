@@ -1,0 +1,549 @@
+"""Receptive field of any CNN (issue 24): every torchvision classifier, r̃ against published or
+hand-counted values, and hand-computed geometry for each op beyond conv/pool chains.
+
+Sources of the r̃ values (minimal feasible input resolution, Eq. 7 of Richter & Pal 2022,
+"Receptive Field Refinement for CNNs Reliably Improves Predictive Performance"): the paper's
+tables for VGG19 (268) and MobileNetV3-large (263); rfa-toolbox 1.7.0's
+``input_resolution_range`` (run on torchvision 0.29 models at 224 px in a side environment)
+for ResNet18 (139), EfficientNet-B0 (299) and ConvNeXt-T (224), each also counted by hand below.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torchvision.ops import SqueezeExcitation, StochasticDepth, stochastic_depth
+
+from landscape.receptive_field import (
+    TABLE_COLUMNS, UnsupportedModelError, min_feasible_input, receptive_field_table,
+    torchvision_classifiers, torchvision_model,
+)
+
+# ----------------------------------------------------------------- every torchvision model
+
+
+def test_every_torchvision_classifier_builds_a_table_at_224():  # ~30 s on 2 cores
+    failures, names = {}, torchvision_classifiers()
+    assert len(names) >= 80
+    for name in names:
+        model = torchvision_model(name)
+        try:
+            table = receptive_field_table(model, 224)
+        except UnsupportedModelError as exc:  # collect all, then fail once
+            failures[name] = str(exc)
+            continue
+        assert list(table.columns) == list(TABLE_COLUMNS) and len(table), name
+        assert table.attrs["trace"] == "fx", name
+        local = table[~table["is_global"]]
+        assert len(local) and local["r_min"].notna().all() and local["r_max"].notna().all(), name
+        assert (local["r_min"] <= local["r_max"]).all(), name
+        assert table["is_global"].iloc[-1], name  # the classifier sees the whole input
+    assert not failures, failures
+
+
+# (model, r̃, where the number comes from)
+PUBLISHED = [
+    ("vgg19", 268, "paper table; the final max-pool: last conv 252 + (2-1)*16"),
+    ("mobilenet_v3_large", 263, "paper table; rfa-toolbox 1.7.0: 263"),
+    ("resnet18", 139, "rfa-toolbox 1.7.0: 139; hand count below"),
+    ("efficientnet_b0", 299, "rfa-toolbox 1.7.0: 299; hand count below"),
+    ("convnext_tiny", 224, "rfa-toolbox 1.7.0: 224; hand count below"),
+]
+# Hand counts (r_min grows only along paths without a skip; (k-1) * jump per layer):
+# * ResNet18: stem 7x7/2 (r 7, j 2), max-pool 3x3/2 (11, 4); layer1 keeps r_min 11 (skips);
+#   layer2.0: conv1 3x3/2 on r_min 11 -> 19 (j 8), conv2 -> 35, the 1x1/2 shortcut keeps 11,
+#   so the block output has r_min 11; layer3.0: 11 -> 27 (j 16) -> 59, out 11; layer4.0:
+#   conv1 11 + 2*16 = 43 (j 32), conv2 43 + 2*32 = 107; layer4.1.conv1 on r_min 11 -> 75,
+#   conv2 139. r̃ = 139 (layer4.1.conv2).
+# * EfficientNet-B0 (stride and kernel per stage: 3/2 stem; k3 s1; k3 s2; k5 s2; k3 s2; k5 s1;
+#   k5 s2; k3 s1), residual blocks keep r_min: stem 3 (j 2); stage 1 dw3: 7; stage 2 dw3/2:
+#   11 (j 4); stage 3 dw5/2: 27 (j 8); stage 4 dw3/2: 43 (j 16); stage 5 (no skip on its first
+#   block) dw5: 107; stage 6 dw5/2: 171 (j 32), its residual blocks' dw5: 171 + 4*32 = 299;
+#   stage 7 dw3: 235. r̃ = 299.
+# * ConvNeXt-T: stem 4x4/4 (4, j 4); every block's 7x7 depthwise conv adds 6*j on the main
+#   path only; downsampling 2x2/2 adds 1*j: stage 1 dwconv 4 + 24 = 28, down 8 (j 8); stage 2
+#   dwconv 56, down 16 (j 16); stage 3 dwconv 112, down 32 (j 32); stage 4 dwconv 32 + 6*32 =
+#   224 (its block output: 32 through the skip). r̃ = 224.
+
+
+@pytest.mark.parametrize("name,expected,source", PUBLISHED, ids=[p[0] for p in PUBLISHED])
+def test_minimal_feasible_input_matches_published_values(name, expected, source):
+    got = min_feasible_input(torchvision_model(name), 224)
+    assert (got.h, got.w, got.size) == (expected, expected, expected), source
+
+
+def test_r_tilde_is_the_largest_r_min_not_the_last_layers():
+    table = receptive_field_table(torchvision_model("convnext_tiny"), 224).set_index("layer")
+    assert table.loc["features.7.2.block.0", "r_min"] == 224  # last 7x7 depthwise conv
+    assert table.loc["features.7.2.block.0", "input_r_min"] == 32  # the skip path
+    vgg = receptive_field_table(torchvision_model("vgg19"), 224).set_index("layer")
+    assert vgg.loc["features.34", "r_min"] == 252 and vgg.loc["features.36", "r_min"] == 268
+    assert min_feasible_input(torchvision_model("vgg19"), 224).layer_h == "features.36"
+
+
+# --------------------------------------------------------------------- rectangular windows
+
+class Rect(nn.Module):
+    """1x7 then 7x1 (InceptionV3), then 3x5 with stride (1, 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 1, (1, 7), padding=(0, 3))
+        self.b = nn.Conv2d(1, 1, (7, 1), padding=(3, 0))
+        self.c = nn.Conv2d(1, 1, (3, 5), stride=(1, 2), padding=(1, 2))
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x)))
+
+
+def test_rectangular_kernels_have_per_axis_geometry():
+    t = receptive_field_table(Rect(), 32).set_index("layer")
+    per_axis = ["kernel_h", "kernel_w", "r_min_h", "r_min_w", "r_max_h", "r_max_w", "jump_h",
+                "jump_w"]
+    assert list(t.loc["a", per_axis]) == [1, 7, 1, 7, 1, 7, 1, 1]
+    assert list(t.loc["b", per_axis]) == [7, 1, 7, 7, 7, 7, 1, 1]
+    assert list(t.loc["c", per_axis]) == [3, 5, 9, 11, 9, 11, 1, 2]
+    # square columns: the common value, else the larger axis (r_min: the smaller one)
+    assert list(t.loc["a", ["kernel", "r_min", "r_max", "jump"]]) == [7, 1, 7, 1]
+    assert list(t.loc["c", ["kernel", "stride", "r_min", "r_max", "jump"]]) == [5, 2, 9, 11, 2]
+    # P per axis: h 3 + 1 = 4, w 3 + 2 = 5; centre of position 0: (lo + hi) / 2 = 0 on both
+    assert (t.loc["c", "effective_padding"], t.loc["c", "center"]) == (5, 0.0)
+    assert t.loc["c", "out_size"] == 32  # 32 x 16
+    got = min_feasible_input(Rect())
+    assert (got.h, got.w, got.size, got.layer_h) == (9, 11, (9, 11), "c")
+
+
+def test_rectangular_flags_need_both_axes():
+    t = receptive_field_table(Rect(), 7).set_index("layer")
+    # b's input has r_min 1 x 7: only W covers 7 pixels, so b still grows the RF along H
+    assert not t.loc["b", "unproductive"] and t.loc["c", "unproductive"]
+    assert t.loc["c", "border"]
+    t8 = receptive_field_table(Rect(), 8).set_index("layer")
+    assert t8.loc["c", "underutilised"] and not t8.loc["b", "underutilised"]  # 9 x 11 vs 7 x 7
+
+
+def test_rectangular_rf_equals_the_input_gradient_box():
+    net = Rect().double()
+    for p in net.parameters():
+        nn.init.ones_(p)  # positive weights: no cancellation in the gradient
+    x = torch.ones(1, 1, 40, 40, dtype=torch.float64, requires_grad=True)
+    y = net(x)
+    y[0, 0, 20, 10].backward()
+    rows, cols = x.grad[0, 0].ne(0).nonzero().unbind(1)
+    assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (9, 11)
+    # the box starts at u * jump - P per axis: row 20 - 4, column 10 * 2 - 5
+    assert (rows.min(), cols.min()) == (16, 15)
+
+
+# -------------------------------------------------------- permute, channels-last, shuffle
+
+class ChannelsLast(nn.Module):
+    """conv3 -> permute to NHWC -> LayerNorm(C) -> Linear -> permute back -> + x -> conv3."""
+
+    def __init__(self, method: bool) -> None:
+        super().__init__()
+        self.method = method
+        self.conv, self.head = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.norm, self.fc = nn.LayerNorm(4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = self.conv(x)
+        y = x.permute(0, 2, 3, 1) if self.method else torch.permute(x, (0, 2, 3, 1))
+        y = self.fc(self.norm(y))
+        y = y.permute(0, 3, 1, 2) if self.method else torch.permute(y, (0, 3, 1, 2))
+        return self.head(y + x)
+
+
+@pytest.mark.parametrize("method", [True, False])
+def test_permute_around_layernorm_keeps_the_geometry(method):
+    t = receptive_field_table(ChannelsLast(method), 16).set_index("layer")
+    assert list(t.index) == ["conv", "fc", "head"]
+    assert list(t.loc["fc", ["kind", "kernel", "r_min", "r_max", "is_global"]]) == [
+        "linear", 1, 3, 3, False]  # a Linear over channels is a 1x1 conv
+    assert list(t.loc["head", ["r_min", "r_max", "jump", "effective_padding"]]) == [5, 5, 1, 2]
+
+
+class SpatialNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.head(F.layer_norm(x, x.shape[-2:]))  # statistics over all positions
+
+
+def test_layernorm_over_positions_is_a_gate():
+    assert receptive_field_table(SpatialNorm(), 16).set_index("layer").loc["head", "r_max"] == 5
+    glob = receptive_field_table(SpatialNorm(), 16, se_gates="global").set_index("layer")
+    assert pd.isna(glob.loc["head", "r_max"]) and glob.loc["head", "r_min"] == 5
+
+
+class Shuffle(nn.Module):
+    """ShuffleNetV2's channel shuffle between two 3x3 convs: view / transpose / view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = self.a(x)
+        n, c, h, w = x.size()
+        x = torch.transpose(x.view(n, 2, c // 2, h, w), 1, 2).contiguous().view(n, -1, h, w)
+        left, right = x.chunk(2, dim=1)
+        return self.b(torch.cat([left, right], dim=1))
+
+
+def test_channel_shuffle_keeps_the_geometry():
+    t = receptive_field_table(Shuffle(), 16).set_index("layer")
+    assert list(t.loc["b", ["r_min", "r_max", "jump", "out_size"]]) == [5, 5, 1, 16]
+
+
+def test_a_reshape_that_splits_positions_is_refused_at_the_next_conv():
+    class Fold(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            return self.b(self.a(x).reshape(1, 1, 4, 64))  # H and W mixed into new axes
+
+    with pytest.raises(UnsupportedModelError, match=r"module 'b' \(Conv2d\).*spatial axes"):
+        receptive_field_table(Fold(), 16)
+
+
+class Strided(nn.Module):
+    """conv3 p1 -> rows 1::2, columns ::2 (one of Swin's patch-merging slices) -> conv3;
+    or F.pad (left 2, top 1, bottom 1) -> conv3 p0."""
+
+    def __init__(self, pad: bool) -> None:
+        super().__init__()
+        self.pad = pad
+        self.a, self.b = nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 3)
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.b(F.pad(x, (2, 0, 1, 1)) if self.pad else x[:, :, 1::2, ::2])
+
+
+def test_slicing_and_padding_shift_position_zero():
+    t = receptive_field_table(Strided(pad=False), 16).set_index("layer")
+    # after a: r 3, lo -1 on both axes; slicing: H starts 1 position later, both jumps 2
+    # b at jump 2: r 7; lo: H 0, W -1 -> P = 1 (the larger); centres 3 and 2 differ -> NaN
+    assert list(t.loc["b", ["r_min", "r_max", "jump_h", "jump_w", "effective_padding"]]) == [
+        7, 7, 2, 2, 1]
+    assert math.isnan(t.loc["b", "center"]) and t.loc["b", "out_size"] == 6
+    p = receptive_field_table(Strided(pad=True), 16).set_index("layer")
+    # padding shifts position 0 by -2 (W) and -1 (H): P = 1 + 2 and 1 + 1; sizes 18 x 18 -> 16
+    assert list(p.loc["b", ["r_max", "jump", "effective_padding", "out_size"]]) == [5, 1, 3, 16]
+
+
+class SpaceToDepth(nn.Module):
+    """conv3 -> the four 2x2 phases stacked into channels (Swin's patch merging) -> 1x1 conv;
+    with ``conv=True`` a 2x2 stride-2 conv instead of the slices."""
+
+    def __init__(self, conv: bool) -> None:
+        super().__init__()
+        self.conv = conv
+        self.a, self.b = nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(4 if not conv else 1, 1, 1)
+        self.merge = nn.Conv2d(1, 1, 2, stride=2)
+
+    def forward(self, x):
+        x = self.a(x)
+        if self.conv:
+            return self.b(self.merge(x))
+        phases = [x[..., i::2, j::2] for j in (0, 1) for i in (0, 1)]
+        return self.b(torch.cat(phases, dim=1))
+
+
+def test_space_to_depth_slices_act_like_a_strided_window():
+    sliced = receptive_field_table(SpaceToDepth(conv=False), 16).set_index("layer").loc["b"]
+    conv = receptive_field_table(SpaceToDepth(conv=True), 16).set_index("layer").loc["b"]
+    cols = ["r_min", "r_max", "jump", "effective_padding", "center", "out_size"]
+    assert list(sliced[cols]) == list(conv[cols]) == [4, 4, 2, 1, 0.5, 8]
+
+
+def test_layout_follows_maxvit_window_partition_and_back():
+    from landscape.receptive_field import layout as L
+
+    nchw = L.fit(L.canonical(4), (2, 8, 14, 14), "t")
+    parts = L.reshape(nchw, (2, 8, 14, 14), (2, 8, 2, 7, 2, 7), "t")
+    assert parts[2:] == ((("h", 7, 2),), (("h", 1, 7),), (("w", 7, 2),), (("w", 1, 7),))
+    windows = L.reshape(L.permute(parts, (0, 2, 4, 3, 5, 1), "t"), (2, 2, 2, 7, 7, 8),
+                        (2, 4, 49, 8), "t")
+    assert L.spatial_dims(windows) == {1, 2} and L.intact(windows) == {}
+    back = L.reshape(windows, (2, 4, 49, 8), (2, 2, 2, 7, 7, 8), "t")
+    back = L.reshape(L.permute(back, (0, 5, 1, 3, 2, 4), "t"), (2, 8, 2, 7, 2, 7),
+                     (2, 8, 14, 14), "t")
+    assert L.intact(back) == {"h": 2, "w": 3}
+
+
+# ------------------------------------------------------------------- SE gates, stochastic depth
+
+class SENet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3)
+        self.se = SqueezeExcitation(4, 2)
+
+    def forward(self, x):
+        return self.head(self.se(self.conv(x)))
+
+
+def test_squeeze_excitation_module_scales_by_default():
+    t = receptive_field_table(SENet(), 16).set_index("layer")
+    assert t.loc[["se.avgpool", "se.fc1", "se.fc2"], "is_global"].all()
+    assert list(t.loc["head", ["r_min", "r_max", "is_global"]]) == [5, 5, False]
+    glob = receptive_field_table(SENet(), 16, se_gates="global").set_index("layer")
+    assert glob.loc["head", "is_global"] and glob.loc["head", "r_min"] == 5
+
+
+def test_mobilenet_v3_se_gates_leave_the_trunk_finite():
+    model = torchvision_model("mobilenet_v3_large")
+    scale = receptive_field_table(model, 224)
+    glob = receptive_field_table(model, 224, se_gates="global")
+    trunk = scale["layer"].str.startswith("features")
+    se_rows = scale["layer"].str.contains(r"\.avgpool$|\.fc1$|\.fc2$") & trunk
+    assert int(se_rows.sum()) == 24  # 8 SE blocks
+    assert scale.loc[~se_rows & trunk, "r_max"].notna().all()
+    assert int(glob["is_global"].sum()) > int(scale["is_global"].sum()) == 24 + 3
+    pd.testing.assert_series_equal(scale["r_min"], glob["r_min"])  # r_min never changes
+    assert scale["r_max"].max() == 595  # rfa-toolbox 1.7.0's r_max for this model
+
+
+class SDBlock(nn.Module):
+    def __init__(self, drop: str) -> None:
+        super().__init__()
+        self.drop = drop
+        self.stem, self.a, self.head = (nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3, padding=1),
+                                        nn.Conv2d(2, 2, 3))
+        self.sd = StochasticDepth(0.5, "row")
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.a(x)
+        if self.drop == "module":
+            y = self.sd(y)
+        elif self.drop == "function":
+            y = stochastic_depth(y, 0.5, "row", self.training)
+        return self.head(x + y)
+
+
+@pytest.mark.parametrize("drop", ["module", "function"])
+@pytest.mark.parametrize("train", [True, False])
+def test_stochastic_depth_is_the_identity_for_the_rf(drop, train):
+    got = receptive_field_table(SDBlock(drop).train(train), 16)
+    ref = receptive_field_table(SDBlock("none"), 16)
+    pd.testing.assert_frame_equal(got, ref)
+    assert list(got.set_index("layer").loc["head", ["r_min", "r_max"]]) == [5, 7]
+
+
+# ------------------------------------------------------------------- adaptive pooling
+
+class Adaptive(nn.Module):
+    def __init__(self, out: int) -> None:
+        super().__init__()
+        self.conv, self.pool, self.after = nn.Conv2d(1, 1, 3, padding=1), \
+            nn.AdaptiveMaxPool2d(out), nn.Conv2d(1, 1, 1)
+
+    def forward(self, x):
+        return self.after(self.pool(self.conv(x)))
+
+
+def test_adaptive_pool_even_windows_and_uneven_ones():
+    even = receptive_field_table(Adaptive(4), 8).set_index("layer")  # 8 -> 4: a 2x2/2 window
+    assert list(even.loc["pool", ["kernel", "stride", "r_max", "jump"]]) == [2, 2, 4, 2]
+    assert even.loc["after", "r_max"] == 4
+    uneven = receptive_field_table(Adaptive(3), 8).set_index("layer")  # 8 -> 3: uneven
+    assert uneven.loc["conv", "r_max"] == 3 and not uneven.loc["conv", "is_global"]
+    assert uneven.loc["pool", "is_global"] and uneven.loc["after", "is_global"]
+    assert pd.isna(uneven.loc["pool", "kernel"])
+
+
+# ------------------------------------------------------------------------------ attention
+
+class TinyViT(nn.Module):
+    """4x4 patches, a class token, one attention block, a per-token MLP, the class token head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 8))
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.mlp, self.head = nn.Linear(8, 8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, tokens, C)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        x = x + self.mlp(x)
+        return self.head(x[:, 0])
+
+
+def test_attention_makes_the_state_global():
+    t = receptive_field_table(TinyViT(), 32).set_index("layer")
+    assert list(t.index) == ["patch", "attn", "mlp", "head"]
+    assert list(t.loc["patch", ["r_max", "jump", "out_size"]]) == [4, 4, 8]
+    assert t.loc["attn", "kind"] == "attention" and t.loc["attn", "is_global"]
+    # after x + attn(x): r_min through the skip, r_max global
+    assert t.loc["mlp", "is_global"] and t.loc["mlp", "r_min"] == 4
+    assert t.loc["head", "is_global"] and pd.isna(t.loc["head", "r_min"])  # the class token
+    assert min_feasible_input(TinyViT()).size == 4
+
+
+class MatmulAttention(nn.Module):
+    """Self-attention written out: softmax(q k^T) v over the positions of a feature map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.qkv, self.head = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 12, 1), \
+            nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).flatten(2).chunk(3, dim=1)  # (B, C, HW)
+        attn = torch.softmax(q.transpose(1, 2) @ k, dim=-1)  # (B, HW, HW)
+        y = (v @ attn.transpose(1, 2)).view(b, c, h, w)
+        return self.head(x + y)
+
+
+def test_matmul_over_positions_is_token_mixing():
+    t = receptive_field_table(MatmulAttention(), 12).set_index("layer")
+    assert list(t.loc["qkv", ["r_min", "r_max"]]) == [3, 3]
+    assert t.loc["head", "r_min"] == 5 and t.loc["head", "is_global"]
+
+
+# ------------------------------------------------------------------------------ fallback
+
+class Conv2dSame(nn.Conv2d):
+    """TF 'SAME' padding computed from the input shape at run time (as timm's Conv2dSame):
+    torch.fx cannot trace ``max`` / ``math.ceil`` on a traced shape."""
+
+    def forward(self, x):
+        pads = []
+        for size, k, s in zip(x.shape[-2:], self.weight.shape[-2:], self.stride):
+            pads.append(max((math.ceil(size / s) - 1) * s + k - size, 0))
+        x = F.pad(x, [pads[1] // 2, pads[1] - pads[1] // 2, pads[0] // 2, pads[0] - pads[0] // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class SameNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = Conv2dSame(3, 4, 3, stride=2)
+        self.a, self.b = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = x + self.b(F.relu(self.a(x)))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_untraceable_model_falls_back_to_a_recorded_forward():
+    t = receptive_field_table(SameNet(), 16)
+    assert t.attrs["trace"] == "hooks"
+    t = t.set_index("layer")
+    assert list(t.index) == ["stem.conv2d", "a", "b", "adaptive_avg_pool2d", "head"]
+    # 16 px, k3 s2 SAME: pad 0 top / 1 bottom, so P = 0; r 3 -> 7 -> 11 at jump 2; the
+    # shortcut keeps r_min 3 after the add (seen: the fallback rebuilds the data flow)
+    assert list(t.loc["stem.conv2d", ["r_max", "jump", "effective_padding", "out_size"]]) == [
+        3, 2, 0, 8]
+    assert list(t.loc["b", ["r_min", "r_max", "effective_padding"]]) == [11, 11, 4]
+    assert t.loc["adaptive_avg_pool2d", "input_r_min"] == 3
+    assert min_feasible_input(SameNet(), 16).size == 11
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "efficientnet_b0", "vit_b_16"])
+def test_the_fallback_gives_the_fx_table(name):
+    model = torchvision_model(name)
+    fx_table = receptive_field_table(model, 224, tracer="fx")
+    hooks_table = receptive_field_table(model, 224, tracer="hooks")
+    assert hooks_table.attrs.pop("trace") == "hooks" and fx_table.attrs.pop("trace") == "fx"
+    pd.testing.assert_frame_equal(fx_table, hooks_table, obj=name)
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.gate = nn.Conv2d(1, 1, 3), DataDependent()
+
+    def forward(self, x):
+        return self.gate(self.conv(x))
+
+
+def test_a_model_neither_trace_can_follow_is_refused_naming_module_and_op():
+    with pytest.raises(UnsupportedModelError,
+                       match=r"meta device in module 'gate' \(DataDependent\), at op \S+__bool__"):
+        receptive_field_table(Untraceable(), 16)
+    shuffle = nn.Sequential(nn.Conv2d(1, 4, 3), nn.PixelShuffle(2), nn.Conv2d(1, 1, 3))
+    with pytest.raises(UnsupportedModelError,
+                       match=r"module '1' \(PixelShuffle\) is not supported"):
+        receptive_field_table(shuffle, 16)
+
+
+# ------------------------------------------------------------------ flags and arguments
+
+def test_underutilised_convention_at_equality():
+    chain = nn.Sequential(*[nn.Conv2d(1, 1, 3, padding=1) for _ in range(3)])  # r 3, 5, 7
+    rfa = receptive_field_table(chain, 7)
+    paper = receptive_field_table(chain, 7, convention="paper")
+    assert list(rfa["underutilised"]) == [False, False, False]  # r_min > 7 (rfa's "critical")
+    assert list(paper["underutilised"]) == [False, False, True]  # r_min >= 7: r̃ = n counts
+    pd.testing.assert_series_equal(rfa["unproductive"], paper["unproductive"])
+    with pytest.raises(ValueError, match="convention must be one of rfa, paper"):
+        receptive_field_table(chain, 7, convention="strict")
+    with pytest.raises(ValueError, match="se_gates must be one of scale, global"):
+        receptive_field_table(chain, 7, se_gates="ignore")
+    with pytest.raises(ValueError, match="tracer must be one of auto, fx, hooks"):
+        receptive_field_table(chain, 7, tracer="jit")
+    with pytest.raises(UnsupportedModelError, match="cannot trace SameNet with torch.fx"):
+        receptive_field_table(SameNet(), 16, tracer="fx")
+    with pytest.raises(ValueError, match="unknown torchvision classification model 'resnet7'"):
+        torchvision_model("resnet7")
+
+
+# ------------------------------------------------------------- random rectangular chains
+
+axis_st = st.tuples(st.integers(1, 4), st.integers(1, 2), st.integers(1, 2), st.integers(0, 2))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["conv", "max"]), axis_st, axis_st), min_size=1,
+                max_size=3))
+def test_random_rectangular_chains_match_the_closed_form_per_axis(spec):
+    layers, geo = [nn.Conv2d(1, 2, 1)], {"h": [], "w": []}
+    for kind, *axes in spec:
+        k, s, d, p = zip(*axes)
+        d = d if kind == "conv" else (1, 1)
+        p = tuple(min(p[i], (d[i] * (k[i] - 1) + 1) // 2 if kind == "conv" else k[i] // 2)
+                  for i in range(2))
+        layers.append(nn.Conv2d(2, 2, k, s, p, d) if kind == "conv" else nn.MaxPool2d(k, s, p))
+        for i, a in enumerate("hw"):
+            geo[a].append((d[i] * (k[i] - 1) + 1, s[i], p[i]))
+    expect = {}
+    for a in "hw":  # Araujo's closed form per axis: r = 1 + sum (K-1) prod s, P = sum p prod s
+        r, P, j = 1, 0, 1
+        for k_eff, s, p in geo[a]:
+            r, P, j = r + (k_eff - 1) * j, P + p * j, j * s
+        expect[a] = (r, j)
+    net = nn.Sequential(*layers)
+    n = 4 * max(expect["h"][0], expect["w"][0]) + 8
+    last = receptive_field_table(net, n).iloc[-1]
+    for a in "hw":
+        assert (last[f"r_min_{a}"], last[f"r_max_{a}"], last[f"jump_{a}"]) == (
+            expect[a][0], expect[a][0], expect[a][1])
