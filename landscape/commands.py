@@ -14,6 +14,23 @@ from landscape import results
 from landscape.grid import format_status, status_table, write_root_report
 
 
+def _silence_stdout() -> None:
+    """After a BrokenPipeError: what is still buffered cannot be written either, so stdout
+    points at /dev/null and the interpreter's final flush does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def print_unless_closed(text: str) -> bool:
+    """Print ``text``; False (and quiet from then on) when the reader went away
+    (``landscape-rf ... | head``), for commands whose work goes on after printing."""
+    try:
+        print(text, flush=True)
+        return True
+    except BrokenPipeError:
+        _silence_stdout()
+        return False
+
+
 def quiet_on_closed_pipe(main: Callable[..., int]) -> Callable[..., int]:
     """A console script whose reader went away (``landscape-status | head``) ends quietly
     instead of in a ``BrokenPipeError`` traceback."""
@@ -24,9 +41,7 @@ def quiet_on_closed_pipe(main: Callable[..., int]) -> Callable[..., int]:
             sys.stdout.flush()
             return code
         except BrokenPipeError:
-            # what is still buffered cannot be written either: point stdout at /dev/null so
-            # the interpreter's final flush does not fail again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _silence_stdout()
             return 0
     return wrapped
 

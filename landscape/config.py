@@ -74,11 +74,23 @@ class RunConfig:
 
 @dataclass
 class RFSweepConfig:
-    """``landscape-rf``: the analytic RF of one architecture at several pool levels."""
+    """``landscape-rf``: the analytic RF of one architecture: the project's own at several
+    pool levels, or any ``torchvision:<name>``, ``timm:<name>`` or ``<module>:<function>``
+    model as it is (``model.name``)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    # RF-pool levels of the project's own architectures (None: 0..4); not for other models.
+    levels: Optional[list[int]] = None
+    input_size: Optional[int] = None  # pixels; None: the data's image size
+    num_classes: Optional[int] = None  # None: the data's (torchvision/timm: the data's too)
+    layers: bool = False  # the per-layer table (always shown for torchvision/timm/user models)
+    refine: bool = False  # refinement proposals where the model is not fully utilised
+    out: Optional[str] = None  # folder for rf_layers.csv, rf_sweep.csv, rf_refine.csv, drawings
+    draw: Optional[str] = None  # png | svg | pdf: the RFA-style drawing per model (needs out)
+    convention: str = "rfa"  # underutilised: r_min > n ("rfa") or r_min >= n ("paper")
+    se_gates: str = "scale"  # "scale": SE gates add no spatial path; "global": they do
+    imports: list[str] = field(default_factory=list)  # modules that register user models
 
 
 def stage_config(cfg: RunConfig, stage: Any) -> Any:

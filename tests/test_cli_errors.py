@@ -62,7 +62,7 @@ def test_hydra_errors_are_one_line_with_the_choices():
     assert hydra_error_line(compose_error("device=[1")).startswith(
         "cannot parse the override 'device=[1': ")
     assert hydra_error_line(compose_error("levels=x", config_name="rf")) == \
-        "levels must be a list [...] of integers, got 'x'"
+        "levels must be a list [...] of integers or null, got 'x'"
     for e in (compose_error("seed=0,1"), compose_error("+model.width=2")):
         assert "\n" not in hydra_error_line(e) and "HYDRA_FULL_ERROR" not in hydra_error_line(e)
 

@@ -286,7 +286,8 @@ def test_rf_cli_prints_the_paper_vgg19_column(tmp_path):
     lines = [ln.split() for ln in out.stdout.splitlines()[2:]]
     assert [int(ln[4]) for ln in lines] == [181, 359, 537, 715]  # r_max, DESIGN.md §2
     assert [int(ln[0]) for ln in lines] == [1, 2, 3, 4]
-    assert len({ln[6] for ln in lines}) == 1  # the parameter count does not change
+    assert [int(ln[6]) for ln in lines] == [181, 359, 537, 715]  # r_tilde: the last conv's
+    assert len({ln[7] for ln in lines}) == 1  # the parameter count does not change
 
 
 def test_importance_stage_rows_and_maps(tmp_path):

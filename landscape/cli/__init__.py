@@ -23,10 +23,11 @@ from landscape.cli.compose import (
     CONFIG_DIR, RUN_ERRORS, USER_ERRORS, exit_on_user_error, hydra_command, hydra_error_line,
     schema_node, to_run_config,
 )
+from landscape.cli.rf import rf_main
 from landscape.cli.submit import (
     expand_grid, load_launcher, split_overrides, submit, submit_main, validate_grid,
 )
-from landscape.config import RFSweepConfig, RunConfig, check_known_keys
+from landscape.config import RunConfig
 from landscape.grid import finish_cells
 
 __all__ = [
@@ -50,33 +51,6 @@ def run_main(cfg: DictConfig) -> dict[str, Any]:
     done = f"ran {', '.join(summary.ran)}" if summary.ran else "already done, nothing to run"
     print(f"[landscape] {summary.run_dir}: {done} (status: {summary.status})", flush=True)
     return {"run_dir": summary.run_dir, "status": summary.status}
-
-
-@hydra_command("landscape-rf", "rf")
-def rf_main(cfg: DictConfig) -> None:
-    """Print the analytic receptive field of ``model`` at each pool level for ``data``'s input."""
-    from landscape.data import dataset_info
-    from landscape.receptive_field import format_sweep_table, rf_sweep_table
-
-    def table() -> tuple[RFSweepConfig, Any, Any]:
-        check_known_keys(OmegaConf.to_container(cfg, resolve=False), RFSweepConfig)
-        sweep = OmegaConf.to_object(cfg)
-        assert isinstance(sweep, RFSweepConfig)
-        m, info = sweep.model, dataset_info(sweep.data)
-        try:
-            return sweep, info, rf_sweep_table(
-                m.name, input_size=info.image_size, levels=tuple(sweep.levels), width=m.width,
-                num_classes=info.num_classes, in_channels=info.in_channels,
-                pool_kernel=m.pool_kernel, pool_stride=m.pool_stride,
-                pool_padding=m.pool_padding)
-        except ValueError as e:
-            raise ValueError(f"model.* / levels={list(sweep.levels)}: {e}") from None
-
-    sweep, info, df = exit_on_user_error("landscape-rf", table)
-    m = sweep.model
-    print(f"{m.name} (width {m.width:g}) on {sweep.data.name}: {info.image_size}x{info.image_size} "
-          f"input, {info.in_channels} channel(s); r_max/r_min at the last conv layer, in pixels")
-    print(format_sweep_table(df), flush=True)
 
 
 @hydra_command("landscape-cells", "config")

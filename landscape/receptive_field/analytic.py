@@ -205,6 +205,24 @@ def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int], *
     return df
 
 
+STATES = ("productive", "underutilised", "unproductive", "head")
+
+
+def layer_states(table: pd.DataFrame) -> list[str]:
+    """Per row of a :func:`receptive_field_table`: ``head`` (global RF), ``unproductive``,
+    ``underutilised`` or ``productive``, in that precedence."""
+    return ["head" if g else "unproductive" if u else "underutilised" if w else "productive"
+            for g, u, w in zip(table["is_global"], table["unproductive"], table["underutilised"])]
+
+
+def trunk_rows(table: pd.DataFrame) -> pd.Series:
+    """Mask of the rows that are local or part of the head: global rows followed by local ones
+    (squeeze-and-excitation branches inside the network) are False."""
+    local = ~table["is_global"].astype(bool)
+    after = local[::-1].cummax()[::-1].shift(-1, fill_value=False)  # a local row follows
+    return local | ~after
+
+
 @dataclass(frozen=True)
 class FeasibleInput:
     """r̃ per axis (pixels): the largest r_min over all layers along H (``h``) and W (``w``),

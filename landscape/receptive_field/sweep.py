@@ -7,10 +7,13 @@ from typing import Sequence
 import pandas as pd
 
 from landscape.models import InputTooSmallError, check_input_size, create_model
-from landscape.receptive_field.analytic import square_input_size, receptive_field_table
+from landscape.receptive_field.analytic import (
+    min_feasible_input, receptive_field_table, square_input_size,
+)
 
 SWEEP_COLUMNS = (
-    "level", "kernel", "stride", "padding", "r_max", "r_min", "params", "feature_size", "fits",
+    "level", "kernel", "stride", "padding", "r_max", "r_min", "r_tilde", "params",
+    "feature_size", "fits",
     "border_layer", "n_unproductive",
 )
 
@@ -31,7 +34,8 @@ def rf_sweep_table(
     ``levels`` (a repeated level once).
 
     Columns: ``level``; the pool's ``kernel, stride, padding`` (kernel 0 = no pool);
-    ``r_max, r_min`` at the last conv; ``params`` (trainable + frozen parameter count);
+    ``r_max, r_min`` at the last conv; ``r_tilde``: r̃, the largest r_min over all layers (the
+    larger axis; :func:`~landscape.receptive_field.min_feasible_input`); ``params`` (trainable + frozen parameter count);
     ``feature_size``: spatial size of the last conv's output (NA when the pool shrinks the map
     to nothing, see ``fits``); ``fits``: the model accepts this input size
     (no :class:`~landscape.models.InputTooSmallError`); ``border_layer``: name of the border
@@ -48,6 +52,7 @@ def rf_sweep_table(
             pool_padding=pool_padding,
         )
         table = receptive_field_table(model, n)
+        r_tilde = min_feasible_input(model, n)
         last = table[table["kind"] == "conv"].iloc[-1]
         try:
             check_input_size(model, n)
@@ -59,13 +64,14 @@ def rf_sweep_table(
         rows.append({
             "level": level, "kernel": spec.kernel, "stride": spec.stride, "padding": spec.padding,
             "r_max": last["r_max"], "r_min": last["r_min"],
+            "r_tilde": max(r_tilde.h, r_tilde.w),
             "params": sum(p.numel() for p in model.parameters()),
             "feature_size": last["out_size"] if fits else pd.NA, "fits": fits,
             "border_layer": border.iloc[0] if len(border) else None,
             "n_unproductive": int(table["unproductive"].sum()),
         })
     df = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
-    for col in ("level", "kernel", "stride", "padding", "r_max", "r_min", "params",
+    for col in ("level", "kernel", "stride", "padding", "r_max", "r_min", "r_tilde", "params",
                 "feature_size", "n_unproductive"):
         df[col] = df[col].astype("Int64")
     return df

@@ -6,6 +6,8 @@ Built on ``torch.device("meta")``: parameters have shapes but no memory, so even
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -13,6 +15,8 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models import regnet
+
+from landscape.registry import import_modules
 
 # torchvision builds these with auxiliary classifiers / a weight init that the RF table does
 # not need; the aux heads run in training mode only and are left out.
@@ -42,13 +46,117 @@ def _regnet_widths_on_cpu() -> Iterator[None]:
         regnet.BlockParams.from_init_params = original
 
 
-def torchvision_model(name: str, *, device: str | torch.device = "meta") -> nn.Module:
+def torchvision_model(name: str, *, device: str | torch.device = "meta",
+                      num_classes: int | None = None) -> nn.Module:
     """torchvision classification model ``name`` without weights, in eval mode, on ``device``
-    (meta by default). Raises ValueError naming the valid models for an unknown name."""
+    (meta by default); ``num_classes`` None keeps its ImageNet head. Raises ValueError naming
+    close names (or all of them) for an unknown name."""
     names = torchvision_classifiers()
     if name not in names:
-        raise ValueError(f"unknown torchvision classification model {name!r}; valid: "
-                         f"{', '.join(names)}")
+        raise ValueError(f"unknown torchvision classification model {name!r}"
+                         f"{_close(name, names) or '; valid: ' + ', '.join(names)}")
+    kwargs = dict(_KWARGS.get(name, {}))
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     with torch.device(device), _regnet_widths_on_cpu():
-        model = torchvision.models.get_model(name, weights=None, **_KWARGS.get(name, {}))
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
     return model.eval()
+
+
+SOURCES = ("torchvision", "timm")
+
+
+def _close(name: str, names: list[str]) -> str:
+    near = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    return f"; did you mean {', '.join(near)}?" if near else ""
+
+
+def timm_model(name: str, *, num_classes: int | None = None, in_channels: int = 3,
+               device: str | torch.device = "meta") -> nn.Module:
+    """timm model ``name`` without pretrained weights, in eval mode, on ``device`` (timm is
+    an optional extra: ``pip install 'rf-landscape[timm]'``)."""
+    try:
+        import timm
+    except ModuleNotFoundError:
+        raise ValueError(f"model 'timm:{name}' needs timm, which is not installed; install the "
+                         "extra: pip install 'rf-landscape[timm]'") from None
+    names = timm.list_models()
+    if name not in names:
+        raise ValueError(f"unknown timm model {name!r}{_close(name, names)} (timm.list_models() "
+                         f"has {len(names)})")
+    kwargs: dict[str, object] = {"in_chans": in_channels}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    with torch.device(device):
+        return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+
+def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
+    for mod in model.modules():
+        for child_name, child in mod.named_children():
+            if isinstance(child, nn.Conv2d):
+                return mod, child_name, child
+    raise ValueError(f"{type(model).__name__} has no Conv2d whose input channels could be set")
+
+
+def with_in_channels(model: nn.Module, in_channels: int) -> nn.Module:
+    """``model`` with its first Conv2d (in definition order) taking ``in_channels`` channels:
+    the same kernel, stride, padding, dilation, groups (for a grouped first conv the channel
+    count must stay divisible), bias and output channels. Changes ``model`` in place."""
+    parent, name, conv = _first_conv(model)
+    if conv.in_channels == in_channels:
+        return model
+    if conv.groups != 1:
+        raise ValueError(f"cannot set in_channels={in_channels}: the first conv of "
+                         f"{type(model).__name__} is grouped (groups={conv.groups})")
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, bias=conv.bias is not None,
+                    padding_mode=conv.padding_mode, device=conv.weight.device,
+                    dtype=conv.weight.dtype)
+    setattr(parent, name, new)
+    return model
+
+
+def user_model(spec: str) -> nn.Module:
+    """``module:function``: import ``module`` and call ``function()`` (no arguments)."""
+    module, _, attr = spec.partition(":")
+    try:
+        import_modules([module], field="model.name")
+    except ModuleNotFoundError as e:
+        raise ValueError(f"{e}; model sources: {', '.join(s + ':<name>' for s in SOURCES)} "
+                         "or <module>:<function>") from None
+    fn = getattr(importlib.import_module(module), attr, None)
+    if not callable(fn):
+        raise ValueError(f"model.name={spec!r}: module '{module}' has no function '{attr}'")
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model.name={spec!r}: {attr}() returned {type(model).__name__}, not an "
+                         "nn.Module")
+    return model.eval()
+
+
+def is_external(name: str) -> bool:
+    """A model name with a source (``torchvision:``, ``timm:``, ``module:function``) rather
+    than one of the registered architectures."""
+    return ":" in name
+
+
+def external_model(name: str, *, num_classes: int | None = None, in_channels: int = 3,
+                   device: str | torch.device = "meta") -> nn.Module:
+    """The model a source-qualified name stands for, without weights, in eval mode:
+    ``torchvision:<name>`` (:func:`torchvision_model`), ``timm:<name>`` (:func:`timm_model`)
+    or ``<module>:<function>`` (the user's builder, called with no arguments; it is built
+    where it builds). ``num_classes`` None keeps the model's own head; ``in_channels`` other
+    than 3 replaces the first conv (:func:`with_in_channels`)."""
+    source, _, rest = name.partition(":")
+    if not source or not rest:
+        raise ValueError(f"model.name={name!r}: expected torchvision:<name>, timm:<name> or "
+                         "<module>:<function>")
+    if source == "timm":
+        return timm_model(rest, num_classes=num_classes, in_channels=in_channels,
+                          device=device)
+    if source == "torchvision":
+        model = torchvision_model(rest, device=device, num_classes=num_classes)
+    else:
+        model = user_model(name)
+    return with_in_channels(model, in_channels) if in_channels != 3 else model

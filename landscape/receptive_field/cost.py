@@ -1,0 +1,64 @@
+"""Parameter count and FLOPs of a model at an input size, without computing anything.
+
+FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` on a forward pass of one
+meta-device image (shapes only, no memory, no arithmetic): 2 per multiply-accumulate of
+convolutions, matrix products and attention; element-wise ops, normalisation and pooling are
+not counted (the convention of fvcore and of most papers' "FLOPs" = 2 x MACs).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+FLOPS_CONVENTION = ("2 x multiply-accumulates of conv / linear / matmul / attention, one image; "
+                    "element-wise ops, normalisation and pooling not counted")
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """``params``: every parameter (trainable and frozen); ``flops``: one forward pass of one
+    ``in_channels`` x ``input_size`` image (module doc for what is counted)."""
+
+    params: int
+    flops: int
+    input_size: tuple[int, int]
+    in_channels: int
+
+    @property
+    def macs(self) -> int:
+        return self.flops // 2
+
+
+def _on_meta(model: nn.Module) -> nn.Module:
+    if all(p.device.type == "meta" for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).to("meta")
+
+
+def model_cost(model: nn.Module, input_size: int | tuple[int, int],
+               in_channels: int | None = None) -> ModelCost:
+    """:class:`ModelCost` of ``model`` (left unchanged; a copy is moved to the meta device when
+    it holds real tensors) for one image of ``input_size`` pixels; ``in_channels`` defaults to
+    the input channels of the first Conv2d."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if in_channels is None:
+        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if conv is None:
+            raise ValueError(f"{type(model).__name__} has no Conv2d; pass in_channels")
+        in_channels = conv.in_channels
+    meta = _on_meta(model)
+    training = meta.training
+    meta.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            meta(torch.empty(1, in_channels, h, w, device="meta"))
+    finally:
+        meta.train(training)
+    return ModelCost(params=sum(p.numel() for p in model.parameters()),
+                     flops=int(counter.get_total_flops()), input_size=(h, w),
+                     in_channels=in_channels)
