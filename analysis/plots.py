@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from analysis.stats import final_epoch, grid_frame, pruning_rows, select
@@ -396,6 +397,50 @@ def receptive_field_profile(df: pd.DataFrame, *, arch: str | None = None,
     ax.legend(handles, labels, loc="upper left")
     _suptitle(fig, g, "analytic receptive field per layer"
               + ("" if input_size is not None else " (input size not recorded)"))
+    return fig
+
+
+@_styled
+def receptive_field_states(df: pd.DataFrame, *, arch: str | None = None,
+                           dataset: str | None = None, width: float | None = None
+                           ) -> Figure | None:
+    """The RFA-style drawing (:func:`landscape.receptive_field.drawing.draw_receptive_field`)
+    of every pool level of a grid, one panel each: r_min .. r_max per layer coloured
+    productive / underutilised / unproductive / head at the cell's input size, r̃ dotted.
+    From the receptive_field stage's rows; None when they lack ``rf_underutilised`` (results
+    written before it was recorded)."""
+    from landscape.receptive_field.drawing import STATE_COLOURS, draw_receptive_field
+
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    rf = select(g, stage="receptive_field")
+    if rf.empty or not (rf["metric"] == "rf_underutilised").any():
+        return None
+    levels = [lv for lv in _levels(g) if (rf["cell"] == lv[0]).any()]
+    fig, axes = _figure(len(levels), 1, panel=(max(6.4, 0.16 * rf["layer"].nunique()), 3.4))
+    for ax, (cell, label, _, _) in zip(axes[:, 0], levels):
+        r = rf[rf["cell"] == cell]
+        wide = r.pivot_table(index="layer", columns="metric", values="value", sort=False)
+        order = list(dict.fromkeys(r["layer"]))
+        wide = wide.reindex(order)
+        table = pd.DataFrame({
+            "layer": order, "r_min": wide["rf_r_min"].to_numpy(),
+            "r_max": wide["rf_r_max"].to_numpy(),
+            "is_global": wide["rf_r_max"].isna().to_numpy(),
+            **{c: wide[f"rf_{c}"].fillna(0).astype(bool).to_numpy()
+               for c in ("unproductive", "underutilised", "border")}}).reset_index(drop=True)
+        found = [re.search(r"input_size=(\d+)", n) for n in r["note"].dropna()]
+        size = next((int(m.group(1)) for m in found if m), None)
+        r_tilde = r.loc[r["metric"] == "rf_min_feasible_input", "value"]
+        if size is None:
+            continue
+        draw_receptive_field(table, size, ax=ax, legend=False, title=label,
+                             r_tilde=int(r_tilde.iloc[0]) if len(r_tilde) else None)
+    handles = [Patch(color=c, label=s) for s, c in STATE_COLOURS.items()]
+    handles += [Line2D([], [], color="black", ls="--", label="input size"),
+                Line2D([], [], color="#0072B2", ls=":", label="r\u0303 (min. feasible input)")]
+    axes[0, 0].legend(handles=handles, loc="upper left", fontsize=7, ncol=3)
+    _suptitle(fig, g, "receptive field per layer (r_min .. r_max) and its state at the input "
+              "size; outlined: the border layer")
     return fig
 
 

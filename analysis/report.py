@@ -265,6 +265,10 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
          "are marked)."),
         ("receptive-field", lambda: plots.receptive_field_profile(g, **kw),
          "Analytic receptive field per layer; the border layer is starred."),
+        ("receptive-field-states", lambda: plots.receptive_field_states(g, **kw),
+         "Each pool level as the receptive-field refinement paper draws an architecture: "
+         "r_min .. r_max per layer, coloured by its state at the input size (underutilised: "
+         "r_min > input; unproductive: the layer's input r_min already covers the input)."),
     ]
     blocks: list[Block] = [("h3", "Figures")]
     absent = []

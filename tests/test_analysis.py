@@ -2,6 +2,7 @@
 
 import math
 
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
@@ -361,3 +362,27 @@ def test_rank_correlation_of_a_constant_is_undefined_not_a_warning():
         warnings.simplefilter("error")
         r = rank_correlation(obs)
     assert np.isnan(r.rho) and np.isnan(r.p) and r.n == 4
+
+
+def test_receptive_field_states_draws_each_level_from_the_stage_rows(df):
+    from landscape.receptive_field.drawing import STATE_COLOURS
+
+    assert plots.receptive_field_states(df) is None  # rows written before rf_underutilised
+    ident = {"arch": "vgg19", "dataset": "cifar10", "pool_level": 1, "pool_kernel": 2,
+             "pool_stride": 1, "pool_padding": 0, "receptive_field": 40, "width": 1.0,
+             "run_id": cell(1), "stage": "receptive_field", "note": "input_size=32"}
+    layers = {"features.0": (3, 3, 0, 0, 0), "features.3": (20, 40, 0, 0, 0),
+              "features.6": (36, 60, 0, 1, 0), "features.9": (40, 80, 1, 1, 1),
+              "classifier": (None, None, 1, 0, 0)}  # r_min, r_max, unprod., underut., border
+    rows = [{**ident, "layer": name, "metric": m, "value": v}
+            for name, vals in layers.items()
+            for m, v in zip(("rf_r_min", "rf_r_max", "rf_unproductive", "rf_underutilised",
+                             "rf_border"), vals) if v is not None]
+    rows.append({**ident, "layer": "features.9", "metric": "rf_min_feasible_input",
+                 "value": 40.0})
+    fig = plots.receptive_field_states(pd.DataFrame(rows))
+    (ax,) = [a for a in fig.get_axes() if a.patches]
+    colours = [matplotlib.colors.to_hex(p.get_facecolor()) for p in ax.patches]
+    assert colours == [STATE_COLOURS[s].lower() for s in (
+        "productive", "productive", "underutilised", "unproductive", "head")]
+    assert [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() != "-"] == [32, 40]

@@ -51,6 +51,8 @@ def test_run_writes_tidy_rows_and_rerun_does_nothing(tmp_path, caplog):
     assert r_max.to_dict() == {"features.0": 3, "features.1": 4, "features.4": 6,
                                "features.7": 7, "features.8": 11, "features.11": 13}
     assert rf[(rf.metric == "rf_border") & (rf.value == 1)]["layer"].tolist() == ["features.11"]
+    r_tilde = rf[rf.metric == "rf_min_feasible_input"]  # no skips: the largest r_max
+    assert r_tilde[["value", "layer"]].values.tolist() == [[13.0, "features.11"]]
     mtime = (Path(first.run_dir) / "checkpoints" / "final.pt").stat().st_mtime_ns
     with caplog.at_level("INFO", logger="landscape"):
         second = pipeline.run(cfg)

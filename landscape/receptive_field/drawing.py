@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -24,22 +25,26 @@ _MAX_NAMED = 48  # more layers than this: every k-th name on the axis
 
 
 def draw_receptive_field(table: pd.DataFrame, input_size: int, *, title: str | None = None,
-                         r_tilde: int | None = None) -> Figure:
-    """Figure of ``table`` (one :func:`receptive_field_table` at ``input_size``); ``r_tilde``
-    (r̃) is drawn where given. Head layers are drawn as a grey bar at the top of the axis;
-    global rows inside the network (squeeze-and-excitation branches) are left out."""
+                         r_tilde: int | None = None, ax: Axes | None = None,
+                         legend: bool = True) -> Figure:
+    """Figure of ``table`` (one :func:`receptive_field_table` at ``input_size``, or any frame
+    with its ``layer, r_min, r_max, is_global, unproductive, underutilised, border`` columns);
+    ``r_tilde`` (r̃) is drawn where given; into ``ax`` when given (the figure is ``ax``'s).
+    Head layers are drawn as a grey bar at the top of the axis; global rows inside the network
+    (squeeze-and-excitation branches) are left out."""
     if table.empty:
         raise ValueError("the receptive-field table has no layers to draw")
     table = table[trunk_rows(table)].reset_index(drop=True)
     states = layer_states(table)
-    local = ~table["is_global"].to_numpy()
+    local = ~table["is_global"].to_numpy(bool)
     r_max = pd.to_numeric(table["r_max"], errors="coerce")
     r_min = pd.to_numeric(table["r_min"], errors="coerce")
     top = max(float(r_max[local].max()) if local.any() else input_size, input_size,
               r_tilde or 0) * 2.0
     n = len(table)
-    fig = Figure(figsize=(min(4 + 0.18 * n, 24), 4.8))  # no pyplot: no global state
-    ax = fig.add_subplot()
+    if ax is None:
+        fig = Figure(figsize=(min(4 + 0.18 * n, 24), 4.8))  # no pyplot: no global state
+        ax = fig.add_subplot()
     for i, state in enumerate(states):
         lo, hi = (r_min.iloc[i], r_max.iloc[i]) if local[i] else (top / 1.6, top)
         hi = max(hi, lo * 1.06)  # r_min = r_max: a thin bar, still visible
@@ -52,7 +57,7 @@ def draw_receptive_field(table: pd.DataFrame, input_size: int, *, title: str | N
     if r_tilde is not None:
         ax.axhline(r_tilde, color="#0072B2", linestyle=":", linewidth=1.4,
                    label=f"r\u0303 = {r_tilde} px")
-    border = table.index[table["border"].to_numpy()]
+    border = table.index[table["border"].to_numpy(bool)]
     if len(border):
         b = table.index.get_loc(border[0])
         ax.axvline(b - 0.5, color="#D55E00", linewidth=1, label=f"border: {table['layer'].iloc[b]}")
@@ -63,12 +68,14 @@ def draw_receptive_field(table: pd.DataFrame, input_size: int, *, title: str | N
     ax.set_xticks(range(0, n, step))
     ax.set_xticklabels(table["layer"].iloc[::step], rotation=90, fontsize=6)
     ax.set_ylabel("receptive field r_min .. r_max (px)")
-    handles = [Patch(color=c, label=s) for s, c in STATE_COLOURS.items() if s in states]
-    lines, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + lines, fontsize=7, loc="upper left", ncol=2)
+    if legend:
+        handles = [Patch(color=c, label=s) for s, c in STATE_COLOURS.items() if s in states]
+        lines, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=handles + lines, fontsize=7, loc="upper left", ncol=2)
     ax.set_title(title or f"receptive field per layer at {input_size} px", fontsize=9)
-    fig.tight_layout()
-    return fig
+    if ax.figure.get_layout_engine() is None:
+        ax.figure.tight_layout()
+    return ax.figure
 
 
 def save_drawing(fig: Figure, path: str | Path) -> Path:

@@ -64,6 +64,10 @@ METRICS: dict[str, str] = {
     "rf_jump": "effective stride of a layer's output in input pixels",
     "rf_unproductive": "1 if the r_min of the layer's input already covers the input size",
     "rf_border": "1 for the border layer (the first unproductive layer), else 0",
+    "rf_underutilised": "1 if the layer's own r_min exceeds the input size on both axes "
+                        "(rfa-toolbox's critical layers)",
+    "rf_min_feasible_input": "r̃, the minimal feasible input resolution: the largest r_min "
+                             "over all layers (larger axis), pixels; layer = where reached",
     # prune, finetune (also test_acc, test_loss, train_loss, train_acc, best_test_acc)
     "dense_test_acc": "test accuracy of the unpruned checkpoint a prune unit pruned (the same "
                       "evaluation as its test_acc), fraction",

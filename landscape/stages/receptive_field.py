@@ -1,12 +1,12 @@
 """Cell-level receptive-field stage: the analytic RF table of the cell's model at its input
-size (r_max, r_min, jump, unproductive and border flags per layer), written once per cell by
-the first run of the cell that gets there; it needs no training."""
+size (r_max, r_min, jump, unproductive, underutilised and border flags per layer, and r̃),
+written once per cell by the first run of the cell that gets there; it needs no training."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from landscape.receptive_field import receptive_field_table
+from landscape.receptive_field import min_feasible_input, receptive_field_table
 from landscape.stages.base import CellContext, Stage, register_stage
 
 
@@ -18,12 +18,19 @@ class ReceptiveFieldStage(Stage):
 
     def run(self, ctx: CellContext, config: None, unit: object) -> list[dict]:
         size = ctx.identity.image_size
-        table = receptive_field_table(ctx.build_model(), size)
+        model = ctx.build_model()
+        table = receptive_field_table(model, size)
+        note = f"input_size={size}"
         rows = []
         for r in table.itertuples():
             values = {"rf_r_max": r.r_max, "rf_r_min": r.r_min, "rf_jump": r.jump,
-                      "rf_unproductive": r.unproductive, "rf_border": r.border}
-            rows += [{"metric": k, "value": float(v), "layer": r.layer,
-                      "note": f"input_size={size}"}
+                      "rf_unproductive": r.unproductive, "rf_underutilised": r.underutilised,
+                      "rf_border": r.border}
+            rows += [{"metric": k, "value": float(v), "layer": r.layer, "note": note}
                      for k, v in values.items() if not pd.isna(v)]  # global layers: no RF
+        r_tilde = min_feasible_input(model, size)
+        axes = "" if r_tilde.h == r_tilde.w else f"; H {r_tilde.h} at {r_tilde.layer_h}, W {r_tilde.w}"
+        rows.append({"metric": "rf_min_feasible_input", "value": float(max(r_tilde.h, r_tilde.w)),
+                     "layer": r_tilde.layer_h if r_tilde.h >= r_tilde.w else r_tilde.layer_w,
+                     "note": note + axes})
         return rows
