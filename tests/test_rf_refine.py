@@ -196,3 +196,16 @@ def test_landscape_rf_bad_settings_are_one_line(rf, tmp_path, args, message):
     code, out, err = rf(*args)
     assert code == 2 and err.startswith(f"landscape-rf: error: {message}"), err
     assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_proposal_applies_to_a_real_instance_that_trains():
+    props = refinement_proposals(chain(), 16, rebuild=chain)
+    stride, shorter, wider = props[1], props[-2], props[-1]
+    real = chain(0.05)  # real weights, 13 channels
+    changed = stride.apply(real)
+    assert changed[1].stride == (1, 1) and real[1].stride == (2, 2)
+    assert torch.equal(changed[0].weight, real[0].weight)  # the weights are kept
+    changed(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert changed[0].weight.grad is not None
+    assert isinstance(shorter.apply(real)[4], nn.Identity)
+    assert wider.width is not None and isinstance(wider.apply(chain(wider.width))[4], nn.Identity)

@@ -34,7 +34,8 @@ class ModelCost:
         return self.flops // 2
 
 
-def _on_meta(model: nn.Module) -> nn.Module:
+def meta_copy(model: nn.Module) -> nn.Module:
+    """``model`` itself when it is on the meta device already, else a copy moved there."""
     if all(p.device.type == "meta" for p in model.parameters()):
         return model
     return copy.deepcopy(model).to("meta")
@@ -51,7 +52,7 @@ def model_cost(model: nn.Module, input_size: int | tuple[int, int],
         if conv is None:
             raise ValueError(f"{type(model).__name__} has no Conv2d; pass in_channels")
         in_channels = conv.in_channels
-    meta = _on_meta(model)
+    meta = meta_copy(model)
     training = meta.training
     meta.eval()
     try:

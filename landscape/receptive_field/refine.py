@@ -15,7 +15,8 @@ model is not fully utilised, the minimal changes that bring r̃ down towards the
   counts are rounded, the closest width found, with the ``params_change`` it reaches). Widening
   is uniform over the kept layers; models without a width knob get ``shorter`` only.
 
-Each proposal is re-analysed: r̃, parameters, FLOPs, the number of underutilised and
+Each proposal is a list of edits (:func:`apply_edits`; :meth:`Proposal.apply` makes it on any
+instance of the architecture, e.g. one built on the GPU to train) and is re-analysed: r̃, parameters, FLOPs, the number of underutilised and
 unproductive layers at the input size, and whether the changed model still runs (a meta-device
 forward pass); a change that breaks the model is listed with the reason instead of numbers.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -33,7 +34,7 @@ from torch import nn
 from landscape.receptive_field.analytic import (
     min_feasible_input, receptive_field_table, square_input_size,
 )
-from landscape.receptive_field.cost import _on_meta, model_cost
+from landscape.receptive_field.cost import meta_copy, model_cost
 
 PROPOSAL_COLUMNS = (
     "strategy", "change", "r_tilde", "params", "params_change", "flops", "n_underutilised",
@@ -43,40 +44,66 @@ STRATEGIES = ("original", "less_downsampling", "shorter", "shorter_wider")
 _STRIDED = ("conv", "max_pool", "avg_pool")
 
 
+Edit = tuple[str, str]  # ("stride1" | "drop", module path)
+
+
+def apply_edits(model: nn.Module, edits: Sequence[Edit]) -> nn.Module:
+    """``model`` changed in place by ``edits``: ``("stride1", path)`` sets that conv's / pool's
+    stride to 1, ``("drop", path)`` replaces that block by ``nn.Identity``."""
+    for kind, path in edits:
+        mod = model.get_submodule(path)
+        if kind == "stride1":
+            if isinstance(mod, nn.Conv2d):
+                mod.stride = (1, 1)
+            elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
+                mod.stride = 1
+            else:
+                raise ValueError(f"'{path}' is a {type(mod).__name__}, whose stride cannot be "
+                                 "set")
+        elif kind == "drop":
+            parent, _, name = path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, name, nn.Identity())
+        else:
+            raise ValueError(f"unknown edit {kind!r}; valid: stride1, drop")
+    return model
+
+
 @dataclass
 class Proposal:
-    """One candidate: ``model`` (on the meta device; None when the change cannot be made)
-    and its row of :data:`PROPOSAL_COLUMNS`."""
+    """One candidate: its row of :data:`PROPOSAL_COLUMNS`, the ``edits`` that make it, the
+    ``width`` multiplier to rebuild at first (``shorter_wider``; else None) and ``model``, the
+    changed model on the meta device (None when the change breaks the model)."""
 
     row: dict[str, object]
     model: nn.Module | None = field(default=None, repr=False)
+    edits: tuple[Edit, ...] = ()
+    width: float | None = None
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` (the analysed architecture built anywhere, with any weights,
+        e.g. ``torchvision.models.resnet18()`` on the GPU; for ``shorter_wider`` built at
+        :attr:`width`) with this proposal's edits: a model to train."""
+        return apply_edits(copy.deepcopy(model), self.edits)
 
 
 def _analyse(strategy: str, change: str, model: nn.Module, n: int, in_channels: int,
-             base_params: int, convention: str, width: float | None = None) -> Proposal:
+             base_params: int, convention: str, width: float | None = None,
+             edits: Sequence[Edit] = ()) -> Proposal:
     row: dict[str, object] = {"strategy": strategy, "change": change, "width": width}
+    made = {"edits": tuple(edits), "width": width}
     try:
         table = receptive_field_table(model, n, convention=convention)
         cost = model_cost(model, n, in_channels)
         r = min_feasible_input(model, n)
     except Exception as e:  # the change broke the model: say why, keep the other proposals
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        return Proposal(row)
+        return Proposal(row, **made)
     under = int(table["underutilised"].sum())
     row.update(r_tilde=r.size if isinstance(r.size, int) else max(r.size), params=cost.params,
                params_change=cost.params / base_params - 1, flops=cost.flops,
                n_underutilised=under, n_unproductive=int(table["unproductive"].sum()),
                fully_utilised=under == 0, error=None)
-    return Proposal(row, model)
-
-
-def _set_stride(mod: nn.Module, name: str) -> None:
-    if isinstance(mod, nn.Conv2d):
-        mod.stride = (1, 1)
-    elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
-        mod.stride = 1
-    else:
-        raise ValueError(f"'{name}' is a {type(mod).__name__}, whose stride cannot be set")
+    return Proposal(row, model, **made)
 
 
 def downsampling_points(table: pd.DataFrame) -> list[tuple[int, list[str]]]:
@@ -118,10 +145,10 @@ def _shape_preserving(model: nn.Module, paths: list[str], n: int, in_channels: i
     return {p for p, same in shapes.items() if same}
 
 
-def _drop_trailing(model: nn.Module, table: pd.DataFrame, n: int, in_channels: int
-                   ) -> tuple[nn.Module, list[str]]:
-    """A copy of ``model`` without its trailing shape-preserving blocks that hold an
-    underutilised layer, and their paths ([] when there are none)."""
+def _trailing_blocks(model: nn.Module, table: pd.DataFrame, n: int, in_channels: int
+                     ) -> list[str]:
+    """Paths of the shape-preserving blocks from the one holding the first underutilised
+    layer on (``shorter``; outermost only)."""
     under = [str(x) for x in table.loc[table["underutilised"], "layer"]]
     blocks = _blocks(model)
     order = {str(layer): i for i, layer in enumerate(table["layer"])}
@@ -133,16 +160,9 @@ def _drop_trailing(model: nn.Module, table: pd.DataFrame, n: int, in_channels: i
     # the shape-preserving blocks that hold the first underutilised layer or come after it
     first = min((order[u] for u in under), default=None)
     if first is None:
-        return model, []
+        return []
     drop = [p for p in blocks if p in keep and rows_of(p) and max(rows_of(p)) >= first]
-    drop = [p for p in drop if not any(p.startswith(q + ".") for q in drop)]  # outermost
-    if not drop:
-        return model, []
-    new = copy.deepcopy(model)
-    for p in drop:
-        parent, _, name = p.rpartition(".")
-        setattr(new.get_submodule(parent), name, nn.Identity())
-    return new, drop
+    return [p for p in drop if not any(p.startswith(q + ".") for q in drop)]  # outermost
 
 
 def refinement_proposals(model: nn.Module, input_size: int, *, in_channels: int | None = None,
@@ -153,7 +173,7 @@ def refinement_proposals(model: nn.Module, input_size: int, *, in_channels: int 
     alone when it is fully utilised there; ``rebuild``: the same architecture at another
     width multiplier (``width`` = the current one) for ``shorter_wider``."""
     n = square_input_size(input_size)
-    base = _on_meta(model).eval()
+    base = meta_copy(model).eval()
     if in_channels is None:
         conv = next((m for m in base.modules() if isinstance(m, nn.Conv2d)), None)
         in_channels = conv.in_channels if conv is not None else 3
@@ -168,22 +188,22 @@ def refinement_proposals(model: nn.Module, input_size: int, *, in_channels: int 
         return proposals  # nothing to refine at this input size
     table = receptive_field_table(base, n, convention=convention)
     for jump, layers in downsampling_points(table):
-        new = copy.deepcopy(base)
+        edits = tuple(("stride1", name) for name in layers)
         change = f"stride 1 at {', '.join(layers)} (input jump {jump})"
         try:
-            for name in layers:
-                _set_stride(new.get_submodule(name), name)
+            new = apply_edits(copy.deepcopy(base), edits)
         except (AttributeError, ValueError) as e:
             proposals.append(Proposal({"strategy": "less_downsampling", "change": change,
-                                       "error": str(e)}))
+                                       "error": str(e)}, edits=edits))
             continue
         proposals.append(_analyse("less_downsampling", change, new, n, in_channels,
-                                  base_params, convention))
-    shorter, dropped = _drop_trailing(base, table, n, in_channels)
+                                  base_params, convention, edits=edits))
+    dropped = _trailing_blocks(base, table, n, in_channels)
     if dropped:
+        edits = tuple(("drop", p) for p in dropped)
         change = f"drop {', '.join(dropped)}"
-        proposals.append(_analyse("shorter", change, shorter, n, in_channels, base_params,
-                                  convention))
+        proposals.append(_analyse("shorter", change, apply_edits(copy.deepcopy(base), edits),
+                                  n, in_channels, base_params, convention, edits=edits))
         if rebuild is not None:
             proposals.append(_shorter_wider(rebuild, width, dropped, change, n, in_channels,
                                             base_params, convention, tolerance))
@@ -193,13 +213,11 @@ def refinement_proposals(model: nn.Module, input_size: int, *, in_channels: int 
 def _shorter_wider(rebuild: Callable[[float], nn.Module], width: float, dropped: list[str],
                    change: str, n: int, in_channels: int, base_params: int, convention: str,
                    tolerance: float) -> Proposal:
+    edits = tuple(("drop", p) for p in dropped)
+
     def shortened(w: float) -> nn.Module:
         with torch.device("meta"):  # shapes only: no initialisation cost
-            m = _on_meta(rebuild(w)).eval()
-        for p in dropped:
-            parent, _, name = p.rpartition(".")
-            setattr(m.get_submodule(parent), name, nn.Identity())
-        return m
+            return apply_edits(meta_copy(rebuild(w)).eval(), edits)
 
     def params(w: float) -> int:
         return sum(p.numel() for p in shortened(w).parameters())
@@ -215,7 +233,8 @@ def _shorter_wider(rebuild: Callable[[float], nn.Module], width: float, dropped:
         lo, hi = (mid, hi) if params(mid) < base_params else (lo, mid)
         best = min((best, lo, hi), key=lambda w: abs(params(w) - base_params))
     return _analyse("shorter_wider", f"{change}; width {width:g} -> {best:.4g}",
-                    shortened(best), n, in_channels, base_params, convention, width=best)
+                    shortened(best), n, in_channels, base_params, convention, width=best,
+                    edits=edits)
 
 
 def proposals_table(proposals: list[Proposal]) -> pd.DataFrame:
