@@ -40,6 +40,17 @@ class ModelConfig:
     pool_kernel: Optional[int] = None
     pool_stride: Optional[int] = None
     pool_padding: Optional[int] = None
+    # The architecture's knobs (landscape.models.spec; None / defaults: the paper's model).
+    stem: str = "cifar"  # resnet: cifar (3x3 s1) | imagenet (7x7 s2 + 3x3/2 max-pool)
+    stem_kernel: Optional[int] = None
+    stem_stride: Optional[int] = None
+    stem_channels: Optional[int] = None
+    stage_strides: Optional[list[int]] = None  # one per stage (vgg: per pool between stages)
+    dilation: Optional[list[int]] = None  # one per stage
+    skips: bool = True  # resnet: false removes the identity additions
+    projection: str = "keep"  # with skips=false: keep | drop the 1x1 projection shortcuts
+    depths: Optional[list[int]] = None  # blocks (resnet) / convs (vgg) per stage
+    widths: Optional[list[int]] = None  # channels per stage at width 1
 
 
 @dataclass

@@ -22,6 +22,7 @@ from torch import nn
 
 from landscape.data.registry import dataset_info
 from landscape.models import PoolSpec, build_model, resolve_pool
+from landscape.models.spec import ModelSpec, spec_of
 from landscape.receptive_field import max_receptive_field
 
 NOT_IDENTITY = {"identity": False}  # dataclass field metadata: not part of the run's identity
@@ -89,13 +90,14 @@ class RunIdentity:
     width: float
     pool: PoolSpec
     custom_pool: bool  # kernel/stride/padding set explicitly instead of the level's preset
-    receptive_field: int  # analytic r_max at the last conv layer, pixels
+    receptive_field: int  # analytic r_max of the last conv features (max_receptive_field), px
     image_size: int
     in_channels: int
     num_classes: int
     num_params: int
     cell_hash: str
     seed: Optional[int] = None
+    spec: ModelSpec = ModelSpec()  # the architecture's knobs beyond the RF pool
 
     @property
     def cell_name(self) -> str:
@@ -123,22 +125,23 @@ class RunIdentity:
         return {"run_id": self.run_id, "arch": self.arch, "dataset": self.dataset,
                 "pool_level": p.level, "pool_kernel": p.kernel, "pool_stride": p.stride,
                 "pool_padding": p.padding, "receptive_field": self.receptive_field,
-                "width": self.width, "seed": self.seed}
+                "width": self.width, "seed": self.seed,
+                "arch_variant": self.spec.label() or None}
 
     def build_model(self) -> nn.Module:
         """A new model of this identity, initialised from torch's global RNG."""
         return build_model(self.arch, self.pool, num_classes=self.num_classes,
-                           in_channels=self.in_channels, width=self.width)
+                           in_channels=self.in_channels, width=self.width, spec=self.spec)
 
 
 @functools.lru_cache(maxsize=256)
 def _model_facts(arch: str, pool: PoolSpec, width: float, num_classes: int, in_channels: int,
-                 image_size: int) -> tuple[int, int]:
+                 image_size: int, spec: ModelSpec = ModelSpec()) -> tuple[int, int]:
     """(analytic RF at the last conv, parameter count) of a model built on the meta device (no
     memory, no init); building it checks the input size. Cached: a grid asks once per cell."""
     with torch.device("meta"):
         model = build_model(arch, pool, num_classes=num_classes, in_channels=in_channels,
-                            width=width, input_size=image_size)
+                            width=width, input_size=image_size, spec=spec)
     return max_receptive_field(model), sum(p.numel() for p in model.parameters())
 
 
@@ -150,12 +153,21 @@ def identify(cfg: Any) -> RunIdentity:
     m = canonical(cfg).model
     pool = resolve_pool(m.pool_level, m.pool_kernel, m.pool_stride, m.pool_padding)
     info = dataset_info(cfg.data)
+    spec = spec_of(m)
     rf, num_params = _model_facts(m.name, pool, float(m.width), info.num_classes,
-                                  info.in_channels, info.image_size)
+                                  info.in_channels, info.image_size, spec)
     custom = (m.pool_kernel, m.pool_stride, m.pool_padding) != (None, None, None)
     return RunIdentity(
         arch=m.name, dataset=cfg.data.name, width=float(m.width), pool=pool, custom_pool=custom,
         receptive_field=rf, image_size=info.image_size, in_channels=info.in_channels,
         num_classes=info.num_classes, num_params=num_params, cell_hash=cell_hash(cfg),
-        seed=cfg.seed,
+        seed=cfg.seed, spec=spec,
     )
+
+
+def default_params(identity: RunIdentity) -> int:
+    """Parameter count of ``identity``'s architecture without its knobs (the paper's model at
+    the same width, pool, classes and channels): what a knob's parameter change is relative
+    to."""
+    return _model_facts(identity.arch, identity.pool, identity.width, identity.num_classes,
+                        identity.in_channels, identity.image_size)[1]

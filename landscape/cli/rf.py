@@ -134,19 +134,22 @@ class _Analysis:
 
     def own(self) -> None:
         from landscape.models import create_model
+        from landscape.models.spec import spec_of
         from landscape.receptive_field import format_sweep_table, rf_sweep_table
 
         s, m, info = self.sweep, self.sweep.model, self.info
+        spec = spec_of(m)
         levels = list(s.levels) if s.levels is not None else [0, 1, 2, 3, 4]
         try:
             sweep = rf_sweep_table(
                 m.name, input_size=self.n, levels=tuple(levels), width=m.width,
                 num_classes=self.num_classes, in_channels=info.in_channels,
                 pool_kernel=m.pool_kernel, pool_stride=m.pool_stride,
-                pool_padding=m.pool_padding)
+                pool_padding=m.pool_padding, spec=spec)
         except ValueError as e:
             raise ValueError(f"model.* / levels={levels}: {e}") from None
-        self.text += [f"{m.name} (width {m.width:g}) on {s.data.name}: {self.n}x{self.n} input, "
+        knobs = f", {spec.label()}" if spec.label() else ""
+        self.text += [f"{m.name} (width {m.width:g}{knobs}) on {s.data.name}: {self.n}x{self.n} input, "
                       f"{info.in_channels} channel(s); r_max/r_min at the last conv layer, "
                       "r_tilde over all layers, in pixels", format_sweep_table(sweep), ""]
         self._add("sweep", sweep.assign(model=m.name, width=m.width, input_size=self.n))
@@ -157,7 +160,8 @@ class _Analysis:
                 return create_model(m.name, num_classes=self.num_classes,
                                     in_channels=info.in_channels, pool_level=level,
                                     width=width, pool_kernel=m.pool_kernel,
-                                    pool_stride=m.pool_stride, pool_padding=m.pool_padding)
+                                    pool_stride=m.pool_stride, pool_padding=m.pool_padding,
+                                    spec=spec)
 
             self.model(f"{m.name} pool level {level}", build(m.width), f"{m.name}_pool{level}",
                        rebuild=build, extra={"level": level}, show_layers=s.layers)

@@ -26,6 +26,7 @@ class RFNet(nn.Module):
         super().__init__()
         self.pool_spec = pool_spec
         self.in_channels = in_channels
+        self.spec = None  # the ModelSpec knobs, set by build_model
 
 
 def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
@@ -82,10 +83,13 @@ def check_input_size(model: RFNet, size: int | tuple[int, int]) -> None:
         return
     smallest = _smallest_valid_size(model, min(size))
     hint = f"the smallest square input that works is {smallest}x{smallest}" if smallest else ""
+    knobs = model.spec.label() if getattr(model, "spec", None) is not None else ""
+    what = (f"{model.pool_spec.describe()} with the knobs {knobs}" if knobs
+            else model.pool_spec.describe())
+    fix = "lower strides, a lower pool level" if knobs else "a lower pool level"
     raise InputTooSmallError(
-        f"{model.pool_spec.describe()} shrinks a {size[0]}x{size[1]} input to nothing at "
-        f"layer '{layer}' of {type(model).__name__}; use a lower pool level or a larger input "
-        f"(data.image_size). {hint}".strip()
+        f"{what} shrinks a {size[0]}x{size[1]} input to nothing at layer '{layer}' of "
+        f"{type(model).__name__}; use {fix} or a larger input (data.image_size). {hint}".strip()
     )
 
 

@@ -6,14 +6,23 @@ from typing import Callable
 
 from landscape.models.base import RFNet, check_input_size
 from landscape.models.rf_pool import PoolSpec, resolve_pool
+from landscape.models.spec import ModelSpec, check_knobs
 from landscape.registry import Registry
 
 MODELS: Registry[Callable[..., RFNet]] = Registry("model")
+MODEL_KNOBS: dict[str, tuple[str, ...]] = {}  # architecture -> the ModelSpec knobs it has
 
 
-def register_model(name: str) -> Callable[[Callable[..., RFNet]], Callable[..., RFNet]]:
-    """Decorator: register a builder ``fn(*, num_classes, in_channels, pool, width) -> RFNet``."""
-    return MODELS.register(name)
+def register_model(name: str, *, knobs: tuple[str, ...] = ()
+                   ) -> Callable[[Callable[..., RFNet]], Callable[..., RFNet]]:
+    """Decorator: register a builder ``fn(*, num_classes, in_channels, pool, width) -> RFNet``;
+    with ``knobs`` (names of :class:`~landscape.models.spec.ModelSpec` fields) it also takes
+    ``spec`` and every other knob is refused for it."""
+    def deco(fn: Callable[..., RFNet]) -> Callable[..., RFNet]:
+        MODELS.register(name)(fn)
+        MODEL_KNOBS[name] = tuple(knobs)
+        return fn
+    return deco
 
 
 def list_models() -> list[str]:
@@ -31,8 +40,10 @@ def create_model(
     pool_stride: int | None = None,
     pool_padding: int | None = None,
     input_size: int | tuple[int, int] | None = None,
+    spec: ModelSpec | None = None,
 ) -> RFNet:
-    """Build a registered architecture with the RF pool after its first convolution.
+    """Build a registered architecture with the RF pool after its first convolution, and the
+    knobs of ``spec`` (:mod:`landscape.models.spec`; None: the paper's architecture).
 
     ``pool_kernel/stride/padding`` override the preset of ``pool_level`` field by field.
     With ``input_size`` the model is checked at once for a pool that shrinks the feature map
@@ -40,7 +51,7 @@ def create_model(
     """
     pool = resolve_pool(pool_level, pool_kernel, pool_stride, pool_padding)
     return build_model(name, pool, num_classes=num_classes, in_channels=in_channels,
-                       width=width, input_size=input_size)
+                       width=width, input_size=input_size, spec=spec)
 
 
 def build_model(
@@ -51,16 +62,22 @@ def build_model(
     in_channels: int = 3,
     width: float = 1.0,
     input_size: int | tuple[int, int] | None = None,
+    spec: ModelSpec | None = None,
 ) -> RFNet:
     """:func:`create_model` with an already resolved pool (see ``landscape.identity``)."""
     builder = MODELS.get(name)
+    spec = spec or ModelSpec()
+    check_knobs(name, spec, MODEL_KNOBS.get(name, ()), MODEL_KNOBS)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width!r}")
-    model = builder(num_classes=num_classes, in_channels=in_channels, pool=pool, width=width)
+    knobs = {"spec": spec} if MODEL_KNOBS.get(name) else {}
+    model = builder(num_classes=num_classes, in_channels=in_channels, pool=pool, width=width,
+                    **knobs)
+    model.spec = spec
     if input_size is not None:
         check_input_size(model, input_size)
     return model

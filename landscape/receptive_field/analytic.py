@@ -271,21 +271,26 @@ def min_feasible_input(model: nn.Module, input_size: int | None = None, *,
                          layer_w=best["w"][1])
 
 
-def _last_conv(records: list[LayerRecord]) -> LayerRecord:
+def _deepest_conv(records: list[LayerRecord]) -> LayerRecord:
+    """The Conv2d with the largest finite r_max (the last one among equals): the last conv of
+    a chain, the last block's second conv of a ResNet even where its projection shortcut
+    runs later (that 1x1 conv sees only what the block's input saw)."""
     convs = [r for r in records if r.kind == "conv"]
     if not convs:
         raise ValueError("the model has no Conv2d layer, so it has no last-conv receptive field")
-    last = convs[-1]
-    if isinstance(last.out, Unsupported):
-        raise UnsupportedModelError(last.out.reason)
-    return last
+    for r in convs:
+        if isinstance(r.out, Unsupported):
+            raise UnsupportedModelError(r.out.reason)
+    local = [r for r in convs if isinstance(r.out, Geometry) and math.isfinite(r.out.r_max)]
+    if not local:
+        raise ValueError(f"the last conv '{convs[-1].name}' sees the whole input (it follows "
+                         "global pooling or a Linear); it has no finite receptive field")
+    top = max(r.out.r_max for r in local)
+    return [r for r in local if r.out.r_max == top][-1]
 
 
 def max_receptive_field(model: nn.Module) -> int:
-    """r_max (pixels, the larger axis) at the last Conv2d in forward order; independent of
-    the input size."""
-    last = _last_conv(layer_records(model, None))
-    if not (isinstance(last.out, Geometry) and math.isfinite(last.out.r_max)):
-        raise ValueError(f"the last conv '{last.name}' sees the whole input (it follows global "
-                         "pooling or a Linear); it has no finite receptive field")
-    return int(last.out.r_max)
+    """r_max (pixels, the larger axis) of the network's last conv features: the largest r_max
+    over its Conv2d layers (the last conv's for a plain chain; module doc of
+    :func:`_deepest_conv`); independent of the input size."""
+    return int(_deepest_conv(layer_records(model, None)).out.r_max)

@@ -7,6 +7,7 @@ from typing import Sequence
 import pandas as pd
 
 from landscape.models import InputTooSmallError, check_input_size, create_model
+from landscape.models.spec import ModelSpec
 from landscape.receptive_field.analytic import (
     min_feasible_input, receptive_field_table, square_input_size,
 )
@@ -29,12 +30,15 @@ def rf_sweep_table(
     pool_kernel: int | None = None,
     pool_stride: int | None = None,
     pool_padding: int | None = None,
+    spec: ModelSpec | None = None,
 ) -> pd.DataFrame:
     """One row per RF-pool level of ``arch`` for ``input_size`` (pixels), in the order of
-    ``levels`` (a repeated level once).
+    ``levels`` (a repeated level once); ``spec``: the architecture's knobs (None: the
+    paper's model).
 
     Columns: ``level``; the pool's ``kernel, stride, padding`` (kernel 0 = no pool);
-    ``r_max, r_min`` at the last conv; ``r_tilde``: r̃, the largest r_min over all layers (the
+    ``r_max, r_min`` at the last conv (the one with the largest r_max: a ResNet's
+    projection shortcut may run later but sees less); ``r_tilde``: r̃, the largest r_min over all layers (the
     larger axis; :func:`~landscape.receptive_field.min_feasible_input`); ``params`` (trainable + frozen parameter count);
     ``feature_size``: spatial size of the last conv's output (NA when the pool shrinks the map
     to nothing, see ``fits``); ``fits``: the model accepts this input size
@@ -49,20 +53,21 @@ def rf_sweep_table(
         model = create_model(
             arch, num_classes=num_classes, in_channels=in_channels, pool_level=level,
             width=width, pool_kernel=pool_kernel, pool_stride=pool_stride,
-            pool_padding=pool_padding,
+            pool_padding=pool_padding, spec=spec,
         )
         table = receptive_field_table(model, n)
         r_tilde = min_feasible_input(model, n)
-        last = table[table["kind"] == "conv"].iloc[-1]
+        convs = table[(table["kind"] == "conv") & table["r_max"].notna()]
+        last = convs.loc[convs["r_max"] == convs["r_max"].max()].iloc[-1]  # deepest conv
         try:
             check_input_size(model, n)
             fits = True
         except InputTooSmallError:
             fits = False
         border = table.loc[table["border"], "layer"]
-        spec = model.pool_spec
+        pool = model.pool_spec
         rows.append({
-            "level": level, "kernel": spec.kernel, "stride": spec.stride, "padding": spec.padding,
+            "level": level, "kernel": pool.kernel, "stride": pool.stride, "padding": pool.padding,
             "r_max": last["r_max"], "r_min": last["r_min"],
             "r_tilde": max(r_tilde.h, r_tilde.w),
             "params": sum(p.numel() for p in model.parameters()),

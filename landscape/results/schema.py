@@ -26,8 +26,10 @@ VALUE_COLUMNS = ["metric", "value"]
 # unit: the stage unit folder that holds the row (``load`` fills it for rows written before
 # the column existed); it tells apart units of one stage with different settings, e.g. two
 # fine-tunings of the same pruned network.
+# arch_variant: the architecture's knobs that differ from the paper's model
+# (``"stem=imagenet,skips=False"``; missing for the paper's architectures).
 OPTIONAL_COLUMNS = ["index", "layer", "layer_b", "seed_b", "coord_x", "coord_y", "protocol",
-                    "note", "unit"]
+                    "note", "unit", "arch_variant"]
 COLUMNS = ID_COLUMNS + VALUE_COLUMNS + OPTIONAL_COLUMNS
 
 DTYPES: dict[str, str] = {
@@ -37,7 +39,7 @@ DTYPES: dict[str, str] = {
     "criterion": "string", "prune_rate": "float64", "finetuned": "boolean", "metric": "string",
     "value": "float64", "index": "Int64", "layer": "string", "layer_b": "string",
     "seed_b": "Int64", "coord_x": "float64", "coord_y": "float64", "protocol": "string",
-    "note": "string", "unit": "string",
+    "note": "string", "unit": "string", "arch_variant": "string",
 }
 
 # Every metric name, one per quantity, with its meaning and unit.
