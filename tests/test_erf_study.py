@@ -3,6 +3,7 @@ map, RepLKNet's high-contribution ratio, the per-layer ERF table, the conv stack
 ``landscape-erf`` command, checked against closed forms."""
 
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -136,6 +137,12 @@ def test_bad_layers_and_settings_are_named():
         net[0].bias.zero_()
     with pytest.raises(ValueError, match="layer '0': the ERF map is all zero"):
         layer_erf_table(net, 15, layers=["0"])
+    dropped = StackSpec(depth=1, width=1, dropout=0.999)
+    with pytest.raises(ValueError, match=r"settings.drop, depth 1: the ERF map is all zero: no "
+                                         r"gradient reached the input \(.*n_inputs, n_nets\)"):
+        erf_depth_sweep({"drop": dropped}, [1], 3, n_inputs=1, progress=False)
+    a, b = (stack_erf_map(replace(dropped, dropout=0.5, width=4), 3, seed=1) for _ in "ab")
+    assert (a == b).all() and (a > 0).any()  # dropout masks are seeded too
     with pytest.raises(ValueError, match="nonlinearity must be one of none, relu, tanh; got 'elu'"):
         StackSpec(depth=2, nonlinearity="elu")
     with pytest.raises(ValueError, match="input_size=8 is too small for depth 4: .*9 pixels"

@@ -45,7 +45,7 @@ SMALL = ["data.train_subset=64", "data.test_subset=80", "data.verify_md5=false",
          "train.epochs=1", "model.width=0.125", "device=cpu", "num_threads=1", "progress=false",
          "report=false"]
 # Added to landscape-erf: two depths of narrow stacks on a small input (its defaults take minutes).
-ERF_SMALL = ["depths=[1,2]", "width=2", "n_inputs=2", "n_nets=1", "input_size=9"]
+ERF_SMALL = ["depths=[1,2]", "width=4", "n_inputs=4", "n_nets=1", "input_size=9"]
 # Added to the commands that match: one point of an experiment's grid (a command-line value
 # replaces the experiment's sweep of that key) and small evaluation sets for the stages a
 # command switches on (protocol=paper takes only some: the others are its procedure).

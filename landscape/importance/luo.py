@@ -130,7 +130,7 @@ def stack_erf_map(spec: StackSpec, input_size: int, *, n_inputs: int = 8, n_nets
     """Mean (H, W) ERF map (|d centre output / d input| summed over channels; module
     :mod:`~landscape.importance.maps`) of the stack's centre output unit, over ``n_nets``
     weight draws (seeds ``seed`` .. ``seed + n_nets - 1``; uniform weights need one) times
-    ``n_inputs`` N(0, 1) inputs each, dropout active."""
+    ``n_inputs`` N(0, 1) inputs each, dropout active (masks drawn from the same seeds)."""
     for name, v in (("n_inputs", n_inputs), ("n_nets", n_nets)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -141,7 +141,9 @@ def stack_erf_map(spec: StackSpec, input_size: int, *, n_inputs: int = 8, n_nets
         g = torch.Generator().manual_seed(s)
         x = torch.randn(n_inputs, spec.width, input_size, input_size, generator=g,
                         dtype=torch.float64)
-        total += layer_gradient_maps(net, x, [last], keep_mode=True)[last][0].sum(0).numpy()
+        with torch.random.fork_rng(devices=[]):  # dropout masks from `s`, caller's RNG kept
+            torch.manual_seed(s)
+            total += layer_gradient_maps(net, x, [last], keep_mode=True)[last][0].sum(0).numpy()
     return total / (n_nets * n_inputs)
 
 
@@ -175,7 +177,8 @@ def erf_depth_sweep(settings: Mapping[str, StackSpec], depths: Sequence[int], in
         try:
             fit, size = erf_fit(m), erf_size(m)
         except ValueError as e:
-            raise ValueError(f"settings.{name}, depth {d}: {e}") from None
+            raise ValueError(f"settings.{name}, depth {d}: {e} (average over more inputs or "
+                             "nets: n_inputs, n_nets)") from None
         maps[name, d] = m
         rows.append({"setting": name, "depth": d, "sigma": fit.sigma, "sigma_y": fit.sigma_y,
                      "sigma_x": fit.sigma_x, "erf_size": size, "erf_r2": fit.r2,
