@@ -14,8 +14,7 @@ from analysis.plots import MARKERS, OKABE_ITO, _figure, _plain_log_ticks, _style
 
 
 @_styled
-def erf_images(maps: Mapping[int, np.ndarray], setting: str,
-               rf: Mapping[int, int] | None = None) -> Figure:
+def erf_images(maps: Mapping[int, np.ndarray], rf: Mapping[int, int], setting: str) -> Figure:
     """One panel per depth: the ERF map scaled to its own maximum (Luo's Figure 1), cropped
     to the square of side ``rf[depth]`` (the theoretical RF) centred on the map's centre."""
     if not maps:
@@ -23,15 +22,13 @@ def erf_images(maps: Mapping[int, np.ndarray], setting: str,
     depths = sorted(maps)
     fig, axes = _figure(1, len(depths), panel=(2.0, 2.1))
     for ax, d in zip(axes[0], depths):
-        m = maps[d]
-        if rf is not None:
-            (h, w), r = m.shape, rf[d] // 2
-            m = m[max(h // 2 - r, 0): h // 2 + r + 1, max(w // 2 - r, 0): w // 2 + r + 1]
+        (h, w), r = maps[d].shape, rf[d] // 2
+        m = maps[d][max(h // 2 - r, 0): h // 2 + r + 1, max(w // 2 - r, 0): w // 2 + r + 1]
         ax.imshow(m / m.max(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"{d} layer{'s' if d > 1 else ''}" + (f", RF {rf[d]}" if rf else ""))
+        ax.set_title(f"{d} layer{'s' if d > 1 else ''}, RF {rf[d]}")
         ax.set_axis_off()
-    fig.suptitle(f"ERF of the centre unit: {setting}"
-                 + (" (each panel: its theoretical RF)" if rf else ""), fontsize=10)
+    fig.suptitle(f"ERF of the centre unit: {setting} (each panel: its theoretical RF)",
+                 fontsize=10)
     return fig
 
 

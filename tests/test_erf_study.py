@@ -191,6 +191,7 @@ def test_the_command_writes_rows_slopes_and_figures(run_erf, tmp_path, capsys):
 @pytest.mark.parametrize("args, line", [
     (["depths=[]"], "depths must hold at least one depth, got []"),
     (["depths=[4,0]"], "depths must be integers >= 1, got [4, 0]"),
+    (["kernel=1"], "kernel must be an odd integer >= 3: a 1x1 stack's ERF is one pixel"),
     (["settings.relu.dilation=x"], "settings.relu.dilation must be an integer, got 'x'"),
     (["settings.mine.skp=true"], "unknown config key 'settings.mine.skp'; did you mean "
                                  "'settings.mine.skip'?"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 import pandas as pd
 from hydra.core.config_store import ConfigStore
@@ -25,6 +25,9 @@ from omegaconf.errors import ValidationError
 from landscape.cli.compose import exit_on_user_error, hydra_command, schema_node
 from landscape.config import check_known_keys, describe_type
 from landscape.storage import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PROG = "landscape-erf"
 
@@ -83,6 +86,9 @@ def _specs(study: ERFStudyConfig) -> dict:
 
     if not study.settings:
         raise ValueError("settings must name at least one setting (configs/erf.yaml has eight)")
+    if study.kernel == 1:
+        raise ValueError("kernel must be an odd integer >= 3: a 1x1 stack's ERF is one pixel "
+                         "at every depth, so sigma vs depth has no log-log fit; got 1")
     specs = {}
     for name, entry in study.settings.items():
         s = _setting(name, entry)
@@ -96,7 +102,7 @@ def _specs(study: ERFStudyConfig) -> dict:
     return specs
 
 
-def _write_png(path: Path, fig) -> None:
+def _write_png(path: Path, fig: Figure) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
@@ -107,25 +113,25 @@ def erf_main(cfg: DictConfig) -> None:
     from analysis.erf_plots import erf_images, ratio_vs_depth, size_vs_depth
     from landscape.importance.luo import erf_depth_sweep
 
-    def sweep() -> tuple[ERFStudyConfig, pd.DataFrame, dict]:
+    def sweep() -> tuple[ERFStudyConfig, pd.DataFrame, dict, pd.DataFrame]:
         check_known_keys(OmegaConf.to_container(cfg, resolve=False), ERFStudyConfig)
         study = OmegaConf.to_object(cfg)
         assert isinstance(study, ERFStudyConfig)
         rows, maps = erf_depth_sweep(_specs(study), study.depths, study.input_size,
                                      n_inputs=study.n_inputs, n_nets=study.n_nets,
                                      seed=study.seed, progress=study.progress)
-        return study, rows, maps
+        slopes = pd.concat([depth_slopes(rows, "sigma"), depth_slopes(rows, "erf_rf_ratio")],
+                           ignore_index=True)
+        return study, rows, maps, slopes
 
-    study, rows, maps = exit_on_user_error(PROG, sweep)
-    slopes = pd.concat([depth_slopes(rows, "sigma"), depth_slopes(rows, "erf_rf_ratio")],
-                       ignore_index=True)
+    study, rows, maps, slopes = exit_on_user_error(PROG, sweep)
     out = Path(study.out)
     atomic_write_text(out / "erf_rows.csv", rows.to_csv(index=False))
     atomic_write_text(out / "erf_slopes.csv", slopes.to_csv(index=False))
     for setting, g in rows.groupby("setting", sort=False):
         rf = dict(zip(g["depth"], g["theoretical_rf"]))
         _write_png(out / f"erf_images_{setting}.png",
-                   erf_images({d: maps[setting, d] for d in rf}, setting, rf))
+                   erf_images({d: maps[setting, d] for d in rf}, rf, setting))
     _write_png(out / "erf_size_vs_depth.png", size_vs_depth(rows, slopes[slopes.measure == "sigma"]))
     _write_png(out / "erf_ratio_vs_depth.png", ratio_vs_depth(rows))
     with pd.option_context("display.width", 120, "display.precision", 3):
