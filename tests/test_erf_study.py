@@ -195,7 +195,10 @@ def test_the_command_writes_rows_slopes_and_figures(run_erf, tmp_path, capsys):
     (["settings.relu.dilation=x"], "settings.relu.dilation must be an integer, got 'x'"),
     (["settings.mine.skp=true"], "unknown config key 'settings.mine.skp'; did you mean "
                                  "'settings.mine.skip'?"),
-    (["input_size=40"], "settings.linear_uniform: input_size=40 is too small for depth 32: "),
+    (["depths=[2,16]", "input_size=40"],  # the deepest, widest stack that does not fit
+     "settings.relu_dilated: input_size=40 is too small for depth 16: its centre unit's "
+     "theoretical RF (65 pixels) covers rows -12..52 of 0..39; input_size=65 is the smallest "
+     "that holds it"),
     (["settings.relu.nonlinearity=elu"],
      "settings.relu: nonlinearity must be one of none, relu, tanh; got 'elu'"),
 ])

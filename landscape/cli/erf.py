@@ -50,7 +50,7 @@ class ERFStudyConfig:
     """``landscape-erf``: every setting at every depth, on ``input_size`` x ``input_size``
     inputs, the map averaged over ``n_nets`` weight draws x ``n_inputs`` N(0, 1) inputs."""
 
-    # name -> StackSetting fields (free-form so that a new one needs no "+": settings.mine.skip=true)
+    # name -> StackSetting fields; free-form, so a new one needs no "+": settings.mine.skip=true
     settings: dict[str, Any] = field(default_factory=dict)
     depths: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     kernel: int = 3
@@ -132,7 +132,8 @@ def erf_main(cfg: DictConfig) -> None:
         rf = dict(zip(g["depth"], g["theoretical_rf"]))
         _write_png(out / f"erf_images_{setting}.png",
                    erf_images({d: maps[setting, d] for d in rf}, rf, setting))
-    _write_png(out / "erf_size_vs_depth.png", size_vs_depth(rows, slopes[slopes.measure == "sigma"]))
+    _write_png(out / "erf_size_vs_depth.png",
+               size_vs_depth(rows, slopes[slopes.measure == "sigma"]))
     _write_png(out / "erf_ratio_vs_depth.png", ratio_vs_depth(rows))
     with pd.option_context("display.width", 120, "display.precision", 3):
         print(rows.pivot(index="depth", columns="setting", values="sigma").to_string(

@@ -54,7 +54,8 @@ def check_map(mean_map: np.ndarray) -> np.ndarray:
     if bad:
         raise ValueError(f"the ERF map has {bad} non-finite value(s) (NaN or inf) of {m.size}")
     if (m < 0).any():
-        raise ValueError(f"the ERF map must be non-negative (|gradient|), its minimum is {m.min():g}")
+        raise ValueError(f"the ERF map must be non-negative (|gradient|), its minimum is "
+                         f"{m.min():g}")
     if m.sum() <= 0:
         raise ValueError("the ERF map is all zero: no gradient reached the input")
     return m

@@ -151,28 +151,36 @@ SWEEP_COLUMNS = ("setting", "depth", "sigma", "sigma_y", "sigma_x", "erf_size", 
                  "theoretical_rf", "erf_rf_ratio")
 
 
-def erf_depth_sweep(settings: Mapping[str, StackSpec], depths: Sequence[int], input_size: int,
-                    *, n_inputs: int = 8, n_nets: int = 1, seed: int = 0,
-                    progress: bool = True) -> tuple[pd.DataFrame, dict[tuple[str, int], np.ndarray]]:
+def erf_depth_sweep(
+    settings: Mapping[str, StackSpec], depths: Sequence[int], input_size: int, *,
+    n_inputs: int = 8, n_nets: int = 1, seed: int = 0, progress: bool = True,
+) -> tuple[pd.DataFrame, dict[tuple[str, int], np.ndarray]]:
     """Luo's depth sweep: for every setting (a :class:`StackSpec` whose ``depth`` is replaced)
     and depth, the mean ERF map of the stack (:func:`stack_erf_map`) and one row
     (``SWEEP_COLUMNS``): moment sigmas and Gaussian R^2 (:func:`erf_fit`), ``erf_size`` (side
     of the centred square holding 95 % of the mass), the analytic RF and ``erf_size /
-    theoretical_rf``. Every (setting, depth) is checked against ``input_size`` first."""
+    theoretical_rf``. Every (setting, depth) is checked against ``input_size`` first; the
+    error names the stack with the largest RF that does not fit, and the input it needs."""
     if not depths:
         raise ValueError("depths must hold at least one depth, got []")
     if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in depths):
         raise ValueError(f"depths must be integers >= 1, got {list(depths)}")
-    specs = {}
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise ValueError(f"input_size must be an integer >= 1, got {input_size!r}")
+    specs, rfs, too_small = {}, {}, []
     for name, template in settings.items():
         for d in depths:
+            specs[name, d] = spec = replace(template, depth=d)
             try:
-                spec = replace(template, depth=d)
-                specs[name, d] = (spec, check_input_size(spec, input_size))
+                rfs[name, d] = check_input_size(spec, input_size)
             except ValueError as e:
-                raise ValueError(f"settings.{name}: {e}") from None
+                too_small.append((theoretical_rf(spec, input_size)[0], name, e))
+    if too_small:  # the stack with the largest RF says the input size the sweep needs
+        _, name, e = max(too_small, key=lambda t: t[0])
+        raise ValueError(f"settings.{name}: {e}")
     rows, maps = [], {}
-    for (name, d), (spec, rf) in tqdm(specs.items(), desc="ERF", disable=not progress_enabled(progress)):
+    bar = tqdm(specs.items(), desc="ERF", disable=not progress_enabled(progress))
+    for (name, d), spec in bar:
         m = stack_erf_map(spec, input_size, n_inputs=n_inputs, n_nets=n_nets, seed=seed)
         try:
             fit, size = erf_fit(m), erf_size(m)
@@ -182,5 +190,5 @@ def erf_depth_sweep(settings: Mapping[str, StackSpec], depths: Sequence[int], in
         maps[name, d] = m
         rows.append({"setting": name, "depth": d, "sigma": fit.sigma, "sigma_y": fit.sigma_y,
                      "sigma_x": fit.sigma_x, "erf_size": size, "erf_r2": fit.r2,
-                     "theoretical_rf": rf, "erf_rf_ratio": size / rf})
+                     "theoretical_rf": rfs[name, d], "erf_rf_ratio": size / rfs[name, d]})
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS)), maps

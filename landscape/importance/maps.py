@@ -145,7 +145,8 @@ def layer_gradient_maps(model: nn.Module, inputs: Tensor, layers: list[str], *,
 
     def on_output(name: str, out: Tensor) -> None:
         if out.dim() != 4:
-            raise ValueError(f"layer {name!r} must output (n, C, h, w), got shape {tuple(out.shape)}")
+            raise ValueError(f"layer {name!r} must output (n, C, h, w), got shape "
+                             f"{tuple(out.shape)}")
         h, w = out.shape[-2] // 2, out.shape[-1] // 2
         # Copy the centre now: a later in-place op (ReLU(inplace=True)) may overwrite `out`.
         centres[name] = (out[:, :, h, w].clone(), (h, w))
