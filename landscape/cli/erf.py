@@ -135,7 +135,7 @@ def erf_main(cfg: DictConfig) -> None:
     _write_png(out / "erf_size_vs_depth.png",
                size_vs_depth(rows, slopes[slopes.measure == "sigma"]))
     _write_png(out / "erf_ratio_vs_depth.png", ratio_vs_depth(rows))
-    with pd.option_context("display.width", 120, "display.precision", 3):
+    with pd.option_context("display.width", 120):
         print(rows.pivot(index="depth", columns="setting", values="sigma").to_string(
             float_format="{:.2f}".format), flush=True)
         print(slopes.to_string(index=False, float_format="{:.3f}".format), flush=True)
