@@ -29,6 +29,7 @@ DOCS = [REPO / "README.md", REPO / "jobs" / "README.md"]
 ENTRY_POINTS = {  # pyproject.toml [project.scripts]
     "landscape-run": "landscape.cli:run_main", "landscape-submit": "landscape.cli:submit_main",
     "landscape-cells": "landscape.cli:cells_main", "landscape-rf": "landscape.cli:rf_main",
+    "landscape-erf": "landscape.cli.erf:erf_main",
     "landscape-status": "landscape.commands:status_main",
     "landscape-report": "landscape.commands:report_main",
 }
@@ -43,6 +44,8 @@ PLACEHOLDERS = [(r"(?<=\s)\.\.\.(?=\s|$)", ""), (r"/shared/\$USER/landscape-resu
 SMALL = ["data.train_subset=64", "data.test_subset=80", "data.verify_md5=false",
          "train.epochs=1", "model.width=0.125", "device=cpu", "num_threads=1", "progress=false",
          "report=false"]
+# Added to landscape-erf: two depths of narrow stacks on a small input (its defaults take minutes).
+ERF_SMALL = ["depths=[1,2]", "width=4", "n_inputs=4", "n_nets=1", "input_size=9"]
 # Added to the commands that match: one point of an experiment's grid (a command-line value
 # replaces the experiment's sweep of that key) and small evaluation sets for the stages a
 # command switches on (protocol=paper takes only some: the others are its procedure).
@@ -113,6 +116,8 @@ def as_run(line: str) -> list[str] | None:
         args.append("--dry-run")  # no Slurm here
     if prog in ("landscape-run", "landscape-cells", "landscape-submit"):
         args += SMALL + [a for pattern, extra in EXTRA if re.search(pattern, line) for a in extra]
+    if prog == "landscape-erf":
+        args += ERF_SMALL
     return [prog, *args]
 
 

@@ -6,6 +6,7 @@
 - ``landscape-submit``: the same grid planned and launched locally or on Slurm.
 - ``landscape-cells``: cell-level stages (CKA between seeds) of every cell of a results root.
 - ``landscape-rf``: the analytic receptive field per pool level.
+- ``landscape-erf`` (:mod:`landscape.cli.erf`): Luo et al.'s effective receptive field vs depth.
 
 ``landscape-status`` and ``landscape-report`` read a results folder: ``landscape.commands``.
 """

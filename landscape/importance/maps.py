@@ -19,6 +19,7 @@ every sample's map.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -132,22 +133,38 @@ def last_conv(model: nn.Module, x: Tensor) -> str:
         return execution_order(model, names, x)[-1]
 
 
-def _gradient_maps(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, tuple[int, int]]:
-    centres: list[tuple[Tensor, tuple[int, int]]] = []
+def layer_gradient_maps(model: nn.Module, inputs: Tensor, layers: list[str], *,
+                        keep_mode: bool = False) -> dict[str, tuple[Tensor, tuple[int, int]]]:
+    """Per layer in ``layers``: the (n, H, W) float64 map of ``inputs`` (n, C, H, W) for a unit
+    gradient at that layer's centre (module docstring) and the centre (row, col). One forward
+    for every layer, then one backward per layer. The model runs in eval mode (restored
+    afterwards), or with ``keep_mode`` in the mode it is in (dropout in train mode is then
+    active, with one mask per sample shared by every layer); no parameter ``.grad`` is touched.
+    """
+    centres: dict[str, tuple[Tensor, tuple[int, int]]] = {}
 
-    def on_output(_name: str, out: Tensor) -> None:
+    def on_output(name: str, out: Tensor) -> None:
         if out.dim() != 4:
-            raise ValueError(f"layer {layer!r} must output (n, C, h, w), got shape {tuple(out.shape)}")
+            raise ValueError(f"layer {name!r} must output (n, C, h, w), got shape "
+                             f"{tuple(out.shape)}")
         h, w = out.shape[-2] // 2, out.shape[-1] // 2
         # Copy the centre now: a later in-place op (ReLU(inplace=True)) may overwrite `out`.
-        centres.append((out[:, :, h, w].clone(), (h, w)))
+        centres[name] = (out[:, :, h, w].clone(), (h, w))
 
-    x = x.detach().clone().requires_grad_(True)
-    with eval_mode(model), torch.enable_grad(), ActivationCapture(model, [layer], on_output) as c:
+    x = inputs.detach().clone().requires_grad_(True)
+    mode = contextlib.nullcontext() if keep_mode else eval_mode(model)
+    with mode, torch.enable_grad(), ActivationCapture(model, layers, on_output) as c:
         c.run(x)
-    centre_values, centre = centres[0]
-    (grad,) = torch.autograd.grad(centre_values.sum(), x)
-    return grad.abs().to(torch.float64).sum(dim=1), centre
+    maps = {}
+    for i, name in enumerate(layers):
+        centre_values, centre = centres[name]
+        (grad,) = torch.autograd.grad(centre_values.sum(), x, retain_graph=i < len(layers) - 1)
+        maps[name] = (grad.abs().to(torch.float64).sum(dim=1), centre)
+    return maps
+
+
+def _gradient_maps(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, tuple[int, int]]:
+    return layer_gradient_maps(model, x, [layer])[layer]
 
 
 def projected_gradient(model: nn.Module, inputs: Tensor, *, layer: str | None = None) -> Tensor:

@@ -1,0 +1,96 @@
+"""The effective receptive field of every conv layer, beside its analytic receptive field.
+
+For each selected ``Conv2d``, the projected-gradient map of its centre unit
+(:func:`~landscape.importance.maps.layer_gradient_maps`: one forward, one backward per layer,
+every layer on the same inputs), averaged over the inputs, then its moments and Gaussian fit
+(:func:`~landscape.importance.erf_fit.erf_fit`) and its 95 %-mass size
+(:func:`~landscape.importance.erf.erf_size`), with the layer's analytic r_max / r_min
+(:func:`~landscape.receptive_field.receptive_field_table`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from landscape.activations import check_on_device
+from landscape.importance.erf import erf_size
+from landscape.importance.erf_fit import erf_fit
+from landscape.importance.maps import MODES, linearised_copy, layer_gradient_maps
+from landscape.receptive_field import receptive_field_table
+
+LAYER_ERF_COLUMNS = ("layer", "erf_sigma", "sigma_y", "sigma_x", "erf_size", "erf_r2",
+                     "r_max", "r_min", "erf_size_over_r_max")
+
+
+def conv_layers(model: nn.Module, layers: list[str] | None = None) -> list[str]:
+    """``layers`` checked against the model's ``Conv2d`` names (all of them by default), in
+    registration order; ValueError listing the valid names for one that matches nothing."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no Conv2d layer")
+    if layers is None:
+        return convs
+    unknown = [n for n in layers if n not in convs]
+    if unknown or not layers:
+        what = f"layers {unknown} match no" if unknown else "layers=[] selects no"
+        raise ValueError(f"{what} Conv2d of {type(model).__name__}; valid: {', '.join(convs)}")
+    return [n for n in convs if n in layers]
+
+
+def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | None = None,
+                   mode: str = "random_input", n: int = 16, seed: int = 0,
+                   in_channels: int | None = None,
+                   device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+    """Mean (H, W) float64 ERF map of the centre unit of each selected conv layer.
+
+    ``mode="random_input"``: the model in eval mode on ``n`` N(0, 1) inputs drawn from
+    ``seed``; ``"linearised"``: :func:`~landscape.importance.maps.linearised_copy` on one
+    input of ones (the map does not depend on the input). ``in_channels``: default the first
+    conv's. ``model`` must already be on ``device``; it is left as it was.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    check_on_device(model, device)
+    names = conv_layers(model, layers)
+    if in_channels is None:
+        in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    dtype = next(model.parameters()).dtype
+    shape = (in_channels, input_size, input_size)
+    if mode == "random_input":
+        g = torch.Generator().manual_seed(seed)
+        x, net = torch.randn(n, *shape, generator=g, dtype=dtype), model
+    else:
+        x, net = torch.ones(1, *shape, dtype=dtype), linearised_copy(model)
+    maps = layer_gradient_maps(net, x.to(device), names)
+    return {name: maps[name][0].mean(dim=0).cpu().numpy() for name in names}
+
+
+def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | None = None,
+                    mode: str = "random_input", n: int = 16, seed: int = 0,
+                    in_channels: int | None = None,
+                    device: str | torch.device = "cpu") -> pd.DataFrame:
+    """One row per selected conv layer (registration order), columns
+    ``LAYER_ERF_COLUMNS``: ``erf_sigma`` the mean of ``sigma_y`` and ``sigma_x`` (moment
+    sigmas, pixels), ``erf_size`` the side of the centred square holding 95 % of the map's
+    mass, ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the layer's analytic RF
+    and ``erf_size_over_r_max`` their ratio. Arguments as for :func:`layer_erf_maps`."""
+    maps = layer_erf_maps(model, input_size, layers=layers, mode=mode, n=n, seed=seed,
+                          in_channels=in_channels, device=device)
+    rf = receptive_field_table(model, input_size).set_index("layer")
+    rows = []
+    for name, m in maps.items():
+        try:
+            fit, size = erf_fit(m), erf_size(m)
+        except ValueError as e:
+            raise ValueError(f"layer {name!r}: {e}") from None
+        r_max = int(rf.at[name, "r_max"])
+        rows.append({"layer": name, "erf_sigma": fit.sigma, "sigma_y": fit.sigma_y,
+                     "sigma_x": fit.sigma_x, "erf_size": size, "erf_r2": fit.r2,
+                     "r_max": r_max, "r_min": int(rf.at[name, "r_min"]),
+                     "erf_size_over_r_max": size / r_max})
+    return pd.DataFrame(rows, columns=list(LAYER_ERF_COLUMNS))
