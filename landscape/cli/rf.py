@@ -10,8 +10,6 @@ per-layer table for the own architectures, ``refine=true`` the refinement propos
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +20,7 @@ from torch import nn
 from landscape.cli.compose import exit_on_user_error, hydra_command
 from landscape.commands import print_unless_closed
 from landscape.config import RFSweepConfig, check_known_keys
+from landscape.storage import atomic_write_text
 
 DRAW_FORMATS = ("png", "svg", "pdf")
 
@@ -48,18 +47,6 @@ def _checked(cfg: DictConfig) -> RFSweepConfig:
         if value is not None and value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value}")
     return sweep
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` to ``path`` through a temporary file in the same folder (no half files)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            df.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Analysis:
@@ -173,7 +160,7 @@ class _Analysis:
             return []
         out, written = Path(self.sweep.out), []
         for kind, df in self.tables.items():
-            _write_csv(df, out / f"rf_{kind}.csv")
+            atomic_write_text(out / f"rf_{kind}.csv", df.to_csv(index=False))
             written.append(out / f"rf_{kind}.csv")
         for name, fig in self.drawings:
             written.append(save_drawing(fig, out / name))

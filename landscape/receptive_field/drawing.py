@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from landscape.receptive_field.analytic import STATES, layer_states, trunk_rows
+from landscape.storage import atomic_write
 
 # Okabe-Ito (colour-blind safe).
 STATE_COLOURS = dict(zip(STATES, ("#009E73", "#E69F00", "#D55E00", "#999999")))
@@ -79,16 +80,12 @@ def draw_receptive_field(table: pd.DataFrame, input_size: int, *, title: str | N
 
 
 def save_drawing(fig: Figure, path: str | Path) -> Path:
-    """Save ``fig`` to ``path`` (.png, .svg or .pdf), written to a temporary name first."""
+    """Save ``fig`` to ``path`` (.png, .svg or .pdf) through a temporary file (no half-written
+    drawing is ever left at ``path``)."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"draw={str(path)!r}: the file must end in one of {', '.join(FORMATS)}")
     if not path.parent.is_dir():
         raise ValueError(f"draw={str(path)!r}: folder {str(path.parent)!r} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        fig.savefig(tmp, dpi=150)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:].lower(), dpi=150))
     return path
