@@ -141,3 +141,11 @@ def test_min_feasible_input_follows_the_knobs():
     assert min_feasible_input(plain).size == 109  # one path: r_min = r_max
     # the kept projections are short paths past two convs each; identity skips, more of them
     assert min_feasible_input(res).size < min_feasible_input(kept).size < 109
+
+
+def test_the_last_conv_is_the_deepest_when_a_projection_runs_last():
+    from landscape.importance.maps import last_conv
+
+    m = create_model("resnet18", num_classes=10, width=0.125, spec=ModelSpec(depths=(2, 2, 2, 1)))
+    # layer4.0.shortcut.0 (1x1, stride 2) runs after layer4.0.conv2 but sees only layer3's RF
+    assert last_conv(m, torch.randn(1, 3, 16, 16)) == "layer4.0.conv2"

@@ -125,12 +125,22 @@ def linearised_copy(model: nn.Module, *, keep: tuple[str, ...] = ()) -> nn.Modul
 
 
 def last_conv(model: nn.Module, x: Tensor) -> str:
-    """Name of the last ``Conv2d`` to run when ``model`` is applied to ``x``."""
+    """Name of the last ``Conv2d`` to run when ``model`` is applied to ``x``, passing over
+    convs that see less than an earlier one (a ResNet whose last block has a 1x1 projection
+    shortcut runs it after the block's second conv): the deepest conv by analytic r_max
+    where the RF analysis can trace the model."""
+    from landscape.receptive_field.analytic import deepest_conv
+
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not names:
         raise ValueError(f"{type(model).__name__} has no Conv2d; pass layer= explicitly")
     with eval_mode(model):
-        return execution_order(model, names, x)[-1]
+        order = execution_order(model, names, x)
+    try:
+        deepest = deepest_conv(model)
+    except ValueError:  # not traceable (UnsupportedModelError is one): the order decides
+        return order[-1]
+    return deepest if deepest in order else order[-1]
 
 
 def layer_gradient_maps(model: nn.Module, inputs: Tensor, layers: list[str], *,

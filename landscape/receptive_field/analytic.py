@@ -294,3 +294,8 @@ def max_receptive_field(model: nn.Module) -> int:
     over its Conv2d layers (the last conv's for a plain chain; module doc of
     :func:`_deepest_conv`); independent of the input size."""
     return int(_deepest_conv(layer_records(model, None)).out.r_max)
+
+
+def deepest_conv(model: nn.Module) -> str:
+    """Name of the conv whose r_max is :func:`max_receptive_field` (the last among equals)."""
+    return _deepest_conv(layer_records(model, None)).name
