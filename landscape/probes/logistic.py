@@ -71,7 +71,8 @@ def fit_logistic(
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not (isinstance(tol, (int, float)) and tol >= 0):
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
-    x = torch.as_tensor(x).to(device=device, dtype=dtype)
+    # row-major: the products with a column-major x (e.g. numpy's x[:, mask]) are many times slower
+    x = torch.as_tensor(x).to(device=device, dtype=dtype).contiguous()
     y = np.asarray(y)
     if x.dim() != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
         raise ValueError(f"x must be (n, p) with n labels y, got {tuple(x.shape)} and {y.shape}")

@@ -96,8 +96,13 @@ def _standardised(train_x: np.ndarray, test_x: np.ndarray, layer: str
         raise ValueError(f"layer {layer!r}: all {train_x.shape[1]} features are constant on "
                          "the training set (e.g. a dead ReLU layer); nothing to probe")
     mean, std = mean[keep], std[keep]
-    return ((x64[:, keep] - mean) / std, (test_x.astype(np.float64)[:, keep] - mean) / std,
-            keep)
+    out = []
+    for x in (x64, test_x.astype(np.float64)):
+        x = np.compress(keep, x, axis=1)  # row-major, unlike x[:, keep]
+        x -= mean
+        x /= std
+        out.append(x)
+    return out[0], out[1], keep
 
 
 def _fit_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, *, C: float,
