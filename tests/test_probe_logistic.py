@@ -83,7 +83,8 @@ def test_max_iter_reached_is_reported_not_raised() -> None:
 
 def test_bad_input_is_a_clear_error() -> None:
     x, y = _classes(30, 4, 3, seed=7)
-    with pytest.raises(ValueError, match=r"backend must be one of \('torch', 'sklearn'\), got 'cuml'"):
+    with pytest.raises(ValueError,
+                       match=r"backend must be one of \('torch', 'sklearn'\), got 'cuml'"):
         probe_accuracy(x, y, x, y, backend="cuml")
     with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
         fit_logistic(x, y, dtype=torch.float16)

@@ -94,9 +94,9 @@ def fit_logistic(
 
     @torch.no_grad()
     def objective() -> Tensor:
-        """Mean cross-entropy + penalty/2 ||W||^2, its gradient written into .grad by hand
-        (d/dz of the mean cross-entropy is (softmax(z) - onehot) / n; autograd through the
-        (n, p) product costs many times the two products)."""
+        """Mean cross-entropy + penalty/2 ||W||^2, its gradient written into .grad by hand:
+        d/dz of the mean cross-entropy is (softmax(z) - onehot) / n, so one (n, p) product
+        gives the logits and one the gradient."""
         z = torch.addmm(b, x, w.T)
         if rows == 1:
             loss = F.binary_cross_entropy_with_logits(z, target, reduction="sum")
@@ -110,13 +110,14 @@ def fit_logistic(
         b.grad = residual.sum(dim=0)
         return loss / n + 0.5 * penalty * w.pow(2).sum()
 
-    loss = opt.step(objective)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the logistic-regression objective became {float(loss)}")
+    opt.step(objective)
+    if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
+        raise FloatingPointError("the logistic-regression coefficients became non-finite")
     state = opt.state[w]
     n_iter = int(state.get("n_iter", 0))
     converged = n_iter < max_iter and int(state.get("func_evals", 0)) < 2 * max_iter
     coef, intercept = w.detach(), b.detach()
     if rows > 1:
         intercept = intercept - intercept.mean()  # the shift-invariant direction: sum zero
-    return LogisticFit(coef=coef, intercept=intercept, classes=classes, n_iter=n_iter, converged=converged)
+    return LogisticFit(coef=coef, intercept=intercept, classes=classes, n_iter=n_iter,
+                       converged=converged)
