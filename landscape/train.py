@@ -42,7 +42,11 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
-    scheduler: str = "cosine"  # "cosine" (CosineAnnealingLR, T_max = epochs) | "constant"
+    # "cosine" (CosineAnnealingLR, T_max = epochs) | "constant" | "step" (lr x gamma at each
+    # milestone: fractions of the epochs, e.g. 1/3 of 30 -> after epoch 10; step_milestones)
+    scheduler: str = "cosine"
+    milestones: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])  # step only
+    gamma: float = 0.1  # step only: the lr factor at each milestone
     grad_clip: Optional[float] = None  # max global gradient L2 norm; None = off
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
@@ -52,7 +56,7 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={"identity": False})
 
 
-SCHEDULERS = ("cosine", "constant")
+SCHEDULERS = ("cosine", "constant", "step")
 
 
 def validate_train_config(cfg: TrainConfig) -> None:
@@ -66,6 +70,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ValueError(f"train.lr must be a finite number > 0, got {cfg.lr}")
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"train.scheduler must be one of {SCHEDULERS}, got {cfg.scheduler!r}")
+    _validate_step(cfg)
     if cfg.grad_clip is not None and not (cfg.grad_clip > 0 and math.isfinite(cfg.grad_clip)):
         raise ValueError(f"train.grad_clip must be a finite number > 0 or null, got {cfg.grad_clip}")
     if not (isinstance(cfg.weight_decay, (int, float)) and cfg.weight_decay >= 0
@@ -75,6 +80,34 @@ def validate_train_config(cfg: TrainConfig) -> None:
     if not (isinstance(cfg.momentum, (int, float)) and 0 <= cfg.momentum < 1):
         raise ValueError(f"train.momentum must be in [0, 1) (SGD's heavy ball; 1 or more "
                          f"makes the updates grow without bound), got {cfg.momentum}")
+
+
+def _validate_step(cfg: TrainConfig) -> None:
+    """``train.milestones`` and ``train.gamma``: used by the step schedule only, so another
+    schedule with other values than the defaults would be another cell training the same."""
+    default = TrainConfig()
+    if cfg.scheduler != "step":
+        changed = [f"train.{k}" for k in ("milestones", "gamma")
+                   if getattr(cfg, k) != getattr(default, k)]
+        if changed:
+            raise ValueError(f"{' and '.join(changed)} only apply to train.scheduler=step, got "
+                             f"train.scheduler={cfg.scheduler!r}")
+        return
+    m = list(cfg.milestones)
+    if not m or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1
+                        for f in m) or any(a >= b for a, b in zip(m, m[1:])):
+        raise ValueError("train.milestones must be increasing fractions of the epochs in (0, 1), "
+                         f"e.g. [0.333, 0.667], got {cfg.milestones!r}")
+    if not (isinstance(cfg.gamma, (int, float)) and not isinstance(cfg.gamma, bool)
+            and 0 < cfg.gamma <= 1):
+        raise ValueError(f"train.gamma must be in (0, 1], got {cfg.gamma!r}")
+
+
+def step_milestones(cfg: TrainConfig) -> list[int]:
+    """The epochs after which the step schedule multiplies the lr by ``gamma``: each fraction
+    of ``train.milestones`` times ``epochs``, rounded half up, at least 1 (a milestone at 0
+    would lower the lr before the first epoch). Two fractions on one epoch apply gamma twice."""
+    return [max(1, math.floor(f * cfg.epochs + 0.5)) for f in cfg.milestones]
 
 
 @dataclass
@@ -120,6 +153,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, step_milestones(cfg), gamma=cfg.gamma)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 

@@ -37,7 +37,19 @@ def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():
 def test_all_names_are_registered():
     assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
-                               "loss_slice", "saturation", "data_path", "rf_table"}
+                               "loss_slice", "saturation", "data_path", "rf_table", "probes"}
+
+
+def test_probes_benchmark_quick_scores_both_backends_on_the_same_features():
+    rows = bench_main(["probes", "--quick"])["probes"]
+    assert [r["features"] for r in rows] == [64, 256]
+    for r in rows:
+        assert (r["n_train"], r["n_test"], r["classes"]) == (300, 100, 10)
+        assert r["torch_converged"] and r["sklearn_converged"]
+        assert r["acc_diff_points"] == pytest.approx(100 * (r["torch_acc"] - r["sklearn_acc"]))
+        assert abs(r["acc_diff_points"]) <= 5  # one objective; near-separable at 256
+        assert r["torch_seconds"] > 0 and r["speedup"] == pytest.approx(
+            r["sklearn_seconds"] / r["torch_seconds"])
 
 
 def test_data_path_benchmark_reads_the_same_pixels_on_both_paths():

@@ -238,6 +238,9 @@ def test_experiment_configs_compose_to_the_documented_values():
     assert paper.hydra.sweeper.params["model.pool_level"] == "1,2,3,4"
     text = to_run_config(_strip_hydra(_compose(["train=paper_text"]))).train
     assert (text.lr, text.weight_decay, text.grad_clip) == (1e-4, 5e-5, 0.1)
+    sm = to_run_config(_strip_hydra(_compose(["train=size_matters"]))).train
+    assert (sm.lr, sm.batch_size, sm.epochs, sm.scheduler, sm.milestones, sm.gamma) == (
+        0.1, 64, 30, "step", [1 / 3, 2 / 3], 0.1)
     tiny = to_run_config(_strip_hydra(_compose(["experiment=paper_tinyimagenet"])))
     assert tiny.data.name == "tiny_imagenet"
 

@@ -297,7 +297,7 @@ def test_probes_stage_rows_border_and_heat_map(tmp_path) -> None:
     assert len(heat) == heat["coord_x"].nunique() * heat["coord_y"].nunique() >= 4
     assert (heat["layer"] == "features.4").all()
     note = df["note"].iloc[0]
-    assert "n_train=96" in note and "saturation_rule=smallest" in note
+    assert "n_train=96" in note and "saturation_rule=smallest" in note and "backend=torch" in note
     from landscape.grid import write_root_report
 
     md = write_root_report(tmp_path).read_text()
@@ -315,6 +315,39 @@ def test_probes_stage_rows_border_and_heat_map(tmp_path) -> None:
         pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, n_test=2)))
     with pytest.raises(ValueError, match="probes.saturation_rule must be one of"):
         pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, saturation_rule="papers")))
+    with pytest.raises(ValueError, match=r"probes.backend must be one of \('torch', 'sklearn'\), "
+                                         r"got 'cuml'"):
+        pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, backend="cuml")))
+    assert not (tmp_path / identify(cfg(seed=1)).cell_name / "seed=1").exists()  # before training
+    _other_backend_is_recomputed_not_mixed(cfg, probes, tmp_path)
+
+
+def _other_backend_is_recomputed_not_mixed(cfg, probes, root) -> None:
+    """A unit of one backend is stale for the other; one recorded before probes.backend
+    existed (no backend in its DONE marker) was scikit-learn's."""
+    import dataclasses
+    import json
+
+    from landscape import pipeline, results
+    from landscape.identity import identify
+    from landscape.stages.probes import ProbesStage
+
+    ident = identify(cfg())
+    stage, run_dir = ProbesStage(), results.run_paths(root, ident.cell_name, ident.seed).run_dir
+    sk = dataclasses.replace(probes, backend="sklearn", position_layers=[])
+    assert "backend 'torch' -> 'sklearn'" in stage.stale_reason(sk, run_dir, "probes_final")
+    summary = pipeline.run(cfg(probes=sk))
+    assert summary.ran == ["probes_final"]
+    df = results.load(root).query("stage == 'probes_final'")
+    assert df["note"].str.contains("backend=sklearn").all()  # every row of the run replaced
+    done = results.stage_dir(run_dir, "probes_final") / "DONE"
+    marker = json.loads(done.read_text())
+    del marker["settings"]["backend"]  # as written before the setting existed
+    done.write_text(json.dumps(marker))
+    assert stage.stale_reason(sk, run_dir, "probes_final") is None
+    torch_cfg = dataclasses.replace(sk, backend="torch")
+    assert "backend 'sklearn' -> 'torch'" in stage.stale_reason(torch_cfg, run_dir,
+                                                                 "probes_final")
 
 
 def test_the_probe_figure_and_table_from_rows_with_equal_seeds() -> None:

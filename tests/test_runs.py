@@ -47,6 +47,17 @@ def test_defaults_are_omitted_and_numbers_normalised():
     }
 
 
+def test_step_schedule_settings_enter_the_hash_only_when_changed():
+    c = cfg(pool_level=2)
+    step = dataclasses.replace(c, train=TrainConfig(scheduler="step"))
+    assert identity_dict(step) == {**identity_dict(c), "train.scheduler": "step"}
+    explicit = dataclasses.replace(c, train=TrainConfig(scheduler="step", milestones=[1 / 3, 2 / 3],
+                                                        gamma=0.1))
+    assert cell_hash(explicit) == cell_hash(step) != cell_hash(c)
+    later = dataclasses.replace(c, train=TrainConfig(scheduler="step", milestones=[0.5, 0.75]))
+    assert cell_hash(later) != cell_hash(step)
+
+
 def test_hash_is_stable_across_versions():
     # Changing this value orphans every existing results folder: do it only on purpose.
     assert cell_name(cfg(pool_level=2)) == "vgg19-w0.125-digits-pool2-" + cell_hash(cfg(pool_level=2))

@@ -13,7 +13,10 @@ from landscape.device import device_settings
 from landscape.models import create_model
 from landscape.storage import CheckpointError, load_checkpoint, save_checkpoint
 from landscape.seeds import derive_seed, seed_everything
-from landscape.train import TrainConfig, train_model
+from landscape.train import (
+    TrainConfig, make_optimizer, make_scheduler, step_milestones, train_model,
+    validate_train_config,
+)
 
 CPU = device_settings(torch.device("cpu"))
 CFG = TrainConfig(epochs=3, batch_size=32, lr=0.05)
@@ -129,73 +132,87 @@ def test_checkpoints_load_with_weights_only(tmp_path):
         load_checkpoint(tmp_path / "y.pt")
 
 
-@pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", 0.0), ("scheduler", "step"),
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", 0.0), ("scheduler", "poly"),
                                           ("grad_clip", -1.0)])
 def test_bad_train_config(tmp_path, field, value):
     with pytest.raises(ValueError, match=f"train.{field}"):
         _train(tmp_path, cfg=TrainConfig(**{field: value}))
 
 
-def test_grad_clip_changes_the_trajectory(tmp_path):
-    m1, _ = _train(tmp_path / "a", cfg=TrainConfig(epochs=1, batch_size=32, lr=0.05))
-    m2, _ = _train(tmp_path / "b", cfg=TrainConfig(epochs=1, batch_size=32, lr=0.05, grad_clip=0.01))
-    assert not _same_state(m1.state_dict(), m2.state_dict())
+@pytest.mark.parametrize("settings, message", [
+    ({"milestones": [0.5, 0.5]}, r"train\.milestones must be increasing fractions"),
+    ({"milestones": [0.0, 0.5]}, r"train\.milestones must be increasing fractions"),
+    ({"milestones": [0.5, 1.0]}, r"train\.milestones must be increasing fractions"),
+    ({"milestones": []}, r"train\.milestones must be increasing fractions"),
+    ({"gamma": 0.0}, r"train\.gamma must be in \(0, 1\], got 0\.0"),
+    ({"gamma": 1.5}, r"train\.gamma must be in \(0, 1\]"),
+])
+def test_bad_step_schedule_is_a_one_line_error(settings, message):
+    with pytest.raises(ValueError, match=message) as e:
+        validate_train_config(TrainConfig(scheduler="step", **settings))
+    assert "\n" not in str(e.value)
 
 
-def test_derive_seed_is_stable():
-    assert derive_seed(0, 1) == derive_seed(0, 1) != derive_seed(1, 0)
-    assert derive_seed(3, 7) == 6137255848933647565  # fixed across processes and versions
-    seed_everything(derive_seed(0, 1))
+def test_step_settings_with_another_schedule_are_refused():
+    """They would change the run's hash but not its training."""
+    with pytest.raises(ValueError, match=r"train\.gamma only apply to train\.scheduler=step"):
+        validate_train_config(TrainConfig(gamma=0.5))
+    validate_train_config(TrainConfig(scheduler="step", gamma=0.5, milestones=[0.5]))
 
 
-def test_evaluate_and_input_check_keep_mixed_module_modes():
-    from landscape.train import evaluate, make_loader
+def _lr_sequence(cfg: TrainConfig, stop: int | None = None) -> list[float]:
+    """The lr of every epoch as the training loop sets it (the scheduler stepped once per
+    epoch); with ``stop``, the optimiser and scheduler are rebuilt after epoch ``stop`` from
+    their state dicts, as a resumed run rebuilds them from last.pt."""
+    model = torch.nn.Linear(1, 1)
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg)
+    lrs = []
+    for epoch in range(1, cfg.epochs + 1):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        if epoch == stop:
+            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+            opt = make_optimizer(model, cfg)
+            sched = make_scheduler(opt, cfg)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+    return lrs
 
-    model = create_model("small_cnn", num_classes=10, width=0.25).train()
-    model.features[2].eval()  # a frozen BatchNorm inside a training model
-    before = [m.training for m in model.modules()]
+
+def test_step_schedule_decays_at_the_milestones_and_resumes_exactly():
+    cfg = TrainConfig(epochs=30, lr=0.1, scheduler="step")
+    lrs = _lr_sequence(cfg)
+    assert step_milestones(cfg) == [10, 20]
+    assert lrs == pytest.approx([0.1] * 10 + [0.01] * 10 + [0.001] * 10, rel=1e-12)
+    for stop in (1, 9, 10, 11, 25):
+        assert _lr_sequence(cfg, stop=stop) == lrs
+    short = TrainConfig(epochs=2, lr=0.1, scheduler="step", milestones=[0.1, 0.9], gamma=0.5)
+    assert step_milestones(short) == [1, 2] and _lr_sequence(short) == [0.1, 0.05]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_step_schedule_resumed_training_run_replays_the_lr_sequence(tmp_path):
+    """A run stopped after epoch 1 (last.pt written, then killed) resumes the step schedule
+    where it was: its lr sequence is the uninterrupted run's."""
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, scheduler="step", milestones=[0.5])
+    _, full = _train(tmp_path / "full", cfg=cfg)
+
+    def kill_after_first(record):
+        raise _Killed
+
     b = _data()
-    evaluate(model, make_loader(b.test, 16, CPU, shuffle=False), CPU)  # also runs the input check
-    assert [m.training for m in model.modules()] == before
-
-
-def test_compile_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch, caplog):
-    """train.compile: a torch.compile that fails when called (or when asked) leaves one
-    warning line and an eager run with the same weights as train.compile=false."""
-    m_eager, _ = _train(tmp_path / "eager")
-
-    def compiled_but_broken(model, **kw):
-        def fn(x):
-            raise RuntimeError("no C++ compiler\nsecond line")
-        return fn
-
-    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, compile=True)
-    for fake, where in ((compiled_but_broken, "call"), (None, "creation")):
-        if fake is None:
-            def fake(model, **kw):
-                raise RuntimeError("no C++ compiler")
-        monkeypatch.setattr(torch, "compile", fake)
-        caplog.clear()
-        with caplog.at_level("WARNING", logger="landscape"):
-            m, out = _train(tmp_path / where, cfg=cfg)
-        warnings = [r for r in caplog.records if "train.compile" in r.getMessage()]
-        assert len(warnings) == 1 and "\n" not in warnings[0].getMessage(), where
-        assert not out.compiled and out.compile_note == "RuntimeError: no C++ compiler"
-        assert _same_state(m.state_dict(), m_eager.state_dict())
-
-
-def test_compile_is_used_where_it_works_and_not_identity(tmp_path, monkeypatch):
-    from landscape.identity import identity_dict
-
-    calls = []
-
-    def fake_compile(model, **kw):
-        def fn(x):
-            calls.append(len(x))
-            return model(x)
-        return fn
-
-    monkeypatch.setattr(torch, "compile", fake_compile)
-    m, out = _train(tmp_path, cfg=TrainConfig(epochs=1, batch_size=32, lr=0.05, compile=True))
-    assert out.compiled and out.compile_note == "" and calls == [32, 32, 32]
-    assert identity_dict(TrainConfig(compile=True)) == {}
+    torch.manual_seed(0)
+    model = create_model("small_cnn", num_classes=10, width=0.25)
+    with pytest.raises(_Killed):
+        train_model(model, b.train, b.test, cfg, seed=0, settings=CPU, progress=False,
+                    checkpoint_dir=tmp_path / "killed", on_epoch=kill_after_first)
+    _, resumed = _train(tmp_path / "killed", cfg=cfg)
+    assert resumed.resumed_from_epoch == 1
+    lrs = [r.learning_rate for r in full.history]
+    assert lrs == pytest.approx([0.05, 0.05, 0.005], rel=1e-12)  # milestone round(0.5 * 3) = 2
+    assert [r.learning_rate for r in resumed.history] == lrs

@@ -9,11 +9,17 @@ Features of a layer for one input:
 
 Probe: the features are standardised with the training set's mean and standard deviation
 (columns constant on the training set are dropped: they carry nothing to fit, and would only
-shift the test inputs), then a multinomial logistic regression (scikit-learn
-``LogisticRegression``, solver ``lbfgs``: deterministic, no random state involved; L2 with
-``C=1`` by default; ``max_iter=1000``) is fitted on the training features; the probe accuracy
-is the fraction of held-out inputs classified correctly. A probe that stops at ``max_iter``
-is reported with ``converged=False`` (the ConvergenceWarning is not raised).
+shift the test inputs), then a multinomial logistic regression with L2 penalty (``C=1`` by
+default) is fitted on the training features; the probe accuracy is the fraction of held-out
+inputs classified correctly. Two backends minimise the same objective
+(:mod:`landscape.probes.logistic`), both with L-BFGS from zero, stopping when every partial
+derivative of the objective / (C n) is at most ``TOL`` = 1e-4 or after ``max_iter=1000``
+iterations: ``torch`` (default: float32 on ``device``; :func:`fit_logistic`) and ``sklearn``
+(scikit-learn's ``LogisticRegression``, solver ``lbfgs``, float64 on the CPU). Neither draws
+random numbers. A probe that stops at ``max_iter`` is reported with ``converged=False`` (the
+ConvergenceWarning is not raised). Where the problem is weakly regularised (as many features
+as images or more) the two stop at different points near the minimum, and the held-out
+accuracies can differ by a few points: rows record their backend.
 
 Per-position probes (:func:`position_probe_map`): for one conv layer, one probe per spatial
 position (h, w) on the C channels there; the result is an H x W accuracy map.
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +38,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from landscape.activations import ActivationCapture, check_on_device, eval_mode, select_modules
+from landscape.probes.logistic import fit_logistic
 
 Batches = Iterable[Sequence[Tensor]]
+BACKENDS = ("torch", "sklearn")
+DEFAULT_BACKEND = "torch"
+TOL = 1e-4  # gradient max-norm at which both backends stop (scikit-learn's default tol)
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,8 @@ class ProbeResult:
     """One probe: held-out ``accuracy`` and ``train_accuracy`` in [0, 1]; ``features``:
     feature count fed to the classifier (constant columns removed); ``constant_features``:
     columns dropped as constant on the training set; ``n_train``, ``n_test``: inputs;
-    ``classes``: distinct training labels; ``converged``: lbfgs stopped before max_iter."""
+    ``classes``: distinct training labels; ``converged``: lbfgs stopped before max_iter;
+    ``backend``: the one of :data:`BACKENDS` that fitted it."""
 
     layer: str
     accuracy: float
@@ -52,6 +63,7 @@ class ProbeResult:
     n_test: int
     classes: int
     converged: bool
+    backend: str = DEFAULT_BACKEND
 
 
 def _check_xy(x: np.ndarray, y: np.ndarray, layer: str, which: str) -> tuple[np.ndarray,
@@ -67,6 +79,50 @@ def _check_xy(x: np.ndarray, y: np.ndarray, layer: str, which: str) -> tuple[np.
     return x, y
 
 
+def check_backend(backend: str, field: str = "backend") -> None:
+    """``backend`` (the setting ``field``) must be one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{field} must be one of {BACKENDS}, got {backend!r}")
+
+
+def _standardised(train_x: np.ndarray, test_x: np.ndarray, layer: str
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both sets standardised with the training set's float64 mean and std, the columns
+    constant on it dropped; and the mask of the columns kept."""
+    x64 = train_x.astype(np.float64)
+    mean, std = x64.mean(axis=0), x64.std(axis=0)
+    keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
+    if not keep.any():
+        raise ValueError(f"layer {layer!r}: all {train_x.shape[1]} features are constant on "
+                         "the training set (e.g. a dead ReLU layer); nothing to probe")
+    mean, std = mean[keep], std[keep]
+    out = []
+    for x in (x64, test_x.astype(np.float64)):
+        x = np.compress(keep, x, axis=1)  # row-major, unlike x[:, keep]
+        x -= mean
+        x /= std
+        out.append(x)
+    return out[0], out[1], keep
+
+
+def _fit_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, *, C: float,
+                 max_iter: int, backend: str, device) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(train predictions, test predictions, converged) of one probe."""
+    if backend == "sklearn":
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=float(C), solver="lbfgs", max_iter=max_iter, tol=TOL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(xtr, ytr)
+        return clf.predict(xtr), clf.predict(xte), bool(np.all(clf.n_iter_ < max_iter))
+    x = torch.as_tensor(xtr, dtype=torch.float32, device=device)
+    fit = fit_logistic(x, ytr, C=float(C), max_iter=max_iter, tol=TOL, device=device,
+                       dtype=torch.float32)
+    return fit.predict(x), fit.predict(torch.as_tensor(xte, dtype=torch.float32)), fit.converged
+
+
 def probe_accuracy(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -76,13 +132,14 @@ def probe_accuracy(
     layer: str = "features",
     C: float = 1.0,
     max_iter: int = 1000,
+    backend: str = DEFAULT_BACKEND,
+    device: str | torch.device = "cpu",
 ) -> ProbeResult:
     """Fit one standardised logistic-regression probe on (train_x, train_y) and score it on
-    (test_x, test_y); see the module docstring. Raises naming ``layer`` when the training
-    labels hold fewer than 2 classes or every feature is constant on the training set."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
+    (test_x, test_y); see the module docstring (``device``: where the torch backend fits).
+    Raises naming ``layer`` when the training labels hold fewer than 2 classes or every
+    feature is constant on the training set."""
+    check_backend(backend)
     train_x, train_y = _check_xy(train_x, train_y, layer, "train")
     test_x, test_y = _check_xy(test_x, test_y, layer, "test")
     if train_x.shape[1] != test_x.shape[1]:
@@ -96,26 +153,40 @@ def probe_accuracy(
                                                            and max_iter >= 1):
         raise ValueError(f"C must be > 0 and max_iter an integer >= 1, got C={C!r}, "
                          f"max_iter={max_iter!r}")
-    x64 = train_x.astype(np.float64)
-    mean, std = x64.mean(axis=0), x64.std(axis=0)
-    keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
-    if not keep.any():
-        raise ValueError(f"layer {layer!r}: all {train_x.shape[1]} features are constant on "
-                         "the training set (e.g. a dead ReLU layer); nothing to probe")
-    mean, std = mean[keep], std[keep]
-    xtr = (x64[:, keep] - mean) / std
-    xte = (test_x.astype(np.float64)[:, keep] - mean) / std
-    clf = LogisticRegression(C=float(C), solver="lbfgs", max_iter=max_iter)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(xtr, train_y)
+    xtr, xte, keep = _standardised(train_x, test_x, layer)
+    pred_tr, pred_te, converged = _fit_predict(xtr, train_y, xte, C=C, max_iter=max_iter,
+                                               backend=backend, device=device)
     return ProbeResult(
-        layer=layer, accuracy=float(np.mean(clf.predict(xte) == test_y)),
-        train_accuracy=float(np.mean(clf.predict(xtr) == train_y)),
+        layer=layer, accuracy=float(np.mean(pred_te == test_y)),
+        train_accuracy=float(np.mean(pred_tr == train_y)),
         features=int(keep.sum()), constant_features=int((~keep).sum()),
         n_train=len(train_y), n_test=len(test_y), classes=len(classes),
-        converged=bool(np.all(clf.n_iter_ < max_iter)),
+        converged=converged, backend=backend,
     )
+
+
+def layer_probes(
+    train: Mapping[str, np.ndarray],
+    train_y: np.ndarray,
+    test: Mapping[str, np.ndarray],
+    test_y: np.ndarray,
+    *,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    backend: str = DEFAULT_BACKEND,
+    device: str | torch.device = "cpu",
+) -> dict[str, ProbeResult]:
+    """One :func:`probe_accuracy` per layer of the cached features ``train[name]`` /
+    ``test[name]`` (the order of ``train``), all with one backend on one device. The layers
+    are fitted one after the other: each fit is full-batch matrix products already, and one
+    L-BFGS over all layers at once would share its line searches and stopping rule."""
+    check_backend(backend)
+    missing = [n for n in train if n not in test]
+    if missing:
+        raise ValueError(f"layers {missing} have training features but no test features")
+    return {n: probe_accuracy(train[n], train_y, test[n], test_y, layer=n, C=C,
+                              max_iter=max_iter, backend=backend, device=device)
+            for n in train}
 
 
 def probe_features(output: Tensor, size: int | None = 4, *, layer: str = "output") -> Tensor:
@@ -186,14 +257,16 @@ def linear_probes(
     size: int | None = 4,
     C: float = 1.0,
     max_iter: int = 1000,
+    backend: str = DEFAULT_BACKEND,
     device: str | torch.device = "cpu",
 ) -> dict[str, ProbeResult]:
     """Probe accuracy of every selected layer (execution order): features from
-    :func:`extract_features` on both sets, one :func:`probe_accuracy` per layer."""
+    :func:`extract_features` on both sets, then :func:`layer_probes`."""
+    check_backend(backend)
     train, ytr = extract_features(model, train_batches, layers=layers, size=size, device=device)
     test, yte = extract_features(model, test_batches, layers=layers, size=size, device=device)
-    return {n: probe_accuracy(train[n], ytr, test[n], yte, layer=n, C=C, max_iter=max_iter)
-            for n in train}
+    return layer_probes(train, ytr, test, yte, C=C, max_iter=max_iter, backend=backend,
+                        device=device)
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,6 +286,7 @@ class PositionProbeMap:
 def position_accuracy_map(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
     *, layer: str = "features", C: float = 1.0, max_iter: int = 1000,
+    backend: str = DEFAULT_BACKEND, device: str | torch.device = "cpu",
 ) -> PositionProbeMap:
     """One probe per position of (n, C, H, W) feature maps; see :class:`PositionProbeMap`."""
     train_x, test_x = np.asarray(train_x), np.asarray(test_x)
@@ -225,7 +299,8 @@ def position_accuracy_map(
     for i in range(h):
         for j in range(w):
             r = probe_accuracy(train_x[:, :, i, j], train_y, test_x[:, :, i, j], test_y,
-                               layer=f"{layer}[{i},{j}]", C=C, max_iter=max_iter)
+                               layer=f"{layer}[{i},{j}]", C=C, max_iter=max_iter,
+                               backend=backend, device=device)
             acc[i, j], tr_acc[i, j], conv[i, j] = r.accuracy, r.train_accuracy, r.converged
     return PositionProbeMap(layer=layer, accuracy=acc, train_accuracy=tr_acc, converged=conv,
                             channels=c, size=None)
@@ -240,12 +315,14 @@ def position_probe_map(
     size: int | None = None,
     C: float = 1.0,
     max_iter: int = 1000,
+    backend: str = DEFAULT_BACKEND,
     device: str | torch.device = "cpu",
 ) -> PositionProbeMap:
     """Accuracy map of per-position probes on the conv module named ``layer`` (exact name),
     its output pooled to ``size x size`` first when ``size`` is set (None: full resolution,
     H * W probes)."""
     _check_size(size)
+    check_backend(backend)
     if not isinstance(layer, str) or not layer or layer not in dict(model.named_modules()):
         raise ValueError(f"layer must be the exact name of a module of the model, got {layer!r}")
 
@@ -258,5 +335,5 @@ def position_probe_map(
     train, ytr = _collect(model, train_batches, [layer], pooled, device)
     test, yte = _collect(model, test_batches, [layer], pooled, device)
     result = position_accuracy_map(train[layer], ytr, test[layer], yte, layer=layer, C=C,
-                                   max_iter=max_iter)
+                                   max_iter=max_iter, backend=backend, device=device)
     return dataclasses.replace(result, size=size)

@@ -5,12 +5,14 @@ tail of unproductive layers starts, observed and predicted (Richter et al., "Siz
 Unit ``probes_<checkpoint>``. One forward pass per batch feeds every selected layer's probe
 features (its output adaptive-average-pooled to ``pool_size`` x ``pool_size``, flattened) and,
 on the test images, its streamed float64 output covariance (each position of a conv map one
-sample, the channels the dimensions). Probes: scikit-learn logistic regression (lbfgs, ``C``)
+sample, the channels the dimensions). Probes: L2 logistic regression (L-BFGS, ``C``; backend
+``torch`` on the run's device, or ``sklearn``: one objective, :mod:`landscape.probes.probes`)
 on standardised features of the first ``n_train`` training images (no augmentation), scored on
-the first ``n_test`` test images. Saturation = intrinsic dimension / width, the intrinsic
-dimension the number of eigendirections explaining ``threshold`` of the variance
-(``saturation_rule=smallest``, the papers' definition; ``delve`` = delve 0.1.50's count, one
-fewer).
+the first ``n_test`` test images; the note of every row names the backend, and a unit written
+by the other backend (or before ``backend`` existed: scikit-learn) is recomputed, not mixed.
+Saturation = intrinsic dimension / width, the intrinsic dimension the number of
+eigendirections explaining ``threshold`` of the variance (``saturation_rule=smallest``, the
+papers' definition; ``delve`` = delve 0.1.50's count, one fewer).
 
 Rows (``layer`` = module, ``index`` = its position among the probed layers in forward order):
 ``probe_acc``, ``probe_train_acc``, ``saturation``, ``intrinsic_dim``; ``border_predicted``
@@ -25,18 +27,19 @@ row) of one probe per feature-map position.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
-
 import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
 
 import torch
 
+from landscape import results
 from landscape.activations import ActivationCapture, select_modules
 from landscape.identity import RunIdentity
 from landscape.probes import (
-    DEFAULT_RULE, RULES, accumulator_saturation, collect_layers, observed_tail, position_probe_map,
-    predicted_border, probe_accuracy,
+    DEFAULT_BACKEND, DEFAULT_RULE, RULES, accumulator_saturation, check_backend, collect_layers,
+    layer_probes, observed_tail, position_probe_map, predicted_border,
 )
 from landscape.stages.base import (
     RunContext, Stage, Unit, check_checkpoints, check_counts, check_number, register_stage,
@@ -57,6 +60,7 @@ class ProbesConfig:
     pool_size: int = 4  # conv outputs adaptive-average-pooled to pool_size x pool_size
     C: float = 1.0  # inverse L2 regularisation of the logistic regression
     max_iter: int = 1000  # lbfgs iterations
+    backend: str = DEFAULT_BACKEND  # torch (float32, on the run's device) | sklearn (CPU)
     threshold: float = 0.99  # explained-variance fraction of the intrinsic dimension
     saturation_rule: str = DEFAULT_RULE  # smallest (the papers) | delve (delve 0.1.50)
     epsilon: float = 0.01  # accuracy gain below which a layer counts as unproductive
@@ -71,6 +75,7 @@ def validate(cfg: ProbesConfig) -> None:
                                  "min_tail"])
     check_counts("probes", cfg, ["n_test"], minimum=2)
     check_number("probes.C", cfg.C, above=0)
+    check_backend(cfg.backend, "probes.backend")
     check_number("probes.epsilon", cfg.epsilon, above=0, strict=False)
     if not 0 < cfg.threshold < 1:
         raise ValueError(f"probes.threshold must be in (0, 1), got {cfg.threshold}")
@@ -133,6 +138,14 @@ class ProbesStage(Stage):
     def units(self, config: ProbesConfig) -> list[Unit]:
         return [Unit(f"probes_{c}", {"checkpoint": c}) for c in config.checkpoints]
 
+    def stale_reason(self, config: ProbesConfig, out_dir: Path, unit: str,
+                     seeds: Optional[list[int]] = None) -> Optional[str]:
+        """As :meth:`Stage.stale_reason`, but a unit recorded before ``backend`` existed was
+        fitted by scikit-learn: with ``backend=torch`` it is recomputed, not kept."""
+        defaults = {**self.recorded_settings(ProbesConfig()), "backend": "sklearn"}
+        return results.stale_reason(out_dir, unit, self.recorded_settings(config), seeds,
+                                    defaults=defaults)
+
     def run(self, ctx: RunContext, config: ProbesConfig, unit: Unit) -> list[dict]:
         c, device = config, ctx.settings.device
         model = ctx.load_model(unit.params["checkpoint"])
@@ -142,11 +155,12 @@ class ProbesStage(Stage):
         score = collect_layers(model, test, layers=c.layers, size=c.pool_size, covariance=True,
                                device=device)
         names = score.layers
+        probes = layer_probes(fit.features, fit.labels, score.features, score.labels, C=c.C,
+                              max_iter=c.max_iter, backend=c.backend, device=device)
         rows: list[dict] = []
         accuracy, saturation = [], []
         for i, name in enumerate(names):
-            probe = probe_accuracy(fit.features[name], fit.labels, score.features[name],
-                                   score.labels, layer=name, C=c.C, max_iter=c.max_iter)
+            probe = probes[name]
             sat = accumulator_saturation(score.covariances[name], c.threshold,
                                          rule=c.saturation_rule)
             accuracy.append(probe.accuracy)
@@ -177,14 +191,15 @@ class ProbesStage(Stage):
                          "layer": border.layer})
         for layer in c.position_layers:
             heat = position_probe_map(model, train, test, layer, size=c.position_pool, C=c.C,
-                                      max_iter=c.max_iter, device=device)
+                                      max_iter=c.max_iter, backend=c.backend, device=device)
             rows += [{"metric": "position_probe_acc", "value": float(heat.accuracy[y, x]),
                       "layer": layer, "coord_x": float(x), "coord_y": float(y)}
                      for y in range(heat.accuracy.shape[0])
                      for x in range(heat.accuracy.shape[1])]
         note = (f"checkpoint={unit.params['checkpoint']}; n_train={len(fit.labels)} "
                 f"(training images, no augmentation); n_test={len(score.labels)}; "
-                f"pool_size={c.pool_size}; C={c.C}; threshold={c.threshold}; "
+                f"pool_size={c.pool_size}; C={c.C}; backend={c.backend}; "
+                f"threshold={c.threshold}; "
                 f"saturation_rule={c.saturation_rule}; epsilon={c.epsilon}; "
                 f"min_tail={c.min_tail}; input_size={ctx.identity.image_size}")
         return [{"stage": unit.name, "note": note, **r} for r in rows]
