@@ -201,8 +201,7 @@ def test_paper_cifar10_dry_run_lists_every_stage_of_every_run(tmp_path, capsys):
     for p in plan.pending:
         units = p.units
         assert units[0] == "train"
-        assert {"hessian_paper_init", "hessian_paper_best", "importance_paper_init",
-                "probes_final"} <= set(units)
+        assert {"hessian_paper_init", "hessian_paper_best", "importance_paper_init"} <= set(units)
         assert sum(u.startswith("prune_magnitude_") for u in units) == 5
         assert sum(u.startswith("finetune_magnitude_") for u in units) == 5
     assert "cell-level work (cka_paper_best, the report) for 8 cells" in out
