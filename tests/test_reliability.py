@@ -127,9 +127,9 @@ def test_changed_cell_stage_settings_recompute_the_cka(tmp_path):
     ("train.lr=inf", "train.lr must be a finite number > 0, got inf"),
     ("train.momentum=nan", "train.momentum must be in [0, 1) (SGD's heavy ball; 1 or more "
                            "makes the updates grow without bound), got nan"),
-    ("train.scheduler=step", "train.scheduler must be one of ('cosine', 'constant')"),
+    ("train.scheduler=linear", "train.scheduler must be one of ('cosine', 'constant', 'step')"),
     ("data.train_subset=0", "data.train_subset must be >= 1 or null, got 0"),
-    ("model.name=vgg", "unknown model 'vgg'; valid names: resnet18, resnet50"),
+    ("model.name=vgg", "unknown model 'vgg'; valid names: resnet101, resnet18, resnet34"),
     ("importance.enabled=true importance.n_samples=0", "importance.n_samples must be >= 1"),
     ("hessian.enabled=true hessian.tol=-1", "hessian.tol must be a finite number > 0"),
     ("prune.enabled=true prune.finetune_lr=nan", "prune.finetune_lr must be a finite number > 0"),
@@ -142,12 +142,15 @@ def test_changed_cell_stage_settings_recompute_the_cka(tmp_path):
     ("data=cifar10 data.root=/nonexistent", "CIFAR-10 not found: looked in /nonexistent/"),
     ("data=tiny_imagenet data.root=/nonexistent", "Tiny ImageNet not found: missing"),
 ])
-def test_bad_settings_are_one_line_and_leave_nothing_on_disk(tmp_path, override, message):
+def test_bad_settings_are_one_line_and_leave_nothing_on_disk(tmp_path, override, message,
+                                                             console):
+    # in this process: each console script in a process of its own is
+    # test_every_console_script_says_a_user_error_in_one_line
     args = override.split()
     data = [] if any(a.startswith("data=") for a in args) else ["data=synthetic"]
-    out = cli("run_main", *data, f"results_root={tmp_path / 'r'}", *args)
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
+    code, _, err = console("run_main", *data, f"results_root={tmp_path / 'r'}", *args)
+    lines = err.strip().splitlines()
+    assert code == 2
     assert len(lines) == 1 and lines[0].startswith("landscape-run: error: ") and message in lines[0]
     assert not (tmp_path / "r").exists()
 

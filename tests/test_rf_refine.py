@@ -3,15 +3,11 @@ FLOPs, refinement proposals with hand-counted r̃, the drawing, and ``landscape-
 
 from __future__ import annotations
 
-import sys
-
 import pandas as pd
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
-from landscape import cli
 from landscape.receptive_field import min_feasible_input, receptive_field_table
 from landscape.receptive_field.cost import model_cost
 from landscape.receptive_field.drawing import draw_receptive_field, save_drawing
@@ -141,23 +137,8 @@ def test_the_drawing_colours_every_layer_by_its_state(tmp_path):
 
 
 @pytest.fixture
-def rf(monkeypatch, tmp_path, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CI", "1")
-
-    def call(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["landscape-rf", *args])
-        code = 0
-        try:
-            cli.rf_main()
-        except SystemExit as e:
-            code = e.code
-        finally:
-            GlobalHydra.instance().clear()
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return call
+def rf(console):
+    return lambda *args: console("rf_main", *args)
 
 
 def test_landscape_rf_any_model_prints_params_flops_r_tilde_and_writes_files(rf, tmp_path):
