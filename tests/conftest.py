@@ -10,6 +10,23 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# The longest tests (minutes each on this machine) start first, so that with pytest-xdist the
+# two workers do not end with one of them running a long test alone.
+SLOW_FIRST = (
+    "tests/test_readme.py::test_every_readme_command_runs",
+    "tests/test_paper_protocol.py::test_experiment_paper_small_runs_end_to_end",
+    "tests/test_benchmarks.py::test_demo_scaling_quick_times_every_stage_and_counts_flops",
+    "tests/test_benchmarks.py::test_cka_benchmark_quick_agrees_with_torch_cka_in_float64",
+    "tests/test_geometry.py::test_pruned_network_geometry_in_the_prune_and_finetune_units",
+    "tests/test_slurm.py::test_grid_array_and_dependent_cell_job_then_resubmission_submits_nothing",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {nodeid: i for i, nodeid in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))  # stable: the rest keep order
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
