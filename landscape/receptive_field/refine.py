@@ -40,7 +40,6 @@ PROPOSAL_COLUMNS = (
     "strategy", "change", "r_tilde", "params", "params_change", "flops", "n_underutilised",
     "n_unproductive", "fully_utilised", "width", "error",
 )
-STRATEGIES = ("original", "less_downsampling", "shorter", "shorter_wider")
 _STRIDED = ("conv", "max_pool", "avg_pool")
 
 
