@@ -417,8 +417,11 @@ def receptive_field_states(df: pd.DataFrame, *, arch: str | None = None,
         return None
     levels = [lv for lv in _levels(g) if (rf["cell"] == lv[0]).any()]
     fig, axes = _figure(len(levels), 1, panel=(max(6.4, 0.16 * rf["layer"].nunique()), 3.4))
+    per_layer = ("rf_r_min", "rf_r_max", "rf_unproductive", "rf_underutilised", "rf_border")
     for ax, (cell, label, _, _) in zip(axes[:, 0], levels):
-        r = rf[rf["cell"] == cell]
+        r = rf[(rf["cell"] == cell) & rf["metric"].isin(per_layer) & rf["layer"].notna()]
+        r_tilde = rf.loc[(rf["cell"] == cell) & (rf["metric"] == "rf_min_feasible_input"),
+                         "value"]
         wide = r.pivot_table(index="layer", columns="metric", values="value", sort=False)
         order = list(dict.fromkeys(r["layer"]))
         wide = wide.reindex(order)
@@ -430,7 +433,6 @@ def receptive_field_states(df: pd.DataFrame, *, arch: str | None = None,
                for c in ("unproductive", "underutilised", "border")}}).reset_index(drop=True)
         found = [re.search(r"input_size=(\d+)", n) for n in r["note"].dropna()]
         size = next((int(m.group(1)) for m in found if m), None)
-        r_tilde = r.loc[r["metric"] == "rf_min_feasible_input", "value"]
         if size is None:
             continue
         draw_receptive_field(table, size, ax=ax, legend=False, title=label,

@@ -380,6 +380,7 @@ def test_receptive_field_states_draws_each_level_from_the_stage_rows(df):
                              "rf_border"), vals) if v is not None]
     rows.append({**ident, "layer": "features.9", "metric": "rf_min_feasible_input",
                  "value": 40.0})
+    rows.append({**ident, "metric": "flops_per_image", "value": 1e6})  # no layer: not a bar
     fig = plots.receptive_field_states(pd.DataFrame(rows))
     (ax,) = [a for a in fig.get_axes() if a.patches]
     colours = [matplotlib.colors.to_hex(p.get_facecolor()) for p in ax.patches]

@@ -53,6 +53,9 @@ def test_run_writes_tidy_rows_and_rerun_does_nothing(tmp_path, caplog):
     assert rf[(rf.metric == "rf_border") & (rf.value == 1)]["layer"].tolist() == ["features.11"]
     r_tilde = rf[rf.metric == "rf_min_feasible_input"]  # no skips: the largest r_max
     assert r_tilde[["value", "layer"]].values.tolist() == [[13.0, "features.11"]]
+    # 2 x MACs: conv 3->4 on 8x8, (pool 2/1: 7x7) conv 4->8, (pool 2: 3x3) conv 8->16, linear
+    macs = 8 * 8 * 4 * 27 + 7 * 7 * 8 * 36 + 3 * 3 * 16 * 72 + 16 * 10
+    assert rf[rf.metric == "flops_per_image"]["value"].tolist() == [2.0 * macs]
     mtime = (Path(first.run_dir) / "checkpoints" / "final.pt").stat().st_mtime_ns
     with caplog.at_level("INFO", logger="landscape"):
         second = pipeline.run(cfg)

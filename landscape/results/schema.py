@@ -70,6 +70,8 @@ METRICS: dict[str, str] = {
                         "(rfa-toolbox's critical layers)",
     "rf_min_feasible_input": "r̃, the minimal feasible input resolution: the largest r_min "
                              "over all layers (larger axis), pixels; layer = where reached",
+    "flops_per_image": "FLOPs of one forward pass of one image at the data's size (2 x "
+                       "multiply-accumulates of conv / linear / matmul; note = the convention)",
     # prune, finetune (also test_acc, test_loss, train_loss, train_acc, best_test_acc)
     "dense_test_acc": "test accuracy of the unpruned checkpoint a prune unit pruned (the same "
                       "evaluation as its test_acc), fraction",

@@ -1,5 +1,6 @@
 """Cell-level receptive-field stage: the analytic RF table of the cell's model at its input
-size (r_max, r_min, jump, unproductive, underutilised and border flags per layer, and r̃),
+size (r_max, r_min, jump, unproductive, underutilised and border flags per layer, r̃ and the
+FLOPs of one forward pass),
 written once per cell by the first run of the cell that gets there; it needs no training."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from landscape.receptive_field import min_feasible_input, receptive_field_table
+from landscape.receptive_field.cost import FLOPS_CONVENTION, model_cost
 from landscape.stages.base import CellContext, Stage, register_stage
 
 
@@ -33,4 +35,7 @@ class ReceptiveFieldStage(Stage):
         rows.append({"metric": "rf_min_feasible_input", "value": float(max(r_tilde.h, r_tilde.w)),
                      "layer": r_tilde.layer_h if r_tilde.h >= r_tilde.w else r_tilde.layer_w,
                      "note": note + axes})
+        cost = model_cost(model, size, ctx.identity.in_channels)
+        rows.append({"metric": "flops_per_image", "value": float(cost.flops),
+                     "note": f"{note}; {FLOPS_CONVENTION}"})
         return rows
