@@ -190,3 +190,12 @@ def test_a_proposal_applies_to_a_real_instance_that_trains():
     assert changed[0].weight.grad is not None
     assert isinstance(shorter.apply(real)[4], nn.Identity)
     assert wider.width is not None and isinstance(wider.apply(chain(wider.width))[4], nn.Identity)
+
+
+@pytest.mark.parametrize("name", ["torchvision:resnet18", "torchvision:inception_v3",
+                                  "torchvision:efficientnet_b0"])
+def test_r_tilde_from_the_table_equals_the_traced_one(name):
+    from landscape.receptive_field.analytic import feasible_input_of
+
+    model = external_model(name)
+    assert feasible_input_of(receptive_field_table(model, 299)) == min_feasible_input(model, 299)

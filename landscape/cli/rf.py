@@ -68,7 +68,8 @@ class _Analysis:
     def model(self, label: str, model: nn.Module, slug: str,
               rebuild: Callable[[float], nn.Module] | None = None, extra: dict | None = None,
               show_layers: bool = True) -> None:
-        from landscape.receptive_field import min_feasible_input, receptive_field_table
+        from landscape.receptive_field import receptive_field_table
+        from landscape.receptive_field.analytic import feasible_input_of
         from landscape.receptive_field.cost import model_cost
         from landscape.receptive_field.drawing import draw_receptive_field
         from landscape.receptive_field.refine import proposals_table, refinement_proposals
@@ -79,7 +80,7 @@ class _Analysis:
         s, n = self.sweep, self.n
         table = receptive_field_table(model, n, se_gates=s.se_gates, convention=s.convention)
         cost = model_cost(model, n, self.info.in_channels)
-        r_tilde = min_feasible_input(model, n, se_gates=s.se_gates)
+        r_tilde = feasible_input_of(table)
         if show_layers:
             self.text += [format_summary(label, table, cost, r_tilde, n, s.convention),
                           format_layer_table(table), ""]

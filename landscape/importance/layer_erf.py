@@ -18,7 +18,7 @@ from torch import nn
 from landscape.activations import check_on_device
 from landscape.importance.erf import erf_size
 from landscape.importance.erf_fit import erf_fit
-from landscape.importance.maps import MODES, linearised_copy, layer_gradient_maps
+from landscape.importance.maps import MODES, layer_gradient_maps, probe_inputs
 from landscape.receptive_field import receptive_field_table
 
 LAYER_ERF_COLUMNS = ("layer", "erf_sigma", "sigma_y", "sigma_x", "erf_size", "erf_r2",
@@ -48,8 +48,8 @@ def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | Non
 
     ``mode="random_input"``: the model in eval mode on ``n`` N(0, 1) inputs drawn from
     ``seed``; ``"linearised"``: :func:`~landscape.importance.maps.linearised_copy` on one
-    input of ones (the map does not depend on the input). ``in_channels``: default the first
-    conv's. ``model`` must already be on ``device``; it is left as it was.
+    input of ones (the map does not depend on the input). ``in_channels``: default the
+    model's (``model.in_channels``, else the first conv's). ``model`` must already be on ``device``; it is left as it was.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -57,16 +57,8 @@ def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | Non
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     check_on_device(model, device)
     names = conv_layers(model, layers)
-    if in_channels is None:
-        in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-    dtype = next(model.parameters()).dtype
-    shape = (in_channels, input_size, input_size)
-    if mode == "random_input":
-        g = torch.Generator().manual_seed(seed)
-        x, net = torch.randn(n, *shape, generator=g, dtype=dtype), model
-    else:
-        x, net = torch.ones(1, *shape, dtype=dtype), linearised_copy(model)
-    maps = layer_gradient_maps(net, x.to(device), names)
+    x, net = probe_inputs(model, mode, n, input_size, in_channels, seed, device)
+    maps = layer_gradient_maps(net, x, names)
     return {name: maps[name][0].mean(dim=0).cpu().numpy() for name in names}
 
 

@@ -195,6 +195,22 @@ def _resolve_layer(model: nn.Module, x: Tensor, layer: str | None) -> str:
     return layer
 
 
+def probe_inputs(model: nn.Module, mode: str, n: int, input_size: int,
+                 in_channels: int | None, seed: int, device: str | torch.device
+                 ) -> tuple[Tensor, nn.Module]:
+    """(inputs on ``device``, the net to differentiate) for ``mode``: ``n`` N(0, 1) inputs from
+    ``seed`` through ``model`` as it is, or one input of ones through its
+    :func:`linearised_copy`; ``in_channels`` None: the model's."""
+    channels = in_channels if in_channels is not None else _infer_in_channels(model)
+    first = next(model.parameters(), None)
+    dtype = first.dtype if first is not None else torch.get_default_dtype()
+    shape = (channels, input_size, input_size)
+    if mode == "random_input":
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n, *shape, generator=g, dtype=dtype).to(device), model
+    return torch.ones(1, *shape, dtype=dtype).to(device), linearised_copy(model)
+
+
 def _infer_in_channels(model: nn.Module) -> int:
     c = getattr(model, "in_channels", None)
     if isinstance(c, int):
@@ -229,16 +245,7 @@ def projected_gradient_maps(
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{arg} must be an integer >= 1, got {v!r}")
     check_on_device(model, device)
-    channels = in_channels if in_channels is not None else _infer_in_channels(model)
-    first = next(model.parameters(), None)
-    dtype = first.dtype if first is not None else torch.get_default_dtype()
-    shape = (channels, input_size, input_size)
-    if mode == "random_input":
-        g = torch.Generator().manual_seed(seed)
-        x, net = torch.randn(n_samples, *shape, generator=g, dtype=dtype), model
-    else:
-        x, net = torch.ones(1, *shape, dtype=dtype), linearised_copy(model)
-    x = x.to(device)
+    x, net = probe_inputs(model, mode, n_samples, input_size, in_channels, seed, device)
     name = _resolve_layer(net, x, layer)
     maps, centre = _gradient_maps(net, x, name)
     return ImportanceMaps.from_maps(maps.cpu().numpy(), mode=mode, layer=name, centre=centre,

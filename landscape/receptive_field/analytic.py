@@ -254,19 +254,35 @@ def min_feasible_input(model: nn.Module, input_size: int | None = None, *,
     """
     if input_size is not None:
         input_size = square_input_size(input_size)
+    def local_r_min():
+        for rec in layer_records(model, input_size, se_gates=se_gates, tracer=tracer):
+            if isinstance(rec.out, Unsupported):
+                raise UnsupportedModelError(rec.out.reason)
+            if isinstance(rec.out, Geometry) and rec.out.is_local:
+                yield rec.name, rec.out.axis("h").r_min, rec.out.axis("w").r_min
+
+    return _largest_r_min(local_r_min(), type(model).__name__)
+
+
+def feasible_input_of(table: pd.DataFrame) -> FeasibleInput:
+    """:func:`min_feasible_input` read off a :func:`receptive_field_table` of the model (no
+    second trace): the largest r_min per axis over its local rows."""
+    local = table[~table["is_global"]]
+    return _largest_r_min(zip(local["layer"], local["r_min_h"], local["r_min_w"]), "the model")
+
+
+def _largest_r_min(rows, what: str) -> FeasibleInput:
+    """r̃ per axis from (layer, r_min_h, r_min_w) in forward order: the largest finite r_min and
+    the first layer that reaches it."""
     best: dict[str, tuple[int, str]] = {}
-    for rec in layer_records(model, input_size, se_gates=se_gates, tracer=tracer):
-        if isinstance(rec.out, Unsupported):
-            raise UnsupportedModelError(rec.out.reason)
-        if not (isinstance(rec.out, Geometry) and rec.out.is_local):
-            continue
-        for a in AXES:
-            r = rec.out.axis(a).r_min
-            if math.isfinite(r) and r > best.get(a, (0, ""))[0]:
-                best[a] = (int(r), rec.name)
+    for name, *r_min in rows:
+        for a, r in zip(AXES, r_min):
+            finite = r is not None and not pd.isna(r) and math.isfinite(r)
+            if finite and r > best.get(a, (0, ""))[0]:
+                best[a] = (int(r), str(name))
     if len(best) < 2:
-        raise ValueError(f"{type(model).__name__} has no layer with a local receptive field, so "
-                         "it has no minimal feasible input resolution")
+        raise ValueError(f"{what} has no layer with a local receptive field, so it has no "
+                         "minimal feasible input resolution")
     return FeasibleInput(h=best["h"][0], w=best["w"][0], layer_h=best["h"][1],
                          layer_w=best["w"][1])
 

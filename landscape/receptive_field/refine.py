@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from landscape.receptive_field.analytic import (
-    min_feasible_input, receptive_field_table, square_input_size,
+    feasible_input_of, receptive_field_table, square_input_size,
 )
 from landscape.receptive_field.cost import meta_copy, model_cost
 
@@ -77,6 +77,7 @@ class Proposal:
     model: nn.Module | None = field(default=None, repr=False)
     edits: tuple[Edit, ...] = ()
     width: float | None = None
+    table: pd.DataFrame | None = field(default=None, repr=False)  # its receptive-field table
 
     def apply(self, model: nn.Module) -> nn.Module:
         """A copy of ``model`` (the analysed architecture built anywhere, with any weights,
@@ -93,7 +94,7 @@ def _analyse(strategy: str, change: str, model: nn.Module, n: int, in_channels: 
     try:
         table = receptive_field_table(model, n, convention=convention)
         cost = model_cost(model, n, in_channels)
-        r = min_feasible_input(model, n)
+        r = feasible_input_of(table)
     except Exception as e:  # the change broke the model: say why, keep the other proposals
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         return Proposal(row, **made)
@@ -102,7 +103,7 @@ def _analyse(strategy: str, change: str, model: nn.Module, n: int, in_channels: 
                params_change=cost.params / base_params - 1, flops=cost.flops,
                n_underutilised=under, n_unproductive=int(table["unproductive"].sum()),
                fully_utilised=under == 0, error=None)
-    return Proposal(row, model, **made)
+    return Proposal(row, model, table=table, **made)
 
 
 def downsampling_points(table: pd.DataFrame) -> list[tuple[int, list[str]]]:
@@ -185,7 +186,7 @@ def refinement_proposals(model: nn.Module, input_size: int, *, in_channels: int 
     proposals = [original]
     if original.row["fully_utilised"]:
         return proposals  # nothing to refine at this input size
-    table = receptive_field_table(base, n, convention=convention)
+    table = original.table
     for jump, layers in downsampling_points(table):
         edits = tuple(("stride1", name) for name in layers)
         change = f"stride 1 at {', '.join(layers)} (input jump {jump})"

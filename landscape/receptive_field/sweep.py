@@ -9,7 +9,7 @@ import pandas as pd
 from landscape.models import InputTooSmallError, check_input_size, create_model
 from landscape.models.spec import ModelSpec
 from landscape.receptive_field.analytic import (
-    min_feasible_input, receptive_field_table, square_input_size,
+    feasible_input_of, receptive_field_table, square_input_size,
 )
 
 SWEEP_COLUMNS = (
@@ -38,8 +38,9 @@ def rf_sweep_table(
 
     Columns: ``level``; the pool's ``kernel, stride, padding`` (kernel 0 = no pool);
     ``r_max, r_min`` at the last conv (the one with the largest r_max: a ResNet's
-    projection shortcut may run later but sees less); ``r_tilde``: r̃, the largest r_min over all layers (the
-    larger axis; :func:`~landscape.receptive_field.min_feasible_input`); ``params`` (trainable + frozen parameter count);
+    projection shortcut may run later but sees less); ``r_tilde``: r̃, the largest r_min over
+    all layers (the larger axis; :func:`~landscape.receptive_field.min_feasible_input`);
+    ``params`` (trainable + frozen parameter count);
     ``feature_size``: spatial size of the last conv's output (NA when the pool shrinks the map
     to nothing, see ``fits``); ``fits``: the model accepts this input size
     (no :class:`~landscape.models.InputTooSmallError`); ``border_layer``: name of the border
@@ -56,7 +57,7 @@ def rf_sweep_table(
             pool_padding=pool_padding, spec=spec,
         )
         table = receptive_field_table(model, n)
-        r_tilde = min_feasible_input(model, n)
+        r_tilde = feasible_input_of(table)
         convs = table[(table["kind"] == "conv") & table["r_max"].notna()]
         last = convs.loc[convs["r_max"] == convs["r_max"].max()].iloc[-1]  # deepest conv
         try:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from landscape.receptive_field import min_feasible_input, receptive_field_table
+from landscape.receptive_field import receptive_field_table
+from landscape.receptive_field.analytic import feasible_input_of
 from landscape.receptive_field.cost import FLOPS_CONVENTION, model_cost
 from landscape.stages.base import CellContext, Stage, register_stage
 
@@ -30,7 +31,7 @@ class ReceptiveFieldStage(Stage):
                       "rf_border": r.border}
             rows += [{"metric": k, "value": float(v), "layer": r.layer, "note": note}
                      for k, v in values.items() if not pd.isna(v)]  # global layers: no RF
-        r_tilde = min_feasible_input(model, size)
+        r_tilde = feasible_input_of(table)
         axes = "" if r_tilde.h == r_tilde.w else f"; H {r_tilde.h} at {r_tilde.layer_h}, W {r_tilde.w}"
         rows.append({"metric": "rf_min_feasible_input", "value": float(max(r_tilde.h, r_tilde.w)),
                      "layer": r_tilde.layer_h if r_tilde.h >= r_tilde.w else r_tilde.layer_w,
