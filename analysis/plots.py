@@ -441,8 +441,8 @@ def receptive_field_states(df: pd.DataFrame, *, arch: str | None = None,
     handles += [Line2D([], [], color="black", ls="--", label="input size"),
                 Line2D([], [], color="#0072B2", ls=":", label="r\u0303 (min. feasible input)")]
     axes[0, 0].legend(handles=handles, loc="upper left", fontsize=7, ncol=3)
-    _suptitle(fig, g, "receptive field per layer (r_min .. r_max) and its state at the input "
-              "size; outlined: the border layer")
+    _suptitle(fig, g, "RF per layer (r_min .. r_max), state at the input size;\n"
+              "outlined: the border layer")
     return fig
 
 
