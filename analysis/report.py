@@ -10,12 +10,13 @@ of the registry (``landscape.grid.write_root_report`` gathers them from a result
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from analysis import geometry_plots, plots, probe_plots
+from analysis import design, geometry_plots, plots, probe_plots
 from analysis.paper import importance_table, paper_table
 from analysis.plots import present_stages, stage_title
 from analysis.render import Block, html_page, markdown
@@ -306,6 +307,32 @@ def _grid_blocks(g: pd.DataFrame, arrays: Any, reference: pd.DataFrame | None,
     return blocks
 
 
+def _design_blocks(df: pd.DataFrame, out: Path) -> list[Block]:
+    """Per dataset with cells of several architectures or variants: the design-space figure
+    (``analysis.design``) and its points as a CSV table."""
+    points = design.design_points(df)
+    blocks: list[Block] = []
+    for dataset, p in points.groupby("dataset", sort=True):
+        p.attrs = dict(points.attrs)
+        if p[["arch", "variant"]].drop_duplicates().shape[0] < 2:
+            continue
+        fig = design.design_space(p)
+        if fig is None:
+            continue
+        if not blocks:
+            blocks.append(("h2", "Receptive-field design space"))
+        stem = f"design-space-{re.sub(r'[^A-Za-z0-9.]+', '_', str(dataset))}"
+        for ext in ("png", "pdf"):
+            fig.savefig(out / "figures" / f"{stem}.{ext}", dpi=150)
+        p.to_csv(out / "tables" / f"{stem}.csv", index=False)
+        blocks.append(("figure", (
+            f"figures/{stem}.png",
+            f"{dataset}: one point per seed of every cell, by the knob family that changed the "
+            f"receptive field (colour) and the architecture (marker), against r̃ "
+            f"({p.attrs.get('r_tilde_source')}); points in tables/{stem}.csv.")))
+    return blocks
+
+
 def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
                   title: str = DEFAULT_TITLE, results_root: str | Path | None = None,
                   failures: pd.DataFrame | None = None, reference: pd.DataFrame | None = None,
@@ -321,6 +348,7 @@ def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
                    if found else "No finished stages found."))
     for g in found:
         blocks += _grid_blocks(g, arrays, reference, out_dir, stage_order)
+    blocks += _design_blocks(df, out_dir)
     blocks.append(("h2", "Failed or damaged stage units"))
     if failures is None:
         blocks.append(("p", "Not checked (no failure records given)."))

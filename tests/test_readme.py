@@ -50,7 +50,9 @@ ERF_SMALL = ["depths=[1,2]", "width=4", "n_inputs=4", "n_nets=1", "input_size=9"
 # replaces the experiment's sweep of that key) and small evaluation sets for the stages a
 # command switches on (protocol=paper takes only some: the others are its procedure).
 EXTRA = [
-    (r"experiment=", ["model.name=vgg19", "model.pool_level=1", "seed=0"]),
+    (r"experiment=(?!rf_design)", ["model.name=vgg19", "model.pool_level=1", "seed=0"]),
+    (r"experiment=rf_design", ["variant=dilated", "seed=0", "prune.rates=[0.5]",
+                               "hessian.n_samples=10", "probes.n_test=80", "cka.n_inputs=16"]),
     (r"experiment=(demo|paper)|prune=paper", ["prune.rates=[0.5]"]),
     (r"experiment=(demo|paper)|hessian=paper", ["hessian.n_samples=10", "hessian.density_iter=5"]),
     (r"experiment=(demo|paper)|cka", ["cka.n_inputs=16"]),

@@ -1,0 +1,164 @@
+"""The receptive-field design space across architectures and variants: one point per seed of
+every cell, test accuracy (and pruned accuracy, lambda_max) against the minimal feasible input
+resolution r̃, coloured by the knob family that changed the receptive field.
+
+A grid of the report (``analysis.report``) holds the cells of one architecture and variant
+that differ only in the RF pool; this figure is the one place where cells of different
+architectures and knobs (stem, strides, dilation, skips, depth/width, the pool) are compared,
+on the axis they share: r̃, the largest r_min over the layers (``rf_min_feasible_input`` of the
+cell's ``receptive_field`` stage, "Receptive Field Refinement"'s quantity). Cells without that
+stage fall back to the analytic r_max of the last conv (the ``receptive_field`` column), and
+the axis label says so.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.plots import MARKERS, OKABE_ITO, _plain_log_ticks, _styled
+from analysis.stats import final_epoch, note_fields, with_cell
+
+# The knobs of ``landscape.models.spec`` grouped into the families a reader compares.
+FAMILIES = {"stem": "stem", "stem_kernel": "stem", "stem_stride": "stem",
+            "stem_channels": "stem", "stage_strides": "strides", "dilation": "dilation",
+            "skips": "skips", "projection": "skips", "depths": "depth/width",
+            "widths": "depth/width"}
+POOL_ONLY = "pool only"  # the paper's architecture, the RF varied by the pool alone
+COLUMNS = ("dataset", "arch", "variant", "family", "cell", "pool_level", "seed", "r_tilde",
+           "input_size", "test_acc", "pruned_acc", "lambda_max")
+
+
+def knob_family(variant: object) -> str:
+    """``"stem=imagenet,skips=False"`` -> ``"skips+stem"``: the families of the knobs a
+    variant label (``arch_variant``) changes, sorted; :data:`POOL_ONLY` for none."""
+    if variant is None or pd.isna(variant) or not str(variant):
+        return POOL_ONLY
+    knobs = re.findall(r"(?:^|,)\s*([a-z_]+)=", str(variant))
+    return "+".join(sorted({FAMILIES.get(k, k) for k in knobs})) or POOL_ONLY
+
+
+def _cell_facts(df: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: r̃ and the input size from its ``receptive_field`` rows (NaN without them)."""
+    rows = df[(df["metric"] == "rf_min_feasible_input") & df["value"].notna()]
+    if rows.empty:
+        return pd.DataFrame(columns=["cell", "r_tilde", "input_size"])
+    size = [float(note_fields(n).get("input_size", "nan")) for n in rows["note"]]
+    return (pd.DataFrame({"cell": rows["cell"].to_numpy(), "r_tilde": rows["value"].to_numpy(),
+                          "input_size": size}).drop_duplicates("cell"))
+
+
+def _per_run(rows: pd.DataFrame, name: str) -> pd.Series:
+    """run_id -> the mean ``value`` of ``rows`` (one value per run where the caller chose
+    rows that hold one)."""
+    return rows.groupby("run_id")["value"].mean().rename(name)
+
+
+def design_points(df: pd.DataFrame, *, prune_rate: float | None = None) -> pd.DataFrame:
+    """One row per run (cell, seed) with :data:`COLUMNS`.
+
+    ``test_acc``: the final epoch's test accuracy; ``pruned_acc``: the test accuracy after
+    one-shot pruning at ``prune_rate`` (default: the largest rate every pruned cell has)
+    without fine-tuning, by the first criterion pruned (ours, not the paper protocol, and the
+    one setting when there is one; NaN where there are several); ``lambda_max``: the top
+    Hessian eigenvalue after training (``hessian_final``, our protocol). ``r_tilde``: r̃ of the
+    cell, or the analytic r_max of the last conv where the cell has no ``receptive_field``
+    rows (``r_tilde_source`` in ``attrs`` says which).
+    """
+    df = with_cell(df)
+    runs = df[df["run_id"].astype("string").str.contains("/seed=", regex=False).fillna(False)]
+    train = final_epoch(runs[(runs["stage"] == "train") & (runs["metric"] == "test_acc")])
+    if train.empty:
+        return pd.DataFrame(columns=list(COLUMNS))
+    base = train.drop_duplicates("run_id").copy()
+    variant = (base["arch_variant"] if "arch_variant" in base.columns
+               else pd.Series(pd.NA, index=base.index))
+    out = pd.DataFrame({
+        "run_id": base["run_id"].to_numpy(), "dataset": base["dataset"].to_numpy(),
+        "arch": base["arch"].to_numpy(),
+        "variant": variant.fillna("").astype(str).to_numpy(),
+        "cell": base["cell"].to_numpy(), "pool_level": base["pool_level"].to_numpy(),
+        "seed": base["seed"].to_numpy(), "rf_last_conv": base["receptive_field"].to_numpy()})
+    out["family"] = out["variant"].map(knob_family)
+    out = out.merge(_per_run(train, "test_acc"), left_on="run_id", right_index=True, how="left")
+
+    pruned = runs[(runs["stage"] == "prune") & (runs["metric"] == "test_acc")
+                  & (runs["protocol"] == "default") & (runs["finetuned"] != True)]  # noqa: E712
+    if not pruned.empty:
+        criterion = pruned["criterion"].dropna().iloc[0]
+        pruned = pruned[pruned["criterion"] == criterion]
+        if pruned["prune_settings"].nunique() > 1:
+            pruned = pruned.iloc[0:0]  # several settings: no one number per run
+    if not pruned.empty:
+        rates = pruned.groupby("cell")["prune_rate"].agg(lambda r: set(r.round(6)))
+        common = set.intersection(*rates) if len(rates) else set()
+        rate = prune_rate if prune_rate is not None else (max(common) if common else None)
+        at = pruned[np.isclose(pruned["prune_rate"], rate)] if rate is not None else pruned[:0]
+        out = out.merge(_per_run(at, "pruned_acc"), left_on="run_id", right_index=True,
+                        how="left")
+    else:
+        rate = None
+        out["pruned_acc"] = np.nan
+    top = runs[(runs["stage"] == "hessian_final") & (runs["metric"] == "hessian_eigenvalue")
+               & (runs["index"] == 1) & (runs["protocol"] == "default")]
+    out = out.merge(_per_run(top, "lambda_max"), left_on="run_id", right_index=True, how="left")
+
+    facts = _cell_facts(df)
+    out = out.merge(facts, on="cell", how="left")
+    measured = out["r_tilde"].notna()
+    out["r_tilde"] = out["r_tilde"].where(measured, out["rf_last_conv"]).astype(float)
+    out = out.sort_values(["dataset", "family", "arch", "variant", "pool_level", "seed"])
+    out = out[list(COLUMNS)].reset_index(drop=True)
+    out.attrs["prune_rate"] = rate
+    out.attrs["r_tilde_source"] = ("rf_min_feasible_input" if measured.all() else
+                                   "analytic r_max of the last conv" if not measured.any()
+                                   else "mixed")
+    return out
+
+
+@_styled
+def design_space(points: pd.DataFrame, *, dataset: str | None = None) -> Figure | None:
+    """Test accuracy, pruned accuracy and lambda_max against r̃ (log x), one point per seed,
+    coloured by knob family and shaped by architecture; the input size as a dotted line.
+    None when there are no points, or only one cell (nothing to compare)."""
+    if dataset is not None:
+        points = points[points["dataset"] == dataset]
+    elif points["dataset"].nunique() > 1:
+        raise ValueError(f"the points hold several datasets {sorted(points['dataset'].unique())};"
+                         " pass dataset=")
+    if points.empty or points["cell"].nunique() < 2:
+        return None
+    panels = [(c, t) for c, t in (
+        ("test_acc", "test accuracy"),
+        ("pruned_acc", f"pruned accuracy (rate {points.attrs.get('prune_rate')})"),
+        ("lambda_max", "top Hessian eigenvalue, after training"))
+        if points[c].notna().any()]
+    fig = Figure(figsize=(4.0 * len(panels), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    families = sorted(points["family"].unique(), key=lambda f: (f != POOL_ONLY, f))
+    archs = sorted(points["arch"].unique())
+    sizes = sorted(points["input_size"].dropna().unique())
+    for ax, (col, title) in zip(axes, panels):
+        for fi, fam in enumerate(families):
+            for ai, arch in enumerate(archs):
+                p = points[(points["family"] == fam) & (points["arch"] == arch)
+                           & points[col].notna()]
+                if len(p):
+                    ax.scatter(p["r_tilde"], p[col], s=22, alpha=0.8,
+                               color=OKABE_ITO[fi % 8], marker=MARKERS[ai % 8],
+                               label=f"{fam}, {arch}" if len(archs) > 1 else fam)
+        for s in sizes:
+            ax.axvline(s, color="0.3", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis)
+        ax.set_title(title)
+        ax.set_xlabel("r̃ (px)" if points.attrs.get("r_tilde_source") == "rf_min_feasible_input"
+                      else "r̃ (px; analytic r_max of the last conv where not measured)")
+    axes[0].legend(loc="best", title="knob family" + (", arch" if len(archs) > 1 else ""))
+    size = ", ".join(f"{s:g}" for s in sizes)
+    fig.suptitle(f"{points['dataset'].iloc[0]}: accuracy and curvature vs the minimal feasible "
+                 f"input r̃" + (f" (dotted: input size {size} px)" if size else ""))
+    return fig

@@ -1,0 +1,118 @@
+"""The receptive-field design space (issue 25 item 5): knob families, the per-run points
+against r̃, the report's figure, and ``experiment=rf_design_small`` end to end (reduced)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.design import POOL_ONLY, design_points, design_space, knob_family
+from landscape import results
+
+
+@pytest.mark.parametrize("variant, family", [
+    ("", POOL_ONLY), (None, POOL_ONLY), (pd.NA, POOL_ONLY),
+    ("stem=imagenet", "stem"), ("skips=False,projection=drop", "skips"),
+    ("stage_strides=[1, 1, 2, 2]", "strides"),
+    ("stage_strides=[1, 2, 2, 1],dilation=[1, 1, 1, 2]", "dilation+strides"),
+    ("stem_channels=32,depths=[1, 1, 1, 1],widths=[64, 96, 192, 384]", "depth/width+stem"),
+])
+def test_knob_family_reads_the_variant_label(variant, family):
+    assert knob_family(variant) == family
+
+
+def _rows(cell, variant, seed, *, acc, pruned, lam, r_tilde=None, rf=109):
+    run = f"{cell}/seed={seed}"
+    base = dict(arch="resnet18", dataset="digits", width=0.125, pool_level=0, pool_kernel=0,
+                pool_stride=1, pool_padding=0, receptive_field=rf, arch_variant=variant)
+    out = [dict(base, run_id=run, seed=seed, stage="train", metric="test_acc", value=a,
+                index=e) for e, a in ((1, 0.1), (2, acc))]
+    out += [dict(base, run_id=run, seed=seed, stage="prune", criterion="magnitude",
+                 prune_rate=r, finetuned=False, metric="test_acc", value=v, protocol="default",
+                 unit=f"prune_magnitude_{r}_abc")
+            for r, v in ((0.5, acc - 0.01), (0.9, pruned))]
+    out += [dict(base, run_id=run, seed=seed, stage="hessian_final", metric="hessian_eigenvalue",
+                 value=v, index=i, protocol="default") for i, v in ((1, lam), (2, lam / 2))]
+    if r_tilde is not None and seed == 0:
+        out.append(dict(base, run_id=cell, seed=None, stage="receptive_field",
+                        metric="rf_min_feasible_input", value=r_tilde, layer="layer4.1.conv2",
+                        note="input_size=16"))
+    return out
+
+
+def test_design_points_one_row_per_seed_with_the_last_epoch_the_common_rate_and_lambda_max():
+    rows = []
+    for s in (0, 1):
+        rows += _rows("a-1", None, s, acc=0.9 + s / 100, pruned=0.5, lam=3.0 + s, r_tilde=35)
+        rows += _rows("b-2", "stem=imagenet", s, acc=0.7, pruned=0.2 + s / 10, lam=1.0,
+                      r_tilde=187, rf=435)
+    p = design_points(pd.DataFrame(rows))
+    assert len(p) == 4 and p.attrs["prune_rate"] == 0.9
+    assert p.attrs["r_tilde_source"] == "rf_min_feasible_input"
+    a = p[p["cell"] == "a-1"].set_index("seed")
+    assert a.loc[1, "test_acc"] == pytest.approx(0.91)  # the last epoch, not the first
+    assert a.loc[0, "pruned_acc"] == 0.5 and a.loc[1, "lambda_max"] == 4.0
+    assert set(a["family"]) == {POOL_ONLY} and set(a["r_tilde"]) == {35.0}
+    b = p[p["cell"] == "b-2"].set_index("seed")
+    assert set(b["family"]) == {"stem"} and set(b["r_tilde"]) == {187.0}
+    assert b.loc[1, "pruned_acc"] == pytest.approx(0.3)
+    assert set(p["input_size"]) == {16.0}
+
+
+def test_design_points_fall_back_to_the_last_conv_rf_and_say_so():
+    rows = _rows("a-1", None, 0, acc=0.9, pruned=0.5, lam=3.0, rf=109)
+    rows += _rows("b-2", "skips=False", 0, acc=0.8, pruned=0.4, lam=2.0, rf=109)
+    p = design_points(pd.DataFrame(rows))
+    assert set(p["r_tilde"]) == {109.0} and p["input_size"].isna().all()
+    assert p.attrs["r_tilde_source"] == "analytic r_max of the last conv"
+    fig = design_space(p)
+    assert fig is not None and "r_max of the last conv" in fig.axes[0].get_xlabel()
+    assert [ax.get_xscale() for ax in fig.axes] == ["log"] * 3
+
+
+def test_design_points_refuse_to_pick_among_several_prune_settings():
+    rows = _rows("a-1", None, 0, acc=0.9, pruned=0.5, lam=3.0)
+    other = [dict(r, unit=r["unit"].replace("abc", "def"), value=0.1, note="bn_recalibrated=True")
+             for r in rows if r["stage"] == "prune"]
+    p = design_points(pd.DataFrame(rows + other))
+    assert p["pruned_acc"].isna().all()
+
+
+def test_design_space_draws_nothing_for_one_cell_and_needs_a_dataset_for_several():
+    p = design_points(pd.DataFrame(_rows("a-1", None, 0, acc=0.9, pruned=0.5, lam=3.0)))
+    assert design_space(p) is None
+    rows = _rows("a-1", None, 0, acc=0.9, pruned=0.5, lam=3.0)
+    rows += [dict(r, dataset="cifar10", run_id=r["run_id"].replace("a-1", "c-3"))
+             for r in _rows("a-1", None, 0, acc=0.8, pruned=0.5, lam=3.0)]
+    with pytest.raises(ValueError, match="several datasets"):
+        design_space(design_points(pd.DataFrame(rows)))
+
+
+@pytest.mark.slow
+def test_experiment_rf_design_small_runs_end_to_end_and_draws_the_design_space(tmp_path, console):
+    root = tmp_path / "r"
+    code, out, err = console(
+        "run_main", "experiment=rf_design_small", "variant=paper,imagenet_stem", "seed=0", "cka.enabled=false",
+        "train.epochs=1", "data.train_subset=96", "data.test_subset=80", "hessian.n_samples=32",
+        "probes.n_train=48", "probes.n_test=80", "cka.n_inputs=80", "num_threads=1",
+        f"results_root={root}")
+    assert code == 0, err[-3000:]
+    df = results.load(root)
+    train = df[df["stage"] == "train"]
+    assert train["run_id"].nunique() == 2
+    assert set(train["arch_variant"].fillna("")) == {"", "stem=imagenet"}
+    assert {"prune", "hessian_final", "probes_final", "receptive_field"} <= set(df["stage"])
+    p = design_points(df)
+    assert len(p) == 2 and set(p["family"]) == {POOL_ONLY, "stem"}
+    assert p["pruned_acc"].notna().all() and p["lambda_max"].notna().all()
+    # r̃ of the measured RF tables: the ImageNet stem needs a larger input than the CIFAR one
+    r = p.groupby("family")["r_tilde"].first()
+    assert r["stem"] > r[POOL_ONLY] and math.isfinite(r[POOL_ONLY])
+    md = (root / "report" / "report.md").read_text()
+    assert "## Receptive-field design space" in md
+    assert (root / "report" / "figures" / "design-space-digits.png").is_file()
+    table = pd.read_csv(root / "report" / "tables" / "design-space-digits.csv")
+    assert np.allclose(sorted(table["test_acc"]), sorted(p["test_acc"]))
