@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/landscape-run experiment=demo
+	$(BIN)/landscape-submit experiment=demo launcher.local_workers=2
 
 # Tests run on every core (pytest-xdist): each test keeps to one torch thread (tests/conftest.py).
 test: $(STAMP)
