@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from analysis.stats import final_epoch, grid_frame, pruning_rows, select
+from analysis.stats import final_epoch, grid_frame, note_fields, pruning_rows, select
 from analysis.tables import grid_title, level_label, settings_tag
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
@@ -350,6 +350,43 @@ def pruning_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
                       f"{settings_tag(prune_settings, finetune_settings)}"
                       f"{' (paper protocol)' if protocol == 'paper' else ''} (line = mean, "
                       "band = ± std over seeds)")
+    return fig
+
+
+@_styled
+def resolution_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                      width: float | None = None) -> Figure | None:
+    """Test accuracy (%) vs the input size a checkpoint is evaluated at (the ``resolution``
+    stage), one line per receptive field (mean, min-max band over seeds), one panel per
+    checkpoint; the training size (dotted) and each level's r̃ (``rf_min_feasible_input``,
+    a tick of its colour on the x axis, where the cell has it) marked."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    res = select(g, metric="resolution_test_acc")
+    stages = present_stages(res, "resolution")
+    if not stages:
+        return None
+    r_tilde = select(g, metric="rf_min_feasible_input").groupby("cell")["value"].first()
+    train_sizes = {float(note_fields(n).get("train_size", "nan")) for n in res["note"]}
+    fig, axes = _figure(1, len(stages), panel=(4.2, 3.2))
+    for ax, st in zip(axes[0], stages):
+        d = res[res["stage"] == st]
+        for cell, label, colour, marker in _levels(g):
+            piv = (d[d["cell"] == cell].pivot_table(index="index", columns="seed",
+                                                     values="value", aggfunc="mean") * 100)
+            mean_band(ax, piv.sort_index(), colour, marker, label)
+            if cell in r_tilde.index and not piv.empty:
+                ax.plot([r_tilde[cell]], [0], marker="|", ms=14, mew=2, color=colour,
+                        clip_on=False, transform=ax.get_xaxis_transform())
+        for t in sorted(x for x in train_sizes if x == x):
+            ax.axvline(t, color="0.3", ls=":", lw=1)
+        ax.set_xscale("log", base=2)
+        _plain_log_ticks(ax.xaxis)
+        ax.set_xlabel("input size at test time (px)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(stage_title(st))
+        ax.legend(loc="best")
+    _suptitle(fig, g, "test accuracy vs test-time input size\n(dotted: training size; "
+                      "ticks: r̃; band: min-max over seeds)")
     return fig
 
 

@@ -261,6 +261,9 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
            (lambda st=st: probe_plots.position_maps(g, **kw, stage=st)),
            f"Probe accuracy per feature-map position, {stage_title(st)}.")
           for st in present_stages(select(g, metric="position_probe_acc"), "probes")],
+        ("resolution", lambda: plots.resolution_curves(g, **kw),
+         "Test accuracy of the trained checkpoint evaluated at other input sizes (the "
+         "resolution stage); dotted: the training size, ticks: r̃ of each level."),
         ("importance", lambda: plots.importance_maps(g, arrays, **kw),
          "Projected-gradient importance maps (mean map over seeds; the paper protocol's rows "
          "are marked)."),

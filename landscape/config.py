@@ -22,6 +22,7 @@ from landscape.stages.connectivity import ConnectivityConfig
 from landscape.stages.hessian import HessianConfig
 from landscape.stages.importance import ImportanceConfig
 from landscape.stages.probes import ProbesConfig
+from landscape.stages.resolution import ResolutionConfig
 from landscape.stages.prune import PruneConfig
 from landscape.stages.sharpness import SharpnessConfig
 from landscape.stages.slices import SliceConfig
@@ -65,6 +66,8 @@ class RunConfig:
     slice: SliceConfig = field(default_factory=SliceConfig, metadata=NOT_IDENTITY)
     sharpness: SharpnessConfig = field(default_factory=SharpnessConfig, metadata=NOT_IDENTITY)
     probes: ProbesConfig = field(default_factory=ProbesConfig, metadata=NOT_IDENTITY)
+    resolution: ResolutionConfig = field(default_factory=ResolutionConfig,
+                                         metadata=NOT_IDENTITY)
     cka: CKAConfig = field(default_factory=CKAConfig, metadata=NOT_IDENTITY)  # cell-level
     connectivity: ConnectivityConfig = field(default_factory=ConnectivityConfig,
                                              metadata=NOT_IDENTITY)  # cell-level

@@ -4,6 +4,7 @@ models built from its seed, checkpoints), computed once, on first use. Implement
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -53,6 +54,11 @@ class RunResources:
     @cached_property
     def data(self) -> DatasetBundle:
         return load_dataset(self.cfg.data)
+
+    def data_at(self, image_size: int) -> DatasetBundle:
+        """The run's dataset loaded at another input size (``data.image_size``)."""
+        return self.data if image_size == self.data.image_size else load_dataset(
+            dataclasses.replace(self.cfg.data, image_size=image_size))
 
     def data_path(self, recorded: Optional[str] = None) -> str:
         """``"resident"`` or ``"dataloader"`` for ``data.loader`` on this device (``auto``

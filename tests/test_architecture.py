@@ -117,7 +117,8 @@ def test_the_stage_registry_is_the_only_list_of_stages():
 
     names = stage_names()
     assert names == ["train", "prune", "finetune", "hessian", "importance", "slice",
-                     "sharpness", "probes", "receptive_field", "cka", "connectivity"]
+                     "sharpness", "probes", "resolution", "receptive_field", "cka",
+                     "connectivity"]
     assert [s.level for s in registered_stages()].count("cell") == 3
 
     def is_stage(v: object) -> bool:

@@ -136,6 +136,11 @@ METRICS: dict[str, str] = {
                      "saturation below the mean after it; layer = its name)",
     "position_probe_acc": "test accuracy of a probe on one feature-map position of the layer "
                           "(coord_x = column, coord_y = row), fraction",
+    # resolution (a checkpoint evaluated at other input sizes)
+    "resolution_test_acc": "test accuracy of the checkpoint at input size index (pixels), "
+                           "fraction in [0, 1]; note: checkpoint, eval and training size",
+    "resolution_test_loss": "mean test cross-entropy of the checkpoint at input size index "
+                            "(pixels)",
     # connectivity (cell-level: linear paths between the seeds of a cell)
     "path_loss": "loss on the linear path from seed to seed_b at alpha = coord_x",
     "path_acc": "accuracy on the linear path at alpha = coord_x, fraction in [0, 1]",

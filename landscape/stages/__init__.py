@@ -11,6 +11,7 @@ from landscape.stages import importance  # noqa: F401
 from landscape.stages import slices  # noqa: F401
 from landscape.stages import sharpness  # noqa: F401
 from landscape.stages import probes  # noqa: F401
+from landscape.stages import resolution  # noqa: F401
 from landscape.stages import receptive_field  # noqa: F401
 from landscape.stages import cka  # noqa: F401
 from landscape.stages import connectivity  # noqa: F401

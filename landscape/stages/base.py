@@ -79,6 +79,9 @@ class RunContext(Protocol):
     def resident(self) -> ResidentBundle:
         """:attr:`data` held on the device (``landscape.data.resident``)."""
 
+    def data_at(self, image_size: int) -> DatasetBundle:
+        """The run's dataset loaded at another input size (``data.image_size=image_size``)."""
+
     def data_path(self, recorded: Optional[str] = None) -> str:
         """``"resident"`` or ``"dataloader"``: ``data.loader`` resolved for this device."""
 

@@ -1,0 +1,106 @@
+"""Resolution stage: a trained checkpoint evaluated at other input sizes ("Size Matters": train
+at one size, test at many).
+
+Unit ``resolution_<checkpoint>``. For every size in ``resolution.sizes`` the test split is
+loaded as the run's data would be at ``data.image_size=<size>`` (each dataset resizes from its
+own source images, with the run's resize protocol), normalised with the statistics of the run's
+own data (what the network was trained on), and evaluated by the one evaluation policy of every
+accuracy (``landscape.train.evaluate``: eval mode, full precision). At the training size the
+run's own test split is used, so that row equals the training's evaluation of the checkpoint.
+Rows ``resolution_test_acc`` and ``resolution_test_loss`` with ``index`` = the input size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from landscape.data import DatasetBundle
+from landscape.models.base import check_input_size
+from landscape.stages.base import (
+    RunContext, Stage, Unit, check_checkpoints, check_counts, register_stage,
+)
+from landscape.train import evaluate, make_loader
+
+
+@dataclass
+class ResolutionConfig:
+    enabled: bool = False
+    checkpoints: list[str] = field(default_factory=lambda: ["final"])  # init, final and/or best
+    sizes: list[int] = field(default_factory=list)  # input sizes in pixels (square)
+    batch_size: int = 256
+
+
+class Renormalised(Dataset):
+    """``(x, y)`` of ``ds`` with ``x`` moved from the normalisation ``(mean, std)`` of its own
+    bundle to ``(to_mean, to_std)``: the same pixels as the network's training data saw them."""
+
+    def __init__(self, ds: Dataset, mean: Sequence[float], std: Sequence[float],
+                 to_mean: Sequence[float], to_std: Sequence[float]) -> None:
+        shape = (-1, 1, 1)
+        self.ds = ds
+        self.scale = (torch.tensor(std) / torch.tensor(to_std)).view(shape)
+        self.shift = ((torch.tensor(mean) - torch.tensor(to_mean)) / torch.tensor(to_std)).view(shape)
+
+    def __len__(self) -> int:
+        return len(self.ds)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        x, y = self.ds[i]
+        return x * self.scale + self.shift, y
+
+
+def test_split_at(data: DatasetBundle, other: DatasetBundle) -> Dataset:
+    """``other``'s test split in the normalisation of ``data`` (unchanged when they agree)."""
+    if tuple(other.mean) == tuple(data.mean) and tuple(other.std) == tuple(data.std):
+        return other.test
+    return Renormalised(other.test, other.mean, other.std, data.mean, data.std)
+
+
+@register_stage
+class ResolutionStage(Stage):
+    name = "resolution"
+    config_field = "resolution"
+
+    def validate(self, config: ResolutionConfig) -> None:
+        check_checkpoints("resolution", config.checkpoints)
+        sizes = config.sizes
+        if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                            for s in sizes):
+            raise ValueError("resolution.sizes must be a non-empty list of input sizes in "
+                             f"pixels (integers >= 1), got {list(sizes)}")
+        check_counts("resolution", config, ["batch_size"])
+
+    def validate_for(self, config: ResolutionConfig, identity) -> None:
+        with torch.device("meta"):
+            model = identity.build_model()
+        for s in config.sizes:
+            try:
+                check_input_size(model, s)
+            except ValueError as e:
+                raise ValueError(f"resolution.sizes: {s} px is too small for "
+                                 f"{identity.arch}: {e}") from None
+
+    def units(self, config: ResolutionConfig) -> list[Unit]:
+        return [Unit(f"resolution_{c}", {"checkpoint": c}) for c in config.checkpoints]
+
+    def run(self, ctx: RunContext, config: ResolutionConfig, unit: Unit) -> list[dict]:
+        checkpoint = unit.params["checkpoint"]
+        model = ctx.load_model(checkpoint)
+        data = ctx.data
+        rows = []
+        for size in sorted(set(config.sizes)):
+            test = data.test if size == data.image_size else test_split_at(data, ctx.data_at(size))
+            loader = make_loader(test, config.batch_size, ctx.settings, shuffle=False,
+                                 num_workers=ctx.num_workers)
+            loss, acc = evaluate(model, loader, ctx.settings)
+            note = (f"checkpoint={checkpoint}; eval_size={size}; train_size={data.image_size}; "
+                    f"n_test={len(test)}")  # type: ignore[arg-type]
+            rows += [{"stage": unit.name, "metric": "resolution_test_acc", "value": acc,
+                      "index": size, "note": note},
+                     {"stage": unit.name, "metric": "resolution_test_loss", "value": loss,
+                      "index": size, "note": note}]
+        return rows

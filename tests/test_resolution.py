@@ -1,0 +1,86 @@
+"""The resolution stage (issue 26 item 3): a trained checkpoint evaluated at other input sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from landscape import pipeline, results
+from landscape.cli.submit import expand_grid
+from landscape.data import load_dataset
+from landscape.grid.finish import write_root_report
+from landscape.identity import identify
+from landscape.stages.resolution import Renormalised, ResolutionConfig, ResolutionStage
+
+
+def _cfg(root, *extra):
+    [cfg] = expand_grid(["model=small_cnn", "data=digits", "train.epochs=1",
+                         "data.train_subset=120", "data.test_subset=60", "device=cpu",
+                         "num_threads=1", "progress=false", f"results_root={root}", *extra])
+    return cfg
+
+
+def test_the_training_size_row_is_the_training_evaluation_and_other_sizes_are_renormalised(
+        tmp_path):
+    cfg = _cfg(tmp_path, "resolution.enabled=true", "resolution.sizes=[24,8,16]")
+    pipeline.run(cfg)
+    df = results.load(tmp_path)
+    res = df[df["stage"] == "resolution_final"].set_index(["metric", "index"])["value"]
+    assert sorted(res.loc["resolution_test_acc"].index) == [8, 16, 24]
+    train = df[(df["stage"] == "train") & (df["index"] == cfg.train.epochs)]
+    final = train.set_index("metric")["value"]
+    assert res.loc[("resolution_test_acc", 16)] == final["test_acc"]  # digits' size is 16
+    assert res.loc[("resolution_test_loss", 16)] == final["test_loss"]
+
+    # 24 px: the digits loaded at 24 px, put in the 16 px data's normalisation, by hand
+    ident = identify(cfg)
+    model = ident.build_model()
+    state = torch.load(results.run_paths(tmp_path, ident.cell_name, 0).checkpoints / "final.pt",
+                       map_location="cpu", weights_only=False)["model"]
+    model.load_state_dict(state)
+    d16, d24 = load_dataset(cfg.data), load_dataset(dataclasses.replace(cfg.data, image_size=24))
+    x = torch.stack([d24.test[i][0] for i in range(len(d24.test))])
+    y = torch.tensor([int(d24.test[i][1]) for i in range(len(d24.test))])
+    x = (x * d24.std[0] + d24.mean[0] - d16.mean[0]) / d16.std[0]
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert res.loc[("resolution_test_acc", 24)] == pytest.approx(
+        (logits.argmax(1) == y).sum().item() / len(y), abs=1e-12)
+    assert res.loc[("resolution_test_loss", 24)] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits.double(), y).item(), rel=1e-5)
+
+    report = write_root_report(tmp_path)
+    assert "evaluated at other input sizes" in report.read_text()
+    assert list((tmp_path / "report" / "figures").glob("*-resolution.png"))
+
+
+def test_renormalised_moves_pixels_to_the_target_statistics():
+    ds = [(torch.rand(3, 4, 4), 1) for _ in range(3)]
+    mean, std, to_mean, to_std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7), (0.4, 0.4, 0.4), (0.2, 0.3, 0.25)
+    r = Renormalised(ds, mean, std, to_mean, to_std)
+    x, y = r[1]
+    raw = ds[1][0] * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+    assert y == 1 and torch.allclose(
+        x, (raw - torch.tensor(to_mean).view(-1, 1, 1)) / torch.tensor(to_std).view(-1, 1, 1),
+        atol=1e-6)
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ([], "resolution.sizes must be a non-empty list"),
+    ([16, 0], "resolution.sizes must be a non-empty list"),
+    ([16, 2.5], "resolution.sizes must be a non-empty list"),
+])
+def test_bad_size_lists_are_refused(sizes, message):
+    with pytest.raises(ValueError, match=message):
+        ResolutionStage().validate(ResolutionConfig(enabled=True, sizes=sizes))
+
+
+def test_a_size_too_small_for_the_architecture_names_the_smallest_that_works(tmp_path):
+    cfg = _cfg(tmp_path, "model=vgg19", "model.width=0.125", "resolution.enabled=true",
+               "resolution.sizes=[16,4]")
+    with pytest.raises(ValueError, match=r"resolution\.sizes: 4 px is too small for vgg19.*"
+                                         r"smallest"):
+        pipeline.validate(cfg)
+    assert not any(tmp_path.iterdir())
