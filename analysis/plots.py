@@ -304,6 +304,45 @@ def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None
 
 
 @_styled
+def erf_vs_receptive_field(df: pd.DataFrame, *, arch: str | None = None,
+                           dataset: str | None = None, width: float | None = None
+                           ) -> Figure | None:
+    """ERF size (``erf_size`` of our importance units: the side of the centred square holding
+    the mass fraction of the map) vs the analytic RF of the last conv (log-log), one line per
+    checkpoint (mean, min-max band over seeds), with the analytic RF itself (ERF = RF, dashed)
+    and the input size of the maps (dotted) for reference: how far the ERF falls short of the
+    theoretical RF at each pool level, before and after training (Luo et al.)."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    erf = select(g, metric="erf_size", protocol="default")
+    stages = present_stages(erf, "importance")
+    if not stages:
+        return None
+    fig, axes = _figure(1, 1, panel=(4.6, 3.6))
+    ax = axes[0, 0]
+    for i, st in enumerate(stages):
+        d = erf[erf["stage"] == st]
+        piv = d.pivot_table(index="receptive_field", columns="seed", values="value",
+                            aggfunc="mean").sort_index()
+        mode = note_fields(d["note"].iloc[0]).get("mode", "")
+        mean_band(ax, piv, OKABE_ITO[i % 8], MARKERS[i % 8],
+                  stage_title(st) + (f" ({mode.split()[0]})" if mode else ""))
+    rf = np.sort(erf["receptive_field"].dropna().unique().astype(float))
+    ax.plot(rf, rf, color="0.3", ls="--", lw=1, label="analytic RF (r_max of the last conv)")
+    sizes = {float(note_fields(n).get("input_size", "nan")) for n in erf["note"]}
+    for s in sorted(x for x in sizes if x == x):
+        ax.axhline(s, color="0.3", ls=":", lw=1, label=f"input size of the maps, {s:g} px")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
+    ax.set_xlabel("analytic receptive field of the last conv (px)")
+    ax.set_ylabel("ERF size (px)")
+    ax.legend(loc="best")
+    _suptitle(fig, g, "effective vs analytic receptive field per pool level")
+    return fig
+
+
+@_styled
 def pruning_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                    width: float | None = None, criterion: str = "magnitude",
                    protocol: str = "default", prune_settings: str | None = None,

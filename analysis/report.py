@@ -267,6 +267,11 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
         ("importance", lambda: plots.importance_maps(g, arrays, **kw),
          "Projected-gradient importance maps (mean map over seeds; the paper protocol's rows "
          "are marked)."),
+        ("erf-vs-rf", lambda: plots.erf_vs_receptive_field(g, **kw),
+         "ERF size of the last conv (importance stage, our protocol) against its analytic "
+         "receptive field, per pool level, at each measured checkpoint (line: mean over seeds, "
+         "band: min-max); dashed: ERF = RF; dotted: the maps' input size, which bounds the "
+         "ERF."),
         ("receptive-field", lambda: plots.receptive_field_profile(g, **kw),
          "Analytic receptive field per layer; the border layer is starred."),
         ("receptive-field-states", lambda: plots.receptive_field_states(g, **kw),

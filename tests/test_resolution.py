@@ -77,6 +77,12 @@ def test_bad_size_lists_are_refused(sizes, message):
         ResolutionStage().validate(ResolutionConfig(enabled=True, sizes=sizes))
 
 
+def test_the_default_settings_are_valid_and_enabling_without_sizes_is_not():
+    ResolutionStage().validate(ResolutionConfig())
+    with pytest.raises(ValueError, match=r"resolution.sizes must be a non-empty list.*got \[\]"):
+        ResolutionStage().validate(ResolutionConfig(enabled=True))
+
+
 def test_a_size_too_small_for_the_architecture_names_the_smallest_that_works(tmp_path):
     cfg = _cfg(tmp_path, "model=vgg19", "model.width=0.125", "resolution.enabled=true",
                "resolution.sizes=[16,4]")

@@ -12,6 +12,10 @@ two middle rows (columns). Eval-mode BN does not mix samples, so one batched bac
 every sample's map.
 
 * ``mode="random_input"``: the model as given, eval mode, N(0, 1) inputs from ``seed``.
+* ``mode="images"``: the model as given, eval mode, on real images (e.g. the first test
+  images, normalised as in training) placed at the centre of a zero canvas of the input size
+  (zero = the mean pixel after normalisation; larger images are centre-cropped), so that the
+  ERF of a trained network is measured on the data it learned, not on noise.
 * ``mode="linearised"``: ReLU and BN pass gradients straight through, max-pools act as
   average-pools (:func:`linearised_copy`); the net is then linear, so the map does not depend
   on the input; one input of ones is used and ``n = 1``.
@@ -29,13 +33,13 @@ from torch import Tensor, nn
 
 from landscape.activations import ActivationCapture, check_on_device, eval_mode, execution_order
 
-MODES = ("random_input", "linearised")
+MODES = ("random_input", "images", "linearised")
 CENTRE_CONVENTION = "out[:, :, h // 2, w // 2] (0-based; even sizes: lower-right middle pixel)"
 AGGREGATION = (
     "per sample: sum over input channels of |input gradient|; mean_map: mean over samples; "
     "maxima: per-sample max of the map; max_std: population std (ddof=0)"
 )
-BN_MODES = {"random_input": "eval (running statistics)",
+BN_MODES = {"random_input": "eval (running statistics)", "images": "eval (running statistics)",
             "linearised": "identity (straight-through)"}
 
 # Leaves that are already linear in eval mode and are kept as they are.
@@ -195,11 +199,28 @@ def _resolve_layer(model: nn.Module, x: Tensor, layer: str | None) -> str:
     return layer
 
 
+def centre_on_canvas(images: Tensor, size: int) -> Tensor:
+    """(n, C, h, w) images at the centre of a zero (n, C, size, size) canvas: each side
+    zero-padded (the extra pixel of an odd difference after), or centre-cropped when larger."""
+    out = images
+    for dim in (2, 3):
+        extra = size - out.shape[dim]
+        if extra >= 0:
+            pad = [0, 0, 0, 0]
+            pad[(3 - dim) * 2:(3 - dim) * 2 + 2] = [extra // 2, extra - extra // 2]
+            out = nn.functional.pad(out, pad)
+        else:
+            start = -extra // 2
+            out = out.narrow(dim, start, size)
+    return out
+
+
 def probe_inputs(model: nn.Module, mode: str, n: int, input_size: int,
-                 in_channels: int | None, seed: int, device: str | torch.device
-                 ) -> tuple[Tensor, nn.Module]:
+                 in_channels: int | None, seed: int, device: str | torch.device,
+                 images: Tensor | None = None) -> tuple[Tensor, nn.Module]:
     """(inputs on ``device``, the net to differentiate) for ``mode``: ``n`` N(0, 1) inputs from
-    ``seed`` through ``model`` as it is, or one input of ones through its
+    ``seed`` through ``model`` as it is, the first ``n`` of ``images`` centred on a zero canvas
+    of ``input_size`` (:func:`centre_on_canvas`), or one input of ones through its
     :func:`linearised_copy`; ``in_channels`` None: the model's."""
     channels = in_channels if in_channels is not None else _infer_in_channels(model)
     first = next(model.parameters(), None)
@@ -208,6 +229,13 @@ def probe_inputs(model: nn.Module, mode: str, n: int, input_size: int,
     if mode == "random_input":
         g = torch.Generator().manual_seed(seed)
         return torch.randn(n, *shape, generator=g, dtype=dtype).to(device), model
+    if mode == "images":
+        if images is None or images.ndim != 4 or len(images) == 0:
+            raise ValueError("mode='images' needs images= (a non-empty n x C x H x W tensor)")
+        if images.shape[1] != channels:
+            raise ValueError(f"images have {images.shape[1]} channels, the model takes "
+                             f"{channels}")
+        return centre_on_canvas(images[:n].to(dtype), input_size).to(device), model
     return torch.ones(1, *shape, dtype=dtype).to(device), linearised_copy(model)
 
 
@@ -231,12 +259,14 @@ def projected_gradient_maps(
     layer: str | None = None,
     device: str | torch.device = "cpu",
     in_channels: int | None = None,
+    images: Tensor | None = None,
 ) -> ImportanceMaps:
     """Projected-gradient importance maps of ``model`` (see the module docstring).
 
     ``input_size``: side of the square input in pixels; ``n_samples``: random inputs
     (``random_input`` mode); ``layer``: module name receiving the unit gradients (default:
     the last Conv2d to run); ``in_channels``: default ``model.in_channels``, else the first registered Conv2d's.
+    ``images``: the real images of ``mode="images"`` (the first ``n_samples`` are used).
     ``model`` must already be on ``device``; it is left exactly as it was.
     """
     if mode not in MODES:
@@ -245,7 +275,8 @@ def projected_gradient_maps(
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{arg} must be an integer >= 1, got {v!r}")
     check_on_device(model, device)
-    x, net = probe_inputs(model, mode, n_samples, input_size, in_channels, seed, device)
+    x, net = probe_inputs(model, mode, n_samples, input_size, in_channels, seed, device,
+                          images=images)
     name = _resolve_layer(net, x, layer)
     maps, centre = _gradient_maps(net, x, name)
     return ImportanceMaps.from_maps(maps.cpu().numpy(), mode=mode, layer=name, centre=centre,

@@ -35,7 +35,7 @@ class ImportanceConfig:
     enabled: bool = False
     checkpoints: list[str] = field(default_factory=lambda: ["init"])  # init, final and/or best
     protocol: str = "default"  # default (ours) | paper (the released procedure)
-    mode: str = "random_input"  # protocol=default: random_input | linearised
+    mode: str = "random_input"  # protocol=default: random_input | images (test) | linearised
     input_size: int = 64
     n_samples: int = 50  # random inputs (random_input) or fresh initialisations (paper, init)
     mass_fraction: float = 0.95  # ERF size: smallest centred square holding this mass
@@ -82,10 +82,13 @@ class ImportanceStage(Stage):
             maps = _paper_maps(ctx, c, checkpoint, model, seed)
             how = f"protocol=paper; n={maps.n}" + (" fresh inits" if checkpoint == "init" else "")
         else:
+            images = _test_images(ctx, c.n_samples) if c.mode == "images" else None
             maps = projected_gradient_maps(model, input_size=c.input_size,
                                            n_samples=c.n_samples, mode=c.mode, seed=seed,
-                                           device=device)
-            how = f"protocol=default; mode={c.mode}"
+                                           device=device, images=images)
+            how = f"protocol=default; mode={c.mode}" + (
+                f" (the first {maps.n} test images, {ctx.data.image_size} px, centred)"
+                if c.mode == "images" else "")
         erf = erf_stats(maps.mean_map, mass_fraction=c.mass_fraction,
                         rel_threshold=c.rel_threshold)
         note = (f"checkpoint={checkpoint}; {how}; layer={maps.layer}; "
@@ -110,6 +113,12 @@ def _paper_maps(ctx: RunContext, c: ImportanceConfig, checkpoint: str, model: nn
                                  input_size=c.input_size, device=ctx.settings.device)
     return paper_maps(m[None], layer=probe.layer, centre=centre, input_size=c.input_size,
                       seed=seed)
+
+
+def _test_images(ctx: RunContext, n: int) -> torch.Tensor:
+    """The first ``n`` test images of the run's data, normalised as in training."""
+    test = ctx.data.test
+    return torch.stack([test[i][0] for i in range(min(n, len(test)))])  # type: ignore[arg-type]
 
 
 def _check_size(model: nn.Module, size: int) -> None:

@@ -68,6 +68,8 @@ class ResolutionStage(Stage):
     def validate(self, config: ResolutionConfig) -> None:
         check_checkpoints("resolution", config.checkpoints)
         sizes = config.sizes
+        if not config.enabled and not sizes:
+            return  # off, with no sizes listed: nothing to check
         if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
                             for s in sizes):
             raise ValueError("resolution.sizes must be a non-empty list of input sizes in "
@@ -75,6 +77,8 @@ class ResolutionStage(Stage):
         check_counts("resolution", config, ["batch_size"])
 
     def validate_for(self, config: ResolutionConfig, identity) -> None:
+        if not config.enabled:
+            return
         with torch.device("meta"):
             model = identity.build_model()
         for s in config.sizes:

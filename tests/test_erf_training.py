@@ -1,0 +1,75 @@
+"""The ERF of trained networks in the pipeline (issue 27 item 4): importance maps on real test
+images at init and after training, and the report's ERF-vs-RF figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from analysis import plots
+from analysis.stats import with_cell
+from landscape import pipeline, results
+from landscape.cli.submit import expand_grid
+from landscape.importance import projected_gradient_maps
+from landscape.importance.maps import centre_on_canvas
+
+
+@pytest.mark.parametrize("h, w, size", [(16, 16, 32), (5, 8, 9), (12, 12, 12), (20, 7, 10)])
+def test_centre_on_canvas_keeps_the_image_at_the_centre(h, w, size):
+    x = torch.rand(2, 3, h, w) + 1  # strictly positive: the image's pixels are found again
+    out = centre_on_canvas(x, size)
+    assert out.shape == (2, 3, size, size)
+    rows, cols = torch.nonzero(out[0, 0] > 0, as_tuple=True)
+    top, left = (size - min(h, size)) // 2, (size - min(w, size)) // 2
+    assert (rows.min().item(), cols.min().item()) == (top, left)
+    assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (min(h, size),
+                                                                         min(w, size))
+    # cropped sides keep the central pixels
+    ch, cw = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    assert torch.equal(out[:, :, top:top + min(h, size), left:left + min(w, size)],
+                       x[:, :, ch:ch + min(h, size), cw:cw + min(w, size)])
+
+
+def test_images_mode_of_a_linear_net_gives_its_kernel_footprint():
+    """For one conv the map is |kernel| summed over input channels at the centre, whatever
+    the images: the gradient of a linear map does not depend on its input."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    net = nn.Sequential(conv)
+    images = torch.randn(4, 2, 7, 7)
+    m = projected_gradient_maps(net, input_size=9, n_samples=4, mode="images", images=images,
+                                in_channels=2)
+    expected = np.abs(conv.weight.detach().sum(0).numpy()).sum(0)
+    assert m.n == 4 and m.mean_map.shape == (9, 9)
+    np.testing.assert_allclose(m.mean_map[3:6, 3:6], expected, rtol=1e-6)
+    assert m.mean_map.sum() == pytest.approx(expected.sum(), rel=1e-6)
+    with pytest.raises(ValueError, match="needs images="):
+        projected_gradient_maps(net, input_size=9, mode="images", in_channels=2)
+    with pytest.raises(ValueError, match="images have 3 channels, the model takes 2"):
+        projected_gradient_maps(net, input_size=9, mode="images", in_channels=2,
+                                images=torch.randn(1, 3, 5, 5))
+
+
+def test_erf_before_and_after_training_in_the_pipeline_and_its_figure(tmp_path):
+    cfgs = expand_grid(["model=small_cnn", "data=digits", "train.epochs=1",
+                        "data.train_subset=120", "data.test_subset=40", "device=cpu",
+                        "num_threads=1", "progress=false", "model.pool_level=0,2",
+                        "importance.enabled=true", "importance.mode=images",
+                        "importance.checkpoints=[init,final]", "importance.input_size=32",
+                        "importance.n_samples=8", f"results_root={tmp_path}"])
+    for cfg in cfgs:
+        pipeline.run(cfg)
+    df = results.load(tmp_path)
+    erf = df[df["metric"] == "erf_size"]
+    assert set(erf["stage"]) == {"importance_init", "importance_final"}
+    assert erf["note"].str.contains("mode=images (the first 8 test images, 16 px", regex=False).all()
+    assert ((erf["value"] > 0) & (erf["value"] <= 32)).all()
+    fig = plots.erf_vs_receptive_field(with_cell(df))
+    assert fig is not None
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert any(lab.startswith("after training (images)") for lab in labels)
+    assert any(lab.startswith("at initialisation") for lab in labels)
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
