@@ -37,7 +37,8 @@ def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():
 def test_all_names_are_registered():
     assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
-                               "loss_slice", "saturation", "data_path", "rf_table", "probes"}
+                               "loss_slice", "saturation", "data_path", "rf_table", "probes",
+                               "lambda_tracking"}
 
 
 def test_probes_benchmark_quick_scores_both_backends_on_the_same_features():
@@ -109,3 +110,13 @@ def test_loss_slice_quick_agrees_with_the_copy_loop_and_loss_landscapes():
     assert row["max_abs_diff_vs_copy_loop"] <= 1e-5
     assert row["max_abs_diff_vs_loss_landscapes"] <= 1e-4  # its accumulated += / -= steps
     assert row["points"] == 25 and row["ours_seconds"] > 0
+
+
+def test_lambda_tracking_quick_warm_agrees_with_cold_at_fewer_hvps():
+    rows = bench_main(["lambda_tracking", "--quick"])["lambda_tracking"]
+    epochs, (summary,) = rows[:-1], rows[-1:]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3] and all(r["converged"] for r in epochs)
+    assert [r["warm_started"] for r in epochs] == [False, True, True]
+    assert max(r["rel_diff"] for r in epochs) <= 1e-3  # both to the same tolerance
+    assert all(r["hvp_warm"] < r["hvp_cold"] for r in epochs[1:])
+    assert summary["hvp_ratio_cold_over_warm"] > 1

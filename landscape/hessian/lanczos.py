@@ -132,6 +132,7 @@ def lanczos_top_k(
     *,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
+    start_vector: Tensor | None = None,
     **overrides: object,
 ) -> TopEigenResult:
     """k eigenpairs of largest value (``which="LA"``) or magnitude (``"LM"``) of ``matvec``.
@@ -140,6 +141,9 @@ def lanczos_top_k(
     must be > 0; ``max_iter`` caps the number of matvecs (default ``max(1000, 10 * ncv)``);
     when the cap is reached the best Ritz pairs are returned with ``converged=False`` and a
     warning. ``check_residuals`` is ignored (the Ritz estimates ``|beta_m y_m|`` are free).
+    ``start_vector``: the start vector (e.g. the top eigenvector of a nearby operator: a warm
+    start; normalised here) instead of a random one; the pairs are then tested at every step
+    from the first sweep on, and ``tridiagonal`` is None (not a random-start SLQ sample).
     Memory: ``(ncv + 1) * dim`` numbers of ``dtype`` for the basis.
     """
     opts = solver_options(options, **overrides)
@@ -158,7 +162,15 @@ def lanczos_top_k(
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     basis = torch.empty(m + 1, dim, dtype=dtype, device=device)
-    basis[0] = random_unit(dim, gen, dtype, device)
+    warm = start_vector is not None
+    if not warm:
+        basis[0] = random_unit(dim, gen, dtype, device)
+    else:
+        s = start_vector.detach().reshape(-1).to(dtype=dtype, device=device)
+        if s.numel() != dim or not bool(torch.isfinite(s).all()) or not float(s.norm()) > 0:
+            raise ValueError(f"start_vector must be a finite nonzero vector of length {dim}, "
+                             f"got shape {tuple(start_vector.shape)}")
+        basis[0] = s / s.norm()
     proj = np.zeros((m, m))
     start, num_hvp, first, beta = 0, 0, None, 0.0
     # The number of HVPs is not known in advance (max_iter is only a cap): count them, and
@@ -191,12 +203,12 @@ def lanczos_top_k(
                 # negligible next to an HVP) instead of only when the basis is full. Not in
                 # the first sweep (its whole tridiagonal is an SLQ sample) and not on an
                 # invariant subspace (its pairs are exact but maybe not the top ones).
-                if first is not None and not invariant and j + 1 >= k:
+                if (first is not None or warm) and not invariant and j + 1 >= k:
                     *_, ok = ritz(proj[: j + 1, : j + 1], beta, k, which, tol)
                     if ok.all():
                         size, stop = j + 1, True
                         break
-        if first is None:
+        if first is None and not warm:
             first = Tridiagonal(np.diag(proj).copy(), np.diag(proj, -1).copy(), dim)
         theta, vecs, order, residual, done = ritz(proj[:size, :size], beta, k, which, tol)
         bar.set_postfix_str(f"{int(done.sum())}/{k} converged", refresh=False)
