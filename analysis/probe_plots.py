@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.plots import _figure, _levels, _styled, _suptitle, stage_title
-from analysis.stats import grid_frame, select
+from analysis.stats import final_epoch, grid_frame, select
 from analysis.tables import (MISSING, Table, _levels_frame, format_mean_std, grid_slug,
                              grid_title, level_label)
 
@@ -73,29 +73,49 @@ def saturation_probes(df: pd.DataFrame, *, arch: str | None = None, dataset: str
 
 @_styled
 def position_maps(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
-                  width: float | None = None, stage: str = "probes_final") -> Figure | None:
-    """Per-position probe accuracy of the first heat-map layer, one panel per receptive field
-    (mean over seeds; one colour scale)."""
+                  width: float | None = None, stage: str = "probes_final",
+                  relative: bool = True) -> Figure | None:
+    """Per-position probe accuracy of every heat-map layer (``probes.position_layers``; rows,
+    in forward order) per receptive field (columns), mean over seeds, one colour scale.
+    ``relative``: each seed's map divided by that run's test accuracy after training ("Size
+    Matters": where in the feature map the network's decision is already readable, as a
+    share of what the network achieves); seeds without a training accuracy are left out."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     s = select(g, stage=stage, metric="position_probe_acc")
     if s.empty:
         return None
-    layer = sorted(s["layer"].dropna().unique())[0]
-    s = select(s, layer=layer)
+    if relative:
+        acc = final_epoch(select(g, stage="train", metric="test_acc")).groupby("run_id")[
+            "value"].mean()
+        s = s[s["run_id"].isin(acc.index)]
+        s = s.assign(value=s["value"] / s["run_id"].map(acc).astype(float))
+        if s.empty:
+            return None
+    order = select(g, stage=stage, metric="probe_acc").groupby("layer")["index"].min()
+    layers = sorted(s["layer"].dropna().unique(), key=lambda n: (order.get(n, 1e9), n))
     levels = [lv for lv in _levels(g) if len(select(s, cell=lv[0]))]
-    fig, axes = _figure(1, len(levels), panel=(3.2, 3.0))
+    fig, axes = _figure(len(layers), len(levels), panel=(3.0, 2.8))
+    top = max(1.0, float(s["value"].max())) if relative else 1.0
     im = None
-    for ax, (cell, label, _, _) in zip(axes[0], levels):
-        piv = select(s, cell=cell).pivot_table(index="coord_y", columns="coord_x",
-                                               values="value")
-        im = ax.imshow(piv.to_numpy(float), vmin=0, vmax=1, cmap="magma", origin="upper")
-        ax.set_title(f"{label}, n={select(s, cell=cell)['seed'].nunique()}")
-        ax.set_xlabel("column")
-        ax.set_ylabel("row")
-        ax.grid(False)
+    for row, layer in zip(axes, layers):
+        for j, (ax, (cell, label, _, _)) in enumerate(zip(row, levels)):
+            c = select(s, cell=cell, layer=layer)
+            if c.empty:
+                ax.set_title(f"{label}\nmissing")
+                ax.set_axis_off()
+                continue
+            piv = c.pivot_table(index="coord_y", columns="coord_x", values="value")
+            im = ax.imshow(piv.to_numpy(float), vmin=0, vmax=top, cmap="magma", origin="upper")
+            ax.set_title(f"{label}, n={c['seed'].nunique()}")
+            ax.set_xlabel("column")
+            ax.set_ylabel(f"{layer}\nrow" if j == 0 else "row")
+            ax.grid(False)
     if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), label="probe accuracy", shrink=0.85)
-    _suptitle(fig, g, f"probe accuracy per position of {layer}, {stage_title(stage)}")
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85,
+                     label="probe accuracy / network test accuracy" if relative
+                     else "probe accuracy")
+    _suptitle(fig, g, f"{'relative ' if relative else ''}probe accuracy per position, "
+                      f"{stage_title(stage)}")
     return fig
 
 

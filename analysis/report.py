@@ -259,7 +259,9 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
           for st in present_stages(select(g, metric="probe_acc"), "probes")],
         *[(f"{st}-positions".replace("_", "-"),
            (lambda st=st: probe_plots.position_maps(g, **kw, stage=st)),
-           f"Probe accuracy per feature-map position, {stage_title(st)}.")
+           f"Probe accuracy per feature-map position of every layer in "
+           f"probes.position_layers, divided by the network's test accuracy, "
+           f"{stage_title(st)}.")
           for st in present_stages(select(g, metric="position_probe_acc"), "probes")],
         ("resolution", lambda: plots.resolution_curves(g, **kw),
          "Test accuracy of the trained checkpoint evaluated at other input sizes (the "
