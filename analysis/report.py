@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from analysis import design, geometry_plots, plots, probe_plots
+from analysis import design, dynamics_plots, geometry_plots, plots, probe_plots
 from analysis.paper import importance_table, paper_table
 from analysis.plots import present_stages, stage_title
 from analysis.render import Block, html_page, markdown
@@ -263,6 +263,11 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
            f"probes.position_layers, divided by the network's test accuracy, "
            f"{stage_title(st)}.")
           for st in present_stages(select(g, metric="position_probe_acc"), "probes")],
+        ("lambda-trajectory", lambda: dynamics_plots.lambda_trajectory(g, **kw),
+         "Top Hessian eigenvalue of the training loss after each epoch (train.track), per "
+         "receptive field; dashed: 2 / lr, the stability threshold of plain gradient descent."),
+        ("saturation-trajectory", lambda: dynamics_plots.saturation_trajectory(g, **kw),
+         "Saturation of every layer after each epoch (train.track), per receptive field."),
         ("resolution", lambda: plots.resolution_curves(g, **kw),
          "Test accuracy of the trained checkpoint evaluated at other input sizes (the "
          "resolution stage); dotted: the training size, ticks: r̃ of each level."),

@@ -25,6 +25,7 @@ from landscape.data.resident import ResidentLoader, ResidentSet
 from landscape.device import DeviceSettings, full_precision, progress_enabled
 from landscape.modes import snapshot_modes
 from landscape.seeds import TRAIN_EPOCH, seed_everything, stream_seed
+from landscape.tracking import TrackConfig, validate_track
 from landscape.storage import clean_temp, load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = 1
@@ -54,12 +55,16 @@ class TrainConfig:
     # torch.compile the model for the training steps; falls back to eager with one warning
     # where compiling fails. How, not what: not part of the run's identity.
     compile: bool = field(default=False, metadata={"identity": False})
+    # Measurements after epochs (landscape.tracking; lambda_max, saturation, gradient norm):
+    # they change no weight and draw no random number, so not part of the run's identity.
+    track: TrackConfig = field(default_factory=TrackConfig, metadata={"identity": False})
 
 
 SCHEDULERS = ("cosine", "constant", "step")
 
 
 def validate_train_config(cfg: TrainConfig) -> None:
+    validate_track(cfg.track)
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"train.{name} must be >= 1, got {getattr(cfg, name)}")
@@ -378,14 +383,14 @@ def train_model(
         if best is None or record.test_acc > best.test_acc:  # before last.pt: a kill in between
             save_checkpoint(checkpoint_dir / "best.pt", {  # replays this epoch and rewrites it
                 "model": model.state_dict(), "epoch": epoch, "test_acc": test_acc, **tag})
+        if on_epoch is not None:  # before last.pt: a kill in between replays this epoch
+            on_epoch(record)
         save_checkpoint(last, {
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "epoch": epoch,
             "history": [asdict(r) for r in outcome.history],
             "data_path": outcome.data_path, **tag,
         })
-        if on_epoch is not None:
-            on_epoch(record)
     outcome.compiled, outcome.compile_note = step_model.compiled, step_model.note
     if not outcome.diverged:
         save_checkpoint(checkpoint_dir / "final.pt", {"model": model.state_dict(),

@@ -136,6 +136,14 @@ METRICS: dict[str, str] = {
                      "saturation below the mean after it; layer = its name)",
     "position_probe_acc": "test accuracy of a probe on one feature-map position of the layer "
                           "(coord_x = column, coord_y = row), fraction",
+    # train.track (measured after training epochs; index = epoch)
+    "track_lambda_max": "top eigenvalue of the Hessian of the mean training loss on the "
+                        "tracker's evaluation set after epoch index (warm-started Lanczos; note: "
+                        "HVPs, warm, residual)",
+    "track_grad_norm": "norm of the gradient of the mean training loss on the tracker's "
+                       "evaluation set after epoch index",
+    "track_saturation": "saturation of layer after epoch index on the tracker's evaluation set, "
+                        "in (0, 1]",
     # resolution (a checkpoint evaluated at other input sizes)
     "resolution_test_acc": "test accuracy of the checkpoint at input size index (pixels), "
                            "fraction in [0, 1]; note: checkpoint, eval and training size",

@@ -11,6 +11,8 @@ from typing import Optional
 from landscape import results
 from landscape.results import RunPaths
 from landscape.stages.base import RunContext, Stage, Unit, register_stage
+from landscape.stages.batches import evaluation_batches
+from landscape.tracking import TRACKERS_FILE, EpochTrackers, tracked_rows
 from landscape.train import (
     TrainConfig, recorded_data_path, train_model, validate_train_config,
 )
@@ -48,10 +50,12 @@ class TrainStage(Stage):
         t0 = time.perf_counter()
         path = ctx.data_path(recorded_data_path(ctx.checkpoint_dir))
         data = ctx.resident if path == "resident" else ctx.data
+        trackers = _trackers(ctx, config)
         outcome = train_model(
             model, data.train, data.test, config, seed=ctx.identity.seed,
             settings=ctx.settings, checkpoint_dir=ctx.checkpoint_dir,
             num_workers=ctx.num_workers, progress=ctx.progress, run_id=ctx.identity.run_id,
+            on_epoch=(lambda r: trackers.measure(model, r.epoch)) if trackers else None,
         )
         rows: list[dict] = [{"metric": m, "value": getattr(r, m), "index": r.epoch}
                             for r in outcome.history for m in EPOCH_METRICS]
@@ -66,7 +70,23 @@ class TrainStage(Stage):
                      "note": outcome.data_path})
         rows.append({"metric": "compiled", "value": float(outcome.compiled),
                      "note": outcome.compile_note or None})
+        if config.track.enabled:
+            last = outcome.history[-1].epoch if outcome.history else 0
+            rows += tracked_rows(ctx.checkpoint_dir, last)
         if outcome.diverged:
             log.warning("run %s diverged at epoch %d (non-finite training loss)",
                         ctx.identity.run_id, outcome.diverged_epoch)
         return rows
+
+
+def _trackers(ctx: RunContext, config: TrainConfig) -> Optional[EpochTrackers]:
+    """The run's epoch trackers (``train.track``), or None when none is on. A training that
+    starts from scratch (no ``last.pt``) forgets the rows of an earlier attempt."""
+    if not (ctx.checkpoint_dir / "last.pt").exists():
+        (ctx.checkpoint_dir / TRACKERS_FILE).unlink(missing_ok=True)
+    t = config.track
+    if not t.enabled:
+        return None
+    return EpochTrackers(t, evaluation_batches(ctx, t.n_samples, t.batch_size),
+                         epochs=config.epochs, checkpoint_dir=ctx.checkpoint_dir,
+                         device=ctx.settings.device, seed=ctx.identity.seed or 0)
