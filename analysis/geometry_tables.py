@@ -141,3 +141,38 @@ def pruned_hessian_table(df: pd.DataFrame, *, arch: str | None = None,
                  "weights (rate 0 = the dense network by the same procedure); barrier: max over "
                  "the linear path from the dense checkpoint of the loss minus the straight line "
                  f"between its ends; mean ± std (ddof=1) over seeds; {note}.")
+
+
+def imp_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+              width: float | None = None) -> Table | None:
+    """Rows = receptive field, columns = IMP round (its cumulative sparsity): test accuracy of
+    the IMP line after each round's retraining and, where run, of its random-mask and
+    random-reinit controls; mean ± std over seeds. None without ``imp`` rows."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    s = select(g, stage="imp", metric="test_acc")
+    if s.empty:
+        return None
+    rounds = sorted(int(r) for r in s["index"].dropna().unique())
+    sparsity = select(g, stage="imp", metric="sparsity", criterion="imp_magnitude")
+    branches = [b for b in ("imp_magnitude", "imp_random_mask", "imp_random_reinit")
+                if (s["criterion"] == b).any()]
+    rows, numbers = [], []
+    for lv in _levels_frame(g).itertuples(index=False):
+        for b in branches:
+            row = {"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
+                   "Branch": b.removeprefix("imp_").replace("_", " ")}
+            for r in rounds:
+                x = select(s, cell=lv.cell, criterion=b, index=r)["value"].to_numpy(float)
+                sp = select(sparsity, cell=lv.cell, index=r)["value"]
+                head = f"round {r}" + (f" ({100 * sp.mean():.0f}% pruned)" if len(sp) else "")
+                row[head] = _mean_std(100 * x)
+                numbers.append({"cell": lv.cell, "branch": b, "round": r,
+                                "test_acc_mean": float(x.mean()) if x.size else math.nan,
+                                "n": int(x.size)})
+            rows.append(row)
+    cells = pd.DataFrame(rows).fillna(MISSING)
+    return Table(f"{grid_slug(g)}-imp", f"{grid_title(g)}: iterative magnitude pruning",
+                 cells, pd.DataFrame(numbers),
+                 "Test accuracy (%) after each round's retraining from the rewind point, mask "
+                 "kept; controls: a random mask with the same per-layer counts, the round's "
+                 "mask on a fresh initialisation; mean ± std (ddof=1) over seeds.")

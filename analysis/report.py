@@ -23,7 +23,8 @@ from analysis.render import Block, html_page, markdown
 from analysis.stats import (GRID_COLUMNS, SETTINGS_COLUMNS, UNIT_COLUMNS, final_epoch,
                             grid_frame, grids, pruning_observations, pruning_procedures,
                             rank_correlation, select, with_variants)
-from analysis.geometry_tables import barrier_table, pruned_hessian_table, sharpness_table
+from analysis.geometry_tables import (barrier_table, imp_table, pruned_hessian_table,
+                                      sharpness_table)
 from analysis.tables import (MISSING, Table, format_number, grid_slug, grid_title, level_label,
                              pruning_table, pvalue_table, settings_slug, settings_tag, to_csv,
                              to_latex, to_markdown, training_table)
@@ -177,6 +178,7 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
                      & (units["finetune_settings"] == u.finetune_settings)]
         if math.isclose(u.prune_rate, same["prune_rate"].max()) and g["cell"].nunique() > 1:
             blocks.append(("table", pvalue_table(g, **args)))
+    blocks += _section("Iterative magnitude pruning", (imp_table(g, **kw),))
     blocks += _section("Curvature of the pruned networks", (
         pruned_hessian_table(g, **kw, **proc) for proc in _procedures(g)))
     blocks += _section("Mode connectivity between seeds", (

@@ -20,6 +20,7 @@ from landscape.identity import NOT_IDENTITY, identity_dict
 from landscape.stages.cka import CKAConfig
 from landscape.stages.connectivity import ConnectivityConfig
 from landscape.stages.hessian import HessianConfig
+from landscape.stages.imp import ImpConfig
 from landscape.stages.importance import ImportanceConfig
 from landscape.stages.probes import ProbesConfig
 from landscape.stages.resolution import ResolutionConfig
@@ -61,6 +62,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     prune: PruneConfig = field(default_factory=PruneConfig, metadata=NOT_IDENTITY)
+    imp: ImpConfig = field(default_factory=ImpConfig, metadata=NOT_IDENTITY)
     hessian: HessianConfig = field(default_factory=HessianConfig, metadata=NOT_IDENTITY)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig, metadata=NOT_IDENTITY)
     slice: SliceConfig = field(default_factory=SliceConfig, metadata=NOT_IDENTITY)

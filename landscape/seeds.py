@@ -45,9 +45,10 @@ STRUCTURED_PRUNE = Stream("structured_prune", 5000)  # torch-pruning's random ch
 IMPORTANCE = Stream("importance", 7919)  # random inputs of the projected-gradient maps
 SLICE = Stream("slice", 8000, 2)  # the random directions of a loss slice (plane: draws 0, 1)
 PRUNED_HESSIAN = Stream("pruned_hessian", 9000)  # start vectors of the pruned nets' Hessians
+IMP_CONTROL = Stream("imp_control", 10000, 1000, "imp.rounds")  # random masks / inits per round
 
 STREAMS = (INIT, TRAIN_EPOCH, FINETUNE, FINETUNE_EPOCH, HESSIAN, HESSIAN_DATA, STRUCTURED_PRUNE,
-           IMPORTANCE, SLICE, PRUNED_HESSIAN)
+           IMPORTANCE, SLICE, PRUNED_HESSIAN, IMP_CONTROL)
 
 
 def _check_disjoint(streams: tuple[Stream, ...]) -> None:

@@ -116,7 +116,7 @@ def test_the_stage_registry_is_the_only_list_of_stages():
     from landscape.stages import registered_stages, stage_names
 
     names = stage_names()
-    assert names == ["train", "prune", "finetune", "hessian", "importance", "slice",
+    assert names == ["train", "prune", "finetune", "imp", "hessian", "importance", "slice",
                      "sharpness", "probes", "resolution", "receptive_field", "cka",
                      "connectivity"]
     assert [s.level for s in registered_stages()].count("cell") == 3

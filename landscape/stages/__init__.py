@@ -6,6 +6,7 @@ Importing this package registers the built-in stages; a user stage is one more m
 from landscape.stages import train  # noqa: F401  (registration order = pipeline order)
 from landscape.stages import prune  # noqa: F401
 from landscape.stages import finetune  # noqa: F401
+from landscape.stages import imp  # noqa: F401
 from landscape.stages import hessian  # noqa: F401
 from landscape.stages import importance  # noqa: F401
 from landscape.stages import slices  # noqa: F401
