@@ -58,8 +58,9 @@ def test_hydra_errors_are_one_line_with_the_choices():
         f"data=cifar100: no such option; did you mean data=cifar10? Choose one of: cifar10, "
         f"digits, synthetic, tiny_imagenet, tiny_imagenet_paper (files in {data})")
     assert hydra_error_line(compose_error("model=nosuch")).startswith(
-        "model=nosuch: no such option; choose one of: resnet101, resnet18, resnet34, resnet50, "
-        "small_cnn, vgg11, vgg13, vgg16, vgg19")
+        "model=nosuch: no such option; choose one of: resnet101, resnet18, "
+        "resnet18_imagenet_stem, resnet18_no_skips, resnet34, resnet50, small_cnn, vgg11, "
+        "vgg13, vgg16, vgg19, vgg19_dilated")
     assert hydra_error_line(compose_error("device=[1")).startswith(
         "cannot parse the override 'device=[1': ")
     assert hydra_error_line(compose_error("levels=x", config_name="rf")) == \
@@ -80,8 +81,9 @@ def fresh_hydra():
     ("cells_main", "data=cifar100", "landscape-cells: error: data=cifar100: no such option; "
                                     "did you mean data=cifar10? Choose one of: cifar10, "),
     ("rf_main", "model=vgg", "landscape-rf: error: model=vgg: no such option; did you mean "
-                             "model=vgg19? Choose one of: resnet101, resnet18, resnet34, "
-                             "resnet50, small_cnn, vgg11, vgg13, vgg16, vgg19"),
+                             "model=vgg19? Choose one of: resnet101, resnet18, "
+                             "resnet18_imagenet_stem, resnet18_no_skips, resnet34, resnet50, "
+                             "small_cnn, vgg11, vgg13, vgg16, vgg19, vgg19_dilated"),
 ])
 def test_every_hydra_entry_point_says_hydras_errors_in_one_line(
         main, arg, line, monkeypatch, capsys, fresh_hydra):
@@ -109,7 +111,7 @@ def test_a_hydra_error_from_the_console_is_one_line_and_exit_status_2(tmp_path):
     assert out.stderr.splitlines() == [
         f"landscape-run: error: experiment=paper_smal: no such option; did you mean "
         f"experiment=paper_small? Choose one of: demo, paper_cifar10, paper_small, "
-        f"paper_tinyimagenet, rf_design_small (files in {experiment})"]
+        f"paper_tinyimagenet, rf_design_small, size_matters_cifar10 (files in {experiment})"]
     assert not (tmp_path / "r").exists()
 
 

@@ -91,6 +91,26 @@ def test_design_space_draws_nothing_for_one_cell_and_needs_a_dataset_for_several
         design_space(design_points(pd.DataFrame(rows)))
 
 
+def test_size_matters_cifar10_plans_its_architecture_list_and_their_receptive_fields():
+    from landscape.cli.submit import expand_grid
+    from landscape.identity import identify
+    from landscape.pipeline import validate
+
+    cfgs = expand_grid(["experiment=size_matters_cifar10"])
+    assert len(cfgs) == 30 and {c.seed for c in cfgs} == {0, 1, 2}
+    rf = {}
+    for c in cfgs:
+        validate(c, check_data=False)
+        i = identify(c)
+        rf[(i.arch, i.spec.label())] = i.receptive_field
+        assert (c.train.epochs, c.train.batch_size, c.train.scheduler) == (30, 64, "step")
+    assert rf[("resnet18", "")] == 109 and rf[("resnet18", "stem=imagenet")] == 435
+    assert rf[("resnet18", "skips=False")] == 109
+    assert rf[("vgg19", "stage_strides=[2, 2, 1],dilation=[1, 1, 1, 2]")] == 176
+    assert {a for a, _ in rf} == {"vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34",
+                                  "resnet50"}
+
+
 @pytest.mark.slow
 def test_experiment_rf_design_small_runs_end_to_end_and_draws_the_design_space(tmp_path, console):
     root = tmp_path / "r"
