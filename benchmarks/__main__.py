@@ -24,7 +24,7 @@ import torch
 
 BENCHMARKS = ("train_overhead", "pruning_selection", "importance_batched", "hessian_topk", "cka",
               "demo_scaling", "paper_importance", "loss_slice", "saturation",
-              "data_path", "rf_table", "probes", "lambda_tracking")
+              "data_path", "rf_table", "probes", "lambda_tracking", "gpu_acceptance")
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 
 
