@@ -140,7 +140,8 @@ def test_on_cuda_the_full_run_needs_out_and_uses_the_full_sizes(tmp_path, capsys
     assert ga.NO_CUDA_LINE not in capsys.readouterr().out
     assert [s.name for s in secs] == ["correctness", "throughput", "stages", "summary"]
     names = [i.name for i in secs[1].items]
-    # eager resident first (the summary needs them), compiled last (minutes of compiling)
+    # eager resident first (the summary needs them); compiling takes minutes: one model
+    # before the multi-process runs, the others last
     assert names[:4] == ["resnet50_L1_resident_eager", "resnet50_L4_resident_eager",
                          "vgg19_L1_resident_eager", "vgg19_L4_resident_eager"]
     assert names[8:] == ["resnet50_L1_resident_compiled", "runs_per_gpu_1", "runs_per_gpu_2",
@@ -212,6 +213,24 @@ def test_memory_rows_put_the_measured_peak_beside_the_estimate(monkeypatch):
     assert "| throughput | resnet50_L1_gpu_memory_peak_reserved | 4 | GiB | measured |" in md
     assert md.startswith("GPU acceptance (issue 23): H100 (cuda, 79.6 GiB), torch 2.14.1, "
                          "CUDA 13.0")
+
+
+def test_a_compile_failure_is_a_pass_when_the_fallback_is_logged(tmp_path, monkeypatch):
+    def broken(model, **kw):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    ctx = ga.Context(torch.device("cpu"), ga.Sizes.quick(), True, tmp_path)
+    (r,) = ga.check_compile(ctx)
+    assert (r["name"], r["status"]) == ("compiled_step_fallback", "pass")
+    assert r["value"] == "RuntimeError: no C++ compiler found"
+    assert r["note"] == "fell back to eager, reason logged: True"
+
+
+def test_the_summary_says_when_no_rate_was_measured(tmp_path):
+    ctx = ga.Context(torch.device("cpu"), ga.Sizes.quick(), True, tmp_path)
+    (r,) = ga.summary_rows(ctx)
+    assert r["status"] == "skipped" and "no training rate" in r["note"]
 
 
 @pytest.mark.slow
