@@ -664,9 +664,11 @@ def _loader(ctx: Context, path: str, settings):
 
 
 def measure_path(ctx: Context, arch: str, level: int, path: str, compiled: bool) -> list[dict]:
+    from landscape.device import configure_backends
     from landscape.train import CompiledStep, evaluate, make_loader
     s = ctx.sizes
     settings = _settings(ctx.device)
+    configure_backends(ctx.device, deterministic=False)  # as a run with the default settings
     if ctx.cuda:
         torch.cuda.reset_peak_memory_stats(ctx.device)
     model = _model(arch, s.width, level).to(ctx.device, memory_format=settings.memory_format)
@@ -700,12 +702,8 @@ def measure_path(ctx: Context, arch: str, level: int, path: str, compiled: bool)
         rows.append(row(S2, f"{arch}_L{level}_evaluate", n_test / eval_s, "images/s",
                         settings=f"evaluate(): full precision, batch 512, {n_test} resident "
                         "test images (second pass)"))
-        est = None
-        try:
-            est = __import__("landscape.grid.gpu", fromlist=["estimate_run_bytes"]) \
-                .estimate_run_bytes(run_config(ctx, arch, level, s.width))
-        except Exception as e:  # noqa: BLE001
-            log.warning("estimate_run_bytes failed: %s", e)
+        from landscape.grid.gpu import estimate_run_bytes
+        est = estimate_run_bytes(run_config(ctx, arch, level, s.width))
         rows += memory_rows(S2, f"{arch}_L{level}", est, ctx.device,
                             settings="training + evaluation in this process, resident data "
                             "(the whole tree) shared by every model of this section")
@@ -721,10 +719,12 @@ def _share_worker(tree: str, arch: str, level: int, width: float, batch: int, wa
     ``steps`` timed training steps. Puts (images, start, end, peak reserved bytes)."""
     try:
         torch.set_num_threads(threads)
+        from landscape.device import configure_backends
         from landscape.data import DataConfig, load_dataset
         from landscape.data.resident import resident_bundle
         from landscape.train import make_loader
         dev = torch.device(device)
+        configure_backends(dev, deterministic=False)
         settings = _settings(dev)
         cfg = DataConfig(name="cifar10", root=tree, verify_md5=False)
         data = resident_bundle(cfg, load_dataset(cfg), settings)
