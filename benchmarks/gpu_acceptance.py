@@ -14,12 +14,15 @@ In this order, so that a run cut off early still leaves the most important figur
    uninterrupted one.
 2. ``throughput``: training images/s and the share of a step spent waiting for the next
    batch, resident vs DataLoader (default workers), for resnet50 and vgg19 at pool levels 1
-   and 4 on a generated CIFAR-10 tree (50,000 + 10,000 images) at batch 128, eager, then
-   compiled; the full-precision evaluation rate; the peak GPU memory beside the launcher's
-   estimate; 1 vs 2 vs 4 runs per GPU (aggregate images/s of separate processes).
+   and 4 on a generated CIFAR-10 tree (50,000 + 10,000 images) at batch 128, eager; the
+   full-precision evaluation rate; the peak GPU memory beside the launcher's estimate; one
+   model compiled; 1 vs 2 vs 4 runs per GPU (aggregate images/s of separate processes); the
+   other models compiled, as far as the budget goes.
 3. ``stages``: a resnet50 trained for one epoch through the pipeline, then the seconds of the
-   paper-protocol Hessian unit (timed at two Lanczos lengths, extrapolated to its 90 steps),
-   the default Hessian unit, the probes unit and the paper CKA unit (2 seeds).
+   paper-protocol Hessian unit (timed on 1,000 images at 2 (warm-up), 3 and 5 Lanczos steps,
+   extrapolated to its 10,000 images and 90 steps), the default Hessian unit (fewer
+   eigenvalues, density runs and trace samples than its defaults; seconds per HVP), the probes
+   unit and the paper CKA unit (2 seeds).
 4. ``summary``: the paper grid's GPU-hours from the measured epoch and stage times.
 
 Every section has a time budget, and the whole a total one (``--budget``, default 8 min): an
@@ -34,7 +37,6 @@ unless one of them fails.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import logging
@@ -43,7 +45,6 @@ import multiprocessing
 import os
 import platform
 import queue
-import statistics
 import sys
 import tempfile
 import time
