@@ -748,6 +748,12 @@ def _share_worker(tree: str, arch: str, level: int, width: float, batch: int, wa
         results.put(("error", f"{type(e).__name__}: {e}".splitlines()[0][:300], 0, 0, 0))
 
 
+def aggregate_rate(out: Sequence[tuple]) -> float:
+    """Images/s of processes that trained at once: all their images over the window from the
+    first start to the last end (``out``: their ``("ok", images, start, end, peak)``)."""
+    return sum(o[1] for o in out) / (max(o[3] for o in out) - min(o[2] for o in out))
+
+
 def measure_runs_per_gpu(ctx: Context, k: int) -> list[dict]:
     """k spawned processes training at once on the one device; aggregate images/s over the
     window from the first start to the last end, and the launcher's memory check."""
@@ -789,13 +795,11 @@ def measure_runs_per_gpu(ctx: Context, k: int) -> list[dict]:
     errors = [o[1] for o in out if o[0] != "ok"]
     if errors:
         raise RuntimeError(f"{len(errors)} of {k} processes failed: {errors[0]}")
-    images = sum(o[1] for o in out)
-    window = max(o[3] for o in out) - min(o[2] for o in out)
     settings_txt = (f"{k} processes, each {s.share_arch} width {s.width} pool level "
                     f"{s.share_level}, resident data, batch {s.batch}, {s.share_steps} timed "
                     f"steps after {s.warmup} warm-up, started together")
     peak = max(o[4] for o in out)
-    rows = [row(S2, f"runs_per_gpu_{k}_aggregate", images / window, "images/s",
+    rows = [row(S2, f"runs_per_gpu_{k}_aggregate", aggregate_rate(out), "images/s",
                 settings=settings_txt, runs_per_gpu=k)]
     if ctx.cuda:
         rows.append(row(S2, f"runs_per_gpu_{k}_peak_reserved_per_process", peak / 2**30, "GiB",
@@ -1063,7 +1067,7 @@ def sections(sizes: Sizes, cuda: bool) -> list[Section]:
                         15 + 5 * k) for k in sizes.runs_per_gpu] or [
         Item("runs_per_gpu", lambda c: [row(S2, "runs_per_gpu", status="skipped", note=(
             "not in --quick: spawning processes takes longer than the rest; "
-            "tests/test_gpu_acceptance.py runs it with 2 CPU processes"))])]
+            "tests/test_gpu_acceptance.py runs the worker in-process"))])]
     throughput += compiled[1:]
     return [
         Section(S1, 110, [Item("resident_batches", check_resident_batches, 3),

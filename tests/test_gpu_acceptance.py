@@ -233,9 +233,26 @@ def test_the_summary_says_when_no_rate_was_measured(tmp_path):
     assert r["status"] == "skipped" and "no training rate" in r["note"]
 
 
-@pytest.mark.slow
-def test_runs_per_gpu_trains_in_separate_processes_at_once(tmp_path):
+def test_a_shared_gpu_worker_trains_after_the_barrier_and_reports_its_window(tmp_path):
+    # what each of the k spawned processes runs, here in this process: spawning two took
+    # 26-55 s on this machine (measure_runs_per_gpu(ctx, 2) on the CPU passed 4 times)
+    import queue
+    import threading
+
     ctx = ga.Context(torch.device("cpu"), ga.Sizes.quick(), True, tmp_path)
-    (agg,) = ga.measure_runs_per_gpu(ctx, 2)
-    assert agg["name"] == "runs_per_gpu_2_aggregate" and agg["value"] > 0
-    assert agg["runs_per_gpu"] == 2
+    ga._ensure_tree(ctx)
+    results = queue.Queue()
+    ga._share_worker(str(ctx.tree), "small_cnn", 1, 0.125, 16, 1, 2, "cpu", 1,
+                     threading.Barrier(1), results)
+    status, images, start, end, peak = results.get_nowait()
+    assert (status, images, peak) == ("ok", 32, 0) and end > start
+    results = queue.Queue()
+    ga._share_worker(str(ctx.tree), "small_cnn", 1, 0.125, 16, 1, 2, "no_such_device", 1,
+                     threading.Barrier(1), results)
+    status, why, *_ = results.get_nowait()
+    assert status == "error" and "no_such_device" in why  # reported, not raised
+
+
+def test_the_aggregate_rate_counts_every_image_over_the_shared_window():
+    out = [("ok", 1000, 10.0, 12.0, 0), ("ok", 600, 10.5, 14.0, 0)]
+    assert ga.aggregate_rate(out) == pytest.approx(1600 / 4.0)
