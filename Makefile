@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 # Tests run on every core (pytest-xdist): each test keeps to one torch thread (tests/conftest.py).
 test: $(STAMP)
 	$(BIN)/python -m pytest -n auto
+
+# The pure-Python wheels that benchmarks/gpu_acceptance.sh installs on a GPU machine whose image
+# has torch but not these, and no network (BENCHMARKS.md, "GPU acceptance").
+gpu-wheels:
+	$(PYTHON) -m pip wheel --quiet --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 \
+		antlr4-python3-runtime==4.9.3 submitit==1.5.4 torch-pruning==1.6.1 pyhessian==0.1
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

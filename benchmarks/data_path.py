@@ -34,13 +34,14 @@ from landscape.train import make_loader
 BATCH = 128
 
 
-def _cifar_tree(root: Path, n: int) -> None:
-    """A CIFAR-10-format tree with ``n`` training images (5 batches) and 1,000 test images."""
+def _cifar_tree(root: Path, n: int, n_test: int = 1000) -> None:
+    """A CIFAR-10-format tree with ``n`` training images (5 batches) and ``n_test`` test
+    images (uniform random pixels and labels)."""
     rng = np.random.default_rng(0)
     base = root / "cifar-10-batches-py"
     base.mkdir(parents=True)
     per = -(-n // 5)
-    for name, k in [(f"data_batch_{i}", per) for i in range(1, 6)] + [("test_batch", 1000)]:
+    for name, k in [(f"data_batch_{i}", per) for i in range(1, 6)] + [("test_batch", n_test)]:
         with open(base / name, "wb") as f:
             pickle.dump({"batch_label": name, "labels": rng.integers(0, 10, k).tolist(),
                          "data": rng.integers(0, 256, (k, 3072), dtype=np.uint8),

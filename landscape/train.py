@@ -232,13 +232,16 @@ def compile_model(model: nn.Module, enabled: bool) -> "CompiledStep":
 class CompiledStep:
     """The model's forward for training steps: ``torch.compile(model)`` when ``enabled``;
     if compiling fails (no C++ compiler, an unsupported op, ...) at creation or at the first
-    call, one warning line and the eager model from then on. ``compiled`` says which ran."""
+    call, one warning line and the eager model from then on. ``compiled`` says which ran.
+    ``backend``: torch.compile's (None: its default, inductor); the benchmarks' CPU smoke
+    runs use ``"eager"`` (graph capture without code generation: seconds, not minutes)."""
 
-    def __init__(self, model: nn.Module, enabled: bool) -> None:
+    def __init__(self, model: nn.Module, enabled: bool, backend: Optional[str] = None) -> None:
         self.model, self.note, self._fn, self._proven = model, "", None, False
         if enabled:
             try:
-                self._fn = torch.compile(model)
+                self._fn = (torch.compile(model) if backend is None
+                            else torch.compile(model, backend=backend))
             except Exception as e:  # noqa: BLE001 - any failure means: run eagerly
                 self._fall_back(e)
 

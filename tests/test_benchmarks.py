@@ -38,7 +38,7 @@ def test_all_names_are_registered():
     assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
                                "loss_slice", "saturation", "data_path", "rf_table", "probes",
-                               "lambda_tracking"}
+                               "lambda_tracking", "gpu_acceptance"}
 
 
 def test_probes_benchmark_quick_scores_both_backends_on_the_same_features():
