@@ -526,8 +526,8 @@ def check_compile(ctx: Context) -> list[dict]:
 
 
 class _Kill(Exception):
-    """Stands for a kill at the end of epoch 2, before its ``last.pt`` (``on_epoch`` runs
-    before it is written): the run resumes from epoch 1's."""
+    """Stands for a kill at the end of epoch 2, before its ``last.pt`` (``train_model``'s
+    ``measure`` hook runs before it is written): the run resumes from epoch 1's."""
 
 
 def check_kill_resume(ctx: Context) -> list[dict]:
@@ -551,7 +551,7 @@ def check_kill_resume(ctx: Context) -> list[dict]:
 
         with tempfile.TemporaryDirectory(dir=ctx.work) as d:
             try:
-                _train(resumed, data.train, data.test, cfg, ctx, Path(d), on_epoch=kill)
+                _train(resumed, data.train, data.test, cfg, ctx, Path(d), measure=kill)
             except _Kill:
                 pass
             resumed = _model(s.check_arch, s.check_width, 1, seed=1)  # a fresh process's model

@@ -290,6 +290,7 @@ def train_model(
     progress: bool = True,
     on_epoch: Optional[Callable[[EpochRecord], None]] = None,
     run_id: Optional[str] = None,
+    measure: Optional[Callable[[EpochRecord], None]] = None,
 ) -> TrainOutcome:
     """Train ``model`` in place; resume from ``checkpoint_dir/last.pt`` when present.
 
@@ -299,6 +300,10 @@ def train_model(
     loss stops the run (checked once per epoch, to avoid a host sync per step) and returns
     ``diverged=True``; the last finite checkpoint is kept. With ``run_id`` every checkpoint
     records it and a ``last.pt`` of another run is refused.
+
+    ``measure(record)`` runs after each epoch's evaluation and before its ``last.pt`` (a kill
+    in it replays the epoch: measurements of the epoch are redone); ``on_epoch(record)`` after
+    ``last.pt``.
 
     ``train_set``/``test_set``: Datasets (the DataLoader path) or
     :class:`~landscape.data.resident.ResidentSet` (held on the device). ``last.pt`` records
@@ -386,14 +391,16 @@ def train_model(
         if best is None or record.test_acc > best.test_acc:  # before last.pt: a kill in between
             save_checkpoint(checkpoint_dir / "best.pt", {  # replays this epoch and rewrites it
                 "model": model.state_dict(), "epoch": epoch, "test_acc": test_acc, **tag})
-        if on_epoch is not None:  # before last.pt: a kill in between replays this epoch
-            on_epoch(record)
+        if measure is not None:  # before last.pt: a kill in between replays this epoch
+            measure(record)
         save_checkpoint(last, {
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "epoch": epoch,
             "history": [asdict(r) for r in outcome.history],
             "data_path": outcome.data_path, **tag,
         })
+        if on_epoch is not None:
+            on_epoch(record)
     outcome.compiled, outcome.compile_note = step_model.compiled, step_model.note
     if not outcome.diverged:
         save_checkpoint(checkpoint_dir / "final.pt", {"model": model.state_dict(),

@@ -55,7 +55,7 @@ class TrainStage(Stage):
             model, data.train, data.test, config, seed=ctx.identity.seed,
             settings=ctx.settings, checkpoint_dir=ctx.checkpoint_dir,
             num_workers=ctx.num_workers, progress=ctx.progress, run_id=ctx.identity.run_id,
-            on_epoch=(lambda r: trackers.measure(model, r.epoch)) if trackers else None,
+            measure=(lambda r: trackers.measure(model, r.epoch)) if trackers else None,
         )
         rows: list[dict] = [{"metric": m, "value": getattr(r, m), "index": r.epoch}
                             for r in outcome.history for m in EPOCH_METRICS]
