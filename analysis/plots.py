@@ -23,7 +23,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from analysis.stats import final_epoch, grid_frame, note_fields, pruning_rows, select
-from analysis.tables import grid_title, level_label, settings_tag
+from analysis.tables import cell_levels, grid_title, settings_tag
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
              "#F0E442")
@@ -46,10 +46,9 @@ def _styled(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
 
 def _levels(g: pd.DataFrame) -> list[tuple[str, str, str, str]]:
     """(cell, label, colour, marker) per cell of a grid, by increasing receptive field."""
-    lv = (g[["cell", "receptive_field", "pool_level", "pool_kernel"]].drop_duplicates("cell")
-          .sort_values(["receptive_field", "pool_level", "pool_kernel", "cell"]))
-    return [(c, level_label(r, p, c), OKABE_ITO[i % 8], MARKERS[i % 8])
-            for i, (c, r, p) in enumerate(zip(lv["cell"], lv["receptive_field"], lv["pool_level"]))]
+    lv = cell_levels(g)
+    return [(c, label, OKABE_ITO[i % 8], MARKERS[i % 8])
+            for i, (c, label) in enumerate(zip(lv["cell"], lv["label"]))]
 
 
 def stage_title(stage: str) -> str:
