@@ -191,6 +191,8 @@ def validate_data_config(cfg: DataConfig) -> None:
     DATASETS.get(cfg.name)
     for name in ("train_subset", "test_subset", "image_size"):
         v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValueError(f"data.{name} must be a positive integer or null, got {v!r}")
         if v is not None and v < 1:
             raise ValueError(f"data.{name} must be >= 1 or null, got {v}")
     if cfg.crop_padding < 0:
