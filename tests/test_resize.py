@@ -272,3 +272,24 @@ def test_input_size_is_no_variant_but_another_setting_is(tmp_path):
     cell("d", 0.01, 32)
     assert results.cell_variants(tmp_path) == {"a": "train.lr=0.1", "b": "train.lr=0.1",
                                                "c": "train.lr=0.1", "d": "train.lr=0.01"}
+
+
+def test_the_direct_protocol_keeps_run_names_and_another_one_names_itself():
+    from landscape.config import ModelConfig, RunConfig
+    from landscape.identity import identify, identity_dict
+
+    def name(**data):
+        return identify(RunConfig(model=ModelConfig(name="small_cnn", pool_level=1),
+                                  data=DataConfig(name="digits", **data))).run_id
+
+    # as computed by the code before data.resize existed (main at 6089a77)
+    assert name() == "small_cnn-w1-digits-pool1-670d2eed9d/seed=0"
+    assert name(image_size=16) == "small_cnn-w1-digits-pool1-b93e49f61f/seed=0"
+    assert not any(k.startswith("data.resize") for k in identity_dict(
+        RunConfig(data=DataConfig(name="digits", image_size=16))))
+    assert name(resize="down_up", down_size=16).startswith(
+        "small_cnn-w1-digits-s32-downup16-pool1-")
+    assert name(resize="canvas", image_size=48).startswith(
+        "small_cnn-w1-digits-s48-canvas32-pool1-")
+    assert name(resize="canvas", image_size=48) != name(resize="canvas", image_size=48,
+                                                        object_size=24)
