@@ -293,3 +293,23 @@ def test_the_direct_protocol_keeps_run_names_and_another_one_names_itself():
         "small_cnn-w1-digits-s48-canvas32-pool1-")
     assert name(resize="canvas", image_size=48) != name(resize="canvas", image_size=48,
                                                         object_size=24)
+
+
+def test_the_erf_figure_draws_each_input_size_as_its_own_line():
+    from analysis.plots import erf_vs_receptive_field
+    from landscape.results import to_frame
+
+    rows = []
+    for size in (16, 32):
+        for level, rf in ((1, 181), (2, 359)):
+            ident = {"arch": "vgg19", "dataset": "cifar10", "pool_level": level,
+                     "receptive_field": rf, "width": 1.0, "image_size": size, "resize": "direct"}
+            for seed in (0, 1):
+                rows.append({**ident, "run_id": f"vgg19-w1-cifar10-pool{level}-{size:010d}/"
+                             f"seed={seed}", "seed": seed, "stage": "importance_final",
+                             "metric": "erf_size", "value": size / 2 + seed,
+                             "note": f"mode=noise; input_size={size}"})
+    fig = erf_vs_receptive_field(to_frame(rows))
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    sized = [lab for lab in labels if "input" in lab and "px" in lab and "maps" not in lab]
+    assert len(sized) == 2 and "input 16 px" in sized[0] and "input 32 px" in sized[1], labels
