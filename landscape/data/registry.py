@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 from torch.utils.data import Dataset, Subset
 
+from landscape.data.resize import CanvasDataset
 from landscape.registry import Registry
 
 
@@ -227,18 +228,19 @@ def check_holdout(holdout: int, total: int) -> None:
 
 def load_dataset(cfg: DataConfig) -> DatasetBundle:
     """Load the dataset named by ``cfg.name`` (see :func:`list_datasets`), minus the
-    ``data.holdout`` training images."""
+    ``data.holdout`` training images; with ``data.resize=canvas`` every split on its canvas
+    (``bundle.image_size`` is then the canvas: the network's input)."""
     check_dataset(cfg)
     bundle = DATASETS.get(cfg.name)(cfg)
     bundle = _hold_out(bundle, cfg.holdout) if cfg.holdout else bundle
-    return _on_canvas(bundle, cfg.image_size or native_size(cfg)) if cfg.resize == "canvas" \
-        else bundle
+    if cfg.resize == "canvas":
+        bundle = _on_canvas(bundle, cfg.image_size or native_size(cfg))
+    return bundle
 
 
 def _on_canvas(bundle: DatasetBundle, canvas: int) -> DatasetBundle:
     """``resize=canvas``: every split pasted on the canvas (the training split at random
     offsets, the others at each image's fixed offset)."""
-    from landscape.data.resize import CanvasDataset
 
     def put(ds, random):
         return None if ds is None else CanvasDataset(
