@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis.stats import grid_frame, pruning_rows, select
 from analysis.tables import (MISSING, Table, _levels_frame, format_mean_std, grid_slug,
-                             grid_title, level_label, settings_slug, settings_tag)
+                             grid_title, settings_slug, settings_tag)
 
 
 def _mean_std(x: np.ndarray) -> str:
@@ -37,7 +37,7 @@ def barrier_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | N
         top = select(path, cell=lv.cell).groupby(["seed", "seed_b"])["value"].max()
         mean = float(x.mean()) if x.size else math.nan
         std = float(x.std(ddof=1)) if x.size > 1 else math.nan
-        rows.append({"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
+        rows.append({"Receptive field": lv.label,
                      "Loss barrier": format_mean_std(mean, std, x.size) if x.size else MISSING,
                      "Max loss on the path": (format_mean_std(float(top.mean()),
                                               float(top.std(ddof=1)) if top.size > 1
@@ -69,7 +69,7 @@ def sharpness_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str |
     ratio = (top / trace).dropna()
     rows, numbers = [], []
     for lv in _levels_frame(g).itertuples(index=False):
-        row = {"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell)}
+        row = {"Receptive field": lv.label}
         num = {"cell": lv.cell}
         for kind in ("adaptive", "standard"):
             x = select(s, cell=lv.cell, metric=f"{kind}_sharpness")["value"].to_numpy(float)
@@ -118,7 +118,7 @@ def pruned_hessian_table(df: pd.DataFrame, *, arch: str | None = None,
     rows, numbers = [], []
     for lv in _levels_frame(g).itertuples(index=False):
         for rate in sorted(select(measured, cell=lv.cell)["prune_rate"].dropna().unique()):
-            row = {"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
+            row = {"Receptive field": lv.label,
                    "Rate": f"{rate:g}"}
             num = {"cell": lv.cell, "prune_rate": float(rate)}
             for title, ft, metric, index in present:

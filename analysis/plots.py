@@ -23,7 +23,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from analysis.stats import final_epoch, grid_frame, note_fields, pruning_rows, select
-from analysis.tables import grid_title, level_label, settings_tag
+from analysis.tables import cell_levels, grid_title, settings_tag, size_label
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
              "#F0E442")
@@ -46,10 +46,9 @@ def _styled(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
 
 def _levels(g: pd.DataFrame) -> list[tuple[str, str, str, str]]:
     """(cell, label, colour, marker) per cell of a grid, by increasing receptive field."""
-    lv = (g[["cell", "receptive_field", "pool_level", "pool_kernel"]].drop_duplicates("cell")
-          .sort_values(["receptive_field", "pool_level", "pool_kernel", "cell"]))
-    return [(c, level_label(r, p, c), OKABE_ITO[i % 8], MARKERS[i % 8])
-            for i, (c, r, p) in enumerate(zip(lv["cell"], lv["receptive_field"], lv["pool_level"]))]
+    lv = cell_levels(g)
+    return [(c, label, OKABE_ITO[i % 8], MARKERS[i % 8])
+            for i, (c, label) in enumerate(zip(lv["cell"], lv["label"]))]
 
 
 def stage_title(stage: str) -> str:
@@ -319,13 +318,20 @@ def erf_vs_receptive_field(df: pd.DataFrame, *, arch: str | None = None,
         return None
     fig, axes = _figure(1, 1, panel=(4.6, 3.6))
     ax = axes[0, 0]
-    for i, st in enumerate(stages):
-        d = erf[erf["stage"] == st]
+    # cells of other input sizes (data.image_size / data.resize) are other lines, never
+    # averaged into one receptive field's point
+    sized = [(size, sub) for size, sub in erf.groupby(
+        erf["image_size"].astype(object).where(erf["image_size"].notna(), None).astype(str)
+        + " " + erf["resize"].astype(str), sort=True)]
+    lines = [(st, size, sub[sub["stage"] == st]) for st in stages for size, sub in sized]
+    for i, (st, size, d) in enumerate(x for x in lines if len(x[2])):
         piv = d.pivot_table(index="receptive_field", columns="seed", values="value",
                             aggfunc="mean").sort_index()
         mode = note_fields(d["note"].iloc[0]).get("mode", "")
+        r = d.iloc[0]
         mean_band(ax, piv, OKABE_ITO[i % 8], MARKERS[i % 8],
-                  stage_title(st) + (f" ({mode.split()[0]})" if mode else ""))
+                  stage_title(st) + (f" ({mode.split()[0]})" if mode else "")
+                  + (f", {size_label(r['image_size'], r['resize'])}" if len(sized) > 1 else ""))
     rf = np.sort(erf["receptive_field"].dropna().unique().astype(float))
     ax.plot(rf, rf, color="0.3", ls="--", lw=1, label="analytic RF (r_max of the last conv)")
     sizes = {float(note_fields(n).get("input_size", "nan")) for n in erf["note"]}

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from analysis.plots import _figure, _levels, _styled, _suptitle, stage_title
 from analysis.stats import final_epoch, grid_frame, select
 from analysis.tables import (MISSING, Table, _levels_frame, format_mean_std, grid_slug,
-                             grid_title, level_label)
+                             grid_title)
 
 
 def _per_layer(s: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -144,7 +144,7 @@ def border_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
         starts = [float(tails.loc[sd, "value"]) if sd in tails.index else np.nan for sd in seeds]
         gaps = np.array(starts) - (float(border["value"].iloc[0]) if len(border) else np.nan)
         gaps = gaps[np.isfinite(gaps)]
-        rows.append({"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
+        rows.append({"Receptive field": lv.label,
                      "Layers probed": str(layers), "Predicted border": predicted,
                      "Observed tail start (per seed)": ", ".join(observed) or MISSING,
                      "Agree": f"{agree}/{len(seeds)}",

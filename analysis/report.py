@@ -25,7 +25,7 @@ from analysis.stats import (GRID_COLUMNS, SETTINGS_COLUMNS, UNIT_COLUMNS, final_
                             rank_correlation, select, with_variants)
 from analysis.geometry_tables import (barrier_table, imp_table, pruned_hessian_table,
                                       sharpness_table)
-from analysis.tables import (MISSING, Table, format_number, grid_slug, grid_title, level_label,
+from analysis.tables import (MISSING, Table, cell_levels, format_number, grid_slug, grid_title,
                              pruning_table, pvalue_table, settings_slug, settings_tag, to_csv,
                              to_latex, to_markdown, training_table)
 
@@ -94,9 +94,8 @@ def completeness(df: pd.DataFrame, stage_order: Sequence[str] = ()) -> pd.DataFr
 # ---------------------------------------------------------------------------------------------
 def _overview(g: pd.DataFrame, done: pd.DataFrame) -> Table:
     """Stage units (rows) x receptive fields (columns): seeds done out of seeds expected."""
-    labels = {c: level_label(r, p, c) for c, r, p in
-              g[["cell", "receptive_field", "pool_level"]].drop_duplicates("cell")
-              .sort_values(["receptive_field", "cell"]).itertuples(index=False)}
+    lv = cell_levels(g)
+    labels = dict(zip(lv["cell"], lv["label"]))
     count = done.groupby(["unit", "cell"])["present"].agg(["sum", "size"])
     units = list(dict.fromkeys(done["unit"]))
     def done_of(u: str, c: str) -> str:

@@ -18,7 +18,10 @@ from scipy import special, stats
 
 # A cell is every config value except the seed; its id is the run folder without "/seed=<s>".
 CELL_COLUMNS = ("cell", "arch", "dataset", "width", "pool_level", "pool_kernel", "pool_stride",
-                "pool_padding", "receptive_field")
+                "pool_padding", "receptive_field", "image_size", "resize")
+# The input size and its protocol (data.resize): a study axis within a grid, like the pool;
+# cells that differ in them are never pooled as seeds (every grouping is per cell).
+SIZE_COLUMNS = ("image_size", "resize")
 # One stage unit of a run; ``protocol`` tells the paper's procedure from ours, and the
 # settings labels (:func:`with_settings`) prune and fine-tune units of other settings: never
 # pooled.
@@ -47,7 +50,20 @@ def with_cell(df: pd.DataFrame) -> pd.DataFrame:
         protocol = (df["protocol"].fillna("default") if "protocol" in df.columns
                     else pd.Series("default", index=df.index, dtype="string"))
         df = df.assign(cell=cell_ids(df["run_id"]), protocol=protocol)
+    if not set(SIZE_COLUMNS) <= set(df.columns) or df["resize"].isna().any():
+        df = with_sizes(df)
     return df if set(SETTINGS_COLUMNS) <= set(df.columns) else with_settings(df)
+
+
+def with_sizes(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``image_size`` (missing: NA) and ``resize``: rows written before the
+    columns existed were made by the only protocol there was, ``"direct"``."""
+    size = df["image_size"] if "image_size" in df.columns else pd.Series(
+        pd.NA, index=df.index, dtype="Int64")
+    resize = (df["resize"] if "resize" in df.columns
+              else pd.Series(pd.NA, index=df.index, dtype="string"))
+    return df.assign(image_size=size.astype("Int64"),
+                     resize=resize.astype("string").fillna("direct"))
 
 
 def _unit_hashes(stage: object, unit: object) -> tuple[str, str]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.stats import (CELL_COLUMNS, compare_levels, grid_frame, pruning_observations,
-                            select, summarize_cells)
+                            select, summarize_cells, with_cell)
 
 MISSING = "missing"
 
@@ -82,9 +82,30 @@ def grid_title(g: pd.DataFrame) -> str:
             + (f", {variant}" if variant else ""))
 
 
+def size_label(image_size: object, resize: object) -> str:
+    """``"input 32 px"``, ``"input 64 px (canvas:32)"``: a cell's input size and protocol."""
+    size = "?" if pd.isna(image_size) else f"{int(image_size)}"
+    kind = "direct" if pd.isna(resize) else str(resize)
+    return f"input {size} px" + ("" if kind == "direct" else f" ({kind})")
+
+
+def cell_levels(g: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell of ``g`` (its ``CELL_COLUMNS``) with its ``label``: by input size and
+    protocol, then receptive field; the label is :func:`level_label`, plus
+    :func:`size_label` when the cells have several input sizes or protocols (size is an axis
+    of the grid, and two cells of one pool are two rows, never pooled)."""
+    lv = with_cell(g)[list(CELL_COLUMNS)].drop_duplicates("cell")
+    lv = lv.sort_values(["image_size", "resize", "receptive_field", "pool_level", "pool_kernel",
+                         "cell"], na_position="first")
+    several = len(lv[["image_size", "resize"]].astype(object).drop_duplicates()) > 1
+    labels = [level_label(r, p, c) + (f", {size_label(s, z)}" if several else "")
+              for c, r, p, s, z in zip(lv["cell"], lv["receptive_field"], lv["pool_level"],
+                                        lv["image_size"], lv["resize"])]
+    return lv.assign(label=labels)
+
+
 def _levels_frame(obs: pd.DataFrame) -> pd.DataFrame:
-    lv = obs[list(CELL_COLUMNS)].drop_duplicates("cell")
-    return lv.sort_values(["receptive_field", "pool_level", "pool_kernel", "cell"])
+    return cell_levels(obs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,8 +162,9 @@ def pruning_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | N
     shown, numbers = [], []
     for lv in _levels_frame(obs).itertuples(index=False):
         o = obs[obs["cell"] == lv.cell]
-        row = {"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell)}
-        num = {"cell": lv.cell, "receptive_field": lv.receptive_field, "pool_level": lv.pool_level}
+        row = {"Receptive field": lv.label}
+        num = {"cell": lv.cell, "receptive_field": lv.receptive_field, "pool_level": lv.pool_level,
+               "image_size": lv.image_size, "resize": lv.resize}
         seeds = int(o["seed"].nunique())
         for key, title in cols.items():
             x = o[key].dropna().to_numpy(float) * 100.0
@@ -187,7 +209,7 @@ def training_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
 
         div = (f"{int(round(c.at['diverged', 'mean'] * c.at['diverged', 'n']))}/"
                f"{c.at['diverged', 'n']}" if "diverged" in c.index else MISSING)
-        rows.append({"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
+        rows.append({"Receptive field": lv.label,
                      "Test acc. (%)": shown("test_acc", 100.0),
                      "Final train loss": shown("train_loss"), "Diverged runs": div})
     return Table(f"{grid_slug(g)}-training", f"{grid_title(g)}: dense training at the last epoch",
@@ -211,8 +233,7 @@ def pvalue_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
                                finetune_settings=finetune_settings)
     chosen = (prune_settings, finetune_settings if finetuned else None)
     lv = _levels_frame(obs)
-    labels = {c: level_label(r, p, c) for c, r, p in
-              zip(lv["cell"], lv["receptive_field"], lv["pool_level"])}
+    labels = dict(zip(lv["cell"], lv["label"]))
     obs = obs.assign(level=obs["cell"].map(list(labels).index))
     cmp = compare_levels(obs, value=quantity, level="level", correction=correction)
     pcol = "p_holm" if correction == "holm" else "p"

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from landscape.data.registry import dataset_info
+from landscape.data.registry import dataset_info, resize_label
 from landscape.models import PoolSpec, build_model, resolve_pool
 from landscape.models.spec import ModelSpec, spec_of
 from landscape.receptive_field import max_receptive_field
@@ -98,12 +98,22 @@ class RunIdentity:
     cell_hash: str
     seed: Optional[int] = None
     spec: ModelSpec = ModelSpec()  # the architecture's knobs beyond the RF pool
+    # the input-size protocol (landscape.data.registry.resize_label): "direct",
+    # "down_up:<down_size>" or "canvas:<object size>"
+    resize: str = "direct"
 
     @property
     def cell_name(self) -> str:
+        """``<arch>-w<width>-<dataset>[-s<size>-<protocol>]-<pool>-<hash>``; the size part only
+        for ``data.resize`` other than ``direct`` (e.g. ``digits-s48-canvas32``,
+        ``cifar10-s32-downup16``), so the folders of existing runs keep their names."""
         p = self.pool
         pool = f"poolk{p.kernel}s{p.stride}p{p.padding}" if self.custom_pool else f"pool{p.level}"
-        return f"{self.arch}-w{self.width:g}-{self.dataset}-{pool}-{self.cell_hash}"
+        size = ""
+        if self.resize != "direct":
+            kind, _, n = self.resize.partition(":")
+            size = f"-s{self.image_size}-{kind.replace('_', '')}{n}"
+        return f"{self.arch}-w{self.width:g}-{self.dataset}{size}-{pool}-{self.cell_hash}"
 
     @property
     def run_name(self) -> str:
@@ -126,7 +136,8 @@ class RunIdentity:
                 "pool_level": p.level, "pool_kernel": p.kernel, "pool_stride": p.stride,
                 "pool_padding": p.padding, "receptive_field": self.receptive_field,
                 "width": self.width, "seed": self.seed,
-                "arch_variant": self.spec.label() or None}
+                "arch_variant": self.spec.label() or None,
+                "image_size": self.image_size, "resize": self.resize}
 
     def build_model(self) -> nn.Module:
         """A new model of this identity, initialised from torch's global RNG."""
@@ -161,7 +172,7 @@ def identify(cfg: Any) -> RunIdentity:
         arch=m.name, dataset=cfg.data.name, width=float(m.width), pool=pool, custom_pool=custom,
         receptive_field=rf, image_size=info.image_size, in_channels=info.in_channels,
         num_classes=info.num_classes, num_params=num_params, cell_hash=cell_hash(cfg),
-        seed=cfg.seed, spec=spec,
+        seed=cfg.seed, spec=spec, resize=resize_label(cfg.data),
     )
 
 

@@ -14,7 +14,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import CIFAR10, ImageFolder
 
-from landscape.data.registry import DataConfig, DatasetBundle, DatasetNotFoundError, register_dataset
+from landscape.data.registry import (
+    DataConfig, DatasetBundle, DatasetNotFoundError, register_dataset, stored_size,
+)
 from landscape.data.transforms import (
     CIFAR10_MEAN, CIFAR10_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, image_transforms,
 )
@@ -82,7 +84,7 @@ def digits(cfg: DataConfig) -> DatasetBundle:
     idx_tr, idx_te = train_test_split(
         np.arange(len(y)), test_size=0.2, stratify=d.target, random_state=0
     )
-    size = cfg.image_size or 32
+    size = stored_size(cfg)
     if size != 8:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
                                             align_corners=False, antialias=True).clamp_(0, 1)
@@ -117,7 +119,7 @@ def synthetic(cfg: DataConfig) -> DatasetBundle:
     3 channels, 10 classes, ``image_size`` (default 16), ``train_subset`` (default 512) and
     ``test_subset`` (default 256) examples. Independent of any global RNG.
     """
-    size, n_tr, n_te, k = cfg.image_size or 16, cfg.train_subset or 512, cfg.test_subset or 256, 10
+    size, n_tr, n_te, k = stored_size(cfg), cfg.train_subset or 512, cfg.test_subset or 256, 10
     g = torch.Generator().manual_seed(12345)
     # Smooth (2x2 upsampled) class templates, so random crops and flips keep the class signal.
     coarse = torch.rand(k, 3, 2, 2, generator=g)
@@ -197,7 +199,7 @@ def _check_cifar10(cfg: DataConfig) -> None:
 def cifar10(cfg: DataConfig) -> DatasetBundle:
     """CIFAR-10 from ``<root>/cifar-10-batches-py`` (torchvision's layout)."""
     root = Path(cfg.root).expanduser()
-    size = cfg.image_size or 32
+    size = stored_size(cfg)
     kw = dict(size=size, mean=CIFAR10_MEAN, std=CIFAR10_STD, resize=size != 32, from_pil=True)
     train = _CIFAR10(str(root), train=True, download=cfg.download,
                      transform=image_transforms(cfg, train=True, **kw))
@@ -275,7 +277,7 @@ def tiny_imagenet(cfg: DataConfig) -> DatasetBundle:
     root = _tiny_imagenet_root(cfg)
     wnids = sorted(w.strip() for w in (root / "wnids.txt").read_text().split() if w.strip())
     class_to_idx = {w: i for i, w in enumerate(wnids)}
-    size = cfg.image_size or 64
+    size = stored_size(cfg)
     kw = dict(size=size, mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD, resize=size != 64,
               from_pil=True)
 

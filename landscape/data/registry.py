@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 from torch.utils.data import Dataset, Subset
 
+from landscape.data.resize import CanvasDataset
 from landscape.registry import Registry
 
 
@@ -31,6 +32,14 @@ class DataConfig:
     crop: str = "pad_crop"
     crop_padding: int = 4
     hflip: bool = True
+    # The input-size protocol (issue 26, "Size Matters"): direct (resize the image to
+    # image_size: the default) | down_up (resize to image_size, augment, then bilinear down to
+    # down_size and back up to image_size: the paper's set C, train and test alike) | canvas
+    # (the image at object_size, augmented, pasted at a uniform random position on a black
+    # canvas of image_size; a fixed seeded position per image on the evaluation splits)
+    resize: str = "direct"
+    down_size: Optional[int] = None  # down_up's intermediate size (< image_size)
+    object_size: Optional[int] = None  # canvas: the pasted image's size; None = native size
     # Training images held out of training (a fixed random choice, the same in every run; the
     # paper's Tiny ImageNet protocol holds out 5,000): DatasetBundle.holdout
     holdout: int = 0
@@ -83,6 +92,7 @@ _CHECKS: dict[str, Callable[[DataConfig], None]] = {}
 _FOLDERS: dict[str, Callable[[DataConfig], Path]] = {}
 _TRAIN_SIZES: dict[str, Callable[[DataConfig], int]] = {}
 CROPS = ("pad_crop", "random_resized_crop")
+RESIZES = ("direct", "down_up", "canvas")  # data.resize
 LOADERS = ("auto", "resident", "dataloader")  # data.loader
 
 
@@ -116,10 +126,61 @@ def dataset_folder(cfg: DataConfig) -> Optional[Path]:
 
 
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
-    """Image size (after ``cfg.image_size``), channels and classes, without loading the data."""
+    """Image size (the network's input: ``cfg.image_size``, the canvas of ``resize=canvas``),
+    channels and classes, without loading the data."""
     DATASETS.get(cfg.name)
+    check_resize(cfg)
     info = _INFO[cfg.name]
     return DatasetInfo(cfg.image_size or info.image_size, info.in_channels, info.num_classes)
+
+
+def native_size(cfg: DataConfig) -> int:
+    """The dataset's own side length in pixels (its registered ``image_size``)."""
+    DATASETS.get(cfg.name)
+    return _INFO[cfg.name].image_size
+
+
+def stored_size(cfg: DataConfig) -> int:
+    """The side the images are resized to before augmentation: the object of
+    ``resize=canvas`` (``object_size``, default the native size), else the input size."""
+    if cfg.resize == "canvas":
+        return cfg.object_size or native_size(cfg)
+    return cfg.image_size or native_size(cfg)
+
+
+def resize_label(cfg: DataConfig) -> str:
+    """The ``resize`` column of a run's rows: ``"direct"``, ``"down_up:<down_size>"`` or
+    ``"canvas:<object size>"``."""
+    if cfg.resize == "down_up":
+        return f"down_up:{cfg.down_size}"
+    if cfg.resize == "canvas":
+        return f"canvas:{stored_size(cfg)}"
+    return "direct"
+
+
+def check_resize(cfg: DataConfig) -> None:
+    """Raise naming the ``data.*`` field of an impossible input-size protocol."""
+    if cfg.resize not in RESIZES:
+        raise ValueError(f"data.resize must be one of {RESIZES}, got {cfg.resize!r}")
+    for name in ("image_size", "down_size", "object_size"):
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"data.{name} must be a positive integer or null, got {v!r}")
+    for name, protocol in (("down_size", "down_up"), ("object_size", "canvas")):
+        if getattr(cfg, name) is not None and cfg.resize != protocol:
+            raise ValueError(f"data.{name} is only used by data.resize={protocol}, got "
+                             f"data.resize={cfg.resize}; drop it or set data.resize={protocol}")
+    size = cfg.image_size or native_size(cfg)
+    if cfg.resize == "down_up":
+        if cfg.down_size is None:
+            raise ValueError(f"data.down_size must be set for data.resize=down_up (the "
+                             f"intermediate size, < data.image_size={size})")
+        if cfg.down_size >= size:
+            raise ValueError(f"data.down_size must be < data.image_size={size} for "
+                             f"data.resize=down_up, got {cfg.down_size}")
+    if cfg.resize == "canvas" and size < stored_size(cfg):
+        raise ValueError(f"data.image_size (the canvas, {size} px) must be >= the pasted image "
+                         f"(data.object_size, {stored_size(cfg)} px) for data.resize=canvas")
 
 
 def list_datasets() -> list[str]:
@@ -131,6 +192,8 @@ def validate_data_config(cfg: DataConfig) -> None:
     DATASETS.get(cfg.name)
     for name in ("train_subset", "test_subset", "image_size"):
         v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValueError(f"data.{name} must be a positive integer or null, got {v!r}")
         if v is not None and v < 1:
             raise ValueError(f"data.{name} must be >= 1 or null, got {v}")
     if cfg.crop_padding < 0:
@@ -143,6 +206,7 @@ def validate_data_config(cfg: DataConfig) -> None:
         raise ValueError(f"data.holdout must be >= 0, got {cfg.holdout}")
     if cfg.loader not in LOADERS:
         raise ValueError(f"data.loader must be one of {LOADERS}, got {cfg.loader!r}")
+    check_resize(cfg)
 
 
 def check_dataset(cfg: DataConfig) -> None:
@@ -164,10 +228,28 @@ def check_holdout(holdout: int, total: int) -> None:
 
 def load_dataset(cfg: DataConfig) -> DatasetBundle:
     """Load the dataset named by ``cfg.name`` (see :func:`list_datasets`), minus the
-    ``data.holdout`` training images."""
+    ``data.holdout`` training images; with ``data.resize=canvas`` every split on its canvas
+    (``bundle.image_size`` is then the canvas: the network's input)."""
     check_dataset(cfg)
     bundle = DATASETS.get(cfg.name)(cfg)
-    return _hold_out(bundle, cfg.holdout) if cfg.holdout else bundle
+    bundle = _hold_out(bundle, cfg.holdout) if cfg.holdout else bundle
+    if cfg.resize == "canvas":
+        bundle = _on_canvas(bundle, cfg.image_size or native_size(cfg))
+    return bundle
+
+
+def _on_canvas(bundle: DatasetBundle, canvas: int) -> DatasetBundle:
+    """``resize=canvas``: every split pasted on the canvas (the training split at random
+    offsets, the others at each image's fixed offset)."""
+
+    def put(ds, random):
+        return None if ds is None else CanvasDataset(
+            ds, canvas, bundle.image_size, bundle.mean, bundle.std, random=random)
+
+    return dataclasses.replace(bundle, train=put(bundle.train, True),
+                               train_eval=put(bundle.train_eval, False),
+                               test=put(bundle.test, False), holdout=put(bundle.holdout, False),
+                               image_size=canvas)
 
 
 def _hold_out(bundle: DatasetBundle, n: int) -> DatasetBundle:

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from landscape.data.registry import LOADERS
+from landscape.data.registry import LOADERS, stored_size
+from landscape.data.resize import down_up, fixed_offsets, paste, random_offsets
 
 RRC_SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop defaults
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -120,11 +121,17 @@ def draw_resized_crop(n: int, height: int, width: int, generator: torch.Generato
 class ResidentSet:
     """One split on the device: ``images`` (N, H, W, C) uint8 (or float32 in [0, 1]),
     ``labels`` (N,) int64, normalised with ``mean``/``std``, augmented by ``augment``
-    (None: evaluation). ``channels_last``: batches in channels_last memory (CUDA)."""
+    (None: evaluation). ``channels_last``: batches in channels_last memory (CUDA).
+
+    The input-size protocol (``data.resize``, :mod:`landscape.data.resize`), after the
+    augmentation: ``down_size``: bilinear down to it and back up to the image size;
+    ``canvas``: pasted on a black canvas of that side, at offsets drawn per epoch
+    (``canvas_random``: the training split) or at each image's fixed offset."""
 
     def __init__(self, images: Tensor, labels: Tensor, *, mean: Sequence[float],
                  std: Sequence[float], augment: Optional[Augmentation] = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, down_size: Optional[int] = None,
+                 canvas: Optional[int] = None, canvas_random: bool = False) -> None:
         if images.dim() != 4 or len(images) != len(labels):
             raise ValueError(f"expected (N, H, W, C) images and N labels, got "
                              f"{tuple(images.shape)} and {tuple(labels.shape)}")
@@ -134,6 +141,13 @@ class ResidentSet:
             raise ValueError(f"unknown crop {augment.crop!r}")
         self.images, self.labels, self.augment = images, labels.long(), augment
         self.channels_last = channels_last
+        self.down_size, self.canvas, self.canvas_random = down_size, canvas, canvas_random
+        if canvas is not None and canvas < max(images.shape[1], images.shape[2]):
+            raise ValueError(f"a canvas of {canvas} px cannot hold "
+                             f"{tuple(images.shape[1:3])} images")
+        # the fixed (evaluation) offsets of the images, row i for image i (kept by subset)
+        self.canvas_offsets = (fixed_offsets(len(labels), canvas - images.shape[1])
+                               if canvas is not None else None)
         dev = images.device
         self.mean = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
@@ -157,25 +171,34 @@ class ResidentSet:
         out._pad_cache = (None, None)
         return out
 
+    def evaluation(self) -> "ResidentSet":
+        """The same tensors without augmentation, canvas offsets fixed: the evaluation view."""
+        out = self.with_augment(None)
+        out.canvas_random = False
+        return out
+
     def subset(self, index: Tensor) -> "ResidentSet":
         """The samples ``index`` (a copy)."""
         index = index.to(self.device)
         out = self.with_augment(self.augment)
         out.images, out.labels = self.images[index], self.labels[index]
+        if self.canvas_offsets is not None:
+            out.canvas_offsets = self.canvas_offsets[index.cpu()]
         return out
 
     # -- the draws of one epoch ------------------------------------------------------------
     def draw(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
         """The augmentation parameters of ``n`` samples (CPU tensors) from ``generator``."""
         a, out = self.augment, {}
-        if a is None:
-            return out
-        if a.crop == "pad_crop":
-            out["dy"], out["dx"] = draw_pad_crop(n, a.padding, generator)
-        elif a.crop == "random_resized_crop":
-            out["box"] = draw_resized_crop(n, *self.size, generator)
-        if a.hflip:
-            out["flip"] = draw_flips(n, generator)
+        if a is not None:
+            if a.crop == "pad_crop":
+                out["dy"], out["dx"] = draw_pad_crop(n, a.padding, generator)
+            elif a.crop == "random_resized_crop":
+                out["box"] = draw_resized_crop(n, *self.size, generator)
+            if a.hflip:
+                out["flip"] = draw_flips(n, generator)
+        if self.canvas is not None and self.canvas_random:  # drawn last: the draws above
+            out["canvas"] = random_offsets(n, self.canvas - self.size[0], generator)  # stay
         return out
 
     # -- one batch ---------------------------------------------------------------------------
@@ -194,6 +217,13 @@ class ResidentSet:
             # fresh tensor: .contiguous() would keep the permuted strides of a size-1 channel
             # dim (legal, but the CPU conv backward crashes on them: tests/test_resident.py)
             x = self._to_float(x.permute(0, 3, 1, 2).clone(memory_format=fmt))
+        if self.down_size is not None:
+            x = down_up(x, self.down_size, self.size[0])
+        if self.canvas is not None:
+            offsets = params.get("canvas")
+            if offsets is None:
+                offsets = self.canvas_offsets[index.cpu()]
+            x = paste(x, offsets, self.canvas)  # black = 0 before normalisation
         return x.sub_(self.mean).div_(self.std).contiguous(memory_format=fmt)
 
     def _to_float(self, x: Tensor) -> Tensor:
@@ -303,7 +333,10 @@ def _source(ds):
 
     from landscape.data.cache import cached_images
     from landscape.data.datasets import TensorImageDataset, TinyImageNetVal
+    from landscape.data.resize import CanvasDataset
 
+    if isinstance(ds, CanvasDataset):  # the canvas is pasted on the device (ResidentSet)
+        return _source(ds.dataset)
     if isinstance(ds, Subset):
         inner = _source(ds.dataset)
         if inner is None:
@@ -322,8 +355,10 @@ def _source(ds):
 
 def resident_bytes(cfg, n_images: int, in_channels: int, image_size: int) -> int:
     """Device memory of ``n_images`` resident images: uint8 for the image files, float32 for
-    the datasets that are float already or are resized."""
-    per_pixel = 4 if cfg.name in ("digits", "synthetic") or cfg.image_size else 1
+    the datasets that are float already or are resized (an upper bound for a canvas: the
+    stored images are the smaller pasted ones)."""
+    resized = cfg.image_size or getattr(cfg, "object_size", None)
+    per_pixel = 4 if cfg.name in ("digits", "synthetic") or resized else 1
     return n_images * in_channels * image_size * image_size * per_pixel
 
 
@@ -366,7 +401,7 @@ def choose_loader(requested: str, cfg, bundle, device: torch.device,
     return "dataloader" if why else "resident"
 
 
-def _to_set(source, bundle, augment, settings) -> ResidentSet:
+def _to_set(source, bundle, augment, settings, cfg, *, train: bool = False) -> ResidentSet:
     import numpy as np
 
     images, labels = source
@@ -376,15 +411,19 @@ def _to_set(source, bundle, augment, settings) -> ResidentSet:
             images = np.array(images)
         images = torch.from_numpy(images)
     images = images.contiguous()
-    if images.shape[1] != bundle.image_size:  # resize once, as v2.Resize on float images
+    size = stored_size(cfg)
+    if images.shape[1] != size:  # resize once, as v2.Resize on float images
         x = images.permute(0, 3, 1, 2)
         x = x.float().mul_(1.0 / 255) if x.dtype == torch.uint8 else x.float()
-        x = F.interpolate(x, size=(bundle.image_size,) * 2, mode="bilinear",
+        x = F.interpolate(x, size=(size,) * 2, mode="bilinear",
                           align_corners=False, antialias=True)
         images = x.permute(0, 2, 3, 1).contiguous()
+    canvas = bundle.image_size if cfg.resize == "canvas" else None
     return ResidentSet(images.to(settings.device), labels.to(settings.device),
                        mean=bundle.mean, std=bundle.std, augment=augment,
-                       channels_last=settings.channels_last)
+                       channels_last=settings.channels_last,
+                       down_size=cfg.down_size if cfg.resize == "down_up" else None,
+                       canvas=canvas, canvas_random=train)
 
 
 def resident_bundle(cfg, bundle, settings) -> ResidentBundle:
@@ -393,8 +432,8 @@ def resident_bundle(cfg, bundle, settings) -> ResidentBundle:
     if why:
         raise ValueError(f"data.loader=resident: {why}; use data.loader=dataloader or auto")
     train = _to_set(_source(bundle.train), bundle, Augmentation.from_config(cfg, train=True),
-                    settings)
-    test = _to_set(_source(bundle.test), bundle, None, settings)
-    holdout = (_to_set(_source(bundle.holdout), bundle, None, settings)
+                    settings, cfg, train=True)
+    test = _to_set(_source(bundle.test), bundle, None, settings, cfg)
+    holdout = (_to_set(_source(bundle.holdout), bundle, None, settings, cfg)
                if bundle.holdout is not None else None)
-    return ResidentBundle(train, train.with_augment(None), test, holdout)
+    return ResidentBundle(train, train.evaluation(), test, holdout)

@@ -9,6 +9,7 @@ import torch
 from torchvision.transforms import v2
 
 from landscape.data.registry import DataConfig
+from landscape.data.resize import DownUp
 
 # Per-channel statistics of the CIFAR-10 training set (as in the paper's training script).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -22,7 +23,10 @@ def image_transforms(
     cfg: DataConfig, *, train: bool, size: int, mean: Sequence[float], std: Sequence[float],
     resize: bool, from_pil: bool,
 ) -> Callable:
-    """PIL image or uint8/float CHW tensor -> normalised float32 CHW tensor."""
+    """PIL image or uint8/float CHW tensor -> normalised float32 CHW tensor of side ``size``
+    (the stored size, :func:`landscape.data.registry.stored_size`). ``data.resize=down_up``
+    adds the down-and-up resize after the augmentation (``canvas`` is pasted around the
+    normalised image by ``landscape.data.resize.CanvasDataset``)."""
     ops: list = [v2.ToImage()] if from_pil else []
     ops.append(v2.ToDtype(torch.float32, scale=True))
     if resize:
@@ -32,5 +36,7 @@ def image_transforms(
                    else v2.RandomCrop(size, padding=cfg.crop_padding))
         if cfg.hflip:
             ops.append(v2.RandomHorizontalFlip())
+    if cfg.resize == "down_up":
+        ops.append(DownUp(cfg.down_size, size))
     ops.append(v2.Normalize(mean=list(mean), std=list(std)))
     return v2.Compose(ops)

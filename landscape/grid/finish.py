@@ -21,16 +21,19 @@ def final_accuracy_table(df: pd.DataFrame, variants: Optional[dict[str, str]] = 
                          ) -> pd.DataFrame:
     """Final-epoch test accuracy per cell: mean, std and n over seeds. Cells that differ in
     more than the RF pool (``variants``, see ``results.cell_variants``) are separate rows,
-    labelled by how they differ."""
+    labelled by how they differ; so are cells of other input sizes or protocols (their
+    ``image_size`` / ``resize`` columns)."""
     acc = df[(df["stage"] == "train") & (df["metric"] == "test_acc")]
     if acc.empty:
         return pd.DataFrame()
     last = acc.loc[acc.groupby("run_id")["index"].idxmax()]
     cell = last["run_id"].str.split("/seed=").str[0]
-    last = last.assign(cell=cell, variant=cell.map(variants or {}).fillna(""))
+    last = last.assign(cell=cell, variant=cell.map(variants or {}).astype(object).fillna(""))
+    for col, old in (("image_size", pd.NA), ("resize", "direct")):  # rows of older versions
+        last[col] = last[col].fillna(old) if col in last.columns else old
     keys = ["arch", "dataset", "width", "pool_level", "pool_kernel", "pool_stride",
-            "receptive_field", "variant"]
-    out = last.groupby(keys)["value"].agg(["mean", "std", "count"])
+            "receptive_field", "image_size", "resize", "variant"]
+    out = last.groupby(keys, dropna=False)["value"].agg(["mean", "std", "count"])
     return out.rename(columns={"mean": "test_acc_mean", "std": "test_acc_std", "count": "seeds"})
 
 

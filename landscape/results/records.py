@@ -54,6 +54,9 @@ def run_configs(root: str | Path, cell: Optional[str] = None) -> dict[str, dict[
 
 POOL_KEYS = ("model.pool_level", "model.pool_kernel", "model.pool_stride", "model.pool_padding")
 GRID_KEYS = ("model.name", "data.name", "model.width")
+# The input size and its protocol: study axes with their own row columns (image_size, resize),
+# not variants.
+SIZE_KEYS = ("data.image_size", "data.resize", "data.down_size", "data.object_size")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -68,8 +71,10 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def cell_variants(root: str | Path) -> dict[str, str]:
     """cell -> how it differs from the other cells of its (arch, dataset, width) group in
-    identity fields other than the RF pool, e.g. ``"train.lr=0.01"`` ("" when it differs only
-    in the pool). Cells with different labels must not be pooled as seeds of one RF level."""
+    identity fields other than the RF pool and the input size (``data.image_size`` and its
+    protocol: the ``image_size`` / ``resize`` columns), e.g. ``"train.lr=0.01"`` ("" when it
+    differs only in those). Cells with different labels must not be pooled as seeds of one RF
+    level (nor are cells of one label: every grouping of ``analysis`` is per cell)."""
     root = Path(root)
     ident: dict[str, set[str]] = {}
     for name in cell_names(root):
@@ -81,8 +86,8 @@ def cell_variants(root: str | Path) -> dict[str, str]:
     configs: dict[str, dict[str, Any]] = {}
     for run_id, cfg in run_configs(root).items():
         configs.setdefault(run_id.split("/", 1)[0], _flat(cfg))
-    keys = sorted(set().union(*ident.values()) - set(POOL_KEYS) - set(GRID_KEYS) - {"seed"}
-                  ) if ident else []
+    keys = sorted(set().union(*ident.values()) - set(POOL_KEYS) - set(GRID_KEYS)
+                  - set(SIZE_KEYS) - {"seed"}) if ident else []
     groups: dict[tuple, list[str]] = {}
     for cell, flat in configs.items():
         groups.setdefault(tuple(str(flat.get(k)) for k in GRID_KEYS), []).append(cell)

@@ -28,8 +28,11 @@ VALUE_COLUMNS = ["metric", "value"]
 # fine-tunings of the same pruned network.
 # arch_variant: the architecture's knobs that differ from the paper's model
 # (``"stem=imagenet,skips=False"``; missing for the paper's architectures).
+# image_size, resize: the network's input side in pixels and the protocol that made it
+# (``"direct"``, ``"down_up:<down_size>"``, ``"canvas:<object size>"``; data.resize): study
+# axes like the pool level (missing in rows written before the columns existed).
 OPTIONAL_COLUMNS = ["index", "layer", "layer_b", "seed_b", "coord_x", "coord_y", "protocol",
-                    "note", "unit", "arch_variant"]
+                    "note", "unit", "arch_variant", "image_size", "resize"]
 COLUMNS = ID_COLUMNS + VALUE_COLUMNS + OPTIONAL_COLUMNS
 
 DTYPES: dict[str, str] = {
@@ -39,7 +42,8 @@ DTYPES: dict[str, str] = {
     "criterion": "string", "prune_rate": "float64", "finetuned": "boolean", "metric": "string",
     "value": "float64", "index": "Int64", "layer": "string", "layer_b": "string",
     "seed_b": "Int64", "coord_x": "float64", "coord_y": "float64", "protocol": "string",
-    "note": "string", "unit": "string", "arch_variant": "string",
+    "note": "string", "unit": "string", "arch_variant": "string", "image_size": "Int64",
+    "resize": "string",
 }
 
 # Every metric name, one per quantity, with its meaning and unit.
