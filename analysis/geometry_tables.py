@@ -159,7 +159,7 @@ def imp_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None 
     rows, numbers = [], []
     for lv in _levels_frame(g).itertuples(index=False):
         for b in branches:
-            row = {"Receptive field": level_label(lv.receptive_field, lv.pool_level, lv.cell),
+            row = {"Receptive field": lv.label,
                    "Branch": b.removeprefix("imp_").replace("_", " ")}
             for r in rounds:
                 x = select(s, cell=lv.cell, criterion=b, index=r)["value"].to_numpy(float)

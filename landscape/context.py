@@ -56,9 +56,13 @@ class RunResources:
         return load_dataset(self.cfg.data)
 
     def data_at(self, image_size: int) -> DatasetBundle:
-        """The run's dataset loaded at another input size (``data.image_size``)."""
-        return self.data if image_size == self.data.image_size else load_dataset(
-            dataclasses.replace(self.cfg.data, image_size=image_size))
+        """The run's dataset loaded at another input size (``data.image_size``), resized
+        directly (``data.resize=direct``) whatever the run's own protocol."""
+        d = self.cfg.data
+        if image_size == self.data.image_size and d.resize == "direct":
+            return self.data
+        return load_dataset(dataclasses.replace(d, image_size=image_size, resize="direct",
+                                                down_size=None, object_size=None))
 
     def data_path(self, recorded: Optional[str] = None) -> str:
         """``"resident"`` or ``"dataloader"`` for ``data.loader`` on this device (``auto``

@@ -80,7 +80,8 @@ class RunContext(Protocol):
         """:attr:`data` held on the device (``landscape.data.resident``)."""
 
     def data_at(self, image_size: int) -> DatasetBundle:
-        """The run's dataset loaded at another input size (``data.image_size=image_size``)."""
+        """The run's dataset loaded at another input size (``data.image_size=image_size``),
+        resized directly (``data.resize=direct``) whatever the run's own protocol."""
 
     def data_path(self, recorded: Optional[str] = None) -> str:
         """``"resident"`` or ``"dataloader"``: ``data.loader`` resolved for this device."""

@@ -2,11 +2,13 @@
 at one size, test at many).
 
 Unit ``resolution_<checkpoint>``. For every size in ``resolution.sizes`` the test split is
-loaded as the run's data would be at ``data.image_size=<size>`` (each dataset resizes from its
-own source images, with the run's resize protocol), normalised with the statistics of the run's
-own data (what the network was trained on), and evaluated by the one evaluation policy of every
-accuracy (``landscape.train.evaluate``: eval mode, full precision). At the training size the
-run's own test split is used, so that row equals the training's evaluation of the checkpoint.
+loaded as the run's data would be at ``data.image_size=<size>`` with ``data.resize=direct``
+(each dataset resizes from its own source images; a run trained with ``down_up`` or ``canvas``
+is tested on the plain images at each size), normalised with the statistics of the run's own
+data (what the network was trained on), and evaluated by the one evaluation policy of every
+accuracy (``landscape.train.evaluate``: eval mode, full precision). At the training size of a
+``direct`` run the run's own test split is used, so that row equals the training's evaluation
+of the checkpoint.
 Rows ``resolution_test_acc`` and ``resolution_test_loss`` with ``index`` = the input size.
 """
 
@@ -97,11 +99,13 @@ class ResolutionStage(Stage):
         data = ctx.data
         rows = []
         for size in sorted(set(config.sizes)):
-            test = data.test if size == data.image_size else test_split_at(data, ctx.data_at(size))
+            other = ctx.data_at(size)
+            test = other.test if other is data else test_split_at(data, other)
             loader = make_loader(test, config.batch_size, ctx.settings, shuffle=False,
                                  num_workers=ctx.num_workers)
             loss, acc = evaluate(model, loader, ctx.settings)
-            note = (f"checkpoint={checkpoint}; eval_size={size}; train_size={data.image_size}; "
+            note = (f"checkpoint={checkpoint}; eval_size={size}; eval_resize=direct; "
+                    f"train_size={data.image_size}; "
                     f"n_test={len(test)}")  # type: ignore[arg-type]
             rows += [{"stage": unit.name, "metric": "resolution_test_acc", "value": acc,
                       "index": size, "note": note},
