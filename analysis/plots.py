@@ -399,6 +399,54 @@ def pruning_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
 
 
 @_styled
+def size_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                width: float | None = None) -> Figure | None:
+    """"Size Matters": test accuracy (%) after training vs the input size the network was
+    trained at (``data.image_size``), one line per pool level over the ``direct`` cells (mean,
+    min-max band over seeds; log2 x); cells of other protocols (``down_up``, ``canvas``) as
+    single points at their input size, labelled with the protocol; each level's r̃ (where the
+    cell has its ``receptive_field`` rows) as a tick of its colour on the x axis. None unless
+    the grid has at least two input sizes or protocols."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    if "image_size" not in g.columns:
+        return None
+    acc = final_epoch(select(g, stage="train", metric="test_acc"))
+    acc = acc[acc["image_size"].notna()]
+    kinds = acc[["image_size", "resize"]].astype(object).drop_duplicates()
+    if len(kinds) < 2:
+        return None
+    resize = acc["resize"].fillna("direct").astype(str)
+    r_tilde = select(g, metric="rf_min_feasible_input").groupby("pool_level")["value"].max()
+    fig, axes = _figure(1, 1, panel=(5.0, 3.6))
+    ax = axes[0, 0]
+    levels = sorted(acc["pool_level"].dropna().unique())
+    for i, level in enumerate(levels):
+        colour, marker = OKABE_ITO[i % 8], MARKERS[i % 8]
+        d = acc[(acc["pool_level"] == level) & (resize == "direct")]
+        piv = d.pivot_table(index="image_size", columns="seed", values="value",
+                            aggfunc="mean") * 100
+        rf = d["receptive_field"].dropna()
+        label = f"pool {int(level)}" + (f" (RF {int(rf.iloc[0])} px)" if len(rf) else "")
+        mean_band(ax, piv.sort_index(), colour, marker, label)
+        for kind, k in acc[(acc["pool_level"] == level) & (resize != "direct")].groupby(
+                resize[(acc["pool_level"] == level) & (resize != "direct")]):
+            y = k.groupby("image_size")["value"].mean() * 100
+            ax.scatter(y.index.to_numpy(float), y.to_numpy(float), color=colour, marker="*",
+                       s=70, zorder=3, label=f"pool {int(level)}, {kind}, n={k['seed'].nunique()}")
+        if level in r_tilde.index:
+            ax.plot([r_tilde[level]], [0], marker="|", ms=14, mew=2, color=colour,
+                    clip_on=False, transform=ax.get_xaxis_transform())
+    ax.set_xscale("log", base=2)
+    _plain_log_ticks(ax.xaxis)
+    ax.set_xlabel("input size during training (px)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(loc="best")
+    _suptitle(fig, g, "test accuracy vs training input size\n(ticks: r̃ per pool level; "
+                      "stars: other resize protocols)")
+    return fig
+
+
+@_styled
 def resolution_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                       width: float | None = None) -> Figure | None:
     """Test accuracy (%) vs the input size a checkpoint is evaluated at (the ``resolution``

@@ -269,6 +269,9 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
          "receptive field; dashed: 2 / lr, the stability threshold of plain gradient descent."),
         ("saturation-trajectory", lambda: dynamics_plots.saturation_trajectory(g, **kw),
          "Saturation of every layer after each epoch (train.track), per receptive field."),
+        ("input-size", lambda: plots.size_curves(g, **kw),
+         "Test accuracy after training at each input size (data.image_size), per pool level; "
+         "stars: down-then-up (set C) and canvas protocols at their input size; ticks: r̃."),
         ("resolution", lambda: plots.resolution_curves(g, **kw),
          "Test accuracy of the trained checkpoint evaluated at other input sizes (the "
          "resolution stage); dotted: the training size, ticks: r̃ of each level."),

@@ -51,6 +51,8 @@ ERF_SMALL = ["depths=[1,2]", "width=4", "n_inputs=4", "n_nets=1", "input_size=9"
 # command switches on (protocol=paper takes only some: the others are its procedure).
 EXTRA = [
     (r"experiment=(?!rf_design)", ["model.name=vgg19", "model.pool_level=1", "seed=0"]),
+    (r"experiment=size_matters_small", ["input=canvas_32_16", "probes.n_test=80",
+                                        "resolution.sizes=[16]"]),
     (r"experiment=rf_design", ["variant=dilated", "seed=0", "prune.rates=[0.5]",
                                "hessian.n_samples=10", "probes.n_test=80", "cka.n_inputs=16"]),
     (r"experiment=(demo|paper)|prune=paper", ["prune.rates=[0.5]"]),

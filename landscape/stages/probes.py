@@ -65,7 +65,8 @@ class ProbesConfig:
     saturation_rule: str = DEFAULT_RULE  # smallest (the papers) | delve (delve 0.1.50)
     epsilon: float = 0.01  # accuracy gain below which a layer counts as unproductive
     min_tail: int = 2  # layers an observed tail must have
-    position_layers: list[str] = field(default_factory=list)  # exact conv names: heat maps
+    # exact conv names, or conv:<k> (the k-th Conv2d, 0-based, registration order): heat maps
+    position_layers: list[str] = field(default_factory=list)
     position_pool: Optional[int] = None  # pool those maps first (None: full resolution)
 
 
@@ -86,6 +87,30 @@ def validate(cfg: ProbesConfig) -> None:
         raise ValueError(f"probes.position_pool must be >= 1 or null, got {cfg.position_pool}")
 
 
+def position_layer_names(model: torch.nn.Module, entries: list[str], arch: str) -> list[str]:
+    """``probes.position_layers`` as conv module names: an exact name, or ``conv:<k>`` for the
+    k-th ``Conv2d`` of the model (0-based, registration order), so one setting fits every
+    architecture of a sweep. A one-line error names what matches nothing."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    out, wrong = [], []
+    for e in entries:
+        kind, _, k = str(e).partition(":")
+        if kind == "conv" and k.isdigit():
+            if int(k) < len(convs):
+                out.append(convs[int(k)])
+            else:
+                wrong.append(e)
+        elif e in convs:
+            out.append(e)
+        else:
+            wrong.append(e)
+    if wrong:
+        shown = ", ".join(convs[:8]) + (", ..." if len(convs) > 8 else "")
+        raise ValueError(f"probes.position_layers: {wrong} are not conv layers of {arch} "
+                         f"(conv:<k> for k < {len(convs)}, or a name: {shown})")
+    return list(dict.fromkeys(out))
+
+
 @register_stage
 class ProbesStage(Stage):
     name = "probes"
@@ -102,12 +127,7 @@ class ProbesStage(Stage):
         except (TypeError, ValueError) as e:
             raise ValueError(str(e)) from None
         self._check_samples(model, names, config, identity)
-        convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-        wrong = [n for n in config.position_layers if n not in convs]
-        if wrong:
-            shown = ", ".join(convs[:8]) + (", ..." if len(convs) > 8 else "")
-            raise ValueError(f"probes.position_layers: {wrong} are not conv layers of "
-                             f"{identity.arch} (conv layers: {shown})")
+        position_layer_names(model, config.position_layers, identity.arch)
 
     @staticmethod
     def _check_samples(model: torch.nn.Module, names: list[str], config: ProbesConfig,
@@ -189,7 +209,7 @@ class ProbesStage(Stage):
         if border is not None and border.index is not None:
             rows.append({"metric": "border_predicted", "value": names.index(border.layer),
                          "layer": border.layer})
-        for layer in c.position_layers:
+        for layer in position_layer_names(model, c.position_layers, ctx.identity.arch):
             heat = position_probe_map(model, train, test, layer, size=c.position_pool, C=c.C,
                                       max_iter=c.max_iter, backend=c.backend, device=device)
             rows += [{"metric": "position_probe_acc", "value": float(heat.accuracy[y, x]),
