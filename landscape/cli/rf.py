@@ -105,7 +105,7 @@ class _Analysis:
 
     # -- the two kinds of model --------------------------------------------------------------
     def external(self) -> None:
-        from landscape.receptive_field.zoo import external_model
+        from landscape.models.sources import external_model
 
         s = self.sweep
         if s.levels is not None:
@@ -171,7 +171,7 @@ class _Analysis:
 @hydra_command("landscape-rf", "rf")
 def rf_main(cfg: DictConfig) -> None:
     """Print (and with ``out`` write) the analytic receptive field of ``model`` (module doc)."""
-    from landscape.receptive_field.zoo import is_external
+    from landscape.models.sources import is_external
 
     def analyse() -> _Analysis:
         a = _Analysis(_checked(cfg))

@@ -1,0 +1,197 @@
+"""torchvision / timm CNNs in the pipeline with the RF pool right after their first conv."""
+
+import dataclasses
+import re
+import sys
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from landscape import pipeline, results
+from landscape.config import ModelConfig, RunConfig
+from landscape.data import DataConfig
+from landscape.identity import identify
+from landscape.models import build_model, resolve_pool
+from landscape.models.spec import ModelSpec
+from landscape.receptive_field import max_receptive_field
+from landscape.stages.hessian import HessianConfig
+from landscape.stages.prune import PruneConfig
+from landscape.train import TrainConfig
+
+
+def _meta(name, level, **kw):
+    with torch.device("meta"):
+        return build_model(name, resolve_pool(level), num_classes=10, **kw)
+
+
+def _num_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def _leaf_order(model, x):
+    """Names of the leaf modules in the order they run on ``x``."""
+    order = []
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: order.append(n))
+               for n, m in model.named_modules() if n and not list(m.children())]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in handles:
+        h.remove()
+    return order
+
+
+def _first_conv_then_pool(model, x):
+    order = _leaf_order(model, x)
+    convs = [i for i, n in enumerate(order)
+             if isinstance(model.get_submodule(order[i]), nn.Conv2d)]
+    return order[convs[0]], order[convs[0] + 1]
+
+
+def test_torchvision_resnet18_has_the_pool_right_after_its_first_conv_and_fixed_params():
+    model = build_model("torchvision:resnet18", resolve_pool(2), num_classes=10, in_channels=1)
+    conv, after = _first_conv_then_pool(model, torch.randn(1, 1, 32, 32))
+    assert (conv, after) == ("net.conv1.conv", "net.conv1.rf_pool")
+    assert model.rf_pool is model.get_submodule(after)
+    assert isinstance(model.rf_pool, nn.MaxPool2d) and model.rf_pool.kernel_size == 3
+    assert model.get_submodule(conv).in_channels == 1 and model.net.fc.out_features == 10
+    counts = {_num_params(_meta("torchvision:resnet18", lvl, in_channels=1)) for lvl in range(5)}
+    # torchvision's own resnet18 for 10 classes, less the 3 -> 1 input channels of conv1
+    ref = _num_params(torchvision.models.resnet18(num_classes=10)) - 64 * 2 * 7 * 7
+    assert counts == {ref}
+
+
+def test_rf_grows_with_the_pool_level_as_the_pool_after_conv1_predicts():
+    # torchvision resnet18: r = 435 px; conv1 (7x7, stride 2) leaves 428 px = 214 steps of 2
+    # px to the rest. A pool (kernel k, stride s) after conv1 adds (k - 1) * 2 px and scales
+    # the rest by s: r = 7 + 2 (k - 1) + 428 s.
+    rf = [max_receptive_field(_meta("torchvision:resnet18", lvl)) for lvl in range(5)]
+    pools = [resolve_pool(lvl) for lvl in range(5)]
+    assert rf[0] == 435
+    assert rf[1:] == [7 + 2 * (p.kernel - 1) + 428 * p.stride for p in pools[1:]]
+
+
+def test_same_initialisation_as_the_torchvision_builder():
+    torch.manual_seed(3)
+    ours = build_model("torchvision:resnet18", resolve_pool(3), num_classes=7)
+    torch.manual_seed(3)
+    ref = torchvision.models.resnet18(num_classes=7).state_dict()
+    mine = ours.state_dict()
+    assert sorted(ours.source_key(k) for k in mine) == sorted(ref)
+    for k, v in mine.items():
+        assert torch.equal(v, ref[ours.source_key(k)]), k
+
+
+def test_mobilenet_first_conv_inside_a_conv_block():
+    model = build_model("torchvision:mobilenet_v3_small", resolve_pool(1), num_classes=10)
+    assert _first_conv_then_pool(model, torch.randn(1, 3, 32, 32)) == (
+        "net.features.0.0.conv", "net.features.0.0.rf_pool")
+    counts = {_num_params(_meta("torchvision:mobilenet_v3_small", lvl)) for lvl in range(5)}
+    assert counts == {_num_params(model)}
+
+
+def test_timm_model_with_a_deep_stem():
+    pytest.importorskip("timm")
+    model = build_model("timm:test_resnet", resolve_pool(2), num_classes=10, in_channels=1)
+    conv, after = _first_conv_then_pool(model, torch.randn(1, 1, 32, 32))
+    assert (conv, after) == ("net.conv1.0.conv", "net.conv1.0.rf_pool")  # 3-conv stem
+    assert model.get_submodule(conv).in_channels == 1
+    counts = {_num_params(_meta("timm:test_resnet", lvl, in_channels=1)) for lvl in range(5)}
+    assert counts == {_num_params(model)}
+    rf = [max_receptive_field(_meta("timm:test_resnet", lvl)) for lvl in range(5)]
+    assert rf == sorted(set(rf))
+
+
+@pytest.mark.parametrize("name, message", [
+    ("torchvision:resnet19", "unknown torchvision classification model 'resnet19'; did you mean "
+                             "resnet18"),
+    ("torchvision:vit_b_16", "is not a CNN the RF pool can follow: it has attention layers "
+                             "(encoder.layers.encoder_layer_0.self_attention"),
+    ("mymodule:build", "the pipeline builds torchvision:<name> or timm:<name>"),
+])
+def test_bad_names_are_refused_with_the_reason(name, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _meta(name, 1)
+
+
+def test_timm_close_names_and_missing_timm(monkeypatch):
+    pytest.importorskip("timm")
+    with pytest.raises(ValueError, match="unknown timm model 'resnet10'; did you mean resnet10t"):
+        _meta("timm:resnet10", 1)
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(ValueError, match=re.escape("pip install 'rf-landscape[timm]'")):
+        _meta("timm:resnet10t", 1)
+
+
+def test_width_and_knobs_are_refused_for_external_models():
+    with pytest.raises(ValueError, match=r"model.width=0.5: .*must be 1 for torchvision/timm"):
+        _meta("torchvision:resnet18", 1, width=0.5)
+    with pytest.raises(ValueError, match="model.stem is not a knob of torchvision:resnet18"):
+        _meta("torchvision:resnet18", 1, spec=ModelSpec(stem="imagenet"))
+
+
+def _digits_cfg(root, **model):
+    return RunConfig(model=ModelConfig(name="torchvision:resnet18", pool_level=2, **model),
+                     data=DataConfig(name="digits", image_size=16, train_subset=64,
+                                     test_subset=32),
+                     train=TrainConfig(epochs=1, batch_size=64, lr=0.05),
+                     results_root=str(root), device="cpu", progress=False)
+
+
+def test_weights_round_trip_identity_and_mismatch(tmp_path):
+    src = torchvision.models.resnet18(num_classes=10)
+    src.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # digits: one channel
+    path = tmp_path / "w.pt"
+    torch.save(src.state_dict(), path)
+    model = build_model("torchvision:resnet18", resolve_pool(2), num_classes=10, in_channels=1,
+                        weights=str(path))
+    ref = src.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ref[model.source_key(k)]), k
+    # the identity hashes the content: a copy elsewhere is the same cell, other weights not
+    plain = identify(_digits_cfg(tmp_path))
+    loaded = identify(_digits_cfg(tmp_path, weights=str(path)))
+    assert loaded.cell_hash != plain.cell_hash and loaded.weights == str(path)
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(path.read_bytes())
+    assert identify(_digits_cfg(tmp_path, weights=str(copy))).cell_hash == loaded.cell_hash
+    torch.manual_seed(1)
+    restarted = loaded.build_model()
+    assert torch.equal(restarted.net.fc.weight, src.fc.weight)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torchvision.models.resnet18(num_classes=100).state_dict(), wrong)
+    with pytest.raises(ValueError, match=re.escape(
+            "does not fit torchvision:resnet18 as built for the data: other shape: conv1.weight "
+            "(file [64, 3, 7, 7], model [64, 1, 7, 7]), fc.weight (file [100, 512], model "
+            "[10, 512]), fc.bias")):
+        identify(_digits_cfg(tmp_path, weights=str(wrong)))
+    with pytest.raises(ValueError, match=r"model.weights='.*nope.pt': no such file"):
+        identify(_digits_cfg(tmp_path, weights=str(tmp_path / "nope.pt")))
+
+
+def test_pipeline_trains_prunes_and_measures_a_torchvision_resnet18(tmp_path):
+    cfg = dataclasses.replace(
+        _digits_cfg(tmp_path),
+        prune=PruneConfig(enabled=True, rates=[0.5]),
+        hessian=HessianConfig(enabled=True, checkpoints=["final"], k=1, n_samples=4,
+                              batch_size=4, density_runs=0, trace_samples=0, max_iter=20,
+                              tol=1e-2))
+    summary = pipeline.run(cfg)
+    assert summary.status == "ok"
+    assert summary.ran[:2] == ["receptive_field", "train"] and summary.ran[-1] == "hessian_final"
+    df = results.load(tmp_path)
+    assert set(df.arch) == {"torchvision:resnet18"}
+    cell = df.run_id.iloc[0].split("/")[0]
+    assert re.fullmatch(r"torchvision-resnet18-w1-digits-pool2-[0-9a-f]{10}", cell)
+    assert (tmp_path / cell / "seed=0").is_dir()
+    assert df[df.metric == "num_params"]["value"].item() == (
+        _num_params(torchvision.models.resnet18(num_classes=10)) - 64 * 2 * 7 * 7)
+    assert df[df.metric == "receptive_field"].empty  # the column, not a metric
+    assert set(df.receptive_field.dropna()) == {867}
+    assert df.query("stage == 'prune' and metric == 'sparsity'")["value"].item() == \
+        pytest.approx(0.5, abs=0.01)
+    assert len(df.query("metric == 'hessian_eigenvalue'")) == 1
+    r_max = df.query("stage == 'receptive_field' and metric == 'rf_r_max'").set_index("layer")
+    assert r_max.loc["net.conv1.conv", "value"] == 7 and r_max.loc["net.conv1.rf_pool",
+                                                                    "value"] == 11
