@@ -10,7 +10,7 @@ from landscape.models.sources import is_external
 from landscape.models.rf_pool import PoolSpec, resolve_pool
 from landscape.models.spec import ModelSpec, check_knobs
 from landscape.models.weights import load_weights
-from landscape.registry import Registry
+from landscape.registry import Registry, UnknownNameError
 
 MODELS: Registry[Callable[..., RFNet]] = Registry("model")
 MODEL_KNOBS: dict[str, tuple[str, ...]] = {}  # architecture -> the ModelSpec knobs it has
@@ -30,6 +30,13 @@ def register_model(name: str, *, knobs: tuple[str, ...] = ()
 
 def list_models() -> list[str]:
     return MODELS.names()
+
+
+def _builder(name: str) -> Callable[..., RFNet]:
+    try:
+        return MODELS.get(name)
+    except UnknownNameError as e:
+        raise UnknownNameError(f"{e}; or any torchvision:<name> / timm:<name> CNN") from None
 
 
 def create_model(
@@ -75,7 +82,7 @@ def build_model(
     file loaded into the model (:mod:`landscape.models.weights`; on the meta device its keys
     and shapes are checked only)."""
     external = is_external(name)
-    builder = None if external else MODELS.get(name)
+    builder = None if external else _builder(name)
     spec = spec or ModelSpec()
     if external and spec.changed():
         raise ValueError(f"model.{next(iter(spec.changed()))} is not a knob of {name}: "
