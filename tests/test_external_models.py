@@ -219,3 +219,25 @@ def test_pipeline_measures_a_timm_model_in_every_run_stage(tmp_path):
     assert df.query("metric == 'importance_max'")["value"].item() > 0
     probed = df.query("metric == 'probe_acc'")["layer"].tolist()
     assert probed == ["net.conv1.0.conv", "net.layer1.0.conv1", "net.fc"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.name=torchvision:vit_b_16", "is not a CNN the RF pool can follow"),
+    ("model.name=torchvision:resnet18 model.width=0.5", "model.width=0.5: torchvision:resnet18"),
+    ("model.name=torchvision:resnet18 model.weights=/nonexistent/w.pt",
+     "model.weights='/nonexistent/w.pt': no such file"),
+])
+def test_cli_refuses_in_one_line_and_writes_nothing(tmp_path, override, message, console):
+    code, _, err = console("run_main", "data=synthetic", f"results_root={tmp_path / 'r'}",
+                           *override.split())
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_file_names_are_file_system_safe():
+    import pandas as pd
+
+    from analysis.tables import grid_slug
+    g = pd.DataFrame({"arch": ["torchvision:resnet34"], "width": [1.0], "dataset": ["cifar10"]})
+    assert grid_slug(g) == "torchvision-resnet34-w1-cifar10"
