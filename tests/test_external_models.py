@@ -241,3 +241,10 @@ def test_report_file_names_are_file_system_safe():
     from analysis.tables import grid_slug
     g = pd.DataFrame({"arch": ["torchvision:resnet34"], "width": [1.0], "dataset": ["cifar10"]})
     assert grid_slug(g) == "torchvision-resnet34-w1-cifar10"
+
+
+def test_landscape_rf_refuses_weights(tmp_path, console):
+    code, _, err = console("rf_main", "model.name=torchvision:resnet18", "model.weights=w.pt")
+    assert code == 2 and err.strip() == (
+        "landscape-rf: error: model.weights: landscape-rf analyses shapes only and loads no "
+        "weights; drop it (it is a setting of landscape-run)")

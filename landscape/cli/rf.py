@@ -42,6 +42,9 @@ def _checked(cfg: DictConfig) -> RFSweepConfig:
         raise ValueError("draw needs a folder to write to: add out=<folder>")
     if sweep.out is not None and not Path(sweep.out).is_dir():
         raise ValueError(f"out={sweep.out!r} is not an existing folder")
+    if sweep.model.weights is not None:
+        raise ValueError("model.weights: landscape-rf analyses shapes only and loads no weights;"
+                         " drop it (it is a setting of landscape-run)")
     for key in ("input_size", "num_classes"):
         value = getattr(sweep, key)
         if value is not None and value < 1:
