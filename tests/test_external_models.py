@@ -248,3 +248,12 @@ def test_landscape_rf_refuses_weights(tmp_path, console):
     assert code == 2 and err.strip() == (
         "landscape-rf: error: model.weights: landscape-rf analyses shapes only and loads no "
         "weights; drop it (it is a setting of landscape-run)")
+
+
+def test_too_small_input_names_the_torchvision_model_and_layer():
+    from landscape.models import InputTooSmallError
+    with pytest.raises(InputTooSmallError, match=re.escape(
+            "shrinks a 16x16 input to nothing at layer 'net.features.8' of "
+            "torchvision:squeezenet1_1; use a lower pool level or a larger input "
+            "(data.image_size). the smallest square input that works is 31x31")):
+        _meta("torchvision:squeezenet1_1", 2, input_size=16)
