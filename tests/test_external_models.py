@@ -257,3 +257,30 @@ def test_too_small_input_names_the_torchvision_model_and_layer():
             "torchvision:squeezenet1_1; use a lower pool level or a larger input "
             "(data.image_size). the smallest square input that works is 31x31")):
         _meta("torchvision:squeezenet1_1", 2, input_size=16)
+
+
+def test_a_model_whose_first_layer_is_not_a_conv_is_refused(monkeypatch):
+    from landscape.models import external
+
+    def fake(name, **kw):  # a normalisation before the first conv
+        return nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(4, kw["num_classes"]))
+
+    monkeypatch.setattr(external, "external_model", fake)
+    with pytest.raises(ValueError, match=re.escape(
+            "model.name='torchvision:bn_first' is not a CNN the RF pool can follow: the first "
+            "layer with parameters to run is 0 (BatchNorm2d), not a Conv2d")):
+        _meta("torchvision:bn_first", 1)
+
+
+def test_weights_of_a_built_in_architecture(tmp_path):
+    src = build_model("small_cnn", resolve_pool(1), num_classes=10, width=0.25)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    torch.manual_seed(5)
+    loaded = build_model("small_cnn", resolve_pool(3), num_classes=10, width=0.25,
+                         weights=str(tmp_path / "w.pt"))  # the pool has no parameters
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(ValueError, match=r"other shape: classifier.weight \(file \[10, 16\], "
+                                         r"model \[7, 16\]\), classifier.bias"):
+        build_model("small_cnn", resolve_pool(1), num_classes=7, width=0.25,
+                    weights=str(tmp_path / "w.pt"))
