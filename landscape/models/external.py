@@ -82,8 +82,9 @@ def check_source(name: str) -> None:
     """Refuse a ``<module>:<function>`` name: the pipeline cannot set its classes/channels."""
     source = name.partition(":")[0]
     if source not in SOURCES:
+        sources = " or ".join(s + ":<name>" for s in SOURCES)
         raise ValueError(
-            f"model.name={name!r}: the pipeline builds {' or '.join(s + ':<name>' for s in SOURCES)}"
+            f"model.name={name!r}: the pipeline builds {sources}"
             " (head and input channels set from the data); a user model enters it registered "
             "with @landscape.models.register_model in a module listed in `imports` "
             "(<module>:<function> is for landscape-rf only)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -70,7 +69,8 @@ def _shown(keys: list[str]) -> str:
 def load_weights(model: nn.Module, path: str, arch: str) -> None:
     """Load the state_dict file ``path`` into ``model`` (built for ``arch``) in place; on the
     meta device the keys and shapes are checked only. Source keys are mapped through
-    ``model.state_key`` / ``source_key`` where the model has them (:class:`~landscape.models.external.ExternalNet`)."""
+    ``model.state_key`` / ``source_key`` where the model has them
+    (:class:`~landscape.models.external.ExternalNet`)."""
     state = read_state_dict(path)
     to_own = getattr(model, "state_key", lambda k: k)
     to_source = getattr(model, "source_key", lambda k: k)
