@@ -71,7 +71,8 @@ def grid_slug(g: pd.DataFrame) -> str:
     """``"vgg19-w1-cifar10"`` (plus the variant, file-name safe): the stem of file names."""
     variant = str(g["variant"].iloc[0]) if "variant" in g.columns else ""
     tail = "-" + re.sub(r"[^A-Za-z0-9.=]+", "_", variant) if variant else ""
-    return f"{g['arch'].iloc[0]}-w{g['width'].iloc[0]:g}-{g['dataset'].iloc[0]}{tail}"
+    arch = re.sub(r"[^A-Za-z0-9._-]", "-", str(g["arch"].iloc[0]))  # torchvision:x -> torchvision-x
+    return f"{arch}-w{g['width'].iloc[0]:g}-{g['dataset'].iloc[0]}{tail}"
 
 
 def grid_title(g: pd.DataFrame) -> str:

@@ -53,6 +53,8 @@ class ModelConfig:
     projection: str = "keep"  # with skips=false: keep | drop the 1x1 projection shortcuts
     depths: Optional[list[int]] = None  # blocks (resnet) / convs (vgg) per stage
     widths: Optional[list[int]] = None  # channels per stage at width 1
+    # A local state_dict file the model starts from (never downloaded; hashed by content).
+    weights: Optional[str] = None
 
 
 @dataclass

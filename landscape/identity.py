@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Optional
 
@@ -23,6 +24,7 @@ from torch import nn
 from landscape.data.registry import dataset_info, resize_label
 from landscape.models import PoolSpec, build_model, resolve_pool
 from landscape.models.spec import ModelSpec, spec_of
+from landscape.models.weights import weights_digest
 from landscape.receptive_field import max_receptive_field
 
 NOT_IDENTITY = {"identity": False}  # dataclass field metadata: not part of the run's identity
@@ -75,8 +77,11 @@ def canonical(cfg: Any) -> Any:
 
 
 def cell_hash(cfg: Any) -> str:
-    """Hash of the canonical cell config: every identity field but the seed."""
+    """Hash of the canonical cell config: every identity field but the seed. Pretrained
+    weights (``model.weights``) enter by their content (``sha256:<hex>``), not their path."""
     ident = {k: v for k, v in identity_dict(cfg).items() if k != "seed"}
+    if ident.get("model.weights") is not None:
+        ident["model.weights"] = weights_digest(ident["model.weights"])
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:HASH_LENGTH]
 
@@ -101,19 +106,24 @@ class RunIdentity:
     # the input-size protocol (landscape.data.registry.resize_label): "direct",
     # "down_up:<down_size>" or "canvas:<object size>"
     resize: str = "direct"
+    weights: Optional[str] = None  # a local state_dict file the model starts from (its path)
 
     @property
     def cell_name(self) -> str:
         """``<arch>-w<width>-<dataset>[-s<size>-<protocol>]-<pool>-<hash>``; the size part only
         for ``data.resize`` other than ``direct`` (e.g. ``digits-s48-canvas32``,
-        ``cifar10-s32-downup16``), so the folders of existing runs keep their names."""
+        ``cifar10-s32-downup16``), so the folders of existing runs keep their names.
+        Characters of the arch other than letters, digits, ``.``, ``_`` and ``-`` become ``-``
+        (``torchvision:resnet34`` -> ``torchvision-resnet34``); the ``arch`` column keeps the
+        full name."""
         p = self.pool
         pool = f"poolk{p.kernel}s{p.stride}p{p.padding}" if self.custom_pool else f"pool{p.level}"
         size = ""
         if self.resize != "direct":
             kind, _, n = self.resize.partition(":")
             size = f"-s{self.image_size}-{kind.replace('_', '')}{n}"
-        return f"{self.arch}-w{self.width:g}-{self.dataset}{size}-{pool}-{self.cell_hash}"
+        arch = re.sub(r"[^A-Za-z0-9._-]", "-", self.arch)
+        return f"{arch}-w{self.width:g}-{self.dataset}{size}-{pool}-{self.cell_hash}"
 
     @property
     def run_name(self) -> str:
@@ -140,19 +150,24 @@ class RunIdentity:
                 "image_size": self.image_size, "resize": self.resize}
 
     def build_model(self) -> nn.Module:
-        """A new model of this identity, initialised from torch's global RNG."""
+        """A new model of this identity, initialised from torch's global RNG, then from its
+        pretrained ``weights`` if it has them."""
         return build_model(self.arch, self.pool, num_classes=self.num_classes,
-                           in_channels=self.in_channels, width=self.width, spec=self.spec)
+                           in_channels=self.in_channels, width=self.width, spec=self.spec,
+                           weights=self.weights)
 
 
 @functools.lru_cache(maxsize=256)
 def _model_facts(arch: str, pool: PoolSpec, width: float, num_classes: int, in_channels: int,
-                 image_size: int, spec: ModelSpec = ModelSpec()) -> tuple[int, int]:
+                 image_size: int, spec: ModelSpec = ModelSpec(), weights: str | None = None,
+                 digest: str | None = None) -> tuple[int, int]:
     """(analytic RF at the last conv, parameter count) of a model built on the meta device (no
-    memory, no init); building it checks the input size. Cached: a grid asks once per cell."""
+    memory, no init); building it checks the input size and the keys and shapes of
+    ``weights`` (``digest``, its content hash, keys the cache). Cached: a grid asks once per
+    cell."""
     with torch.device("meta"):
         model = build_model(arch, pool, num_classes=num_classes, in_channels=in_channels,
-                            width=width, input_size=image_size, spec=spec)
+                            width=width, input_size=image_size, spec=spec, weights=weights)
     return max_receptive_field(model), sum(p.numel() for p in model.parameters())
 
 
@@ -165,14 +180,16 @@ def identify(cfg: Any) -> RunIdentity:
     pool = resolve_pool(m.pool_level, m.pool_kernel, m.pool_stride, m.pool_padding)
     info = dataset_info(cfg.data)
     spec = spec_of(m)
+    weights = getattr(m, "weights", None)
     rf, num_params = _model_facts(m.name, pool, float(m.width), info.num_classes,
-                                  info.in_channels, info.image_size, spec)
+                                  info.in_channels, info.image_size, spec, weights,
+                                  weights_digest(weights) if weights is not None else None)
     custom = (m.pool_kernel, m.pool_stride, m.pool_padding) != (None, None, None)
     return RunIdentity(
         arch=m.name, dataset=cfg.data.name, width=float(m.width), pool=pool, custom_pool=custom,
         receptive_field=rf, image_size=info.image_size, in_channels=info.in_channels,
         num_classes=info.num_classes, num_params=num_params, cell_hash=cell_hash(cfg),
-        seed=cfg.seed, spec=spec, resize=resize_label(cfg.data),
+        seed=cfg.seed, spec=spec, resize=resize_label(cfg.data), weights=weights,
     )
 
 

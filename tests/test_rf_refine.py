@@ -12,7 +12,7 @@ from landscape.receptive_field import min_feasible_input, receptive_field_table
 from landscape.receptive_field.cost import model_cost
 from landscape.receptive_field.drawing import draw_receptive_field, save_drawing
 from landscape.receptive_field.refine import proposals_table, refinement_proposals
-from landscape.receptive_field.zoo import external_model
+from landscape.models.sources import external_model
 
 
 def chain(width: float = 1.0) -> nn.Sequential:

@@ -42,6 +42,9 @@ def _checked(cfg: DictConfig) -> RFSweepConfig:
         raise ValueError("draw needs a folder to write to: add out=<folder>")
     if sweep.out is not None and not Path(sweep.out).is_dir():
         raise ValueError(f"out={sweep.out!r} is not an existing folder")
+    if sweep.model.weights is not None:
+        raise ValueError("model.weights: landscape-rf analyses shapes only and loads no weights;"
+                         " drop it (it is a setting of landscape-run)")
     for key in ("input_size", "num_classes"):
         value = getattr(sweep, key)
         if value is not None and value < 1:
@@ -105,7 +108,7 @@ class _Analysis:
 
     # -- the two kinds of model --------------------------------------------------------------
     def external(self) -> None:
-        from landscape.receptive_field.zoo import external_model
+        from landscape.models.sources import external_model
 
         s = self.sweep
         if s.levels is not None:
@@ -171,7 +174,7 @@ class _Analysis:
 @hydra_command("landscape-rf", "rf")
 def rf_main(cfg: DictConfig) -> None:
     """Print (and with ``out`` write) the analytic receptive field of ``model`` (module doc)."""
-    from landscape.receptive_field.zoo import is_external
+    from landscape.models.sources import is_external
 
     def analyse() -> _Analysis:
         a = _Analysis(_checked(cfg))

@@ -89,7 +89,8 @@ def check_input_size(model: RFNet, size: int | tuple[int, int]) -> None:
     fix = "lower strides, a lower pool level" if knobs else "a lower pool level"
     raise InputTooSmallError(
         f"{what} shrinks a {size[0]}x{size[1]} input to nothing at layer '{layer}' of "
-        f"{type(model).__name__}; use {fix} or a larger input (data.image_size). {hint}".strip()
+        f"{getattr(model, 'source_name', type(model).__name__)}; use {fix} or a larger input "
+        f"(data.image_size). {hint}".strip()
     )
 
 

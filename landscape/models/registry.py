@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Callable
 
 from landscape.models.base import RFNet, check_input_size
+from landscape.models.external import build_external
+from landscape.models.sources import is_external
 from landscape.models.rf_pool import PoolSpec, resolve_pool
 from landscape.models.spec import ModelSpec, check_knobs
-from landscape.registry import Registry
+from landscape.models.weights import load_weights
+from landscape.registry import Registry, UnknownNameError
 
 MODELS: Registry[Callable[..., RFNet]] = Registry("model")
 MODEL_KNOBS: dict[str, tuple[str, ...]] = {}  # architecture -> the ModelSpec knobs it has
@@ -27,6 +30,13 @@ def register_model(name: str, *, knobs: tuple[str, ...] = ()
 
 def list_models() -> list[str]:
     return MODELS.names()
+
+
+def _builder(name: str) -> Callable[..., RFNet]:
+    try:
+        return MODELS.get(name)
+    except UnknownNameError as e:
+        raise UnknownNameError(f"{e}; or any torchvision:<name> / timm:<name> CNN") from None
 
 
 def create_model(
@@ -63,10 +73,21 @@ def build_model(
     width: float = 1.0,
     input_size: int | tuple[int, int] | None = None,
     spec: ModelSpec | None = None,
+    weights: str | None = None,
 ) -> RFNet:
-    """:func:`create_model` with an already resolved pool (see ``landscape.identity``)."""
-    builder = MODELS.get(name)
+    """:func:`create_model` with an already resolved pool (see ``landscape.identity``).
+
+    ``name`` is a registered architecture or ``torchvision:<name>`` / ``timm:<name>``
+    (:mod:`landscape.models.external`: no knobs, width 1). ``weights``: a local state_dict
+    file loaded into the model (:mod:`landscape.models.weights`; on the meta device its keys
+    and shapes are checked only)."""
+    external = is_external(name)
+    builder = None if external else _builder(name)
     spec = spec or ModelSpec()
+    if external and spec.changed():
+        raise ValueError(f"model.{next(iter(spec.changed()))} is not a knob of {name}: "
+                         "torchvision/timm models are built as their source defines them; the "
+                         "knobs apply to the registered architectures")
     check_knobs(name, spec, MODEL_KNOBS.get(name, ()), MODEL_KNOBS)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
@@ -74,10 +95,19 @@ def build_model(
         raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width!r}")
-    knobs = {"spec": spec} if MODEL_KNOBS.get(name) else {}
-    model = builder(num_classes=num_classes, in_channels=in_channels, pool=pool, width=width,
-                    **knobs)
+    if external:
+        if width != 1:
+            raise ValueError(f"model.width={width:g}: {name} is built at its source's own width;"
+                             " model.width (a channel multiplier) must be 1 for torchvision/timm"
+                             " models")
+        model = build_external(name, pool, num_classes=num_classes, in_channels=in_channels)
+    else:
+        knobs = {"spec": spec} if MODEL_KNOBS.get(name) else {}
+        model = builder(num_classes=num_classes, in_channels=in_channels, pool=pool,
+                        width=width, **knobs)
     model.spec = spec
+    if weights is not None:
+        load_weights(model, weights, name)
     if input_size is not None:
         check_input_size(model, input_size)
     return model

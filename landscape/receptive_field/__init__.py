@@ -18,7 +18,7 @@ from landscape.receptive_field.measured import (
     MODES, MeasuredReceptiveField, measure_receptive_field,
 )
 from landscape.receptive_field.sweep import SWEEP_COLUMNS, format_sweep_table, rf_sweep_table
-from landscape.receptive_field.zoo import (
+from landscape.models.sources import (
     external_model, timm_model, torchvision_classifiers, torchvision_model,
 )
 

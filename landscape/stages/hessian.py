@@ -130,19 +130,29 @@ class HessianStage(Stage):
                              device=ctx.settings.device)
         note = (f"checkpoint={checkpoint}; protocol={c.protocol}; bn_mode={c.bn_mode}; "
                 f"n_samples={op.num_examples}; batch_size={c.batch_size}; augment={c.augment}")
-        arrays: dict = {}
-        if c.protocol == "paper":
-            spectrum = paper_spectrum(op, n_iter=min(c.density_iter, op.dim),
-                                      progress=ctx.progress)
-            rows = _density_rows(spectrum) + [{"metric": "hessian_num_hvp",
-                                               "value": spectrum.num_hvp}]
-            note += f"; start=ones; steps={spectrum.num_hvp}"
-        else:
-            rows, extra, arrays = _default_rows(ctx, c, op, seed)
-            note += extra
+        try:
+            rows, extra, arrays = _rows(ctx, c, op, seed)
+        except RuntimeError as e:
+            if "derivative for" not in str(e) or "not implemented" not in str(e):
+                raise
+            raise ValueError(f"hessian: {ctx.identity.arch} has an op without a second "
+                             f"derivative in torch ({str(e).splitlines()[0]}); Hessian-vector "
+                             "products need one") from None
+        note += extra
         rows.append({"metric": "hessian_seconds", "value": time.perf_counter() - t0})
         return Output([{"stage": unit.name, "protocol": c.protocol, "note": note, **r}
                        for r in rows], arrays)
+
+
+def _rows(ctx: RunContext, c: HessianConfig, op: HessianOperator, seed: int
+          ) -> tuple[list[dict], str, dict]:
+    """(rows, note, arrays) of the protocol ``c.protocol``."""
+    if c.protocol == "paper":
+        spectrum = paper_spectrum(op, n_iter=min(c.density_iter, op.dim), progress=ctx.progress)
+        rows = _density_rows(spectrum) + [{"metric": "hessian_num_hvp",
+                                           "value": spectrum.num_hvp}]
+        return rows, f"; start=ones; steps={spectrum.num_hvp}", {}
+    return _default_rows(ctx, c, op, seed)
 
 
 def _density_rows(density: DensityResult) -> list[dict]:
