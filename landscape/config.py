@@ -26,6 +26,7 @@ from landscape.stages.probes import ProbesConfig
 from landscape.stages.resolution import ResolutionConfig
 from landscape.stages.prune import PruneConfig
 from landscape.stages.sharpness import SharpnessConfig
+from landscape.stages.base import SAVED, expand_checkpoints
 from landscape.stages.slices import SliceConfig
 from landscape.train import TrainConfig
 
@@ -111,19 +112,32 @@ class RFSweepConfig:
 
 def stage_config(cfg: RunConfig, stage: Any) -> Any:
     """The settings of ``stage``: the RunConfig field it names (``config_field``), else its
-    ``config_class`` filled from ``cfg.stages[stage.name]``, else None (no settings)."""
+    ``config_class`` filled from ``cfg.stages[stage.name]``, else None (no settings). A
+    ``checkpoints`` list that names ``saved`` gets every epoch of ``train.save_epochs``
+    instead (:func:`~landscape.stages.base.expand_checkpoints`)."""
     if stage.config_field is not None:
         if not hasattr(cfg, stage.config_field):
             raise ValueError(f"stage {stage.name!r} reads RunConfig.{stage.config_field}, which "
                              f"does not exist; valid: {[f.name for f in fields(cfg)]}")
-        return without_repeats(getattr(cfg, stage.config_field))
+        return with_saved_epochs(without_repeats(getattr(cfg, stage.config_field)),
+                                 stage.config_field, cfg)
     if stage.config_class is not None:
         try:
-            return without_repeats(from_dict(stage.config_class,
-                                             dict(cfg.stages.get(stage.name) or {})))
+            config = without_repeats(from_dict(stage.config_class,
+                                               dict(cfg.stages.get(stage.name) or {})))
         except ValueError as e:
             raise ValueError(f"stages.{stage.name}: {e}") from None
+        return with_saved_epochs(config, f"stages.{stage.name}", cfg)
     return None
+
+
+def with_saved_epochs(config: Any, group: str, cfg: RunConfig) -> Any:
+    """``config`` with ``saved`` in its ``checkpoints`` list expanded to the saved epochs."""
+    checkpoints = getattr(config, "checkpoints", None) if is_dataclass(config) else None
+    if not isinstance(checkpoints, list) or SAVED not in checkpoints:
+        return config
+    return dataclasses.replace(config, checkpoints=expand_checkpoints(group, checkpoints,
+                                                                      cfg.train))
 
 
 def without_repeats(config: Any) -> Any:
