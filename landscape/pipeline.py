@@ -98,11 +98,15 @@ def validate(cfg: RunConfig, *, check_data: bool = True) -> RunIdentity:
 
 
 def check_saved_checkpoints(stage: Stage, config: Any, cfg: RunConfig) -> None:
-    """The saved epochs (``epoch_<n>``) an enabled stage's ``checkpoints`` names must be
-    epochs that ``train.save_epochs`` saves."""
+    """The saved epochs (``epoch_<n>``) an enabled stage's ``checkpoints`` (or
+    ``checkpoint``) names must be epochs that ``train.save_epochs`` saves."""
+    group = stage.config_field or f"stages.{stage.name}"
     checkpoints = getattr(config, "checkpoints", None)
     if isinstance(checkpoints, (list, tuple)):
-        check_saved(stage.config_field or f"stages.{stage.name}", checkpoints, cfg.train)
+        check_saved(f"{group}.checkpoints", checkpoints, cfg.train)
+    checkpoint = getattr(config, "checkpoint", None)
+    if isinstance(checkpoint, str):
+        check_saved(f"{group}.checkpoint", [checkpoint], cfg.train)
 
 
 def unit_epoch(ctx: RunResources, unit: Unit) -> Optional[int]:

@@ -265,11 +265,15 @@ def checkpoint_epoch_number(checkpoint: Any) -> Optional[int]:
     return int(digits)
 
 
+def is_checkpoint(name: Any) -> bool:
+    """One of :data:`CHECKPOINTS` or a saved epoch ``epoch_<n>``."""
+    return name in CHECKPOINTS or checkpoint_epoch_number(name) is not None
+
+
 def check_checkpoints(group: str, checkpoints: Sequence[str]) -> None:
     """``<group>.checkpoints`` must be a non-empty list of :data:`CHECKPOINTS`, saved epochs
     ``epoch_<n>`` and :data:`SAVED` (whether the epochs are saved: :func:`check_saved`)."""
-    bad = [c for c in checkpoints or ()
-           if c not in CHECKPOINTS and c != SAVED and checkpoint_epoch_number(c) is None]
+    bad = [c for c in checkpoints or () if c != SAVED and not is_checkpoint(c)]
     if not checkpoints or bad:
         raise ValueError(f"{group}.checkpoints must be a non-empty list of {CHECKPOINT_WORDS}, "
                          f"got {list(checkpoints)}")
@@ -293,22 +297,23 @@ def expand_checkpoints(group: str, checkpoints: Sequence[str], train: TrainConfi
     return out
 
 
-def check_saved(group: str, checkpoints: Sequence[str], train: TrainConfig) -> None:
-    """Every ``epoch_<n>`` of ``<group>.checkpoints`` must be an epoch that
-    ``train.save_epochs`` saves (epoch_0 is init; n <= train.epochs)."""
+def check_saved(setting: str, checkpoints: Sequence[str], train: TrainConfig) -> None:
+    """Every ``epoch_<n>`` among ``checkpoints`` (the value of ``setting``, e.g.
+    ``hessian.checkpoints``) must be an epoch that ``train.save_epochs`` saves (epoch_0 is
+    init; n <= train.epochs)."""
     kept = saved_epochs(train)
     for c in checkpoints:
         n = checkpoint_epoch_number(c)
         if n is None:
             continue
         if n == 0:
-            raise ValueError(f"{group}.checkpoints: {c} is the weights before training: name "
-                             f"that checkpoint 'init'")
+            raise ValueError(f"{setting}: {c} is the weights before training: name that "
+                             f"checkpoint 'init'")
         if n > train.epochs:
-            raise ValueError(f"{group}.checkpoints: {c} is outside the training's epochs "
+            raise ValueError(f"{setting}: {c} is outside the training's epochs "
                              f"1..train.epochs={train.epochs}")
         if n not in kept:
-            raise ValueError(f"{group}.checkpoints asks for {c}, which train.save_epochs="
+            raise ValueError(f"{setting} asks for {c}, which train.save_epochs="
                              f"{train.save_epochs!r} does not save (it saves "
                              f"{kept if kept else 'none'}): add {n} to train.save_epochs")
 
