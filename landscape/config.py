@@ -120,24 +120,29 @@ def stage_config(cfg: RunConfig, stage: Any) -> Any:
             raise ValueError(f"stage {stage.name!r} reads RunConfig.{stage.config_field}, which "
                              f"does not exist; valid: {[f.name for f in fields(cfg)]}")
         return with_saved_epochs(without_repeats(getattr(cfg, stage.config_field)),
-                                 stage.config_field, cfg)
+                                 stage.config_field, cfg, stage.checkpoint_fields)
     if stage.config_class is not None:
         try:
             config = without_repeats(from_dict(stage.config_class,
                                                dict(cfg.stages.get(stage.name) or {})))
         except ValueError as e:
             raise ValueError(f"stages.{stage.name}: {e}") from None
-        return with_saved_epochs(config, f"stages.{stage.name}", cfg)
+        return with_saved_epochs(config, f"stages.{stage.name}", cfg, stage.checkpoint_fields)
     return None
 
 
-def with_saved_epochs(config: Any, group: str, cfg: RunConfig) -> Any:
-    """``config`` with ``saved`` in its ``checkpoints`` list expanded to the saved epochs."""
-    checkpoints = getattr(config, "checkpoints", None) if is_dataclass(config) else None
-    if not isinstance(checkpoints, list) or SAVED not in checkpoints:
+def with_saved_epochs(config: Any, group: str, cfg: RunConfig,
+                      names: tuple[str, ...] = ("checkpoints",)) -> Any:
+    """``config`` with ``saved`` in its checkpoint lists (the fields ``names``) expanded to
+    the saved epochs."""
+    if not is_dataclass(config):
         return config
-    return dataclasses.replace(config, checkpoints=expand_checkpoints(group, checkpoints,
-                                                                      cfg.train))
+    changes = {}
+    for name in names:
+        checkpoints = getattr(config, name, None)
+        if isinstance(checkpoints, list) and SAVED in checkpoints:
+            changes[name] = expand_checkpoints(f"{group}.{name}", checkpoints, cfg.train)
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def without_repeats(config: Any) -> Any:

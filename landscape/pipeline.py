@@ -98,12 +98,14 @@ def validate(cfg: RunConfig, *, check_data: bool = True) -> RunIdentity:
 
 
 def check_saved_checkpoints(stage: Stage, config: Any, cfg: RunConfig) -> None:
-    """The saved epochs (``epoch_<n>``) an enabled stage's ``checkpoints`` (or
-    ``checkpoint``) names must be epochs that ``train.save_epochs`` saves."""
+    """The saved epochs (``epoch_<n>``) an enabled stage's checkpoint lists
+    (``Stage.checkpoint_fields``) or ``checkpoint`` name must be epochs that
+    ``train.save_epochs`` saves."""
     group = stage.config_field or f"stages.{stage.name}"
-    checkpoints = getattr(config, "checkpoints", None)
-    if isinstance(checkpoints, (list, tuple)):
-        check_saved(f"{group}.checkpoints", checkpoints, cfg.train)
+    for name in stage.checkpoint_fields:
+        checkpoints = getattr(config, name, None)
+        if isinstance(checkpoints, (list, tuple)):
+            check_saved(f"{group}.{name}", checkpoints, cfg.train)
     checkpoint = getattr(config, "checkpoint", None)
     if isinstance(checkpoint, str):
         check_saved(f"{group}.checkpoint", [checkpoint], cfg.train)

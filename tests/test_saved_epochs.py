@@ -238,3 +238,73 @@ def test_a_stage_at_epoch_n_measures_that_epochs_weights(tmp_path):
     out = HessianStage().run(ctx, hessian, Unit("hessian_epoch_1", {"checkpoint": "epoch_1"}))
     assert _values(pd.DataFrame(out.rows)) == _values(at_1)
     assert _values(at_1) != _values(final)
+
+
+# ---------------------------------------------------------------------------------------------
+def _reference_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al. 2019, eq. for centred features), float64."""
+    x = x.reshape(len(x), -1).double()
+    y = y.reshape(len(y), -1).double()
+    x, y = x - x.mean(0), y - y.mean(0)
+    return float((y.T @ x).square().sum() / ((x.T @ x).norm() * (y.T @ y).norm()))
+
+
+def _outputs(model, inputs):
+    """The output of every Conv2d and Linear of ``model`` on ``inputs``, by module name."""
+    out, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            hooks.append(m.register_forward_hook(
+                lambda _m, _i, o, name=name: out.__setitem__(name, o.detach())))
+    model.eval()
+    with torch.no_grad():
+        model(inputs)
+    for h in hooks:
+        h.remove()
+    return out
+
+
+def test_cka_to_final_compares_each_saved_epoch_with_the_same_runs_final(tmp_path):
+    from landscape.stages.batches import test_batches
+    from landscape.stages.cka import CKAConfig
+
+    # checkpoints=[]: no between-seed units, only the cka_to_final ones
+    cka = CKAConfig(enabled=True, checkpoints=[], to_final=["init", "saved"], n_inputs=24)
+    with pytest.raises(ValueError, match="cka.checkpoints must be a non-empty list"):
+        _validate(tmp_path, cka=dataclasses.replace(cka, to_final=[]))
+    with pytest.raises(ValueError, match="cka.to_final includes 'saved' .* train.save_epochs "
+                                         "saves none"):
+        _validate(tmp_path, cka=cka)
+    with pytest.raises(ValueError, match=r"cka.to_final asks for epoch_2, .* add 2 to "
+                                         r"train.save_epochs"):
+        _validate(tmp_path, cka=dataclasses.replace(cka, to_final=["epoch_2"]),
+                  train=TrainConfig(epochs=2, save_epochs=[1]))
+    with pytest.raises(ValueError, match="cka.to_final lists checkpoints to compare with final"):
+        _validate(tmp_path, cka=dataclasses.replace(cka, to_final=["final"]))
+
+    root = tmp_path / "results"
+    cfg = tiny_cfg(root, cka=cka, train=TrainConfig(epochs=2, batch_size=32, lr=0.05,
+                                                     save_epochs=[1]))
+    pipeline.run(cfg)
+    identity = identify(cfg)
+    summary = pipeline.run_cell(root, identity.cell_name)
+    assert summary.ran == ["cka_to_final_init", "cka_to_final_epoch_1"]
+    df = results.load(root)
+    rows = df[df.metric == "cka_to_final"]
+    assert set(rows.unit) == {"cka_to_final_init", "cka_to_final_epoch_1"}
+    assert rows.groupby("unit")["epoch"].unique().map(list).to_dict() == {
+        "cka_to_final_init": [0], "cka_to_final_epoch_1": [1]}
+    assert set(rows.seed) == {0} and rows["layer_b"].isna().all()
+
+    settings = device_settings(resolve_device("cpu"), amp=False, channels_last=False)
+    ctx = RunResources(cfg, identity.with_seed(None), results.run_paths(root, identity.cell_name),
+                       settings, [0])
+    inputs = torch.cat([x for x, _ in test_batches(ctx, 24, 500)])
+    final = _outputs(ctx.load_models("final")[0], inputs)
+    for checkpoint in ("init", "epoch_1"):
+        at = _outputs(ctx.load_models(checkpoint)[0], inputs)
+        got = rows[rows.unit == f"cka_to_final_{checkpoint}"].set_index("layer")["value"]
+        assert sorted(got.index) == sorted(final)
+        for layer, value in got.items():
+            assert value == pytest.approx(_reference_cka(at[layer], final[layer]), abs=1e-9)
+    assert (rows.value < 1 - 1e-6).any()  # the weights moved: not every layer is at 1

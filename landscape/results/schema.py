@@ -164,6 +164,8 @@ METRICS: dict[str, str] = {
     # cka (cell-level)
     "cka": "linear CKA between layer (of seed) and layer_b (of seed_b), in [0, 1]; note holds "
            "the estimator",
+    "cka_to_final": "linear CKA between layer of seed at a checkpoint (epoch = its epoch) and "
+                    "the same layer of the same seed's final weights (cka.to_final), in [0, 1]",
 }
 
 

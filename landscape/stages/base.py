@@ -133,6 +133,9 @@ class Stage:
     trains: ClassVar[bool] = False  # a training stage may use TF32 on CUDA; measurements do not
     # Config fields that only choose which units exist, not what a unit computes
     selects: ClassVar[tuple[str, ...]] = ("enabled", "checkpoints")
+    # Config fields that list checkpoints: 'saved' in them is expanded to the saved epochs,
+    # and each epoch_<n> must be one that train.save_epochs saves (checked before a run)
+    checkpoint_fields: ClassVar[tuple[str, ...]] = ("checkpoints",)
 
     def enabled(self, config: Any) -> bool:
         """Whether the stage runs with these settings (default: ``config.enabled``)."""
@@ -279,14 +282,15 @@ def check_checkpoints(group: str, checkpoints: Sequence[str]) -> None:
                          f"got {list(checkpoints)}")
 
 
-def expand_checkpoints(group: str, checkpoints: Sequence[str], train: TrainConfig) -> list[str]:
+def expand_checkpoints(setting: str, checkpoints: Sequence[str], train: TrainConfig
+                       ) -> list[str]:
     """``checkpoints`` with :data:`SAVED` replaced by ``epoch_<n>`` for every epoch that
     ``train.save_epochs`` saves, in epoch order (a checkpoint named twice stays once)."""
     if SAVED not in checkpoints:
         return list(checkpoints)
     epochs = saved_epochs(train)
     if not epochs:
-        raise ValueError(f"{group}.checkpoints includes {SAVED!r} (every epoch of "
+        raise ValueError(f"{setting} includes {SAVED!r} (every epoch of "
                          f"train.save_epochs), but train.save_epochs saves none: set e.g. "
                          f"train.save_epochs=log:8")
     out: list[str] = []
