@@ -308,3 +308,25 @@ def test_cka_to_final_compares_each_saved_epoch_with_the_same_runs_final(tmp_pat
         for layer, value in got.items():
             assert value == pytest.approx(_reference_cka(at[layer], final[layer]), abs=1e-9)
     assert (rows.value < 1 - 1e-6).any()  # the weights moved: not every layer is at 1
+
+
+def test_an_epoch_saved_after_training_names_the_files_to_delete_and_that_works(tmp_path):
+    from landscape.storage import CheckpointError
+
+    cfg = tiny_cfg(tmp_path)  # trained without saved epochs
+    summary = pipeline.run(cfg)
+    ckpt = Path(summary.run_dir) / "checkpoints"
+    final = load_checkpoint(ckpt / "final.pt")["model"]
+    later = tiny_cfg(tmp_path, train=dataclasses.replace(cfg.train, save_epochs=[1]))
+    assert identify(later).run_id == identify(cfg).run_id
+    ctx = RunResources(later, identify(later), results.run_paths(
+        tmp_path, identify(later).cell_name, later.seed), CPU)
+    with pytest.raises(CheckpointError, match=r"epoch_1.pt. .* delete .*last.pt and "
+                                              r".*final.pt to train it again"):
+        ctx.load_model("epoch_1")
+    (ckpt / "last.pt").unlink()
+    (ckpt / "final.pt").unlink()
+    assert pipeline.run(later).ran == ["train"]
+    assert (ckpt / "epoch_1.pt").exists()
+    again = load_checkpoint(ckpt / "final.pt")["model"]
+    assert all(torch.equal(final[k], again[k]) for k in final)  # the same training (CPU)
