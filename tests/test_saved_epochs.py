@@ -330,3 +330,18 @@ def test_an_epoch_saved_after_training_names_the_files_to_delete_and_that_works(
     assert (ckpt / "epoch_1.pt").exists()
     again = load_checkpoint(ckpt / "final.pt")["model"]
     assert all(torch.equal(final[k], again[k]) for k in final)  # the same training (CPU)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=30 train.save_epochs=every:50",
+     "train.save_epochs=every:50 saves no epoch: k=50 exceeds train.epochs=30"),
+    ("train.epochs=3 train.save_epochs=[1,2] hessian.enabled=true hessian.checkpoints=[epoch_3]",
+     "hessian.checkpoints asks for epoch_3, which train.save_epochs=[1, 2] does not save"),
+])
+def test_bad_saved_epochs_on_the_command_line_are_one_line(tmp_path, override, message,
+                                                          console):
+    code, _, err = console("run_main", "data=synthetic", f"results_root={tmp_path / 'r'}",
+                           *override.split())
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "r").exists()
