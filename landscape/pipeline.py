@@ -99,16 +99,17 @@ def validate(cfg: RunConfig, *, check_data: bool = True) -> RunIdentity:
 
 def check_saved_checkpoints(stage: Stage, config: Any, cfg: RunConfig) -> None:
     """The saved epochs (``epoch_<n>``) an enabled stage's checkpoint lists
-    (``Stage.checkpoint_fields``) or ``checkpoint`` name must be epochs that
+    (``Stage.checkpoint_fields``), ``checkpoint`` or ``rewind`` name must be epochs that
     ``train.save_epochs`` saves."""
     group = stage.config_field or f"stages.{stage.name}"
     for name in stage.checkpoint_fields:
         checkpoints = getattr(config, name, None)
         if isinstance(checkpoints, (list, tuple)):
             check_saved(f"{group}.{name}", checkpoints, cfg.train)
-    checkpoint = getattr(config, "checkpoint", None)
-    if isinstance(checkpoint, str):
-        check_saved(f"{group}.checkpoint", [checkpoint], cfg.train)
+    for name in ("checkpoint", "rewind"):  # one checkpoint: prune's, imp's rewind point
+        checkpoint = getattr(config, name, None)
+        if isinstance(checkpoint, str):
+            check_saved(f"{group}.{name}", [checkpoint], cfg.train)
 
 
 def unit_epoch(ctx: RunResources, unit: Unit) -> Optional[int]:

@@ -104,6 +104,11 @@ def test_stages_asking_for_unsaved_epochs_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"prune.checkpoint asks for epoch_3, which "
                                          r"train.save_epochs=\[1, 2\] does not save"):
         _validate(tmp_path, train=train, prune=PruneConfig(enabled=True, checkpoint="epoch_3"))
+    from landscape.stages.imp import ImpConfig
+    with pytest.raises(ValueError, match=r"imp.rewind asks for epoch_3, which "
+                                         r"train.save_epochs=\[1, 2\] does not save"):
+        _validate(tmp_path, train=train, imp=ImpConfig(enabled=True, rewind="epoch_3"))
+    _validate(tmp_path, train=train, imp=ImpConfig(enabled=True, rewind="epoch_2"))
     with pytest.raises(ValueError, match="hessian.checkpoints includes 'saved' .* but "
                                          "train.save_epochs saves none"):
         _validate(tmp_path, train=dataclasses.replace(train, save_epochs=[]),
