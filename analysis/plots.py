@@ -51,12 +51,31 @@ def _levels(g: pd.DataFrame) -> list[tuple[str, str, str, str]]:
             for i, (c, label) in enumerate(zip(lv["cell"], lv["label"]))]
 
 
+def stage_checkpoint(stage: str) -> str:
+    """The checkpoint a unit name ends with: ``"hessian_final"`` -> ``"final"``,
+    ``"hessian_epoch_5"`` -> ``"epoch_5"`` (a saved epoch, train.save_epochs)."""
+    parts = stage.split("_")
+    if len(parts) >= 3 and parts[-2] == "epoch" and parts[-1].isdigit():
+        return f"epoch_{parts[-1]}"
+    return parts[-1]
+
+
+def _checkpoint_rank(stage: str) -> tuple[int, int]:
+    """Order of checkpoints: init, the saved epochs in order, final, best, anything else."""
+    c = stage_checkpoint(stage)
+    if c.startswith("epoch_"):
+        return 1, int(c.split("_")[1])
+    return {"init": (0, 0), "final": (2, 0), "best": (3, 0)}.get(c, (9, 0))
+
+
 def stage_title(stage: str) -> str:
     """``"hessian_paper_best"`` -> ``"best test-accuracy epoch (paper protocol)"``: the
     checkpoint a unit measured, and the protocol when it is the paper's."""
-    parts = stage.split("_")
-    title = CHECKPOINT_TITLES.get(parts[-1], stage)
-    return title + (" (paper protocol)" if "paper" in parts[1:-1] else "")
+    c = stage_checkpoint(stage)
+    parts = stage[:-len(c)].rstrip("_").split("_")
+    title = (f"after epoch {c.split('_')[1]}" if c.startswith("epoch_")
+             else CHECKPOINT_TITLES.get(c, stage))
+    return title + (" (paper protocol)" if "paper" in parts[1:] else "")
 
 
 def mean_band(ax: Any, piv: pd.DataFrame, colour: str, marker: str, label: str,
@@ -74,12 +93,11 @@ def mean_band(ax: Any, piv: pd.DataFrame, colour: str, marker: str, label: str,
 def present_stages(d: pd.DataFrame, prefix: str,
                    stages: Sequence[str] | None = None) -> list[str]:
     """The stage units of ``d`` named ``<prefix>_...`` (or those of ``stages``), ours before
-    the paper's, each by checkpoint: init, final, best."""
+    the paper's, each by checkpoint: init, the saved epochs in order, final, best."""
     found = set(d["stage"].dropna().unique())
     names = [s for s in found if s.startswith(prefix + "_")] if stages is None else \
         [s for s in stages if s in found]
-    rank = {c: i for i, c in enumerate(CHECKPOINT_TITLES)}
-    return sorted(names, key=lambda s: ("_paper_" in s, rank.get(s.split("_")[-1], 9), s))
+    return sorted(names, key=lambda s: ("_paper_" in s, _checkpoint_rank(s), s))
 
 
 def _suptitle(fig: Figure, g: pd.DataFrame, what: str) -> None:

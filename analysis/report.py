@@ -183,7 +183,7 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
     blocks += _section("Mode connectivity between seeds", (
         barrier_table(g, **kw, stage=st)
         for st in present_stages(select(g, metric="loss_barrier"), "connectivity")))
-    blocks += _section("Sharpness", (sharpness_table(g, **kw, checkpoint=st.split("_")[-1])
+    blocks += _section("Sharpness", (sharpness_table(g, **kw, checkpoint=plots.stage_checkpoint(st))
                                      for st in present_stages(g, "sharpness")))
     blocks += _section("Probes, saturation and the border layer", (
         probe_plots.border_table(g, **kw, stage=st)

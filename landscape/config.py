@@ -26,6 +26,7 @@ from landscape.stages.probes import ProbesConfig
 from landscape.stages.resolution import ResolutionConfig
 from landscape.stages.prune import PruneConfig
 from landscape.stages.sharpness import SharpnessConfig
+from landscape.stages.base import SAVED, expand_checkpoints
 from landscape.stages.slices import SliceConfig
 from landscape.train import TrainConfig
 
@@ -113,19 +114,37 @@ class RFSweepConfig:
 
 def stage_config(cfg: RunConfig, stage: Any) -> Any:
     """The settings of ``stage``: the RunConfig field it names (``config_field``), else its
-    ``config_class`` filled from ``cfg.stages[stage.name]``, else None (no settings)."""
+    ``config_class`` filled from ``cfg.stages[stage.name]``, else None (no settings). A
+    ``checkpoints`` list that names ``saved`` gets every epoch of ``train.save_epochs``
+    instead (:func:`~landscape.stages.base.expand_checkpoints`)."""
     if stage.config_field is not None:
         if not hasattr(cfg, stage.config_field):
             raise ValueError(f"stage {stage.name!r} reads RunConfig.{stage.config_field}, which "
                              f"does not exist; valid: {[f.name for f in fields(cfg)]}")
-        return without_repeats(getattr(cfg, stage.config_field))
+        return with_saved_epochs(without_repeats(getattr(cfg, stage.config_field)),
+                                 stage.config_field, cfg, stage.checkpoint_fields)
     if stage.config_class is not None:
         try:
-            return without_repeats(from_dict(stage.config_class,
-                                             dict(cfg.stages.get(stage.name) or {})))
+            config = without_repeats(from_dict(stage.config_class,
+                                               dict(cfg.stages.get(stage.name) or {})))
         except ValueError as e:
             raise ValueError(f"stages.{stage.name}: {e}") from None
+        return with_saved_epochs(config, f"stages.{stage.name}", cfg, stage.checkpoint_fields)
     return None
+
+
+def with_saved_epochs(config: Any, group: str, cfg: RunConfig,
+                      names: tuple[str, ...] = ("checkpoints",)) -> Any:
+    """``config`` with ``saved`` in its checkpoint lists (the fields ``names``) expanded to
+    the saved epochs."""
+    if not is_dataclass(config):
+        return config
+    changes = {}
+    for name in names:
+        checkpoints = getattr(config, name, None)
+        if isinstance(checkpoints, list) and SAVED in checkpoints:
+            changes[name] = expand_checkpoints(f"{group}.{name}", checkpoints, cfg.train)
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def without_repeats(config: Any) -> Any:

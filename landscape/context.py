@@ -21,6 +21,7 @@ from landscape.identity import RunIdentity
 from landscape.results import RunPaths
 from landscape.seeds import INIT, seed_everything, stream_seed
 from landscape.storage import CheckpointError, load_checkpoint
+from landscape.train import EPOCH_PREFIX
 
 
 def build_seeded(identity: RunIdentity, seed: int) -> nn.Module:
@@ -37,6 +38,12 @@ def load_seeded(identity: RunIdentity, seed: int, path: Path, device: torch.devi
         raise CheckpointError(f"checkpoint not found: {path}. Training writes best.pt (the "
                               "epoch of best test accuracy) since it was added; this run was "
                               "trained before: retrain it, or measure checkpoint final instead")
+    if path.name.startswith(EPOCH_PREFIX) and not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}. Training writes the epochs of "
+                              "train.save_epochs; this run was trained before it held that "
+                              "epoch (save_epochs is not part of the run's identity): delete "
+                              f"{path.parent / 'last.pt'} and {path.parent / 'final.pt'} to "
+                              "train it again from init.pt with the current train.save_epochs")
     model.load_state_dict(load_checkpoint(path, run_id=run_id)["model"])
     return model.to(device)
 

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -58,9 +58,74 @@ class TrainConfig:
     # Measurements after epochs (landscape.tracking; lambda_max, saturation, gradient norm):
     # they change no weight and draw no random number, so not part of the run's identity.
     track: TrackConfig = field(default_factory=TrackConfig, metadata={"identity": False})
+    # Epochs whose weights are kept as checkpoints/epoch_<n>.pt (stages measure them as the
+    # checkpoint epoch_<n>): a list of epochs in 1..epochs, or a rule: "every:<k>" (k, 2k, ...
+    # <= epochs), "log:<n>" (min(n, epochs) log-spaced epochs from 1 to epochs: see
+    # saved_epochs), "all". Empty: none. Epoch 0 is init.pt. What is kept, not what is
+    # trained: not part of the run's identity.
+    save_epochs: Any = field(default_factory=list, metadata={"identity": False})
+    # Also keep the optimizer and scheduler state in each epoch_<n>.pt (about twice the bytes
+    # with SGD momentum): what rewinding a training to that epoch needs.
+    save_optimizer_epochs: bool = field(default=False, metadata={"identity": False})
 
 
 SCHEDULERS = ("cosine", "constant", "step")
+SAVE_RULES = ("every:<k>", "log:<n>", "all")
+EPOCH_PREFIX = "epoch_"  # checkpoint names of saved epochs: epoch_<n>
+
+
+def saved_epochs(cfg: TrainConfig) -> list[int]:
+    """The epochs ``train.save_epochs`` keeps, sorted and unique, each in 1..``epochs``.
+
+    * a list: those epochs (repeats count once);
+    * ``every:<k>``: k, 2k, 3k, ... up to ``epochs`` (``epochs`` itself only when k divides it);
+    * ``log:<n>``: m = min(n, epochs) epochs from 1 to ``epochs``, the i-th (i = 0..m-1)
+      ``round(epochs ** (i / (m - 1)))`` (``log:1``: ``[epochs]``), where rounding makes two
+      alike the later one moves up to the next free epoch: always m distinct epochs, the
+      first 1 and the last ``epochs``;
+    * ``all``: 1..``epochs``.
+
+    Raises ValueError naming ``train.save_epochs`` for anything else: an epoch outside
+    1..epochs (epoch 0 is the checkpoint ``init``, always kept), a malformed rule, or a rule
+    that saves nothing (``every:<k>`` with k > epochs)."""
+    spec, epochs = cfg.save_epochs, cfg.epochs
+    if spec is None:
+        return []
+    if isinstance(spec, (list, tuple)):
+        bad = [e for e in spec if isinstance(e, bool) or not isinstance(e, int)
+               or not 1 <= e <= epochs]
+        if bad:
+            zero = " (epoch 0 is the checkpoint init, always kept)" if 0 in bad else ""
+            raise ValueError(f"train.save_epochs must list epochs in 1..train.epochs={epochs}"
+                             f"{zero}, got {list(spec)!r}")
+        return sorted(set(spec))
+    rule = spec.strip() if isinstance(spec, str) else spec
+    if rule == "all":
+        return list(range(1, epochs + 1))
+    kind, _, arg = rule.partition(":") if isinstance(rule, str) else ("", "", "")
+    if kind not in ("every", "log") or not arg.strip().isdigit() or int(arg) < 1:
+        raise ValueError(f"train.save_epochs must be a list of epochs or one of {SAVE_RULES} "
+                         f"(k, n integers >= 1), got {spec!r}")
+    k = int(arg)
+    if kind == "every":
+        if k > epochs:
+            raise ValueError(f"train.save_epochs={spec} saves no epoch: k={k} exceeds "
+                             f"train.epochs={epochs}; choose k <= {epochs}")
+        return list(range(k, epochs + 1, k))
+    m = min(k, epochs)
+    if m == 1:
+        return [epochs]
+    out: list[int] = []
+    for i in range(m):
+        e = math.floor(epochs ** (i / (m - 1)) + 0.5)
+        e = min(max(e, i + 1), epochs - (m - 1 - i))  # room for the ones before and after
+        out.append(max(e, out[-1] + 1) if out else e)
+    return out
+
+
+def epoch_checkpoint(epoch: int) -> str:
+    """The checkpoint name of a saved epoch: ``epoch_<n>`` (file ``epoch_<n>.pt``)."""
+    return f"{EPOCH_PREFIX}{epoch}"
 
 
 def validate_train_config(cfg: TrainConfig) -> None:
@@ -85,6 +150,11 @@ def validate_train_config(cfg: TrainConfig) -> None:
     if not (isinstance(cfg.momentum, (int, float)) and 0 <= cfg.momentum < 1):
         raise ValueError(f"train.momentum must be in [0, 1) (SGD's heavy ball; 1 or more "
                          f"makes the updates grow without bound), got {cfg.momentum}")
+    kept = saved_epochs(cfg)
+    if cfg.save_optimizer_epochs and not kept:
+        raise ValueError("train.save_optimizer_epochs=true keeps the optimizer state of the "
+                         "saved epochs, but train.save_epochs saves none: set e.g. "
+                         "train.save_epochs=[1,2] or log:8")
 
 
 def _validate_step(cfg: TrainConfig) -> None:
@@ -295,7 +365,9 @@ def train_model(
     """Train ``model`` in place; resume from ``checkpoint_dir/last.pt`` when present.
 
     Writes ``init.pt`` (the weights before the first step; needed by the Hessian and importance
-    stages), ``last.pt`` after every epoch, ``best.pt`` whenever the test accuracy beats every
+    stages), ``last.pt`` after every epoch, ``epoch_<n>.pt`` after each epoch n of
+    ``train.save_epochs`` (:func:`saved_epochs`; with the optimizer and scheduler state when
+    ``train.save_optimizer_epochs``), ``best.pt`` whenever the test accuracy beats every
     earlier epoch (the paper's pruned checkpoint) and ``final.pt`` at the end. A non-finite training
     loss stops the run (checked once per epoch, to avoid a host sync per step) and returns
     ``diverged=True``; the last finite checkpoint is kept. With ``run_id`` every checkpoint
@@ -352,6 +424,7 @@ def train_model(
     train_loader = make_loader(train_set, cfg.batch_size, settings, shuffle=True,
                                num_workers=num_workers, generator=gen)
     criterion = nn.CrossEntropyLoss()
+    keep = set(saved_epochs(cfg))
     step_model = compile_model(model, cfg.compile)
     for epoch in range(outcome.resumed_from_epoch + 1, cfg.epochs + 1):
         epoch_seed = stream_seed(seed, TRAIN_EPOCH, epoch - 1)
@@ -391,6 +464,11 @@ def train_model(
         if best is None or record.test_acc > best.test_acc:  # before last.pt: a kill in between
             save_checkpoint(checkpoint_dir / "best.pt", {  # replays this epoch and rewrites it
                 "model": model.state_dict(), "epoch": epoch, "test_acc": test_acc, **tag})
+        if epoch in keep:  # before last.pt too: a kill in between replays the epoch
+            save_checkpoint(checkpoint_dir / f"{epoch_checkpoint(epoch)}.pt", {
+                "model": model.state_dict(), "epoch": epoch, "test_acc": test_acc, **tag,
+                **({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+                   if cfg.save_optimizer_epochs else {})})
         if measure is not None:  # before last.pt: a kill in between replays this epoch
             measure(record)
         save_checkpoint(last, {

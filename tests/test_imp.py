@@ -100,7 +100,13 @@ def test_bad_imp_settings_and_a_rewind_epoch_that_was_not_saved(tmp_path):
         with pytest.raises(ValueError, match=msg):
             pipeline.validate(_cfg(tmp_path, "imp.enabled=true", arg))
     cfg = _cfg(tmp_path, "imp.enabled=true", "imp.rounds=1", "imp.rewind=epoch_1")
+    with pytest.raises(ValueError, match=r"imp.rewind asks for epoch_1, which "
+                                         r"train.save_epochs=\[\] does not save .* add 1 to "
+                                         r"train.save_epochs"):
+        pipeline.validate(cfg)  # before anything is trained
+    pipeline.run(_cfg(tmp_path))  # trained without saved epochs: saving one now is too late
     with pytest.raises(Exception, match=r"imp.rewind=epoch_1: .*epoch_1.pt does not exist; "
                                         r"training keeps that epoch's weights when "
                                         r"train.save_epochs lists it"):
-        pipeline.run(cfg)
+        pipeline.run(_cfg(tmp_path, "imp.enabled=true", "imp.rounds=1", "imp.rewind=epoch_1",
+                          "train.save_epochs=[1]"))

@@ -30,7 +30,7 @@ def test_roundtrip_keeps_schema_and_values(tmp_path):
 @pytest.mark.parametrize("row, match", [
     ({"metric": "accuracy", "value": 1.0}, "unknown metric 'accuracy'"),
     ({"metric": "test_acc", "value": "high"}, "value must be a number"),
-    ({"metric": "test_acc", "value": 1.0, "epoch": 3}, r"unknown column\(s\) \['epoch'\]"),
+    ({"metric": "test_acc", "value": 1.0, "step": 3}, r"unknown column\(s\) \['step'\]"),
 ])
 def test_bad_rows_are_refused_and_nothing_is_written(tmp_path, row, match):
     with pytest.raises(SchemaError, match=match):

@@ -31,8 +31,11 @@ VALUE_COLUMNS = ["metric", "value"]
 # image_size, resize: the network's input side in pixels and the protocol that made it
 # (``"direct"``, ``"down_up:<down_size>"``, ``"canvas:<object size>"``; data.resize): study
 # axes like the pool level (missing in rows written before the columns existed).
+# epoch: the training epoch of the checkpoint a unit measured (units with a ``checkpoint``:
+# init 0, final train.epochs, epoch_<n> n, best the run's best epoch; missing for best in a
+# cell unit, whose seeds each have their own, and for rows without a checkpoint).
 OPTIONAL_COLUMNS = ["index", "layer", "layer_b", "seed_b", "coord_x", "coord_y", "protocol",
-                    "note", "unit", "arch_variant", "image_size", "resize"]
+                    "note", "unit", "arch_variant", "image_size", "resize", "epoch"]
 COLUMNS = ID_COLUMNS + VALUE_COLUMNS + OPTIONAL_COLUMNS
 
 DTYPES: dict[str, str] = {
@@ -43,7 +46,7 @@ DTYPES: dict[str, str] = {
     "value": "float64", "index": "Int64", "layer": "string", "layer_b": "string",
     "seed_b": "Int64", "coord_x": "float64", "coord_y": "float64", "protocol": "string",
     "note": "string", "unit": "string", "arch_variant": "string", "image_size": "Int64",
-    "resize": "string",
+    "resize": "string", "epoch": "Int64",
 }
 
 # Every metric name, one per quantity, with its meaning and unit.
@@ -161,6 +164,8 @@ METRICS: dict[str, str] = {
     # cka (cell-level)
     "cka": "linear CKA between layer (of seed) and layer_b (of seed_b), in [0, 1]; note holds "
            "the estimator",
+    "cka_to_final": "linear CKA between layer of seed at a checkpoint (epoch = its epoch) and "
+                    "the same layer of the same seed's final weights (cka.to_final), in [0, 1]",
 }
 
 

@@ -10,6 +10,13 @@ layer of seed b, on the first ``n_inputs`` test images (no augmentation). Rows:
 ``cka_paper_<checkpoint>``): the released procedure: every ReLU output (49 layers for ResNet50,
 16 for VGG19), biased HSIC over the whole input set, and the upper triangle (``j >= i``)
 mirrored into a symmetric matrix (:func:`~landscape.cka.symmetrised_upper`).
+
+``to_final`` (units ``cka_to_final_<checkpoint>``, off by default): within each seed, the
+linear CKA between every selected layer at that checkpoint (e.g. a saved epoch, ``epoch_<n>``;
+``saved`` = every saved epoch) and the same layer of the same seed's final weights, the
+diagonal of their layerwise matrix: how far each layer's representation still is from where
+training ends. Rows ``metric=cka_to_final`` with ``layer``, ``seed`` and ``epoch``; the same
+inputs, layers and estimator as the between-seed units.
 """
 
 from __future__ import annotations
@@ -35,17 +42,27 @@ PAIRS = ("all", "consecutive")
 @dataclass
 class CKAConfig:
     enabled: bool = False
-    checkpoints: list[str] = field(default_factory=lambda: ["final"])  # init, final, best
+    # init, final, best, epoch_<n>, saved; may be empty when to_final is set
+    checkpoints: list[str] = field(default_factory=lambda: ["final"])
     protocol: str = "default"  # default (ours) | paper (the released procedure)
     n_inputs: int = 1000  # the first n test images
     pairs: str = "all"  # "all" pairs of seeds | "consecutive" (s0-s1, s1-s2, ...)
     debiased: bool = False
     batch_size: Optional[int] = None  # set to use the minibatch estimator (needs debiased)
     layers: Optional[list[str]] = None  # glob patterns; default every Conv2d and Linear
+    # Checkpoints each compared with the final weights of the same seed (cka_to_final rows):
+    # init, best, epoch_<n>, saved (every saved epoch). Empty: none.
+    to_final: list[str] = field(default_factory=list)
 
 
 def validate(cfg: CKAConfig) -> None:
-    check_checkpoints("cka", cfg.checkpoints)
+    if cfg.checkpoints or not cfg.to_final:  # empty: only the cka_to_final units
+        check_checkpoints("cka", cfg.checkpoints)
+    if cfg.to_final:
+        check_checkpoints("cka.to_final", cfg.to_final)
+        if "final" in cfg.to_final:
+            raise ValueError(f"cka.to_final lists checkpoints to compare with final (its CKA "
+                             f"with itself is 1): leave final out, got {list(cfg.to_final)}")
     if cfg.pairs not in PAIRS:
         raise ValueError(f"cka.pairs must be one of {PAIRS}, got {cfg.pairs!r}")
     if cfg.n_inputs < 4:
@@ -82,6 +99,29 @@ def cka_rows(models: dict[int, torch.nn.Module], inputs: torch.Tensor, cfg: CKAC
     return rows
 
 
+def cka_to_final_rows(models: dict[int, torch.nn.Module], finals: dict[int, torch.nn.Module],
+                      inputs: torch.Tensor, cfg: CKAConfig, device: torch.device) -> list[dict]:
+    """Per seed, the CKA between each selected layer of ``models[seed]`` and the same layer
+    of ``finals[seed]`` (the diagonal of their layerwise matrix), one seed at a time."""
+    estimator = "minibatch" if cfg.batch_size else ("debiased" if cfg.debiased else "biased")
+    types = (nn.ReLU,) if cfg.protocol == "paper" else DEFAULT_LAYER_TYPES
+    rows = []
+    for seed in sorted(models):
+        pair = (("at", seed), ("final", seed))
+        res = layerwise_cka_pairs({pair[0]: models[seed], pair[1]: finals[seed]}, inputs,
+                                  [pair], layers=cfg.layers, debiased=cfg.debiased,
+                                  layer_types=types, batch_size=cfg.batch_size,
+                                  device=device)[pair]
+        if res.layers_a != res.layers_b:
+            raise ValueError(f"seed {seed}: the layers ran in another order at the two "
+                             f"checkpoints ({res.layers_a} vs {res.layers_b})")
+        note = f"estimator={estimator}; n_inputs={res.n}; to final of the same seed"
+        rows += [{"metric": "cka_to_final", "value": float(res.matrix[i, i]), "layer": layer,
+                  "seed": seed, "protocol": cfg.protocol, "note": note}
+                 for i, layer in enumerate(res.layers_a)]
+    return rows
+
+
 @register_stage
 class CKAStage(Stage):
     """Cell-level: one unit per checkpoint over the seeds that finished training; redone when
@@ -90,6 +130,8 @@ class CKAStage(Stage):
     name = "cka"
     level = "cell"
     config_field = "cka"
+    selects = ("enabled", "checkpoints", "to_final")
+    checkpoint_fields = ("checkpoints", "to_final")
 
     def validate(self, config: CKAConfig) -> None:
         validate(config)
@@ -107,10 +149,16 @@ class CKAStage(Stage):
 
     def units(self, config: CKAConfig) -> list[Unit]:
         tag = "paper_" if config.protocol == "paper" else ""
-        return [Unit(f"cka_{tag}{c}", {"checkpoint": c}) for c in config.checkpoints]
+        return ([Unit(f"cka_{tag}{c}", {"checkpoint": c}) for c in config.checkpoints]
+                + [Unit(f"cka_{tag}to_final_{c}", {"checkpoint": c, "to_final": True})
+                   for c in config.to_final])
 
     def run(self, ctx: CellContext, config: CKAConfig, unit: Unit) -> list[dict]:
         inputs = torch.cat([x for x, _ in test_batches(ctx, config.n_inputs, 500)])
         models = ctx.load_models(unit.params["checkpoint"])
-        return [{"stage": unit.name, **r}
-                for r in cka_rows(models, inputs, config, ctx.settings.device)]
+        if unit.params.get("to_final"):
+            rows = cka_to_final_rows(models, ctx.load_models("final"), inputs, config,
+                                     ctx.settings.device)
+        else:
+            rows = cka_rows(models, inputs, config, ctx.settings.device)
+        return [{"stage": unit.name, **r} for r in rows]

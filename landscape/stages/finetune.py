@@ -42,7 +42,8 @@ class FinetuneStage(Stage):
     def units(self, config: PruneConfig) -> list[Unit]:
         ft = settings_hash({k: getattr(config, k) for k in FINETUNE_FIELDS})
         return [Unit(f"finetune_{unit_suffix(config, r)}_{ft}",
-                     {"rate": float(r), "prune_unit": f"prune_{unit_suffix(config, r)}"})
+                     {"rate": float(r), "prune_unit": f"prune_{unit_suffix(config, r)}",
+                      "checkpoint": config.checkpoint})
                 for r in config.rates]
 
     def settings(self, config: PruneConfig) -> dict:

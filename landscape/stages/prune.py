@@ -38,7 +38,8 @@ from landscape.pruning import (
 from landscape.pruning.structured import IMPORTANCES
 from landscape.seeds import FINETUNE_EPOCH, STRUCTURED_PRUNE, stream_seed
 from landscape.stages.base import (
-    CHECKPOINTS, Output, RunContext, Stage, Unit, check_number, check_protocol, register_stage,
+    CHECKPOINTS, Output, RunContext, Stage, Unit, check_number, check_protocol, is_checkpoint,
+    register_stage,
 )
 from landscape.stages.batches import eval_split
 from landscape.stages.pruned_geometry import (
@@ -51,7 +52,8 @@ from landscape.train import evaluate, make_loader
 class PruneConfig:
     enabled: bool = False
     protocol: str = "default"  # default (ours) | paper (the released procedure)
-    checkpoint: str = "final"  # the trained weights that are pruned: final | best (| init)
+    # the trained weights that are pruned: final | best (| init | epoch_<n> of train.save_epochs)
+    checkpoint: str = "final"
     criterion: str = "magnitude"  # a name from landscape.pruning.list_criteria()
     scope: str = "global"  # global | layerwise
     rates: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
@@ -141,8 +143,9 @@ def validate(cfg: PruneConfig) -> None:
                          f"{cfg.finetune_momentum}")
     check_number("prune.finetune_weight_decay", cfg.finetune_weight_decay, above=0, strict=False)
     check_number("prune.finetune_grad_clip", cfg.finetune_grad_clip, above=0, optional=True)
-    if cfg.checkpoint not in CHECKPOINTS:
-        raise ValueError(f"prune.checkpoint must be one of {CHECKPOINTS}, got {cfg.checkpoint!r}")
+    if not is_checkpoint(cfg.checkpoint):
+        raise ValueError(f"prune.checkpoint must be one of {CHECKPOINTS} or epoch_<n> (an "
+                         f"epoch of train.save_epochs), got {cfg.checkpoint!r}")
     validate_geometry(cfg)
     check_protocol("prune", cfg, requires=PAPER_REQUIRES)
 
@@ -272,7 +275,8 @@ class PruneStage(Stage):
         validate_for(config, identity)
 
     def units(self, config: PruneConfig) -> list[Unit]:
-        return [Unit(f"prune_{unit_suffix(config, r)}", {"rate": float(r)}) for r in config.rates]
+        return [Unit(f"prune_{unit_suffix(config, r)}",
+                     {"rate": float(r), "checkpoint": config.checkpoint}) for r in config.rates]
 
     def settings(self, config: PruneConfig) -> dict:
         # The unit name's hash covers the pruning; the geometry measured in the unit is not
