@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         overrides = (["model.name=resnet18", "model.pool_level=1", "seed=0",
                       "train.epochs=1", "data.train_subset=64", "prune.rates=[0.5]",
                       "hessian.k=2", "hessian.n_samples=16", "importance.n_samples=2",
-                      "cka.n_inputs=16"] if args.quick else [])
+                      "cka.n_inputs=16", "imp.enabled=true", "imp.rounds=1"]
+                     if args.quick else [])  # quick: IMP too (the demo leaves it out)
         with tempfile.TemporaryDirectory() as tmp:
             wall, stage_rows = demo_grid(Path(tmp) / "results", overrides)
         rows.append({"benchmark": "demo_scaling", "part": "demo_grid", "wall_seconds": wall,

@@ -99,7 +99,7 @@ def test_size_matters_cifar10_plans_its_architecture_list_and_their_receptive_fi
     cfgs = expand_grid(["experiment=size_matters_cifar10"])
     assert len(cfgs) == 30 and {c.seed for c in cfgs} == {0, 1, 2}
     rf = {}
-    for c in cfgs:
+    for c in cfgs[::3]:  # one seed of each cell
         validate(c, check_data=False)
         i = identify(c)
         rf[(i.arch, i.spec.label())] = i.receptive_field

@@ -207,7 +207,7 @@ def test_measurements_run_without_tf32_on_cuda(tmp_path, monkeypatch):
             assert matmul.allow_tf32 and conv.allow_tf32
     finally:
         matmul.allow_tf32, conv.allow_tf32 = saved
-    assert {s.name for s in registered_stages() if s.trains} == {"train", "finetune"}
+    assert {s.name for s in registered_stages() if s.trains} == {"train", "finetune", "imp"}
     entered = []
 
     @contextmanager
