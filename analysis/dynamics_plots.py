@@ -6,6 +6,7 @@ Conventions as in :mod:`analysis.plots` (no pyplot, None when the grid has no su
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -79,4 +80,61 @@ def saturation_trajectory(df: pd.DataFrame, *, arch: str | None = None,
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), label="saturation", shrink=0.85)
     _suptitle(fig, g, "saturation per layer during training (mean over seeds)")
+    return fig
+
+
+@_styled
+def cka_to_final_trajectory(df: pd.DataFrame, *, arch: str | None = None,
+                            dataset: str | None = None, width: float | None = None
+                            ) -> Figure | None:
+    """Linear CKA of each layer at a checkpoint with the same layer of the same seed's final
+    weights (``cka.to_final``) vs the checkpoint's epoch, one panel per receptive field, one
+    line per layer (forward order: dark = early layers), mean over seeds. Raghu et al.
+    (SVCCA): lower layers converge first."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    c = select(g, metric="cka_to_final")
+    if c.empty or "epoch" not in c.columns or c["epoch"].isna().all():
+        return None
+    c = c[c["epoch"].notna()]
+    levels = [lv for lv in _levels(g) if (c["cell"] == lv[0]).any()]
+    fig, axes = _figure(1, len(levels), panel=(3.8, 3.2))
+    cmap = matplotlib.colormaps["viridis"]
+    for ax, (cell, label, _, _) in zip(axes[0], levels):
+        d = c[c["cell"] == cell]
+        layers = list(dict.fromkeys(d["layer"]))  # rows are written in forward order
+        for i, layer in enumerate(layers):
+            s = d[d["layer"] == layer].groupby("epoch")["value"].mean().sort_index()
+            ax.plot(s.index.to_numpy(float), s.to_numpy(float), lw=1.2, marker=".",
+                    color=cmap(i / max(1, len(layers) - 1)),
+                    label=layer if i in (0, len(layers) - 1) else None)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("CKA with the final layer")
+        ax.set_title(f"{label}, n={d['seed'].nunique()}")
+        ax.legend(loc="lower right", title="first / last layer")
+    _suptitle(fig, g, "representation convergence: each layer vs its final state")
+    return fig
+
+
+@_styled
+def erf_trajectory(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                   width: float | None = None) -> Figure | None:
+    """ERF size of the last conv (our importance units) vs the epoch of the checkpoint it was
+    measured at (init, saved epochs, final), per receptive field, mean and min-max band over
+    seeds. None with fewer than two epochs measured."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    e = select(g, metric="erf_size", protocol="default")
+    if e.empty or "epoch" not in e.columns or e["epoch"].dropna().nunique() < 2:
+        return None
+    e = e[e["epoch"].notna() & ~e["stage"].astype(str).str.endswith("_best")]
+    fig, axes = _figure(1, 1, panel=(4.6, 3.4))
+    ax = axes[0, 0]
+    for cell, label, colour, marker in _levels(g):
+        piv = e[e["cell"] == cell].pivot_table(index="epoch", columns="seed", values="value",
+                                               aggfunc="mean")
+        mean_band(ax, piv.sort_index(), colour, marker, label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ERF size (px)")
+    ax.legend(loc="best")
+    _suptitle(fig, g, "effective receptive field during training")
     return fig

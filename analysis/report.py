@@ -272,6 +272,12 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
         ("input-size", lambda: plots.size_curves(g, **kw),
          "Test accuracy after training at each input size (data.image_size), per pool level; "
          "stars: down-then-up (set C) and canvas protocols at their input size; ticks: r̃."),
+        ("cka-to-final", lambda: dynamics_plots.cka_to_final_trajectory(g, **kw),
+         "Linear CKA of each layer at a saved epoch with the same layer after training "
+         "(cka.to_final), per receptive field."),
+        ("erf-trajectory", lambda: dynamics_plots.erf_trajectory(g, **kw),
+         "ERF size of the last conv at each checkpoint the importance stage measured, per "
+         "receptive field."),
         ("resolution", lambda: plots.resolution_curves(g, **kw),
          "Test accuracy of the trained checkpoint evaluated at other input sizes (the "
          "resolution stage); dotted: the training size, ticks: r̃ of each level."),

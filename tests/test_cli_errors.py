@@ -110,8 +110,8 @@ def test_a_hydra_error_from_the_console_is_one_line_and_exit_status_2(tmp_path):
     assert out.returncode == 2
     assert out.stderr.splitlines() == [
         f"landscape-run: error: experiment=paper_smal: no such option; did you mean "
-        f"experiment=paper_small? Choose one of: demo, paper_cifar10, paper_small, "
-        f"paper_tinyimagenet, rf_design_small, size_matters_cifar10, size_matters_small "
+        f"experiment=paper_small? Choose one of: demo, dynamics_small, paper_cifar10, "
+        f"paper_small, paper_tinyimagenet, rf_design_small, size_matters_cifar10, size_matters_small "
         f"(files in {experiment})"]
     assert not (tmp_path / "r").exists()
 
@@ -121,7 +121,7 @@ def test_submit_says_hydras_errors_in_one_line(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(
         "landscape-submit: error: experiment=paper_smal: no such option; did you mean "
-        "experiment=paper_small? Choose one of: demo, paper_cifar10, paper_small")
+        "experiment=paper_small? Choose one of: demo, dynamics_small, paper_cifar10")
     assert cli.submit_main(["--dry-run", "launcher=slurm", "launcher.time=abc"]) == 2
     assert capsys.readouterr().err == ("landscape-submit: error: launcher.time must be an "
                                        "integer, got 'abc'\n")
