@@ -111,8 +111,8 @@ def test_a_hydra_error_from_the_console_is_one_line_and_exit_status_2(tmp_path):
     assert out.stderr.splitlines() == [
         f"landscape-run: error: experiment=paper_smal: no such option; did you mean "
         f"experiment=paper_small? Choose one of: demo, dynamics_small, paper_cifar10, "
-        f"paper_small, paper_tinyimagenet, rf_design_small, size_matters_cifar10, size_matters_small "
-        f"(files in {experiment})"]
+        f"paper_small, paper_tinyimagenet, rf_design_small, size_matters_cifar10, "
+        f"size_matters_small (files in {experiment})"]
     assert not (tmp_path / "r").exists()
 
 
