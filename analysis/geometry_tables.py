@@ -153,14 +153,14 @@ def imp_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None 
     if s.empty:
         return None
     rounds = sorted(int(r) for r in s["index"].dropna().unique())
-    sparsity = select(g, stage="imp", metric="sparsity", criterion="imp_magnitude")
-    branches = [b for b in ("imp_magnitude", "imp_random_mask", "imp_random_reinit")
+    sparsity = select(g, stage="imp", metric="sparsity", criterion="imp:magnitude")
+    branches = [b for b in ("imp:magnitude", "imp:random_mask", "imp:random_reinit")
                 if (s["criterion"] == b).any()]
     rows, numbers = [], []
     for lv in _levels_frame(g).itertuples(index=False):
         for b in branches:
             row = {"Receptive field": lv.label,
-                   "Branch": b.removeprefix("imp_").replace("_", " ")}
+                   "Branch": b.removeprefix("imp:").replace("_", " ")}
             for r in rounds:
                 x = select(s, cell=lv.cell, criterion=b, index=r)["value"].to_numpy(float)
                 sp = select(sparsity, cell=lv.cell, index=r)["value"]

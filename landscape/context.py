@@ -20,6 +20,7 @@ from landscape.device import DeviceSettings
 from landscape.identity import RunIdentity
 from landscape.results import RunPaths
 from landscape.seeds import INIT, seed_everything, stream_seed
+from landscape.stages.checkpoints import checkpoint_epoch
 from landscape.storage import CheckpointError, load_checkpoint
 from landscape.train import EPOCH_PREFIX
 
@@ -97,6 +98,19 @@ class RunResources:
         return {s: load_seeded(self.identity, s, results.run_paths(
             self.paths.root, self.identity.cell_name, s).checkpoints / f"{checkpoint}.pt",
             self.settings.device) for s in self.seeds}
+
+    def unit_epoch(self, unit: Any) -> Optional[int]:
+        """The epoch of the checkpoint a unit measures (``unit.params["checkpoint"]``): init 0,
+        final train.epochs, epoch_<n> n, best the epoch recorded in the run's best.pt (None
+        for a cell unit, whose seeds each have their own); None for a unit without one."""
+        checkpoint = unit.params.get("checkpoint")
+        if checkpoint is None:
+            return None
+        best = None
+        if checkpoint == "best" and self.identity.seed is not None:
+            path = self.checkpoint_dir / "best.pt"
+            best = int(load_checkpoint(path)["epoch"]) if path.exists() else None
+        return checkpoint_epoch(checkpoint, self.cfg.train, best)
 
     def read_arrays(self, unit: str) -> dict[str, Any]:
         return results.read_arrays(self.paths.run_dir, unit)

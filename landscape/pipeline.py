@@ -28,9 +28,7 @@ from landscape.device import configure_backends, device_settings, full_precision
 from landscape.identity import RunIdentity, default_params, identify
 from landscape.registry import import_modules
 from landscape.results import RunPaths
-from landscape.stages import Output, Stage, Unit, registered_stages
-from landscape.stages.base import check_saved, checkpoint_epoch
-from landscape.storage import load_checkpoint
+from landscape.stages import Output, Stage, Unit, check_saved_checkpoints, registered_stages
 
 log = logging.getLogger("landscape")
 
@@ -80,7 +78,7 @@ def validate(cfg: RunConfig, *, check_data: bool = True) -> RunIdentity:
         config = stage_config(cfg, stage)
         stage.validate(config)  # disabled stages too: a typo is caught before it matters
         if stage.enabled(config):
-            check_saved_checkpoints(stage, config, cfg)
+            check_saved_checkpoints(stage, config, cfg.train)
             stage.validate_for(config, identity)
             enabled[stage.name] = config
     for stage in registered_stages():
@@ -95,35 +93,6 @@ def validate(cfg: RunConfig, *, check_data: bool = True) -> RunIdentity:
         raise ValueError(f"num_threads must be >= 1 or null, got {cfg.num_threads}")
     resolve_device(cfg.device)
     return identity
-
-
-def check_saved_checkpoints(stage: Stage, config: Any, cfg: RunConfig) -> None:
-    """The saved epochs (``epoch_<n>``) an enabled stage's checkpoint lists
-    (``Stage.checkpoint_fields``), ``checkpoint`` or ``rewind`` name must be epochs that
-    ``train.save_epochs`` saves."""
-    group = stage.config_field or f"stages.{stage.name}"
-    for name in stage.checkpoint_fields:
-        checkpoints = getattr(config, name, None)
-        if isinstance(checkpoints, (list, tuple)):
-            check_saved(f"{group}.{name}", checkpoints, cfg.train)
-    for name in ("checkpoint", "rewind"):  # one checkpoint: prune's, imp's rewind point
-        checkpoint = getattr(config, name, None)
-        if isinstance(checkpoint, str):
-            check_saved(f"{group}.{name}", [checkpoint], cfg.train)
-
-
-def unit_epoch(ctx: RunResources, unit: Unit) -> Optional[int]:
-    """The epoch of the checkpoint a unit measures (``unit.params["checkpoint"]``): init 0,
-    final train.epochs, epoch_<n> n, best the epoch recorded in the run's best.pt (None
-    for a cell unit, whose seeds each have their own); None for a unit without a checkpoint."""
-    checkpoint = unit.params.get("checkpoint")
-    if checkpoint is None:
-        return None
-    best = None
-    if checkpoint == "best" and ctx.identity.seed is not None:
-        path = ctx.checkpoint_dir / "best.pt"
-        best = int(load_checkpoint(path)["epoch"]) if path.exists() else None
-    return checkpoint_epoch(checkpoint, ctx.cfg.train, best)
 
 
 MAX_SEED = 2**63 - 1  # the seed column is a 64-bit integer
@@ -193,7 +162,7 @@ def _compute(stage: Stage, config: Any, unit: Unit, ctx: RunResources, out_dir: 
         diverged = any(r["metric"] == "diverged" and r["value"] for r in out.rows)
         status = "diverged" if diverged else "ok"
         identity = ctx.identity.columns()
-        epoch = unit_epoch(ctx, unit)
+        epoch = ctx.unit_epoch(unit)
         at = {} if epoch is None else {"epoch": epoch}
         results.write_stage(out_dir, unit.name,
                             [{**identity, "stage": stage.name, **at, **r, "unit": unit.name}

@@ -62,11 +62,11 @@ def test_imp_in_the_pipeline_rounds_controls_and_the_one_shot_mask(tmp_path):
     df = results.load(tmp_path)
     imp = df[df["stage"] == "imp"]
     assert set(zip(imp["criterion"], imp["index"])) == {
-        (f"imp_{b}", r) for b in ("magnitude", "random_mask", "random_reinit") for r in (1, 2)}
+        (f"imp:{b}", r) for b in ("magnitude", "random_mask", "random_reinit") for r in (1, 2)}
     sp = imp[imp["metric"] == "sparsity"].set_index(["criterion", "index"])["value"]
-    assert sp[("imp_magnitude", 1)] == pytest.approx(0.5, abs=1e-3)
-    assert sp[("imp_magnitude", 2)] == pytest.approx(0.75, abs=1e-3)
-    assert sp[("imp_random_mask", 2)] == pytest.approx(sp[("imp_magnitude", 2)], abs=1e-12)
+    assert sp[("imp:magnitude", 1)] == pytest.approx(0.5, abs=1e-3)
+    assert sp[("imp:magnitude", 2)] == pytest.approx(0.75, abs=1e-3)
+    assert sp[("imp:random_mask", 2)] == pytest.approx(sp[("imp:magnitude", 2)], abs=1e-12)
     assert imp.loc[imp["metric"] == "test_acc", "value"].between(0, 1).all()
 
     ident = identify(cfg)
@@ -83,8 +83,8 @@ def test_imp_in_the_pipeline_rounds_controls_and_the_one_shot_mask(tmp_path):
     assert list(t.cells.columns) == ["Receptive field", "Branch", "round 1 (50% pruned)",
                                      "round 2 (75% pruned)"]
     assert list(t.cells["Branch"]) == ["magnitude", "random mask", "random reinit"]
-    acc = imp[(imp["metric"] == "test_acc") & (imp["criterion"] == "imp_magnitude")]
-    assert t.numbers.query("branch == 'imp_magnitude' and round == 2")[
+    acc = imp[(imp["metric"] == "test_acc") & (imp["criterion"] == "imp:magnitude")]
+    assert t.numbers.query("branch == 'imp:magnitude' and round == 2")[
         "test_acc_mean"].item() == pytest.approx(acc.loc[acc["index"] == 2, "value"].item())
     r2 = load_checkpoint(paths.checkpoints / "imp" / "round_2.pt")
     for k, m in r2["masks"].items():  # the mask is kept exactly through training

@@ -20,8 +20,9 @@ from landscape.stages.base import (
     CHECKPOINTS, CellContext, Output, RunContext, Stage, Unit, register_stage,
     registered_stages, stage_names,
 )
+from landscape.stages.checkpoints import check_saved_checkpoints
 
 __all__ = [
-    "CHECKPOINTS", "CellContext", "Output", "RunContext", "Stage", "Unit", "register_stage",
-    "registered_stages", "stage_names",
+    "CHECKPOINTS", "CellContext", "Output", "RunContext", "Stage", "Unit",
+    "check_saved_checkpoints", "register_stage", "registered_stages", "stage_names",
 ]

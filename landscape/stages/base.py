@@ -38,15 +38,13 @@ from landscape.data.resident import ResidentBundle
 from landscape.device import DeviceSettings
 from landscape.identity import RunIdentity
 from landscape.registry import Registry
-from landscape.train import EPOCH_PREFIX, TrainConfig, epoch_checkpoint, saved_epochs
+from landscape.stages.checkpoints import (  # noqa: F401  (the stages import them from here)
+    CHECKPOINT_WORDS, CHECKPOINTS, SAVED, check_checkpoints, check_saved, checkpoint_epoch,
+    checkpoint_epoch_number, expand_checkpoints, is_checkpoint,
+)
+from landscape.train import TrainConfig
 
 LEVELS = ("run", "cell")
-# The weights before the first step, after training, and of the epoch of best test accuracy.
-# A stage's ``checkpoints`` may also name a saved epoch, epoch_<n> (train.save_epochs), or
-# SAVED: every saved epoch (expanded by expand_checkpoints).
-CHECKPOINTS = ("init", "final", "best")
-SAVED = "saved"
-CHECKPOINT_WORDS = f"{CHECKPOINTS + (SAVED,)} or {EPOCH_PREFIX}<n> (an epoch of train.save_epochs)"
 
 
 @dataclass(frozen=True)
@@ -255,82 +253,3 @@ def check_counts(group: str, config: Any, names: Sequence[str], minimum: int = 1
         value = getattr(config, name)
         if value < minimum:
             raise ValueError(f"{group}.{name} must be >= {minimum}, got {value}")
-
-
-def checkpoint_epoch_number(checkpoint: Any) -> Optional[int]:
-    """n for the checkpoint name ``epoch_<n>`` (n a non-negative integer without sign or
-    leading zeros), else None."""
-    if not isinstance(checkpoint, str) or not checkpoint.startswith(EPOCH_PREFIX):
-        return None
-    digits = checkpoint[len(EPOCH_PREFIX):]
-    if not digits.isdigit() or not digits.isascii() or (len(digits) > 1 and digits[0] == "0"):
-        return None
-    return int(digits)
-
-
-def is_checkpoint(name: Any) -> bool:
-    """One of :data:`CHECKPOINTS` or a saved epoch ``epoch_<n>``."""
-    return name in CHECKPOINTS or checkpoint_epoch_number(name) is not None
-
-
-def check_checkpoints(group: str, checkpoints: Sequence[str]) -> None:
-    """``<group>.checkpoints`` must be a non-empty list of :data:`CHECKPOINTS`, saved epochs
-    ``epoch_<n>`` and :data:`SAVED` (whether the epochs are saved: :func:`check_saved`)."""
-    bad = [c for c in checkpoints or () if c != SAVED and not is_checkpoint(c)]
-    if not checkpoints or bad:
-        raise ValueError(f"{group}.checkpoints must be a non-empty list of {CHECKPOINT_WORDS}, "
-                         f"got {list(checkpoints)}")
-
-
-def expand_checkpoints(setting: str, checkpoints: Sequence[str], train: TrainConfig
-                       ) -> list[str]:
-    """``checkpoints`` with :data:`SAVED` replaced by ``epoch_<n>`` for every epoch that
-    ``train.save_epochs`` saves, in epoch order (a checkpoint named twice stays once)."""
-    if SAVED not in checkpoints:
-        return list(checkpoints)
-    epochs = saved_epochs(train)
-    if not epochs:
-        raise ValueError(f"{setting} includes {SAVED!r} (every epoch of "
-                         f"train.save_epochs), but train.save_epochs saves none: set e.g. "
-                         f"train.save_epochs=log:8")
-    out: list[str] = []
-    for c in checkpoints:
-        for name in ([epoch_checkpoint(e) for e in epochs] if c == SAVED else [c]):
-            if name not in out:
-                out.append(name)
-    return out
-
-
-def check_saved(setting: str, checkpoints: Sequence[str], train: TrainConfig) -> None:
-    """Every ``epoch_<n>`` among ``checkpoints`` (the value of ``setting``, e.g.
-    ``hessian.checkpoints``) must be an epoch that ``train.save_epochs`` saves (epoch_0 is
-    init; n <= train.epochs)."""
-    kept = saved_epochs(train)
-    for c in checkpoints:
-        n = checkpoint_epoch_number(c)
-        if n is None:
-            continue
-        if n == 0:
-            raise ValueError(f"{setting}: {c} is the weights before training: name that "
-                             f"checkpoint 'init'")
-        if n > train.epochs:
-            raise ValueError(f"{setting}: {c} is outside the training's epochs "
-                             f"1..train.epochs={train.epochs}")
-        if n not in kept:
-            raise ValueError(f"{setting} asks for {c}, which train.save_epochs="
-                             f"{train.save_epochs!r} does not save (it saves "
-                             f"{kept if kept else 'none'}): add {n} to train.save_epochs")
-
-
-def checkpoint_epoch(checkpoint: Any, train: TrainConfig, best: Optional[int] = None
-                     ) -> Optional[int]:
-    """The epoch whose weights the checkpoint holds: init 0, final ``train.epochs``,
-    epoch_<n> n, best ``best`` (the run's best epoch, when known); None for anything else."""
-    if checkpoint == "init":
-        return 0
-    if checkpoint == "final":
-        return train.epochs
-    if checkpoint == "best":
-        return best
-    return checkpoint_epoch_number(checkpoint)
-

@@ -12,8 +12,8 @@ schedule taken up where the rewind epoch left it (with the optimizer state too w
 was saved with ``train.save_optimizer_epochs``; else momentum starts at zero). The trained
 weights and masks of the line go to ``checkpoints/imp/round_<r>.pt`` (the next round's input);
 rows per unit, ``stage=imp``: ``test_acc`` (after the last epoch), ``best_test_acc``,
-``sparsity``, ``nonzero_params``, with ``criterion`` = ``imp_magnitude`` / ``imp_random_mask`` /
-``imp_random_reinit``, ``prune_rate`` = the cumulative rate and ``index`` = the round.
+``sparsity``, ``nonzero_params``, with ``criterion`` = ``imp:magnitude`` / ``imp:random_mask`` /
+``imp:random_reinit``, ``prune_rate`` = the cumulative rate and ``index`` = the round.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class ImpStage(Stage):
                 f"pruned_from={config.checkpoint}; scope={config.scope}; "
                 f"include={','.join(config.include)}; branch={branch}; "
                 f"epochs={len(outcome.history)}")
-        common = {"stage": "imp", "criterion": f"imp_{branch}",
+        common = {"stage": "imp", "criterion": f"imp:{branch}",
                   "prune_rate": cumulative_rate(config.rate, r), "finetuned": False,
                   "index": r, "note": note}
         return [{**common, "metric": m, "value": v} for m, v in (

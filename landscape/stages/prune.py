@@ -52,8 +52,7 @@ from landscape.train import evaluate, make_loader
 class PruneConfig:
     enabled: bool = False
     protocol: str = "default"  # default (ours) | paper (the released procedure)
-    # the trained weights that are pruned: final | best (| init | epoch_<n> of train.save_epochs)
-    checkpoint: str = "final"
+    checkpoint: str = "final"  # pruned weights: final | best (| init | epoch_<n>: a saved epoch)
     criterion: str = "magnitude"  # a name from landscape.pruning.list_criteria()
     scope: str = "global"  # global | layerwise
     rates: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
