@@ -367,6 +367,43 @@ def erf_vs_receptive_field(df: pd.DataFrame, *, arch: str | None = None,
 
 
 @_styled
+def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
+                      dataset: str | None = None, width: float | None = None) -> Figure | None:
+    """Per conv layer (forward order): the ERF size of its centre unit (``importance.per_layer``,
+    solid, mean over seeds) beside its analytic r_max (dashed), one line pair per receptive
+    field, one panel per checkpoint measured; log y. Luo et al.: the ERF grows like the
+    square root of the depth while the analytic RF grows linearly."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    e = select(g, metric="layer_erf_size")
+    stages = present_stages(e, "importance")
+    if not stages:
+        return None
+    r = select(g, metric="layer_r_max")
+    fig, axes = _figure(1, len(stages), panel=(4.4, 3.4))
+    for ax, st in zip(axes[0], stages):
+        for cell, label, colour, marker in _levels(g):
+            d = e[(e["stage"] == st) & (e["cell"] == cell)]
+            if d.empty:
+                continue
+            size = d.groupby("index")["value"].mean().sort_index()
+            ax.plot(size.index.to_numpy(float), size.to_numpy(float), color=colour,
+                    marker=marker, ms=3, lw=1.5, label=f"{label}, n={d['seed'].nunique()}")
+            rm = r[(r["stage"] == st) & (r["cell"] == cell)].groupby("index")["value"].mean()
+            ax.plot(rm.index.to_numpy(float), rm.sort_index().to_numpy(float), color=colour,
+                    ls="--", lw=1)
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+        ax.set_xlabel("conv layer (forward order)")
+        ax.set_ylabel("px")
+        ax.set_title(stage_title(st))
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    handles.append(Line2D([], [], color="grey", ls="--", lw=1))
+    axes[0, -1].legend(handles, [*labels, "analytic r_max (same colour)"], loc="best")
+    _suptitle(fig, g, "ERF size of each conv layer's centre unit (solid) vs its analytic RF")
+    return fig
+
+
+@_styled
 def pruning_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                    width: float | None = None, criterion: str = "magnitude",
                    protocol: str = "default", prune_settings: str | None = None,

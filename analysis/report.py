@@ -284,6 +284,9 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
         ("importance", lambda: plots.importance_maps(g, arrays, **kw),
          "Projected-gradient importance maps (mean map over seeds; the paper protocol's rows "
          "are marked)."),
+        ("layer-erf", lambda: plots.layer_erf_profile(g, **kw),
+         "ERF size of every conv layer's centre unit (importance.per_layer, mean over seeds) "
+         "and its analytic r_max (dashed), per receptive field and checkpoint."),
         ("erf-vs-rf", lambda: plots.erf_vs_receptive_field(g, **kw),
          "ERF size of the last conv (importance stage, our protocol) against its analytic "
          "receptive field, per pool level, at each measured checkpoint (line: mean over seeds, "

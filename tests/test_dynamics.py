@@ -31,7 +31,7 @@ def test_experiment_dynamics_small_runs_end_to_end_and_draws_the_trajectories(tm
     assert imp["value"].round(3).tolist() == [0.5, 0.5]
     figures = root / "report" / "figures"
     for name in ("lambda-trajectory", "saturation-trajectory", "cka-to-final",
-                 "erf-trajectory"):
+                 "erf-trajectory", "layer-erf"):
         assert list(figures.glob(f"*-{name}.png")), name
     assert "Iterative magnitude pruning" in (root / "report" / "report.md").read_text()
     fig = dynamics_plots.cka_to_final_trajectory(df)

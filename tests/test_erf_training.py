@@ -73,3 +73,23 @@ def test_erf_before_and_after_training_in_the_pipeline_and_its_figure(tmp_path):
     assert any(lab.startswith("after training (images)") for lab in labels)
     assert any(lab.startswith("at initialisation") for lab in labels)
     assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+
+
+def test_per_layer_erf_rows_beside_the_analytic_rf_and_their_figure(tmp_path):
+    [cfg] = expand_grid(["model=small_cnn", "data=digits", "train.epochs=1",
+                         "data.train_subset=64", "data.test_subset=16", "device=cpu",
+                         "num_threads=1", "progress=false", "importance.enabled=true",
+                         "importance.mode=images", "importance.per_layer=true",
+                         "importance.input_size=24", "importance.n_samples=4",
+                         f"results_root={tmp_path}"])
+    pipeline.run(cfg)
+    df = with_cell(results.load(tmp_path))
+    size = df[df["metric"] == "layer_erf_size"].sort_values("index")
+    r_max = df[df["metric"] == "layer_r_max"].sort_values("index")
+    assert list(size["layer"]) == list(r_max["layer"]) and len(size) == 3  # small_cnn's convs
+    assert r_max["value"].iloc[0] == 3 and r_max["value"].is_monotonic_increasing
+    assert size["value"].iloc[0] <= 3  # the first conv's ERF is inside its 3x3 kernel
+    # inside the analytic RF: a centred square has an odd side, so an even r_max allows + 1
+    assert (size["value"].to_numpy() <= r_max["value"].to_numpy() + 1).all()
+    fig = plots.layer_erf_profile(df)
+    assert fig is not None and fig.axes[0].get_yscale() == "log"

@@ -43,7 +43,8 @@ def conv_layers(model: nn.Module, layers: list[str] | None = None) -> list[str]:
 def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | None = None,
                    mode: str = "random_input", n: int = 16, seed: int = 0,
                    in_channels: int | None = None,
-                   device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+                   device: str | torch.device = "cpu",
+                   images: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Mean (H, W) float64 ERF map of the centre unit of each selected conv layer.
 
     ``mode="random_input"``: the model in eval mode on ``n`` N(0, 1) inputs drawn from
@@ -57,7 +58,7 @@ def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | Non
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     check_on_device(model, device)
     names = conv_layers(model, layers)
-    x, net = probe_inputs(model, mode, n, input_size, in_channels, seed, device)
+    x, net = probe_inputs(model, mode, n, input_size, in_channels, seed, device, images=images)
     maps = layer_gradient_maps(net, x, names)
     return {name: maps[name][0].mean(dim=0).cpu().numpy() for name in names}
 
@@ -65,14 +66,15 @@ def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | Non
 def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | None = None,
                     mode: str = "random_input", n: int = 16, seed: int = 0,
                     in_channels: int | None = None,
-                    device: str | torch.device = "cpu") -> pd.DataFrame:
+                    device: str | torch.device = "cpu",
+                    images: torch.Tensor | None = None) -> pd.DataFrame:
     """One row per selected conv layer (registration order), columns
     ``LAYER_ERF_COLUMNS``: ``erf_sigma`` the mean of ``sigma_y`` and ``sigma_x`` (moment
     sigmas, pixels), ``erf_size`` the side of the centred square holding 95 % of the map's
     mass, ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the layer's analytic RF
     and ``erf_size_over_r_max`` their ratio. Arguments as for :func:`layer_erf_maps`."""
     maps = layer_erf_maps(model, input_size, layers=layers, mode=mode, n=n, seed=seed,
-                          in_channels=in_channels, device=device)
+                          in_channels=in_channels, device=device, images=images)
     rf = receptive_field_table(model, input_size).set_index("layer")
     rows = []
     for name, m in maps.items():

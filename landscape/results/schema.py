@@ -143,6 +143,12 @@ METRICS: dict[str, str] = {
                      "saturation below the mean after it; layer = its name)",
     "position_probe_acc": "test accuracy of a probe on one feature-map position of the layer "
                           "(coord_x = column, coord_y = row), fraction",
+    # importance.per_layer (layer = the conv, index = its position in forward order)
+    "layer_erf_size": "side of the centred square holding 95% of the ERF map of the layer's "
+                      "centre unit, pixels",
+    "layer_erf_sigma": "mean of the per-axis standard deviations of the layer's ERF map, pixels",
+    "layer_erf_r2": "R^2 of a 2-D Gaussian fit to the layer's ERF map",
+    "layer_r_max": "analytic receptive field (max over paths) of the layer, pixels",
     # train.track (measured after training epochs; index = epoch)
     "track_lambda_max": "top eigenvalue of the Hessian of the mean training loss on the "
                         "tracker's evaluation set after epoch index (warm-started Lanczos; note: "

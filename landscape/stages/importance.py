@@ -22,6 +22,7 @@ from landscape.importance import (
     MODES, ImportanceMaps, erf_stats, paper_importance, paper_maps, paper_probe,
     paper_projection, projected_gradient_maps,
 )
+from landscape.importance.layer_erf import layer_erf_table
 from landscape.models import InputTooSmallError, check_input_size
 from landscape.seeds import IMPORTANCE, stream_seed
 from landscape.stages.base import (
@@ -40,6 +41,7 @@ class ImportanceConfig:
     n_samples: int = 50  # random inputs (random_input) or fresh initialisations (paper, init)
     mass_fraction: float = 0.95  # ERF size: smallest centred square holding this mass
     rel_threshold: float = 0.1  # ERF area: pixels >= this fraction of the map's maximum
+    per_layer: bool = False  # also the ERF of every conv layer's centre unit (protocol default)
 
 
 @register_stage
@@ -78,11 +80,12 @@ class ImportanceStage(Stage):
         seed = stream_seed(ctx.identity.seed, IMPORTANCE)
         device = ctx.settings.device
         model = ctx.load_model(checkpoint)
+        images = (_test_images(ctx, c.n_samples)
+                  if c.protocol == "default" and c.mode == "images" else None)
         if c.protocol == "paper":
             maps = _paper_maps(ctx, c, checkpoint, model, seed)
             how = f"protocol=paper; n={maps.n}" + (" fresh inits" if checkpoint == "init" else "")
         else:
-            images = _test_images(ctx, c.n_samples) if c.mode == "images" else None
             maps = projected_gradient_maps(model, input_size=c.input_size,
                                            n_samples=c.n_samples, mode=c.mode, seed=seed,
                                            device=device, images=images)
@@ -98,6 +101,8 @@ class ImportanceStage(Stage):
                   "importance_n": maps.n, "erf_size": erf.size, "erf_area": erf.area}
         rows = [{"stage": unit.name, "metric": k, "value": v, "layer": maps.layer,
                  "protocol": c.protocol, "note": note} for k, v in values.items()]
+        if c.per_layer and c.protocol == "default":
+            rows += _layer_rows(model, c, seed, device, images, unit.name, note)
         return Output(rows, {"mean_map": maps.mean_map, "maxima": maps.maxima})
 
 
@@ -113,6 +118,18 @@ def _paper_maps(ctx: RunContext, c: ImportanceConfig, checkpoint: str, model: nn
                                  input_size=c.input_size, device=ctx.settings.device)
     return paper_maps(m[None], layer=probe.layer, centre=centre, input_size=c.input_size,
                       seed=seed)
+
+
+def _layer_rows(model: nn.Module, c: ImportanceConfig, seed: int, device, images,
+                stage: str, note: str) -> list[dict]:
+    """Per conv layer (forward order, ``index``): the ERF of its centre unit on the same
+    inputs beside its analytic RF (``landscape.importance.layer_erf_table``)."""
+    t = layer_erf_table(model, c.input_size, mode=c.mode, n=c.n_samples, seed=seed,
+                        device=device, images=images)
+    return [{"stage": stage, "metric": f"layer_{k}", "value": float(r[k]), "layer": r["layer"],
+             "index": i, "protocol": "default", "note": note}
+            for i, r in enumerate(t.to_dict("records"))
+            for k in ("erf_size", "erf_sigma", "erf_r2", "r_max")]
 
 
 def _test_images(ctx: RunContext, n: int) -> torch.Tensor:
