@@ -63,7 +63,7 @@ def validate_track(cfg: TrackConfig) -> None:
 
 class EpochTrackers:
     """The enabled trackers of one run: :meth:`measure` after an epoch returns its rows and
-    appends them to ``<checkpoint_dir>/trackers.jsonl``; :meth:`rows` reads every epoch's."""
+    appends them to ``<checkpoint_dir>/trackers.jsonl`` (read back by :func:`tracked_rows`)."""
 
     def __init__(self, cfg: TrackConfig, batches: Sequence[tuple[Tensor, Tensor]], *,
                  epochs: int, checkpoint_dir: Path, device: torch.device, seed: int = 0) -> None:
@@ -119,11 +119,6 @@ class EpochTrackers:
     def _append(self, epoch: int, rows: list[dict[str, Any]]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({"epoch": epoch, "rows": rows}) + "\n")
-
-    def rows(self, last_epoch: Optional[int] = None) -> list[dict[str, Any]]:
-        """Every recorded epoch's rows (the latest record of an epoch wins), up to
-        ``last_epoch``."""
-        return tracked_rows(self.path.parent, last_epoch)
 
 
 def tracked_rows(checkpoint_dir: Path, last_epoch: Optional[int] = None) -> list[dict[str, Any]]:

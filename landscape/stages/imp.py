@@ -167,10 +167,10 @@ def train_round(ctx: RunContext, config: ImpConfig, masks: dict[str, Tensor], r:
         raise ValueError(f"imp.rewind={config.rewind} leaves no epoch to train "
                          f"(train.epochs={tc.epochs})")
     state = _rewind_state(ctx, config)
-    model = ctx.build_model()
     if branch == "random_reinit":
         model = _fresh(ctx, seed)
     else:
+        model = ctx.build_model()
         model.load_state_dict(state["model"])
     model.to(ctx.settings.device)
     params = dict(model.named_parameters())
@@ -214,10 +214,8 @@ def train_round(ctx: RunContext, config: ImpConfig, masks: dict[str, Tensor], r:
 def round_settings(tc: TrainConfig) -> TrainConfig:
     """The run's training settings for a round: the same schedule, no trackers, and no
     saved epochs (a round's weights are its unit's, not the run's)."""
-    changes: dict[str, Any] = {"track": TrackConfig()}
-    if hasattr(tc, "save_epochs"):
-        changes.update(save_epochs=[], save_optimizer_epochs=False)
-    return dataclasses.replace(tc, **changes)
+    return dataclasses.replace(tc, track=TrackConfig(), save_epochs=[],
+                               save_optimizer_epochs=False)
 
 
 def _fresh(ctx: RunContext, seed: int) -> nn.Module:
