@@ -132,8 +132,8 @@ def design_space(points: pd.DataFrame, *, dataset: str | None = None) -> Figure 
     if points.empty or points["cell"].nunique() < 2:
         return None
     panels = [(c, t) for c, t in (
-        ("test_acc", "test accuracy"),
-        ("pruned_acc", f"pruned accuracy (rate {points.attrs.get('prune_rate')})"),
+        ("test_acc", "test accuracy (%)"),
+        ("pruned_acc", f"pruned accuracy (%), rate {points.attrs.get('prune_rate')}"),
         ("lambda_max", "top Hessian eigenvalue, after training"))
         if points[c].notna().any()]
     fig = Figure(figsize=(4.0 * len(panels), 3.4), layout="constrained")
@@ -147,7 +147,8 @@ def design_space(points: pd.DataFrame, *, dataset: str | None = None) -> Figure 
                 p = points[(points["family"] == fam) & (points["arch"] == arch)
                            & points[col].notna()]
                 if len(p):
-                    ax.scatter(p["r_tilde"], p[col], s=22, alpha=0.8,
+                    y = p[col] * (100 if col != "lambda_max" else 1)
+                    ax.scatter(p["r_tilde"], y, s=22, alpha=0.8,
                                color=OKABE_ITO[fi % 8], marker=MARKERS[ai % 8],
                                label=f"{fam}, {arch}" if len(archs) > 1 else fam)
         for s in sizes:
@@ -159,6 +160,6 @@ def design_space(points: pd.DataFrame, *, dataset: str | None = None) -> Figure 
                       else "r̃ (px; analytic r_max of the last conv where not measured)")
     axes[0].legend(loc="best", title="knob family" + (", arch" if len(archs) > 1 else ""))
     size = ", ".join(f"{s:g}" for s in sizes)
-    fig.suptitle(f"{points['dataset'].iloc[0]}: accuracy and curvature vs the minimal feasible "
-                 f"input r̃" + (f" (dotted: input size {size} px)" if size else ""))
+    fig.suptitle(f"{points['dataset'].iloc[0]}: accuracy and curvature vs r̃\n"
+                 + (f"(dotted: input size {size} px)" if size else ""), fontsize=10)
     return fig
