@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -26,6 +25,7 @@ from landscape.receptive_field import (
     TABLE_COLUMNS, UnsupportedModelError, min_feasible_input, receptive_field_table,
     torchvision_classifiers, torchvision_model,
 )
+from landscape.receptive_field import layout as L
 
 # ----------------------------------------------------------------- every torchvision model
 
@@ -207,6 +207,24 @@ def test_channel_shuffle_keeps_the_geometry():
     assert list(t.loc["b", ["r_min", "r_max", "jump", "out_size"]]) == [5, 5, 1, 16]
 
 
+def test_channel_shuffle_of_a_1x1_map_keeps_positions_out_of_the_channels():
+    # size-1 H and W atoms go to the size-1 dimensions of the view, not into the channels;
+    # before, ShuffleNetV2 was refused at 32 px ("chunk splits along spatial dimension 1")
+    nchw = L.fit(L.canonical(4), (2, 8, 1, 1), "t")
+    assert L.reshape(nchw, (2, 8, 1, 1), (2, 2, 4, 1, 1), "t") == (
+        (("c", 0, 2),), (("c", 0, 2),), (("c", 0, 4),), (("h", 1, 1),), (("w", 1, 1),))
+    assert L.reshape(nchw, (2, 8, 1, 1), (2, 8), "t")[1] == (("c", 0, 8), ("h", 1, 1),
+                                                           ("w", 1, 1))
+    t = receptive_field_table(Shuffle(), 1).set_index("layer")
+    assert list(t.loc["b", ["r_min", "r_max", "out_size"]]) == [5, 5, 1]
+
+
+def test_shufflenet_is_analysed_where_its_last_stage_is_1x1():
+    model = torchvision_model("shufflenet_v2_x0_5", num_classes=10)
+    t = receptive_field_table(model, 32).set_index("layer")
+    assert t.loc["conv5.0", "out_size"] == 1 and t.loc["conv5.0", "r_max"] > 32
+
+
 def test_a_reshape_that_splits_positions_is_refused_at_the_next_conv():
     class Fold(nn.Module):
         def __init__(self) -> None:
@@ -272,8 +290,6 @@ def test_space_to_depth_slices_act_like_a_strided_window():
 
 
 def test_layout_follows_maxvit_window_partition_and_back():
-    from landscape.receptive_field import layout as L
-
     nchw = L.fit(L.canonical(4), (2, 8, 14, 14), "t")
     parts = L.reshape(nchw, (2, 8, 14, 14), (2, 8, 2, 7, 2, 7), "t")
     assert parts[2:] == ((("h", 7, 2),), (("h", 1, 7),), (("w", 7, 2),), (("w", 1, 7),))

@@ -143,10 +143,17 @@ def reshape(layout: Layout, shape_in: Sequence[int], shape_out: Sequence[int],
     """Layout after ``view`` / ``reshape`` from ``shape_in`` to ``shape_out`` (row-major)."""
     atoms = [a for dim in fit(layout, shape_in, where) for a in dim]
     out: list[tuple[Atom, ...]] = []
-    for n in shape_out:
+    sizes = [int(n) for n in shape_out]
+    for i, n in enumerate(sizes):
         dim: list[Atom] = []
-        need = int(n)
-        while atoms and (need > 1 or atoms[0][2] == 1):
+        need = n
+        next_is_one = i + 1 < len(sizes) and sizes[i + 1] == 1
+        while atoms:
+            if need == 1 and (atoms[0][2] != 1 or (next_is_one and (n != 1 or dim))):
+                # a satisfied dimension keeps the size-1 atoms after it unless size-1
+                # dimensions follow: those take one each (a 1x1 map through a channel
+                # shuffle keeps H and W in their own dimensions, not in the channels)
+                break
             axis, stride, size = atoms.pop(0)
             if size <= need and need % size == 0:
                 dim.append((axis, stride, size))
