@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis.tables import format_number
@@ -56,7 +57,7 @@ def test_a_truncated_rows_csv_with_the_same_row_count_is_left_out(tmp_path):
     unit = results.stage_dir(run_dir, "train")
     rows_before = len(results.read_stage(run_dir, "train"))
     cut_last_value(unit / "rows.csv")
-    assert len(results.read_stage(run_dir, "train")) == rows_before  # parses, same count
+    assert len(pd.read_csv(unit / "rows.csv")) == rows_before  # parses, same count
     with pytest.warns(DamagedResultsWarning, match=r"1 damaged stage unit.*seed=0/stages/train"
                       r".*Running the same command again"):
         df = results.load(tmp_path)
@@ -100,6 +101,18 @@ def test_a_damaged_unit_is_not_loaded(tmp_path, damage, reason):
     assert reason in df.attrs["damaged"][0]["reason"]
     assert results.damaged(tmp_path)["reason"].str.contains(reason, regex=False).all()
     assert results.stale_reason(unit.parents[1], "train", {}) is not None
+
+
+def test_read_stage_checks_the_rows_against_done_and_clears_a_damaged_unit(tmp_path):
+    run_dir = write_unit(tmp_path, 0).parents[1]
+    assert list(results.read_stage(run_dir, "train")["value"]) == [0.5, 0.5, 0.5]
+    cut_last_value(results.stage_dir(run_dir, "train") / "rows.csv")
+    with pytest.raises(DamagedUnitError, match=r"stage unit train of .*seed=0 is damaged: its "
+                       r"rows\.csv .*Running its stage again"):
+        results.read_stage(run_dir, "train")
+    assert not results.is_done(run_dir, "train")  # the next run recomputes it
+    with pytest.raises(FileNotFoundError, match="stage train of .* is not done; run it first"):
+        results.read_stage(run_dir, "train")
 
 
 def test_an_intact_root_loads_without_warning(tmp_path):
@@ -201,8 +214,7 @@ def test_the_report_does_not_use_damaged_rows(tmp_path):
     start = text.index("test_acc,") + len("test_acc,")
     value = text[start:text.index(",", start)]
     rows.write_text(text[:start] + "1." + "0" * (len(value) - 2) + text[start + len(value):])
-    assert rows.stat().st_size == len(text) and len(results.read_stage(rows.parents[2],
-                                                                        "train")) == len(good)
+    assert rows.stat().st_size == len(text) and len(pd.read_csv(rows)) == len(good)
     with pytest.warns(DamagedResultsWarning):
         md = write_root_report(tmp_path).read_text()
     dense = md.split("### Dense training")[1].split("###")[0]

@@ -155,7 +155,24 @@ def damaged(root: str | Path) -> pd.DataFrame:
 
 
 def read_stage(run_dir: Path, stage: str) -> pd.DataFrame:
-    return _read_rows(stage_dir(run_dir, stage) / ROWS, stage)
+    """The rows of one finished stage unit of one run, after checking ``rows.csv`` against the
+    unit's DONE marker (size and sha256), as :func:`load` does for a whole root.
+    FileNotFoundError when the unit is not done; :class:`DamagedUnitError` when its rows are
+    not those the marker recorded (the unit loses its DONE marker then, so that running the
+    command again recomputes it)."""
+    done = read_done(run_dir, stage)
+    if done is None:
+        raise FileNotFoundError(f"stage {stage} of {run_dir} is not done; run it first")
+    checked = verify(stage_dir(run_dir, stage), done, hash_arrays=False)
+    why = checked.reason
+    if why is None:
+        try:
+            return _read_rows(io.BytesIO(checked.rows), stage)
+        except (ValueError, pd.errors.ParserError) as e:
+            why = f"its {ROWS} cannot be read ({e}) (damaged)"
+    clear_done(run_dir, stage)
+    raise DamagedUnitError(f"stage unit {stage} of {run_dir} is damaged: {why}. Running its stage again (the same "
+                           "command) recomputes it", why)
 
 
 def _read_rows(source: Path | io.BytesIO, unit: str) -> pd.DataFrame:
