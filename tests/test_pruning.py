@@ -17,7 +17,8 @@ from torch import nn
 
 from landscape.models import create_model
 from landscape.pruning import (
-    EmptyLayerWarning, MaskKeeper, apply_masks, compute_scores, finetune, get_criterion,
+    EmptyLayerWarning, MaskKeeper, apply_masks, classifier_layer, compute_scores, finetune,
+    get_criterion,
     import_criteria, list_criteria, prunable_parameters, prune, recalibrate_bn, select_masks,
     sparsity_report, structured_prune,
 )
@@ -158,6 +159,32 @@ def test_prunable_set_defaults_and_exclusions():
     resnet = prunable_parameters(_model("resnet18", 0.125), **both)
     assert "conv1.weight" not in resnet and "linear.weight" not in resnet
     assert "layer1.0.conv1.weight" in resnet and not any("bn" in n for n in resnet)
+
+
+class ConvHead(nn.Module):
+    """SqueezeNet's shape: no Linear, a 1x1 conv gives the class scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                                      nn.ReLU())
+        self.classifier = nn.Sequential(nn.Conv2d(8, 10, 1), nn.AdaptiveAvgPool2d(1),
+                                        nn.Flatten())
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def test_a_conv_classifier_is_the_classifier():
+    model = ConvHead()
+    assert classifier_layer(model) == "classifier.0"
+    assert classifier_layer(_model("small_cnn")) == "classifier"
+    assert list(prunable_parameters(model, exclude_classifier=True)) == [
+        "features.0.weight", "features.2.weight"]
+    pruned = structured_prune(model, 0.5, torch.randn(2, 3, 12, 12)).model
+    assert pruned.classifier[0].out_channels == 10  # its outputs (the classes) are kept
+    assert pruned.features[2].out_channels < 8 and pruned(torch.randn(1, 3, 12, 12)).shape == (
+        1, 10)
 
 
 def test_prunable_set_errors():

@@ -25,7 +25,7 @@ from landscape.pruning.criteria import (
 from landscape.pruning.finetune import FinetuneResult, MaskKeeper, finetune, recalibrate_bn
 from landscape.pruning.masks import (
     DEFAULT_INCLUDE, PRUNABLE_KINDS, LayerSparsity, SparsityReport, apply_masks, check_masks,
-    prunable_parameters, sparsity_report,
+    classifier_layer, prunable_parameters, sparsity_report,
 )
 from landscape.pruning.selection import SCOPES, EmptyLayerWarning, check_rate, select_masks
 from landscape.pruning.structured import IMPORTANCES, StructuredResult, structured_prune
@@ -67,7 +67,7 @@ def prune(
 __all__ = [
     "CRITERIA", "DEFAULT_INCLUDE", "IMPORTANCES", "PRUNABLE_KINDS", "SCOPES", "Batches",
     "Criterion", "EmptyLayerWarning", "FinetuneResult", "LayerSparsity", "MaskKeeper",
-    "SparsityReport", "StructuredResult", "apply_masks", "check_masks", "check_rate",
+    "SparsityReport", "StructuredResult", "apply_masks", "check_masks", "check_rate", "classifier_layer",
     "check_options", "compute_scores", "finetune", "get_criterion", "import_criteria",
     "list_criteria", "prunable_parameters", "prune", "recalibrate_bn", "register_criterion", "select_masks",
     "sparsity_report", "structured_prune",

@@ -16,6 +16,15 @@ PRUNABLE_KINDS = ("conv", "linear", "bias", "batchnorm")
 DEFAULT_INCLUDE = ("conv", "linear")
 
 
+def classifier_layer(model: nn.Module) -> str | None:
+    """Name of the *classifier*: the last ``nn.Linear`` or ``nn.Conv*d`` in registration order
+    (``model.named_modules()``), so a 1x1-conv head (SqueezeNet) counts as well as a Linear
+    one; None when the model has neither."""
+    layers = [n for n, m in model.named_modules()
+              if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    return layers[-1] if layers else None
+
+
 def prunable_parameters(
     model: nn.Module,
     *,
@@ -29,8 +38,8 @@ def prunable_parameters(
     ``nn.Linear``), ``"bias"`` (biases of those layers), ``"batchnorm"`` (affine weight and bias
     of ``nn.BatchNorm*d``). The *first conv* is the first ``nn.Conv*d`` in registration order
     (``model.named_modules()``); every ``landscape`` model registers its stem conv first, so this
-    is also the first conv in forward order. The *classifier* is the last ``nn.Linear`` in
-    registration order. ``exclude_*`` remove all parameters of that layer.
+    is also the first conv in forward order. The *classifier* is :func:`classifier_layer`.
+    ``exclude_*`` remove all parameters of that layer.
     """
     include = (include,) if isinstance(include, str) else tuple(include)
     unknown = sorted(set(include) - set(PRUNABLE_KINDS))
@@ -44,8 +53,8 @@ def prunable_parameters(
     excluded = set()
     if exclude_first_conv and convs:
         excluded.add(convs[0])
-    if exclude_classifier and linears:
-        excluded.add(linears[-1])
+    if exclude_classifier and classifier_layer(model) is not None:
+        excluded.add(classifier_layer(model))
 
     out: dict[str, nn.Parameter] = {}
     for mod_name, m in modules:

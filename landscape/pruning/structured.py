@@ -21,7 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from landscape.pruning.masks import DEFAULT_INCLUDE, prunable_parameters
+from landscape.pruning.masks import DEFAULT_INCLUDE, classifier_layer, prunable_parameters
 from landscape.pruning.selection import check_rate
 
 # Channel importances by name (torch-pruning's defaults: scores averaged over the group and
@@ -183,9 +183,10 @@ def _pruner(
     model: nn.Module, example_inputs: Tensor, importance: tp.importance.Importance,
     ratio: float, exclude_first_conv: bool,
 ) -> tp.pruner.BasePruner:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    head = classifier_layer(model)
     convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    ignored = linears[-1:] + (convs[:1] if exclude_first_conv else [])
+    ignored = ([model.get_submodule(head)] if head is not None else []) + (
+        convs[:1] if exclude_first_conv else [])
     return tp.pruner.BasePruner(
         model, example_inputs, importance=importance, global_pruning=True,
         pruning_ratio=ratio, ignored_layers=ignored,
