@@ -193,6 +193,18 @@ def test_a_refused_cell_job_keeps_the_submitted_array(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- skip before submit
+def test_a_sweep_of_settings_outside_the_run_identity_is_refused_not_dropped(tmp_path):
+    c = grid(tmp_path)[0]
+    epochs = dataclasses.replace(c, train=dataclasses.replace(c.train, save_epochs=[1]))
+    assert run_id(epochs) == run_id(c)  # save_epochs is no part of the identity
+    with pytest.raises(ValueError, match=r"two configs of the grid are one run \(.*seed=0\) "
+                       r"with different settings \(train\.save_epochs\).*one after another"):
+        plan_grid([c, epochs])
+    erf = dataclasses.replace(c, importance=ImportanceConfig(enabled=True))
+    with pytest.raises(ValueError, match=r"different settings \(importance\.enabled\)"):
+        plan_grid([c, erf])
+
+
 def test_plan_skips_finished_runs_and_units(tmp_path):
     cfgs = grid(tmp_path)
     plan = plan_grid(cfgs + cfgs[:1])  # a duplicate run is planned once

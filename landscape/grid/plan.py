@@ -55,6 +55,20 @@ def stale_cell_units(cfg: RunConfig) -> list[str]:
                                             seeds) is not None]
 
 
+def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
+    """Dotted names of the settings in which two run configs differ (sorted)."""
+    def flat(value: object, prefix: str = "") -> dict[str, object]:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items()
+                    for k, v in flat(item, f"{prefix}{key}.").items()} or {prefix[:-1]: {}}
+        return {prefix[:-1]: value}
+
+    fa, fb = flat(a), flat(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k, "<unset>") != fb.get(k, "<unset>"))
+
+
 @dataclass(frozen=True)
 class PendingRun:
     cfg: RunConfig
@@ -97,7 +111,18 @@ def plan_grid(cfgs: Sequence[RunConfig], *, active_jobs: dict[str, str] | None =
         raise ValueError(f"a grid must share one results_root, got {roots}")
     for c in cfgs:
         import_user_modules(c)  # user stages must be registered to know their units
-    ids = {identify(c).run_id: c for c in cfgs}
+    ids: dict[str, RunConfig] = {}
+    for c in cfgs:
+        run_id = identify(c).run_id
+        if run_id in ids and c != ids[run_id]:
+            raise ValueError(
+                f"two configs of the grid are one run ({run_id}) with different settings "
+                f"({', '.join(config_differences(ids[run_id], c))}): settings outside the run's "
+                "identity (stage settings, train.save_epochs, train.track) cannot be swept in "
+                "one submission. Submit them one after another (each adds its own stage units "
+                "to the run), or put the values in one list where the stage takes a list "
+                "(e.g. prune.rates)")
+        ids[run_id] = c
     active = active_jobs or {}
     pending, skipped = [], []
     for run_id, c in ids.items():
