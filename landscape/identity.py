@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from landscape.data.registry import dataset_info, resize_label
+from landscape.data.registry import dataset_info, native_size, resize_label
 from landscape.models import PoolSpec, build_model, resolve_pool
 from landscape.models.spec import ModelSpec, spec_of
 from landscape.models.weights import weights_digest
@@ -58,11 +58,14 @@ def identity_dict(cfg: Any, *, _prefix: str = "") -> dict[str, Any]:
 
 
 def canonical(cfg: Any) -> Any:
-    """``cfg`` with the explicit pool overrides (``model.pool_kernel/stride/padding``) set back
-    to None when together they only restate their level's preset: ``pool_level=0
-    pool_kernel=0`` and ``pool_level=0`` are one cell, as are ``pool_level=3 pool_stride=3``
-    and ``pool_level=3``. A pool that differs from the preset keeps its overrides (and its
-    hash). Configs without a pool (no ``model.pool_level``) are returned as they are."""
+    """``cfg`` with settings that only restate their default set back to None, so that one
+    cell has one hash: the data sizes (:func:`_canonical_data`), and the explicit pool
+    overrides (``model.pool_kernel/stride/padding``) when together they restate their level's
+    preset: ``pool_level=0 pool_kernel=0`` and ``pool_level=0`` are one cell, as are
+    ``pool_level=3 pool_stride=3`` and ``pool_level=3``. A pool that differs from the preset
+    keeps its overrides (and its hash). Configs without a pool (no ``model.pool_level``) keep
+    their pool settings as they are."""
+    cfg = _canonical_data(cfg)
     m = getattr(cfg, "model", None)
     names = ("pool_kernel", "pool_stride", "pool_padding")
     if m is None or not hasattr(m, "pool_level") or all(getattr(m, k) is None for k in names):
@@ -74,6 +77,21 @@ def canonical(cfg: Any) -> Any:
         return cfg  # an impossible pool: identify() says why
     return dataclasses.replace(cfg, model=dataclasses.replace(
         m, **{k: None for k in names})) if same else cfg
+
+
+def _canonical_data(cfg: Any) -> Any:
+    """``data.image_size`` equal to the dataset's native size, and ``data.object_size`` of
+    ``resize=canvas`` equal to it, set back to None (their defaults mean the native size):
+    ``data=cifar10 data.image_size=32`` is the cell of ``data=cifar10``."""
+    d = getattr(cfg, "data", None)
+    if d is None or not hasattr(d, "object_size"):
+        return cfg
+    try:
+        native = native_size(d)
+    except (KeyError, ValueError):
+        return cfg  # an unknown dataset: validation says why
+    same = {k: None for k in ("image_size", "object_size") if getattr(d, k) == native}
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, **same)) if same else cfg
 
 
 def cell_hash(cfg: Any) -> str:

@@ -4,7 +4,6 @@ data paths, their validation, and image_size / resize as identity columns of eve
 import dataclasses
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -293,6 +292,10 @@ def test_the_direct_protocol_keeps_run_names_and_another_one_names_itself():
         "small_cnn-w1-digits-s48-canvas32-pool1-")
     assert name(resize="canvas", image_size=48) != name(resize="canvas", image_size=48,
                                                         object_size=24)
+    # a size that restates the native one (digits: 32 px) is the same cell, not a new one
+    assert name(image_size=32) == name()
+    assert name(resize="canvas", image_size=48, object_size=32) == name(resize="canvas",
+                                                                        image_size=48)
 
 
 def test_the_erf_figure_draws_each_input_size_as_its_own_line():
