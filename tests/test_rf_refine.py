@@ -109,6 +109,24 @@ def test_a_proposal_is_a_model_that_runs_and_a_fully_utilised_one_needs_none():
     assert [p.row["strategy"] for p in refinement_proposals(chain(), 21)] == ["original"]
 
 
+def test_proposals_use_the_se_gates_they_are_given():
+    from torchvision.ops import SqueezeExcitation
+
+    from landscape.receptive_field.analytic import feasible_input_of
+
+    def se_chain() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), SqueezeExcitation(8, 2),
+                             nn.Conv2d(8, 8, 3, stride=2), nn.Conv2d(8, 8, 3))
+
+    seen = {}
+    for gates in ("scale", "global"):
+        (original,) = refinement_proposals(se_chain(), 16, se_gates=gates)
+        table = receptive_field_table(se_chain(), 16, se_gates=gates)
+        assert original.row["r_tilde"] == feasible_input_of(table).size
+        seen[gates] = original.row["r_tilde"]
+    assert seen["scale"] == 15 and seen["global"] != 15  # the gates change the answer
+
+
 def test_resnet18_stages_are_one_downsampling_point_each():
     props = proposals_table(refinement_proposals(external_model("torchvision:resnet18"), 96))
     changes = list(props["change"][props.strategy == "less_downsampling"])

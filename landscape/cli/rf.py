@@ -92,7 +92,7 @@ class _Analysis:
         if s.refine:
             props = proposals_table(refinement_proposals(
                 model, n, in_channels=self.info.in_channels, convention=s.convention,
-                rebuild=rebuild, width=s.model.width))
+                se_gates=s.se_gates, rebuild=rebuild, width=s.model.width))
             self.text += ([f"{label} is fully utilised at {n} px: nothing to refine", ""]
                           if len(props) == 1 else
                           [f"refinement proposals for {label} at {n} px "

@@ -87,12 +87,13 @@ class Proposal:
 
 
 def _analyse(strategy: str, change: str, model: nn.Module, n: int, in_channels: int,
-             base_params: int, convention: str, width: float | None = None,
+             base_params: int, rf: dict[str, str], width: float | None = None,
              edits: Sequence[Edit] = ()) -> Proposal:
+    """``rf``: the ``convention`` and ``se_gates`` of :func:`receptive_field_table`."""
     row: dict[str, object] = {"strategy": strategy, "change": change, "width": width}
     made = {"edits": tuple(edits), "width": width}
     try:
-        table = receptive_field_table(model, n, convention=convention)
+        table = receptive_field_table(model, n, **rf)
         cost = model_cost(model, n, in_channels)
         r = feasible_input_of(table)
     except Exception as e:  # the change broke the model: say why, keep the other proposals
@@ -166,18 +167,20 @@ def _trailing_blocks(model: nn.Module, table: pd.DataFrame, n: int, in_channels:
 
 
 def refinement_proposals(model: nn.Module, input_size: int, *, in_channels: int | None = None,
-                         convention: str = "rfa",
+                         convention: str = "rfa", se_gates: str = "scale",
                          rebuild: Callable[[float], nn.Module] | None = None,
                          width: float = 1.0, tolerance: float = 0.01) -> list[Proposal]:
     """The original model and every proposal (module doc) at ``input_size``, or the original
     alone when it is fully utilised there; ``rebuild``: the same architecture at another
-    width multiplier (``width`` = the current one) for ``shorter_wider``."""
+    width multiplier (``width`` = the current one) for ``shorter_wider``. ``convention`` and
+    ``se_gates`` are those of :func:`receptive_field_table`, for every model analysed."""
+    rf = {"convention": convention, "se_gates": se_gates}
     n = square_input_size(input_size)
     base = meta_copy(model).eval()
     if in_channels is None:
         conv = next((m for m in base.modules() if isinstance(m, nn.Conv2d)), None)
         in_channels = conv.in_channels if conv is not None else 3
-    original = _analyse("original", "-", base, n, in_channels, 1, convention,
+    original = _analyse("original", "-", base, n, in_channels, 1, rf,
                         width if rebuild is not None else None)
     if original.row.get("error"):
         raise ValueError(f"the model cannot be analysed at {n} px: {original.row['error']}")
@@ -197,22 +200,22 @@ def refinement_proposals(model: nn.Module, input_size: int, *, in_channels: int 
                                        "error": str(e)}, edits=edits))
             continue
         proposals.append(_analyse("less_downsampling", change, new, n, in_channels,
-                                  base_params, convention, edits=edits))
+                                  base_params, rf, edits=edits))
     dropped = _trailing_blocks(base, table, n, in_channels)
     if dropped:
         edits = tuple(("drop", p) for p in dropped)
         change = f"drop {', '.join(dropped)}"
         proposals.append(_analyse("shorter", change, apply_edits(copy.deepcopy(base), edits),
-                                  n, in_channels, base_params, convention, edits=edits))
+                                  n, in_channels, base_params, rf, edits=edits))
         if rebuild is not None:
             proposals.append(_shorter_wider(rebuild, width, dropped, change, n, in_channels,
-                                            base_params, convention, tolerance))
+                                            base_params, rf, tolerance))
     return proposals
 
 
 def _shorter_wider(rebuild: Callable[[float], nn.Module], width: float, dropped: list[str],
-                   change: str, n: int, in_channels: int, base_params: int, convention: str,
-                   tolerance: float) -> Proposal:
+                   change: str, n: int, in_channels: int, base_params: int,
+                   rf: dict[str, str], tolerance: float) -> Proposal:
     edits = tuple(("drop", p) for p in dropped)
 
     def shortened(w: float) -> nn.Module:
@@ -233,7 +236,7 @@ def _shorter_wider(rebuild: Callable[[float], nn.Module], width: float, dropped:
         lo, hi = (mid, hi) if params(mid) < base_params else (lo, mid)
         best = min((best, lo, hi), key=lambda w: abs(params(w) - base_params))
     return _analyse("shorter_wider", f"{change}; width {width:g} -> {best:.4g}",
-                    shortened(best), n, in_channels, base_params, convention, width=best,
+                    shortened(best), n, in_channels, base_params, rf, width=best,
                     edits=edits)
 
 
