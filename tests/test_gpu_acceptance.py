@@ -2,7 +2,6 @@
 GPU branch (budgets, exit status, GPU-hours arithmetic, memory rows) with CUDA mocked."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -12,7 +12,6 @@ from landscape.data import DataConfig, load_dataset
 from landscape.device import device_settings
 from landscape.models import create_model
 from landscape.storage import CheckpointError, load_checkpoint, save_checkpoint
-from landscape.seeds import derive_seed, seed_everything
 from landscape.train import (
     TrainConfig, make_optimizer, make_scheduler, step_milestones, train_model,
     validate_train_config,
