@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import textwrap
 from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib
@@ -100,8 +101,13 @@ def present_stages(d: pd.DataFrame, prefix: str,
     return sorted(names, key=lambda s: ("_paper_" in s, _checkpoint_rank(s), s))
 
 
-def _suptitle(fig: Figure, g: pd.DataFrame, what: str) -> None:
-    fig.suptitle(f"{grid_title(g)}\n{what}", fontsize=10)
+def _suptitle(fig: Figure, g: pd.DataFrame, what: str, fontsize: float = 10) -> None:
+    """The grid's title over ``what``, each line wrapped to the figure's width (a long one on
+    a one- or two-panel figure was cut off at both edges)."""
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.58 * fontsize)))
+    lines = [wrapped for line in f"{grid_title(g)}\n{what}".split("\n")
+             for wrapped in (textwrap.wrap(line, chars) or [""])]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
 
 
 def _plain_log_ticks(axis: Any) -> None:

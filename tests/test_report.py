@@ -102,3 +102,21 @@ def test_report_cli_on_a_results_root(tmp_path, capsys):
     assert "figures/vgg19-w1-cifar10-importance.png" in md
     with pytest.raises(SystemExit):
         report_main([str(tmp_path / "nope")])
+
+
+def test_a_long_figure_title_is_wrapped_to_the_figure_width(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from analysis.plots import _figure, _suptitle
+    from analysis.report import save_figure
+
+    fig, _ = _figure(1, 1)
+    g = to_frame(synthetic_rows(seeds=(0,)))
+    _suptitle(fig, g, "a caption far longer than one 3.8-inch panel can hold on one line "
+                      "(mean over seeds; rows: at initialisation / after training; own scale)")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    box = fig._suptitle.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # nothing cut off at the edges
+    assert fig._suptitle.get_text().count("\n") >= 3
+    save_figure(fig, tmp_path, "long")
+    assert {p.name for p in tmp_path.iterdir()} == {"long.png", "long.pdf"}
