@@ -9,7 +9,8 @@ the same ``n`` inputs split into the same batches: our minibatch estimator
 torch-cka, the same unbiased-HSIC minibatch estimator). Agreement is checked in float64 (both
 sides compute in double; torch-cka needs the default dtype set for that), then each side is
 timed in float32, each run in a fresh process that reports its peak resident memory above the
-memory it held before the computation (models, inputs and imports excluded). torch-cka fills
+memory it held before the computation (models, inputs and imports excluded; ``--quick`` runs
+the sides in its own process and reports no memory). torch-cka fills
 its rows in execution order but labels them in registration order; rows are matched by
 execution order.
 
@@ -123,16 +124,34 @@ def _in_fresh_process(fn: Callable, *args) -> dict:
             os.environ["TQDM_DISABLE"] = saved
 
 
+def _in_this_process(fn: Callable, *args) -> dict:
+    """``fn`` here, for --quick: a fresh interpreter per side costs seconds of imports each (six
+    of them took most of a minute in the test suite). Peak memory is not comparable in a
+    process that has run other things, so it is reported as nan."""
+    saved_dtype, saved_tqdm = torch.get_default_dtype(), os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return {**fn(*args), "peak_mb": float("nan")}
+    finally:
+        torch.set_default_dtype(saved_dtype)
+        if saved_tqdm is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = saved_tqdm
+
+
 def compare_torch_cka(arch: str, width: float, n: int, size: int, batch_size: int,
-                      threads: int) -> list[dict]:
-    """Part (a): rows for float64 (agreement) and float32 (time, memory) runs of both sides."""
+                      threads: int, fresh: bool = True) -> list[dict]:
+    """Part (a): rows for float64 (agreement) and float32 (time, memory) runs of both sides,
+    each side in a fresh process (``fresh``; else here, without memory figures)."""
+    run = _in_fresh_process if fresh else _in_this_process
     (m0, _), names = _models(arch, width, torch.float32)
     x = _inputs(4, size, torch.float32)
     order = execution_order(m0, names, x)
     rows, reference = [], None
     for dtype_name in ("float64", "float32"):
-        runs = {side: _in_fresh_process(_run_side, side, arch, width, n, size, batch_size,
-                                        dtype_name, threads)
+        runs = {side: run(_run_side, side, arch, width, n, size, batch_size, dtype_name,
+                          threads)
                 for side in ("forwards", "ours", "torch_cka")}
         floor, ours, theirs = runs["forwards"], runs["ours"], runs["torch_cka"]
         row = {"benchmark": "cka", "part": "a", "arch": arch, "width": width, "n": n,
@@ -281,7 +300,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                 args.batch_size, args.repeats)
     if n % batch or batch < 4:
         parser.error(f"--n ({n}) must be a multiple of --batch-size ({batch}), which must be >= 4")
-    rows = compare_torch_cka(arch, width, n, size, batch, threads)
+    rows = compare_torch_cka(arch, width, n, size, batch, threads, fresh=not args.quick)
     gemm = gemm_gflops(*((256, 1024) if args.quick else (1000, 16384)))
     sizes = [n] if args.quick else sorted({max(batch, n // 4), max(batch, n // 2), n})
     rows += [overhead(arch, width, k, size, repeats, gemm) for k in sizes]
