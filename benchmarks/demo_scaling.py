@@ -171,8 +171,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         overrides = (["model.name=resnet18", "model.pool_level=1", "seed=0",
                       "train.epochs=1", "data.train_subset=64", "prune.rates=[0.5]",
                       "hessian.k=2", "hessian.n_samples=16", "importance.n_samples=2",
-                      "cka.n_inputs=16", "imp.enabled=true", "imp.rounds=1"]
-                     if args.quick else [])  # quick: IMP too (the demo leaves it out)
+                      "cka.n_inputs=16", "imp.enabled=true", "imp.rounds=1",
+                      "hessian.trace_samples=2", "hessian.density_iter=5",
+                      "prune.path_points=3", "prune.geometry_samples=16", "slice.points_1d=5",
+                      "slice.points_2d=3", "sharpness.steps=1", "probes.pool_size=1",
+                      "connectivity.points=3", "resolution.sizes=[16]", "report=false"]
+                     if args.quick else [])  # quick: IMP too (the demo leaves it out), no report
         with tempfile.TemporaryDirectory() as tmp:
             wall, stage_rows = demo_grid(Path(tmp) / "results", overrides)
         rows.append({"benchmark": "demo_scaling", "part": "demo_grid", "wall_seconds": wall,
