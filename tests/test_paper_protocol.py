@@ -210,7 +210,7 @@ def test_paper_cifar10_dry_run_lists_every_stage_of_every_run(tmp_path, capsys):
 @pytest.mark.slow
 def test_experiment_paper_small_runs_end_to_end(tmp_path):
     env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
-    args = ["experiment=paper_small", "model.name=vgg19", "model.pool_level=1,3", "seed=0,1",
+    args = ["experiment=paper_small", "model.name=vgg19", "model.pool_level=1", "seed=0,1",
             "train.epochs=2", "data.train_subset=300", "data.test_subset=100",
             "hessian.n_samples=40", "hessian.density_iter=10",
             f"results_root={tmp_path}", "num_threads=1"]
