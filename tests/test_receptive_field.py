@@ -406,6 +406,20 @@ def test_sweep_table_levels_params_and_sizes():
     assert (df["r_min"] == df["r_max"]).all()
 
 
+def test_sweep_keeps_each_levels_model_and_table_traced_once_with_its_settings():
+    from landscape.receptive_field.sweep import rf_sweep, sweep_frame
+
+    analyses = rf_sweep("small_cnn", input_size=16, levels=(1, 3), width=TINY,
+                        convention="paper")
+    assert [a.level for a in analyses] == [1, 3]
+    for a in analyses:  # the table the CLI shows is the one the sweep row came from
+        pd.testing.assert_frame_equal(a.table, receptive_field_table(a.model, 16,
+                                                                     convention="paper"))
+        assert a.model.pool_spec.level == a.level
+    pd.testing.assert_frame_equal(sweep_frame(analyses), rf_sweep_table(
+        "small_cnn", input_size=16, levels=(1, 3), width=TINY))
+
+
 def test_sweep_levels_named_twice_are_one_row_in_their_order():
     table = rf_sweep_table("small_cnn", input_size=16, levels=(2, 1, 2, 1), width=TINY)
     assert table["level"].tolist() == [2, 1]

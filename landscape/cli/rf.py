@@ -70,7 +70,9 @@ class _Analysis:
     # -- one model ---------------------------------------------------------------------------
     def model(self, label: str, model: nn.Module, slug: str,
               rebuild: Callable[[float], nn.Module] | None = None, extra: dict | None = None,
-              show_layers: bool = True) -> None:
+              show_layers: bool = True, table: pd.DataFrame | None = None) -> None:
+        """Everything of one model; ``table``: its receptive-field table when already traced
+        (with this command's convention and se_gates)."""
         from landscape.receptive_field import receptive_field_table
         from landscape.receptive_field.analytic import feasible_input_of
         from landscape.receptive_field.cost import model_cost
@@ -81,7 +83,9 @@ class _Analysis:
         )
 
         s, n = self.sweep, self.n
-        table = receptive_field_table(model, n, se_gates=s.se_gates, convention=s.convention)
+        if table is None:
+            table = receptive_field_table(model, n, se_gates=s.se_gates,
+                                          convention=s.convention)
         cost = model_cost(model, n, self.info.in_channels)
         r_tilde = feasible_input_of(table)
         if show_layers:
@@ -126,19 +130,22 @@ class _Analysis:
     def own(self) -> None:
         from landscape.models import create_model
         from landscape.models.spec import spec_of
-        from landscape.receptive_field import format_sweep_table, rf_sweep_table
+        from landscape.receptive_field import format_sweep_table
+        from landscape.receptive_field.sweep import rf_sweep, sweep_frame
 
         s, m, info = self.sweep, self.sweep.model, self.info
         spec = spec_of(m)
         levels = list(s.levels) if s.levels is not None else [0, 1, 2, 3, 4]
         try:
-            sweep = rf_sweep_table(
+            analyses = rf_sweep(
                 m.name, input_size=self.n, levels=tuple(levels), width=m.width,
                 num_classes=self.num_classes, in_channels=info.in_channels,
                 pool_kernel=m.pool_kernel, pool_stride=m.pool_stride,
-                pool_padding=m.pool_padding, spec=spec)
+                pool_padding=m.pool_padding, spec=spec, convention=s.convention,
+                se_gates=s.se_gates)
         except ValueError as e:
             raise ValueError(f"model.* / levels={levels}: {e}") from None
+        sweep = sweep_frame(analyses)
         knobs = f", {spec.label()}" if spec.label() else ""
         self.text += [f"{m.name} (width {m.width:g}{knobs}) on {s.data.name}: {self.n}x{self.n} input, "
                       f"{info.in_channels} channel(s); r_max/r_min at the last conv layer, "
@@ -146,16 +153,17 @@ class _Analysis:
         self._add("sweep", sweep.assign(model=m.name, width=m.width, input_size=self.n))
         if not (s.layers or s.refine or s.draw or s.out):
             return
-        for level in dict.fromkeys(levels):
-            def build(width: float, level: int = level) -> nn.Module:
+        for a in analyses:
+            def build(width: float, level: int = a.level) -> nn.Module:
                 return create_model(m.name, num_classes=self.num_classes,
                                     in_channels=info.in_channels, pool_level=level,
                                     width=width, pool_kernel=m.pool_kernel,
                                     pool_stride=m.pool_stride, pool_padding=m.pool_padding,
                                     spec=spec)
 
-            self.model(f"{m.name} pool level {level}", build(m.width), f"{m.name}_pool{level}",
-                       rebuild=build, extra={"level": level}, show_layers=s.layers)
+            self.model(f"{m.name} pool level {a.level}", a.model, f"{m.name}_pool{a.level}",
+                       rebuild=build, extra={"level": a.level}, show_layers=s.layers,
+                       table=a.table)
 
     def write(self) -> list[Path]:
         from landscape.receptive_field.drawing import save_drawing

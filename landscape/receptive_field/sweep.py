@@ -1,10 +1,13 @@
-"""Receptive field of one architecture across its RF-pool levels (:func:`rf_sweep_table`)."""
+"""Receptive field of one architecture across its RF-pool levels (:func:`rf_sweep_table`;
+:func:`rf_sweep` also keeps each level's model and layer table)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import pandas as pd
+from torch import nn
 
 from landscape.models import InputTooSmallError, check_input_size, create_model
 from landscape.models.spec import ModelSpec
@@ -19,7 +22,18 @@ SWEEP_COLUMNS = (
 )
 
 
-def rf_sweep_table(
+@dataclass(frozen=True)
+class LevelAnalysis:
+    """One RF-pool level of a sweep: the model built at it, its receptive-field table and
+    its row of :func:`rf_sweep_table`."""
+
+    level: int
+    model: nn.Module
+    table: pd.DataFrame
+    row: dict[str, Any]
+
+
+def rf_sweep(
     arch: str,
     *,
     input_size: int,
@@ -31,10 +45,65 @@ def rf_sweep_table(
     pool_stride: int | None = None,
     pool_padding: int | None = None,
     spec: ModelSpec | None = None,
-) -> pd.DataFrame:
+    convention: str = "rfa",
+    se_gates: str = "scale",
+) -> list[LevelAnalysis]:
+    """Each level of ``levels`` (a repeated level once, in order) analysed once: its model,
+    its :func:`receptive_field_table` (``convention``, ``se_gates``) and its sweep row (the
+    columns of :func:`rf_sweep_table`), so that a caller that also wants the layer tables
+    traces each level once."""
+    n = square_input_size(input_size)
+    if isinstance(levels, (int, str)) or not len(levels):
+        raise ValueError(f"levels must be a non-empty sequence of pool levels, got {levels!r}")
+    out = []
+    for level in dict.fromkeys(levels):  # a level named twice is one row
+        model = create_model(
+            arch, num_classes=num_classes, in_channels=in_channels, pool_level=level,
+            width=width, pool_kernel=pool_kernel, pool_stride=pool_stride,
+            pool_padding=pool_padding, spec=spec,
+        )
+        table = receptive_field_table(model, n, convention=convention, se_gates=se_gates)
+        out.append(LevelAnalysis(level, model, table, _sweep_row(level, model, table, n)))
+    return out
+
+
+def _sweep_row(level: int, model: nn.Module, table: pd.DataFrame, n: int) -> dict[str, Any]:
+    r_tilde = feasible_input_of(table)
+    convs = table[(table["kind"] == "conv") & table["r_max"].notna()]
+    last = convs.loc[convs["r_max"] == convs["r_max"].max()].iloc[-1]  # deepest conv
+    try:
+        check_input_size(model, n)
+        fits = True
+    except InputTooSmallError:
+        fits = False
+    border = table.loc[table["border"], "layer"]
+    pool = model.pool_spec
+    return {
+        "level": level, "kernel": pool.kernel, "stride": pool.stride, "padding": pool.padding,
+        "r_max": last["r_max"], "r_min": last["r_min"],
+        "r_tilde": max(r_tilde.h, r_tilde.w),
+        "params": sum(p.numel() for p in model.parameters()),
+        "feature_size": last["out_size"] if fits else pd.NA, "fits": fits,
+        "border_layer": border.iloc[0] if len(border) else None,
+        "n_unproductive": int(table["unproductive"].sum()),
+    }
+
+
+def sweep_frame(analyses: Sequence[LevelAnalysis]) -> pd.DataFrame:
+    """The rows of :func:`rf_sweep` as the :func:`rf_sweep_table` frame."""
+    df = pd.DataFrame([a.row for a in analyses], columns=list(SWEEP_COLUMNS))
+    for col in ("level", "kernel", "stride", "padding", "r_max", "r_min", "r_tilde", "params",
+                "feature_size", "n_unproductive"):
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def rf_sweep_table(arch: str, *, input_size: int, levels: Sequence[int] = (0, 1, 2, 3, 4),
+                   **kw: Any) -> pd.DataFrame:
     """One row per RF-pool level of ``arch`` for ``input_size`` (pixels), in the order of
-    ``levels`` (a repeated level once); ``spec``: the architecture's knobs (None: the
-    paper's model).
+    ``levels`` (a repeated level once); the other keywords are those of :func:`rf_sweep`
+    (``width``, ``num_classes``, ``in_channels``, ``pool_kernel/stride/padding``, ``spec``:
+    the architecture's knobs, None: the paper's model; ``convention``, ``se_gates``).
 
     Columns: ``level``; the pool's ``kernel, stride, padding`` (kernel 0 = no pool);
     ``r_max, r_min`` at the last conv (the one with the largest r_max: a ResNet's
@@ -46,41 +115,7 @@ def rf_sweep_table(
     (no :class:`~landscape.models.InputTooSmallError`); ``border_layer``: name of the border
     layer or None; ``n_unproductive``: number of unproductive layers.
     """
-    n = square_input_size(input_size)
-    if isinstance(levels, (int, str)) or not len(levels):
-        raise ValueError(f"levels must be a non-empty sequence of pool levels, got {levels!r}")
-    rows = []
-    for level in dict.fromkeys(levels):  # a level named twice is one row
-        model = create_model(
-            arch, num_classes=num_classes, in_channels=in_channels, pool_level=level,
-            width=width, pool_kernel=pool_kernel, pool_stride=pool_stride,
-            pool_padding=pool_padding, spec=spec,
-        )
-        table = receptive_field_table(model, n)
-        r_tilde = feasible_input_of(table)
-        convs = table[(table["kind"] == "conv") & table["r_max"].notna()]
-        last = convs.loc[convs["r_max"] == convs["r_max"].max()].iloc[-1]  # deepest conv
-        try:
-            check_input_size(model, n)
-            fits = True
-        except InputTooSmallError:
-            fits = False
-        border = table.loc[table["border"], "layer"]
-        pool = model.pool_spec
-        rows.append({
-            "level": level, "kernel": pool.kernel, "stride": pool.stride, "padding": pool.padding,
-            "r_max": last["r_max"], "r_min": last["r_min"],
-            "r_tilde": max(r_tilde.h, r_tilde.w),
-            "params": sum(p.numel() for p in model.parameters()),
-            "feature_size": last["out_size"] if fits else pd.NA, "fits": fits,
-            "border_layer": border.iloc[0] if len(border) else None,
-            "n_unproductive": int(table["unproductive"].sum()),
-        })
-    df = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
-    for col in ("level", "kernel", "stride", "padding", "r_max", "r_min", "r_tilde", "params",
-                "feature_size", "n_unproductive"):
-        df[col] = df[col].astype("Int64")
-    return df
+    return sweep_frame(rf_sweep(arch, input_size=input_size, levels=levels, **kw))
 
 
 def format_sweep_table(df: pd.DataFrame) -> str:
