@@ -15,10 +15,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 SLOW_FIRST = (
     "tests/test_readme.py::test_every_readme_command_runs",
     "tests/test_paper_protocol.py::test_experiment_paper_small_runs_end_to_end",
-    "tests/test_benchmarks.py::test_demo_scaling_quick_times_every_stage_and_counts_flops",
-    "tests/test_benchmarks.py::test_cka_benchmark_quick_agrees_with_torch_cka_in_float64",
-    "tests/test_geometry.py::test_pruned_network_geometry_in_the_prune_and_finetune_units",
     "tests/test_slurm.py::test_grid_array_and_dependent_cell_job_then_resubmission_submits_nothing",
+    "tests/test_slurm.py::test_preempted_task_is_requeued_and_resumes_from_its_checkpoint",
+    "tests/test_dynamics.py::"
+    "test_experiment_dynamics_small_runs_end_to_end_and_draws_the_trajectories",
+    "tests/test_paper_protocol.py::test_paper_cifar10_dry_run_lists_every_stage_of_every_run",
+    "tests/test_geometry.py::test_pruned_network_geometry_in_the_prune_and_finetune_units",
 )
 
 
