@@ -22,8 +22,8 @@ from torch import nn
 from torchvision.ops import SqueezeExcitation, StochasticDepth, stochastic_depth
 
 from landscape.receptive_field import (
-    TABLE_COLUMNS, UnsupportedModelError, min_feasible_input, receptive_field_table,
-    torchvision_classifiers, torchvision_model,
+    TABLE_COLUMNS, UnsupportedModelError, measure_receptive_field, min_feasible_input,
+    receptive_field_table, torchvision_classifiers, torchvision_model,
 )
 from landscape.receptive_field import layout as L
 
@@ -287,6 +287,49 @@ def test_space_to_depth_slices_act_like_a_strided_window():
     conv = receptive_field_table(SpaceToDepth(conv=True), 16).set_index("layer").loc["b"]
     cols = ["r_min", "r_max", "jump", "effective_padding", "center", "out_size"]
     assert list(sliced[cols]) == list(conv[cols]) == [4, 4, 2, 1, 0.5, 8]
+
+
+class ViewSpaceToDepth(nn.Module):
+    """TResNet's stem: 4x4 blocks moved into channels with view / permute, then a 3x3 conv;
+    with ``conv=True`` a 4x4 stride-4 conv instead."""
+
+    def __init__(self, conv: bool) -> None:
+        super().__init__()
+        self.conv = conv
+        self.a = nn.Conv2d(1, 1, 1)  # a 1x1 stem: the measured RF reads its input channels
+        self.merge = nn.Conv2d(1, 16, 4, stride=4)
+        self.b = nn.Conv2d(16, 2, 3, padding=1)
+
+    def forward(self, x):
+        x = self.a(x)
+        if self.conv:
+            return self.b(self.merge(x))
+        n, c, h, w = x.size()
+        x = x.view(n, c, h // 4, 4, w // 4, 4).permute(0, 3, 5, 1, 2, 4).contiguous()
+        return self.b(x.view(n, c * 16, h // 4, w // 4))
+
+
+def test_a_space_to_depth_reshape_acts_like_a_strided_window():
+    view = receptive_field_table(ViewSpaceToDepth(conv=False), 32).set_index("layer").loc["b"]
+    conv = receptive_field_table(ViewSpaceToDepth(conv=True), 32).set_index("layer").loc["b"]
+    cols = ["r_min", "r_max", "jump", "effective_padding", "out_size"]
+    assert list(view[cols]) == list(conv[cols]) == [12, 12, 4, 4, 8]  # 4 + 2 x 4
+    measured = measure_receptive_field(ViewSpaceToDepth(conv=False), "b")
+    assert (measured.height, measured.width) == (12, 12) and not measured.clipped
+
+
+@pytest.mark.parametrize("name", ["resnest14d", "tresnet_m"])
+def test_timm_cnns_with_split_attention_or_a_space_to_depth_stem(name):
+    # refused before: ResNeSt's radix split left a size-1 batch dimension without atoms on
+    # one side of the residual add; TResNet's stem reshapes 4x4 blocks into channels
+    pytest.importorskip("timm")
+    from landscape.models.sources import timm_model
+
+    t = receptive_field_table(timm_model(name, num_classes=10), 32)
+    assert t["r_max"].notna().sum() > 20 and (t["kind"] == "conv").any()
+    if name == "tresnet_m":  # the stem's first conv sees 4x4 blocks: r = 4 + 2 x 4
+        first = t[t["kind"] == "conv"].iloc[0]
+        assert (first["r_max"], first["jump"]) == (12, 4)
 
 
 def test_layout_follows_maxvit_window_partition_and_back():

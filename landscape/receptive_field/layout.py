@@ -61,7 +61,7 @@ def norm_dim(dim: int, ndim: int, where: str) -> int:
     return int(dim) % ndim
 
 
-def _compact(dim: Sequence[Atom]) -> tuple[Atom, ...]:
+def compact(dim: Sequence[Atom]) -> tuple[Atom, ...]:
     """Drop size-1 ``c`` atoms; merge neighbouring ``c`` atoms and contiguous same-axis atoms."""
     out: list[Atom] = []
     for atom in dim:
@@ -109,7 +109,7 @@ def fit(layout: Layout, shape: Sequence[int] | None, where: str) -> Layout:
                 raise Skip(f"{where}: lost track of the spatial axes (a dimension of size {n} "
                            f"holds {dim})")
             dim = tuple(a if a[2] is not None else (a[0], a[1], n // s_prod) for a in dim)
-        out.append(_compact(dim))
+        out.append(compact(dim))
     return tuple(out)
 
 
@@ -134,7 +134,7 @@ def flatten(layout: Layout, start: int, end: int, where: str) -> Layout:
     if ndim == 0:
         return layout
     s, e = norm_dim(start, ndim, where), norm_dim(end, ndim, where)
-    merged = _compact([a for dim in layout[s:e + 1] for a in dim])
+    merged = compact([a for dim in layout[s:e + 1] for a in dim])
     return layout[:s] + (merged,) + layout[e + 1:]
 
 
@@ -169,11 +169,11 @@ def reshape(layout: Layout, shape_in: Sequence[int], shape_out: Sequence[int],
         if need != 1:
             raise Skip(f"{where} reshapes {tuple(shape_in)} to {tuple(shape_out)}: sizes "
                        "do not match")
-        out.append(_compact(dim))
+        out.append(compact(dim))
     if any(a[2] != 1 for a in atoms):
         raise Skip(f"{where} reshapes {tuple(shape_in)} to {tuple(shape_out)}: sizes do not match")
     if atoms and out:  # trailing size-1 spatial atoms stay with the last dimension
-        out[-1] = _compact(out[-1] + tuple(atoms))
+        out[-1] = compact(out[-1] + tuple(atoms))
     return tuple(out)
 
 
@@ -204,7 +204,8 @@ def opaque(layout: Layout, dim: int, where: str) -> Layout:
 
 
 def same(a: Layout, b: Layout) -> bool:
-    """Equal up to unknown sizes of non-spatial atoms."""
+    """Equal up to unknown sizes of non-spatial atoms (a dimension without spatial atoms
+    equals any other such)."""
     if len(a) != len(b):
         return False
     for da, db in zip(a, b):
@@ -213,6 +214,8 @@ def same(a: Layout, b: Layout) -> bool:
         if len(sa) != len(sb) or any(x[:2] != y[:2] or None not in (x[2], y[2]) and x[2] != y[2]
                                      for x, y in zip(sa, sb)):
             return False
+        if not sa:  # non-spatial in both: a size-1 batch (no atoms) is one of unknown size
+            continue
         if [x[0] for x in da] != [x[0] for x in db]:
             return False
     return True
