@@ -30,6 +30,9 @@ SAME_SHAPE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, n
               nn.Sigmoid, nn.Tanh, nn.Mish, nn.ELU, nn.Identity, nn.Dropout, nn.Dropout2d,
               nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 PROBE_SIZE = 224  # input size of the meta-device shape pass when no input_size is given
+# Its batch: 2, not 1, so that a reshape never mistakes the batch dimension for a size-1 map
+# (EdgeNeXt at 32 px: (B, H*W, C) with B = H*W = 1 put H and W in the batch dimension).
+PROBE_BATCH = 2
 SE_GATES = ("scale", "global")
 
 
@@ -94,22 +97,24 @@ def size_pair(input_size: Any) -> tuple[int, int] | None:
 
 def input_shape(root: nn.Module, graph: fx.Graph | None, size: tuple[int, int] | None
                 ) -> tuple[int, int, int, int]:
-    """(1, C, H, W): C from ``root.in_channels`` or the first conv of the graph / model."""
+    """(PROBE_BATCH, C, H, W): C from ``root.in_channels`` or the first conv of the graph /
+    model."""
     h, w = size if size is not None else (PROBE_SIZE, PROBE_SIZE)
     c = getattr(root, "in_channels", None)
     if isinstance(c, int):
-        return 1, c, h, w
+        return PROBE_BATCH, c, h, w
     for node in graph.nodes if graph is not None else ():
         if node.op == "call_module" and isinstance(root.get_submodule(node.target), nn.Conv2d):
             conv = root.get_submodule(node.target)
-            return 1, conv.in_channels, h, w
+            return PROBE_BATCH, conv.in_channels, h, w
         if node.op == "call_function" and node.target in (F.conv2d, torch.conv2d):
             weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
             groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
             if isinstance(weight, fx.Node) and weight.op == "get_attr":
-                return 1, int(get_attr(root, weight.target).shape[1]) * int(groups), h, w
+                return (PROBE_BATCH, int(get_attr(root, weight.target).shape[1]) * int(groups),
+                        h, w)
     conv = next((m for m in root.modules() if isinstance(m, nn.Conv2d)), None)
-    return 1, (conv.in_channels if conv is not None else 3), h, w
+    return PROBE_BATCH, (conv.in_channels if conv is not None else 3), h, w
 
 
 def float_dtype(root: nn.Module) -> torch.dtype:
