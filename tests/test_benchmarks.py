@@ -72,6 +72,16 @@ def test_rf_table_benchmark_quick_analyses_every_model_it_lists():
     assert summary["disagree"] == []
 
 
+def test_rf_table_benchmark_samples_timm_models_at_a_small_size():
+    pytest.importorskip("timm")
+    *models, summary = bench_main(["rf_table", "--quick", "--", "--source", "timm",
+                                   "--size", "32"])["rf_table"]
+    assert [r["model"] for r in models] == ["resnet18", "resnet50d", "seresnext26d_32x4d",
+                                            "efficientnet_b0"]
+    assert summary["failures"] == 0 and summary["target_met"] is None
+    assert all(r["reference"] is None for r in models)  # the references are torchvision's
+
+
 def test_trainer_and_minimal_loop_compute_the_same_weights():
     (row,) = bench_main(["train_overhead", "--quick"])["train_overhead"]
     assert row["same"] is True and row["ratio"] > 0 and 0 <= row["data_loading_share"]
