@@ -160,3 +160,14 @@ def test_a_corrupted_or_truncated_cifar_batch_is_named(tmp_path):
     batch.write_bytes(batch.read_bytes()[:100])  # truncated
     with pytest.raises(DatasetNotFoundError, match=r"data_batch_3 cannot be read .*truncated"):
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path), verify_md5=False))
+
+
+def test_cifar10_holdout_is_checked_against_the_trees_own_training_images(tmp_path):
+    from landscape.data.registry import check_dataset
+
+    make_cifar10_tree(tmp_path, per_batch=4)  # 5 batches: 20 training images, not 50,000
+    cfg = DataConfig(name="cifar10", root=str(tmp_path), verify_md5=False, holdout=20)
+    with pytest.raises(ValueError, match=r"data.holdout=20 leaves no training images \(the "
+                       r"training split has 20\)"):
+        check_dataset(cfg)
+    check_dataset(DataConfig(name="cifar10", root=str(tmp_path), verify_md5=False, holdout=19))

@@ -193,9 +193,23 @@ def _check_cifar10(cfg: DataConfig) -> None:
         _check_cifar10_files(root, cfg.verify_md5)
 
 
+def _cifar10_train_size(cfg: DataConfig) -> int:
+    """50,000 for the published files (``data.verify_md5`` checked them) or before a
+    download; else the images of the tree's own training batches; cut by data.train_subset."""
+    root = Path(cfg.root).expanduser() / CIFAR10.base_folder
+    paths = [root / name for name, _ in CIFAR10.train_list]
+    total = 50_000
+    if not cfg.verify_md5 and all(p.is_file() for p in paths):
+        total = 0
+        for path in paths:
+            with open(path, "rb") as f:
+                total += len(pickle.load(f, encoding="latin1")["labels"])
+    return min(total, cfg.train_subset or total)
+
+
 @register_dataset("cifar10", image_size=32, in_channels=3, num_classes=10, check=_check_cifar10,
                   folder=lambda cfg: Path(cfg.root).expanduser() / CIFAR10.base_folder,
-                  train_size=_subset_size(50_000))
+                  train_size=_cifar10_train_size)
 def cifar10(cfg: DataConfig) -> DatasetBundle:
     """CIFAR-10 from ``<root>/cifar-10-batches-py`` (torchvision's layout)."""
     root = Path(cfg.root).expanduser()
