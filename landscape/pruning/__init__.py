@@ -67,8 +67,8 @@ def prune(
 __all__ = [
     "CRITERIA", "DEFAULT_INCLUDE", "IMPORTANCES", "PRUNABLE_KINDS", "SCOPES", "Batches",
     "Criterion", "EmptyLayerWarning", "FinetuneResult", "LayerSparsity", "MaskKeeper",
-    "SparsityReport", "StructuredResult", "apply_masks", "check_masks", "check_rate", "classifier_layer",
-    "check_options", "compute_scores", "finetune", "get_criterion", "import_criteria",
-    "list_criteria", "prunable_parameters", "prune", "recalibrate_bn", "register_criterion", "select_masks",
-    "sparsity_report", "structured_prune",
+    "SparsityReport", "StructuredResult", "apply_masks", "check_masks", "check_rate",
+    "check_options", "classifier_layer", "compute_scores", "finetune", "get_criterion",
+    "import_criteria", "list_criteria", "prunable_parameters", "prune", "recalibrate_bn",
+    "register_criterion", "select_masks", "sparsity_report", "structured_prune",
 ]
