@@ -136,8 +136,13 @@ def _execute(stage: Stage, config: Any, unit: Unit, ctx: RunResources, out_dir: 
     it is never marked done with rows of other settings."""
     lock = results.try_lock(out_dir, unit.name)
     if isinstance(lock, str):
-        log.warning("%s: %s is being computed by %s; skipping it here", ctx.identity.run_id,
-                    unit.name, lock)
+        # a cell unit (the cell's receptive field) is shared by the cell's seeds: when they
+        # run side by side one of them computes it, as intended; a run unit held elsewhere
+        # means two processes started the same run
+        shared = out_dir == ctx.paths.cell_stages
+        log.log(logging.INFO if shared else logging.WARNING,
+                "%s: %s is being computed by %s%s; skipping it here", ctx.identity.run_id,
+                unit.name, lock, " (another run of this cell)" if shared else "")
         return None
     with lock:
         if _why(stage, config, unit, out_dir, ctx.paths, (info or {}).get("seeds")) is None:

@@ -215,6 +215,25 @@ def test_a_unit_locked_by_a_live_process_is_skipped_and_a_dead_holder_frees_it(t
     assert not (run_dir / "stages" / "train" / results.LOCK).exists()
 
 
+def test_a_cell_unit_held_by_another_seed_is_skipped_without_a_warning(tmp_path, caplog):
+    cfg = tiny(tmp_path)
+    pipeline.validate(cfg)
+    cell_stages = results.run_paths(tmp_path, pipeline.identify(cfg).cell_name).cell_stages
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(cell_stages),
+                               "receptive_field"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with caplog.at_level("INFO", logger="landscape"):
+            summary = pipeline.run(cfg)
+        assert "receptive_field" not in summary.ran and "train" in summary.ran
+        (record,) = [r for r in caplog.records if "is being computed by" in r.getMessage()]
+        assert record.levelname == "INFO" and "(another run of this cell)" in record.getMessage()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_two_concurrent_starts_compute_each_unit_once(tmp_path):
     args = ["run_main", "model=small_cnn", "model.width=0.25", "data=synthetic",
             "data.image_size=8", "data.train_subset=256", "train.epochs=20", "device=cpu",
