@@ -2,10 +2,9 @@
 
 ``run(cfg)``: validate everything before any file is written; then the cell-level stages that
 need no training (the receptive field, once per cell), then the run-level stages in registry
-order. ``run_cell(root, cell)``: the cell-level stages that need trained seeds (CKA), over
-the seeds whose training finished. A unit is skipped when it is done with the current settings
-(and seeds), and computed under its lock otherwise. This module knows no stage by name.
-"""
+order. ``run_cell(root, cell)``: the cell-level stages that need trained seeds (CKA), over the
+seeds whose training finished. A unit is skipped when it is done with the current settings (and
+seeds), and computed under its lock otherwise. This module knows no stage by name."""
 
 from __future__ import annotations
 
@@ -131,18 +130,16 @@ def _execute(stage: Stage, config: Any, unit: Unit, ctx: RunResources, out_dir: 
              why: str, info: Optional[dict] = None) -> Optional[str]:
     """Run one unit under its lock, add the identity columns, write rows + arrays + DONE (or
     FAILED); the unit's status, or None when it was not computed here: another live process
-    holds its lock, or finished it while we waited for the lock.
-    A unit recomputed because its settings or seeds changed loses its DONE marker first, so
-    it is never marked done with rows of other settings."""
+    holds its lock (expected for a cell unit, which the cell's seeds share: logged at INFO;
+    a warning for a run unit), or finished it while we waited for the lock. A unit recomputed
+    because its settings or seeds changed loses its DONE marker first, so it is never marked
+    done with rows of other settings."""
     lock = results.try_lock(out_dir, unit.name)
     if isinstance(lock, str):
-        # a cell unit (the cell's receptive field) is shared by the cell's seeds: when they
-        # run side by side one of them computes it, as intended; a run unit held elsewhere
-        # means two processes started the same run
         shared = out_dir == ctx.paths.cell_stages
-        log.log(logging.INFO if shared else logging.WARNING,
-                "%s: %s is being computed by %s%s; skipping it here", ctx.identity.run_id,
-                unit.name, lock, " (another run of this cell)" if shared else "")
+        log.log(logging.INFO if shared else logging.WARNING, "%s: %s is being computed by %s%s; "
+                "skipping it here", ctx.identity.run_id, unit.name, lock,
+                " (another run of this cell)" if shared else "")
         return None
     with lock:
         if _why(stage, config, unit, out_dir, ctx.paths, (info or {}).get("seeds")) is None:
@@ -173,8 +170,7 @@ def _compute(stage: Stage, config: Any, unit: Unit, ctx: RunResources, out_dir: 
                             [{**identity, "stage": stage.name, **at, **r, "unit": unit.name}
                              for r in out.rows],
                             status=status, arrays=out.arrays,
-                            info={"seconds": time.perf_counter() - t0, **unit.params,
-                                  **info})
+                            info={"seconds": time.perf_counter() - t0, **unit.params, **info})
     except Exception:
         results.write_failure(out_dir, unit.name, traceback.format_exc())
         raise
@@ -299,7 +295,6 @@ def run_cell(root: str | Path, cell: str, *, overrides: Optional[RunConfig] = No
     return summary
 
 
-def run_cells(root: str | Path, *, overrides: Optional[RunConfig] = None
-              ) -> list[CellSummary]:
+def run_cells(root: str | Path, *, overrides: Optional[RunConfig] = None) -> list[CellSummary]:
     """:func:`run_cell` for every cell folder under ``root``."""
     return [run_cell(root, cell, overrides=overrides) for cell in results.cell_names(root)]
