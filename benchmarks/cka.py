@@ -30,6 +30,7 @@ each) vs ``layerwise_cka_pairs`` (one forward and one Gram set per seed); same m
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import statistics
@@ -110,13 +111,13 @@ def _run_side(side: str, arch: str, width: float, n: int, size: int, batch_size:
     return {"matrix": matrix, "labels": labels, "seconds": seconds, "peak_mb": peak_mb}
 
 
-def _in_fresh_process(fn: Callable, *args) -> dict:
-    ctx = multiprocessing.get_context("spawn")
+@contextlib.contextmanager
+def _no_tqdm():
+    """TQDM_DISABLE=1 while inside (inherited by a child): torch-cka always draws a bar."""
     saved = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # inherited by the child: torch-cka always draws a bar
+    os.environ["TQDM_DISABLE"] = "1"
     try:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            return pool.submit(fn, *args).result()
+        yield
     finally:
         if saved is None:
             del os.environ["TQDM_DISABLE"]
@@ -124,20 +125,23 @@ def _in_fresh_process(fn: Callable, *args) -> dict:
             os.environ["TQDM_DISABLE"] = saved
 
 
+def _in_fresh_process(fn: Callable, *args) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    with _no_tqdm(), concurrent.futures.ProcessPoolExecutor(max_workers=1,
+                                                            mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def _in_this_process(fn: Callable, *args) -> dict:
     """``fn`` here, for --quick: a fresh interpreter per side costs seconds of imports each (six
     of them took most of a minute in the test suite). Peak memory is not comparable in a
     process that has run other things, so it is reported as nan."""
-    saved_dtype, saved_tqdm = torch.get_default_dtype(), os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    saved_dtype = torch.get_default_dtype()
     try:
-        return {**fn(*args), "peak_mb": float("nan")}
+        with _no_tqdm():
+            return {**fn(*args), "peak_mb": float("nan")}
     finally:
         torch.set_default_dtype(saved_dtype)
-        if saved_tqdm is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = saved_tqdm
 
 
 def compare_torch_cka(arch: str, width: float, n: int, size: int, batch_size: int,

@@ -53,8 +53,9 @@ def prunable_parameters(
     excluded = set()
     if exclude_first_conv and convs:
         excluded.add(convs[0])
-    if exclude_classifier and classifier_layer(model) is not None:
-        excluded.add(classifier_layer(model))
+    head = classifier_layer(model) if exclude_classifier else None
+    if head is not None:
+        excluded.add(head)
 
     out: dict[str, nn.Parameter] = {}
     for mod_name, m in modules:

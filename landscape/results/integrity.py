@@ -29,6 +29,12 @@ class DamagedUnitError(RuntimeError):
         self.reason = reason
 
 
+def damage_error(label: str, reason: str) -> DamagedUnitError:
+    """The error for ``label`` (e.g. "stage unit prune of <run>") damaged for ``reason``."""
+    return DamagedUnitError(f"{label} is damaged: {reason}. Running its stage again (the same "
+                            "command) recomputes it", reason)
+
+
 def is_done(run_dir: Path, stage: str) -> bool:
     return (stage_dir(run_dir, stage) / DONE).is_file()
 

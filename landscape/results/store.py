@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from landscape.results.integrity import (
-    FILES, DamagedUnitError, fingerprint, read_done, unit_damage, verify,
+    FILES, DamagedUnitError, damage_error, fingerprint, read_done, unit_damage, verify,
 )
 from landscape.results.layout import (
     ARRAYS, CELL_DIR, DONE, FAILED, ROWS, results_folder, stage_dir,
@@ -155,24 +155,28 @@ def damaged(root: str | Path) -> pd.DataFrame:
 
 
 def read_stage(run_dir: Path, stage: str) -> pd.DataFrame:
-    """The rows of one finished stage unit of one run, after checking ``rows.csv`` against the
-    unit's DONE marker (size and sha256), as :func:`load` does for a whole root.
-    FileNotFoundError when the unit is not done; :class:`DamagedUnitError` when its rows are
-    not those the marker recorded (the unit loses its DONE marker then, so that running the
-    command again recomputes it)."""
+    """The rows of one finished stage unit of one run, checked against its DONE marker as in
+    :func:`load`. FileNotFoundError when it is not done; :class:`DamagedUnitError` when its rows
+    are not those recorded (it loses its DONE marker then: the same command recomputes it)."""
     done = read_done(run_dir, stage)
     if done is None:
         raise FileNotFoundError(f"stage {stage} of {run_dir} is not done; run it first")
-    checked = verify(stage_dir(run_dir, stage), done, hash_arrays=False)
-    why = checked.reason
+    rows, why = _verified_rows(stage_dir(run_dir, stage), done, stage)
     if why is None:
-        try:
-            return _read_rows(io.BytesIO(checked.rows), stage)
-        except (ValueError, pd.errors.ParserError) as e:
-            why = f"its {ROWS} cannot be read ({e}) (damaged)"
+        return rows
     clear_done(run_dir, stage)
-    raise DamagedUnitError(f"stage unit {stage} of {run_dir} is damaged: {why}. Running its stage again (the same "
-                           "command) recomputes it", why)
+    raise damage_error(f"stage unit {stage} of {run_dir}", why)
+
+
+def _verified_rows(unit_dir: Path, done: Mapping[str, Any], unit: str) -> tuple[Any, Any]:
+    """(rows, None) when rows.csv verifies against DONE (arrays.npz by size), else (None, why)."""
+    checked = verify(unit_dir, done, hash_arrays=False)
+    if checked.reason is not None:
+        return None, checked.reason
+    try:
+        return _read_rows(io.BytesIO(checked.rows), unit), None
+    except (ValueError, pd.errors.ParserError) as e:
+        return None, f"its {ROWS} cannot be read ({e}) (damaged)"
 
 
 def _read_rows(source: Path | io.BytesIO, unit: str) -> pd.DataFrame:
@@ -216,13 +220,9 @@ def load(root: str | Path) -> pd.DataFrame:
         done = read_done(out_dir, unit)
         if done is None:  # recomputed since we listed it
             continue
-        checked = verify(stage_dir(out_dir, unit), done, hash_arrays=False)
-        why = checked.reason
-        if why is None and checked.rows is not None:
-            try:
-                frames.append(_read_rows(io.BytesIO(checked.rows), unit))
-            except (ValueError, pd.errors.ParserError) as e:
-                why = f"its {ROWS} cannot be read ({e}) (damaged)"
+        rows, why = _verified_rows(stage_dir(out_dir, unit), done, unit)
+        if rows is not None:
+            frames.append(rows)
         if why:
             bad.append({"unit": stage_dir(out_dir, unit).relative_to(root).as_posix(),
                         "reason": why})
@@ -238,9 +238,7 @@ def _arrays(unit_dir: Path, done: Mapping[str, Any], label: str) -> dict[str, np
     :class:`DamagedUnitError` naming ``label`` when its files are damaged."""
     checked = verify(unit_dir, done)
     if checked.reason:
-        raise DamagedUnitError(
-            f"{label} is damaged: {checked.reason}. Running its stage again (the same command) "
-            "recomputes it", checked.reason)
+        raise damage_error(label, checked.reason)
     path = unit_dir / ARRAYS
     if checked.arrays is None and not path.is_file():
         return None
