@@ -16,11 +16,12 @@ from torch.func import functional_call
 
 import landscape.hessian.operator as operator_module
 from landscape.hessian import (
-    HVP_METHODS, HessianOperator, SolverOptions, hessian_trace, hutchinson_trace, lanczos_top_k,
+    HVP_METHODS, HessianOperator, NoSecondDerivativeError, SolverOptions, hessian_trace, hutchinson_trace, lanczos_top_k,
     lanczos_tridiagonal, quadrature, recalibrated_buffers, scipy_top_k, slq_density,
     solver_options, spectral_density, top_eigenvalues,
 )
 from landscape.hessian.lanczos import random_unit
+from landscape.hessian.operator import TwiceDifferentiable
 from landscape.models import create_model
 from landscape.registry import UnknownNameError
 
@@ -580,3 +581,74 @@ def test_bad_inputs_raise_clear_errors(dense):
         slq_density(lambda v: v, 5, n_runs=1, n_iter=2).density(np.zeros(3), sigma=0.0)
     with pytest.raises(ValueError, match="backend 'scipy' needs k < dim"):
         scipy_top_k(lambda v: v, 4, 4)
+
+
+# ---------------------------------------------------------------- ops without double backward
+
+
+class HardGate(nn.Module):
+    """conv -> ReLU -> squeeze-and-excitation gate with nn.Hardsigmoid (MobileNetV3's) ->
+    F.hardsigmoid on the pooled features -> linear: torch has no derivative of
+    hardsigmoid's backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.se = nn.Linear(4, 4)
+        self.gate = nn.Hardsigmoid()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv(x))
+        h = h * self.gate(self.se(h.mean((2, 3))))[:, :, None, None]
+        return self.fc(F.hardsigmoid(h.mean((2, 3)) * 4 - 1))
+
+
+def hard_gate_model() -> HardGate:
+    torch.manual_seed(3)
+    return HardGate().double()
+
+
+@pytest.mark.parametrize("method", HVP_METHODS)
+def test_hardsigmoid_models_get_hvps_equal_to_gradient_differences(method):
+    """The hardsigmoid backward has no derivative in torch; the operator evaluates it as
+    clamp(x + 3, 0, 6) / 6. Oracle: central differences of the gradient computed with torch's
+    own hardsigmoid (its first derivative exists)."""
+    model, (x, y) = hard_gate_model(), tiny_data()
+    with pytest.raises(RuntimeError, match="hardsigmoid_backward is not implemented"):
+        g = torch.autograd.grad(LOSS(model(x), y), list(model.parameters()), create_graph=True)
+        torch.autograd.grad(sum(gi.sum() for gi in g), list(model.parameters()))
+    op = HessianOperator(model, LOSS, uneven_batches(x, y), method=method)
+    theta = op.parameters_vector()
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    v /= v.norm()
+    eps = 1e-6
+    fd = (op.gradient(theta + eps * v) - op.gradient(theta - eps * v)) / (2 * eps)
+    hv = op(v)
+    assert hv.abs().max() > 1e-3  # the gates are not all saturated: a real curvature test
+    torch.testing.assert_close(hv, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_hardsigmoid_substitute_is_bit_identical_and_pyhessian_runs_through_it():
+    x = torch.linspace(-8, 8, 100_001)
+    with TwiceDifferentiable():
+        sub = F.hardsigmoid(x.clone(), inplace=True)
+    assert torch.equal(sub, F.hardsigmoid(x))
+    model, (x, y) = hard_gate_model(), tiny_data()
+    op = HessianOperator(model, LOSS, [(x, y)])
+    ours = top_eigenvalues(op, 1, which="LM", tol=1e-8).eigenvalues[0]
+    theirs = top_eigenvalues(op, 1, which="LM", backend="pyhessian").eigenvalues[0]
+    assert theirs == pytest.approx(ours, rel=1e-2)
+
+
+def test_an_op_without_second_derivative_is_one_clear_error(monkeypatch):
+    """Without the substitute, torch's own error becomes NoSecondDerivativeError naming it."""
+    monkeypatch.setattr(TwiceDifferentiable, "__torch_function__",
+                        lambda self, func, types, args=(), kwargs=None: func(*args,
+                                                                              **(kwargs or {})))
+    model, (x, y) = hard_gate_model(), tiny_data()
+    op = HessianOperator(model, LOSS, [(x, y)])
+    with pytest.raises(NoSecondDerivativeError,
+                       match=r"^the model has an op without a second derivative in torch "
+                             r"\(derivative for aten::hardsigmoid_backward is not implemented\)"):
+        op(torch.ones(op.dim, dtype=torch.float64))

@@ -18,7 +18,8 @@ from landscape.hessian.masked import (
     BlockCurvature, MaskedOperator, block_curvature, default_blocks,
 )
 from landscape.hessian.operator import (
-    BN_MODES, HVP_METHODS, HessianOperator, recalibrated_buffers, select_parameters,
+    BN_MODES, HVP_METHODS, HessianOperator, NoSecondDerivativeError, recalibrated_buffers,
+    select_parameters,
 )
 from landscape.hessian.options import SolverOptions, solver_options
 from landscape.hessian.spectrum import (
@@ -27,7 +28,7 @@ from landscape.hessian.spectrum import (
 
 __all__ = [
     "BN_MODES", "EIGEN_BACKENDS", "HVP_METHODS", "BlockCurvature", "DensityResult",
-    "HessianOperator", "MaskedOperator", "SolverOptions", "TopEigenResult", "TraceResult",
+    "HessianOperator", "MaskedOperator", "NoSecondDerivativeError", "SolverOptions", "TopEigenResult", "TraceResult",
     "Tridiagonal", "block_curvature", "default_blocks", "hessian_trace",
     "hutchinson_trace", "lanczos_quadrature", "lanczos_top_k", "lanczos_tridiagonal",
     "list_backends", "paper_spectrum",

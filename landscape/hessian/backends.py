@@ -19,7 +19,7 @@ import torch
 from landscape.hessian.lanczos import (
     MatVec, TopEigenResult, check_k, default_ncv, lanczos_top_k, random_unit, rayleigh_residuals,
 )
-from landscape.hessian.operator import HessianOperator
+from landscape.hessian.operator import HessianOperator, second_derivatives
 from landscape.hessian.options import SolverOptions, solver_options
 from landscape.registry import Registry
 
@@ -147,16 +147,17 @@ def pyhessian_top_k(
         torch.manual_seed(opts.seed)
         try:
             torch.set_default_dtype(op.dtype)  # pyhessian allocates vectors in the default dtype
-            engine = PyHessian(model, op.loss_fn, dataloader=op.batches,
-                               cuda=op.device.type == "cuda")
-            inner = engine.dataloader_hv_product
+            with second_derivatives():  # F.hardsigmoid as in our operator
+                engine = PyHessian(model, op.loss_fn, dataloader=op.batches,
+                                   cuda=op.device.type == "cuda")
+                inner = engine.dataloader_hv_product
 
-            def counted(v):
-                count[0] += 1
-                return inner(v)
+                def counted(v):
+                    count[0] += 1
+                    return inner(v)
 
-            engine.dataloader_hv_product = counted
-            values, vectors = engine.eigenvalues(top_n=k)
+                engine.dataloader_hv_product = counted
+                values, vectors = engine.eigenvalues(top_n=k)
         finally:
             torch.set_default_dtype(old_dtype)
     order = np.argsort(-np.asarray(values), kind="stable")

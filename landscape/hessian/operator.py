@@ -8,6 +8,12 @@ the mean over all ``N`` examples (an uneven last batch is weighted exactly). No 
 The caller's model is never changed: parameters and buffers are read once (shared storage, no
 copy on the same device) and passed to :func:`torch.func.functional_call`; train/eval flags and
 BatchNorm settings are set for the duration of each call and restored in ``finally``.
+
+An op whose backward torch cannot differentiate again has no Hessian-vector product. The one
+such activation in torch's zoo, ``F.hardsigmoid`` (MobileNetV3's squeeze-and-excitation gate),
+is evaluated as ``clamp(x + 3, 0, 6) / 6`` while the operator runs (:class:`TwiceDifferentiable`:
+bit-identical values, the same first derivative, and second derivative 0 wherever it exists, as
+for ReLU); any other raises :class:`NoSecondDerivativeError` naming the op.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
+from torch.overrides import TorchFunctionMode
 from torch.nn.modules.batchnorm import _BatchNorm
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -31,6 +39,40 @@ HVP_METHODS = ("forward_over_reverse", "reverse_over_reverse")
 # 0.18 s vs 0.27 s per HVP; torch.func adds per-call overhead). Forward-over-reverse may win
 # on GPU.
 DEFAULT_HVP_METHOD = "reverse_over_reverse"
+
+
+class NoSecondDerivativeError(ValueError):
+    """The model uses an op whose backward torch cannot differentiate (no Hessian-vector
+    products)."""
+
+
+class TwiceDifferentiable(TorchFunctionMode):
+    """Within this mode ``F.hardsigmoid`` (whose backward has no derivative in torch) is computed
+    as ``clamp(x + 3, 0, 6) / 6``: the same values bit for bit (float32 and float64), the same
+    gradient, and a second derivative (0 off the kinks at -3 and 3). ``inplace`` is dropped:
+    the result is a new tensor, so an autograd graph through it stays valid."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is F.hardsigmoid:
+            return (args[0] + 3).clamp(0, 6) / 6
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def second_derivatives(what: str = "the model") -> Iterator[None]:
+    """Run the block under :class:`TwiceDifferentiable`; torch's "derivative for <op> is not
+    implemented" becomes :class:`NoSecondDerivativeError` naming the op and ``what``."""
+    try:
+        with TwiceDifferentiable():
+            yield
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        if "derivative for" not in first or "not implemented" not in first:
+            raise
+        raise NoSecondDerivativeError(
+            f"{what} has an op without a second derivative in torch ({first}); Hessian-vector "
+            "products need one") from None
 
 
 def check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
@@ -203,7 +245,7 @@ class HessianOperator:
         tangents = self.unflatten(vector.to(device=self.device, dtype=self.dtype))
         total = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         hvp = self._hvp_forward if self.method == "forward_over_reverse" else self._hvp_reverse
-        with model_mode(self.model, self.bn_mode):
+        with model_mode(self.model, self.bn_mode), second_derivatives():
             for x, y in self.batches:
                 total.add_(self.flatten(hvp(tangents, x, y)), alpha=len(x) / self.num_examples)
         self.num_hvp += 1

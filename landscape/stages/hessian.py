@@ -27,8 +27,8 @@ import numpy as np
 from torch.nn import functional as F
 
 from landscape.hessian import (
-    BN_MODES, EIGEN_BACKENDS, DensityResult, HessianOperator, SolverOptions, hessian_trace,
-    paper_spectrum, spectral_density, top_eigenvalues,
+    BN_MODES, EIGEN_BACKENDS, DensityResult, HessianOperator, NoSecondDerivativeError,
+    SolverOptions, hessian_trace, paper_spectrum, spectral_density, top_eigenvalues,
 )
 from landscape.identity import RunIdentity
 from landscape.seeds import HESSIAN, HESSIAN_DATA, stream_seed
@@ -132,12 +132,8 @@ class HessianStage(Stage):
                 f"n_samples={op.num_examples}; batch_size={c.batch_size}; augment={c.augment}")
         try:
             rows, extra, arrays = _rows(ctx, c, op, seed)
-        except RuntimeError as e:
-            if "derivative for" not in str(e) or "not implemented" not in str(e):
-                raise
-            raise ValueError(f"hessian: {ctx.identity.arch} has an op without a second "
-                             f"derivative in torch ({str(e).splitlines()[0]}); Hessian-vector "
-                             "products need one") from None
+        except NoSecondDerivativeError as e:
+            raise NoSecondDerivativeError(f"hessian: {ctx.identity.arch}: {e}") from None
         note += extra
         rows.append({"metric": "hessian_seconds", "value": time.perf_counter() - t0})
         return Output([{"stage": unit.name, "protocol": c.protocol, "note": note, **r}
