@@ -18,7 +18,9 @@ from typing import Any, Callable, Mapping, Sequence
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
@@ -103,10 +105,23 @@ def present_stages(d: pd.DataFrame, prefix: str,
 
 def _suptitle(fig: Figure, g: pd.DataFrame, what: str, fontsize: float = 10) -> None:
     """The grid's title over ``what``, each line wrapped to the figure's width (a long one on
-    a one- or two-panel figure was cut off at both edges)."""
-    chars = max(20, int(fig.get_figwidth() * 72 / (0.58 * fontsize)))
-    lines = [wrapped for line in f"{grid_title(g)}\n{what}".split("\n")
-             for wrapped in (textwrap.wrap(line, chars) or [""])]
+    a one- or two-panel figure was cut off at both edges): as few lines as fit, by the text's
+    width measured in the current font."""
+    renderer = RendererAgg(1, 1, 72)  # 72 dpi: widths in points
+    font = FontProperties(size=fontsize)
+    room = 0.95 * fig.get_figwidth() * 72
+
+    def fits(chars: int, line: str) -> bool:
+        return all(renderer.get_text_width_height_descent(part, font, ismath=False)[0] <= room
+                   for part in textwrap.wrap(line, chars))
+
+    lines = []
+    for line in f"{grid_title(g)}\n{what}".split("\n"):
+        lo, hi = 10, max(10, len(line))  # the widest wrap that fits: binary search on chars
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid, line) else (lo, mid - 1)
+        lines += textwrap.wrap(line, lo) or [""]
     fig.suptitle("\n".join(lines), fontsize=fontsize)
 
 
@@ -311,9 +326,11 @@ def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None
                 continue
             if len({m.shape for m in ms}) != 1:
                 raise ValueError(f"importance maps of {cell} ({st}) differ in shape")
-            im = ax.imshow(np.mean(ms, axis=0), cmap="magma", origin="upper")
+            shown, power = _decade_scaled(np.mean(ms, axis=0))
+            im = ax.imshow(shown, cmap="magma", origin="upper")
+            bar = "|∂ out / ∂ pixel|" if j == len(levels) - 1 else ""
             fig.colorbar(im, ax=ax, shrink=0.8,
-                         label="|∂ out / ∂ pixel|" if j == len(levels) - 1 else None)
+                         label=f"{bar} (× 1e{power})".lstrip() if power else bar or None)
             mx = select(g, stage=st, cell=cell, metric="importance_max")["value"]
             ax.set_title(f"{label}\nmean max = "
                          + (f"{mx.mean():.3g} (n={mx.size})" if mx.size else "missing"))
@@ -324,6 +341,17 @@ def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None
     _suptitle(fig, g, f"projected-gradient importance maps (mean map over seeds; rows: {rows}; "
                       "own colour scale per panel)")
     return fig
+
+
+def _decade_scaled(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(values / 10**p, p)`` with p the decade of the largest magnitude when it is below
+    1e-2 or at least 1e4 (else p = 0): the colour bar then states the factor in its label
+    instead of an offset text above it, which collides with the panel's title."""
+    top = float(np.nanmax(np.abs(values))) if values.size else 0.0
+    if not np.isfinite(top) or top == 0 or 1e-2 <= top < 1e4:
+        return values, 0
+    power = int(np.floor(np.log10(top)))
+    return values / 10.0 ** power, power
 
 
 @_styled

@@ -341,6 +341,23 @@ def test_cka_importance_pruning_and_rf_figures(df):
     assert _lines(ax) == 3 and ax.get_lines()[-1].get_ydata()[0] == 32
 
 
+def test_importance_colour_bars_state_their_decade_instead_of_an_offset_over_the_title(df):
+    arrays = {"importance_init": {f"{cell(lv)}/seed=0": {"mean_map": np.full((4, 4), 3e-7 * lv)}
+                                  for lv in LEVELS}}
+    fig = plots.importance_maps(df, arrays)
+    fig.canvas.draw()
+    maps = [a for a in fig.get_axes() if a.get_images()]
+    bars = [a for a in fig.get_axes() if a not in maps]
+    assert np.asarray(maps[-1].get_images()[0].get_array()).max() == pytest.approx(6.0)
+    assert [m.get_title().split("\n")[0] for m in maps] == ["RF 181 px (pool 1)",
+                                                             "RF 359 px (pool 2)"]
+    assert bars[-1].get_ylabel() == "|∂ out / ∂ pixel| (× 1e-7)"
+    assert all(b.yaxis.get_offset_text().get_text() == "" for b in bars)
+    assert plots._decade_scaled(np.array([0.5, 2e3]))[1] == 0
+    assert plots._decade_scaled(np.array([-4e5]))[1] == 5
+    assert plots._decade_scaled(np.zeros(3))[1] == 0
+
+
 def test_plots_return_none_without_data_and_reject_ambiguous_grids(df):
     train_only = df[df["stage"] == "train"]
     for fn in (plots.hessian_eigenvalues, plots.spectral_density, plots.cka_matrices,

@@ -105,7 +105,7 @@ def test_report_cli_on_a_results_root(tmp_path, capsys):
 
 
 def test_a_long_figure_title_is_wrapped_to_the_figure_width(tmp_path):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 
     from analysis.plots import _figure, _suptitle
     from analysis.report import save_figure
@@ -117,6 +117,12 @@ def test_a_long_figure_title_is_wrapped_to_the_figure_width(tmp_path):
     renderer = FigureCanvasAgg(fig).get_renderer()
     box = fig._suptitle.get_window_extent(renderer)
     assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # nothing cut off at the edges
-    assert fig._suptitle.get_text().count("\n") >= 3
+    lines = fig._suptitle.get_text().split("\n")
+    assert len(lines) >= 3
+    # as few lines as fit: the next line's first word would not fit on the line before it
+    font = fig._suptitle.get_fontproperties()
+    width = [RendererAgg(1, 1, 72).get_text_width_height_descent(t, font, ismath=False)[0]
+             for t in (f"{a} {b.split()[0]}" for a, b in zip(lines[1:-1], lines[2:]))]
+    assert min(width) > 0.95 * fig.get_figwidth() * 72
     save_figure(fig, tmp_path, "long")
     assert {p.name for p in tmp_path.iterdir()} == {"long.png", "long.pdf"}
