@@ -117,6 +117,18 @@ def test_bad_names_are_refused_with_the_reason(name, message):
         _meta(name, 1)
 
 
+def test_pool_level_0_builds_models_the_rf_pool_cannot_follow_as_their_source_does():
+    """A transformer is refused only where a pool would go in; at level 0 (no pool) it is the
+    torchvision model itself, so it can be trained beside the CNNs at their base RF."""
+    model = _meta("torchvision:vit_b_16", 0)
+    reference = torchvision.models.vit_b_16(num_classes=10)
+    assert _num_params(model) == _num_params(reference)
+    assert isinstance(model.net.conv_proj, nn.Sequential)  # PooledConv(conv, Identity)
+    assert isinstance(model.net.conv_proj.rf_pool, nn.Identity)
+    with pytest.raises(ValueError, match="it has attention layers"):
+        _meta("torchvision:vit_b_16", 2)
+
+
 def test_timm_close_names_and_missing_timm(monkeypatch):
     pytest.importorskip("timm")
     with pytest.raises(ValueError, match="unknown timm model 'resnet10'; did you mean resnet10t"):

@@ -14,9 +14,12 @@ The result, an :class:`ExternalNet`, holds the model as ``net`` and is an
 :class:`~landscape.models.base.RFNet` (``pool_spec``, ``in_channels``, ``spec``), so the run
 identity, the stages and the input-size check treat it like the built-in architectures.
 
-Refused, with the reason: a model with attention layers (a transformer: the RF pool would
-change its token count), one whose first parametrised layer to run is not a Conv2d, one whose
-first conv runs more than once, and one that no longer runs with a pooled map after it.
+Refused, with the reason: a model whose first parametrised layer to run is not a Conv2d; and,
+at a pool level that inserts a pool, a model with attention layers (a transformer: the RF pool
+would change its token count), one whose first conv runs more than once, and one that no
+longer runs with a pooled map after it. At pool level 0 (no pool) such a model is built as
+its source defines it (RepVGG, DLA, a ViT at its own input size), so it can be trained and
+measured beside the CNNs at their base RF.
 """
 
 from __future__ import annotations
@@ -116,12 +119,12 @@ def _forward_meta(model: nn.Module, in_channels: int) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def first_conv_name(name: str, num_classes: int) -> str:
+def first_conv_name(name: str, num_classes: int, pooled: bool = True) -> str:
     """The qualified name of the first Conv2d to run in the model ``name`` (built on the meta
-    device and run once on a 224x224 input), after checking that the RF pool can follow it
-    (module doc). ``ValueError`` naming the reason otherwise."""
+    device and run once on a 224x224 input), after checking, when ``pooled``, that the RF pool
+    can follow it (module doc). ``ValueError`` naming the reason otherwise."""
     model = _source_model(name, num_classes, 3, "meta")
-    attention = _attention(model)
+    attention = _attention(model) if pooled else None
     if attention:
         raise _refuse(name, f"it has attention layers ({attention})")
     names = {m: n for n, m in model.named_modules()}
@@ -140,9 +143,11 @@ def first_conv_name(name: str, num_classes: int) -> str:
     if not isinstance(first, nn.Conv2d):
         what = f"{names[first]} ({type(first).__name__})" if first is not None else "nothing"
         raise _refuse(name, f"the first layer with parameters to run is {what}, not a Conv2d")
-    if order.count(first) > 1:
-        raise _refuse(name, f"its first conv {names[first]} runs {order.count(first)} times")
     conv_name = names[first]
+    if not pooled:
+        return conv_name
+    if order.count(first) > 1:
+        raise _refuse(name, f"its first conv {conv_name} runs {order.count(first)} times")
     _insert_pool(model, conv_name, make_rf_pool(resolve_pool(2)))
     try:
         _forward_meta(model, 3)
@@ -180,7 +185,7 @@ def build_external(name: str, pool: PoolSpec, *, num_classes: int, in_channels: 
     default device, for ``num_classes`` / ``in_channels``, with the RF pool ``pool`` right
     after its first conv (module doc). Initialised from torch's global RNG, in train mode."""
     check_source(name)
-    conv_name = first_conv_name(name, num_classes)
+    conv_name = first_conv_name(name, num_classes, pooled=not pool.is_identity)
     model = _source_model(name, num_classes, in_channels, torch.get_default_device())
     _set_in_channels(model, conv_name, in_channels)
     _insert_pool(model, conv_name, make_rf_pool(pool))

@@ -153,7 +153,8 @@ class ProbesStage(Stage):
                 f"probes.n_test={config.n_test} gives layer {worst!r} "
                 f"{config.n_test * positions} samples ({positions} per image) for its "
                 f"{channels} channels; saturation needs more samples than channels in every "
-                f"layer: set probes.n_test >= {need[worst]}")
+                f"layer: set probes.n_test >= {need[worst]}, or probe fewer layers "
+                f"(probes.layers: glob patterns on module names)")
 
     def units(self, config: ProbesConfig) -> list[Unit]:
         return [Unit(f"probes_{c}", {"checkpoint": c}) for c in config.checkpoints]
