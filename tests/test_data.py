@@ -171,3 +171,23 @@ def test_cifar10_holdout_is_checked_against_the_trees_own_training_images(tmp_pa
                        r"training split has 20\)"):
         check_dataset(cfg)
     check_dataset(DataConfig(name="cifar10", root=str(tmp_path), verify_md5=False, holdout=19))
+
+
+def test_cifar10_validation_unpickles_each_batch_once(tmp_path, monkeypatch):
+    """The readability check and the training-set count share one unpickling per file."""
+    import pickle
+
+    from landscape.data import datasets
+    from landscape.data.registry import check_dataset
+
+    make_cifar10_tree(tmp_path, per_batch=4)
+    loads = []
+    real = pickle.load
+    monkeypatch.setattr(datasets.pickle, "load", lambda f, **kw: loads.append(f.name) or
+                        real(f, **kw))
+    check_dataset(DataConfig(name="cifar10", root=str(tmp_path), verify_md5=False, holdout=19))
+    assert sorted(loads) == sorted(set(loads)) and len(loads) == 7  # 5 + test + meta
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:100])  # a changed file is read again, and refused
+    with pytest.raises(DatasetNotFoundError, match="data_batch_2 cannot be read"):
+        check_dataset(DataConfig(name="cifar10", root=str(tmp_path), verify_md5=False))

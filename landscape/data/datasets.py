@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import pickle
 from pathlib import Path
 from typing import Callable, Optional
@@ -142,6 +143,22 @@ def _cifar10_files(root: Path) -> list[Path]:
     return [base / n for n in names]
 
 
+def _labels_in(path: Path) -> int:
+    """The number of labels in a CIFAR-10 pickle (0 for batches.meta), unpickling each file
+    version once: the readability check and the training-set count share it."""
+    stat = path.stat()
+    return _labels_of_version(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _labels_of_version(path: str, mtime_ns: int, size: int) -> int:
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    if not isinstance(batch, dict):
+        raise TypeError(f"a CIFAR-10 pickle holds a dict, not {type(batch).__name__}")
+    return len(batch.get("labels", ()))
+
+
 def _check_cifar10_files(root: Path, verify_md5: bool) -> None:
     """Every batch unpickles (a truncated one is named) and, with ``verify_md5``, has the md5
     of the published CIFAR-10 (``data.verify_md5=false`` for a tree of your own)."""
@@ -157,8 +174,7 @@ def _check_cifar10_files(root: Path, verify_md5: bool) -> None:
                 "data.download=true, or data.verify_md5=false for a tree of your own.")
         if not verify_md5:
             try:
-                with open(path, "rb") as f:
-                    pickle.load(f, encoding="latin1")
+                _labels_in(path)
             except (EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
                 raise DatasetNotFoundError(
                     f"{path} cannot be read ({type(e).__name__}: {e}): truncated or "
@@ -200,10 +216,7 @@ def _cifar10_train_size(cfg: DataConfig) -> int:
     paths = [root / name for name, _ in CIFAR10.train_list]
     total = 50_000
     if not cfg.verify_md5 and all(p.is_file() for p in paths):
-        total = 0
-        for path in paths:
-            with open(path, "rb") as f:
-                total += len(pickle.load(f, encoding="latin1")["labels"])
+        total = sum(_labels_in(path) for path in paths)
     return min(total, cfg.train_subset or total)
 
 
