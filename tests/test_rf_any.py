@@ -318,6 +318,32 @@ def test_a_space_to_depth_reshape_acts_like_a_strided_window():
     assert (measured.height, measured.width) == (12, 12) and not measured.clipped
 
 
+class TokenBatchNorm(nn.Module):
+    """LeViT's pattern: conv -> tokens (B, H*W, C) -> Linear -> BatchNorm1d over the batch and
+    tokens merged (``flatten(0, 1)``) -> ``reshape_as`` back -> map -> conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.Conv2d(4, 2, 3, padding=1)
+        self.fc, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        x = self.a(x)
+        n, c, h, w = x.shape
+        t = self.fc(x.flatten(2).transpose(1, 2))
+        t = self.bn(t.flatten(0, 1)).reshape_as(t)
+        return self.b(t.transpose(1, 2).reshape(n, c, h, w))
+
+
+def test_batchnorm_over_batch_and_tokens_merged_keeps_the_geometry():
+    # refused before (LeViT): the merged batch and token sizes could not be told apart
+    t = receptive_field_table(TokenBatchNorm(), 16).set_index("layer")
+    assert list(t.loc["fc", ["kind", "r_max", "jump"]]) == ["linear", 3, 2]
+    assert list(t.loc["b", ["r_min", "r_max", "jump", "out_size"]]) == [7, 7, 2, 8]
+    measured = measure_receptive_field(TokenBatchNorm().eval(), "b")
+    assert (measured.height, measured.width) == (7, 7)
+
+
 @pytest.mark.parametrize("name", ["resnest14d", "tresnet_m", "edgenext_xx_small"])
 def test_timm_cnns_with_split_attention_or_a_space_to_depth_stem(name):
     # refused before: ResNeSt's radix split left a size-1 batch dimension without atoms on

@@ -155,6 +155,9 @@ def reshape(layout: Layout, shape_in: Sequence[int], shape_out: Sequence[int],
                 # shuffle keeps H and W in their own dimensions, not in the channels)
                 break
             axis, stride, size = atoms.pop(0)
+            if size is None:
+                raise Skip(f"{where} reshapes {tuple(shape_in)} to {tuple(shape_out)} where "
+                           "the sizes of the merged dimensions cannot be told apart")
             if size <= need and need % size == 0:
                 dim.append((axis, stride, size))
                 need //= size

@@ -92,7 +92,9 @@ def reshape(ctx: Ctx) -> Result:
     if isinstance(mod, torch.nn.Flatten) or t in _FLATTEN:
         start = mod.start_dim if mod is not None else ctx.resolve(arg(node, 1, "start_dim", 0))
         end = mod.end_dim if mod is not None else ctx.resolve(arg(node, 2, "end_dim", -1))
-        return _with(x, L.flatten(x.layout, start, end, ctx.where)), None
+        # sizes first where known: merged atoms of unknown size cannot be split again
+        layout = L.fit(x.layout, ctx.shape(ctx.x_node), ctx.where)
+        return _with(x, L.flatten(layout, start, end, ctx.where)), None
     if t in ("unsqueeze", torch.unsqueeze):
         return _with(x, L.insert(x.layout, int(ctx.resolve(arg(node, 1, "dim", None))))), None
     shape_in, shape_out = ctx.need_shape(ctx.x_node), ctx.need_shape(node)
