@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 import json
 import os
+from multiprocessing import forkserver
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from landscape.config import ModelConfig, RunConfig
 from landscape.data import DataConfig
 from landscape.grid import LauncherConfig, launch, plan_grid, status_table, validate_launcher
 from landscape.grid import slurm
-from landscape.grid.local import usable_cpus
+from landscape.grid.local import _cpu_context, usable_cpus
 from landscape.grid.sbatch import explain_sbatch_error
 from landscape.grid.status import format_status
 from landscape.identity import identify
@@ -277,6 +278,20 @@ def test_dry_run_prints_the_plan_and_submits_nothing(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- local execution
+def test_cpu_runs_fork_from_a_server_that_imported_landscape_and_cuda_runs_spawn(monkeypatch):
+    cpu = [tiny(Path("/unused"), 0, 0)]
+    assert [c.device for c in cpu] == ["cpu"]
+    context = _cpu_context(cpu)
+    assert context.get_start_method() == "forkserver"
+    assert forkserver._forkserver._preload_modules == ["landscape.grid.local"]
+    cuda = [dataclasses.replace(cpu[0], device="auto")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _cpu_context(cuda).get_start_method() == "forkserver"  # no CUDA here: no risk
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine
+    assert _cpu_context(cuda).get_start_method() == "spawn"
+    assert _cpu_context(cpu).get_start_method() == "forkserver"
+
+
 def test_local_parallel_workers_limit_threads_and_report_failures(tmp_path):
     cka = CKAConfig(enabled=True, n_inputs=16)
     cfgs = [tiny(tmp_path, s, 0, cka=cka, num_threads=None) for s in (0, 1)]
