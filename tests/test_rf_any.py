@@ -344,6 +344,34 @@ def test_batchnorm_over_batch_and_tokens_merged_keeps_the_geometry():
     assert (measured.height, measured.width) == (7, 7)
 
 
+class CachedBias(nn.Module):
+    """Caches a tensor per input device in eval mode, as timm's LeViT does with its attention
+    biases: an fx trace stored a proxy there under the proxy's device name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.bias = nn.Parameter(torch.zeros(2, 1, 1))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.training:
+            return x + self.bias
+        key = str(x.device)
+        if key not in self.cache:
+            self.cache[key] = self.bias * 1
+        return x + self.cache[key]
+
+
+def test_analysing_a_model_leaves_its_state_alone_and_can_be_repeated():
+    model = CachedBias().eval()
+    first = receptive_field_table(model, 16)
+    assert model.cache == {}  # the trace ran on a copy
+    pd.testing.assert_frame_equal(receptive_field_table(model, 16), first)
+    assert model.conv.weight.device.type == "cpu" and not model.conv.weight.is_meta
+
+
 @pytest.mark.parametrize("name", ["resnest14d", "tresnet_m", "edgenext_xx_small"])
 def test_timm_cnns_with_split_attention_or_a_space_to_depth_stem(name):
     # refused before: ResNeSt's radix split left a size-1 batch dimension without atoms on

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import pandas as pd
 from torch import nn
 
+from landscape.receptive_field.cost import meta_clone
 from landscape.receptive_field.geometry import (
     AXES, Geometry, LayerRecord, Unsupported, UnsupportedModelError,
 )
@@ -61,6 +62,8 @@ def trace(model: nn.Module, input_size: int | None, tracer: str = "auto") -> Tra
     forward (:mod:`.hooks`); ``"fx"`` / ``"hooks"``: only that one."""
     if tracer not in TRACERS:
         raise ValueError(f"tracer must be one of {', '.join(TRACERS)}; got {tracer!r}")
+    if isinstance(model, nn.Module):  # never the caller's: a trace can write into its state
+        model = meta_clone(model)
     if tracer == "hooks":
         return record_forward(model, size_pair(input_size), "(tracer='hooks')")
     try:

@@ -34,11 +34,25 @@ class ModelCost:
         return self.flops // 2
 
 
+def meta_clone(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are empty meta tensors of the same
+    shapes and dtypes: no storage is copied, and nothing a forward or a trace does to the
+    copy's Python state reaches ``model`` (timm's LeViT caches its attention biases per
+    device: an fx trace left proxies there, and the next trace of the model failed)."""
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"),
+                                   requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
 def meta_copy(model: nn.Module) -> nn.Module:
-    """``model`` itself when it is on the meta device already, else a copy moved there."""
+    """``model`` itself when it is on the meta device already, else :func:`meta_clone`."""
     if all(p.device.type == "meta" for p in model.parameters()):
         return model
-    return copy.deepcopy(model).to("meta")
+    return meta_clone(model)
 
 
 def model_cost(model: nn.Module, input_size: int | tuple[int, int],
