@@ -234,7 +234,9 @@ def test_pipeline_measures_a_timm_model_in_every_run_stage(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.name=torchvision:vit_b_16", "is not a CNN the RF pool can follow"),
+    ("model.name=torchvision:vit_b_16 model.pool_level=2", "is not a CNN the RF pool can follow"),
+    ("model.name=torchvision:vit_b_16", "torchvision:vit_b_16 does not run on a 16x16 input "
+                                        "(Wrong image height! Expected 224 but got 16!)"),
     ("model.name=torchvision:resnet18 model.width=0.5", "model.width=0.5: torchvision:resnet18"),
     ("model.name=torchvision:resnet18 model.weights=/nonexistent/w.pt",
      "model.weights='/nonexistent/w.pt': no such file"),

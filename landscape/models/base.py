@@ -16,7 +16,8 @@ from landscape.modes import snapshot_modes
 
 
 class InputTooSmallError(ValueError):
-    """The input is too small for the network's pooling (the RF pool included)."""
+    """The input is too small for the network's pooling (the RF pool included), or of a size
+    the network's own code refuses (a ViT's fixed input size)."""
 
 
 class RFNet(nn.Module):
@@ -57,6 +58,11 @@ def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
     except RuntimeError:
         if not vanished:
             vanished.append(_next_layer(model, last["name"]))
+    except AssertionError as e:  # the model checks its input size itself
+        name = getattr(model, "source_name", type(model).__name__)
+        why = str(e).strip() or "an assertion in its forward failed"
+        raise InputTooSmallError(f"{name} does not run on a {size[0]}x{size[1]} input ({why}); "
+                                 "set data.image_size to a size it accepts") from None
     finally:
         restore()
         for h in handles:
