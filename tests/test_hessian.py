@@ -16,9 +16,9 @@ from torch.func import functional_call
 
 import landscape.hessian.operator as operator_module
 from landscape.hessian import (
-    HVP_METHODS, HessianOperator, NoSecondDerivativeError, SolverOptions, hessian_trace, hutchinson_trace, lanczos_top_k,
-    lanczos_tridiagonal, quadrature, recalibrated_buffers, scipy_top_k, slq_density,
-    solver_options, spectral_density, top_eigenvalues,
+    HVP_METHODS, HessianOperator, NoSecondDerivativeError, SolverOptions, hessian_trace,
+    hutchinson_trace, lanczos_top_k, lanczos_tridiagonal, quadrature, recalibrated_buffers,
+    scipy_top_k, slq_density, solver_options, spectral_density, top_eigenvalues,
 )
 from landscape.hessian.lanczos import random_unit
 from landscape.hessian.operator import TwiceDifferentiable

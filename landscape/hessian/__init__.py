@@ -28,10 +28,10 @@ from landscape.hessian.spectrum import (
 
 __all__ = [
     "BN_MODES", "EIGEN_BACKENDS", "HVP_METHODS", "BlockCurvature", "DensityResult",
-    "HessianOperator", "MaskedOperator", "NoSecondDerivativeError", "SolverOptions", "TopEigenResult", "TraceResult",
-    "Tridiagonal", "block_curvature", "default_blocks", "hessian_trace",
-    "hutchinson_trace", "lanczos_quadrature", "lanczos_top_k", "lanczos_tridiagonal",
-    "list_backends", "paper_spectrum",
-    "pyhessian_top_k", "quadrature", "recalibrated_buffers", "scipy_top_k", "select_parameters",
-    "slq_density", "solver_options", "spectral_density", "top_eigenvalues",
+    "HessianOperator", "MaskedOperator", "NoSecondDerivativeError", "SolverOptions",
+    "TopEigenResult", "TraceResult", "Tridiagonal", "block_curvature", "default_blocks",
+    "hessian_trace", "hutchinson_trace", "lanczos_quadrature", "lanczos_top_k",
+    "lanczos_tridiagonal", "list_backends", "paper_spectrum", "pyhessian_top_k", "quadrature",
+    "recalibrated_buffers", "scipy_top_k", "select_parameters", "slq_density",
+    "solver_options", "spectral_density", "top_eigenvalues",
 ]

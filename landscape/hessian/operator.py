@@ -52,7 +52,7 @@ class TwiceDifferentiable(TorchFunctionMode):
     gradient, and a second derivative (0 off the kinks at -3 and 3). ``inplace`` is dropped:
     the result is a new tensor, so an autograd graph through it stays valid."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.hardsigmoid:
             return (args[0] + 3).clamp(0, 6) / 6
@@ -60,9 +60,9 @@ class TwiceDifferentiable(TorchFunctionMode):
 
 
 @contextmanager
-def second_derivatives(what: str = "the model") -> Iterator[None]:
+def second_derivatives() -> Iterator[None]:
     """Run the block under :class:`TwiceDifferentiable`; torch's "derivative for <op> is not
-    implemented" becomes :class:`NoSecondDerivativeError` naming the op and ``what``."""
+    implemented" becomes :class:`NoSecondDerivativeError` naming the op."""
     try:
         with TwiceDifferentiable():
             yield
@@ -71,7 +71,7 @@ def second_derivatives(what: str = "the model") -> Iterator[None]:
         if "derivative for" not in first or "not implemented" not in first:
             raise
         raise NoSecondDerivativeError(
-            f"{what} has an op without a second derivative in torch ({first}); Hessian-vector "
+            f"the model has an op without a second derivative in torch ({first}); Hessian-vector "
             "products need one") from None
 
 
