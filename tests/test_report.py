@@ -106,6 +106,7 @@ def test_report_cli_on_a_results_root(tmp_path, capsys):
 
 def test_a_long_figure_title_is_wrapped_to_the_figure_width(tmp_path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
 
     from analysis.plots import _figure, _suptitle
     from analysis.report import save_figure
@@ -124,5 +125,11 @@ def test_a_long_figure_title_is_wrapped_to_the_figure_width(tmp_path):
     width = [RendererAgg(1, 1, 72).get_text_width_height_descent(t, font, ismath=False)[0]
              for t in (f"{a} {b.split()[0]}" for a, b in zip(lines[1:-1], lines[2:]))]
     assert min(width) > 0.95 * fig.get_figwidth() * 72
+    draws = []
+    real = fig.draw
+    fig.draw = lambda renderer: draws.append(renderer) or real(renderer)
     save_figure(fig, tmp_path, "long")
     assert {p.name for p in tmp_path.iterdir()} == {"long.png", "long.pdf"}
+    # the PNG: the layout pass and the drawing; the PDF: the drawing only, on that layout
+    assert len(draws) == 3
+    assert isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)  # restored
