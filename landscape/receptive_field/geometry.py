@@ -19,10 +19,12 @@ every output depend on the whole input: r = inf on both axes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import fx
+
+from landscape.receptive_field.phases import Phased, combine
 
 INF = math.inf
 AXES = ("h", "w")
@@ -38,7 +40,11 @@ class Skip(Exception):
 
 @dataclass(frozen=True)
 class Axis:
-    """RF geometry along one spatial axis; ``r_min == inf`` means every path is global."""
+    """RF geometry along one spatial axis; ``r_min == inf`` means every path is global.
+
+    ``parts``: for a map downstream of an upsampling, its classes of paths with per-phase
+    geometry (:mod:`.phases`); then the other fields summarise them: ``jump`` is the mean jump,
+    r_min / r_max the extremes over classes and phases, [lo, hi] position 0's union."""
 
     jump: int | None
     r_min: float
@@ -46,10 +52,37 @@ class Axis:
     lo: int | None
     hi: int | None
     size: int | None
+    parts: tuple[Phased, ...] = ()
 
     @property
     def is_local(self) -> bool:
         return self.r_min < INF
+
+    def classes(self) -> list[Phased]:
+        """The classes of local paths (one plain class for an axis without ``parts``)."""
+        if self.parts:
+            return list(self.parts)
+        return [Phased.plain(self.jump, self.r_min, self.r_max, self.lo, self.hi)]
+
+
+def from_classes(parts: list[Phased], size: int | None, where: str) -> Axis:
+    """The axis of these classes of local paths: a plain one when a single class of period 1
+    remains (a stride that is a multiple of the period evens the positions out again)."""
+    parts = list(combine(parts))
+    if len(parts) == 1 and parts[0].period == 1:
+        p = parts[0]
+        return Axis(jump=p.shift, r_min=p.r_min, r_max=p.r_max, lo=p.lo, hi=p.hi, size=size)
+    jumps = sorted({p.jump for p in parts})
+    if len(jumps) > 1:
+        raise Skip(f"{where} merges feature maps with different mean jumps {jumps}: their "
+                   "positions are not aligned, so the RF of the result is undefined")
+    if jumps[0] != int(jumps[0]):
+        raise Skip(f"{where} upsamples beyond the input's resolution (a mean jump of "
+                   f"{jumps[0]:g} pixels), which the RF analysis does not follow")
+    sizes = [p.sizes() for p in parts]
+    return Axis(jump=int(jumps[0]), r_min=min(a for a, _ in sizes),
+                r_max=max(b for _, b in sizes), lo=min(p.lo for p in parts),
+                hi=max(p.hi for p in parts), size=size, parts=tuple(parts))
 
 
 GLOBAL_AXIS = Axis(jump=None, r_min=INF, r_max=INF, lo=None, hi=None, size=None)
@@ -156,6 +189,9 @@ class Window:
         if a.size is not None:
             total = 2 * p if self.pad_total[i] is None else self.pad_total[i]
             size = pooled_size(a.size, k_eff, self.stride[i], total, p, self.ceil_mode)
+        if a.parts:
+            return from_classes([c.window(self.stride[i], p, k_eff - 1) for c in a.parts],
+                                size, f"a {self.kind}")
         return Axis(jump=j * self.stride[i], r_min=a.r_min + (k_eff - 1) * j,
                     r_max=a.r_max + (k_eff - 1) * j, lo=a.lo - p * j,
                     hi=a.hi + (k_eff - 1 - p) * j, size=size)
@@ -189,6 +225,8 @@ def pooled_size(n: int, k_eff: int, s: int, total: int, left: int, ceil_mode: bo
 
 def shift(a: Axis, start: int, step: int, size: int | None) -> Axis:
     """Positions ``start, start + step, ...`` of an axis (slicing; ``start < 0``: padding)."""
+    if a.parts:
+        return from_classes([c.window(step, -start, 0) for c in a.parts], size, "a slice")
     return Axis(jump=a.jump * step, r_min=a.r_min, r_max=a.r_max, lo=a.lo + start * a.jump,
                 hi=a.hi + start * a.jump, size=size)
 
@@ -197,6 +235,12 @@ def merge_axes(axes: list[Axis], name: str, where: str) -> Axis:
     local = [a for a in axes if a.is_local]
     if not local:
         return GLOBAL_AXIS
+    if any(a.parts for a in local):
+        classes = [c for a in local for c in a.classes()]
+        if len(local) < len(axes):  # a global path joins: r_max = inf, kept by later windows
+            classes[0] = replace(classes[0], r_max=INF)
+        sizes = [a.size for a in local]
+        return from_classes(classes, None if None in sizes else max(sizes), where)
     jumps = sorted({a.jump for a in local})
     if len(jumps) > 1:
         raise Skip(f"{where} merges feature maps with different jumps {jumps} along "

@@ -34,8 +34,9 @@ from landscape.receptive_field import mixing as M
 from landscape.receptive_field import tensor_ops as T
 from landscape.receptive_field.context import Ctx, Rule
 from landscape.receptive_field.geometry import (
-    GLOBAL, Geometry, Skip, State, Window, arg, merge,
+    GLOBAL, Geometry, Skip, State, Window, arg, from_classes, merge,
 )
+from landscape.receptive_field.phases import upsample_taps
 from landscape.receptive_field.windows import (
     ADAPTIVE_FUNCTIONS, ADAPTIVE_MODULES, adaptive, adaptive_kind, function_window,
     module_window,
@@ -142,6 +143,45 @@ def _arg_dim(index: int, default: Any = None) -> Callable[[Ctx], Any]:
     return lambda ctx: ctx.resolve(arg(ctx.node, index, "dim", default))
 
 
+_UPSAMPLE_FUNCTIONS = {F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear}
+
+
+def _upsample(ctx: Ctx) -> Result:
+    """Upsampling by an integer factor per axis (``nn.Upsample``, ``F.interpolate``): the
+    classes of paths get per-phase geometry (:mod:`.phases`)."""
+    x, node, mod = ctx.local_x(), ctx.node, ctx.mod
+    if mod is not None:
+        scale, mode, align = mod.scale_factor, mod.mode, mod.align_corners
+    else:
+        scale = ctx.resolve(arg(node, 2, "scale_factor", None))
+        mode = {F.upsample_nearest: "nearest", F.upsample_bilinear: "bilinear"}.get(
+            node.target) or ctx.resolve(arg(node, 3, "mode", "nearest"))
+        align = True if node.target is F.upsample_bilinear else ctx.resolve(
+            arg(node, 4, "align_corners", None))
+    axes = T.last_axes(x, 2, ctx.where)
+    if scale is not None:
+        factors = [float(f) for f in (scale if isinstance(scale, (tuple, list)) else
+                                      (scale, scale))]
+    else:  # resized to a size: the factor from the traced shapes
+        n_in, n_out = ctx.need_shape(ctx.x_node)[-2:], ctx.need_shape(node)[-2:]
+        factors = [b / a for a, b in zip(n_in, n_out)]
+    if any(f < 1 or not f.is_integer() for f in factors):
+        raise Skip(f"{ctx.where} resizes by {tuple(factors)}; the RF analysis follows "
+                   "upsampling by integer factors only")
+    new = {}
+    for name, factor in zip(axes, (int(f) for f in factors)):
+        taps = upsample_taps(mode, factor, align)
+        if taps is None:
+            raise Skip(f"{ctx.where} upsamples with mode={mode!r}, align_corners={align}: "
+                       "only nearest, nearest-exact, and (bi)linear / bicubic without "
+                       "align_corners have periodic taps")
+        a = x.axis(name)
+        size = a.size * factor if a.size is not None else None
+        new[name] = from_classes([c.upsample(factor, taps) for c in a.classes()], size,
+                                 ctx.where)
+    return Geometry(new["h"], new["w"], T.unsized(x.layout)), None
+
+
 def _constant(ctx: Ctx) -> Result:
     return None, None
 
@@ -149,7 +189,8 @@ def _constant(ctx: Ctx) -> Result:
 def _unsupported_hint() -> str:
     return ("Supported: Conv2d, Max/Avg/AdaptivePool2d, Linear, norms, activations, dropout, "
             "stochastic depth, identity, elementwise ops, cat/stack/chunk, flatten/view/reshape/"
-            "permute/transpose, indexing, padding, matmul/einsum/attention, global mean")
+            "permute/transpose, indexing, padding, matmul/einsum/attention, global mean, "
+            "upsampling by integer factors")
 
 
 _ELEMENTWISE_MODULES = (
@@ -192,6 +233,7 @@ MODULE_RULES: list[tuple[Any, Rule]] = [
     ((nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
       nn.CircularPad2d), T.pad),
     ((nn.Flatten, nn.Unflatten), T.reshape),
+    (nn.Upsample, _upsample),
     (_ELEMENTWISE_MODULES, elementwise),
 ]
 FUNCTION_RULES: dict[Any, Rule] = {
@@ -201,6 +243,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     F.softmax: _along_dim(_arg_dim(1)), F.log_softmax: _along_dim(_arg_dim(1)),
     torch.softmax: _along_dim(_arg_dim(1)), torch.log_softmax: _along_dim(_arg_dim(1)),
     F.normalize: _along_dim(_arg_dim(2, 1)), torch.cumsum: _along_dim(_arg_dim(1)),
+    **{f: _upsample for f in _UPSAMPLE_FUNCTIONS},
     **T.FUNCTION_RULES, **M.FUNCTION_RULES,
 }
 METHOD_RULES: dict[str, Rule] = {

@@ -222,6 +222,8 @@ def _space_to_depth(out: Geometry, parts: list[Geometry]) -> Geometry:
     between their centres, as it would through a strided conv. Branches centred alike
     (Inception) are unchanged."""
     axes = {}
+    if any(g.axis(a).parts for g in parts for a in ("h", "w")):
+        raise Skip("views of an upsampled map stacked into channels are not followed")
     for name in ("h", "w"):
         centres = [(g.axis(name).lo + g.axis(name).hi) / 2 for g in parts]
         extra = math.ceil(max(centres) - min(centres))

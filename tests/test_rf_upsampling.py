@@ -1,0 +1,168 @@
+"""Receptive fields through upsampling (landscape.receptive_field.phases): per-phase geometry,
+checked against the input gradients of every interior output position."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from landscape.receptive_field import (
+    UnsupportedModelError, measure_receptive_field, receptive_field_table,
+)
+from landscape.receptive_field.geometry import Axis, Window
+from landscape.receptive_field.phases import Phased, upsample_taps
+
+MODES = ["nearest", "nearest-exact", "bilinear", "bicubic"]
+
+
+def gradient_sizes(model: nn.Module, layer: str, n: int = 64,
+                   zero: tuple[str, ...] = ()) -> tuple[int, int]:
+    """Smallest and largest RF height over the interior positions of ``layer``'s first
+    channel (centre column), from the input gradient of each: positive weights and no
+    nonlinearity, so a path reaches an input pixel exactly when its gradient is non-zero.
+    The modules in ``zero`` get zero weights (their paths are cut)."""
+    model = model.double().eval()
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        with torch.no_grad():
+            if p.dim() == 1 or name.split(".")[0] in zero:
+                p.zero_()
+            else:
+                p.uniform_(0.5, 1.5)
+    out = {}
+    hook = dict(model.named_modules())[layer].register_forward_hook(
+        lambda m, i, o: out.update(y=o))
+    x = torch.zeros(1, 1, n, n, dtype=torch.float64, requires_grad=True)
+    model(x)
+    hook.remove()
+    y = out["y"]
+    rows, c = y.shape[-2], y.shape[-1] // 2
+    sizes = []
+    for v in range(rows // 4, rows - rows // 4):
+        (g,) = torch.autograd.grad(y[0, 0, v, c], x, retain_graph=True)
+        hit = (g[0, 0].abs().sum(1) > 0).nonzero().flatten()
+        assert 0 < hit[0] and hit[-1] < n - 1  # not clipped by the image border
+        sizes.append(int(hit[-1] - hit[0] + 1))
+    return min(sizes), max(sizes)
+
+
+class Chain(nn.Module):
+    """conv stride k -> upsample x k -> conv K (stride s) -> conv 2x2: positions of ``up``
+    are not evenly spaced in the input; ``b`` and ``c`` see one or two of them per phase."""
+
+    def __init__(self, mode: str, k: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 1, 3, stride=k, padding=1)
+        self.up = nn.Upsample(scale_factor=k, mode=mode)
+        self.b = nn.Conv2d(1, 1, kernel, stride=stride, padding=kernel // 2)
+        self.c = nn.Conv2d(1, 1, 2)
+
+    def forward(self, x):
+        return self.c(self.b(self.up(self.a(x))))
+
+
+@pytest.mark.parametrize("mode, k, kernel, stride",
+                         list(itertools.product(MODES, [2, 3], [1, 2, 3], [1, 2])))
+def test_rf_after_upsampling_equals_the_input_gradients_at_every_phase(mode, k, kernel, stride):
+    t = receptive_field_table(Chain(mode, k, kernel, stride), 64).set_index("layer")
+    for layer in ("b", "c"):
+        assert tuple(t.loc[layer, ["r_min", "r_max"]]) == gradient_sizes(
+            Chain(mode, k, kernel, stride), layer), layer
+
+
+class Fusion(nn.Module):
+    """HRNet's fusion: a high-resolution path plus a low-resolution one (stride 2, 1x1 conv)
+    upsampled back and added; then two 3x3 convs and a 2x2 one."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.high = nn.Conv2d(1, 1, 3, padding=1)
+        self.low = nn.Conv2d(1, 1, 5, stride=2, padding=2)
+        self.proj = nn.Conv2d(1, 1, 1)
+        self.mode = mode
+        self.b = nn.Conv2d(1, 1, 3, padding=1)
+        self.c = nn.Conv2d(1, 1, 2)
+
+    def forward(self, x):
+        low = F.interpolate(self.proj(self.low(x)), scale_factor=2, mode=self.mode)
+        return self.c(self.b(self.high(x) + low))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_fusion_of_upsampled_and_full_resolution_paths(mode):
+    t = receptive_field_table(Fusion(mode), 64).set_index("layer")
+    for layer in ("b", "c"):
+        r_min, r_max = t.loc[layer, ["r_min", "r_max"]]
+        assert r_max == gradient_sizes(Fusion(mode), layer)[1]  # the union: the low path
+        assert r_min == gradient_sizes(Fusion(mode), layer, zero=("low",))[0]  # high path
+        assert r_min < r_max and t.loc[layer, "jump"] == 1
+
+
+def test_hrnet_is_analysed_and_matches_the_measured_rf():
+    pytest.importorskip("timm")
+    from landscape.models.sources import timm_model
+
+    model = timm_model("hrnet_w18_small", num_classes=10, device="cpu")
+    t = receptive_field_table(model, 224).set_index("layer")
+    assert t["r_max"].notna().sum() > 80
+    layer = "stage3.0.branches.0.0.conv1"  # after two fusions with upsampled branches
+    measured = measure_receptive_field(model, layer, input_size=160)
+    assert (measured.height, measured.width, measured.clipped) == (t.loc[layer, "r_max"],) * 2 \
+        + (False,)
+
+
+@pytest.mark.parametrize("step, message", [
+    (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True),
+     "align_corners=True: only nearest"),
+    (lambda x: F.interpolate(x, scale_factor=1.5), "resizes by (1.5, 1.5)"),
+    (lambda x: F.interpolate(x, scale_factor=2, mode="area"), "mode='area'"),
+    (lambda x: F.interpolate(x, scale_factor=2), "upsamples beyond the input's resolution"),
+])
+def test_upsampling_the_rf_cannot_follow_is_refused_naming_it(step, message):
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            return self.b(step(self.a(x)))
+
+    with pytest.raises(UnsupportedModelError, match=message.replace("(", r"\(").replace(
+            ")", r"\)")):
+        receptive_field_table(Net(), 32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(jump=st.integers(1, 8), r=st.integers(1, 40), lo=st.integers(-20, 0),
+       kernel=st.integers(1, 7), stride=st.integers(1, 4), padding=st.integers(0, 3),
+       dilation=st.integers(1, 3))
+def test_a_one_phase_class_follows_the_closed_form(jump, r, lo, kernel, stride, padding,
+                                                   dilation):
+    """Period 1 is Araujo's closed form: r + (K-1) j, j s, lo - p j, hi + (K-1-p) j."""
+    axis = Axis(jump, r, r, lo, lo + r - 1, None)
+    want = Window("conv", (kernel, 1), (stride, 1), (padding, 0), (dilation, 1)).apply_axis(
+        axis, 0)
+    got = Phased.plain(jump, r, r, lo, lo + r - 1).window(stride, padding,
+                                                           dilation * (kernel - 1))
+    assert (got.period, got.shift, got.r_min, got.r_max, got.lo, got.hi) == (
+        1, want.jump, want.r_min, want.r_max, want.lo, want.hi)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_taps_are_periodic_and_are_torchs_non_zero_weights(mode, k):
+    taps = upsample_taps(mode, k, None)
+    x = torch.zeros(1, 1, 1, 12, dtype=torch.float64, requires_grad=True)
+    y = F.interpolate(x, scale_factor=(1, k), mode="bicubic" if mode == "bicubic" else
+                      "bilinear" if mode == "bilinear" else mode)
+    for t in range(3 * k, 8 * k):
+        assert taps(t + k) == (taps(t)[0] + 1, taps(t)[1] + 1)
+        (g,) = torch.autograd.grad(y[0, 0, 0, t], x, retain_graph=True)
+        hit = g[0, 0, 0].nonzero().flatten()
+        assert (int(hit[0]), int(hit[-1])) == taps(t)
