@@ -76,6 +76,28 @@ def test_rf_after_upsampling_equals_the_input_gradients_at_every_phase(mode, k, 
             Chain(mode, k, kernel, stride), layer), layer
 
 
+class Mixed(nn.Module):
+    """After a 2x upsampling: padding, a slice from an odd offset, an even adaptive pool."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 1, 3, stride=2, padding=1)
+        self.mode = mode
+        self.pool = nn.AdaptiveAvgPool2d(30)
+        self.c = nn.Conv2d(1, 1, 2)
+
+    def forward(self, x):
+        y = F.interpolate(self.a(x), scale_factor=2, mode=self.mode)  # 64 -> 32 -> 64
+        y = F.pad(y, (1, 1, 1, 1))[:, :, 3:63, 3:63]  # 66 -> 60 positions, from offset 2
+        return self.c(self.pool(y))  # windows of 2 at stride 2, then a 2x2 conv
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_slicing_and_adaptive_pooling_after_upsampling(mode):
+    t = receptive_field_table(Mixed(mode), 64).set_index("layer")
+    assert tuple(t.loc["c", ["r_min", "r_max"]]) == gradient_sizes(Mixed(mode), "c")
+
+
 class Fusion(nn.Module):
     """HRNet's fusion: a high-resolution path plus a low-resolution one (stride 2, 1x1 conv)
     upsampled back and added; then two 3x3 convs and a 2x2 one."""

@@ -108,9 +108,6 @@ def adaptive(output_size: Any, g: Geometry, axes: tuple[str, str], where: str
                    "so pass input_size")
     if any(a.size == 0 for a in found):
         return None, g
-    if any(a.parts for a in found):
-        raise Skip(f"{where} pools an upsampled map to {tuple(out)}, which the RF analysis "
-                   "does not follow")
     if any(m == 1 or a.size % m for a, m in zip(found, out)):
         return None, GLOBAL  # uneven windows: what follows is reported as global
     k = tuple(a.size // m for a, m in zip(found, out))
