@@ -8,8 +8,10 @@ import ctypes
 import dataclasses
 import logging
 import os
+import select
 import signal
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from multiprocessing import Manager, get_all_start_methods, get_context
@@ -42,17 +44,29 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _die_with_parent() -> None:
-    """Worker initializer (Linux): SIGTERM this worker when the launcher dies, however it dies
-    (SIGKILL included), so no run goes on orphaned; an interrupted run resumes from its last
-    epoch checkpoint when the grid is started again."""
+def _die_with_launcher(launcher: int) -> None:
+    """Worker initializer (Linux): SIGTERM this worker when the launcher (pid ``launcher``)
+    dies, however it dies (SIGKILL included), so no run goes on orphaned; an interrupted run
+    resumes from its last epoch checkpoint when the grid is started again. A spawned worker
+    is the launcher's child (``PR_SET_PDEATHSIG``); a forkserver's worker is not, so a daemon
+    thread also waits on a pidfd of the launcher."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG: the parent's death
     except (OSError, AttributeError):  # not Linux: no such guarantee
         return
-    if os.getppid() == 1:  # the launcher died before prctl took effect
+    try:
+        fd = os.pidfd_open(launcher)
+    except ProcessLookupError:  # the launcher died before this worker started
         os._exit(1)
+    except (AttributeError, OSError):  # Linux < 5.3: the parent's death only
+        return
+
+    def watch() -> None:
+        select.select([fd], [], [])  # readable once the launcher has exited
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-launcher", daemon=True).start()
 
 
 def _run_isolated(cfg: RunConfig) -> LocalRunResult:
@@ -137,7 +151,8 @@ def _in_processes(task: Callable[[RunConfig], LocalRunResult], cfgs: list[RunCon
     backend flags leak from one run into the next."""
     fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
     with ProcessPoolExecutor(workers, mp_context=context or get_context("spawn"),
-                             initializer=_die_with_parent, **fresh) as pool:
+                             initializer=_die_with_launcher, initargs=(os.getpid(),),
+                             **fresh) as pool:
         return [f.result() for f in as_completed([pool.submit(task, c) for c in cfgs])]
 
 
