@@ -161,7 +161,8 @@ def _upsample(ctx: Ctx) -> Result:
     axes = T.last_axes(x, 2, ctx.where)
     if scale is not None:
         factors = [float(f) for f in (scale if isinstance(scale, (tuple, list)) else
-                                      (scale, scale))]
+                                      (scale,))]
+        factors = factors * 2 if len(factors) == 1 else factors
     else:  # resized to a size: the factor from the traced shapes
         n_in, n_out = ctx.need_shape(ctx.x_node)[-2:], ctx.need_shape(node)[-2:]
         factors = [b / a for a, b in zip(n_in, n_out)]
