@@ -24,7 +24,8 @@ is the class with ``P = 1``: then ``D`` is Araujo's jump.
   classes and phases. Borders are ignored, as for convs (positions beyond the image read the
   padding): the sizes are those of interior positions.
 
-Nothing here is an approximation: tested against the input gradients of every output position.
+Nothing here is an approximation: r_min / r_max are tested against the input gradients of every
+interior output position (tests/test_rf_upsampling.py).
 """
 
 from __future__ import annotations
