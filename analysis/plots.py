@@ -127,9 +127,18 @@ def _suptitle(fig: Figure, g: pd.DataFrame, what: str, fontsize: float = 10) -> 
 
 def _plain_log_ticks(axis: Any) -> None:
     """Log-axis tick labels as plain numbers (0.3, 1, 20) instead of 3 x 10^-1; minor ticks
-    labelled only at mantissas 2, 3 and 5 so that two decades stay legible."""
+    labelled only at mantissas 2, 3 and 5 so that two decades stay legible, or every minor tick
+    where the view holds fewer than two of those (0.218 to 0.257 had no label at all)."""
     def minor(v: float, _: Any) -> str:
-        mantissa = v / 10 ** math.floor(math.log10(v)) if v > 0 else 0.0
+        if v <= 0:
+            return ""
+        lo, hi = sorted(axis.get_view_interval())
+        marked = [m * 10.0 ** e for e in range(math.floor(math.log10(max(lo, 1e-300))),
+                                                math.floor(math.log10(max(hi, 1e-300))) + 1)
+                  for m in (1, 2, 3, 5)]
+        if sum(lo <= x <= hi for x in marked) < 2:
+            return f"{v:.3g}"
+        mantissa = v / 10 ** math.floor(math.log10(v))
         return f"{v:g}" if any(math.isclose(mantissa, m) for m in (2, 3, 5)) else ""
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(FuncFormatter(minor))

@@ -404,3 +404,25 @@ def test_receptive_field_states_draws_each_level_from_the_stage_rows(df):
     assert colours == [STATE_COLOURS[s].lower() for s in (
         "productive", "productive", "underutilised", "unproductive", "head")]
     assert [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() != "-"] == [32, 40]
+
+
+def test_a_narrow_log_axis_still_has_tick_labels():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig, axes = plots._figure(1, 1)
+    ax = axes[0, 0]
+    ax.plot([1, 5], [0.218, 0.257])
+    ax.set_yscale("log")
+    plots._plain_log_ticks(ax.yaxis)
+    FigureCanvasAgg(fig).draw()
+    lo, hi = ax.get_ylim()
+    axis = ax.yaxis
+    labels = [f(v) for f, locs in ((axis.get_minor_formatter(), axis.get_minorticklocs()),
+                                   (axis.get_major_formatter(), axis.get_majorticklocs()))
+              for v in locs if lo <= v <= hi and f(v)]
+    assert len(labels) >= 2  # none before: no decade or mantissa 2/3/5 lies in 0.218..0.257
+    ax.set_ylim(1, 500)  # two decades: only mantissas 1, 2, 3, 5 are labelled
+    FigureCanvasAgg(fig).draw()
+    shown = {float(t.get_text()) for t in ax.get_yticklabels(minor=True) if t.get_text()}
+    assert {20.0, 30.0, 50.0} <= shown
+    assert all(f"{v:g}".lstrip("0.")[0] in "235" for v in shown)
