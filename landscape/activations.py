@@ -3,19 +3,30 @@
 Modules are chosen by glob patterns on their qualified names (``fnmatch``, case-sensitive),
 e.g. ``"features.*"`` or ``"layer?.*.conv2"``; by default every ``Conv2d`` and ``Linear``.
 Layer order is *execution* order, recorded during the forward, not registration order.
+
+Given an ``example`` input, :func:`select_modules` keeps only the modules that have one output
+to capture: those that run exactly once in an eval-mode forward and return a tensor. A module
+named exactly that does not is an error; one matched by a wildcard or by type (a glob such as
+``"layer1.*"`` also matches a torchvision ResNet block's shared ``relu``, which runs twice, and
+a ShuffleNet unit's empty ``branch1``, which never runs) is left out with one warning.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from landscape.modes import eval_mode  # noqa: F401  (re-exported: cka, importance use it)
+from landscape.modes import eval_mode
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+_GLOB_CHARS = frozenset("*?[")
+log = logging.getLogger("landscape")
+_warned: set[tuple[tuple[str, str], ...]] = set()  # what was left out, warned once per process
 
 
 def select_modules(
@@ -24,12 +35,15 @@ def select_modules(
     *,
     arg: str = "layers",
     types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
+    example: Tensor | None = None,
 ) -> list[str]:
     """Names of the modules matched by ``patterns`` (registration order), root excluded.
 
     ``patterns=None`` selects every module of one of ``types`` (default ``Conv2d`` and
     ``Linear``). Every pattern must match at least one module; ``arg`` names the argument in
-    error messages.
+    error messages. With ``example`` (an input batch on the model's device, the meta device
+    too), only modules with one output per forward are kept (module doc): one eval-mode,
+    no-grad forward of ``example[:2]`` counts each module's calls.
     """
     named = [(n, m) for n, m in model.named_modules() if n]
     if patterns is None:
@@ -37,17 +51,89 @@ def select_modules(
         if not names:
             kinds = "/".join(t.__name__ for t in types)
             raise ValueError(f"{arg}=None selects {kinds} modules, but the model has none")
-        return names
+        return names if example is None else _with_one_output(
+            model, names, example, arg, {f"{arg}=None": names}, exact=())
     if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
         raise TypeError(f"{arg} must be a sequence of glob patterns (str), got {patterns!r}")
     if not patterns:
         raise ValueError(f"{arg} must hold at least one pattern, got an empty sequence")
     all_names = [n for n, _ in named]
-    for p in patterns:
-        if not any(fnmatch.fnmatchcase(n, p) for n in all_names):
+    matches = {p: [n for n in all_names if fnmatch.fnmatchcase(n, p)] for p in patterns}
+    for p, hit in matches.items():
+        if not hit:
             shown = ", ".join(all_names[:12]) + (", ..." if len(all_names) > 12 else "")
             raise ValueError(f"{arg} pattern {p!r} matches no module; module names are: {shown}")
-    return [n for n in all_names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    names = [n for n in all_names if any(n in hit for hit in matches.values())]
+    if example is None:
+        return names
+    exact = [p for p in patterns if not _GLOB_CHARS & set(p)]
+    return _with_one_output(model, names, example, arg,
+                            {f"{arg} pattern {p!r}": hit for p, hit in matches.items()}, exact)
+
+
+def without_one_output(model: nn.Module, names: Sequence[str], example: Tensor
+                       ) -> dict[str, str]:
+    """Why each of ``names`` has no single output in an eval-mode, no-grad forward of
+    ``example`` ("never ran", "ran N times", "returned <type>"); modules with one tensor output
+    are absent. The caller's train/eval flags are restored."""
+    calls: dict[str, int] = dict.fromkeys(names, 0)
+    kinds: dict[str, str] = {}
+    modules = dict(model.named_modules())
+
+    def hook(name: str) -> Callable:
+        def fn(_m: nn.Module, _inputs: tuple, output: object) -> None:
+            calls[name] += 1
+            if not torch.is_tensor(output):
+                kinds[name] = type(output).__name__
+        return fn
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(example[:2])
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: ("never ran" if calls[n] == 0 else f"ran {calls[n]} times" if calls[n] > 1
+                else f"returned {kinds[n]}, not a tensor")
+            for n in names if calls[n] != 1 or n in kinds}
+
+
+def _with_one_output(model: nn.Module, names: list[str], example: Tensor, arg: str,
+                     matches: dict[str, list[str]], exact: Sequence[str]) -> list[str]:
+    """``names`` less the modules without one output per forward (:func:`without_one_output`):
+    an error for a name given exactly or for a pattern left with nothing, else one warning."""
+    why = without_one_output(model, names, example)
+    for name in exact:
+        if name in why:
+            raise ValueError(f"{arg}: module {name!r} {why[name]} in a forward pass, so it has "
+                             "no single output to capture; select the modules it calls instead")
+    for label, hit in matches.items():
+        if all(n in why for n in hit):
+            shown = "; ".join(f"{n} {why[n]}" for n in hit[:6]) + ("; ..." if len(hit) > 6 else "")
+            raise ValueError(f"{label} matches no module with one output per forward pass "
+                             f"({shown})")
+    if why and tuple(why.items()) not in _warned:
+        _warned.add(tuple(why.items()))
+        shown = "; ".join(f"{n} {r}" for n, r in list(why.items())[:6])
+        log.warning("%s: left out %d matched module(s) without one output per forward pass: "
+                    "%s%s", arg, len(why), shown, "; ..." if len(why) > 6 else "")
+    return [n for n in names if n not in why]
+
+
+def peek_inputs(batches: Iterable[object]) -> tuple[Tensor, Iterable[object]]:
+    """The inputs of the first batch of ``batches`` (a tensor, or the first element of an
+    (inputs, labels, ...) tuple) and an iterable of all the batches, the first included."""
+    it = iter(batches)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise ValueError("batches yielded no batch") from None
+    x = first[0] if isinstance(first, (tuple, list)) and first else first
+    if not torch.is_tensor(x):
+        raise TypeError(f"batches must yield tensors or (inputs, ...) tuples, got "
+                        f"{type(x).__name__}")
+    return x, itertools.chain([first], it)
 
 
 def check_on_device(model: nn.Module, device: torch.device | str, *, arg: str = "model") -> None:

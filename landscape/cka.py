@@ -378,13 +378,15 @@ def layerwise_cka(
     The models must already be on ``device``. For many pairs of models (the seeds of a cell)
     use :func:`layerwise_cka_pairs`, which computes each model's Grams once.
     """
-    names_a = select_modules(model_a, layers, arg="layers")
-    names_b = select_modules(model_b, layers if layers_b is None else layers_b, arg="layers_b")
+    inputs = _prepare({"a": model_a, "b": model_b}, inputs, debiased, batch_size, device,
+                      arg="model_{key}")
+    names_a = select_modules(model_a, layers, arg="layers", example=inputs)
+    names_b = select_modules(model_b, layers if layers_b is None else layers_b, arg="layers_b",
+                             example=inputs)
     if model_a is model_b and names_a == names_b:
         models, names, pair = {"a": model_a}, {"a": names_a}, ("a", "a")
     else:
         models, names, pair = {"a": model_a, "b": model_b}, {"a": names_a, "b": names_b}, ("a", "b")
-    inputs = _prepare(models, inputs, debiased, batch_size, device, arg="model_{key}")
     return _pairwise(models, names, inputs, [pair], debiased, batch_size, progress)[pair]
 
 
@@ -416,10 +418,10 @@ def layerwise_cka_pairs(
     if unknown:
         raise ValueError(f"pairs name models {unknown} that are not in models "
                          f"(keys: {sorted(models, key=str)})")
-    names = {k: select_modules(m, layers, arg="layers", types=layer_types)
-             for k, m in models.items()}
     used = {k: models[k] for k in dict.fromkeys(k for p in pairs for k in p)}
     inputs = _prepare(used, inputs, debiased, batch_size, device, arg="models[{key!r}]")
+    names = {k: select_modules(m, layers, arg="layers", types=layer_types, example=inputs)
+             for k, m in used.items()}
     return _pairwise(used, names, inputs, pairs, debiased, batch_size, progress)
 
 

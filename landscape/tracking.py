@@ -1,7 +1,8 @@
 """Cheap measurements at the end of training epochs, without saving weights (issue 28 item 3):
 lambda_max of the training loss (Lanczos warm-started from the previous epoch's top
 eigenvector, :class:`landscape.hessian.tracking.LambdaTracker`), the saturation of every conv
-and linear layer (:func:`landscape.probes.layer_saturation`) and the norm of the full-batch
+and linear layer (:mod:`landscape.probes.saturation`; a layer whose output gives no more
+samples than channels is left out, its estimate biased low) and the norm of the full-batch
 gradient, all on one fixed evaluation set: the first ``n_samples`` training images without
 augmentation, BatchNorm in eval mode.
 
@@ -15,6 +16,7 @@ replayed overwrites its rows); the warm start of lambda_max begins again after a
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,9 @@ from torch import Tensor, nn
 
 from landscape.hessian.tracking import LambdaTracker
 from landscape.modes import snapshot_modes
-from landscape.probes import layer_saturation
+from landscape.probes import accumulator_saturation, layer_accumulators
+
+log = logging.getLogger("landscape")
 
 TRACKERS_FILE = "trackers.jsonl"
 METRICS = ("lambda_max", "saturation", "grad_norm")
@@ -70,6 +74,7 @@ class EpochTrackers:
         self.cfg, self.epochs, self.device = cfg, epochs, device
         self.batches = [(x.to(device), y.to(device)) for x, y in batches]
         self.path = Path(checkpoint_dir) / TRACKERS_FILE
+        self._warned_short = False
         self.lam = (LambdaTracker(self.batches, tol=cfg.tol, max_iter=cfg.max_iter, seed=seed,
                                   device=device) if cfg.lambda_max else None)
 
@@ -95,16 +100,29 @@ class EpochTrackers:
                 rows.append({"metric": "track_grad_norm", "value": self._grad_norm(model),
                              "index": epoch, "note": f"n={n}; mean loss, BN eval"})
             if self.cfg.saturation:
-                sat = layer_saturation(model, [x for x, _ in self.batches],
-                                       threshold=self.cfg.threshold, device=self.device,
-                                       allow_rank_deficient=True)
-                rows += [{"metric": "track_saturation", "value": r.saturation, "index": epoch,
-                          "layer": name, "note": f"threshold={self.cfg.threshold}; n={n}"}
-                         for name, r in sat.items()]
+                rows += self._saturation(model, epoch, n)
         finally:
             restore()
         self._append(epoch, rows)
         return rows
+
+    def _saturation(self, model: nn.Module, epoch: int, n: int) -> list[dict[str, Any]]:
+        """Rows of the layers whose covariance has more samples than dimensions; the others
+        (a 1 x 1 map wider than ``n_samples``) would have a saturation biased low: left out,
+        with one warning per run."""
+        accs = layer_accumulators(model, [x for x, _ in self.batches], device=self.device)
+        short = [f"{name} ({a.count} samples, {a.dim} channels)" for name, a in accs.items()
+                 if a.count <= a.dim]
+        if short and not self._warned_short:
+            self._warned_short = True
+            log.warning("train.track.saturation leaves out %d layer(s) with no more samples than "
+                        "channels, whose saturation would be biased low: %s; raise "
+                        "train.track.n_samples to include them", len(short), ", ".join(short))
+        sat = {name: accumulator_saturation(a, self.cfg.threshold) for name, a in accs.items()
+               if a.count > a.dim}
+        return [{"metric": "track_saturation", "value": r.saturation, "index": epoch,
+                 "layer": name, "note": f"threshold={self.cfg.threshold}; n={n}"}
+                for name, r in sat.items()]
 
     def _grad_norm(self, model: nn.Module) -> float:
         params = [p for p in model.parameters() if p.requires_grad]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -271,8 +273,11 @@ def test_pairs_equal_one_call_per_pair_with_one_forward_per_model_and_batch(
     models = {s: _net("small_cnn", s) for s in (0, 1, 2)}
     x = _inputs(24)
     forwards = {s: 0 for s in models}
-    hooks = [m.register_forward_hook(lambda *_a, s=s: forwards.__setitem__(s, forwards[s] + 1))
-             for s, m in models.items()]
+
+    def count(s, _m, args, _out) -> None:  # the layer check's forward of 2 examples aside
+        forwards[s] += args[0].shape[0] > 2
+
+    hooks = [m.register_forward_hook(functools.partial(count, s)) for s, m in models.items()]
     for m in models.values():  # the input-size check's one-off dry run happens here
         layerwise_cka(m, m, x[:4])
     forwards.update(dict.fromkeys(models, 0))
@@ -316,16 +321,60 @@ class _Reordered(nn.Module):
         return self.act(self.late(self.act(self.early(x))))
 
 
+class _Pair(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x
+
+
+def test_a_glob_keeps_the_modules_with_one_output_per_forward(caplog) -> None:
+    """A torchvision ResNet block calls its one ``relu`` twice, and a ShuffleNet unit of
+    stride 1 never calls its empty ``branch1``: a glob over the blocks leaves them out (one
+    warning naming them), so the outputs captured are each module's only one."""
+    from torchvision.models import resnet18, shufflenet_v2_x0_5
+
+    from landscape.activations import select_modules
+
+    x = torch.zeros(2, 3, 32, 32)
+    net = resnet18(num_classes=4).eval()
+    with caplog.at_level("WARNING", logger="landscape"):
+        names = select_modules(net, ["layer1.0*"], arg="probes.layers", example=x)
+    assert names == ["layer1.0", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2",
+                     "layer1.0.bn2"]
+    assert "probes.layers: left out 1 matched module(s) without one output per forward " \
+        "pass: layer1.0.relu ran 2 times" in caplog.text
+    assert select_modules(net, ["layer1.0*"], example=x[:1]) == names  # the same one warning
+    assert caplog.text.count("left out") == 1
+    shuffle = shufflenet_v2_x0_5(num_classes=4).eval()
+    names = select_modules(shuffle, ["stage2.1*"], example=x)
+    assert "stage2.1.branch1" not in names and "stage2.1.branch2.0" in names
+    with pytest.raises(ValueError, match="probes.layers: module 'stage2.1.branch1' never ran"):
+        select_modules(shuffle, ["stage2.1.branch1"], arg="probes.layers", example=x)
+    pair = nn.Sequential(nn.Conv2d(3, 3, 1), _Pair())
+    with pytest.raises(ValueError, match=r"layers pattern '1' matches no module|module '1' "
+                                         r"returned tuple, not a tensor"):
+        select_modules(pair, ["1"], example=x)
+    assert select_modules(pair, ["*"], example=x) == ["0"]
+    assert select_modules(pair, None, example=x) == ["0"]
+    # without an example nothing runs: every match, as registered
+    assert select_modules(net, ["layer1.0.relu"]) == ["layer1.0.relu"]
+
+
 def test_layer_selection_order_and_errors() -> None:
     net, x = _Reordered(), _inputs(8, 8)
     res = layerwise_cka(net, net, x, layers=["early", "late"])
     assert res.layers_a == ("early", "late")
     res = layerwise_cka(net, _net("small_cnn", 0), x, layers=["e*"], layers_b=["features.[04]"])
     assert res.layers_a == ("early",) and res.layers_b == ("features.0", "features.4")
-    with pytest.raises(ValueError, match="ran twice"):
-        layerwise_cka(net, net, x, layers=["act"])
-    with pytest.raises(ValueError, match="never ran"):
-        layerwise_cka(net, net, x)  # the default selects `unused` too
+    with pytest.raises(ValueError, match="layers: module 'act' ran 2 times in a forward pass"):
+        layerwise_cka(net, net, x, layers=["act"])  # a name given exactly must have one output
+    with pytest.raises(ValueError, match="layers: module 'unused' never ran"):
+        layerwise_cka(net, net, x, layers=["early", "unused"])
+    with pytest.raises(ValueError, match=r"layers pattern 'a\*' matches no module with one "
+                                         r"output per forward pass \(act ran 2 times\)"):
+        layerwise_cka(net, net, x, layers=["a*"])
+    # the default (and a glob) leave out what never ran or ran twice
+    assert layerwise_cka(net, net, x).layers_a == ("early", "late")
+    assert layerwise_cka(net, net, x, layers=["*"]).layers_a == ("early", "late")
     with pytest.raises(ValueError, match="'nope' matches no module"):
         layerwise_cka(net, net, x, layers=["early", "nope"])
     with pytest.raises(TypeError, match="sequence of glob patterns"):

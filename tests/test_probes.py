@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -97,13 +99,14 @@ def _images(n: int, seed: int, hw: int = 8, where: tuple[int, int] | None = None
 def test_linear_probes_one_forward_per_batch_for_all_layers() -> None:
     model = _net()
     calls = []
-    model.register_forward_pre_hook(lambda m, i: calls.append(1))
+    model.register_forward_pre_hook(lambda m, i: calls.append(len(i[0])))
     xtr, ytr = _images(60, 0)
     xte, yte = _images(30, 1)
     train = [(xtr[i:i + 20], ytr[i:i + 20]) for i in range(0, 60, 20)]
     test = [(xte[:15], yte[:15]), (xte[15:], yte[15:])]
     res = linear_probes(model, train, test)
-    assert len(calls) == 3 + 2  # every layer from the same forward
+    # every layer from the same forward (each pass after a 2-example check of the layers)
+    assert calls == [2, 20, 20, 20, 2, 15, 15]
     assert list(res) == ["0", "2", "5"]
     assert [r.features + r.constant_features for r in res.values()] == [4 * 16, 4 * 16, 3]
     assert res["0"].accuracy == 1.0  # channel 0's mean is the class, linearly
@@ -221,7 +224,8 @@ def test_predicted_border_of_vgg19_is_a_hand_count() -> None:
 
 def test_predicted_border_needs_rf_table_layers() -> None:
     model = nn.Sequential(nn.Conv2d(2, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3))
-    with pytest.raises(ValueError, match=r"layers \['1'\] are not conv/pool/linear ops"):
+    with pytest.raises(ValueError, match=r"probed layers that are not conv/pool/linear ops of the "
+                                         r"receptive-field table: 1 \(its layers: 0, 2\)"):
         predicted_border(model, 8, layers=["1"])
     with pytest.raises(ValueError, match="input_size must be a positive integer"):
         predicted_border(model, 0)
@@ -235,10 +239,12 @@ def test_one_pass_collects_the_features_and_covariances_of_every_layer() -> None
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 3, 16, 16, generator=gen), torch.arange(8) % 3) for _ in range(3)]
     calls = []
-    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    handle = model.register_forward_hook(lambda _m, args, _o: calls.append(len(args[0])))
     data = collect_layers(model, batches, size=2, covariance=True)
     handle.remove()
-    assert len(calls) == 3  # one forward per batch for every layer and both quantities
+    # one forward per batch for every layer and both quantities, after the layer check's
+    # forward of 2 examples (activations.select_modules)
+    assert calls == [2, 8, 8, 8]
     feats, labels = extract_features(model, batches, size=2)
     accs = layer_accumulators(model, batches)
     assert data.layers == list(feats) == list(accs)
@@ -310,9 +316,6 @@ def test_probes_stage_rows_border_and_heat_map(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"probes.position_layers: \['features.3'\] are not conv"):
         pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True,
                                                       position_layers=["features.3"])))
-    with pytest.raises(ValueError, match=r"probes.n_test=2 gives layer 'classifier' 2 samples "
-                                         r"\(1 per image\) for its 10 channels.*n_test >= 11"):
-        pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, n_test=2)))
     with pytest.raises(ValueError, match="probes.saturation_rule must be one of"):
         pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, saturation_rule="papers")))
     with pytest.raises(ValueError, match=r"probes.backend must be one of \('torch', 'sklearn'\), "
@@ -320,6 +323,29 @@ def test_probes_stage_rows_border_and_heat_map(tmp_path) -> None:
         pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, backend="cuml")))
     assert not (tmp_path / identify(cfg(seed=1)).cell_name / "seed=1").exists()  # before training
     _other_backend_is_recomputed_not_mixed(cfg, probes, tmp_path)
+    _too_few_test_images_leave_out_saturation_only(cfg, probes, tmp_path, layers)
+
+
+def _too_few_test_images_leave_out_saturation_only(cfg, probes, root, layers) -> None:
+    """2 test images give the 10-wide classifier 2 samples: a rank-deficient covariance. Its
+    saturation (and that of any other such layer) is left out and named in the note; the
+    probes of every layer are still written, and no tail is claimed without the body's
+    saturation."""
+    import dataclasses
+
+    from landscape import pipeline, results
+
+    few = dataclasses.replace(probes, n_test=2, position_layers=[])
+    assert pipeline.run(cfg(probes=few)).ran == ["probes_final"]
+    df = results.load(root).query("stage == 'probes_final'")
+    assert sorted(df[df.metric == "probe_acc"]["layer"]) == sorted(layers)
+    note = df["note"].iloc[0]
+    left_out = re.findall(r"(\S+) \(\d+ samples, \d+ channels\)", note)
+    assert "classifier" in left_out
+    assert "; no saturation (no more test samples than channels)" in note
+    with_sat = set(df[df.metric == "saturation"]["layer"])
+    assert with_sat == set(layers) - set(left_out) == set(df[df.metric == "intrinsic_dim"]["layer"])
+    assert (df.metric == "tail_observed").any() == (set(left_out) <= {"classifier"})
 
 
 def _other_backend_is_recomputed_not_mixed(cfg, probes, root) -> None:
@@ -380,9 +406,11 @@ def test_the_probe_figure_and_table_from_rows_with_equal_seeds() -> None:
 
 
 @pytest.mark.parametrize("arch,pool", [("resnet18", 2), ("vgg19", 2), ("resnet50", 1)])
-def test_probes_validation_builds_every_architecture_before_training(arch, pool) -> None:
+def test_probes_validation_builds_every_architecture_before_training(arch, pool, caplog) -> None:
     """The check of n_test against every layer's width runs a meta-device forward of the
-    architecture; feature maps of 1 x 1 (deep layers at a large pool) must not trip it."""
+    architecture; feature maps of 1 x 1 (deep layers at a large pool) must not trip it. Too
+    few test images for a layer's saturation is a warning, not an error: its probes still
+    run."""
     from landscape.config import ModelConfig, RunConfig
     from landscape.data import DataConfig
     from landscape.identity import identify
@@ -391,6 +419,11 @@ def test_probes_validation_builds_every_architecture_before_training(arch, pool)
     cfg = RunConfig(model=ModelConfig(name=arch, width=0.125, pool_level=pool),
                     data=DataConfig(name="digits", image_size=16), device="cpu")
     stage = ProbesStage()
-    stage.validate_for(ProbesConfig(enabled=True, n_test=360), identify(cfg))
-    with pytest.raises(ValueError, match="set probes.n_test >= "):
+    with caplog.at_level("WARNING", logger="landscape"):
+        stage.validate_for(ProbesConfig(enabled=True, n_test=360), identify(cfg))
+        assert not caplog.records
         stage.validate_for(ProbesConfig(enabled=True, n_test=2), identify(cfg))
+    (record,) = caplog.records
+    assert re.search(r"probes.n_test=2 gives \d+ probed layer\(s\) of .* no more samples than "
+                     r"channels \(.*\): their saturation is not computed \(probes are\); "
+                     r"probes.n_test >= \d+ computes it for every layer", record.getMessage())

@@ -127,10 +127,11 @@ def _net() -> nn.Module:
 def test_one_forward_per_batch_feeds_every_layer() -> None:
     model = _net().train()
     calls = []
-    model.register_forward_pre_hook(lambda m, i: calls.append(m.training))
+    model.register_forward_pre_hook(lambda m, i: calls.append((m.training, len(i[0]))))
     batches = [(torch.randn(4, 3, 6, 6), torch.zeros(4)) for _ in range(3)]
     accs = layer_accumulators(model, batches)
-    assert calls == [False, False, False]  # one eval forward per batch
+    # one eval forward per batch, after the layer check's of 2 examples
+    assert calls == [(False, 2)] + [(False, 4)] * 3
     assert model.training  # the caller's mode is restored
     assert list(accs) == ["0", "2", "5"]
     assert [a.count for a in accs.values()] == [12 * 36, 12 * 16, 12]

@@ -102,6 +102,31 @@ def test_a_killed_and_resumed_run_keeps_every_epochs_rows(tmp_path, monkeypatch)
                                                            rel=1e-3)
 
 
+def test_saturation_leaves_out_layers_with_no_more_samples_than_channels(tmp_path, caplog):
+    """6 images give a 16-channel 1 x 1 map 6 samples: its covariance has rank <= 5, the
+    saturation at most 5/16 whatever the weights. No row for it, one warning per run; the
+    other layers' rows are those of layer_saturation."""
+    from torch import nn
+
+    from landscape.probes import layer_saturation
+    from landscape.tracking import TrackConfig
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 16, 1),
+                        nn.Flatten(), nn.Linear(16, 4))
+    batches = [(torch.randn(6, 3, 6, 6), torch.arange(6) % 4)]
+    trackers = EpochTrackers(TrackConfig(saturation=True), batches, epochs=2,
+                             checkpoint_dir=tmp_path, device=torch.device("cpu"))
+    with caplog.at_level("WARNING", logger="landscape"):
+        rows = trackers.measure(net, 1) + trackers.measure(net, 2)
+    assert [(r["layer"], r["index"]) for r in rows] == [("0", 1), ("4", 1), ("0", 2), ("4", 2)]
+    expected = layer_saturation(net, [batches[0][0]], layers=["0", "4"])
+    assert [r["value"] for r in rows[:2]] == [expected[n].saturation for n in ("0", "4")]
+    assert caplog.text.count("train.track.saturation leaves out 1 layer(s) with no more "
+                             "samples than channels") == 1
+    assert "2 (6 samples, 16 channels)" in caplog.text
+
+
 def test_bad_tracker_settings_name_the_field(tmp_path):
     with pytest.raises(ValueError, match=r"train\.track\.every must be an integer >= 1, got 0"):
         pipeline.validate(_cfg(tmp_path, "train.track.every=0"))

@@ -116,9 +116,12 @@ def predicted_border(
     rows = {name: i for i, name in enumerate(table["layer"])}
     missing = [n for n in names if n not in rows]
     if missing:
-        raise ValueError(f"layers {missing} are not conv/pool/linear ops of the receptive-field "
-                         f"table (its layers: {', '.join(table['layer'][:12])}"
-                         f"{', ...' if len(table) > 12 else ''})")
+        shown = ", ".join(missing[:4]) + (f", ... ({len(missing)} layers)"
+                                          if len(missing) > 4 else "")
+        raise ValueError(f"probed layers that are not conv/pool/linear ops of the "
+                         f"receptive-field table: {shown} (its layers: "
+                         f"{', '.join(table['layer'][:6])}"
+                         f"{', ...' if len(table) > 6 else ''})")
     probed = sorted(names, key=rows.__getitem__)
     border = table.loc[table["border"], "layer"]
     hit = next((i for i, n in enumerate(probed) if table["unproductive"].iloc[rows[n]]), None)

@@ -37,7 +37,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from landscape.activations import ActivationCapture, check_on_device, eval_mode, select_modules
+from landscape.activations import (
+    ActivationCapture, check_on_device, eval_mode, peek_inputs, select_modules,
+)
 from landscape.probes.logistic import fit_logistic
 
 Batches = Iterable[Sequence[Tensor]]
@@ -243,7 +245,9 @@ def extract_features(
     :func:`probe_features`) and the (n,) labels, from ONE forward per (inputs, labels) batch
     for all layers (eval mode, no grad; the caller's modes are restored)."""
     _check_size(size)
-    names = select_modules(model, layers, arg="layers")
+    check_on_device(model, device)
+    x, batches = peek_inputs(batches)
+    names = select_modules(model, layers, arg="layers", example=x.to(device))
     return _collect(model, batches, names,
                     lambda name, out: probe_features(out, size, layer=name), device)
 

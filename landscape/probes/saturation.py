@@ -48,7 +48,9 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from landscape.activations import ActivationCapture, check_on_device, eval_mode, select_modules
+from landscape.activations import (
+    ActivationCapture, check_on_device, eval_mode, peek_inputs, select_modules,
+)
 
 RULES = ("delve", "smallest")
 # The papers' definition (Size Matters, Feature Space Saturation): the smallest k whose
@@ -296,8 +298,9 @@ def layer_accumulators(
     ``batches`` yields input tensors or (inputs, labels, ...) tuples; the model must already
     be on ``device``.
     """
-    names = select_modules(model, layers, arg="layers")
     check_on_device(model, device)
+    x, batches = peek_inputs(batches)
+    names = select_modules(model, layers, arg="layers", example=x.to(device))
     accs = {n: CovarianceAccumulator(n) for n in names}
     order: list[str] | None = None
     with torch.no_grad(), eval_mode(model), ActivationCapture(

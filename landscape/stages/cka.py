@@ -137,13 +137,16 @@ class CKAStage(Stage):
         validate(config)
 
     def validate_for(self, config: CKAConfig, identity: RunIdentity) -> None:
-        """cka.layers select at least one module of this architecture (on the meta device)."""
+        """cka.layers select at least one module of this architecture with one output per
+        forward pass (on the meta device)."""
         with torch.device("meta"):
             model = identity.build_model()
         paper = config.protocol == "paper"
+        x = torch.empty(2, identity.in_channels, identity.image_size, identity.image_size,
+                        device="meta")
         try:
             select_modules(model, config.layers, arg="cka.layers",
-                           types=(nn.ReLU,) if paper else DEFAULT_LAYER_TYPES)
+                           types=(nn.ReLU,) if paper else DEFAULT_LAYER_TYPES, example=x)
         except (TypeError, ValueError) as e:
             raise ValueError(str(e)) from None
 

@@ -12,7 +12,10 @@ the first ``n_test`` test images; the note of every row names the backend, and a
 by the other backend (or before ``backend`` existed: scikit-learn) is recomputed, not mixed.
 Saturation = intrinsic dimension / width, the intrinsic dimension the number of
 eigendirections explaining ``threshold`` of the variance (``saturation_rule=smallest``, the
-papers' definition; ``delve`` = delve 0.1.50's count, one fewer).
+papers' definition; ``delve`` = delve 0.1.50's count, one fewer). A layer whose test images
+give it no more samples than channels has a rank-deficient covariance (a saturation biased
+low): it gets no saturation rows, the note names it, and there is no observed tail when it is
+one of the body layers; submitting warns about it first.
 
 Rows (``layer`` = module, ``index`` = its position among the probed layers in forward order):
 ``probe_acc``, ``probe_train_acc``, ``saturation``, ``intrinsic_dim``; ``border_predicted``
@@ -47,6 +50,7 @@ from landscape.stages.base import (
 from landscape.stages.batches import evaluation_batches, test_batches
 
 log = logging.getLogger("landscape")
+_warned: set[tuple] = set()  # (arch, input size, n_test, layers) already warned about
 
 
 @dataclass
@@ -122,39 +126,39 @@ class ProbesStage(Stage):
     def validate_for(self, config: ProbesConfig, identity: RunIdentity) -> None:
         with torch.device("meta"):
             model = identity.build_model()
-        try:
-            names = select_modules(model, config.layers, arg="probes.layers")
-        except (TypeError, ValueError) as e:
-            raise ValueError(str(e)) from None
-        self._check_samples(model, names, config, identity)
-        position_layer_names(model, config.position_layers, identity.arch)
-
-    @staticmethod
-    def _check_samples(model: torch.nn.Module, names: list[str], config: ProbesConfig,
-                       identity: RunIdentity) -> None:
-        """Every layer's covariance needs more samples (test images x positions) than it has
-        channels; checked from the output shapes of a forward on the meta device."""
-        shapes: dict[str, tuple] = {}
         model.eval()  # BatchNorm in train mode refuses a batch of one 1x1 map
         x = torch.empty(2, identity.in_channels, identity.image_size, identity.image_size,
                         device="meta")
+        try:
+            names = select_modules(model, config.layers, arg="probes.layers", example=x)
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None
+        self._check_samples(model, names, x, config, identity)
+        position_layer_names(model, config.position_layers, identity.arch)
+
+    @staticmethod
+    def _check_samples(model: torch.nn.Module, names: list[str], x: torch.Tensor,
+                       config: ProbesConfig, identity: RunIdentity) -> None:
+        """Warn (once per architecture and setting) about the layers whose covariance gets no
+        more samples (test images x positions) than they have channels: their saturation will
+        not be computed. Checked from the output shapes of a forward on the meta device."""
+        shapes: dict[str, tuple] = {}
         with ActivationCapture(model, names, lambda n, out: shapes.update({n: out.shape})) as c:
             c.run(x)
-        size = {}  # (positions per image, channels) of each layer's output
+        short = {}
         for name in names:
             shape = shapes[name]
-            size[name] = (shape[2] * shape[3] if len(shape) == 4 else 1, shape[1])
-        # the fewest test images that give a layer more samples than channels
-        need = {n: channels // positions + 1 for n, (positions, channels) in size.items()}
-        worst = max(names, key=need.__getitem__)
-        if config.n_test < need[worst]:
-            positions, channels = size[worst]
-            raise ValueError(
-                f"probes.n_test={config.n_test} gives layer {worst!r} "
-                f"{config.n_test * positions} samples ({positions} per image) for its "
-                f"{channels} channels; saturation needs more samples than channels in every "
-                f"layer: set probes.n_test >= {need[worst]}, or probe fewer layers "
-                f"(probes.layers: glob patterns on module names)")
+            positions, channels = (shape[2] * shape[3] if len(shape) == 4 else 1), shape[1]
+            if config.n_test * positions <= channels:
+                short[name] = channels // positions + 1  # the fewest images that suffice
+        key = (identity.arch, identity.image_size, config.n_test, tuple(short))
+        if short and key not in _warned:
+            _warned.add(key)
+            log.warning("probes.n_test=%d gives %d probed layer(s) of %s no more samples than "
+                        "channels (%s): their saturation is not computed (probes are); "
+                        "probes.n_test >= %d computes it for every layer", config.n_test,
+                        len(short), identity.arch, ", ".join(list(short)[:4])
+                        + (", ..." if len(short) > 4 else ""), max(short.values()))
 
     def units(self, config: ProbesConfig) -> list[Unit]:
         return [Unit(f"probes_{c}", {"checkpoint": c}) for c in config.checkpoints]
@@ -179,23 +183,31 @@ class ProbesStage(Stage):
         probes = layer_probes(fit.features, fit.labels, score.features, score.labels, C=c.C,
                               max_iter=c.max_iter, backend=c.backend, device=device)
         rows: list[dict] = []
-        accuracy, saturation = [], []
+        accuracy, saturation, unsaturated = [], [], []
         for i, name in enumerate(names):
-            probe = probes[name]
-            sat = accumulator_saturation(score.covariances[name], c.threshold,
-                                         rule=c.saturation_rule)
+            probe, acc = probes[name], score.covariances[name]
             accuracy.append(probe.accuracy)
-            saturation.append(sat.saturation)
             rows += [{"metric": m, "value": v, "layer": name, "index": i}
                      for m, v in (("probe_acc", probe.accuracy),
-                                  ("probe_train_acc", probe.train_accuracy),
-                                  ("saturation", sat.saturation),
+                                  ("probe_train_acc", probe.train_accuracy))]
+            if acc.count <= acc.dim:  # a rank-deficient covariance: saturation biased low
+                saturation.append(None)
+                unsaturated.append(f"{name} ({acc.count} samples, {acc.dim} channels)")
+                continue
+            sat = accumulator_saturation(acc, c.threshold, rule=c.saturation_rule)
+            saturation.append(sat.saturation)
+            rows += [{"metric": m, "value": v, "layer": name, "index": i}
+                     for m, v in (("saturation", sat.saturation),
                                   ("intrinsic_dim", sat.intrinsic_dim))]
         # The tail is sought among the layers before the head: a Linear classifier's output is
         # only num_classes wide, so its saturation says nothing about unused capacity.
         modules = dict(model.named_modules())
         body = [i for i, n in enumerate(names) if not isinstance(modules[n], torch.nn.Linear)]
-        if len(body) >= c.min_tail:
+        if any(saturation[i] is None for i in body):
+            log.warning("%s: no observed tail: the saturation of %s is not computed (no more "
+                        "test samples than channels; raise probes.n_test)", ctx.identity.run_id,
+                        ", ".join(names[i] for i in body if saturation[i] is None))
+        elif len(body) >= c.min_tail:
             tail = observed_tail([names[i] for i in body], [accuracy[i] for i in body],
                                  [saturation[i] for i in body], epsilon=c.epsilon,
                                  min_length=c.min_tail)
@@ -222,5 +234,7 @@ class ProbesStage(Stage):
                 f"pool_size={c.pool_size}; C={c.C}; backend={c.backend}; "
                 f"threshold={c.threshold}; "
                 f"saturation_rule={c.saturation_rule}; epsilon={c.epsilon}; "
-                f"min_tail={c.min_tail}; input_size={ctx.identity.image_size}")
+                f"min_tail={c.min_tail}; input_size={ctx.identity.image_size}"
+                + (f"; no saturation (no more test samples than channels): "
+                   f"{', '.join(unsaturated)}" if unsaturated else ""))
         return [{"stage": unit.name, "note": note, **r} for r in rows]
