@@ -220,6 +220,35 @@ def best_epoch(history: list[EpochRecord]) -> Optional[EpochRecord]:
     return best
 
 
+@dataclass(frozen=True)
+class StaleStatistics:
+    """The BatchNorm layer whose running statistics hold the largest share of their initial
+    values (mean 0, variance 1): ``share = (1 - momentum) ** steps``, ``steps`` its
+    ``num_batches_tracked`` (train-mode forwards)."""
+
+    layer: str
+    momentum: float
+    steps: int
+    share: float
+
+
+STALE_SHARE = 0.05  # above this share of initial values the train stage warns
+
+
+def stalest_batchnorm(model: nn.Module) -> Optional[StaleStatistics]:
+    """:class:`StaleStatistics` of ``model``'s BatchNorm layers with running statistics and an
+    exponential ``momentum``, or None when there is none (a cumulative average,
+    ``momentum=None``, forgets its initial values at the first step). Eval-mode numbers (test
+    accuracy, the Hessian, probes) use these statistics: torchvision's MNASNet (momentum 3e-4)
+    still holds 74% of its initial values after 1000 steps."""
+    stale = [StaleStatistics(name, float(m.momentum), int(m.num_batches_tracked),
+                             (1.0 - float(m.momentum)) ** int(m.num_batches_tracked))
+             for name, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+             and m.momentum is not None and m.num_batches_tracked is not None]
+    return max(stale, key=lambda s: s.share, default=None)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)

@@ -45,6 +45,11 @@ def test_run_writes_tidy_rows_and_rerun_does_nothing(tmp_path, caplog):
     path = df[df.metric == "resident_data"].iloc[0]  # data.loader=auto: resident on the CPU
     assert (path.value, path.note) == (1.0, "resident")
     assert df[df.metric == "compiled"]["value"].tolist() == [0.0]
+    bn = df[df.metric == "bn_initial_share"].iloc[0]  # 64 images in 32s x 2 epochs: 4 steps
+    assert (bn.value, bn.layer) == (pytest.approx(0.9 ** 4), "features.2")
+    assert "momentum=0.1, steps=4" in bn.note
+    assert "BatchNorm features.2 (momentum 0.1) still hold 65.6% of their initial values " \
+        "(mean 0, variance 1) after 4 training step(s)" in caplog.text
     rf = df[df.stage == "receptive_field"]  # written once per cell, without a seed
     assert rf["seed"].isna().all() and rf["run_id"].nunique() == 1
     r_max = rf[rf.metric == "rf_r_max"].set_index("layer")["value"]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from landscape.data import DataConfig, load_dataset
 from landscape.device import device_settings
@@ -215,3 +217,24 @@ def test_step_schedule_resumed_training_run_replays_the_lr_sequence(tmp_path):
     lrs = [r.learning_rate for r in full.history]
     assert lrs == pytest.approx([0.05, 0.05, 0.005], rel=1e-12)  # milestone round(0.5 * 3) = 2
     assert [r.learning_rate for r in resumed.history] == lrs
+
+
+@given(momentum=st.floats(0.01, 0.9), steps=st.integers(0, 40))
+@settings(max_examples=25, deadline=None)
+def test_stale_share_is_what_torch_leaves_of_the_initial_statistics(momentum, steps) -> None:
+    """Batches of constant mean 3: torch's running mean after t steps is 3 (1 - share)."""
+    from torch import nn
+
+    from landscape.train import stalest_batchnorm
+
+    net = nn.Sequential(nn.BatchNorm1d(2, momentum=momentum), nn.BatchNorm1d(2, momentum=None))
+    x = torch.tensor([[2.0, 1.0], [4.0, 5.0]])  # per-feature means 3 and 3
+    for _ in range(steps):
+        net(x)
+    stale = stalest_batchnorm(net)
+    assert (stale.layer, stale.steps) == ("0", steps)  # the cumulative average is not stale
+    assert stale.share == pytest.approx((1 - momentum) ** steps, rel=1e-12)
+    torch.testing.assert_close(net[0].running_mean.double(),
+                               torch.full((2,), 3 * (1 - stale.share), dtype=torch.float64),
+                               rtol=1e-5, atol=1e-6)
+    assert stalest_batchnorm(nn.Sequential(nn.Conv2d(1, 1, 1))) is None

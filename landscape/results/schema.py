@@ -65,6 +65,9 @@ METRICS: dict[str, str] = {
                      "(data.loader), 0 for the DataLoader path; note = the path",
     "compiled": "1 if the training steps ran a torch.compile'd model (train.compile), else 0; "
                 "note = why compiling failed, when it was asked for",
+    "bn_initial_share": "largest share of initial values (mean 0, var 1) left in a BatchNorm "
+                        "layer's running statistics after training, (1 - momentum)^steps; "
+                        "layer = that BatchNorm; note = its momentum and steps",
     "best_test_acc": "highest test accuracy over the epochs of training (its weights are "
                      "best.pt) or of a fine-tuning, fraction; index = that epoch",
     # receptive_field (cell-level, one row per conv/pool layer; layer = module name)

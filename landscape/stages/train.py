@@ -1,6 +1,9 @@
 """Training stage: the run's model trained from its seeded init (resumable from the last epoch
 checkpoint); rows per epoch (losses, accuracies, learning rate, time), ``diverged``,
-``num_params`` and ``train_seconds``."""
+``num_params``, ``train_seconds`` and, for a model with BatchNorm, ``bn_initial_share``: the
+largest share of initial values left in a BatchNorm layer's running statistics
+(:func:`~landscape.train.stalest_batchnorm`; above 5% a warning says that eval-mode numbers
+use statistics that training has barely moved)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from landscape.stages.base import RunContext, Stage, Unit, register_stage
 from landscape.stages.batches import evaluation_batches
 from landscape.tracking import TRACKERS_FILE, EpochTrackers, tracked_rows
 from landscape.train import (
-    TrainConfig, recorded_data_path, train_model, validate_train_config,
+    STALE_SHARE, TrainConfig, recorded_data_path, stalest_batchnorm, train_model,
+    validate_train_config,
 )
 
 log = logging.getLogger("landscape")
@@ -70,6 +74,19 @@ class TrainStage(Stage):
                      "note": outcome.data_path})
         rows.append({"metric": "compiled", "value": float(outcome.compiled),
                      "note": outcome.compile_note or None})
+        stale = stalest_batchnorm(model)
+        if stale is not None:
+            rows.append({"metric": "bn_initial_share", "value": stale.share,
+                         "layer": stale.layer,
+                         "note": f"(1 - momentum)^steps: momentum={stale.momentum:g}, "
+                                 f"steps={stale.steps}; the largest over BatchNorm layers"})
+            if stale.share > STALE_SHARE and not outcome.diverged:
+                log.warning(
+                    "%s: the running statistics of BatchNorm %s (momentum %g) still hold %.1f%% "
+                    "of their initial values (mean 0, variance 1) after %d training step(s): "
+                    "every eval-mode number of this run (test accuracy, Hessian, probes, ...) "
+                    "uses them; train for more steps", ctx.identity.run_id, stale.layer,
+                    stale.momentum, 100 * stale.share, stale.steps)
         if config.track.enabled:
             last = outcome.history[-1].epoch if outcome.history else 0
             rows += tracked_rows(ctx.checkpoint_dir, last)
