@@ -188,3 +188,39 @@ def test_taps_are_periodic_and_are_torchs_non_zero_weights(mode, k):
         (g,) = torch.autograd.grad(y[0, 0, 0, t], x, retain_graph=True)
         hit = g[0, 0, 0].nonzero().flatten()
         assert (int(hit[0]), int(hit[-1])) == taps(t)
+
+
+class Shuffled(nn.Module):
+    """conv -> pixel (un)shuffle by r (module or function) -> conv K -> conv 2x2. Before a
+    shuffle the conv has stride r, so positions stay whole input pixels apart."""
+
+    def __init__(self, r: int, kernel: int, shuffle: bool, function: bool) -> None:
+        super().__init__()
+        self.r, self.shuffle, self.function = r, shuffle, function
+        self.a = nn.Conv2d(1, r * r if shuffle else 1, 3, padding=1, stride=r if shuffle else 1)
+        self.move = nn.PixelShuffle(r) if shuffle else nn.PixelUnshuffle(r)
+        self.b = nn.Conv2d(1 if shuffle else r * r, 2, kernel, padding=kernel // 2)
+        self.c = nn.Conv2d(2, 1, 2)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.function:
+            y = (F.pixel_shuffle if self.shuffle else F.pixel_unshuffle)(y, self.r)
+        else:
+            y = self.move(y)
+        return self.c(self.b(y))
+
+
+def test_pixel_shuffle_and_unshuffle_equal_the_input_gradients() -> None:
+    """Space to depth is a window of kernel r and stride r; depth to space places positions as
+    a nearest upsampling by r does (per-phase geometry). 2 x 2 x 3 x 2 chains, both layers."""
+    for shuffle, r, kernel, function in itertools.product((False, True), (2, 3), (1, 2, 3),
+                                                          (False, True)):
+        t = receptive_field_table(Shuffled(r, kernel, shuffle, function), 48).set_index("layer")
+        assert "move" not in t.index  # moves positions, not a layer of the table
+        for layer in ("b", "c"):
+            assert tuple(t.loc[layer, ["r_min", "r_max"]]) == gradient_sizes(
+                Shuffled(r, kernel, shuffle, function), layer, n=48), (shuffle, r, kernel, layer)
+    t = receptive_field_table(Shuffled(2, 3, False, False), 48).set_index("layer")
+    # conv 3; a 2 x 2 block adds 1; kernel 3 at jump 2 adds 4
+    assert (t.loc["b", "jump"], t.loc["b", "r_max"]) == (2, 3 + 1 + 2 * 2)

@@ -169,18 +169,48 @@ def _upsample(ctx: Ctx) -> Result:
     if any(f < 1 or not f.is_integer() for f in factors):
         raise Skip(f"{ctx.where} resizes by {tuple(factors)}; the RF analysis follows "
                    "upsampling by integer factors only")
+    return _upsampled(x, axes, [int(f) for f in factors], mode, align, ctx.where), None
+
+
+def _upsampled(x: Geometry, axes: tuple[str, str], factors: list[int], mode: str,
+               align: Any, where: str) -> Geometry:
     new = {}
-    for name, factor in zip(axes, (int(f) for f in factors)):
+    for name, factor in zip(axes, factors):
         taps = upsample_taps(mode, factor, align)
         if taps is None:
-            raise Skip(f"{ctx.where} upsamples with mode={mode!r}, align_corners={align}: "
+            raise Skip(f"{where} upsamples with mode={mode!r}, align_corners={align}: "
                        "only nearest, nearest-exact, and (bi)linear / bicubic without "
                        "align_corners have periodic taps")
         a = x.axis(name)
         size = a.size * factor if a.size is not None else None
-        new[name] = from_classes([c.upsample(factor, taps) for c in a.classes()], size,
-                                 ctx.where)
-    return Geometry(new["h"], new["w"], T.unsized(x.layout)), None
+        new[name] = from_classes([c.upsample(factor, taps) for c in a.classes()], size, where)
+    return Geometry(new["h"], new["w"], T.unsized(x.layout))
+
+
+def _factor(ctx: Ctx, field: str) -> int:
+    r = ctx.mod.upscale_factor if isinstance(ctx.mod, nn.PixelShuffle) else (
+        ctx.mod.downscale_factor if ctx.mod is not None else ctx.resolve(
+            arg(ctx.node, 1, field, None)))
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise Skip(f"{ctx.where} has no integer {field} (got {r!r})")
+    return r
+
+
+def _pixel_shuffle(ctx: Ctx) -> Result:
+    """Depth to space by r: output position q reads input position floor(q / r) (from one of
+    r^2 channels), the positions of a nearest upsampling by r."""
+    x = ctx.local_x()
+    r = _factor(ctx, "upscale_factor")
+    return _upsampled(x, T.last_axes(x, 2, ctx.where), [r, r], "nearest", None, ctx.where), None
+
+
+def _pixel_unshuffle(ctx: Ctx) -> Result:
+    """Space to depth by r: each output position holds (as r^2 channels) the r x r block of
+    input positions it covers, a window of kernel r and stride r (not a layer of the table)."""
+    x = ctx.local_x()
+    r = _factor(ctx, "downscale_factor")
+    out = Window("space_to_depth", (r, r), (r, r), (0, 0)).apply(x, T.last_axes(x, 2, ctx.where))
+    return Geometry(out.h, out.w, T.unsized(x.layout)), None
 
 
 def _constant(ctx: Ctx) -> Result:
@@ -191,7 +221,7 @@ def _unsupported_hint() -> str:
     return ("Supported: Conv2d, Max/Avg/AdaptivePool2d, Linear, norms, activations, dropout, "
             "stochastic depth, identity, elementwise ops, cat/stack/chunk, flatten/view/reshape/"
             "permute/transpose, indexing, padding, matmul/einsum/attention, global mean, "
-            "upsampling by integer factors")
+            "upsampling by integer factors, pixel (un)shuffle")
 
 
 _ELEMENTWISE_MODULES = (
@@ -235,6 +265,8 @@ MODULE_RULES: list[tuple[Any, Rule]] = [
       nn.CircularPad2d), T.pad),
     ((nn.Flatten, nn.Unflatten), T.reshape),
     (nn.Upsample, _upsample),
+    (nn.PixelShuffle, _pixel_shuffle),
+    (nn.PixelUnshuffle, _pixel_unshuffle),
     (_ELEMENTWISE_MODULES, elementwise),
 ]
 FUNCTION_RULES: dict[Any, Rule] = {
@@ -245,6 +277,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     torch.softmax: _along_dim(_arg_dim(1)), torch.log_softmax: _along_dim(_arg_dim(1)),
     F.normalize: _along_dim(_arg_dim(2, 1)), torch.cumsum: _along_dim(_arg_dim(1)),
     **{f: _upsample for f in _UPSAMPLE_FUNCTIONS},
+    F.pixel_shuffle: _pixel_shuffle, F.pixel_unshuffle: _pixel_unshuffle,  # torch.pixel_*
     **T.FUNCTION_RULES, **M.FUNCTION_RULES,
 }
 METHOD_RULES: dict[str, Rule] = {
