@@ -41,13 +41,15 @@ def saturation_probes(df: pd.DataFrame, *, arch: str | None = None, dataset: str
     fig, axes = _figure(1, len(levels), panel=(max(3.6, 0.22 * n_layers + 1.4), 3.4))
     for ax, (cell, label, colour, _) in zip(axes[0], levels):
         c = select(s, cell=cell)
+        # every probed layer has a probe; a layer with too few test samples has no saturation
         sat, acc = _per_layer(c, "saturation"), _per_layer(c, "probe_acc")
-        x = sat.index.get_level_values("index").to_numpy(int)
-        ax.bar(x, sat.mean(axis=1).to_numpy(float), color=colour, alpha=0.45, width=0.8, label="saturation")
-        mean = sat.mean(axis=1).to_numpy(float)  # (the mean of equal values may round past them)
-        ax.errorbar(x, mean, yerr=[np.maximum(0, mean - sat.min(axis=1).to_numpy(float)),
-                                   np.maximum(0, sat.max(axis=1).to_numpy(float) - mean)],
-                    fmt="none", ecolor="0.3", lw=0.8)
+        if len(sat):
+            x = sat.index.get_level_values("index").to_numpy(int)
+            mean = sat.mean(axis=1).to_numpy(float)  # (the mean of equal values may round past)
+            ax.bar(x, mean, color=colour, alpha=0.45, width=0.8, label="saturation")
+            ax.errorbar(x, mean, yerr=[np.maximum(0, mean - sat.min(axis=1).to_numpy(float)),
+                                       np.maximum(0, sat.max(axis=1).to_numpy(float) - mean)],
+                        fmt="none", ecolor="0.3", lw=0.8)
         xa = acc.index.get_level_values("index").to_numpy(int)
         ax.plot(xa, acc.mean(axis=1), color="black", marker="o", ms=3, lw=1.3,
                 label=f"probe accuracy, n={acc.shape[1]}")
@@ -59,9 +61,9 @@ def saturation_probes(df: pd.DataFrame, *, arch: str | None = None, dataset: str
         for i, start in enumerate(select(c, metric="tail_observed")["value"].dropna()):
             ax.axvline(float(start) - 0.5, color="tab:blue", ls=":", lw=1.0,
                        label="observed tail (per seed)" if i == 0 else None)
-        names = sat.index.get_level_values("layer")
+        names = acc.index.get_level_values("layer")
         step = max(1, len(names) // 24)
-        ax.set_xticks(x[::step])
+        ax.set_xticks(xa[::step])
         ax.set_xticklabels(list(names[::step]), rotation=90, fontsize=6)
         ax.set_ylim(0, 1.05)
         ax.set_title(label)
