@@ -604,9 +604,15 @@ def test_a_model_neither_trace_can_follow_is_refused_naming_module_and_op():
     with pytest.raises(UnsupportedModelError,
                        match=r"meta device in module 'gate' \(DataDependent\), at op \S+__bool__"):
         receptive_field_table(Untraceable(), 16)
+    unfold = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Unfold(2), nn.Fold(14, 2), nn.Conv2d(4, 1, 3))
+    with pytest.raises(UnsupportedModelError,
+                       match=r"module '1' \(Unfold\) is not supported"):
+        receptive_field_table(unfold, 16)
+    # a pixel shuffle is followed, but not to positions finer than the input's pixels
     shuffle = nn.Sequential(nn.Conv2d(1, 4, 3), nn.PixelShuffle(2), nn.Conv2d(1, 1, 3))
     with pytest.raises(UnsupportedModelError,
-                       match=r"module '1' \(PixelShuffle\) is not supported"):
+                       match=r"module '1' \(PixelShuffle\) upsamples beyond the input's "
+                             r"resolution \(a mean jump of 0.5 pixels\)"):
         receptive_field_table(shuffle, 16)
 
 
