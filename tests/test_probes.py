@@ -222,11 +222,29 @@ def test_predicted_border_of_vgg19_is_a_hand_count() -> None:
         "features.21"
 
 
+def test_predicted_border_over_blocks_and_elementwise_modules() -> None:
+    """A glob over VGG's ``features`` also probes BatchNorm and ReLU (no RF of their own:
+    passed over), so the border is that of the convs and pools. A block is unproductive when
+    its first conv is, and its output comes after its own convs."""
+    vgg = create_model("vgg19", num_classes=10, width=0.125, pool_level=0)
+    assert predicted_border(vgg, 32, layers=["features.*"]).layer == "features.21"
+    # 4 blocks of conv 3x3 -> ReLU -> conv 3x3 on 8 px: the convs' input r are 1, 3 | 5, 7 |
+    # 9, 11 | ...: conv 2.0 is the first whose input covers 8 px, so block 2 is unproductive
+    # and block 1 (its first conv's input r is 5) is not
+    net = nn.Sequential(*[nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
+                                        nn.Conv2d(2, 2, 3, padding=1)) for _ in range(4)])
+    b = predicted_border(net, 8, layers=["?"])
+    assert (b.layer, b.index, b.rf_border) == ("2", 2, "2.0")
+    b = predicted_border(net, 8, layers=["?", "?.?"])  # blocks, convs and ReLUs
+    assert (b.layer, b.index) == ("2.0", 6)  # 0.0 0.2 0 1.0 1.2 1 | 2.0
+
+
 def test_predicted_border_needs_rf_table_layers() -> None:
     model = nn.Sequential(nn.Conv2d(2, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3))
-    with pytest.raises(ValueError, match=r"probed layers that are not conv/pool/linear ops of the "
-                                         r"receptive-field table: 1 \(its layers: 0, 2\)"):
+    with pytest.raises(ValueError, match=r"no probed layer is or holds a conv/pool/linear op of "
+                                         r"the receptive-field table: 1 \(its layers: 0, 2\)"):
         predicted_border(model, 8, layers=["1"])
+    assert predicted_border(model, 8, layers=["1", "2"]).layer is None  # the ReLU passed over
     with pytest.raises(ValueError, match="input_size must be a positive integer"):
         predicted_border(model, 0)
 

@@ -15,8 +15,10 @@ Both comparisons are strict. No such layer: no tail (``start is None``).
 
 Predicted border: the first of the probed layers whose input's minimum receptive field already
 covers the input (``unproductive`` in :func:`landscape.receptive_field.receptive_field_table`,
-rfa-toolbox's test). The RF table's border may be an op that is not probed (a max-pool); the
-predicted border among the probed layers is then the first probed layer from there on.
+rfa-toolbox's test); a probed block counts by its first op, element-wise modules are passed
+over (:func:`predicted_border`). The RF table's border may be an op that is not probed (a
+max-pool); the predicted border among the probed layers is then the first probed layer from
+there on.
 """
 
 from __future__ import annotations
@@ -107,24 +109,33 @@ def predicted_border(
     """Predicted border among the probed ``layers`` (glob patterns as for probes; None: every
     Conv2d and Linear) for square inputs of ``input_size`` pixels.
 
-    Probed layers must be conv, pool or linear modules (rows of the RF table, named by
-    module path); others (ReLU, BatchNorm, blocks) raise a ValueError naming them. Forward
-    order is the RF table's.
+    A probed conv, pool or linear module is its row of the RF table. A probed container (a
+    ResNet block, a VGG ``features`` slice) is unproductive when its first op is (that op reads
+    the container's input) and comes after its last op in forward order. Modules without an
+    op of their own (ReLU, BatchNorm: no RF of their own) are passed over; when no probed
+    module is or holds a row, a ValueError names them. ``index`` counts the probed modules
+    that take part, in forward order.
     """
     names = select_modules(model, layers, arg="layers")
     table = receptive_field_table(model, input_size)
     rows = {name: i for i, name in enumerate(table["layer"])}
-    missing = [n for n in names if n not in rows]
-    if missing:
-        shown = ", ".join(missing[:4]) + (f", ... ({len(missing)} layers)"
-                                          if len(missing) > 4 else "")
-        raise ValueError(f"probed layers that are not conv/pool/linear ops of the "
+    span = {}  # probed module -> (its first row, its last row, 1 for a container)
+    for name in names:
+        if name in rows:
+            span[name] = (rows[name], rows[name], 0)
+        else:
+            inside = [i for layer, i in rows.items() if layer.startswith(name + ".")]
+            if inside:
+                span[name] = (min(inside), max(inside), 1)
+    if not span:
+        shown = ", ".join(names[:4]) + (f", ... ({len(names)} layers)" if len(names) > 4 else "")
+        raise ValueError(f"no probed layer is or holds a conv/pool/linear op of the "
                          f"receptive-field table: {shown} (its layers: "
-                         f"{', '.join(table['layer'][:6])}"
-                         f"{', ...' if len(table) > 6 else ''})")
-    probed = sorted(names, key=rows.__getitem__)
+                         f"{', '.join(table['layer'][:6])}{', ...' if len(table) > 6 else ''})")
+    probed = sorted(span, key=lambda n: span[n][1:])  # forward order of their outputs
+    unproductive = table["unproductive"].to_numpy()
+    hit = next((i for i, n in enumerate(probed) if bool(unproductive[span[n][0]])), None)
     border = table.loc[table["border"], "layer"]
-    hit = next((i for i, n in enumerate(probed) if table["unproductive"].iloc[rows[n]]), None)
     return PredictedBorder(layer=None if hit is None else probed[hit], index=hit,
                            rf_border=border.iloc[0] if len(border) else None,
                            input_size=int(input_size[0] if isinstance(input_size, (tuple, list))
