@@ -376,6 +376,36 @@ def _design_blocks(df: pd.DataFrame, out: Path) -> list[Block]:
     return blocks
 
 
+STALE_BN_SHARE = 0.05  # landscape.train.STALE_SHARE: the train stage warns above it
+_SHOWN = 12  # caveat lines listed before "and N more"
+
+
+def caveat_blocks(df: pd.DataFrame) -> list[Block]:
+    """What a reader of the tables above must know about some runs: trainings that diverged
+    (their later stages measured the last finite weights) and runs whose BatchNorm running
+    statistics still hold over 5% of their initial values (``bn_initial_share``), so that
+    every eval-mode number of theirs is measured with statistics training barely moved."""
+    lines = []
+    div = df[(df["metric"] == "diverged") & (df["value"] == 1)]
+    for r in div.sort_values("run_id").itertuples():
+        epoch = "?" if pd.isna(r.index) else int(r.index)
+        lines.append(f"{r.run_id}: training diverged (non-finite loss) at epoch {epoch}")
+    bn = df[(df["metric"] == "bn_initial_share") & (df["value"] > STALE_BN_SHARE)]
+    for r in bn.sort_values("run_id").itertuples():
+        setting = str(r.note).split(";")[0].split(": ", 1)[-1]  # "momentum=m, steps=t"
+        lines.append(f"{r.run_id}: BatchNorm {r.layer} still holds {100 * r.value:.1f}% of its "
+                     f"initial running statistics ({setting})")
+    if not lines:
+        return []
+    more = len(lines) - _SHOWN
+    return [("h2", "Caveats"),
+            ("p", "Runs whose numbers above need a second look: a diverged training, or "
+                  "BatchNorm running statistics that training has barely moved from mean 0 / "
+                  "variance 1 (every eval-mode number of that run uses them; train for more "
+                  "steps)."),
+            ("list", lines[:_SHOWN] + ([f"... and {more} more"] if more > 0 else []))]
+
+
 def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
                   title: str = DEFAULT_TITLE, results_root: str | Path | None = None,
                   failures: pd.DataFrame | None = None, reference: pd.DataFrame | None = None,
@@ -392,6 +422,7 @@ def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
     for g in found:
         blocks += _grid_blocks(g, arrays, reference, out_dir, stage_order)
     blocks += _design_blocks(df, out_dir)
+    blocks += caveat_blocks(df)
     blocks.append(("h2", "Failed or damaged stage units"))
     if failures is None:
         blocks.append(("p", "Not checked (no failure records given)."))

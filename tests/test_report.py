@@ -133,3 +133,27 @@ def test_a_long_figure_title_is_wrapped_to_the_figure_width(tmp_path):
     # the PNG: the layout pass and the drawing; the PDF: the drawing only, on that layout
     assert len(draws) == 3
     assert isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)  # restored
+
+
+def test_caveats_name_diverged_runs_and_barely_moved_batchnorm_statistics(tmp_path):
+    from analysis.report import STALE_BN_SHARE, caveat_blocks
+    from landscape.train import STALE_SHARE
+
+    assert STALE_BN_SHARE == STALE_SHARE  # the report flags what the train stage warns about
+    base = {"arch": "small_cnn", "dataset": "digits", "pool_level": 1, "stage": "train"}
+    rows = [{**base, "run_id": "a/seed=0", "seed": 0, "metric": "diverged", "value": 1.0,
+             "index": 3},
+            {**base, "run_id": "a/seed=1", "seed": 1, "metric": "diverged", "value": 0.0},
+            {**base, "run_id": "a/seed=1", "seed": 1, "metric": "bn_initial_share",
+             "value": 0.9 ** 4, "layer": "features.2",
+             "note": "(1 - momentum)^steps: momentum=0.1, steps=4; the largest over BatchNorm "
+                     "layers"},
+            {**base, "run_id": "a/seed=2", "seed": 2, "metric": "bn_initial_share",
+             "value": 0.9 ** 60, "layer": "features.2", "note": "momentum=0.1, steps=60"}]
+    blocks = caveat_blocks(to_frame(rows))
+    assert blocks[0] == ("h2", "Caveats")
+    assert blocks[-1] == ("list", [
+        "a/seed=0: training diverged (non-finite loss) at epoch 3",
+        "a/seed=1: BatchNorm features.2 still holds 65.6% of its initial running statistics "
+        "(momentum=0.1, steps=4)"])  # 0.9^60 = 0.2% is below 5%: not listed
+    assert caveat_blocks(to_frame(rows[1:2])) == []
