@@ -390,7 +390,8 @@ def caveat_blocks(df: pd.DataFrame) -> list[Block]:
     for r in div.sort_values("run_id").itertuples():
         epoch = "?" if pd.isna(r.index) else int(r.index)
         lines.append(f"{r.run_id}: training diverged (non-finite loss) at epoch {epoch}")
-    bn = df[(df["metric"] == "bn_initial_share") & (df["value"] > STALE_BN_SHARE)]
+    bn = df[(df["metric"] == "bn_initial_share") & (df["value"] > STALE_BN_SHARE)
+            & ~df["note"].astype(str).str.contains("initial = model.weights", regex=False)]
     for r in bn.sort_values("run_id").itertuples():
         setting = str(r.note).split(";")[0].split(": ", 1)[-1]  # "momentum=m, steps=t"
         lines.append(f"{r.run_id}: BatchNorm {r.layer} still holds {100 * r.value:.1f}% of its "

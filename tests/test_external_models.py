@@ -185,6 +185,24 @@ def test_weights_round_trip_identity_and_mismatch(tmp_path):
         identify(_digits_cfg(tmp_path, weights=str(tmp_path / "nope.pt")))
 
 
+def test_statistics_from_model_weights_are_not_called_stale(tmp_path, caplog):
+    """One training step leaves 90% of each BatchNorm's starting statistics: from a fresh
+    init that is a warning (and a report caveat), from model.weights it is the file's."""
+    from analysis.report import caveat_blocks
+
+    src = torchvision.models.resnet18(num_classes=10)
+    src.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    path = tmp_path / "w.pt"
+    torch.save(src.state_dict(), path)
+    with caplog.at_level("WARNING", logger="landscape"):
+        pipeline.run(_digits_cfg(tmp_path, weights=str(path)))
+    assert "BatchNorm" not in caplog.text
+    df = results.load(tmp_path)
+    bn = df[df.metric == "bn_initial_share"].iloc[0]
+    assert bn.value == pytest.approx(0.9) and bn.note.endswith("; initial = model.weights")
+    assert caveat_blocks(df) == []
+
+
 def test_pipeline_trains_and_prunes_a_torchvision_resnet18(tmp_path):
     cfg = dataclasses.replace(_digits_cfg(tmp_path), prune=PruneConfig(enabled=True, rates=[0.5]))
     summary = pipeline.run(cfg)

@@ -67,7 +67,8 @@ METRICS: dict[str, str] = {
                 "note = why compiling failed, when it was asked for",
     "bn_initial_share": "largest share of initial values (mean 0, var 1) left in a BatchNorm "
                         "layer's running statistics after training, (1 - momentum)^steps; "
-                        "layer = that BatchNorm; note = its momentum and steps",
+                        "layer = that BatchNorm; note = its momentum and steps (and "
+                        "whether the initial values came from model.weights)",
     "best_test_acc": "highest test accuracy over the epochs of training (its weights are "
                      "best.pt) or of a fine-tuning, fraction; index = that epoch",
     # receptive_field (cell-level, one row per conv/pool layer; layer = module name)

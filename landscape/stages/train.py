@@ -75,12 +75,14 @@ class TrainStage(Stage):
         rows.append({"metric": "compiled", "value": float(outcome.compiled),
                      "note": outcome.compile_note or None})
         stale = stalest_batchnorm(model)
+        pretrained = ctx.identity.weights is not None  # its statistics are the file's
         if stale is not None:
             rows.append({"metric": "bn_initial_share", "value": stale.share,
                          "layer": stale.layer,
                          "note": f"(1 - momentum)^steps: momentum={stale.momentum:g}, "
-                                 f"steps={stale.steps}; the largest over BatchNorm layers"})
-            if stale.share > STALE_SHARE and not outcome.diverged:
+                                 f"steps={stale.steps}; the largest over BatchNorm layers"
+                                 + ("; initial = model.weights" if pretrained else "")})
+            if stale.share > STALE_SHARE and not (outcome.diverged or pretrained):
                 log.warning(
                     "%s: the running statistics of BatchNorm %s (momentum %g) still hold %.1f%% "
                     "of their initial values (mean 0, variance 1) after %d training step(s): "
