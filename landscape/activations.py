@@ -4,11 +4,14 @@ Modules are chosen by glob patterns on their qualified names (``fnmatch``, case-
 e.g. ``"features.*"`` or ``"layer?.*.conv2"``; by default every ``Conv2d`` and ``Linear``.
 Layer order is *execution* order, recorded during the forward, not registration order.
 
-Given an ``example`` input, :func:`select_modules` keeps only the modules that have one output
-to capture: those that run exactly once in an eval-mode forward and return a tensor. A module
-named exactly that does not is an error; one matched by a wildcard or by type (a glob such as
-``"layer1.*"`` also matches a torchvision ResNet block's shared ``relu``, which runs twice, and
-a ShuffleNet unit's empty ``branch1``, which never runs) is left out with one warning.
+A module called several times in one forward (a torchvision ResNet block calls its one
+``relu`` two or three times) has one output per *call site*: ``"layer1.0.relu#1"`` names its
+second call (0-based). Given an ``example`` input, :func:`select_modules` runs one eval-mode
+forward and resolves what was matched by a wildcard or by type: a module called k > 1 times
+becomes its k call sites (so ``cka=paper`` counts every ReLU application: 49 in a torchvision
+ResNet50, as the paper does); one that never runs (a ShuffleNet unit's empty ``branch1``) or
+returns no tensor is left out with one warning. A module named exactly must have one output
+(else the error lists its call sites); ``name#k`` must have a k-th call.
 """
 
 from __future__ import annotations
@@ -25,8 +28,20 @@ from landscape.modes import eval_mode
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 _GLOB_CHARS = frozenset("*?[")
+CALL = "#"  # "module#k": the k-th call (0-based) of a module called several times per forward
 log = logging.getLogger("landscape")
 _warned: set[tuple[tuple[str, str], ...]] = set()  # what was left out, warned once per process
+
+
+def split_call(name: str) -> tuple[str, int | None]:
+    """``"layer1.0.relu#1"`` -> ``("layer1.0.relu", 1)``; a plain module name -> ``(name, None)``."""
+    module, sep, k = name.partition(CALL)
+    if not sep:
+        return name, None
+    if not k.isdigit():
+        raise ValueError(f"{name!r}: a call site is <module>{CALL}<k> with k a call index "
+                         f"(0, 1, ...), got {k!r} after {CALL!r}")
+    return module, int(k)
 
 
 def select_modules(
@@ -41,9 +56,11 @@ def select_modules(
 
     ``patterns=None`` selects every module of one of ``types`` (default ``Conv2d`` and
     ``Linear``). Every pattern must match at least one module; ``arg`` names the argument in
-    error messages. With ``example`` (an input batch on the model's device, the meta device
-    too), only modules with one output per forward are kept (module doc): one eval-mode,
-    no-grad forward of ``example[:2]`` counts each module's calls.
+    error messages; ``"<pattern>#k"`` selects the k-th call of each module the pattern matches.
+    With ``example`` (an input batch on the model's device, the meta device too), one
+    eval-mode, no-grad forward of ``example[:2]`` counts each module's calls and the selection
+    is resolved as the module doc says: modules called several times become call sites,
+    modules without a tensor output are left out.
     """
     named = [(n, m) for n, m in model.named_modules() if n]
     if patterns is None:
@@ -51,34 +68,38 @@ def select_modules(
         if not names:
             kinds = "/".join(t.__name__ for t in types)
             raise ValueError(f"{arg}=None selects {kinds} modules, but the model has none")
-        return names if example is None else _with_one_output(
+        return names if example is None else _resolve(
             model, names, example, arg, {f"{arg}=None": names}, exact=())
     if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
         raise TypeError(f"{arg} must be a sequence of glob patterns (str), got {patterns!r}")
     if not patterns:
         raise ValueError(f"{arg} must hold at least one pattern, got an empty sequence")
     all_names = [n for n, _ in named]
-    matches = {p: [n for n in all_names if fnmatch.fnmatchcase(n, p)] for p in patterns}
-    for p, hit in matches.items():
+    matches = {}
+    for p in patterns:
+        module, call = split_call(p)
+        hit = [n for n in all_names if fnmatch.fnmatchcase(n, module)]
         if not hit:
             shown = ", ".join(all_names[:12]) + (", ..." if len(all_names) > 12 else "")
             raise ValueError(f"{arg} pattern {p!r} matches no module; module names are: {shown}")
-    names = [n for n in all_names if any(n in hit for hit in matches.values())]
+        matches[p] = hit if call is None else [f"{n}{CALL}{call}" for n in hit]
+    order = {n: i for i, n in enumerate(all_names)}
+    names = sorted({n for hit in matches.values() for n in hit},
+                   key=lambda n: (order[split_call(n)[0]], split_call(n)[1] or 0))
     if example is None:
         return names
     exact = [p for p in patterns if not _GLOB_CHARS & set(p)]
-    return _with_one_output(model, names, example, arg,
-                            {f"{arg} pattern {p!r}": hit for p, hit in matches.items()}, exact)
+    return _resolve(model, names, example, arg,
+                    {f"{arg} pattern {p!r}": hit for p, hit in matches.items()}, exact)
 
 
-def without_one_output(model: nn.Module, names: Sequence[str], example: Tensor
-                       ) -> dict[str, str]:
-    """Why each of ``names`` has no single output in an eval-mode, no-grad forward of
-    ``example`` ("never ran", "ran N times", "returned <type>"); modules with one tensor output
-    are absent. The caller's train/eval flags are restored."""
-    calls: dict[str, int] = dict.fromkeys(names, 0)
+def module_calls(model: nn.Module, modules: Sequence[str], example: Tensor
+                 ) -> dict[str, tuple[int, str | None]]:
+    """``{module: (calls, type of a non-tensor output or None)}`` in one eval-mode, no-grad
+    forward of ``example[:2]``; the caller's train/eval flags are restored."""
+    calls: dict[str, int] = dict.fromkeys(modules, 0)
     kinds: dict[str, str] = {}
-    modules = dict(model.named_modules())
+    by_name = dict(model.named_modules())
 
     def hook(name: str) -> Callable:
         def fn(_m: nn.Module, _inputs: tuple, output: object) -> None:
@@ -87,38 +108,57 @@ def without_one_output(model: nn.Module, names: Sequence[str], example: Tensor
                 kinds[name] = type(output).__name__
         return fn
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    handles = [by_name[n].register_forward_hook(hook(n)) for n in modules]
     try:
         with torch.no_grad(), eval_mode(model):
             model(example[:2])
     finally:
         for h in handles:
             h.remove()
-    return {n: ("never ran" if calls[n] == 0 else f"ran {calls[n]} times" if calls[n] > 1
-                else f"returned {kinds[n]}, not a tensor")
-            for n in names if calls[n] != 1 or n in kinds}
+    return {n: (calls[n], kinds.get(n)) for n in modules}
 
 
-def _with_one_output(model: nn.Module, names: list[str], example: Tensor, arg: str,
-                     matches: dict[str, list[str]], exact: Sequence[str]) -> list[str]:
-    """``names`` less the modules without one output per forward (:func:`without_one_output`):
-    an error for a name given exactly or for a pattern left with nothing, else one warning."""
-    why = without_one_output(model, names, example)
+def _resolve(model: nn.Module, names: list[str], example: Tensor, arg: str,
+             matches: dict[str, list[str]], exact: Sequence[str]) -> list[str]:
+    """``names`` (modules and call sites) as captured (module doc): an error for a name given
+    exactly that has no such output, or for a pattern left with nothing; one warning for the
+    modules left out."""
+    modules = list(dict.fromkeys(split_call(n)[0] for n in names))
+    seen = module_calls(model, modules, example)
+    why: dict[str, str] = {}  # name -> why it has no output to capture
+    out: dict[str, list[str]] = {}  # name -> what it captures
+    for name in names:
+        module, call = split_call(name)
+        n, kind = seen[module]
+        if kind is not None:
+            why[name] = f"returned {kind}, not a tensor"
+        elif n == 0:
+            why[name] = "never ran"
+        elif call is not None:
+            if call < n:
+                out[name] = [name]
+            else:
+                why[name] = f"ran {n} time(s), so it has no call {call}"
+        else:
+            out[name] = [name] if n == 1 else [f"{name}{CALL}{k}" for k in range(n)]
     for name in exact:
         if name in why:
-            raise ValueError(f"{arg}: module {name!r} {why[name]} in a forward pass, so it has "
-                             "no single output to capture; select the modules it calls instead")
+            raise ValueError(f"{arg}: module {name!r} {why[name]} in a forward pass")
+        if len(out.get(name, ())) > 1:
+            sites = out[name]
+            raise ValueError(f"{arg}: module {name!r} ran {len(sites)} times in a forward pass, "
+                             f"so it has no single output; name its call sites instead: "
+                             f"{', '.join(sites)}")
     for label, hit in matches.items():
         if all(n in why for n in hit):
             shown = "; ".join(f"{n} {why[n]}" for n in hit[:6]) + ("; ..." if len(hit) > 6 else "")
-            raise ValueError(f"{label} matches no module with one output per forward pass "
-                             f"({shown})")
+            raise ValueError(f"{label} matches no module with an output to capture ({shown})")
     if why and tuple(why.items()) not in _warned:
         _warned.add(tuple(why.items()))
         shown = "; ".join(f"{n} {r}" for n, r in list(why.items())[:6])
-        log.warning("%s: left out %d matched module(s) without one output per forward pass: "
-                    "%s%s", arg, len(why), shown, "; ..." if len(why) > 6 else "")
-    return [n for n in names if n not in why]
+        log.warning("%s: left out %d matched module(s) without an output to capture: %s%s",
+                    arg, len(why), shown, "; ..." if len(why) > 6 else "")
+    return [site for name in names for site in out.get(name, ())]
 
 
 def peek_inputs(batches: Iterable[object]) -> tuple[Tensor, Iterable[object]]:
@@ -150,10 +190,12 @@ def check_on_device(model: nn.Module, device: torch.device | str, *, arg: str = 
 class ActivationCapture:
     """Forward hooks on the named modules of ``model``; a context manager.
 
-    On every forward run through :meth:`run`, ``on_output(name, output)`` is called once per
-    module, in execution order, *inside* the hook: consume or copy the output there (a later
-    in-place op such as ``ReLU(inplace=True)`` may overwrite it). A module that runs twice in
-    one forward, or never runs, is an error. Hooks are removed on exit, also after an error.
+    ``names`` are module names or call sites (``"module#k"``, the k-th call in a forward; see
+    the module doc). On every forward run through :meth:`run`, ``on_output(name, output)`` is
+    called once per name, in execution order, *inside* the hook: consume or copy the output
+    there (a later in-place op such as ``ReLU(inplace=True)`` may overwrite it). A module
+    named plainly that runs twice in one forward, or a name that is never reached, is an
+    error. Hooks are removed on exit, also after an error.
     """
 
     def __init__(
@@ -163,21 +205,30 @@ class ActivationCapture:
         on_output: Callable[[str, Tensor], None],
     ) -> None:
         modules = dict(model.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise ValueError(f"no module named {missing[0]!r} in {type(model).__name__}")
         if len(set(names)) != len(names):
             raise ValueError(f"module names must be unique, got {list(names)!r}")
+        self._sites: dict[str, set[int] | None] = {}  # module -> call indices (None: plain)
+        for name in names:
+            module, call = split_call(name)
+            if module not in modules:
+                raise ValueError(f"no module named {module!r} in {type(model).__name__}")
+            if module in self._sites and (call is None) != (self._sites[module] is None):
+                raise ValueError(f"{module!r} is named both plainly and by call site")
+            if call is None:
+                self._sites[module] = None
+            else:
+                self._sites.setdefault(module, set()).add(call)
         self.model = model
         self.names = list(names)
         self.on_output = on_output
-        self._modules = [modules[n] for n in self.names]
+        self._modules = {m: modules[m] for m in self._sites}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._order: list[str] = []
+        self._calls: dict[str, int] = {}
 
     def __enter__(self) -> ActivationCapture:
-        for name, module in zip(self.names, self._modules):
-            self._handles.append(module.register_forward_hook(self._hook(name)))
+        for module, mod in self._modules.items():
+            self._handles.append(mod.register_forward_hook(self._hook(module)))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -185,13 +236,20 @@ class ActivationCapture:
             h.remove()
         self._handles.clear()
 
-    def _hook(self, name: str) -> Callable:
+    def _hook(self, module: str) -> Callable:
+        sites = self._sites[module]
+
         def fn(_module: nn.Module, _inputs: tuple, output: object) -> None:
-            if name in self._order:
+            k = self._calls.get(module, 0)
+            self._calls[module] = k + 1
+            if sites is None and k:
                 raise ValueError(
-                    f"module {name!r} ran twice in one forward pass, so it has no single "
-                    "output; select the modules at each call site instead"
-                )
+                    f"module {module!r} ran twice in one forward pass, so it has no single "
+                    f"output; select its call sites ({module}{CALL}0, {module}{CALL}1, ...) "
+                    "instead")
+            if sites is not None and k not in sites:
+                return
+            name = module if sites is None else f"{module}{CALL}{k}"
             if not torch.is_tensor(output):
                 raise TypeError(f"module {name!r} returned {type(output).__name__}, not a tensor")
             self._order.append(name)
@@ -200,10 +258,10 @@ class ActivationCapture:
         return fn
 
     def run(self, x: Tensor) -> list[str]:
-        """One forward of ``x``; returns the module names in execution order."""
+        """One forward of ``x``; returns the names in execution order."""
         if not self._handles:
             raise RuntimeError("ActivationCapture.run must be called inside its `with` block")
-        self._order = []
+        self._order, self._calls = [], {}
         self.model(x)
         never = [n for n in self.names if n not in self._order]
         if never:

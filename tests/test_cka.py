@@ -326,32 +326,56 @@ class _Pair(nn.Module):
         return x, x
 
 
-def test_a_glob_keeps_the_modules_with_one_output_per_forward(caplog) -> None:
-    """A torchvision ResNet block calls its one ``relu`` twice, and a ShuffleNet unit of
-    stride 1 never calls its empty ``branch1``: a glob over the blocks leaves them out (one
-    warning naming them), so the outputs captured are each module's only one."""
-    from torchvision.models import resnet18, shufflenet_v2_x0_5
+def test_a_glob_captures_every_call_site_and_leaves_out_what_never_ran(caplog) -> None:
+    """A torchvision ResNet block calls its one ``relu`` twice: a glob gets both call sites,
+    each one output, in forward order. A ShuffleNet unit of stride 1 never calls its empty
+    ``branch1``: left out with one warning. A name given exactly needs one output."""
+    from torchvision.models import resnet18, resnet50, shufflenet_v2_x0_5
 
-    from landscape.activations import select_modules
+    from landscape.activations import ActivationCapture, select_modules
 
-    x = torch.zeros(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32)
     net = resnet18(num_classes=4).eval()
-    with caplog.at_level("WARNING", logger="landscape"):
-        names = select_modules(net, ["layer1.0*"], arg="probes.layers", example=x)
-    assert names == ["layer1.0", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2",
-                     "layer1.0.bn2"]
-    assert "probes.layers: left out 1 matched module(s) without one output per forward " \
-        "pass: layer1.0.relu ran 2 times" in caplog.text
-    assert select_modules(net, ["layer1.0*"], example=x[:1]) == names  # the same one warning
-    assert caplog.text.count("left out") == 1
+    names = select_modules(net, ["layer1.0*"], arg="probes.layers", example=x)
+    assert names == ["layer1.0", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu#0",
+                     "layer1.0.relu#1", "layer1.0.conv2", "layer1.0.bn2"]
+    got = {}
+    with torch.no_grad(), ActivationCapture(net, names, lambda n, o: got.update({n: o.clone()})
+                                            ) as capture:
+        order = capture.run(x)
+    assert order == ["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu#0", "layer1.0.conv2",
+                     "layer1.0.bn2", "layer1.0.relu#1", "layer1.0"]
+    block = net.layer1[0]
+    torch.testing.assert_close(got["layer1.0.relu#0"], torch.relu(got["layer1.0.bn1"]))
+    torch.testing.assert_close(got["layer1.0.relu#1"], got["layer1.0"])  # the block's output
+    with pytest.raises(ValueError, match=r"probes.layers: module 'layer1.0.relu' ran 2 times in "
+                                         r"a forward pass, so it has no single output; name "
+                                         r"its call sites instead: layer1.0.relu#0, "
+                                         r"layer1.0.relu#1"):
+        select_modules(net, ["layer1.0.relu"], arg="probes.layers", example=x)
+    assert select_modules(net, ["layer1.*.relu#1"], example=x) == ["layer1.0.relu#1",
+                                                                   "layer1.1.relu#1"]
+    with pytest.raises(ValueError, match=r"'layer1.0.relu#2' ran 2 time\(s\), so it has no "
+                                         r"call 2"):
+        select_modules(net, ["layer1.0.relu#2"], example=x)
+    with pytest.raises(ValueError, match=r"a call site is <module>#<k>"):
+        select_modules(net, ["layer1.0.relu#last"])
+    assert block is net.layer1[0]
+    # the paper's CKA counts every ReLU application: 49 in ResNet50 (1 + 16 blocks x 3)
+    relus = select_modules(resnet50(num_classes=4).eval(), None, types=(nn.ReLU,), example=x)
+    assert len(relus) == 49 and relus[:4] == ["relu", "layer1.0.relu#0", "layer1.0.relu#1",
+                                              "layer1.0.relu#2"]
     shuffle = shufflenet_v2_x0_5(num_classes=4).eval()
-    names = select_modules(shuffle, ["stage2.1*"], example=x)
+    with caplog.at_level("WARNING", logger="landscape"):
+        names = select_modules(shuffle, ["stage2.1*"], example=x)
+        assert select_modules(shuffle, ["stage2.1*"], example=x[:1]) == names
     assert "stage2.1.branch1" not in names and "stage2.1.branch2.0" in names
+    assert caplog.text.count("layers: left out 1 matched module(s) without an output to "
+                             "capture: stage2.1.branch1 never ran") == 1  # warned once
     with pytest.raises(ValueError, match="probes.layers: module 'stage2.1.branch1' never ran"):
         select_modules(shuffle, ["stage2.1.branch1"], arg="probes.layers", example=x)
     pair = nn.Sequential(nn.Conv2d(3, 3, 1), _Pair())
-    with pytest.raises(ValueError, match=r"layers pattern '1' matches no module|module '1' "
-                                         r"returned tuple, not a tensor"):
+    with pytest.raises(ValueError, match=r"module '1' returned tuple, not a tensor"):
         select_modules(pair, ["1"], example=x)
     assert select_modules(pair, ["*"], example=x) == ["0"]
     assert select_modules(pair, None, example=x) == ["0"]
@@ -369,12 +393,13 @@ def test_layer_selection_order_and_errors() -> None:
         layerwise_cka(net, net, x, layers=["act"])  # a name given exactly must have one output
     with pytest.raises(ValueError, match="layers: module 'unused' never ran"):
         layerwise_cka(net, net, x, layers=["early", "unused"])
-    with pytest.raises(ValueError, match=r"layers pattern 'a\*' matches no module with one "
-                                         r"output per forward pass \(act ran 2 times\)"):
-        layerwise_cka(net, net, x, layers=["a*"])
-    # the default (and a glob) leave out what never ran or ran twice
+    with pytest.raises(ValueError, match=r"layers pattern 'u\*' matches no module with an "
+                                         r"output to capture \(unused never ran\)"):
+        layerwise_cka(net, net, x, layers=["u*"])
+    # the default leaves out what never ran; a glob takes each call of `act`
     assert layerwise_cka(net, net, x).layers_a == ("early", "late")
-    assert layerwise_cka(net, net, x, layers=["*"]).layers_a == ("early", "late")
+    assert layerwise_cka(net, net, x, layers=["*"]).layers_a == ("early", "act#0", "late",
+                                                                 "act#1")
     with pytest.raises(ValueError, match="'nope' matches no module"):
         layerwise_cka(net, net, x, layers=["early", "nope"])
     with pytest.raises(TypeError, match="sequence of glob patterns"):

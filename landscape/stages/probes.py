@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 
 from landscape import results
-from landscape.activations import ActivationCapture, select_modules
+from landscape.activations import ActivationCapture, select_modules, split_call
 from landscape.identity import RunIdentity
 from landscape.probes import (
     DEFAULT_BACKEND, DEFAULT_RULE, RULES, accumulator_saturation, check_backend, collect_layers,
@@ -202,7 +202,8 @@ class ProbesStage(Stage):
         # The tail is sought among the layers before the head: a Linear classifier's output is
         # only num_classes wide, so its saturation says nothing about unused capacity.
         modules = dict(model.named_modules())
-        body = [i for i, n in enumerate(names) if not isinstance(modules[n], torch.nn.Linear)]
+        body = [i for i, n in enumerate(names)
+                if not isinstance(modules[split_call(n)[0]], torch.nn.Linear)]
         if any(saturation[i] is None for i in body):
             log.warning("%s: no observed tail: the saturation of %s is not computed (no more "
                         "test samples than channels; raise probes.n_test)", ctx.identity.run_id,
