@@ -34,7 +34,7 @@ _warned: set[tuple[tuple[str, str], ...]] = set()  # what was left out, warned o
 
 
 def split_call(name: str) -> tuple[str, int | None]:
-    """``"layer1.0.relu#1"`` -> ``("layer1.0.relu", 1)``; a plain module name -> ``(name, None)``."""
+    """``"layer1.0.relu#1"`` -> ``("layer1.0.relu", 1)``; a plain name -> ``(name, None)``."""
     module, sep, k = name.partition(CALL)
     if not sep:
         return name, None
