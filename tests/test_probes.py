@@ -195,6 +195,83 @@ def test_observed_tail_errors_name_the_argument_or_layer() -> None:
 # --- predicted border ----------------------------------------------------------------------
 
 
+class _Tokens(nn.Module):
+    """A patch embedding and two Linear layers over (N, L, D) tokens, then a head on the mean
+    token: the layout of a ViT's Linear outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, 8, 4, stride=4)
+        self.mix = nn.Linear(8, 8)
+        self.proj = nn.Linear(8, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)  # (N, 4, 8): 2 x 2 patches of 8 px
+        return self.head(self.proj(torch.relu(self.mix(t))).mean(1))
+
+
+def test_token_outputs_probe_the_mean_token_and_give_one_sample_per_token() -> None:
+    from landscape.probes import collect_layers
+
+    torch.manual_seed(0)
+    model = _Tokens().eval()
+    x = torch.randn(12, 1, 8, 8)
+    batches = [(x[:5], torch.arange(5) % 3), (x[5:], torch.arange(7) % 3)]
+    data = collect_layers(model, batches, covariance=True)
+    assert data.layers == ["embed", "mix", "proj", "head"]
+    with torch.no_grad():
+        mix = model.mix(model.embed(x).flatten(2).transpose(1, 2))
+    np.testing.assert_allclose(data.features["mix"], mix.mean(1).numpy(), rtol=1e-6)
+    assert data.features["embed"].shape == (12, 8 * 4 * 4)  # a conv map, pooled to 4 x 4
+    acc = data.covariances["mix"]
+    assert (acc.count, acc.dim) == (12 * 4, 8)
+    np.testing.assert_allclose(acc.covariance().numpy(), np.cov(
+        mix.reshape(-1, 8).double().numpy(), rowvar=False, bias=True), atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(N, L, D\) tokens"):
+        probe_features(torch.zeros(2, 3, 4, 5, 6), layer="x")
+
+
+def test_probes_validation_refuses_outputs_it_cannot_read() -> None:
+    """Before training: a 5-d output, and a Conv1d's (N, C, L), which would be read as tokens."""
+    from types import SimpleNamespace
+
+    from landscape.stages.probes import ProbesConfig, ProbesStage
+
+    class OneD(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.line = nn.Conv1d(4, 4, 3)
+
+        def forward(self, x):
+            return self.line(self.conv(x).flatten(2))
+
+    ident = SimpleNamespace(arch="oned", image_size=8, in_channels=1)
+    x = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"probes.layers: 'line' is a Conv1d, whose 3-d outputs "
+                                         r"are \(N, C, L\)"):
+        ProbesStage._check_samples(OneD(), ["conv", "line"], x, ProbesConfig(), ident)
+    ProbesStage._check_samples(OneD(), ["conv"], x, ProbesConfig(), ident)
+
+    five = nn.Sequential()
+    five.add_module("conv", _FiveOut())
+    with pytest.raises(ValueError, match=r"probes.layers: 'conv' gives outputs of shape "
+                                         r"\(2, 4, 1, 6, 6\) \(batch of 2\)"):
+        ProbesStage._check_samples(five, ["conv"], x, ProbesConfig(), ident)
+
+
+class _FiveOut(nn.Module):
+    """A conv whose output gets a fifth dimension."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        return self.inner(x)[:, :, None]
+
+
 def test_predicted_border_of_plain_3x3_convs_is_a_hand_count() -> None:
     # Six 3x3 convs, stride 1, padding 1: conv k (1-based) sees r = 1 + 2 (k - 1) pixels at
     # its input, i.e. 1, 3, 5, 7, 9, 11. On 8x8 inputs conv k is unproductive when

@@ -103,6 +103,21 @@ def test_conv_outputs_are_channelwise_samples() -> None:
     assert torch.equal(s[5], x[1, :, 0, 1])  # image 1, position (0, 1): its 3 channels
 
 
+def test_token_outputs_are_one_sample_per_token() -> None:
+    """(N, L, D), features last (a transformer's Linear): N*L samples of D dimensions; the
+    streamed covariance, in uneven batches, is numpy's over those rows."""
+    x = torch.randn(5, 7, 4, dtype=torch.float64) + 2.0
+    s = samples_of(x)
+    assert s.shape == (35, 4) and torch.equal(s[9], x[1, 2])  # image 1, token 2
+    acc = _acc(x, batch=2)
+    assert (acc.count, acc.dim) == (35, 4)
+    np.testing.assert_allclose(acc.covariance().numpy(),
+                               np.cov(s.numpy(), rowvar=False, bias=True), rtol=1e-12,
+                               atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(N, L, D\) \(tokens\)"):
+        samples_of(torch.zeros(2, 3, 4, 5, 6))
+
+
 def test_large_offset_keeps_its_digits() -> None:
     """Raw sums E[xx^T] - mu mu^T cancel ~1e12 against ~1e12 here; the centred update does
     not."""

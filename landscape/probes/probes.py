@@ -193,15 +193,19 @@ def layer_probes(
 
 def probe_features(output: Tensor, size: int | None = 4, *, layer: str = "output") -> Tensor:
     """(N, features) of a layer output: conv (N, C, H, W) pooled to ``size x size`` (None:
-    as is) and flattened; linear (N, D) as is."""
+    as is) and flattened; linear (N, D) as is; a token sequence (N, L, D) (a transformer's
+    Linear / LayerNorm / block outputs, features last) averaged over its L tokens, whatever
+    ``size`` (tokens have no grid to pool to)."""
     if output.dim() == 2:
         return output
+    if output.dim() == 3:
+        return output.mean(dim=1)
     if output.dim() == 4:
         if size is not None:
             output = F.adaptive_avg_pool2d(output, size)
         return output.reshape(output.shape[0], -1)
     raise ValueError(f"layer {layer!r} gives an output of shape {tuple(output.shape)}; probes "
-                     "need (N, D) or (N, C, H, W) outputs")
+                     "need (N, D), (N, L, D) tokens or (N, C, H, W) outputs")
 
 
 def _check_size(size: int | None) -> None:

@@ -6,7 +6,9 @@ Definitions, for one layer with D output dimensions:
 * samples: a ``Linear`` output (N, D) gives N samples of D dimensions; a conv output
   (N, C, H, W) gives N*H*W samples of D = C dimensions, every spatial position of every
   image being one sample (delve's default ``conv_method="channelwise"``; its alternatives
-  pool each map to one number, or flatten C*H*W dimensions, which is rarely full rank).
+  pool each map to one number, or flatten C*H*W dimensions, which is rarely full rank); a
+  token sequence (N, L, D) (a transformer's Linear outputs, features last) gives N*L samples
+  of D dimensions, every token one sample, as every position of a conv map.
 * covariance: the population covariance ``Q = E[x x^T] - mu mu^T`` over all samples, i.e.
   normalised by the sample count n, not n - 1 (delve's ``TorchCovarianceMatrix.fix``). Kept in
   float64. The scale does not change the saturation.
@@ -62,16 +64,19 @@ _CHUNK_ELEMENTS = 1 << 24  # samples are cast to float64 this many elements at a
 def samples_of(output: Tensor, *, layer: str = "output") -> Tensor:
     """The (samples x dimensions) matrix of a layer output, in its own dtype.
 
-    (N, D) -> (N, D); (N, C, H, W) -> (N*H*W, C) (every position a sample, delve's
-    ``channelwise``). Any other rank is an error naming ``layer``.
+    (N, D) -> (N, D); (N, L, D) -> (N*L, D) (every token a sample); (N, C, H, W) ->
+    (N*H*W, C) (every position a sample, delve's ``channelwise``). Any other rank is an error
+    naming ``layer``.
     """
     if output.dim() == 2:
         return output
+    if output.dim() == 3:
+        return output.reshape(-1, output.shape[2])
     if output.dim() == 4:
         return output.permute(0, 2, 3, 1).reshape(-1, output.shape[1])
     raise ValueError(
         f"layer {layer!r} gives an output of shape {tuple(output.shape)}; saturation needs "
-        "(N, D) (linear) or (N, C, H, W) (conv) outputs"
+        "(N, D) (linear), (N, L, D) (tokens) or (N, C, H, W) (conv) outputs"
     )
 
 
@@ -104,13 +109,14 @@ class CovarianceAccumulator:
         return None if self._shift is None else self._shift.shape[0]
 
     def update(self, x: Tensor) -> CovarianceAccumulator:
-        """Add the samples of ``x`` (2-D samples x D, or a 4-D conv output); returns self."""
+        """Add the samples of ``x`` (2-D samples x D, 3-D tokens (N, L, D) or a 4-D conv
+        output); returns self."""
         if not torch.is_tensor(x):
             raise TypeError(f"{self.name}: update needs a tensor, got {type(x).__name__}")
         x = x.detach()
-        if x.dim() not in (2, 4):
+        if x.dim() not in (2, 3, 4):
             samples_of(x, layer=self.name)  # raises, naming the layer
-        d = x.shape[1]
+        d = x.shape[-1] if x.dim() == 3 else x.shape[1]
         if self.dim is not None and d != self.dim:
             raise ValueError(f"{self.name}: samples have {d} dimensions, earlier ones had "
                              f"{self.dim}")
@@ -128,8 +134,9 @@ class CovarianceAccumulator:
             self._s1 = torch.zeros_like(self._shift)
             self._s2 = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=x.device)
         shift = self._shift.to(x.device)
-        d = x.shape[1]
-        # (N, C, H, W) -> (N*H*W, C) samples, cast and shifted in one pass into float64
+        d = x.shape[-1] if x.dim() == 3 else x.shape[1]
+        # (N, C, H, W) -> (N*H*W, C) samples, cast and shifted in one pass into float64; a
+        # (N, L, D) token sequence is (N*L, D) samples as it is laid out
         view = x.reshape(x.shape[0], d, -1).transpose(1, 2) if x.dim() == 4 else x
         y = torch.empty(view.shape, dtype=torch.float64, device=x.device)
         torch.sub(view, shift, out=y)

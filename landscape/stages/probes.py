@@ -3,7 +3,8 @@ tail of unproductive layers starts, observed and predicted (Richter et al., "Siz
 "Receptive Field Refinement"); :mod:`landscape.probes`.
 
 Unit ``probes_<checkpoint>``. One forward pass per batch feeds every selected layer's probe
-features (its output adaptive-average-pooled to ``pool_size`` x ``pool_size``, flattened) and,
+features (its output adaptive-average-pooled to ``pool_size`` x ``pool_size``, flattened; a
+transformer's (N, L, D) tokens averaged over L, each token one covariance sample) and,
 on the test images, its streamed float64 output covariance (each position of a conv map one
 sample, the channels the dimensions). Probes: L2 logistic regression (L-BFGS, ``C``; backend
 ``torch`` on the run's device, or ``sklearn``: one objective, :mod:`landscape.probes.probes`)
@@ -51,6 +52,9 @@ from landscape.stages.batches import evaluation_batches, test_batches
 
 log = logging.getLogger("landscape")
 _warned: set[tuple] = set()  # (arch, input size, n_test, layers) already warned about
+_CHANNELS_FIRST_1D = (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.BatchNorm1d,
+                      torch.nn.InstanceNorm1d, torch.nn.MaxPool1d, torch.nn.AvgPool1d,
+                      torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveMaxPool1d)
 
 
 @dataclass
@@ -147,8 +151,21 @@ class ProbesStage(Stage):
             c.run(x)
         short = {}
         for name in names:
-            shape = shapes[name]
-            positions, channels = (shape[2] * shape[3] if len(shape) == 4 else 1), shape[1]
+            shape = tuple(shapes[name])
+            if len(shape) not in (2, 3, 4):
+                raise ValueError(f"probes.layers: {name!r} gives outputs of shape {shape} "
+                                 f"(batch of 2); probes and saturation need (N, D), (N, L, D) "
+                                 f"tokens or (N, C, H, W) outputs: leave it out of "
+                                 f"probes.layers (glob patterns on module names)")
+            module = model.get_submodule(split_call(name)[0])
+            if len(shape) == 3 and isinstance(module, _CHANNELS_FIRST_1D):
+                raise ValueError(f"probes.layers: {name!r} is a {type(module).__name__}, whose "
+                                 f"3-d outputs are (N, C, L); probes read 3-d outputs as "
+                                 f"(N, L, D) tokens (features last): leave it out of "
+                                 f"probes.layers")
+            positions, channels = ((1, shape[1]) if len(shape) == 2 else
+                                   (shape[1], shape[2]) if len(shape) == 3 else
+                                   (shape[2] * shape[3], shape[1]))
             if config.n_test * positions <= channels:
                 short[name] = channels // positions + 1  # the fewest images that suffice
         key = (identity.arch, identity.image_size, config.n_test, tuple(short))
