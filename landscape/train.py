@@ -240,13 +240,15 @@ def stalest_batchnorm(model: nn.Module) -> Optional[StaleStatistics]:
     exponential ``momentum``, or None when there is none (a cumulative average,
     ``momentum=None``, forgets its initial values at the first step). Eval-mode numbers (test
     accuracy, the Hessian, probes) use these statistics: torchvision's MNASNet (momentum 3e-4)
-    still holds 74% of its initial values after 1000 steps."""
+    still holds 74% of its initial values after 1000 steps. A layer that never ran in train
+    mode while others did (an unused branch) is passed over: eval never runs it either."""
     stale = [StaleStatistics(name, float(m.momentum), int(m.num_batches_tracked),
                              (1.0 - float(m.momentum)) ** int(m.num_batches_tracked))
              for name, m in model.named_modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
              and m.momentum is not None and m.num_batches_tracked is not None]
-    return max(stale, key=lambda s: s.share, default=None)
+    used = [s for s in stale if s.steps > 0]
+    return max(used or stale, key=lambda s: s.share, default=None)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

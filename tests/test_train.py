@@ -238,3 +238,6 @@ def test_stale_share_is_what_torch_leaves_of_the_initial_statistics(momentum, st
                                torch.full((2,), 3 * (1 - stale.share), dtype=torch.float64),
                                rtol=1e-5, atol=1e-6)
     assert stalest_batchnorm(nn.Sequential(nn.Conv2d(1, 1, 1))) is None
+    unused = nn.ModuleDict({"used": net[0], "branch": nn.BatchNorm1d(2)})  # never ran
+    pick = stalest_batchnorm(unused)  # without any step both hold all: share 1
+    assert pick.layer == "used" if steps else pick.share == 1.0
