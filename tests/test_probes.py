@@ -69,8 +69,9 @@ def test_features_are_pooled_conv_maps_or_linear_outputs() -> None:
     assert torch.allclose(f[1, :16].reshape(4, 4)[0, 0], out[1, 0, :2, :2].mean())
     assert probe_features(out, None).shape == (2, 192)
     assert probe_features(torch.randn(2, 7)).shape == (2, 7)
-    with pytest.raises(ValueError, match="layer 'lstm'"):
-        probe_features(torch.randn(2, 3, 4), layer="lstm")
+    assert probe_features(torch.randn(2, 3, 4)).shape == (2, 4)  # tokens: the mean one
+    with pytest.raises(ValueError, match="layer 'video'"):
+        probe_features(torch.randn(2, 3, 4, 5, 6), layer="video")
 
 
 # --- through a model ---------------------------------------------------------------------

@@ -202,8 +202,8 @@ def test_bad_inputs_raise_clear_errors() -> None:
         saturation_from_covariance(np.eye(3), rule="paper")
     with pytest.raises(ValueError, match="square"):
         saturation_from_covariance(np.ones((2, 3)), layer="fc")
-    with pytest.raises(ValueError, match="layer 'seq'.*shape \\(2, 3, 4\\)"):
-        CovarianceAccumulator("seq").update(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="layer 'video'.*shape \\(2, 3, 4, 5, 6\\)"):
+        CovarianceAccumulator("video").update(torch.zeros(2, 3, 4, 5, 6))
     acc = _acc(np.ones((3, 2)), name="fc")
     with pytest.raises(ValueError, match="fc: samples have 3 dimensions, earlier ones had 2"):
         acc.update(torch.zeros(2, 3))
