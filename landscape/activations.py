@@ -161,19 +161,28 @@ def _resolve(model: nn.Module, names: list[str], example: Tensor, arg: str,
     return [site for name in names for site in out.get(name, ())]
 
 
-def peek_inputs(batches: Iterable[object]) -> tuple[Tensor, Iterable[object]]:
-    """The inputs of the first batch of ``batches`` (a tensor, or the first element of an
-    (inputs, labels, ...) tuple) and an iterable of all the batches, the first included."""
+def batch_inputs(batch: object) -> Tensor:
+    """The inputs of a batch: the batch itself, or the first element of (inputs, labels, ...)."""
+    x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    if not torch.is_tensor(x):
+        raise TypeError(f"batches must yield tensors or (inputs, ...) tuples, got "
+                        f"{type(x).__name__}")
+    return x
+
+
+def select_on_batches(model: nn.Module, layers: Sequence[str] | None,
+                      batches: Iterable[object], device: torch.device | str
+                      ) -> tuple[list[str], Iterable[object]]:
+    """:func:`select_modules` (``arg="layers"``) resolved on the first batch's inputs, and an
+    iterable of all the batches, the first included; the model must be on ``device``."""
+    check_on_device(model, device)
     it = iter(batches)
     try:
         first = next(it)
     except StopIteration:
         raise ValueError("batches yielded no batch") from None
-    x = first[0] if isinstance(first, (tuple, list)) and first else first
-    if not torch.is_tensor(x):
-        raise TypeError(f"batches must yield tensors or (inputs, ...) tuples, got "
-                        f"{type(x).__name__}")
-    return x, itertools.chain([first], it)
+    names = select_modules(model, layers, arg="layers", example=batch_inputs(first).to(device))
+    return names, itertools.chain([first], it)
 
 
 def check_on_device(model: nn.Module, device: torch.device | str, *, arg: str = "model") -> None:

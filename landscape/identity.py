@@ -167,6 +167,11 @@ class RunIdentity:
                 "arch_variant": self.spec.label() or None,
                 "image_size": self.image_size, "resize": self.resize}
 
+    def meta_batch(self, n: int) -> torch.Tensor:
+        """An (n, channels, size, size) input batch on the meta device: shapes only."""
+        return torch.empty(n, self.in_channels, self.image_size, self.image_size,
+                           device="meta")
+
     def build_model(self) -> nn.Module:
         """A new model of this identity, initialised from torch's global RNG, then from its
         pretrained ``weights`` if it has them."""

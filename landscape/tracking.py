@@ -112,14 +112,14 @@ class EpochTrackers:
         with one warning per run."""
         accs = layer_accumulators(model, [x for x, _ in self.batches], device=self.device)
         short = [f"{name} ({a.count} samples, {a.dim} channels)" for name, a in accs.items()
-                 if a.count <= a.dim]
+                 if not a.full_rank]
         if short and not self._warned_short:
             self._warned_short = True
             log.warning("train.track.saturation leaves out %d layer(s) with no more samples than "
                         "channels, whose saturation would be biased low: %s; raise "
                         "train.track.n_samples to include them", len(short), ", ".join(short))
         sat = {name: accumulator_saturation(a, self.cfg.threshold) for name, a in accs.items()
-               if a.count > a.dim}
+               if a.full_rank}
         return [{"metric": "track_saturation", "value": r.saturation, "index": epoch,
                  "layer": name, "note": f"threshold={self.cfg.threshold}; n={n}"}
                 for name, r in sat.items()]

@@ -345,7 +345,6 @@ def test_a_glob_captures_every_call_site_and_leaves_out_what_never_ran(caplog) -
         order = capture.run(x)
     assert order == ["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu#0", "layer1.0.conv2",
                      "layer1.0.bn2", "layer1.0.relu#1", "layer1.0"]
-    block = net.layer1[0]
     torch.testing.assert_close(got["layer1.0.relu#0"], torch.relu(got["layer1.0.bn1"]))
     torch.testing.assert_close(got["layer1.0.relu#1"], got["layer1.0"])  # the block's output
     with pytest.raises(ValueError, match=r"probes.layers: module 'layer1.0.relu' ran 2 times in "
@@ -360,7 +359,6 @@ def test_a_glob_captures_every_call_site_and_leaves_out_what_never_ran(caplog) -
         select_modules(net, ["layer1.0.relu#2"], example=x)
     with pytest.raises(ValueError, match=r"a call site is <module>#<k>"):
         select_modules(net, ["layer1.0.relu#last"])
-    assert block is net.layer1[0]
     # the paper's CKA counts every ReLU application: 49 in ResNet50 (1 + 16 blocks x 3)
     relus = select_modules(resnet50(num_classes=4).eval(), None, types=(nn.ReLU,), example=x)
     assert len(relus) == 49 and relus[:4] == ["relu", "layer1.0.relu#0", "layer1.0.relu#1",

@@ -42,8 +42,7 @@ def _activation_bytes(cfg: RunConfig) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if not list(m.children())]
     try:
-        model(torch.empty(cfg.train.batch_size, ident.in_channels, ident.image_size,
-                          ident.image_size, device="meta"))
+        model(ident.meta_batch(cfg.train.batch_size))
     finally:
         for h in handles:
             h.remove()

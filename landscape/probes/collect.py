@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.activations import check_on_device, peek_inputs, select_modules
+from landscape.activations import select_on_batches
 from landscape.probes.probes import _check_size, _collect, probe_features
 from landscape.probes.saturation import CovarianceAccumulator
 
@@ -41,9 +41,7 @@ def collect_layers(
     or per quantity. Eval mode and no grad; the caller's modes are restored. ``layers``: glob
     patterns (None: every Conv2d and Linear)."""
     _check_size(size)
-    check_on_device(model, device)
-    x, batches = peek_inputs(batches)
-    names = select_modules(model, layers, arg="layers", example=x.to(device))
+    names, batches = select_on_batches(model, layers, batches, device)
     accs = {n: CovarianceAccumulator(n) for n in names} if covariance else {}
 
     def features(name: str, out: Tensor) -> Tensor:

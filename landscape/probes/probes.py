@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from landscape.activations import (
-    ActivationCapture, check_on_device, eval_mode, peek_inputs, select_modules,
+    ActivationCapture, check_on_device, eval_mode, select_on_batches,
 )
 from landscape.probes.logistic import fit_logistic
 
@@ -249,9 +249,7 @@ def extract_features(
     :func:`probe_features`) and the (n,) labels, from ONE forward per (inputs, labels) batch
     for all layers (eval mode, no grad; the caller's modes are restored)."""
     _check_size(size)
-    check_on_device(model, device)
-    x, batches = peek_inputs(batches)
-    names = select_modules(model, layers, arg="layers", example=x.to(device))
+    names, batches = select_on_batches(model, layers, batches, device)
     return _collect(model, batches, names,
                     lambda name, out: probe_features(out, size, layer=name), device)
 

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.activations import (
-    ActivationCapture, check_on_device, eval_mode, peek_inputs, select_modules,
+    ActivationCapture, batch_inputs, eval_mode, select_on_batches,
 )
 
 RULES = ("delve", "smallest")
@@ -78,6 +78,11 @@ def samples_of(output: Tensor, *, layer: str = "output") -> Tensor:
         f"layer {layer!r} gives an output of shape {tuple(output.shape)}; saturation needs "
         "(N, D) (linear), (N, L, D) (tokens) or (N, C, H, W) (conv) outputs"
     )
+
+
+def _width(x: Tensor) -> int:
+    """Dimensions of a sample: features last for (N, L, D) tokens, channels at 1 otherwise."""
+    return x.shape[-1] if x.dim() == 3 else x.shape[1]
 
 
 class CovarianceAccumulator:
@@ -108,6 +113,12 @@ class CovarianceAccumulator:
         """Number of dimensions D, or None before the first update."""
         return None if self._shift is None else self._shift.shape[0]
 
+    @property
+    def full_rank(self) -> bool:
+        """More samples than dimensions: only then can the centred covariance (rank at most
+        count - 1) show every direction; otherwise a saturation from it is biased low."""
+        return self.dim is not None and self.count > self.dim
+
     def update(self, x: Tensor) -> CovarianceAccumulator:
         """Add the samples of ``x`` (2-D samples x D, 3-D tokens (N, L, D) or a 4-D conv
         output); returns self."""
@@ -116,7 +127,7 @@ class CovarianceAccumulator:
         x = x.detach()
         if x.dim() not in (2, 3, 4):
             samples_of(x, layer=self.name)  # raises, naming the layer
-        d = x.shape[-1] if x.dim() == 3 else x.shape[1]
+        d = _width(x)
         if self.dim is not None and d != self.dim:
             raise ValueError(f"{self.name}: samples have {d} dimensions, earlier ones had "
                              f"{self.dim}")
@@ -134,7 +145,7 @@ class CovarianceAccumulator:
             self._s1 = torch.zeros_like(self._shift)
             self._s2 = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=x.device)
         shift = self._shift.to(x.device)
-        d = x.shape[-1] if x.dim() == 3 else x.shape[1]
+        d = _width(x)
         # (N, C, H, W) -> (N*H*W, C) samples, cast and shifted in one pass into float64; a
         # (N, L, D) token sequence is (N*L, D) samples as it is laid out
         view = x.reshape(x.shape[0], d, -1).transpose(1, 2) if x.dim() == 4 else x
@@ -272,7 +283,7 @@ def accumulator_saturation(
     acc._check_started()
     n, d = acc.count, acc.dim
     need = 2 if allow_rank_deficient else d + 1
-    if n < need:
+    if n < need:  # need = d + 1: acc.full_rank
         hint = "" if allow_rank_deficient else (
             " (a full-rank estimate needs count > dim; pass more inputs, or "
             "allow_rank_deficient=True to accept a biased-low saturation)")
@@ -280,15 +291,6 @@ def accumulator_saturation(
                          f"{need}{hint}")
     return saturation_from_covariance(acc.covariance(), threshold, rule=rule, layer=acc.name,
                                       samples=n)
-
-
-def _inputs(batch: object) -> Tensor:
-    if isinstance(batch, (tuple, list)) and batch:
-        batch = batch[0]
-    if not torch.is_tensor(batch):
-        raise TypeError(f"batches must yield tensors or (inputs, ...) tuples, got "
-                        f"{type(batch).__name__}")
-    return batch
 
 
 def layer_accumulators(
@@ -305,15 +307,13 @@ def layer_accumulators(
     ``batches`` yields input tensors or (inputs, labels, ...) tuples; the model must already
     be on ``device``.
     """
-    check_on_device(model, device)
-    x, batches = peek_inputs(batches)
-    names = select_modules(model, layers, arg="layers", example=x.to(device))
+    names, batches = select_on_batches(model, layers, batches, device)
     accs = {n: CovarianceAccumulator(n) for n in names}
     order: list[str] | None = None
     with torch.no_grad(), eval_mode(model), ActivationCapture(
             model, names, lambda name, out: accs[name].update(out)) as capture:
         for batch in batches:
-            order = capture.run(_inputs(batch).to(device))
+            order = capture.run(batch_inputs(batch).to(device))
     if order is None:
         raise ValueError("batches yielded no batch")
     return {n: accs[n] for n in order}

@@ -188,9 +188,9 @@ def _upsampled(x: Geometry, axes: tuple[str, str], factors: list[int], mode: str
 
 
 def _factor(ctx: Ctx, field: str) -> int:
-    r = ctx.mod.upscale_factor if isinstance(ctx.mod, nn.PixelShuffle) else (
-        ctx.mod.downscale_factor if ctx.mod is not None else ctx.resolve(
-            arg(ctx.node, 1, field, None)))
+    """``field`` of a PixelShuffle / PixelUnshuffle module, or the function's second argument."""
+    r = getattr(ctx.mod, field) if ctx.mod is not None else ctx.resolve(
+        arg(ctx.node, 1, field, None))
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise Skip(f"{ctx.where} has no integer {field} (got {r!r})")
     return r
@@ -207,10 +207,8 @@ def _pixel_shuffle(ctx: Ctx) -> Result:
 def _pixel_unshuffle(ctx: Ctx) -> Result:
     """Space to depth by r: each output position holds (as r^2 channels) the r x r block of
     input positions it covers, a window of kernel r and stride r (not a layer of the table)."""
-    x = ctx.local_x()
     r = _factor(ctx, "downscale_factor")
-    out = Window("space_to_depth", (r, r), (r, r), (0, 0)).apply(x, T.last_axes(x, 2, ctx.where))
-    return Geometry(out.h, out.w, T.unsized(x.layout)), None
+    return _window(ctx, Window("space_to_depth", (r, r), (r, r), (0, 0)))[0], None
 
 
 def _constant(ctx: Ctx) -> Result:

@@ -142,8 +142,7 @@ class CKAStage(Stage):
         with torch.device("meta"):
             model = identity.build_model()
         paper = config.protocol == "paper"
-        x = torch.empty(2, identity.in_channels, identity.image_size, identity.image_size,
-                        device="meta")
+        x = identity.meta_batch(2)
         try:
             select_modules(model, config.layers, arg="cka.layers",
                            types=(nn.ReLU,) if paper else DEFAULT_LAYER_TYPES, example=x)

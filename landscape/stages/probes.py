@@ -43,7 +43,7 @@ from landscape.activations import ActivationCapture, select_modules, split_call
 from landscape.identity import RunIdentity
 from landscape.probes import (
     DEFAULT_BACKEND, DEFAULT_RULE, RULES, accumulator_saturation, check_backend, collect_layers,
-    layer_probes, observed_tail, position_probe_map, predicted_border,
+    layer_probes, observed_tail, position_probe_map, predicted_border, samples_of,
 )
 from landscape.stages.base import (
     RunContext, Stage, Unit, check_checkpoints, check_counts, check_number, register_stage,
@@ -131,8 +131,7 @@ class ProbesStage(Stage):
         with torch.device("meta"):
             model = identity.build_model()
         model.eval()  # BatchNorm in train mode refuses a batch of one 1x1 map
-        x = torch.empty(2, identity.in_channels, identity.image_size, identity.image_size,
-                        device="meta")
+        x = identity.meta_batch(2)
         try:
             names = select_modules(model, config.layers, arg="probes.layers", example=x)
         except (TypeError, ValueError) as e:
@@ -163,9 +162,8 @@ class ProbesStage(Stage):
                                  f"3-d outputs are (N, C, L); probes read 3-d outputs as "
                                  f"(N, L, D) tokens (features last): leave it out of "
                                  f"probes.layers")
-            positions, channels = ((1, shape[1]) if len(shape) == 2 else
-                                   (shape[1], shape[2]) if len(shape) == 3 else
-                                   (shape[2] * shape[3], shape[1]))
+            rows, channels = samples_of(torch.empty(shape, device="meta")).shape
+            positions = rows // shape[0]  # covariance samples per image
             if config.n_test * positions <= channels:
                 short[name] = channels // positions + 1  # the fewest images that suffice
         key = (identity.arch, identity.image_size, config.n_test, tuple(short))
@@ -207,7 +205,7 @@ class ProbesStage(Stage):
             rows += [{"metric": m, "value": v, "layer": name, "index": i}
                      for m, v in (("probe_acc", probe.accuracy),
                                   ("probe_train_acc", probe.train_accuracy))]
-            if acc.count <= acc.dim:  # a rank-deficient covariance: saturation biased low
+            if not acc.full_rank:  # a rank-deficient covariance: saturation biased low
                 saturation.append(None)
                 unsaturated.append(f"{name} ({acc.count} samples, {acc.dim} channels)")
                 continue
