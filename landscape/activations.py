@@ -5,13 +5,13 @@ e.g. ``"features.*"`` or ``"layer?.*.conv2"``; by default every ``Conv2d`` and `
 Layer order is *execution* order, recorded during the forward, not registration order.
 
 A module called several times in one forward (a torchvision ResNet block calls its one
-``relu`` two or three times) has one output per *call site*: ``"layer1.0.relu#1"`` names its
+``relu`` two or three times) has one output per *call site*: ``"layer1.0.relu@1"`` names its
 second call (0-based). Given an ``example`` input, :func:`select_modules` runs one eval-mode
 forward and resolves what was matched by a wildcard or by type: a module called k > 1 times
 becomes its k call sites (so ``cka=paper`` counts every ReLU application: 49 in a torchvision
 ResNet50, as the paper does); one that never runs (a ShuffleNet unit's empty ``branch1``) or
 returns no tensor is left out with one warning. A module named exactly must have one output
-(else the error lists its call sites); ``name#k`` must have a k-th call.
+(else the error lists its call sites); ``name@k`` must have a k-th call.
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ from landscape.modes import eval_mode
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 _GLOB_CHARS = frozenset("*?[")
-CALL = "#"  # "module#k": the k-th call (0-based) of a module called several times per forward
+# "module@k": the k-th call (0-based) of a module called several times per forward ("@" needs
+# no quoting in a Hydra override, "#" would)
+CALL = "@"
 log = logging.getLogger("landscape")
 _warned: set[tuple[tuple[str, str], ...]] = set()  # what was left out, warned once per process
 
 
 def split_call(name: str) -> tuple[str, int | None]:
-    """``"layer1.0.relu#1"`` -> ``("layer1.0.relu", 1)``; a plain name -> ``(name, None)``."""
+    """``"layer1.0.relu@1"`` -> ``("layer1.0.relu", 1)``; a plain name -> ``(name, None)``."""
     module, sep, k = name.partition(CALL)
     if not sep:
         return name, None
@@ -56,7 +58,7 @@ def select_modules(
 
     ``patterns=None`` selects every module of one of ``types`` (default ``Conv2d`` and
     ``Linear``). Every pattern must match at least one module; ``arg`` names the argument in
-    error messages; ``"<pattern>#k"`` selects the k-th call of each module the pattern matches.
+    error messages; ``"<pattern>@k"`` selects the k-th call of each module the pattern matches.
     With ``example`` (an input batch on the model's device, the meta device too), one
     eval-mode, no-grad forward of ``example[:2]`` counts each module's calls and the selection
     is resolved as the module doc says: modules called several times become call sites,
@@ -199,7 +201,7 @@ def check_on_device(model: nn.Module, device: torch.device | str, *, arg: str = 
 class ActivationCapture:
     """Forward hooks on the named modules of ``model``; a context manager.
 
-    ``names`` are module names or call sites (``"module#k"``, the k-th call in a forward; see
+    ``names`` are module names or call sites (``"module@k"``, the k-th call in a forward; see
     the module doc). On every forward run through :meth:`run`, ``on_output(name, output)`` is
     called once per name, in execution order, *inside* the hook: consume or copy the output
     there (a later in-place op such as ``ReLU(inplace=True)`` may overwrite it). A module

@@ -337,32 +337,36 @@ def test_a_glob_captures_every_call_site_and_leaves_out_what_never_ran(caplog) -
     x = torch.randn(2, 3, 32, 32)
     net = resnet18(num_classes=4).eval()
     names = select_modules(net, ["layer1.0*"], arg="probes.layers", example=x)
-    assert names == ["layer1.0", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu#0",
-                     "layer1.0.relu#1", "layer1.0.conv2", "layer1.0.bn2"]
+    assert names == ["layer1.0", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu@0",
+                     "layer1.0.relu@1", "layer1.0.conv2", "layer1.0.bn2"]
     got = {}
     with torch.no_grad(), ActivationCapture(net, names, lambda n, o: got.update({n: o.clone()})
                                             ) as capture:
         order = capture.run(x)
-    assert order == ["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu#0", "layer1.0.conv2",
-                     "layer1.0.bn2", "layer1.0.relu#1", "layer1.0"]
-    torch.testing.assert_close(got["layer1.0.relu#0"], torch.relu(got["layer1.0.bn1"]))
-    torch.testing.assert_close(got["layer1.0.relu#1"], got["layer1.0"])  # the block's output
+    assert order == ["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu@0", "layer1.0.conv2",
+                     "layer1.0.bn2", "layer1.0.relu@1", "layer1.0"]
+    torch.testing.assert_close(got["layer1.0.relu@0"], torch.relu(got["layer1.0.bn1"]))
+    torch.testing.assert_close(got["layer1.0.relu@1"], got["layer1.0"])  # the block's output
     with pytest.raises(ValueError, match=r"probes.layers: module 'layer1.0.relu' ran 2 times in "
                                          r"a forward pass, so it has no single output; name "
-                                         r"its call sites instead: layer1.0.relu#0, "
-                                         r"layer1.0.relu#1"):
+                                         r"its call sites instead: layer1.0.relu@0, "
+                                         r"layer1.0.relu@1"):
         select_modules(net, ["layer1.0.relu"], arg="probes.layers", example=x)
-    assert select_modules(net, ["layer1.*.relu#1"], example=x) == ["layer1.0.relu#1",
-                                                                   "layer1.1.relu#1"]
-    with pytest.raises(ValueError, match=r"'layer1.0.relu#2' ran 2 time\(s\), so it has no "
+    assert select_modules(net, ["layer1.*.relu@1"], example=x) == ["layer1.0.relu@1",
+                                                                   "layer1.1.relu@1"]
+    with pytest.raises(ValueError, match=r"'layer1.0.relu@2' ran 2 time\(s\), so it has no "
                                          r"call 2"):
-        select_modules(net, ["layer1.0.relu#2"], example=x)
-    with pytest.raises(ValueError, match=r"a call site is <module>#<k>"):
-        select_modules(net, ["layer1.0.relu#last"])
+        select_modules(net, ["layer1.0.relu@2"], example=x)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    typed = OverridesParser.create().parse_override("probes.layers=[layer1.0.relu@1,layer2.*]")
+    assert typed.value() == ["layer1.0.relu@1", "layer2.*"]  # on the command line, unquoted
+    with pytest.raises(ValueError, match=r"a call site is <module>@<k>"):
+        select_modules(net, ["layer1.0.relu@last"])
     # the paper's CKA counts every ReLU application: 49 in ResNet50 (1 + 16 blocks x 3)
     relus = select_modules(resnet50(num_classes=4).eval(), None, types=(nn.ReLU,), example=x)
-    assert len(relus) == 49 and relus[:4] == ["relu", "layer1.0.relu#0", "layer1.0.relu#1",
-                                              "layer1.0.relu#2"]
+    assert len(relus) == 49 and relus[:4] == ["relu", "layer1.0.relu@0", "layer1.0.relu@1",
+                                              "layer1.0.relu@2"]
     shuffle = shufflenet_v2_x0_5(num_classes=4).eval()
     with caplog.at_level("WARNING", logger="landscape"):
         names = select_modules(shuffle, ["stage2.1*"], example=x)
@@ -396,8 +400,8 @@ def test_layer_selection_order_and_errors() -> None:
         layerwise_cka(net, net, x, layers=["u*"])
     # the default leaves out what never ran; a glob takes each call of `act`
     assert layerwise_cka(net, net, x).layers_a == ("early", "late")
-    assert layerwise_cka(net, net, x, layers=["*"]).layers_a == ("early", "act#0", "late",
-                                                                 "act#1")
+    assert layerwise_cka(net, net, x, layers=["*"]).layers_a == ("early", "act@0", "late",
+                                                                 "act@1")
     with pytest.raises(ValueError, match="'nope' matches no module"):
         layerwise_cka(net, net, x, layers=["early", "nope"])
     with pytest.raises(TypeError, match="sequence of glob patterns"):
