@@ -11,8 +11,8 @@ from torch import nn
 
 from landscape.models import create_model
 from landscape.probes import (
-    extract_features, linear_probes, observed_tail, position_accuracy_map, position_probe_map,
-    predicted_border, probe_accuracy, probe_features,
+    extract_features, linear_probes, observed_tail, pool_map, position_accuracy_map,
+    position_probe_map, predicted_border, probe_accuracy, probe_features,
 )
 
 
@@ -72,6 +72,39 @@ def test_features_are_pooled_conv_maps_or_linear_outputs() -> None:
     assert probe_features(torch.randn(2, 3, 4)).shape == (2, 4)  # tokens: the mean one
     with pytest.raises(ValueError, match="layer 'video'"):
         probe_features(torch.randn(2, 3, 4, 5, 6), layer="video")
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (4, 4), (3, 9), (6, 6)])
+def test_maps_smaller_than_the_pooled_size_keep_their_size(h, w) -> None:
+    """pool_map gives min(size, side) per side: a map no larger than 4 x 4 is its own
+    features, position for position; pool_up repeats its positions up to 4 x 4 instead."""
+    out = torch.randn(3, 5, h, w)
+    pooled = pool_map(out, 4)
+    assert pooled.shape == (3, 5, min(4, h), min(4, w))
+    if h <= 4 and w <= 4:
+        assert torch.equal(probe_features(out, 4), out.reshape(3, -1))
+    up = pool_map(out, 4, pool_up=True)
+    assert up.shape == (3, 5, 4, 4)
+    if (h, w) == (1, 1):
+        assert torch.equal(up, out.expand(3, 5, 4, 4))  # 16 copies of each channel
+    assert torch.equal(pool_map(out, None), out)
+
+
+@pytest.mark.parametrize("copies", [4, 16])
+def test_repeated_features_are_a_weaker_l2_penalty(copies) -> None:
+    """Why small maps are not pooled up: a probe on k copies of the features with C fits the
+    probe of one copy with k C (each copy takes 1/k of the weight; k (w/k)^2 = w^2 / k)."""
+    from landscape.probes.logistic import fit_logistic
+
+    x, y = _separable(90, 6, 5)
+    x = x + np.random.default_rng(6).standard_normal(x.shape) * 3  # overlapping classes
+    kw = dict(max_iter=5000, tol=1e-9, dtype=torch.float64)
+    rep = fit_logistic(np.repeat(x, copies, axis=1), y, C=0.01, **kw)
+    one = fit_logistic(x, y, C=0.01 * copies, **kw)
+    summed = rep.coef.reshape(len(rep.coef), 6, copies).sum(-1)
+    assert torch.allclose(summed, one.coef, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(rep.intercept, one.intercept, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(one.coef, fit_logistic(x, y, C=0.01, **kw).coef, rtol=0.05)
 
 
 # --- through a model ---------------------------------------------------------------------
@@ -224,7 +257,7 @@ def test_token_outputs_probe_the_mean_token_and_give_one_sample_per_token() -> N
     with torch.no_grad():
         mix = model.mix(model.embed(x).flatten(2).transpose(1, 2))
     np.testing.assert_allclose(data.features["mix"], mix.mean(1).numpy(), rtol=1e-6)
-    assert data.features["embed"].shape == (12, 8 * 4 * 4)  # a conv map, pooled to 4 x 4
+    assert data.features["embed"].shape == (12, 8 * 2 * 2)  # a 2 x 2 conv map keeps its size
     acc = data.covariances["mix"]
     assert (acc.count, acc.dim) == (12 * 4, 8)
     np.testing.assert_allclose(acc.covariance().numpy(), np.cov(
@@ -470,6 +503,11 @@ def _other_backend_is_recomputed_not_mixed(cfg, probes, root) -> None:
     torch_cfg = dataclasses.replace(sk, backend="torch")
     assert "backend 'sklearn' -> 'torch'" in stage.stale_reason(torch_cfg, run_dir,
                                                                  "probes_final")
+    del marker["settings"]["pool_up"]  # written before small maps kept their size
+    done.write_text(json.dumps(marker))
+    assert stage.stale_reason(sk, run_dir, "probes_final") == "settings changed: pool_up True -> False"
+    assert stage.stale_reason(dataclasses.replace(sk, pool_up=True), run_dir,
+                              "probes_final") is None
 
 
 def test_the_probe_figure_and_table_from_rows_with_equal_seeds() -> None:

@@ -13,7 +13,7 @@ from landscape.probes.logistic import LogisticFit, fit_logistic
 from landscape.probes.probes import (
     BACKENDS, DEFAULT_BACKEND, PositionProbeMap, ProbeResult, check_backend, extract_features,
     layer_probes, linear_probes, position_accuracy_map, position_probe_map, probe_accuracy,
-    probe_features,
+    pool_map, probe_features,
 )
 from landscape.probes.saturation import (
     DEFAULT_RULE, RULES, CovarianceAccumulator, SaturationResult, accumulator_saturation,
@@ -27,6 +27,6 @@ __all__ = [
     "PositionProbeMap", "PredictedBorder", "ProbeResult", "SaturationResult", "accumulator_saturation", "collect_layers", "extract_features",
     "intrinsic_dimension", "layer_accumulators", "layer_saturation", "linear_probes",
     "observed_tail", "position_accuracy_map", "position_probe_map", "predicted_border",
-    "probe_accuracy", "probe_features", "samples_of", "saturation_frame",
+    "pool_map", "probe_accuracy", "probe_features", "samples_of", "saturation_frame",
     "saturation_from_covariance",
 ]

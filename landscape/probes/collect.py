@@ -33,13 +33,15 @@ def collect_layers(
     *,
     layers: Sequence[str] | None = None,
     size: int | None = 4,
+    pool_up: bool = False,
     covariance: bool = False,
     device: str | torch.device = "cpu",
 ) -> LayerData:
     """Probe features (and, with ``covariance``, the running covariance) of every selected
     layer from ONE forward per (inputs, labels) batch: hooks feed both, no second pass per layer
     or per quantity. Eval mode and no grad; the caller's modes are restored. ``layers``: glob
-    patterns (None: every Conv2d and Linear)."""
+    patterns (None: every Conv2d and Linear); ``size`` / ``pool_up``: as in
+    :func:`~landscape.probes.probe_features`."""
     _check_size(size)
     names, batches = select_on_batches(model, layers, batches, device)
     accs = {n: CovarianceAccumulator(n) for n in names} if covariance else {}
@@ -47,7 +49,7 @@ def collect_layers(
     def features(name: str, out: Tensor) -> Tensor:
         if covariance:
             accs[name].update(out)
-        return probe_features(out, size, layer=name)
+        return probe_features(out, size, layer=name, pool_up=pool_up)
 
     feats, labels = _collect(model, batches, names, features, device)
     return LayerData(layers=list(feats), features=feats, labels=labels,

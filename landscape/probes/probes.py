@@ -3,8 +3,13 @@ Matters", appendix B) and per spatial position.
 
 Features of a layer for one input:
 
-* conv output (C, H, W): ``adaptive_avg_pool2d`` to ``size x size`` (default 4), flattened
-  channel-major to ``C * size^2`` numbers; ``size=None`` keeps the full map;
+* conv output (C, H, W): ``adaptive_avg_pool2d`` to ``min(size, H) x min(size, W)``
+  (default size 4), flattened channel-major; ``size=None`` keeps the full map. A map smaller
+  than ``size`` keeps its own size: pooling it up would repeat each position (a 1x1 map 16
+  times at size 4), and the probe's L2 penalty on k standardised copies of a feature is k
+  times weaker (the weight splits over the copies), so the probes of small maps would be
+  regularised less than the others. ``pool_up=True`` pools them up anyway (the features
+  before 2026-12-06);
 * linear output (D,): taken as is.
 
 Probe: the features are standardised with the training set's mean and standard deviation
@@ -191,18 +196,27 @@ def layer_probes(
             for n in train}
 
 
-def probe_features(output: Tensor, size: int | None = 4, *, layer: str = "output") -> Tensor:
-    """(N, features) of a layer output: conv (N, C, H, W) pooled to ``size x size`` (None:
-    as is) and flattened; linear (N, D) as is; a token sequence (N, L, D) (a transformer's
-    Linear / LayerNorm / block outputs, features last) averaged over its L tokens, whatever
-    ``size`` (tokens have no grid to pool to)."""
+def pool_map(output: Tensor, size: int | None, *, pool_up: bool = False) -> Tensor:
+    """(N, C, H, W) conv output adaptive-average-pooled to ``min(size, H) x min(size, W)``
+    (``pool_up``: ``size x size`` whatever the map's size; None: as is)."""
+    if size is None:
+        return output
+    h, w = output.shape[-2:]
+    return F.adaptive_avg_pool2d(output, size if pool_up else (min(size, h), min(size, w)))
+
+
+def probe_features(output: Tensor, size: int | None = 4, *, layer: str = "output",
+                   pool_up: bool = False) -> Tensor:
+    """(N, features) of a layer output: conv (N, C, H, W) pooled by :func:`pool_map` and
+    flattened; linear (N, D) as is; a token sequence (N, L, D) (a transformer's Linear /
+    LayerNorm / block outputs, features last) averaged over its L tokens, whatever ``size``
+    (tokens have no grid to pool to)."""
     if output.dim() == 2:
         return output
     if output.dim() == 3:
         return output.mean(dim=1)
     if output.dim() == 4:
-        if size is not None:
-            output = F.adaptive_avg_pool2d(output, size)
+        output = pool_map(output, size, pool_up=pool_up)
         return output.reshape(output.shape[0], -1)
     raise ValueError(f"layer {layer!r} gives an output of shape {tuple(output.shape)}; probes "
                      "need (N, D), (N, L, D) tokens or (N, C, H, W) outputs")
@@ -243,6 +257,7 @@ def extract_features(
     *,
     layers: Sequence[str] | None = None,
     size: int | None = 4,
+    pool_up: bool = False,
     device: str | torch.device = "cpu",
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(n, features) float32 arrays of every selected layer (execution order; see
@@ -250,8 +265,8 @@ def extract_features(
     for all layers (eval mode, no grad; the caller's modes are restored)."""
     _check_size(size)
     names, batches = select_on_batches(model, layers, batches, device)
-    return _collect(model, batches, names,
-                    lambda name, out: probe_features(out, size, layer=name), device)
+    return _collect(model, batches, names, lambda name, out: probe_features(
+        out, size, layer=name, pool_up=pool_up), device)
 
 
 def linear_probes(
@@ -261,6 +276,7 @@ def linear_probes(
     *,
     layers: Sequence[str] | None = None,
     size: int | None = 4,
+    pool_up: bool = False,
     C: float = 1.0,
     max_iter: int = 1000,
     backend: str = DEFAULT_BACKEND,
@@ -269,8 +285,9 @@ def linear_probes(
     """Probe accuracy of every selected layer (execution order): features from
     :func:`extract_features` on both sets, then :func:`layer_probes`."""
     check_backend(backend)
-    train, ytr = extract_features(model, train_batches, layers=layers, size=size, device=device)
-    test, yte = extract_features(model, test_batches, layers=layers, size=size, device=device)
+    kw = dict(layers=layers, size=size, pool_up=pool_up, device=device)
+    train, ytr = extract_features(model, train_batches, **kw)
+    test, yte = extract_features(model, test_batches, **kw)
     return layer_probes(train, ytr, test, yte, C=C, max_iter=max_iter, backend=backend,
                         device=device)
 
@@ -279,7 +296,8 @@ def linear_probes(
 class PositionProbeMap:
     """Per-position probes of one layer: ``accuracy[h, w]`` (H x W float64) is the held-out
     accuracy of the probe on the C channels at position (h, w); ``train_accuracy`` likewise;
-    ``converged[h, w]`` as in :class:`ProbeResult`; ``size``: the pooled side or None."""
+    ``converged[h, w]`` as in :class:`ProbeResult`; ``size``: the pooled side asked for (the
+    map's own side where that is smaller; :func:`pool_map`) or None."""
 
     layer: str
     accuracy: np.ndarray
@@ -319,14 +337,15 @@ def position_probe_map(
     layer: str,
     *,
     size: int | None = None,
+    pool_up: bool = False,
     C: float = 1.0,
     max_iter: int = 1000,
     backend: str = DEFAULT_BACKEND,
     device: str | torch.device = "cpu",
 ) -> PositionProbeMap:
     """Accuracy map of per-position probes on the conv module named ``layer`` (exact name),
-    its output pooled to ``size x size`` first when ``size`` is set (None: full resolution,
-    H * W probes)."""
+    its output pooled by :func:`pool_map` first when ``size`` is set (None: full resolution,
+    H * W probes; a map smaller than ``size`` keeps its size unless ``pool_up``)."""
     _check_size(size)
     check_backend(backend)
     if not isinstance(layer, str) or not layer or layer not in dict(model.named_modules()):
@@ -336,7 +355,7 @@ def position_probe_map(
         if out.dim() != 4:
             raise ValueError(f"layer {name!r} gives an output of shape {tuple(out.shape)}; "
                              "per-position probes need a conv output (N, C, H, W)")
-        return out if size is None else F.adaptive_avg_pool2d(out, size)
+        return pool_map(out, size, pool_up=pool_up)
 
     train, ytr = _collect(model, train_batches, [layer], pooled, device)
     test, yte = _collect(model, test_batches, [layer], pooled, device)

@@ -3,7 +3,8 @@ tail of unproductive layers starts, observed and predicted (Richter et al., "Siz
 "Receptive Field Refinement"); :mod:`landscape.probes`.
 
 Unit ``probes_<checkpoint>``. One forward pass per batch feeds every selected layer's probe
-features (its output adaptive-average-pooled to ``pool_size`` x ``pool_size``, flattened; a
+features (its output adaptive-average-pooled to ``pool_size`` x ``pool_size``, or a smaller
+map's own size unless ``pool_up``, flattened; a
 transformer's (N, L, D) tokens averaged over L, each token one covariance sample) and,
 on the test images, its streamed float64 output covariance (each position of a conv map one
 sample, the channels the dimensions). Probes: L2 logistic regression (L-BFGS, ``C``; backend
@@ -66,6 +67,9 @@ class ProbesConfig:
     n_test: int = 1000  # the first n test images score them and give the covariances
     batch_size: int = 250
     pool_size: int = 4  # conv outputs adaptive-average-pooled to pool_size x pool_size
+    # a map smaller than pool_size keeps its size (pool_up=True repeats its positions up to
+    # pool_size, which weakens the probe's L2 penalty: the features before 2026-12-06)
+    pool_up: bool = False
     C: float = 1.0  # inverse L2 regularisation of the logistic regression
     max_iter: int = 1000  # lbfgs iterations
     backend: str = DEFAULT_BACKEND  # torch (float32, on the run's device) | sklearn (CPU)
@@ -85,6 +89,8 @@ def validate(cfg: ProbesConfig) -> None:
     check_counts("probes", cfg, ["n_test"], minimum=2)
     check_number("probes.C", cfg.C, above=0)
     check_backend(cfg.backend, "probes.backend")
+    if not isinstance(cfg.pool_up, bool):
+        raise ValueError(f"probes.pool_up must be true or false, got {cfg.pool_up!r}")
     check_number("probes.epsilon", cfg.epsilon, above=0, strict=False)
     if not 0 < cfg.threshold < 1:
         raise ValueError(f"probes.threshold must be in (0, 1), got {cfg.threshold}")
@@ -181,8 +187,10 @@ class ProbesStage(Stage):
     def stale_reason(self, config: ProbesConfig, out_dir: Path, unit: str,
                      seeds: Optional[list[int]] = None) -> Optional[str]:
         """As :meth:`Stage.stale_reason`, but a unit recorded before ``backend`` existed was
-        fitted by scikit-learn: with ``backend=torch`` it is recomputed, not kept."""
-        defaults = {**self.recorded_settings(ProbesConfig()), "backend": "sklearn"}
+        fitted by scikit-learn, and one recorded before ``pool_up`` existed pooled small maps
+        up: with the defaults it is recomputed, not kept."""
+        defaults = {**self.recorded_settings(ProbesConfig()), "backend": "sklearn",
+                    "pool_up": True}
         return results.stale_reason(out_dir, unit, self.recorded_settings(config), seeds,
                                     defaults=defaults)
 
@@ -191,9 +199,9 @@ class ProbesStage(Stage):
         model = ctx.load_model(unit.params["checkpoint"])
         train = evaluation_batches(ctx, c.n_train, c.batch_size)
         test = test_batches(ctx, c.n_test, c.batch_size)
-        fit = collect_layers(model, train, layers=c.layers, size=c.pool_size, device=device)
-        score = collect_layers(model, test, layers=c.layers, size=c.pool_size, covariance=True,
-                               device=device)
+        kw = dict(layers=c.layers, size=c.pool_size, pool_up=c.pool_up, device=device)
+        fit = collect_layers(model, train, **kw)
+        score = collect_layers(model, test, covariance=True, **kw)
         names = score.layers
         probes = layer_probes(fit.features, fit.labels, score.features, score.labels, C=c.C,
                               max_iter=c.max_iter, backend=c.backend, device=device)
@@ -239,15 +247,16 @@ class ProbesStage(Stage):
             rows.append({"metric": "border_predicted", "value": names.index(border.layer),
                          "layer": border.layer})
         for layer in position_layer_names(model, c.position_layers, ctx.identity.arch):
-            heat = position_probe_map(model, train, test, layer, size=c.position_pool, C=c.C,
-                                      max_iter=c.max_iter, backend=c.backend, device=device)
+            heat = position_probe_map(model, train, test, layer, size=c.position_pool,
+                                      pool_up=c.pool_up, C=c.C, max_iter=c.max_iter,
+                                      backend=c.backend, device=device)
             rows += [{"metric": "position_probe_acc", "value": float(heat.accuracy[y, x]),
                       "layer": layer, "coord_x": float(x), "coord_y": float(y)}
                      for y in range(heat.accuracy.shape[0])
                      for x in range(heat.accuracy.shape[1])]
         note = (f"checkpoint={unit.params['checkpoint']}; n_train={len(fit.labels)} "
                 f"(training images, no augmentation); n_test={len(score.labels)}; "
-                f"pool_size={c.pool_size}; C={c.C}; backend={c.backend}; "
+                f"pool_size={c.pool_size}; pool_up={c.pool_up}; C={c.C}; backend={c.backend}; "
                 f"threshold={c.threshold}; "
                 f"saturation_rule={c.saturation_rule}; epsilon={c.epsilon}; "
                 f"min_tail={c.min_tail}; input_size={ctx.identity.image_size}"
