@@ -387,6 +387,77 @@ def test_timm_cnns_with_split_attention_or_a_space_to_depth_stem(name):
         assert (first["r_max"], first["jump"]) == (12, 4)
 
 
+class Lambda3d(nn.Module):
+    """LambdaNet's position lambdas: a Conv3d whose kernel is 1 along a third, non-spatial
+    dimension, here the channels moved last (kernel (3, 5, 1), image axes in dims -3, -2)
+    or first (kernel (1, 3, 5), image axes in dims -2, -1); then a 2x2 conv."""
+
+    def __init__(self, last: bool, kernel: tuple = (3, 5, 1)) -> None:
+        super().__init__()
+        self.last = last
+        self.a = nn.Conv2d(1, 2, 3, stride=2, padding=1)
+        k = kernel if last else (kernel[2], *kernel[:2])
+        self.b = nn.Conv3d(1, 1, k, padding=tuple(v // 2 for v in k))
+        self.c = nn.Conv2d(2, 1, 2)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.last:  # (B, 1, H, W, C)
+            y = self.b(y.permute(0, 2, 3, 1).unsqueeze(1)).squeeze(1).permute(0, 3, 1, 2)
+        else:  # (B, 1, C, H, W)
+            y = self.b(y.unsqueeze(1)).squeeze(1)
+        return self.c(y)
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_a_conv3d_over_the_image_axes_is_a_2d_window(last):
+    t = receptive_field_table(Lambda3d(last), 40).set_index("layer")
+    assert (t.loc["b", "kernel_h"], t.loc["b", "kernel_w"], t.loc["b", "kind"]) == (3, 5, "conv")
+    net = Lambda3d(last).double()
+    for p in net.parameters():
+        nn.init.ones_(p)
+    x = torch.ones(1, 1, 40, 40, dtype=torch.float64, requires_grad=True)
+    net(x)[0, 0, 9, 9].backward()
+    rows, cols = x.grad[0, 0].ne(0).nonzero().unbind(1)
+    box = (int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1))
+    assert box == (t.loc["c", "r_max_h"], t.loc["c", "r_max_w"]) == (3 + 2 * 2 + 2, 3 + 4 * 2 + 2)
+    with pytest.raises(UnsupportedModelError, match=r"'b' \(Conv3d\) has kernel .*kernel 1, "
+                                                  r"stride 1 and no padding along a third"):
+        receptive_field_table(Lambda3d(last, kernel=(3, 5, 3)), 40)
+
+
+class Unfolded(nn.Module):
+    """MobileViTv2: 2x2 patches unfolded to (B, C, 4 patch pixels, patches), a 1x1 conv
+    there (channels only), folded back, then a 3x3 conv; a global context vector
+    ``expand_as`` the map gates it (a product with a global tensor: an SE-like gate)."""
+
+    def __init__(self, kernel: int = 1) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 3, stride=2, padding=1)
+        self.mix = nn.Conv2d(2, 2, kernel)
+        self.b = nn.Conv2d(2, 1, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        b, c, h, w = y.shape
+        p = y.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+        p = self.mix(p.reshape(b, c, 4, h * w // 4))
+        context = p.softmax(dim=-1).sum(-1, keepdim=True)  # over the patches: global
+        p = p * context.expand_as(p)
+        y = p.reshape(b, c, 2, 2, h // 2, w // 2).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+        return self.b(y)
+
+
+def test_a_1x1_conv_on_unfolded_patches_keeps_each_positions_geometry():
+    t = receptive_field_table(Unfolded(), 32).set_index("layer")
+    assert (t.loc["mix", "r_max"], t.loc["mix", "jump"]) == (3, 2)
+    assert (t.loc["b", "r_min"], t.loc["b", "r_max"]) == (3 + 2 * 2, 3 + 2 * 2)  # a gate
+    assert receptive_field_table(Unfolded(), 32, se_gates="global").set_index(
+        "layer").loc["b", "is_global"]
+    with pytest.raises(UnsupportedModelError, match="'mix' .*needs a feature map"):
+        receptive_field_table(Unfolded(kernel=2), 32)  # a 2x2 window there mixes patches
+
+
 def test_layout_follows_maxvit_window_partition_and_back():
     nchw = L.fit(L.canonical(4), (2, 8, 14, 14), "t")
     parts = L.reshape(nchw, (2, 8, 14, 14), (2, 8, 2, 7, 2, 7), "t")

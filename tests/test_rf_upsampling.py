@@ -4,6 +4,7 @@ checked against the input gradients of every interior output position."""
 from __future__ import annotations
 
 import itertools
+from fractions import Fraction
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from landscape.receptive_field import (
     UnsupportedModelError, measure_receptive_field, receptive_field_table,
 )
 from landscape.receptive_field.geometry import Axis, Window
-from landscape.receptive_field.phases import Phased, upsample_taps
+from landscape.receptive_field.phases import Phased, resize_taps
 
 MODES = ["nearest", "nearest-exact", "bilinear", "bicubic"]
 
@@ -139,10 +140,88 @@ def test_hrnet_is_analysed_and_matches_the_measured_rf():
         + (False,)
 
 
+class Resized(nn.Module):
+    """conv (stride ``stride``) -> resize (to ``size``, or by ``scale``) -> conv K -> conv
+    2x2: the positions after the resize are unevenly spaced by a rational ratio."""
+
+    def __init__(self, resize: dict, stride: int = 4, kernel: int = 3, back: int | None = None):
+        super().__init__()
+        self.resize, self.back = resize, back
+        self.a = nn.Conv2d(1, 1, 3, stride=stride, padding=1)
+        self.b = nn.Conv2d(1, 1, kernel, padding=kernel // 2)
+        self.c = nn.Conv2d(1, 1, 2)
+
+    def forward(self, x):
+        y = self.b(F.interpolate(self.a(x), **self.resize))
+        if self.back is not None:  # MobileViT: up to a multiple of the patch size and back
+            y = F.interpolate(y, size=self.back, mode="bilinear")
+        return self.c(y)
+
+
+def position_spans(model: nn.Module, layer: str, n: int) -> list[tuple[int, tuple, tuple]]:
+    """Per output row t of ``layer`` (centre column): the analytic (first, last) input row of
+    its RF and the one the input gradient reaches, for the rows whose RF lies inside the
+    image (torch clamps a resize's taps at the map's borders, which the analysis ignores as
+    it ignores padding)."""
+    from landscape.receptive_field.graph import propagate, trace_model
+
+    _, records = propagate(trace_model(model), n)
+    axis = next(r for r in records if r.name == layer).out.h
+    model = model.double().eval()
+    for p in model.parameters():
+        with torch.no_grad():
+            p.uniform_(0.5, 1.5) if p.dim() > 1 else p.zero_()
+    out = {}
+    dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: out.update(y=o))
+    x = torch.zeros(1, 1, n, n, dtype=torch.float64, requires_grad=True)
+    model(x)
+    y, found = out["y"], []
+    for t in range(y.shape[-2]):
+        first, last = axis.span(t)
+        if first < 1 or last > n - 2:
+            continue
+        (g,) = torch.autograd.grad(y[0, 0, t, y.shape[-1] // 2], x, retain_graph=True)
+        hit = (g[0, 0].abs().sum(1) > 0).nonzero().flatten()
+        found.append((t, (first, last), (int(hit[0]), int(hit[-1]))))
+    return found
+
+
+RESIZES = [
+    dict(size=30, mode="bilinear"),  # 24 -> 30: 4 source positions per 5
+    dict(size=18, mode="bicubic"),  # 24 -> 18: a non-integer downsampling
+    dict(scale_factor=1.5, mode="nearest"),  # 24 -> 36, mapped with 1 / 1.5
+    dict(size=30, mode="nearest-exact"),
+    dict(scale_factor=1.25, mode="bilinear", recompute_scale_factor=True),  # 24 -> 30
+]
+
+
+@pytest.mark.parametrize("resize", RESIZES, ids=lambda r: "-".join(map(str, r.values())))
+def test_rf_after_a_rational_resize_equals_the_input_gradients(resize):
+    """Every position whose RF lies inside the image, exactly, and the table's r_min / r_max
+    are the gradients' extremes over the interior positions (every phase is among them)."""
+    spans = position_spans(Resized(resize), "c", 96)
+    assert len(spans) >= 10 and all(want == got for _, want, got in spans), spans
+    t = receptive_field_table(Resized(resize), 96).set_index("layer")
+    for layer in ("b", "c"):
+        assert tuple(t.loc[layer, ["r_min", "r_max"]]) == gradient_sizes(
+            Resized(resize), layer, n=96), layer
+
+
+def test_mobilevit_resizes_up_to_the_patch_multiple_and_back():
+    """14 -> 16 -> 14 positions (jump 4 -> mean jump 3.5 -> 4): the table's jump is the mean
+    spacing, and each position's RF is exact."""
+    model = Resized(dict(size=16, mode="bilinear"), back=14)
+    spans = position_spans(model, "c", 56)
+    assert len(spans) >= 5 and all(want == got for _, want, got in spans), spans
+    t = receptive_field_table(model, 56).set_index("layer")
+    assert (t.loc["b", "jump"], t.loc["b", "out_size"], t.loc["c", "jump"]) == (3.5, 16, 4)
+
+
 @pytest.mark.parametrize("step, message", [
     (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True),
-     "align_corners=True: only nearest"),
-    (lambda x: F.interpolate(x, scale_factor=1.5), "resizes by (1.5, 1.5)"),
+     "align_corners=True"),
+    (lambda x: F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True),
+     "downsamples with antialias=True"),
     (lambda x: F.interpolate(x, scale_factor=2, mode="area"), "mode='area'"),
     (lambda x: F.interpolate(x, scale_factor=2), "upsamples beyond the input's resolution"),
 ])
@@ -179,7 +258,7 @@ def test_a_one_phase_class_follows_the_closed_form(jump, r, lo, kernel, stride, 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_taps_are_periodic_and_are_torchs_non_zero_weights(mode, k):
-    taps = upsample_taps(mode, k, None)
+    taps = resize_taps(mode, Fraction(1, k))
     x = torch.zeros(1, 1, 1, 12, dtype=torch.float64, requires_grad=True)
     y = F.interpolate(x, scale_factor=(1, k), mode="bicubic" if mode == "bicubic" else
                       "bilinear" if mode == "bilinear" else mode)

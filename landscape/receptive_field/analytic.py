@@ -200,7 +200,10 @@ def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int], *
             break
     df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     for col in _INT_COLUMNS:
-        df[col] = df[col].astype("Int64")
+        # a resize by a non-integer ratio spaces positions unevenly: its mean jump is a float
+        fractional = col.startswith("jump") and not all(
+            float(v).is_integer() for v in df[col].dropna())
+        df[col] = df[col].astype(float if fractional else "Int64")
     df["center"] = df["center"].astype(float)
     for col in _BOOL_COLUMNS:
         df[col] = df[col].astype(bool)

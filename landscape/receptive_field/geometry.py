@@ -46,7 +46,7 @@ class Axis:
     geometry (:mod:`.phases`); then the other fields summarise them: ``jump`` is the mean jump,
     r_min / r_max the extremes over classes and phases, [lo, hi] position 0's union."""
 
-    jump: int | None
+    jump: int | float | None  # a float only as the mean of a resized map's uneven spacing
     r_min: float
     r_max: float
     lo: int | None
@@ -57,6 +57,13 @@ class Axis:
     @property
     def is_local(self) -> bool:
         return self.r_min < INF
+
+    def span(self, t: int) -> tuple[int, int]:
+        """First and last input pixel any path reaches from position t (exact per phase)."""
+        if not self.parts:
+            return self.lo + t * self.jump, self.hi + t * self.jump
+        ends = [(p.lo + a, p.hi + b) for p in self.parts for a, b in [p.at(t)]]
+        return min(a for a, _ in ends), max(b for _, b in ends)
 
     def classes(self) -> list[Phased]:
         """The classes of local paths (one plain class for an axis without ``parts``)."""
@@ -76,11 +83,12 @@ def from_classes(parts: list[Phased], size: int | None, where: str) -> Axis:
     if len(jumps) > 1:
         raise Skip(f"{where} merges feature maps with different mean jumps {jumps}: their "
                    "positions are not aligned, so the RF of the result is undefined")
-    if jumps[0] != int(jumps[0]):
+    if jumps[0] < 1:
         raise Skip(f"{where} upsamples beyond the input's resolution (a mean jump of "
                    f"{jumps[0]:g} pixels), which the RF analysis does not follow")
+    jump = int(jumps[0]) if float(jumps[0]).is_integer() else jumps[0]
     sizes = [p.sizes() for p in parts]
-    return Axis(jump=int(jumps[0]), r_min=min(a for a, _ in sizes),
+    return Axis(jump=jump, r_min=min(a for a, _ in sizes),
                 r_max=max(b for _, b in sizes), lo=min(p.lo for p in parts),
                 hi=max(p.hi for p in parts), size=size, parts=tuple(parts))
 
@@ -179,6 +187,12 @@ class Window:
     dilation: tuple[int, int] = (1, 1)
     pad_total: tuple[int | None, int | None] = (None, None)  # None: 2 * padding
     ceil_mode: bool = False
+
+    @property
+    def pointwise(self) -> bool:
+        """Kernel 1, stride 1, no padding: every output position is its input position."""
+        return self.kernel == self.stride == (1, 1) and self.padding == (0, 0) and \
+            self.pad_total in ((None, None), (0, 0)) and not self.ceil_mode
 
     def apply_axis(self, a: Axis, i: int) -> Axis:
         if not a.is_local:

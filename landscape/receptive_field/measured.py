@@ -183,7 +183,7 @@ def _box(gm: fx.GraphModule, node: str, n: int) -> tuple[Axis, int, int, int]:
         raise ValueError(f"input_size {n} is too small: the output of the layer vanishes")
     a = _square_axis(g)
     c = a.size // 2
-    return a, c, a.lo + c * a.jump, a.hi + c * a.jump
+    return (a, c, *a.span(c))
 
 
 def _square_axis(g: Geometry) -> Axis:

@@ -16,8 +16,10 @@ is the class with ``P = 1``: then ``D`` is Araujo's jump.
 * A window (conv / pool: stride s, left padding p, extent E = dilation * (kernel - 1)) maps
   output position v to positions ``s*v - p .. s*v - p + E``; per class the output period is
   ``P / gcd(s, P)``, so a stride that is a multiple of the period makes the class plain again.
-* Upsampling by k maps position t to the source positions it reads, ``taps(t)``, with
-  ``taps(t + k) = taps(t) + 1``: the period grows k-fold.
+* A resize maps output position t to the source positions it reads, ``taps(t)``; with
+  ``b / a`` source positions per output position (upsampling by k: 1 / k; any rational
+  ratio, e.g. MobileViT's 7 -> 8 px), ``taps(t + a) = taps(t) + b``: the period grows
+  a-fold (for a class whose period divides b; else by the lcm).
 * Paths of one structure (``P``, ``D``, ``dlo``, ``dhi``) are one class; an elementwise merge
   of maps keeps each class (an HRNet fusion adds upsampled low-resolution paths to the
   high-resolution ones: two classes), and the tensor's r_min / r_max are the extremes over
@@ -32,9 +34,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable
 
 Taps = Callable[[int], tuple[int, int]]
+MAX_PERIOD = 1 << 14  # phases per class: a chain of resizes by coprime ratios is refused past it
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class Phased:
         grow = [h - lo for lo, h in zip(self.dlo, self.dhi)]
         return self.r_min + min(grow), self.r_max + max(grow)
 
-    def _at(self, t: int) -> tuple[int, int]:
+    def at(self, t: int) -> tuple[int, int]:
         """(first, last) pixel offsets covered by position t, from those of position 0."""
         q, f = divmod(t, self.period)
         return self.dlo[f] + self.shift * q, self.dhi[f] + self.shift * q
@@ -85,7 +89,7 @@ class Phased:
     def _span(self, first: int, last: int) -> tuple[int, int]:
         """Union of the offsets covered by positions ``first..last`` (not monotone in the
         position after a bicubic upsampling: its taps jump back at integer coordinates)."""
-        ends = [self._at(t) for t in range(first, last + 1)]
+        ends = [self.at(t) for t in range(first, last + 1)]
         return min(a for a, _ in ends), max(b for _, b in ends)
 
     def window(self, stride: int, padding: int, extent: int) -> Phased:
@@ -95,9 +99,17 @@ class Phased:
                  for v in range(period)]
         return self._rebuilt(period, shift, spans)
 
-    def upsample(self, factor: int, taps: Taps) -> Phased:
-        return self._rebuilt(self.period * factor, self.shift,
-                             [self._span(*taps(t)) for t in range(self.period * factor)])
+    def resample(self, n_out: int, n_in: int, taps: Taps) -> Phased:
+        """Output position t reads this class's positions ``taps(t)`` (first, last), with
+        ``taps(t + n_out) = taps(t) + n_in``: every ``n_out`` outputs advance ``n_in`` source
+        positions (nearest upsampling by k: n_out = k, n_in = 1). The output repeats after
+        ``n_out * k`` positions, k the fewest periods of this class in ``k * n_in``."""
+        k = self.period // math.gcd(n_in, self.period)
+        period, shift = n_out * k, self.shift * n_in * k // self.period
+        if period > MAX_PERIOD:
+            raise ValueError(f"the positions repeat only every {period} positions (more than "
+                             f"{MAX_PERIOD})")
+        return self._rebuilt(period, shift, [self._span(*taps(t)) for t in range(period)])
 
     def reduced(self) -> Phased:
         """The same class with its shortest period."""
@@ -124,29 +136,29 @@ def combine(parts: list[Phased]) -> tuple[Phased, ...]:
     return tuple(sorted(out.values(), key=lambda p: (p.period, p.shift, p.dlo, p.dhi)))
 
 
-def upsample_taps(mode: str, factor: int, align_corners: bool | None) -> Taps | None:
+def resize_taps(mode: str, ratio: Fraction) -> Taps | None:
     """``taps(t)``: the first and last source position that output position t of torch's
-    ``interpolate(mode, scale_factor=factor)`` reads with a non-zero weight; None for a mode
-    whose taps are not periodic (``align_corners=True``) or unknown."""
-    k = factor
+    ``interpolate(mode)`` (align_corners=False) reads with a non-zero weight, ``ratio`` source
+    positions per output position (1 / k for an upsampling by k), in exact arithmetic and
+    without the clamping at the map's borders (as a conv's padding, the borders are ignored);
+    periodic: ``taps(t + a) = taps(t) + b`` for ``ratio = b / a``. None for a mode whose taps
+    are unknown."""
+    r = Fraction(ratio)
+    half = Fraction(1, 2)
+    # source coordinate of output t: (t + 1/2) r - 1/2 (torch's half-pixel rule); nearest
+    # reads floor(t r), nearest-exact floor((t + 1/2) r)
     if mode == "nearest":
-        return lambda t: (t // k, t // k)
+        return lambda t: (math.floor(t * r),) * 2
     if mode == "nearest-exact":
-        return lambda t: ((2 * t + 1) // (2 * k),) * 2
-    if align_corners:
+        return lambda t: (math.floor((t + half) * r),) * 2
+    if mode not in ("bilinear", "linear", "bicubic"):
         return None
-    if mode in ("bilinear", "linear"):
-        # source coordinate (t + 0.5) / k - 0.5 = n / 2k: taps floor and floor + 1 (weight 0
-        # on the second when the coordinate is an integer)
-        def linear(t: int) -> tuple[int, int]:
-            n = 2 * t + 1 - k
-            first = n // (2 * k)
-            return first, first + (1 if n % (2 * k) else 0)
-        return linear
-    if mode == "bicubic":  # four taps; one at an integer coordinate (the others weigh 0)
-        def cubic(t: int) -> tuple[int, int]:
-            n = 2 * t + 1 - k
-            first = n // (2 * k)
-            return (first - 1, first + 2) if n % (2 * k) else (first, first)
-        return cubic
-    return None
+    reach = 1 if mode == "bicubic" else 0  # bicubic: taps floor - 1 .. floor + 2
+
+    def taps(t: int) -> tuple[int, int]:
+        src = (t + half) * r - half
+        first = math.floor(src)
+        if src == first:  # an integer coordinate: every other tap weighs 0
+            return first, first
+        return first - reach, first + 1 + reach
+    return taps

@@ -22,6 +22,7 @@ Everything else that touches a feature map raises ``Skip`` with a message naming
 from __future__ import annotations
 
 import operator
+from fractions import Fraction
 from typing import Any, Callable
 
 import torch
@@ -36,7 +37,7 @@ from landscape.receptive_field.context import Ctx, Rule
 from landscape.receptive_field.geometry import (
     GLOBAL, Geometry, Skip, State, Window, arg, from_classes, merge,
 )
-from landscape.receptive_field.phases import upsample_taps
+from landscape.receptive_field.phases import resize_taps
 from landscape.receptive_field.windows import (
     ADAPTIVE_FUNCTIONS, ADAPTIVE_MODULES, adaptive, adaptive_kind, function_window,
     module_window,
@@ -51,13 +52,48 @@ def _fields(window: Window, axes: tuple[str, str]) -> dict[str, Any]:
                                     enumerate(("kernel", "stride", "padding", "dilation"))}}
 
 
-def _window(ctx: Ctx, window: Window) -> Result:
+def _window(ctx: Ctx, window: Window, dims: int = 2) -> Result:
+    """``dims``: the image axes lie in dimensions ``-dims, -dims + 1`` (3: a Conv3d's first
+    two)."""
     x = ctx.x
     if not (isinstance(x, Geometry) and x.is_local):
         return GLOBAL, _fields(window, ("h", "w"))
-    axes = T.last_axes(x, 2, ctx.where)
+    if window.pointwise and len(x.layout) >= 3 and not L.is_spatial(x.layout[-3]) and \
+            not {len(x.layout) - 2, len(x.layout) - 1} <= set(L.intact(x.layout).values()):
+        # a 1x1 conv mixes channels only: positions may lie in any layout (MobileViTv2 runs
+        # its attention's 1x1 convs on (N, C, patch pixels, patches) tensors)
+        return x, _fields(window, ("h", "w"))
+    axes = T.last_axes(x, dims, ctx.where)
     out = window.apply(x, axes)
     return Geometry(out.h, out.w, T.unsized(x.layout)), _fields(window, axes)
+
+
+def _conv3d(ctx: Ctx) -> Result:
+    """A Conv3d whose kernel is 1 (stride 1, no padding) along one of its three dimensions,
+    the image axes whole in the other two (LambdaNet's r x r x 1 position lambdas over (H, W,
+    values)): a 2-d conv over the image axes."""
+    mod, x = ctx.mod, ctx.x
+    k, s, d = mod.kernel_size, mod.stride, mod.dilation
+    p = mod.padding if not isinstance(mod.padding, str) else None
+    if p is None:
+        raise Skip(f"{ctx.where} is a Conv3d with padding={mod.padding!r}; the RF analysis "
+                   "follows explicit padding")
+    if not (isinstance(x, Geometry) and x.is_local):
+        return GLOBAL, {"kind": "conv"}
+    n, whole = len(x.layout), set(L.intact(x.layout).values())
+    for first, flat in ((n - 2, 0), (n - 3, 2)):  # image axes in (-2, -1) or (-3, -2)
+        if {first, first + 1} <= whole:
+            keep = [i for i in range(3) if i != flat]
+            other = n - 3 if flat == 0 else n - 1
+            if (k[flat], s[flat], p[flat]) != (1, 1, 0) or L.is_spatial(x.layout[other]) \
+                    or L.is_spatial(x.layout[n - 4]):
+                break
+            window = Window("conv", *[tuple(v[i] for i in keep) for v in (k, s, p, d)])
+            return _window(ctx, window, dims=n - first)
+    raise Skip(f"{ctx.where} has kernel {tuple(k)} over a tensor whose image axes lie in "
+               f"dimensions {sorted(L.spatial_dims(x.layout))} of {n}; the RF analysis follows "
+               "a Conv3d only with kernel 1, stride 1 and no padding along a third, "
+               "non-spatial dimension")
 
 
 def _adaptive(ctx: Ctx, kind: str, output_size: Any) -> Result:
@@ -147,43 +183,60 @@ _UPSAMPLE_FUNCTIONS = {F.interpolate, F.upsample, F.upsample_nearest, F.upsample
 
 
 def _upsample(ctx: Ctx) -> Result:
-    """Upsampling by an integer factor per axis (``nn.Upsample``, ``F.interpolate``): the
-    classes of paths get per-phase geometry (:mod:`.phases`)."""
+    """A resize (``nn.Upsample``, ``F.interpolate``) by any rational ratio per axis (to a
+    size, or by a scale factor): the classes of paths get per-phase geometry (:mod:`.phases`)."""
     x, node, mod = ctx.local_x(), ctx.node, ctx.mod
+    antialias = False
     if mod is not None:
         scale, mode, align = mod.scale_factor, mod.mode, mod.align_corners
+        recompute = getattr(mod, "recompute_scale_factor", None)
     else:
         scale = ctx.resolve(arg(node, 2, "scale_factor", None))
         mode = {F.upsample_nearest: "nearest", F.upsample_bilinear: "bilinear"}.get(
             node.target) or ctx.resolve(arg(node, 3, "mode", "nearest"))
         align = True if node.target is F.upsample_bilinear else ctx.resolve(
             arg(node, 4, "align_corners", None))
+        recompute = ctx.resolve(arg(node, 5, "recompute_scale_factor", None))
+        antialias = bool(ctx.resolve(arg(node, 6, "antialias", False)))
+    if align:  # the corners' taps are exact, the others not: no periodic interior
+        raise Skip(f"{ctx.where} resizes with align_corners=True, whose taps do not repeat "
+                   "along the map; the RF analysis follows align_corners=False")
     axes = T.last_axes(x, 2, ctx.where)
-    if scale is not None:
-        factors = [float(f) for f in (scale if isinstance(scale, (tuple, list)) else
-                                      (scale,))]
-        factors = factors * 2 if len(factors) == 1 else factors
-    else:  # resized to a size: the factor from the traced shapes
+    out_shape = ctx.shape(node)
+    sizes = list(out_shape[-2:]) if out_shape is not None else [None, None]
+    if scale is not None and not recompute:
+        # torch maps positions with 1 / scale_factor, not with the sizes' ratio
+        scales = [float(f) for f in (scale if isinstance(scale, (tuple, list)) else (scale,))]
+        scales = scales * 2 if len(scales) == 1 else scales
+        ratios = [Fraction(1 / f).limit_denominator(1 << 16) for f in scales]
+    else:  # from the traced shapes
         n_in, n_out = ctx.need_shape(ctx.x_node)[-2:], ctx.need_shape(node)[-2:]
-        factors = [b / a for a, b in zip(n_in, n_out)]
-    if any(f < 1 or not f.is_integer() for f in factors):
-        raise Skip(f"{ctx.where} resizes by {tuple(factors)}; the RF analysis follows "
-                   "upsampling by integer factors only")
-    return _upsampled(x, axes, [int(f) for f in factors], mode, align, ctx.where), None
+        ratios = [Fraction(a, b) for a, b in zip(n_in, n_out)]
+    if antialias and any(r > 1 for r in ratios):
+        raise Skip(f"{ctx.where} downsamples with antialias=True (its taps widen with the "
+                   "ratio), which the RF analysis does not follow")
+    return _resized(x, axes, ratios, mode, sizes, ctx.where), None
 
 
-def _upsampled(x: Geometry, axes: tuple[str, str], factors: list[int], mode: str,
-               align: Any, where: str) -> Geometry:
+def _resized(x: Geometry, axes: tuple[str, str], ratios: list[Fraction], mode: str,
+             sizes: list[int | None], where: str) -> Geometry:
+    """``ratios``: source positions per output position along dims -2, -1 (1 / k: upsampling
+    by k); ``sizes``: the output's sizes there when known."""
     new = {}
-    for name, factor in zip(axes, factors):
-        taps = upsample_taps(mode, factor, align)
+    for name, ratio, size in zip(axes, ratios, sizes):
+        taps = resize_taps(mode, ratio)
         if taps is None:
-            raise Skip(f"{where} upsamples with mode={mode!r}, align_corners={align}: "
-                       "only nearest, nearest-exact, and (bi)linear / bicubic without "
-                       "align_corners have periodic taps")
+            raise Skip(f"{where} resizes with mode={mode!r}: the RF analysis follows the "
+                       "nearest, nearest-exact, (bi)linear and bicubic modes")
         a = x.axis(name)
-        size = a.size * factor if a.size is not None else None
-        new[name] = from_classes([c.upsample(factor, taps) for c in a.classes()], size, where)
+        if size is None and a.size is not None and ratio.numerator == 1:
+            size = a.size * ratio.denominator
+        try:
+            classes = [c.resample(ratio.denominator, ratio.numerator, taps) for c in a.classes()]
+        except ValueError as e:
+            raise Skip(f"{where} resizes by {float(1 / ratio):g} along {name.upper()}: {e}, "
+                       "which the RF analysis does not follow") from None
+        new[name] = from_classes(classes, size, where)
     return Geometry(new["h"], new["w"], T.unsized(x.layout))
 
 
@@ -201,7 +254,8 @@ def _pixel_shuffle(ctx: Ctx) -> Result:
     r^2 channels), the positions of a nearest upsampling by r."""
     x = ctx.local_x()
     r = _factor(ctx, "upscale_factor")
-    return _upsampled(x, T.last_axes(x, 2, ctx.where), [r, r], "nearest", None, ctx.where), None
+    return _resized(x, T.last_axes(x, 2, ctx.where), [Fraction(1, r)] * 2, "nearest",
+                    [None, None], ctx.where), None
 
 
 def _pixel_unshuffle(ctx: Ctx) -> Result:
@@ -216,10 +270,11 @@ def _constant(ctx: Ctx) -> Result:
 
 
 def _unsupported_hint() -> str:
-    return ("Supported: Conv2d, Max/Avg/AdaptivePool2d, Linear, norms, activations, dropout, "
-            "stochastic depth, identity, elementwise ops, cat/stack/chunk, flatten/view/reshape/"
-            "permute/transpose, indexing, padding, matmul/einsum/attention, global mean, "
-            "upsampling by integer factors, pixel (un)shuffle")
+    return ("Supported: Conv2d, Conv3d with a 1-wide third axis, Max/Avg/AdaptivePool2d, "
+            "Linear, norms, activations, dropout, stochastic depth, identity, elementwise ops, "
+            "cat/stack/chunk, flatten/view/reshape/permute/transpose, indexing, padding, "
+            "matmul/einsum/attention, global mean, resizes (interpolate / Upsample: nearest, "
+            "(bi)linear, bicubic), pixel (un)shuffle")
 
 
 _ELEMENTWISE_MODULES = (
@@ -294,6 +349,8 @@ def step(ctx: Ctx) -> Result:
         function_window(node, ctx.weight_shape, ctx.where) if node.op == "call_function" else None)
     if window is not None:
         return _window(ctx, window)
+    if isinstance(mod, nn.Conv3d):
+        return _conv3d(ctx)
     pooled = adaptive_kind(node, mod)
     if pooled is not None:
         return _adaptive(ctx, *pooled)
@@ -332,7 +389,7 @@ def layer_kind(ctx: Ctx) -> dict[str, Any] | None:
     """Kind of a conv/pool/linear/attention node (for an Unsupported record), else None."""
     node, mod = ctx.node, ctx.mod
     if mod is not None:
-        if isinstance(mod, nn.Conv2d):
+        if isinstance(mod, (nn.Conv2d, nn.Conv3d)):
             return {"kind": "conv"}
         if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, *ADAPTIVE_MODULES)):
             return {"kind": "pool"}

@@ -87,6 +87,8 @@ _EXPAND = {"expand", "expand_as", torch.broadcast_to, "broadcast_to"}
 
 def reshape(ctx: Ctx) -> Result:
     """flatten / unsqueeze need no sizes; view / reshape / expand use the traced shapes."""
+    if isinstance(ctx.x, Geometry) and not ctx.x.is_local:
+        return GLOBAL, None  # a global tensor in another shape (expand_as a feature map)
     x, node, mod = ctx.local_x(), ctx.node, ctx.mod
     t = node.target
     if isinstance(mod, torch.nn.Flatten) or t in _FLATTEN:
