@@ -107,14 +107,15 @@ def _analyse(strategy: str, change: str, model: nn.Module, n: int, in_channels: 
     return Proposal(row, model, table=table, **made)
 
 
-def downsampling_points(table: pd.DataFrame) -> list[tuple[int, list[str]]]:
+def downsampling_points(table: pd.DataFrame) -> list[tuple[float, list[str]]]:
     """(input jump, layer names) of every downsampling point of a receptive-field table, in
-    forward order."""
+    forward order (a float input jump only behind a resize by a non-integer ratio)."""
     strided = table[table["kind"].isin(_STRIDED) & (table["stride"].fillna(1) > 1)
                     & ~table["is_global"]]
-    points: dict[int, list[str]] = {}
+    points: dict[float, list[str]] = {}
     for layer, jump, stride in zip(strided["layer"], strided["jump"], strided["stride"]):
-        points.setdefault(int(jump) // int(stride), []).append(layer)
+        j = float(jump) / int(stride)
+        points.setdefault(int(j) if j.is_integer() else j, []).append(layer)
     return list(points.items())
 
 
