@@ -2,7 +2,7 @@
 of timm models across families).
 
     python -m benchmarks rf_table [--quick] [--repeats 3] [--size 224] [--tracer auto|hooks]
-                                  [--source torchvision|timm]
+                                  [--source torchvision|timm|timm-modules]
 
 Each model is built without weights on the meta device (``torchvision_model``), then
 :func:`landscape.receptive_field.receptive_field_table` runs on it (median of ``--repeats``
@@ -15,7 +15,8 @@ torch.fx fails) instead, and checks that its table equals the fx one (``same_as_
 ``--quick``: four small models, one run each. Target (issue 24): every model analysed, each in
 under a second on this 2-core machine. ``--source timm``: the models of ``TIMM_SAMPLE`` (one or
 more per family, CNNs and hybrids; no target: it measures coverage, and each refusal's message
-says which op stopped it).
+says which op stopped it); ``--source timm-modules``: the first model of every module of
+``timm.models`` (transformers and MLPs included; coverage too).
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ REFERENCE = {
 }
 
 
+def timm_module_sample() -> list[str]:
+    """The first model (alphabetically) of every module of ``timm.models``: one per family,
+    transformers and MLP mixers included."""
+    import timm
+    from timm.models._registry import list_modules
+
+    return [sorted(timm.list_models(module=m))[0] for m in list_modules()
+            if timm.list_models(module=m)]
+
+
 def _one(name: str, size: int, repeats: int, tracer: str, source: str = "torchvision") -> dict:
     t0 = time.perf_counter()
     model = torchvision_model(name) if source == "torchvision" else timm_model(name)
@@ -64,7 +75,12 @@ def _one(name: str, size: int, repeats: int, tracer: str, source: str = "torchvi
             t0 = time.perf_counter()
             table = receptive_field_table(model, size, tracer=tracer)
             times.append(time.perf_counter() - t0)
-        r_tilde = min_feasible_input(model, size, tracer=tracer).size
+        try:
+            r_tilde = min_feasible_input(model, size, tracer=tracer).size
+        except ValueError as exc:  # no local layer (e.g. a ViT whose patch embedding is a Linear)
+            if isinstance(exc, UnsupportedModelError):
+                raise
+            r_tilde = None
     except UnsupportedModelError as exc:
         return {**row, "seconds": None, "failure": str(exc)}
     if tracer == "hooks":
@@ -114,10 +130,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--tracer", choices=("auto", "hooks"), default="auto")
-    parser.add_argument("--source", choices=("torchvision", "timm"), default="torchvision")
+    parser.add_argument("--source", choices=("torchvision", "timm", "timm-modules"),
+                        default="torchvision")
     args = parse(parser, argv)
     if args.source == "timm":
         names = list(TIMM_SAMPLE[:4] if args.quick else TIMM_SAMPLE)
+    elif args.source == "timm-modules":
+        names = timm_module_sample()[:4 if args.quick else None]
     else:
         names = list(QUICK) if args.quick else torchvision_classifiers()
     repeats = 1 if args.quick else args.repeats

@@ -584,6 +584,69 @@ def test_attention_makes_the_state_global():
     assert min_feasible_input(TinyViT()).size == 4
 
 
+class PrefixViT(nn.Module):
+    """``prefix`` constant tokens (class, registers) before 4x4 patch tokens (after them with
+    ``last``); RMSNorm, a RoPE-like table cast with ``type_as``, attention, then ``read``
+    picks the tokens the head sees."""
+
+    def __init__(self, read, prefix: int = 1, last: bool = False, attend: bool = True):
+        super().__init__()
+        self.read, self.last, self.attend = read, last, attend
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.tokens = nn.Parameter(torch.zeros(1, prefix, 8))
+        self.norm = nn.RMSNorm(8)
+        self.rope = nn.Parameter(torch.ones(8), requires_grad=False)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.mlp, self.head = nn.Linear(8, 8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, tokens, C)
+        extra = self.tokens.expand(x.shape[0], -1, -1)
+        x = torch.cat([x, extra] if self.last else [extra, x], dim=1)
+        x = self.norm(x) * self.rope.type_as(x)
+        if self.attend:
+            x = x + self.attn(x, x, x, need_weights=False)[0]
+        x = self.mlp(self.read(x))
+        return self.head(x.mean(1) if x.dim() == 3 else x)
+
+
+@pytest.mark.parametrize("prefix", [1, 5])
+def test_slicing_off_class_and_register_tokens_keeps_the_image_tokens(prefix):
+    """The tokens after the constant ones are the image tokens: before attention they keep
+    the patches' RF (4); a slice of the leading ones only, or one of them, is a readout."""
+    def table(read, **kw):
+        return receptive_field_table(PrefixViT(read, prefix, **kw), 32).set_index("layer")
+
+    t = table(lambda x: x[:, prefix:], attend=False)
+    assert (t.loc["mlp", "r_min"], t.loc["mlp", "r_max"], t.loc["mlp", "is_global"]) == (4, 4, False)
+    t = table(lambda x: x[:, prefix:])  # behind attention: r_min through the skip, r_max global
+    assert (t.loc["mlp", "r_min"], t.loc["mlp", "is_global"]) == (4, True)
+    assert table(lambda x: x[:, prefix + 3], attend=False).loc["mlp", "r_max"] == 4  # one patch
+    for read in (lambda x: x[:, :prefix], lambda x: x[:, prefix - 1], lambda x: x[:, 0]):
+        assert table(read, attend=False).loc["mlp", "is_global"]  # the readout tokens
+    if prefix > 1:  # a slice that keeps some register tokens: the image tokens' geometry
+        t = table(lambda x: x[:, 1:], attend=False)
+        assert (t.loc["mlp", "r_min"], t.loc["mlp", "r_max"]) == (4, 4)
+    with pytest.raises(UnsupportedModelError, match="leading class / register tokens are not "
+                                                    "known"):
+        table(lambda x: x[:, 1:], last=True)  # constant tokens after the image's
+
+
+def test_empty_and_whole_slices_of_tokens_are_followed():
+    """x[:, :0] (no prefix tokens) holds no positions; x[:, 0:] is all of them."""
+    class NoPrefix(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch, self.mlp = nn.Conv2d(3, 8, 4, stride=4), nn.Linear(8, 8)
+
+        def forward(self, x):
+            x = self.patch(x).flatten(2).transpose(1, 2)
+            return self.mlp(torch.cat([x[:, :0] * 2, x[:, 0:]], dim=1))
+
+    t = receptive_field_table(NoPrefix(), 32).set_index("layer")
+    assert (t.loc["mlp", "r_max"], t.loc["mlp", "jump"]) == (4, 4)
+
+
 class MatmulAttention(nn.Module):
     """Self-attention written out: softmax(q k^T) v over the positions of a feature map."""
 

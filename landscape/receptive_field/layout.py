@@ -200,10 +200,20 @@ def channel(layout: Layout, dim: int, where: str) -> Layout:
     return layout[:d] + ((("c", 0, None),),) + layout[d + 1:]
 
 
-def opaque(layout: Layout, dim: int, where: str) -> Layout:
-    """Dimension ``dim`` keeps spatial positions that can no longer be told apart."""
+def opaque(layout: Layout, dim: int, where: str, prefix: int | None = None) -> Layout:
+    """Dimension ``dim`` keeps spatial positions that can no longer be told apart. ``prefix``:
+    the number of constant tokens before them (a class token), where known; the ``"*"`` atom
+    holds it as its stride, plus one (0: unknown; :func:`token_prefix`)."""
     d = norm_dim(dim, len(layout), where)
-    return layout[:d] + ((("*", 0, None),),) + layout[d + 1:]
+    return layout[:d] + ((("*", 0 if prefix is None else prefix + 1, None),),) + layout[d + 1:]
+
+
+def token_prefix(dim: tuple[Atom, ...]) -> int | None:
+    """For a dimension of tokens (one ``"*"`` atom): how many constant-born tokens (class,
+    register tokens) come before the image tokens, where known; else None."""
+    if len(dim) != 1 or dim[0][0] != "*" or dim[0][1] < 1:
+        return None
+    return dim[0][1] - 1
 
 
 def same(a: Layout, b: Layout) -> bool:

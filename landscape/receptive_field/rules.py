@@ -269,6 +269,12 @@ def _constant(ctx: Ctx) -> Result:
     return None, None
 
 
+def _self(ctx: Ctx) -> Result:
+    """``x.type_as(other)``: x in other's dtype; other lends no positions (RoPE tables cast to
+    the dtype of the tokens they rotate)."""
+    return ctx.state(ctx.node.args[0]), None
+
+
 def _unsupported_hint() -> str:
     return ("Supported: Conv2d, Conv3d with a 1-wide third axis, Max/Avg/AdaptivePool2d, "
             "Linear, norms, activations, dropout, stochastic depth, identity, elementwise ops, "
@@ -300,7 +306,7 @@ _ELEMENTWISE_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
     "clamp_max", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "true_divide",
     "neg", "exp", "log", "sqrt", "rsqrt", "pow", "abs", "masked_fill", "masked_fill_",
-    "clone", "contiguous", "detach", "float", "double", "half", "bfloat16", "to", "type_as",
+    "clone", "contiguous", "detach", "float", "double", "half", "bfloat16", "to",
 }
 _CONSTANT_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
                        torch.rand_like, torch.randn_like}
@@ -311,7 +317,7 @@ META_ATTRS = T.META_ATTRS
 
 MODULE_RULES: list[tuple[Any, Rule]] = [
     (nn.Linear, _linear),
-    (nn.LayerNorm, _layer_norm),
+    ((nn.LayerNorm, nn.RMSNorm), _layer_norm),
     (_GATE_MODULES, _gate),
     ((nn.Softmax, nn.LogSoftmax), _along_dim(_module_dim)),
     ((nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
@@ -325,7 +331,7 @@ MODULE_RULES: list[tuple[Any, Rule]] = [
 FUNCTION_RULES: dict[Any, Rule] = {
     **{f: elementwise for f in _ELEMENTWISE_FUNCTIONS},
     **{f: _constant for f in _CONSTANT_FUNCTIONS},
-    F.linear: _linear, F.layer_norm: _layer_norm, F.group_norm: _gate, F.instance_norm: _gate,
+    F.linear: _linear, F.layer_norm: _layer_norm, F.rms_norm: _layer_norm, F.group_norm: _gate, F.instance_norm: _gate,
     F.softmax: _along_dim(_arg_dim(1)), F.log_softmax: _along_dim(_arg_dim(1)),
     torch.softmax: _along_dim(_arg_dim(1)), torch.log_softmax: _along_dim(_arg_dim(1)),
     F.normalize: _along_dim(_arg_dim(2, 1)), torch.cumsum: _along_dim(_arg_dim(1)),
@@ -337,7 +343,7 @@ METHOD_RULES: dict[str, Rule] = {
     **{m: elementwise for m in _ELEMENTWISE_METHODS},
     **{m: _constant for m in _CONSTANT_METHODS},
     "softmax": _along_dim(_arg_dim(1)), "log_softmax": _along_dim(_arg_dim(1)),
-    "cumsum": _along_dim(_arg_dim(1)),
+    "cumsum": _along_dim(_arg_dim(1)), "type_as": _self,
     **T.METHOD_RULES, **M.METHOD_RULES,
 }
 
@@ -366,7 +372,7 @@ def step(ctx: Ctx) -> Result:
     if rule is None:
         raise Skip(f"{ctx.where} is not supported: it may change the spatial geometry. "
                    + _unsupported_hint())
-    if not (isinstance(ctx.x, Geometry)):
+    if not (isinstance(ctx.x, Geometry)) and rule is not _self:
         raise Skip(f"{ctx.where} has no feature-map input")
     return rule(ctx)
 

@@ -30,7 +30,6 @@ from landscape.receptive_field.geometry import (
 
 Result = tuple[State, "dict[str, Any] | None"]
 _C = (("c", 0, None),)
-_TOKENS = (("*", 0, None),)
 
 
 def last_axes(x: Geometry, k: int, where: str) -> tuple[str, str]:
@@ -160,6 +159,7 @@ def getitem(ctx: Ctx) -> Result:
         return ctx.state(src), None  # one part of a chunk / split: same geometry
     x = ctx.local_x()
     ops = L.index_ops(ctx.resolve(index), len(x.layout), ctx.where)
+    shape = ctx.shape(ctx.x_node)
     axes: dict[str, Any] = {"h": x.h, "w": x.w}
     whole = {dim: a for a, dim in L.intact(x.layout).items()}
     new: list[tuple] = []
@@ -170,6 +170,9 @@ def getitem(ctx: Ctx) -> Result:
             continue
         dim, i = x.layout[d], d
         d += 1
+        n = None if shape is None else int(shape[i])
+        if op == "keep" and n is not None and item.indices(n) == (0, n, 1):
+            item = slice(None)  # x[:, 0:] where nothing comes before the image tokens
         if not L.is_spatial(dim):
             if op == "keep":
                 new.append(dim if item == slice(None) else unsized((dim,))[0])
@@ -177,8 +180,15 @@ def getitem(ctx: Ctx) -> Result:
         if item == slice(None):
             new.append(dim)
             continue
-        if op == "take" and dim == _TOKENS:
-            return GLOBAL, None  # one token of a sequence with added tokens: a readout token
+        if op == "keep" and n is not None and not range(*item.indices(n)):
+            return None, None  # no position at all (x[:, :0] of zero prefix tokens)
+        if dim[0][0] == "*" and len(dim) == 1:
+            kept = _tokens(dim, op, item, n, ctx.where)
+            if kept is None:
+                return GLOBAL, None  # class tokens only: a readout
+            if kept:
+                new.append(kept)
+            continue
         if op == "take" and i in whole:
             continue  # one row / column: its positions keep their RF; the axis leaves the layout
         if i not in whole:
@@ -202,6 +212,27 @@ def getitem(ctx: Ctx) -> Result:
     return Geometry(axes["h"], axes["w"], tuple(new)), None
 
 
+def _tokens(dim: tuple, op: str, item: Any, n: int | None, where: str) -> tuple | None:
+    """Index ``item`` of a dimension of tokens (class / register tokens before the image
+    tokens, :func:`L.token_prefix`): None where only the tokens before the image's are kept
+    (a readout, e.g. ``x[:, 0]``, global behind attention), else the dimension that stays
+    (``()``: a single image token taken). Where the number of leading tokens is unknown,
+    taking one is a readout and slicing is refused."""
+    k = L.token_prefix(dim)
+    if op == "take":
+        t = item if item >= 0 or n is None else item + n
+        return () if k is not None and t >= k else None
+    if k is None or n is None:
+        raise Skip(f"{where} slices a sequence of tokens whose leading class / register "
+                   "tokens are not known")
+    start, stop, step = item.indices(n)
+    if step != 1:
+        raise Skip(f"{where} slices a sequence of tokens with step {step}")
+    if stop <= k:
+        return None
+    return (("*", max(k - start, 0) + 1, stop - start),)
+
+
 # ---------------------------------------------------------------------- join and split
 
 def cat(ctx: Ctx) -> Result:
@@ -214,7 +245,13 @@ def cat(ctx: Ctx) -> Result:
         layout = L.broadcast([L.channel(g.layout, d, ctx.where) for g in local], None, ctx.where)
         return _space_to_depth(merge(geoms, ctx.where, layout), local), None
     if len(local) == 1:  # e.g. a class token before image tokens: positions not separable
-        return merge(geoms, ctx.where, L.opaque(local[0].layout, d, ctx.where)), None
+        states = [ctx.state(p) for p in parts]
+        before = [ctx.shape(p) for p, s in zip(parts, states) if s is None]
+        prefix = None  # constant tokens (class, registers) all before the image tokens
+        if isinstance(states[-1], Geometry) and states[-1].is_local and \
+                all(s is None for s in states[:-1]) and None not in before:
+            prefix = sum(int(shape[d]) for shape in before)
+        return merge(geoms, ctx.where, L.opaque(local[0].layout, d, ctx.where, prefix)), None
     raise Skip(f"{ctx.where} concatenates along spatial axis {dim}")
 
 
