@@ -331,7 +331,8 @@ MODULE_RULES: list[tuple[Any, Rule]] = [
 FUNCTION_RULES: dict[Any, Rule] = {
     **{f: elementwise for f in _ELEMENTWISE_FUNCTIONS},
     **{f: _constant for f in _CONSTANT_FUNCTIONS},
-    F.linear: _linear, F.layer_norm: _layer_norm, F.rms_norm: _layer_norm, F.group_norm: _gate, F.instance_norm: _gate,
+    F.linear: _linear, F.layer_norm: _layer_norm, F.rms_norm: _layer_norm, F.group_norm: _gate,
+    F.instance_norm: _gate,
     F.softmax: _along_dim(_arg_dim(1)), F.log_softmax: _along_dim(_arg_dim(1)),
     torch.softmax: _along_dim(_arg_dim(1)), torch.log_softmax: _along_dim(_arg_dim(1)),
     F.normalize: _along_dim(_arg_dim(2, 1)), torch.cumsum: _along_dim(_arg_dim(1)),
