@@ -505,7 +505,8 @@ def _other_backend_is_recomputed_not_mixed(cfg, probes, root) -> None:
                                                                  "probes_final")
     del marker["settings"]["pool_up"]  # written before small maps kept their size
     done.write_text(json.dumps(marker))
-    assert stage.stale_reason(sk, run_dir, "probes_final") == "settings changed: pool_up True -> False"
+    assert stage.stale_reason(sk, run_dir, "probes_final") == \
+        "settings changed: pool_up True -> False"
     assert stage.stale_reason(dataclasses.replace(sk, pool_up=True), run_dir,
                               "probes_final") is None
 
