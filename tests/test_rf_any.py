@@ -606,8 +606,7 @@ class PrefixViT(nn.Module):
         x = self.norm(x) * self.rope.type_as(x)
         if self.attend:
             x = x + self.attn(x, x, x, need_weights=False)[0]
-        x = self.mlp(self.read(x))
-        return self.head(x.mean(1) if x.dim() == 3 else x)
+        return self.head(self.mlp(self.read(x)))
 
 
 @pytest.mark.parametrize("prefix", [1, 5])
@@ -615,7 +614,10 @@ def test_slicing_off_class_and_register_tokens_keeps_the_image_tokens(prefix):
     """The tokens after the constant ones are the image tokens: before attention they keep
     the patches' RF (4); a slice of the leading ones only, or one of them, is a readout."""
     def table(read, **kw):
-        return receptive_field_table(PrefixViT(read, prefix, **kw), 32).set_index("layer")
+        fx = receptive_field_table(PrefixViT(read, prefix, **kw), 32, tracer="fx")
+        hooks = receptive_field_table(PrefixViT(read, prefix, **kw), 32, tracer="hooks")
+        assert hooks.equals(fx)  # the recorded forward follows the same rules
+        return fx.set_index("layer")
 
     t = table(lambda x: x[:, prefix:], attend=False)
     assert tuple(t.loc["mlp", ["r_min", "r_max", "is_global"]]) == (4, 4, False)

@@ -217,6 +217,52 @@ def test_mobilevit_resizes_up_to_the_patch_multiple_and_back():
     assert (t.loc["b", "jump"], t.loc["b", "out_size"], t.loc["c", "jump"]) == (3.5, 16, 4)
 
 
+class Decoder(nn.Module):
+    """conv stride 4 -> transposed conv (k, stride s, padding p; module or function) -> conv
+    3x3 -> conv 2x2: a UNet decoder's upsampling, its positions unevenly spaced per phase."""
+
+    def __init__(self, k: int, s: int, p: int, out_pad: int = 0, function: bool = False):
+        super().__init__()
+        self.function, self.s, self.p, self.out_pad = function, s, p, out_pad
+        self.a = nn.Conv2d(1, 1, 3, stride=4, padding=1)
+        self.up = nn.ConvTranspose2d(1, 1, k, stride=s, padding=p, output_padding=out_pad)
+        self.b = nn.Conv2d(1, 1, 3, padding=1)
+        self.c = nn.Conv2d(1, 1, 2)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.function:
+            y = F.conv_transpose2d(y, self.up.weight, self.up.bias, self.s, self.p, self.out_pad)
+        else:
+            y = self.up(y)
+        return self.c(self.b(y))
+
+
+@pytest.mark.parametrize("k, s, p, out_pad, function", [
+    (4, 2, 1, 0, False), (3, 2, 1, 1, False), (2, 2, 0, 0, False), (5, 2, 2, 1, True),
+    (3, 3, 0, 0, False), (3, 1, 1, 0, True)])
+def test_transposed_convs_equal_the_input_gradients(k, s, p, out_pad, function):
+    make = lambda: Decoder(k, s, p, out_pad, function)  # noqa: E731
+    t = receptive_field_table(make(), 96).set_index("layer")
+    up = "up" if not function else t.index[t["kind"] == "conv_transpose"][0]
+    assert (t.loc[up, "kind"], t.loc[up, "kernel"], t.loc[up, "stride"]) == (
+        "conv_transpose", k, s)
+    assert t.loc[up, "out_size"] == (24 - 1) * s - 2 * p + k + out_pad
+    spans = position_spans(make(), "c", 96)
+    assert len(spans) >= 10 and all(want == got for _, want, got in spans), spans
+    for layer in ("b", "c"):
+        assert tuple(t.loc[layer, ["r_min", "r_max"]]) == gradient_sizes(make(), layer, n=96)
+
+
+def test_transposed_convs_the_rf_cannot_follow_are_refused():
+    with pytest.raises(UnsupportedModelError, match="kernel \\(1, 1\\) is smaller than its stride"):
+        receptive_field_table(Decoder(1, 2, 0), 96)
+    net = Decoder(3, 2, 1)
+    net.up.dilation = (2, 2)
+    with pytest.raises(UnsupportedModelError, match="dilation \\(2, 2\\)"):
+        receptive_field_table(net, 96)
+
+
 @pytest.mark.parametrize("step, message", [
     (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True),
      "align_corners=True"),

@@ -35,7 +35,7 @@ from landscape.receptive_field import mixing as M
 from landscape.receptive_field import tensor_ops as T
 from landscape.receptive_field.context import Ctx, Rule
 from landscape.receptive_field.geometry import (
-    GLOBAL, Geometry, Skip, State, Window, arg, from_classes, merge,
+    GLOBAL, Geometry, Skip, State, Window, arg, from_classes, merge, pair,
 )
 from landscape.receptive_field.phases import resize_taps
 from landscape.receptive_field.windows import (
@@ -240,6 +240,51 @@ def _resized(x: Geometry, axes: tuple[str, str], ratios: list[Fraction], mode: s
     return Geometry(new["h"], new["w"], T.unsized(x.layout))
 
 
+_CONV_TRANSPOSE_FUNCTIONS = (F.conv_transpose2d, torch.conv_transpose2d)
+
+
+def _conv_transpose(ctx: Ctx) -> Result:
+    """A transposed conv (``nn.ConvTranspose2d``, ``F.conv_transpose2d``) with kernel k, stride
+    s and padding p along an axis: output position t receives the input positions i with
+    ``t = s i - p + kk`` (kk < k), i.e. ``ceil((t + p - k + 1) / s) .. floor((t + p) / s)``: a
+    resize by s with those taps, per phase (:mod:`.phases`); a row of kind ``conv_transpose``."""
+    node, mod, where = ctx.node, ctx.mod, ctx.where
+    if mod is not None:
+        k, s, p, d = mod.kernel_size, mod.stride, mod.padding, mod.dilation
+    else:
+        shape = ctx.weight_shape(arg(node, 1, "weight", None))
+        if shape is None:
+            raise Skip(f"{where}: the kernel size of a functional conv_transpose2d is known only "
+                       "when its weight is a parameter of the model or its shape was traced")
+        k = tuple(shape[-2:])
+        s, p, d = (pair(ctx.resolve(arg(node, i, name, default)), name, where)
+                   for i, name, default in ((3, "stride", 1), (4, "padding", 0),
+                                            (7, "dilation", 1)))
+    x = ctx.x
+    local = isinstance(x, Geometry) and x.is_local
+    axes = T.last_axes(x, 2, where) if local else ("h", "w")
+    on = {axes[i]: (k[i], s[i], p[i], d[i]) for i in range(2)}
+    fields = {"kind": "conv_transpose", **{f: (on["h"][j], on["w"][j]) for j, f in enumerate(
+        ("kernel", "stride", "padding", "dilation"))}}
+    if not local:
+        return GLOBAL, fields
+    if tuple(d) != (1, 1):
+        raise Skip(f"{where} is a transposed conv with dilation {tuple(d)}; the RF analysis "
+                   "follows dilation 1")
+    if any(k[i] < s[i] for i in range(2)):
+        raise Skip(f"{where} is a transposed conv whose kernel {tuple(k)} is smaller than its "
+                   f"stride {tuple(s)}: some output positions read no input")
+    out_shape = ctx.shape(node)
+    new = {}
+    for i, name in enumerate(axes):
+        def taps(t: int, k: int = k[i], s: int = s[i], p: int = p[i]) -> tuple[int, int]:
+            return -(-(t + p - k + 1) // s), (t + p) // s
+        size = None if out_shape is None else int(out_shape[-2 + i])
+        new[name] = from_classes([c.resample(s[i], 1, taps) for c in x.axis(name).classes()],
+                                 size, where)
+    return Geometry(new["h"], new["w"], T.unsized(x.layout)), fields
+
+
 def _factor(ctx: Ctx, field: str) -> int:
     """``field`` of a PixelShuffle / PixelUnshuffle module, or the function's second argument."""
     r = getattr(ctx.mod, field) if ctx.mod is not None else ctx.resolve(
@@ -276,7 +321,8 @@ def _self(ctx: Ctx) -> Result:
 
 
 def _unsupported_hint() -> str:
-    return ("Supported: Conv2d, Conv3d with a 1-wide third axis, Max/Avg/AdaptivePool2d, "
+    return ("Supported: Conv2d, ConvTranspose2d, Conv3d with a 1-wide third axis, "
+            "Max/Avg/AdaptivePool2d, "
             "Linear, norms, activations, dropout, stochastic depth, identity, elementwise ops, "
             "cat/stack/chunk, flatten/view/reshape/permute/transpose, indexing, padding, "
             "matmul/einsum/attention, global mean, resizes (interpolate / Upsample: nearest, "
@@ -358,6 +404,9 @@ def step(ctx: Ctx) -> Result:
         return _window(ctx, window)
     if isinstance(mod, nn.Conv3d):
         return _conv3d(ctx)
+    if isinstance(mod, nn.ConvTranspose2d) or (
+            node.op == "call_function" and node.target in _CONV_TRANSPOSE_FUNCTIONS):
+        return _conv_transpose(ctx)
     pooled = adaptive_kind(node, mod)
     if pooled is not None:
         return _adaptive(ctx, *pooled)
@@ -398,6 +447,8 @@ def layer_kind(ctx: Ctx) -> dict[str, Any] | None:
     if mod is not None:
         if isinstance(mod, (nn.Conv2d, nn.Conv3d)):
             return {"kind": "conv"}
+        if isinstance(mod, nn.ConvTranspose2d):
+            return {"kind": "conv_transpose"}
         if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, *ADAPTIVE_MODULES)):
             return {"kind": "pool"}
         if isinstance(mod, nn.Linear):
@@ -410,6 +461,8 @@ def layer_kind(ctx: Ctx) -> dict[str, Any] | None:
         return {"kind": "attention"}
     if t in (F.conv2d, torch.conv2d):
         return {"kind": "conv"}
+    if t in _CONV_TRANSPOSE_FUNCTIONS:
+        return {"kind": "conv_transpose"}
     if t in (F.max_pool2d, torch.max_pool2d, F.avg_pool2d, *ADAPTIVE_FUNCTIONS):
         return {"kind": "pool"}
     if t is F.linear:
