@@ -10,8 +10,9 @@ second call (0-based). Given an ``example`` input, :func:`select_modules` runs o
 forward and resolves what was matched by a wildcard or by type: a module called k > 1 times
 becomes its k call sites (so ``cka=paper`` counts every ReLU application: 49 in a torchvision
 ResNet50, as the paper does); one that never runs (a ShuffleNet unit's empty ``branch1``) or
-returns no tensor is left out with one warning. A module named exactly must have one output
-(else the error lists its call sites); ``name@k`` must have a k-th call.
+returns no tensor, or one whose first dimension is not the batch (patches or windows folded
+into it), is left out with one warning. A module named exactly must have one output (else the
+error lists its call sites); ``name@k`` must have a k-th call.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def select_modules(
     With ``example`` (an input batch on the model's device, the meta device too), one
     eval-mode, no-grad forward of ``example[:2]`` counts each module's calls and the selection
     is resolved as the module doc says: modules called several times become call sites,
-    modules without a tensor output are left out.
+    modules without a tensor output per image are left out.
     """
     named = [(n, m) for n, m in model.named_modules() if n]
     if patterns is None:
@@ -97,27 +98,34 @@ def select_modules(
 
 def module_calls(model: nn.Module, modules: Sequence[str], example: Tensor
                  ) -> dict[str, tuple[int, str | None]]:
-    """``{module: (calls, type of a non-tensor output or None)}`` in one eval-mode, no-grad
-    forward of ``example[:2]``; the caller's train/eval flags are restored."""
+    """``{module: (calls, why its outputs cannot be captured, or None)}`` in one eval-mode,
+    no-grad forward of ``example[:2]`` (the caller's train/eval flags are restored). An output
+    is captured per input image, so it must be a tensor whose first dimension is the batch:
+    one that folds windows or patches into it (MobileViT's transformer runs on (B * patch
+    pixels, patches, C)) would be read as more images than there are."""
     calls: dict[str, int] = dict.fromkeys(modules, 0)
-    kinds: dict[str, str] = {}
+    why: dict[str, str] = {}
     by_name = dict(model.named_modules())
+    x = example[:2]
 
     def hook(name: str) -> Callable:
         def fn(_m: nn.Module, _inputs: tuple, output: object) -> None:
             calls[name] += 1
             if not torch.is_tensor(output):
-                kinds[name] = type(output).__name__
+                why[name] = f"returned {type(output).__name__}, not a tensor"
+            elif output.dim() == 0 or output.shape[0] != x.shape[0]:
+                why[name] = (f"gives outputs of shape {tuple(output.shape)} for a batch of "
+                             f"{x.shape[0]}: its first dimension is not the batch")
         return fn
 
     handles = [by_name[n].register_forward_hook(hook(n)) for n in modules]
     try:
         with torch.no_grad(), eval_mode(model):
-            model(example[:2])
+            model(x)
     finally:
         for h in handles:
             h.remove()
-    return {n: (calls[n], kinds.get(n)) for n in modules}
+    return {n: (calls[n], why.get(n)) for n in modules}
 
 
 def _resolve(model: nn.Module, names: list[str], example: Tensor, arg: str,
@@ -131,9 +139,9 @@ def _resolve(model: nn.Module, names: list[str], example: Tensor, arg: str,
     out: dict[str, list[str]] = {}  # name -> what it captures
     for name in names:
         module, call = split_call(name)
-        n, kind = seen[module]
-        if kind is not None:
-            why[name] = f"returned {kind}, not a tensor"
+        n, reason = seen[module]
+        if reason is not None:
+            why[name] = reason
         elif n == 0:
             why[name] = "never ran"
         elif call is not None:

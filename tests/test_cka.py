@@ -383,6 +383,28 @@ def test_a_glob_captures_every_call_site_and_leaves_out_what_never_ran(caplog) -
     assert select_modules(pair, None, example=x) == ["0"]
     # without an example nothing runs: every match, as registered
     assert select_modules(net, ["layer1.0.relu"]) == ["layer1.0.relu"]
+    folded = _Folded()  # 2 x 2 patches folded into the batch, as MobileViT's transformer
+    with caplog.at_level("WARNING", logger="landscape"):
+        assert select_modules(folded, None, example=x) == ["conv", "out"]
+    assert "inner gives outputs of shape (8, 3, 16, 16) for a batch of 2: its first " \
+        "dimension is not the batch" in caplog.text
+    with pytest.raises(ValueError, match=r"module 'inner' gives outputs of shape \(8, 3, 16, "
+                                         r"16\) for a batch of 2"):
+        select_modules(folded, ["inner"], example=x)
+
+
+class _Folded(nn.Module):
+    """A conv on 2 x 2 patches folded into the batch: (B, C, 32, 32) -> (4 B, C, 16, 16)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.inner, self.out = (nn.Conv2d(3, 3, 1) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = self.conv(x).reshape(b, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 1, 3, 5)
+        y = self.inner(y.reshape(b * 4, c, h // 2, w // 2)).reshape(b, 2, 2, c, h // 2, w // 2)
+        return self.out(y.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w))
 
 
 def test_layer_selection_order_and_errors() -> None:
