@@ -448,6 +448,52 @@ class Unfolded(nn.Module):
         return self.b(y)
 
 
+class Tokens1d(nn.Module):
+    """EfficientViM: a Conv1d over the flattened positions (N, C, H W), then back to a map."""
+
+    def __init__(self, kernel: int = 1) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 3, stride=2, padding=1)
+        self.proj = nn.Conv1d(2, 2, kernel)
+        self.b = nn.Conv2d(2, 1, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(self.proj(y.flatten(2)).reshape(y.shape))
+
+
+def test_a_kernel_1_conv1d_over_flattened_positions_keeps_their_geometry():
+    t = receptive_field_table(Tokens1d(), 32).set_index("layer")
+    assert (t.loc["proj", "kind"], t.loc["proj", "r_max"], t.loc["proj", "jump"]) == ("conv", 3, 2)
+    assert t.loc["b", "r_max"] == 3 + 2 * 2
+    with pytest.raises(UnsupportedModelError, match="Conv1d with kernel 3.*over positions only"):
+        receptive_field_table(Tokens1d(kernel=3), 32)
+
+
+class ChannelConv1d(nn.Module):
+    """ECA: a Conv1d of kernel 3 along the channels of the pooled vector gates the map; and
+    the same Conv1d along each position's channels, (N H W, 1, C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.eca, self.per_position = nn.Conv1d(1, 1, 3, padding=1), nn.Conv1d(1, 1, 3, padding=1)
+        self.b = nn.Conv2d(4, 1, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        gate = self.eca(y.mean((2, 3)).unsqueeze(1)).sigmoid().reshape(n, c, 1, 1)
+        z = self.per_position(y.permute(0, 2, 3, 1).reshape(n * h * w, 1, c))
+        return self.b(y * gate + z.reshape(n, h, w, c).permute(0, 3, 1, 2))
+
+
+def test_a_conv1d_along_channels_mixes_no_positions():
+    t = receptive_field_table(ChannelConv1d(), 32).set_index("layer")
+    assert t.loc["eca", "is_global"] and not t.loc["per_position", "is_global"]
+    assert (t.loc["per_position", "r_max"], t.loc["b", "r_min"], t.loc["b", "r_max"]) == (3, 7, 7)
+
+
 def test_a_1x1_conv_on_unfolded_patches_keeps_each_positions_geometry():
     t = receptive_field_table(Unfolded(), 32).set_index("layer")
     assert (t.loc["mix", "r_max"], t.loc["mix", "jump"]) == (3, 2)

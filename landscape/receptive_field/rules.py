@@ -96,6 +96,28 @@ def _conv3d(ctx: Ctx) -> Result:
                "non-spatial dimension")
 
 
+def _conv1d(ctx: Ctx) -> Result:
+    """A Conv1d over (N, C, L): along channels (L not spatial: ECA's conv over a pooled
+    vector) or with kernel 1 (stride 1, no padding: EfficientViM's projections over its
+    flattened tokens) it mixes no positions, so every position keeps its geometry. A wider
+    Conv1d over flattened positions would mix the ends of neighbouring rows: refused."""
+    mod, x = ctx.mod, ctx.x
+    one = (1, 1)
+    fields = {"kind": "conv", "kernel": one, "stride": one, "padding": (0, 0), "dilation": one}
+    if not (isinstance(x, Geometry) and x.is_local):
+        return GLOBAL, fields
+    if len(x.layout) < 2 or L.is_spatial(x.layout[-2]):
+        raise Skip(f"{ctx.where} mixes dimension -2, which holds spatial positions")
+    pointwise = (mod.kernel_size, mod.stride) == ((1,), (1,)) and mod.padding in (
+        (0,), "same", "valid")
+    if L.is_spatial(x.layout[-1]) and not pointwise:
+        raise Skip(f"{ctx.where} is a Conv1d with kernel {mod.kernel_size[0]}, stride "
+                   f"{mod.stride[0]}, padding {mod.padding} over positions; the RF analysis "
+                   "follows a Conv1d over positions only with kernel 1, stride 1 and no "
+                   "padding (channel mixing)")
+    return x, fields
+
+
 def _adaptive(ctx: Ctx, kind: str, output_size: Any) -> Result:
     x = ctx.x
     if not (isinstance(x, Geometry) and x.is_local):
@@ -321,12 +343,11 @@ def _self(ctx: Ctx) -> Result:
 
 
 def _unsupported_hint() -> str:
-    return ("Supported: Conv2d, ConvTranspose2d, Conv3d with a 1-wide third axis, "
-            "Max/Avg/AdaptivePool2d, "
-            "Linear, norms, activations, dropout, stochastic depth, identity, elementwise ops, "
-            "cat/stack/chunk, flatten/view/reshape/permute/transpose, indexing, padding, "
-            "matmul/einsum/attention, global mean, resizes (interpolate / Upsample: nearest, "
-            "(bi)linear, bicubic), pixel (un)shuffle")
+    return ("Supported: Conv2d, ConvTranspose2d, Conv3d with a 1-wide third axis, Conv1d of "
+            "kernel 1, Max/Avg/AdaptivePool2d, Linear, norms, activations, dropout, stochastic "
+            "depth, identity, elementwise ops, cat/stack/chunk, flatten/view/reshape/permute/"
+            "transpose, indexing, padding, matmul/einsum/attention, global mean, resizes "
+            "(interpolate / Upsample: nearest, (bi)linear, bicubic), pixel (un)shuffle")
 
 
 _ELEMENTWISE_MODULES = (
@@ -404,6 +425,8 @@ def step(ctx: Ctx) -> Result:
         return _window(ctx, window)
     if isinstance(mod, nn.Conv3d):
         return _conv3d(ctx)
+    if isinstance(mod, nn.Conv1d):
+        return _conv1d(ctx)
     if isinstance(mod, nn.ConvTranspose2d) or (
             node.op == "call_function" and node.target in _CONV_TRANSPOSE_FUNCTIONS):
         return _conv_transpose(ctx)
@@ -445,7 +468,7 @@ def layer_kind(ctx: Ctx) -> dict[str, Any] | None:
     """Kind of a conv/pool/linear/attention node (for an Unsupported record), else None."""
     node, mod = ctx.node, ctx.mod
     if mod is not None:
-        if isinstance(mod, (nn.Conv2d, nn.Conv3d)):
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return {"kind": "conv"}
         if isinstance(mod, nn.ConvTranspose2d):
             return {"kind": "conv_transpose"}
