@@ -66,7 +66,8 @@ def timm_module_sample() -> list[str]:
 
 def _one(name: str, size: int, repeats: int, tracer: str, source: str = "torchvision") -> dict:
     t0 = time.perf_counter()
-    model = torchvision_model(name) if source == "torchvision" else timm_model(name)
+    model = torchvision_model(name) if source == "torchvision" else timm_model(
+        name, img_size=size)  # a transformer with a fixed token grid, built for that size
     build = time.perf_counter() - t0
     row = {"model": name, "build_seconds": round(build, 3)}
     try:

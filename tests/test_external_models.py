@@ -129,6 +129,34 @@ def test_pool_level_0_builds_models_the_rf_pool_cannot_follow_as_their_source_do
         _meta("torchvision:vit_b_16", 2)
 
 
+def test_timm_transformers_are_built_for_the_analysed_input_size(monkeypatch):
+    """A ViT's token grid and a CoAtNet's attention are fixed at construction: built with
+    img_size they run (and are analysed) at that size; a CNN ignores it; a size the model
+    cannot take is refused with timm's reason."""
+    pytest.importorskip("timm")
+    from landscape.models.sources import timm_model
+    from landscape.receptive_field import receptive_field_table
+
+    vit = timm_model("deit_tiny_patch16_224", num_classes=10, img_size=32)
+    assert vit.patch_embed.grid_size == (2, 2)
+    t = receptive_field_table(vit, 32)
+    assert t.loc[t["layer"] == "patch_embed.proj", "r_max"].item() == 16
+    with pytest.raises(Exception, match="doesn't match model"):  # built for 224 as before
+        receptive_field_table(timm_model("deit_tiny_patch16_224", num_classes=10), 32)
+    assert _num_params(timm_model("resnet18", num_classes=10, img_size=32)) == _num_params(
+        timm_model("resnet18", num_classes=10))
+    import timm
+
+    def strict(name, img_size=None, **kwargs):  # a model that checks its size when built
+        assert img_size is None or img_size % 7 == 0, "img_size must be a multiple of 7"
+        return nn.Identity()
+
+    monkeypatch.setattr(timm, "create_model", strict)
+    with pytest.raises(ValueError, match="timm:deit_tiny_patch16_224 cannot be built for a 30 "
+                                         "px input .AssertionError: img_size must be"):
+        timm_model("deit_tiny_patch16_224", num_classes=10, img_size=30)
+
+
 def test_timm_close_names_and_missing_timm(monkeypatch):
     pytest.importorskip("timm")
     with pytest.raises(ValueError, match="unknown timm model 'resnet10'; did you mean resnet10t"):

@@ -120,7 +120,7 @@ class _Analysis:
                              "own architectures; torchvision/timm/user models are analysed as "
                              "they are")
         model = external_model(s.model.name, num_classes=self.num_classes,
-                               in_channels=self.info.in_channels)
+                               in_channels=self.info.in_channels, img_size=self.n)
         self.text.append(f"{s.model.name} ({self.num_classes} classes, "
                          f"{self.info.in_channels} channel(s)) at {self.n}x{self.n} px; sizes in "
                          "input pixels")

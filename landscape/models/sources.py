@@ -72,9 +72,13 @@ def _close(name: str, names: list[str]) -> str:
 
 
 def timm_model(name: str, *, num_classes: int | None = None, in_channels: int = 3,
-               device: str | torch.device = "meta") -> nn.Module:
+               device: str | torch.device = "meta", img_size: int | None = None) -> nn.Module:
     """timm model ``name`` without pretrained weights, in eval mode, on ``device`` (timm is
-    an optional extra: ``pip install 'rf-landscape[timm]'``)."""
+    an optional extra: ``pip install 'rf-landscape[timm]'``). ``img_size``: build a model
+    whose token grid or attention is fixed at construction (ViT, Swin, CaiT, BoTNet, HaloNet,
+    CoAtNet, LeViT, ...) for that input size, as timm does to fine-tune at another resolution
+    (the same layers; position tables sized for it); a model without that argument (a CNN)
+    is built as it is, whatever the size."""
     try:
         import timm
     except ModuleNotFoundError:
@@ -88,7 +92,24 @@ def timm_model(name: str, *, num_classes: int | None = None, in_channels: int = 
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     with torch.device(device):
+        if img_size is not None and _default_size(timm, name) != img_size:
+            try:
+                return timm.create_model(name, pretrained=False, img_size=img_size,
+                                         **kwargs).eval()
+            except TypeError as e:  # no img_size argument: any input size goes
+                if "img_size" not in str(e):
+                    raise
+            except (AssertionError, ValueError) as e:
+                raise ValueError(f"timm:{name} cannot be built for a {img_size} px input "
+                                 f"({type(e).__name__}: {e})") from None
         return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+
+def _default_size(timm: object, name: str) -> int | None:
+    """The input side of a timm model's default configuration (None where it has none)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return int(size[-1]) if size and size[-1] == size[-2] else None
 
 
 def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
@@ -142,19 +163,21 @@ def is_external(name: str) -> bool:
 
 
 def external_model(name: str, *, num_classes: int | None = None, in_channels: int = 3,
-                   device: str | torch.device = "meta") -> nn.Module:
+                   device: str | torch.device = "meta", img_size: int | None = None
+                   ) -> nn.Module:
     """The model a source-qualified name stands for, without weights, in eval mode:
     ``torchvision:<name>`` (:func:`torchvision_model`), ``timm:<name>`` (:func:`timm_model`)
     or ``<module>:<function>`` (the user's builder, called with no arguments; it is built
     where it builds). ``num_classes`` None keeps the model's own head; ``in_channels`` other
-    than 3 replaces the first conv (:func:`with_in_channels`)."""
+    than 3 replaces the first conv (:func:`with_in_channels`); ``img_size``: a timm model
+    whose size is fixed at construction is built for it (:func:`timm_model`)."""
     source, _, rest = name.partition(":")
     if not source or not rest:
         raise ValueError(f"model.name={name!r}: expected torchvision:<name>, timm:<name> or "
                          "<module>:<function>")
     if source == "timm":
         return timm_model(rest, num_classes=num_classes, in_channels=in_channels,
-                          device=device)
+                          device=device, img_size=img_size)
     if source == "torchvision":
         model = torchvision_model(rest, device=device, num_classes=num_classes)
     else:
