@@ -680,6 +680,20 @@ def test_slicing_off_class_and_register_tokens_keeps_the_image_tokens(prefix):
         table(lambda x: x[:, 1:], last=True)  # constant tokens after the image's
 
 
+def test_a_class_token_updated_alone_makes_the_leading_tokens_unknown():
+    """CaiT / XCiT class attention: the class token is replaced by a global one and added to
+    the sequence whose class token was constant. The sum is followed (the count of leading
+    tokens, known on one side only, becomes unknown); a slice after it is refused."""
+    def update(x):
+        cls = x.mean(1, keepdim=True)  # global
+        return x + torch.cat([cls, x[:, 1:]], dim=1)
+
+    t = receptive_field_table(PrefixViT(update, attend=False), 32).set_index("layer")
+    assert t.loc["mlp", "r_min"] == 4 and t.loc["mlp", "is_global"]
+    with pytest.raises(UnsupportedModelError, match="leading class / register tokens are not"):
+        receptive_field_table(PrefixViT(lambda x: update(x)[:, 1:], attend=False), 32)
+
+
 def test_empty_and_whole_slices_of_tokens_are_followed():
     """x[:, :0] (no prefix tokens) holds no positions; x[:, 0:] is all of them."""
     class NoPrefix(nn.Module):

@@ -224,8 +224,8 @@ def same(a: Layout, b: Layout) -> bool:
     for da, db in zip(a, b):
         sa = [x for x in da if x[0] != "c"]
         sb = [x for x in db if x[0] != "c"]
-        if len(sa) != len(sb) or any(x[:2] != y[:2] or None not in (x[2], y[2]) and x[2] != y[2]
-                                     for x, y in zip(sa, sb)):
+        if len(sa) != len(sb) or any(_key(x) != _key(y) or None not in (x[2], y[2]) and
+                                     x[2] != y[2] for x, y in zip(sa, sb)):
             return False
         if not sa:  # non-spatial in both: a size-1 batch (no atoms) is one of unknown size
             continue
@@ -234,8 +234,15 @@ def same(a: Layout, b: Layout) -> bool:
     return True
 
 
+def _key(atom: Atom) -> tuple:
+    """What must agree between two layouts: axis and stride; for a ``"*"`` atom only the
+    kind (its stride holds the count of leading tokens, which may be known on one side)."""
+    return (atom[0],) if atom[0] == "*" else atom[:2]
+
+
 def broadcast(layouts: list[Layout], ndim: int | None, where: str) -> Layout:
-    """Layout of an elementwise result of feature maps with these layouts."""
+    """Layout of an elementwise result of feature maps with these layouts (the leading
+    tokens of a ``"*"`` dimension stay known where every input knows the same count)."""
     ndim = ndim if ndim is not None else max(len(x) for x in layouts)
     padded = [((),) * (ndim - len(x)) + x for x in layouts]
     first = padded[0]
@@ -243,7 +250,10 @@ def broadcast(layouts: list[Layout], ndim: int | None, where: str) -> Layout:
         if not same(first, other):
             raise Skip(f"{where} combines feature maps whose spatial axes lie in different "
                        "dimensions")
-    return first
+    return tuple(
+        tuple(("*", 0, a[2]) if a[0] == "*" and len({token_prefix(x[d]) for x in padded}) > 1
+              else a for a in dim) if len(dim) == 1 else dim
+        for d, dim in enumerate(first))
 
 
 def index_ops(index: Any, ndim: int, where: str) -> list[tuple[str, Any]]:
