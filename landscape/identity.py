@@ -177,7 +177,7 @@ class RunIdentity:
         pretrained ``weights`` if it has them."""
         return build_model(self.arch, self.pool, num_classes=self.num_classes,
                            in_channels=self.in_channels, width=self.width, spec=self.spec,
-                           weights=self.weights)
+                           weights=self.weights, image_size=self.image_size)
 
 
 @functools.lru_cache(maxsize=256)

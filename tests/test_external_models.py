@@ -279,6 +279,26 @@ def test_pipeline_measures_a_timm_model_in_every_run_stage(tmp_path):
     assert probed == ["net.conv1.0.conv", "net.layer1.0.conv1", "net.fc"]
 
 
+def test_pipeline_builds_a_timm_vit_for_the_runs_input_size(tmp_path):
+    """The "Size Matters" input-size axis for transformers: a timm ViT runs at the run's
+    image size (built with img_size: 4 tokens at 32 px), trains, and its checkpoint reloads
+    into the model later stages build (the probes here)."""
+    pytest.importorskip("timm")
+    cfg = dataclasses.replace(
+        _digits_cfg(tmp_path, name="timm:deit_tiny_patch16_224", pool_level=0),
+        data=DataConfig(name="digits", image_size=32, train_subset=64, test_subset=32),
+        probes=ProbesConfig(enabled=True, n_train=32, n_test=32, layers=["net.blocks.0"]))
+    assert pipeline.run(cfg).status == "ok"
+    df = results.load(tmp_path)
+    params = df.query("metric == 'num_params'")["value"].item()
+    at_224 = _num_params(build_model("timm:deit_tiny_patch16_224", resolve_pool(0),
+                                     num_classes=10, in_channels=1))
+    assert at_224 - params == (197 - 5) * 192  # position table: 1 + 196 tokens vs 1 + 4
+    assert df.query("metric == 'probe_acc'")["layer"].tolist() == ["net.blocks.0"]
+    rf = df.query("stage == 'receptive_field' and metric == 'rf_r_max'").set_index("layer")
+    assert rf.loc["net.patch_embed.proj.conv", "value"] == 16
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.name=torchvision:vit_b_16 model.pool_level=2", "is not a CNN the RF pool can follow"),
     ("model.name=torchvision:vit_b_16", "torchvision:vit_b_16 does not run on a 16x16 input "

@@ -68,7 +68,7 @@ def importance_at_init(arch: str, pool_level: int, *, protocol: str = "paper",
 
     def build() -> torch.nn.Module:
         return build_model(arch, pool, num_classes=num_classes, in_channels=in_channels,
-                           width=width)
+                           width=width, image_size=input_size)
 
     if protocol == "paper":
         probe = paper_probe(arch)

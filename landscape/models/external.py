@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from landscape.models.base import RFNet
 from landscape.models.rf_pool import PoolSpec, make_rf_pool, resolve_pool
-from landscape.models.sources import SOURCES, external_model
+from landscape.models.sources import BUILT_FOR, SOURCES, external_model
 
 PROBE_SIZE = 224  # px: the meta-device forward that finds the first conv (ImageNet size)
 
@@ -93,12 +93,14 @@ def check_source(name: str) -> None:
             "(<module>:<function> is for landscape-rf only)")
 
 
-def _source_model(name: str, num_classes: int, in_channels: int, device) -> nn.Module:
+def _source_model(name: str, num_classes: int, in_channels: int, device,
+                  image_size: int | None = None) -> nn.Module:
     """The source's model without weights, ``num_classes`` outputs; timm sets its input
-    channels itself (``in_chans``), torchvision models are built for 3 and changed after."""
+    channels itself (``in_chans``), torchvision models are built for 3 and changed after; a
+    timm model whose token grid is fixed at construction is built for ``image_size``."""
     timm = name.startswith("timm:")
     return external_model(name, num_classes=num_classes, in_channels=in_channels if timm else 3,
-                          device=device)
+                          device=device, img_size=image_size)
 
 
 def _attention(model: nn.Module) -> str | None:
@@ -114,16 +116,19 @@ def _refuse(name: str, why: str) -> ValueError:
 
 
 def _forward_meta(model: nn.Module, in_channels: int) -> None:
+    size = getattr(model, BUILT_FOR, None) or PROBE_SIZE
     with torch.no_grad():
-        model(torch.zeros(1, in_channels, PROBE_SIZE, PROBE_SIZE, device="meta"))
+        model(torch.zeros(1, in_channels, size, size, device="meta"))
 
 
 @functools.lru_cache(maxsize=64)
-def first_conv_name(name: str, num_classes: int, pooled: bool = True) -> str:
+def first_conv_name(name: str, num_classes: int, pooled: bool = True,
+                    image_size: int | None = None) -> str:
     """The qualified name of the first Conv2d to run in the model ``name`` (built on the meta
-    device and run once on a 224x224 input), after checking, when ``pooled``, that the RF pool
-    can follow it (module doc). ``ValueError`` naming the reason otherwise."""
-    model = _source_model(name, num_classes, 3, "meta")
+    device and run once on a 224x224 input, or on the ``image_size`` a timm transformer was
+    built for), after checking, when ``pooled``, that the RF pool can follow it (module doc).
+    ``ValueError`` naming the reason otherwise."""
+    model = _source_model(name, num_classes, 3, "meta", image_size)
     attention = _attention(model) if pooled else None
     if attention:
         raise _refuse(name, f"it has attention layers ({attention})")
@@ -134,7 +139,8 @@ def first_conv_name(name: str, num_classes: int, pooled: bool = True) -> str:
     try:
         _forward_meta(model, 3)
     except Exception as e:  # noqa: BLE001 - the model's own failure, reported with its name
-        raise ValueError(f"model.name={name!r}: a forward pass of a {PROBE_SIZE}x{PROBE_SIZE} "
+        size = getattr(model, BUILT_FOR, None) or PROBE_SIZE
+        raise ValueError(f"model.name={name!r}: a forward pass of a {size}x{size} "
                          f"image on the meta device failed ({type(e).__name__}: {e})") from None
     finally:
         for h in handles:
@@ -179,14 +185,18 @@ def _set_in_channels(model: nn.Module, conv_name: str, in_channels: int) -> None
     setattr(model.get_submodule(parent_name), child, new)
 
 
-def build_external(name: str, pool: PoolSpec, *, num_classes: int, in_channels: int
-                   ) -> ExternalNet:
+def build_external(name: str, pool: PoolSpec, *, num_classes: int, in_channels: int,
+                   image_size: int | None = None) -> ExternalNet:
     """``name`` (``torchvision:<name>`` / ``timm:<name>``) without weights, on the current
     default device, for ``num_classes`` / ``in_channels``, with the RF pool ``pool`` right
-    after its first conv (module doc). Initialised from torch's global RNG, in train mode."""
+    after its first conv (module doc). Initialised from torch's global RNG, in train mode.
+    ``image_size``: a timm model whose token grid is fixed at construction (a ViT) is built
+    for that input size (:func:`~landscape.models.sources.timm_model`)."""
     check_source(name)
-    conv_name = first_conv_name(name, num_classes, pooled=not pool.is_identity)
-    model = _source_model(name, num_classes, in_channels, torch.get_default_device())
+    conv_name = first_conv_name(name, num_classes, pooled=not pool.is_identity,
+                                image_size=image_size)
+    model = _source_model(name, num_classes, in_channels, torch.get_default_device(),
+                          image_size)
     _set_in_channels(model, conv_name, in_channels)
     _insert_pool(model, conv_name, make_rf_pool(pool))
     return ExternalNet(model.train(), conv_name, pool, in_channels, name)

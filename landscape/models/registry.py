@@ -74,13 +74,16 @@ def build_model(
     input_size: int | tuple[int, int] | None = None,
     spec: ModelSpec | None = None,
     weights: str | None = None,
+    image_size: int | None = None,
 ) -> RFNet:
     """:func:`create_model` with an already resolved pool (see ``landscape.identity``).
 
     ``name`` is a registered architecture or ``torchvision:<name>`` / ``timm:<name>``
     (:mod:`landscape.models.external`: no knobs, width 1). ``weights``: a local state_dict
     file loaded into the model (:mod:`landscape.models.weights`; on the meta device its keys
-    and shapes are checked only)."""
+    and shapes are checked only). ``image_size`` (default: a square ``input_size``): the input
+    a timm model whose token grid is fixed at construction (a ViT) is built for; every other
+    model is the same at any size."""
     external = is_external(name)
     builder = None if external else _builder(name)
     spec = spec or ModelSpec()
@@ -100,7 +103,10 @@ def build_model(
             raise ValueError(f"model.width={width:g}: {name} is built at its source's own width;"
                              " model.width (a channel multiplier) must be 1 for torchvision/timm"
                              " models")
-        model = build_external(name, pool, num_classes=num_classes, in_channels=in_channels)
+        if image_size is None and isinstance(input_size, int):
+            image_size = input_size
+        model = build_external(name, pool, num_classes=num_classes, in_channels=in_channels,
+                               image_size=image_size)
     else:
         knobs = {"spec": spec} if MODEL_KNOBS.get(name) else {}
         model = builder(num_classes=num_classes, in_channels=in_channels, pool=pool,

@@ -71,6 +71,9 @@ def _close(name: str, names: list[str]) -> str:
     return f"; did you mean {', '.join(near)}?" if near else ""
 
 
+BUILT_FOR = "landscape_img_size"  # attribute: the img_size a timm model was built for
+
+
 def timm_model(name: str, *, num_classes: int | None = None, in_channels: int = 3,
                device: str | torch.device = "meta", img_size: int | None = None) -> nn.Module:
     """timm model ``name`` without pretrained weights, in eval mode, on ``device`` (timm is
@@ -94,8 +97,9 @@ def timm_model(name: str, *, num_classes: int | None = None, in_channels: int = 
     with torch.device(device):
         if img_size is not None and _default_size(timm, name) != img_size:
             try:
-                return timm.create_model(name, pretrained=False, img_size=img_size,
-                                         **kwargs).eval()
+                model = timm.create_model(name, pretrained=False, img_size=img_size, **kwargs)
+                setattr(model, BUILT_FOR, img_size)
+                return model.eval()
             except TypeError as e:  # no img_size argument: any input size goes
                 if "img_size" not in str(e):
                     raise

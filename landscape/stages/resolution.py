@@ -86,9 +86,9 @@ class ResolutionStage(Stage):
         for s in config.sizes:
             try:
                 check_input_size(model, s)
-            except ValueError as e:
-                raise ValueError(f"resolution.sizes: {s} px is too small for "
-                                 f"{identity.arch}: {e}") from None
+            except ValueError as e:  # too small, or a model built for one size (a timm ViT)
+                raise ValueError(f"resolution.sizes: {identity.arch} cannot be evaluated at "
+                                 f"{s} px: {e}") from None
 
     def units(self, config: ResolutionConfig) -> list[Unit]:
         return [Unit(f"resolution_{c}", {"checkpoint": c}) for c in config.checkpoints]
