@@ -95,7 +95,7 @@ def timm_model(name: str, *, num_classes: int | None = None, in_channels: int = 
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     with torch.device(device):
-        if img_size is not None and _default_size(timm, name) != img_size:
+        if img_size is not None:
             try:
                 model = timm.create_model(name, pretrained=False, img_size=img_size, **kwargs)
                 setattr(model, BUILT_FOR, img_size)
@@ -107,13 +107,6 @@ def timm_model(name: str, *, num_classes: int | None = None, in_channels: int = 
                 raise ValueError(f"timm:{name} cannot be built for a {img_size} px input "
                                  f"({type(e).__name__}: {e})") from None
         return timm.create_model(name, pretrained=False, **kwargs).eval()
-
-
-def _default_size(timm: object, name: str) -> int | None:
-    """The input side of a timm model's default configuration (None where it has none)."""
-    cfg = timm.models.get_pretrained_cfg(name)
-    size = getattr(cfg, "input_size", None) if cfg is not None else None
-    return int(size[-1]) if size and size[-1] == size[-2] else None
 
 
 def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:

@@ -18,8 +18,8 @@ is the class with ``P = 1``: then ``D`` is Araujo's jump.
   ``P / gcd(s, P)``, so a stride that is a multiple of the period makes the class plain again.
 * A resize maps output position t to the source positions it reads, ``taps(t)``; with
   ``b / a`` source positions per output position (upsampling by k: 1 / k; any rational
-  ratio, e.g. MobileViT's 7 -> 8 px), ``taps(t + a) = taps(t) + b``: the period grows
-  a-fold (for a class whose period divides b; else by the lcm).
+  ratio, e.g. MobileViT's 7 -> 8 px), ``taps(t + a) = taps(t) + b``: a class of period P
+  gives one of period ``a P / gcd(b, P)`` (upsampling by k: k-fold).
 * Paths of one structure (``P``, ``D``, ``dlo``, ``dhi``) are one class; an elementwise merge
   of maps keeps each class (an HRNet fusion adds upsampled low-resolution paths to the
   high-resolution ones: two classes), and the tensor's r_min / r_max are the extremes over

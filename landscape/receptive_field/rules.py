@@ -35,9 +35,9 @@ from landscape.receptive_field import mixing as M
 from landscape.receptive_field import tensor_ops as T
 from landscape.receptive_field.context import Ctx, Rule
 from landscape.receptive_field.geometry import (
-    GLOBAL, Geometry, Skip, State, Window, arg, from_classes, merge, pair,
+    GLOBAL, Axis, Geometry, Skip, State, Window, arg, from_classes, merge, pair,
 )
-from landscape.receptive_field.phases import resize_taps
+from landscape.receptive_field.phases import Taps, resize_taps
 from landscape.receptive_field.windows import (
     ADAPTIVE_FUNCTIONS, ADAPTIVE_MODULES, adaptive, adaptive_kind, function_window,
     module_window,
@@ -253,13 +253,20 @@ def _resized(x: Geometry, axes: tuple[str, str], ratios: list[Fraction], mode: s
         a = x.axis(name)
         if size is None and a.size is not None and ratio.numerator == 1:
             size = a.size * ratio.denominator
-        try:
-            classes = [c.resample(ratio.denominator, ratio.numerator, taps) for c in a.classes()]
-        except ValueError as e:
-            raise Skip(f"{where} resizes by {float(1 / ratio):g} along {name.upper()}: {e}, "
-                       "which the RF analysis does not follow") from None
-        new[name] = from_classes(classes, size, where)
+        new[name] = _resampled(a, ratio.denominator, ratio.numerator, taps, size, name, where)
     return Geometry(new["h"], new["w"], T.unsized(x.layout))
+
+
+def _resampled(a: Axis, n_out: int, n_in: int, taps: Taps, size: int | None, name: str,
+               where: str) -> Axis:
+    """Axis ``name`` after a resampling that reads ``taps(t)`` (every ``n_out`` outputs
+    advance ``n_in`` source positions; :meth:`Phased.resample`)."""
+    try:
+        classes = [c.resample(n_out, n_in, taps) for c in a.classes()]
+    except ValueError as e:
+        raise Skip(f"{where} resamples {name.upper()} by {n_out}/{n_in}: {e}, which the RF "
+                   "analysis does not follow") from None
+    return from_classes(classes, size, where)
 
 
 _CONV_TRANSPOSE_FUNCTIONS = (F.conv_transpose2d, torch.conv_transpose2d)
@@ -285,9 +292,7 @@ def _conv_transpose(ctx: Ctx) -> Result:
     x = ctx.x
     local = isinstance(x, Geometry) and x.is_local
     axes = T.last_axes(x, 2, where) if local else ("h", "w")
-    on = {axes[i]: (k[i], s[i], p[i], d[i]) for i in range(2)}
-    fields = {"kind": "conv_transpose", **{f: (on["h"][j], on["w"][j]) for j, f in enumerate(
-        ("kernel", "stride", "padding", "dilation"))}}
+    fields = _fields(Window("conv_transpose", tuple(k), tuple(s), tuple(p), tuple(d)), axes)
     if not local:
         return GLOBAL, fields
     if tuple(d) != (1, 1):
@@ -302,8 +307,7 @@ def _conv_transpose(ctx: Ctx) -> Result:
         def taps(t: int, k: int = k[i], s: int = s[i], p: int = p[i]) -> tuple[int, int]:
             return -(-(t + p - k + 1) // s), (t + p) // s
         size = None if out_shape is None else int(out_shape[-2 + i])
-        new[name] = from_classes([c.resample(s[i], 1, taps) for c in x.axis(name).classes()],
-                                 size, where)
+        new[name] = _resampled(x.axis(name), s[i], 1, taps, size, name, where)
     return Geometry(new["h"], new["w"], T.unsized(x.layout)), fields
 
 
