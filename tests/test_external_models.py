@@ -20,6 +20,7 @@ from landscape.stages.hessian import HessianConfig
 from landscape.stages.importance import ImportanceConfig
 from landscape.stages.probes import ProbesConfig
 from landscape.stages.prune import PruneConfig
+from landscape.stages.resolution import ResolutionConfig
 from landscape.train import TrainConfig
 
 
@@ -281,15 +282,24 @@ def test_pipeline_measures_a_timm_model_in_every_run_stage(tmp_path):
 
 def test_pipeline_builds_a_timm_vit_for_the_runs_input_size(tmp_path):
     """The "Size Matters" input-size axis for transformers: a timm ViT runs at the run's
-    image size (built with img_size: 4 tokens at 32 px), trains, and its checkpoint reloads
-    into the model later stages build (the probes here)."""
+    image size (built with img_size: 4 tokens at 32 px), trains, its checkpoint reloads into
+    the model later stages build (the probes here) and is evaluated at other sizes."""
     pytest.importorskip("timm")
     cfg = dataclasses.replace(
         _digits_cfg(tmp_path, name="timm:deit_tiny_patch16_224", pool_level=0),
         data=DataConfig(name="digits", image_size=32, train_subset=64, test_subset=32),
-        probes=ProbesConfig(enabled=True, n_train=32, n_test=32, layers=["net.blocks.0"]))
+        probes=ProbesConfig(enabled=True, n_train=32, n_test=32, layers=["net.blocks.0"]),
+        resolution=ResolutionConfig(enabled=True, sizes=[16, 32, 48]))
     assert pipeline.run(cfg).status == "ok"
     df = results.load(tmp_path)
+    # evaluated at other sizes on copies timm builds for them, the position table resampled
+    res = df.query("metric == 'resolution_test_acc'").set_index("index")
+    assert sorted(res.index) == [16, 32, 48]
+    final = df.query("stage == 'train' and metric == 'test_acc'").sort_values("index")
+    assert res.loc[32, "value"] == final["value"].iloc[-1]
+    assert "resampled" not in res.loc[32, "note"]
+    assert all("resampled=pos_embed (timm checkpoint filter)" in res.loc[s, "note"]
+               for s in (16, 48))
     params = df.query("metric == 'num_params'")["value"].item()
     at_224 = _num_params(build_model("timm:deit_tiny_patch16_224", resolve_pool(0),
                                      num_classes=10, in_channels=1))

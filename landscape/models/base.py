@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from landscape.models.rf_pool import PoolSpec
+from landscape.models.resolution import built_for
 from landscape.modes import snapshot_modes
 
 
@@ -61,8 +62,11 @@ def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
     except AssertionError as e:  # the model checks its input size itself
         name = getattr(model, "source_name", type(model).__name__)
         why = str(e).strip() or "an assertion in its forward failed"
-        raise InputTooSmallError(f"{name} does not run on a {size[0]}x{size[1]} input ({why}); "
-                                 "set data.image_size to a size it accepts") from None
+        built = built_for(model)
+        built = f"; it is built for {built}x{built} inputs" if built else ""
+        raise InputTooSmallError(f"{name} does not run on a {size[0]}x{size[1]} input "
+                                 f"({why}{built}); set data.image_size to a size it accepts"
+                                 ) from None
     finally:
         restore()
         for h in handles:

@@ -6,20 +6,26 @@ The file holds the state_dict of the model as its source builds it: for ``torchv
 what ``torch.save(model.state_dict(), path)`` of that model writes), for a built-in
 architecture the keys of the landscape model. Every key and shape must match the model built
 for the data (its head has the data's classes, its first conv the data's channels): an error
-names the keys that are missing, unexpected or of another shape. The run identity hashes the
-file's content (:func:`weights_digest`), not its path.
+names the keys that are missing, unexpected or of another shape. One exception: a timm model
+built for the run's input size (a ViT) takes a file saved at another size, its position
+embeddings and relative-position tables resampled by timm's own checkpoint filter
+(:mod:`landscape.models.resolution`). The run identity hashes the file's content
+(:func:`weights_digest`), not its path.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
-SHOWN = 5  # keys named per kind of mismatch
+from landscape.models.resolution import built_for, fit_state, mismatches
+
+log = logging.getLogger(__name__)
 
 
 def _check_file(path: str) -> Path:
@@ -61,31 +67,23 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _shown(keys: list[str]) -> str:
-    more = f" (+{len(keys) - SHOWN} more)" if len(keys) > SHOWN else ""
-    return ", ".join(keys[:SHOWN]) + more
-
-
 def load_weights(model: nn.Module, path: str, arch: str) -> None:
     """Load the state_dict file ``path`` into ``model`` (built for ``arch``) in place; on the
     meta device the keys and shapes are checked only. Source keys are mapped through
     ``model.state_key`` / ``source_key`` where the model has them
-    (:class:`~landscape.models.external.ExternalNet`)."""
-    state = read_state_dict(path)
-    to_own = getattr(model, "state_key", lambda k: k)
-    to_source = getattr(model, "source_key", lambda k: k)
-    mapped = {to_own(k): (k, v) for k, v in state.items()}
-    own = model.state_dict()
-    missing = [to_source(k) for k in own if k not in mapped]
-    unexpected = [src for k, (src, _) in mapped.items() if k not in own]
-    shapes = [f"{src} (file {list(v.shape)}, model {list(own[k].shape)})"
-              for k, (src, v) in mapped.items() if k in own and v.shape != own[k].shape]
-    problems = [f"{what}: {_shown(keys)}" for what, keys in
-                (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)) if keys]
+    (:class:`~landscape.models.external.ExternalNet`). A timm model built for an input size
+    takes a file saved at another size: its position tables are resampled by timm's filter
+    (:func:`~landscape.models.resolution.fit_state`), and the resampled keys are logged."""
+    state, resampled = fit_state(read_state_dict(path), model)
+    problems = mismatches(state, model)
     if problems:
         raise ValueError(f"model.weights={path!r} does not fit {arch} as built for the data: "
                          + "; ".join(problems))
+    if resampled:
+        log.info("model.weights=%r: %s resampled for %d px inputs by timm's checkpoint filter",
+                 path, ", ".join(resampled), built_for(model))
+    own = model.state_dict()
     if any(t.is_meta for t in own.values()):
         return
-    model.load_state_dict({k: v for k, (_, v) in mapped.items()})
-
+    to_own = getattr(model, "state_key", lambda k: k)
+    model.load_state_dict({to_own(k): v for k, v in state.items()})

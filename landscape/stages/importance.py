@@ -144,4 +144,5 @@ def _check_size(model: nn.Module, size: int) -> None:
         check_input_size(model, size)
     except InputTooSmallError as e:
         raise InputTooSmallError(f"importance.input_size={size}: {e}".replace(
-            "(data.image_size)", "(importance.input_size)")) from None
+            "(data.image_size)", "(importance.input_size)").replace(
+            "set data.image_size", "set importance.input_size")) from None

@@ -10,18 +10,26 @@ accuracy (``landscape.train.evaluate``: eval mode, full precision). At the train
 ``direct`` run the run's own test split is used, so that row equals the training's evaluation
 of the checkpoint.
 Rows ``resolution_test_acc`` and ``resolution_test_loss`` with ``index`` = the input size.
+
+A timm model built for the training size (a ViT: its token grid and position tables are fixed
+when it is built) is evaluated at another size on a copy timm builds for that size, carrying
+the checkpoint's weights with its position embeddings / relative-position tables resampled by
+timm's checkpoint filter, as for fine-tuning at another resolution
+(:func:`landscape.models.resolution.at_input_size`); the note names the resampled keys.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from landscape.data import DatasetBundle
 from landscape.models.base import check_input_size
+from landscape.models.resolution import at_input_size, shown
 from landscape.stages.base import (
     RunContext, Stage, Unit, check_checkpoints, check_counts, register_stage,
 )
@@ -85,8 +93,8 @@ class ResolutionStage(Stage):
             model = identity.build_model()
         for s in config.sizes:
             try:
-                check_input_size(model, s)
-            except ValueError as e:  # too small, or a model built for one size (a timm ViT)
+                check_input_size(at_input_size(model, s, builder(identity), identity.arch)[0], s)
+            except ValueError as e:  # too small, or position tables timm cannot resample
                 raise ValueError(f"resolution.sizes: {identity.arch} cannot be evaluated at "
                                  f"{s} px: {e}") from None
 
@@ -103,12 +111,22 @@ class ResolutionStage(Stage):
             test = other.test if other is data else test_split_at(data, other)
             loader = make_loader(test, config.batch_size, ctx.settings, shuffle=False,
                                  num_workers=ctx.num_workers)
-            loss, acc = evaluate(model, loader, ctx.settings)
+            sized, resampled = at_input_size(model, size, builder(ctx.identity),
+                                             ctx.identity.arch)
+            loss, acc = evaluate(sized, loader, ctx.settings)
             note = (f"checkpoint={checkpoint}; eval_size={size}; eval_resize=direct; "
                     f"train_size={data.image_size}; "
                     f"n_test={len(test)}")  # type: ignore[arg-type]
+            if resampled:
+                note += f"; resampled={shown(resampled, 2)} (timm checkpoint filter)"
             rows += [{"stage": unit.name, "metric": "resolution_test_acc", "value": acc,
                       "index": size, "note": note},
                      {"stage": unit.name, "metric": "resolution_test_loss", "value": loss,
                       "index": size, "note": note}]
         return rows
+
+
+def builder(identity) -> Callable[[int], torch.nn.Module]:
+    """size -> a new model of ``identity`` built for that input size, without its pretrained
+    weights (the checkpoint's are carried over)."""
+    return lambda size: dataclasses.replace(identity, image_size=size, weights=None).build_model()
