@@ -652,3 +652,46 @@ def test_an_op_without_second_derivative_is_one_clear_error(monkeypatch):
                        match=r"^the model has an op without a second derivative in torch "
                              r"\(derivative for aten::hardsigmoid_backward is not implemented\)"):
         op(torch.ones(op.dim, dtype=torch.float64))
+
+
+class TinyAttention(nn.Module):
+    """Patch tokens -> one self-attention layer through F.scaled_dot_product_attention (the op
+    every timm / torchvision transformer calls) -> mean token -> linear."""
+
+    def __init__(self, explicit: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, 4, 4, stride=4)
+        self.qkv = nn.Linear(4, 12)
+        self.fc = nn.Linear(4, 3)
+        self.explicit = explicit  # the oracle: the same attention as matmuls and a softmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)  # (N, 4 tokens, 4)
+        q, k, v = self.qkv(t).chunk(3, dim=-1)
+        if self.explicit:
+            a = torch.softmax(q @ k.transpose(1, 2) / 2.0, dim=-1) @ v
+        else:
+            a = F.scaled_dot_product_attention(q, k, v)
+        return self.fc((t + a).mean(1))
+
+
+@pytest.mark.parametrize("method", HVP_METHODS)
+def test_attention_models_get_the_exact_hessian(method):
+    """torch's fused CPU attention kernel has no double backward; the operator runs attention
+    on the math backend. Oracle: the dense float64 Hessian of the same model written with an
+    explicit softmax."""
+    torch.manual_seed(5)
+    model = TinyAttention().double()
+    x, y = tiny_data()
+    with pytest.raises(RuntimeError, match="derivative for .*attention.* is not implemented"):
+        g = torch.autograd.grad(LOSS(model(x), y), list(model.parameters()), create_graph=True)
+        torch.autograd.grad(sum(gi.sum() for gi in g), list(model.parameters()))
+    oracle = copy.deepcopy(model)
+    oracle.explicit = True
+    names = [n for n, _ in model.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    hess = torch.func.hessian(flat_loss(oracle, x, y, names))(theta)
+    op = HessianOperator(model, LOSS, uneven_batches(x, y), method=method)
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    assert hess.abs().max() > 1e-2
+    torch.testing.assert_close(op(v), hess @ v, rtol=1e-9, atol=1e-11)

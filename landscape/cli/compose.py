@@ -24,6 +24,7 @@ from landscape.config import (RFSweepConfig, RunConfig, check_known_keys, descri
                               free_form_fields)
 from landscape.data import DatasetNotFoundError
 from landscape.grid import LauncherConfig
+from landscape.hessian import NoSecondDerivativeError
 from landscape.results import DamagedUnitError, ResultsRootError
 from landscape.storage import CheckpointError
 
@@ -59,7 +60,8 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, CheckpointError)
 # While stages run, only these say what to fix (their unit's FAILED file keeps the traceback);
 # anything else is a bug and keeps its traceback.
-RUN_ERRORS = (DatasetNotFoundError, CheckpointError, ResultsRootError, DamagedUnitError)
+RUN_ERRORS = (DatasetNotFoundError, CheckpointError, ResultsRootError, DamagedUnitError,
+              NoSecondDerivativeError)
 
 
 def exit_on_user_error(prog: str, fn: Callable[[], Any], errors: tuple = USER_ERRORS) -> Any:

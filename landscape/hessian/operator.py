@@ -13,7 +13,10 @@ An op whose backward torch cannot differentiate again has no Hessian-vector prod
 such activation in torch's zoo, ``F.hardsigmoid`` (MobileNetV3's squeeze-and-excitation gate),
 is evaluated as ``clamp(x + 3, 0, 6) / 6`` while the operator runs (:class:`TwiceDifferentiable`:
 bit-identical values, the same first derivative, and second derivative 0 wherever it exists, as
-for ReLU); any other raises :class:`NoSecondDerivativeError` naming the op.
+for ReLU), and attention (``F.scaled_dot_product_attention``, in every timm and torchvision
+transformer) runs on torch's math backend, whose ops all have second derivatives, instead of a
+fused kernel (the same function, to float rounding); any other op without a second derivative
+raises :class:`NoSecondDerivativeError` naming it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -61,10 +65,12 @@ class TwiceDifferentiable(TorchFunctionMode):
 
 @contextmanager
 def second_derivatives() -> Iterator[None]:
-    """Run the block under :class:`TwiceDifferentiable`; torch's "derivative for <op> is not
-    implemented" becomes :class:`NoSecondDerivativeError` naming the op."""
+    """Run the block under :class:`TwiceDifferentiable`, with ``F.scaled_dot_product_attention``
+    on its math backend (matmuls and a softmax: the fused flash / memory-efficient kernels a
+    transformer's attention takes otherwise have no double backward); torch's "derivative for
+    <op> is not implemented" becomes :class:`NoSecondDerivativeError` naming the op."""
     try:
-        with TwiceDifferentiable():
+        with TwiceDifferentiable(), sdpa_kernel(SDPBackend.MATH):
             yield
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else ""
