@@ -206,8 +206,13 @@ def test_slice_and_connectivity_stages_write_coordinates_and_barriers(tmp_path):
     assert barrier["value"].item() == pytest.approx(
         max(0.0, (ends - (ends[0] + (ends[-1] - ends[0]) * path["coord_x"].to_numpy())).max()))
     sh = df[df.stage == "sharpness_final"].set_index(["seed", "metric"])["value"]
-    assert len(sh) == 4 and (sh >= 0).all()
-    assert "rho=0.5" in df[df.metric == "adaptive_sharpness"]["note"].iloc[0]
+    assert len(sh) == 10 and (sh >= 0).all()
+    for seed in (0, 1):  # the measured losses are rows; the notes hold settings only
+        for kind in ("adaptive", "standard"):
+            assert sh[seed, f"{kind}_perturbed_loss"] - sh[seed, "sharpness_loss"] == \
+                pytest.approx(sh[seed, f"{kind}_sharpness"], rel=1e-6)
+    notes = df[df.metric == "adaptive_sharpness"]["note"]
+    assert "rho=0.5" in notes.iloc[0] and notes.nunique() == 1 and "loss" not in notes.iloc[0]
     from landscape.grid import write_root_report
 
     md = write_root_report(tmp_path).read_text()

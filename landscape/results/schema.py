@@ -119,6 +119,12 @@ METRICS: dict[str, str] = {
                           "(ASAM's adaptive L2 ball; rho in note), loss units",
     "standard_sharpness": "worst-case rise of the training loss within ||delta|| <= rho "
                           "(rho in note), loss units",
+    "sharpness_loss": "training loss at the checkpoint on the sharpness stage's images (what "
+                      "the sharpness rows rise from)",
+    "adaptive_perturbed_loss": "training loss at the worst point found in the adaptive ball "
+                               "(sharpness_loss + adaptive_sharpness)",
+    "standard_perturbed_loss": "training loss at the worst point found in the L2 ball "
+                               "(sharpness_loss + standard_sharpness)",
     # prune, finetune: geometry of the pruned (fine-tuned) network, prune.hessian_k etc.
     "pruned_hessian_eigenvalue": "eigenvalue of the training-loss Hessian restricted to the "
                                  "unpruned weights; index = rank (1 = largest)",

@@ -4,8 +4,11 @@ ascent (:func:`landscape.geometry.worst_case_sharpness`).
 
 Unit ``sharpness_<checkpoint>``, on the first ``n_samples`` training images without
 augmentation, BN in eval mode. Rows ``adaptive_sharpness`` and ``standard_sharpness`` (loss
-units: the largest rise of the loss found within the ball) with the radius and the loss at the
-checkpoint in ``note``; ``lambda_max / trace`` is read from the Hessian rows in the report.
+units: the largest rise of the loss found within the ball) with the settings (the radius) in
+``note``, the loss they rise from, ``sharpness_loss``, and the loss found,
+``adaptive_perturbed_loss`` / ``standard_perturbed_loss`` (measured values are rows, never
+notes: the report lists notes as settings); ``lambda_max / trace`` is read from the Hessian
+rows in the report.
 """
 
 from __future__ import annotations
@@ -64,9 +67,14 @@ class SharpnessStage(Stage):
             rho = c.rho_adaptive if adaptive else c.rho_standard
             s = worst_case_sharpness(model, F.cross_entropy, batches, rho=rho, adaptive=adaptive,
                                      steps=c.steps, eta=c.eta, device=ctx.settings.device)
+            n = sum(len(y) for _, y in batches)
             note = (f"checkpoint={unit.params['checkpoint']}; rho={rho}; steps={c.steps}; "
-                    f"eta={c.eta if adaptive else 'n/a'}; loss={s.loss:.6g}; "
-                    f"perturbed_loss={s.perturbed_loss:.6g}; n_samples="
-                    f"{sum(len(y) for _, y in batches)}; training images, BN eval")
+                    f"eta={c.eta if adaptive else 'n/a'}; n_samples={n}; training images, "
+                    "BN eval")
+            if not rows:
+                rows.append({"metric": "sharpness_loss", "value": s.loss,
+                             "note": f"n_samples={n}; training images, BN eval"})
             rows.append({"metric": f"{kind}_sharpness", "value": s.sharpness, "note": note})
+            rows.append({"metric": f"{kind}_perturbed_loss", "value": s.perturbed_loss,
+                         "note": note})
         return [{"stage": unit.name, **r} for r in rows]
