@@ -86,3 +86,14 @@ def test_pretrained_file_at_another_size_is_resampled_on_load(tmp_path, caplog):
     for k, v in model.state_dict().items():
         if k != "net.pos_embed":
             assert torch.equal(v, saved[model.source_key(k)]), k
+
+
+def test_rf_analysis_without_a_size_traces_at_the_size_the_model_was_built_for():
+    """CoAtNet's relative-position attention is sized when it is built: the run identity's
+    size-free r_max (max_receptive_field) must trace it at that size, not at 224 px."""
+    from landscape.receptive_field import max_receptive_field
+
+    with torch.device("meta"):
+        model = build_model("timm:coatnet_nano_rw_224", resolve_pool(0), num_classes=10,
+                            in_channels=1, image_size=32)
+    assert max_receptive_field(model) > 32

@@ -13,7 +13,8 @@ columns and meaning.
 
 What it cannot see: control flow that depends on tensor *values* (a meta tensor has none: the
 forward fails, and the refusal names the module and op where); branches this input size does
-not take (the trace is of one forward at the analysed size, or 224 px when none is given);
+not take (the trace is of one forward at the analysed size; when none is given, at the size a
+timm model was built for, else 224 px);
 work done outside torch (numpy, Python arithmetic on values); and where a tensor created outside
 the forward is used, it is a constant. Modules outside ``torch.nn`` are entered, so their
 internals are recorded op by op.
