@@ -46,6 +46,12 @@ def quiet_on_closed_pipe(main: Callable[..., int]) -> Callable[..., int]:
     return wrapped
 
 
+def _root(value: str) -> Path:
+    """A results folder argument; ``results_root=<folder>``, as the Hydra commands
+    (``landscape-run``, ``landscape-cells``) spell it, is taken too."""
+    return Path(value.removeprefix("results_root="))
+
+
 @quiet_on_closed_pipe
 def status_main(argv: Optional[Sequence[str]] = None) -> int:
     """``landscape-status [results_root] [--runs]``: the grid's state, per cell and unit."""
@@ -53,10 +59,11 @@ def status_main(argv: Optional[Sequence[str]] = None) -> int:
     from landscape.results import read_submissions
 
     p = argparse.ArgumentParser(prog="landscape-status", description=status_main.__doc__)
-    p.add_argument("root", nargs="?", default="results", help="results_root (default: results)")
+    p.add_argument("root", nargs="?", default="results", type=_root,
+                   help="results_root (default: results)")
     p.add_argument("--runs", action="store_true", help="one line per run and unit instead")
     args = p.parse_args(argv)
-    root = Path(args.root)
+    root = args.root
     if not root.is_dir():
         p.error(f"no results folder at {root.resolve()}")
     print(run_states(root).to_string(index=False) if args.runs
@@ -75,7 +82,7 @@ def report_main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = argparse.ArgumentParser(prog="landscape-report", description=(
         "Tables, figures and report.md/report.html of every finished run under RESULTS_ROOT."))
-    p.add_argument("results_root", type=Path)
+    p.add_argument("results_root", type=_root)
     p.add_argument("--out", type=Path, default=None, help="default: RESULTS_ROOT/report")
     p.add_argument("--title", default=DEFAULT_TITLE)
     p.add_argument("--paper", type=Path, default=None, help="CSV of published tables shown "

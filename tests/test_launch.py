@@ -364,6 +364,7 @@ def test_status_table_counts_states_and_shows_failure_reasons(tmp_path, monkeypa
     text = format_status(again)
     assert "CUDA out of memory" in text and "running" not in text  # all-zero columns dropped
     assert status_main([str(tmp_path)]) == 0
+    assert status_main([f"results_root={tmp_path}"]) == 0  # as the Hydra commands spell it
 
 
 # --------------------------------------------------------------------------- runs per GPU

@@ -102,6 +102,9 @@ def test_report_cli_on_a_results_root(tmp_path, capsys):
     assert "figures/vgg19-w1-cifar10-importance.png" in md
     with pytest.raises(SystemExit):
         report_main([str(tmp_path / "nope")])
+    # the Hydra commands' spelling of the folder is taken too
+    assert report_main([f"results_root={tmp_path}", "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "report.md").read_text() == md
 
 
 def test_a_long_figure_title_is_wrapped_to_the_figure_width(tmp_path):
