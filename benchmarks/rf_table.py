@@ -66,8 +66,11 @@ def timm_module_sample() -> list[str]:
 
 def _one(name: str, size: int, repeats: int, tracer: str, source: str = "torchvision") -> dict:
     t0 = time.perf_counter()
-    model = torchvision_model(name) if source == "torchvision" else timm_model(
-        name, img_size=size)  # a transformer with a fixed token grid, built for that size
+    builder = torchvision_model if source == "torchvision" else timm_model
+    try:  # a transformer with a fixed token grid is built for that size
+        model = builder(name, img_size=size)
+    except ValueError as exc:  # it cannot be (a 32 px patch on a 16 px input)
+        return {"model": name, "build_seconds": None, "seconds": None, "failure": str(exc)}
     build = time.perf_counter() - t0
     row = {"model": name, "build_seconds": round(build, 3)}
     try:

@@ -298,7 +298,7 @@ def test_pipeline_builds_a_timm_vit_for_the_runs_input_size(tmp_path):
     final = df.query("stage == 'train' and metric == 'test_acc'").sort_values("index")
     assert res.loc[32, "value"] == final["value"].iloc[-1]
     assert "resampled" not in res.loc[32, "note"]
-    assert all("resampled=pos_embed (timm checkpoint filter)" in res.loc[s, "note"]
+    assert all("resampled=pos_embed (the source's checkpoint filter)" in res.loc[s, "note"]
                for s in (16, 48))
     params = df.query("metric == 'num_params'")["value"].item()
     at_224 = _num_params(build_model("timm:deit_tiny_patch16_224", resolve_pool(0),
@@ -311,8 +311,9 @@ def test_pipeline_builds_a_timm_vit_for_the_runs_input_size(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("model.name=torchvision:vit_b_16 model.pool_level=2", "is not a CNN the RF pool can follow"),
-    ("model.name=torchvision:vit_b_16", "torchvision:vit_b_16 does not run on a 16x16 input "
-                                        "(Wrong image height! Expected 224 but got 16!)"),
+    ("model.name=torchvision:vit_b_32", "torchvision:vit_b_32 cannot be built for a 16 px "
+                                        "input (AssertionError: Input shape indivisible by "
+                                        "patch size!)"),
     ("model.name=torchvision:resnet18 model.width=0.5", "model.width=0.5: torchvision:resnet18"),
     ("model.name=torchvision:resnet18 model.weights=/nonexistent/w.pt",
      "model.weights='/nonexistent/w.pt': no such file"),

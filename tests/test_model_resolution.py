@@ -97,3 +97,33 @@ def test_rf_analysis_without_a_size_traces_at_the_size_the_model_was_built_for()
         model = build_model("timm:coatnet_nano_rw_224", resolve_pool(0), num_classes=10,
                             in_channels=1, image_size=32)
     assert max_receptive_field(model) > 32
+
+
+def test_torchvision_vits_are_built_for_the_input_size_and_carried_by_interpolate_embeddings():
+    """torchvision's ViTs take image_size; a state at another size is fitted by torchvision's
+    interpolate_embeddings: the class token's position kept, a constant grid stays constant,
+    every other tensor as it was."""
+    from torchvision.models import VisionTransformer
+
+    def vit(size):
+        model = VisionTransformer(image_size=size, patch_size=8, num_layers=1, num_heads=2,
+                                  hidden_dim=8, mlp_dim=16, num_classes=3)
+        setattr(model, BUILT_FOR, size)
+        return model
+
+    with torch.device("meta"):
+        built = build_model("torchvision:vit_b_16", resolve_pool(0), num_classes=10,
+                            in_channels=1, image_size=32)
+    assert built_for(built) == 32 and built.net.encoder.pos_embedding.shape == (1, 5, 768)
+    small = vit(16).eval()
+    with torch.no_grad():
+        small.encoder.pos_embedding[:, 1:] = small.encoder.pos_embedding[:, 1:2]
+    large, resampled = at_input_size(small, 32, vit, "vit")
+    assert resampled == ["encoder.pos_embedding"]
+    pos, old = large.encoder.pos_embedding, small.encoder.pos_embedding
+    assert pos.shape == (1, 17, 8) and torch.equal(pos[:, 0], old[:, 0])
+    torch.testing.assert_close(pos[:, 1:], old[:, 1:2].expand(1, 16, 8))
+    own = small.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in large.state_dict().items()
+               if k != "encoder.pos_embedding")
+    assert large(torch.randn(2, 3, 32, 32)).shape == (2, 3)

@@ -1,21 +1,22 @@
 """A model built for one input size, carried to another.
 
-Most models run at any input size. A timm model whose token grid, position embedding or
-relative-position tables are sized when it is built (ViT, DeiT, Swin, CoAtNet, MaxViT, EVA,
-XCiT, ...) is built for the run's ``data.image_size`` (timm's ``img_size``:
-:func:`~landscape.models.sources.timm_model`) and runs at that size only. Its weights are
-carried to another size the way timm fine-tunes at another resolution: through the
-checkpoint filter of the model's family (``checkpoint_filter_fn`` in its timm module), which
-resamples a state_dict's position embeddings (bicubic) and relative-position tables for the
-model built at the new size. Two places need it:
+Most models run at any input size. A model whose token grid, position embedding or
+relative-position tables are sized when it is built (timm's ViT, DeiT, Swin, CoAtNet, MaxViT,
+EVA, XCiT, ...; torchvision's ViTs) is built for the run's ``data.image_size`` (timm's
+``img_size``, torchvision's ``image_size``: :mod:`landscape.models.sources`) and runs at that
+size only. Its weights are carried to another size the way its source fine-tunes at another
+resolution, by the source's own checkpoint filter (timm: the ``checkpoint_filter_fn`` of the
+model's module; torchvision: ``interpolate_embeddings``), which resamples a state_dict's
+position embeddings (bicubic) and relative-position tables for the model built at the new
+size. Two places need it:
 
 - ``model.weights``: a pretrained file saved at another size (a 224 px ViT fine-tuned on
   32 px images) is loaded through it (:func:`fit_state`, from
   :func:`~landscape.models.weights.load_weights`);
-- the resolution stage evaluates a trained checkpoint at other sizes on a copy timm builds for
+- the resolution stage evaluates a trained checkpoint at other sizes on a copy built for
   each (:func:`at_input_size`).
 
-A family whose filter leaves a table at its old size (LeViT's attention biases, BoTNet's
+A family whose filter leaves a table at its old size (timm's LeViT attention biases, BoTNet's
 relative positions, CaiT, PiT and ConViT's position embeddings) is refused, naming the keys.
 """
 
@@ -27,6 +28,7 @@ from typing import Callable, Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
 from landscape.models.sources import BUILT_FOR
 
@@ -38,6 +40,11 @@ def built_for(model: nn.Module) -> Optional[int]:
 
 
 def _family_filter(net: nn.Module) -> Optional[Callable[..., dict]]:
+    """The source's own function that fits a state_dict to a model built for another size:
+    torchvision's ``interpolate_embeddings`` for its ViTs, else the ``checkpoint_filter_fn``
+    of the model's timm module."""
+    if isinstance(net, VisionTransformer):
+        return lambda state, net: interpolate_embeddings(net.image_size, net.patch_size, state)
     return getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
 
 
@@ -45,7 +52,7 @@ def _family_filter(net: nn.Module) -> Optional[Callable[..., dict]]:
 def _source_layout(model: nn.Module) -> Iterator[nn.Module]:
     """The source model as its source built it: an ExternalNet's first conv, wrapped with the
     RF pool (a :class:`~landscape.models.external.PooledConv`), is put back in its place while
-    the block runs (timm's filters read e.g. ``patch_embed.proj.weight``)."""
+    the block runs (the filters read e.g. ``patch_embed.proj.weight``)."""
     net = getattr(model, "net", model)
     name = getattr(model, "first_conv", None)
     wrapped = net.get_submodule(name) if name else None
@@ -64,8 +71,8 @@ def _source_layout(model: nn.Module) -> Iterator[nn.Module]:
 def fit_state(state: Mapping[str, Tensor], model: nn.Module) -> tuple[dict[str, Tensor],
                                                                          list[str]]:
     """``state`` (keys of the source's own model: what ``model.source_key`` gives) fitted to
-    ``model``, a timm model built for an input size: when a tensor's shape differs from the
-    model's, the state goes through timm's checkpoint filter of the model's family, which
+    ``model``, a model built for an input size: when a tensor's shape differs from the
+    model's, the state goes through its source's checkpoint filter (module doc), which
     resamples position embeddings and relative-position tables for the model's size. Returns
     the state and the keys whose shape the filter changed to the model's; any other model, or
     a state whose shapes all agree, is returned as it is (mismatches left for the caller to
@@ -81,8 +88,8 @@ def fit_state(state: Mapping[str, Tensor], model: nn.Module) -> tuple[dict[str, 
     try:
         with _source_layout(model) as net:
             fitted = family(dict(state), net)
-    except Exception as e:  # noqa: BLE001 - timm's own code: name it, whatever it raised
-        raise ValueError(f"timm's checkpoint filter of {type(net).__module__} could not fit "
+    except Exception as e:  # noqa: BLE001 - the source's code: name it, whatever it raised
+        raise ValueError(f"the checkpoint filter of {type(net).__module__} could not fit "
                          f"the weights to the model built for {built_for(model)} px "
                          f"({type(e).__name__}: {e})") from None
     changed = [k for k in differ if k in fitted and fitted[k].shape == own[k].shape]
@@ -135,7 +142,7 @@ def at_input_size(model: nn.Module, size: int, build: Callable[[int], nn.Module]
     if problems:
         raise ValueError(f"{name}, built for {fixed} px, cannot be carried to {size} px: the "
                          "model built for that size does not take its weights ("
-                         + "; ".join(problems) + "), and timm's checkpoint filter of its family "
+                         + "; ".join(problems) + "), and the checkpoint filter of its source "
                          "does not resample them")
     if device.type != "meta":
         dtype = next((v.dtype for v in state.values() if v.is_floating_point()), None)

@@ -18,6 +18,8 @@ from torchvision.models import regnet
 
 from landscape.registry import import_modules
 
+BUILT_FOR = "landscape_img_size"  # attribute: the input size a model was built for
+
 # torchvision builds these with auxiliary classifiers / a weight init that the RF table does
 # not need; the aux heads run in training mode only and are left out.
 _KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False},
@@ -47,10 +49,12 @@ def _regnet_widths_on_cpu() -> Iterator[None]:
 
 
 def torchvision_model(name: str, *, device: str | torch.device = "meta",
-                      num_classes: int | None = None) -> nn.Module:
+                      num_classes: int | None = None, img_size: int | None = None) -> nn.Module:
     """torchvision classification model ``name`` without weights, in eval mode, on ``device``
-    (meta by default); ``num_classes`` None keeps its ImageNet head. Raises ValueError naming
-    close names (or all of them) for an unknown name."""
+    (meta by default); ``num_classes`` None keeps its ImageNet head. ``img_size``: a model
+    whose builder takes ``image_size`` (the ViTs: their position table is fixed when they are
+    built) or ``input_size`` (MaxViT) is built for that input size; any other as it is. Raises ValueError
+    naming close names (or all of them) for an unknown name."""
     names = torchvision_classifiers()
     if name not in names:
         raise ValueError(f"unknown torchvision classification model {name!r}"
@@ -59,6 +63,21 @@ def torchvision_model(name: str, *, device: str | torch.device = "meta",
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     with torch.device(device), _regnet_widths_on_cpu():
+        # the ViTs take image_size, MaxViT input_size (its windows must tile every stage)
+        for arg, value in ((("image_size", img_size), ("input_size", (img_size, img_size)))
+                           if img_size is not None else ()):
+            try:
+                model = torchvision.models.get_model(name, weights=None, **{arg: value},
+                                                     **kwargs)
+                setattr(model, BUILT_FOR, img_size)
+                return model.eval()
+            except TypeError as e:  # no such argument
+                if arg not in str(e):
+                    raise
+            except (AssertionError, ValueError) as e:
+                raise ValueError(f"torchvision:{name} cannot be built for a {img_size} px "
+                                 f"input ({type(e).__name__}: {str(e).splitlines()[0]})"
+                                 ) from None
         model = torchvision.models.get_model(name, weights=None, **kwargs)
     return model.eval()
 
@@ -71,7 +90,6 @@ def _close(name: str, names: list[str]) -> str:
     return f"; did you mean {', '.join(near)}?" if near else ""
 
 
-BUILT_FOR = "landscape_img_size"  # attribute: the img_size a timm model was built for
 
 
 def timm_model(name: str, *, num_classes: int | None = None, in_channels: int = 3,
@@ -166,8 +184,9 @@ def external_model(name: str, *, num_classes: int | None = None, in_channels: in
     ``torchvision:<name>`` (:func:`torchvision_model`), ``timm:<name>`` (:func:`timm_model`)
     or ``<module>:<function>`` (the user's builder, called with no arguments; it is built
     where it builds). ``num_classes`` None keeps the model's own head; ``in_channels`` other
-    than 3 replaces the first conv (:func:`with_in_channels`); ``img_size``: a timm model
-    whose size is fixed at construction is built for it (:func:`timm_model`)."""
+    than 3 replaces the first conv (:func:`with_in_channels`); ``img_size``: a timm or
+    torchvision model whose size is fixed at construction is built for it
+    (:func:`timm_model`, :func:`torchvision_model`)."""
     source, _, rest = name.partition(":")
     if not source or not rest:
         raise ValueError(f"model.name={name!r}: expected torchvision:<name>, timm:<name> or "
@@ -176,7 +195,8 @@ def external_model(name: str, *, num_classes: int | None = None, in_channels: in
         return timm_model(rest, num_classes=num_classes, in_channels=in_channels,
                           device=device, img_size=img_size)
     if source == "torchvision":
-        model = torchvision_model(rest, device=device, num_classes=num_classes)
+        model = torchvision_model(rest, device=device, num_classes=num_classes,
+                                  img_size=img_size)
     else:
         model = user_model(name)
     return with_in_channels(model, in_channels) if in_channels != 3 else model

@@ -6,10 +6,10 @@ The file holds the state_dict of the model as its source builds it: for ``torchv
 what ``torch.save(model.state_dict(), path)`` of that model writes), for a built-in
 architecture the keys of the landscape model. Every key and shape must match the model built
 for the data (its head has the data's classes, its first conv the data's channels): an error
-names the keys that are missing, unexpected or of another shape. One exception: a timm model
-built for the run's input size (a ViT) takes a file saved at another size, its position
-embeddings and relative-position tables resampled by timm's own checkpoint filter
-(:mod:`landscape.models.resolution`). The run identity hashes the file's content
+names the keys that are missing, unexpected or of another shape. One exception: a timm or
+torchvision model built for the run's input size (a ViT) takes a file saved at another size,
+its position embeddings and relative-position tables resampled by the source's own checkpoint
+filter (:mod:`landscape.models.resolution`). The run identity hashes the file's content
 (:func:`weights_digest`), not its path.
 """
 
@@ -80,8 +80,8 @@ def load_weights(model: nn.Module, path: str, arch: str) -> None:
         raise ValueError(f"model.weights={path!r} does not fit {arch} as built for the data: "
                          + "; ".join(problems))
     if resampled:
-        log.info("model.weights=%r: %s resampled for %d px inputs by timm's checkpoint filter",
-                 path, ", ".join(resampled), built_for(model))
+        log.info("model.weights=%r: %s resampled for %d px inputs by the source's checkpoint "
+                 "filter", path, ", ".join(resampled), built_for(model))
     own = model.state_dict()
     if any(t.is_meta for t in own.values()):
         return

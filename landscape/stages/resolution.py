@@ -11,10 +11,10 @@ accuracy (``landscape.train.evaluate``: eval mode, full precision). At the train
 of the checkpoint.
 Rows ``resolution_test_acc`` and ``resolution_test_loss`` with ``index`` = the input size.
 
-A timm model built for the training size (a ViT: its token grid and position tables are fixed
-when it is built) is evaluated at another size on a copy timm builds for that size, carrying
-the checkpoint's weights with its position embeddings / relative-position tables resampled by
-timm's checkpoint filter, as for fine-tuning at another resolution
+A timm or torchvision model built for the training size (a ViT: its token grid and position
+tables are fixed when it is built) is evaluated at another size on a copy built for that size,
+carrying the checkpoint's weights with its position embeddings / relative-position tables
+resampled by the source's checkpoint filter, as for fine-tuning at another resolution
 (:func:`landscape.models.resolution.at_input_size`); the note names the resampled keys.
 """
 
@@ -118,7 +118,8 @@ class ResolutionStage(Stage):
                     f"train_size={data.image_size}; "
                     f"n_test={len(test)}")  # type: ignore[arg-type]
             if resampled:
-                note += f"; resampled={shown(resampled, 2)} (timm checkpoint filter)"
+                note += (f"; resampled={shown(resampled, 2)} (the source's checkpoint "
+                         "filter)")
             rows += [{"stage": unit.name, "metric": "resolution_test_acc", "value": acc,
                       "index": size, "note": note},
                      {"stage": unit.name, "metric": "resolution_test_loss", "value": loss,
