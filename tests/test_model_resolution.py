@@ -10,7 +10,7 @@ import torchvision
 
 from landscape.models import build_model, resolve_pool
 from landscape.models.resolution import at_input_size, built_for
-from landscape.models.sources import BUILT_FOR
+from landscape.fixed_size import BUILT_FOR
 
 timm = pytest.importorskip("timm")
 

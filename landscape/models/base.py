@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from landscape.models.rf_pool import PoolSpec
-from landscape.models.resolution import built_for
+from landscape.fixed_size import built_for
 from landscape.modes import snapshot_modes
 
 

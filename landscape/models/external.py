@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from landscape.models.base import RFNet
 from landscape.models.rf_pool import PoolSpec, make_rf_pool, resolve_pool
-from landscape.models.sources import BUILT_FOR, SOURCES, external_model
+from landscape.fixed_size import BUILT_FOR
+from landscape.models.sources import SOURCES, external_model
 
 PROBE_SIZE = 224  # px: the meta-device forward that finds the first conv (ImageNet size)
 

@@ -30,13 +30,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
-from landscape.models.sources import BUILT_FOR
+from landscape.fixed_size import built_for
 
-
-def built_for(model: nn.Module) -> Optional[int]:
-    """The input size whose token grid / position tables ``model`` (or the source model it
-    wraps as ``net``) was built for; None for a model that runs at any size."""
-    return getattr(getattr(model, "net", model), BUILT_FOR, None)
+__all__ = ["at_input_size", "built_for", "fit_state", "mismatches", "shown"]
 
 
 def _family_filter(net: nn.Module) -> Optional[Callable[..., dict]]:

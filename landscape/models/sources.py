@@ -16,9 +16,8 @@ import torchvision
 from torch import nn
 from torchvision.models import regnet
 
+from landscape.fixed_size import BUILT_FOR
 from landscape.registry import import_modules
-
-BUILT_FOR = "landscape_img_size"  # attribute: the input size a model was built for
 
 # torchvision builds these with auxiliary classifiers / a weight init that the RF table does
 # not need; the aux heads run in training mode only and are left out.

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from landscape.models.resolution import built_for
+from landscape.fixed_size import built_for
 from landscape.receptive_field import layout as L
 from landscape.receptive_field import rules
 from landscape.receptive_field.context import Ctx, Values, get_attr
@@ -31,7 +31,7 @@ SAME_SHAPE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, n
               nn.Sigmoid, nn.Tanh, nn.Mish, nn.ELU, nn.Identity, nn.Dropout, nn.Dropout2d,
               nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 PROBE_SIZE = 224  # input size of the meta-device shape pass when no input_size is given
-# (and the model was not built for one: landscape.models.resolution.built_for)
+# (and the model was not built for one: landscape.fixed_size.built_for)
 # Its batch: 2, not 1, so that a reshape never mistakes the batch dimension for a size-1 map
 # (EdgeNeXt at 32 px: (B, H*W, C) with B = H*W = 1 put H and W in the batch dimension).
 PROBE_BATCH = 2
