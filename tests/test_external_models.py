@@ -106,6 +106,15 @@ def test_timm_model_with_a_deep_stem():
     assert rf == sorted(set(rf))
 
 
+def test_timm_sets_the_input_channels_itself():
+    """TResNet's first conv runs after a 4 x 4 space-to-depth: for one input channel timm
+    builds it for 16, which must be kept (replacing it by a 1-channel conv broke the model)."""
+    pytest.importorskip("timm")
+    model = _meta("timm:tresnet_m", 0, in_channels=1)
+    assert model.net.get_submodule(model.first_conv).conv.in_channels == 16
+    assert model(torch.empty(2, 1, 32, 32, device="meta")).shape == (2, 10)
+
+
 @pytest.mark.parametrize("name, message", [
     ("torchvision:resnet19", "unknown torchvision classification model 'resnet19'; did you mean "
                              "resnet18"),

@@ -198,6 +198,7 @@ def build_external(name: str, pool: PoolSpec, *, num_classes: int, in_channels: 
                                 image_size=image_size)
     model = _source_model(name, num_classes, in_channels, torch.get_default_device(),
                           image_size)
-    _set_in_channels(model, conv_name, in_channels)
-    _insert_pool(model, conv_name, make_rf_pool(pool))
+    if not name.startswith("timm:"):  # timm sets its input channels itself (in_chans), also
+        _set_in_channels(model, conv_name, in_channels)  # where its first conv sees others:
+    _insert_pool(model, conv_name, make_rf_pool(pool))  # TResNet's space-to-depth: 16 for 1
     return ExternalNet(model.train(), conv_name, pool, in_channels, name)
