@@ -695,3 +695,66 @@ def test_attention_models_get_the_exact_hessian(method):
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     assert hess.abs().max() > 1e-2
     torch.testing.assert_close(op(v), hess @ v, rtol=1e-9, atol=1e-11)
+
+
+class CosineGate(nn.Module):
+    """SwinV2's cosine similarity on a zero row (its padded windows): F.normalize of a key
+    that is exactly zero, whose norm has a NaN double backward in torch."""
+
+    def __init__(self, raw_norm: bool = False) -> None:
+        super().__init__()
+        self.q = nn.Linear(64, 4)
+        self.k = nn.Linear(64, 4, bias=False)
+        self.fc = nn.Linear(4, 3)
+        self.raw_norm = raw_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        k = self.k(torch.cat([x[:, :32], torch.zeros_like(x[:, 32:])], 1) * (x[:, :1] > 0))
+        if self.raw_norm:  # the same zero rows through a bare norm: no substitute
+            kn = k / torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(1e-12)
+        else:
+            kn = F.normalize(k, dim=-1)
+        return self.fc(F.normalize(self.q(x), dim=-1) * kn * 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normalize_substitute_is_bit_identical_with_the_same_gradient(dtype):
+    gen = torch.Generator().manual_seed(7)
+    a = torch.randn(50, 6, 5, generator=gen, dtype=dtype)
+    a[3] = 0
+    a[:, 2] = 0
+    for kw in ({}, {"dim": -1}, {"p": 1.0, "dim": 0}, {"dim": 2, "eps": 1e-3}):
+        x1, x2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+        with TwiceDifferentiable():
+            sub = F.normalize(x1, **kw)
+        ref = F.normalize(x2, **kw)
+        assert torch.equal(sub, ref), kw
+        w = torch.randn(a.shape, generator=gen, dtype=dtype)
+        (g1,) = torch.autograd.grad((sub * w).sum(), x1)
+        (g2,) = torch.autograd.grad((ref * w).sum(), x2)
+        assert torch.equal(g1, g2), kw
+
+
+@pytest.mark.parametrize("method", HVP_METHODS)
+def test_zero_rows_through_normalize_get_finite_exact_hvps(method):
+    """Oracle: central differences of the gradient (F.normalize's first derivative is fine);
+    about half the images have an all-zero key row."""
+    torch.manual_seed(8)
+    model, (x, y) = CosineGate().double(), tiny_data()
+    op = HessianOperator(model, LOSS, uneven_batches(x, y), method=method)
+    theta = op.parameters_vector()
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    eps = 1e-6
+    fd = (op.gradient(theta + eps * v) - op.gradient(theta - eps * v)) / (2 * eps)
+    hv = op(v)
+    assert torch.isfinite(hv).all() and hv.abs().max() > 1e-3
+    torch.testing.assert_close(hv, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_a_non_finite_hvp_is_an_error_naming_the_first_parameter():
+    model, (x, y) = CosineGate(raw_norm=True).double(), tiny_data()
+    op = HessianOperator(model, LOSS, [(x, y)])
+    with pytest.raises(NoSecondDerivativeError, match=r"^a Hessian-vector product is not "
+                       r"finite \(first in k\.weight\) although the vector is"):
+        op(torch.ones(op.dim, dtype=torch.float64))

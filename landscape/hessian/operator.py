@@ -13,10 +13,14 @@ An op whose backward torch cannot differentiate again has no Hessian-vector prod
 such activation in torch's zoo, ``F.hardsigmoid`` (MobileNetV3's squeeze-and-excitation gate),
 is evaluated as ``clamp(x + 3, 0, 6) / 6`` while the operator runs (:class:`TwiceDifferentiable`:
 bit-identical values, the same first derivative, and second derivative 0 wherever it exists, as
-for ReLU), and attention (``F.scaled_dot_product_attention``, in every timm and torchvision
-transformer) runs on torch's math backend, whose ops all have second derivatives, instead of a
-fused kernel (the same function, to float rounding); any other op without a second derivative
-raises :class:`NoSecondDerivativeError` naming it.
+for ReLU), ``F.normalize`` so that a zero row has a finite second derivative (SwinV2's cosine
+attention on padded windows; same values bit for bit), and attention
+(``F.scaled_dot_product_attention``, in every timm and torchvision transformer) runs on
+torch's math backend, whose ops all have second derivatives, instead of a fused kernel (the
+same function, to float rounding); any other op without a second derivative raises
+:class:`NoSecondDerivativeError` naming it, and so does a product that comes out non-finite
+for a finite vector (an op whose second derivative is undefined at these weights), naming the
+first parameter.
 """
 
 from __future__ import annotations
@@ -54,13 +58,30 @@ class TwiceDifferentiable(TorchFunctionMode):
     """Within this mode ``F.hardsigmoid`` (whose backward has no derivative in torch) is computed
     as ``clamp(x + 3, 0, 6) / 6``: the same values bit for bit (float32 and float64), the same
     gradient, and a second derivative (0 off the kinks at -3 and 3). ``inplace`` is dropped:
-    the result is a new tensor, so an autograd graph through it stays valid."""
+    the result is a new tensor, so an autograd graph through it stays valid. ``F.normalize``
+    is computed by :func:`_normalize` (a finite second derivative at zero rows)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.hardsigmoid:
             return (args[0] + 3).clamp(0, 6) / 6
+        if func is F.normalize and kwargs.get("out") is None:
+            return _normalize(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+def _normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12,
+               out: None = None) -> Tensor:
+    """``F.normalize`` with the same values bit for bit and the same gradient, whose second
+    derivative is finite where a row is zero: torch's norm has a NaN double backward at a
+    zero vector (SwinV2's cosine attention normalises the zero keys of its padded windows),
+    so the norm of a zero row is taken of a stand-in row of ones and replaced by 0 (then
+    clamped to ``eps`` as F.normalize does: the row's derivative through it is 0 there)."""
+    zero = (input == 0).all(dim=dim, keepdim=True)
+    safe = torch.where(zero, torch.ones_like(input), input)
+    norm = torch.where(zero, torch.zeros_like(zero, dtype=input.dtype),
+                       torch.linalg.vector_norm(safe, p, dim, keepdim=True))
+    return input / norm.clamp_min(eps).expand_as(input)
 
 
 @contextmanager
@@ -255,7 +276,18 @@ class HessianOperator:
             for x, y in self.batches:
                 total.add_(self.flatten(hvp(tangents, x, y)), alpha=len(x) / self.num_examples)
         self.num_hvp += 1
+        if not torch.isfinite(total).all() and all(torch.isfinite(t).all() for t in tangents):
+            raise NoSecondDerivativeError(
+                "a Hessian-vector product is not finite (first in "
+                f"{self._first_nonfinite(total)}) although the vector is: an op of the model "
+                "has no finite second derivative at these weights and inputs")
         return total
+
+    def _first_nonfinite(self, flat: Tensor) -> str:
+        for name, part in zip(self.names, self.unflatten(flat)):
+            if not torch.isfinite(part).all():
+                return name
+        return "?"
 
     def _hvp_forward(self, tangents: tuple[Tensor, ...], x: Tensor, y: Tensor) -> Sequence[Tensor]:
         def grad_fn(params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
