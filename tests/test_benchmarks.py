@@ -38,7 +38,7 @@ def test_all_names_are_registered():
     assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
                                "loss_slice", "saturation", "data_path", "rf_table", "probes",
-                               "lambda_tracking", "gpu_acceptance"}
+                               "lambda_tracking", "model_zoo", "gpu_acceptance"}
 
 
 def test_probes_benchmark_quick_scores_both_backends_on_the_same_features():
@@ -130,3 +130,14 @@ def test_lambda_tracking_quick_warm_agrees_with_cold_at_fewer_hvps():
     assert max(r["rel_diff"] for r in epochs) <= 1e-3  # both to the same tolerance
     assert all(r["hvp_warm"] < r["hvp_cold"] for r in epochs[1:])
     assert summary["hvp_ratio_cold_over_warm"] > 1
+
+
+def test_model_zoo_benchmark_trains_and_measures_transformers_too():
+    """A CNN, torchvision's SwinV2 (F.normalize on padded windows: NaN HVPs before) and timm's
+    small ViT / CoAtNet (fused attention: no double backward before), at 32 px."""
+    pytest.importorskip("timm")
+    *models, summary = bench_main(["model_zoo", "--quick"])["model_zoo"]
+    assert [r["model"] for r in models] == ["torchvision:resnet18", "torchvision:swin_v2_t",
+                                            "timm:test_vit", "timm:test_coatnet"]
+    assert all(r["failure"] is None and r["hvp_s"] > 0 for r in models), models
+    assert summary["ok"] == summary["tried"] == 4

@@ -1,0 +1,96 @@
+"""Which torchvision / timm models the pipeline can train and measure at a small input size.
+
+For each model, as ``landscape-run model.name=<source>:<name> data.image_size=<size>`` builds
+it (one input channel, 10 classes, pool level 0, checked at the input size, a transformer
+built for that size): one training step (forward and backward on 4 random images) and one
+Hessian-vector product of the cross-entropy (the operator of the Hessian, pruned-Hessian and
+lambda_max-tracking stages), which must be finite. Each refusal says in one line which step
+stopped it. ``--source torchvision`` (every classifier), ``timm`` (the RF benchmark's sample),
+``timm-modules`` (the first model of every timm module); models over ``--max-params`` are
+left out (listed). No target: it measures coverage, and the seconds of each step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import make_parser, parse
+from benchmarks.rf_table import TIMM_SAMPLE, timm_module_sample
+from landscape.hessian import HessianOperator
+from landscape.models import build_model, resolve_pool
+from landscape.receptive_field import torchvision_classifiers
+
+QUICK = ("torchvision:resnet18", "torchvision:swin_v2_t", "timm:test_vit", "timm:test_coatnet")
+
+
+def _one(name: str, size: int, max_params: float) -> dict:
+    row: dict = {"model": name, "params": None, "build_s": None, "step_s": None, "hvp_s": None,
+                 "failure": None, "skipped": False}
+    step = "build"
+    try:
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        model = build_model(name, resolve_pool(0), num_classes=10, in_channels=1,
+                            input_size=size, image_size=size)
+        row["params"] = sum(p.numel() for p in model.parameters())
+        row["build_s"] = round(time.perf_counter() - t0, 3)
+        if row["params"] > max_params:
+            row["skipped"] = True
+            return row
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(4, 1, size, size, generator=gen)
+        y = torch.randint(0, 10, (4,), generator=gen)
+        step, t0 = "training step", time.perf_counter()
+        F.cross_entropy(model.train()(x), y).backward()
+        row["step_s"] = round(time.perf_counter() - t0, 3)
+        step, t0 = "Hessian-vector product", time.perf_counter()
+        op = HessianOperator(model.eval(), F.cross_entropy, [(x, y)])
+        hv = op(torch.ones(op.dim) / op.dim ** 0.5)
+        row["hvp_s"] = round(time.perf_counter() - t0, 3)
+        if not torch.isfinite(hv).all():
+            raise ValueError("not finite")
+    except Exception as e:  # noqa: BLE001 - coverage: every refusal is a row
+        first = str(e).splitlines()[0] if str(e) else ""
+        row["failure"] = f"{step}: {type(e).__name__}: {first[:300]}"
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = make_parser(__doc__, "four small models (torchvision and timm test models)")
+    parser.add_argument("--source", choices=("torchvision", "timm", "timm-modules"),
+                        default="torchvision")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--max-params", type=float, default=60e6)
+    args = parse(parser, argv)
+    if args.quick:
+        names = list(QUICK)
+    elif args.source == "torchvision":
+        names = [f"torchvision:{n}" for n in torchvision_classifiers()]
+    else:
+        names = [f"timm:{n}" for n in (TIMM_SAMPLE if args.source == "timm"
+                                        else timm_module_sample())]
+    rows = []
+    for name in names:
+        row = _one(name, args.size, args.max_params)
+        rows.append(row)
+        shown = (f"left out: {row['params'] / 1e6:.0f}M parameters" if row["skipped"]
+                 else row["failure"] or f"step {row['step_s']:.2f} s  HVP {row['hvp_s']:.2f} s  "
+                 f"{row['params'] / 1e6:.1f}M parameters")
+        print(f"{name:40s} {shown}", flush=True)
+    tried = [r for r in rows if not r["skipped"]]
+    ok = [r for r in tried if r["failure"] is None]
+    summary = {"model": "ALL", "models": len(rows), "tried": len(tried), "ok": len(ok),
+               "left_out": [r["model"] for r in rows if r["skipped"]],
+               "failures": [r["model"] for r in tried if r["failure"] is not None],
+               "size": args.size}
+    print(f"{len(ok)}/{len(tried)} train a step and give a finite HVP at {args.size} px "
+          f"({len(rows) - len(tried)} over {args.max_params / 1e6:.0f}M parameters left out)",
+          flush=True)
+    return rows + [summary]
+
+
+if __name__ == "__main__":
+    main()
