@@ -158,6 +158,26 @@ def test_smallest_valid_size_is_exact():
         check_input_size(m, smallest - 1)
 
 
+def test_a_forward_that_fails_at_every_size_is_not_called_too_small():
+    """A model that breaks whatever the size (a stem written for 3 channels given 1) gets its
+    own error, not 'shrinks the input to nothing'."""
+    from landscape.models import RFNet, resolve_pool
+
+    class ThreeChannelStem(RFNet):
+        def __init__(self) -> None:
+            super().__init__(resolve_pool(0), in_channels=1)
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x.reshape(x.shape[0], 3, x.shape[2], -1))
+
+    with pytest.raises(ValueError, match=r"ThreeChannelStem fails on a 32x32 input before its first "
+                       r"layer and at every larger square size up to 4096 px, so not for its "
+                       r"size \(1 input channel\(s\)\): shape '\[1, 3, 32, -1\]' is invalid") as e:
+        check_input_size(ThreeChannelStem(), 32)
+    assert not isinstance(e.value, InputTooSmallError)
+
+
 def test_input_check_leaves_mode_unchanged():
     m = create_model("small_cnn", num_classes=10, pool_level=1).train()
     check_input_size(m, 16)

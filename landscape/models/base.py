@@ -31,9 +31,10 @@ class RFNet(nn.Module):
         self.spec = None  # the ModelSpec knobs, set by build_model
 
 
-def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
+def _dry_run(model: RFNet, size: tuple[int, int], why: list[str] | None = None) -> str | None:
     """Forward a zero image in eval mode (every module's mode restored after); return the
-    name of the first leaf layer whose output vanished, or None if the forward succeeds."""
+    name of the first leaf layer whose output vanished, or None if the forward succeeds.
+    A RuntimeError's first line is appended to ``why``."""
     last = {"name": "<input>"}
     vanished: list[str] = []
 
@@ -56,7 +57,9 @@ def _dry_run(model: RFNet, size: tuple[int, int]) -> str | None:
         model.eval()
         with torch.no_grad():
             model(torch.zeros(1, model.in_channels, *size, device=p.device, dtype=p.dtype))
-    except RuntimeError:
+    except RuntimeError as e:
+        if why is not None:
+            why.append(str(e).splitlines()[0] if str(e) else "RuntimeError")
         if not vanished:
             vanished.append(_next_layer(model, last["name"]))
     except AssertionError as e:  # the model checks its input size itself
@@ -88,10 +91,18 @@ def check_input_size(model: RFNet, size: int | tuple[int, int]) -> None:
     if isinstance(size, int):
         size = (size, size)
     size = (int(size[0]), int(size[1]))
-    layer = _dry_run(model, size)
+    why: list[str] = []
+    layer = _dry_run(model, size, why)
     if layer is None:
         return
     smallest = _smallest_valid_size(model, min(size))
+    if smallest is None and why:  # fails at every size: not a matter of size
+        where = "before its first layer" if layer == "<input>" else f"near layer '{layer}'"
+        raise ValueError(
+            f"{getattr(model, 'source_name', type(model).__name__)} fails on a "
+            f"{size[0]}x{size[1]} input {where} and at every larger square size "
+            f"up to 4096 px, so not for its size ({model.in_channels} input channel(s)): "
+            f"{why[0]}")
     hint = f"the smallest square input that works is {smallest}x{smallest}" if smallest else ""
     knobs = model.spec.label() if getattr(model, "spec", None) is not None else ""
     what = (f"{model.pool_spec.describe()} with the knobs {knobs}" if knobs
