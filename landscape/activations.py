@@ -206,6 +206,16 @@ def check_on_device(model: nn.Module, device: torch.device | str, *, arg: str = 
             )
 
 
+def acts_on_last_dim(module: nn.Module) -> bool:
+    """Whether ``module`` maps the last dimension of its input (features last): ``Linear``,
+    and ``LayerNorm`` / ``RMSNorm`` over one dimension."""
+    if isinstance(module, nn.Linear):
+        return True
+    shape = getattr(module, "normalized_shape", None)
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and shape is not None and \
+        len(shape) == 1
+
+
 class ActivationCapture:
     """Forward hooks on the named modules of ``model``; a context manager.
 
@@ -215,6 +225,12 @@ class ActivationCapture:
     there (a later in-place op such as ``ReLU(inplace=True)`` may overwrite it). A module
     named plainly that runs twice in one forward, or a name that is never reached, is an
     error. Hooks are removed on exit, also after an error.
+
+    Every 4-D output is handed over as (N, C, H, W), a conv's layout: the 4-D output of a
+    module that acts on the last dimension (``Linear``, a 1-D ``LayerNorm`` / ``RMSNorm``)
+    is a channels-last map (N, H, W, C), as in ConvNeXt's and Swin's blocks, and is handed
+    over as the view ``output.movedim(-1, 1)``, so that probes pool its positions and
+    saturation counts its C features, not its rows.
     """
 
     def __init__(
@@ -257,6 +273,7 @@ class ActivationCapture:
 
     def _hook(self, module: str) -> Callable:
         sites = self._sites[module]
+        features_last = acts_on_last_dim(self._modules[module])
 
         def fn(_module: nn.Module, _inputs: tuple, output: object) -> None:
             k = self._calls.get(module, 0)
@@ -272,6 +289,8 @@ class ActivationCapture:
             if not torch.is_tensor(output):
                 raise TypeError(f"module {name!r} returned {type(output).__name__}, not a tensor")
             self._order.append(name)
+            if features_last and output.dim() == 4:
+                output = output.movedim(-1, 1)  # (N, H, W, C) -> (N, C, H, W)
             self.on_output(name, output)
 
         return fn

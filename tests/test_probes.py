@@ -11,7 +11,7 @@ from torch import nn
 
 from landscape.models import create_model
 from landscape.probes import (
-    extract_features, linear_probes, observed_tail, pool_map, position_accuracy_map,
+    extract_features, layer_saturation, linear_probes, observed_tail, pool_map, position_accuracy_map,
     position_probe_map, predicted_border, probe_accuracy, probe_features,
 )
 
@@ -566,3 +566,43 @@ def test_probes_validation_builds_every_architecture_before_training(arch, pool,
     assert re.search(r"probes.n_test=2 gives \d+ probed layer\(s\) of .* no more samples than "
                      r"channels \(.*\): their saturation is not computed \(probes are\); "
                      r"probes.n_test >= \d+ computes it for every layer", record.getMessage())
+
+
+class ChannelsLastMLP(nn.Module):
+    """ConvNeXt's block layout: a conv, then a Linear and a LayerNorm on the channels-last map
+    (N, H, W, C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.mix = nn.Linear(6, 5)
+        self.norm = nn.LayerNorm(5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.norm(self.mix(self.conv(x).permute(0, 2, 3, 1)))  # (N, H, W, 5)
+        return self.head(h.mean((1, 2)))
+
+
+def test_a_linear_on_a_channels_last_map_is_read_like_the_1x1_conv_it_is():
+    """Probes pool the positions and saturation counts the C features of a Linear (and a 1-D
+    LayerNorm) applied to an (N, H, W, C) map, exactly as for the equivalent 1x1 conv on the
+    (N, C, H, W) map; before, its H rows were taken as its channels."""
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(40, 1, 8, 6, generator=gen)
+    model = ChannelsLastMLP()
+    feats, _ = extract_features(model, [(x, torch.zeros(40))], layers=["mix", "norm"], size=2)
+    with torch.no_grad():  # the reference: a 1x1 conv with the Linear's weights, NCHW
+        mixed = nn.functional.conv2d(model.conv(x), model.mix.weight[:, :, None, None],
+                                     model.mix.bias)
+        normed = model.norm(mixed.movedim(1, -1)).movedim(-1, 1)
+    for name, ref in (("mix", mixed), ("norm", normed)):
+        pooled = nn.functional.adaptive_avg_pool2d(ref, 2).flatten(1).numpy()
+        np.testing.assert_allclose(feats[name], pooled, rtol=1e-5, atol=1e-6)
+    sat = layer_saturation(model, [x], layers=["mix"], threshold=0.9)["mix"]
+    assert sat.dim == 5 and sat.samples == 40 * 8 * 6
+    samples = mixed.movedim(1, -1).reshape(-1, 5).double().numpy()
+    ev = np.sort(np.linalg.eigvalsh(np.cov(samples.T)))[::-1]
+    np.testing.assert_allclose(sat.eigenvalues / sat.eigenvalues.sum(), ev / ev.sum(),
+                               rtol=1e-5, atol=1e-9)
