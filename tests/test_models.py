@@ -171,8 +171,8 @@ def test_a_forward_that_fails_at_every_size_is_not_called_too_small():
         def forward(self, x):
             return self.conv(x.reshape(x.shape[0], 3, x.shape[2], -1))
 
-    with pytest.raises(ValueError, match=r"ThreeChannelStem fails on a 32x32 input before its first "
-                       r"layer and at every larger square size up to 4096 px, so not for its "
+    with pytest.raises(ValueError, match=r"ThreeChannelStem fails on a 32x32 input before its "
+                       r"first layer and at every larger square size up to 4096 px, so not for its "
                        r"size \(1 input channel\(s\)\): shape '\[1, 3, 32, -1\]' is invalid") as e:
         check_input_size(ThreeChannelStem(), 32)
     assert not isinstance(e.value, InputTooSmallError)

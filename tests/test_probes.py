@@ -11,8 +11,8 @@ from torch import nn
 
 from landscape.models import create_model
 from landscape.probes import (
-    extract_features, layer_saturation, linear_probes, observed_tail, pool_map, position_accuracy_map,
-    position_probe_map, predicted_border, probe_accuracy, probe_features,
+    extract_features, layer_saturation, linear_probes, observed_tail, pool_map,
+    position_accuracy_map, position_probe_map, predicted_border, probe_accuracy, probe_features,
 )
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from landscape.models.rf_pool import PoolSpec
 from landscape.fixed_size import built_for
+from landscape.models.rf_pool import PoolSpec
 from landscape.modes import snapshot_modes
 
 

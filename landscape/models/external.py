@@ -29,9 +29,9 @@ import functools
 import torch
 from torch import Tensor, nn
 
+from landscape.fixed_size import BUILT_FOR
 from landscape.models.base import RFNet
 from landscape.models.rf_pool import PoolSpec, make_rf_pool, resolve_pool
-from landscape.fixed_size import BUILT_FOR
 from landscape.models.sources import SOURCES, external_model
 
 PROBE_SIZE = 224  # px: the meta-device forward that finds the first conv (ImageNet size)
@@ -198,7 +198,9 @@ def build_external(name: str, pool: PoolSpec, *, num_classes: int, in_channels: 
                                 image_size=image_size)
     model = _source_model(name, num_classes, in_channels, torch.get_default_device(),
                           image_size)
-    if not name.startswith("timm:"):  # timm sets its input channels itself (in_chans), also
-        _set_in_channels(model, conv_name, in_channels)  # where its first conv sees others:
-    _insert_pool(model, conv_name, make_rf_pool(pool))  # TResNet's space-to-depth: 16 for 1
+    # timm sets the input channels itself (in_chans), also where its first conv sees others
+    # (TResNet's, after a 4 x 4 space-to-depth, takes 16 for one input channel)
+    if not name.startswith("timm:"):
+        _set_in_channels(model, conv_name, in_channels)
+    _insert_pool(model, conv_name, make_rf_pool(pool))
     return ExternalNet(model.train(), conv_name, pool, in_channels, name)

@@ -52,8 +52,8 @@ def torchvision_model(name: str, *, device: str | torch.device = "meta",
     """torchvision classification model ``name`` without weights, in eval mode, on ``device``
     (meta by default); ``num_classes`` None keeps its ImageNet head. ``img_size``: a model
     whose builder takes ``image_size`` (the ViTs: their position table is fixed when they are
-    built) or ``input_size`` (MaxViT) is built for that input size; any other as it is. Raises ValueError
-    naming close names (or all of them) for an unknown name."""
+    built) or ``input_size`` (MaxViT) is built for that input size; any other as it is.
+    Raises ValueError naming close names (or all of them) for an unknown name."""
     names = torchvision_classifiers()
     if name not in names:
         raise ValueError(f"unknown torchvision classification model {name!r}"
@@ -87,8 +87,6 @@ SOURCES = ("torchvision", "timm")
 def _close(name: str, names: list[str]) -> str:
     near = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
     return f"; did you mean {', '.join(near)}?" if near else ""
-
-
 
 
 def timm_model(name: str, *, num_classes: int | None = None, in_channels: int = 3,

@@ -71,9 +71,10 @@ def load_weights(model: nn.Module, path: str, arch: str) -> None:
     """Load the state_dict file ``path`` into ``model`` (built for ``arch``) in place; on the
     meta device the keys and shapes are checked only. Source keys are mapped through
     ``model.state_key`` / ``source_key`` where the model has them
-    (:class:`~landscape.models.external.ExternalNet`). A timm model built for an input size
-    takes a file saved at another size: its position tables are resampled by timm's filter
-    (:func:`~landscape.models.resolution.fit_state`), and the resampled keys are logged."""
+    (:class:`~landscape.models.external.ExternalNet`). A transformer built for an input size
+    takes a file saved at another size: its position tables are resampled by its source's
+    checkpoint filter (:func:`~landscape.models.resolution.fit_state`; the resampled keys are
+    logged)."""
     state, resampled = fit_state(read_state_dict(path), model)
     problems = mismatches(state, model)
     if problems:

@@ -94,7 +94,7 @@ class ResolutionStage(Stage):
         for s in config.sizes:
             try:
                 check_input_size(at_input_size(model, s, builder(identity), identity.arch)[0], s)
-            except ValueError as e:  # too small, or position tables timm cannot resample
+            except ValueError as e:  # too small, or tables its source cannot resample
                 raise ValueError(f"resolution.sizes: {identity.arch} cannot be evaluated at "
                                  f"{s} px: {e}") from None
 
