@@ -206,14 +206,63 @@ def check_on_device(model: nn.Module, device: torch.device | str, *, arg: str = 
             )
 
 
+# modules whose 4-D output is (N, C, H, W) whatever their input
+_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
+                   nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                   nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+                   nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def _is_2d_norm(module: nn.Module) -> bool:
+    """A LayerNorm subclass for (N, C, H, W) maps (torchvision's and timm's ``LayerNorm2d``
+    permute inside and return the map channels first)."""
+    return type(module).__name__.endswith("2d")
+
+
 def acts_on_last_dim(module: nn.Module) -> bool:
     """Whether ``module`` maps the last dimension of its input (features last): ``Linear``,
-    and ``LayerNorm`` / ``RMSNorm`` over one dimension."""
+    and ``LayerNorm`` / ``RMSNorm`` over one dimension (not a ``LayerNorm2d``)."""
     if isinstance(module, nn.Linear):
         return True
     shape = getattr(module, "normalized_shape", None)
     return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and shape is not None and \
-        len(shape) == 1
+        len(shape) == 1 and not _is_2d_norm(module)
+
+
+class Layouts:
+    """Which 4-D tensors of one forward are channels-last maps (N, H, W, C), followed from
+    module to module: the output of a module acting on the last dimension
+    (:func:`acts_on_last_dim`) is; that of a conv, batch / group / instance norm, pooling or
+    ``LayerNorm2d`` is not; a ``Permute`` module (torchvision's, with ``dims``) moves the
+    channel axis where its dims say; any other module whose output has its input's shape (an
+    activation, dropout, a residual block) keeps its input's layout. A map made by a function
+    between modules is read as (N, C, H, W)."""
+
+    def __init__(self) -> None:
+        self._last = torch.utils.weak.WeakIdKeyDictionary()  # tensor -> True
+
+    def clear(self) -> None:
+        self._last = torch.utils.weak.WeakIdKeyDictionary()
+
+    def observe(self, module: nn.Module, inputs: tuple, output: object) -> bool:
+        """Whether ``output`` of ``module`` (called on ``inputs``) is channels-last."""
+        if not torch.is_tensor(output) or output.dim() != 4:
+            return False
+        x = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
+        was_last = x is not None and x.dim() == 4 and x in self._last
+        dims = getattr(module, "dims", None)
+        if acts_on_last_dim(module):
+            last = True
+        elif isinstance(module, _CHANNELS_FIRST) or _is_2d_norm(module):
+            last = False
+        elif type(module).__name__ == "Permute" and isinstance(dims, (list, tuple)) \
+                and sorted(dims) == [0, 1, 2, 3] and x is not None and x.dim() == 4:
+            last = list(dims).index(3 if was_last else 1) == 3
+        else:
+            last = was_last and x.shape == output.shape
+        if last:
+            self._last[output] = True
+        return last
 
 
 class ActivationCapture:
@@ -226,11 +275,12 @@ class ActivationCapture:
     named plainly that runs twice in one forward, or a name that is never reached, is an
     error. Hooks are removed on exit, also after an error.
 
-    Every 4-D output is handed over as (N, C, H, W), a conv's layout: the 4-D output of a
-    module that acts on the last dimension (``Linear``, a 1-D ``LayerNorm`` / ``RMSNorm``)
-    is a channels-last map (N, H, W, C), as in ConvNeXt's and Swin's blocks, and is handed
-    over as the view ``output.movedim(-1, 1)``, so that probes pool its positions and
-    saturation counts its C features, not its rows.
+    Every 4-D output is handed over as (N, C, H, W), a conv's layout: a channels-last map
+    (N, H, W, C), as in ConvNeXt's and Swin's blocks (the output of a ``Linear`` or a 1-D
+    ``LayerNorm``, and what follows it through permutes and shape-keeping modules:
+    :class:`Layouts`, hooked on every leaf module), is handed over as the view
+    ``output.movedim(-1, 1)``, so that probes pool its positions and saturation counts its C
+    features, not its rows.
     """
 
     def __init__(
@@ -260,11 +310,19 @@ class ActivationCapture:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._order: list[str] = []
         self._calls: dict[str, int] = {}
+        self._layouts = Layouts()
+        self._leaves = [m for n, m in modules.items() if n and n not in self._sites
+                        and not list(m.children())]
 
     def __enter__(self) -> ActivationCapture:
         for module, mod in self._modules.items():
-            self._handles.append(mod.register_forward_hook(self._hook(module)))
+            self._handles.append(mod.register_forward_hook(self._hook(module), with_kwargs=True))
+        for mod in self._leaves:  # only to follow the layouts to the selected modules
+            self._handles.append(mod.register_forward_hook(self._follow))
         return self
+
+    def _follow(self, module: nn.Module, inputs: tuple, output: object) -> None:
+        self._layouts.observe(module, inputs, output)  # returns None: the output is kept
 
     def __exit__(self, *exc: object) -> None:
         for h in self._handles:
@@ -273,9 +331,9 @@ class ActivationCapture:
 
     def _hook(self, module: str) -> Callable:
         sites = self._sites[module]
-        features_last = acts_on_last_dim(self._modules[module])
 
-        def fn(_module: nn.Module, _inputs: tuple, output: object) -> None:
+        def fn(mod: nn.Module, inputs: tuple, _kwargs: dict, output: object) -> None:
+            features_last = self._layouts.observe(mod, inputs, output)
             k = self._calls.get(module, 0)
             self._calls[module] = k + 1
             if sites is None and k:
@@ -289,7 +347,7 @@ class ActivationCapture:
             if not torch.is_tensor(output):
                 raise TypeError(f"module {name!r} returned {type(output).__name__}, not a tensor")
             self._order.append(name)
-            if features_last and output.dim() == 4:
+            if features_last:
                 output = output.movedim(-1, 1)  # (N, H, W, C) -> (N, C, H, W)
             self.on_output(name, output)
 
@@ -300,6 +358,7 @@ class ActivationCapture:
         if not self._handles:
             raise RuntimeError("ActivationCapture.run must be called inside its `with` block")
         self._order, self._calls = [], {}
+        self._layouts.clear()
         self.model(x)
         never = [n for n in self.names if n not in self._order]
         if never:

@@ -569,37 +569,47 @@ def test_probes_validation_builds_every_architecture_before_training(arch, pool,
 
 
 class ChannelsLastMLP(nn.Module):
-    """ConvNeXt's block layout: a conv, then a Linear and a LayerNorm on the channels-last map
-    (N, H, W, C)."""
+    """torchvision ConvNeXt's block layout: a conv and a LayerNorm2d on the (N, C, H, W) map,
+    a Permute to (N, H, W, C), a Linear, a GELU and a LayerNorm there, a Permute back."""
 
     def __init__(self) -> None:
+        from torchvision.models.convnext import LayerNorm2d
+        from torchvision.ops.misc import Permute
+
         super().__init__()
         torch.manual_seed(11)
         self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.norm2d = LayerNorm2d(6)
+        self.to_last = Permute([0, 2, 3, 1])
         self.mix = nn.Linear(6, 5)
+        self.act = nn.GELU()
         self.norm = nn.LayerNorm(5)
+        self.to_first = Permute([0, 3, 1, 2])
         self.head = nn.Linear(5, 3)
 
     def forward(self, x):
-        h = self.norm(self.mix(self.conv(x).permute(0, 2, 3, 1)))  # (N, H, W, 5)
-        return self.head(h.mean((1, 2)))
+        h = self.to_last(self.norm2d(self.conv(x)))
+        return self.head(self.to_first(self.norm(self.act(self.mix(h)))).mean((2, 3)))
 
 
-def test_a_linear_on_a_channels_last_map_is_read_like_the_1x1_conv_it_is():
-    """Probes pool the positions and saturation counts the C features of a Linear (and a 1-D
-    LayerNorm) applied to an (N, H, W, C) map, exactly as for the equivalent 1x1 conv on the
-    (N, C, H, W) map; before, its H rows were taken as its channels."""
+def test_a_channels_last_map_is_read_like_the_1x1_conv_it_is():
+    """Probes pool the positions and saturation counts the C features of every (N, H, W, C)
+    map, followed through Permute, Linear, GELU and LayerNorm, exactly as for the same
+    network written with 1x1 convs on (N, C, H, W) maps; a LayerNorm2d stays channels first.
+    Before, a channels-last map's H rows were taken as its channels."""
     gen = torch.Generator().manual_seed(12)
     x = torch.randn(40, 1, 8, 6, generator=gen)
     model = ChannelsLastMLP()
-    feats, _ = extract_features(model, [(x, torch.zeros(40))], layers=["mix", "norm"], size=2)
-    with torch.no_grad():  # the reference: a 1x1 conv with the Linear's weights, NCHW
-        mixed = nn.functional.conv2d(model.conv(x), model.mix.weight[:, :, None, None],
-                                     model.mix.bias)
-        normed = model.norm(mixed.movedim(1, -1)).movedim(-1, 1)
-    for name, ref in (("mix", mixed), ("norm", normed)):
+    names = ["norm2d", "to_last", "mix", "act", "norm", "to_first"]
+    feats, _ = extract_features(model, [(x, torch.zeros(40))], layers=names, size=2)
+    with torch.no_grad():  # the reference: 1x1 convs with the Linear's weights, NCHW
+        h = model.norm2d(model.conv(x))
+        mixed = nn.functional.conv2d(h, model.mix.weight[:, :, None, None], model.mix.bias)
+        act = nn.functional.gelu(mixed)
+        normed = model.norm(act.movedim(1, -1)).movedim(-1, 1)
+    for name, ref in zip(names, (h, h, mixed, act, normed, normed)):
         pooled = nn.functional.adaptive_avg_pool2d(ref, 2).flatten(1).numpy()
-        np.testing.assert_allclose(feats[name], pooled, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(feats[name], pooled, rtol=1e-5, atol=1e-6, err_msg=name)
     sat = layer_saturation(model, [x], layers=["mix"], threshold=0.9)["mix"]
     assert sat.dim == 5 and sat.samples == 40 * 8 * 6
     samples = mixed.movedim(1, -1).reshape(-1, 5).double().numpy()
