@@ -29,7 +29,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from landscape.fixed_size import BUILT_FOR
+from landscape.fixed_size import built_for
 from landscape.models.base import RFNet
 from landscape.models.rf_pool import PoolSpec, make_rf_pool, resolve_pool
 from landscape.models.sources import SOURCES, external_model
@@ -98,7 +98,7 @@ def _source_model(name: str, num_classes: int, in_channels: int, device,
                   image_size: int | None = None) -> nn.Module:
     """The source's model without weights, ``num_classes`` outputs; timm sets its input
     channels itself (``in_chans``), torchvision models are built for 3 and changed after; a
-    timm model whose token grid is fixed at construction is built for ``image_size``."""
+    model whose token grid is fixed at construction is built for ``image_size``."""
     timm = name.startswith("timm:")
     return external_model(name, num_classes=num_classes, in_channels=in_channels if timm else 3,
                           device=device, img_size=image_size)
@@ -116,8 +116,7 @@ def _refuse(name: str, why: str) -> ValueError:
                       "pool goes right after the first convolution of a convolutional network")
 
 
-def _forward_meta(model: nn.Module, in_channels: int) -> None:
-    size = getattr(model, BUILT_FOR, None) or PROBE_SIZE
+def _forward_meta(model: nn.Module, in_channels: int, size: int) -> None:
     with torch.no_grad():
         model(torch.zeros(1, in_channels, size, size, device="meta"))
 
@@ -126,8 +125,8 @@ def _forward_meta(model: nn.Module, in_channels: int) -> None:
 def first_conv_name(name: str, num_classes: int, pooled: bool = True,
                     image_size: int | None = None) -> str:
     """The qualified name of the first Conv2d to run in the model ``name`` (built on the meta
-    device and run once on a 224x224 input, or on the ``image_size`` a timm transformer was
-    built for), after checking, when ``pooled``, that the RF pool can follow it (module doc).
+    device and run once on a 224x224 input, or on the ``image_size`` a transformer was built
+    for), after checking, when ``pooled``, that the RF pool can follow it (module doc).
     ``ValueError`` naming the reason otherwise."""
     model = _source_model(name, num_classes, 3, "meta", image_size)
     attention = _attention(model) if pooled else None
@@ -137,10 +136,10 @@ def first_conv_name(name: str, num_classes: int, pooled: bool = True,
     order: list[nn.Module] = []
     handles = [m.register_forward_hook(lambda m, i, o: order.append(m))
                for m in model.modules() if not list(m.children())]
+    size = built_for(model) or PROBE_SIZE
     try:
-        _forward_meta(model, 3)
+        _forward_meta(model, 3, size)
     except Exception as e:  # noqa: BLE001 - the model's own failure, reported with its name
-        size = getattr(model, BUILT_FOR, None) or PROBE_SIZE
         raise ValueError(f"model.name={name!r}: a forward pass of a {size}x{size} "
                          f"image on the meta device failed ({type(e).__name__}: {e})") from None
     finally:
@@ -157,7 +156,7 @@ def first_conv_name(name: str, num_classes: int, pooled: bool = True,
         raise _refuse(name, f"its first conv {conv_name} runs {order.count(first)} times")
     _insert_pool(model, conv_name, make_rf_pool(resolve_pool(2)))
     try:
-        _forward_meta(model, 3)
+        _forward_meta(model, 3, size)
     except Exception as e:  # noqa: BLE001
         raise _refuse(name, f"it does not run with a pooled map after {conv_name} "
                       f"({type(e).__name__}: {e})") from None
@@ -191,8 +190,8 @@ def build_external(name: str, pool: PoolSpec, *, num_classes: int, in_channels: 
     """``name`` (``torchvision:<name>`` / ``timm:<name>``) without weights, on the current
     default device, for ``num_classes`` / ``in_channels``, with the RF pool ``pool`` right
     after its first conv (module doc). Initialised from torch's global RNG, in train mode.
-    ``image_size``: a timm model whose token grid is fixed at construction (a ViT) is built
-    for that input size (:func:`~landscape.models.sources.timm_model`)."""
+    ``image_size``: a model whose token grid is fixed at construction (a ViT) is built for
+    that input size (:mod:`landscape.models.sources`)."""
     check_source(name)
     conv_name = first_conv_name(name, num_classes, pooled=not pool.is_identity,
                                 image_size=image_size)

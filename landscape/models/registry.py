@@ -82,8 +82,8 @@ def build_model(
     (:mod:`landscape.models.external`: no knobs, width 1). ``weights``: a local state_dict
     file loaded into the model (:mod:`landscape.models.weights`; on the meta device its keys
     and shapes are checked only). ``image_size`` (default: a square ``input_size``): the input
-    a timm model whose token grid is fixed at construction (a ViT) is built for; every other
-    model is the same at any size."""
+    a timm or torchvision model whose token grid is fixed at construction (a ViT) is built
+    for; every other model is the same at any size."""
     external = is_external(name)
     builder = None if external else _builder(name)
     spec = spec or ModelSpec()
