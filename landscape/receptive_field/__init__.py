@@ -4,8 +4,8 @@ border and underutilised layers, the minimal feasible input resolution r̃, pool
 and the gradient-measured RF."""
 
 from landscape.receptive_field.analytic import (
-    CONVENTIONS, TABLE_COLUMNS, TRACERS, FeasibleInput, max_receptive_field,
-    min_feasible_input, receptive_field_table,
+    CONVENTIONS, TABLE_COLUMNS, TRACERS, FeasibleInput, feature_field, max_receptive_field,
+    min_feasible_input, mixes_globally, receptive_field_table,
 )
 from landscape.receptive_field.geometry import UnsupportedModelError
 from landscape.receptive_field.graph import SE_GATES, trace_model
@@ -27,7 +27,8 @@ __all__ = [
     "SE_GATES", "apply_edits", "draw_receptive_field", "external_model", "model_cost",
     "proposals_table", "refinement_proposals", "save_drawing", "timm_model",
     "SWEEP_COLUMNS", "TABLE_COLUMNS", "UnsupportedModelError", "format_sweep_table",
-    "max_receptive_field", "measure_receptive_field", "min_feasible_input",
+    "feature_field", "max_receptive_field", "measure_receptive_field", "min_feasible_input",
+    "mixes_globally",
     "receptive_field_table", "rf_sweep_table", "torchvision_classifiers", "torchvision_model",
     "TRACERS", "trace_model",
 ]

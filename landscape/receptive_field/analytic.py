@@ -211,14 +211,29 @@ def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int], *
     return df
 
 
-STATES = ("productive", "underutilised", "unproductive", "head")
+STATES = ("productive", "underutilised", "unproductive", "global", "head")
 
 
 def layer_states(table: pd.DataFrame) -> list[str]:
-    """Per row of a :func:`receptive_field_table`: ``head`` (global RF), ``unproductive``,
+    """Per row of a :func:`receptive_field_table`: ``global`` (a global RF inside the network:
+    a later row, or this one, still has positions with a local path, e.g. attention and the
+    blocks after it, or a squeeze-and-excitation branch), ``head`` (a global RF with no
+    positions after it: global pooling, the classifier), then ``unproductive``,
     ``underutilised`` or ``productive``, in that precedence."""
-    return ["head" if g else "unproductive" if u else "underutilised" if w else "productive"
-            for g, u, w in zip(table["is_global"], table["unproductive"], table["underutilised"])]
+    positions = table["r_min"].notna().to_numpy(bool)[::-1].cumsum()[::-1] > 0  # here or later
+    return [("global" if p else "head") if g else "unproductive" if u
+            else "underutilised" if w else "productive"
+            for g, u, w, p in zip(table["is_global"], table["unproductive"],
+                                  table["underutilised"], positions)]
+
+
+def mixes_globally(table: pd.DataFrame) -> bool:
+    """Whether the network mixes every position with every other *before* its head: a row
+    whose output keeps positions with a local path (a finite ``r_min``) while another path
+    sees the whole input (``is_global``), as after attention or a token-mixing MLP with a
+    residual. A CNN whose only global ops are its pooled head (and squeeze-and-excitation
+    gates, with ``se_gates="scale"``) does not."""
+    return bool((table["is_global"].astype(bool) & table["r_min"].notna()).any())
 
 
 def trunk_rows(table: pd.DataFrame) -> pd.Series:
@@ -314,8 +329,27 @@ def _deepest_conv(records: list[LayerRecord]) -> LayerRecord:
 def max_receptive_field(model: nn.Module) -> int:
     """r_max (pixels, the larger axis) of the network's last conv features: the largest r_max
     over its Conv2d layers (the last conv's for a plain chain; module doc of
-    :func:`_deepest_conv`); independent of the input size."""
+    :func:`_deepest_conv`); independent of the input size. :func:`feature_field` also
+    counts per-position Linears and windowed attention (a transformer's blocks)."""
     return int(_deepest_conv(layer_records(model, None)).out.r_max)
+
+
+FEATURE_KINDS = ("conv", "linear", "attention")
+
+
+def feature_field(model: nn.Module) -> tuple[int, bool]:
+    """(r_max, mixing) of the network's deepest local features, from one size-free trace:
+    the largest finite r_max over its convs, Linears applied per position and windowed
+    attention (:mod:`.mixing`), which for a CNN is :func:`max_receptive_field` and for a Swin
+    the RF its windows have grown to; ``mixing``: whether it then :func:`mixes_globally`
+    before its head (a ViT: its patch embedding is all that is local)."""
+    records = layer_records(model, None)
+    conv = _deepest_conv(records).out.r_max
+    local = [r.out.r_max for r in records if r.kind in FEATURE_KINDS
+             and isinstance(r.out, Geometry) and math.isfinite(r.out.r_max)]
+    mixing = any(isinstance(r.out, Geometry) and math.isfinite(r.out.r_min)
+                 and not math.isfinite(r.out.r_max) for r in records)
+    return int(max([conv, *local])), mixing
 
 
 def deepest_conv(model: nn.Module) -> str:

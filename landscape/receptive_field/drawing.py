@@ -20,7 +20,7 @@ from landscape.receptive_field.analytic import STATES, layer_states, trunk_rows
 from landscape.storage import atomic_write
 
 # Okabe-Ito (colour-blind safe).
-STATE_COLOURS = dict(zip(STATES, ("#009E73", "#E69F00", "#D55E00", "#999999")))
+STATE_COLOURS = dict(zip(STATES, ("#009E73", "#E69F00", "#D55E00", "#56B4E9", "#999999")))
 FORMATS = (".png", ".svg", ".pdf")
 _MAX_NAMED = 48  # more layers than this: every k-th name on the axis
 
@@ -31,8 +31,10 @@ def draw_receptive_field(table: pd.DataFrame, input_size: int, *, title: str | N
     """Figure of ``table`` (one :func:`receptive_field_table` at ``input_size``, or any frame
     with its ``layer, r_min, r_max, is_global, unproductive, underutilised, border`` columns);
     ``r_tilde`` (r̃) is drawn where given; into ``ax`` when given (the figure is ``ax``'s).
-    Head layers are drawn as a grey bar at the top of the axis; global rows inside the network
-    (squeeze-and-excitation branches) are left out."""
+    Head layers are drawn as a grey bar at the top of the axis, layers that mix globally inside
+    the network (attention and the blocks after it) as a blue bar from their local path's
+    r_min to the top; global rows followed by local ones (squeeze-and-excitation branches)
+    are left out."""
     if table.empty:
         raise ValueError("the receptive-field table has no layers to draw")
     table = table[trunk_rows(table)].reset_index(drop=True)
@@ -47,7 +49,8 @@ def draw_receptive_field(table: pd.DataFrame, input_size: int, *, title: str | N
         fig = Figure(figsize=(min(4 + 0.18 * n, 24), 4.8))  # no pyplot: no global state
         ax = fig.add_subplot()
     for i, state in enumerate(states):
-        lo, hi = (r_min.iloc[i], r_max.iloc[i]) if local[i] else (top / 1.6, top)
+        lo, hi = ((r_min.iloc[i], r_max.iloc[i]) if local[i] else
+                  (r_min.iloc[i], top) if pd.notna(r_min.iloc[i]) else (top / 1.6, top))
         hi = max(hi, lo * 1.06)  # r_min = r_max: a thin bar, still visible
         ax.bar(i, hi - lo, bottom=lo, width=0.8, color=STATE_COLOURS[state],
                edgecolor="black" if table["border"].iloc[i] else "none", linewidth=1.2)

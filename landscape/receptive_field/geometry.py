@@ -93,6 +93,18 @@ def from_classes(parts: list[Phased], size: int | None, where: str) -> Axis:
                 hi=max(p.hi for p in parts), size=size, parts=tuple(parts))
 
 
+def resampled(a: Axis, n_out: int, n_in: int, taps: Any, size: int | None, name: str,
+              where: str) -> Axis:
+    """Axis ``name`` after a resampling that reads ``taps(t)`` (every ``n_out`` outputs
+    advance ``n_in`` source positions; :meth:`Phased.resample`)."""
+    try:
+        classes = [c.resample(n_out, n_in, taps) for c in a.classes()]
+    except ValueError as e:
+        raise Skip(f"{where} resamples {name.upper()} by {n_out}/{n_in}: {e}, which the RF "
+                   "analysis does not follow") from None
+    return from_classes(classes, size, where)
+
+
 GLOBAL_AXIS = Axis(jump=None, r_min=INF, r_max=INF, lo=None, hi=None, size=None)
 
 

@@ -1,11 +1,23 @@
 """Rules for token mixing and reductions: attention, matmul / einsum, means, roll.
 
-An op that pairs positions (a product of two feature maps, as in attention logits), sums over
-them (a contraction or reduction over a dimension holding positions) or wraps them around
-(``torch.roll`` across a spatial dimension) makes every output depend on the whole input:
-global. A matmul / einsum with one feature map and a constant (a per-position linear map)
-keeps the geometry. A mean over every position is a global average pool (recorded); a
-reduction over one intact image axis only is refused.
+An op that pairs positions (a product of two feature maps, as in attention logits) or sums over
+them (a contraction or reduction over a dimension holding positions) makes every output depend
+on the whole input: global. A matmul / einsum with one feature map and a constant (a
+per-position linear map) keeps the geometry. A mean over every position is a global average
+pool (recorded); a reduction over one intact image axis only is refused.
+
+*Windowed* attention is local. Swin and MaxViT's block attention fold the windows into the
+batch: the token dimension holds the positions inside a window, an atom ``(axis, 1, w)`` per
+image axis, and the batch holds the window index, ``(axis, w, n)`` (:mod:`.layout` follows the
+reshapes). Attention over such tokens, as ``scaled_dot_product_attention`` or as the matmuls
+(or einsums) ``q @ k.T`` and ``attn @ v``, makes position t depend on the w positions of its
+window, ``w * (t // w) .. w * (t // w) + w - 1`` along each axis: a resampling with period w
+(:meth:`~landscape.receptive_field.phases.Phased.resample`), exact at every phase. Attention
+whose tokens hold a whole axis (a ViT) or positions strided across the map (MaxViT's grid
+attention) stays global. ``torch.roll`` along an intact image axis is a translation (Swin's
+shifted windows roll the map, attend, and roll back; the positions that wrap around are the
+border, ignored as a conv's padding is); across any other spatial dimension it is global.
+torchvision's ``shifted_window_attention`` is read from its arguments (window and shift sizes).
 """
 
 from __future__ import annotations
@@ -20,7 +32,9 @@ from torchvision.models import swin_transformer
 
 from landscape.receptive_field import layout as L
 from landscape.receptive_field.context import Ctx, Rule
-from landscape.receptive_field.geometry import GLOBAL, Geometry, Skip, State, arg
+from landscape.receptive_field.geometry import (
+    GLOBAL, Geometry, Skip, State, arg, merge, resampled,
+)
 
 Result = tuple[State, "dict[str, Any] | None"]
 _C = (("c", 0, None),)
@@ -38,21 +52,149 @@ ATTENTION_FUNCTIONS = (F.scaled_dot_product_attention, F.multi_head_attention_fo
                        swin_transformer.shifted_window_attention)
 
 
+def window_sizes(batch: L.Layout, tokens: tuple) -> dict[str, int] | None:
+    """``{axis: w}`` when the token dimension ``tokens`` holds windows (module doc): per image
+    axis in it, an atom ``(axis, 1, w)`` whose outer atom ``(axis, w, n)`` lies in ``batch``
+    (an axis absent from the tokens must lie wholly in ``batch``: it is not mixed). None for
+    anything else (a whole axis, strided positions, a class token, channels)."""
+    if not tokens or any(a[0] not in ("h", "w") or a[1] != 1 or not a[2] for a in tokens):
+        return None
+    out = {}
+    for axis, _, w in tokens:
+        outer = [a for dim in batch for a in dim if a[0] == axis]
+        if axis in out or len(outer) != 1 or outer[0][1] != w:
+            return None
+        out[axis] = w
+    return out
+
+
+def _same_atoms(a: L.Layout, b: L.Layout) -> bool:
+    """Equal layouts, a size that one of them does not know counting as equal."""
+    return len(a) == len(b) and all(
+        len(x) == len(y) and all(p[:2] == q[:2] and None in (p[2], q[2]) or p == q
+                                 for p, q in zip(x, y)) for x, y in zip(a, b))
+
+
+def windowed(x: Geometry, windows: dict[str, int], layout: L.Layout, where: str,
+             shift: dict[str, int] | None = None) -> Geometry:
+    """``x`` after attention within windows of ``windows[axis]`` positions along each axis:
+    position t reads ``w * ((t - s) // w) + s`` .. ``+ w - 1`` (``shift`` s: the windows'
+    offset, torchvision's shifted windows)."""
+    axes = {}
+    for name in ("h", "w"):
+        a = x.axis(name)
+        if name in windows:
+            w, s = windows[name], (shift or {}).get(name, 0)
+
+            def taps(t: int, w: int = w, s: int = s) -> tuple[int, int]:
+                start = w * ((t - s) // w) + s
+                return start, start + w - 1
+            a = resampled(a, w, w, taps, a.size, name, where)
+        axes[name] = a
+    return Geometry(axes["h"], axes["w"], layout)
+
+
+def _window_record(windows: dict[str, int]) -> dict[str, Any]:
+    return {"kind": "attention", "kernel": (windows.get("h", 1), windows.get("w", 1)),
+            "stride": (1, 1)}
+
+
+def _sdpa(ctx: Ctx) -> Result:
+    """``scaled_dot_product_attention(q, k, v)`` on (..., tokens, features): local when the
+    tokens are windows (:func:`window_sizes`) shared by q, k and v."""
+    q, k, v = (ctx.state(arg(ctx.node, i, n, None))
+               for i, n in enumerate(("query", "key", "value")))
+    if not all(_local(s) and len(s.layout) >= 2 for s in (q, k, v)):
+        return GLOBAL, {"kind": "attention"}
+    windows = window_sizes(q.layout[:-2], q.layout[-2])
+    if windows is None or L.is_spatial(q.layout[-1]) or not all(
+            _same_atoms(q.layout[:-1], s.layout[:-1]) and not L.is_spatial(s.layout[-1])
+            for s in (k, v)):
+        return GLOBAL, {"kind": "attention"}
+    layout = q.layout[:-1] + v.layout[-1:]
+    out = merge([q, windowed(k, windows, layout, ctx.where),
+                 windowed(v, windows, layout, ctx.where)], ctx.where, layout)
+    return out, _window_record(windows)
+
+
+def _shifted_window_attention(ctx: Ctx) -> Result:
+    """torchvision's ``shifted_window_attention(x, ..., window_size, num_heads, shift_size)``
+    on an (N, H, W, C) map: it pads H and W to multiples of the window, shifts by ``-shift``
+    and attends within windows, with a mask across the wrapped border. A window that holds a
+    whole (padded) axis is global attention, as a ViT's."""
+    x = ctx.x
+    if not _local(x):
+        return GLOBAL, {"kind": "attention"}
+    dims = L.intact(x.layout)
+    n = len(x.layout)
+    if dims != {"h": n - 3, "w": n - 2} or L.is_spatial(x.layout[-1]):
+        raise Skip(f"{ctx.where} needs an (N, H, W, C) feature map")
+    size = dict(zip("hw", ctx.need_shape(ctx.node.args[0])[-3:-1]))
+    window = dict(zip("hw", ctx.resolve(arg(ctx.node, 4, "window_size", None))))
+    shift = dict(zip("hw", ctx.resolve(arg(ctx.node, 6, "shift_size", None))))
+    for a in "hw":
+        padded = -(-size[a] // window[a]) * window[a]
+        if window[a] >= padded:
+            return GLOBAL, {"kind": "attention"}  # one window holds the whole axis
+    # the query of position t is computed from t alone: a path of x's own geometry (as
+    # through q in scaled_dot_product_attention)
+    return merge([x, windowed(x, window, x.layout, ctx.where, shift)], ctx.where,
+                 x.layout), _window_record(window)
+
+
 def attention(ctx: Ctx) -> Result | None:
     """An attention module / function (recorded, kind "attention"), else None. Attention mixes
-    all tokens: global (windowed attention is counted as global too)."""
+    all tokens (global) unless its tokens are windows (module doc)."""
     node = ctx.node
-    if isinstance(ctx.mod, nn.MultiheadAttention) or (
-            node.op == "call_function" and node.target in ATTENTION_FUNCTIONS):
+    if isinstance(ctx.mod, nn.MultiheadAttention):
         return GLOBAL, {"kind": "attention"}
-    return None
+    if node.op != "call_function" or node.target not in ATTENTION_FUNCTIONS:
+        return None
+    if node.target is F.scaled_dot_product_attention:
+        return _sdpa(ctx)
+    if node.target is swin_transformer.shifted_window_attention:
+        return _shifted_window_attention(ctx)
+    return GLOBAL, {"kind": "attention"}
+
+
+def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: str
+                   ) -> Geometry | None:
+    """The product of two feature maps within windows, as an einsum ``la,lb->lo``: the batch
+    letters (in both operands and the output) hold the same atoms in both; ``a`` has one more
+    spatial letter, its tokens, windows (:func:`window_sizes`) kept in the output; ``b`` holds
+    the same windows under another letter, paired with them (``q @ k.T``: it becomes a
+    dimension of channels) or summed over (``attn @ v``). Position t then reads ``b`` over
+    its window. None for any other product."""
+    if len(la) != len(sa.layout) or len(lb) != len(sb.layout) or len(set(la)) < len(la) \
+            or len(set(lb)) < len(lb):
+        return None
+    batch = set(la) & set(lb) & set(lo)
+    if not all(_same_atoms((sa.layout[la.index(c)],), (sb.layout[lb.index(c)],))
+               for c in batch):
+        return None
+    own_a = [c for c, d in zip(la, sa.layout) if L.is_spatial(d) and c not in batch]
+    own_b = [c for c, d in zip(lb, sb.layout) if L.is_spatial(d) and c not in batch]
+    if len(own_a) != 1 or len(own_b) != 1 or own_a == own_b or own_a[0] not in lo:
+        return None
+    (i,), (j,) = own_a, own_b
+    tokens = sa.layout[la.index(i)]
+    windows = window_sizes(tuple(d for c, d in zip(la, sa.layout) if c != i), tokens)
+    if windows is None or not _same_atoms((sb.layout[lb.index(j)],), (tokens,)):
+        return None
+    layout = tuple(_C if c == j else sa.layout[la.index(c)] if c in la else
+                   sb.layout[lb.index(c)] for c in lo)
+    return merge([sa, windowed(sb, windows, layout, ctx.where)], ctx.where, layout)
 
 
 def matmul(ctx: Ctx) -> Result:
     a, b = ctx.node.args[0], ctx.node.args[1]
     sa, sb = ctx.state(a), ctx.state(b)
     if _local(sa) and _local(sb):
-        return GLOBAL, None  # both operands carry positions: pairs of positions (attention)
+        batch = "abcdefgh"[:len(sa.layout) - 2]
+        out = (_windowed_pair(ctx, sa, batch + "ik", sb, batch + "kj", batch + "ij")
+               if len(sa.layout) == len(sb.layout) >= 2 else None)
+        # else both operands carry positions: pairs of positions (attention)
+        return (GLOBAL if out is None else out), None
     if _local(sa):
         if L.is_spatial(sa.layout[-1]):
             return GLOBAL, None
@@ -75,6 +217,10 @@ def einsum(ctx: Ctx) -> Result:
     lhs, rhs = eq.split("->")
     states = [ctx.state(o) for o in operands]
     local = [i for i, s in enumerate(states) if _local(s)]
+    if len(local) == 2 and len(operands) == 2:  # windowed attention (MaxViT's), or global
+        out = _windowed_pair(ctx, states[0], lhs.split(",")[0], states[1], lhs.split(",")[1],
+                             rhs)
+        return (GLOBAL if out is None else out), None
     if len(local) != 1:
         return GLOBAL, None  # several operands carry positions: token mixing
     x, letters = states[local[0]], lhs.split(",")[local[0]]
@@ -124,13 +270,27 @@ def global_mean(ctx: Ctx) -> Result | None:
 
 
 def roll(ctx: Ctx) -> Result:
+    """``torch.roll``: a translation along intact image axes (module doc), global across other
+    spatial dimensions; without ``dims`` it rolls the flattened tensor (global)."""
     x = ctx.local_x()
+    shifts = ctx.resolve(arg(ctx.node, 1, "shifts", None))
     dims = ctx.resolve(arg(ctx.node, 2, "dims", None))
-    dims = range(len(x.layout)) if dims is None else dims if isinstance(dims, (list, tuple)) \
-        else [dims]
-    if any(L.is_spatial(x.layout[L.norm_dim(d, len(x.layout), ctx.where)]) for d in dims):
-        return GLOBAL, None  # positions wrap around the border
-    return x, None
+    if dims is None:
+        return (GLOBAL if L.spatial_dims(x.layout) else x), None
+    dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
+    shifts = list(shifts) if isinstance(shifts, (list, tuple)) else [shifts]
+    by_dim = {v: k for k, v in L.intact(x.layout).items()}
+    axes = {"h": x.h, "w": x.w}
+    for d, s in zip(dims, shifts):
+        d = L.norm_dim(d, len(x.layout), ctx.where)
+        if not L.is_spatial(x.layout[d]):
+            continue
+        if d not in by_dim:
+            return GLOBAL, None  # positions wrap around across a split or merged dimension
+        name = by_dim[d]
+        axes[name] = resampled(axes[name], 1, 1, lambda t, s=int(s): (t - s, t - s),
+                               axes[name].size, name, ctx.where)
+    return Geometry(axes["h"], axes["w"], x.layout), None
 
 
 FUNCTION_RULES: dict[Any, Rule] = {

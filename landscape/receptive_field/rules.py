@@ -12,8 +12,9 @@ and, for conv / pool / linear ops, the fields of its :class:`LayerRecord`. Conve
   block) is a global path under both. Normalisations by statistics over all positions (GroupNorm,
   InstanceNorm, LayerNorm over spatial dims) follow the same option.
 * Token mixing (attention, a matmul or einsum pairing or summing over spatial positions,
-  softmax or a reduction over them, ``torch.roll`` across them) makes the output global.
-  Windowed attention (Swin, MaxViT's block attention) is counted as global too.
+  softmax or a reduction over them) makes the output global. Windowed attention (Swin,
+  MaxViT's block attention) and ``torch.roll`` along an image axis are local
+  (:mod:`.mixing`).
 * Anything computed only from global features stays global.
 
 Everything else that touches a feature map raises ``Skip`` with a message naming the op.
@@ -35,9 +36,9 @@ from landscape.receptive_field import mixing as M
 from landscape.receptive_field import tensor_ops as T
 from landscape.receptive_field.context import Ctx, Rule
 from landscape.receptive_field.geometry import (
-    GLOBAL, Axis, Geometry, Skip, State, Window, arg, from_classes, merge, pair,
+    GLOBAL, Geometry, Skip, State, Window, arg, merge, pair, resampled,
 )
-from landscape.receptive_field.phases import Taps, resize_taps
+from landscape.receptive_field.phases import resize_taps
 from landscape.receptive_field.windows import (
     ADAPTIVE_FUNCTIONS, ADAPTIVE_MODULES, adaptive, adaptive_kind, function_window,
     module_window,
@@ -253,20 +254,8 @@ def _resized(x: Geometry, axes: tuple[str, str], ratios: list[Fraction], mode: s
         a = x.axis(name)
         if size is None and a.size is not None and ratio.numerator == 1:
             size = a.size * ratio.denominator
-        new[name] = _resampled(a, ratio.denominator, ratio.numerator, taps, size, name, where)
+        new[name] = resampled(a, ratio.denominator, ratio.numerator, taps, size, name, where)
     return Geometry(new["h"], new["w"], T.unsized(x.layout))
-
-
-def _resampled(a: Axis, n_out: int, n_in: int, taps: Taps, size: int | None, name: str,
-               where: str) -> Axis:
-    """Axis ``name`` after a resampling that reads ``taps(t)`` (every ``n_out`` outputs
-    advance ``n_in`` source positions; :meth:`Phased.resample`)."""
-    try:
-        classes = [c.resample(n_out, n_in, taps) for c in a.classes()]
-    except ValueError as e:
-        raise Skip(f"{where} resamples {name.upper()} by {n_out}/{n_in}: {e}, which the RF "
-                   "analysis does not follow") from None
-    return from_classes(classes, size, where)
 
 
 _CONV_TRANSPOSE_FUNCTIONS = (F.conv_transpose2d, torch.conv_transpose2d)
@@ -307,7 +296,7 @@ def _conv_transpose(ctx: Ctx) -> Result:
         def taps(t: int, k: int = k[i], s: int = s[i], p: int = p[i]) -> tuple[int, int]:
             return -(-(t + p - k + 1) // s), (t + p) // s
         size = None if out_shape is None else int(out_shape[-2 + i])
-        new[name] = _resampled(x.axis(name), s[i], 1, taps, size, name, where)
+        new[name] = resampled(x.axis(name), s[i], 1, taps, size, name, where)
     return Geometry(new["h"], new["w"], T.unsized(x.layout)), fields
 
 

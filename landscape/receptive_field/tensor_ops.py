@@ -95,7 +95,7 @@ def reshape(ctx: Ctx) -> Result:
         end = mod.end_dim if mod is not None else ctx.resolve(arg(node, 2, "end_dim", -1))
         # sizes first where known: merged atoms of unknown size cannot be split again
         layout = L.fit(x.layout, ctx.shape(ctx.x_node), ctx.where)
-        return _with(x, L.flatten(layout, start, end, ctx.where)), None
+        return _fold_space_to_depth(x, L.flatten(layout, start, end, ctx.where)), None
     if t in ("unsqueeze", torch.unsqueeze):
         return _with(x, L.insert(x.layout, int(ctx.resolve(arg(node, 1, "dim", None))))), None
     shape_in, shape_out = ctx.need_shape(ctx.x_node), ctx.need_shape(node)
@@ -107,8 +107,9 @@ def reshape(ctx: Ctx) -> Result:
 
 def _fold_space_to_depth(x: Geometry, layout: L.Layout) -> Geometry:
     """``x`` with ``layout``; where the reshape is a space-to-depth written with view and
-    permute (TResNet's stem: each axis split as ``(n, s)``, its inner phase of size s moved
-    into a dimension of channels), as an s x s window of stride s: a position of the new map
+    permute (TResNet's stem, timm's Swin patch merging: each axis split as ``(n, s)``, its
+    inner phase of size s moved into a dimension of channels, by a view or a flatten), as an
+    s x s window of stride s: a position of the new map
     spans the s x s block its channels hold, as through a strided conv, and its H and W are
     whole again (``("h", 1, n)``) for the convs that follow."""
     found = {}
@@ -243,6 +244,9 @@ def cat(ctx: Ctx) -> Result:
     d = L.norm_dim(dim, len(local[0].layout), ctx.where)
     if not any(L.is_spatial(g.layout[d]) for g in local):
         layout = L.broadcast([L.channel(g.layout, d, ctx.where) for g in local], None, ctx.where)
+        window = _strided_views(ctx, parts)
+        if window is not None:
+            return _with(window, layout), None
         return _space_to_depth(merge(geoms, ctx.where, layout), local), None
     if len(local) == 1:  # e.g. a class token before image tokens: positions not separable
         states = [ctx.state(p) for p in parts]
@@ -253,6 +257,49 @@ def cat(ctx: Ctx) -> Result:
             prefix = sum(int(shape[d]) for shape in before)
         return merge(geoms, ctx.where, L.opaque(local[0].layout, d, ctx.where, prefix)), None
     raise Skip(f"{ctx.where} concatenates along spatial axis {dim}")
+
+
+def _strided_views(ctx: Ctx, parts: Any) -> Geometry | None:
+    """The geometry of ``cat`` of the s_h x s_w strided views ``x[..., i::s_h, j::s_w, ...]``
+    of one map, every offset once (Swin's patch merging, YOLOv5's Focus, written with
+    slices): an s_h x s_w window of stride s_h x s_w on ``x``, exact also on a map whose
+    positions are not evenly spaced (:mod:`.phases`). None for any other concatenation."""
+    if not parts or not all(isinstance(p, fx.Node) and p.op == "call_function"
+                            and p.target is operator.getitem for p in parts):
+        return None
+    src = parts[0].args[0]
+    x, shape = ctx.state(src), ctx.shape(src)
+    if any(p.args[0] is not src for p in parts) or not isinstance(x, Geometry) \
+            or not x.is_local or shape is None:
+        return None
+    whole = {dim: a for a, dim in L.intact(x.layout).items()}
+    views = []
+    for p in parts:
+        ops = L.index_ops(ctx.resolve(p.args[1]), len(x.layout), ctx.where)
+        if len(ops) != len(x.layout) or any(op != "keep" for op, _ in ops):
+            return None
+        view = {}
+        for i, (_, item) in enumerate(ops):
+            if not L.is_spatial(x.layout[i]):
+                if item != slice(None):
+                    return None
+                continue
+            if i not in whole:
+                return None
+            start, stop, step = item.indices(int(shape[i]))
+            if len(range(start, stop, step)) != len(range(start, int(shape[i]), step)):
+                return None  # stops short of the end: not a space-to-depth view
+            view[whole[i]] = (start, step)
+        views.append(view)
+    if any(set(v) != {"h", "w"} for v in views):
+        return None
+    steps = {a: views[0][a][1] for a in ("h", "w")}
+    starts = {(v["h"][0], v["w"][0]) for v in views if all(v[a][1] == steps[a] for a in v)}
+    if len(views) != steps["h"] * steps["w"] or starts != {
+            (i, j) for i in range(steps["h"]) for j in range(steps["w"])}:
+        return None
+    s = (steps["h"], steps["w"])
+    return Window("space_to_depth", s, s, (0, 0)).apply(x, ("h", "w"))
 
 
 def _space_to_depth(out: Geometry, parts: list[Geometry]) -> Geometry:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from landscape.receptive_field.analytic import FeasibleInput, layer_states, trunk_rows
+from landscape.receptive_field.analytic import (
+    FeasibleInput, layer_states, mixes_globally, trunk_rows,
+)
 from landscape.receptive_field.cost import ModelCost
 
 LAYER_VIEW = ("layer", "kind", "kernel", "stride", "jump", "r_min", "r_max", "out_size", "state")
@@ -56,6 +58,12 @@ def format_summary(name: str, table: pd.DataFrame, cost: ModelCost, r_tilde: Fea
         f"at {n} px: {status}; {unprod} unproductive (input r_min >= {n}); border layer: "
         f"{border.iloc[0] if len(border) else '-'}",
     ]
+    if mixes_globally(table):
+        shown = table[trunk_rows(table)]
+        first = shown["layer"].iloc[layer_states(shown).index("global")]
+        lines.append(f"global mixing from {first} on (attention or a token-mixing MLP): every "
+                     "position sees the whole input there (state 'global'; its r_min is that "
+                     "of the local path beside it, a residual)")
     return "\n".join(lines)
 
 

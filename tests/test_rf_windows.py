@@ -1,0 +1,214 @@
+"""Windowed attention and rolls (landscape.receptive_field.mixing): the span of every interior
+position, checked against its input gradient; torchvision's and timm's Swin agree."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+from landscape.receptive_field import receptive_field_table
+from landscape.receptive_field.analytic import (
+    FeasibleInput, feature_field, layer_states, mixes_globally, trace,
+)
+from landscape.receptive_field.graph import propagate
+
+N = 96  # input side: a 24 x 24 token map at patch 4, six 4-token windows per axis
+
+
+class Windows(nn.Module):
+    """Patch embedding (conv 4/4), then attention blocks on 4x4 windows folded into the batch
+    (as timm's Swin writes them), each optionally on windows shifted by 2 (roll, attend, roll
+    back) and with a skip; attention by ``mode``: scaled_dot_product_attention ("sdpa"), the
+    two matmuls ("matmul") or einsums ("einsum", torchvision's MaxViT)."""
+
+    def __init__(self, shifts: tuple[int, ...], mode: str, skip: bool, w: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, 4, 4, stride=4)
+        self.qkv = nn.ModuleList(nn.Linear(4, 12) for _ in shifts)
+        self.shifts, self.mode, self.skip, self.w = shifts, mode, skip, w
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def attend(self, y: torch.Tensor, qkv: nn.Linear, s: int) -> torch.Tensor:
+        n, h, w_, c = y.shape
+        w = self.w
+        if s:
+            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
+        t = y.view(n, h // w, w, w_ // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, c)
+        q, k, v = qkv(t).chunk(3, dim=-1)
+        if self.mode == "sdpa":
+            o = F.scaled_dot_product_attention(q, k, v)
+        elif self.mode == "matmul":
+            o = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        else:
+            a = torch.einsum("bid,bjd->bij", q, k).softmax(dim=-1)
+            o = torch.einsum("bij,bjd->bid", a, v)
+        o = o.view(n, h // w, w_ // w, w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(n, h, w_, c)
+        return torch.roll(o, shifts=(s, s), dims=(1, 2)) if s else o
+
+    def forward(self, x):
+        y = self.embed(x).permute(0, 2, 3, 1)
+        for qkv, s in zip(self.qkv, self.shifts):
+            o = self.attend(y, qkv, s)
+            y = y + o if self.skip else o
+        return self.head(y.permute(0, 3, 1, 2))
+
+
+class TorchvisionWindows(nn.Module):
+    """torchvision's ShiftedWindowAttention blocks (windows of 4, shifts 0 then 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, 4, 4, stride=4)
+        self.blocks = nn.ModuleList(ShiftedWindowAttention(4, [4, 4], [s, s], num_heads=1)
+                                    for s in (0, 2))
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        y = self.embed(x).permute(0, 2, 3, 1)
+        for block in self.blocks:
+            y = block(y)
+        return self.head(y.permute(0, 3, 1, 2))
+
+
+def gradient_spans(model: nn.Module, n: int = N, rows: range | None = None
+                   ) -> dict[int, tuple[int, int]]:
+    """Per interior row v of the output (centre column): the first and last input row its
+    gradient reaches, in float64 with positive weights and a positive input (so that every
+    path that exists carries a non-zero gradient; the attention's weights are small, so that
+    its softmax does not saturate to exact zeros)."""
+    model = model.double().eval()
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        with torch.no_grad():
+            p.uniform_(0.5, 1.5)
+            if "qkv" in name or "proj" in name:
+                p.mul_(1e-2)
+    x = torch.rand(1, 1, n, n, dtype=torch.float64).add_(0.5).requires_grad_(True)
+    y = model(x)
+    side, c = y.shape[-2], y.shape[-1] // 2
+    spans = {}
+    # away from the border, where a rolled window wraps around
+    for v in rows or range(side // 4, side - side // 4):
+        (g,) = torch.autograd.grad(y[0, 0, v, c], x, retain_graph=True)
+        hit = (g[0, 0].abs().sum(1) > 0).nonzero().flatten()
+        spans[v] = (int(hit[0]), int(hit[-1]))
+    return spans
+
+
+def analytic_spans(model: nn.Module, n: int = N, rows: range | None = None
+                   ) -> dict[int, tuple[int, int]]:
+    """The same rows' spans from the analytic geometry of the model's output (its ``head``)."""
+    traced = trace(model, n)
+    states, _ = propagate(traced, n)
+    out = states[next(node.name for node in traced.graph.nodes if node.target == "head")]
+    return {v: out.h.span(v) for v in gradient_spans(model, n, rows)}
+
+
+@pytest.mark.parametrize("mode", ["sdpa", "matmul", "einsum"])
+@pytest.mark.parametrize("shifts, skip", [((0,), False), ((0,), True), ((0, 2), True),
+                                          ((2,), False), ((0, 2, 0), True)])
+def test_windowed_attention_spans_equal_the_input_gradients(mode, shifts, skip):
+    model = Windows(shifts, mode, skip)
+    assert analytic_spans(model) == gradient_spans(model)
+
+
+def test_window_spans_by_phase():
+    """One block of 4-token windows at patch 4: every position of a window sees the same 16
+    input rows, whatever its phase; shifted windows straddle two of the first block's."""
+    spans = gradient_spans(Windows((0,), mode="sdpa", skip=False), rows=range(3, 10))
+    assert spans[4] == spans[7] == (16, 31) and spans[8] == (32, 47)
+    two = analytic_spans(Windows((0, 2), mode="sdpa", skip=False), rows=range(3, 10))
+    assert two[4] == two[5] == (0, 31) and two[6] == (16, 47)  # windows 2-5 and 6-9
+    t = receptive_field_table(Windows((0, 2), mode="sdpa", skip=True), N).set_index("layer")
+    assert t.loc["head", ["r_min", "r_max", "jump"]].tolist() == [4, 32, 4]
+
+
+def test_torchvision_shifted_window_attention_spans_equal_the_input_gradients():
+    model = TorchvisionWindows()
+    assert analytic_spans(model) == gradient_spans(model)
+    t = receptive_field_table(TorchvisionWindows(), N)
+    att = t[t["kind"] == "attention"]
+    assert att["kernel"].tolist() == [4, 4] and att["r_max"].tolist() == [16, 32]
+    assert att["r_min"].tolist() == [4, 4]  # the query path: a position's own patch
+
+
+def test_a_window_holding_the_whole_map_or_strided_tokens_is_global():
+    whole = Windows((0,), mode="sdpa", skip=True, w=24)  # one 24-token window per axis
+    t = receptive_field_table(whole, N)
+    assert t.set_index("layer").loc["head", "is_global"] and mixes_globally(t)
+    assert layer_states(t)[-1] == "global"  # positions remain (the skip): not a head
+
+    class Grid(Windows):  # MaxViT's grid attention: tokens 3 positions apart
+        def attend(self, y, qkv, s):
+            n, h, w_, c = y.shape
+            g = self.w
+            t = y.view(n, g, h // g, g, w_ // g, c).permute(0, 2, 4, 1, 3, 5).reshape(-1, g * g, c)
+            q, k, v = qkv(t).chunk(3, dim=-1)
+            o = F.scaled_dot_product_attention(q, k, v)
+            return o.view(n, h // g, w_ // g, g, g, c).permute(0, 3, 1, 4, 2, 5).reshape(
+                n, h, w_, c)
+
+    t = receptive_field_table(Grid((0,), mode="sdpa", skip=False), N)
+    assert t.set_index("layer").loc["head", "is_global"]
+
+
+def test_roll_is_a_translation_along_an_axis_and_global_across_a_flattened_map():
+    class Rolled(nn.Module):
+        def __init__(self, flat: bool) -> None:
+            super().__init__()
+            self.a, self.head, self.flat = nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 1), flat
+
+        def forward(self, x):
+            y = self.a(x)
+            if self.flat:
+                return self.head(torch.roll(y.flatten(2), 5, dims=2).view_as(y))
+            return self.head(torch.roll(y, shifts=(3, -2), dims=(2, 3)))
+
+    assert analytic_spans(Rolled(False)) == gradient_spans(Rolled(False))
+    assert receptive_field_table(Rolled(True), N).set_index("layer").loc["head", "is_global"]
+
+
+def test_swin_from_timm_and_torchvision_agree():
+    """Swin-T at 224 px: the windows grow the RF (28 and 56 px in stage 1, 84 / 224 / 952 at
+    the patch mergings); the last stage's one window covers its 7x7 map: global. Its RF
+    column is the last local layer's r_max, and it mixes globally after it."""
+    pytest.importorskip("timm")
+    from landscape.receptive_field import timm_model, torchvision_model
+
+    tv = receptive_field_table(torchvision_model("swin_t", num_classes=10), 224)
+    tm = receptive_field_table(timm_model("swin_tiny_patch4_window7_224", num_classes=10), 224)
+    for t, merge in ((tv, "features.{}.reduction"), (tm, "layers.{}.downsample.reduction")):
+        r = t.set_index("layer")["r_max"]
+        assert [r[merge.format(i)] for i in ((2, 4, 6) if t is tv else (1, 2, 3))] == \
+            [84, 224, 952]
+        assert mixes_globally(t)
+    assert tv[tv["kind"] == "attention"]["r_max"].tolist()[:4] == [28, 56, 112, 168]
+    with torch.device("meta"):
+        model = torchvision_model("swin_t", num_classes=10)
+    assert feature_field(model) == (952, True)
+
+
+def test_global_rows_with_positions_after_them_are_global_not_head():
+    """A ViT block: attention (global), a per-token MLP beside the skip (global, with the
+    skip's r_min), then the pooled head; the summary names where global mixing starts."""
+    from landscape.receptive_field.cost import ModelCost
+    from landscape.receptive_field.text import format_summary
+
+    t = pd.DataFrame({
+        "layer": ["embed", "attention", "mlp", "pool", "fc"],
+        "r_min": pd.array([16, None, 16, None, None], dtype="Int64"),
+        "is_global": [False, True, True, True, True],
+        "unproductive": [False] * 5, "underutilised": [False] * 5,
+        "border": [False] * 5})
+    assert layer_states(t) == ["productive", "global", "global", "head", "head"]
+    assert mixes_globally(t) and not mixes_globally(t.drop(index=2))
+    cost = ModelCost(params=1, flops=1, input_size=(32, 32), in_channels=1)
+    r_tilde = FeasibleInput(16, 16, "embed", "embed")
+    assert "global mixing from attention on" in format_summary("vit", t, cost, r_tilde, 32,
+                                                               "rfa")
+    assert "global mixing" not in format_summary("cnn", t.drop(index=2), cost, r_tilde, 32,
+                                                 "rfa")
