@@ -26,7 +26,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from analysis.stats import final_epoch, grid_frame, note_fields, pruning_rows, select
-from analysis.tables import cell_levels, grid_title, settings_tag, size_label
+from analysis.tables import cell_levels, grid_title, rf_label, settings_tag, size_label
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
              "#F0E442")
@@ -524,7 +524,9 @@ def size_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | Non
         piv = d.pivot_table(index="image_size", columns="seed", values="value",
                             aggfunc="mean") * 100
         rf = d["receptive_field"].dropna()
-        label = f"pool {int(level)}" + (f" (RF {int(rf.iloc[0])} px)" if len(rf) else "")
+        mixing = d["global_mixing"].iloc[0] if "global_mixing" in d.columns and len(d) else None
+        label = f"pool {int(level)}" + (f" ({rf_label(int(rf.iloc[0]), mixing)})" if len(rf)
+                                        else "")
         mean_band(ax, piv.sort_index(), colour, marker, label)
         for kind, k in acc[(acc["pool_level"] == level) & (resize != "direct")].groupby(
                 resize[(acc["pool_level"] == level) & (resize != "direct")]):

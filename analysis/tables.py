@@ -60,11 +60,22 @@ def format_mean_std(mean: float, std: float, n: int | None = None, *, sig: int =
     return f"{m} ± {format_number(std, sig=sig, max_decimals=max_decimals)}"
 
 
-def level_label(receptive_field: object, pool_level: object, cell: str = "") -> str:
-    """``"RF 181 px (pool 1)"``, or with the pool's kernel/stride/padding for custom pools."""
+def rf_label(receptive_field: object, global_mixing: object = None) -> str:
+    """``"RF 181 px"``; ``"RF 16 px, then global"`` for a network that mixes every position
+    with every other after its convs (``global_mixing``: a ViT, whose conv is its patch
+    embedding)."""
+    mixing = global_mixing is not None and not pd.isna(global_mixing) and bool(global_mixing)
+    return f"RF {receptive_field} px" + (", then global" if mixing else "")
+
+
+def level_label(receptive_field: object, pool_level: object, cell: str = "",
+                global_mixing: object = None) -> str:
+    """``"RF 181 px (pool 1)"``, or with the pool's kernel/stride/padding for custom pools;
+    :func:`rf_label` says when the network then mixes globally."""
+    rf = rf_label(receptive_field, global_mixing)
     if "-poolk" in cell:
-        return f"RF {receptive_field} px ({cell.split('-poolk')[1].split('-')[0]})"
-    return f"RF {receptive_field} px (pool {pool_level})"
+        return f"{rf} ({cell.split('-poolk')[1].split('-')[0]})"
+    return f"{rf} (pool {pool_level})"
 
 
 def grid_slug(g: pd.DataFrame) -> str:
@@ -95,13 +106,16 @@ def cell_levels(g: pd.DataFrame) -> pd.DataFrame:
     protocol, then receptive field; the label is :func:`level_label`, plus
     :func:`size_label` when the cells have several input sizes or protocols (size is an axis
     of the grid, and two cells of one pool are two rows, never pooled)."""
-    lv = with_cell(g)[list(CELL_COLUMNS)].drop_duplicates("cell")
+    g = with_cell(g)
+    mixing = [c for c in ("global_mixing",) if c in g.columns]  # not in rows before it existed
+    lv = g[list(CELL_COLUMNS) + mixing].drop_duplicates("cell")
     lv = lv.sort_values(["image_size", "resize", "receptive_field", "pool_level", "pool_kernel",
                          "cell"], na_position="first")
     several = len(lv[["image_size", "resize"]].astype(object).drop_duplicates()) > 1
-    labels = [level_label(r, p, c) + (f", {size_label(s, z)}" if several else "")
-              for c, r, p, s, z in zip(lv["cell"], lv["receptive_field"], lv["pool_level"],
-                                        lv["image_size"], lv["resize"])]
+    mixes = lv[mixing[0]] if mixing else [None] * len(lv)
+    labels = [level_label(r, p, c, m) + (f", {size_label(s, z)}" if several else "")
+              for c, r, p, s, z, m in zip(lv["cell"], lv["receptive_field"], lv["pool_level"],
+                                           lv["image_size"], lv["resize"], mixes)]
     return lv.assign(label=labels)
 
 

@@ -25,7 +25,7 @@ from landscape.data.registry import dataset_info, native_size, resize_label
 from landscape.models import PoolSpec, build_model, resolve_pool
 from landscape.models.spec import ModelSpec, spec_of
 from landscape.models.weights import weights_digest
-from landscape.receptive_field import max_receptive_field
+from landscape.receptive_field import feature_field
 
 NOT_IDENTITY = {"identity": False}  # dataclass field metadata: not part of the run's identity
 HASH_LENGTH = 10
@@ -113,7 +113,7 @@ class RunIdentity:
     width: float
     pool: PoolSpec
     custom_pool: bool  # kernel/stride/padding set explicitly instead of the level's preset
-    receptive_field: int  # analytic r_max of the last conv features (max_receptive_field), px
+    receptive_field: int  # analytic r_max of the deepest local features (feature_field), px
     image_size: int
     in_channels: int
     num_classes: int
@@ -125,6 +125,10 @@ class RunIdentity:
     # "down_up:<down_size>" or "canvas:<object size>"
     resize: str = "direct"
     weights: Optional[str] = None  # a local state_dict file the model starts from (its path)
+    # the network mixes every position with every other before its head (attention, a
+    # token-mixing MLP: analytic.mixes_globally), so its features see the whole input and
+    # receptive_field is that of the layers before (a ViT's patch embedding)
+    global_mixing: bool = False
 
     @property
     def cell_name(self) -> str:
@@ -165,7 +169,8 @@ class RunIdentity:
                 "pool_padding": p.padding, "receptive_field": self.receptive_field,
                 "width": self.width, "seed": self.seed,
                 "arch_variant": self.spec.label() or None,
-                "image_size": self.image_size, "resize": self.resize}
+                "image_size": self.image_size, "resize": self.resize,
+                "global_mixing": self.global_mixing}
 
     def meta_batch(self, n: int) -> torch.Tensor:
         """An (n, channels, size, size) input batch on the meta device: shapes only."""
@@ -183,15 +188,15 @@ class RunIdentity:
 @functools.lru_cache(maxsize=256)
 def _model_facts(arch: str, pool: PoolSpec, width: float, num_classes: int, in_channels: int,
                  image_size: int, spec: ModelSpec = ModelSpec(), weights: str | None = None,
-                 digest: str | None = None) -> tuple[int, int]:
-    """(analytic RF at the last conv, parameter count) of a model built on the meta device (no
+                 digest: str | None = None) -> tuple[int, bool, int]:
+    """(analytic RF at the last conv, whether it mixes globally, parameter count) of a model built on the meta device (no
     memory, no init); building it checks the input size and the keys and shapes of
     ``weights`` (``digest``, its content hash, keys the cache). Cached: a grid asks once per
     cell."""
     with torch.device("meta"):
         model = build_model(arch, pool, num_classes=num_classes, in_channels=in_channels,
                             width=width, input_size=image_size, spec=spec, weights=weights)
-    return max_receptive_field(model), sum(p.numel() for p in model.parameters())
+    return (*feature_field(model), sum(p.numel() for p in model.parameters()))
 
 
 def identify(cfg: Any) -> RunIdentity:
@@ -204,7 +209,7 @@ def identify(cfg: Any) -> RunIdentity:
     info = dataset_info(cfg.data)
     spec = spec_of(m)
     weights = getattr(m, "weights", None)
-    rf, num_params = _model_facts(m.name, pool, float(m.width), info.num_classes,
+    rf, mixing, num_params = _model_facts(m.name, pool, float(m.width), info.num_classes,
                                   info.in_channels, info.image_size, spec, weights,
                                   weights_digest(weights) if weights is not None else None)
     custom = (m.pool_kernel, m.pool_stride, m.pool_padding) != (None, None, None)
@@ -213,6 +218,7 @@ def identify(cfg: Any) -> RunIdentity:
         receptive_field=rf, image_size=info.image_size, in_channels=info.in_channels,
         num_classes=info.num_classes, num_params=num_params, cell_hash=cell_hash(cfg),
         seed=cfg.seed, spec=spec, resize=resize_label(cfg.data), weights=weights,
+        global_mixing=mixing,
     )
 
 
@@ -221,4 +227,4 @@ def default_params(identity: RunIdentity) -> int:
     the same width, pool, classes and channels): what a knob's parameter change is relative
     to."""
     return _model_facts(identity.arch, identity.pool, identity.width, identity.num_classes,
-                        identity.in_channels, identity.image_size)[1]
+                        identity.in_channels, identity.image_size)[2]

@@ -316,6 +316,10 @@ def test_pipeline_builds_a_timm_vit_for_the_runs_input_size(tmp_path):
     assert df.query("metric == 'probe_acc'")["layer"].tolist() == ["net.blocks.0"]
     rf = df.query("stage == 'receptive_field' and metric == 'rf_r_max'").set_index("layer")
     assert rf.loc["net.patch_embed.proj.conv", "value"] == 16
+    # the RF column is the patch embedding's, and every row says that attention follows it
+    assert set(df["receptive_field"]) == {16} and df["global_mixing"].all()
+    from analysis.tables import cell_levels
+    assert cell_levels(df)["label"].tolist() == ["RF 16 px, then global (pool 0)"]
 
 
 @pytest.mark.parametrize("override, message", [

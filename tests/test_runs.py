@@ -78,7 +78,7 @@ def test_identity_is_the_one_source_of_the_identity_columns():
     assert cols == {"run_id": ident.run_id, "arch": "vgg19", "dataset": "digits",
                     "pool_level": 2, "pool_kernel": 3, "pool_stride": 2, "pool_padding": 1,
                     "receptive_field": 359, "width": 0.125, "seed": 0, "arch_variant": None,
-                    "image_size": 16, "resize": "direct"}
+                    "image_size": 16, "resize": "direct", "global_mixing": False}
     model = ident.build_model()
     assert next(model.parameters()).device.type == "cpu"
     assert ident.num_params == sum(p.numel() for p in model.parameters())

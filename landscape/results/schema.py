@@ -34,8 +34,13 @@ VALUE_COLUMNS = ["metric", "value"]
 # epoch: the training epoch of the checkpoint a unit measured (units with a ``checkpoint``:
 # init 0, final train.epochs, epoch_<n> n, best the run's best epoch; missing for best in a
 # cell unit, whose seeds each have their own, and for rows without a checkpoint).
+# global_mixing: the network mixes every position with every other before its head
+# (attention, a token-mixing MLP), so receptive_field is only that of its convs (a ViT's patch
+# embedding) and its features see the whole input (missing in rows written before the column
+# existed).
 OPTIONAL_COLUMNS = ["index", "layer", "layer_b", "seed_b", "coord_x", "coord_y", "protocol",
-                    "note", "unit", "arch_variant", "image_size", "resize", "epoch"]
+                    "note", "unit", "arch_variant", "image_size", "resize", "epoch",
+                    "global_mixing"]
 COLUMNS = ID_COLUMNS + VALUE_COLUMNS + OPTIONAL_COLUMNS
 
 DTYPES: dict[str, str] = {
@@ -46,7 +51,7 @@ DTYPES: dict[str, str] = {
     "value": "float64", "index": "Int64", "layer": "string", "layer_b": "string",
     "seed_b": "Int64", "coord_x": "float64", "coord_y": "float64", "protocol": "string",
     "note": "string", "unit": "string", "arch_variant": "string", "image_size": "Int64",
-    "resize": "string", "epoch": "Int64",
+    "resize": "string", "epoch": "Int64", "global_mixing": "boolean",
 }
 
 # Every metric name, one per quantity, with its meaning and unit.
