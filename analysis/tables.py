@@ -63,7 +63,9 @@ def format_mean_std(mean: float, std: float, n: int | None = None, *, sig: int =
 def rf_label(receptive_field: object, global_mixing: object = None) -> str:
     """``"RF 181 px"``; ``"RF 16 px, then global"`` for a network that mixes every position
     with every other after its convs (``global_mixing``: a ViT, whose conv is its patch
-    embedding)."""
+    embedding); ``"RF unknown"`` where the RF analysis could not follow the model."""
+    if receptive_field is None or pd.isna(receptive_field):
+        return "RF unknown"  # a model the RF analysis cannot follow (rf_unsupported)
     mixing = global_mixing is not None and not pd.isna(global_mixing) and bool(global_mixing)
     return f"RF {receptive_field} px" + (", then global" if mixing else "")
 

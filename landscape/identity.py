@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Optional
@@ -25,7 +26,9 @@ from landscape.data.registry import dataset_info, native_size, resize_label
 from landscape.models import PoolSpec, build_model, resolve_pool
 from landscape.models.spec import ModelSpec, spec_of
 from landscape.models.weights import weights_digest
-from landscape.receptive_field import feature_field
+from landscape.receptive_field import UnsupportedModelError, feature_field
+
+log = logging.getLogger(__name__)
 
 NOT_IDENTITY = {"identity": False}  # dataclass field metadata: not part of the run's identity
 HASH_LENGTH = 10
@@ -113,7 +116,9 @@ class RunIdentity:
     width: float
     pool: PoolSpec
     custom_pool: bool  # kernel/stride/padding set explicitly instead of the level's preset
-    receptive_field: int  # analytic r_max of the deepest local features (feature_field), px
+    # analytic r_max of the deepest local features (feature_field), px; None where the RF
+    # analysis cannot follow the model (it still trains; its rows carry NA)
+    receptive_field: Optional[int]
     image_size: int
     in_channels: int
     num_classes: int
@@ -128,7 +133,7 @@ class RunIdentity:
     # the network mixes every position with every other before its head (attention, a
     # token-mixing MLP: analytic.mixes_globally), so its features see the whole input and
     # receptive_field is that of the layers before (a ViT's patch embedding)
-    global_mixing: bool = False
+    global_mixing: Optional[bool] = False
 
     @property
     def cell_name(self) -> str:
@@ -188,15 +193,22 @@ class RunIdentity:
 @functools.lru_cache(maxsize=256)
 def _model_facts(arch: str, pool: PoolSpec, width: float, num_classes: int, in_channels: int,
                  image_size: int, spec: ModelSpec = ModelSpec(), weights: str | None = None,
-                 digest: str | None = None) -> tuple[int, bool, int]:
-    """(analytic RF at the last conv, whether it mixes globally, parameter count) of a model built on the meta device (no
-    memory, no init); building it checks the input size and the keys and shapes of
-    ``weights`` (``digest``, its content hash, keys the cache). Cached: a grid asks once per
-    cell."""
+                 digest: str | None = None) -> tuple[int | None, bool | None, int]:
+    """(analytic RF of the deepest local features at the input size, whether the network then
+    mixes globally, parameter count) of a model built on the meta device (no memory, no
+    init); building it checks the input size and the keys and shapes of ``weights``
+    (``digest``, its content hash, keys the cache). Cached: a grid asks once per cell. A
+    model the RF analysis cannot follow (an LSTM over tokens, ``nn.Unfold``) has no RF: None,
+    with a warning naming the op, and it still trains."""
     with torch.device("meta"):
         model = build_model(arch, pool, num_classes=num_classes, in_channels=in_channels,
                             width=width, input_size=image_size, spec=spec, weights=weights)
-    return (*feature_field(model), sum(p.numel() for p in model.parameters()))
+    params = sum(p.numel() for p in model.parameters())
+    try:
+        return (*feature_field(model, image_size), params)
+    except UnsupportedModelError as exc:
+        log.warning("%s: its receptive_field column is left empty: %s", arch, exc)
+        return None, None, params
 
 
 def identify(cfg: Any) -> RunIdentity:

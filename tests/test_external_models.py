@@ -388,3 +388,34 @@ def test_weights_of_a_built_in_architecture(tmp_path):
                                          r"model \[7, 16\]\), classifier.bias"):
         build_model("small_cnn", resolve_pool(1), num_classes=7, width=0.25,
                     weights=str(tmp_path / "w.pt"))
+
+
+def test_a_model_the_rf_analysis_cannot_follow_still_trains(tmp_path, monkeypatch, caplog):
+    """An op the RF analysis does not know (an LSTM over tokens, nn.Unfold) leaves the
+    receptive_field column empty, with a warning naming it, and one rf_unsupported row: the
+    run trains (before, the identity refused the model)."""
+    from analysis.tables import cell_levels
+    from landscape import identity as ident_module
+    from landscape.receptive_field import UnsupportedModelError
+    from landscape.stages import receptive_field as rf_stage
+
+    def unsupported(*args, **kwargs):
+        raise UnsupportedModelError("module 'net.rnn' (LSTM) is not supported")
+
+    monkeypatch.setattr(ident_module, "feature_field", unsupported)
+    monkeypatch.setattr(rf_stage, "receptive_field_table", unsupported)
+    ident_module._model_facts.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="landscape.identity"):
+            assert pipeline.run(_digits_cfg(tmp_path)).status == "ok"
+    finally:
+        ident_module._model_facts.cache_clear()
+    assert "receptive_field column is left empty: module 'net.rnn' (LSTM)" in caplog.text
+    df = results.load(tmp_path)
+    assert df["receptive_field"].isna().all() and df["global_mixing"].isna().all()
+    rf = df.query("stage == 'receptive_field'").set_index("metric")
+    assert rf.loc["rf_unsupported", "value"] == 1
+    assert "(LSTM) is not supported" in rf.loc["rf_unsupported", "note"]
+    assert rf.loc["flops_per_image", "value"] > 0
+    assert df.query("stage == 'train' and metric == 'test_acc'")["value"].notna().all()
+    assert cell_levels(df)["label"].tolist() == ["RF unknown (pool 2)"]

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import pandas as pd
 from torch import nn
 
+from landscape.fixed_size import built_for
 from landscape.receptive_field.cost import meta_clone
 from landscape.receptive_field.geometry import (
     AXES, Geometry, LayerRecord, Unsupported, UnsupportedModelError,
@@ -337,13 +338,19 @@ def max_receptive_field(model: nn.Module) -> int:
 FEATURE_KINDS = ("conv", "linear", "attention")
 
 
-def feature_field(model: nn.Module) -> tuple[int, bool]:
-    """(r_max, mixing) of the network's deepest local features, from one size-free trace:
-    the largest finite r_max over its convs, Linears applied per position and windowed
-    attention (:mod:`.mixing`), which for a CNN is :func:`max_receptive_field` and for a Swin
-    the RF its windows have grown to; ``mixing``: whether it then :func:`mixes_globally`
-    before its head (a ViT: its patch embedding is all that is local)."""
-    records = layer_records(model, None)
+def feature_field(model: nn.Module, input_size: int | None = None) -> tuple[int, bool]:
+    """(r_max, mixing) of the network's deepest local features at ``input_size`` (default:
+    the size the model was built for, :func:`~landscape.fixed_size.built_for`, else
+    size-free): the largest finite r_max over its convs, Linears applied per position and
+    windowed attention (:mod:`.mixing`). For a CNN it is :func:`max_receptive_field`, at any
+    size; for a Swin, the RF its windows grow to before one window covers the map, which
+    depends on the size. ``mixing``: whether it then :func:`mixes_globally` before its head
+    (a ViT: its patch embedding is all that is local). A layer the trace cannot follow is an
+    error, never a smaller r_max."""
+    records = layer_records(model, input_size if input_size is not None else built_for(model))
+    for r in records:
+        if r.kind in FEATURE_KINDS and isinstance(r.out, Unsupported):
+            raise UnsupportedModelError(r.out.reason)
     conv = _deepest_conv(records).out.r_max
     local = [r.out.r_max for r in records if r.kind in FEATURE_KINDS
              and isinstance(r.out, Geometry) and math.isfinite(r.out.r_max)]

@@ -86,6 +86,9 @@ METRICS: dict[str, str] = {
                         "(rfa-toolbox's critical layers)",
     "rf_min_feasible_input": "r̃, the minimal feasible input resolution: the largest r_min "
                              "over all layers (larger axis), pixels; layer = where reached",
+    "rf_unsupported": "1 when the RF analysis cannot follow the model (note = the op and why; "
+                      "the cell has no other receptive_field rows and its receptive_field "
+                      "column is empty)",
     "flops_per_image": "FLOPs of one forward pass of one image at the data's size (2 x "
                        "multiply-accumulates of conv / linear / matmul; note = the convention)",
     # prune, finetune (also test_acc, test_loss, train_loss, train_acc, best_test_acc)

@@ -1,13 +1,15 @@
 """Cell-level receptive-field stage: the analytic RF table of the cell's model at its input
 size (r_max, r_min, jump, unproductive, underutilised and border flags per layer, r̃ and the
 FLOPs of one forward pass),
-written once per cell by the first run of the cell that gets there; it needs no training."""
+written once per cell by the first run of the cell that gets there; it needs no training. A
+model the analysis cannot follow gets one ``rf_unsupported`` row naming the op (and its
+FLOPs): the run goes on."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from landscape.receptive_field import receptive_field_table
+from landscape.receptive_field import UnsupportedModelError, receptive_field_table
 from landscape.receptive_field.analytic import feasible_input_of
 from landscape.receptive_field.cost import FLOPS_CONVENTION, model_cost
 from landscape.stages.base import CellContext, Stage, register_stage
@@ -22,8 +24,12 @@ class ReceptiveFieldStage(Stage):
     def run(self, ctx: CellContext, config: None, unit: object) -> list[dict]:
         size = ctx.identity.image_size
         model = ctx.build_model()
-        table = receptive_field_table(model, size)
         note = f"input_size={size}"
+        try:
+            table = receptive_field_table(model, size)
+        except UnsupportedModelError as exc:  # the model still trains: say why, once
+            return [{"metric": "rf_unsupported", "value": 1.0, "note": f"{note}; {exc}"},
+                    *self._cost(model, ctx, note)]
         rows = []
         for r in table.itertuples():
             values = {"rf_r_max": r.r_max, "rf_r_min": r.r_min, "rf_jump": r.jump,
@@ -36,7 +42,10 @@ class ReceptiveFieldStage(Stage):
         rows.append({"metric": "rf_min_feasible_input", "value": float(max(r_tilde.h, r_tilde.w)),
                      "layer": r_tilde.layer_h if r_tilde.h >= r_tilde.w else r_tilde.layer_w,
                      "note": note + axes})
-        cost = model_cost(model, size, ctx.identity.in_channels)
-        rows.append({"metric": "flops_per_image", "value": float(cost.flops),
-                     "note": f"{note}; {FLOPS_CONVENTION}"})
-        return rows
+        return rows + self._cost(model, ctx, note)
+
+    @staticmethod
+    def _cost(model, ctx: CellContext, note: str) -> list[dict]:
+        cost = model_cost(model, ctx.identity.image_size, ctx.identity.in_channels)
+        return [{"metric": "flops_per_image", "value": float(cost.flops),
+                 "note": f"{note}; {FLOPS_CONVENTION}"}]
