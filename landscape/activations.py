@@ -23,7 +23,9 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from landscape.modes import eval_mode
 
@@ -229,14 +231,75 @@ def acts_on_last_dim(module: nn.Module) -> bool:
         len(shape) == 1 and not _is_2d_norm(module)
 
 
+_PERMUTES = {torch.permute, Tensor.permute}
+_MOVEDIMS = {torch.movedim, Tensor.movedim, torch.moveaxis, Tensor.moveaxis}
+_TRANSPOSES = {torch.transpose, Tensor.transpose, torch.swapaxes, Tensor.swapaxes,
+               torch.swapdims, Tensor.swapdims}
+_LAST_FUNCTIONS = {F.linear}
+_NORMS_OF_LAST = {F.layer_norm, F.rms_norm}
+_FIRST_FUNCTIONS = {F.conv2d, torch.conv2d, F.batch_norm, F.group_norm, F.instance_norm,
+                    F.max_pool2d, torch.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+                    F.adaptive_max_pool2d}
+
+
+def _order(func: Callable, args: tuple, kwargs: dict) -> list[int] | None:
+    """Where a 4-D permute / movedim / transpose takes each output dimension from (None for any
+    other function)."""
+    def at(i: int, name: str) -> object:
+        return args[i] if len(args) > i else kwargs.get(name)
+    if func in _PERMUTES:
+        dims = args[1:] if len(args) > 2 else at(1, "dims")
+        return [int(d) % 4 for d in dims]
+    if func in _MOVEDIMS:
+        src, dst = at(1, "source"), at(2, "destination")
+        src = [int(src) % 4] if isinstance(src, int) else [int(d) % 4 for d in src]
+        dst = [int(dst) % 4] if isinstance(dst, int) else [int(d) % 4 for d in dst]
+        out: list[int | None] = [None] * 4
+        for a, b in zip(src, dst):
+            out[b] = a
+        rest = iter(d for d in range(4) if d not in src)
+        return [d if d is not None else next(rest) for d in out]
+    if func in _TRANSPOSES:
+        order = list(range(4))
+        a, b = int(at(1, "dim0")) % 4, int(at(2, "dim1")) % 4
+        order[a], order[b] = order[b], order[a]
+        return order
+    return None
+
+
+class _FollowFunctions(TorchFunctionMode):
+    """The function-level half of :class:`Layouts`: every torch function or tensor method of
+    the forward, between modules too (a block's ``x.permute(0, 2, 3, 1)``, a residual
+    ``x + y``)."""
+
+    def __init__(self, layouts: Layouts) -> None:
+        super().__init__()
+        self.layouts = layouts
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if torch.is_tensor(out) and out.dim() == 4:
+            self.layouts.observe_function(func, args, kwargs, out)
+        return out
+
+
 class Layouts:
-    """Which 4-D tensors of one forward are channels-last maps (N, H, W, C), followed from
-    module to module: the output of a module acting on the last dimension
-    (:func:`acts_on_last_dim`) is; that of a conv, batch / group / instance norm, pooling or
-    ``LayerNorm2d`` is not; a ``Permute`` module (torchvision's, with ``dims``) moves the
-    channel axis where its dims say; any other module whose output has its input's shape (an
-    activation, dropout, a residual block) keeps its input's layout. A map made by a function
-    between modules is read as (N, C, H, W)."""
+    """Which 4-D tensors of one forward are channels-last maps (N, H, W, C), followed through
+    the torch functions of the forward (:meth:`follow_functions`) and from module to module.
+
+    Functions: ``linear``, and ``layer_norm`` / ``rms_norm`` over one dimension, make a
+    channels-last map; a conv, batch / group / instance norm or pooling a channels-first one;
+    a permute, movedim or transpose moves the channel axis where its dimensions say; any other
+    function whose 4-D output has the shape of its first 4-D input (an activation, ``x + y``)
+    keeps that input's layout. Modules: the output of a module acting on the last dimension
+    (:func:`acts_on_last_dim`) is channels-last; that of a conv, batch / group / instance
+    norm, pooling or ``LayerNorm2d`` is not; a ``Permute`` module (torchvision's, with
+    ``dims``) moves the channel axis; any other module whose output has its input's shape (an
+    activation, a residual block, torchvision's shifted-window attention, whose crop of its
+    padded windows no function follows) keeps its input's layout; a module returning a map
+    already known as channels-last (a ``Sequential`` ending in a ``LayerNorm``) is. A map
+    whose layout neither follows (a ``view`` of another shape) is read as (N, C, H, W)."""
 
     def __init__(self) -> None:
         self._last = torch.utils.weak.WeakIdKeyDictionary()  # tensor -> True
@@ -244,10 +307,35 @@ class Layouts:
     def clear(self) -> None:
         self._last = torch.utils.weak.WeakIdKeyDictionary()
 
+    def follow_functions(self) -> TorchFunctionMode:
+        """A context (a ``TorchFunctionMode``) under which the forward's functions are
+        followed."""
+        return _FollowFunctions(self)
+
+    def observe_function(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
+        x = next((a for a in args if torch.is_tensor(a) and a.dim() == 4), None)
+        was_last = x is not None and x in self._last
+        order = _order(func, args, kwargs) if x is not None else None
+        if order is not None:
+            last = order.index(3 if was_last else 1) == 3
+        elif func in _LAST_FUNCTIONS:
+            last = True
+        elif func in _NORMS_OF_LAST:
+            shape = args[1] if len(args) > 1 else kwargs.get("normalized_shape")
+            last = shape is not None and len(shape) == 1
+        elif func in _FIRST_FUNCTIONS:
+            last = False
+        else:
+            last = was_last and x.shape == out.shape
+        if last:
+            self._last[out] = True
+
     def observe(self, module: nn.Module, inputs: tuple, output: object) -> bool:
         """Whether ``output`` of ``module`` (called on ``inputs``) is channels-last."""
         if not torch.is_tensor(output) or output.dim() != 4:
             return False
+        if output in self._last:  # made by a function followed, or returned by an inner module
+            return True
         x = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
         was_last = x is not None and x.dim() == 4 and x in self._last
         dims = getattr(module, "dims", None)
@@ -277,8 +365,9 @@ class ActivationCapture:
 
     Every 4-D output is handed over as (N, C, H, W), a conv's layout: a channels-last map
     (N, H, W, C), as in ConvNeXt's and Swin's blocks (the output of a ``Linear`` or a 1-D
-    ``LayerNorm``, and what follows it through permutes and shape-keeping modules:
-    :class:`Layouts`, hooked on every leaf module), is handed over as the view
+    ``LayerNorm``, and what follows it through permutes, element-wise functions and
+    shape-keeping modules: :class:`Layouts`, hooked on every leaf module and following every
+    torch function while the capture is entered), is handed over as the view
     ``output.movedim(-1, 1)``, so that probes pool its positions and saturation counts its C
     features, not its rows.
     """
@@ -311,6 +400,7 @@ class ActivationCapture:
         self._order: list[str] = []
         self._calls: dict[str, int] = {}
         self._layouts = Layouts()
+        self._functions: TorchFunctionMode | None = None
         self._leaves = [m for n, m in modules.items() if n and n not in self._sites
                         and not list(m.children())]
 
@@ -319,6 +409,8 @@ class ActivationCapture:
             self._handles.append(mod.register_forward_hook(self._hook(module), with_kwargs=True))
         for mod in self._leaves:  # only to follow the layouts to the selected modules
             self._handles.append(mod.register_forward_hook(self._follow))
+        self._functions = self._layouts.follow_functions()
+        self._functions.__enter__()
         return self
 
     def _follow(self, module: nn.Module, inputs: tuple, output: object) -> None:
@@ -328,6 +420,9 @@ class ActivationCapture:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._functions is not None:
+            self._functions.__exit__(None, None, None)
+            self._functions = None
 
     def _hook(self, module: str) -> Callable:
         sites = self._sites[module]

@@ -616,3 +616,43 @@ def test_a_channels_last_map_is_read_like_the_1x1_conv_it_is():
     ev = np.sort(np.linalg.eigvalsh(np.cov(samples.T)))[::-1]
     np.testing.assert_allclose(sat.eigenvalues / sat.eigenvalues.sum(), ev / ev.sum(),
                                rtol=1e-5, atol=1e-9)
+
+
+class FunctionLayouts(nn.Module):
+    """Channels-last maps made between modules: an embedding Sequential ending in a LayerNorm
+    on (N, H, W, C), a residual ``h + mix(h)`` and a GELU module on it, then a
+    ``permute`` function back to (N, C, H, W) for a 1x1 conv."""
+
+    def __init__(self) -> None:
+        from torchvision.ops.misc import Permute
+
+        super().__init__()
+        torch.manual_seed(13)
+        self.embed = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), Permute([0, 2, 3, 1]),
+                                   nn.LayerNorm(6))
+        self.mix = nn.Linear(6, 6)
+        self.act = nn.GELU()
+        self.out = nn.Conv2d(6, 3, 1)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.out(self.act(h + self.mix(h)).permute(0, 3, 1, 2)).mean((2, 3))
+
+
+def test_channels_last_maps_made_by_functions_and_containers_are_followed():
+    """The Sequential's output (its LayerNorm's map) and the GELU of a residual sum made by a
+    function are (N, H, W, C): read as the (N, C, H, W) maps they are. Before, both were
+    taken for channels-first (the Sequential's input is the image; the sum is no module's
+    output), so probes pooled their rows."""
+    gen = torch.Generator().manual_seed(14)
+    x = torch.randn(30, 1, 8, 5, generator=gen)
+    model = FunctionLayouts()
+    feats, _ = extract_features(model, [(x, torch.zeros(30))], layers=["embed", "act", "out"],
+                                size=2)
+    with torch.no_grad():
+        h = model.embed(x)
+        act = nn.functional.gelu(h + model.mix(h))
+        out = model.out(act.permute(0, 3, 1, 2))
+    for name, ref in (("embed", h.movedim(-1, 1)), ("act", act.movedim(-1, 1)), ("out", out)):
+        pooled = nn.functional.adaptive_avg_pool2d(ref, 2).flatten(1).numpy()
+        np.testing.assert_allclose(feats[name], pooled, rtol=1e-5, atol=1e-6, err_msg=name)
