@@ -622,7 +622,7 @@ def receptive_field_profile(df: pd.DataFrame, *, arch: str | None = None,
     ax.set_xticks(range(len(names)))
     if len(names) <= 24:
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-    ax.set_xlabel("layer (convolutions and pools, input to output)")
+    ax.set_xlabel("layer with a local RF (conv, pool, linear, windowed attention; input to output)")
     ax.set_ylabel("receptive field r_max (px)")
     ax.legend(handles, labels, loc="upper left")
     _suptitle(fig, g, "analytic receptive field per layer"
