@@ -212,3 +212,28 @@ def test_global_rows_with_positions_after_them_are_global_not_head():
                                                                "rfa")
     assert "global mixing" not in format_summary("cnn", t.drop(index=2), cost, r_tilde, 32,
                                                  "rfa")
+
+
+class MergedWindows(Windows):
+    """One block of 4-token windows, then Swin's patch merging written with slices: the four
+    2x2 phases of the (N, H, W, C) map stacked into channels and mixed by a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__((0,), "sdpa", skip=False)
+        self.reduce = nn.Linear(16, 4)
+
+    def forward(self, x):
+        y = self.attend(self.embed(x).permute(0, 2, 3, 1), self.qkv[0], 0)
+        y = torch.cat([y[:, 0::2, 0::2], y[:, 1::2, 0::2], y[:, 0::2, 1::2], y[:, 1::2, 1::2]],
+                      -1)
+        return self.head(self.reduce(y).permute(0, 3, 1, 2))
+
+
+def test_patch_merging_slices_of_a_windowed_map_are_one_exact_window():
+    """Stacking the strided views of a map whose positions lie in windows was refused ("views
+    of an upsampled map stacked into channels"); it is the 2x2 stride-2 window it stands for,
+    per phase: a merged position sees the window of its two tokens."""
+    model = MergedWindows()
+    assert analytic_spans(model) == gradient_spans(model)
+    spans = analytic_spans(model, rows=range(2, 6))
+    assert spans[2] == (16, 31) and spans[3] == (16, 31) and spans[4] == (32, 47)

@@ -109,9 +109,9 @@ def _fold_space_to_depth(x: Geometry, layout: L.Layout) -> Geometry:
     """``x`` with ``layout``; where the reshape is a space-to-depth written with view and
     permute (TResNet's stem, timm's Swin patch merging: each axis split as ``(n, s)``, its
     inner phase of size s moved into a dimension of channels, by a view or a flatten), as an
-    s x s window of stride s: a position of the new map
-    spans the s x s block its channels hold, as through a strided conv, and its H and W are
-    whole again (``("h", 1, n)``) for the convs that follow."""
+    s x s window of stride s: a position of the new map spans the s x s block its channels
+    hold, as through a strided conv, and its H and W are whole again (``("h", 1, n)``) for
+    the convs that follow."""
     found = {}
     for axis in ("h", "w"):
         atoms = sorted(((a[1], i, a) for i, dim in enumerate(layout) for a in dim
@@ -294,10 +294,11 @@ def _strided_views(ctx: Ctx, parts: Any) -> Geometry | None:
     if any(set(v) != {"h", "w"} for v in views):
         return None
     steps = {a: views[0][a][1] for a in ("h", "w")}
-    starts = {(v["h"][0], v["w"][0]) for v in views if all(v[a][1] == steps[a] for a in v)}
-    if len(views) != steps["h"] * steps["w"] or starts != {
-            (i, j) for i in range(steps["h"]) for j in range(steps["w"])}:
+    if any(v[a][1] != steps[a] for v in views for a in v):
         return None
+    starts = [(v["h"][0], v["w"][0]) for v in views]
+    if sorted(starts) != [(i, j) for i in range(steps["h"]) for j in range(steps["w"])]:
+        return None  # every offset once
     s = (steps["h"], steps["w"])
     return Window("space_to_depth", s, s, (0, 0)).apply(x, ("h", "w"))
 
