@@ -366,8 +366,8 @@ class ActivationCapture:
     Every 4-D output is handed over as (N, C, H, W), a conv's layout: a channels-last map
     (N, H, W, C), as in ConvNeXt's and Swin's blocks (the output of a ``Linear`` or a 1-D
     ``LayerNorm``, and what follows it through permutes, element-wise functions and
-    shape-keeping modules: :class:`Layouts`, hooked on every leaf module and following every
-    torch function while the capture is entered), is handed over as the view
+    shape-keeping modules: :class:`Layouts`, hooked on every module and following every torch
+    function while the capture is entered), is handed over as the view
     ``output.movedim(-1, 1)``, so that probes pool its positions and saturation counts its C
     features, not its rows.
     """
@@ -401,13 +401,14 @@ class ActivationCapture:
         self._calls: dict[str, int] = {}
         self._layouts = Layouts()
         self._functions: TorchFunctionMode | None = None
-        self._leaves = [m for n, m in modules.items() if n and n not in self._sites
-                        and not list(m.children())]
+        # every other module, containers too: a block's output follows from its input's
+        # layout (timm's Swin blocks reshape their tokens back into a map by a view)
+        self._others = [m for n, m in modules.items() if n and n not in self._sites]
 
     def __enter__(self) -> ActivationCapture:
         for module, mod in self._modules.items():
             self._handles.append(mod.register_forward_hook(self._hook(module), with_kwargs=True))
-        for mod in self._leaves:  # only to follow the layouts to the selected modules
+        for mod in self._others:  # only to follow the layouts to the selected modules
             self._handles.append(mod.register_forward_hook(self._follow))
         self._functions = self._layouts.follow_functions()
         self._functions.__enter__()

@@ -261,3 +261,38 @@ def test_erf_errors() -> None:
         erf_area(np.ones((3, 3)), rel_threshold=1.5)
     with pytest.raises(ValueError, match="centre"):
         erf_size(np.ones((3, 3)), centre=(3, 0))
+
+
+def test_importance_layer_is_checked_before_training_and_used(tmp_path):
+    """importance.layer: a module whose output is a map receives the gradient (a
+    transformer's default, its patch embedding, answers little); a wrong name or a module
+    without a map is an error before anything runs, and protocol=paper has its own layer."""
+    import dataclasses
+
+    from landscape import pipeline, results
+    from landscape.config import ModelConfig, RunConfig
+    from landscape.data import DataConfig
+    from landscape.identity import identify
+    from landscape.stages.importance import ImportanceConfig, ImportanceStage
+    from landscape.train import TrainConfig
+
+    cfg = RunConfig(model=ModelConfig(name="resnet18", width=0.125, pool_level=1),
+                    data=DataConfig(name="digits", image_size=16, train_subset=64,
+                                    test_subset=32),
+                    train=TrainConfig(epochs=1, batch_size=64), results_root=str(tmp_path),
+                    device="cpu", progress=False)
+    stage, ident = ImportanceStage(), identify(cfg)
+    with pytest.raises(ValueError, match=r"importance.layer='layer1.0.conv3' is not a module "
+                                         r"of the model; did you mean layer1.0.conv"):
+        stage.validate_for(ImportanceConfig(enabled=True, layer="layer1.0.conv3"), ident)
+    with pytest.raises(ValueError, match=r"importance.layer='linear' outputs shape "
+                                         r"\(2, 10\), not a feature map"):
+        stage.validate_for(ImportanceConfig(enabled=True, layer="linear"), ident)
+    with pytest.raises(ValueError, match="importance.layer left at None"):
+        stage.validate(ImportanceConfig(enabled=True, protocol="paper", layer="layer1"))
+    run = dataclasses.replace(cfg, importance=ImportanceConfig(
+        enabled=True, layer="layer2", input_size=16, n_samples=4))
+    assert pipeline.run(run).status == "ok"
+    rows = results.load(tmp_path).query("metric == 'erf_size'")
+    assert rows["layer"].tolist() == ["layer2"] and "layer=layer2;" in rows["note"].item()
+    assert "centre=(4, 4)" in rows["note"].item()  # layer2's 8 x 8 map at 16 px, pool 1

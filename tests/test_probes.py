@@ -656,3 +656,41 @@ def test_channels_last_maps_made_by_functions_and_containers_are_followed():
     for name, ref in (("embed", h.movedim(-1, 1)), ("act", act.movedim(-1, 1)), ("out", out)):
         pooled = nn.functional.adaptive_avg_pool2d(ref, 2).flatten(1).numpy()
         np.testing.assert_allclose(feats[name], pooled, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+class TokenBlock(nn.Module):
+    """A transformer block on an (N, H, W, C) map that runs on its tokens and reshapes them
+    back by a view (timm's Swin blocks): no function follows the layout across the view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        n, h, w, c = x.shape
+        t = x.reshape(n, -1, c)
+        return (t + self.fc(t)).reshape(n, h, w, c)
+
+
+class TokenBlocks(FunctionLayouts):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block1, self.block2 = TokenBlock(), TokenBlock()
+
+    def forward(self, x):
+        y = self.block2(self.block1(self.embed(x)))
+        return self.out(y.permute(0, 3, 1, 2)).mean((2, 3))
+
+
+def test_a_block_after_a_block_keeps_the_channels_last_layout():
+    """block2's input is block1's output, a map made by a view inside block1: block1, a
+    container, keeps its input's layout (its output has its input's shape), so block2's
+    output is read as (N, C, H, W) too. Before, only leaf modules were followed."""
+    x = torch.randn(30, 1, 8, 5, generator=torch.Generator().manual_seed(15))
+    model = TokenBlocks()
+    feats, _ = extract_features(model, [(x, torch.zeros(30))], layers=["block2"], size=2)
+    with torch.no_grad():
+        ref = model.block2(model.block1(model.embed(x))).movedim(-1, 1)
+    np.testing.assert_allclose(feats["block2"],
+                               nn.functional.adaptive_avg_pool2d(ref, 2).flatten(1).numpy(),
+                               rtol=1e-5, atol=1e-6)

@@ -12,11 +12,14 @@ cell), at a trained checkpoint on its weights (one map).
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import nn
 
+from landscape.activations import ActivationCapture
 from landscape.identity import RunIdentity
 from landscape.importance import (
     MODES, ImportanceMaps, erf_stats, paper_importance, paper_maps, paper_probe,
@@ -42,6 +45,9 @@ class ImportanceConfig:
     mass_fraction: float = 0.95  # ERF size: smallest centred square holding this mass
     rel_threshold: float = 0.1  # ERF area: pixels >= this fraction of the map's maximum
     per_layer: bool = False  # also the ERF of every conv layer's centre unit (protocol default)
+    # the module whose centre unit receives the gradient (protocol default); None: the last
+    # conv, which for a transformer is its patch embedding: name a block with a map output
+    layer: Optional[str] = None
 
 
 @register_stage
@@ -57,7 +63,7 @@ class ImportanceStage(Stage):
                              "importance.protocol=paper (preset: importance=paper)")
         if config.mode not in MODES:
             raise ValueError(f"importance.mode must be one of {MODES}, got {config.mode!r}")
-        check_protocol("importance", config, unused=("mode",))
+        check_protocol("importance", config, unused=("mode", "layer"))
         check_counts("importance", config, ["input_size", "n_samples"])
         for name in ("mass_fraction", "rel_threshold"):
             if not 0 < getattr(config, name) <= 1:
@@ -70,6 +76,8 @@ class ImportanceStage(Stage):
         with torch.device("meta"):  # no memory, no init
             model = identity.build_model()
         _check_size(model, config.input_size)
+        if config.layer is not None:
+            _check_layer(model, config.layer, config.input_size, identity.in_channels)
 
     def units(self, config: ImportanceConfig) -> list[Unit]:
         tag = "paper_" if config.protocol == "paper" else ""
@@ -88,7 +96,7 @@ class ImportanceStage(Stage):
         else:
             maps = projected_gradient_maps(model, input_size=c.input_size,
                                            n_samples=c.n_samples, mode=c.mode, seed=seed,
-                                           device=device, images=images)
+                                           layer=c.layer, device=device, images=images)
             how = f"protocol=default; mode={c.mode}" + (
                 f" (the first {maps.n} test images, {ctx.data.image_size} px, centred)"
                 if c.mode == "images" else "")
@@ -136,6 +144,24 @@ def _test_images(ctx: RunContext, n: int) -> torch.Tensor:
     """The first ``n`` test images of the run's data, normalised as in training."""
     test = ctx.data.test
     return torch.stack([test[i][0] for i in range(min(n, len(test)))])  # type: ignore[arg-type]
+
+
+def _check_layer(model: nn.Module, layer: str, size: int, in_channels: int) -> None:
+    """``importance.layer`` names a module of ``model`` that runs once and outputs a feature
+    map (a meta-device forward at ``size``)."""
+    names = [n for n, _ in model.named_modules() if n]
+    if layer not in names:
+        near = difflib.get_close_matches(layer, names, n=3)
+        raise ValueError(f"importance.layer={layer!r} is not a module of the model"
+                         + (f"; did you mean {', '.join(near)}?" if near else ""))
+    shapes: dict[str, tuple] = {}
+    with torch.no_grad(), ActivationCapture(
+            model, [layer], lambda n, out: shapes.update({n: tuple(out.shape)})) as capture:
+        capture.run(torch.empty(2, in_channels, size, size, device="meta"))
+    if len(shapes[layer]) != 4:
+        raise ValueError(f"importance.layer={layer!r} outputs shape {shapes[layer]}, not a "
+                         "feature map (n, C, h, w) with a centre unit (a transformer's token "
+                         "sequence has none): name a module whose output is a map")
 
 
 def _check_size(model: nn.Module, size: int) -> None:
