@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
-from landscape.receptive_field import receptive_field_table
+from landscape.receptive_field import UnsupportedModelError, receptive_field_table
 from landscape.receptive_field.analytic import (
     FeasibleInput, feature_field, layer_states, mixes_globally, trace,
 )
@@ -237,3 +237,79 @@ def test_patch_merging_slices_of_a_windowed_map_are_one_exact_window():
     assert analytic_spans(model) == gradient_spans(model)
     spans = analytic_spans(model, rows=range(2, 6))
     assert spans[2] == (16, 31) and spans[3] == (16, 31) and spans[4] == (32, 47)
+
+
+class ConvInWindows(Windows):
+    """EfficientViT-MSRA's layout: a 3x3 depthwise conv (zero padding) run on each 4x4
+    window, the windows folded into the batch, between two window attentions."""
+
+    def __init__(self, kernel: int = 3, dilation: int = 1) -> None:
+        super().__init__((0, 2), "sdpa", skip=True)
+        pad = dilation * (kernel - 1) // 2
+        self.dw = nn.Conv2d(4, 4, kernel, padding=pad, dilation=dilation, groups=4)
+
+    def forward(self, x):
+        y = self.embed(x).permute(0, 2, 3, 1)
+        n, h, w_, c = y.shape
+        w = self.w
+        t = y.view(n, h // w, w, w_ // w, w, c).permute(0, 1, 3, 5, 2, 4).reshape(-1, c, w, w)
+        t = self.dw(t)
+        y = y + t.view(n, h // w, w_ // w, c, w, w).permute(0, 1, 4, 2, 5, 3).reshape(
+            n, h, w_, c)
+        for qkv, s in zip(self.qkv, self.shifts):
+            y = y + self.attend(y, qkv, s)
+        return self.head(y.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("kernel, dilation", [(3, 1), (5, 1), (3, 2)])
+def test_a_conv_on_windows_folded_into_the_batch_is_clipped_to_its_window(kernel, dilation):
+    model = ConvInWindows(kernel, dilation)
+    assert analytic_spans(model) == gradient_spans(model)
+    t = receptive_field_table(ConvInWindows(kernel, dilation), N).set_index("layer")
+    assert t.loc["dw", "kind"] == "conv" and t.loc["dw", "r_max"] <= 16  # within its window
+
+
+def test_a_strided_conv_on_windows_is_refused_by_name():
+    model = ConvInWindows()
+    model.dw = nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4)
+    with pytest.raises(UnsupportedModelError, match="on windows of 4 positions folded into "
+                                                    "the batch"):
+        receptive_field_table(model, N)
+
+
+class HeadsInWindows(Windows):
+    """Two attention heads on the same windows, their outputs stacked into channels and
+    mixed by a Linear (EfficientViT-MSRA's cascaded heads; a multi-head block written with
+    one module per head); then shifted windows."""
+
+    def __init__(self) -> None:
+        super().__init__((0, 2), "matmul", skip=True)
+        self.proj = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.embed(x).permute(0, 2, 3, 1)
+        heads = torch.cat([self.attend(y, self.qkv[0], 0), self.attend(y, self.qkv[1], 0)], -1)
+        y = y + self.proj(heads)
+        return self.head((y + self.attend(y, self.qkv[1], 2)).permute(0, 3, 1, 2))
+
+
+def test_heads_of_a_windowed_attention_stacked_into_channels_are_one_merge():
+    """Their outputs have the same windowed positions: stacking them into channels is the
+    union of their paths, nothing more (before, every map of windowed positions stacked
+    into channels was refused)."""
+    model = HeadsInWindows()
+    assert analytic_spans(model) == gradient_spans(model)
+
+
+def test_efficientvit_msra_is_analysed():
+    """timm's EfficientViT-MSRA (convs and cascaded heads on 7x7 windows folded into the
+    batch) was refused at its first depthwise conv on a window; at 224 px its stage-1
+    windows tile the 14x14 map and its stage-2 window covers the 7x7 map (global)."""
+    pytest.importorskip("timm")
+    from landscape.receptive_field import timm_model
+
+    t = receptive_field_table(timm_model("efficientvit_m0", num_classes=10), 224)
+    r = t.set_index("layer")
+    assert r.loc["stages.0.blocks.0.mixer.m.attn.dws.0.conv", ["r_min", "r_max"]].tolist() \
+        == [63, 127]  # a 5x5 depthwise conv clipped to its 7-position window, at jump 16
+    assert mixes_globally(t) and layer_states(t)[-1] == "head"

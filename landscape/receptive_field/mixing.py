@@ -160,11 +160,11 @@ def attention(ctx: Ctx) -> Result | None:
 def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: str
                    ) -> Geometry | None:
     """The product of two feature maps within windows, as an einsum ``la,lb->lo``: the batch
-    letters (in both operands and the output) hold the same atoms in both; ``a`` has one more
-    spatial letter, its tokens, windows (:func:`window_sizes`) kept in the output; ``b`` holds
-    the same windows under another letter, paired with them (``q @ k.T``: it becomes a
-    dimension of channels) or summed over (``attn @ v``). Position t then reads ``b`` over
-    its window. None for any other product."""
+    letters (in both operands and the output) hold the same atoms in both; each operand has
+    one more spatial letter holding the same windows (:func:`window_sizes`). The output keeps
+    one of them, the queries (the first in ``lo``); the other, the keys, is summed over
+    (``attn @ v``, ``v @ attn.T``) or becomes a dimension of channels (``q @ k.T``).
+    Position t then reads the keys' operand over its window. None for any other product."""
     if len(la) != len(sa.layout) or len(lb) != len(sb.layout) or len(set(la)) < len(la) \
             or len(set(lb)) < len(lb):
         return None
@@ -174,16 +174,21 @@ def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: s
         return None
     own_a = [c for c, d in zip(la, sa.layout) if L.is_spatial(d) and c not in batch]
     own_b = [c for c, d in zip(lb, sb.layout) if L.is_spatial(d) and c not in batch]
-    if len(own_a) != 1 or len(own_b) != 1 or own_a == own_b or own_a[0] not in lo:
+    if len(own_a) != 1 or len(own_b) != 1 or own_a == own_b:
         return None
     (i,), (j,) = own_a, own_b
-    tokens = sa.layout[la.index(i)]
-    windows = window_sizes(tuple(d for c, d in zip(la, sa.layout) if c != i), tokens)
-    if windows is None or not _same_atoms((sb.layout[lb.index(j)],), (tokens,)):
+    kept = [c for c in lo if c in (i, j)]
+    if not kept:
         return None
-    layout = tuple(_C if c == j else sa.layout[la.index(c)] if c in la else
+    (sq, lq, q), (sk, lk, k) = ((sa, la, i), (sb, lb, j)) if kept[0] == i else \
+        ((sb, lb, j), (sa, la, i))
+    tokens = sq.layout[lq.index(q)]
+    windows = window_sizes(tuple(d for c, d in zip(lq, sq.layout) if c != q), tokens)
+    if windows is None or not _same_atoms((sk.layout[lk.index(k)],), (tokens,)):
+        return None
+    layout = tuple(_C if c == k else sa.layout[la.index(c)] if c in la else
                    sb.layout[lb.index(c)] for c in lo)
-    return merge([sa, windowed(sb, windows, layout, ctx.where)], ctx.where, layout)
+    return merge([sq, windowed(sk, windows, layout, ctx.where)], ctx.where, layout)
 
 
 def matmul(ctx: Ctx) -> Result:

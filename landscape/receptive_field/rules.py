@@ -64,9 +64,46 @@ def _window(ctx: Ctx, window: Window, dims: int = 2) -> Result:
         # a 1x1 conv mixes channels only: positions may lie in any layout (MobileViTv2 runs
         # its attention's 1x1 convs on (N, C, patch pixels, patches) tensors)
         return x, _fields(window, ("h", "w"))
+    if dims == 2:
+        within = _within_windows(x, window, ctx.where)
+        if within is not None:
+            return within
     axes = T.last_axes(x, dims, ctx.where)
     out = window.apply(x, axes)
     return Geometry(out.h, out.w, T.unsized(x.layout)), _fields(window, axes)
+
+
+def _within_windows(x: Geometry, window: Window, where: str) -> Result | None:
+    """A conv or pool on windows folded into the batch (EfficientViT-MSRA's depthwise conv on
+    each attention window): dimensions -2 and -1 hold the positions inside a window of each
+    axis, ``(axis, 1, w)``, the window index lies in the batch (:func:`.mixing.window_sizes`).
+    Its padding reads zeros at the window's edges, so position t reads its kernel's span
+    clipped to its window: a resampling with period w, exact per phase. Only an op that keeps
+    the window's w positions (stride 1, "same" padding); None where the dimensions hold no
+    windows."""
+    lay = x.layout
+    if len(lay) < 3 or len(lay[-2]) != 1 or len(lay[-1]) != 1:
+        return None
+    windows = M.window_sizes(lay[:-2], lay[-2] + lay[-1])
+    if windows is None or set(windows) != {"h", "w"}:
+        return None
+    axes = (lay[-2][0][0], lay[-1][0][0])
+    new = {}
+    for i, name in enumerate(axes):
+        w, p = windows[name], window.padding[i]
+        k_eff = window.dilation[i] * (window.kernel[i] - 1) + 1
+        total = 2 * p if window.pad_total[i] is None else window.pad_total[i]
+        if window.stride[i] != 1 or total - k_eff + 1 != 0 or window.ceil_mode:
+            raise Skip(f"{where} runs a {window.kind} of kernel {window.kernel}, stride "
+                       f"{window.stride} on windows of {w} positions folded into the batch; "
+                       "the RF analysis follows one only where it keeps the window's size")
+
+        def taps(t: int, w: int = w, p: int = p, k: int = k_eff) -> tuple[int, int]:
+            start = w * (t // w)
+            return max(start, t - p), min(start + w - 1, t - p + k - 1)
+        a = x.axis(name)
+        new[name] = resampled(a, w, w, taps, a.size, name, where)
+    return Geometry(new["h"], new["w"], lay), _fields(window, axes)
 
 
 def _conv3d(ctx: Ctx) -> Result:

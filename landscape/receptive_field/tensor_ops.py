@@ -310,7 +310,15 @@ def _space_to_depth(out: Geometry, parts: list[Geometry]) -> Geometry:
     (Inception) are unchanged."""
     axes = {}
     if any(g.axis(a).parts for g in parts for a in ("h", "w")):
-        raise Skip("views of an upsampled map stacked into channels are not followed")
+        # maps whose positions are not evenly spaced (upsampled, windowed): branches of the
+        # same positions (the heads of a windowed attention) are one merge; shifted views of
+        # such a map are followed only as slices (_strided_views)
+        for name in ("h", "w"):
+            period = math.lcm(*(c.period for g in parts for c in g.axis(name).classes()))
+            mids = {tuple(sum(g.axis(name).span(t)) for t in range(period)) for g in parts}
+            if len(mids) > 1:
+                raise Skip("views of an upsampled map stacked into channels are not followed")
+        return out
     for name in ("h", "w"):
         centres = [(g.axis(name).lo + g.axis(name).hi) / 2 for g in parts]
         extra = math.ceil(max(centres) - min(centres))
