@@ -12,7 +12,8 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from landscape.receptive_field import UnsupportedModelError, receptive_field_table
 from landscape.receptive_field.analytic import (
-    FeasibleInput, feature_field, layer_states, mixes_globally, trace,
+    FeasibleInput, feasible_input_of, feature_field, layer_states, min_feasible_input,
+    mixes_globally, trace,
 )
 from landscape.receptive_field.graph import propagate
 
@@ -313,3 +314,8 @@ def test_efficientvit_msra_is_analysed():
     assert r.loc["stages.0.blocks.0.mixer.m.attn.dws.0.conv", ["r_min", "r_max"]].tolist() \
         == [63, 127]  # a 5x5 depthwise conv clipped to its 7-position window, at jump 16
     assert mixes_globally(t) and layer_states(t)[-1] == "head"
+    # r̃ counts the rows behind global attention (a finite r_min, the skip's), as
+    # min_feasible_input does: 383 px, so 224 px leaves layers underutilised (it read 191)
+    model = timm_model("efficientvit_m0", num_classes=10)
+    assert feasible_input_of(t).size == min_feasible_input(model, 224).size == 383
+    assert t["underutilised"].any()

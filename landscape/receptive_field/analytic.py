@@ -288,9 +288,9 @@ def min_feasible_input(model: nn.Module, input_size: int | None = None, *,
 
 def feasible_input_of(table: pd.DataFrame) -> FeasibleInput:
     """:func:`min_feasible_input` read off a :func:`receptive_field_table` of the model (no
-    second trace): the largest r_min per axis over its local rows."""
-    local = table[~table["is_global"]]
-    return _largest_r_min(zip(local["layer"], local["r_min_h"], local["r_min_w"]), "the model")
+    second trace): the largest r_min per axis over its rows with a local path, those behind
+    global attention included (their r_min is finite: the skip beside it), as there."""
+    return _largest_r_min(zip(table["layer"], table["r_min_h"], table["r_min_w"]), "the model")
 
 
 def _largest_r_min(rows, what: str) -> FeasibleInput:
