@@ -122,9 +122,11 @@ def test_proposals_use_the_se_gates_they_are_given():
     for gates in ("scale", "global"):
         (original,) = refinement_proposals(se_chain(), 16, se_gates=gates)
         table = receptive_field_table(se_chain(), 16, se_gates=gates)
-        assert original.row["r_tilde"] == feasible_input_of(table).size
-        seen[gates] = original.row["r_tilde"]
-    assert seen["scale"] == 15 and seen["global"] != 15  # the gates change the answer
+        assert original.row["r_tilde"] == feasible_input_of(table).size == \
+            min_feasible_input(se_chain(), 16, se_gates=gates).size == 15  # r_min: no change
+        seen[gates] = original.table.set_index("layer")["r_max"]
+    # the gates change r_max: a global gate makes every layer after it see the whole input
+    assert seen["scale"]["3"] == 15 and pd.isna(seen["global"]["3"])
 
 
 def test_resnet18_stages_are_one_downsampling_point_each():
