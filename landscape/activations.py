@@ -313,6 +313,7 @@ class Layouts:
         return _FollowFunctions(self)
 
     def observe_function(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
+        """Record whether the 4-D ``out`` of ``func(*args, **kwargs)`` is channels-last."""
         x = next((a for a in args if torch.is_tensor(a) and a.dim() == 4), None)
         was_last = x is not None and x in self._last
         order = _order(func, args, kwargs) if x is not None else None
