@@ -639,6 +639,7 @@ def receptive_field_states(df: pd.DataFrame, *, arch: str | None = None,
     productive / underutilised / unproductive / head at the cell's input size, r̃ dotted.
     From the receptive_field stage's rows; None when they lack ``rf_underutilised`` (results
     written before it was recorded)."""
+    from landscape.receptive_field.analytic import layer_states, trunk_rows
     from landscape.receptive_field.drawing import STATE_COLOURS, draw_receptive_field
 
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
@@ -648,6 +649,7 @@ def receptive_field_states(df: pd.DataFrame, *, arch: str | None = None,
     levels = [lv for lv in _levels(g) if (rf["cell"] == lv[0]).any()]
     fig, axes = _figure(len(levels), 1, panel=(max(6.4, 0.16 * rf["layer"].nunique()), 3.4))
     per_layer = ("rf_r_min", "rf_r_max", "rf_unproductive", "rf_underutilised", "rf_border")
+    drawn: set[str] = set()
     for ax, (cell, label, _, _) in zip(axes[:, 0], levels):
         r = rf[(rf["cell"] == cell) & rf["metric"].isin(per_layer) & rf["layer"].notna()]
         r_tilde = rf.loc[(rf["cell"] == cell) & (rf["metric"] == "rf_min_feasible_input"),
@@ -667,7 +669,8 @@ def receptive_field_states(df: pd.DataFrame, *, arch: str | None = None,
             continue
         draw_receptive_field(table, size, ax=ax, legend=False, title=label,
                              r_tilde=int(r_tilde.iloc[0]) if len(r_tilde) else None)
-    handles = [Patch(color=c, label=s) for s, c in STATE_COLOURS.items()]
+        drawn.update(layer_states(table[trunk_rows(table)]))
+    handles = [Patch(color=c, label=s) for s, c in STATE_COLOURS.items() if s in drawn]
     handles += [Line2D([], [], color="black", ls="--", label="input size"),
                 Line2D([], [], color="#0072B2", ls=":", label="r\u0303 (min. feasible input)")]
     axes[0, 0].legend(handles=handles, loc="upper left", fontsize=7, ncol=3)
