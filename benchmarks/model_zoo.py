@@ -48,10 +48,8 @@ def _one(name: str, size: int, max_params: float) -> dict:
         row["step_s"] = round(time.perf_counter() - t0, 3)
         step, t0 = "Hessian-vector product", time.perf_counter()
         op = HessianOperator(model.eval(), F.cross_entropy, [(x, y)])
-        hv = op(torch.ones(op.dim) / op.dim ** 0.5)
+        op(torch.ones(op.dim) / op.dim ** 0.5)  # a non-finite product raises, naming the op
         row["hvp_s"] = round(time.perf_counter() - t0, 3)
-        if not torch.isfinite(hv).all():
-            raise ValueError("not finite")
     except Exception as e:  # noqa: BLE001 - coverage: every refusal is a row
         first = str(e).splitlines()[0] if str(e) else ""
         row["failure"] = f"{step}: {type(e).__name__}: {first[:300]}"

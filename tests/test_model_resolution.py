@@ -8,9 +8,9 @@ import pytest
 import torch
 import torchvision
 
+from landscape.fixed_size import BUILT_FOR, built_for
 from landscape.models import build_model, resolve_pool
-from landscape.models.resolution import at_input_size, built_for
-from landscape.fixed_size import BUILT_FOR
+from landscape.models.resolution import at_input_size
 
 timm = pytest.importorskip("timm")
 

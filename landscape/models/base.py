@@ -64,11 +64,11 @@ def _dry_run(model: RFNet, size: tuple[int, int], why: list[str] | None = None) 
             vanished.append(_next_layer(model, last["name"]))
     except AssertionError as e:  # the model checks its input size itself
         name = getattr(model, "source_name", type(model).__name__)
-        why = str(e).strip() or "an assertion in its forward failed"
+        reason = str(e).strip() or "an assertion in its forward failed"
         built = built_for(model)
         built = f"; it is built for {built}x{built} inputs" if built else ""
         raise InputTooSmallError(f"{name} does not run on a {size[0]}x{size[1]} input "
-                                 f"({why}{built}); set data.image_size to a size it accepts"
+                                 f"({reason}{built}); set data.image_size to a size it accepts"
                                  ) from None
     finally:
         restore()

@@ -32,7 +32,7 @@ from torchvision.models.vision_transformer import VisionTransformer, interpolate
 
 from landscape.fixed_size import built_for
 
-__all__ = ["at_input_size", "built_for", "fit_state", "mismatches", "shown"]
+__all__ = ["at_input_size", "fit_state", "mismatches", "shown"]
 
 
 def _family_filter(net: nn.Module) -> Optional[Callable[..., dict]]:

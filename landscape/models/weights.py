@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from landscape.models.resolution import built_for, fit_state, mismatches
+from landscape.fixed_size import built_for
+from landscape.models.resolution import fit_state, mismatches
 
 log = logging.getLogger(__name__)
 

@@ -351,12 +351,12 @@ def feature_field(model: nn.Module, input_size: int | None = None) -> tuple[int,
     for r in records:
         if r.kind in FEATURE_KINDS and isinstance(r.out, Unsupported):
             raise UnsupportedModelError(r.out.reason)
-    conv = _deepest_conv(records).out.r_max
+    _deepest_conv(records)  # a model without a local conv has no feature RF: its error
     local = [r.out.r_max for r in records if r.kind in FEATURE_KINDS
              and isinstance(r.out, Geometry) and math.isfinite(r.out.r_max)]
     mixing = any(isinstance(r.out, Geometry) and math.isfinite(r.out.r_min)
                  and not math.isfinite(r.out.r_max) for r in records)
-    return int(max([conv, *local])), mixing
+    return int(max(local)), mixing
 
 
 def deepest_conv(model: nn.Module) -> str:

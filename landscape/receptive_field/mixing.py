@@ -76,19 +76,27 @@ def _same_atoms(a: L.Layout, b: L.Layout) -> bool:
 
 
 def windowed(x: Geometry, windows: dict[str, int], layout: L.Layout, where: str,
-             shift: dict[str, int] | None = None) -> Geometry:
-    """``x`` after attention within windows of ``windows[axis]`` positions along each axis:
-    position t reads ``w * ((t - s) // w) + s`` .. ``+ w - 1`` (``shift`` s: the windows'
-    offset, torchvision's shifted windows)."""
+             shift: dict[str, int] | None = None,
+             reach: dict[str, tuple[int, int]] | None = None) -> Geometry:
+    """``x`` after an op within windows of ``windows[axis]`` positions along each axis (a
+    resampling with period w, :meth:`Phased.resample`): position t reads its window,
+    ``w * ((t - s) // w) + s`` .. ``+ w - 1`` (``shift`` s: the windows' offset,
+    torchvision's shifted windows), as attention does; with ``reach[axis] = (p, k)``, a
+    kernel of extent k and left padding p run on each window (zero padding at its edges),
+    only the part of it that its kernel covers, ``t - p`` .. ``t - p + k - 1``."""
     axes = {}
     for name in ("h", "w"):
         a = x.axis(name)
         if name in windows:
             w, s = windows[name], (shift or {}).get(name, 0)
+            p, k = (reach or {}).get(name, (None, None))
 
-            def taps(t: int, w: int = w, s: int = s) -> tuple[int, int]:
+            def taps(t: int, w: int = w, s: int = s, p: int | None = p, k: int | None = k
+                     ) -> tuple[int, int]:
                 start = w * ((t - s) // w) + s
-                return start, start + w - 1
+                if p is None:
+                    return start, start + w - 1
+                return max(start, t - p), min(start + w - 1, t - p + k - 1)
             a = resampled(a, w, w, taps, a.size, name, where)
         axes[name] = a
     return Geometry(axes["h"], axes["w"], layout)

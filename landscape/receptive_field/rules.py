@@ -88,22 +88,17 @@ def _within_windows(x: Geometry, window: Window, where: str) -> Result | None:
     if windows is None or set(windows) != {"h", "w"}:
         return None
     axes = (lay[-2][0][0], lay[-1][0][0])
-    new = {}
+    reach = {}
     for i, name in enumerate(axes):
-        w, p = windows[name], window.padding[i]
         k_eff = window.dilation[i] * (window.kernel[i] - 1) + 1
-        total = 2 * p if window.pad_total[i] is None else window.pad_total[i]
+        total = 2 * window.padding[i] if window.pad_total[i] is None else window.pad_total[i]
         if window.stride[i] != 1 or total - k_eff + 1 != 0 or window.ceil_mode:
             raise Skip(f"{where} runs a {window.kind} of kernel {window.kernel}, stride "
-                       f"{window.stride} on windows of {w} positions folded into the batch; "
-                       "the RF analysis follows one only where it keeps the window's size")
-
-        def taps(t: int, w: int = w, p: int = p, k: int = k_eff) -> tuple[int, int]:
-            start = w * (t // w)
-            return max(start, t - p), min(start + w - 1, t - p + k - 1)
-        a = x.axis(name)
-        new[name] = resampled(a, w, w, taps, a.size, name, where)
-    return Geometry(new["h"], new["w"], lay), _fields(window, axes)
+                       f"{window.stride} on windows of {windows[name]} positions folded into "
+                       "the batch; the RF analysis follows one only where it keeps the "
+                       "window's size")
+        reach[name] = (window.padding[i], k_eff)
+    return M.windowed(x, windows, lay, where, reach=reach), _fields(window, axes)
 
 
 def _conv3d(ctx: Ctx) -> Result:

@@ -35,9 +35,9 @@ VALUE_COLUMNS = ["metric", "value"]
 # init 0, final train.epochs, epoch_<n> n, best the run's best epoch; missing for best in a
 # cell unit, whose seeds each have their own, and for rows without a checkpoint).
 # global_mixing: the network mixes every position with every other before its head
-# (attention, a token-mixing MLP), so receptive_field is only that of its convs (a ViT's patch
-# embedding) and its features see the whole input (missing in rows written before the column
-# existed).
+# (attention, a token-mixing MLP), so its features see the whole input and receptive_field is
+# that of the layers before (a ViT's patch embedding; missing in rows written before the
+# column existed, and where the RF analysis cannot follow the model).
 OPTIONAL_COLUMNS = ["index", "layer", "layer_b", "seed_b", "coord_x", "coord_y", "protocol",
                     "note", "unit", "arch_variant", "image_size", "resize", "epoch",
                     "global_mixing"]
