@@ -694,3 +694,48 @@ def test_a_block_after_a_block_keeps_the_channels_last_layout():
     np.testing.assert_allclose(feats["block2"],
                                nn.functional.adaptive_avg_pool2d(ref, 2).flatten(1).numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stage_name,unit,level_dir", [
+    ("probes", "probes_final", "seed=0"), ("importance", "importance_final", "seed=0"),
+    ("cka", "cka_final", "cell")])
+def test_units_read_before_layouts_were_followed_are_recomputed_for_external_models(
+        tmp_path, stage_name, unit, level_dir) -> None:
+    """A unit of a stage reading activations, written before channels-last maps were followed
+    through functions (no ``layouts`` in its marker), is kept for a built-in architecture
+    (its maps are all (N, C, H, W)) and recomputed for any other model (a timm / torchvision
+    one, a user's, or a cell whose record is unreadable)."""
+    import json
+
+    from landscape import results
+    from landscape.models import register_model
+    from landscape.models.registry import MODELS
+    from landscape.stages.base import STAGES
+
+    stage = STAGES.get(stage_name)
+    cfg_class = {"probes": "ProbesConfig", "importance": "ImportanceConfig",
+                 "cka": "CKAConfig"}[stage_name]
+    module = __import__(f"landscape.stages.{stage_name}", fromlist=[cfg_class])
+    config = getattr(module, cfg_class)()
+    out_dir = tmp_path / "cell-a" / level_dir
+    old = {k: v for k, v in stage.recorded_settings(config).items() if k != "layouts"}
+    assert set(stage.recorded_settings(config)) - set(old) == {"layouts"}
+    results.write_stage(out_dir, unit, [], info={"settings": old})
+    record = tmp_path / "cell-a" / "cell.json"
+
+    def reason(name):
+        record.write_text(json.dumps({"cell": "cell-a", "identity": {"model.name": name}}))
+        return stage.stale_reason(config, out_dir, unit)
+
+    assert reason("resnet18") is None and reason("vgg19") is None
+    stale = "settings changed: layouts 'modules' -> 'functions+modules'"
+    assert reason("timm:convnext_atto") == stale == reason("torchvision:swin_t")
+    register_model("user_net_layouts")(lambda **kw: None)
+    try:
+        assert reason("user_net_layouts") == stale
+    finally:
+        MODELS._items.pop("user_net_layouts", None)  # type: ignore[attr-defined]
+    record.write_text("{not json")
+    assert stage.stale_reason(config, out_dir, unit) == stale
+    results.write_stage(out_dir, unit, [], info={"settings": stage.recorded_settings(config)})
+    assert reason("timm:convnext_atto") is None  # a unit written now records its reading

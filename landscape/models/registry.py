@@ -28,6 +28,12 @@ def register_model(name: str, *, knobs: tuple[str, ...] = ()
     return deco
 
 
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is one of landscape's own architectures (registered by
+    ``landscape.models``), not a user's, timm's or torchvision's."""
+    return name in MODELS and MODELS.get(name).__module__.startswith("landscape.models.")
+
+
 def list_models() -> list[str]:
     return MODELS.names()
 

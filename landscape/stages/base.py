@@ -24,6 +24,7 @@ import nothing of the pipeline or the config (no import cycles).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -37,7 +38,9 @@ from landscape.data.registry import DatasetBundle
 from landscape.data.resident import ResidentBundle
 from landscape.device import DeviceSettings
 from landscape.identity import RunIdentity
+from landscape.models.registry import is_builtin
 from landscape.registry import Registry
+from landscape.results.layout import CELL_RECORD
 from landscape.stages.checkpoints import (  # noqa: F401  (the stages import them from here)
     CHECKPOINT_WORDS, CHECKPOINTS, SAVED, check_checkpoints, check_saved, checkpoint_epoch,
     checkpoint_epoch_number, expand_checkpoints, is_checkpoint,
@@ -45,6 +48,25 @@ from landscape.stages.checkpoints import (  # noqa: F401  (the stages import the
 from landscape.train import TrainConfig
 
 LEVELS = ("run", "cell")
+
+# How activations are read as maps: channels-last maps followed through the torch functions
+# of a forward and from module to module (landscape.activations.Layouts). Recorded with the
+# units of the stages that read activations (probes, saturation, CKA, importance).
+LAYOUTS = "functions+modules"
+_MODULES_ONLY = "modules"  # before: module outputs only (read some channels-last maps wrong)
+
+
+def legacy_layouts(out_dir: Path) -> str:
+    """How a unit under ``out_dir`` (a run folder or a cell's stage folder) read layouts if
+    its marker does not say: a built-in architecture has only (N, C, H, W) maps, so the old
+    reading was right (:data:`LAYOUTS`, the unit is kept); any other model's unit (timm,
+    torchvision, a user's; or a cell whose record is unreadable) is recomputed."""
+    try:
+        record = json.loads((Path(out_dir).parent / CELL_RECORD).read_text())
+        name = record["identity"]["model.name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return _MODULES_ONLY
+    return LAYOUTS if is_builtin(name) else _MODULES_ONLY
 
 
 @dataclass(frozen=True)
@@ -134,6 +156,8 @@ class Stage:
     # Config fields that list checkpoints: 'saved' in them is expanded to the saved epochs,
     # and each epoch_<n> must be one that train.save_epochs saves (checked before a run)
     checkpoint_fields: ClassVar[tuple[str, ...]] = ("checkpoints",)
+    # Reads activations as maps: its units record how their layouts were followed (LAYOUTS)
+    reads_layouts: ClassVar[bool] = False
 
     def enabled(self, config: Any) -> bool:
         """Whether the stage runs with these settings (default: ``config.enabled``)."""
@@ -168,17 +192,29 @@ class Stage:
         return {k: v for k, v in asdict(config).items() if k not in self.selects}
 
     def recorded_settings(self, config: Any) -> dict[str, Any]:
-        """:meth:`settings` as recorded in a unit's DONE marker (JSON values)."""
-        return results.jsonable(self.settings(config))
+        """:meth:`settings` as recorded in a unit's DONE marker (JSON values), with
+        ``layouts`` for a stage that reads activations."""
+        settings = self.settings(config)
+        if self.reads_layouts:
+            settings = {**settings, "layouts": LAYOUTS}
+        return results.jsonable(settings)
+
+    def legacy_settings(self, config: Any) -> dict[str, Any]:
+        """The value of each setting for a marker written before it was recorded (default:
+        the config class's defaults: a setting added since changes nothing while it keeps
+        its default)."""
+        return self.recorded_settings(type(config)()) if is_dataclass(config) else {}
 
     def stale_reason(self, config: Any, out_dir: Path, unit: str,
                      seeds: Optional[list[int]] = None) -> Optional[str]:
         """Why the unit's rows do not match ``config`` (:func:`results.stale_reason`), or None.
-        Settings added to the config class since the unit was written change nothing while
-        they keep their defaults."""
-        defaults = self.recorded_settings(type(config)()) if is_dataclass(config) else None
+        A setting missing from the unit's marker counts as its :meth:`legacy_settings` value;
+        for a stage that reads layouts, ``layouts`` as :func:`legacy_layouts` says."""
+        legacy = self.legacy_settings(config)
+        if self.reads_layouts:
+            legacy = {**legacy, "layouts": legacy_layouts(out_dir)}
         return results.stale_reason(out_dir, unit, self.recorded_settings(config), seeds,
-                                    defaults=defaults)
+                                    defaults=legacy)
 
     def run(self, ctx: Any, config: Any, unit: Unit) -> Result:
         raise NotImplementedError(f"stage {self.name!r} does not implement run()")

@@ -128,6 +128,7 @@ class CKAStage(Stage):
     more seeds have finished since it was written."""
 
     name = "cka"
+    reads_layouts = True
     level = "cell"
     config_field = "cka"
     selects = ("enabled", "checkpoints", "to_final")

@@ -53,6 +53,7 @@ class ImportanceConfig:
 @register_stage
 class ImportanceStage(Stage):
     name = "importance"
+    reads_layouts = True
     config_field = "importance"
 
     def validate(self, config: ImportanceConfig) -> None:

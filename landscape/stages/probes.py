@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
 
-from landscape import results
 from landscape.activations import ActivationCapture, select_modules, split_call
 from landscape.identity import RunIdentity
 from landscape.probes import (
@@ -128,6 +126,7 @@ def position_layer_names(model: torch.nn.Module, entries: list[str], arch: str) 
 @register_stage
 class ProbesStage(Stage):
     name = "probes"
+    reads_layouts = True
     config_field = "probes"
 
     def validate(self, config: ProbesConfig) -> None:
@@ -184,15 +183,11 @@ class ProbesStage(Stage):
     def units(self, config: ProbesConfig) -> list[Unit]:
         return [Unit(f"probes_{c}", {"checkpoint": c}) for c in config.checkpoints]
 
-    def stale_reason(self, config: ProbesConfig, out_dir: Path, unit: str,
-                     seeds: Optional[list[int]] = None) -> Optional[str]:
-        """As :meth:`Stage.stale_reason`, but a unit recorded before ``backend`` existed was
-        fitted by scikit-learn, and one recorded before ``pool_up`` existed pooled small maps
-        up: with the defaults it is recomputed, not kept."""
-        defaults = {**self.recorded_settings(ProbesConfig()), "backend": "sklearn",
-                    "pool_up": True}
-        return results.stale_reason(out_dir, unit, self.recorded_settings(config), seeds,
-                                    defaults=defaults)
+    def legacy_settings(self, config: ProbesConfig) -> dict:
+        """A unit recorded before ``backend`` existed was fitted by scikit-learn, and one
+        recorded before ``pool_up`` existed pooled small maps up: with the defaults it is
+        recomputed, not kept."""
+        return {**super().legacy_settings(config), "backend": "sklearn", "pool_up": True}
 
     def run(self, ctx: RunContext, config: ProbesConfig, unit: Unit) -> list[dict]:
         c, device = config, ctx.settings.device
