@@ -177,7 +177,7 @@ def test_default_layer_is_the_last_conv_to_run_and_errors() -> None:
         projected_gradient_maps(net, input_size=8, in_channels=1, layer="nope")
     with pytest.raises(ValueError, match="device"):
         projected_gradient_maps(net, input_size=8, device="meta")
-    with pytest.raises(ValueError, match=r"must output \(n, C, h, w\)"):
+    with pytest.raises(ValueError, match=r"must output a map \(n, C, h, w\) or tokens"):
         projected_gradient_maps(_small_cnn(), input_size=16, n_samples=1, layer="classifier")
     # a too-small input is torch's error at the forward (InputTooSmallError is a build-time check)
     with pytest.raises(RuntimeError, match="Output size is too small"):
@@ -286,7 +286,7 @@ def test_importance_layer_is_checked_before_training_and_used(tmp_path):
                                          r"of the model; did you mean layer1.0.conv"):
         stage.validate_for(ImportanceConfig(enabled=True, layer="layer1.0.conv3"), ident)
     with pytest.raises(ValueError, match=r"importance.layer='linear' outputs shape "
-                                         r"\(2, 10\), not a feature map"):
+                                         r"\(2, 10\), neither a feature map"):
         stage.validate_for(ImportanceConfig(enabled=True, layer="linear"), ident)
     with pytest.raises(ValueError, match="importance.layer left at None"):
         stage.validate(ImportanceConfig(enabled=True, protocol="paper", layer="layer1"))
@@ -296,3 +296,59 @@ def test_importance_layer_is_checked_before_training_and_used(tmp_path):
     rows = results.load(tmp_path).query("metric == 'erf_size'")
     assert rows["layer"].tolist() == ["layer2"] and "layer=layer2;" in rows["note"].item()
     assert "centre=(4, 4)" in rows["note"].item()  # layer2's 8 x 8 map at 16 px, pool 1
+
+
+@pytest.mark.parametrize("source,reg", [("timm", 0), ("timm", 2), ("torchvision", 0)])
+def test_token_layers_give_the_map_of_their_centre_image_token(source, reg) -> None:
+    """A layer outputting a ViT's tokens (n, L, C): the gradient goes to the centre token of
+    the image-token grid, after the class (and register) tokens. Right after the patch
+    embedding and position embedding a token sees exactly its own 4 x 4 patch, so the map is
+    non-zero on the centre patch (grid (2, 2) of 4 x 4 at 16 px: pixels 8..11) and nowhere
+    else."""
+    import numpy as np
+
+    from landscape.importance.maps import prefix_tokens
+    from landscape.stages.importance import _check_layer
+
+    def build() -> nn.Module:
+        if source == "timm":
+            from timm.models.vision_transformer import VisionTransformer
+            return VisionTransformer(img_size=16, patch_size=4, embed_dim=8, depth=0,
+                                     num_heads=1, num_classes=3, reg_tokens=reg)
+        import torchvision
+        return torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=0,
+                                                    num_heads=1, hidden_dim=8, mlp_dim=8,
+                                                    num_classes=3)
+
+    layer = "pos_drop" if source == "timm" else "encoder.dropout"
+    with torch.device("meta"):
+        _check_layer(build(), layer, 16, 3)  # accepted before training, as validate_for does
+    net = build()
+    assert prefix_tokens(net) == 1 + reg
+    res = projected_gradient_maps(net, input_size=16, n_samples=2, layer=layer, in_channels=3)
+    assert res.centre == (2, 2) and res.layer == layer
+    support = np.zeros((16, 16), dtype=bool)
+    support[8:12, 8:12] = True
+    assert (res.mean_map[support] > 0).all() and (res.mean_map[~support] == 0).all()
+
+
+def test_token_layers_without_a_square_image_grid_are_refused() -> None:
+    """Tokens that are no square grid after the prefix tokens have no centre token."""
+    from landscape.importance.maps import centre_token
+    from landscape.stages.importance import _check_layer
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(1, 4, 4, stride=4)
+            self.tokens = nn.Identity()
+
+        def forward(self, x):  # 4 x 4 patches, the last row dropped: 12 tokens
+            return self.tokens(self.embed(x).flatten(2).transpose(1, 2)[:, :12])
+
+    with pytest.raises(ValueError, match=r"importance.layer='tokens': layer 'tokens' outputs "
+                                         r"12 tokens; after the model's 0 prefix tokens"):
+        _check_layer(Tokens(), "tokens", 16, 1)
+    assert centre_token(Tokens(), "tokens", (2, 16, 4), 2) == (10, (2, 2))
+    with pytest.raises(ValueError, match="not tokens"):
+        centre_token(Tokens(), "tokens", (3, 16, 4), 2)

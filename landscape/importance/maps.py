@@ -8,7 +8,10 @@ the last ``Conv2d`` to run) and back-propagated to the input x (n x C x H x W):
 
 i.e. the absolute input gradient summed over input channels (units of |d out / d pixel|).
 ``out[:, :, h // 2, w // 2]`` is 0-based; for an even h (or w) it is the lower-right of the
-two middle rows (columns). Eval-mode BN does not mix samples, so one batched backward gives
+two middle rows (columns). A layer may also output tokens (n, L, C), as a ViT's blocks do:
+the gradient is then placed on every channel of the centre image token, the same
+``(s // 2, s // 2)`` of their s x s grid in row-major order after the model's prefix (class,
+distillation, register) tokens (:func:`centre_token`). Eval-mode BN does not mix samples, so one batched backward gives
 every sample's map.
 
 * ``mode="random_input"``: the model as given, eval mode, N(0, 1) inputs from ``seed``.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,10 +151,42 @@ def last_conv(model: nn.Module, x: Tensor) -> str:
     return deepest if deepest in order else order[-1]
 
 
+def prefix_tokens(model: nn.Module) -> int:
+    """How many tokens (class, distillation, register tokens) come before the image tokens of
+    ``model``'s token sequences: timm's ``num_prefix_tokens``, 1 for torchvision's
+    ``VisionTransformer`` (its ``class_token``), else 0."""
+    for module in model.modules():
+        n = getattr(module, "num_prefix_tokens", None)
+        if isinstance(n, int) and not isinstance(n, bool):
+            return n
+        if isinstance(getattr(module, "class_token", None), nn.Parameter):
+            return 1
+    return 0
+
+
+def centre_token(model: nn.Module, layer: str, shape: tuple[int, ...],
+                 n: int) -> tuple[int, tuple[int, int]]:
+    """For a layer's token output of ``shape`` (n, L, C) on a square input: the index of the
+    centre image token and its (row, col) in the s x s token grid, the image tokens being the
+    L - p after the :func:`prefix_tokens` p in row-major order (a ViT's patch order)."""
+    p = prefix_tokens(model)
+    if len(shape) != 3 or shape[0] != n:
+        raise ValueError(f"layer {layer!r} outputs shape {shape}: not tokens (n={n}, L, C)")
+    side = math.isqrt(max(shape[1] - p, 0))
+    if shape[1] - p < 1 or side * side != shape[1] - p:
+        raise ValueError(
+            f"layer {layer!r} outputs {shape[1]} tokens; after the model's {p} prefix tokens "
+            f"they are no square grid of image tokens, so it has no centre token: name a "
+            "module whose output is a map (n, C, h, w) or a ViT's token sequence")
+    c = side // 2
+    return p + c * side + c, (c, c)
+
+
 def layer_gradient_maps(model: nn.Module, inputs: Tensor, layers: list[str], *,
                         keep_mode: bool = False) -> dict[str, tuple[Tensor, tuple[int, int]]]:
     """Per layer in ``layers``: the (n, H, W) float64 map of ``inputs`` (n, C, H, W) for a unit
-    gradient at that layer's centre (module docstring) and the centre (row, col). One forward
+    gradient at that layer's centre (module docstring; a token output's centre token,
+    :func:`centre_token`) and the centre (row, col). One forward
     for every layer, then one backward per layer. The model runs in eval mode (restored
     afterwards), or with ``keep_mode`` in the mode it is in (dropout in train mode is then
     active, with one mask per sample shared by every layer); no parameter ``.grad`` is touched.
@@ -158,9 +194,13 @@ def layer_gradient_maps(model: nn.Module, inputs: Tensor, layers: list[str], *,
     centres: dict[str, tuple[Tensor, tuple[int, int]]] = {}
 
     def on_output(name: str, out: Tensor) -> None:
+        if out.dim() == 3:  # tokens (n, L, C): the centre token of their grid
+            index, (h, w) = centre_token(model, name, tuple(out.shape), len(inputs))
+            centres[name] = (out[:, index].clone(), (h, w))
+            return
         if out.dim() != 4:
-            raise ValueError(f"layer {name!r} must output (n, C, h, w), got shape "
-                             f"{tuple(out.shape)}")
+            raise ValueError(f"layer {name!r} must output a map (n, C, h, w) or tokens "
+                             f"(n, L, C), got shape {tuple(out.shape)}")
         h, w = out.shape[-2] // 2, out.shape[-1] // 2
         # Copy the centre now: a later in-place op (ReLU(inplace=True)) may overwrite `out`.
         centres[name] = (out[:, :, h, w].clone(), (h, w))

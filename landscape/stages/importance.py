@@ -26,6 +26,7 @@ from landscape.importance import (
     paper_projection, projected_gradient_maps,
 )
 from landscape.importance.layer_erf import layer_erf_table
+from landscape.importance.maps import centre_token
 from landscape.models import InputTooSmallError, check_input_size
 from landscape.seeds import IMPORTANCE, stream_seed
 from landscape.stages.base import (
@@ -46,7 +47,7 @@ class ImportanceConfig:
     rel_threshold: float = 0.1  # ERF area: pixels >= this fraction of the map's maximum
     per_layer: bool = False  # also the ERF of every conv layer's centre unit (protocol default)
     # the module whose centre unit receives the gradient (protocol default); None: the last
-    # conv, which for a transformer is its patch embedding: name a block with a map output
+    # conv, which for a transformer is its patch embedding: name a block (a map or tokens)
     layer: Optional[str] = None
 
 
@@ -149,7 +150,7 @@ def _test_images(ctx: RunContext, n: int) -> torch.Tensor:
 
 def _check_layer(model: nn.Module, layer: str, size: int, in_channels: int) -> None:
     """``importance.layer`` names a module of ``model`` that runs once and outputs a feature
-    map (a meta-device forward at ``size``)."""
+    map or a ViT's tokens with a centre token (a meta-device forward at ``size``)."""
     names = [n for n, _ in model.named_modules() if n]
     if layer not in names:
         near = difflib.get_close_matches(layer, names, n=3)
@@ -159,10 +160,15 @@ def _check_layer(model: nn.Module, layer: str, size: int, in_channels: int) -> N
     with torch.no_grad(), ActivationCapture(
             model, [layer], lambda n, out: shapes.update({n: tuple(out.shape)})) as capture:
         capture.run(torch.empty(2, in_channels, size, size, device="meta"))
-    if len(shapes[layer]) != 4:
-        raise ValueError(f"importance.layer={layer!r} outputs shape {shapes[layer]}, not a "
-                         "feature map (n, C, h, w) with a centre unit (a transformer's token "
-                         "sequence has none): name a module whose output is a map")
+    if len(shapes[layer]) == 3:
+        try:
+            centre_token(model, layer, shapes[layer], 2)
+        except ValueError as e:
+            raise ValueError(f"importance.layer={layer!r}: {e}") from None
+    elif len(shapes[layer]) != 4:
+        raise ValueError(f"importance.layer={layer!r} outputs shape {shapes[layer]}, neither "
+                         "a feature map (n, C, h, w) nor tokens (n, L, C) with a centre unit: "
+                         "name a module whose output is one")
 
 
 def _check_size(model: nn.Module, size: int) -> None:
