@@ -2,7 +2,9 @@
 
 For each model, as ``landscape-run model.name=<source>:<name> data.image_size=<size>`` builds
 it (one input channel, 10 classes, pool level 0, checked at the input size, a transformer
-built for that size): one training step (forward and backward on 4 random images) and one
+built for that size): its run identity's ``receptive_field`` / ``global_mixing`` (the r_max
+of its deepest local features at that size, :func:`~landscape.receptive_field.feature_field`;
+"unknown" with the op the RF analysis cannot follow, which the run survives), one training step (forward and backward on 4 random images) and one
 Hessian-vector product of the cross-entropy (the operator of the Hessian, pruned-Hessian and
 lambda_max-tracking stages), which must be finite. Each refusal says in one line which step
 stopped it. ``--source torchvision`` (every classifier), ``timm`` (the RF benchmark's sample),
@@ -21,13 +23,16 @@ from benchmarks.common import make_parser, parse
 from benchmarks.rf_table import TIMM_SAMPLE, timm_module_sample
 from landscape.hessian import HessianOperator
 from landscape.models import build_model, resolve_pool
-from landscape.receptive_field import torchvision_classifiers
+from landscape.receptive_field import (
+    UnsupportedModelError, feature_field, torchvision_classifiers,
+)
 
 QUICK = ("torchvision:resnet18", "torchvision:swin_v2_t", "timm:test_vit", "timm:test_coatnet")
 
 
 def _one(name: str, size: int, max_params: float) -> dict:
-    row: dict = {"model": name, "params": None, "build_s": None, "step_s": None, "hvp_s": None,
+    row: dict = {"model": name, "params": None, "build_s": None, "rf": None,
+                 "global_mixing": None, "rf_unknown": None, "step_s": None, "hvp_s": None,
                  "failure": None, "skipped": False}
     step = "build"
     try:
@@ -40,6 +45,11 @@ def _one(name: str, size: int, max_params: float) -> dict:
         if row["params"] > max_params:
             row["skipped"] = True
             return row
+        step = "receptive field"
+        try:  # as the run's identity computes its receptive_field column
+            row["rf"], row["global_mixing"] = feature_field(model, size)
+        except UnsupportedModelError as e:
+            row["rf_unknown"] = str(e).splitlines()[0][:200]
         gen = torch.Generator().manual_seed(1)
         x = torch.randn(4, 1, size, size, generator=gen)
         y = torch.randint(0, 10, (4,), generator=gen)
@@ -54,6 +64,13 @@ def _one(name: str, size: int, max_params: float) -> dict:
         first = str(e).splitlines()[0] if str(e) else ""
         row["failure"] = f"{step}: {type(e).__name__}: {first[:300]}"
     return row
+
+
+def _rf_label(row: dict) -> str:
+    """The receptive-field label the analysis tables would give the run."""
+    if row["rf"] is None:
+        return f"RF unknown ({row['rf_unknown']})"
+    return f"RF {row['rf']} px" + (", then global" if row["global_mixing"] else "")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -76,17 +93,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(row)
         shown = (f"left out: {row['params'] / 1e6:.0f}M parameters" if row["skipped"]
                  else row["failure"] or f"step {row['step_s']:.2f} s  HVP {row['hvp_s']:.2f} s  "
-                 f"{row['params'] / 1e6:.1f}M parameters")
+                 f"{row['params'] / 1e6:.1f}M parameters  {_rf_label(row)}")
         print(f"{name:40s} {shown}", flush=True)
     tried = [r for r in rows if not r["skipped"]]
     ok = [r for r in tried if r["failure"] is None]
     summary = {"model": "ALL", "models": len(rows), "tried": len(tried), "ok": len(ok),
+               "rf_known": sum(r["rf"] is not None for r in ok),
+               "rf_then_global": sum(bool(r["global_mixing"]) for r in ok),
+               "rf_unknown": [r["model"] for r in ok if r["rf_unknown"]],
                "left_out": [r["model"] for r in rows if r["skipped"]],
                "failures": [r["model"] for r in tried if r["failure"] is not None],
                "size": args.size}
     print(f"{len(ok)}/{len(tried)} train a step and give a finite HVP at {args.size} px "
-          f"({len(rows) - len(tried)} over {args.max_params / 1e6:.0f}M parameters left out)",
-          flush=True)
+          f"({len(rows) - len(tried)} over {args.max_params / 1e6:.0f}M parameters left out); "
+          f"receptive field known for {summary['rf_known']} ({summary['rf_then_global']} then "
+          f"mixing globally), unknown for {len(summary['rf_unknown'])}", flush=True)
     return rows + [summary]
 
 

@@ -319,3 +319,40 @@ def test_efficientvit_msra_is_analysed():
     model = timm_model("efficientvit_m0", num_classes=10)
     assert feasible_input_of(t).size == min_feasible_input(model, 224).size == 383
     assert t["underutilised"].any()
+
+
+class ReshapeMerging(nn.Module):
+    """timm Swin's patch merging, written with a reshape and a permute (2x2 neighbours into
+    channels, then a Linear), ``merges`` times after a 3x3 conv stem of stride 4."""
+
+    def __init__(self, merges: int) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, 4, 3, stride=4, padding=1)
+        self.reduce = nn.ModuleList(nn.Linear(16, 4) for _ in range(merges))
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        y = self.embed(x).permute(0, 2, 3, 1)
+        for reduce in self.reduce:
+            n, h, w, c = y.shape
+            y = y.reshape(n, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
+            y = reduce(y)
+        return self.head(y.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("n, merges", [(8, 1), (16, 2), (16, 1)])
+def test_a_patch_merging_down_to_one_position_keeps_it(n, merges):
+    """A 2x2 map merged into a 1x1 one (timm Swin's last stage at 32 px): the reshape's
+    size-1 dimensions hold the map's one position, which sees the whole input; it was taken
+    as global (its rows drawn as the head)."""
+    model = ReshapeMerging(merges)
+    side = n // 4 // 2 ** merges
+    rows = range(side)  # every row: the spans at the border are clipped to the input
+    clipped = {v: (max(a, 0), min(b, n - 1)) for v, (a, b) in
+               analytic_spans(model, n, rows).items()}
+    assert clipped == gradient_spans(model, n, rows)
+    t = receptive_field_table(ReshapeMerging(merges), n).set_index("layer")
+    last = t.loc[f"reduce.{merges - 1}"]
+    assert not last["is_global"] and last["out_size"] == side
+    assert last["jump"] == 4 * 2 ** merges and last["r_max"] == 4 * 2 ** merges - 1
+    assert layer_states(t.reset_index())[-1] != "head"

@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import fx, nn
 
+from landscape.receptive_field import layout as L
 from landscape.receptive_field.geometry import Geometry, Skip, State
 
 
@@ -40,10 +41,16 @@ class Ctx:
     values: Values
     se_gates: str
     root: nn.Module
+    # inputs read through layout.settle (every op but those moving dimensions around)
+    settled: bool = False
     _tensors: list[State] | None = field(default=None, repr=False)
 
     def state(self, a: Any) -> State:
-        return self.states.get(a.name) if isinstance(a, fx.Node) else None
+        s = self.states.get(a.name) if isinstance(a, fx.Node) else None
+        if self.settled and isinstance(s, Geometry):
+            layout = L.settle(s.layout)
+            return s if layout is s.layout else Geometry(s.h, s.w, layout)
+        return s
 
     @property
     def tensors(self) -> list[State]:

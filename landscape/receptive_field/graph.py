@@ -233,6 +233,7 @@ def propagate(traced: Traced | fx.GraphModule, input_size: Any, *, se_gates: str
         mod = traced.root.get_submodule(node.target) if node.op == "call_module" else None
         ctx = Ctx(node, mod, describe(node, traced.root), states, traced.values, se_gates,
                   traced.root)
+        ctx.settled = not rules.moves(ctx)
         tensors = ctx.tensors
         if not tensors or (node.op == "call_method" and node.target in rules.META_METHODS) or (
                 node.target is getattr and node.args[1] in rules.META_ATTRS):

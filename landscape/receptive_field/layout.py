@@ -81,6 +81,24 @@ def compact(dim: Sequence[Atom]) -> tuple[Atom, ...]:
     return tuple(out)
 
 
+def settle(layout: Layout) -> Layout:
+    """``layout`` without the size-1 atoms of an axis that another dimension holds as map
+    positions (an atom of size > 1 in a dimension without channels): they hold no position.
+    A reshape splits ``H`` into ``(1, H)`` with such an atom, which is all that is left of
+    the map's positions when what follows moves the inner atom into the channels (a 2x2
+    patch merging of a 2x2 map); for any other op, e.g. a conv after ``unsqueeze`` or
+    attention within one window of the whole map, it is dropped (:class:`Ctx` settles the
+    inputs of every op but permutes and reshapes)."""
+    if layout is None:
+        return layout
+    placed = {a[0] for dim in layout if not any(b[0] == "c" for b in dim)
+              for a in dim if a[0] in ("h", "w") and a[2] != 1}
+    if not placed:
+        return layout
+    out = tuple(tuple(a for a in dim if not (a[0] in placed and a[2] == 1)) for dim in layout)
+    return out if out != layout else layout
+
+
 def fit(layout: Layout, shape: Sequence[int] | None, where: str) -> Layout:
     """``layout`` with unknown sizes filled from ``shape``; a non-spatial size that changed
     (channels after a conv, a chunk) is refreshed; spatial sizes must match."""
@@ -148,11 +166,23 @@ def reshape(layout: Layout, shape_in: Sequence[int], shape_out: Sequence[int],
         dim: list[Atom] = []
         need = n
         next_is_one = i + 1 < len(sizes) and sizes[i + 1] == 1
+        if n == 1 and atoms and atoms[0][0] in ("h", "w") and (atoms[0][2] or 1) > 1:
+            # a size-1 dimension before a spatial axis splits it (H -> (1, H)): it holds the
+            # axis' outer size-1 atom, as H -> (H // p, p) holds the outer H // p positions;
+            # what follows may move the inner atom away (a 2x2 patch merging of a 2x2 map)
+            axis, stride, size = atoms[0]
+            if size is None:
+                raise Skip(f"{where} reshapes {tuple(shape_in)} to {tuple(shape_out)} where "
+                           "the sizes of the merged dimensions cannot be told apart")
+            out.append(((axis, stride * size, 1),))
+            continue
         while atoms:
-            if need == 1 and (atoms[0][2] != 1 or (next_is_one and (n != 1 or dim))):
+            if need == 1 and (atoms[0][2] != 1 or (next_is_one and (n != 1 or dim))
+                              or _continued(atoms)):
                 # a satisfied dimension keeps the size-1 atoms after it unless size-1
                 # dimensions follow: those take one each (a 1x1 map through a channel
-                # shuffle keeps H and W in their own dimensions, not in the channels)
+                # shuffle keeps H and W in their own dimensions, not in the channels); nor
+                # the outer size-1 atom of an axis whose next atom goes on (1 x 7 -> 7)
                 break
             axis, stride, size = atoms.pop(0)
             if size is None:
@@ -178,6 +208,13 @@ def reshape(layout: Layout, shape_in: Sequence[int], shape_out: Sequence[int],
     if atoms and out:  # trailing size-1 spatial atoms stay with the last dimension
         out[-1] = compact(out[-1] + tuple(atoms))
     return tuple(out)
+
+
+def _continued(atoms: Sequence[Atom]) -> bool:
+    """The first atom is a size-1 spatial atom whose axis goes on in the next one."""
+    return len(atoms) > 1 and atoms[0][0] in ("h", "w") and atoms[0][2] == 1 and \
+        atoms[1][0] == atoms[0][0] and atoms[1][2] is not None and \
+        atoms[0][1] == atoms[1][1] * atoms[1][2]
 
 
 def insert(layout: Layout, dim: int) -> Layout:

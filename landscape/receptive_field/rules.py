@@ -475,6 +475,15 @@ def step(ctx: Ctx) -> Result:
     return rule(ctx)
 
 
+_MOVES = (T.permute, T.transpose, T.reshape)
+
+
+def moves(ctx: Ctx) -> bool:
+    """Whether the node only moves dimensions around (permute, transpose, view / reshape /
+    flatten / squeeze): it reads its inputs unsettled (:func:`layout.settle`)."""
+    return _lookup(ctx) in _MOVES
+
+
 def _lookup(ctx: Ctx) -> Rule | None:
     node, mod = ctx.node, ctx.mod
     if mod is not None:
