@@ -192,6 +192,10 @@ RESIZES = [
     dict(scale_factor=1.5, mode="nearest"),  # 24 -> 36, mapped with 1 / 1.5
     dict(size=30, mode="nearest-exact"),
     dict(scale_factor=1.25, mode="bilinear", recompute_scale_factor=True),  # 24 -> 30
+    # align_corners=True: (n_in - 1) / (n_out - 1) source positions per output position
+    dict(size=30, mode="bilinear", align_corners=True),  # 23 per 29
+    dict(scale_factor=2, mode="bilinear", align_corners=True),  # 24 -> 48: 23 per 47
+    dict(size=18, mode="bicubic", align_corners=True),  # 23 per 17
 ]
 
 
@@ -203,8 +207,14 @@ def test_rf_after_a_rational_resize_equals_the_input_gradients(resize):
     assert len(spans) >= 10 and all(want == got for _, want, got in spans), spans
     t = receptive_field_table(Resized(resize), 96).set_index("layer")
     for layer in ("b", "c"):
-        assert tuple(t.loc[layer, ["r_min", "r_max"]]) == gradient_sizes(
-            Resized(resize), layer, n=96), layer
+        table = tuple(t.loc[layer, ["r_min", "r_max"]])
+        interior = gradient_sizes(Resized(resize), layer, n=96)
+        if resize.get("align_corners"):
+            # one period spans about the whole map: an extreme may occur only at a corner
+            # (which reads one source position), outside the interior measured
+            assert table[0] <= interior[0] and table[1] >= interior[1], layer
+        else:
+            assert table == interior, layer
 
 
 def test_mobilevit_resizes_up_to_the_patch_multiple_and_back():
@@ -264,8 +274,9 @@ def test_transposed_convs_the_rf_cannot_follow_are_refused():
 
 
 @pytest.mark.parametrize("step, message", [
-    (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True),
-     "align_corners=True"),
+    (lambda x: F.interpolate(x[..., :1, :], size=(4, 30), mode="bilinear",
+                             align_corners=True),
+     "align_corners=True: a single position has no corners to align"),
     (lambda x: F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True),
      "downsamples with antialias=True"),
     (lambda x: F.interpolate(x, scale_factor=2, mode="area"), "mode='area'"),
@@ -313,6 +324,26 @@ def test_taps_are_periodic_and_are_torchs_non_zero_weights(mode, k):
         (g,) = torch.autograd.grad(y[0, 0, 0, t], x, retain_graph=True)
         hit = g[0, 0, 0].nonzero().flatten()
         assert (int(hit[0]), int(hit[-1])) == taps(t)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("n_in, n_out", [(12, 23), (12, 30), (12, 7), (12, 12)])
+def test_aligned_taps_are_periodic_and_are_torchs_non_zero_weights(mode, n_in, n_out):
+    """align_corners=True: output t reads around source t (n_in - 1) / (n_out - 1), exactly
+    (away from the borders, where bicubic clamps)."""
+    r = Fraction(n_in - 1, n_out - 1)
+    taps = resize_taps(mode, r, aligned=True)
+    x = torch.zeros(1, 1, 1, n_in, dtype=torch.float64, requires_grad=True)
+    y = F.interpolate(x, size=(1, n_out), mode=mode, align_corners=True)
+    for t in range(n_out):
+        assert taps(t + r.denominator) == (taps(t)[0] + r.numerator,
+                                           taps(t)[1] + r.numerator)
+        lo, hi = taps(t)
+        if lo < 0 or hi > n_in - 1:
+            continue
+        (g,) = torch.autograd.grad(y[0, 0, 0, t], x, retain_graph=True)
+        hit = g[0, 0, 0].nonzero().flatten()
+        assert (int(hit[0]), int(hit[-1])) == (lo, hi), t
 
 
 class Shuffled(nn.Module):

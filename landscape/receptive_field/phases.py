@@ -136,27 +136,29 @@ def combine(parts: list[Phased]) -> tuple[Phased, ...]:
     return tuple(sorted(out.values(), key=lambda p: (p.period, p.shift, p.dlo, p.dhi)))
 
 
-def resize_taps(mode: str, ratio: Fraction) -> Taps | None:
+def resize_taps(mode: str, ratio: Fraction, aligned: bool = False) -> Taps | None:
     """``taps(t)``: the first and last source position that output position t of torch's
-    ``interpolate(mode)`` (align_corners=False) reads with a non-zero weight, ``ratio`` source
-    positions per output position (1 / k for an upsampling by k), in exact arithmetic and
-    without the clamping at the map's borders (as a conv's padding, the borders are ignored);
-    periodic: ``taps(t + a) = taps(t) + b`` for ``ratio = b / a``. None for a mode whose taps
-    are unknown."""
+    ``interpolate(mode)`` reads with a non-zero weight, ``ratio`` source positions per output
+    position (1 / k for an upsampling by k), in exact arithmetic and without the clamping at
+    the map's borders (as a conv's padding, the borders are ignored); periodic:
+    ``taps(t + a) = taps(t) + b`` for ``ratio = b / a``. ``aligned`` (``align_corners=True``,
+    the (bi)linear and bicubic modes only): the corners' centres map onto each other, source
+    coordinate ``t r`` with ``r = (n_in - 1) / (n_out - 1)``; else torch's half-pixel rule,
+    ``(t + 1/2) r - 1/2``. None for a mode whose taps are unknown."""
     r = Fraction(ratio)
     half = Fraction(1, 2)
-    # source coordinate of output t: (t + 1/2) r - 1/2 (torch's half-pixel rule); nearest
-    # reads floor(t r), nearest-exact floor((t + 1/2) r)
-    if mode == "nearest":
+    # nearest reads floor(t r), nearest-exact floor((t + 1/2) r)
+    if mode == "nearest" and not aligned:
         return lambda t: (math.floor(t * r),) * 2
-    if mode == "nearest-exact":
+    if mode == "nearest-exact" and not aligned:
         return lambda t: (math.floor((t + half) * r),) * 2
     if mode not in ("bilinear", "linear", "bicubic"):
         return None
     reach = 1 if mode == "bicubic" else 0  # bicubic: taps floor - 1 .. floor + 2
+    offset = Fraction(0) if aligned else half
 
     def taps(t: int) -> tuple[int, int]:
-        src = (t + half) * r - half
+        src = (t + offset) * r - offset
         first = math.floor(src)
         if src == first:  # an integer coordinate: every other tap weighs 0
             return first, first

@@ -239,7 +239,8 @@ _UPSAMPLE_FUNCTIONS = {F.interpolate, F.upsample, F.upsample_nearest, F.upsample
 
 def _upsample(ctx: Ctx) -> Result:
     """A resize (``nn.Upsample``, ``F.interpolate``) by any rational ratio per axis (to a
-    size, or by a scale factor): the classes of paths get per-phase geometry (:mod:`.phases`)."""
+    size, or by a scale factor; with ``align_corners=True`` the ratio of the sizes less one):
+    the classes of paths get per-phase geometry (:mod:`.phases`)."""
     x, node, mod = ctx.local_x(), ctx.node, ctx.mod
     antialias = False
     if mod is not None:
@@ -253,13 +254,16 @@ def _upsample(ctx: Ctx) -> Result:
             arg(node, 4, "align_corners", None))
         recompute = ctx.resolve(arg(node, 5, "recompute_scale_factor", None))
         antialias = bool(ctx.resolve(arg(node, 6, "antialias", False)))
-    if align:  # the corners' taps are exact, the others not: no periodic interior
-        raise Skip(f"{ctx.where} resizes with align_corners=True, whose taps do not repeat "
-                   "along the map; the RF analysis follows align_corners=False")
     axes = T.last_axes(x, 2, ctx.where)
     out_shape = ctx.shape(node)
     sizes = list(out_shape[-2:]) if out_shape is not None else [None, None]
-    if scale is not None and not recompute:
+    if align:  # the corners' centres map onto each other, whatever the scale factor
+        n_in, n_out = ctx.need_shape(ctx.x_node)[-2:], ctx.need_shape(node)[-2:]
+        if min(*n_in, *n_out) < 2:
+            raise Skip(f"{ctx.where} resizes {tuple(n_in)} to {tuple(n_out)} with "
+                       "align_corners=True: a single position has no corners to align")
+        ratios, sizes = [Fraction(a - 1, b - 1) for a, b in zip(n_in, n_out)], list(n_out)
+    elif scale is not None and not recompute:
         # torch maps positions with 1 / scale_factor, not with the sizes' ratio
         scales = [float(f) for f in (scale if isinstance(scale, (tuple, list)) else (scale,))]
         scales = scales * 2 if len(scales) == 1 else scales
@@ -270,16 +274,17 @@ def _upsample(ctx: Ctx) -> Result:
     if antialias and any(r > 1 for r in ratios):
         raise Skip(f"{ctx.where} downsamples with antialias=True (its taps widen with the "
                    "ratio), which the RF analysis does not follow")
-    return _resized(x, axes, ratios, mode, sizes, ctx.where), None
+    return _resized(x, axes, ratios, mode, sizes, ctx.where, aligned=bool(align)), None
 
 
 def _resized(x: Geometry, axes: tuple[str, str], ratios: list[Fraction], mode: str,
-             sizes: list[int | None], where: str) -> Geometry:
+             sizes: list[int | None], where: str, aligned: bool = False) -> Geometry:
     """``ratios``: source positions per output position along dims -2, -1 (1 / k: upsampling
-    by k); ``sizes``: the output's sizes there when known."""
+    by k); ``sizes``: the output's sizes there when known; ``aligned``: align_corners=True
+    (:func:`resize_taps`)."""
     new = {}
     for name, ratio, size in zip(axes, ratios, sizes):
-        taps = resize_taps(mode, ratio)
+        taps = resize_taps(mode, ratio, aligned)
         if taps is None:
             raise Skip(f"{where} resizes with mode={mode!r}: the RF analysis follows the "
                        "nearest, nearest-exact, (bi)linear and bicubic modes")
