@@ -172,7 +172,10 @@ def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: s
     one more spatial letter holding the same windows (:func:`window_sizes`). The output keeps
     one of them, the queries (the first in ``lo``); the other, the keys, is summed over
     (``attn @ v``, ``v @ attn.T``) or becomes a dimension of channels (``q @ k.T``).
-    Position t then reads the keys' operand over its window. None for any other product."""
+    Position t then reads the keys' operand over its window. Where neither operand has
+    positions outside the batch letters, the product is one per position (VOLO's outlook
+    attention, over each position's window taps): both operands' geometry, merged. None for
+    any other product."""
     if len(la) != len(sa.layout) or len(lb) != len(sb.layout) or len(set(la)) < len(la) \
             or len(set(lb)) < len(lb):
         return None
@@ -182,6 +185,10 @@ def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: s
         return None
     own_a = [c for c, d in zip(la, sa.layout) if L.is_spatial(d) and c not in batch]
     own_b = [c for c, d in zip(lb, sb.layout) if L.is_spatial(d) and c not in batch]
+    if not own_a and not own_b:  # positions only in the batch: a product per position
+        layout = tuple(sa.layout[la.index(c)] if c in la else sb.layout[lb.index(c)]
+                       for c in lo)
+        return merge([sa, sb], ctx.where, layout)
     if len(own_a) != 1 or len(own_b) != 1 or own_a == own_b:
         return None
     (i,), (j,) = own_a, own_b

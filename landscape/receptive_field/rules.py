@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth, stochastic_depth
 
+from landscape.receptive_field import blocks as B
 from landscape.receptive_field import layout as L
 from landscape.receptive_field import mixing as M
 from landscape.receptive_field import tensor_ops as T
@@ -424,6 +425,7 @@ MODULE_RULES: list[tuple[Any, Rule]] = [
     (nn.PixelShuffle, _pixel_shuffle),
     (nn.PixelUnshuffle, _pixel_unshuffle),
     (_ELEMENTWISE_MODULES, elementwise),
+    *B.MODULE_RULES,
 ]
 FUNCTION_RULES: dict[Any, Rule] = {
     **{f: elementwise for f in _ELEMENTWISE_FUNCTIONS},
@@ -435,7 +437,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     F.normalize: _along_dim(_arg_dim(2, 1)), torch.cumsum: _along_dim(_arg_dim(1)),
     **{f: _upsample for f in _UPSAMPLE_FUNCTIONS},
     F.pixel_shuffle: _pixel_shuffle, F.pixel_unshuffle: _pixel_unshuffle,  # torch.pixel_*
-    **T.FUNCTION_RULES, **M.FUNCTION_RULES,
+    **T.FUNCTION_RULES, **M.FUNCTION_RULES, **B.FUNCTION_RULES,
 }
 METHOD_RULES: dict[str, Rule] = {
     **{m: elementwise for m in _ELEMENTWISE_METHODS},

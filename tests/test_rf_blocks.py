@@ -1,0 +1,87 @@
+"""Sliding blocks (landscape.receptive_field.blocks): nn.Unfold / F.unfold, the span of every
+output position checked against its input gradient in float64; a fold is refused by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch.nn.functional as F
+from torch import nn
+
+from landscape.receptive_field import UnsupportedModelError, receptive_field_table
+from test_rf_windows import analytic_spans, gradient_spans
+
+
+class Unfolded(nn.Module):
+    """conv (stride 2) -> unfold k x k (stride s) -> an element-wise op and a Linear mixing
+    each block's taps -> the blocks reshaped into their map -> 1x1 ``head``; with
+    ``module``, as ``nn.Unfold``."""
+
+    def __init__(self, k: int = 3, stride: int = 1, module: bool = False) -> None:
+        super().__init__()
+        self.k, self.stride, self.module = k, stride, module
+        self.a = nn.Conv2d(1, 2, 3, padding=1, stride=2)
+        self.unfold = nn.Unfold(k, padding=k // 2, stride=stride)
+        self.mix = nn.Linear(k * k, 1)
+        self.head = nn.Conv2d(2, 1, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c = y.shape[:2]
+        k, s = self.k, self.stride
+        u = self.unfold(y) if self.module else F.unfold(y, k, padding=k // 2, stride=s)
+        side = int(u.shape[-1] ** 0.5)
+        u = u.relu().reshape(n, c, k * k, u.shape[-1]).transpose(-1, -2)  # (n, c, L, k k)
+        return self.head(self.mix(u)[..., 0].reshape(n, c, side, side))
+
+
+@pytest.mark.parametrize("k, stride, module", [(3, 1, False), (3, 2, False), (3, 1, True),
+                                               (5, 2, True), (2, 2, False)])
+def test_unfold_spans_equal_the_input_gradients(k, stride, module):
+    """A block position sees its whole window (the union over its taps), as a conv's."""
+    model = Unfolded(k, stride, module)
+    assert analytic_spans(model, 64) == gradient_spans(model, 64)
+    t = receptive_field_table(Unfolded(k, stride, module), 64).set_index("layer")
+    assert t.loc["unfold", "kind"] == "unfold" and t.loc["unfold", "kernel"] == k
+    assert t.loc["unfold", "r_max"] == 3 + 2 * (k - 1)  # the conv's 3 px, then k taps 2 apart
+    assert t.loc["unfold", "jump"] == 2 * stride
+
+
+class Folded(Unfolded):
+    def forward(self, x):
+        y = self.a(x)
+        h, w = y.shape[-2:]
+        return self.head(F.fold(F.unfold(y, 3, padding=1), (h, w), 3, padding=1))
+
+
+def test_a_fold_is_refused_naming_it():
+    """fold(unfold(y)) without mixing the taps is y times the count of blocks covering each
+    position (no growth); with mixing, it grows by the window again: the layout cannot tell."""
+    with pytest.raises(UnsupportedModelError, match="folds blocks back into a map"):
+        receptive_field_table(Folded(), 32)
+
+
+class Outlook(nn.Module):
+    """VOLO's outlook attention without its fold: per position, weights over the 3x3 window's
+    taps (a Linear of that position's features) times the unfolded taps, a matmul whose
+    operands hold the positions only in a batch dimension; was taken as global attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 3, padding=1, stride=2)
+        self.attn = nn.Linear(2, 81)
+        self.head = nn.Conv2d(2, 1, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        v = F.unfold(y, 3, padding=1).reshape(n, c, 9, h * w).permute(0, 3, 2, 1)
+        attn = self.attn(y.permute(0, 2, 3, 1)).reshape(n, h * w, 9, 9).softmax(-1)
+        o = (attn @ v).sum(2).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(o)
+
+
+def test_a_product_per_position_keeps_the_positions():
+    model = Outlook()
+    assert analytic_spans(model, 64) == gradient_spans(model, 64)
+    t = receptive_field_table(Outlook(), 64).set_index("layer")
+    assert not t.loc["head", "is_global"] and t.loc["head", "r_max"] == 7
