@@ -352,3 +352,23 @@ def test_token_layers_without_a_square_image_grid_are_refused() -> None:
     assert centre_token(Tokens(), "tokens", (2, 16, 4), 2) == (10, (2, 2))
     with pytest.raises(ValueError, match="not tokens"):
         centre_token(Tokens(), "tokens", (3, 16, 4), 2)
+
+
+def test_a_norm_with_equal_channel_weights_is_refused_as_layer() -> None:
+    """The channel sum of a LayerNorm (or GroupNorm) output with one weight for every channel
+    is its bias sum: the map would be rounding noise, so naming it is an error; once its
+    weights differ (trained), its map is measured."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    net = VisionTransformer(img_size=16, patch_size=4, embed_dim=8, depth=0, num_heads=1,
+                            num_classes=3)
+    with pytest.raises(ValueError, match="layer 'norm' is a LayerNorm whose weight is the same "
+                                         "for every channel"):
+        projected_gradient_maps(net, input_size=16, n_samples=2, layer="norm", in_channels=3)
+    with torch.no_grad():
+        net.norm.weight.copy_(torch.linspace(0.5, 1.5, 8))
+    res = projected_gradient_maps(net, input_size=16, n_samples=2, layer="norm", in_channels=3)
+    assert res.mean_map[8:12, 8:12].min() > 1e-3  # the centre token's patch
+    group = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4))
+    with pytest.raises(ValueError, match="is a GroupNorm whose weight"):
+        projected_gradient_maps(group, input_size=8, n_samples=1, layer="1", in_channels=1)

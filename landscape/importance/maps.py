@@ -234,9 +234,27 @@ def projected_gradient(model: nn.Module, inputs: Tensor, *, layer: str | None = 
 def _resolve_layer(model: nn.Module, x: Tensor, layer: str | None) -> str:
     if layer is None:
         return last_conv(model, x[:1])
-    if layer not in dict(model.named_modules()):
+    modules = dict(model.named_modules())
+    if layer not in modules:
         raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}")
+    if constant_channel_sum(modules[layer]):
+        raise ValueError(
+            f"layer {layer!r} is a {type(modules[layer]).__name__} whose weight is the same "
+            "for every channel (as initialised): the sum of its output over the channels is "
+            "a constant, so its map would be rounding noise; name the module before it")
     return layer
+
+
+def constant_channel_sum(module: nn.Module) -> bool:
+    """Whether the sum over channels of ``module``'s output does not depend on its input: a
+    LayerNorm over the channels or a GroupNorm (each group sums to zero after normalising)
+    whose weight is one value for every channel (or absent)."""
+    if not isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+        return False
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
+        return False
+    weight = module.weight
+    return weight is None or bool((weight == weight.flatten()[0]).all())
 
 
 def centre_on_canvas(images: Tensor, size: int) -> Tensor:
