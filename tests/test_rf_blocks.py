@@ -85,3 +85,30 @@ def test_a_product_per_position_keeps_the_positions():
     assert analytic_spans(model, 64) == gradient_spans(model, 64)
     t = receptive_field_table(Outlook(), 64).set_index("layer")
     assert not t.loc["head", "is_global"] and t.loc["head", "r_max"] == 7
+
+
+class Broadcast(nn.Module):
+    """LambdaNet's position lambdas: per position, the query of each head (n, heads, M, 1, K)
+    times that position's K x V lambda shared by the heads (n, 1, M, K, V): positions in a
+    batch dimension, the heads broadcast against a size-1 one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1, stride=2)
+        self.lam = nn.Conv2d(4, 6, 3, padding=1)  # K x V = 2 x 3 per position
+        self.head = nn.Conv2d(6, 1, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, _, h, w = y.shape
+        q = y.flatten(2).transpose(1, 2).reshape(n, h * w, 2, 2).transpose(1, 2)  # n, 2, M, K
+        lam = self.lam(y).flatten(2).transpose(1, 2).reshape(n, 1, h * w, 2, 3)
+        o = (q.unsqueeze(-2) @ lam).squeeze(-2)  # n, 2, M, 3
+        return self.head(o.transpose(1, 2).reshape(n, h, w, 6).permute(0, 3, 1, 2))
+
+
+def test_a_product_per_position_with_broadcast_heads_keeps_the_positions():
+    model = Broadcast()
+    assert analytic_spans(model, 64) == gradient_spans(model, 64)
+    t = receptive_field_table(Broadcast(), 64).set_index("layer")
+    assert not t.loc["head", "is_global"] and t.loc["head", "r_max"] == 7

@@ -356,3 +356,37 @@ def test_a_patch_merging_down_to_one_position_keeps_it(n, merges):
     assert not last["is_global"] and last["out_size"] == side
     assert last["jump"] == 4 * 2 ** merges and last["r_max"] == 4 * 2 ** merges - 1
     assert layer_states(t.reset_index())[-1] != "head"
+
+
+class LinearAttention(nn.Module):
+    """Linear attention (EfficientViT's LiteMLA, XCiT's channel attention): a c x c matrix
+    summed over every position, then applied to each position's features, by matmul or
+    einsum, and a skip; it was taken as a per-position product of the query's geometry."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.embed = nn.Conv2d(1, 4, 3, padding=1)
+        self.qkv = nn.Linear(4, 12)
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        y = self.embed(x)
+        n, c, h, w = y.shape
+        q, k, v = self.qkv(y.flatten(2).transpose(1, 2)).chunk(3, dim=-1)
+        if self.mode == "matmul":
+            o = q @ (k.transpose(1, 2) @ v)
+        else:
+            o = torch.einsum("nlc,ncd->nld", q, torch.einsum("nlc,nld->ncd", k, v))
+        return self.head((o + v).transpose(1, 2).reshape(n, c, h, w))  # with a skip
+
+
+@pytest.mark.parametrize("mode", ["matmul", "einsum"])
+def test_linear_attention_is_global(mode):
+    model = LinearAttention(mode)
+    x = torch.rand(1, 1, 16, 16, requires_grad=True)
+    (g,) = torch.autograd.grad(model(x)[0, 0, 0, 0], x)
+    assert g[0, 0, -1, -1] != 0  # the corner output reaches the opposite corner
+    t = receptive_field_table(LinearAttention(mode), 16)
+    assert t.set_index("layer").loc["head", "is_global"] and mixes_globally(t)
+    assert layer_states(t)[-1] == "global"  # positions remain (the skip)

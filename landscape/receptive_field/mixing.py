@@ -180,15 +180,13 @@ def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: s
             or len(set(lb)) < len(lb):
         return None
     batch = set(la) & set(lb) & set(lo)
-    if not all(_same_atoms((sa.layout[la.index(c)],), (sb.layout[lb.index(c)],))
-               for c in batch):
-        return None
     own_a = [c for c, d in zip(la, sa.layout) if L.is_spatial(d) and c not in batch]
     own_b = [c for c, d in zip(lb, sb.layout) if L.is_spatial(d) and c not in batch]
     if not own_a and not own_b:  # positions only in the batch: a product per position
-        layout = tuple(sa.layout[la.index(c)] if c in la else sb.layout[lb.index(c)]
-                       for c in lo)
-        return merge([sa, sb], ctx.where, layout)
+        return _per_position(ctx, sa, la, sb, lb, lo)
+    if not all(_same_atoms((sa.layout[la.index(c)],), (sb.layout[lb.index(c)],))
+               for c in batch):
+        return None
     if len(own_a) != 1 or len(own_b) != 1 or own_a == own_b:
         return None
     (i,), (j,) = own_a, own_b
@@ -206,9 +204,36 @@ def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: s
     return merge([sq, windowed(sk, windows, layout, ctx.where)], ctx.where, layout)
 
 
+def _any_global(states: list[State]) -> bool:
+    """An operand computed from global features: a product with it is global (linear
+    attention's ``q @ (k.T @ v)`` is ``(q @ k.T) @ v``: every position's values reach every
+    output), unlike an element-wise gate (the ``se_gates`` convention)."""
+    return any(isinstance(s, Geometry) and not s.is_local for s in states)
+
+
+def _per_position(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: str
+                  ) -> Geometry | None:
+    """A product whose operands hold positions only in batch letters, the same in both
+    (other batch dimensions may broadcast, a size-1 one against heads): both operands'
+    geometry per position. None where the positions differ."""
+    dims = []
+    for c in lo:
+        da = sa.layout[la.index(c)] if c in la else None
+        db = sb.layout[lb.index(c)] if c in lb else None
+        if da is not None and db is not None and (L.is_spatial(da) or L.is_spatial(db)):
+            if not _same_atoms((da,), (db,)):
+                return None
+            dims.append(da)
+        else:
+            dims.append(da if da else db if db is not None else da)
+    return merge([sa, sb], ctx.where, tuple(dims))
+
+
 def matmul(ctx: Ctx) -> Result:
     a, b = ctx.node.args[0], ctx.node.args[1]
     sa, sb = ctx.state(a), ctx.state(b)
+    if _any_global([sa, sb]):
+        return GLOBAL, None
     if _local(sa) and _local(sb):
         batch = "abcdefgh"[:len(sa.layout) - 2]
         out = (_windowed_pair(ctx, sa, batch + "ik", sb, batch + "kj", batch + "ij")
@@ -236,6 +261,8 @@ def einsum(ctx: Ctx) -> Result:
         raise Skip(f"{ctx.where}: einsum '{eq}' needs explicit output indices without '...'")
     lhs, rhs = eq.split("->")
     states = [ctx.state(o) for o in operands]
+    if _any_global(states):
+        return GLOBAL, None
     local = [i for i, s in enumerate(states) if _local(s)]
     if len(local) == 2 and len(operands) == 2:  # windowed attention (MaxViT's), or global
         out = _windowed_pair(ctx, states[0], lhs.split(",")[0], states[1], lhs.split(",")[1],

@@ -12,7 +12,9 @@ and, for conv / pool / linear ops, the fields of its :class:`LayerRecord`. Conve
   block) is a global path under both. Normalisations by statistics over all positions (GroupNorm,
   InstanceNorm, LayerNorm over spatial dims) follow the same option.
 * Token mixing (attention, a matmul or einsum pairing or summing over spatial positions,
-  softmax or a reduction over them) makes the output global. Windowed attention (Swin,
+  softmax or a reduction over them) makes the output global; so does a matmul or einsum
+  with an operand computed from global features (linear attention: ``q @ (k.T @ v)`` is
+  ``(q @ k.T) @ v``), under both ``se_gates``. Windowed attention (Swin,
   MaxViT's block attention) and ``torch.roll`` along an image axis are local
   (:mod:`.mixing`).
 * Anything computed only from global features stays global.
