@@ -4,8 +4,8 @@ For each model, as ``landscape-run model.name=<source>:<name> data.image_size=<s
 it (one input channel, 10 classes, pool level 0, checked at the input size, a transformer
 built for that size): its run identity's ``receptive_field`` / ``global_mixing`` (the r_max
 of its deepest local features at that size, :func:`~landscape.receptive_field.feature_field`;
-"unknown" with the op the RF analysis cannot follow, which the run survives), one training step (forward and backward on 4 random images) and one
-Hessian-vector product of the cross-entropy (the operator of the Hessian, pruned-Hessian and
+"unknown" with the op the RF analysis cannot follow, which the run survives), one training
+step (forward and backward on 4 random images) and one Hessian-vector product of the cross-entropy (the operator of the Hessian, pruned-Hessian and
 lambda_max-tracking stages), which must be finite. Each refusal says in one line which step
 stopped it. ``--source torchvision`` (every classifier), ``timm`` (the RF benchmark's sample),
 ``timm-modules`` (the first model of every timm module); models over ``--max-params`` are

@@ -11,8 +11,8 @@ i.e. the absolute input gradient summed over input channels (units of |d out / d
 two middle rows (columns). A layer may also output tokens (n, L, C), as a ViT's blocks do:
 the gradient is then placed on every channel of the centre image token, the same
 ``(s // 2, s // 2)`` of their s x s grid in row-major order after the model's prefix (class,
-distillation, register) tokens (:func:`centre_token`). Eval-mode BN does not mix samples, so one batched backward gives
-every sample's map.
+distillation, register) tokens (:func:`centre_token`). Eval-mode BN does not mix samples,
+so one batched backward gives every sample's map.
 
 * ``mode="random_input"``: the model as given, eval mode, N(0, 1) inputs from ``seed``.
 * ``mode="images"``: the model as given, eval mode, on real images (e.g. the first test

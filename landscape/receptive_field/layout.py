@@ -171,9 +171,6 @@ def reshape(layout: Layout, shape_in: Sequence[int], shape_out: Sequence[int],
             # axis' outer size-1 atom, as H -> (H // p, p) holds the outer H // p positions;
             # what follows may move the inner atom away (a 2x2 patch merging of a 2x2 map)
             axis, stride, size = atoms[0]
-            if size is None:
-                raise Skip(f"{where} reshapes {tuple(shape_in)} to {tuple(shape_out)} where "
-                           "the sizes of the merged dimensions cannot be told apart")
             out.append(((axis, stride * size, 1),))
             continue
         while atoms:

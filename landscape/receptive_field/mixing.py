@@ -225,7 +225,7 @@ def _per_position(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: st
                 return None
             dims.append(da)
         else:
-            dims.append(da if da else db if db is not None else da)
+            dims.append(da if da or db is None else db)  # the broadcast one: () is size 1
     return merge([sa, sb], ctx.where, tuple(dims))
 
 
