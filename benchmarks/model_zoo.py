@@ -5,8 +5,9 @@ it (one input channel, 10 classes, pool level 0, checked at the input size, a tr
 built for that size): its run identity's ``receptive_field`` / ``global_mixing`` (the r_max
 of its deepest local features at that size, :func:`~landscape.receptive_field.feature_field`;
 "unknown" with the op the RF analysis cannot follow, which the run survives), one training
-step (forward and backward on 4 random images) and one Hessian-vector product of the cross-entropy (the operator of the Hessian, pruned-Hessian and
-lambda_max-tracking stages), which must be finite. Each refusal says in one line which step
+step (forward and backward on 4 random images) and one Hessian-vector product of the
+cross-entropy (the operator of the Hessian, pruned-Hessian and lambda_max-tracking stages),
+which must be finite. Each refusal says in one line which step
 stopped it. ``--source torchvision`` (every classifier), ``timm`` (the RF benchmark's sample),
 ``timm-modules`` (the first model of every timm module); models over ``--max-params`` are
 left out (listed). No target: it measures coverage, and the seconds of each step.
