@@ -684,18 +684,27 @@ def test_slicing_off_class_and_register_tokens_keeps_the_image_tokens(prefix):
         table(lambda x: x[:, 1:], last=True)  # constant tokens after the image's
 
 
-def test_a_class_token_updated_alone_makes_the_leading_tokens_unknown():
+def test_a_class_token_updated_alone_keeps_the_image_tokens():
     """CaiT / XCiT class attention: the class token is replaced by a global one and added to
-    the sequence whose class token was constant. The sum is followed (the count of leading
-    tokens, known on one side only, becomes unknown); a slice after it is refused."""
+    the sequence whose class token was constant. A token without a position, global or
+    constant, reaches no image token without token mixing: the image tokens keep the
+    patches' RF (4), checked against the input gradient of an image token; the class token
+    alone is a readout."""
     def update(x):
         cls = x.mean(1, keepdim=True)  # global
         return x + torch.cat([cls, x[:, 1:]], dim=1)
 
     t = receptive_field_table(PrefixViT(update, attend=False), 32).set_index("layer")
-    assert t.loc["mlp", "r_min"] == 4 and t.loc["mlp", "is_global"]
-    with pytest.raises(UnsupportedModelError, match="leading class / register tokens are not"):
-        receptive_field_table(PrefixViT(lambda x: update(x)[:, 1:], attend=False), 32)
+    assert (t.loc["mlp", "r_min"], t.loc["mlp", "r_max"], t.loc["mlp", "is_global"]) == \
+        (4, 4, False)
+    model = PrefixViT(lambda x: update(x)[:, 1:], attend=False)
+    assert receptive_field_table(model, 32).set_index("layer").loc["mlp", "r_max"] == 4
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    (g,) = torch.autograd.grad(model(x)[0, 9].sum(), x)  # image token 9: patch (1, 1)
+    rows, cols = g[0].abs().sum(0).nonzero().unbind(1)
+    assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (4, 7, 4, 7)
+    readout = PrefixViT(lambda x: update(x)[:, 0], attend=False)
+    assert receptive_field_table(readout, 32).set_index("layer").loc["mlp", "is_global"]
 
 
 def test_empty_and_whole_slices_of_tokens_are_followed():

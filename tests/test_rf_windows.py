@@ -390,3 +390,44 @@ def test_linear_attention_is_global(mode):
     t = receptive_field_table(LinearAttention(mode), 16)
     assert t.set_index("layer").loc["head", "is_global"] and mixes_globally(t)
     assert layer_states(t)[-1] == "global"  # positions remain (the skip)
+
+
+class ClassToken(nn.Module):
+    """A class token before the image tokens (a parameter, a zero slot made by ``F.pad`` as
+    CoaT does, or a token computed from every position as XCiT's class attention does), a
+    per-token block with a skip, the class token sliced off and the image tokens reshaped
+    back into a map for a conv (CoaT's convolutional position encoding, PiT's pooling)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.embed = nn.Conv2d(1, 4, 4, stride=4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 4))
+        self.mlp = nn.Linear(4, 4)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        y = self.embed(x)
+        n, c, h, w = y.shape
+        t = y.flatten(2).transpose(1, 2)
+        if self.how == "parameter":
+            t = torch.cat([self.cls.expand(n, -1, -1), t], dim=1)
+        elif self.how == "pad":
+            t = F.pad(t, (0, 0, 1, 0))
+        else:  # "global": a token made from every position
+            t = torch.cat([t.mean(1, keepdim=True), t], dim=1)
+        t = t + self.mlp(t)
+        y = t[:, 1:].transpose(1, 2).reshape(n, c, h, w)
+        return self.head(self.conv(y))
+
+
+@pytest.mark.parametrize("how", ["parameter", "pad", "global"])
+def test_image_tokens_after_a_class_token_go_back_into_a_map(how):
+    """Sliced off the class token, the image tokens are the map they were: a conv on them
+    was refused ("reshapes ... across a spatial axis"). A class token made from every
+    position reaches no image token through a per-token block: they stay local."""
+    model = ClassToken(how)
+    assert analytic_spans(model) == gradient_spans(model)
+    t = receptive_field_table(ClassToken(how), N).set_index("layer")
+    assert t.loc["conv", "r_max"] == 12 and not t.loc["head", "is_global"]

@@ -68,12 +68,20 @@ def model_cost(model: nn.Module, input_size: int | tuple[int, int],
         in_channels = conv.in_channels
     meta = meta_copy(model)
     training = meta.training
+    grads = [(p, p.requires_grad) for p in meta.parameters()]
     meta.eval()
     try:
+        # no parameter asks for gradients: the counter's module tracker registers gradient
+        # hooks on module inputs that do, and fails on a parameter's view made under no_grad
+        # (PiT hands its expanded class token to a module)
+        for p, _ in grads:
+            p.requires_grad_(False)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             meta(torch.empty(1, in_channels, h, w, device="meta"))
     finally:
         meta.train(training)
+        for p, flag in grads:
+            p.requires_grad_(flag)
     return ModelCost(params=sum(p.numel() for p in model.parameters()),
                      flops=int(counter.get_total_flops()), input_size=(h, w),
                      in_channels=in_channels)

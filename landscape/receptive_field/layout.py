@@ -126,7 +126,7 @@ def fit(layout: Layout, shape: Sequence[int] | None, where: str) -> Layout:
             if n % s_prod:
                 raise Skip(f"{where}: lost track of the spatial axes (a dimension of size {n} "
                            f"holds {dim})")
-            dim = tuple(a if a[2] is not None else (a[0], a[1], n // s_prod) for a in dim)
+            dim = tuple(a if a[2] is not None else sized(a, n // s_prod) for a in dim)
         out.append(compact(dim))
     return tuple(out)
 
@@ -181,12 +181,13 @@ def reshape(layout: Layout, shape_in: Sequence[int], shape_out: Sequence[int],
                 # shuffle keeps H and W in their own dimensions, not in the channels); nor
                 # the outer size-1 atom of an axis whose next atom goes on (1 x 7 -> 7)
                 break
-            axis, stride, size = atoms.pop(0)
+            atom = atoms.pop(0)
+            axis, stride, size = atom[:3]
             if size is None:
                 raise Skip(f"{where} reshapes {tuple(shape_in)} to {tuple(shape_out)} where "
                            "the sizes of the merged dimensions cannot be told apart")
             if size <= need and need % size == 0:
-                dim.append((axis, stride, size))
+                dim.append(atom)  # whole (a "*" atom keeps its image atoms)
                 need //= size
             elif size % need == 0 and axis != "*":
                 inner = size // need
@@ -234,20 +235,39 @@ def channel(layout: Layout, dim: int, where: str) -> Layout:
     return layout[:d] + ((("c", 0, None),),) + layout[d + 1:]
 
 
-def opaque(layout: Layout, dim: int, where: str, prefix: int | None = None) -> Layout:
+def opaque(layout: Layout, dim: int, where: str, prefix: int | None = None,
+           image: tuple[Atom, ...] | None = None) -> Layout:
     """Dimension ``dim`` keeps spatial positions that can no longer be told apart. ``prefix``:
-    the number of constant tokens before them (a class token), where known; the ``"*"`` atom
-    holds it as its stride, plus one (0: unknown; :func:`token_prefix`)."""
+    the number of tokens without positions before them (a class token), where known; the
+    ``"*"`` atom holds it as its stride, plus one (0: unknown; :func:`token_prefix`), and
+    ``image``, the atoms of the image tokens after them, as a fourth item (:func:`image_atoms`:
+    slicing the prefix off gives them back)."""
     d = norm_dim(dim, len(layout), where)
-    return layout[:d] + ((("*", 0 if prefix is None else prefix + 1, None),),) + layout[d + 1:]
+    atom = ("*", 0 if prefix is None else prefix + 1, None)
+    if prefix is not None and image is not None:
+        atom += (tuple(image),)
+    return layout[:d] + ((atom,),) + layout[d + 1:]
+
+
+def sized(atom: Atom, size: int | None) -> Atom:
+    """``atom`` with another size (a ``"*"`` atom keeps its image atoms)."""
+    return atom[:2] + (size,) + tuple(atom[3:])
 
 
 def token_prefix(dim: tuple[Atom, ...]) -> int | None:
-    """For a dimension of tokens (one ``"*"`` atom): how many constant-born tokens (class,
-    register tokens) come before the image tokens, where known; else None."""
+    """For a dimension of tokens (one ``"*"`` atom): how many tokens without positions
+    (class, register tokens) come before the image tokens, where known; else None."""
     if len(dim) != 1 or dim[0][0] != "*" or dim[0][1] < 1:
         return None
     return dim[0][1] - 1
+
+
+def image_atoms(dim: tuple[Atom, ...]) -> tuple[Atom, ...] | None:
+    """For a dimension of prefix tokens then image tokens (:func:`opaque`): the image tokens'
+    atoms, where known."""
+    if token_prefix(dim) is None or len(dim[0]) < 4:
+        return None
+    return dim[0][3]
 
 
 def same(a: Layout, b: Layout) -> bool:

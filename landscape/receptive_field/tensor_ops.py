@@ -46,7 +46,7 @@ def last_axes(x: Geometry, k: int, where: str) -> tuple[str, str]:
 
 def unsized(layout: L.Layout) -> L.Layout:
     """Sizes of single-atom dimensions forgotten (refilled from the next shape seen)."""
-    return tuple(((dim[0][0], dim[0][1], None),) if len(dim) == 1 else dim for dim in layout)
+    return tuple((L.sized(dim[0], None),) if len(dim) == 1 else dim for dim in layout)
 
 
 def _local(s: State) -> bool:
@@ -231,6 +231,9 @@ def _tokens(dim: tuple, op: str, item: Any, n: int | None, where: str) -> tuple 
         raise Skip(f"{where} slices a sequence of tokens with step {step}")
     if stop <= k:
         return None
+    image = L.image_atoms(dim)
+    if image is not None and start == k and stop == n:  # the prefix sliced off
+        return image
     return (("*", max(k - start, 0) + 1, stop - start),)
 
 
@@ -250,12 +253,16 @@ def cat(ctx: Ctx) -> Result:
         return _space_to_depth(merge(geoms, ctx.where, layout), local), None
     if len(local) == 1:  # e.g. a class token before image tokens: positions not separable
         states = [ctx.state(p) for p in parts]
-        before = [ctx.shape(p) for p, s in zip(parts, states) if s is None]
-        prefix = None  # constant tokens (class, registers) all before the image tokens
-        if isinstance(states[-1], Geometry) and states[-1].is_local and \
-                all(s is None for s in states[:-1]) and None not in before:
+        before = [ctx.shape(p) for p in parts[:-1]]
+        prefix = None  # tokens without positions (class, registers) all before the image's
+        if isinstance(states[-1], Geometry) and states[-1].is_local and None not in before \
+                and all(s is None or not s.is_local for s in states[:-1]):
             prefix = sum(int(shape[d]) for shape in before)
-        return merge(geoms, ctx.where, L.opaque(local[0].layout, d, ctx.where, prefix)), None
+            # a prefix token has no position: what it holds reaches the image tokens only
+            # through token mixing, which makes them global; read alone it is a readout
+            geoms = [states[-1]]
+        layout = L.opaque(local[0].layout, d, ctx.where, prefix, image=local[0].layout[d])
+        return merge(geoms, ctx.where, layout), None
     raise Skip(f"{ctx.where} concatenates along spatial axis {dim}")
 
 
@@ -362,6 +369,14 @@ def pad(ctx: Ctx) -> Result:
             continue
         if not L.is_spatial(layout[d]):
             layout[d] = _C
+            continue
+        if d not in whole and mode == "constant" and left > 0 == right:
+            # zero tokens before a sequence of tokens (CoaT's slot for its class token)
+            star = layout[d][0][0] == "*" and len(layout[d]) == 1
+            k = L.token_prefix(layout[d]) if star else 0
+            image = L.image_atoms(layout[d]) if star else layout[d]
+            layout[d] = L.opaque(tuple(layout), d, ctx.where, None if k is None else k + left,
+                                 image)[d]
             continue
         if d not in whole:
             raise Skip(f"{ctx.where} pads a dimension that mixes spatial positions")
