@@ -112,3 +112,44 @@ def test_a_product_per_position_with_broadcast_heads_keeps_the_positions():
     assert analytic_spans(model, 64) == gradient_spans(model, 64)
     t = receptive_field_table(Broadcast(), 64).set_index("layer")
     assert not t.loc["head", "is_global"] and t.loc["head", "r_max"] == 7
+
+
+class TokenPool(nn.Module):
+    """NextViT's spatial reduction: a map flattened row-major into tokens (N, C, H*W), a 1-d
+    pool (or a Conv1d) of kernel = stride k over them, then back into its (H, W / k) map;
+    ``axis``: the tokens hold one image axis only (the other folded into the batch)."""
+
+    def __init__(self, k: int, op: str, axis: bool = False) -> None:
+        super().__init__()
+        self.k, self.axis = k, axis
+        self.a = nn.Conv2d(1, 2, 3, padding=1, stride=2)
+        self.op = {"avg": nn.AvgPool1d(k), "max": nn.MaxPool1d(k),
+                   "conv": nn.Conv1d(2, 2, k, stride=k)}[op]
+        self.head = nn.Conv2d(2, 1, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        if self.axis:  # (N * H, C, W): rows pooled along w only
+            t = self.op(y.permute(0, 2, 1, 3).reshape(n * h, c, w))
+            y = t.reshape(n, h, c, w // self.k).permute(0, 2, 1, 3)
+        else:
+            y = self.op(y.flatten(2)).reshape(n, c, h, w // self.k)
+        return self.head(y)
+
+
+@pytest.mark.parametrize("k, op, axis", [(4, "avg", False), (2, "max", False),
+                                         (4, "conv", False), (4, "avg", True)])
+def test_a_1d_window_within_rows_of_flattened_tokens_is_exact(k, op, axis):
+    model = TokenPool(k, op, axis)
+    assert analytic_spans(model, 64) == gradient_spans(model, 64)
+    t = receptive_field_table(TokenPool(k, op, axis), 64).set_index("layer")
+    assert t.loc["op", "kernel_w"] == k and t.loc["op", "kernel_h"] == 1
+
+
+def test_a_1d_window_across_rows_is_refused():
+    """Kernel 3 over rows of 32 tokens: some windows hold the end of one row and the start
+    of the next."""
+    with pytest.raises(UnsupportedModelError, match=r"1-d avg_pool of kernel 3, stride 3"):
+        receptive_field_table(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, stride=2),
+                                            nn.Flatten(2), nn.AvgPool1d(3)), 64)

@@ -135,8 +135,8 @@ def _conv3d(ctx: Ctx) -> Result:
 def _conv1d(ctx: Ctx) -> Result:
     """A Conv1d over (N, C, L): along channels (L not spatial: ECA's conv over a pooled
     vector) or with kernel 1 (stride 1, no padding: EfficientViM's projections over its
-    flattened tokens) it mixes no positions, so every position keeps its geometry. A wider
-    Conv1d over flattened positions would mix the ends of neighbouring rows: refused."""
+    flattened tokens) it mixes no positions, so every position keeps its geometry. Over
+    flattened positions, see :func:`_along_tokens`."""
     mod, x = ctx.mod, ctx.x
     one = (1, 1)
     fields = {"kind": "conv", "kernel": one, "stride": one, "padding": (0, 0), "dilation": one}
@@ -147,11 +147,63 @@ def _conv1d(ctx: Ctx) -> Result:
     pointwise = (mod.kernel_size, mod.stride) == ((1,), (1,)) and mod.padding in (
         (0,), "same", "valid")
     if L.is_spatial(x.layout[-1]) and not pointwise:
-        raise Skip(f"{ctx.where} is a Conv1d with kernel {mod.kernel_size[0]}, stride "
-                   f"{mod.stride[0]}, padding {mod.padding} over positions; the RF analysis "
-                   "follows a Conv1d over positions only with kernel 1, stride 1 and no "
-                   "padding (channel mixing)")
+        if isinstance(mod.padding, str):
+            raise Skip(f"{ctx.where} is a Conv1d with padding={mod.padding!r} over positions; "
+                       "the RF analysis follows explicit padding")
+        return _along_tokens(ctx, "conv", mod.kernel_size[0], mod.stride[0], mod.padding[0],
+                             mod.dilation[0])
     return x, fields
+
+
+def _pool1d(ctx: Ctx) -> Result:
+    """``nn.AvgPool1d`` / ``nn.MaxPool1d`` over (N, C, L): over flattened positions, see
+    :func:`_along_tokens` (NextViT's spatial reduction of its keys and values)."""
+    mod, x = ctx.mod, ctx.x
+    kind = "max_pool" if isinstance(mod, nn.MaxPool1d) else "avg_pool"
+    k, s, p = (v[0] if isinstance(v, (tuple, list)) else v
+               for v in (mod.kernel_size, mod.stride or mod.kernel_size, mod.padding))
+    d = getattr(mod, "dilation", 1)
+    d = d[0] if isinstance(d, (tuple, list)) else d
+    if not (isinstance(x, Geometry) and x.is_local):
+        return GLOBAL, {"kind": kind}
+    if mod.ceil_mode:
+        raise Skip(f"{ctx.where} pools positions with ceil_mode=True; the RF analysis follows "
+                   "a 1-d pool over positions with ceil_mode=False")
+    if not L.is_spatial(x.layout[-1]):
+        return x, {"kind": kind}  # along channels: no position mixed
+    return _along_tokens(ctx, kind, k, s, p, d)
+
+
+def _along_tokens(ctx: Ctx, kind: str, k: int, s: int, p: int, d: int) -> Result:
+    """A 1-d window (kernel k, stride s, padding p, dilation d) over the last dimension,
+    which holds flattened positions: along one image axis, a window along it; over a map
+    flattened row-major (``(a, 1, A), (b, 1, B)``), only k = s, no padding and k dividing B,
+    where every window lies in one row: a 1 x k window of stride k along b. Anything else
+    would mix the ends of neighbouring rows: refused."""
+    x = ctx.x
+    atoms = x.layout[-1]
+    axes = {a[0] for a in atoms}
+    elsewhere = any(a[0] in axes or a[0] == "*" for dim in x.layout[:-1] for a in dim)
+    if not elsewhere and len(atoms) == 1 and atoms[0][0] in ("h", "w") and atoms[0][1] == 1:
+        axis = atoms[0][0]
+        other = "w" if axis == "h" else "h"
+        window = Window(kind, (k, 1), (s, 1), (p, 0), (d, 1))
+        out = window.apply(x, (axis, other))
+        return (Geometry(out.h, out.w, T.unsized(x.layout)),
+                _fields(window, (axis, other)))
+    if not elsewhere and len(atoms) == 2 and all(a[0] in ("h", "w") and a[1] == 1
+                                                 for a in atoms) \
+            and atoms[0][0] != atoms[1][0] and atoms[1][2] is not None \
+            and k == s and p == 0 and d == 1 and atoms[1][2] % k == 0:
+        outer, inner = atoms[0][0], atoms[1][0]
+        window = Window(kind, (1, k), (1, k), (0, 0))
+        out = window.apply(x, (outer, inner))
+        layout = x.layout[:-1] + (((outer, 1, atoms[0][2]), (inner, 1, atoms[1][2] // k)),)
+        return Geometry(out.h, out.w, layout), _fields(window, (outer, inner))
+    raise Skip(f"{ctx.where} runs a 1-d {kind} of kernel {k}, stride {s}, padding {p} over "
+               f"flattened positions {atoms}; the RF analysis follows one along a single "
+               "axis, or over a row-major map only with kernel = stride dividing the row, "
+               "no padding (every window within one row)")
 
 
 def _adaptive(ctx: Ctx, kind: str, output_size: Any) -> Result:
@@ -426,6 +478,7 @@ MODULE_RULES: list[tuple[Any, Rule]] = [
     (nn.Upsample, _upsample),
     (nn.PixelShuffle, _pixel_shuffle),
     (nn.PixelUnshuffle, _pixel_unshuffle),
+    ((nn.AvgPool1d, nn.MaxPool1d), _pool1d),
     (_ELEMENTWISE_MODULES, elementwise),
     *B.MODULE_RULES,
 ]
@@ -515,7 +568,8 @@ def layer_kind(ctx: Ctx) -> dict[str, Any] | None:
             return {"kind": "conv"}
         if isinstance(mod, nn.ConvTranspose2d):
             return {"kind": "conv_transpose"}
-        if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, *ADAPTIVE_MODULES)):
+        if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, nn.MaxPool1d, nn.AvgPool1d,
+                            *ADAPTIVE_MODULES)):
             return {"kind": "pool"}
         if isinstance(mod, nn.Linear):
             return {"kind": "linear"}
