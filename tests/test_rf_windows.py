@@ -431,3 +431,43 @@ def test_image_tokens_after_a_class_token_go_back_into_a_map(how):
     assert analytic_spans(model) == gradient_spans(model)
     t = receptive_field_table(ClassToken(how), N).set_index("layer")
     assert t.loc["conv", "r_max"] == 12 and not t.loc["head", "is_global"]
+
+
+class QueryPooled(nn.Module):
+    """HieraDet's query pooling: 8x8 windows folded into the batch, the queries max-pooled
+    2x2 within each window (4x4 per window), attending to their window's 8x8 keys; the
+    result unpartitioned into the half-resolution map, beside a 2x2 max-pooled shortcut."""
+
+    def __init__(self, w: int = 8) -> None:
+        super().__init__()
+        self.w = w
+        self.embed = nn.Conv2d(1, 4, 4, stride=4)
+        self.qkv = nn.Linear(4, 12)
+        self.q_pool = nn.MaxPool2d(2, 2)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        y = self.embed(x).permute(0, 2, 3, 1)  # (n, H, W, C)
+        n, h, w_, c = y.shape
+        w = self.w
+        t = y.view(n, h // w, w, w_ // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, w, w, c)
+        q, k, v = self.qkv(t).chunk(3, dim=-1)  # (windows, w, w, c)
+        q = self.q_pool(q.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (windows, w/2, w/2, c)
+        o = F.scaled_dot_product_attention(q.reshape(-1, (w // 2) ** 2, c),
+                                           k.reshape(-1, w * w, c), v.reshape(-1, w * w, c))
+        o = o.view(n, h // w, w_ // w, w // 2, w // 2, c).permute(0, 1, 3, 2, 4, 5)
+        o = o.reshape(n, h // 2, w_ // 2, c)
+        short = self.pool(y.permute(0, 3, 1, 2))
+        return self.head(short + o.permute(0, 3, 1, 2))
+
+
+def test_pooled_queries_attending_their_window_equal_the_input_gradients():
+    """Was refused (a stride-2 pool on windows folded into the batch); now a pooled query
+    reads its window's keys: every position sees the 32 input rows of its window."""
+    model = QueryPooled()
+    assert analytic_spans(model) == gradient_spans(model)
+    spans = analytic_spans(QueryPooled(), rows=range(4, 8))
+    assert spans[4] == spans[7] == (32, 63)
+    t = receptive_field_table(QueryPooled(), N).set_index("layer")
+    assert t.loc["q_pool", "kind"] == "max_pool" and not t.loc["head", "is_global"]

@@ -77,27 +77,32 @@ def _same_atoms(a: L.Layout, b: L.Layout) -> bool:
 
 def windowed(x: Geometry, windows: dict[str, int], layout: L.Layout, where: str,
              shift: dict[str, int] | None = None,
-             reach: dict[str, tuple[int, int]] | None = None) -> Geometry:
+             reach: dict[str, tuple[int, int]] | None = None,
+             queries: dict[str, int] | None = None) -> Geometry:
     """``x`` after an op within windows of ``windows[axis]`` positions along each axis (a
     resampling with period w, :meth:`Phased.resample`): position t reads its window,
     ``w * ((t - s) // w) + s`` .. ``+ w - 1`` (``shift`` s: the windows' offset,
     torchvision's shifted windows), as attention does; with ``reach[axis] = (p, k)``, a
     kernel of extent k and left padding p run on each window (zero padding at its edges),
-    only the part of it that its kernel covers, ``t - p`` .. ``t - p + k - 1``."""
+    only the part of it that its kernel covers, ``t - p`` .. ``t - p + k - 1``; with
+    ``queries[axis] = m`` (pooled queries, m positions per window), output position t reads
+    window ``t // m``: m outputs per w positions of ``x``."""
     axes = {}
     for name in ("h", "w"):
         a = x.axis(name)
         if name in windows:
             w, s = windows[name], (shift or {}).get(name, 0)
             p, k = (reach or {}).get(name, (None, None))
+            m = (queries or {}).get(name, w)
 
-            def taps(t: int, w: int = w, s: int = s, p: int | None = p, k: int | None = k
-                     ) -> tuple[int, int]:
-                start = w * ((t - s) // w) + s
+            def taps(t: int, w: int = w, s: int = s, p: int | None = p, k: int | None = k,
+                     m: int = m) -> tuple[int, int]:
+                start = w * ((t - s) // m) + s
                 if p is None:
                     return start, start + w - 1
                 return max(start, t - p), min(start + w - 1, t - p + k - 1)
-            a = resampled(a, w, w, taps, a.size, name, where)
+            size = None if a.size is None else a.size * m // w
+            a = resampled(a, m, w, taps, size, name, where)
         axes[name] = a
     return Geometry(axes["h"], axes["w"], layout)
 
@@ -107,22 +112,42 @@ def _window_record(windows: dict[str, int]) -> dict[str, Any]:
             "stride": (1, 1)}
 
 
+def pooled_windows(layout: L.Layout, windows: dict[str, int], s: dict[str, int],
+                   inner: set[int]) -> L.Layout:
+    """``layout`` of windows folded into the batch (the positions inside a window in the
+    dimensions ``inner``) after pooling cells of ``s[axis]`` in each: w / s positions per
+    window, the window index counted in pooled positions."""
+    def atom(a: L.Atom, within: bool) -> L.Atom:
+        if a[0] not in s:
+            return a
+        return (a[0], 1, windows[a[0]] // s[a[0]]) if within else (a[0], a[1] // s[a[0]], a[2])
+    return tuple(tuple(atom(a, i in inner) for a in dim) for i, dim in enumerate(layout))
+
+
 def _sdpa(ctx: Ctx) -> Result:
     """``scaled_dot_product_attention(q, k, v)`` on (..., tokens, features): local when the
-    tokens are windows (:func:`window_sizes`) shared by q, k and v."""
+    tokens are windows (:func:`window_sizes`) shared by q, k and v; also when the queries'
+    windows are pooled, w / s positions per window against the keys' w (HieraDet's query
+    pooling): query position t then reads its window of keys, ``w * (t // (w / s))`` ..
+    ``+ w - 1``."""
     q, k, v = (ctx.state(arg(ctx.node, i, n, None))
                for i, n in enumerate(("query", "key", "value")))
     if not all(_local(s) and len(s.layout) >= 2 for s in (q, k, v)):
         return GLOBAL, {"kind": "attention"}
     windows = window_sizes(q.layout[:-2], q.layout[-2])
-    if windows is None or L.is_spatial(q.layout[-1]) or not all(
-            _same_atoms(q.layout[:-1], s.layout[:-1]) and not L.is_spatial(s.layout[-1])
+    keys = window_sizes(k.layout[:-2], k.layout[-2])
+    if windows is None or keys is None or set(keys) != set(windows) or any(
+            keys[a] % windows[a] for a in keys) or L.is_spatial(q.layout[-1]):
+        return GLOBAL, {"kind": "attention"}
+    pooled = {a: keys[a] // windows[a] for a in keys if keys[a] != windows[a]}
+    if not all(_same_atoms(q.layout[:-1], pooled_windows(
+            s.layout, keys, pooled, {len(s.layout) - 2})[:-1]) and not L.is_spatial(s.layout[-1])
             for s in (k, v)):
         return GLOBAL, {"kind": "attention"}
     layout = q.layout[:-1] + v.layout[-1:]
-    out = merge([q, windowed(k, windows, layout, ctx.where),
-                 windowed(v, windows, layout, ctx.where)], ctx.where, layout)
-    return out, _window_record(windows)
+    out = merge([q, windowed(k, keys, layout, ctx.where, queries=windows),
+                 windowed(v, keys, layout, ctx.where, queries=windows)], ctx.where, layout)
+    return out, _window_record(keys)
 
 
 def _shifted_window_attention(ctx: Ctx) -> Result:

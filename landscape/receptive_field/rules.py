@@ -82,7 +82,9 @@ def _within_windows(x: Geometry, window: Window, where: str) -> Result | None:
     axis, ``(axis, 1, w)``, the window index lies in the batch (:func:`.mixing.window_sizes`).
     Its padding reads zeros at the window's edges, so position t reads its kernel's span
     clipped to its window: a resampling with period w, exact per phase. Only an op that keeps
-    the window's w positions (stride 1, "same" padding); None where the dimensions hold no
+    the window's w positions (stride 1, "same" padding), or one pooling s x s cells (kernel =
+    stride s dividing w, no padding: each cell lies in one window, so it is the pool of the
+    whole map; the windows then hold w / s positions); None where the dimensions hold no
     windows."""
     lay = x.layout
     if len(lay) < 3 or len(lay[-2]) != 1 or len(lay[-1]) != 1:
@@ -91,6 +93,15 @@ def _within_windows(x: Geometry, window: Window, where: str) -> Result | None:
     if windows is None or set(windows) != {"h", "w"}:
         return None
     axes = (lay[-2][0][0], lay[-1][0][0])
+    if all(window.kernel[i] == window.stride[i] > 1 and windows[a] % window.stride[i] == 0
+           and window.padding[i] == 0 and window.dilation[i] == 1 for i, a in enumerate(axes)) \
+            and not window.ceil_mode:
+        # cells of s x s within each window (HieraDet's query pooling): the window of the
+        # whole map, w / s pooled positions per window
+        out = window.apply(x, axes)
+        return Geometry(out.h, out.w, M.pooled_windows(
+            lay, windows, dict(zip(axes, window.stride)), {len(lay) - 2, len(lay) - 1})), \
+            _fields(window, axes)
     reach = {}
     for i, name in enumerate(axes):
         k_eff = window.dilation[i] * (window.kernel[i] - 1) + 1
@@ -99,7 +110,7 @@ def _within_windows(x: Geometry, window: Window, where: str) -> Result | None:
             raise Skip(f"{where} runs a {window.kind} of kernel {window.kernel}, stride "
                        f"{window.stride} on windows of {windows[name]} positions folded into "
                        "the batch; the RF analysis follows one only where it keeps the "
-                       "window's size")
+                       "window's size, or pools cells of kernel = stride dividing the window")
         reach[name] = (window.padding[i], k_eff)
     return M.windowed(x, windows, lay, where, reach=reach), _fields(window, axes)
 
