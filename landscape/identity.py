@@ -198,7 +198,7 @@ def _model_facts(arch: str, pool: PoolSpec, width: float, num_classes: int, in_c
     mixes globally, parameter count) of a model built on the meta device (no memory, no
     init); building it checks the input size and the keys and shapes of ``weights``
     (``digest``, its content hash, keys the cache). Cached: a grid asks once per cell. A
-    model the RF analysis cannot follow (an LSTM over tokens, ``nn.Unfold``) has no RF: None,
+    model the RF analysis cannot follow (an LSTM over tokens, ``F.fold``) has no RF: None,
     with a warning naming the op, and it still trains."""
     with torch.device("meta"):
         model = build_model(arch, pool, num_classes=num_classes, in_channels=in_channels,
@@ -221,9 +221,9 @@ def identify(cfg: Any) -> RunIdentity:
     info = dataset_info(cfg.data)
     spec = spec_of(m)
     weights = getattr(m, "weights", None)
-    rf, mixing, num_params = _model_facts(m.name, pool, float(m.width), info.num_classes,
-                                  info.in_channels, info.image_size, spec, weights,
-                                  weights_digest(weights) if weights is not None else None)
+    rf, mixing, num_params = _model_facts(
+        m.name, pool, float(m.width), info.num_classes, info.in_channels, info.image_size, spec,
+        weights, weights_digest(weights) if weights is not None else None)
     custom = (m.pool_kernel, m.pool_stride, m.pool_padding) != (None, None, None)
     return RunIdentity(
         arch=m.name, dataset=cfg.data.name, width=float(m.width), pool=pool, custom_pool=custom,

@@ -391,7 +391,7 @@ def test_weights_of_a_built_in_architecture(tmp_path):
 
 
 def test_a_model_the_rf_analysis_cannot_follow_still_trains(tmp_path, monkeypatch, caplog):
-    """An op the RF analysis does not know (an LSTM over tokens, nn.Unfold) leaves the
+    """An op the RF analysis does not follow (an LSTM over tokens, F.fold) leaves the
     receptive_field column empty, with a warning naming it, and one rf_unsupported row: the
     run trains (before, the identity refused the model)."""
     from analysis.tables import cell_levels

@@ -712,11 +712,13 @@ def test_units_read_before_layouts_were_followed_are_recomputed_for_external_mod
     from landscape.models.registry import MODELS
     from landscape.stages.base import STAGES
 
+    from landscape.stages.cka import CKAConfig
+    from landscape.stages.importance import ImportanceConfig
+    from landscape.stages.probes import ProbesConfig
+
     stage = STAGES.get(stage_name)
-    cfg_class = {"probes": "ProbesConfig", "importance": "ImportanceConfig",
-                 "cka": "CKAConfig"}[stage_name]
-    module = __import__(f"landscape.stages.{stage_name}", fromlist=[cfg_class])
-    config = getattr(module, cfg_class)()
+    config = {"probes": ProbesConfig, "importance": ImportanceConfig,
+              "cka": CKAConfig}[stage_name]()
     out_dir = tmp_path / "cell-a" / level_dir
     old = {k: v for k, v in stage.recorded_settings(config).items() if k != "layouts"}
     assert set(stage.recorded_settings(config)) - set(old) == {"layouts"}

@@ -80,13 +80,6 @@ class Outlook(nn.Module):
         return self.head(o)
 
 
-def test_a_product_per_position_keeps_the_positions():
-    model = Outlook()
-    assert analytic_spans(model, 64) == gradient_spans(model, 64)
-    t = receptive_field_table(Outlook(), 64).set_index("layer")
-    assert not t.loc["head", "is_global"] and t.loc["head", "r_max"] == 7
-
-
 class Broadcast(nn.Module):
     """LambdaNet's position lambdas: per position, the query of each head (n, heads, M, 1, K)
     times that position's K x V lambda shared by the heads (n, 1, M, K, V): positions in a
@@ -107,10 +100,11 @@ class Broadcast(nn.Module):
         return self.head(o.transpose(1, 2).reshape(n, h, w, 6).permute(0, 3, 1, 2))
 
 
-def test_a_product_per_position_with_broadcast_heads_keeps_the_positions():
-    model = Broadcast()
-    assert analytic_spans(model, 64) == gradient_spans(model, 64)
-    t = receptive_field_table(Broadcast(), 64).set_index("layer")
+@pytest.mark.parametrize("model_class", [Outlook, Broadcast])
+def test_a_product_per_position_keeps_the_positions(model_class):
+    """VOLO's outlook product, and LambdaNet's with heads broadcast against size 1."""
+    assert analytic_spans(model_class(), 64) == gradient_spans(model_class(), 64)
+    t = receptive_field_table(model_class(), 64).set_index("layer")
     assert not t.loc["head", "is_global"] and t.loc["head", "r_max"] == 7
 
 

@@ -25,41 +25,36 @@ Result = tuple[State, "dict[str, Any] | None"]
 _C = (("c", 0, None),)
 
 
-def _settings(ctx: Ctx, first: int) -> tuple[tuple[int, int], ...]:
-    """(kernel, dilation, padding, stride) of the module or of the function's arguments from
-    position ``first`` on (``F.unfold(x, k, d, p, s)``, ``F.fold(x, size, k, d, p, s)``)."""
+def _window(ctx: Ctx) -> Window:
+    """The unfold's window, from its module or from ``F.unfold(x, k, dilation, padding,
+    stride)``."""
     mod, node, where = ctx.mod, ctx.node, ctx.where
     names = (("kernel_size", None), ("dilation", 1), ("padding", 0), ("stride", 1))
     if mod is not None:
         values = [getattr(mod, name) for name, _ in names]
     else:
-        values = [ctx.resolve(arg(node, first + i, name, default))
+        values = [ctx.resolve(arg(node, 1 + i, name, default))
                   for i, (name, default) in enumerate(names)]
-    return tuple(pair(v, name, where) for v, (name, _) in zip(values, names))
-
-
-def _fields(kind: str, k, d, p, s, axes: tuple[str, str]) -> dict[str, Any]:
-    on = {axes[0]: 0, axes[1]: 1}
-    return {"kind": kind, **{f: (v[on["h"]], v[on["w"]]) for f, v in
-                             (("kernel", k), ("stride", s), ("padding", p), ("dilation", d))}}
+    k, d, p, s = (pair(v, name, where) for v, (name, _) in zip(values, names))
+    return Window("unfold", k, s, p, d)
 
 
 def unfold(ctx: Ctx) -> Result:
     """The window of every position, positions flattened into the last dimension; a row of
     kind ``unfold``."""
-    k, d, p, s = _settings(ctx, 1)
+    window = _window(ctx)
     x = ctx.x
     if not (isinstance(x, Geometry) and x.is_local):
-        return GLOBAL, _fields("unfold", k, d, p, s, ("h", "w"))
+        return GLOBAL, window.fields(("h", "w"))
     axes = T.last_axes(x, 2, ctx.where)
-    out = Window("unfold", k, s, p, d).apply(x, axes)
+    out = window.apply(x, axes)
     sizes = [out.axis(a).size for a in axes]
     if None in sizes:
         raise Skip(f"{ctx.where} unfolds a map of unknown size: its positions cannot be "
                    "flattened")
     positions = tuple((a, 1, n) for a, n in zip(axes, sizes))
     layout = x.layout[:-3] + (_C, positions)
-    return Geometry(out.h, out.w, layout), _fields("unfold", k, d, p, s, axes)
+    return Geometry(out.h, out.w, layout), window.fields(axes)
 
 
 def fold(ctx: Ctx) -> Result:

@@ -235,6 +235,13 @@ class Window:
         return {axes[i]: (self.kernel[i], self.stride[i], self.padding[i], self.dilation[i])
                 for i in range(2)}
 
+    def fields(self, axes: tuple[str, str]) -> dict[str, Any]:
+        """The :class:`LayerRecord` fields of this window run on ``axes`` (the image axes in
+        dims -2, -1): its kind, and (h, w) pairs of kernel, stride, padding and dilation."""
+        on = self.on_axes(axes)
+        return {"kind": self.kind, **{k: (on["h"][i], on["w"][i]) for i, k in
+                                      enumerate(("kernel", "stride", "padding", "dilation"))}}
+
 
 def pooled_size(n: int, k_eff: int, s: int, total: int, left: int, ceil_mode: bool) -> int:
     """Output size of a sliding window (torch's rule, including ceil_mode); 0 = vanished."""

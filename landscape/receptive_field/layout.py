@@ -6,8 +6,10 @@ A layout lists, per tensor dimension, its *atoms* from outer to inner; an atom i
 * ``("h", s, n)`` / ``("w", s, n)``: n positions of the image's H / W axis, ``s`` positions
   apart (a dimension holding a whole axis is ``(("h", 1, H),)``; reshaping H into
   ``(H // p, p)`` gives ``("h", p, H // p), ("h", 1, p)``);
-* ``("*", 0, n)``: n positions whose spatial origin is no longer separable (e.g. image tokens
-  concatenated with a class token);
+* ``("*", p, n)``: n positions whose spatial origin is no longer separable (e.g. image tokens
+  concatenated with a class token); p is the number of tokens before the image tokens plus
+  one (0: unknown), and where known a fourth item holds the image tokens' own atoms
+  (:func:`opaque`, :func:`image_atoms`);
 * ``("c", 0, n)``: anything else (batch, channels, heads); size-1 ``"c"`` atoms are dropped.
 
 ``None`` sizes are unknown and filled from a tensor's shape by :func:`fit`. A conv or pool

@@ -2,9 +2,12 @@
 
 An op that pairs positions (a product of two feature maps, as in attention logits) or sums over
 them (a contraction or reduction over a dimension holding positions) makes every output depend
-on the whole input: global. A matmul / einsum with one feature map and a constant (a
-per-position linear map) keeps the geometry. A mean over every position is a global average
-pool (recorded); a reduction over one intact image axis only is refused.
+on the whole input: global; so does a product with an operand computed from global features
+(linear attention: ``q @ (k.T @ v)`` is ``(q @ k.T) @ v``). A matmul / einsum with one feature
+map and a constant (a per-position linear map) keeps the geometry, and one whose operands hold
+the positions only in batch dimensions is one product per position (both operands'
+geometry). A mean over every position is a global average pool (recorded); a reduction over
+one intact image axis only is refused.
 
 *Windowed* attention is local. Swin and MaxViT's block attention fold the windows into the
 batch: the token dimension holds the positions inside a window, an atom ``(axis, 1, w)`` per

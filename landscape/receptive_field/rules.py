@@ -50,30 +50,24 @@ from landscape.receptive_field.windows import (
 Result = tuple[State, "dict[str, Any] | None"]
 
 
-def _fields(window: Window, axes: tuple[str, str]) -> dict[str, Any]:
-    on = window.on_axes(axes)
-    return {"kind": window.kind, **{k: (on["h"][i], on["w"][i]) for i, k in
-                                    enumerate(("kernel", "stride", "padding", "dilation"))}}
-
-
 def _window(ctx: Ctx, window: Window, dims: int = 2) -> Result:
     """``dims``: the image axes lie in dimensions ``-dims, -dims + 1`` (3: a Conv3d's first
     two)."""
     x = ctx.x
     if not (isinstance(x, Geometry) and x.is_local):
-        return GLOBAL, _fields(window, ("h", "w"))
+        return GLOBAL, window.fields(("h", "w"))
     if window.pointwise and len(x.layout) >= 3 and not L.is_spatial(x.layout[-3]) and \
             not {len(x.layout) - 2, len(x.layout) - 1} <= set(L.intact(x.layout).values()):
         # a 1x1 conv mixes channels only: positions may lie in any layout (MobileViTv2 runs
         # its attention's 1x1 convs on (N, C, patch pixels, patches) tensors)
-        return x, _fields(window, ("h", "w"))
+        return x, window.fields(("h", "w"))
     if dims == 2:
         within = _within_windows(x, window, ctx.where)
         if within is not None:
             return within
     axes = T.last_axes(x, dims, ctx.where)
     out = window.apply(x, axes)
-    return Geometry(out.h, out.w, T.unsized(x.layout)), _fields(window, axes)
+    return Geometry(out.h, out.w, T.unsized(x.layout)), window.fields(axes)
 
 
 def _within_windows(x: Geometry, window: Window, where: str) -> Result | None:
@@ -101,7 +95,7 @@ def _within_windows(x: Geometry, window: Window, where: str) -> Result | None:
         out = window.apply(x, axes)
         return Geometry(out.h, out.w, M.pooled_windows(
             lay, windows, dict(zip(axes, window.stride)), {len(lay) - 2, len(lay) - 1})), \
-            _fields(window, axes)
+            window.fields(axes)
     reach = {}
     for i, name in enumerate(axes):
         k_eff = window.dilation[i] * (window.kernel[i] - 1) + 1
@@ -112,7 +106,7 @@ def _within_windows(x: Geometry, window: Window, where: str) -> Result | None:
                        "the batch; the RF analysis follows one only where it keeps the "
                        "window's size, or pools cells of kernel = stride dividing the window")
         reach[name] = (window.padding[i], k_eff)
-    return M.windowed(x, windows, lay, where, reach=reach), _fields(window, axes)
+    return M.windowed(x, windows, lay, where, reach=reach), window.fields(axes)
 
 
 def _conv3d(ctx: Ctx) -> Result:
@@ -177,11 +171,11 @@ def _pool1d(ctx: Ctx) -> Result:
     d = d[0] if isinstance(d, (tuple, list)) else d
     if not (isinstance(x, Geometry) and x.is_local):
         return GLOBAL, {"kind": kind}
+    if not L.is_spatial(x.layout[-1]):
+        return x, {"kind": kind}  # along channels: no position mixed
     if mod.ceil_mode:
         raise Skip(f"{ctx.where} pools positions with ceil_mode=True; the RF analysis follows "
                    "a 1-d pool over positions with ceil_mode=False")
-    if not L.is_spatial(x.layout[-1]):
-        return x, {"kind": kind}  # along channels: no position mixed
     return _along_tokens(ctx, kind, k, s, p, d)
 
 
@@ -201,7 +195,7 @@ def _along_tokens(ctx: Ctx, kind: str, k: int, s: int, p: int, d: int) -> Result
         window = Window(kind, (k, 1), (s, 1), (p, 0), (d, 1))
         out = window.apply(x, (axis, other))
         return (Geometry(out.h, out.w, T.unsized(x.layout)),
-                _fields(window, (axis, other)))
+                window.fields((axis, other)))
     if not elsewhere and len(atoms) == 2 and all(a[0] in ("h", "w") and a[1] == 1
                                                  for a in atoms) \
             and atoms[0][0] != atoms[1][0] and atoms[1][2] is not None \
@@ -210,7 +204,7 @@ def _along_tokens(ctx: Ctx, kind: str, k: int, s: int, p: int, d: int) -> Result
         window = Window(kind, (1, k), (1, k), (0, 0))
         out = window.apply(x, (outer, inner))
         layout = x.layout[:-1] + (((outer, 1, atoms[0][2]), (inner, 1, atoms[1][2] // k)),)
-        return Geometry(out.h, out.w, layout), _fields(window, (outer, inner))
+        return Geometry(out.h, out.w, layout), window.fields((outer, inner))
     raise Skip(f"{ctx.where} runs a 1-d {kind} of kernel {k}, stride {s}, padding {p} over "
                f"flattened positions {atoms}; the RF analysis follows one along a single "
                "axis, or over a row-major map only with kernel = stride dividing the row, "
@@ -223,7 +217,7 @@ def _adaptive(ctx: Ctx, kind: str, output_size: Any) -> Result:
         return GLOBAL, {"kind": kind}
     axes = T.last_axes(x, 2, ctx.where)
     window, out = adaptive(ctx.resolve(output_size), x, axes, ctx.where)
-    fields = _fields(window, axes) if window is not None else {}
+    fields = window.fields(axes) if window is not None else {}
     if out.is_local:
         out = Geometry(out.h, out.w, T.unsized(x.layout))
     return out, {**fields, "kind": kind}
@@ -384,7 +378,7 @@ def _conv_transpose(ctx: Ctx) -> Result:
     x = ctx.x
     local = isinstance(x, Geometry) and x.is_local
     axes = T.last_axes(x, 2, where) if local else ("h", "w")
-    fields = _fields(Window("conv_transpose", tuple(k), tuple(s), tuple(p), tuple(d)), axes)
+    fields = Window("conv_transpose", tuple(k), tuple(s), tuple(p), tuple(d)).fields(axes)
     if not local:
         return GLOBAL, fields
     if tuple(d) != (1, 1):

@@ -370,7 +370,7 @@ def pad(ctx: Ctx) -> Result:
         if not L.is_spatial(layout[d]):
             layout[d] = _C
             continue
-        if d not in whole and mode == "constant" and left > 0 == right:
+        if d not in whole and mode == "constant" and left > 0 and right == 0:
             # zero tokens before a sequence of tokens (CoaT's slot for its class token)
             star = layout[d][0][0] == "*" and len(layout[d]) == 1
             k = L.token_prefix(layout[d]) if star else 0

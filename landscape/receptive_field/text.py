@@ -58,9 +58,10 @@ def format_summary(name: str, table: pd.DataFrame, cost: ModelCost, r_tilde: Fea
         f"at {n} px: {status}; {unprod} unproductive (input r_min >= {n}); border layer: "
         f"{border.iloc[0] if len(border) else '-'}",
     ]
-    if mixes_globally(table):
-        shown = table[trunk_rows(table)]
-        first = shown["layer"].iloc[layer_states(shown).index("global")]
+    shown = table[trunk_rows(table)]
+    states = layer_states(shown)
+    if mixes_globally(table) and "global" in states:
+        first = shown["layer"].iloc[states.index("global")]
         lines.append(f"global mixing from {first} on (attention or a token-mixing MLP): every "
                      "position sees the whole input there (state 'global'; its r_min is that "
                      "of the local path beside it, a residual)")
