@@ -42,6 +42,7 @@ TIMM_SAMPLE = (
     "vgg11", "darknet53", "cspdarknet53", "selecsls42b", "gernet_s", "hardcorenas_a",
     "mobilevit_xs", "levit_128s", "coatnet_0_rw_224", "fastvit_t8", "repghostnet_050",
     "mobilenetv4_conv_small", "edgenext_xx_small", "poolformer_s12", "convmixer_768_32",
+    "convnextv2_atto",
     "resnetv2_50", "bat_resnext26ts", "halonet26t", "botnet26t_256", "lambda_resnet26t")
 # r̃ at 224 px published in Richter & Pal 2022 (paper) or computed by rfa-toolbox 1.7.0's
 # input_resolution_range on the same torchvision models (rfa); rfa-toolbox adds a kernel x

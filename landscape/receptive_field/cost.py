@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from landscape.receptive_field.graph import input_channels
+
 FLOPS_CONVENTION = ("2 x multiply-accumulates of conv / linear / matmul / attention, one image; "
                     "element-wise ops, normalisation and pooling not counted")
 
@@ -59,13 +61,12 @@ def model_cost(model: nn.Module, input_size: int | tuple[int, int],
                in_channels: int | None = None) -> ModelCost:
     """:class:`ModelCost` of ``model`` (left unchanged; a copy is moved to the meta device when
     it holds real tensors) for one image of ``input_size`` pixels; ``in_channels`` defaults to
-    the input channels of the first Conv2d."""
+    the model's (:func:`~landscape.receptive_field.graph.input_channels`)."""
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if in_channels is None:
-        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        if conv is None:
+        in_channels = input_channels(model)
+        if in_channels is None:
             raise ValueError(f"{type(model).__name__} has no Conv2d; pass in_channels")
-        in_channels = conv.in_channels
     meta = meta_copy(model)
     training = meta.training
     grads = [(p, p.requires_grad) for p in meta.parameters()]

@@ -99,25 +99,32 @@ def size_pair(input_size: Any) -> tuple[int, int] | None:
 
 def input_shape(root: nn.Module, graph: fx.Graph | None, size: tuple[int, int] | None
                 ) -> tuple[int, int, int, int]:
-    """(PROBE_BATCH, C, H, W): C from ``root.in_channels`` or the first conv of the graph /
-    model; without a ``size``, the size a timm model was built for, else :data:`PROBE_SIZE`."""
+    """(PROBE_BATCH, C, H, W): C from :func:`input_channels` (3 where nothing tells); without
+    a ``size``, the size a timm model was built for, else :data:`PROBE_SIZE`."""
     default = built_for(root) or PROBE_SIZE
     h, w = size if size is not None else (default, default)
-    c = getattr(root, "in_channels", None)
-    if isinstance(c, int):
-        return PROBE_BATCH, c, h, w
+    c = input_channels(root, graph)
+    return PROBE_BATCH, (3 if c is None else c), h, w
+
+
+def input_channels(root: nn.Module, graph: fx.Graph | None = None) -> int | None:
+    """The channels of the model's input: ``root.in_channels`` (ours) or ``root.in_chans``
+    (timm's; its first op need not be a conv: CSATv2's DCT stem), else those of the first
+    conv of the graph, else of the first Conv2d module; None where nothing tells."""
+    for attr in ("in_channels", "in_chans"):
+        c = getattr(root, attr, None)
+        if isinstance(c, int) and not isinstance(c, bool):
+            return c
     for node in graph.nodes if graph is not None else ():
         if node.op == "call_module" and isinstance(root.get_submodule(node.target), nn.Conv2d):
-            conv = root.get_submodule(node.target)
-            return PROBE_BATCH, conv.in_channels, h, w
+            return root.get_submodule(node.target).in_channels
         if node.op == "call_function" and node.target in (F.conv2d, torch.conv2d):
             weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
             groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
             if isinstance(weight, fx.Node) and weight.op == "get_attr":
-                return (PROBE_BATCH, int(get_attr(root, weight.target).shape[1]) * int(groups),
-                        h, w)
+                return int(get_attr(root, weight.target).shape[1]) * int(groups)
     conv = next((m for m in root.modules() if isinstance(m, nn.Conv2d)), None)
-    return PROBE_BATCH, (conv.in_channels if conv is not None else 3), h, w
+    return None if conv is None else conv.in_channels
 
 
 def float_dtype(root: nn.Module) -> torch.dtype:
@@ -260,7 +267,9 @@ def propagate(traced: Traced | fx.GraphModule, input_size: Any, *, se_gates: str
             name = node.target if node.op == "call_module" else node.meta.get("rf_name",
                                                                                node.name)
             fields = {"kernel": None, "stride": None, "padding": None, "dilation": None, **record}
-            first = ctx.x if ctx.x is not None else tensors[0]
+            # a rule may name the map it really reads (a conv over positions held in its
+            # channels reads their blocks)
+            first = fields.pop("input", ctx.x if ctx.x is not None else tensors[0])
             records.append(LayerRecord(name=name, node=node.name,
                                        inp=bad[0] if bad else first, out=out, **fields))
     return states, records

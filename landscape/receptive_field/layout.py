@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import torch
+
 from landscape.receptive_field.geometry import Skip
 
 Atom = tuple[str, int, "int | None"]
@@ -272,6 +274,70 @@ def image_atoms(dim: tuple[Atom, ...]) -> tuple[Atom, ...] | None:
     return dim[0][3]
 
 
+def mixed(layout: Layout, dims: set[int], where: str) -> dict[str, int | None]:
+    """How an op that mixes every position held by the dimensions ``dims`` (a Linear or a
+    sum over them, a reduction, a softmax) mixes each image axis: ``{axis: w}`` where they
+    hold the innermost atoms of the axis (smallest strides, w positions in all) and its
+    other atoms lie elsewhere, so that each position is mixed with the w positions of its
+    block (non-overlapping windows of w); ``{axis: None}`` where they hold its outermost
+    atom (the positions mixed span the whole axis: all of it, or strided across it). An
+    axis without atoms of size > 1 in ``dims`` is left out; so is a ``"*"`` atom's, which
+    is reported as ``{"*": None}``. Any other split of an axis is refused."""
+    out: dict[str, int | None] = {}
+    for axis in ("h", "w", "*"):
+        atoms = sorted(((a[1], d in dims, a) for d, dim in enumerate(layout) for a in dim
+                        if a[0] == axis), key=lambda t: -t[0])
+        # size-1 atoms hold no positions, but an outermost one is the position of a map of
+        # one (a 2 x 2 map reshaped as (1, 2)): mixing the 2 is a block, not the whole axis
+        atoms = [t for i, t in enumerate(atoms) if t[2][2] != 1 or i == 0]
+        inside = [a for _, m, a in atoms if m]
+        if not any(a[2] != 1 for a in inside):
+            continue
+        if axis == "*" or atoms[0][1]:
+            out[axis] = None
+            continue
+        k = len(atoms) - len(inside)
+        if not all(m for _, m, _ in atoms[k:]) or None in [a[2] for a in inside] or \
+                atoms[-1][2][1] != 1 or atoms[k - 1][2][1] != math.prod(a[2] for a in inside):
+            raise Skip(f"{where} mixes the positions {tuple(inside)} of {axis.upper()}, "
+                       f"which lies in {tuple(a for _, _, a in atoms)}: not the inner positions "
+                       "of blocks, nor the whole axis")
+        out[axis] = math.prod(a[2] for a in inside)
+    return out
+
+
+def pool_atoms(layout: Layout, s: dict[str, int], where: str) -> Layout:
+    """``layout`` after pooling cells of ``s[axis]`` consecutive positions along each axis
+    (kernel = stride = s): the innermost atoms of the axis, s positions in all, leave (an
+    atom holding more is split), and the strides of the others count pooled positions."""
+    out = [list(dim) for dim in layout]
+    for axis, n in s.items():
+        left = n
+        for stride, d, i in sorted((a[1], d, i) for d, dim in enumerate(layout)
+                                   for i, a in enumerate(dim) if a[0] == axis):
+            size = layout[d][i][2]
+            if size == 1:  # no positions: dropped inside the cells, else rescaled
+                out[d][i] = (axis, stride // n, 1) if stride % n == 0 else None
+            elif left == 1:
+                if stride % n:
+                    raise Skip(f"{where} pools cells of {n} along {axis.upper()}, whose "
+                               f"positions lie in {layout}: not the inner ones of an atom")
+                out[d][i] = (axis, stride // n, size)
+            elif size is None or stride * left != n or (size % left and left % size):
+                raise Skip(f"{where} pools cells of {n} along {axis.upper()}, whose positions "
+                           f"lie in {layout}: the cells are not whole atoms")
+            elif size <= left:
+                out[d][i] = None  # inside the cell
+                left //= size
+            else:
+                out[d][i] = (axis, 1, size // left)  # split: its inner part is the cell
+                left = 1
+        if left != 1:
+            raise Skip(f"{where} pools cells of {n} along {axis.upper()}, which holds fewer "
+                       "positions")
+    return tuple(tuple(a for a in dim if a is not None) for dim in out)
+
+
 def same(a: Layout, b: Layout) -> bool:
     """Equal up to unknown sizes of non-spatial atoms (a dimension without spatial atoms
     equals any other such)."""
@@ -312,14 +378,30 @@ def broadcast(layouts: list[Layout], ndim: int | None, where: str) -> Layout:
         for d, dim in enumerate(first))
 
 
+_GATHER = object()
+
+
+def _gather(item: Any) -> bool:
+    """A 1-d integer tensor or a list of ints (not bools)."""
+    if isinstance(item, torch.Tensor):
+        return item.dim() == 1 and not item.is_floating_point() and item.dtype != torch.bool
+    return isinstance(item, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                          for i in item)
+
+
 def index_ops(index: Any, ndim: int, where: str) -> list[tuple[str, Any]]:
     """Normalise a tensor index into one ``(op, arg)`` per input dimension or inserted axis:
-    ``("keep", slice)``, ``("take", int)`` or ``("new", None)``."""
+    ``("keep", slice)``, ``("take", int)``, ``("gather", None)`` (one 1-d integer tensor or
+    list among slices: a selection along that dimension, kept in place) or ``("new", None)``."""
     items = list(index) if isinstance(index, tuple) else [index]
+    gathers = [i for i, item in enumerate(items) if _gather(item)]
+    if len(gathers) == 1 and not any(isinstance(i, int) for i in items):
+        items[gathers[0]] = _GATHER
     if any(not isinstance(i, (slice, int, type(None), type(Ellipsis))) or isinstance(i, bool)
-           for i in items):
-        raise Skip(f"{where} indexes with a tensor or list (advanced indexing)")
-    used = sum(1 for i in items if isinstance(i, (slice, int)))
+           for i in items if i is not _GATHER):
+        raise Skip(f"{where} indexes with a tensor or list (advanced indexing) other than one "
+                   "1-d integer index among slices")
+    used = sum(1 for i in items if isinstance(i, (slice, int)) or i is _GATHER)
     if used > ndim:
         raise Skip(f"{where} indexes {used} dimensions of a {ndim}-d tensor")
     ops: list[tuple[str, Any]] = []
@@ -329,6 +411,8 @@ def index_ops(index: Any, ndim: int, where: str) -> list[tuple[str, Any]]:
             used = ndim
         elif i is None:
             ops.append(("new", None))
+        elif i is _GATHER:
+            ops.append(("gather", None))
         else:
             ops.append(("keep", i) if isinstance(i, slice) else ("take", i))
     n_dims = sum(1 for op, _ in ops if op != "new")

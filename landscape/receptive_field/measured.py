@@ -35,7 +35,7 @@ from torch.nn.modules.utils import _pair
 from landscape.receptive_field.geometry import (
     Axis, Geometry, LayerRecord, Unsupported, UnsupportedModelError,
 )
-from landscape.receptive_field.graph import propagate, trace_model
+from landscape.receptive_field.graph import input_channels, propagate, trace_model
 
 MODES = ("linearised", "plain")
 
@@ -242,7 +242,10 @@ def measure_receptive_field(
     gm.graph.eliminate_dead_code()
     gm.recompile()
 
-    shape = (1, _input_channels(model, gm), n, n)
+    channels = input_channels(model, gm.graph)
+    if channels is None:
+        raise ValueError("cannot infer the number of input channels: the model has no Conv2d")
+    shape = (1, channels, n, n)
     if mode == "linearised":
         x = torch.ones(shape, dtype=torch.float64, device=device)
     else:
@@ -274,16 +277,3 @@ def _nonzero_gradient_extent(gm: fx.GraphModule, x: Tensor, c: int
     cols = nonzero.any(dim=0).nonzero().flatten().tolist()
     return ((rows[0], rows[-1]) if rows else None), ((cols[0], cols[-1]) if cols else None)
 
-
-def _input_channels(model: nn.Module, gm: fx.GraphModule) -> int:
-    """``model.in_channels`` if set, else the input channels of the first conv in the graph."""
-    if isinstance(getattr(model, "in_channels", None), int):
-        return model.in_channels
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Conv2d):
-            return gm.get_submodule(node.target).in_channels
-        if node.op == "call_function" and node.target in (F.conv2d, torch.conv2d):
-            weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
-            groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-            return int(gm.get_parameter(weight.target).shape[1]) * int(groups)
-    raise ValueError("cannot infer the number of input channels: the model has no Conv2d")

@@ -36,7 +36,7 @@ from torchvision.models import swin_transformer
 from landscape.receptive_field import layout as L
 from landscape.receptive_field.context import Ctx, Rule
 from landscape.receptive_field.geometry import (
-    GLOBAL, Geometry, Skip, State, arg, merge, resampled,
+    AXES, GLOBAL, Geometry, Skip, State, Window, arg, merge, resampled,
 )
 
 Result = tuple[State, "dict[str, Any] | None"]
@@ -57,18 +57,17 @@ ATTENTION_FUNCTIONS = (F.scaled_dot_product_attention, F.multi_head_attention_fo
 
 def window_sizes(batch: L.Layout, tokens: tuple) -> dict[str, int] | None:
     """``{axis: w}`` when the token dimension ``tokens`` holds windows (module doc): per image
-    axis in it, an atom ``(axis, 1, w)`` whose outer atom ``(axis, w, n)`` lies in ``batch``
-    (an axis absent from the tokens must lie wholly in ``batch``: it is not mixed). None for
-    anything else (a whole axis, strided positions, a class token, channels)."""
-    if not tokens or any(a[0] not in ("h", "w") or a[1] != 1 or not a[2] for a in tokens):
+    axis in it, its innermost atoms, w positions in all, whose outer atoms lie in ``batch``
+    (:func:`layout.mixed`; in any order: Hiera's unrolled tokens hold a window's positions
+    outermost first). None for anything else (a whole axis, strided positions, a class
+    token, channels)."""
+    if not tokens or any(a[0] not in ("h", "w") for a in tokens):
         return None
-    out = {}
-    for axis, _, w in tokens:
-        outer = [a for dim in batch for a in dim if a[0] == axis]
-        if axis in out or len(outer) != 1 or outer[0][1] != w:
-            return None
-        out[axis] = w
-    return out
+    try:
+        windows = L.mixed(batch + (tokens,), {len(batch)}, "")
+    except Skip:
+        return None
+    return windows if windows and None not in windows.values() else None
 
 
 def _same_atoms(a: L.Layout, b: L.Layout) -> bool:
@@ -115,16 +114,53 @@ def _window_record(windows: dict[str, int]) -> dict[str, Any]:
             "stride": (1, 1)}
 
 
-def pooled_windows(layout: L.Layout, windows: dict[str, int], s: dict[str, int],
-                   inner: set[int]) -> L.Layout:
-    """``layout`` of windows folded into the batch (the positions inside a window in the
-    dimensions ``inner``) after pooling cells of ``s[axis]`` in each: w / s positions per
-    window, the window index counted in pooled positions."""
-    def atom(a: L.Atom, within: bool) -> L.Atom:
-        if a[0] not in s:
-            return a
-        return (a[0], 1, windows[a[0]] // s[a[0]]) if within else (a[0], a[1] // s[a[0]], a[2])
-    return tuple(tuple(atom(a, i in inner) for a in dim) for i, dim in enumerate(layout))
+def _block_windows(x: Geometry, dims: set[int], where: str) -> dict[str, int] | None:
+    """``{axis: w}`` for an op mixing the positions in ``dims`` (:func:`layout.mixed`):
+    blocks of w along each axis mixed, ``{}`` where they hold none; None where they hold
+    every position of the map (global). Mixing a whole axis but not the other (a Linear
+    over one row's positions, attention along one axis) is refused: a per-axis global RF is
+    not represented."""
+    m = L.mixed(x.layout, dims, where)
+    whole = {a for a, w in m.items() if w is None}
+    if not whole:
+        return m
+    if "*" in whole or {a for a in ("h", "w") if any(
+            b[0] == a and b[2] != 1 for dim in x.layout for b in dim)} <= whole:
+        return None
+    raise Skip(f"{where} mixes every position along {'/'.join(sorted(whole)).upper()} but "
+               "not along the other axis; the RF analysis represents a window or a global "
+               "mix, not a whole row or column")
+
+
+def consumed(x: Geometry, dims: set[int], kind: str, where: str
+             ) -> tuple[State, dict[str, Any] | None] | None:
+    """``x`` after an op that turns everything in ``dims`` into new values per remaining
+    position (a Linear, a conv's channels, a sum or reduction over them): where ``dims``
+    hold the inner w positions of blocks (a map reshaped as ``(H / w, w)``, the inner part
+    moved into channels or a token dimension: a space-to-depth, a transform per block),
+    each remaining position reads its block, a window of kernel = stride = w, and the
+    layout counts positions in blocks (the ``dims`` then hold none); GLOBAL where they hold
+    every position; None where they hold none (nothing to do)."""
+    windows = _block_windows(x, dims, where)
+    if windows is None:
+        return GLOBAL, {"kind": kind}
+    if not windows:
+        return None
+    k = (windows.get("h", 1), windows.get("w", 1))
+    window = Window(kind, k, k, (0, 0))
+    out = window.apply(x)
+    layout = L.pool_atoms(x.layout, windows, where)
+    return Geometry(out.h, out.w, layout), window.fields(AXES)
+
+
+def kept(x: Geometry, dims: set[int], where: str) -> Geometry | None:
+    """``x`` after an op that mixes the positions in ``dims`` and keeps them (a softmax
+    over them): each reads its block (:func:`windowed`); GLOBAL where they hold every
+    position; None where they hold none."""
+    windows = _block_windows(x, dims, where)
+    if windows is None:
+        return GLOBAL
+    return windowed(x, windows, x.layout, where) if windows else None
 
 
 def _sdpa(ctx: Ctx) -> Result:
@@ -137,15 +173,15 @@ def _sdpa(ctx: Ctx) -> Result:
                for i, n in enumerate(("query", "key", "value")))
     if not all(_local(s) and len(s.layout) >= 2 for s in (q, k, v)):
         return GLOBAL, {"kind": "attention"}
+    _paired(ctx, (q, {len(q.layout) - 2}), (k, {len(k.layout) - 2}))
     windows = window_sizes(q.layout[:-2], q.layout[-2])
     keys = window_sizes(k.layout[:-2], k.layout[-2])
     if windows is None or keys is None or set(keys) != set(windows) or any(
             keys[a] % windows[a] for a in keys) or L.is_spatial(q.layout[-1]):
         return GLOBAL, {"kind": "attention"}
     pooled = {a: keys[a] // windows[a] for a in keys if keys[a] != windows[a]}
-    if not all(_same_atoms(q.layout[:-1], pooled_windows(
-            s.layout, keys, pooled, {len(s.layout) - 2})[:-1]) and not L.is_spatial(s.layout[-1])
-            for s in (k, v)):
+    if not all(_same_atoms(q.layout[:-1], L.pool_atoms(s.layout, pooled, ctx.where)[:-1])
+               and not L.is_spatial(s.layout[-1]) for s in (k, v)):
         return GLOBAL, {"kind": "attention"}
     layout = q.layout[:-1] + v.layout[-1:]
     out = merge([q, windowed(k, keys, layout, ctx.where, queries=windows),
@@ -232,6 +268,13 @@ def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: s
     return merge([sq, windowed(sk, windows, layout, ctx.where)], ctx.where, layout)
 
 
+def _paired(ctx: Ctx, *operands: tuple[Geometry, set[int]]) -> None:
+    """Refuse attention-like products whose positions (in ``dims`` of each operand) span one
+    whole axis and not the other (axial attention): the result is not global."""
+    for x, dims in operands:
+        _block_windows(x, dims, ctx.where)
+
+
 def _any_global(states: list[State]) -> bool:
     """An operand computed from global features: a product with it is global (linear
     attention's ``q @ (k.T @ v)`` is ``(q @ k.T) @ v``: every position's values reach every
@@ -266,18 +309,31 @@ def matmul(ctx: Ctx) -> Result:
         batch = "abcdefgh"[:len(sa.layout) - 2]
         out = (_windowed_pair(ctx, sa, batch + "ik", sb, batch + "kj", batch + "ij")
                if len(sa.layout) == len(sb.layout) >= 2 else None)
-        # else both operands carry positions: pairs of positions (attention)
-        return (GLOBAL if out is None else out), None
-    if _local(sa):
-        if L.is_spatial(sa.layout[-1]):
+        if out is None:  # both operands carry positions: pairs of positions (attention)
+            _paired(ctx, (sa, {len(sa.layout) - 2}), (sb, {len(sb.layout) - 1}))
             return GLOBAL, None
+        return out, None
+    if _local(sa):  # x @ W: a Linear over x's last dimension
+        sa = _summed(sa, {len(sa.layout) - 1}, ctx.where)
+        if not _local(sa):
+            return sa, None
         nb = len(ctx.shape(b) or (0, 0))
         layout = L.remove(sa.layout, -1, ctx.where) if nb == 1 else L.channel(sa.layout, -1,
                                                                                ctx.where)
         return _with(sa, layout), None
-    if len(sb.layout) < 2 or L.is_spatial(sb.layout[-2]):
+    if len(sb.layout) < 2:
         return GLOBAL, None
+    sb = _summed(sb, {len(sb.layout) - 2}, ctx.where)  # W @ x: over x's dimension -2
+    if not _local(sb):
+        return sb, None
     return _with(sb, sb.layout[:-2] + (_C,) + sb.layout[-1:]), None
+
+
+def _summed(x: Geometry, dims: set[int], where: str) -> State:
+    """``x`` after a weighted sum over ``dims`` (:func:`consumed`; ``x`` where they hold no
+    positions)."""
+    out = consumed(x, dims, "linear", where)
+    return x if out is None else out[0]
 
 
 def einsum(ctx: Ctx) -> Result:
@@ -293,42 +349,62 @@ def einsum(ctx: Ctx) -> Result:
         return GLOBAL, None
     local = [i for i, s in enumerate(states) if _local(s)]
     if len(local) == 2 and len(operands) == 2:  # windowed attention (MaxViT's), or global
-        out = _windowed_pair(ctx, states[0], lhs.split(",")[0], states[1], lhs.split(",")[1],
-                             rhs)
-        return (GLOBAL if out is None else out), None
+        la, lb = lhs.split(",")
+        out = _windowed_pair(ctx, states[0], la, states[1], lb, rhs)
+        if out is None:
+            batch = set(la) & set(lb) & set(rhs)
+            _paired(*[ctx] + [(s, {d for d, c in enumerate(letters) if c not in batch})
+                              for s, letters in zip(states, (la, lb))
+                              if len(letters) == len(s.layout)])
+            return GLOBAL, None
+        return out, None
     if len(local) != 1:
         return GLOBAL, None  # several operands carry positions: token mixing
     x, letters = states[local[0]], lhs.split(",")[local[0]]
     if len(letters) != len(x.layout):
         raise Skip(f"{ctx.where}: einsum '{eq}' does not match a {len(x.layout)}-d operand")
-    if any(L.is_spatial(dim) and ch not in rhs for ch, dim in zip(letters, x.layout)):
-        return GLOBAL, None  # sums over positions
+    x = _summed(x, {d for d, ch in enumerate(letters) if ch not in rhs}, ctx.where)
+    if not _local(x):
+        return x, None  # sums over every position
     return _with(x, tuple(x.layout[letters.index(ch)] if ch in letters else _C for ch in rhs)), None
 
 
 _MEANS = {torch.mean, "mean"}
+_SUMS = {torch.sum, "sum"}
+_MAXES = {torch.amax, torch.amin, "amax", "amin"}
 
 
-def reduce(ctx: Ctx) -> Result:
-    """mean / sum / amax / ... over dims: global when it covers every spatial position."""
+def reduce(ctx: Ctx, at: int = 1) -> Result:
+    """mean / sum / amax / ... over dims (argument ``at``; 2 for a norm, after its order):
+    global when it covers every spatial position, a pool of blocks over their inner
+    positions (:func:`consumed`)."""
     x, node = ctx.local_x(), ctx.node
-    dims = ctx.resolve(arg(node, 1, "dim", None))
+    dims = ctx.resolve(arg(node, at, "dim", None))
     n = len(x.layout)
     ds = set(range(n)) if dims is None or dims == () or dims == [] else {
         L.norm_dim(d, n, ctx.where) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
     spatial = {d for d in ds if L.is_spatial(x.layout[d])}
     keep = ctx.out_ndim == n if ctx.out_ndim is not None else bool(
-        ctx.resolve(arg(node, 2, "keepdim", False)))
+        ctx.resolve(arg(node, at + 1, "keepdim", False)))
     if not spatial:
         kept = [dim if d not in ds else () for d, dim in enumerate(x.layout)
                 if d not in ds or keep]
         return _with(x, tuple(kept)), None
-    record = {"kind": "global_avg_pool"} if node.target in _MEANS else None
-    if spatial == L.spatial_dims(x.layout):
-        return GLOBAL, record
-    if spatial <= set(L.intact(x.layout).values()):
-        raise Skip(f"{ctx.where} averages over one spatial axis only")
-    return GLOBAL, None
+    pool = "avg_pool" if node.target in _MEANS or node.target in _SUMS else "max_pool" \
+        if node.target in _MAXES else None
+    out = consumed(x, spatial, pool or "reduction", ctx.where)
+    if out is None or not _local(out[0]):
+        return GLOBAL, {"kind": "global_avg_pool"} if node.target in _MEANS else None
+    y, fields = out  # over the inner positions of blocks: a pool of each block
+    kept = tuple(dim if d not in ds else () for d, dim in enumerate(y.layout)
+                 if d not in ds or keep)
+    return _with(y, kept), fields if pool else None
+
+
+def _norm(ctx: Ctx) -> Result:
+    """A p-norm over dims (ConvNeXt-V2's global response normalisation: a norm over every
+    position, a global statistic that then gates the map): a reduction."""
+    return reduce(ctx, at=2)
 
 
 def global_mean(ctx: Ctx) -> Result | None:
@@ -373,8 +449,10 @@ FUNCTION_RULES: dict[Any, Rule] = {
     torch.einsum: einsum, torch.roll: roll,
     **{f: reduce for f in (torch.sum, torch.amax, torch.amin, torch.std, torch.var,
                            torch.logsumexp)},
+    **{f: _norm for f in (torch.norm, torch.linalg.norm, torch.linalg.vector_norm)},
 }
 METHOD_RULES: dict[str, Rule] = {
     "matmul": matmul, "bmm": matmul, "mm": matmul, "roll": roll,
     **{m: reduce for m in ("sum", "amax", "amin", "std", "var", "logsumexp")},
+    "norm": _norm,
 }

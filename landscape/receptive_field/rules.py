@@ -56,6 +56,30 @@ def _window(ctx: Ctx, window: Window, dims: int = 2) -> Result:
     x = ctx.x
     if not (isinstance(x, Geometry) and x.is_local):
         return GLOBAL, window.fields(("h", "w"))
+    n = len(x.layout)
+    folded = None
+    if n > dims and L.is_spatial(x.layout[n - dims - 1]):
+        # the channels hold positions: the inner ones of blocks moved there by view / permute
+        # (TResNet's space-to-depth stem); a conv mixing all its input channels reads them
+        if window.kind != "conv" or _groups(ctx) != 1:
+            raise Skip(f"{ctx.where} runs a {window.kind} over a map whose channels hold "
+                       "spatial positions; the RF analysis follows only a conv mixing all its "
+                       "input channels (groups=1) there")
+        folded = M.consumed(x, {n - dims - 1}, "space_to_depth", ctx.where)
+        if folded is not None and not (isinstance(folded[0], Geometry) and folded[0].is_local):
+            return GLOBAL, window.fields(("h", "w"))
+        x = folded[0] if folded is not None else x
+    out, fields = _window_on(ctx, x, window, dims)
+    return out, fields if folded is None else {**fields, "input": x}
+
+
+def _groups(ctx: Ctx) -> int:
+    if ctx.mod is not None:
+        return int(getattr(ctx.mod, "groups", 1))
+    return int(ctx.resolve(arg(ctx.node, 6, "groups", 1)))
+
+
+def _window_on(ctx: Ctx, x: Geometry, window: Window, dims: int) -> Result:
     if window.pointwise and len(x.layout) >= 3 and not L.is_spatial(x.layout[-3]) and \
             not {len(x.layout) - 2, len(x.layout) - 1} <= set(L.intact(x.layout).values()):
         # a 1x1 conv mixes channels only: positions may lie in any layout (MobileViTv2 runs
@@ -93,8 +117,8 @@ def _within_windows(x: Geometry, window: Window, where: str) -> Result | None:
         # cells of s x s within each window (HieraDet's query pooling): the window of the
         # whole map, w / s pooled positions per window
         out = window.apply(x, axes)
-        return Geometry(out.h, out.w, M.pooled_windows(
-            lay, windows, dict(zip(axes, window.stride)), {len(lay) - 2, len(lay) - 1})), \
+        return Geometry(out.h, out.w, L.pool_atoms(lay, dict(zip(axes, window.stride)),
+                                                    where)), \
             window.fields(axes)
     reach = {}
     for i, name in enumerate(axes):
@@ -227,15 +251,23 @@ def _linear(ctx: Ctx) -> Result:
     x = ctx.x
     if not (isinstance(x, Geometry) and x.is_local):
         return GLOBAL, {"kind": "linear"}
-    last = x.layout[-1]
-    if L.is_spatial(last):
+    fields: dict[str, Any] = {}
+    if L.is_spatial(x.layout[-1]):
         if len(x.layout) - 1 in L.intact(x.layout).values():
             raise Skip(f"{ctx.where} is applied to a spatial feature map (it would mix only the "
                        "last axis); flatten or pool globally first")
-        return GLOBAL, {"kind": "linear"}  # flattened positions: a head layer
+        # positions in its features: every one (a head layer on a flattened map), or the
+        # inner positions of blocks (timm Swin's patch merging, a transform per block): a
+        # 1x1 Linear on the map of blocks, as after a space-to-depth
+        out = M.consumed(x, {len(x.layout) - 1}, "space_to_depth", ctx.where)
+        if out is not None and not (isinstance(out[0], Geometry) and out[0].is_local):
+            return out[0], {"kind": "linear"}
+        if out is not None:
+            x, fields = out[0], {"input": out[0]}
     one = (1, 1)
     return (Geometry(x.h, x.w, L.channel(x.layout, -1, ctx.where)),
-            {"kind": "linear", "kernel": one, "stride": one, "padding": (0, 0), "dilation": one})
+            {"kind": "linear", "kernel": one, "stride": one, "padding": (0, 0), "dilation": one,
+             **fields})
 
 
 _GATING = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div,
@@ -254,10 +286,14 @@ def elementwise(ctx: Ctx) -> Result:
     return merge(states, ctx.where, layout), None
 
 
-def _gate(ctx: Ctx) -> Result:
-    """A normalisation by statistics over all positions: a gate (see the module doc)."""
+def _gate(ctx: Ctx, dims: set[int] | None = None) -> Result:
+    """A normalisation by statistics over all positions, or over those in ``dims`` (the
+    inner positions of blocks: statistics per block): a gate (see the module doc)."""
     x = ctx.local_x()
-    return (x if ctx.se_gates == "scale" else merge([x, GLOBAL], ctx.where)), None
+    if ctx.se_gates == "scale":
+        return x, None
+    stats = GLOBAL if dims is None else M.kept(x, dims, ctx.where)
+    return (x if stats is None else merge([x, stats], ctx.where)), None
 
 
 def _layer_norm(ctx: Ctx) -> Result:
@@ -268,12 +304,14 @@ def _layer_norm(ctx: Ctx) -> Result:
         raise Skip(f"{ctx.where} has no normalized_shape")
     x = ctx.local_x()
     if any(L.is_spatial(d) for d in x.layout[-n:]):
-        return _gate(ctx)
+        return _gate(ctx, set(range(len(x.layout) - n, len(x.layout))))
     return x, None
 
 
-def _along_dim(dim_of: Callable[[Ctx], Any]) -> Rule:
-    """Softmax-like ops along one dimension: token mixing when it holds positions."""
+def _along_dim(dim_of: Callable[[Ctx], Any], ordered: bool = False) -> Rule:
+    """Softmax-like ops along one dimension: where it holds positions, each reads every
+    position there (all of them: global; the inner positions of blocks: its block). An
+    ``ordered`` op (cumsum: position t reads those before it) is refused over positions."""
     def rule(ctx: Ctx) -> Result:
         dim = dim_of(ctx)
         if dim is None:
@@ -281,7 +319,12 @@ def _along_dim(dim_of: Callable[[Ctx], Any]) -> Rule:
         x = ctx.local_x()
         d = L.norm_dim(dim, len(x.layout), ctx.where)
         if L.is_spatial(x.layout[d]):
-            return GLOBAL, None
+            if ordered:
+                raise Skip(f"{ctx.where} accumulates along positions: each reads those "
+                           "before it, a field that is not the same at every position")
+            out = M.kept(x, {d}, ctx.where)
+            if out is not None:
+                return out, None
         return elementwise(ctx)
     return rule
 
@@ -494,7 +537,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     F.instance_norm: _gate,
     F.softmax: _along_dim(_arg_dim(1)), F.log_softmax: _along_dim(_arg_dim(1)),
     torch.softmax: _along_dim(_arg_dim(1)), torch.log_softmax: _along_dim(_arg_dim(1)),
-    F.normalize: _along_dim(_arg_dim(2, 1)), torch.cumsum: _along_dim(_arg_dim(1)),
+    F.normalize: _along_dim(_arg_dim(2, 1)), torch.cumsum: _along_dim(_arg_dim(1), ordered=True),
     **{f: _upsample for f in _UPSAMPLE_FUNCTIONS},
     F.pixel_shuffle: _pixel_shuffle, F.pixel_unshuffle: _pixel_unshuffle,  # torch.pixel_*
     **T.FUNCTION_RULES, **M.FUNCTION_RULES, **B.FUNCTION_RULES,
@@ -503,7 +546,7 @@ METHOD_RULES: dict[str, Rule] = {
     **{m: elementwise for m in _ELEMENTWISE_METHODS},
     **{m: _constant for m in _CONSTANT_METHODS},
     "softmax": _along_dim(_arg_dim(1)), "log_softmax": _along_dim(_arg_dim(1)),
-    "cumsum": _along_dim(_arg_dim(1)), "type_as": _self,
+    "cumsum": _along_dim(_arg_dim(1), ordered=True), "type_as": _self,
     **T.METHOD_RULES, **M.METHOD_RULES,
 }
 

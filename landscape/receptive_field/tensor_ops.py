@@ -95,43 +95,14 @@ def reshape(ctx: Ctx) -> Result:
         end = mod.end_dim if mod is not None else ctx.resolve(arg(node, 2, "end_dim", -1))
         # sizes first where known: merged atoms of unknown size cannot be split again
         layout = L.fit(x.layout, ctx.shape(ctx.x_node), ctx.where)
-        return _fold_space_to_depth(x, L.flatten(layout, start, end, ctx.where)), None
+        return _with(x, L.flatten(layout, start, end, ctx.where)), None
     if t in ("unsqueeze", torch.unsqueeze):
         return _with(x, L.insert(x.layout, int(ctx.resolve(arg(node, 1, "dim", None))))), None
     shape_in, shape_out = ctx.need_shape(ctx.x_node), ctx.need_shape(node)
     if t in _EXPAND:
         padded = ((),) * (len(shape_out) - len(x.layout)) + x.layout
         return _with(x, L.fit(padded, shape_out, ctx.where)), None
-    return _fold_space_to_depth(x, L.reshape(x.layout, shape_in, shape_out, ctx.where)), None
-
-
-def _fold_space_to_depth(x: Geometry, layout: L.Layout) -> Geometry:
-    """``x`` with ``layout``; where the reshape is a space-to-depth written with view and
-    permute (TResNet's stem, timm's Swin patch merging: each axis split as ``(n, s)``, its
-    inner phase of size s moved into a dimension of channels, by a view or a flatten), as an
-    s x s window of stride s: a position of the new map spans the s x s block its channels
-    hold, as through a strided conv, and its H and W are whole again (``("h", 1, n)``) for
-    the convs that follow."""
-    found = {}
-    for axis in ("h", "w"):
-        atoms = sorted(((a[1], i, a) for i, dim in enumerate(layout) for a in dim
-                        if a[0] == axis), reverse=True)
-        if len(atoms) != 2:
-            return _with(x, layout)
-        (_, i_out, outer), (_, i_in, inner) = atoms
-        if inner[1] != 1 or inner[2] is None or outer[1] != inner[2] or i_out == i_in \
-                or layout[i_out] != (outer,):
-            return _with(x, layout)
-        found[axis] = (i_out, outer, i_in, inner)
-    (hi, h_out, hd, h_in), (wi, w_out, wd, w_in) = found["h"], found["w"]
-    if hd != wd or any(a[0] not in ("c", "h", "w") for a in layout[hd]):
-        return _with(x, layout)
-    s = (h_in[2], w_in[2])
-    g = Window("space_to_depth", s, s, (0, 0)).apply(x, ("h", "w"))
-    new = list(layout)
-    new[hd] = L.compact([("c", 0, a[2]) for a in layout[hd]])
-    new[hi], new[wi] = (("h", 1, h_out[2]),), (("w", 1, w_out[2]),)
-    return _with(g, tuple(new))
+    return _with(x, L.reshape(x.layout, shape_in, shape_out, ctx.where)), None
 
 
 _TUPLE_OPS = {torch.chunk, torch.split, torch.tensor_split, torch.unbind, "chunk", "split",
@@ -175,9 +146,11 @@ def getitem(ctx: Ctx) -> Result:
         if op == "keep" and n is not None and item.indices(n) == (0, n, 1):
             item = slice(None)  # x[:, 0:] where nothing comes before the image tokens
         if not L.is_spatial(dim):
-            if op == "keep":
+            if op in ("keep", "gather"):
                 new.append(dim if item == slice(None) else unsized((dim,))[0])
             continue
+        if op == "gather":
+            raise Skip(f"{ctx.where} selects positions with a tensor or list index")
         if item == slice(None):
             new.append(dim)
             continue

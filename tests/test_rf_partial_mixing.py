@@ -1,0 +1,300 @@
+"""Ops that mix part of the positions: a Linear, sum, reduction or softmax over the inner
+positions of blocks (a map reshaped as ``(H / k, k)``) reads each block, exactly as the input
+gradients say; one that mixes a whole row but not the other axis is refused, never read as
+global; a space-to-depth whose positions come back out of the channels is followed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscape.receptive_field import UnsupportedModelError, receptive_field_table
+from landscape.receptive_field.analytic import trace
+from landscape.receptive_field.geometry import Geometry, Skip
+from landscape.receptive_field.graph import input_channels, propagate
+from landscape.receptive_field.layout import mixed
+
+N, K = 48, 4  # input side, block side
+
+
+def blocks(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H / K, W / K, K, K)."""
+    b, c, h, w = x.shape
+    return x.view(b, c, h // K, K, w // K, K).permute(0, 1, 2, 4, 3, 5)
+
+
+def unblocks(t: torch.Tensor) -> torch.Tensor:
+    b, c, hb, wb = t.shape[:4]
+    return t.permute(0, 1, 2, 4, 3, 5).reshape(b, c, hb * K, wb * K)
+
+
+class Stem(nn.Module):
+    """A 3x3 conv, ``body`` (the op under test), a 1x1 conv ``head``."""
+
+    out = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 3, padding=1)
+        self.head = nn.Conv2d(self.out, 1, 1)
+
+    def forward(self, x):
+        return self.head(self.body(self.a(x)))
+
+
+class BlockTransform(Stem):
+    """A separable transform of each block (a DCT, as CSATv2's stem writes it: a Linear over
+    the block's columns, then its rows), then the K * K coefficients into channels."""
+
+    out = 2 * K * K
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.t, self.how = nn.Linear(K, K, bias=False), how
+
+    def along_last(self, y):
+        if self.how == "linear":
+            return self.t(y)
+        if self.how == "matmul":
+            return y @ self.t.weight.T
+        return torch.einsum("bcxyuk,jk->bcxyuj", y, self.t.weight)
+
+    def body(self, y):
+        t = self.along_last(self.along_last(blocks(y)).transpose(-1, -2)).transpose(-1, -2)
+        b, c, hb, wb = t.shape[:4]
+        return t.permute(0, 1, 4, 5, 2, 3).reshape(b, c * K * K, hb, wb)
+
+
+class BlockReduce(Stem):
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+
+    def body(self, y):
+        t = blocks(y)
+        return t.mean(dim=(-2, -1)) if self.op == "mean" else t.sum(dim=(-1, -2))
+
+
+class BlockSoftmax(Stem):
+    """A softmax over each block's positions, the positions kept."""
+
+    def body(self, y):
+        t = blocks(y)
+        return unblocks(t.flatten(-2).softmax(-1).view_as(t))
+
+
+class SpaceToDepthAndBack(Stem):
+    """Blocks moved into channels by view / permute, then back: nothing mixed."""
+
+    def body(self, y):
+        b, c, h, w = y.shape
+        t = blocks(y).permute(0, 1, 4, 5, 2, 3).reshape(b, c * K * K, h // K, w // K)
+        t = torch.relu(t).view(b, c, K, K, h // K, w // K).permute(0, 1, 4, 5, 2, 3)
+        return unblocks(t)
+
+
+class UnrolledWindows(Stem):
+    """Attention within 4x4 windows whose 16 tokens are ordered as Hiera's unroll leaves
+    them: the offsets inside the window outermost (two atoms per axis, strides 1 and 2),
+    the window index innermost."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def body(self, y):
+        b, c, h, w = y.shape
+        t = y.view(b, c, h // 4, 2, 2, w // 4, 2, 2)  # h = 4 hu + 2 sy2 + sy1
+        t = t.permute(0, 4, 7, 3, 6, 2, 5, 1).reshape(b, 16, h // 4 * (w // 4), c)
+        t = t.transpose(1, 2)  # (b, windows, tokens, c)
+        if self.how == "sdpa":
+            o = F.scaled_dot_product_attention(t, t, t)
+        else:
+            o = (t @ t.transpose(-2, -1)).softmax(-1) @ t
+        o = o.transpose(1, 2).reshape(b, 2, 2, 2, 2, h // 4, w // 4, c)
+        return o.permute(0, 7, 5, 3, 1, 6, 4, 2).reshape(b, c, h, w)
+
+
+class RowLinear(Stem):
+    """A Linear over every position of a row (and the channels): one whole axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2 * N, 2 * N)
+
+    def body(self, y):
+        b, c, h, w = y.shape
+        r = self.fc(y.permute(0, 2, 1, 3).reshape(b, h, c * w))
+        return r.view(b, h, c, w).permute(0, 2, 1, 3)
+
+
+class AxialAttention(Stem):
+    """Attention along W only, H folded into the batch."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def body(self, y):
+        b, c, h, w = y.shape
+        t = y.permute(0, 2, 3, 1).reshape(b * h, w, c)
+        if self.how == "sdpa":
+            o = F.scaled_dot_product_attention(t, t, t)
+        else:
+            o = (t @ t.transpose(-2, -1)).softmax(-1) @ t
+        return o.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+class RowCumsum(Stem):
+    def body(self, y):
+        return y.cumsum(dim=-1)
+
+
+def gradient_spans(model: nn.Module) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per output position along each axis (the other at the centre): the first and last input
+    pixel its gradient reaches, in float64 with positive weights and inputs (every path that
+    exists carries a non-zero gradient)."""
+    model = model.double().eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(0.5, 1.5)
+    x = torch.rand(1, 1, N, N, dtype=torch.float64).add_(0.5).requires_grad_(True)
+    y = model(x)
+    side, c = y.shape[-1], y.shape[-1] // 2
+    out = {}
+    for v in range(side):
+        for axis, pos, keep in (("h", (v, c), 1), ("w", (c, v), 0)):
+            (g,) = torch.autograd.grad(y[0, 0, pos[0], pos[1]], x, retain_graph=True)
+            hit = (g[0, 0].abs().sum(keep) > 0).nonzero().flatten()
+            out[(axis, v)] = (int(hit[0]), int(hit[-1]))
+    return out
+
+
+def analytic_spans(model: nn.Module) -> dict[tuple[str, int], tuple[int, int]]:
+    """The same spans from the analytic geometry of the head's output, clipped to the input."""
+    traced = trace(model, N)
+    states, _ = propagate(traced, N)
+    out = states["head"]
+    assert isinstance(out, Geometry) and out.is_local, out
+    return {(a, v): (max(out.axis(a).span(v)[0], 0), min(out.axis(a).span(v)[1], N - 1))
+            for a in "hw" for v in range(out.axis(a).size)}
+
+
+@pytest.mark.parametrize("model", [
+    BlockTransform("linear"), BlockTransform("matmul"), BlockTransform("einsum"),
+    BlockReduce("mean"), BlockReduce("sum"), BlockSoftmax(), SpaceToDepthAndBack(),
+    UnrolledWindows("sdpa"), UnrolledWindows("matmul"),
+], ids=lambda m: type(m).__name__ + "-" + str(getattr(m, "how", getattr(m, "op", ""))))
+def test_mixing_the_inner_positions_of_blocks_equals_the_input_gradients(model):
+    """Each was read as global (a Linear, reduction or softmax over a dimension holding
+    positions; attention over windows whose tokens hold several atoms per axis), or with the
+    wrong map size (a space-to-depth taken as final)."""
+    assert analytic_spans(model) == gradient_spans(model)
+
+
+def test_a_block_transform_is_a_patchify_in_the_table():
+    t = receptive_field_table(BlockTransform("linear"), N).set_index("layer")
+    head = t.loc["head"]
+    assert not head["is_global"]
+    assert (head["r_min"], head["r_max"], head["jump"], head["out_size"]) == (K + 2, K + 2, K,
+                                                                              N // K)
+    mean = receptive_field_table(BlockReduce("mean"), N)
+    pool = mean[mean["kind"] == "avg_pool"].iloc[0]  # the mean over blocks is a pool row
+    assert (pool["kernel"], pool["stride"], pool["in_size"], pool["out_size"]) == (K, K, N, N // K)
+
+
+@pytest.mark.parametrize("model, op", [
+    (RowLinear(), "Linear"), (AxialAttention("sdpa"), "scaled_dot_product_attention"),
+    (AxialAttention("matmul"), "matmul"), (RowCumsum(), "cumsum"),
+])
+def test_mixing_one_whole_axis_is_refused_not_global(model, op):
+    """The output is global along W and local along H (or, for a cumsum, not the same field at
+    every position): it was read as global."""
+    with pytest.raises(UnsupportedModelError, match=op):
+        receptive_field_table(model, N)
+
+
+@pytest.mark.parametrize("layout, dims, expected", [
+    # H split as (H / 4, 4): the inner 4 mixed is a block of 4; the outer is the whole axis
+    (((("c", 0, 2),), (("h", 4, 12),), (("h", 1, 4),), (("w", 1, 48),)), {2}, {"h": 4}),
+    (((("c", 0, 2),), (("h", 4, 12),), (("h", 1, 4),), (("w", 1, 48),)), {1}, {"h": None}),
+    # three levels: the inner two together are blocks of 8
+    (((("h", 8, 6),), (("h", 2, 4), ("h", 1, 2)), (("w", 1, 4),)), {1}, {"h": 8}),
+    # a channel dimension holding both axes' inner positions (a space-to-depth)
+    (((("h", 2, 3),), (("w", 2, 3),), (("h", 1, 2), ("w", 1, 2), ("c", 0, 5))), {2},
+     {"h": 2, "w": 2}),
+    # a 2x2 map reshaped as (1, 2): the outer size-1 atom is the map's position
+    (((("h", 2, 1),), (("w", 2, 1),), (("h", 1, 2), ("w", 1, 2))), {2}, {"h": 2, "w": 2}),
+    # tokens of unknown origin; channels only
+    (((("c", 0, 2),), (("*", 2, 197),)), {1}, {"*": None}),
+    (((("c", 0, 2),), (("h", 1, 7),), (("c", 0, 3),)), {2}, {}),
+])
+def test_mixed_classifies_blocks_whole_axes_and_channels(layout, dims, expected):
+    assert mixed(layout, dims, "op") == expected
+
+
+def test_mixed_refuses_a_middle_atom():
+    layout = ((("h", 8, 6),), (("h", 2, 4),), (("h", 1, 2),))
+    with pytest.raises(Skip, match="not the inner positions"):
+        mixed(layout, {1}, "op")
+
+
+def test_timm_in_chans_is_the_input_channels():
+    """CSATv2's first op is a colour transform, its first conv reads 64 DCT channels: the
+    probe input was (2, 64, H, W). timm models record ``in_chans``."""
+    class DctFirst(nn.Module):
+        in_chans = 3
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(64, 8, 1)
+
+        def forward(self, x):
+            return self.conv(x.repeat(1, 22, 1, 1)[:, :64])
+
+    assert input_channels(DctFirst()) == 3
+    assert input_channels(nn.Sequential(nn.Conv2d(5, 2, 3))) == 5
+    assert input_channels(nn.Sequential(nn.Linear(3, 2))) is None
+
+
+def test_convnext_v2_global_response_norm_is_a_gate():
+    """ConvNeXt-V2's GRN divides by a norm over every position (``x.norm(p=2, dim=(1, 2))``):
+    a global statistic gating the map, as squeeze-and-excitation; it was refused."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("convnextv2_atto", num_classes=10)
+    t = receptive_field_table(model, 64)
+    convs = t[t["kind"] == "conv"]
+    assert not convs["is_global"].any() and convs["r_max"].max() > 64
+    g = receptive_field_table(model, 64, se_gates="global")
+    mlp = g[g["layer"].str.endswith("mlp.fc2")]
+    assert mlp["is_global"].all()  # the gate is a global path under se_gates="global"
+
+
+def test_hiera_mask_unit_attention_is_local_and_equals_the_input_gradients():
+    """timm's Hiera: tokens unrolled (a window's offsets outermost), attention within mask
+    units in its first two stages, queries max-pooled over a dimension of unit offsets. It
+    was read as global from the first block, and its first qkv as seeing 35 px (a
+    space-to-depth taken at a reshape); each block's output is its mask unit."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("hiera_tiny_224").double().eval()
+    t = receptive_field_table(model, 224).set_index("layer")
+    assert t.loc["blocks.0.attn.qkv", "r_max"] == 7
+    assert t.loc["blocks.1.amax", "kind"] == "max_pool" and t.loc["blocks.1.amax", "stride"] == 2
+    assert not t.loc["blocks.3.mlp.fc2", "is_global"] and t.loc["blocks.4.mlp.fc2", "is_global"]
+    _, records = propagate(trace(model, 224), 224)
+    out = next(r.out for r in records if r.name == "blocks.0.mlp.fc2")
+    x = torch.rand(1, 3, 224, 224, dtype=torch.float64, requires_grad=True)
+    (feat,) = model.forward_intermediates(x, indices=[0], output_fmt="NCHW",
+                                          intermediates_only=True)
+    for v, u in ((0, 28), (20, 3), (28, 55)):
+        (g,) = torch.autograd.grad(feat[0, :, v, u].sum(), x, retain_graph=True)
+        hit = g[0].abs().sum(0) > 0
+        rows, cols = hit.any(1).nonzero().flatten(), hit.any(0).nonzero().flatten()
+        expect = [(max(a.span(p)[0], 0), min(a.span(p)[1], 223)) for a, p in ((out.h, v),
+                                                                              (out.w, u))]
+        assert [(int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))] == expect
+        assert expect[0][1] - expect[0][0] + 1 <= 35  # its mask unit, never the whole image
