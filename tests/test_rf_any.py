@@ -264,6 +264,29 @@ def test_slicing_and_padding_shift_position_zero():
     assert list(p.loc["b", ["r_max", "jump", "effective_padding", "out_size"]]) == [5, 1, 3, 16]
 
 
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
+def test_every_padding_mode_shifts_position_zero_and_keeps_the_interior(mode):
+    """A circular pad was read as global; its wrapped positions are the border, as a conv's
+    padding_mode="circular" and Swin's roll are: the interior positions read their window."""
+    class Padded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            return self.b(F.pad(self.a(x), (1, 1, 1, 1), mode=mode))
+
+    t = receptive_field_table(Padded(), 16).set_index("layer")
+    assert list(t.loc["b", ["r_min", "r_max", "jump", "effective_padding", "out_size"]]) == [
+        5, 5, 1, 2, 16]
+    assert not t.loc["b", "is_global"]
+    model = Padded().double()
+    x = torch.rand(1, 1, 16, 16, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(model(x)[0, 0, 8, 8], x)
+    rows = (g[0, 0].abs().sum(1) > 0).nonzero().flatten()
+    assert (int(rows[0]), int(rows[-1])) == (6, 10)  # an interior position: its 5 x 5 window
+
+
 class SpaceToDepth(nn.Module):
     """conv3 -> the four 2x2 phases stacked into channels (Swin's patch merging) -> 1x1 conv;
     with ``conv=True`` a 2x2 stride-2 conv instead of the slices."""

@@ -353,8 +353,9 @@ def pad(ctx: Ctx) -> Result:
             continue
         if d not in whole:
             raise Skip(f"{ctx.where} pads a dimension that mixes spatial positions")
-        if mode == "circular":
-            return GLOBAL, None
+        # any mode (zeros, reflection, replication, circular) adds border positions: the ones
+        # reading them are the border, ignored as behind a conv's own padding (a conv's
+        # padding_mode, a roll's wrapped positions); the others keep their geometry
         a = axes[whole[d]]
         axes[whole[d]] = shift(a, -left, 1, None if a.size is None else a.size + left + right)
         layout[d] = ((whole[d], 1, None),)
