@@ -1,5 +1,6 @@
 """Sliding blocks (landscape.receptive_field.blocks): nn.Unfold / F.unfold, the span of every
-output position checked against its input gradient in float64; a fold is refused by name."""
+output position checked against its input gradient in float64; a fold of overlapping blocks
+is refused by name (non-overlapping ones: tests/test_rf_partial_mixing.py)."""
 
 from __future__ import annotations
 

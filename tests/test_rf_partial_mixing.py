@@ -117,6 +117,55 @@ class UnrolledWindows(Stem):
         return o.permute(0, 7, 5, 3, 1, 6, 4, 2).reshape(b, c, h, w)
 
 
+class StridedInWindows(Stem):
+    """8x8 windows folded into the batch, a conv of kernel k, stride s, padding p on each
+    (zeros at the window's edges: TNT's pixel embedding of each patch), the m x m outputs of
+    every window put back into a map."""
+
+    def __init__(self, k: int, s: int, p: int) -> None:
+        super().__init__()
+        self.conv, self.how = nn.Conv2d(2, 2, k, stride=s, padding=p), f"{k}/{s}/{p}"
+
+    def body(self, y):
+        n, c, h, w = y.shape
+        t = y.view(n, c, h // 8, 8, w // 8, 8).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, 8, 8)
+        t = self.conv(t)
+        m = t.shape[-1]
+        t = t.view(n, h // 8, w // 8, c, m, m).permute(0, 3, 1, 4, 2, 5)
+        return t.reshape(n, c, h // 8 * m, w // 8 * m)
+
+
+class NonOverlapping(Stem):
+    """Blocks of K x K as a non-overlapping unfold (``F.unfold`` or ``nn.Unfold``) or a pixel
+    unshuffle, then: a Linear over each block's taps (``mix``: a K/K window, the map of
+    blocks), or the taps put back into the map by a reshape (TNT's pixels), ``F.fold`` or a
+    pixel shuffle (nothing mixed: the identity; a 1x1 conv over the blocks' channels before
+    the shuffle: each pixel reads its block), then a 3x3 conv."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.mix = nn.Linear(K * K, 1)
+        self.c = nn.Conv2d(2 * K * K, 2 * K * K, 1)
+        self.after = nn.Conv2d(2, 2, 3, padding=1)
+
+    def body(self, y):
+        n, c, h, w = y.shape
+        if self.how == "unshuffle-shuffle":
+            return self.after(F.pixel_shuffle(F.pixel_unshuffle(y, K).relu(), K))
+        if self.how == "unshuffle-conv":  # a 1x1 conv over the blocks, then back: the window
+            return self.after(F.pixel_shuffle(self.c(F.pixel_unshuffle(y, K)), K))
+        u = (nn.Unfold(K, stride=K) if self.how == "module" else
+             lambda t: F.unfold(t, K, stride=K))(y)  # (n, c K K, L)
+        if self.how == "fold":
+            return self.after(F.fold(u.relu(), (h, w), K, stride=K))
+        t = u.view(n, c, K * K, h // K, w // K)
+        if self.how == "mix":  # the map of blocks
+            return self.after(self.mix(t.permute(0, 1, 3, 4, 2))[..., 0])
+        t = t.view(n, c, K, K, h // K, w // K).permute(0, 1, 4, 2, 5, 3)
+        return self.after(t.reshape(n, c, h, w))
+
+
 class RowLinear(Stem):
     """A Linear over every position of a row (and the channels): one whole axis."""
 
@@ -186,12 +235,17 @@ def analytic_spans(model: nn.Module) -> dict[tuple[str, int], tuple[int, int]]:
 @pytest.mark.parametrize("model", [
     BlockTransform("linear"), BlockTransform("matmul"), BlockTransform("einsum"),
     BlockReduce("mean"), BlockReduce("sum"), BlockSoftmax(), SpaceToDepthAndBack(),
-    UnrolledWindows("sdpa"), UnrolledWindows("matmul"),
+    UnrolledWindows("sdpa"), UnrolledWindows("matmul"), StridedInWindows(3, 2, 1),
+    StridedInWindows(7, 4, 3), StridedInWindows(3, 2, 0), StridedInWindows(2, 2, 0),
+    StridedInWindows(5, 1, 2), NonOverlapping("functional"), NonOverlapping("module"),
+    NonOverlapping("mix"), NonOverlapping("fold"), NonOverlapping("unshuffle-shuffle"),
+    NonOverlapping("unshuffle-conv"),
 ], ids=lambda m: type(m).__name__ + "-" + str(getattr(m, "how", getattr(m, "op", ""))))
 def test_mixing_the_inner_positions_of_blocks_equals_the_input_gradients(model):
     """Each was read as global (a Linear, reduction or softmax over a dimension holding
     positions; attention over windows whose tokens hold several atoms per axis), or with the
-    wrong map size (a space-to-depth taken as final)."""
+    wrong map size (a space-to-depth taken as final), or refused (a strided conv on windows
+    folded into the batch)."""
     assert analytic_spans(model) == gradient_spans(model)
 
 
@@ -298,3 +352,33 @@ def test_hiera_mask_unit_attention_is_local_and_equals_the_input_gradients():
                                                                               (out.w, u))]
         assert [(int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))] == expect
         assert expect[0][1] - expect[0][0] + 1 <= 35  # its mask unit, never the whole image
+
+
+def test_tnt_pixels_and_patches_equal_the_input_gradients():
+    """timm's TNT: a non-overlapping unfold of 16 px patches reshaped into a batch of 16x16
+    maps, a 7x7 stride-4 conv on each (zeros at the patch's edges), attention among each
+    patch's 4x4 pixel tokens, a Linear over them into the patch token. It was refused (the
+    unfold was a window whose taps could not become a map again)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("tnt_s_patch16_224").double().eval()
+    _, records = propagate(trace(model, 224), 224)
+    out = {r.name: r.out for r in records}
+    seen = {}
+    model.pixel_embed.proj.register_forward_hook(lambda m, i, o: seen.__setitem__("pixel", o))
+    model.blocks[0].proj.register_forward_hook(lambda m, i, o: seen.__setitem__("patch", o))
+    x = torch.rand(1, 3, 224, 224, dtype=torch.float64, requires_grad=True)
+    model(x)
+    for name, index, (v, u) in (("pixel", (20, slice(None), 1, 2), (5, 26)),
+                                ("pixel", (20, slice(None), 3, 3), (7, 27)),
+                                ("patch", (0, 20), (1, 6)), ("patch", (0, 195), (13, 13))):
+        (g,) = torch.autograd.grad(seen[name][index].sum(), x, retain_graph=True)
+        hit = g[0].abs().sum(0) > 0
+        rows, cols = hit.any(1).nonzero().flatten(), hit.any(0).nonzero().flatten()
+        g_out = out["pixel_embed.proj" if name == "pixel" else "blocks.0.proj"]
+        expect = [(max(a.span(p)[0], 0), min(a.span(p)[1], 223)) for a, p in ((g_out.h, v),
+                                                                                (g_out.w, u))]
+        assert [(int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))] == expect, name
+    t = receptive_field_table(model, 224).set_index("layer")
+    assert (t.loc["blocks.0.proj", "r_max"], t.loc["blocks.0.proj", "out_size"]) == (16, 14)
+    assert t.loc["blocks.0.attn_out.proj", "is_global"]  # attention among the patches

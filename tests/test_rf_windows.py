@@ -270,11 +270,10 @@ def test_a_conv_on_windows_folded_into_the_batch_is_clipped_to_its_window(kernel
     assert t.loc["dw", "kind"] == "conv" and t.loc["dw", "r_max"] <= 16  # within its window
 
 
-def test_a_strided_conv_on_windows_is_refused_by_name():
+def test_a_conv_with_ceil_mode_on_windows_is_refused_by_name():
     model = ConvInWindows()
-    model.dw = nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4)
-    with pytest.raises(UnsupportedModelError, match="on windows of 4 positions folded into "
-                                                    "the batch"):
+    model.dw = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+    with pytest.raises(UnsupportedModelError, match="ceil_mode=True on windows folded into"):
         receptive_field_table(model, N)
 
 

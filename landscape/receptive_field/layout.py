@@ -306,6 +306,37 @@ def mixed(layout: Layout, dims: set[int], where: str) -> dict[str, int | None]:
     return out
 
 
+def space_to_depth(layout: Layout, r: tuple[int, int], sizes: Sequence[int | None]
+                   ) -> Layout | None:
+    """``(..., C, H, W) -> (..., C r0 r1, H / r0, W / r1)`` with H and W whole in the last two
+    dimensions: each r0 x r1 block's offsets move into the channels, after them (channel
+    major, as ``pixel_unshuffle`` and ``unfold`` order them), the block index stays. Nothing
+    is mixed: a conv or Linear over those channels reads the blocks (:func:`mixed`). None
+    where a size is unknown or not a multiple of r, or the axes are not whole there."""
+    n = len(layout)
+    whole = {d: a for a, d in intact(layout).items()}
+    if n < 3 or n - 2 not in whole or n - 1 not in whole or is_spatial(layout[n - 3]) or \
+            any(m is None or m % k for m, k in zip(sizes, r)):
+        return None
+    a, b = whole[n - 2], whole[n - 1]
+    channels = compact(layout[n - 3] + ((a, 1, r[0]), (b, 1, r[1])))
+    return layout[:n - 3] + (channels, ((a, r[0], sizes[0] // r[0]),),
+                             ((b, r[1], sizes[1] // r[1]),))
+
+
+def depth_to_space(layout: Layout, r: int) -> Layout | None:
+    """The inverse of :func:`space_to_depth` by r: where the channels end with the offsets
+    of the r x r blocks whose index the last two dimensions hold, the map is whole again;
+    None for any other layout (channels that hold no positions)."""
+    n = len(layout)
+    if n < 3 or len(layout[n - 3]) < 2 or len(layout[n - 2]) != 1 or len(layout[n - 1]) != 1:
+        return None
+    (a, sa, na), (b, sb, nb) = layout[n - 2][0][:3], layout[n - 1][0][:3]
+    if layout[n - 3][-2:] != ((a, 1, r), (b, 1, r)) or (sa, sb) != (r, r) or None in (na, nb):
+        return None
+    return layout[:n - 3] + (layout[n - 3][:-2], ((a, 1, na * r),), ((b, 1, nb * r),))
+
+
 def pool_atoms(layout: Layout, s: dict[str, int], where: str) -> Layout:
     """``layout`` after pooling cells of ``s[axis]`` consecutive positions along each axis
     (kernel = stride = s): the innermost atoms of the axis, s positions in all, leave (an

@@ -79,30 +79,32 @@ def _same_atoms(a: L.Layout, b: L.Layout) -> bool:
 
 def windowed(x: Geometry, windows: dict[str, int], layout: L.Layout, where: str,
              shift: dict[str, int] | None = None,
-             reach: dict[str, tuple[int, int]] | None = None,
+             reach: dict[str, tuple[int, int, int]] | None = None,
              queries: dict[str, int] | None = None) -> Geometry:
     """``x`` after an op within windows of ``windows[axis]`` positions along each axis (a
     resampling with period w, :meth:`Phased.resample`): position t reads its window,
     ``w * ((t - s) // w) + s`` .. ``+ w - 1`` (``shift`` s: the windows' offset,
-    torchvision's shifted windows), as attention does; with ``reach[axis] = (p, k)``, a
-    kernel of extent k and left padding p run on each window (zero padding at its edges),
-    only the part of it that its kernel covers, ``t - p`` .. ``t - p + k - 1``; with
-    ``queries[axis] = m`` (pooled queries, m positions per window), output position t reads
-    window ``t // m``: m outputs per w positions of ``x``."""
+    torchvision's shifted windows), as attention does. ``queries[axis] = m``: m outputs per
+    window of w positions (pooled queries, a strided conv), output t reading window
+    ``t // m``; with ``reach[axis] = (p, k, s)``, a kernel of extent k, stride s and left
+    padding p run on each window (zero padding at its edges): output t, the o-th of its
+    window, reads only what its kernel covers, ``start + o s - p`` .. ``+ k - 1``, clipped to
+    the window."""
     axes = {}
     for name in ("h", "w"):
         a = x.axis(name)
         if name in windows:
             w, s = windows[name], (shift or {}).get(name, 0)
-            p, k = (reach or {}).get(name, (None, None))
+            p, k, step = (reach or {}).get(name, (None, None, None))
             m = (queries or {}).get(name, w)
 
             def taps(t: int, w: int = w, s: int = s, p: int | None = p, k: int | None = k,
-                     m: int = m) -> tuple[int, int]:
+                     step: int | None = step, m: int = m) -> tuple[int, int]:
                 start = w * ((t - s) // m) + s
                 if p is None:
                     return start, start + w - 1
-                return max(start, t - p), min(start + w - 1, t - p + k - 1)
+                first = start + (t - s) % m * step - p
+                return max(start, first), min(start + w - 1, first + k - 1)
             size = None if a.size is None else a.size * m // w
             a = resampled(a, m, w, taps, size, name, where)
         axes[name] = a

@@ -96,41 +96,38 @@ def _window_on(ctx: Ctx, x: Geometry, window: Window, dims: int) -> Result:
 
 def _within_windows(x: Geometry, window: Window, where: str) -> Result | None:
     """A conv or pool on windows folded into the batch (EfficientViT-MSRA's depthwise conv on
-    each attention window): dimensions -2 and -1 hold the positions inside a window of each
-    axis, ``(axis, 1, w)``, the window index lies in the batch (:func:`.mixing.window_sizes`).
-    Its padding reads zeros at the window's edges, so position t reads its kernel's span
-    clipped to its window: a resampling with period w, exact per phase. Only an op that keeps
-    the window's w positions (stride 1, "same" padding), or one pooling s x s cells (kernel =
-    stride s dividing w, no padding: each cell lies in one window, so it is the pool of the
-    whole map; the windows then hold w / s positions); None where the dimensions hold no
-    windows."""
+    each attention window, HieraDet's query pooling, TNT's pixel embedding of each patch):
+    dimensions -2 and -1 hold the positions inside a window of each axis, ``(axis, 1, w)``,
+    the window index lies in the batch (:func:`.mixing.window_sizes`). Its padding reads
+    zeros at the window's edges, so each of the m = (w + padding - k) // s + 1 outputs of a
+    window reads its kernel's span clipped to its window: a resampling of m outputs per w
+    positions, exact per phase; the windows then hold m positions. None where the
+    dimensions hold no windows."""
     lay = x.layout
     if len(lay) < 3 or len(lay[-2]) != 1 or len(lay[-1]) != 1:
         return None
     windows = M.window_sizes(lay[:-2], lay[-2] + lay[-1])
     if windows is None or set(windows) != {"h", "w"}:
         return None
+    if window.ceil_mode:
+        raise Skip(f"{where} runs a {window.kind} with ceil_mode=True on windows folded into "
+                   "the batch; the RF analysis follows one with ceil_mode=False there")
     axes = (lay[-2][0][0], lay[-1][0][0])
-    if all(window.kernel[i] == window.stride[i] > 1 and windows[a] % window.stride[i] == 0
-           and window.padding[i] == 0 and window.dilation[i] == 1 for i, a in enumerate(axes)) \
-            and not window.ceil_mode:
-        # cells of s x s within each window (HieraDet's query pooling): the window of the
-        # whole map, w / s pooled positions per window
-        out = window.apply(x, axes)
-        return Geometry(out.h, out.w, L.pool_atoms(lay, dict(zip(axes, window.stride)),
-                                                    where)), \
-            window.fields(axes)
-    reach = {}
+    reach, m = {}, {}
     for i, name in enumerate(axes):
         k_eff = window.dilation[i] * (window.kernel[i] - 1) + 1
         total = 2 * window.padding[i] if window.pad_total[i] is None else window.pad_total[i]
-        if window.stride[i] != 1 or total - k_eff + 1 != 0 or window.ceil_mode:
-            raise Skip(f"{where} runs a {window.kind} of kernel {window.kernel}, stride "
-                       f"{window.stride} on windows of {windows[name]} positions folded into "
-                       "the batch; the RF analysis follows one only where it keeps the "
-                       "window's size, or pools cells of kernel = stride dividing the window")
-        reach[name] = (window.padding[i], k_eff)
-    return M.windowed(x, windows, lay, where, reach=reach), window.fields(axes)
+        m[name] = (windows[name] + total - k_eff) // window.stride[i] + 1
+        if m[name] < 1:
+            raise Skip(f"{where} runs a {window.kind} of kernel {window.kernel} on windows of "
+                       f"{windows[name]} positions folded into the batch: larger than a window")
+        reach[name] = (window.padding[i], k_eff, window.stride[i])
+    out = M.windowed(x, windows, lay, where, reach=reach, queries=m)
+    # the window index counts windows of m positions now
+    layout = tuple(tuple((a[0], a[1] * m[a[0]] // windows[a[0]], a[2]) if a[0] in m else a
+                         for a in dim) for dim in lay[:-2]) + tuple(
+        ((a[0], 1, m[a[0]]),) for dim in lay[-2:] for a in dim)
+    return Geometry(out.h, out.w, layout), window.fields(axes)
 
 
 def _conv3d(ctx: Ctx) -> Result:
@@ -450,18 +447,31 @@ def _factor(ctx: Ctx, field: str) -> int:
 
 
 def _pixel_shuffle(ctx: Ctx) -> Result:
-    """Depth to space by r: output position q reads input position floor(q / r) (from one of
+    """Depth to space by r: where the channels hold the offsets of r x r blocks (a pixel
+    unshuffle or a non-overlapping unfold before it, nothing mixed in between), the map
+    they came from; else output position q reads input position floor(q / r) (from one of
     r^2 channels), the positions of a nearest upsampling by r."""
     x = ctx.local_x()
     r = _factor(ctx, "upscale_factor")
+    back = L.depth_to_space(x.layout, r)
+    if back is not None:
+        return Geometry(x.h, x.w, back), None
     return _resized(x, T.last_axes(x, 2, ctx.where), [Fraction(1, r)] * 2, "nearest",
                     [None, None], ctx.where), None
 
 
 def _pixel_unshuffle(ctx: Ctx) -> Result:
-    """Space to depth by r: each output position holds (as r^2 channels) the r x r block of
-    input positions it covers, a window of kernel r and stride r (not a layer of the table)."""
+    """Space to depth by r: each r x r block's offsets move into the channels, positions
+    still (:func:`layout.space_to_depth`): a conv over them reads the r x r block, a window
+    of kernel r and stride r, as the strided conv it replaces; a pixel shuffle puts them
+    back. Where the map's size is unknown or not a multiple of r, that window at once (not
+    a layer of the table)."""
+    x = ctx.local_x()
     r = _factor(ctx, "downscale_factor")
+    axes = T.last_axes(x, 2, ctx.where)
+    blocks = L.space_to_depth(x.layout, (r, r), [x.axis(a).size for a in axes])
+    if blocks is not None:
+        return Geometry(x.h, x.w, blocks), None
     return _window(ctx, Window("space_to_depth", (r, r), (r, r), (0, 0)))[0], None
 
 
