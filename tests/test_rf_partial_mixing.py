@@ -5,15 +5,20 @@ global; a space-to-depth whose positions come back out of the channels is follow
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from landscape.receptive_field import UnsupportedModelError, receptive_field_table
 from landscape.receptive_field.analytic import trace
 from landscape.receptive_field.geometry import Geometry, Skip
 from landscape.receptive_field.graph import input_channels, propagate
+from landscape.receptive_field import layout as L
 from landscape.receptive_field.layout import mixed
 
 N, K = 48, 4  # input side, block side
@@ -382,3 +387,86 @@ def test_tnt_pixels_and_patches_equal_the_input_gradients():
     t = receptive_field_table(model, 224).set_index("layer")
     assert (t.loc["blocks.0.proj", "r_max"], t.loc["blocks.0.proj", "out_size"]) == (16, 14)
     assert t.loc["blocks.0.attn_out.proj", "is_global"]  # attention among the patches
+
+
+def _atom_positions(layout, shape) -> dict[str, torch.Tensor]:
+    """The H and W index of every element of a tensor of ``shape`` as ``layout`` says: per
+    dimension its atoms in mixed radix, outer first, an atom adding coordinate x stride."""
+    layout = L.fit(layout, shape, "test")
+    out = {a: torch.zeros(shape, dtype=torch.long) for a in "hw"}
+    for d, dim in enumerate(layout):
+        index = torch.arange(shape[d]).view([-1 if i == d else 1 for i in range(len(shape))])
+        inner = shape[d]
+        for atom in dim:
+            inner //= atom[2]
+            if atom[0] in out:
+                out[atom[0]] = out[atom[0]] + (index // inner) % atom[2] * atom[1]
+    return out
+
+
+@st.composite
+def moved_maps(draw):
+    """A (2, H, W) map of each element's H and W index, and its layout, after H and W are
+    split into factors, the dimensions permuted and neighbours merged, as views of windows,
+    space-to-depth and token sequences do."""
+    hs = draw(st.lists(st.sampled_from([2, 3]), min_size=1, max_size=3))
+    ws = draw(st.lists(st.sampled_from([2, 3]), min_size=1, max_size=3))
+    h, w = math.prod(hs), math.prod(ws)
+    ih = torch.arange(h).view(1, h, 1).expand(2, h, w)
+    iw = torch.arange(w).view(1, 1, w).expand(2, h, w)
+    t = torch.stack([ih, iw])  # (2: which index, 2 channels, H, W)
+    layout = L.canonical(3)
+    split = (2, *hs, *ws)
+    layout = L.reshape(layout, (2, h, w), split, "view")
+    t = t.reshape(2, *split)
+    order = draw(st.permutations(range(len(split))))
+    layout, t = L.permute(layout, order, "permute"), t.permute(0, *[o + 1 for o in order])
+    every = set(range(1, len(split)))
+    cuts = sorted(draw(st.one_of(st.just(every), st.sets(st.sampled_from(sorted(every))))))
+    shape, start = [], 0
+    for end in [*cuts, len(split)]:
+        shape.append(math.prod(t.shape[1 + start:1 + end]))
+        start = end
+    layout = L.reshape(layout, tuple(t.shape[1:]), shape, "reshape")
+    return t.reshape(2, *shape), layout, (h, w)
+
+
+@settings(max_examples=300, deadline=None)
+@given(moved=moved_maps(), data=st.data())
+def test_layouts_mixing_and_pooling_agree_with_the_moved_indices(moved, data):
+    """Property: the layout algebra's reading of a moved map is the map's. The atoms give
+    every element's H / W index; what an op over some dimensions mixes (:func:`mixed`) is,
+    per group of elements sharing the other dimensions, one position (axis left out), an
+    aligned block of w positions ({axis: w}) or positions spanning over half the axis (None);
+    and after pooling those blocks (:func:`pool_atoms`) the atoms give each group's block."""
+    t, layout, size = moved
+    index = _atom_positions(layout, t.shape[1:])
+    assert torch.equal(index["h"], t[0]) and torch.equal(index["w"], t[1])
+    one = st.integers(0, len(layout) - 1)
+    dims = data.draw(st.one_of(one.map(lambda d: {d}), st.sets(one, min_size=1)))
+    try:
+        m = mixed(layout, dims, "op")
+    except Skip:
+        return
+    keep = [d for d in range(len(layout)) if d not in dims]
+    groups = t.permute(0, *[d + 1 for d in keep], *[d + 1 for d in sorted(dims)]).reshape(
+        2, -1, math.prod(t.shape[1 + d] for d in dims))
+    for i, axis in enumerate("hw"):
+        lo, hi = groups[i].amin(-1), groups[i].amax(-1)
+        if axis not in m:
+            assert torch.equal(lo, hi)
+        elif m[axis] is None:
+            assert (hi - lo + 1 > size[i] // 2).all()
+        else:
+            w = m[axis]
+            assert (hi - lo + 1 == w).all() and (lo % w == 0).all()
+            assert all(len(set(g.tolist())) == w for g in groups[i])
+    if None in m.values():
+        return
+    pooled = L.pool_atoms(layout, m, "pool")
+    reduced = [t.shape[1 + d] for d in keep]
+    left = tuple(dim for d, dim in enumerate(pooled) if d in keep)
+    blocks = _atom_positions(left, reduced)
+    for i, axis in enumerate("hw"):
+        expect = groups[i].amin(-1).reshape(reduced) // m.get(axis, 1)
+        assert torch.equal(blocks[axis], expect)
