@@ -437,9 +437,9 @@ class QueryPooled(nn.Module):
     2x2 within each window (4x4 per window), attending to their window's 8x8 keys; the
     result unpartitioned into the half-resolution map, beside a 2x2 max-pooled shortcut."""
 
-    def __init__(self, w: int = 8) -> None:
+    def __init__(self, w: int = 8, mode: str = "sdpa") -> None:
         super().__init__()
-        self.w = w
+        self.w, self.mode = w, mode
         self.embed = nn.Conv2d(1, 4, 4, stride=4)
         self.qkv = nn.Linear(4, 12)
         self.q_pool = nn.MaxPool2d(2, 2)
@@ -453,20 +453,26 @@ class QueryPooled(nn.Module):
         t = y.view(n, h // w, w, w_ // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, w, w, c)
         q, k, v = self.qkv(t).chunk(3, dim=-1)  # (windows, w, w, c)
         q = self.q_pool(q.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (windows, w/2, w/2, c)
-        o = F.scaled_dot_product_attention(q.reshape(-1, (w // 2) ** 2, c),
-                                           k.reshape(-1, w * w, c), v.reshape(-1, w * w, c))
+        q = q.reshape(-1, (w // 2) ** 2, c)
+        k, v = k.reshape(-1, w * w, c), v.reshape(-1, w * w, c)
+        if self.mode == "sdpa":
+            o = F.scaled_dot_product_attention(q, k, v)
+        else:  # timm without fused attention (Hiera's, HieraDet's matmul path)
+            o = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         o = o.view(n, h // w, w_ // w, w // 2, w // 2, c).permute(0, 1, 3, 2, 4, 5)
         o = o.reshape(n, h // 2, w_ // 2, c)
         short = self.pool(y.permute(0, 3, 1, 2))
         return self.head(short + o.permute(0, 3, 1, 2))
 
 
-def test_pooled_queries_attending_their_window_equal_the_input_gradients():
+@pytest.mark.parametrize("mode", ["sdpa", "matmul"])
+def test_pooled_queries_attending_their_window_equal_the_input_gradients(mode):
     """Was refused (a stride-2 pool on windows folded into the batch); now a pooled query
-    reads its window's keys: every position sees the 32 input rows of its window."""
-    model = QueryPooled()
+    reads its window's keys: every position sees the 32 input rows of its window. Written
+    with matmuls (timm's unfused attention) it was read as global."""
+    model = QueryPooled(mode=mode)
     assert analytic_spans(model) == gradient_spans(model)
-    spans = analytic_spans(QueryPooled(), rows=range(4, 8))
+    spans = analytic_spans(QueryPooled(mode=mode), rows=range(4, 8))
     assert spans[4] == spans[7] == (32, 63)
-    t = receptive_field_table(QueryPooled(), N).set_index("layer")
+    t = receptive_field_table(QueryPooled(mode=mode), N).set_index("layer")
     assert t.loc["q_pool", "kind"] == "max_pool" and not t.loc["head", "is_global"]

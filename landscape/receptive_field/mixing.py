@@ -165,26 +165,50 @@ def kept(x: Geometry, dims: set[int], where: str) -> Geometry | None:
     return windowed(x, windows, x.layout, where) if windows else None
 
 
+def _window_pair(sq: Geometry, iq: int, sk: Geometry, ik: int,
+                 pairs: list[tuple[int, int]], where: str
+                 ) -> tuple[dict[str, int], dict[str, int]] | None:
+    """(the queries' windows, the keys' windows) of attention between the tokens in dimension
+    ``iq`` of ``sq`` and those in ``ik`` of ``sk``, their other dimensions paired as
+    ``pairs`` ((query dim, key dim): the batch, heads): both hold windows
+    (:func:`window_sizes`), the keys' w a multiple of the queries' (pooled queries: HieraDet,
+    Hiera), and the two layouts agree once the keys are pooled to the queries' size. None for
+    anything else."""
+    def others(s: Geometry, i: int) -> L.Layout:
+        return tuple(d for j, d in enumerate(s.layout) if j != i)
+    windows = window_sizes(others(sq, iq), sq.layout[iq])
+    keys = window_sizes(others(sk, ik), sk.layout[ik])
+    if windows is None or keys is None or set(keys) != set(windows) or any(
+            keys[a] % windows[a] for a in keys):
+        return None
+    pooled = {a: keys[a] // windows[a] for a in keys if keys[a] != windows[a]}
+    try:
+        pk = L.pool_atoms(sk.layout, pooled, where) if pooled else sk.layout
+    except Skip:
+        return None
+    if not all(_same_atoms((sq.layout[a],), (pk[b],)) for a, b in [*pairs, (iq, ik)]):
+        return None
+    return windows, keys
+
+
 def _sdpa(ctx: Ctx) -> Result:
     """``scaled_dot_product_attention(q, k, v)`` on (..., tokens, features): local when the
-    tokens are windows (:func:`window_sizes`) shared by q, k and v; also when the queries'
-    windows are pooled, w / s positions per window against the keys' w (HieraDet's query
-    pooling): query position t then reads its window of keys, ``w * (t // (w / s))`` ..
-    ``+ w - 1``."""
+    tokens are windows shared by q, k and v, the queries' possibly pooled, w / s positions
+    per window against the keys' w (:func:`_window_pair`): query position t then reads its
+    window of keys, ``w * (t // (w / s))`` .. ``+ w - 1``."""
     q, k, v = (ctx.state(arg(ctx.node, i, n, None))
                for i, n in enumerate(("query", "key", "value")))
     if not all(_local(s) and len(s.layout) >= 2 for s in (q, k, v)):
         return GLOBAL, {"kind": "attention"}
-    _paired(ctx, (q, {len(q.layout) - 2}), (k, {len(k.layout) - 2}))
-    windows = window_sizes(q.layout[:-2], q.layout[-2])
-    keys = window_sizes(k.layout[:-2], k.layout[-2])
-    if windows is None or keys is None or set(keys) != set(windows) or any(
-            keys[a] % windows[a] for a in keys) or L.is_spatial(q.layout[-1]):
+    n = len(q.layout)
+    _paired(ctx, (q, {n - 2}), (k, {len(k.layout) - 2}))
+    if any(len(s.layout) != n or L.is_spatial(s.layout[-1]) for s in (q, k, v)):
         return GLOBAL, {"kind": "attention"}
-    pooled = {a: keys[a] // windows[a] for a in keys if keys[a] != windows[a]}
-    if not all(_same_atoms(q.layout[:-1], L.pool_atoms(s.layout, pooled, ctx.where)[:-1])
-               and not L.is_spatial(s.layout[-1]) for s in (k, v)):
+    pairs = [(i, i) for i in range(n - 2)]
+    found = [_window_pair(q, n - 2, s, n - 2, pairs, ctx.where) for s in (k, v)]
+    if None in found or found[0] != found[1]:
         return GLOBAL, {"kind": "attention"}
+    windows, keys = found[0]
     layout = q.layout[:-1] + v.layout[-1:]
     out = merge([q, windowed(k, keys, layout, ctx.where, queries=windows),
                  windowed(v, keys, layout, ctx.where, queries=windows)], ctx.where, layout)
@@ -235,13 +259,13 @@ def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: s
                    ) -> Geometry | None:
     """The product of two feature maps within windows, as an einsum ``la,lb->lo``: the batch
     letters (in both operands and the output) hold the same atoms in both; each operand has
-    one more spatial letter holding the same windows (:func:`window_sizes`). The output keeps
-    one of them, the queries (the first in ``lo``); the other, the keys, is summed over
-    (``attn @ v``, ``v @ attn.T``) or becomes a dimension of channels (``q @ k.T``).
-    Position t then reads the keys' operand over its window. Where neither operand has
-    positions outside the batch letters, the product is one per position (VOLO's outlook
-    attention, over each position's window taps): both operands' geometry, merged. None for
-    any other product."""
+    one more spatial letter holding windows, the queries' possibly pooled
+    (:func:`_window_pair`). The output keeps one of them, the queries (the first in ``lo``);
+    the other, the keys, is summed over (``attn @ v``, ``v @ attn.T``) or becomes a dimension
+    of channels (``q @ k.T``). Position t then reads the keys' operand over its window.
+    Where neither operand has positions outside the batch letters, the product is one per
+    position (VOLO's outlook attention, over each position's window taps): both operands'
+    geometry, merged. None for any other product."""
     if len(la) != len(sa.layout) or len(lb) != len(sb.layout) or len(set(la)) < len(la) \
             or len(set(lb)) < len(lb):
         return None
@@ -250,9 +274,6 @@ def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: s
     own_b = [c for c, d in zip(lb, sb.layout) if L.is_spatial(d) and c not in batch]
     if not own_a and not own_b:  # positions only in the batch: a product per position
         return _per_position(ctx, sa, la, sb, lb, lo)
-    if not all(_same_atoms((sa.layout[la.index(c)],), (sb.layout[lb.index(c)],))
-               for c in batch):
-        return None
     if len(own_a) != 1 or len(own_b) != 1 or own_a == own_b:
         return None
     (i,), (j,) = own_a, own_b
@@ -261,13 +282,15 @@ def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: s
         return None
     (sq, lq, q), (sk, lk, k) = ((sa, la, i), (sb, lb, j)) if kept[0] == i else \
         ((sb, lb, j), (sa, la, i))
-    tokens = sq.layout[lq.index(q)]
-    windows = window_sizes(tuple(d for c, d in zip(lq, sq.layout) if c != q), tokens)
-    if windows is None or not _same_atoms((sk.layout[lk.index(k)],), (tokens,)):
+    found = _window_pair(sq, lq.index(q), sk, lk.index(k),
+                         [(lq.index(c), lk.index(c)) for c in batch], ctx.where)
+    if found is None:
         return None
-    layout = tuple(_C if c == k else sa.layout[la.index(c)] if c in la else
-                   sb.layout[lb.index(c)] for c in lo)
-    return merge([sq, windowed(sk, windows, layout, ctx.where)], ctx.where, layout)
+    windows, keys = found
+    layout = tuple(_C if c == k else sq.layout[lq.index(c)] if c in lq else
+                   sk.layout[lk.index(c)] for c in lo)
+    return merge([sq, windowed(sk, keys, layout, ctx.where, queries=windows)], ctx.where,
+                 layout)
 
 
 def _paired(ctx: Ctx, *operands: tuple[Geometry, set[int]]) -> None:
