@@ -378,9 +378,9 @@ def einsum(ctx: Ctx) -> Result:
         out = _windowed_pair(ctx, states[0], la, states[1], lb, rhs)
         if out is None:
             batch = set(la) & set(lb) & set(rhs)
-            _paired(*[ctx] + [(s, {d for d, c in enumerate(letters) if c not in batch})
-                              for s, letters in zip(states, (la, lb))
-                              if len(letters) == len(s.layout)])
+            _paired(ctx, *[(s, {d for d, c in enumerate(letters) if c not in batch})
+                           for s, letters in zip(states, (la, lb))
+                           if len(letters) == len(s.layout)])
             return GLOBAL, None
         return out, None
     if len(local) != 1:
