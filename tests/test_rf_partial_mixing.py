@@ -21,6 +21,11 @@ from landscape.receptive_field.graph import input_channels, propagate
 from landscape.receptive_field import layout as L
 from landscape.receptive_field.layout import mixed
 
+try:  # a global name, as timm calls it: the trace keeps it as one call (LEAF_FUNCTIONS)
+    from timm.layers.bottleneck_attn import rel_logits_1d
+except ImportError:  # timm is an optional extra
+    rel_logits_1d = None
+
 N, K = 48, 4  # input side, block side
 
 
@@ -171,6 +176,23 @@ class NonOverlapping(Stem):
         return self.after(t.reshape(n, c, h, w))
 
 
+class RelativeLogits(Stem):
+    """timm's relative-position logits (BoTNet, HaloNet: ``rel_logits_1d``, whose pads and
+    reshapes shift each query row into absolute key order) along W and H, summed over the
+    keys: each query position's logits come from its own query."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rel_w, self.rel_h = nn.Parameter(torch.randn(2 * N - 1, 2)), \
+            nn.Parameter(torch.randn(2 * N - 1, 2))
+
+    def body(self, y):
+        q = y.permute(0, 2, 3, 1)  # (B, H, W, dim)
+        logits = rel_logits_1d(q, self.rel_w, permute_mask=(0, 1, 3, 2, 4)) + \
+            rel_logits_1d(q.transpose(1, 2), self.rel_h, permute_mask=(0, 3, 1, 4, 2))
+        return logits.sum(dim=(-2, -1)).unsqueeze(1).expand(-1, 2, -1, -1)
+
+
 class RowLinear(Stem):
     """A Linear over every position of a row (and the channels): one whole axis."""
 
@@ -245,12 +267,14 @@ def analytic_spans(model: nn.Module) -> dict[tuple[str, int], tuple[int, int]]:
     StridedInWindows(5, 1, 2), NonOverlapping("functional"), NonOverlapping("module"),
     NonOverlapping("mix"), NonOverlapping("fold"), NonOverlapping("unshuffle-shuffle"),
     NonOverlapping("unshuffle-conv"),
+    pytest.param(RelativeLogits(), marks=pytest.mark.skipif(rel_logits_1d is None,
+                                                            reason="needs timm")),
 ], ids=lambda m: type(m).__name__ + "-" + str(getattr(m, "how", getattr(m, "op", ""))))
 def test_mixing_the_inner_positions_of_blocks_equals_the_input_gradients(model):
     """Each was read as global (a Linear, reduction or softmax over a dimension holding
     positions; attention over windows whose tokens hold several atoms per axis), or with the
     wrong map size (a space-to-depth taken as final), or refused (a strided conv on windows
-    folded into the batch)."""
+    folded into the batch; timm's relative logits, padding a dimension of positions)."""
     assert analytic_spans(model) == gradient_spans(model)
 
 

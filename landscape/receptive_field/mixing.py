@@ -426,6 +426,37 @@ def reduce(ctx: Ctx, at: int = 1) -> Result:
     return _with(y, kept), fields if pool else None
 
 
+def _relative_logits(ctx: Ctx) -> Result:
+    """timm's ``rel_logits_1d(q, rel_k, permute_mask)`` (BoTNet's and HaloNet's relative
+    position logits; traced as one call, :data:`LEAF_FUNCTIONS`): for q of (B, H, W, dim) the
+    logits ``q[b, y, x] . rel_k[j - x + W - 1]`` of (B, H, W, W), tiled to (B, H, H, W, W)
+    and permuted; its pads and reshapes only shift each query row's values into absolute key
+    order, so every logit is computed from its query position alone: q's geometry, the key
+    dimensions channels."""
+    q = ctx.local_x()
+    if len(q.layout) != 4 or L.is_spatial(q.layout[-1]):
+        raise Skip(f"{ctx.where} needs queries of (batch, height, width, dim)")
+    mask = ctx.resolve(arg(ctx.node, 2, "permute_mask", None))
+    b, y, x, _ = q.layout
+    layout = L.permute((b, y, _C, x, _C), list(mask), ctx.where)
+    return _with(q, layout), None
+
+
+def _timm_leaf_functions() -> dict[Any, Rule]:
+    """timm's helpers with a rule of their own, where timm is installed."""
+    try:
+        from timm.layers import bottleneck_attn, halo_attn
+    except ImportError:  # timm is an optional extra
+        return {}
+    return {f: _relative_logits for f in {bottleneck_attn.rel_logits_1d,
+                                           halo_attn.rel_logits_1d}}
+
+
+# functions the fx trace keeps as one call (their insides pad and reshape positions in ways
+# the layout does not follow); each has a rule
+LEAF_FUNCTIONS = _timm_leaf_functions()
+
+
 def _norm(ctx: Ctx) -> Result:
     """A p-norm over dims (ConvNeXt-V2's global response normalisation: a norm over every
     position, a global statistic that then gates the map): a reduction."""
@@ -475,6 +506,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **{f: reduce for f in (torch.sum, torch.amax, torch.amin, torch.std, torch.var,
                            torch.logsumexp)},
     **{f: _norm for f in (torch.norm, torch.linalg.norm, torch.linalg.vector_norm)},
+    **LEAF_FUNCTIONS,
 }
 METHOD_RULES: dict[str, Rule] = {
     "matmul": matmul, "bmm": matmul, "mm": matmul, "roll": roll,
