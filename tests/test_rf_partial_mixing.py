@@ -23,8 +23,9 @@ from landscape.receptive_field.layout import mixed
 
 try:  # a global name, as timm calls it: the trace keeps it as one call (LEAF_FUNCTIONS)
     from timm.layers.bottleneck_attn import rel_logits_1d
+    from timm.layers.halo_attn import HaloAttn
 except ImportError:  # timm is an optional extra
-    rel_logits_1d = None
+    rel_logits_1d = HaloAttn = None
 
 N, K = 48, 4  # input side, block side
 
@@ -193,6 +194,34 @@ class RelativeLogits(Stem):
         return logits.sum(dim=(-2, -1)).unsqueeze(1).expand(-1, 2, -1, -1)
 
 
+class Sliding(Stem):
+    """``Tensor.unfold`` along H then W (windows of 3 every ``step``), a mean over the taps:
+    the 3x3 pool of that stride, written as timm's median pool writes its windows."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def body(self, y):
+        return y.unfold(2, 3, self.step).unfold(3, 3, self.step).mean(dim=(-2, -1))
+
+
+class Halo(Stem):
+    """timm's HaloAttn (blocks of 4 queries attending to their block's window with a halo of
+    1: the keys from ``Tensor.unfold`` of the padded map, relative-position logits)."""
+
+    out = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.attn = HaloAttn(dim=4, dim_out=4, feat_size=(N, N), block_size=4, halo_size=1,
+                             num_heads=1) if HaloAttn is not None else None
+
+    def body(self, y):
+        return self.attn(y)
+
+
 class RowLinear(Stem):
     """A Linear over every position of a row (and the channels): one whole axis."""
 
@@ -231,12 +260,15 @@ class RowCumsum(Stem):
 def gradient_spans(model: nn.Module) -> dict[tuple[str, int], tuple[int, int]]:
     """Per output position along each axis (the other at the centre): the first and last input
     pixel its gradient reaches, in float64 with positive weights and inputs (every path that
-    exists carries a non-zero gradient)."""
+    exists carries a non-zero gradient; an attention's weights small, so that its softmax
+    does not saturate to exact zeros)."""
     model = model.double().eval()
     torch.manual_seed(0)
     with torch.no_grad():
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             p.uniform_(0.5, 1.5)
+            if name.startswith("attn."):
+                p.mul_(1e-2)
     x = torch.rand(1, 1, N, N, dtype=torch.float64).add_(0.5).requires_grad_(True)
     y = model(x)
     side, c = y.shape[-1], y.shape[-1] // 2
@@ -269,6 +301,8 @@ def analytic_spans(model: nn.Module) -> dict[tuple[str, int], tuple[int, int]]:
     NonOverlapping("unshuffle-conv"),
     pytest.param(RelativeLogits(), marks=pytest.mark.skipif(rel_logits_1d is None,
                                                             reason="needs timm")),
+    Sliding(1), Sliding(2),
+    pytest.param(Halo(), marks=pytest.mark.skipif(HaloAttn is None, reason="needs timm")),
 ], ids=lambda m: type(m).__name__ + "-" + str(getattr(m, "how", getattr(m, "op", ""))))
 def test_mixing_the_inner_positions_of_blocks_equals_the_input_gradients(model):
     """Each was read as global (a Linear, reduction or softmax over a dimension holding

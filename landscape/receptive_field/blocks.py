@@ -92,5 +92,32 @@ def fold(ctx: Ctx) -> Result:
                "so it cannot follow this fold (VOLO's outlook attention)")
 
 
+def slide(ctx: Ctx) -> Result:
+    """``x.unfold(dim, size, step)`` along a whole image axis: windows of ``size`` positions
+    every ``step`` (HaloNet's overlapping key windows, a median pool): dimension ``dim``
+    counts windows, a new last dimension holds each window's taps, and each window position
+    sees its window (the union over its taps, as for ``nn.Unfold``): a window of kernel
+    ``size`` and stride ``step`` along that axis (not a row of the table)."""
+    x = ctx.local_x()
+    d = L.norm_dim(ctx.resolve(arg(ctx.node, 1, "dimension", None)), len(x.layout), ctx.where)
+    size = int(ctx.resolve(arg(ctx.node, 2, "size", None)))
+    step = int(ctx.resolve(arg(ctx.node, 3, "step", None)))
+    if not L.is_spatial(x.layout[d]):
+        return _with_taps(x, x.layout), None
+    axis = next((a for a, dim in L.intact(x.layout).items() if dim == d), None)
+    if axis is None:
+        raise Skip(f"{ctx.where} slides windows along dimension {d}, which holds "
+                   f"{x.layout[d]}: not one whole image axis")
+    other = "w" if axis == "h" else "h"
+    out = Window("unfold", (size, 1), (step, 1), (0, 0)).apply(x, (axis, other))
+    layout = x.layout[:d] + (((axis, 1, out.axis(axis).size),),) + x.layout[d + 1:]
+    return _with_taps(out, layout), None
+
+
+def _with_taps(x: Geometry, layout: Any) -> Geometry:
+    return Geometry(x.h, x.w, layout + (_C,))
+
+
 MODULE_RULES: list[tuple[Any, Rule]] = [(nn.Unfold, unfold), (nn.Fold, fold)]
 FUNCTION_RULES: dict[Any, Rule] = {F.unfold: unfold, F.fold: fold}
+METHOD_RULES: dict[str, Rule] = {"unfold": slide}

@@ -274,6 +274,9 @@ def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: s
     own_b = [c for c, d in zip(lb, sb.layout) if L.is_spatial(d) and c not in batch]
     if not own_a and not own_b:  # positions only in the batch: a product per position
         return _per_position(ctx, sa, la, sb, lb, lo)
+    if len(own_a) + len(own_b) == 1:  # keys whose windows are taps (HaloNet)
+        (sq, lq, sk, lk) = (sa, la, sb, lb) if own_a else (sb, lb, sa, la)
+        return _coarse_keys(ctx, sq, lq, (own_a or own_b)[0], sk, lk, lo, batch)
     if len(own_a) != 1 or len(own_b) != 1 or own_a == own_b:
         return None
     (i,), (j,) = own_a, own_b
@@ -291,6 +294,34 @@ def _windowed_pair(ctx: Ctx, sa: Geometry, la: str, sb: Geometry, lb: str, lo: s
                    sk.layout[lk.index(c)] for c in lo)
     return merge([sq, windowed(sk, keys, layout, ctx.where, queries=windows)], ctx.where,
                  layout)
+
+
+def _coarse_keys(ctx: Ctx, sq: Geometry, lq: str, q: str, sk: Geometry, lk: str, lo: str,
+                 batch: set[str]) -> Geometry | None:
+    """Queries in blocks of w (their letter ``q`` holds the inner positions of each block, the
+    batch letters the block index ``(axis, w, n)``) against keys that hold positions only as
+    those block indices, one coarse position per block (``(axis, 1, n)``: each a window of
+    taps, HaloNet's haloed key windows from ``Tensor.unfold``): query position t reads the
+    keys' coarse position t // w. None for any other product."""
+    windows = window_sizes(tuple(d for c, d in zip(lq, sq.layout) if c != q),
+                           sq.layout[lq.index(q)])
+    if windows is None or any(L.is_spatial(d) and c not in batch for c, d in zip(lk, sk.layout)):
+        return None
+    for c in batch:
+        coarse = tuple((a[0], a[1] // windows[a[0]], a[2]) if a[0] in windows else a
+                       for a in sq.layout[lq.index(c)])
+        if not _same_atoms((coarse,), (sk.layout[lk.index(c)],)):
+            return None
+    axes = {}
+    for name in ("h", "w"):
+        a = sk.axis(name)
+        if name in windows:
+            w = windows[name]
+            a = resampled(a, w, 1, lambda t, w=w: (t // w, t // w),
+                          None if a.size is None else a.size * w, name, ctx.where)
+        axes[name] = a
+    layout = tuple(_C if c not in lq else sq.layout[lq.index(c)] for c in lo)
+    return merge([sq, Geometry(axes["h"], axes["w"], layout)], ctx.where, layout)
 
 
 def _paired(ctx: Ctx, *operands: tuple[Geometry, set[int]]) -> None:

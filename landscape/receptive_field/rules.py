@@ -557,7 +557,7 @@ METHOD_RULES: dict[str, Rule] = {
     **{m: _constant for m in _CONSTANT_METHODS},
     "softmax": _along_dim(_arg_dim(1)), "log_softmax": _along_dim(_arg_dim(1)),
     "cumsum": _along_dim(_arg_dim(1), ordered=True), "type_as": _self,
-    **T.METHOD_RULES, **M.METHOD_RULES,
+    **T.METHOD_RULES, **M.METHOD_RULES, **B.METHOD_RULES,
 }
 
 
