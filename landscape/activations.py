@@ -221,14 +221,31 @@ def _is_2d_norm(module: nn.Module) -> bool:
     return type(module).__name__.endswith("2d")
 
 
-def acts_on_last_dim(module: nn.Module) -> bool:
+def acts_on_last_dim(module: nn.Module, x: object = None) -> bool:
     """Whether ``module`` maps the last dimension of its input (features last): ``Linear``,
-    and ``LayerNorm`` / ``RMSNorm`` over one dimension (not a ``LayerNorm2d``)."""
+    and ``LayerNorm`` / ``RMSNorm`` over one dimension, unless it normalised dimension 1 of
+    the map ``x`` it ran on (a ``LayerNorm2d`` by any name: timm's ``LayerNorm2dNoBias``);
+    without ``x`` (or where its size alone cannot tell) a subclass named ``...2d``."""
     if isinstance(module, nn.Linear):
         return True
     shape = getattr(module, "normalized_shape", None)
+    if not (isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and shape is not None and
+            len(shape) == 1):
+        return False
+    if torch.is_tensor(x) and x.dim() == 4:
+        if x.shape[-1] != shape[0]:
+            return False  # it normalised the channels of (N, C, H, W)
+        if x.shape[1] != shape[0]:
+            return True
+    return not _is_2d_norm(module)
+
+
+def _norm_of_dim_1(module: nn.Module) -> bool:
+    """A LayerNorm / RMSNorm over one dimension that did not act on the last one: it
+    normalised the channels of an (N, C, H, W) map, and returns one."""
+    shape = getattr(module, "normalized_shape", None)
     return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and shape is not None and \
-        len(shape) == 1 and not _is_2d_norm(module)
+        len(shape) == 1
 
 
 _PERMUTES = {torch.permute, Tensor.permute}
@@ -240,28 +257,34 @@ _NORMS_OF_LAST = {F.layer_norm, F.rms_norm}
 _FIRST_FUNCTIONS = {F.conv2d, torch.conv2d, F.batch_norm, F.group_norm, F.instance_norm,
                     F.max_pool2d, torch.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
                     F.adaptive_max_pool2d}
+# regroup the leading dimensions: the last keeps its features if its size is unchanged
+_RESHAPES = {torch.reshape, Tensor.reshape, Tensor.view, torch.flatten, Tensor.flatten,
+             torch.unflatten, Tensor.unflatten, Tensor.view_as, Tensor.reshape_as}
+# parts or joins of tensors: the layout of their first input
+_PARTS = {torch.split, Tensor.split, torch.chunk, Tensor.chunk, torch.tensor_split,
+          Tensor.tensor_split, torch.cat, torch.concat, torch.concatenate}
 
 
-def _order(func: Callable, args: tuple, kwargs: dict) -> list[int] | None:
-    """Where a 4-D permute / movedim / transpose takes each output dimension from (None for any
-    other function)."""
+def _order(func: Callable, args: tuple, kwargs: dict, n: int) -> list[int] | None:
+    """Where an n-D permute / movedim / transpose takes each output dimension from (None for
+    any other function)."""
     def at(i: int, name: str) -> object:
         return args[i] if len(args) > i else kwargs.get(name)
     if func in _PERMUTES:
-        dims = args[1:] if len(args) > 2 else at(1, "dims")
-        return [int(d) % 4 for d in dims]
+        dims = args[1:] if len(args) > 2 or isinstance(at(1, "dims"), int) else at(1, "dims")
+        return [int(d) % n for d in dims]
     if func in _MOVEDIMS:
         src, dst = at(1, "source"), at(2, "destination")
-        src = [int(src) % 4] if isinstance(src, int) else [int(d) % 4 for d in src]
-        dst = [int(dst) % 4] if isinstance(dst, int) else [int(d) % 4 for d in dst]
-        out: list[int | None] = [None] * 4
+        src = [int(src) % n] if isinstance(src, int) else [int(d) % n for d in src]
+        dst = [int(dst) % n] if isinstance(dst, int) else [int(d) % n for d in dst]
+        out: list[int | None] = [None] * n
         for a, b in zip(src, dst):
             out[b] = a
-        rest = iter(d for d in range(4) if d not in src)
+        rest = iter(d for d in range(n) if d not in src)
         return [d if d is not None else next(rest) for d in out]
     if func in _TRANSPOSES:
-        order = list(range(4))
-        a, b = int(at(1, "dim0")) % 4, int(at(2, "dim1")) % 4
+        order = list(range(n))
+        a, b = int(at(1, "dim0")) % n, int(at(2, "dim1")) % n
         order[a], order[b] = order[b], order[a]
         return order
     return None
@@ -279,79 +302,112 @@ class _FollowFunctions(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if torch.is_tensor(out) and out.dim() == 4:
-            self.layouts.observe_function(func, args, kwargs, out)
+        self.layouts.observe_function(func, args, kwargs, out)
         return out
 
 
 class Layouts:
-    """Which 4-D tensors of one forward are channels-last maps (N, H, W, C), followed through
-    the torch functions of the forward (:meth:`follow_functions`) and from module to module.
+    """Which tensors of one forward hold their features last, as channels-last maps
+    (N, H, W, C), windows of them (timm's HieraDet, Swin) or token sequences do, followed
+    through the torch functions of the forward (:meth:`follow_functions`) and from module to
+    module; a 4-D one is handed over as (N, C, H, W).
 
-    Functions: ``linear``, and ``layer_norm`` / ``rms_norm`` over one dimension, make a
-    channels-last map; a conv, batch / group / instance norm or pooling a channels-first one;
-    a permute, movedim or transpose moves the channel axis where its dimensions say; any other
-    function whose 4-D output has the shape of its first 4-D input (an activation, ``x + y``)
-    keeps that input's layout. Modules: the output of a module acting on the last dimension
-    (:func:`acts_on_last_dim`) is channels-last; that of a conv, batch / group / instance
-    norm, pooling or ``LayerNorm2d`` is not; a ``Permute`` module (torchvision's, with
-    ``dims``) moves the channel axis; any other module whose output has its input's shape (an
-    activation, a residual block, torchvision's shifted-window attention, whose crop of its
-    padded windows no function follows) keeps its input's layout; a module returning a map
-    already known as channels-last (a ``Sequential`` ending in a ``LayerNorm``) is. A map
-    whose layout neither follows (a ``view`` of another shape) is read as (N, C, H, W)."""
+    Functions: ``linear``, and ``layer_norm`` / ``rms_norm`` over one dimension, put the
+    features last; a conv, batch / group / instance norm or pooling makes a channels-first
+    map; a permute, movedim or transpose moves the features where its dimensions say; a view
+    or reshape keeps them last where the last dimension keeps its size (windows partitioned
+    or merged back, tokens reshaped into a map); a split, chunk or cat keeps its first
+    input's layout (MambaOut's gates); any other function whose output has as many
+    dimensions and the same last size as its first input (an activation, ``x + y``, a pad of
+    H and W) keeps that input's layout. Modules: the output of a module acting on the last
+    dimension (:func:`acts_on_last_dim`) has its features last; that of a conv, batch /
+    group / instance norm, pooling or ``LayerNorm2d`` does not; a ``Permute`` module
+    (torchvision's, with ``dims``) moves them; any other module whose output has its input's
+    shape (an activation, a residual block, torchvision's shifted-window attention, whose
+    crop of its padded windows no function follows) keeps its input's layout; a module
+    returning a tensor already known as features-last (a ``Sequential`` ending in a
+    ``LayerNorm``) is. A map whose layout nothing follows is read as (N, C, H, W)."""
 
     def __init__(self) -> None:
-        self._last = torch.utils.weak.WeakIdKeyDictionary()  # tensor -> True
+        self.clear()
 
     def clear(self) -> None:
-        self._last = torch.utils.weak.WeakIdKeyDictionary()
+        self._last = torch.utils.weak.WeakIdKeyDictionary()  # tensor -> True
+        # 4-D maps a function made channels first (a conv, a permute back): a module
+        # returning one returns (N, C, H, W) whatever its type says (a LayerNorm2d)
+        self._first = torch.utils.weak.WeakIdKeyDictionary()
 
     def follow_functions(self) -> TorchFunctionMode:
         """A context (a ``TorchFunctionMode``) under which the forward's functions are
         followed."""
         return _FollowFunctions(self)
 
-    def observe_function(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
-        """Record whether the 4-D ``out`` of ``func(*args, **kwargs)`` is channels-last."""
-        x = next((a for a in args if torch.is_tensor(a) and a.dim() == 4), None)
+    def observe_function(self, func: Callable, args: tuple, kwargs: dict, out: object) -> None:
+        """Record which tensors of ``out`` = ``func(*args, **kwargs)`` hold their features
+        last (tensors of at least 3 dimensions)."""
+        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,))
+                if torch.is_tensor(o) and o.dim() >= 3]
+        if not outs:
+            return
+        first = args[0] if args else None
+        if isinstance(first, (tuple, list)):  # cat's tensors
+            first = next((t for t in first if torch.is_tensor(t)), None)
+        x = first if torch.is_tensor(first) else None
         was_last = x is not None and x in self._last
-        order = _order(func, args, kwargs) if x is not None else None
-        if order is not None:
-            last = order.index(3 if was_last else 1) == 3
-        elif func in _LAST_FUNCTIONS:
-            last = True
-        elif func in _NORMS_OF_LAST:
+        for o in outs:
+            last = self._function_last(func, args, kwargs, x, was_last, o)
+            if last:
+                self._last[o] = True
+            elif o.dim() == 4 and x is not None and (
+                    func in _FIRST_FUNCTIONS or _order(func, args, kwargs, x.dim()) is not None):
+                self._first[o] = True
+
+    @staticmethod
+    def _function_last(func: Callable, args: tuple, kwargs: dict, x: Tensor | None,
+                       was_last: bool, o: Tensor) -> bool:
+        if func in _LAST_FUNCTIONS:
+            return True
+        if func in _NORMS_OF_LAST:
             shape = args[1] if len(args) > 1 else kwargs.get("normalized_shape")
-            last = shape is not None and len(shape) == 1
-        elif func in _FIRST_FUNCTIONS:
-            last = False
-        else:
-            last = was_last and x.shape == out.shape
-        if last:
-            self._last[out] = True
+            return shape is not None and len(shape) == 1
+        if func in _FIRST_FUNCTIONS or x is None:
+            return False
+        order = _order(func, args, kwargs, x.dim())
+        if order is not None:
+            features = x.dim() - 1 if was_last else 1 if x.dim() == 4 else None
+            return features is not None and order[-1] == features
+        if func in _PARTS:
+            return was_last
+        if func in _RESHAPES:
+            return was_last and o.shape[-1] == x.shape[-1]
+        return was_last and o.dim() == x.dim() and o.shape[-1] == x.shape[-1]
 
     def observe(self, module: nn.Module, inputs: tuple, output: object) -> bool:
-        """Whether ``output`` of ``module`` (called on ``inputs``) is channels-last."""
-        if not torch.is_tensor(output) or output.dim() != 4:
+        """Whether ``output`` of ``module`` (called on ``inputs``) is a channels-last map
+        (4-D); features-last tensors of other ranks are recorded for what follows."""
+        if not torch.is_tensor(output) or output.dim() < 3:
             return False
         if output in self._last:  # made by a function followed, or returned by an inner module
-            return True
+            return output.dim() == 4
+        if output in self._first:
+            return False
         x = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
-        was_last = x is not None and x.dim() == 4 and x in self._last
+        was_last = x is not None and x in self._last
         dims = getattr(module, "dims", None)
-        if acts_on_last_dim(module):
+        if acts_on_last_dim(module, x):
             last = True
-        elif isinstance(module, _CHANNELS_FIRST) or _is_2d_norm(module):
+        elif isinstance(module, _CHANNELS_FIRST) or _is_2d_norm(module) or \
+                _norm_of_dim_1(module):
             last = False
         elif type(module).__name__ == "Permute" and isinstance(dims, (list, tuple)) \
-                and sorted(dims) == [0, 1, 2, 3] and x is not None and x.dim() == 4:
-            last = list(dims).index(3 if was_last else 1) == 3
+                and x is not None and sorted(dims) == list(range(x.dim())):
+            features = x.dim() - 1 if was_last else 1 if x.dim() == 4 else None
+            last = features is not None and list(dims).index(features) == x.dim() - 1
         else:
             last = was_last and x.shape == output.shape
         if last:
             self._last[output] = True
-        return last
+        return last and output.dim() == 4
 
 
 class ActivationCapture:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from landscape.models import create_model
+from landscape.activations import ActivationCapture
 from landscape.probes import (
     extract_features, layer_saturation, linear_probes, observed_tail, pool_map,
     position_accuracy_map, position_probe_map, predicted_border, probe_accuracy, probe_features,
@@ -696,6 +697,114 @@ def test_a_block_after_a_block_keeps_the_channels_last_layout():
                                rtol=1e-5, atol=1e-6)
 
 
+class LayerNorm2dNoBias(nn.LayerNorm):
+    """timm's MetaFormer norm: a LayerNorm over the channels of (N, C, H, W), its name not
+    ending in "2d"."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ViewedAndSplit(nn.Module):
+    """What the old reading got wrong: a channels-first map after a LayerNorm2d by another
+    name (CAFormer); a channels-last map split into gates and joined again by ``cat``
+    (MambaOut); the same map partitioned into 2x2 windows by views and merged back
+    (HieraDet). The GELU, ``window`` and ``merged`` modules see channels-last tensors,
+    ``norm2d`` a channels-first map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(16)
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.norm2d = LayerNorm2dNoBias(6)
+        self.fc = nn.Linear(6, 12)
+        self.act = nn.GELU()
+        self.window = nn.Identity()
+        self.merged = nn.Identity()
+        self.out = nn.Conv2d(6, 3, 1)
+
+    def forward(self, x):
+        y = self.norm2d(self.conv(x)).permute(0, 2, 3, 1)  # (N, H, W, 6)
+        g, v = torch.split(self.fc(y), [6, 6], dim=-1)
+        y = self.act(g) * torch.cat([v[..., :3], v[..., 3:]], dim=-1)
+        n, h, w, c = y.shape
+        t = y.view(n, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 2, 2, c)
+        t = self.window(t)
+        y = t.view(n, h // 2, w // 2, 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
+        return self.out(self.merged(y).permute(0, 3, 1, 2)).mean((2, 3))
+
+
+def test_maps_moved_by_views_splits_and_cats_keep_their_layout():
+    """The probes' features of each module are its map pooled over its positions: for the
+    GELU of a split gate, the windows and the merged map, (N, H, W, C) read as such; for a
+    LayerNorm2d named otherwise, (N, C, H, W). Before, the split and cat outputs, the views
+    into windows and back, and that norm's output were read the other way round."""
+    x = torch.randn(30, 1, 8, 6, generator=torch.Generator().manual_seed(17))
+    model = ViewedAndSplit()
+    feats, _ = extract_features(model, [(x, torch.zeros(30))],
+                                layers=["norm2d", "act", "merged"], size=2)
+    with torch.no_grad():
+        norm = model.norm2d(model.conv(x))
+        g, v = torch.split(model.fc(norm.permute(0, 2, 3, 1)), [6, 6], dim=-1)
+        act = nn.functional.gelu(g)
+        merged = act * v  # the window partition and merge move nothing
+    for name, ref in (("norm2d", norm), ("act", act.movedim(-1, 1)),
+                      ("merged", merged.movedim(-1, 1))):
+        pooled = nn.functional.adaptive_avg_pool2d(ref, 2).flatten(1).numpy()
+        np.testing.assert_allclose(feats[name], pooled, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _rf_layouts(model: nn.Module, size: int) -> dict[str, str]:
+    """Per module run once with a 4-D map output: "first" or "last", as the receptive-field
+    analysis tracks where H and W lie (an independent reading of the same forward)."""
+    from landscape.receptive_field import layout as L
+    from landscape.receptive_field.analytic import trace
+    from landscape.receptive_field.geometry import Geometry
+    from landscape.receptive_field.graph import propagate
+
+    traced = trace(model, size)
+    states, _ = propagate(traced, size)
+    seen: dict[str, list[str]] = {}
+    for node in traced.graph.nodes:
+        s = states.get(node.name)
+        if node.op != "call_module" or not (isinstance(s, Geometry) and s.is_local) or \
+                s.layout is None or len(s.layout) != 4:
+            continue
+        whole = set(L.intact(s.layout).values())
+        kind = "first" if {2, 3} <= whole and not L.is_spatial(s.layout[1]) else \
+            "last" if {1, 2} <= whole and not L.is_spatial(s.layout[3]) else "other"
+        seen.setdefault(node.target, []).append(kind)
+    return {k: v[0] for k, v in seen.items() if len(v) == 1 and v[0] != "other"}
+
+
+@pytest.mark.parametrize("name", ["caformer_s18", "mambaout_femto", "hieradet_small"])
+def test_layouts_agree_with_the_receptive_field_analysis_on_timm_models(name):
+    """Every module output read as a map (probes, CKA, importance, saturation) is read with
+    the layout the receptive-field analysis tracks for it. Before, CAFormer's
+    LayerNorm2dNoBias made its maps channels-last, MambaOut's split / cat gates and
+    HieraDet's windows moved by views channels-first (67 module outputs of caformer_b36, 37
+    of mambaout_base and 4 of hieradet_small read wrong at 64 px)."""
+    pytest.importorskip("timm")
+    from landscape.models.sources import timm_model
+
+    model = timm_model(name, num_classes=10, device="cpu", img_size=64).eval()
+    rf = _rf_layouts(model, 64)
+    raw: dict[str, tuple] = {}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda m, i, o, n=n: raw.__setitem__(n, tuple(o.shape))) for n in rf]
+    read: dict[str, tuple] = {}
+    try:
+        with torch.no_grad(), ActivationCapture(
+                model, list(rf), lambda n, o: read.__setitem__(n, tuple(o.shape))) as capture:
+            capture.run(torch.randn(1, 3, 64, 64))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(rf) > 50
+    wrong = {n: rf[n] for n in rf if ("last" if read[n] != raw[n] else "first") != rf[n]}
+    assert not wrong
+
+
 @pytest.mark.parametrize("stage_name,unit,level_dir", [
     ("probes", "probes_final", "seed=0"), ("importance", "importance_final", "seed=0"),
     ("cka", "cka_final", "cell")])
@@ -730,7 +839,7 @@ def test_units_read_before_layouts_were_followed_are_recomputed_for_external_mod
         return stage.stale_reason(config, out_dir, unit)
 
     assert reason("resnet18") is None and reason("vgg19") is None
-    stale = "settings changed: layouts 'modules' -> 'functions+modules'"
+    stale = "settings changed: layouts 'modules' -> 'functions+views+modules'"
     assert reason("timm:convnext_atto") == stale == reason("torchvision:swin_t")
     register_model("user_net_layouts")(lambda **kw: None)
     try:
@@ -739,5 +848,13 @@ def test_units_read_before_layouts_were_followed_are_recomputed_for_external_mod
         MODELS._items.pop("user_net_layouts", None)  # type: ignore[attr-defined]
     record.write_text("{not json")
     assert stage.stale_reason(config, out_dir, unit) == stale
+    # written when functions were followed on 4-D maps only (windows moved by views,
+    # MambaOut's split / cat, timm's LayerNorm2dNoBias read wrong): kept for a built-in
+    # architecture, recomputed for any other
+    results.write_stage(out_dir, unit, [], info={"settings": {**old,
+                                                             "layouts": "functions+modules"}})
+    assert reason("resnet18") is None
+    assert reason("timm:hieradet_small") == ("settings changed: layouts 'functions+modules' "
+                                             "-> 'functions+views+modules'")
     results.write_stage(out_dir, unit, [], info={"settings": stage.recorded_settings(config)})
     assert reason("timm:convnext_atto") is None  # a unit written now records its reading

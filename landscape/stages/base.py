@@ -49,24 +49,26 @@ from landscape.train import TrainConfig
 
 LEVELS = ("run", "cell")
 
-# How activations are read as maps: channels-last maps followed through the torch functions
-# of a forward and from module to module (landscape.activations.Layouts). Recorded with the
-# units of the stages that read activations (probes, saturation, CKA, importance).
-LAYOUTS = "functions+modules"
-_MODULES_ONLY = "modules"  # before: module outputs only (read some channels-last maps wrong)
+# How activations are read as maps: features-last tensors followed through the torch
+# functions of a forward (views, splits and cats included) and from module to module
+# (landscape.activations.Layouts). Recorded with the units of the stages that read
+# activations (probes, saturation, CKA, importance).
+LAYOUTS = "functions+views+modules"
+_MODULES_ONLY = "modules"
+# before: module outputs only ("modules"), then functions on 4-D maps only
+# ("functions+modules": windows moved by views, MambaOut's split / cat and timm's
+# LayerNorm2dNoBias were read as (N, C, H, W)); both read some channels-last maps wrong
 
 
-def legacy_layouts(out_dir: Path) -> str:
-    """How a unit under ``out_dir`` (a run folder or a cell's stage folder) read layouts if
-    its marker does not say: a built-in architecture has only (N, C, H, W) maps, so the old
-    reading was right (:data:`LAYOUTS`, the unit is kept); any other model's unit (timm,
-    torchvision, a user's; or a cell whose record is unreadable) is recomputed."""
+def _builtin_cell(out_dir: Path) -> bool:
+    """Whether the unit under ``out_dir`` (a run folder or a cell's stage folder) belongs to
+    a built-in architecture (its cell record says so): all its maps are (N, C, H, W), so
+    every way of reading layouts read them right. False where the record is unreadable."""
     try:
         record = json.loads((Path(out_dir).parent / CELL_RECORD).read_text())
-        name = record["identity"]["model.name"]
+        return is_builtin(record["identity"]["model.name"])
     except (OSError, ValueError, KeyError, TypeError):
-        return _MODULES_ONLY
-    return LAYOUTS if is_builtin(name) else _MODULES_ONLY
+        return False
 
 
 @dataclass(frozen=True)
@@ -208,13 +210,20 @@ class Stage:
     def stale_reason(self, config: Any, out_dir: Path, unit: str,
                      seeds: Optional[list[int]] = None) -> Optional[str]:
         """Why the unit's rows do not match ``config`` (:func:`results.stale_reason`), or None.
-        A setting missing from the unit's marker counts as its :meth:`legacy_settings` value;
-        for a stage that reads layouts, ``layouts`` as :func:`legacy_layouts` says."""
-        legacy = self.legacy_settings(config)
+        A setting missing from the unit's marker counts as its :meth:`legacy_settings` value.
+        For a stage that reads layouts, a unit of a built-in architecture read its layouts
+        right however it recorded them (kept); any other model's unit written with an older
+        reading (or none recorded) is recomputed."""
+        legacy, current = self.legacy_settings(config), self.recorded_settings(config)
         if self.reads_layouts:
-            legacy = {**legacy, "layouts": legacy_layouts(out_dir)}
-        return results.stale_reason(out_dir, unit, self.recorded_settings(config), seeds,
-                                    defaults=legacy)
+            if _builtin_cell(out_dir):
+                done = results.read_done(out_dir, unit) or {}
+                current = {**current, "layouts": (done.get("settings") or {}).get(
+                    "layouts", LAYOUTS)}
+                legacy = {**legacy, "layouts": LAYOUTS}
+            else:
+                legacy = {**legacy, "layouts": _MODULES_ONLY}
+        return results.stale_reason(out_dir, unit, current, seeds, defaults=legacy)
 
     def run(self, ctx: Any, config: Any, unit: Unit) -> Result:
         raise NotImplementedError(f"stage {self.name!r} does not implement run()")
