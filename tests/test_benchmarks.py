@@ -38,7 +38,7 @@ def test_all_names_are_registered():
     assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
                                "loss_slice", "saturation", "data_path", "rf_table", "probes",
-                               "lambda_tracking", "model_zoo", "gpu_acceptance"}
+                               "lambda_tracking", "model_zoo", "layouts", "gpu_acceptance"}
 
 
 def test_probes_benchmark_quick_scores_both_backends_on_the_same_features():
@@ -144,3 +144,13 @@ def test_model_zoo_benchmark_trains_and_measures_transformers_too():
     rf = {r["model"]: (r["rf"], r["global_mixing"]) for r in models}  # the identity's columns
     assert rf["torchvision:resnet18"] == (435, False) and rf["timm:test_vit"] == (16, True)
     assert summary["rf_known"] == 4 and summary["rf_unknown"] == []
+
+
+def test_layouts_benchmark_quick_finds_the_two_readings_agree():
+    """The capture and the RF analysis read every map of ConvNeXt (channels-last blocks) and
+    MambaOut (split / cat gates) alike."""
+    pytest.importorskip("timm")
+    *models, summary = bench_main(["layouts", "--quick"])["layouts"]
+    assert [m["failure"] for m in models] == [None, None]
+    assert all(m["compared"] > 20 and m["channels_last"] > 5 for m in models)
+    assert summary["disagreeing"] == [] and summary["compared"] == 2
