@@ -19,11 +19,10 @@ import torch
 from torch import nn
 
 from benchmarks.common import make_parser, parse
-from benchmarks.rf_table import TIMM_SAMPLE, timm_module_sample
+from benchmarks.rf_table import qualified_names
 from landscape.activations import ActivationCapture
 from landscape.models.sources import external_model
 from landscape.receptive_field import layout as L
-from landscape.receptive_field import torchvision_classifiers
 from landscape.receptive_field.analytic import trace
 from landscape.receptive_field.geometry import Geometry
 from landscape.receptive_field.graph import propagate
@@ -88,13 +87,7 @@ def main(argv=None) -> list[dict]:
                         default="timm-modules")
     parser.add_argument("--size", type=int, default=64)
     args = parse(parser, argv)
-    if args.quick:
-        names = list(QUICK)
-    elif args.source == "torchvision":
-        names = [f"torchvision:{n}" for n in torchvision_classifiers()]
-    else:
-        names = [f"timm:{n}" for n in (TIMM_SAMPLE if args.source == "timm"
-                                        else timm_module_sample())]
+    names = list(QUICK) if args.quick else qualified_names(args.source)
     rows = []
     for name in names:
         row = _one(name, args.size)

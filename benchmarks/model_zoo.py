@@ -21,12 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import make_parser, parse
-from benchmarks.rf_table import TIMM_SAMPLE, timm_module_sample
+from benchmarks.rf_table import qualified_names
 from landscape.hessian import HessianOperator
 from landscape.models import build_model, resolve_pool
-from landscape.receptive_field import (
-    UnsupportedModelError, feature_field, torchvision_classifiers,
-)
+from landscape.receptive_field import UnsupportedModelError, feature_field
 
 QUICK = ("torchvision:resnet18", "torchvision:swin_v2_t", "timm:test_vit", "timm:test_coatnet")
 
@@ -81,13 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--max-params", type=float, default=60e6)
     args = parse(parser, argv)
-    if args.quick:
-        names = list(QUICK)
-    elif args.source == "torchvision":
-        names = [f"torchvision:{n}" for n in torchvision_classifiers()]
-    else:
-        names = [f"timm:{n}" for n in (TIMM_SAMPLE if args.source == "timm"
-                                        else timm_module_sample())]
+    names = list(QUICK) if args.quick else qualified_names(args.source)
     rows = []
     for name in names:
         row = _one(name, args.size, args.max_params)

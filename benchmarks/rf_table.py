@@ -44,6 +44,17 @@ TIMM_SAMPLE = (
     "mobilenetv4_conv_small", "edgenext_xx_small", "poolformer_s12", "convmixer_768_32",
     "convnextv2_atto",
     "resnetv2_50", "bat_resnext26ts", "halonet26t", "botnet26t_256", "lambda_resnet26t")
+
+
+def qualified_names(source: str) -> list[str]:
+    """``source:name`` of every model of a benchmark source: ``torchvision`` (every
+    classifier), ``timm`` (:data:`TIMM_SAMPLE`) or ``timm-modules`` (the first model of every
+    timm module)."""
+    if source == "torchvision":
+        return [f"torchvision:{n}" for n in torchvision_classifiers()]
+    return [f"timm:{n}" for n in (TIMM_SAMPLE if source == "timm" else timm_module_sample())]
+
+
 # r̃ at 224 px published in Richter & Pal 2022 (paper) or computed by rfa-toolbox 1.7.0's
 # input_resolution_range on the same torchvision models (rfa); rfa-toolbox adds a kernel x
 # jump bound that Eq. 7 has not, so it may be larger (ResNet50: 96 vs Eq. 7's 75).

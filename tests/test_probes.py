@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from landscape.models import create_model
-from landscape.activations import ActivationCapture
 from landscape.probes import (
     extract_features, layer_saturation, linear_probes, observed_tail, pool_map,
     position_accuracy_map, position_probe_map, predicted_border, probe_accuracy, probe_features,
@@ -754,29 +753,6 @@ def test_maps_moved_by_views_splits_and_cats_keep_their_layout():
         np.testing.assert_allclose(feats[name], pooled, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def _rf_layouts(model: nn.Module, size: int) -> dict[str, str]:
-    """Per module run once with a 4-D map output: "first" or "last", as the receptive-field
-    analysis tracks where H and W lie (an independent reading of the same forward)."""
-    from landscape.receptive_field import layout as L
-    from landscape.receptive_field.analytic import trace
-    from landscape.receptive_field.geometry import Geometry
-    from landscape.receptive_field.graph import propagate
-
-    traced = trace(model, size)
-    states, _ = propagate(traced, size)
-    seen: dict[str, list[str]] = {}
-    for node in traced.graph.nodes:
-        s = states.get(node.name)
-        if node.op != "call_module" or not (isinstance(s, Geometry) and s.is_local) or \
-                s.layout is None or len(s.layout) != 4:
-            continue
-        whole = set(L.intact(s.layout).values())
-        kind = "first" if {2, 3} <= whole and not L.is_spatial(s.layout[1]) else \
-            "last" if {1, 2} <= whole and not L.is_spatial(s.layout[3]) else "other"
-        seen.setdefault(node.target, []).append(kind)
-    return {k: v[0] for k, v in seen.items() if len(v) == 1 and v[0] != "other"}
-
-
 @pytest.mark.parametrize("name", ["caformer_s18", "mambaout_femto", "hieradet_small"])
 def test_layouts_agree_with_the_receptive_field_analysis_on_timm_models(name):
     """Every module output read as a map (probes, CKA, importance, saturation) is read with
@@ -785,23 +761,14 @@ def test_layouts_agree_with_the_receptive_field_analysis_on_timm_models(name):
     HieraDet's windows moved by views channels-first (67 module outputs of caformer_b36, 37
     of mambaout_base and 4 of hieradet_small read wrong at 64 px)."""
     pytest.importorskip("timm")
+    from benchmarks.layouts import captured_layouts, rf_layouts
     from landscape.models.sources import timm_model
 
     model = timm_model(name, num_classes=10, device="cpu", img_size=64).eval()
-    rf = _rf_layouts(model, 64)
-    raw: dict[str, tuple] = {}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda m, i, o, n=n: raw.__setitem__(n, tuple(o.shape))) for n in rf]
-    read: dict[str, tuple] = {}
-    try:
-        with torch.no_grad(), ActivationCapture(
-                model, list(rf), lambda n, o: read.__setitem__(n, tuple(o.shape))) as capture:
-            capture.run(torch.randn(1, 3, 64, 64))
-    finally:
-        for h in hooks:
-            h.remove()
+    rf = rf_layouts(model, 64)
+    read = captured_layouts(model, 64, list(rf))
     assert len(rf) > 50
-    wrong = {n: rf[n] for n in rf if ("last" if read[n] != raw[n] else "first") != rf[n]}
+    wrong = {n: rf[n] for n in rf if read[n] != rf[n]}
     assert not wrong
 
 
