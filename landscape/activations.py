@@ -358,29 +358,32 @@ class Layouts:
             last = self._function_last(func, args, kwargs, x, was_last, o)
             if last:
                 self._last[o] = True
-            elif o.dim() == 4 and x is not None and (
-                    func in _FIRST_FUNCTIONS or _order(func, args, kwargs, x.dim()) is not None):
+            elif last is not None and o.dim() == 4:
                 self._first[o] = True
 
     @staticmethod
     def _function_last(func: Callable, args: tuple, kwargs: dict, x: Tensor | None,
-                       was_last: bool, o: Tensor) -> bool:
+                       was_last: bool, o: Tensor) -> bool | None:
+        """Whether ``o`` holds its features last: True, False where the function decides it
+        (a conv, a permute), None where it only does not keep them last."""
         if func in _LAST_FUNCTIONS:
             return True
         if func in _NORMS_OF_LAST:
             shape = args[1] if len(args) > 1 else kwargs.get("normalized_shape")
             return shape is not None and len(shape) == 1
-        if func in _FIRST_FUNCTIONS or x is None:
+        if func in _FIRST_FUNCTIONS:
             return False
+        if x is None:
+            return None
         order = _order(func, args, kwargs, x.dim())
         if order is not None:
             features = x.dim() - 1 if was_last else 1 if x.dim() == 4 else None
             return features is not None and order[-1] == features
         if func in _PARTS:
-            return was_last
+            return was_last or None
         if func in _RESHAPES:
-            return was_last and o.shape[-1] == x.shape[-1]
-        return was_last and o.dim() == x.dim() and o.shape[-1] == x.shape[-1]
+            return (was_last and o.shape[-1] == x.shape[-1]) or None
+        return (was_last and o.dim() == x.dim() and o.shape[-1] == x.shape[-1]) or None
 
     def observe(self, module: nn.Module, inputs: tuple, output: object) -> bool:
         """Whether ``output`` of ``module`` (called on ``inputs``) is a channels-last map

@@ -44,6 +44,12 @@ def _window(ctx: Ctx, first: int = 1) -> Window:
     return Window("unfold", k, s, p, d)
 
 
+def _tiles(window: Window) -> bool:
+    """Non-overlapping blocks: kernel = stride, no padding or dilation."""
+    return window.kernel == window.stride and window.padding == (0, 0) and \
+        window.dilation == (1, 1)
+
+
 def unfold(ctx: Ctx) -> Result:
     """The window of every position, positions flattened into the last dimension; a row of
     kind ``unfold``."""
@@ -52,8 +58,7 @@ def unfold(ctx: Ctx) -> Result:
     if not (isinstance(x, Geometry) and x.is_local):
         return GLOBAL, window.fields(("h", "w"))
     axes = T.last_axes(x, 2, ctx.where)
-    if window.kernel == window.stride and window.padding == (0, 0) and \
-            window.dilation == (1, 1):
+    if _tiles(window):
         # non-overlapping blocks: the offsets move into the channels, positions still, as a
         # pixel unshuffle's (TNT's pixel patches, MobileViT's unfolding); not a row
         blocks = L.space_to_depth(x.layout, window.kernel, [x.axis(a).size for a in axes])
@@ -78,8 +83,7 @@ def fold(ctx: Ctx) -> Result:
     record only for non-overlapping blocks."""
     window = _window(ctx, first=2)
     x = ctx.x
-    if isinstance(x, Geometry) and x.is_local and window.kernel == window.stride and \
-            window.padding == (0, 0) and window.dilation == (1, 1) and len(x.layout) >= 2:
+    if isinstance(x, Geometry) and x.is_local and _tiles(window) and len(x.layout) >= 2:
         positions = x.layout[-1]
         if len(positions) == 2 and all(a[0] in ("h", "w") for a in positions):
             grid = x.layout[:-1] + ((positions[0],), (positions[1],))

@@ -1,13 +1,16 @@
 """Rules for token mixing and reductions: attention, matmul / einsum, means, roll.
 
-An op that pairs positions (a product of two feature maps, as in attention logits) or sums over
-them (a contraction or reduction over a dimension holding positions) makes every output depend
-on the whole input: global; so does a product with an operand computed from global features
-(linear attention: ``q @ (k.T @ v)`` is ``(q @ k.T) @ v``). A matmul / einsum with one feature
-map and a constant (a per-position linear map) keeps the geometry, and one whose operands hold
-the positions only in batch dimensions is one product per position (both operands'
-geometry). A mean over every position is a global average pool (recorded); a reduction over
-one intact image axis only is refused.
+An op that pairs every position with every other (a product of two feature maps, as in
+attention logits) or sums over all of them (a contraction or reduction over the dimensions
+holding every position) makes every output depend on the whole input: global; so does a
+product with an operand computed from global features (linear attention: ``q @ (k.T @ v)``
+is ``(q @ k.T) @ v``). Over the inner positions of blocks only (:func:`layout.mixed`: a map
+reshaped as ``(H / w, w)``, the inner part mixed) each position reads its block
+(:func:`consumed`, :func:`kept`); over one whole axis but not the other it is refused. A
+matmul / einsum with one feature map and a constant (a per-position linear map) keeps the
+geometry, and one whose operands hold the positions only in batch dimensions is one product
+per position (both operands' geometry). A mean over every position is a global average pool
+(recorded).
 
 *Windowed* attention is local. Swin and MaxViT's block attention fold the windows into the
 batch: the token dimension holds the positions inside a window, an atom ``(axis, 1, w)`` per
@@ -443,18 +446,18 @@ def reduce(ctx: Ctx, at: int = 1) -> Result:
     keep = ctx.out_ndim == n if ctx.out_ndim is not None else bool(
         ctx.resolve(arg(node, at + 1, "keepdim", False)))
     if not spatial:
-        kept = [dim if d not in ds else () for d, dim in enumerate(x.layout)
+        left = [dim if d not in ds else () for d, dim in enumerate(x.layout)
                 if d not in ds or keep]
-        return _with(x, tuple(kept)), None
+        return _with(x, tuple(left)), None
     pool = "avg_pool" if node.target in _MEANS or node.target in _SUMS else "max_pool" \
         if node.target in _MAXES else None
     out = consumed(x, spatial, pool or "reduction", ctx.where)
     if out is None or not _local(out[0]):
         return GLOBAL, {"kind": "global_avg_pool"} if node.target in _MEANS else None
     y, fields = out  # over the inner positions of blocks: a pool of each block
-    kept = tuple(dim if d not in ds else () for d, dim in enumerate(y.layout)
+    left = tuple(dim if d not in ds else () for d, dim in enumerate(y.layout)
                  if d not in ds or keep)
-    return _with(y, kept), fields if pool else None
+    return _with(y, left), fields if pool else None
 
 
 def _relative_logits(ctx: Ctx) -> Result:

@@ -11,12 +11,13 @@ and, for conv / pool / linear ops, the fields of its :class:`LayerRecord`. Conve
   (r_max = inf, r_min unchanged). A global term *added* to a feature map (a global-context
   block) is a global path under both. Normalisations by statistics over all positions (GroupNorm,
   InstanceNorm, LayerNorm over spatial dims) follow the same option.
-* Token mixing (attention, a matmul or einsum pairing or summing over spatial positions,
-  softmax or a reduction over them) makes the output global; so does a matmul or einsum
-  with an operand computed from global features (linear attention: ``q @ (k.T @ v)`` is
-  ``(q @ k.T) @ v``), under both ``se_gates``. Windowed attention (Swin,
-  MaxViT's block attention) and ``torch.roll`` along an image axis are local
-  (:mod:`.mixing`).
+* Token mixing (attention, a matmul or einsum pairing or summing over every spatial
+  position, softmax or a reduction over them) makes the output global, and so does a matmul
+  or einsum with an operand computed from global features (linear attention:
+  ``q @ (k.T @ v)`` is ``(q @ k.T) @ v``), under both ``se_gates``. Mixing the inner
+  positions of blocks reads each block; mixing one whole axis only is refused. Windowed
+  attention (Swin, MaxViT's block attention) and ``torch.roll`` along an image axis are
+  local (:mod:`.mixing`).
 * Anything computed only from global features stays global.
 
 Everything else that touches a feature map raises ``Skip`` with a message naming the op.

@@ -14,7 +14,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,21 +39,24 @@ def jsonable(value: Any) -> Any:
 
 def stale_reason(out_dir: Path, unit: str, settings: Mapping[str, Any],
                  seeds: list[int] | None = None, *,
-                 defaults: Mapping[str, Any] | None = None) -> str | None:
+                 defaults: Mapping[str, Any] | None = None,
+                 ignore: Sequence[str] = ()) -> str | None:
     """None if the unit is done with these settings (and these seeds, for a cell unit that
     needs trained seeds); otherwise why it must be computed ("not done", "settings changed:
     k 5 -> 8", "seeds changed: ..."). A marker written before settings were recorded counts
     as current for its settings; a setting added since the marker was written (missing from
-    it) counts as unchanged while it has its value in ``defaults``."""
+    it) counts as unchanged while it has its value in ``defaults``; settings in ``ignore``
+    cannot change this unit's rows and are not compared."""
     done = read_done(out_dir, unit)
     if done is None:
         return "not done"
     damage = unit_damage(out_dir, unit, done)
     if damage:
         return damage
-    settings = jsonable(dict(settings))
-    recorded = done.get("settings", settings)
-    added = jsonable({k: v for k, v in (defaults or {}).items() if k not in recorded})
+    settings = jsonable({k: v for k, v in settings.items() if k not in ignore})
+    recorded = {k: v for k, v in done.get("settings", settings).items() if k not in ignore}
+    added = jsonable({k: v for k, v in (defaults or {}).items()
+                      if k not in recorded and k not in ignore})
     recorded = {**added, **recorded}
     if recorded != settings:
         keys = sorted(k for k in set(recorded) | set(settings)

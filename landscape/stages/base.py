@@ -214,16 +214,13 @@ class Stage:
         For a stage that reads layouts, a unit of a built-in architecture read its layouts
         right however it recorded them (kept); any other model's unit written with an older
         reading (or none recorded) is recomputed."""
-        legacy, current = self.legacy_settings(config), self.recorded_settings(config)
+        legacy, ignore = self.legacy_settings(config), ()
         if self.reads_layouts:
             if _builtin_cell(out_dir):
-                done = results.read_done(out_dir, unit) or {}
-                current = {**current, "layouts": (done.get("settings") or {}).get(
-                    "layouts", LAYOUTS)}
-                legacy = {**legacy, "layouts": LAYOUTS}
-            else:
-                legacy = {**legacy, "layouts": _MODULES_ONLY}
-        return results.stale_reason(out_dir, unit, current, seeds, defaults=legacy)
+                ignore = ("layouts",)
+            legacy = {**legacy, "layouts": _MODULES_ONLY}
+        return results.stale_reason(out_dir, unit, self.recorded_settings(config), seeds,
+                                    defaults=legacy, ignore=ignore)
 
     def run(self, ctx: Any, config: Any, unit: Unit) -> Result:
         raise NotImplementedError(f"stage {self.name!r} does not implement run()")
