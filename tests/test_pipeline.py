@@ -69,6 +69,33 @@ def test_run_writes_tidy_rows_and_rerun_does_nothing(tmp_path, caplog):
     assert (Path(first.run_dir) / "checkpoints" / "final.pt").stat().st_mtime_ns == mtime
 
 
+def test_a_table_of_another_rf_analysis_is_recomputed(tmp_path, caplog, monkeypatch):
+    """The RF unit records the digest of the analysis's source: a store written by another
+    version of the analysis (or before it was recorded) gets the cell's table again."""
+    import json
+
+    from landscape.stages import receptive_field as stage
+
+    cfg = tiny_cfg(tmp_path, train=TrainConfig(epochs=1, batch_size=32, lr=0.05))
+    pipeline.run(cfg)
+    (marker,) = tmp_path.rglob("receptive_field/DONE*")
+    assert json.loads(marker.read_text())["settings"] == {"analysis": stage.analysis_version()}
+    assert len(stage.analysis_version()) == 12 and pipeline.run(cfg).ran == []
+    current = stage.analysis_version()
+    monkeypatch.setattr(stage, "analysis_version", lambda: "0123456789ab")
+    with caplog.at_level("WARNING", logger="landscape"):
+        assert pipeline.run(cfg).ran == ["receptive_field"]
+    assert f"settings changed: analysis {current!r} -> '0123456789ab'" in caplog.text
+    done = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**done, "settings": {}}))  # written before it was recorded
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="landscape"):
+        assert pipeline.run(cfg).ran == ["receptive_field"]
+    assert "settings changed: analysis None -> '0123456789ab'" in caplog.text
+    rf = results.load(tmp_path).query("stage == 'receptive_field'")
+    assert rf.query("metric == 'rf_r_max'")["layer"].is_unique  # replaced, not appended
+
+
 @pytest.fixture
 def own_registry(monkeypatch):
     """Stages registered in a test (or by tests/user_stage.py) are gone afterwards."""

@@ -295,18 +295,27 @@ def test_resnet50_torchvision_and_tf_slim_stride_placement():
     assert [table.loc[s, "jump"] for s in stages] == [8, 16, 32, 32]
 
 
-def test_uneven_adaptive_pool_makes_only_what_follows_global():
+def test_uneven_adaptive_pool_reads_its_windows():
     vgg16 = _on_meta(torchvision.models.vgg16)
     small = receptive_field_table(vgg16, 100)  # features give 3x3; pooling to 7x7 is uneven
     big = receptive_field_table(vgg16, 224)  # 7x7 -> 7x7: a 1x1 window
     features = small["layer"].str.startswith("features")
     cols = ["layer", "jump", "r_min", "r_max", "effective_padding"]
-    pd.testing.assert_frame_equal(small.loc[features, cols], big.loc[features, cols])
+    pd.testing.assert_frame_equal(small.loc[features, cols], big.loc[features, cols],
+                                  check_dtype=False)  # jump: float where one is fractional
+    # 3 -> 7: output t reads positions floor(3t / 7) .. ceil(3(t + 1) / 7) - 1, one or two
+    # of them (32 px apart): r 212 or 244, 7 positions per 3 of the features (jump 96 / 7)
     pool = small.set_index("layer").loc["avgpool"]
-    assert pool["kind"] == "adaptive_avg_pool" and pool["is_global"] and pd.isna(pool["r_max"])
-    assert small.loc[~features, "is_global"].all()
+    assert pool["kind"] == "adaptive_avg_pool" and not pool["is_global"]
+    assert (pool["r_min"], pool["r_max"], pool["jump"]) == (212, 244, 96 / 7)
+    assert pd.isna(pool["kernel"]) and pool["out_size"] == 7
+    assert small.loc[small["kind"] == "linear", "is_global"].all()
     assert big.set_index("layer").loc["avgpool", "r_max"] == 212 and not big.loc[
         big["layer"] == "avgpool", "is_global"].any()
+    # pooling one axis whole is a per-axis global field: reported as global
+    row = receptive_field_table(nn.Sequential(nn.Conv2d(1, 1, 3), nn.AdaptiveAvgPool2d((1, 4))),
+                                32).iloc[-1]
+    assert row["is_global"] and pd.isna(row["r_max"])
     # without an input size the window is unknown: the error names the module and says what to do
     with pytest.raises(UnsupportedModelError,
                        match=r"module 'avgpool' \(AdaptiveAvgPool2d\).*pass input_size"):

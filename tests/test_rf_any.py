@@ -622,7 +622,10 @@ def test_adaptive_pool_even_windows_and_uneven_ones():
     assert even.loc["after", "r_max"] == 4
     uneven = receptive_field_table(Adaptive(3), 8).set_index("layer")  # 8 -> 3: uneven
     assert uneven.loc["conv", "r_max"] == 3 and not uneven.loc["conv", "is_global"]
-    assert uneven.loc["pool", "is_global"] and uneven.loc["after", "is_global"]
+    # windows 0..2, 2..5, 5..7 (torch's floor(8t / 3) .. ceil(8(t + 1) / 3) - 1): r 5 or 6
+    for layer in ("pool", "after"):
+        assert list(uneven.loc[layer, ["r_min", "r_max", "jump"]]) == [5, 6, 8 / 3]
+        assert not uneven.loc[layer, "is_global"]
     assert pd.isna(uneven.loc["pool", "kernel"])
 
 

@@ -4,8 +4,10 @@ checked against the input gradients of every interior output position."""
 from __future__ import annotations
 
 import itertools
+import math
 from fractions import Fraction
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -215,6 +217,87 @@ def test_rf_after_a_rational_resize_equals_the_input_gradients(resize):
             assert table[0] <= interior[0] and table[1] >= interior[1], layer
         else:
             assert table == interior, layer
+
+
+class Adaptive(nn.Module):
+    """conv (stride 4) -> adaptive pooling to ``size`` (module or function, avg or max) ->
+    conv 3x3 -> conv 2x2: uneven windows space the pooled positions unevenly."""
+
+    def __init__(self, size, kind: str = "avg", function: bool = False) -> None:
+        super().__init__()
+        self.size, self.kind, self.function = size, kind, function
+        self.a = nn.Conv2d(1, 1, 3, stride=4, padding=1)
+        self.pool = (nn.AdaptiveAvgPool2d if kind == "avg" else nn.AdaptiveMaxPool2d)(size)
+        self.b = nn.Conv2d(1, 1, 3, padding=1)
+        self.c = nn.Conv2d(1, 1, 2)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.function:
+            pool = F.adaptive_avg_pool2d if self.kind == "avg" else F.adaptive_max_pool2d
+            y = pool(y, self.size)
+        else:
+            y = self.pool(y)
+        return self.c(self.b(y))
+
+
+# 96 px -> 24 positions, pooled to: 18 (4 per 3), 30 (up, 4 per 5), 7, 40, 11 (coprime)
+@pytest.mark.parametrize("size", [18, 30, 7, 40, 11])
+@pytest.mark.parametrize("function", [False, True])
+def test_uneven_adaptive_pooling_equals_the_input_gradients(size, function):
+    """Output t of an adaptive pool reads torch's window floor(t n / m) .. ceil((t + 1) n / m)
+    - 1: every position whose RF lies inside the image, exactly, and the table's extremes
+    are the gradients' (uneven windows were reported as global before)."""
+    model = Adaptive(size, function=function)
+    for layer in ("b", "c"):
+        spans = position_spans(model, layer, 96)
+        assert len(spans) >= 3 and all(want == got for _, want, got in spans), (layer, spans)
+    t = receptive_field_table(model, 96).set_index("layer")
+    assert not t["is_global"].any()
+    if size // math.gcd(24, size) <= size // 3:  # every phase among the interior positions
+        for layer in ("b", "c"):
+            assert tuple(t.loc[layer, ["r_min", "r_max"]]) == gradient_sizes(model, layer, n=96)
+    if not function:
+        assert t.loc["pool", "kind"] == "adaptive_avg_pool" and pd.isna(t.loc["pool", "kernel"])
+    # max pooling reads the same windows; each axis on its own (a rectangular output)
+    cols = ["jump", "r_min", "r_max", "effective_padding", "out_size"]
+    pd.testing.assert_frame_equal(
+        receptive_field_table(Adaptive(size, "max", function), 96)[cols], t.reset_index()[cols])
+    rect = receptive_field_table(Adaptive((size, 9), function=function), 96).set_index("layer")
+    other = receptive_field_table(Adaptive(9, function=function), 96).set_index("layer")
+    for axis, same in (("h", t), ("w", other)):
+        ax = [f"r_min_{axis}", f"r_max_{axis}", f"jump_{axis}"]
+        assert rect.loc[["b", "c"], ax].astype(float).equals(same.loc[["b", "c"], ax].astype(float))
+
+
+@pytest.mark.parametrize("resize", ["adaptive", "nearest"])
+def test_a_map_shorter_than_its_period_reports_only_the_phases_it_has(resize):
+    """timm's VGG head at 32 px: one position pooled (or upsampled) to 7, read whole by a
+    7x7 conv. Its one output reads only what position 0 reads; the other phases of the
+    periodic structure (a 7-wide window across two periods) do not exist in the map."""
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(1, 1, 5, stride=8)  # 13 px -> 2 positions
+            self.fc = nn.Conv2d(1, 1, 7)  # 7 -> 1
+
+        def forward(self, x):
+            y = self.a(x)
+            y = (F.adaptive_avg_pool2d(y, 7) if resize == "adaptive"
+                 else F.interpolate(y[..., :1, :1], scale_factor=7, mode="nearest"))
+            return self.fc(y)
+
+    model = Head().double()
+    for p in model.parameters():
+        with torch.no_grad():
+            p.uniform_(0.5, 1.5)
+    x = torch.zeros(1, 1, 13, 13, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(model(x).sum(), x)
+    hit = (g[0, 0].abs().sum(1) > 0).nonzero().flatten()
+    row = receptive_field_table(Head(), 13).set_index("layer").loc["fc"]
+    assert row["out_size"] == 1
+    assert row["r_min"] == row["r_max"] == hit[-1] - hit[0] + 1 == (13 if resize == "adaptive"
+                                                                       else 5)
 
 
 def test_mobilevit_resizes_up_to_the_patch_multiple_and_back():

@@ -174,8 +174,8 @@ def receptive_field_table(model: nn.Module, input_size: int | tuple[int, int], *
     * ``center``: input coordinate of the RF centre of output position 0 (``u*jump + center``
       for position u); ``in_size, out_size``: spatial sizes of input and output (0 = vanished);
     * ``is_global``: some path sees the whole input (global pooling, Linear on flattened maps,
-      attention, and later; adaptive pooling with uneven windows, whose output is reported
-      as global so that only the layers behind it lose their geometry);
+      attention, and later; adaptive pooling of one axis to 1 but not the other, a per-axis
+      global field, is reported as global);
     * ``unproductive``: ``input_r_min >= input_size`` on both axes; ``border``: True on the
       first unproductive layer only; ``underutilised``: ``r_min > input_size`` on both axes
       (``convention="paper"``: ``>=``; module doc).

@@ -44,7 +44,8 @@ class Axis:
 
     ``parts``: for a map downstream of an upsampling, its classes of paths with per-phase
     geometry (:mod:`.phases`); then the other fields summarise them: ``jump`` is the mean jump,
-    r_min / r_max the extremes over classes and phases, [lo, hi] position 0's union."""
+    r_min / r_max the extremes over classes and the phases of its positions, [lo, hi]
+    position 0's union."""
 
     jump: int | float | None  # a float only as the mean of a resized map's uneven spacing
     r_min: float
@@ -87,7 +88,7 @@ def from_classes(parts: list[Phased], size: int | None, where: str) -> Axis:
         raise Skip(f"{where} upsamples beyond the input's resolution (a mean jump of "
                    f"{jumps[0]:g} pixels), which the RF analysis does not follow")
     jump = int(jumps[0]) if float(jumps[0]).is_integer() else jumps[0]
-    sizes = [p.sizes() for p in parts]
+    sizes = [p.sizes(size) for p in parts]  # over the positions the map has
     return Axis(jump=jump, r_min=min(a for a, _ in sizes),
                 r_max=max(b for _, b in sizes), lo=min(p.lo for p in parts),
                 hi=max(p.hi for p in parts), size=size, parts=tuple(parts))

@@ -23,8 +23,10 @@ is the class with ``P = 1``: then ``D`` is Araujo's jump.
 * Paths of one structure (``P``, ``D``, ``dlo``, ``dhi``) are one class; an elementwise merge
   of maps keeps each class (an HRNet fusion adds upsampled low-resolution paths to the
   high-resolution ones: two classes), and the tensor's r_min / r_max are the extremes over
-  classes and phases. Borders are ignored, as for convs (positions beyond the image read the
-  padding): the sizes are those of interior positions.
+  classes and over the phases of the positions the map has (a map of one position upsampled
+  to 7 and read by a 7-wide conv has one output, of phase 0; the other phases of the periodic
+  structure do not occur). Borders are ignored, as for convs (positions beyond the image read
+  the padding): the sizes are those of interior positions.
 
 Nothing here is an approximation: r_min / r_max are tested against the input gradients of every
 interior output position (tests/test_rf_upsampling.py).
@@ -67,9 +69,12 @@ class Phased:
         """Mean input pixels between neighbouring positions."""
         return self.shift / self.period
 
-    def sizes(self) -> tuple[float, float]:
-        """Smallest and largest RF size over the class's paths and phases."""
-        grow = [h - lo for lo, h in zip(self.dlo, self.dhi)]
+    def sizes(self, positions: int | None = None) -> tuple[float, float]:
+        """Smallest and largest RF size over the class's paths and phases; over the phases of
+        the first ``positions`` positions only when given (a map shorter than the period,
+        e.g. one position upsampled to 7 and read by a 7-wide conv, has only phase 0)."""
+        phases = self.period if positions is None else max(1, min(self.period, positions))
+        grow = [h - lo for lo, h in zip(self.dlo[:phases], self.dhi[:phases])]
         return self.r_min + min(grow), self.r_max + max(grow)
 
     def at(self, t: int) -> tuple[int, int]:

@@ -3,12 +3,14 @@
 Settings are read per axis ``(h, w)`` (a 1x7 conv has kernel ``(1, 7)``). ``padding="same"``
 pads ``d(k-1)`` in total, ``total // 2`` on the left/top (torch's rule). Adaptive pooling of
 n positions to m is a window ``k = s = n / m`` when m divides n; otherwise (uneven windows,
-or more outputs than inputs) its output is reported as global, so only the layers behind it
-lose their geometry.
+or more outputs than inputs) output t reads torch's positions ``floor(t n / m) ..
+ceil((t + 1) n / m) - 1``, a resampling whose positions repeat every ``m / gcd(n, m)`` outputs
+(:mod:`.phases`): exact per phase, as a resize.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from landscape.receptive_field.geometry import (
-    GLOBAL, Axis, Geometry, Skip, Window, arg, pair,
+    GLOBAL, Axis, Geometry, Skip, Window, arg, pair, resampled,
 )
 
 POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d)
@@ -101,15 +103,27 @@ def adaptive(output_size: Any, g: Geometry, axes: tuple[str, str], where: str
         sizes = (sizes[0], sizes[0])
     found: list[Axis] = [g.axis(a) for a in axes]
     out = [found[i].size if sizes[i] is None else sizes[i] for i in range(2)]
-    if not g.is_local or out == [1, 1]:
+    if not g.is_local or 1 in out:  # one axis pooled whole: a per-axis global RF
         return None, GLOBAL
     if any(isinstance(m, fx.Node) for m in out) or any(a.size is None for a in found):
         raise Skip(f"{where} pools to {tuple(sizes)}; its window depends on the input size, "
                    "so pass input_size")
     if any(a.size == 0 for a in found):
         return None, g
-    if any(m == 1 or a.size % m for a, m in zip(found, out)):
-        return None, GLOBAL  # uneven windows: what follows is reported as global
-    k = tuple(a.size // m for a, m in zip(found, out))
-    window = Window("adaptive_pool", k, k, (0, 0))
-    return window, window.apply(g, axes)
+    if all(a.size % m == 0 for a, m in zip(found, out)):
+        k = tuple(a.size // m for a, m in zip(found, out))
+        window = Window("adaptive_pool", k, k, (0, 0))
+        return window, window.apply(g, axes)
+    new = {name: _uneven(a, m, name, where) for name, a, m in zip(axes, found, out)}
+    return None, Geometry(new["h"], new["w"], g.layout)
+
+
+def _uneven(a: Axis, m: int, name: str, where: str) -> Axis:
+    """Axis ``name`` of ``a.size`` positions adaptively pooled to ``m``: output t reads
+    torch's window ``floor(t n / m) .. ceil((t + 1) n / m) - 1`` (n = ``a.size``)."""
+    n = a.size
+    g = math.gcd(n, m)
+
+    def taps(t: int) -> tuple[int, int]:
+        return t * n // m, -(-(t + 1) * n // m) - 1
+    return resampled(a, m // g, n // g, taps, m, name, where)
