@@ -79,3 +79,37 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 def test_every_metric_has_a_description():
     assert all(isinstance(v, str) and v for v in results.METRICS.values())
     assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(results.METRICS)
+
+
+def test_cells_written_by_two_versions_of_the_rf_analysis_get_its_current_values(tmp_path):
+    """Rows keep the receptive_field / global_mixing of the analysis that wrote them; a unit
+    added after the analysis changed would split its cell in every table grouped by them.
+    load gives every row of such a cell the values of its receptive_field stage (recomputed
+    whenever the analysis changes) and says so; a cell without those rows is left as it is."""
+    def unit(cell, seed, stage, rf, mixing):
+        run = tmp_path / cell / (f"seed={seed}" if seed is not None else "cell")
+        run_id = f"{cell}/seed={seed}" if seed is not None else cell
+        metric = "rf_r_max" if stage == "receptive_field" else "test_acc"
+        write_stage(run, stage, [{**IDENT, "run_id": run_id, "seed": seed, "stage": stage,
+                                  "receptive_field": rf, "global_mixing": mixing,
+                                  "metric": metric, "value": 1.0}])
+
+    unit("a", None, "receptive_field", 244, False)  # recomputed by the current analysis
+    unit("a", 0, "train", 212, None)  # written before, by an older one
+    unit("a", 1, "hessian_final", 244, False)
+    unit("b", 0, "train", 100, False)  # no receptive_field rows: kept
+    unit("b", 1, "train", 101, False)
+    unit("c", 0, "train", 50, True)  # agrees: untouched
+    unit("c", None, "receptive_field", 50, True)
+    with pytest.warns(results.DerivedColumnsWarning) as caught:
+        df = load(tmp_path)
+    (warning,) = caught
+    assert "2 cell(s)" in str(warning.message)
+    assert "set from each cell's current receptive_field rows: ['a']" in str(warning.message)
+    assert "left as written" in str(warning.message) and "['b']" in str(warning.message)
+    cell = df["run_id"].str.split("/seed=").str[0]
+    got = df.assign(cell=cell).groupby("cell")[["receptive_field", "global_mixing"]].agg(set)
+    assert got.loc["a"].tolist() == [{244}, {False}]
+    assert got.loc["b", "receptive_field"] == {100, 101}
+    assert got.loc["c"].tolist() == [{50}, {True}]
+    assert str(df["receptive_field"].dtype) == "Int64" and str(df["global_mixing"].dtype) == "boolean"

@@ -17,8 +17,8 @@ from landscape.results.records import (
     trained_seeds, write_run_records,
 )
 from landscape.results.schema import (
-    COLUMNS, DTYPES, ID_COLUMNS, METRICS, OPTIONAL_COLUMNS, VALUE_COLUMNS, SchemaError,
-    register_metric, to_frame, validate_rows,
+    COLUMNS, DTYPES, ID_COLUMNS, METRICS, OPTIONAL_COLUMNS, VALUE_COLUMNS,
+    DerivedColumnsWarning, SchemaError, register_metric, to_frame, validate_rows,
 )
 from landscape.results.store import (
     DamagedResultsWarning, clear_done, damaged, failures, has_results, jsonable, load,
@@ -30,6 +30,7 @@ from landscape.storage import clean_temp
 __all__ = [
     "ARRAYS", "CELL_DIR", "COLUMNS", "DONE", "DTYPES", "FAILED", "ID_COLUMNS", "LOCK", "METRICS",
     "OPTIONAL_COLUMNS", "ROWS", "SUBMISSIONS", "VALUE_COLUMNS", "DamagedResultsWarning",
+    "DerivedColumnsWarning",
     "DamagedUnitError", "ResultsRootError", "RunPaths", "SchemaError", "UnitLock",
     "cell_names", "cell_variants", "check_lengths", "check_root", "clean_temp", "clear_done",
     "damaged", "failures", "has_results", "is_done", "jsonable", "load", "load_arrays",

@@ -25,7 +25,7 @@ from landscape.results.integrity import (
 from landscape.results.layout import (
     ARRAYS, CELL_DIR, DONE, FAILED, ROWS, results_folder, stage_dir,
 )
-from landscape.results.schema import DTYPES, to_frame, validate_rows
+from landscape.results.schema import DTYPES, align_derived, to_frame, validate_rows
 from landscape.storage import atomic_write, atomic_write_json, atomic_write_text
 
 
@@ -231,7 +231,7 @@ def load(root: str | Path) -> pd.DataFrame:
                         "reason": why})
     if bad:
         _warn_damaged(root, bad, "results")
-    df = pd.concat(frames, ignore_index=True) if frames else to_frame([])
+    df = align_derived(pd.concat(frames, ignore_index=True)) if frames else to_frame([])
     df.attrs["damaged"] = bad
     return df
 
