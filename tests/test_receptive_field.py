@@ -310,6 +310,11 @@ def test_uneven_adaptive_pool_reads_its_windows():
     assert (pool["r_min"], pool["r_max"], pool["jump"]) == (212, 244, 96 / 7)
     assert pd.isna(pool["kernel"]) and pool["out_size"] == 7
     assert small.loc[small["kind"] == "linear", "is_global"].all()
+    # the terminal view: whole jumps without decimals although the column is float
+    from landscape.receptive_field.text import format_layer_table
+    lines = {line.split()[0]: line.split() for line in format_layer_table(small).splitlines()}
+    assert lines["avgpool"][4:7] == ["13.7143", "212", "244"]
+    assert lines["features.30"][4] == "32" and lines["features.0"][4] == "1"
     assert big.set_index("layer").loc["avgpool", "r_max"] == 212 and not big.loc[
         big["layer"] == "avgpool", "is_global"].any()
     # pooling one axis whole is a per-axis global field: reported as global

@@ -19,20 +19,29 @@ def _na(df: pd.DataFrame) -> pd.DataFrame:
 def format_layer_table(table: pd.DataFrame) -> str:
     """The columns of :data:`LAYER_VIEW` of a receptive-field table (``state``: productive,
     underutilised, unproductive or head; ``*``: the border layer); rectangular windows as
-    ``h x w``. Global rows followed by local ones (squeeze-and-excitation branches) are left
-    out and counted in a last line."""
+    ``h x w``; a jump as a whole number where it is one (a resize or uneven adaptive pooling
+    makes the column float), else to 4 decimals. Global rows followed by local ones
+    (squeeze-and-excitation branches) are left out and counted in a last line."""
     shown = trunk_rows(table)
     view = table.copy()
     for col in ("kernel", "jump", "r_min", "r_max"):
         h, w = (f"{col}_h", f"{col}_w")
-        view[col] = [f"{a}x{b}" if pd.notna(a) and pd.notna(b) and a != b else v
-                     for v, a, b in zip(view[col].astype(object), view[h], view[w])]
+        view[col] = [f"{_num(a)}x{_num(b)}" if pd.notna(a) and pd.notna(b) and a != b
+                     else _num(v) for v, a, b in zip(view[col].astype(object), view[h], view[w])]
     view["state"] = [s + (" *" if b else "")
                      for s, b in zip(layer_states(table), table["border"])]
     text = _na(view.loc[shown, list(LAYER_VIEW)]).to_string(index=False)
     hidden = int((~shown).sum())
     return text + (f"\n({hidden} global rows inside the network, e.g. squeeze-and-excitation "
                    "branches, not shown; they are in rf_layers.csv)" if hidden else "")
+
+
+def _num(v):
+    """A float as text, whole numbers without decimals, others to 4 (the column then stays
+    text: a list of ints and floats would become floats again); NA and ints as they are."""
+    if isinstance(v, float) and not pd.isna(v):
+        return f"{int(v)}" if v.is_integer() else f"{v:.4f}".rstrip("0")
+    return v
 
 
 def _flops(flops: int) -> str:
