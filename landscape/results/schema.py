@@ -271,12 +271,13 @@ def align_derived(df: pd.DataFrame) -> pd.DataFrame:
     recomputed whenever the analysis changes, so its rows hold the current values: every row
     of the cell gets them, with one warning naming the cells. A cell without those rows keeps
     its values, and the warning says so."""
-    cell = df["run_id"].astype("string").str.split("/seed=", n=1).str[0]
-    counts = df[DERIVED_COLUMNS].groupby(cell.to_numpy()).nunique(dropna=False)
+    seen = df[["run_id", *DERIVED_COLUMNS]].drop_duplicates()  # a few rows per run
+    counts = seen[DERIVED_COLUMNS].groupby(_cell(seen["run_id"]).to_numpy()).nunique(
+        dropna=False)
     mixed = counts.index[(counts > 1).any(axis=1)].tolist()
     if not mixed:
         return df
-    df = df.copy()
+    df, cell = df.copy(), _cell(df["run_id"])
     fixed, kept = [], []
     for name in mixed:
         rows = (cell == name).to_numpy()
@@ -296,3 +297,8 @@ def align_derived(df: pd.DataFrame) -> pd.DataFrame:
                     f": {kept}")
     warnings.warn(message, DerivedColumnsWarning, stacklevel=3)
     return df
+
+
+def _cell(run_id: pd.Series) -> pd.Series:
+    """``"<cell>/seed=<s>"`` or ``"<cell>"`` -> ``"<cell>"``."""
+    return run_id.astype("string").str.split("/seed=", n=1).str[0]
