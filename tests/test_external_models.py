@@ -377,6 +377,53 @@ def test_a_model_whose_first_layer_is_not_a_conv_is_refused(monkeypatch):
         _meta("torchvision:bn_first", 1)
 
 
+class PatchLinear(nn.Module):
+    """NaFlexViT's and Gemma4's embedding: 4x4 patches reshaped out of the image, a Linear
+    over each patch's pixels (no Conv2d anywhere), then mean pooling and a head."""
+
+    def __init__(self, num_classes: int, in_chans: int = 3) -> None:
+        super().__init__()
+        self.proj, self.head = nn.Linear(in_chans * 16, 8), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        x = x.reshape(b, c, h // 4, 4, w // 4, 4).permute(0, 2, 4, 1, 3, 5)
+        return self.head(self.proj(x.reshape(b, h // 4, w // 4, c * 16)).mean((1, 2)))
+
+
+def test_a_model_without_a_first_conv_trains_at_pool_level_0(tmp_path, monkeypatch):
+    """At level 0 nothing is wrapped: the source's model as it is (``first_conv`` None), so a
+    Linear-first transformer trains and is measured; a level that inserts the pool is still
+    refused with the reason, and a torchvision one cannot take other input channels."""
+    from landscape.models import external
+
+    def fake(name, **kw):
+        with torch.device(kw["device"]):
+            return PatchLinear(kw["num_classes"], kw["in_channels"])
+
+    monkeypatch.setattr(external, "external_model", fake)
+    external.first_conv_name.cache_clear()
+    model = build_model("timm:patch_linear", resolve_pool(0), num_classes=10, in_channels=1)
+    assert model.first_conv is None and isinstance(model.rf_pool, nn.Identity)
+    assert model.state_key("proj.weight") == "net.proj.weight"
+    assert model.source_key("net.proj.weight") == "proj.weight"
+    with pytest.raises(ValueError, match=re.escape(
+            "the first layer with parameters to run is proj (Linear), not a Conv2d")):
+        build_model("timm:patch_linear", resolve_pool(1), num_classes=10, in_channels=1)
+    with pytest.raises(ValueError, match=re.escape(
+            "model.name='torchvision:patch_linear': cannot set in_channels=1: its first "
+            "layer with parameters is not a Conv2d")):
+        build_model("torchvision:patch_linear", resolve_pool(0), num_classes=10, in_channels=1)
+    summary = pipeline.run(_digits_cfg(tmp_path, name="timm:patch_linear", pool_level=0))
+    assert summary.status == "ok" and summary.ran == ["receptive_field", "train"]
+    df = results.load(tmp_path)
+    assert set(df.receptive_field) == {4}  # the patch, read by its Linear
+    assert df.query("metric == 'num_params'")["value"].item() == 1 * 16 * 8 + 8 + 8 * 10 + 10
+    r_max = df.query("stage == 'receptive_field' and metric == 'rf_r_max'")
+    assert r_max.set_index("layer").loc["net.proj", "value"] == 4
+    external.first_conv_name.cache_clear()
+
+
 def test_weights_of_a_built_in_architecture(tmp_path):
     src = build_model("small_cnn", resolve_pool(1), num_classes=10, width=0.25)
     torch.save(src.state_dict(), tmp_path / "w.pt")

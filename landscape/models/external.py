@@ -14,12 +14,14 @@ The result, an :class:`ExternalNet`, holds the model as ``net`` and is an
 :class:`~landscape.models.base.RFNet` (``pool_spec``, ``in_channels``, ``spec``), so the run
 identity, the stages and the input-size check treat it like the built-in architectures.
 
-Refused, with the reason: a model whose first parametrised layer to run is not a Conv2d; and,
-at a pool level that inserts a pool, a model with attention layers (a transformer: the RF pool
-would change its token count), one whose first conv runs more than once, and one that no
-longer runs with a pooled map after it. At pool level 0 (no pool) such a model is built as
-its source defines it (RepVGG, DLA, a ViT at its own input size), so it can be trained and
-measured beside the CNNs at their base RF.
+Refused, with the reason, at a pool level that inserts a pool: a model whose first
+parametrised layer to run is not a Conv2d (NaFlexViT's Linear patch embedding), one with
+attention layers (a transformer: the RF pool would change its token count), one whose first
+conv runs more than once, and one that no longer runs with a pooled map after it. At pool
+level 0 (no pool) such a model is built as its source defines it (RepVGG, DLA, a ViT at its
+own input size, a NaFlexViT: ``first_conv`` None, nothing wrapped), so it can be trained and
+measured beside the CNNs at their base RF; a torchvision model whose first layer is not a
+conv is refused there for other input channels than 3 (timm sets them itself).
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ class PooledConv(nn.Sequential):
 
 class ExternalNet(RFNet):
     """A torchvision / timm model (``net``) whose first conv (``first_conv``, its name in
-    ``net``) is followed by the RF pool."""
+    ``net``) is followed by the RF pool; ``first_conv`` None: a model without a first conv at
+    pool level 0, as its source builds it."""
 
-    def __init__(self, net: nn.Module, first_conv: str, pool: PoolSpec, in_channels: int,
-                 source_name: str) -> None:
+    def __init__(self, net: nn.Module, first_conv: str | None, pool: PoolSpec,
+                 in_channels: int, source_name: str) -> None:
         super().__init__(pool, in_channels)
         self.net = net
         self.first_conv = first_conv
@@ -59,6 +62,8 @@ class ExternalNet(RFNet):
 
     @property
     def rf_pool(self) -> nn.Module:
+        if self.first_conv is None:
+            return nn.Identity()
         return self.net.get_submodule(self.first_conv).rf_pool
 
     def forward(self, x: Tensor) -> Tensor:
@@ -69,7 +74,7 @@ class ExternalNet(RFNet):
         of the source's own model (e.g. torchvision's ``conv1.weight`` is
         ``net.conv1.conv.weight`` here)."""
         prefix = f"{self.first_conv}."
-        if source_key.startswith(prefix):
+        if self.first_conv is not None and source_key.startswith(prefix):
             source_key = f"{self.first_conv}.conv.{source_key[len(prefix):]}"
         return f"net.{source_key}"
 
@@ -77,7 +82,7 @@ class ExternalNet(RFNet):
         """The inverse of :meth:`state_key`."""
         key = key[len("net."):] if key.startswith("net.") else key
         prefix = f"{self.first_conv}.conv."
-        if key.startswith(prefix):
+        if self.first_conv is not None and key.startswith(prefix):
             key = f"{self.first_conv}.{key[len(prefix):]}"
         return key
 
@@ -123,11 +128,12 @@ def _forward_meta(model: nn.Module, in_channels: int, size: int) -> None:
 
 @functools.lru_cache(maxsize=64)
 def first_conv_name(name: str, num_classes: int, pooled: bool = True,
-                    image_size: int | None = None) -> str:
+                    image_size: int | None = None) -> str | None:
     """The qualified name of the first Conv2d to run in the model ``name`` (built on the meta
     device and run once on a 224x224 input, or on the ``image_size`` a transformer was built
     for), after checking, when ``pooled``, that the RF pool can follow it (module doc).
-    ``ValueError`` naming the reason otherwise."""
+    ``ValueError`` naming the reason otherwise. Not ``pooled``: None where the first layer
+    with parameters to run is not a Conv2d."""
     model = _source_model(name, num_classes, 3, "meta", image_size)
     attention = _attention(model) if pooled else None
     if attention:
@@ -147,6 +153,8 @@ def first_conv_name(name: str, num_classes: int, pooled: bool = True,
             h.remove()
     first = next((m for m in order if any(True for _ in m.parameters(recurse=False))), None)
     if not isinstance(first, nn.Conv2d):
+        if not pooled:
+            return None
         what = f"{names[first]} ({type(first).__name__})" if first is not None else "nothing"
         raise _refuse(name, f"the first layer with parameters to run is {what}, not a Conv2d")
     conv_name = names[first]
@@ -199,6 +207,11 @@ def build_external(name: str, pool: PoolSpec, *, num_classes: int, in_channels: 
                           image_size)
     # timm sets the input channels itself (in_chans), also where its first conv sees others
     # (TResNet's, after a 4 x 4 space-to-depth, takes 16 for one input channel)
+    if conv_name is None:  # pool level 0, no first conv: the source's model as it is
+        if not name.startswith("timm:") and in_channels != 3:
+            raise ValueError(f"model.name={name!r}: cannot set in_channels={in_channels}: its "
+                             "first layer with parameters is not a Conv2d")
+        return ExternalNet(model.train(), None, pool, in_channels, name)
     if not name.startswith("timm:"):
         _set_in_channels(model, conv_name, in_channels)
     _insert_pool(model, conv_name, make_rf_pool(pool))

@@ -342,7 +342,8 @@ def feature_field(model: nn.Module, input_size: int | None = None) -> tuple[int,
     """(r_max, mixing) of the network's deepest local features at ``input_size`` (default:
     the size the model was built for, :func:`~landscape.fixed_size.built_for`, else
     size-free): the largest finite r_max over its convs, Linears applied per position and
-    windowed attention (:mod:`.mixing`). For a CNN it is :func:`max_receptive_field`, at any
+    windowed attention (:mod:`.mixing`; a model without a conv, NaFlexViT's Linear patch
+    embedding, by those). For a CNN it is :func:`max_receptive_field`, at any
     size; for a Swin, the RF its windows grow to before one window covers the map, which
     depends on the size. ``mixing``: whether it then :func:`mixes_globally` before its head
     (a ViT: its patch embedding is all that is local). A layer the trace cannot follow is an
@@ -351,9 +352,10 @@ def feature_field(model: nn.Module, input_size: int | None = None) -> tuple[int,
     for r in records:
         if r.kind in FEATURE_KINDS and isinstance(r.out, Unsupported):
             raise UnsupportedModelError(r.out.reason)
-    _deepest_conv(records)  # a model without a local conv has no feature RF: its error
     local = [r.out.r_max for r in records if r.kind in FEATURE_KINDS
              and isinstance(r.out, Geometry) and math.isfinite(r.out.r_max)]
+    if any(r.kind == "conv" for r in records) or not local:
+        _deepest_conv(records)  # no local conv: its error (a Linear-first model may have none)
     mixing = any(isinstance(r.out, Geometry) and math.isfinite(r.out.r_min)
                  and not math.isfinite(r.out.r_max) for r in records)
     return int(max(local)), mixing
