@@ -38,7 +38,8 @@ def test_all_names_are_registered():
     assert set(BENCHMARKS) == {"train_overhead", "pruning_selection", "importance_batched",
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
                                "loss_slice", "saturation", "data_path", "rf_table", "probes",
-                               "lambda_tracking", "model_zoo", "layouts", "gpu_acceptance"}
+                               "lambda_tracking", "model_zoo", "layouts", "rf_audit",
+                               "gpu_acceptance"}
 
 
 def test_probes_benchmark_quick_scores_both_backends_on_the_same_features():
@@ -154,3 +155,47 @@ def test_layouts_benchmark_quick_finds_the_two_readings_agree():
     assert [m["failure"] for m in models] == [None, None]
     assert all(m["compared"] > 20 and m["channels_last"] > 5 for m in models)
     assert summary["disagreeing"] == [] and summary["compared"] == 2
+
+
+def test_rf_audit_benchmark_quick_finds_the_tables_equal_the_gradients():
+    """ResNet18 and ConvNeXt (channels-last blocks): the centre position's analytic box of
+    their deepest map that fits 224 px equals its input gradient's."""
+    pytest.importorskip("timm")
+    *models, summary = bench_main(["rf_audit", "--quick"])["rf_audit"]
+    assert [m["verdict"] for m in models] == ["equal", "equal"]
+    assert summary["equal"] == 2 and summary["exceeds"] == summary["inside"] == []
+
+
+def test_rf_audit_detaches_gates_and_flags_a_missed_path(monkeypatch):
+    """An SE gate's pooled operand adds no path under se_gates="scale": detached, the
+    gradient box is the local one; a table that misses a path is "exceeds"."""
+    import torch
+    from torch import nn
+
+    from benchmarks.rf_audit import audit, verdict
+    from landscape.receptive_field import rules
+    from landscape.receptive_field.geometry import Window
+
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 5, padding=2)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(y * torch.sigmoid(y.mean((2, 3), keepdim=True)))
+
+    got = audit(Gated(), 32)
+    assert got["gates"] == 1 and got["verdict"] == "equal"
+    assert got["analytic"] == ((13, 19), (13, 19))  # position 15 of 30: pixels 13 .. 19
+    # a wrong rule (the 5x5 conv read as 3x3, same output size): the gradient exceeds it
+    right = rules.module_window
+    monkeypatch.setattr(rules, "module_window", lambda mod, where: Window(
+        "conv", (3, 3), (1, 1), (1, 1)) if getattr(mod, "kernel_size", None) == (5, 5)
+        else right(mod, where))
+    wrong = audit(Gated(), 32)
+    assert wrong["verdict"] == "exceeds" and wrong["analytic"] == ((14, 18), (14, 18))
+    assert wrong["measured"] == ((13, 19), (13, 19))
+    assert verdict(((3, 9), (3, 9)), ((2, 9), (3, 9))) == "exceeds"
+    assert verdict(((3, 9), (3, 9)), ((4, 9), (3, 9))) == "inside"
+    assert verdict(((3, 9), (3, 9)), (None, None)) == "inside"

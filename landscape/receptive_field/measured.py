@@ -132,7 +132,7 @@ class _MaxValueAvgGrad(nn.Module):
         return _st_max_pool2d(x, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode)
 
 
-def _linearise(gm: fx.GraphModule) -> None:
+def linearise(gm: fx.GraphModule) -> None:
     """Swap ReLU/BN/max-pool of ``gm`` (a private copy) for their linearised versions."""
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -236,7 +236,7 @@ def measure_receptive_field(
     _, c, first, last = _box(gm, rec.node, n)
 
     if mode == "linearised":
-        _linearise(gm)
+        linearise(gm)
     output = next(node for node in gm.graph.nodes if node.op == "output")
     output.args = (next(node for node in gm.graph.nodes if node.name == rec.node),)
     gm.graph.eliminate_dead_code()

@@ -268,8 +268,9 @@ def _linear(ctx: Ctx) -> Result:
              **fields})
 
 
-_GATING = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div,
-           torch.true_divide, "mul", "mul_", "div", "div_", "true_divide"}
+GATING = {  # products that make a global operand a gate (se_gates="scale")
+    operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div,
+    torch.true_divide, "mul", "mul_", "div", "div_", "true_divide"}
 
 
 def elementwise(ctx: Ctx) -> Result:
@@ -278,7 +279,7 @@ def elementwise(ctx: Ctx) -> Result:
     local = [s for s in states if s.is_local]
     if not local:
         return GLOBAL, None
-    if ctx.se_gates == "scale" and ctx.node.target in _GATING:
+    if ctx.se_gates == "scale" and ctx.node.target in GATING:
         states = local
     layout = L.broadcast([s.layout for s in local], ctx.out_ndim, ctx.where)
     return merge(states, ctx.where, layout), None

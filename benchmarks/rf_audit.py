@@ -1,0 +1,194 @@
+"""Whether the analytic receptive field of every model of a zoo equals its input gradients.
+
+The RF rules are each tested against input gradients on small models; this audit checks the
+whole analysis on real architectures. Per model (built on the CPU without weights for
+``--size``, copied to float64, eval mode, ReLU / BatchNorm / max-pool linearised as in
+``measure_receptive_field(mode="linearised")``, an all-ones input): among the tensors the RF
+analysis reads as a local 4-d map, (N, C, H, W) or (N, H, W, C), the one of largest r_max
+whose centre position's analytic box lies inside the image (1 px margin) is seeded at that
+position, every channel, and back-propagated, with the global operand of every
+squeeze-and-excitation gate detached (the analysis's default ``se_gates="scale"``: a gate
+adds no path). The box of the non-zero input gradient, per axis, is compared with the
+analytic one (``Axis.span``, exact per phase):
+
+* ``equal``: what the table says;
+* ``exceeds``: the gradient reaches a pixel the analysis says the position cannot see (a
+  wrong table: the analysis misses a path);
+* ``inside``: a smaller box (a path whose gradient vanishes here, e.g. a weight initialised
+  to zero, or a wrong table that claims a path that is not there: to inspect).
+
+``--source torchvision | timm | timm-modules`` as for ``rf_table``; models over
+``--max-params`` are left out (the float64 copy). No target: every model not ``equal`` is
+listed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+from torch import fx, nn
+
+from benchmarks.common import make_parser, parse
+from benchmarks.rf_table import qualified_names
+from landscape.models.sources import external_model
+from landscape.receptive_field import layout as L
+from landscape.receptive_field.geometry import Geometry
+from landscape.receptive_field.graph import input_channels, propagate, trace_model
+from landscape.receptive_field.measured import linearise
+from landscape.receptive_field.rules import GATING
+
+QUICK = ("torchvision:resnet18", "timm:convnext_atto")
+
+
+def _map_dims(g: Geometry) -> tuple[int, int] | None:
+    """(dim of H, dim of W) of a 4-d map whose batch is dim 0 and whose other dimension
+    holds channels only; None for any other tensor."""
+    if not (isinstance(g, Geometry) and g.is_local and g.layout is not None
+            and len(g.layout) == 4):
+        return None
+    dims = L.intact(g.layout)
+    rest = set(range(1, 4)) - set(dims.values())
+    if len(dims) < 2 or 0 in dims.values() or L.is_spatial(g.layout[0]) or any(
+            L.is_spatial(g.layout[d]) for d in rest):
+        return None
+    return dims["h"], dims["w"]
+
+
+def pick(gm: fx.GraphModule, size: int) -> tuple[str, tuple[int, int], tuple, tuple] | None:
+    """(node, its (H, W) dims, the analytic (first, last) input rows and columns of its centre
+    position) of the map of largest r_max whose centre box lies inside the image, the last
+    among equals; None when there is none."""
+    states, _ = propagate(gm, size)
+    best, key = None, -1.0
+    for node in gm.graph.nodes:
+        g = states.get(node.name)
+        dims = _map_dims(g)
+        if dims is None or not g.h.size or not g.w.size:
+            continue
+        spans = [a.span(a.size // 2) for a in (g.h, g.w)]
+        if all(1 <= first and last <= size - 2 for first, last in spans) and \
+                g.r_max >= key and math.isfinite(g.r_max):
+            best, key = (node.name, dims, *spans), g.r_max
+    return best
+
+
+def gradient_box(gm: fx.GraphModule, node: str, dims: tuple[int, int], channels: int,
+                 size: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """First and last input row / column with a non-zero gradient of the centre position of
+    ``node`` (every channel), on ``gm`` linearised, for an all-ones input."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    output.args = (next(n for n in gm.graph.nodes if n.name == node),)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    x = torch.ones(1, channels, size, size, dtype=torch.float64, requires_grad=True)
+    y = gm(x)
+    seed = torch.zeros_like(y)
+    index: list = [0, slice(None), slice(None), slice(None)]
+    index[dims[0]], index[dims[1]] = y.shape[dims[0]] // 2, y.shape[dims[1]] // 2
+    seed[tuple(index)] = 1.0
+    (grad,) = torch.autograd.grad(y, x, seed)
+    hit = grad[0].ne(0).any(dim=0)
+    rows = hit.any(dim=1).nonzero().flatten().tolist()
+    cols = hit.any(dim=0).nonzero().flatten().tolist()
+    return ((rows[0], rows[-1]) if rows else None), ((cols[0], cols[-1]) if cols else None)
+
+
+def verdict(analytic: tuple, measured: tuple) -> str:
+    """"equal", "exceeds" (some measured pixel outside the analytic box on an axis) or
+    "inside"."""
+    if any(m is None for m in measured):
+        return "inside"
+    if any(m[0] < a[0] or m[1] > a[1] for a, m in zip(analytic, measured)):
+        return "exceeds"
+    return "equal" if tuple(analytic) == tuple(measured) else "inside"
+
+
+def detach_gates(gm: fx.GraphModule, size: int) -> int:
+    """Detach the global operand of every product of a local map with a tensor computed
+    from global features (a squeeze-and-excitation gate), as the analysis's default
+    ``se_gates="scale"`` reads it: a channel rescaling that adds no path. Returns how many."""
+    states, _ = propagate(gm, size)
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op not in ("call_function", "call_method") or node.target not in GATING:
+            continue
+        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        local = [isinstance(states.get(a.name), Geometry) and states[a.name].is_local
+                 for a in inputs]
+        if not any(local):
+            continue
+        for arg, is_local in zip(inputs, local):
+            if not is_local and isinstance(states.get(arg.name), Geometry):
+                with gm.graph.inserting_before(node):
+                    detached = gm.graph.call_method("detach", (arg,))
+                node.replace_input_with(arg, detached)
+                count += 1
+    gm.recompile()
+    return count
+
+
+def audit(model: nn.Module, size: int) -> dict:
+    """The audit of one model (module doc): layer, analytic and measured boxes, verdict."""
+    work = copy.deepcopy(model).to(torch.float64).eval().requires_grad_(False)
+    gm = trace_model(work)
+    gates = detach_gates(gm, size)
+    found = pick(gm, size)
+    if found is None:
+        raise ValueError(f"no local map whose centre box fits a {size} px input")
+    node, dims, rows, cols = found
+    channels = input_channels(model, gm.graph) or 3
+    linearise(gm)
+    measured = gradient_box(gm, node, dims, channels, size)
+    return {"layer": node, "analytic": (rows, cols), "measured": measured,
+            "verdict": verdict((rows, cols), measured), "gates": gates}
+
+
+def _one(name: str, size: int, max_params: float) -> dict:
+    row: dict = {"model": name, "layer": None, "analytic": None, "measured": None,
+                 "verdict": None, "gates": None, "seconds": None, "failure": None}
+    t0 = time.perf_counter()
+    try:
+        model = external_model(name, device="cpu", img_size=size)
+        params = sum(p.numel() for p in model.parameters())
+        if params > max_params:
+            row["failure"] = f"left out: {params / 1e6:.0f}M parameters"
+            return row
+        row.update(audit(model, size))
+    except Exception as e:  # noqa: BLE001 - a model that cannot be audited is listed
+        row["failure"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        return row
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    return row
+
+
+def main(argv=None) -> list[dict]:
+    parser = make_parser(__doc__, "two models (resnet18, convnext_atto)", threads=2)
+    parser.add_argument("--source", choices=("torchvision", "timm", "timm-modules"),
+                        default="torchvision")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--max-params", type=float, default=100e6)
+    args = parse(parser, argv)
+    names = list(QUICK) if args.quick else qualified_names(args.source)
+    rows = []
+    for name in names:
+        row = _one(name, args.size, args.max_params)
+        rows.append(row)
+        shown = row["failure"] or (f"{row['verdict']:8s} {row['layer']}: analytic "
+                                   f"{row['analytic']}, gradient {row['measured']}")
+        print(f"{name:40s} {shown}", flush=True)
+    done = [r for r in rows if r["failure"] is None]
+    summary = {"model": "ALL", "models": len(rows), "audited": len(done), "size": args.size,
+               **{v: [r["model"] for r in done if r["verdict"] == v]
+                  for v in ("exceeds", "inside")},
+               "equal": sum(r["verdict"] == "equal" for r in done),
+               "failures": [r["model"] for r in rows if r["failure"]]}
+    print(f"{len(done)}/{len(rows)} models audited at {args.size} px: {summary['equal']} equal, "
+          f"exceeds {summary['exceeds']}, inside {summary['inside']}", flush=True)
+    return rows + [summary]
+
+
+if __name__ == "__main__":
+    main()
