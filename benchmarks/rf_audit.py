@@ -6,7 +6,7 @@ whole analysis on real architectures. Per model (built on the CPU without weight
 ``measure_receptive_field(mode="linearised")``, an all-ones input): among the tensors the RF
 analysis reads as a local 4-d map, (N, C, H, W) or (N, H, W, C), the one of largest r_max
 whose centre position's analytic box lies inside the image (1 px margin) is seeded at that
-position, every channel, and back-propagated, with the global operand of every
+position, every channel with its own seeded weight in [0.5, 1.5), and back-propagated, with the global operand of every
 squeeze-and-excitation gate detached (the analysis's default ``se_gates="scale"``: a gate
 adds no path). The box of the non-zero input gradient, per axis, is compared with the
 analytic one (``Axis.span``, exact per phase):
@@ -78,7 +78,7 @@ def pick(gm: fx.GraphModule, size: int) -> tuple[str, tuple[int, int], tuple, tu
 def gradient_box(gm: fx.GraphModule, node: str, dims: tuple[int, int], channels: int,
                  size: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
     """First and last input row / column with a non-zero gradient of the centre position of
-    ``node`` (every channel), on ``gm`` linearised, for an all-ones input."""
+    ``node`` (every channel, seeded weights), on ``gm`` linearised, for an all-ones input."""
     output = next(n for n in gm.graph.nodes if n.op == "output")
     output.args = (next(n for n in gm.graph.nodes if n.name == node),)
     gm.graph.eliminate_dead_code()
@@ -88,7 +88,11 @@ def gradient_box(gm: fx.GraphModule, node: str, dims: tuple[int, int], channels:
     seed = torch.zeros_like(y)
     index: list = [0, slice(None), slice(None), slice(None)]
     index[dims[0]], index[dims[1]] = y.shape[dims[0]] // 2, y.shape[dims[1]] // 2
-    seed[tuple(index)] = 1.0
+    # unequal channel weights: an equal gradient on every channel of a LayerNorm's output
+    # (weights 1) has no component it passes back (it is the mean direction it removes)
+    gen = torch.Generator().manual_seed(0)
+    seed[tuple(index)] = torch.rand(seed[tuple(index)].shape, generator=gen,
+                                    dtype=seed.dtype) + 0.5
     (grad,) = torch.autograd.grad(y, x, seed)
     hit = grad[0].ne(0).any(dim=0)
     rows = hit.any(dim=1).nonzero().flatten().tolist()
