@@ -6,9 +6,12 @@ whole analysis on real architectures. Per model (built on the CPU without weight
 ``measure_receptive_field(mode="linearised")``, an all-ones input): among the tensors the RF
 analysis reads as a local 4-d map, (N, C, H, W) or (N, H, W, C), the one of largest r_max
 whose centre position's analytic box lies inside the image (1 px margin) is seeded at that
-position, every channel with its own seeded weight in [0.5, 1.5), and back-propagated, with the global operand of every
-squeeze-and-excitation gate detached (the analysis's default ``se_gates="scale"``: a gate
-adds no path). The box of the non-zero input gradient, per axis, is compared with the
+position, every channel with its own seeded weight in [0.5, 1.5), and back-propagated, with
+the global operand of every squeeze-and-excitation gate detached and GroupNorm /
+InstanceNorm statistics passed straight through (the analysis's default
+``se_gates="scale"``: a gate adds no path), and every all-zero weight tensor of more than
+one element set to ones (a zero-initialised gain, NF-ResNet's skipinit, would cut a path).
+The box of the non-zero input gradient, per axis, is compared with the
 analytic one (``Axis.span``, exact per phase):
 
 * ``equal``: what the table says;
@@ -29,6 +32,7 @@ import math
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from benchmarks.common import make_parser, parse
@@ -38,7 +42,7 @@ from landscape.receptive_field import layout as L
 from landscape.receptive_field.geometry import Geometry
 from landscape.receptive_field.graph import input_channels, propagate, trace_model
 from landscape.receptive_field.measured import linearise
-from landscape.receptive_field.rules import GATING
+from landscape.receptive_field.rules import GATE_MODULES, GATING
 
 QUICK = ("torchvision:resnet18", "timm:convnext_atto")
 
@@ -134,14 +138,61 @@ def detach_gates(gm: fx.GraphModule, size: int) -> int:
     return count
 
 
+class _StraightThrough(nn.Module):
+    """A normalisation module's values with an identity gradient: its statistics over
+    positions add no path, as ``se_gates="scale"`` reads GroupNorm and InstanceNorm."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        with torch.no_grad():
+            value = self.inner(x)
+        return value + (x - x.detach())
+
+
+def _straight(function):
+    def norm(x, *args, **kwargs):
+        with torch.no_grad():
+            value = function(x, *args, **kwargs)
+        return value + (x - x.detach())
+    return norm
+
+
+_STRAIGHT = {F.group_norm: _straight(F.group_norm), F.instance_norm: _straight(F.instance_norm)}
+
+
+def straight_norms(gm: fx.GraphModule) -> int:
+    """Swap every GroupNorm / InstanceNorm (module or function) for its values with an
+    identity gradient; returns how many."""
+    count = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), GATE_MODULES):
+            parent, _, child = node.target.rpartition(".")
+            owner = gm.get_submodule(parent) if parent else gm
+            setattr(owner, child, _StraightThrough(getattr(owner, child)))
+            count += 1
+        elif node.op == "call_function" and node.target in _STRAIGHT:
+            node.target = _STRAIGHT[node.target]
+            count += 1
+    gm.recompile()
+    return count
+
+
 def audit(model: nn.Module, size: int) -> dict:
     """The audit of one model (module doc): layer, analytic and measured boxes, verdict."""
     work = copy.deepcopy(model).to(torch.float64).eval().requires_grad_(False)
+    with torch.no_grad():  # a gain initialised to zero (NF-ResNet's skipinit) cuts paths
+        for p in work.parameters():
+            if p.numel() > 1 and not p.any():
+                p.fill_(1.0)
     gm = trace_model(work)
     gates = detach_gates(gm, size)
-    found = pick(gm, size)
+    found = pick(gm, size)  # before the norms are swapped for modules the analysis lacks
     if found is None:
         raise ValueError(f"no local map whose centre box fits a {size} px input")
+    gates += straight_norms(gm)
     node, dims, rows, cols = found
     channels = input_channels(model, gm.graph) or 3
     linearise(gm)

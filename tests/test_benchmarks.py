@@ -176,26 +176,29 @@ def test_rf_audit_detaches_gates_and_flags_a_missed_path(monkeypatch):
     from landscape.receptive_field import rules
     from landscape.receptive_field.geometry import Window
 
-    class Gated(nn.Module):
+    class Gated(nn.Module):  # an SE gate, a GroupNorm over positions, a zero gain
         def __init__(self) -> None:
             super().__init__()
             self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 5, padding=2)
+            self.norm, self.c = nn.GroupNorm(1, 2), nn.Conv2d(2, 2, 3, padding=1)
+            self.gain = nn.Parameter(torch.zeros(2, 1, 1))
 
         def forward(self, x):
-            y = self.a(x)
-            return self.b(y * torch.sigmoid(y.mean((2, 3), keepdim=True)))
+            y = self.norm(self.a(x))
+            y = self.b(y * torch.sigmoid(y.mean((2, 3), keepdim=True)))
+            return y + self.gain * self.c(y)
 
     got = audit(Gated(), 32)
-    assert got["gates"] == 1 and got["verdict"] == "equal"
-    assert got["analytic"] == ((13, 19), (13, 19))  # position 15 of 30: pixels 13 .. 19
+    assert got["gates"] == 2 and got["verdict"] == "equal"
+    assert got["analytic"] == ((12, 20), (12, 20))  # position 15 of 30: 3 + 4 + 2 = 9 px
     # a wrong rule (the 5x5 conv read as 3x3, same output size): the gradient exceeds it
     right = rules.module_window
     monkeypatch.setattr(rules, "module_window", lambda mod, where: Window(
         "conv", (3, 3), (1, 1), (1, 1)) if getattr(mod, "kernel_size", None) == (5, 5)
         else right(mod, where))
     wrong = audit(Gated(), 32)
-    assert wrong["verdict"] == "exceeds" and wrong["analytic"] == ((14, 18), (14, 18))
-    assert wrong["measured"] == ((13, 19), (13, 19))
+    assert wrong["verdict"] == "exceeds" and wrong["analytic"] == ((13, 19), (13, 19))
+    assert wrong["measured"] == ((12, 20), (12, 20))
     assert verdict(((3, 9), (3, 9)), ((2, 9), (3, 9))) == "exceeds"
     assert verdict(((3, 9), (3, 9)), ((4, 9), (3, 9))) == "inside"
     assert verdict(((3, 9), (3, 9)), (None, None)) == "inside"

@@ -502,7 +502,7 @@ _ELEMENTWISE_MODULES = (
     nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.BatchNorm1d, nn.BatchNorm2d,
     nn.SyncBatchNorm, nn.LocalResponseNorm, nn.Softmax2d, StochasticDepth,
 )
-_GATE_MODULES = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d)
+GATE_MODULES = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d)  # normalisations: gates
 _ELEMENTWISE_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
     operator.isub, operator.imul, operator.itruediv, operator.pow, torch.add, torch.sub,
@@ -530,7 +530,7 @@ META_ATTRS = T.META_ATTRS
 MODULE_RULES: list[tuple[Any, Rule]] = [
     (nn.Linear, _linear),
     ((nn.LayerNorm, nn.RMSNorm), _layer_norm),
-    (_GATE_MODULES, _gate),
+    (GATE_MODULES, _gate),
     ((nn.Softmax, nn.LogSoftmax), _along_dim(_module_dim)),
     ((nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
       nn.CircularPad2d), T.pad),
