@@ -20,6 +20,11 @@ analytic one (``Axis.span``, exact per phase):
 * ``inside``: a smaller box (a path whose gradient vanishes here, e.g. a weight initialised
   to zero, or a wrong table that claims a path that is not there: to inspect).
 
+A model torch.fx cannot trace is audited on the analysis's recorded forward (the fallback
+every table of it comes from; :func:`audit_recorded`): among leaf-module outputs, with
+``se_gates="global"`` and only module-level linearisation, so there ``exceeds`` is the
+finding and ``inside`` may be a nonlinearity's zero.
+
 ``--source torchvision | timm | timm-modules`` as for ``rf_table``; models over
 ``--max-params`` are left out (the float64 copy). No target: every model not ``equal`` is
 listed.
@@ -30,18 +35,20 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from benchmarks.common import make_parser, parse
 from benchmarks.rf_table import qualified_names
 from landscape.models.sources import external_model
 from landscape.receptive_field import layout as L
-from landscape.receptive_field.geometry import Geometry
+from landscape.receptive_field.analytic import trace
+from landscape.receptive_field.geometry import Geometry, UnsupportedModelError
 from landscape.receptive_field.graph import input_channels, propagate, trace_model
-from landscape.receptive_field.measured import linearise
+from landscape.receptive_field.measured import _IdentityGrad, _MaxValueAvgGrad, linearise
 from landscape.receptive_field.rules import GATE_MODULES, GATING
 
 QUICK = ("torchvision:resnet18", "timm:convnext_atto")
@@ -61,21 +68,21 @@ def _map_dims(g: Geometry) -> tuple[int, int] | None:
     return dims["h"], dims["w"]
 
 
-def pick(gm: fx.GraphModule, size: int) -> tuple[str, tuple[int, int], tuple, tuple] | None:
+def pick(graph: fx.Graph, states: dict, size: int, allowed=lambda node: True
+         ) -> tuple[fx.Node, tuple[int, int], tuple, tuple] | None:
     """(node, its (H, W) dims, the analytic (first, last) input rows and columns of its centre
-    position) of the map of largest r_max whose centre box lies inside the image, the last
-    among equals; None when there is none."""
-    states, _ = propagate(gm, size)
+    position) of the ``allowed`` map of largest r_max whose centre box lies inside the image,
+    the last among equals; None when there is none."""
     best, key = None, -1.0
-    for node in gm.graph.nodes:
-        g = states.get(node.name)
+    for node in graph.nodes:
+        g = states.get(node.name) if allowed(node) else None
         dims = _map_dims(g)
         if dims is None or not g.h.size or not g.w.size:
             continue
         spans = [a.span(a.size // 2) for a in (g.h, g.w)]
         if all(1 <= first and last <= size - 2 for first, last in spans) and \
                 g.r_max >= key and math.isfinite(g.r_max):
-            best, key = (node.name, dims, *spans), g.r_max
+            best, key = (node, dims, *spans), g.r_max
     return best
 
 
@@ -88,7 +95,12 @@ def gradient_box(gm: fx.GraphModule, node: str, dims: tuple[int, int], channels:
     gm.graph.eliminate_dead_code()
     gm.recompile()
     x = torch.ones(1, channels, size, size, dtype=torch.float64, requires_grad=True)
-    y = gm(x)
+    return _box_of(x, gm(x), dims)
+
+
+def _box_of(x: Tensor, y: Tensor, dims: tuple[int, int]
+            ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """The input rows / columns with a non-zero gradient of ``y``'s centre position."""
     seed = torch.zeros_like(y)
     index: list = [0, slice(None), slice(None), slice(None)]
     index[dims[0]], index[dims[1]] = y.shape[dims[0]] // 2, y.shape[dims[1]] // 2
@@ -187,23 +199,63 @@ def audit(model: nn.Module, size: int) -> dict:
         for p in work.parameters():
             if p.numel() > 1 and not p.any():
                 p.fill_(1.0)
-    gm = trace_model(work)
+    try:
+        gm = trace_model(work)
+    except UnsupportedModelError:
+        return audit_recorded(model, work, size)
     gates = detach_gates(gm, size)
-    found = pick(gm, size)  # before the norms are swapped for modules the analysis lacks
+    # picked before the norms are swapped for modules the analysis does not know
+    found = pick(gm.graph, propagate(gm, size)[0], size)
     if found is None:
         raise ValueError(f"no local map whose centre box fits a {size} px input")
     gates += straight_norms(gm)
     node, dims, rows, cols = found
     channels = input_channels(model, gm.graph) or 3
     linearise(gm)
-    measured = gradient_box(gm, node, dims, channels, size)
-    return {"layer": node, "analytic": (rows, cols), "measured": measured,
-            "verdict": verdict((rows, cols), measured), "gates": gates}
+    measured = gradient_box(gm, node.name, dims, channels, size)
+    return {"layer": node.name, "trace": "fx", "analytic": (rows, cols),
+            "measured": measured, "verdict": verdict((rows, cols), measured), "gates": gates}
+
+
+def audit_recorded(model: nn.Module, work: nn.Module, size: int) -> dict:
+    """The audit of a model fx cannot trace, on the analysis's recorded forward
+    (:mod:`landscape.receptive_field.hooks`): with ``se_gates="global"`` (a gate inside a
+    module cannot be detached here, so the maps behind one are not candidates), among the
+    outputs of leaf modules that run once; ReLU / BatchNorm / max-pool linearised where they
+    are modules, other nonlinearities (functions) kept, so a smaller box may be theirs:
+    ``exceeds`` is the finding."""
+    traced = trace(model, size, "hooks")
+    calls = Counter(n.target for n in traced.graph.nodes if n.op == "call_module")
+    states, _ = propagate(traced, size, se_gates="global")
+    found = pick(traced.graph, states, size,
+                 lambda n: n.op == "call_module" and calls[n.target] == 1)
+    if found is None:
+        raise ValueError(f"no local module output whose centre box fits a {size} px input")
+    node, dims, rows, cols = found
+    for name, module in list(work.named_modules()):
+        new = (_MaxValueAvgGrad(module) if isinstance(module, nn.MaxPool2d) else
+               _IdentityGrad(module) if isinstance(module, (nn.ReLU, nn.BatchNorm2d)) else None)
+        if new is not None and name and not list(module.children()):  # leaves: names stay
+            parent, _, child = name.rpartition(".")
+            setattr(work.get_submodule(parent) if parent else work, child, new)
+    out: dict = {}
+    hook = work.get_submodule(node.target).register_forward_hook(
+        lambda m, i, o: out.setdefault("y", o))
+    x = torch.ones(1, input_channels(model, traced.graph) or 3, size, size,
+                   dtype=torch.float64, requires_grad=True)
+    try:
+        work(x)
+    finally:
+        hook.remove()
+    measured = _box_of(x, out["y"], dims)
+    return {"layer": node.target, "trace": "recorded", "analytic": (rows, cols),
+            "measured": measured, "verdict": verdict((rows, cols), measured), "gates": 0}
 
 
 def _one(name: str, size: int, max_params: float) -> dict:
-    row: dict = {"model": name, "layer": None, "analytic": None, "measured": None,
-                 "verdict": None, "gates": None, "seconds": None, "failure": None}
+    row: dict = {"model": name, "layer": None, "trace": None, "analytic": None,
+                 "measured": None, "verdict": None, "gates": None, "seconds": None,
+                 "failure": None}
     t0 = time.perf_counter()
     try:
         model = external_model(name, device="cpu", img_size=size)
@@ -231,17 +283,19 @@ def main(argv=None) -> list[dict]:
     for name in names:
         row = _one(name, args.size, args.max_params)
         rows.append(row)
-        shown = row["failure"] or (f"{row['verdict']:8s} {row['layer']}: analytic "
+        shown = row["failure"] or (f"{row['verdict']:8s} {row['trace']:8s} {row['layer']}: analytic "
                                    f"{row['analytic']}, gradient {row['measured']}")
         print(f"{name:40s} {shown}", flush=True)
     done = [r for r in rows if r["failure"] is None]
     summary = {"model": "ALL", "models": len(rows), "audited": len(done), "size": args.size,
+               "recorded": sum(r["trace"] == "recorded" for r in done),
                **{v: [r["model"] for r in done if r["verdict"] == v]
                   for v in ("exceeds", "inside")},
                "equal": sum(r["verdict"] == "equal" for r in done),
                "failures": [r["model"] for r in rows if r["failure"]]}
-    print(f"{len(done)}/{len(rows)} models audited at {args.size} px: {summary['equal']} equal, "
-          f"exceeds {summary['exceeds']}, inside {summary['inside']}", flush=True)
+    print(f"{len(done)}/{len(rows)} models audited at {args.size} px ({summary['recorded']} on "
+          f"the recorded forward): {summary['equal']} equal, exceeds {summary['exceeds']}, "
+          f"inside {summary['inside']}", flush=True)
     return rows + [summary]
 
 

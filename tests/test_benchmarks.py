@@ -202,3 +202,27 @@ def test_rf_audit_detaches_gates_and_flags_a_missed_path(monkeypatch):
     assert verdict(((3, 9), (3, 9)), ((2, 9), (3, 9))) == "exceeds"
     assert verdict(((3, 9), (3, 9)), ((4, 9), (3, 9))) == "inside"
     assert verdict(((3, 9), (3, 9)), (None, None)) == "inside"
+
+
+def test_rf_audit_of_a_model_fx_cannot_trace_uses_the_recorded_forward():
+    """Control flow on a shape stops torch.fx; the audit then reads the recorded forward the
+    table comes from, among leaf-module outputs (the ReLU and max-pool modules linearised)."""
+    from torch import nn
+
+    from benchmarks.rf_audit import audit
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 5, stride=2)
+            self.act, self.pool = nn.ReLU(), nn.MaxPool2d(3, 1, 1)
+
+        def forward(self, x):
+            x = self.pool(self.act(self.a(x)))
+            if x.shape[-1] > 8:
+                x = self.b(x)
+            return x
+
+    got = audit(Branchy(), 32)
+    assert got["trace"] == "recorded" and got["layer"] == "b" and got["verdict"] == "equal"
+    assert got["analytic"] == ((12, 20), (12, 20))  # 3, +2 (pool), +4 (b): 9 px
