@@ -40,7 +40,7 @@ def _num(v):
     """A float as text, whole numbers without decimals, others to 4 (the column then stays
     text: a list of ints and floats would become floats again); NA and ints as they are."""
     if isinstance(v, float) and not pd.isna(v):
-        return f"{int(v)}" if v.is_integer() else f"{v:.4f}".rstrip("0")
+        return f"{int(v)}" if v.is_integer() else f"{v:.4f}".rstrip("0").rstrip(".")
     return v
 
 
