@@ -233,8 +233,9 @@ def audit_recorded(model: nn.Module, work: nn.Module, size: int) -> dict:
         raise ValueError(f"no local module output whose centre box fits a {size} px input")
     node, dims, rows, cols = found
     for name, module in list(work.named_modules()):
-        new = (_MaxValueAvgGrad(module) if isinstance(module, nn.MaxPool2d) else
-               _IdentityGrad(module) if isinstance(module, (nn.ReLU, nn.BatchNorm2d)) else None)
+        # torch's own classes only: a subclass may pad in its forward (timm's MaxPool2dSame)
+        new = (_MaxValueAvgGrad(module) if type(module) is nn.MaxPool2d else
+               _IdentityGrad(module) if type(module) in (nn.ReLU, nn.BatchNorm2d) else None)
         if new is not None and name and not list(module.children()):  # leaves: names stay
             parent, _, child = name.rpartition(".")
             setattr(work.get_submodule(parent) if parent else work, child, new)
