@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import make_parser, parse
-from benchmarks.rf_table import qualified_names
+from benchmarks.rf_table import over_zoo, qualified_names, zoo_arguments
 from landscape.activations import ActivationCapture
 from landscape.models.sources import external_model
 from landscape.receptive_field import layout as L
@@ -83,20 +83,15 @@ def _one(name: str, size: int) -> dict:
 
 def main(argv=None) -> list[dict]:
     parser = make_parser(__doc__, "two models (convnext_tiny, mambaout_femto)", threads=2)
-    parser.add_argument("--source", choices=("torchvision", "timm", "timm-modules"),
-                        default="timm-modules")
-    parser.add_argument("--size", type=int, default=64)
+    zoo_arguments(parser, "timm-modules", 64)
     args = parse(parser, argv)
-    names = list(QUICK) if args.quick else qualified_names(args.source)
-    rows = []
-    for name in names:
-        row = _one(name, args.size)
-        rows.append(row)
-        shown = row["failure"] or (f"{row['compared']:4d} maps ({row['channels_last']} "
-                                   f"channels-last)  disagree {len(row['disagree'])}"
-                                   + (f": {sorted(row['disagree'])[:3]}" if row["disagree"]
-                                      else ""))
-        print(f"{name:40s} {shown}", flush=True)
+    rows = over_zoo(
+        list(QUICK) if args.quick else qualified_names(args.source),
+        lambda name: _one(name, args.size),
+        lambda row: row["failure"] or (f"{row['compared']:4d} maps ({row['channels_last']} "
+                                       f"channels-last)  disagree {len(row['disagree'])}"
+                                       + (f": {sorted(row['disagree'])[:3]}"
+                                          if row["disagree"] else "")))
     ok = [r for r in rows if r["failure"] is None]
     summary = {"model": "ALL", "models": len(rows), "compared": len(ok),
                "maps": sum(r["compared"] for r in ok),

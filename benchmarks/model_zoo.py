@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import make_parser, parse
-from benchmarks.rf_table import qualified_names
+from benchmarks.rf_table import over_zoo, qualified_names, zoo_arguments
 from landscape.hessian import HessianOperator
 from landscape.models import build_model, resolve_pool
 from landscape.receptive_field import UnsupportedModelError, feature_field
@@ -74,20 +74,15 @@ def _rf_label(row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = make_parser(__doc__, "four small models (torchvision and timm test models)")
-    parser.add_argument("--source", choices=("torchvision", "timm", "timm-modules"),
-                        default="torchvision")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--max-params", type=float, default=60e6)
+    zoo_arguments(parser, "torchvision", 32, max_params=60e6)
     args = parse(parser, argv)
-    names = list(QUICK) if args.quick else qualified_names(args.source)
-    rows = []
-    for name in names:
-        row = _one(name, args.size, args.max_params)
-        rows.append(row)
-        shown = (f"left out: {row['params'] / 1e6:.0f}M parameters" if row["skipped"]
-                 else row["failure"] or f"step {row['step_s']:.2f} s  HVP {row['hvp_s']:.2f} s  "
-                 f"{row['params'] / 1e6:.1f}M parameters  {_rf_label(row)}")
-        print(f"{name:40s} {shown}", flush=True)
+    rows = over_zoo(
+        list(QUICK) if args.quick else qualified_names(args.source),
+        lambda name: _one(name, args.size, args.max_params),
+        lambda row: (f"left out: {row['params'] / 1e6:.0f}M parameters" if row["skipped"]
+                     else row["failure"] or f"step {row['step_s']:.2f} s  HVP "
+                     f"{row['hvp_s']:.2f} s  {row['params'] / 1e6:.1f}M parameters  "
+                     f"{_rf_label(row)}"))
     tried = [r for r in rows if not r["skipped"]]
     ok = [r for r in tried if r["failure"] is None]
     summary = {"model": "ALL", "models": len(rows), "tried": len(tried), "ok": len(ok),

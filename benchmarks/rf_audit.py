@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from benchmarks.common import make_parser, parse
-from benchmarks.rf_table import qualified_names
+from benchmarks.rf_table import over_zoo, qualified_names, zoo_arguments
 from landscape.models.sources import external_model
 from landscape.receptive_field import layout as L
 from landscape.receptive_field.analytic import trace
@@ -274,19 +274,14 @@ def _one(name: str, size: int, max_params: float) -> dict:
 
 def main(argv=None) -> list[dict]:
     parser = make_parser(__doc__, "two models (resnet18, convnext_atto)", threads=2)
-    parser.add_argument("--source", choices=("torchvision", "timm", "timm-modules"),
-                        default="torchvision")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--max-params", type=float, default=100e6)
+    zoo_arguments(parser, "torchvision", 224, max_params=100e6)
     args = parse(parser, argv)
-    names = list(QUICK) if args.quick else qualified_names(args.source)
-    rows = []
-    for name in names:
-        row = _one(name, args.size, args.max_params)
-        rows.append(row)
-        shown = row["failure"] or (f"{row['verdict']:8s} {row['trace']:8s} {row['layer']}: analytic "
-                                   f"{row['analytic']}, gradient {row['measured']}")
-        print(f"{name:40s} {shown}", flush=True)
+    rows = over_zoo(
+        list(QUICK) if args.quick else qualified_names(args.source),
+        lambda name: _one(name, args.size, args.max_params),
+        lambda row: row["failure"] or (f"{row['verdict']:8s} {row['trace']:8s} "
+                                       f"{row['layer']}: analytic {row['analytic']}, "
+                                       f"gradient {row['measured']}"))
     done = [r for r in rows if r["failure"] is None]
     summary = {"model": "ALL", "models": len(rows), "audited": len(done), "size": args.size,
                "recorded": sum(r["trace"] == "recorded" for r in done),

@@ -46,6 +46,27 @@ TIMM_SAMPLE = (
     "resnetv2_50", "bat_resnext26ts", "halonet26t", "botnet26t_256", "lambda_resnet26t")
 
 
+SOURCES = ("torchvision", "timm", "timm-modules")
+
+
+def zoo_arguments(parser, source: str, size: int, max_params: float | None = None):
+    """``--source`` (one of :data:`SOURCES`), ``--size`` and, when given, ``--max-params``:
+    the arguments of the benchmarks that run over a zoo of models."""
+    parser.add_argument("--source", choices=SOURCES, default=source)
+    parser.add_argument("--size", type=int, default=size)
+    if max_params is not None:
+        parser.add_argument("--max-params", type=float, default=max_params)
+
+
+def over_zoo(names, one, shown) -> list[dict]:
+    """``one(name)`` for each model, a line each (``shown(row)``) as it is measured."""
+    rows = []
+    for name in names:
+        rows.append(one(name))
+        print(f"{name:40s} {shown(rows[-1])}", flush=True)
+    return rows
+
+
 def qualified_names(source: str) -> list[str]:
     """``source:name`` of every model of a benchmark source: ``torchvision`` (every
     classifier), ``timm`` (:data:`TIMM_SAMPLE`) or ``timm-modules`` (the first model of every
@@ -146,8 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--tracer", choices=("auto", "hooks"), default="auto")
-    parser.add_argument("--source", choices=("torchvision", "timm", "timm-modules"),
-                        default="torchvision")
+    parser.add_argument("--source", choices=SOURCES, default="torchvision")
     args = parse(parser, argv)
     if args.source == "timm":
         names = list(TIMM_SAMPLE[:4] if args.quick else TIMM_SAMPLE)
