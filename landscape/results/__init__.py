@@ -16,9 +16,10 @@ from landscape.results.records import (
     cell_names, cell_variants, read_submissions, record_submission, run_configs,
     trained_seeds, write_run_records,
 )
+from landscape.results.derived import DerivedColumnsWarning
 from landscape.results.schema import (
-    COLUMNS, DTYPES, ID_COLUMNS, METRICS, OPTIONAL_COLUMNS, VALUE_COLUMNS,
-    DerivedColumnsWarning, SchemaError, register_metric, to_frame, validate_rows,
+    COLUMNS, DTYPES, ID_COLUMNS, METRICS, OPTIONAL_COLUMNS, VALUE_COLUMNS, SchemaError,
+    register_metric, to_frame, validate_rows,
 )
 from landscape.results.store import (
     DamagedResultsWarning, clear_done, damaged, failures, has_results, jsonable, load,

@@ -19,13 +19,12 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from landscape.results.derived import align_derived
 from landscape.results.integrity import (
     FILES, DamagedUnitError, damage_error, fingerprint, read_done, unit_damage, verify,
 )
-from landscape.results.layout import (
-    ARRAYS, CELL_DIR, DONE, FAILED, ROWS, results_folder, stage_dir,
-)
-from landscape.results.schema import DTYPES, align_derived, to_frame, validate_rows
+from landscape.results.layout import ARRAYS, CELL_DIR, DONE, FAILED, ROWS, results_folder, stage_dir
+from landscape.results.schema import DTYPES, to_frame, validate_rows
 from landscape.storage import atomic_write, atomic_write_json, atomic_write_text
 
 
