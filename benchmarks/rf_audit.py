@@ -5,14 +5,18 @@ whole analysis on real architectures. Per model (built on the CPU without weight
 ``--size``, copied to float64, eval mode, ReLU / BatchNorm / max-pool linearised as in
 ``measure_receptive_field(mode="linearised")``, an all-ones input): among the tensors the RF
 analysis reads as a local 4-d map, (N, C, H, W) or (N, H, W, C), the one of largest r_max
-whose centre position's analytic box lies inside the image (1 px margin) is seeded at that
-position, every channel with its own seeded weight in [0.5, 1.5), and back-propagated, with
+whose analytic boxes at four positions lie inside the image (1 px margin; the centre c and
+c - 2, c - 1, c + 1 on the diagonal: four phases of a resized map) is seeded at each
+position (one batch element each), every channel with its own seeded weight in [0.5, 1.5),
+and back-propagated, with
 the global operand of every squeeze-and-excitation gate detached and GroupNorm /
 InstanceNorm statistics passed straight through (the analysis's default
 ``se_gates="scale"``: a gate adds no path), and every all-zero weight tensor of more than
 one element set to ones (a zero-initialised gain, NF-ResNet's skipinit, would cut a path).
 The box of the non-zero input gradient, per axis, is compared with the
 analytic one (``Axis.span``, exact per phase):
+
+The worst verdict over the four positions is the model's:
 
 * ``equal``: what the table says;
 * ``exceeds``: the gradient reaches a pixel the analysis says the position cannot see (a
@@ -68,52 +72,76 @@ def _map_dims(g: Geometry) -> tuple[int, int] | None:
     return dims["h"], dims["w"]
 
 
+# positions c + k on the diagonal of the map (c its centre): four phases of a resized map
+OFFSETS = (-2, -1, 0, 1)
+
+
 def pick(graph: fx.Graph, states: dict, size: int, allowed=lambda node: True
-         ) -> tuple[fx.Node, tuple[int, int], tuple, tuple] | None:
-    """(node, its (H, W) dims, the analytic (first, last) input rows and columns of its centre
-    position) of the ``allowed`` map of largest r_max whose centre box lies inside the image,
-    the last among equals; None when there is none."""
+         ) -> tuple[fx.Node, tuple[int, int], list] | None:
+    """(node, its (H, W) dims, per position of :data:`OFFSETS` the analytic (first, last)
+    input rows and columns) of the ``allowed`` map of largest r_max whose boxes at those
+    positions all lie inside the image, the last among equals; None when there is none."""
     best, key = None, -1.0
     for node in graph.nodes:
         g = states.get(node.name) if allowed(node) else None
         dims = _map_dims(g)
-        if dims is None or not g.h.size or not g.w.size:
+        if dims is None or not g.h.size or not g.w.size or not math.isfinite(g.r_max):
             continue
-        spans = [a.span(a.size // 2) for a in (g.h, g.w)]
-        if all(1 <= first and last <= size - 2 for first, last in spans) and \
-                g.r_max >= key and math.isfinite(g.r_max):
-            best, key = (node, dims, *spans), g.r_max
+        if not all(0 <= a.size // 2 + k < a.size for a in (g.h, g.w) for k in OFFSETS):
+            continue
+        spans = [tuple(a.span(a.size // 2 + k) for a in (g.h, g.w)) for k in OFFSETS]
+        if all(1 <= first and last <= size - 2 for box in spans for first, last in box) and \
+                g.r_max >= key:
+            best, key = (node, dims, spans), g.r_max
     return best
 
 
-def gradient_box(gm: fx.GraphModule, node: str, dims: tuple[int, int], channels: int,
-                 size: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """First and last input row / column with a non-zero gradient of the centre position of
-    ``node`` (every channel, seeded weights), on ``gm`` linearised, for an all-ones input."""
+def gradient_boxes(gm: fx.GraphModule, node: str, dims: tuple[int, int], channels: int,
+                   size: int) -> list:
+    """Per position of :data:`OFFSETS`, the first and last input row / column with a
+    non-zero gradient of that position of ``node`` (every channel, seeded weights), on ``gm``
+    linearised, for an all-ones input: one batch element per position."""
     output = next(n for n in gm.graph.nodes if n.op == "output")
     output.args = (next(n for n in gm.graph.nodes if n.name == node),)
     gm.graph.eliminate_dead_code()
     gm.recompile()
-    x = torch.ones(1, channels, size, size, dtype=torch.float64, requires_grad=True)
-    return _box_of(x, gm(x), dims)
+    x = torch.ones(len(OFFSETS), channels, size, size, dtype=torch.float64,
+                   requires_grad=True)
+    return _boxes_of(x, gm(x), dims)
 
 
-def _box_of(x: Tensor, y: Tensor, dims: tuple[int, int]
-            ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """The input rows / columns with a non-zero gradient of ``y``'s centre position."""
+def _boxes_of(x: Tensor, y: Tensor, dims: tuple[int, int]) -> list:
+    """Per batch element b, the input rows / columns with a non-zero gradient of ``y``'s
+    position centre + OFFSETS[b] (the batch elements are independent: eval mode)."""
     seed = torch.zeros_like(y)
-    index: list = [0, slice(None), slice(None), slice(None)]
-    index[dims[0]], index[dims[1]] = y.shape[dims[0]] // 2, y.shape[dims[1]] // 2
     # unequal channel weights: an equal gradient on every channel of a LayerNorm's output
     # (weights 1) has no component it passes back (it is the mean direction it removes)
     gen = torch.Generator().manual_seed(0)
-    seed[tuple(index)] = torch.rand(seed[tuple(index)].shape, generator=gen,
-                                    dtype=seed.dtype) + 0.5
+    for b, k in enumerate(OFFSETS):
+        index: list = [b, slice(None), slice(None), slice(None)]
+        index[dims[0]], index[dims[1]] = y.shape[dims[0]] // 2 + k, y.shape[dims[1]] // 2 + k
+        seed[tuple(index)] = torch.rand(seed[tuple(index)].shape, generator=gen,
+                                        dtype=seed.dtype) + 0.5
     (grad,) = torch.autograd.grad(y, x, seed)
-    hit = grad[0].ne(0).any(dim=0)
-    rows = hit.any(dim=1).nonzero().flatten().tolist()
-    cols = hit.any(dim=0).nonzero().flatten().tolist()
-    return ((rows[0], rows[-1]) if rows else None), ((cols[0], cols[-1]) if cols else None)
+    boxes = []
+    for b in range(len(OFFSETS)):
+        hit = grad[b].ne(0).any(dim=0)
+        rows = hit.any(dim=1).nonzero().flatten().tolist()
+        cols = hit.any(dim=0).nonzero().flatten().tolist()
+        boxes.append((((rows[0], rows[-1]) if rows else None),
+                      ((cols[0], cols[-1]) if cols else None)))
+    return boxes
+
+
+def _result(layer: str, trace: str, spans: list, boxes: list, gates: int) -> dict:
+    """One row: the worst verdict over the positions (exceeds, then inside), the centre's
+    boxes shown unless another position is worse (then the first such)."""
+    verdicts = [verdict(a, m) for a, m in zip(spans, boxes)]
+    worst = next(v for v in ("exceeds", "inside", "equal") if v in verdicts)
+    shown = OFFSETS.index(0) if verdicts[OFFSETS.index(0)] == worst else verdicts.index(worst)
+    return {"layer": layer, "trace": trace, "analytic": spans[shown],
+            "measured": boxes[shown], "position": OFFSETS[shown], "verdict": worst,
+            "gates": gates}
 
 
 def verdict(analytic: tuple, measured: tuple) -> str:
@@ -209,12 +237,11 @@ def audit(model: nn.Module, size: int) -> dict:
     if found is None:
         raise ValueError(f"no local map whose centre box fits a {size} px input")
     gates += straight_norms(gm)
-    node, dims, rows, cols = found
+    node, dims, spans = found
     channels = input_channels(model, gm.graph) or 3
     linearise(gm)
-    measured = gradient_box(gm, node.name, dims, channels, size)
-    return {"layer": node.name, "trace": "fx", "analytic": (rows, cols),
-            "measured": measured, "verdict": verdict((rows, cols), measured), "gates": gates}
+    boxes = gradient_boxes(gm, node.name, dims, channels, size)
+    return _result(node.name, "fx", spans, boxes, gates)
 
 
 def audit_recorded(model: nn.Module, work: nn.Module, size: int) -> dict:
@@ -231,7 +258,7 @@ def audit_recorded(model: nn.Module, work: nn.Module, size: int) -> dict:
                  lambda n: n.op == "call_module" and calls[n.target] == 1)
     if found is None:
         raise ValueError(f"no local module output whose centre box fits a {size} px input")
-    node, dims, rows, cols = found
+    node, dims, spans = found
     for name, module in list(work.named_modules()):
         # torch's own classes only: a subclass may pad in its forward (timm's MaxPool2dSame)
         new = (_MaxValueAvgGrad(module) if type(module) is nn.MaxPool2d else
@@ -242,21 +269,19 @@ def audit_recorded(model: nn.Module, work: nn.Module, size: int) -> dict:
     out: dict = {}
     hook = work.get_submodule(node.target).register_forward_hook(
         lambda m, i, o: out.setdefault("y", o))
-    x = torch.ones(1, input_channels(model, traced.graph) or 3, size, size,
+    x = torch.ones(len(OFFSETS), input_channels(model, traced.graph) or 3, size, size,
                    dtype=torch.float64, requires_grad=True)
     try:
         work(x)
     finally:
         hook.remove()
-    measured = _box_of(x, out["y"], dims)
-    return {"layer": node.target, "trace": "recorded", "analytic": (rows, cols),
-            "measured": measured, "verdict": verdict((rows, cols), measured), "gates": 0}
+    return _result(node.target, "recorded", spans, _boxes_of(x, out["y"], dims), 0)
 
 
 def _one(name: str, size: int, max_params: float) -> dict:
     row: dict = {"model": name, "layer": None, "trace": None, "analytic": None,
-                 "measured": None, "verdict": None, "gates": None, "seconds": None,
-                 "failure": None}
+                 "measured": None, "position": None, "verdict": None, "gates": None,
+                 "seconds": None, "failure": None}
     t0 = time.perf_counter()
     try:
         model = external_model(name, device="cpu", img_size=size)

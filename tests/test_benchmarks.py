@@ -172,7 +172,7 @@ def test_rf_audit_detaches_gates_and_flags_a_missed_path(monkeypatch):
     import torch
     from torch import nn
 
-    from benchmarks.rf_audit import audit, verdict
+    from benchmarks.rf_audit import OFFSETS, _result, audit, verdict
     from landscape.receptive_field import rules
     from landscape.receptive_field.geometry import Window
 
@@ -200,6 +200,13 @@ def test_rf_audit_detaches_gates_and_flags_a_missed_path(monkeypatch):
     assert wrong["verdict"] == "exceeds" and wrong["analytic"] == ((13, 19), (13, 19))
     assert wrong["measured"] == ((12, 20), (12, 20))
     assert verdict(((3, 9), (3, 9)), ((2, 9), (3, 9))) == "exceeds"
+    # four positions, one batch element each: the worst verdict, the position it is at
+    spans = [((3 + k, 9 + k),) * 2 for k in OFFSETS]
+    boxes = list(spans)
+    assert _result("a", "fx", spans, boxes, 0)["verdict"] == "equal"
+    boxes[OFFSETS.index(-1)] = ((1, 8), (2, 8))  # one phase reads a row more
+    row = _result("a", "fx", spans, boxes, 0)
+    assert (row["verdict"], row["position"], row["measured"]) == ("exceeds", -1, ((1, 8), (2, 8)))
     assert verdict(((3, 9), (3, 9)), ((4, 9), (3, 9))) == "inside"
     assert verdict(((3, 9), (3, 9)), (None, None)) == "inside"
 
