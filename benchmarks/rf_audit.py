@@ -52,7 +52,7 @@ from landscape.receptive_field import layout as L
 from landscape.receptive_field.analytic import trace
 from landscape.receptive_field.geometry import Geometry, UnsupportedModelError
 from landscape.receptive_field.graph import input_channels, propagate, trace_model
-from landscape.receptive_field.measured import _IdentityGrad, _MaxValueAvgGrad, linearise
+from landscape.receptive_field.measured import IdentityGrad, MaxValueAvgGrad, linearise
 from landscape.receptive_field.rules import GATE_MODULES, GATING
 
 QUICK = ("torchvision:resnet18", "timm:convnext_atto")
@@ -178,20 +178,6 @@ def detach_gates(gm: fx.GraphModule, size: int) -> int:
     return count
 
 
-class _StraightThrough(nn.Module):
-    """A normalisation module's values with an identity gradient: its statistics over
-    positions add no path, as ``se_gates="scale"`` reads GroupNorm and InstanceNorm."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        with torch.no_grad():
-            value = self.inner(x)
-        return value + (x - x.detach())
-
-
 def _straight(function):
     def norm(x, *args, **kwargs):
         with torch.no_grad():
@@ -211,7 +197,7 @@ def straight_norms(gm: fx.GraphModule) -> int:
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), GATE_MODULES):
             parent, _, child = node.target.rpartition(".")
             owner = gm.get_submodule(parent) if parent else gm
-            setattr(owner, child, _StraightThrough(getattr(owner, child)))
+            setattr(owner, child, IdentityGrad(getattr(owner, child)))
             count += 1
         elif node.op == "call_function" and node.target in _STRAIGHT:
             node.target = _STRAIGHT[node.target]
@@ -235,7 +221,7 @@ def audit(model: nn.Module, size: int) -> dict:
     # picked before the norms are swapped for modules the analysis does not know
     found = pick(gm.graph, propagate(gm, size)[0], size)
     if found is None:
-        raise ValueError(f"no local map whose centre box fits a {size} px input")
+        raise ValueError(f"no local map whose boxes at {OFFSETS} fit a {size} px input")
     gates += straight_norms(gm)
     node, dims, spans = found
     channels = input_channels(model, gm.graph) or 3
@@ -257,12 +243,13 @@ def audit_recorded(model: nn.Module, work: nn.Module, size: int) -> dict:
     found = pick(traced.graph, states, size,
                  lambda n: n.op == "call_module" and calls[n.target] == 1)
     if found is None:
-        raise ValueError(f"no local module output whose centre box fits a {size} px input")
+        raise ValueError(f"no local module output whose boxes at {OFFSETS} fit a {size} px "
+                         "input")
     node, dims, spans = found
     for name, module in list(work.named_modules()):
         # torch's own classes only: a subclass may pad in its forward (timm's MaxPool2dSame)
-        new = (_MaxValueAvgGrad(module) if type(module) is nn.MaxPool2d else
-               _IdentityGrad(module) if type(module) in (nn.ReLU, nn.BatchNorm2d) else None)
+        new = (MaxValueAvgGrad(module) if type(module) is nn.MaxPool2d else
+               IdentityGrad(module) if type(module) in (nn.ReLU, nn.BatchNorm2d) else None)
         if new is not None and name and not list(module.children()):  # leaves: names stay
             parent, _, child = name.rpartition(".")
             setattr(work.get_submodule(parent) if parent else work, child, new)

@@ -74,7 +74,7 @@ def _straight_through(value: Tensor, x: Tensor) -> Tensor:
     return value.detach() + (x - x.detach())
 
 
-class _IdentityGrad(nn.Module):
+class IdentityGrad(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
@@ -122,7 +122,7 @@ def _st_max_pool2d(x: Tensor, kernel_size: object, stride: object = None, paddin
     return value + (avg - avg.detach())
 
 
-class _MaxValueAvgGrad(nn.Module):
+class MaxValueAvgGrad(nn.Module):
     def __init__(self, pool: nn.MaxPool2d) -> None:
         super().__init__()
         self.pool = pool
@@ -138,9 +138,9 @@ def linearise(gm: fx.GraphModule) -> None:
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
             if isinstance(mod, nn.MaxPool2d):
-                new: nn.Module = _MaxValueAvgGrad(mod)
+                new: nn.Module = MaxValueAvgGrad(mod)
             elif isinstance(mod, (nn.ReLU, nn.BatchNorm2d, nn.SyncBatchNorm)):
-                new = _IdentityGrad(mod)
+                new = IdentityGrad(mod)
             else:
                 continue
             parent, _, child = node.target.rpartition(".")
