@@ -158,8 +158,8 @@ def test_layouts_benchmark_quick_finds_the_two_readings_agree():
 
 
 def test_rf_audit_benchmark_quick_finds_the_tables_equal_the_gradients():
-    """ResNet18 and ConvNeXt (channels-last blocks): the centre position's analytic box of
-    their deepest map that fits 224 px equals its input gradient's."""
+    """ResNet18 and ConvNeXt (channels-last blocks): the analytic boxes of four positions of
+    their deepest map that fits 224 px equal their input gradients'."""
     pytest.importorskip("timm")
     *models, summary = bench_main(["rf_audit", "--quick"])["rf_audit"]
     assert [m["verdict"] for m in models] == ["equal", "equal"]
@@ -200,6 +200,8 @@ def test_rf_audit_detaches_gates_and_flags_a_missed_path(monkeypatch):
     assert wrong["verdict"] == "exceeds" and wrong["analytic"] == ((13, 19), (13, 19))
     assert wrong["measured"] == ((12, 20), (12, 20))
     assert verdict(((3, 9), (3, 9)), ((2, 9), (3, 9))) == "exceeds"
+    assert verdict(((3, 9), (3, 9)), ((4, 9), (3, 9))) == "inside"
+    assert verdict(((3, 9), (3, 9)), (None, None)) == "inside"
     # four positions, one batch element each: the worst verdict, the position it is at
     spans = [((3 + k, 9 + k),) * 2 for k in OFFSETS]
     boxes = list(spans)
@@ -207,8 +209,6 @@ def test_rf_audit_detaches_gates_and_flags_a_missed_path(monkeypatch):
     boxes[OFFSETS.index(-1)] = ((1, 8), (2, 8))  # one phase reads a row more
     row = _result("a", "fx", spans, boxes, 0)
     assert (row["verdict"], row["position"], row["measured"]) == ("exceeds", -1, ((1, 8), (2, 8)))
-    assert verdict(((3, 9), (3, 9)), ((4, 9), (3, 9))) == "inside"
-    assert verdict(((3, 9), (3, 9)), (None, None)) == "inside"
 
 
 def test_rf_audit_of_a_model_fx_cannot_trace_uses_the_recorded_forward():
