@@ -52,7 +52,9 @@ from landscape.receptive_field import layout as L
 from landscape.receptive_field.analytic import trace
 from landscape.receptive_field.geometry import Geometry, UnsupportedModelError
 from landscape.receptive_field.graph import input_channels, propagate, trace_model
-from landscape.receptive_field.measured import IdentityGrad, MaxValueAvgGrad, linearise
+from landscape.receptive_field.measured import (
+    IdentityGrad, MaxValueAvgGrad, linearise, straight_through,
+)
 from landscape.receptive_field.rules import GATE_MODULES, GATING
 
 QUICK = ("torchvision:resnet18", "timm:convnext_atto")
@@ -154,11 +156,11 @@ def verdict(analytic: tuple, measured: tuple) -> str:
     return "equal" if tuple(analytic) == tuple(measured) else "inside"
 
 
-def detach_gates(gm: fx.GraphModule, size: int) -> int:
+def detach_gates(gm: fx.GraphModule, states: dict) -> int:
     """Detach the global operand of every product of a local map with a tensor computed
     from global features (a squeeze-and-excitation gate), as the analysis's default
-    ``se_gates="scale"`` reads it: a channel rescaling that adds no path. Returns how many."""
-    states, _ = propagate(gm, size)
+    ``se_gates="scale"`` reads it: a channel rescaling that adds no path (``states``: the
+    analysis of ``gm``). Returns how many."""
     count = 0
     for node in list(gm.graph.nodes):
         if node.op not in ("call_function", "call_method") or node.target not in GATING:
@@ -182,7 +184,7 @@ def _straight(function):
     def norm(x, *args, **kwargs):
         with torch.no_grad():
             value = function(x, *args, **kwargs)
-        return value + (x - x.detach())
+        return straight_through(value, x)
     return norm
 
 
@@ -217,12 +219,12 @@ def audit(model: nn.Module, size: int) -> dict:
         gm = trace_model(work)
     except UnsupportedModelError:
         return audit_recorded(model, work, size)
-    gates = detach_gates(gm, size)
-    # picked before the norms are swapped for modules the analysis does not know
-    found = pick(gm.graph, propagate(gm, size)[0], size)
+    states, _ = propagate(gm, size)
+    # picked on the traced graph (the detached operands and swapped norms are not in it)
+    found = pick(gm.graph, states, size)
     if found is None:
         raise ValueError(f"no local map whose boxes at {OFFSETS} fit a {size} px input")
-    gates += straight_norms(gm)
+    gates = detach_gates(gm, states) + straight_norms(gm)
     node, dims, spans = found
     channels = input_channels(model, gm.graph) or 3
     linearise(gm)

@@ -290,6 +290,14 @@ def _order(func: Callable, args: tuple, kwargs: dict, n: int) -> list[int] | Non
     return None
 
 
+def _puts_features_last(order: Sequence[int], x: Tensor, was_last: bool) -> bool:
+    """Whether a permutation (output dimension i is input dimension ``order[i]``) of ``x``
+    puts its features last: its last dimension if it held them last, else dimension 1 of a
+    4-D map."""
+    features = x.dim() - 1 if was_last else 1 if x.dim() == 4 else None
+    return features is not None and list(order)[-1] == features
+
+
 class _FollowFunctions(TorchFunctionMode):
     """The function-level half of :class:`Layouts`: every torch function or tensor method of
     the forward, between modules too (a block's ``x.permute(0, 2, 3, 1)``, a residual
@@ -377,8 +385,7 @@ class Layouts:
             return None
         order = _order(func, args, kwargs, x.dim())
         if order is not None:
-            features = x.dim() - 1 if was_last else 1 if x.dim() == 4 else None
-            return features is not None and order[-1] == features
+            return _puts_features_last(order, x, was_last)
         if func in _PARTS:
             return was_last or None
         if func in _RESHAPES:
@@ -404,8 +411,7 @@ class Layouts:
             last = False
         elif type(module).__name__ == "Permute" and isinstance(dims, (list, tuple)) \
                 and x is not None and sorted(dims) == list(range(x.dim())):
-            features = x.dim() - 1 if was_last else 1 if x.dim() == 4 else None
-            last = features is not None and list(dims).index(features) == x.dim() - 1
+            last = _puts_features_last(dims, x, was_last)
         else:
             last = was_last and x.shape == output.shape
         if last:

@@ -69,7 +69,7 @@ class MeasuredReceptiveField:
         return max(self.height, self.width)
 
 
-def _straight_through(value: Tensor, x: Tensor) -> Tensor:
+def straight_through(value: Tensor, x: Tensor) -> Tensor:
     """``value`` in the forward pass, identity gradient to ``x`` in the backward pass."""
     return value.detach() + (x - x.detach())
 
@@ -82,17 +82,17 @@ class IdentityGrad(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
             value = self.inner(x.detach().clone())  # clone: the inner op may be in-place
-        return _straight_through(value, x)
+        return straight_through(value, x)
 
 
 def _st_relu(x: Tensor, *_: object, **__: object) -> Tensor:
-    return _straight_through(torch.relu(x.detach()), x)
+    return straight_through(torch.relu(x.detach()), x)
 
 
 def _st_batch_norm(x: Tensor, *args: object, **kwargs: object) -> Tensor:
     with torch.no_grad():
         value = F.batch_norm(x.detach(), *args, **kwargs)
-    return _straight_through(value, x)
+    return straight_through(value, x)
 
 
 def _st_max_pool2d(x: Tensor, kernel_size: object, stride: object = None, padding: object = 0,
