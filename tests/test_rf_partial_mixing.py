@@ -21,7 +21,7 @@ from landscape.receptive_field.graph import input_channels, propagate
 from landscape.receptive_field import layout as L
 from landscape.receptive_field.layout import mixed
 
-try:  # a global name, as timm calls it: the trace keeps it as one call (LEAF_FUNCTIONS)
+try:  # a global name, as timm calls it: the trace keeps it as one call (leaf_functions)
     from timm.layers.bottleneck_attn import rel_logits_1d
     from timm.layers.halo_attn import HaloAttn
 except ImportError:  # timm is an optional extra

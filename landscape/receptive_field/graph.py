@@ -42,7 +42,7 @@ class _Tracer(fx.Tracer):
     """fx tracer that remembers the innermost module whose forward failed."""
 
     def __init__(self) -> None:
-        super().__init__(autowrap_functions=tuple(rules.M.LEAF_FUNCTIONS))
+        super().__init__(autowrap_functions=tuple(rules.M.leaf_functions()))
         self.failed_in: str | None = None
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:

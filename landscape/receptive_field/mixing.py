@@ -28,7 +28,9 @@ torchvision's ``shifted_window_attention`` is read from its arguments (window an
 
 from __future__ import annotations
 
+import functools
 import operator
+import sys
 from typing import Any
 
 import torch
@@ -462,7 +464,7 @@ def reduce(ctx: Ctx, at: int = 1) -> Result:
 
 def _relative_logits(ctx: Ctx) -> Result:
     """timm's ``rel_logits_1d(q, rel_k, permute_mask)`` (BoTNet's and HaloNet's relative
-    position logits; traced as one call, :data:`LEAF_FUNCTIONS`): for q of (B, H, W, dim) the
+    position logits; traced as one call, :func:`leaf_functions`): for q of (B, H, W, dim) the
     logits ``q[b, y, x] . rel_k[j - x + W - 1]`` of (B, H, W, W), tiled to (B, H, H, W, W)
     and permuted; its pads and reshapes only shift each query row's values into absolute key
     order, so every logit is computed from its query position alone: q's geometry, the key
@@ -476,6 +478,7 @@ def _relative_logits(ctx: Ctx) -> Result:
     return _with(q, layout), None
 
 
+@functools.cache
 def _timm_leaf_functions() -> dict[Any, Rule]:
     """timm's helpers with a rule of their own, where timm is installed."""
     try:
@@ -486,9 +489,12 @@ def _timm_leaf_functions() -> dict[Any, Rule]:
                                            halo_attn.rel_logits_1d}}
 
 
-# functions the fx trace keeps as one call (their insides pad and reshape positions in ways
-# the layout does not follow); each has a rule
-LEAF_FUNCTIONS = _timm_leaf_functions()
+def leaf_functions() -> dict[Any, Rule]:
+    """The functions the fx trace keeps as one call (their insides pad and reshape positions
+    in ways the layout does not follow), each with its rule: timm's, once timm is imported
+    (a model that calls them has imported it), so that importing the analysis does not
+    import timm (about 0.45 s)."""
+    return _timm_leaf_functions() if "timm" in sys.modules else {}
 
 
 def _norm(ctx: Ctx) -> Result:
@@ -540,8 +546,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **{f: reduce for f in (torch.sum, torch.amax, torch.amin, torch.std, torch.var,
                            torch.logsumexp)},
     **{f: _norm for f in (torch.norm, torch.linalg.norm, torch.linalg.vector_norm)},
-    **LEAF_FUNCTIONS,
-}
+}  # and leaf_functions()
 METHOD_RULES: dict[str, Rule] = {
     "matmul": matmul, "bmm": matmul, "mm": matmul, "roll": roll,
     **{m: reduce for m in ("sum", "amax", "amin", "std", "var", "logsumexp")},

@@ -612,7 +612,7 @@ def _lookup(ctx: Ctx) -> Rule | None:
         return next((rule for types, rule in MODULE_RULES if isinstance(mod, types)), None)
     if node.op == "call_function":
         try:
-            return FUNCTION_RULES.get(node.target)
+            return FUNCTION_RULES.get(node.target) or M.leaf_functions().get(node.target)
         except TypeError:  # unhashable target
             return None
     if node.op == "call_method":
