@@ -431,7 +431,9 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
             size = d.groupby("index")["value"].mean().sort_index()
             ax.plot(size.index.to_numpy(float), size.to_numpy(float), color=colour,
                     marker=marker, ms=3, lw=1.5, label=f"{label}, n={d['seed'].nunique()}")
-            rm = r[(r["stage"] == st) & (r["cell"] == cell)].groupby("index")["value"].mean()
+            own = r[(r["cell"] == cell) & (r["stage"] == "importance_rf")]  # one per run
+            rm = (own if len(own) else r[(r["stage"] == st) & (r["cell"] == cell)]
+                  ).groupby("index")["value"].mean()  # (older stores: in each importance unit)
             ax.plot(rm.index.to_numpy(float), rm.sort_index().to_numpy(float), color=colour,
                     ls="--", lw=1)
         ax.set_yscale("log")

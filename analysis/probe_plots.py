@@ -20,6 +20,17 @@ from analysis.tables import (MISSING, Table, _levels_frame, format_mean_std, gri
                              grid_title)
 
 
+BORDER_UNIT = "probes_border"  # the probes stage's unit of the predicted border, one per run
+
+
+def _border(g: pd.DataFrame, cell: str) -> pd.DataFrame:
+    """The cell's predicted-border rows, one per seed: those of its ``probes_border`` units
+    (a store written before that unit existed has them in each probes unit)."""
+    b = select(g, cell=cell, metric="border_predicted")
+    own = b[b["stage"] == BORDER_UNIT]
+    return (own if len(own) else b).drop_duplicates("seed")
+
+
 def _per_layer(s: pd.DataFrame, metric: str) -> pd.DataFrame:
     """index x seed table of ``metric`` with the layer names, sorted by index."""
     return select(s, metric=metric).pivot_table(index=["index", "layer"], columns="seed",
@@ -54,7 +65,7 @@ def saturation_probes(df: pd.DataFrame, *, arch: str | None = None, dataset: str
         ax.plot(xa, acc.mean(axis=1), color="black", marker="o", ms=3, lw=1.3,
                 label=f"probe accuracy, n={acc.shape[1]}")
         ax.fill_between(xa, acc.min(axis=1), acc.max(axis=1), color="black", alpha=0.12, lw=0)
-        border = select(c, metric="border_predicted")["value"].dropna()
+        border = _border(g, cell)["value"].dropna()
         if len(border):
             ax.axvline(float(border.iloc[0]), color="tab:red", ls="--", lw=1.2,
                        label="predicted border")
@@ -135,7 +146,7 @@ def border_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
         seeds = sorted(select(c, metric="probe_acc")["seed"].dropna().unique())
         if not seeds:
             continue
-        border = select(c, metric="border_predicted").drop_duplicates("seed")
+        border = _border(g, lv.cell)
         predicted = (f"{border['layer'].iloc[0]} (#{int(border['value'].iloc[0])})"
                      if len(border) else "none")
         tails = select(c, metric="tail_observed").set_index("seed")

@@ -57,7 +57,9 @@ def select_modules(
     types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
     example: Tensor | None = None,
 ) -> list[str]:
-    """Names of the modules matched by ``patterns`` (registration order), root excluded.
+    """Names of the modules matched by ``patterns``, root excluded: in registration order, or
+    with ``example`` in the order their outputs come in the forward (a shortcut's conv, often
+    registered before its block's convs, runs after them).
 
     ``patterns=None`` selects every module of one of ``types`` (default ``Conv2d`` and
     ``Linear``). Every pattern must match at least one module; ``arg`` names the argument in
@@ -99,19 +101,22 @@ def select_modules(
 
 
 def module_calls(model: nn.Module, modules: Sequence[str], example: Tensor
-                 ) -> dict[str, tuple[int, str | None]]:
+                 ) -> tuple[dict[str, tuple[int, str | None]], list[tuple[str, int]]]:
     """``{module: (calls, why its outputs cannot be captured, or None)}`` in one eval-mode,
-    no-grad forward of ``example[:2]`` (the caller's train/eval flags are restored). An output
-    is captured per input image, so it must be a tensor whose first dimension is the batch:
-    one that folds windows or patches into it (MobileViT's transformer runs on (B * patch
-    pixels, patches, C)) would be read as more images than there are."""
+    no-grad forward of ``example[:2]`` (the caller's train/eval flags are restored), and the
+    calls ``(module, k)`` in the order their outputs came. An output is captured per input
+    image, so it must be a tensor whose first dimension is the batch: one that folds windows
+    or patches into it (MobileViT's transformer runs on (B * patch pixels, patches, C)) would
+    be read as more images than there are."""
     calls: dict[str, int] = dict.fromkeys(modules, 0)
     why: dict[str, str] = {}
+    order: list[tuple[str, int]] = []
     by_name = dict(model.named_modules())
     x = example[:2]
 
     def hook(name: str) -> Callable:
         def fn(_m: nn.Module, _inputs: tuple, output: object) -> None:
+            order.append((name, calls[name]))
             calls[name] += 1
             if not torch.is_tensor(output):
                 why[name] = f"returned {type(output).__name__}, not a tensor"
@@ -127,7 +132,14 @@ def module_calls(model: nn.Module, modules: Sequence[str], example: Tensor
     finally:
         for h in handles:
             h.remove()
-    return {n: (calls[n], why.get(n)) for n in modules}
+    return {n: (calls[n], why.get(n)) for n in modules}, order
+
+
+def forward_order(model: nn.Module, modules: Sequence[str], example: Tensor) -> list[str]:
+    """The ``modules`` that run in one eval-mode, no-grad forward of ``example[:2]``, in the
+    order of their first outputs (:func:`module_calls`)."""
+    _, order = module_calls(model, modules, example)
+    return list(dict.fromkeys(name for name, _ in order))
 
 
 def _resolve(model: nn.Module, names: list[str], example: Tensor, arg: str,
@@ -136,7 +148,7 @@ def _resolve(model: nn.Module, names: list[str], example: Tensor, arg: str,
     exactly that has no such output, or for a pattern left with nothing; one warning for the
     modules left out."""
     modules = list(dict.fromkeys(split_call(n)[0] for n in names))
-    seen = module_calls(model, modules, example)
+    seen, order = module_calls(model, modules, example)
     why: dict[str, str] = {}  # name -> why it has no output to capture
     out: dict[str, list[str]] = {}  # name -> what it captures
     for name in names:
@@ -170,7 +182,9 @@ def _resolve(model: nn.Module, names: list[str], example: Tensor, arg: str,
         shown = "; ".join(f"{n} {r}" for n, r in list(why.items())[:6])
         log.warning("%s: left out %d matched module(s) without an output to capture: %s%s",
                     arg, len(why), shown, "; ..." if len(why) > 6 else "")
-    return [site for name in names for site in out.get(name, ())]
+    rank = {call: i for i, call in enumerate(order)}
+    return sorted((site for name in names for site in out.get(name, ())),
+                  key=lambda site: rank[split_call(site)[0], split_call(site)[1] or 0])
 
 
 def batch_inputs(batch: object) -> Tensor:

@@ -155,7 +155,7 @@ def _compute(stage: Stage, config: Any, unit: Unit, ctx: RunResources, out_dir: 
         log.warning("%s: %s: %s; recomputing it (its rows are replaced)",
                     ctx.identity.run_id, unit.name, why)
         results.clear_done(out_dir, unit.name)
-    info = {"settings": stage.recorded_settings(config), **(info or {})}
+    info = {"settings": stage.unit_settings(config, unit.name), **(info or {})}
     t0 = time.perf_counter()
     try:
         with contextlib.nullcontext() if stage.trains else full_precision(ctx.settings.device):

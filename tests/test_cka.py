@@ -337,14 +337,14 @@ def test_a_glob_captures_every_call_site_and_leaves_out_what_never_ran(caplog) -
     x = torch.randn(2, 3, 32, 32)
     net = resnet18(num_classes=4).eval()
     names = select_modules(net, ["layer1.0*"], arg="probes.layers", example=x)
-    assert names == ["layer1.0", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu@0",
-                     "layer1.0.relu@1", "layer1.0.conv2", "layer1.0.bn2"]
+    # in the order of their outputs: the block's own output (its second relu's) comes last
+    assert names == ["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu@0", "layer1.0.conv2",
+                     "layer1.0.bn2", "layer1.0.relu@1", "layer1.0"]
     got = {}
     with torch.no_grad(), ActivationCapture(net, names, lambda n, o: got.update({n: o.clone()})
                                             ) as capture:
         order = capture.run(x)
-    assert order == ["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu@0", "layer1.0.conv2",
-                     "layer1.0.bn2", "layer1.0.relu@1", "layer1.0"]
+    assert order == names
     torch.testing.assert_close(got["layer1.0.relu@0"], torch.relu(got["layer1.0.bn1"]))
     torch.testing.assert_close(got["layer1.0.relu@1"], got["layer1.0"])  # the block's output
     with pytest.raises(ValueError, match=r"probes.layers: module 'layer1.0.relu' ran 2 times in "
@@ -424,6 +424,12 @@ def test_layer_selection_order_and_errors() -> None:
     assert layerwise_cka(net, net, x).layers_a == ("early", "late")
     assert layerwise_cka(net, net, x, layers=["*"]).layers_a == ("early", "act@0", "late",
                                                                  "act@1")
+    # select_modules itself: forward order with an example, registration order without
+    from landscape.activations import forward_order, select_modules
+
+    assert select_modules(net, ["*"], example=x) == ["early", "act@0", "late", "act@1"]
+    assert select_modules(net, ["*"]) == ["late", "early", "act", "unused"]
+    assert forward_order(net, ["unused", "late", "act", "early"], x) == ["early", "act", "late"]
     with pytest.raises(ValueError, match="'nope' matches no module"):
         layerwise_cka(net, net, x, layers=["early", "nope"])
     with pytest.raises(TypeError, match="sequence of glob patterns"):

@@ -115,6 +115,29 @@ def test_the_first_conv_erf_is_its_kernel_footprint():
     assert ((table["erf_r2"] > 0.5) & (table["erf_r2"] <= 1)).all()
 
 
+class _ShortcutFirst(nn.Module):
+    """A residual block whose 1x1 shortcut is registered before its convs, as in timm's
+    Xception and BoTNet; it runs after them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shortcut = nn.Conv2d(2, 3, 1)
+        self.conv1 = nn.Conv2d(2, 3, 3, padding=1)
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x)
+
+
+def test_layer_erfs_come_in_forward_order():
+    torch.manual_seed(0)
+    net = _ShortcutFirst().double()
+    assert list(layer_erf_maps(net, 9, n=2)) == ["conv1", "conv2", "shortcut"]
+    table = layer_erf_table(net, 9, n=2)
+    assert list(table["layer"]) == ["conv1", "conv2", "shortcut"]
+    assert list(table["r_max"]) == [3, 5, 1]
+
+
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("bad, match", [
     (np.zeros((5, 5)), "all zero"),

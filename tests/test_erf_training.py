@@ -91,5 +91,27 @@ def test_per_layer_erf_rows_beside_the_analytic_rf_and_their_figure(tmp_path):
     assert size["value"].iloc[0] <= 3  # the first conv's ERF is inside its 3x3 kernel
     # inside the analytic RF: a centred square has an odd side, so an even r_max allows + 1
     assert (size["value"].to_numpy() <= r_max["value"].to_numpy() + 1).all()
+    assert set(r_max["stage"]) == {"importance_rf"} and set(size["stage"]) == {"importance_init"}
     fig = plots.layer_erf_profile(df)
     assert fig is not None and fig.axes[0].get_yscale() == "log"
+    dashed = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
+    assert [list(line.get_ydata()) for line in dashed] == [list(r_max["value"])]
+    # the analytic RF records the analysis's version: another recomputes it, not the maps
+    import json
+
+    from landscape.receptive_field import version
+    from landscape.stages.importance import ImportanceStage
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(version, "analysis_version", lambda: "0123456789ab")
+        assert pipeline.run(cfg).ran == ["receptive_field", "importance_rf"]
+    assert pipeline.run(cfg).ran == ["receptive_field", "importance_rf"]
+    from landscape.identity import identify
+
+    run_dir = results.run_paths(tmp_path, identify(cfg).cell_name, cfg.seed).run_dir
+    done = results.stage_dir(run_dir, "importance_init") / "DONE"
+    marker = json.loads(done.read_text())
+    del marker["settings"]["layer_r_max_rows"]  # written when each unit held its r_max rows
+    done.write_text(json.dumps(marker))
+    assert ImportanceStage().stale_reason(cfg.importance, run_dir, "importance_init") == (
+        "settings changed: layer_r_max_rows 'each importance unit' -> 'importance_rf'")

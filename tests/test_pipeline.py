@@ -74,7 +74,7 @@ def test_a_table_of_another_rf_analysis_is_recomputed(tmp_path, caplog, monkeypa
     version of the analysis (or before it was recorded) gets the cell's table again."""
     import json
 
-    from landscape.stages import receptive_field as stage
+    from landscape.receptive_field import version as stage
 
     cfg = tiny_cfg(tmp_path, train=TrainConfig(epochs=1, batch_size=32, lr=0.05))
     pipeline.run(cfg)

@@ -389,6 +389,8 @@ def test_one_pass_collects_the_features_and_covariances_of_every_layer() -> None
 
 
 def test_probes_stage_rows_border_and_heat_map(tmp_path) -> None:
+    import pandas as pd
+
     from landscape import pipeline, results
     from landscape.config import ModelConfig, RunConfig
     from landscape.data import DataConfig
@@ -408,8 +410,10 @@ def test_probes_stage_rows_border_and_heat_map(tmp_path) -> None:
     probes = ProbesConfig(enabled=True, n_train=96, n_test=48, batch_size=32, pool_size=2,
                           epsilon=0.05, position_layers=["features.4"])
     summary = pipeline.run(cfg(probes=probes))
-    assert "probes_final" in summary.ran
-    df = results.load(tmp_path).query("stage == 'probes_final'")
+    assert {"probes_final", "probes_border"} <= set(summary.ran)
+    everything = results.load(tmp_path)
+    df = everything.query("stage == 'probes_final'")
+    assert not (df.metric == "border_predicted").any()  # in its own unit
     layers = ["features.0", "features.4", "features.8", "classifier"]  # execution order
     for metric in ("probe_acc", "probe_train_acc", "saturation", "intrinsic_dim"):
         m = df[df.metric == metric].sort_values("index")
@@ -423,8 +427,9 @@ def test_probes_stage_rows_border_and_heat_map(tmp_path) -> None:
     table = receptive_field_table(identify(cfg()).build_model(), 8).set_index("layer")
     first = next(i for i, n in enumerate(layers) if n in table.index
                  and bool(table.loc[n, "unproductive"]))
-    border = df[df.metric == "border_predicted"]
+    border = everything[everything.metric == "border_predicted"]
     assert (border["value"].item(), border["layer"].item()) == (first, layers[first])
+    assert border["stage"].item() == "probes_border" and pd.isna(border["epoch"].item())
     tail = df[df.metric == "tail_observed"]
     assert len(tail) <= 1 and "classifier" not in set(tail["layer"])  # the head is not searched
     heat = df[df.metric == "position_probe_acc"]
@@ -452,6 +457,7 @@ def test_probes_stage_rows_border_and_heat_map(tmp_path) -> None:
         pipeline.run(cfg(seed=1, probes=ProbesConfig(enabled=True, backend="cuml")))
     assert not (tmp_path / identify(cfg(seed=1)).cell_name / "seed=1").exists()  # before training
     _other_backend_is_recomputed_not_mixed(cfg, probes, tmp_path)
+    _an_analysis_change_recomputes_the_border_alone(cfg, probes, tmp_path)
     _too_few_test_images_leave_out_saturation_only(cfg, probes, tmp_path, layers)
 
 
@@ -475,6 +481,44 @@ def _too_few_test_images_leave_out_saturation_only(cfg, probes, root, layers) ->
     with_sat = set(df[df.metric == "saturation"]["layer"])
     assert with_sat == set(layers) - set(left_out) == set(df[df.metric == "intrinsic_dim"]["layer"])
     assert (df.metric == "tail_observed").any() == (set(left_out) <= {"classifier"})
+
+
+def _an_analysis_change_recomputes_the_border_alone(cfg, probes, root) -> None:
+    """The border unit records the RF analysis's version: another version recomputes it
+    (not the probes), as does another ``probes.layers``; a probes unit written when the
+    border was one of its rows is recomputed (that row came from the analysis of its day)."""
+    import dataclasses
+    import json
+
+    from landscape import pipeline, results
+    from landscape.identity import identify
+    from landscape.receptive_field import version
+    from landscape.stages.probes import ProbesStage
+
+    ident = identify(cfg())
+    run_dir = results.run_paths(root, ident.cell_name, ident.seed).run_dir
+    marker = results.stage_dir(run_dir, "probes_border") / "DONE"
+    settings = json.loads(marker.read_text())["settings"]
+    assert settings == {"layers": None, "analysis": version.analysis_version()}
+    probes = dataclasses.replace(probes, backend="sklearn", position_layers=[])
+    assert "probes_border" not in pipeline.run(cfg(probes=probes)).ran  # other probes settings
+    assert pipeline.run(cfg(probes=probes)).ran == []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(version, "analysis_version", lambda: "0123456789ab")
+        assert ProbesStage().stale_reason(probes, run_dir, "probes_border") == (
+            f"settings changed: analysis {settings['analysis']!r} -> '0123456789ab'")
+        # the cell's RF table too, not the probes
+        assert pipeline.run(cfg(probes=probes)).ran == ["receptive_field", "probes_border"]
+    assert pipeline.run(cfg(probes=probes)).ran == ["receptive_field", "probes_border"]
+    done = results.stage_dir(run_dir, "probes_final") / "DONE"
+    old = json.loads(done.read_text())
+    del old["settings"]["border_rows"]  # as written before the border had its unit
+    done.write_text(json.dumps(old))
+    assert ProbesStage().stale_reason(probes, run_dir, "probes_final") == (
+        "settings changed: border_rows 'each probes unit' -> 'probes_border'")
+    assert pipeline.run(cfg(probes=probes)).ran == ["probes_final"]
+    border = results.load(root).query("metric == 'border_predicted'")
+    assert border["stage"].tolist() == ["probes_border"]
 
 
 def _other_backend_is_recomputed_not_mixed(cfg, probes, root) -> None:

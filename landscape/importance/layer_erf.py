@@ -45,7 +45,8 @@ def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | Non
                    in_channels: int | None = None,
                    device: str | torch.device = "cpu",
                    images: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-    """Mean (H, W) float64 ERF map of the centre unit of each selected conv layer.
+    """Mean (H, W) float64 ERF map of the centre unit of each selected conv layer, in forward
+    order (a shortcut's conv, often registered before its block's convs, runs after them).
 
     ``mode="random_input"``: the model in eval mode on ``n`` N(0, 1) inputs drawn from
     ``seed``; ``"linearised"``: :func:`~landscape.importance.maps.linearised_copy` on one
@@ -60,7 +61,7 @@ def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | Non
     names = conv_layers(model, layers)
     x, net = probe_inputs(model, mode, n, input_size, in_channels, seed, device, images=images)
     maps = layer_gradient_maps(net, x, names)
-    return {name: maps[name][0].mean(dim=0).cpu().numpy() for name in names}
+    return {name: m.mean(dim=0).cpu().numpy() for name, (m, _) in maps.items()}  # forward order
 
 
 def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | None = None,
@@ -68,7 +69,7 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
                     in_channels: int | None = None,
                     device: str | torch.device = "cpu",
                     images: torch.Tensor | None = None) -> pd.DataFrame:
-    """One row per selected conv layer (registration order), columns
+    """One row per selected conv layer (forward order), columns
     ``LAYER_ERF_COLUMNS``: ``erf_sigma`` the mean of ``sigma_y`` and ``sigma_x`` (moment
     sigmas, pixels), ``erf_size`` the side of the centred square holding 95 % of the map's
     mass, ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the layer's analytic RF

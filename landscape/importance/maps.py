@@ -184,12 +184,13 @@ def centre_token(model: nn.Module, layer: str, shape: tuple[int, ...],
 
 def layer_gradient_maps(model: nn.Module, inputs: Tensor, layers: list[str], *,
                         keep_mode: bool = False) -> dict[str, tuple[Tensor, tuple[int, int]]]:
-    """Per layer in ``layers``: the (n, H, W) float64 map of ``inputs`` (n, C, H, W) for a unit
-    gradient at that layer's centre (module docstring; a token output's centre token,
-    :func:`centre_token`) and the centre (row, col). One forward
-    for every layer, then one backward per layer. The model runs in eval mode (restored
-    afterwards), or with ``keep_mode`` in the mode it is in (dropout in train mode is then
-    active, with one mask per sample shared by every layer); no parameter ``.grad`` is touched.
+    """Per layer in ``layers``, in forward order (of their first outputs): the (n, H, W)
+    float64 map of ``inputs`` (n, C, H, W) for a unit gradient at that layer's centre (module
+    docstring; a token output's centre token, :func:`centre_token`) and the centre (row, col).
+    One forward for every layer, then one backward per layer. The model runs in eval mode
+    (restored afterwards), or with ``keep_mode`` in the mode it is in (dropout in train mode is
+    then active, with one mask per sample shared by every layer); no parameter ``.grad`` is
+    touched. A layer that does not run is a ValueError.
     """
     centres: dict[str, tuple[Tensor, tuple[int, int]]] = {}
 
@@ -209,8 +210,11 @@ def layer_gradient_maps(model: nn.Module, inputs: Tensor, layers: list[str], *,
     mode = contextlib.nullcontext() if keep_mode else eval_mode(model)
     with mode, torch.enable_grad(), ActivationCapture(model, layers, on_output) as c:
         c.run(x)
+    missing = [n for n in layers if n not in centres]
+    if missing:
+        raise ValueError(f"layers {missing} did not run in the forward pass")
     maps = {}
-    for i, name in enumerate(layers):
+    for i, name in enumerate(centres):  # forward order: the order of their first outputs
         centre_values, centre = centres[name]
         (grad,) = torch.autograd.grad(centre_values.sum(), x, retain_graph=i < len(layers) - 1)
         maps[name] = (grad.abs().to(torch.float64).sum(dim=1), centre)

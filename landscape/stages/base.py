@@ -25,7 +25,6 @@ import nothing of the pipeline or the config (no import cycles).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional, Protocol, Sequence, Union
@@ -41,6 +40,9 @@ from landscape.identity import RunIdentity
 from landscape.models.registry import is_builtin
 from landscape.registry import Registry
 from landscape.results.layout import CELL_RECORD
+from landscape.stages.checks import (  # noqa: F401  (the stages import them from here)
+    PROTOCOLS, check_counts, check_number, check_protocol,
+)
 from landscape.stages.checkpoints import (  # noqa: F401  (the stages import them from here)
     CHECKPOINT_WORDS, CHECKPOINTS, SAVED, check_checkpoints, check_saved, checkpoint_epoch,
     checkpoint_epoch_number, expand_checkpoints, is_checkpoint,
@@ -201,6 +203,14 @@ class Stage:
             settings = {**settings, "layouts": LAYOUTS}
         return results.jsonable(settings)
 
+    def unit_settings(self, config: Any, unit: str) -> dict[str, Any]:
+        """The settings recorded with the unit named ``unit`` and compared with its marker
+        (default: :meth:`recorded_settings`). A stage whose units depend on different
+        settings overrides it, e.g. a cheap unit of rows derived from the RF analysis that
+        records the analysis's version, so that a change to the analysis recomputes that unit
+        alone."""
+        return self.recorded_settings(config)
+
     def legacy_settings(self, config: Any) -> dict[str, Any]:
         """The value of each setting for a marker written before it was recorded (default:
         the config class's defaults: a setting added since changes nothing while it keeps
@@ -214,13 +224,15 @@ class Stage:
         For a stage that reads layouts, a unit of a built-in architecture read its layouts
         right however it recorded them (kept); any other model's unit written with an older
         reading (or none recorded) is recomputed."""
-        legacy, ignore = self.legacy_settings(config), ()
+        settings, ignore = self.unit_settings(config, unit), ()
+        legacy = self.legacy_settings(config)
         if self.reads_layouts:
             if _builtin_cell(out_dir):
                 ignore = ("layouts",)
             legacy = {**legacy, "layouts": _MODULES_ONLY}
-        return results.stale_reason(out_dir, unit, self.recorded_settings(config), seeds,
-                                    defaults=legacy, ignore=ignore)
+        legacy = {k: v for k, v in legacy.items() if k in settings}  # of this unit's settings
+        return results.stale_reason(out_dir, unit, settings, seeds, defaults=legacy,
+                                    ignore=ignore)
 
     def run(self, ctx: Any, config: Any, unit: Unit) -> Result:
         raise NotImplementedError(f"stage {self.name!r} does not implement run()")
@@ -247,51 +259,3 @@ def registered_stages(level: Optional[str] = None) -> list[Stage]:
 
 def stage_names() -> list[str]:
     return [s.name for s in registered_stages()]
-
-
-PROTOCOLS = ("default", "paper")  # ours | the paper's released procedure (docs/paper-protocol.md)
-
-
-def check_protocol(group: str, config: Any, *, requires: Mapping[str, Any] = {},
-                   unused: Sequence[str] = ()) -> None:
-    """``<group>.protocol`` must be one of :data:`PROTOCOLS`. With ``paper`` (the released
-    procedure), every field in ``requires`` must hold its value there, and the fields in
-    ``unused`` (settings of our procedure that the paper's has no use for) their defaults:
-    rows labelled ``paper`` are never made with other settings."""
-    protocol = getattr(config, "protocol", None)
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"{group}.protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if protocol != "paper":
-        return
-    default = type(config)()
-    wrong = [f"{group}.{k}={v!r} (got {getattr(config, k)!r})" for k, v in requires.items()
-             if getattr(config, k) != v]
-    wrong += [f"{group}.{k} left at {getattr(default, k)!r} (got {getattr(config, k)!r}: "
-              "protocol=paper does not use it)" for k in unused
-              if getattr(config, k) != getattr(default, k)]
-    if wrong:
-        raise ValueError(f"{group}.protocol=paper is the released procedure, which needs "
-                         f"{'; '.join(wrong)}. Select the preset {group}=paper, or set "
-                         f"{group}.protocol=default to measure with other settings")
-
-
-def check_number(name: str, value: Any, *, above: float, strict: bool = True,
-                 optional: bool = False) -> None:
-    """``value`` (the setting ``name``) must be a finite number ``> above`` (``>=`` unless
-    ``strict``), or None when ``optional``."""
-    if value is None and optional:
-        return
-    op = ">" if strict else ">="
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value) and (value > above if strict else value >= above))
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {op} {above:g}"
-                         f"{' or null' if optional else ''}, got {value!r}")
-
-
-def check_counts(group: str, config: Any, names: Sequence[str], minimum: int = 1) -> None:
-    """Each of the integer settings ``<group>.<name>`` must be >= ``minimum``."""
-    for name in names:
-        value = getattr(config, name)
-        if value < minimum:
-            raise ValueError(f"{group}.{name} must be >= {minimum}, got {value}")

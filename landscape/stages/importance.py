@@ -8,6 +8,11 @@ weights (``mode``: random inputs or the linearised net), at the last conv layer.
 (:mod:`landscape.importance.paper`); at ``init`` over ``n_samples`` fresh initialisations
 seeded from the run's seed (the paper's Tables 3 and 4 average 50: 10 per seed of a 5-seed
 cell), at a trained checkpoint on its weights (one map).
+
+With ``per_layer`` (protocol default), every conv layer's centre unit too: ``layer_erf_size``
+/ ``layer_erf_sigma`` / ``layer_erf_r2`` per checkpoint, and unit ``importance_rf`` (one per
+run) their analytic ``layer_r_max`` at ``input_size``; it records the RF analysis's version,
+so a change to the analysis recomputes that unit, not the maps.
 """
 
 from __future__ import annotations
@@ -16,23 +21,27 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Optional
 
+import pandas as pd
 import torch
 from torch import nn
 
-from landscape.activations import ActivationCapture
+from landscape.activations import ActivationCapture, forward_order
 from landscape.identity import RunIdentity
 from landscape.importance import (
     MODES, ImportanceMaps, erf_stats, paper_importance, paper_maps, paper_probe,
     paper_projection, projected_gradient_maps,
 )
-from landscape.importance.layer_erf import layer_erf_table
+from landscape.importance.layer_erf import conv_layers, layer_erf_table
 from landscape.importance.maps import centre_token
 from landscape.models import InputTooSmallError, check_input_size
+from landscape.receptive_field import receptive_field_table, version
 from landscape.seeds import IMPORTANCE, stream_seed
 from landscape.stages.base import (
     Output, RunContext, Stage, Unit, check_checkpoints, check_counts, check_protocol,
     register_stage,
 )
+
+RF_UNIT = "importance_rf"  # the analytic RF beside the per-layer ERFs (from the RF analysis)
 
 
 @dataclass
@@ -83,9 +92,28 @@ class ImportanceStage(Stage):
 
     def units(self, config: ImportanceConfig) -> list[Unit]:
         tag = "paper_" if config.protocol == "paper" else ""
-        return [Unit(f"importance_{tag}{c}", {"checkpoint": c}) for c in config.checkpoints]
+        return [Unit(f"importance_{tag}{c}", {"checkpoint": c}) for c in config.checkpoints
+                ] + ([Unit(RF_UNIT)] if _per_layer(config) else [])
+
+    def settings(self, config: ImportanceConfig) -> dict:
+        return {**super().settings(config),
+                **({"layer_r_max_rows": RF_UNIT} if _per_layer(config) else {})}
+
+    def unit_settings(self, config: ImportanceConfig, unit: str) -> dict:
+        """The analytic-RF unit depends on the input size and the RF analysis alone: a change
+        to the analysis recomputes it (well under a second), not the ERF maps."""
+        if unit == RF_UNIT:
+            return {"input_size": config.input_size, "analysis": version.analysis_version()}
+        return super().unit_settings(config, unit)
+
+    def legacy_settings(self, config: ImportanceConfig) -> dict:
+        """A per-layer unit recorded before the analytic RF had its unit holds ``layer_r_max``
+        rows of the RF analysis of its day: it is recomputed, not kept."""
+        return {**super().legacy_settings(config), "layer_r_max_rows": "each importance unit"}
 
     def run(self, ctx: RunContext, config: ImportanceConfig, unit: Unit) -> Output:
+        if unit.name == RF_UNIT:
+            return Output(_rf_rows(ctx, config))
         c, checkpoint = config, unit.params["checkpoint"]
         seed = stream_seed(ctx.identity.seed, IMPORTANCE)
         device = ctx.settings.device
@@ -111,7 +139,7 @@ class ImportanceStage(Stage):
                   "importance_n": maps.n, "erf_size": erf.size, "erf_area": erf.area}
         rows = [{"stage": unit.name, "metric": k, "value": v, "layer": maps.layer,
                  "protocol": c.protocol, "note": note} for k, v in values.items()]
-        if c.per_layer and c.protocol == "default":
+        if _per_layer(c):
             rows += _layer_rows(model, c, seed, device, images, unit.name, note)
         return Output(rows, {"mean_map": maps.mean_map, "maxima": maps.maxima})
 
@@ -133,13 +161,33 @@ def _paper_maps(ctx: RunContext, c: ImportanceConfig, checkpoint: str, model: nn
 def _layer_rows(model: nn.Module, c: ImportanceConfig, seed: int, device, images,
                 stage: str, note: str) -> list[dict]:
     """Per conv layer (forward order, ``index``): the ERF of its centre unit on the same
-    inputs beside its analytic RF (``landscape.importance.layer_erf_table``)."""
+    inputs (``landscape.importance.layer_erf_table``); its analytic RF is unit
+    ``importance_rf``'s."""
     t = layer_erf_table(model, c.input_size, mode=c.mode, n=c.n_samples, seed=seed,
                         device=device, images=images)
     return [{"stage": stage, "metric": f"layer_{k}", "value": float(r[k]), "layer": r["layer"],
              "index": i, "protocol": "default", "note": note}
             for i, r in enumerate(t.to_dict("records"))
-            for k in ("erf_size", "erf_sigma", "erf_r2", "r_max")]
+            for k in ("erf_size", "erf_sigma", "erf_r2")]
+
+
+def _per_layer(c: ImportanceConfig) -> bool:
+    return c.per_layer and c.protocol == "default"
+
+
+def _rf_rows(ctx: RunContext, c: ImportanceConfig) -> list[dict]:
+    """Unit ``importance_rf``: ``layer_r_max`` of every conv layer (forward order, ``index``
+    as the ERF rows') at ``importance.input_size``, from the freshly built model; a conv
+    behind a global mix has no finite RF and no row."""
+    model = ctx.build_model()
+    table = receptive_field_table(model, c.input_size).set_index("layer")
+    example = torch.zeros(2, ctx.identity.in_channels, c.input_size, c.input_size)
+    convs = forward_order(model, conv_layers(model), example)
+    note = (f"input_size={c.input_size}; RF analysis {version.analysis_version()} "
+            f"(landscape.receptive_field)")
+    return [{"stage": RF_UNIT, "metric": "layer_r_max", "value": float(table.at[n, "r_max"]),
+             "layer": n, "index": i, "protocol": "default", "note": note}
+            for i, n in enumerate(convs) if pd.notna(table.at[n, "r_max"])]
 
 
 def _test_images(ctx: RunContext, n: int) -> torch.Tensor:

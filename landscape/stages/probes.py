@@ -20,14 +20,17 @@ low): it gets no saturation rows, the note names it, and there is no observed ta
 one of the body layers; submitting warns about it first.
 
 Rows (``layer`` = module, ``index`` = its position among the probed layers in forward order):
-``probe_acc``, ``probe_train_acc``, ``saturation``, ``intrinsic_dim``; ``border_predicted``
-(value = index of the first probed layer whose input's minimum receptive field covers the
-image, from the architecture alone) and ``tail_observed`` (value = index of the first layer of
-the observed tail among the layers before a Linear head: probe accuracy improves by less than
-``epsilon`` after it and saturation stays below those layers' mean from it on), each only when
-there is one; with
-``position_layers``, ``position_probe_acc`` per position (``coord_x`` = column, ``coord_y`` =
-row) of one probe per feature-map position.
+``probe_acc``, ``probe_train_acc``, ``saturation``, ``intrinsic_dim``; ``tail_observed``
+(value = index of the first layer of the observed tail among the layers before a Linear head:
+probe accuracy improves by less than ``epsilon`` after it and saturation stays below those
+layers' mean from it on), only when there is one; with ``position_layers``,
+``position_probe_acc`` per position (``coord_x`` = column, ``coord_y`` = row) of one probe per
+feature-map position.
+
+Unit ``probes_border`` (one per run, from the architecture alone): ``border_predicted``, value
+= index of the first probed layer whose input's minimum receptive field covers the image,
+only when there is one. It records the RF analysis's version: a change to the analysis
+recomputes this unit, not the probes.
 """
 
 from __future__ import annotations
@@ -38,18 +41,21 @@ from typing import Optional
 
 import torch
 
+from landscape import results
 from landscape.activations import ActivationCapture, select_modules, split_call
 from landscape.identity import RunIdentity
 from landscape.probes import (
     DEFAULT_BACKEND, DEFAULT_RULE, RULES, accumulator_saturation, check_backend, collect_layers,
     layer_probes, observed_tail, position_probe_map, predicted_border, samples_of,
 )
+from landscape.receptive_field import version
 from landscape.stages.base import (
     RunContext, Stage, Unit, check_checkpoints, check_counts, check_number, register_stage,
 )
 from landscape.stages.batches import evaluation_batches, test_batches
 
 log = logging.getLogger("landscape")
+BORDER_UNIT = "probes_border"  # the predicted border's own unit (it depends on the RF analysis)
 _warned: set[tuple] = set()  # (arch, input size, n_test, layers) already warned about
 _CHANNELS_FIRST_1D = (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.BatchNorm1d,
                       torch.nn.InstanceNorm1d, torch.nn.MaxPool1d, torch.nn.AvgPool1d,
@@ -181,15 +187,32 @@ class ProbesStage(Stage):
                         + (", ..." if len(short) > 4 else ""), max(short.values()))
 
     def units(self, config: ProbesConfig) -> list[Unit]:
-        return [Unit(f"probes_{c}", {"checkpoint": c}) for c in config.checkpoints]
+        return [*(Unit(f"probes_{c}", {"checkpoint": c}) for c in config.checkpoints),
+                Unit(BORDER_UNIT)]
+
+    def settings(self, config: ProbesConfig) -> dict:
+        return {**super().settings(config), "border_rows": BORDER_UNIT, "layer_order": "forward"}
+
+    def unit_settings(self, config: ProbesConfig, unit: str) -> dict:
+        """The border unit depends on the probed layers and the RF analysis alone: a change
+        to the analysis recomputes it (well under a second), not the probes."""
+        if unit == BORDER_UNIT:
+            return results.jsonable({"layers": config.layers,
+                                     "analysis": version.analysis_version()})
+        return super().unit_settings(config, unit)
 
     def legacy_settings(self, config: ProbesConfig) -> dict:
-        """A unit recorded before ``backend`` existed was fitted by scikit-learn, and one
-        recorded before ``pool_up`` existed pooled small maps up: with the defaults it is
-        recomputed, not kept."""
-        return {**super().legacy_settings(config), "backend": "sklearn", "pool_up": True}
+        """A unit recorded before ``backend`` existed was fitted by scikit-learn, one recorded
+        before ``pool_up`` existed pooled small maps up, and one recorded before the border
+        had its unit holds a border row of the RF analysis of its day, and its layers in
+        registration order (``index`` and the observed tail: a shortcut's conv before its
+        block's convs): with the defaults it is recomputed, not kept."""
+        return {**super().legacy_settings(config), "backend": "sklearn", "pool_up": True,
+                "border_rows": "each probes unit", "layer_order": "registration"}
 
     def run(self, ctx: RunContext, config: ProbesConfig, unit: Unit) -> list[dict]:
+        if unit.name == BORDER_UNIT:
+            return _border_rows(ctx, config)
         c, device = config, ctx.settings.device
         model = ctx.load_model(unit.params["checkpoint"])
         train = evaluation_batches(ctx, c.n_train, c.batch_size)
@@ -233,14 +256,6 @@ class ProbesStage(Stage):
             if tail.start is not None:
                 rows.append({"metric": "tail_observed", "value": names.index(tail.layer),
                              "layer": tail.layer})
-        try:
-            border = predicted_border(model, ctx.identity.image_size, names)
-        except ValueError as e:  # probed layers outside the RF table (e.g. ReLU outputs)
-            log.warning("%s: no predicted border layer: %s", ctx.identity.run_id, e)
-            border = None
-        if border is not None and border.index is not None:
-            rows.append({"metric": "border_predicted", "value": names.index(border.layer),
-                         "layer": border.layer})
         for layer in position_layer_names(model, c.position_layers, ctx.identity.arch):
             heat = position_probe_map(model, train, test, layer, size=c.position_pool,
                                       pool_up=c.pool_up, C=c.C, max_iter=c.max_iter,
@@ -258,3 +273,24 @@ class ProbesStage(Stage):
                 + (f"; no saturation (no more test samples than channels): "
                    f"{', '.join(unsaturated)}" if unsaturated else ""))
         return [{"stage": unit.name, "note": note, **r} for r in rows]
+
+
+def _border_rows(ctx: RunContext, c: ProbesConfig) -> list[dict]:
+    """Unit ``probes_border``: the predicted border among the probed layers (as the probes
+    select them: registration order, call sites resolved on a batch of two), from the
+    freshly built model at the run's input size; no row when there is none."""
+    model = ctx.build_model().eval()
+    size, run_id = ctx.identity.image_size, ctx.identity.run_id
+    example = torch.zeros(2, ctx.identity.in_channels, size, size)
+    names = select_modules(model, c.layers, arg="probes.layers", example=example)
+    note = (f"input_size={size}; layers={c.layers}; RF analysis "
+            f"{version.analysis_version()} (landscape.receptive_field)")
+    try:
+        border = predicted_border(model, size, names)
+    except ValueError as e:  # probed layers outside the RF table (e.g. ReLU outputs)
+        log.warning("%s: no predicted border layer: %s", run_id, e)
+        return []
+    if border.index is None:
+        return []
+    return [{"stage": BORDER_UNIT, "metric": "border_predicted",
+             "value": names.index(border.layer), "layer": border.layer, "note": note}]

@@ -4,34 +4,20 @@ FLOPs of one forward pass),
 written once per cell by the first run of the cell that gets there; it needs no training. A
 model the analysis cannot follow gets one ``rf_unsupported`` row naming the op (and its
 FLOPs): the run goes on. Each unit records the digest of the analysis's source
-(:func:`analysis_version`): a cell whose table another version of the analysis computed is
-recomputed (in well under a second), so a store never keeps a table an older analysis got
-wrong."""
+(:func:`~landscape.receptive_field.version.analysis_version`): a cell whose table another
+version of the analysis computed is recomputed (in well under a second), so a store never
+keeps a table an older analysis got wrong."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-import landscape.receptive_field as analysis
-from landscape.receptive_field import UnsupportedModelError, receptive_field_table
+from landscape.receptive_field import UnsupportedModelError, receptive_field_table, version
 from landscape.receptive_field.analytic import feasible_input_of
 from landscape.receptive_field.cost import FLOPS_CONVENTION, model_cost
 from landscape.stages.base import CellContext, Stage, register_stage
-
-
-@functools.lru_cache(maxsize=1)
-def analysis_version() -> str:
-    """The first 12 hex digits of the SHA-256 of the RF analysis's source files
-    (``landscape/receptive_field/*.py``, by name, in name order)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(analysis.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 @register_stage
@@ -41,7 +27,7 @@ class ReceptiveFieldStage(Stage):
     needs_trained = False
 
     def recorded_settings(self, config: None) -> dict[str, Any]:
-        return {"analysis": analysis_version()}
+        return {"analysis": version.analysis_version()}
 
     def legacy_settings(self, config: None) -> dict[str, Any]:
         return {"analysis": None}  # a unit written before the version was recorded
