@@ -138,6 +138,18 @@ def test_layer_erfs_come_in_forward_order():
     assert list(table["r_max"]) == [3, 5, 1]
 
 
+def test_a_conv_behind_global_pooling_has_an_erf_but_no_analytic_rf():
+    """FasterNet's head conv runs on the globally pooled features: its ERF is measured, its
+    analytic RF is NA (it crashed the table before)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                        nn.Conv2d(3, 3, 1)).double()
+    table = layer_erf_table(net, 9, n=2)
+    assert list(table["layer"]) == ["0", "2"] and table.at[1, "erf_size"] > 3
+    assert table.at[0, "r_max"] == 3 and pd.isna(table.at[1, "r_max"])
+    assert pd.isna(table.at[1, "r_min"]) and np.isnan(table.at[1, "erf_size_over_r_max"])
+
+
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("bad, match", [
     (np.zeros((5, 5)), "all zero"),

@@ -73,7 +73,8 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
     ``LAYER_ERF_COLUMNS``: ``erf_sigma`` the mean of ``sigma_y`` and ``sigma_x`` (moment
     sigmas, pixels), ``erf_size`` the side of the centred square holding 95 % of the map's
     mass, ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the layer's analytic RF
-    and ``erf_size_over_r_max`` their ratio. Arguments as for :func:`layer_erf_maps`."""
+    (NA for a conv behind a global mix, e.g. a head conv after global pooling) and
+    ``erf_size_over_r_max`` their ratio (NaN there). Arguments as for :func:`layer_erf_maps`."""
     maps = layer_erf_maps(model, input_size, layers=layers, mode=mode, n=n, seed=seed,
                           in_channels=in_channels, device=device, images=images)
     rf = receptive_field_table(model, input_size).set_index("layer")
@@ -83,9 +84,10 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
             fit, size = erf_fit(m), erf_size(m)
         except ValueError as e:
             raise ValueError(f"layer {name!r}: {e}") from None
-        r_max = int(rf.at[name, "r_max"])
+        r_max, r_min = rf.at[name, "r_max"], rf.at[name, "r_min"]  # NA behind a global mix
         rows.append({"layer": name, "erf_sigma": fit.sigma, "sigma_y": fit.sigma_y,
                      "sigma_x": fit.sigma_x, "erf_size": size, "erf_r2": fit.r2,
-                     "r_max": r_max, "r_min": int(rf.at[name, "r_min"]),
-                     "erf_size_over_r_max": size / r_max})
-    return pd.DataFrame(rows, columns=list(LAYER_ERF_COLUMNS))
+                     "r_max": r_max, "r_min": r_min,
+                     "erf_size_over_r_max": np.nan if pd.isna(r_max) else size / int(r_max)})
+    return pd.DataFrame(rows, columns=list(LAYER_ERF_COLUMNS)).astype(
+        {"r_max": "Int64", "r_min": "Int64"})
