@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.core.global_hydra import GlobalHydra
 from scipy import stats
 from torch import nn
@@ -16,6 +17,7 @@ from torch import nn
 from analysis.erf import depth_slopes
 from landscape.cli.erf import erf_main
 from landscape.importance import erf_fit, high_contribution_ratio, layer_erf_maps, layer_erf_table
+from landscape.receptive_field import UnsupportedModelError
 from landscape.importance.luo import StackSpec, check_input_size, erf_depth_sweep, stack_erf_map
 
 
@@ -148,6 +150,43 @@ def test_a_conv_behind_global_pooling_has_an_erf_but_no_analytic_rf():
     assert list(table["layer"]) == ["0", "2"] and table.at[1, "erf_size"] > 3
     assert table.at[0, "r_max"] == 3 and pd.isna(table.at[1, "r_max"])
     assert pd.isna(table.at[1, "r_min"]) and np.isnan(table.at[1, "erf_size_over_r_max"])
+
+
+class _Unanalysable(nn.Module):
+    """Upsamples a single position with ``align_corners=True`` (as MobileViT-v2 at 32 px),
+    which the RF analysis refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.down = nn.Conv2d(3, 3, 9, stride=9)  # 9 px -> a single position
+        self.head = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        y = self.down(self.conv(x))
+        return self.head(F.interpolate(y, size=(2, 2), mode="bilinear", align_corners=True))
+
+
+def test_the_erfs_of_a_model_the_rf_analysis_refuses(caplog):
+    torch.manual_seed(0)
+    net = _Unanalysable().double()
+    with pytest.raises(UnsupportedModelError, match="no corners to align"):
+        layer_erf_table(net, 9, n=2)
+    table = layer_erf_table(net, 9, n=2, analytic=False)
+    assert list(table["layer"]) == ["conv", "down", "head"] and table.at[0, "erf_size"] <= 3
+    assert table[["r_max", "r_min"]].isna().all().all()
+    assert table["erf_size_over_r_max"].isna().all()
+    # the importance stage's analytic-RF unit: no rows, a warning naming the op
+    from types import SimpleNamespace
+
+    from landscape.stages.importance import ImportanceConfig, _rf_rows
+
+    ctx = SimpleNamespace(build_model=_Unanalysable,
+                          identity=SimpleNamespace(run_id="cell/seed=0", in_channels=2))
+    with caplog.at_level("WARNING", logger="landscape"):
+        assert _rf_rows(ctx, ImportanceConfig(per_layer=True, input_size=9)) == []
+    assert "cell/seed=0: no analytic RF beside the per-layer ERFs" in caplog.text
+    assert "no corners to align" in caplog.text
 
 
 # --------------------------------------------------------------------------- bad input

@@ -68,16 +68,21 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
                     mode: str = "random_input", n: int = 16, seed: int = 0,
                     in_channels: int | None = None,
                     device: str | torch.device = "cpu",
-                    images: torch.Tensor | None = None) -> pd.DataFrame:
+                    images: torch.Tensor | None = None,
+                    analytic: bool = True) -> pd.DataFrame:
     """One row per selected conv layer (forward order), columns
     ``LAYER_ERF_COLUMNS``: ``erf_sigma`` the mean of ``sigma_y`` and ``sigma_x`` (moment
     sigmas, pixels), ``erf_size`` the side of the centred square holding 95 % of the map's
     mass, ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the layer's analytic RF
     (NA for a conv behind a global mix, e.g. a head conv after global pooling) and
-    ``erf_size_over_r_max`` their ratio (NaN there). Arguments as for :func:`layer_erf_maps`."""
+    ``erf_size_over_r_max`` their ratio (NaN there). ``analytic=False`` leaves those three
+    NA without running the RF analysis (for a model it cannot follow, whose
+    :class:`~landscape.receptive_field.UnsupportedModelError` it raises otherwise). Other
+    arguments as for :func:`layer_erf_maps`."""
     maps = layer_erf_maps(model, input_size, layers=layers, mode=mode, n=n, seed=seed,
                           in_channels=in_channels, device=device, images=images)
-    rf = receptive_field_table(model, input_size).set_index("layer")
+    rf = (receptive_field_table(model, input_size).set_index("layer") if analytic else
+          pd.DataFrame({"r_max": pd.NA, "r_min": pd.NA}, index=list(maps)))
     rows = []
     for name, m in maps.items():
         try:

@@ -18,6 +18,7 @@ so a change to the analysis recomputes that unit, not the maps.
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -34,13 +35,14 @@ from landscape.importance import (
 from landscape.importance.layer_erf import conv_layers, layer_erf_table
 from landscape.importance.maps import centre_token
 from landscape.models import InputTooSmallError, check_input_size
-from landscape.receptive_field import receptive_field_table, version
+from landscape.receptive_field import UnsupportedModelError, receptive_field_table, version
 from landscape.seeds import IMPORTANCE, stream_seed
 from landscape.stages.base import (
     Output, RunContext, Stage, Unit, check_checkpoints, check_counts, check_protocol,
     register_stage,
 )
 
+log = logging.getLogger("landscape")
 RF_UNIT = "importance_rf"  # the analytic RF beside the per-layer ERFs (from the RF analysis)
 
 
@@ -164,7 +166,7 @@ def _layer_rows(model: nn.Module, c: ImportanceConfig, seed: int, device, images
     inputs (``landscape.importance.layer_erf_table``); its analytic RF is unit
     ``importance_rf``'s."""
     t = layer_erf_table(model, c.input_size, mode=c.mode, n=c.n_samples, seed=seed,
-                        device=device, images=images)
+                        device=device, images=images, analytic=False)
     return [{"stage": stage, "metric": f"layer_{k}", "value": float(r[k]), "layer": r["layer"],
              "index": i, "protocol": "default", "note": note}
             for i, r in enumerate(t.to_dict("records"))
@@ -178,9 +180,15 @@ def _per_layer(c: ImportanceConfig) -> bool:
 def _rf_rows(ctx: RunContext, c: ImportanceConfig) -> list[dict]:
     """Unit ``importance_rf``: ``layer_r_max`` of every conv layer (forward order, ``index``
     as the ERF rows') at ``importance.input_size``, from the freshly built model; a conv
-    behind a global mix has no finite RF and no row."""
+    behind a global mix has no finite RF and no row, and a model the RF analysis cannot
+    follow none (a warning names the op)."""
     model = ctx.build_model()
-    table = receptive_field_table(model, c.input_size).set_index("layer")
+    try:
+        table = receptive_field_table(model, c.input_size).set_index("layer")
+    except UnsupportedModelError as e:  # the cell's receptive_field rows say so too
+        log.warning("%s: no analytic RF beside the per-layer ERFs: %s", ctx.identity.run_id,
+                    str(e).splitlines()[0])
+        return []
     example = torch.zeros(2, ctx.identity.in_channels, c.input_size, c.input_size)
     convs = forward_order(model, conv_layers(model), example)
     note = (f"input_size={c.input_size}; RF analysis {version.analysis_version()} "
