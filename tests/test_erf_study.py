@@ -16,7 +16,9 @@ from torch import nn
 
 from analysis.erf import depth_slopes
 from landscape.cli.erf import erf_main
-from landscape.importance import erf_fit, high_contribution_ratio, layer_erf_maps, layer_erf_table
+from landscape.importance import (
+    erf_fit, high_contribution_ratio, layer_erf_maps, layer_erf_table, projected_gradient,
+)
 from landscape.receptive_field import UnsupportedModelError
 from landscape.importance.luo import StackSpec, check_input_size, erf_depth_sweep, stack_erf_map
 
@@ -150,6 +152,34 @@ def test_a_conv_behind_global_pooling_has_an_erf_but_no_analytic_rf():
     assert list(table["layer"]) == ["0", "2"] and table.at[1, "erf_size"] > 3
     assert table.at[0, "r_max"] == 3 and pd.isna(table.at[1, "r_max"])
     assert pd.isna(table.at[1, "r_min"]) and np.isnan(table.at[1, "erf_size_over_r_max"])
+
+
+class _PositionConv(nn.Module):
+    """Adds a conv of a fixed grid (EdgeNeXt's Fourier positional encoding): its output does
+    not depend on the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.pos = nn.Conv2d(2, 3, 1)
+        self.head = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        grid = torch.ones(1, 2, x.shape[-2], x.shape[-1], dtype=x.dtype, device=x.device)
+        return self.head(self.conv(x) + self.pos(grid))
+
+
+def test_a_conv_the_image_does_not_reach_has_no_erf():
+    torch.manual_seed(0)
+    net = _PositionConv().double()
+    maps = layer_erf_maps(net, 9, n=2)
+    assert list(maps) == ["conv", "pos", "head"] and maps["pos"] is None
+    table = layer_erf_table(net, 9, n=2).set_index("layer")
+    assert table.loc[["conv", "head"], "erf_size"].notna().all()
+    assert table.loc["pos", ["erf_size", "erf_sigma", "erf_r2"]].isna().all()
+    assert list(table["r_max"].loc[["conv", "head"]]) == [3, 5]
+    with pytest.raises(ValueError, match="layer 'pos': its output does not depend on the input"):
+        projected_gradient(net, torch.randn(2, 2, 9, 9, dtype=torch.float64), layer="pos")
 
 
 class _Unanalysable(nn.Module):

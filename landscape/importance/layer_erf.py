@@ -44,11 +44,12 @@ def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | Non
                    mode: str = "random_input", n: int = 16, seed: int = 0,
                    in_channels: int | None = None,
                    device: str | torch.device = "cpu",
-                   images: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+                   images: torch.Tensor | None = None) -> dict[str, np.ndarray | None]:
     """Mean (H, W) float64 ERF map of the centre unit of each selected conv layer, in forward
     order (a shortcut's conv, often registered before its block's convs, runs after them).
 
-    ``mode="random_input"``: the model in eval mode on ``n`` N(0, 1) inputs drawn from
+    None for a layer whose output does not depend on the input (a positional encoding's
+    conv). ``mode="random_input"``: the model in eval mode on ``n`` N(0, 1) inputs drawn from
     ``seed``; ``"linearised"``: :func:`~landscape.importance.maps.linearised_copy` on one
     input of ones (the map does not depend on the input). ``in_channels``: default the
     model's (``model.in_channels``, else the first conv's). ``model`` must already be on ``device``; it is left as it was.
@@ -61,7 +62,8 @@ def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | Non
     names = conv_layers(model, layers)
     x, net = probe_inputs(model, mode, n, input_size, in_channels, seed, device, images=images)
     maps = layer_gradient_maps(net, x, names)
-    return {name: m.mean(dim=0).cpu().numpy() for name, (m, _) in maps.items()}  # forward order
+    return {name: None if m is None else m.mean(dim=0).cpu().numpy()  # forward order
+            for name, (m, _) in maps.items()}
 
 
 def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | None = None,
@@ -75,7 +77,8 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
     sigmas, pixels), ``erf_size`` the side of the centred square holding 95 % of the map's
     mass, ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the layer's analytic RF
     (NA for a conv behind a global mix, e.g. a head conv after global pooling) and
-    ``erf_size_over_r_max`` their ratio (NaN there). ``analytic=False`` leaves those three
+    ``erf_size_over_r_max`` their ratio (NaN there). A layer whose output does not depend on
+    the input has NaN ERF columns. ``analytic=False`` leaves those three
     NA without running the RF analysis (for a model it cannot follow, whose
     :class:`~landscape.receptive_field.UnsupportedModelError` it raises otherwise). Other
     arguments as for :func:`layer_erf_maps`."""
@@ -85,14 +88,18 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
           pd.DataFrame({"r_max": pd.NA, "r_min": pd.NA}, index=list(maps)))
     rows = []
     for name, m in maps.items():
-        try:
-            fit, size = erf_fit(m), erf_size(m)
-        except ValueError as e:
-            raise ValueError(f"layer {name!r}: {e}") from None
-        r_max, r_min = rf.at[name, "r_max"], rf.at[name, "r_min"]  # NA behind a global mix
-        rows.append({"layer": name, "erf_sigma": fit.sigma, "sigma_y": fit.sigma_y,
-                     "sigma_x": fit.sigma_x, "erf_size": size, "erf_r2": fit.r2,
-                     "r_max": r_max, "r_min": r_min,
-                     "erf_size_over_r_max": np.nan if pd.isna(r_max) else size / int(r_max)})
+        # NA behind a global mix, or for a conv the image does not reach (not in the table)
+        r_max, r_min = (rf.at[name, k] if name in rf.index else pd.NA for k in ("r_max", "r_min"))
+        row = {"layer": name, "r_max": r_max, "r_min": r_min, "erf_size_over_r_max": np.nan}
+        if m is not None:  # else the output does not depend on the input: no ERF
+            try:
+                fit, size = erf_fit(m), erf_size(m)
+            except ValueError as e:
+                raise ValueError(f"layer {name!r}: {e}") from None
+            row.update(erf_sigma=fit.sigma, sigma_y=fit.sigma_y, sigma_x=fit.sigma_x,
+                       erf_size=size, erf_r2=fit.r2)
+            if not pd.isna(r_max):
+                row["erf_size_over_r_max"] = size / int(r_max)
+        rows.append(row)
     return pd.DataFrame(rows, columns=list(LAYER_ERF_COLUMNS)).astype(
         {"r_max": "Int64", "r_min": "Int64"})

@@ -183,14 +183,16 @@ def centre_token(model: nn.Module, layer: str, shape: tuple[int, ...],
 
 
 def layer_gradient_maps(model: nn.Module, inputs: Tensor, layers: list[str], *,
-                        keep_mode: bool = False) -> dict[str, tuple[Tensor, tuple[int, int]]]:
+                        keep_mode: bool = False
+                        ) -> dict[str, tuple[Tensor | None, tuple[int, int]]]:
     """Per layer in ``layers``, in forward order (of their first outputs): the (n, H, W)
     float64 map of ``inputs`` (n, C, H, W) for a unit gradient at that layer's centre (module
     docstring; a token output's centre token, :func:`centre_token`) and the centre (row, col).
     One forward for every layer, then one backward per layer. The model runs in eval mode
     (restored afterwards), or with ``keep_mode`` in the mode it is in (dropout in train mode is
     then active, with one mask per sample shared by every layer); no parameter ``.grad`` is
-    touched. A layer that does not run is a ValueError.
+    touched. A layer that does not run is a ValueError; one whose output does not depend on
+    the input (EdgeNeXt's positional encoding, a conv on a fixed grid) gets None as its map.
     """
     centres: dict[str, tuple[Tensor, tuple[int, int]]] = {}
 
@@ -213,16 +215,24 @@ def layer_gradient_maps(model: nn.Module, inputs: Tensor, layers: list[str], *,
     missing = [n for n in layers if n not in centres]
     if missing:
         raise ValueError(f"layers {missing} did not run in the forward pass")
-    maps = {}
+    maps: dict[str, tuple[Tensor | None, tuple[int, int]]] = {}
     for i, name in enumerate(centres):  # forward order: the order of their first outputs
         centre_values, centre = centres[name]
-        (grad,) = torch.autograd.grad(centre_values.sum(), x, retain_graph=i < len(layers) - 1)
-        maps[name] = (grad.abs().to(torch.float64).sum(dim=1), centre)
+        grad = None
+        if centre_values.requires_grad:
+            (grad,) = torch.autograd.grad(centre_values.sum(), x, allow_unused=True,
+                                          retain_graph=i < len(layers) - 1)
+        maps[name] = (None if grad is None else grad.abs().to(torch.float64).sum(dim=1),
+                      centre)
     return maps
 
 
 def _gradient_maps(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, tuple[int, int]]:
-    return layer_gradient_maps(model, x, [layer])[layer]
+    m, centre = layer_gradient_maps(model, x, [layer])[layer]
+    if m is None:
+        raise ValueError(f"layer {layer!r}: its output does not depend on the input (a "
+                         "positional encoding's conv?); choose a layer the image reaches")
+    return m, centre
 
 
 def projected_gradient(model: nn.Module, inputs: Tensor, *, layer: str | None = None) -> Tensor:

@@ -170,7 +170,7 @@ def _layer_rows(model: nn.Module, c: ImportanceConfig, seed: int, device, images
     return [{"stage": stage, "metric": f"layer_{k}", "value": float(r[k]), "layer": r["layer"],
              "index": i, "protocol": "default", "note": note}
             for i, r in enumerate(t.to_dict("records"))
-            for k in ("erf_size", "erf_sigma", "erf_r2")]
+            for k in ("erf_size", "erf_sigma", "erf_r2") if pd.notna(r[k])]  # (no ERF: no row)
 
 
 def _per_layer(c: ImportanceConfig) -> bool:
@@ -195,7 +195,7 @@ def _rf_rows(ctx: RunContext, c: ImportanceConfig) -> list[dict]:
             f"(landscape.receptive_field)")
     return [{"stage": RF_UNIT, "metric": "layer_r_max", "value": float(table.at[n, "r_max"]),
              "layer": n, "index": i, "protocol": "default", "note": note}
-            for i, n in enumerate(convs) if pd.notna(table.at[n, "r_max"])]
+            for i, n in enumerate(convs) if n in table.index and pd.notna(table.at[n, "r_max"])]
 
 
 def _test_images(ctx: RunContext, n: int) -> torch.Tensor:
