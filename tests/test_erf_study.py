@@ -241,6 +241,9 @@ def test_bad_layers_and_settings_are_named():
         net[0].bias.zero_()
     with pytest.raises(ValueError, match="layer '0': the ERF map is all zero"):
         layer_erf_table(net, 15, layers=["0"])
+    lenient = layer_erf_table(net, 15, strict=False)  # what the importance stage asks for
+    assert lenient["erf_size"].isna().tolist() == [True, True, True]  # nothing reaches
+    assert list(lenient["r_max"]) == [5, 7, 11]
     dropped = StackSpec(depth=1, width=1, dropout=0.999)
     with pytest.raises(ValueError, match=r"settings.drop, depth 1: the ERF map is all zero: no "
                                          r"gradient reached the input \(.*n_inputs, n_nets\)"):

@@ -46,12 +46,25 @@ def test_probe_is_deterministic_and_ignores_constant_columns() -> None:
     assert a.accuracy == b.accuracy == probe_accuracy(xtr, ytr, xte, yte).accuracy
 
 
+def test_a_layer_without_a_varying_feature_gets_the_intercept_probe() -> None:
+    """Every feature constant on the training set (a dead layer, EdgeNeXt's positional
+    encoding conv): the probe of no features predicts the most frequent training class, the
+    smallest label of a tie; it was an error that stopped the whole probes unit."""
+    ytr, yte = np.array([0, 2, 2, 1, 2, 0]), np.array([2, 1, 2, 0])
+    r = probe_accuracy(np.ones((6, 4)), ytr, np.random.rand(4, 4), yte, layer="relu")
+    assert (r.features, r.constant_features, r.converged) == (0, 4, True)
+    assert (r.train_accuracy, r.accuracy) == (3 / 6, 2 / 4)
+    tie = probe_accuracy(np.zeros((4, 2)), np.array([3, 1, 1, 3]), np.zeros((2, 2)),
+                         np.array([1, 3]))
+    assert (tie.train_accuracy, tie.accuracy) == (0.5, 0.5)  # class 1 predicted
+    assert probe_accuracy(np.zeros((4, 2)), np.array([3, 1, 1, 3]), np.zeros((1, 2)),
+                          np.array([1])).accuracy == 1.0
+
+
 def test_probe_errors_name_the_layer() -> None:
     xtr, ytr = _separable(30, 4, 4)
     with pytest.raises(ValueError, match="layer 'conv3': the training labels hold 1 class"):
         probe_accuracy(xtr, np.zeros(30), xtr, ytr, layer="conv3")
-    with pytest.raises(ValueError, match="layer 'relu': all 4 features are constant"):
-        probe_accuracy(np.ones((30, 4)), ytr, xtr, ytr, layer="relu")
     with pytest.raises(ValueError, match="layer 'fc': train has 4 features, test 3"):
         probe_accuracy(xtr, ytr, xtr[:, :3], ytr, layer="fc")
     with pytest.raises(ValueError, match="layer 'fc': the test set is empty"):
@@ -179,9 +192,9 @@ def test_position_map_errors() -> None:
     with pytest.raises(ValueError, match="one shape"):
         position_accuracy_map(np.zeros((4, 2, 3, 3)), np.arange(4) % 2,
                               np.zeros((4, 2, 3, 2)), np.arange(4) % 2)
-    with pytest.raises(ValueError, match=r"layer '0\[0,0\]': all 2 features are constant"):
-        position_accuracy_map(np.zeros((4, 2, 3, 3)), np.arange(4) % 2,
-                              np.zeros((4, 2, 3, 3)), np.arange(4) % 2, layer="0")
+    dead = position_accuracy_map(np.zeros((4, 2, 3, 3)), np.arange(4) % 2,
+                                 np.zeros((4, 2, 3, 3)), np.arange(4) % 2, layer="0")
+    assert (dead.accuracy == 0.5).all()  # every position: the intercept probe
 
 
 # --- observed tail -----------------------------------------------------------------------
@@ -869,3 +882,70 @@ def test_units_read_before_layouts_were_followed_are_recomputed_for_external_mod
                                              "-> 'functions+views+modules'")
     results.write_stage(out_dir, unit, [], info={"settings": stage.recorded_settings(config)})
     assert reason("timm:convnext_atto") is None  # a unit written now records its reading
+
+
+def _position_net(*, num_classes: int, in_channels: int, pool, **_) -> nn.Module:
+    """A conv of a fixed grid added to the first conv's output (EdgeNeXt's positional
+    encoding): its output is the same for every image."""
+    from landscape.models import RFNet
+
+    class PositionNet(RFNet):
+        def __init__(self) -> None:
+            super().__init__(pool, in_channels)
+            self.conv = nn.Conv2d(in_channels, 8, 3, padding=1)
+            self.pos = nn.Conv2d(2, 8, 1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1, stride=2)
+            self.fc = nn.Linear(8, num_classes)
+
+        forward = _position_forward
+
+    return PositionNet()
+
+
+def _position_forward(self, x: torch.Tensor) -> torch.Tensor:
+    grid = torch.ones(x.shape[0], 2, x.shape[-2], x.shape[-1], dtype=x.dtype, device=x.device)
+    y = torch.relu(self.conv2(torch.relu(self.conv(x) + self.pos(grid))))
+    return self.fc(y.mean((2, 3)))
+
+
+
+def test_a_layer_the_image_does_not_reach_is_probed_but_has_no_saturation(tmp_path,
+                                                                        caplog) -> None:
+    """Its probe is the intercept's (the most frequent class), it gets no saturation rows
+    (zero variance has no spectrum), the note names it, and the tail is sought without it;
+    the whole unit failed before."""
+    from landscape.models.registry import MODELS, register_model
+
+    register_model("probe_position_net")(_position_net)
+    try:
+        with caplog.at_level("WARNING", logger="landscape"):
+            _position_layer_run(tmp_path, caplog)
+    finally:
+        MODELS._items.pop("probe_position_net", None)  # type: ignore[attr-defined]
+
+
+def _position_layer_run(tmp_path, caplog) -> None:
+    from landscape import pipeline, results
+    from landscape.config import ModelConfig, RunConfig
+    from landscape.data import DataConfig
+    from landscape.stages.probes import ProbesConfig
+    from landscape.train import TrainConfig
+
+    cfg = RunConfig(model=ModelConfig(name="probe_position_net", pool_level=0),
+                    data=DataConfig(name="synthetic", image_size=8, train_subset=96,
+                                    test_subset=48),
+                    train=TrainConfig(epochs=1, batch_size=32, lr=0.05),
+                    probes=ProbesConfig(enabled=True, n_train=96, n_test=48, batch_size=48,
+                                        pool_size=2),
+                    results_root=str(tmp_path), device="cpu", num_threads=1, progress=False,
+                    report=False)
+    assert pipeline.run(cfg).status == "ok"
+    df = results.load(tmp_path).query("stage == 'probes_final'")
+    acc = df[df.metric == "probe_acc"].set_index("layer")
+    assert list(acc.sort_values("index").index) == ["conv", "pos", "conv2", "fc"]
+    train = df[df.metric == "probe_train_acc"].set_index("layer")["value"]
+    assert 0 < train["pos"] <= 0.5 and acc.loc["pos", "value"] <= 0.5  # one class predicted
+    assert set(df[df.metric == "saturation"]["layer"]) == {"conv", "conv2", "fc"}
+    note = df["note"].iloc[0]
+    assert "out of the tail search (the same output for every test image): pos" in note
+    assert "no observed tail" not in caplog.text  # sought among conv, conv2

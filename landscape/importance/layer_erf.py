@@ -71,27 +71,30 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
                     in_channels: int | None = None,
                     device: str | torch.device = "cpu",
                     images: torch.Tensor | None = None,
-                    analytic: bool = True) -> pd.DataFrame:
+                    analytic: bool = True, strict: bool = True) -> pd.DataFrame:
     """One row per selected conv layer (forward order), columns
     ``LAYER_ERF_COLUMNS``: ``erf_sigma`` the mean of ``sigma_y`` and ``sigma_x`` (moment
     sigmas, pixels), ``erf_size`` the side of the centred square holding 95 % of the map's
     mass, ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the layer's analytic RF
     (NA for a conv behind a global mix, e.g. a head conv after global pooling) and
     ``erf_size_over_r_max`` their ratio (NaN there). A layer whose output does not depend on
-    the input has NaN ERF columns. ``analytic=False`` leaves those three
-    NA without running the RF analysis (for a model it cannot follow, whose
+    the input has NaN ERF columns; so, with ``strict=False``, does one whose map is all zero
+    (no gradient reached the input: a dead layer, or a conv on attention probabilities, whose
+    sum over a row is constant, as EfficientFormer-V2's talking heads), an error otherwise.
+    ``analytic=False`` leaves r_max, r_min and their ratio NA without running the RF analysis
+    (for a model it cannot follow, whose
     :class:`~landscape.receptive_field.UnsupportedModelError` it raises otherwise). Other
     arguments as for :func:`layer_erf_maps`."""
     maps = layer_erf_maps(model, input_size, layers=layers, mode=mode, n=n, seed=seed,
                           in_channels=in_channels, device=device, images=images)
     rf = (receptive_field_table(model, input_size).set_index("layer") if analytic else
-          pd.DataFrame({"r_max": pd.NA, "r_min": pd.NA}, index=list(maps)))
+          pd.DataFrame(columns=["r_max", "r_min"]))
     rows = []
     for name, m in maps.items():
         # NA behind a global mix, or for a conv the image does not reach (not in the table)
         r_max, r_min = (rf.at[name, k] if name in rf.index else pd.NA for k in ("r_max", "r_min"))
         row = {"layer": name, "r_max": r_max, "r_min": r_min, "erf_size_over_r_max": np.nan}
-        if m is not None:  # else the output does not depend on the input: no ERF
+        if m is not None and (strict or m.any()):  # else no gradient reaches the input
             try:
                 fit, size = erf_fit(m), erf_size(m)
             except ValueError as e:

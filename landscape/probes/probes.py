@@ -95,13 +95,10 @@ def check_backend(backend: str, field: str = "backend") -> None:
 def _standardised(train_x: np.ndarray, test_x: np.ndarray, layer: str
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Both sets standardised with the training set's float64 mean and std, the columns
-    constant on it dropped; and the mask of the columns kept."""
+    constant on it dropped (possibly all); and the mask of the columns kept."""
     x64 = train_x.astype(np.float64)
     mean, std = x64.mean(axis=0), x64.std(axis=0)
     keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
-    if not keep.any():
-        raise ValueError(f"layer {layer!r}: all {train_x.shape[1]} features are constant on "
-                         "the training set (e.g. a dead ReLU layer); nothing to probe")
     mean, std = mean[keep], std[keep]
     out = []
     for x in (x64, test_x.astype(np.float64)):
@@ -144,8 +141,11 @@ def probe_accuracy(
 ) -> ProbeResult:
     """Fit one standardised logistic-regression probe on (train_x, train_y) and score it on
     (test_x, test_y); see the module docstring (``device``: where the torch backend fits).
-    Raises naming ``layer`` when the training labels hold fewer than 2 classes or every
-    feature is constant on the training set."""
+    A layer whose every feature is constant on the training set (a dead layer, or one the
+    image does not reach, such as a positional encoding's conv) gets the probe of no
+    features, its intercept alone: the training set's most frequent class (the smallest
+    label of a tie). Raises naming ``layer`` when the training labels hold fewer than 2
+    classes."""
     check_backend(backend)
     train_x, train_y = _check_xy(train_x, train_y, layer, "train")
     test_x, test_y = _check_xy(test_x, test_y, layer, "test")
@@ -161,8 +161,14 @@ def probe_accuracy(
         raise ValueError(f"C must be > 0 and max_iter an integer >= 1, got C={C!r}, "
                          f"max_iter={max_iter!r}")
     xtr, xte, keep = _standardised(train_x, test_x, layer)
-    pred_tr, pred_te, converged = _fit_predict(xtr, train_y, xte, C=C, max_iter=max_iter,
-                                               backend=backend, device=device)
+    if keep.any():
+        pred_tr, pred_te, converged = _fit_predict(xtr, train_y, xte, C=C, max_iter=max_iter,
+                                                   backend=backend, device=device)
+    else:  # the probe is its intercept alone: the training set's most frequent class
+        counts = (train_y[:, None] == classes[None, :]).sum(axis=0)
+        majority = classes[int(np.argmax(counts))]
+        pred_tr, pred_te, converged = np.full_like(train_y, majority), np.full_like(
+            test_y, majority), True
     return ProbeResult(
         layer=layer, accuracy=float(np.mean(pred_te == test_y)),
         train_accuracy=float(np.mean(pred_tr == train_y)),

@@ -164,9 +164,12 @@ def _layer_rows(model: nn.Module, c: ImportanceConfig, seed: int, device, images
                 stage: str, note: str) -> list[dict]:
     """Per conv layer (forward order, ``index``): the ERF of its centre unit on the same
     inputs (``landscape.importance.layer_erf_table``); its analytic RF is unit
-    ``importance_rf``'s."""
+    ``importance_rf``'s. A layer no gradient reaches the input from has no rows, and the note
+    names it."""
     t = layer_erf_table(model, c.input_size, mode=c.mode, n=c.n_samples, seed=seed,
-                        device=device, images=images, analytic=False)
+                        device=device, images=images, analytic=False, strict=False)
+    none = t.loc[t["erf_size"].isna(), "layer"].tolist()
+    note += f"; no ERF (no gradient reaches the input): {', '.join(none)}" if none else ""
     return [{"stage": stage, "metric": f"layer_{k}", "value": float(r[k]), "layer": r["layer"],
              "index": i, "protocol": "default", "note": note}
             for i, r in enumerate(t.to_dict("records"))

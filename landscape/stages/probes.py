@@ -113,15 +113,9 @@ def position_layer_names(model: torch.nn.Module, entries: list[str], arch: str) 
     out, wrong = [], []
     for e in entries:
         kind, _, k = str(e).partition(":")
-        if kind == "conv" and k.isdigit():
-            if int(k) < len(convs):
-                out.append(convs[int(k)])
-            else:
-                wrong.append(e)
-        elif e in convs:
-            out.append(e)
-        else:
-            wrong.append(e)
+        name = (convs[int(k)] if kind == "conv" and k.isdigit() and int(k) < len(convs)
+                else e if e in convs else None)
+        (wrong if name is None else out).append(e if name is None else name)
     if wrong:
         shown = ", ".join(convs[:8]) + (", ..." if len(convs) > 8 else "")
         raise ValueError(f"probes.position_layers: {wrong} are not conv layers of {arch} "
@@ -224,7 +218,7 @@ class ProbesStage(Stage):
         probes = layer_probes(fit.features, fit.labels, score.features, score.labels, C=c.C,
                               max_iter=c.max_iter, backend=c.backend, device=device)
         rows: list[dict] = []
-        accuracy, saturation, unsaturated = [], [], []
+        accuracy, saturation, unsaturated, constant = [], [], [], []
         for i, name in enumerate(names):
             probe, acc = probes[name], score.covariances[name]
             accuracy.append(probe.accuracy)
@@ -235,6 +229,10 @@ class ProbesStage(Stage):
                 saturation.append(None)
                 unsaturated.append(f"{name} ({acc.count} samples, {acc.dim} channels)")
                 continue
+            if not acc.covariance().trace() > 0:  # the same output for every image: no
+                saturation.append(None)  # spectrum (a positional encoding's conv), no tail
+                constant.append(name)
+                continue
             sat = accumulator_saturation(acc, c.threshold, rule=c.saturation_rule)
             saturation.append(sat.saturation)
             rows += [{"metric": m, "value": v, "layer": name, "index": i}
@@ -243,8 +241,8 @@ class ProbesStage(Stage):
         # The tail is sought among the layers before the head: a Linear classifier's output is
         # only num_classes wide, so its saturation says nothing about unused capacity.
         modules = dict(model.named_modules())
-        body = [i for i, n in enumerate(names)
-                if not isinstance(modules[split_call(n)[0]], torch.nn.Linear)]
+        body = [i for i, n in enumerate(names) if n not in constant
+                and not isinstance(modules[split_call(n)[0]], torch.nn.Linear)]
         if any(saturation[i] is None for i in body):
             log.warning("%s: no observed tail: the saturation of %s is not computed (no more "
                         "test samples than channels; raise probes.n_test)", ctx.identity.run_id,
@@ -271,7 +269,9 @@ class ProbesStage(Stage):
                 f"saturation_rule={c.saturation_rule}; epsilon={c.epsilon}; "
                 f"min_tail={c.min_tail}; input_size={ctx.identity.image_size}"
                 + (f"; no saturation (no more test samples than channels): "
-                   f"{', '.join(unsaturated)}" if unsaturated else ""))
+                   f"{', '.join(unsaturated)}" if unsaturated else "")
+                + (f"; no saturation, out of the tail search (the same output for every "
+                   f"test image): {', '.join(constant)}" if constant else ""))
         return [{"stage": unit.name, "note": note, **r} for r in rows]
 
 
