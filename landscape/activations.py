@@ -135,13 +135,6 @@ def module_calls(model: nn.Module, modules: Sequence[str], example: Tensor
     return {n: (calls[n], why.get(n)) for n in modules}, order
 
 
-def forward_order(model: nn.Module, modules: Sequence[str], example: Tensor) -> list[str]:
-    """The ``modules`` that run in one eval-mode, no-grad forward of ``example[:2]``, in the
-    order of their first outputs (:func:`module_calls`)."""
-    _, order = module_calls(model, modules, example)
-    return list(dict.fromkeys(name for name, _ in order))
-
-
 def _resolve(model: nn.Module, names: list[str], example: Tensor, arg: str,
              matches: dict[str, list[str]], exact: Sequence[str]) -> list[str]:
     """``names`` (modules and call sites) as captured (module doc): an error for a name given

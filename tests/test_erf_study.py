@@ -133,6 +133,32 @@ class _ShortcutFirst(nn.Module):
         return self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x)
 
 
+class _SharedConv(nn.Module):
+    """One conv applied twice (CoaT's positional conv, shared by the blocks of a stage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.shared = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.shared(self.shared(self.conv(x)))
+
+
+def test_a_conv_called_twice_has_an_erf_per_call():
+    torch.manual_seed(0)
+    net = _SharedConv().double()
+    table = layer_erf_table(net, 15, n=2).set_index("layer")
+    assert list(table.index) == ["conv", "shared@0", "shared@1"]
+    assert list(table["erf_size"]) == [3, 5, 7]  # each call adds its 3x3 window
+    # the importance stage's default layer: the last call of the last conv to run
+    from landscape.importance.maps import last_conv
+
+    x = torch.randn(2, 2, 15, 15, dtype=torch.float64)
+    assert last_conv(net, x) == "shared@1"
+    assert projected_gradient(net, x).shape == (2, 15, 15)
+
+
 def test_layer_erfs_come_in_forward_order():
     torch.manual_seed(0)
     net = _ShortcutFirst().double()
@@ -165,7 +191,7 @@ class _PositionConv(nn.Module):
         self.head = nn.Conv2d(3, 3, 3, padding=1)
 
     def forward(self, x):
-        grid = torch.ones(1, 2, x.shape[-2], x.shape[-1], dtype=x.dtype, device=x.device)
+        grid = torch.ones(len(x), 2, x.shape[-2], x.shape[-1], dtype=x.dtype, device=x.device)
         return self.head(self.conv(x) + self.pos(grid))
 
 

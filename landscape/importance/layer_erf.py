@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from landscape.activations import check_on_device
+from landscape.activations import check_on_device, select_modules, split_call
 from landscape.importance.erf import erf_size
 from landscape.importance.erf_fit import erf_fit
 from landscape.importance.maps import MODES, layer_gradient_maps, probe_inputs
@@ -40,13 +40,27 @@ def conv_layers(model: nn.Module, layers: list[str] | None = None) -> list[str]:
     return [n for n in convs if n in layers]
 
 
+def conv_sites(model: nn.Module, example: torch.Tensor, layers: list[str] | None = None
+               ) -> list[str]:
+    """The selected ``Conv2d`` layers (:func:`conv_layers`) as one forward of ``example`` runs
+    them, in forward order: a conv called several times (CoaT's positional conv, shared by
+    the blocks of a stage) is one site per call (``name@k``); one that never runs, or whose
+    output does not hold one row per image (a conv on windows folded into the batch), is left
+    out with a warning (:func:`~landscape.activations.select_modules`)."""
+    names = set(conv_layers(model, layers))
+    return [site for site in select_modules(model, None, arg="layers", types=(nn.Conv2d,),
+                                            example=example)
+            if split_call(site)[0] in names]
+
+
 def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | None = None,
                    mode: str = "random_input", n: int = 16, seed: int = 0,
                    in_channels: int | None = None,
                    device: str | torch.device = "cpu",
                    images: torch.Tensor | None = None) -> dict[str, np.ndarray | None]:
     """Mean (H, W) float64 ERF map of the centre unit of each selected conv layer, in forward
-    order (a shortcut's conv, often registered before its block's convs, runs after them).
+    order (a shortcut's conv, often registered before its block's convs, runs after them),
+    per call site of a conv called several times (:func:`conv_sites`).
 
     None for a layer whose output does not depend on the input (a positional encoding's
     conv). ``mode="random_input"``: the model in eval mode on ``n`` N(0, 1) inputs drawn from
@@ -59,9 +73,9 @@ def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | Non
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     check_on_device(model, device)
-    names = conv_layers(model, layers)
+    conv_layers(model, layers)  # checked before the inputs are drawn
     x, net = probe_inputs(model, mode, n, input_size, in_channels, seed, device, images=images)
-    maps = layer_gradient_maps(net, x, names)
+    maps = layer_gradient_maps(net, x, conv_sites(net, x, layers))
     return {name: None if m is None else m.mean(dim=0).cpu().numpy()  # forward order
             for name, (m, _) in maps.items()}
 

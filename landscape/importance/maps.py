@@ -35,7 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.activations import ActivationCapture, check_on_device, eval_mode, execution_order
+from landscape.activations import (
+    CALL, ActivationCapture, check_on_device, eval_mode, module_calls,
+)
 
 MODES = ("random_input", "images", "linearised")
 CENTRE_CONVENTION = "out[:, :, h // 2, w // 2] (0-based; even sizes: lower-right middle pixel)"
@@ -136,19 +138,21 @@ def last_conv(model: nn.Module, x: Tensor) -> str:
     """Name of the last ``Conv2d`` to run when ``model`` is applied to ``x``, passing over
     convs that see less than an earlier one (a ResNet whose last block has a 1x1 projection
     shortcut runs it after the block's second conv): the deepest conv by analytic r_max
-    where the RF analysis can trace the model."""
+    where the RF analysis can trace the model. A conv that runs several times (CoaT's
+    positional conv, shared by a stage's blocks) is named by its last call (``name@k``)."""
     from landscape.receptive_field.analytic import deepest_conv
 
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not names:
         raise ValueError(f"{type(model).__name__} has no Conv2d; pass layer= explicitly")
-    with eval_mode(model):
-        order = execution_order(model, names, x)
+    calls, order = module_calls(model, names, x)  # eval mode, no grad
+    last = {name: name if calls[name][0] == 1 else f"{name}{CALL}{calls[name][0] - 1}"
+            for name, _ in order}
     try:
         deepest = deepest_conv(model)
     except ValueError:  # not traceable (UnsupportedModelError is one): the order decides
-        return order[-1]
-    return deepest if deepest in order else order[-1]
+        deepest = None
+    return last.get(deepest) or last[order[-1][0]]
 
 
 def prefix_tokens(model: nn.Module) -> int:

@@ -26,13 +26,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from landscape.activations import ActivationCapture, forward_order
+from landscape.activations import ActivationCapture
 from landscape.identity import RunIdentity
 from landscape.importance import (
     MODES, ImportanceMaps, erf_stats, paper_importance, paper_maps, paper_probe,
     paper_projection, projected_gradient_maps,
 )
-from landscape.importance.layer_erf import conv_layers, layer_erf_table
+from landscape.importance.layer_erf import conv_sites, layer_erf_table
 from landscape.importance.maps import centre_token
 from landscape.models import InputTooSmallError, check_input_size
 from landscape.receptive_field import UnsupportedModelError, receptive_field_table, version
@@ -192,8 +192,8 @@ def _rf_rows(ctx: RunContext, c: ImportanceConfig) -> list[dict]:
         log.warning("%s: no analytic RF beside the per-layer ERFs: %s", ctx.identity.run_id,
                     str(e).splitlines()[0])
         return []
-    example = torch.zeros(2, ctx.identity.in_channels, c.input_size, c.input_size)
-    convs = forward_order(model, conv_layers(model), example)
+    convs = conv_sites(model, torch.zeros(2, ctx.identity.in_channels, c.input_size,
+                                          c.input_size))  # as the ERF rows number them
     note = (f"input_size={c.input_size}; RF analysis {version.analysis_version()} "
             f"(landscape.receptive_field)")
     return [{"stage": RF_UNIT, "metric": "layer_r_max", "value": float(table.at[n, "r_max"]),
