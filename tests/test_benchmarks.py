@@ -39,7 +39,7 @@ def test_all_names_are_registered():
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
                                "loss_slice", "saturation", "data_path", "rf_table", "probes",
                                "lambda_tracking", "model_zoo", "layouts", "rf_audit",
-                               "gpu_acceptance"}
+                               "stage_zoo", "gpu_acceptance"}
 
 
 def test_probes_benchmark_quick_scores_both_backends_on_the_same_features():
@@ -233,3 +233,20 @@ def test_rf_audit_of_a_model_fx_cannot_trace_uses_the_recorded_forward():
     got = audit(Branchy(), 32)
     assert got["trace"] == "recorded" and got["layer"] == "b" and got["verdict"] == "equal"
     assert got["analytic"] == ((12, 20), (12, 20))  # 3, +2 (pool), +4 (b): 9 px
+
+
+def test_stage_zoo_runs_every_unit_and_names_what_stopped_a_model(tmp_path):
+    """The quick run measures a tiny timm model in every run stage (the units derived from the
+    RF analysis included); a refused model's row carries its one-line reason."""
+    pytest.importorskip("timm")
+    from benchmarks.stage_zoo import _one
+
+    *models, summary = bench_main(["stage_zoo", "--quick"])["stage_zoo"]
+    assert summary["ok"] == 1 and not summary["crashed"], models
+    units = set(models[0]["units"])
+    assert {"train", "hessian_final", "importance_final", "importance_rf", "probes_final",
+            "probes_border", "receptive_field", "resolution_final"} <= units
+    assert any(u.startswith("finetune_") for u in units)
+    row = _one("timm:no_such_model", 16, tmp_path, timeout=120)
+    assert row["rc"] == 2 and row["units"] == []
+    assert row["stopped"].startswith("landscape-run: error:") and "no_such_model" in row["stopped"]
