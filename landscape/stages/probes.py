@@ -277,7 +277,7 @@ class ProbesStage(Stage):
 
 def _border_rows(ctx: RunContext, c: ProbesConfig) -> list[dict]:
     """Unit ``probes_border``: the predicted border among the probed layers (as the probes
-    select them: registration order, call sites resolved on a batch of two), from the
+    select them: forward order, call sites resolved on a batch of two), from the
     freshly built model at the run's input size; no row when there is none."""
     model = ctx.build_model().eval()
     size, run_id = ctx.identity.image_size, ctx.identity.run_id
