@@ -51,6 +51,19 @@ def test_known_rank_gives_rank_over_dim(d, data, seed, offset) -> None:
     assert accumulator_saturation(acc, 0.99, rule="delve").intrinsic_dim == r - 1
 
 
+@settings(max_examples=20, deadline=None)
+@given(d=st.integers(1, 16), seed=st.integers(0, 10_000),
+       offset=st.sampled_from([0.0, 3.0, -1e3]))
+def test_total_variance_is_the_covariance_trace(d, seed, offset) -> None:
+    x = torch.randn(3 * d + 5, d, generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64) + offset
+    acc = _acc(x, batch=4)
+    assert acc.total_variance == pytest.approx(float(acc.covariance().trace()), rel=1e-9)
+    assert acc.total_variance == pytest.approx(float(x.var(dim=0, unbiased=False).sum()),
+                                               rel=1e-9)
+    assert _acc(torch.full((9, d), offset), batch=4).total_variance == 0  # every sample equal
+
+
 def test_one_default_rule_the_papers_everywhere() -> None:
     import inspect
 

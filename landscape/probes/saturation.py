@@ -183,6 +183,14 @@ class CovarianceAccumulator:
         self._check_started()
         return self._shift + self._s1 / self.count
 
+    @property
+    def total_variance(self) -> float:
+        """The covariance's trace (the sum of the per-dimension variances) without forming
+        the D x D matrix: 0 when every sample is the same."""
+        self._check_started()
+        m = self._s1 / self.count
+        return float((self._s2.diagonal() / self.count - m * m).sum())
+
     def covariance(self) -> Tensor:
         """Population covariance (D x D, float64): ``E[x x^T] - mu mu^T`` over the samples."""
         self._check_started()

@@ -229,7 +229,7 @@ class ProbesStage(Stage):
                 saturation.append(None)
                 unsaturated.append(f"{name} ({acc.count} samples, {acc.dim} channels)")
                 continue
-            if not acc.covariance().trace() > 0:  # the same output for every image: no
+            if not acc.total_variance > 0:  # the same output for every image: no
                 saturation.append(None)  # spectrum (a positional encoding's conv), no tail
                 constant.append(name)
                 continue
