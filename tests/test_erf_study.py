@@ -151,12 +151,28 @@ def test_a_conv_called_twice_has_an_erf_per_call():
     table = layer_erf_table(net, 15, n=2).set_index("layer")
     assert list(table.index) == ["conv", "shared@0", "shared@1"]
     assert list(table["erf_size"]) == [3, 5, 7]  # each call adds its 3x3 window
+    # each call its own analytic RF (the RF table has a row per call, in forward order)
+    assert list(table["r_max"]) == [3, 5, 7] and list(table["r_min"]) == [3, 5, 7]
+    assert list(table["erf_size_over_r_max"]) == [1.0, 1.0, 1.0]
     # the importance stage's default layer: the last call of the last conv to run
     from landscape.importance.maps import last_conv
 
     x = torch.randn(2, 2, 15, 15, dtype=torch.float64)
     assert last_conv(net, x) == "shared@1"
     assert projected_gradient(net, x).shape == (2, 15, 15)
+
+
+def test_call_sites_take_their_own_row_of_the_rf_table_or_none():
+    from landscape.importance.layer_erf import site_rf
+
+    table = pd.DataFrame({"layer": ["a", "b", "b", "c", "c"], "r_max": [3, 5, 7, 9, pd.NA],
+                          "r_min": [3, 5, 6, 9, 9]})
+    assert site_rf(table, ["a", "b@0", "b@1", "d"]) == {
+        "a": (3, 3), "b@0": (5, 5), "b@1": (7, 6), "d": (pd.NA, pd.NA)}
+    # a call the sites leave out (a conv on windows folded into the batch): which row is
+    # which is not known, so none is taken
+    assert site_rf(table, ["b@1"]) == {"b@1": (pd.NA, pd.NA)}
+    assert site_rf(table, ["c@0", "c@1"]) == {"c@0": (9, 9), "c@1": (pd.NA, 9)}
 
 
 def test_layer_erfs_come_in_forward_order():

@@ -15,6 +15,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from collections import Counter
+
 from landscape.activations import check_on_device, select_modules, split_call
 from landscape.importance.erf import erf_size
 from landscape.importance.erf_fit import erf_fit
@@ -53,6 +55,24 @@ def conv_sites(model: nn.Module, example: torch.Tensor, layers: list[str] | None
             if split_call(site)[0] in names]
 
 
+def site_rf(table: pd.DataFrame, sites: list[str]) -> dict[str, tuple]:
+    """``(r_max, r_min)`` of each conv call site (:func:`conv_sites`) from a
+    :func:`~landscape.receptive_field.receptive_field_table` (one row per call, forward
+    order): a conv called once is its row, the ``k``-th call of a conv called several times
+    (``name@k``) the ``k``-th of its rows. NA for a site behind a global mix, one the image
+    does not reach (no row), or a conv whose rows the sites do not match one to one."""
+    calls = Counter(split_call(s)[0] for s in sites)
+    rows = {name: g[["r_max", "r_min"]].to_numpy(dtype=object)
+            for name, g in table.groupby("layer", sort=False)}
+    out = {}
+    for site in sites:
+        name, k = split_call(site)
+        found = rows.get(name)
+        out[site] = (tuple(found[k or 0]) if found is not None and len(found) == calls[name]
+                     else (pd.NA, pd.NA))
+    return out
+
+
 def layer_erf_maps(model: nn.Module, input_size: int, *, layers: list[str] | None = None,
                    mode: str = "random_input", n: int = 16, seed: int = 0,
                    in_channels: int | None = None,
@@ -89,8 +109,9 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
     """One row per selected conv layer (forward order), columns
     ``LAYER_ERF_COLUMNS``: ``erf_sigma`` the mean of ``sigma_y`` and ``sigma_x`` (moment
     sigmas, pixels), ``erf_size`` the side of the centred square holding 95 % of the map's
-    mass, ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the layer's analytic RF
-    (NA for a conv behind a global mix, e.g. a head conv after global pooling) and
+    mass, ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the call site's analytic
+    RF (:func:`site_rf`; NA for a conv behind a global mix, e.g. a head conv after global
+    pooling) and
     ``erf_size_over_r_max`` their ratio (NaN there). A layer whose output does not depend on
     the input has NaN ERF columns; so, with ``strict=False``, does one whose map is all zero
     (no gradient reached the input: a dead layer, or a conv on attention probabilities, whose
@@ -101,12 +122,11 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
     arguments as for :func:`layer_erf_maps`."""
     maps = layer_erf_maps(model, input_size, layers=layers, mode=mode, n=n, seed=seed,
                           in_channels=in_channels, device=device, images=images)
-    rf = (receptive_field_table(model, input_size).set_index("layer") if analytic else
-          pd.DataFrame(columns=["r_max", "r_min"]))
+    rf = (site_rf(receptive_field_table(model, input_size), list(maps)) if analytic else
+          dict.fromkeys(maps, (pd.NA, pd.NA)))
     rows = []
     for name, m in maps.items():
-        # NA behind a global mix, or for a conv the image does not reach (not in the table)
-        r_max, r_min = (rf.at[name, k] if name in rf.index else pd.NA for k in ("r_max", "r_min"))
+        r_max, r_min = rf[name]  # NA behind a global mix, or where the image does not reach
         row = {"layer": name, "r_max": r_max, "r_min": r_min, "erf_size_over_r_max": np.nan}
         if m is not None and (strict or m.any()):  # else no gradient reaches the input
             try:

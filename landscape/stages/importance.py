@@ -32,7 +32,7 @@ from landscape.importance import (
     MODES, ImportanceMaps, erf_stats, paper_importance, paper_maps, paper_probe,
     paper_projection, projected_gradient_maps,
 )
-from landscape.importance.layer_erf import conv_sites, layer_erf_table
+from landscape.importance.layer_erf import conv_sites, layer_erf_table, site_rf
 from landscape.importance.maps import centre_token
 from landscape.models import InputTooSmallError, check_input_size
 from landscape.receptive_field import UnsupportedModelError, receptive_field_table, version
@@ -187,7 +187,7 @@ def _rf_rows(ctx: RunContext, c: ImportanceConfig) -> list[dict]:
     follow none (a warning names the op)."""
     model = ctx.build_model()
     try:
-        table = receptive_field_table(model, c.input_size).set_index("layer")
+        table = receptive_field_table(model, c.input_size)
     except UnsupportedModelError as e:  # the cell's receptive_field rows say so too
         log.warning("%s: no analytic RF beside the per-layer ERFs: %s", ctx.identity.run_id,
                     str(e).splitlines()[0])
@@ -196,9 +196,10 @@ def _rf_rows(ctx: RunContext, c: ImportanceConfig) -> list[dict]:
                                           c.input_size))  # as the ERF rows number them
     note = (f"input_size={c.input_size}; RF analysis {version.analysis_version()} "
             f"(landscape.receptive_field)")
-    return [{"stage": RF_UNIT, "metric": "layer_r_max", "value": float(table.at[n, "r_max"]),
-             "layer": n, "index": i, "protocol": "default", "note": note}
-            for i, n in enumerate(convs) if n in table.index and pd.notna(table.at[n, "r_max"])]
+    r_max = {site: r for site, (r, _) in site_rf(table, convs).items()}
+    return [{"stage": RF_UNIT, "metric": "layer_r_max", "value": float(r_max[n]), "layer": n,
+             "index": i, "protocol": "default", "note": note}
+            for i, n in enumerate(convs) if pd.notna(r_max[n])]
 
 
 def _test_images(ctx: RunContext, n: int) -> torch.Tensor:
