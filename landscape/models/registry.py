@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
+import torch
+
 from landscape.models.base import RFNet, check_input_size
+from landscape.models.caches import CACHES, recompute_parameter_caches
 from landscape.models.external import build_external
 from landscape.models.sources import is_external
 from landscape.models.rf_pool import PoolSpec, resolve_pool
@@ -89,7 +93,9 @@ def build_model(
     file loaded into the model (:mod:`landscape.models.weights`; on the meta device its keys
     and shapes are checked only). ``image_size`` (default: a square ``input_size``): the input
     a timm or torchvision model whose token grid is fixed at construction (a ViT) is built
-    for; every other model is the same at any size."""
+    for; every other model is the same at any size. A module that caches a tensor derived
+    from its parameters (timm's attention-bias tables) recomputes it on every call
+    (:func:`~landscape.models.caches.recompute_parameter_caches`)."""
     external = is_external(name)
     builder = None if external else _builder(name)
     spec = spec or ModelSpec()
@@ -118,8 +124,24 @@ def build_model(
         model = builder(num_classes=num_classes, in_channels=in_channels, pool=pool,
                         width=width, **knobs)
     model.spec = spec
+    recompute_parameter_caches(model)  # a cached attention-bias table would go stale
     if weights is not None:
         load_weights(model, weights, name)
     if input_size is not None:
         check_input_size(model, input_size)
     return model
+
+
+@functools.lru_cache(maxsize=None)
+def has_parameter_caches(name: str) -> bool:
+    """Whether the model ``name`` (a registered architecture, or torchvision / timm / user)
+    has a module that caches a tensor derived from its parameters
+    (:data:`~landscape.models.caches.CACHES`): built once per name on the meta device,
+    without its RF pool. True where it cannot be built so (a model that may have one)."""
+    try:
+        with torch.device("meta"):
+            model = build_model(name, resolve_pool(0), num_classes=2)
+    except Exception:  # noqa: BLE001 - unknown: count it as one that may cache
+        return True
+    return any(method in vars(m) for m in model.modules()  # patched by build_model
+               for method, _ in CACHES)

@@ -37,7 +37,7 @@ from landscape.data.registry import DatasetBundle
 from landscape.data.resident import ResidentBundle
 from landscape.device import DeviceSettings
 from landscape.identity import RunIdentity
-from landscape.models.registry import is_builtin
+from landscape.models.registry import has_parameter_caches, is_builtin
 from landscape.registry import Registry
 from landscape.results.layout import CELL_RECORD
 from landscape.stages.checks import (  # noqa: F401  (the stages import them from here)
@@ -61,16 +61,37 @@ _MODULES_ONLY = "modules"
 # ("functions+modules": windows moved by views, MambaOut's split / cat and timm's
 # LayerNorm2dNoBias were read as (N, C, H, W)); both read some channels-last maps wrong
 
+# How the units of a stage that evaluates or differentiates the model at other parameters
+# than its own in eval mode (Hessian, slices, sharpness, connectivity, pruned geometry) read
+# a parameter-derived cache (timm's attention-bias tables): recomputed per call
+# (landscape.models.caches); before 2026-12-07 the table of the first forward was kept
+PARAMETER_CACHES = "per call"
+_FIRST_FORWARD = "first forward"
 
-def _builtin_cell(out_dir: Path) -> bool:
-    """Whether the unit under ``out_dir`` (a run folder or a cell's stage folder) belongs to
-    a built-in architecture (its cell record says so): all its maps are (N, C, H, W), so
-    every way of reading layouts read them right. False where the record is unreadable."""
+
+def _model_name(out_dir: Path) -> Optional[str]:
+    """The model of the unit under ``out_dir`` (a run folder or a cell's stage folder), from
+    its cell record; None where the record is unreadable."""
     try:
         record = json.loads((Path(out_dir).parent / CELL_RECORD).read_text())
-        return is_builtin(record["identity"]["model.name"])
+        return str(record["identity"]["model.name"])
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return None
+
+
+def _builtin_cell(out_dir: Path) -> bool:
+    """Whether the unit under ``out_dir`` belongs to a built-in architecture: all its maps are
+    (N, C, H, W), so every way of reading layouts read them right, and none caches a tensor
+    derived from its parameters. False where the record is unreadable."""
+    name = _model_name(out_dir)
+    return name is not None and is_builtin(name)
+
+
+def _caches_parameters(out_dir: Path) -> bool:
+    """Whether the unit's model may cache a tensor derived from its parameters (True where
+    its record is unreadable)."""
+    name = _model_name(out_dir)
+    return name is None or has_parameter_caches(name)
 
 
 @dataclass(frozen=True)
@@ -162,6 +183,9 @@ class Stage:
     checkpoint_fields: ClassVar[tuple[str, ...]] = ("checkpoints",)
     # Reads activations as maps: its units record how their layouts were followed (LAYOUTS)
     reads_layouts: ClassVar[bool] = False
+    # Evaluates or differentiates the model at other parameters than its own in eval mode:
+    # its units record how parameter-derived caches were read (PARAMETER_CACHES)
+    perturbs_parameters: ClassVar[bool] = False
 
     def enabled(self, config: Any) -> bool:
         """Whether the stage runs with these settings (default: ``config.enabled``)."""
@@ -197,10 +221,13 @@ class Stage:
 
     def recorded_settings(self, config: Any) -> dict[str, Any]:
         """:meth:`settings` as recorded in a unit's DONE marker (JSON values), with
-        ``layouts`` for a stage that reads activations."""
+        ``layouts`` for a stage that reads activations and ``parameter_caches`` for one that
+        perturbs the parameters."""
         settings = self.settings(config)
         if self.reads_layouts:
             settings = {**settings, "layouts": LAYOUTS}
+        if self.perturbs_parameters:
+            settings = {**settings, "parameter_caches": PARAMETER_CACHES}
         return results.jsonable(settings)
 
     def unit_settings(self, config: Any, unit: str) -> dict[str, Any]:
@@ -223,13 +250,19 @@ class Stage:
         A setting missing from the unit's marker counts as its :meth:`legacy_settings` value.
         For a stage that reads layouts, a unit of a built-in architecture read its layouts
         right however it recorded them (kept); any other model's unit written with an older
-        reading (or none recorded) is recomputed."""
-        settings, ignore = self.unit_settings(config, unit), ()
+        reading (or none recorded) is recomputed. Likewise a stage that perturbs the
+        parameters recomputes a unit that kept a parameter-derived cache's first value
+        (recorded so, or written before it was recorded) of a model that has such a cache."""
+        settings, ignore = self.unit_settings(config, unit), []
         legacy = self.legacy_settings(config)
         if self.reads_layouts:
             if _builtin_cell(out_dir):
-                ignore = ("layouts",)
+                ignore.append("layouts")
             legacy = {**legacy, "layouts": _MODULES_ONLY}
+        if self.perturbs_parameters and "parameter_caches" in settings:
+            if not _caches_parameters(out_dir):
+                ignore.append("parameter_caches")
+            legacy = {**legacy, "parameter_caches": _FIRST_FORWARD}
         legacy = {k: v for k, v in legacy.items() if k in settings}  # of this unit's settings
         return results.stale_reason(out_dir, unit, settings, seeds, defaults=legacy,
                                     ignore=ignore)

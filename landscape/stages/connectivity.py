@@ -37,6 +37,7 @@ class ConnectivityConfig:
 @register_stage
 class ConnectivityStage(Stage):
     name = "connectivity"
+    perturbs_parameters = True
     level = "cell"
     config_field = "connectivity"
 

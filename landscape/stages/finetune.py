@@ -30,6 +30,7 @@ class FinetuneStage(Stage):
     """Fine-tuning of each pruned model with its mask kept exactly (reuses the saved masks)."""
 
     name = "finetune"
+    perturbs_parameters = True
     config_field = "prune"
     trains = True
 

@@ -102,6 +102,7 @@ class HessianStage(Stage):
     """One unit per checkpoint; one Hessian operator per unit serves top-k, density and trace."""
 
     name = "hessian"
+    perturbs_parameters = True
     config_field = "hessian"
 
     def validate(self, config: HessianConfig) -> None:

@@ -265,6 +265,7 @@ class PruneStage(Stage):
     """One-shot pruning of a checkpoint, one unit per rate."""
 
     name = "prune"
+    perturbs_parameters = True
     config_field = "prune"
 
     def validate(self, config: PruneConfig) -> None:
@@ -278,8 +279,7 @@ class PruneStage(Stage):
                      {"rate": float(r), "checkpoint": config.checkpoint}) for r in config.rates]
 
     def settings(self, config: PruneConfig) -> dict:
-        # The unit name's hash covers the pruning; the geometry measured in the unit is not
-        # in the name (adding it to finished units recomputes them rather than forking names).
+        # the unit name's hash covers the pruning, not the geometry (a change recomputes)
         return geometry_settings(config)
 
     def run(self, ctx: RunContext, config: PruneConfig, unit: Unit) -> Output:

@@ -42,6 +42,7 @@ class SharpnessConfig:
 @register_stage
 class SharpnessStage(Stage):
     name = "sharpness"
+    perturbs_parameters = True
     config_field = "sharpness"
 
     def validate(self, config: SharpnessConfig) -> None:

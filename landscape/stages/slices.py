@@ -88,6 +88,7 @@ def validate(cfg: SliceConfig) -> None:
 @register_stage
 class SliceStage(Stage):
     name = "slice"
+    perturbs_parameters = True
     config_field = "slice"
     selects = ("enabled", "checkpoints", "directions")
 
