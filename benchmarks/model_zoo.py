@@ -7,14 +7,16 @@ of its deepest local features at that size, :func:`~landscape.receptive_field.fe
 "unknown" with the op the RF analysis cannot follow, which the run survives), one training
 step (forward and backward on 4 random images) and one Hessian-vector product of the
 cross-entropy (the operator of the Hessian, pruned-Hessian and lambda_max-tracking stages),
-which must be finite. Each refusal says in one line which step
-stopped it. ``--source torchvision`` (every classifier), ``timm`` (the RF benchmark's sample),
+which must be finite and, in float64 at slightly perturbed parameters, the same for the 4
+images as one batch or as two of 2 (:func:`split_gap`: nothing in eval mode may carry over
+from one batch to the next). Each refusal says in one line which step stopped it. ``--source torchvision`` (every classifier), ``timm`` (the RF benchmark's sample),
 ``timm-modules`` (the first model of every timm module); models over ``--max-params`` are
 left out (listed). No target: it measures coverage, and the seconds of each step.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -27,12 +29,13 @@ from landscape.models import build_model, resolve_pool
 from landscape.receptive_field import UnsupportedModelError, feature_field
 
 QUICK = ("torchvision:resnet18", "torchvision:swin_v2_t", "timm:test_vit", "timm:test_coatnet")
+SPLIT_TOL = 1e-9  # float64 round-off of a few thousand terms is ~1e-14
 
 
 def _one(name: str, size: int, max_params: float) -> dict:
     row: dict = {"model": name, "params": None, "build_s": None, "rf": None,
                  "global_mixing": None, "rf_unknown": None, "step_s": None, "hvp_s": None,
-                 "failure": None, "skipped": False}
+                 "split_gap": None, "failure": None, "skipped": False}
     step = "build"
     try:
         t0 = time.perf_counter()
@@ -59,10 +62,36 @@ def _one(name: str, size: int, max_params: float) -> dict:
         op = HessianOperator(model.eval(), F.cross_entropy, [(x, y)])
         op(torch.ones(op.dim) / op.dim ** 0.5)  # a non-finite product raises, naming the op
         row["hvp_s"] = round(time.perf_counter() - t0, 3)
+        step = "split invariance"
+        row["split_gap"] = split_gap(model, x, y)
+        if row["split_gap"] > SPLIT_TOL:
+            raise ValueError(f"the HVP of one batch of 4 and of two batches of 2 differ by "
+                             f"{row['split_gap']:.1e} of its norm in float64: the model keeps "
+                             "state from one batch to the next in eval mode")
     except Exception as e:  # noqa: BLE001 - coverage: every refusal is a row
         first = str(e).splitlines()[0] if str(e) else ""
         row["failure"] = f"{step}: {type(e).__name__}: {first[:300]}"
     return row
+
+
+def split_gap(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """|H v - H' v| / |H v| in float64, H the Hessian of the mean loss over ``x`` as one batch,
+    H' over its two halves (equal halves: the same mean loss), at slightly perturbed
+    parameters (timm zero-initialises gains that hide paths) and a random ``v``. In eval mode
+    nothing may depend on how the batch is split: a gap above float64 round-off means state
+    kept between forwards (a cache of a parameter-derived tensor read with other
+    parameters), which every measurement that perturbs the parameters would inherit."""
+    net = copy.deepcopy(model).double().eval()
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype), alpha=0.02)
+    x = x.double()
+    whole = HessianOperator(net, F.cross_entropy, [(x, y)])
+    halves = HessianOperator(net, F.cross_entropy, [(x[:2], y[:2]), (x[2:], y[2:])])
+    v = torch.randn(whole.dim, generator=gen, dtype=torch.float64)
+    a, b = whole(v), halves(v)
+    return float((a - b).norm() / a.norm().clamp_min(1e-300))
 
 
 def _rf_label(row: dict) -> str:

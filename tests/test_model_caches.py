@@ -150,3 +150,16 @@ def test_units_that_kept_a_stale_bias_table_are_recomputed_for_those_models(
     assert stage.stale_reason(config, out_dir, unit) == stale
     results.write_stage(out_dir, unit, [], info={"settings": now})
     assert reason("timm:levit_128s") is None  # a unit written now records its reading
+
+
+def test_the_model_zoo_split_check_finds_a_kept_table():
+    """``python -m benchmarks model_zoo`` checks on every model that the Hessian does not depend
+    on how the batch is split (in float64): the cached table breaks that, the recomputed one
+    does not."""
+    from benchmarks.model_zoo import SPLIT_TOL, split_gap
+
+    net, x, y = _net_and_data()
+    x, y = torch.randn(4, 1, 4, 4, dtype=torch.float64), y[:4]
+    assert split_gap(net, x, y) > 1e3 * SPLIT_TOL
+    recompute_parameter_caches(net)
+    assert split_gap(net, x, y) < SPLIT_TOL
