@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from analysis.plots import _figure, _levels, _styled, _suptitle, stage_title
 from analysis.stats import final_epoch, grid_frame, select
@@ -79,7 +80,13 @@ def saturation_probes(df: pd.DataFrame, *, arch: str | None = None, dataset: str
         ax.set_ylim(0, 1.05)
         ax.set_title(label)
         ax.set_ylabel("saturation / probe accuracy")
-    axes[0, -1].legend(loc="lower left", fontsize=7)
+    handles = {}  # below the panels, where it covers no bar (every panel's entries, once)
+    for ax in axes[0]:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+    if "saturation" in handles:  # each panel's bars have the colour of its RF
+        handles["saturation"] = Patch(color="0.5", alpha=0.45)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+               ncol=len(handles), fontsize=7, frameon=False)
     _suptitle(fig, g, f"saturation and probe accuracy per layer, {stage_title(stage)}")
     return fig
 

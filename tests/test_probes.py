@@ -594,7 +594,17 @@ def test_the_probe_figure_and_table_from_rows_with_equal_seeds() -> None:
     fig = saturation_probes(df)
     for ax in fig.axes:  # every probed layer on the axis, with or without saturation
         assert [t.get_text() for t in ax.get_xticklabels()] == ["c0", "c1", "c2", "fc"]
-        assert len(ax.patches) == 3
+        assert len(ax.patches) == 3 and ax.get_legend() is None
+    (legend,) = fig.legends  # one, below the panels: it covers no bar
+    assert {t.get_text() for t in legend.get_texts()} == {
+        "saturation", "probe accuracy, n=3", "predicted border", "observed tail (per seed)"}
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
     table = border_table(df).cells
     assert table["Agree"].tolist() == ["2/3", "3/3"]
     assert table["Observed tail start (per seed)"].iloc[0] == "none, c1 (#1), c1 (#1)"
