@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         lambda name: _one(name, args.size, args.max_params),
         lambda row: (f"left out: {row['params'] / 1e6:.0f}M parameters" if row["skipped"]
                      else row["failure"] or f"step {row['step_s']:.2f} s  HVP "
-                     f"{row['hvp_s']:.2f} s  {row['params'] / 1e6:.1f}M parameters  "
-                     f"{_rf_label(row)}"))
+                     f"{row['hvp_s']:.2f} s  split gap {row['split_gap']:.0e}  "
+                     f"{row['params'] / 1e6:.1f}M parameters  {_rf_label(row)}"))
     tried = [r for r in rows if not r["skipped"]]
     ok = [r for r in tried if r["failure"] is None]
     summary = {"model": "ALL", "models": len(rows), "tried": len(tried), "ok": len(ok),
@@ -120,8 +120,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                "rf_unknown": [r["model"] for r in ok if r["rf_unknown"]],
                "left_out": [r["model"] for r in rows if r["skipped"]],
                "failures": [r["model"] for r in tried if r["failure"] is not None],
+               "max_split_gap": max((r["split_gap"] for r in ok), default=None),
                "size": args.size}
-    print(f"{len(ok)}/{len(tried)} train a step and give a finite HVP at {args.size} px "
+    print(f"{len(ok)}/{len(tried)} train a step and give a finite HVP, the same for any split "
+          f"of the batch (largest gap {summary['max_split_gap'] or 0:.0e}), at {args.size} px "
           f"({len(rows) - len(tried)} over {args.max_params / 1e6:.0f}M parameters left out); "
           f"receptive field known for {summary['rf_known']} ({summary['rf_then_global']} then "
           f"mixing globally), unknown for {len(summary['rf_unknown'])}", flush=True)
