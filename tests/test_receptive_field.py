@@ -505,3 +505,27 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="levels must be a non-empty sequence"):
         rf_sweep_table("vgg19", input_size=32, levels=())
     assert math.isnan(receptive_field_table(model, 8)["center"].iloc[-1])
+
+
+def test_the_analysis_version_covers_the_packages_that_define_the_models(monkeypatch):
+    """An upgrade of torch, torchvision or timm (which may change a model's padding or the
+    tracing) gives another digest, so the cheap units derived from the analysis recompute."""
+    from importlib import metadata
+
+    from landscape.receptive_field import version
+
+    installed = version.package_versions()
+    assert installed.startswith("torch=") and ";torchvision=" in installed and ";timm=" in installed
+    version.analysis_version.cache_clear()
+    before = version.analysis_version()
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version",
+                        lambda name: "99.0" if name == "timm" else real(name))
+    version.analysis_version.cache_clear()
+    try:
+        assert "timm=99.0" in version.package_versions()
+        assert version.analysis_version() != before
+    finally:
+        monkeypatch.undo()
+        version.analysis_version.cache_clear()
+    assert version.analysis_version() == before
