@@ -2,16 +2,15 @@
 
 timm's LeViT, TinyViT, EfficientFormer (V1 and V2) and EfficientViT (MSRA) gather, in eval
 mode, their attention-bias table from the ``attention_biases`` parameter once per device and
-keep it (``attention_bias_cache``) until ``train()`` or ``.to()`` clears it. Whatever changes
-the parameters, or differentiates with respect to them, with the model in eval mode then reads
-the table of the parameters of the first forward:
-
-- a Hessian-vector product (parameters swapped in by ``functional_call``) sees the attention
-  biases only in the first batch of its first call and treats them as constants after that
-  (measured on a LeViT attention block: a Hessian column of norm 4.5e-4 where the float64
-  dense Hessian has 3.1e-4), and its forward-over-reverse form stops with a functorch error;
-- a loss slice, a sharpness perturbation, interpolated weights or a pruned copy evaluated in
-  eval mode would keep the biases of the weights evaluated before.
+keep it (``attention_bias_cache``) until ``train()``, ``eval()`` or ``.to()`` clears it. A
+measurement that changes the parameters, or differentiates with respect to them, between two
+forwards in eval mode without one of those calls reads the table of the first forward's
+parameters. The Hessian-vector product does: it evaluates every batch with fresh parameter
+tensors (``functional_call``) inside one ``eval()``, so from its second batch on the attention
+biases were constants (a LeViT attention block's Hessian column had norm 4.5e-4 where the
+float64 dense Hessian has 3.1e-4; the forward-over-reverse product stopped with a functorch
+error), and so could a sharpness perturbation or any user code. (Connectivity's interpolated
+weights were read right: the BatchNorm recalibration at every point calls ``train()``.)
 
 :func:`recompute_parameter_caches` makes each such module gather its table on every call (a
 gather of a few thousand numbers per attention block). Every model the framework builds
@@ -56,4 +55,3 @@ def recompute_parameter_caches(model: nn.Module) -> list[str]:
                 setattr(module, method, types.MethodType(_recomputed(method, cache), module))
                 patched.append(name)
     return patched
-

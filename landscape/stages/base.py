@@ -81,8 +81,8 @@ def _model_name(out_dir: Path) -> Optional[str]:
 
 def _builtin_cell(out_dir: Path) -> bool:
     """Whether the unit under ``out_dir`` belongs to a built-in architecture: all its maps are
-    (N, C, H, W), so every way of reading layouts read them right, and none caches a tensor
-    derived from its parameters. False where the record is unreadable."""
+    (N, C, H, W), so every way of reading layouts read them right. False where the record is
+    unreadable."""
     name = _model_name(out_dir)
     return name is not None and is_builtin(name)
 
