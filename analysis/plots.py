@@ -309,19 +309,25 @@ def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None
                     stages: Sequence[str] | None = None) -> Figure | None:
     """Mean projected-gradient importance map per receptive field (mean of the seeds' mean
     maps; rows = stages, columns = receptive fields), each with its own colour scale and the
-    mean over seeds of ``importance_max`` in the title. ``arrays`` maps stage -> the output of
+    mean over seeds of ``importance_max`` in the title; a cell whose seeds' maps are of
+    different layers (the default layer, the deepest conv, moved between their runs) is not
+    averaged: its panel names the layers. ``arrays`` maps stage -> the output of
     ``landscape.results.load_arrays(root, stage)``; ``stages``: default every importance stage
     with arrays."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     levels = _levels(g)
     grid_runs = set(g["run_id"].dropna())
     maps: dict[tuple[str, str], list[np.ndarray]] = {}
+    layers: dict[tuple[str, str], dict[str, int]] = {}  # the layer each seed's map is of
     stages = present_stages(pd.DataFrame({"stage": list(arrays or {})}), "importance", stages)
     for st in stages:
+        layer_of = select(g, stage=st, metric="importance_max").set_index("run_id")["layer"]
         for run_id, arr in (arrays or {}).get(st, {}).items():
             if run_id in grid_runs and "mean_map" in arr:
                 key = (st, run_id.split("/seed=")[0])
                 maps.setdefault(key, []).append(np.asarray(arr["mean_map"]))
+                layer = str(layer_of.get(run_id, "?"))
+                layers.setdefault(key, {})[layer] = layers.get(key, {}).get(layer, 0) + 1
     present = [s for s in stages if any(k[0] == s for k in maps)]
     if not present:
         return None
@@ -331,6 +337,11 @@ def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None
             ms = maps.get((st, cell))
             if not ms:
                 ax.set_title(f"{label}\nmissing")
+                ax.set_axis_off()
+                continue
+            if len(layers[(st, cell)]) > 1:  # the default layer moved between seeds' runs
+                ax.set_title(f"{label}\nseeds measured different layers:\n" + ", ".join(
+                    f"{n} ({k})" for n, k in layers[(st, cell)].items()), fontsize=7)
                 ax.set_axis_off()
                 continue
             if len({m.shape for m in ms}) != 1:

@@ -341,6 +341,19 @@ def test_cka_importance_pruning_and_rf_figures(df):
     assert _lines(ax) == 3 and ax.get_lines()[-1].get_ydata()[0] == 32
 
 
+def test_importance_maps_of_different_layers_are_not_averaged(df):
+    """The default layer (the deepest conv by the RF analysis) can move between the runs of a
+    cell's seeds when the analysis changed; their maps are then not averaged."""
+    arrays = {"importance_init": {f"{cell(lv)}/seed={s}": {"mean_map": np.full((4, 4), 1.0)}
+                                  for lv in LEVELS for s in (0, 1, 2)}}
+    moved = (df["stage"] == "importance_init") & (df["run_id"] == f"{cell(1)}/seed=2")
+    fig = plots.importance_maps(df.assign(layer=df["layer"].mask(moved, "features.0")), arrays)
+    maps = [a for a in fig.get_axes() if a.get_images()]
+    assert [m.get_title().split("\n")[0] for m in maps] == ["RF 359 px (pool 2)"]
+    (mixed,) = [a for a in fig.get_axes() if "different layers" in a.get_title()]
+    assert mixed.get_title().endswith("features.3 (2), features.0 (1)")
+
+
 def test_importance_colour_bars_state_their_decade_instead_of_an_offset_over_the_title(df):
     arrays = {"importance_init": {f"{cell(lv)}/seed=0": {"mean_map": np.full((4, 4), 3e-7 * lv)}
                                   for lv in LEVELS}}
