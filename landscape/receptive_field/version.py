@@ -39,3 +39,9 @@ def analysis_version() -> str:
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def version_note() -> str:
+    """``"RF analysis <digest> (landscape.receptive_field)"``: the note of a row derived from
+    the analysis."""
+    return f"RF analysis {analysis_version()} (landscape.receptive_field)"

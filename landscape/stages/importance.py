@@ -194,8 +194,7 @@ def _rf_rows(ctx: RunContext, c: ImportanceConfig) -> list[dict]:
         return []
     convs = conv_sites(model, torch.zeros(2, ctx.identity.in_channels, c.input_size,
                                           c.input_size))  # as the ERF rows number them
-    note = (f"input_size={c.input_size}; RF analysis {version.analysis_version()} "
-            f"(landscape.receptive_field)")
+    note = f"input_size={c.input_size}; {version.version_note()}"
     r_max = {site: r for site, (r, _) in site_rf(table, convs).items()}
     return [{"stage": RF_UNIT, "metric": "layer_r_max", "value": float(r_max[n]), "layer": n,
              "index": i, "protocol": "default", "note": note}

@@ -283,8 +283,7 @@ def _border_rows(ctx: RunContext, c: ProbesConfig) -> list[dict]:
     size, run_id = ctx.identity.image_size, ctx.identity.run_id
     example = torch.zeros(2, ctx.identity.in_channels, size, size)
     names = select_modules(model, c.layers, arg="probes.layers", example=example)
-    note = (f"input_size={size}; layers={c.layers}; RF analysis "
-            f"{version.analysis_version()} (landscape.receptive_field)")
+    note = f"input_size={size}; layers={c.layers}; {version.version_note()}"
     try:
         border = predicted_border(model, size, names)
     except ValueError as e:  # probed layers outside the RF table (e.g. ReLU outputs)
