@@ -92,10 +92,15 @@ def importance_table(g: pd.DataFrame, reference: pd.DataFrame | None, *, stage: 
     paper = protocol == "paper" and not ref.empty  # the same quantity as the published one
     rows, numbers = [], []
     for lv in d.drop_duplicates("cell").sort_values(["receptive_field", "cell"]).itertuples():
-        mean, std, n = pooled_maxima(select(d, cell=lv.cell))
+        layers = select(d, cell=lv.cell, metric="importance_max")["layer"].dropna().unique()
+        # the default layer (deepest conv) moved between the seeds' runs: nothing to pool
+        mean, std, n = (pooled_maxima(select(d, cell=lv.cell)) if len(layers) <= 1 else
+                        (math.nan, math.nan, 0))
+        ours = (format_mean_std(mean, std, max_decimals=12) if n else
+                f"not pooled: the seeds measured {', '.join(map(str, layers))}"
+                if len(layers) > 1 else MISSING)
         row = {"Receptive field": f"RF {lv.receptive_field} px (pool {lv.pool_level})",
-               "Ours: mean ± std of the maxima": (format_mean_std(mean, std, max_decimals=12)
-                                                  if n else MISSING),
+               "Ours: mean ± std of the maxima": ours,
                "Maps": str(n)}
         pub = ref[ref["pool_level"] == lv.pool_level] if paper else ref.iloc[:0]
         num = {"cell": lv.cell, "pool_level": lv.pool_level, "mean": mean, "std": std, "n": n}

@@ -439,3 +439,27 @@ def test_a_narrow_log_axis_still_has_tick_labels():
     shown = {float(t.get_text()) for t in ax.get_yticklabels(minor=True) if t.get_text()}
     assert {20.0, 30.0, 50.0} <= shown
     assert all(f"{v:g}".lstrip("0.")[0] in "235" for v in shown)
+
+
+def test_the_importance_table_pools_seeds_only_over_one_layer():
+    """Pooled over every map of every seed when the seeds measured the same layer; a cell whose
+    seeds measured different layers (the default layer moved) gets no number."""
+    from analysis.paper import importance_table
+    from analysis.stats import grid_frame
+
+    rows = []
+    for level, layers in ((1, ("features.3", "features.3")), (2, ("features.3", "features.0"))):
+        for seed, layer in enumerate(layers):
+            run = {"run_id": f"{cell(level)}/seed={seed}", "arch": "vgg19", "dataset": "cifar10",
+                   "width": 1.0, "pool_level": level, "pool_kernel": 2, "pool_stride": 1,
+                   "pool_padding": 0, "receptive_field": LEVELS[level], "seed": seed,
+                   "stage": "importance_init", "layer": layer, "note": "input_size=32"}
+            rows += [{**run, "metric": m, "value": v} for m, v in
+                     (("importance_max", 1.0 + seed), ("importance_max_std", 0.0),
+                      ("importance_n", 2))]
+    table = importance_table(grid_frame(to_frame(rows)), None, stage="importance_init",
+                             protocol="default")
+    ours = table.cells["Ours: mean ± std of the maxima"].tolist()
+    assert ours[0] == "1.50 ± 0.500"  # maps 1, 1, 2, 2
+    assert ours[1] == "not pooled: the seeds measured features.3, features.0"
+    assert table.numbers["n"].tolist() == [4, 0]
