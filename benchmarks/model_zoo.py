@@ -9,7 +9,8 @@ step (forward and backward on 4 random images) and one Hessian-vector product of
 cross-entropy (the operator of the Hessian, pruned-Hessian and lambda_max-tracking stages),
 which must be finite and, in float64 at slightly perturbed parameters, the same for the 4
 images as one batch or as two of 2 (:func:`split_gap`: nothing in eval mode may carry over
-from one batch to the next). Each refusal says in one line which step stopped it. ``--source torchvision`` (every classifier), ``timm`` (the RF benchmark's sample),
+from one batch to the next). Each refusal says in one line which step stopped it.
+``--source torchvision`` (every classifier), ``timm`` (the RF benchmark's sample),
 ``timm-modules`` (the first model of every timm module); models over ``--max-params`` are
 left out (listed). No target: it measures coverage, and the seconds of each step.
 """

@@ -10,12 +10,12 @@ every layer on the same inputs), averaged over the inputs, then its moments and 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-
-from collections import Counter
 
 from landscape.activations import check_on_device, select_modules, split_call
 from landscape.importance.erf import erf_size
@@ -111,8 +111,7 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
     sigmas, pixels), ``erf_size`` the side of the centred square holding 95 % of the map's
     mass, ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the call site's analytic
     RF (:func:`site_rf`; NA for a conv behind a global mix, e.g. a head conv after global
-    pooling) and
-    ``erf_size_over_r_max`` their ratio (NaN there). A layer whose output does not depend on
+    pooling) and ``erf_size_over_r_max`` their ratio (NaN there). A layer whose output does not depend on
     the input has NaN ERF columns; so, with ``strict=False``, does one whose map is all zero
     (no gradient reached the input: a dead layer, or a conv on attention probabilities, whose
     sum over a row is constant, as EfficientFormer-V2's talking heads), an error otherwise.
