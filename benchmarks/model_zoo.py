@@ -9,7 +9,9 @@ step (forward and backward on 4 random images) and one Hessian-vector product of
 cross-entropy (the operator of the Hessian, pruned-Hessian and lambda_max-tracking stages),
 which must be finite and, in float64 at slightly perturbed parameters, the same for the 4
 images as one batch or as two of 2 (:func:`split_gap`: nothing in eval mode may carry over
-from one batch to the next). Each refusal says in one line which step stopped it.
+from one batch to the next), and a model built afresh with its ``state_dict`` loaded must
+give its outputs (:func:`reload_gap`: the checkpoint holds the whole model). Each refusal
+says in one line which step stopped it.
 ``--source torchvision`` (every classifier), ``timm`` (the RF benchmark's sample),
 ``timm-modules`` (the first model of every timm module); models over ``--max-params`` are
 left out (listed). No target: it measures coverage, and the seconds of each step.
@@ -31,18 +33,22 @@ from landscape.receptive_field import UnsupportedModelError, feature_field
 
 QUICK = ("torchvision:resnet18", "torchvision:swin_v2_t", "timm:test_vit", "timm:test_coatnet")
 SPLIT_TOL = 1e-9  # float64 round-off of a few thousand terms is ~1e-14
+RELOAD_TOL = 1e-6  # the same float32 ops on the same weights: 0 but for kernel choice
 
 
 def _one(name: str, size: int, max_params: float) -> dict:
     row: dict = {"model": name, "params": None, "build_s": None, "rf": None,
                  "global_mixing": None, "rf_unknown": None, "step_s": None, "hvp_s": None,
-                 "split_gap": None, "failure": None, "skipped": False}
+                 "split_gap": None, "reload_gap": None, "failure": None, "skipped": False}
     step = "build"
     try:
         t0 = time.perf_counter()
         torch.manual_seed(0)
-        model = build_model(name, resolve_pool(0), num_classes=10, in_channels=1,
-                            input_size=size, image_size=size)
+        def build():
+            return build_model(name, resolve_pool(0), num_classes=10, in_channels=1,
+                               input_size=size, image_size=size)
+
+        model = build()
         row["params"] = sum(p.numel() for p in model.parameters())
         row["build_s"] = round(time.perf_counter() - t0, 3)
         if row["params"] > max_params:
@@ -69,6 +75,12 @@ def _one(name: str, size: int, max_params: float) -> dict:
             raise ValueError(f"the HVP of one batch of 4 and of two batches of 2 differ by "
                              f"{row['split_gap']:.1e} of its norm in float64: the model keeps "
                              "state from one batch to the next in eval mode")
+        step = "checkpoint round trip"
+        row["reload_gap"] = reload_gap(model, build, x)
+        if row["reload_gap"] > RELOAD_TOL:
+            raise ValueError(f"a model built afresh with this one's state_dict loaded gives "
+                             f"outputs {row['reload_gap']:.1e} (relative) away: the checkpoint "
+                             "does not hold the whole model")
     except Exception as e:  # noqa: BLE001 - coverage: every refusal is a row
         first = str(e).splitlines()[0] if str(e) else ""
         row["failure"] = f"{step}: {type(e).__name__}: {first[:300]}"
@@ -95,6 +107,22 @@ def split_gap(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
     return float((a - b).norm() / a.norm().clamp_min(1e-300))
 
 
+def reload_gap(model: torch.nn.Module, build, x: torch.Tensor) -> float:
+    """max |f(x) - g(x)| / max |f(x)| in eval mode, ``f`` the model (after a training step,
+    its BatchNorm statistics moved), ``g`` one built afresh by ``build`` from another seed
+    with ``f``'s ``state_dict`` loaded, as every stage loads a run's checkpoint. Above
+    round-off the checkpoint does not hold the whole model (a buffer left out of the state
+    dict, an attribute set in training): the stages would measure another network than the
+    one trained."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(12345)
+        fresh = build()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        a, b = model.eval()(x), fresh.eval()(x)
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
+
+
 def _rf_label(row: dict) -> str:
     """The receptive-field label the analysis tables would give the run."""
     if row["rf"] is None:
@@ -111,7 +139,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         lambda name: _one(name, args.size, args.max_params),
         lambda row: (f"left out: {row['params'] / 1e6:.0f}M parameters" if row["skipped"]
                      else row["failure"] or f"step {row['step_s']:.2f} s  HVP "
-                     f"{row['hvp_s']:.2f} s  split gap {row['split_gap']:.0e}  "
+                     f"{row['hvp_s']:.2f} s  split gap {row['split_gap']:.0e}  reload gap "
+                     f"{row['reload_gap']:.0e}  "
                      f"{row['params'] / 1e6:.1f}M parameters  {_rf_label(row)}"))
     tried = [r for r in rows if not r["skipped"]]
     ok = [r for r in tried if r["failure"] is None]
@@ -122,9 +151,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                "left_out": [r["model"] for r in rows if r["skipped"]],
                "failures": [r["model"] for r in tried if r["failure"] is not None],
                "max_split_gap": max((r["split_gap"] for r in ok), default=None),
+               "max_reload_gap": max((r["reload_gap"] for r in ok), default=None),
                "size": args.size}
     print(f"{len(ok)}/{len(tried)} train a step and give a finite HVP, the same for any split "
-          f"of the batch (largest gap {summary['max_split_gap'] or 0:.0e}), at {args.size} px "
+          f"of the batch (largest gap {summary['max_split_gap'] or 0:.0e}) and reloaded alike "
+          f"(largest gap {summary['max_reload_gap'] or 0:.0e}), at {args.size} px "
           f"({len(rows) - len(tried)} over {args.max_params / 1e6:.0f}M parameters left out); "
           f"receptive field known for {summary['rf_known']} ({summary['rf_then_global']} then "
           f"mixing globally), unknown for {len(summary['rf_unknown'])}", flush=True)

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+import torch
+from torch import nn
 
 from benchmarks.__main__ import BENCHMARKS
 from benchmarks.__main__ import main as bench_main
@@ -143,9 +145,33 @@ def test_model_zoo_benchmark_trains_and_measures_transformers_too():
     assert all(r["failure"] is None and r["hvp_s"] > 0 for r in models), models
     assert summary["ok"] == summary["tried"] == 4
     assert all(0 <= r["split_gap"] < 1e-12 for r in models)  # float64 round-off only
+    assert all(r["reload_gap"] == 0 for r in models)  # the checkpoint holds the whole model
     rf = {r["model"]: (r["rf"], r["global_mixing"]) for r in models}  # the identity's columns
     assert rf["torchvision:resnet18"] == (435, False) and rf["timm:test_vit"] == (16, True)
     assert summary["rf_known"] == 4 and summary["rf_unknown"] == []
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_model_zoo_reload_check_finds_state_the_checkpoint_leaves_out(persistent):
+    """A buffer training changes but the state_dict leaves out (``persistent=False``) makes a
+    reloaded model another network: the zoo's reload gap finds it."""
+    from benchmarks.model_zoo import RELOAD_TOL, reload_gap
+
+    class Drift(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.register_buffer("shift", torch.zeros(2, 1, 1), persistent=persistent)
+
+        def forward(self, x):
+            if self.training:
+                self.shift += 1.0  # a running statistic
+            return self.conv(x) + self.shift
+
+    model, x = Drift(), torch.randn(2, 1, 5, 5)
+    model.train()(x)
+    gap = reload_gap(model, Drift, x)
+    assert (gap == 0) if persistent else (gap > 1e3 * RELOAD_TOL)
 
 
 def test_layouts_benchmark_quick_finds_the_two_readings_agree():
@@ -240,7 +266,7 @@ def test_stage_zoo_runs_every_unit_and_names_what_stopped_a_model(tmp_path):
     """The quick run measures a tiny timm model in every run stage (the units derived from the
     RF analysis included); a refused model's row carries its one-line reason."""
     pytest.importorskip("timm")
-    from benchmarks.stage_zoo import _one
+    from benchmarks.stage_zoo import CELL_STAGES, _one, command
 
     *models, summary = bench_main(["stage_zoo", "--quick"])["stage_zoo"]
     assert summary["ok"] == 1 and not summary["crashed"], models
@@ -248,6 +274,9 @@ def test_stage_zoo_runs_every_unit_and_names_what_stopped_a_model(tmp_path):
     assert {"train", "hessian_final", "importance_final", "importance_rf", "probes_final",
             "probes_border", "receptive_field", "resolution_final"} <= units
     assert any(u.startswith("finetune_") for u in units)
+    two = command("timm:test_resnet", 16, tmp_path, seeds=2)  # a multirun with CKA and more
+    assert two[3:5] == ["-m", "seed=0,1"] and set(CELL_STAGES) <= set(two)
+    assert not set(CELL_STAGES) & set(command("timm:test_resnet", 16, tmp_path))
     row = _one("timm:no_such_model", 16, tmp_path, timeout=120)
     assert row["rc"] == 2 and row["units"] == []
     assert row["stopped"].startswith("landscape-run: error:") and "no_such_model" in row["stopped"]
