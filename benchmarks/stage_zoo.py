@@ -5,7 +5,9 @@ scikit-learn's digits at ``--size`` px with every run-level stage enabled at tin
 (:data:`STAGES`: pruning with a fine-tune, Hessian, importance with the per-layer ERFs, loss
 slices, sharpness, probes with the predicted border, the resolution stage at the trained size
 (a model built for one size, LeViT or EfficientFormer-V2, cannot be evaluated at another), and
-the cell's RF table; CKA and connectivity need two seeds and are left out). A row per model: the
+the cell's RF table). With ``--seeds 2`` or more, a multirun over the seeds with the stages
+between seeds, CKA and connectivity, and IMP with a random-mask control (:data:`CELL_STAGES`).
+A row per model: the
 exit status, the seconds, the units done and, where the run stopped, its last line (a
 refusal of the settings says ``landscape-run: error: ...``; anything else is a crash to fix).
 ``model_zoo`` checks one training step and one Hessian-vector product of many more models;
@@ -53,20 +55,28 @@ STAGES = (
     "probes.enabled=true", "probes.n_train=64", "probes.n_test=64", "probes.batch_size=64",
     "probes.pool_size=2",
     "resolution.enabled=true")
+# with --seeds 2 or more: the stages between seeds of a cell, and IMP with a control branch
+CELL_STAGES = (
+    "cka.enabled=true", "cka.n_inputs=64", "connectivity.enabled=true", "connectivity.points=3",
+    "connectivity.n_samples=64", "connectivity.batch_size=64", "imp.enabled=true",
+    "imp.rounds=2", "imp.rate=0.2", "imp.controls=[random_mask]")
 
 
-def command(model: str, size: int, root: Path) -> list[str]:
-    """The ``landscape-run`` command line of one model."""
-    return [sys.executable, "-m", "landscape.cli", f"model.name={model}",
+def command(model: str, size: int, root: Path, seeds: int = 1) -> list[str]:
+    """The ``landscape-run`` command line of one model (``seeds`` >= 2: a multirun over seeds
+    0 .. seeds - 1 with :data:`CELL_STAGES` too)."""
+    cell = (["-m", f"seed={','.join(map(str, range(seeds)))}", *CELL_STAGES] if seeds > 1
+            else [])
+    return [sys.executable, "-m", "landscape.cli", *cell, f"model.name={model}",
             f"data.image_size={size}", f"importance.input_size={size}",
             f"resolution.sizes=[{size}]", *STAGES, "device=cpu",
             "num_threads=1", "progress=false", "report=false", f"results_root={root}"]
 
 
-def _one(model: str, size: int, root: Path, timeout: float) -> dict:
+def _one(model: str, size: int, root: Path, timeout: float, seeds: int = 1) -> dict:
     t0 = time.perf_counter()
     try:
-        done = subprocess.run(command(model, size, root), capture_output=True, text=True,
+        done = subprocess.run(command(model, size, root, seeds), capture_output=True, text=True,
                               timeout=timeout, env={**os.environ, "CI": "1"})
         rc, out = done.returncode, done.stdout + done.stderr
     except subprocess.TimeoutExpired as e:
@@ -94,6 +104,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=1, help="models run at once")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per model")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="seeds per model; 2 or more add CKA, connectivity and IMP")
     parser.add_argument("--root", type=Path, default=None,
                         help="results folder (default: a temporary one, removed)")
     args = parse(parser, argv)
@@ -104,7 +116,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         root = args.root or Path(tmp)
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             rows = []
-            for row in pool.map(lambda m: _one(m, size, root, args.timeout), models):
+            for row in pool.map(lambda m: _one(m, size, root, args.timeout, args.seeds),
+                                models):
                 rows.append(row)
                 print(f"{row['model']:36s} rc {row['rc']}  {row['seconds']:7.1f} s  "
                       f"{len(row['units'])} units" + (f"  {row['stopped']}" if row["stopped"]
@@ -115,7 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{len(ok)}/{len(rows)} ran every unit at {size} px; refused in one line: "
           f"{len(refused)}; crashed or timed out: {len(crashed)} {crashed}", flush=True)
     return rows + [{"model": "ALL", "models": len(rows), "ok": len(ok), "refused": refused,
-                    "crashed": crashed, "size": size}]
+                    "crashed": crashed, "size": size, "seeds": args.seeds}]
 
 
 if __name__ == "__main__":
