@@ -10,7 +10,8 @@ cross-entropy (the operator of the Hessian, pruned-Hessian and lambda_max-tracki
 which must be finite and, in float64 at slightly perturbed parameters, the same for the 4
 images as one batch or as two of 2 (:func:`split_gap`: nothing in eval mode may carry over
 from one batch to the next), and a model built afresh with its ``state_dict`` loaded must
-give its outputs (:func:`reload_gap`: the checkpoint holds the whole model). Each refusal
+give its outputs (:func:`reload_gap`: the checkpoint holds the whole model), as must its
+copy in channels_last memory format, CUDA's default (:func:`channels_last_gap`). Each refusal
 says in one line which step stopped it.
 ``--source torchvision`` (every classifier), ``timm`` (the RF benchmark's sample),
 ``timm-modules`` (the first model of every timm module); models over ``--max-params`` are
@@ -34,12 +35,14 @@ from landscape.receptive_field import UnsupportedModelError, feature_field
 QUICK = ("torchvision:resnet18", "torchvision:swin_v2_t", "timm:test_vit", "timm:test_coatnet")
 SPLIT_TOL = 1e-9  # float64 round-off of a few thousand terms is ~1e-14
 RELOAD_TOL = 1e-6  # the same float32 ops on the same weights: 0 but for kernel choice
+CHANNELS_LAST_TOL = 1e-3  # other float32 kernels, same maths
 
 
 def _one(name: str, size: int, max_params: float) -> dict:
     row: dict = {"model": name, "params": None, "build_s": None, "rf": None,
                  "global_mixing": None, "rf_unknown": None, "step_s": None, "hvp_s": None,
-                 "split_gap": None, "reload_gap": None, "failure": None, "skipped": False}
+                 "split_gap": None, "reload_gap": None, "channels_last_gap": None,
+                 "failure": None, "skipped": False}
     step = "build"
     try:
         t0 = time.perf_counter()
@@ -75,6 +78,11 @@ def _one(name: str, size: int, max_params: float) -> dict:
             raise ValueError(f"the HVP of one batch of 4 and of two batches of 2 differ by "
                              f"{row['split_gap']:.1e} of its norm in float64: the model keeps "
                              "state from one batch to the next in eval mode")
+        step = "channels_last"
+        row["channels_last_gap"] = channels_last_gap(model, x, y)
+        if row["channels_last_gap"] > CHANNELS_LAST_TOL:
+            raise ValueError(f"in channels_last memory format (CUDA's default) its outputs are "
+                             f"{row['channels_last_gap']:.1e} (relative) away")
         step = "checkpoint round trip"
         row["reload_gap"] = reload_gap(model, build, x)
         if row["reload_gap"] > RELOAD_TOL:
@@ -105,6 +113,20 @@ def split_gap(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
     v = torch.randn(whole.dim, generator=gen, dtype=torch.float64)
     a, b = whole(v), halves(v)
     return float((a - b).norm() / a.norm().clamp_min(1e-300))
+
+
+def channels_last_gap(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """max |f(x) - f_cl(x_cl)| / max |f(x)| in eval mode, ``f_cl`` a copy of the model in
+    channels_last memory format on a channels_last input, as training on CUDA runs it
+    (``train.channels_last``); its training step (forward and backward) must run too. Only
+    the kernels differ: the gap is float32 round-off, an error a layout the model cannot
+    take (a ``view`` of a permuted map)."""
+    net = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        a, b = model.eval()(x), net.eval()(xc)
+    F.cross_entropy(net.train()(xc), y).backward()  # (after: it moves BN's statistics)
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
 
 
 def reload_gap(model: torch.nn.Module, build, x: torch.Tensor) -> float:
@@ -140,7 +162,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         lambda row: (f"left out: {row['params'] / 1e6:.0f}M parameters" if row["skipped"]
                      else row["failure"] or f"step {row['step_s']:.2f} s  HVP "
                      f"{row['hvp_s']:.2f} s  split gap {row['split_gap']:.0e}  reload gap "
-                     f"{row['reload_gap']:.0e}  "
+                     f"{row['reload_gap']:.0e}  channels_last gap "
+                     f"{row['channels_last_gap']:.0e}  "
                      f"{row['params'] / 1e6:.1f}M parameters  {_rf_label(row)}"))
     tried = [r for r in rows if not r["skipped"]]
     ok = [r for r in tried if r["failure"] is None]
@@ -152,10 +175,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                "failures": [r["model"] for r in tried if r["failure"] is not None],
                "max_split_gap": max((r["split_gap"] for r in ok), default=None),
                "max_reload_gap": max((r["reload_gap"] for r in ok), default=None),
+               "max_channels_last_gap": max((r["channels_last_gap"] for r in ok),
+                                            default=None),
                "size": args.size}
     print(f"{len(ok)}/{len(tried)} train a step and give a finite HVP, the same for any split "
           f"of the batch (largest gap {summary['max_split_gap'] or 0:.0e}) and reloaded alike "
-          f"(largest gap {summary['max_reload_gap'] or 0:.0e}), at {args.size} px "
+          f"(largest gap {summary['max_reload_gap'] or 0:.0e}) and in channels_last (largest "
+          f"gap {summary['max_channels_last_gap'] or 0:.0e}), at {args.size} px "
           f"({len(rows) - len(tried)} over {args.max_params / 1e6:.0f}M parameters left out); "
           f"receptive field known for {summary['rf_known']} ({summary['rf_then_global']} then "
           f"mixing globally), unknown for {len(summary['rf_unknown'])}", flush=True)

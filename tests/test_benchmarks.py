@@ -146,6 +146,7 @@ def test_model_zoo_benchmark_trains_and_measures_transformers_too():
     assert summary["ok"] == summary["tried"] == 4
     assert all(0 <= r["split_gap"] < 1e-12 for r in models)  # float64 round-off only
     assert all(r["reload_gap"] == 0 for r in models)  # the checkpoint holds the whole model
+    assert all(r["channels_last_gap"] < 1e-4 for r in models)  # CUDA's memory format
     rf = {r["model"]: (r["rf"], r["global_mixing"]) for r in models}  # the identity's columns
     assert rf["torchvision:resnet18"] == (435, False) and rf["timm:test_vit"] == (16, True)
     assert summary["rf_known"] == 4 and summary["rf_unknown"] == []
