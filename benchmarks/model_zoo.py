@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import make_parser, parse
 from benchmarks.rf_table import over_zoo, qualified_names, zoo_arguments
+from landscape.device import DeviceSettings
 from landscape.hessian import HessianOperator
 from landscape.models import build_model, resolve_pool
 from landscape.receptive_field import UnsupportedModelError, feature_field
@@ -117,12 +118,15 @@ def split_gap(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
 
 def channels_last_gap(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """max |f(x) - f_cl(x_cl)| / max |f(x)| in eval mode, ``f_cl`` a copy of the model in
-    channels_last memory format on a channels_last input, as training on CUDA runs it
-    (``train.channels_last``); its training step (forward and backward) must run too. Only
+    channels_last memory format on a channels_last input, as training on CUDA places them
+    (``DeviceSettings.place``, ``train.channels_last``); its training step (forward and
+    backward) must run too. Only
     the kernels differ: the gap is float32 round-off, an error a layout the model cannot
     take (a ``view`` of a permuted map)."""
-    net = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    xc = x.contiguous(memory_format=torch.channels_last)
+    cuda_like = DeviceSettings(torch.device("cpu"), amp_dtype=None, channels_last=True,
+                               pin_memory=False, non_blocking=False)
+    net = cuda_like.place(copy.deepcopy(model))  # as training places it on CUDA
+    xc = cuda_like.to_device(x)
     with torch.no_grad():
         a, b = model.eval()(x), net.eval()(xc)
     F.cross_entropy(net.train()(xc), y).backward()  # (after: it moves BN's statistics)

@@ -7,12 +7,14 @@ runs everywhere and the selection logic is testable without a GPU.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ContextManager, Optional
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,19 @@ class DeviceSettings:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """``model`` moved to the device, in place, with its 4-D parameters and buffers in
+        :attr:`memory_format`. A 5-D one (LambdaNet's Conv3d position lambdas) stays as it
+        is: ``Module.to(memory_format=channels_last)`` refuses the whole model for it
+        ("required rank 4 tensor"), which stopped such a model's training on CUDA."""
+        model.to(self.device)
+        if self.channels_last:
+            with torch.no_grad():
+                for t in itertools.chain(model.parameters(), model.buffers()):
+                    if t.dim() == 4:
+                        t.data = t.data.contiguous(memory_format=torch.channels_last)
+        return model
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=self.non_blocking)

@@ -419,7 +419,7 @@ def train_model(
     validate_train_config(cfg)
     checkpoint_dir = Path(checkpoint_dir)
     clean_temp(checkpoint_dir)  # of a killed run's checkpoint writes
-    model.to(settings.device, memory_format=settings.memory_format)
+    settings.place(model)  # on the device; channels_last on CUDA
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg)
     outcome = TrainOutcome()

@@ -1,3 +1,4 @@
+import copy
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -241,3 +243,25 @@ def test_stale_share_is_what_torch_leaves_of_the_initial_statistics(momentum, st
     unused = nn.ModuleDict({"used": net[0], "branch": nn.BatchNorm1d(2)})  # never ran
     pick = stalest_batchnorm(unused)  # without any step both hold all: share 1
     assert pick.layer == "used" if steps else pick.share == 1.0
+
+
+def test_channels_last_placement_leaves_a_5d_weight_alone():
+    """On CUDA training puts the model in channels_last; torch's ``Module.to(memory_format=
+    channels_last)`` refuses a model with a 5-D weight (timm's LambdaNet: Conv3d position
+    lambdas), which stopped its training there. ``place`` converts the 4-D tensors only (the
+    CUDA path's logic, run on CPU)."""
+    import dataclasses
+
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Unflatten(1, (1, 4)),
+                        nn.Conv3d(1, 1, (1, 3, 3), padding=(0, 1, 1)), nn.Flatten(1, 2))
+    x = torch.randn(2, 2, 6, 6)
+    expected = net.eval()(x)
+    with pytest.raises(RuntimeError, match="rank 4"):
+        copy.deepcopy(net).to(memory_format=torch.channels_last)
+    cuda_like = dataclasses.replace(CPU, channels_last=True)
+    assert cuda_like.place(net) is net
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not net[0].weight.is_contiguous()
+    assert net[3].weight.is_contiguous()  # the 5-D weight as it was
+    torch.testing.assert_close(net(cuda_like.to_device(x)), expected)
+    assert CPU.place(net) is net  # off on CPU: nothing converted

@@ -75,7 +75,7 @@ class FinetuneStage(Stage):
                                  shuffle=True, generator=gen)
             return ((ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader)
 
-        model.to(memory_format=ctx.settings.memory_format)  # channels_last on CUDA, as in training
+        ctx.settings.place(model)  # channels_last on CUDA, as in training
         test = make_loader(eval_split(ctx, "test"), ctx.train.eval_batch_size, ctx.settings,
                            shuffle=False)
 
