@@ -454,8 +454,7 @@ def check_eval_full_precision(ctx: Context) -> list[dict]:
     from landscape.train import evaluate, make_loader
     amp = _settings(ctx.device)
     data = _check_bundle(ctx, amp)
-    model = _model(ctx.sizes.check_arch, ctx.sizes.check_width, 1).to(
-        ctx.device, memory_format=amp.memory_format)
+    model = amp.place(_model(ctx.sizes.check_arch, ctx.sizes.check_width, 1))
     seen = []
 
     def hook(_m, _i, out):
@@ -494,8 +493,7 @@ def check_compile(ctx: Context) -> list[dict]:
     from landscape.train import CompiledStep
     s = ctx.sizes
     amp = _settings(ctx.device)
-    model = _model(s.check_arch, s.check_width, 1).to(ctx.device,
-                                                      memory_format=amp.memory_format)
+    model = amp.place(_model(s.check_arch, s.check_width, 1))
     gen = torch.Generator().manual_seed(0)
     x = amp.to_device(torch.randn(64, 3, 32, 32, generator=gen))
     y = torch.randint(0, 10, (64,), generator=gen).to(ctx.device)
@@ -673,7 +671,7 @@ def measure_path(ctx: Context, arch: str, level: int, path: str, compiled: bool)
     configure_backends(ctx.device, deterministic=False)  # as a run with the default settings
     if ctx.cuda:
         torch.cuda.reset_peak_memory_stats(ctx.device)
-    model = _model(arch, s.width, level).to(ctx.device, memory_format=settings.memory_format)
+    model = settings.place(_model(arch, s.width, level))
     loader, how = _loader(ctx, path, settings)
     step = CompiledStep(model, True, backend=s.compile_backend) if compiled else None
     t0 = time.perf_counter()
@@ -730,7 +728,7 @@ def _share_worker(tree: str, arch: str, level: int, width: float, batch: int, wa
         settings = _settings(dev)
         cfg = DataConfig(name="cifar10", root=tree, verify_md5=False)
         data = resident_bundle(cfg, load_dataset(cfg), settings)
-        model = _model(arch, width, level).to(dev, memory_format=settings.memory_format)
+        model = settings.place(_model(arch, width, level))
         loader = make_loader(data.train, batch, settings, shuffle=True,
                              generator=torch.Generator().manual_seed(0))
         train_rate(model, loader, settings, 0, warmup)
