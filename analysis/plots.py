@@ -13,6 +13,7 @@ import functools
 import math
 import re
 import textwrap
+from collections import Counter
 from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib
@@ -318,7 +319,7 @@ def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None
     levels = _levels(g)
     grid_runs = set(g["run_id"].dropna())
     maps: dict[tuple[str, str], list[np.ndarray]] = {}
-    layers: dict[tuple[str, str], dict[str, int]] = {}  # the layer each seed's map is of
+    layers: dict[tuple[str, str], Counter] = {}  # how many seeds' maps are of each layer
     stages = present_stages(pd.DataFrame({"stage": list(arrays or {})}), "importance", stages)
     for st in stages:
         layer_of = select(g, stage=st, metric="importance_max").set_index("run_id")["layer"]
@@ -326,8 +327,7 @@ def importance_maps(df: pd.DataFrame, arrays: Arrays | None, *, arch: str | None
             if run_id in grid_runs and "mean_map" in arr:
                 key = (st, run_id.split("/seed=")[0])
                 maps.setdefault(key, []).append(np.asarray(arr["mean_map"]))
-                layer = str(layer_of.get(run_id, "?"))
-                layers.setdefault(key, {})[layer] = layers.get(key, {}).get(layer, 0) + 1
+                layers.setdefault(key, Counter())[str(layer_of.get(run_id, "?"))] += 1
     present = [s for s in stages if any(k[0] == s for k in maps)]
     if not present:
         return None

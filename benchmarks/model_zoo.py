@@ -73,23 +73,20 @@ def _one(name: str, size: int, max_params: float) -> dict:
         op = HessianOperator(model.eval(), F.cross_entropy, [(x, y)])
         op(torch.ones(op.dim) / op.dim ** 0.5)  # a non-finite product raises, naming the op
         row["hvp_s"] = round(time.perf_counter() - t0, 3)
-        step = "split invariance"
-        row["split_gap"] = split_gap(model, x, y)
-        if row["split_gap"] > SPLIT_TOL:
-            raise ValueError(f"the HVP of one batch of 4 and of two batches of 2 differ by "
-                             f"{row['split_gap']:.1e} of its norm in float64: the model keeps "
-                             "state from one batch to the next in eval mode")
-        step = "channels_last"
-        row["channels_last_gap"] = channels_last_gap(model, x, y)
-        if row["channels_last_gap"] > CHANNELS_LAST_TOL:
-            raise ValueError(f"in channels_last memory format (CUDA's default) its outputs are "
-                             f"{row['channels_last_gap']:.1e} (relative) away")
-        step = "checkpoint round trip"
-        row["reload_gap"] = reload_gap(model, build, x)
-        if row["reload_gap"] > RELOAD_TOL:
-            raise ValueError(f"a model built afresh with this one's state_dict loaded gives "
-                             f"outputs {row['reload_gap']:.1e} (relative) away: the checkpoint "
-                             "does not hold the whole model")
+        checks = (  # (step, row key, gap, tolerance, what a gap above it means)
+            ("split invariance", "split_gap", lambda: split_gap(model, x, y), SPLIT_TOL,
+             "the HVP of one batch of 4 and of two batches of 2 differ: the model keeps state "
+             "from one batch to the next in eval mode"),
+            ("channels_last", "channels_last_gap", lambda: channels_last_gap(model, x, y),
+             CHANNELS_LAST_TOL, "its outputs differ in channels_last memory format (CUDA's "
+             "default)"),
+            ("checkpoint round trip", "reload_gap", lambda: reload_gap(model, build, x),
+             RELOAD_TOL, "a model built afresh with its state_dict loaded gives other "
+             "outputs: the checkpoint does not hold the whole model"))
+        for step, key, gap, tol, meaning in checks:
+            row[key] = gap()
+            if row[key] > tol:
+                raise ValueError(f"{meaning} (relative gap {row[key]:.1e})")
     except Exception as e:  # noqa: BLE001 - coverage: every refusal is a row
         first = str(e).splitlines()[0] if str(e) else ""
         row["failure"] = f"{step}: {type(e).__name__}: {first[:300]}"

@@ -30,7 +30,6 @@ CACHES = (("get_attention_biases", "attention_bias_cache"),)
 
 def _recomputed(method: str, cache: str):
     def call(self: nn.Module, *args, **kwargs):
-        getattr(self, cache).clear()
         try:
             return getattr(type(self), method)(self, *args, **kwargs)
         finally:
@@ -43,8 +42,9 @@ def _recomputed(method: str, cache: str):
 def recompute_parameter_caches(model: nn.Module) -> list[str]:
     """Make every module of ``model`` that caches a tensor derived from its parameters
     (:data:`CACHES`) recompute it on every call, and return their names. The module's own
-    method still computes the tensor; the cache is emptied around it. The instance method
-    follows the module through ``copy.deepcopy``; ``state_dict`` is unchanged."""
+    method still computes the tensor; the cache is emptied here and after each call. The
+    instance method follows the module through ``copy.deepcopy``; ``state_dict`` is
+    unchanged."""
     patched = []
     for name, module in model.named_modules():
         for method, cache in CACHES:
