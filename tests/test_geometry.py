@@ -18,6 +18,7 @@ from landscape.geometry import (
 )
 from landscape.hessian import HessianOperator
 from landscape.models import create_model
+from landscape.pruning import recalibrate_bn
 
 
 def small_cnn(seed: int = 0) -> nn.Module:
@@ -68,7 +69,16 @@ def test_the_slice_at_the_origin_is_the_evaluated_loss_and_the_weights_come_back
     one = loss_slice(model, data, [d1], [[-1.0, 0.0, 0.5]])
     np.testing.assert_array_equal(one.loss, s.loss[:, 0])  # the b = 0 column of the plane
     rec = loss_slice(model, data, [d1], [[0.5]], bn="recalibrated", bn_batches=data)
-    assert rec.loss[0] != s.loss[2, 0]  # the statistics were recomputed at the point...
+    # the statistics were recomputed at the point, on bn_batches...
+    point = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in point.named_parameters():
+            if name in d1:
+                p.add_(0.5 * d1[name])
+    assert evaluate_batches(point, data)[0] == pytest.approx(s.loss[2, 0], rel=1e-12)
+    recalibrate_bn(point, data)
+    assert rec.loss[0] == pytest.approx(evaluate_batches(point, data)[0], rel=1e-12)
+    assert rec.loss[0] != pytest.approx(s.loss[2, 0], rel=1e-6)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # ...and put back
 
 
@@ -120,6 +130,14 @@ def test_barrier_of_a_network_with_itself_is_zero_and_the_ends_are_the_networks(
     path = linear_path(a, b, data, [0.0, 0.5, 1.0], bn="interpolated")
     assert path.loss[0] == evaluate_batches(a, data)[0]
     assert path.loss[2] == evaluate_batches(b, data)[0]
+    mid = copy.deepcopy(a)  # the midpoint by hand: weights and BN buffers averaged
+    sb = b.state_dict()
+    mid.load_state_dict({k: 0.5 * (v + sb[k]) if v.is_floating_point() else v
+                         for k, v in a.state_dict().items()})
+    assert path.loss[1] == pytest.approx(evaluate_batches(mid, data)[0], rel=1e-12)
+    recal = linear_path(a, b, data, [0.5], bn="recalibrated", bn_batches=data[:2])
+    recalibrate_bn(mid, data[:2])  # ...or its statistics recomputed on the bn batches
+    assert recal.loss[0] == pytest.approx(evaluate_batches(mid, data)[0], rel=1e-12)
     excess = path.loss[1] - 0.5 * (path.loss[0] + path.loss[2])
     assert path.barrier == pytest.approx(max(0.0, excess))  # the ends count: never below 0
 
@@ -394,3 +412,43 @@ def test_slices_along_the_saved_hessian_eigenvectors(tmp_path):
         pipeline.run(cfg(seed=1, slice=SliceConfig(enabled=True, directions=["hesian"])))
     with pytest.raises(ValueError, match="hessian.save_eigenvectors must be in 0..hessian.k=2"):
         pipeline.run(cfg(seed=1, hessian=HessianConfig(enabled=True, k=2, save_eigenvectors=3)))
+
+
+@pytest.mark.parametrize("stage_name, fields, sizes", [
+    ("slice", {"bn": "recalibrated"}, ("n_samples", "batch_size")),
+    ("connectivity", {}, ("n_samples", "batch_size")),
+    ("prune", {"path_points": 3}, ("geometry_samples", "geometry_batch_size")),
+])
+def test_a_recalibrating_unit_of_unequal_batches_written_before_is_recomputed(
+        tmp_path, stage_name, fields, sizes):
+    """BN recalibration weighted every batch alike before it became example-weighted (as the
+    Hessian's): a unit whose batches were equal measured the same statistics and is kept; one
+    whose last batch was smaller is recomputed (its marker lacks ``bn_recalibration``)."""
+    import dataclasses
+
+    from landscape import results
+    from landscape.config import RunConfig
+    from landscape.stages.base import STAGES
+
+    stage = STAGES.get(stage_name)
+    out_dir = tmp_path / "cell-a" / "seed=0"
+    n, batch = sizes
+    for (n_value, batch_value), marked in (((64, 32), False), ((100, 32), True)):
+        config = dataclasses.replace(getattr(RunConfig(), stage.config_field), **fields,
+                                     **{n: n_value, batch: batch_value})
+        now = stage.recorded_settings(config)
+        assert ("bn_recalibration" in now) == marked
+        old = {k: v for k, v in now.items() if k != "bn_recalibration"}
+        results.write_stage(out_dir, "unit", [], info={"settings": old})
+        reason = stage.stale_reason(config, out_dir, "unit")
+        assert reason == ("settings changed: bn_recalibration None -> 'per example'"
+                          if marked else None)
+        results.write_stage(out_dir, "unit", [], info={"settings": now})
+        assert stage.stale_reason(config, out_dir, "unit") is None
+    if stage_name == "prune":  # its recalibration on the whole training split, of any size
+        config = dataclasses.replace(config, path_points=0, recalibrate_bn=True)
+        assert stage.recorded_settings(config)["bn_recalibration"] == "per example"
+    else:  # no recalibration, nothing recorded
+        off = "eval" if stage_name == "slice" else "interpolated"
+        config = dataclasses.replace(config, bn=off)
+        assert "bn_recalibration" not in stage.recorded_settings(config)

@@ -120,6 +120,25 @@ def test_batched_equals_per_sample_loop() -> None:
     assert not torch.allclose(batched[0], batched[1])  # the maps do depend on the input
 
 
+@pytest.mark.parametrize("layer, upto", [(None, 8), ("4", 5)])
+def test_maps_equal_an_independent_input_gradient_through_relu_pool_and_bn(layer, upto) -> None:
+    """The map of a nonlinear net (ReLU gating, max-pool routing, eval-mode BN with moved
+    statistics) is |d sum_c out[c, centre] / dx| summed over input channels, computed here one
+    sample at a time on the net cut after the layer (no hooks)."""
+    net = _sequential_net()
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    maps = projected_gradient(net, x, layer=layer)
+    cut = net[:upto].eval()
+    expected = []
+    for xi in x:
+        xi = xi[None].clone().requires_grad_(True)
+        out = cut(xi)
+        (g,) = torch.autograd.grad(out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum(), xi)
+        expected.append(g[0].abs().sum(0))
+    torch.testing.assert_close(maps, torch.stack(expected), rtol=1e-12, atol=0)
+    assert net.training  # restored
+
+
 def test_seeds_are_reproducible() -> None:
     model = _small_cnn()
     a = projected_gradient_maps(model, input_size=16, n_samples=4, seed=3)

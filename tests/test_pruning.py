@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from landscape.hessian import recalibrated_buffers
 from landscape.models import create_model
 from landscape.pruning import (
     EmptyLayerWarning, MaskKeeper, apply_masks, classifier_layer, compute_scores, finetune,
@@ -357,9 +358,12 @@ def test_finetune_rejects_bad_hyperparameters():
             finetune(model, masks, _batches(1), **{key: value})
 
 
-def test_recalibrate_bn_gives_plain_averages_over_batches():
+def test_recalibrate_bn_gives_example_weighted_averages_over_batches():
+    """Batches of 8, 8 and 3 images: the running mean is the mean over all 19 (each batch
+    weighted by its size, not 1/3 each), the running var the size-weighted mean of the
+    batches' unbiased variances; the same statistics as the Hessian's recalibrated buffers."""
     model = _model("small_cnn", 0.5).eval()
-    data = _batches(3)
+    data = _batches(2) + [(x[:3], y[:3]) for x, y in _batches(1, seed=1)]
     bn = model.features[2]
     model(data[0][0])  # the model's one-off input-size check runs a forward of its own
     seen = []
@@ -368,12 +372,20 @@ def test_recalibrate_bn_gives_plain_averages_over_batches():
         for x, _ in data:
             model(x)
     handle.remove()
-    mean = torch.stack([s.mean((0, 2, 3)) for s in seen]).mean(0)
-    var = torch.stack([s.transpose(0, 1).flatten(1).var(1, unbiased=True) for s in seen]).mean(0)
+    sizes = torch.tensor([8.0, 8.0, 3.0])[:, None]
+    mean = torch.cat(seen).mean((0, 2, 3))
+    var = (torch.stack([s.transpose(0, 1).flatten(1).var(1, unbiased=True) for s in seen])
+           * sizes).sum(0) / 19
+    buffers = recalibrated_buffers(model, data)
     assert recalibrate_bn(model, data, "cpu") == 3
     torch.testing.assert_close(bn.running_mean, mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(bn.running_var, var, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
     assert not model.training and bn.momentum == 0.1 and int(bn.num_batches_tracked) == 3
+    assert recalibrate_bn(model, data, "cpu", max_batches=1) == 1
+    torch.testing.assert_close(bn.running_mean, seen[0].mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no data"):
+        recalibrate_bn(model, [], "cpu")
 
 
 # ----------------------------------------------------------------------------- structured

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from landscape.geometry.sharpness import Sharpness, sharpness_ratio, worst_case_sharpness
+from landscape.pruning import recalibrate_bn
 
 
 class Quadratic(nn.Module):
@@ -233,14 +234,20 @@ def test_model_unchanged_and_losses_match_an_independent_forward(bn_mode):
     assert isinstance(res, Sharpness) and res.num_params == 63 and res.num_grad_evals == 6
     assert 0 < res.sharpness == res.perturbed_loss - res.loss
     assert res.delta_norm <= 0.05 * (1 + 1e-12)
-    # L(w) by a plain forward on a copy: eval uses running stats, train batch stats.
-    twin = copy.deepcopy(model).train(bn_mode == "train")
+    # L(w) by a plain forward on a copy: eval uses running stats, train batch stats,
+    # recalibrated the running stats recomputed once on the batches.
+    twin = copy.deepcopy(model)
+    if bn_mode == "recalibrated":
+        recalibrate_bn(twin, batches)
+    twin.train(bn_mode == "train")
     with torch.no_grad():
         expected = sum(float(F.cross_entropy(twin(x), y)) * len(x) for x, y in batches) / 20
-    if bn_mode != "recalibrated":
-        assert res.loss == pytest.approx(expected, rel=1e-12)
-    else:
-        assert res.loss != pytest.approx(expected, rel=1e-6)
+    assert res.loss == pytest.approx(expected, rel=1e-12)
+    if bn_mode == "recalibrated":  # and they are not the trained ones
+        with torch.no_grad():
+            trained = copy.deepcopy(model).eval()
+            stale = sum(float(F.cross_entropy(trained(x), y)) * len(x) for x, y in batches) / 20
+        assert res.loss != pytest.approx(stale, rel=1e-6)
 
 
 @pytest.mark.parametrize("adaptive", [True, False])

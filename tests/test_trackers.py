@@ -49,6 +49,7 @@ def test_trackers_give_rows_per_epoch_measure_the_weights_and_change_nothing(tmp
     assert list(lam.index) == [1, 2]
     assert lam["note"].str.contains("warm=True").tolist() == [False, True]
     assert set(rows.loc[rows["metric"] == "track_grad_norm", "index"]) == {1, 2}
+    assert rows.loc[rows["metric"] == "track_grad_norm", "value"].nunique() == 2
     sat = rows[rows["metric"] == "track_saturation"]
     assert sat.groupby("index")["layer"].nunique().tolist() == [4, 4]  # 3 convs + linear
     assert ((sat["value"] > 0) & (sat["value"] <= 1)).all()
@@ -60,6 +61,14 @@ def test_trackers_give_rows_per_epoch_measure_the_weights_and_change_nothing(tmp
     op = HessianOperator(model, torch.nn.functional.cross_entropy, data, bn_mode="eval")
     cold = lanczos_top_k(op, op.dim, 1, tol=1e-8)
     assert lam.loc[2, "value"] == pytest.approx(cold.eigenvalues[0], rel=1e-3)
+    # and its gradient norm that of the mean loss on the same images, in eval mode
+    model.eval()
+    [(x, y)] = data
+    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y),
+                                list(model.parameters()))
+    norm = torch.sqrt(sum(g.double().square().sum() for g in grads)).item()
+    gn = rows[rows["metric"] == "track_grad_norm"].set_index("index")
+    assert gn.loc[2, "value"] == pytest.approx(norm, rel=1e-5) and norm > 0
 
 
 def pipeline_data(cfg):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable, Mapping
+from typing import Callable, ContextManager, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from landscape.device import progress_enabled
+from landscape.hessian.operator import recalibrated_buffers
 from landscape.modes import snapshot_modes
 from landscape.pruning.masks import check_masks
 
@@ -141,36 +142,33 @@ def recalibrate_bn(
     *,
     max_batches: int | None = None,
 ) -> int:
-    """Recompute every BatchNorm's running mean/var as the plain average over ``batches``.
-
-    Resets the statistics, runs forward passes in train mode (no gradients) with cumulative
-    averaging (momentum=None), then restores each BN's momentum and the model's mode.
-    The model is moved to ``device`` (in place). Returns the number of batches used.
+    """Recompute every BatchNorm's running mean / var on ``batches``, in place: the
+    example-weighted mean of each batch's train-mode mean and unbiased variance, the other
+    modules in eval mode (no dropout). It is :func:`landscape.hessian.recalibrated_buffers`
+    (what the Hessian, sharpness and every other ``bn="recalibrated"`` use), written into the
+    model, so a recalibrated point means one thing everywhere, however its data is batched.
+    The model is moved to ``device`` (in place); its modes and BN momenta are kept. Returns
+    the number of batches used.
     """
     device = torch.device(device)
     model.to(device)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return 0
-    restore = snapshot_modes(model)
-    momenta = [bn.momentum for bn in bns]
     used = 0
-    try:
-        model.train()
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None
-        for x, *_ in batches:
+
+    def counted() -> Iterator[tuple[Tensor, Tensor]]:
+        nonlocal used
+        for x, *rest in batches:
             if max_batches is not None and used >= max_batches:
-                break
-            model(x.to(device))
+                return
             used += 1
-    finally:
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
-        restore()
+            yield x, (rest[0] if rest else None)
+
+    buffers = recalibrated_buffers(model, counted(), device=device)
     if used == 0:
         raise ValueError("recalibrate_bn: batches yielded no data")
+    for name, b in model.named_buffers():
+        b.copy_(buffers[name])
     return used
 
 

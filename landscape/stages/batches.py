@@ -10,6 +10,20 @@ from landscape.stages.base import CellContext, RunContext
 from landscape.train import make_loader
 
 
+# BatchNorm statistics recalibrated as the example-weighted mean over their batches, as the
+# Hessian's (landscape.pruning.recalibrate_bn). Before, the geometry's recalibration weighted
+# every batch alike: the same statistics when the batches are equal, else not.
+RECALIBRATION = "per example"
+
+
+def recalibration_marker(n: int | None, batch_size: int) -> dict[str, str]:
+    """The setting recorded with a unit that recalibrates BN on ``n`` images in batches of
+    ``batch_size`` (``n`` None: a whole split, of any size) when its batches can differ in
+    size: a unit written before, whose statistics then differ, is recomputed; one whose
+    batches were equal is kept (nothing to record)."""
+    return {} if n is not None and n % batch_size == 0 else {"bn_recalibration": RECALIBRATION}
+
+
 def eval_split(ctx: RunContext | CellContext, split: str):
     """The split ``split`` (``test``, ``train_eval`` or ``holdout``: no augmentation) for
     evaluation: held on the device when ``data.loader`` resolves to the resident path (its

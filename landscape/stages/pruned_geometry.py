@@ -38,7 +38,7 @@ from landscape.hessian import (
 )
 from landscape.seeds import PRUNED_HESSIAN, stream_seed
 from landscape.stages.base import RunContext, check_counts
-from landscape.stages.batches import evaluation_batches
+from landscape.stages.batches import evaluation_batches, recalibration_marker
 
 log = logging.getLogger("landscape")
 
@@ -65,8 +65,12 @@ def geometry_enabled(cfg: Any) -> bool:
 
 
 def geometry_settings(cfg: Any) -> dict[str, Any]:
-    """The settings recorded with a prune / fine-tune unit (a change recomputes it)."""
-    return {k: getattr(cfg, k) for k in GEOMETRY_FIELDS}
+    """The settings recorded with a prune / fine-tune unit (a change recomputes it), with the
+    BN recalibration's marker (its linear path; ``recalibrate_bn``: on the training split)."""
+    marker = {**(recalibration_marker(cfg.geometry_samples, cfg.geometry_batch_size)
+                 if cfg.path_points else {}),
+              **(recalibration_marker(None, 1) if cfg.recalibrate_bn else {})}
+    return {**{k: getattr(cfg, k) for k in GEOMETRY_FIELDS}, **marker}
 
 
 def pruned_geometry_rows(ctx: RunContext, cfg: Any, model: nn.Module,
