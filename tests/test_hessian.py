@@ -432,7 +432,8 @@ def test_operator_on_a_fresh_rf_model_runs_modules_in_its_modes_and_restores_the
     op = HessianOperator(model, LOSS, [(x, torch.arange(6) % 3)], bn_mode="train")
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     assert not seen  # building the operator runs no forward
-    torch.testing.assert_close(op(v), op(v), rtol=0, atol=0)
+    first = op(v)  # a second product is the same: no call leaves state behind
+    torch.testing.assert_close(op(v), first, rtol=0, atol=0)
     for h in hooks:
         h.remove()
     bn_names = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}

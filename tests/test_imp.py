@@ -11,6 +11,7 @@ from landscape.cli.submit import expand_grid
 from landscape.identity import identify
 from landscape.pruning import select_masks
 from landscape.pruning.iterative import cumulative_rate, next_masks, random_masks_like
+from landscape.stages import imp as imp_stage
 from landscape.storage import load_checkpoint
 
 
@@ -32,6 +33,11 @@ def test_round_one_is_one_shot_magnitude_pruning_and_pruned_weights_stay_pruned(
     n = sum(v.numel() for v in w.values())
     assert sum(int(m.sum()) for m in m2.values()) == n - round(cumulative_rate(0.3, 2) * n)
     assert all(not (m2[k] & ~m1[k]).any() for k in w)  # nothing comes back
+    # round 2 removes the survivors of smallest trained magnitude: none it removed is larger
+    removed = torch.cat([trained[k].abs()[m1[k] & ~m2[k]] for k in w])
+    kept = torch.cat([trained[k].abs()[m2[k]] for k in w])
+    assert removed.numel() == int(sum(m1[k].sum() - m2[k].sum() for k in w)) > 0
+    assert removed.max() <= kept.min()
 
 
 @pytest.mark.parametrize("p, r", [(0.2, 1), (0.2, 3), (0.5, 4), (0.0, 2)])
@@ -54,10 +60,19 @@ def _cfg(root, *extra):
     return cfg
 
 
-def test_imp_in_the_pipeline_rounds_controls_and_the_one_shot_mask(tmp_path):
+def test_imp_in_the_pipeline_rounds_controls_and_the_one_shot_mask(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, "imp.enabled=true", "imp.rounds=2", "imp.rate=0.5",
                "imp.controls=[random_mask,random_reinit]", "prune.enabled=true",
                "prune.rates=[0.5]")
+    starts = {}  # each unit's network as its training starts, by its work folder r<r>_<branch>
+    train_model = imp_stage.train_model
+
+    def recording(model, *args, **kwargs):
+        starts[kwargs["checkpoint_dir"].name] = {k: v.clone()
+                                                 for k, v in model.state_dict().items()}
+        return train_model(model, *args, **kwargs)
+
+    monkeypatch.setattr(imp_stage, "train_model", recording)
     pipeline.run(cfg)
     df = results.load(tmp_path)
     imp = df[df["stage"] == "imp"]
@@ -90,6 +105,25 @@ def test_imp_in_the_pipeline_rounds_controls_and_the_one_shot_mask(tmp_path):
     for k, m in r2["masks"].items():  # the mask is kept exactly through training
         assert torch.count_nonzero(r2["model"][k][~m]) == 0
         assert not (m & ~r1["masks"][k]).any()
+
+    # Rewinding: each round's line and its random mask start from init.pt, their survivors
+    # only; the random reinit starts from the line's mask on other weights.
+    init = load_checkpoint(paths.checkpoints / "init.pt")["model"]
+    assert sorted(starts) == [f"r{r}_{b}" for r in (1, 2)
+                              for b in ("magnitude", "random_mask", "random_reinit")]
+    for r, masks in ((1, r1["masks"]), (2, r2["masks"])):
+        line, rnd, fresh = (starts[f"r{r}_{b}"] for b in
+                            ("magnitude", "random_mask", "random_reinit"))
+        for k, v in init.items():
+            if k not in masks:  # biases, BN: the rewind point's, or a fresh init's
+                assert torch.equal(line[k], v) and torch.equal(rnd[k], v)
+                continue
+            m = masks[k]
+            assert torch.equal(line[k], v * m)
+            kept = rnd[k] != 0
+            assert torch.equal(rnd[k], v * kept) and int(kept.sum()) == int(m.sum())
+            assert torch.equal(fresh[k] != 0, m) and not torch.equal(fresh[k], v * m)
+        assert any(not torch.equal(rnd[k] != 0, m) for k, m in masks.items())
 
 
 def test_bad_imp_settings_and_a_rewind_epoch_that_was_not_saved(tmp_path):

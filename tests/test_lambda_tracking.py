@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -84,7 +83,6 @@ def test_the_warm_tracker_agrees_with_a_cold_run_and_the_dense_hessian_while_wei
         nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
     assert sum(hvps["warm"][1:]) < sum(hvps["cold"][1:])
-    assert np.isfinite(hvps["warm"]).all()
 
 
 def test_bad_tracker_settings_are_refused():

@@ -41,7 +41,7 @@ def test_bad_rows_are_refused_and_nothing_is_written(tmp_path, row, match):
 def test_register_metric_is_snake_case_and_unique():
     results.register_metric("my_metric", "a test metric")
     results.register_metric("my_metric", "a test metric")  # idempotent
-    with pytest.raises(SchemaError):
+    with pytest.raises(SchemaError, match="'my_metric' is already registered: a test metric"):
         results.register_metric("my_metric", "something else")
     with pytest.raises(SchemaError, match="snake_case"):
         results.register_metric("MyMetric", "x")
@@ -70,7 +70,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         f.write("half")
         raise RuntimeError("killed")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="killed"):
         atomic_write(target, boom, mode="w")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]

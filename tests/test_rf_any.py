@@ -409,6 +409,14 @@ def test_timm_cnns_with_split_attention_or_a_space_to_depth_stem(name):
         xca = t[t["layer"].str.contains(r"\.xca\.proj$")]
         assert len(xca) and xca["is_global"].all()
         assert t.loc[:xca.index[0] - 1, "r_max"].notna().all()  # local before it
+    if name == "resnest14d":  # by hand: a deep stem (3x3 s2, 3x3, 3x3), max-pool 3 s2,
+        # then each block's radix-split 3x3 (its attention gate only scales the merge: no path)
+        r = {row.layer: (row.r_max, row.jump) for row in t.itertuples()}
+        assert [r[n] for n in ("conv1.0", "conv1.3", "conv1.6", "maxpool")] == [
+            (3, 2), (7, 2), (11, 2), (15, 4)]
+        assert r["layer1.0.conv2.conv"] == r["layer1.0.conv3"] == (23, 4)
+        assert r["layer2.0.downsample.0"] == (23 + 4, 8)  # 2x2 s2 avg-pool after the add
+        assert r["layer2.0.conv2.conv"] == (31, 4) and r["layer2.0.avd_last"] == (39, 8)
     if name == "tresnet_m":  # the stem's first conv sees 4x4 blocks: r = 4 + 2 x 4
         first = t[t["kind"] == "conv"].iloc[0]
         assert (first["r_max"], first["jump"]) == (12, 4)

@@ -3,6 +3,8 @@ FLOPs, refinement proposals with hand-counted r̃, the drawing, and ``landscape-
 
 from __future__ import annotations
 
+import copy
+
 import pandas as pd
 import pytest
 import torch
@@ -206,8 +208,18 @@ def test_a_proposal_applies_to_a_real_instance_that_trains():
     changed = stride.apply(real)
     assert changed[1].stride == (1, 1) and real[1].stride == (2, 2)
     assert torch.equal(changed[0].weight, real[0].weight)  # the weights are kept
-    changed(torch.randn(2, 3, 16, 16)).sum().backward()
-    assert changed[0].weight.grad is not None
+    ref = copy.deepcopy(real)  # the same network with the second conv's stride 1, by hand
+    ref[1].stride = (1, 1)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(changed(x), ref(x), rtol=0, atol=0)
+    assert changed(x).shape[-1] == 2 * real(x).shape[-1]
+    # it trains: real, trainable parameters, and an SGD step lowers its loss
+    assert all(p.requires_grad and not p.is_meta for p in changed.parameters())
+    opt = torch.optim.SGD(changed.parameters(), lr=1e-3)
+    before = changed(x).square().mean()
+    before.backward()
+    opt.step()
+    assert changed(x).square().mean() < before
     assert isinstance(shorter.apply(real)[4], nn.Identity)
     assert wider.width is not None and isinstance(wider.apply(chain(wider.width))[4], nn.Identity)
 
