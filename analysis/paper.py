@@ -96,7 +96,7 @@ def importance_table(g: pd.DataFrame, reference: pd.DataFrame | None, *, stage: 
         # the default layer (deepest conv) moved between the seeds' runs: nothing to pool
         mean, std, n = (pooled_maxima(select(d, cell=lv.cell)) if len(layers) <= 1 else
                         (math.nan, math.nan, 0))
-        ours = (format_mean_std(mean, std, max_decimals=12) if n else
+        ours = (format_mean_std(mean, std, max_decimals=3) if n else
                 f"not pooled: the seeds measured {', '.join(map(str, layers))}"
                 if len(layers) > 1 else MISSING)
         row = {"Receptive field": f"RF {lv.receptive_field} px (pool {lv.pool_level})",
@@ -108,8 +108,9 @@ def importance_table(g: pd.DataFrame, reference: pd.DataFrame | None, *, stage: 
             row["Paper (Tables 3-4)"] = MISSING
         if len(pub):
             pm, ps = float(pub["mean"].iloc[0]), float(pub["std"].iloc[0])
-            row["Paper (Tables 3-4)"] = (f"{format_number(pm, max_decimals=12)} ± "
-                                         f"{format_number(ps, max_decimals=12)} "
+            # as the paper prints them: 0.322 ± 0.122, 1.24e-05 ± 2.14e-06
+            row["Paper (Tables 3-4)"] = (f"{format_number(pm, max_decimals=3)} ± "
+                                         f"{format_number(ps, max_decimals=3)} "
                                          f"(RF {pub['receptive_field'].iloc[0]} px)")
             if comparable:
                 within = bool(abs(mean - pm) <= 2 * ps) if n else None

@@ -118,7 +118,8 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
                                    finetuned=bool(u.finetuned), protocol=u.protocol,
                                    prune_settings=u.prune_settings,
                                    finetune_settings=u.finetune_settings)
-        wanted.append((f"{u.unit}: dense - pruned", obs.rename(columns={"difference": "value"})))
+        after = "fine-tuned" if u.finetuned else "pruned"
+        wanted.append((f"{u.unit}: dense - {after}", obs.rename(columns={"difference": "value"})))
     for st in present_stages(select(d, metric="hessian_eigenvalue"), "hessian"):
         wanted.append((f"{st}: λ_max", select(d, stage=st, metric="hessian_eigenvalue", index=1)))
         wanted.append((f"{st}: trace", select(d, stage=st, metric="hessian_trace")))
@@ -142,7 +143,8 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
         return None
     return Table(f"{grid_slug(g)}-spearman", f"{grid_title(g)}: rank correlation of the "
                  "receptive field with each quantity", pd.DataFrame(rows), pd.DataFrame(rows),
-                 "Spearman's ρ over all seeds of all receptive fields, two-sided p (scipy).")
+                 "Spearman's ρ over all seeds of all receptive fields; two-sided p of the "
+                 "permutation test (exact up to 8 seeds in all, else 50,000 random pairings).")
 
 
 def _section(title: str, tables: Iterable[Table | None]) -> list[Block]:

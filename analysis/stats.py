@@ -451,10 +451,15 @@ def compare_levels(obs: pd.DataFrame, *, value: str = "value", level: str = "rec
     return out
 
 
+# Spearman's p by permutation of the values: exact (every pairing) up to 8 observations,
+# else this many seeded random pairings (p resolution ~2e-5)
+PERMUTATIONS = 50_000
+
+
 @dataclass(frozen=True)
 class RankCorrelation:
     """Spearman's rho between a level column and a value over all observations, its two-sided
-    p-value and the number of observations."""
+    permutation p-value and the number of observations."""
 
     rho: float
     p: float
@@ -463,11 +468,25 @@ class RankCorrelation:
 
 def rank_correlation(obs: pd.DataFrame, *, value: str = "value",
                      x: str = "receptive_field") -> RankCorrelation:
+    """Spearman's rho (average ranks for ties) and its two-sided p from the permutation
+    distribution of rho under independence (``scipy.stats.permutation_test``): exact for up to
+    8 observations, else from :data:`PERMUTATIONS` seeded pairings. The asymptotic p that
+    ``spearmanr`` gives is 0 whenever |rho| = 1, also for 3 observations (exactly 1/3) or a
+    level column with two values."""
     d = obs[[x, value]].dropna()
     if len(d) < 3:
         raise ValueError(f"rank_correlation needs >= 3 observations, got {len(d)}")
     xs, ys = d[x].to_numpy(float), d[value].to_numpy(float)
     if np.ptp(xs) == 0 or np.ptp(ys) == 0:  # undefined for a constant input (e.g. all 0.1)
         return RankCorrelation(float("nan"), float("nan"), len(d))
-    r = stats.spearmanr(xs, ys)
-    return RankCorrelation(float(r.statistic), float(r.pvalue), len(d))
+    rx = stats.rankdata(xs)
+    rx = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean())
+
+    def rho(ry: np.ndarray, axis: int = -1) -> np.ndarray:  # ry: ranks of y, permuted
+        c = ry - ry.mean(axis=axis, keepdims=True)
+        return (c * rx).sum(axis=axis) / np.linalg.norm(c, axis=axis)
+
+    res = stats.permutation_test((stats.rankdata(ys),), rho, permutation_type="pairings",
+                                 vectorized=True, n_resamples=PERMUTATIONS,
+                                 alternative="two-sided", rng=np.random.default_rng(0))
+    return RankCorrelation(float(res.statistic), float(min(res.pvalue, 1.0)), len(d))

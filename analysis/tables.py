@@ -44,8 +44,9 @@ def format_number(x: float, *, sig: int = 3, max_decimals: int = 2) -> str:
         return f"{x:.{sig - 1}e}"
     decimals = min(max(sig - 1 - math.floor(math.log10(abs(x))), 0), max_decimals)
     rounded = round(x, decimals)
-    if rounded != 0 and math.floor(math.log10(abs(rounded))) > math.floor(math.log10(abs(x))):
-        decimals = max(decimals - 1, 0)  # 99.96 -> "100", not "100.0"
+    if rounded != 0:  # rounding up gained a digit: 99.96 -> "100", not "100.0"; but
+        # 0.0063 at 2 decimals stays "0.01" (it is the cap that sets its decimals, not sig)
+        decimals = min(decimals, max(sig - 1 - math.floor(math.log10(abs(rounded))), 0))
     return f"{x:.{decimals}f}"
 
 

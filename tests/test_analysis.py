@@ -189,7 +189,32 @@ def test_compare_levels_and_rank_correlation(df):
         compare_levels(pd.concat([three, three]))
     r = rank_correlation(three)
     ref = sps.spearmanr(three["receptive_field"], three["value"])
-    assert (r.rho, r.p, r.n) == pytest.approx((ref.statistic, ref.pvalue, 9))
+    exact = _exact_spearman_p(three["receptive_field"], three["value"])
+    assert r.rho == pytest.approx(ref.statistic) and r.n == 9  # 9! pairings: sampled
+    assert abs(r.p - exact) < 4 * math.sqrt(exact * (1 - exact) / 50_000) + 2e-5
+
+
+def _exact_spearman_p(x, y) -> float:
+    """Two-sided p of Spearman's rho over every pairing of the values with the levels."""
+    import itertools
+
+    rx, ry = sps.rankdata(x), sps.rankdata(y)
+    perms = np.array(list(itertools.permutations(ry)))
+    cx, cp = rx - rx.mean(), perms - perms.mean(axis=1, keepdims=True)
+    rhos = cp @ cx / (np.linalg.norm(cp, axis=1) * np.linalg.norm(cx))
+    observed = np.corrcoef(rx, ry)[0, 1]
+    return float(np.mean(np.abs(rhos) >= abs(observed) - 1e-12))
+
+
+@pytest.mark.parametrize("x, y", [
+    ([110, 213, 318], [3.0, 2.0, 1.0]),  # rho = -1 on 3 points: p = 2/6, not 0
+    ([110, 110, 213, 213], [0.9, 0.8, 0.2, 0.1]),  # two levels: 8 of 24 pairings as extreme
+    ([1, 2, 3, 4, 5, 6, 7], [2.0, 1.0, 4.0, 3.0, 7.0, 5.0, 6.0]),
+    ([1, 1, 2, 2, 3, 3, 4, 4], [0.1, 0.5, 0.2, 0.9, 0.7, 0.4, 0.8, 0.6])])
+def test_rank_correlation_p_is_the_exact_permutation_p_for_few_seeds(x, y):
+    r = rank_correlation(pd.DataFrame({"receptive_field": x, "value": y}))
+    assert r.rho == pytest.approx(sps.spearmanr(x, y).statistic)
+    assert r.p == pytest.approx(_exact_spearman_p(x, y), rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,6 +224,29 @@ def test_compare_levels_and_rank_correlation(df):
     (1.24e-5, 2.14e-6, "1.24e-05 ± 2.14e-06"), (float("nan"), 1.0, "missing")])
 def test_format_mean_std_follows_the_papers_style(mean, std, text):
     assert format_mean_std(mean, std) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False).filter(lambda x: x != 0),
+       st.integers(min_value=0, max_value=4))
+def test_a_formatted_number_is_never_zero_and_within_its_last_digit(x, max_decimals):
+    """No non-zero number prints as zero or with the other sign, and the printed number is
+    the value rounded at its last printed digit (fixed or scientific)."""
+    text = format_number(x, max_decimals=max_decimals)
+    shown = float(text)
+    assert shown != 0 and (shown > 0) == (x > 0), text
+    mantissa, _, exponent = text.partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    step = 10.0 ** (-decimals + (int(exponent) if exponent else 0))
+    assert abs(shown - x) <= 0.5 * step * (1 + 1e-9), text
+    assert format_number(x, max_decimals=max_decimals) == text
+
+
+def test_a_number_rounded_up_at_the_decimal_cap_keeps_its_decimals():
+    # 0.0063 with 2 decimals is 0.01 (it printed "0.0" before); 99.96 with 3 figures is 100
+    assert [format_number(x) for x in (0.0063, 0.0051, 0.0099, 99.96, 9.996, 0.09996)] == [
+        "0.01", "0.01", "0.01", "100", "10.0", "0.10"]
+    assert format_mean_std(0.0063, 0.00222) == "0.01 ± 2.22e-03"
 
 
 def test_format_without_std_and_zero():
