@@ -125,6 +125,43 @@ def test_the_paper_hessian_sees_one_fixed_draw_of_augmented_batches(tmp_path):
     assert [len(y) for _, y in a] == [10] * 4
 
 
+def test_train_mode_batchnorm_gets_equal_batches_only(tmp_path, monkeypatch):
+    """With bn_mode=train each batch is normalised by its own statistics: a partial last batch
+    (32 images in batches of 10: 3 + 2) is another network, whose deep 1 x 1 maps have almost
+    no variance (eigenvalues ~1e11 were measured so). The config is refused, the operator
+    refuses unequal batches, a training set under n_samples gives its full batches only, and
+    a unit written before with a partial batch is recomputed."""
+    from landscape.hessian import HessianOperator
+    from landscape.identity import identify
+    from landscape.stages.base import STAGES
+
+    paper = dict(enabled=True, protocol="paper", batch_size=10, augment=True, bn_mode="train",
+                 density_iter=6)
+    with pytest.raises(ValueError, match=r"hessian.n_samples=32 leaves a last batch of 2.*"
+                                         r"e.g. hessian.n_samples=30"):
+        pipeline.validate(tiny(tmp_path, hessian=HessianConfig(n_samples=32, **paper)))
+    model = create_model("small_cnn", num_classes=3, width=0.25)
+    x, y = torch.randn(12, 3, 8, 8), torch.arange(12) % 3
+    with pytest.raises(ValueError, match=r"equal numbers of examples; got sizes \[10, 2\]"):
+        HessianOperator(model, nn.functional.cross_entropy, [(x[:10], y[:10]), (x[10:], y[10:])],
+                        bn_mode="train")
+    HessianOperator(model, nn.functional.cross_entropy, [(x[:10], y[:10]), (x[10:], y[10:])])
+
+    cfg = tiny(tmp_path, hessian=HessianConfig(checkpoints=["init"], n_samples=100, **paper))
+    pipeline.run(cfg)  # 96 training images: 9 full batches of 10
+    note = rows(tmp_path, stage="hessian_paper_init")["note"].iloc[0]
+    assert "n_samples=90; batch_size=10" in note
+    run_dir = results.run_paths(tmp_path, identify(cfg).cell_name, 0).run_dir
+    stage = STAGES.get("hessian")
+    assert stage.stale_reason(cfg.hessian, run_dir, "hessian_paper_init") is None
+    written = results.read_stage(run_dir, "hessian_paper_init")
+    monkeypatch.setattr(results, "read_stage", lambda *a: written.assign(
+        note=written["note"].str.replace("n_samples=90", "n_samples=96")))
+    assert stage.stale_reason(cfg.hessian, run_dir, "hessian_paper_init") == (
+        "bn_mode=train on 96 images in batches of 10: a partial last batch of 6 was "
+        "normalised by its own statistics")
+
+
 def test_paper_protocol_settings_are_checked_against_the_released_procedure(tmp_path):
     with pytest.raises(ValueError, match=r"hessian.bn_mode='train' \(got 'eval'\).*"
                                          r"hessian.batch_size=10 \(got 250\)"):

@@ -213,7 +213,15 @@ class HessianOperator:
             )
         self.device = torch.device(device)
         self.batches = _checked_batches(batches, self.device)
-        self.num_examples = sum(len(x) for x, _ in self.batches)
+        sizes = [len(x) for x, _ in self.batches]
+        if bn_mode == "train" and len(set(sizes)) > 1:
+            raise ValueError(
+                f"bn_mode='train' normalises each batch by its own statistics, so the batches "
+                f"must hold equal numbers of examples; got sizes {sizes}: a smaller batch is "
+                "another network (a batch of 2 has near-zero variance in a deep layer's small "
+                "map and a Hessian many orders too large). Drop the partial batch or use a "
+                "multiple of the batch size")
+        self.num_examples = sum(sizes)
         self.model, self.loss_fn, self.bn_mode, self.method = model, loss_fn, bn_mode, method
         self.names = select_parameters(model, params)
         state = {n: p.detach().to(self.device) for n, p in model.named_parameters()}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -30,6 +31,7 @@ from landscape.hessian import (
     BN_MODES, EIGEN_BACKENDS, DensityResult, HessianOperator, NoSecondDerivativeError,
     SolverOptions, hessian_trace, paper_spectrum, spectral_density, top_eigenvalues,
 )
+from landscape import results
 from landscape.identity import RunIdentity
 from landscape.seeds import HESSIAN, HESSIAN_DATA, stream_seed
 from landscape.stages.base import (
@@ -92,6 +94,13 @@ def validate(cfg: HessianConfig) -> None:
     if not 0 <= cfg.save_eigenvectors <= cfg.k:
         raise ValueError(f"hessian.save_eigenvectors must be in 0..hessian.k={cfg.k}, got "
                          f"{cfg.save_eigenvectors}")
+    if cfg.bn_mode == "train" and cfg.n_samples % cfg.batch_size:
+        multiple = cfg.n_samples - cfg.n_samples % cfg.batch_size or cfg.batch_size
+        raise ValueError(
+            f"hessian.bn_mode=train normalises each batch of hessian.batch_size="
+            f"{cfg.batch_size} by its own statistics: hessian.n_samples={cfg.n_samples} leaves "
+            f"a last batch of {cfg.n_samples % cfg.batch_size}, another network; choose a "
+            f"multiple, e.g. hessian.n_samples={multiple}")
     if cfg.max_iter is not None and cfg.max_iter < 1:
         raise ValueError(f"hessian.max_iter must be >= 1 or null, got {cfg.max_iter}")
     check_protocol("hessian", cfg, requires=PAPER_REQUIRES, unused=PAPER_UNUSED)
@@ -116,6 +125,21 @@ class HessianStage(Stage):
                              f"dimension of its Hessian; choose hessian.k <= "
                              f"{identity.num_params}")
 
+    def stale_reason(self, config: HessianConfig, out_dir: Path, unit: str,
+                     seeds: Optional[list[int]] = None) -> Optional[str]:
+        """Also recomputes a ``bn_mode=train`` unit written before the batches had to be
+        equal, whose evaluation set (a training set under ``n_samples``) ended in a partial
+        batch: its BatchNorm normalised a few images by their own statistics."""
+        reason = super().stale_reason(config, out_dir, unit, seeds)
+        if reason is None and config.bn_mode == "train":
+            notes = results.read_stage(out_dir, unit)["note"].dropna().astype(str)
+            found = notes.str.extract(r"n_samples=(\d+); batch_size=(\d+)").dropna()
+            if len(found) and int(found.iloc[0, 0]) % int(found.iloc[0, 1]):
+                n, b = map(int, found.iloc[0])
+                return (f"bn_mode=train on {n} images in batches of {b}: a partial last batch "
+                        f"of {n % b} was normalised by its own statistics")
+        return reason
+
     def units(self, config: HessianConfig) -> list[Unit]:
         tag = "paper_" if config.protocol == "paper" else ""
         return [Unit(f"hessian_{tag}{c}", {"checkpoint": c}) for c in config.checkpoints]
@@ -127,6 +151,8 @@ class HessianStage(Stage):
         seed = stream_seed(ctx.identity.seed, HESSIAN)
         batches = evaluation_batches(ctx, c.n_samples, c.batch_size, augment=c.augment,
                                      seed=stream_seed(ctx.identity.seed, HESSIAN_DATA))
+        if c.bn_mode == "train":  # a training set under n_samples: its full batches only
+            batches = _full_batches(batches, c.batch_size)
         op = HessianOperator(model, F.cross_entropy, batches, bn_mode=c.bn_mode,
                              device=ctx.settings.device)
         note = (f"checkpoint={checkpoint}; protocol={c.protocol}; bn_mode={c.bn_mode}; "
@@ -196,3 +222,15 @@ def _default_rows(ctx: RunContext, c: HessianConfig, op: HessianOperator,
              {"metric": "hessian_converged", "value": float(top.converged)}]
     note = f"; backend={top.backend}; which={top.which}; tol={c.tol}"
     return rows, note, arrays
+
+
+def _full_batches(batches: list, batch_size: int) -> list:
+    """``batches`` without a partial last one (``bn_mode=train``: every batch is normalised by
+    its own statistics, HessianOperator refuses unequal ones); an error when none is full."""
+    full = [b for b in batches if len(b[1]) == batch_size]
+    if not full:
+        raise ValueError(f"hessian.bn_mode=train needs at least one full batch of "
+                         f"hessian.batch_size={batch_size} training images; the training set "
+                         f"gave {sum(len(b[1]) for b in batches)}")
+    return full
+
