@@ -9,8 +9,11 @@ of the registry (``landscape.grid.write_root_report`` gathers them from a result
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -453,16 +456,30 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, arrays: Any = None,
     ``variants``: cell -> how it differs from the other cells of its model and data beyond the
     RF pool (``landscape.results.cell_variants(root)``): such cells are separate grids."""
     out = Path(out_dir)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    blocks = report_blocks(with_variants(df, variants), out, arrays=arrays, title=title,
-                           results_root=results_root, failures=failures, reference=reference,
-                           stage_order=stage_order)
-    for kind, t in blocks:
-        if kind == "table" and t.name != "overview":
-            for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
-                (out / "tables" / f"{t.name}.{ext}").write_text(render(t))
-    (out / "report.html").write_text(html_page(blocks, title))
-    path = out / "report.md"
-    path.write_text(markdown(blocks))
-    return path
+    out.mkdir(parents=True, exist_ok=True)
+    # Built whole in a scratch folder, then swapped in: a report that fails leaves the last
+    # one as it was, and a rebuilt one keeps no figure or table of the last that it did not
+    # make (e.g. one pooling two fine-tune settings, before they were told apart). Other
+    # files in out_dir are left alone.
+    with tempfile.TemporaryDirectory(dir=out, prefix=".report-") as scratch:
+        new = Path(scratch)
+        (new / "figures").mkdir()
+        (new / "tables").mkdir()
+        blocks = report_blocks(with_variants(df, variants), new, arrays=arrays, title=title,
+                               results_root=results_root, failures=failures,
+                               reference=reference, stage_order=stage_order)
+        for kind, t in blocks:
+            if kind == "table" and t.name != "overview":
+                for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
+                    (new / "tables" / f"{t.name}.{ext}").write_text(render(t))
+        (new / "report.html").write_text(html_page(blocks, title))
+        (new / "report.md").write_text(markdown(blocks))
+        with open(out / ".report.lock", "w") as lock:  # one swap at a time (two grids'
+            fcntl.flock(lock, fcntl.LOCK_EX)            # last jobs ending together)
+            for folder in ("figures", "tables"):
+                if (out / folder).exists():
+                    (out / folder).rename(new / f"old-{folder}")  # removed with the scratch
+                (new / folder).rename(out / folder)
+            for page in ("report.html", "report.md"):
+                os.replace(new / page, out / page)
+    return out / "report.md"

@@ -1,11 +1,13 @@
 """analysis.report: completeness (missing runs), failed units, the written report and the CLI."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import report as report_module
 from analysis.report import completeness, write_report
 from landscape import results
 from landscape.commands import report_main
@@ -46,6 +48,32 @@ def test_failures_reads_the_markers(tmp_path):
     assert f.to_dict("records") == [
         {"run_id": cell(1), "unit": "cka_final", "reason": "ValueError: x"},
         {"run_id": f"{cell(1)}/seed=0", "unit": "hessian_final", "reason": "RuntimeError: boom"}]
+
+
+def test_a_rebuilt_report_keeps_nothing_it_did_not_make_and_a_failed_one_changes_nothing(
+        partial, tmp_path, monkeypatch):
+    """A figure or table of the last report that this one does not make (e.g. one that pooled
+    two fine-tune settings) is gone; files of the user's beside it stay; a build that fails
+    leaves the last report whole."""
+    out = tmp_path / "rep"
+    write_report(partial, out)
+    made = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    (out / "figures" / "stale-pruning.png").write_bytes(b"old")
+    (out / "tables" / "stale.csv").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    write_report(partial, out)
+    now = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert now == sorted(made + [Path("notes.txt")])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("a figure failed")
+
+    monkeypatch.setattr(report_module, "markdown", fails)
+    with pytest.raises(RuntimeError, match="a figure failed"):
+        write_report(partial.assign(value=partial["value"] + 1), out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".report-")]
 
 
 def test_report_lists_missing_runs_and_links_every_figure(partial, tmp_path):
