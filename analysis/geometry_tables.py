@@ -77,7 +77,7 @@ def sharpness_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str |
             num[f"{kind}_mean"] = float(x.mean()) if x.size else math.nan
         runs = select(g, cell=lv.cell)["run_id"].unique()
         r = ratio[ratio.index.isin(runs)].to_numpy(float)
-        row["λ_max / trace"] = _mean_std(r) if len(h) else MISSING
+        row["λ_max ÷ trace (ratio)"] = _mean_std(r) if len(h) else MISSING
         num["ratio_mean"] = float(r.mean()) if r.size else math.nan
         rows.append(row)
         numbers.append(num)
@@ -88,8 +88,9 @@ def sharpness_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str |
                  f"{grid_title(g)}: worst-case sharpness at the {checkpoint} checkpoint",
                  pd.DataFrame(rows), pd.DataFrame(numbers),
                  "Largest rise of the training loss found by projected gradient ascent in the "
-                 f"adaptive (|w|-scaled) and the standard L2 ball ({rho}); λ_max / trace from "
-                 "the Hessian rows of the same checkpoint; mean ± std (ddof=1) over seeds.")
+                 f"adaptive (|w|-scaled) and the standard L2 ball ({rho}); the ratio "
+                 "λ_max ÷ trace (per seed) from the Hessian rows of the same checkpoint; "
+                 "mean ± std (ddof=1) over seeds.")
 
 
 def pruned_hessian_table(df: pd.DataFrame, *, arch: str | None = None,
@@ -108,10 +109,10 @@ def pruned_hessian_table(df: pd.DataFrame, *, arch: str | None = None,
     measured = select(p, metric=["pruned_hessian_eigenvalue", "dense_path_barrier"])
     if measured.empty:
         return None
-    columns = [("Test acc. pruned", False, "test_acc", None),
+    columns = [("Test acc. pruned (%)", False, "test_acc", None),
                ("λ_max pruned", False, "pruned_hessian_eigenvalue", 1),
                ("Barrier dense→pruned", False, "dense_path_barrier", None),
-               ("Test acc. fine-tuned", True, "test_acc", None),
+               ("Test acc. fine-tuned (%)", True, "test_acc", None),
                ("λ_max fine-tuned", True, "pruned_hessian_eigenvalue", 1),
                ("Barrier dense→fine-tuned", True, "dense_path_barrier", None)]
     present = [c for c in columns if len(select(p, finetuned=c[1], metric=c[2]))]
@@ -125,7 +126,8 @@ def pruned_hessian_table(df: pd.DataFrame, *, arch: str | None = None,
                 s = select(p, cell=lv.cell, prune_rate=rate, finetuned=ft, metric=metric,
                            index=pd.NA if index is None else index)
                 x = s["value"].to_numpy(float)
-                row[title] = _mean_std(x)
+                # accuracies in %, as every other table shows them; the numbers keep fractions
+                row[title] = _mean_std(100 * x if metric == "test_acc" else x)
                 num[f"{metric}_{'finetuned' if ft else 'pruned'}"] = (
                     float(x.mean()) if x.size else math.nan)
             rows.append(row)

@@ -444,8 +444,9 @@ def train_model(
             log.warning("%s: %s is missing; it is written again only if a later epoch beats "
                         "epoch %d", run_id or "training", checkpoint_dir / "best.pt",
                         outcome.best.epoch)
-        log.info("%s: resuming from the checkpoint of epoch %d of %d (%s)", run_id or "training",
-                 outcome.resumed_from_epoch, cfg.epochs, last)
+        log.info("%s: %s epoch %d of %d (%s)", run_id or "training",
+                 "resuming from the checkpoint of" if outcome.history else "starting after",
+                 outcome.resumed_from_epoch, cfg.epochs, last)  # no history: an IMP round
     elif not (checkpoint_dir / "init.pt").exists():
         save_checkpoint(checkpoint_dir / "init.pt", {"model": model.state_dict(), "epoch": 0,
                                                      **tag})

@@ -271,6 +271,12 @@ def test_input_size_is_no_variant_but_another_setting_is(tmp_path):
     cell("d", 0.01, 32)
     assert results.cell_variants(tmp_path) == {"a": "train.lr=0.1", "b": "train.lr=0.1",
                                                "c": "train.lr=0.1", "d": "train.lr=0.01"}
+    # with the defaults, a field at its default is no label: lr 0.1 is the default one
+    from landscape.grid.finish import cell_variants
+
+    assert cell_variants(tmp_path) == {"a": "", "b": "", "c": "", "d": "train.lr=0.01"}
+    assert results.cell_variants(tmp_path, defaults={"train": {"lr": 0.01}}) == {
+        "a": "train.lr=0.1", "b": "train.lr=0.1", "c": "train.lr=0.1", "d": ""}
 
 
 def test_the_direct_protocol_keeps_run_names_and_another_one_names_itself():

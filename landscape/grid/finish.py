@@ -3,6 +3,7 @@ backend, the Slurm cell job, the ``-m`` multirun callback and ``landscape-cells`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
@@ -37,6 +38,11 @@ def final_accuracy_table(df: pd.DataFrame, variants: Optional[dict[str, str]] = 
     return out.rename(columns={"mean": "test_acc_mean", "std": "test_acc_std", "count": "seeds"})
 
 
+def cell_variants(root: str | Path) -> dict[str, str]:
+    """:func:`landscape.results.cell_variants`, a field at its default left out of a label."""
+    return results.cell_variants(root, defaults=dataclasses.asdict(RunConfig()))
+
+
 def write_root_report(root: str | Path, out: Optional[str | Path] = None, *,
                       title: Optional[str] = None,
                       reference: Optional[pd.DataFrame] = None) -> Path:
@@ -55,7 +61,7 @@ def write_root_report(root: str | Path, out: Optional[str | Path] = None, *,
                         title=title or DEFAULT_TITLE, results_root=root,
                         failures=results.failures(root),
                         reference=paper_tables() if reference is None else reference,
-                        stage_order=stage_names(), variants=results.cell_variants(root))
+                        stage_order=stage_names(), variants=cell_variants(root))
 
 
 def finish_cells(root: str | Path, cells: Optional[Sequence[RunConfig]] = None, *,
@@ -87,7 +93,7 @@ def finish_cells(root: str | Path, cells: Optional[Sequence[RunConfig]] = None, 
     print(f"\n[landscape] results under {root} ({runs} runs in {len(names)} cells, "
           f"{len(df)} rows)")
     if len(df):
-        print(final_accuracy_table(df, results.cell_variants(root)).to_string())
+        print(final_accuracy_table(df, cell_variants(root)).to_string())
     print(f"[landscape] load them with: landscape.results.load({str(root)!r})", flush=True)
     if len(df) and (overrides is None or overrides.report):
         path = write_root_report(root)

@@ -57,9 +57,10 @@ def format_summary(name: str, table: pd.DataFrame, cost: ModelCost, r_tilde: Fea
     unprod = int(table["unproductive"].sum())
     border = table.loc[table["border"], "layer"]
     cmp = ">" if convention == "rfa" else ">="
+    both = int((table["underutilised"] & table["unproductive"]).sum())
     status = ("fully utilised" if not table["underutilised"].any() else
               f"NOT fully utilised: {int(table['underutilised'].sum())} underutilised "
-              f"layer(s) (r_min {cmp} {n})")
+              f"layer(s) (r_min {cmp} {n}{f', {both} of them unproductive' if both else ''})")
     lines = [
         f"{name}: {cost.params:,} parameters, {_flops(cost.flops)} per "
         f"{cost.in_channels}x{n}x{n} image (2 x multiply-accumulates of conv/linear/matmul)",

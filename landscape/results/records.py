@@ -7,7 +7,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from landscape.results.layout import CELL_RECORD, RUN_CONFIG, SUBMISSIONS, RunPaths
 from landscape.results.integrity import read_done
@@ -69,12 +69,16 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def cell_variants(root: str | Path) -> dict[str, str]:
+def cell_variants(root: str | Path, defaults: Optional[Mapping[str, Any]] = None
+                  ) -> dict[str, str]:
     """cell -> how it differs from the other cells of its (arch, dataset, width) group in
     identity fields other than the RF pool and the input size (``data.image_size`` and its
     protocol: the ``image_size`` / ``resize`` columns), e.g. ``"train.lr=0.01"`` ("" when it
-    differs only in those). Cells with different labels must not be pooled as seeds of one RF
-    level (nor are cells of one label: every grouping of ``analysis`` is per cell)."""
+    differs only in those). With ``defaults`` (the config's defaults, nested as stored), a
+    field at its default is left out of the label (the paper's model beside a no-skips one is
+    ``""``, not ``"model.dilation=None, model.skips=True, ..."``); distinct cells still get
+    distinct labels. Cells with different labels must not be pooled as seeds of one RF level
+    (nor are cells of one label: every grouping of ``analysis`` is per cell)."""
     root = Path(root)
     ident: dict[str, set[str]] = {}
     for name in cell_names(root):
@@ -91,11 +95,13 @@ def cell_variants(root: str | Path) -> dict[str, str]:
     groups: dict[tuple, list[str]] = {}
     for cell, flat in configs.items():
         groups.setdefault(tuple(str(flat.get(k)) for k in GRID_KEYS), []).append(cell)
+    default = _flat(dict(defaults)) if defaults is not None else {}
     out = {}
     for cells in groups.values():
         varying = [k for k in keys if len({str(configs[c].get(k)) for c in cells}) > 1]
         for c in cells:
-            out[c] = ", ".join(f"{k}={configs[c].get(k)}" for k in varying)
+            out[c] = ", ".join(f"{k}={configs[c].get(k)}" for k in varying
+                               if k not in default or str(configs[c].get(k)) != str(default[k]))
     return out
 
 

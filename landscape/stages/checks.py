@@ -28,8 +28,9 @@ def check_protocol(group: str, config: Any, *, requires: Mapping[str, Any] = {},
               if getattr(config, k) != getattr(default, k)]
     if wrong:
         raise ValueError(f"{group}.protocol=paper is the released procedure, which needs "
-                         f"{'; '.join(wrong)}. Select the preset {group}=paper, or set "
-                         f"{group}.protocol=default to measure with other settings")
+                         f"{'; '.join(wrong)}. Use the preset {group}=paper without overriding "
+                         f"these fields, or set {group}.protocol=default to measure with other "
+                         "settings")
 
 
 def check_number(name: str, value: Any, *, above: float, strict: bool = True,
