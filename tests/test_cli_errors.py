@@ -147,3 +147,21 @@ def test_a_gpu_requested_for_runs_told_to_use_the_cpu_is_a_warning(tmp_path, cap
                         "to use the GPU"]
     submit(args + ["launcher.gpus_per_node=0"], dry_run=True)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(monkeypatch, capsys):
+    """Ctrl-C during a run prints what is kept, not a traceback."""
+    from landscape import pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run", interrupted)
+    monkeypatch.setattr(sys, "argv", ["landscape-run", "model=small_cnn", "data=digits",
+                                      "hydra.run.dir=.", "hydra.output_subdir=null"])
+    with pytest.raises(SystemExit) as e:
+        cli.run_main()
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "landscape-run: interrupted: finished units are kept, and the same command goes on "
+        "from there"]

@@ -122,6 +122,12 @@ def hydra_error_line(e: Exception, config_dir: str = CONFIG_DIR) -> str:
 TaskFunction = Callable[[DictConfig], Any]
 
 
+# What an interrupted command leaves: every unit is written whole or not at all, training
+# keeps an epoch checkpoint (landscape.results, landscape.train).
+INTERRUPTED = {p: ": finished units are kept, and the same command goes on from there"
+               for p in ("landscape-run", "landscape-cells")}
+
+
 def hydra_command(prog: str, config_name: str) -> Callable[[TaskFunction], Callable[[], Any]]:
     """``@hydra.main`` over ``configs/<config_name>.yaml`` for the console script ``prog``,
     whose composition errors (a bad group option, a value of the wrong type, an unknown key, a
@@ -144,6 +150,10 @@ def hydra_command(prog: str, config_name: str) -> Callable[[TaskFunction], Calla
                     raise
                 print(f"{prog}: error: {hydra_error_line(e)}", file=sys.stderr, flush=True)
                 raise SystemExit(2) from None
+            except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+                print(f"{prog}: interrupted{INTERRUPTED.get(prog, '')}", file=sys.stderr,
+                      flush=True)
+                raise SystemExit(130) from None
             finally:
                 if full_error is None:
                     os.environ.pop("HYDRA_FULL_ERROR", None)
