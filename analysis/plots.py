@@ -267,7 +267,10 @@ def cka_matrices(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
                  width: float | None = None, stage: str = "cka_final",
                  include_self: bool = False, max_cols: int = 4) -> Figure | None:
     """One CKA heatmap per receptive field (layer index of seed a vs seed b, averaged over seed
-    pairs, see :func:`cka_matrix`), shared colour scale 0..1, dashed lines at the middle layer."""
+    pairs, see :func:`cka_matrix`), shared colour scale 0..1, dashed lines at the middle layer.
+    Each heatmap fills its panel: the constrained layout sizes the panels' boxes, and an image
+    of fixed aspect shrunk inside its box pushed the x label off the figure and the titles
+    onto the suptitle."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     c = select(g, metric="cka", stage=stage)
     panels = [(label, *cka_matrix(select(c, cell=cell), include_self=include_self))
@@ -283,7 +286,7 @@ def cka_matrices(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
             ax.set_title(f"{label}\nmissing")
             ax.set_axis_off()
             continue
-        im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower")
+        im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower", aspect="auto")
         mid = (len(layers) - 1) / 2
         ax.axhline(mid, color="white", ls="--", lw=1)
         ax.axvline(mid, color="white", ls="--", lw=1)

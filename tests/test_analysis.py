@@ -389,6 +389,21 @@ def test_cka_importance_pruning_and_rf_figures(df):
     assert _lines(ax) == 3 and ax.get_lines()[-1].get_ydata()[0] == 32
 
 
+def test_cka_heatmaps_fit_the_figure_below_its_title(df):
+    """Labels, titles and colour bar inside the figure and under the suptitle (heatmaps of a
+    fixed aspect ratio left the x label cut off at the bottom and the titles on the
+    suptitle: the constrained layout placed boxes the images did not fill)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = plots.cka_matrices(df)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    top = fig._suptitle.get_window_extent(renderer).y0
+    for ax in fig.get_axes():
+        box = ax.get_tightbbox(renderer)
+        assert box.y0 >= 0 and box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= top
+
+
 def test_importance_maps_of_different_layers_are_not_averaged(df):
     """The default layer (the deepest conv by the RF analysis) can move between the runs of a
     cell's seeds when the analysis changed; their maps are then not averaged."""
