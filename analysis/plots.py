@@ -32,6 +32,7 @@ from analysis.tables import cell_levels, grid_title, rf_label, settings_tag, siz
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
              "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+PROTOCOL_MARKERS = ("*", "d", "p", "<", ">", "8", "x", "+")  # none of MARKERS: not a level's
 STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8,
          "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False,
          "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3}
@@ -518,9 +519,10 @@ def size_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | Non
     """"Size Matters": test accuracy (%) after training vs the input size the network was
     trained at (``data.image_size``), one line per pool level over the ``direct`` cells (mean,
     min-max band over seeds; log2 x); cells of other protocols (``down_up``, ``canvas``) as
-    single points at their input size, labelled with the protocol; each level's r̃ (where the
-    cell has its ``receptive_field`` rows) as a tick of its colour on the x axis. None unless
-    the grid has at least two input sizes or protocols."""
+    single points at their input size in their level's colour, one marker per protocol (the
+    same at every level), labelled with the protocol; each level's r̃ (where the cell has its
+    ``receptive_field`` rows) as a tick of its colour on the x axis. None unless the grid has
+    at least two input sizes or protocols."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     if "image_size" not in g.columns:
         return None
@@ -530,6 +532,8 @@ def size_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | Non
     if len(kinds) < 2:
         return None
     resize = acc["resize"].fillna("direct").astype(str)
+    protocol_marker = {kind: PROTOCOL_MARKERS[i % len(PROTOCOL_MARKERS)] for i, kind in
+                       enumerate(sorted(set(resize) - {"direct"}))}
     r_tilde = select(g, metric="rf_min_feasible_input").groupby("pool_level")["value"].max()
     fig, axes = _figure(1, 1, panel=(5.0, 3.6))
     ax = axes[0, 0]
@@ -547,8 +551,9 @@ def size_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | Non
         for kind, k in acc[(acc["pool_level"] == level) & (resize != "direct")].groupby(
                 resize[(acc["pool_level"] == level) & (resize != "direct")]):
             y = k.groupby("image_size")["value"].mean() * 100
-            ax.scatter(y.index.to_numpy(float), y.to_numpy(float), color=colour, marker="*",
-                       s=70, zorder=3, label=f"pool {int(level)}, {kind}, n={k['seed'].nunique()}")
+            ax.scatter(y.index.to_numpy(float), y.to_numpy(float), color=colour,
+                       marker=protocol_marker[kind], s=70, zorder=3,
+                       label=f"pool {int(level)}, {kind}, n={k['seed'].nunique()}")
         if level in r_tilde.index:
             ax.plot([r_tilde[level]], [0], marker="|", ms=14, mew=2, color=colour,
                     clip_on=False, transform=ax.get_xaxis_transform())
@@ -558,7 +563,7 @@ def size_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | Non
     ax.set_ylabel("test accuracy (%)")
     ax.legend(loc="best")
     _suptitle(fig, g, "test accuracy vs training input size\n(ticks: r̃ per pool level; "
-                      "stars: other resize protocols)")
+                      "other resize protocols: a marker each)")
     return fig
 
 
