@@ -609,15 +609,18 @@ def receptive_field_profile(df: pd.DataFrame, *, arch: str | None = None,
                             dataset: str | None = None, width: float | None = None,
                             input_size: int | None = None) -> Figure | None:
     """Analytic r_max (px, log scale) vs layer index per pool level, the border layer (first
-    unproductive layer) starred, and the input size as a dotted line. ``input_size`` defaults
-    to an ``input_size=<n>`` entry of the receptive_field rows' note, if there is one."""
+    unproductive layer) starred, and the input size as a dotted line, one per size:
+    ``input_size``, or by default each ``input_size=<n>`` of the receptive_field rows' notes
+    (each line labelled in px at the right edge where the cells differ in size)."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     rf = select(g, stage="receptive_field", metric="rf_r_max")
     if rf.empty:
         return None
     if input_size is None:
         found = [re.search(r"input_size=(\d+)", n) for n in rf["note"].dropna()]
-        input_size = next((int(m.group(1)) for m in found if m), None)
+        sizes = sorted({int(m.group(1)) for m in found if m})
+    else:
+        sizes = [input_size]
     border = select(g, stage="receptive_field", metric="rf_border", value=1.0)
     names = _ordered_union([list(r["layer"]) for _, r in rf.groupby("cell", sort=False)])
     pos = {name: i for i, name in enumerate(names)}
@@ -634,10 +637,15 @@ def receptive_field_profile(df: pd.DataFrame, *, arch: str | None = None,
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], marker="*", ls="", ms=12, color="grey", markeredgecolor="black"))
     labels.append("border layer (first unproductive)")
-    if input_size is not None:
-        ax.axhline(input_size, color="black", ls=":", lw=1.2)
+    for size in sizes:
+        ax.axhline(size, color="black", ls=":", lw=1.2)
+        if len(sizes) > 1:
+            ax.text(1, size, f"{size} px", transform=ax.get_yaxis_transform(), ha="right",
+                    va="bottom", fontsize=8)
+    if sizes:
         handles.append(Line2D([], [], color="black", ls=":"))
-        labels.append(f"input size ({input_size} px)")
+        labels.append(f"input size{'s' if len(sizes) > 1 else ''} "
+                      f"({', '.join(map(str, sizes))} px)")
     ax.set_yscale("log", base=2)
     _plain_log_ticks(ax.yaxis)
     ax.set_xticks(range(len(names)))
@@ -647,7 +655,7 @@ def receptive_field_profile(df: pd.DataFrame, *, arch: str | None = None,
     ax.set_ylabel("receptive field r_max (px)")
     ax.legend(handles, labels, loc="upper left")
     _suptitle(fig, g, "analytic receptive field per layer"
-              + ("" if input_size is not None else " (input size not recorded)"))
+              + ("" if sizes else " (input size not recorded)"))
     return fig
 
 

@@ -404,6 +404,17 @@ def test_cka_heatmaps_fit_the_figure_below_its_title(df):
         assert box.y0 >= 0 and box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= top
 
 
+def test_rf_profile_draws_each_input_size_of_its_cells(df):
+    """Cells analysed at different input sizes get a line each (one was drawn, the first
+    note's, as if every cell had that size)."""
+    rf = df["stage"] == "receptive_field"
+    notes = df["pool_level"].map({1: "input_size=16", 2: "input_size=64"})
+    (ax,) = plots.receptive_field_profile(df.assign(note=df["note"].mask(rf, notes))).get_axes()
+    dotted = [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert dotted == [16, 64] and [t.get_text() for t in ax.texts] == ["16 px", "64 px"]
+    assert ax.get_legend().get_texts()[-1].get_text() == "input sizes (16, 64 px)"
+
+
 def test_importance_maps_of_different_layers_are_not_averaged(df):
     """The default layer (the deepest conv by the RF analysis) can move between the runs of a
     cell's seeds when the analysis changed; their maps are then not averaged."""
