@@ -4,7 +4,8 @@ Every function takes the DataFrame (plus ``arch``/``dataset``/``width`` filters,
 left out when the data holds one grid) and returns a ``matplotlib.figure.Figure`` built without
 pyplot (no global state, no window). It returns ``None`` when the grid has no rows for that
 figure (the stage was not run), and raises ``ValueError`` for ambiguous filters or bad
-arguments. Colours: Okabe-Ito (colour-blind safe), plus a marker per receptive field.
+arguments. Colours: Okabe-Ito (colour-blind safe), plus a marker per receptive field. Axes
+of whole numbers (eigenvalue rank, epoch, layer index) have integer ticks only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analysis.stats import final_epoch, grid_frame, note_fields, pruning_rows, select
 from analysis.tables import cell_levels, grid_title, rf_label, settings_tag, size_label
@@ -177,6 +178,7 @@ def hessian_eigenvalues(df: pd.DataFrame, *, arch: str | None = None, dataset: s
             _plain_log_ticks(ax.yaxis)
         else:
             ax.set_yscale("symlog", linthresh=max(1e-3 * float(e["value"].abs().max()), 1e-12))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("rank k (1 = largest)")
         ax.set_ylabel("Hessian eigenvalue λ_k" + ("" if positive else " (symlog)"))
         ax.set_title(stage_title(st))
@@ -453,6 +455,7 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
                     ls="--", lw=1)
         ax.set_yscale("log")
         _plain_log_ticks(ax.yaxis)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("conv layer (forward order)")
         ax.set_ylabel("px")
         ax.set_title(stage_title(st))

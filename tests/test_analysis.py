@@ -334,6 +334,8 @@ def test_hessian_plots_have_one_line_per_rf_and_panel(df):
     axes = fig.get_axes()
     assert len(axes) == 2 and [_lines(a) for a in axes] == [2, 2]
     assert axes[0].get_yscale() == "log"
+    ranks = np.concatenate([a.get_xticks() for a in axes])  # ranks 1..3: no 1.5, 2.5
+    assert len(ranks) and (ranks == ranks.round()).all()
     mean_top = axes[1].get_lines()[0].get_ydata()[0]  # final, RF 181, rank 1: 10 + seed mean
     assert mean_top == pytest.approx(10.0 + 1.0)
     neg = df.assign(value=np.where(df["metric"] == "hessian_eigenvalue", -df["value"], df["value"]))
