@@ -4,7 +4,8 @@ Every function takes the DataFrame (plus ``arch``/``dataset``/``width`` filters,
 left out when the data holds one grid) and returns a ``matplotlib.figure.Figure`` built without
 pyplot (no global state, no window). It returns ``None`` when the grid has no rows for that
 figure (the stage was not run), and raises ``ValueError`` for ambiguous filters or bad
-arguments. Colours: Okabe-Ito (colour-blind safe), plus a marker per receptive field.
+arguments. Colours: Okabe-Ito (colour-blind safe), plus a marker per receptive field. Axes
+of whole numbers (eigenvalue rank, epoch, layer index) have integer ticks only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analysis.stats import final_epoch, grid_frame, note_fields, pruning_rows, select
 from analysis.tables import cell_levels, grid_title, rf_label, settings_tag, size_label
@@ -32,6 +33,7 @@ from analysis.tables import cell_levels, grid_title, rf_label, settings_tag, siz
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
              "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+PROTOCOL_MARKERS = ("*", "d", "p", "<", ">", "8", "x", "+")  # none of MARKERS: not a level's
 STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8,
          "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False,
          "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3}
@@ -176,6 +178,7 @@ def hessian_eigenvalues(df: pd.DataFrame, *, arch: str | None = None, dataset: s
             _plain_log_ticks(ax.yaxis)
         else:
             ax.set_yscale("symlog", linthresh=max(1e-3 * float(e["value"].abs().max()), 1e-12))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("rank k (1 = largest)")
         ax.set_ylabel("Hessian eigenvalue λ_k" + ("" if positive else " (symlog)"))
         ax.set_title(stage_title(st))
@@ -267,7 +270,10 @@ def cka_matrices(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
                  width: float | None = None, stage: str = "cka_final",
                  include_self: bool = False, max_cols: int = 4) -> Figure | None:
     """One CKA heatmap per receptive field (layer index of seed a vs seed b, averaged over seed
-    pairs, see :func:`cka_matrix`), shared colour scale 0..1, dashed lines at the middle layer."""
+    pairs, see :func:`cka_matrix`), shared colour scale 0..1, dashed lines at the middle layer.
+    Each heatmap fills its panel: the constrained layout sizes the panels' boxes, and an image
+    of fixed aspect shrunk inside its box pushed the x label off the figure and the titles
+    onto the suptitle."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     c = select(g, metric="cka", stage=stage)
     panels = [(label, *cka_matrix(select(c, cell=cell), include_self=include_self))
@@ -283,7 +289,7 @@ def cka_matrices(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
             ax.set_title(f"{label}\nmissing")
             ax.set_axis_off()
             continue
-        im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower")
+        im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower", aspect="auto")
         mid = (len(layers) - 1) / 2
         ax.axhline(mid, color="white", ls="--", lw=1)
         ax.axvline(mid, color="white", ls="--", lw=1)
@@ -449,6 +455,7 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
                     ls="--", lw=1)
         ax.set_yscale("log")
         _plain_log_ticks(ax.yaxis)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("conv layer (forward order)")
         ax.set_ylabel("px")
         ax.set_title(stage_title(st))
@@ -515,9 +522,10 @@ def size_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | Non
     """"Size Matters": test accuracy (%) after training vs the input size the network was
     trained at (``data.image_size``), one line per pool level over the ``direct`` cells (mean,
     min-max band over seeds; log2 x); cells of other protocols (``down_up``, ``canvas``) as
-    single points at their input size, labelled with the protocol; each level's r̃ (where the
-    cell has its ``receptive_field`` rows) as a tick of its colour on the x axis. None unless
-    the grid has at least two input sizes or protocols."""
+    single points at their input size in their level's colour, one marker per protocol (the
+    same at every level), labelled with the protocol; each level's r̃ (where the cell has its
+    ``receptive_field`` rows) as a tick of its colour on the x axis. None unless the grid has
+    at least two input sizes or protocols."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     if "image_size" not in g.columns:
         return None
@@ -527,6 +535,8 @@ def size_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | Non
     if len(kinds) < 2:
         return None
     resize = acc["resize"].fillna("direct").astype(str)
+    protocol_marker = {kind: PROTOCOL_MARKERS[i % len(PROTOCOL_MARKERS)] for i, kind in
+                       enumerate(sorted(set(resize) - {"direct"}))}
     r_tilde = select(g, metric="rf_min_feasible_input").groupby("pool_level")["value"].max()
     fig, axes = _figure(1, 1, panel=(5.0, 3.6))
     ax = axes[0, 0]
@@ -544,8 +554,9 @@ def size_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | Non
         for kind, k in acc[(acc["pool_level"] == level) & (resize != "direct")].groupby(
                 resize[(acc["pool_level"] == level) & (resize != "direct")]):
             y = k.groupby("image_size")["value"].mean() * 100
-            ax.scatter(y.index.to_numpy(float), y.to_numpy(float), color=colour, marker="*",
-                       s=70, zorder=3, label=f"pool {int(level)}, {kind}, n={k['seed'].nunique()}")
+            ax.scatter(y.index.to_numpy(float), y.to_numpy(float), color=colour,
+                       marker=protocol_marker[kind], s=70, zorder=3,
+                       label=f"pool {int(level)}, {kind}, n={k['seed'].nunique()}")
         if level in r_tilde.index:
             ax.plot([r_tilde[level]], [0], marker="|", ms=14, mew=2, color=colour,
                     clip_on=False, transform=ax.get_xaxis_transform())
@@ -555,7 +566,7 @@ def size_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | Non
     ax.set_ylabel("test accuracy (%)")
     ax.legend(loc="best")
     _suptitle(fig, g, "test accuracy vs training input size\n(ticks: r̃ per pool level; "
-                      "stars: other resize protocols)")
+                      "other resize protocols: a marker each)")
     return fig
 
 
@@ -601,15 +612,18 @@ def receptive_field_profile(df: pd.DataFrame, *, arch: str | None = None,
                             dataset: str | None = None, width: float | None = None,
                             input_size: int | None = None) -> Figure | None:
     """Analytic r_max (px, log scale) vs layer index per pool level, the border layer (first
-    unproductive layer) starred, and the input size as a dotted line. ``input_size`` defaults
-    to an ``input_size=<n>`` entry of the receptive_field rows' note, if there is one."""
+    unproductive layer) starred, and the input size as a dotted line, one per size:
+    ``input_size``, or by default each ``input_size=<n>`` of the receptive_field rows' notes
+    (each line labelled in px at the right edge where the cells differ in size)."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     rf = select(g, stage="receptive_field", metric="rf_r_max")
     if rf.empty:
         return None
     if input_size is None:
         found = [re.search(r"input_size=(\d+)", n) for n in rf["note"].dropna()]
-        input_size = next((int(m.group(1)) for m in found if m), None)
+        sizes = sorted({int(m.group(1)) for m in found if m})
+    else:
+        sizes = [input_size]
     border = select(g, stage="receptive_field", metric="rf_border", value=1.0)
     names = _ordered_union([list(r["layer"]) for _, r in rf.groupby("cell", sort=False)])
     pos = {name: i for i, name in enumerate(names)}
@@ -626,10 +640,15 @@ def receptive_field_profile(df: pd.DataFrame, *, arch: str | None = None,
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], marker="*", ls="", ms=12, color="grey", markeredgecolor="black"))
     labels.append("border layer (first unproductive)")
-    if input_size is not None:
-        ax.axhline(input_size, color="black", ls=":", lw=1.2)
+    for size in sizes:
+        ax.axhline(size, color="black", ls=":", lw=1.2)
+        if len(sizes) > 1:
+            ax.text(1, size, f"{size} px", transform=ax.get_yaxis_transform(), ha="right",
+                    va="bottom", fontsize=8)
+    if sizes:
         handles.append(Line2D([], [], color="black", ls=":"))
-        labels.append(f"input size ({input_size} px)")
+        labels.append(f"input size{'s' if len(sizes) > 1 else ''} "
+                      f"({', '.join(map(str, sizes))} px)")
     ax.set_yscale("log", base=2)
     _plain_log_ticks(ax.yaxis)
     ax.set_xticks(range(len(names)))
@@ -639,7 +658,7 @@ def receptive_field_profile(df: pd.DataFrame, *, arch: str | None = None,
     ax.set_ylabel("receptive field r_max (px)")
     ax.legend(handles, labels, loc="upper left")
     _suptitle(fig, g, "analytic receptive field per layer"
-              + ("" if input_size is not None else " (input size not recorded)"))
+              + ("" if sizes else " (input size not recorded)"))
     return fig
 
 

@@ -277,7 +277,8 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
          "Saturation of every layer after each epoch (train.track), per receptive field."),
         ("input-size", lambda: plots.size_curves(g, **kw),
          "Test accuracy after training at each input size (data.image_size), per pool level; "
-         "stars: down-then-up (set C) and canvas protocols at their input size; ticks: r̃."),
+         "points off the lines: down-then-up (set C) and canvas protocols at their input "
+         "size, a marker per protocol; ticks: r̃."),
         ("cka-to-final", lambda: dynamics_plots.cka_to_final_trajectory(g, **kw),
          "Linear CKA of each layer at a saved epoch with the same layer after training "
          "(cka.to_final), per receptive field."),

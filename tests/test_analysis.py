@@ -334,6 +334,8 @@ def test_hessian_plots_have_one_line_per_rf_and_panel(df):
     axes = fig.get_axes()
     assert len(axes) == 2 and [_lines(a) for a in axes] == [2, 2]
     assert axes[0].get_yscale() == "log"
+    ranks = np.concatenate([a.get_xticks() for a in axes])  # ranks 1..3: no 1.5, 2.5
+    assert len(ranks) and (ranks == ranks.round()).all()
     mean_top = axes[1].get_lines()[0].get_ydata()[0]  # final, RF 181, rank 1: 10 + seed mean
     assert mean_top == pytest.approx(10.0 + 1.0)
     neg = df.assign(value=np.where(df["metric"] == "hessian_eigenvalue", -df["value"], df["value"]))
@@ -387,6 +389,32 @@ def test_cka_importance_pruning_and_rf_figures(df):
     fig = plots.receptive_field_profile(df, input_size=32)
     (ax,) = fig.get_axes()
     assert _lines(ax) == 3 and ax.get_lines()[-1].get_ydata()[0] == 32
+
+
+def test_cka_heatmaps_fit_the_figure_below_its_title(df):
+    """Labels, titles and colour bar inside the figure and under the suptitle (heatmaps of a
+    fixed aspect ratio left the x label cut off at the bottom and the titles on the
+    suptitle: the constrained layout placed boxes the images did not fill)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = plots.cka_matrices(df)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    top = fig._suptitle.get_window_extent(renderer).y0
+    for ax in fig.get_axes():
+        box = ax.get_tightbbox(renderer)
+        assert box.y0 >= 0 and box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= top
+
+
+def test_rf_profile_draws_each_input_size_of_its_cells(df):
+    """Cells analysed at different input sizes get a line each (one was drawn, the first
+    note's, as if every cell had that size)."""
+    rf = df["stage"] == "receptive_field"
+    notes = df["pool_level"].map({1: "input_size=16", 2: "input_size=64"})
+    (ax,) = plots.receptive_field_profile(df.assign(note=df["note"].mask(rf, notes))).get_axes()
+    dotted = [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert dotted == [16, 64] and [t.get_text() for t in ax.texts] == ["16 px", "64 px"]
+    assert ax.get_legend().get_texts()[-1].get_text() == "input sizes (16, 64 px)"
 
 
 def test_importance_maps_of_different_layers_are_not_averaged(df):

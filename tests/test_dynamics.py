@@ -3,6 +3,8 @@ the ERF during training and IMP, and their report figures per RF level (issue 28
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from analysis import dynamics_plots
@@ -36,3 +38,19 @@ def test_experiment_dynamics_small_runs_end_to_end_and_draws_the_trajectories(tm
     assert "Iterative magnitude pruning" in (root / "report" / "report.md").read_text()
     fig = dynamics_plots.cka_to_final_trajectory(df)
     assert len([a for a in fig.axes if a.get_lines()]) == 2  # one panel per pool level
+
+
+def test_epoch_axes_have_whole_epochs_only():
+    """Checkpoints at epochs 0, 1 and 2 were ticked at 0.25, 0.5, ..."""
+    base = dict(arch="resnet18", dataset="digits", width=0.125, pool_kernel=0, pool_stride=1,
+                pool_padding=0, pool_level=0, receptive_field=109, run_id="c0/seed=0", seed=0)
+    rows = []
+    for e, stage in ((0, "init"), (1, "epoch_1"), (2, "final")):
+        rows.append(dict(base, stage=f"importance_{stage}", protocol="default",
+                         metric="erf_size", epoch=e, value=5.0 + e))
+        rows += [dict(base, stage=f"cka_to_final_{stage}", metric="cka_to_final", epoch=e,
+                      layer=f"l{i}", value=0.2 * e) for i in range(2)]
+    df = with_cell(pd.DataFrame(rows))
+    for fig in (dynamics_plots.erf_trajectory(df), dynamics_plots.cka_to_final_trajectory(df)):
+        ticks = fig.axes[0].get_xticks()
+        assert (ticks == ticks.round()).all()

@@ -94,6 +94,8 @@ def test_per_layer_erf_rows_beside_the_analytic_rf_and_their_figure(tmp_path):
     assert set(r_max["stage"]) == {"importance_rf"} and set(size["stage"]) == {"importance_init"}
     fig = plots.layer_erf_profile(df)
     assert fig is not None and fig.axes[0].get_yscale() == "log"
+    ticks = fig.axes[0].get_xticks()
+    assert (ticks == ticks.round()).all()  # conv layers 0..2, no 0.25-steps between them
     dashed = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
     assert [list(line.get_ydata()) for line in dashed] == [list(r_max["value"])]
     # the analytic RF records the analysis's version: another recomputes it, not the maps

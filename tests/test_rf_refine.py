@@ -155,6 +155,15 @@ def test_the_drawing_colours_every_layer_by_its_state(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.svg"]
 
 
+def test_the_drawing_puts_the_border_line_through_the_border_layers_bar():
+    table = receptive_field_table(chain(), 8)  # layer 3 is the first unproductive one
+    ax = draw_receptive_field(table, 8).axes[0]
+    (bar,) = [b for b in ax.patches if b.get_edgecolor()[3] > 0]  # outlined: the border
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("border:")]
+    assert line.get_label() == "border: 3"
+    assert line.get_xdata()[0] == bar.get_x() + bar.get_width() / 2 == 3  # was its left edge
+
+
 # ----------------------------------------------------------------------- landscape-rf
 
 

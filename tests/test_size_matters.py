@@ -3,8 +3,10 @@ accuracy-vs-size figure, the resolution stage and the relative per-position prob
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.markers import MarkerStyle
 
 from analysis import plots
 from analysis.stats import final_epoch, with_cell
@@ -48,3 +50,22 @@ def test_size_curves_need_two_sizes_or_protocols():
                  receptive_field=40, image_size=16, resize="direct", seed=s, stage="train",
                  metric="test_acc", index=1, value=0.5) for s in (0, 1)]
     assert plots.size_curves(with_cell(pd.DataFrame(rows))) is None
+
+
+def test_size_curves_give_each_protocol_its_own_marker_at_every_level():
+    """Canvas and down-then-up cells at one level were all stars of the level's colour: the
+    legend could not tell the protocols apart."""
+    runs = [(level, size, resize) for level in (0, 1)
+            for size, resize in ((16, "direct"), (24, "direct"), (16, "canvas:16"),
+                                 (32, "canvas:32"), (64, "down_up:8"))]
+    rows = [dict(run_id=f"c{level}-{size}-{resize}/seed=0", arch="vgg11", dataset="digits",
+                 width=0.125, pool_level=level, pool_kernel=0, pool_stride=1, pool_padding=0,
+                 receptive_field=40, image_size=size, resize=resize, seed=0, stage="train",
+                 metric="test_acc", index=1, value=0.5) for level, size, resize in runs]
+    ax = plots.size_curves(with_cell(pd.DataFrame(rows))).axes[0]
+    shapes = {m: MarkerStyle(m).get_path().transformed(MarkerStyle(m).get_transform())
+              for m in (*plots.MARKERS, *plots.PROTOCOL_MARKERS)}
+    drawn = {c.get_label(): next(m for m, p in shapes.items() if np.array_equal(
+        p.vertices, c.get_paths()[0].vertices)) for c in ax.collections if "pool" in c.get_label()}
+    assert drawn == {f"pool {lv}, {kind}, n=1": m for lv in (0, 1) for kind, m in (
+        ("canvas:16", "*"), ("canvas:32", "d"), ("down_up:8", "p"))}

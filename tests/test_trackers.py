@@ -168,9 +168,10 @@ def test_the_report_draws_the_trajectories(tmp_path):
         t.get_text() for t in ax.get_legend().get_texts()]
     threshold = [line for line in ax.get_lines() if line.get_linestyle() == "--"][0]
     assert list(threshold.get_ydata()) == pytest.approx([20.0, 40.0, 60.0])
+    assert list(ax.get_xticks()) == [0, 1, 2, 3, 4]  # whole epochs only (was 1.0, 1.5, ...)
     fig = dynamics_plots.saturation_trajectory(df)
     images = [a for a in fig.axes if a.get_images()]
-    assert len(images) == 2
+    assert len(images) == 2 and all(list(a.get_xticks()) == [0, 1, 2, 3, 4] for a in images)
     arr = images[0].get_images()[0].get_array()
     assert arr.shape == (3, 3) and arr[2, 0] == pytest.approx(0.3)  # layer l2, epoch 1
     assert dynamics_plots.lambda_trajectory(df[df["metric"] == "learning_rate"]) is None

@@ -4,7 +4,7 @@ One bar per layer of :func:`~landscape.receptive_field.receptive_field_table`, i
 order, spanning the layer's r_min .. r_max (log scale), coloured by its state at the input
 size: productive, underutilised (its own r_min exceeds the input), unproductive (its input's
 r_min already covers the input; from the border layer on), or head (global RF). The input size
-and r̃ are drawn as horizontal lines, the border layer as a vertical one.
+and r̃ are drawn as horizontal lines, the border layer as a vertical one through its bar.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def draw_receptive_field(table: pd.DataFrame, input_size: int, *, title: str | N
     border = table.index[table["border"].to_numpy(bool)]
     if len(border):
         b = table.index.get_loc(border[0])
-        ax.axvline(b - 0.5, color="#D55E00", linewidth=1, label=f"border: {table['layer'].iloc[b]}")
+        ax.axvline(b, color="#D55E00", linewidth=1, label=f"border: {table['layer'].iloc[b]}")
     ax.set_yscale("log")
     ax.set_ylim(1, top * 1.1)
     ax.set_xlim(-0.8, n - 0.2)
