@@ -430,7 +430,8 @@ def erf_vs_receptive_field(df: pd.DataFrame, *, arch: str | None = None,
 def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
                       dataset: str | None = None, width: float | None = None) -> Figure | None:
     """Per conv layer (forward order): the ERF size of its centre unit (``importance.per_layer``,
-    solid, mean over seeds) beside its analytic r_max (dashed), one line pair per receptive
+    solid, mean over seeds) beside its analytic r_max (dashed; an even one + 1, the smallest
+    centred odd square that holds it, as the ERF size is one), one line pair per receptive
     field, one panel per checkpoint measured; log y. Luo et al.: the ERF grows like the
     square root of the depth while the analytic RF grows linearly."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
@@ -451,7 +452,10 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
             own = r[(r["cell"] == cell) & (r["stage"] == "importance_rf")]  # one per run
             rm = (own if len(own) else r[(r["stage"] == st) & (r["cell"] == cell)]
                   ).groupby("index")["value"].mean()  # (older stores: in each importance unit)
-            ax.plot(rm.index.to_numpy(float), rm.sort_index().to_numpy(float), color=colour,
+            # as the ERF size measures it: the side of a centred square, odd; an even r_max
+            # (a box between pixels) needs r_max + 1
+            hull = rm.sort_index() + (rm.sort_index() % 2 == 0)
+            ax.plot(hull.index.to_numpy(float), hull.to_numpy(float), color=colour,
                     ls="--", lw=1)
         ax.set_yscale("log")
         _plain_log_ticks(ax.yaxis)
@@ -461,7 +465,8 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
         ax.set_title(stage_title(st))
     handles, labels = axes[0, -1].get_legend_handles_labels()
     handles.append(Line2D([], [], color="grey", ls="--", lw=1))
-    axes[0, -1].legend(handles, [*labels, "analytic r_max (same colour)"], loc="best")
+    axes[0, -1].legend(handles, [*labels, "analytic r_max, +1 if even (same colour)"],
+                       loc="best")
     _suptitle(fig, g, "ERF size of each conv layer's centre unit (solid) vs its analytic RF")
     return fig
 

@@ -97,7 +97,9 @@ def test_per_layer_erf_rows_beside_the_analytic_rf_and_their_figure(tmp_path):
     ticks = fig.axes[0].get_xticks()
     assert (ticks == ticks.round()).all()  # conv layers 0..2, no 0.25-steps between them
     dashed = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
-    assert [list(line.get_ydata()) for line in dashed] == [list(r_max["value"])]
+    hull = [r + 1 - r % 2 for r in r_max["value"]]  # drawn as the ERF's odd squares
+    assert [list(line.get_ydata()) for line in dashed] == [hull]
+    assert (size["value"].to_numpy() <= np.array(hull)).all()
     # the analytic RF records the analysis's version: another recomputes it, not the maps
     import json
 
