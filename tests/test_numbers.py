@@ -257,3 +257,43 @@ def test_a_pool_that_restates_its_preset_is_the_same_cell(a, b):
     other = identify(RunConfig(model=ModelConfig(name="small_cnn", pool_level=0, pool_kernel=4,
                                                  pool_stride=1), data=DataConfig(name="synthetic")))
     assert other.custom_pool and other.cell_name != ident[1].cell_name
+
+
+def test_one_quantity_measured_by_two_stages_is_one_number(tmp_path):
+    """Stages that measure the same thing on the same data agree: the test accuracy of the
+    final checkpoint (training's last epoch, the prune unit's dense accuracy, its rate-0
+    network), its training loss on the first 64 images (the slice's origin, sharpness's
+    start) and the top Hessian eigenvalue (the hessian stage, the pruned geometry at rate 0)."""
+    cfg = RunConfig(
+        model=ModelConfig(name="small_cnn", width=0.5),
+        data=DataConfig(name="digits", train_subset=96, test_subset=40),
+        train=TrainConfig(epochs=2, batch_size=32), results_root=str(tmp_path), device="cpu",
+        num_threads=1, progress=False, report=False,
+        prune=PruneConfig(enabled=True, rates=[0.0, 0.5], hessian_k=1, geometry_samples=64,
+                          geometry_batch_size=32),
+        hessian=HessianConfig(enabled=True, checkpoints=["final"], k=1, n_samples=64,
+                              batch_size=32, density_runs=0, trace_samples=0, tol=1e-8),
+        slice=SliceConfig(enabled=True, checkpoints=["final"], dims=[1], points_1d=3,
+                          n_samples=64, batch_size=32),
+        sharpness=SharpnessConfig(enabled=True, checkpoints=["final"], n_samples=64,
+                                  batch_size=32, steps=1))
+    pipeline.run(cfg)
+    df = results.load(tmp_path)
+
+    def one(**where):
+        d = df
+        for k, v in where.items():
+            d = d[d[k] == v]
+        assert len(d) == 1, where
+        return float(d["value"].iloc[0])
+
+    last = one(stage="train", metric="test_acc", index=2)
+    prune = df[(df["stage"] == "prune") & (df["prune_rate"] == 0.0)]
+    assert prune.loc[prune["metric"] == "dense_test_acc", "value"].item() == last
+    assert prune.loc[prune["metric"] == "test_acc", "value"].item() == last
+    origin = df[(df["metric"] == "slice_loss") & (df["coord_x"] == 0.0)]["value"]
+    assert len(origin) == 1
+    assert one(metric="sharpness_loss") == pytest.approx(origin.item(), rel=1e-6)
+    lam = one(stage="hessian_final", metric="hessian_eigenvalue", index=1)
+    pruned = prune.loc[prune["metric"] == "pruned_hessian_eigenvalue", "value"]
+    assert pruned.item() == pytest.approx(lam, rel=1e-4)
