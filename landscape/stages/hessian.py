@@ -27,11 +27,11 @@ from typing import Optional
 import numpy as np
 from torch.nn import functional as F
 
+from landscape import results
 from landscape.hessian import (
     BN_MODES, EIGEN_BACKENDS, DensityResult, HessianOperator, NoSecondDerivativeError,
     SolverOptions, hessian_trace, paper_spectrum, spectral_density, top_eigenvalues,
 )
-from landscape import results
 from landscape.identity import RunIdentity
 from landscape.seeds import HESSIAN, HESSIAN_DATA, stream_seed
 from landscape.stages.base import (
@@ -233,4 +233,3 @@ def _full_batches(batches: list, batch_size: int) -> list:
                          f"hessian.batch_size={batch_size} training images; the training set "
                          f"gave {sum(len(b[1]) for b in batches)}")
     return full
-
