@@ -121,6 +121,13 @@ def test_stages_asking_for_unsaved_epochs_are_refused(tmp_path):
         "init", "epoch_1", "epoch_2", "epoch_3"]
     assert [u.name for _, _, u in pipeline.stage_units(cfg, "run") if u.name != "train"] == [
         "hessian_init", "hessian_epoch_1", "hessian_epoch_2", "hessian_epoch_3"]
+    # with final named too, the last saved epoch is final's weights: measured once, as final
+    both = dataclasses.replace(cfg, hessian=HessianConfig(enabled=True, checkpoints=[
+        "saved", "final"]))
+    assert stage_config(both, STAGES.get("hessian")).checkpoints == [
+        "epoch_1", "epoch_2", "final"]
+    last = dataclasses.replace(both, train=dataclasses.replace(train, save_epochs=[3]))
+    assert stage_config(last, STAGES.get("hessian")).checkpoints == ["final"]
 
 
 def test_saved_epochs_leave_the_run_ids_unchanged(tmp_path):

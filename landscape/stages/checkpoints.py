@@ -44,7 +44,9 @@ def check_checkpoints(group: str, checkpoints: Sequence[str]) -> None:
 def expand_checkpoints(setting: str, checkpoints: Sequence[str], train: TrainConfig
                        ) -> list[str]:
     """``checkpoints`` with :data:`SAVED` replaced by ``epoch_<n>`` for every epoch that
-    ``train.save_epochs`` saves, in epoch order (a checkpoint named twice stays once)."""
+    ``train.save_epochs`` saves, in epoch order (a checkpoint named twice stays once). The
+    last epoch is left out when ``final`` is named too: the same weights, measured twice
+    (``log:8`` saves the last epoch)."""
     if SAVED not in checkpoints:
         return list(checkpoints)
     epochs = saved_epochs(train)
@@ -52,6 +54,8 @@ def expand_checkpoints(setting: str, checkpoints: Sequence[str], train: TrainCon
         raise ValueError(f"{setting} includes {SAVED!r} (every epoch of "
                          f"train.save_epochs), but train.save_epochs saves none: set e.g. "
                          f"train.save_epochs=log:8")
+    if "final" in checkpoints:
+        epochs = [e for e in epochs if e != train.epochs]
     out: list[str] = []
     for c in checkpoints:
         for name in ([epoch_checkpoint(e) for e in epochs] if c == SAVED else [c]):
