@@ -173,8 +173,13 @@ def imp_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None 
                                 "n": int(x.size)})
             rows.append(row)
     cells = pd.DataFrame(rows).fillna(MISSING)
+    controls = {"imp:random_mask": "random mask: a random mask with the same per-layer counts",
+                "imp:random_reinit": "random reinit: the round's mask on a fresh "
+                                     "initialisation"}
+    shown = [text for b, text in controls.items() if b in branches]
     return Table(f"{grid_slug(g)}-imp", f"{grid_title(g)}: iterative magnitude pruning",
                  cells, pd.DataFrame(numbers),
                  "Test accuracy (%) after each round's retraining from the rewind point, mask "
-                 "kept; controls: a random mask with the same per-layer counts, the round's "
-                 "mask on a fresh initialisation; mean ± std (ddof=1) over seeds.")
+                 "kept" + (f"; controls: {'; '.join(shown)}" if shown else
+                           " (no control branches: imp.controls=[])")
+                 + "; mean ± std (ddof=1) over seeds.")

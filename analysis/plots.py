@@ -86,14 +86,19 @@ def stage_title(stage: str) -> str:
 
 def mean_band(ax: Any, piv: pd.DataFrame, colour: str, marker: str, label: str,
               what: str = "n=") -> None:
-    """The mean over the columns of ``piv`` (e.g. seeds) vs its index, with a min-max band;
-    nothing for an empty table."""
+    """The mean over the columns of ``piv`` (e.g. seeds) vs its index, with a min-max band (an
+    error bar where the index has one value: a band of no width is not drawn); nothing for an
+    empty table."""
     if piv.empty:
         return
     x = piv.index.to_numpy(float)
-    ax.plot(x, piv.mean(axis=1), color=colour, marker=marker, ms=3, lw=1.5,
+    mean, low, high = piv.mean(axis=1), piv.min(axis=1), piv.max(axis=1)
+    ax.plot(x, mean, color=colour, marker=marker, ms=3, lw=1.5,
             label=f"{label}, {what}{piv.shape[1]}")
-    ax.fill_between(x, piv.min(axis=1), piv.max(axis=1), color=colour, alpha=0.2, lw=0)
+    if len(x) == 1:
+        ax.errorbar(x, mean, yerr=[mean - low, high - mean], color=colour, capsize=4, lw=1.5)
+    else:
+        ax.fill_between(x, low, high, color=colour, alpha=0.2, lw=0)
 
 
 def present_stages(d: pd.DataFrame, prefix: str,
@@ -178,7 +183,8 @@ def hessian_eigenvalues(df: pd.DataFrame, *, arch: str | None = None, dataset: s
             _plain_log_ticks(ax.yaxis)
         else:
             ax.set_yscale("symlog", linthresh=max(1e-3 * float(e["value"].abs().max()), 1e-12))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(0.5, float(select(e, stage=st)["index"].max()) + 0.5)  # k = 1: one tick
         ax.set_xlabel("rank k (1 = largest)")
         ax.set_ylabel("Hessian eigenvalue λ_k" + ("" if positive else " (symlog)"))
         ax.set_title(stage_title(st))
@@ -459,7 +465,7 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
                     ls="--", lw=1)
         ax.set_yscale("log")
         _plain_log_ticks(ax.yaxis)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("conv layer (forward order)")
         ax.set_ylabel("px")
         ax.set_title(stage_title(st))

@@ -297,8 +297,8 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
         ("erf-vs-rf", lambda: plots.erf_vs_receptive_field(g, **kw),
          "ERF size of the last conv (importance stage, our protocol) against its analytic "
          "receptive field, per pool level, at each measured checkpoint (line: mean over seeds, "
-         "band: min-max); dashed: ERF = RF; dotted: the maps' input size, which bounds the "
-         "ERF."),
+         "band: min-max); dashed: ERF = RF; dotted: the maps' input size (the ERF square is "
+         "centred on the map's mass centre, so it can pass the input side by a few px)."),
         ("receptive-field", lambda: plots.receptive_field_profile(g, **kw),
          "Analytic receptive field per layer; the border layer is starred."),
         ("receptive-field-states", lambda: plots.receptive_field_states(g, **kw),

@@ -3,6 +3,7 @@
 import math
 
 import matplotlib.colors
+import matplotlib.container
 import numpy as np
 import pandas as pd
 import pytest
@@ -338,6 +339,13 @@ def test_hessian_plots_have_one_line_per_rf_and_panel(df):
     assert len(ranks) and (ranks == ranks.round()).all()
     mean_top = axes[1].get_lines()[0].get_ydata()[0]  # final, RF 181, rank 1: 10 + seed mean
     assert mean_top == pytest.approx(10.0 + 1.0)
+    # k = 1: one tick at rank 1 (not 0.945, 0.96, ...) and the seeds' spread as an error bar
+    top = df[(df["metric"] != "hessian_eigenvalue") | (df["index"] == 1)]
+    ax = plots.hessian_eigenvalues(top).get_axes()[1]
+    lo, hi = ax.get_xlim()
+    assert [t for t in ax.get_xticks() if lo <= t <= hi] == [1.0]
+    bars = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+    assert len(bars) == 2  # one per receptive field
     neg = df.assign(value=np.where(df["metric"] == "hessian_eigenvalue", -df["value"], df["value"]))
     assert plots.hessian_eigenvalues(neg).get_axes()[0].get_yscale() == "symlog"
     fig = plots.spectral_density(df)

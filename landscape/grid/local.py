@@ -98,8 +98,10 @@ class LocalBackend:
         gpus, work = _gpu_packing(launcher), cell_work(plan)
         w = len(gpus) * launcher.runs_per_gpu if gpus else launcher.local_workers
         per_gpu = (f" ({launcher.runs_per_gpu} per GPU on {len(gpus)} GPUs)" if gpus else "")
-        return [f"local: {len(plan.pending)} runs, {w} at a time{per_gpu} with "
-                f"{max(1, usable_cpus() // w)} torch threads each (unless num_threads is set)"
+        chosen = sorted({r.num_threads for r in plan.runs if r.num_threads})  # set by the user
+        threads = (f"{'/'.join(map(str, chosen))} torch thread(s) each (num_threads)" if chosen
+                   else f"{max(1, usable_cpus() // w)} torch threads each")
+        return [f"local: {len(plan.pending)} runs, {w} at a time{per_gpu} with {threads}"
                 + (f"; then {work}" if work else "")]
 
     def launch(self, plan: GridPlan, launcher: LauncherConfig) -> Submission:
