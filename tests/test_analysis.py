@@ -14,7 +14,7 @@ from scipy import stats as sps
 from analysis import plots
 from analysis.stats import (cohens_d, compare_levels, final_epoch, hedges_g, holm,
                             pruning_observations, rank_correlation, summarize, summarize_cells,
-                            welch_test)
+                            welch_test, with_cell)
 from analysis.paper import paper_table
 from analysis.tables import (format_mean_std, format_number, latex_escape, pruning_table,
                              pvalue_table, to_latex, to_markdown, training_table)
@@ -350,6 +350,23 @@ def test_hessian_plots_have_one_line_per_rf_and_panel(df):
     assert plots.hessian_eigenvalues(neg).get_axes()[0].get_yscale() == "symlog"
     fig = plots.spectral_density(df)
     assert [_lines(a) for a in fig.get_axes()] == [2, 2]
+    # a sigma far below the grid step (the paper's 0.057 over a range of thousands): every
+    # node's Gaussian is drawn at its height (the curve's peak as on a fine grid at the nodes)
+    wide = with_cell(df.assign(value=np.where(df["metric"] == "hessian_density_node",
+                                              df["value"] * 1e4, df["value"])))
+    sigma = 0.0566
+    ax = plots.spectral_density(wide, sigma=sigma).get_axes()[0]
+    drawn = max(line.get_ydata().max() for line in ax.get_lines())
+    d = wide[wide["stage"] == "hessian_init"]
+    peaks = []
+    for _, c in d.groupby("cell"):
+        runs = [(r.loc[r["metric"] == "hessian_density_node", "value"].to_numpy(),
+                 r.loc[r["metric"] == "hessian_density_weight", "value"].to_numpy())
+                for _, r in c.groupby("run_id")]
+        fine = np.concatenate([n[:, None] + sigma * np.linspace(-1, 1, 201) for n, _ in runs])
+        peaks.append(np.mean([plots.gaussian_density(n, w, fine.ravel(), sigma)
+                              for n, w in runs], axis=0).max())
+    assert drawn == pytest.approx(max(peaks), rel=0.01)
 
 
 def test_gaussian_density_integrates_to_one():
