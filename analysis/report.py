@@ -70,13 +70,17 @@ def _units(d: pd.DataFrame, order: Sequence[str] = ()) -> pd.DataFrame:
     return u.drop(columns="_order").assign(unit=labels)
 
 
-def completeness(df: pd.DataFrame, stage_order: Sequence[str] = ()) -> pd.DataFrame:
+def completeness(df: pd.DataFrame, stage_order: Sequence[str] = (),
+                 empty: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every expected (grid, cell, seed, stage unit) with ``present`` True/False.
 
     Expected per-run units: every cell of a grid x every seed seen in that grid x every stage
     unit seen for any run of that grid. Cell-level units (run_id without a seed; CKA, RF
-    table): every cell x every cell-level unit seen in the grid, with seed NA.
+    table): every cell x every cell-level unit seen in the grid, with seed NA. A unit done
+    with no rows (``empty``: run_id, unit, as ``landscape.results.empty_units`` lists them)
+    is present.
     """
+    done_empty = set() if empty is None else set(zip(empty["run_id"], empty["unit"]))
     rows = []
     for grid in grids(df):
         g = grid_frame(df, **dict(zip(GRID_COLUMNS, grid)))
@@ -88,9 +92,11 @@ def completeness(df: pd.DataFrame, stage_order: Sequence[str] = ()) -> pd.DataFr
             have = set(zip(d["cell"], [None] * len(d) if cell_level else d["seed"], keys))
             for cell in cells:
                 for seed in seeds:
+                    run_id = cell if seed is None else f"{cell}/seed={seed}"
                     for unit in _units(d, stage_order)["unit"]:
                         rows.append({"grid": "-".join(map(str, grid)), "cell": cell, "seed": seed,
-                                     "unit": unit, "present": (cell, seed, unit) in have})
+                                     "unit": unit, "present": (cell, seed, unit) in have
+                                     or (run_id, unit) in done_empty})
     out = pd.DataFrame(rows, columns=["grid", "cell", "seed", "unit", "present"])
     return out.astype({"seed": "Int64"})
 
@@ -338,9 +344,10 @@ def save_figure(fig: Any, folder: Path, stem: str) -> None:
 
 
 def _grid_blocks(g: pd.DataFrame, arrays: Any, reference: pd.DataFrame | None,
-                 out: Path, stage_order: Sequence[str]) -> list[Block]:
+                 out: Path, stage_order: Sequence[str],
+                 empty: pd.DataFrame | None = None) -> list[Block]:
     kw = dict(zip(GRID_COLUMNS, grids(g)[0]))
-    done = completeness(g, stage_order)
+    done = completeness(g, stage_order, empty)
     seeds = ", ".join(str(s) for s in sorted(g["seed"].dropna().unique()))
     notes = g.dropna(subset=["note"]).drop_duplicates(["stage", "note"])
     blocks: list[Block] = [
@@ -416,7 +423,8 @@ def caveat_blocks(df: pd.DataFrame) -> list[Block]:
 def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
                   title: str = DEFAULT_TITLE, results_root: str | Path | None = None,
                   failures: pd.DataFrame | None = None, reference: pd.DataFrame | None = None,
-                  stage_order: Sequence[str] = ()) -> list[Block]:
+                  stage_order: Sequence[str] = (),
+                  empty: pd.DataFrame | None = None) -> list[Block]:
     """The report as a list of blocks; writes figures and table files under ``out_dir``."""
     blocks: list[Block] = [("h1", title)]
     df = df if "variant" in df.columns else with_variants(df, None)
@@ -427,7 +435,7 @@ def report_blocks(df: pd.DataFrame, out_dir: Path, *, arrays: Any = None,
                    + (f". Results root: {results_root}." if results_root else ".")
                    if found else "No finished stages found."))
     for g in found:
-        blocks += _grid_blocks(g, arrays, reference, out_dir, stage_order)
+        blocks += _grid_blocks(g, arrays, reference, out_dir, stage_order, empty)
     blocks += _design_blocks(df, out_dir)
     blocks += caveat_blocks(df)
     blocks.append(("h2", "Failed or damaged stage units"))
@@ -448,14 +456,17 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, arrays: Any = None,
                  title: str = DEFAULT_TITLE, results_root: str | Path | None = None,
                  failures: pd.DataFrame | None = None, reference: pd.DataFrame | None = None,
                  stage_order: Sequence[str] = (),
-                 variants: Mapping[str, str] | None = None) -> Path:
+                 variants: Mapping[str, str] | None = None,
+                 empty: pd.DataFrame | None = None) -> Path:
     """Write ``report.md``, ``report.html``, ``figures/`` and ``tables/`` under ``out_dir``;
     return the path of ``report.md``. ``arrays``: stage -> ``load_arrays(root, stage)`` for
     the importance maps; ``failures``: ``landscape.results.failures(root)`` (run_id, unit,
     reason); ``reference``: the paper's tables (shown labelled, beside ours);
     ``stage_order``: stage names in pipeline order (``landscape.stages.stage_names()``);
     ``variants``: cell -> how it differs from the other cells of its model and data beyond the
-    RF pool (``landscape.results.cell_variants(root)``): such cells are separate grids."""
+    RF pool (``landscape.results.cell_variants(root)``): such cells are separate grids;
+    ``empty``: the units done with no rows (``landscape.results.empty_units(root)``), which
+    are then not counted missing."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # Built whole in a scratch folder, then swapped in: a report that fails leaves the last
@@ -468,7 +479,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, arrays: Any = None,
         (new / "tables").mkdir()
         blocks = report_blocks(with_variants(df, variants), new, arrays=arrays, title=title,
                                results_root=results_root, failures=failures,
-                               reference=reference, stage_order=stage_order)
+                               reference=reference, stage_order=stage_order, empty=empty)
         for kind, t in blocks:
             if kind == "table" and t.name != "overview":
                 for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):

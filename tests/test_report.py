@@ -36,6 +36,24 @@ def test_completeness_lists_exactly_the_removed_units(partial):
     expected = {(cell(2), 2, "prune magnitude @ 0.9"), (cell(1), None, "cka_final")}
     expected |= {(cell(1), 1, u) for u in per_run_units - {"train"}}
     assert missing == expected
+    # a unit done with no rows (probes_border without an unproductive layer) is not missing
+    empty = pd.DataFrame({"run_id": [f"{cell(1)}/seed=1", cell(1)],
+                          "unit": ["hessian_init", "cka_final"]})
+    c = completeness(partial, empty=empty)
+    assert {(r.cell, None if pd.isna(r.seed) else int(r.seed), r.unit)
+            for r in c[~c["present"]].itertuples()} == expected - {
+        (cell(1), 1, "hessian_init"), (cell(1), None, "cka_final")}
+
+
+def test_empty_units_are_the_done_markers_of_no_rows(tmp_path):
+    results.write_stage(tmp_path / cell(1) / "seed=0", "probes_border", [])
+    row = {"run_id": f"{cell(1)}/seed=0", "arch": "vgg19", "dataset": "cifar10", "pool_level": 1,
+           "receptive_field": 181, "width": 1.0, "seed": 0, "stage": "train",
+           "metric": "test_acc", "value": 0.5}
+    results.write_stage(tmp_path / cell(1) / "seed=0", "train", [row])
+    (tmp_path / cell(1) / "seed=1" / "stages" / "probes_border").mkdir(parents=True)  # not done
+    assert results.empty_units(tmp_path).to_dict("records") == [
+        {"run_id": f"{cell(1)}/seed=0", "unit": "probes_border"}]
 
 
 def test_failures_reads_the_markers(tmp_path):

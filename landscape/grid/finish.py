@@ -61,7 +61,8 @@ def write_root_report(root: str | Path, out: Optional[str | Path] = None, *,
                         title=title or DEFAULT_TITLE, results_root=root,
                         failures=results.failures(root),
                         reference=paper_tables() if reference is None else reference,
-                        stage_order=stage_names(), variants=cell_variants(root))
+                        stage_order=stage_names(), variants=cell_variants(root),
+                        empty=results.empty_units(root))
 
 
 def finish_cells(root: str | Path, cells: Optional[Sequence[RunConfig]] = None, *,

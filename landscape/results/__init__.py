@@ -22,7 +22,8 @@ from landscape.results.schema import (
     register_metric, to_frame, validate_rows,
 )
 from landscape.results.store import (
-    DamagedResultsWarning, clear_done, damaged, failures, has_results, jsonable, load,
+    DamagedResultsWarning, clear_done, damaged, empty_units, failures, has_results, jsonable,
+    load,
     load_arrays, read_arrays, read_failure, read_stage, stale_reason, write_failure,
     write_stage,
 )
@@ -34,7 +35,7 @@ __all__ = [
     "DerivedColumnsWarning",
     "DamagedUnitError", "ResultsRootError", "RunPaths", "SchemaError", "UnitLock",
     "cell_names", "cell_variants", "check_lengths", "check_root", "clean_temp", "clear_done",
-    "damaged", "failures", "has_results", "is_done", "jsonable", "load", "load_arrays",
+    "damaged", "empty_units", "failures", "has_results", "is_done", "jsonable", "load", "load_arrays",
     "read_arrays", "read_done", "read_failure", "read_stage", "read_submissions",
     "record_submission", "register_metric", "results_folder", "run_configs", "run_paths",
     "stage_dir", "stale_reason", "to_frame", "trained_seeds", "try_lock", "unit_damage",
