@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from analysis.stats import grid_frame, pruning_rows, select
+from analysis.stats import grid_frame, pruning_rows, select, shared_note
 from analysis.tables import (MISSING, Table, _levels_frame, format_mean_std, grid_slug,
                              grid_title, settings_slug, settings_tag)
 
@@ -134,7 +134,7 @@ def pruned_hessian_table(df: pd.DataFrame, *, arch: str | None = None,
             numbers.append(num)
     slug = (f"{grid_slug(g)}-pruned-hessian-{criterion}{'-paper' if protocol == 'paper' else ''}"
             + settings_slug(prune_settings, finetune_settings))
-    note = measured["note"].dropna().iloc[0] if measured["note"].notna().any() else ""
+    note = shared_note(measured["note"].dropna().unique())
     return Table(slug.replace(":", "-"),
                  f"{grid_title(g)}: curvature of the pruned networks, criterion {criterion}"
                  + tag + (" (paper protocol)" if protocol == "paper" else ""),

@@ -66,7 +66,7 @@ def stage_checkpoint(stage: str) -> str:
     return parts[-1]
 
 
-def _checkpoint_rank(stage: str) -> tuple[int, int]:
+def checkpoint_rank(stage: str) -> tuple[int, int]:
     """Order of checkpoints: init, the saved epochs in order, final, best, anything else."""
     c = stage_checkpoint(stage)
     if c.startswith("epoch_"):
@@ -108,7 +108,7 @@ def present_stages(d: pd.DataFrame, prefix: str,
     found = set(d["stage"].dropna().unique())
     names = [s for s in found if s.startswith(prefix + "_")] if stages is None else \
         [s for s in stages if s in found]
-    return sorted(names, key=lambda s: ("_paper_" in s, _checkpoint_rank(s), s))
+    return sorted(names, key=lambda s: ("_paper_" in s, checkpoint_rank(s), s))
 
 
 def _suptitle(fig: Figure, g: pd.DataFrame, what: str, fontsize: float = 10) -> None:

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from analysis.plots import _figure, _levels, _styled, _suptitle, stage_title
-from analysis.stats import final_epoch, grid_frame, select
+from analysis.stats import final_epoch, grid_frame, select, shared_note
 from analysis.tables import (MISSING, Table, _levels_frame, format_mean_std, grid_slug,
                              grid_title)
 
@@ -176,7 +176,7 @@ def border_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
                         "observed_mean": float(np.nanmean(starts)) if any(
                             np.isfinite(starts)) else np.nan,
                         "agree": agree, "seeds": len(seeds)})
-    note = s["note"].dropna().iloc[0] if s["note"].notna().any() else ""
+    note = shared_note(s["note"].dropna().unique())
     return Table(f"{grid_slug(g)}-{stage}-border".replace("_", "-"),
                  f"{grid_title(g)}: predicted border layer vs observed tail ({stage})",
                  pd.DataFrame(rows), pd.DataFrame(numbers),

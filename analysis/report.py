@@ -22,11 +22,11 @@ import pandas as pd
 
 from analysis import design, dynamics_plots, geometry_plots, plots, probe_plots
 from analysis.paper import importance_table, paper_table
-from analysis.plots import present_stages, stage_title
+from analysis.plots import checkpoint_rank, present_stages, stage_title
 from analysis.render import Block, html_page, markdown
 from analysis.stats import (GRID_COLUMNS, SETTINGS_COLUMNS, UNIT_COLUMNS, final_epoch,
                             grid_frame, grids, pruning_observations, pruning_procedures,
-                            rank_correlation, select, with_variants)
+                            rank_correlation, select, shared_note, with_variants)
 from analysis.geometry_tables import (barrier_table, imp_table, pruned_hessian_table,
                                       sharpness_table)
 from analysis.tables import (MISSING, Table, cell_levels, format_number, grid_slug, grid_title,
@@ -64,10 +64,14 @@ def _stage_rank(stage: str, order: Sequence[str]) -> int:
 def _units(d: pd.DataFrame, order: Sequence[str] = ()) -> pd.DataFrame:
     """The distinct stage units of ``d`` in pipeline ``order``, with their ``unit`` label."""
     u = d[list(UNIT_COLUMNS)].drop_duplicates()
-    order = u["stage"].map(lambda s: _stage_rank(s, order))
-    u = u.assign(_order=order).sort_values(["_order", "stage", "criterion", "prune_rate"])
+    rank = u["stage"].map(lambda s: _stage_rank(s, order))
+    # a stage's units by checkpoint (init, the saved epochs in epoch order, final, best), not
+    # as text (epoch_10 before epoch_2)
+    when = u["stage"].map(lambda s: checkpoint_rank(str(s)))
+    u = u.assign(_order=rank, _when=when).sort_values(
+        ["_order", "_when", "stage", "criterion", "prune_rate"])
     labels = [unit_label(*r) for r in u[list(UNIT_COLUMNS)].itertuples(index=False)]
-    return u.drop(columns="_order").assign(unit=labels)
+    return u.drop(columns=["_order", "_when"]).assign(unit=labels)
 
 
 def completeness(df: pd.DataFrame, stage_order: Sequence[str] = (),
@@ -353,7 +357,8 @@ def _grid_blocks(g: pd.DataFrame, arrays: Any, reference: pd.DataFrame | None,
     blocks: list[Block] = [
         ("h2", grid_title(g)), ("table", _overview(g, done)),
         ("p", f"Seeds: {seeds}. Stage settings (from the rows' notes):"),
-        ("list", [f"{st}: {n}" for st, n in zip(notes["stage"], notes["note"])])]
+        ("list", [f"{st}: {shared_note(n['note'])}"  # one line per unit, cells' differences in it
+                  for st, n in notes.groupby("stage", sort=False)])]
     blocks += _table_blocks(g, kw, reference, stage_order)
     blocks += _figure_blocks(g, kw, arrays, out)
     missing = done[~done["present"]]

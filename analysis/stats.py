@@ -85,6 +85,35 @@ def note_fields(note: object) -> dict[str, str]:
     return dict(p.split("=", 1) for p in str(note).split("; ") if "=" in p)
 
 
+def shared_note(notes: Iterable[object]) -> str:
+    """One note for the rows of several cells (a table's footnote): each ``k=v`` part once,
+    a part whose value differs between them as ``k=v1 / v2 (per cell)`` (the first note had
+    been shown for all: ``input_size=24`` under a table of 16, 24 and 32 px cells), and a
+    free-text part only when every note has it."""
+    notes = [str(n) for n in notes if not pd.isna(n)]
+    if not notes:
+        return ""
+    parts = [n.split("; ") for n in notes]
+    values: dict[str, list[str]] = {}
+    for p in parts:
+        for part in p:
+            if "=" in part:
+                k, v = part.split("=", 1)
+                if v not in values.setdefault(k, []):
+                    values[k].append(v)
+    out = []
+    for part in dict.fromkeys(x for p in parts for x in p):
+        if "=" not in part:
+            if all(part in p for p in parts):
+                out.append(part)
+            continue
+        k = part.split("=", 1)[0]
+        if k in values:
+            v = values.pop(k)
+            out.append(f"{k}={v[0]}" if len(v) == 1 else f"{k}={' / '.join(v)} (per cell)")
+    return "; ".join(out)
+
+
 def _settings_labels(notes: Mapping[str, object], skip: str = "") -> dict[str, str]:
     """Hash -> label of each setting among ``notes`` (hash -> one note of its rows): ``""``
     when there is one, else the note fields whose values differ (``"finetune_lr=0.001"``),

@@ -14,7 +14,7 @@ from scipy import stats as sps
 from analysis import plots
 from analysis.stats import (cohens_d, compare_levels, final_epoch, hedges_g, holm,
                             pruning_observations, rank_correlation, summarize, summarize_cells,
-                            welch_test, with_cell)
+                            shared_note, welch_test, with_cell)
 from analysis.paper import paper_table
 from analysis.tables import (format_mean_std, format_number, latex_escape, pruning_table,
                              pvalue_table, to_latex, to_markdown, training_table)
@@ -564,3 +564,12 @@ def test_the_importance_table_pools_seeds_only_over_one_layer():
     assert ours[0] == "1.50 ± 0.500"  # maps 1, 1, 2, 2
     assert ours[1] == "not pooled: the seeds measured features.3, features.0"
     assert table.numbers["n"].tolist() == [4, 0]
+
+
+def test_a_shared_note_shows_what_differs_between_cells():
+    notes = ["checkpoint=final; n_train=256 (no augmentation); input_size=24; C=1.0",
+             "checkpoint=final; n_train=256 (no augmentation); input_size=16; C=1.0",
+             "checkpoint=final; n_train=256 (no augmentation); input_size=24; C=1.0; extra"]
+    assert shared_note(notes) == ("checkpoint=final; n_train=256 (no augmentation); "
+                                  "input_size=24 / 16 (per cell); C=1.0")
+    assert shared_note(notes[:1]) == notes[0] and shared_note([]) == ""
