@@ -240,3 +240,18 @@ def default_params(identity: RunIdentity) -> int:
     to."""
     return _model_facts(identity.arch, identity.pool, identity.width, identity.num_classes,
                         identity.in_channels, identity.image_size)[2]
+
+
+def warn_parameter_change(identity: RunIdentity) -> None:
+    """A warning when the model knobs change the parameter count (the RF study's one knob, the
+    pool, does not): once per process for each knobs and architecture, not once per run."""
+    if identity.spec.changed():
+        _warn_once(identity.spec.label(), identity.arch, default_params(identity),
+                   identity.num_params)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(knobs: str, arch: str, base: int, params: int) -> None:
+    if base != params:
+        log.warning("model knobs %s change the parameter count of %s: %s -> %s (%+.2f%%)",
+                    knobs, arch, f"{base:,}", f"{params:,}", 100 * (params / base - 1))

@@ -24,7 +24,7 @@ from landscape.config import RunConfig, from_dict, identity_dict, stage_config
 from landscape.context import RunResources
 from landscape.data.registry import check_dataset, dataset_folder
 from landscape.device import configure_backends, device_settings, full_precision, resolve_device
-from landscape.identity import RunIdentity, default_params, identify
+from landscape.identity import RunIdentity, identify, warn_parameter_change
 from landscape.registry import import_modules
 from landscape.results import RunPaths
 from landscape.stages import Output, Stage, Unit, check_saved_checkpoints, registered_stages
@@ -61,12 +61,7 @@ def validate(cfg: RunConfig, *, check_data: bool = True) -> RunIdentity:
     if check_data:
         check_dataset(cfg.data)
     identity = identify(cfg)
-    if identity.spec.changed():
-        base = default_params(identity)
-        if base != identity.num_params:
-            log.warning("model knobs %s change the parameter count of %s: %s -> %s (%+.2f%%)",
-                        identity.spec.label(), identity.arch, f"{base:,}",
-                        f"{identity.num_params:,}", 100 * (identity.num_params / base - 1))
+    warn_parameter_change(identity)
     user = {s.name for s in registered_stages() if s.config_class is not None}
     unknown = sorted(set(cfg.stages) - user)
     if unknown:

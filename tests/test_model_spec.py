@@ -149,3 +149,20 @@ def test_the_last_conv_is_the_deepest_when_a_projection_runs_last():
     m = create_model("resnet18", num_classes=10, width=0.125, spec=ModelSpec(depths=(2, 2, 2, 1)))
     # layer4.0.shortcut.0 (1x1, stride 2) runs after layer4.0.conv2 but sees only layer3's RF
     assert last_conv(m, torch.randn(1, 3, 16, 16)) == "layer4.0.conv2"
+
+
+def test_a_knob_that_changes_the_parameter_count_is_warned_once_per_process(caplog):
+    """Validating every run of a grid named the same change once per run (4 times for 2 seeds
+    x 2 pool levels)."""
+    from landscape.cli.submit import expand_grid
+    from landscape.identity import _warn_once, identify, warn_parameter_change
+
+    _warn_once.cache_clear()
+    cfgs = expand_grid(["model=resnet18", "model.width=0.125", "model.stem=imagenet",
+                        "data=digits", "seed=0,1", "model.pool_level=0,1"])
+    with caplog.at_level("WARNING", logger="landscape"):
+        for cfg in cfgs:
+            warn_parameter_change(identify(cfg))
+    found = [r.getMessage() for r in caplog.records if "change the parameter count" in r.message]
+    assert len(cfgs) == 4 and len(found) == 1
+    assert found[0].startswith("model knobs stem=imagenet change the parameter count of resnet18")
