@@ -13,7 +13,7 @@ from landscape.results.layout import (
 )
 from landscape.results.lock import LOCK, UnitLock, try_lock
 from landscape.results.records import (
-    cell_names, cell_variants, read_submissions, record_submission, run_configs,
+    cell_names, cell_variants, empty_units, read_submissions, record_submission, run_configs,
     trained_seeds, write_run_records,
 )
 from landscape.results.derived import DerivedColumnsWarning
@@ -22,8 +22,7 @@ from landscape.results.schema import (
     register_metric, to_frame, validate_rows,
 )
 from landscape.results.store import (
-    DamagedResultsWarning, clear_done, damaged, empty_units, failures, has_results, jsonable,
-    load,
+    DamagedResultsWarning, clear_done, damaged, failures, has_results, jsonable, load,
     load_arrays, read_arrays, read_failure, read_stage, stale_reason, write_failure,
     write_stage,
 )

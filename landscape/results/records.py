@@ -9,9 +9,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from landscape.results.layout import CELL_RECORD, RUN_CONFIG, SUBMISSIONS, RunPaths
+import pandas as pd
+
+from landscape.results.layout import (
+    CELL_RECORD, DONE, RUN_CONFIG, SUBMISSIONS, RunPaths, results_folder,
+)
 from landscape.results.integrity import read_done
-from landscape.results.store import jsonable
+from landscape.results.store import _markers, jsonable
 from landscape.storage import atomic_write_json
 
 
@@ -103,6 +107,17 @@ def cell_variants(root: str | Path, defaults: Optional[Mapping[str, Any]] = None
             out[c] = ", ".join(f"{k}={configs[c].get(k)}" for k in varying
                                if k not in default or str(configs[c].get(k)) != str(default[k]))
     return out
+
+
+def empty_units(root: str | Path) -> pd.DataFrame:
+    """Every stage unit under ``root`` done with no rows (e.g. ``probes_border`` of a run
+    without an unproductive probed layer): ``run_id``, ``unit``. :func:`load` has nothing of
+    them, so a report would count them missing."""
+    root = results_folder(root)
+    rows = [{"run_id": run_id, "unit": unit} for out_dir, unit, run_id in _markers(root, DONE)
+            if (done := read_done(out_dir, unit)) is not None and done.get("status") == "ok"
+            and done.get("rows") == 0]
+    return pd.DataFrame(rows, columns=["run_id", "unit"])
 
 
 def trained_seeds(cell_dir: str | Path) -> list[int]:

@@ -148,17 +148,6 @@ def failures(root: str | Path) -> pd.DataFrame:
     return _problems(root, (FAILED, DONE))
 
 
-def empty_units(root: str | Path) -> pd.DataFrame:
-    """Every stage unit under ``root`` done with no rows (e.g. ``probes_border`` of a run
-    without an unproductive probed layer): ``run_id``, ``unit``. :func:`load` has nothing of
-    them, so a report would count them missing."""
-    root = results_folder(root)
-    rows = [{"run_id": run_id, "unit": unit} for out_dir, unit, run_id in _markers(root, DONE)
-            if (done := read_done(out_dir, unit)) is not None and done.get("status") == "ok"
-            and done.get("rows") == 0]
-    return pd.DataFrame(rows, columns=["run_id", "unit"])
-
-
 def damaged(root: str | Path) -> pd.DataFrame:
     """Every done stage unit under ``root`` whose files are not those its DONE marker recorded
     (an unreadable marker; a file missing, of another size or content (sha256), or not
