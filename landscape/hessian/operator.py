@@ -25,6 +25,7 @@ first parameter.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence, Union
 
@@ -156,6 +157,10 @@ def model_mode(model: nn.Module, bn_mode: str) -> Iterator[None]:
             m.track_running_stats, m.momentum = track, momentum
 
 
+class UnequalBatchesWarning(UserWarning):
+    """Batches of different sizes with BatchNorm in train mode (:class:`HessianOperator`)."""
+
+
 def recalibrated_buffers(
     model: nn.Module, batches: Batches, *, device: str | torch.device = "cpu"
 ) -> dict[str, Tensor]:
@@ -215,12 +220,13 @@ class HessianOperator:
         self.batches = _checked_batches(batches, self.device)
         sizes = [len(x) for x, _ in self.batches]
         if bn_mode == "train" and len(set(sizes)) > 1:
-            raise ValueError(
-                f"bn_mode='train' normalises each batch by its own statistics, so the batches "
-                f"must hold equal numbers of examples; got sizes {sizes}: a smaller batch is "
-                "another network (a batch of 2 has near-zero variance in a deep layer's small "
-                "map and a Hessian many orders too large). Drop the partial batch or use a "
-                "multiple of the batch size")
+            warnings.warn(
+                f"bn_mode='train' normalises each batch by its own statistics, and these "
+                f"batches differ in size ({sizes}): the Hessian is that of the mean over "
+                "batches of different networks, and a small batch (2 images: near-zero "
+                "variance in a deep layer's small map) can make it many orders too large. "
+                "The hessian stage gives equal batches only", UnequalBatchesWarning,
+                stacklevel=2)
         self.num_examples = sum(sizes)
         self.model, self.loss_fn, self.bn_mode, self.method = model, loss_fn, bn_mode, method
         self.names = select_parameters(model, params)
