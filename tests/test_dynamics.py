@@ -3,7 +3,6 @@ the ERF during training and IMP, and their report figures per RF level (issue 28
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
