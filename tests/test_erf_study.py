@@ -316,7 +316,8 @@ def run_erf(monkeypatch, tmp_path):
 
 
 def test_the_command_writes_rows_slopes_and_figures(run_erf, tmp_path, capsys):
-    run_erf("depths=[1,2,3]", "width=2", "n_inputs=3", "n_nets=1", "input_size=13", "out=res")
+    run_erf("depths=[1,2,3]", "width=2", "n_inputs=3", "n_nets=1", "input_size=13", "out=res",
+            "num_threads=1")  # as landscape-run takes it
     out = tmp_path / "res"
     rows = pd.read_csv(out / "erf_rows.csv")
     settings = ["linear_uniform", "linear_random", "relu", "tanh", "relu_dropout",
@@ -334,7 +335,8 @@ def test_the_command_writes_rows_slopes_and_figures(run_erf, tmp_path, capsys):
         "erf_size_vs_depth.png", "erf_ratio_vs_depth.png"}
     assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert not list(out.glob(".*.tmp"))
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ERF sigma (px) per depth and setting:" in printed and "wrote" in printed
 
 
 @pytest.mark.parametrize("args, line", [
@@ -348,6 +350,7 @@ def test_the_command_writes_rows_slopes_and_figures(run_erf, tmp_path, capsys):
      "settings.relu_dilated: input_size=40 is too small for depth 16: its centre unit's "
      "theoretical RF (65 pixels) covers rows -12..52 of 0..39; input_size=65 is the smallest "
      "that holds it"),
+    (["num_threads=0"], "num_threads must be >= 1 or null, got 0"),
     (["settings.relu.nonlinearity=elu"],
      "settings.relu: nonlinearity must be one of none, relu, tanh; got 'elu'"),
 ])

@@ -240,3 +240,11 @@ def test_r_tilde_from_the_table_equals_the_traced_one(name):
 
     model = external_model(name)
     assert feasible_input_of(receptive_field_table(model, 299)) == min_feasible_input(model, 299)
+
+
+def test_landscape_rf_takes_a_variant_as_landscape_run_does(rf, tmp_path):
+    """``variant=dilated`` needed ``+variant`` here (Hydra's "no match in the defaults list")."""
+    code, out, err = rf("model=resnet18", "variant=dilated", "levels=[0]", f"out={tmp_path}")
+    assert code == 0, err
+    assert "stage_strides=[1, 2, 2, 1],dilation=[1, 1, 1, 2]" in out
+    assert pd.read_csv(tmp_path / "rf_sweep.csv")["r_max"].tolist() == [117]

@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_type_hints
+from typing import TYPE_CHECKING, Any, Optional, get_type_hints
 
 import pandas as pd
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
@@ -61,6 +62,7 @@ class ERFStudyConfig:
     seed: int = 0
     out: str = "erf_out"
     progress: bool = True
+    num_threads: Optional[int] = None  # torch intra-op threads (None: torch's default)
 
 
 _SETTING_TYPES = get_type_hints(StackSetting)
@@ -117,6 +119,10 @@ def erf_main(cfg: DictConfig) -> None:
         check_known_keys(OmegaConf.to_container(cfg, resolve=False), ERFStudyConfig)
         study = OmegaConf.to_object(cfg)
         assert isinstance(study, ERFStudyConfig)
+        if study.num_threads is not None:
+            if study.num_threads < 1:
+                raise ValueError(f"num_threads must be >= 1 or null, got {study.num_threads}")
+            torch.set_num_threads(study.num_threads)
         rows, maps = erf_depth_sweep(_specs(study), study.depths, study.input_size,
                                      n_inputs=study.n_inputs, n_nets=study.n_nets,
                                      seed=study.seed, progress=study.progress)
@@ -136,6 +142,7 @@ def erf_main(cfg: DictConfig) -> None:
                size_vs_depth(rows, slopes[slopes.measure == "sigma"]))
     _write_png(out / "erf_ratio_vs_depth.png", ratio_vs_depth(rows))
     with pd.option_context("display.width", 120):
+        print("ERF sigma (px) per depth and setting:", flush=True)
         print(rows.pivot(index="depth", columns="setting", values="sigma").to_string(
             float_format="{:.2f}".format), flush=True)
         print(slopes.to_string(index=False, float_format="{:.3f}".format), flush=True)
