@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
-from analysis.plots import _figure, _levels, _styled, _suptitle, mean_band
+from analysis.plots import (_figure, _levels, _styled, _suptitle, integer_ticks,
+                            mean_band)
 from analysis.stats import grid_frame, select
 
 
@@ -43,7 +43,7 @@ def lambda_trajectory(df: pd.DataFrame, *, arch: str | None = None,
         handles.append(Line2D([], [], color="0.3", ls="--", lw=1))
         labels.append("2 / lr")
     ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    integer_ticks(ax.xaxis)
     ax.set_xlabel("epoch")
     ax.set_ylabel("top Hessian eigenvalue")
     ax.legend(handles, labels, loc="best")
@@ -76,7 +76,7 @@ def saturation_trajectory(df: pd.DataFrame, *, arch: str | None = None,
                        extent=(piv.columns.min() - 0.5, piv.columns.max() + 0.5,
                                len(order) - 0.5, -0.5))
         ax.set_yticks(np.arange(len(order)), order, fontsize=6)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        integer_ticks(ax.xaxis)
         ax.set_xlabel("epoch")
         ax.set_title(f"{label}, n={d['seed'].nunique()}")
         ax.grid(False)
@@ -111,7 +111,7 @@ def cka_to_final_trajectory(df: pd.DataFrame, *, arch: str | None = None,
                     color=cmap(i / max(1, len(layers) - 1)),
                     label=layer if i in (0, len(layers) - 1) else None)
         ax.set_ylim(0, 1.02)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        integer_ticks(ax.xaxis)
         ax.set_xlabel("epoch")
         ax.set_ylabel("CKA with the final layer")
         ax.set_title(f"{label}, n={d['seed'].nunique()}")
@@ -137,7 +137,7 @@ def erf_trajectory(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
         piv = e[e["cell"] == cell].pivot_table(index="epoch", columns="seed", values="value",
                                                aggfunc="mean")
         mean_band(ax, piv.sort_index(), colour, marker, label)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    integer_ticks(ax.xaxis)
     ax.set_xlabel("epoch")
     ax.set_ylabel("ERF size (px)")
     ax.legend(loc="best")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
@@ -99,6 +100,12 @@ def mean_band(ax: Any, piv: pd.DataFrame, colour: str, marker: str, label: str,
         ax.errorbar(x, mean, yerr=[mean - low, high - mean], color=colour, capsize=4, lw=1.5)
     else:
         ax.fill_between(x, low, high, color=colour, alpha=0.2, lw=0)
+
+
+def integer_ticks(axis: Axis) -> None:
+    """Ticks at whole numbers only (eigenvalue rank, epoch, layer index), one at least (a
+    single rank or epoch)."""
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def present_stages(d: pd.DataFrame, prefix: str,
@@ -183,7 +190,7 @@ def hessian_eigenvalues(df: pd.DataFrame, *, arch: str | None = None, dataset: s
             _plain_log_ticks(ax.yaxis)
         else:
             ax.set_yscale("symlog", linthresh=max(1e-3 * float(e["value"].abs().max()), 1e-12))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        integer_ticks(ax.xaxis)
         ax.set_xlim(0.5, float(select(e, stage=st)["index"].max()) + 0.5)  # k = 1: one tick
         ax.set_xlabel("rank k (1 = largest)")
         ax.set_ylabel("Hessian eigenvalue λ_k" + ("" if positive else " (symlog)"))
@@ -471,7 +478,7 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
                     ls="--", lw=1)
         ax.set_yscale("log")
         _plain_log_ticks(ax.yaxis)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        integer_ticks(ax.xaxis)
         ax.set_xlabel("conv layer (forward order)")
         ax.set_ylabel("px")
         ax.set_title(stage_title(st))

@@ -94,10 +94,11 @@ def completeness(df: pd.DataFrame, stage_order: Sequence[str] = (),
             seeds = [None] if cell_level else sorted(int(x) for x in d["seed"].dropna().unique())
             keys = [unit_label(*r) for r in d[list(UNIT_COLUMNS)].itertuples(index=False)]
             have = set(zip(d["cell"], [None] * len(d) if cell_level else d["seed"], keys))
+            units = list(_units(d, stage_order)["unit"])
             for cell in cells:
                 for seed in seeds:
                     run_id = cell if seed is None else f"{cell}/seed={seed}"
-                    for unit in _units(d, stage_order)["unit"]:
+                    for unit in units:
                         rows.append({"grid": "-".join(map(str, grid)), "cell": cell, "seed": seed,
                                      "unit": unit, "present": (cell, seed, unit) in have
                                      or (run_id, unit) in done_empty})

@@ -90,27 +90,17 @@ def shared_note(notes: Iterable[object]) -> str:
     a part whose value differs between them as ``k=v1 / v2 (per cell)`` (the first note had
     been shown for all: ``input_size=24`` under a table of 16, 24 and 32 px cells), and a
     free-text part only when every note has it."""
-    notes = [str(n) for n in notes if not pd.isna(n)]
-    if not notes:
-        return ""
-    parts = [n.split("; ") for n in notes]
-    values: dict[str, list[str]] = {}
-    for p in parts:
-        for part in p:
-            if "=" in part:
-                k, v = part.split("=", 1)
-                if v not in values.setdefault(k, []):
-                    values[k].append(v)
-    out = []
+    parts = [str(n).split("; ") for n in notes if not pd.isna(n)]
+    fields = [note_fields("; ".join(p)) for p in parts]
+    out, seen = [], set()
     for part in dict.fromkeys(x for p in parts for x in p):
-        if "=" not in part:
-            if all(part in p for p in parts):
-                out.append(part)
-            continue
-        k = part.split("=", 1)[0]
-        if k in values:
-            v = values.pop(k)
-            out.append(f"{k}={v[0]}" if len(v) == 1 else f"{k}={' / '.join(v)} (per cell)")
+        key = part.split("=", 1)[0] if "=" in part else None
+        if key is None and all(part in p for p in parts):
+            out.append(part)
+        elif key is not None and key not in seen:
+            seen.add(key)
+            v = list(dict.fromkeys(f[key] for f in fields if key in f))
+            out.append(f"{key}={v[0]}" if len(v) == 1 else f"{key}={' / '.join(v)} (per cell)")
     return "; ".join(out)
 
 

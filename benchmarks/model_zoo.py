@@ -117,9 +117,8 @@ def channels_last_gap(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) 
     """max |f(x) - f_cl(x_cl)| / max |f(x)| in eval mode, ``f_cl`` a copy of the model in
     channels_last memory format on a channels_last input, as training on CUDA places them
     (``DeviceSettings.place``, ``train.channels_last``); its training step (forward and
-    backward) must run too. Only
-    the kernels differ: the gap is float32 round-off, an error a layout the model cannot
-    take (a ``view`` of a permuted map)."""
+    backward) must run too. Only the kernels differ: the gap is float32 round-off, an error a
+    layout the model cannot take (a ``view`` of a permuted map)."""
     cuda_like = DeviceSettings(torch.device("cpu"), amp_dtype=None, channels_last=True,
                                pin_memory=False, non_blocking=False)
     net = cuda_like.place(copy.deepcopy(model))  # as training places it on CUDA

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils.data import Subset
 
@@ -22,6 +24,13 @@ def recalibration_marker(n: int | None, batch_size: int) -> dict[str, str]:
     size: a unit written before, whose statistics then differ, is recomputed; one whose
     batches were equal is kept (nothing to record)."""
     return {} if n is not None and n % batch_size == 0 else {"bn_recalibration": RECALIBRATION}
+
+
+def bn_recalibration_marker(config: Any) -> dict[str, str]:
+    """:func:`recalibration_marker` of a stage whose ``bn`` setting may be ``recalibrated``
+    on its ``n_samples`` images in batches of ``batch_size`` (slices, connectivity)."""
+    return (recalibration_marker(config.n_samples, config.batch_size)
+            if config.bn == "recalibrated" else {})
 
 
 def eval_split(ctx: RunContext | CellContext, split: str):

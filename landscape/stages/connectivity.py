@@ -19,7 +19,7 @@ from landscape.geometry import PATH_BN, linear_path
 from landscape.stages.base import (
     CellContext, Stage, Unit, check_checkpoints, check_counts, register_stage,
 )
-from landscape.stages.batches import evaluation_batches, recalibration_marker
+from landscape.stages.batches import bn_recalibration_marker, evaluation_batches
 from landscape.stages.cka import PAIRS, seed_pairs
 
 
@@ -54,8 +54,7 @@ class ConnectivityStage(Stage):
         return [Unit(f"connectivity_{c}", {"checkpoint": c}) for c in config.checkpoints]
 
     def settings(self, config: ConnectivityConfig) -> dict:
-        return {**super().settings(config), **(recalibration_marker(
-            config.n_samples, config.batch_size) if config.bn == "recalibrated" else {})}
+        return {**super().settings(config), **bn_recalibration_marker(config)}
 
     def run(self, ctx: CellContext, config: ConnectivityConfig, unit: Unit) -> list[dict]:
         c = config

@@ -226,7 +226,7 @@ def _default_rows(ctx: RunContext, c: HessianConfig, op: HessianOperator,
 
 def _full_batches(batches: list, batch_size: int) -> list:
     """``batches`` without a partial last one (``bn_mode=train``: every batch is normalised by
-    its own statistics, HessianOperator refuses unequal ones); an error when none is full."""
+    its own statistics, so a smaller one is another network); an error when none is full."""
     full = [b for b in batches if len(b[1]) == batch_size]
     if not full:
         raise ValueError(f"hessian.bn_mode=train needs at least one full batch of "

@@ -38,7 +38,7 @@ from landscape.seeds import SLICE, stream_seed
 from landscape.stages.base import (
     RunContext, Stage, Unit, check_checkpoints, check_counts, check_number, register_stage,
 )
-from landscape.stages.batches import evaluation_batches, recalibration_marker
+from landscape.stages.batches import bn_recalibration_marker, evaluation_batches
 
 
 @dataclass
@@ -96,8 +96,7 @@ class SliceStage(Stage):
         validate(config)
 
     def settings(self, config: SliceConfig) -> dict:
-        return {**super().settings(config), **(recalibration_marker(
-            config.n_samples, config.batch_size) if config.bn == "recalibrated" else {})}
+        return {**super().settings(config), **bn_recalibration_marker(config)}
 
     def validate_across(self, config: SliceConfig, enabled: Mapping[str, Any]) -> None:
         """Hessian directions are the eigenvectors the hessian stage saves for the same
