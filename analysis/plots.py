@@ -86,15 +86,15 @@ def stage_title(stage: str) -> str:
 
 
 def mean_band(ax: Any, piv: pd.DataFrame, colour: str, marker: str, label: str,
-              what: str = "n=") -> None:
-    """The mean over the columns of ``piv`` (e.g. seeds) vs its index, with a min-max band (an
-    error bar where the index has one value: a band of no width is not drawn); nothing for an
-    empty table."""
+              what: str = "n=", ls: str = "-") -> None:
+    """The mean over the columns of ``piv`` (e.g. seeds) vs its index (line style ``ls``),
+    with a min-max band (an error bar where the index has one value: a band of no width is
+    not drawn); nothing for an empty table."""
     if piv.empty:
         return
     x = piv.index.to_numpy(float)
     mean, low, high = piv.mean(axis=1), piv.min(axis=1), piv.max(axis=1)
-    ax.plot(x, mean, color=colour, marker=marker, ms=3, lw=1.5,
+    ax.plot(x, mean, color=colour, marker=marker, ms=3, lw=1.5, ls=ls,
             label=f"{label}, {what}{piv.shape[1]}")
     if len(x) == 1:
         ax.errorbar(x, mean, yerr=[mean - low, high - mean], color=colour, capsize=4, lw=1.5)
@@ -600,7 +600,9 @@ def resolution_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str
     """Test accuracy (%) vs the input size a checkpoint is evaluated at (the ``resolution``
     stage), one line per receptive field (mean, min-max band over seeds), one panel per
     checkpoint; the training size (dotted) and each level's r̃ (``rf_min_feasible_input``,
-    a tick of its colour on the x axis, where the cell has it) marked."""
+    a tick of its colour on the x axis, where the cell has it) marked. A ``down_up`` or
+    ``canvas`` run tested on plain resized images (``resolution.resize=direct``) is dashed:
+    those are not its own protocol's images, not even at its training size."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     res = select(g, metric="resolution_test_acc")
     stages = present_stages(res, "resolution")
@@ -608,13 +610,18 @@ def resolution_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str
         return None
     r_tilde = select(g, metric="rf_min_feasible_input").groupby("cell")["value"].first()
     train_sizes = {float(note_fields(n).get("train_size", "nan")) for n in res["note"]}
+    trained = res["resize"].fillna("direct") if "resize" in res else "direct"
+    tested = res["note"].map(lambda n: note_fields(n).get("eval_resize", "direct"))
+    plain = set(res.loc[(trained != "direct") & (tested == "direct"), "cell"])
     fig, axes = _figure(1, len(stages), panel=(4.2, 3.2))
     for ax, st in zip(axes[0], stages):
         d = res[res["stage"] == st]
         for cell, label, colour, marker in _levels(g):
             piv = (d[d["cell"] == cell].pivot_table(index="index", columns="seed",
                                                      values="value", aggfunc="mean") * 100)
-            mean_band(ax, piv.sort_index(), colour, marker, label)
+            mean_band(ax, piv.sort_index(), colour, marker,
+                      label + (" (plain images)" if cell in plain else ""),
+                      ls="--" if cell in plain else "-")
             if cell in r_tilde.index and not piv.empty:
                 ax.plot([r_tilde[cell]], [0], marker="|", ms=14, mew=2, color=colour,
                         clip_on=False, transform=ax.get_xaxis_transform())
@@ -627,7 +634,9 @@ def resolution_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str
         ax.set_title(stage_title(st))
         ax.legend(loc="best")
     _suptitle(fig, g, "test accuracy vs test-time input size\n(dotted: training size; "
-                      "ticks: r̃; band: min-max over seeds)")
+                      "ticks: r̃; band: min-max over seeds"
+                      + ("; dashed: tested on plain resized images, not its own protocol"
+                         if plain else "") + ")")
     return fig
 
 

@@ -63,12 +63,16 @@ class RunResources:
     def data(self) -> DatasetBundle:
         return load_dataset(self.cfg.data)
 
-    def data_at(self, image_size: int) -> DatasetBundle:
+    def data_at(self, image_size: int, *, same_protocol: bool = False) -> DatasetBundle:
         """The run's dataset loaded at another input size (``data.image_size``), resized
-        directly (``data.resize=direct``) whatever the run's own protocol."""
+        directly (``data.resize=direct``) whatever the run's own protocol, or with the run's
+        own ``data.resize`` (its ``down_size``, its pasted image's size) when
+        ``same_protocol``."""
         d = self.cfg.data
-        if image_size == self.data.image_size and d.resize == "direct":
+        if image_size == self.data.image_size and (same_protocol or d.resize == "direct"):
             return self.data
+        if same_protocol:  # down_size and object_size (None: the native size) kept
+            return load_dataset(dataclasses.replace(d, image_size=image_size))
         return load_dataset(dataclasses.replace(d, image_size=image_size, resize="direct",
                                                 down_size=None, object_size=None))
 

@@ -128,9 +128,11 @@ class RunContext(Protocol):
     def resident(self) -> ResidentBundle:
         """:attr:`data` held on the device (``landscape.data.resident``)."""
 
-    def data_at(self, image_size: int) -> DatasetBundle:
+    def data_at(self, image_size: int, *, same_protocol: bool = False) -> DatasetBundle:
         """The run's dataset loaded at another input size (``data.image_size=image_size``),
-        resized directly (``data.resize=direct``) whatever the run's own protocol."""
+        resized directly (``data.resize=direct``) whatever the run's own protocol, or with
+        the run's own ``data.resize`` (and its ``down_size`` / ``object_size``) when
+        ``same_protocol``."""
 
     def data_path(self, recorded: Optional[str] = None) -> str:
         """``"resident"`` or ``"dataloader"``: ``data.loader`` resolved for this device."""

@@ -2,13 +2,16 @@
 at one size, test at many).
 
 Unit ``resolution_<checkpoint>``. For every size in ``resolution.sizes`` the test split is
-loaded as the run's data would be at ``data.image_size=<size>`` with ``data.resize=direct``
-(each dataset resizes from its own source images; a run trained with ``down_up`` or ``canvas``
-is tested on the plain images at each size), normalised with the statistics of the run's own
-data (what the network was trained on), and evaluated by the one evaluation policy of every
-accuracy (``landscape.train.evaluate``: eval mode, full precision). At the training size of a
-``direct`` run the run's own test split is used, so that row equals the training's evaluation
-of the checkpoint.
+loaded as the run's data would be at ``data.image_size=<size>`` (each dataset resizes from its
+own source images) with, by ``resolution.resize``, either ``data.resize=direct`` (``direct``,
+the default: a run trained with ``down_up`` or ``canvas`` is tested on the plain images) or
+the run's own protocol (``same``: ``down_up`` keeps its ``data.down_size``, ``canvas`` its
+pasted image's size, so only the output size or the canvas around the object changes),
+normalised with the statistics of the run's own data (what the network was trained on), and
+evaluated by the one evaluation policy of every accuracy (``landscape.train.evaluate``: eval
+mode, full precision). At the training size, when the protocol is the run's own (a
+``direct`` run, or ``same``), the run's own test split is used, so that row equals the
+training's evaluation of the checkpoint.
 Rows ``resolution_test_acc`` and ``resolution_test_loss`` with ``index`` = the input size.
 
 A timm or torchvision model built for the training size (a ViT: its token grid and position
@@ -41,6 +44,8 @@ class ResolutionConfig:
     enabled: bool = False
     checkpoints: list[str] = field(default_factory=lambda: ["final"])  # init, final and/or best
     sizes: list[int] = field(default_factory=list)  # input sizes in pixels (square)
+    # how each size is loaded: "direct" (plain resize) or "same" (the run's data.resize)
+    resize: str = "direct"
     batch_size: int = 256
 
 
@@ -70,6 +75,28 @@ def test_split_at(data: DatasetBundle, other: DatasetBundle) -> Dataset:
     return Renormalised(other.test, other.mean, other.std, data.mean, data.std)
 
 
+EVAL_RESIZES = ("direct", "same")
+
+
+def check_protocol_sizes(resize: str, sizes: Sequence[int]) -> None:
+    """Raise naming the sizes at which the run's input protocol ``resize`` (its ``resize``
+    column: ``"direct"``, ``"down_up:<n>"``, ``"canvas:<n>"``) cannot be applied: a
+    ``down_up`` run needs sizes above its ``down_size``, a ``canvas`` run canvases at least as
+    large as its pasted image."""
+    kind, _, n = resize.partition(":")
+    if kind == "down_up":
+        bad, need = [s for s in sizes if s <= int(n)], f"> data.down_size={n}"
+    elif kind == "canvas":
+        bad, need = [s for s in sizes if s < int(n)], f">= the pasted image's {n} px"
+    else:
+        return
+    if bad:
+        raise ValueError(f"resolution.sizes {bad} cannot be loaded with this run's "
+                         f"data.resize={kind} (resolution.resize=same): every size must be "
+                         f"{need}; drop them, or set resolution.resize=direct to test on plain "
+                         "resized images")
+
+
 @register_stage
 class ResolutionStage(Stage):
     name = "resolution"
@@ -77,6 +104,9 @@ class ResolutionStage(Stage):
 
     def validate(self, config: ResolutionConfig) -> None:
         check_checkpoints("resolution", config.checkpoints)
+        if config.resize not in EVAL_RESIZES:
+            raise ValueError(f"resolution.resize must be one of {EVAL_RESIZES}, got "
+                             f"{config.resize!r}")
         sizes = config.sizes
         if not config.enabled and not sizes:
             return  # off, with no sizes listed: nothing to check
@@ -89,6 +119,8 @@ class ResolutionStage(Stage):
     def validate_for(self, config: ResolutionConfig, identity) -> None:
         if not config.enabled:
             return
+        if config.resize == "same":
+            check_protocol_sizes(identity.resize, config.sizes)
         with torch.device("meta"):
             model = identity.build_model()
         for s in config.sizes:
@@ -104,17 +136,18 @@ class ResolutionStage(Stage):
     def run(self, ctx: RunContext, config: ResolutionConfig, unit: Unit) -> list[dict]:
         checkpoint = unit.params["checkpoint"]
         model = ctx.load_model(checkpoint)
-        data = ctx.data
+        data, same = ctx.data, config.resize == "same"
         rows = []
         for size in sorted(set(config.sizes)):
-            other = ctx.data_at(size)
+            other = ctx.data_at(size, same_protocol=same)
             test = other.test if other is data else test_split_at(data, other)
             loader = make_loader(test, config.batch_size, ctx.settings, shuffle=False,
                                  num_workers=ctx.num_workers)
             sized, resampled = at_input_size(model, size, builder(ctx.identity),
                                              ctx.identity.arch)
             loss, acc = evaluate(sized, loader, ctx.settings)
-            note = (f"checkpoint={checkpoint}; eval_size={size}; eval_resize=direct; "
+            note = (f"checkpoint={checkpoint}; eval_size={size}; "
+                    f"eval_resize={ctx.identity.resize if same else 'direct'}; "
                     f"train_size={data.image_size}; "
                     f"n_test={len(test)}")  # type: ignore[arg-type]
             if resampled:
