@@ -1,6 +1,8 @@
-"""The receptive-field design space across architectures and variants: one point per seed of
-every cell, test accuracy (and pruned accuracy, lambda_max) against the minimal feasible input
-resolution r̃, coloured by the knob family that changed the receptive field.
+"""The receptive-field design space across architectures and variants: one point per cell
+(mean over its seeds, min-max bar; :func:`design_points` has one row per seed), test
+accuracy (and pruned accuracy, lambda_max) against the minimal feasible input resolution r̃,
+coloured by the knob family that changed the receptive field, one row of panels per input
+size.
 
 A grid of the report (``analysis.report``) holds the cells of one architecture and variant
 that differ only in the RF pool; this figure is the one place where cells of different
@@ -66,7 +68,8 @@ def design_points(df: pd.DataFrame, *, prune_rate: float | None = None) -> pd.Da
     one setting when there is one; NaN where there are several); ``lambda_max``: the top
     Hessian eigenvalue after training (``hessian_final``, our protocol). ``r_tilde``: r̃ of the
     cell, or the analytic r_max of the last conv where the cell has no ``receptive_field``
-    rows (``r_tilde_source`` in ``attrs`` says which).
+    rows (``r_tilde_source`` in ``attrs`` says which); ``input_size``: the one the RF analysis
+    used (its notes), else the rows' ``image_size``.
     """
     df = with_cell(df)
     runs = df[df["run_id"].astype("string").str.contains("/seed=", regex=False).fillna(False)]
@@ -81,7 +84,9 @@ def design_points(df: pd.DataFrame, *, prune_rate: float | None = None) -> pd.Da
         "arch": base["arch"].to_numpy(),
         "variant": variant.fillna("").astype(str).to_numpy(),
         "cell": base["cell"].to_numpy(), "pool_level": base["pool_level"].to_numpy(),
-        "seed": base["seed"].to_numpy(), "rf_last_conv": base["receptive_field"].to_numpy()})
+        "seed": base["seed"].to_numpy(), "rf_last_conv": base["receptive_field"].to_numpy(),
+        "image_size": (base["image_size"].astype(float).to_numpy() if "image_size" in base
+                       else np.nan)})
     out["family"] = out["variant"].map(knob_family)
     out = out.merge(_per_run(train, "test_acc"), left_on="run_id", right_index=True, how="left")
 
@@ -108,6 +113,7 @@ def design_points(df: pd.DataFrame, *, prune_rate: float | None = None) -> pd.Da
 
     facts = _cell_facts(df)
     out = out.merge(facts, on="cell", how="left")
+    out["input_size"] = out["input_size"].fillna(out["image_size"])  # rows without RF notes
     measured = out["r_tilde"].notna()
     out["r_tilde"] = out["r_tilde"].where(measured, out["rf_last_conv"]).astype(float)
     out = out.sort_values(["dataset", "family", "arch", "variant", "pool_level", "seed"])
@@ -119,11 +125,29 @@ def design_points(df: pd.DataFrame, *, prune_rate: float | None = None) -> pd.Da
     return out
 
 
+PANELS = (("test_acc", "test accuracy (%)", "final test accuracy"),
+          ("pruned_acc", "pruned accuracy (%), rate {rate}",
+           "pruned accuracy (one-shot pruning without fine-tuning, our protocol, one setting)"),
+          ("lambda_max", "top Hessian eigenvalue, after training",
+           "lambda_max (hessian_final, our protocol)"))
+
+
+def _per_cell(p: pd.DataFrame, col: str) -> pd.DataFrame:
+    """Per cell of ``p``: r̃, the mean of ``col`` over its seeds, their min and max and
+    count (seeds without the value left out)."""
+    v = p[p[col].notna()]
+    return v.groupby("cell").agg(r_tilde=("r_tilde", "first"), mean=(col, "mean"),
+                                 low=(col, "min"), high=(col, "max"), n=(col, "size"))
+
+
 @_styled
 def design_space(points: pd.DataFrame, *, dataset: str | None = None) -> Figure | None:
-    """Test accuracy, pruned accuracy and lambda_max against r̃ (log x), one point per seed,
-    coloured by knob family and shaped by architecture; the input size as a dotted line.
-    None when there are no points, or only one cell (nothing to compare)."""
+    """Test accuracy, pruned accuracy and lambda_max against r̃ (log x): one point per cell,
+    the mean over its seeds with a min-max bar, coloured by knob family and shaped by
+    architecture; one row of panels per input size (each with its size dotted), as accuracy
+    at one size is not comparable with another's. A quantity no cell has is not drawn and
+    the title says so. None when there are no points, or only one cell (nothing to
+    compare)."""
     if dataset is not None:
         points = points[points["dataset"] == dataset]
     elif points["dataset"].nunique() > 1:
@@ -131,35 +155,45 @@ def design_space(points: pd.DataFrame, *, dataset: str | None = None) -> Figure 
                          " pass dataset=")
     if points.empty or points["cell"].nunique() < 2:
         return None
-    panels = [(c, t) for c, t in (
-        ("test_acc", "test accuracy (%)"),
-        ("pruned_acc", f"pruned accuracy (%), rate {points.attrs.get('prune_rate')}"),
-        ("lambda_max", "top Hessian eigenvalue, after training"))
-        if points[c].notna().any()]
-    fig = Figure(figsize=(4.0 * len(panels), 3.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    rate = points.attrs.get("prune_rate")
+    panels = [(c, t.format(rate=rate)) for c, t, _ in PANELS if points[c].notna().any()]
+    absent = [what for c, _, what in PANELS if not points[c].notna().any()]
+    sizes = sorted(points["input_size"].dropna().unique())
+    rows = [*sizes, *([np.nan] if points["input_size"].isna().any() else [])]
+    fig = Figure(figsize=(4.0 * len(panels), 3.4 * len(rows) + 0.3), layout="constrained")
+    axes = fig.subplots(len(rows), len(panels), squeeze=False)
     families = sorted(points["family"].unique(), key=lambda f: (f != POOL_ONLY, f))
     archs = sorted(points["arch"].unique())
-    sizes = sorted(points["input_size"].dropna().unique())
-    for ax, (col, title) in zip(axes, panels):
-        for fi, fam in enumerate(families):
-            for ai, arch in enumerate(archs):
-                p = points[(points["family"] == fam) & (points["arch"] == arch)
-                           & points[col].notna()]
-                if len(p):
-                    y = p[col] * (100 if col != "lambda_max" else 1)
-                    ax.scatter(p["r_tilde"], y, s=22, alpha=0.8,
-                               color=OKABE_ITO[fi % 8], marker=MARKERS[ai % 8],
-                               label=f"{fam}, {arch}" if len(archs) > 1 else fam)
-        for s in sizes:
-            ax.axvline(s, color="0.3", linestyle=":", linewidth=1)
-        ax.set_xscale("log")
-        _plain_log_ticks(ax.xaxis)
-        ax.set_title(title)
-        ax.set_xlabel("r̃ (px)" if points.attrs.get("r_tilde_source") == "rf_min_feasible_input"
-                      else "r̃ (px; analytic r_max of the last conv where not measured)")
-    axes[0].legend(loc="best", title="knob family" + (", arch" if len(archs) > 1 else ""))
+    for axrow, size in zip(axes, rows):
+        here = points[points["input_size"] == size] if size == size else \
+            points[points["input_size"].isna()]
+        for ax, (col, title) in zip(axrow, panels):
+            for fi, fam in enumerate(families):
+                for ai, arch in enumerate(archs):
+                    c = _per_cell(here[(here["family"] == fam) & (here["arch"] == arch)], col)
+                    if c.empty:
+                        continue
+                    k = 1 if col == "lambda_max" else 100
+                    ax.errorbar(c["r_tilde"], c["mean"] * k,
+                                yerr=[np.maximum(0, c["mean"] - c["low"]) * k,  # (rounding)
+                                      np.maximum(0, c["high"] - c["mean"]) * k],
+                                fmt=MARKERS[ai % 8], ms=5, capsize=3, lw=1, alpha=0.85,
+                                color=OKABE_ITO[fi % 8],
+                                label=f"{fam}, {arch}" if len(archs) > 1 else fam)
+            if size == size:
+                ax.axvline(size, color="0.3", linestyle=":", linewidth=1)
+            ax.set_xscale("log")
+            _plain_log_ticks(ax.xaxis)
+            where = f"input {size:g} px" if size == size else "input size not recorded"
+            ax.set_title(f"{title}\n{where}" if len(rows) > 1 else title)
+            ax.set_xlabel("r̃ (px)" if points.attrs.get("r_tilde_source") ==
+                          "rf_min_feasible_input"
+                          else "r̃ (px; analytic r_max of the last conv where not measured)")
+    axes[0, 0].legend(loc="best", title="knob family" + (", arch" if len(archs) > 1 else ""))
     size = ", ".join(f"{s:g}" for s in sizes)
-    fig.suptitle(f"{points['dataset'].iloc[0]}: accuracy and curvature vs r̃\n"
-                 + (f"(dotted: input size {size} px)" if size else ""), fontsize=10)
+    lines = [f"{points['dataset'].iloc[0]}: accuracy and curvature vs r̃ "
+             "(mean over seeds, bar: min-max)",
+             f"dotted: input size {size} px" if size else "",
+             f"not drawn, no cell has it: {'; '.join(absent)}" if absent else ""]
+    fig.suptitle("\n".join(x for x in lines if x), fontsize=10)
     return fig

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.plots import (_figure, _levels, _styled, _suptitle, integer_ticks,
+from analysis.plots import (_figure, _levels, _panels, _styled, _suptitle, integer_ticks,
                             mean_band)
 from analysis.stats import grid_frame, select
 
@@ -63,9 +63,9 @@ def saturation_trajectory(df: pd.DataFrame, *, arch: str | None = None,
     if sat.empty:
         return None
     levels = [lv for lv in _levels(g) if (sat["cell"] == lv[0]).any()]
-    fig, axes = _figure(1, len(levels), panel=(3.6, 3.4))
+    fig, axes = _panels(len(levels), panel=(3.6, 3.4))
     im = None
-    for ax, (cell, label, _, _) in zip(axes[0], levels):
+    for ax, (cell, label, _, _) in zip(axes, levels):
         d = sat[sat["cell"] == cell]
         first = d.drop_duplicates("layer", keep="first")  # rows are written in forward order
         order = list(first["layer"])
@@ -81,7 +81,7 @@ def saturation_trajectory(df: pd.DataFrame, *, arch: str | None = None,
         ax.set_title(f"{label}, n={d['seed'].nunique()}")
         ax.grid(False)
     if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), label="saturation", shrink=0.85)
+        fig.colorbar(im, ax=axes, label="saturation", shrink=0.85)
     _suptitle(fig, g, "saturation per layer during training (mean over seeds)")
     return fig
 
@@ -100,9 +100,9 @@ def cka_to_final_trajectory(df: pd.DataFrame, *, arch: str | None = None,
         return None
     c = c[c["epoch"].notna()]
     levels = [lv for lv in _levels(g) if (c["cell"] == lv[0]).any()]
-    fig, axes = _figure(1, len(levels), panel=(3.8, 3.2))
+    fig, axes = _panels(len(levels), panel=(3.8, 3.2))
     cmap = matplotlib.colormaps["viridis"]
-    for ax, (cell, label, _, _) in zip(axes[0], levels):
+    for ax, (cell, label, _, _) in zip(axes, levels):
         d = c[c["cell"] == cell]
         layers = list(dict.fromkeys(d["layer"]))  # rows are written in forward order
         for i, layer in enumerate(layers):

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.plots import MARKERS, OKABE_ITO, _figure, _plain_log_ticks, _styled
+from analysis.plots import MARKERS, OKABE_ITO, _figure, _panels, _plain_log_ticks, _styled
 
 
 @_styled
@@ -20,8 +20,8 @@ def erf_images(maps: Mapping[int, np.ndarray], rf: Mapping[int, int], setting: s
     if not maps:
         raise ValueError(f"setting {setting!r}: no ERF maps to draw")
     depths = sorted(maps)
-    fig, axes = _figure(1, len(depths), panel=(2.0, 2.1))
-    for ax, d in zip(axes[0], depths):
+    fig, axes = _panels(len(depths), panel=(2.0, 2.1))
+    for ax, d in zip(axes, depths):
         (h, w), r = maps[d].shape, rf[d] // 2
         m = maps[d][max(h // 2 - r, 0): h // 2 + r + 1, max(w // 2 - r, 0): w // 2 + r + 1]
         ax.imshow(m / m.max(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")

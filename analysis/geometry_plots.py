@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.plots import (_figure, _levels, _styled, _suptitle, mean_band, present_stages,
+from analysis.plots import (_figure, _levels, _panels, _styled, _suptitle, mean_band, present_stages,
                             stage_title)
 from analysis.stats import grid_frame, pruning_rows, select
 from analysis.tables import settings_tag
@@ -34,8 +34,8 @@ def slice_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
     stages = [st for st in present_stages(s, "slice") if "_1d_" in st]
     if not stages:
         return None
-    fig, axes = _figure(1, len(stages), panel=(5.2, 3.4))
-    for ax, st in zip(axes[0], stages):
+    fig, axes = _panels(len(stages), panel=(5.2, 3.4))
+    for ax, st in zip(axes, stages):
         for cell, label, colour, marker in _levels(g):
             mean_band(ax, select(s, stage=st, cell=cell).pivot_table(
                 index="coord_x", columns="seed", values="value"), colour, marker, label)
@@ -45,7 +45,7 @@ def slice_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
                       + ("units of ||w||)" if "_hessian_" in st else "filter-normalised)"))
         ax.set_ylabel("training loss")
         ax.set_title(slice_title(st))
-    axes[0, -1].legend(loc="upper center")
+    axes[-1].legend(loc="upper center")
     _suptitle(fig, g, "1D loss slices (line = mean over seeds, band = min–max)")
     return fig
 
@@ -74,9 +74,9 @@ def slice_planes(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
     values = np.concatenate([np.log10(p.to_numpy(float)).ravel() for _, p, _ in grids
                              if not p.empty])
     levels = np.linspace(np.nanmin(values), np.nanmax(values), n_levels)
-    fig, axes = _figure(1, len(grids), panel=(3.4, 3.1))
+    fig, axes = _panels(len(grids), panel=(3.4, 3.1))
     cs = None
-    for ax, (label, piv, n) in zip(axes[0], grids):
+    for ax, (label, piv, n) in zip(axes, grids):
         if piv.empty:
             ax.set_title(f"{label}\nmissing")
             ax.set_axis_off()
@@ -89,7 +89,7 @@ def slice_planes(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
         ax.set_ylabel("direction 2")
         ax.grid(False)
     if cs is not None:
-        fig.colorbar(cs, ax=axes.ravel().tolist(), label="log10 training loss", shrink=0.85)
+        fig.colorbar(cs, ax=axes, label="log10 training loss", shrink=0.85)
     _suptitle(fig, g, f"2D loss slices {slice_title(stage)} (mean over seeds; shared levels; "
                       "+ = the trained weights)")
     return fig
@@ -148,8 +148,8 @@ def pruned_curvature(df: pd.DataFrame, *, arch: str | None = None, dataset: str 
     if top.empty:
         return None
     panels = [ft for ft in (False, True) if len(select(top, finetuned=ft))]
-    fig, axes = _figure(1, len(panels), panel=(4.2, 3.2))
-    for ax, ft in zip(axes[0], panels):
+    fig, axes = _panels(len(panels), panel=(4.2, 3.2))
+    for ax, ft in zip(axes, panels):
         for cell, label, colour, marker in _levels(g):
             mean_band(ax, select(top, cell=cell, finetuned=ft).pivot_table(
                 index="prune_rate", columns="seed", values="value"), colour, marker, label)

@@ -165,6 +165,20 @@ def _figure(nrows: int, ncols: int,
     return fig, np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
 
 
+def _panels(n: int, panel: tuple[float, float] = (3.8, 3.0),
+            max_width: float = 13.0) -> tuple[Figure, list[Any]]:
+    """``n`` panels of size ``panel`` (inches), as many to a row as fit in ``max_width``
+    inches (one at least), row after row (one row of five pool levels or six checkpoints was
+    too wide to read at a page's width); the panels in reading order, the unused cells of the
+    last row removed."""
+    ncols = max(1, min(n, int(max_width // panel[0])))
+    nrows = -(-n // ncols)
+    fig, axes = _figure(nrows, ncols, panel)
+    for ax in axes.ravel()[n:]:
+        fig.delaxes(ax)
+    return fig, list(axes.ravel()[:n])
+
+
 # ---------------------------------------------------------------------------------------------
 @_styled
 def hessian_eigenvalues(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
@@ -179,9 +193,9 @@ def hessian_eigenvalues(df: pd.DataFrame, *, arch: str | None = None, dataset: s
     e = select(e, stage=present)
     if not present:
         return None
-    fig, axes = _figure(1, len(present))
+    fig, axes = _panels(len(present))
     positive = bool((e["value"] > 0).all())
-    for ax, st in zip(axes[0], present):
+    for ax, st in zip(axes, present):
         for cell, label, colour, marker in _levels(g):
             mean_band(ax, select(e, stage=st, cell=cell).pivot_table(
                 index="index", columns="seed", values="value"), colour, marker, label)
@@ -195,7 +209,7 @@ def hessian_eigenvalues(df: pd.DataFrame, *, arch: str | None = None, dataset: s
         ax.set_xlabel("rank k (1 = largest)")
         ax.set_ylabel("Hessian eigenvalue λ_k" + ("" if positive else " (symlog)"))
         ax.set_title(stage_title(st))
-    axes[0, -1].legend(loc="upper right")
+    axes[-1].legend(loc="upper right")
     _suptitle(fig, g, "top Hessian eigenvalues (line = mean over seeds, band = min–max)")
     return fig
 
@@ -233,8 +247,8 @@ def spectral_density(df: pd.DataFrame, *, arch: str | None = None, dataset: str 
     present = present_stages(nw, "hessian", stages)
     if not present:
         return None
-    fig, axes = _figure(1, len(present))
-    for ax, st in zip(axes[0], present):
+    fig, axes = _panels(len(present))
+    for ax, st in zip(axes, present):
         p = nw[nw["stage"] == st]
         lo, hi = float(p["value_node"].min()), float(p["value_node"].max())
         s = sigma if sigma is not None else bandwidth * (hi - lo if hi > lo else max(abs(hi), 1.0))
@@ -258,7 +272,7 @@ def spectral_density(df: pd.DataFrame, *, arch: str | None = None, dataset: str 
         ax.set_xlabel("eigenvalue λ")
         ax.set_ylabel("spectral density (per unit λ)")
         ax.set_title(stage_title(st))
-    axes[0, -1].legend(loc="upper right")
+    axes[-1].legend(loc="upper right")
     _suptitle(fig, g, "Hessian spectral density (Lanczos quadrature, mean over seeds)")
     return fig
 
@@ -459,8 +473,8 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
     if not stages:
         return None
     r = select(g, metric="layer_r_max")
-    fig, axes = _figure(1, len(stages), panel=(4.4, 3.4))
-    for ax, st in zip(axes[0], stages):
+    fig, axes = _panels(len(stages), panel=(4.4, 3.4))
+    for ax, st in zip(axes, stages):
         for cell, label, colour, marker in _levels(g):
             d = e[(e["stage"] == st) & (e["cell"] == cell)]
             if d.empty:
@@ -482,9 +496,9 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
         ax.set_xlabel("conv layer (forward order)")
         ax.set_ylabel("px")
         ax.set_title(stage_title(st))
-    handles, labels = axes[0, -1].get_legend_handles_labels()
+    handles, labels = axes[-1].get_legend_handles_labels()
     handles.append(Line2D([], [], color="grey", ls="--", lw=1))
-    axes[0, -1].legend(handles, [*labels, "analytic r_max, +1 if even (same colour)"],
+    axes[-1].legend(handles, [*labels, "analytic r_max, +1 if even (same colour)"],
                        loc="best")
     _suptitle(fig, g, "ERF size of each conv layer's centre unit (solid) vs its analytic RF")
     return fig
@@ -613,8 +627,8 @@ def resolution_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str
     trained = res["resize"].fillna("direct") if "resize" in res else "direct"
     tested = res["note"].map(lambda n: note_fields(n).get("eval_resize", "direct"))
     plain = set(res.loc[(trained != "direct") & (tested == "direct"), "cell"])
-    fig, axes = _figure(1, len(stages), panel=(4.2, 3.2))
-    for ax, st in zip(axes[0], stages):
+    fig, axes = _panels(len(stages), panel=(4.2, 3.2))
+    for ax, st in zip(axes, stages):
         d = res[res["stage"] == st]
         for cell, label, colour, marker in _levels(g):
             piv = (d[d["cell"] == cell].pivot_table(index="index", columns="seed",

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from analysis.plots import _figure, _levels, _styled, _suptitle, stage_title
+from analysis.plots import _figure, _levels, _panels, _styled, _suptitle, stage_title
 from analysis.stats import final_epoch, grid_frame, select, shared_note
 from analysis.tables import (MISSING, Table, _levels_frame, format_mean_std, grid_slug,
                              grid_title)
@@ -50,8 +50,9 @@ def saturation_probes(df: pd.DataFrame, *, arch: str | None = None, dataset: str
         return None
     levels = [lv for lv in _levels(g) if len(select(s, cell=lv[0], metric="probe_acc"))]
     n_layers = int(select(s, metric="probe_acc")["index"].max()) + 1
-    fig, axes = _figure(1, len(levels), panel=(max(3.6, 0.22 * n_layers + 1.4), 3.4))
-    for ax, (cell, label, colour, _) in zip(axes[0], levels):
+    fig, axes = _panels(len(levels), panel=(max(3.6, 0.22 * n_layers + 1.4), 3.4),
+                        max_width=16.0)
+    for ax, (cell, label, colour, _) in zip(axes, levels):
         c = select(s, cell=cell)
         # every probed layer has a probe; a layer with too few test samples has no saturation
         sat, acc = _per_layer(c, "saturation"), _per_layer(c, "probe_acc")
@@ -81,7 +82,7 @@ def saturation_probes(df: pd.DataFrame, *, arch: str | None = None, dataset: str
         ax.set_title(label)
         ax.set_ylabel("saturation / probe accuracy")
     handles = {}  # below the panels, where it covers no bar (every panel's entries, once)
-    for ax in axes[0]:
+    for ax in axes:
         handles.update(zip(*reversed(ax.get_legend_handles_labels())))
     if "saturation" in handles:  # each panel's bars have the colour of its RF
         handles["saturation"] = Patch(color="0.5", alpha=0.45)

@@ -389,9 +389,10 @@ def _design_blocks(df: pd.DataFrame, out: Path) -> list[Block]:
         p.to_csv(out / "tables" / f"{stem}.csv", index=False)
         blocks.append(("figure", (
             f"figures/{stem}.png",
-            f"{dataset}: one point per seed of every cell, by the knob family that changed the "
-            f"receptive field (colour) and the architecture (marker), against r̃ "
-            f"({p.attrs.get('r_tilde_source')}); points in tables/{stem}.csv.")))
+            f"{dataset}: one point per cell (mean over its seeds, bar: min-max), by the knob "
+            f"family that changed the receptive field (colour) and the architecture (marker), "
+            f"against r̃ ({p.attrs.get('r_tilde_source')}), a row per input size; the points "
+            f"per seed in tables/{stem}.csv.")))
     return blocks
 
 

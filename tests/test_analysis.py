@@ -573,3 +573,18 @@ def test_a_shared_note_shows_what_differs_between_cells():
     assert shared_note(notes) == ("checkpoint=final; n_train=256 (no augmentation); "
                                   "input_size=24 / 16 (per cell); C=1.0")
     assert shared_note(notes[:1]) == notes[0] and shared_note([]) == ""
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), width=st.floats(1.5, 9.0), max_width=st.floats(4.0, 20.0))
+def test_panels_wrap_into_rows_no_wider_than_asked(n, width, max_width):
+    fig, axes = plots._panels(n, panel=(width, 3.0), max_width=max_width)
+    assert len(axes) == n and len(fig.axes) == n  # the last row's spare cells removed
+    ncols = len({round(ax.get_position().x0, 6) for ax in axes})
+    assert ncols == max(1, min(n, int(max_width // width)))
+    assert fig.get_figwidth() <= max(max_width, width) + 1e-9
+    assert fig.get_figheight() == pytest.approx(3.0 * -(-n // ncols) + 0.4)
+    # reading order: left to right, then down
+    pos = [ax.get_subplotspec().get_topmost_subplotspec().rowspan.start * 100
+           + ax.get_subplotspec().colspan.start for ax in axes]
+    assert pos == sorted(pos)

@@ -136,3 +136,34 @@ def test_experiment_rf_design_small_runs_end_to_end_and_draws_the_design_space(t
     assert (root / "report" / "figures" / "design-space-digits.png").is_file()
     table = pd.read_csv(root / "report" / "tables" / "design-space-digits.csv")
     assert np.allclose(sorted(table["test_acc"]), sorted(p["test_acc"]))
+
+
+def test_design_space_draws_a_cell_once_at_its_seed_mean_and_a_row_per_input_size():
+    rows = []
+    for s in (0, 1, 2):
+        rows += _rows("a-1", None, s, acc=0.90 + s / 100, pruned=0.5, lam=3.0, r_tilde=35)
+        rows += _rows("b-2", "stem=imagenet", s, acc=0.70 + s / 50, pruned=0.2, lam=1.0,
+                      r_tilde=187, rf=435)
+    big = [dict(r, run_id=r["run_id"].replace("a-1", "a-9"), image_size=32,
+                note="input_size=32" if r["stage"] == "receptive_field" else None)
+           for r in _rows("a-1", None, 0, acc=0.5, pruned=0.1, lam=9.0, r_tilde=35)]
+    p = design_points(pd.DataFrame(rows + big))
+    assert sorted(p["input_size"].unique()) == [16.0, 32.0]
+    fig = design_space(p)
+    acc16, acc32 = fig.axes[0], fig.axes[3]  # one row of three panels per input size
+    assert "input 16 px" in acc16.get_title() and "input 32 px" in acc32.get_title()
+    means = sorted(y for c in acc16.containers for y in c.lines[0].get_ydata())
+    assert means == pytest.approx([100 * (0.70 + 0.72 + 0.74) / 3, 100 * 0.91])
+    bars = [c for c in acc16.containers if "stem" in c.get_label()][0]
+    low, high = bars.lines[2][0].get_segments()[0][:, 1]
+    assert (low, high) == pytest.approx((70.0, 74.0))
+    assert [y for c in acc32.containers for y in c.lines[0].get_ydata()] == [50.0]
+
+
+def test_design_space_says_which_quantity_no_cell_has():
+    rows = [r for s in (0, 1) for c, v in (("a-1", None), ("b-2", "skips=False"))
+            for r in _rows(c, v, s, acc=0.9, pruned=0.5, lam=3.0)
+            if r["stage"] != "hessian_final"]
+    fig = design_space(design_points(pd.DataFrame(rows)))
+    assert len(fig.axes) == 2
+    assert "not drawn, no cell has it: lambda_max" in fig._suptitle.get_text()
