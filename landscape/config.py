@@ -122,28 +122,33 @@ def stage_config(cfg: RunConfig, stage: Any) -> Any:
             raise ValueError(f"stage {stage.name!r} reads RunConfig.{stage.config_field}, which "
                              f"does not exist; valid: {[f.name for f in fields(cfg)]}")
         return with_saved_epochs(without_repeats(getattr(cfg, stage.config_field)),
-                                 stage.config_field, cfg, stage.checkpoint_fields)
+                                 stage.config_field, cfg, stage.checkpoint_fields,
+                                 stage.versus_final_fields)
     if stage.config_class is not None:
         try:
             config = without_repeats(from_dict(stage.config_class,
                                                dict(cfg.stages.get(stage.name) or {})))
         except ValueError as e:
             raise ValueError(f"stages.{stage.name}: {e}") from None
-        return with_saved_epochs(config, f"stages.{stage.name}", cfg, stage.checkpoint_fields)
+        return with_saved_epochs(config, f"stages.{stage.name}", cfg, stage.checkpoint_fields,
+                                 stage.versus_final_fields)
     return None
 
 
 def with_saved_epochs(config: Any, group: str, cfg: RunConfig,
-                      names: tuple[str, ...] = ("checkpoints",)) -> Any:
+                      names: tuple[str, ...] = ("checkpoints",),
+                      versus_final: tuple[str, ...] = ()) -> Any:
     """``config`` with ``saved`` in its checkpoint lists (the fields ``names``) expanded to
-    the saved epochs."""
+    the saved epochs; those of the fields ``versus_final`` (each compared with the final
+    weights) without the last epoch."""
     if not is_dataclass(config):
         return config
     changes = {}
     for name in names:
         checkpoints = getattr(config, name, None)
         if isinstance(checkpoints, list) and SAVED in checkpoints:
-            changes[name] = expand_checkpoints(f"{group}.{name}", checkpoints, cfg.train)
+            changes[name] = expand_checkpoints(f"{group}.{name}", checkpoints, cfg.train,
+                                               versus_final=name in versus_final)
     return dataclasses.replace(config, **changes) if changes else config
 
 

@@ -128,6 +128,19 @@ def test_stages_asking_for_unsaved_epochs_are_refused(tmp_path):
         "epoch_1", "epoch_2", "final"]
     last = dataclasses.replace(both, train=dataclasses.replace(train, save_epochs=[3]))
     assert stage_config(last, STAGES.get("hessian")).checkpoints == ["final"]
+    # each cka.to_final checkpoint is compared with final: its last saved epoch too would be
+    # final compared with itself (a CKA of 1 in every layer); cka.checkpoints keeps it
+    from landscape.stages.cka import CKAConfig
+    cka = dataclasses.replace(cfg, cka=CKAConfig(enabled=True, checkpoints=["saved"],
+                                                 to_final=["init", "saved"]))
+    expanded = stage_config(cka, STAGES.get("cka"))
+    assert expanded.to_final == ["init", "epoch_1", "epoch_2"]
+    assert expanded.checkpoints == ["epoch_1", "epoch_2", "epoch_3"]
+    with pytest.raises(ValueError, match=r"cka.to_final includes 'saved', each compared with "
+                                         r"the final weights, but train.save_epochs saves only "
+                                         r"the last epoch \(3\)"):
+        stage_config(dataclasses.replace(cka, train=dataclasses.replace(train, save_epochs=[3])),
+                     STAGES.get("cka"))
 
 
 def test_saved_epochs_leave_the_run_ids_unchanged(tmp_path):
@@ -296,7 +309,7 @@ def test_cka_to_final_compares_each_saved_epoch_with_the_same_runs_final(tmp_pat
 
     root = tmp_path / "results"
     cfg = tiny_cfg(root, cka=cka, train=TrainConfig(epochs=2, batch_size=32, lr=0.05,
-                                                     save_epochs=[1]))
+                                                     save_epochs=[1, 2]))  # 2 is final
     pipeline.run(cfg)
     identity = identify(cfg)
     summary = pipeline.run_cell(root, identity.cell_name)

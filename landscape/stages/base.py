@@ -183,6 +183,9 @@ class Stage:
     # Config fields that list checkpoints: 'saved' in them is expanded to the saved epochs,
     # and each epoch_<n> must be one that train.save_epochs saves (checked before a run)
     checkpoint_fields: ClassVar[tuple[str, ...]] = ("checkpoints",)
+    # Of those, the lists each compared with the final weights: 'saved' leaves out the last
+    # epoch there (the final weights themselves)
+    versus_final_fields: ClassVar[tuple[str, ...]] = ()
     # Reads activations as maps: its units record how their layouts were followed (LAYOUTS)
     reads_layouts: ClassVar[bool] = False
     # Evaluates or differentiates the model at other parameters than its own in eval mode:

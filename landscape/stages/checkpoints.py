@@ -41,12 +41,13 @@ def check_checkpoints(group: str, checkpoints: Sequence[str]) -> None:
                          f"got {list(checkpoints)}")
 
 
-def expand_checkpoints(setting: str, checkpoints: Sequence[str], train: TrainConfig
-                       ) -> list[str]:
+def expand_checkpoints(setting: str, checkpoints: Sequence[str], train: TrainConfig,
+                       *, versus_final: bool = False) -> list[str]:
     """``checkpoints`` with :data:`SAVED` replaced by ``epoch_<n>`` for every epoch that
     ``train.save_epochs`` saves, in epoch order (a checkpoint named twice stays once). The
     last epoch is left out when ``final`` is named too: the same weights, measured twice
-    (``log:8`` saves the last epoch)."""
+    (``log:8`` saves the last epoch); and when each checkpoint is compared with the final
+    weights (``versus_final``, ``cka.to_final``): a comparison with itself."""
     if SAVED not in checkpoints:
         return list(checkpoints)
     epochs = saved_epochs(train)
@@ -54,8 +55,13 @@ def expand_checkpoints(setting: str, checkpoints: Sequence[str], train: TrainCon
         raise ValueError(f"{setting} includes {SAVED!r} (every epoch of "
                          f"train.save_epochs), but train.save_epochs saves none: set e.g. "
                          f"train.save_epochs=log:8")
-    if "final" in checkpoints:
+    if "final" in checkpoints or versus_final:
         epochs = [e for e in epochs if e != train.epochs]
+    if versus_final and not epochs:
+        raise ValueError(f"{setting} includes {SAVED!r}, each compared with the final weights, "
+                         f"but train.save_epochs saves only the last epoch ({train.epochs}), "
+                         f"the final weights themselves: save earlier epochs, e.g. "
+                         f"train.save_epochs=log:8")
     out: list[str] = []
     for c in checkpoints:
         for name in ([epoch_checkpoint(e) for e in epochs] if c == SAVED else [c]):

@@ -133,6 +133,7 @@ class CKAStage(Stage):
     config_field = "cka"
     selects = ("enabled", "checkpoints", "to_final")
     checkpoint_fields = ("checkpoints", "to_final")
+    versus_final_fields = ("to_final",)
 
     def validate(self, config: CKAConfig) -> None:
         validate(config)
