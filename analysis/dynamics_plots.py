@@ -12,8 +12,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.plots import (_figure, _levels, _panels, _styled, _suptitle, integer_ticks,
-                            mean_band)
+from analysis.plots import (CUT_LABEL, _figure, _levels, _panels, _styled, _suptitle,
+                            censored_at, integer_ticks, mark_censored, mean_band)
 from analysis.stats import grid_frame, select
 
 
@@ -125,21 +125,27 @@ def erf_trajectory(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
                    width: float | None = None) -> Figure | None:
     """ERF size of the last conv (our importance units) vs the epoch of the checkpoint it was
     measured at (init, saved epochs, final), per receptive field, mean and min-max band over
-    seeds. None with fewer than two epochs measured."""
+    seeds; hollow where some seed's ERF square reached past the image's edge. None with fewer
+    than two epochs measured."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     e = select(g, metric="erf_size", protocol="default")
     if e.empty or "epoch" not in e.columns or e["epoch"].dropna().nunique() < 2:
         return None
     e = e[e["epoch"].notna() & ~e["stage"].astype(str).str.endswith("_best")]
+    flags = select(g, metric="erf_size_censored", protocol="default")
     fig, axes = _figure(1, 1, panel=(4.6, 3.4))
     ax = axes[0, 0]
+    cut = False
     for cell, label, colour, marker in _levels(g):
-        piv = e[e["cell"] == cell].pivot_table(index="epoch", columns="seed", values="value",
-                                               aggfunc="mean")
+        d = e[e["cell"] == cell]
+        piv = d.pivot_table(index="epoch", columns="seed", values="value", aggfunc="mean")
         mean_band(ax, piv.sort_index(), colour, marker, label)
+        cut |= mark_censored(ax, piv.mean(axis=1), censored_at(d, flags, "epoch"), colour,
+                             marker)
     integer_ticks(ax.xaxis)
     ax.set_xlabel("epoch")
     ax.set_ylabel("ERF size (px)")
     ax.legend(loc="best")
-    _suptitle(fig, g, "effective receptive field during training")
+    _suptitle(fig, g, "effective receptive field during training"
+              + (f"\n({CUT_LABEL})" if cut else ""))
     return fig

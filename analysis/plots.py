@@ -102,6 +102,31 @@ def mean_band(ax: Any, piv: pd.DataFrame, colour: str, marker: str, label: str,
         ax.fill_between(x, low, high, color=colour, alpha=0.2, lw=0)
 
 
+CUT_LABEL = "hollow: the image cut the ERF (some seed)"
+
+
+def censored_at(values: pd.DataFrame, flags: pd.DataFrame, x: str,
+                keys: Sequence[str] = ("run_id", "stage")) -> set:
+    """The ``x`` values of ``values`` (ERF size rows) where some seed's ERF square reached
+    past the image's edge: a ``flags`` row (``erf_size_censored`` / ``layer_erf_censored``)
+    with value 1 for the same ``keys``."""
+    if flags.empty or values.empty:
+        return set()
+    cut = flags.loc[flags["value"] > 0, list(keys)].drop_duplicates()
+    return set(values.merge(cut, on=list(keys))[x])
+
+
+def mark_censored(ax: Any, mean: pd.Series, at: set, colour: str, marker: str) -> bool:
+    """A hollow marker over the points of ``mean`` (y by x) at the x values ``at``: sizes
+    bounded by the image, not by the network. Whether any was drawn."""
+    shown = mean[mean.index.isin(at)]
+    if shown.empty:
+        return False
+    ax.plot(shown.index.to_numpy(float), shown.to_numpy(float), ls="none", marker=marker,
+            ms=8, mfc="white", mec=colour, mew=1.5, zorder=3)
+    return True
+
+
 def integer_ticks(axis: Axis) -> None:
     """Ticks at whole numbers only (eigenvalue rank, epoch, layer index), one at least (a
     single rank or epoch)."""
@@ -421,9 +446,11 @@ def erf_vs_receptive_field(df: pd.DataFrame, *, arch: str | None = None,
     the mass fraction of the map) vs the analytic RF of the last conv (log-log), one line per
     checkpoint (mean, min-max band over seeds), with the analytic RF itself (ERF = RF, dashed)
     and the input size of the maps (dotted) for reference: how far the ERF falls short of the
-    theoretical RF at each pool level, before and after training (Luo et al.)."""
+    theoretical RF at each pool level, before and after training (Luo et al.). A point where
+    some seed's ERF square reached past the maps' edge is hollow (``erf_size_censored``)."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     erf = select(g, metric="erf_size", protocol="default")
+    flags = select(g, metric="erf_size_censored", protocol="default")
     stages = present_stages(erf, "importance")
     if not stages:
         return None
@@ -435,6 +462,7 @@ def erf_vs_receptive_field(df: pd.DataFrame, *, arch: str | None = None,
         erf["image_size"].astype(object).where(erf["image_size"].notna(), None).astype(str)
         + " " + erf["resize"].astype(str), sort=True)]
     lines = [(st, size, sub[sub["stage"] == st]) for st in stages for size, sub in sized]
+    cut = False
     for i, (st, size, d) in enumerate(x for x in lines if len(x[2])):
         piv = d.pivot_table(index="receptive_field", columns="seed", values="value",
                             aggfunc="mean").sort_index()
@@ -443,6 +471,8 @@ def erf_vs_receptive_field(df: pd.DataFrame, *, arch: str | None = None,
         mean_band(ax, piv, OKABE_ITO[i % 8], MARKERS[i % 8],
                   stage_title(st) + (f" ({mode.split()[0]})" if mode else "")
                   + (f", {size_label(r['image_size'], r['resize'])}" if len(sized) > 1 else ""))
+        cut |= mark_censored(ax, piv.mean(axis=1), censored_at(d, flags, "receptive_field"),
+                             OKABE_ITO[i % 8], MARKERS[i % 8])
     rf = np.sort(erf["receptive_field"].dropna().unique().astype(float))
     ax.plot(rf, rf, color="0.3", ls="--", lw=1, label="analytic RF (r_max of the last conv)")
     sizes = {float(note_fields(n).get("input_size", "nan")) for n in erf["note"]}
@@ -455,7 +485,8 @@ def erf_vs_receptive_field(df: pd.DataFrame, *, arch: str | None = None,
     ax.set_xlabel("analytic receptive field of the last conv (px)")
     ax.set_ylabel("ERF size (px)")
     ax.legend(loc="best")
-    _suptitle(fig, g, "effective vs analytic receptive field per pool level")
+    _suptitle(fig, g, "effective vs analytic receptive field per pool level"
+              + (f"\n({CUT_LABEL})" if cut else ""))
     return fig
 
 
@@ -466,13 +497,16 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
     solid, mean over seeds) beside its analytic r_max (dashed; an even one + 1, the smallest
     centred odd square that holds it, as the ERF size is one), one line pair per receptive
     field, one panel per checkpoint measured; log y. Luo et al.: the ERF grows like the
-    square root of the depth while the analytic RF grows linearly."""
+    square root of the depth while the analytic RF grows linearly. A layer where some seed's
+    ERF square reached past the image's edge is hollow (``layer_erf_censored``)."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     e = select(g, metric="layer_erf_size")
     stages = present_stages(e, "importance")
     if not stages:
         return None
     r = select(g, metric="layer_r_max")
+    flags = select(g, metric="layer_erf_censored")
+    cut = False
     fig, axes = _panels(len(stages), panel=(4.4, 3.4))
     for ax, st in zip(axes, stages):
         for cell, label, colour, marker in _levels(g):
@@ -482,6 +516,9 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
             size = d.groupby("index")["value"].mean().sort_index()
             ax.plot(size.index.to_numpy(float), size.to_numpy(float), color=colour,
                     marker=marker, ms=3, lw=1.5, label=f"{label}, n={d['seed'].nunique()}")
+            cut |= mark_censored(ax, size, censored_at(d, flags, "index",
+                                                       ("run_id", "stage", "index")),
+                                 colour, marker)
             own = r[(r["cell"] == cell) & (r["stage"] == "importance_rf")]  # one per run
             rm = (own if len(own) else r[(r["stage"] == st) & (r["cell"] == cell)]
                   ).groupby("index")["value"].mean()  # (older stores: in each importance unit)
@@ -500,7 +537,8 @@ def layer_erf_profile(df: pd.DataFrame, *, arch: str | None = None,
     handles.append(Line2D([], [], color="grey", ls="--", lw=1))
     axes[-1].legend(handles, [*labels, "analytic r_max, +1 if even (same colour)"],
                        loc="best")
-    _suptitle(fig, g, "ERF size of each conv layer's centre unit (solid) vs its analytic RF")
+    _suptitle(fig, g, "ERF size of each conv layer's centre unit (solid) vs its analytic RF"
+              + (f"\n({CUT_LABEL})" if cut else ""))
     return fig
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from landscape.importance import (
-    ERFSize, erf_area, erf_size, erf_stats, last_conv, linearised_copy, mass_centre,
+    ERFSize, erf_area, erf_size, erf_square, erf_stats, last_conv, linearised_copy, mass_centre,
     projected_gradient, projected_gradient_maps,
 )
 from landscape.models import InputTooSmallError, create_model
@@ -264,7 +266,28 @@ def test_erf_centre_and_clipping() -> None:
     assert erf_size(corner, mass_fraction=0.5, centre=(0, 0)) == 1
     assert erf_size(corner, mass_fraction=1.0, centre=(0, 0)) == 29  # clipped to the image
     stats = erf_stats(_rings(), mass_fraction=0.8, rel_threshold=0.05)
-    assert stats == ERFSize(size=3, mass_fraction=0.8, area=9, rel_threshold=0.05, centre=(4, 4))
+    assert stats == ERFSize(size=3, mass_fraction=0.8, area=9, rel_threshold=0.05, centre=(4, 4),
+                            censored=False)
+    # censored: the square reaches past the edge (the image cut the ERF), not merely its size
+    assert erf_square(corner, mass_fraction=1.0) == (15, False)  # exactly the image
+    assert erf_square(corner, mass_fraction=1.0, centre=(0, 0)) == (29, True)
+    assert erf_square(np.ones((32, 32))) == (33, True)  # 33 px "ERF" of a 32 px input
+    assert erf_stats(np.ones((32, 32))).censored
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 12), w=st.integers(1, 12), seed=st.integers(0, 2**16),
+       fraction=st.floats(0.05, 1.0))
+def test_erf_censored_exactly_when_the_square_leaves_the_image(h, w, seed, fraction):
+    m = np.random.default_rng(seed).random((h, w)) ** 4
+    size, censored = erf_square(m, mass_fraction=fraction)
+    r0, c0 = mass_centre(m)
+    room = 2 * min(r0, c0, h - 1 - r0, w - 1 - c0) + 1  # the largest centred square inside
+    assert censored == (size > room)
+    assert size == erf_size(m, mass_fraction=fraction)
+    if not censored:  # the whole square inside: its own sum holds the fraction
+        r = size // 2
+        assert m[r0 - r:r0 + r + 1, c0 - r:c0 + r + 1].sum() >= fraction * m.sum() * (1 - 1e-9)
 
 
 def test_erf_errors() -> None:

@@ -11,7 +11,8 @@ et al.'s conv stacks and their depth sweep.
 from landscape.importance.at_init import (
     PAPER_PROBES, PROTOCOLS, PaperProbe, importance_at_init, paper_probe,
 )
-from landscape.importance.erf import ERFSize, erf_area, erf_size, erf_stats, mass_centre
+from landscape.importance.erf import (ERFSize, erf_area, erf_size, erf_square, erf_stats,
+                                      mass_centre)
 from landscape.importance.erf_fit import RATIO_THRESHOLDS, ERFFit, erf_fit, high_contribution_ratio
 from landscape.importance.layer_erf import (
     LAYER_ERF_COLUMNS, conv_layers, layer_erf_maps, layer_erf_table,
@@ -27,7 +28,8 @@ from landscape.importance.paper import (
 __all__ = [
     "AGGREGATION", "BN_MODES", "CENTRE_CONVENTION", "ERFFit", "ERFSize", "ImportanceMaps",
     "LAYER_ERF_COLUMNS", "MODES", "PAPER_PROBES", "PROTOCOLS", "PaperProbe", "RATIO_THRESHOLDS",
-    "conv_layers", "erf_area", "erf_fit", "erf_size", "erf_stats", "high_contribution_ratio",
+    "conv_layers", "erf_area", "erf_fit", "erf_size", "erf_square", "erf_stats",
+    "high_contribution_ratio",
     "importance_at_init", "last_conv", "layer_erf_maps", "layer_erf_table",
     "layer_gradient_maps", "linearised_copy", "mass_centre", "paper_centre",
     "paper_importance", "paper_maps", "paper_probe", "paper_projection", "projected_gradient",

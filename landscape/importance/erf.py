@@ -15,14 +15,17 @@ import numpy as np
 class ERFSize:
     """ERF of a mean map: ``size`` (pixels) is the side of the smallest square centred on
     ``centre`` (row, col; the rounded mass centroid) holding ``mass_fraction`` of the mass
-    (the square is clipped to the image, so it may exceed the image side); ``area`` is the
-    number of pixels >= ``rel_threshold`` times the map's maximum."""
+    (the square is clipped to the image, so it may exceed the image side); ``censored``:
+    that square reaches past the image's edge, so the image cut the ERF (on an unbounded
+    input it would be at least as large); ``area`` is the number of pixels >=
+    ``rel_threshold`` times the map's maximum."""
 
     size: int
     mass_fraction: float
     area: int
     rel_threshold: float
     centre: tuple[int, int]
+    censored: bool = False
 
 
 def _map(mean_map: np.ndarray) -> np.ndarray:
@@ -46,6 +49,14 @@ def erf_size(mean_map: np.ndarray, *, mass_fraction: float = 0.95,
              centre: tuple[int, int] | None = None) -> int:
     """Side 2r + 1 of the smallest square centred on ``centre`` (default: :func:`mass_centre`)
     whose part inside the image holds at least ``mass_fraction`` of the total mass."""
+    return erf_square(mean_map, mass_fraction=mass_fraction, centre=centre)[0]
+
+
+def erf_square(mean_map: np.ndarray, *, mass_fraction: float = 0.95,
+               centre: tuple[int, int] | None = None) -> tuple[int, bool]:
+    """(:func:`erf_size`, censored): censored when that square reaches past the image's edge
+    on some side, so the image cut the ERF (its size is bounded by the image, not by the
+    network)."""
     m = _map(mean_map)
     if not 0 < mass_fraction <= 1:
         raise ValueError(f"mass_fraction must be in (0, 1], got {mass_fraction!r}")
@@ -56,7 +67,8 @@ def erf_size(mean_map: np.ndarray, *, mass_fraction: float = 0.95,
     r = 0  # terminates: at r = max(H, W) the square holds the whole map
     while m[max(r0 - r, 0): r0 + r + 1, max(c0 - r, 0): c0 + r + 1].sum() < target:
         r += 1
-    return 2 * r + 1
+    h, w = m.shape
+    return 2 * r + 1, bool(r0 - r < 0 or c0 - r < 0 or r0 + r >= h or c0 + r >= w)
 
 
 def erf_area(mean_map: np.ndarray, *, rel_threshold: float = 0.1) -> int:
@@ -70,8 +82,9 @@ def erf_area(mean_map: np.ndarray, *, rel_threshold: float = 0.1) -> int:
 def erf_stats(mean_map: np.ndarray, *, mass_fraction: float = 0.95,
               rel_threshold: float = 0.1) -> ERFSize:
     """Both ERF measures of ``mean_map`` with their thresholds."""
+    size, censored = erf_square(mean_map, mass_fraction=mass_fraction)
     return ERFSize(
-        size=erf_size(mean_map, mass_fraction=mass_fraction), mass_fraction=mass_fraction,
+        size=size, mass_fraction=mass_fraction,
         area=erf_area(mean_map, rel_threshold=rel_threshold), rel_threshold=rel_threshold,
-        centre=mass_centre(mean_map),
+        centre=mass_centre(mean_map), censored=censored,
     )

@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 from landscape.activations import check_on_device, select_modules, split_call
-from landscape.importance.erf import erf_size
+from landscape.importance.erf import erf_square
 from landscape.importance.erf_fit import erf_fit
 from landscape.importance.maps import MODES, layer_gradient_maps, probe_inputs
 from landscape.receptive_field import receptive_field_table
 
-LAYER_ERF_COLUMNS = ("layer", "erf_sigma", "sigma_y", "sigma_x", "erf_size", "erf_r2",
-                     "r_max", "r_min", "erf_size_over_r_max")
+LAYER_ERF_COLUMNS = ("layer", "erf_sigma", "sigma_y", "sigma_x", "erf_size", "erf_censored",
+                     "erf_r2", "r_max", "r_min", "erf_size_over_r_max")
 
 
 def conv_layers(model: nn.Module, layers: list[str] | None = None) -> list[str]:
@@ -109,7 +109,8 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
     """One row per selected conv layer (forward order), columns
     ``LAYER_ERF_COLUMNS``: ``erf_sigma`` the mean of ``sigma_y`` and ``sigma_x`` (moment
     sigmas, pixels), ``erf_size`` the side of the centred square holding 95 % of the map's
-    mass, ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the call site's analytic
+    mass (``erf_censored`` 1.0 where that square reaches past the image's edge: the image cut
+    the ERF), ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the call site's analytic
     RF (:func:`site_rf`; NA for a conv behind a global mix, e.g. a head conv after global
     pooling) and ``erf_size_over_r_max`` their ratio (NaN there). A layer whose output does not depend on
     the input has NaN ERF columns; so, with ``strict=False``, does one whose map is all zero
@@ -129,11 +130,11 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
         row = {"layer": name, "r_max": r_max, "r_min": r_min, "erf_size_over_r_max": np.nan}
         if m is not None and (strict or m.any()):  # else no gradient reaches the input
             try:
-                fit, size = erf_fit(m), erf_size(m)
+                fit, (size, censored) = erf_fit(m), erf_square(m)
             except ValueError as e:
                 raise ValueError(f"layer {name!r}: {e}") from None
             row.update(erf_sigma=fit.sigma, sigma_y=fit.sigma_y, sigma_x=fit.sigma_x,
-                       erf_size=size, erf_r2=fit.r2)
+                       erf_size=size, erf_censored=float(censored), erf_r2=fit.r2)
             if not pd.isna(r_max):
                 row["erf_size_over_r_max"] = size / int(r_max)
         rows.append(row)

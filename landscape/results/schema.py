@@ -117,6 +117,9 @@ METRICS: dict[str, str] = {
     "importance_n": "number of input samples behind importance_max",
     "erf_size": "side (pixels) of the smallest centred square holding mass_fraction of the "
                 "mean importance map (Luo et al. 2016)",
+    "erf_size_censored": "1 when erf_size's square reaches past the image's edge (the input "
+                         "cut the ERF: its size is bounded by the image, not the network), "
+                         "else 0",
     "erf_area": "pixels of the mean importance map >= rel_threshold x max",
     # slice (loss-landscape slices around a checkpoint; coord_x, coord_y = the point)
     "slice_loss": "mean training loss (no augmentation) at w + coord_x d1 (+ coord_y d2), "
@@ -164,6 +167,8 @@ METRICS: dict[str, str] = {
     # importance.per_layer (layer = the conv, index = its position in forward order)
     "layer_erf_size": "side of the centred square holding 95% of the ERF map of the layer's "
                       "centre unit, pixels",
+    "layer_erf_censored": "1 when layer_erf_size's square reaches past the image's edge, "
+                          "else 0",
     "layer_erf_sigma": "mean of the per-axis standard deviations of the layer's ERF map, pixels",
     "layer_erf_r2": "R^2 of a 2-D Gaussian fit to the layer's ERF map",
     "layer_r_max": "analytic receptive field (max over paths) of the layer, pixels",

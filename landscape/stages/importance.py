@@ -138,7 +138,8 @@ class ImportanceStage(Stage):
                 f"input_size={c.input_size}; bn={maps.bn_mode}; centre={maps.centre}; "
                 f"mass_fraction={c.mass_fraction}; rel_threshold={c.rel_threshold}")
         values = {"importance_max": maps.max_mean, "importance_max_std": maps.max_std,
-                  "importance_n": maps.n, "erf_size": erf.size, "erf_area": erf.area}
+                  "importance_n": maps.n, "erf_size": erf.size,
+                  "erf_size_censored": float(erf.censored), "erf_area": erf.area}
         rows = [{"stage": unit.name, "metric": k, "value": v, "layer": maps.layer,
                  "protocol": c.protocol, "note": note} for k, v in values.items()]
         if _per_layer(c):
@@ -173,7 +174,8 @@ def _layer_rows(model: nn.Module, c: ImportanceConfig, seed: int, device, images
     return [{"stage": stage, "metric": f"layer_{k}", "value": float(r[k]), "layer": r["layer"],
              "index": i, "protocol": "default", "note": note}
             for i, r in enumerate(t.to_dict("records"))
-            for k in ("erf_size", "erf_sigma", "erf_r2") if pd.notna(r[k])]  # (no ERF: no row)
+            for k in ("erf_size", "erf_censored", "erf_sigma", "erf_r2")
+            if pd.notna(r[k])]  # (no ERF: no row)
 
 
 def _per_layer(c: ImportanceConfig) -> bool:
