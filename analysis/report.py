@@ -143,8 +143,11 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
         wanted.append((f"{st}: observed tail start (layer #)",
                        select(d, stage=st, metric="tail_observed")))
     for st in present_stages(d, "importance"):
-        for m in ("importance_max", "erf_size"):
-            wanted.append((f"{st}: {m}", select(d, stage=st, metric=m)))
+        wanted.append((f"{st}: importance_max", select(d, stage=st, metric="importance_max")))
+        cut = select(d, stage=st, metric="erf_size_censored")
+        k = int((cut["value"] > 0).sum())  # sizes bounded by the image: their ranks too
+        wanted.append((f"{st}: erf_size" + (f" ({k} of {len(cut)} cut by the image)" if k
+                                            else ""), select(d, stage=st, metric="erf_size")))
     rows = []
     for name, obs in wanted:
         if obs["value"].notna().sum() >= 3 and obs["receptive_field"].nunique() > 1:

@@ -588,3 +588,21 @@ def test_panels_wrap_into_rows_no_wider_than_asked(n, width, max_width):
     pos = [ax.get_subplotspec().get_topmost_subplotspec().rowspan.start * 100
            + ax.get_subplotspec().colspan.start for ax in axes]
     assert pos == sorted(pos)
+
+
+def test_the_rank_correlation_of_erf_size_says_how_many_sizes_the_image_cut():
+    from analysis.report import _correlations
+    from analysis.stats import with_cell
+
+    rows = []
+    for level, rf in ((0, 9), (1, 18)):
+        for seed in (0, 1):
+            base = dict(run_id=f"c{level}/seed={seed}", arch="small_cnn", dataset="digits",
+                        width=1.0, pool_level=level, pool_kernel=2, pool_stride=level + 1,
+                        pool_padding=0, receptive_field=rf, seed=seed, protocol="default")
+            rows += [dict(base, stage="train", metric="test_acc", index=1, value=0.5 + seed / 10),
+                     dict(base, stage="importance_final", metric="erf_size", value=20.0 + rf),
+                     dict(base, stage="importance_final", metric="erf_size_censored",
+                          value=float(level == 1 and seed == 1))]
+    names = list(_correlations(with_cell(to_frame(rows)), []).cells["Quantity (per seed)"])
+    assert "importance_final: erf_size (1 of 4 cut by the image)" in names
