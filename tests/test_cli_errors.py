@@ -165,3 +165,18 @@ def test_ctrl_c_is_one_line_and_exit_status_130(monkeypatch, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "landscape-run: interrupted: finished units are kept, and the same command goes on "
         "from there"]
+
+
+@pytest.mark.parametrize("main, prog, says", [
+    ("cells_main", "landscape-cells", "the cell-level stages"),
+    ("run_main", "landscape-run", "train one run"),
+    ("rf_main", "landscape-rf", "the analytic receptive field of a model"),
+])
+def test_help_names_the_command_and_what_it_does_over_the_config_groups(console, main, prog,
+                                                                        says):
+    """``--help`` began "cli is powered by Hydra.": neither the command nor what it does."""
+    code, out, err = console(main, "--help")
+    assert code in (0, None) and not err
+    assert out.startswith(f"usage: {prog} [group=option ...] [key=value ...]\n\n{prog}: {says}")
+    assert "powered by Hydra" not in out and "``" not in out
+    assert "== Configuration groups ==" in out and "== Config ==" in out

@@ -38,7 +38,28 @@ __all__ = [
 ]
 
 
-@hydra_command("landscape-run", "config")
+RUN_ABOUT = """\
+landscape-run: train one run (model x data x seed) and run its enabled stages (pruning,
+Hessian, CKA, importance, probes, ...); results under results_root, as tidy rows
+(landscape.results.load). Every setting is checked before anything is written; the same
+command resumes an interrupted run, and a unit whose settings changed is recomputed. -m runs a
+grid (Hydra multirun; landscape-submit runs one on Slurm or local workers).
+
+    landscape-run model=vgg19 model.pool_level=2 data=digits seed=0 hessian.enabled=true
+    landscape-run -m model=resnet18 model.pool_level=0,1,2 seed=0,1 num_threads=1
+    landscape-run experiment=paper_small        # a named grid (configs/experiment/)
+"""
+
+CELLS_ABOUT = """\
+landscape-cells: the cell-level stages (CKA between seeds, ...) of every cell under
+results_root whose seeds have trained, with the settings given here; finished units are kept.
+landscape-submit and landscape-run -m run them themselves after a grid.
+
+    landscape-cells results_root=results cka.enabled=true
+"""
+
+
+@hydra_command("landscape-run", "config", about=RUN_ABOUT)
 def run_main(cfg: DictConfig) -> dict[str, Any]:
     from landscape.pipeline import run, validate
 
@@ -54,7 +75,7 @@ def run_main(cfg: DictConfig) -> dict[str, Any]:
     return {"run_dir": summary.run_dir, "status": summary.status}
 
 
-@hydra_command("landscape-cells", "config")
+@hydra_command("landscape-cells", "config", about=CELLS_ABOUT)
 def cells_main(cfg: DictConfig) -> None:
     """Cell-level stages (CKA between seeds) for every cell under ``results_root``."""
     from landscape.pipeline import run_cells

@@ -4,8 +4,10 @@ console scripts. With ``landscape.cli`` the only code that imports Hydra."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
+import io
 import os
 import sys
 from dataclasses import is_dataclass
@@ -128,12 +130,23 @@ INTERRUPTED = {p: ": finished units are kept, and the same command goes on from 
                for p in ("landscape-run", "landscape-cells")}
 
 
-def hydra_command(prog: str, config_name: str) -> Callable[[TaskFunction], Callable[[], Any]]:
+def command_help(prog: str, about: str, hydra_help: str) -> str:
+    """``prog --help``: a usage line and ``about`` (what the command does, examples) over
+    Hydra's listing of the config groups and the composed config, without its header line
+    ("<module> is powered by Hydra.", which named neither the command nor what it does)."""
+    listing = hydra_help[hydra_help.find("== "):] if "== " in hydra_help else hydra_help
+    return (f"usage: {prog} [group=option ...] [key=value ...]\n\n"
+            f"{about.strip().replace('``', '')}\n\n{listing}")
+
+
+def hydra_command(prog: str, config_name: str,
+                  about: str = "") -> Callable[[TaskFunction], Callable[[], Any]]:
     """``@hydra.main`` over ``configs/<config_name>.yaml`` for the console script ``prog``,
     whose composition errors (a bad group option, a value of the wrong type, an unknown key, a
     malformed override) are one line and exit status 2. Hydra raises them instead of printing
     them when ``HYDRA_FULL_ERROR=1`` (so an error of the task keeps its whole traceback too);
-    set by the user, it keeps Hydra's own report."""
+    set by the user, it keeps Hydra's own report. ``--help`` starts with ``about``
+    (:func:`command_help`)."""
 
     def decorate(task: TaskFunction) -> Callable[[], Any]:
         main = hydra.main(config_path=CONFIG_DIR, config_name=config_name,
@@ -141,6 +154,12 @@ def hydra_command(prog: str, config_name: str) -> Callable[[TaskFunction], Calla
 
         @functools.wraps(task)
         def command() -> Any:
+            if about and {"--help", "-h"} & set(sys.argv[1:]):
+                with contextlib.redirect_stdout(io.StringIO()) as out:
+                    with contextlib.suppress(SystemExit):  # Hydra exits 0 after its help
+                        main()
+                print(command_help(prog, about, out.getvalue()), end="", flush=True)
+                return None
             full_error = os.environ.get("HYDRA_FULL_ERROR")
             os.environ["HYDRA_FULL_ERROR"] = "1"
             try:

@@ -108,7 +108,7 @@ def _write_png(path: Path, fig: Figure) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
-@hydra_command(PROG, "erf")
+@hydra_command(PROG, "erf", about=__doc__)
 def erf_main(cfg: DictConfig) -> None:
     """Run the sweep of ``configs/erf.yaml`` and write its tables and figures to ``out``."""
     from analysis.erf import depth_slopes

@@ -179,7 +179,7 @@ class _Analysis:
         return written
 
 
-@hydra_command("landscape-rf", "rf")
+@hydra_command("landscape-rf", "rf", about=__doc__)
 def rf_main(cfg: DictConfig) -> None:
     """Print (and with ``out`` write) the analytic receptive field of ``model`` (module doc)."""
     from landscape.models.sources import is_external
