@@ -66,6 +66,7 @@ def test_erf_before_and_after_training_in_the_pipeline_and_its_figure(tmp_path):
     assert set(erf["stage"]) == {"importance_init", "importance_final"}
     assert erf["note"].str.contains("mode=images (the first 8 test images, 16 px", regex=False).all()
     assert ((erf["value"] > 0) & (erf["value"] <= 32)).all()
+    assert erf["note"].str.contains(r"; layer=features\.\d+ \(auto: the deepest conv\); ").all()
     fig = plots.erf_vs_receptive_field(with_cell(df))
     assert fig is not None
     ax = fig.axes[0]

@@ -134,7 +134,9 @@ class ImportanceStage(Stage):
                 if c.mode == "images" else "")
         erf = erf_stats(maps.mean_map, mass_fraction=c.mass_fraction,
                         rel_threshold=c.rel_threshold)
-        note = (f"checkpoint={checkpoint}; {how}; layer={maps.layer}; "
+        chosen = ("" if c.layer is not None and c.protocol == "default" else
+                  " (the paper's probe)" if c.protocol == "paper" else " (auto: the deepest conv)")
+        note = (f"checkpoint={checkpoint}; {how}; layer={maps.layer}{chosen}; "
                 f"input_size={c.input_size}; bn={maps.bn_mode}; centre={maps.centre}; "
                 f"mass_fraction={c.mass_fraction}; rel_threshold={c.rel_threshold}")
         values = {"importance_max": maps.max_mean, "importance_max_std": maps.max_std,
