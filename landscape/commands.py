@@ -55,6 +55,7 @@ def _root(value: str) -> Path:
 @quiet_on_closed_pipe
 def status_main(argv: Optional[Sequence[str]] = None) -> int:
     """``landscape-status [results_root] [--runs]``: the grid's state, per cell and unit."""
+    from landscape.grid.finish import cell_variants
     from landscape.grid.status import run_states
     from landscape.results import read_submissions
 
@@ -68,6 +69,11 @@ def status_main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"no results folder at {root.resolve()}")
     print(run_states(root).to_string(index=False) if args.runs
           else format_status(status_table(root)))
+    told = {c: v for c, v in cell_variants(root).items() if v}
+    if told:  # folder names differ only by their hash there
+        width = max(map(len, told))
+        print("\ncells told apart by settings their folder names leave out:\n" + "\n".join(
+            f"  {c:<{width}}  {v}" for c, v in sorted(told.items())))
     if any(s.get("backend") == "slurm" for s in read_submissions(root)):
         print(f"\nlogs of the Slurm jobs: {root / '.submitit'}/<job id>_<task>_log.out|err")
     return 0

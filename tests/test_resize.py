@@ -255,7 +255,7 @@ def test_two_input_sizes_of_one_pool_are_two_rows_never_pooled_as_seeds():
     np.testing.assert_allclose(acc["test_acc_mean"], [0.735, 0.935])
 
 
-def test_input_size_is_no_variant_but_another_setting_is(tmp_path):
+def test_input_size_is_no_variant_but_another_setting_is(tmp_path, capsys):
     from landscape import results
 
     def cell(name, lr, size, resize="direct"):
@@ -277,6 +277,13 @@ def test_input_size_is_no_variant_but_another_setting_is(tmp_path):
     assert cell_variants(tmp_path) == {"a": "", "b": "", "c": "", "d": "train.lr=0.01"}
     assert results.cell_variants(tmp_path, defaults={"train": {"lr": 0.01}}) == {
         "a": "train.lr=0.1", "b": "train.lr=0.1", "c": "train.lr=0.1", "d": ""}
+    # landscape-status names what the folder names (here a, b, c, d) leave out
+    from landscape.commands import status_main
+
+    assert status_main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("cells told apart by settings their folder names leave out:\n"
+                        "  d  train.lr=0.01\n")
 
 
 def test_the_direct_protocol_keeps_run_names_and_another_one_names_itself():
