@@ -127,6 +127,20 @@ def mark_censored(ax: Any, mean: pd.Series, at: set, colour: str, marker: str) -
     return True
 
 
+def legend_below(fig: Figure, axes: Sequence[Any], max_cols: int = 2) -> None:
+    """One legend under the panels with every panel's entries once: a legend inside a panel
+    covered the lines once the labels named input sizes and protocols."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:  # as many columns as fit the figure's width (7 pt text: ~0.053 in a char)
+        column = 0.6 + 0.053 * max(map(len, entries))
+        ncol = max(1, min(max_cols, len(entries), int(fig.get_figwidth() // column)))
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center",
+                   ncol=ncol, fontsize=7, frameon=False)
+
+
 def integer_ticks(axis: Axis) -> None:
     """Ticks at whole numbers only (eigenvalue rank, epoch, layer index), one at least (a
     single rank or epoch)."""
@@ -684,10 +698,10 @@ def resolution_curves(df: pd.DataFrame, *, arch: str | None = None, dataset: str
         ax.set_xlabel("input size at test time (px)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(stage_title(st))
-        ax.legend(loc="best")
+    legend_below(fig, axes)
     _suptitle(fig, g, "test accuracy vs test-time input size\n(dotted: training size; "
                       "ticks: r̃; band: min-max over seeds"
-                      + ("; dashed: tested on plain resized images, not its own protocol"
+                      + ("; dashed: plain resized images, not the run's protocol"
                          if plain else "") + ")")
     return fig
 

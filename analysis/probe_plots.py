@@ -127,7 +127,10 @@ def position_maps(df: pd.DataFrame, *, arch: str | None = None, dataset: str | N
                 continue
             piv = c.pivot_table(index="coord_y", columns="coord_x", values="value")
             im = ax.imshow(piv.to_numpy(float), vmin=0, vmax=top, cmap="magma", origin="upper")
-            ax.set_title(f"{label}, n={c['seed'].nunique()}")
+            # the level on one line, the input size on the next: in one line, the titles of
+            # neighbouring panels ran into each other
+            ax.set_title(f"{label}, n={c['seed'].nunique()}".replace(", ", "\n", 1),
+                         fontsize=9)
             ax.set_xlabel("column")
             ax.set_ylabel(f"{layer}\nrow" if j == 0 else "row")
             ax.grid(False)

@@ -166,4 +166,4 @@ def test_a_protocol_run_tested_on_plain_images_is_dashed_and_said_so():
     assert sorted(styles.values()) == ["-", "-", "--"]
     [dashed] = [k for k, v in styles.items() if v == "--"]
     assert "canvas" in dashed and "(plain images)" in dashed
-    assert "dashed: tested on plain resized images" in fig._suptitle.get_text()
+    assert "dashed: plain resized images" in fig._suptitle.get_text()
