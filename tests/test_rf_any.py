@@ -367,6 +367,42 @@ def test_batchnorm_over_batch_and_tokens_merged_keeps_the_geometry():
     assert (measured.height, measured.width) == (7, 7)
 
 
+class Repeated(nn.Module):
+    """conv3 -> copies along the batch of windows (GCViT repeats its global query for every
+    window: ``repeat_interleave`` on dim 0), along channels (``repeat``), or along the
+    width (``how="width"``, tiling positions: refused) -> conv3."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.how == "batch":  # two copies of every image, merged into channels again
+            n, c, h, w = y.shape
+            y = y.repeat_interleave(2, dim=0).reshape(n, 2 * c, h, w)
+        elif self.how == "channels":
+            y = y.repeat(1, 2, 1, 1)
+        else:
+            y = torch.cat([y, y], 1).repeat(1, 1, 1, 2)[..., :x.shape[-1]]
+        return self.b(y)
+
+
+@pytest.mark.parametrize("how", ["batch", "channels"])
+def test_copies_along_the_batch_or_channels_keep_the_geometry(how):
+    t = receptive_field_table(Repeated(how), 16).set_index("layer")
+    assert list(t.loc["b", ["r_min", "r_max", "jump", "out_size"]]) == [5, 5, 1, 16]
+    measured = measure_receptive_field(Repeated(how).eval(), "b")
+    assert (measured.height, measured.width) == (5, 5)
+
+
+def test_copies_along_a_spatial_axis_are_refused_by_name():
+    with pytest.raises(UnsupportedModelError, match="repeats along a dimension that holds "
+                                                    "image positions"):
+        receptive_field_table(Repeated("width"), 16)
+
+
 class CachedBias(nn.Module):
     """Caches a tensor per input device in eval mode, as timm's LeViT does with its attention
     biases: an fx trace stored a proxy there under the proxy's device name."""

@@ -301,6 +301,23 @@ def test_heads_of_a_windowed_attention_stacked_into_channels_are_one_merge():
     assert analytic_spans(model) == gradient_spans(model)
 
 
+def test_gcvit_global_query_repeated_for_every_window_is_global_mixing():
+    """timm's GCViT was refused at ``repeat_interleave`` (its global query, one map of window
+    size for the whole image, copied for every window along the batch of windows). The query
+    of a window's tokens then comes from far outside the window: the global-attention block
+    mixes globally; the local window block before it keeps its window (7 tokens at jump 4:
+    r_max 11 + 6 x 4 = 35)."""
+    pytest.importorskip("timm")
+    from landscape.receptive_field import timm_model
+
+    t = receptive_field_table(timm_model("gcvit_xxtiny", num_classes=10), 224)
+    r = t.set_index("layer")
+    assert r.loc["stages.0.blocks.0.attn.proj", ["r_min", "r_max"]].tolist() == [7, 35]
+    assert r.loc["stages.0.global_block.blocks.pool3", "r_max"] == 123  # the global query
+    assert layer_states(t)[list(r.index).index("stages.0.blocks.1.attn.proj")] == "global"
+    assert mixes_globally(t)
+
+
 def test_efficientvit_msra_is_analysed():
     """timm's EfficientViT-MSRA (convs and cascaded heads on 7x7 windows folded into the
     batch) was refused at its first depthwise conv on a window; at 224 px its stage-1

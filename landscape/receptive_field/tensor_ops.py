@@ -326,6 +326,34 @@ def split(ctx: Ctx) -> Result:
     return _with(x, layout), None
 
 
+def repeat(ctx: Ctx) -> Result:
+    """``repeat_interleave`` / ``repeat`` copies along dimensions that hold no image position
+    (GCViT repeats its global query for every window along the batch of windows): the
+    layout is refitted to the new sizes; a repeat along a spatial dimension is not followed.
+    A global tensor stays global."""
+    if isinstance(ctx.x, Geometry) and not ctx.x.is_local:
+        return GLOBAL, None
+    x, node = ctx.local_x(), ctx.node
+    if node.target in ("repeat_interleave", torch.repeat_interleave):
+        dim = ctx.resolve(arg(node, 2, "dim", None))
+        dims = (list(range(len(x.layout))) if dim is None  # flattened first: every dim
+                else [L.norm_dim(dim, len(x.layout), ctx.where)])
+        if dim is None and len(x.layout) > 1:
+            raise Skip(f"{ctx.where} repeats the flattened tensor (repeat_interleave without "
+                       "dim)")
+    else:  # x.repeat(*sizes): sizes beyond x's dimensions add leading ones
+        sizes = [ctx.resolve(a) for a in node.args[1:]]
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = list(sizes[0])
+        if len(sizes) != len(x.layout):
+            raise Skip(f"{ctx.where} repeats into {len(sizes)} dimensions from "
+                       f"{len(x.layout)}")
+        dims = [d for d, k in enumerate(sizes) if int(k) != 1]
+    if any(L.is_spatial(x.layout[d]) for d in dims):
+        raise Skip(f"{ctx.where} repeats along a dimension that holds image positions")
+    return _with(x, L.fit(x.layout, ctx.need_shape(node), ctx.where)), None
+
+
 def pad(ctx: Ctx) -> Result:
     x, mod = ctx.local_x(), ctx.mod
     if mod is not None:
@@ -378,6 +406,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     torch.broadcast_to: reshape, operator.getitem: getitem, builtins.getattr: getattr_,
     torch.cat: cat, torch.concat: cat, torch.concatenate: cat, torch.stack: stack,
     torch.chunk: split, torch.split: split, torch.tensor_split: split, torch.unbind: split,
+    torch.repeat_interleave: repeat,
     swin_transformer._patch_merging_pad: patch_merge, F.pad: pad,
 }
 METHOD_RULES: dict[str, Rule] = {
@@ -387,4 +416,5 @@ METHOD_RULES: dict[str, Rule] = {
                             "reshape_as", "squeeze", "unsqueeze", "expand", "expand_as",
                             "broadcast_to")},
     **{m: split for m in ("chunk", "split", "tensor_split", "unbind")},
+    "repeat_interleave": repeat, "repeat": repeat,
 }
