@@ -26,6 +26,22 @@ def _cfg(root, *extra):
     return cfg
 
 
+def _final_model(cfg, root) -> torch.nn.Module:
+    """The run's model with its final checkpoint's weights, on the CPU."""
+    ident = identify(cfg)
+    model = ident.build_model()
+    state = torch.load(results.run_paths(root, ident.cell_name, 0).checkpoints / "final.pt",
+                       map_location="cpu", weights_only=False)["model"]
+    model.load_state_dict(state)
+    return model
+
+
+def _test_split(data) -> tuple[torch.Tensor, torch.Tensor]:
+    test = data.test
+    return (torch.stack([test[i][0] for i in range(len(test))]),
+            torch.tensor([int(test[i][1]) for i in range(len(test))]))
+
+
 def test_the_training_size_row_is_the_training_evaluation_and_other_sizes_are_renormalised(
         tmp_path):
     cfg = _cfg(tmp_path, "resolution.enabled=true", "resolution.sizes=[24,8,16]")
@@ -39,14 +55,9 @@ def test_the_training_size_row_is_the_training_evaluation_and_other_sizes_are_re
     assert res.loc[("resolution_test_loss", 16)] == final["test_loss"]
 
     # 24 px: the digits loaded at 24 px, put in the 16 px data's normalisation, by hand
-    ident = identify(cfg)
-    model = ident.build_model()
-    state = torch.load(results.run_paths(tmp_path, ident.cell_name, 0).checkpoints / "final.pt",
-                       map_location="cpu", weights_only=False)["model"]
-    model.load_state_dict(state)
+    model = _final_model(cfg, tmp_path)
     d16, d24 = load_dataset(cfg.data), load_dataset(dataclasses.replace(cfg.data, image_size=24))
-    x = torch.stack([d24.test[i][0] for i in range(len(d24.test))])
-    y = torch.tensor([int(d24.test[i][1]) for i in range(len(d24.test))])
+    x, y = _test_split(d24)
     x = (x * d24.std[0] + d24.mean[0] - d16.mean[0]) / d16.std[0]
     with torch.no_grad():
         logits = model.eval()(x)
@@ -110,14 +121,9 @@ def test_same_protocol_tests_a_canvas_run_on_its_own_canvases_at_every_size(tmp_
     final = df[(df["stage"] == "train") & (df["index"] == 1)].set_index("metric")["value"]
     assert res.loc[("resolution_test_acc", 24)] == final["test_acc"]
 
-    ident = identify(cfg)
-    model = ident.build_model()
-    state = torch.load(results.run_paths(tmp_path, ident.cell_name, 0).checkpoints / "final.pt",
-                       map_location="cpu", weights_only=False)["model"]
-    model.load_state_dict(state)
+    model = _final_model(cfg, tmp_path)
     d24, d32 = load_dataset(cfg.data), load_dataset(dataclasses.replace(cfg.data, image_size=32))
-    x = torch.stack([d32.test[i][0] for i in range(len(d32.test))])
-    y = torch.tensor([int(d32.test[i][1]) for i in range(len(d32.test))])
+    x, y = _test_split(d32)
     raw = x * d32.std[0] + d32.mean[0]
     ink = raw[:, 0].abs() > 1e-5  # each 16 px digit somewhere on its 32 px black canvas
     for axis in (1, 2):
