@@ -11,8 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.plots import (_figure, _levels, _panels, _styled, _suptitle, mean_band, present_stages,
-                            stage_title)
+from analysis.plots import (_figure, _levels, _panels, _styled, _suptitle, mean_band,
+                            present_stages, stage_title)
 from analysis.stats import grid_frame, pruning_rows, select
 from analysis.tables import settings_tag
 
