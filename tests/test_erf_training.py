@@ -67,6 +67,20 @@ def test_erf_before_and_after_training_in_the_pipeline_and_its_figure(tmp_path):
     assert erf["note"].str.contains("mode=images (the first 8 test images, 16 px", regex=False).all()
     assert ((erf["value"] > 0) & (erf["value"] <= 32)).all()
     assert erf["note"].str.contains(r"; layer=features\.\d+ \(auto: the deepest conv\); ").all()
+    # a store written before erf_size_censored: the report reads it from the saved mean maps,
+    # equal to what the units record now
+    from landscape.stages.importance import censoring_rows
+
+    cut = df[df["metric"] == "erf_size_censored"].set_index(["run_id", "stage"])["value"]
+    arrays = {st: results.load_arrays(tmp_path, st) for st in set(erf["stage"])}
+    older = df[df["metric"] != "erf_size_censored"]
+    again = {(r["run_id"], r["stage"]): r["value"] for r in censoring_rows(older, arrays)}
+    assert again == cut.to_dict() and len(again) == len(erf)
+    assert censoring_rows(df, arrays) == []  # nothing to add where the units have it
+    (stage, run), = list(cut.index[:1].swaplevel())  # a map that fills the whole input
+    arrays[stage][run] = {**arrays[stage][run], "mean_map": np.ones((32, 32))}
+    again = {(r["run_id"], r["stage"]): r["value"] for r in censoring_rows(older, arrays)}
+    assert again[run, stage] == 1.0 and sum(again.values()) == 1.0 + cut.drop((run, stage)).sum()
     fig = plots.erf_vs_receptive_field(with_cell(df))
     assert fig is not None
     ax = fig.axes[0]

@@ -52,11 +52,15 @@ def write_root_report(root: str | Path, out: Optional[str | Path] = None, *,
     from analysis.reference import paper_tables
     from analysis.report import DEFAULT_TITLE, write_report
     from landscape.stages import stage_names
+    from landscape.stages.importance import censoring_rows
 
     root = Path(root)
     df = results.load(root)
     arrays = {st: results.load_arrays(root, st) for st in df["stage"].dropna().unique()
               if str(st).startswith("importance_")}
+    older = censoring_rows(df, arrays)  # units written before erf_size_censored existed
+    if older:
+        df = pd.concat([df, results.to_frame(older)], ignore_index=True)
     return write_report(df, Path(out) if out else root / "report", arrays=arrays,
                         title=title or DEFAULT_TITLE, results_root=root,
                         failures=results.failures(root),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -29,7 +30,7 @@ from torch import nn
 from landscape.activations import ActivationCapture
 from landscape.identity import RunIdentity
 from landscape.importance import (
-    MODES, ImportanceMaps, erf_stats, paper_importance, paper_maps, paper_probe,
+    MODES, ImportanceMaps, erf_square, erf_stats, paper_importance, paper_maps, paper_probe,
     paper_projection, projected_gradient_maps,
 )
 from landscape.importance.layer_erf import conv_sites, layer_erf_table, site_rf
@@ -178,6 +179,28 @@ def _layer_rows(model: nn.Module, c: ImportanceConfig, seed: int, device, images
             for i, r in enumerate(t.to_dict("records"))
             for k in ("erf_size", "erf_censored", "erf_sigma", "erf_r2")
             if pd.notna(r[k])]  # (no ERF: no row)
+
+
+def censoring_rows(df: pd.DataFrame, arrays: dict) -> list[dict]:
+    """``erf_size_censored`` for the units written before it was recorded, from each unit's
+    saved mean map (``arrays``: stage -> run_id -> its arrays, as ``results.load_arrays``)
+    by the same :func:`~landscape.importance.erf_square` at the unit's ``mass_fraction``: the
+    report marks their ERF sizes too. None for a unit that has the row or no saved map."""
+    sizes = df[(df["metric"] == "erf_size") & df["stage"].astype(str).str.startswith(
+        "importance_")]
+    flagged = df.loc[df["metric"] == "erf_size_censored", ["run_id", "stage"]]
+    have = set(zip(flagged["run_id"], flagged["stage"]))
+    rows = []
+    for r in sizes.to_dict("records"):
+        m = arrays.get(r["stage"], {}).get(r["run_id"], {}).get("mean_map")
+        if (r["run_id"], r["stage"]) in have or m is None or not m.any():
+            continue
+        fraction = float(re.search(r"mass_fraction=([0-9.eE-]+)", str(r["note"])).group(1)
+                         if "mass_fraction=" in str(r["note"]) else 0.95)
+        _, cut = erf_square(m, mass_fraction=fraction)
+        rows.append({**r, "metric": "erf_size_censored", "value": float(cut),
+                     "note": f"{r['note']}; censoring read from the saved mean map"})
+    return rows
 
 
 def _per_layer(c: ImportanceConfig) -> bool:
