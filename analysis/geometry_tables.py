@@ -134,7 +134,8 @@ def pruned_hessian_table(df: pd.DataFrame, *, arch: str | None = None,
             numbers.append(num)
     slug = (f"{grid_slug(g)}-pruned-hessian-{criterion}{'-paper' if protocol == 'paper' else ''}"
             + settings_slug(prune_settings, finetune_settings))
-    note = shared_note(measured["note"].dropna().unique())
+    kept = measured.dropna(subset=["note"]).drop_duplicates(["note", "cell", "metric"])
+    note = shared_note(kept["note"], kept["cell"], kept["metric"])
     return Table(slug.replace(":", "-"),
                  f"{grid_title(g)}: curvature of the pruned networks, criterion {criterion}"
                  + tag + (" (paper protocol)" if protocol == "paper" else ""),

@@ -180,7 +180,8 @@ def border_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | No
                         "observed_mean": float(np.nanmean(starts)) if any(
                             np.isfinite(starts)) else np.nan,
                         "agree": agree, "seeds": len(seeds)})
-    note = shared_note(s["note"].dropna().unique())
+    kept = s.dropna(subset=["note"]).drop_duplicates(["note", "cell", "metric"])
+    note = shared_note(kept["note"], kept["cell"], kept["metric"])
     return Table(f"{grid_slug(g)}-{stage}-border".replace("_", "-"),
                  f"{grid_title(g)}: predicted border layer vs observed tail ({stage})",
                  pd.DataFrame(rows), pd.DataFrame(numbers),

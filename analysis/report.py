@@ -357,11 +357,11 @@ def _grid_blocks(g: pd.DataFrame, arrays: Any, reference: pd.DataFrame | None,
     kw = dict(zip(GRID_COLUMNS, grids(g)[0]))
     done = completeness(g, stage_order, empty)
     seeds = ", ".join(str(s) for s in sorted(g["seed"].dropna().unique()))
-    notes = g.dropna(subset=["note"]).drop_duplicates(["stage", "note"])
+    notes = g.dropna(subset=["note"]).drop_duplicates(["stage", "note", "cell", "metric"])
     blocks: list[Block] = [
         ("h2", grid_title(g)), ("table", _overview(g, done)),
         ("p", f"Seeds: {seeds}. Stage settings (from the rows' notes):"),
-        ("list", [f"{st}: {shared_note(n['note'])}"  # one line per unit, cells' differences in it
+        ("list", [f"{st}: {shared_note(n['note'], n['cell'], n['metric'])}"  # one line per unit
                   for st, n in notes.groupby("stage", sort=False)])]
     blocks += _table_blocks(g, kw, reference, stage_order)
     blocks += _figure_blocks(g, kw, arrays, out)

@@ -85,13 +85,20 @@ def note_fields(note: object) -> dict[str, str]:
     return dict(p.split("=", 1) for p in str(note).split("; ") if "=" in p)
 
 
-def shared_note(notes: Iterable[object]) -> str:
-    """One note for the rows of several cells (a table's footnote): each ``k=v`` part once,
-    a part whose value differs between them as ``k=v1 / v2 (per cell)`` (the first note had
-    been shown for all: ``input_size=24`` under a table of 16, 24 and 32 px cells), and a
-    free-text part only when every note has it."""
-    parts = [str(n).split("; ") for n in notes if not pd.isna(n)]
-    fields = [note_fields("; ".join(p)) for p in parts]
+def shared_note(notes: Iterable[object], cells: Sequence[object] | None = None,
+                metrics: Sequence[object] | None = None) -> str:
+    """One note for rows of several cells (a table's footnote, a unit's settings): each
+    ``k=v`` part once, and a free-text part only when every note has it. A part whose value
+    differs is ``k=v1 / v2`` with where it differs: ``(per cell)`` when each cell of
+    ``cells`` (parallel to ``notes``) has one value (``input_size=24`` had been shown under a
+    table of 16, 24 and 32 px cells), else each value with the ``metrics`` it belongs to when
+    each metric has one (the sharpness unit's ``rho=0.5 (adaptive_sharpness) / 0.05
+    (standard_sharpness)``: it had been labelled per cell), else ``(differs between rows)``."""
+    rows = [(str(n), c, m) for n, c, m in zip(
+        notes, cells if cells is not None else _nones(), metrics if metrics is not None
+        else _nones()) if not pd.isna(n)]
+    parts = [n.split("; ") for n, _, _ in rows]
+    fields = [note_fields(n) for n, _, _ in rows]
     out, seen = [], set()
     for part in dict.fromkeys(x for p in parts for x in p):
         key = part.split("=", 1)[0] if "=" in part else None
@@ -99,9 +106,32 @@ def shared_note(notes: Iterable[object]) -> str:
             out.append(part)
         elif key is not None and key not in seen:
             seen.add(key)
-            v = list(dict.fromkeys(f[key] for f in fields if key in f))
-            out.append(f"{key}={v[0]}" if len(v) == 1 else f"{key}={' / '.join(v)} (per cell)")
+            have = [(f[key], c, m) for f, (_, c, m) in zip(fields, rows) if key in f]
+            v = list(dict.fromkeys(x for x, _, _ in have))
+            out.append(f"{key}={v[0]}" if len(v) == 1 else _varying(key, v, have,
+                                                                     cells is not None,
+                                                                     metrics is not None))
     return "; ".join(out)
+
+
+def _nones():
+    while True:
+        yield None
+
+
+def _varying(key: str, values: list[str], have: list[tuple], by_cell: bool,
+             by_metric: bool) -> str:
+    """``k=v1 / v2 (where)`` for :func:`shared_note`."""
+    def one_each(i: int) -> bool:
+        seen: dict = {}
+        return all(seen.setdefault(h[i], h[0]) == h[0] for h in have)
+
+    if by_cell and one_each(1):
+        return f"{key}={' / '.join(values)} (per cell)"
+    if by_metric and one_each(2):
+        owners = {v: list(dict.fromkeys(str(m) for x, _, m in have if x == v)) for v in values}
+        return f"{key}=" + " / ".join(f"{v} ({', '.join(owners[v])})" for v in values)
+    return f"{key}={' / '.join(values)} (differs between rows)"
 
 
 def _settings_labels(notes: Mapping[str, object], skip: str = "") -> dict[str, str]:

@@ -570,9 +570,23 @@ def test_a_shared_note_shows_what_differs_between_cells():
     notes = ["checkpoint=final; n_train=256 (no augmentation); input_size=24; C=1.0",
              "checkpoint=final; n_train=256 (no augmentation); input_size=16; C=1.0",
              "checkpoint=final; n_train=256 (no augmentation); input_size=24; C=1.0; extra"]
-    assert shared_note(notes) == ("checkpoint=final; n_train=256 (no augmentation); "
-                                  "input_size=24 / 16 (per cell); C=1.0")
+    assert shared_note(notes, ["a", "b", "a"]) == (
+        "checkpoint=final; n_train=256 (no augmentation); input_size=24 / 16 (per cell); C=1.0")
     assert shared_note(notes[:1]) == notes[0] and shared_note([]) == ""
+    # without the cells, it is not said where the values differ
+    assert "input_size=24 / 16 (differs between rows)" in shared_note(notes)
+
+
+def test_a_setting_that_differs_between_metrics_of_one_cell_says_which_has_which():
+    """The sharpness unit's rho is 0.5 for the adaptive rows and 0.05 for the standard ones
+    in every cell: it had been labelled "rho=0.5 / 0.05 (per cell)"."""
+    notes = ["checkpoint=final; rho=0.5; steps=5", "checkpoint=final; rho=0.05; steps=5"] * 2
+    cells = ["a", "a", "b", "b"]
+    metrics = ["adaptive_sharpness", "standard_sharpness"] * 2
+    assert shared_note(notes, cells, metrics) == (
+        "checkpoint=final; rho=0.5 (adaptive_sharpness) / 0.05 (standard_sharpness); steps=5")
+    mixed = shared_note(notes, cells, ["m"] * 4)  # neither one per cell nor one per metric
+    assert "rho=0.5 / 0.05 (differs between rows)" in mixed
 
 
 @settings(max_examples=40, deadline=None)
