@@ -1,6 +1,7 @@
 """Importance-map stage: projected-gradient maps and ERF size (at init by default), as rows
-``importance_max`` / ``importance_max_std`` / ``importance_n`` / ``erf_size`` / ``erf_area``
-plus the mean map and the per-sample maxima saved as arrays for plotting.
+``importance_max`` / ``importance_max_std`` / ``importance_n`` / ``erf_size`` /
+``erf_size_censored`` (1 where the image cut the ERF's square) / ``erf_area`` plus the mean
+map and the per-sample maxima saved as arrays for plotting.
 
 ``protocol=default`` (unit ``importance_<checkpoint>``): our measurement on the run's own
 weights (``mode``: random inputs or the linearised net), at the last conv layer.
@@ -10,7 +11,7 @@ seeded from the run's seed (the paper's Tables 3 and 4 average 50: 10 per seed o
 cell), at a trained checkpoint on its weights (one map).
 
 With ``per_layer`` (protocol default), every conv layer's centre unit too: ``layer_erf_size``
-/ ``layer_erf_sigma`` / ``layer_erf_r2`` per checkpoint, and unit ``importance_rf`` (one per
+/ ``layer_erf_censored`` / ``layer_erf_sigma`` / ``layer_erf_r2`` per checkpoint, and unit ``importance_rf`` (one per
 run) their analytic ``layer_r_max`` at ``input_size``; it records the RF analysis's version,
 so a change to the analysis recomputes that unit, not the maps.
 """
