@@ -298,21 +298,25 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
          "(cka.to_final), per receptive field."),
         ("erf-trajectory", lambda: dynamics_plots.erf_trajectory(g, **kw),
          "ERF size of the last conv at each checkpoint the importance stage measured, per "
-         "receptive field."),
+         "receptive field; hollow: some seed's ERF square reached past the image's edge (the "
+         "image cut the ERF)."),
         ("resolution", lambda: plots.resolution_curves(g, **kw),
          "Test accuracy of the trained checkpoint evaluated at other input sizes (the "
-         "resolution stage); dotted: the training size, ticks: r̃ of each level."),
+         "resolution stage); dotted: the training size, ticks: r̃ of each level; dashed: a "
+         "down_up or canvas run tested on plain resized images (resolution.resize=direct)."),
         ("importance", lambda: plots.importance_maps(g, arrays, **kw),
          "Projected-gradient importance maps (mean map over seeds; the paper protocol's rows "
          "are marked)."),
         ("layer-erf", lambda: plots.layer_erf_profile(g, **kw),
          "ERF size of every conv layer's centre unit (importance.per_layer, mean over seeds) "
-         "and its analytic r_max (dashed), per receptive field and checkpoint."),
+         "and its analytic r_max (dashed), per receptive field and checkpoint; hollow: the "
+         "image cut the layer's ERF square."),
         ("erf-vs-rf", lambda: plots.erf_vs_receptive_field(g, **kw),
          "ERF size of the last conv (importance stage, our protocol) against its analytic "
          "receptive field, per pool level, at each measured checkpoint (line: mean over seeds, "
          "band: min-max); dashed: ERF = RF; dotted: the maps' input size (the ERF square is "
-         "centred on the map's mass centre, so it can pass the input side by a few px)."),
+         "centred on the map's mass centre, so it can pass the input side by a few px; "
+         "hollow: some seed's square reached past the image's edge, the image cut the ERF)."),
         ("receptive-field", lambda: plots.receptive_field_profile(g, **kw),
          "Analytic receptive field per layer; the border layer is starred."),
         ("receptive-field-states", lambda: plots.receptive_field_states(g, **kw),
