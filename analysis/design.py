@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.plots import MARKERS, OKABE_ITO, _plain_log_ticks, _styled
+from analysis.plots import MARKERS, OKABE_ITO, _plain_log_ticks, _styled, spread
 from analysis.stats import final_epoch, note_fields, with_cell
 
 # The knobs of ``landscape.models.spec`` grouped into the families a reader compares.
@@ -175,8 +175,7 @@ def design_space(points: pd.DataFrame, *, dataset: str | None = None) -> Figure 
                         continue
                     k = 1 if col == "lambda_max" else 100
                     ax.errorbar(c["r_tilde"], c["mean"] * k,
-                                yerr=[np.maximum(0, c["mean"] - c["low"]) * k,  # (rounding)
-                                      np.maximum(0, c["high"] - c["mean"]) * k],
+                                yerr=spread(c["mean"] * k, c["low"] * k, c["high"] * k),
                                 fmt=MARKERS[ai % 8], ms=5, capsize=3, lw=1, alpha=0.85,
                                 color=OKABE_ITO[fi % 8],
                                 label=f"{fam}, {arch}" if len(archs) > 1 else fam)

@@ -97,9 +97,17 @@ def mean_band(ax: Any, piv: pd.DataFrame, colour: str, marker: str, label: str,
     ax.plot(x, mean, color=colour, marker=marker, ms=3, lw=1.5, ls=ls,
             label=f"{label}, {what}{piv.shape[1]}")
     if len(x) == 1:
-        ax.errorbar(x, mean, yerr=[mean - low, high - mean], color=colour, capsize=4, lw=1.5)
+        ax.errorbar(x, mean, yerr=spread(mean, low, high), color=colour, capsize=4, lw=1.5)
     else:
         ax.fill_between(x, low, high, color=colour, alpha=0.2, lw=0)
+
+
+def spread(mean: Any, low: Any, high: Any) -> list[np.ndarray]:
+    """``yerr`` of a min-max error bar around ``mean``: the mean of equal values can round a
+    hair past them (0.1 three times), and matplotlib refuses a negative length."""
+    mean = np.asarray(mean, float)
+    return [np.maximum(0, mean - np.asarray(low, float)),
+            np.maximum(0, np.asarray(high, float) - mean)]
 
 
 CUT_LABEL = "hollow: the image cut the ERF (some seed)"

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from analysis.plots import _figure, _levels, _panels, _styled, _suptitle, stage_title
+from analysis.plots import _figure, _levels, _panels, _styled, _suptitle, spread, stage_title
 from analysis.stats import final_epoch, grid_frame, select, shared_note
 from analysis.tables import (MISSING, Table, _levels_frame, format_mean_std, grid_slug,
                              grid_title)
@@ -58,10 +58,9 @@ def saturation_probes(df: pd.DataFrame, *, arch: str | None = None, dataset: str
         sat, acc = _per_layer(c, "saturation"), _per_layer(c, "probe_acc")
         if len(sat):
             x = sat.index.get_level_values("index").to_numpy(int)
-            mean = sat.mean(axis=1).to_numpy(float)  # (the mean of equal values may round past)
+            mean = sat.mean(axis=1).to_numpy(float)
             ax.bar(x, mean, color=colour, alpha=0.45, width=0.8, label="saturation")
-            ax.errorbar(x, mean, yerr=[np.maximum(0, mean - sat.min(axis=1).to_numpy(float)),
-                                       np.maximum(0, sat.max(axis=1).to_numpy(float) - mean)],
+            ax.errorbar(x, mean, yerr=spread(mean, sat.min(axis=1), sat.max(axis=1)),
                         fmt="none", ecolor="0.3", lw=0.8)
         xa = acc.index.get_level_values("index").to_numpy(int)
         ax.plot(xa, acc.mean(axis=1), color="black", marker="o", ms=3, lw=1.3,

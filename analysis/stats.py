@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -95,8 +96,8 @@ def shared_note(notes: Iterable[object], cells: Sequence[object] | None = None,
     each metric has one (the sharpness unit's ``rho=0.5 (adaptive_sharpness) / 0.05
     (standard_sharpness)``: it had been labelled per cell), else ``(differs between rows)``."""
     rows = [(str(n), c, m) for n, c, m in zip(
-        notes, cells if cells is not None else _nones(), metrics if metrics is not None
-        else _nones()) if not pd.isna(n)]
+        notes, repeat(None) if cells is None else cells,
+        repeat(None) if metrics is None else metrics) if not pd.isna(n)]
     parts = [n.split("; ") for n, _, _ in rows]
     fields = [note_fields(n) for n, _, _ in rows]
     out, seen = [], set()
@@ -112,11 +113,6 @@ def shared_note(notes: Iterable[object], cells: Sequence[object] | None = None,
                                                                      cells is not None,
                                                                      metrics is not None))
     return "; ".join(out)
-
-
-def _nones():
-    while True:
-        yield None
 
 
 def _varying(key: str, values: list[str], have: list[tuple], by_cell: bool,

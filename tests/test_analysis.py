@@ -620,3 +620,16 @@ def test_the_rank_correlation_of_erf_size_says_how_many_sizes_the_image_cut():
                           value=float(level == 1 and seed == 1))]
     names = list(_correlations(with_cell(to_frame(rows)), []).cells["Quantity (per seed)"])
     assert "importance_final: erf_size (1 of 4 cut by the image)" in names
+
+
+def test_a_single_point_of_equal_seeds_draws_its_error_bar():
+    """The mean of three seeds at 0.1 rounds above their max: the error bar had a negative
+    length, which matplotlib refuses."""
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    piv = pd.DataFrame([[0.1, 0.1, 0.1]], index=[1])
+    assert (piv.mean(axis=1) > piv.max(axis=1)).all()  # the rounding this is about
+    plots.mean_band(ax, piv, "C0", "o", "level")
+    low, high = plots.spread(piv.mean(axis=1), piv.min(axis=1), piv.max(axis=1))
+    assert high.tolist() == [0.0] and 0 <= low[0] < 1e-15  # clipped, not negative

@@ -25,7 +25,7 @@ class ERFSize:
     area: int
     rel_threshold: float
     centre: tuple[int, int]
-    censored: bool = False
+    censored: bool
 
 
 def _map(mean_map: np.ndarray) -> np.ndarray:

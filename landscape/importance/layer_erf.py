@@ -112,8 +112,8 @@ def layer_erf_table(model: nn.Module, input_size: int, *, layers: list[str] | No
     mass (``erf_censored`` 1.0 where that square reaches past the image's edge: the image cut
     the ERF), ``erf_r2`` the Gaussian fit's R^2, ``r_max`` / ``r_min`` the call site's analytic
     RF (:func:`site_rf`; NA for a conv behind a global mix, e.g. a head conv after global
-    pooling) and ``erf_size_over_r_max`` their ratio (NaN there). A layer whose output does not depend on
-    the input has NaN ERF columns; so, with ``strict=False``, does one whose map is all zero
+    pooling) and ``erf_size_over_r_max`` their ratio (NaN there). A layer whose output does
+    not depend on the input has NaN ERF columns; so, with ``strict=False``, does one whose map is all zero
     (no gradient reached the input: a dead layer, or a conv on attention probabilities, whose
     sum over a row is constant, as EfficientFormer-V2's talking heads), an error otherwise.
     ``analytic=False`` leaves r_max, r_min and their ratio NA without running the RF analysis

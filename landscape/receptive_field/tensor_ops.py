@@ -336,11 +336,10 @@ def repeat(ctx: Ctx) -> Result:
     x, node = ctx.local_x(), ctx.node
     if node.target in ("repeat_interleave", torch.repeat_interleave):
         dim = ctx.resolve(arg(node, 2, "dim", None))
-        dims = (list(range(len(x.layout))) if dim is None  # flattened first: every dim
-                else [L.norm_dim(dim, len(x.layout), ctx.where)])
-        if dim is None and len(x.layout) > 1:
+        if dim is None and len(x.layout) > 1:  # it flattens the tensor first
             raise Skip(f"{ctx.where} repeats the flattened tensor (repeat_interleave without "
                        "dim)")
+        dims = [L.norm_dim(0 if dim is None else dim, len(x.layout), ctx.where)]
     else:  # x.repeat(*sizes): sizes beyond x's dimensions add leading ones
         sizes = [ctx.resolve(a) for a in node.args[1:]]
         if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):

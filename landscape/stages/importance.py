@@ -11,9 +11,9 @@ seeded from the run's seed (the paper's Tables 3 and 4 average 50: 10 per seed o
 cell), at a trained checkpoint on its weights (one map).
 
 With ``per_layer`` (protocol default), every conv layer's centre unit too: ``layer_erf_size``
-/ ``layer_erf_censored`` / ``layer_erf_sigma`` / ``layer_erf_r2`` per checkpoint, and unit ``importance_rf`` (one per
-run) their analytic ``layer_r_max`` at ``input_size``; it records the RF analysis's version,
-so a change to the analysis recomputes that unit, not the maps.
+/ ``layer_erf_censored`` / ``layer_erf_sigma`` / ``layer_erf_r2`` per checkpoint, and unit
+``importance_rf`` (one per run) their analytic ``layer_r_max`` at ``input_size``; it records
+the RF analysis's version, so a change to the analysis recomputes that unit, not the maps.
 """
 
 from __future__ import annotations
@@ -196,8 +196,8 @@ def censoring_rows(df: pd.DataFrame, arrays: dict) -> list[dict]:
         m = arrays.get(r["stage"], {}).get(r["run_id"], {}).get("mean_map")
         if (r["run_id"], r["stage"]) in have or m is None or not m.any():
             continue
-        fraction = float(re.search(r"mass_fraction=([0-9.eE-]+)", str(r["note"])).group(1)
-                         if "mass_fraction=" in str(r["note"]) else 0.95)
+        found = re.search(r"mass_fraction=([0-9.eE-]+)", str(r["note"]))
+        fraction = float(found.group(1)) if found else ImportanceConfig.mass_fraction
         _, cut = erf_square(m, mass_fraction=fraction)
         rows.append({**r, "metric": "erf_size_censored", "value": float(cut),
                      "note": f"{r['note']}; censoring read from the saved mean map"})
