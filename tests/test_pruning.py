@@ -251,6 +251,10 @@ def test_magnitude_gradient_matches_float64_oracle():
         torch.testing.assert_close(scores[n], (p.detach() * grads[n]).abs(), rtol=1e-10, atol=1e-14)
     masks = prune(model, 0.5, "magnitude_gradient", data=data, batches=2)  # data reaches it
     assert all(torch.equal(m, select_masks(scores, 0.5)[n]) for n, m in masks.items())
+    every = compute_scores("magnitude_gradient", params, model=model, data=data)  # all 3
+    three = compute_scores("magnitude_gradient", params, model=model, data=data, batches=3)
+    assert all(torch.equal(every[n], three[n]) for n in params)
+    assert not all(torch.equal(every[n], scores[n]) for n in params)
     with pytest.raises(ValueError, match="needs data"):
         compute_scores("magnitude_gradient", params, model=model)
     with pytest.raises(ValueError, match="yielded 3 batch"):
@@ -272,7 +276,8 @@ def test_user_criterion_from_own_module_is_selectable_by_name(monkeypatch):
 
 
 def test_unknown_criterion_and_missing_module_are_clear_errors():
-    with pytest.raises(UnknownNameError, match="valid names:.*magnitude, magnitude_gradient, rand"):
+    with pytest.raises(UnknownNameError, match="valid names:.*magnitude, magnitude_gradient, obd, "
+                                               "random, synflow"):
         prune(_model(), 0.5, criterion="magnitud")
     with pytest.raises(UnknownNameError, match="magnitude"):
         get_criterion("snip")

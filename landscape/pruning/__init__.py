@@ -8,7 +8,9 @@ One-shot unstructured pruning is three steps, each usable on its own::
     masks = select_masks(scores, rate=0.9, scope="global")     # exactly round(0.9 * N) pruned
     apply_masks(model, masks)
 
-:func:`prune` does all three. Adding a criterion: decorate a function in your own module with
+:func:`prune` does all three. Built in: ``magnitude``, ``random``, ``magnitude_gradient``
+(:mod:`.criteria`), ``obd`` and ``grasp`` (:mod:`.second_order`), ``synflow``
+(:mod:`.synaptic_flow`). Adding a criterion: decorate a function in your own module with
 ``@register_criterion("name")`` and import that module (:func:`import_criteria`).
 """
 
@@ -28,6 +30,8 @@ from landscape.pruning.masks import (
     classifier_layer, prunable_parameters, sparsity_report,
 )
 from landscape.pruning.selection import SCOPES, EmptyLayerWarning, check_rate, select_masks
+from landscape.pruning.second_order import grasp, obd
+from landscape.pruning.synaptic_flow import synflow
 from landscape.pruning.structured import IMPORTANCES, StructuredResult, structured_prune
 
 
@@ -58,7 +62,8 @@ def prune(
         model, include=include, exclude_first_conv=exclude_first_conv,
         exclude_classifier=exclude_classifier,
     )
-    scores = compute_scores(criterion, params, model=model, data=data, **options)
+    scores = compute_scores(criterion, params, model=model, data=data, rate=rate, scope=scope,
+                            **options)
     masks = select_masks(scores, rate, scope)
     apply_masks(model, masks)
     return masks
@@ -68,7 +73,8 @@ __all__ = [
     "CRITERIA", "DEFAULT_INCLUDE", "IMPORTANCES", "PRUNABLE_KINDS", "SCOPES", "Batches",
     "Criterion", "EmptyLayerWarning", "FinetuneResult", "LayerSparsity", "MaskKeeper",
     "SparsityReport", "StructuredResult", "apply_masks", "check_masks", "check_rate",
-    "check_options", "classifier_layer", "compute_scores", "finetune", "get_criterion",
-    "import_criteria", "list_criteria", "prunable_parameters", "prune", "recalibrate_bn",
-    "register_criterion", "select_masks", "sparsity_report", "structured_prune",
+    "check_options", "classifier_layer", "compute_scores", "finetune", "get_criterion", "grasp",
+    "import_criteria", "list_criteria", "obd", "prunable_parameters", "prune",
+    "recalibrate_bn", "register_criterion", "select_masks", "sparsity_report",
+    "structured_prune", "synflow",
 ]

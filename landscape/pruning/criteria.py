@@ -11,7 +11,9 @@ lowest. Its signature is::
 
 ``params`` are the live parameters by name (read them, don't modify them); ``model`` is the
 model they belong to (leave its mode, ``requires_grad`` and ``.grad`` as found); ``data`` is an
-iterable of (inputs, targets) batches or None. Further keyword-only parameters are the
+iterable of (inputs, targets) batches or None. A criterion that declares keyword-only ``rate``
+and/or ``scope`` also gets the pruning call's rate and scope (an iterative criterion such as
+``synflow`` prunes towards them itself). Further keyword-only parameters are the
 criterion's options: ``prune(model, 0.9, "random", seed=3)`` calls ``random`` with ``seed=3``,
 and an option the criterion does not declare is an error (unless it takes ``**options``).
 Registration happens on import, so a criterion in a user's own module needs no edit here:
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape.modes import snapshot_modes
+from landscape.pruning.selection import check_rate
 from landscape.registry import Registry, import_modules
 
 Criterion = Callable[..., dict[str, Tensor]]
@@ -55,17 +58,32 @@ def import_criteria(modules: Sequence[str]) -> None:
     import_modules(modules, field="prune.imports")
 
 
+# Keyword parameters a criterion receives from the pruning call, not from its options.
+CALL_ARGUMENTS = ("model", "data", "rate", "scope")
+
+
 def compute_scores(
     name: str,
     params: Mapping[str, Tensor],
     *,
     model: nn.Module,
     data: Batches | None = None,
+    rate: float | None = None,
+    scope: str = "global",
     **options,
 ) -> dict[str, Tensor]:
-    """Run criterion ``name``; check its options and that it returns one score per weight."""
+    """Run criterion ``name``; check its options and that it returns one score per weight.
+    ``rate`` and ``scope`` reach a criterion that declares them (``rate`` is then required)."""
     fn = get_criterion(name)
     check_options(name, options)
+    declared = inspect.signature(fn).parameters
+    if "rate" in declared:
+        if rate is None:
+            raise ValueError(f"criterion '{name}' prunes towards the rate itself: pass rate= "
+                             "(prune() does)")
+        options["rate"] = check_rate(rate)
+    if "scope" in declared:
+        options["scope"] = scope
     scores = fn(params, model=model, data=data, **options)
     missing = [n for n in params if n not in scores]
     if missing:
@@ -85,7 +103,7 @@ def check_options(name: str, options: Mapping[str, object]) -> None:
     float option takes an int): ``TypeError`` naming the option and what it takes."""
     params = inspect.signature(get_criterion(name)).parameters.values()
     declared = {p.name: p for p in params
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("model", "data")}
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in CALL_ARGUMENTS}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     unknown = sorted(set(options) - set(declared))
     if unknown and not takes_any:
@@ -132,10 +150,11 @@ def magnitude_gradient(
     *,
     model: nn.Module,
     data: Batches | None,
-    batches: int = 1,
+    batches: int | None = None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
 ) -> dict[str, Tensor]:
-    """|w * g| with g = (1/B) sum_b dL_b/dw over the first ``batches`` batches of ``data``.
+    """|w * g| with g = (1/B) sum_b dL_b/dw over the first ``batches`` batches of ``data``
+    (None: every batch it yields; the prune stage gives ``prune.data_batches``).
 
     L_b is ``loss_fn(model(x_b), y_b)`` (mean cross-entropy by default), evaluated in eval mode
     so BatchNorm running statistics are untouched (SNIP / first-order Taylor saliency).
@@ -145,8 +164,9 @@ def magnitude_gradient(
         raise ValueError(
             "criterion 'magnitude_gradient' needs data: an iterable of (inputs, targets) batches"
         )
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ValueError(f"batches must be an integer >= 1, got {batches!r}")
+    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int)
+                                or batches < 1):
+        raise ValueError(f"batches must be an integer >= 1 or None, got {batches!r}")
     names, tensors = list(params), list(params.values())
     device = tensors[0].device
     grads = [torch.zeros_like(t) for t in tensors]
@@ -166,6 +186,7 @@ def magnitude_gradient(
         restore()
         for t, flag in zip(tensors, flags):
             t.requires_grad_(flag)
-    if seen < batches:
-        raise ValueError(f"data yielded {seen} batch(es) but batches={batches} were requested")
+    if seen == 0 or batches is not None and seen < batches:
+        raise ValueError(f"data yielded {seen} batch(es) but "
+                         f"{batches or 'at least one'} were requested (option 'batches')")
     return {n: (t.detach() * g / seen).abs() for n, t, g in zip(names, tensors, grads)}

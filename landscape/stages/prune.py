@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,7 @@ from landscape.stages.base import (
     CHECKPOINTS, Output, RunContext, Stage, Unit, check_number, check_protocol, is_checkpoint,
     register_stage,
 )
-from landscape.stages.batches import eval_split
+from landscape.stages.batches import eval_split, evaluation_batches
 from landscape.stages.pruned_geometry import (
     GEOMETRY_FIELDS, geometry_settings, pruned_geometry_rows, validate_geometry,
 )
@@ -132,6 +133,9 @@ def validate(cfg: PruneConfig) -> None:
             raise ValueError(f"prune.rates: {e}") from None
     if cfg.data_batches < 1:
         raise ValueError(f"prune.data_batches must be >= 1, got {cfg.data_batches}")
+    if isinstance(n := cfg.options.get("batches"), int) and n > cfg.data_batches:
+        raise ValueError(f"prune.options.batches={n} reads more batches than the "
+                         f"prune.data_batches={cfg.data_batches} given to the criterion")
     if not 1 <= cfg.finetune_epochs <= FINETUNE_EPOCH.span:
         raise ValueError(f"prune.finetune_epochs must be in 1..{FINETUNE_EPOCH.span}, "
                          f"got {cfg.finetune_epochs}")
@@ -200,14 +204,8 @@ def finetune_note(cfg: PruneConfig) -> str:
 
 
 def _criterion_batches(ctx: RunContext, n: int) -> list:
-    loader = make_loader(eval_split(ctx, "train_eval"), ctx.train.batch_size, ctx.settings,
-                         shuffle=False)
-    out = []
-    for x, y in loader:
-        out.append((ctx.settings.to_device(x), y.to(ctx.settings.device)))
-        if len(out) == n:
-            break
-    return out
+    """The first ``n`` batches of training images (no augmentation) of the training batch size."""
+    return evaluation_batches(ctx, n * ctx.train.batch_size, ctx.train.batch_size)
 
 
 def prune_checkpoint(ctx: RunContext, cfg: PruneConfig, rate: float,
@@ -243,8 +241,6 @@ def prune_checkpoint(ctx: RunContext, cfg: PruneConfig, rate: float,
 
 
 def _needs_data(cfg: PruneConfig) -> bool:
-    import inspect
-
     return "data" in inspect.signature(get_criterion(cfg.criterion)).parameters
 
 

@@ -66,10 +66,15 @@ def geometry_enabled(cfg: Any) -> bool:
 
 def geometry_settings(cfg: Any) -> dict[str, Any]:
     """The settings recorded with a prune / fine-tune unit (a change recomputes it), with the
-    BN recalibration's marker (its linear path; ``recalibrate_bn``: on the training split)."""
+    BN recalibration's marker (its linear path; ``recalibrate_bn``: on the training split)
+    and, for ``magnitude_gradient`` over several ``data_batches`` without ``options.batches``,
+    their number (it read the first batch alone before: such a unit is recomputed)."""
     marker = {**(recalibration_marker(cfg.geometry_samples, cfg.geometry_batch_size)
                  if cfg.path_points else {}),
               **(recalibration_marker(None, 1) if cfg.recalibrate_bn else {})}
+    if (not cfg.structured and cfg.criterion == "magnitude_gradient" and cfg.data_batches > 1
+            and "batches" not in cfg.options):
+        marker["magnitude_gradient_batches"] = cfg.data_batches
     return {**{k: getattr(cfg, k) for k in GEOMETRY_FIELDS}, **marker}
 
 

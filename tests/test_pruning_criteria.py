@@ -1,0 +1,241 @@
+"""The second-order (OBD, GraSP) and data-free (SynFlow) pruning criteria against float64
+oracles: the exact Hessian of a tiny net, SynFlow's closed form on a linear chain and its
+conservation theorem."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, hessian
+
+from landscape.pruning import compute_scores, prunable_parameters, prune, select_masks
+from landscape.pruning.synaptic_flow import flow_network
+
+
+def _tiny(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4)).double()
+    with torch.no_grad():  # BN statistics away from the identity, as after training
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+        net[1].weight.uniform_(0.5, 1.5)
+    return net.train()  # the criteria evaluate in eval mode and leave the mode as found
+
+
+def _data(seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 2, 5, 5, generator=g, dtype=torch.float64),
+             torch.randint(0, 4, (n,), generator=g)) for n in (5, 3)]  # uneven batches
+
+
+def _exact(net: nn.Module, data, temperature: float = 1.0, train: bool = False):
+    """(theta, g, H) over the prunable weights of the mean loss over every example (BN on
+    the running statistics, or ``train``: on those of the one batch): the oracle (a dense
+    float64 Hessian by torch.func)."""
+    names = list(prunable_parameters(net))
+    ref = copy.deepcopy(net).train(train)
+    for m in ref.modules():  # batch statistics without updating buffers under torch.func
+        if isinstance(m, nn.BatchNorm2d):
+            m.track_running_stats = not train
+    fixed = {k: v for k, v in ref.state_dict().items() if k not in names}
+    shapes = [ref.state_dict()[n].shape for n in names]
+    x = torch.cat([b[0] for b in data])
+    y = torch.cat([b[1] for b in data])
+
+    def loss(flat):
+        state, at = dict(fixed), 0
+        for n, s in zip(names, shapes):
+            state[n] = flat[at:at + s.numel()].view(s)
+            at += s.numel()
+        return nn.functional.cross_entropy(functional_call(ref, state, (x,)) / temperature, y)
+
+    theta = torch.cat([ref.state_dict()[n].reshape(-1) for n in names])
+    return names, theta, grad(loss)(theta), hessian(loss)(theta)
+
+
+def _flat(scores, names):
+    return torch.cat([scores[n].reshape(-1) for n in names])
+
+
+def _untouched(net: nn.Module, before: dict) -> None:
+    assert net.training and all(p.grad is None for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def _per_class_gradients(net: nn.Module, data):
+    """(names, theta, G, p): G[n, c] = d CE(f(x_n), c) / d theta for every example n and class
+    c, in float64 by a dense Jacobian (the oracle); p the predicted probabilities."""
+    names = list(prunable_parameters(net))
+    ref = copy.deepcopy(net).eval()
+    fixed = {k: v for k, v in ref.state_dict().items() if k not in names}
+    shapes = [ref.state_dict()[n].shape for n in names]
+    x = torch.cat([b[0] for b in data])
+
+    def logits(flat):
+        state, at = dict(fixed), 0
+        for n, s in zip(names, shapes):
+            state[n] = flat[at:at + s.numel()].view(s)
+            at += s.numel()
+        return functional_call(ref, state, (x,))
+
+    theta = torch.cat([ref.state_dict()[n].reshape(-1) for n in names])
+    J = torch.func.jacrev(logits)(theta)  # [N, C, P]
+    p = torch.softmax(logits(theta), dim=1)
+    eye = torch.eye(p.shape[1], dtype=p.dtype)
+    G = torch.einsum("nck,nkp->ncp", p[:, None, :] - eye[None], J)  # (p - e_c)^T J
+    return names, theta, G, p
+
+
+def test_obd_is_half_the_exact_fisher_diagonal_times_the_squared_weight():
+    net, data = _tiny(), _data()
+    before = copy.deepcopy(net.state_dict())
+    names, theta, G, p = _per_class_gradients(net, data)
+    fisher = torch.einsum("nc,ncp->p", p, G ** 2) / len(p)
+    params = prunable_parameters(net)
+    got = compute_scores("obd", params, model=net, data=data, chunk=3)
+    torch.testing.assert_close(_flat(got, names), fisher * theta ** 2 / 2, rtol=1e-9, atol=1e-16)
+    _untouched(net, before)
+    assert (fisher >= 0).all()  # the positive semi-definite part of the Hessian
+    # Monte Carlo: k classes drawn from p per example, unbiased (within 5 standard errors)
+    k = 400
+    mc = _flat(compute_scores("obd", params, model=net, data=data, labels=k, seed=1), names)
+    v = G ** 2  # [N, C, P]
+    var = (torch.einsum("nc,ncp->np", p, v ** 2) - torch.einsum("nc,ncp->np", p, v) ** 2)
+    stderr = var.sum(0).sqrt() / (k ** 0.5 * len(p)) * theta ** 2 / 2
+    assert ((mc - fisher * theta ** 2 / 2).abs() <= 5 * stderr + 1e-15).all()
+    with pytest.raises(ValueError, match="needs data"):
+        compute_scores("obd", params, model=net)
+    with pytest.raises(ValueError, match="'labels'.*>= 0"):
+        compute_scores("obd", params, model=net, data=data, labels=-1)
+
+
+def test_grasp_is_weight_times_hessian_gradient_product_at_the_temperature():
+    net, data = _tiny(seed=2), _data(seed=4)
+    before = copy.deepcopy(net.state_dict())
+    params = prunable_parameters(net)
+    for t in (1.0, 200.0):
+        names, theta, g, H = _exact(net, data, temperature=t)
+        got = compute_scores("grasp", params, model=net, data=data, temperature=t,
+                             bn_mode="eval")
+        torch.testing.assert_close(_flat(got, names), theta * (H @ g), rtol=1e-8, atol=1e-18)
+    # the reference code's BatchNorm: the batch's statistics (the default)
+    names, theta, g, H = _exact(net, data[:1], temperature=200.0, train=True)
+    got = compute_scores("grasp", params, model=net, data=data[:1])
+    torch.testing.assert_close(_flat(got, names), theta * (H @ g), rtol=1e-8, atol=1e-18)
+    _untouched(net, before)
+    # GraSP removes the largest -w Hg first: those are the lowest importances here
+    masks = select_masks(got, 0.5)
+    removed = torch.cat([-got[n][~m] for n, m in masks.items()])
+    kept = torch.cat([-got[n][m] for n, m in masks.items()])
+    assert removed.min() >= kept.max()
+    with pytest.raises(ValueError, match="temperature"):
+        compute_scores("grasp", params, model=net, data=data, temperature=0.0)
+    with pytest.raises(ValueError, match="'bn_mode'.*'train', 'eval'"):
+        compute_scores("grasp", params, model=net, data=data, bn_mode="recalibrated")
+
+
+def test_synflow_one_shot_has_the_closed_form_of_a_linear_chain():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))
+    w1, w2 = net[0].weight.detach().double().abs(), net[2].weight.detach().double().abs()
+    data = [(torch.randn(6, 4), torch.zeros(6, dtype=torch.long))]  # only the shape is read
+    params = prunable_parameters(net)
+    got = compute_scores("synflow", params, model=net, data=data, rate=0.5, iterations=1)
+    # R = 1^T |W2| |W1| 1: dR/d|W1|_ij = (1^T |W2|)_i, dR/d|W2|_ki = (|W1| 1)_i
+    torch.testing.assert_close(got["0.weight"], w1 * w2.sum(0)[:, None])
+    torch.testing.assert_close(got["2.weight"], w2 * w1.sum(1)[None, :])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synflow_scores_of_every_layer_sum_to_the_flow(seed):
+    """Tanaka et al.'s Theorem 1: in a network of positively homogeneous ops, each layer's
+    synaptic saliencies sum to R."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 5, 3, padding=1, bias=False), nn.ReLU(),
+                        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(5 * 2 * 2, 6, bias=False),
+                        nn.ReLU(), nn.Linear(6, 3, bias=False))
+    data = [(torch.randn(2, 3, 10, 10), torch.zeros(2, dtype=torch.long))]
+    params = prunable_parameters(net)
+    scores = compute_scores("synflow", params, model=net, data=data, rate=0.3, iterations=1)
+    flow = flow_network(net)(torch.ones(1, 3, 10, 10, dtype=torch.float64)).sum()
+    for s in scores.values():
+        torch.testing.assert_close(s.sum(), flow, rtol=1e-10, atol=0)
+
+
+def test_iterative_synflow_prunes_exactly_keeps_the_model_and_avoids_layer_collapse():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
+                        nn.Linear(16, 4))
+    with torch.no_grad():
+        net[2].weight.mul_(0.01)  # a layer of small weights: magnitude pruning cuts it off
+    net.train()
+    data = [(torch.randn(3, 16), torch.zeros(3, dtype=torch.long))]
+    params = prunable_parameters(net)
+    n = sum(p.numel() for p in params.values())
+    before = copy.deepcopy(net.state_dict())
+    scores = compute_scores("synflow", params, model=net, data=data, rate=0.6, iterations=20)
+    _untouched(net, before)
+    masks = select_masks(scores, 0.6)
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.6 * n)
+    # the weights pruned before the last step score -1, below every live score (>= 0)
+    earlier = sum(int((s == -1).sum()) for s in scores.values())
+    assert 0 < earlier < round(0.6 * n)
+    assert all(bool(m[s == -1].any()) is False for s, m in zip(scores.values(), masks.values()))
+    assert not any(bool((~m).all()) for m in select_masks(scores, 0.6).values())
+    magnitude = select_masks({k: v.detach().abs() for k, v in params.items()}, 0.6)
+    assert not magnitude["2.weight"].any()  # layer collapse by magnitude
+    # prune() hands the criterion its rate and scope
+    pruned = copy.deepcopy(net)
+    got = prune(pruned, 0.6, "synflow", scope="layerwise", data=data, iterations=5)
+    for name, m in got.items():
+        assert int((~m).sum()) == round(0.6 * m.numel())
+    with pytest.raises(ValueError, match="pass rate="):
+        compute_scores("synflow", params, model=net, data=data)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['scale'\]; its options are: "
+                       "iterations$"):  # rate and scope come from the call, not the options
+        compute_scores("synflow", params, model=net, data=data, rate=0.5, scale=1)
+    with pytest.raises(ValueError, match="'iterations'.*>= 1"):
+        compute_scores("synflow", params, model=net, data=data, rate=0.5, iterations=0)
+
+
+# ----------------------------------------------------------------------------- the prune stage
+
+def test_the_new_criteria_in_the_prune_stage_and_magnitude_gradient_over_data_batches(tmp_path):
+    import json
+
+    from landscape import pipeline, results
+    from landscape.results import DONE, stage_dir
+    from landscape.stages.prune import PruneConfig
+    from tests.test_pipeline import tiny_cfg
+
+    for criterion, options in (("obd", {"labels": 2}), ("grasp", {}),
+                               ("synflow", {"iterations": 10})):
+        pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(
+            enabled=True, criterion=criterion, rates=[0.8], options=options)))
+    df = results.load(tmp_path)
+    sparsity = df[(df.stage == "prune") & (df.metric == "sparsity")].set_index("criterion")
+    assert sorted(sparsity.index) == ["grasp", "obd", "synflow"]
+    assert sparsity["value"].nunique() == 1  # exactly round(0.8 N) of the same N each
+    assert "options={\"labels\":2}; data_batches=1" in sparsity.loc["obd", "note"]
+    # magnitude_gradient reads every one of prune.data_batches (the first alone before): a
+    # unit recorded without that marker is recomputed
+    cfg = tiny_cfg(tmp_path, prune=PruneConfig(enabled=True, criterion="magnitude_gradient",
+                                               rates=[0.5], data_batches=2))
+    first = pipeline.run(cfg)
+    unit = next(u for u in first.ran if u.startswith("prune_"))
+    marker = stage_dir(first.run_dir, unit) / DONE
+    done = json.loads(marker.read_text())
+    assert done["settings"]["magnitude_gradient_batches"] == 2
+    del done["settings"]["magnitude_gradient_batches"]
+    marker.write_text(json.dumps(done))
+    assert pipeline.run(cfg).ran == [unit]
+    with pytest.raises(ValueError, match="prune.options.batches=3 reads more batches than the "
+                                         "prune.data_batches=2"):
+        pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(
+            enabled=True, criterion="magnitude_gradient", data_batches=2,
+            options={"batches": 3})))
