@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import matplotlib
 import pandas as pd
 
-from analysis import design, dynamics_plots, geometry_plots, plots, probe_plots
+from analysis import criteria_plots, design, dynamics_plots, geometry_plots, plots, probe_plots
 from analysis.paper import importance_table, paper_table
 from analysis.plots import checkpoint_rank, present_stages, stage_title
 from analysis.render import Block, html_page, markdown
@@ -197,6 +197,8 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
                      & (units["finetune_settings"] == u.finetune_settings)]
         if math.isclose(u.prune_rate, same["prune_rate"].max()) and g["cell"].nunique() > 1:
             blocks.append(("table", pvalue_table(g, **args)))
+    blocks += _section("Pruning criteria side by side", (
+        criteria_plots.criteria_table(g, **kw, finetuned=ft) for ft in (False, True)))
     blocks += _section("Iterative magnitude pruning", (imp_table(g, **kw),))
     blocks += _section("Curvature of the pruned networks", (
         pruned_hessian_table(g, **kw, **proc) for proc in _procedures(g)))
@@ -244,6 +246,9 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
     figures: list[tuple[str, Callable[[], Any], str]] = [
         *[(f"pruning-{name}", (lambda p=p: plots.pruning_curves(g, **kw, **p)),
            f"Accuracy vs pruning rate, {what}.") for p, name, what in procedures],
+        ("pruning-criteria", lambda: criteria_plots.criteria_curves(g, **kw),
+         "Test accuracy vs pruning rate by pruning criterion, a panel per receptive field; "
+         "solid: one-shot, dashed: fine-tuned, dotted: the dense network."),
         ("hessian-eigenvalues", lambda: plots.hessian_eigenvalues(g, **kw),
          "Top Hessian eigenvalues by rank."),
         ("hessian-density", lambda: plots.spectral_density(g, **kw, stages=ours),

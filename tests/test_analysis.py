@@ -633,3 +633,47 @@ def test_a_single_point_of_equal_seeds_draws_its_error_bar():
     plots.mean_band(ax, piv, "C0", "o", "level")
     low, high = plots.spread(piv.mean(axis=1), piv.min(axis=1), piv.max(axis=1))
     assert high.tolist() == [0.0] and 0 <= low[0] < 1e-15  # clipped, not negative
+
+
+def test_criteria_side_by_side_table_and_figure(df):
+    from analysis.criteria_plots import criteria_curves, criteria_table
+
+    assert criteria_table(df) is None and criteria_curves(df) is None  # one criterion only
+    obd = {1: [0.50, 0.60, 0.70], 2: [0.80, 0.85]}  # seed 2 of level 2 not pruned by obd
+    rows = synthetic_rows()
+    for level in (1, 2):
+        for s, v in enumerate(obd[level]):
+            run = {k: v for k, v in next(r for r in rows if r.get("seed") == s and r[
+                "pool_level"] == level and r["stage"] == "train").items()
+                   if k not in ("stage", "metric", "index", "value")}
+            unit = {**run, "criterion": "obd", "prune_rate": 0.9}
+            rows += [{**unit, "stage": "prune", "finetuned": False, "metric": "test_acc",
+                      "value": v},
+                     {**unit, "stage": "finetune", "finetuned": True, "metric": "test_acc",
+                      "value": v + 0.1}]
+    both = to_frame(rows)
+    t = criteria_table(both)
+    assert list(t.cells.columns) == ["Receptive field", "Rate", "Dense acc. (%)",
+                                     "magnitude (%)", "obd (%)"]
+    first, second = t.cells.iloc[0], t.cells.iloc[1]
+    assert (first["Receptive field"], first["Rate"]) == ("RF 181 px (pool 1)", "0.9")
+    assert first["Dense acc. (%)"] == "93.5 ± 0.50"
+    assert first["magnitude (%)"] == format_mean_std(np.mean(PRUNED[1]) * 100,
+                                                     np.std(PRUNED[1], ddof=1) * 100)
+    assert first["obd (%)"] == format_mean_std(60.0, 10.0)
+    assert second["obd (%)"] == format_mean_std(82.5, np.std([80, 85], ddof=1)) + " (n=2)"
+    assert t.numbers["obd_n"].tolist() == [3, 2]
+    ft = criteria_table(both, finetuned=True)
+    assert ft.numbers["obd_mean"].to_numpy() == pytest.approx([70.0, 92.5])
+    fig = criteria_curves(both)
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["RF 181 px (pool 1)", "RF 359 px (pool 2)"]
+    styles = sorted(line.get_linestyle() for line in axes[0].lines if len(line.get_xdata()) == 1)
+    assert styles == ["-", "-", "--", "--"]  # two criteria, one-shot and fine-tuned
+    # another checkpoint pruned by obd (its dense accuracy differs): a dense column each
+    rows += [{**r, "metric": "dense_test_acc", "value": 0.1}
+             for r in rows if r.get("criterion") == "obd" and r["stage"] == "prune"]
+    per = criteria_table(to_frame(rows))
+    assert list(per.cells.columns) == ["Receptive field", "Rate", "magnitude: dense (%)",
+                                       "magnitude (%)", "obd: dense (%)", "obd (%)"]
+    assert per.cells.iloc[0]["obd: dense (%)"] == "10.0 ± 0.00"

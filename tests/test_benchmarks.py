@@ -41,7 +41,15 @@ def test_all_names_are_registered():
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
                                "loss_slice", "saturation", "data_path", "rf_table", "probes",
                                "lambda_tracking", "model_zoo", "layouts", "rf_audit",
-                               "stage_zoo", "gpu_acceptance"}
+                               "stage_zoo", "gpu_acceptance", "pruning_criteria"}
+
+
+def test_pruning_criteria_quick_times_every_builtin_criterion_on_both_architectures():
+    rows = bench_main(["pruning_criteria", "--quick"])["pruning_criteria"]
+    assert [(r["arch"], r["criterion"]) for r in rows] == [
+        (a, c) for a in ("resnet18", "vgg19")
+        for c in ("magnitude", "random", "magnitude_gradient", "obd", "grasp", "synflow")]
+    assert all(r["seconds"] > 0 and r["vs_one_backward"] > 0 for r in rows)
 
 
 def test_probes_benchmark_quick_scores_both_backends_on_the_same_features():
