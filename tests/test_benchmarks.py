@@ -50,6 +50,9 @@ def test_pruning_criteria_quick_times_every_builtin_criterion_on_both_architectu
         (a, c) for a in ("resnet18", "vgg19")
         for c in ("magnitude", "random", "magnitude_gradient", "obd", "grasp", "synflow")]
     assert all(r["seconds"] > 0 and r["vs_one_backward"] > 0 for r in rows)
+    zoo = bench_main(["pruning_criteria", "--quick", "--", "--zoo"])["pruning_criteria"]
+    assert [(r["model"], r["criterion"], r["ok"]) for r in zoo] == [
+        ("timm:test_resnet", c, True) for c in ("obd", "grasp", "synflow")]
 
 
 def test_probes_benchmark_quick_scores_both_backends_on_the_same_features():
