@@ -132,15 +132,17 @@ def _varying(key: str, values: list[str], have: list[tuple], by_cell: bool,
 
 def _settings_labels(notes: Mapping[str, object], skip: str = "") -> dict[str, str]:
     """Hash -> label of each setting among ``notes`` (hash -> one note of its rows): ``""``
-    when there is one, else the note fields whose values differ (``"finetune_lr=0.001"``),
-    fields starting with ``skip`` left out; the hash where the notes cannot tell them apart."""
+    when there is one, else the note fields whose values differ (``"finetune_lr=0.001"``) or
+    that some notes lack (named by the notes that have them), fields starting with ``skip``
+    left out; the hash where the notes cannot tell them apart."""
     if len(notes) <= 1:
         return {h: "" for h in notes}
     fields = {h: {k: v for k, v in note_fields(n).items() if not (skip and k.startswith(skip))}
               for h, n in notes.items()}
     keys = sorted(set().union(*fields.values()))
     varying = [k for k in keys if len({f.get(k) for f in fields.values()}) > 1]
-    labels = {h: ", ".join(f"{k}={f.get(k, '?')}" for k in varying) for h, f in fields.items()}
+    # a field some notes lack (a recipe's own settings, one added since) names only theirs
+    labels = {h: ", ".join(f"{k}={f[k]}" for k in varying if k in f) for h, f in fields.items()}
     clash = {lab for lab in labels.values() if list(labels.values()).count(lab) > 1}
     return {h: (f"{lab}, settings {h}" if lab else f"settings {h}") if lab in clash else lab
             for h, lab in labels.items()}

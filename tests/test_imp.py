@@ -11,7 +11,7 @@ from landscape.cli.submit import expand_grid
 from landscape.identity import identify
 from landscape.pruning import select_masks
 from landscape.pruning.iterative import cumulative_rate, next_masks, random_masks_like
-from landscape.stages import imp as imp_stage
+from landscape.stages import masked_training
 from landscape.storage import load_checkpoint
 
 
@@ -65,14 +65,14 @@ def test_imp_in_the_pipeline_rounds_controls_and_the_one_shot_mask(tmp_path, mon
                "imp.controls=[random_mask,random_reinit]", "prune.enabled=true",
                "prune.rates=[0.5]")
     starts = {}  # each unit's network as its training starts, by its work folder r<r>_<branch>
-    train_model = imp_stage.train_model
+    train_model = masked_training.train_model
 
     def recording(model, *args, **kwargs):
         starts[kwargs["checkpoint_dir"].name] = {k: v.clone()
                                                  for k, v in model.state_dict().items()}
         return train_model(model, *args, **kwargs)
 
-    monkeypatch.setattr(imp_stage, "train_model", recording)
+    monkeypatch.setattr(masked_training, "train_model", recording)
     pipeline.run(cfg)
     df = results.load(tmp_path)
     imp = df[df["stage"] == "imp"]

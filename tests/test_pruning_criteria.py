@@ -239,3 +239,43 @@ def test_the_new_criteria_in_the_prune_stage_and_magnitude_gradient_over_data_ba
         pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(
             enabled=True, criterion="magnitude_gradient", data_batches=2,
             options={"batches": 3})))
+
+
+def test_pruning_at_init_retrained_with_the_runs_own_recipe(tmp_path):
+    from landscape import pipeline, results
+    from landscape.stages.finetune import FinetuneStage
+    from landscape.stages.prune import FINETUNE_FIELDS, PruneConfig, settings_hash
+    from tests.test_pipeline import tiny_cfg
+
+    base = dict(enabled=True, criterion="grasp", checkpoint="init", rates=[0.8], finetune=True,
+                finetune_epochs=1, finetune_lr=0.01)
+    finetuned = PruneConfig(**base)
+    retrained = PruneConfig(**base, finetune_recipe="train")
+    # the default recipe keeps the unit names made before the recipe existed
+    (old,) = FinetuneStage().units(finetuned)
+    assert old.name.endswith(settings_hash({k: getattr(finetuned, k) for k in FINETUNE_FIELDS}))
+    (new,) = FinetuneStage().units(retrained)
+    assert new.name != old.name and new.params["prune_unit"] == old.params["prune_unit"]
+    for cfg in (finetuned, retrained):
+        pipeline.run(tiny_cfg(tmp_path, prune=cfg))  # train.epochs=2
+    df = results.load(tmp_path)
+    ft = df[df.stage == "finetune"]
+    by_unit = {u: g for u, g in ft.groupby("unit")}
+    per_epoch = by_unit[new.name].query("metric == 'test_acc'")["index"].dropna()
+    assert sorted(per_epoch) == [1, 2]  # the run's two epochs, not finetune_epochs=1
+    assert sorted(by_unit[old.name].query("metric == 'test_acc'")["index"].dropna()) == [1]
+    note = by_unit[new.name]["note"].iloc[0]
+    assert note.endswith("finetune_recipe=train; epochs=2") and "finetune_lr" not in note
+    # the mask kept exactly: every weight but the pruned ones is nonzero after training
+    from landscape.identity import identify
+    from landscape.pruning import prunable_parameters
+    model = identify(tiny_cfg(tmp_path)).build_model()
+    n = sum(p.numel() for p in prunable_parameters(model).values())
+    total = sum(p.numel() for p in model.parameters())
+    nonzero = df[df.metric == "nonzero_params"].set_index("unit")["value"]
+    assert nonzero[new.name] == nonzero[old.name] == total - round(0.8 * n)
+    from analysis.stats import pruning_procedures
+    procs = pruning_procedures(df)
+    assert procs["finetune_settings"].dropna().nunique() == 2  # told apart, never pooled
+    with pytest.raises(ValueError, match="prune.finetune_recipe must be one of"):
+        pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(**base, finetune_recipe="retrain")))

@@ -18,11 +18,25 @@ from landscape.seeds import FINETUNE, FINETUNE_EPOCH, stream_seed
 from landscape.stages.base import RunContext, Stage, Unit, register_stage
 from landscape.stages.prune import (
     FINETUNE_FIELDS, PruneConfig, evaluate_on_test, finetune_note, label, prune_checkpoint,
-    settings_hash, unit_suffix, validate,
+    prune_note, settings_hash, unit_suffix, validate,
 )
 from landscape.stages.batches import eval_split
+from landscape.stages.masked_training import train_masked
 from landscape.stages.pruned_geometry import geometry_settings, pruned_geometry_rows
 from landscape.train import evaluate, make_loader
+
+
+# prune.finetune_recipe: ``finetune`` trains with prune.finetune_* (constant learning rate,
+# the paper's); ``train`` with the run's own training settings (train.epochs, optimizer,
+# schedule, augmentation: :func:`landscape.stages.masked_training.train_masked`), the protocol
+# after pruning at initialisation.
+RECIPES = ("finetune", "train")
+
+
+def recipe_setting(config: PruneConfig) -> dict[str, str]:
+    """The recipe where it is not the default (in the unit's hash)."""
+    return {} if config.finetune_recipe == "finetune" else {
+        "finetune_recipe": config.finetune_recipe}
 
 
 @register_stage
@@ -39,9 +53,13 @@ class FinetuneStage(Stage):
 
     def validate(self, config: PruneConfig) -> None:
         validate(config)
+        if config.finetune_recipe not in RECIPES:
+            raise ValueError(f"prune.finetune_recipe must be one of {RECIPES}, got "
+                             f"{config.finetune_recipe!r}")
 
     def units(self, config: PruneConfig) -> list[Unit]:
-        ft = settings_hash({k: getattr(config, k) for k in FINETUNE_FIELDS})
+        ft = settings_hash({k: getattr(config, k) for k in FINETUNE_FIELDS}
+                           | recipe_setting(config))  # units made before keep their names
         return [Unit(f"finetune_{unit_suffix(config, r)}_{ft}",
                      {"rate": float(r), "prune_unit": f"prune_{unit_suffix(config, r)}",
                       "checkpoint": config.checkpoint})
@@ -83,21 +101,25 @@ class FinetuneStage(Stage):
             loss, acc = evaluate(m, test, ctx.settings)
             return {"test_loss": loss, "test_acc": acc}
 
-        result = finetune(
-            model, masks, epoch_batches, epochs=config.finetune_epochs, lr=config.finetune_lr,
-            momentum=config.finetune_momentum, weight_decay=config.finetune_weight_decay,
-            grad_clip=config.finetune_grad_clip, device=ctx.settings.device,
-            seed=stream_seed(ctx.identity.seed, FINETUNE), autocast=ctx.settings.autocast,
-            eval_fn=test_after_epoch, progress=ctx.progress,
-        )
-        rows: list[dict] = [{"metric": m, "value": v, "index": i + 1}
-                            for m, values in (("train_loss", result.train_loss),
-                                              ("train_acc", result.train_acc))
-                            for i, v in enumerate(values)]
+        if config.finetune_recipe == "train":  # the run's own optimizer, schedule and data
+            outcome = train_masked(ctx, model, masks, ctx.checkpoint_dir / "retrain" / unit.name,
+                                   what=unit.name)
+            epochs = [vars(e) for e in outcome.history]
+        else:
+            result = finetune(
+                model, masks, epoch_batches, epochs=config.finetune_epochs,
+                lr=config.finetune_lr, momentum=config.finetune_momentum,
+                weight_decay=config.finetune_weight_decay, grad_clip=config.finetune_grad_clip,
+                device=ctx.settings.device, seed=stream_seed(ctx.identity.seed, FINETUNE),
+                autocast=ctx.settings.autocast, eval_fn=test_after_epoch, progress=ctx.progress)
+            epochs = [{"train_loss": loss, "train_acc": acc, **e} for loss, acc, e in
+                      zip(result.train_loss, result.train_acc, result.eval)]
+        rows: list[dict] = [{"metric": m, "value": e[m], "index": i + 1}
+                            for m in ("train_loss", "train_acc") for i, e in enumerate(epochs)]
         rows += [{"metric": m, "value": e[m], "index": i + 1}
-                 for i, e in enumerate(result.eval) for m in ("test_acc", "test_loss")]
-        best = max(range(len(result.eval)), key=lambda i: (result.eval[i]["test_acc"], -i))
-        rows.append({"metric": "best_test_acc", "value": result.eval[best]["test_acc"],
+                 for i, e in enumerate(epochs) for m in ("test_acc", "test_loss")]
+        best = max(range(len(epochs)), key=lambda i: (epochs[i]["test_acc"], -i))
+        rows.append({"metric": "best_test_acc", "value": epochs[best]["test_acc"],
                      "index": best + 1})
         if masks:
             report = sparsity_report(model, masks)
@@ -107,8 +129,9 @@ class FinetuneStage(Stage):
         if config.recalibrate_bn:
             rows += evaluate_on_test(ctx, config, model)
         else:  # after the last epoch, as evaluated there
-            rows += [{"metric": m, "value": result.eval[-1][m]} for m in ("test_acc", "test_loss")]
-        note = finetune_note(config)
+            rows += [{"metric": m, "value": epochs[-1][m]} for m in ("test_acc", "test_loss")]
+        note = (finetune_note(config) if config.finetune_recipe == "finetune" else
+                f"{prune_note(config)}; finetune_recipe=train; epochs={len(epochs)}")
         rows += pruned_geometry_rows(ctx, config, model, masks or None, dense, note)
         common = {"criterion": label(config), "prune_rate": rate, "finetuned": True,
                   "protocol": config.protocol, "note": note}

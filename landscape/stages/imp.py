@@ -18,8 +18,6 @@ rows per unit, ``stage=imp``: ``test_acc`` (after the last epoch), ``best_test_a
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +31,9 @@ from landscape.pruning import (
 from landscape.pruning.iterative import CONTROLS, cumulative_rate, next_masks, random_masks_like
 from landscape.seeds import IMP_CONTROL, stream_seed
 from landscape.stages.base import RunContext, Stage, Unit, register_stage
+from landscape.stages.masked_training import train_masked
 from landscape.storage import CheckpointError, load_checkpoint, save_checkpoint
-from landscape.tracking import TrackConfig
-from landscape.train import (
-    CHECKPOINT_FORMAT, TrainConfig, make_optimizer, make_scheduler, recorded_data_path,
-    train_model,
-)
+from landscape.train import CHECKPOINT_FORMAT
 
 @dataclass
 class ImpConfig:
@@ -161,61 +156,20 @@ def _rewind_state(ctx: RunContext, config: ImpConfig) -> dict[str, Any]:
 def train_round(ctx: RunContext, config: ImpConfig, masks: dict[str, Tensor], r: int,
                 branch: str, seed: int):
     """Train the rewound, masked network for the rest of the schedule; (model, outcome)."""
-    tc: TrainConfig = ctx.train
     k = rewind_epoch(config.rewind)
-    if k >= tc.epochs:
+    if k >= ctx.train.epochs:
         raise ValueError(f"imp.rewind={config.rewind} leaves no epoch to train "
-                         f"(train.epochs={tc.epochs})")
+                         f"(train.epochs={ctx.train.epochs})")
     state = _rewind_state(ctx, config)
     if branch == "random_reinit":
         model = _fresh(ctx, seed)
     else:
         model = ctx.build_model()
         model.load_state_dict(state["model"])
-    model.to(ctx.settings.device)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, m in masks.items():
-            params[n].mul_(m.to(params[n].device))
-    hooks = [params[n].register_hook(lambda g, m=m.to(params[n].device): g * m)
-             for n, m in masks.items()]
-    opt = make_optimizer(model, tc)
-    sched = make_scheduler(opt, tc)
-    if "optimizer" in state and branch != "random_reinit":
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        _zero_masked_momentum(opt, model, masks)
-    else:
-        for _ in range(k):
-            sched.step()
-    work = imp_dir(ctx) / f"r{r}_{branch}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    path = ctx.data_path(recorded_data_path(ctx.checkpoint_dir))
-    data = ctx.resident if path == "resident" else ctx.data
-    save_checkpoint(work / "last.pt", {
-        "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(), "epoch": k, "history": [], "data_path": path,
-        "format": CHECKPOINT_FORMAT, "run_id": ctx.identity.run_id})
-    try:
-        outcome = train_model(model, data.train, data.test, round_settings(tc),
-            seed=ctx.identity.seed, settings=ctx.settings, checkpoint_dir=work,
-            num_workers=ctx.num_workers, progress=ctx.progress, run_id=ctx.identity.run_id)
-    finally:
-        for h in hooks:
-            h.remove()
-        shutil.rmtree(work, ignore_errors=True)
-    if outcome.diverged or not outcome.history:
-        raise RuntimeError(f"imp round {r} ({branch}) diverged at epoch "
-                           f"{outcome.diverged_epoch}")
+    resume = "optimizer" in state and branch != "random_reinit"
+    outcome = train_masked(ctx, model, masks, imp_dir(ctx) / f"r{r}_{branch}", start_epoch=k,
+                           state=state if resume else None, what=f"imp round {r} ({branch})")
     return model, outcome
-
-
-def round_settings(tc: TrainConfig) -> TrainConfig:
-    """The run's training settings for a round: the same schedule, no trackers, and no
-    saved epochs (a round's weights are its unit's, not the run's)."""
-    return dataclasses.replace(tc, track=TrackConfig(), save_epochs=[],
-                               save_optimizer_epochs=False)
 
 
 def _fresh(ctx: RunContext, seed: int) -> nn.Module:
@@ -223,15 +177,3 @@ def _fresh(ctx: RunContext, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ctx.identity.build_model()
-
-
-def _zero_masked_momentum(opt: torch.optim.Optimizer, model: nn.Module,
-                          masks: dict[str, Tensor]) -> None:
-    """Momentum buffers of pruned weights set to zero, so no step can move them."""
-    by_param = {id(p): n for n, p in model.named_parameters()}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            n = by_param.get(id(p))
-            buf = opt.state.get(p, {}).get("momentum_buffer")
-            if n in masks and buf is not None:
-                buf.mul_(masks[n].to(buf.device))

@@ -72,6 +72,7 @@ class PruneConfig:
     finetune_momentum: float = 0.9
     finetune_weight_decay: float = 5e-4
     finetune_grad_clip: Optional[float] = 0.1  # max global gradient L2 norm
+    finetune_recipe: str = "finetune"  # finetune (the settings above) | train (the run's own)
     # Geometry of each pruned (and fine-tuned) network, measured in its unit
     # (landscape/stages/pruned_geometry.py); 0 / false = off.
     hessian_k: int = 0  # top-k eigenvalues of the Hessian on the unpruned weights
@@ -93,7 +94,7 @@ PAPER_REQUIRES = {
     "include": ["conv", "linear"], "exclude_first_conv": True, "exclude_classifier": True,
     "options": {}, "recalibrate_bn": False, "structured": False, "finetune_epochs": 10,
     "finetune_lr": 1e-4, "finetune_momentum": 0.9, "finetune_weight_decay": 5e-4,
-    "finetune_grad_clip": 0.1,
+    "finetune_grad_clip": 0.1, "finetune_recipe": "finetune",
 }
 # Fields added after units were first hashed: left out of the hash at these values, so the
 # units made before keep their names.
@@ -175,7 +176,8 @@ def settings_hash(d: dict[str, Any]) -> str:
 
 
 def _prune_key(cfg: PruneConfig) -> dict[str, Any]:
-    skip = {"enabled", "rates", "finetune", "imports", *FINETUNE_FIELDS, *GEOMETRY_FIELDS}
+    skip = {"enabled", "rates", "finetune", "imports", "finetune_recipe", *FINETUNE_FIELDS,
+            *GEOMETRY_FIELDS}
     return {k: v for k, v in asdict(cfg).items()
             if k not in skip and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
 
