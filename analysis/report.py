@@ -30,8 +30,8 @@ from analysis.stats import (GRID_COLUMNS, SETTINGS_COLUMNS, UNIT_COLUMNS, final_
 from analysis.geometry_tables import (barrier_table, imp_table, pruned_hessian_table,
                                       sharpness_table)
 from analysis.tables import (MISSING, Table, cell_levels, format_number, grid_slug, grid_title,
-                             pruning_table, pvalue_table, settings_slug, settings_tag, to_csv,
-                             to_latex, to_markdown, training_table)
+                             padding_table, pruning_table, pvalue_table, settings_slug,
+                             settings_tag, to_csv, to_latex, to_markdown, training_table)
 
 DEFAULT_TITLE = "Receptive field, pruning and loss landscape: results report"
 # The paper's Hessian figures smooth each Ritz node with a Gaussian of variance 0.0032 (its
@@ -175,6 +175,7 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
     blocks: list[Block] = []
     if len(select(g, stage="train")):
         blocks += [("h3", "Dense training"), ("table", training_table(g, **kw))]
+    blocks += _section("Weights that never see the image", (padding_table(g, **kw),))
     units = _units(select(g, stage=["prune", "finetune"]))
     if len(units):
         blocks.append(("h3", "Pruned vs dense accuracy"))

@@ -209,6 +209,39 @@ def pruning_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | N
               "2 decimals.")
 
 
+def padding_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                  width: float | None = None) -> Table | None:
+    """Rows = receptive field (pool level); columns = the share of the conv and linear weights
+    that only ever multiply zero padding at the cell's input size (``padding_only_share`` of
+    its ``receptive_field`` unit), how many weights and in how many conv layers. None unless
+    some cell has such weights."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    share = g[g["metric"] == "padding_only_share"]
+    if share.empty or not (share["value"] > 0).any():
+        return None
+    layers = g[g["metric"] == "padding_only_weights"]
+    shown, numbers = [], []
+    for lv in _levels_frame(share).itertuples(index=False):
+        value = float(share.loc[share["cell"] == lv.cell, "value"].iloc[0])
+        mine = layers[layers["cell"] == lv.cell]
+        dead = int(mine["value"].sum())
+        shown.append({"Receptive field": lv.label, "Padding-only share (%)":
+                      format_number(100 * value) if value else "0",
+                      "Padding-only weights": f"{dead:,}",
+                      "Conv layers with some": str(mine["layer"].nunique())})
+        numbers.append({"cell": lv.cell, "receptive_field": lv.receptive_field,
+                        "pool_level": lv.pool_level, "share": value, "weights": dead,
+                        "layers": int(mine["layer"].nunique())})
+    return Table(
+        name=f"{grid_slug(g)}-padding-only", title=f"{grid_title(g)}: weights that never see "
+        "the image", cells=pd.DataFrame(shown), numbers=pd.DataFrame(numbers),
+        notes="Conv weights whose every output position reads zero padding at the cell's "
+              "input size (a map smaller than the kernel's reach: no path to the input, a "
+              "gradient of exactly 0, removable without changing the output), as a share of "
+              "all conv and linear weights (the default prunable set); from the architecture "
+              "alone (landscape.receptive_field.padding).")
+
+
 def training_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                    width: float | None = None) -> Table:
     """Rows = receptive field; final-epoch test accuracy (%) and training loss, mean ± std over

@@ -14,11 +14,12 @@ from landscape.models.spec import ModelSpec
 from landscape.receptive_field.analytic import (
     feasible_input_of, receptive_field_table, square_input_size,
 )
+from landscape.receptive_field.padding import padding_only_share
 
 SWEEP_COLUMNS = (
     "level", "kernel", "stride", "padding", "r_max", "r_min", "r_tilde", "params",
     "feature_size", "fits",
-    "border_layer", "n_unproductive",
+    "border_layer", "n_unproductive", "padding_only",
 )
 
 
@@ -63,11 +64,13 @@ def rf_sweep(
             pool_padding=pool_padding, spec=spec,
         )
         table = receptive_field_table(model, n, convention=convention, se_gates=se_gates)
-        out.append(LevelAnalysis(level, model, table, _sweep_row(level, model, table, n)))
+        out.append(LevelAnalysis(level, model, table,
+                                 _sweep_row(level, model, table, n, in_channels)))
     return out
 
 
-def _sweep_row(level: int, model: nn.Module, table: pd.DataFrame, n: int) -> dict[str, Any]:
+def _sweep_row(level: int, model: nn.Module, table: pd.DataFrame, n: int,
+               in_channels: int) -> dict[str, Any]:
     r_tilde = feasible_input_of(table)
     convs = table[(table["kind"] == "conv") & table["r_max"].notna()]
     last = convs.loc[convs["r_max"] == convs["r_max"].max()].iloc[-1]  # deepest conv
@@ -86,6 +89,7 @@ def _sweep_row(level: int, model: nn.Module, table: pd.DataFrame, n: int) -> dic
         "feature_size": last["out_size"] if fits else pd.NA, "fits": fits,
         "border_layer": border.iloc[0] if len(border) else None,
         "n_unproductive": int(table["unproductive"].sum()),
+        "padding_only": padding_only_share(model, n, in_channels)[0] if fits else pd.NA,
     }
 
 
@@ -113,7 +117,9 @@ def rf_sweep_table(arch: str, *, input_size: int, levels: Sequence[int] = (0, 1,
     ``feature_size``: spatial size of the last conv's output (NA when the pool shrinks the map
     to nothing, see ``fits``); ``fits``: the model accepts this input size
     (no :class:`~landscape.models.InputTooSmallError`); ``border_layer``: name of the border
-    layer or None; ``n_unproductive``: number of unproductive layers.
+    layer or None; ``n_unproductive``: number of unproductive layers; ``padding_only``: the
+    share of the conv and linear weights that only ever multiply zero padding at this input
+    size (no path to the input: :mod:`landscape.receptive_field.padding`; NA unless ``fits``).
     """
     return sweep_frame(rf_sweep(arch, input_size=input_size, levels=levels, **kw))
 
@@ -125,4 +131,5 @@ def format_sweep_table(df: pd.DataFrame) -> str:
         "vanishes" if pd.isna(v) else str(v) for v in df["feature_size"]
     ]
     shown["border_layer"] = ["-" if v is None or pd.isna(v) else v for v in df["border_layer"]]
+    shown["padding_only"] = ["-" if pd.isna(v) else f"{100 * v:.1f}%" for v in df["padding_only"]]
     return shown.drop(columns=["fits"]).to_string(index=False)

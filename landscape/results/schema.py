@@ -91,6 +91,11 @@ METRICS: dict[str, str] = {
                       "column is empty)",
     "flops_per_image": "FLOPs of one forward pass of one image at the data's size (2 x "
                        "multiply-accumulates of conv / linear / matmul; note = the convention)",
+    "padding_only_weights": "weights of a conv layer that multiply zero padding at every "
+                            "position at the data's size (no path to the input); layer = "
+                            "name, only layers that have some",
+    "padding_only_share": "padding-only weights / all conv and linear weights (the default "
+                          "prunable set) at the data's size",
     # prune, finetune (also test_acc, test_loss, train_loss, train_acc, best_test_acc)
     "dense_test_acc": "test accuracy of the unpruned checkpoint a prune unit pruned (the same "
                       "evaluation as its test_acc), fraction",

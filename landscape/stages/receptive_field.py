@@ -1,6 +1,7 @@
 """Cell-level receptive-field stage: the analytic RF table of the cell's model at its input
-size (r_max, r_min, jump, unproductive, underutilised and border flags per layer, r̃ and the
-FLOPs of one forward pass),
+size (r_max, r_min, jump, unproductive, underutilised and border flags per layer, r̃, the
+FLOPs of one forward pass and the weights that only ever multiply zero padding there:
+:mod:`landscape.receptive_field.padding`),
 written once per cell by the first run of the cell that gets there; it needs no training. A
 model the analysis cannot follow gets one ``rf_unsupported`` row naming the op (and its
 FLOPs): the run goes on. Each unit records the digest of the analysis's source
@@ -17,6 +18,7 @@ import pandas as pd
 from landscape.receptive_field import UnsupportedModelError, receptive_field_table, version
 from landscape.receptive_field.analytic import feasible_input_of
 from landscape.receptive_field.cost import FLOPS_CONVENTION, model_cost
+from landscape.receptive_field.padding import padding_only_share, padding_only_weights
 from landscape.stages.base import CellContext, Stage, register_stage
 
 
@@ -57,6 +59,14 @@ class ReceptiveFieldStage(Stage):
 
     @staticmethod
     def _cost(model, ctx: CellContext, note: str) -> list[dict]:
-        cost = model_cost(model, ctx.identity.image_size, ctx.identity.in_channels)
+        """FLOPs and the weights that only multiply padding (neither needs the RF analysis)."""
+        size, channels = ctx.identity.image_size, ctx.identity.in_channels
+        cost = model_cost(model, size, channels)
+        share, _, weights = padding_only_share(model, size, channels)
         return [{"metric": "flops_per_image", "value": float(cost.flops),
-                 "note": f"{note}; {FLOPS_CONVENTION}"}]
+                 "note": f"{note}; {FLOPS_CONVENTION}"},
+                *[{"metric": "padding_only_weights", "value": float(r.dead), "layer": r.layer,
+                   "note": f"{note}; of {r.weights}"}
+                  for r in padding_only_weights(model, size, channels) if r.dead],
+                {"metric": "padding_only_share", "value": share,
+                 "note": f"{note}; of {weights} conv and linear weights"}]
