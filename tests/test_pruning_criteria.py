@@ -134,6 +134,8 @@ def test_grasp_is_weight_times_hessian_gradient_product_at_the_temperature():
     assert removed.min() >= kept.max()
     with pytest.raises(ValueError, match="temperature"):
         compute_scores("grasp", params, model=net, data=data, temperature=0.0)
+    with pytest.raises(ValueError, match="needs data"):
+        compute_scores("grasp", params, model=net, data=[])
     with pytest.raises(ValueError, match="'bn_mode'.*'train', 'eval'"):
         compute_scores("grasp", params, model=net, data=data, bn_mode="recalibrated")
 
