@@ -1,6 +1,7 @@
 """The receptive-field design space across architectures and variants: one point per cell
 (mean over its seeds, min-max bar; :func:`design_points` has one row per seed), test
-accuracy (and pruned accuracy, lambda_max) against the minimal feasible input resolution r̃,
+accuracy (and pruned accuracy, lambda_max, the share of weights that only multiply padding)
+against the minimal feasible input resolution r̃,
 coloured by the knob family that changed the receptive field, one row of panels per input
 size.
 
@@ -31,7 +32,7 @@ FAMILIES = {"stem": "stem", "stem_kernel": "stem", "stem_stride": "stem",
             "widths": "depth/width"}
 POOL_ONLY = "pool only"  # the paper's architecture, the RF varied by the pool alone
 COLUMNS = ("dataset", "arch", "variant", "family", "cell", "pool_level", "seed", "r_tilde",
-           "input_size", "test_acc", "pruned_acc", "lambda_max")
+           "input_size", "test_acc", "pruned_acc", "lambda_max", "padding_only")
 
 
 def knob_family(variant: object) -> str:
@@ -44,13 +45,18 @@ def knob_family(variant: object) -> str:
 
 
 def _cell_facts(df: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: r̃ and the input size from its ``receptive_field`` rows (NaN without them)."""
+    """Per cell: r̃ and the input size from its ``receptive_field`` rows, and the share of its
+    weights that only multiply padding (NaN without them)."""
     rows = df[(df["metric"] == "rf_min_feasible_input") & df["value"].notna()]
+    dead = (df[df["metric"] == "padding_only_share"].drop_duplicates("cell")[["cell", "value"]]
+            .rename(columns={"value": "padding_only"}))
     if rows.empty:
-        return pd.DataFrame(columns=["cell", "r_tilde", "input_size"])
-    size = [float(note_fields(n).get("input_size", "nan")) for n in rows["note"]]
-    return (pd.DataFrame({"cell": rows["cell"].to_numpy(), "r_tilde": rows["value"].to_numpy(),
-                          "input_size": size}).drop_duplicates("cell"))
+        facts = pd.DataFrame(columns=["cell", "r_tilde", "input_size"])
+    else:
+        size = [float(note_fields(n).get("input_size", "nan")) for n in rows["note"]]
+        facts = pd.DataFrame({"cell": rows["cell"].to_numpy(), "r_tilde": rows["value"].to_numpy(),
+                              "input_size": size}).drop_duplicates("cell")
+    return facts.merge(dead, on="cell", how="outer")
 
 
 def _per_run(rows: pd.DataFrame, name: str) -> pd.Series:
@@ -64,9 +70,12 @@ def design_points(df: pd.DataFrame, *, prune_rate: float | None = None) -> pd.Da
 
     ``test_acc``: the final epoch's test accuracy; ``pruned_acc``: the test accuracy after
     one-shot pruning at ``prune_rate`` (default: the largest rate every pruned cell has)
-    without fine-tuning, by the first criterion pruned (ours, not the paper protocol, and the
-    one setting when there is one; NaN where there are several); ``lambda_max``: the top
-    Hessian eigenvalue after training (``hessian_final``, our protocol). ``r_tilde``: r̃ of the
+    without fine-tuning, by ``magnitude`` where it was run, else by the first criterion in
+    alphabetical order (``attrs["criterion"]``; ours, not the paper protocol, and the one
+    setting when there is one; NaN where there are several); ``lambda_max``: the top
+    Hessian eigenvalue after training (``hessian_final``, our protocol); ``padding_only``: the
+    share of the cell's conv and linear weights that only multiply zero padding at its input
+    size (``padding_only_share``, :mod:`landscape.receptive_field.padding`). ``r_tilde``: r̃ of the
     cell, or the analytic r_max of the last conv where the cell has no ``receptive_field``
     rows (``r_tilde_source`` in ``attrs`` says which); ``input_size``: the one the RF analysis
     used (its notes), else the rows' ``image_size``.
@@ -92,8 +101,10 @@ def design_points(df: pd.DataFrame, *, prune_rate: float | None = None) -> pd.Da
 
     pruned = runs[(runs["stage"] == "prune") & (runs["metric"] == "test_acc")
                   & (runs["protocol"] == "default") & (runs["finetuned"] != True)]  # noqa: E712
+    criterion = None
     if not pruned.empty:
-        criterion = pruned["criterion"].dropna().iloc[0]
+        present = sorted(pruned["criterion"].dropna().unique())
+        criterion = "magnitude" if "magnitude" in present else present[0]  # the paper's first
         pruned = pruned[pruned["criterion"] == criterion]
         if pruned["prune_settings"].nunique() > 1:
             pruned = pruned.iloc[0:0]  # several settings: no one number per run
@@ -119,6 +130,7 @@ def design_points(df: pd.DataFrame, *, prune_rate: float | None = None) -> pd.Da
     out = out.sort_values(["dataset", "family", "arch", "variant", "pool_level", "seed"])
     out = out[list(COLUMNS)].reset_index(drop=True)
     out.attrs["prune_rate"] = rate
+    out.attrs["criterion"] = criterion
     out.attrs["r_tilde_source"] = ("rf_min_feasible_input" if measured.all() else
                                    "analytic r_max of the last conv" if not measured.any()
                                    else "mixed")
@@ -126,10 +138,12 @@ def design_points(df: pd.DataFrame, *, prune_rate: float | None = None) -> pd.Da
 
 
 PANELS = (("test_acc", "test accuracy (%)", "final test accuracy"),
-          ("pruned_acc", "pruned accuracy (%), rate {rate}",
+          ("pruned_acc", "pruned accuracy (%), {criterion} at rate {rate}",
            "pruned accuracy (one-shot pruning without fine-tuning, our protocol, one setting)"),
           ("lambda_max", "top Hessian eigenvalue, after training",
-           "lambda_max (hessian_final, our protocol)"))
+           "lambda_max (hessian_final, our protocol)"),
+          ("padding_only", "weights that only multiply padding (%)",
+           "the padding-only share (receptive_field unit)"))
 
 
 def _per_cell(p: pd.DataFrame, col: str) -> pd.DataFrame:
@@ -142,7 +156,8 @@ def _per_cell(p: pd.DataFrame, col: str) -> pd.DataFrame:
 
 @_styled
 def design_space(points: pd.DataFrame, *, dataset: str | None = None) -> Figure | None:
-    """Test accuracy, pruned accuracy and lambda_max against r̃ (log x): one point per cell,
+    """Test accuracy, pruned accuracy, lambda_max and the padding-only share against r̃ (log
+    x): one point per cell,
     the mean over its seeds with a min-max bar, coloured by knob family and shaped by
     architecture; one row of panels per input size (each with its size dotted), as accuracy
     at one size is not comparable with another's. A quantity no cell has is not drawn and
@@ -156,7 +171,8 @@ def design_space(points: pd.DataFrame, *, dataset: str | None = None) -> Figure 
     if points.empty or points["cell"].nunique() < 2:
         return None
     rate = points.attrs.get("prune_rate")
-    panels = [(c, t.format(rate=rate)) for c, t, _ in PANELS if points[c].notna().any()]
+    panels = [(c, t.format(rate=rate, criterion=points.attrs.get("criterion")))
+              for c, t, _ in PANELS if points[c].notna().any()]
     absent = [what for c, _, what in PANELS if not points[c].notna().any()]
     sizes = sorted(points["input_size"].dropna().unique())
     rows = [*sizes, *([np.nan] if points["input_size"].isna().any() else [])]

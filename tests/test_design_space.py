@@ -40,6 +40,9 @@ def _rows(cell, variant, seed, *, acc, pruned, lam, r_tilde=None, rf=109):
         out.append(dict(base, run_id=cell, seed=None, stage="receptive_field",
                         metric="rf_min_feasible_input", value=r_tilde, layer="layer4.1.conv2",
                         note="input_size=16"))
+        out.append(dict(base, run_id=cell, seed=None, stage="receptive_field",
+                        metric="padding_only_share", value=r_tilde / 1000,
+                        note="input_size=16; of 100 conv and linear weights"))
     return out
 
 
@@ -60,6 +63,7 @@ def test_design_points_one_row_per_seed_with_the_last_epoch_the_common_rate_and_
     assert set(b["family"]) == {"stem"} and set(b["r_tilde"]) == {187.0}
     assert b.loc[1, "pruned_acc"] == pytest.approx(0.3)
     assert set(p["input_size"]) == {16.0}
+    assert set(a["padding_only"]) == {0.035} and set(b["padding_only"]) == {0.187}  # per cell
 
 
 def test_design_points_fall_back_to_the_last_conv_rf_and_say_so():
@@ -150,7 +154,7 @@ def test_design_space_draws_a_cell_once_at_its_seed_mean_and_a_row_per_input_siz
     p = design_points(pd.DataFrame(rows + big))
     assert sorted(p["input_size"].unique()) == [16.0, 32.0]
     fig = design_space(p)
-    acc16, acc32 = fig.axes[0], fig.axes[3]  # one row of three panels per input size
+    acc16, acc32 = fig.axes[0], fig.axes[4]  # one row of four panels per input size
     assert "input 16 px" in acc16.get_title() and "input 32 px" in acc32.get_title()
     means = sorted(y for c in acc16.containers for y in c.lines[0].get_ydata())
     assert means == pytest.approx([100 * (0.70 + 0.72 + 0.74) / 3, 100 * 0.91])
@@ -166,4 +170,20 @@ def test_design_space_says_which_quantity_no_cell_has():
             if r["stage"] != "hessian_final"]
     fig = design_space(design_points(pd.DataFrame(rows)))
     assert len(fig.axes) == 2
-    assert "not drawn, no cell has it: lambda_max" in fig._suptitle.get_text()
+    assert ("not drawn, no cell has it: lambda_max (hessian_final, our protocol); the "
+            "padding-only share (receptive_field unit)") in fig._suptitle.get_text()
+
+
+def test_design_points_prefer_magnitude_among_criteria_and_the_panel_names_it():
+    rows = []
+    for s in (0, 1):
+        for cell, variant in (("a-1", None), ("b-2", "skips=False")):
+            mine = _rows(cell, variant, s, acc=0.9, pruned=0.5, lam=3.0, r_tilde=35)
+            rows += mine + [dict(r, criterion="grasp", value=0.1, unit="prune_grasp_0.9_abc")
+                            for r in mine if r["stage"] == "prune"]
+    p = design_points(pd.DataFrame(rows))
+    assert p.attrs["criterion"] == "magnitude" and set(p["pruned_acc"]) == {0.5}
+    titles = [ax.get_title() for ax in design_space(p).axes]
+    assert "pruned accuracy (%), magnitude at rate 0.9" in titles
+    only = design_points(pd.DataFrame([r for r in rows if r.get("criterion") != "magnitude"]))
+    assert only.attrs["criterion"] == "grasp" and set(only["pruned_acc"]) == {0.1}
