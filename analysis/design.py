@@ -176,7 +176,8 @@ def design_space(points: pd.DataFrame, *, dataset: str | None = None) -> Figure 
     absent = [what for c, _, what in PANELS if not points[c].notna().any()]
     sizes = sorted(points["input_size"].dropna().unique())
     rows = [*sizes, *([np.nan] if points["input_size"].isna().any() else [])]
-    fig = Figure(figsize=(4.0 * len(panels), 3.4 * len(rows) + 0.3), layout="constrained")
+    side = min(4.0, 14.0 / len(panels))  # four panels fit a page's width
+    fig = Figure(figsize=(side * len(panels), 3.4 * len(rows) + 0.3), layout="constrained")
     axes = fig.subplots(len(rows), len(panels), squeeze=False)
     families = sorted(points["family"].unique(), key=lambda f: (f != POOL_ONLY, f))
     archs = sorted(points["arch"].unique())
@@ -206,7 +207,7 @@ def design_space(points: pd.DataFrame, *, dataset: str | None = None) -> Figure 
                           else "r̃ (px; analytic r_max of the last conv where not measured)")
     axes[0, 0].legend(loc="best", title="knob family" + (", arch" if len(archs) > 1 else ""))
     size = ", ".join(f"{s:g}" for s in sizes)
-    lines = [f"{points['dataset'].iloc[0]}: accuracy and curvature vs r̃ "
+    lines = [f"{points['dataset'].iloc[0]}: accuracy, curvature and padding-only weights vs r̃ "
              "(mean over seeds, bar: min-max)",
              f"dotted: input size {size} px" if size else "",
              f"not drawn, no cell has it: {'; '.join(absent)}" if absent else ""]
