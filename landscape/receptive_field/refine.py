@@ -16,9 +16,11 @@ model is not fully utilised, the minimal changes that bring r̃ down towards the
   is uniform over the kept layers; models without a width knob get ``shorter`` only.
 
 Each proposal is a list of edits (:func:`apply_edits`; :meth:`Proposal.apply` makes it on any
-instance of the architecture, e.g. one built on the GPU to train) and is re-analysed: r̃, parameters, FLOPs, the number of underutilised and
-unproductive layers at the input size, and whether the changed model still runs (a meta-device
-forward pass); a change that breaks the model is listed with the reason instead of numbers.
+instance of the architecture, e.g. one built on the GPU to train) and is re-analysed: r̃,
+parameters, FLOPs, the number of underutilised and unproductive layers at the input size, the
+share of conv and linear weights that only multiply padding there (``padding_only``,
+:mod:`.padding`), and whether the changed model still runs (a meta-device forward pass); a
+change that breaks the model is listed with the reason instead of numbers.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from landscape.receptive_field.analytic import (
     feasible_input_of, receptive_field_table, square_input_size,
 )
 from landscape.receptive_field.cost import meta_copy, model_cost
+from landscape.receptive_field.padding import padding_only_share
 
 PROPOSAL_COLUMNS = (
     "strategy", "change", "r_tilde", "params", "params_change", "flops", "n_underutilised",
-    "n_unproductive", "fully_utilised", "width", "error",
+    "n_unproductive", "padding_only", "fully_utilised", "width", "error",
 )
 _STRIDED = ("conv", "max_pool", "avg_pool")
 
@@ -95,6 +98,7 @@ def _analyse(strategy: str, change: str, model: nn.Module, n: int, in_channels: 
     try:
         table = receptive_field_table(model, n, **rf)
         cost = model_cost(model, n, in_channels)
+        dead = padding_only_share(model, n, in_channels)[0]
         r = feasible_input_of(table)
     except Exception as e:  # the change broke the model: say why, keep the other proposals
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -103,7 +107,7 @@ def _analyse(strategy: str, change: str, model: nn.Module, n: int, in_channels: 
     row.update(r_tilde=r.size if isinstance(r.size, int) else max(r.size), params=cost.params,
                params_change=cost.params / base_params - 1, flops=cost.flops,
                n_underutilised=under, n_unproductive=int(table["unproductive"].sum()),
-               fully_utilised=under == 0, error=None)
+               padding_only=dead, fully_utilised=under == 0, error=None)
     return Proposal(row, model, table=table, **made)
 
 

@@ -84,6 +84,7 @@ def format_proposals(df: pd.DataFrame) -> str:
     view["params_change"] = [f"{v:+.1%}" if pd.notna(v) else "-" for v in df["params_change"]]
     view["flops"] = [_flops(int(v)) if pd.notna(v) else "-" for v in df["flops"]]
     view["width"] = [f"{v:.4g}" if pd.notna(v) else "-" for v in df["width"]]
+    view["padding_only"] = [f"{v:.1%}" if pd.notna(v) else "-" for v in df["padding_only"]]
     view["change"] = [c if e is None or pd.isna(e) else f"{c}: cannot ({e})"
                       for c, e in zip(df["change"], df["error"])]
     return _na(view.drop(columns=["error"])).to_string(index=False)
