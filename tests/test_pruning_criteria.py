@@ -258,6 +258,8 @@ def test_pruning_at_init_retrained_with_the_runs_own_recipe(tmp_path):
     assert old.name.endswith(settings_hash({k: getattr(finetuned, k) for k in FINETUNE_FIELDS}))
     (new,) = FinetuneStage().units(retrained)
     assert new.name != old.name and new.params["prune_unit"] == old.params["prune_unit"]
+    other_lr = PruneConfig(**{**base, "finetune_lr": 0.5}, finetune_recipe="train")
+    assert FinetuneStage().units(other_lr)[0].name == new.name  # finetune_* unused: one unit
     for cfg in (finetuned, retrained):
         pipeline.run(tiny_cfg(tmp_path, prune=cfg))  # train.epochs=2
     df = results.load(tmp_path)

@@ -33,10 +33,13 @@ from landscape.train import evaluate, make_loader
 RECIPES = ("finetune", "train")
 
 
-def recipe_setting(config: PruneConfig) -> dict[str, str]:
-    """The recipe where it is not the default (in the unit's hash)."""
-    return {} if config.finetune_recipe == "finetune" else {
-        "finetune_recipe": config.finetune_recipe}
+def hashed_settings(config: PruneConfig) -> dict[str, object]:
+    """What names a fine-tune unit: the prune.finetune_* settings (as before the recipe
+    existed, so those units keep their names), or the recipe alone when it is the run's own
+    (``finetune_*`` are then unused: two values of them are one training)."""
+    if config.finetune_recipe == "finetune":
+        return {k: getattr(config, k) for k in FINETUNE_FIELDS}
+    return {"finetune_recipe": config.finetune_recipe}
 
 
 @register_stage
@@ -58,8 +61,7 @@ class FinetuneStage(Stage):
                              f"{config.finetune_recipe!r}")
 
     def units(self, config: PruneConfig) -> list[Unit]:
-        ft = settings_hash({k: getattr(config, k) for k in FINETUNE_FIELDS}
-                           | recipe_setting(config))  # units made before keep their names
+        ft = settings_hash(hashed_settings(config))
         return [Unit(f"finetune_{unit_suffix(config, r)}_{ft}",
                      {"rate": float(r), "prune_unit": f"prune_{unit_suffix(config, r)}",
                       "checkpoint": config.checkpoint})
