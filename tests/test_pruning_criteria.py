@@ -32,10 +32,10 @@ def _data(seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
              torch.randint(0, 4, (n,), generator=g)) for n in (5, 3)]  # uneven batches
 
 
-def _exact(net: nn.Module, data, temperature: float = 1.0, train: bool = False):
-    """(theta, g, H) over the prunable weights of the mean loss over every example (BN on
-    the running statistics, or ``train``: on those of the one batch): the oracle (a dense
-    float64 Hessian by torch.func)."""
+def _logits_of_weights(net: nn.Module, x: torch.Tensor, train: bool = False):
+    """(names, theta, f): the prunable weights of a copy of ``net`` flattened, and f(flat) =
+    its logits for ``x`` with them (BN on the running statistics, or ``train``: on the
+    batch's): the float64 oracle's function of the weights (torch.func)."""
     names = list(prunable_parameters(net))
     ref = copy.deepcopy(net).train(train)
     for m in ref.modules():  # batch statistics without updating buffers under torch.func
@@ -43,17 +43,27 @@ def _exact(net: nn.Module, data, temperature: float = 1.0, train: bool = False):
             m.track_running_stats = not train
     fixed = {k: v for k, v in ref.state_dict().items() if k not in names}
     shapes = [ref.state_dict()[n].shape for n in names]
-    x = torch.cat([b[0] for b in data])
-    y = torch.cat([b[1] for b in data])
 
-    def loss(flat):
+    def logits(flat):
         state, at = dict(fixed), 0
         for n, s in zip(names, shapes):
             state[n] = flat[at:at + s.numel()].view(s)
             at += s.numel()
-        return nn.functional.cross_entropy(functional_call(ref, state, (x,)) / temperature, y)
+        return functional_call(ref, state, (x,))
 
-    theta = torch.cat([ref.state_dict()[n].reshape(-1) for n in names])
+    return names, torch.cat([ref.state_dict()[n].reshape(-1) for n in names]), logits
+
+
+def _exact(net: nn.Module, data, temperature: float = 1.0, train: bool = False):
+    """(names, theta, g, H) over the prunable weights of the mean loss over every example:
+    the oracle (a dense float64 Hessian by torch.func)."""
+    x = torch.cat([b[0] for b in data])
+    y = torch.cat([b[1] for b in data])
+    names, theta, logits = _logits_of_weights(net, x, train)
+
+    def loss(flat):
+        return nn.functional.cross_entropy(logits(flat) / temperature, y)
+
     return names, theta, grad(loss)(theta), hessian(loss)(theta)
 
 
@@ -69,20 +79,7 @@ def _untouched(net: nn.Module, before: dict) -> None:
 def _per_class_gradients(net: nn.Module, data):
     """(names, theta, G, p): G[n, c] = d CE(f(x_n), c) / d theta for every example n and class
     c, in float64 by a dense Jacobian (the oracle); p the predicted probabilities."""
-    names = list(prunable_parameters(net))
-    ref = copy.deepcopy(net).eval()
-    fixed = {k: v for k, v in ref.state_dict().items() if k not in names}
-    shapes = [ref.state_dict()[n].shape for n in names]
-    x = torch.cat([b[0] for b in data])
-
-    def logits(flat):
-        state, at = dict(fixed), 0
-        for n, s in zip(names, shapes):
-            state[n] = flat[at:at + s.numel()].view(s)
-            at += s.numel()
-        return functional_call(ref, state, (x,))
-
-    theta = torch.cat([ref.state_dict()[n].reshape(-1) for n in names])
+    names, theta, logits = _logits_of_weights(net, torch.cat([b[0] for b in data]))
     J = torch.func.jacrev(logits)(theta)  # [N, C, P]
     p = torch.softmax(logits(theta), dim=1)
     eye = torch.eye(p.shape[1], dtype=p.dtype)

@@ -57,17 +57,25 @@ def meta_copy(model: nn.Module) -> nn.Module:
     return meta_clone(model)
 
 
-def model_cost(model: nn.Module, input_size: int | tuple[int, int],
-               in_channels: int | None = None) -> ModelCost:
-    """:class:`ModelCost` of ``model`` (left unchanged; a copy is moved to the meta device when
-    it holds real tensors) for one image of ``input_size`` pixels; ``in_channels`` defaults to
-    the model's (:func:`~landscape.receptive_field.graph.input_channels`)."""
+def meta_input(model: nn.Module, input_size: int | tuple[int, int],
+               in_channels: int | None = None) -> tuple[nn.Module, torch.Tensor]:
+    """(:func:`meta_copy` of ``model``, one meta-device image of ``input_size`` pixels and
+    ``in_channels`` channels, by default the model's:
+    :func:`~landscape.receptive_field.graph.input_channels`)."""
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if in_channels is None:
         in_channels = input_channels(model)
         if in_channels is None:
             raise ValueError(f"{type(model).__name__} has no Conv2d; pass in_channels")
-    meta = meta_copy(model)
+    return meta_copy(model), torch.empty(1, in_channels, h, w, device="meta")
+
+
+def model_cost(model: nn.Module, input_size: int | tuple[int, int],
+               in_channels: int | None = None) -> ModelCost:
+    """:class:`ModelCost` of ``model`` (left unchanged; a copy is moved to the meta device when
+    it holds real tensors) for one image of ``input_size`` pixels; ``in_channels`` defaults to
+    the model's (:func:`~landscape.receptive_field.graph.input_channels`)."""
+    meta, image = meta_input(model, input_size, in_channels)
     training = meta.training
     grads = [(p, p.requires_grad) for p in meta.parameters()]
     meta.eval()
@@ -78,11 +86,11 @@ def model_cost(model: nn.Module, input_size: int | tuple[int, int],
         for p, _ in grads:
             p.requires_grad_(False)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            meta(torch.empty(1, in_channels, h, w, device="meta"))
+            meta(image)
     finally:
         meta.train(training)
         for p, flag in grads:
             p.requires_grad_(flag)
     return ModelCost(params=sum(p.numel() for p in model.parameters()),
-                     flops=int(counter.get_total_flops()), input_size=(h, w),
-                     in_channels=in_channels)
+                     flops=int(counter.get_total_flops()), input_size=tuple(image.shape[-2:]),
+                     in_channels=image.shape[1])

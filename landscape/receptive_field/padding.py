@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from landscape.receptive_field.cost import meta_copy
-from landscape.receptive_field.graph import input_channels
+from landscape.receptive_field.cost import meta_input
 
 
 def padding_only_taps(size: int, kernel: int, stride: int = 1, padding: int = 0,
@@ -73,12 +72,7 @@ def padding_only_weights(model: nn.Module, input_size: int | tuple[int, int],
                          in_channels: int | None = None) -> list[PaddingOnly]:
     """Per ``nn.Conv2d`` of ``model`` (left unchanged) with zero padding, in call order, at one
     ``in_channels`` x ``input_size`` image (module docstring)."""
-    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if in_channels is None:
-        in_channels = input_channels(model)
-        if in_channels is None:
-            raise ValueError(f"{type(model).__name__} has no Conv2d; pass in_channels")
-    meta = meta_copy(model)
+    meta, image = meta_input(model, input_size, in_channels)
     names = {m: n for n, m in meta.named_modules()}
     dead: dict[nn.Module, torch.Tensor] = {}
 
@@ -93,7 +87,7 @@ def padding_only_weights(model: nn.Module, input_size: int | tuple[int, int],
     meta.eval()
     try:
         with torch.no_grad():
-            meta(torch.empty(1, in_channels, h, w, device="meta"))
+            meta(image)
     finally:
         meta.train(training)
         for hook in hooks:
