@@ -3,6 +3,7 @@ gradient of a convolution of an all-ones input: exactly zero at those taps, nowh
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -113,3 +114,15 @@ def test_refinement_proposals_report_the_share_each_change_leaves():
     # a stride taken out before the 1 x 1 maps leaves none; one after them changes nothing
     less = props[props["strategy"] == "less_downsampling"].set_index("change")["padding_only"]
     assert less.min() == 0.0 and less.max() == original["padding_only"]
+
+
+@pytest.mark.parametrize("n, k, s", [(1, 3, 1), (1, 3, 2), (2, 5, 2), (5, 3, 2), (3, 7, 3)])
+def test_timm_same_padding_is_read_as_padding(n, k, s):
+    from timm.layers import Conv2dSame
+
+    conv = Conv2dSame(1, 1, k, stride=s).double()
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    conv(torch.ones(1, 1, n, n, dtype=torch.float64)).sum().backward()
+    (got,) = padding_only_weights(conv, n, in_channels=1)
+    assert got.dead == int((conv.weight.grad == 0).sum())

@@ -61,13 +61,15 @@ def meta_input(model: nn.Module, input_size: int | tuple[int, int],
                in_channels: int | None = None) -> tuple[nn.Module, torch.Tensor]:
     """(:func:`meta_copy` of ``model``, one meta-device image of ``input_size`` pixels and
     ``in_channels`` channels, by default the model's:
-    :func:`~landscape.receptive_field.graph.input_channels`)."""
+    :func:`~landscape.receptive_field.graph.input_channels`; in the dtype of the model's
+    parameters)."""
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if in_channels is None:
         in_channels = input_channels(model)
         if in_channels is None:
             raise ValueError(f"{type(model).__name__} has no Conv2d; pass in_channels")
-    return meta_copy(model), torch.empty(1, in_channels, h, w, device="meta")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return meta_copy(model), torch.empty(1, in_channels, h, w, device="meta", dtype=dtype)
 
 
 def model_cost(model: nn.Module, input_size: int | tuple[int, int],

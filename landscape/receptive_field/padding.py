@@ -11,9 +11,10 @@ Per axis, tap i of a convolution of kernel k, stride s, dilation d and left padd
 of n positions reads position ``t s - p + i d`` for output t; it is padding-only when that is
 outside ``[0, n)`` for every output t. A 2-D tap is padding-only when it is so along either
 axis. Only ``nn.Conv2d`` modules with zero padding (``padding_mode="zeros"``, integer or
-``"same"``) are read, on a meta-device forward pass of one image (shapes only); a module
-called several times counts a tap only if it is padding-only in every call; padding added by
-an explicit ``F.pad`` before a conv is part of that conv's input and not seen as padding.
+``"same"``, and timm's ``Conv2dSame``, which pads in its forward as TensorFlow's "SAME") are
+read, on a meta-device forward pass of one image (shapes only); a module called several
+times counts a tap only if it is padding-only in every call; padding added by an explicit
+``F.pad`` before a conv is part of that conv's input and not seen as padding.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ class PaddingOnly:
     dead: int
 
 
-def _axis_padding(conv: nn.Conv2d, axis: int) -> tuple[int, int]:
+def _axis_padding(conv: nn.Conv2d, axis: int, size: int) -> tuple[int, int]:
+    """(left, right) zero padding of ``conv`` along ``axis`` for an input of ``size``."""
+    k, s, d = conv.kernel_size[axis], conv.stride[axis], conv.dilation[axis]
+    if type(conv).__name__ == "Conv2dSame":  # timm's TensorFlow "SAME": padded in forward
+        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        return total // 2, total - total // 2
     if conv.padding == "same":
         total = conv.dilation[axis] * (conv.kernel_size[axis] - 1)
         return total // 2, total - total // 2
@@ -62,7 +68,7 @@ def _dead_taps(conv: nn.Conv2d, size: tuple[int, int]) -> torch.Tensor:
     """(kh, kw) bool: the taps of ``conv`` that read padding only on a ``size`` map."""
     axes = []
     for a in (0, 1):
-        left, right = _axis_padding(conv, a)
+        left, right = _axis_padding(conv, a, size[a])
         axes.append(torch.tensor(padding_only_taps(
             size[a], conv.kernel_size[a], conv.stride[a], left, conv.dilation[a], right)))
     return axes[0][:, None] | axes[1][None, :]
