@@ -280,3 +280,24 @@ def test_pruning_at_init_retrained_with_the_runs_own_recipe(tmp_path):
     assert procs["finetune_settings"].dropna().nunique() == 2  # told apart, never pooled
     with pytest.raises(ValueError, match="prune.finetune_recipe must be one of"):
         pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(**base, finetune_recipe="retrain")))
+
+
+def test_option_values_are_refused_before_any_work(tmp_path):
+    from landscape import pipeline
+    from landscape.pruning import check_options
+    from landscape.stages.prune import PruneConfig
+    from tests.test_pipeline import tiny_cfg
+
+    for name, options, message in (
+            ("obd", {"labels": -1}, "'labels' of pruning criterion 'obd' must be an integer >= 0"),
+            ("obd", {"chunk": 0}, "'chunk' of pruning criterion 'obd' must be an integer >= 1"),
+            ("grasp", {"temperature": -2.0}, "'temperature' .* must be > 0"),
+            ("grasp", {"bn_mode": "recalibrated"}, "'bn_mode' .* one of"),
+            ("synflow", {"iterations": 0}, "'iterations' .* integer >= 1"),
+            ("magnitude_gradient", {"batches": 0}, "'batches' .* integer >= 1")):
+        with pytest.raises(ValueError, match=message):
+            check_options(name, options)
+    with pytest.raises(ValueError, match="prune.options: option 'labels'"):
+        pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(enabled=True, criterion="obd",
+                                                          options={"labels": -1})))
+    assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -40,9 +40,25 @@ Batches = Iterable[tuple[Tensor, Tensor]]
 CRITERIA: Registry[Criterion] = Registry("pruning criterion")
 
 
-def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
-    """Decorator: register ``fn(params, *, model, data, **options) -> scores`` as ``name``."""
+# name -> check(options): raises ValueError naming an option whose value the criterion
+# refuses (before any work: the prune stage checks prune.options when the config is checked)
+VALUE_CHECKS: dict[str, Callable[[Mapping[str, object]], None]] = {}
+
+
+def register_criterion(name: str, *, check: Callable[[Mapping[str, object]], None] | None = None
+                       ) -> Callable[[Criterion], Criterion]:
+    """Decorator: register ``fn(params, *, model, data, **options) -> scores`` as ``name``;
+    ``check(options)``, if given, refuses option values up front (:func:`check_options`)."""
+    if check is not None:
+        VALUE_CHECKS[name] = check
     return CRITERIA.register(name)
+
+
+def check_count(name: str, option: str, value: object, least: int) -> None:
+    """ValueError unless ``value`` is an integer >= ``least`` (option ``option`` of ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"option '{option}' of pruning criterion '{name}' must be an integer "
+                         f">= {least}, got {value!r}")
 
 
 def list_criteria() -> list[str]:
@@ -100,7 +116,8 @@ def compute_scores(
 def check_options(name: str, options: Mapping[str, object]) -> None:
     """``options`` are keyword options criterion ``name`` declares (unless it takes
     ``**options``), each of the type of its default (an int, float, bool or str default; a
-    float option takes an int): ``TypeError`` naming the option and what it takes."""
+    float option takes an int): ``TypeError`` naming the option and what it takes; then the
+    criterion's own ``check`` of the values (``ValueError``)."""
     params = inspect.signature(get_criterion(name)).parameters.values()
     declared = {p.name: p for p in params
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in CALL_ARGUMENTS}
@@ -122,6 +139,8 @@ def check_options(name: str, options: Mapping[str, object]) -> None:
             article = "an" if kind.__name__[0] in "aeiou" else "a"
             raise TypeError(f"option '{key}' of pruning criterion '{name}' takes {article} "
                             f"{kind.__name__} (default {default!r}), got {value!r}")
+    if name in VALUE_CHECKS:
+        VALUE_CHECKS[name](options)
 
 
 @register_criterion("magnitude")
@@ -144,7 +163,12 @@ def random_scores(
     }
 
 
-@register_criterion("magnitude_gradient")
+def _gradient_options(options: Mapping[str, object]) -> None:
+    if options.get("batches") is not None:
+        check_count("magnitude_gradient", "batches", options["batches"], 1)
+
+
+@register_criterion("magnitude_gradient", check=_gradient_options)
 def magnitude_gradient(
     params: Mapping[str, Tensor],
     *,
@@ -164,9 +188,7 @@ def magnitude_gradient(
         raise ValueError(
             "criterion 'magnitude_gradient' needs data: an iterable of (inputs, targets) batches"
         )
-    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int)
-                                or batches < 1):
-        raise ValueError(f"batches must be an integer >= 1 or None, got {batches!r}")
+    _gradient_options({"batches": batches})
     names, tensors = list(params), list(params.values())
     device = tensors[0].device
     grads = [torch.zeros_like(t) for t in tensors]

@@ -38,26 +38,35 @@ from torch.func import functional_call, grad, vmap
 
 from landscape.hessian.operator import HessianOperator
 from landscape.modes import eval_mode
-from landscape.pruning.criteria import Batches, register_criterion
+from landscape.pruning.criteria import Batches, check_count, register_criterion
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 GRASP_BN_MODES = ("train", "eval")
 
 
-def _check_count(name: str, option: str, value: object, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"option '{option}' of pruning criterion '{name}' must be an integer "
-                         f">= {least}, got {value!r}")
+def _obd_options(options: Mapping[str, object]) -> None:
+    for key, least in (("labels", 0), ("chunk", 1)):
+        if key in options:
+            check_count("obd", key, options[key], least)
 
 
-@register_criterion("obd")
+def _grasp_options(options: Mapping[str, object]) -> None:
+    t = options.get("temperature", 1.0)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+        raise ValueError(f"option 'temperature' of pruning criterion 'grasp' must be > 0, got "
+                         f"{t!r}")
+    if options.get("bn_mode", "train") not in GRASP_BN_MODES:
+        raise ValueError(f"option 'bn_mode' of pruning criterion 'grasp' must be one of "
+                         f"{GRASP_BN_MODES}, got {options['bn_mode']!r}")
+
+
+@register_criterion("obd", check=_obd_options)
 def obd(params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | None,
         labels: int = 0, seed: int = 0, chunk: int = 16) -> dict[str, Tensor]:
     """``F_ii w_i^2 / 2`` with the Fisher diagonal over every class (``labels=0``) or over
     ``labels`` classes per example drawn from the model's prediction with a private generator
     seeded with ``seed`` (module docstring)."""
-    _check_count("obd", "labels", labels, 0)
-    _check_count("obd", "chunk", chunk, 1)
+    _obd_options({"labels": labels, "chunk": chunk})
     if data is None:
         raise ValueError("criterion 'obd' needs data: an iterable of (inputs, targets) batches "
                          "(the Fisher information at their inputs)")
@@ -99,17 +108,12 @@ def obd(params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | None,
     return {n: total[n] / seen * chosen[n].square() / 2 for n in names}
 
 
-@register_criterion("grasp")
+@register_criterion("grasp", check=_grasp_options)
 def grasp(params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | None,
           temperature: float = 200.0, bn_mode: str = "train",
           loss_fn: LossFn = F.cross_entropy) -> dict[str, Tensor]:
     """``w * (H g)`` of the loss of ``logits / temperature`` (module docstring)."""
-    if not temperature > 0:
-        raise ValueError(f"option 'temperature' of pruning criterion 'grasp' must be > 0, got "
-                         f"{temperature!r}")
-    if bn_mode not in GRASP_BN_MODES:
-        raise ValueError(f"option 'bn_mode' of pruning criterion 'grasp' must be one of "
-                         f"{GRASP_BN_MODES}, got {bn_mode!r}")
+    _grasp_options({"temperature": temperature, "bn_mode": bn_mode})
 
     def cooled(logits: Tensor, targets: Tensor) -> Tensor:
         return loss_fn(logits / temperature, targets)

@@ -28,7 +28,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from landscape.pruning.criteria import Batches, register_criterion
+from landscape.pruning.criteria import Batches, check_count, register_criterion
 from landscape.pruning.selection import EmptyLayerWarning, select_masks
 
 
@@ -69,14 +69,17 @@ def synaptic_flow(net: nn.Module, names: list[str], shape: tuple[int, ...]) -> d
     return out
 
 
-@register_criterion("synflow")
+def _synflow_options(options: Mapping[str, object]) -> None:
+    if "iterations" in options:
+        check_count("synflow", "iterations", options["iterations"], 1)
+
+
+@register_criterion("synflow", check=_synflow_options)
 def synflow(params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | None,
             rate: float, scope: str = "global", iterations: int = 100) -> dict[str, Tensor]:
     """SynFlow scores after ``iterations`` steps of pruning towards ``rate`` (module
     docstring); ``rate`` and ``scope`` are those of the pruning call."""
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"option 'iterations' of pruning criterion 'synflow' must be an "
-                         f"integer >= 1, got {iterations!r}")
+    _synflow_options({"iterations": iterations})
     if data is None:
         raise ValueError("criterion 'synflow' needs one batch of data for the input's shape "
                          "(its values are not read)")

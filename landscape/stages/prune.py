@@ -118,7 +118,7 @@ def validate(cfg: PruneConfig) -> None:
     else:
         try:
             check_options(cfg.criterion, cfg.options)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"prune.options: {e}") from None
     if not cfg.include or any(k not in PRUNABLE_KINDS for k in cfg.include):
         raise ValueError(f"prune.include must be a non-empty subset of {list(PRUNABLE_KINDS)}, "
