@@ -97,7 +97,7 @@ def test_the_sweep_and_the_receptive_field_stage_report_the_share():
                                                         pool_level=2, in_channels=1))
     rows = ReceptiveFieldStage().run(Ctx(), None, None)
     share = [r for r in rows if r["metric"] == "padding_only_share"]
-    assert [r["value"] for r in share] == [padding_only_share(Ctx.build_model(), 16, 1)[0]]
+    assert [r["value"] for r in share] == [padding_only_share(Ctx.build_model(), 16, 1)]
     assert "of 313480 conv and linear weights" in share[0]["note"]
     layers = {r["layer"]: r["value"] for r in rows if r["metric"] == "padding_only_weights"}
     assert len(layers) == 8 and sum(layers.values()) == 245760
@@ -110,7 +110,7 @@ def test_refinement_proposals_report_the_share_each_change_leaves():
     model = create_model("vgg19", num_classes=10, width=0.125, pool_level=3)
     props = proposals_table(refinement_proposals(model, 32))
     original = props[props["strategy"] == "original"].iloc[0]
-    assert original["padding_only"] == padding_only_share(model, 32)[0] > 0.7
+    assert original["padding_only"] == padding_only_share(model, 32) > 0.7
     # a stride taken out before the 1 x 1 maps leaves none; one after them changes nothing
     less = props[props["strategy"] == "less_downsampling"].set_index("change")["padding_only"]
     assert less.min() == 0.0 and less.max() == original["padding_only"]

@@ -46,18 +46,10 @@ def synaptic_flow(net: nn.Module, names: list[str], shape: tuple[int, ...]) -> d
     """``|w * dR/dw|`` of the parameters ``names`` of ``net`` (a :func:`flow_network`), with
     ``R`` the summed output for a ones input of ``shape`` (one example, no batch dim)."""
     live = dict(net.named_parameters())
-    chosen = [live[n] for n in names]
-    first = chosen[0]
-    ones = torch.ones((1, *shape), dtype=torch.float64, device=first.device)
+    chosen = [live[n].requires_grad_(True) for n in names]  # the private copy's
+    ones = torch.ones((1, *shape), dtype=torch.float64, device=chosen[0].device)
     with torch.enable_grad():
-        flags = [p.requires_grad for p in chosen]
-        for p in chosen:
-            p.requires_grad_(True)
-        try:
-            grads = torch.autograd.grad(net(ones).sum(), chosen, allow_unused=True)
-        finally:
-            for p, flag in zip(chosen, flags):
-                p.requires_grad_(flag)
+        grads = torch.autograd.grad(net(ones).sum(), chosen, allow_unused=True)
     out = {}
     for n, p, g in zip(names, chosen, grads):
         s = torch.zeros_like(p) if g is None else (g * p).detach().abs()

@@ -105,12 +105,16 @@ def padding_only_weights(model: nn.Module, input_size: int | tuple[int, int],
     return out
 
 
+def conv_linear_weights(model: nn.Module) -> int:
+    """The number of conv and linear weights of ``model`` (the default prunable set)."""
+    return sum(m.weight.numel() for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
 def padding_only_share(model: nn.Module, input_size: int | tuple[int, int],
-                       in_channels: int | None = None) -> tuple[float, int, int]:
-    """``(share, padding-only weights, conv and linear weights)`` of ``model`` at one image:
-    the share of its conv and linear weights (the default prunable set) that only ever
-    multiply padding (:func:`padding_only_weights`)."""
+                       in_channels: int | None = None) -> float:
+    """The share of ``model``'s conv and linear weights that only ever multiply padding at
+    one image of ``input_size`` (:func:`padding_only_weights`)."""
+    weights = conv_linear_weights(model)
     dead = sum(r.dead for r in padding_only_weights(model, input_size, in_channels))
-    weights = sum(m.weight.numel() for m in model.modules()
-                  if isinstance(m, (nn.Conv2d, nn.Linear)))
-    return (dead / weights if weights else 0.0), dead, weights
+    return dead / weights if weights else 0.0

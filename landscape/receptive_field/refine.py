@@ -98,7 +98,7 @@ def _analyse(strategy: str, change: str, model: nn.Module, n: int, in_channels: 
     try:
         table = receptive_field_table(model, n, **rf)
         cost = model_cost(model, n, in_channels)
-        dead = padding_only_share(model, n, in_channels)[0]
+        dead = padding_only_share(model, n, in_channels)
         r = feasible_input_of(table)
     except Exception as e:  # the change broke the model: say why, keep the other proposals
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"

@@ -89,7 +89,7 @@ def _sweep_row(level: int, model: nn.Module, table: pd.DataFrame, n: int,
         "feature_size": last["out_size"] if fits else pd.NA, "fits": fits,
         "border_layer": border.iloc[0] if len(border) else None,
         "n_unproductive": int(table["unproductive"].sum()),
-        "padding_only": padding_only_share(model, n, in_channels)[0] if fits else pd.NA,
+        "padding_only": padding_only_share(model, n, in_channels) if fits else pd.NA,
     }
 
 

@@ -87,35 +87,13 @@ class FinetuneStage(Stage):
                 state = model.state_dict()
                 for k, m in masks.items():
                     state[k].mul_(m.to(state[k].device))
-        gen = torch.Generator()
-
-        def epoch_batches(epoch: int):
-            gen.manual_seed(stream_seed(ctx.identity.seed, FINETUNE_EPOCH, epoch))
-            loader = make_loader(ctx.data.train, ctx.train.batch_size, ctx.settings,
-                                 shuffle=True, generator=gen)
-            return ((ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader)
-
         ctx.settings.place(model)  # channels_last on CUDA, as in training
-        test = make_loader(eval_split(ctx, "test"), ctx.train.eval_batch_size, ctx.settings,
-                           shuffle=False)
-
-        def test_after_epoch(m: nn.Module) -> dict[str, float]:
-            loss, acc = evaluate(m, test, ctx.settings)
-            return {"test_loss": loss, "test_acc": acc}
-
         if config.finetune_recipe == "train":  # the run's own optimizer, schedule and data
             outcome = train_masked(ctx, model, masks, ctx.checkpoint_dir / "retrain" / unit.name,
                                    what=unit.name)
             epochs = [vars(e) for e in outcome.history]
         else:
-            result = finetune(
-                model, masks, epoch_batches, epochs=config.finetune_epochs,
-                lr=config.finetune_lr, momentum=config.finetune_momentum,
-                weight_decay=config.finetune_weight_decay, grad_clip=config.finetune_grad_clip,
-                device=ctx.settings.device, seed=stream_seed(ctx.identity.seed, FINETUNE),
-                autocast=ctx.settings.autocast, eval_fn=test_after_epoch, progress=ctx.progress)
-            epochs = [{"train_loss": loss, "train_acc": acc, **e} for loss, acc, e in
-                      zip(result.train_loss, result.train_acc, result.eval)]
+            epochs = _finetune_epochs(ctx, config, model, masks)
         rows: list[dict] = [{"metric": m, "value": e[m], "index": i + 1}
                             for m in ("train_loss", "train_acc") for i, e in enumerate(epochs)]
         rows += [{"metric": m, "value": e[m], "index": i + 1}
@@ -138,3 +116,32 @@ class FinetuneStage(Stage):
         common = {"criterion": label(config), "prune_rate": rate, "finetuned": True,
                   "protocol": config.protocol, "note": note}
         return [{**common, **r} for r in rows]
+
+
+def _finetune_epochs(ctx: RunContext, config: PruneConfig, model: nn.Module,
+                     masks: dict) -> list[dict[str, float]]:
+    """Fine-tune with prune.finetune_* (``landscape.pruning.finetune``); per epoch its
+    train_loss, train_acc, test_loss and test_acc."""
+    gen = torch.Generator()
+
+    def epoch_batches(epoch: int):
+        gen.manual_seed(stream_seed(ctx.identity.seed, FINETUNE_EPOCH, epoch))
+        loader = make_loader(ctx.data.train, ctx.train.batch_size, ctx.settings,
+                             shuffle=True, generator=gen)
+        return ((ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader)
+
+    test = make_loader(eval_split(ctx, "test"), ctx.train.eval_batch_size, ctx.settings,
+                       shuffle=False)
+
+    def test_after_epoch(m: nn.Module) -> dict[str, float]:
+        loss, acc = evaluate(m, test, ctx.settings)
+        return {"test_loss": loss, "test_acc": acc}
+
+    result = finetune(
+        model, masks, epoch_batches, epochs=config.finetune_epochs, lr=config.finetune_lr,
+        momentum=config.finetune_momentum, weight_decay=config.finetune_weight_decay,
+        grad_clip=config.finetune_grad_clip, device=ctx.settings.device,
+        seed=stream_seed(ctx.identity.seed, FINETUNE), autocast=ctx.settings.autocast,
+        eval_fn=test_after_epoch, progress=ctx.progress)
+    return [{"train_loss": loss, "train_acc": acc, **e} for loss, acc, e in
+            zip(result.train_loss, result.train_acc, result.eval)]

@@ -18,7 +18,7 @@ import pandas as pd
 from landscape.receptive_field import UnsupportedModelError, receptive_field_table, version
 from landscape.receptive_field.analytic import feasible_input_of
 from landscape.receptive_field.cost import FLOPS_CONVENTION, model_cost
-from landscape.receptive_field.padding import padding_only_share, padding_only_weights
+from landscape.receptive_field.padding import conv_linear_weights, padding_only_weights
 from landscape.stages.base import CellContext, Stage, register_stage
 
 
@@ -62,11 +62,11 @@ class ReceptiveFieldStage(Stage):
         """FLOPs and the weights that only multiply padding (neither needs the RF analysis)."""
         size, channels = ctx.identity.image_size, ctx.identity.in_channels
         cost = model_cost(model, size, channels)
-        share, _, weights = padding_only_share(model, size, channels)
+        dead, weights = padding_only_weights(model, size, channels), conv_linear_weights(model)
         return [{"metric": "flops_per_image", "value": float(cost.flops),
                  "note": f"{note}; {FLOPS_CONVENTION}"},
                 *[{"metric": "padding_only_weights", "value": float(r.dead), "layer": r.layer,
-                   "note": f"{note}; of {r.weights}"}
-                  for r in padding_only_weights(model, size, channels) if r.dead],
-                {"metric": "padding_only_share", "value": share,
+                   "note": f"{note}; of {r.weights}"} for r in dead if r.dead],
+                {"metric": "padding_only_share",
+                 "value": sum(r.dead for r in dead) / weights if weights else 0.0,
                  "note": f"{note}; of {weights} conv and linear weights"}]
