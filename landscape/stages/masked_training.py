@@ -6,6 +6,9 @@ SynFlow; and Liu et al.'s retraining of a pruned network with the original sched
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -14,12 +17,15 @@ import torch
 from torch import Tensor, nn
 
 from landscape.stages.base import RunContext
-from landscape.storage import save_checkpoint
+from landscape.storage import atomic_write_json, save_checkpoint
 from landscape.tracking import TrackConfig
 from landscape.train import (
     CHECKPOINT_FORMAT, TrainConfig, TrainOutcome, make_optimizer, make_scheduler,
     recorded_data_path, train_model,
 )
+
+log = logging.getLogger(__name__)
+START = "start.json"  # the scratch folder's record of the start its last.pt trains from
 
 
 def train_masked(ctx: RunContext, model: nn.Module, masks: dict[str, Tensor], work: Path, *,
@@ -30,8 +36,14 @@ def train_masked(ctx: RunContext, model: nn.Module, masks: dict[str, Tensor], wo
     learning-rate schedule (taken up at ``start_epoch``: from ``state``'s optimizer and
     scheduler when given, the masked weights' momentum zeroed; else the schedule stepped
     ``start_epoch`` times with fresh momentum), data path, augmentation and data order (the
-    run's seed). ``work`` is a scratch folder for the trainer's checkpoints, emptied before and
-    removed after. A diverged run raises ``RuntimeError`` naming ``what``."""
+    run's seed). A diverged run raises ``RuntimeError`` naming ``what``.
+
+    ``work`` is a scratch folder for the trainer's checkpoints, removed when the training ends.
+    A training stopped on the way (preempted, killed, an exception) keeps it, and the next call
+    goes on from its last epoch when it starts from the same network (:func:`start_digest`:
+    the masked weights, the masks, ``start_epoch``, whether ``state`` was given): the resumed
+    training equals an uninterrupted one (tests/test_masked_training.py). Another start
+    empties the folder and trains from ``start_epoch``."""
     tc: TrainConfig = ctx.train
     if start_epoch >= tc.epochs:
         raise ValueError(f"{what}: starting at epoch {start_epoch} leaves no epoch to train "
@@ -52,14 +64,20 @@ def train_masked(ctx: RunContext, model: nn.Module, masks: dict[str, Tensor], wo
     else:
         for _ in range(start_epoch):
             sched.step()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     path = ctx.data_path(recorded_data_path(ctx.checkpoint_dir))
     data = ctx.resident if path == "resident" else ctx.data
-    save_checkpoint(work / "last.pt", {
-        "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(), "epoch": start_epoch, "history": [],
-        "data_path": path, "format": CHECKPOINT_FORMAT, "run_id": ctx.identity.run_id})
+    start = {"digest": start_digest(model, masks, start_epoch, state is not None),
+             "start_epoch": start_epoch, "what": what}
+    if _recorded_start(work) == start and (work / "last.pt").exists():
+        log.info("%s: %s goes on from its checkpoint in %s", ctx.identity.run_id, what, work)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        save_checkpoint(work / "last.pt", {
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "epoch": start_epoch, "history": [],
+            "data_path": path, "format": CHECKPOINT_FORMAT, "run_id": ctx.identity.run_id})
+        atomic_write_json(work / START, start)  # after last.pt: a kill between starts again
     try:
         outcome = train_model(model, data.train, data.test, unit_settings(tc),
                               seed=ctx.identity.seed, settings=ctx.settings,
@@ -68,10 +86,32 @@ def train_masked(ctx: RunContext, model: nn.Module, masks: dict[str, Tensor], wo
     finally:
         for h in hooks:
             h.remove()
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)  # kept above when the training did not return
     if outcome.diverged or not outcome.history:
         raise RuntimeError(f"{what} diverged at epoch {outcome.diverged_epoch}")
     return outcome
+
+
+def start_digest(model: nn.Module, masks: dict[str, Tensor], start_epoch: int,
+                 resumed_state: bool) -> str:
+    """sha256 of what a masked training starts from: every tensor of ``model``'s state (the
+    masked weights, BN statistics) and of ``masks`` (names, dtypes, shapes, bytes), the start
+    epoch and whether the optimizer state was taken up."""
+    h = hashlib.sha256(f"{start_epoch};{resumed_state}".encode())
+    for group, tensors in (("model", model.state_dict()), ("masks", masks)):
+        for name in sorted(tensors):
+            t = tensors[name].detach().to("cpu").contiguous()
+            h.update(f"{group}:{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _recorded_start(work: Path) -> Optional[dict]:
+    """The start a scratch folder records (None: none, or unreadable)."""
+    try:
+        return json.loads((work / START).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def unit_settings(tc: TrainConfig) -> TrainConfig:

@@ -1,0 +1,119 @@
+"""A masked training (an IMP round, a pruned network retrained with the run's recipe) stopped
+on the way goes on from its last epoch, to the weights of an uninterrupted one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from landscape import pipeline, results
+from landscape.cli.submit import expand_grid
+from landscape.identity import identify
+from landscape.stages import masked_training
+from landscape.stages.masked_training import START, start_digest
+from landscape.storage import load_checkpoint
+
+
+class Preempted(BaseException):
+    """What submitit's signal handler does to a task it requeues: leave by an exception."""
+
+
+def _cfg(root, *extra):
+    [cfg] = expand_grid(["model=small_cnn", "model.width=0.5", "data=digits", "train.epochs=4",
+                         "data.train_subset=96", "data.test_subset=40", "device=cpu",
+                         "num_threads=1", "progress=false", f"results_root={root}", *extra])
+    return cfg
+
+
+def _recording(monkeypatch, stop_after=None):
+    """``masked_training.train_model`` recording each call's outcome; with ``stop_after`` the
+    first call leaves (Preempted) once that epoch's checkpoint is written."""
+    calls = []
+    train_model = masked_training.train_model
+
+    def wrapped(model, *args, **kwargs):
+        if stop_after is not None and not calls:
+            def stop(record):
+                if record.epoch == stop_after:
+                    raise Preempted
+            kwargs["on_epoch"] = stop
+        calls.append((kwargs["checkpoint_dir"], None))
+        out = train_model(model, *args, **kwargs)
+        calls[-1] = (kwargs["checkpoint_dir"], out)
+        return out
+
+    monkeypatch.setattr(masked_training, "train_model", wrapped)
+    return calls
+
+
+@pytest.mark.parametrize("what", ["imp", "retrain"])
+def test_a_stopped_masked_training_goes_on_to_the_uninterrupted_weights(tmp_path, monkeypatch,
+                                                                        what):
+    extra = (["imp.enabled=true", "imp.rounds=1", "imp.rate=0.5"] if what == "imp" else
+             ["prune.enabled=true", "prune.rates=[0.5]", "prune.finetune=true",
+              "prune.finetune_recipe=train", "prune.checkpoint=init"])
+    full = _cfg(tmp_path / "full", *extra)
+    pipeline.run(full)
+    stopped = _cfg(tmp_path / "stopped", *extra)
+
+    calls = _recording(monkeypatch, stop_after=2)
+    with pytest.raises(Preempted):
+        pipeline.run(stopped)
+    [(work, _)] = calls
+    assert load_checkpoint(work / "last.pt")["epoch"] == 2 and (work / START).exists()
+
+    calls = _recording(monkeypatch)
+    pipeline.run(stopped)
+    [(again, outcome)] = calls
+    assert again == work and outcome.resumed_from_epoch == 2
+    assert [e.epoch for e in outcome.history] == [1, 2, 3, 4]  # the whole history is kept
+    assert not work.exists()  # removed once the training returned
+
+    a, b = results.load(tmp_path / "full"), results.load(tmp_path / "stopped")
+    stage = "imp" if what == "imp" else "finetune"
+    cols = ["unit", "metric", "index", "value"]
+    rows_a = a.loc[a["stage"].str.startswith(stage), cols].sort_values(cols[:3])
+    rows_b = b.loc[b["stage"].str.startswith(stage), cols].sort_values(cols[:3])
+    assert len(rows_a) > 0
+    assert rows_a.reset_index(drop=True).equals(rows_b.reset_index(drop=True))
+    if what == "imp":
+        ident = identify(full)
+        ra, rb = (load_checkpoint(results.run_paths(root, ident.cell_name, 0).checkpoints
+                                  / "imp" / "round_1.pt")["model"]
+                  for root in (tmp_path / "full", tmp_path / "stopped"))
+        assert all(torch.equal(ra[k], rb[k]) for k in ra)
+
+
+def test_another_start_empties_the_scratch_folder_and_trains_from_its_start(tmp_path,
+                                                                            monkeypatch):
+    """The scratch folder of a stopped round, then the round's settings changed (another
+    mask): the round trains from its start epoch, not from the stale checkpoint."""
+    cfg = _cfg(tmp_path, "imp.enabled=true", "imp.rounds=1", "imp.rate=0.5")
+    calls = _recording(monkeypatch, stop_after=2)
+    with pytest.raises(Preempted):
+        pipeline.run(cfg)
+    calls = _recording(monkeypatch)
+    pipeline.run(_cfg(tmp_path, "imp.enabled=true", "imp.rounds=1", "imp.rate=0.6"))
+    [(_, outcome)] = calls
+    assert outcome.resumed_from_epoch == 0 and len(outcome.history) == 4
+
+
+def test_the_start_digest_sees_every_bit_of_the_start():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    masks = {"0.weight": torch.rand(2, 1, 3, 3) > 0.5}
+    base = start_digest(model, masks, 0, False)
+    assert base == start_digest(model, {k: v.clone() for k, v in masks.items()}, 0, False)
+    assert start_digest(model, masks, 1, False) != base
+    assert start_digest(model, masks, 0, True) != base
+    flipped = masks["0.weight"].clone()
+    flipped[1, 0, 2, 2] ^= True
+    assert start_digest(model, {"0.weight": flipped}, 0, False) != base
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = torch.nextafter(model[0].weight[0, 0, 0, 0],
+                                                      torch.tensor(2.0))
+    one_ulp = start_digest(model, masks, 0, False)
+    assert one_ulp != base  # one ulp of one weight
+    model[1].num_batches_tracked += 1  # a 0-d buffer too
+    assert start_digest(model, masks, 0, False) != one_ulp
