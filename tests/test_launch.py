@@ -19,12 +19,14 @@ from landscape.commands import status_main
 from landscape.config import ModelConfig, RunConfig
 from landscape.data import DataConfig
 from landscape.grid import LauncherConfig, launch, plan_grid, status_table, validate_launcher
+from landscape.grid.launcher import describe
 from landscape.grid import slurm
 from landscape.grid.local import _cpu_context, usable_cpus
 from landscape.grid.sbatch import explain_sbatch_error
 from landscape.grid.status import format_status
 from landscape.identity import identify
 from landscape.stages.cka import CKAConfig
+from landscape.stages.hessian import HessianConfig
 from landscape.stages.importance import ImportanceConfig
 from landscape.train import TrainConfig
 
@@ -194,16 +196,49 @@ def test_a_refused_cell_job_keeps_the_submitted_array(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- skip before submit
-def test_a_sweep_of_settings_outside_the_run_identity_is_refused_not_dropped(tmp_path):
+def test_a_sweep_of_training_settings_or_of_one_units_settings_is_refused_not_dropped(
+        tmp_path):
     c = grid(tmp_path)[0]
     epochs = dataclasses.replace(c, train=dataclasses.replace(c.train, save_epochs=[1]))
     assert run_id(epochs) == run_id(c)  # save_epochs is no part of the identity
     with pytest.raises(ValueError, match=r"two configs of the grid are one run \(.*seed=0\) "
-                       r"with different settings \(train\.save_epochs\).*one after another"):
+                       r"trained with different settings \(train\.save_epochs\): a run trains "
+                       r"once"):
         plan_grid([c, epochs])
+    # hessian_init's name does not carry n_samples: the second would replace the first's rows
+    a, b = (dataclasses.replace(c, hessian=HessianConfig(enabled=True, n_samples=n))
+            for n in (64, 128))
+    with pytest.raises(ValueError, match=r"run-level unit 'hessian_init' would be written "
+                       r"with different settings \(n_samples; the configs differ in "
+                       r"hessian\.n_samples\).*prune\.criterion"):
+        plan_grid([a, b])
+
+
+def test_a_grid_is_validated_once_per_cell_and_settings_and_every_seed_checked(tmp_path,
+                                                                               monkeypatch):
+    from landscape.cli.submit import validate_grid
+
+    calls, real = [], pipeline.validate
+    monkeypatch.setattr(pipeline, "validate", lambda c, **kw: calls.append(c) or real(c, **kw))
+    cfgs = [tiny(tmp_path, s, p) for s in (0, 1, 2) for p in (0, 1)] + [tiny(tmp_path, 10, 0)]
+    validate_grid(cfgs)  # seed 10: a longer folder name, checked again
+    assert [(c.seed, c.model.pool_level) for c in calls] == [(0, 0), (0, 1), (10, 0)]
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63 - 1"):
+        validate_grid(cfgs + [tiny(tmp_path, -1, 0)])
+
+
+def test_stage_settings_of_one_run_are_its_variants_run_in_its_task(tmp_path):
+    """Configs of one run that add other units (another criterion, another stage) are one
+    pending run: its units are every variant's, its task runs them one after another."""
+    c = grid(tmp_path)[0]
     erf = dataclasses.replace(c, importance=ImportanceConfig(enabled=True))
-    with pytest.raises(ValueError, match=r"different settings \(importance\.enabled\)"):
-        plan_grid([c, erf])
+    plan = plan_grid([c, erf, c])  # a config given twice is one variant
+    [p] = plan.pending
+    assert p.variants == (c, erf) and p.cfg == c and len(plan.runs) == 1
+    assert p.units == ("train", "importance_init")
+    assert "(2 settings, one after another)" in describe(plan, LauncherConfig())
+    task, args = slurm._array_tasks(plan, LauncherConfig())
+    assert isinstance(task, slurm.RunTask) and args == [(c, erf)]
 
 
 def test_plan_skips_finished_runs_and_units(tmp_path):
@@ -319,6 +354,62 @@ def test_local_parallel_workers_limit_threads_and_report_failures(tmp_path):
     assert [p.run_id for p in plan_grid(cfgs + [bad]).pending] == [run_id(bad)]
 
 
+def test_one_submission_sweeps_a_pruning_criterion_and_the_status_shows_every_variant(
+        tmp_path, capsys):
+    """``prune.criterion=magnitude,random``: each run trains once, then prunes with both;
+    the status lists both units; a second submission has nothing left."""
+    root = tmp_path / "r"
+    args = [a for a in TINY_ARGS if not a.startswith("seed=")] + [
+        "seed=0", f"results_root={root}", "prune.enabled=true", "prune.rates=[0.5]",
+        "prune.criterion=magnitude,random", "cka.enabled=true", "cka.n_inputs=16"]
+    plan, _, sub = submit(args)
+    assert "2 runs in 2 cells" in capsys.readouterr().out
+    assert [len(p.variants) for p in plan.pending] == [2, 2]
+    assert [r.status for r in sub.local] == ["ok", "ok"]
+    df = results.load(root)
+    pruned = df[df["stage"] == "prune"]
+    assert set(zip(pruned["run_id"], pruned["criterion"])) == {
+        (run_id(c), k) for c in plan.runs for k in ("magnitude", "random")}
+    trained = df[(df["stage"] == "train") & (df["metric"] == "test_acc")]
+    assert len(trained) == 2  # one training per run
+    [entry] = results.read_submissions(root)
+    assert sorted(r["run_id"] for r in entry["runs"]) == sorted(
+        [run_id(c) for c in plan.runs] * 2)
+    table = status_table(root)
+    prune_units = table[table["unit"].str.startswith("prune_")]
+    assert len(prune_units) == 4 and (prune_units["done"] == 1).all()
+    assert {u.split("_")[1] for u in prune_units["unit"]} == {"magnitude", "random"}
+    again, _, nothing = submit(args)
+    assert not again.pending and nothing is None
+
+
+def test_a_failed_variant_does_not_stop_the_others_once_the_run_is_trained(tmp_path,
+                                                                           monkeypatch):
+    from landscape.grid import variants
+
+    a, b, c = (tiny(tmp_path, 0, 0, report=report) for report in (True, False, True))
+    ran = []
+
+    def fake_run(cfg):
+        ran.append(cfg)
+        if cfg is b:
+            raise RuntimeError("b failed")
+        return pipeline.RunSummary(run_dir="x", ran=[f"u{len(ran)}"])
+
+    monkeypatch.setattr(variants, "run", fake_run)
+    monkeypatch.setattr(variants, "trained", lambda cfg: True)
+    with pytest.raises(RuntimeError, match="b failed"):
+        variants.run_variants((a, b, c))
+    assert ran == [a, b, c]
+    ran.clear()
+    monkeypatch.setattr(variants, "trained", lambda cfg: False)  # the training failed
+    with pytest.raises(RuntimeError, match="b failed"):
+        variants.run_variants((b, c))
+    assert ran == [b]
+    ran.clear()
+    assert variants.run_variants(a).ran == ["u1"]  # a task pickled before variants existed
+
+
 # --------------------------------------------------------------------------- status table
 def test_status_table_counts_states_and_shows_failure_reasons(tmp_path, monkeypatch):
     cka = CKAConfig(enabled=True, n_inputs=16)
@@ -415,8 +506,8 @@ def test_runs_per_gpu_slurm_packs_k_runs_per_array_task(tmp_path):
     lc = LauncherConfig(backend="slurm", runs_per_gpu=2)
     task, args = slurm._array_tasks(plan, lc)
     assert isinstance(task, slurm.GroupTask)
-    assert [[run_id(c) for c in g] for g in args] == [[run_id(c) for c in cfgs[:2]],
-                                                      [run_id(cfgs[2])]]
+    assert [[run_id(v[0]) for v in g] for g in args] == [[run_id(c) for c in cfgs[:2]],
+                                                         [run_id(cfgs[2])]]
     assert "1 array of 2 tasks for 3 runs (at most 64 at once, 2 runs per task sharing its GPU)" \
         in "\n".join(slurm.SlurmBackend().describe(plan, lc))
     with pytest.raises(SubmissionError, match="set launcher.gpus_per_node=1"):

@@ -124,7 +124,9 @@ def assert_resumed(run_dir: Path, before: list[dict], epochs: int) -> None:
 
 
 def test_grid_array_and_dependent_cell_job_then_resubmission_submits_nothing(slurm, tmp_path):
-    args = GRID + [f"results_root={tmp_path}"]
+    # Two pruning criteria: each run's task trains once, then prunes with both (its variants).
+    args = GRID + [f"results_root={tmp_path}", "prune.enabled=true", "prune.rates=[0.5]",
+                   "prune.criterion=magnitude,random"]
     plan, _, sub = submit(args)
     assert len(sub.run_ids) == 4 and sub.array_job_id and sub.cell_job_id
     script = Path(sub.jobs[0].paths.submission_file).read_text()
@@ -140,6 +142,7 @@ def test_grid_array_and_dependent_cell_job_then_resubmission_submits_nothing(slu
         acc = run[(run.stage == "train") & (run.metric == "test_acc")]
         assert acc["index"].tolist() == [1] and 0 <= acc["value"].iloc[0] <= 1
         assert run.loc[run.metric == "num_params", "value"].iloc[0] > 0
+        assert set(run.loc[run.stage == "prune", "criterion"]) == {"magnitude", "random"}
     cka = df[df.stage == "cka_final"]
     assert cka["run_id"].nunique() == 2  # the cell job ran CKA in both cells
     for _, cell in cka.groupby("run_id"):
@@ -148,8 +151,8 @@ def test_grid_array_and_dependent_cell_job_then_resubmission_submits_nothing(slu
         assert diag["value"].to_numpy() == pytest.approx(1.0, abs=1e-4)
     assert [s.ran for s in sub.jobs[-1].result()] == [["cka_final"], ["cka_final"]]
     assert (tmp_path / "report" / "report.md").is_file()  # then the cell job wrote the report
-    table = status_table(tmp_path)  # 2 cells x (train, receptive_field, cka_final)
-    assert (table["done"] == table["runs"]).all() and len(table) == 6
+    table = status_table(tmp_path)  # 2 cells x (train, 2 prune units, receptive_field, cka)
+    assert (table["done"] == table["runs"]).all() and len(table) == 10
 
     jobs_before = sacct("-o", "JobID")
     plan, _, again = submit(args)

@@ -3,6 +3,8 @@ checked and launched locally or on Slurm."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -56,14 +58,20 @@ def expand_grid(overrides: Sequence[str], *, config_dir: str = CONFIG_DIR,
 
 
 def validate_grid(cfgs: Sequence[RunConfig]) -> None:
-    """Every run's settings before anything is planned or written (the data on disk once per
-    distinct data config)."""
+    """Every run's settings before anything is planned or written: once per cell and stage
+    settings (the seeds of a cell differ in nothing :func:`landscape.pipeline.validate`
+    checks but the seed itself and the length of its folder's name), the data on disk once
+    per distinct data config."""
     from landscape.data import check_dataset
-    from landscape.pipeline import validate
+    from landscape.pipeline import check_seed, validate
 
-    checked = set()
+    checked, validated = set(), set()
     for c in cfgs:
-        validate(c, check_data=False)
+        check_seed(c.seed)
+        same = (repr(dataclasses.replace(c, seed=0)), len(str(c.seed)))
+        if same not in validated:
+            validate(c, check_data=False)
+            validated.add(same)
         key = repr(c.data)
         if key not in checked:
             check_dataset(c.data)

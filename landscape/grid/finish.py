@@ -72,23 +72,34 @@ def write_root_report(root: str | Path, out: Optional[str | Path] = None, *,
 def finish_cells(root: str | Path, cells: Optional[Sequence[RunConfig]] = None, *,
                  overrides: Optional[RunConfig] = None) -> list[CellSummary]:
     """Run the cell-level stages of ``cells`` (default: every cell under ``root``) with the
-    analysis settings of ``overrides`` (default: the first of ``cells``, else each cell's
-    stored settings), print where the results are and a summary, and write ``root/report``
-    when ``report`` is set. Every cell is tried; then a RuntimeError names the cells whose
-    cell-level stages failed (tracebacks are logged)."""
+    analysis settings of ``overrides`` (default: those of each of ``cells``, one after
+    another where a cell has several: the variants of a grid, ``landscape.grid.plan``; else
+    each cell's stored settings), print where the results are and a summary, and write
+    ``root/report`` when ``report`` is set. Every cell is tried; then a RuntimeError names the
+    cells whose cell-level stages failed (tracebacks are logged)."""
     root = Path(root).resolve()
-    if overrides is None and cells:
-        overrides = cells[0]
-    names = ([identify(c).cell_name for c in cells] if cells is not None
-             else results.cell_names(root))
+    settings: dict[str, list[Optional[RunConfig]]] = {}
+    if cells is None or overrides is not None:
+        for name in (results.cell_names(root) if cells is None
+                     else [identify(c).cell_name for c in cells]):
+            settings[name] = [overrides]
+    else:
+        for c in cells:
+            settings.setdefault(identify(c).cell_name, []).append(c)
+    names = list(settings)
     done, failed = [], []
     for name in names:
         try:
-            s = run_cell(root, name, overrides=overrides)
+            summaries = [run_cell(root, name, overrides=cfg) for cfg in settings[name]]
         except Exception:  # noqa: BLE001 - the other cells still run; reported below
             log.exception("%s: cell-level stages failed", name)
             failed.append(name)
             continue
+        s = summaries[0]  # the variants' units in one summary
+        for other in summaries[1:]:
+            s.ran += other.ran
+            s.skipped += [u for u in other.skipped if u not in s.ran + s.skipped]
+        s.skipped = [u for u in s.skipped if u not in s.ran]
         done.append(s)
         if s.ran:
             print(f"[landscape] {name}: {', '.join(s.ran)} over seeds {s.seeds}")
@@ -100,7 +111,9 @@ def finish_cells(root: str | Path, cells: Optional[Sequence[RunConfig]] = None, 
     if len(df):
         print(final_accuracy_table(df, cell_variants(root)).to_string())
     print(f"[landscape] load them with: landscape.results.load({str(root)!r})", flush=True)
-    if len(df) and (overrides is None or overrides.report):
+    report = (overrides.report if overrides is not None
+              else cells is None or not cells or any(c.report for c in cells))
+    if len(df) and report:
         path = write_root_report(root)
         print(f"[landscape] report: {path} and {path.with_suffix('.html')}")
     if failed:

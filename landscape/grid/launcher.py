@@ -102,11 +102,13 @@ def validate_launcher(lc: LauncherConfig) -> None:
 def describe(plan: GridPlan, launcher: LauncherConfig) -> str:
     """A dry run: what :func:`launch` would start, and with which resources."""
     validate_launcher(launcher)
-    lines = [f"grid: {len(plan.runs)} runs in {len(plan.cells)} cells under {plan.root}; "
-             f"{len(plan.runs) - len(plan.pending) - len(plan.active)} finished, "
+    lines = [f"grid: {len(plan.runs)} runs in {len(plan.cell_names())} cells under "
+             f"{plan.root}; {len(plan.runs) - len(plan.pending) - len(plan.active)} finished, "
              f"{len(plan.active)} queued/running from an earlier submission, "
              f"{len(plan.pending)} to run"]
-    lines += [f"  {p.run_id}: {', '.join(p.units)}" for p in plan.pending]
+    lines += [f"  {p.run_id}: {', '.join(p.units)}"
+              + (f" ({len(p.variants)} settings, one after another)" if len(p.variants) > 1
+                 else "") for p in plan.pending]
     lines += [f"  {run_id}: already queued or running (skipped)" for run_id in plan.active]
     if not plan.pending and not plan.needs_cell_job:
         lines.append("nothing to submit: every run and cell-level stage is done or in progress")
@@ -124,7 +126,7 @@ def cell_work(plan: GridPlan) -> str:
     what = list(dict.fromkeys(u.name for c in plan.cells
                               for _, _, u in stage_units(c, "cell", needs_trained=True)))
     what += ["the report"] if any(c.report for c in plan.cells) else []
-    return f"cell-level work ({', '.join(what)}) for {len(plan.cells)} cells"
+    return f"cell-level work ({', '.join(what)}) for {len(plan.cell_names())} cells"
 
 
 def launch(plan: GridPlan, launcher: LauncherConfig) -> Submission:

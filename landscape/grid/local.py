@@ -30,8 +30,8 @@ from landscape.grid.launcher import (
     BACKENDS, LauncherConfig, LocalRunResult, Submission, SubmissionError, cell_work,
 )
 from landscape.grid.plan import GridPlan
+from landscape.grid.variants import Task, run_variants
 from landscape.identity import identify
-from landscape.pipeline import run
 
 log = logging.getLogger("landscape")
 
@@ -69,12 +69,12 @@ def _die_with_launcher(launcher: int) -> None:
     threading.Thread(target=watch, name="watch-launcher", daemon=True).start()
 
 
-def _run_isolated(cfg: RunConfig) -> LocalRunResult:
-    """One run in a worker process; a failure is returned (the pipeline wrote FAILED), so one
-    bad run does not stop the others."""
-    run_id = identify(cfg).run_id
+def _run_isolated(task: tuple[RunConfig, ...]) -> LocalRunResult:
+    """One run (its variants, one after another) in a worker process; a failure is returned
+    (the pipeline wrote FAILED), so one bad run does not stop the others."""
+    run_id = identify(task[0]).run_id
     try:
-        status, error = run(cfg).status, ""
+        status, error = run_variants(task).status, ""
     except Exception as e:  # noqa: BLE001 - reported per run, traceback is in FAILED
         status, error = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
         log.error("%s failed: %s", run_id, error)
@@ -111,20 +111,21 @@ class LocalBackend:
         gpus = _gpu_packing(launcher)
         workers = len(gpus) * launcher.runs_per_gpu if gpus else launcher.local_workers
         threads = max(1, usable_cpus() // workers)
-        cfgs = with_threads([p.cfg for p in plan.pending], threads)
+        tasks = [tuple(with_threads(p.variants, threads)) for p in plan.pending]
+        cfgs = [t[0] for t in tasks]  # what each run trains with
         if gpus and cfgs:  # before anything is recorded or started
             check_gpu_memory(cfgs, launcher.runs_per_gpu, free_memory(gpus))
         if cfgs:
             results.record_submission(plan.root, "local", [
-                (identify(c).run_id, None, dataclasses.asdict(c)) for c in cfgs])
+                (identify(c).run_id, None, dataclasses.asdict(c)) for t in tasks for c in t])
         previous = torch.get_num_threads()
         try:
             if gpus and cfgs:
-                done = _run_on_gpus(cfgs, gpu_slots(gpus, launcher.runs_per_gpu))
+                done = _run_on_gpus(tasks, gpu_slots(gpus, launcher.runs_per_gpu))
             elif workers == 1 or len(cfgs) <= 1:
-                done = [_run_isolated(c) for c in cfgs]
+                done = [_run_isolated(t) for t in tasks]
             else:
-                done = _in_processes(_run_isolated, cfgs, workers, _cpu_context(cfgs))
+                done = _in_processes(_run_isolated, tasks, workers, _cpu_context(cfgs))
             torch.set_num_threads(usable_cpus())
             cells = finish_cells(plan.root, list(plan.cells)) if plan.needs_cell_job else []
         finally:
@@ -146,26 +147,26 @@ def _cpu_context(cfgs: list[RunConfig]) -> BaseContext:
     return get_context("spawn")
 
 
-def _in_processes(task: Callable[[RunConfig], LocalRunResult], cfgs: list[RunConfig],
+def _in_processes(fn: Callable[[Task], LocalRunResult], tasks: list[Task],
                   workers: int, context: BaseContext | None = None) -> list[LocalRunResult]:
-    """``task(cfg)`` of every run in ``workers`` processes (``spawn`` unless ``context``)
+    """``fn(task)`` of every run in ``workers`` processes (``spawn`` unless ``context``)
     that die with this one, a fresh process per run (Python >= 3.11): no CUDA context or
     backend flags leak from one run into the next."""
     fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
     with ProcessPoolExecutor(workers, mp_context=context or get_context("spawn"),
                              initializer=_die_with_launcher, initargs=(os.getpid(),),
                              **fresh) as pool:
-        return [f.result() for f in as_completed([pool.submit(task, c) for c in cfgs])]
+        return [f.result() for f in as_completed([pool.submit(fn, t) for t in tasks])]
 
 
-def _run_on_gpus(cfgs: list[RunConfig], slots: list[str]) -> list[LocalRunResult]:
+def _run_on_gpus(tasks: list[Task], slots: list[str]) -> list[LocalRunResult]:
     """The runs in ``len(slots)`` processes, each pinned (CUDA_VISIBLE_DEVICES) to the GPU of
     the slot it holds while it runs: at most ``runs_per_gpu`` on a GPU at once."""
     with Manager() as manager:
         free = manager.Queue()
         for s in slots:
             free.put(s)
-        return _in_processes(partial(run_on_a_slot, free, _run_isolated), cfgs, len(slots))
+        return _in_processes(partial(run_on_a_slot, free, _run_isolated), tasks, len(slots))
 
 
 BACKENDS.register("local")(LocalBackend())

@@ -29,7 +29,8 @@ from landscape.grid.launcher import (
 )
 from landscape.grid.plan import GridPlan
 from landscape.grid.sbatch import clean_if_refused, explain_sbatch_error
-from landscape.pipeline import CellSummary, RunSummary, run
+from landscape.grid.variants import Task, run_variants, variants_of
+from landscape.pipeline import CellSummary, RunSummary
 
 log = logging.getLogger("landscape")
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"}
@@ -48,14 +49,15 @@ def _slurm_threads(cfg: RunConfig) -> RunConfig:
 
 
 class RunTask(Checkpointable):
-    """One run as a Slurm array task; requeued on preemption or time-out."""
+    """One run (its variants, one after another: ``landscape.grid.variants``) as a Slurm
+    array task; requeued on preemption or time-out."""
 
-    def __call__(self, cfg: RunConfig) -> RunSummary:
+    def __call__(self, task: Task) -> RunSummary:
         _log_to_stdout()
-        return run(_slurm_threads(cfg))
+        return run_variants([_slurm_threads(c) for c in variants_of(task)])
 
-    def checkpoint(self, cfg: RunConfig) -> DelayedSubmission:
-        return DelayedSubmission(RunTask(), cfg)
+    def checkpoint(self, task: Task) -> DelayedSubmission:
+        return DelayedSubmission(RunTask(), task)
 
 
 class GroupTask(Checkpointable):
@@ -63,26 +65,27 @@ class GroupTask(Checkpointable):
     task's GPU (the CPUs split between them); requeued as a group, each run resumes from its
     own checkpoint. Their GPU memory is checked first (a clear error, nothing started)."""
 
-    def __call__(self, cfgs: list[RunConfig]) -> list[RunSummary]:
+    def __call__(self, tasks: list[Task]) -> list[RunSummary]:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
         _log_to_stdout()
+        runs = [variants_of(t) for t in tasks]
         if torch.cuda.is_available():
-            check_gpu_memory(cfgs, len(cfgs), free_memory([0]))
+            check_gpu_memory([v[0] for v in runs], len(runs), free_memory([0]))
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
-        cfgs = with_threads(cfgs, max(1, cpus // len(cfgs)))
-        with ProcessPoolExecutor(len(cfgs), mp_context=get_context("spawn")) as pool:
-            return list(pool.map(run, cfgs))
+        runs = [tuple(with_threads(v, max(1, cpus // len(runs)))) for v in runs]
+        with ProcessPoolExecutor(len(runs), mp_context=get_context("spawn")) as pool:
+            return list(pool.map(run_variants, runs))
 
-    def checkpoint(self, cfgs: list[RunConfig]) -> DelayedSubmission:
-        return DelayedSubmission(GroupTask(), cfgs)
+    def checkpoint(self, tasks: list[Task]) -> DelayedSubmission:
+        return DelayedSubmission(GroupTask(), tasks)
 
 
 def _array_tasks(plan: GridPlan, launcher: LauncherConfig) -> tuple[Any, list]:
     """The task callable and its arguments: one run per task, or (``runs_per_gpu`` = k > 1)
     groups of k runs."""
-    cfgs = [p.cfg for p in plan.pending]
+    cfgs = [p.variants for p in plan.pending]
     if launcher.runs_per_gpu == 1:
         return RunTask(), cfgs
     if launcher.gpus_per_node != 1:
@@ -185,8 +188,9 @@ class SlurmBackend:
                 if launcher.runs_per_gpu > 1:  # every run of a group: its task's job id
                     run_jobs = [j for j, g in zip(run_jobs, args) for _ in g]
                 results.record_submission(
-                    plan.root, "slurm", [(p.run_id, j.job_id, dataclasses.asdict(p.cfg))
-                                         for p, j in zip(plan.pending, run_jobs)],
+                    plan.root, "slurm", [(p.run_id, j.job_id, dataclasses.asdict(c))
+                                         for p, j in zip(plan.pending, run_jobs)
+                                         for c in p.variants],
                     cell_id, plan.cell_names() if cell_id else [])
         run_ids = tuple(p.run_id for p in plan.pending)
         return Submission("slurm", run_ids, array_id, cell_id, tuple(jobs))

@@ -32,7 +32,7 @@ import pandas as pd
 
 from landscape import results
 from landscape.config import RunConfig, from_dict
-from landscape.grid.plan import cell_units, diverged
+from landscape.grid.plan import cell_units, config_differences, diverged
 from landscape.grid.slurm import RUNNING, active_jobs
 from landscape.identity import identify
 from landscape.pipeline import stage_units
@@ -40,20 +40,39 @@ from landscape.pipeline import stage_units
 STATES = ("done", "stale", "running", "queued", "started", "failed", "skipped", "missing")
 
 
-def grid_runs(root: Path) -> dict[str, RunConfig]:
-    """run_id -> config: runs with a folder, plus submitted runs that have not started; every
-    path re-based on ``root`` (where the folder is now, not where it was made)."""
-    found: list[tuple[str, Any]] = [(r["run_id"], r["config"])
-                                    for s in results.read_submissions(root) for r in s["runs"]]
-    found += list(results.run_configs(root).items())
-    runs = {}
-    for run_id, data in found:
-        try:
-            runs[run_id] = dataclasses.replace(from_dict(RunConfig, data), results_root=str(root))
-        except (ValueError, TypeError) as e:  # e.g. written by an older version
-            warnings.warn(f"{run_id}: unreadable config ({e}); left out of the status",
-                          stacklevel=2)
+def grid_runs(root: Path) -> dict[str, list[RunConfig]]:
+    """run_id -> its configs: runs with a folder, plus submitted runs that have not started;
+    every path re-based on ``root`` (where the folder is now, not where it was made). A run
+    has the configs its latest submission gave it (several: its variants,
+    ``landscape.grid.plan.group_variants``), or the config it last ran with when that is none
+    of them (a run started by hand since)."""
+    runs: dict[str, list[RunConfig]] = {}
+    for s in results.read_submissions(root):  # a later submission replaces the earlier ones
+        this: dict[str, list[RunConfig]] = {}
+        for r in s["runs"]:
+            cfg = _config(root, r["run_id"], r["config"])
+            if cfg is not None:
+                this.setdefault(r["run_id"], []).append(cfg)
+        runs.update(this)
+    for run_id, data in results.run_configs(root).items():
+        cfg = _config(root, run_id, data)
+        if cfg is not None and not any(_same(cfg, v) for v in runs.get(run_id, [])):
+            runs[run_id] = [cfg]
     return runs
+
+
+def _config(root: Path, run_id: str, data: Any) -> Optional[RunConfig]:
+    try:
+        return dataclasses.replace(from_dict(RunConfig, data), results_root=str(root))
+    except (ValueError, TypeError) as e:  # e.g. written by an older version
+        warnings.warn(f"{run_id}: unreadable config ({e}); left out of the status",
+                      stacklevel=3)
+        return None
+
+
+def _same(a: RunConfig, b: RunConfig) -> bool:
+    """One config, but for what a launcher sets as it starts the run (its threads)."""
+    return not [k for k in config_differences(a, b) if k not in ("num_threads", "progress")]
 
 
 def _unit_state(run_dir: Path, unit: str, stale: Callable[[], Optional[str]],
@@ -102,19 +121,28 @@ def run_states(root: str | Path) -> pd.DataFrame:
     runs = grid_runs(root)
     active = active_jobs(root)
     rows, cells = [], {}
-    for run_id, cfg in runs.items():
-        ident = identify(cfg)
-        paths = results.run_paths(root, ident.cell_name, cfg.seed)
-        cells.setdefault(ident.cell_name, (paths, cfg))
-        for stage, config, unit in stage_units(cfg, "run"):
-            state, reason = _unit_state(
-                paths.run_dir, unit.name, functools.partial(
-                    stage.stale_reason, config, paths.run_dir, unit.name),
-                active.get(run_id))
-            rows.append({"cell": ident.cell_name, "seed": cfg.seed, "run_id": run_id,
-                         "unit": unit.name, "state": state, "reason": reason})
-    for name, (paths, cfg) in sorted(cells.items()):
-        for unit in cell_units(cfg):
+    for run_id, variants in runs.items():
+        ident = identify(variants[0])
+        paths = results.run_paths(root, ident.cell_name, variants[0].seed)
+        cells.setdefault(ident.cell_name, (paths, variants))
+        seen = set()  # a unit of several variants has one state (the same settings)
+        for cfg in variants:
+            for stage, config, unit in stage_units(cfg, "run"):
+                if unit.name in seen:
+                    continue
+                seen.add(unit.name)
+                state, reason = _unit_state(
+                    paths.run_dir, unit.name, functools.partial(
+                        stage.stale_reason, config, paths.run_dir, unit.name),
+                    active.get(run_id))
+                rows.append({"cell": ident.cell_name, "seed": cfg.seed, "run_id": run_id,
+                             "unit": unit.name, "state": state, "reason": reason})
+    for name, (paths, variants) in sorted(cells.items()):
+        units: dict[str, RunConfig] = {}
+        for c in variants:
+            for u in cell_units(c):
+                units.setdefault(u, c)
+        for unit, cfg in units.items():
             state, reason = _cell_state(cfg, paths, unit, active.get(name))
             rows.append({"cell": name, "seed": None, "run_id": name, "unit": unit,
                          "state": state, "reason": reason})

@@ -1,0 +1,52 @@
+"""Running the variants of one run (:func:`landscape.grid.plan.group_variants`: configs of
+one identity with other stage settings, e.g. ``prune.criterion=magnitude,obd``) in its job,
+one after another."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from landscape import results
+from landscape.config import RunConfig
+from landscape.identity import identify
+from landscape.pipeline import RunSummary, run
+
+Task = tuple[RunConfig, ...]  # one run's variants, as a launcher runs them
+
+
+def variants_of(task: RunConfig | Sequence[RunConfig]) -> tuple[RunConfig, ...]:
+    """A task's variants: a single config (a task pickled by an older version) or a tuple."""
+    return (task,) if isinstance(task, RunConfig) else tuple(task)
+
+
+def run_variants(task: RunConfig | Sequence[RunConfig]) -> RunSummary:
+    """Each variant of one run through :func:`landscape.pipeline.run`, in order (the first
+    trains; the others find the training done): one summary of every unit that ran. A variant
+    that fails does not stop the ones after it once the run is trained (they need nothing of
+    it); its error is raised after them. A failed training stops them (each would train
+    again)."""
+    out, error = None, None
+    for c in variants_of(task):
+        try:
+            s = run(c)
+        except Exception as e:
+            error = error or e
+            if not trained(c):
+                break
+            continue
+        out = out or RunSummary(run_dir=s.run_dir)
+        out.ran += [u for u in s.ran if u not in out.ran]
+        out.skipped += [u for u in s.skipped if u not in out.skipped]
+        if s.status != "ok" and out.status == "ok":
+            out.status = s.status
+    if error is not None:
+        raise error
+    assert out is not None
+    out.skipped = [u for u in out.skipped if u not in out.ran]
+    return out
+
+
+def trained(cfg: RunConfig) -> bool:
+    """The run's training finished (ok or diverged: no variant trains it again)."""
+    paths = results.run_paths(cfg.results_root, identify(cfg).cell_name, cfg.seed)
+    return results.read_done(paths.run_dir, "train") is not None
