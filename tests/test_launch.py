@@ -82,6 +82,43 @@ def test_expand_grid_is_the_experiment_sweep_times_command_line_sweeps():
     assert [(c.model.name, c.seed) for c in one] == [("small_cnn", 3)]
 
 
+def _composed_one_by_one(overrides):
+    """The grid as Hydra's multirun composes it: every combination composed whole."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        params = compose("config", overrides=fixed, return_hydra_config=True
+                         ).hydra.sweeper.get("params") or {}
+        sweep = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
+        return [to_run_config(compose("config", overrides=list(c)))
+                for c in BasicSweeper.split_arguments(sweep, max_batch_size=None)[0]]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["experiment=demo", "prune.criterion=magnitude,obd"],
+    ["experiment=rf_design_small"],  # a sweep of a config group (variant)
+    ["model=small_cnn", "data=digits,synthetic", "seed=0,7", "prune.rates=[0.5],[0.9]",
+     "train.lr=0.1,1e-2", "model.pool_stride=null", "prune.options.labels=3",
+     "+prune.options.chunk=4", "model.name='vgg19'"],
+])
+def test_expand_grid_equals_composing_every_combination(overrides):
+    """One composition per shape (groups, +/~, lists), then the plain values set as Hydra's
+    last step sets them: the same configs, in the same order, as a composition of each."""
+    assert expand_grid(overrides) == _composed_one_by_one(overrides)
+
+
+def test_expand_grid_errors_are_hydras():
+    for bad in (["model=small_cnn", "seed=0,abc"], ["model=small_cnn", "model.widht=1,2"]):
+        with pytest.raises(Exception) as fast:
+            expand_grid(bad)
+        with pytest.raises(Exception) as slow:
+            _composed_one_by_one(bad)
+        assert (type(fast.value), str(fast.value)) == (type(slow.value), str(slow.value))
+
+
 def test_launcher_configs_and_overrides():
     assert split_overrides(["seed=0,1", "launcher=slurm", "launcher.time=5",
                             "+launcher.sbatch_extra.qos=high"]) == (

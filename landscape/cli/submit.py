@@ -3,6 +3,7 @@ checked and launched locally or on Slurm."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import sys
@@ -13,8 +14,9 @@ from typing import Optional, Sequence
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from landscape.cli.compose import CONFIG_DIR, USER_ERRORS, hydra_error_line, to_run_config
@@ -54,7 +56,43 @@ def expand_grid(overrides: Sequence[str], *, config_dir: str = CONFIG_DIR,
         params = base.hydra.sweeper.get("params") or {}
         sweep = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(overrides))
         combos = BasicSweeper.split_arguments(sweep, max_batch_size=None)[0]
-        return [to_run_config(compose(config_name, overrides=list(c))) for c in combos]
+        composed: dict[tuple[str, ...], DictConfig] = {}
+        out = []
+        for combo in combos:
+            shape, values = _split_values(parser.parse_overrides(list(combo)))
+            if shape not in composed:  # Hydra's composition of the defaults (~0.2-0.4 s)
+                composed[shape] = compose(config_name, overrides=list(shape))
+            try:  # then Hydra's last step, for plain values: OmegaConf.update(merge=True)
+                cfg = copy.deepcopy(composed[shape])
+                for key, value in values:
+                    OmegaConf.update(cfg, key, value, merge=True)
+                out.append(to_run_config(cfg))
+            except (OmegaConfBaseException, ValueError, TypeError, KeyError):
+                # Hydra's own composition of the whole combination says what is wrong
+                out.append(to_run_config(compose(config_name, overrides=list(combo))))
+        return out
+
+
+def _split_values(overrides: Sequence[Override]) -> tuple[tuple[str, ...], list[tuple]]:
+    """(the overrides that shape the composition: config groups, ``+``/``~``, hydra.*, lists
+    and dicts; the plain ``key=value`` settings of a scalar, as (key, value)). A grid's configs
+    differ mostly in the latter (seeds, pool levels, a criterion): one composition per shape,
+    then the values set as Hydra sets them, equal to a composition of each (tested)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    repo = getattr(GlobalHydra.instance().config_loader(), "repository", None)
+    shape, values = [], []
+    for o in overrides:
+        key = o.key_or_group
+        plain = (repo is not None and o.type == OverrideType.CHANGE and o.package is None
+                 and not key.startswith("hydra") and not repo.group_exists(key)
+                 and not repo.group_exists(key.replace(".", "/")))
+        value = o.value() if plain else None
+        if plain and (value is None or isinstance(value, (bool, int, float, str))):
+            values.append((key, value))
+        else:
+            shape.append(o.input_line)
+    return tuple(shape), values
 
 
 def validate_grid(cfgs: Sequence[RunConfig]) -> None:
