@@ -46,9 +46,10 @@ IMPORTANCE = Stream("importance", 7919)  # random inputs of the projected-gradie
 SLICE = Stream("slice", 8000, 2)  # the random directions of a loss slice (plane: draws 0, 1)
 PRUNED_HESSIAN = Stream("pruned_hessian", 9000)  # start vectors of the pruned nets' Hessians
 IMP_CONTROL = Stream("imp_control", 10000, 1000, "imp.rounds")  # random masks / inits per round
+PRUNE_DATA = Stream("prune_data", 11000)  # the class-balanced images of prune.data_per_class
 
 STREAMS = (INIT, TRAIN_EPOCH, FINETUNE, FINETUNE_EPOCH, HESSIAN, HESSIAN_DATA, STRUCTURED_PRUNE,
-           IMPORTANCE, SLICE, PRUNED_HESSIAN, IMP_CONTROL)
+           IMPORTANCE, SLICE, PRUNED_HESSIAN, IMP_CONTROL, PRUNE_DATA)
 
 
 def _check_disjoint(streams: tuple[Stream, ...]) -> None:

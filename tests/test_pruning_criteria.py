@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call, grad, hessian
 
@@ -238,6 +241,83 @@ def test_the_new_criteria_in_the_prune_stage_and_magnitude_gradient_over_data_ba
         pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(
             enabled=True, criterion="magnitude_gradient", data_batches=2,
             options={"batches": 3})))
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(1, 12), min_size=1, max_size=6), k=st.integers(1, 4),
+       seed=st.integers(0, 2**32 - 1))
+def test_balanced_indices_take_k_distinct_images_of_every_class(counts, k, seed):
+    from landscape.stages.criterion_data import balanced_indices
+
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(len(counts)), counts))
+    if min(counts) < k:
+        short = int(np.argmin(counts))
+        with pytest.raises(ValueError, match=rf"prune.data_per_class={k}, but class {short} "
+                                             rf"has {counts[short]} training images"):
+            balanced_indices(labels, k, seed)
+        return
+    idx = balanced_indices(labels, k, seed)
+    assert len(set(idx.tolist())) == len(idx) == k * len(counts)
+    assert np.bincount(labels[idx], minlength=len(counts)).tolist() == [k] * len(counts)
+    assert np.array_equal(idx, balanced_indices(labels, k, seed))  # the seed decides
+
+
+def test_split_labels_without_reading_images_through_subsets():
+    from torch.utils.data import Subset
+
+    from landscape.data.datasets import TensorImageDataset
+    from landscape.stages.criterion_data import split_labels
+
+    labels = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    ds = TensorImageDataset(torch.zeros(8, 1, 2, 2), labels)
+    assert split_labels(Subset(Subset(ds, [7, 5, 3, 1]), [0, 2])).tolist() == [6, 1]
+
+    class Plain(torch.utils.data.Dataset):  # keeps no labels: read item by item
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.zeros(1), 2 - i
+
+    assert split_labels(Plain()).tolist() == [2, 1, 0]
+
+
+def test_data_per_class_gives_the_criterion_k_images_of_every_class(tmp_path, monkeypatch):
+    from landscape import pipeline, results
+    from landscape.stages import prune as prune_stage
+    from landscape.stages.prune import PruneConfig, _prune_key
+    from tests.test_pipeline import tiny_cfg
+
+    assert "data_per_class" not in _prune_key(PruneConfig())  # older units keep their names
+    seen = []
+    real = prune_stage.prune
+
+    def recording(model, rate, criterion, scope, *, data=None, **kw):
+        seen.append(data)
+        return real(model, rate, criterion, scope, data=data, **kw)
+
+    monkeypatch.setattr(prune_stage, "prune", recording)
+    balanced = tiny_cfg(tmp_path, prune=PruneConfig(enabled=True, criterion="grasp",
+                                                    rates=[0.8], data_per_class=3))
+    default = tiny_cfg(tmp_path, prune=PruneConfig(enabled=True, criterion="grasp",
+                                                   rates=[0.8]))
+    pipeline.run(balanced)
+    pipeline.run(default)
+    [given, first] = seen
+    y = torch.cat([b[1] for b in given])
+    assert torch.bincount(y).tolist() == [3] * 10 and [len(b[1]) for b in given] == [30]
+    assert [len(b[1]) for b in first] == [32]  # data_batches=1: the first training batch
+    df = results.load(tmp_path)
+    notes = df[(df.stage == "prune") & (df.metric == "sparsity")]["note"].tolist()
+    assert any(n.endswith("data_per_class=3") for n in notes)
+    assert any(n.endswith("data_batches=1") for n in notes) and len(set(
+        df.loc[df.stage == "prune", "unit"])) == 2
+    for bad, says in ((0, "must be an integer >= 1 or null, got 0"),
+                      (2, "prune.criterion='magnitude' reads none")):
+        with pytest.raises(ValueError, match=rf"prune.data_per_class.*{says}"):
+            pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(
+                enabled=True, criterion="grasp" if bad == 0 else "magnitude",
+                data_per_class=bad)))
 
 
 def test_pruning_at_init_retrained_with_the_runs_own_recipe(tmp_path):

@@ -12,6 +12,7 @@ import pandas as pd
 
 from landscape import results
 from landscape.config import RunConfig
+from landscape.grid.variants import merge_summaries
 from landscape.identity import identify
 from landscape.pipeline import CellSummary, run_cell
 
@@ -95,11 +96,7 @@ def finish_cells(root: str | Path, cells: Optional[Sequence[RunConfig]] = None, 
             log.exception("%s: cell-level stages failed", name)
             failed.append(name)
             continue
-        s = summaries[0]  # the variants' units in one summary
-        for other in summaries[1:]:
-            s.ran += other.ran
-            s.skipped += [u for u in other.skipped if u not in s.ran + s.skipped]
-        s.skipped = [u for u in s.skipped if u not in s.ran]
+        s = merge_summaries(summaries)  # the variants' units in one summary
         done.append(s)
         if s.ran:
             print(f"[landscape] {name}: {', '.join(s.ran)} over seeds {s.seeds}")

@@ -4,14 +4,15 @@ one after another."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 from landscape import results
 from landscape.config import RunConfig
 from landscape.identity import identify
-from landscape.pipeline import RunSummary, run
+from landscape.pipeline import CellSummary, RunSummary, run
 
 Task = tuple[RunConfig, ...]  # one run's variants, as a launcher runs them
+Summary = TypeVar("Summary", RunSummary, CellSummary)
 
 
 def variants_of(task: RunConfig | Sequence[RunConfig]) -> tuple[RunConfig, ...]:
@@ -25,23 +26,28 @@ def run_variants(task: RunConfig | Sequence[RunConfig]) -> RunSummary:
     that fails does not stop the ones after it once the run is trained (they need nothing of
     it); its error is raised after them. A failed training stops them (each would train
     again)."""
-    out, error = None, None
+    summaries, error = [], None
     for c in variants_of(task):
         try:
-            s = run(c)
+            summaries.append(run(c))
         except Exception as e:
             error = error or e
             if not trained(c):
                 break
-            continue
-        out = out or RunSummary(run_dir=s.run_dir)
-        out.ran += [u for u in s.ran if u not in out.ran]
-        out.skipped += [u for u in s.skipped if u not in out.skipped]
-        if s.status != "ok" and out.status == "ok":
-            out.status = s.status
     if error is not None:
         raise error
-    assert out is not None
+    return merge_summaries(summaries)
+
+
+def merge_summaries(summaries: Sequence[Summary]) -> Summary:
+    """One summary (run or cell) of the variants' summaries: every unit that ran in one of
+    them, the others skipped, the first status other than ``ok``."""
+    out = summaries[0]
+    for s in summaries[1:]:
+        out.ran += [u for u in s.ran if u not in out.ran]
+        out.skipped += [u for u in s.skipped if u not in out.skipped]
+        if getattr(out, "status", "ok") == "ok" and getattr(s, "status", "ok") != "ok":
+            out.status = s.status
     out.skipped = [u for u in out.skipped if u not in out.ran]
     return out
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from torch import nn
 
 from landscape.identity import RunIdentity
 from landscape.pruning import (
-    PRUNABLE_KINDS, SCOPES, EmptyLayerWarning, check_options, check_rate, get_criterion,
+    PRUNABLE_KINDS, SCOPES, EmptyLayerWarning, check_options, check_rate,
     import_criteria, prunable_parameters, prune, recalibrate_bn, sparsity_report,
     structured_prune,
 )
@@ -42,7 +41,10 @@ from landscape.stages.base import (
     CHECKPOINTS, Output, RunContext, Stage, Unit, check_number, check_protocol, is_checkpoint,
     register_stage,
 )
-from landscape.stages.batches import eval_split, evaluation_batches
+from landscape.stages.batches import eval_split
+from landscape.stages.criterion_data import (
+    check_data_per_class, criterion_batches, data_note, first_batches,
+)
 from landscape.stages.pruned_geometry import (
     GEOMETRY_FIELDS, geometry_settings, pruned_geometry_rows, validate_geometry,
 )
@@ -63,6 +65,7 @@ class PruneConfig:
     options: dict[str, Any] = field(default_factory=dict)  # keyword options of the criterion
     imports: list[str] = field(default_factory=list)  # modules registering user criteria
     data_batches: int = 1  # training batches (no augmentation) given to data-based criteria
+    data_per_class: Optional[int] = None  # instead: this many images of each class (seeded)
     recalibrate_bn: bool = False  # recompute BN running stats on training data before eval
     structured: bool = False  # channel pruning through torch-pruning instead of masks
     structured_importance: str = "magnitude"
@@ -98,7 +101,7 @@ PAPER_REQUIRES = {
 }
 # Fields added after units were first hashed: left out of the hash at these values, so the
 # units made before keep their names.
-_LATER_FIELDS = {"protocol": "default", "checkpoint": "final"}
+_LATER_FIELDS = {"protocol": "default", "checkpoint": "final", "data_per_class": None}
 
 def validate(cfg: PruneConfig) -> None:
     import_criteria(cfg.imports)
@@ -134,7 +137,9 @@ def validate(cfg: PruneConfig) -> None:
             raise ValueError(f"prune.rates: {e}") from None
     if cfg.data_batches < 1:
         raise ValueError(f"prune.data_batches must be >= 1, got {cfg.data_batches}")
-    if isinstance(n := cfg.options.get("batches"), int) and n > cfg.data_batches:
+    check_data_per_class(cfg)
+    if (isinstance(n := cfg.options.get("batches"), int) and n > cfg.data_batches
+            and cfg.data_per_class is None):
         raise ValueError(f"prune.options.batches={n} reads more batches than the "
                          f"prune.data_batches={cfg.data_batches} given to the criterion")
     if not 1 <= cfg.finetune_epochs <= FINETUNE_EPOCH.span:
@@ -195,19 +200,12 @@ def prune_note(cfg: PruneConfig) -> str:
             f"exclude_classifier={cfg.exclude_classifier}; bn_recalibrated={cfg.recalibrate_bn}")
     if cfg.options:
         note += f"; options={json.dumps(cfg.options, sort_keys=True, separators=(',', ':'))}"
-    if not cfg.structured and _needs_data(cfg):
-        note += f"; data_batches={cfg.data_batches}"
-    return note
+    return note + data_note(cfg)
 
 
 def finetune_note(cfg: PruneConfig) -> str:
     """:func:`prune_note` and every fine-tuning setting (those in the fine-tune unit's hash)."""
     return prune_note(cfg) + "".join(f"; {k}={getattr(cfg, k)}" for k in FINETUNE_FIELDS)
-
-
-def _criterion_batches(ctx: RunContext, n: int) -> list:
-    """The first ``n`` batches of training images (no augmentation) of the training batch size."""
-    return evaluation_batches(ctx, n * ctx.train.batch_size, ctx.train.batch_size)
 
 
 def prune_checkpoint(ctx: RunContext, cfg: PruneConfig, rate: float,
@@ -218,7 +216,7 @@ def prune_checkpoint(ctx: RunContext, cfg: PruneConfig, rate: float,
     kwargs = dict(include=tuple(cfg.include), exclude_first_conv=cfg.exclude_first_conv,
                   exclude_classifier=cfg.exclude_classifier)
     if cfg.structured:
-        example = _criterion_batches(ctx, 1)[0][0]
+        example = first_batches(ctx, 1)[0][0]
         res = structured_prune(model, rate, example, importance=cfg.structured_importance,
                                seed=stream_seed(ctx.identity.seed, STRUCTURED_PRUNE), **kwargs)
         total = sum(p.numel() for p in res.model.parameters())
@@ -227,7 +225,7 @@ def prune_checkpoint(ctx: RunContext, cfg: PruneConfig, rate: float,
                  {"metric": "compression_ratio",
                   "value": sum(p.numel() for p in model.parameters()) / total}]
         return res.model.to(ctx.settings.device), None, rows
-    data = _criterion_batches(ctx, cfg.data_batches) if _needs_data(cfg) else None
+    data = criterion_batches(ctx, cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("always", EmptyLayerWarning)  # still shown, once per call
         masks = prune(model, rate, cfg.criterion, cfg.scope, data=data, **kwargs, **cfg.options)
@@ -240,10 +238,6 @@ def prune_checkpoint(ctx: RunContext, cfg: PruneConfig, rate: float,
     rows += [{"metric": "empty_layer", "value": 1.0, "layer": name}
              for name in report.empty_layers]
     return model, masks, rows
-
-
-def _needs_data(cfg: PruneConfig) -> bool:
-    return "data" in inspect.signature(get_criterion(cfg.criterion)).parameters
 
 
 def evaluate_on_test(ctx: RunContext, cfg: PruneConfig, model: nn.Module) -> list[dict]:

@@ -1,0 +1,105 @@
+"""The training images a data-based pruning criterion reads (SNIP, GraSP, OBD, ...):
+``prune.data_batches`` batches of the first training images (the default), or
+``prune.data_per_class`` images of every class (GraSP's and SNIP's reference code sample a
+class-balanced set: GraSP 10 per class on CIFAR-10), drawn from the run's seed. Both without
+augmentation, in batches of the training batch size."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+from landscape.pruning import get_criterion
+from landscape.seeds import PRUNE_DATA, stream_seed
+from landscape.stages.base import RunContext
+from landscape.stages.batches import eval_split, evaluation_batches
+from landscape.train import make_loader
+
+
+# Built-in criteria that take ``data`` (every criterion does) and never read it.
+DATA_FREE = ("magnitude", "random")
+
+
+def needs_data(cfg: Any) -> bool:
+    """The pruning criterion of ``cfg`` (a PruneConfig) is handed training batches (every
+    criterion that takes ``data``, as the registry asks, is: the unit notes say so)."""
+    return (not cfg.structured
+            and "data" in inspect.signature(get_criterion(cfg.criterion)).parameters)
+
+
+def check_data_per_class(cfg: Any) -> None:
+    """``prune.data_per_class``: None, or an integer >= 1 for a criterion that reads data."""
+    k = cfg.data_per_class
+    if k is None:
+        return
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"prune.data_per_class must be an integer >= 1 or null, got {k!r}")
+    if cfg.structured or cfg.criterion in DATA_FREE or not needs_data(cfg):
+        what = ("structured pruning" if cfg.structured
+                else f"prune.criterion={cfg.criterion!r}")
+        raise ValueError(f"prune.data_per_class={k} gives training images to the criterion, "
+                         f"but {what} reads none; leave it null")
+
+
+def data_note(cfg: Any) -> str:
+    """What the criterion read, for the unit's note ("" for a criterion without data)."""
+    if not needs_data(cfg):
+        return ""
+    if cfg.data_per_class is not None:
+        return f"; data_per_class={cfg.data_per_class}"
+    return f"; data_batches={cfg.data_batches}"
+
+
+def criterion_batches(ctx: RunContext, cfg: Any) -> Optional[list]:
+    """The batches the criterion of ``cfg`` reads on the device (None: it reads none)."""
+    if not needs_data(cfg):
+        return None
+    if cfg.data_per_class is None:
+        return first_batches(ctx, cfg.data_batches)
+    split = eval_split(ctx, "train_eval")
+    idx = balanced_indices(split_labels(split), cfg.data_per_class,
+                           stream_seed(ctx.identity.seed, PRUNE_DATA))
+    ds = (split.subset(torch.as_tensor(idx)) if hasattr(split, "subset")
+          else Subset(split, idx.tolist()))
+    loader = make_loader(ds, ctx.train.batch_size, ctx.settings, shuffle=False)
+    return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
+
+
+def first_batches(ctx: RunContext, n: int) -> list:
+    """The first ``n`` batches of training images (no augmentation) of the training batch
+    size."""
+    return evaluation_batches(ctx, n * ctx.train.batch_size, ctx.train.batch_size)
+
+
+def balanced_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` indices of each class present in ``labels``, each class's drawn without
+    replacement from ``seed``, all of them in one random order (from ``seed``). A class with
+    fewer images is an error naming the smallest and its count."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() < per_class:
+        short = int(np.argmin(counts))
+        raise ValueError(f"prune.data_per_class={per_class}, but class {int(classes[short])} "
+                         f"has {counts[short]} training images; use at most {counts[short]}")
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False)
+              for c in classes]
+    out = np.concatenate(chosen)
+    return out[rng.permutation(len(out))]
+
+
+def split_labels(ds: Any) -> np.ndarray:
+    """The labels of a training split without reading its images where it keeps them
+    (``labels``, ``targets``, ``samples``; through a ``Subset``); else read item by item."""
+    if isinstance(ds, Subset):
+        return split_labels(ds.dataset)[np.asarray(ds.indices)]
+    for name in ("labels", "targets"):
+        if hasattr(ds, name):
+            return torch.as_tensor(getattr(ds, name)).cpu().numpy()
+    if hasattr(ds, "samples"):
+        return np.asarray([t for _, t in ds.samples])
+    return np.asarray([int(ds[i][1]) for i in range(len(ds))])
