@@ -140,6 +140,30 @@ def test_grasp_is_weight_times_hessian_gradient_product_at_the_temperature():
         compute_scores("grasp", params, model=net, data=data, bn_mode="recalibrated")
 
 
+def test_grasp_with_the_reference_linear_reinitialisation_scores_a_copy():
+    net, data = _tiny(seed=2), _data(seed=4)
+    before = copy.deepcopy(net.state_dict())
+    params = prunable_parameters(net)
+    got = compute_scores("grasp", params, model=net, data=data, bn_mode="eval",
+                         reinit_linear=True, seed=3)
+    _untouched(net, before)  # the network pruned keeps its weights
+    ref = copy.deepcopy(net)  # the oracle: the Linear weight drawn by hand, then exact w * Hg
+    with torch.no_grad():
+        ref[5].weight.copy_(nn.init.xavier_normal_(torch.empty(4, 3, dtype=torch.float64),
+                                                   generator=torch.Generator().manual_seed(3)))
+    names, theta, g, H = _exact(ref, data, temperature=200.0)
+    torch.testing.assert_close(_flat(got, names), theta * (H @ g), rtol=1e-8, atol=1e-18)
+    plain = compute_scores("grasp", params, model=net, data=data, bn_mode="eval")
+    assert not torch.equal(got["0.weight"], plain["0.weight"])  # the conv's Hg changed too
+    assert torch.equal(got["5.weight"], compute_scores(
+        "grasp", params, model=net, data=data, bn_mode="eval", reinit_linear=True,
+        seed=3)["5.weight"])
+    with pytest.raises(TypeError, match="'reinit_linear' .* takes a bool"):
+        compute_scores("grasp", params, model=net, data=data, reinit_linear=1)
+    with pytest.raises(ValueError, match="'seed' of pruning criterion 'grasp'.*>= 0"):
+        compute_scores("grasp", params, model=net, data=data, seed=-1)
+
+
 def test_synflow_one_shot_has_the_closed_form_of_a_linear_chain():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))

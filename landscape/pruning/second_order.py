@@ -22,13 +22,16 @@
   importance here is ``w * (H g)``, so the lowest go. ``g`` and ``H`` are the gradient and
   Hessian of the mean loss over the batches given, over the prunable weights
   (:class:`landscape.hessian.HessianOperator`): one gradient and one Hessian-vector product.
-  GraSP is a pruning-at-initialisation method (``prune.checkpoint=init``).
+  GraSP is a pruning-at-initialisation method (``prune.checkpoint=init``). Its reference code
+  also re-initialises the Linear layers (Xavier normal) of the copy it scores: option
+  ``reinit_linear`` (off by default; ``seed`` seeds the draw).
 
 Neither changes the model: its flags, ``requires_grad`` and ``.grad`` are left as found.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Mapping
 
 import torch
@@ -58,6 +61,11 @@ def _grasp_options(options: Mapping[str, object]) -> None:
     if options.get("bn_mode", "train") not in GRASP_BN_MODES:
         raise ValueError(f"option 'bn_mode' of pruning criterion 'grasp' must be one of "
                          f"{GRASP_BN_MODES}, got {options['bn_mode']!r}")
+    if not isinstance(options.get("reinit_linear", False), bool):
+        raise ValueError(f"option 'reinit_linear' of pruning criterion 'grasp' must be true or "
+                         f"false, got {options['reinit_linear']!r}")
+    if "seed" in options:
+        check_count("grasp", "seed", options["seed"], 0)
 
 
 @register_criterion("obd", check=_obd_options)
@@ -110,10 +118,13 @@ def obd(params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | None,
 
 @register_criterion("grasp", check=_grasp_options)
 def grasp(params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | None,
-          temperature: float = 200.0, bn_mode: str = "train",
-          loss_fn: LossFn = F.cross_entropy) -> dict[str, Tensor]:
-    """``w * (H g)`` of the loss of ``logits / temperature`` (module docstring)."""
-    _grasp_options({"temperature": temperature, "bn_mode": bn_mode})
+          temperature: float = 200.0, bn_mode: str = "train", reinit_linear: bool = False,
+          seed: int = 0, loss_fn: LossFn = F.cross_entropy) -> dict[str, Tensor]:
+    """``w * (H g)`` of the loss of ``logits / temperature`` (module docstring); with
+    ``reinit_linear``, of a copy whose Linear weights are drawn again (Xavier normal, from a
+    generator seeded with ``seed``), as the reference code scores."""
+    _grasp_options({"temperature": temperature, "bn_mode": bn_mode,
+                    "reinit_linear": reinit_linear, "seed": seed})
 
     def cooled(logits: Tensor, targets: Tensor) -> Tensor:
         return loss_fn(logits / temperature, targets)
@@ -122,7 +133,21 @@ def grasp(params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | Non
     if not batches:
         raise ValueError("criterion 'grasp' needs data: an iterable of (inputs, targets) "
                          "batches (the gradient and Hessian of their mean loss)")
-    op = HessianOperator(model, cooled, batches, params=list(params), bn_mode=bn_mode,
+    scored = _linear_reinitialised(model, seed) if reinit_linear else model
+    op = HessianOperator(scored, cooled, batches, params=list(params), bn_mode=bn_mode,
                          device=next(iter(params.values())).device)
     scores = dict(zip(op.names, op.unflatten(op.parameters_vector() * op(op.gradient()))))
     return {n: scores[n].detach() for n in params}
+
+
+def _linear_reinitialised(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` weight drawn from Xavier normal (in module
+    order, from a CPU generator seeded with ``seed``): GraSP's reference re-initialisation."""
+    copy_ = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for m in copy_.modules():
+            if isinstance(m, nn.Linear):
+                draw = torch.empty(m.weight.shape, dtype=m.weight.dtype)
+                m.weight.copy_(nn.init.xavier_normal_(draw, generator=gen))
+    return copy_
