@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-
 import sys
 from dataclasses import fields
 from pathlib import Path

@@ -83,16 +83,16 @@ class GroupTask(Checkpointable):
 
 
 def _array_tasks(plan: GridPlan, launcher: LauncherConfig) -> tuple[Any, list]:
-    """The task callable and its arguments: one run per task, or (``runs_per_gpu`` = k > 1)
-    groups of k runs."""
-    cfgs = [p.variants for p in plan.pending]
+    """The task callable and its arguments: one run (its variants) per task, or
+    (``runs_per_gpu`` = k > 1) groups of k runs."""
+    tasks = [p.variants for p in plan.pending]
     if launcher.runs_per_gpu == 1:
-        return RunTask(), cfgs
+        return RunTask(), tasks
     if launcher.gpus_per_node != 1:
         raise SubmissionError(f"launcher.runs_per_gpu={launcher.runs_per_gpu} packs runs on the "
                               f"one GPU of each array task; set launcher.gpus_per_node=1 (now "
                               f"{launcher.gpus_per_node})")
-    return GroupTask(), groups(cfgs, launcher.runs_per_gpu)
+    return GroupTask(), groups(tasks, launcher.runs_per_gpu)
 
 
 class CellTask(Checkpointable):
