@@ -317,6 +317,50 @@ def test_finetune_keeps_mask_exactly_under_momentum_and_weight_decay():
     assert sum(int(torch.count_nonzero(revived[n][~m])) for n, m in masks.items()) > 0
 
 
+def test_finetune_equals_a_plain_masked_sgd_loop_and_reads_the_loss_once_per_epoch(
+        monkeypatch):
+    model = _model("small_cnn", 0.5)
+    masks = prune(model, 0.6)
+    data = _batches(3)
+    ref = copy.deepcopy(model)
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
+    result = finetune(model, masks, data, epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                      grad_clip=0.5, seed=0)
+    assert reads == []  # no host read per step: a float() per epoch
+    monkeypatch.undo()
+    # the reference: the same steps written out, the loss read after each one
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    params = dict(ref.named_parameters())
+    losses = []
+    ref.train()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for _ in range(2):
+            total = 0.0
+            for x, y in data:
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(ref(x), y)
+                loss.backward()
+                with torch.no_grad():
+                    for n, m in masks.items():
+                        params[n].grad[~m] = 0
+                nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+                opt.step()
+                with torch.no_grad():
+                    for n, m in masks.items():
+                        params[n][~m] = 0
+                total += loss.item() * len(y)
+            losses.append(total / sum(len(y) for _, y in data))
+    assert list(result.train_loss) == losses
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  ref.state_dict().values()))
+    with pytest.raises(FloatingPointError, match="non-finite loss in epoch 1 of 2"):
+        finetune(_model("small_cnn", 0.5), masks, data, epochs=2, lr=1e12, grad_clip=None,
+                 momentum=0.0, seed=0)
+
+
 def test_finetune_under_bf16_autocast_keeps_float32_weights_and_the_mask():
     # The CUDA path (DeviceSettings.autocast) exercised with CPU bf16 autocast.
     model = _model("small_cnn", 0.5)

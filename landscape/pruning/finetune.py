@@ -9,6 +9,7 @@ them). :func:`finetune` is SGD with the paper's defaults built on it.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterable, Iterator, Mapping
 
@@ -82,7 +83,8 @@ def finetune(
     CUDA, which needs no loss scaling); the weights, the update and the masks stay float32.
     ``seed`` seeds torch's global RNG inside a fork, so the caller's RNG state is untouched.
     The model's train/eval mode is restored on return. A non-finite loss raises
-    ``FloatingPointError``.
+    ``FloatingPointError`` at the end of its epoch (the losses are summed on the device and
+    read once per epoch, as in the trainer: no host synchronisation per step).
     """
     _check_hparams(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                    grad_clip=grad_clip)
@@ -101,32 +103,34 @@ def finetune(
             torch.manual_seed(seed)
             for epoch in _epochs(epochs, progress):
                 model.train()
-                total_loss, correct, seen = 0.0, 0, 0
+                # On the device, read once per epoch: no host sync per step (as the trainer)
+                total_loss = torch.zeros((), dtype=torch.float64, device=device)
+                correct = torch.zeros((), dtype=torch.int64, device=device)
+                seen = 0
                 epoch_batches = batches(epoch) if callable(batches) else batches
-                for step, (x, y) in enumerate(epoch_batches):
+                for x, y in epoch_batches:
                     x, y = x.to(device), y.to(device)
                     optimizer.zero_grad(set_to_none=True)
                     with autocast():
                         out = model(x)
                         loss = loss_fn(out, y)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"fine-tuning diverged: loss {loss.item()} at epoch {epoch}, "
-                            f"step {step}"
-                        )
                     loss.backward()
                     keeper.after_backward()
                     if grad_clip:
                         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                     optimizer.step()
                     keeper.after_step()
-                    total_loss += loss.item() * len(y)
-                    correct += int((out.argmax(1) == y).sum())
+                    total_loss += loss.detach().double() * len(y)
+                    correct += (out.detach().argmax(1) == y).sum()
                     seen += len(y)
                 if seen == 0:
                     raise ValueError(f"batches yielded no data in epoch {epoch}")
-                losses.append(total_loss / seen)
-                accs.append(correct / seen)
+                mean_loss = float(total_loss) / seen
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(f"fine-tuning diverged: a non-finite loss in "
+                                             f"epoch {epoch + 1} of {epochs}")
+                losses.append(mean_loss)
+                accs.append(int(correct) / seen)
                 if eval_fn is not None:
                     evals.append(dict(eval_fn(model)))
     finally:
