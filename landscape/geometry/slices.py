@@ -36,18 +36,21 @@ def evaluate_batches(model: nn.Module, batches: Batches,
     """(mean loss, accuracy) over every example of ``batches``, in eval mode (the model's modes
     are restored); ``loss_fn`` returns a batch mean, weighted here by batch size. The accuracy
     is NaN unless the targets are class indices."""
-    total, correct, n = 0.0, 0, 0
+    total, correct, n = None, None, 0  # summed on the device, read once (no sync per batch)
     classes = True
     with eval_mode(model):
         for x, y in batches:
             out = model(x)
-            total += float(loss_fn(out, y).double()) * len(y)
+            loss = loss_fn(out, y).double() * len(y)
+            total = loss if total is None else total + loss
             classes = classes and y.dim() == 1 and not y.is_floating_point() and out.dim() == 2
-            correct += int((out.argmax(1) == y).sum()) if classes else 0
+            if classes:
+                hits = (out.argmax(1) == y).sum()
+                correct = hits if correct is None else correct + hits
             n += len(y)
     if n == 0:
         raise ValueError("batches hold no examples")
-    return total / n, (correct / n if classes else float("nan"))
+    return float(total) / n, (int(correct) / n if classes else float("nan"))
 
 
 def check_coords(name: str, coords: Sequence[float]) -> np.ndarray:
