@@ -8,10 +8,11 @@ import dataclasses
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import HydraException
@@ -57,8 +58,10 @@ def expand_grid(overrides: Sequence[str], *, config_dir: str = CONFIG_DIR,
         combos = BasicSweeper.split_arguments(sweep, max_batch_size=None)[0]
         composed: dict[tuple[str, ...], DictConfig] = {}
         out = []
+        # Hydra's config repository (not a public API: without it every point is composed)
+        repo = getattr(GlobalHydra.instance().config_loader(), "repository", None)
         for combo in combos:
-            shape, values = _split_values(parser.parse_overrides(list(combo)))
+            shape, values = _split_values(parser.parse_overrides(list(combo)), repo)
             if shape not in composed:  # Hydra's composition of the defaults (~0.2-0.4 s)
                 composed[shape] = compose(config_name, overrides=list(shape))
             try:  # then Hydra's last step, for plain values: OmegaConf.update(merge=True)
@@ -72,14 +75,13 @@ def expand_grid(overrides: Sequence[str], *, config_dir: str = CONFIG_DIR,
         return out
 
 
-def _split_values(overrides: Sequence[Override]) -> tuple[tuple[str, ...], list[tuple]]:
+def _split_values(overrides: Sequence[Override], repo: Any
+                  ) -> tuple[tuple[str, ...], list[tuple]]:
     """(the overrides that shape the composition: config groups, ``+``/``~``, hydra.*, lists
     and dicts; the plain ``key=value`` settings of a scalar, as (key, value)). A grid's configs
     differ mostly in the latter (seeds, pool levels, a criterion): one composition per shape,
-    then the values set as Hydra sets them, equal to a composition of each (tested)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    repo = getattr(GlobalHydra.instance().config_loader(), "repository", None)
+    then the values set as Hydra sets them, equal to a composition of each (tested).
+    ``repo``: Hydra's config repository, which knows the config groups (None: all shape)."""
     shape, values = [], []
     for o in overrides:
         key = o.key_or_group

@@ -37,8 +37,13 @@ def cell_units(cfg: RunConfig) -> list[str]:
     return [unit.name for _, _, unit in stage_units(cfg, "cell")]
 
 
+def training_marker(run_dir: Path) -> dict | None:
+    """The DONE marker of the run's training (None: not finished)."""
+    return results.read_done(run_dir, "train")
+
+
 def diverged(run_dir: Path) -> bool:
-    train = results.read_done(run_dir, "train")
+    train = training_marker(run_dir)
     return train is not None and train.get("status") == "diverged"
 
 

@@ -8,6 +8,7 @@ from typing import Sequence, TypeVar
 
 from landscape import results
 from landscape.config import RunConfig
+from landscape.grid.plan import training_marker
 from landscape.identity import identify
 from landscape.pipeline import CellSummary, RunSummary, run
 
@@ -55,4 +56,4 @@ def merge_summaries(summaries: Sequence[Summary]) -> Summary:
 def trained(cfg: RunConfig) -> bool:
     """The run's training finished (ok or diverged: no variant trains it again)."""
     paths = results.run_paths(cfg.results_root, identify(cfg).cell_name, cfg.seed)
-    return results.read_done(paths.run_dir, "train") is not None
+    return training_marker(paths.run_dir) is not None
