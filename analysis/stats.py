@@ -167,15 +167,19 @@ def with_settings(df: pd.DataFrame) -> pd.DataFrame:
     if pruned.any():
         d = df[pruned].assign(_ph=ph[pruned], _fh=fh[pruned])
         note = d["note"] if "note" in d.columns else pd.Series(pd.NA, index=d.index)
-        d = d.assign(_note=note, _prune=d["stage"] == "prune")
+        # the unit's own note: a geometry row's note adds its measurement's fields (picking
+        # it for one setting and not another labelled them by fields they share)
+        d = d.assign(_note=note, _prune=d["stage"] == "prune",
+                     _len=note.astype("string").str.len().fillna(0))
         for _, grp in d.groupby(["criterion", "protocol"], dropna=False, sort=False):
             # a prune unit's note where there is one (a fine-tune's carries its own fields too)
-            first = grp.sort_values("_prune", ascending=False).drop_duplicates("_ph")
+            first = grp.sort_values(["_prune", "_len"], ascending=[False, True],
+                                    kind="stable").drop_duplicates("_ph")
             labels = _settings_labels(dict(zip(first["_ph"], first["_note"])), skip="finetune_")
             prune_label[grp.index] = grp["_ph"].map(labels)
             ft = grp[grp["stage"] == "finetune"]
             for _, sub in ft.groupby("_ph", sort=False):
-                one = sub.drop_duplicates("_fh")
+                one = sub.sort_values("_len", kind="stable").drop_duplicates("_fh")
                 ft_label[sub.index] = sub["_fh"].map(
                     _settings_labels(dict(zip(one["_fh"], one["_note"]))))
     return df.assign(prune_settings=prune_label.astype("string"),

@@ -110,6 +110,29 @@ def test_a_rerun_with_another_finetune_lr_adds_a_setting_not_seeds(tmp_path):
         assert "±" not in t.cells.to_string()
 
 
+def test_settings_labels_read_each_units_own_note_not_a_geometry_rows():
+    """Two prune settings whose units also hold geometry rows (their notes add the Hessian's
+    fields): labelled by the field that tells them apart, whichever row comes first."""
+    base = dict(stage="prune", criterion="grasp", protocol="default", prune_rate=0.5,
+                run_id="c/seed=0", finetuned=False)
+    own = "checkpoint=final; scope=global; data_batches=1"
+    other = "checkpoint=final; scope=global; data_per_class=10"
+    geometry = "; Hessians: BN in eval mode; tol=0.01"
+    df = to_frame([
+        {**base, "unit": "prune_grasp_0.5_aaaaaaaa", "metric": "pruned_hessian_lambda_max",
+         "value": 1.0, "note": own + geometry},  # a geometry row first in one unit
+        {**base, "unit": "prune_grasp_0.5_aaaaaaaa", "metric": "test_acc", "value": 0.1,
+         "note": own},
+        {**base, "unit": "prune_grasp_0.5_bbbbbbbb", "metric": "test_acc", "value": 0.2,
+         "note": other},
+        {**base, "unit": "prune_grasp_0.5_bbbbbbbb", "metric": "pruned_hessian_lambda_max",
+         "value": 2.0, "note": other + geometry}])
+    labelled = with_settings(df)
+    labels = {u: sorted(set(map(str, g))) for u, g in labelled.groupby("unit")["prune_settings"]}
+    assert labels == {"prune_grasp_0.5_aaaaaaaa": ["data_batches=1"],
+                      "prune_grasp_0.5_bbbbbbbb": ["data_per_class=10"]}
+
+
 def test_repeated_list_settings_are_one_setting():
     cfg = RunConfig(sharpness=SharpnessConfig(enabled=True, kinds=["adaptive", "adaptive"],
                                               checkpoints=["final", "final"]),
