@@ -309,7 +309,8 @@ def test_split_labels_without_reading_images_through_subsets():
 def test_data_per_class_gives_the_criterion_k_images_of_every_class(tmp_path, monkeypatch):
     from landscape import pipeline, results
     from landscape.stages import prune as prune_stage
-    from landscape.stages.prune import PruneConfig, _prune_key
+    from landscape.stages.criterion_data import FirstBatchOnRead
+    from landscape.stages.prune import PruneConfig, PruneStage, _prune_key, prune_note
     from tests.test_pipeline import tiny_cfg
 
     assert "data_per_class" not in _prune_key(PruneConfig())  # older units keep their names
@@ -336,12 +337,54 @@ def test_data_per_class_gives_the_criterion_k_images_of_every_class(tmp_path, mo
     assert any(n.endswith("data_per_class=3") for n in notes)
     assert any(n.endswith("data_batches=1") for n in notes) and len(set(
         df.loc[df.stage == "prune", "unit"])) == 2
-    for bad, says in ((0, "must be an integer >= 1 or null, got 0"),
-                      (2, "prune.criterion='magnitude' reads none")):
-        with pytest.raises(ValueError, match=rf"prune.data_per_class.*{says}"):
-            pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(
-                enabled=True, criterion="grasp" if bad == 0 else "magnitude",
-                data_per_class=bad)))
+    with pytest.raises(ValueError, match=r"prune.data_per_class must be an integer >= 1 or "
+                                         r"null, got 0"):
+        pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(enabled=True, criterion="grasp",
+                                                          data_per_class=0)))
+    # magnitude reads no images: a sweep of criteria may set the data settings for the others;
+    # they neither rename its unit nor enter its note, and no batch is built for it
+    swept = PruneConfig(enabled=True, criterion="magnitude", rates=[0.8], data_per_class=2,
+                        data_batches=3)
+    assert (PruneStage().units(swept)
+            == PruneStage().units(PruneConfig(enabled=True, criterion="magnitude", rates=[0.8])))
+    pipeline.run(tiny_cfg(tmp_path, prune=swept))
+    assert isinstance(seen[-1], FirstBatchOnRead) and not seen[-1].built
+    note = results.load(tmp_path).query("stage == 'prune' and criterion == 'magnitude'")["note"]
+    assert set(note) == {prune_note(PruneConfig())} and "data_" not in note.iloc[0]
+
+
+def test_data_free_declaration_names_and_notes_and_registration():
+    from landscape.pruning import reads_data, register_criterion
+    from landscape.pruning.criteria import CRITERIA, DATA_FREE, VALUE_CHECKS
+    from landscape.stages.prune import PruneConfig, _prune_key, prune_note, unit_suffix
+
+    assert {c: reads_data(c) for c in ("magnitude", "random", "synflow", "magnitude_gradient",
+                                       "obd", "grasp")} == {
+        "magnitude": False, "random": False, "synflow": False, "magnitude_gradient": True,
+        "obd": True, "grasp": True}
+    with pytest.raises(KeyError, match="unknown pruning criterion 'nope'; valid names"):
+        reads_data("nope")
+    # the default's key is the one units were named by before the declaration existed
+    assert _prune_key(PruneConfig())["data_batches"] == 1
+    for criterion, renamed in (("magnitude", False), ("synflow", False), ("grasp", True),
+                               ("obd", True)):
+        base, more = (PruneConfig(criterion=criterion, data_batches=b) for b in (1, 4))
+        assert (unit_suffix(base, 0.5) != unit_suffix(more, 0.5)) is renamed, criterion
+        assert ("data_batches=4" in prune_note(more)) is renamed, criterion
+    assert "data_batches" not in prune_note(PruneConfig(criterion="x", structured=True))
+
+    def mine(params, *, model, data):
+        return {n: p.detach().abs() for n, p in params.items()}
+
+    try:
+        register_criterion("test_free", data_free=True)(mine)
+        assert not reads_data("test_free")
+        with pytest.raises(ValueError, match="already registered"):
+            register_criterion("test_free", check=lambda o: None)(lambda *a, **k: {})
+        assert "test_free" not in VALUE_CHECKS and "test_free" in DATA_FREE  # nothing recorded
+    finally:
+        CRITERIA._items.pop("test_free", None)
+        DATA_FREE.discard("test_free")
 
 
 def test_pruning_at_init_retrained_with_the_runs_own_recipe(tmp_path):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from landscape.pruning.criteria import (
     CRITERIA, Batches, Criterion, check_options, compute_scores, get_criterion, import_criteria,
-    list_criteria, register_criterion,
+    list_criteria, reads_data, register_criterion,
 )
 from landscape.pruning.finetune import FinetuneResult, MaskKeeper, finetune, recalibrate_bn
 from landscape.pruning.masks import (
@@ -75,6 +75,6 @@ __all__ = [
     "SparsityReport", "StructuredResult", "apply_masks", "check_masks", "check_rate",
     "check_options", "classifier_layer", "compute_scores", "finetune", "get_criterion", "grasp",
     "import_criteria", "list_criteria", "obd", "prunable_parameters", "prune",
-    "recalibrate_bn", "register_criterion", "select_masks", "sparsity_report",
+    "reads_data", "recalibrate_bn", "register_criterion", "select_masks", "sparsity_report",
     "structured_prune", "synflow",
 ]

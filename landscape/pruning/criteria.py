@@ -16,6 +16,8 @@ and/or ``scope`` also gets the pruning call's rate and scope (an iterative crite
 ``synflow`` prunes towards them itself). Further keyword-only parameters are the
 criterion's options: ``prune(model, 0.9, "random", seed=3)`` calls ``random`` with ``seed=3``,
 and an option the criterion does not declare is an error (unless it takes ``**options``).
+``@register_criterion("name", data_free=True)`` declares that the scores do not depend on
+which images ``data`` holds (the prune stage's data settings then do not name its units).
 Registration happens on import, so a criterion in a user's own module needs no edit here:
 pass that module to :func:`import_criteria` (the pipeline exposes it as a config option).
 """
@@ -44,14 +46,37 @@ CRITERIA: Registry[Criterion] = Registry("pruning criterion")
 # refuses (before any work: the prune stage checks prune.options when the config is checked)
 VALUE_CHECKS: dict[str, Callable[[Mapping[str, object]], None]] = {}
 
+# Criteria registered ``data_free=True``: their scores do not depend on which training images
+# they are given (at most on the input's shape)
+DATA_FREE: set[str] = set()
 
-def register_criterion(name: str, *, check: Callable[[Mapping[str, object]], None] | None = None
-                       ) -> Callable[[Criterion], Criterion]:
+
+def register_criterion(name: str, *, check: Callable[[Mapping[str, object]], None] | None = None,
+                       data_free: bool = False) -> Callable[[Criterion], Criterion]:
     """Decorator: register ``fn(params, *, model, data, **options) -> scores`` as ``name``;
-    ``check(options)``, if given, refuses option values up front (:func:`check_options`)."""
-    if check is not None:
-        VALUE_CHECKS[name] = check
-    return CRITERIA.register(name)
+    ``check(options)``, if given, refuses option values up front (:func:`check_options`).
+    ``data_free``: the scores do not depend on which training images ``data`` holds
+    (``magnitude``, ``random``; ``synflow`` reads one batch for the input's shape only): the
+    prune stage then gives the criterion the first training batch, built only if it is read,
+    and ``prune.data_batches`` / ``prune.data_per_class`` neither name its units nor appear in
+    their notes (:func:`reads_data`)."""
+    register = CRITERIA.register(name)
+
+    def deco(fn: Criterion) -> Criterion:
+        fn = register(fn)  # a taken name fails here, before anything below is recorded
+        if check is not None:
+            VALUE_CHECKS[name] = check
+        (DATA_FREE.add if data_free else DATA_FREE.discard)(name)
+        return fn
+
+    return deco
+
+
+def reads_data(name: str) -> bool:
+    """Whether criterion ``name``'s scores depend on the training images it is given (not
+    registered ``data_free``); an unknown name raises, listing the valid ones."""
+    get_criterion(name)
+    return name not in DATA_FREE
 
 
 def check_count(name: str, option: str, value: object, least: int) -> None:
@@ -143,7 +168,7 @@ def check_options(name: str, options: Mapping[str, object]) -> None:
         VALUE_CHECKS[name](options)
 
 
-@register_criterion("magnitude")
+@register_criterion("magnitude", data_free=True)
 def magnitude(
     params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | None
 ) -> dict[str, Tensor]:
@@ -151,7 +176,7 @@ def magnitude(
     return {n: p.detach().abs() for n, p in params.items()}
 
 
-@register_criterion("random")
+@register_criterion("random", data_free=True)
 def random_scores(
     params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | None, seed: int = 0
 ) -> dict[str, Tensor]:

@@ -66,7 +66,7 @@ def _synflow_options(options: Mapping[str, object]) -> None:
         check_count("synflow", "iterations", options["iterations"], 1)
 
 
-@register_criterion("synflow", check=_synflow_options)
+@register_criterion("synflow", check=_synflow_options, data_free=True)
 def synflow(params: Mapping[str, Tensor], *, model: nn.Module, data: Batches | None,
             rate: float, scope: str = "global", iterations: int = 100) -> dict[str, Tensor]:
     """SynFlow scores after ``iterations`` steps of pruning towards ``rate`` (module

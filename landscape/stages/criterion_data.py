@@ -6,43 +6,33 @@ augmentation, in batches of the training batch size."""
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from landscape.pruning import get_criterion
+from landscape.pruning import import_criteria, reads_data
 from landscape.seeds import PRUNE_DATA, stream_seed
 from landscape.stages.base import RunContext
 from landscape.stages.batches import eval_split, evaluation_batches
 from landscape.train import make_loader
 
 
-# Built-in criteria that take ``data`` (every criterion does) and never read it.
-DATA_FREE = ("magnitude", "random")
-
-
 def needs_data(cfg: Any) -> bool:
-    """The pruning criterion of ``cfg`` (a PruneConfig) is handed training batches (every
-    criterion that takes ``data``, as the registry asks, is: the unit notes say so)."""
-    return (not cfg.structured
-            and "data" in inspect.signature(get_criterion(cfg.criterion)).parameters)
+    """The pruning criterion of ``cfg`` (a PruneConfig) reads training images: not structured
+    pruning, nor a criterion registered ``data_free`` (magnitude, random, synflow), whose units
+    ``prune.data_batches`` / ``prune.data_per_class`` neither name nor appear in the notes of."""
+    import_criteria(cfg.imports)  # a user's criterion is known before its declaration is read
+    return not cfg.structured and reads_data(cfg.criterion)
 
 
 def check_data_per_class(cfg: Any) -> None:
-    """``prune.data_per_class``: None, or an integer >= 1 for a criterion that reads data."""
+    """``prune.data_per_class``: None, or an integer >= 1 (unused by a criterion that reads no
+    data, as ``prune.data_batches``: a sweep of criteria can set it for those that do)."""
     k = cfg.data_per_class
-    if k is None:
-        return
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError(f"prune.data_per_class must be an integer >= 1 or null, got {k!r}")
-    if cfg.structured or cfg.criterion in DATA_FREE or not needs_data(cfg):
-        what = ("structured pruning" if cfg.structured
-                else f"prune.criterion={cfg.criterion!r}")
-        raise ValueError(f"prune.data_per_class={k} gives training images to the criterion, "
-                         f"but {what} reads none; leave it null")
 
 
 def data_note(cfg: Any) -> str:
@@ -54,10 +44,12 @@ def data_note(cfg: Any) -> str:
     return f"; data_batches={cfg.data_batches}"
 
 
-def criterion_batches(ctx: RunContext, cfg: Any) -> Optional[list]:
-    """The batches the criterion of ``cfg`` reads on the device (None: it reads none)."""
+def criterion_batches(ctx: RunContext, cfg: Any) -> Iterable:
+    """The batches the criterion of ``cfg`` reads, on the device; for a data-free criterion
+    the first training batch, built when first read (synflow reads its shape; magnitude
+    nothing)."""
     if not needs_data(cfg):
-        return None
+        return FirstBatchOnRead(ctx)
     if cfg.data_per_class is None:
         return first_batches(ctx, cfg.data_batches)
     split = eval_split(ctx, "train_eval")
@@ -67,6 +59,23 @@ def criterion_batches(ctx: RunContext, cfg: Any) -> Optional[list]:
           else Subset(split, idx.tolist()))
     loader = make_loader(ds, ctx.train.batch_size, ctx.settings, shuffle=False)
     return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
+
+
+class FirstBatchOnRead:
+    """The first training batch (:func:`first_batches`), built on the first iteration and
+    kept: what a data-free criterion gets, so none is built for one that never reads it."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self._ctx, self._batches = ctx, None
+
+    def __iter__(self) -> Iterator:
+        if self._batches is None:
+            self._batches = first_batches(self._ctx, 1)
+        return iter(self._batches)
+
+    @property
+    def built(self) -> bool:
+        return self._batches is not None
 
 
 def first_batches(ctx: RunContext, n: int) -> list:

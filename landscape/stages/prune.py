@@ -23,7 +23,7 @@ import copy
 import hashlib
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 import torch
@@ -43,7 +43,7 @@ from landscape.stages.base import (
 )
 from landscape.stages.batches import eval_split
 from landscape.stages.criterion_data import (
-    check_data_per_class, criterion_batches, data_note, first_batches,
+    check_data_per_class, criterion_batches, data_note, first_batches, needs_data,
 )
 from landscape.stages.pruned_geometry import (
     GEOMETRY_FIELDS, geometry_settings, pruned_geometry_rows, validate_geometry,
@@ -183,6 +183,8 @@ def settings_hash(d: dict[str, Any]) -> str:
 def _prune_key(cfg: PruneConfig) -> dict[str, Any]:
     skip = {"enabled", "rates", "finetune", "imports", "finetune_recipe", *FINETUNE_FIELDS,
             *GEOMETRY_FIELDS}
+    if not needs_data(cfg):  # the same pruning whatever images it is given: the default's name
+        cfg = replace(cfg, data_batches=PruneConfig.data_batches, data_per_class=None)
     return {k: v for k, v in asdict(cfg).items()
             if k not in skip and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
 
