@@ -1,7 +1,10 @@
-"""A masked training (an IMP round, a pruned network retrained with the run's recipe) stopped
-on the way goes on from its last epoch, to the weights of an uninterrupted one."""
+"""A masked training (an IMP round, a pruned network retrained with the run's recipe) or a
+fine-tuning stopped on the way goes on from its last epoch, to the weights of an
+uninterrupted one."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -117,3 +120,78 @@ def test_the_start_digest_sees_every_bit_of_the_start():
     assert one_ulp != base  # one ulp of one weight
     model[1].num_batches_tracked += 1  # a 0-d buffer too
     assert start_digest(model, masks, 0, False) != one_ulp
+
+
+def test_finetune_resumed_from_an_epochs_state_equals_the_uninterrupted_one():
+    """``finetune(on_epoch=..., resume=...)``: the state after epoch 2 of 4, taken up by a fresh
+    copy of the start, gives the same weights and results bit for bit; the batches and the
+    dropout draw from the forked global RNG (as transforms in the main process do), so its
+    state must be carried."""
+    from landscape.pruning import finetune
+
+    torch.manual_seed(0)
+    start = nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3),
+                          nn.Linear(16, 3))
+    masks = {"1.weight": torch.rand(16, 8) > 0.5}
+    x, y = torch.randn(24, 8), torch.randint(0, 3, (24,))
+
+    def batches(epoch):  # a random "augmentation" from the global RNG
+        return [(x[i:i + 8] + 0.1 * torch.randn(8, 8), y[i:i + 8]) for i in range(0, 24, 8)]
+
+    def run(**kw):
+        model = copy.deepcopy(start)
+        states = []
+        out = finetune(model, masks, batches, epochs=4, lr=0.05, seed=3,
+                       eval_fn=lambda m: {"w": float(m[4].weight.detach().sum())},
+                       on_epoch=states.append, **kw)
+        return model, out, states
+
+    model, full, states = run()
+    assert [s["epoch"] for s in states] == [1, 2, 3, 4]
+    assert all(t.device.type == "cpu" for t in states[1]["model"].values())
+    resumed, out, later = run(resume=states[1])
+    assert out == full and [s["epoch"] for s in later] == [3, 4]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 resumed.state_dict().values()))
+    assert not resumed[1].weight[~masks["1.weight"]].any()
+    without_rng = {**states[1], "rng": torch.manual_seed(99).get_state()}
+    assert run(resume=without_rng)[1] != full  # the RNG state is what makes them equal
+    with pytest.raises(ValueError, match=r"resume holds 2 epoch\(s\) up to epoch 2, not a "
+                                         r"state of this 1-epoch fine-tuning"):
+        finetune(copy.deepcopy(start), masks, batches, epochs=1, resume=states[1])
+
+
+def test_a_preempted_finetune_unit_goes_on_from_its_last_epoch(tmp_path, monkeypatch):
+    """The fine-tune stage saves each epoch's state in a scratch folder: stopped after epoch 2
+    of 3, the unit goes on from epoch 3 and its rows equal an uninterrupted unit's."""
+    from landscape.stages import finetune as stage
+
+    extra = ["prune.enabled=true", "prune.rates=[0.5]", "prune.finetune=true",
+             "prune.finetune_epochs=3", "prune.finetune_lr=0.01"]
+    pipeline.run(_cfg(tmp_path / "full", *extra))
+    stopped = _cfg(tmp_path / "stopped", *extra)
+    real, calls = stage.finetune, []
+
+    def wrapped(*args, on_epoch, resume, **kw):
+        calls.append(resume)
+
+        def save_then_stop(state):
+            on_epoch(state)
+            if len(calls) == 1 and state["epoch"] == 2:
+                raise Preempted
+
+        return real(*args, on_epoch=save_then_stop, resume=resume, **kw)
+
+    monkeypatch.setattr(stage, "finetune", wrapped)
+    with pytest.raises(Preempted):
+        pipeline.run(stopped)
+    [work] = [p for p in (tmp_path / "stopped").rglob("finetune_magnitude_*")
+              if p.parent.name == "finetune"]
+    assert (work / START).exists() and load_checkpoint(work / "last.pt")["epoch"] == 2
+    pipeline.run(stopped)
+    assert calls[0] is None and calls[1]["epoch"] == 2 and not work.exists()
+    a, b = results.load(tmp_path / "full"), results.load(tmp_path / "stopped")
+    cols = ["unit", "metric", "index", "value"]
+    rows_a, rows_b = (d.loc[d["stage"].str.startswith("finetune"), cols]
+                      .sort_values(cols[:3]).reset_index(drop=True) for d in (a, b))
+    assert len(rows_a) > 0 and rows_a.equals(rows_b)

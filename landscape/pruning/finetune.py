@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,8 @@ def finetune(
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     progress: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> FinetuneResult:
     """SGD fine-tuning of ``model`` (moved to ``device``, in place) with ``masks`` kept exactly.
 
@@ -85,6 +87,13 @@ def finetune(
     The model's train/eval mode is restored on return. A non-finite loss raises
     ``FloatingPointError`` at the end of its epoch (the losses are summed on the device and
     read once per epoch, as in the trainer: no host synchronisation per step).
+
+    ``on_epoch(state)`` is called after every epoch with what ``resume=state`` needs to go on
+    from the next one (weights, optimizer state, the forked RNG states, the epochs' results;
+    tensors on the CPU): a caller that saves it can resume a fine-tuning stopped on the way
+    and get what the uninterrupted one returns (the fine-tune stage does, so a preempted unit
+    goes on from its last epoch). ``resume`` must come from the same model, masks, batches
+    and settings.
     """
     _check_hparams(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                    grad_clip=grad_clip)
@@ -96,12 +105,27 @@ def finetune(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
     losses, accs, evals = [], [], []
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        keeper.after_step()
+        start = int(resume["epoch"])
+        losses, accs = list(resume["train_loss"]), list(resume["train_acc"])
+        evals = [dict(e) for e in resume["eval"]]
+        if not 0 < start <= epochs or not len(losses) == len(accs) == start:
+            raise ValueError(f"resume holds {len(losses)} epoch(s) up to epoch {start}, not a "
+                             f"state of this {epochs}-epoch fine-tuning")
     restore = snapshot_modes(model)
     fork_devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
-            for epoch in _epochs(epochs, progress):
+            if resume is not None:
+                torch.set_rng_state(resume["rng"])
+                if fork_devices:
+                    torch.cuda.set_rng_state(resume["cuda_rng"], device)
+            for epoch in _epochs(epochs, progress, start):
                 model.train()
                 # On the device, read once per epoch: no host sync per step (as the trainer)
                 total_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -133,6 +157,9 @@ def finetune(
                 accs.append(int(correct) / seen)
                 if eval_fn is not None:
                     evals.append(dict(eval_fn(model)))
+                if on_epoch is not None:
+                    on_epoch(_state(model, optimizer, epoch + 1, losses, accs, evals,
+                                    fork_devices))
     finally:
         restore()
     return FinetuneResult(tuple(losses), tuple(accs), tuple(evals))
@@ -188,5 +215,27 @@ def _check_hparams(**hp: float | int | None) -> None:
         raise ValueError(f"grad_clip must be >= 0 or None, got {hp['grad_clip']!r}")
 
 
-def _epochs(epochs: int, progress: bool) -> Iterable[int]:
-    return tqdm(range(epochs), desc="fine-tune", disable=not progress_enabled(progress))
+def _epochs(epochs: int, progress: bool, start: int = 0) -> Iterable[int]:
+    return tqdm(range(start, epochs), desc="fine-tune", initial=start, total=epochs,
+                disable=not progress_enabled(progress))
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, losses: list,
+           accs: list, evals: list, devices: list) -> dict[str, Any]:
+    """What ``finetune(resume=...)`` goes on from after ``epoch`` epochs, on the CPU."""
+    def cpu(tree: Any) -> Any:
+        if isinstance(tree, Tensor):
+            return tree.detach().to("cpu", copy=True)
+        if isinstance(tree, dict):
+            return {k: cpu(v) for k, v in tree.items()}
+        if isinstance(tree, (list, tuple)):
+            return type(tree)(cpu(v) for v in tree)
+        return tree
+
+    state = {"epoch": epoch, "model": cpu(model.state_dict()),
+             "optimizer": cpu(optimizer.state_dict()), "rng": torch.get_rng_state(),
+             "train_loss": list(losses), "train_acc": list(accs),
+             "eval": [dict(e) for e in evals]}
+    if devices:
+        state["cuda_rng"] = torch.cuda.get_rng_state(devices[0])
+    return state

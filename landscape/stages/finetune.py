@@ -8,6 +8,9 @@ best epoch's, ``index`` = that epoch), and the sparsity of the result.
 from __future__ import annotations
 
 import copy
+import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,9 +24,12 @@ from landscape.stages.prune import (
     prune_note, settings_hash, unit_suffix, validate,
 )
 from landscape.stages.batches import eval_split
-from landscape.stages.masked_training import train_masked
+from landscape.stages.masked_training import LAST, go_on, start_digest, train_masked
 from landscape.stages.pruned_geometry import geometry_settings, pruned_geometry_rows
+from landscape.storage import CheckpointError, load_checkpoint, save_checkpoint
 from landscape.train import evaluate, make_loader
+
+log = logging.getLogger(__name__)
 
 
 # prune.finetune_recipe: ``finetune`` trains with prune.finetune_* (constant learning rate,
@@ -93,7 +99,8 @@ class FinetuneStage(Stage):
                                    what=unit.name)
             epochs = [vars(e) for e in outcome.history]
         else:
-            epochs = _finetune_epochs(ctx, config, model, masks)
+            epochs = _finetune_epochs(ctx, config, model, masks,
+                                      ctx.checkpoint_dir / "finetune" / unit.name)
         rows: list[dict] = [{"metric": m, "value": e[m], "index": i + 1}
                             for m in ("train_loss", "train_acc") for i, e in enumerate(epochs)]
         rows += [{"metric": m, "value": e[m], "index": i + 1}
@@ -119,9 +126,12 @@ class FinetuneStage(Stage):
 
 
 def _finetune_epochs(ctx: RunContext, config: PruneConfig, model: nn.Module,
-                     masks: dict) -> list[dict[str, float]]:
+                     masks: dict, work: Path) -> list[dict[str, float]]:
     """Fine-tune with prune.finetune_* (``landscape.pruning.finetune``); per epoch its
-    train_loss, train_acc, test_loss and test_acc."""
+    train_loss, train_acc, test_loss and test_acc. Each epoch's state is saved in the scratch
+    folder ``work``, removed on return: a fine-tuning stopped on the way (preempted, killed)
+    goes on from its last epoch when it starts from the same network (as a masked training,
+    :func:`landscape.stages.masked_training.go_on`) and gives the uninterrupted one's rows."""
     gen = torch.Generator()
 
     def epoch_batches(epoch: int):
@@ -137,11 +147,22 @@ def _finetune_epochs(ctx: RunContext, config: PruneConfig, model: nn.Module,
         loss, acc = evaluate(m, test, ctx.settings)
         return {"test_loss": loss, "test_acc": acc}
 
+    resume = None
+    if go_on(work, {"digest": start_digest(model, masks, 0, False), "what": "finetune"}):
+        try:
+            resume = load_checkpoint(work / LAST)
+            log.info("%s: fine-tuning goes on after epoch %d (%s)", ctx.identity.run_id,
+                     resume["epoch"], work)
+        except CheckpointError as e:
+            log.warning("%s: fine-tuning starts again: %s", ctx.identity.run_id, e)
+            (work / LAST).unlink()
     result = finetune(
         model, masks, epoch_batches, epochs=config.finetune_epochs, lr=config.finetune_lr,
         momentum=config.finetune_momentum, weight_decay=config.finetune_weight_decay,
         grad_clip=config.finetune_grad_clip, device=ctx.settings.device,
         seed=stream_seed(ctx.identity.seed, FINETUNE), autocast=ctx.settings.autocast,
-        eval_fn=test_after_epoch, progress=ctx.progress)
+        eval_fn=test_after_epoch, progress=ctx.progress, resume=resume,
+        on_epoch=lambda state: save_checkpoint(work / LAST, state))
+    shutil.rmtree(work, ignore_errors=True)  # kept above when the fine-tuning did not return
     return [{"train_loss": loss, "train_acc": acc, **e} for loss, acc, e in
             zip(result.train_loss, result.train_acc, result.eval)]

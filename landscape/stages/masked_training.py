@@ -26,6 +26,7 @@ from landscape.train import (
 
 log = logging.getLogger(__name__)
 START = "start.json"  # the scratch folder's record of the start its last.pt trains from
+LAST = "last.pt"  # the scratch folder's latest state
 
 
 def train_masked(ctx: RunContext, model: nn.Module, masks: dict[str, Tensor], work: Path, *,
@@ -68,16 +69,13 @@ def train_masked(ctx: RunContext, model: nn.Module, masks: dict[str, Tensor], wo
     data = ctx.resident if path == "resident" else ctx.data
     start = {"digest": start_digest(model, masks, start_epoch, state is not None),
              "start_epoch": start_epoch, "what": what}
-    if _recorded_start(work) == start and (work / "last.pt").exists():
+    if go_on(work, start):
         log.info("%s: %s goes on from its checkpoint in %s", ctx.identity.run_id, what, work)
     else:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        save_checkpoint(work / "last.pt", {
+        save_checkpoint(work / LAST, {
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "epoch": start_epoch, "history": [],
             "data_path": path, "format": CHECKPOINT_FORMAT, "run_id": ctx.identity.run_id})
-        atomic_write_json(work / START, start)  # after last.pt: a kill between starts again
     try:
         outcome = train_model(model, data.train, data.test, unit_settings(tc),
                               seed=ctx.identity.seed, settings=ctx.settings,
@@ -104,6 +102,18 @@ def start_digest(model: nn.Module, masks: dict[str, Tensor], start_epoch: int,
             h.update(f"{group}:{name}:{t.dtype}:{tuple(t.shape)}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def go_on(work: Path, start: dict) -> bool:
+    """Whether the scratch folder ``work`` holds a ``last.pt`` of a training from ``start``
+    (what :data:`START` records) to go on from; if not, it is emptied and records ``start``
+    (a kill before the first ``last.pt`` then starts again)."""
+    if _recorded_start(work) == start and (work / LAST).exists():
+        return True
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    atomic_write_json(work / START, start)
+    return False
 
 
 def _recorded_start(work: Path) -> Optional[dict]:
