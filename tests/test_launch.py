@@ -418,6 +418,21 @@ def test_one_submission_sweeps_a_pruning_criterion_and_the_status_shows_every_va
     assert {u.split("_")[1] for u in prune_units["unit"]} == {"magnitude", "random"}
     again, _, nothing = submit(args)
     assert not again.pending and nothing is None
+    # a later submission of another criterion: the earlier units done on disk stay listed; a
+    # request that never ran (recorded, then replaced by a later one) is not
+    entries = results.read_submissions(root)
+    never = [(r["run_id"], None, {**r["config"], "prune": {**r["config"]["prune"],
+                                                            "criterion": "obd"}})
+             for r in entries[0]["runs"][:1]]
+    results.record_submission(root, "local", never)
+    later, _, _ = submit([a for a in args if not a.startswith("prune.criterion")]
+                         + ["prune.criterion=magnitude_gradient"])
+    assert [len(p.variants) for p in later.pending] == [1, 1]
+    table = status_table(root)
+    prune_units = table[table["unit"].str.startswith("prune_")]
+    assert {u.split("_")[1] for u in prune_units["unit"]} == {"magnitude", "random"}
+    assert len(prune_units) == 6 and (prune_units["done"] == 1).all()
+    assert len(table[table["unit"].str.startswith("prune_magnitude_gradient")]) == 2
 
 
 def test_a_failed_variant_does_not_stop_the_others_once_the_run_is_trained(tmp_path,

@@ -14,6 +14,10 @@ States of a (run, unit), first match wins:
   run is running locally, or it was killed; resubmitting resumes it;
 - ``missing``: nothing yet.
 
+A run's units are those of the configs its latest submission gave it (its variants), and the
+units of earlier submissions' configs that those do not name, where they are not ``missing``
+(what an earlier submission ran stays in view; a request never started is not listed).
+
 Cell-level units (the receptive field, ``cka_<checkpoint>``) are one row per cell; for units
 that need trained seeds the reason lists the seeds they cover. The launcher records which array
 task holds which run (``results.record_submission``); that is how a run is matched to its job
@@ -40,25 +44,50 @@ from landscape.pipeline import stage_units
 STATES = ("done", "stale", "running", "queued", "started", "failed", "skipped", "missing")
 
 
-def grid_runs(root: Path) -> dict[str, list[RunConfig]]:
+def grid_runs(root: Path, submissions: Optional[list[dict[str, list[RunConfig]]]] = None
+              ) -> dict[str, list[RunConfig]]:
     """run_id -> its configs: runs with a folder, plus submitted runs that have not started;
     every path re-based on ``root`` (where the folder is now, not where it was made). A run
     has the configs its latest submission gave it (several: its variants,
     ``landscape.grid.plan.group_variants``), or the config it last ran with when that is none
-    of them (a run started by hand since)."""
+    of them (a run started by hand since). ``submissions``: :func:`submitted` of ``root``."""
     runs: dict[str, list[RunConfig]] = {}
-    for s in results.read_submissions(root):  # a later submission replaces the earlier ones
-        this: dict[str, list[RunConfig]] = {}
-        for r in s["runs"]:
-            cfg = _config(root, r["run_id"], r["config"])
-            if cfg is not None:
-                this.setdefault(r["run_id"], []).append(cfg)
-        runs.update(this)
+    for this in submitted(root) if submissions is None else submissions:
+        runs.update(this)  # a later submission replaces the earlier ones
     for run_id, data in results.run_configs(root).items():
         cfg = _config(root, run_id, data)
         if cfg is not None and not any(_same(cfg, v) for v in runs.get(run_id, [])):
             runs[run_id] = [cfg]
     return runs
+
+
+def submitted(root: Path) -> list[dict[str, list[RunConfig]]]:
+    """Each recorded submission, oldest first: run_id -> the configs it gave the run."""
+    out = []
+    for s in results.read_submissions(root):
+        this: dict[str, list[RunConfig]] = {}
+        for r in s["runs"]:
+            cfg = _config(root, r["run_id"], r["config"])
+            if cfg is not None:
+                this.setdefault(r["run_id"], []).append(cfg)
+        out.append(this)
+    return out
+
+
+def earlier_configs(submissions: list[dict[str, list[RunConfig]]],
+                    runs: dict[str, list[RunConfig]]) -> dict[str, list[RunConfig]]:
+    """run_id -> the configs earlier submissions gave it that are none of ``runs``' (its
+    current ones), the latest first: their units that the current configs do not name (the
+    magnitude units after a submission of another criterion) are shown where they are on
+    disk (done, failed, started)."""
+    out: dict[str, list[RunConfig]] = {}
+    for this in reversed(submissions):
+        for run_id, configs in this.items():
+            kept = out.setdefault(run_id, [])
+            for cfg in configs:
+                if not any(_same(cfg, v) for v in [*runs.get(run_id, []), *kept]):
+                    kept.append(cfg)
+    return {k: v for k, v in out.items() if v}
 
 
 def _config(root: Path, run_id: str, data: Any) -> Optional[RunConfig]:
@@ -118,34 +147,40 @@ def run_states(root: str | Path) -> pd.DataFrame:
     """One row per (run, unit) and per (cell, cell-level unit): cell, seed, run_id, unit,
     state, reason. ``seed`` is NA for cell-level rows."""
     root = Path(root)
-    runs = grid_runs(root)
+    submissions = submitted(root)
+    runs = grid_runs(root, submissions)
+    earlier = earlier_configs(submissions, runs)
     active = active_jobs(root)
     rows, cells = [], {}
     for run_id, variants in runs.items():
         ident = identify(variants[0])
         paths = results.run_paths(root, ident.cell_name, variants[0].seed)
-        cells.setdefault(ident.cell_name, (paths, variants))
+        tagged = [(c, True) for c in variants] + [(c, False) for c in earlier.get(run_id, [])]
+        cells.setdefault(ident.cell_name, (paths, tagged))
         seen = set()  # a unit of several variants has one state (the same settings)
-        for cfg in variants:
+        for cfg, current in tagged:
             for stage, config, unit in stage_units(cfg, "run"):
                 if unit.name in seen:
                     continue
-                seen.add(unit.name)
                 state, reason = _unit_state(
                     paths.run_dir, unit.name, functools.partial(
                         stage.stale_reason, config, paths.run_dir, unit.name),
                     active.get(run_id))
-                rows.append({"cell": ident.cell_name, "seed": cfg.seed, "run_id": run_id,
-                             "unit": unit.name, "state": state, "reason": reason})
-    for name, (paths, variants) in sorted(cells.items()):
-        units: dict[str, RunConfig] = {}
-        for c in variants:
+                if current or state != "missing":  # an earlier request: shown where it ran
+                    seen.add(unit.name)
+                    rows.append({"cell": ident.cell_name, "seed": cfg.seed, "run_id": run_id,
+                                 "unit": unit.name, "state": state, "reason": reason})
+    for name, (paths, configs) in sorted(cells.items()):
+        units: dict[str, tuple[RunConfig, bool]] = {}
+        for c, current in configs:
             for u in cell_units(c):
-                units.setdefault(u, c)
-        for unit, cfg in units.items():
+                if u not in units or current and not units[u][1]:
+                    units[u] = (c, current)
+        for unit, (cfg, current) in units.items():
             state, reason = _cell_state(cfg, paths, unit, active.get(name))
-            rows.append({"cell": name, "seed": None, "run_id": name, "unit": unit,
-                         "state": state, "reason": reason})
+            if current or state != "missing":
+                rows.append({"cell": name, "seed": None, "run_id": name, "unit": unit,
+                             "state": state, "reason": reason})
     df = pd.DataFrame(rows, columns=["cell", "seed", "run_id", "unit", "state", "reason"])
     return df.astype({"seed": "Int64"})
 
