@@ -26,6 +26,12 @@ def test_quick_benchmarks_compute_the_same_thing_on_both_sides(tmp_path):
     assert lines[0]["machine"]["torch"] and lines[0]["command"].endswith("--out " + str(out_file))
 
 
+def test_results_load_benchmark_quick_gives_equal_frames_both_ways():
+    (row,) = bench_main(["results_load", "--quick"])["results_load"]
+    assert row["units"] == 24 and row["rows"] == 24 * 50 and row["equal"] is True
+    assert row["one_conversion_seconds"] > 0 and row["per_unit_seconds"] > 0
+
+
 def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():
     rows = bench_main(["hessian_topk", "--quick"])["hessian_topk"]
     ours = [r for r in rows if r["backend"] == "lanczos"]
@@ -41,7 +47,7 @@ def test_all_names_are_registered():
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
                                "loss_slice", "saturation", "data_path", "rf_table", "probes",
                                "lambda_tracking", "model_zoo", "layouts", "rf_audit",
-                               "stage_zoo", "gpu_acceptance", "pruning_criteria"}
+                               "stage_zoo", "gpu_acceptance", "pruning_criteria", "results_load"}
 
 
 def test_pruning_criteria_quick_times_every_builtin_criterion_on_both_architectures():

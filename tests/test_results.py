@@ -113,3 +113,74 @@ def test_cells_written_by_two_versions_of_the_rf_analysis_get_its_current_values
     assert got.loc["b", "receptive_field"] == {100, 101}
     assert got.loc["c"].tolist() == [{50}, {True}]
     assert str(df["receptive_field"].dtype) == "Int64" and str(df["global_mixing"].dtype) == "boolean"
+
+
+def test_load_converts_every_unit_at_once_and_still_names_a_unit_its_schema_refuses(tmp_path):
+    """The units' rows are typed in one conversion; a unit whose verified rows hold a value
+    its column cannot hold (written by hand, or by an older schema) is left out as damaged,
+    by name, and the others load with the schema's dtypes."""
+    import json
+
+    from landscape.results.integrity import fingerprint
+
+    write_stage(tmp_path / "a" / "seed=0", "train",
+                [{**IDENT, "metric": "test_acc", "value": 0.5, "index": 2}])
+    write_stage(tmp_path / "a" / "seed=1", "train",
+                [{**IDENT, "seed": 1, "metric": "test_acc", "value": 0.7},
+                 {**IDENT, "seed": 1, "stage": "prune", "finetuned": False,
+                  "metric": "test_acc", "value": 0.6}])
+    good = load(tmp_path)
+    assert good.dtypes.equals(results.to_frame([]).dtypes) and len(good) == 3
+    assert good["finetuned"].isna().tolist() == [True, True, False]
+    unit = tmp_path / "a" / "seed=1" / "stages" / "train"
+    text = (unit / "rows.csv").read_bytes().replace(b",1,train,", b",one,train,")
+    (unit / "rows.csv").write_bytes(text)
+    done = json.loads((unit / "DONE").read_text())
+    done["files"]["rows.csv"] = fingerprint(text)  # its marker agrees: only the value is bad
+    (unit / "DONE").write_text(json.dumps(done))
+    with pytest.warns(results.DamagedResultsWarning, match="1 damaged stage unit"):
+        df = load(tmp_path)
+    assert df["seed"].tolist() == [0] and df["index"].tolist() == [2]
+    [bad] = df.attrs["damaged"]
+    assert bad["unit"] == "a/seed=1/stages/train" and "cannot be read" in bad["reason"]
+
+
+def test_load_reads_units_of_several_headers_and_old_markers_in_their_order(tmp_path,
+                                                                          monkeypatch):
+    """Units of the current header are parsed at once, told apart by their markers' row
+    counts; a unit of an older header (fewer columns), one whose marker recorded no count,
+    and a note with a line break each load as they did unit by unit, in the units' order."""
+    import json
+
+    from landscape.results import rows as rows_module
+    from landscape.results.integrity import fingerprint
+    from landscape.results.rows import read_rows
+
+    def train(seed, value, note=None):
+        return [{**IDENT, "seed": seed, "metric": "test_acc", "value": value, "note": note}]
+
+    for seed in range(5):
+        write_stage(tmp_path / "c" / f"seed={seed}", "train",
+                    train(seed, seed / 10, "two\nlines" if seed == 3 else None))
+    old = tmp_path / "c" / "seed=1" / "stages" / "train"  # written before 'unit' existed
+    text = pd.read_csv(old / "rows.csv").drop(columns="unit").to_csv(index=False).encode()
+    (old / "rows.csv").write_bytes(text)
+    done = json.loads((old / "DONE").read_text())
+    done["files"]["rows.csv"] = fingerprint(text)
+    (old / "DONE").write_text(json.dumps(done))
+    legacy = tmp_path / "c" / "seed=2" / "stages" / "train"  # a marker without a count
+    done = json.loads((legacy / "DONE").read_text())
+    del done["rows"]
+    (legacy / "DONE").write_text(json.dumps(done))
+    parses = []
+    real = rows_module._parse
+    monkeypatch.setattr(rows_module, "_parse", lambda *a, **k: parses.append(a[1]) or real(*a, **k))
+    df = load(tmp_path)
+    assert sorted(parses) == [["train"], ["train"], ["train"] * 3]  # 0, 3, 4 in one parse
+    assert df["seed"].tolist() == [0, 1, 2, 3, 4] and df["value"].tolist() == [
+        0.0, 0.1, 0.2, 0.3, 0.4]
+    assert df["unit"].tolist() == ["train"] * 5 and df["note"].tolist()[3] == "two\nlines"
+    one_by_one = pd.concat([read_rows((p / "rows.csv").read_bytes(), "train") for p in sorted(
+        tmp_path.glob("c/seed=*/stages/train"))], ignore_index=True)
+    pd.testing.assert_frame_equal(df, results.derived.align_derived(one_by_one),
+                                  check_exact=True)

@@ -240,11 +240,14 @@ def validate_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Rows -> DataFrame with every schema column, in order, with the schema dtypes."""
-    df = pd.DataFrame(list(rows))
-    for c in COLUMNS:
-        if c not in df.columns:
-            df[c] = pd.NA
-    df = df[COLUMNS]
+    return normalized(pd.DataFrame(list(rows)))
+
+
+def normalized(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with every schema column, in order (a missing one NA; others dropped),
+    with the schema dtypes; ``ValueError`` / ``TypeError`` for a value its column cannot
+    hold."""
+    df = df.reindex(columns=COLUMNS)
     for c, t in DTYPES.items():
         col = df[c]
         if t == "boolean":

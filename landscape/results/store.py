@@ -24,7 +24,8 @@ from landscape.results.integrity import (
     FILES, DamagedUnitError, damage_error, fingerprint, read_done, unit_damage, verify,
 )
 from landscape.results.layout import ARRAYS, CELL_DIR, DONE, FAILED, ROWS, results_folder, stage_dir
-from landscape.results.schema import DTYPES, to_frame, validate_rows
+from landscape.results.rows import UnitRows, read_rows, read_units, unreadable
+from landscape.results.schema import to_frame, validate_rows
 from landscape.storage import atomic_write, atomic_write_json, atomic_write_text
 
 
@@ -176,17 +177,9 @@ def _verified_rows(unit_dir: Path, done: Mapping[str, Any], unit: str) -> tuple[
     if checked.reason is not None:
         return None, checked.reason
     try:
-        return _read_rows(io.BytesIO(checked.rows), unit), None
-    except (ValueError, pd.errors.ParserError) as e:
-        return None, f"its {ROWS} cannot be read ({e}) (damaged)"
-
-
-def _read_rows(source: Path | io.BytesIO, unit: str) -> pd.DataFrame:
-    df = pd.read_csv(source, dtype={c: ("string" if t in ("string", "boolean") else None)
-                                    for c, t in DTYPES.items()}, keep_default_na=True)
-    df = to_frame(df.to_dict("records"))
-    df["unit"] = df["unit"].fillna(unit)  # rows written before the column existed
-    return df
+        return read_rows(checked.rows, unit), None
+    except (ValueError, TypeError, pd.errors.ParserError) as e:
+        return None, unreadable(e)
 
 
 def has_results(root: str | Path) -> bool:
@@ -217,20 +210,21 @@ def load(root: str | Path) -> pd.DataFrame:
     columns; a path that is no folder raises (FileNotFoundError / NotADirectoryError).
     """
     root = results_folder(root)
-    frames, bad = [], []
+    units, bad = [], []
     for out_dir, unit, _ in _markers(root, DONE):
         done = read_done(out_dir, unit)
         if done is None:  # recomputed since we listed it
             continue
-        rows, why = _verified_rows(stage_dir(out_dir, unit), done, unit)
-        if rows is not None:
-            frames.append(rows)
-        if why:
-            bad.append({"unit": stage_dir(out_dir, unit).relative_to(root).as_posix(),
-                        "reason": why})
+        checked = verify(stage_dir(out_dir, unit), done, hash_arrays=False)
+        label = stage_dir(out_dir, unit).relative_to(root).as_posix()
+        if checked.reason is None:
+            units.append(UnitRows(checked.rows, unit, done.get("rows"), label))
+        else:
+            bad.append({"unit": label, "reason": checked.reason})
+    df = read_units(units, bad)  # one parse for all (a unit that cannot be read joins bad)
     if bad:
         _warn_damaged(root, bad, "results")
-    df = align_derived(pd.concat(frames, ignore_index=True)) if frames else to_frame([])
+    df = align_derived(df) if df is not None else to_frame([])
     df.attrs["damaged"] = bad
     return df
 
