@@ -141,3 +141,16 @@ def test_orchestration_modules_stay_small():
                                "landscape.results"))
            and (n := len(path.read_text().splitlines())) > 300}
     assert not big, f"over 300 lines: {big}"
+
+
+def test_the_commands_import_neither_torch_pruning_nor_timm():
+    """torch_pruning imports timm (0.5 s): ``landscape-status``, ``landscape-report`` and the
+    planning of a grid must not pay for it (structured pruning imports it when it runs)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, landscape.commands, landscape.cli, landscape.stages; "
+            "print(sorted({'torch_pruning', 'timm'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "[]"
