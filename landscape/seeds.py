@@ -47,9 +47,11 @@ SLICE = Stream("slice", 8000, 2)  # the random directions of a loss slice (plane
 PRUNED_HESSIAN = Stream("pruned_hessian", 9000)  # start vectors of the pruned nets' Hessians
 IMP_CONTROL = Stream("imp_control", 10000, 1000, "imp.rounds")  # random masks / inits per round
 PRUNE_DATA = Stream("prune_data", 11000)  # the class-balanced images of prune.data_per_class
+PRUNE_AUGMENT = Stream("prune_augment", 11001)  # their augmentation (prune.data_augment)
 
 STREAMS = (INIT, TRAIN_EPOCH, FINETUNE, FINETUNE_EPOCH, HESSIAN, HESSIAN_DATA, STRUCTURED_PRUNE,
-           IMPORTANCE, SLICE, PRUNED_HESSIAN, IMP_CONTROL, PRUNE_DATA)
+           IMPORTANCE, SLICE, PRUNED_HESSIAN, IMP_CONTROL, PRUNE_DATA,
+           PRUNE_AUGMENT)
 
 
 def _check_disjoint(streams: tuple[Stream, ...]) -> None:

@@ -372,6 +372,8 @@ def test_data_free_declaration_names_and_notes_and_registration():
         assert (unit_suffix(base, 0.5) != unit_suffix(more, 0.5)) is renamed, criterion
         assert ("data_batches=4" in prune_note(more)) is renamed, criterion
     assert "data_batches" not in prune_note(PruneConfig(criterion="x", structured=True))
+    assert (unit_suffix(PruneConfig(data_augment=True, data_per_class=3), 0.5)
+            == unit_suffix(PruneConfig(), 0.5))  # magnitude: every data setting
 
     def mine(params, *, model, data):
         return {n: p.detach().abs() for n, p in params.items()}
@@ -448,3 +450,34 @@ def test_option_values_are_refused_before_any_work(tmp_path):
         pipeline.run(tiny_cfg(tmp_path, prune=PruneConfig(enabled=True, criterion="obd",
                                                           options={"labels": -1})))
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_data_augment_gives_the_criterion_one_seeded_draw_of_the_training_augmentation(
+        tmp_path, monkeypatch):
+    from landscape import pipeline, results
+    from landscape.stages import prune as prune_stage
+    from landscape.stages.prune import PruneConfig, PruneStage, _prune_key
+    from tests.test_pipeline import tiny_cfg
+
+    assert "data_augment" not in _prune_key(PruneConfig())  # older units keep their names
+    seen = []
+    real = prune_stage.prune
+
+    def recording(model, rate, criterion, scope, *, data=None, **kw):
+        seen.append([(x.clone(), y.clone()) for x, y in data])
+        return real(model, rate, criterion, scope, data=data, **kw)
+
+    monkeypatch.setattr(prune_stage, "prune", recording)
+    plain, drawn = (PruneConfig(enabled=True, criterion="grasp", rates=[0.8], data_per_class=2,
+                                data_augment=a) for a in (False, True))
+    assert PruneStage().units(plain) != PruneStage().units(drawn)
+    for cfg in (plain, drawn, drawn):
+        pipeline.run(tiny_cfg(tmp_path / str(len(seen)), prune=cfg))
+    (xa, ya), (xb, yb), (xc, yc) = (b[0] for b in seen)
+    assert torch.equal(ya, yb) and not torch.equal(xa, xb)  # the same images, augmented
+    assert torch.equal(xb, xc) and torch.equal(yb, yc)  # one draw, from the run's seed
+    note = results.load(tmp_path / "1").query("stage == 'prune'")["note"].iloc[0]
+    assert note.endswith("data_per_class=2; data_augment=True")
+    with pytest.raises(ValueError, match="prune.data_augment must be true or false, got 'yes'"):
+        pipeline.run(tiny_cfg(tmp_path / "bad", prune=PruneConfig(
+            enabled=True, criterion="grasp", data_augment="yes")))

@@ -1,8 +1,10 @@
 """The training images a data-based pruning criterion reads (SNIP, GraSP, OBD, ...):
 ``prune.data_batches`` batches of the first training images (the default), or
 ``prune.data_per_class`` images of every class (GraSP's and SNIP's reference code sample a
-class-balanced set: GraSP 10 per class on CIFAR-10), drawn from the run's seed. Both without
-augmentation, in batches of the training batch size."""
+class-balanced set: GraSP 10 per class on CIFAR-10), drawn from the run's seed; without
+augmentation, or with ``prune.data_augment`` one draw of the training augmentation (as those
+reference codes, which sample from their training loader), in batches of the training batch
+size."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 from torch.utils.data import Subset
 
 from landscape.pruning import import_criteria, reads_data
-from landscape.seeds import PRUNE_DATA, stream_seed
+from landscape.seeds import PRUNE_AUGMENT, PRUNE_DATA, seed_everything, stream_seed
 from landscape.stages.base import RunContext
 from landscape.stages.batches import eval_split, evaluation_batches
 from landscape.train import make_loader
@@ -28,20 +30,23 @@ def needs_data(cfg: Any) -> bool:
 
 
 def check_data_per_class(cfg: Any) -> None:
-    """``prune.data_per_class``: None, or an integer >= 1 (unused by a criterion that reads no
-    data, as ``prune.data_batches``: a sweep of criteria can set it for those that do)."""
+    """``prune.data_per_class``: None, or an integer >= 1; ``prune.data_augment``: a bool
+    (both unused by a criterion that reads no data, as ``prune.data_batches``: a sweep of
+    criteria can set them for those that do)."""
     k = cfg.data_per_class
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError(f"prune.data_per_class must be an integer >= 1 or null, got {k!r}")
+    if not isinstance(cfg.data_augment, bool):
+        raise ValueError(f"prune.data_augment must be true or false, got {cfg.data_augment!r}")
 
 
 def data_note(cfg: Any) -> str:
     """What the criterion read, for the unit's note ("" for a criterion without data)."""
     if not needs_data(cfg):
         return ""
-    if cfg.data_per_class is not None:
-        return f"; data_per_class={cfg.data_per_class}"
-    return f"; data_batches={cfg.data_batches}"
+    note = (f"; data_per_class={cfg.data_per_class}" if cfg.data_per_class is not None
+            else f"; data_batches={cfg.data_batches}")
+    return note + ("; data_augment=True" if cfg.data_augment else "")
 
 
 def criterion_batches(ctx: RunContext, cfg: Any) -> Iterable:
@@ -50,15 +55,31 @@ def criterion_batches(ctx: RunContext, cfg: Any) -> Iterable:
     nothing)."""
     if not needs_data(cfg):
         return FirstBatchOnRead(ctx)
-    if cfg.data_per_class is None:
+    if cfg.data_per_class is None and not cfg.data_augment:
         return first_batches(ctx, cfg.data_batches)
+    if cfg.data_per_class is None:
+        idx = np.arange(min(cfg.data_batches * ctx.train.batch_size, len(ctx.data.train)))
+    else:
+        idx = balanced_indices(split_labels(eval_split(ctx, "train_eval")), cfg.data_per_class,
+                               stream_seed(ctx.identity.seed, PRUNE_DATA))
+    if cfg.data_augment:  # the training split's own transform, drawn once from the run's seed
+        return _drawn_once(ctx, Subset(ctx.data.train, idx.tolist()),
+                           stream_seed(ctx.identity.seed, PRUNE_AUGMENT))
     split = eval_split(ctx, "train_eval")
-    idx = balanced_indices(split_labels(split), cfg.data_per_class,
-                           stream_seed(ctx.identity.seed, PRUNE_DATA))
     ds = (split.subset(torch.as_tensor(idx)) if hasattr(split, "subset")
           else Subset(split, idx.tolist()))
     loader = make_loader(ds, ctx.train.batch_size, ctx.settings, shuffle=False)
     return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
+
+
+def _drawn_once(ctx: RunContext, ds: Any, seed: int) -> list:
+    """The batches of ``ds`` (in order, the training batch size) on the device, its random
+    transforms drawn from ``seed`` (the global generators, forked: the caller's are kept)."""
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(seed)
+        loader = make_loader(ds, ctx.train.batch_size, ctx.settings, shuffle=False,
+                             generator=torch.Generator().manual_seed(seed))
+        return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
 
 
 class FirstBatchOnRead:

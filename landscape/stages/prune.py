@@ -66,6 +66,7 @@ class PruneConfig:
     imports: list[str] = field(default_factory=list)  # modules registering user criteria
     data_batches: int = 1  # training batches (no augmentation) given to data-based criteria
     data_per_class: Optional[int] = None  # instead: this many images of each class (seeded)
+    data_augment: bool = False  # those images with one draw of the training augmentation
     recalibrate_bn: bool = False  # recompute BN running stats on training data before eval
     structured: bool = False  # channel pruning through torch-pruning instead of masks
     structured_importance: str = "magnitude"
@@ -101,7 +102,8 @@ PAPER_REQUIRES = {
 }
 # Fields added after units were first hashed: left out of the hash at these values, so the
 # units made before keep their names.
-_LATER_FIELDS = {"protocol": "default", "checkpoint": "final", "data_per_class": None}
+_LATER_FIELDS = {"protocol": "default", "checkpoint": "final", "data_per_class": None,
+                 "data_augment": False}
 
 def validate(cfg: PruneConfig) -> None:
     import_criteria(cfg.imports)
@@ -184,7 +186,8 @@ def _prune_key(cfg: PruneConfig) -> dict[str, Any]:
     skip = {"enabled", "rates", "finetune", "imports", "finetune_recipe", *FINETUNE_FIELDS,
             *GEOMETRY_FIELDS}
     if not needs_data(cfg):  # the same pruning whatever images it is given: the default's name
-        cfg = replace(cfg, data_batches=PruneConfig.data_batches, data_per_class=None)
+        cfg = replace(cfg, data_batches=PruneConfig.data_batches, data_per_class=None,
+                      data_augment=False)
     return {k: v for k, v in asdict(cfg).items()
             if k not in skip and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
 
