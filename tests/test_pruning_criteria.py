@@ -356,6 +356,7 @@ def test_data_per_class_gives_the_criterion_k_images_of_every_class(tmp_path, mo
 def test_data_free_declaration_names_and_notes_and_registration():
     from landscape.pruning import reads_data, register_criterion
     from landscape.pruning.criteria import CRITERIA, DATA_FREE, VALUE_CHECKS
+    from landscape.stages.criterion_data import NAMED_DATA_FREE
     from landscape.stages.prune import PruneConfig, _prune_key, prune_note, unit_suffix
 
     assert {c: reads_data(c) for c in ("magnitude", "random", "synflow", "magnitude_gradient",
@@ -378,9 +379,14 @@ def test_data_free_declaration_names_and_notes_and_registration():
     def mine(params, *, model, data):
         return {n: p.detach().abs() for n, p in params.items()}
 
+    assert not any(reads_data(c) for c in NAMED_DATA_FREE)
     try:
         register_criterion("test_free", data_free=True)(mine)
         assert not reads_data("test_free")
+        # its notes leave the data out; its names keep them (named without the registry)
+        mine_4 = PruneConfig(criterion="test_free", data_batches=4)
+        assert "data_batches" not in prune_note(mine_4)
+        assert unit_suffix(mine_4, 0.5) != unit_suffix(PruneConfig(criterion="test_free"), 0.5)
         with pytest.raises(ValueError, match="already registered"):
             register_criterion("test_free", check=lambda o: None)(lambda *a, **k: {})
         assert "test_free" not in VALUE_CHECKS and "test_free" in DATA_FREE  # nothing recorded

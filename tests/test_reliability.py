@@ -1,6 +1,7 @@
 """Results you can trust on a shared cluster: relocatable folders, provenance of every unit,
 unknown keys, validation before any write, file modes, and a status that imports nothing."""
 
+import json
 import logging
 import os
 import shutil
@@ -173,13 +174,19 @@ def test_reading_a_results_folder_imports_no_code(tmp_path, monkeypatch):
     (pkg / "evil_stage.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     monkeypatch.syspath_prepend(str(pkg))
     root = tmp_path / "res"
-    pipeline.run(tiny(root))
+    user = "tests.pruning_user_criterion"  # a user's criterion, its unit named without it
+    pipeline.run(tiny(root, prune=PruneConfig(enabled=True, rates=[0.5], imports=[user],
+                                              criterion="test_largest_first")))
     cfg_file = next(root.glob("*/seed=0/config.json"))
-    text = cfg_file.read_text().replace('"imports": []', '"imports": ["evil_stage"]')
-    cfg_file.write_text(text)
-    assert cfg_file.read_text().count("evil_stage") == 2  # imports and prune.imports
-    assert status_table(root).set_index("unit").loc["train", "done"] == 1
-    assert not marker.exists()
+    data = json.loads(cfg_file.read_text())
+    data["imports"] = data["prune"]["imports"] = ["evil_stage"]
+    cfg_file.write_text(json.dumps(data, indent=2))
+    from landscape.pruning.criteria import CRITERIA
+    monkeypatch.delitem(CRITERIA._items, "test_largest_first")  # as in a fresh process
+    table = status_table(root).set_index("unit")
+    assert table.loc["train", "done"] == 1 and not marker.exists()
+    [pruned] = [u for u in table.index if u.startswith("prune_test_largest_first_0.5_")]
+    assert table.loc[pruned, "done"] == 1
 
 
 HOLD = """

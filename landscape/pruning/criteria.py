@@ -17,7 +17,7 @@ and/or ``scope`` also gets the pruning call's rate and scope (an iterative crite
 criterion's options: ``prune(model, 0.9, "random", seed=3)`` calls ``random`` with ``seed=3``,
 and an option the criterion does not declare is an error (unless it takes ``**options``).
 ``@register_criterion("name", data_free=True)`` declares that the scores do not depend on
-which images ``data`` holds (the prune stage's data settings then do not name its units).
+which images ``data`` holds (the prune stage's data settings then stay out of its notes).
 Registration happens on import, so a criterion in a user's own module needs no edit here:
 pass that module to :func:`import_criteria` (the pipeline exposes it as a config option).
 """
@@ -58,8 +58,8 @@ def register_criterion(name: str, *, check: Callable[[Mapping[str, object]], Non
     ``data_free``: the scores do not depend on which training images ``data`` holds
     (``magnitude``, ``random``; ``synflow`` reads one batch for the input's shape only): the
     prune stage then gives the criterion the first training batch, built only if it is read,
-    and ``prune.data_batches`` / ``prune.data_per_class`` neither name its units nor appear in
-    their notes (:func:`reads_data`)."""
+    and its units' notes leave out ``prune.data_batches`` / ``prune.data_per_class`` /
+    ``prune.data_augment`` (the built-in ones' unit names too; :func:`reads_data`)."""
     register = CRITERIA.register(name)
 
     def deco(fn: Criterion) -> Criterion:

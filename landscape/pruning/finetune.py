@@ -123,7 +123,7 @@ def finetune(
             torch.manual_seed(seed)
             if resume is not None:
                 torch.set_rng_state(resume["rng"])
-                if fork_devices:
+                if fork_devices and "cuda_rng" in resume:  # absent: saved on the CPU
                     torch.cuda.set_rng_state(resume["cuda_rng"], device)
             for epoch in _epochs(epochs, progress, start):
                 model.train()

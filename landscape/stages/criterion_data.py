@@ -21,10 +21,22 @@ from landscape.stages.batches import eval_split, evaluation_batches
 from landscape.train import make_loader
 
 
+# The built-in criteria registered ``data_free``: their unit names leave the data settings
+# out. A name is computed without the registry (``landscape-status`` names units without
+# importing a user's criteria, ``prune.imports``), so a user's data-free criterion is still
+# named with them (its notes and batches follow its declaration).
+NAMED_DATA_FREE = ("magnitude", "random", "synflow")
+
+
+def named_with_data(cfg: Any) -> bool:
+    """Whether the data settings of ``cfg`` (a PruneConfig) name its prune units."""
+    return not cfg.structured and cfg.criterion not in NAMED_DATA_FREE
+
+
 def needs_data(cfg: Any) -> bool:
     """The pruning criterion of ``cfg`` (a PruneConfig) reads training images: not structured
-    pruning, nor a criterion registered ``data_free`` (magnitude, random, synflow), whose units
-    ``prune.data_batches`` / ``prune.data_per_class`` neither name nor appear in the notes of."""
+    pruning, nor a criterion registered ``data_free`` (magnitude, random, synflow), whose
+    units' notes leave the data settings out."""
     import_criteria(cfg.imports)  # a user's criterion is known before its declaration is read
     return not cfg.structured and reads_data(cfg.criterion)
 

@@ -43,7 +43,7 @@ from landscape.stages.base import (
 )
 from landscape.stages.batches import eval_split
 from landscape.stages.criterion_data import (
-    check_data_per_class, criterion_batches, data_note, first_batches, needs_data,
+    check_data_per_class, criterion_batches, data_note, first_batches, named_with_data,
 )
 from landscape.stages.pruned_geometry import (
     GEOMETRY_FIELDS, geometry_settings, pruned_geometry_rows, validate_geometry,
@@ -185,7 +185,7 @@ def settings_hash(d: dict[str, Any]) -> str:
 def _prune_key(cfg: PruneConfig) -> dict[str, Any]:
     skip = {"enabled", "rates", "finetune", "imports", "finetune_recipe", *FINETUNE_FIELDS,
             *GEOMETRY_FIELDS}
-    if not needs_data(cfg):  # the same pruning whatever images it is given: the default's name
+    if not named_with_data(cfg):  # the same pruning whatever images: the default's name
         cfg = replace(cfg, data_batches=PruneConfig.data_batches, data_per_class=None,
                       data_augment=False)
     return {k: v for k, v in asdict(cfg).items()
