@@ -31,6 +31,28 @@ def make_cifar10_tree(root: Path, per_batch: int = 4, seed: int = 0) -> dict[str
     return arrays
 
 
+def make_cifar100_tree(root: Path, n_train: int = 12, n_test: int = 5,
+                       seed: int = 0) -> dict[str, np.ndarray]:
+    """A tiny CIFAR-100 in the exact on-disk format of cifar-100-python.tar.gz: ``train`` and
+    ``test`` pickles with fine and coarse labels, and ``meta``."""
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True)
+    arrays = {}
+    for name, n in (("train", n_train), ("test", n_test)):
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        fine = [int(x) for x in rng.integers(0, 100, size=n)]
+        with open(base / name, "wb") as f:
+            pickle.dump({"filenames": [f"{name}_{i}.png" for i in range(n)],
+                         "batch_label": f"{name} batch 1 of 1", "fine_labels": fine,
+                         "coarse_labels": [c // 5 for c in fine], "data": data}, f)
+        arrays[name] = (data, fine)
+    with open(base / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class_{i}" for i in range(100)],
+                     "coarse_label_names": [f"super_{i}" for i in range(20)]}, f)
+    return arrays
+
+
 def make_tiny_imagenet_tree(root: Path, wnids=("n01443537", "n01629819", "n01641577"),
                             per_class: int = 3, val: int = 4) -> list[tuple[str, str, int]]:
     """A tiny Tiny-ImageNet-200 tree: train/<wnid>/images/*.JPEG, val/images + annotations."""
@@ -89,6 +111,32 @@ def test_cifar10_augmentation_is_crop_and_flip(tmp_path):
 def test_cifar10_missing_says_where_and_how(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"cifar-10-batches-py.*data\.download=true"):
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+
+
+def test_cifar100_loader_reads_the_real_format_and_its_fine_labels(tmp_path):
+    from landscape.data.registry import check_dataset, dataset_info
+    from landscape.data.transforms import CIFAR100_MEAN, CIFAR100_STD
+
+    with pytest.raises(DatasetNotFoundError, match=r"CIFAR-100 not found: .*cifar-100-python.*"
+                                                   r"data\.download=true.*cifar-100-python"):
+        check_dataset(DataConfig(name="cifar100", root=str(tmp_path)))
+    arrays = make_cifar100_tree(tmp_path)
+    cfg = DataConfig(name="cifar100", root=str(tmp_path), augment=False, verify_md5=False)
+    info = dataset_info(cfg)
+    assert (info.num_classes, info.in_channels, info.image_size) == (100, 3, 32)
+    b = load_dataset(cfg)
+    assert (len(b.train), len(b.test), b.num_classes, b.mean) == (12, 5, 100, CIFAR100_MEAN)
+    data, fine = arrays["test"]
+    x, y = b.test[3]
+    expected = torch.from_numpy(data[3].reshape(3, 32, 32).astype(np.float32) / 255)
+    mean, std = (torch.tensor(v)[:, None, None] for v in (CIFAR100_MEAN, CIFAR100_STD))
+    torch.testing.assert_close(x, (expected - mean) / std)
+    assert y == fine[3] and [b.train[i][1] for i in range(12)] == arrays["train"][1]
+    with pytest.raises(ValueError, match=r"data.holdout=12 leaves no training images"):
+        check_dataset(DataConfig(name="cifar100", root=str(tmp_path), verify_md5=False,
+                                 holdout=12))  # the tree's own count
+    with pytest.raises(DatasetNotFoundError, match="not the published CIFAR-100 file"):
+        check_dataset(DataConfig(name="cifar100", root=str(tmp_path)))  # md5 on by default
 
 
 def test_tiny_imagenet_loader_reads_the_real_format(tmp_path):

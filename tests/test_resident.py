@@ -25,7 +25,7 @@ from landscape.models import create_model
 from landscape.train import (
     TrainConfig, default_workers, make_loader, recorded_data_path, train_model,
 )
-from tests.test_data import make_cifar10_tree, make_tiny_imagenet_tree
+from tests.test_data import make_cifar10_tree, make_cifar100_tree, make_tiny_imagenet_tree
 
 CPU = device_settings(torch.device("cpu"))
 H = W = 16
@@ -239,9 +239,11 @@ def _eval_batches(loader):
 
 def test_resident_evaluation_batches_equal_the_dataloader_path(tmp_path):
     make_cifar10_tree(tmp_path / "c", per_batch=6)
+    make_cifar100_tree(tmp_path / "h")
     make_tiny_imagenet_tree(tmp_path / "t")
     for cfg in (DataConfig(name="cifar10", root=str(tmp_path / "c"), verify_md5=False,
                            holdout=5),
+                DataConfig(name="cifar100", root=str(tmp_path / "h"), verify_md5=False),
                 DataConfig(name="tiny_imagenet", root=str(tmp_path / "t")),
                 DataConfig(name="digits", train_subset=50, test_subset=20)):
         b = load_dataset(cfg)

@@ -1,4 +1,5 @@
-"""The built-in datasets: cifar10, tiny_imagenet, digits (offline), synthetic (tests)."""
+"""The built-in datasets: cifar10, cifar100, tiny_imagenet, digits (offline), synthetic
+(tests)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
-from torchvision.datasets import CIFAR10, ImageFolder
+from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 
 from landscape.data.registry import (
     DataConfig, DatasetBundle, DatasetNotFoundError, register_dataset, stored_size,
 )
 from landscape.data.transforms import (
-    CIFAR10_MEAN, CIFAR10_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, image_transforms,
+    CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, TINY_IMAGENET_MEAN,
+    TINY_IMAGENET_STD, image_transforms,
 )
 
 
@@ -137,14 +139,15 @@ def synthetic(cfg: DataConfig) -> DatasetBundle:
 
 
 # ---------------------------------------------------------------------------------------------
-def _cifar10_files(root: Path) -> list[Path]:
-    base = root / CIFAR10.base_folder
-    names = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+def _cifar_files(cls: type[CIFAR10], root: Path) -> list[Path]:
+    """The pickles of torchvision's CIFAR-10 or CIFAR-100 (``cls``) under ``root``."""
+    base = root / cls.base_folder
+    names = [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     return [base / n for n in names]
 
 
 def _labels_in(path: Path) -> int:
-    """The number of labels in a CIFAR-10 pickle (0 for batches.meta), unpickling each file
+    """The number of labels in a CIFAR pickle (0 for its meta file), unpickling each file
     version once: the readability check and the training-set count share it."""
     stat = path.stat()
     return _labels_of_version(str(path), stat.st_mtime_ns, stat.st_size)
@@ -155,21 +158,20 @@ def _labels_of_version(path: str, mtime_ns: int, size: int) -> int:
     with open(path, "rb") as f:
         batch = pickle.load(f, encoding="latin1")
     if not isinstance(batch, dict):
-        raise TypeError(f"a CIFAR-10 pickle holds a dict, not {type(batch).__name__}")
-    return len(batch.get("labels", ()))
+        raise TypeError(f"a CIFAR pickle holds a dict, not {type(batch).__name__}")
+    return len(batch.get("labels", batch.get("fine_labels", ())))  # CIFAR-10, CIFAR-100
 
 
-def _check_cifar10_files(root: Path, verify_md5: bool) -> None:
-    """Every batch unpickles (a truncated one is named) and, with ``verify_md5``, has the md5
-    of the published CIFAR-10 (``data.verify_md5=false`` for a tree of your own)."""
+def _check_cifar_files(cls: type[CIFAR10], title: str, root: Path, verify_md5: bool) -> None:
+    """Every pickle unpickles (a truncated one is named) and, with ``verify_md5``, has the md5
+    of the published ``title`` (``data.verify_md5=false`` for a tree of your own)."""
     from torchvision.datasets.utils import check_md5
 
-    md5s = dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"],
-                                                          CIFAR10.meta["md5"])])
-    for path in _cifar10_files(root):
+    md5s = dict(cls.train_list + cls.test_list + [(cls.meta["filename"], cls.meta["md5"])])
+    for path in _cifar_files(cls, root):
         if verify_md5 and not check_md5(str(path), md5s[path.name]):
             raise DatasetNotFoundError(
-                f"{path} is not the published CIFAR-10 file (md5 differs from "
+                f"{path} is not the published {title} file (md5 differs from "
                 f"{md5s[path.name]}): truncated or corrupted. Delete it and set "
                 "data.download=true, or data.verify_md5=false for a tree of your own.")
         if not verify_md5:
@@ -181,12 +183,12 @@ def _check_cifar10_files(root: Path, verify_md5: bool) -> None:
                     "corrupted. Delete it and set data.download=true.") from None
 
 
-class _CIFAR10(CIFAR10):
-    """torchvision's CIFAR-10 reading the standard ``cifar-10-batches-py`` pickles (presence
-    here; md5 or readability in :func:`_check_cifar10_files` before)."""
+class _Present:
+    """torchvision's CIFAR reading the standard pickles (presence here; md5 or readability
+    in :func:`_check_cifar_files` before)."""
 
     def _check_integrity(self) -> bool:
-        return all(p.is_file() for p in _cifar10_files(Path(self.root)))
+        return all(p.is_file() for p in _cifar_files(type(self), Path(self.root)))
 
     def _load_meta(self) -> None:
         with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
@@ -194,51 +196,82 @@ class _CIFAR10(CIFAR10):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
-def _check_cifar10(cfg: DataConfig) -> None:
-    """The seven batch files are present (unless ``data.download``) and intact."""
-    root = Path(cfg.root).expanduser()
-    missing = [str(p) for p in _cifar10_files(root) if not p.is_file()]
-    if missing and not cfg.download:
-        raise DatasetNotFoundError(
-            f"CIFAR-10 not found: looked in {root / CIFAR10.base_folder} and missed "
-            f"{len(missing)} file(s) ({', '.join(Path(m).name for m in missing[:3])}...). Set "
-            "data.download=true to fetch it with torchvision, or set data.root to the folder that "
-            "contains cifar-10-batches-py (extracted from cifar-10-python.tar.gz)."
-        )
-    if not missing:
-        _check_cifar10_files(root, cfg.verify_md5)
+class _CIFAR10(_Present, CIFAR10):
+    pass
 
 
-def _cifar10_train_size(cfg: DataConfig) -> int:
-    """50,000 for the published files (``data.verify_md5`` checked them) or before a
-    download; else the images of the tree's own training batches; cut by data.train_subset."""
-    root = Path(cfg.root).expanduser() / CIFAR10.base_folder
-    paths = [root / name for name, _ in CIFAR10.train_list]
-    total = 50_000
-    if not cfg.verify_md5 and all(p.is_file() for p in paths):
-        total = sum(_labels_in(path) for path in paths)
-    return min(total, cfg.train_subset or total)
+class _CIFAR100(_Present, CIFAR100):
+    pass
 
 
-@register_dataset("cifar10", image_size=32, in_channels=3, num_classes=10, check=_check_cifar10,
-                  folder=lambda cfg: Path(cfg.root).expanduser() / CIFAR10.base_folder,
-                  train_size=_cifar10_train_size)
-def cifar10(cfg: DataConfig) -> DatasetBundle:
-    """CIFAR-10 from ``<root>/cifar-10-batches-py`` (torchvision's layout)."""
+def _cifar_check(cls: type[CIFAR10], title: str, archive: str) -> Callable[[DataConfig], None]:
+    """The registry's ``check`` of a CIFAR: its pickles are present (unless ``data.download``)
+    and intact."""
+    def check(cfg: DataConfig) -> None:
+        root = Path(cfg.root).expanduser()
+        missing = [str(p) for p in _cifar_files(cls, root) if not p.is_file()]
+        if missing and not cfg.download:
+            raise DatasetNotFoundError(
+                f"{title} not found: looked in {root / cls.base_folder} and missed "
+                f"{len(missing)} file(s) ({', '.join(Path(m).name for m in missing[:3])}...). "
+                "Set data.download=true to fetch it with torchvision, or set data.root to the "
+                f"folder that contains {cls.base_folder} (extracted from {archive}).")
+        if not missing:
+            _check_cifar_files(cls, title, root, cfg.verify_md5)
+
+    return check
+
+
+def _cifar_train_size(cls: type[CIFAR10]) -> Callable[[DataConfig], int]:
+    """The registry's ``train_size``: 50,000 for the published files (``data.verify_md5``
+    checked them) or before a download; else the images of the tree's own training pickles;
+    cut by data.train_subset."""
+    def train_size(cfg: DataConfig) -> int:
+        root = Path(cfg.root).expanduser() / cls.base_folder
+        paths = [root / name for name, _ in cls.train_list]
+        total = 50_000
+        if not cfg.verify_md5 and all(p.is_file() for p in paths):
+            total = sum(_labels_in(path) for path in paths)
+        return min(total, cfg.train_subset or total)
+
+    return train_size
+
+
+def _cifar_bundle(cfg: DataConfig, cls: type[CIFAR10], num_classes: int,
+                  mean: tuple[float, ...], std: tuple[float, ...]) -> DatasetBundle:
     root = Path(cfg.root).expanduser()
     size = stored_size(cfg)
-    kw = dict(size=size, mean=CIFAR10_MEAN, std=CIFAR10_STD, resize=size != 32, from_pil=True)
-    train = _CIFAR10(str(root), train=True, download=cfg.download,
-                     transform=image_transforms(cfg, train=True, **kw))
+    kw = dict(size=size, mean=mean, std=std, resize=size != 32, from_pil=True)
+    train = cls(str(root), train=True, download=cfg.download,
+                transform=image_transforms(cfg, train=True, **kw))
     train_eval = copy.copy(train)  # shares the decoded arrays
     train_eval.transform = image_transforms(cfg, train=False, **kw)
-    test = _CIFAR10(str(root), train=False, transform=image_transforms(cfg, train=False, **kw))
+    test = cls(str(root), train=False, transform=image_transforms(cfg, train=False, **kw))
     return DatasetBundle(
         train=_subset(train, cfg.train_subset),
         train_eval=_subset(train_eval, cfg.train_subset),
         test=_subset(test, cfg.test_subset),
-        num_classes=10, in_channels=3, image_size=size, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+        num_classes=num_classes, in_channels=3, image_size=size, mean=mean, std=std,
     )
+
+
+@register_dataset("cifar10", image_size=32, in_channels=3, num_classes=10,
+                  check=_cifar_check(_CIFAR10, "CIFAR-10", "cifar-10-python.tar.gz"),
+                  folder=lambda cfg: Path(cfg.root).expanduser() / CIFAR10.base_folder,
+                  train_size=_cifar_train_size(_CIFAR10))
+def cifar10(cfg: DataConfig) -> DatasetBundle:
+    """CIFAR-10 from ``<root>/cifar-10-batches-py`` (torchvision's layout)."""
+    return _cifar_bundle(cfg, _CIFAR10, 10, CIFAR10_MEAN, CIFAR10_STD)
+
+
+@register_dataset("cifar100", image_size=32, in_channels=3, num_classes=100,
+                  check=_cifar_check(_CIFAR100, "CIFAR-100", "cifar-100-python.tar.gz"),
+                  folder=lambda cfg: Path(cfg.root).expanduser() / CIFAR100.base_folder,
+                  train_size=_cifar_train_size(_CIFAR100))
+def cifar100(cfg: DataConfig) -> DatasetBundle:
+    """CIFAR-100 from ``<root>/cifar-100-python`` (torchvision's layout), its 100 fine
+    labels."""
+    return _cifar_bundle(cfg, _CIFAR100, 100, CIFAR100_MEAN, CIFAR100_STD)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -308,7 +308,7 @@ class ResidentLoader:
 
 # ---------------------------------------------------------------------------------------------
 # Which path, and the resident splits of a DatasetBundle.
-RESIDENT_DATASETS = ("digits", "synthetic", "cifar10", "tiny_imagenet")  # transforms known here
+RESIDENT_DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "tiny_imagenet")  # known here
 CUDA_MEMORY_SHARE = 0.5  # at most this share of the free GPU memory goes to resident data
 
 

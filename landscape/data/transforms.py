@@ -14,6 +14,9 @@ from landscape.data.resize import DownUp
 # Per-channel statistics of the CIFAR-10 training set (as in the paper's training script).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+# CIFAR-100 training-set statistics (commonly used values).
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 # Tiny ImageNet training-set statistics (commonly used values).
 TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
 TINY_IMAGENET_STD = (0.2302, 0.2265, 0.2262)

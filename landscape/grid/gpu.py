@@ -22,7 +22,8 @@ from landscape.identity import identify
 
 CONTEXT_BYTES = 600 * 2**20  # a CUDA context with cuDNN/cuBLAS workspaces, per process
 # images of the full splits (train + test) of the built-in datasets
-FULL_SIZES = {"cifar10": (50_000, 10_000), "tiny_imagenet": (100_000, 10_000),
+FULL_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
+              "tiny_imagenet": (100_000, 10_000),
               "digits": (1_437, 360), "synthetic": (512, 256)}
 
 
