@@ -173,19 +173,27 @@ def test_reading_a_results_folder_imports_no_code(tmp_path, monkeypatch):
     pkg.mkdir()
     (pkg / "evil_stage.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     monkeypatch.syspath_prepend(str(pkg))
+    # a user's criterion: its unit is named without importing it
+    (pkg / "status_user_criterion.py").write_text(
+        "from landscape.pruning import register_criterion\n"
+        "@register_criterion('test_status_user')\n"
+        "def largest(params, *, model, data):\n"
+        "    return {n: -p.detach().abs() for n, p in params.items()}\n")
     root = tmp_path / "res"
-    user = "tests.pruning_user_criterion"  # a user's criterion, its unit named without it
-    pipeline.run(tiny(root, prune=PruneConfig(enabled=True, rates=[0.5], imports=[user],
-                                              criterion="test_largest_first")))
+    pipeline.run(tiny(root, prune=PruneConfig(enabled=True, rates=[0.5],
+                                              imports=["status_user_criterion"],
+                                              criterion="test_status_user")))
     cfg_file = next(root.glob("*/seed=0/config.json"))
     data = json.loads(cfg_file.read_text())
     data["imports"] = data["prune"]["imports"] = ["evil_stage"]
     cfg_file.write_text(json.dumps(data, indent=2))
     from landscape.pruning.criteria import CRITERIA
-    monkeypatch.delitem(CRITERIA._items, "test_largest_first")  # as in a fresh process
+    monkeypatch.delitem(CRITERIA._items, "test_status_user")  # as in a fresh process
+    monkeypatch.delitem(sys.modules, "status_user_criterion")
     table = status_table(root).set_index("unit")
     assert table.loc["train", "done"] == 1 and not marker.exists()
-    [pruned] = [u for u in table.index if u.startswith("prune_test_largest_first_0.5_")]
+    assert "status_user_criterion" not in sys.modules
+    [pruned] = [u for u in table.index if u.startswith("prune_test_status_user_0.5_")]
     assert table.loc[pruned, "done"] == 1
 
 
