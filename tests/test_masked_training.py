@@ -189,7 +189,7 @@ def test_a_preempted_finetune_unit_goes_on_from_its_last_epoch(tmp_path, monkeyp
               if p.parent.name == "finetune"]
     assert (work / START).exists() and load_checkpoint(work / "last.pt")["epoch"] == 2
     pipeline.run(stopped)
-    assert calls[0] is None and calls[1]["epoch"] == 2 and not work.exists()
+    assert calls[0] is None and calls[1]["epoch"] == 2 and not work.parent.exists()
     a, b = results.load(tmp_path / "full"), results.load(tmp_path / "stopped")
     cols = ["unit", "metric", "index", "value"]
     rows_a, rows_b = (d.loc[d["stage"].str.startswith("finetune"), cols]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from landscape.stages.prune import (
     prune_note, settings_hash, unit_suffix, validate,
 )
 from landscape.stages.batches import eval_split
-from landscape.stages.masked_training import LAST, go_on, start_digest, train_masked
+from landscape.stages.masked_training import LAST, finish, go_on, start_digest, train_masked
 from landscape.stages.pruned_geometry import geometry_settings, pruned_geometry_rows
 from landscape.storage import CheckpointError, load_checkpoint, save_checkpoint
 from landscape.train import evaluate, make_loader
@@ -163,6 +162,6 @@ def _finetune_epochs(ctx: RunContext, config: PruneConfig, model: nn.Module,
         seed=stream_seed(ctx.identity.seed, FINETUNE), autocast=ctx.settings.autocast,
         eval_fn=test_after_epoch, progress=ctx.progress, resume=resume,
         on_epoch=lambda state: save_checkpoint(work / LAST, state))
-    shutil.rmtree(work, ignore_errors=True)  # kept above when the fine-tuning did not return
+    finish(work)  # kept above when the fine-tuning did not return
     return [{"train_loss": loss, "train_acc": acc, **e} for loss, acc, e in
             zip(result.train_loss, result.train_acc, result.eval)]

@@ -84,7 +84,7 @@ def train_masked(ctx: RunContext, model: nn.Module, masks: dict[str, Tensor], wo
     finally:
         for h in hooks:
             h.remove()
-    shutil.rmtree(work, ignore_errors=True)  # kept above when the training did not return
+    finish(work)  # kept above when the training did not return
     if outcome.diverged or not outcome.history:
         raise RuntimeError(f"{what} diverged at epoch {outcome.diverged_epoch}")
     return outcome
@@ -114,6 +114,16 @@ def go_on(work: Path, start: dict) -> bool:
     work.mkdir(parents=True)
     atomic_write_json(work / START, start)
     return False
+
+
+def finish(work: Path) -> None:
+    """Remove the scratch folder ``work`` of a training that returned, and its parent
+    (``checkpoints/retrain``, ``checkpoints/finetune``) once that is empty."""
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.parent.rmdir()
+    except OSError:  # other units' folders, or round checkpoints, are still there
+        pass
 
 
 def _recorded_start(work: Path) -> Optional[dict]:
