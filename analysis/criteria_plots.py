@@ -1,7 +1,7 @@
 """Pruning criteria side by side: where a grid's networks were pruned by two or more
 procedures (criteria, or one criterion with other settings), a table of their accuracies per
-receptive field and rate, and a figure with a panel per receptive field and a line per
-procedure. Each procedure's numbers are those of its own tables (``analysis.tables.
+receptive field and rate, a table of each against a baseline (paired by seed, with a paired
+t-test), and a figure with a panel per receptive field and a line per procedure. Each procedure's numbers are those of its own tables (``analysis.tables.
 pruning_table``: the same seeds, the same evaluation); nothing is pooled across settings.
 
 Like :mod:`analysis.plots`: figures are built without pyplot and are None when the grid has no
@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.plots import OKABE_ITO, _levels, _panels, _styled, _suptitle
-from analysis.stats import grid_frame, pruning_observations, pruning_procedures, pruning_rows
+from analysis.stats import (grid_frame, holm, paired_test, pruning_observations,
+                            pruning_procedures, pruning_rows)
 from analysis.tables import (Table, _levels_frame, format_mean_std, grid_slug, grid_title,
                              settings_tag)
 
@@ -99,6 +100,76 @@ def criteria_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
               "((n=k): only k of the seeds have this value; —: not run); dense = the checkpoint "
               "that was pruned; " + ("after the last fine-tuning epoch." if finetuned
                                      else "no fine-tuning."))
+
+
+def criteria_tests(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                   width: float | None = None, finetuned: bool = False,
+                   baseline: str = "magnitude") -> Table | None:
+    """Rows = receptive field x pruning rate; per procedure other than ``baseline`` (a
+    procedure's label, else the first procedure of that criterion): its pruned (or fine-tuned)
+    accuracy minus the baseline's, paired by run (the same trained network pruned both ways),
+    mean ± std over seeds in percentage points, with the paired t-test's two-sided p
+    (:func:`analysis.stats.paired_test`) Holm-adjusted over every test of the table. None
+    unless the baseline and another procedure have rows."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    procs = procedures(g, finetuned)
+    base = next((p for p in procs if p["label"] == baseline), None) or next(
+        (p for p in procs if p["criterion"] == baseline), None)
+    if base is None:
+        return None
+    keys = ["run_id", "cell", "prune_rate"]
+    ref = _observations(g, base, finetuned)
+    pairs = {}
+    for p in procs:
+        o = _observations(g, p, finetuned) if p is not base and len(ref) else pd.DataFrame()
+        if len(o) and o["pruned"].notna().any():
+            pairs[p["label"]] = o[keys + ["pruned"]].merge(
+                ref[keys + ["pruned"]].rename(columns={"pruned": "base"}), on=keys)
+    if not pairs:
+        return None
+    rows, numbers = [], []
+    for lv in _levels_frame(ref).itertuples(index=False):
+        for rate in sorted(ref.loc[ref["cell"] == lv.cell, "prune_rate"].unique()):
+            num = {"cell": lv.cell, "receptive_field": lv.receptive_field,
+                   "pool_level": lv.pool_level, "prune_rate": rate}
+            for label, m in pairs.items():
+                at = m[(m["cell"] == lv.cell) & np.isclose(m["prune_rate"], rate)]
+                t = paired_test(at["pruned"].to_numpy(float) * 100,
+                                at["base"].to_numpy(float) * 100)
+                num.update({f"{label}_diff_mean": t.mean, f"{label}_diff_std": t.std,
+                            f"{label}_n": t.n, f"{label}_t": t.t, f"{label}_p": t.p})
+            numbers.append(num)
+            rows.append({"Receptive field": lv.label, "Rate": f"{rate:g}"})
+    numbers = pd.DataFrame(numbers)
+    pcols = [f"{label}_p" for label in pairs]
+    adjusted = holm(numbers[pcols].to_numpy(float).ravel()).reshape(len(numbers), len(pcols))
+    for j, label in enumerate(pairs):
+        numbers[f"{label}_p_holm"] = adjusted[:, j]
+    cells = pd.DataFrame(rows)
+    for label in pairs:
+        cells[f"{label} − {base['label']} (pp)"] = [
+            _difference(r[f"{label}_diff_mean"], r[f"{label}_diff_std"], r[f"{label}_n"],
+                        r[f"{label}_p_holm"]) for _, r in numbers.iterrows()]
+    kind = "fine-tuned" if finetuned else "one-shot"
+    return Table(
+        name=f"{grid_slug(g)}-criteria-tests-{'finetuned' if finetuned else 'pruned'}",
+        title=f"{grid_title(g)}: each pruning criterion against {base['label']}, {kind}",
+        cells=cells, numbers=numbers,
+        notes=f"Accuracy minus {base['label']}'s for the same trained network, mean ± std over "
+              "seeds in percentage points; p: paired t-test, two-sided, Holm-adjusted over "
+              "the table (— where fewer than 2 seeds or every difference is the same).")
+
+
+def _difference(mean: float, std: float, n: int, p: float) -> str:
+    if not n:
+        return "—"
+    text = format_mean_std(mean, std, n)
+    text = text if text.startswith("-") else f"+{text}"
+    return f"{text} (p {'—' if math.isnan(p) else _p(p)})"
+
+
+def _p(p: float) -> str:
+    return f"= {p:.2g}" if p >= 1e-3 else "< 0.001"
 
 
 def _mean(x: pd.Series) -> float:

@@ -451,6 +451,38 @@ def welch_test(a: Sequence[float], b: Sequence[float]) -> WelchTest:
                      hedges_g(a, b), a.size, b.size, float(a.mean()), float(b.mean()))
 
 
+@dataclass(frozen=True)
+class PairedTest:
+    """The paired t-test of ``a - b``: ``t``, ``dof`` = n - 1, two-sided ``p``, and the
+    differences' ``mean`` and sample ``std``."""
+
+    t: float
+    dof: float
+    p: float
+    mean: float
+    std: float
+    n: int
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
+    """The paired t-test (``scipy.stats.ttest_rel``) of ``a`` against ``b``, observation i of
+    each paired (the same trained network pruned two ways); pairs with a NaN are dropped.
+    ``t``, ``dof`` and ``p`` are NaN below two pairs or when every difference is the same
+    (t undefined: e.g. both at chance in every seed)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_test needs pairs, got {a.size} and {b.size} values")
+    ok = ~(np.isnan(a) | np.isnan(b))
+    d = a[ok] - b[ok]
+    mean = float(d.mean()) if d.size else math.nan
+    std = float(d.std(ddof=1)) if d.size > 1 else math.nan
+    if d.size < 2 or np.ptp(d) <= 1e-12 * max(1.0, abs(mean)):
+        return PairedTest(math.nan, math.nan, math.nan, mean, std, int(d.size))
+    r = stats.ttest_rel(a[ok], b[ok])
+    return PairedTest(float(r.statistic), float(d.size - 1), float(r.pvalue), mean, std,
+                      int(d.size))
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values: sort ascending, p_(i) * (m - i + 1) for i = 1..m,
     running maximum, clipped at 1. NaNs stay NaN and do not count in m."""

@@ -665,6 +665,24 @@ def test_criteria_side_by_side_table_and_figure(df):
     assert t.numbers["obd_n"].tolist() == [3, 2]
     ft = criteria_table(both, finetuned=True)
     assert ft.numbers["obd_mean"].to_numpy() == pytest.approx([70.0, 92.5])
+    # each criterion against magnitude, paired by seed: scipy's paired t-test, Holm over both
+    from scipy import stats as sps
+
+    from analysis.criteria_plots import criteria_tests
+    from analysis.stats import holm
+
+    tt = criteria_tests(both)
+    assert list(tt.cells.columns) == ["Receptive field", "Rate", "obd − magnitude (pp)"]
+    ref = [sps.ttest_rel(np.array(obd[lv]) * 100, np.array(PRUNED[lv][:len(obd[lv])]) * 100)
+           for lv in (1, 2)]
+    assert tt.numbers["obd_p"].to_numpy() == pytest.approx([r.pvalue for r in ref])
+    assert tt.numbers["obd_p_holm"].to_numpy() == pytest.approx(holm([r.pvalue for r in ref]))
+    assert tt.numbers["obd_n"].tolist() == [3, 2]
+    diff = (np.array(obd[1]) - np.array(PRUNED[1])) * 100
+    assert tt.numbers["obd_diff_mean"][0] == pytest.approx(diff.mean())
+    assert tt.cells.iloc[0, 2] == (f"+{format_mean_std(diff.mean(), diff.std(ddof=1))} "
+                                   f"(p = {tt.numbers['obd_p_holm'][0]:.2g})")
+    assert criteria_tests(both, baseline="nope") is None and criteria_tests(df) is None
     fig = criteria_curves(both)
     axes = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in axes] == ["RF 181 px (pool 1)", "RF 359 px (pool 2)"]
@@ -677,3 +695,25 @@ def test_criteria_side_by_side_table_and_figure(df):
     assert list(per.cells.columns) == ["Receptive field", "Rate", "magnitude: dense (%)",
                                        "magnitude (%)", "obd: dense (%)", "obd (%)"]
     assert per.cells.iloc[0]["obd: dense (%)"] == "10.0 ± 0.00"
+
+
+def test_paired_test_is_scipys_and_says_nan_where_t_is_undefined():
+    from scipy import stats as sps
+
+    from analysis.stats import paired_test
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=6), rng.normal(size=6)
+    t = paired_test(a, b)
+    ref = sps.ttest_rel(a, b)
+    d = a - b
+    assert (t.t, t.p, t.dof, t.n) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue),
+                                      5.0, 6)
+    assert t.t == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(6)))  # the closed form
+    a[2] = np.nan  # that pair is dropped
+    assert paired_test(a, b).n == 5
+    same = paired_test([0.1, 0.1, 0.1], [0.1, 0.1, 0.1])  # both at chance in every seed
+    assert np.isnan(same.p) and same.mean == 0.0 and same.n == 3
+    assert np.isnan(paired_test([1.0], [0.5]).p) and paired_test([1.0], [0.5]).mean == 0.5
+    with pytest.raises(ValueError, match="needs pairs, got 2 and 3 values"):
+        paired_test([1, 2], [1, 2, 3])
