@@ -40,7 +40,9 @@ def format_number(x: float, *, sig: int = 3, max_decimals: int = 2) -> str:
         return MISSING if x is None or math.isnan(x) else str(x)
     if x == 0:
         return f"{0:.{max_decimals}f}"
-    if abs(x) < 0.5 * 10.0 ** -max_decimals:  # would print as 0.00: scientific instead
+    # would print as 0.00 (at exactly half the last place too: 0.5 with no decimals is "0",
+    # rounded half to even): scientific instead
+    if abs(x) <= 0.5 * 10.0 ** -max_decimals:
         return f"{x:.{sig - 1}e}"
     decimals = min(max(sig - 1 - math.floor(math.log10(abs(x))), 0), max_decimals)
     rounded = round(x, decimals)

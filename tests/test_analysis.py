@@ -243,6 +243,13 @@ def test_a_formatted_number_is_never_zero_and_within_its_last_digit(x, max_decim
     assert format_number(x, max_decimals=max_decimals) == text
 
 
+def test_a_number_at_exactly_half_the_last_place_is_not_printed_as_zero():
+    # found by the property test above: 0.5 with no decimals printed "0" (half to even)
+    assert format_number(0.5, max_decimals=0) == "5.00e-01"
+    assert format_number(-0.5, max_decimals=0) == "-5.00e-01"
+    assert format_number(1.5, max_decimals=0) == "2"
+
+
 def test_a_number_rounded_up_at_the_decimal_cap_keeps_its_decimals():
     # 0.0063 with 2 decimals is 0.01 (it printed "0.0" before); 99.96 with 3 figures is 100
     assert [format_number(x) for x in (0.0063, 0.0051, 0.0099, 99.96, 9.996, 0.09996)] == [
