@@ -1,8 +1,9 @@
 """Pruning criteria side by side: where a grid's networks were pruned by two or more
 procedures (criteria, or one criterion with other settings), a table of their accuracies per
 receptive field and rate, a table of each against a baseline (paired by seed, with a paired
-t-test), and a figure with a panel per receptive field and a line per procedure. Each procedure's numbers are those of its own tables (``analysis.tables.
-pruning_table``: the same seeds, the same evaluation); nothing is pooled across settings.
+t-test), and a figure with a panel per receptive field and a line per procedure. Each
+procedure's numbers are those of its own tables (``analysis.tables.pruning_table``: the same
+seeds, the same evaluation); nothing is pooled across settings.
 
 Like :mod:`analysis.plots`: figures are built without pyplot and are None when the grid has no
 rows for them; tables are :class:`~analysis.tables.Table` or None.
@@ -56,6 +57,23 @@ def _observations(g: pd.DataFrame, proc: dict[str, Any], finetuned: bool) -> pd.
     return pd.concat(parts) if parts else pd.DataFrame()
 
 
+def _observed(g: pd.DataFrame, finetuned: bool) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """Each procedure with rows of this kind, and its observations (:func:`_observations`)."""
+    out = [(p, _observations(g, p, finetuned)) for p in procedures(g, finetuned)]
+    return [(p, o) for p, o in out if len(o) and o["pruned"].notna().any()]
+
+
+def criteria_tables(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
+                    width: float | None = None, finetuned: bool = False,
+                    baseline: str = "magnitude") -> list[Table]:
+    """:func:`criteria_table` and :func:`criteria_tests` of one kind (those that are not
+    None), the observations read once: what the report shows."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    observed = _observed(g, finetuned)
+    return [t for t in (_table(g, observed, finetuned), _tests(g, observed, finetuned, baseline))
+            if t is not None]
+
+
 def criteria_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | None = None,
                    width: float | None = None, finetuned: bool = False) -> Table | None:
     """Rows = receptive field x pruning rate; columns = the dense accuracy (of the checkpoint
@@ -63,8 +81,11 @@ def criteria_table(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
     each procedure's pruned (or fine-tuned) accuracy, mean ± std over seeds in %. None unless
     two procedures have such rows."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
-    obs = {p["label"]: _observations(g, p, finetuned) for p in procedures(g, finetuned)}
-    obs = {k: v for k, v in obs.items() if len(v) and v["pruned"].notna().any()}
+    return _table(g, _observed(g, finetuned), finetuned)
+
+
+def _table(g: pd.DataFrame, observed: list, finetuned: bool) -> Table | None:
+    obs = {p["label"]: o for p, o in observed}
     if len(obs) < 2:
         return None
     every = pd.concat(obs.values())
@@ -112,21 +133,19 @@ def criteria_tests(df: pd.DataFrame, *, arch: str | None = None, dataset: str | 
     (:func:`analysis.stats.paired_test`) Holm-adjusted over every test of the table. None
     unless the baseline and another procedure have rows."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
-    procs = procedures(g, finetuned)
-    base = next((p for p in procs if p["label"] == baseline), None) or next(
-        (p for p in procs if p["criterion"] == baseline), None)
-    if base is None:
+    return _tests(g, _observed(g, finetuned), finetuned, baseline)
+
+
+def _tests(g: pd.DataFrame, observed: list, finetuned: bool, baseline: str) -> Table | None:
+    found = ([po for po in observed if po[0]["label"] == baseline]
+             or [po for po in observed if po[0]["criterion"] == baseline])
+    if not found or len(observed) < 2:
         return None
+    base, ref = found[0]
     keys = ["run_id", "cell", "prune_rate"]
-    ref = _observations(g, base, finetuned)
-    pairs = {}
-    for p in procs:
-        o = _observations(g, p, finetuned) if p is not base and len(ref) else pd.DataFrame()
-        if len(o) and o["pruned"].notna().any():
-            pairs[p["label"]] = o[keys + ["pruned"]].merge(
-                ref[keys + ["pruned"]].rename(columns={"pruned": "base"}), on=keys)
-    if not pairs:
-        return None
+    pairs = {p["label"]: o[keys + ["pruned"]].merge(
+                 ref[keys + ["pruned"]].rename(columns={"pruned": "base"}), on=keys)
+             for p, o in observed if p is not base}
     rows, numbers = [], []
     for lv in _levels_frame(ref).itertuples(index=False):
         for rate in sorted(ref.loc[ref["cell"] == lv.cell, "prune_rate"].unique()):

@@ -199,9 +199,8 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
         if math.isclose(u.prune_rate, same["prune_rate"].max()) and g["cell"].nunique() > 1:
             blocks.append(("table", pvalue_table(g, **args)))
     blocks += _section("Pruning criteria side by side", (
-        table for ft in (False, True) for table in (
-            criteria_plots.criteria_table(g, **kw, finetuned=ft),
-            criteria_plots.criteria_tests(g, **kw, finetuned=ft))))
+        table for ft in (False, True)
+        for table in criteria_plots.criteria_tables(g, **kw, finetuned=ft)))
     blocks += _section("Iterative magnitude pruning", (imp_table(g, **kw),))
     blocks += _section("Curvature of the pruned networks", (
         pruned_hessian_table(g, **kw, **proc) for proc in _procedures(g)))

@@ -690,6 +690,10 @@ def test_criteria_side_by_side_table_and_figure(df):
     assert tt.cells.iloc[0, 2] == (f"+{format_mean_std(diff.mean(), diff.std(ddof=1))} "
                                    f"(p = {tt.numbers['obd_p_holm'][0]:.2g})")
     assert criteria_tests(both, baseline="nope") is None and criteria_tests(df) is None
+    from analysis.criteria_plots import criteria_tables  # both, the observations read once
+    one, two = criteria_tables(both)
+    assert one.cells.equals(t.cells) and two.cells.equals(tt.cells)
+    assert [x.name for x in criteria_tables(df)] == []
     fig = criteria_curves(both)
     axes = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in axes] == ["RF 181 px (pool 1)", "RF 359 px (pool 2)"]

@@ -53,10 +53,18 @@ def evaluation_batches(ctx: RunContext | CellContext, n: int, batch_size: int, *
         ds = Subset(ctx.data.train, range(n))
     else:
         ds = _first(eval_split(ctx, "train_eval"), n)
+    return seeded_batches(ctx, ds, batch_size, seed, shuffle=augment)
+
+
+def seeded_batches(ctx: RunContext | CellContext, ds, batch_size: int, seed: int, *,
+                   shuffle: bool = False) -> list:
+    """The batches of ``ds`` on the device, drawn once: its random transforms (and, with
+    ``shuffle``, the order) from ``seed`` (torch's global generator forked: the caller's is
+    kept)."""
     with torch.random.fork_rng(devices=[]):
         seed_everything(seed)  # the transforms draw from the global generators
         gen = torch.Generator().manual_seed(seed)
-        loader = make_loader(ds, batch_size, ctx.settings, shuffle=augment, generator=gen)
+        loader = make_loader(ds, batch_size, ctx.settings, shuffle=shuffle, generator=gen)
         return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
 
 

@@ -15,10 +15,9 @@ import torch
 from torch.utils.data import Subset
 
 from landscape.pruning import import_criteria, reads_data
-from landscape.seeds import PRUNE_AUGMENT, PRUNE_DATA, seed_everything, stream_seed
+from landscape.seeds import PRUNE_AUGMENT, PRUNE_DATA, stream_seed
 from landscape.stages.base import RunContext
-from landscape.stages.batches import eval_split, evaluation_batches
-from landscape.train import make_loader
+from landscape.stages.batches import eval_split, evaluation_batches, seeded_batches
 
 
 # The built-in criteria registered ``data_free``: their unit names leave the data settings
@@ -69,29 +68,19 @@ def criterion_batches(ctx: RunContext, cfg: Any) -> Iterable:
         return FirstBatchOnRead(ctx)
     if cfg.data_per_class is None and not cfg.data_augment:
         return first_batches(ctx, cfg.data_batches)
+    split = eval_split(ctx, "train_eval")
     if cfg.data_per_class is None:
         idx = np.arange(min(cfg.data_batches * ctx.train.batch_size, len(ctx.data.train)))
     else:
-        idx = balanced_indices(split_labels(eval_split(ctx, "train_eval")), cfg.data_per_class,
+        idx = balanced_indices(split_labels(split), cfg.data_per_class,
                                stream_seed(ctx.identity.seed, PRUNE_DATA))
     if cfg.data_augment:  # the training split's own transform, drawn once from the run's seed
-        return _drawn_once(ctx, Subset(ctx.data.train, idx.tolist()),
-                           stream_seed(ctx.identity.seed, PRUNE_AUGMENT))
-    split = eval_split(ctx, "train_eval")
-    ds = (split.subset(torch.as_tensor(idx)) if hasattr(split, "subset")
-          else Subset(split, idx.tolist()))
-    loader = make_loader(ds, ctx.train.batch_size, ctx.settings, shuffle=False)
-    return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
-
-
-def _drawn_once(ctx: RunContext, ds: Any, seed: int) -> list:
-    """The batches of ``ds`` (in order, the training batch size) on the device, its random
-    transforms drawn from ``seed`` (the global generators, forked: the caller's are kept)."""
-    with torch.random.fork_rng(devices=[]):
-        seed_everything(seed)
-        loader = make_loader(ds, ctx.train.batch_size, ctx.settings, shuffle=False,
-                             generator=torch.Generator().manual_seed(seed))
-        return [(ctx.settings.to_device(x), y.to(ctx.settings.device)) for x, y in loader]
+        ds = Subset(ctx.data.train, idx.tolist())
+    else:
+        ds = (split.subset(torch.as_tensor(idx)) if hasattr(split, "subset")
+              else Subset(split, idx.tolist()))
+    return seeded_batches(ctx, ds, ctx.train.batch_size,
+                          stream_seed(ctx.identity.seed, PRUNE_AUGMENT))
 
 
 class FirstBatchOnRead:
