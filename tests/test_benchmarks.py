@@ -32,6 +32,13 @@ def test_results_load_benchmark_quick_gives_equal_frames_both_ways():
     assert row["one_conversion_seconds"] > 0 and row["per_unit_seconds"] > 0
 
 
+def test_hessian_journal_benchmark_quick_saves_every_vector_and_changes_nothing():
+    (row,) = bench_main(["hessian_journal", "--quick"])["hessian_journal"]
+    assert row["equal"] is True and row["steps"] == 3
+    assert row["vector_mb"] * 2**20 >= 4 * row["parameters"]  # one float32 vector, written
+    assert row["plain_seconds_per_step"] > 0 and row["hvp_seconds_batch10"] > 0
+
+
 def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():
     rows = bench_main(["hessian_topk", "--quick"])["hessian_topk"]
     ours = [r for r in rows if r["backend"] == "lanczos"]
@@ -47,7 +54,8 @@ def test_all_names_are_registered():
                                "hessian_topk", "cka", "demo_scaling", "paper_importance",
                                "loss_slice", "saturation", "data_path", "rf_table", "probes",
                                "lambda_tracking", "model_zoo", "layouts", "rf_audit",
-                               "stage_zoo", "gpu_acceptance", "pruning_criteria", "results_load"}
+                               "stage_zoo", "gpu_acceptance", "pruning_criteria", "results_load",
+                               "hessian_journal"}
 
 
 def test_pruning_criteria_quick_times_every_builtin_criterion_on_both_architectures():

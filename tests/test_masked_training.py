@@ -14,7 +14,8 @@ from landscape import pipeline, results
 from landscape.cli.submit import expand_grid
 from landscape.identity import identify
 from landscape.stages import masked_training
-from landscape.stages.masked_training import START, start_digest
+from landscape.stages.masked_training import start_digest
+from landscape.stages.scratch import START
 from landscape.storage import load_checkpoint
 
 

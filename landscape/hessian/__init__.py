@@ -6,6 +6,7 @@ Build one :class:`HessianOperator` (``v -> H v``) and pass it to :func:`top_eige
 (:mod:`.lanczos`, :mod:`.density`); :mod:`.backends` adds scipy's ARPACK and pyhessian 0.1
 for comparison. :mod:`.masked`: the Hessian on the unpruned weights (:class:`MaskedOperator`,
 accepted by the functions above) and per-block curvature (:func:`block_curvature`).
+:mod:`.journal`: saved progress (``journal=``), so that a stopped computation goes on.
 """
 
 from landscape.hessian.backends import EIGEN_BACKENDS, list_backends, pyhessian_top_k, scipy_top_k
@@ -13,6 +14,7 @@ from landscape.hessian.density import (
     DensityResult, TraceResult, hutchinson_trace, lanczos_quadrature, lanczos_tridiagonal,
     quadrature, slq_density,
 )
+from landscape.hessian.journal import Journal, MemoryJournal
 from landscape.hessian.lanczos import TopEigenResult, Tridiagonal, lanczos_top_k
 from landscape.hessian.masked import (
     BlockCurvature, MaskedOperator, block_curvature, default_blocks,
@@ -28,8 +30,9 @@ from landscape.hessian.spectrum import (
 
 __all__ = [
     "BN_MODES", "EIGEN_BACKENDS", "HVP_METHODS", "BlockCurvature", "DensityResult",
-    "HessianOperator", "MaskedOperator", "NoSecondDerivativeError", "SolverOptions",
-    "TopEigenResult", "TraceResult", "Tridiagonal", "block_curvature", "default_blocks",
+    "HessianOperator", "Journal", "MaskedOperator", "MemoryJournal", "NoSecondDerivativeError",
+    "SolverOptions", "TopEigenResult", "TraceResult", "Tridiagonal", "block_curvature",
+    "default_blocks",
     "hessian_trace", "hutchinson_trace", "lanczos_quadrature", "lanczos_top_k",
     "lanczos_tridiagonal", "list_backends", "paper_spectrum", "pyhessian_top_k", "quadrature",
     "recalibrated_buffers", "scipy_top_k", "select_parameters", "slq_density",

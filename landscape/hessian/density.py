@@ -20,6 +20,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from landscape.hessian.journal import Journal, saved, vector_digest
 from landscape.hessian.lanczos import MatVec, Tridiagonal, orthogonalize_, random_unit
 from landscape.hessian.operator import check_choice
 from landscape.hessian.progress import progress_bar
@@ -119,10 +120,12 @@ def slq_density(
     device: str | torch.device = "cpu",
     reuse: Tridiagonal | None = None,
     progress: bool = False,
+    journal: Journal | None = None,
 ) -> DensityResult:
     """SLQ with ``n_runs`` runs of ``n_iter`` steps. ``reuse`` (e.g. the ``tridiagonal`` of a
     top-k result on the same operator, with at least ``n_iter`` steps) replaces the first run
-    by its leading ``n_iter x n_iter`` block."""
+    by its leading ``n_iter x n_iter`` block. ``journal`` (:mod:`landscape.hessian.journal`):
+    every finished run is saved (key ``"slq"``), and a call that stopped goes on after them."""
     check_choice("distribution", distribution, DISTRIBUTIONS)
     for name, value in (("n_runs", n_runs), ("n_iter", n_iter)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -140,13 +143,24 @@ def slq_density(
             )
         rows.append(quadrature(reuse.alphas[:n_iter], reuse.betas[: n_iter - 1]))
     gen = torch.Generator().manual_seed(seed)
-    num_hvp = 0
+    num_hvp, runs = 0, []
+    params = {"dim": dim, "n_runs": n_runs, "n_iter": n_iter, "seed": seed,
+              "distribution": distribution, "dtype": str(dtype), "reuse": reuse is not None}
+    state = saved(journal, "slq", params)
+    if state is not None:  # the runs a stopped call finished, and the generator after them
+        runs, num_hvp = state["runs"], state["num_hvp"]
+        gen.set_state(state["generator"])
+        rows += [quadrature(a.numpy(), b.numpy()) for a, b in runs]
     bar = progress_bar(total=n_runs - len(rows), enabled=progress, desc="SLQ")
     while len(rows) < n_runs:
         v = random_unit(dim, gen, dtype, torch.device(device), distribution)
         alphas, betas, used = lanczos_tridiagonal(matvec, v, n_iter)
         num_hvp += used
         rows.append(quadrature(alphas, betas))
+        if journal is not None:
+            runs.append((torch.from_numpy(alphas), torch.from_numpy(betas)))
+            journal.put("slq", {"params": params, "runs": list(runs), "num_hvp": num_hvp,
+                                "generator": gen.get_state()})
         bar.update()
     bar.close()
     nodes = np.zeros((n_runs, n_iter))
@@ -163,6 +177,7 @@ def lanczos_quadrature(
     n_iter: int,
     *,
     progress: bool = False,
+    journal: Journal | None = None,
 ) -> DensityResult:
     """One ``n_iter``-step Lanczos run from ``start`` (normalised here) with full
     reorthogonalisation against every earlier basis vector: its Gauss quadrature (nodes =
@@ -173,28 +188,48 @@ def lanczos_quadrature(
     one ``u``. With ``n_iter >= dim`` the nodes are the eigenvalues whose eigenvectors ``u``
     touches and the weights the squared projections of ``u`` on them; the run stops early (with
     fewer nodes) on an invariant subspace. Memory: ``(n_iter + 1) * dim`` numbers of
-    ``start``'s dtype."""
+    ``start``'s dtype. ``journal`` (:mod:`landscape.hessian.journal`): each step saves its new
+    basis vector (key ``"lanczos_v<j>"``, on the CPU: ``n_iter * dim`` numbers in all) and the
+    tridiagonal so far (``"lanczos"``); a run that stopped goes on from its last saved step."""
     if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
         raise ValueError(f"n_iter must be an integer >= 1, got {n_iter!r}")
     dim = start.numel()
     norm = float(start.norm())
     if not norm > 0:
         raise ValueError("start must be a nonzero vector")
-    basis = torch.empty(min(n_iter, dim) + 1, dim, dtype=start.dtype, device=start.device)
+    steps = min(n_iter, dim)
+    basis = torch.empty(steps + 1, dim, dtype=start.dtype, device=start.device)
     basis[0] = start.reshape(-1) / norm
-    alphas, betas = [], []
-    bar = progress_bar(total=min(n_iter, dim), enabled=progress, desc="Lanczos (paper)")
-    for j in range(min(n_iter, dim)):
+    alphas: list[float] = []
+    betas: list[float] = []
+    done = False
+    params = {"n_iter": n_iter, "start": vector_digest(basis[0]) if journal else None}
+    state = saved(journal, "lanczos", params)
+    if state is not None:
+        vectors = [journal.get(f"lanczos_v{i}") for i in range(1, len(state["betas"]) + 1)]
+        if all(v is not None for v in vectors):  # else (a vector lost) start again
+            alphas, betas, done = list(state["alphas"]), list(state["betas"]), state["done"]
+            for i, v in enumerate(vectors, 1):
+                basis[i] = v["v"].to(basis)
+    bar = progress_bar(total=steps, enabled=progress, desc="Lanczos (paper)")
+    bar.update(len(alphas))
+    while not done:
+        j = len(alphas)
         w = matvec(basis[j]).to(basis)
         scale = float(w.norm())
         h = orthogonalize_(w, basis[: j + 1])
         alphas.append(float(h[j]))
         beta = float(w.norm())
         bar.update()
-        if j + 1 == min(n_iter, dim) or beta <= 100 * torch.finfo(w.dtype).eps * max(scale, 1e-300):
-            break
-        betas.append(beta)
-        basis[j + 1] = w / beta
+        done = j + 1 == steps or beta <= 100 * torch.finfo(w.dtype).eps * max(scale, 1e-300)
+        if not done:
+            betas.append(beta)
+            basis[j + 1] = w / beta
+        if journal is not None:  # the vector first: a saved tridiagonal has all its vectors
+            if not done:
+                journal.put(f"lanczos_v{j + 1}", {"v": basis[j + 1].to("cpu", copy=True)})
+            journal.put("lanczos", {"params": params, "alphas": list(alphas),
+                                    "betas": list(betas), "done": done})
     bar.close()
     nodes, weights = quadrature(np.array(alphas), np.array(betas))
     return DensityResult(nodes[None], weights[None], dim, len(alphas))
@@ -209,22 +244,35 @@ def hutchinson_trace(
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    journal: Journal | None = None,
 ) -> TraceResult:
     """``tr(A) ~ (1/N) sum_s z_s^T A z_s`` with Rademacher ``z_s`` (unbiased; variance
-    ``2 sum_{i != j} A_ij^2`` per sample). Needs ``n_samples >= 2`` for a standard error."""
+    ``2 sum_{i != j} A_ij^2`` per sample). Needs ``n_samples >= 2`` for a standard error.
+    ``journal`` (:mod:`landscape.hessian.journal`): the samples so far are saved (key
+    ``"trace"``), and a call that stopped goes on after them."""
     if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 2:
         raise ValueError(f"n_samples must be an integer >= 2, got {n_samples!r}")
     gen = torch.Generator().manual_seed(seed)
-    samples = np.empty(n_samples)
+    samples: list[float] = []
+    params = {"dim": dim, "n_samples": n_samples, "seed": seed, "dtype": str(dtype)}
+    state = saved(journal, "trace", params)
+    if state is not None:
+        samples = list(state["samples"])
+        gen.set_state(state["generator"])
     bar = progress_bar(total=n_samples, enabled=progress, desc="Hutchinson")
-    for s in range(n_samples):
+    bar.update(len(samples))
+    while len(samples) < n_samples:
         z = (torch.randint(0, 2, (dim,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
-        samples[s] = float(torch.dot(matvec(z).to(z).double(), z.double()))
+        samples.append(float(torch.dot(matvec(z).to(z).double(), z.double())))
+        if journal is not None:
+            journal.put("trace", {"params": params, "samples": list(samples),
+                                  "generator": gen.get_state()})
         bar.update()
     bar.close()
+    values = np.array(samples)
     return TraceResult(
-        estimate=float(samples.mean()),
-        stderr=float(samples.std(ddof=1) / math.sqrt(n_samples)),
+        estimate=float(values.mean()),
+        stderr=float(values.std(ddof=1) / math.sqrt(n_samples)),
         n_samples=n_samples,
         num_hvp=n_samples,
     )

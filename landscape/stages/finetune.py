@@ -23,7 +23,8 @@ from landscape.stages.prune import (
     prune_note, settings_hash, unit_suffix, validate,
 )
 from landscape.stages.batches import eval_split
-from landscape.stages.masked_training import LAST, finish, go_on, start_digest, train_masked
+from landscape.stages.masked_training import start_digest, train_masked
+from landscape.stages.scratch import LAST, finish, go_on
 from landscape.stages.pruned_geometry import geometry_settings, pruned_geometry_rows
 from landscape.storage import CheckpointError, load_checkpoint, save_checkpoint
 from landscape.train import evaluate, make_loader
@@ -130,7 +131,7 @@ def _finetune_epochs(ctx: RunContext, config: PruneConfig, model: nn.Module,
     train_loss, train_acc, test_loss and test_acc. Each epoch's state is saved in the scratch
     folder ``work``, removed on return: a fine-tuning stopped on the way (preempted, killed)
     goes on from its last epoch when it starts from the same network (as a masked training,
-    :func:`landscape.stages.masked_training.go_on`) and gives the uninterrupted one's rows."""
+    :func:`landscape.stages.scratch.go_on`) and gives the uninterrupted one's rows."""
     gen = torch.Generator()
 
     def epoch_batches(epoch: int):

@@ -12,12 +12,20 @@ seeded order (``augment=true``); the loss is their mean cross-entropy (no weight
 ``protocol=paper`` (unit ``hessian_paper_<checkpoint>``): one ``density_iter``-step Lanczos
 run from the all-ones vector (:func:`~landscape.hessian.paper_spectrum`): its nodes and weights
 as ``hessian_density_node`` / ``hessian_density_weight`` (``index`` = step).
-Both: ``hessian_num_hvp``, ``hessian_seconds``; ``note`` records the BatchNorm mode and the
-evaluation set.
+Both: ``hessian_num_hvp``, ``hessian_seconds`` (over every attempt, the work kept);
+``note`` records the BatchNorm mode and the evaluation set.
+
+A unit saves its progress in ``checkpoints/hessian/<unit>/`` (a
+:class:`~landscape.stages.scratch.FolderJournal`, written every minute: the paper's Lanczos
+basis vectors; our finished top-k result, SLQ runs and trace samples); stopped on the way and
+run again from the same network and settings, it goes on from there to the uninterrupted
+unit's rows. The folder is removed when the unit returns.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -39,6 +47,7 @@ from landscape.stages.base import (
     register_stage,
 )
 from landscape.stages.batches import evaluation_batches
+from landscape.stages.scratch import FolderJournal, finish, go_on, state_digest
 
 log = logging.getLogger("landscape")
 
@@ -157,25 +166,36 @@ class HessianStage(Stage):
                              device=ctx.settings.device)
         note = (f"checkpoint={checkpoint}; protocol={c.protocol}; bn_mode={c.bn_mode}; "
                 f"n_samples={op.num_examples}; batch_size={c.batch_size}; augment={c.augment}")
+        work = ctx.checkpoint_dir / "hessian" / unit.name
+        settings = json.dumps(dataclasses.asdict(c), sort_keys=True)
+        if go_on(work, {"digest": state_digest(settings, {"model": model.state_dict()}),
+                        "what": unit.name}, needed=None):
+            log.info("%s: %s goes on from its saved progress in %s", ctx.identity.run_id,
+                     unit.name, work)
         try:
-            rows, extra, arrays = _rows(ctx, c, op, seed)
+            with FolderJournal(work) as journal:
+                rows, extra, arrays = _rows(ctx, c, op, seed, journal)
         except NoSecondDerivativeError as e:
             raise NoSecondDerivativeError(f"hessian: {ctx.identity.arch}: {e}") from None
         note += extra
-        rows.append({"metric": "hessian_seconds", "value": time.perf_counter() - t0})
+        rows.append({"metric": "hessian_seconds",
+                     "value": time.perf_counter() - t0 + journal.earlier})
+        finish(work)  # kept above when the unit did not return
         return Output([{"stage": unit.name, "protocol": c.protocol, "note": note, **r}
                        for r in rows], arrays)
 
 
-def _rows(ctx: RunContext, c: HessianConfig, op: HessianOperator, seed: int
-          ) -> tuple[list[dict], str, dict]:
-    """(rows, note, arrays) of the protocol ``c.protocol``."""
+def _rows(ctx: RunContext, c: HessianConfig, op: HessianOperator, seed: int,
+          journal: FolderJournal) -> tuple[list[dict], str, dict]:
+    """(rows, note, arrays) of the protocol ``c.protocol``; the progress saved in
+    ``journal``."""
     if c.protocol == "paper":
-        spectrum = paper_spectrum(op, n_iter=min(c.density_iter, op.dim), progress=ctx.progress)
+        spectrum = paper_spectrum(op, n_iter=min(c.density_iter, op.dim), progress=ctx.progress,
+                                  journal=journal)
         rows = _density_rows(spectrum) + [{"metric": "hessian_num_hvp",
                                            "value": spectrum.num_hvp}]
         return rows, f"; start=ones; steps={spectrum.num_hvp}", {}
-    return _default_rows(ctx, c, op, seed)
+    return _default_rows(ctx, c, op, seed, journal)
 
 
 def _density_rows(density: DensityResult) -> list[dict]:
@@ -185,8 +205,8 @@ def _density_rows(density: DensityResult) -> list[dict]:
                for i, v in enumerate(density.weights.ravel())])
 
 
-def _default_rows(ctx: RunContext, c: HessianConfig, op: HessianOperator,
-                  seed: int) -> tuple[list[dict], str, dict]:
+def _default_rows(ctx: RunContext, c: HessianConfig, op: HessianOperator, seed: int,
+                  journal: FolderJournal) -> tuple[list[dict], str, dict]:
     """Top-k eigenvalues, SLQ density and trace on one operator; (rows, note, arrays): the
     arrays hold the top ``save_eigenvectors`` unit eigenvectors (float32 rows over the
     parameters ``names``, in that order) when asked for."""
@@ -194,7 +214,7 @@ def _default_rows(ctx: RunContext, c: HessianConfig, op: HessianOperator,
     top = top_eigenvalues(op, k, SolverOptions(which=c.which, tol=c.tol, max_iter=c.max_iter,
                                                seed=seed, progress=ctx.progress,
                                                return_eigenvectors=c.save_eigenvectors > 0),
-                          backend=c.backend)
+                          backend=c.backend, journal=journal)
     arrays = {}
     if c.save_eigenvectors:
         vectors = top.eigenvectors[:c.save_eigenvectors].detach().float().cpu().numpy()
@@ -210,11 +230,11 @@ def _default_rows(ctx: RunContext, c: HessianConfig, op: HessianOperator,
         tri = top.tridiagonal
         reuse = tri if tri is not None and len(tri.alphas) >= n_iter else None
         density = spectral_density(op, n_runs=c.density_runs, n_iter=n_iter, seed=seed + 1,
-                                   reuse=reuse)
+                                   reuse=reuse, journal=journal)
         num_hvp += density.num_hvp
         rows += _density_rows(density)
     if c.trace_samples:
-        tr = hessian_trace(op, n_samples=c.trace_samples, seed=seed + 2)
+        tr = hessian_trace(op, n_samples=c.trace_samples, seed=seed + 2, journal=journal)
         num_hvp += tr.num_hvp
         rows += [{"metric": "hessian_trace", "value": tr.estimate},
                  {"metric": "hessian_trace_stderr", "value": tr.stderr}]

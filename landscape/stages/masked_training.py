@@ -6,10 +6,7 @@ SynFlow; and Liu et al.'s retraining of a pruned network with the original sched
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from landscape.stages.base import RunContext
-from landscape.storage import atomic_write_json, save_checkpoint
+from landscape.stages.scratch import LAST, finish, go_on, state_digest
+from landscape.storage import save_checkpoint
 from landscape.tracking import TrackConfig
 from landscape.train import (
     CHECKPOINT_FORMAT, TrainConfig, TrainOutcome, make_optimizer, make_scheduler,
@@ -25,8 +23,6 @@ from landscape.train import (
 )
 
 log = logging.getLogger(__name__)
-START = "start.json"  # the scratch folder's record of the start its last.pt trains from
-LAST = "last.pt"  # the scratch folder's latest state
 
 
 def train_masked(ctx: RunContext, model: nn.Module, masks: dict[str, Tensor], work: Path, *,
@@ -95,43 +91,8 @@ def start_digest(model: nn.Module, masks: dict[str, Tensor], start_epoch: int,
     """sha256 of what a masked training starts from: every tensor of ``model``'s state (the
     masked weights, BN statistics) and of ``masks`` (names, dtypes, shapes, bytes), the start
     epoch and whether the optimizer state was taken up."""
-    h = hashlib.sha256(f"{start_epoch};{resumed_state}".encode())
-    for group, tensors in (("model", model.state_dict()), ("masks", masks)):
-        for name in sorted(tensors):
-            t = tensors[name].detach().to("cpu").contiguous()
-            h.update(f"{group}:{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def go_on(work: Path, start: dict) -> bool:
-    """Whether the scratch folder ``work`` holds a ``last.pt`` of a training from ``start``
-    (what :data:`START` records) to go on from; if not, it is emptied and records ``start``
-    (a kill before the first ``last.pt`` then starts again)."""
-    if _recorded_start(work) == start and (work / LAST).exists():
-        return True
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    atomic_write_json(work / START, start)
-    return False
-
-
-def finish(work: Path) -> None:
-    """Remove the scratch folder ``work`` of a training that returned, and its parent
-    (``checkpoints/retrain``, ``checkpoints/finetune``) once that is empty."""
-    shutil.rmtree(work, ignore_errors=True)
-    try:
-        work.parent.rmdir()
-    except OSError:  # other units' folders, or round checkpoints, are still there
-        pass
-
-
-def _recorded_start(work: Path) -> Optional[dict]:
-    """The start a scratch folder records (None: none, or unreadable)."""
-    try:
-        return json.loads((work / START).read_text())
-    except (OSError, ValueError):
-        return None
+    return state_digest(f"{start_epoch};{resumed_state}",
+                        {"model": model.state_dict(), "masks": masks})
 
 
 def unit_settings(tc: TrainConfig) -> TrainConfig:

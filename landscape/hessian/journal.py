@@ -1,0 +1,60 @@
+"""Saved progress of a Hessian computation, so that one stopped on the way (a preempted job,
+a time limit) goes on from where it was instead of starting again.
+
+The computations of :mod:`landscape.hessian.spectrum` take ``journal=``: anything with
+``get(key) -> dict | None`` and ``put(key, state)`` (:class:`Journal`). Each saves its state
+under its own keys as it goes (the paper's Lanczos run: every new basis vector and the
+tridiagonal so far; SLQ: every finished run; Hutchinson: every sample; top-k: the finished
+result) and, given the journal again, takes it up: the result equals an uninterrupted run's,
+bit for bit on a deterministic operator. A saved state records the computation's parameters
+(sizes, seeds, the start vector's digest): one saved by another computation is ignored and
+overwritten. It does not record the operator: use one journal per operator (the Hessian stage
+keys its folder by the network's digest and the stage's settings). States hold tensors and plain Python values only (``torch.load(weights_only=
+True)`` reads them). :class:`MemoryJournal` keeps them in a dict; the pipeline's Hessian stage
+keeps them in the unit's scratch folder (:class:`landscape.stages.scratch.FolderJournal`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Optional, Protocol
+
+import torch
+
+
+class Journal(Protocol):
+    def get(self, key: str) -> Optional[dict[str, Any]]:
+        """The state saved under ``key``, or None."""
+
+    def put(self, key: str, state: dict[str, Any]) -> None:
+        """Save ``state`` under ``key`` (replacing an earlier one)."""
+
+
+class MemoryJournal:
+    """A :class:`Journal` in memory: pass the same one again to go on after an exception."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict[str, Any]] = {}
+
+    def get(self, key: str) -> Optional[dict[str, Any]]:
+        return self.states.get(key)
+
+    def put(self, key: str, state: dict[str, Any]) -> None:
+        self.states[key] = state
+
+
+def saved(journal: Optional[Journal], key: str, params: dict[str, Any]
+          ) -> Optional[dict[str, Any]]:
+    """The state under ``key`` if it was saved by a computation with these ``params``."""
+    if journal is None:
+        return None
+    state = journal.get(key)
+    return state if state is not None and state.get("params") == params else None
+
+
+def vector_digest(v: torch.Tensor) -> str:
+    """sha256 of a vector's dtype, length and bytes (identifies a start vector)."""
+    t = v.detach().reshape(-1).to("cpu").contiguous()
+    h = hashlib.sha256(f"{t.dtype}:{t.numel()}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,142 @@
+"""A unit's scratch folder: what a long unit saves on the way, so that after a preemption, a
+time limit or a kill the unit goes on instead of starting again.
+
+The folder (``checkpoints/<stage>/<unit>/``) records the start it belongs to (:data:`START`:
+a digest of the network and the settings); :func:`go_on` keeps it for the same start and
+empties it for another; :func:`finish` removes it when the unit returned. Masked trainings
+keep their trainer's checkpoints there (:mod:`landscape.stages.masked_training`), the
+fine-tune unit its epochs, the Hessian units a :class:`FolderJournal`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from landscape.storage import (
+    CheckpointError, atomic_write_json, clean_temp, load_checkpoint, save_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+START = "start.json"  # the scratch folder's record of the start it belongs to
+LAST = "last.pt"  # a training's latest state
+SECONDS = "seconds.json"  # a FolderJournal's computing time so far
+SAVE_EVERY_S = 60.0  # FolderJournal: seconds between two writes of what was put
+
+
+def go_on(work: Path, start: dict, needed: Optional[str] = LAST) -> bool:
+    """Whether the scratch folder ``work`` belongs to ``start`` (what :data:`START` records)
+    and holds the file ``needed`` (None: anything it holds) to go on from; if not, it is
+    emptied and records ``start`` (a kill before anything was saved then starts again)."""
+    if _recorded_start(work) == start and (needed is None or (work / needed).exists()):
+        clean_temp(work)
+        return True
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    atomic_write_json(work / START, start)
+    return False
+
+
+def finish(work: Path) -> None:
+    """Remove the scratch folder ``work`` of a unit that returned, and its parent
+    (``checkpoints/retrain``, ``checkpoints/finetune``, ...) once that is empty."""
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.parent.rmdir()
+    except OSError:  # other units' folders, or round checkpoints, are still there
+        pass
+
+
+def _recorded_start(work: Path) -> Optional[dict]:
+    """The start a scratch folder records (None: none, or unreadable)."""
+    try:
+        return json.loads((work / START).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def state_digest(prefix: str, groups: Mapping[str, Mapping[str, Tensor]]) -> str:
+    """sha256 of ``prefix`` and every tensor of ``groups`` (group, name, dtype, shape, bytes;
+    names in sorted order): what identifies a network a unit starts from."""
+    h = hashlib.sha256(prefix.encode())
+    for group, tensors in groups.items():
+        for name in sorted(tensors):
+            t = tensors[name].detach().to("cpu").contiguous()
+            h.update(f"{group}:{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class FolderJournal:
+    """A :class:`landscape.hessian.journal.Journal` in the scratch folder ``work``: each key
+    one file ``<key>.pt`` written atomically. What is put is written every ``every`` seconds
+    (and by :meth:`flush`), in the order it was put, so a computation saves a basis vector
+    before the state that needs it and, after a kill, does at most about ``every`` seconds of
+    work again; used as a context manager, it writes what was put when an exception leaves it
+    (submitit's requeue). A file that cannot be read counts as not saved. :meth:`seconds`: the computing
+    time of the work kept, over every attempt."""
+
+    def __init__(self, work: Path, every: Optional[float] = None) -> None:
+        self.work = Path(work)
+        self.every = SAVE_EVERY_S if every is None else every
+        self.pending: dict[str, dict[str, Any]] = {}
+        self._written = time.monotonic()
+        self._opened = time.perf_counter()
+        try:
+            self._before = float(json.loads((self.work / SECONDS).read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self._before = 0.0
+
+    def __enter__(self) -> "FolderJournal":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        """Leaving by an exception (submitit's requeue on a time limit or preemption, an
+        error): what was put is written, so the next attempt goes on from the last step."""
+        if error is not None and self.pending:
+            try:
+                self.flush()
+            except Exception as e:  # the original exception matters more
+                log.warning("saved progress not written: %s", e)
+
+    def get(self, key: str) -> Optional[dict[str, Any]]:
+        if key in self.pending:
+            return self.pending[key]
+        path = self.work / f"{key}.pt"
+        if not path.is_file():
+            return None
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("saved progress not used: %s", e)
+            return None
+
+    def put(self, key: str, state: dict[str, Any]) -> None:
+        self.pending.pop(key, None)  # to the end: written after what was put before it
+        self.pending[key] = state
+        if time.monotonic() - self._written >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was put since the last write."""
+        for key, state in self.pending.items():
+            save_checkpoint(self.work / f"{key}.pt", state)
+        atomic_write_json(self.work / SECONDS, {"seconds": self.seconds()})
+        self.pending.clear()
+        self._written = time.monotonic()
+
+    @property
+    def earlier(self) -> float:
+        """The computing time of the work earlier attempts kept."""
+        return self._before
+
+    def seconds(self) -> float:
+        return self._before + time.perf_counter() - self._opened
