@@ -16,10 +16,11 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[F]):
-    """Maps names to callables. ``kind`` names the registry in error messages."""
+    """Maps names to callables. ``kind`` names the registry in error messages; ``hint`` is
+    added to the error for an unknown name (e.g. how to add one of your own)."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, hint: str = "") -> None:
+        self.kind, self.hint = kind, hint
         self._items: dict[str, F] = {}
 
     def register(self, name: str, *, overwrite: bool = False) -> Callable[[F], F]:
@@ -43,6 +44,7 @@ class Registry(Generic[F]):
         except KeyError:
             raise UnknownNameError(
                 f"unknown {self.kind} '{name}'; valid names: {', '.join(self.names())}"
+                + (f" ({self.hint})" if self.hint else "")
             ) from None
 
     def names(self) -> list[str]:

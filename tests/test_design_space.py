@@ -115,6 +115,27 @@ def test_size_matters_cifar10_plans_its_architecture_list_and_their_receptive_fi
                                   "resnet50"}
 
 
+def test_size_matters_imagenette_plans_every_input_size_of_every_architecture():
+    from landscape.cli.submit import expand_grid
+    from landscape.identity import identify
+    from landscape.pipeline import validate
+
+    cfgs = expand_grid(["experiment=size_matters_imagenette"])
+    assert len(cfgs) == 120 and {c.data.image_size for c in cfgs} == {64, 96, 128, 160}
+    cells, names = {}, set()
+    for c in cfgs[::3]:  # one seed of each cell
+        validate(c, check_data=False)
+        i = identify(c)
+        cells[(i.arch, i.spec.label(), c.data.image_size)] = i.receptive_field
+        names.add(i.cell_name)
+        assert (c.data.name, c.data.crop, c.train.epochs) == ("imagenette",
+                                                              "random_resized_crop", 30)
+        assert c.resolution.sizes == [64, 96, 128, 160]
+    assert len(cells) == len(names) == 40
+    # The receptive field is the architecture's, whatever the input size.
+    assert {cells[("resnet18", "", s)] for s in (64, 96, 128, 160)} == {109}
+
+
 @pytest.mark.slow
 def test_experiment_rf_design_small_runs_end_to_end_and_draws_the_design_space(tmp_path, console):
     root = tmp_path / "r"

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_data import make_cifar10_tree
+from tests.test_image_folders import make_tree
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", REPO / "jobs" / "README.md"]
@@ -36,8 +37,10 @@ ENTRY_POINTS = {  # pyproject.toml [project.scripts]
 # Skipped: commands that show a placeholder the reader fills in.
 SKIP = [r"<[^>]+>"]
 # Replaced: "..." stands for the reader's other overrides (the small settings below stand in);
-# the cluster's shared results folder is the one the earlier commands wrote.
-PLACEHOLDERS = [(r"(?<=\s)\.\.\.(?=\s|$)", ""), (r"/shared/\$USER/landscape-results", "results")]
+# the cluster's shared results folder is the one the earlier commands wrote; README's folder of
+# images is generated here.
+PLACEHOLDERS = [(r"(?<=\s)\.\.\.(?=\s|$)", ""), (r"/shared/\$USER/landscape-results", "results"),
+                (r"data\.root=/datasets", "data.root=datasets")]
 # Added to every command that composes a run: small data (the generated CIFAR-10 is not the
 # published one: no md5), one epoch, a narrow model, the CPU, no report at the end of a grid
 # (landscape-report writes it).
@@ -136,8 +139,9 @@ def test_every_readme_command_runs(tmp_path):
     assert len(lines) >= 20  # the extraction found the blocks
     runs = list(dict.fromkeys(tuple(a) for line in lines if (a := as_run(line))))
     make_cifar10_tree(tmp_path / "data", per_batch=80)
+    make_tree(tmp_path / "datasets")  # README's own images: datasets/leaves/{train,val}
     (tmp_path / "mypkg").mkdir()
-    for name in ("mycriteria", "weight_norm"):
+    for name in ("mycriteria", "weight_norm", "mydata"):
         (tmp_path / "mypkg" / f"{name}.py").write_text(
             python_block(REPO / "README.md", f"# mypkg/{name}.py"))
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1",

@@ -1,5 +1,5 @@
 """The built-in datasets: cifar10, cifar100, tiny_imagenet, digits (offline), synthetic
-(tests)."""
+(tests); imagenette is a folder per class (:mod:`landscape.data.folders`)."""
 
 from __future__ import annotations
 

@@ -86,7 +86,8 @@ class DatasetInfo:
     num_classes: int
 
 
-DATASETS: Registry[Callable[[DataConfig], DatasetBundle]] = Registry("dataset")
+DATASETS: Registry[Callable[[DataConfig], DatasetBundle]] = Registry(
+    "dataset", hint="a dataset of your own: list the module that registers it in imports=[...]")
 _INFO: dict[str, DatasetInfo] = {}
 _CHECKS: dict[str, Callable[[DataConfig], None]] = {}
 _FOLDERS: dict[str, Callable[[DataConfig], Path]] = {}

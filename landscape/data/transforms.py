@@ -20,19 +20,27 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 # Tiny ImageNet training-set statistics (commonly used values).
 TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
 TINY_IMAGENET_STD = (0.2302, 0.2265, 0.2262)
+# ImageNet training-set statistics (torchvision's): the default of an image folder of your own.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FITS = ("squash", "center_crop")  # how an image that is not square is brought to size x size
 
 
 def image_transforms(
     cfg: DataConfig, *, train: bool, size: int, mean: Sequence[float], std: Sequence[float],
-    resize: bool, from_pil: bool,
+    resize: bool, from_pil: bool, fit: str = "squash",
 ) -> Callable:
     """PIL image or uint8/float CHW tensor -> normalised float32 CHW tensor of side ``size``
-    (the stored size, :func:`landscape.data.registry.stored_size`). ``data.resize=down_up``
+    (the stored size, :func:`landscape.data.registry.stored_size`). With ``resize``, ``fit``
+    says how: ``squash`` resizes to ``size x size``, ``center_crop`` resizes the shorter side to
+    ``size`` and crops the centre (the same on a square image). ``data.resize=down_up``
     adds the down-and-up resize after the augmentation (``canvas`` is pasted around the
     normalised image by ``landscape.data.resize.CanvasDataset``)."""
     ops: list = [v2.ToImage()] if from_pil else []
     ops.append(v2.ToDtype(torch.float32, scale=True))
-    if resize:
+    if resize and fit == "center_crop":
+        ops += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    elif resize:
         ops.append(v2.Resize((size, size), antialias=True))
     if train and cfg.augment:
         ops.append(v2.RandomResizedCrop(size, antialias=True) if cfg.crop == "random_resized_crop"

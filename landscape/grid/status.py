@@ -38,7 +38,6 @@ from landscape import results
 from landscape.config import RunConfig, from_dict
 from landscape.grid.plan import cell_units, config_differences, diverged
 from landscape.grid.slurm import RUNNING, active_jobs
-from landscape.identity import identify
 from landscape.pipeline import stage_units
 
 STATES = ("done", "stale", "running", "queued", "started", "failed", "skipped", "missing")
@@ -153,10 +152,12 @@ def run_states(root: str | Path) -> pd.DataFrame:
     active = active_jobs(root)
     rows, cells = [], {}
     for run_id, variants in runs.items():
-        ident = identify(variants[0])
-        paths = results.run_paths(root, ident.cell_name, variants[0].seed)
+        # The records name the cell (<cell>/seed=<s>): the status identifies no run, so it
+        # needs none of the models and datasets that user modules register.
+        cell = run_id.rsplit("/", 1)[0]
+        paths = results.run_paths(root, cell, variants[0].seed)
         tagged = [(c, True) for c in variants] + [(c, False) for c in earlier.get(run_id, [])]
-        cells.setdefault(ident.cell_name, (paths, tagged))
+        cells.setdefault(cell, (paths, tagged))
         seen = set()  # a unit of several variants has one state (the same settings)
         for cfg, current in tagged:
             for stage, config, unit in stage_units(cfg, "run"):
@@ -168,7 +169,7 @@ def run_states(root: str | Path) -> pd.DataFrame:
                     active.get(run_id))
                 if current or state != "missing":  # an earlier request: shown where it ran
                     seen.add(unit.name)
-                    rows.append({"cell": ident.cell_name, "seed": cfg.seed, "run_id": run_id,
+                    rows.append({"cell": cell, "seed": cfg.seed, "run_id": run_id,
                                  "unit": unit.name, "state": state, "reason": reason})
     for name, (paths, configs) in sorted(cells.items()):
         units: dict[str, tuple[RunConfig, bool]] = {}

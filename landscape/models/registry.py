@@ -16,7 +16,8 @@ from landscape.models.spec import ModelSpec, check_knobs
 from landscape.models.weights import load_weights
 from landscape.registry import Registry, UnknownNameError
 
-MODELS: Registry[Callable[..., RFNet]] = Registry("model")
+MODELS: Registry[Callable[..., RFNet]] = Registry(
+    "model", hint="a model of your own: list the module that registers it in imports=[...]")
 MODEL_KNOBS: dict[str, tuple[str, ...]] = {}  # architecture -> the ModelSpec knobs it has
 
 

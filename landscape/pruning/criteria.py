@@ -39,7 +39,9 @@ from landscape.registry import Registry, import_modules
 Criterion = Callable[..., dict[str, Tensor]]
 Batches = Iterable[tuple[Tensor, Tensor]]
 
-CRITERIA: Registry[Criterion] = Registry("pruning criterion")
+CRITERIA: Registry[Criterion] = Registry(
+    "pruning criterion",
+    hint="a criterion of your own: list the module that registers it in prune.imports=[...]")
 
 
 # name -> check(options): raises ValueError naming an option whose value the criterion
