@@ -28,7 +28,7 @@ BENCHMARKS = ("train_overhead", "pruning_selection", "importance_batched", "hess
               "demo_scaling", "paper_importance", "loss_slice", "saturation",
               "data_path", "rf_table", "probes", "lambda_tracking", "model_zoo", "layouts",
               "rf_audit", "stage_zoo", "pruning_criteria", "results_load", "hessian_journal",
-              "gpu_acceptance")
+              "folder_data", "gpu_acceptance")
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 # not in 'all' and not appended to the results file: a check of the CUDA paths that writes its
 # own outputs (--out DIR); on a machine without CUDA it runs its --quick CPU checks only

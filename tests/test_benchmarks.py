@@ -39,6 +39,13 @@ def test_hessian_journal_benchmark_quick_saves_every_vector_and_changes_nothing(
     assert row["plain_seconds_per_step"] > 0 and row["hvp_seconds_batch10"] > 0
 
 
+def test_folder_data_benchmark_quick_reads_every_image_at_its_size():
+    rows = bench_main(["folder_data", "--quick"])["folder_data"]
+    assert [r["num_workers"] for r in rows] == [0, 2]
+    assert all(r["images"] == 40 and r["shape"] == [3, 32, 32] and r["images_per_s"] > 0
+               for r in rows)
+
+
 def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():
     rows = bench_main(["hessian_topk", "--quick"])["hessian_topk"]
     ours = [r for r in rows if r["backend"] == "lanczos"]
@@ -55,7 +62,7 @@ def test_all_names_are_registered():
                                "loss_slice", "saturation", "data_path", "rf_table", "probes",
                                "lambda_tracking", "model_zoo", "layouts", "rf_audit",
                                "stage_zoo", "gpu_acceptance", "pruning_criteria", "results_load",
-                               "hessian_journal"}
+                               "hessian_journal", "folder_data"}
 
 
 def test_pruning_criteria_quick_times_every_builtin_criterion_on_both_architectures():
