@@ -1,5 +1,6 @@
-"""An image folder through the DataLoader: images/s of Imagenette-sized JPEGs decoded,
-brought to size and augmented per image, with 0 and 2 worker processes.
+"""An image folder on both data paths: images/s of Imagenette-sized JPEGs decoded, brought
+to size and augmented per image by the DataLoader (0 and 2 worker processes), against the
+resident path (decoded once, batches augmented whole).
 
     python -m benchmarks folder_data [--quick] [--threads 1] [--images 640] [--size 160]
 
@@ -7,8 +8,9 @@ A generated tree in Imagenette's layout (``imagenette2-160/train/<wnid>/*.JPEG``
 classes, ``--images`` training images of 213 x 160 random pixels, JPEG quality 90) read by the
 built-in ``imagenette`` loader (:func:`landscape.data.register_image_folder`): shorter side to
 ``--size``, centre crop, RandomResizedCrop + flip, normalisation; batch 128, one epoch per
-side, best of 3. The folder datasets have no resident path, so this is what feeds a GPU: the
-figure per worker says how many workers an epoch needs. ``--quick``: 40 images at 32 px.
+side, best of 3. The resident side (on the CPU here) first decodes every image once (timed
+apart: what a run pays at its start); before timing, both paths' evaluation batches must be
+identical. ``--quick``: 40 images at 32 px.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from PIL import Image
 
 from benchmarks.common import make_parser, parse
 from landscape.data import DataConfig, load_dataset
+from landscape.data.resident import resident_bundle
+from landscape.device import device_settings
+from landscape.train import make_loader
 
 BATCH = 128
 
@@ -46,22 +51,37 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         write_tree(Path(tmp), n)
-        bundle = load_dataset(DataConfig(name="imagenette", root=tmp, image_size=size,
-                                         crop="random_resized_crop", loader="dataloader"))
-        for workers in (0, 2):
-            loader = torch.utils.data.DataLoader(bundle.train, batch_size=BATCH, shuffle=True,
-                                                 num_workers=workers)
+        cfg = DataConfig(name="imagenette", root=tmp, image_size=size,
+                         crop="random_resized_crop", loader="dataloader")
+        bundle = load_dataset(cfg)
+        cpu = device_settings(torch.device("cpu"))
+        t0 = time.perf_counter()
+        held = resident_bundle(cfg, bundle, cpu)
+        decode = time.perf_counter() - t0
+        same = all(torch.equal(a, b) for (a, _), (b, _) in zip(
+            make_loader(bundle.test, BATCH, cpu, shuffle=False),
+            make_loader(held.test, BATCH, cpu, shuffle=False)))
+        if not same:
+            raise AssertionError("resident evaluation batches differ from the DataLoader's")
+        sides = {"dataloader, 0 workers": lambda: torch.utils.data.DataLoader(
+                     bundle.train, batch_size=BATCH, shuffle=True, num_workers=0),
+                 "dataloader, 2 workers": lambda: torch.utils.data.DataLoader(
+                     bundle.train, batch_size=BATCH, shuffle=True, num_workers=2),
+                 "resident": lambda: make_loader(held.train, BATCH, cpu, shuffle=True,
+                                                 generator=torch.Generator().manual_seed(0))}
+        for side, loader in sides.items():
             best, shape = float("inf"), None
             for _ in range(3):
                 t0 = time.perf_counter()
                 seen = 0
-                for x, y in loader:
+                for x, y in loader():
                     seen += len(y)
                     shape = tuple(x.shape[1:])
                 best = min(best, time.perf_counter() - t0)
-            rows.append({"benchmark": "folder_data", "images": seen, "size": size,
-                         "num_workers": workers, "images_per_s": seen / best,
-                         "shape": list(shape)})
-            print(f"{seen} images of 213 x 160 to {size} px, {workers} workers: "
-                  f"{seen / best:,.0f} images/s (best of 3)", flush=True)
+            rows.append({"benchmark": "folder_data", "side": side, "images": seen,
+                         "size": size, "images_per_s": seen / best, "shape": list(shape),
+                         "decode_seconds": decode if side == "resident" else None})
+            print(f"{seen} images of 213 x 160 to {size} px, {side}: {seen / best:,.0f} "
+                  f"images/s (best of 3)" + (f"; decoded once in {decode:.2f} s"
+                                             if side == "resident" else ""), flush=True)
     return rows

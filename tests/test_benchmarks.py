@@ -39,11 +39,13 @@ def test_hessian_journal_benchmark_quick_saves_every_vector_and_changes_nothing(
     assert row["plain_seconds_per_step"] > 0 and row["hvp_seconds_batch10"] > 0
 
 
-def test_folder_data_benchmark_quick_reads_every_image_at_its_size():
+def test_folder_data_benchmark_quick_reads_every_image_at_its_size_on_both_paths():
     rows = bench_main(["folder_data", "--quick"])["folder_data"]
-    assert [r["num_workers"] for r in rows] == [0, 2]
+    assert [r["side"] for r in rows] == ["dataloader, 0 workers", "dataloader, 2 workers",
+                                         "resident"]
     assert all(r["images"] == 40 and r["shape"] == [3, 32, 32] and r["images_per_s"] > 0
                for r in rows)
+    assert rows[-1]["decode_seconds"] > 0
 
 
 def test_hessian_benchmark_quick_agrees_with_the_exact_spectrum():

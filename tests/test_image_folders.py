@@ -169,3 +169,46 @@ def test_imagenette_reads_its_published_layout(tmp_path):
     assert [y for _, y in b.test] == list(range(10))
     with pytest.raises(DatasetNotFoundError, match="fast-ai-imageclas/imagenette2-160.tgz"):
         check_dataset(DataConfig(name="imagenette", root=str(tmp_path / "empty")))
+
+
+def test_the_resident_path_holds_the_images_the_dataloader_path_reads(tmp_path, leaves,
+                                                                       monkeypatch):
+    """Decoded once and fitted as the DataLoader path does it: the same evaluation batches,
+    bit for bit, for every split (a training subset and a holdout decode only theirs) and
+    input-size protocol; the
+    training batches are augmented on the device; auto takes it unless the images need more
+    than half the available host memory."""
+    from landscape.data import resident
+    from landscape.data.resident import choose_loader, resident_bundle
+    from landscape.device import device_settings
+    from landscape.train import make_loader
+
+    cpu = device_settings(torch.device("cpu"))
+    make_tree(tmp_path)
+    __import__("tests.user_dataset")
+    for cfg in (DataConfig(name="leaves", root=str(tmp_path), crop="random_resized_crop"),
+                DataConfig(name="leaves", root=str(tmp_path), train_subset=20, holdout=5,
+                           image_size=16),
+                DataConfig(name="leaves", root=str(tmp_path), resize="canvas", object_size=16,
+                           image_size=32),
+                DataConfig(name="leaves", root=str(tmp_path), resize="down_up", down_size=12)):
+        b = load_dataset(cfg)
+        rb = resident_bundle(cfg, b, cpu)
+        for ds, rs in ((b.test, rb.test), (b.train_eval, rb.train_eval), (b.holdout, rb.holdout)):
+            if ds is None:
+                continue
+            xd = torch.cat([x for x, _ in make_loader(ds, 7, cpu, shuffle=False)])
+            yd = torch.cat([y for _, y in make_loader(ds, 7, cpu, shuffle=False)])
+            xr = torch.cat([x for x, _ in make_loader(rs, 7, cpu, shuffle=False)])
+            yr = torch.cat([y for _, y in make_loader(rs, 7, cpu, shuffle=False)])
+            assert len(xd) == len(ds) and torch.equal(xd, xr) and torch.equal(yd, yr)
+        x, y = next(iter(make_loader(rb.train, 8, cpu, shuffle=True,
+                                     generator=torch.Generator().manual_seed(0))))
+        side = cfg.image_size or 24
+        assert x.shape == (8, 3, side, side) and not torch.equal(x, xd[:8])
+    assert choose_loader("auto", cfg, b, torch.device("cpu")) == "resident"
+    monkeypatch.setattr(resident, "_available_host_bytes", lambda: 10_000)
+    assert choose_loader("auto", cfg, b, torch.device("cpu")) == "dataloader"
+    with pytest.raises(ValueError, match=r"data.loader=resident: its images need .* GiB, more "
+                                         r"than 50% of the .* GiB of host memory available"):
+        choose_loader("resident", cfg, b, torch.device("cpu"))

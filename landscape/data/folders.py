@@ -17,17 +17,25 @@ resizes both sides), then the training augmentation of ``data.*`` (``data.crop``
 ``data.crop_padding``, ``data.hflip``) and normalisation by ``mean`` / ``std`` (default
 ImageNet's). The dataset's name is in the run's identity; its folder on disk (``data.root``)
 is not. Checked before anything runs: both splits exist (else where it looked), the training
-split has ``num_classes`` class folders, the test split no other class. Images are read
-through the DataLoader, one decoded file at a time (the resident path holds datasets whose
-files have one size: not these).
+split has ``num_classes`` class folders, the test split no other class. The resident data
+path (``data.loader=auto|resident``, :mod:`landscape.data.resident`) decodes every image once
+per run, brought to size exactly as the DataLoader path does it before augmenting
+(:meth:`_ClassFolder.fitted_images`), and holds them as float32 (``auto`` takes it when they
+fit in half the free device memory, or on the CPU half the available host memory); the
+DataLoader path decodes every file in every epoch.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
+import torch
+from PIL import Image
+from torch import Tensor
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
@@ -35,18 +43,45 @@ from landscape.data.datasets import _subset
 from landscape.data.registry import (
     DATASETS, DataConfig, DatasetBundle, DatasetNotFoundError, register_dataset, stored_size,
 )
-from landscape.data.transforms import FITS, IMAGENET_MEAN, IMAGENET_STD, image_transforms
+from landscape.data.transforms import (
+    FITS, IMAGENET_MEAN, IMAGENET_STD, fitted_transform, image_transforms,
+)
+
+FOLDER_DATASETS: set[str] = set()  # the names register_image_folder registered
 
 
 class _ClassFolder(ImageFolder):
-    """An ImageFolder whose classes are given (a test split labelled as the training split)."""
+    """An ImageFolder whose classes are given (a test split labelled as the training split);
+    ``fit``: the part of ``transform`` before the augmentation (decoded, brought to size)."""
 
-    def __init__(self, root: Path, classes: Sequence[str], transform) -> None:
-        self._given = list(classes)
+    def __init__(self, root: Path, classes: Sequence[str], transform: Callable,
+                 fit: Optional[Callable] = None) -> None:
+        self._given, self.fit = list(classes), fit
         super().__init__(str(root), transform=transform, allow_empty=True)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         return self._given, {c: i for i, c in enumerate(self._given)}
+
+    def fitted_images(self, indices: Optional[Sequence[int]] = None) -> Tensor:
+        """The images ``indices`` (default all) as (N, H, W, 3) float32 in [0, 1]: decoded and
+        brought to size as ``transform`` does before augmenting (the same values); decoded by
+        a pool of threads."""
+        paths = [self.samples[i][0] for i in (range(len(self)) if indices is None
+                                                 else indices)]
+
+        def one(path: str) -> Tensor:
+            with Image.open(path) as im:
+                return self.fit(im.convert("RGB")).permute(1, 2, 0)
+
+        if not paths:
+            return torch.zeros(0, 1, 1, 3)
+        first = one(paths[0])
+        out = torch.empty(len(paths), *first.shape, dtype=first.dtype)
+        out[0] = first
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for k, image in enumerate(pool.map(one, paths[1:]), 1):
+                out[k] = image
+        return out
 
 
 def class_folders(split: Path) -> list[str]:
@@ -97,6 +132,8 @@ def register_image_folder(name: str, *, folder: str, image_size: int, num_classe
                                  extensions=IMG_EXTENSIONS, allow_empty=True))
         return min(total, cfg.train_subset or total)
 
+    FOLDER_DATASETS.add(name)
+
     @register_dataset(name, image_size=image_size, in_channels=3, num_classes=num_classes,
                       check=check, folder=tree, train_size=train_size)
     def load(cfg: DataConfig) -> DatasetBundle:
@@ -104,9 +141,11 @@ def register_image_folder(name: str, *, folder: str, image_size: int, num_classe
         classes = class_folders(root / train)
         size = stored_size(cfg)
         kw = dict(size=size, mean=mean, std=std, resize=True, from_pil=True, fit=fit)
+        fitted = fitted_transform(size=size, resize=True, from_pil=True, fit=fit)
 
         def split(sub: str, augment: bool) -> ImageFolder:
-            return _ClassFolder(root / sub, classes, image_transforms(cfg, train=augment, **kw))
+            return _ClassFolder(root / sub, classes, image_transforms(cfg, train=augment, **kw),
+                                fitted)
 
         train_set = split(train, True)
         if not train_set.samples:

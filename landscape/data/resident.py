@@ -2,10 +2,12 @@
 
 The DataLoader path transforms one image at a time (torchvision v2 on the CPU, optionally in
 worker processes). For datasets that fit in memory (digits, synthetic, CIFAR-10; Tiny ImageNet
-through its uint8 cache, :mod:`landscape.data.cache`) this module keeps the images as uint8 (or
-float32 in [0, 1] for the datasets that are float already) in NHWC on the device and draws each
-batch with vectorised operations: one gather does the random padded crop and the horizontal
-flip, ``grid_sample`` does RandomResizedCrop, then conversion to float and normalisation.
+through its uint8 cache, :mod:`landscape.data.cache`; an image folder decoded once per run,
+:mod:`landscape.data.folders`) this module keeps the images as uint8 (or float32 in [0, 1] for
+the datasets that are float already, resized or decoded and fitted) in NHWC on the device and
+draws each batch with vectorised operations: one gather does the random padded crop and the
+horizontal flip, ``grid_sample`` does RandomResizedCrop, then conversion to float and
+normalisation.
 
 Randomness: every draw of an epoch (the order, the crop offsets or boxes, the flips) comes from
 one CPU :class:`torch.Generator` that the caller seeds from ``(seed, epoch)``, drawn at the
@@ -310,6 +312,7 @@ class ResidentLoader:
 # Which path, and the resident splits of a DatasetBundle.
 RESIDENT_DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "tiny_imagenet")  # known here
 CUDA_MEMORY_SHARE = 0.5  # at most this share of the free GPU memory goes to resident data
+HOST_MEMORY_SHARE = 0.5  # an image folder on the CPU: at most this share of the available RAM
 
 
 @dataclass
@@ -337,6 +340,11 @@ def _source(ds):
 
     if isinstance(ds, CanvasDataset):  # the canvas is pasted on the device (ResidentSet)
         return _source(ds.dataset)
+    folder = _folder_indices(ds)
+    if folder is not None:  # an image folder: decode only the images this split holds
+        base, idx = folder
+        labels = torch.tensor([base.samples[i][1] for i in idx], dtype=torch.long)
+        return base.fitted_images(idx), labels
     if isinstance(ds, Subset):
         inner = _source(ds.dataset)
         if inner is None:
@@ -353,13 +361,47 @@ def _source(ds):
     return None
 
 
+def _folder_indices(ds):
+    """(the image folder, the indices of its images) of ``ds``, an image folder
+    (:mod:`landscape.data.folders`) or Subsets of one; else None."""
+    from torch.utils.data import Subset
+
+    from landscape.data.folders import _ClassFolder
+
+    if isinstance(ds, _ClassFolder):
+        return ds, list(range(len(ds)))
+    if isinstance(ds, Subset):
+        inner = _folder_indices(ds.dataset)
+        if inner is not None:
+            return inner[0], [inner[1][i] for i in ds.indices]
+    return None
+
+
+def _is_folder(name: str) -> bool:
+    from landscape.data.folders import FOLDER_DATASETS
+
+    return name in FOLDER_DATASETS
+
+
 def resident_bytes(cfg, n_images: int, in_channels: int, image_size: int) -> int:
     """Device memory of ``n_images`` resident images: uint8 for the image files, float32 for
-    the datasets that are float already or are resized (an upper bound for a canvas: the
-    stored images are the smaller pasted ones)."""
+    the datasets that are float already or are resized, and the image folders (an upper bound
+    for a canvas: the stored images are the smaller pasted ones)."""
     resized = cfg.image_size or getattr(cfg, "object_size", None)
-    per_pixel = 4 if cfg.name in ("digits", "synthetic") or resized else 1
-    return n_images * in_channels * image_size * image_size * per_pixel
+    float_images = cfg.name in ("digits", "synthetic") or resized or _is_folder(cfg.name)
+    return n_images * in_channels * image_size * image_size * (4 if float_images else 1)
+
+
+def _available_host_bytes() -> Optional[int]:
+    """MemAvailable of /proc/meminfo (Linux), else None (not known)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def estimated_bytes(cfg, bundle) -> int:
@@ -370,15 +412,21 @@ def estimated_bytes(cfg, bundle) -> int:
 
 def resident_refusal(cfg, bundle, device: torch.device) -> Optional[str]:
     """Why ``bundle`` cannot be held on ``device`` (None: it can)."""
-    if cfg.name not in RESIDENT_DATASETS:
+    folder = _is_folder(cfg.name)
+    if cfg.name not in RESIDENT_DATASETS and not folder:
         return (f"dataset {cfg.name!r} is not one whose transforms the resident path "
-                f"reproduces ({', '.join(RESIDENT_DATASETS)})")
+                f"reproduces ({', '.join(RESIDENT_DATASETS)}, or an image folder)")
     if device.type == "cuda":
         need = estimated_bytes(cfg, bundle)
         free, _ = torch.cuda.mem_get_info(device)
         if need > CUDA_MEMORY_SHARE * free:
             return (f"its images need {need / 2**30:.2f} GiB, more than {CUDA_MEMORY_SHARE:.0%} "
                     f"of the {free / 2**30:.2f} GiB free on {device}")
+    elif folder:  # a folder of your own can be of any size: held in host memory only if it fits
+        need, free = estimated_bytes(cfg, bundle), _available_host_bytes()
+        if free is not None and need > HOST_MEMORY_SHARE * free:
+            return (f"its images need {need / 2**30:.2f} GiB, more than {HOST_MEMORY_SHARE:.0%} "
+                    f"of the {free / 2**30:.2f} GiB of host memory available")
     return None
 
 

@@ -36,12 +36,7 @@ def image_transforms(
     ``size`` and crops the centre (the same on a square image). ``data.resize=down_up``
     adds the down-and-up resize after the augmentation (``canvas`` is pasted around the
     normalised image by ``landscape.data.resize.CanvasDataset``)."""
-    ops: list = [v2.ToImage()] if from_pil else []
-    ops.append(v2.ToDtype(torch.float32, scale=True))
-    if resize and fit == "center_crop":
-        ops += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-    elif resize:
-        ops.append(v2.Resize((size, size), antialias=True))
+    ops = _fit_ops(size=size, resize=resize, from_pil=from_pil, fit=fit)
     if train and cfg.augment:
         ops.append(v2.RandomResizedCrop(size, antialias=True) if cfg.crop == "random_resized_crop"
                    else v2.RandomCrop(size, padding=cfg.crop_padding))
@@ -51,3 +46,20 @@ def image_transforms(
         ops.append(DownUp(cfg.down_size, size))
     ops.append(v2.Normalize(mean=list(mean), std=list(std)))
     return v2.Compose(ops)
+
+
+def _fit_ops(*, size: int, resize: bool, from_pil: bool, fit: str) -> list:
+    ops: list = [v2.ToImage()] if from_pil else []
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    if resize and fit == "center_crop":
+        ops += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    elif resize:
+        ops.append(v2.Resize((size, size), antialias=True))
+    return ops
+
+
+def fitted_transform(*, size: int, resize: bool, from_pil: bool, fit: str = "squash"
+                     ) -> Callable:
+    """The first steps of :func:`image_transforms`: to float32 in [0, 1] and brought to
+    ``size`` (what the resident path holds of an image folder)."""
+    return v2.Compose(_fit_ops(size=size, resize=resize, from_pil=from_pil, fit=fit))
