@@ -56,8 +56,8 @@ def test_hydra_errors_are_one_line_with_the_choices():
     data = Path(CONFIG_DIR) / "data"
     assert hydra_error_line(compose_error("data=cifar")) == (
         f"data=cifar: no such option; did you mean data=cifar10? Choose one of: cifar10, "
-        f"cifar100, digits, imagenette, synthetic, tiny_imagenet, tiny_imagenet_paper (files in "
-        f"{data})")
+        f"cifar100, digits, folder, imagenette, synthetic, tiny_imagenet, tiny_imagenet_paper "
+        f"(files in {data})")
     assert hydra_error_line(compose_error("model=nosuch")).startswith(
         "model=nosuch: no such option; choose one of: resnet101, resnet18, "
         "resnet18_imagenet_stem, resnet18_no_skips, resnet34, resnet50, small_cnn, vgg11, "

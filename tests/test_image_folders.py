@@ -138,13 +138,14 @@ def test_a_run_on_your_own_images_trains_and_prunes_with_the_name_in_its_rows(tm
                                                                              monkeypatch):
     make_tree(tmp_path / "data", n_train=12)
     [cfg] = expand_grid(["model=small_cnn", "model.width=0.5", f"imports=[{leaves}]",
-                         "data.name=leaves", f"data.root={tmp_path / 'data'}",
-                         "data.crop=random_resized_crop", "data.num_workers=0",
+                         "data=folder", "data.name=leaves", f"data.root={tmp_path / 'data'}",
                          "train.epochs=2", "device=cpu",
                          "num_threads=1", "progress=false", f"results_root={tmp_path / 'out'}",
                          "prune.enabled=true", "prune.rates=[0.5]"])
     out = pipeline.run(cfg)  # imports the module, then identifies the run
     assert identify(cfg).cell_name.startswith("small_cnn-w0.5-leaves-pool0-")
+    assert (cfg.data.crop, cfg.data.hflip, cfg.data.num_workers) == ("random_resized_crop", True,
+                                                                      None)
     assert out.ran[:2] == ["receptive_field", "train"] and any(u.startswith("prune")
                                                                for u in out.ran)
     df = results.load(tmp_path / "out")
