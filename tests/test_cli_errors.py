@@ -128,6 +128,15 @@ def test_submit_says_hydras_errors_in_one_line(capsys):
                                        "integer, got 'abc'\n")
 
 
+def test_a_value_left_to_the_command_line_is_an_error_not_the_schemas_default(capsys):
+    """``???`` (OmegaConf's missing value) would become the dataclass default (data.name:
+    digits) and train on it without a word."""
+    assert cli.submit_main(["--dry-run", "data.name=???", "model.name=???"]) == 2
+    assert capsys.readouterr().err == (
+        "landscape-submit: error: data.name, model.name must be given (the config leaves them "
+        "to the command line: ???); e.g. data.name=...\n")
+
+
 # --------------------------------------------------------------------------- GPU request
 def test_a_gpu_requested_for_runs_told_to_use_the_cpu_is_a_warning(tmp_path, capsys):
     cpu, auto = RunConfig(device="cpu"), RunConfig(device="auto")

@@ -53,10 +53,21 @@ cs.store(group="launcher", name="schema", node=schema_node(LauncherConfig))
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Validate a composed config against the schema and return plain dataclasses."""
     check_known_keys(OmegaConf.to_container(cfg, resolve=False), RunConfig)
+    check_no_missing(cfg)
     run_cfg = OmegaConf.to_object(cfg)
     if not isinstance(run_cfg, RunConfig):
         raise TypeError(f"expected a RunConfig, got {type(run_cfg).__name__}")
     return run_cfg
+
+
+def check_no_missing(cfg: DictConfig) -> None:
+    """A ``???`` (a value an option file leaves to the command line) that was not given: an
+    error naming the keys (``OmegaConf.to_object`` would silently use the schema's default)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"{', '.join(missing)} must be given (the config leaves "
+                         f"{'it' if len(missing) == 1 else 'them'} to the command line: ???); "
+                         f"e.g. {missing[0]}=...")
 
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, CheckpointError)

@@ -23,7 +23,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
-from landscape.cli.compose import exit_on_user_error, hydra_command, schema_node
+from landscape.cli.compose import (
+    check_no_missing, exit_on_user_error, hydra_command, schema_node,
+)
 from landscape.config import check_known_keys, describe_type
 from landscape.storage import atomic_write, atomic_write_text
 
@@ -117,6 +119,7 @@ def erf_main(cfg: DictConfig) -> None:
 
     def sweep() -> tuple[ERFStudyConfig, pd.DataFrame, dict, pd.DataFrame]:
         check_known_keys(OmegaConf.to_container(cfg, resolve=False), ERFStudyConfig)
+        check_no_missing(cfg)
         study = OmegaConf.to_object(cfg)
         assert isinstance(study, ERFStudyConfig)
         if study.num_threads is not None:

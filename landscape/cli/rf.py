@@ -17,7 +17,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from landscape.cli.compose import exit_on_user_error, hydra_command
+from landscape.cli.compose import check_no_missing, exit_on_user_error, hydra_command
 from landscape.commands import print_unless_closed
 from landscape.config import RFSweepConfig, check_known_keys
 from landscape.storage import atomic_write_text
@@ -29,6 +29,7 @@ def _checked(cfg: DictConfig) -> RFSweepConfig:
     from landscape.receptive_field import CONVENTIONS, SE_GATES
 
     check_known_keys(OmegaConf.to_container(cfg, resolve=False), RFSweepConfig)
+    check_no_missing(cfg)
     sweep = OmegaConf.to_object(cfg)
     assert isinstance(sweep, RFSweepConfig)
     if sweep.convention not in CONVENTIONS:
