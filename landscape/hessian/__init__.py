@@ -6,7 +6,7 @@ Build one :class:`HessianOperator` (``v -> H v``) and pass it to :func:`top_eige
 (:mod:`.lanczos`, :mod:`.density`); :mod:`.backends` adds scipy's ARPACK and pyhessian 0.1
 for comparison. :mod:`.masked`: the Hessian on the unpruned weights (:class:`MaskedOperator`,
 accepted by the functions above) and per-block curvature (:func:`block_curvature`).
-:mod:`.journal`: saved progress (``journal=``), so that a stopped computation goes on.
+``journal=`` (:mod:`landscape.journal`): saved progress, so that a stopped computation goes on.
 """
 
 from landscape.hessian.backends import EIGEN_BACKENDS, list_backends, pyhessian_top_k, scipy_top_k
@@ -14,7 +14,6 @@ from landscape.hessian.density import (
     DensityResult, TraceResult, hutchinson_trace, lanczos_quadrature, lanczos_tridiagonal,
     quadrature, slq_density,
 )
-from landscape.hessian.journal import Journal, MemoryJournal
 from landscape.hessian.lanczos import TopEigenResult, Tridiagonal, lanczos_top_k
 from landscape.hessian.masked import (
     BlockCurvature, MaskedOperator, block_curvature, default_blocks,
@@ -27,6 +26,7 @@ from landscape.hessian.options import SolverOptions, solver_options
 from landscape.hessian.spectrum import (
     hessian_trace, paper_spectrum, spectral_density, top_eigenvalues,
 )
+from landscape.journal import Journal, MemoryJournal
 
 __all__ = [
     "BN_MODES", "EIGEN_BACKENDS", "HVP_METHODS", "BlockCurvature", "DensityResult",

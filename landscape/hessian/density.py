@@ -20,10 +20,10 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from landscape.hessian.journal import Journal, saved, vector_digest
 from landscape.hessian.lanczos import MatVec, Tridiagonal, orthogonalize_, random_unit
 from landscape.hessian.operator import check_choice
 from landscape.hessian.progress import progress_bar
+from landscape.journal import Journal, saved, vector_digest
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
@@ -124,7 +124,7 @@ def slq_density(
 ) -> DensityResult:
     """SLQ with ``n_runs`` runs of ``n_iter`` steps. ``reuse`` (e.g. the ``tridiagonal`` of a
     top-k result on the same operator, with at least ``n_iter`` steps) replaces the first run
-    by its leading ``n_iter x n_iter`` block. ``journal`` (:mod:`landscape.hessian.journal`):
+    by its leading ``n_iter x n_iter`` block. ``journal`` (:mod:`landscape.journal`):
     every finished run is saved (key ``"slq"``), and a call that stopped goes on after them."""
     check_choice("distribution", distribution, DISTRIBUTIONS)
     for name, value in (("n_runs", n_runs), ("n_iter", n_iter)):
@@ -188,7 +188,7 @@ def lanczos_quadrature(
     one ``u``. With ``n_iter >= dim`` the nodes are the eigenvalues whose eigenvectors ``u``
     touches and the weights the squared projections of ``u`` on them; the run stops early (with
     fewer nodes) on an invariant subspace. Memory: ``(n_iter + 1) * dim`` numbers of
-    ``start``'s dtype. ``journal`` (:mod:`landscape.hessian.journal`): each step saves its new
+    ``start``'s dtype. ``journal`` (:mod:`landscape.journal`): each step saves its new
     basis vector (key ``"lanczos_v<j>"``, on the CPU: ``n_iter * dim`` numbers in all) and the
     tridiagonal so far (``"lanczos"``); a run that stopped goes on from its last saved step."""
     if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
@@ -248,7 +248,7 @@ def hutchinson_trace(
 ) -> TraceResult:
     """``tr(A) ~ (1/N) sum_s z_s^T A z_s`` with Rademacher ``z_s`` (unbiased; variance
     ``2 sum_{i != j} A_ij^2`` per sample). Needs ``n_samples >= 2`` for a standard error.
-    ``journal`` (:mod:`landscape.hessian.journal`): the samples so far are saved (key
+    ``journal`` (:mod:`landscape.journal`): the samples so far are saved (key
     ``"trace"``), and a call that stopped goes on after them."""
     if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 2:
         raise ValueError(f"n_samples must be an integer >= 2, got {n_samples!r}")

@@ -20,11 +20,11 @@ from landscape.hessian.backends import EIGEN_BACKENDS
 from landscape.hessian.density import (
     DensityResult, TraceResult, hutchinson_trace, lanczos_quadrature, slq_density,
 )
-from landscape.hessian.journal import Journal, saved
 from landscape.hessian.lanczos import TopEigenResult, Tridiagonal, check_k
 from landscape.hessian.masked import MaskedOperator
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.options import SolverOptions, solver_options
+from landscape.journal import Journal, saved
 
 
 Operator = HessianOperator | MaskedOperator
@@ -58,7 +58,7 @@ def top_eigenvalues(
     magnitude). Use ``ncv >= n_iter`` to reuse the result's ``tridiagonal`` in
     :func:`spectral_density`. ``check_residuals=False`` skips the k explicit-residual HVPs of
     the scipy/pyhessian backends (their residuals are then NaN); Lanczos residuals are free.
-    ``journal`` (:mod:`landscape.hessian.journal`): the finished result is saved (key
+    ``journal`` (:mod:`landscape.journal`): the finished result is saved (key
     ``"top"``, eigenvectors on the CPU) and returned by a later call with the same settings
     instead of solving again; a solve stopped on the way starts again.
     """

@@ -45,6 +45,7 @@ from torch.nn import functional as F
 from landscape.activations import (
     ActivationCapture, check_on_device, eval_mode, select_on_batches,
 )
+from landscape.journal import Journal, saved
 from landscape.probes.logistic import fit_logistic
 
 Batches = Iterable[Sequence[Tensor]]
@@ -188,18 +189,33 @@ def layer_probes(
     max_iter: int = 1000,
     backend: str = DEFAULT_BACKEND,
     device: str | torch.device = "cpu",
+    journal: Journal | None = None,
 ) -> dict[str, ProbeResult]:
     """One :func:`probe_accuracy` per layer of the cached features ``train[name]`` /
     ``test[name]`` (the order of ``train``), all with one backend on one device. The layers
     are fitted one after the other: each fit is full-batch matrix products already, and one
-    L-BFGS over all layers at once would share its line searches and stopping rule."""
+    L-BFGS over all layers at once would share its line searches and stopping rule.
+    ``journal`` (:mod:`landscape.journal`): each layer's result is saved (key
+    ``"probe:<layer>"``), and a call that stopped fits only the layers it had not."""
     check_backend(backend)
     missing = [n for n in train if n not in test]
     if missing:
         raise ValueError(f"layers {missing} have training features but no test features")
-    return {n: probe_accuracy(train[n], train_y, test[n], test_y, layer=n, C=C,
-                              max_iter=max_iter, backend=backend, device=device)
-            for n in train}
+    out = {}
+    for n in train:
+        params = {"layer": n, "C": C, "max_iter": max_iter, "backend": backend,
+                  "train": list(np.shape(train[n])), "test": list(np.shape(test[n]))}
+        state = saved(journal, f"probe:{n}", params)
+        if state is not None:
+            out[n] = ProbeResult(**state["result"])
+            continue
+        out[n] = probe_accuracy(train[n], train_y, test[n], test_y, layer=n, C=C,
+                                max_iter=max_iter, backend=backend, device=device)
+        if journal is not None:
+            result = {k: v.item() if isinstance(v, np.generic) else v  # plain values
+                      for k, v in dataclasses.asdict(out[n]).items()}
+            journal.put(f"probe:{n}", {"params": params, "result": result})
+    return out
 
 
 def pool_map(output: Tensor, size: int | None, *, pool_up: bool = False) -> Tensor:

@@ -24,8 +24,6 @@ unit's rows. The folder is removed when the unit returns.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -47,7 +45,7 @@ from landscape.stages.base import (
     register_stage,
 )
 from landscape.stages.batches import evaluation_batches
-from landscape.stages.scratch import FolderJournal, finish, go_on, state_digest
+from landscape.stages.scratch import FolderJournal, unit_progress
 
 log = logging.getLogger("landscape")
 
@@ -166,21 +164,14 @@ class HessianStage(Stage):
                              device=ctx.settings.device)
         note = (f"checkpoint={checkpoint}; protocol={c.protocol}; bn_mode={c.bn_mode}; "
                 f"n_samples={op.num_examples}; batch_size={c.batch_size}; augment={c.augment}")
-        work = ctx.checkpoint_dir / "hessian" / unit.name
-        settings = json.dumps(dataclasses.asdict(c), sort_keys=True)
-        if go_on(work, {"digest": state_digest(settings, {"model": model.state_dict()}),
-                        "what": unit.name}, needed=None):
-            log.info("%s: %s goes on from its saved progress in %s", ctx.identity.run_id,
-                     unit.name, work)
         try:
-            with FolderJournal(work) as journal:
+            with unit_progress(ctx, "hessian", unit.name, c, model) as journal:
                 rows, extra, arrays = _rows(ctx, c, op, seed, journal)
         except NoSecondDerivativeError as e:
             raise NoSecondDerivativeError(f"hessian: {ctx.identity.arch}: {e}") from None
         note += extra
         rows.append({"metric": "hessian_seconds",
                      "value": time.perf_counter() - t0 + journal.earlier})
-        finish(work)  # kept above when the unit did not return
         return Output([{"stage": unit.name, "protocol": c.protocol, "note": note, **r}
                        for r in rows], arrays)
 

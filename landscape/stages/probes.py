@@ -25,7 +25,8 @@ Rows (``layer`` = module, ``index`` = its position among the probed layers in fo
 probe accuracy improves by less than ``epsilon`` after it and saturation stays below those
 layers' mean from it on), only when there is one; with ``position_layers``,
 ``position_probe_acc`` per position (``coord_x`` = column, ``coord_y`` = row) of one probe per
-feature-map position.
+feature-map position. Stopped on the way, a unit goes on from the layers it had fitted
+(``checkpoints/probes/<unit>/``, :func:`landscape.stages.scratch.unit_progress`).
 
 Unit ``probes_border`` (one per run, from the architecture alone): ``border_predicted``, value
 = index of the first probed layer whose input's minimum receptive field covers the image,
@@ -53,6 +54,7 @@ from landscape.stages.base import (
     RunContext, Stage, Unit, check_checkpoints, check_counts, check_number, register_stage,
 )
 from landscape.stages.batches import evaluation_batches, test_batches
+from landscape.stages.scratch import unit_progress
 
 log = logging.getLogger("landscape")
 BORDER_UNIT = "probes_border"  # the predicted border's own unit (it depends on the RF analysis)
@@ -215,8 +217,10 @@ class ProbesStage(Stage):
         fit = collect_layers(model, train, **kw)
         score = collect_layers(model, test, covariance=True, **kw)
         names = score.layers
-        probes = layer_probes(fit.features, fit.labels, score.features, score.labels, C=c.C,
-                              max_iter=c.max_iter, backend=c.backend, device=device)
+        with unit_progress(ctx, "probes", unit.name, c, model) as journal:  # layer by layer
+            probes = layer_probes(fit.features, fit.labels, score.features, score.labels,
+                                  C=c.C, max_iter=c.max_iter, backend=c.backend, device=device,
+                                  journal=journal)
         rows: list[dict] = []
         accuracy, saturation, unsaturated, constant = [], [], [], []
         for i, name in enumerate(names):

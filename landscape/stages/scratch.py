@@ -5,18 +5,22 @@ The folder (``checkpoints/<stage>/<unit>/``) records the start it belongs to (:d
 a digest of the network and the settings); :func:`go_on` keeps it for the same start and
 empties it for another; :func:`finish` removes it when the unit returned. Masked trainings
 keep their trainer's checkpoints there (:mod:`landscape.stages.masked_training`), the
-fine-tune unit its epochs, the Hessian units a :class:`FolderJournal`.
+fine-tune unit its epochs, the Hessian and probes units a :class:`FolderJournal`
+(:func:`unit_progress`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
+from urllib.parse import quote
 
 import torch
 from torch import Tensor
@@ -55,6 +59,24 @@ def finish(work: Path) -> None:
         pass
 
 
+@contextlib.contextmanager
+def unit_progress(ctx: Any, stage: str, unit: str, config: Any,
+                  model: torch.nn.Module) -> Iterator["FolderJournal"]:
+    """The saved progress of a measuring unit: a :class:`FolderJournal` in
+    ``checkpoints/<stage>/<unit>/``, kept for the same network (``model``'s state) and stage
+    settings (the dataclass ``config``) and emptied for another; written when an exception
+    leaves the block, removed when the block ends without one."""
+    work = ctx.checkpoint_dir / stage / unit
+    settings = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    start = {"digest": state_digest(settings, {"model": model.state_dict()}), "what": unit}
+    if go_on(work, start, needed=None):
+        log.info("%s: %s goes on from its saved progress in %s", ctx.identity.run_id, unit,
+                 work)
+    with FolderJournal(work) as journal:
+        yield journal
+    finish(work)
+
+
 def _recorded_start(work: Path) -> Optional[dict]:
     """The start a scratch folder records (None: none, or unreadable)."""
     try:
@@ -76,8 +98,9 @@ def state_digest(prefix: str, groups: Mapping[str, Mapping[str, Tensor]]) -> str
 
 
 class FolderJournal:
-    """A :class:`landscape.hessian.journal.Journal` in the scratch folder ``work``: each key
-    one file ``<key>.pt`` written atomically. What is put is written every ``every`` seconds
+    """A :class:`landscape.journal.Journal` in the scratch folder ``work``: each key
+    one file ``<key>.pt`` (the key %-quoted: a layer's name may hold any character) written
+    atomically. What is put is written every ``every`` seconds
     (and by :meth:`flush`), in the order it was put, so a computation saves a basis vector
     before the state that needs it and, after a kill, does at most about ``every`` seconds of
     work again; used as a context manager, it writes what was put when an exception leaves it
@@ -110,7 +133,7 @@ class FolderJournal:
     def get(self, key: str) -> Optional[dict[str, Any]]:
         if key in self.pending:
             return self.pending[key]
-        path = self.work / f"{key}.pt"
+        path = self._path(key)
         if not path.is_file():
             return None
         try:
@@ -128,10 +151,13 @@ class FolderJournal:
     def flush(self) -> None:
         """Write what was put since the last write."""
         for key, state in self.pending.items():
-            save_checkpoint(self.work / f"{key}.pt", state)
+            save_checkpoint(self._path(key), state)
         atomic_write_json(self.work / SECONDS, {"seconds": self.seconds()})
         self.pending.clear()
         self._written = time.monotonic()
+
+    def _path(self, key: str) -> Path:
+        return self.work / f"{quote(key, safe='')}.pt"
 
     @property
     def earlier(self) -> float:

@@ -1,17 +1,19 @@
-"""Saved progress of a Hessian computation, so that one stopped on the way (a preempted job,
-a time limit) goes on from where it was instead of starting again.
+"""Saved progress of a long computation, so that one stopped on the way (a preempted job, a
+time limit) goes on from where it was instead of starting again.
 
-The computations of :mod:`landscape.hessian.spectrum` take ``journal=``: anything with
-``get(key) -> dict | None`` and ``put(key, state)`` (:class:`Journal`). Each saves its state
-under its own keys as it goes (the paper's Lanczos run: every new basis vector and the
-tridiagonal so far; SLQ: every finished run; Hutchinson: every sample; top-k: the finished
-result) and, given the journal again, takes it up: the result equals an uninterrupted run's,
-bit for bit on a deterministic operator. A saved state records the computation's parameters
-(sizes, seeds, the start vector's digest): one saved by another computation is ignored and
-overwritten. It does not record the operator: use one journal per operator (the Hessian stage
-keys its folder by the network's digest and the stage's settings). States hold tensors and plain Python values only (``torch.load(weights_only=
-True)`` reads them). :class:`MemoryJournal` keeps them in a dict; the pipeline's Hessian stage
-keeps them in the unit's scratch folder (:class:`landscape.stages.scratch.FolderJournal`).
+The Hessian computations of :mod:`landscape.hessian.spectrum` and the linear probes of
+:func:`landscape.probes.layer_probes` take ``journal=``: anything with ``get(key) -> dict |
+None`` and ``put(key, state)`` (:class:`Journal`). Each saves its state under its own keys as
+it goes (the paper's Lanczos run: every new basis vector and the tridiagonal so far; SLQ: every
+finished run; Hutchinson: every sample; top-k: the finished result; probes: every layer's) and,
+given the journal again, takes it up: the result equals an uninterrupted run's, bit for bit on
+a deterministic computation. A saved state records the computation's parameters (sizes, seeds,
+the start vector's digest): one saved by another computation is ignored and overwritten. It
+does not record the operator or the data: use one journal per operator and data (the stages
+key their folders by the network's digest and the stage's settings). States hold tensors and
+plain Python values only (``torch.load(weights_only=True)`` reads them). :class:`MemoryJournal`
+keeps them in a dict; the pipeline's stages keep them in the unit's scratch folder
+(:class:`landscape.stages.scratch.FolderJournal`).
 """
 
 from __future__ import annotations

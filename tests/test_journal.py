@@ -1,7 +1,8 @@
 """A Hessian computation stopped on the way (a preempted job) goes on from its saved progress
-(``journal=``, landscape.hessian.journal) to the uninterrupted result, bit for bit, spending
+(``journal=``, landscape.journal) to the uninterrupted result, bit for bit, spending
 only the Hessian-vector products it had not done; in the pipeline, a Hessian unit goes on from
-its scratch folder (landscape.stages.scratch.FolderJournal)."""
+its scratch folder (landscape.stages.scratch.FolderJournal), and a probes unit fits only the
+layers it had not."""
 
 from __future__ import annotations
 
@@ -231,3 +232,43 @@ def test_a_stopped_hessian_unit_goes_on_to_the_uninterrupted_rows(tmp_path, monk
             .sort_values(cols[:3]).reset_index(drop=True) for df in (a, b)]
     assert len(rows[0]) > 10 and rows[0].equals(rows[1])
     assert not (checkpoints / "hessian").exists()  # removed once the unit returned
+
+
+def test_a_stopped_probes_unit_fits_only_the_layers_it_had_not(tmp_path, monkeypatch):
+    """Stopped (an exception) while fitting its third layer's probe: the rerun fits the layers
+    from the third on and writes the uninterrupted unit's rows."""
+    from landscape.probes import probes as probes_module
+
+    fit = probes_module.probe_accuracy
+    calls = []
+
+    def stop_at(n):
+        def probe(*args, **kwargs):
+            calls.append(kwargs["layer"])
+            if len(calls) == n:
+                raise Preempted
+            return fit(*args, **kwargs)
+        return probe
+
+    extra = ["hessian.enabled=false", "probes.enabled=true", "probes.n_train=48",
+             "probes.n_test=32"]
+    monkeypatch.setattr(probes_module, "probe_accuracy", stop_at(0))
+    pipeline.run(_cfg(tmp_path / "full", *extra))
+    layers, calls[:] = list(calls), []
+    assert len(layers) >= 4
+    stopped = _cfg(tmp_path / "stopped", *extra)
+    monkeypatch.setattr(probes_module, "probe_accuracy", stop_at(3))
+    with pytest.raises(Preempted):
+        pipeline.run(stopped)
+    calls.clear()
+    monkeypatch.setattr(probes_module, "probe_accuracy", stop_at(0))
+    pipeline.run(stopped)
+    assert calls == layers[2:]  # the first two were kept
+    a, b = results.load(tmp_path / "full"), results.load(tmp_path / "stopped")
+    cols = ["unit", "metric", "layer", "index", "value", "note"]
+    rows = [df.loc[df["stage"] == "probes_final", cols].sort_values(cols[:4])
+            .reset_index(drop=True) for df in (a, b)]
+    assert len(rows[0]) > 10 and rows[0].equals(rows[1])
+    checkpoints = results.run_paths(tmp_path / "stopped", identify(stopped).cell_name,
+                                    0).checkpoints
+    assert not (checkpoints / "probes").exists()
