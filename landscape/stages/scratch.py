@@ -98,14 +98,14 @@ def state_digest(prefix: str, groups: Mapping[str, Mapping[str, Tensor]]) -> str
 
 
 class FolderJournal:
-    """A :class:`landscape.journal.Journal` in the scratch folder ``work``: each key
-    one file ``<key>.pt`` (the key %-quoted: a layer's name may hold any character) written
-    atomically. What is put is written every ``every`` seconds
-    (and by :meth:`flush`), in the order it was put, so a computation saves a basis vector
-    before the state that needs it and, after a kill, does at most about ``every`` seconds of
-    work again; used as a context manager, it writes what was put when an exception leaves it
-    (submitit's requeue). A file that cannot be read counts as not saved. :meth:`seconds`: the computing
-    time of the work kept, over every attempt."""
+    """A :class:`landscape.journal.Journal` in the scratch folder ``work``: each key one file
+    ``<key>.pt`` (the key %-quoted: a layer's name may hold any character) written atomically.
+    What is put is written every ``every`` seconds (and by :meth:`flush`), in the order it was
+    put, so a computation saves a basis vector before the state that needs it and, after a
+    kill, does at most about ``every`` seconds of work again; used as a context manager, it
+    writes what was put when an exception leaves it (submitit's requeue). A file that cannot
+    be read counts as not saved. :meth:`seconds`: the computing time of the work kept, over
+    every attempt."""
 
     def __init__(self, work: Path, every: Optional[float] = None) -> None:
         self.work = Path(work)
