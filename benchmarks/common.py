@@ -71,3 +71,17 @@ def interleaved(sides: dict[str, Callable[[], Any]], repeats: int
             times[name].append(seconds)
             peaks[name] = max(peaks.get(name, 0.0), peak)
     return values, {k: statistics.median(v) for k, v in times.items()}, peaks
+
+
+def epoch_seconds(loader, repeats: int) -> float:
+    """The best of ``repeats`` full passes over ``loader``, in seconds (a loader with a
+    ``generator`` reseeded with the pass number)."""
+    best = float("inf")
+    for r in range(repeats):
+        if getattr(loader, "generator", None) is not None:
+            loader.generator.manual_seed(r)
+        t0 = time.perf_counter()
+        for _ in loader:
+            pass
+        best = min(best, time.perf_counter() - t0)
+    return best

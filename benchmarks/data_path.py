@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import make_parser, parse
+from benchmarks.common import epoch_seconds, make_parser, parse
 from landscape.data import DataConfig, load_dataset
 from landscape.data.resident import resident_bundle
 from landscape.device import device_settings
@@ -48,18 +48,6 @@ def _cifar_tree(root: Path, n: int, n_test: int = 1000) -> None:
                          "filenames": [f"{i}.png" for i in range(k)]}, f)
     with open(base / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
-
-
-def _epoch_seconds(loader, repeats: int) -> float:
-    best = float("inf")
-    for r in range(repeats):
-        loader.generator.manual_seed(r) if hasattr(loader, "generator") and loader.generator \
-            is not None else None
-        t0 = time.perf_counter()
-        for _ in loader:
-            pass
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _wait_share(loader) -> tuple[float, float]:
@@ -114,7 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                         num_workers=2,
                                                         generator=torch.Generator()),
         }
-        speed = {k: n / _epoch_seconds(f(), repeats) for k, f in loaders.items()}
+        speed = {k: n / epoch_seconds(f(), repeats) for k, f in loaders.items()}
         waits = {k: _wait_share(loaders[k]()) for k in ("resident", "dataloader_0_workers")}
     base = speed["dataloader_0_workers"]
     for k, v in speed.items():

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import make_parser, parse
+from benchmarks.common import epoch_seconds, make_parser, parse
 from landscape.data import DataConfig, load_dataset
 from landscape.data.resident import resident_bundle
 from landscape.device import device_settings
@@ -69,15 +69,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      bundle.train, batch_size=BATCH, shuffle=True, num_workers=2),
                  "resident": lambda: make_loader(held.train, BATCH, cpu, shuffle=True,
                                                  generator=torch.Generator().manual_seed(0))}
+        seen = len(bundle.train)
         for side, loader in sides.items():
-            best, shape = float("inf"), None
-            for _ in range(3):
-                t0 = time.perf_counter()
-                seen = 0
-                for x, y in loader():
-                    seen += len(y)
-                    shape = tuple(x.shape[1:])
-                best = min(best, time.perf_counter() - t0)
+            shape = tuple(next(iter(loader()))[0].shape[1:])
+            best = epoch_seconds(loader(), 3)
             rows.append({"benchmark": "folder_data", "side": side, "images": seen,
                          "size": size, "images_per_s": seen / best, "shape": list(shape),
                          "decode_seconds": decode if side == "resident" else None})

@@ -19,7 +19,7 @@ keeps them in a dict; the pipeline's stages keep them in the unit's scratch fold
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Optional, Protocol
+from typing import Any, Mapping, Optional, Protocol
 
 import torch
 
@@ -54,9 +54,14 @@ def saved(journal: Optional[Journal], key: str, params: dict[str, Any]
     return state if state is not None and state.get("params") == params else None
 
 
-def vector_digest(v: torch.Tensor) -> str:
-    """sha256 of a vector's dtype, length and bytes (identifies a start vector)."""
-    t = v.detach().reshape(-1).to("cpu").contiguous()
-    h = hashlib.sha256(f"{t.dtype}:{t.numel()}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes())
+def state_digest(prefix: str, groups: Mapping[str, Mapping[str, torch.Tensor]]) -> str:
+    """sha256 of ``prefix`` and every tensor of ``groups`` (group, name, dtype, shape, bytes;
+    names in sorted order): what identifies a network a unit starts from, or a start vector
+    (``{"start": {"v": v}}``)."""
+    h = hashlib.sha256(prefix.encode())
+    for group, tensors in groups.items():
+        for name in sorted(tensors):
+            t = tensors[name].detach().to("cpu").contiguous()
+            h.update(f"{group}:{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

@@ -52,22 +52,34 @@ cs.store(group="launcher", name="schema", node=schema_node(LauncherConfig))
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Validate a composed config against the schema and return plain dataclasses."""
-    check_known_keys(OmegaConf.to_container(cfg, resolve=False), RunConfig)
-    check_no_missing(cfg)
+    data = OmegaConf.to_container(cfg, resolve=False)
+    check_known_keys(data, RunConfig)
+    check_no_missing(data)
     run_cfg = OmegaConf.to_object(cfg)
     if not isinstance(run_cfg, RunConfig):
         raise TypeError(f"expected a RunConfig, got {type(run_cfg).__name__}")
     return run_cfg
 
 
-def check_no_missing(cfg: DictConfig) -> None:
-    """A ``???`` (a value an option file leaves to the command line) that was not given: an
+def check_no_missing(data: dict) -> None:
+    """A ``???`` (a value an option file leaves to the command line) that was not given, in
+    the composed config as a container (``OmegaConf.to_container(cfg, resolve=False)``): an
     error naming the keys (``OmegaConf.to_object`` would silently use the schema's default)."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(_missing(data))
     if missing:
         raise ValueError(f"{', '.join(missing)} must be given (the config leaves "
                          f"{'it' if len(missing) == 1 else 'them'} to the command line: ???); "
                          f"e.g. {missing[0]}=...")
+
+
+def _missing(data: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out += _missing(value, f"{prefix}{key}.")
+        elif isinstance(value, str) and value == "???":
+            out.append(f"{prefix}{key}")
+    return out
 
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, CheckpointError)

@@ -118,8 +118,9 @@ def erf_main(cfg: DictConfig) -> None:
     from landscape.importance.luo import erf_depth_sweep
 
     def sweep() -> tuple[ERFStudyConfig, pd.DataFrame, dict, pd.DataFrame]:
-        check_known_keys(OmegaConf.to_container(cfg, resolve=False), ERFStudyConfig)
-        check_no_missing(cfg)
+        data = OmegaConf.to_container(cfg, resolve=False)
+        check_known_keys(data, ERFStudyConfig)
+        check_no_missing(data)
         study = OmegaConf.to_object(cfg)
         assert isinstance(study, ERFStudyConfig)
         if study.num_threads is not None:

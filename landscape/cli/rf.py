@@ -28,8 +28,9 @@ DRAW_FORMATS = ("png", "svg", "pdf")
 def _checked(cfg: DictConfig) -> RFSweepConfig:
     from landscape.receptive_field import CONVENTIONS, SE_GATES
 
-    check_known_keys(OmegaConf.to_container(cfg, resolve=False), RFSweepConfig)
-    check_no_missing(cfg)
+    data = OmegaConf.to_container(cfg, resolve=False)
+    check_known_keys(data, RFSweepConfig)
+    check_no_missing(data)
     sweep = OmegaConf.to_object(cfg)
     assert isinstance(sweep, RFSweepConfig)
     if sweep.convention not in CONVENTIONS:

@@ -152,9 +152,9 @@ def run_states(root: str | Path) -> pd.DataFrame:
     active = active_jobs(root)
     rows, cells = [], {}
     for run_id, variants in runs.items():
-        # The records name the cell (<cell>/seed=<s>): the status identifies no run, so it
-        # needs none of the models and datasets that user modules register.
-        cell = run_id.rsplit("/", 1)[0]
+        # The records name the cell: the status identifies no run, so it needs none of the
+        # models and datasets that user modules register.
+        cell = results.cell_of(run_id)
         paths = results.run_paths(root, cell, variants[0].seed)
         tagged = [(c, True) for c in variants] + [(c, False) for c in earlier.get(run_id, [])]
         cells.setdefault(cell, (paths, tagged))

@@ -23,7 +23,7 @@ import torch
 from landscape.hessian.lanczos import MatVec, Tridiagonal, orthogonalize_, random_unit
 from landscape.hessian.operator import check_choice
 from landscape.hessian.progress import progress_bar
-from landscape.journal import Journal, saved, vector_digest
+from landscape.journal import Journal, saved, state_digest
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
@@ -203,7 +203,8 @@ def lanczos_quadrature(
     alphas: list[float] = []
     betas: list[float] = []
     done = False
-    params = {"n_iter": n_iter, "start": vector_digest(basis[0]) if journal else None}
+    params = {"n_iter": n_iter,
+              "start": state_digest("", {"start": {"v": basis[0]}}) if journal else None}
     state = saved(journal, "lanczos", params)
     if state is not None:
         vectors = [journal.get(f"lanczos_v{i}") for i in range(1, len(state["betas"]) + 1)]

@@ -9,7 +9,7 @@ are written by the trainer into the folder :class:`RunPaths` gives it).
 from landscape.results.integrity import DamagedUnitError, is_done, read_done, unit_damage
 from landscape.results.layout import (
     ARRAYS, CELL_DIR, DONE, FAILED, ROWS, SUBMISSIONS, ResultsRootError, RunPaths, check_lengths,
-    check_root, results_folder, run_paths, stage_dir,
+    cell_of, check_root, results_folder, run_paths, stage_dir,
 )
 from landscape.results.lock import LOCK, UnitLock, try_lock
 from landscape.results.records import (
@@ -33,7 +33,7 @@ __all__ = [
     "OPTIONAL_COLUMNS", "ROWS", "SUBMISSIONS", "VALUE_COLUMNS", "DamagedResultsWarning",
     "DerivedColumnsWarning",
     "DamagedUnitError", "ResultsRootError", "RunPaths", "SchemaError", "UnitLock",
-    "cell_names", "cell_variants", "check_lengths", "check_root", "clean_temp", "clear_done",
+    "cell_names", "cell_of", "cell_variants", "check_lengths", "check_root", "clean_temp", "clear_done",
     "damaged", "empty_units", "failures", "has_results", "is_done", "jsonable", "load",
     "load_arrays", "read_arrays", "read_done", "read_failure", "read_stage", "read_submissions",
     "record_submission", "register_metric", "results_folder", "run_configs", "run_paths",

@@ -52,6 +52,11 @@ def run_paths(root: str | Path, cell_name: str, seed: int | None = None) -> RunP
     return RunPaths(Path(root).expanduser(), cell, None if seed is None else cell / f"seed={seed}")
 
 
+def cell_of(run_id: str) -> str:
+    """The cell of a run id (``<cell>/seed=<s>``; a cell's own id is its name)."""
+    return run_id.split("/seed=", 1)[0]
+
+
 def stage_dir(run_dir: Path, unit: str) -> Path:
     return Path(run_dir) / "stages" / unit
 

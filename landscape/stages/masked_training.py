@@ -13,8 +13,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from landscape.journal import state_digest
 from landscape.stages.base import RunContext
-from landscape.stages.scratch import LAST, finish, go_on, state_digest
+from landscape.stages.scratch import LAST, finish, go_on
 from landscape.storage import save_checkpoint
 from landscape.tracking import TrackConfig
 from landscape.train import (

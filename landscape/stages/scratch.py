@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Optional
 from urllib.parse import quote
 
 import torch
-from torch import Tensor
 
+from landscape.journal import state_digest
 from landscape.storage import (
     CheckpointError, atomic_write_json, clean_temp, load_checkpoint, save_checkpoint,
 )
@@ -83,18 +82,6 @@ def _recorded_start(work: Path) -> Optional[dict]:
         return json.loads((work / START).read_text())
     except (OSError, ValueError):
         return None
-
-
-def state_digest(prefix: str, groups: Mapping[str, Mapping[str, Tensor]]) -> str:
-    """sha256 of ``prefix`` and every tensor of ``groups`` (group, name, dtype, shape, bytes;
-    names in sorted order): what identifies a network a unit starts from."""
-    h = hashlib.sha256(prefix.encode())
-    for group, tensors in groups.items():
-        for name in sorted(tensors):
-            t = tensors[name].detach().to("cpu").contiguous()
-            h.update(f"{group}:{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 class FolderJournal:
