@@ -91,6 +91,10 @@ class RunResources:
     def checkpoint_dir(self) -> Path:
         return self.paths.checkpoints
 
+    @property
+    def scratch_dir(self) -> Path:
+        return self.paths.scratch
+
     def build_model(self) -> nn.Module:
         return build_seeded(self.identity, self.identity.seed or 0)
 

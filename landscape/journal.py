@@ -7,7 +7,10 @@ None`` and ``put(key, state)`` (:class:`Journal`). Each saves its state under it
 it goes (the paper's Lanczos run: every new basis vector and the tridiagonal so far; SLQ: every
 finished run; Hutchinson: every sample; top-k: the finished result; probes: every layer's) and,
 given the journal again, takes it up: the result equals an uninterrupted run's, bit for bit on
-a deterministic computation. A saved state records the computation's parameters (sizes, seeds,
+a deterministic computation. The geometry's computations do the same point by point (a loss
+slice, :func:`landscape.geometry.loss_slice`; a linear path,
+:func:`landscape.geometry.linear_path`), and a stage keeps any finished piece with
+:func:`kept`. A saved state records the computation's parameters (sizes, seeds,
 the start vector's digest): one saved by another computation is ignored and overwritten. It
 does not record the operator or the data: use one journal per operator and data (the stages
 key their folders by the network's digest and the stage's settings). States hold tensors and
@@ -19,7 +22,7 @@ keeps them in a dict; the pipeline's stages keep them in the unit's scratch fold
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import torch
 
@@ -52,6 +55,18 @@ def saved(journal: Optional[Journal], key: str, params: dict[str, Any]
         return None
     state = journal.get(key)
     return state if state is not None and state.get("params") == params else None
+
+
+def kept(journal: Optional[Journal], key: str, params: dict[str, Any],
+         compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``compute()`` (a dict of tensors and plain values) done once for these ``params``: the
+    state saved under ``key`` when there is one, else computed now and saved."""
+    state = saved(journal, key, params)
+    if state is None:
+        state = {"params": params, **compute()}
+        if journal is not None:
+            journal.put(key, state)
+    return {k: v for k, v in state.items() if k != "params"}
 
 
 def state_digest(prefix: str, groups: Mapping[str, Mapping[str, torch.Tensor]]) -> str:

@@ -6,13 +6,15 @@ statistics belong to neither end: by default they are recomputed at every point 
 ``bn_batches`` (``bn="recalibrated"``); ``bn="interpolated"`` interpolates them like the weights
 (the artefact behind inflated barriers, reported against dnn-mode-connectivity #8). The barrier
 is ``max_alpha [L(alpha) - ((1 - alpha) L(0) + alpha L(1))]``, in the units of the loss.
+Given a ``journal`` (:mod:`landscape.journal`) the path is saved point by point and, stopped on
+the way, goes on at the first point it had not evaluated.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from landscape.geometry.slices import Batches, LossFn, check_coords, evaluate_batches
+from landscape.journal import Journal, saved
 from landscape.pruning import recalibrate_bn
 
 PATH_BN = ("recalibrated", "interpolated")
@@ -66,26 +69,38 @@ def check_same_architecture(a: nn.Module, b: nn.Module) -> None:
 @torch.no_grad()
 def linear_path(model_a: nn.Module, model_b: nn.Module, batches: Batches,
                 alphas: Sequence[float], *, loss_fn: LossFn = F.cross_entropy,
-                bn: str = "recalibrated", bn_batches: Batches | None = None) -> Path:
+                bn: str = "recalibrated", bn_batches: Batches | None = None,
+                journal: Optional[Journal] = None, key: str = "path") -> Path:
     """Loss and accuracy of ``(1 - alpha) w_a + alpha w_b`` at each of ``alphas`` on
     ``batches`` (see the module docstring). One working copy of ``model_a`` is made; neither
-    model is changed."""
+    model is changed. ``journal``: the points so far are saved under ``key`` (with the alphas
+    and ``bn``; not the models or the batches: one key per pair of networks) after each
+    point, and those saved are not evaluated again."""
     if bn not in PATH_BN:
         raise ValueError(f"bn must be one of {PATH_BN}, got {bn!r}")
     if bn == "recalibrated" and not bn_batches:
         raise ValueError("bn='recalibrated' needs bn_batches (training batches)")
     check_same_architecture(model_a, model_b)
     a = check_coords("alphas", alphas)
-    work = copy.deepcopy(model_a)
-    sa, sb = model_a.state_dict(), model_b.state_dict()
-    target = work.state_dict()
-    device = next(work.parameters()).device
-    loss, acc = np.empty(len(a)), np.empty(len(a))
-    for i, alpha in enumerate(a):
+    params = {"alphas": a.tolist(), "bn": bn}
+    state = saved(journal, key, params)
+    loss, acc = ((state["loss"].tolist(), state["accuracy"].tolist()) if state is not None
+                 else ([], []))
+    if len(loss) < len(a):
+        work = copy.deepcopy(model_a)
+        sa, sb = model_a.state_dict(), model_b.state_dict()
+        target = work.state_dict()
+        device = next(work.parameters()).device
+    for alpha in a[len(loss):]:
         for k, t in target.items():
             if t.is_floating_point():
                 t.copy_(torch.lerp(sa[k], sb[k].to(sa[k]), float(alpha)))
         if bn == "recalibrated":
             recalibrate_bn(work, bn_batches, device)
-        loss[i], acc[i] = evaluate_batches(work, batches, loss_fn)
-    return Path(a, loss, acc, bn)
+        point = evaluate_batches(work, batches, loss_fn)
+        loss.append(point[0])
+        acc.append(point[1])
+        if journal is not None:
+            journal.put(key, {"params": params, "loss": torch.tensor(loss, dtype=torch.float64),
+                              "accuracy": torch.tensor(acc, dtype=torch.float64)})
+    return Path(a, np.array(loss), np.array(acc), bn)

@@ -5,14 +5,17 @@ list of ``(inputs, targets)`` batches already on the device), with the accuracy 
 [0, 1]) beside it. The model is evaluated in eval mode; BatchNorm uses its running statistics
 (``bn="eval"``, the default) or statistics recomputed at every point on ``bn_batches``
 (``bn="recalibrated"``; Li et al. keep the trained statistics). The weights are moved in place
-and restored bit-identically (:class:`~landscape.geometry.weights.WeightShift`).
+and restored bit-identically (:class:`~landscape.geometry.weights.WeightShift`). Given a
+``journal`` (:mod:`landscape.journal`) a slice saves its grid point by point and, stopped on
+the way and given the journal again, evaluates only the points it had not: each point is
+evaluated from ``w0`` alone, so the grid equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from tqdm import tqdm
 
 from landscape.device import progress_enabled
 from landscape.geometry.weights import WeightShift
+from landscape.journal import Journal, saved, state_digest
 from landscape.modes import eval_mode
 from landscape.pruning import recalibrate_bn
 
@@ -76,10 +80,14 @@ class Slice:
 def loss_slice(model: nn.Module, batches: Batches,
                directions: Sequence[Mapping[str, Tensor]], coords: Sequence[Sequence[float]],
                *, loss_fn: LossFn = F.cross_entropy, bn: str = "eval",
-               bn_batches: Batches | None = None, progress: bool = False) -> Slice:
+               bn_batches: Batches | None = None, progress: bool = False,
+               journal: Optional[Journal] = None) -> Slice:
     """The loss of ``model`` at ``w0 + sum_i coords_i d_i`` for every point of the grid of
     ``coords`` (one 1-D sequence per direction; one or two directions). One forward pass per
-    batch per point; the model is left exactly as it was."""
+    batch per point; the model is left exactly as it was. ``journal``: the grid is saved
+    under ``"slice"`` after every point (with the coordinates, ``bn`` and a digest of the
+    directions: a grid saved for others is ignored), and the points saved are not evaluated
+    again; like the Hessian's, the journal does not record the model or the batches."""
     if len(directions) not in (1, 2) or len(coords) != len(directions):
         raise ValueError("give one or two directions and one coordinate sequence for each; "
                          f"got {len(directions)} directions, {len(coords)} coordinate lists")
@@ -89,13 +97,25 @@ def loss_slice(model: nn.Module, batches: Batches,
         raise ValueError("bn='recalibrated' needs bn_batches (training batches)")
     axes = tuple(check_coords(f"coords[{i}]", c) for i, c in enumerate(coords))
     shape = tuple(len(a) for a in axes)
-    loss, acc = np.empty(shape), np.empty(shape)
-    points = list(itertools.product(*(range(n) for n in shape)))
+    loss, acc, done = np.empty(shape), np.empty(shape), np.zeros(shape, dtype=bool)
+    params: dict = {}
+    if journal is not None:
+        params = {"coords": [a.tolist() for a in axes], "bn": bn, "directions": state_digest(
+            "directions", {str(i): d for i, d in enumerate(directions)})}
+        state = saved(journal, "slice", params)
+        if state is not None:
+            loss, acc, done = (state[k].numpy().copy() for k in ("loss", "accuracy", "done"))
+    points = [idx for idx in itertools.product(*(range(n) for n in shape)) if not done[idx]]
     with WeightShift(model, directions) as shift:
-        for idx in tqdm(points, desc="loss slice", leave=False,
-                        disable=not progress_enabled(progress)):
+        for idx in tqdm(points, desc="loss slice", leave=False, initial=int(done.sum()),
+                        total=done.size, disable=not progress_enabled(progress)):
             shift.set([a[i] for a, i in zip(axes, idx)])
             if bn == "recalibrated":
                 recalibrate_bn(model, bn_batches, next(model.parameters()).device)
             loss[idx], acc[idx] = evaluate_batches(model, batches, loss_fn)
+            done[idx] = True
+            if journal is not None:
+                journal.put("slice", {"params": params, **{
+                    k: torch.from_numpy(v.copy()) for k, v in
+                    (("loss", loss), ("accuracy", acc), ("done", done))}})
     return Slice(axes, loss, acc, bn)

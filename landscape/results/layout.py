@@ -6,6 +6,7 @@ so a results folder can be copied or moved as a whole::
     <root>/<cell>/seed=<s>/checkpoints/{init,last,final}.pt
     <root>/<cell>/seed=<s>/stages/<unit>/rows.csv + arrays.npz + DONE (or FAILED)
     <root>/<cell>/cell/stages/<unit>/...                  cell-level stage units (no seed)
+    <root>/<cell>/cell/checkpoints/<stage>/<unit>/        a cell unit's progress (while it runs)
     <root>/.submitit/submissions.jsonl                    what was submitted, which job holds it
 """
 
@@ -34,6 +35,12 @@ class RunPaths:
     @property
     def checkpoints(self) -> Path:
         return self.run_dir / "checkpoints"
+
+    @property
+    def scratch(self) -> Path:
+        """Where units keep what they save on the way (``<stage>/<unit>/`` in it): a run's
+        checkpoints folder, a cell's ``cell/checkpoints``."""
+        return self.checkpoints if self.run is not None else self.cell_stages / "checkpoints"
 
     @property
     def run_dir(self) -> Path:

@@ -18,8 +18,7 @@ A stage is one module under ``landscape/stages/`` (or a user's module) with one 
 
 The pipeline orders and iterates the registered stages, skips units whose DONE marker exists,
 adds the identity columns to the rows and writes them; the status command and the report take
-their stage lists from this registry. Stages type against the context protocols below, which
-import nothing of the pipeline or the config (no import cycles).
+their stage lists from this registry. Stages type against the context protocols below.
 """
 
 from __future__ import annotations
@@ -120,6 +119,7 @@ class RunContext(Protocol):
     progress: bool
     num_workers: Optional[int]  # DataLoader workers (data.num_workers; None: by device)
     checkpoint_dir: Path  # where training writes init.pt, last.pt and final.pt
+    scratch_dir: Path  # a unit's progress: <scratch_dir>/<stage>/<unit>/ (the checkpoints)
 
     @property
     def data(self) -> DatasetBundle: ...
@@ -155,6 +155,7 @@ class CellContext(Protocol):
     settings: DeviceSettings
     progress: bool
     seeds: Sequence[int]  # seeds whose training finished (all of them for needs_trained=False)
+    scratch_dir: Path  # a unit's progress: <scratch_dir>/<stage>/<unit>/ (cell/checkpoints)
 
     @property
     def data(self) -> DatasetBundle: ...

@@ -6,7 +6,8 @@ finish). The loss is the mean cross-entropy on the first ``n_samples`` training 
 augmentation; BatchNorm statistics are recomputed at every point on the same images
 (``bn=recalibrated``) or interpolated like the weights (``bn=interpolated``, the artefact).
 Rows: ``path_loss`` / ``path_acc`` at ``coord_x`` = alpha, and ``loss_barrier``, each with
-``seed`` (alpha = 0) and ``seed_b`` (alpha = 1).
+``seed`` (alpha = 0) and ``seed_b`` (alpha = 1). A unit stopped on the way goes on at the
+first point it had not evaluated (``<cell>/cell/checkpoints/connectivity/<unit>/``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from landscape.stages.base import (
 )
 from landscape.stages.batches import bn_recalibration_marker, evaluation_batches
 from landscape.stages.cka import PAIRS, seed_pairs
+from landscape.stages.scratch import unit_progress
 
 
 @dataclass
@@ -64,12 +66,15 @@ class ConnectivityStage(Stage):
         note = (f"checkpoint={unit.params['checkpoint']}; bn={c.bn}; "
                 f"n_samples={sum(len(y) for _, y in batches)}; training images, no augmentation")
         rows: list[dict] = []
-        for a, b in [(a, b) for a, b in seed_pairs(list(models), c.pairs) if a != b]:
-            path = linear_path(models[a], models[b], batches, alphas, bn=c.bn,
-                               bn_batches=batches if c.bn == "recalibrated" else None)
-            pair = {"seed": a, "seed_b": b}
-            rows += [{"metric": m, "value": float(v), "coord_x": float(x), **pair}
-                     for m, values in (("path_loss", path.loss), ("path_acc", path.accuracy))
-                     for x, v in zip(alphas, values)]
-            rows.append({"metric": "loss_barrier", "value": path.barrier, **pair})
+        with unit_progress(ctx, "connectivity", unit.name, c, models) as journal:
+            for a, b in [(a, b) for a, b in seed_pairs(list(models), c.pairs) if a != b]:
+                path = linear_path(models[a], models[b], batches, alphas, bn=c.bn,
+                                   bn_batches=batches if c.bn == "recalibrated" else None,
+                                   journal=journal, key=f"path:{a}-{b}")
+                pair = {"seed": a, "seed_b": b}
+                rows += [{"metric": m, "value": float(v), "coord_x": float(x), **pair}
+                         for m, values in (("path_loss", path.loss),
+                                           ("path_acc", path.accuracy))
+                         for x, v in zip(alphas, values)]
+                rows.append({"metric": "loss_barrier", "value": path.barrier, **pair})
         return [{"stage": unit.name, "note": note, **r} for r in rows]

@@ -5,8 +5,8 @@ The folder (``checkpoints/<stage>/<unit>/``) records the start it belongs to (:d
 a digest of the network and the settings); :func:`go_on` keeps it for the same start and
 empties it for another; :func:`finish` removes it when the unit returned. Masked trainings
 keep their trainer's checkpoints there (:mod:`landscape.stages.masked_training`), the
-fine-tune unit its epochs, the Hessian and probes units a :class:`FolderJournal`
-(:func:`unit_progress`).
+fine-tune unit its epochs, the Hessian, probes, slice, sharpness and connectivity units a
+:class:`FolderJournal` (:func:`unit_progress`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 from urllib.parse import quote
 
 import torch
@@ -49,25 +49,31 @@ def go_on(work: Path, start: dict, needed: Optional[str] = LAST) -> bool:
 
 
 def finish(work: Path) -> None:
-    """Remove the scratch folder ``work`` of a unit that returned, and its parent
-    (``checkpoints/retrain``, ``checkpoints/finetune``, ...) once that is empty."""
+    """Remove the scratch folder ``work`` of a unit that returned, and the folders above it
+    (``checkpoints/retrain``, ``checkpoints/finetune``, a cell's ``cell/checkpoints``, ...)
+    that are then empty."""
     shutil.rmtree(work, ignore_errors=True)
-    try:
-        work.parent.rmdir()
-    except OSError:  # other units' folders, or round checkpoints, are still there
-        pass
+    for folder in (work.parent, work.parent.parent):
+        try:
+            folder.rmdir()
+        except OSError:  # other units' folders, round checkpoints, a run's init.pt...
+            return
 
 
 @contextlib.contextmanager
 def unit_progress(ctx: Any, stage: str, unit: str, config: Any,
-                  model: torch.nn.Module) -> Iterator["FolderJournal"]:
+                  models: torch.nn.Module | Mapping[Any, torch.nn.Module]
+                  ) -> Iterator["FolderJournal"]:
     """The saved progress of a measuring unit: a :class:`FolderJournal` in
-    ``checkpoints/<stage>/<unit>/``, kept for the same network (``model``'s state) and stage
-    settings (the dataclass ``config``) and emptied for another; written when an exception
-    leaves the block, removed when the block ends without one."""
-    work = ctx.checkpoint_dir / stage / unit
+    ``<ctx.scratch_dir>/<stage>/<unit>/`` (a run's ``checkpoints``, a cell's
+    ``cell/checkpoints``), kept for the same networks (``models``: the run's model, or a cell's
+    seed -> model) and stage settings (the dataclass ``config``) and emptied for others;
+    written when an exception leaves the block, removed when the block ends without one."""
+    work = ctx.scratch_dir / stage / unit
     settings = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
-    start = {"digest": state_digest(settings, {"model": model.state_dict()}), "what": unit}
+    nets = {"model": models} if isinstance(models, torch.nn.Module) else models
+    start = {"digest": state_digest(settings, {str(k): m.state_dict() for k, m in nets.items()}),
+             "what": unit}
     if go_on(work, start, needed=None):
         log.info("%s: %s goes on from its saved progress in %s", ctx.identity.run_id, unit,
                  work)

@@ -8,20 +8,24 @@ units: the largest rise of the loss found within the ball) with the settings (th
 ``note``, the loss they rise from, ``sharpness_loss``, and the loss found,
 ``adaptive_perturbed_loss`` / ``standard_perturbed_loss`` (measured values are rows, never
 notes: the report lists notes as settings); ``lambda_max / trace`` is read from the Hessian
-rows in the report.
+rows in the report. A unit stopped on the way keeps the kinds it had finished
+(``checkpoints/sharpness/<unit>/``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from torch.nn import functional as F
 
-from landscape.geometry import worst_case_sharpness
+from landscape.geometry import Sharpness, worst_case_sharpness
+from landscape.journal import kept
 from landscape.stages.base import (
     RunContext, Stage, Unit, check_checkpoints, check_counts, check_number, register_stage,
 )
 from landscape.stages.batches import evaluation_batches
+from landscape.stages.scratch import unit_progress
 
 KINDS = ("adaptive", "standard")
 
@@ -63,11 +67,11 @@ class SharpnessStage(Stage):
         model = ctx.load_model(unit.params["checkpoint"])
         batches = evaluation_batches(ctx, c.n_samples, c.batch_size)
         rows = []
-        for kind in c.kinds:
-            adaptive = kind == "adaptive"
-            rho = c.rho_adaptive if adaptive else c.rho_standard
-            s = worst_case_sharpness(model, F.cross_entropy, batches, rho=rho, adaptive=adaptive,
-                                     steps=c.steps, eta=c.eta, device=ctx.settings.device)
+        with unit_progress(ctx, "sharpness", unit.name, c, model) as journal:  # kind by kind
+            found = {kind: Sharpness(**kept(journal, kind, {}, partial(
+                _measure, ctx, c, model, batches, kind))) for kind in c.kinds}
+        for kind, s in found.items():
+            adaptive, rho = kind == "adaptive", _rho(c, kind)
             n = sum(len(y) for _, y in batches)
             note = (f"checkpoint={unit.params['checkpoint']}; rho={rho}; steps={c.steps}; "
                     f"eta={c.eta if adaptive else 'n/a'}; n_samples={n}; training images, "
@@ -79,3 +83,13 @@ class SharpnessStage(Stage):
             rows.append({"metric": f"{kind}_perturbed_loss", "value": s.perturbed_loss,
                          "note": note})
         return [{"stage": unit.name, **r} for r in rows]
+
+
+def _rho(c: SharpnessConfig, kind: str) -> float:
+    return c.rho_adaptive if kind == "adaptive" else c.rho_standard
+
+
+def _measure(ctx: RunContext, c: SharpnessConfig, model, batches, kind: str) -> dict:
+    return asdict(worst_case_sharpness(model, F.cross_entropy, batches, rho=_rho(c, kind),
+                                       adaptive=kind == "adaptive", steps=c.steps, eta=c.eta,
+                                       device=ctx.settings.device))

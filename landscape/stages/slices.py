@@ -20,7 +20,9 @@ filter-normalised random directions (Li et al. 2018) or the top Hessian eigenvec
 
 The evaluation set is the first ``n_samples`` training images without augmentation, on the
 device, in batches. Rows: ``slice_loss`` and ``slice_acc`` with ``coord_x`` (and
-``coord_y``) in units of the direction.
+``coord_y``) in units of the direction. A unit stopped on the way (a preemption, a time limit)
+goes on at the points it had not evaluated (``checkpoints/slice/<unit>/``,
+:func:`landscape.stages.scratch.unit_progress`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from landscape.stages.base import (
     RunContext, Stage, Unit, check_checkpoints, check_counts, check_number, register_stage,
 )
 from landscape.stages.batches import bn_recalibration_marker, evaluation_batches
+from landscape.stages.scratch import unit_progress
 
 
 @dataclass
@@ -137,9 +140,10 @@ class SliceStage(Stage):
         n = c.points_1d if dims == 1 else c.points_2d
         span = c.hessian_span if unit.params["directions"] == "hessian" else c.span
         axis = np.linspace(-span, span, n)
-        s = loss_slice(model, batches, directions, [axis] * dims, bn=c.bn,
-                       bn_batches=batches if c.bn == "recalibrated" else None,
-                       progress=ctx.progress)
+        with unit_progress(ctx, "slice", unit.name, c, model) as journal:  # point by point
+            s = loss_slice(model, batches, directions, [axis] * dims, bn=c.bn,
+                           bn_batches=batches if c.bn == "recalibrated" else None,
+                           progress=ctx.progress, journal=journal)
         note = (f"checkpoint={checkpoint}; {how}; span={span}; bn={c.bn}; "
                 f"n_samples={sum(len(y) for _, y in batches)}; training images, no augmentation")
         rows = []
