@@ -57,7 +57,8 @@ def test_hydra_errors_are_one_line_with_the_choices():
     assert hydra_error_line(compose_error("data=cifar")) == (
         f"data=cifar: no such option; did you mean data=cifar10? Choose one of: cifar10, "
         f"cifar100, digits, folder, imagenette, synthetic, tiny_imagenet, tiny_imagenet_paper "
-        f"(files in {data})")
+        f"(files in {data}; one of your own: <dir>/data/cifar.yaml and "
+        f"hydra.searchpath=[file://<dir>])")
     assert hydra_error_line(compose_error("model=nosuch")).startswith(
         "model=nosuch: no such option; choose one of: resnet101, resnet18, "
         "resnet18_imagenet_stem, resnet18_no_skips, resnet34, resnet50, small_cnn, vgg11, "
@@ -113,7 +114,8 @@ def test_a_hydra_error_from_the_console_is_one_line_and_exit_status_2(tmp_path):
         f"landscape-run: error: experiment=paper_smal: no such option; did you mean "
         f"experiment=paper_small? Choose one of: demo, dynamics_small, paper_cifar10, "
         f"paper_small, paper_tinyimagenet, rf_design_small, size_matters_cifar10, "
-        f"size_matters_imagenette, size_matters_small (files in {experiment})"]
+        f"size_matters_imagenette, size_matters_small (files in {experiment}; one of your own: "
+        f"<dir>/experiment/paper_smal.yaml and hydra.searchpath=[file://<dir>])"]
     assert not (tmp_path / "r").exists()
 
 

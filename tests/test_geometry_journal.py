@@ -5,6 +5,7 @@ for bit, evaluating only the points they had not; in the pipeline, the slice, sh
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -17,6 +18,7 @@ from landscape import pipeline, results
 from landscape.cli.submit import expand_grid
 from landscape.geometry import interpolation, linear_path, loss_slice, random_direction
 from landscape.geometry import slices as slices_module
+from landscape.grid.status import run_states
 from landscape.identity import identify
 from landscape.journal import MemoryJournal, kept
 from landscape.stages import sharpness as sharpness_stage
@@ -184,6 +186,10 @@ def test_a_stopped_slice_unit_evaluates_only_the_points_it_had_not(trained, tmp_
     checkpoints = results.run_paths(stopped, identify(_cfg(stopped, 0)).cell_name, 0).checkpoints
     [work] = (checkpoints / "slice").iterdir()
     assert (work / START).exists() and (work / "slice.pt").exists()
+    [state] = run_states(stopped).query("unit == 'slice_2d_final'").to_dict("records")
+    assert state["state"] == "started" and re.fullmatch(
+        r"progress saved in checkpoints/slice/slice_2d_final \(0\.\d min of computing\)",
+        state["reason"])
     calls.clear()
     stop[0] = 0
     pipeline.run(_cfg(stopped, 0, *extra))
@@ -220,6 +226,8 @@ def test_a_stopped_connectivity_unit_goes_on_at_its_next_point(trained, tmp_path
     calls, stop = _counting(monkeypatch, interpolation, "evaluate_batches")  # one per point
     pipeline.run_cells(full, overrides=_cfg(full, 0, *extra))
     assert len(calls) == 5  # one pair of seeds
+    for seed in (0, 1):  # the runs' configs name the unit (what landscape-status reads)
+        pipeline.run(_cfg(stopped, seed, *extra))
     calls.clear()
     stop[0] = 4
     with pytest.raises(Preempted):
@@ -228,6 +236,9 @@ def test_a_stopped_connectivity_unit_goes_on_at_its_next_point(trained, tmp_path
     scratch = results.run_paths(stopped, cell).scratch
     [work] = (scratch / "connectivity").iterdir()
     assert (work / START).exists() and (work / "path%3A0-1.pt").exists()
+    [state] = run_states(stopped).query("unit == 'connectivity_final'").to_dict("records")
+    assert state["state"] == "started" and state["reason"].startswith(
+        "progress saved in checkpoints/connectivity/connectivity_final (")
     calls.clear()
     stop[0] = 0
     pipeline.run_cells(stopped, overrides=_cfg(stopped, 0, *extra))

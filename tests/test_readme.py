@@ -2,9 +2,10 @@
 
 The commands are taken from the fenced code blocks (continuation lines joined, ``# comments``
 dropped) and run in order in one temporary folder, which holds a generated CIFAR-10 tree at
-``data/`` (the default ``data.root``) and the README's own example modules (``mypkg/``, from its
-``# mypkg/...`` Python blocks). What is added to a command, and why, is listed below; nothing
-of a command is removed except the placeholders named in ``PLACEHOLDERS``.
+``data/`` (the default ``data.root``), the README's own example modules (``mypkg/``, from its
+``# mypkg/...`` Python blocks) and option files (``myconf/``, from its ``# myconf/...`` YAML
+blocks). What is added to a command, and why, is listed below; nothing of a command is removed
+except the placeholders named in ``PLACEHOLDERS``.
 
 Each command runs its console script's entry point in a process of its own, forked from one
 that imported ``landscape`` once (a fresh interpreter per command costs seconds of imports).
@@ -128,8 +129,8 @@ def as_run(line: str) -> list[str] | None:
     return [prog, *args]
 
 
-def python_block(path: Path, first_line: str) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+def code_block(path: Path, first_line: str, language: str = "python") -> str:
+    blocks = re.findall(rf"```{language}\n(.*?)```", path.read_text(), re.S)
     return next(b for b in blocks if b.startswith(first_line))
 
 
@@ -143,7 +144,10 @@ def test_every_readme_command_runs(tmp_path):
     (tmp_path / "mypkg").mkdir()
     for name in ("mycriteria", "weight_norm", "mydata"):
         (tmp_path / "mypkg" / f"{name}.py").write_text(
-            python_block(REPO / "README.md", f"# mypkg/{name}.py"))
+            code_block(REPO / "README.md", f"# mypkg/{name}.py"))
+    (tmp_path / "myconf" / "data").mkdir(parents=True)  # its images generated under datasets/
+    (tmp_path / "myconf" / "data" / "leaves.yaml").write_text(code_block(
+        REPO / "README.md", "# myconf/data/leaves.yaml", "yaml").replace("/datasets", "datasets"))
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
     server = subprocess.Popen([sys.executable, "-c", FORK_SERVER, json.dumps(ENTRY_POINTS)],

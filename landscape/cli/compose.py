@@ -114,15 +114,17 @@ def _one_line(text: str) -> str:
 
 def hydra_error_line(e: Exception, config_dir: str = CONFIG_DIR) -> str:
     """One line for an error Hydra or OmegaConf raised while composing a config: a bad group
-    option lists the files of its group, a value of the wrong type names the field, the value
-    and the type, an unknown key the nearest valid one."""
+    option lists the options of its group (ours and those of a ``hydra.searchpath``) and says
+    where an option file of your own goes, a value of the wrong type names the field, the
+    value and the type, an unknown key the nearest valid one."""
     if isinstance(e, MissingConfigException) and "/" in (e.missing_cfg_file or ""):
         group, name = e.missing_cfg_file.rsplit("/", 1)
         folder = Path(config_dir) / group
-        options = sorted(p.stem for p in folder.glob("*.yaml")) or sorted(e.options or [])
+        options = sorted({p.stem for p in folder.glob("*.yaml")} | set(e.options or []))
         near = difflib.get_close_matches(name, options, n=1)
         choose = f"; did you mean {group}={near[0]}? Choose" if near else "; choose"
-        where = f" (files in {folder})" if folder.is_dir() else ""
+        where = (f" (files in {folder}; one of your own: <dir>/{group}/{name}.yaml and "
+                 f"hydra.searchpath=[file://<dir>])" if folder.is_dir() else "")
         return f"{group}={name}: no such option{choose} one of: {', '.join(options)}{where}"
     if isinstance(e, OverrideParseException):
         return f"cannot parse the override {e.override!r}: {_one_line(e.message)}"

@@ -10,8 +10,10 @@ States of a (run, unit), first match wins:
 - ``skipped``: training diverged, so this later unit will never run;
 - ``running`` / ``queued``: a live Slurm job of a recorded submission holds the run and is
   running / waiting (pending, requeued, held); all undone units of a running run show running;
-- ``started``: partial output (the stage folder, or training checkpoints) but no live job: the
-  run is running locally, or it was killed; resubmitting resumes it;
+- ``started``: partial output (the stage folder, training checkpoints, or a unit's saved
+  progress) but no live job: the run is running locally, or it was killed; resubmitting
+  resumes it. A unit that saved progress on the way says where (and, for a measuring unit,
+  the computing time it holds) in the reason, also while running or queued;
 - ``missing``: nothing yet.
 
 A run's units are those of the configs its latest submission gave it (its variants), and the
@@ -39,6 +41,7 @@ from landscape.config import RunConfig, from_dict
 from landscape.grid.plan import cell_units, config_differences, diverged
 from landscape.grid.slurm import RUNNING, active_jobs
 from landscape.pipeline import stage_units
+from landscape.stages.scratch import saved_progress
 
 STATES = ("done", "stale", "running", "queued", "started", "failed", "skipped", "missing")
 
@@ -116,12 +119,13 @@ def _unit_state(run_dir: Path, unit: str, stale: Callable[[], Optional[str]],
         return "failed", failure
     if diverged(run_dir):
         return "skipped", "training diverged"
-    if job is not None:
-        return ("running" if job in RUNNING else "queued"), ""
     ckpt = run_dir / "checkpoints"
-    partial = results.stage_dir(run_dir, unit).exists() or (
+    saved = saved_progress(ckpt, unit)
+    if job is not None:
+        return ("running" if job in RUNNING else "queued"), saved or ""
+    partial = saved is not None or results.stage_dir(run_dir, unit).exists() or (
         unit == "train" and any((ckpt / n).exists() for n in ("last.pt", "init.pt")))
-    return ("started", "") if partial else ("missing", "")
+    return ("started", saved or "") if partial else ("missing", "")
 
 
 def _cell_state(cfg: RunConfig, paths: results.RunPaths, unit: str,
@@ -136,8 +140,11 @@ def _cell_state(cfg: RunConfig, paths: results.RunPaths, unit: str,
     failure = results.read_failure(paths.cell_stages, unit)
     if failure is not None:
         return "failed", failure
+    saved = saved_progress(paths.cell_scratch, unit)
     if job is not None:
-        return ("running" if job in RUNNING else "queued"), ""
+        return ("running" if job in RUNNING else "queued"), saved or ""
+    if saved is not None:
+        return "started", saved
     seeds = len(results.trained_seeds(paths.cell))
     return "missing", f"{seeds} seeds trained" if unit in trained else ""
 

@@ -39,8 +39,13 @@ class RunPaths:
     @property
     def scratch(self) -> Path:
         """Where units keep what they save on the way (``<stage>/<unit>/`` in it): a run's
-        checkpoints folder, a cell's ``cell/checkpoints``."""
-        return self.checkpoints if self.run is not None else self.cell_stages / "checkpoints"
+        checkpoints folder, a cell's (:attr:`cell_scratch`)."""
+        return self.checkpoints if self.run is not None else self.cell_scratch
+
+    @property
+    def cell_scratch(self) -> Path:
+        """Where the cell-level units keep what they save on the way: ``cell/checkpoints``."""
+        return self.cell_stages / "checkpoints"
 
     @property
     def run_dir(self) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import logging
 import shutil
@@ -80,6 +81,23 @@ def unit_progress(ctx: Any, stage: str, unit: str, config: Any,
     with FolderJournal(work) as journal:
         yield journal
     finish(work)
+
+
+def saved_progress(scratch: Path, unit: str) -> Optional[str]:
+    """What the unit ``unit`` saved on the way in ``<scratch>/<stage>/<unit>/`` (a run's
+    ``checkpoints``, a cell's ``cell/checkpoints``), in words for ``landscape-status``: where,
+    and the computing time it holds when its journal recorded one; None when it saved
+    nothing."""
+    for work in sorted(scratch.glob(f"*/{glob.escape(unit)}")):
+        if _recorded_start(work) is None or not any(p.name != START for p in work.iterdir()):
+            continue
+        where = f"progress saved in {work.relative_to(scratch.parent)}"
+        try:
+            seconds = float(json.loads((work / SECONDS).read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return where
+        return f"{where} ({seconds / 60:.1f} min of computing)"
+    return None
 
 
 def _recorded_start(work: Path) -> Optional[dict]:
