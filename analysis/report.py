@@ -22,6 +22,7 @@ import pandas as pd
 
 from analysis import criteria_plots, design, dynamics_plots, geometry_plots, plots, probe_plots
 from analysis.paper import importance_table, paper_table
+from analysis.prunability import landscape_quantities, prunability_table
 from analysis.plots import checkpoint_rank, present_stages, stage_title
 from analysis.render import Block, html_page, markdown
 from analysis.stats import (GRID_COLUMNS, SETTINGS_COLUMNS, UNIT_COLUMNS, final_epoch,
@@ -134,20 +135,9 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
                                    finetune_settings=u.finetune_settings)
         after = "fine-tuned" if u.finetuned else "pruned"
         wanted.append((f"{u.unit}: dense - {after}", obs.rename(columns={"difference": "value"})))
-    for st in present_stages(select(d, metric="hessian_eigenvalue"), "hessian"):
-        wanted.append((f"{st}: λ_max", select(d, stage=st, metric="hessian_eigenvalue", index=1)))
-        wanted.append((f"{st}: trace", select(d, stage=st, metric="hessian_trace")))
-    for st in present_stages(select(d, metric="loss_barrier"), "connectivity"):
+    wanted += landscape_quantities(d)
+    for st in present_stages(select(d, metric="loss_barrier"), "connectivity"):  # per seed pair
         wanted.append((f"{st}: loss barrier", select(d, stage=st, metric="loss_barrier")))
-    for st in present_stages(select(d, metric="tail_observed"), "probes"):
-        wanted.append((f"{st}: observed tail start (layer #)",
-                       select(d, stage=st, metric="tail_observed")))
-    for st in present_stages(d, "importance"):
-        wanted.append((f"{st}: importance_max", select(d, stage=st, metric="importance_max")))
-        cut = select(d, stage=st, metric="erf_size_censored")
-        k = int((cut["value"] > 0).sum())  # sizes bounded by the image: their ranks too
-        wanted.append((f"{st}: erf_size" + (f" ({k} of {len(cut)} cut by the image)" if k
-                                            else ""), select(d, stage=st, metric="erf_size")))
     rows = []
     for name, obs in wanted:
         if obs["value"].notna().sum() >= 3 and obs["receptive_field"].nunique() > 1:
@@ -219,6 +209,7 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
     corr = _correlations(g, stage_order)
     if corr is not None:
         blocks += [("h3", "Rank correlations with the receptive field"), ("table", corr)]
+    blocks += _section("What goes with prunability", (prunability_table(g, units),))
     return blocks
 
 

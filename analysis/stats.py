@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+import itertools
 from itertools import repeat
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -573,3 +574,82 @@ def rank_correlation(obs: pd.DataFrame, *, value: str = "value",
                                  vectorized=True, n_resamples=PERMUTATIONS,
                                  alternative="two-sided", rng=np.random.default_rng(0))
     return RankCorrelation(float(res.statistic), float(min(res.pvalue, 1.0)), len(d))
+
+
+@dataclass(frozen=True)
+class StratifiedCorrelation:
+    """Spearman's rho between two per-run quantities over all runs (``rho``, ``p``: as
+    :func:`rank_correlation`) and within strata (``rho_within``, ``p_within``: e.g. within each
+    receptive field, so that what the receptive field drives in both does not count; see
+    :func:`within_rank_correlation`); ``n`` runs with both values in ``strata`` strata."""
+
+    rho: float
+    p: float
+    rho_within: float
+    p_within: float
+    n: int
+    strata: int
+
+
+def within_rank_correlation(x: Sequence[float], y: Sequence[float], strata: Sequence[Any]
+                            ) -> tuple[float, float]:
+    """(rho, two-sided p) of the rank correlation of ``x`` and ``y`` within ``strata``: in each
+    stratum both are ranked (average ranks for ties) and centred on the stratum's mean rank;
+    rho is the correlation of those centred ranks over all strata (Spearman's rho when there
+    is one stratum; a stratum of one observation adds nothing). p from the permutation
+    distribution of rho when ``y`` is shuffled within each stratum only (independence given
+    the stratum): twice the smaller one-sided p, as :func:`rank_correlation`
+    (``scipy.stats.permutation_test``), over every within-stratum permutation up to
+    :data:`PERMUTATIONS` of them, else over that many seeded random ones (each one-sided p
+    then (1 + hits) / (1 + PERMUTATIONS)). NaN when neither varies within any stratum."""
+    x, y, s = np.asarray(x, float), np.asarray(y, float), pd.factorize(pd.Series(list(strata)))[0]
+    if not (x.shape == y.shape == s.shape) or x.ndim != 1:
+        raise ValueError("x, y and strata must be 1-D sequences of the same length")
+    if (s < 0).any() or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("x, y and strata must hold no NaN (leave those observations out)")
+    groups = [np.flatnonzero(s == k) for k in range(s.max() + 1)] if s.size else []
+    cx, cy = np.zeros_like(x), np.zeros_like(y)
+    for idx in groups:
+        for values, centred in ((x, cx), (y, cy)):
+            r = stats.rankdata(values[idx])
+            centred[idx] = r - r.mean()
+    norm = float(np.linalg.norm(cx) * np.linalg.norm(cy))
+    if norm == 0:
+        return math.nan, math.nan
+    observed = float(cx @ cy) / norm
+    sizes = [len(idx) for idx in groups]
+    total = math.prod(math.factorial(n) for n in sizes)
+    if total <= PERMUTATIONS:  # every within-stratum permutation
+        perms = np.array([np.concatenate([idx[list(p)] for idx, p in zip(groups, choice)])
+                          for choice in itertools.product(
+                              *(itertools.permutations(range(n)) for n in sizes))])
+        order = np.concatenate(groups)
+    else:
+        rng = np.random.default_rng(0)
+        perms = np.concatenate([idx[np.argsort(rng.random((PERMUTATIONS, len(idx))), axis=1)]
+                                for idx in groups], axis=1)
+        order = np.concatenate(groups)
+    rhos = (cy[perms] @ cx[order]) / norm  # y moved within strata, x in place
+    tail = min(np.sum(rhos >= observed - 1e-12), np.sum(rhos <= observed + 1e-12))
+    extra = 0 if total <= PERMUTATIONS else 1  # a sample counts the observed pairing too
+    return observed, min(2 * (int(tail) + extra) / (len(rhos) + extra), 1.0)
+
+
+def stratified_correlation(x: pd.DataFrame, y: pd.DataFrame, *, on: str = "run_id",
+                           strata: str = "receptive_field", value: str = "value"
+                           ) -> StratifiedCorrelation:
+    """Spearman's rho of the ``value`` of ``x`` against that of ``y`` (one row per run each,
+    joined ``on`` the run; e.g. lambda_max against the accuracy lost to pruning), over all
+    runs and within each ``strata`` level (:func:`within_rank_correlation`). Runs missing a
+    value on either side are left out; fewer than 3 runs give NaN statistics."""
+    for name, frame in (("x", x), ("y", y)):
+        if frame[on].duplicated().any():
+            raise ValueError(f"stratified_correlation: {name} holds two values for run "
+                             f"{frame.loc[frame[on].duplicated(), on].iloc[0]}")
+    d = x[[on, strata, value]].merge(y[[on, value]], on=on, suffixes=("_x", "_y")).dropna()
+    n, levels = len(d), d[strata].nunique()
+    if n < 3:
+        return StratifiedCorrelation(math.nan, math.nan, math.nan, math.nan, n, levels)
+    pooled = rank_correlation(d, value=f"{value}_y", x=f"{value}_x")
+    rho_w, p_w = within_rank_correlation(d[f"{value}_x"], d[f"{value}_y"], d[strata])
+    return StratifiedCorrelation(pooled.rho, pooled.p, rho_w, p_w, n, levels)

@@ -1,0 +1,117 @@
+"""What goes with prunability: the per-run quantities of the loss landscape and the
+representations (lambda_max, the Hessian trace, worst-case sharpness, the observed probe
+tail, the importance maximum, the ERF size) against the accuracy pruning costs the same run
+(dense - pruned, dense - fine-tuned), as Spearman's rho over all runs of a grid and within each
+receptive field (:func:`analysis.stats.stratified_correlation`).
+
+Over all runs, a quantity the receptive field drives and a cost it drives correlate whatever
+the quantity says of the network: within each receptive field only the differences between
+seeds count, so a rho that stays there is one the receptive field does not explain.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import pandas as pd
+
+from analysis.plots import present_stages
+from analysis.stats import (final_epoch, holm, pruning_observations, select,
+                            stratified_correlation)
+from analysis.tables import MISSING, Table, format_number, grid_slug, grid_title
+
+SCOPES = (("all runs", "rho", "p"), ("within RF", "rho_within", "p_within"))
+
+
+def landscape_quantities(d: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, rows: one value per run) of every per-run landscape and representation
+    quantity in ``d`` (final-epoch rows of one grid), stage by stage, those with rows only."""
+    out: list[tuple[str, pd.DataFrame]] = []
+    for st in present_stages(select(d, metric="hessian_eigenvalue"), "hessian"):
+        out += [(f"{st}: λ_max", select(d, stage=st, metric="hessian_eigenvalue", index=1)),
+                (f"{st}: trace", select(d, stage=st, metric="hessian_trace"))]
+    for st in present_stages(d, "sharpness"):
+        out += [(f"{st}: {kind} sharpness", select(d, stage=st, metric=f"{kind}_sharpness"))
+                for kind in ("adaptive", "standard")]
+    for st in present_stages(select(d, metric="tail_observed"), "probes"):
+        out.append((f"{st}: observed tail start (layer #)",
+                    select(d, stage=st, metric="tail_observed")))
+    for st in present_stages(d, "importance"):
+        out.append((f"{st}: importance_max", select(d, stage=st, metric="importance_max")))
+        cut = select(d, stage=st, metric="erf_size_censored")
+        k = int((cut["value"] > 0).sum())  # sizes bounded by the image: their ranks too
+        out.append((f"{st}: erf_size" + (f" ({k} of {len(cut)} cut by the image)" if k else ""),
+                    select(d, stage=st, metric="erf_size")))
+    return [(name, obs) for name, obs in out if len(obs)]
+
+
+def highest_rates(units: pd.DataFrame) -> pd.DataFrame:
+    """Of the pruning units (``report._units``: one row per unit), the one at the highest
+    rate of each procedure (stage, criterion, protocol and settings); pruned before
+    fine-tuned, then by protocol and criterion."""
+    key = ["stage", "criterion", "finetuned", "protocol", "prune_settings", "finetune_settings"]
+    units = units.reset_index(drop=True)
+    top = units.loc[units.groupby(key, dropna=False, sort=False)["prune_rate"].idxmax()]
+    return top.sort_values(["finetuned", "protocol", "criterion", "prune_settings",
+                            "finetune_settings"], kind="stable", na_position="first")
+
+
+def prunability_table(g: pd.DataFrame, units: pd.DataFrame,
+                      quantities: Sequence[tuple[str, pd.DataFrame]] | None = None
+                      ) -> Table | None:
+    """Rows = each landscape quantity over all runs and within receptive fields; columns = the
+    pruning units at their procedure's highest rate (``units``, labelled by their ``unit``
+    column); each cell Spearman's rho of the quantity against the accuracy that unit costs
+    the run, its p Holm-adjusted over every test of the table, and the runs compared. None
+    without a pruning unit or a quantity with values for at least 3 runs."""
+    d = final_epoch(g)
+    quantities = landscape_quantities(d) if quantities is None else quantities
+    usable, dropped = [], []
+    for name, obs in quantities:
+        (dropped if obs["run_id"].duplicated().any() else usable).append((name, obs))
+    units = highest_rates(units) if len(units) else units
+    if not usable or not len(units):
+        return None
+    costs = []
+    for u in units.itertuples(index=False):
+        obs = pruning_observations(g, criterion=u.criterion, prune_rate=u.prune_rate,
+                                   finetuned=bool(u.finetuned), protocol=u.protocol,
+                                   prune_settings=u.prune_settings,
+                                   finetune_settings=u.finetune_settings)
+        after = "fine-tuned" if u.finetuned else "pruned"
+        costs.append((f"dense - {after}: {u.unit}", obs.rename(columns={"difference": "value"})))
+    numbers = pd.DataFrame([
+        {"quantity": q, "pruning": c, "scope": scope, "rho": getattr(r, rho),
+         "p": getattr(r, p), "n": r.n, "receptive_fields": r.strata}
+        for q, x in usable for c, y in costs
+        for r in [stratified_correlation(x, y)] for scope, rho, p in SCOPES])
+    if not (numbers["n"] >= 3).any():
+        return None
+    numbers.insert(numbers.columns.get_loc("p") + 1, "p_holm", holm(numbers["p"].to_numpy(float)))
+    cells = numbers.assign(text=[_cell(r) for r in numbers.itertuples(index=False)]).pivot(
+        index=["quantity", "scope"], columns="pruning", values="text")
+    order = pd.MultiIndex.from_tuples([(q, s) for q, _ in usable for s, *_ in SCOPES])
+    cells = cells.reindex(index=order, columns=[c for c, _ in costs]).reset_index()
+    cells.columns = ["Quantity (per run)", "Runs", *cells.columns[2:]]
+    tests = int(numbers["p"].notna().sum())
+    notes = ("Spearman's ρ between each quantity and the test accuracy pruning costs the same "
+             "run (dense - pruned or dense - fine-tuned, at the highest rate of each "
+             "procedure): + means runs with more of the quantity lose more. 'all runs' pools "
+             "every receptive field; 'within RF' ranks both within each receptive field, so "
+             "that what the receptive field drives in both does not count. p: permutation "
+             "tests (within RF: shuffled within each receptive field), Holm-adjusted over the "
+             f"table's {tests} tests; n: runs with both values.")
+    if dropped:
+        notes += (" Left out (two values for one run): "
+                  + ", ".join(name for name, _ in dropped) + ".")
+    return Table(f"{grid_slug(g)}-prunability", f"{grid_title(g)}: what goes with the "
+                 "accuracy pruning costs", cells, numbers, notes)
+
+
+def _cell(r) -> str:
+    if r.n < 3:
+        return MISSING
+    if math.isnan(r.rho):
+        return f"undefined (constant; n={r.n})"
+    return f"{r.rho:+.2f} (p={format_number(r.p_holm)}; n={r.n})"
