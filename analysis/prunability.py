@@ -14,12 +14,15 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from analysis.plots import present_stages
-from analysis.stats import (final_epoch, holm, pruning_observations, select,
-                            stratified_correlation)
-from analysis.tables import MISSING, Table, format_number, grid_slug, grid_title
+from analysis.plots import _levels, _panels, _styled, _suptitle, legend_below, present_stages
+from analysis.stats import (final_epoch, grid_frame, holm, pruning_observations,
+                            pruning_rows, select, stratified_correlation)
+from analysis.tables import MISSING, Table, format_number, grid_slug, grid_title, settings_tag
 
 SCOPES = (("all runs", "rho", "p"), ("within RF", "rho_within", "p_within"))
 
@@ -107,6 +110,62 @@ def prunability_table(g: pd.DataFrame, units: pd.DataFrame,
                   + ", ".join(name for name, _ in dropped) + ".")
     return Table(f"{grid_slug(g)}-prunability", f"{grid_title(g)}: what goes with the "
                  "accuracy pruning costs", cells, numbers, notes)
+
+
+@_styled
+def prunability_scatter(df: pd.DataFrame, *, criterion: str, arch: str | None = None,
+                        dataset: str | None = None, width: float | None = None,
+                        protocol: str = "default", prune_settings: str | None = None,
+                        finetune_settings: str | None = None,
+                        prune_rate: float | None = None) -> Figure | None:
+    """One panel per landscape quantity (:func:`landscape_quantities`): each run's value
+    against the test accuracy one-shot pruning by ``criterion`` costs it at ``prune_rate``
+    (default the highest rate of the procedure), in percentage points, a colour and marker
+    per receptive field; the panel's title gives Spearman's rho over all runs and within
+    receptive fields (:func:`analysis.stats.stratified_correlation`; p in the table). None
+    without such pruning rows or quantities."""
+    g = grid_frame(df, arch=arch, dataset=dataset, width=width)
+    settings = dict(protocol=protocol, prune_settings=prune_settings,
+                    finetune_settings=finetune_settings)
+    rows = pruning_rows(final_epoch(g), criterion=criterion, stages=("prune",), **settings)
+    rates = select(rows, metric="test_acc")["prune_rate"].dropna().astype(float)
+    if rates.empty:
+        return None
+    rate = rates.max() if prune_rate is None else prune_rate
+    cost = pruning_observations(g, criterion=criterion, prune_rate=rate, **settings)
+    cost = cost.rename(columns={"difference": "value"})
+    quantities = [(name, obs) for name, obs in landscape_quantities(final_epoch(g))
+                  if not obs["run_id"].duplicated().any()]
+    if not quantities or cost["value"].notna().sum() < 1:
+        return None
+    fig, axes = _panels(len(quantities), panel=(3.6, 3.0))
+    levels = _levels(g)
+    for ax, (name, obs) in zip(axes, quantities):
+        both = obs[["run_id", "cell", "value"]].merge(cost[["run_id", "value"]], on="run_id",
+                                                    suffixes=("_x", "_y")).dropna()
+        for cell, label, colour, marker in levels:
+            at = both[both["cell"] == cell]
+            ax.scatter(at["value_x"], 100 * at["value_y"], color=colour, marker=marker, s=28,
+                       label=label)
+        x = both["value_x"].to_numpy(float)
+        if len(x) and (x > 0).all() and x.max() / x.min() > 100:
+            ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(4))  # long tick labels ran together
+        r = stratified_correlation(obs, cost)
+        ax.set_title(f"{name}\nρ {_rho(r.rho, r.n)} all runs, {_rho(r.rho_within, r.n)} "
+                     "within RF", fontsize=8)
+        ax.set_xlabel(name.split(": ", 1)[-1], fontsize=8)
+        ax.set_ylabel("accuracy lost (points)", fontsize=8)
+    legend_below(fig, axes, max_cols=4)
+    _suptitle(fig, g, f"what goes with the accuracy lost to {criterion} pruning at {rate:g}"
+              + settings_tag(prune_settings, finetune_settings)
+              + (" (paper protocol)" if protocol == "paper" else ""))
+    return fig
+
+
+def _rho(value: float, n: int) -> str:
+    return "n/a" if n < 3 or np.isnan(value) else f"{value:+.2f}"
 
 
 def _cell(r) -> str:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis import criteria_plots, design, dynamics_plots, geometry_plots, plots, probe_plots
 from analysis.paper import importance_table, paper_table
-from analysis.prunability import landscape_quantities, prunability_table
+from analysis.prunability import landscape_quantities, prunability_scatter, prunability_table
 from analysis.plots import checkpoint_rank, present_stages, stage_title
 from analysis.render import Block, html_page, markdown
 from analysis.stats import (GRID_COLUMNS, SETTINGS_COLUMNS, UNIT_COLUMNS, final_epoch,
@@ -239,6 +239,11 @@ def _figure_blocks(g: pd.DataFrame, kw: dict[str, Any], arrays: Any, out: Path) 
     figures: list[tuple[str, Callable[[], Any], str]] = [
         *[(f"pruning-{name}", (lambda p=p: plots.pruning_curves(g, **kw, **p)),
            f"Accuracy vs pruning rate, {what}.") for p, name, what in procedures],
+        *[(f"prunability-{name}", (lambda p=p: prunability_scatter(g, **kw, **p)),
+           f"Each run's landscape quantities against the test accuracy one-shot pruning "
+           f"({what}) costs it at the procedure's highest rate, in points; ρ: Spearman over "
+           "all runs and within receptive fields (p-values: 'What goes with prunability').")
+          for p, name, what in procedures],
         ("pruning-criteria", lambda: criteria_plots.criteria_curves(g, **kw),
          "Test accuracy vs pruning rate by pruning criterion, a panel per receptive field; "
          "solid: one-shot, dashed: fine-tuned, dotted: the dense network."),

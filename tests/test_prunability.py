@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import stats
 
-from analysis.prunability import highest_rates, prunability_table
+from analysis.prunability import highest_rates, prunability_scatter, prunability_table
 from analysis.report import _units
 from analysis.stats import (PERMUTATIONS, grid_frame, rank_correlation, select,
                             stratified_correlation, within_rank_correlation)
@@ -154,6 +154,18 @@ def test_the_prunability_table_of_the_synthetic_grid():
     assert list(t.cells.columns[2:]) == ["dense - pruned: prune magnitude @ 0.9",
                                          "dense - fine-tuned: finetune magnitude @ 0.9"]
     assert "Holm-adjusted over the table's" in t.notes
+
+
+def test_the_scatter_has_a_panel_per_quantity_with_both_rhos():
+    g = grid_frame(to_frame(synthetic_rows()))
+    fig = prunability_scatter(g, criterion="magnitude")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 3  # lambda_max at init and final, importance_max (no trace rows)
+    assert "hessian_final: λ_max\nρ -0.66 all runs, +0.50 within RF" in titles
+    lam = next(ax for ax in fig.axes if ax.get_title().startswith("hessian_final: λ_max"))
+    points = np.concatenate([c.get_offsets() for c in lam.collections])
+    assert sorted(points[:, 1].round(1)) == [41.2, 61.0, 70.5, 81.5, 83.0, 85.0]  # points
+    assert prunability_scatter(g, criterion="obd") is None
 
 
 def test_no_table_without_pruning_or_quantities():
