@@ -26,7 +26,7 @@ from landscape.device import DeviceSettings, full_precision, progress_enabled
 from landscape.modes import snapshot_modes
 from landscape.seeds import TRAIN_EPOCH, seed_everything, stream_seed
 from landscape.tracking import TrackConfig, validate_track
-from landscape.storage import clean_temp, load_checkpoint, save_checkpoint
+from landscape.storage import CheckpointError, clean_temp, load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = 1
 log = logging.getLogger("landscape")
@@ -375,7 +375,16 @@ def recorded_data_path(checkpoint_dir: Path) -> Optional[str]:
     last = Path(checkpoint_dir) / "last.pt"
     if not last.exists():
         return None
-    return load_checkpoint(last, map_location="cpu").get("data_path", "dataloader")
+    return load_checkpoint(last, map_location="cpu", mmap=True).get("data_path", "dataloader")
+
+
+def saved_epoch(checkpoint_dir: Path) -> Optional[int]:
+    """The epoch a run's ``last.pt`` holds (its tensors not read), or None when there is no
+    readable one."""
+    try:
+        return int(load_checkpoint(Path(checkpoint_dir) / "last.pt", mmap=True)["epoch"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None
 
 
 def train_model(

@@ -23,6 +23,7 @@ from landscape.grid.launcher import describe
 from landscape.grid import slurm
 from landscape.grid.local import _cpu_context, usable_cpus
 from landscape.grid.sbatch import explain_sbatch_error
+from landscape.storage import save_checkpoint
 from landscape.grid.status import format_status
 from landscape.identity import identify
 from landscape.stages.cka import CKAConfig
@@ -480,7 +481,7 @@ def test_status_table_counts_states_and_shows_failure_reasons(tmp_path, monkeypa
     (f_run / "config.json").write_text(json.dumps(dataclasses.asdict(failed)))
     s_run = run_dir(started)
     (s_run / "checkpoints").mkdir(parents=True)
-    (s_run / "checkpoints" / "last.pt").write_bytes(b"")
+    save_checkpoint(s_run / "checkpoints" / "last.pt", {"epoch": 3})  # (no weights: not read)
     (s_run / "config.json").write_text(json.dumps(dataclasses.asdict(started)))
     results.record_submission(tmp_path, "slurm", [
         (run_id(queued), "9_0", dataclasses.asdict(queued)),
@@ -493,6 +494,7 @@ def test_status_table_counts_states_and_shows_failure_reasons(tmp_path, monkeypa
     assert train[["runs", "done", "failed", "started", "queued", "missing"]].tolist() == [
         5, 2, 1, 1, 1, 0]
     assert "seed=1: RuntimeError: CUDA out of memory" in train["reason"]
+    assert f"seed=2: epoch 3 of {started.train.epochs} saved" in train["reason"]
     assert "seed=4: diverged" in train["reason"]
     imp_row = table.loc[(cell0, "importance_init")]
     assert (imp_row["runs"], imp_row["skipped"]) == (1, 1)

@@ -6,6 +6,7 @@ GPUs, so the default one-GPU request of configs/launcher/slurm.yaml is what is s
 """
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -183,6 +184,7 @@ def test_killed_task_resumes_when_the_grid_is_resubmitted(slurm, tmp_path):
     assert state(job) != "COMPLETED" and not results.is_done(run_dir, "train")
     train = status_table(tmp_path).set_index("unit").loc["train"]
     assert train["started"] == 1  # killed mid-training: checkpoints, no DONE, no live job
+    assert re.search(rf"epoch \d+ of {LONG_EPOCHS} saved", train["reason"])
 
     plan, _, sub = submit(args)
     assert [p.units for p in plan.pending] == [("train",)]

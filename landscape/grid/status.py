@@ -13,7 +13,8 @@ States of a (run, unit), first match wins:
 - ``started``: partial output (the stage folder, training checkpoints, or a unit's saved
   progress) but no live job: the run is running locally, or it was killed; resubmitting
   resumes it. A unit that saved progress on the way says where (and, for a measuring unit,
-  the computing time it holds) in the reason, also while running or queued;
+  the computing time it holds) in the reason, also while running or queued; training says
+  the epoch its ``last.pt`` holds ("epoch 57 of 200 saved");
 - ``missing``: nothing yet.
 
 A run's units are those of the configs its latest submission gave it (its variants), and the
@@ -42,6 +43,7 @@ from landscape.grid.plan import cell_units, config_differences, diverged
 from landscape.grid.slurm import RUNNING, active_jobs
 from landscape.pipeline import stage_units
 from landscape.stages.scratch import saved_progress
+from landscape.train import saved_epoch
 
 STATES = ("done", "stale", "running", "queued", "started", "failed", "skipped", "missing")
 
@@ -107,7 +109,7 @@ def _same(a: RunConfig, b: RunConfig) -> bool:
 
 
 def _unit_state(run_dir: Path, unit: str, stale: Callable[[], Optional[str]],
-                job: Optional[str]) -> tuple[str, str]:
+                job: Optional[str], epochs: int) -> tuple[str, str]:
     done = results.read_done(run_dir, unit)
     if done is not None:
         why = stale()
@@ -120,7 +122,11 @@ def _unit_state(run_dir: Path, unit: str, stale: Callable[[], Optional[str]],
     if diverged(run_dir):
         return "skipped", "training diverged"
     ckpt = run_dir / "checkpoints"
-    saved = saved_progress(ckpt, unit)
+    if unit == "train":
+        epoch = saved_epoch(ckpt)
+        saved = None if epoch is None else f"epoch {epoch} of {epochs} saved"
+    else:
+        saved = saved_progress(ckpt, unit)
     if job is not None:
         return ("running" if job in RUNNING else "queued"), saved or ""
     partial = saved is not None or results.stage_dir(run_dir, unit).exists() or (
@@ -173,7 +179,7 @@ def run_states(root: str | Path) -> pd.DataFrame:
                 state, reason = _unit_state(
                     paths.run_dir, unit.name, functools.partial(
                         stage.stale_reason, config, paths.run_dir, unit.name),
-                    active.get(run_id))
+                    active.get(run_id), cfg.train.epochs)
                 if current or state != "missing":  # an earlier request: shown where it ran
                     seen.add(unit.name)
                     rows.append({"cell": cell, "seed": cfg.seed, "run_id": run_id,
