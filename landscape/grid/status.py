@@ -14,7 +14,7 @@ States of a (run, unit), first match wins:
   progress) but no live job: the run is running locally, or it was killed; resubmitting
   resumes it. A unit that saved progress on the way says where (and, for a measuring unit,
   the computing time it holds) in the reason, also while running or queued; training says
-  the epoch its ``last.pt`` holds ("epoch 57 of 200 saved");
+  the epoch its ``last.pt`` holds ("epoch <k> of <epochs> saved");
 - ``missing``: nothing yet.
 
 A run's units are those of the configs its latest submission gave it (its variants), and the
