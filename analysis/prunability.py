@@ -2,11 +2,12 @@
 representations (lambda_max, the Hessian trace, worst-case sharpness, the observed probe
 tail, the importance maximum, the ERF size) against the accuracy pruning costs the same run
 (dense - pruned, dense - fine-tuned), as Spearman's rho over all runs of a grid and within each
-receptive field (:func:`analysis.stats.stratified_correlation`).
+cell (:func:`analysis.stats.stratified_correlation`).
 
 Over all runs, a quantity the receptive field drives and a cost it drives correlate whatever
-the quantity says of the network: within each receptive field only the differences between
-seeds count, so a rho that stays there is one the receptive field does not explain.
+the quantity says of the network: within a cell (one receptive field and input size) only the
+differences between seeds count, so a rho that stays there is one the cell's settings do not
+explain.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from analysis.stats import (final_epoch, grid_frame, holm, pruning_observations,
                             pruning_rows, select, stratified_correlation)
 from analysis.tables import MISSING, Table, format_number, grid_slug, grid_title, settings_tag
 
-SCOPES = (("all runs", "rho", "p"), ("within RF", "rho_within", "p_within"))
+SCOPES = (("all runs", "rho", "p"), ("within cells", "rho_within", "p_within"))
+STRATA = "cell"  # a grid's cells differ in the receptive field (and the input size) only
 
 
 def landscape_quantities(d: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -63,7 +65,7 @@ def highest_rates(units: pd.DataFrame) -> pd.DataFrame:
 def prunability_table(g: pd.DataFrame, units: pd.DataFrame,
                       quantities: Sequence[tuple[str, pd.DataFrame]] | None = None
                       ) -> Table | None:
-    """Rows = each landscape quantity over all runs and within receptive fields; columns = the
+    """Rows = each landscape quantity over all runs and within cells; columns = the
     pruning units at their procedure's highest rate (``units``, labelled by their ``unit``
     column); each cell Spearman's rho of the quantity against the accuracy that unit costs
     the run, its p Holm-adjusted over every test of the table, and the runs compared. None
@@ -86,9 +88,9 @@ def prunability_table(g: pd.DataFrame, units: pd.DataFrame,
         costs.append((f"dense - {after}: {u.unit}", obs.rename(columns={"difference": "value"})))
     numbers = pd.DataFrame([
         {"quantity": q, "pruning": c, "scope": scope, "rho": getattr(r, rho),
-         "p": getattr(r, p), "n": r.n, "receptive_fields": r.strata}
+         "p": getattr(r, p), "n": r.n, "cells": r.strata}
         for q, x in usable for c, y in costs
-        for r in [stratified_correlation(x, y)] for scope, rho, p in SCOPES])
+        for r in [stratified_correlation(x, y, strata=STRATA)] for scope, rho, p in SCOPES])
     if not (numbers["n"] >= 3).any():
         return None
     numbers.insert(numbers.columns.get_loc("p") + 1, "p_holm", holm(numbers["p"].to_numpy(float)))
@@ -101,10 +103,11 @@ def prunability_table(g: pd.DataFrame, units: pd.DataFrame,
     notes = ("Spearman's ρ between each quantity and the test accuracy pruning costs the same "
              "run (dense - pruned or dense - fine-tuned, at the highest rate of each "
              "procedure): + means runs with more of the quantity lose more. 'all runs' pools "
-             "every receptive field; 'within RF' ranks both within each receptive field, so "
-             "that what the receptive field drives in both does not count. p: permutation "
-             "tests (within RF: shuffled within each receptive field), Holm-adjusted over the "
-             f"table's {tests} tests; n: runs with both values.")
+             "every receptive field; 'within cells' ranks both within each cell (one receptive "
+             "field and input size: only its seeds differ), so that what the receptive field "
+             "drives in both does not count. p: permutation tests (within cells: shuffled "
+             f"within each cell), Holm-adjusted over the table's {tests} tests; n: runs with "
+             "both values.")
     if dropped:
         notes += (" Left out (two values for one run): "
                   + ", ".join(name for name, _ in dropped) + ".")
@@ -122,7 +125,7 @@ def prunability_scatter(df: pd.DataFrame, *, criterion: str, arch: str | None = 
     against the test accuracy one-shot pruning by ``criterion`` costs it at ``prune_rate``
     (default the highest rate of the procedure), in percentage points, a colour and marker
     per receptive field; the panel's title gives Spearman's rho over all runs and within
-    receptive fields (:func:`analysis.stats.stratified_correlation`; p in the table). None
+    cells (:func:`analysis.stats.stratified_correlation`; p in the table). None
     without such pruning rows or quantities."""
     g = grid_frame(df, arch=arch, dataset=dataset, width=width)
     settings = dict(protocol=protocol, prune_settings=prune_settings,
@@ -152,9 +155,9 @@ def prunability_scatter(df: pd.DataFrame, *, criterion: str, arch: str | None = 
             ax.set_xscale("log")
         else:
             ax.xaxis.set_major_locator(MaxNLocator(4))  # long tick labels ran together
-        r = stratified_correlation(obs, cost)
+        r = stratified_correlation(obs, cost, strata=STRATA)
         ax.set_title(f"{name}\nρ {_rho(r.rho, r.n)} all runs, {_rho(r.rho_within, r.n)} "
-                     "within RF", fontsize=8)
+                     "within cells", fontsize=8)
         ax.set_xlabel(name.split(": ", 1)[-1], fontsize=8)
         ax.set_ylabel("accuracy lost (points)", fontsize=8)
     legend_below(fig, axes, max_cols=4)

@@ -580,8 +580,9 @@ def rank_correlation(obs: pd.DataFrame, *, value: str = "value",
 class StratifiedCorrelation:
     """Spearman's rho between two per-run quantities over all runs (``rho``, ``p``: as
     :func:`rank_correlation`) and within strata (``rho_within``, ``p_within``: e.g. within each
-    receptive field, so that what the receptive field drives in both does not count; see
-    :func:`within_rank_correlation`); ``n`` runs with both values in ``strata`` strata."""
+    cell, whose runs differ in their seed only, so that what the cell's receptive field drives
+    in both does not count; see :func:`within_rank_correlation`); ``n`` runs with both values
+    in ``strata`` strata."""
 
     rho: float
     p: float
@@ -636,12 +637,13 @@ def within_rank_correlation(x: Sequence[float], y: Sequence[float], strata: Sequ
 
 
 def stratified_correlation(x: pd.DataFrame, y: pd.DataFrame, *, on: str = "run_id",
-                           strata: str = "receptive_field", value: str = "value"
+                           strata: str = "cell", value: str = "value"
                            ) -> StratifiedCorrelation:
     """Spearman's rho of the ``value`` of ``x`` against that of ``y`` (one row per run each,
     joined ``on`` the run; e.g. lambda_max against the accuracy lost to pruning), over all
-    runs and within each ``strata`` level (:func:`within_rank_correlation`). Runs missing a
-    value on either side are left out; fewer than 3 runs give NaN statistics."""
+    runs and within each level of ``x``'s column ``strata`` (:func:`within_rank_correlation`;
+    the cell by default: its runs differ in the seed only). Runs missing a value on either
+    side are left out; fewer than 3 runs give NaN statistics."""
     for name, frame in (("x", x), ("y", y)):
         if frame[on].duplicated().any():
             raise ValueError(f"stratified_correlation: {name} holds two values for run "

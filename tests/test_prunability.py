@@ -113,7 +113,7 @@ def test_bad_inputs_are_clear_errors():
 
 
 def test_runs_are_joined_and_runs_without_a_value_left_out():
-    x = pd.DataFrame({"run_id": list("abcde"), "receptive_field": [1, 1, 1, 2, 2],
+    x = pd.DataFrame({"run_id": list("abcde"), "cell": [1, 1, 1, 2, 2],
                       "value": [1.0, 2.0, 3.0, 4.0, np.nan]})
     y = pd.DataFrame({"run_id": list("edcba"), "value": [9.0, 8.0, 7.0, 6.0, 5.0]})
     r = stratified_correlation(x, y)  # y: a 5, b 6, c 7, d 8 (e has no x)
@@ -139,18 +139,18 @@ def test_the_prunability_table_of_the_synthetic_grid():
     key = ("hessian_final: λ_max", "dense - pruned: prune magnitude @ 0.9")
     assert num.loc[(*key, "all runs"), "rho"] == pytest.approx(1 - 6 * 58 / 210)
     assert num.loc[(*key, "all runs"), "n"] == 6
-    assert num.loc[(*key, "within RF"), "rho"] == pytest.approx(0.5)
-    assert num.loc[(*key, "within RF"), "p"] == pytest.approx(0.5)
-    assert num.loc[(*key, "within RF"), "receptive_fields"] == 2
+    assert num.loc[(*key, "within cells"), "rho"] == pytest.approx(0.5)
+    assert num.loc[(*key, "within cells"), "p"] == pytest.approx(0.5)
+    assert num.loc[(*key, "within cells"), "cells"] == 2
     assert np.allclose(num["p_holm"].dropna(), np.minimum(1, num["p_holm"].dropna()))
     assert (num["p_holm"].dropna() >= num["p"].dropna()).all()
     # importance_max is 0.1 * level: constant within each level
-    imp = num.loc[("importance_init: importance_max", key[1], "within RF")]
+    imp = num.loc[("importance_init: importance_max", key[1], "within cells")]
     assert math.isnan(imp["rho"])
     cells = t.cells.set_index(["Quantity (per run)", "Runs"])
-    assert cells.loc[("importance_init: importance_max", "within RF"), key[1]] == \
+    assert cells.loc[("importance_init: importance_max", "within cells"), key[1]] == \
         "undefined (constant; n=6)"
-    assert re.fullmatch(r"\+0\.50 \(p=[0-9.]+; n=6\)", cells.loc[(key[0], "within RF"), key[1]])
+    assert re.fullmatch(r"\+0\.50 \(p=[0-9.]+; n=6\)", cells.loc[(key[0], "within cells"), key[1]])
     assert list(t.cells.columns[2:]) == ["dense - pruned: prune magnitude @ 0.9",
                                          "dense - fine-tuned: finetune magnitude @ 0.9"]
     assert "Holm-adjusted over the table's" in t.notes
@@ -161,7 +161,7 @@ def test_the_scatter_has_a_panel_per_quantity_with_both_rhos():
     fig = prunability_scatter(g, criterion="magnitude")
     titles = [ax.get_title() for ax in fig.axes]
     assert len(titles) == 3  # lambda_max at init and final, importance_max (no trace rows)
-    assert "hessian_final: λ_max\nρ -0.66 all runs, +0.50 within RF" in titles
+    assert "hessian_final: λ_max\nρ -0.66 all runs, +0.50 within cells" in titles
     lam = next(ax for ax in fig.axes if ax.get_title().startswith("hessian_final: λ_max"))
     points = np.concatenate([c.get_offsets() for c in lam.collections])
     assert sorted(points[:, 1].round(1)) == [41.2, 61.0, 70.5, 81.5, 83.0, 85.0]  # points
