@@ -86,21 +86,21 @@ def linear_path(model_a: nn.Module, model_b: nn.Module, batches: Batches,
     state = saved(journal, key, params)
     loss, acc = ((state["loss"].tolist(), state["accuracy"].tolist()) if state is not None
                  else ([], []))
-    if len(loss) < len(a):
+    if len(loss) < len(a):  # points left: one working copy
         work = copy.deepcopy(model_a)
-        sa, sb = model_a.state_dict(), model_b.state_dict()
-        target = work.state_dict()
+        sa, sb, target = model_a.state_dict(), model_b.state_dict(), work.state_dict()
         device = next(work.parameters()).device
-    for alpha in a[len(loss):]:
-        for k, t in target.items():
-            if t.is_floating_point():
-                t.copy_(torch.lerp(sa[k], sb[k].to(sa[k]), float(alpha)))
-        if bn == "recalibrated":
-            recalibrate_bn(work, bn_batches, device)
-        point = evaluate_batches(work, batches, loss_fn)
-        loss.append(point[0])
-        acc.append(point[1])
-        if journal is not None:
-            journal.put(key, {"params": params, "loss": torch.tensor(loss, dtype=torch.float64),
-                              "accuracy": torch.tensor(acc, dtype=torch.float64)})
+        for alpha in a[len(loss):]:
+            for k, t in target.items():
+                if t.is_floating_point():
+                    t.copy_(torch.lerp(sa[k], sb[k].to(sa[k]), float(alpha)))
+            if bn == "recalibrated":
+                recalibrate_bn(work, bn_batches, device)
+            point = evaluate_batches(work, batches, loss_fn)
+            loss.append(point[0])
+            acc.append(point[1])
+            if journal is not None:
+                journal.put(key, {"params": params,
+                                  "loss": torch.tensor(loss, dtype=torch.float64),
+                                  "accuracy": torch.tensor(acc, dtype=torch.float64)})
     return Path(a, np.array(loss), np.array(acc), bn)
