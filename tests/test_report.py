@@ -116,8 +116,8 @@ def test_report_lists_missing_runs_and_links_every_figure(partial, tmp_path):
                      r"[0-9.]+ ± [0-9.]+ \(n=2\) \| 3 \|", md)
     images = re.findall(r"<img src='([^']+)'", html)
     kinds = {i.split("cifar10-")[1][:-4] for i in images}
-    assert kinds == {"pruning-magnitude", "hessian-eigenvalues", "hessian-density", "cka-final",
-                     "importance", "receptive-field"}
+    assert kinds == {"pruning-magnitude", "prunability-magnitude", "hessian-eigenvalues",
+                     "hessian-density", "cka-final", "importance", "receptive-field"}
     for img in images:
         assert (tmp_path / "rep" / img).stat().st_size > 1000
         assert (tmp_path / "rep" / img.replace(".png", ".pdf")).is_file()
