@@ -246,3 +246,29 @@ def test_a_stopped_connectivity_unit_goes_on_at_its_next_point(trained, tmp_path
     a, b = _rows(full, "connectivity"), _rows(stopped, "connectivity")
     assert len(a) == 11 and a.equals(b)
     assert not scratch.exists()  # the cell's checkpoints folder too
+
+
+def test_progress_is_kept_across_a_new_checkpoint_and_dropped_for_another_span(
+        trained, tmp_path, monkeypatch):
+    """The progress folder is keyed by the settings the unit's DONE records: listing another
+    checkpoint (which only adds a unit) keeps it, another span (another grid) empties it."""
+    _, stopped = _copies(trained, tmp_path)
+    extra = ["slice.enabled=true", "slice.dims=[1]", "slice.points_1d=6", "slice.n_samples=48",
+             "slice.batch_size=48"]
+    run_dir = results.run_paths(stopped, identify(_cfg(stopped, 0)).cell_name, 0).run_dir
+    calls, stop = _counting(monkeypatch, slices_module, "evaluate_batches")
+
+    def stopped_at(n, *more):
+        calls.clear()
+        stop[0] = n
+        with pytest.raises(Preempted):
+            pipeline.run(_cfg(stopped, 0, *extra, *more))
+
+    stopped_at(5)  # final: 4 of 6 points saved
+    stopped_at(3, "slice.checkpoints=[final,init]")  # final's 2 points left, then init's first
+    assert results.is_done(run_dir, "slice_1d_final")
+    stopped_at(4, "slice.checkpoints=[init]")  # init: 3 points saved
+    calls.clear()
+    stop[0] = 0
+    pipeline.run(_cfg(stopped, 0, *extra, "slice.checkpoints=[init]", "slice.span=0.5"))
+    assert len(calls) == 6  # another span: every point again

@@ -66,7 +66,7 @@ class ConnectivityStage(Stage):
         note = (f"checkpoint={unit.params['checkpoint']}; bn={c.bn}; "
                 f"n_samples={sum(len(y) for _, y in batches)}; training images, no augmentation")
         rows: list[dict] = []
-        with unit_progress(ctx, "connectivity", unit.name, c, models) as journal:
+        with unit_progress(ctx, self, unit.name, c, models) as journal:
             for a, b in [(a, b) for a, b in seed_pairs(list(models), c.pairs) if a != b]:
                 path = linear_path(models[a], models[b], batches, alphas, bn=c.bn,
                                    bn_batches=batches if c.bn == "recalibrated" else None,

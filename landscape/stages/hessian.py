@@ -165,7 +165,7 @@ class HessianStage(Stage):
         note = (f"checkpoint={checkpoint}; protocol={c.protocol}; bn_mode={c.bn_mode}; "
                 f"n_samples={op.num_examples}; batch_size={c.batch_size}; augment={c.augment}")
         try:
-            with unit_progress(ctx, "hessian", unit.name, c, model) as journal:
+            with unit_progress(ctx, self, unit.name, c, model) as journal:
                 rows, extra, arrays = _rows(ctx, c, op, seed, journal)
         except NoSecondDerivativeError as e:
             raise NoSecondDerivativeError(f"hessian: {ctx.identity.arch}: {e}") from None

@@ -217,7 +217,7 @@ class ProbesStage(Stage):
         fit = collect_layers(model, train, **kw)
         score = collect_layers(model, test, covariance=True, **kw)
         names = score.layers
-        with unit_progress(ctx, "probes", unit.name, c, model) as journal:  # layer by layer
+        with unit_progress(ctx, self, unit.name, c, model) as journal:  # layer by layer
             probes = layer_probes(fit.features, fit.labels, score.features, score.labels,
                                   C=c.C, max_iter=c.max_iter, backend=c.backend, device=device,
                                   journal=journal)

@@ -12,7 +12,6 @@ fine-tune unit its epochs, the Hessian, probes, slice, sharpness and connectivit
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import json
 import logging
@@ -62,16 +61,18 @@ def finish(work: Path) -> None:
 
 
 @contextlib.contextmanager
-def unit_progress(ctx: Any, stage: str, unit: str, config: Any,
+def unit_progress(ctx: Any, stage: Any, unit: str, config: Any,
                   models: torch.nn.Module | Mapping[Any, torch.nn.Module]
                   ) -> Iterator["FolderJournal"]:
-    """The saved progress of a measuring unit: a :class:`FolderJournal` in
-    ``<ctx.scratch_dir>/<stage>/<unit>/`` (a run's ``checkpoints``, a cell's
-    ``cell/checkpoints``), kept for the same networks (``models``: the run's model, or a cell's
-    seed -> model) and stage settings (the dataclass ``config``) and emptied for others;
-    written when an exception leaves the block, removed when the block ends without one."""
-    work = ctx.scratch_dir / stage / unit
-    settings = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    """The saved progress of the unit ``unit`` of ``stage`` (a Stage): a
+    :class:`FolderJournal` in ``<ctx.scratch_dir>/<stage.name>/<unit>/`` (a run's
+    ``checkpoints``, a cell's ``cell/checkpoints``), kept for the same networks (``models``:
+    the run's model, or a cell's seed -> model) and the settings its DONE marker records
+    (``stage.unit_settings(config, unit)``: a setting that only chooses which units exist,
+    such as the checkpoints, leaves it) and emptied for others; written when an exception
+    leaves the block, removed when the block ends without one."""
+    work = ctx.scratch_dir / stage.name / unit
+    settings = json.dumps(stage.unit_settings(config, unit), sort_keys=True, default=str)
     nets = {"model": models} if isinstance(models, torch.nn.Module) else models
     start = {"digest": state_digest(settings, {str(k): m.state_dict() for k, m in nets.items()}),
              "what": unit}

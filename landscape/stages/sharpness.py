@@ -67,7 +67,7 @@ class SharpnessStage(Stage):
         model = ctx.load_model(unit.params["checkpoint"])
         batches = evaluation_batches(ctx, c.n_samples, c.batch_size)
         rows = []
-        with unit_progress(ctx, "sharpness", unit.name, c, model) as journal:  # kind by kind
+        with unit_progress(ctx, self, unit.name, c, model) as journal:  # kind by kind
             found = {kind: Sharpness(**kept(journal, kind, {}, partial(
                 _measure, ctx, c, model, batches, kind))) for kind in c.kinds}
         for kind, s in found.items():

@@ -140,7 +140,7 @@ class SliceStage(Stage):
         n = c.points_1d if dims == 1 else c.points_2d
         span = c.hessian_span if unit.params["directions"] == "hessian" else c.span
         axis = np.linspace(-span, span, n)
-        with unit_progress(ctx, "slice", unit.name, c, model) as journal:  # point by point
+        with unit_progress(ctx, self, unit.name, c, model) as journal:  # point by point
             s = loss_slice(model, batches, directions, [axis] * dims, bn=c.bn,
                            bn_batches=batches if c.bn == "recalibrated" else None,
                            progress=ctx.progress, journal=journal)
