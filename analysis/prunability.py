@@ -13,7 +13,7 @@ explain.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,24 +57,40 @@ def highest_rates(units: pd.DataFrame) -> pd.DataFrame:
     fine-tuned, then by protocol and criterion."""
     key = ["stage", "criterion", "finetuned", "protocol", "prune_settings", "finetune_settings"]
     units = units.reset_index(drop=True)
-    top = units.loc[units.groupby(key, dropna=False, sort=False)["prune_rate"].idxmax()]
+    keys = units[key].astype(object).where(units[key].notna(), "")  # no settings: NA or ""
+    top = units.loc[units["prune_rate"].groupby([keys[k] for k in key], sort=False).idxmax()]
     return top.sort_values(["finetuned", "protocol", "criterion", "prune_settings",
                             "finetune_settings"], kind="stable", na_position="first")
 
 
+def procedure_units(units: pd.DataFrame, procedure: Mapping[str, Any]) -> pd.DataFrame:
+    """The pruning units (``report._units``) of one procedure (``criterion``, ``protocol``,
+    ``prune_settings`` and, for the fine-tune units, ``finetune_settings``)."""
+    def same(column: str) -> pd.Series:
+        want = procedure.get(column)
+        have = units[column].astype(object).where(units[column].notna(), None)
+        return have.map(lambda v: (v or "") == (want or ""))
+
+    ours = (units["criterion"] == procedure["criterion"]) & same("protocol") \
+        & same("prune_settings")
+    return units[ours & ((units["stage"] != "finetune") | same("finetune_settings"))]
+
+
 def prunability_table(g: pd.DataFrame, units: pd.DataFrame,
-                      quantities: Sequence[tuple[str, pd.DataFrame]] | None = None
-                      ) -> Table | None:
+                      quantities: Sequence[tuple[str, pd.DataFrame]] | None = None, *,
+                      name: str = "", what: str = "") -> Table | None:
     """Rows = each landscape quantity over all runs and within cells; columns = the
     pruning units at their procedure's highest rate (``units``, labelled by their ``unit``
-    column); each cell Spearman's rho of the quantity against the accuracy that unit costs
-    the run, its p Holm-adjusted over every test of the table, and the runs compared. None
-    without a pruning unit or a quantity with values for at least 3 runs."""
+    column; the report gives one procedure's, :func:`procedure_units`, named ``name`` in the
+    file and ``what`` in the title); each cell Spearman's rho of the quantity against the
+    accuracy that unit costs the run, its p Holm-adjusted over every test of the table, and
+    the runs compared. None without a pruning unit or a quantity with values for at least 3
+    runs."""
     d = final_epoch(g)
     quantities = landscape_quantities(d) if quantities is None else quantities
     usable, dropped = [], []
-    for name, obs in quantities:
-        (dropped if obs["run_id"].duplicated().any() else usable).append((name, obs))
+    for label, obs in quantities:
+        (dropped if obs["run_id"].duplicated().any() else usable).append((label, obs))
     units = highest_rates(units) if len(units) else units
     if not usable or not len(units):
         return None
@@ -110,9 +126,10 @@ def prunability_table(g: pd.DataFrame, units: pd.DataFrame,
              "both values.")
     if dropped:
         notes += (" Left out (two values for one run): "
-                  + ", ".join(name for name, _ in dropped) + ".")
-    return Table(f"{grid_slug(g)}-prunability", f"{grid_title(g)}: what goes with the "
-                 "accuracy pruning costs", cells, numbers, notes)
+                  + ", ".join(label for label, _ in dropped) + ".")
+    return Table(f"{grid_slug(g)}-prunability" + (f"-{name}" if name else ""),
+                 f"{grid_title(g)}: what goes with the accuracy pruning costs"
+                 + (f", {what}" if what else ""), cells, numbers, notes)
 
 
 @_styled

@@ -22,7 +22,8 @@ import pandas as pd
 
 from analysis import criteria_plots, design, dynamics_plots, geometry_plots, plots, probe_plots
 from analysis.paper import importance_table, paper_table
-from analysis.prunability import landscape_quantities, prunability_scatter, prunability_table
+from analysis.prunability import (landscape_quantities, procedure_units, prunability_scatter,
+                                  prunability_table)
 from analysis.plots import checkpoint_rank, present_stages, stage_title
 from analysis.render import Block, html_page, markdown
 from analysis.stats import (GRID_COLUMNS, SETTINGS_COLUMNS, UNIT_COLUMNS, final_epoch,
@@ -209,7 +210,9 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
     corr = _correlations(g, stage_order)
     if corr is not None:
         blocks += [("h3", "Rank correlations with the receptive field"), ("table", corr)]
-    blocks += _section("What goes with prunability", (prunability_table(g, units),))
+    blocks += _section("What goes with prunability", (
+        prunability_table(g, procedure_units(units, p), name=name, what=what)
+        for p, name, what in ((p, *_procedure_name(p)) for p in _procedures(g))))
     return blocks
 
 
@@ -497,6 +500,10 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, arrays: Any = None,
         blocks = report_blocks(with_variants(df, variants), new, arrays=arrays, title=title,
                                results_root=results_root, failures=failures,
                                reference=reference, stage_order=stage_order, empty=empty)
+        names = [t.name for kind, t in blocks if kind == "table" and t.name != "overview"]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # one table's files would overwrite the other's
+            raise ValueError(f"two tables of the report are named {', '.join(twice)}")
         for kind, t in blocks:
             if kind == "table" and t.name != "overview":
                 for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):

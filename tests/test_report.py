@@ -92,6 +92,17 @@ def test_a_rebuilt_report_keeps_nothing_it_did_not_make_and_a_failed_one_changes
         write_report(partial.assign(value=partial["value"] + 1), out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not [p for p in out.iterdir() if p.name.startswith(".report-")]
+    monkeypatch.undo()
+    blocks = report_module.report_blocks  # two tables of one name: one's files would be lost
+
+    def twice(*args, **kwargs):
+        made = blocks(*args, **kwargs)
+        return made + [b for b in made if b[0] == "table" and b[1].name != "overview"][:1]
+
+    monkeypatch.setattr(report_module, "report_blocks", twice)
+    with pytest.raises(ValueError, match="two tables of the report are named"):
+        write_report(partial, out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_report_lists_missing_runs_and_links_every_figure(partial, tmp_path):
