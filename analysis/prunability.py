@@ -27,6 +27,7 @@ from analysis.tables import MISSING, Table, format_number, grid_slug, grid_title
 
 SCOPES = (("all runs", "rho", "p"), ("within cells", "rho_within", "p_within"))
 STRATA = "cell"  # a grid's cells differ in the receptive field (and the input size) only
+DENSE = "dense test acc. (reference)"
 
 
 def landscape_quantities(d: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -84,10 +85,13 @@ def prunability_table(g: pd.DataFrame, units: pd.DataFrame,
     column; the report gives one procedure's, :func:`procedure_units`, named ``name`` in the
     file and ``what`` in the title); each cell Spearman's rho of the quantity against the
     accuracy that unit costs the run, its p Holm-adjusted over every test of the table, and
-    the runs compared. None without a pruning unit or a quantity with values for at least 3
-    runs."""
+    the runs compared; the dense test accuracy first, for reference (the cost is measured
+    from it). None without a pruning unit or a quantity with values for at least 3 runs."""
     d = final_epoch(g)
-    quantities = landscape_quantities(d) if quantities is None else quantities
+    if quantities is None:
+        quantities = landscape_quantities(d)
+        if quantities:
+            quantities = [(DENSE, select(d, stage="train", metric="test_acc")), *quantities]
     usable, dropped = [], []
     for label, obs in quantities:
         (dropped if obs["run_id"].duplicated().any() else usable).append((label, obs))
@@ -123,7 +127,8 @@ def prunability_table(g: pd.DataFrame, units: pd.DataFrame,
              "field and input size: only its seeds differ), so that what the receptive field "
              "drives in both does not count. p: permutation tests (within cells: shuffled "
              f"within each cell), Holm-adjusted over the table's {tests} tests; n: runs with "
-             "both values.")
+             "both values." + (" The dense test accuracy is a reference: the cost is "
+                               "measured from it." if usable[0][0] == DENSE else ""))
     if dropped:
         notes += (" Left out (two values for one run): "
                   + ", ".join(label for label, _ in dropped) + ".")

@@ -160,6 +160,11 @@ def test_the_prunability_table_of_the_synthetic_grid():
     assert list(t.cells.columns[2:]) == ["dense - pruned: prune magnitude @ 0.9",
                                          "dense - fine-tuned: finetune magnitude @ 0.9"]
     assert "Holm-adjusted over the table's" in t.notes
+    assert t.cells["Quantity (per run)"].iloc[0] == "dense test acc. (reference)"
+    dense = num.loc[("dense test acc. (reference)", key[1], "all runs")]
+    assert dense["rho"] == pytest.approx(stats.spearmanr(
+        [0.93, 0.935, 0.94, 0.91, 0.912, 0.905], [0.83, 0.815, 0.85, 0.61, 0.412, 0.705])
+        .statistic)
 
 
 def test_the_scatter_has_a_panel_per_quantity_with_both_rhos():
