@@ -52,6 +52,20 @@ def landscape_quantities(d: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(name, obs) for name, obs in out if len(obs)]
 
 
+def pruning_costs(g: pd.DataFrame, units: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, one row per run: ``value`` = dense - pruned test accuracy) of each pruning unit
+    of ``units`` (``report._units``), labelled ``"<unit>: dense - pruned"`` (or fine-tuned)."""
+    out = []
+    for u in units.itertuples(index=False):
+        obs = pruning_observations(g, criterion=u.criterion, prune_rate=u.prune_rate,
+                                   finetuned=bool(u.finetuned), protocol=u.protocol,
+                                   prune_settings=u.prune_settings,
+                                   finetune_settings=u.finetune_settings)
+        after = "fine-tuned" if u.finetuned else "pruned"
+        out.append((f"{u.unit}: dense - {after}", obs.rename(columns={"difference": "value"})))
+    return out
+
+
 def highest_rates(units: pd.DataFrame) -> pd.DataFrame:
     """Of the pruning units (``report._units``: one row per unit), the one at the highest
     rate of each procedure (stage, criterion, protocol and settings); pruned before
@@ -98,14 +112,7 @@ def prunability_table(g: pd.DataFrame, units: pd.DataFrame,
     units = highest_rates(units) if len(units) else units
     if not usable or not len(units):
         return None
-    costs = []
-    for u in units.itertuples(index=False):
-        obs = pruning_observations(g, criterion=u.criterion, prune_rate=u.prune_rate,
-                                   finetuned=bool(u.finetuned), protocol=u.protocol,
-                                   prune_settings=u.prune_settings,
-                                   finetune_settings=u.finetune_settings)
-        after = "fine-tuned" if u.finetuned else "pruned"
-        costs.append((f"dense - {after}: {u.unit}", obs.rename(columns={"difference": "value"})))
+    costs = pruning_costs(g, units)
     numbers = pd.DataFrame([
         {"quantity": q, "pruning": c, "scope": scope, "rho": getattr(r, rho),
          "p": getattr(r, p), "n": r.n, "cells": r.strata}

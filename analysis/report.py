@@ -23,12 +23,12 @@ import pandas as pd
 from analysis import criteria_plots, design, dynamics_plots, geometry_plots, plots, probe_plots
 from analysis.paper import importance_table, paper_table
 from analysis.prunability import (landscape_quantities, procedure_units, prunability_scatter,
-                                  prunability_table)
+                                  prunability_table, pruning_costs)
 from analysis.plots import checkpoint_rank, present_stages, stage_title
 from analysis.render import Block, html_page, markdown
 from analysis.stats import (GRID_COLUMNS, SETTINGS_COLUMNS, UNIT_COLUMNS, final_epoch,
-                            grid_frame, grids, pruning_observations, pruning_procedures,
-                            rank_correlation, select, shared_note, with_variants)
+                            grid_frame, grids, pruning_procedures, rank_correlation, select,
+                            shared_note, with_variants)
 from analysis.geometry_tables import (barrier_table, imp_table, pruned_hessian_table,
                                       sharpness_table)
 from analysis.tables import (MISSING, Table, cell_levels, format_number, grid_slug, grid_title,
@@ -129,13 +129,7 @@ def _correlations(g: pd.DataFrame, stage_order: Sequence[str]) -> Table | None:
     d = final_epoch(g)
     wanted: list[tuple[str, pd.DataFrame]] = [
         ("dense test acc.", select(d, stage="train", metric="test_acc"))]
-    for u in _units(select(d, stage=["prune", "finetune"]), stage_order).itertuples(index=False):
-        obs = pruning_observations(g, criterion=u.criterion, prune_rate=u.prune_rate,
-                                   finetuned=bool(u.finetuned), protocol=u.protocol,
-                                   prune_settings=u.prune_settings,
-                                   finetune_settings=u.finetune_settings)
-        after = "fine-tuned" if u.finetuned else "pruned"
-        wanted.append((f"{u.unit}: dense - {after}", obs.rename(columns={"difference": "value"})))
+    wanted += pruning_costs(g, _units(select(d, stage=["prune", "finetune"]), stage_order))
     wanted += landscape_quantities(d)
     for st in present_stages(select(d, metric="loss_barrier"), "connectivity"):  # per seed pair
         wanted.append((f"{st}: loss barrier", select(d, stage=st, metric="loss_barrier")))

@@ -142,7 +142,7 @@ def test_the_prunability_table_of_the_synthetic_grid():
     assert named.name == "vgg19-w1-cifar10-prunability-magnitude"
     assert named.title.endswith("what goes with the accuracy pruning costs, criterion magnitude")
     num = t.numbers.set_index(["quantity", "pruning", "scope"])
-    key = ("hessian_final: λ_max", "dense - pruned: prune magnitude @ 0.9")
+    key = ("hessian_final: λ_max", "prune magnitude @ 0.9: dense - pruned")
     assert num.loc[(*key, "all runs"), "rho"] == pytest.approx(1 - 6 * 58 / 210)
     assert num.loc[(*key, "all runs"), "n"] == 6
     assert num.loc[(*key, "within cells"), "rho"] == pytest.approx(0.5)
@@ -157,8 +157,8 @@ def test_the_prunability_table_of_the_synthetic_grid():
     assert cells.loc[("importance_init: importance_max", "within cells"), key[1]] == \
         "undefined (constant; n=6)"
     assert re.fullmatch(r"\+0\.50 \(p=[0-9.]+; n=6\)", cells.loc[(key[0], "within cells"), key[1]])
-    assert list(t.cells.columns[2:]) == ["dense - pruned: prune magnitude @ 0.9",
-                                         "dense - fine-tuned: finetune magnitude @ 0.9"]
+    assert list(t.cells.columns[2:]) == ["prune magnitude @ 0.9: dense - pruned",
+                                         "finetune magnitude @ 0.9: dense - fine-tuned"]
     assert "Holm-adjusted over the table's" in t.notes
     assert t.cells["Quantity (per run)"].iloc[0] == "dense test acc. (reference)"
     dense = num.loc[("dense test acc. (reference)", key[1], "all runs")]
