@@ -592,8 +592,8 @@ class StratifiedCorrelation:
     strata: int
 
 
-def within_rank_correlation(x: Sequence[float], y: Sequence[float], strata: Sequence[Any]
-                            ) -> tuple[float, float]:
+def within_rank_correlation(x: Sequence[float], y: Sequence[float], strata: Sequence[Any],
+                            *, test: bool = True) -> tuple[float, float]:
     """(rho, two-sided p) of the rank correlation of ``x`` and ``y`` within ``strata``: in each
     stratum both are ranked (average ranks for ties) and centred on the stratum's mean rank;
     rho is the correlation of those centred ranks over all strata (Spearman's rho when there
@@ -602,7 +602,8 @@ def within_rank_correlation(x: Sequence[float], y: Sequence[float], strata: Sequ
     the stratum): twice the smaller one-sided p, as :func:`rank_correlation`
     (``scipy.stats.permutation_test``), over every within-stratum permutation up to
     :data:`PERMUTATIONS` of them, else over that many seeded random ones (each one-sided p
-    then (1 + hits) / (1 + PERMUTATIONS)). NaN when neither varies within any stratum."""
+    then (1 + hits) / (1 + PERMUTATIONS); ``test=False``: rho only, p NaN). NaN when neither
+    varies within any stratum."""
     x, y, s = np.asarray(x, float), np.asarray(y, float), pd.factorize(pd.Series(list(strata)))[0]
     if not (x.shape == y.shape == s.shape) or x.ndim != 1:
         raise ValueError("x, y and strata must be 1-D sequences of the same length")
@@ -618,18 +619,19 @@ def within_rank_correlation(x: Sequence[float], y: Sequence[float], strata: Sequ
     if norm == 0:
         return math.nan, math.nan
     observed = float(cx @ cy) / norm
+    if not test:
+        return observed, math.nan
     sizes = [len(idx) for idx in groups]
     total = math.prod(math.factorial(n) for n in sizes)
     if total <= PERMUTATIONS:  # every within-stratum permutation
         perms = np.array([np.concatenate([idx[list(p)] for idx, p in zip(groups, choice)])
                           for choice in itertools.product(
                               *(itertools.permutations(range(n)) for n in sizes))])
-        order = np.concatenate(groups)
     else:
         rng = np.random.default_rng(0)
         perms = np.concatenate([idx[np.argsort(rng.random((PERMUTATIONS, len(idx))), axis=1)]
                                 for idx in groups], axis=1)
-        order = np.concatenate(groups)
+    order = np.concatenate(groups)
     rhos = (cy[perms] @ cx[order]) / norm  # y moved within strata, x in place
     tail = min(np.sum(rhos >= observed - 1e-12), np.sum(rhos <= observed + 1e-12))
     extra = 0 if total <= PERMUTATIONS else 1  # a sample counts the observed pairing too
@@ -637,13 +639,14 @@ def within_rank_correlation(x: Sequence[float], y: Sequence[float], strata: Sequ
 
 
 def stratified_correlation(x: pd.DataFrame, y: pd.DataFrame, *, on: str = "run_id",
-                           strata: str = "cell", value: str = "value"
+                           strata: str = "cell", value: str = "value", test: bool = True
                            ) -> StratifiedCorrelation:
     """Spearman's rho of the ``value`` of ``x`` against that of ``y`` (one row per run each,
     joined ``on`` the run; e.g. lambda_max against the accuracy lost to pruning), over all
     runs and within each level of ``x``'s column ``strata`` (:func:`within_rank_correlation`;
     the cell by default: its runs differ in the seed only). Runs missing a value on either
-    side are left out; fewer than 3 runs give NaN statistics."""
+    side are left out; fewer than 3 runs give NaN statistics. ``test=False``: the two rhos
+    only (no permutation tests; the p values NaN)."""
     for name, frame in (("x", x), ("y", y)):
         if frame[on].duplicated().any():
             raise ValueError(f"stratified_correlation: {name} holds two values for run "
@@ -652,6 +655,12 @@ def stratified_correlation(x: pd.DataFrame, y: pd.DataFrame, *, on: str = "run_i
     n, levels = len(d), d[strata].nunique()
     if n < 3:
         return StratifiedCorrelation(math.nan, math.nan, math.nan, math.nan, n, levels)
-    pooled = rank_correlation(d, value=f"{value}_y", x=f"{value}_x")
-    rho_w, p_w = within_rank_correlation(d[f"{value}_x"], d[f"{value}_y"], d[strata])
-    return StratifiedCorrelation(pooled.rho, pooled.p, rho_w, p_w, n, levels)
+    xs, ys = d[f"{value}_x"], d[f"{value}_y"]
+    if test:
+        pooled = rank_correlation(d, value=f"{value}_y", x=f"{value}_x")
+        rho, p = pooled.rho, pooled.p
+    else:  # the same rho, as rank_correlation's, without its permutations
+        constant = np.ptp(xs.to_numpy(float)) == 0 or np.ptp(ys.to_numpy(float)) == 0
+        rho, p = (math.nan if constant else float(stats.spearmanr(xs, ys).statistic)), math.nan
+    rho_w, p_w = within_rank_correlation(xs, ys, d[strata], test=test)
+    return StratifiedCorrelation(rho, p, rho_w, p_w, n, levels)

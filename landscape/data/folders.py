@@ -27,6 +27,7 @@ DataLoader path decodes every file in every epoch.
 
 from __future__ import annotations
 
+import copy
 import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -151,9 +152,11 @@ def register_image_folder(name: str, *, folder: str, image_size: int, num_classe
         if not train_set.samples:
             raise DatasetNotFoundError(f"dataset {name!r}: no image files in {root / train} "
                                        f"(extensions: {', '.join(IMG_EXTENSIONS)})")
+        train_eval = copy.copy(train_set)  # the same files (listed once), not augmented
+        train_eval.transform = image_transforms(cfg, train=False, **kw)
         return DatasetBundle(
             train=_subset(train_set, cfg.train_subset),
-            train_eval=_subset(split(train, False), cfg.train_subset),
+            train_eval=_subset(train_eval, cfg.train_subset),
             test=_subset(split(test, False), cfg.test_subset),
             num_classes=num_classes, in_channels=3, image_size=size, mean=mean, std=std)
 
