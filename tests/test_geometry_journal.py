@@ -5,6 +5,7 @@ for bit, evaluating only the points they had not; in the pipeline, the slice, sh
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 
@@ -19,6 +20,7 @@ from landscape.cli.submit import expand_grid
 from landscape.geometry import interpolation, linear_path, loss_slice, random_direction
 from landscape.geometry import slices as slices_module
 from landscape.grid.status import run_states
+from landscape.config import identity_dict
 from landscape.identity import identify
 from landscape.journal import MemoryJournal, kept
 from landscape.stages import sharpness as sharpness_stage
@@ -268,7 +270,17 @@ def test_progress_is_kept_across_a_new_checkpoint_and_dropped_for_another_span(
     stopped_at(3, "slice.checkpoints=[final,init]")  # final's 2 points left, then init's first
     assert results.is_done(run_dir, "slice_1d_final")
     stopped_at(4, "slice.checkpoints=[init]")  # init: 3 points saved
+    other = _cfg(stopped, 0, *extra, "slice.checkpoints=[init]", "slice.span=0.5")
+    [state] = run_states(stopped).query("unit == 'slice_1d_init'").to_dict("records")
+    assert state["reason"].startswith("progress saved in checkpoints/slice/slice_1d_init (")
+    # started again with another span (busy with another unit): that progress is of no use
+    paths = results.run_paths(stopped, identify(other).cell_name, 0)
+    results.write_run_records(paths, identity_dict(other), dataclasses.asdict(other))
+    [state] = run_states(stopped).query("unit == 'slice_1d_init'").to_dict("records")
+    assert state["reason"] == (
+        "progress saved in checkpoints/slice/slice_1d_init is of other settings "
+        "(span 1.0 -> 0.5): the next attempt starts again")
     calls.clear()
     stop[0] = 0
-    pipeline.run(_cfg(stopped, 0, *extra, "slice.checkpoints=[init]", "slice.span=0.5"))
+    pipeline.run(other)
     assert len(calls) == 6  # another span: every point again

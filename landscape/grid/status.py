@@ -109,7 +109,8 @@ def _same(a: RunConfig, b: RunConfig) -> bool:
 
 
 def _unit_state(run_dir: Path, unit: str, stale: Callable[[], Optional[str]],
-                job: Optional[str], epochs: int) -> tuple[str, str]:
+                job: Optional[str], epochs: int,
+                settings: Callable[[], dict]) -> tuple[str, str]:
     done = results.read_done(run_dir, unit)
     if done is not None:
         why = stale()
@@ -126,7 +127,7 @@ def _unit_state(run_dir: Path, unit: str, stale: Callable[[], Optional[str]],
         epoch = saved_epoch(ckpt)
         saved = None if epoch is None else f"epoch {epoch} of {epochs} saved"
     else:
-        saved = saved_progress(ckpt, unit)
+        saved = saved_progress(ckpt, unit, settings())
     if job is not None:
         return ("running" if job in RUNNING else "queued"), saved or ""
     partial = saved is not None or results.stage_dir(run_dir, unit).exists() or (
@@ -146,7 +147,9 @@ def _cell_state(cfg: RunConfig, paths: results.RunPaths, unit: str,
     failure = results.read_failure(paths.cell_stages, unit)
     if failure is not None:
         return "failed", failure
-    saved = saved_progress(paths.cell_scratch, unit)
+    settings = next(stage.unit_settings(config, u.name)
+                    for stage, config, u in stage_units(cfg, "cell") if u.name == unit)
+    saved = saved_progress(paths.cell_scratch, unit, settings)
     if job is not None:
         return ("running" if job in RUNNING else "queued"), saved or ""
     if saved is not None:
@@ -179,7 +182,8 @@ def run_states(root: str | Path) -> pd.DataFrame:
                 state, reason = _unit_state(
                     paths.run_dir, unit.name, functools.partial(
                         stage.stale_reason, config, paths.run_dir, unit.name),
-                    active.get(run_id), cfg.train.epochs)
+                    active.get(run_id), cfg.train.epochs,
+                    functools.partial(stage.unit_settings, config, unit.name))
                 if current or state != "missing":  # an earlier request: shown where it ran
                     seen.add(unit.name)
                     rows.append({"cell": cell, "seed": cfg.seed, "run_id": run_id,

@@ -37,6 +37,16 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def settings_changes(recorded: Mapping[str, Any], settings: Mapping[str, Any]
+                     ) -> str | None:
+    """``"k 5 -> 8, tol 0.001 -> 0.0001"``: the settings (JSON values) that differ, in words;
+    None when none does."""
+    keys = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+    if not keys:
+        return None
+    return ", ".join(f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}" for k in keys)
+
+
 def stale_reason(out_dir: Path, unit: str, settings: Mapping[str, Any],
                  seeds: list[int] | None = None, *,
                  defaults: Mapping[str, Any] | None = None,
@@ -58,11 +68,9 @@ def stale_reason(out_dir: Path, unit: str, settings: Mapping[str, Any],
     added = jsonable({k: v for k, v in (defaults or {}).items()
                       if k not in recorded and k not in ignore})
     recorded = {**added, **recorded}
-    if recorded != settings:
-        keys = sorted(k for k in set(recorded) | set(settings)
-                      if recorded.get(k) != settings.get(k))
-        return "settings changed: " + ", ".join(
-            f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}" for k in keys)
+    changes = settings_changes(recorded, settings)
+    if changes is not None:
+        return f"settings changed: {changes}"
     if seeds is not None and done.get("seeds") != seeds:
         return f"seeds changed: {done.get('seeds')} -> {seeds}"
     return None

@@ -24,6 +24,7 @@ from urllib.parse import quote
 import torch
 
 from landscape.journal import state_digest
+from landscape.results.store import settings_changes
 from landscape.storage import (
     CheckpointError, atomic_write_json, clean_temp, load_checkpoint, save_checkpoint,
 )
@@ -75,7 +76,7 @@ def unit_progress(ctx: Any, stage: Any, unit: str, config: Any,
     settings = json.dumps(stage.unit_settings(config, unit), sort_keys=True, default=str)
     nets = {"model": models} if isinstance(models, torch.nn.Module) else models
     start = {"digest": state_digest(settings, {str(k): m.state_dict() for k, m in nets.items()}),
-             "what": unit}
+             "what": unit, "settings": json.loads(settings)}
     if go_on(work, start, needed=None):
         log.info("%s: %s goes on from its saved progress in %s", ctx.identity.run_id, unit,
                  work)
@@ -84,15 +85,24 @@ def unit_progress(ctx: Any, stage: Any, unit: str, config: Any,
     finish(work)
 
 
-def saved_progress(scratch: Path, unit: str) -> Optional[str]:
+def saved_progress(scratch: Path, unit: str, settings: Optional[Mapping[str, Any]] = None
+                   ) -> Optional[str]:
     """What the unit ``unit`` saved on the way in ``<scratch>/<stage>/<unit>/`` (a run's
     ``checkpoints``, a cell's ``cell/checkpoints``), in words for ``landscape-status``: where,
     and the computing time it holds when its journal recorded one; None when it saved
-    nothing."""
+    nothing. ``settings``: the unit's settings now (``stage.unit_settings``); progress saved
+    with others is said to be of no use (the next attempt empties the folder; progress saved
+    for other weights, such as a retrained checkpoint, is not told apart here)."""
     for work in sorted(scratch.glob(f"*/{glob.escape(unit)}")):
-        if _recorded_start(work) is None or not any(p.name != START for p in work.iterdir()):
+        start = _recorded_start(work)
+        if start is None or not any(p.name != START for p in work.iterdir()):
             continue
         where = f"progress saved in {work.relative_to(scratch.parent)}"
+        if settings is not None and "settings" in start:
+            now = json.loads(json.dumps(settings, sort_keys=True, default=str))
+            changes = settings_changes(start["settings"], now)
+            if changes is not None:
+                return f"{where} is of other settings ({changes}): the next attempt starts again"
         try:
             seconds = float(json.loads((work / SECONDS).read_text())["seconds"])
         except (OSError, ValueError, KeyError, TypeError):
