@@ -5,9 +5,9 @@ The Hessian computations of :mod:`landscape.hessian.spectrum` and the linear pro
 :func:`landscape.probes.layer_probes` take ``journal=``: anything with ``get(key) -> dict |
 None`` and ``put(key, state)`` (:class:`Journal`). Each saves its state under its own keys as
 it goes (the paper's Lanczos run: every new basis vector and the tridiagonal so far; SLQ: every
-finished run; Hutchinson: every sample; top-k: the finished result; probes: every layer's) and,
-given the journal again, takes it up: the result equals an uninterrupted run's, bit for bit on
-a deterministic computation. The geometry's computations do the same point by point (a loss
+finished run; Hutchinson: every sample; top-k: its last restart and the finished result;
+probes: every layer's) and, given the journal again, takes it up: the result equals an
+uninterrupted run's, bit for bit on a deterministic computation. The geometry's computations do the same point by point (a loss
 slice, :func:`landscape.geometry.loss_slice`; a linear path,
 :func:`landscape.geometry.linear_path`), and a stage keeps any finished piece with
 :func:`kept`. A saved state records the computation's parameters (sizes, seeds,

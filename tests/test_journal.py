@@ -6,6 +6,10 @@ layers it had not."""
 
 from __future__ import annotations
 
+import math
+import warnings
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +21,7 @@ from landscape.hessian import (
     HessianOperator, MemoryJournal, hutchinson_trace, lanczos_quadrature, lanczos_top_k,
     slq_density, top_eigenvalues,
 )
+from landscape.hessian import lanczos
 from landscape.identity import identify
 from landscape.stages import scratch
 from landscape.stages.scratch import FolderJournal, SECONDS, START
@@ -74,6 +79,121 @@ def test_the_papers_lanczos_run_goes_on_to_the_uninterrupted_spectrum(n, seed, d
         lambda mv, j: lanczos_quadrature(mv, start, steps, journal=j), a, stop_at)
     _same_density(resumed, full)
     assert calls == whole.calls - (stop_at - 1)  # only the steps not yet done
+
+
+def _spectrum(n: int, distinct: int, seed: int) -> torch.Tensor:
+    """A symmetric n x n matrix with ``distinct`` eigenvalues: its Krylov spaces stop growing
+    at that size (an invariant subspace: the solver draws a fresh direction)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    values = torch.randn(distinct, generator=g, dtype=torch.float64)[torch.arange(n) % distinct]
+    return q @ torch.diag(values) @ q.T
+
+
+def _same_top(x, y) -> None:
+    assert np.array_equal(x.eigenvalues, y.eigenvalues)
+    assert np.array_equal(x.residuals, y.residuals)
+    assert (x.num_hvp, x.converged) == (y.num_hvp, y.converged)
+    assert torch.equal(x.eigenvectors, y.eigenvectors)
+    assert (x.tridiagonal is None) == (y.tridiagonal is None)
+    if x.tridiagonal is not None:
+        assert np.array_equal(x.tridiagonal.alphas, y.tridiagonal.alphas)
+        assert np.array_equal(x.tridiagonal.betas, y.tridiagonal.betas)
+
+
+def _saved_hvp(journal) -> int:
+    """The products a top-k solve's saved restart holds (0: none saved)."""
+    state = journal.get("topk_restart")
+    return 0 if state is None else state["num_hvp"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(6, 40), seed=st.integers(0, 1000), warm=st.booleans(), data=st.data())
+def test_a_top_k_solve_stopped_anywhere_goes_on_to_the_uninterrupted_result(n, seed, warm,
+                                                                            data):
+    """Stopped at any Hessian-vector product, once or several times (a small basis: many
+    restarts; few distinct eigenvalues: invariant subspaces), the thick-restart solve goes
+    on from its last restart and ends bit for bit where the uninterrupted one does."""
+    a = _spectrum(n, data.draw(st.integers(2, n), label="distinct"), seed)
+    k = data.draw(st.integers(1, min(4, n - 2)), label="k")
+    ncv = data.draw(st.integers(k + 1, min(n, k + 6)), label="ncv")
+    start = torch.linspace(-1, 2, n, dtype=torch.float64) if warm else None
+    solve = lambda mv, j: lanczos_top_k(  # noqa: E731
+        mv, n, k, ncv=ncv, tol=1e-10, seed=seed, max_iter=60 * ncv, start_vector=start,
+        return_eigenvectors=True,
+        journal=j)
+    whole = Counting(a)
+    with warnings.catch_warnings(), mock.patch.object(lanczos, "SAVE_OVERHEAD", math.inf):
+        warnings.simplefilter("ignore", RuntimeWarning)  # max_iter reached: equal all the same
+        full = solve(whole, None)
+        stops = sorted(data.draw(st.lists(st.integers(1, whole.calls), min_size=1,
+                                          max_size=3, unique=True), label="stops"))
+        journal, done = MemoryJournal(), 0
+        for stop in stops:  # each stop: the call number in the uninterrupted solve
+            with pytest.raises(Preempted):
+                solve(Counting(a, stop - done), journal)
+            done = _saved_hvp(journal)
+            assert done < stop
+        again = Counting(a)
+        _same_top(solve(again, journal), full)
+    assert again.calls == whole.calls - done  # only the products after the restart
+    if stops[-1] > ncv + 1 and whole.calls > stops[-1] + ncv:
+        assert done > 0  # stopped after a restart: it was kept
+
+
+def test_a_top_k_solve_saves_at_most_a_twentieth_of_its_time(monkeypatch):
+    """A restart is saved only once the solve ran 20 times as long as the last save took:
+    with a product taking 1 unit of time and a save 5, at least 100 products between saves."""
+    a = _spectrum(30, 30, 4)
+    clock, saves = [0.0], []
+
+    class Slow(MemoryJournal):
+        def put(self, key, state):
+            saves.append(state["num_hvp"])
+            clock[0] += 5
+            super().put(key, state)
+
+    class Timed(Counting):
+        def __call__(self, v):
+            clock[0] += 1
+            return super().__call__(v)
+
+    monkeypatch.setattr(lanczos.time, "perf_counter", lambda: clock[0])
+    whole = Timed(a)
+    lanczos_top_k(whole, 30, 3, ncv=5, tol=1e-12, seed=1, journal=Slow())  # 272 products
+    assert len(saves) >= 3 and (np.diff(saves) >= 100).all()
+    assert saves[0] == 5  # the first restart: nothing to go by yet
+
+
+def test_a_top_k_solve_goes_on_across_processes_from_its_saved_restart(tmp_path, monkeypatch):
+    monkeypatch.setattr(lanczos, "SAVE_OVERHEAD", math.inf)
+    a = _spectrum(30, 30, 4)
+    solve = lambda mv, j, tol=1e-10: lanczos_top_k(  # noqa: E731
+        mv, 30, 3, ncv=8, tol=tol, seed=1, return_eigenvectors=True, journal=j)
+    whole = Counting(a)
+    full = solve(whole, None)
+    assert whole.calls > 20  # restarts: the first sweep is 8 products
+    with pytest.raises(Preempted), FolderJournal(tmp_path / "a", every=3600) as journal:
+        solve(Counting(a, stop_at=20), journal)
+    saved = FolderJournal(tmp_path / "a").get("topk_restart")  # written on the way out
+    assert 8 <= saved["num_hvp"] < 20
+    again = Counting(a)
+    _same_top(solve(again, FolderJournal(tmp_path / "a")), full)
+    assert again.calls == whole.calls - saved["num_hvp"]
+
+    with pytest.raises(Preempted):
+        solve(Counting(a, stop_at=20), FolderJournal(tmp_path / "b", every=0))
+    (tmp_path / "b" / "topk_restart.pt").write_bytes(b"truncated")  # unreadable: start again
+    again = Counting(a)
+    _same_top(solve(again, FolderJournal(tmp_path / "b")), full)
+    assert again.calls == whole.calls
+
+    with pytest.raises(Preempted):  # another solve's progress (other settings) is not used
+        solve(Counting(a, stop_at=20), FolderJournal(tmp_path / "c", every=0))
+    other, again = Counting(a), Counting(a)
+    solve(other, None, tol=1e-9)
+    solve(again, FolderJournal(tmp_path / "c"), tol=1e-9)
+    assert again.calls == other.calls
 
 
 @settings(max_examples=15, deadline=None)
@@ -188,16 +308,23 @@ def _cfg(root, *extra):
     return cfg
 
 
-@pytest.mark.parametrize("protocol", [
-    ["hessian.k=4", "hessian.density_runs=2", "hessian.density_iter=9",
-     "hessian.trace_samples=6"],
-    ["hessian=paper", "hessian.checkpoints=[final]", "hessian.n_samples=60",
-     "hessian.batch_size=10", "hessian.density_iter=12"],
-], ids=["default", "paper"])
+DEFAULT = ["hessian.k=4", "hessian.density_runs=2", "hessian.density_iter=9",
+           "hessian.trace_samples=6"]
+
+
+@pytest.mark.parametrize("protocol,stop,left", [
+    (DEFAULT, lambda total: total - 2, lambda total: 3),
+    # two products after the top-k solve's first restart (its basis: 20 vectors)
+    (DEFAULT, lambda total: 22, lambda total: total - 20),
+    (["hessian=paper", "hessian.checkpoints=[final]", "hessian.n_samples=60",
+      "hessian.batch_size=10", "hessian.density_iter=12"],
+     lambda total: total - 2, lambda total: 3),
+], ids=["default", "default-top-k", "paper"])
 def test_a_stopped_hessian_unit_goes_on_to_the_uninterrupted_rows(tmp_path, monkeypatch,
-                                                                  protocol):
-    """Stopped by an exception (submitit's requeue) two products before the end: the progress
-    not yet written (the journal writes every minute) is written on the way out."""
+                                                                  protocol, stop, left):
+    """Stopped by an exception (submitit's requeue) two products before the end, or in the
+    middle of the top-k solve: the progress not yet written (the journal writes every minute)
+    is written on the way out, and the rerun spends only the products left."""
     hvp = HessianOperator.__call__
     counts = []
 
@@ -213,7 +340,7 @@ def test_a_stopped_hessian_unit_goes_on_to_the_uninterrupted_rows(tmp_path, monk
     pipeline.run(_cfg(tmp_path / "full", *protocol))
     total, counts[:] = len(counts), []
     stopped = _cfg(tmp_path / "stopped", *protocol)
-    monkeypatch.setattr(HessianOperator, "__call__", stop_at(total - 2))  # near the end
+    monkeypatch.setattr(HessianOperator, "__call__", stop_at(stop(total)))
     with pytest.raises(Preempted):
         pipeline.run(stopped)
     ident = identify(stopped)
@@ -224,7 +351,7 @@ def test_a_stopped_hessian_unit_goes_on_to_the_uninterrupted_rows(tmp_path, monk
     counts.clear()
     monkeypatch.setattr(HessianOperator, "__call__", stop_at(0))
     pipeline.run(stopped)
-    assert len(counts) == 3  # the products not yet done when it stopped
+    assert len(counts) == left(total)  # the products not yet done when it stopped
     a, b = results.load(tmp_path / "full"), results.load(tmp_path / "stopped")
     cols = ["unit", "metric", "index", "value", "note"]
     rows = [df.loc[df["stage"].str.startswith("hessian")

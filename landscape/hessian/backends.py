@@ -5,6 +5,9 @@ registered in ``EIGEN_BACKENDS``; it returns the k eigenvalues of largest value 
 magnitude (``"LM"``) of the Hessian ``op`` (pyhessian: always largest magnitude). Backends
 other than Lanczos compute residuals ``||H x - lambda x||`` explicitly (k extra HVPs, counted
 in ``num_hvp_check``) unless ``options.check_residuals`` is False (residuals are then NaN).
+A backend that saves its progress mid-solve takes ``journal=`` too and says so with the
+attribute ``resumable = True`` (Lanczos); :func:`~landscape.hessian.top_eigenvalues` saves
+every backend's finished result.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from landscape.hessian.lanczos import (
 )
 from landscape.hessian.operator import HessianOperator, second_derivatives
 from landscape.hessian.options import SolverOptions, solver_options
+from landscape.journal import Journal
 from landscape.registry import Registry
 
 EigenBackend = Callable[[HessianOperator, int, SolverOptions], TopEigenResult]
@@ -32,8 +36,13 @@ def list_backends() -> list[str]:
 
 
 @EIGEN_BACKENDS.register("lanczos")
-def _lanczos(op: HessianOperator, k: int, options: SolverOptions) -> TopEigenResult:
-    return lanczos_top_k(op, op.dim, k, options, dtype=op.dtype, device=op.device)
+def _lanczos(op: HessianOperator, k: int, options: SolverOptions,
+             journal: Journal | None = None) -> TopEigenResult:
+    return lanczos_top_k(op, op.dim, k, options, dtype=op.dtype, device=op.device,
+                         journal=journal)
+
+
+_lanczos.resumable = True  # type: ignore[attr-defined]
 
 
 @EIGEN_BACKENDS.register("scipy")

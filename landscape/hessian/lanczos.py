@@ -20,6 +20,7 @@ A single start vector cannot see exact eigenvalue multiplicities (as in ARPACK).
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from landscape.hessian.options import SolverOptions, solver_options
 from landscape.hessian.progress import progress_bar
+from landscape.journal import Journal, saved, state_digest
 
 MatVec = Callable[[Tensor], Tensor]
 
@@ -133,6 +135,7 @@ def lanczos_top_k(
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
     start_vector: Tensor | None = None,
+    journal: Journal | None = None,
     **overrides: object,
 ) -> TopEigenResult:
     """k eigenpairs of largest value (``which="LA"``) or magnitude (``"LM"``) of ``matvec``.
@@ -145,6 +148,12 @@ def lanczos_top_k(
     start; normalised here) instead of a random one; the pairs are then tested at every step
     from the first sweep on, and ``tridiagonal`` is None (not a random-start SLQ sample).
     Memory: ``(ncv + 1) * dim`` numbers of ``dtype`` for the basis.
+
+    ``journal`` (:mod:`landscape.journal`): the solve saves its last restart (key
+    ``"topk_restart"``: the kept basis, at most ``k + (ncv - k) / 2 + 1`` vectors, on the
+    CPU, with the small state; when the solve has run 20 times as long as the last save took)
+    and, given the journal again, goes on from it: the result equals the uninterrupted
+    solve's bit for bit, and ``num_hvp`` counts every attempt's HVPs.
     """
     opts = solver_options(options, **overrides)
     which, tol, ncv, max_iter, seed = opts.which, opts.tol, opts.ncv, opts.max_iter, opts.seed
@@ -173,9 +182,19 @@ def lanczos_top_k(
         basis[0] = s / s.norm()
     proj = np.zeros((m, m))
     start, num_hvp, first, beta = 0, 0, None, 0.0
+    progress = _Progress(journal, {
+        "k": k, "ncv": m, "dim": dim, "which": which, "tol": tol, "max_iter": max_iter,
+        "seed": seed, "dtype": str(dtype),
+        "start": state_digest("", {"start": {"v": basis[0]}})
+        if warm and journal is not None else None})
+    restart = progress.restored(basis, gen)
+    if restart is not None:
+        start, num_hvp, first, proj = (restart["start"], restart["num_hvp"], restart["first"],
+                                       restart["proj"])
     # The number of HVPs is not known in advance (max_iter is only a cap): count them, and
     # show how many of the k pairs have converged after each restart.
     bar = progress_bar(total=None, enabled=opts.progress, desc="Lanczos HVPs")
+    bar.update(num_hvp)
     while True:
         size, stop = m, False
         for j in range(start, m):
@@ -223,6 +242,7 @@ def lanczos_top_k(
         proj[np.arange(keep), np.arange(keep)] = theta[order[:keep]]
         proj[keep, :keep] = proj[:keep, keep] = coupling
         start = keep
+        progress.restart(basis[: keep + 1], proj, num_hvp, first, gen)
     bar.close()
     want = order[:k][np.argsort(-theta[order[:k]], kind="stable")]
     converged = bool(done.all())
@@ -241,6 +261,50 @@ def lanczos_top_k(
         converged=converged, which=which, tol=tol, backend="lanczos",
         eigenvectors=vectors, tridiagonal=first,
     )
+
+
+SAVE_OVERHEAD = 0.05  # a top-k solve's saving: at most this fraction of its time (see _Progress)
+
+
+class _Progress:
+    """A top-k solve's progress in a journal (see :func:`lanczos_top_k`): its last restart
+    (``"topk_restart"``) with everything to go on from it (the kept basis, the projected
+    matrix, the HVPs so far, the first sweep's tridiagonal, the random generator). A restart
+    is saved when the solve has run at least ``1 / SAVE_OVERHEAD`` times as long as the last
+    save took (a saved basis of a large network can take seconds to write), so saving costs
+    at most that fraction of the solve."""
+
+    def __init__(self, journal: Journal | None, params: dict) -> None:
+        self.journal, self.params = journal, params
+        self.since, self.cost = time.perf_counter(), 0.0
+
+    def restored(self, basis: Tensor, gen: torch.Generator) -> dict | None:
+        """The saved restart, its vectors written into ``basis`` and its generator state into
+        ``gen``; None when none was saved."""
+        state = saved(self.journal, "topk_restart", self.params)
+        if state is None:
+            return None
+        basis[: len(state["basis"])] = state["basis"].to(basis)
+        gen.set_state(state["rng"])
+        first = state["first"]
+        return {**state, "proj": state["proj"].numpy().copy(),
+                "first": None if first is None else Tridiagonal(
+                    first["alphas"].numpy(), first["betas"].numpy(), first["dim"])}
+
+    def restart(self, kept: Tensor, proj: np.ndarray, num_hvp: int,
+                first: Tridiagonal | None, gen: torch.Generator) -> None:
+        """Save a restart (the kept basis and the vector after it) if it is time to."""
+        now = time.perf_counter()
+        if self.journal is None or (now - self.since) * SAVE_OVERHEAD < self.cost:
+            return
+        self.journal.put("topk_restart", {
+            "params": self.params, "basis": kept.to("cpu", copy=True), "start": len(kept) - 1,
+            "proj": torch.from_numpy(proj.copy()), "num_hvp": num_hvp, "rng": gen.get_state(),
+            "first": None if first is None else {
+                "alphas": torch.from_numpy(first.alphas), "betas": torch.from_numpy(first.betas),
+                "dim": first.dim}})
+        self.since = time.perf_counter()
+        self.cost = self.since - now
 
 
 def rayleigh_residuals(matvec: MatVec, vectors: Tensor, values: np.ndarray) -> np.ndarray:

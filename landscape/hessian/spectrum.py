@@ -60,7 +60,8 @@ def top_eigenvalues(
     the scipy/pyhessian backends (their residuals are then NaN); Lanczos residuals are free.
     ``journal`` (:mod:`landscape.journal`): the finished result is saved (key
     ``"top"``, eigenvectors on the CPU) and returned by a later call with the same settings
-    instead of solving again; a solve stopped on the way starts again.
+    instead of solving again; a Lanczos solve stopped on the way goes on from its last step
+    (:func:`~landscape.hessian.lanczos.lanczos_top_k`), a scipy or pyhessian one starts again.
     """
     run = EIGEN_BACKENDS.get(backend)
     opts = solver_options(options, **overrides)
@@ -77,7 +78,8 @@ def top_eigenvalues(
     state = saved(journal, "top", params)
     if state is not None:
         return _top_result(state["result"], op)
-    result = run(op, k, opts)
+    result = (run(op, k, opts, journal=journal) if getattr(run, "resumable", False)
+              else run(op, k, opts))
     if journal is not None:
         journal.put("top", {"params": params, "result": _top_state(result)})
     return result

@@ -17,7 +17,7 @@ Both: ``hessian_num_hvp``, ``hessian_seconds`` (over every attempt, the work kep
 
 A unit saves its progress in ``checkpoints/hessian/<unit>/`` (a
 :class:`~landscape.stages.scratch.FolderJournal`, written every minute: the paper's Lanczos
-basis vectors; our finished top-k result, SLQ runs and trace samples); stopped on the way and
+basis vectors; our top-k solve's last restart, SLQ runs and trace samples); stopped on the way and
 run again from the same network and settings, it goes on from there to the uninterrupted
 unit's rows. The folder is removed when the unit returns.
 """
