@@ -6,6 +6,7 @@ layers it had not."""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from unittest import mock
@@ -280,6 +281,25 @@ def test_the_folder_journal_writes_in_put_order_every_interval(tmp_path, monkeyp
     assert written == [] and journal.get("state") == {"j": 2}
     journal.flush()
     assert written == ["v1.pt", "state.pt"] and (tmp_path / SECONDS).exists()
+
+
+def test_a_folder_journal_counts_the_computing_time_of_the_work_it_kept(tmp_path,
+                                                                       monkeypatch):
+    """The time after the last put is not counted: that work is done again."""
+    clock = [100.0]
+    monkeypatch.setattr(scratch.time, "perf_counter", lambda: clock[0])
+    journal = FolderJournal(tmp_path, every=3600)
+    clock[0] += 30
+    journal.put("a", {"x": 1})
+    clock[0] += 50  # computing that is lost if the unit stops now
+    journal.flush()
+    assert json.loads((tmp_path / SECONDS).read_text())["seconds"] == 30
+    again = FolderJournal(tmp_path, every=3600)  # the next attempt
+    assert again.earlier == 30
+    clock[0] += 5
+    again.put("b", {"x": 2})
+    again.flush()
+    assert json.loads((tmp_path / SECONDS).read_text())["seconds"] == 35
 
 
 def test_a_folder_journal_goes_on_across_processes_and_ignores_a_damaged_file(tmp_path):

@@ -77,7 +77,7 @@ def unit_progress(ctx: Any, stage: Any, unit: str, config: Any,
     nets = {"model": models} if isinstance(models, torch.nn.Module) else models
     start = {"digest": state_digest(settings, {str(k): m.state_dict() for k, m in nets.items()}),
              "what": unit, "settings": json.loads(settings)}
-    if go_on(work, start, needed=None):
+    if go_on(work, start, needed=None) and _holds_progress(work):
         log.info("%s: %s goes on from its saved progress in %s", ctx.identity.run_id, unit,
                  work)
     with FolderJournal(work) as journal:
@@ -95,7 +95,7 @@ def saved_progress(scratch: Path, unit: str, settings: Optional[Mapping[str, Any
     for other weights, such as a retrained checkpoint, is not told apart here)."""
     for work in sorted(scratch.glob(f"*/{glob.escape(unit)}")):
         start = _recorded_start(work)
-        if start is None or not any(p.name != START for p in work.iterdir()):
+        if start is None or not _holds_progress(work):
             continue
         where = f"progress saved in {work.relative_to(scratch.parent)}"
         if settings is not None and "settings" in start:
@@ -109,6 +109,11 @@ def saved_progress(scratch: Path, unit: str, settings: Optional[Mapping[str, Any
             return where
         return f"{where} ({seconds / 60:.1f} min of computing)"
     return None
+
+
+def _holds_progress(work: Path) -> bool:
+    """Whether the scratch folder ``work`` holds anything but the start it records."""
+    return any(p.name != START for p in work.iterdir())
 
 
 def _recorded_start(work: Path) -> Optional[dict]:
@@ -127,14 +132,14 @@ class FolderJournal:
     kill, does at most about ``every`` seconds of work again; used as a context manager, it
     writes what was put when an exception leaves it (submitit's requeue). A file that cannot
     be read counts as not saved. :meth:`seconds`: the computing time of the work kept, over
-    every attempt."""
+    every attempt (up to what was put last: work after it is done again)."""
 
     def __init__(self, work: Path, every: Optional[float] = None) -> None:
         self.work = Path(work)
         self.every = SAVE_EVERY_S if every is None else every
         self.pending: dict[str, dict[str, Any]] = {}
         self._written = time.monotonic()
-        self._opened = time.perf_counter()
+        self._opened = self._kept = time.perf_counter()
         try:
             self._before = float(json.loads((self.work / SECONDS).read_text())["seconds"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -167,6 +172,7 @@ class FolderJournal:
     def put(self, key: str, state: dict[str, Any]) -> None:
         self.pending.pop(key, None)  # to the end: written after what was put before it
         self.pending[key] = state
+        self._kept = time.perf_counter()
         if time.monotonic() - self._written >= self.every:
             self.flush()
 
@@ -187,4 +193,4 @@ class FolderJournal:
         return self._before
 
     def seconds(self) -> float:
-        return self._before + time.perf_counter() - self._opened
+        return self._before + self._kept - self._opened
