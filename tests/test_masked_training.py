@@ -196,3 +196,57 @@ def test_a_preempted_finetune_unit_goes_on_from_its_last_epoch(tmp_path, monkeyp
     rows_a, rows_b = (d.loc[d["stage"].str.startswith("finetune"), cols]
                       .sort_values(cols[:3]).reset_index(drop=True) for d in (a, b))
     assert len(rows_a) > 0 and rows_a.equals(rows_b)
+
+
+@pytest.mark.parametrize("recipe", ["finetune", "train"])
+def test_a_unit_stopped_while_measuring_its_finetuned_network_does_not_finetune_again(
+        tmp_path, monkeypatch, recipe):
+    """The fine-tuned weights stay in the scratch folder until the unit's measurements (here
+    the pruned Hessian) are done: stopped in them, the rerun trains no epoch and writes the
+    uninterrupted unit's rows."""
+    from landscape.stages import finetune as stage
+    from landscape.stages import pruned_geometry
+
+    extra = ["prune.enabled=true", "prune.rates=[0.5]", "prune.finetune=true",
+             "prune.finetune_epochs=2", "prune.finetune_lr=0.01", "train.epochs=2",
+             f"prune.finetune_recipe={recipe}", "prune.hessian_k=2",
+             "prune.geometry_samples=32", "prune.geometry_batch_size=32"]
+    pipeline.run(_cfg(tmp_path / "full", *extra))
+    stopped = _cfg(tmp_path / "stopped", *extra)
+    top, solves = pruned_geometry.top_eigenvalues, []
+
+    def stop_in_the_finetuned_networks_hessian(*args, **kwargs):
+        solves.append(1)
+        if len(solves) == 2:  # 1: the prune unit's; 2: the fine-tune unit's
+            raise Preempted
+        return top(*args, **kwargs)
+
+    monkeypatch.setattr(pruned_geometry, "top_eigenvalues",
+                        stop_in_the_finetuned_networks_hessian)
+    with pytest.raises(Preempted):
+        pipeline.run(stopped)
+    folder = "retrain" if recipe == "train" else "finetune"
+    [work] = [p for p in (tmp_path / "stopped").rglob("finetune_magnitude_*")
+              if p.parent.name == folder]
+    assert load_checkpoint(work / "last.pt")["epoch"] == 2
+
+    epochs = []
+    if recipe == "train":
+        calls = _recording(monkeypatch)
+    else:
+        real = stage.finetune
+        monkeypatch.setattr(stage, "finetune", lambda *a, resume, **kw: (
+            epochs.append(resume["epoch"]), real(*a, resume=resume, **kw))[1])
+    pipeline.run(stopped)
+    if recipe == "train":
+        [(again, outcome)] = calls
+        assert again == work and outcome.resumed_from_epoch == 2  # of 2: nothing trained
+    else:
+        assert epochs == [2]  # resumed after its last epoch: nothing fine-tuned
+    assert not work.parent.exists()  # removed once the unit returned
+    a, b = results.load(tmp_path / "full"), results.load(tmp_path / "stopped")
+    cols = ["unit", "metric", "index", "value"]
+    rows_a, rows_b = (d.loc[d["stage"].str.startswith("finetune"), cols]
+                      .sort_values(cols[:3]).reset_index(drop=True) for d in (a, b))
+    assert (rows_a["metric"] == "pruned_hessian_eigenvalue").sum() == 2
+    assert rows_a.equals(rows_b)

@@ -94,13 +94,15 @@ class FinetuneStage(Stage):
                 for k, m in masks.items():
                     state[k].mul_(m.to(state[k].device))
         ctx.settings.place(model)  # channels_last on CUDA, as in training
+        # The fine-tuned weights stay in the scratch folder until the unit's measurements are
+        # done: a unit stopped in them (a long Hessian) does not fine-tune again.
+        work = ctx.checkpoint_dir / ("retrain" if config.finetune_recipe == "train"
+                                     else "finetune") / unit.name
         if config.finetune_recipe == "train":  # the run's own optimizer, schedule and data
-            outcome = train_masked(ctx, model, masks, ctx.checkpoint_dir / "retrain" / unit.name,
-                                   what=unit.name)
+            outcome = train_masked(ctx, model, masks, work, what=unit.name, keep=True)
             epochs = [vars(e) for e in outcome.history]
         else:
-            epochs = _finetune_epochs(ctx, config, model, masks,
-                                      ctx.checkpoint_dir / "finetune" / unit.name)
+            epochs = _finetune_epochs(ctx, config, model, masks, work)
         rows: list[dict] = [{"metric": m, "value": e[m], "index": i + 1}
                             for m in ("train_loss", "train_acc") for i, e in enumerate(epochs)]
         rows += [{"metric": m, "value": e[m], "index": i + 1}
@@ -120,6 +122,7 @@ class FinetuneStage(Stage):
         note = (finetune_note(config) if config.finetune_recipe == "finetune" else
                 f"{prune_note(config)}; finetune_recipe=train; epochs={len(epochs)}")
         rows += pruned_geometry_rows(ctx, config, model, masks or None, dense, note)
+        finish(work)
         common = {"criterion": label(config), "prune_rate": rate, "finetuned": True,
                   "protocol": config.protocol, "note": note}
         return [{**common, **r} for r in rows]
@@ -129,7 +132,7 @@ def _finetune_epochs(ctx: RunContext, config: PruneConfig, model: nn.Module,
                      masks: dict, work: Path) -> list[dict[str, float]]:
     """Fine-tune with prune.finetune_* (``landscape.pruning.finetune``); per epoch its
     train_loss, train_acc, test_loss and test_acc. Each epoch's state is saved in the scratch
-    folder ``work``, removed on return: a fine-tuning stopped on the way (preempted, killed)
+    folder ``work`` (the caller removes it): a fine-tuning stopped on the way (preempted, killed)
     goes on from its last epoch when it starts from the same network (as a masked training,
     :func:`landscape.stages.scratch.go_on`) and gives the uninterrupted one's rows."""
     gen = torch.Generator()
@@ -163,6 +166,5 @@ def _finetune_epochs(ctx: RunContext, config: PruneConfig, model: nn.Module,
         seed=stream_seed(ctx.identity.seed, FINETUNE), autocast=ctx.settings.autocast,
         eval_fn=test_after_epoch, progress=ctx.progress, resume=resume,
         on_epoch=lambda state: save_checkpoint(work / LAST, state))
-    finish(work)  # kept above when the fine-tuning did not return
     return [{"train_loss": loss, "train_acc": acc, **e} for loss, acc, e in
             zip(result.train_loss, result.train_acc, result.eval)]

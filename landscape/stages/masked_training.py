@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def train_masked(ctx: RunContext, model: nn.Module, masks: dict[str, Tensor], work: Path, *,
                  start_epoch: int = 0, state: Optional[dict[str, Any]] = None,
-                 what: str = "training") -> TrainOutcome:
+                 what: str = "training", keep: bool = False) -> TrainOutcome:
     """Train ``model`` (its weights multiplied by ``masks``; every gradient masked) from epoch
     ``start_epoch`` to ``train.epochs`` with the run's training settings: its optimizer,
     learning-rate schedule (taken up at ``start_epoch``: from ``state``'s optimizer and
@@ -36,7 +36,9 @@ def train_masked(ctx: RunContext, model: nn.Module, masks: dict[str, Tensor], wo
     ``start_epoch`` times with fresh momentum), data path, augmentation and data order (the
     run's seed). A diverged run raises ``RuntimeError`` naming ``what``.
 
-    ``work`` is a scratch folder for the trainer's checkpoints, removed when the training ends.
+    ``work`` is a scratch folder for the trainer's checkpoints, removed when the training ends
+    (``keep``: left for the caller to remove with :func:`~landscape.stages.scratch.finish` once
+    it has measured the trained network; called again meanwhile, it trains nothing more).
     A training stopped on the way (preempted, killed, an exception) keeps it, and the next call
     goes on from its last epoch when it starts from the same network (:func:`start_digest`:
     the masked weights, the masks, ``start_epoch``, whether ``state`` was given): the resumed
@@ -81,7 +83,8 @@ def train_masked(ctx: RunContext, model: nn.Module, masks: dict[str, Tensor], wo
     finally:
         for h in hooks:
             h.remove()
-    finish(work)  # kept above when the training did not return
+    if not keep:
+        finish(work)  # kept above when the training did not return
     if outcome.diverged or not outcome.history:
         raise RuntimeError(f"{what} diverged at epoch {outcome.diverged_epoch}")
     return outcome
