@@ -60,8 +60,9 @@ def top_eigenvalues(
     the scipy/pyhessian backends (their residuals are then NaN); Lanczos residuals are free.
     ``journal`` (:mod:`landscape.journal`): the finished result is saved (key
     ``"top"``, eigenvectors on the CPU) and returned by a later call with the same settings
-    instead of solving again; a Lanczos solve stopped on the way goes on from its last step
-    (:func:`~landscape.hessian.lanczos.lanczos_top_k`), a scipy or pyhessian one starts again.
+    instead of solving again; a Lanczos solve stopped on the way goes on from its last saved
+    restart (:func:`~landscape.hessian.lanczos.lanczos_top_k`), a scipy or pyhessian one
+    starts again.
     """
     run = EIGEN_BACKENDS.get(backend)
     opts = solver_options(options, **overrides)

@@ -39,12 +39,9 @@ def jsonable(value: Any) -> Any:
 
 def settings_changes(recorded: Mapping[str, Any], settings: Mapping[str, Any]
                      ) -> str | None:
-    """``"k 5 -> 8, tol 0.001 -> 0.0001"``: the settings (JSON values) that differ, in words;
-    None when none does."""
+    """The settings (JSON values) that differ, in words ("k 5 -> 8, tol ..."); None: none."""
     keys = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
-    if not keys:
-        return None
-    return ", ".join(f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}" for k in keys)
+    return ", ".join(f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}" for k in keys) or None
 
 
 def stale_reason(out_dir: Path, unit: str, settings: Mapping[str, Any],
