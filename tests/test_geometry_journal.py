@@ -284,3 +284,40 @@ def test_progress_is_kept_across_a_new_checkpoint_and_dropped_for_another_span(
     stop[0] = 0
     pipeline.run(other)
     assert len(calls) == 6  # another span: every point again
+
+
+def test_a_stopped_prune_unit_keeps_its_pruned_hessian_blocks_and_path_points(
+        trained, tmp_path, monkeypatch):
+    """A prune unit stopped at its dense -> pruned path's last point: the rerun computes no
+    Hessian-vector product (the pruned Hessian and the blocks are kept) and evaluates the
+    last point only, and its rows equal an uninterrupted unit's."""
+    from landscape.hessian import HessianOperator
+
+    full, stopped = _copies(trained, tmp_path)
+    extra = ["prune.enabled=true", "prune.rates=[0.5]", "prune.hessian_k=2",
+             "prune.hessian_blocks=true", "prune.hessian_trace_samples=2",
+             "prune.path_points=4", "prune.geometry_samples=32",
+             "prune.geometry_batch_size=32"]
+    calls, stop = _counting(monkeypatch, interpolation, "evaluate_batches")  # one per point
+    hvp = HessianOperator.__call__
+    products = []
+    monkeypatch.setattr(HessianOperator, "__call__",
+                        lambda self, v: (products.append(1), hvp(self, v))[1])
+    pipeline.run(_cfg(full, 0, *extra))
+    assert len(calls) == 4 and len(products) > 0
+    calls.clear()
+    stop[0] = 4
+    with pytest.raises(Preempted):
+        pipeline.run(_cfg(stopped, 0, *extra))
+    checkpoints = results.run_paths(stopped, identify(_cfg(stopped, 0)).cell_name, 0).checkpoints
+    [work] = (checkpoints / "prune").iterdir()
+    assert {"top.pt", "blocks.pt", "dense_path.pt"} <= {p.name for p in work.iterdir()}
+    calls.clear()
+    products.clear()
+    stop[0] = 0
+    pipeline.run(_cfg(stopped, 0, *extra))
+    assert len(calls) == 1 and len(products) == 0
+    a, b = _rows(full, "prune"), _rows(stopped, "prune")
+    assert {"pruned_hessian_eigenvalue", "block_hessian_trace", "dense_path_loss"} <= set(
+        a["metric"]) and a.equals(b)
+    assert not (checkpoints / "prune").exists()

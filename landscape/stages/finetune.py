@@ -121,7 +121,8 @@ class FinetuneStage(Stage):
             rows += [{"metric": m, "value": epochs[-1][m]} for m in ("test_acc", "test_loss")]
         note = (finetune_note(config) if config.finetune_recipe == "finetune" else
                 f"{prune_note(config)}; finetune_recipe=train; epochs={len(epochs)}")
-        rows += pruned_geometry_rows(ctx, config, model, masks or None, dense, note)
+        rows += pruned_geometry_rows(ctx, config, model, masks or None, dense, note,
+                                     stage=self, unit=unit.name, folder=work / "measured")
         finish(work)
         common = {"criterion": label(config), "prune_rate": rate, "finetuned": True,
                   "protocol": config.protocol, "note": note}

@@ -290,7 +290,8 @@ class PruneStage(Stage):
         rows += evaluate_on_test(ctx, config, model)
         rows.append({"metric": "dense_test_acc", "value": dense_acc})
         note = prune_note(config)
-        rows += pruned_geometry_rows(ctx, config, model, masks, dense, note)
+        rows += pruned_geometry_rows(ctx, config, model, masks, dense, note, stage=self,
+                                     unit=unit.name)
         arrays = {k: v.cpu().numpy() for k, v in masks.items()} if masks is not None else {}
         common = {"criterion": label(config), "prune_rate": rate, "finetuned": False,
                   "protocol": config.protocol, "note": note}

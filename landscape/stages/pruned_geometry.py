@@ -21,11 +21,15 @@ them run there, on the network in memory, after its test accuracy was measured:
 All three use the first ``prune.geometry_samples`` training images without augmentation and
 BatchNorm in eval mode (the Hessians). The settings are not part of the unit names: changing
 them recomputes the units (a fine-tune unit fine-tunes again, as its weights are not kept).
+What a unit measured is kept as it goes (``checkpoints/prune/<unit>/``; a fine-tune unit's
+beside its fine-tuned weights, ``checkpoints/{finetune,retrain}/<unit>/measured/``): the top-k
+solve's restarts, the blocks, the path's points; a unit stopped on the way goes on from there.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -36,9 +40,11 @@ from landscape.geometry import linear_path
 from landscape.hessian import (
     HessianOperator, MaskedOperator, SolverOptions, block_curvature, top_eigenvalues,
 )
+from landscape.journal import Journal, kept
 from landscape.seeds import PRUNED_HESSIAN, stream_seed
 from landscape.stages.base import RunContext, check_counts
 from landscape.stages.batches import evaluation_batches, recalibration_marker
+from landscape.stages.scratch import unit_progress
 
 log = logging.getLogger("landscape")
 
@@ -80,14 +86,28 @@ def geometry_settings(cfg: Any) -> dict[str, Any]:
 
 def pruned_geometry_rows(ctx: RunContext, cfg: Any, model: nn.Module,
                          masks: Optional[Mapping[str, Tensor]],
-                         dense: Optional[nn.Module], note: str) -> list[dict]:
+                         dense: Optional[nn.Module], note: str, *, stage: Any, unit: str,
+                         folder: Optional[Path] = None) -> list[dict]:
     """The rows described in the module docstring for ``model`` (pruned by ``masks``; None
     for a structurally pruned network, whose every weight is kept); ``dense`` is the pruned
     checkpoint (needed when ``path_points``); ``note`` starts each row's note. ``model`` is
-    not changed."""
+    not changed. What is measured is kept in the unit's scratch folder as it goes (the top-k
+    solve's restarts, the blocks, the path's points; :func:`unit_progress` of ``stage`` and
+    ``unit``, in ``folder`` when given): a unit stopped on the way goes on from there."""
     if not geometry_enabled(cfg):
         return []
     batches = evaluation_batches(ctx, cfg.geometry_samples, cfg.geometry_batch_size)
+    nets = {"pruned": model, **({"dense": dense} if dense is not None else {})}
+    with unit_progress(ctx, stage, unit, cfg, nets, folder=folder) as journal:
+        rows = _measured(ctx, cfg, model, masks, dense, batches, journal)
+    note += (f"; {sum(len(y) for _, y in batches)} training images (no augmentation); "
+             f"Hessians: BN in eval mode, tol={cfg.hessian_tol}; path: BN recalibrated per point")
+    return [{**r, "note": note} for r in rows]
+
+
+def _measured(ctx: RunContext, cfg: Any, model: nn.Module,
+              masks: Optional[Mapping[str, Tensor]], dense: Optional[nn.Module],
+              batches: list, journal: Journal) -> list[dict]:
     seed = stream_seed(ctx.identity.seed, PRUNED_HESSIAN)
     masks = dict(masks or {})
     rows: list[dict] = []
@@ -99,32 +119,36 @@ def pruned_geometry_rows(ctx: RunContext, cfg: Any, model: nn.Module,
             log.warning("%s: prune.hessian_k=%d exceeds the %d unpruned weights; computing %d",
                         ctx.identity.run_id, cfg.hessian_k, masked.dim, k)
         top = top_eigenvalues(masked, k, SolverOptions(which="LA", tol=cfg.hessian_tol,
-                                                       seed=seed, progress=ctx.progress))
+                                                       seed=seed, progress=ctx.progress),
+                              journal=journal)
         rows += [{"metric": "pruned_hessian_eigenvalue", "value": float(v), "index": i + 1}
                  for i, v in enumerate(top.eigenvalues)]
         rows += [{"metric": "pruned_hessian_residual", "value": float(v), "index": i + 1}
                  for i, v in enumerate(top.residuals)]
         rows.append({"metric": "pruned_hessian_dim", "value": masked.dim})
     if cfg.hessian_blocks:
-        blocks = block_curvature(model, F.cross_entropy, batches, k=1,
-                                 trace_samples=cfg.hessian_trace_samples,
-                                 device=ctx.settings.device, seed=seed, tol=cfg.hessian_tol,
-                                 masks=masks)
-        for b in blocks:
-            rows += [{"metric": "block_hessian_eigenvalue", "value": b.top_eigenvalue,
-                      "layer": b.name},
-                     {"metric": "block_hessian_trace", "value": b.trace, "layer": b.name}]
+        def blocks() -> dict:
+            found = block_curvature(model, F.cross_entropy, batches, k=1,
+                                    trace_samples=cfg.hessian_trace_samples,
+                                    device=ctx.settings.device, seed=seed,
+                                    tol=cfg.hessian_tol, masks=masks)
+            return {"blocks": [[b.name, b.top_eigenvalue, b.trace] for b in found]}
+
+        params = {"trace_samples": cfg.hessian_trace_samples, "tol": cfg.hessian_tol,
+                  "seed": seed}
+        for name, top_eigenvalue, trace in kept(journal, "blocks", params, blocks)["blocks"]:
+            rows += [{"metric": "block_hessian_eigenvalue", "value": top_eigenvalue,
+                      "layer": name},
+                     {"metric": "block_hessian_trace", "value": trace, "layer": name}]
     if cfg.path_points:
         if dense is None:
             raise ValueError("prune.path_points needs the dense checkpoint")
         alphas = np.linspace(0.0, 1.0, cfg.path_points)
         path = linear_path(dense, model, batches, alphas, bn="recalibrated",
-                           bn_batches=batches)
+                           bn_batches=batches, journal=journal, key="dense_path")
         rows += [{"metric": m, "value": float(v), "coord_x": float(a)}
                  for m, values in (("dense_path_loss", path.loss),
                                    ("dense_path_acc", path.accuracy))
                  for a, v in zip(alphas, values)]
         rows.append({"metric": "dense_path_barrier", "value": path.barrier})
-    note += (f"; {sum(len(y) for _, y in batches)} training images (no augmentation); "
-             f"Hessians: BN in eval mode, tol={cfg.hessian_tol}; path: BN recalibrated per point")
-    return [{**r, "note": note} for r in rows]
+    return rows

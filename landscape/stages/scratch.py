@@ -5,8 +5,8 @@ The folder (``checkpoints/<stage>/<unit>/``) records the start it belongs to (:d
 a digest of the network and the settings); :func:`go_on` keeps it for the same start and
 empties it for another; :func:`finish` removes it when the unit returned. Masked trainings
 keep their trainer's checkpoints there (:mod:`landscape.stages.masked_training`), the
-fine-tune unit its epochs, the Hessian, probes, slice, sharpness and connectivity units a
-:class:`FolderJournal` (:func:`unit_progress`).
+fine-tune unit its epochs, the Hessian, probes, slice, sharpness and connectivity units and
+the prune / fine-tune units' measurements a :class:`FolderJournal` (:func:`unit_progress`).
 """
 
 from __future__ import annotations
@@ -63,16 +63,17 @@ def finish(work: Path) -> None:
 
 @contextlib.contextmanager
 def unit_progress(ctx: Any, stage: Any, unit: str, config: Any,
-                  models: torch.nn.Module | Mapping[Any, torch.nn.Module]
-                  ) -> Iterator["FolderJournal"]:
+                  models: torch.nn.Module | Mapping[Any, torch.nn.Module],
+                  folder: Optional[Path] = None) -> Iterator["FolderJournal"]:
     """The saved progress of the unit ``unit`` of ``stage`` (a Stage): a
     :class:`FolderJournal` in ``<ctx.scratch_dir>/<stage.name>/<unit>/`` (a run's
     ``checkpoints``, a cell's ``cell/checkpoints``), kept for the same networks (``models``:
     the run's model, or a cell's seed -> model) and the settings its DONE marker records
     (``stage.unit_settings(config, unit)``: a setting that only chooses which units exist,
     such as the checkpoints, leaves it) and emptied for others; written when an exception
-    leaves the block, removed when the block ends without one."""
-    work = ctx.scratch_dir / stage.name / unit
+    leaves the block, removed when the block ends without one. ``folder``: another place
+    (inside a unit's own scratch folder, e.g. beside a fine-tuning's checkpoints)."""
+    work = ctx.scratch_dir / stage.name / unit if folder is None else folder
     settings = json.dumps(stage.unit_settings(config, unit), sort_keys=True, default=str)
     nets = {"model": models} if isinstance(models, torch.nn.Module) else models
     start = {"digest": state_digest(settings, {str(k): m.state_dict() for k, m in nets.items()}),
