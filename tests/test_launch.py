@@ -27,7 +27,7 @@ from landscape.storage import save_checkpoint
 from landscape.grid.status import format_status
 from landscape.identity import identify
 from landscape.stages.cka import CKAConfig
-from landscape.stages.hessian import HessianConfig
+from landscape.stages.hessian import HessianConfig, HessianStage
 from landscape.stages.importance import ImportanceConfig
 from landscape.train import TrainConfig
 
@@ -568,3 +568,39 @@ def test_runs_per_gpu_slurm_packs_k_runs_per_array_task(tmp_path):
         slurm._array_tasks(plan, dataclasses.replace(lc, gpus_per_node=2))
     task, args = slurm._array_tasks(plan, dataclasses.replace(lc, runs_per_gpu=1))
     assert isinstance(task, slurm.RunTask) and len(args) == 3
+
+
+def test_the_status_shows_a_resubmitted_runs_new_settings_until_it_runs_by_hand(tmp_path):
+    """A run resubmitted with another hessian.k before its job starts is stale in the status
+    (the submission's settings, not those of its config.json written before); a run started
+    by hand after the submission shows the settings it ran with."""
+    import time
+
+    from landscape.config import identity_dict
+    from landscape.grid.status import run_states
+
+    def config(k):
+        [cfg] = expand_grid(["model=small_cnn", "model.width=0.25", "data=digits",
+                             f"results_root={tmp_path}", "hessian.enabled=true",
+                             "hessian.checkpoints=[init]", f"hessian.k={k}", "train.epochs=1"])
+        return cfg
+
+    old, new = config(3), config(5)
+    run_id = identify(old).run_id
+    paths = results.run_paths(tmp_path, identify(old).cell_name, 0)
+    results.write_run_records(paths, identity_dict(old), dataclasses.asdict(old))
+    done = {"seconds": 1.0, "settings": HessianStage().unit_settings(old.hessian, "hessian_init")}
+    results.write_stage(paths.run_dir, "hessian_init",
+                        [{"metric": "hessian_trace", "value": 1.0}], info=done)
+
+    def hessian_state():
+        states = run_states(tmp_path)
+        return states.query("unit == 'hessian_init'")[["state", "reason"]].iloc[0].tolist()
+
+    assert hessian_state() == ["done", ""]
+    time.sleep(0.01)
+    results.record_submission(tmp_path, "local", [(run_id, None, dataclasses.asdict(new))])
+    assert hessian_state() == ["stale", "settings changed: k 3 -> 5"]
+    time.sleep(0.01)
+    os.utime(paths.run_dir / "config.json")  # run by hand since, with k=3
+    assert hessian_state() == ["done", ""]

@@ -42,6 +42,7 @@ from landscape.config import RunConfig, from_dict
 from landscape.grid.plan import cell_units, config_differences, diverged
 from landscape.grid.slurm import RUNNING, active_jobs
 from landscape.pipeline import stage_units
+from landscape.results.layout import RUN_CONFIG
 from landscape.stages.scratch import saved_progress
 from landscape.train import saved_epoch
 
@@ -54,15 +55,30 @@ def grid_runs(root: Path, submissions: Optional[list[dict[str, list[RunConfig]]]
     every path re-based on ``root`` (where the folder is now, not where it was made). A run
     has the configs its latest submission gave it (several: its variants,
     ``landscape.grid.plan.group_variants``), or the config it last ran with when that is none
-    of them (a run started by hand since). ``submissions``: :func:`submitted` of ``root``."""
+    of them and was written after that submission (a run started by hand since; one written
+    before is what the submission will change). ``submissions``: :func:`submitted` of
+    ``root``."""
     runs: dict[str, list[RunConfig]] = {}
     for this in submitted(root) if submissions is None else submissions:
         runs.update(this)  # a later submission replaces the earlier ones
+    when = {r["run_id"]: float(s.get("unix") or 0) for s in results.read_submissions(root)
+            for r in s["runs"]}
     for run_id, data in results.run_configs(root).items():
         cfg = _config(root, run_id, data)
-        if cfg is not None and not any(_same(cfg, v) for v in runs.get(run_id, [])):
-            runs[run_id] = [cfg]
+        if cfg is None or any(_same(cfg, v) for v in runs.get(run_id, [])):
+            continue
+        if run_id in runs and _written(root, run_id) < when.get(run_id, 0.0):
+            continue  # resubmitted since it ran: the submission's settings are the grid's
+        runs[run_id] = [cfg]
     return runs
+
+
+def _written(root: Path, run_id: str) -> float:
+    """When the run's ``config.json`` was last written (0 when unreadable)."""
+    try:
+        return (root / run_id / RUN_CONFIG).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def submitted(root: Path) -> list[dict[str, list[RunConfig]]]:
