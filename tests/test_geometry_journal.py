@@ -173,6 +173,16 @@ def _counting(monkeypatch, module, name):
     return calls, stop
 
 
+def _stopped(root, extra, calls, stop, at):
+    """Seed 0's run under ``root`` stopped at call ``at`` of the counted function (see
+    :func:`_counting`); its checkpoints folder."""
+    calls.clear()
+    stop[0] = at
+    with pytest.raises(Preempted):
+        pipeline.run(_cfg(root, 0, *extra))
+    return results.run_paths(root, identify(_cfg(root, 0)).cell_name, 0).checkpoints
+
+
 def test_a_stopped_slice_unit_evaluates_only_the_points_it_had_not(trained, tmp_path,
                                                                    monkeypatch):
     full, stopped = _copies(trained, tmp_path)
@@ -181,11 +191,7 @@ def test_a_stopped_slice_unit_evaluates_only_the_points_it_had_not(trained, tmp_
     calls, stop = _counting(monkeypatch, slices_module, "evaluate_batches")  # one per point
     pipeline.run(_cfg(full, 0, *extra))
     assert len(calls) == 9
-    calls.clear()
-    stop[0] = 8
-    with pytest.raises(Preempted):
-        pipeline.run(_cfg(stopped, 0, *extra))
-    checkpoints = results.run_paths(stopped, identify(_cfg(stopped, 0)).cell_name, 0).checkpoints
+    checkpoints = _stopped(stopped, extra, calls, stop, 8)
     [work] = (checkpoints / "slice").iterdir()
     assert (work / START).exists() and (work / "slice.pt").exists()
     [state] = run_states(stopped).query("unit == 'slice_2d_final'").to_dict("records")
@@ -305,11 +311,7 @@ def test_a_stopped_prune_unit_keeps_its_pruned_hessian_blocks_and_path_points(
                         lambda self, v: (products.append(1), hvp(self, v))[1])
     pipeline.run(_cfg(full, 0, *extra))
     assert len(calls) == 4 and len(products) > 0
-    calls.clear()
-    stop[0] = 4
-    with pytest.raises(Preempted):
-        pipeline.run(_cfg(stopped, 0, *extra))
-    checkpoints = results.run_paths(stopped, identify(_cfg(stopped, 0)).cell_name, 0).checkpoints
+    checkpoints = _stopped(stopped, extra, calls, stop, 4)
     [work] = (checkpoints / "prune").iterdir()
     assert {"top.pt", "blocks.pt", "dense_path.pt"} <= {p.name for p in work.iterdir()}
     calls.clear()
