@@ -52,6 +52,14 @@ def landscape_quantities(d: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(name, obs) for name, obs in out if len(obs)]
 
 
+def reference_quantities(d: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The dense test accuracy (a reference: pruning costs are measured from it), then
+    :func:`landscape_quantities` of ``d``; empty when ``d`` has no landscape quantity."""
+    quantities = landscape_quantities(d)
+    return [(DENSE, select(d, stage="train", metric="test_acc")), *quantities] if quantities \
+        else []
+
+
 def pruning_costs(g: pd.DataFrame, units: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(label, one row per run: ``value`` = dense - pruned test accuracy) of each pruning unit
     of ``units`` (``report._units``), labelled ``"<unit>: dense - pruned"`` (or fine-tuned)."""
@@ -100,12 +108,10 @@ def prunability_table(g: pd.DataFrame, units: pd.DataFrame,
     file and ``what`` in the title); each cell Spearman's rho of the quantity against the
     accuracy that unit costs the run, its p Holm-adjusted over every test of the table, and
     the runs compared; the dense test accuracy first, for reference (the cost is measured
-    from it). None without a pruning unit or a quantity with values for at least 3 runs."""
-    d = final_epoch(g)
+    from it; ``quantities``: :func:`reference_quantities` of the grid's final epoch unless
+    given). None without a pruning unit or a quantity with values for at least 3 runs."""
     if quantities is None:
-        quantities = landscape_quantities(d)
-        if quantities:
-            quantities = [(DENSE, select(d, stage="train", metric="test_acc")), *quantities]
+        quantities = reference_quantities(final_epoch(g))
     usable, dropped = [], []
     for label, obs in quantities:
         (dropped if obs["run_id"].duplicated().any() else usable).append((label, obs))

@@ -23,7 +23,7 @@ import pandas as pd
 from analysis import criteria_plots, design, dynamics_plots, geometry_plots, plots, probe_plots
 from analysis.paper import importance_table, paper_table
 from analysis.prunability import (landscape_quantities, procedure_units, prunability_scatter,
-                                  prunability_table, pruning_costs)
+                                  prunability_table, pruning_costs, reference_quantities)
 from analysis.plots import checkpoint_rank, present_stages, stage_title
 from analysis.render import Block, html_page, markdown
 from analysis.stats import (GRID_COLUMNS, SETTINGS_COLUMNS, UNIT_COLUMNS, final_epoch,
@@ -204,8 +204,9 @@ def _table_blocks(g: pd.DataFrame, kw: dict[str, Any], reference: pd.DataFrame |
     corr = _correlations(g, stage_order)
     if corr is not None:
         blocks += [("h3", "Rank correlations with the receptive field"), ("table", corr)]
+    quantities = reference_quantities(final_epoch(g))  # once for every procedure's table
     blocks += _section("What goes with prunability", (
-        prunability_table(g, procedure_units(units, p), name=name, what=what)
+        prunability_table(g, procedure_units(units, p), quantities, name=name, what=what)
         for p, name, what in ((p, *_procedure_name(p)) for p in _procedures(g))))
     return blocks
 

@@ -7,10 +7,10 @@ returns DataFrames or small frozen dataclasses; nothing reads files. Distributio
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
-import itertools
 from itertools import repeat
 from typing import Any, Iterable, Mapping, Sequence
 

@@ -7,9 +7,9 @@ None`` and ``put(key, state)`` (:class:`Journal`). Each saves its state under it
 it goes (the paper's Lanczos run: every new basis vector and the tridiagonal so far; SLQ: every
 finished run; Hutchinson: every sample; top-k: its last restart and the finished result;
 probes: every layer's) and, given the journal again, takes it up: the result equals an
-uninterrupted run's, bit for bit on a deterministic computation. The geometry's computations do the same point by point (a loss
-slice, :func:`landscape.geometry.loss_slice`; a linear path,
-:func:`landscape.geometry.linear_path`), and a stage keeps any finished piece with
+uninterrupted run's, bit for bit on a deterministic computation. The geometry's computations
+do the same point by point (a loss slice, :func:`landscape.geometry.loss_slice`; a linear
+path, :func:`landscape.geometry.linear_path`), and a stage keeps any finished piece with
 :func:`kept`. A saved state records the computation's parameters (sizes, seeds,
 the start vector's digest): one saved by another computation is ignored and overwritten. It
 does not record the operator or the data: use one journal per operator and data (the stages

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import torch
 
 from landscape.journal import state_digest
-from landscape.results.store import settings_changes
+from landscape.results.store import jsonable, settings_changes
 from landscape.storage import (
     CheckpointError, atomic_write_json, clean_temp, load_checkpoint, save_checkpoint,
 )
@@ -74,10 +74,11 @@ def unit_progress(ctx: Any, stage: Any, unit: str, config: Any,
     leaves the block, removed when the block ends without one. ``folder``: another place
     (inside a unit's own scratch folder, e.g. beside a fine-tuning's checkpoints)."""
     work = ctx.scratch_dir / stage.name / unit if folder is None else folder
-    settings = json.dumps(stage.unit_settings(config, unit), sort_keys=True, default=str)
+    settings = jsonable(stage.unit_settings(config, unit))
     nets = {"model": models} if isinstance(models, torch.nn.Module) else models
-    start = {"digest": state_digest(settings, {str(k): m.state_dict() for k, m in nets.items()}),
-             "what": unit, "settings": json.loads(settings)}
+    start = {"digest": state_digest(json.dumps(settings, sort_keys=True),
+                                    {str(k): m.state_dict() for k, m in nets.items()}),
+             "what": unit, "settings": settings}
     if go_on(work, start, needed=None) and _holds_progress(work):
         log.info("%s: %s goes on from its saved progress in %s", ctx.identity.run_id, unit,
                  work)
@@ -100,8 +101,7 @@ def saved_progress(scratch: Path, unit: str, settings: Optional[Mapping[str, Any
             continue
         where = f"progress saved in {work.relative_to(scratch.parent)}"
         if settings is not None and "settings" in start:
-            now = json.loads(json.dumps(settings, sort_keys=True, default=str))
-            changes = settings_changes(start["settings"], now)
+            changes = settings_changes(start["settings"], jsonable(settings))
             if changes is not None:
                 return f"{where} is of other settings ({changes}): the next attempt starts again"
         try:
